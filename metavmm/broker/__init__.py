@@ -1,0 +1,1 @@
+"""The broker: aiohttp application, REST API, auth, quotas, operations, configuration and CLI."""

@@ -1,0 +1,343 @@
+"""The federation file: providers, sites, credentials by reference, on-prem prices, policies.
+
+The file is YAML, validated by pydantic models with ``extra="forbid"`` so a typo is an error, never a
+silently ignored key. Errors name the file, the line, the key path and what was expected, e.g.::
+
+    config/default.yaml:7: providers[0].endpont: unknown key (did you mean 'endpoint'?)
+
+Line numbers come from the YAML node tree (``yaml.compose``), matched to pydantic's error location.
+Each provider kind has its own model, chosen by ``kind`` (a discriminated union), so an OpenStack
+entry is checked for what OpenStack needs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from metavmm.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialRef(_Strict):
+    """Where a secret lives. The broker stores and logs only this reference, never the secret."""
+
+    env: str | None = Field(default=None, description="name of an environment variable")
+    file: str | None = Field(default=None, description="path of a file holding the secret")
+    profile: str | None = Field(default=None, description="a named profile of the provider's own tooling")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialRef:
+        given = [k for k in ("env", "file", "profile") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of env, file or profile")
+        return self
+
+    def reference(self) -> str:
+        for key in ("env", "file", "profile"):
+            if value := getattr(self, key):
+                return f"{key}:{value}"
+        raise AssertionError("unreachable")
+
+    def resolve(self) -> str:
+        """Read the secret. Raises ConfigError naming the reference (not the value) when missing."""
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"credentials: environment variable {self.env} is not set")
+            return value
+        if self.file:
+            path = Path(self.file).expanduser()
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"credentials: cannot read {path}: {exc.strerror}") from None
+        return self.profile or ""
+
+    def __repr__(self) -> str:
+        return f"CredentialRef({self.reference()})"
+
+
+class ZoneConfig(_Strict):
+    name: str
+
+
+class SiteConfig(_Strict):
+    """A region of a provider; ``country`` (ISO 3166 alpha-2) feeds data-residency rules."""
+
+    name: str | None = Field(default=None, description="federation-wide site name; default provider/region")
+    region: str
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    location: str | None = None
+    zones: list[str] = Field(default_factory=list)
+
+
+class _ProviderBase(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    enabled: bool = True
+    on_prem: bool = True
+    credentials: CredentialRef | None = None
+    sites: list[SiteConfig] = Field(default_factory=list)
+
+
+class LibvirtProvider(_ProviderBase):
+    kind: Literal["libvirt"]
+    endpoint: str = Field(default="qemu:///system", description="libvirt connection URI")
+    domain_type: Literal["qemu", "kvm"] = "qemu"
+    storage_dir: str | None = Field(default=None, description="where the broker keeps this provider's disks")
+
+
+class OpenStackProvider(_ProviderBase):
+    kind: Literal["openstack"]
+    cloud: str = Field(description="the cloud's name in clouds.yaml")
+    regions: list[str] = Field(default_factory=list, description="regions to use; default: all")
+    compute_api_version: str | None = None
+    compute_endpoint_override: str | None = None
+
+
+class VmwareProvider(_ProviderBase):
+    kind: Literal["vmware"]
+    endpoint: str = Field(description="vCenter host[:port]")
+    user: str
+    datacenter: str | None = None
+    verify_tls: bool = True
+
+
+class AwsProvider(_ProviderBase):
+    kind: Literal["aws"]
+    on_prem: bool = False
+    regions: list[str] = Field(min_length=1)
+    endpoint_url: str | None = None
+
+
+class GcpProvider(_ProviderBase):
+    kind: Literal["gcp"]
+    on_prem: bool = False
+    project: str
+    zones: list[str] = Field(min_length=1)
+    endpoint: str | None = None
+
+
+class AzureProvider(_ProviderBase):
+    kind: Literal["azure"]
+    on_prem: bool = False
+    subscription_id: str
+    resource_group: str
+    locations: list[str] = Field(min_length=1)
+    endpoint: str | None = None
+
+
+class SimProvider(_ProviderBase):
+    """A simulated provider for demos, benchmarks and tests of other components: no real VMs."""
+
+    kind: Literal["sim"]
+    site_count: int = Field(default=1, ge=1, le=10_000)
+    hosts_per_site: int = Field(default=4, ge=0, le=100_000)
+    seed: int = 0
+    gpu_models: list[str] = Field(default_factory=list)
+    price_per_vcpu_hour: Decimal = Decimal("0.02")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+
+ProviderConfig = Annotated[
+    LibvirtProvider | OpenStackProvider | VmwareProvider | AwsProvider | GcpProvider | AzureProvider
+    | SimProvider,
+    Field(discriminator="kind"),
+]
+
+
+class PriceItem(_Strict):
+    flavor: str
+    amount: Decimal = Field(ge=0)
+    unit: Literal["hour", "gib-month", "gib-egress"] = "hour"
+    os: str = "linux"
+
+
+class PriceTable(_Strict):
+    """An on-prem price table: facts the centre states itself, with currency, source and date."""
+
+    provider: str
+    region: str
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    effective_date: date
+    source: str
+    items: list[PriceItem] = Field(min_length=1)
+
+
+class BurstPolicy(_Strict):
+    name: str
+    when_utilisation_above: float = Field(default=0.85, gt=0, le=1)
+    when_wait_longer_than_s: int | None = Field(default=None, ge=0)
+    allowed_providers: list[str] = Field(min_length=1)
+    monthly_budget: Decimal | None = Field(default=None, ge=0)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    residency: list[str] = Field(default_factory=list, description="allowed ISO countries; empty: any")
+
+
+class FederationInfo(_Strict):
+    name: str = "metavmm"
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    sync_interval_s: int = Field(default=300, ge=0, description="0 disables periodic inventory sync")
+
+
+class FederationConfig(_Strict):
+    federation: FederationInfo = Field(default_factory=FederationInfo)
+    database: str | None = None
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    prices: list[PriceTable] = Field(default_factory=list)
+    policies: list[BurstPolicy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> FederationConfig:
+        names = [p.name for p in self.providers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(dupes)}")
+        for i, table in enumerate(self.prices):
+            if table.provider not in names:
+                raise ValueError(f"prices[{i}].provider {table.provider!r} is not a configured provider")
+        for i, pol in enumerate(self.policies):
+            unknown = [p for p in pol.allowed_providers if p not in names]
+            if unknown:
+                raise ValueError(f"policies[{i}].allowed_providers names unknown providers: {unknown}")
+        return self
+
+    def provider(self, name: str) -> Any:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+# --- loading with located errors -----------------------------------------------------------------
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """Follow a pydantic error location through the YAML node tree; the deepest node reached."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if match is None:
+                continue  # a union tag such as 'libvirt', or a key that is missing
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+    return node
+
+
+def _key_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The node of the offending key itself (for 'unknown key' errors)."""
+    parent = _node_at(root, loc[:-1])
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if getattr(k, "value", None) == loc[-1]:
+                return k
+    return parent
+
+
+def _path(loc: tuple[Any, ...], model_tags: set[str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in model_tags:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+_KINDS = {"libvirt", "openstack", "vmware", "aws", "gcp", "azure", "sim"}
+
+
+def _allowed_keys(loc: tuple[Any, ...], kind_models: dict[str, type[BaseModel]]) -> list[str]:
+    """Field names valid where an unknown key was found, for the 'did you mean' hint."""
+    model: Any = FederationConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if part in kind_models:
+            model = kind_models[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            for inner in (cand, *getattr(cand, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(err: dict[str, Any], kind_models: dict[str, type[BaseModel]]) -> str:
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        key = str(err["loc"][-1])
+        hint = difflib.get_close_matches(key, _allowed_keys(err["loc"], kind_models), n=1)
+        return "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    if etype == "missing":
+        return "required key is missing"
+    if etype == "union_tag_invalid":
+        return f"unknown provider kind; expected one of {', '.join(sorted(_KINDS))}"
+    if etype == "union_tag_not_found":
+        return "provider needs a 'kind' (one of " + ", ".join(sorted(_KINDS)) + ")"
+    msg = err["msg"]
+    if "input" in err and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def parse_config(text: str, source: str = "<config>") -> FederationConfig:
+    """Parse and validate a federation file's text; raise ConfigError with located messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: expected a mapping at the top level, got {type(data).__name__}")
+    kind_models = {
+        m.model_fields["kind"].annotation.__args__[0]: m  # type: ignore[union-attr]
+        for m in (LibvirtProvider, OpenStackProvider, VmwareProvider, AwsProvider, GcpProvider,
+                  AzureProvider, SimProvider)
+    }
+    try:
+        return FederationConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
+            line = f":{node.start_mark.line + 1}" if node is not None else ""
+            lines.append(f"{source}{line}: {_path(loc, set(kind_models))}: {_describe(err, kind_models)}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None) -> FederationConfig:
+    """Load the federation file at ``path`` (default: $METAVMM_CONFIG or config/default.yaml)."""
+    path = Path(path or os.environ.get("METAVMM_CONFIG") or DEFAULT_CONFIG)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the federation file: {exc.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,17 @@
+"""Typed keys for what the aiohttp application shares (no module-level singletons)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.broker.config import FederationConfig
+
+CONFIG = web.AppKey("config", FederationConfig)
+DATABASE_URL = web.AppKey("database_url", str)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])

@@ -1,0 +1,1 @@
+"""The resource catalog: data model, database sessions, migrations and queries."""

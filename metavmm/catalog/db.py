@@ -1,0 +1,122 @@
+"""Database engines and sessions for the catalog.
+
+SQLite (aiosqlite) is the embedded default and PostgreSQL (asyncpg) the production database; both
+are reached through SQLAlchemy's async engine. Users may write plain ``sqlite:///`` or
+``postgresql://`` URLs: :func:`async_url` adds the async driver. Schema changes only ever go through
+Alembic (:func:`upgrade`), never ``create_all``, so a production database and a test database have
+the same history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def state_dir() -> Path:
+    """Where the embedded default keeps its database: $METAVMM_STATE_DIR or ~/.local/share/metavmm."""
+    env = os.environ.get("METAVMM_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "metavmm"
+
+
+def default_url() -> str:
+    return os.environ.get("METAVMM_DATABASE_URL") or f"sqlite+aiosqlite:///{state_dir() / 'metavmm.db'}"
+
+
+def async_url(url: str) -> str:
+    """Normalise a user's database URL to one with an async driver, or explain what is wrong."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"database URL {url!r} is not a URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    elif backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise ConfigError(f"database URL {url!r}: expected sqlite:// or postgresql://, got {backend}://")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def make_engine(url: str | None = None) -> AsyncEngine:
+    url = async_url(url or default_url())
+    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
+    if url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit on success, roll back on any error, so no half-written row stays."""
+    async with maker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    """Bring the schema to ``revision``. Blocking: call it from a thread inside an event loop."""
+    command.upgrade(alembic_config(url or default_url()), revision)
+
+
+async def upgrade_async(url: str | None = None, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, url, revision)
+
+
+def current_revision(url: str | None = None) -> str | None:
+    """The revision the database is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
+
+    async def _read() -> str | None:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(_read())

@@ -1,0 +1,334 @@
+"""The catalog's tables: the single source of truth every rendering reads from.
+
+Units live in the column names (``memory_mib``, ``disk_gib``, ``size_bytes``) so nobody has to guess.
+Lists and maps that the scheduler reads whole (CPU features, GPUs, capabilities) are JSON columns:
+they are small, always read together with their row, and never queried element by element in SQL.
+Entities that clients address (workloads, operations, images) have UUID ids; inventory rows that
+only the broker addresses have integer ids. Every schema change goes through an Alembic migration
+in ``metavmm/catalog/migrations``; a test proves the models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Numeric, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def _ts(**kw: Any) -> Any:
+    """A timezone-aware timestamp column (SQLite stores it as text, PostgreSQL as timestamptz)."""
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
+
+
+class ProviderKind(enum.StrEnum):
+    LIBVIRT = "libvirt"
+    OPENSTACK = "openstack"
+    VMWARE = "vmware"
+    AWS = "aws"
+    GCP = "gcp"
+    AZURE = "azure"
+    SIM = "sim"
+
+
+class HostState(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+    MAINTENANCE = "maintenance"
+    GONE = "gone"  # the provider no longer reports it; kept, not deleted
+
+
+class OperationState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+class WorkloadKind(enum.StrEnum):
+    COMPUTE = "compute"
+    NETWORK = "network"
+    STORAGE = "storage"
+
+
+class LinkKind(enum.StrEnum):
+    NETWORK_INTERFACE = "networkinterface"
+    STORAGE_LINK = "storagelink"
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    PROJECT_ADMIN = "project_admin"
+    MEMBER = "member"
+    READER = "reader"
+
+
+# --- identity -------------------------------------------------------------------------------------
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "project"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    description: str = ""
+    created_at: datetime = _ts()
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "user_account"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    email: str | None = None
+    oidc_subject: str | None = Field(default=None, index=True)
+    created_at: datetime = _ts()
+
+
+class Membership(SQLModel, table=True):
+    """A user's role in one project (``admin`` is federation-wide and ignores the project)."""
+
+    __tablename__ = "membership"
+    __table_args__ = (UniqueConstraint("user_id", "project_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user_account.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    role: str = Field(default=Role.MEMBER)
+
+
+class Quota(SQLModel, table=True):
+    """One limit of one project. ``resource`` is e.g. ``instances``, ``vcpus``, ``ram_mib``,
+    ``storage_gib``, ``gpus:H100`` or ``budget_monthly`` (in ``currency``)."""
+
+    __tablename__ = "quota"
+    __table_args__ = (UniqueConstraint("project_id", "resource"),)
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    resource: str = Field(max_length=64)
+    limit: Decimal = Field(sa_type=Numeric(18, 4))
+    currency: str | None = Field(default=None, max_length=3)
+
+
+# --- inventory ------------------------------------------------------------------------------------
+
+
+class Provider(SQLModel, table=True):
+    """A virtual machine manager the federation uses. Credentials are stored only as a reference
+    (``env:NAME`` or ``file:/path``), never as the secret itself."""
+
+    __tablename__ = "provider"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    kind: str = Field(index=True, max_length=32)
+    endpoint: str | None = None
+    credentials_ref: str | None = None
+    capabilities: list[str] = Field(default_factory=list, sa_type=JSON)
+    on_prem: bool = True
+    enabled: bool = True
+    simulated: bool = False
+    settings: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    sync_error: str | None = None
+
+
+class Site(SQLModel, table=True):
+    """A region of a provider (an OpenStack region, an AWS region, a libvirt host group)."""
+
+    __tablename__ = "site"
+    __table_args__ = (UniqueConstraint("provider_id", "region"),)
+    id: int | None = Field(default=None, primary_key=True)
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    name: str = Field(unique=True, index=True, max_length=160)
+    region: str = Field(max_length=128)
+    country: str | None = Field(default=None, max_length=2)  # ISO 3166, for residency rules
+    location: str | None = None
+    present: bool = True
+
+
+class AvailabilityZone(SQLModel, table=True):
+    __tablename__ = "availability_zone"
+    __table_args__ = (UniqueConstraint("site_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    name: str = Field(max_length=128)
+    present: bool = True
+
+
+class Host(SQLModel, table=True):
+    """A hypervisor host. Public clouds do not expose hosts; there a site has none and the
+    scheduler works from flavors."""
+
+    __tablename__ = "host"
+    __table_args__ = (UniqueConstraint("site_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    zone_id: int | None = Field(default=None, foreign_key="availability_zone.id")
+    name: str = Field(max_length=255)
+    hypervisor_type: str = Field(max_length=32)  # kvm, qemu, esxi, xen, hyperv, fake
+    hypervisor_version: str | None = None
+    cpu_arch: str = Field(max_length=32)  # x86_64, aarch64, ...
+    cpu_vendor: str | None = None  # Intel, AMD, ARM, ...
+    cpu_model: str | None = None  # libvirt/QEMU model name, e.g. Skylake-Server-IBRS
+    cpu_features: list[str] = Field(default_factory=list, sa_type=JSON)  # libvirt feature names
+    cpu_traits: list[str] = Field(default_factory=list, sa_type=JSON)  # os-traits, HW_CPU_X86_AVX2
+    cpu_cores: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+    gpus: dict[str, int] = Field(default_factory=dict, sa_type=JSON)  # {"H100": 8}
+    nested_virt: bool = False
+    state: str = Field(default=HostState.UP, max_length=16)
+    vcpus_used: int = 0
+    memory_mib_used: int = 0
+    updated_at: datetime = _ts()
+
+
+class Flavor(SQLModel, table=True):
+    __tablename__ = "flavor"
+    __table_args__ = (UniqueConstraint("provider_id", "site_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    site_id: int | None = Field(default=None, foreign_key="site.id", index=True)  # None: every site
+    name: str = Field(max_length=128)
+    provider_flavor_id: str | None = None
+    vcpus: int
+    ram_mib: int
+    disk_gib: int = 0
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    arch: str | None = Field(default=None, max_length=32)
+    present: bool = True
+    extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class Image(SQLModel, table=True):
+    """A marketplace image: published once, launched anywhere through its replicas."""
+
+    __tablename__ = "image"
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    name: str = Field(index=True, max_length=255)
+    publisher: str = ""
+    description: str = ""
+    os: str | None = None
+    os_version: str | None = None
+    arch: str = "x86_64"
+    hypervisor: str | None = None
+    format: str = "qcow2"
+    size_bytes: int = 0
+    virtual_size_bytes: int = 0
+    sha256: str | None = None
+    sha512: str | None = None
+    version: str = "1"
+    visibility: str = "project"  # public, federation, school, project
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
+    created_at: datetime = _ts()
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class ImageReplica(SQLModel, table=True):
+    """Where an image already exists, in which format, under which provider id."""
+
+    __tablename__ = "image_replica"
+    __table_args__ = (UniqueConstraint("site_id", "provider_image_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    image_id: str | None = Field(default=None, foreign_key="image.id", index=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    name: str = ""
+    format: str = Field(max_length=16)
+    provider_image_id: str = Field(max_length=255)
+    size_bytes: int = 0
+    checksum: str | None = None
+    state: str = "available"
+    present: bool = True
+
+
+class Price(SQLModel, table=True):
+    """One price, always with its unit, currency, source and effective date."""
+
+    __tablename__ = "price"
+    id: int | None = Field(default=None, primary_key=True)
+    provider_id: int | None = Field(default=None, foreign_key="provider.id", index=True)
+    provider_kind: str = Field(max_length=32)
+    region: str = Field(max_length=128)
+    flavor_name: str = Field(max_length=128, index=True)
+    os: str = Field(default="linux", max_length=32)
+    unit: str = Field(default="hour", max_length=32)  # hour, gib-month, gib-egress
+    amount: Decimal = Field(sa_type=Numeric(18, 6))
+    currency: str = Field(max_length=3)
+    source: str
+    effective_date: date
+    imported_at: datetime = _ts()
+
+
+# --- workloads and operations -----------------------------------------------------------------------
+
+
+class Workload(SQLModel, table=True):
+    """A compute, network or storage resource of a project, wherever it runs."""
+
+    __tablename__ = "workload"
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    kind: str = Field(max_length=16, index=True)
+    name: str = Field(max_length=255)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    desired_state: str = Field(default="active", max_length=32)
+    observed_state: str = Field(default="unknown", max_length=32)
+    state_message: str | None = None
+    provider_id: int | None = Field(default=None, foreign_key="provider.id", index=True)
+    site_id: int | None = Field(default=None, foreign_key="site.id")
+    host_id: int | None = Field(default=None, foreign_key="host.id")
+    provider_resource_id: str | None = Field(default=None, max_length=255)
+    managed: bool = True  # False: found at a provider, not created through the broker
+    present: bool = True  # False: the provider stopped reporting it
+    version: int = 1
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class WorkloadLink(SQLModel, table=True):
+    __tablename__ = "workload_link"
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    kind: str = Field(max_length=32)
+    source_id: str = Field(foreign_key="workload.id", index=True)
+    target_id: str = Field(foreign_key="workload.id", index=True)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class Operation(SQLModel, table=True):
+    """A change the broker makes: the plan's steps are written before the first one runs."""
+
+    __tablename__ = "operation"
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    kind: str = Field(max_length=32)
+    target_id: str | None = Field(default=None, max_length=36, index=True)
+    state: str = Field(default=OperationState.PENDING, max_length=16, index=True)
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    current_step: int = 0
+    progress: float = 0.0
+    error: str | None = None
+    idempotency_key: str | None = Field(default=None, max_length=128, unique=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+ALL_TABLES: tuple[type[SQLModel], ...] = (
+    Project, User, Membership, Quota, Provider, Site, AvailabilityZone, Host, Flavor, Image,
+    ImageReplica, Price, Workload, WorkloadLink, Operation,
+)
+

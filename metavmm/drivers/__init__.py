@@ -1,0 +1,1 @@
+"""Provider drivers: one Driver protocol (base.py), one module per provider kind, a lazy registry."""

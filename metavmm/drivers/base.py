@@ -1,0 +1,301 @@
+"""The one Driver protocol every provider implements, and the value objects drivers return.
+
+Shaped after Libcloud's NodeDriver: one noun (the VM), uniform async verbs, capabilities declared as
+flags, native states mapped through a ``STATE_MAP`` that falls back to ``VmState.UNKNOWN``, and
+provider-only calls named ``ex_*``. Raw SDK objects never leave a driver: drivers return the frozen
+value objects below, with units in field names and provider specifics in ``extra``.
+
+Blocking SDKs (libvirt-python, boto3, pyvmomi, openstacksdk) run off the event loop through
+:meth:`DriverBase.blocking`. Provider exceptions are converted at the driver's edge into
+:class:`~metavmm.errors.DriverError` subclasses that name the provider and the operation and keep
+the provider's words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+from metavmm.errors import ProviderUnavailable, UnsupportedOperation
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Capability(enum.StrEnum):
+    HOST_INVENTORY = "host_inventory"  # the provider exposes hypervisor hosts
+    LIVE_MIGRATION = "live_migration"
+    COLD_MIGRATION = "cold_migration"
+    NESTED_VIRT = "nested_virt"
+    GPU = "gpu"
+    CONSOLE = "console"
+    SUSPEND = "suspend"
+    SNAPSHOT = "snapshot"
+    ATTACH_VOLUME = "attach_volume"
+    ATTACH_NETWORK = "attach_network"
+    IMPORT_IMAGE = "import_image"
+    EXPORT_IMAGE = "export_image"
+    SET_NETMASK = "set_netmask"  # GCP hides the netmask, so a VIP cannot be set there
+    SPOT = "spot"
+
+
+class VmState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    MIGRATING = "migrating"
+    ERROR = "error"
+    DELETED = "deleted"
+    UNKNOWN = "unknown"
+
+
+OWNER_TAG = "metavmm:workload"
+"""Tag (or metadata key) a driver puts on what the broker creates, so sync can tell managed from not."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    region: str
+    zones: tuple[str, ...] = ()
+    country: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    name: str
+    region: str
+    hypervisor_type: str
+    cpu_arch: str
+    zone: str | None = None
+    hypervisor_version: str | None = None
+    cpu_vendor: str | None = None
+    cpu_model: str | None = None
+    cpu_features: tuple[str, ...] = ()
+    cpu_cores: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+    gpus: Mapping[str, int] = field(default_factory=dict)
+    nested_virt: bool = False
+    state: str = "up"
+    vcpus_used: int = 0
+    memory_mib_used: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FlavorInfo:
+    name: str
+    vcpus: int
+    ram_mib: int
+    disk_gib: int = 0
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    arch: str | None = None
+    provider_flavor_id: str | None = None
+    region: str | None = None  # None: offered in every region of the provider
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    provider_image_id: str
+    name: str
+    region: str
+    format: str = "qcow2"
+    size_bytes: int = 0
+    checksum: str | None = None
+    arch: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VmInfo:
+    provider_vm_id: str
+    name: str
+    region: str
+    state: VmState
+    host: str | None = None
+    flavor: str | None = None
+    image: str | None = None
+    workload_id: str | None = None  # the broker's id from OWNER_TAG; None: not created by us
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceInfo:
+    """A price the provider itself reports (the sim driver, or a provider's price API)."""
+
+    flavor: str
+    region: str
+    amount: Decimal
+    currency: str
+    source: str
+    effective_date: date
+    unit: str = "hour"
+    os: str = "linux"
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Everything a provider reports in one sync."""
+
+    sites: tuple[SiteInfo, ...] = ()
+    hosts: tuple[HostInfo, ...] = ()
+    flavors: tuple[FlavorInfo, ...] = ()
+    images: tuple[ImageInfo, ...] = ()
+    vms: tuple[VmInfo, ...] = ()
+    prices: tuple[PriceInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """What to create. Either ``flavor`` (a provider size) or vcpus/ram_mib (a custom shape)."""
+
+    name: str
+    region: str
+    image: str  # provider image id, or a disk path for libvirt
+    vcpus: int = 1
+    ram_mib: int = 512
+    disk_gib: int = 0
+    flavor: str | None = None
+    zone: str | None = None
+    host: str | None = None
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    networks: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    user_data: str | None = None
+    ssh_key: str | None = None
+    workload_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskRef:
+    """A disk image file and its format (always explicit: qemu-img guesses wrong on fixed VHDs)."""
+
+    path: str
+    format: str
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """What the broker asks of every provider. Missing verbs raise UnsupportedOperation by name."""
+
+    name: str
+    kind: ClassVar[str]
+    capabilities: frozenset[Capability]
+
+    async def inventory(self) -> Inventory: ...
+    async def list_vms(self) -> list[VmInfo]: ...
+    async def get_vm(self, vm_id: str) -> VmInfo: ...
+    async def create_vm(self, spec: VmSpec) -> VmInfo: ...
+    async def start_vm(self, vm_id: str) -> None: ...
+    async def stop_vm(self, vm_id: str) -> None: ...
+    async def restart_vm(self, vm_id: str) -> None: ...
+    async def suspend_vm(self, vm_id: str) -> None: ...
+    async def delete_vm(self, vm_id: str) -> None: ...
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None: ...
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None: ...
+    async def attach_network(self, vm_id: str, network_id: str) -> None: ...
+    async def detach_network(self, vm_id: str, network_id: str) -> None: ...
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
+    async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
+    async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class DriverBase:
+    """Defaults for every verb: not supported, by name (Libcloud's NotImplementedError, typed)."""
+
+    kind: ClassVar[str] = ""
+    capabilities: frozenset[Capability] = frozenset()
+    STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def map_state(self, native: Any) -> VmState:
+        return self.STATE_MAP.get(native, VmState.UNKNOWN)
+
+    def _unsupported(self, verb: str) -> UnsupportedOperation:
+        return UnsupportedOperation(f"{self.name} ({self.kind}) does not support {verb}")
+
+    @staticmethod
+    async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking SDK call off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def retrying(self, call: Callable[[], Awaitable[T]], *, attempts: int = 5, base_s: float = 0.5,
+                       retry_on: tuple[type[BaseException], ...] = (ProviderUnavailable,)) -> T:
+        """Retry a throttled call with exponential backoff and full jitter."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except retry_on as exc:
+                if attempt == attempts:
+                    raise
+                delay = random.uniform(0, base_s * 2 ** (attempt - 1))
+                log.info("%s: retry %d/%d in %.2fs after: %s", self.name, attempt, attempts, delay, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def inventory(self) -> Inventory:
+        raise self._unsupported("inventory")
+
+    async def list_vms(self) -> list[VmInfo]:
+        raise self._unsupported("list_vms")
+
+    async def get_vm(self, vm_id: str) -> VmInfo:
+        raise self._unsupported("get_vm")
+
+    async def create_vm(self, spec: VmSpec) -> VmInfo:
+        raise self._unsupported("create_vm")
+
+    async def start_vm(self, vm_id: str) -> None:
+        raise self._unsupported("start_vm")
+
+    async def stop_vm(self, vm_id: str) -> None:
+        raise self._unsupported("stop_vm")
+
+    async def restart_vm(self, vm_id: str) -> None:
+        raise self._unsupported("restart_vm")
+
+    async def suspend_vm(self, vm_id: str) -> None:
+        raise self._unsupported("suspend_vm")
+
+    async def delete_vm(self, vm_id: str) -> None:
+        raise self._unsupported("delete_vm")
+
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None:
+        raise self._unsupported("attach_volume")
+
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        raise self._unsupported("detach_volume")
+
+    async def attach_network(self, vm_id: str, network_id: str) -> None:
+        raise self._unsupported("attach_network")
+
+    async def detach_network(self, vm_id: str, network_id: str) -> None:
+        raise self._unsupported("detach_network")
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        raise self._unsupported("import_image")
+
+    async def export_image(self, image_id: str, dest_dir: str) -> DiskRef:
+        raise self._unsupported("export_image")
+
+    async def live_migrate(self, vm_id: str, target_host: str) -> None:
+        raise self._unsupported("live_migrate")
+
+    async def close(self) -> None:
+        return None

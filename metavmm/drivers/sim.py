@@ -1,0 +1,165 @@
+"""A SIMULATED provider: sites, hosts, flavors and prices made up from a seed, and VMs kept in memory.
+
+Nothing here touches a real VMM. It exists for demos, for the scheduler's benchmarks (10,000 hosts in
+100 sites) and for tests of components above the drivers, where a fake provider is fine. Every host
+it reports carries ``extra={"simulated": True}`` and its provider row ``simulated=True``, so nobody
+mistakes it for a real machine.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import replace
+from datetime import date
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from metavmm.drivers.base import (
+    Capability,
+    DiskRef,
+    DriverBase,
+    FlavorInfo,
+    HostInfo,
+    ImageInfo,
+    Inventory,
+    PriceInfo,
+    SiteInfo,
+    VmInfo,
+    VmSpec,
+    VmState,
+)
+from metavmm.errors import ProviderConflict, ProviderNotFound
+
+# (vendor, arch, model, features): a few real CPU generations, so CPU filters have something to do.
+CPU_MODELS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("Intel", "x86_64", "Skylake-Server-IBRS",
+     ("sse4.2", "avx", "avx2", "fma", "aes", "avx512f", "avx512bw", "avx512vl", "vmx")),
+    ("Intel", "x86_64", "Icelake-Server", ("sse4.2", "avx", "avx2", "fma", "aes", "avx512f",
+                                           "avx512bw", "avx512vl", "avx512vnni", "sha-ni", "vmx")),
+    ("AMD", "x86_64", "EPYC-Milan", ("sse4.2", "avx", "avx2", "fma", "aes", "sha-ni", "svm")),
+    ("AMD", "x86_64", "EPYC-Genoa", ("sse4.2", "avx", "avx2", "fma", "aes", "sha-ni", "avx512f", "svm")),
+    ("ARM", "aarch64", "neoverse-v1", ("fp", "asimd", "aes", "sha2", "sve")),
+)
+
+FLAVORS: tuple[FlavorInfo, ...] = (
+    FlavorInfo("sim.small", vcpus=1, ram_mib=2048, disk_gib=20),
+    FlavorInfo("sim.medium", vcpus=2, ram_mib=4096, disk_gib=40),
+    FlavorInfo("sim.large", vcpus=4, ram_mib=16384, disk_gib=80),
+    FlavorInfo("sim.highmem4", vcpus=4, ram_mib=32768, disk_gib=80),
+    FlavorInfo("sim.xlarge", vcpus=8, ram_mib=32768, disk_gib=160),
+    FlavorInfo("sim.2xlarge", vcpus=16, ram_mib=65536, disk_gib=320),
+)
+
+
+class SimDriver(DriverBase):
+    """SIMULATION of a provider with ``site_count`` sites of ``hosts_per_site`` hosts each."""
+
+    kind: ClassVar[str] = "sim"
+    capabilities = frozenset({
+        Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
+        Capability.GPU, Capability.SUSPEND, Capability.NESTED_VIRT, Capability.IMPORT_IMAGE,
+        Capability.EXPORT_IMAGE,
+    })
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config.name)
+        self.config = config
+        self._vms: dict[str, VmInfo] = {}
+        self._images: dict[str, ImageInfo] = {}
+
+    def regions(self) -> list[SiteInfo]:
+        if self.config.sites:
+            return [SiteInfo(s.region, tuple(s.zones), s.country, s.location) for s in self.config.sites]
+        return [SiteInfo(f"sim-{i:03d}", (f"sim-{i:03d}a",)) for i in range(self.config.site_count)]
+
+    def _hosts(self, sites: list[SiteInfo]) -> list[HostInfo]:
+        rng = random.Random(self.config.seed)
+        hosts = []
+        gpu_models = list(self.config.gpu_models)
+        for site in sites:
+            for j in range(self.config.hosts_per_site):
+                vendor, arch, model, features = CPU_MODELS[rng.randrange(len(CPU_MODELS))]
+                cores = rng.choice((32, 64, 96, 128))
+                gpus = {}
+                if gpu_models and rng.random() < 0.25:
+                    gpus = {rng.choice(gpu_models): rng.choice((1, 2, 4, 8))}
+                hosts.append(HostInfo(
+                    name=f"{site.region}-h{j:05d}", region=site.region,
+                    zone=site.zones[0] if site.zones else None,
+                    hypervisor_type="kvm", hypervisor_version="8.2.0", cpu_arch=arch, cpu_vendor=vendor,
+                    cpu_model=model, cpu_features=features, cpu_cores=cores, memory_mib=cores * 8192,
+                    disk_gib=cores * 50, gpus=gpus, nested_virt=arch == "x86_64",
+                    vcpus_used=rng.randrange(0, cores), memory_mib_used=rng.randrange(0, cores * 4096),
+                    extra={"simulated": True},
+                ))
+        return hosts
+
+    def _prices(self, sites: list[SiteInfo]) -> list[PriceInfo]:
+        per_vcpu = Decimal(self.config.price_per_vcpu_hour)
+        today = date.today()
+        return [
+            PriceInfo(flavor=f.name, region=s.region, amount=per_vcpu * f.vcpus, currency=self.config.currency,
+                      source=f"simulation ({self.name})", effective_date=today)
+            for s in sites for f in FLAVORS
+        ]
+
+    async def inventory(self) -> Inventory:
+        sites = self.regions()
+        return Inventory(
+            sites=tuple(sites), hosts=tuple(self._hosts(sites)), flavors=FLAVORS,
+            images=tuple(self._images.values()), vms=tuple(self._vms.values()),
+            prices=tuple(self._prices(sites)),
+        )
+
+    async def list_vms(self) -> list[VmInfo]:
+        return list(self._vms.values())
+
+    async def get_vm(self, vm_id: str) -> VmInfo:
+        try:
+            return self._vms[vm_id]
+        except KeyError:
+            raise ProviderNotFound(f"no VM {vm_id}", provider=self.name, operation="get_vm") from None
+
+    async def create_vm(self, spec: VmSpec) -> VmInfo:
+        if spec.region not in {s.region for s in self.regions()}:
+            raise ProviderNotFound(f"no region {spec.region}", provider=self.name, operation="create_vm")
+        vm = VmInfo(provider_vm_id=f"sim-{uuid.uuid4()}", name=spec.name, region=spec.region,
+                    state=VmState.RUNNING, host=spec.host, flavor=spec.flavor, image=spec.image,
+                    workload_id=spec.workload_id, extra={"simulated": True})
+        self._vms[vm.provider_vm_id] = vm
+        return vm
+
+    async def _transition(self, vm_id: str, verb: str, allowed: set[VmState], to: VmState) -> None:
+        vm = await self.get_vm(vm_id)
+        if vm.state not in allowed:
+            raise ProviderConflict(f"VM {vm_id} is {vm.state}", provider=self.name, operation=verb)
+        self._vms[vm_id] = replace(vm, state=to)
+
+    async def start_vm(self, vm_id: str) -> None:
+        await self._transition(vm_id, "start_vm", {VmState.STOPPED, VmState.SUSPENDED, VmState.RUNNING},
+                               VmState.RUNNING)
+
+    async def stop_vm(self, vm_id: str) -> None:
+        await self._transition(vm_id, "stop_vm", {VmState.RUNNING, VmState.SUSPENDED, VmState.STOPPED},
+                               VmState.STOPPED)
+
+    async def restart_vm(self, vm_id: str) -> None:
+        await self._transition(vm_id, "restart_vm", {VmState.RUNNING}, VmState.RUNNING)
+
+    async def suspend_vm(self, vm_id: str) -> None:
+        await self._transition(vm_id, "suspend_vm", {VmState.RUNNING, VmState.SUSPENDED}, VmState.SUSPENDED)
+
+    async def delete_vm(self, vm_id: str) -> None:
+        await self.get_vm(vm_id)
+        del self._vms[vm_id]
+
+    async def live_migrate(self, vm_id: str, target_host: str) -> None:
+        vm = await self.get_vm(vm_id)
+        self._vms[vm_id] = replace(vm, host=target_host)
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        image = ImageInfo(provider_image_id=f"sim-img-{uuid.uuid4()}", name=name, region=region,
+                          format=disk.format, extra={"simulated": True, "source": disk.path})
+        self._images[image.provider_image_id] = image
+        return image

@@ -1,0 +1,116 @@
+"""The one error tree of metavmm.
+
+Every layer raises a subclass of :class:`MetavmmError`; the broker's error middleware maps each type
+to one HTTP status (``http_status``) and renders it as JSON problem details or as an OCCI error. A
+provider's own message is kept verbatim in ``detail`` so the user sees what the provider said.
+"""
+
+from __future__ import annotations
+
+
+class MetavmmError(Exception):
+    """Root of all metavmm errors; ``http_status`` is what a client receives."""
+
+    http_status = 500
+    title = "Internal error"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ConfigError(MetavmmError):
+    """The federation file is wrong; the message names the file, line and key."""
+
+    http_status = 400
+    title = "Invalid configuration"
+
+
+class ValidationError(MetavmmError):
+    """A request or input value is wrong."""
+
+    http_status = 400
+    title = "Invalid input"
+
+
+class NotFound(MetavmmError):
+    http_status = 404
+    title = "Not found"
+
+
+class Conflict(MetavmmError):
+    http_status = 409
+    title = "Conflict"
+
+
+class QuotaExceeded(MetavmmError):
+    http_status = 403
+    title = "Quota exceeded"
+
+
+class UnsupportedOperation(MetavmmError):
+    """The provider (or a component) does not offer this verb."""
+
+    http_status = 501
+    title = "Not supported"
+
+
+class NoPlacement(MetavmmError):
+    """The scheduler found no target; ``reasons`` says why for every candidate."""
+
+    http_status = 409
+    title = "No placement"
+
+    def __init__(self, message: str, *, reasons: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or {}
+
+
+class TranslationError(MetavmmError):
+    """A conversion tool failed; keeps its exit code and the tail of its stderr."""
+
+    http_status = 422
+    title = "Translation failed"
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "") -> None:
+        super().__init__(message, detail=stderr_tail or None)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class DriverError(MetavmmError):
+    """A provider failed an operation. ``provider`` and ``operation`` are always named."""
+
+    http_status = 502
+    title = "Provider error"
+
+    def __init__(self, message: str, *, provider: str = "", operation: str = "", detail: str | None = None):
+        prefix = f"{provider}: {operation}: " if provider or operation else ""
+        super().__init__(prefix + message, detail=detail)
+        self.provider = provider
+        self.operation = operation
+
+
+class AuthError(DriverError):
+    """The provider refused our credentials."""
+
+
+class ProviderNotFound(DriverError):
+    """The provider does not know the named resource."""
+
+    http_status = 404
+
+
+class ProviderConflict(DriverError):
+    http_status = 409
+
+
+class ProviderQuotaExceeded(DriverError):
+    http_status = 403
+
+
+class ProviderUnavailable(DriverError):
+    """The provider cannot be reached, or throttled us past our retries."""
+
+    http_status = 503

@@ -1,0 +1,1 @@
+"""OCCI 1.2: model, parsers, renderers and aiohttp routes, as a view over the broker's services."""

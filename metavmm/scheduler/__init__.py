@@ -1,0 +1,1 @@
+"""The graph-based scheduler over an immutable catalog snapshot (filters, costs, plans)."""

@@ -1,0 +1,127 @@
+"""Shared fixtures: catalog databases (SQLite and a disposable PostgreSQL cluster), config helpers.
+
+PostgreSQL is real: the session starts its own cluster with initdb/pg_ctl on a free port under a
+temporary directory (as the ``postgres`` user when run as root) and stops it at the end. Tests that
+take ``db_url`` run on both databases.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from metavmm.catalog import db
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
+                                       None)
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is not installed: run `make test`, which installs it")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A disposable PostgreSQL cluster; yields a server URL without a database name."""
+    root = Path(tempfile.mkdtemp(prefix="metavmm-pg-"))
+    data = root / "data"
+    port = _free_port()
+    run_as: list[str] = []
+    if os.getuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run_as, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_counter = iter(range(1_000_000))
+
+
+def _fresh_postgres_db(server: str) -> str:
+    import asyncio
+
+    import asyncpg
+
+    name = f"t{os.getpid()}_{next(_counter)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server.replace("postgresql://", "postgres://") + "/postgres")
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind, migrated to head by the test itself when it needs one."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return _fresh_postgres_db(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+@pytest.fixture
+async def sessions(db_url: str) -> AsyncIterator[object]:
+    """A session maker over a migrated catalog, on SQLite and on PostgreSQL."""
+    await db.upgrade_async(db_url)
+    engine = db.make_engine(db_url)
+    try:
+        yield db.make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[object]:
+    """A session maker over a migrated SQLite catalog, for tests that need only one database."""
+    await db.upgrade_async(sqlite_url)
+    engine = db.make_engine(sqlite_url)
+    try:
+        yield db.make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's real state directory or database from a test."""
+    monkeypatch.setenv("METAVMM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("METAVMM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("METAVMM_CONFIG", raising=False)
