@@ -125,3 +125,13 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAVMM_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("METAVMM_DATABASE_URL", raising=False)
     monkeypatch.delenv("METAVMM_CONFIG", raising=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (minutes of real work, e.g. a virt-v2v conversion) run only with METAVMM_SLOW=1."""
+    if os.environ.get("METAVMM_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: run with METAVMM_SLOW=1 (make test PYTEST_ARGS=... METAVMM_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
