@@ -19,6 +19,7 @@ from metavmm import __version__
 from metavmm.broker import keys
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.errors import error_middleware, request_id_middleware
+from metavmm.broker.rest import setup_rest
 from metavmm.broker.sync import register_providers, sync_all
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 
@@ -51,10 +52,6 @@ async def readyz(request: web.Request) -> web.Response:
             for p in providers
         },
     })
-
-
-async def api_index(_request: web.Request) -> web.Response:
-    return web.json_response({"version": "v1", "links": {"health": "/healthz", "ready": "/readyz"}})
 
 
 async def _periodic_sync(app: web.Application) -> None:
@@ -106,6 +103,6 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     api = web.Application(middlewares=[error_middleware])
-    api.router.add_get("/", api_index)
+    setup_rest(api)
     app.add_subapp("/api/v1", api)
     return app

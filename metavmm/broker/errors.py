@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from metavmm.broker.keys import REQUEST_ID
 from metavmm.errors import MetavmmError
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def problem(status: int, title: str, detail: str, **extra: object) -> web.Respon
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     response = await handler(request)
     response.headers["X-Request-Id"] = rid
     return response
@@ -45,6 +46,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return problem(exc.status, exc.reason, exc.text or exc.reason)
     except Exception:
-        rid = request.get("request_id", "-")
+        rid = request.get(REQUEST_ID, "-")
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return problem(500, "Internal error", f"the broker failed; quote request id {rid} to an admin")
