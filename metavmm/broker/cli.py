@@ -17,6 +17,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from metavmm.broker.config import FederationConfig, load_config
 from metavmm.catalog import db
@@ -35,6 +36,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MetavmmError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except (DBAPIError, OSError) as exc:
+            reason = getattr(exc, "orig", None) or exc
+            err_console.print(f"[bold red]error:[/] database: {reason}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -269,6 +274,7 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
     from metavmm.catalog.queries import list_rows
 
     model, columns = _views()[what]
+    db.require_current_schema(settings.database)
 
     async def run() -> tuple[list[tuple[Any, str]], int]:
         engine = db.make_engine(settings.database)
@@ -293,3 +299,7 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
     console.print(table)
     if total == 0:
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
+
+
+if __name__ == "__main__":
+    main()

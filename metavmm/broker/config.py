@@ -327,7 +327,12 @@ def parse_config(text: str, source: str = "<config>") -> FederationConfig:
         lines = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
+            if err["type"] == "extra_forbidden":
+                node = _key_node(root, loc)
+            elif err["type"].startswith("union_tag"):
+                node = _node_at(root, (*loc, "kind"))  # point at the kind itself
+            else:
+                node = _node_at(root, loc)
             line = f":{node.start_mark.line + 1}" if node is not None else ""
             lines.append(f"{source}{line}: {_path(loc, set(kind_models))}: {_describe(err, kind_models)}")
         raise ConfigError("\n".join(lines)) from None

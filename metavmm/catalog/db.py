@@ -107,6 +107,20 @@ async def upgrade_async(url: str | None = None, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, url, revision)
 
 
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def require_current_schema(url: str | None = None) -> None:
+    """Refuse to read a catalog whose schema is missing or behind, with the command that fixes it."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        state = "has no schema" if current is None else f"is at revision {current}, not {head}"
+        raise ConfigError(f"the catalog database {state}: run `metavmm db upgrade` (or `metavmm serve`)")
+
+
 def current_revision(url: str | None = None) -> str | None:
     """The revision the database is at (None for an empty database)."""
     from alembic.runtime.migration import MigrationContext

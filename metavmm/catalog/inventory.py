@@ -238,7 +238,7 @@ async def replace_prices(session: AsyncSession, provider: Provider, prices: Iter
     """Replace the prices of ``provider`` that came from the same sources as ``prices``."""
     prices = list(prices)
     sources = {p.source for p in prices}
-    await session.execute(delete(Price).where(Price.provider_id == provider.id, Price.source.in_(sources)))
+    await session.exec(delete(Price).where(Price.provider_id == provider.id, Price.source.in_(sources)))
     session.add_all(
         Price(provider_id=provider.id, provider_kind=provider.kind, region=p.region, flavor_name=p.flavor,
               os=p.os, unit=p.unit, amount=p.amount, currency=p.currency, source=p.source,
