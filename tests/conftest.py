@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -97,26 +98,28 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'catalog.db'}"
 
 
-@pytest.fixture
-async def sessions(db_url: str) -> AsyncIterator[object]:
-    """A session maker over a migrated catalog, on SQLite and on PostgreSQL."""
-    await db.upgrade_async(db_url)
-    engine = db.make_engine(db_url)
+@asynccontextmanager
+async def _migrated(url: str) -> AsyncIterator[object]:
+    await db.upgrade_async(url)
+    engine = db.make_engine(url)
     try:
         yield db.make_sessionmaker(engine)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def sessions(db_url: str) -> AsyncIterator[object]:
+    """A session maker over a migrated catalog, on SQLite and on PostgreSQL."""
+    async with _migrated(db_url) as maker:
+        yield maker
 
 
 @pytest.fixture
 async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[object]:
     """A session maker over a migrated SQLite catalog, for tests that need only one database."""
-    await db.upgrade_async(sqlite_url)
-    engine = db.make_engine(sqlite_url)
-    try:
-        yield db.make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
+    async with _migrated(sqlite_url) as maker:
+        yield maker
 
 
 @pytest.fixture(autouse=True)
