@@ -293,3 +293,7 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
     console.print(table)
     if total == 0:
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
+
+from metavmm.broker.cli_identity import register as register_identity  # noqa: E402
+
+register_identity(main)
