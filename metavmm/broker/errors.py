@@ -44,7 +44,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = problem(exc.http_status, exc.title, exc.message, **extra)
         response.headers.update(getattr(exc, "headers", {}))
         return response
-    except IntegrityError:
+    except IntegrityError as exc:
+        log.info("integrity error in %s %s: %s", request.method, request.path, exc.orig.__class__.__name__)
         return problem(409, "Conflict", "the change conflicts with existing data (a duplicate or a missing reference)")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/problem+json":

@@ -69,8 +69,6 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
         image = await session.get(Image, image_id)
         if image is None or (image.project_id != project_id and image.visibility == "project"):
             raise ValidationError(f"no image {image_id} visible to this project")
-    await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=operation_id,
-                         flavor=shape.flavor)
     spec: dict[str, Any] = {"vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
                             "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
                             "image_id": image_id, "site": site}
@@ -80,7 +78,9 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
                           idempotency_key=idempotency_key,
                           steps=[{"step": "plan", "state": "pending"}, {"step": "create", "state": "pending"}])
     session.add(workload)
-    await session.flush()
+    await session.flush()  # the reservations reference the workload row
+    await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=operation_id,
+                         flavor=shape.flavor)
     session.add(operation)
     await session.flush()
     return workload, operation
