@@ -154,7 +154,8 @@ async def test_projects_members_and_tokens(world: Any) -> None:
                              json={"role": "reader"})
     assert added.status == 200 and (await added.json())["role"] == "reader"
 
-    minted = await client.post(f"{API}/tokens", headers=w.auth("alpha_reader"), json={"name": "ci"})
+    minted = await client.post(f"{API}/tokens", headers=w.auth("alpha_padmin"),
+                               json={"name": "ci", "role": "reader", "user_id": w.ids["user_alpha_reader"]})
     token = await minted.json()
     assert minted.status == 201 and token["secret"].startswith("mvm_") and token["role"] == "reader"
     me = await (await client.get(f"{API}/whoami", headers={"Authorization": f"Bearer {token['secret']}"})).json()

@@ -477,7 +477,7 @@ async def list_tokens(request: web.Request, query: Any) -> Any:
 
 
 @api.route("POST", "/tokens", summary="Mint an API token in your project; the secret is shown once",
-           body=TokenCreate, response=TokenCreated, status=201, role="reader")
+           body=TokenCreate, response=TokenCreated, status=201, role="member")
 async def create_token(request: web.Request, body: TokenCreate) -> TokenCreated:
     identity = identity_of(request)
     role = body.role or Role(identity.role)
