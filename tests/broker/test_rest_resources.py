@@ -162,7 +162,7 @@ async def test_projects_members_and_tokens(world: Any) -> None:
     assert me["user"] == "alpha_reader" and me["via"] == "token"
     listed = await client.get(f"{API}/tokens", headers=w.auth("alpha_reader"))
     assert token["secret"] not in await listed.text()
-    escalate = await client.post(f"{API}/tokens", headers=w.auth("alpha_reader"), json={"role": "member"})
+    escalate = await client.post(f"{API}/tokens", headers=w.auth("alpha_member"), json={"role": "project_admin"})
     assert escalate.status == 403
     revoke = await client.delete(f"{API}/tokens/{token['id']}", headers=w.auth("alpha_reader"))
     assert revoke.status == 204
