@@ -133,7 +133,8 @@ async def test_every_aiohttp_route_needs_credentials(world: Any) -> None:
     """OCCI and any other handler mounted on the app: no token or an expired one gets 401."""
     client, w = world
     values = await samples(w)
-    apps = [w.app] + [r._app for r in w.app.router.resources() if hasattr(r, "_app")]  # sub-apps; their paths include the prefix
+    # The root app and its sub-apps (whose route paths already include their prefix).
+    apps = [w.app] + [r._app for r in w.app.router.resources() if hasattr(r, "_app")]
     seen = 0
     for app in apps:
         for route in app.router.routes():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -16,6 +17,13 @@ from metavmm.broker import keys
 from metavmm.broker.rest.framework import set_header
 from metavmm.errors import PreconditionFailed, PreconditionRequired
 
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive timestamps; everything the broker stores is UTC, so say so."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
 INT_ID = Field(ge=1, le=2**31 - 1)
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 UUID_ID = Field(pattern=UUID_PATTERN)

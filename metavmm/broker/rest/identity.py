@@ -7,7 +7,6 @@ their own tokens. A token's secret is in the answer of its creation only; it is 
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +18,17 @@ from sqlmodel import select
 from metavmm.broker import keys
 from metavmm.broker import quotas as quota_service
 from metavmm.broker.identity import Identity, identity_of, mint_token, rank, set_membership
-from metavmm.broker.rest.common import INT_ID, NAME, UUID_ID, check_if_match, etag, lock_row, send_etag, sessions
+from metavmm.broker.rest.common import (
+    INT_ID,
+    NAME,
+    UUID_ID,
+    Timestamp,
+    check_if_match,
+    etag,
+    lock_row,
+    send_etag,
+    sessions,
+)
 from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.catalog.db import session_scope
@@ -49,7 +58,7 @@ class ProjectOut(_Out):
     id: int
     name: str
     description: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class ProjectCreate(BaseModel):
@@ -68,7 +77,7 @@ class UserOut(_Out):
     name: str
     email: str | None
     oidc_subject: str | None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class UserCreate(BaseModel):
@@ -120,8 +129,8 @@ class TokenOut(_Out):
     user_id: int
     project_id: int
     role: Role
-    created_at: datetime
-    expires_at: datetime | None
+    created_at: Timestamp
+    expires_at: Timestamp | None
     revoked: bool
 
 
@@ -143,7 +152,7 @@ class CertificateOut(_Out):
     subject: str
     user_id: int
     project_id: int
-    created_at: datetime
+    created_at: Timestamp
 
 
 class CertificateCreate(BaseModel):

@@ -7,7 +7,6 @@ admins add, change or remove providers. Credentials sent with a provider are enc
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -17,7 +16,7 @@ from sqlmodel import select
 
 from metavmm.broker import keys
 from metavmm.broker.identity import identity_of
-from metavmm.broker.rest.common import INT_ID, UUID_ID, check_if_match, etag, lock_row, send_etag, sessions
+from metavmm.broker.rest.common import INT_ID, UUID_ID, Timestamp, check_if_match, etag, lock_row, send_etag, sessions
 from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, visible
@@ -55,7 +54,7 @@ class ProviderOut(_Out):
     enabled: bool
     simulated: bool
     settings: dict[str, Any]
-    synced_at: datetime | None
+    synced_at: Timestamp | None
     sync_error: str | None
 
 
@@ -144,8 +143,8 @@ class ImageOut(_Out):
     version: str
     visibility: str
     tags: list[str]
-    created_at: datetime
-    expires_at: datetime | None
+    created_at: Timestamp
+    expires_at: Timestamp | None
 
 
 class ReplicaOut(_Out):

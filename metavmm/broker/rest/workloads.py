@@ -8,7 +8,6 @@ operations is a later component: until then they stay pending and can be cancell
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -18,7 +17,16 @@ from sqlmodel import select
 from metavmm.broker import quotas
 from metavmm.broker import workloads as service
 from metavmm.broker.identity import identity_of
-from metavmm.broker.rest.common import UUID_ID, UUID_PATTERN, check_if_match, etag, lock_row, send_etag, sessions
+from metavmm.broker.rest.common import (
+    UUID_ID,
+    UUID_PATTERN,
+    Timestamp,
+    check_if_match,
+    etag,
+    lock_row,
+    send_etag,
+    sessions,
+)
 from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, target_project, visible
@@ -47,8 +55,8 @@ class WorkloadOut(_Out):
     managed: bool
     present: bool
     version: int = Field(description="increases with every change; the ETag is this number in quotes")
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class OperationOut(_Out):
@@ -61,8 +69,8 @@ class OperationOut(_Out):
     current_step: int
     progress: float
     error: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class WorkloadAccepted(BaseModel):
