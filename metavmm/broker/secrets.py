@@ -32,6 +32,7 @@ class Secret(str):
 def load_key(path: Path | None = None) -> bytes:
     """The broker's Fernet key: from the environment, else the key file (created if missing)."""
     env = os.environ.get(KEY_ENV)
+    source = f"${KEY_ENV}"
     if env:
         key = env.encode()
     else:
@@ -42,10 +43,11 @@ def load_key(path: Path | None = None) -> bytes:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(Fernet.generate_key())
         key = path.read_bytes().strip()
+        source = str(path)
     try:
         Fernet(key)
     except ValueError:
-        raise ConfigError(f"the broker's secret key ({KEY_ENV} or {path}) is not a Fernet key") from None
+        raise ConfigError(f"the broker's secret key ({source}) is not a Fernet key") from None
     return key
 
 
