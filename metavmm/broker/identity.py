@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from aiohttp import web
 from sqlmodel import select
@@ -21,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import ApiToken, Membership, Project, Role, User
 from metavmm.errors import Forbidden, NotFound, ValidationError
 
+T = TypeVar("T", Project, User)
 RANK = {Role.READER: 0, Role.MEMBER: 1, Role.PROJECT_ADMIN: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "mvm_"
 
@@ -116,22 +118,21 @@ def _aware(ts: datetime) -> datetime:
 # --- services shared by the CLI and the REST API ---------------------------------------------------
 
 
-async def get_or_create_project(session: AsyncSession, name: str) -> Project:
-    project = (await session.exec(select(Project).where(Project.name == name))).first()
-    if project is None:
-        project = Project(name=name)
-        session.add(project)
+async def _by_name(session: AsyncSession, model: type[T], name: str) -> T:
+    row = (await session.exec(select(model).where(model.name == name))).first()  # type: ignore[attr-defined]
+    if row is None:
+        row = model(name=name)
+        session.add(row)
         await session.flush()
-    return project
+    return row
+
+
+async def get_or_create_project(session: AsyncSession, name: str) -> Project:
+    return await _by_name(session, Project, name)
 
 
 async def get_or_create_user(session: AsyncSession, name: str) -> User:
-    user = (await session.exec(select(User).where(User.name == name))).first()
-    if user is None:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-    return user
+    return await _by_name(session, User, name)
 
 
 async def set_membership(session: AsyncSession, user_id: int, project_id: int, role: str) -> Membership:

@@ -130,6 +130,19 @@ async def test_workload_create_checks_quota_flavor_and_idempotency(world: Any) -
     two = await client.post(f"{API}/workloads", headers={**h, **key}, json={"name": "f1", "flavor": flavor["name"]})
     assert (await two.json())["workload"]["id"] == (await one.json())["workload"]["id"]
     assert (await one.json())["workload"]["spec"]["vcpus"] == flavor["vcpus"]
+    gpu = await client.put(f"{API}/projects/{w.ids['alpha']}/quotas/gpus:L4", headers=admin, json={"limit": 1})
+    assert gpu.status == 200
+    two_gpus = await client.post(f"{API}/workloads", headers=h, json={"name": "g", "vcpus": 1, "ram_mib": 64,
+                                                                       "gpu_model": "L4", "gpu_count": 2})
+    assert two_gpus.status == 403 and "gpus:L4: need 2, used 0 of 1" in (await two_gpus.json())["detail"]
+    budget = await client.put(f"{API}/projects/{w.ids['alpha']}/quotas/budget_monthly", headers=admin,
+                              json={"limit": "0.5", "currency": "USD"})
+    assert budget.status == 200
+    priced = await client.post(f"{API}/workloads", headers=h, json={"name": "p", "flavor": flavor["name"]})
+    assert priced.status == 403 and "budget_monthly: need" in (await priced.json())["detail"]
+    no_currency = await client.put(f"{API}/projects/{w.ids['alpha']}/quotas/budget_monthly", headers=admin,
+                                   json={"limit": 5})
+    assert no_currency.status == 400
     nothing = await client.post(f"{API}/workloads", headers=h, json={"name": "n", "flavor": "no-such-flavor"})
     assert nothing.status == 400
     other = await client.post(f"{API}/workloads", headers=h,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -16,6 +16,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.broker import keys
 from metavmm.broker.rest.framework import set_header
 from metavmm.errors import PreconditionFailed, PreconditionRequired
+
+
+class OutModel(BaseModel):
+    """Base of response models read from catalog rows."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+def id_model(name: str, field: str, *, uuid: bool = False) -> type[BaseModel]:
+    """A path-parameter model with one id: an integer (inventory, projects) or a UUID (workloads)."""
+    return create_model(name, **{field: (str, UUID_ID) if uuid else (int, INT_ID)})
 
 
 def _utc(value: datetime) -> datetime:

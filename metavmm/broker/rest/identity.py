@@ -21,10 +21,11 @@ from metavmm.broker.identity import Identity, identity_of, mint_token, rank, set
 from metavmm.broker.rest.common import (
     INT_ID,
     NAME,
-    UUID_ID,
+    OutModel,
     Timestamp,
     check_if_match,
     etag,
+    id_model,
     lock_row,
     send_etag,
     sessions,
@@ -50,11 +51,7 @@ from metavmm.errors import Conflict, Forbidden, NotFound, ValidationError
 api = RestModule("identity", "Projects, users, roles, quotas and API tokens")
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class ProjectOut(_Out):
+class ProjectOut(OutModel):
     id: int
     name: str
     description: str
@@ -72,7 +69,7 @@ class ProjectPatch(BaseModel):
     description: str | None = Field(default=None, max_length=2000)
 
 
-class UserOut(_Out):
+class UserOut(OutModel):
     id: int
     name: str
     email: str | None
@@ -122,7 +119,7 @@ class QuotaSet(BaseModel):
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="for budget_monthly")
 
 
-class TokenOut(_Out):
+class TokenOut(OutModel):
     id: str
     name: str
     prefix: str = Field(description="the first characters of the secret, to recognise it")
@@ -147,7 +144,7 @@ class TokenCreate(BaseModel):
     days: int | None = Field(default=None, ge=1, le=3650, description="lifetime; default: the configured maximum")
 
 
-class CertificateOut(_Out):
+class CertificateOut(OutModel):
     id: int
     subject: str
     user_id: int
@@ -161,12 +158,10 @@ class CertificateCreate(BaseModel):
     project_id: int = INT_ID
 
 
-class ProjectId(BaseModel):
-    project_id: int = INT_ID
+ProjectId = id_model("ProjectId", "project_id")
 
 
-class UserId(BaseModel):
-    user_id: int = INT_ID
+UserId = id_model("UserId", "user_id")
 
 
 class MemberId(BaseModel):
@@ -179,8 +174,7 @@ class QuotaKey(BaseModel):
     resource: str = Field(pattern=quota_service.RESOURCE_PATTERN)
 
 
-class TokenId(BaseModel):
-    token_id: str = UUID_ID
+TokenId = id_model("TokenId", "token_id", uuid=True)
 
 
 class CertificateId(BaseModel):

@@ -16,7 +16,16 @@ from sqlmodel import select
 
 from metavmm.broker import keys
 from metavmm.broker.identity import identity_of
-from metavmm.broker.rest.common import INT_ID, UUID_ID, Timestamp, check_if_match, etag, lock_row, send_etag, sessions
+from metavmm.broker.rest.common import (
+    OutModel,
+    Timestamp,
+    check_if_match,
+    etag,
+    id_model,
+    lock_row,
+    send_etag,
+    sessions,
+)
 from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, visible
@@ -38,11 +47,7 @@ from metavmm.errors import Conflict, NotFound
 api = RestModule("inventory", "Providers, sites, hosts, flavors, images: what the federation is made of")
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class ProviderOut(_Out):
+class ProviderOut(OutModel):
     id: int
     name: str
     kind: str
@@ -82,7 +87,7 @@ class ProviderPatch(BaseModel):
     credentials: dict[str, SecretStr] | None = Field(default=None, max_length=32)
 
 
-class SiteOut(_Out):
+class SiteOut(OutModel):
     id: int
     provider_id: int
     name: str
@@ -92,7 +97,7 @@ class SiteOut(_Out):
     present: bool
 
 
-class HostOut(_Out):
+class HostOut(OutModel):
     id: int
     site_id: int
     name: str
@@ -112,7 +117,7 @@ class HostOut(_Out):
     memory_mib_used: int
 
 
-class FlavorOut(_Out):
+class FlavorOut(OutModel):
     id: int
     provider_id: int
     site_id: int | None
@@ -126,7 +131,7 @@ class FlavorOut(_Out):
     present: bool
 
 
-class ImageOut(_Out):
+class ImageOut(OutModel):
     id: str
     project_id: int | None
     name: str
@@ -147,7 +152,7 @@ class ImageOut(_Out):
     expires_at: Timestamp | None
 
 
-class ReplicaOut(_Out):
+class ReplicaOut(OutModel):
     id: int
     image_id: str | None
     site_id: int
@@ -160,28 +165,12 @@ class ReplicaOut(_Out):
     present: bool
 
 
-class ProviderId(BaseModel):
-    provider_id: int = INT_ID
-
-
-class SiteId(BaseModel):
-    site_id: int = INT_ID
-
-
-class HostId(BaseModel):
-    host_id: int = INT_ID
-
-
-class FlavorId(BaseModel):
-    flavor_id: int = INT_ID
-
-
-class ImageId(BaseModel):
-    image_id: str = UUID_ID
-
-
-class ReplicaId(BaseModel):
-    replica_id: int = INT_ID
+ProviderId = id_model("ProviderId", "provider_id")
+SiteId = id_model("SiteId", "site_id")
+HostId = id_model("HostId", "host_id")
+FlavorId = id_model("FlavorId", "flavor_id")
+ImageId = id_model("ImageId", "image_id", uuid=True)
+ReplicaId = id_model("ReplicaId", "replica_id")
 
 
 ProviderQuery = list_query("ProviderQuery", ["name", "kind"], kind=str, enabled=bool, on_prem=bool)

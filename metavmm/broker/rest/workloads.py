@@ -18,11 +18,12 @@ from metavmm.broker import quotas
 from metavmm.broker import workloads as service
 from metavmm.broker.identity import identity_of
 from metavmm.broker.rest.common import (
-    UUID_ID,
     UUID_PATTERN,
+    OutModel,
     Timestamp,
     check_if_match,
     etag,
+    id_model,
     lock_row,
     send_etag,
     sessions,
@@ -36,11 +37,7 @@ from metavmm.catalog.models import Operation, Workload, WorkloadKind
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class WorkloadOut(_Out):
+class WorkloadOut(OutModel):
     id: str
     project_id: int | None
     kind: str
@@ -59,7 +56,7 @@ class WorkloadOut(_Out):
     updated_at: Timestamp
 
 
-class OperationOut(_Out):
+class OperationOut(OutModel):
     id: str
     project_id: int | None
     kind: str
@@ -103,12 +100,8 @@ class ActionRequest(BaseModel):
     action: Literal["start", "stop", "restart", "suspend", "resume"]
 
 
-class WorkloadId(BaseModel):
-    workload_id: str = UUID_ID
-
-
-class OperationId(BaseModel):
-    operation_id: str = UUID_ID
+WorkloadId = id_model("WorkloadId", "workload_id", uuid=True)
+OperationId = id_model("OperationId", "operation_id", uuid=True)
 
 
 WorkloadQuery = list_query("WorkloadQuery", ["name", "created_at", "updated_at", "kind"], kind=str, name=str,
