@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from aiohttp import web
+from sqlalchemy import and_, func
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -95,19 +97,29 @@ async def identity_for(session: AsyncSession, user: User, project: Project, via:
 
 
 async def identity_from_token(session: AsyncSession, secret: str) -> Identity | None:
-    """The identity an API token stands for, or None if it is unknown, revoked, expired or orphaned."""
+    """The identity an API token stands for, or None if it is unknown, revoked, expired or orphaned.
+    One query: it runs on every authenticated request."""
     if not secret.startswith(TOKEN_PREFIX):
         return None
-    token = (await session.exec(select(ApiToken).where(ApiToken.secret_sha256 == hash_secret(secret)))).first()
-    if token is None or token.revoked:
+    admin = aliased(Membership)
+    is_admin = (select(func.count()).select_from(admin)
+                .where(admin.user_id == ApiToken.user_id, admin.role == Role.ADMIN)
+                .correlate(ApiToken).scalar_subquery())
+    stmt = (select(ApiToken, User.name, Project.name, Membership.role, is_admin)
+            .join(User, User.id == ApiToken.user_id).join(Project, Project.id == ApiToken.project_id)
+            .outerjoin(Membership, and_(Membership.user_id == ApiToken.user_id,
+                                        Membership.project_id == ApiToken.project_id))
+            .where(ApiToken.secret_sha256 == hash_secret(secret)))
+    row = (await session.exec(stmt)).first()
+    if row is None:
         return None
-    if token.expires_at is not None and _aware(token.expires_at) <= datetime.now(UTC):
+    token, user, project, member_role, admin_count = row
+    if token.revoked or (token.expires_at is not None and _aware(token.expires_at) <= datetime.now(UTC)):
         return None
-    user = await session.get(User, token.user_id)
-    project = await session.get(Project, token.project_id)
-    if user is None or project is None:
+    role = Role.ADMIN if admin_count else member_role
+    if role is None:
         return None
-    return await identity_for(session, user, project, "token", ceiling=token.role)
+    return Identity(token.user_id, user, token.project_id, project, cap(role, token.role), "token")
 
 
 def _aware(ts: datetime) -> datetime:
