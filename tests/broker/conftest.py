@@ -73,9 +73,9 @@ async def seed(app: web.Application) -> World:
 
 
 @pytest.fixture
-async def world(aiohttp_client: Any, sqlite_url: str) -> tuple[Any, World]:
-    """A test client over a seeded broker on SQLite, and its world; alpha owns one workload."""
-    app = create_app(parse_config(SIM), sqlite_url, sync=False)
+async def world(aiohttp_client: Any, db_url: str) -> tuple[Any, World]:
+    """A test client over a seeded broker (SQLite and PostgreSQL), and its world; alpha owns one workload."""
+    app = create_app(parse_config(SIM), db_url, sync=False)
     client = await aiohttp_client(app)
     w = await seed(app)
     resp = await client.post("/api/v1/workloads", json={"name": ALPHA_MARK, "vcpus": 2, "ram_mib": 2048},
