@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,10 +28,11 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker import keys
+from metavmm.broker.config import AuthConfig
 from metavmm.broker.identity import IDENTITY, Identity, identity_for, identity_from_token
 from metavmm.broker.oidc import looks_like_jwt
 from metavmm.catalog.models import ClientCertificate, Membership, Project, User
-from metavmm.errors import Forbidden, Unauthenticated
+from metavmm.errors import ConfigError, Forbidden, Unauthenticated
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,7 +65,25 @@ def required_role(request: web.Request) -> str | None:
     return declared or default_role(request.method)
 
 
-# --- X.509 subjects ------------------------------------------------------------------------------
+# --- X.509 ---------------------------------------------------------------------------------------
+
+
+def server_ssl_context(config: AuthConfig) -> ssl.SSLContext | None:
+    """The TLS context ``metavmm serve`` listens with: None for plain HTTP; with client certificates
+    enabled, a certificate is asked for (optional: token users need none) and verified against the CA."""
+    if config.tls is None:
+        if config.client_certs.enabled:
+            raise ConfigError("auth.client_certs needs auth.tls: the broker must terminate TLS to see certificates")
+        return None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+        if config.client_certs.enabled and config.client_certs.ca_file:
+            ctx.load_verify_locations(cafile=config.client_certs.ca_file)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"auth.tls: cannot load the certificate, key or client CA: {exc}") from None
+    return ctx
 
 _SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
           "localityName": "L", "stateOrProvinceName": "ST", "domainComponent": "DC", "emailAddress": "emailAddress"}

@@ -208,16 +208,30 @@ class OidcConfig(_Strict):
     leeway_s: int = Field(default=30, ge=0, le=600)
 
 
+class TlsConfig(_Strict):
+    """The broker serves HTTPS with this certificate (``metavmm serve``)."""
+
+    cert_file: str
+    key_file: str
+
+
 class ClientCertConfig(_Strict):
-    """X.509 client certificates: on when the broker serves TLS with ``ca_file`` as client CA."""
+    """X.509 client certificates, verified against ``ca_file``; needs ``tls`` (the broker terminates TLS)."""
 
     enabled: bool = False
     ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ClientCertConfig:
+        if self.enabled and not self.ca_file:
+            raise ValueError("client certificates need ca_file, the CA that signs them")
+        return self
 
 
 class AuthConfig(_Strict):
     oidc: OidcConfig | None = None
     api_tokens: bool = Field(default=True, description="accept API tokens (Bearer, or the HTTP Basic password)")
+    tls: TlsConfig | None = None
     client_certs: ClientCertConfig = Field(default_factory=ClientCertConfig)
     token_max_days: int = Field(default=365, ge=1, description="longest lifetime a minted token may have")
 

@@ -22,11 +22,12 @@ from cryptography.x509.oid import NameOID
 
 from metavmm.broker import keys
 from metavmm.broker.app import create_app
-from metavmm.broker.auth import subject_string
+from metavmm.broker.auth import server_ssl_context, subject_string
 from metavmm.broker.config import parse_config
 from metavmm.broker.identity import get_or_create_project, get_or_create_user, set_membership
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ClientCertificate
+from metavmm.errors import ConfigError
 from tests.broker.conftest import SIM, seed
 
 API = "/api/v1"
@@ -193,11 +194,14 @@ async def test_client_certificates_over_tls(tmp_path: Path, sqlite_url: str) -> 
         k = ec.generate_private_key(ec.SECP256R1())
         clients[cn] = _write(tmp_path / cn, _cert(_name(cn), ca_name, k, ca_key), k)
 
-    cfg = parse_config(SIM + f"\nauth:\n  client_certs: {{enabled: true, ca_file: '{ca_file}'}}\n")
+    cfg = parse_config(SIM + f"""
+auth:
+  tls: {{cert_file: '{server_crt}', key_file: '{server_pem}'}}
+  client_certs: {{enabled: true, ca_file: '{ca_file}'}}
+""")
     app = create_app(cfg, sqlite_url, sync=False)
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
-    sctx.load_cert_chain(server_crt, server_pem)
-    sctx.verify_mode = ssl.CERT_OPTIONAL
+    sctx = server_ssl_context(cfg.auth)  # what `metavmm serve` listens with
+    assert sctx is not None
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=sctx)
@@ -228,6 +232,16 @@ async def test_client_certificates_over_tls(tmp_path: Path, sqlite_url: str) -> 
         assert status == 401
     finally:
         await runner.cleanup()
+
+
+def test_tls_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"needs auth\.tls"):
+        server_ssl_context(parse_config("auth: {client_certs: {enabled: true, ca_file: /x}}").auth)
+    with pytest.raises(ConfigError, match="cannot load"):
+        server_ssl_context(parse_config(f"auth: {{tls: {{cert_file: {tmp_path}/no, key_file: /no}}}}").auth)
+    with pytest.raises(ConfigError, match="ca_file"):
+        parse_config("auth: {client_certs: {enabled: true}}")
+    assert server_ssl_context(parse_config("").auth) is None
 
 
 def test_subject_string_is_rfc4514_order() -> None:
