@@ -157,8 +157,10 @@ async def test_projects_members_and_tokens(world: Any) -> None:
     assert [p["name"] for p in mine["items"]] == ["alpha"]
     allp = await (await client.get(f"{API}/projects?sort=name", headers=w.auth("admin"))).json()
     assert [p["name"] for p in allp["items"]] == ["alpha", "beta", "ops"]
-    members = await (await client.get(f"{API}/projects/{w.ids['alpha']}/members", headers=padmin)).json()
-    assert {m["user"] for m in members} == {"alpha_padmin", "alpha_member", "alpha_reader"}
+    members = await (await client.get(f"{API}/projects/{w.ids['alpha']}/members?sort=user", headers=padmin)).json()
+    assert [m["user"] for m in members["items"]] == ["alpha_member", "alpha_padmin", "alpha_reader"]
+    readers = await (await client.get(f"{API}/projects/{w.ids['alpha']}/members?role=reader", headers=padmin)).json()
+    assert readers["total"] == 1 and readers["items"][0]["user"] == "alpha_reader"
     beta_user = w.ids["user_beta_member"]
     too_high = await client.put(f"{API}/projects/{w.ids['alpha']}/members/{beta_user}", headers=padmin,
                                 json={"role": "admin"})

@@ -183,6 +183,8 @@ class CertificateId(BaseModel):
 
 
 ProjectQuery = list_query("ProjectQuery", ["name", "created_at"], name=str)
+MemberQuery = list_query("MemberQuery", ["user", "role"], role=Role)
+CertificateQuery = list_query("CertificateQuery", ["subject", "created_at"])
 UserQuery = list_query("UserQuery", ["name", "created_at"], name=str)
 TokenQuery = list_query("TokenQuery", ["created_at", "name"], user_id=int, project_id=int, revoked=bool)
 
@@ -289,14 +291,19 @@ async def delete_project(request: web.Request, params: ProjectId) -> None:
 
 
 @api.route("GET", "/projects/{project_id}/members", summary="List a project's members and roles",
-           params=ProjectId, response=list[MemberOut])
-async def list_members(request: web.Request, params: ProjectId) -> list[MemberOut]:
+           params=ProjectId, query=MemberQuery, response=Page[MemberOut])
+async def list_members(request: web.Request, params: ProjectId, query: Any) -> Any:
     _may_see_project(identity_of(request), params.project_id)
+    stmt = (select(Membership, User).join(User, User.id == Membership.user_id)
+            .where(Membership.project_id == params.project_id))
+
+    def render(row: Any) -> MemberOut:
+        m, u = row
+        return MemberOut(user_id=u.id or 0, user=u.name, project_id=m.project_id, role=Role(m.role))
+
     async with sessions(request)() as session:
-        rows = (await session.exec(select(Membership, User).join(User, User.id == Membership.user_id)
-                                   .where(Membership.project_id == params.project_id)
-                                   .order_by(User.name))).all()
-    return [MemberOut(user_id=u.id or 0, user=u.name, project_id=m.project_id, role=Role(m.role)) for m, u in rows]
+        return await paginate(session, stmt, query, {"user": User.name, "role": Membership.role}, render,
+                              Page[MemberOut], default_sort=User.id)
 
 
 @api.route("PUT", "/projects/{project_id}/members/{user_id}", summary="Add a member or change their role",
@@ -426,12 +433,13 @@ async def get_user(request: web.Request, params: UserId) -> UserOut:
 
 
 @api.route("GET", "/users/{user_id}/certificates", summary="X.509 client certificates mapped to a user",
-           params=UserId, response=list[CertificateOut], role="admin")
-async def list_certificates(request: web.Request, params: UserId) -> list[CertificateOut]:
+           params=UserId, query=CertificateQuery, response=Page[CertificateOut], role="admin")
+async def list_certificates(request: web.Request, params: UserId, query: Any) -> Any:
+    stmt = select(ClientCertificate).where(ClientCertificate.user_id == params.user_id)
     async with sessions(request)() as session:
-        rows = (await session.exec(select(ClientCertificate).where(ClientCertificate.user_id == params.user_id)
-                                   .order_by(ClientCertificate.id))).all()
-    return [CertificateOut.model_validate(r) for r in rows]
+        return await paginate(session, stmt, query, {"subject": ClientCertificate.subject,
+                                                     "created_at": ClientCertificate.created_at},
+                              CertificateOut.model_validate, Page[CertificateOut], default_sort=ClientCertificate.id)
 
 
 @api.route("POST", "/users/{user_id}/certificates", summary="Map an X.509 client certificate subject to a user",
