@@ -104,6 +104,9 @@ async def test_every_route_as_other_project_reader_expired_and_anonymous(world: 
             continue
         path = API + _fill(route.path, values)
         body = body_for.get(route.body.__name__, {}) if route.body else None
+        # A body we have no valid sample for (a route added later) may be refused by validation first.
+        refusals = {403, 404} if route.body is None or route.body.__name__ in body_for else {400, 403, 404, 409}
+        writes = rank(role) > rank("reader")  # reader-level POSTs (dry runs, comparisons) only read
         headers = {"If-Match": "*"}
         for caller in ("none", "expired", "alpha_reader", "beta_member"):
             resp = await client.request(route.method, path, json=body, headers={**headers, **w.auth(caller)})
@@ -112,16 +115,16 @@ async def test_every_route_as_other_project_reader_expired_and_anonymous(world: 
             assert resp.status < 500, where
             if caller in ("none", "expired"):
                 assert resp.status == 401, where
-            elif caller == "alpha_reader" and rank(role) > rank("reader"):
+            elif caller == "alpha_reader" and writes:
                 assert resp.status == 403, where
             elif caller == "beta_member":
-                if route.method != "GET" or resp.status >= 400:
-                    assert resp.status in (403, 404), where
+                if writes or resp.status >= 400:
+                    assert resp.status in refusals, where
                 for marker in ALPHA_MARKERS:
                     assert marker not in text, f"{where}: leaks {marker}"
                 if resp.status < 400:  # an error may repeat the id the caller sent, nothing more
                     assert str(w.ids["workload"]) not in text and str(w.ids["image"]) not in text, where
-            if route.method != "GET":
+            if writes:
                 assert resp.status >= 400, where
             after = await snapshot(w)
             assert after == before, f"{where} changed the database"
