@@ -230,8 +230,16 @@ async def get_provider(request: web.Request, params: ProviderId) -> ProviderOut:
     return out
 
 
-def _secrets(values: dict[str, SecretStr]) -> dict[str, str]:
-    return {k: v.get_secret_value() for k, v in values.items()}
+async def _save(request: web.Request, session: Any, row: Provider,
+                credentials: dict[str, SecretStr] | None) -> ProviderOut:
+    """Encrypt and store new credentials (if given), flush, and render the provider with its ETag."""
+    if credentials:
+        plain = {k: v.get_secret_value() for k, v in credentials.items()}
+        await store_provider_credentials(session, request.config_dict[keys.SECRETS], row.id or 0, plain)
+    await session.flush()
+    out = await _provider_out(session, row)
+    send_etag(request, etag(out))
+    return out
 
 
 @api.route("POST", "/providers", summary="Add a provider (credentials are encrypted at rest)", body=ProviderCreate,
@@ -244,13 +252,7 @@ async def create_provider(request: web.Request, body: ProviderCreate) -> Provide
                        enabled=body.enabled, settings=dict(body.settings))
         session.add(row)
         await session.flush()
-        if body.credentials:
-            await store_provider_credentials(session, request.config_dict[keys.SECRETS], row.id or 0,
-                                             _secrets(body.credentials))
-        await session.flush()
-        out = await _provider_out(session, row)
-    send_etag(request, etag(out))
-    return out
+        return await _save(request, session, row, body.credentials)
 
 
 @api.route("PATCH", "/providers/{provider_id}", summary="Change a provider (needs If-Match)", params=ProviderId,
@@ -267,13 +269,7 @@ async def patch_provider(request: web.Request, params: ProviderId, body: Provide
             if value is not None:
                 setattr(row, key, dict(value) if key == "settings" else value)
         session.add(row)
-        if body.credentials is not None:
-            await store_provider_credentials(session, request.config_dict[keys.SECRETS], row.id or 0,
-                                             _secrets(body.credentials))
-        await session.flush()
-        out = await _provider_out(session, row)
-    send_etag(request, etag(out))
-    return out
+        return await _save(request, session, row, body.credentials)
 
 
 @api.route("DELETE", "/providers/{provider_id}", summary="Remove a provider that has no sites, flavors or workloads",
