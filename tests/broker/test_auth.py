@@ -111,7 +111,7 @@ async def test_oidc_tokens_from_a_local_issuer(aiohttp_client: Any, aiohttp_serv
     issuer.url = str(server.make_url("")).rstrip("/")
     cfg = parse_config(SIM + f"""
 auth:
-  oidc: {{issuer: "{issuer.url}", audience: metavmm, leeway_s: 0}}
+  oidc: {{issuer: "{issuer.url}", audience: metavmm, leeway_s: 0, project_claim: project}}
 """)
     app = create_app(cfg, sqlite_url, sync=False)
     client = await aiohttp_client(app)
@@ -132,6 +132,10 @@ auth:
                                "via": "oidc"}
     ec_signed = await client.get(f"{API}/whoami", headers=bearer(issuer.token("sub-carol", kid="ec1"), "beta"))
     assert (await ec_signed.json())["role"] == "reader"
+    by_claim = await client.get(f"{API}/whoami", headers=bearer(issuer.token("sub-carol", project="beta"), None))
+    assert (await by_claim.json())["project"] == "beta"
+    not_member = await client.get(f"{API}/whoami", headers=bearer(issuer.token("sub-carol"), "ops"))
+    assert not_member.status == 403
     ambiguous = await client.get(f"{API}/whoami", headers=bearer(issuer.token("sub-carol"), None))
     assert ambiguous.status == 403 and "X-Metavmm-Project" in (await ambiguous.json())["detail"]
     for bad, why in ((issuer.token("sub-carol", exp_in=-5), "expired"),

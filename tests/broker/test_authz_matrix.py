@@ -14,6 +14,8 @@ import re
 import uuid
 from typing import Any
 
+import pytest
+from aiohttp import web
 from pydantic import BaseModel
 from sqlmodel import select
 
@@ -21,6 +23,7 @@ from metavmm.broker import keys
 from metavmm.broker.auth import PUBLIC, ROLE_ATTR, default_role
 from metavmm.broker.identity import rank
 from metavmm.broker.rest import modules
+from metavmm.broker.rest.framework import RestModule, add_module
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     ALL_TABLES,
@@ -157,3 +160,11 @@ def test_roles_declared_on_routes_are_known() -> None:
         role = _role(route)
         assert role == PUBLIC or rank(role) >= 0, route.path
         assert route.body is None or issubclass(route.body, BaseModel)
+    typo = RestModule("typo")
+
+    @typo.route("GET", "/x", summary="x", role="memebr")
+    async def x(_request: Any) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="memebr"):
+        add_module(web.Application(), typo)

@@ -105,7 +105,13 @@ async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ValidationError(_describe(exc, "body")) from None
 
 
+ROLES = ("public", "reader", "member", "project_admin", "admin")
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    role = route.extra.get("role") or default_role(route.method)
+    if role not in ROLES:
+        raise ValueError(f"{route.method} {route.path}: role {role!r} is not one of {', '.join(ROLES)}")
     adapter = TypeAdapter(route.response) if route.response is not None else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -131,7 +137,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         return web.json_response(adapter.dump_python(result, mode="json"), status=route.status, headers=headers)
 
     handle.__doc__ = route.summary
-    setattr(handle, ROLE_ATTR, route.extra.get("role") or default_role(route.method))
+    setattr(handle, ROLE_ATTR, role)
     return handle
 
 
