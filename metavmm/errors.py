@@ -44,6 +44,35 @@ class Conflict(MetavmmError):
     title = "Conflict"
 
 
+class Unauthenticated(MetavmmError):
+    """No valid credentials came with the request (missing, expired, revoked or badly signed)."""
+
+    http_status = 401
+    title = "Unauthenticated"
+    headers = {"WWW-Authenticate": 'Bearer realm="metavmm", Basic realm="metavmm"'}
+
+
+class Forbidden(MetavmmError):
+    """The caller is known but its role does not allow this."""
+
+    http_status = 403
+    title = "Forbidden"
+
+
+class PreconditionFailed(MetavmmError):
+    """If-Match named a version that is no longer current: someone else changed the resource."""
+
+    http_status = 412
+    title = "Precondition failed"
+
+
+class PreconditionRequired(MetavmmError):
+    """An update came without If-Match, so it could silently overwrite someone else's change."""
+
+    http_status = 428
+    title = "Precondition required"
+
+
 class QuotaExceeded(MetavmmError):
     http_status = 403
     title = "Quota exceeded"

@@ -17,20 +17,25 @@ from sqlalchemy import text
 
 from metavmm import __version__
 from metavmm.broker import keys
+from metavmm.broker.auth import PUBLIC, auth_middleware, requires
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.errors import error_middleware, request_id_middleware
+from metavmm.broker.oidc import OidcVerifier
 from metavmm.broker.rest import setup_rest
+from metavmm.broker.secrets import SecretBox, load_key
 from metavmm.broker.sync import register_providers, sync_all
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 
 log = logging.getLogger(__name__)
 
 
+@requires(PUBLIC)
 async def healthz(_request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "ok", "version": __version__})
 
 
+@requires(PUBLIC)
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the catalog answers; each provider's last sync is reported, not required."""
     from sqlmodel import select
@@ -96,8 +101,11 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
 
 def create_app(config: FederationConfig, database_url: str, *, migrate: bool = True,
                sync: bool = True) -> web.Application:
-    app = web.Application(middlewares=[request_id_middleware, error_middleware])
+    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
     app[keys.CONFIG] = config
+    app[keys.SECRETS] = SecretBox(load_key())
+    if config.auth.oidc is not None:
+        app[keys.OIDC] = OidcVerifier(config.auth.oidc)
     app[keys.DATABASE_URL] = database_url
     app.cleanup_ctx.append(catalog_context(migrate=migrate, sync=sync))
     app.router.add_get("/healthz", healthz)

@@ -96,9 +96,13 @@ def serve(settings: Settings, config_path: str | None, database: str | None, hos
     if database:
         settings._database = database
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    from metavmm.broker.auth import server_ssl_context
+
     app = create_app(settings.config, settings.database, sync=not no_sync)
-    console.print(f"metavmm serving on http://{host}:{port} (database {_safe_url(settings.database)})")
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    tls = server_ssl_context(settings.config.auth)
+    scheme = "https" if tls else "http"
+    console.print(f"metavmm serving on {scheme}://{host}:{port} (database {_safe_url(settings.database)})")
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True, ssl_context=tls)
 
 
 def _safe_url(url: str) -> str:
@@ -299,6 +303,10 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
     console.print(table)
     if total == 0:
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
+
+from metavmm.broker.cli_identity import register as register_identity  # noqa: E402
+
+register_identity(main)
 
 
 if __name__ == "__main__":

@@ -193,9 +193,53 @@ class FederationInfo(_Strict):
     sync_interval_s: int = Field(default=300, ge=0, description="0 disables periodic inventory sync")
 
 
+class OidcConfig(_Strict):
+    """An OpenID Connect issuer whose bearer tokens (JWTs) the broker accepts."""
+
+    issuer: str = Field(description="the exact `iss` claim, e.g. https://login.example.org/realms/hpc")
+    audience: str = Field(description="the `aud` the tokens must carry (the broker's client id)")
+    jwks_uri: str | None = Field(default=None, description="where the signing keys are; default: discovery")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    user_claim: str = Field(default="sub", description="claim that identifies the user (matched to oidc_subject)")
+    name_claim: str = Field(default="preferred_username", description="claim used as the user name on first login")
+    project_claim: str | None = Field(default=None, description="claim naming the project, when the header is absent")
+    create_users: bool = Field(default=True, description="create a user (without memberships) on first login")
+    jwks_cache_s: int = Field(default=300, ge=0)
+    leeway_s: int = Field(default=30, ge=0, le=600)
+
+
+class TlsConfig(_Strict):
+    """The broker serves HTTPS with this certificate (``metavmm serve``)."""
+
+    cert_file: str
+    key_file: str
+
+
+class ClientCertConfig(_Strict):
+    """X.509 client certificates, verified against ``ca_file``; needs ``tls`` (the broker terminates TLS)."""
+
+    enabled: bool = False
+    ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ClientCertConfig:
+        if self.enabled and not self.ca_file:
+            raise ValueError("client certificates need ca_file, the CA that signs them")
+        return self
+
+
+class AuthConfig(_Strict):
+    oidc: OidcConfig | None = None
+    api_tokens: bool = Field(default=True, description="accept API tokens (Bearer, or the HTTP Basic password)")
+    tls: TlsConfig | None = None
+    client_certs: ClientCertConfig = Field(default_factory=ClientCertConfig)
+    token_max_days: int = Field(default=365, ge=1, description="longest lifetime a minted token may have")
+
+
 class FederationConfig(_Strict):
     federation: FederationInfo = Field(default_factory=FederationInfo)
     database: str | None = None
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)
     prices: list[PriceTable] = Field(default_factory=list)
     policies: list[BurstPolicy] = Field(default_factory=list)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy.exc import IntegrityError
 
 from metavmm.broker.keys import REQUEST_ID
 from metavmm.errors import MetavmmError
@@ -40,7 +41,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except MetavmmError as exc:
         extra = {"reasons": exc.reasons} if getattr(exc, "reasons", None) else {}
-        return problem(exc.http_status, exc.title, exc.message, **extra)
+        response = problem(exc.http_status, exc.title, exc.message, **extra)
+        response.headers.update(getattr(exc, "headers", {}))
+        return response
+    except IntegrityError as exc:
+        log.info("integrity error in %s %s: %s", request.method, request.path, exc.orig.__class__.__name__)
+        return problem(409, "Conflict", "the change conflicts with existing data (a duplicate or a missing reference)")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/problem+json":
             raise

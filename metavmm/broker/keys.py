@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.config import FederationConfig
+from metavmm.broker.oidc import OidcVerifier
+from metavmm.broker.secrets import SecretBox
 
 CONFIG = web.AppKey("config", FederationConfig)
 DATABASE_URL = web.AppKey("database_url", str)
@@ -16,3 +18,5 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
 REQUEST_ID = web.RequestKey("request_id", str)
+OIDC = web.AppKey("oidc", OidcVerifier)
+SECRETS = web.AppKey("secrets", SecretBox)

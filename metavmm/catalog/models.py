@@ -121,6 +121,49 @@ class Quota(SQLModel, table=True):
     currency: str | None = Field(default=None, max_length=3)
 
 
+class ApiToken(SQLModel, table=True):
+    """A token for scripts and OCCI clients. Only the SHA-256 of the secret is stored: the secret is
+    256 random bits, so a fast hash is as strong as a slow one and lookups stay one indexed read."""
+
+    __tablename__ = "api_token"
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    name: str = Field(default="", max_length=128)
+    prefix: str = Field(max_length=16)  # the first characters of the secret, to recognise it in a list
+    secret_sha256: str = Field(unique=True, max_length=64)
+    user_id: int = Field(foreign_key="user_account.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    role: str = Field(max_length=16)  # the most this token may do; capped by the user's membership
+    created_at: datetime = _ts()
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    revoked: bool = False
+
+
+class ClientCertificate(SQLModel, table=True):
+    """An X.509 client certificate subject (RFC 4514 string) mapped to a user in a project."""
+
+    __tablename__ = "client_certificate"
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = Field(unique=True, max_length=512)
+    user_id: int = Field(foreign_key="user_account.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    created_at: datetime = _ts()
+
+
+class QuotaReservation(SQLModel, table=True):
+    """Quota use of one workload: ``in_transit`` from the request until the provider confirms it,
+    then ``committed``; deleted when the resource is gone. The sum over a project's rows is its use."""
+
+    __tablename__ = "quota_reservation"
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    workload_id: str | None = Field(default=None, foreign_key="workload.id", index=True)
+    operation_id: str | None = Field(default=None, max_length=36)
+    resource: str = Field(max_length=64)
+    amount: Decimal = Field(sa_type=Numeric(18, 4))
+    state: str = Field(default="in_transit", max_length=16)
+    created_at: datetime = _ts()
+
+
 # --- inventory ------------------------------------------------------------------------------------
 
 
@@ -141,6 +184,16 @@ class Provider(SQLModel, table=True):
     settings: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     sync_error: str | None = None
+
+
+class ProviderSecret(SQLModel, table=True):
+    """Cloud credentials given to the broker through the API, encrypted (Fernet) with the broker's key.
+    Never rendered: responses say only whether a provider has credentials."""
+
+    __tablename__ = "provider_secret"
+    provider_id: int = Field(foreign_key="provider.id", primary_key=True)
+    ciphertext: str
+    updated_at: datetime = _ts()
 
 
 class Site(SQLModel, table=True):
@@ -328,7 +381,7 @@ class Operation(SQLModel, table=True):
 
 
 ALL_TABLES: tuple[type[SQLModel], ...] = (
-    Project, User, Membership, Quota, Provider, Site, AvailabilityZone, Host, Flavor, Image,
-    ImageReplica, Price, Workload, WorkloadLink, Operation,
+    Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
+    Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
 )
 

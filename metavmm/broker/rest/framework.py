@@ -18,9 +18,16 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
-from metavmm.errors import ValidationError
+from metavmm.broker.auth import ROLE_ATTR, default_role
+from metavmm.errors import NotFound, ValidationError
 
 Handler = Callable[..., Awaitable[Any]]
+RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
+
+
+def set_header(request: web.Request, name: str, value: str) -> None:
+    """Add a header (e.g. ETag, Location) to the JSON response the framework renders."""
+    request.setdefault(RESPONSE_HEADERS, {})[name] = value
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Route:
     handler: Handler
     summary: str
     tag: str
+    params: type[BaseModel] | None = None  # the path parameters, typed (default: all strings)
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     response: Any = None  # a model, list[Model], or None for 204 No Content
@@ -46,12 +54,16 @@ class RestModule:
         self.description = description
         self.routes: list[Route] = []
 
-    def route(self, method: str, path: str, *, summary: str, query: type[BaseModel] | None = None,
-              body: type[BaseModel] | None = None, response: Any = None, status: int = 200,
-              media_type: str = "application/json", **extra: Any) -> Callable[[Handler], Handler]:
+    def route(self, method: str, path: str, *, summary: str, params: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None, body: type[BaseModel] | None = None, response: Any = None,
+              status: int = 200, media_type: str = "application/json",
+              **extra: Any) -> Callable[[Handler], Handler]:
+        """Declare a route. ``extra`` may hold ``role`` (reader, member, project_admin, admin or public;
+        default reader for reads and member for writes), enforced by the auth middleware."""
+
         def register(handler: Handler) -> Handler:
-            self.routes.append(Route(method.upper(), path, handler, summary, self.tag, query, body, response,
-                                     status, media_type, extra))
+            self.routes.append(Route(method.upper(), path, handler, summary, self.tag, params, query, body,
+                                     response, status, media_type, extra))
             return handler
 
         return register
@@ -67,6 +79,8 @@ def _describe(exc: pydantic.ValidationError, where: str) -> str:
 
 def _query_data(request: web.Request, model: type[BaseModel]) -> dict[str, Any]:
     data: dict[str, Any] = {}
+    if any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+        raise ValidationError("the query contains a NUL character, which no parameter accepts")
     for key in request.query:
         values = request.query.getall(key)
         fld = model.model_fields.get(key)
@@ -83,17 +97,30 @@ async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         data = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationError(f"the body is not valid JSON: {exc}") from None
+    if "\\u0000" in raw.decode(errors="replace") or "\x00" in raw.decode(errors="replace"):
+        raise ValidationError("the body contains a NUL character, which no field accepts")
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise ValidationError(_describe(exc, "body")) from None
 
 
+ROLES = ("public", "reader", "member", "project_admin", "admin")
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    role = route.extra.get("role") or default_role(route.method)
+    if role not in ROLES:
+        raise ValueError(f"{route.method} {route.path}: role {role!r} is not one of {', '.join(ROLES)}")
     adapter = TypeAdapter(route.response) if route.response is not None else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
+        if route.params is not None:
+            try:
+                kwargs["params"] = route.params.model_validate(dict(request.match_info))
+            except pydantic.ValidationError as exc:
+                raise NotFound(f"no such resource: {_describe(exc, 'path')}") from None
         if route.query is not None:
             try:
                 kwargs["query"] = route.query.model_validate(_query_data(request, route.query))
@@ -104,11 +131,13 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         result = await route.handler(request, **kwargs)
         if isinstance(result, web.StreamResponse):
             return result
+        headers = request.get(RESPONSE_HEADERS, {})
         if adapter is None:
-            return web.Response(status=204)
-        return web.json_response(adapter.dump_python(result, mode="json"), status=route.status)
+            return web.Response(status=204, headers=headers)
+        return web.json_response(adapter.dump_python(result, mode="json"), status=route.status, headers=headers)
 
     handle.__doc__ = route.summary
+    setattr(handle, ROLE_ATTR, role)
     return handle
 
 

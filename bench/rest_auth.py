@@ -1,0 +1,96 @@
+"""What authentication and quota checks cost per request: ``python -m bench.rest_auth``.
+
+Runs the broker in-process on SQLite (aiohttp test server on 127.0.0.1) and times, side by side, the
+same small GET without authentication (the public index), with an API token as Bearer, as the Basic
+password, with an OIDC JWT (RS256, JWKS cached), and a quota-reserving ``POST /workloads``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from metavmm.broker.app import create_app
+from metavmm.broker.config import parse_config
+
+N = int(os.environ.get("BENCH_N", "400"))
+
+
+async def _timed(client: TestClient, n: int, method: str, path: str, **kw: Any) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        resp = await client.request(method, path, **kw)
+        await resp.read()
+        times.append(time.perf_counter() - t0)
+        if resp.status >= 400:
+            raise SystemExit(f"{method} {path}: {resp.status} {await resp.text()}")
+    return times
+
+
+async def main() -> None:
+    sys.path.insert(0, os.getcwd())
+    from tests.broker.conftest import SIM, seed
+    from tests.broker.test_auth import Issuer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["METAVMM_STATE_DIR"] = tmp
+        issuer = Issuer()
+        issuer_server = TestServer(issuer.app(), host="127.0.0.1")
+        await issuer_server.start_server()
+        issuer.url = str(issuer_server.make_url("")).rstrip("/")
+        cfg = parse_config(SIM + f'\nauth:\n  oidc: {{issuer: "{issuer.url}", audience: metavmm}}\n')
+        app = create_app(cfg, f"sqlite:///{tmp}/bench.db", sync=False)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        try:
+            w = await seed(app)
+            from metavmm.broker import keys
+            from metavmm.broker.identity import get_or_create_user
+            from metavmm.catalog.db import session_scope
+
+            async with session_scope(app[keys.SESSIONS]) as s:
+                user = await get_or_create_user(s, "alpha_member")
+                user.oidc_subject = "bench-sub"
+                s.add(user)
+            token = w.tokens["alpha_member"]
+            basic = base64.b64encode(f"x:{token}".encode()).decode()
+            jwt_token = issuer.token("bench-sub", exp_in=3600)
+            cases = [
+                ("GET /api/v1/ (public, no auth)", "GET", "/api/v1/", {}),
+                ("GET /api/v1/whoami, API token (Bearer)", "GET", "/api/v1/whoami",
+                 {"headers": {"Authorization": f"Bearer {token}"}}),
+                ("GET /api/v1/whoami, API token (Basic)", "GET", "/api/v1/whoami",
+                 {"headers": {"Authorization": f"Basic {basic}"}}),
+                ("GET /api/v1/whoami, OIDC JWT (RS256)", "GET", "/api/v1/whoami",
+                 {"headers": {"Authorization": f"Bearer {jwt_token}"}}),
+                ("GET /api/v1/workloads?limit=50, token", "GET", "/api/v1/workloads?limit=50",
+                 {"headers": {"Authorization": f"Bearer {token}"}}),
+            ]
+            print(f"{'request':48} {'median ms':>10} {'p95 ms':>8} {'req/s':>8}   (n={N}, SQLite, one client)")
+            for label, method, path, kw in cases:
+                await _timed(client, 20, method, path, **kw)  # warm up
+                t = sorted(await _timed(client, N, method, path, **kw))
+                print(f"{label:48} {statistics.median(t) * 1e3:10.2f} {t[int(len(t) * .95)] * 1e3:8.2f} "
+                      f"{len(t) / sum(t):8.0f}")
+            n = min(N, 200)
+            t = sorted(await _timed(client, n, "POST", "/api/v1/workloads",
+                                    headers={"Authorization": f"Bearer {w.tokens['admin']}"},
+                                    json={"name": "bench", "vcpus": 1, "ram_mib": 64}))
+            print(f"{'POST /api/v1/workloads (quota lock + reserve)':48} {statistics.median(t) * 1e3:10.2f} "
+                  f"{t[int(len(t) * .95)] * 1e3:8.2f} {len(t) / sum(t):8.0f}")
+        finally:
+            await client.close()
+            await issuer_server.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,216 @@
+"""Workloads and operations of the caller's project.
+
+Creating a workload checks and reserves quota and writes a pending ``create`` operation (202
+Accepted); actions and deletion also answer with an operation. The operations engine that executes
+operations is a later component: until then they stay pending and can be cancelled. Updates need
+``If-Match`` with the workload's ETag (its version), so two clients cannot overwrite each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import select
+
+from metavmm.broker import quotas
+from metavmm.broker import workloads as service
+from metavmm.broker.identity import identity_of
+from metavmm.broker.rest.common import (
+    UUID_PATTERN,
+    OutModel,
+    Timestamp,
+    check_if_match,
+    etag,
+    id_model,
+    lock_row,
+    send_etag,
+    sessions,
+)
+from metavmm.broker.rest.framework import RestModule
+from metavmm.broker.rest.listing import Page, list_query, paginate
+from metavmm.broker.scope import get_visible, target_project, visible
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation, Workload, WorkloadKind
+
+api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
+
+
+class WorkloadOut(OutModel):
+    id: str
+    project_id: int | None
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    desired_state: str
+    observed_state: str
+    state_message: str | None
+    provider_id: int | None
+    site_id: int | None
+    host_id: int | None
+    managed: bool
+    present: bool
+    version: int = Field(description="increases with every change; the ETag is this number in quotes")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class OperationOut(OutModel):
+    id: str
+    project_id: int | None
+    kind: str
+    target_id: str | None
+    state: str
+    steps: list[dict[str, Any]]
+    current_step: int
+    progress: float
+    error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class WorkloadAccepted(BaseModel):
+    workload: WorkloadOut
+    operation: OperationOut
+
+
+class WorkloadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: WorkloadKind = WorkloadKind.COMPUTE
+    project_id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="admins only: another project")
+    flavor: str | None = Field(default=None, min_length=1, max_length=128, description="a flavor name")
+    vcpus: int | None = Field(default=None, ge=1, le=4096)
+    ram_mib: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
+    disk_gib: int = Field(default=0, ge=0, le=1_000_000)
+    gpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")
+    gpu_count: int = Field(default=0, ge=0, le=64)
+    image_id: str | None = Field(default=None, pattern=UUID_PATTERN, description="a marketplace image")
+    site: str | None = Field(default=None, min_length=1, max_length=160, description="pin to a site (by name)")
+
+
+class WorkloadPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["start", "stop", "restart", "suspend", "resume"]
+
+
+WorkloadId = id_model("WorkloadId", "workload_id", uuid=True)
+OperationId = id_model("OperationId", "operation_id", uuid=True)
+
+
+WorkloadQuery = list_query("WorkloadQuery", ["name", "created_at", "updated_at", "kind"], kind=str, name=str,
+                           desired_state=str, observed_state=str, present=bool, project_id=int)
+OperationQuery = list_query("OperationQuery", ["created_at", "updated_at", "state", "kind"], kind=str, state=str,
+                            target_id=str, project_id=int)
+
+
+def _workload_out(request: web.Request, row: Workload) -> WorkloadOut:
+    send_etag(request, etag(row.version))
+    return WorkloadOut.model_validate(row)
+
+
+@api.route("GET", "/workloads", summary="List your project's workloads", query=WorkloadQuery,
+           response=Page[WorkloadOut])
+async def list_workloads(request: web.Request, query: Any) -> Any:
+    stmt = select(Workload).where(visible(identity_of(request), Workload))
+    cols = {k: getattr(Workload, k) for k in ("name", "created_at", "updated_at", "kind", "desired_state",
+                                               "observed_state", "present", "project_id")}
+    async with sessions(request)() as session:
+        return await paginate(session, stmt, query, cols, WorkloadOut.model_validate, Page[WorkloadOut],
+                              default_sort=Workload.id)
+
+
+@api.route("POST", "/workloads", summary="Request a workload: checks and reserves quota, starts an operation",
+           body=WorkloadCreate, response=WorkloadAccepted, status=202, idempotency=True)
+async def create_workload(request: web.Request, body: WorkloadCreate) -> WorkloadAccepted:
+    identity = identity_of(request)
+    project_id = target_project(identity, body.project_id)
+    key = request.headers.get("Idempotency-Key")
+    async with session_scope(sessions(request)) as session:
+        # The quota lock must be the transaction's first statement (SQLite), so resolve the shape after it.
+        await quotas.lock_project(session, project_id)
+        shape = await service.resolve_shape(session, body.kind, body.flavor, body.vcpus, body.ram_mib, body.disk_gib,
+                                            body.gpu_model, body.gpu_count)
+        workload, op = await service.create(session, project_id=project_id, kind=body.kind, name=body.name,
+                                            shape=shape, image_id=body.image_id, site=body.site,
+                                            idempotency_key=key[:128] if key else None)
+    request_out = _workload_out(request, workload)
+    return WorkloadAccepted(workload=request_out, operation=OperationOut.model_validate(op))
+
+
+@api.route("GET", "/workloads/{workload_id}", summary="Show a workload", params=WorkloadId, response=WorkloadOut,
+           etag=True)
+async def get_workload(request: web.Request, params: WorkloadId) -> WorkloadOut:
+    async with sessions(request)() as session:
+        row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
+    return _workload_out(request, row)
+
+
+@api.route("PATCH", "/workloads/{workload_id}", summary="Rename a workload (needs If-Match)", params=WorkloadId,
+           body=WorkloadPatch, response=WorkloadOut, etag=True, if_match=True)
+async def patch_workload(request: web.Request, params: WorkloadId, body: WorkloadPatch) -> WorkloadOut:
+    identity = identity_of(request)
+    async with session_scope(sessions(request)) as session:
+        await lock_row(session, Workload, params.workload_id)
+        row = await get_visible(session, identity, Workload, params.workload_id, "workload")
+        check_if_match(request, etag(row.version))
+        values = body.model_dump(exclude_none=True)
+        if values:
+            row = await service.update_fields(session, row, row.version, values)
+    return _workload_out(request, row)
+
+
+@api.route("DELETE", "/workloads/{workload_id}", summary="Delete a workload (answers with its operation)",
+           params=WorkloadId, response=OperationOut, status=202)
+async def delete_workload(request: web.Request, params: WorkloadId) -> OperationOut:
+    async with session_scope(sessions(request)) as session:
+        await lock_row(session, Workload, params.workload_id)
+        row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
+        check_if_match(request, etag(row.version), required=False)
+        op = await service.request_delete(session, row)
+        return OperationOut.model_validate(op)
+
+
+@api.route("POST", "/workloads/{workload_id}/actions", summary="Start, stop, restart, suspend or resume",
+           params=WorkloadId, body=ActionRequest, response=OperationOut, status=202)
+async def workload_action(request: web.Request, params: WorkloadId, body: ActionRequest) -> OperationOut:
+    async with session_scope(sessions(request)) as session:
+        await lock_row(session, Workload, params.workload_id)
+        row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
+        check_if_match(request, etag(row.version), required=False)
+        return OperationOut.model_validate(await service.request_action(session, row, body.action))
+
+
+@api.route("GET", "/operations", summary="List your project's operations", query=OperationQuery,
+           response=Page[OperationOut])
+async def list_operations(request: web.Request, query: Any) -> Any:
+    stmt = select(Operation).where(visible(identity_of(request), Operation))
+    cols = {k: getattr(Operation, k) for k in ("created_at", "updated_at", "state", "kind", "target_id",
+                                                "project_id")}
+    async with sessions(request)() as session:
+        return await paginate(session, stmt, query, cols, OperationOut.model_validate, Page[OperationOut],
+                              default_sort=Operation.id)
+
+
+@api.route("GET", "/operations/{operation_id}", summary="Show an operation and its progress", params=OperationId,
+           response=OperationOut)
+async def get_operation(request: web.Request, params: OperationId) -> OperationOut:
+    async with sessions(request)() as session:
+        row = await get_visible(session, identity_of(request), Operation, params.operation_id, "operation")
+    return OperationOut.model_validate(row)
+
+
+@api.route("POST", "/operations/{operation_id}/cancel", summary="Cancel a pending operation (a create gives its "
+           "quota back)", params=OperationId, response=OperationOut)
+async def cancel_operation(request: web.Request, params: OperationId) -> OperationOut:
+    identity = identity_of(request)
+    async with session_scope(sessions(request)) as session:
+        await lock_row(session, Operation, params.operation_id)
+        row = await get_visible(session, identity, Operation, params.operation_id, "operation")
+        return OperationOut.model_validate(await service.cancel(session, row))
