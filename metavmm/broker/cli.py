@@ -308,6 +308,3 @@ from metavmm.broker.cli_identity import register as register_identity  # noqa: E
 
 register_identity(main)
 
-
-if __name__ == "__main__":
-    main()

@@ -22,7 +22,7 @@ def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
     env = {**os.environ, "METAVMM_STATE_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metavmm.broker.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "metavmm", "serve", "--port", str(port),
          "--database", f"sqlite:///{tmp_path / 'c.db'}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
