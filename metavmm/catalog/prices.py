@@ -55,11 +55,12 @@ async def store_prices(session: AsyncSession, records: Sequence[PriceRecord], pr
             "gpu_model": (shape.gpu_model if shape else rec.gpu_model),
             "gpu_count": shape.gpu_count if shape else None, "arch": shape.arch if shape else None,
         })
+    conn = await session.connection()  # Core statements, same transaction as the session
     for owner_id, source in replaced:
         cond = Price.provider_id == owner_id if owner_id is not None else Price.provider_id.is_(None)  # type: ignore[union-attr]
-        await session.execute(delete(Price).where(cond, Price.source == source))
+        await conn.execute(delete(Price).where(cond, Price.source == source))
     for start in range(0, len(rows_out), 5000):
-        await session.execute(insert(Price), rows_out[start:start + 5000])
+        await conn.execute(insert(Price), rows_out[start:start + 5000])
     return len(rows_out)
 
 
