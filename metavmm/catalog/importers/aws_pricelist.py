@@ -29,6 +29,7 @@ from metavmm.catalog.importers.base import (
     parse_amount,
 )
 from metavmm.catalog.importers.shapes import AWS_GPU_MODELS
+from metavmm.errors import AuthError, ProviderUnavailable
 
 OS_NAMES = {"linux": "linux", "windows": "windows", "rhel": "rhel", "suse": "suse",
             "red hat enterprise linux with ha": "rhel-ha", "ubuntu pro": "ubuntu-pro"}
@@ -150,18 +151,34 @@ def fetch(region: str, *, instance_types: list[str] | None = None, endpoint_url:
     from boto3's usual chain and are never logged.
     """
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    client = client or boto3.client("pricing", region_name="us-east-1", endpoint_url=endpoint_url)
     filters = [{"Type": "TERM_MATCH", "Field": "regionCode", "Value": region},
                {"Type": "TERM_MATCH", "Field": "capacitystatus", "Value": "Used"},
                {"Type": "TERM_MATCH", "Field": "tenancy", "Value": "Shared"},
                {"Type": "TERM_MATCH", "Field": "preInstalledSw", "Value": "NA"}]
     out: list[str] = []
-    for itype in instance_types or [None]:  # type: ignore[list-item]
-        extra = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": itype}] if itype else []
-        paginator = client.get_paginator("get_products")
-        pages = paginator.paginate(ServiceCode=SERVICE_CODE, Filters=filters + extra, FormatVersion="aws_v1",
-                                   PaginationConfig={"MaxItems": max_pages * 100})
-        for page in pages:
-            out.extend(page.get("PriceList", []))
+    try:
+        client = client or boto3.session.Session().client("pricing", region_name="us-east-1",
+                                                          endpoint_url=endpoint_url)
+        for itype in instance_types or [None]:  # type: ignore[list-item]
+            extra = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": itype}] if itype else []
+            paginator = client.get_paginator("get_products")
+            pages = paginator.paginate(ServiceCode=SERVICE_CODE, Filters=filters + extra, FormatVersion="aws_v1",
+                                       PaginationConfig={"MaxItems": max_pages * 100})
+            for page in pages:
+                out.extend(page.get("PriceList", []))
+    except NoCredentialsError:
+        raise AuthError("no AWS credentials found (environment, profile or instance role)", provider="aws",
+                        operation="price list") from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        cls = AuthError if error.get("Code") in _AUTH_CODES else ProviderUnavailable
+        raise cls(f"{error.get('Code')}: {error.get('Message')}", provider="aws", operation="price list") from None
+    except BotoCoreError as exc:
+        raise ProviderUnavailable(str(exc), provider="aws", operation="price list") from None
     return out
+
+
+_AUTH_CODES = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+               "ExpiredTokenException", "InvalidClientTokenId"}
