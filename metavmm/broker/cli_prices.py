@@ -157,3 +157,40 @@ def prices_chart(settings: Settings, vcpus: int, ram: float, gpu: str | None, ar
     result = _compare(settings, vcpus, ram, gpu, arch, os_name, currency, region, providers)
     output.write_bytes(render_chart(result, fmt, top=limit))
     console.print(f"wrote {output} ({len(result.quotes[:limit])} bars, {result.currency}, {date.today()})")
+
+
+@prices_group.command("fetch")
+@click.argument("source", type=click.Choice(["aws-pricelist", "azure-retail", "gcp-billing"]))
+@click.option("--region", required=True, help="provider region (AWS regionCode, Azure armRegionName; GCP: all)")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSON file to write, in the format `metavmm prices import SOURCE` reads")
+@click.option("--endpoint-url", help="API address (default: the provider's public endpoint)")
+@click.option("--api-key-env", default="GCP_BILLING_API_KEY", show_default=True,
+              help="environment variable holding the GCP API key (never printed)")
+def prices_fetch(source: str, region: str, output: Path, endpoint_url: str | None, api_key_env: str) -> None:
+    """Download a provider's own price list to a file, to check and import it like any price file.
+
+    The file is the price's traceable source: import it with `metavmm prices import SOURCE FILE`.
+    """
+    import os
+
+    from metavmm.catalog.importers import aws_pricelist, azure_retail, gcp_billing
+    from metavmm.errors import ConfigError
+
+    if source == "aws-pricelist":
+        doc: dict[str, Any] = {"FormatVersion": "aws_v1",
+                               "PriceList": aws_pricelist.fetch(region, endpoint_url=endpoint_url)}
+        count = len(doc["PriceList"])
+    elif source == "azure-retail":
+        flt = f"serviceName eq 'Virtual Machines' and armRegionName eq '{region}' and priceType eq 'Consumption'"
+        items = asyncio.run(azure_retail.fetch(flt, url=endpoint_url or azure_retail.API))
+        doc, count = {"Items": items, "NextPageLink": None, "Count": len(items)}, len(items)
+    else:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ConfigError(f"the GCP Cloud Billing API needs an API key in ${api_key_env}")
+        skus = asyncio.run(gcp_billing.fetch(key, base_url=endpoint_url or gcp_billing.API))
+        skus = [s for s in skus if region == "all" or region in (s.get("serviceRegions") or [])]
+        doc, count = {"skus": skus, "nextPageToken": ""}, len(skus)
+    output.write_text(json.dumps(doc, indent=1))
+    console.print(f"wrote {count} {source} entries to {output}; next: metavmm prices import {source} {output}")

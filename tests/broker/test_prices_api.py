@@ -111,3 +111,32 @@ def test_cli_import_compare_chart_and_rejection(tmp_path: Path) -> None:
     assert f"{bad}:1: Standard_E4s_v6: unitOfMeasure '1/Month'" in out.output and "Traceback" not in out.output
     out = runner.invoke(main, [*base, "prices", "import", "gcp-billing", str(bad), "--provider", "azure-japan"])
     assert out.exit_code == 1 and "azure provider" in out.output
+
+
+async def test_cli_fetch_azure_then_import(aiohttp_server: Any, tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    page = json.loads((FIXTURES / "azure_retail_japaneast.json").read_text())
+    filters: list[str] = []
+
+    async def prices(request: web.Request) -> web.Response:
+        filters.append(request.query["$filter"])
+        return web.json_response(page)
+
+    app = web.Application()
+    app.router.add_get("/api/retail/prices", prices)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    out = tmp_path / "azure.json"
+    base = ["--config", str(FIXTURES / "nchc_federation.yaml"), "--database", f"sqlite:///{tmp_path / 'c.db'}"]
+    runner = CliRunner()
+    res = await asyncio.to_thread(runner.invoke, main, [*base, "prices", "fetch", "azure-retail", "--region",
+                                                        "japaneast", "-o", str(out), "--endpoint-url",
+                                                        str(server.make_url("/api/retail/prices"))])
+    assert res.exit_code == 0, res.output
+    assert "armRegionName eq 'japaneast'" in filters[0] and len(json.loads(out.read_text())["Items"]) == 7
+    res = await asyncio.to_thread(runner.invoke, main, [*base, "prices", "import", "azure-retail", str(out),
+                                                        "--provider", "azure-japan"])
+    assert res.exit_code == 0 and "imported 5 prices" in res.output

@@ -64,7 +64,7 @@ def test_hundred_hour_meters_are_divided(page: dict[str, Any]) -> None:
 
 
 def test_not_a_page() -> None:
-    with pytest.raises(PriceFileError, match="p.json:1: not an Azure Retail Prices page"):
+    with pytest.raises(PriceFileError, match=r"p\.json:1: not an Azure Retail Prices page"):
         azure_retail.parse('{"value": []}', "p.json")
 
 

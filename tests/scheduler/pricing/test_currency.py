@@ -39,5 +39,5 @@ def test_missing_rate_and_unknown_currency_are_clear() -> None:
 def test_without_a_table_only_the_federation_currency_converts() -> None:
     rates = RateTable.from_config(parse_config("federation: {currency: USD}"))
     assert rates.base == "USD" and rates.convert(Decimal(3), "USD", "USD") == Decimal(3)
-    with pytest.raises(ValidationError, match="add EUR under currency.rates"):
+    with pytest.raises(ValidationError, match=r"add EUR under currency\.rates"):
         rates.convert(Decimal(1), "EUR", "USD")
