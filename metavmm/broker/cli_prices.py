@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,7 +94,8 @@ def _compare(settings: Settings, vcpus: int, ram: float, gpu: str | None, arch: 
 
     req = ShapeRequest.parse(vcpus, str(ram), gpu, arch, os_name)
     return _run(settings, lambda maker: compare_prices(maker, settings.config, req, currency=currency,
-                                                       region=region, providers=set(providers) or None))
+                                                       region=region, providers=set(providers) or None),
+                register=True)  # the federation file's own price tables are always current
 
 
 @prices_group.command("compare")
@@ -118,6 +120,11 @@ def prices_compare(settings: Settings, vcpus: int, ram: float, gpu: str | None, 
         err_console.print("no price matches: import prices with `metavmm prices import` or widen the request")
 
 
+def _money(value: Decimal) -> str:
+    """Two decimals, or four below 1 (a 0.0224 USD/h price is not 0.02)."""
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
 def comparison_table(result: Comparison, limit: int) -> Table:
     gpu = result.request.gpu_count
     rates = f"; rates {result.rates.date} ({result.rates.source})" if result.rates.date else ""
@@ -132,8 +139,8 @@ def comparison_table(result: Comparison, limit: int) -> Table:
         date_cell = f"[red]{q.effective_date} stale[/]" if q.stale else str(q.effective_date)
         row = [str(i), q.provider + (" (on-prem)" if q.on_prem else ""), q.region,
                q.flavor + (" (composed)" if q.composed else ""), q.shape.describe(), f"{q.distance:g}",
-               f"{q.hourly:.2f}"]
-        row += [f"{q.rank_price:.2f}"] if gpu else []
+               _money(q.hourly)]
+        row += [_money(q.rank_price)] if gpu else []
         row += [f"{q.per_vcpu_hour:.4f}", f"{q.per_gib_hour:.4f}", f"{q.amount.normalize():f} {q.currency}",
                 date_cell, q.source]
         table.add_row(*row)

@@ -200,7 +200,9 @@ def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, use
     rank = per_gpu * req.gpu_count if req.gpu_count and per_gpu is not None else hourly
     effective = min(p.effective_date for p in used)
     age = (today - effective).days
-    flavor = f"{point.family}-custom-{shape.vcpus}-{shape.ram_mib}" if composed else point.flavor
+    family = point.family or ""
+    prefix = family if family.endswith("custom") else f"{family}-custom"
+    flavor = f"{prefix}-{shape.vcpus}-{shape.ram_mib}" if composed else point.flavor
     ref = ", ".join(p.source_ref or p.source for p in used) if composed else point.source_ref
     return Quote(
         provider=point.provider, provider_kind=point.provider_kind, on_prem=point.on_prem, region=point.region,

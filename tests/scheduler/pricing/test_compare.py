@@ -62,7 +62,7 @@ def test_component_family_is_composed_to_the_exact_request() -> None:
     ])
     cpu = compare(book, ShapeRequest.parse(6, 20), RateTable("USD"), today=TODAY)
     (quote,) = cpu.quotes
-    assert (quote.flavor, quote.composed, quote.distance) == ("custom-custom-6-20480", True, 0)
+    assert (quote.flavor, quote.composed, quote.distance) == ("custom-6-20480", True, 0)
     assert quote.hourly == Decimal("0.010") * 6 + Decimal("0.002") * 20
     gpu = compare(book, ShapeRequest.parse(4, 16, gpu="L4:2"), RateTable("USD"), today=TODAY)
     assert gpu.quotes[0].hourly == Decimal("0.04") + Decimal("0.032") + Decimal("1.0")
