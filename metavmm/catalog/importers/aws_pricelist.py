@@ -20,12 +20,14 @@ from typing import Any
 
 from metavmm.catalog.importers.base import (
     ImportResult,
+    JsonPath,
     JsonPlace,
-    PriceFileError,
     PriceRecord,
     Shape,
-    check_records,
+    SkipPrice,
+    convert_items,
     load_json,
+    paged_items,
     parse_amount,
 )
 from metavmm.catalog.importers.shapes import AWS_GPU_MODELS
@@ -39,62 +41,39 @@ SERVICE_CODE = "AmazonEC2"
 def parse(text: str, source: str, region: str | None = None) -> ImportResult:
     """Records of a saved GetProducts answer (one, or a list of pages) or of a bulk offer file."""
     data = load_json(text, source)
-    place = JsonPlace(text, source)
-    items: list[tuple[tuple[str | int, ...], Any]] = []
+    items: list[tuple[JsonPath, Any]] = []
     if isinstance(data, dict) and "products" in data:
         terms = (data.get("terms") or {}).get("OnDemand") or {}
         for sku, product in (data.get("products") or {}).items():
             items.append((("products", sku), {"product": product, "terms": {"OnDemand": terms.get(sku) or {}}}))
     else:
-        pages = data if isinstance(data, list) else [data]
-        for p, page in enumerate(pages):
-            if not isinstance(page, dict) or not isinstance(page.get("PriceList"), list):
-                raise PriceFileError([f"{source}:1: not an AWS Price List answer (no PriceList array) "
-                                      "nor a bulk offer file (no products object)"])
-            for i, element in enumerate(page["PriceList"]):
-                items.append(((p, "PriceList", i) if isinstance(data, list) else ("PriceList", i), element))
-    return products_to_records(items, source, place, region)
+        items = paged_items(data, source, "PriceList", "an AWS Price List answer nor a bulk offer file")
+    return products_to_records(items, source, JsonPlace(text, source), region)
 
 
-def products_to_records(items: list[tuple[tuple[str | int, ...], Any]], source: str,
-                        place: JsonPlace | None = None, region: str | None = None) -> ImportResult:
+def products_to_records(items: list[tuple[JsonPath, Any]], source: str, place: JsonPlace | None = None,
+                        region: str | None = None) -> ImportResult:
     """Records of Price List product objects (dicts, or the JSON strings GetProducts returns)."""
-    result = ImportResult()
-    problems: list[str] = []
-    records: list[PriceRecord] = []
-    for path, element in items:
-        where = place.at(*path) if place else f"{source} {'/'.join(map(str, path))}"
-        try:
-            item = json.loads(element) if isinstance(element, str) else element
-            rec = _record(item, source, path)
-        except _Skip as skip:
-            result.skip(str(skip))
-            continue
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        if region is None or rec.region == region:
-            records.append(rec)
-    locate = place if place else (lambda rec: rec.where)
-    return ImportResult(records=check_records(records, problems, locate=locate), skipped=result.skipped)
+
+    def convert(path: JsonPath, element: Any) -> list[PriceRecord]:
+        rec = _record(json.loads(element) if isinstance(element, str) else element, source, path)
+        return [rec] if region is None or rec.region == region else []
+
+    return convert_items(items, convert, source, place)
 
 
-class _Skip(Exception):
-    """A row that is not a plain on-demand instance price (counted, not an error)."""
-
-
-def _record(item: dict[str, Any], source: str, path: tuple[str | int, ...]) -> PriceRecord:
+def _record(item: dict[str, Any], source: str, path: JsonPath) -> PriceRecord:
     product = item["product"]
     attrs = product.get("attributes") or {}
     if product.get("productFamily") != "Compute Instance":
-        raise _Skip(f"product family {product.get('productFamily')!r} (not an instance)")
+        raise SkipPrice(f"product family {product.get('productFamily')!r} (not an instance)")
     for key, wanted, reason in (("tenancy", "Shared", "dedicated or host tenancy"),
                                 ("preInstalledSw", "NA", "pre-installed software"),
                                 ("capacitystatus", "Used", "reservation capacity row")):
         if attrs.get(key, wanted) != wanted:
-            raise _Skip(reason)
+            raise SkipPrice(reason)
     if "bring your own" in str(attrs.get("licenseModel", "")).lower():
-        raise _Skip("bring-your-own-licence row")
+        raise SkipPrice("bring-your-own-licence row")
     instance_type = attrs.get("instanceType")
     if not instance_type:
         raise ValueError("product.attributes.instanceType is missing")
@@ -103,11 +82,11 @@ def _record(item: dict[str, Any], source: str, path: tuple[str | int, ...]) -> P
         raise ValueError(f"{instance_type}: product.attributes.regionCode is missing")
     os_name = OS_NAMES.get(str(attrs.get("operatingSystem", "Linux")).lower())
     if os_name is None:
-        raise _Skip(f"operating system {attrs.get('operatingSystem')!r}")
+        raise SkipPrice(f"operating system {attrs.get('operatingSystem')!r}")
     dims = [d for term in ((item.get("terms") or {}).get("OnDemand") or {}).values()
             for d in (term.get("priceDimensions") or {}).values()]
     if not dims:
-        raise _Skip("no on-demand term")
+        raise SkipPrice("no on-demand term")
     dim = next((d for d in dims if str(d.get("beginRange", "0")) == "0"), dims[0])
     unit = dim.get("unit")
     if unit is None:
@@ -117,7 +96,7 @@ def _record(item: dict[str, Any], source: str, path: tuple[str | int, ...]) -> P
     ((currency, raw),) = (dim.get("pricePerUnit") or {"": None}).items()
     amount = parse_amount(raw)
     if amount == 0:
-        raise _Skip("zero price")
+        raise SkipPrice("zero price")
     term = next(iter(item["terms"]["OnDemand"].values()))
     effective = date.fromisoformat(str(term.get("effectiveDate", "1970-01-01"))[:10])
     sku = product.get("sku", "")

@@ -18,12 +18,14 @@ from typing import Any
 
 from metavmm.catalog.importers.base import (
     ImportResult,
+    JsonPath,
     JsonPlace,
-    PriceFileError,
     PriceRecord,
     PriceUnit,
-    check_records,
+    SkipPrice,
+    convert_items,
     load_json,
+    paged_items,
     parse_amount,
 )
 from metavmm.catalog.importers.shapes import ShapeTable
@@ -35,56 +37,31 @@ _HOURS = re.compile(r"^(\d+) Hours?$")
 
 def parse(text: str, source: str, shapes: ShapeTable | None = None) -> ImportResult:
     """Records of one saved page or of a JSON list of pages."""
-    data = load_json(text, source)
-    pages = data if isinstance(data, list) else [data]
-    items: list[tuple[tuple[str | int, ...], Any]] = []
-    for p, page in enumerate(pages):
-        if not isinstance(page, dict) or not isinstance(page.get("Items"), list):
-            raise PriceFileError([f"{source}:1: not an Azure Retail Prices page (no Items array)"])
-        prefix: tuple[str | int, ...] = (p,) if isinstance(data, list) else ()
-        items.extend(((*prefix, "Items", i), item) for i, item in enumerate(page["Items"]))
+    items = paged_items(load_json(text, source), source, "Items", "an Azure Retail Prices page")
     return items_to_records(items, source, shapes, JsonPlace(text, source))
 
 
-def items_to_records(items: list[tuple[tuple[str | int, ...], Any]], source: str,
-                     shapes: ShapeTable | None = None, place: JsonPlace | None = None) -> ImportResult:
-    result = ImportResult()
-    problems: list[str] = []
-    records: list[PriceRecord] = []
-    for path, item in items:
-        try:
-            rec = _record(item, source, path, shapes)
-        except _Skip as skip:
-            result.skip(str(skip))
-            continue
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            problems.append(f"{place.at(*path) if place else source}: {exc}")
-            continue
-        records.append(rec)
-    locate = place if place else (lambda rec: rec.where)
-    return ImportResult(records=check_records(records, problems, locate=locate), skipped=result.skipped)
+def items_to_records(items: list[tuple[JsonPath, Any]], source: str, shapes: ShapeTable | None = None,
+                     place: JsonPlace | None = None) -> ImportResult:
+    return convert_items(items, lambda path, item: [_record(item, source, path, shapes)], source, place)
 
 
-class _Skip(Exception):
-    """An item that is not a pay-as-you-go price we compare (counted, not an error)."""
-
-
-def _record(item: dict[str, Any], source: str, path: tuple[str | int, ...],
+def _record(item: dict[str, Any], source: str, path: JsonPath,
             shapes: ShapeTable | None) -> PriceRecord:
     if item.get("type") != "Consumption":
-        raise _Skip(f"{item.get('type')} price")
+        raise SkipPrice(f"{item.get('type')} price")
     service = item.get("serviceName")
     unit_text = item.get("unitOfMeasure")
     if not unit_text:
         raise ValueError(f"{item.get('armSkuName') or item.get('meterId')}: unitOfMeasure is missing")
     amount = parse_amount(item.get("retailPrice"))
     if float(item.get("tierMinimumUnits") or 0) > 0:
-        raise _Skip("volume tier above the first")
+        raise SkipPrice("volume tier above the first")
     sku = item.get("armSkuName") or ""
     if service == "Virtual Machines":
         names = f"{item.get('skuName', '')} {item.get('meterName', '')}"
         if "Spot" in names or "Low Priority" in names:
-            raise _Skip("spot or low-priority meter")
+            raise SkipPrice("spot or low-priority meter")
         hours = _HOURS.match(str(unit_text))
         if not hours:
             raise ValueError(f"{sku}: unitOfMeasure {unit_text!r} for a virtual machine (expected hours): "
@@ -99,7 +76,7 @@ def _record(item: dict[str, Any], source: str, path: tuple[str | int, ...],
     elif service == "Bandwidth" and unit_text in ("1 GB", "1 GiB"):
         unit, flavor, os_name, shape = PriceUnit.GIB_EGRESS, str(item.get("meterName") or "egress"), "", None
     else:
-        raise _Skip(f"service {service!r}")
+        raise SkipPrice(f"service {service!r}")
     if not flavor:
         raise ValueError(f"meter {item.get('meterId')}: armSkuName is missing")
     effective = date.fromisoformat(str(item.get("effectiveStartDate") or "")[:10])

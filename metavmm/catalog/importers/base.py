@@ -109,6 +109,13 @@ class ImportResult:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
+class SkipPrice(Exception):
+    """An entry deliberately not imported (spot, reserved, another product): counted by reason."""
+
+
+JsonPath = tuple[str | int, ...]
+
+
 class PriceFileError(ValidationError):
     """A price source was rejected; every problem is listed with its place (file:line: reason)."""
 
@@ -278,3 +285,38 @@ class JsonPlace:
     def at(self, *path: str | int) -> str:
         line = json_line(self.text, path)
         return f"{self.source}:{line}" if line else f"{self.source}: at {'/'.join(map(str, path))}"
+
+
+def paged_items(data: Any, source: str, key: str, what: str) -> list[tuple[JsonPath, Any]]:
+    """The entries of an API answer saved as one page or as a JSON list of pages, with their paths."""
+    pages = data if isinstance(data, list) else [data]
+    items: list[tuple[JsonPath, Any]] = []
+    for p, page in enumerate(pages):
+        if not isinstance(page, dict) or not isinstance(page.get(key), list):
+            raise PriceFileError([f"{source}:1: not {what} (no {key} array)"])
+        prefix: JsonPath = (p,) if isinstance(data, list) else ()
+        items.extend(((*prefix, key, i), item) for i, item in enumerate(page[key]))
+    return items
+
+
+def convert_items(items: Iterable[tuple[JsonPath, Any]], convert: Callable[[JsonPath, Any], Iterable[PriceRecord]],
+                  source: str, place: JsonPlace | None = None,
+                  extra: Callable[[list[PriceRecord]], Iterable[PriceRecord]] | None = None) -> ImportResult:
+    """Run ``convert`` on every entry, count skips, collect every problem at its place, then check all.
+
+    ``extra`` derives more records from the converted ones (GCP composes machine types from parts).
+    """
+    result = ImportResult()
+    problems: list[str] = []
+    records: list[PriceRecord] = []
+    for path, item in items:
+        try:
+            records.extend(convert(path, item))
+        except SkipPrice as skip:
+            result.skip(str(skip))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            problems.append(f"{place.at(*path) if place else source + ' ' + '/'.join(map(str, path))}: {exc}")
+    if extra is not None:
+        records.extend(extra(records))
+    locate = place if place is not None else (lambda rec: rec.where or rec.source)
+    return ImportResult(records=check_records(records, problems, locate=locate), skipped=result.skipped)

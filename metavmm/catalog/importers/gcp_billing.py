@@ -21,12 +21,14 @@ from typing import Any
 
 from metavmm.catalog.importers.base import (
     ImportResult,
+    JsonPath,
     JsonPlace,
-    PriceFileError,
     PriceRecord,
     PriceUnit,
-    check_records,
+    SkipPrice,
+    convert_items,
     load_json,
+    paged_items,
     parse_amount,
 )
 from metavmm.catalog.importers.shapes import ShapeTable
@@ -48,37 +50,14 @@ class _Part:
 
 def parse(text: str, source: str, shapes: ShapeTable | None = None) -> ImportResult:
     """Records of one saved ``skus.list`` page or of a JSON list of pages."""
-    data = load_json(text, source)
-    pages = data if isinstance(data, list) else [data]
-    items: list[tuple[tuple[str | int, ...], Any]] = []
-    for p, page in enumerate(pages):
-        if not isinstance(page, dict) or not isinstance(page.get("skus"), list):
-            raise PriceFileError([f"{source}:1: not a Cloud Billing Catalog skus page (no skus array)"])
-        prefix: tuple[str | int, ...] = (p,) if isinstance(data, list) else ()
-        items.extend(((*prefix, "skus", i), sku) for i, sku in enumerate(page["skus"]))
+    items = paged_items(load_json(text, source), source, "skus", "a Cloud Billing Catalog skus page")
     return skus_to_records(items, source, shapes, JsonPlace(text, source))
 
 
-def skus_to_records(items: list[tuple[tuple[str | int, ...], Any]], source: str,
-                    shapes: ShapeTable | None = None, place: JsonPlace | None = None) -> ImportResult:
-    result = ImportResult()
-    problems: list[str] = []
-    records: list[PriceRecord] = []
-    for path, sku in items:
-        try:
-            records.extend(_records(sku, source, path))
-        except _Skip as skip:
-            result.skip(str(skip))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            problems.append(f"{place.at(*path) if place else source}: {exc}")
-    if shapes is not None and shapes.applies_to("gcp"):
-        records.extend(compose_shapes(records, shapes))
-    locate = place if place else (lambda rec: rec.where)
-    return ImportResult(records=check_records(records, problems, locate=locate), skipped=result.skipped)
-
-
-class _Skip(Exception):
-    """A SKU that is not an on-demand machine, storage or egress price (counted, not an error)."""
+def skus_to_records(items: list[tuple[JsonPath, Any]], source: str, shapes: ShapeTable | None = None,
+                    place: JsonPlace | None = None) -> ImportResult:
+    compose = (lambda records: compose_shapes(records, shapes)) if shapes and shapes.applies_to("gcp") else None
+    return convert_items(items, lambda path, sku: _records(sku, source, path), source, place, compose)
 
 
 def _classify(sku: dict[str, Any], usage_unit: str) -> _Part:
@@ -101,13 +80,13 @@ def _classify(sku: dict[str, Any], usage_unit: str) -> _Part:
         return _Part(PriceUnit.GIB_MONTH, None, None)
     if category.get("resourceFamily") == "Network" and usage_unit == "GiBy" and "Egress" in desc:
         return _Part(PriceUnit.GIB_EGRESS, None, None)
-    raise _Skip(f"SKU kind {category.get('resourceFamily')}/{category.get('resourceGroup')}")
+    raise SkipPrice(f"SKU kind {category.get('resourceFamily')}/{category.get('resourceGroup')}")
 
 
-def _records(sku: dict[str, Any], source: str, path: tuple[str | int, ...]) -> list[PriceRecord]:
+def _records(sku: dict[str, Any], source: str, path: JsonPath) -> list[PriceRecord]:
     category = sku.get("category") or {}
     if category.get("usageType") != "OnDemand":
-        raise _Skip(f"{category.get('usageType')} usage")
+        raise SkipPrice(f"{category.get('usageType')} usage")
     info = (sku.get("pricingInfo") or [None])[-1]
     if not info:
         raise ValueError(f"SKU {sku.get('skuId')}: no pricingInfo")
