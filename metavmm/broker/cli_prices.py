@@ -166,9 +166,19 @@ def prices_chart(settings: Settings, vcpus: int, ram: float, gpu: str | None, ar
     console.print(f"wrote {output} ({len(result.quotes[:limit])} bars, {result.currency}, {date.today()})")
 
 
+def _region(value: str) -> str:
+    """Region names go into API filters: letters, digits and dashes only."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+        raise click.BadParameter(f"{value!r} is not a region name", param_hint="--region")
+    return value
+
+
 @prices_group.command("fetch")
 @click.argument("source", type=click.Choice(["aws-pricelist", "azure-retail", "gcp-billing"]))
-@click.option("--region", required=True, help="provider region (AWS regionCode, Azure armRegionName; GCP: all)")
+@click.option("--region", required=True, callback=lambda _c, _p, v: _region(v),
+              help="provider region (AWS regionCode, Azure armRegionName, GCP region or 'all')")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON file to write, in the format `metavmm prices import SOURCE` reads")
 @click.option("--endpoint-url", help="API address (default: the provider's public endpoint)")

@@ -30,6 +30,7 @@ async def load_nchc(maker: Any, cfg: FederationConfig) -> None:
 
 
 @pytest.fixture
-async def nchc_catalog(sqlite_sessions: Any, nchc_config: FederationConfig) -> Any:
-    await load_nchc(sqlite_sessions, nchc_config)
-    return sqlite_sessions
+async def nchc_catalog(sessions: Any, nchc_config: FederationConfig) -> Any:
+    """The example's catalog on SQLite and on PostgreSQL."""
+    await load_nchc(sessions, nchc_config)
+    return sessions
