@@ -25,7 +25,7 @@ from metavmm.catalog.importers.shapes import load_shapes
 from metavmm.catalog.models import Provider
 from metavmm.catalog.prices import store_prices
 from metavmm.errors import NotFound, ValidationError
-from metavmm.scheduler.pricing import Comparison, PriceBook, RateTable, ShapeRequest, compare
+from metavmm.scheduler.pricing import Comparison, PriceBook, PriceScope, RateTable, ShapeRequest, compare
 
 
 @dataclass
@@ -75,15 +75,15 @@ async def _provider(session: AsyncSession, name: str) -> Provider:
     return row
 
 
-async def load_book(maker: async_sessionmaker[AsyncSession]) -> PriceBook:
+async def load_book(maker: async_sessionmaker[AsyncSession], scope: PriceScope | None = None) -> PriceBook:
     async with maker() as session:
-        return await PriceBook.load(session)
+        return await PriceBook.load(session, scope)
 
 
 async def compare_prices(maker: async_sessionmaker[AsyncSession], cfg: FederationConfig, req: ShapeRequest, *,
                          currency: str | None = None, region: str | None = None,
                          providers: set[str] | None = None, today: date | None = None) -> Comparison:
     """Compare ``req`` over every price in the catalog, in ``currency`` (default: the rate table's base)."""
-    book = await load_book(maker)
+    book = await load_book(maker, req.scope())
     return compare(book, req, RateTable.from_config(cfg), currency, today=today, providers=providers,
                    region=region)

@@ -5,9 +5,9 @@ reads a :class:`PriceBook` (``hourly_price``, or :func:`compare` for a shape) bu
 catalog rows the CLI, REST endpoint and chart show.
 """
 
-from metavmm.scheduler.pricing.book import PriceBook, PricePoint
+from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.compare import Comparison, Quote, ShapeRequest, compare, distance
 from metavmm.scheduler.pricing.currency import Converter, RateTable
 
-__all__ = ["Comparison", "Converter", "PriceBook", "PricePoint", "Quote", "RateTable", "ShapeRequest", "compare",
-           "distance"]
+__all__ = ["Comparison", "Converter", "PriceBook", "PricePoint", "PriceScope", "Quote", "RateTable", "ShapeRequest",
+           "compare", "distance"]

@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from metavmm.catalog.importers.base import PriceUnit, Shape, normalise_arch
 from metavmm.errors import ValidationError
-from metavmm.scheduler.pricing.book import PriceBook, PricePoint
+from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
 
 
@@ -52,6 +52,10 @@ class ShapeRequest:
         if vcpus == 0 and ram == 0 and count == 0:
             raise ValidationError("ask for something: --vcpus, --ram and/or --gpu")
         return cls(vcpus, ram, model.upper() if model else None, count, normalise_arch(arch), os)
+
+    def scope(self) -> PriceScope:
+        """What the database may leave out when loading prices for this request."""
+        return PriceScope(self.os, self.vcpus, int(self.ram_gib * 1024), self.gpu_model, self.gpu_count)
 
     def describe(self) -> str:
         parts = []
@@ -126,23 +130,24 @@ class Comparison:
         return age is not None and age > self.rates.stale_after_days
 
 
-def _candidates(points: list[PricePoint], req: ShapeRequest) -> Iterable[tuple[PricePoint, Shape, bool, Decimal,
-                                                                               list[PricePoint]]]:
-    """(point, shape, composed, amount, parts) for every priced shape of one provider and region."""
-    families_with_shapes = set()
+def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: set[str],
+                ) -> Iterable[tuple[PricePoint, Shape, bool, Decimal, list[PricePoint]]]:
+    """(point, shape, composed, amount, parts) for every priced shape of one provider and region.
+
+    A family composes to the exact request only when it is not sold as listed machine types
+    (``shaped_families``): GCP's A3 comes as a3-highgpu-8g, never as a custom 4 vCPU machine.
+    """
     parts: dict[tuple[str, str], PricePoint] = {}
     gpus: dict[str, PricePoint] = {}
     for p in points:
         if p.unit == PriceUnit.HOUR and p.shape is not None and p.os == req.os:
-            if p.family:
-                families_with_shapes.add(p.family)
             yield p, p.shape, False, p.amount, [p]
         elif p.unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR) and p.family and p.os == req.os:
             parts[(p.family, p.unit)] = p
         elif p.unit == PriceUnit.GPU_HOUR and p.gpu_model:
             gpus[p.gpu_model.upper()] = p
     for (family, unit), core in parts.items():
-        if unit != PriceUnit.VCPU_HOUR or family in families_with_shapes:
+        if unit != PriceUnit.VCPU_HOUR or family in shaped_families:
             continue
         ram = parts.get((family, PriceUnit.GIB_HOUR))
         if ram is None or ram.currency != core.currency:
@@ -174,9 +179,8 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
             continue
         result.prices_considered += len(points)
         best: tuple[float, Decimal, PricePoint, Shape, bool, Decimal, list[PricePoint]] | None = None
-        shaped = 0
-        for point, shape, composed, amount, used in _candidates(points, req):
-            shaped += 1
+        families = book.shaped_families.get((provider, reg), set())
+        for point, shape, composed, amount, used in _candidates(points, req, families):
             d = distance(shape, req)
             if d is None:
                 continue
@@ -184,12 +188,14 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
             if best is None or key < best[:2]:
                 best = (d, amount, point, shape, composed, amount, used)
         if best is None:
-            if shaped:
-                result.unmatched[f"{provider}/{reg}"] = f"none of {shaped} priced shapes satisfies {req.describe()}"
             continue
         d, _, point, shape, composed, amount, used = best
         result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today))
     result.quotes.sort(key=lambda q: (q.rank_price, q.distance, q.provider, q.region))
+    quoted = {(q.provider, q.region) for q in result.quotes}
+    for (provider, reg), count in sorted(book.shaped_counts.items()):
+        if (provider, reg) not in quoted and (not providers or provider in providers) and reg == (region or reg):
+            result.unmatched[f"{provider}/{reg}"] = f"none of {count} priced shapes satisfies {req.describe()}"
     return result
 
 
