@@ -76,6 +76,15 @@ async def test_whole_file_compares_across_providers_and_flags_stale(sqlite_sessi
     assert cheapest_aws.shape.vcpus >= 4 and cheapest_aws.shape.ram_mib >= 32768
     gce = next(q for q in result.quotes if q.provider_kind == "gcp")
     assert gce.composed and gce.distance == 0 and gce.flavor.endswith("-custom-4-32768")
+    # the database's prefilter for the request (PriceScope) changes nothing in the answer
+    from metavmm.broker.prices import load_book
+    from metavmm.scheduler.pricing import RateTable, compare
+
+    full = compare(await load_book(sqlite_sessions), ShapeRequest.parse(4, 32), RateTable.from_config(cfg),
+                   today=date(2026, 11, 21))
+    assert [(q.provider, q.region, q.flavor, q.rank_price) for q in full.quotes] == \
+        [(q.provider, q.region, q.flavor, q.rank_price) for q in result.quotes]
+    assert full.prices_considered > 2 * result.prices_considered
     ntd = await compare_prices(sqlite_sessions, cfg, ShapeRequest.parse(4, 32), currency="NTD",
                                today=date(2026, 11, 21))
     assert ntd.quotes[0].hourly == result.quotes[0].hourly * 32
