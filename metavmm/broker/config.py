@@ -381,7 +381,12 @@ def _describe(err: dict[str, Any], kind_models: dict[str, type[BaseModel]],
 
 def parse_config(text: str, source: str = "<config>") -> FederationConfig:
     """Parse and validate a federation file's text; raise ConfigError with located messages."""
-    return parse_yaml_model(text, source, FederationConfig)
+    cfg = parse_yaml_model(text, source, FederationConfig)
+    if cfg.prices:
+        from metavmm.catalog.importers.onprem import check_tables  # the importer builds on this module
+
+        check_tables(cfg.prices, text, source)
+    return cfg
 
 
 def parse_yaml_model(text: str, source: str, model: type[M]) -> M:

@@ -59,12 +59,23 @@ def parse(text: str, source: str, provider: str | None = None, kind: str = "onpr
         doc = parse_yaml_model(text, source, PriceFile)
     except ConfigError as exc:
         raise PriceFileError(str(exc).splitlines()) from None
+    tables = [t if provider is None or t.provider == provider else None for t in doc.prices]
+    return ImportResult(records=check_records(_records(tables, text, source, kind)))
+
+
+def check_tables(tables: list[PriceTable], text: str, source: str) -> None:
+    """Check the federation file's own price tables as a price file is checked (unit confusion
+    included); raise ConfigError with each problem's line."""
+    try:
+        check_records(_records(list(tables), text, source, "onprem"))
+    except PriceFileError as exc:
+        raise ConfigError("\n".join(exc.problems)) from None
+
+
+def _records(tables: list[PriceTable | None], text: str, source: str, kind: str) -> list[PriceRecord]:
     lines = _item_lines(text)
-    records: list[PriceRecord] = []
-    for i, table in enumerate(doc.prices):
-        if provider is None or table.provider == provider:
-            records.extend(table_records(table, kind, lines.get(i), source))
-    return ImportResult(records=check_records(records))
+    return [rec for i, table in enumerate(tables) if table is not None
+            for rec in table_records(table, kind, lines.get(i), source)]
 
 
 def _item_lines(text: str) -> dict[int, list[int]]:

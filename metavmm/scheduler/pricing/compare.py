@@ -216,3 +216,13 @@ def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, use
         hourly=hourly, per_vcpu_hour=hourly / shape.vcpus, per_gib_hour=hourly / shape.ram_gib,
         per_gpu_hour=per_gpu, rank_price=rank, effective_date=effective, age_days=age,
         stale=age > rates.stale_after_days, source=point.source, source_ref=ref)
+
+
+def best_quote(book: PriceBook, req: ShapeRequest, rates: RateTable, provider: str, region: str,
+               currency: str | None = None, *, today: date | None = None) -> Quote | None:
+    """What placing ``req`` at one provider and region costs (None: no priced shape there fits).
+
+    The scheduler's price cost: the same matching, normalisation and currency as the comparison.
+    """
+    quotes = compare(book, req, rates, currency, today=today, providers={provider}, region=region).quotes
+    return quotes[0] if quotes else None

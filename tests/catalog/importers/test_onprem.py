@@ -123,3 +123,14 @@ def test_currency_section_is_validated_with_lines() -> None:
         parse_config(base + '  rates: {ABC: "2"}\n', "fed.yaml")
     with pytest.raises(ConfigError, match=r"fed.yaml:6: currency.date: .*date"):
         parse_config(base.replace("2026-11-01", "soon") + "  rates: {}\n", "fed.yaml")
+
+
+def test_federation_file_tables_get_the_same_checks() -> None:
+    from metavmm.errors import ConfigError
+
+    text = CONFIG + _bad(
+        '      - {flavor: s, vcpus: 2, ram_gib: 8, amount: "3.30"}\n'
+        '      - {flavor: m, vcpus: 4, ram_gib: 32, amount: "6.68"}\n'
+        '      - {flavor: l, vcpus: 8, ram_gib: 64, amount: "4876.40"}\n')
+    with pytest.raises(ConfigError, match=r"^fed.yaml:13: l costs 4876.40 TWD per hour, \d+x the file's median"):
+        parse_config(text, "fed.yaml")

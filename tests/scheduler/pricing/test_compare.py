@@ -13,7 +13,7 @@ from metavmm.broker.prices import compare_prices
 from metavmm.broker.sync import sync_all
 from metavmm.catalog.importers.base import Shape
 from metavmm.errors import ValidationError
-from metavmm.scheduler.pricing import PriceBook, PricePoint, RateTable, ShapeRequest, compare, distance
+from metavmm.scheduler.pricing import PriceBook, PricePoint, RateTable, ShapeRequest, best_quote, compare, distance
 
 TODAY = date(2026, 11, 21)
 
@@ -81,3 +81,17 @@ providers:
     assert {q.provider for q in comparison.quotes} == {"sim-a"} and len(comparison.quotes) == 2  # two sites
     best = comparison.quotes[0]
     assert best.shape.vcpus >= 2 and best.hourly == Decimal("0.02") * best.shape.vcpus
+
+
+def test_best_quote_for_the_scheduler_and_hourly_price() -> None:
+    book = PriceBook([
+        _point("a", "m4", "0.30", Shape(4, 32768)),
+        _point("a", "m8", "0.60", Shape(8, 65536)),
+        _point("b", "m4", "0.20", Shape(4, 32768)),
+    ])
+    rates = RateTable("TWD", {"USD": Decimal("32")})
+    quote = best_quote(book, ShapeRequest.parse(4, 32), rates, "a", "r", today=TODAY)
+    assert quote is not None and (quote.flavor, quote.hourly) == ("m4", Decimal("9.60"))
+    assert best_quote(book, ShapeRequest.parse(16, 64), rates, "a", "r", today=TODAY) is None
+    assert book.hourly_price("b", "r", "m4").amount == Decimal("0.20")
+    assert book.hourly_price("b", "r", "m8") is None
