@@ -118,3 +118,20 @@ def test_not_json_and_wrong_layout(tmp_path: Path) -> None:
     path = _write(tmp_path, {"ec2_linux": {}}, updated="yesterday")
     with pytest.raises(PriceFileError, match=r"pricing.json:\d+: 'updated' must be a UNIX timestamp"):
         libcloud.parse(path.read_text(), str(path))
+
+
+async def test_provider_option_keeps_its_kind_only(sqlite_sessions: Any, tmp_path: Path) -> None:
+    from sqlmodel import select
+
+    from metavmm.broker.config import parse_config
+    from metavmm.catalog.models import Price, Provider
+
+    await register_providers(sqlite_sessions, parse_config(
+        "providers:\n  - {name: aws-x, kind: aws, regions: [us-east-1]}\n"))
+    path = _write(tmp_path, {"ec2_linux": {"a1.medium": {"us-east-1": 0.02}},
+                             "azure_linux": {"standardd2sv3": {"eastus": 0.1}}, "rackspace": {"1": 0.015}})
+    summary = await import_price_file(sqlite_sessions, "libcloud", path, provider="aws-x")
+    assert summary.stored == 1
+    async with sqlite_sessions() as session:
+        rows = (await session.exec(select(Price, Provider.name).join(Provider))).all()
+    assert [(p.flavor_name, p.region, name) for p, name in rows] == [("a1.medium", "us-east-1", "aws-x")]
