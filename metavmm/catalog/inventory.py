@@ -9,12 +9,14 @@ something a person must see. VMs that carry no broker workload id appear as unma
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.importers.base import PriceRecord
+from metavmm.catalog.importers.onprem import table_records
 from metavmm.catalog.models import (
     AvailabilityZone,
     Flavor,
@@ -27,6 +29,7 @@ from metavmm.catalog.models import (
     WorkloadKind,
     utcnow,
 )
+from metavmm.catalog.prices import records_from_infos, store_prices
 from metavmm.drivers.base import Inventory, PriceInfo
 from metavmm.translators.cpu_traits import cpu_traits
 
@@ -237,11 +240,6 @@ async def replace_prices(session: AsyncSession, provider: Provider, prices: Iter
     ``prices`` are driver-reported :class:`PriceInfo` values or importer records (which may carry a
     shape); either way they are stored for ``provider`` by :func:`metavmm.catalog.prices.store_prices`.
     """
-    from dataclasses import replace
-
-    from metavmm.catalog.importers.base import PriceRecord
-    from metavmm.catalog.prices import records_from_infos, store_prices
-
     prices = list(prices)
     records = [replace(p, provider=None) for p in prices if isinstance(p, PriceRecord)]
     records += records_from_infos((p for p in prices if isinstance(p, PriceInfo)), provider.kind)
@@ -250,6 +248,4 @@ async def replace_prices(session: AsyncSession, provider: Provider, prices: Iter
 
 def price_table_infos(table: Any) -> list[Any]:
     """The rows of an on-prem price table from the federation file, shapes included."""
-    from metavmm.catalog.importers.onprem import table_records
-
     return table_records(table)
