@@ -308,3 +308,6 @@ from metavmm.broker.cli_identity import register as register_identity  # noqa: E
 
 register_identity(main)
 
+from metavmm.broker.cli_prices import prices_group  # noqa: E402
+
+main.add_command(prices_group)

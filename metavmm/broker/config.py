@@ -17,13 +17,16 @@ import os
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from metavmm.catalog.currencies import normalise_currency
 from metavmm.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
 
@@ -159,11 +162,41 @@ ProviderConfig = Annotated[
 ]
 
 
+PriceUnitName = Literal["hour", "vcpu-hour", "gib-hour", "gpu-hour", "gib-month", "gib-egress"]
+
+
 class PriceItem(_Strict):
-    flavor: str
+    """One on-prem price. A flavor the catalog may not know can state its shape here (``vcpus``,
+    ``ram_gib``, ``gpu: H100:1``, ``arch``) so it is comparable with the public clouds; component
+    prices (``unit: vcpu-hour``, ``gib-hour``, ``gpu-hour``) name a family in ``flavor``."""
+
+    flavor: str = Field(min_length=1)
     amount: Decimal = Field(ge=0)
-    unit: Literal["hour", "gib-month", "gib-egress"] = "hour"
+    unit: PriceUnitName = "hour"
     os: str = "linux"
+    vcpus: int | None = Field(default=None, ge=1, le=100_000)
+    ram_gib: Decimal | None = Field(default=None, gt=0, le=1_000_000)
+    gpu: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[1-9][0-9]{0,3})?$",
+                            description="GPU model and count, e.g. H100:8 (count 1 when omitted)")
+    arch: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
+
+    @model_validator(mode="after")
+    def _shape(self) -> PriceItem:
+        if (self.vcpus is None) != (self.ram_gib is None):
+            raise ValueError("give both vcpus and ram_gib for a shape, or neither")
+        if self.vcpus is not None and self.unit != "hour":
+            raise ValueError(f"a shape is priced per instance-hour (unit: hour), not per {self.unit}")
+        if self.unit == "gpu-hour" and not self.gpu:
+            raise ValueError("a gpu-hour price needs the GPU model (gpu: H100)")
+        if self.gpu and self.vcpus is None and self.unit != "gpu-hour":
+            raise ValueError("a GPU belongs to a shape: give vcpus and ram_gib too")
+        return self
+
+    def gpu_model_count(self) -> tuple[str | None, int]:
+        if not self.gpu:
+            return None, 0
+        model, _, count = self.gpu.partition(":")
+        return model, int(count or 1)
 
 
 class PriceTable(_Strict):
@@ -175,6 +208,46 @@ class PriceTable(_Strict):
     effective_date: date
     source: str
     items: list[PriceItem] = Field(min_length=1)
+
+    @field_validator("currency")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        return normalise_currency(value)
+
+
+class CurrencyConfig(_Strict):
+    """A dated exchange-rate table: ``rates[X]`` is what one unit of X costs in ``base``.
+
+    Prices are converted with these rates only (never fetched), so a comparison is reproducible
+    and says which rates it used. ``stale_after_days`` flags prices (and this table) older than that.
+    """
+
+    base: str = Field(pattern=r"^[A-Z]{3}$")
+    date: date
+    source: str
+    rates: dict[str, Decimal] = Field(default_factory=dict)
+    stale_after_days: int = Field(default=180, ge=1)
+
+    @field_validator("base")
+    @classmethod
+    def _iso_base(cls, value: str) -> str:
+        return normalise_currency(value)
+
+    @field_validator("rates")
+    @classmethod
+    def _iso_rates(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        out = {}
+        for code, rate in value.items():
+            if not rate.is_finite() or rate <= 0:
+                raise ValueError(f"rate of {code} must be a positive number, got {rate}")
+            out[normalise_currency(code)] = rate
+        return out
+
+
+class PriceFile(_Strict):
+    """A file of on-prem price tables for ``metavmm prices import onprem FILE``."""
+
+    prices: list[PriceTable] = Field(min_length=1)
 
 
 class BurstPolicy(_Strict):
@@ -242,6 +315,7 @@ class FederationConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)
     prices: list[PriceTable] = Field(default_factory=list)
+    currency: CurrencyConfig | None = None
     policies: list[BurstPolicy] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -308,9 +382,10 @@ def _path(loc: tuple[Any, ...], model_tags: set[str]) -> str:
 _KINDS = {"libvirt", "openstack", "vmware", "aws", "gcp", "azure", "sim"}
 
 
-def _allowed_keys(loc: tuple[Any, ...], kind_models: dict[str, type[BaseModel]]) -> list[str]:
+def _allowed_keys(loc: tuple[Any, ...], kind_models: dict[str, type[BaseModel]],
+                  root: type[BaseModel] | None = None) -> list[str]:
     """Field names valid where an unknown key was found, for the 'did you mean' hint."""
-    model: Any = FederationConfig
+    model: Any = root or FederationConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -329,11 +404,12 @@ def _allowed_keys(loc: tuple[Any, ...], kind_models: dict[str, type[BaseModel]])
     return list(getattr(model, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any], kind_models: dict[str, type[BaseModel]]) -> str:
+def _describe(err: dict[str, Any], kind_models: dict[str, type[BaseModel]],
+              root: type[BaseModel] | None = None) -> str:
     etype = err["type"]
     if etype == "extra_forbidden":
         key = str(err["loc"][-1])
-        hint = difflib.get_close_matches(key, _allowed_keys(err["loc"], kind_models), n=1)
+        hint = difflib.get_close_matches(key, _allowed_keys(err["loc"], kind_models, root), n=1)
         return "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
     if etype == "missing":
         return "required key is missing"
@@ -349,6 +425,16 @@ def _describe(err: dict[str, Any], kind_models: dict[str, type[BaseModel]]) -> s
 
 def parse_config(text: str, source: str = "<config>") -> FederationConfig:
     """Parse and validate a federation file's text; raise ConfigError with located messages."""
+    cfg = parse_yaml_model(text, source, FederationConfig)
+    if cfg.prices:
+        from metavmm.catalog.importers.onprem import check_tables  # the importer builds on this module
+
+        check_tables(cfg.prices, text, source)
+    return cfg
+
+
+def parse_yaml_model(text: str, source: str, model: type[M]) -> M:
+    """Parse YAML and validate it as ``model``; every error names the file, line and key path."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -366,7 +452,7 @@ def parse_config(text: str, source: str = "<config>") -> FederationConfig:
                   AzureProvider, SimProvider)
     }
     try:
-        return FederationConfig.model_validate(data)
+        return model.model_validate(data)
     except pydantic.ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -378,7 +464,7 @@ def parse_config(text: str, source: str = "<config>") -> FederationConfig:
             else:
                 node = _node_at(root, loc)
             line = f":{node.start_mark.line + 1}" if node is not None else ""
-            lines.append(f"{source}{line}: {_path(loc, set(kind_models))}: {_describe(err, kind_models)}")
+            lines.append(f"{source}{line}: {_path(loc, set(kind_models))}: {_describe(err, kind_models, model)}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -9,27 +9,27 @@ something a person must see. VMs that carry no broker workload id appear as unma
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from sqlalchemy import delete
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.importers.base import PriceRecord
+from metavmm.catalog.importers.onprem import table_records
 from metavmm.catalog.models import (
     AvailabilityZone,
     Flavor,
     Host,
     HostState,
     ImageReplica,
-    Price,
     Provider,
     Site,
     Workload,
     WorkloadKind,
     utcnow,
 )
+from metavmm.catalog.prices import records_from_infos, store_prices
 from metavmm.drivers.base import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo
 from metavmm.translators.cpu_traits import cpu_traits
 
@@ -234,25 +234,18 @@ async def _apply_vms(session: AsyncSession, provider: Provider, inv: Inventory, 
             wl.state_message = "the provider no longer reports this VM"
 
 
-async def replace_prices(session: AsyncSession, provider: Provider, prices: Iterable[PriceInfo]) -> int:
-    """Replace the prices of ``provider`` that came from the same sources as ``prices``."""
+async def replace_prices(session: AsyncSession, provider: Provider, prices: Iterable[Any]) -> int:
+    """Replace the prices of ``provider`` that came from the same sources as ``prices``.
+
+    ``prices`` are driver-reported :class:`PriceInfo` values or importer records (which may carry a
+    shape); either way they are stored for ``provider`` by :func:`metavmm.catalog.prices.store_prices`.
+    """
     prices = list(prices)
-    sources = {p.source for p in prices}
-    await session.exec(delete(Price).where(Price.provider_id == provider.id, Price.source.in_(sources)))
-    session.add_all(
-        Price(provider_id=provider.id, provider_kind=provider.kind, region=p.region, flavor_name=p.flavor,
-              os=p.os, unit=p.unit, amount=p.amount, currency=p.currency, source=p.source,
-              effective_date=p.effective_date)
-        for p in prices
-    )
-    return len(prices)
+    records = [replace(p, provider=None) for p in prices if isinstance(p, PriceRecord)]
+    records += records_from_infos((p for p in prices if isinstance(p, PriceInfo)), provider.kind)
+    return await store_prices(session, records, provider)
 
 
-def price_table_infos(table: Any) -> list[PriceInfo]:
-    """The rows of an on-prem price table from the federation file."""
-    return [
-        PriceInfo(flavor=item.flavor, region=table.region, amount=item.amount, currency=table.currency,
-                  source=table.source, effective_date=table.effective_date or date.today(), unit=item.unit,
-                  os=item.os)
-        for item in table.items
-    ]
+def price_table_infos(table: Any) -> list[Any]:
+    """The rows of an on-prem price table from the federation file, shapes included."""
+    return table_records(table)

@@ -309,7 +309,16 @@ class ImageReplica(SQLModel, table=True):
 
 
 class Price(SQLModel, table=True):
-    """One price, always with its unit, currency, source and effective date."""
+    """One price, always with its unit, currency, source and effective date.
+
+    ``unit`` is one of ``hour`` (one instance for an hour), ``vcpu-hour``, ``gib-hour`` (RAM),
+    ``gpu-hour`` (component prices, e.g. GCP's per-core and per-GiB SKUs, composed into a shape by
+    the comparison), ``gib-month`` (storage) and ``gib-egress``. The shape columns (``vcpus``,
+    ``ram_mib``, ``gpu_*``, ``arch``) are set when the source or an instance-type table states the
+    shape, so a price is comparable even when its flavor is not in the catalog (an on-prem cloud's
+    price list, a public cloud not synced). ``family`` groups component prices (``c2d``);
+    ``source_ref`` says where in ``source`` the price was read (``pricing.json:1234``, a SKU id).
+    """
 
     __tablename__ = "price"
     id: int | None = Field(default=None, primary_key=True)
@@ -318,12 +327,19 @@ class Price(SQLModel, table=True):
     region: str = Field(max_length=128)
     flavor_name: str = Field(max_length=128, index=True)
     os: str = Field(default="linux", max_length=32)
-    unit: str = Field(default="hour", max_length=32)  # hour, gib-month, gib-egress
-    amount: Decimal = Field(sa_type=Numeric(18, 6))
+    unit: str = Field(default="hour", max_length=32)
+    amount: Decimal = Field(sa_type=Numeric(20, 10))  # AWS states 10 decimals, GCP nanos
     currency: str = Field(max_length=3)
     source: str
     effective_date: date
     imported_at: datetime = _ts()
+    source_ref: str | None = Field(default=None, max_length=255)
+    family: str | None = Field(default=None, max_length=64)
+    vcpus: int | None = None
+    ram_mib: int | None = None
+    gpu_model: str | None = Field(default=None, max_length=32)
+    gpu_count: int | None = None
+    arch: str | None = Field(default=None, max_length=32)
 
 
 # --- workloads and operations -----------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Equivalent-shape matching and price comparison across every provider and region.
+
+For a requested shape (vCPU, GiB, GPU model and count, arch) each provider and region offers its
+best matching flavor: the one that satisfies the request with the least excess, cheapest on a tie.
+Excess is measured per requested dimension, relative to the request (``distance`` 0 is an exact
+match; 8 vCPU for 4 requested adds 1.0). Dimensions not requested (0) are "any". A request
+without GPUs never matches a GPU flavor. Families priced by parts (vCPU-hour + GiB-hour [+ GPU-hour],
+e.g. GCP custom machines or an on-prem cost model) are composed to the exact request.
+
+Quotes are ranked by what the request costs: the instance-hour price, or for GPU requests the price
+per GPU-hour times the GPUs requested (an 8-GPU VM's price divided by 8 for one GPU). Every quote
+is normalised per instance-hour, vCPU-hour, GiB-hour and GPU-hour in one currency, carries its
+original amount, currency, source and date, and is flagged stale when older than the configured age.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+from metavmm.catalog.importers.base import PriceUnit, Shape, normalise_arch
+from metavmm.errors import ValidationError
+from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
+from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
+
+
+@dataclass(frozen=True)
+class ShapeRequest:
+    vcpus: int = 0
+    ram_gib: Decimal = Decimal(0)
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    arch: str | None = None
+    os: str = "linux"
+
+    @classmethod
+    def parse(cls, vcpus: int = 0, ram_gib: float | Decimal | str = 0, gpu: str | None = None,
+              arch: str | None = None, os: str = "linux") -> ShapeRequest:
+        """From CLI/REST values; ``gpu`` is ``MODEL[:COUNT]`` such as ``H100:1``."""
+        model, count = None, 0
+        if gpu:
+            model, _, raw = gpu.partition(":")
+            if not model or (raw and not raw.isdigit()) or (raw and int(raw) < 1):
+                raise ValidationError(f"gpu must look like H100 or H100:8, got {gpu!r}")
+            count = int(raw or 1)
+        ram = Decimal(str(ram_gib))
+        if vcpus < 0 or ram < 0:
+            raise ValidationError("vcpus and ram must not be negative")
+        if vcpus == 0 and ram == 0 and count == 0:
+            raise ValidationError("ask for something: --vcpus, --ram and/or --gpu")
+        return cls(vcpus, ram, model.upper() if model else None, count, normalise_arch(arch), os)
+
+    def scope(self) -> PriceScope:
+        """What the database may leave out when loading prices for this request."""
+        return PriceScope(self.os, self.vcpus, int(self.ram_gib * 1024), self.gpu_model, self.gpu_count)
+
+    def describe(self) -> str:
+        parts = []
+        if self.vcpus:
+            parts.append(f"{self.vcpus} vCPU")
+        if self.ram_gib:
+            parts.append(f"{self.ram_gib.normalize():f} GiB")
+        if self.gpu_count:
+            parts.append(f"{self.gpu_count}x {self.gpu_model}")
+        return " / ".join(parts) + (f" ({self.arch})" if self.arch else "") + f", {self.os}"
+
+
+def distance(shape: Shape, req: ShapeRequest) -> float | None:
+    """How far ``shape`` is above the request (0: exact), or None when it does not satisfy it."""
+    ram_gib = shape.ram_mib / 1024
+    if shape.vcpus < req.vcpus or ram_gib < float(req.ram_gib):
+        return None
+    if req.arch and shape.arch and shape.arch != req.arch:
+        return None
+    if req.gpu_count:
+        if shape.gpu_count < req.gpu_count or (shape.gpu_model or "").upper() != req.gpu_model:
+            return None
+    elif shape.gpu_count:
+        return None
+    d = 0.0
+    if req.vcpus:
+        d += (shape.vcpus - req.vcpus) / req.vcpus
+    if req.ram_gib:
+        d += (ram_gib - float(req.ram_gib)) / float(req.ram_gib)
+    if req.gpu_count:
+        d += (shape.gpu_count - req.gpu_count) / req.gpu_count
+    return round(d, 6)
+
+
+@dataclass(frozen=True)
+class Quote:
+    provider: str
+    provider_kind: str
+    on_prem: bool
+    region: str
+    flavor: str
+    shape: Shape
+    distance: float
+    composed: bool  # priced from per-vCPU/GiB/GPU parts
+    amount: Decimal  # as the source states it
+    currency: str  # the source's currency
+    hourly: Decimal  # instance-hour, in the comparison's currency
+    per_vcpu_hour: Decimal
+    per_gib_hour: Decimal
+    per_gpu_hour: Decimal | None
+    rank_price: Decimal  # what the request costs: hourly, or per GPU-hour x GPUs requested
+    effective_date: date
+    age_days: int
+    stale: bool
+    source: str
+    source_ref: str | None
+
+
+@dataclass
+class Comparison:
+    request: ShapeRequest
+    currency: str
+    rates: RateTable
+    today: date
+    quotes: list[Quote] = field(default_factory=list)
+    unmatched: dict[str, str] = field(default_factory=dict)  # "provider/region" -> why nothing matched
+    prices_considered: int = 0
+
+    @property
+    def rates_stale(self) -> bool:
+        age = self.rates.age_days(self.today)
+        return age is not None and age > self.rates.stale_after_days
+
+
+def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: set[str],
+                ) -> Iterable[tuple[PricePoint, Shape, bool, Decimal, list[PricePoint]]]:
+    """(point, shape, composed, amount, parts) for every priced shape of one provider and region.
+
+    A family composes to the exact request only when it is not sold as listed machine types
+    (``shaped_families``): GCP's A3 comes as a3-highgpu-8g, never as a custom 4 vCPU machine.
+    """
+    parts: dict[tuple[str, str], PricePoint] = {}
+    gpus: dict[str, PricePoint] = {}
+    for p in points:
+        if p.unit == PriceUnit.HOUR and p.shape is not None and p.os == req.os:
+            yield p, p.shape, False, p.amount, [p]
+        elif p.unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR) and p.family and p.os == req.os:
+            parts[(p.family, p.unit)] = p
+        elif p.unit == PriceUnit.GPU_HOUR and p.gpu_model:
+            gpus[p.gpu_model.upper()] = p
+    for (family, unit), core in parts.items():
+        if unit != PriceUnit.VCPU_HOUR or family in shaped_families:
+            continue
+        ram = parts.get((family, PriceUnit.GIB_HOUR))
+        if ram is None or ram.currency != core.currency:
+            continue
+        vcpus = max(req.vcpus, 1)
+        ram_gib = max(req.ram_gib, Decimal(1))
+        amount = core.amount * vcpus + ram.amount * ram_gib
+        used = [core, ram]
+        if req.gpu_count:
+            gpu = gpus.get(req.gpu_model or "")
+            if gpu is None or gpu.currency != core.currency:
+                continue
+            amount += gpu.amount * req.gpu_count
+            used.append(gpu)
+        shape = Shape(vcpus, math.ceil(ram_gib * 1024), req.gpu_model if req.gpu_count else None, req.gpu_count,
+                      req.arch)
+        yield core, shape, True, amount, used
+
+
+def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str | None = None, *,
+            today: date | None = None, providers: set[str] | None = None, region: str | None = None) -> Comparison:
+    """The best matching flavor at every provider and region, ranked by what the request costs."""
+    today = today or date.today()
+    target = currency_code(currency or rates.base)
+    to_currency = rates.converter(target)
+    result = Comparison(req, target, rates, today)
+    for (provider, reg), points in book.groups.items():
+        if (providers and provider not in providers) or (region and reg != region):
+            continue
+        result.prices_considered += len(points)
+        best: tuple[float, Decimal, PricePoint, Shape, bool, Decimal, list[PricePoint]] | None = None
+        families = book.shaped_families.get((provider, reg), set())
+        for point, shape, composed, amount, used in _candidates(points, req, families):
+            d = distance(shape, req)
+            if d is None:
+                continue
+            key = (d, amount)
+            if best is None or key < best[:2]:
+                best = (d, amount, point, shape, composed, amount, used)
+        if best is None:
+            continue
+        d, _, point, shape, composed, amount, used = best
+        result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today))
+    result.quotes.sort(key=lambda q: (q.rank_price, q.distance, q.provider, q.region))
+    quoted = {(q.provider, q.region) for q in result.quotes}
+    for (provider, reg), count in sorted(book.shaped_counts.items()):
+        if (provider, reg) not in quoted and (not providers or provider in providers) and reg == (region or reg):
+            result.unmatched[f"{provider}/{reg}"] = f"none of {count} priced shapes satisfies {req.describe()}"
+    return result
+
+
+def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, used: list[PricePoint], d: float,
+           req: ShapeRequest, to_currency: Converter, rates: RateTable, today: date) -> Quote:
+    hourly = to_currency(amount, point.currency)
+    per_gpu = hourly / shape.gpu_count if shape.gpu_count else None
+    rank = per_gpu * req.gpu_count if req.gpu_count and per_gpu is not None else hourly
+    effective = min(p.effective_date for p in used)
+    age = (today - effective).days
+    family = point.family or ""
+    prefix = family if family.endswith("custom") else f"{family}-custom"
+    flavor = f"{prefix}-{shape.vcpus}-{shape.ram_mib}" if composed else point.flavor
+    ref = ", ".join(p.source_ref or p.source for p in used) if composed else point.source_ref
+    return Quote(
+        provider=point.provider, provider_kind=point.provider_kind, on_prem=point.on_prem, region=point.region,
+        flavor=flavor, shape=shape, distance=d, composed=composed, amount=amount, currency=point.currency,
+        hourly=hourly, per_vcpu_hour=hourly / shape.vcpus, per_gib_hour=hourly / shape.ram_gib,
+        per_gpu_hour=per_gpu, rank_price=rank, effective_date=effective, age_days=age,
+        stale=age > rates.stale_after_days, source=point.source, source_ref=ref)
+
+
+def best_quote(book: PriceBook, req: ShapeRequest, rates: RateTable, provider: str, region: str,
+               currency: str | None = None, *, today: date | None = None) -> Quote | None:
+    """What placing ``req`` at one provider and region costs (None: no priced shape there fits).
+
+    The scheduler's price cost: the same matching, normalisation and currency as the comparison.
+    """
+    quotes = compare(book, req, rates, currency, today=today, providers={provider}, region=region).quotes
+    return quotes[0] if quotes else None
