@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from metavmm.broker.app import create_app
 from metavmm.broker.cli import main
 from metavmm.broker.rest.prices import api
+from tests.auth_helpers import authorize
 from tests.scheduler.pricing.conftest import FIXTURES, load_nchc
 
 
@@ -24,7 +25,9 @@ async def client(aiohttp_client: Any, sqlite_url: str, nchc_config: Any) -> Any:
         await load_nchc(db.make_sessionmaker(engine), nchc_config)
     finally:
         await engine.dispose()
-    return await aiohttp_client(create_app(nchc_config, sqlite_url, sync=False))
+    client = await aiohttp_client(create_app(nchc_config, sqlite_url, sync=False))
+    await authorize(client, "reader")
+    return client
 
 
 @pytest.fixture
