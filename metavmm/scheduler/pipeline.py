@@ -1,0 +1,283 @@
+"""Single placement as named phases over a snapshot: prefilter, filter, score, reserve, bind.
+
+- **prefilter** resolves the image (format, size, where replicas are) and runs request-scoped rules
+  (quota) once; if one fails, every candidate carries that reason.
+- **filter** runs site-scoped rules and slot rules on each site's view (the best any host offers), so
+  a site that cannot work is rejected once, with the reason counted for each of its hosts.
+- **score** prices the surviving sites with the costs (normalised 0..1, weighted, summed), then opens
+  the best site host by host (or flavor by flavor), filters and scores those, and picks one. If no slot
+  of that site passes (the site view is only a necessary condition), the next site is opened.
+- **reserve** / **unreserve** record or give back the capacity in the :class:`Ledger` (idempotent).
+- **bind** turns the choice into plan steps (image route, create, verify) for the operations engine.
+  It never calls a driver.
+
+Per-filter counts are logged at debug, the one-line summary at info; the same summary and the list of
+rejections are in the returned :class:`Placement`, so "why is my VM not placed?" always has an answer.
+``explain=True`` opens every passing site, so every host gets its own reason or score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal
+
+from metavmm.errors import NotFound
+from metavmm.scheduler.costs import Cost, default_costs
+from metavmm.scheduler.filters import Filter, default_filters
+from metavmm.scheduler.graph import FederationGraph
+from metavmm.scheduler.ledger import Ledger, Reservation
+from metavmm.scheduler.plan import Alternative, Placement, PlanStep, Rejection, summarize
+from metavmm.scheduler.pricing import Quoter
+from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
+from metavmm.scheduler.snapshot import SiteView, Snapshot
+from metavmm.scheduler.views import CandidateView, host_view, site_view, slot_views
+
+log = logging.getLogger(__name__)
+
+BOOT_SECONDS = 30.0  # create + boot of a VM whose disk is in place; a documented estimate
+VERIFY_SECONDS = 10.0
+
+
+class Scheduler:
+    """Places requests on one snapshot. Keep one per snapshot; it caches site views between requests."""
+
+    def __init__(self, snapshot: Snapshot, *, filters: Sequence[Filter] | None = None,
+                 costs: Sequence[Cost] | None = None, ledger: Ledger | None = None,
+                 graph: FederationGraph | None = None) -> None:
+        self.snapshot = snapshot
+        self.settings = snapshot.settings
+        self.quote = Quoter()
+        self.filters = list(filters) if filters is not None else default_filters(snapshot, self.quote)
+        self.costs = list(costs) if costs is not None else default_costs(snapshot.settings, self.quote)
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.graph = graph or FederationGraph(snapshot)
+        self._request_filters = [f for f in self.filters if f.scope == "request"]
+        self._site_filters = [f for f in self.filters if f.scope in ("site", "slot")]
+        self._slot_filters = [f for f in self.filters if f.scope == "slot"]
+        self._site_cache: dict[int, tuple[int, CandidateView]] = {}
+        self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
+        self._host_cache: dict[int, tuple[int, CandidateView]] = {}
+        self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
+
+    # --- prefilter -----------------------------------------------------------------------------------
+
+    def prefilter(self, req: PlacementRequest) -> tuple[PlacementRequest, list[tuple[str, Verdict]]]:
+        """Resolve the image from the catalog and run request-scoped rules once."""
+        if req.image is not None and req.image.image_id and not req.image.replica_sites:
+            image = self.snapshot.images.get(req.image.image_id)
+            if image is None:
+                raise NotFound(f"image {req.image.image_id} is not in the catalog")
+            replicas = self.snapshot.replicas.get(image.id, ())
+            fmt = replicas[0].format if replicas else image.format
+            req = replace(req, image=ImageRef(image.id, fmt, req.image.size_bytes or image.size_bytes,
+                                              req.image.hypervisor or image.hypervisor,
+                                              tuple(sorted({r.site_id for r in replicas}))))
+        failed = []
+        for f in self._request_filters:
+            verdict = f.check(None, req)  # type: ignore[arg-type]
+            if not verdict.ok:
+                failed.append((f.name, verdict))
+        return req, failed
+
+    # --- filter ----------------------------------------------------------------------------------------
+
+    def site_view(self, site: SiteView) -> CandidateView:
+        version = self.ledger.site_version.get(site.id, 0)
+        cached = self._site_cache.get(site.id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        view = site_view(site, self.ledger, self.settings)
+        self._site_cache[site.id] = (version, view)
+        return view
+
+    def slot_views(self, site: SiteView) -> list[CandidateView]:
+        """Host views (rebuilt only for hosts the ledger changed) or flavor views of one site."""
+        if not site.has_hosts:
+            cached = self._slot_cache.get(site.id)
+            if cached is None:
+                cached = (0, slot_views(site, None, self.settings))
+                self._slot_cache[site.id] = cached
+            return cached[1]
+        out = []
+        versions = self.ledger.host_version
+        for h in site.hosts:
+            version = versions.get(h.id, 0)
+            hit = self._host_cache.get(h.id)
+            if hit is None or hit[0] != version:
+                hit = (version, host_view(site, h, self.ledger, self.settings))
+                self._host_cache[h.id] = hit
+            out.append(hit[1])
+        return out
+
+    def run_filters(self, view: CandidateView, req: PlacementRequest, filters: Sequence[Filter],
+                    counts: Counter[str]) -> tuple[str, Verdict] | None:
+        """The first rule that rejects ``view``, or None when all pass."""
+        for f in filters:
+            verdict = f.check(view, req)
+            if not verdict.ok:
+                counts[f.name] += 1
+                return f.name, verdict
+        return None
+
+    def filter_sites(self, req: PlacementRequest, counts: Counter[str]) -> tuple[list[CandidateView], list[Rejection]]:
+        passing, rejected = [], []
+        for site in self.snapshot.sites:
+            view = self.site_view(site)
+            failed = self.run_filters(view, req, self._site_filters, counts)
+            if failed is None:
+                passing.append(view)
+            else:
+                name, v = failed
+                rejected.append(Rejection(site.name, "site", site.name, name, v.code, v.message,
+                                          len(site.hosts) or 1, v.unresolvable))
+        return passing, rejected
+
+    # --- score ------------------------------------------------------------------------------------------
+
+    def score(self, views: Sequence[CandidateView], req: PlacementRequest) -> list[tuple[float, int, dict[str, float]]]:
+        """(score, index, breakdown) per view, best (lowest) first."""
+        raw = [[c.cost(v, req, self.graph) for v in views] for c in self.costs]
+        totals = [0.0] * len(views)
+        breakdowns: list[dict[str, float]] = [{} for _ in views]
+        debug = log.isEnabledFor(logging.DEBUG)
+        for cost, values in zip(self.costs, raw, strict=True):
+            finite = [x for x in values if x != float("inf")]
+            lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+            span = hi - lo
+            for i, x in enumerate(values):
+                norm = 1.0 if x == float("inf") else ((x - lo) / span if span > 0 else 0.0)
+                totals[i] += cost.weight * norm
+                breakdowns[i][cost.name] = x
+                if debug:
+                    log.debug("%s %s: raw %.4g %s, normalised %.3f, %.2f * %.3f", views[i].name, cost.name, x,
+                              cost.unit, norm, cost.weight, norm)
+        return sorted(((t, i, b) for i, (t, b) in enumerate(zip(totals, breakdowns, strict=True))),
+                      key=lambda x: (x[0], views[x[1]].name))
+
+    # --- the whole decision -----------------------------------------------------------------------------
+
+    def place(self, req: PlacementRequest, *, explain: bool = False, reserve: bool = True,
+              key: str | None = None) -> Placement:
+        """Decide where ``req`` goes. With ``reserve``, the capacity is held in the ledger under ``key``."""
+        req, failed = self.prefilter(req)
+        counts: Counter[str] = Counter()
+        cur = self.snapshot.currency
+        if failed:
+            name, v = failed[0]
+            rejections = [Rejection(s.name, "site", s.name, name, v.code, v.message, len(s.hosts) or 1,
+                                    v.unresolvable) for s in self.snapshot.sites]
+            summary = summarize(rejections, self.total_candidates, 0)
+            log.info("%s: %s", req.name, summary)
+            return Placement(req, False, summary, cur, rejections=tuple(rejections),
+                             candidates=self.total_candidates)
+        passing, rejections = self.filter_sites(req, counts)
+        ranked = self.score(passing, req) if passing else []
+        chosen: tuple[CandidateView, dict[str, float]] | None = None
+        alternatives = []
+        for _score, idx, breakdown in ranked:
+            view = passing[idx]
+            if chosen is not None and not explain:
+                alternatives.append(Alternative(view.name, view.site.name, _score, breakdown))
+                continue
+            slot, slot_rejections = self._choose_slot(view.site, req, counts)
+            rejections.extend(slot_rejections)
+            if slot is None:
+                continue
+            if chosen is None:
+                chosen = slot
+            else:
+                alternatives.append(Alternative(slot[0].name, view.site.name, _score, slot[1]))
+        if log.isEnabledFor(logging.DEBUG):
+            for f in self.filters:
+                log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
+        if chosen is None:
+            summary = summarize(rejections, self.total_candidates, 0)
+            log.info("%s: %s", req.name, summary)
+            return Placement(req, False, summary, cur, rejections=tuple(rejections),
+                             candidates=self.total_candidates)
+        slot, _ = chosen
+        rejected = sum(r.covers for r in rejections)
+        summary = (f"placed on {slot.name} ({slot.site.name}); "
+                   + summarize(rejections, self.total_candidates, self.total_candidates - rejected))
+        log.info("%s: %s", req.name, summary)
+        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives[:5]))
+        if reserve:
+            self.reserve(key or req.name, placement)
+        return placement
+
+    def _choose_slot(self, site: SiteView, req: PlacementRequest,
+                     counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
+        views = self.slot_views(site)
+        ok, rejections = [], []
+        for v in views:
+            failed = self.run_filters(v, req, self._slot_filters, counts)
+            if failed is None:
+                ok.append(v)
+            else:
+                name, verdict = failed
+                rejections.append(Rejection(v.name, v.kind, site.name, name, verdict.code, verdict.message, 1,
+                                            verdict.unresolvable))
+        if not site.has_hosts:
+            # a cloud site counts once: its flavors that do not fit are detail, not separate candidates
+            rejections = [replace(r, covers=0) for r in rejections]
+            if not ok and rejections:
+                first = rejections[0]
+                rejections.insert(0, replace(first, candidate=site.name, kind="site", covers=1))
+        if not ok:
+            return None, rejections
+        best = self.score(ok, req)[0]
+        return (ok[best[1]], best[2]), rejections
+
+    # --- reserve / unreserve ---------------------------------------------------------------------------
+
+    def reserve(self, key: str, placement: Placement) -> None:
+        if not placement.placed or placement.site_id is None:
+            return
+        r = placement.request
+        self.ledger.reserve(Reservation(key, placement.site_id, placement.host_id, r.vcpus, r.ram_mib,
+                                        r.gpu_model, r.gpu_count))
+
+    def unreserve(self, key: str) -> bool:
+        """Give a reservation back; idempotent."""
+        return self.ledger.unreserve(key)
+
+    # --- bind ------------------------------------------------------------------------------------------
+
+    def bind(self, slot: CandidateView, req: PlacementRequest, summary: str, rejections: tuple[Rejection, ...],
+             alternatives: tuple[Alternative, ...]) -> Placement:
+        """The steps that would realise the placement. Pure: the operations engine runs them later."""
+        site = slot.site
+        steps: list[PlanStep] = []
+        hypervisor = min(slot.hypervisors)
+        if req.image is not None:
+            routes = [(hv, self.graph.route(req.image, site, hv)) for hv in sorted(slot.hypervisors)]
+            routes = [(hv, r) for hv, r in routes if r is not None]
+            if routes:
+                hypervisor, route = min(routes, key=lambda x: x[1].seconds)
+                steps.extend(PlanStep(s.action, s.site, s.detail, s.seconds, s.price, {"tool": s.tool})
+                             for s in route.steps)
+        q = self.quote(slot, req)
+        params = {"provider": site.provider.name, "region": site.region, "vcpus": req.vcpus,
+                  "ram_mib": req.ram_mib, "disk_gib": req.disk_gib}
+        if slot.host is not None:
+            params["host"] = slot.host.name
+        if slot.flavor is not None:
+            params["flavor"] = slot.flavor.name
+        if req.gpu_count:
+            params.update(gpu_model=req.gpu_model, gpu_count=req.gpu_count)
+        steps.append(PlanStep("create", site.name, f"create {req.name} on {slot.name} ({q.basis})", BOOT_SECONDS,
+                              params=params))
+        steps.append(PlanStep("verify", site.name, f"wait until {req.name} is running", VERIFY_SECONDS))
+        return Placement(
+            req, True, summary, self.snapshot.currency, site=site.name, site_id=site.id, provider=site.provider.name,
+            host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,
+            flavor=slot.flavor.name if slot.flavor else (q.basis.removeprefix("flavor ") if q.basis.startswith(
+                "flavor ") else None),
+            hypervisor=hypervisor, price_per_hour=q.per_hour,
+            expected_hours=req.expected_hours or self.settings.expected_hours,
+            one_off_price=sum((s.price for s in steps), Decimal(0)), seconds_to_ready=sum(s.seconds for s in steps),
+            steps=tuple(steps), rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,
+        )
