@@ -199,9 +199,7 @@ class Scheduler:
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
         slot, _ = chosen
-        rejected = sum(r.covers for r in rejections)
-        summary = (f"placed on {slot.name} ({slot.site.name}); "
-                   + summarize(rejections, self.total_candidates, self.total_candidates - rejected))
+        summary = f"placed on {slot.name} ({slot.site.name}); " + summarize(rejections, self.total_candidates)
         log.info("%s: %s", req.name, summary)
         placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives[:5]))
         if reserve:

@@ -88,15 +88,20 @@ class Placement:
         return out
 
 
-def summarize(rejections: Iterable[Rejection], total: int, available: int, noun: str = "candidates") -> str:
+def summarize(rejections: Iterable[Rejection], total: int, available: int | None = None,
+              noun: str = "candidates") -> str:
     """Kubernetes-style one-liner: '0/12 candidates are available: 7 insufficient memory, 3 no H100, ...'.
 
     Counts are of candidates (a rejected site counts once per host it has), sorted by count then code,
-    so the text is deterministic.
+    so the text is deterministic. Without ``available`` (a placement that stopped at the first site that
+    worked) it says how many were rejected instead.
     """
     counts: Counter[str] = Counter()
     for r in rejections:
         counts[r.code] += r.covers
-    parts = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    head = f"{available}/{total} {noun} are available"
+    parts = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n)
+    if available is None:
+        head = f"{sum(counts.values())}/{total} {noun} rejected"
+    else:
+        head = f"{available}/{total} {noun} are available"
     return f"{head}: {parts}" if parts else head
