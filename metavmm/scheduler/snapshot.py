@@ -221,6 +221,9 @@ class Snapshot:
     def host(self, host_id: int) -> HostView:
         return self._host_by_id[host_id]
 
+    def find_host(self, host_id: int | None) -> HostView | None:
+        return self._host_by_id.get(host_id) if host_id is not None else None
+
     def host_named(self, name: str) -> HostView | None:
         return self._host_by_name.get(name)
 
