@@ -223,7 +223,7 @@ class MigrationPlanner:
                 req = self._request(w, busy)
                 for target in ranked[:-1]:
                     total_t = max(int(target.cores * self.settings.cpu_allocation_ratio), 1)
-                    if util(target) + w.vcpus / total_t >= util(busy) - w.vcpus / max(busy.cores, 1):
+                    if util(target) + w.vcpus / total_t > util(busy) - w.vcpus / max(busy.cores, 1):
                         continue  # the move would not narrow the gap
                     view = host_view(s, target, ledger, self.settings)
                     if self.scheduler.run_filters(view, req, slot_filters, Counter()):

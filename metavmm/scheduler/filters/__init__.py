@@ -5,6 +5,7 @@ from __future__ import annotations
 from metavmm.scheduler.filters.base import Filter, Scope
 from metavmm.scheduler.filters.capacity import CapacityFilter
 from metavmm.scheduler.filters.cpu import CpuFilter
+from metavmm.scheduler.filters.exclude import ExcludedHostFilter
 from metavmm.scheduler.filters.gpu import GpuFilter
 from metavmm.scheduler.filters.hypervisor import HypervisorFilter
 from metavmm.scheduler.filters.nested import NestedVirtFilter
@@ -19,12 +20,13 @@ from metavmm.scheduler.snapshot import Snapshot
 
 def default_filters(snapshot: Snapshot, quoter: Quoter | None = None) -> list[Filter]:
     return [
-        QuotaFilter(snapshot), PolicyFilter(), ResidencyFilter(), HostStateFilter(), CpuFilter(),
+        QuotaFilter(snapshot), PolicyFilter(), ResidencyFilter(), HostStateFilter(), ExcludedHostFilter(), CpuFilter(),
         NestedVirtFilter(), GpuFilter(), HypervisorFilter(), CapacityFilter(), PriceFilter(snapshot.currency, quoter),
     ]
 
 
 __all__ = [
-    "CapacityFilter", "CpuFilter", "Filter", "GpuFilter", "HostStateFilter", "HypervisorFilter", "NestedVirtFilter",
-    "PolicyFilter", "PriceFilter", "QuotaFilter", "ResidencyFilter", "Scope", "default_filters",
+    "CapacityFilter", "CpuFilter", "ExcludedHostFilter", "Filter", "GpuFilter", "HostStateFilter",
+    "HypervisorFilter", "NestedVirtFilter", "PolicyFilter", "PriceFilter", "QuotaFilter", "ResidencyFilter", "Scope",
+    "default_filters",
 ]

@@ -15,3 +15,13 @@ def test_maintenance_host_and_dead_site(federation) -> None:
     assert v.code == "host_not_up" and v.message == "state: host is maintenance"
     assert HostStateFilter().check(site_view(site, None, snap.settings), PlacementRequest("vm", 1, 1)).code \
         == "no_host_up"
+
+
+def test_excluded_host_and_fully_excluded_site(view) -> None:
+    from metavmm.scheduler.filters.exclude import ExcludedHostFilter
+
+    req = PlacementRequest("vm", 1, 1, exclude_hosts=frozenset({1, 2}))
+    assert ExcludedHostFilter().check(view("host", 3), req).ok
+    assert ExcludedHostFilter().check(view("host", 1), req).message == "exclude: h1 is being vacated"
+    assert ExcludedHostFilter().check(view("site", "hsinchu"), req).code == "host excluded"
+    assert ExcludedHostFilter().check(view("site", "taichung"), req).ok
