@@ -58,6 +58,7 @@ class TraceRecord(BaseModel):
     hours: float = Field(gt=0, le=24 * 366)
     gpu_model: str | None = None
     gpu_count: int = Field(default=0, ge=0)
+    cpu_arch: str | None = "x86_64"
     residency: list[str] = Field(default_factory=list)
 
 
@@ -177,7 +178,7 @@ class BurstReplay:
             if not residency:
                 residency = ("--",)  # the request's and the policy's countries do not overlap: nowhere
         return PlacementRequest(rec.name, rec.vcpus, rec.ram_mib, project=rec.project, gpu_model=rec.gpu_model,
-                                gpu_count=rec.gpu_count, cpu_arch=None, residency=residency,
+                                gpu_count=rec.gpu_count, cpu_arch=rec.cpu_arch, residency=residency,
                                 expected_hours=rec.hours, on_prem_only=not public, public_only=public,
                                 providers=tuple(self.policy.allowed_providers) if public else ())
 
