@@ -33,10 +33,26 @@ from metavmm.scheduler.plan import Alternative, Placement, PlanStep, Rejection, 
 from metavmm.scheduler.pricing import Quoter
 from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import SiteView, Snapshot
-from metavmm.scheduler.views import CandidateView, host_view, site_view, slot_views
+from metavmm.scheduler.views import CandidateView, aggregate_hosts, host_view, site_view, slot_views
 
 log = logging.getLogger(__name__)
 
+
+
+class Scored:
+    """One candidate's total score; its per-cost raw values are turned into a dict only when asked."""
+
+    __slots__ = ("_names", "_raw", "index", "total")
+
+    def __init__(self, total: float, index: int, names: list[str], raw: list[float]) -> None:
+        self.total, self.index, self._names, self._raw = total, index, names, raw
+
+    @property
+    def breakdown(self) -> dict[str, float]:
+        return dict(zip(self._names, self._raw, strict=True))
+
+
+MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
 BOOT_SECONDS = 30.0  # create + boot of a VM whose disk is in place; a documented estimate
 VERIFY_SECONDS = 10.0
 
@@ -60,6 +76,7 @@ class Scheduler:
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
         self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
+        self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
         self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
 
     # --- prefilter -----------------------------------------------------------------------------------
@@ -89,7 +106,10 @@ class Scheduler:
         cached = self._site_cache.get(site.id)
         if cached is not None and cached[0] == version:
             return cached[1]
-        view = site_view(site, self.ledger, self.settings)
+        if site.has_hosts:
+            view = aggregate_hosts(site, self.slot_views(site), self.settings)
+        else:
+            view = site_view(site, None, self.settings)
         self._site_cache[site.id] = (version, view)
         return view
 
@@ -123,10 +143,27 @@ class Scheduler:
         return None
 
     def filter_sites(self, req: PlacementRequest, counts: Counter[str]) -> tuple[list[CandidateView], list[Rejection]]:
+        """Site-scoped and slot rules on every site view.
+
+        A verdict depends only on the view and the request, and a site view changes only when the ledger
+        touches the site, so verdicts are memoised per (site, ledger version, request shape): a stream of
+        similar requests re-examines only the site the previous one was placed on.
+        """
         passing, rejected = [], []
+        shape = req.shape_key()
+        memo = self._verdicts
+        if len(memo) > 200_000:
+            memo.clear()
+        versions = self.ledger.site_version
         for site in self.snapshot.sites:
-            view = self.site_view(site)
-            failed = self.run_filters(view, req, self._site_filters, counts)
+            key = (site.id, versions.get(site.id, 0), shape)
+            hit = memo.get(key)
+            if hit is None:
+                view = self.site_view(site)
+                hit = memo[key] = (view, self.run_filters(view, req, self._site_filters, counts))
+            elif hit[1] is not None:
+                counts[hit[1][0]] += 1
+            view, failed = hit
             if failed is None:
                 passing.append(view)
             else:
@@ -137,25 +174,30 @@ class Scheduler:
 
     # --- score ------------------------------------------------------------------------------------------
 
-    def score(self, views: Sequence[CandidateView], req: PlacementRequest) -> list[tuple[float, int, dict[str, float]]]:
-        """(score, index, breakdown) per view, best (lowest) first."""
-        raw = [[c.cost(v, req, self.graph) for v in views] for c in self.costs]
+    def score(self, views: Sequence[CandidateView], req: PlacementRequest,
+              costs: Sequence[Cost] | None = None) -> list[Scored]:
+        """Each view's weighted sum of min-max normalised costs, best (lowest) first; ties by name."""
+        costs = self.costs if costs is None else costs
+        raw = [[c.cost(v, req, self.graph) for v in views] for c in costs]
         totals = [0.0] * len(views)
-        breakdowns: list[dict[str, float]] = [{} for _ in views]
         debug = log.isEnabledFor(logging.DEBUG)
-        for cost, values in zip(self.costs, raw, strict=True):
-            finite = [x for x in values if x != float("inf")]
+        inf = float("inf")
+        for cost, values in zip(costs, raw, strict=True):
+            finite = [x for x in values if x != inf]
             lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
             span = hi - lo
+            if span <= 0 and len(finite) == len(values):
+                continue  # every candidate costs the same here: adds nothing
+            w = cost.weight
             for i, x in enumerate(values):
-                norm = 1.0 if x == float("inf") else ((x - lo) / span if span > 0 else 0.0)
-                totals[i] += cost.weight * norm
-                breakdowns[i][cost.name] = x
+                norm = 1.0 if x == inf else (x - lo) / span
+                totals[i] += w * norm
                 if debug:
                     log.debug("%s %s: raw %.4g %s, normalised %.3f, %.2f * %.3f", views[i].name, cost.name, x,
-                              cost.unit, norm, cost.weight, norm)
-        return sorted(((t, i, b) for i, (t, b) in enumerate(zip(totals, breakdowns, strict=True))),
-                      key=lambda x: (x[0], views[x[1]].name))
+                              cost.unit, norm, w, norm)
+        names = [c.name for c in costs]
+        order = sorted(range(len(views)), key=lambda i: (totals[i], views[i].name))
+        return [Scored(totals[i], i, names, [r[i] for r in raw]) for i in order]
 
     # --- the whole decision -----------------------------------------------------------------------------
 
@@ -177,10 +219,12 @@ class Scheduler:
         ranked = self.score(passing, req) if passing else []
         chosen: tuple[CandidateView, dict[str, float]] | None = None
         alternatives = []
-        for _score, idx, breakdown in ranked:
-            view = passing[idx]
+        for r in ranked:
+            view = passing[r.index]
             if chosen is not None and not explain:
-                alternatives.append(Alternative(view.name, view.site.name, _score, breakdown))
+                if len(alternatives) >= MAX_ALTERNATIVES:
+                    break
+                alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown))
                 continue
             slot, slot_rejections = self._choose_slot(view.site, req, counts)
             rejections.extend(slot_rejections)
@@ -189,7 +233,7 @@ class Scheduler:
             if chosen is None:
                 chosen = slot
             else:
-                alternatives.append(Alternative(slot[0].name, view.site.name, _score, slot[1]))
+                alternatives.append(Alternative(slot[0].name, view.site.name, r.total, slot[1]))
         if log.isEnabledFor(logging.DEBUG):
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
@@ -201,7 +245,7 @@ class Scheduler:
         slot, _ = chosen
         summary = f"placed on {slot.name} ({slot.site.name}); " + summarize(rejections, self.total_candidates)
         log.info("%s: %s", req.name, summary)
-        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives[:5]))
+        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives))
         if reserve:
             self.reserve(key or req.name, placement)
         return placement
@@ -226,8 +270,14 @@ class Scheduler:
                 rejections.insert(0, replace(first, candidate=site.name, kind="site", covers=1))
         if not ok:
             return None, rejections
+        if site.has_hosts and len(site.hypervisors) == 1:
+            # costs that are equal for every host of a one-hypervisor site cannot change the order
+            varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
+            best = self.score(ok, req, varying)[0]
+            fixed = {c.name: c.cost(ok[best.index], req, self.graph) for c in self.costs if c not in varying}
+            return (ok[best.index], {**fixed, **best.breakdown}), rejections
         best = self.score(ok, req)[0]
-        return (ok[best[1]], best[2]), rejections
+        return (ok[best.index], best.breakdown), rejections
 
     # --- reserve / unreserve ---------------------------------------------------------------------------
 

@@ -130,6 +130,24 @@ class SitePrices:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteProfile:
+    """What the up hosts of a site offer that no placement changes (computed once per snapshot)."""
+
+    archs: frozenset[str] = frozenset()
+    vendors: frozenset[str | None] = frozenset()
+    feature_sets: tuple[frozenset[str], ...] = ()
+    hypervisors: frozenset[str] = frozenset()
+    nested: bool = False
+
+    @staticmethod
+    def of(hosts: Sequence[HostView]) -> SiteProfile:
+        up = [h for h in hosts if h.state == m.HostState.UP]
+        return SiteProfile(frozenset(h.arch for h in up), frozenset(h.vendor for h in up),
+                           tuple(sorted({h.features for h in up}, key=sorted)), frozenset(h.hypervisor for h in up),
+                           any(h.nested_virt for h in up))
+
+
+@dataclass(frozen=True, slots=True)
 class SiteView:
     id: int
     name: str
@@ -140,6 +158,7 @@ class SiteView:
     flavors: tuple[FlavorView, ...] = ()
     prices: SitePrices = field(default_factory=SitePrices)
     hypervisors: frozenset[str] = frozenset()
+    profile: SiteProfile = field(default_factory=SiteProfile)
 
     @property
     def on_prem(self) -> bool:
@@ -316,7 +335,8 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
         ladder = [(f, prices_here.flavors[f.name]) for f in site_flavors if f.name in prices_here.flavors]
         ladder.sort(key=lambda fp: (fp[1].amount is None, fp[1].amount or 0, fp[0].vcpus, fp[0].ram_mib))
         prices_here = replace(prices_here, ladder=tuple(ladder))
-        views.append(SiteView(site_id, name, region, provider, country, site_hosts, site_flavors, prices_here, hvs))
+        views.append(SiteView(site_id, name, region, provider, country, site_hosts, site_flavors, prices_here, hvs,
+                              SiteProfile.of(site_hosts)))
     replicas_by_image: dict[str, list[ReplicaView]] = defaultdict(list)
     for r in replicas:
         replicas_by_image[r.image_id].append(r)

@@ -9,7 +9,7 @@ hosts are never looked at. Only sites that pass are opened up host by host (or f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,20 +89,29 @@ def site_view(site: SiteView, ledger: Ledger | None, settings: SchedulerSettings
                              max((f.free_vcpus for f in flavors), default=0),
                              max((f.free_ram_mib for f in flavors), default=0), frozen_map(gpus),
                              any(f.nested for f in flavors), bool(flavors), 0.0)
-    up = [h for h in site.hosts if h.state == HostState.UP]
+    return aggregate_hosts(site, [host_view(site, h, ledger, settings) for h in site.hosts], settings)
+
+
+def aggregate_hosts(site: SiteView, hosts: Sequence[CandidateView], settings: SchedulerSettings) -> CandidateView:
+    """The site view from its host views (the scheduler passes its cached ones: only changed hosts are rebuilt)."""
+    up = [v for v in hosts if v.up]
     best_v = best_r = used = total = 0
-    gpus = {}
-    for h in up:
-        v, r, g = host_free(h, ledger, settings)
-        cap = int(h.cores * settings.cpu_allocation_ratio)
+    gpus: dict[str, int] = {}
+    ratio = settings.cpu_allocation_ratio
+    for v in up:
+        cap = int(v.host.cores * ratio)  # type: ignore[union-attr]
         total += cap
-        used += cap - v
-        best_v, best_r = max(best_v, v), max(best_r, r)
-        for model, n in g.items():
-            gpus[model] = max(gpus.get(model, 0), n)
-    return CandidateView("site", site.name, site, frozenset(h.arch for h in up), frozenset(h.vendor for h in up),
-                         tuple({h.features for h in up}), frozenset(h.hypervisor for h in up), best_v, best_r,
-                         frozen_map(gpus), any(h.nested_virt for h in up), bool(up),
+        used += cap - v.free_vcpus
+        if v.free_vcpus > best_v:
+            best_v = v.free_vcpus
+        if v.free_ram_mib > best_r:
+            best_r = v.free_ram_mib
+        for model, n in v.gpus.items():
+            if n > gpus.get(model, 0):
+                gpus[model] = n
+    static = site.profile  # architectures, vendors, feature sets, hypervisors, nested: fixed per snapshot
+    return CandidateView("site", site.name, site, static.archs, static.vendors, static.feature_sets,
+                         static.hypervisors, best_v, best_r, frozen_map(gpus), static.nested, bool(up),
                          used / total if total else 1.0, state=HostState.UP if up else HostState.DOWN)
 
 

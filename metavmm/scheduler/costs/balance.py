@@ -17,6 +17,7 @@ from metavmm.scheduler.views import CandidateView
 
 class BalanceCost:
     name = "balance"
+    host_invariant = False  # differs host by host
     unit = "utilisation"
 
     def __init__(self, weight: float = 0.1, strategy: Literal["spread", "pack"] = "pack") -> None:

@@ -13,6 +13,7 @@ from metavmm.scheduler.views import CandidateView
 class Cost(Protocol):
     name: ClassVar[str]
     unit: ClassVar[str]
+    host_invariant: ClassVar[bool]  # equal for all hosts of a one-hypervisor site: skipped when choosing among them
     weight: float
 
     def cost(self, view: CandidateView, req: PlacementRequest, graph: FederationGraph) -> float:

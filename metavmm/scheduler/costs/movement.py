@@ -14,6 +14,7 @@ from metavmm.scheduler.views import CandidateView
 
 class MovementCost:
     name = "movement"
+    host_invariant = True  # the same for every host of a site with one hypervisor
     unit = "seconds"
 
     def __init__(self, weight: float = 0.3) -> None:

@@ -15,6 +15,7 @@ from metavmm.scheduler.views import CandidateView
 
 class PriceCost:
     name = "price"
+    host_invariant = True  # the same for every host of a site with one hypervisor
     unit = "currency"
 
     def __init__(self, weight: float = 1.0, expected_hours: float = 24.0, quoter: Quoter | None = None) -> None:
