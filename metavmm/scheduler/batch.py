@@ -36,7 +36,7 @@ from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Rejection, summarize
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import HostView, Snapshot
-from metavmm.scheduler.views import CandidateView, host_free, host_view
+from metavmm.scheduler.views import CandidateView, host_free
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,9 @@ class BatchPlanner:
                     tc.elastic.append((best, self._price.cost(best, req, sched.graph)))
                 continue
             unit = self._price.cost(sview, req, sched.graph)
+            cached = {v.host.id: v for v in sched.slot_views(site)}  # type: ignore[union-attr]
             for hosts in self._site_profiles(site.id).values():
-                probe = host_view(site, hosts[0], sched.ledger, sched.settings)
+                probe = cached[hosts[0].id]
                 failed_static = sched.run_filters(probe, req, self._static_filters, counts)
                 if failed_static is None:
                     tc.hosts.extend((h, unit) for h in hosts)
