@@ -124,6 +124,7 @@ class FederationGraph:
         self.settings = snapshot.settings
         self._graph: nx.MultiDiGraph | None = None
         self._conv_cache: dict[tuple[str, str | None, str, int], Conversion | None] = {}
+        self._routes: dict[tuple[ImageRef, int, str], Route | None] = {}
 
     @property
     def graph(self) -> nx.MultiDiGraph:
@@ -207,7 +208,18 @@ class FederationGraph:
     # --- explicit routes (bind) ----------------------------------------------------------------------
 
     def route(self, image: ImageRef, site: SiteView, hypervisor: str) -> Route | None:
-        """The step-by-step shortest route (networkx Dijkstra by seconds) of ``image`` to ``site``."""
+        """The step-by-step shortest route (networkx Dijkstra by seconds) of ``image`` to ``site``.
+
+        Routes depend only on the image, the site and the hypervisor, all fixed in a snapshot: memoised.
+        """
+        key = (image, site.id, hypervisor)
+        if key not in self._routes:
+            if len(self._routes) > 100_000:
+                self._routes.clear()
+            self._routes[key] = self._route(image, site, hypervisor)
+        return self._routes[key]
+
+    def _route(self, image: ImageRef, site: SiteView, hypervisor: str) -> Route | None:
         if not guest_reachable(image.hypervisor, hypervisor):
             return None
         size = image.size_bytes

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from metavmm.errors import NotFound
 from metavmm.scheduler.costs import Cost, default_costs
@@ -77,6 +78,8 @@ class Scheduler:
         self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
         self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
+        self._slot_verdicts: dict[tuple[object, ...], tuple[str, Verdict] | None] = {}
+        self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
         self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
 
     # --- prefilter -----------------------------------------------------------------------------------
@@ -252,10 +255,38 @@ class Scheduler:
 
     def _choose_slot(self, site: SiteView, req: PlacementRequest,
                      counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
+        """The best host (or flavor) of one site, with every other one's reason. Memoised per (site, ledger
+        version of the site, request shape): a site that could not take a request is not re-opened for
+        the next identical one until a placement or release changes it."""
+        key = (site.id, self.ledger.site_version.get(site.id, 0), req.shape_key())
+        hit = self._site_choices.get(key)
+        if hit is None:
+            local: Counter[str] = Counter()
+            chosen, rejections = self._open_site(site, req, local)
+            if len(self._site_choices) > 100_000:
+                self._site_choices.clear()
+            hit = self._site_choices[key] = (chosen, rejections, local)
+        counts.update(hit[2])
+        return hit[0], list(hit[1])
+
+    def _open_site(self, site: SiteView, req: PlacementRequest,
+                   counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
         views = self.slot_views(site)
         ok, rejections = [], []
+        shape = req.shape_key()
+        memo = self._slot_verdicts
+        if len(memo) > 500_000:
+            memo.clear()
+        versions = self.ledger.host_version
         for v in views:
-            failed = self.run_filters(v, req, self._slot_filters, counts)
+            # memoised like site verdicts: a host's verdict changes only when the ledger touches it
+            key = (v.host.id if v.host is not None else v.name, versions.get(v.host.id, 0) if v.host else 0, shape)
+            if key in memo:
+                failed = memo[key]
+                if failed is not None:
+                    counts[failed[0]] += 1
+            else:
+                failed = memo[key] = self.run_filters(v, req, self._slot_filters, counts)
             if failed is None:
                 ok.append(v)
             else:
