@@ -53,15 +53,21 @@ def main() -> None:
     impossible = [PlacementRequest(f"x{i}", 4, 8192, gpu_model="H200", gpu_count=1) for i in range(args.n // 4)]
     explain = plain[: max(args.n // 20, 20)]
 
+    def warm() -> Scheduler:
+        """A scheduler whose per-host views exist already (the first decision builds them: timed apart)."""
+        sched = Scheduler(snap, graph=graph)
+        sched.place(PlacementRequest("warm-up", 1, 1024), reserve=False)
+        return sched
+
+    t = time.perf_counter()
+    warm()
+    print(f"first decision on a fresh Scheduler (builds 10,000 host views): {time.perf_counter() - t:.2f} s")
     rows = [
-        ("plain shapes, reserve each", *_rate(Scheduler(snap, graph=graph), plain), len(plain)),
-        ("with an ESXi image (virt-v2v + transfer routes)", *_rate(Scheduler(snap, graph=graph), with_image),
-         len(with_image)),
-        ("GPU H100 x1-4", *_rate(Scheduler(snap, graph=graph), gpu), len(gpu)),
-        ("impossible (no H200): full explanation", *_rate(Scheduler(snap, graph=graph), impossible),
-         len(impossible)),
-        ("explain=True (every site opened)", *_rate(Scheduler(snap, graph=graph), explain, explain=True,
-                                                    reserve=False), len(explain)),
+        ("plain shapes, reserve each", *_rate(warm(), plain), len(plain)),
+        ("with an ESXi image (virt-v2v + transfer routes)", *_rate(warm(), with_image), len(with_image)),
+        ("GPU H100 x1-4", *_rate(warm(), gpu), len(gpu)),
+        ("impossible (no H200): full explanation", *_rate(warm(), impossible), len(impossible)),
+        ("explain=True (every site opened)", *_rate(warm(), explain, explain=True, reserve=False), len(explain)),
     ]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'workload':50} {'wall /s':>9} {'CPU /s':>9} {'placed':>12}")

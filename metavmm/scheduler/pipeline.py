@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -45,12 +45,12 @@ class Scored:
 
     __slots__ = ("_names", "_raw", "index", "total")
 
-    def __init__(self, total: float, index: int, names: list[str], raw: list[float]) -> None:
+    def __init__(self, total: float, index: int, names: list[str], raw: Sequence[Sequence[float]]) -> None:
         self.total, self.index, self._names, self._raw = total, index, names, raw
 
     @property
     def breakdown(self) -> dict[str, float]:
-        return dict(zip(self._names, self._raw, strict=True))
+        return {name: values[self.index] for name, values in zip(self._names, self._raw, strict=True)}
 
 
 MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
@@ -78,7 +78,8 @@ class Scheduler:
         self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
         self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
-        self._slot_verdicts: dict[tuple[object, ...], tuple[str, Verdict] | None] = {}
+        self._slot_verdicts: dict[tuple[object, ...], Rejection | None] = {}
+        self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
         self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
 
@@ -177,11 +178,27 @@ class Scheduler:
 
     # --- score ------------------------------------------------------------------------------------------
 
-    def score(self, views: Sequence[CandidateView], req: PlacementRequest,
-              costs: Sequence[Cost] | None = None) -> list[Scored]:
-        """Each view's weighted sum of min-max normalised costs, best (lowest) first; ties by name."""
+    def score(self, views: Sequence[CandidateView], req: PlacementRequest, costs: Sequence[Cost] | None = None,
+              memo_keys: Sequence[tuple[object, ...]] | None = None) -> Iterator[Scored]:
+        """Each view's weighted sum of min-max normalised costs, best (lowest) first; ties by name.
+
+        With ``memo_keys`` (one per view: site, ledger version, request shape) raw costs are reused for
+        views that have not changed since an identical request.
+        """
         costs = self.costs if costs is None else costs
-        raw = [[c.cost(v, req, self.graph) for v in views] for c in costs]
+        if memo_keys is None:
+            raw = [[c.cost(v, req, self.graph) for v in views] for c in costs]
+        else:
+            memo = self._costs_memo
+            if len(memo) > 200_000:
+                memo.clear()
+            columns = []
+            for v, key in zip(views, memo_keys, strict=True):
+                hit = memo.get(key)
+                if hit is None:
+                    hit = memo[key] = tuple(c.cost(v, req, self.graph) for c in costs)
+                columns.append(hit)
+            raw = [list(values) for values in zip(*columns, strict=True)] if columns else [[] for _ in costs]
         totals = [0.0] * len(views)
         debug = log.isEnabledFor(logging.DEBUG)
         inf = float("inf")
@@ -193,14 +210,14 @@ class Scheduler:
                 continue  # every candidate costs the same here: adds nothing
             w = cost.weight
             for i, x in enumerate(values):
-                norm = 1.0 if x == inf else (x - lo) / span
+                norm = 1.0 if x == inf else ((x - lo) / span if span > 0 else 0.0)
                 totals[i] += w * norm
                 if debug:
                     log.debug("%s %s: raw %.4g %s, normalised %.3f, %.2f * %.3f", views[i].name, cost.name, x,
                               cost.unit, norm, w, norm)
         names = [c.name for c in costs]
         order = sorted(range(len(views)), key=lambda i: (totals[i], views[i].name))
-        return [Scored(totals[i], i, names, [r[i] for r in raw]) for i in order]
+        return (Scored(totals[i], i, names, raw) for i in order)  # lazily: most callers stop at the first
 
     # --- the whole decision -----------------------------------------------------------------------------
 
@@ -219,7 +236,10 @@ class Scheduler:
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
         passing, rejections = self.filter_sites(req, counts)
-        ranked = self.score(passing, req) if passing else []
+        shape = req.shape_key()
+        versions = self.ledger.site_version
+        keys = [(v.site.id, versions.get(v.site.id, 0), shape) for v in passing]
+        ranked = self.score(passing, req, memo_keys=keys) if passing else iter(())
         chosen: tuple[CandidateView, dict[str, float]] | None = None
         alternatives = []
         for r in ranked:
@@ -278,21 +298,23 @@ class Scheduler:
         if len(memo) > 500_000:
             memo.clear()
         versions = self.ledger.host_version
+        filters = self._slot_filters
         for v in views:
             # memoised like site verdicts: a host's verdict changes only when the ledger touches it
-            key = (v.host.id if v.host is not None else v.name, versions.get(v.host.id, 0) if v.host else 0, shape)
-            if key in memo:
-                failed = memo[key]
-                if failed is not None:
-                    counts[failed[0]] += 1
-            else:
-                failed = memo[key] = self.run_filters(v, req, self._slot_filters, counts)
-            if failed is None:
+            host = v.host
+            key = (host.id, versions.get(host.id, 0), shape) if host is not None else (v.name, 0, shape)
+            hit = memo.get(key, memo)
+            if hit is memo:
+                failed = self.run_filters(v, req, filters, counts)
+                hit = memo[key] = None if failed is None else Rejection(
+                    v.name, v.kind, site.name, failed[0], failed[1].code, failed[1].message, 1,
+                    failed[1].unresolvable)
+            elif hit is not None:
+                counts[hit.filter] += 1
+            if hit is None:
                 ok.append(v)
             else:
-                name, verdict = failed
-                rejections.append(Rejection(v.name, v.kind, site.name, name, verdict.code, verdict.message, 1,
-                                            verdict.unresolvable))
+                rejections.append(hit)
         if not site.has_hosts:
             # a cloud site counts once: its flavors that do not fit are detail, not separate candidates
             rejections = [replace(r, covers=0) for r in rejections]
@@ -304,10 +326,10 @@ class Scheduler:
         if site.has_hosts and len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
             varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
-            best = self.score(ok, req, varying)[0]
+            best = next(self.score(ok, req, varying))
             fixed = {c.name: c.cost(ok[best.index], req, self.graph) for c in self.costs if c not in varying}
             return (ok[best.index], {**fixed, **best.breakdown}), rejections
-        best = self.score(ok, req)[0]
+        best = next(self.score(ok, req))
         return (ok[best.index], best.breakdown), rejections
 
     # --- reserve / unreserve ---------------------------------------------------------------------------
