@@ -24,11 +24,12 @@ from metavmm.scheduler.schemas import (
     ReplayIn,
     ReplayOut,
 )
+from metavmm.scheduler.snapshot import Snapshot
 
 api = RestModule("scheduling", "Placement, batch placement, migration plans and burst policies (dry runs)")
 
 
-async def _snapshot(request: web.Request):  # type: ignore[no-untyped-def]
+async def _snapshot(request: web.Request) -> Snapshot:
     return await service.snapshot(request.config_dict[keys.SESSIONS], request.config_dict[keys.CONFIG])
 
 

@@ -6,7 +6,6 @@ snapshot counted from the project's workloads. Decided once per request: no site
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from decimal import Decimal
 
 from metavmm.scheduler.request import PASS, PlacementRequest, Verdict
@@ -18,9 +17,8 @@ class QuotaFilter:
     name = "quota"
     scope = "request"
 
-    def __init__(self, snapshot: Snapshot, extra_usage: Mapping[str, Mapping[str, Decimal]] | None = None) -> None:
+    def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self.extra_usage = extra_usage or {}
 
     def check(self, view: CandidateView | None, req: PlacementRequest) -> Verdict:
         if req.project is None:
@@ -30,7 +28,6 @@ class QuotaFilter:
         if not limits:
             return PASS
         used = self.snapshot.usage.get(pid, {})  # type: ignore[arg-type]
-        extra = self.extra_usage.get(req.project, {})
         need = {"instances": 1, "vcpus": req.vcpus, "ram_mib": req.ram_mib}
         if req.gpu_count:
             need[f"gpus:{req.gpu_model}"] = req.gpu_count
@@ -38,7 +35,7 @@ class QuotaFilter:
             limit = limits.get(resource)
             if limit is None:
                 continue
-            left = limit - used.get(resource, Decimal(0)) - extra.get(resource, Decimal(0))
+            left = limit - used.get(resource, Decimal(0))
             if amount > left:
                 return Verdict.reject(f"quota {resource}", f"quota: {resource} need {amount}, left {max(left, 0)} "
                                       f"of {limit} in project {req.project}", resource=resource, need=amount,
