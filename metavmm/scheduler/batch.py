@@ -41,7 +41,7 @@ from metavmm.scheduler.views import CandidateView, host_free
 log = logging.getLogger(__name__)
 
 COST_SCALE = 10_000  # network simplex works on integers: costs in 1/10000 of the currency unit
-_CAPACITY_FILTERS = frozenset({"capacity", "gpu"})
+_PER_HOST_FILTERS = frozenset({"capacity", "gpu", "exclude"})  # the rest depend only on a host's profile
 
 
 @dataclass
@@ -113,7 +113,7 @@ class BatchPlanner:
         self.rounds = rounds
         self.headroom = headroom
         self._price = next(c for c in self.scheduler.costs if c.name == "price")
-        self._static_filters = [f for f in self.scheduler._slot_filters if f.name not in _CAPACITY_FILTERS]
+        self._static_filters = [f for f in self.scheduler.slot_filters if f.name not in _PER_HOST_FILTERS]
         self._profiles: dict[int, dict[tuple[object, ...], list[HostView]]] = {}
 
     def _site_profiles(self, site_id: int) -> dict[tuple[object, ...], list[HostView]]:
@@ -139,7 +139,7 @@ class BatchPlanner:
         for sview in passing:
             site = sview.site
             if not site.has_hosts:
-                ok = [v for v in sched.slot_views(site) if sched.run_filters(v, req, sched._slot_filters, counts)
+                ok = [v for v in sched.slot_views(site) if sched.run_filters(v, req, sched.slot_filters, counts)
                       is None]
                 if ok:
                     best = min(ok, key=lambda v: (self._price.cost(v, req, sched.graph), v.name))
@@ -151,7 +151,12 @@ class BatchPlanner:
                 probe = cached[hosts[0].id]
                 failed_static = sched.run_filters(probe, req, self._static_filters, counts)
                 if failed_static is None:
-                    tc.hosts.extend((h, unit) for h in hosts)
+                    for h in hosts:
+                        if h.id in req.exclude_hosts:  # per host, not per profile
+                            tc.rejections.append(Rejection(h.name, "host", site.name, "exclude", "host excluded",
+                                                           f"exclude: {h.name} is being vacated", 1, True))
+                        else:
+                            tc.hosts.append((h, unit))
                 else:
                     fname, v = failed_static
                     tc.rejections.extend(Rejection(h.name, "host", site.name, fname, v.code, v.message, 1,

@@ -204,7 +204,7 @@ class MigrationPlanner:
         for w in snap.workloads:
             if w.host_id in on_host:
                 on_host[w.host_id].append(w)
-        slot_filters = self.scheduler._slot_filters
+        slot_filters = self.scheduler.slot_filters
         moves: list[Move] = []
 
         def util(h: HostView) -> float:

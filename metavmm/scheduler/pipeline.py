@@ -83,6 +83,11 @@ class Scheduler:
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
         self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
 
+    @property
+    def slot_filters(self) -> list[Filter]:
+        """The rules that judge one host or flavor (and, first, each site view)."""
+        return self._slot_filters
+
     # --- prefilter -----------------------------------------------------------------------------------
 
     def prefilter(self, req: PlacementRequest) -> tuple[PlacementRequest, list[tuple[str, Verdict]]]:

@@ -61,3 +61,10 @@ def test_flow_matches_ilp_optimum_on_a_small_catalog(federation) -> None:
         used[a.host] = used.get(a.host, 0) + (2 if a.name.startswith("s") else 4)
     for h in hosts:
         assert used.get(h.name, 0) <= h.cores - h.vcpus_used
+
+
+def test_excluded_hosts_are_left_out_one_by_one(federation) -> None:
+    hosts = [host(1, 1, cores=16), host(2, 1, cores=16)]  # identical: one profile
+    result = BatchPlanner(federation(hosts=hosts)).place(
+        _reqs(3, 4, 8, "x", on_prem_only=True, exclude_hosts=frozenset({1})))
+    assert {a.host for a in result.assignments} == {"h2"}
