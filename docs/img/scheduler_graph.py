@@ -11,11 +11,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
+import matplotlib.pyplot as plt
+import networkx as nx
 
-from metavmm.scheduler.graph import FederationGraph  # noqa: E402
-from metavmm.scheduler.snapshot import (  # noqa: E402
+from metavmm.scheduler.graph import FederationGraph
+from metavmm.scheduler.snapshot import (
     FlavorView,
     HostView,
     ImageView,
