@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metavmm.broker.config import BurstPolicy
 from metavmm.errors import ValidationError
+from metavmm.scheduler.costs import PriceCost
 from metavmm.scheduler.ledger import Ledger
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.request import PlacementRequest
@@ -157,7 +158,9 @@ class BurstReplay:
         self.start = start or date(2026, 1, 1)
         self.ledger = Ledger()
         self.on_prem = Scheduler(snapshot, ledger=self.ledger)
-        self.public = Scheduler(snapshot, ledger=Ledger(), graph=self.on_prem.graph)
+        # "cheapest first": public candidates are ranked by money alone (price over the duration + egress)
+        self.public = Scheduler(snapshot, ledger=Ledger(), graph=self.on_prem.graph,
+                                costs=[PriceCost(1.0, snapshot.settings.expected_hours)])
         hosts = [h for s in snapshot.sites if s.on_prem for h in s.hosts]
         self.capacity = sum(int(h.cores * snapshot.settings.cpu_allocation_ratio) for h in hosts)
         self._base_used = sum(h.vcpus_used for h in hosts)
