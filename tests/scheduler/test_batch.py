@@ -44,14 +44,15 @@ def test_unplaceable_class_gets_the_filter_summary(federation) -> None:
                                "g1": "0/7 candidates are available: 7 no H200"}
 
 
-def test_flow_matches_ilp_optimum_on_a_small_catalog(federation) -> None:
+@pytest.mark.parametrize("classes", ["site", "profile", "exact"])
+def test_flow_matches_ilp_optimum_on_a_small_catalog(federation, classes) -> None:
     pytest.importorskip("scipy")
     from metavmm.scheduler.batch_ilp import solve_ilp
 
     hosts = [host(i, 1 + i % 2, cores=8 + 4 * (i % 3), mem_gib=32, used_vcpus=i % 4) for i in range(1, 9)]
     snap = federation(hosts=hosts)
     reqs = _reqs(10, 2, 4, "s", on_prem_only=True) + _reqs(6, 4, 8, "m", on_prem_only=True)
-    flow = BatchPlanner(snap).place(reqs)
+    flow = BatchPlanner(snap, classes=classes).place(reqs)
     ilp = solve_ilp(BatchPlanner(snap), reqs)
     assert len(flow.unplaced) == len(ilp.unplaced)
     assert flow.cost == pytest.approx(ilp.cost, rel=0.01)
