@@ -95,3 +95,23 @@ def test_routes_declare_roles() -> None:
     assert roles == {("POST", "/placements"): "member", ("POST", "/placements/batch"): "member",
                      ("POST", "/migrations/plan"): "admin", ("GET", "/policies"): "reader",
                      ("POST", "/policies/{name}/replay"): "member"}
+
+
+async def test_evacuation_plan_moves_catalog_workloads(client: Any) -> None:
+    from sqlmodel import select
+
+    from metavmm.catalog import models as m
+
+    async with client.server.app[keys.SESSIONS]() as s:
+        host = (await s.exec(select(m.Host).where(m.Host.name == "r1-h00000"))).one()
+        s.add(m.Workload(kind="compute", name="db-1", site_id=host.site_id, host_id=host.id,
+                         spec={"vcpus": 2, "ram_mib": 2048, "disk_gib": 10}))
+        await s.commit()
+    resp = await client.post("/api/v1/migrations/plan", json={"kind": "evacuate-host", "host": "r1-h00000"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert [m["workload"] for m in body["moves"]] == ["db-1"]
+    move = body["moves"][0]
+    assert move["target_host"] != "r1-h00000" and move["seconds"] > 0
+    assert move["steps"][0]["action"] in ("live-migrate", "export")
+    assert body["summary"].startswith("evacuate-host r1-h00000: 1 moves")
