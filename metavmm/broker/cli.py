@@ -311,3 +311,7 @@ register_identity(main)
 from metavmm.broker.cli_prices import prices_group  # noqa: E402
 
 main.add_command(prices_group)
+
+from metavmm.broker.cli_schedule import schedule_group  # noqa: E402
+
+main.add_command(schedule_group)

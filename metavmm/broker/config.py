@@ -251,13 +251,56 @@ class PriceFile(_Strict):
 
 
 class BurstPolicy(_Strict):
+    """When on-prem work overflows to public providers, and when it comes back (see docs/scheduler.md)."""
+
     name: str
     when_utilisation_above: float = Field(default=0.85, gt=0, le=1)
     when_wait_longer_than_s: int | None = Field(default=None, ge=0)
     allowed_providers: list[str] = Field(min_length=1)
-    monthly_budget: Decimal | None = Field(default=None, ge=0)
+    monthly_budget: Decimal | None = Field(default=None, ge=0, description="per project and month")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     residency: list[str] = Field(default_factory=list, description="allowed ISO countries; empty: any")
+    return_when_utilisation_below: float | None = Field(
+        default=None, gt=0, le=1, description="bring burst work home below this on-prem utilisation; "
+        "default: 0.1 under when_utilisation_above")
+    return_min_remaining_s: int = Field(default=3600, ge=0,
+                                        description="only bring back work with at least this much left to run")
+
+    @model_validator(mode="after")
+    def _return_below_threshold(self) -> BurstPolicy:
+        if self.return_when_utilisation_below is not None \
+                and self.return_when_utilisation_below > self.when_utilisation_above:
+            raise ValueError("return_when_utilisation_below must not exceed when_utilisation_above")
+        return self
+
+    @property
+    def return_below(self) -> float:
+        if self.return_when_utilisation_below is not None:
+            return self.return_when_utilisation_below
+        return max(self.when_utilisation_above - 0.1, 0.0)
+
+
+class SchedulerSettings(_Strict):
+    """The scheduler's tunables. Transfer numbers are used where the catalog has no measured link data."""
+
+    cpu_allocation_ratio: float = Field(default=1.0, gt=0, le=32, description="vCPUs per physical core")
+    ram_allocation_ratio: float = Field(default=1.0, gt=0, le=4)
+    expected_hours: float = Field(default=24.0, gt=0, description="duration priced when a request gives none")
+    transfer_mib_per_s: float = Field(default=100.0, gt=0, description="between two sites of one provider")
+    wan_mib_per_s: float = Field(default=25.0, gt=0, description="between sites of different providers")
+    transfer_latency_s: float = Field(default=0.05, ge=0)
+    egress_price_per_gib: Decimal = Field(default=Decimal("0.09"), ge=0,
+                                          description="leaving a public cloud, in the federation currency")
+    on_prem_egress_price_per_gib: Decimal = Field(default=Decimal("0"), ge=0)
+    weight_price: float = Field(default=1.0, ge=0, description="multiplier of the normalised price cost")
+    weight_movement: float = Field(default=0.3, ge=0, description="multiplier of conversion + transfer time")
+    weight_balance: float = Field(default=0.1, ge=0, description="multiplier of the spread/pack cost")
+    strategy: Literal["spread", "pack"] = "pack"
+    public_hypervisors: dict[str, str] = Field(
+        default_factory=lambda: {"aws": "kvm", "gcp": "kvm", "azure": "hyperv", "sim": "kvm"},
+        description="hypervisor family guests run on at each public provider kind (they expose no hosts)")
+    unplaced_penalty: Decimal = Field(default=Decimal("1000000"), gt=0,
+                                      description="batch placement: cost of leaving one workload unplaced")
 
 
 class FederationInfo(_Strict):
@@ -317,6 +360,7 @@ class FederationConfig(_Strict):
     prices: list[PriceTable] = Field(default_factory=list)
     currency: CurrencyConfig | None = None
     policies: list[BurstPolicy] = Field(default_factory=list)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     @model_validator(mode="after")
     def _references(self) -> FederationConfig:

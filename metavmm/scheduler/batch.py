@@ -1,0 +1,307 @@
+r"""Batch placement: many workloads at once, as a min-cost flow over equivalence classes (Firmament).
+
+Identical requests form one *task class*, and hosts that are interchangeable form one *machine
+class*, so the flow network grows with the number of kinds, not the number of VMs or hosts::
+
+    source --n_i--> task class i --cap_ij, cost c_i(site)--> machine class j --> sink
+                                  \--n_i, penalty--> unplaced --------------------^
+
+``c_i(site)`` is the money one request of class i costs at a site over its expected duration (the
+price cost, with image egress); ``cap_ij`` is how many requests of class i the hosts of class j hold,
+summed host by host with their exact free capacity. Machine classes (``classes=``):
+
+- ``"site"`` (default): hosts of one site that the same task classes may use. Every host in it costs
+  the same for every task class, so nothing the objective can see is lost; the network stays at about
+  one node per site (100 at 10,000 hosts).
+- ``"profile"``: hosts of one site with the same static profile (CPU, GPUs, hypervisor, state).
+- ``"exact"``: Firmament's literal classes: same profile and same free capacity (on a catalog with
+  random usage nearly every host is its own class; kept for comparison in bench/batch.py).
+
+Each task class is wired only to its cheapest machine classes, enough to hold twice its demand. A
+flow says "so many of class i on class j"; realising it host by host (first fit, exact capacities) can
+find that two task classes counted on the same free capacity, and what does not fit is solved again on
+what is left (at most ``rounds`` times). Public flavors are elastic classes with no limit.
+
+Static rules (residency, policy, CPU, hypervisor, nested, price) are decided once per task class and
+site or host profile with the single-placement filters; capacity and GPUs become the fit counts.
+:mod:`metavmm.scheduler.batch_ilp` states the same problem as an integer programme (scipy's milp),
+which the benchmark uses as the optimum to compare with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import networkx as nx
+
+from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.plan import Rejection, summarize
+from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.snapshot import HostView, Snapshot
+from metavmm.scheduler.views import CandidateView, host_free
+
+log = logging.getLogger(__name__)
+
+MachineClasses = Literal["site", "profile", "exact"]
+"""How hosts are grouped into machine classes (see the module docstring); "site" is the default."""
+
+COST_SCALE = 10_000  # network simplex works on integers: costs in 1/10000 of the currency unit
+_PER_HOST_FILTERS = frozenset({"capacity", "gpu", "exclude"})  # the rest depend only on a host's profile
+
+
+@dataclass
+class TaskClass:
+    index: int
+    request: PlacementRequest
+    names: list[str]
+    hosts: list[tuple[HostView, float]] = field(default_factory=list)  # static pass, unit cost
+    elastic: list[tuple[CandidateView, float]] = field(default_factory=list)  # cheapest flavor per cloud site
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def req(self) -> PlacementRequest:
+        return self.request
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    name: str
+    site: str
+    host: str | None
+    flavor: str | None
+    unit_cost: float
+
+
+@dataclass
+class BatchResult:
+    assignments: list[Assignment]
+    unplaced: dict[str, str]  # name -> why
+    cost: float  # money over the expected durations, placed workloads only
+    seconds: float
+    task_classes: int
+    machine_classes: int
+    rounds: int
+    arcs: int = 0
+
+    @property
+    def objective(self) -> float:
+        return self.cost
+
+
+def task_classes(requests: Sequence[PlacementRequest]) -> list[TaskClass]:
+    groups: dict[tuple[object, ...], TaskClass] = {}
+    for req in requests:
+        key = req.shape_key()
+        tc = groups.get(key)
+        if tc is None:
+            tc = groups[key] = TaskClass(len(groups), req, [])
+        tc.names.append(req.name)
+    return list(groups.values())
+
+
+def fit_count(free: tuple[int, int, dict[str, int]], req: PlacementRequest) -> int:
+    """How many copies of ``req`` the free capacity holds side by side."""
+    v, r, g = free
+    n = min(v // req.vcpus, r // req.ram_mib)
+    if req.gpu_count:
+        n = min(n, g.get(req.gpu_model or "", 0) // req.gpu_count)
+    return max(n, 0)
+
+
+class BatchPlanner:
+    """Min-cost-flow batch placement over one snapshot (and the ledger of a :class:`Scheduler`)."""
+
+    def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
+                 headroom: float = 2.0, classes: MachineClasses = "site") -> None:
+        self.classes = classes
+        self.snapshot = snapshot
+        self.scheduler = scheduler or Scheduler(snapshot)
+        self.rounds = rounds
+        self.headroom = headroom
+        self._price = next(c for c in self.scheduler.costs if c.name == "price")
+        self._static_filters = [f for f in self.scheduler.slot_filters if f.name not in _PER_HOST_FILTERS]
+        self._profiles: dict[int, dict[tuple[object, ...], list[HostView]]] = {}
+
+    def _site_profiles(self, site_id: int) -> dict[tuple[object, ...], list[HostView]]:
+        if site_id not in self._profiles:
+            groups: dict[tuple[object, ...], list[HostView]] = defaultdict(list)
+            for h in self.snapshot.site(site_id).hosts:
+                groups[h.profile].append(h)
+            self._profiles[site_id] = groups
+        return self._profiles[site_id]
+
+    def prepare(self, tc: TaskClass) -> None:
+        """Static filtering and unit costs of one task class, once per (site, host profile)."""
+        sched = self.scheduler
+        req, failed = sched.prefilter(tc.request)
+        tc.request = req
+        if failed:
+            name, v = failed[0]
+            tc.rejections = [Rejection(s.name, "site", s.name, name, v.code, v.message, len(s.hosts) or 1)
+                             for s in self.snapshot.sites]
+            return
+        counts: Counter[str] = Counter()
+        passing, tc.rejections = sched.filter_sites(req, counts)
+        for sview in passing:
+            site = sview.site
+            if not site.has_hosts:
+                ok = [v for v in sched.slot_views(site) if sched.run_filters(v, req, sched.slot_filters, counts)
+                      is None]
+                if ok:
+                    best = min(ok, key=lambda v: (self._price.cost(v, req, sched.graph), v.name))
+                    tc.elastic.append((best, self._price.cost(best, req, sched.graph)))
+                continue
+            unit = self._price.cost(sview, req, sched.graph)
+            cached = {v.host.id: v for v in sched.slot_views(site)}  # type: ignore[union-attr]
+            for hosts in self._site_profiles(site.id).values():
+                probe = cached[hosts[0].id]
+                failed_static = sched.run_filters(probe, req, self._static_filters, counts)
+                if failed_static is None:
+                    for h in hosts:
+                        if h.id in req.exclude_hosts:  # per host, not per profile
+                            tc.rejections.append(Rejection(h.name, "host", site.name, "exclude", "host excluded",
+                                                           f"exclude: {h.name} is being vacated", 1, True))
+                        else:
+                            tc.hosts.append((h, unit))
+                else:
+                    fname, v = failed_static
+                    tc.rejections.extend(Rejection(h.name, "host", site.name, fname, v.code, v.message, 1,
+                                                   v.unresolvable) for h in hosts)
+
+    def place(self, requests: Sequence[PlacementRequest]) -> BatchResult:
+        started = time.perf_counter()
+        classes = task_classes(requests)
+        for tc in classes:
+            self.prepare(tc)
+        settings = self.snapshot.settings
+        free: dict[int, tuple[int, int, dict[str, int]]] = {}
+        for tc in classes:
+            for h, _ in tc.hosts:
+                if h.id not in free:
+                    free[h.id] = host_free(h, self.scheduler.ledger, settings)
+        remaining = {tc.index: list(tc.names) for tc in classes}
+        assignments: list[Assignment] = []
+        machine_total = arcs_total = 0
+        rounds = 0
+        for rounds in range(1, self.rounds + 1):  # noqa: B007
+            todo = [tc for tc in classes if remaining[tc.index] and (tc.hosts or tc.elastic)]
+            if not todo:
+                break
+            placed, machines, arcs = self._round(todo, remaining, free)
+            machine_total = max(machine_total, machines)
+            arcs_total += arcs
+            assignments.extend(placed)
+            if not placed:
+                break
+        unplaced: dict[str, str] = {}
+        for tc in classes:
+            if not remaining[tc.index]:
+                continue
+            if tc.hosts or tc.elastic:
+                why = (f"capacity: the batch used up what fits {tc.request.vcpus} vCPU / "
+                       f"{tc.request.ram_mib} MiB")
+            else:
+                why = summarize(tc.rejections, self.scheduler.total_candidates, 0)
+            for name in remaining[tc.index]:
+                unplaced[name] = why
+        cost = sum(a.unit_cost for a in assignments)
+        return BatchResult(assignments, unplaced, cost, time.perf_counter() - started, len(classes), machine_total,
+                           rounds, arcs_total)
+
+    def _round(self, todo: list[TaskClass], remaining: dict[int, list[str]],
+               free: dict[int, tuple[int, int, dict[str, int]]]) -> tuple[list[Assignment], int, int]:
+        # machine classes (see MachineClasses); elastic cloud sites are their own classes
+        members: dict[tuple[object, ...], list[HostView]] = defaultdict(list)
+        keys: dict[int, tuple[object, ...]] = {}
+        eligible: dict[int, list[int]] = defaultdict(list)
+        for tc in todo:
+            for h, _ in tc.hosts:
+                eligible[h.id].append(tc.index)
+        for tc in todo:
+            for h, _ in tc.hosts:
+                if h.id in keys:
+                    continue
+                v, r, g = free[h.id]
+                if self.classes == "exact":
+                    key = (h.profile, v, r, tuple(sorted(g.items())))
+                elif self.classes == "profile":
+                    key = (h.profile,)
+                else:
+                    key = (h.site_id, tuple(eligible[h.id]))
+                keys[h.id] = key
+                members[key].append(h)
+        g = nx.DiGraph()
+        units: dict[tuple[int, tuple[str, object]], float] = {}
+        demand = 0
+        for tc in todo:
+            n = len(remaining[tc.index])
+            demand += n
+            tnode = ("t", tc.index)
+            g.add_edge("source", tnode, capacity=n, weight=0)
+            g.add_edge(tnode, "unplaced", capacity=n, weight=int(self.snapshot.settings.unplaced_penalty * COST_SCALE))
+            offers: dict[tuple[object, ...], tuple[int, float]] = {}
+            for h, unit in tc.hosts:
+                key = keys[h.id]
+                fit = fit_count(free[h.id], tc.request)
+                if fit <= 0:
+                    continue
+                cap, _ = offers.get(key, (0, unit))
+                offers[key] = (cap + fit, unit)
+            ranked = sorted(offers.items(), key=lambda kv: kv[1][1])
+            budget = self.headroom * n
+            for key, (cap, unit) in ranked:
+                if budget <= 0:
+                    break
+                g.add_edge(tnode, ("m", key), capacity=cap, weight=round(unit * COST_SCALE))
+                units[(tc.index, ("m", key))] = unit
+                budget -= cap
+            for view, unit in tc.elastic:
+                g.add_edge(tnode, ("e", view.name), capacity=n, weight=round(unit * COST_SCALE))
+                g.add_edge(("e", view.name), "sink", capacity=10**12, weight=0)
+                units[(tc.index, ("e", view.name))] = unit
+        for key in members:
+            node = ("m", key)
+            if node in g:
+                caps = [g.edges[u, node]["capacity"] for u in g.predecessors(node)]
+                g.add_edge(node, "sink", capacity=max(caps), weight=0)
+        g.add_edge("unplaced", "sink", capacity=demand, weight=0)
+        g.nodes["source"]["demand"] = -demand
+        g.nodes["sink"]["demand"] = demand
+        _, flow = nx.network_simplex(g)
+        placed: list[Assignment] = []
+        for tc in todo:
+            tnode = ("t", tc.index)
+            names = remaining[tc.index]
+            for target, amount in flow[tnode].items():
+                if amount <= 0 or target == "unplaced":
+                    continue
+                kind, key = target
+                unit = units[(tc.index, target)]
+                if kind == "e":
+                    view = next(v for v, _ in tc.elastic if v.name == key)
+                    for _ in range(amount):
+                        placed.append(Assignment(names.pop(), view.site.name, None,
+                                                 view.flavor.name if view.flavor else None, unit))
+                    continue
+                for h in members[key]:
+                    if amount <= 0 or not names:
+                        break
+                    k = min(amount, fit_count(free[h.id], tc.request))
+                    if k <= 0:
+                        continue
+                    v, r, gp = free[h.id]
+                    req = tc.request
+                    gp = dict(gp)
+                    if req.gpu_count:
+                        gp[req.gpu_model or ""] = gp.get(req.gpu_model or "", 0) - k * req.gpu_count
+                    free[h.id] = (v - k * req.vcpus, r - k * req.ram_mib, gp)
+                    site = self.snapshot.site(h.site_id).name
+                    for _ in range(k):
+                        placed.append(Assignment(names.pop(), site, h.name, None, unit))
+                    amount -= k
+        return placed, len(members), g.number_of_edges()

@@ -1,0 +1,303 @@
+"""Hybrid burst policies, and a replay of a policy over a recorded trace of requests.
+
+A policy (``policies:`` in the federation file, :class:`~metavmm.broker.config.BurstPolicy`) says when
+on-prem work overflows to public providers:
+
+- on-prem vCPU utilisation would pass ``when_utilisation_above`` with the request, or
+- the request cannot start on-prem now and would wait longer than ``when_wait_longer_than_s``
+  (estimated from when running work ends; unset: waiting alone never bursts);
+
+then the request goes to the cheapest candidate of the ``allowed_providers`` that honours the
+policy's ``residency`` (and the request's own), if its price over its duration still fits the
+project's ``monthly_budget``; otherwise it waits on-prem. When on-prem utilisation falls below
+``return_below`` and burst work has at least ``return_min_remaining_s`` left, it comes back
+(most expensive first), and the budget gets the unused part back.
+
+Trace format (JSON lines; ``#`` lines and blank lines are ignored), one request per line::
+
+    {"at": 0, "name": "job-1", "project": "physics", "vcpus": 4, "ram_mib": 16384, "hours": 6}
+    {"at": 120.5, "name": "job-2", "project": "bio", "vcpus": 8, "ram_mib": 32768, "hours": 2,
+     "gpu_model": "A30", "gpu_count": 1, "residency": ["TW"]}
+
+``at`` is seconds from the start of the trace, ``hours`` how long the work runs once started. The
+replay is a discrete-event simulation over the snapshot: no driver is called, nothing is written.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from metavmm.broker.config import BurstPolicy
+from metavmm.errors import ValidationError
+from metavmm.scheduler.costs import PriceCost
+from metavmm.scheduler.ledger import Ledger
+from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.snapshot import Snapshot
+
+
+class TraceRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float = Field(ge=0, description="seconds from the start of the trace")
+    name: str = Field(min_length=1, max_length=255)
+    project: str = Field(default="default", max_length=128)
+    vcpus: int = Field(ge=1, le=1024)
+    ram_mib: int = Field(ge=1)
+    hours: float = Field(gt=0, le=24 * 366)
+    gpu_model: str | None = None
+    gpu_count: int = Field(default=0, ge=0)
+    cpu_arch: str | None = "x86_64"
+    residency: list[str] = Field(default_factory=list)
+
+
+def parse_trace(text: str, source: str = "<trace>") -> list[TraceRecord]:
+    """Parse a JSON-lines trace; errors name the line and the field."""
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"{source}:{lineno}: not valid JSON: {exc.msg}") from None
+        try:
+            records.append(TraceRecord.model_validate(data))
+        except pydantic.ValidationError as exc:
+            errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
+            raise ValidationError(f"{source}:{lineno}: {errs}") from None
+    if not records:
+        raise ValidationError(f"{source}: the trace has no requests")
+    return sorted(records, key=lambda r: r.at)
+
+
+def load_trace(path: str | Path) -> list[TraceRecord]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ValidationError(f"{p}: cannot read the trace: {exc.strerror}") from None
+    return parse_trace(text, str(p))
+
+
+@dataclass
+class JobOutcome:
+    name: str
+    project: str
+    arrived_s: float
+    started_s: float | None = None
+    where: str = "waiting"  # a site name, or "unplaced"
+    provider: str | None = None
+    burst: bool = False
+    returned_s: float | None = None
+    cost: Decimal = Decimal(0)  # public spend
+    on_prem_cost: Decimal = Decimal(0)
+    reason: str = ""
+
+    @property
+    def wait_s(self) -> float:
+        return (self.started_s - self.arrived_s) if self.started_s is not None else float("nan")
+
+
+@dataclass
+class ReplayReport:
+    policy: str
+    currency: str
+    jobs: list[JobOutcome]
+    budget_used: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (project, YYYY-MM) -> spent
+    peak_utilisation: float = 0.0
+
+    @property
+    def public_cost(self) -> Decimal:
+        return sum((j.cost for j in self.jobs), Decimal(0))
+
+    @property
+    def on_prem_cost(self) -> Decimal:
+        return sum((j.on_prem_cost for j in self.jobs), Decimal(0))
+
+    def waits(self) -> list[float]:
+        return sorted(j.wait_s for j in self.jobs if j.started_s is not None)
+
+    def by_destination(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for j in self.jobs:
+            out[j.where] += 1
+        return dict(sorted(out.items()))
+
+
+@dataclass(order=True)
+class _Event:
+    at: float
+    seq: int
+    kind: Literal["arrive", "end"] = field(compare=False)
+    job: int = field(compare=False)
+
+
+class BurstReplay:
+    """Runs one policy over one trace on one snapshot."""
+
+    def __init__(self, snapshot: Snapshot, policy: BurstPolicy, *, start: date | None = None) -> None:
+        if policy.currency != snapshot.currency and not snapshot.has_converter:
+            raise ValidationError(f"policy {policy.name}: budget in {policy.currency} but prices in "
+                                  f"{snapshot.currency}, and no currency converter is configured")
+        self.snapshot = snapshot
+        self.policy = policy
+        self.start = start or date(2026, 1, 1)
+        self.ledger = Ledger()
+        self.on_prem = Scheduler(snapshot, ledger=self.ledger)
+        # "cheapest first": public candidates are ranked by money alone (price over the duration + egress)
+        self.public = Scheduler(snapshot, ledger=Ledger(), graph=self.on_prem.graph,
+                                costs=[PriceCost(1.0, snapshot.settings.expected_hours)])
+        hosts = [h for s in snapshot.sites if s.on_prem for h in s.hosts]
+        self.capacity = sum(int(h.cores * snapshot.settings.cpu_allocation_ratio) for h in hosts)
+        self._base_used = sum(h.vcpus_used for h in hosts)
+        self._reserved = 0
+
+    def utilisation(self, extra_vcpus: int = 0) -> float:
+        if not self.capacity:
+            return 1.0
+        return (self._base_used + self._reserved + extra_vcpus) / self.capacity
+
+    def _month(self, at_s: float) -> str:
+        return (self.start + timedelta(seconds=at_s)).strftime("%Y-%m")
+
+    def _request(self, rec: TraceRecord, *, public: bool) -> PlacementRequest:
+        residency = tuple(rec.residency)
+        if public and self.policy.residency:
+            residency = tuple(c for c in (residency or self.policy.residency) if c in self.policy.residency)
+            if not residency:
+                residency = ("--",)  # the request's and the policy's countries do not overlap: nowhere
+        return PlacementRequest(rec.name, rec.vcpus, rec.ram_mib, project=rec.project, gpu_model=rec.gpu_model,
+                                gpu_count=rec.gpu_count, cpu_arch=rec.cpu_arch, residency=residency,
+                                expected_hours=rec.hours, on_prem_only=not public, public_only=public,
+                                providers=tuple(self.policy.allowed_providers) if public else ())
+
+    def _estimated_wait(self, now: float, rec: TraceRecord, ends: Iterable[tuple[float, int]]) -> float:
+        """When enough on-prem work has ended to free the request's vCPUs (ignores fragmentation)."""
+        free = self.capacity - self._base_used - self._reserved
+        if free >= rec.vcpus:
+            return 0.0  # enough vCPUs in total; only fragmentation can make it wait
+        for end_at, vcpus in sorted(ends):
+            free += vcpus
+            if free >= rec.vcpus:
+                return end_at - now
+        return float("inf")
+
+    def run(self, trace: list[TraceRecord]) -> ReplayReport:
+        pol = self.policy
+        jobs = [JobOutcome(r.name, r.project, r.at) for r in trace]
+        seq = itertools.count()
+        events = [_Event(r.at, next(seq), "arrive", i) for i, r in enumerate(trace)]
+        heapq.heapify(events)
+        queue: deque[int] = deque()
+        running_on_prem: dict[int, tuple[float, int]] = {}  # job -> (ends at, vcpus)
+        running_public: dict[int, tuple[float, Decimal]] = {}  # job -> (ends at, price per hour)
+        end_at: dict[int, float] = {}
+        spent: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        peak = self.utilisation()
+
+        def start_on_prem(i: int, now: float, placement) -> None:  # type: ignore[no-untyped-def]
+            nonlocal peak
+            rec = trace[i]
+            self._reserved += rec.vcpus
+            peak = max(peak, self.utilisation())
+            job = jobs[i]
+            if job.started_s is None:
+                job.started_s = now
+            job.where, job.provider = placement.site, placement.provider
+            remaining_h = (end_at[i] - now) / 3600 if i in end_at else rec.hours
+            job.on_prem_cost += (placement.price_per_hour or Decimal(0)) * Decimal(str(round(remaining_h, 6)))
+            if i not in end_at:
+                end_at[i] = now + rec.hours * 3600
+                heapq.heappush(events, _Event(end_at[i], next(seq), "end", i))
+            running_on_prem[i] = (end_at[i], rec.vcpus)
+
+        def try_on_prem(i: int, now: float, limit: float | None) -> bool:
+            rec = trace[i]
+            if limit is not None and self.utilisation(rec.vcpus) > limit:
+                return False
+            p = self.on_prem.place(self._request(rec, public=False), key=f"job:{i}")
+            if not p.placed:
+                return False
+            start_on_prem(i, now, p)
+            return True
+
+        def try_burst(i: int, now: float) -> bool:
+            rec = trace[i]
+            p = self.public.place(self._request(rec, public=True), reserve=False)
+            if not p.placed or p.price_per_hour is None:
+                jobs[i].reason = p.summary
+                return False
+            cost = p.price_per_hour * Decimal(str(rec.hours))
+            month = (rec.project, self._month(now))
+            if pol.monthly_budget is not None and spent[month] + cost > pol.monthly_budget:
+                jobs[i].reason = (f"budget: {cost:.2f} {pol.currency} would exceed {rec.project}'s "
+                                  f"{pol.monthly_budget} for {month[1]} (spent {spent[month]:.2f})")
+                return False
+            spent[month] += cost
+            job = jobs[i]
+            job.started_s, job.where, job.provider, job.burst = now, p.site or "?", p.provider, True
+            job.cost = cost
+            end_at[i] = now + rec.hours * 3600
+            heapq.heappush(events, _Event(end_at[i], next(seq), "end", i))
+            running_public[i] = (end_at[i], p.price_per_hour)
+            return True
+
+        def bring_back(now: float) -> None:
+            for i, (ends, per_hour) in sorted(running_public.items(), key=lambda kv: -kv[1][1]):
+                if self.utilisation() >= pol.return_below:
+                    return
+                if ends - now < pol.return_min_remaining_s:
+                    continue
+                if try_on_prem(i, now, pol.return_below):
+                    refund = per_hour * Decimal(str(round((ends - now) / 3600, 6)))
+                    jobs[i].cost -= refund
+                    spent[(trace[i].project, self._month(now))] -= refund
+                    jobs[i].returned_s = now
+                    del running_public[i]
+
+        while events:
+            ev = heapq.heappop(events)
+            now, i = ev.at, ev.job
+            if ev.kind == "arrive":
+                rec = trace[i]
+                over = self.utilisation(rec.vcpus) > pol.when_utilisation_above
+                if not over and try_on_prem(i, now, None):
+                    continue
+                wait = self._estimated_wait(now, rec, running_on_prem.values())
+                would_wait = pol.when_wait_longer_than_s is not None and wait > pol.when_wait_longer_than_s
+                if (over or would_wait) and try_burst(i, now):
+                    continue
+                if over and try_on_prem(i, now, None):
+                    continue  # over the threshold, but bursting was not possible: run at home
+                queue.append(i)
+                continue
+            # a job ended
+            if i in running_on_prem:
+                del running_on_prem[i]
+                self.on_prem.unreserve(f"job:{i}")
+                self._reserved -= trace[i].vcpus
+            running_public.pop(i, None)
+            for _ in range(len(queue)):
+                j = queue.popleft()
+                if not try_on_prem(j, now, None):
+                    queue.append(j)
+            bring_back(now)
+        for j in queue:
+            jobs[j].where = "unplaced"
+            jobs[j].reason = jobs[j].reason or "never fitted on-prem and could not burst"
+        return ReplayReport(pol.name, self.snapshot.currency, jobs, dict(spent), peak)
+

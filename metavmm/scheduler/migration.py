@@ -1,0 +1,244 @@
+"""Migration plans: evacuate a host or a site, rebalance a pool. Always a dry run: steps, times, prices.
+
+Each workload to move gets a target from the single-placement pipeline (the evacuated hosts or site
+excluded, capacity reserved in the ledger so two workloads do not count on the same free cores), then
+a mode:
+
+- **live** when source and target are hosts of the same provider, the same hypervisor family, the
+  provider can live-migrate, and the target CPU offers every feature of the source CPU (same vendor
+  and architecture: the guest's CPU baseline keeps working). One step: copy memory (and the disk when
+  storage is not shared) while the guest runs.
+- **cold** otherwise: export, convert (the image route: qemu-img, virt-v2v), transfer, import, boot,
+  verify, clean up the source.
+
+Times are estimates from documented rates (below and in the scheduler settings); prices are one-off
+(egress) plus the new hourly price. Nothing runs: the plan is what the operations engine would do.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from metavmm.drivers.base import Capability
+from metavmm.errors import NotFound, ValidationError
+from metavmm.scheduler.ledger import Reservation
+from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.plan import PlanStep
+from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.scheduler.snapshot import HostView, Snapshot, WorkloadView, hypervisor_family
+from metavmm.scheduler.views import host_free, host_view
+
+EXPORT_MIB_PER_S = 200.0  # reading a stopped guest's disk out of the source VMM
+IMPORT_MIB_PER_S = 200.0  # writing it into the target VMM's image store
+DIRTY_FACTOR = 1.3  # live migration copies some memory pages more than once
+BOOT_S = 30.0
+VERIFY_S = 10.0
+CLEANUP_S = 5.0
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    workload: str
+    workload_id: str
+    source_site: str
+    source_host: str | None
+    target_site: str
+    target_host: str | None
+    target_flavor: str | None
+    mode: str  # live, cold
+    why_mode: str
+    steps: tuple[PlanStep, ...]
+    seconds: float
+    price: Decimal
+    price_per_hour: Decimal | None
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    kind: str  # evacuate-host, evacuate-site, rebalance
+    scope: str
+    moves: tuple[Move, ...]
+    unplaced: dict[str, str]
+    currency: str
+    dry_run: bool = True
+
+    @property
+    def seconds(self) -> float:
+        return sum(m.seconds for m in self.moves)
+
+    @property
+    def price(self) -> Decimal:
+        return sum((m.price for m in self.moves), Decimal(0))
+
+    @property
+    def summary(self) -> str:
+        live = sum(1 for m in self.moves if m.mode == "live")
+        text = (f"{self.kind} {self.scope}: {len(self.moves)} moves ({live} live, {len(self.moves) - live} cold), "
+                f"~{self.seconds:.0f} s in sequence, {self.price:.2f} {self.currency} one-off")
+        if self.unplaced:
+            text += f"; {len(self.unplaced)} workloads have no target"
+        return text
+
+
+def _disk_bytes(w: WorkloadView) -> int:
+    return w.disk_bytes or w.disk_gib * GIB
+
+
+def live_check(snapshot: Snapshot, source: HostView | None, target: HostView | None) -> str | None:
+    """None when a live migration works, else why not."""
+    if source is None or target is None:
+        return "the target is a public cloud flavor (no host to migrate into)" if source else "source host unknown"
+    s_site, t_site = snapshot.site(source.site_id), snapshot.site(target.site_id)
+    if s_site.provider.id != t_site.provider.id:
+        return f"different providers ({s_site.provider.name} -> {t_site.provider.name})"
+    if Capability.LIVE_MIGRATION not in s_site.provider.capabilities:
+        return f"{s_site.provider.name} cannot live-migrate"
+    if hypervisor_family(source.hypervisor) != hypervisor_family(target.hypervisor):
+        return f"hypervisor {source.hypervisor} -> {target.hypervisor}"
+    if source.arch != target.arch or source.vendor != target.vendor:
+        return f"CPU {source.vendor} {source.arch} -> {target.vendor} {target.arch}"
+    missing = sorted(source.features - target.features)
+    if missing:
+        return f"target CPU lacks {', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}"
+    return None
+
+
+class MigrationPlanner:
+    def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None) -> None:
+        self.snapshot = snapshot
+        self.scheduler = scheduler or Scheduler(snapshot)
+        self.settings = snapshot.settings
+
+    def _request(self, w: WorkloadView, source: HostView | None, **kw: object) -> PlacementRequest:
+        hv = source.hypervisor if source else None
+        image = ImageRef(None, w.disk_format, _disk_bytes(w), hypervisor_family(hv) if hv else None,
+                         (w.site_id,) if w.site_id is not None else ())
+        return PlacementRequest(f"{w.name}", max(w.vcpus, 1), max(w.ram_mib, 1), w.disk_gib, gpu_model=w.gpu_model,
+                                gpu_count=w.gpu_count, cpu_arch=source.arch if source else "x86_64", image=image,
+                                **kw)  # type: ignore[arg-type]
+
+    def _move(self, w: WorkloadView, source: HostView | None, placement_site_id: int, target: HostView | None,
+              flavor: str | None, price_per_hour: Decimal | None, route_steps: Sequence[PlanStep]) -> Move:
+        snap = self.snapshot
+        s_site = snap.site(w.site_id) if w.site_id is not None else None
+        t_site = snap.site(placement_site_id)
+        why = live_check(snap, source, target)
+        size = _disk_bytes(w)
+        if why is None:
+            seconds = self.settings.transfer_latency_s + w.ram_mib * DIRTY_FACTOR / self.settings.transfer_mib_per_s
+            seconds += size / MIB / self.settings.transfer_mib_per_s
+            steps: tuple[PlanStep, ...] = (
+                PlanStep("live-migrate", t_site.name, f"{w.name}: {source.name} -> {target.name} "  # type: ignore[union-attr]
+                         f"(memory and disk copied while running)", seconds,
+                         params={"workload_id": w.id, "target_host": target.name}),  # type: ignore[union-attr]
+                PlanStep("verify", t_site.name, f"{w.name} running on {target.name}", VERIFY_S),  # type: ignore[union-attr]
+            )
+            mode, why_mode = "live", "same provider, hypervisor family and CPU baseline"
+        else:
+            src_name = s_site.name if s_site else "?"
+            steps = (
+                PlanStep("export", src_name, f"stop {w.name} and export its {w.disk_format} disk",
+                         size / MIB / EXPORT_MIB_PER_S, params={"workload_id": w.id}),
+                *[s for s in route_steps if s.action in ("convert", "fix-guest", "transfer")],
+                PlanStep("import", t_site.name, f"import the disk into {t_site.provider.name}",
+                         size / MIB / IMPORT_MIB_PER_S),
+                PlanStep("boot", t_site.name, f"create and boot {w.name} on "
+                         f"{target.name if target else flavor or t_site.name}", BOOT_S,
+                         params={"host": target.name if target else None, "flavor": flavor}),
+                PlanStep("verify", t_site.name, f"{w.name} answers on its new address", VERIFY_S),
+                PlanStep("cleanup", src_name, f"delete {w.name} and its disk at the source", CLEANUP_S),
+            )
+            mode, why_mode = "cold", f"live impossible: {why}"
+        return Move(w.name, w.id, s_site.name if s_site else "?", source.name if source else None, t_site.name,
+                    target.name if target else None, flavor, mode, why_mode, steps, sum(s.seconds for s in steps),
+                    sum((s.price for s in steps), Decimal(0)), price_per_hour)
+
+    def evacuate(self, *, host: str | None = None, site: str | None = None) -> MigrationPlan:
+        """Move every workload off a host (or every host of a site) to the best other place."""
+        snap = self.snapshot
+        if (host is None) == (site is None):
+            raise ValidationError("evacuate exactly one of: a host or a site")
+        if host is not None:
+            h = snap.host_named(host)
+            if h is None:
+                raise NotFound(f"no host named {host} in the catalog")
+            hosts, sites = frozenset({h.id}), frozenset()
+            workloads = [w for w in snap.workloads if w.host_id == h.id]
+            kind, scope = "evacuate-host", host
+        else:
+            s = snap.site_named(site)  # type: ignore[arg-type]
+            if s is None:
+                raise NotFound(f"no site named {site} in the catalog")
+            hosts, sites = frozenset(x.id for x in s.hosts), frozenset({s.id})
+            workloads = [w for w in snap.workloads if w.site_id == s.id]
+            kind, scope = "evacuate-site", s.name
+        moves, unplaced = [], {}
+        for w in sorted(workloads, key=lambda w: (-w.vcpus, -w.ram_mib, w.name)):
+            source = snap.find_host(w.host_id)
+            req = self._request(w, source, exclude_hosts=hosts, exclude_sites=sites)
+            p = self.scheduler.place(req, key=f"migrate:{w.id}")
+            if not p.placed:
+                unplaced[w.name] = p.summary
+                continue
+            target = snap.host(p.host_id) if p.host_id is not None else None
+            moves.append(self._move(w, source, p.site_id, target, p.flavor, p.price_per_hour,  # type: ignore[arg-type]
+                                    p.steps))
+        return MigrationPlan(kind, scope, tuple(moves), unplaced, snap.currency)
+
+    def rebalance(self, *, site: str, tolerance: float = 0.15, max_moves: int = 20) -> MigrationPlan:
+        """Even out vCPU utilisation inside one site: move small workloads from the busiest host to the
+        idlest one that passes every filter, while the spread between them exceeds ``tolerance``."""
+        snap = self.snapshot
+        s = snap.site_named(site)
+        if s is None:
+            raise NotFound(f"no site named {site} in the catalog")
+        if not s.hosts:
+            raise ValidationError(f"{s.name} has no hosts to rebalance (a public cloud site)")
+        ledger = self.scheduler.ledger
+        on_host: dict[int, list[WorkloadView]] = {h.id: [] for h in s.hosts}
+        for w in snap.workloads:
+            if w.host_id in on_host:
+                on_host[w.host_id].append(w)
+        slot_filters = self.scheduler.slot_filters
+        moves: list[Move] = []
+
+        def util(h: HostView) -> float:
+            v, _, _ = host_free(h, ledger, self.settings)
+            total = max(int(h.cores * self.settings.cpu_allocation_ratio), 1)
+            return (total - v) / total
+
+        for _ in range(max_moves):
+            ranked = sorted(s.hosts, key=util)
+            idle, busy = ranked[0], ranked[-1]
+            gap = util(busy) - util(idle)
+            if gap <= tolerance or not on_host[busy.id]:
+                break
+            moved = False
+            for w in sorted(on_host[busy.id], key=lambda w: (w.vcpus, w.name)):
+                req = self._request(w, busy)
+                for target in ranked[:-1]:
+                    total_t = max(int(target.cores * self.settings.cpu_allocation_ratio), 1)
+                    if util(target) + w.vcpus / total_t > util(busy) - w.vcpus / max(busy.cores, 1):
+                        continue  # the move would not narrow the gap
+                    view = host_view(s, target, ledger, self.settings)
+                    if self.scheduler.run_filters(view, req, slot_filters, Counter()):
+                        continue
+                    ledger.release_host(busy.id, s.id, w.vcpus, w.ram_mib, w.gpu_model, w.gpu_count)
+                    ledger.reserve(Reservation(f"rebalance:{w.id}", s.id, target.id, w.vcpus, w.ram_mib, w.gpu_model,
+                                               w.gpu_count))
+                    moves.append(self._move(w, busy, s.id, target, None, None, ()))
+                    on_host[busy.id].remove(w)
+                    on_host[target.id].append(w)
+                    moved = True
+                    break
+                if moved:
+                    break
+            if not moved:
+                break
+        return MigrationPlan("rebalance", s.name, tuple(moves), {}, snap.currency)
+

@@ -1,0 +1,389 @@
+"""Single placement as named phases over a snapshot: prefilter, filter, score, reserve, bind.
+
+- **prefilter** resolves the image (format, size, where replicas are) and runs request-scoped rules
+  (quota) once; if one fails, every candidate carries that reason.
+- **filter** runs site-scoped rules and slot rules on each site's view (the best any host offers), so
+  a site that cannot work is rejected once, with the reason counted for each of its hosts.
+- **score** prices the surviving sites with the costs (normalised 0..1, weighted, summed), then opens
+  the best site host by host (or flavor by flavor), filters and scores those, and picks one. If no slot
+  of that site passes (the site view is only a necessary condition), the next site is opened.
+- **reserve** / **unreserve** record or give back the capacity in the :class:`Ledger` (idempotent).
+- **bind** turns the choice into plan steps (image route, create, verify) for the operations engine.
+  It never calls a driver.
+
+Per-filter counts are logged at debug, the one-line summary at info; the same summary and the list of
+rejections are in the returned :class:`Placement`, so "why is my VM not placed?" always has an answer.
+``explain=True`` opens every passing site, so every host gets its own reason or score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from metavmm.errors import NotFound
+from metavmm.scheduler.costs import Cost, default_costs
+from metavmm.scheduler.filters import Filter, default_filters
+from metavmm.scheduler.graph import FederationGraph
+from metavmm.scheduler.ledger import Ledger, Reservation
+from metavmm.scheduler.plan import Alternative, Placement, PlanStep, Rejection, summarize
+from metavmm.scheduler.quotes import Quoter
+from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
+from metavmm.scheduler.snapshot import SiteView, Snapshot
+from metavmm.scheduler.views import CandidateView, aggregate_hosts, host_view, site_view, slot_views
+
+log = logging.getLogger(__name__)
+
+
+
+class Scored:
+    """One candidate's total score; its per-cost raw values are turned into a dict only when asked."""
+
+    __slots__ = ("_names", "_raw", "index", "total")
+
+    def __init__(self, total: float, index: int, names: list[str], raw: Sequence[Sequence[float]]) -> None:
+        self.total, self.index, self._names, self._raw = total, index, names, raw
+
+    @property
+    def breakdown(self) -> dict[str, float]:
+        return {name: values[self.index] for name, values in zip(self._names, self._raw, strict=True)}
+
+
+MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
+BOOT_SECONDS = 30.0  # create + boot of a VM whose disk is in place; a documented estimate
+VERIFY_SECONDS = 10.0
+
+
+class Scheduler:
+    """Places requests on one snapshot. Keep one per snapshot; it caches site views between requests."""
+
+    def __init__(self, snapshot: Snapshot, *, filters: Sequence[Filter] | None = None,
+                 costs: Sequence[Cost] | None = None, ledger: Ledger | None = None,
+                 graph: FederationGraph | None = None) -> None:
+        self.snapshot = snapshot
+        self.settings = snapshot.settings
+        self.quote = Quoter()
+        self.filters = list(filters) if filters is not None else default_filters(snapshot, self.quote)
+        self.costs = list(costs) if costs is not None else default_costs(snapshot.settings, self.quote)
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.graph = graph or FederationGraph(snapshot)
+        self._request_filters = [f for f in self.filters if f.scope == "request"]
+        self._site_filters = [f for f in self.filters if f.scope in ("site", "slot")]
+        self._slot_filters = [f for f in self.filters if f.scope == "slot"]
+        self._site_cache: dict[int, tuple[int, CandidateView]] = {}
+        self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
+        self._host_cache: dict[int, tuple[int, CandidateView]] = {}
+        self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
+        self._slot_verdicts: dict[tuple[object, ...], Rejection | None] = {}
+        self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
+        self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
+        self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
+
+    @property
+    def slot_filters(self) -> list[Filter]:
+        """The rules that judge one host or flavor (and, first, each site view)."""
+        return self._slot_filters
+
+    # --- prefilter -----------------------------------------------------------------------------------
+
+    def prefilter(self, req: PlacementRequest) -> tuple[PlacementRequest, list[tuple[str, Verdict]]]:
+        """Resolve the image from the catalog and run request-scoped rules once."""
+        if req.image is not None and req.image.image_id and not req.image.replica_sites:
+            image = self.snapshot.images.get(req.image.image_id)
+            if image is None:
+                raise NotFound(f"image {req.image.image_id} is not in the catalog")
+            replicas = self.snapshot.replicas.get(image.id, ())
+            fmt = replicas[0].format if replicas else image.format
+            req = replace(req, image=ImageRef(image.id, fmt, req.image.size_bytes or image.size_bytes,
+                                              req.image.hypervisor or image.hypervisor,
+                                              tuple(sorted({r.site_id for r in replicas}))))
+        failed = []
+        for f in self._request_filters:
+            verdict = f.check(None, req)  # type: ignore[arg-type]
+            if not verdict.ok:
+                failed.append((f.name, verdict))
+        return req, failed
+
+    # --- filter ----------------------------------------------------------------------------------------
+
+    def site_view(self, site: SiteView) -> CandidateView:
+        version = self.ledger.site_version.get(site.id, 0)
+        cached = self._site_cache.get(site.id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if site.has_hosts:
+            view = aggregate_hosts(site, self.slot_views(site), self.settings)
+        else:
+            view = site_view(site, None, self.settings)
+        self._site_cache[site.id] = (version, view)
+        return view
+
+    def slot_views(self, site: SiteView) -> list[CandidateView]:
+        """Host views (rebuilt only for hosts the ledger changed) or flavor views of one site."""
+        if not site.has_hosts:
+            cached = self._slot_cache.get(site.id)
+            if cached is None:
+                cached = (0, slot_views(site, None, self.settings))
+                self._slot_cache[site.id] = cached
+            return cached[1]
+        out = []
+        versions = self.ledger.host_version
+        for h in site.hosts:
+            version = versions.get(h.id, 0)
+            hit = self._host_cache.get(h.id)
+            if hit is None or hit[0] != version:
+                hit = (version, host_view(site, h, self.ledger, self.settings))
+                self._host_cache[h.id] = hit
+            out.append(hit[1])
+        return out
+
+    def run_filters(self, view: CandidateView, req: PlacementRequest, filters: Sequence[Filter],
+                    counts: Counter[str]) -> tuple[str, Verdict] | None:
+        """The first rule that rejects ``view``, or None when all pass."""
+        for f in filters:
+            verdict = f.check(view, req)
+            if not verdict.ok:
+                counts[f.name] += 1
+                return f.name, verdict
+        return None
+
+    def filter_sites(self, req: PlacementRequest, counts: Counter[str]) -> tuple[list[CandidateView], list[Rejection]]:
+        """Site-scoped and slot rules on every site view.
+
+        A verdict depends only on the view and the request, and a site view changes only when the ledger
+        touches the site, so verdicts are memoised per (site, ledger version, request shape): a stream of
+        similar requests re-examines only the site the previous one was placed on.
+        """
+        passing, rejected = [], []
+        shape = req.shape_key()
+        memo = self._verdicts
+        if len(memo) > 200_000:
+            memo.clear()
+        versions = self.ledger.site_version
+        for site in self.snapshot.sites:
+            key = (site.id, versions.get(site.id, 0), shape)
+            hit = memo.get(key)
+            if hit is None:
+                view = self.site_view(site)
+                hit = memo[key] = (view, self.run_filters(view, req, self._site_filters, counts))
+            elif hit[1] is not None:
+                counts[hit[1][0]] += 1
+            view, failed = hit
+            if failed is None:
+                passing.append(view)
+            else:
+                name, v = failed
+                rejected.append(Rejection(site.name, "site", site.name, name, v.code, v.message,
+                                          len(site.hosts) or 1, v.unresolvable))
+        return passing, rejected
+
+    # --- score ------------------------------------------------------------------------------------------
+
+    def score(self, views: Sequence[CandidateView], req: PlacementRequest, costs: Sequence[Cost] | None = None,
+              memo_keys: Sequence[tuple[object, ...]] | None = None) -> Iterator[Scored]:
+        """Each view's weighted sum of min-max normalised costs, best (lowest) first; ties by name.
+
+        With ``memo_keys`` (one per view: site, ledger version, request shape) raw costs are reused for
+        views that have not changed since an identical request.
+        """
+        costs = self.costs if costs is None else costs
+        if memo_keys is None:
+            raw = [[c.cost(v, req, self.graph) for v in views] for c in costs]
+        else:
+            memo = self._costs_memo
+            if len(memo) > 200_000:
+                memo.clear()
+            columns = []
+            for v, key in zip(views, memo_keys, strict=True):
+                hit = memo.get(key)
+                if hit is None:
+                    hit = memo[key] = tuple(c.cost(v, req, self.graph) for c in costs)
+                columns.append(hit)
+            raw = [list(values) for values in zip(*columns, strict=True)] if columns else [[] for _ in costs]
+        totals = [0.0] * len(views)
+        debug = log.isEnabledFor(logging.DEBUG)
+        inf = float("inf")
+        for cost, values in zip(costs, raw, strict=True):
+            finite = [x for x in values if x != inf]
+            lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+            span = hi - lo
+            if span <= 0 and len(finite) == len(values):
+                continue  # every candidate costs the same here: adds nothing
+            w = cost.weight
+            for i, x in enumerate(values):
+                norm = 1.0 if x == inf else ((x - lo) / span if span > 0 else 0.0)
+                totals[i] += w * norm
+                if debug:
+                    log.debug("%s %s: raw %.4g %s, normalised %.3f, %.2f * %.3f", views[i].name, cost.name, x,
+                              cost.unit, norm, w, norm)
+        names = [c.name for c in costs]
+        order = sorted(range(len(views)), key=lambda i: (totals[i], views[i].name))
+        return (Scored(totals[i], i, names, raw) for i in order)  # lazily: most callers stop at the first
+
+    # --- the whole decision -----------------------------------------------------------------------------
+
+    def place(self, req: PlacementRequest, *, explain: bool = False, reserve: bool = True,
+              key: str | None = None) -> Placement:
+        """Decide where ``req`` goes. With ``reserve``, the capacity is held in the ledger under ``key``."""
+        req, failed = self.prefilter(req)
+        counts: Counter[str] = Counter()
+        cur = self.snapshot.currency
+        if failed:
+            name, v = failed[0]
+            rejections = [Rejection(s.name, "site", s.name, name, v.code, v.message, len(s.hosts) or 1,
+                                    v.unresolvable) for s in self.snapshot.sites]
+            summary = summarize(rejections, self.total_candidates, 0)
+            log.info("%s: %s", req.name, summary)
+            return Placement(req, False, summary, cur, rejections=tuple(rejections),
+                             candidates=self.total_candidates)
+        passing, rejections = self.filter_sites(req, counts)
+        shape = req.shape_key()
+        versions = self.ledger.site_version
+        keys = [(v.site.id, versions.get(v.site.id, 0), shape) for v in passing]
+        ranked = self.score(passing, req, memo_keys=keys) if passing else iter(())
+        chosen: tuple[CandidateView, dict[str, float]] | None = None
+        alternatives = []
+        for r in ranked:
+            view = passing[r.index]
+            if chosen is not None and not explain:
+                if len(alternatives) >= MAX_ALTERNATIVES:
+                    break
+                alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown))
+                continue
+            slot, slot_rejections = self._choose_slot(view.site, req, counts)
+            rejections.extend(slot_rejections)
+            if slot is None:
+                continue
+            if chosen is None:
+                chosen = slot
+            else:
+                alternatives.append(Alternative(slot[0].name, view.site.name, r.total, slot[1]))
+        if log.isEnabledFor(logging.DEBUG):
+            for f in self.filters:
+                log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
+        if chosen is None:
+            summary = summarize(rejections, self.total_candidates, 0)
+            log.info("%s: %s", req.name, summary)
+            return Placement(req, False, summary, cur, rejections=tuple(rejections),
+                             candidates=self.total_candidates)
+        slot, _ = chosen
+        summary = f"placed on {slot.name} ({slot.site.name}); " + summarize(rejections, self.total_candidates)
+        log.info("%s: %s", req.name, summary)
+        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives))
+        if reserve:
+            self.reserve(key or req.name, placement)
+        return placement
+
+    def _choose_slot(self, site: SiteView, req: PlacementRequest,
+                     counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
+        """The best host (or flavor) of one site, with every other one's reason. Memoised per (site, ledger
+        version of the site, request shape): a site that could not take a request is not re-opened for
+        the next identical one until a placement or release changes it."""
+        key = (site.id, self.ledger.site_version.get(site.id, 0), req.shape_key())
+        hit = self._site_choices.get(key)
+        if hit is None:
+            local: Counter[str] = Counter()
+            chosen, rejections = self._open_site(site, req, local)
+            if len(self._site_choices) > 100_000:
+                self._site_choices.clear()
+            hit = self._site_choices[key] = (chosen, rejections, local)
+        counts.update(hit[2])
+        return hit[0], list(hit[1])
+
+    def _open_site(self, site: SiteView, req: PlacementRequest,
+                   counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
+        views = self.slot_views(site)
+        ok, rejections = [], []
+        shape = req.shape_key()
+        memo = self._slot_verdicts
+        if len(memo) > 500_000:
+            memo.clear()
+        versions = self.ledger.host_version
+        filters = self._slot_filters
+        for v in views:
+            # memoised like site verdicts: a host's verdict changes only when the ledger touches it
+            host = v.host
+            key = (host.id, versions.get(host.id, 0), shape) if host is not None else (v.name, 0, shape)
+            hit = memo.get(key, memo)
+            if hit is memo:
+                failed = self.run_filters(v, req, filters, counts)
+                hit = memo[key] = None if failed is None else Rejection(
+                    v.name, v.kind, site.name, failed[0], failed[1].code, failed[1].message, 1,
+                    failed[1].unresolvable)
+            elif hit is not None:
+                counts[hit.filter] += 1
+            if hit is None:
+                ok.append(v)
+            else:
+                rejections.append(hit)
+        if not site.has_hosts:
+            # a cloud site counts once: its flavors that do not fit are detail, not separate candidates
+            rejections = [replace(r, covers=0) for r in rejections]
+            if not ok and rejections:
+                first = rejections[0]
+                rejections.insert(0, replace(first, candidate=site.name, kind="site", covers=1))
+        if not ok:
+            return None, rejections
+        if site.has_hosts and len(site.hypervisors) == 1:
+            # costs that are equal for every host of a one-hypervisor site cannot change the order
+            varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
+            best = next(self.score(ok, req, varying))
+            fixed = {c.name: c.cost(ok[best.index], req, self.graph) for c in self.costs if c not in varying}
+            return (ok[best.index], {**fixed, **best.breakdown}), rejections
+        best = next(self.score(ok, req))
+        return (ok[best.index], best.breakdown), rejections
+
+    # --- reserve / unreserve ---------------------------------------------------------------------------
+
+    def reserve(self, key: str, placement: Placement) -> None:
+        if not placement.placed or placement.site_id is None:
+            return
+        r = placement.request
+        self.ledger.reserve(Reservation(key, placement.site_id, placement.host_id, r.vcpus, r.ram_mib,
+                                        r.gpu_model, r.gpu_count))
+
+    def unreserve(self, key: str) -> bool:
+        """Give a reservation back; idempotent."""
+        return self.ledger.unreserve(key)
+
+    # --- bind ------------------------------------------------------------------------------------------
+
+    def bind(self, slot: CandidateView, req: PlacementRequest, summary: str, rejections: tuple[Rejection, ...],
+             alternatives: tuple[Alternative, ...]) -> Placement:
+        """The steps that would realise the placement. Pure: the operations engine runs them later."""
+        site = slot.site
+        steps: list[PlanStep] = []
+        hypervisor = min(slot.hypervisors)
+        if req.image is not None:
+            routes = [(hv, self.graph.route(req.image, site, hv)) for hv in sorted(slot.hypervisors)]
+            routes = [(hv, r) for hv, r in routes if r is not None]
+            if routes:
+                hypervisor, route = min(routes, key=lambda x: x[1].seconds)
+                steps.extend(PlanStep(s.action, s.site, s.detail, s.seconds, s.price, {"tool": s.tool})
+                             for s in route.steps)
+        q = self.quote(slot, req)
+        params = {"provider": site.provider.name, "region": site.region, "vcpus": req.vcpus,
+                  "ram_mib": req.ram_mib, "disk_gib": req.disk_gib}
+        if slot.host is not None:
+            params["host"] = slot.host.name
+        if slot.flavor is not None:
+            params["flavor"] = slot.flavor.name
+        if req.gpu_count:
+            params.update(gpu_model=req.gpu_model, gpu_count=req.gpu_count)
+        steps.append(PlanStep("create", site.name, f"create {req.name} on {slot.name} ({q.basis})", BOOT_SECONDS,
+                              params=params))
+        steps.append(PlanStep("verify", site.name, f"wait until {req.name} is running", VERIFY_SECONDS))
+        return Placement(
+            req, True, summary, self.snapshot.currency, site=site.name, site_id=site.id, provider=site.provider.name,
+            host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,
+            flavor=slot.flavor.name if slot.flavor else (q.basis.removeprefix("flavor ") if q.basis.startswith(
+                "flavor ") else None),
+            hypervisor=hypervisor, price_per_hour=q.per_hour,
+            expected_hours=req.expected_hours or self.settings.expected_hours,
+            one_off_price=sum((s.price for s in steps), Decimal(0)), seconds_to_ready=sum(s.seconds for s in steps),
+            steps=tuple(steps), rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,
+        )

@@ -1,0 +1,94 @@
+"""What is asked of the scheduler, and what a rule answers.
+
+A :class:`PlacementRequest` carries the request as typed fields (as nova's RequestSpec does). A
+:class:`Verdict` is a rule's answer: passing, or a rejection with a stable ``code`` (used to count
+reasons in the summary), a human ``message`` with the numbers ("memory: need 32 GiB, free 12") and
+the numbers themselves for machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from metavmm.errors import ValidationError
+
+GIB = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """The disk to boot: a catalog image id, or a bare description (format, size, guest hypervisor)."""
+
+    image_id: str | None = None
+    format: str = "qcow2"
+    size_bytes: int = 0
+    hypervisor: str | None = None  # the family the guest was built for; None: any
+    replica_sites: tuple[int, ...] = ()  # where copies exist (filled from the catalog for image_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    name: str
+    vcpus: int
+    ram_mib: int
+    disk_gib: int = 0
+    project: str | None = None
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    cpu_arch: str | None = "x86_64"
+    cpu_vendor: str | None = None
+    cpu_features: frozenset[str] = frozenset()
+    nested_virt: bool = False
+    image: ImageRef | None = None
+    residency: tuple[str, ...] = ()  # allowed ISO countries; empty: any
+    sites: tuple[str, ...] = ()  # only these sites (names or regions); empty: any
+    providers: tuple[str, ...] = ()  # only these providers; empty: any
+    exclude_hosts: frozenset[int] = frozenset()
+    exclude_sites: frozenset[int] = frozenset()
+    on_prem_only: bool = False
+    public_only: bool = False
+    expected_hours: float | None = None
+    strategy: Literal["spread", "pack"] | None = None
+    max_price_per_hour: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.vcpus < 1 or self.ram_mib < 1:
+            raise ValidationError(f"{self.name}: a workload needs at least 1 vCPU and 1 MiB of RAM")
+        if self.gpu_count < 0 or (self.gpu_count and not self.gpu_model):
+            raise ValidationError(f"{self.name}: gpu_count needs a gpu_model")
+        if self.on_prem_only and self.public_only:
+            raise ValidationError(f"{self.name}: on_prem_only and public_only exclude each other")
+
+    def shape_key(self) -> tuple[Any, ...]:
+        """Everything but the name: two requests with equal keys are one equivalence class in batch placement."""
+        return (self.vcpus, self.ram_mib, self.disk_gib, self.project, self.gpu_model, self.gpu_count, self.cpu_arch,
+                self.cpu_vendor, self.cpu_features, self.nested_virt, self.image, self.residency, self.sites,
+                self.providers, self.exclude_hosts, self.exclude_sites, self.on_prem_only, self.public_only,
+                self.expected_hours, self.strategy, self.max_price_per_hour)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A rule's answer about one candidate. ``ok`` or a rejection with a code and numbers."""
+
+    ok: bool
+    code: str = ""
+    message: str = ""
+    numbers: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    unresolvable: bool = False  # waiting will not help (wrong arch, residency), unlike capacity
+
+    @staticmethod
+    def reject(code: str, message: str, *, unresolvable: bool = False, **numbers: Any) -> Verdict:
+        return Verdict(False, code, message, MappingProxyType(numbers), unresolvable)
+
+
+PASS = Verdict(True)
+
+
+def gib(mib: float) -> str:
+    """MiB as a short GiB figure for messages: 32768 -> '32', 1536 -> '1.5'."""
+    value = mib / GIB
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"

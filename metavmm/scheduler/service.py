@@ -1,0 +1,63 @@
+"""The scheduler as the broker's services see it: one snapshot per call, and the four questions.
+
+REST handlers and CLI commands call these; they load a fresh snapshot from the catalog, ask the pure
+scheduler, and return its answers. Nothing here writes to the catalog or calls a driver: every answer
+is a dry run, which is what "explain", "plan" and "replay" mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.broker.config import BurstPolicy, FederationConfig
+from metavmm.errors import NotFound, ValidationError
+from metavmm.scheduler.batch import BatchPlanner, BatchResult
+from metavmm.scheduler.burst import BurstReplay, ReplayReport, TraceRecord
+from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner
+from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.plan import Placement
+from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.snapshot import Converter, Snapshot, load_snapshot
+
+
+async def snapshot(sessions: async_sessionmaker[AsyncSession], config: FederationConfig,
+                   to_currency: Converter | None = None) -> Snapshot:
+    async with sessions() as session:
+        return await load_snapshot(session, currency=config.federation.currency, settings=config.scheduler,
+                                   to_currency=to_currency)
+
+
+def policy(config: FederationConfig, name: str) -> BurstPolicy:
+    for p in config.policies:
+        if p.name == name:
+            return p
+    known = ", ".join(p.name for p in config.policies) or "none configured"
+    raise NotFound(f"no burst policy named {name!r} (known: {known})")
+
+
+def place(snap: Snapshot, req: PlacementRequest, *, explain: bool = False) -> Placement:
+    return Scheduler(snap).place(req, explain=explain, reserve=False)
+
+
+def place_batch(snap: Snapshot, requests: Sequence[PlacementRequest]) -> BatchResult:
+    return BatchPlanner(snap).place(requests)
+
+
+def plan_migration(snap: Snapshot, kind: str, *, host: str | None = None, site: str | None = None,
+                   tolerance: float = 0.15, max_moves: int = 20) -> MigrationPlan:
+    planner = MigrationPlanner(snap)
+    if kind == "rebalance":
+        if not site:
+            raise ValidationError("rebalance needs a site")
+        return planner.rebalance(site=site, tolerance=tolerance, max_moves=max_moves)
+    if kind == "evacuate-host":
+        return planner.evacuate(host=host)
+    return planner.evacuate(site=site)
+
+
+def replay(snap: Snapshot, pol: BurstPolicy, trace: list[TraceRecord], start: date | None = None) -> ReplayReport:
+    return BurstReplay(snap, pol, start=start).run(sorted(trace, key=lambda r: r.at))

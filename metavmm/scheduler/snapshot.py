@@ -1,0 +1,455 @@
+"""An immutable picture of the catalog, the only thing the scheduler reads.
+
+The scheduler never queries the database or calls a driver while it decides: :func:`load_snapshot`
+reads the catalog tables once (async), and everything after that works on frozen dataclasses and
+read-only mappings, so filters and costs are pure functions that can be tested with hand-built views
+and run thousands of times a second. Capacity that placements consume is tracked beside the snapshot
+(see :mod:`metavmm.scheduler.ledger`), never written into it.
+
+Prices are normalised into the snapshot's currency at load time through an injectable
+``to_currency(amount, currency)`` converter. Without one, a price in another currency is kept with a
+``problem`` ("price in EUR; no currency converter to USD") and the price filter rejects the candidate
+with that reason, instead of comparing euros with dollars.
+
+Public clouds expose no hosts: their sites carry flavors only, and candidates there are (site, flavor)
+pairs. On-prem sites carry hosts, priced per vCPU / GiB / GPU when the centre states such prices
+(``custom.vcpu``, ``custom.gib-ram``, ``custom.gpu.<MODEL>`` price items) or by the cheapest flavor of
+the site that fits the request.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.broker.config import SchedulerSettings
+from metavmm.catalog import models as m
+from metavmm.drivers.base import Inventory
+from metavmm.errors import MetavmmError
+
+Converter = Callable[[Decimal, str], Decimal]
+"""``to_currency(amount, currency) -> amount`` in the snapshot's currency (issue 8 provides one)."""
+
+CUSTOM_VCPU = "custom.vcpu"
+CUSTOM_GIB_RAM = "custom.gib-ram"
+CUSTOM_GPU = "custom.gpu."
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[Any, Any]:
+    return _EMPTY
+
+
+def frozen_map(data: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(data or {}))
+
+
+def hypervisor_family(hv: str) -> str:
+    """KVM and QEMU (TCG) run the same guests; every other type is its own family."""
+    return "kvm" if hv in ("kvm", "qemu") else hv
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderView:
+    id: int
+    name: str
+    kind: str
+    on_prem: bool
+    capabilities: frozenset[str] = frozenset()
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    id: int
+    name: str
+    site_id: int
+    hypervisor: str
+    arch: str
+    vendor: str | None = None
+    model: str | None = None
+    features: frozenset[str] = frozenset()
+    cores: int = 0
+    memory_mib: int = 0
+    gpus: Mapping[str, int] = field(default_factory=_empty)
+    nested_virt: bool = False
+    state: str = m.HostState.UP
+    vcpus_used: int = 0
+    memory_mib_used: int = 0
+
+    @property
+    def profile(self) -> tuple[Any, ...]:
+        """What makes two hosts interchangeable for every filter but capacity (an equivalence class key)."""
+        return (self.site_id, self.hypervisor, self.arch, self.vendor, self.model, self.features,
+                tuple(sorted(self.gpus.items())), self.nested_virt, self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class FlavorView:
+    id: int
+    name: str
+    provider_id: int
+    site_id: int | None  # None: offered at every site of the provider
+    vcpus: int
+    ram_mib: int
+    disk_gib: int = 0
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    arch: str | None = None
+    features: frozenset[str] | None = None  # None: the provider does not say
+    nested_virt: bool | None = None  # None: follow the provider's capability
+
+
+@dataclass(frozen=True, slots=True)
+class PriceView:
+    """A price per hour in the snapshot's currency (``amount``), or why it cannot be used (``problem``)."""
+
+    amount: Decimal | None
+    original_amount: Decimal
+    currency: str
+    source: str = ""
+    effective_date: date | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SitePrices:
+    flavors: Mapping[str, PriceView] = field(default_factory=_empty)
+    per_vcpu: PriceView | None = None
+    per_gib_ram: PriceView | None = None
+    per_gpu: Mapping[str, PriceView] = field(default_factory=_empty)
+    ladder: tuple[tuple[FlavorView, PriceView], ...] = ()  # the site's priced flavors, cheapest first
+
+
+@dataclass(frozen=True, slots=True)
+class SiteProfile:
+    """What the up hosts of a site offer that no placement changes (computed once per snapshot)."""
+
+    archs: frozenset[str] = frozenset()
+    vendors: frozenset[str | None] = frozenset()
+    feature_sets: tuple[frozenset[str], ...] = ()
+    hypervisors: frozenset[str] = frozenset()
+    nested: bool = False
+
+    @staticmethod
+    def of(hosts: Sequence[HostView]) -> SiteProfile:
+        up = [h for h in hosts if h.state == m.HostState.UP]
+        return SiteProfile(frozenset(h.arch for h in up), frozenset(h.vendor for h in up),
+                           tuple(sorted({h.features for h in up}, key=sorted)), frozenset(h.hypervisor for h in up),
+                           any(h.nested_virt for h in up))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    id: int
+    name: str
+    region: str
+    provider: ProviderView
+    country: str | None = None
+    hosts: tuple[HostView, ...] = ()
+    flavors: tuple[FlavorView, ...] = ()
+    prices: SitePrices = field(default_factory=SitePrices)
+    hypervisors: frozenset[str] = frozenset()
+    profile: SiteProfile = field(default_factory=SiteProfile)
+
+    @property
+    def on_prem(self) -> bool:
+        return self.provider.on_prem
+
+    @property
+    def has_hosts(self) -> bool:
+        return bool(self.hosts)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageView:
+    id: str
+    name: str
+    arch: str = "x86_64"
+    hypervisor: str | None = None
+    format: str = "qcow2"
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    image_id: str
+    site_id: int
+    format: str
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadView:
+    """A running compute workload, as the migration planner needs it."""
+
+    id: str
+    name: str
+    project_id: int | None
+    site_id: int | None
+    host_id: int | None
+    vcpus: int
+    ram_mib: int
+    disk_gib: int = 0
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    image_id: str | None = None
+    disk_format: str = "qcow2"
+    disk_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the scheduler may read, frozen. Build it with :func:`load_snapshot` or :func:`build_snapshot`."""
+
+    currency: str
+    sites: tuple[SiteView, ...]
+    images: Mapping[str, ImageView] = field(default_factory=_empty)
+    replicas: Mapping[str, tuple[ReplicaView, ...]] = field(default_factory=_empty)  # by image id
+    workloads: tuple[WorkloadView, ...] = ()
+    quotas: Mapping[int, Mapping[str, Decimal]] = field(default_factory=_empty)  # project id -> resource -> limit
+    usage: Mapping[int, Mapping[str, Decimal]] = field(default_factory=_empty)  # project id -> resource -> used
+    projects: Mapping[str, int] = field(default_factory=_empty)  # name -> id
+    settings: SchedulerSettings = field(default_factory=SchedulerSettings)
+    has_converter: bool = False
+    taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _site_by_id: Mapping[int, SiteView] = field(default_factory=_empty, repr=False)
+    _host_by_id: Mapping[int, HostView] = field(default_factory=_empty, repr=False)
+    _host_by_name: Mapping[str, HostView] = field(default_factory=_empty, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_site_by_id", frozen_map({s.id: s for s in self.sites}))
+        hosts = [h for s in self.sites for h in s.hosts]
+        object.__setattr__(self, "_host_by_id", frozen_map({h.id: h for h in hosts}))
+        object.__setattr__(self, "_host_by_name", frozen_map({h.name: h for h in hosts}))
+
+    def site(self, site_id: int) -> SiteView:
+        return self._site_by_id[site_id]
+
+    def site_named(self, name: str) -> SiteView | None:
+        return next((s for s in self.sites if s.name == name or s.region == name), None)
+
+    def host(self, host_id: int) -> HostView:
+        return self._host_by_id[host_id]
+
+    def find_host(self, host_id: int | None) -> HostView | None:
+        return self._host_by_id.get(host_id) if host_id is not None else None
+
+    def host_named(self, name: str) -> HostView | None:
+        return self._host_by_name.get(name)
+
+    def hosts(self) -> Iterable[HostView]:
+        return self._host_by_id.values()
+
+    @property
+    def host_count(self) -> int:
+        return len(self._host_by_id)
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+
+def _price_view(amount: Decimal, currency: str, target: str, to_currency: Converter | None, source: str,
+                effective: date | None) -> PriceView:
+    if currency == target:
+        return PriceView(amount, amount, currency, source, effective)
+    if to_currency is None:
+        return PriceView(None, amount, currency, source, effective,
+                         problem=f"price in {currency}; no currency converter to compare with {target}")
+    try:
+        return PriceView(Decimal(to_currency(amount, currency)), amount, currency, source, effective)
+    except (MetavmmError, KeyError, ValueError, ArithmeticError) as exc:
+        return PriceView(None, amount, currency, source, effective,
+                         problem=f"price in {currency}: cannot convert to {target}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    """One hourly price as the builder needs it (a ``Price`` row or a driver's ``PriceInfo``)."""
+
+    provider_id: int
+    region: str
+    flavor: str
+    amount: Decimal
+    currency: str
+    source: str = ""
+    effective_date: date | None = None
+
+
+def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter | None) -> SitePrices:
+    latest: dict[str, PriceRow] = {}
+    for row in rows:
+        old = latest.get(row.flavor)
+        if old is None or (row.effective_date or date.min) >= (old.effective_date or date.min):
+            latest[row.flavor] = row
+    views = {name: _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
+             for name, r in latest.items()}
+    return SitePrices(
+        flavors=frozen_map({k: v for k, v in views.items() if not k.startswith("custom.")}),
+        per_vcpu=views.get(CUSTOM_VCPU), per_gib_ram=views.get(CUSTOM_GIB_RAM),
+        per_gpu=frozen_map({k[len(CUSTOM_GPU):]: v for k, v in views.items() if k.startswith(CUSTOM_GPU)}),
+    )
+
+
+def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: Sequence[tuple[int, int, str, str,
+                   str | None]], hosts: Sequence[HostView], flavors: Sequence[FlavorView],
+                   prices: Sequence[PriceRow], images: Sequence[ImageView] = (),
+                   replicas: Sequence[ReplicaView] = (), workloads: Sequence[WorkloadView] = (),
+                   quotas: Mapping[int, Mapping[str, Decimal]] | None = None,
+                   usage: Mapping[int, Mapping[str, Decimal]] | None = None,
+                   projects: Mapping[str, int] | None = None, settings: SchedulerSettings | None = None,
+                   to_currency: Converter | None = None) -> Snapshot:
+    """Assemble a frozen snapshot. ``sites`` are ``(id, provider_id, name, region, country)`` tuples."""
+    settings = settings or SchedulerSettings()
+    by_provider = {p.id: p for p in providers}
+    hosts_by_site: dict[int, list[HostView]] = defaultdict(list)
+    for h in hosts:
+        hosts_by_site[h.site_id].append(h)
+    flavors_by_provider: dict[int, list[FlavorView]] = defaultdict(list)
+    for f in flavors:
+        flavors_by_provider[f.provider_id].append(f)
+    prices_by_site: dict[tuple[int, str], list[PriceRow]] = defaultdict(list)
+    for p in prices:
+        prices_by_site[(p.provider_id, p.region)].append(p)
+    views = []
+    for site_id, provider_id, name, region, country in sites:
+        provider = by_provider.get(provider_id)
+        if provider is None or not provider.enabled:
+            continue
+        site_hosts = tuple(sorted(hosts_by_site.get(site_id, ()), key=lambda h: h.id))
+        site_flavors = tuple(f for f in flavors_by_provider.get(provider_id, ()) if f.site_id in (None, site_id))
+        if site_hosts:
+            hvs = frozenset(h.hypervisor for h in site_hosts)
+        else:
+            hv = settings.public_hypervisors.get(provider.kind)
+            hvs = frozenset({hv}) if hv else frozenset()
+        prices_here = _site_prices(prices_by_site.get((provider_id, region), ()), currency, to_currency)
+        ladder = [(f, prices_here.flavors[f.name]) for f in site_flavors if f.name in prices_here.flavors]
+        ladder.sort(key=lambda fp: (fp[1].amount is None, fp[1].amount or 0, fp[0].vcpus, fp[0].ram_mib))
+        prices_here = replace(prices_here, ladder=tuple(ladder))
+        views.append(SiteView(site_id, name, region, provider, country, site_hosts, site_flavors, prices_here, hvs,
+                              SiteProfile.of(site_hosts)))
+    replicas_by_image: dict[str, list[ReplicaView]] = defaultdict(list)
+    for r in replicas:
+        replicas_by_image[r.image_id].append(r)
+    return Snapshot(
+        currency=currency, sites=tuple(views), images=frozen_map({i.id: i for i in images}),
+        replicas=frozen_map({k: tuple(v) for k, v in replicas_by_image.items()}), workloads=tuple(workloads),
+        quotas=frozen_map({k: frozen_map(v) for k, v in (quotas or {}).items()}),
+        usage=frozen_map({k: frozen_map(v) for k, v in (usage or {}).items()}),
+        projects=frozen_map(projects or {}), settings=settings, has_converter=to_currency is not None,
+    )
+
+
+def _spec_int(spec: Mapping[str, Any], key: str, default: int = 0) -> int:
+    try:
+        return int(spec.get(key, default) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+async def load_snapshot(session: AsyncSession, *, currency: str = "USD", settings: SchedulerSettings | None = None,
+                        to_currency: Converter | None = None) -> Snapshot:
+    """Read the catalog once and freeze it. Sites and hosts no longer reported are left out."""
+    providers = [ProviderView(p.id, p.name, p.kind, p.on_prem, frozenset(p.capabilities or ()), p.enabled)
+                 for p in (await session.exec(select(m.Provider))).all() if p.id is not None]
+    sites = [(s.id, s.provider_id, s.name, s.region, s.country)
+             for s in (await session.exec(select(m.Site).where(m.Site.present == True))).all()]  # noqa: E712
+    hosts = [HostView(h.id, h.name, h.site_id, h.hypervisor_type, h.cpu_arch, h.cpu_vendor, h.cpu_model,
+                      frozenset(h.cpu_features or ()), h.cpu_cores, h.memory_mib,
+                      frozen_map({k: int(v) for k, v in (h.gpus or {}).items()}), h.nested_virt, h.state,
+                      h.vcpus_used, h.memory_mib_used)
+             for h in (await session.exec(select(m.Host).where(m.Host.state != m.HostState.GONE))).all()]
+    flavors = []
+    for f in (await session.exec(select(m.Flavor).where(m.Flavor.present == True))).all():  # noqa: E712
+        extra = f.extra or {}
+        feats = extra.get("cpu_features")
+        flavors.append(FlavorView(f.id, f.name, f.provider_id, f.site_id, f.vcpus, f.ram_mib, f.disk_gib,
+                                  f.gpu_model, f.gpu_count, f.arch, frozenset(feats) if feats is not None else None,
+                                  extra.get("nested_virt")))
+    prices = [PriceRow(p.provider_id, p.region, p.flavor_name, Decimal(p.amount), p.currency, p.source,
+                       p.effective_date)
+              for p in (await session.exec(select(m.Price).where(m.Price.unit == "hour",
+                                                                 m.Price.os == "linux"))).all()
+              if p.provider_id is not None]
+    images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes)
+              for i in (await session.exec(select(m.Image))).all()]
+    replicas = [ReplicaView(r.image_id, r.site_id, r.format, r.size_bytes)
+                for r in (await session.exec(select(m.ImageReplica).where(
+                    m.ImageReplica.present == True))).all() if r.image_id]  # noqa: E712
+    flavor_shapes = {f.name: f for f in flavors}
+    workloads = []
+    usage: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for w in (await session.exec(select(m.Workload).where(m.Workload.kind == m.WorkloadKind.COMPUTE,
+                                                          m.Workload.present == True))).all():  # noqa: E712
+        spec = w.spec or {}
+        shape = flavor_shapes.get(str(spec.get("flavor"))) if spec.get("flavor") else None
+        vcpus = _spec_int(spec, "vcpus", shape.vcpus if shape else 0)
+        ram = _spec_int(spec, "ram_mib", shape.ram_mib if shape else 0)
+        gpu_model = spec.get("gpu_model") or (shape.gpu_model if shape else None)
+        gpus = _spec_int(spec, "gpu_count", shape.gpu_count if shape else 0)
+        workloads.append(WorkloadView(w.id, w.name, w.project_id, w.site_id, w.host_id, vcpus, ram,
+                                      _spec_int(spec, "disk_gib"), gpu_model, gpus, spec.get("image_id"),
+                                      str(spec.get("disk_format", "qcow2")), _spec_int(spec, "disk_bytes")))
+        if w.project_id is not None and w.desired_state != "deleted":
+            u = usage[w.project_id]
+            u["instances"] += 1
+            u["vcpus"] += vcpus
+            u["ram_mib"] += ram
+            if gpu_model and gpus:
+                u[f"gpus:{gpu_model}"] += gpus
+    quotas: dict[int, dict[str, Decimal]] = defaultdict(dict)
+    for q in (await session.exec(select(m.Quota))).all():
+        quotas[q.project_id][q.resource] = Decimal(q.limit)
+    projects = {p.name: p.id for p in (await session.exec(select(m.Project))).all() if p.id is not None}
+    return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
+                          prices=prices, images=images, replicas=replicas, workloads=workloads, quotas=quotas,
+                          usage=usage, projects=projects, settings=settings, to_currency=to_currency)
+
+
+def snapshot_from_inventories(entries: Sequence[tuple[str, str, bool, Iterable[str], Inventory]], *,
+                              currency: str = "USD", settings: SchedulerSettings | None = None,
+                              to_currency: Converter | None = None) -> Snapshot:
+    """A snapshot straight from drivers' inventories (benchmarks, demos): ``(name, kind, on_prem, caps, inv)``.
+
+    Ids are assigned in order; nothing is written anywhere.
+    """
+    providers, sites, hosts, flavors, prices = [], [], [], [], []
+    site_id = host_id = flavor_id = 0
+    for pid, (name, kind, on_prem, caps, inv) in enumerate(entries, start=1):
+        providers.append(ProviderView(pid, name, kind, on_prem, frozenset(str(c) for c in caps)))
+        region_ids: dict[str, int] = {}
+        for s in inv.sites:
+            site_id += 1
+            region_ids[s.region] = site_id
+            sites.append((site_id, pid, f"{name}/{s.region}", s.region, s.country))
+        for h in inv.hosts:
+            host_id += 1
+            hosts.append(HostView(host_id, h.name, region_ids[h.region], h.hypervisor_type, h.cpu_arch,
+                                  h.cpu_vendor, h.cpu_model, frozenset(h.cpu_features), h.cpu_cores, h.memory_mib,
+                                  frozen_map(h.gpus), h.nested_virt, h.state, h.vcpus_used, h.memory_mib_used))
+        for f in inv.flavors:
+            flavor_id += 1
+            feats = f.extra.get("cpu_features")
+            flavors.append(FlavorView(flavor_id, f.name, pid, region_ids.get(f.region) if f.region else None,
+                                      f.vcpus, f.ram_mib, f.disk_gib, f.gpu_model, f.gpu_count, f.arch,
+                                      frozenset(feats) if feats is not None else None, f.extra.get("nested_virt")))
+        prices.extend(PriceRow(pid, p.region, p.flavor, p.amount, p.currency, p.source, p.effective_date)
+                      for p in inv.prices if p.unit == "hour")
+    return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
+                          prices=prices, settings=settings, to_currency=to_currency)
+
+
+__all__ = [
+    "Converter", "FlavorView", "HostView", "ImageView", "PriceRow", "PriceView", "ProviderView",
+    "ReplicaView", "SitePrices", "SiteView", "Snapshot", "WorkloadView", "build_snapshot", "hypervisor_family",
+    "load_snapshot", "snapshot_from_inventories",
+]

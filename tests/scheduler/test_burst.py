@@ -1,0 +1,82 @@
+"""Burst policies replayed over a small trace: where each request went, what it cost, how long it waited."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from metavmm.broker.config import BurstPolicy
+from metavmm.errors import ValidationError
+from metavmm.scheduler.burst import BurstReplay, parse_trace
+from tests.scheduler.conftest import host
+
+
+def trace(*records: dict) -> list:
+    return parse_trace("\n".join(json.dumps(r) for r in records))
+
+
+def job(at: float, name: str, vcpus: int, hours: float, **kw: object) -> dict:
+    return {"at": at, "name": name, "vcpus": vcpus, "ram_mib": 8192, "hours": hours, "project": "physics", **kw}
+
+
+@pytest.fixture
+def small(federation):
+    # one on-prem host of 8 cores in Taiwan; AWS (US) and Azure (DE) as public clouds
+    return federation(hosts=[host(1, 1, cores=8, mem_gib=64)])
+
+
+def test_overflow_cheapest_first_within_budget_and_residency(small) -> None:
+    policy = BurstPolicy(name="p", when_utilisation_above=0.75, allowed_providers=["aws", "azure"],
+                         monthly_budget=Decimal("2.0"))
+    report = BurstReplay(small, policy).run(trace(
+        job(0, "a", 4, 2),
+        job(60, "b", 4, 2),  # 8/8 would pass 0.75: bursts to the cheapest x86 flavor (AWS m5.xlarge 0.192/h)
+        job(120, "c", 2, 2, residency=["TW"]),  # 6/8: stays home
+        job(180, "d", 2, 2, residency=["TW"]),  # over, but no public site in TW: runs at home (8/8)
+        job(240, "e", 4, 10),  # over, but 10 h on AWS would pass the budget: waits for a to end
+    ))
+    jobs = {j.name: j for j in report.jobs}
+    assert jobs["a"].where == "nchc/hsinchu" and jobs["a"].wait_s == 0
+    assert jobs["b"].burst and jobs["b"].where == "aws/us-east-1" and jobs["b"].cost == Decimal("0.384")
+    assert jobs["c"].where == jobs["d"].where == "nchc/hsinchu"
+    assert jobs["e"].where == "nchc/hsinchu" and jobs["e"].wait_s == 7200 - 240
+    assert "budget: 1.92 USD would exceed physics's 2.0" in jobs["e"].reason
+    assert report.public_cost == Decimal("0.384")
+    assert report.budget_used == {("physics", "2026-01"): Decimal("0.384")}
+    assert report.by_destination() == {"aws/us-east-1": 1, "nchc/hsinchu": 4}
+    assert report.peak_utilisation == 1.0
+
+
+def test_burst_work_comes_home_when_capacity_frees(small) -> None:
+    policy = BurstPolicy(name="p", when_utilisation_above=0.6, allowed_providers=["aws"],
+                         return_when_utilisation_below=0.6, return_min_remaining_s=600)
+    report = BurstReplay(small, policy).run(trace(job(0, "a", 4, 1), job(10, "b", 4, 5)))
+    b = next(j for j in report.jobs if j.name == "b")
+    assert b.burst and b.returned_s == 3600
+    # 1 h on AWS at 0.192/h (rounded to the seconds it ran), then home
+    assert b.cost == pytest.approx(Decimal("0.192") * Decimal(3590) / 3600, abs=Decimal("0.001"))
+    assert b.on_prem_cost > 0
+
+
+def test_wait_threshold_triggers_burst_below_utilisation_threshold(small) -> None:
+    policy = BurstPolicy(name="p", when_utilisation_above=1.0, when_wait_longer_than_s=600,
+                         allowed_providers=["aws"])
+    report = BurstReplay(small, policy).run(trace(job(0, "a", 8, 1), job(5, "b", 2, 1)))
+    assert next(j for j in report.jobs if j.name == "b").where == "aws/us-east-1"
+
+
+def test_trace_errors_name_the_line() -> None:
+    with pytest.raises(ValidationError, match=r"<trace>:2: vcpus: Input should be greater than or equal to 1"):
+        parse_trace('{"at": 0, "name": "a", "vcpus": 1, "ram_mib": 1, "hours": 1}\n'
+                    '{"at": 1, "name": "b", "vcpus": 0, "ram_mib": 1, "hours": 1}')
+    with pytest.raises(ValidationError, match="<trace>:1: not valid JSON"):
+        parse_trace("{nope")
+    with pytest.raises(ValidationError, match="no requests"):
+        parse_trace("# only a comment\n")
+
+
+def test_policy_currency_must_match_or_be_convertible(small) -> None:
+    with pytest.raises(ValidationError, match="budget in EUR but prices in USD"):
+        BurstReplay(small, BurstPolicy(name="p", allowed_providers=["aws"], currency="EUR"))

@@ -1,0 +1,98 @@
+"""Single placement: choice, reasons, phases."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from metavmm.errors import NotFound
+from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.plan import Rejection, summarize
+from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.scheduler.snapshot import ImageView, ReplicaView
+
+
+def test_cheapest_fitting_candidate_wins_with_price_and_steps(federation) -> None:
+    snap = federation()
+    p = Scheduler(snap).place(PlacementRequest("web", 8, 16 * 1024, expected_hours=10))
+    # hsinchu's AMD host: 8 * 0.010 + 16 * 0.002 = 0.112/h, cheaper than taichung (0.224); h1 has 4 vCPU free
+    assert p.placed and p.host == "h2" and p.site == "nchc/hsinchu"
+    assert p.price_per_hour == Decimal("0.112")
+    assert p.total_price == Decimal("1.12")
+    assert [s.action for s in p.steps] == ["create", "verify"]
+    assert p.steps[0].params["host"] == "h2"
+
+
+def test_why_not_placed_has_an_answer_for_every_candidate(federation) -> None:
+    snap = federation()
+    p = Scheduler(snap).place(PlacementRequest("big", 4, 64 * 1024, gpu_model="H200", gpu_count=1))
+    assert not p.placed
+    assert p.summary == "0/7 candidates are available: 7 no H200"
+    assert {r.candidate for r in p.rejections} == {s.name for s in snap.sites}
+    assert sum(r.covers for r in p.rejections) == p.candidates == 7
+
+
+def test_mixed_reasons_are_counted_kube_style(federation) -> None:
+    p = Scheduler(federation()).place(PlacementRequest("x", 4, 16 * 1024, residency=("US",), nested_virt=True))
+    assert not p.placed
+    assert p.summary == "0/7 candidates are available: 6 data residency, 1 no nested virtualisation"
+
+
+def test_explain_opens_every_site_and_ranks_alternatives(federation) -> None:
+    sched = Scheduler(federation())
+    p = sched.place(PlacementRequest("web", 8, 16 * 1024), explain=True, reserve=False)
+    assert p.host == "h2"
+    alt_sites = [a.site for a in p.alternatives]
+    assert "nchc/taichung" in alt_sites and "vcenter/dc1" in alt_sites
+    assert any(r.candidate == "aws/us-east-1:m5.xlarge" and r.code == "insufficient cpu" for r in p.rejections)
+    # host h1 of the chosen site has no room: its own reason is listed
+    assert any(r.candidate == "h1" and r.code == "insufficient cpu" for r in p.rejections)
+
+
+def test_reserve_is_seen_by_the_next_request_and_unreserve_is_idempotent(federation) -> None:
+    sched = Scheduler(federation())
+    first = sched.place(PlacementRequest("a", 60, 8 * 1024), key="a")
+    assert first.host == "h2"  # the only 64-core host
+    second = sched.place(PlacementRequest("b", 60, 8 * 1024), key="b")
+    assert second.host != "h2"
+    assert sched.unreserve("a") is True
+    assert sched.unreserve("a") is False
+    assert sched.place(PlacementRequest("c", 60, 8 * 1024), reserve=False).host == "h2"
+
+
+def test_summary_is_logged_once_at_info_and_filter_counts_at_debug(federation, caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger="metavmm.scheduler.pipeline"):
+        Scheduler(federation()).place(PlacementRequest("big", 4, 1024, gpu_model="H200", gpu_count=1))
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == ["big: 0/7 candidates are available: 7 no H200"]
+    assert any("filter gpu rejected 5" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+def test_pack_and_spread_choose_different_hosts(federation) -> None:
+    from tests.scheduler.conftest import host
+
+    hosts = [host(1, 2, used_vcpus=24), host(2, 2, used_vcpus=2)]
+    snap = federation(hosts=hosts)
+    assert Scheduler(snap).place(PlacementRequest("p", 2, 1024, strategy="pack")).host == "h1"
+    assert Scheduler(snap).place(PlacementRequest("s", 2, 1024, strategy="spread")).host == "h2"
+
+
+def test_catalog_image_route_is_in_the_plan(federation) -> None:
+    snap = federation(images=[ImageView("img", "course", hypervisor="esxi", format="vmdk", size_bytes=2 << 30)],
+                      replicas=[ReplicaView("img", 5, "vmdk", 2 << 30)])
+    p = Scheduler(snap).place(PlacementRequest("lab", 2, 4096, image=ImageRef("img"), sites=("taichung",)))
+    actions = [s.action for s in p.steps]
+    assert sorted(actions[:2]) == ["fix-guest", "transfer"] and actions[2:] == ["create", "verify"]
+    assert next(s for s in p.steps if s.action == "fix-guest").params["tool"] == "virt-v2v"
+    assert p.seconds_to_ready > 60  # virt-v2v's fixed start-up alone is 60 s
+    with pytest.raises(NotFound):
+        Scheduler(snap).place(PlacementRequest("x", 1, 1, image=ImageRef("nope")))
+
+
+def test_summarize_is_sorted_and_deterministic() -> None:
+    rs = [Rejection("a", "host", "s", "f", "no H100", "", 3), Rejection("b", "host", "s", "f", "insufficient memory",
+                                                                        "", 7),
+          Rejection("c", "host", "s", "f", "data residency", "", 3)]
+    assert summarize(rs, 15, 2) == "2/15 candidates are available: 7 insufficient memory, 3 data residency, 3 no H100"
