@@ -19,6 +19,7 @@ and retries throttling with backoff. botocore's own retries are off so that back
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +65,10 @@ _CONFLICT = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState",
 _QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientInstanceCapacity", "VolumeLimitExceeded",
           "MaxSpotInstanceCountExceeded"}
 _DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnop")
+TYPES_TTL_S = 6 * 3600
+# Instance type shapes change a few times a year and cost seconds to fetch (1,400 types): one copy
+# per process and endpoint, shared by the short-lived drivers each sync creates.
+_TYPES_CACHE: dict[tuple[str | None, str], tuple[float, dict[str, FlavorInfo]]] = {}
 
 
 def _error_class(code: str) -> type[DriverError]:
@@ -104,7 +109,6 @@ class AwsDriver(DriverBase):
         self._session = self._make_session(config.credentials)
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        self._types: dict[str, FlavorInfo] | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -188,11 +192,14 @@ class AwsDriver(DriverBase):
         )
 
     async def _instance_types(self) -> dict[str, FlavorInfo]:
-        """Every instance type's shape (the same in every region; fetched once per driver)."""
-        if self._types is None:
+        """Every instance type's shape (the same in every region), cached for ``TYPES_TTL_S``."""
+        key = (self.endpoint_url, self.regions[0])
+        cached = _TYPES_CACHE.get(key)
+        if cached is None or time.monotonic() - cached[0] > TYPES_TTL_S:
             raw = await self._paged(self.regions[0], "inventory", "describe_instance_types", "InstanceTypes")
-            self._types = {t["InstanceType"]: self._flavor(t) for t in raw}
-        return self._types
+            cached = (time.monotonic(), {t["InstanceType"]: self._flavor(t) for t in raw})
+            _TYPES_CACHE[key] = cached
+        return cached[1]
 
     async def _offered(self, region: str) -> set[str]:
         rows = await self._paged(region, "inventory", "describe_instance_type_offerings", "InstanceTypeOfferings",

@@ -357,19 +357,15 @@ class LibvirtDriver(DriverBase):
         await self._domain_op(vm_id, "attach_volume", attach)
 
     async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        """Remove the disk file ``volume_id``; a running guest must release it (hot-unplug needs its ACPI)."""
         path = str(Path(volume_id).resolve())
 
-        def detach(dom: libvirt.virDomain) -> None:
-            for disk in ET.fromstring(dom.XMLDesc()).findall("devices/disk"):
-                source = disk.find("source")
-                if source is not None and source.get("file") == path:
-                    live = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
-                    dom.detachDeviceFlags(ET.tostring(disk, encoding="unicode"),
-                                          libvirt.VIR_DOMAIN_AFFECT_CONFIG | live)
-                    return
-            raise ProviderNotFound(f"domain has no disk {path}", provider=self.name, operation="detach_volume")
+        def matches(disk: ET.Element) -> bool:
+            source = disk.find("source")
+            return source is not None and source.get("file") == path
 
-        await self._domain_op(vm_id, "detach_volume", detach)
+        await self._domain_op(vm_id, "detach_volume", lambda d: self._detach(d, "devices/disk", matches,
+                                                                             f"no disk {path}", "detach_volume"))
 
     async def attach_network(self, vm_id: str, network_id: str) -> None:
         """Hot-plug a virtio interface on the libvirt network named ``network_id``."""
@@ -382,18 +378,27 @@ class LibvirtDriver(DriverBase):
         await self._domain_op(vm_id, "attach_network", attach)
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
-        def detach(dom: libvirt.virDomain) -> None:
-            for iface in ET.fromstring(dom.XMLDesc()).findall("devices/interface"):
-                source = iface.find("source")
-                if iface.get("type") == "network" and source is not None and source.get("network") == network_id:
-                    live = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
-                    dom.detachDeviceFlags(ET.tostring(iface, encoding="unicode"),
-                                          libvirt.VIR_DOMAIN_AFFECT_CONFIG | live)
-                    return
-            raise ProviderNotFound(f"domain has no interface on network {network_id}", provider=self.name,
-                                   operation="detach_network")
+        def matches(iface: ET.Element) -> bool:
+            source = iface.find("source")
+            return iface.get("type") == "network" and source is not None and source.get("network") == network_id
 
-        await self._domain_op(vm_id, "detach_network", detach)
+        await self._domain_op(vm_id, "detach_network", lambda d: self._detach(
+            d, "devices/interface", matches, f"no interface on network {network_id}", "detach_network"))
+
+    def _detach(self, dom: libvirt.virDomain, xpath: str, matches: Callable[[ET.Element], bool], missing: str,
+                operation: str) -> None:
+        """Detach the first matching device from the persistent and the live definition, wherever it is."""
+        found = False
+        for flag, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
+            if flag == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
+                continue
+            device = next((d for d in ET.fromstring(dom.XMLDesc(xml_flags)).findall(xpath) if matches(d)), None)
+            if device is not None:
+                dom.detachDeviceFlags(ET.tostring(device, encoding="unicode"), flag)
+                found = True
+        if not found:
+            raise ProviderNotFound(f"domain has {missing}", provider=self.name, operation=operation)
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
         """Convert ``disk`` (its format given, never guessed) into this host's image store as qcow2."""
