@@ -385,7 +385,7 @@ class DriverBase:
                 raise DriverError(f"VM {vm_id} is {vm.state}, not {state}, after {timeout_s:.0f} s",
                                   provider=self.name, operation="wait_for")
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            delay = min(delay * 1.5, 1.0)
 
     async def close(self) -> None:
         return None

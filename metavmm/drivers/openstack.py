@@ -113,7 +113,7 @@ class OpenStackDriver(DriverBase):
     def _cloud_regions(self) -> tuple[str, ...]:
         """The regions clouds.yaml lists for this cloud ('' when it lists none)."""
         try:
-            regions = openstack.config.OpenStackConfig().get_all_clouds()
+            regions = openstack.config.OpenStackConfig().get_all()
         except os_exc.ConfigException as exc:
             raise ConfigError(f"{self.name}: clouds.yaml: {exc}") from None
         names = tuple(r.region_name or "" for r in regions if r.name == self.cloud)
@@ -266,10 +266,10 @@ class OpenStackDriver(DriverBase):
 
     def _pick_flavor(self, conn: openstack.connection.Connection, spec: VmSpec) -> str:
         if spec.flavor:
-            flavor = conn.compute.find_flavor(spec.flavor, ignore_missing=True)
-            if flavor is None:
-                raise ValidationError(f"{self.name}: no flavor {spec.flavor!r} in region {spec.region}")
-            return flavor.id
+            try:
+                return str(conn.compute.find_flavor(spec.flavor, ignore_missing=False).id)
+            except os_exc.NotFoundException:
+                raise ValidationError(f"{self.name}: no flavor {spec.flavor!r} in region {spec.region}") from None
         fits = [self._flavor(spec.region, f) for f in conn.compute.flavors(details=True, get_extra_specs=True)]
         fits = [f for f in fits if f.vcpus >= spec.vcpus and f.ram_mib >= spec.ram_mib and f.disk_gib >= spec.disk_gib
                 and f.gpu_count >= spec.gpu_count and (not spec.gpu_model or f.gpu_model == spec.gpu_model)]
@@ -352,10 +352,11 @@ class OpenStackDriver(DriverBase):
 
     async def attach_volume(self, vm_id: str, volume_id: str) -> None:
         await self._server_op(vm_id, "attach_volume",
-                              lambda c, s: c.create_volume_attachment(s, volume_id=volume_id))
+                              lambda c, s: c.create_volume_attachment(s, volume=volume_id))
 
     async def detach_volume(self, vm_id: str, volume_id: str) -> None:
-        await self._server_op(vm_id, "detach_volume", lambda c, s: c.delete_volume_attachment(s, volume_id))
+        await self._server_op(vm_id, "detach_volume",
+                              lambda c, s: c.delete_volume_attachment(s, volume_id, ignore_missing=False))
 
     async def attach_network(self, vm_id: str, network_id: str) -> None:
         await self._server_op(vm_id, "attach_network", lambda c, s: c.create_server_interface(s, net_id=network_id))
