@@ -263,6 +263,8 @@ class DriverBase:
     image_import_formats: frozenset[str] = frozenset()
     image_export_formats: tuple[str, ...] = ()
     STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
+    retry_attempts: ClassVar[int] = 5
+    retry_base_s: ClassVar[float] = 0.5  # first backoff ceiling; doubles per attempt, full jitter
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -298,9 +300,12 @@ class DriverBase:
 
         return await self.retrying(once)
 
-    async def retrying(self, call: Callable[[], Awaitable[T]], *, attempts: int = 5, base_s: float = 0.5,
+    async def retrying(self, call: Callable[[], Awaitable[T]], *, attempts: int | None = None,
+                       base_s: float | None = None,
                        retry_on: tuple[type[BaseException], ...] = (ProviderThrottled,)) -> T:
         """Retry a throttled call with exponential backoff and full jitter."""
+        attempts = attempts or self.retry_attempts
+        base_s = self.retry_base_s if base_s is None else base_s
         for attempt in range(1, attempts + 1):
             try:
                 return await call()
