@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
 import botocore.session
 
 from metavmm.drivers.base import (
@@ -68,6 +69,7 @@ _DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnop")
 TYPES_TTL_S = 6 * 3600
 # Instance type shapes change a few times a year and cost seconds to fetch (1,400 types): one copy
 # per process and endpoint, shared by the short-lived drivers each sync creates.
+_LOADER = botocore.loaders.create_loader()  # EC2's service model takes 0.4 s to load: once per process
 _TYPES_CACHE: dict[tuple[str | None, str], tuple[float, dict[str, FlavorInfo]]] = {}
 
 
@@ -114,15 +116,16 @@ class AwsDriver(DriverBase):
 
     def _make_session(self, credentials: Any) -> boto3.Session:
         """boto3's standard credential chain, optionally narrowed to a profile or a credentials file."""
+        core = botocore.session.Session()
+        core.register_component("data_loader", _LOADER)
         if credentials is None:
-            return boto3.Session()
+            return boto3.Session(botocore_session=core)
         if credentials.profile:
-            try:
-                return boto3.Session(profile_name=credentials.profile)
-            except botocore.exceptions.ProfileNotFound as exc:
-                raise ConfigError(f"{self.name}: credentials: {exc}") from None
+            if credentials.profile not in core.available_profiles:
+                raise ConfigError(f"{self.name}: credentials: the AWS profile {credentials.profile!r} could not be "
+                                  "found in ~/.aws/config or ~/.aws/credentials")
+            return boto3.Session(botocore_session=core, profile_name=credentials.profile)
         if credentials.file:
-            core = botocore.session.Session()
             core.set_config_variable("credentials_file", str(Path(credentials.file).expanduser()))
             return boto3.Session(botocore_session=core)
         raise ConfigError(f"{self.name}: AWS credentials come from the standard chain; name a profile "
