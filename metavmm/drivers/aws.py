@@ -18,6 +18,7 @@ and retries throttling with backoff. botocore's own retries are off so that back
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterable
@@ -224,16 +225,15 @@ class AwsDriver(DriverBase):
         )
 
     async def _region_inventory(self, region: str) -> tuple[SiteInfo, set[str], list[VmInfo], list[ImageInfo]]:
-        zones = await self._ec2(region, "inventory", "describe_availability_zones")
+        zones, offered, reservations = await asyncio.gather(
+            self._ec2(region, "inventory", "describe_availability_zones"), self._offered(region),
+            self._paged(region, "inventory", "describe_instances", "Reservations"))
         cfg = self._site_configs.get(region)
         site = SiteInfo(region, tuple(sorted(z["ZoneName"] for z in zones.get("AvailabilityZones", []))),
                         cfg.country if cfg else None, cfg.location if cfg else None)
-        offered = await self._offered(region)
-        reservations = await self._paged(region, "inventory", "describe_instances", "Reservations")
         vms = [self._vm_info(region, i) for r in reservations for i in r.get("Instances", [])
                if i.get("State", {}).get("Name") != "terminated"]
-        in_use = sorted({vm.image for vm in vms if vm.image})
-        images = await self._images(region, in_use)
+        images = await self._images(region, sorted({vm.image for vm in vms if vm.image}))
         return site, offered, vms, images
 
     async def _images(self, region: str, in_use: Iterable[str]) -> list[ImageInfo]:
@@ -259,18 +259,16 @@ class AwsDriver(DriverBase):
         return out
 
     async def inventory(self) -> Inventory:
-        types = await self._instance_types()
-        sites, vms, images, offered = [], [], [], {}
-        for region in self.regions:
-            site, offered[region], region_vms, region_images = await self._region_inventory(region)
-            sites.append(site)
-            vms += region_vms
-            images += region_images
+        """Regions are read concurrently; instance types once for all of them."""
+        types, parts = await asyncio.gather(self._instance_types(),
+                                            asyncio.gather(*(self._region_inventory(r) for r in self.regions)))
+        offered = {site.region: names for site, names, _, _ in parts}
         everywhere = set.intersection(*offered.values()) if offered else set()
         flavors = [f for name, f in types.items() if name in everywhere]
         for region, names in offered.items():
             flavors += [replace(types[n], region=region) for n in sorted(names - everywhere) if n in types]
-        return Inventory(sites=tuple(sites), flavors=tuple(flavors), images=tuple(images), vms=tuple(vms))
+        return Inventory(sites=tuple(p[0] for p in parts), flavors=tuple(flavors),
+                         images=tuple(i for p in parts for i in p[3]), vms=tuple(v for p in parts for v in p[2]))
 
     async def list_vms(self) -> list[VmInfo]:
         out: list[VmInfo] = []
