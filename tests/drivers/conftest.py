@@ -208,15 +208,18 @@ def _nova_python() -> Path:
 
 
 def _clouds_yaml(cloud: str, regions: dict[str, int]) -> str:
+    """The cloud as its admin, and ``<cloud>-member`` as a plain project member of the same regions."""
     first = next(iter(regions.values()))
-    lines = ["clouds:", f"  {cloud}:", "    auth_type: admin_token", "    auth:",
-             f"      endpoint: http://127.0.0.1:{first}/v2.1",
-             f'      token: "admin:{NOVA_PROJECT}:admin,member,reader"',
-             '    compute_api_version: "2.96"', "    regions:"]
-    for region, port in regions.items():
-        lines += [f"      - name: {region}", "        values:",
-                  f"          compute_endpoint_override: http://127.0.0.1:{port}/v2.1",
-                  f"          image_endpoint_override: http://127.0.0.1:{port}/image"]
+    lines = ["clouds:"]
+    for name, token in ((cloud, f"admin:{NOVA_PROJECT}:admin,member,reader"),
+                        (f"{cloud}-member", f"someone:{NOVA_PROJECT}:member,reader")):
+        lines += [f"  {name}:", "    auth_type: admin_token", "    auth:",
+                  f"      endpoint: http://127.0.0.1:{first}/v2.1", f'      token: "{token}"',
+                  '    compute_api_version: "2.96"', "    regions:"]
+        for region, port in regions.items():
+            lines += [f"      - name: {region}", "        values:",
+                      f"          compute_endpoint_override: http://127.0.0.1:{port}/v2.1",
+                      f"          image_endpoint_override: http://127.0.0.1:{port}/image"]
     return "\n".join(lines) + "\n"
 
 

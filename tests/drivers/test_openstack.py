@@ -15,7 +15,7 @@ import pytest
 from metavmm.broker.config import OpenStackProvider
 from metavmm.drivers.base import Capability, Driver, VmSpec, VmState
 from metavmm.drivers.openstack import OpenStackDriver
-from metavmm.errors import ConfigError, DriverError, ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.errors import AuthError, ConfigError, DriverError, ProviderConflict, ProviderNotFound, ValidationError
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
 
 NEUTRON_NET = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # nova's NeutronFixture network_1
@@ -139,6 +139,22 @@ async def test_nova_errors_arrive_verbatim(driver: OpenStackDriver) -> None:
     await driver.delete_vm(vm.provider_vm_id)
     with pytest.raises(DriverError, match="is not one of RegionOne, RegionTwo"):
         await driver.get_vm("RegionNine/abc")
+
+
+async def test_a_project_member_sees_no_hosts_and_only_its_servers(driver: OpenStackDriver,
+                                                                  nova_cloud: NovaCloud) -> None:
+    member = OpenStackDriver(_config(nova_cloud, cloud=f"{nova_cloud.cloud}-member"))
+    try:
+        vm = await member.create_vm(_spec(workload_id="wl-member"))
+        inv = await member.inventory()
+        assert inv.hosts == ()  # os-hypervisors is admin-only
+        assert vm.provider_vm_id in {v.provider_vm_id for v in inv.vms}
+        assert (await driver.get_vm(vm.provider_vm_id)).workload_id == "wl-member"  # the admin sees it too
+        with pytest.raises(AuthError, match=r"os-test: live_migrate: ForbiddenException: 403: Policy doesn't allow"):
+            await member.live_migrate(vm.provider_vm_id, "compute2")
+        await member.delete_vm(vm.provider_vm_id)
+    finally:
+        await member.close()
 
 
 async def test_unknown_cloud_is_a_config_error(nova_cloud: NovaCloud) -> None:

@@ -103,6 +103,9 @@ async def test_sync_fills_catalog_marks_unmanaged_and_gone(sqlite_sessions, moto
         assert len(aws_types) > 1000 and any(f.gpu_model == "A10G" for f in aws_types)
         nova_hosts = [h for h in await _rows(maker, Host) if h.hypervisor_type == "fake"]
         assert {h.cpu_model for h in nova_hosts} == {"Nehalem"}
+        sites_by_id = {s.id: s.provider_id for s in await _rows(maker, Site)}
+        (kvm_host,) = [h for h in await _rows(maker, Host) if sites_by_id[h.site_id] == providers["kvm"]]
+        assert "HW_CPU_X86_SSE2" in kvm_host.cpu_traits and kvm_host.cpu_vendor in ("Intel", "AMD")
 
         workloads = {w.provider_resource_id: w for w in await _rows(maker, Workload)}
         for name, vm in managed.items():
