@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
@@ -236,9 +237,10 @@ def nova_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaCloud]:
     try:
         for proc, region in zip(procs, regions, strict=True):
             assert proc.stdout is not None
-            line = proc.stdout.readline()  # blocks until READY or exit
+            ready, _, _ = select.select([proc.stdout], [], [], 180)
+            line = proc.stdout.readline() if ready else ""
             if not line.startswith("READY"):
-                pytest.fail(f"nova {region} did not start: see {logs / (region + '.log')}")
+                pytest.fail(f"nova {region} did not start within 180 s: see {logs / (region + '.log')}")
         clouds_yaml = logs / "clouds.yaml"
         clouds_yaml.write_text(_clouds_yaml("metavmm-test", regions))
         old = os.environ.get("OS_CLIENT_CONFIG_FILE")
