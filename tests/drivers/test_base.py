@@ -11,7 +11,7 @@ import requests
 
 from metavmm.broker.config import AwsProvider, OpenStackProvider, SimProvider
 from metavmm.drivers.aws import AwsDriver
-from metavmm.drivers.base import DriverBase, VmSpec, VmState, region_id, split_region_id
+from metavmm.drivers.base import Capability, DriverBase, VmSpec, VmState, region_id, split_region_id
 from metavmm.drivers.openstack import OpenStackDriver
 from metavmm.drivers.registry import driver_class
 from metavmm.drivers.sim import SimDriver
@@ -117,7 +117,12 @@ async def test_every_kind_shares_one_protocol_and_unsupported_verbs_are_named() 
     for kind in ("libvirt", "openstack", "aws", "sim"):
         cls = driver_class(kind)
         assert issubclass(cls, DriverBase)
-        assert isinstance(cls.capabilities, frozenset)
+        # a declared capability and the formats behind it say the same thing
+        assert (Capability.IMPORT_IMAGE in cls.capabilities) == bool(cls.image_import_formats), kind
+        assert (Capability.EXPORT_IMAGE in cls.capabilities) == bool(cls.image_export_formats), kind
+        assert cls.import_image is not DriverBase.import_image or not cls.image_import_formats, kind
+        assert cls.export_image is not DriverBase.export_image or not cls.image_export_formats, kind
+        assert cls.live_migrate is not DriverBase.live_migrate or Capability.LIVE_MIGRATION not in cls.capabilities
     sim = SimDriver(SimProvider(name="sim", kind="sim"))
     with pytest.raises(UnsupportedOperation, match=r"sim \(sim\) does not support attach_volume"):
         await sim.attach_volume("x", "y")
