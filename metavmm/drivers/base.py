@@ -49,6 +49,9 @@ class Capability(enum.StrEnum):
 
 
 class VmState(enum.StrEnum):
+    """Observed state, one vocabulary for every provider. ``pending`` also covers transitions
+    (AWS stopping, nova REBOOT/RESIZE), so waiting for ``stopped`` never stops half-way."""
+
     PENDING = "pending"
     RUNNING = "running"
     STOPPED = "stopped"
