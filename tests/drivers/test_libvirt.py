@@ -6,6 +6,7 @@ import contextlib
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,12 +126,29 @@ async def test_attach_and_detach_a_volume(driver: LibvirtDriver, libvirt_storage
     volume.unlink()
 
 
-async def test_attach_network_names_the_provider_error(driver: LibvirtDriver) -> None:
-    vm = await driver.create_vm(_spec())
-    with pytest.raises(DriverError, match=r"kvm-test: attach_network: .*no-such-net"):
-        await driver.attach_network(vm.provider_vm_id, "no-such-net")
-    with pytest.raises(ProviderNotFound, match="no interface on network"):
-        await driver.detach_network(vm.provider_vm_id, "no-such-net")
+async def test_attach_and_detach_a_network(driver: LibvirtDriver) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    conn = libvirt.open("qemu:///system")
+    # An isolated network: a bridge without an address, so no dnsmasq is needed.
+    net = conn.networkCreateXML(f"<network><name>mv-net-{suffix}</name><bridge name='mv{suffix}' stp='off'/>"
+                                "</network>")
+    try:
+        vm = await driver.create_vm(_spec())
+        await driver.attach_network(vm.provider_vm_id, net.name())  # hot-plug into the running guest
+        dom = conn.lookupByUUIDString(vm.provider_vm_id)
+        assert f"network='{net.name()}'" in dom.XMLDesc()
+        assert f"network='{net.name()}'" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        await driver.stop_vm(vm.provider_vm_id)  # hot-unplug would wait for a guest OS these VMs lack
+        await driver.detach_network(vm.provider_vm_id, net.name())
+        assert f"network='{net.name()}'" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        with pytest.raises(ProviderNotFound, match="no interface on network"):
+            await driver.detach_network(vm.provider_vm_id, net.name())
+        await driver.start_vm(vm.provider_vm_id)
+        with pytest.raises(DriverError, match=r"kvm-test: attach_network: .*no-such-net"):
+            await driver.attach_network(vm.provider_vm_id, "no-such-net")
+    finally:
+        net.destroy()
+        conn.close()
 
 
 async def test_import_and_export_convert_with_qemu_img(driver: LibvirtDriver, libvirt_storage: Path,
