@@ -143,3 +143,8 @@ class ProviderUnavailable(DriverError):
     """The provider cannot be reached, or throttled us past our retries."""
 
     http_status = 503
+
+
+class ProviderThrottled(ProviderUnavailable):
+    """The provider asked us to slow down (HTTP 429, AWS ``Throttling``); drivers retry it with backoff."""
+

@@ -37,3 +37,4 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.metavmm-"$mode"-*
   touch "$stamp"
 fi
+if [ "$mode" = test ]; then scripts/nova-env.sh; fi  # real nova for tests/drivers/test_openstack.py

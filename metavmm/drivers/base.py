@@ -23,7 +23,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from metavmm.errors import ProviderUnavailable, UnsupportedOperation
+from metavmm.errors import DriverError, ProviderNotFound, ProviderThrottled, UnsupportedOperation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,9 +44,14 @@ class Capability(enum.StrEnum):
     EXPORT_IMAGE = "export_image"
     SET_NETMASK = "set_netmask"  # GCP hides the netmask, so a VIP cannot be set there
     SPOT = "spot"
+    MULTI_REGION = "multi_region"  # one provider entry spans several regions (VM ids are "region/id")
+    TAGS = "tags"  # the provider stores the broker's OWNER_TAG on the VM itself
 
 
 class VmState(enum.StrEnum):
+    """Observed state, one vocabulary for every provider. ``pending`` also covers transitions
+    (AWS stopping, nova REBOOT/RESIZE), so waiting for ``stopped`` never stops half-way."""
+
     PENDING = "pending"
     RUNNING = "running"
     STOPPED = "stopped"
@@ -187,13 +192,51 @@ class DiskRef:
     format: str
 
 
+def region_id(region: str, native_id: str) -> str:
+    """The broker's id of a VM at a multi-region provider: ``region/native-id``."""
+    return f"{region}/{native_id}"
+
+
+def split_region_id(vm_id: str, regions: list[str] | tuple[str, ...], provider: str, operation: str) -> tuple[str, str]:
+    """``region/native-id`` -> (region, native id); a bare id is accepted when there is one region."""
+    region, sep, native = vm_id.rpartition("/")
+    if not sep:
+        if len(regions) == 1:
+            return regions[0], vm_id
+        raise DriverError(f"VM id {vm_id!r} must be region/id (regions: {', '.join(regions)})",
+                          provider=provider, operation=operation)
+    if region not in regions:
+        raise DriverError(f"region {region!r} of VM id {vm_id!r} is not one of {', '.join(regions)}",
+                          provider=provider, operation=operation)
+    return region, native
+
+
 @runtime_checkable
 class Driver(Protocol):
-    """What the broker asks of every provider. Missing verbs raise UnsupportedOperation by name."""
+    """What the broker asks of every provider. Missing verbs raise UnsupportedOperation by name.
+
+    Semantics every implementation keeps:
+
+    - ``vm_id`` is the id the driver reported in :class:`VmInfo` (``region/id`` for multi-region
+      providers, see :func:`region_id`).
+    - ``stop_vm`` powers off (the disk stays), ``suspend_vm`` keeps memory (pause or hibernate),
+      ``delete_vm`` removes the VM and the disks the broker created for it.
+    - ``attach_volume`` takes the provider's volume id (a disk path for libvirt); ``attach_network``
+      takes the provider's network id (a subnet or interface on AWS, a network on OpenStack, a
+      libvirt network name); both are hot-plug where the provider allows it.
+    - ``import_image`` accepts a disk in one of ``image_import_formats``; ``export_image`` writes one
+      in the first of ``image_export_formats`` into ``dest_dir``.
+    - ``live_migrate`` takes the provider's name for the target host (a libvirt URI for libvirt) and
+      returns once the VM runs there.
+    - ``create_vm`` returns as soon as the provider accepted the VM (state ``pending`` or later);
+      ``wait_for`` polls the observed state until it reaches the wanted one.
+    """
 
     name: str
     kind: ClassVar[str]
     capabilities: frozenset[Capability]
+    image_import_formats: frozenset[str]
+    image_export_formats: tuple[str, ...]
 
     async def inventory(self) -> Inventory: ...
     async def list_vms(self) -> list[VmInfo]: ...
@@ -211,6 +254,7 @@ class Driver(Protocol):
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
     async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
+    async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo: ...
     async def close(self) -> None: ...
 
 
@@ -219,7 +263,11 @@ class DriverBase:
 
     kind: ClassVar[str] = ""
     capabilities: frozenset[Capability] = frozenset()
+    image_import_formats: frozenset[str] = frozenset()
+    image_export_formats: tuple[str, ...] = ()
     STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
+    retry_attempts: ClassVar[int] = 5
+    retry_base_s: ClassVar[float] = 0.5  # first backoff ceiling; doubles per attempt, full jitter
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -235,9 +283,32 @@ class DriverBase:
         """Run a blocking SDK call off the event loop."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def retrying(self, call: Callable[[], Awaitable[T]], *, attempts: int = 5, base_s: float = 0.5,
-                       retry_on: tuple[type[BaseException], ...] = (ProviderUnavailable,)) -> T:
+    def convert_error(self, exc: Exception, operation: str) -> DriverError | None:
+        """The typed error for a provider SDK exception, or None when ``exc`` is not the provider's."""
+        return None
+
+    async def provider_call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking SDK call off the loop, convert its errors, retry it when throttled."""
+
+        async def once() -> T:
+            try:
+                return await self.blocking(fn, *args, **kwargs)
+            except DriverError:
+                raise
+            except Exception as exc:
+                converted = self.convert_error(exc, operation)
+                if converted is None:
+                    raise
+                raise converted from None
+
+        return await self.retrying(once)
+
+    async def retrying(self, call: Callable[[], Awaitable[T]], *, attempts: int | None = None,
+                       base_s: float | None = None,
+                       retry_on: tuple[type[BaseException], ...] = (ProviderThrottled,)) -> T:
         """Retry a throttled call with exponential backoff and full jitter."""
+        attempts = attempts or self.retry_attempts
+        base_s = self.retry_base_s if base_s is None else base_s
         for attempt in range(1, attempts + 1):
             try:
                 return await call()
@@ -296,6 +367,33 @@ class DriverBase:
 
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
         raise self._unsupported("live_migrate")
+
+    async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
+        """Poll ``get_vm`` until the VM is in ``state``; an ERROR state or the timeout raise DriverError.
+
+        Waiting for ``DELETED`` also ends when the provider no longer knows the VM.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = 0.2
+        while True:
+            try:
+                vm = await self.get_vm(vm_id)
+            except ProviderNotFound:
+                if state == VmState.DELETED:
+                    return VmInfo(provider_vm_id=vm_id, name="", region="", state=VmState.DELETED)
+                raise
+            if vm.state == state:
+                return vm
+            if vm.state == VmState.ERROR:
+                raise DriverError(f"VM {vm_id} went to error while waiting for {state}"
+                                  + (f": {vm.extra['fault']}" if vm.extra.get("fault") else ""),
+                                  provider=self.name, operation="wait_for")
+            if loop.time() + delay > deadline:
+                raise DriverError(f"VM {vm_id} is {vm.state}, not {state}, after {timeout_s:.0f} s",
+                                  provider=self.name, operation="wait_for")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
 
     async def close(self) -> None:
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -29,6 +30,7 @@ import libvirt
 from metavmm.catalog.db import state_dir
 from metavmm.drivers.base import (
     Capability,
+    DiskRef,
     DriverBase,
     HostInfo,
     ImageInfo,
@@ -44,11 +46,13 @@ from metavmm.errors import (
     ProviderConflict,
     ProviderNotFound,
     ProviderUnavailable,
+    ValidationError,
 )
 
 T = TypeVar("T")
 METADATA_NS = "https://metavmm.dev/xmlns/workload/1"
 DISK_FORMATS = ("qcow2", "raw")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, not printed
 
@@ -71,8 +75,10 @@ class LibvirtDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
         Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
-        Capability.SET_NETMASK,
+        Capability.SET_NETMASK, Capability.NESTED_VIRT,
     })
+    image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
+    image_export_formats = ("qcow2", "raw")
     STATE_MAP: ClassVar[dict[int, VmState]] = {
         libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
         libvirt.VIR_DOMAIN_BLOCKED: VmState.RUNNING,
@@ -268,16 +274,31 @@ class LibvirtDriver(DriverBase):
         disk.parent.mkdir(parents=True, exist_ok=True)
         if base:
             fmt = Path(base).suffix.lstrip(".") or "qcow2"
-            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt if fmt in DISK_FORMATS else "qcow2",
+            cmd = ["create", "-q", "-f", "qcow2", "-F", fmt if fmt in DISK_FORMATS else "qcow2",
                    "-b", str(Path(base).resolve()), str(disk)]
         else:
-            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{max(size_gib, 1)}G"]
+            cmd = ["create", "-q", "-f", "qcow2", str(disk), f"{max(size_gib, 1)}G"]
         if base and size_gib:
             cmd.append(f"{size_gib}G")
-        proc = await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE)
+        await self._qemu_img("create_vm", *cmd)
+        self._give_to_storage_owner(disk)
+
+    async def _qemu_img(self, operation: str, *args: str) -> None:
+        """Run qemu-img; its stderr becomes the DriverError's message verbatim."""
+        proc = await asyncio.create_subprocess_exec("qemu-img", *args, stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.PIPE)
         _, err = await proc.communicate()
         if proc.returncode != 0:
-            raise DriverError(err.decode(errors="replace").strip(), provider=self.name, operation="create_vm")
+            raise DriverError(err.decode(errors="replace").strip() or f"qemu-img exited {proc.returncode}",
+                              provider=self.name, operation=operation)
+
+    def _give_to_storage_owner(self, path: Path) -> None:
+        """A disk made by root for a session daemon must belong to that daemon's user, like its directory."""
+        if os.geteuid() != 0:
+            return
+        owner = self.storage_dir.stat()
+        if owner.st_uid != 0:
+            os.chown(path, owner.st_uid, owner.st_gid)
 
     async def _domain_op(self, vm_id: str, operation: str, fn: Callable[[libvirt.virDomain], Any]) -> None:
         await self._call(operation, lambda c: fn(c.lookupByUUIDString(vm_id)))
@@ -316,16 +337,148 @@ class LibvirtDriver(DriverBase):
 
         await self._domain_op(vm_id, "delete_vm", delete)
 
-    async def live_migrate(self, vm_id: str, target_host: str) -> None:
-        """Migrate to ``target_host``, a libvirt URI, copying non-shared disks over NBD."""
+    # --- storage, network, images ---------------------------------------------------------------
+
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None:
+        """Hot-plug the disk file ``volume_id`` (qcow2 or raw, by suffix) at the next free virtio slot."""
+        path = Path(volume_id).resolve()
+        fmt = "raw" if path.suffix == ".raw" or path.suffix == ".img" else "qcow2"
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+        def attach(dom: libvirt.virDomain) -> None:
+            used = {t.get("dev") for t in ET.fromstring(dom.XMLDesc()).findall("devices/disk/target")}
+            dev = next((f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in used), None)
+            if dev is None:
+                raise libvirt.libvirtError("no free virtio disk slot left")
+            xml = (f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
+                   f"<source file='{escape(str(path))}'/><target dev='{dev}' bus='virtio'/></disk>")
+            dom.attachDeviceFlags(xml, flags | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0))
+
+        await self._domain_op(vm_id, "attach_volume", attach)
+
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        """Remove the disk file ``volume_id``; a running guest must release it (hot-unplug needs its ACPI)."""
+        path = str(Path(volume_id).resolve())
+
+        def matches(disk: ET.Element) -> bool:
+            source = disk.find("source")
+            return source is not None and source.get("file") == path
+
+        await self._domain_op(vm_id, "detach_volume", lambda d: self._detach(d, "devices/disk", matches,
+                                                                             f"no disk {path}", "detach_volume"))
+
+    async def attach_network(self, vm_id: str, network_id: str) -> None:
+        """Hot-plug a virtio interface on the libvirt network named ``network_id``."""
+        xml = f"<interface type='network'><source network='{escape(network_id)}'/><model type='virtio'/></interface>"
+
+        def attach(dom: libvirt.virDomain) -> None:
+            live = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG | live)
+
+        await self._domain_op(vm_id, "attach_network", attach)
+
+    async def detach_network(self, vm_id: str, network_id: str) -> None:
+        def matches(iface: ET.Element) -> bool:
+            source = iface.find("source")
+            return iface.get("type") == "network" and source is not None and source.get("network") == network_id
+
+        await self._domain_op(vm_id, "detach_network", lambda d: self._detach(
+            d, "devices/interface", matches, f"no interface on network {network_id}", "detach_network"))
+
+    def _detach(self, dom: libvirt.virDomain, xpath: str, matches: Callable[[ET.Element], bool], missing: str,
+                operation: str) -> None:
+        """Detach the first matching device from the persistent and the live definition, wherever it is."""
+        found = False
+        for flag, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
+            if flag == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
+                continue
+            device = next((d for d in ET.fromstring(dom.XMLDesc(xml_flags)).findall(xpath) if matches(d)), None)
+            if device is not None:
+                dom.detachDeviceFlags(ET.tostring(device, encoding="unicode"), flag)
+                found = True
+        if not found:
+            raise ProviderNotFound(f"domain has {missing}", provider=self.name, operation=operation)
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        """Convert ``disk`` (its format given, never guessed) into this host's image store as qcow2."""
+        if disk.format not in self.image_import_formats:
+            raise ValidationError(f"{self.name}: cannot import {disk.format} images; "
+                                  f"accepted: {', '.join(sorted(self.image_import_formats))}")
+        if not _SAFE_NAME.fullmatch(name):
+            raise ValidationError(f"{self.name}: image name {name!r} must match {_SAFE_NAME.pattern}")
+        dest = self.storage_dir / "images" / f"{name}.qcow2"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            raise ProviderConflict(f"image {name} already exists", provider=self.name, operation="import_image")
+        await self._qemu_img("import_image", "convert", "-q", "-f", disk.format, "-O", "qcow2", disk.path, str(dest))
+        self._give_to_storage_owner(dest)
+        return next(i for i in self._images() if i.provider_image_id == str(dest))
+
+    async def export_image(self, image_id: str, dest_dir: str) -> DiskRef:
+        """Write image ``image_id`` (a path in the image store) to ``dest_dir`` as qcow2."""
+        src = Path(image_id).resolve()
+        store = (self.storage_dir / "images").resolve()
+        if src.parent != store or not src.is_file():
+            raise ProviderNotFound(f"no image {image_id} in {store}", provider=self.name, operation="export_image")
+        dest = Path(dest_dir) / f"{src.stem}.qcow2"
+        await self._qemu_img("export_image", "convert", "-q", "-f", src.suffix.lstrip("."), "-O", "qcow2",
+                             str(src), str(dest))
+        return DiskRef(str(dest), "qcow2")
+
+    async def live_migrate(self, vm_id: str, target_host: str, *, ex_target_storage_dir: str | None = None) -> None:
+        """Migrate to ``target_host`` (a libvirt URI), copying the broker's disks over NBD while it runs.
+
+        Hosts keep their disks in their own ``storage_dir``. When the target's directory is reachable
+        from here (``ex_target_storage_dir``: two daemons on one machine, or a mounted path), the
+        destination disks are pre-created there, owned like that directory, and the domain XML is
+        rewritten to use them; otherwise the target must already hold disks at the same paths (or a
+        libvirt storage pool that lets it create them). On success the source disks are removed.
+        """
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_NON_SHARED_DISK)
+        owned = (self.storage_dir / "disks").resolve()
 
-        def migrate(conn: libvirt.virConnect) -> None:
-            dest = libvirt.open(target_host)
+        def migrate(conn: libvirt.virConnect) -> list[Path]:
+            dom = conn.lookupByUUIDString(vm_id)
+            tree = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+            moved: list[Path] = []
+            created: list[Path] = []
+            params: dict[str, Any] = {}
+            if ex_target_storage_dir:
+                target_dir = Path(ex_target_storage_dir)
+                (target_dir / "disks").mkdir(parents=True, exist_ok=True)
+                for source in tree.findall("devices/disk/source"):
+                    path = Path(source.get("file") or "")
+                    if path.parent.resolve() != owned:
+                        continue
+                    new = target_dir / "disks" / path.name
+                    capacity = dom.blockInfo(str(path))[0]
+                    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(new), str(capacity)],
+                                   check=True, capture_output=True)
+                    owner = target_dir.stat()
+                    if os.geteuid() == 0:
+                        os.chown(new, owner.st_uid, owner.st_gid)
+                    source.set("file", str(new))
+                    moved.append(path)
+                    created.append(new)
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = ET.tostring(tree, encoding="unicode")
             try:
-                conn.lookupByUUIDString(vm_id).migrate(dest, flags, None, None, 0)
-            finally:
-                dest.close()
+                dest = libvirt.open(target_host)
+                try:
+                    dom.migrate3(dest, params, flags)
+                finally:
+                    dest.close()
+            except libvirt.libvirtError:
+                for path in created:
+                    path.unlink(missing_ok=True)
+                raise
+            return moved
 
-        await self._call("live_migrate", migrate)
+        try:
+            moved = await self._call("live_migrate", migrate)
+        except subprocess.CalledProcessError as exc:
+            raise DriverError(exc.stderr.decode(errors="replace").strip(), provider=self.name,
+                              operation="live_migrate") from None
+        for path in moved:
+            path.unlink(missing_ok=True)

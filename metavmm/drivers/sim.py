@@ -59,8 +59,9 @@ class SimDriver(DriverBase):
     capabilities = frozenset({
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
         Capability.GPU, Capability.SUSPEND, Capability.NESTED_VIRT, Capability.IMPORT_IMAGE,
-        Capability.EXPORT_IMAGE,
+        Capability.MULTI_REGION,
     })
+    image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})  # simulated: nothing converts
 
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)

@@ -1,0 +1,388 @@
+"""OpenStack clouds through openstacksdk, one provider entry per cloud, one site per region.
+
+Credentials come from clouds.yaml, exactly as for the ``openstack`` command: ``cloud`` names the
+entry (found through ``OS_CLIENT_CONFIG_FILE``, ``./clouds.yaml``, ``~/.config/openstack`` or
+``/etc/openstack``), and ``regions`` picks some of its regions (default: all it lists). Per-region
+settings such as endpoint overrides live in clouds.yaml too. The federation file never holds a
+password.
+
+Hosts come from nova's hypervisor API. Microversion 2.88 dropped the CPU and memory fields from it,
+so the detail call asks for 2.87 to get ``cpu_info`` (arch, vendor, model, features); everything
+else runs at the cloud's configured ``compute_api_version``. Servers the broker creates carry the
+``OWNER_TAG`` metadata key; the rest are reported as unmanaged. VM ids are ``region/uuid``.
+
+openstacksdk blocks: every call runs off the event loop (:meth:`DriverBase.provider_call`), and its
+exceptions are turned into the typed errors of :mod:`metavmm.errors` here, the message verbatim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+from typing import Any, ClassVar
+
+import keystoneauth1.exceptions as ks_exc
+import openstack
+import openstack.config
+import openstack.exceptions as os_exc
+
+from metavmm.drivers.base import (
+    OWNER_TAG,
+    Capability,
+    DriverBase,
+    FlavorInfo,
+    HostInfo,
+    ImageInfo,
+    Inventory,
+    SiteInfo,
+    VmInfo,
+    VmSpec,
+    VmState,
+    region_id,
+    split_region_id,
+)
+from metavmm.errors import (
+    AuthError,
+    ConfigError,
+    DriverError,
+    ProviderConflict,
+    ProviderNotFound,
+    ProviderQuotaExceeded,
+    ProviderThrottled,
+    ProviderUnavailable,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+HYPERVISOR_CPU_MICROVERSION = "2.87"  # the last one whose hypervisor detail has cpu_info, vcpus, memory_mb
+
+
+def _gpus_of(extra_specs: dict[str, str]) -> tuple[str | None, int]:
+    """GPU model and count from a flavor's extra specs (PCI alias ``model:count`` or ``resources:VGPU``)."""
+    alias = extra_specs.get("pci_passthrough:alias")
+    if alias:
+        model, _, count = alias.split(",")[0].partition(":")
+        return model, int(count or 1) if (count or "1").isdigit() else 1
+    vgpu = extra_specs.get("resources:VGPU")
+    if vgpu and vgpu.isdigit():
+        return extra_specs.get("trait:CUSTOM_GPU_MODEL") or "vGPU", int(vgpu)
+    return None, 0
+
+
+class OpenStackDriver(DriverBase):
+    kind: ClassVar[str] = "openstack"
+    capabilities = frozenset({
+        Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION, Capability.CONSOLE,
+        Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK,
+        Capability.SET_NETMASK, Capability.GPU, Capability.NESTED_VIRT, Capability.MULTI_REGION, Capability.TAGS,
+    })
+    STATE_MAP: ClassVar[dict[str, VmState]] = {
+        "ACTIVE": VmState.RUNNING,
+        "BUILD": VmState.PENDING,
+        "REBUILD": VmState.PENDING,
+        "REBOOT": VmState.PENDING,
+        "HARD_REBOOT": VmState.PENDING,
+        "RESIZE": VmState.PENDING,
+        "VERIFY_RESIZE": VmState.PENDING,
+        "MIGRATING": VmState.MIGRATING,
+        "SHUTOFF": VmState.STOPPED,
+        "SHELVED": VmState.STOPPED,
+        "SHELVED_OFFLOADED": VmState.STOPPED,
+        "PAUSED": VmState.SUSPENDED,
+        "SUSPENDED": VmState.SUSPENDED,
+        "ERROR": VmState.ERROR,
+        "DELETED": VmState.DELETED,
+        "SOFT_DELETED": VmState.DELETED,
+    }
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config.name)
+        self.cloud: str = config.cloud
+        self._overrides = {k: v for k, v in {
+            "compute_api_version": config.compute_api_version,
+            "compute_endpoint_override": config.compute_endpoint_override,
+        }.items() if v}
+        self._site_configs = {s.region: s for s in config.sites}
+        self.regions: tuple[str, ...] = tuple(config.regions) or self._cloud_regions()
+        self._conns: dict[str, openstack.connection.Connection] = {}
+        self._conns_lock = threading.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _cloud_regions(self) -> tuple[str, ...]:
+        """The regions clouds.yaml lists for this cloud ('' when it lists none)."""
+        try:
+            regions = openstack.config.OpenStackConfig().get_all()
+        except os_exc.ConfigException as exc:
+            raise ConfigError(f"{self.name}: clouds.yaml: {exc}") from None
+        names = tuple(r.region_name or "" for r in regions if r.name == self.cloud)
+        if not names:
+            raise ConfigError(f"{self.name}: no cloud {self.cloud!r} in clouds.yaml "
+                              "(looked in OS_CLIENT_CONFIG_FILE, ./clouds.yaml, ~/.config/openstack, /etc/openstack)")
+        return names
+
+    def _conn(self, region: str) -> openstack.connection.Connection:
+        with self._conns_lock:
+            conn = self._conns.get(region)
+            if conn is None:
+                try:
+                    conn = openstack.connect(cloud=self.cloud, region_name=region or None, **self._overrides)
+                except os_exc.ConfigException as exc:
+                    raise ConfigError(f"{self.name}: clouds.yaml: {exc}") from None
+                self._conns[region] = conn
+            return conn
+
+    def convert_error(self, exc: Exception, operation: str) -> DriverError | None:
+        kw = {"provider": self.name, "operation": operation}
+        if isinstance(exc, os_exc.HttpException):
+            status = exc.status_code or 0
+            text = str(exc.details or exc.message or exc)
+            if exc.details and exc.details not in str(exc.message):
+                text = f"{exc.message}: {exc.details}"
+            if status == 429:
+                return ProviderThrottled(text, **kw)
+            if status in (401, 403) and "quota" in text.lower():
+                return ProviderQuotaExceeded(text, **kw)
+            if status in (401, 403):
+                return AuthError(text, **kw)
+            if status == 404:
+                return ProviderNotFound(text, **kw)
+            if status == 409:
+                return ProviderConflict(text, **kw)
+            if status in (502, 503, 504):
+                return ProviderUnavailable(text, **kw)
+            return DriverError(text, **kw)
+        if isinstance(exc, os_exc.ResourceNotFound):
+            return ProviderNotFound(str(exc), **kw)
+        if isinstance(exc, ks_exc.Unauthorized | ks_exc.AuthorizationFailure | ks_exc.MissingAuthPlugin):
+            return AuthError(str(exc), **kw)
+        if isinstance(exc, ks_exc.ConnectFailure | ks_exc.ConnectTimeout | ks_exc.DiscoveryFailure):
+            return ProviderUnavailable(str(exc), **kw)
+        if isinstance(exc, os_exc.SDKException | ks_exc.ClientException):
+            return DriverError(str(exc), **kw)
+        return None
+
+    async def _sdk(self, region: str, operation: str, fn: Any) -> Any:
+        """Run ``fn(connection)`` for ``region`` off the loop, lists fully materialised."""
+        def run() -> Any:
+            result = fn(self._conn(region))
+            return list(result) if hasattr(result, "__next__") else result
+
+        return await self.provider_call(operation, run)
+
+    def _split(self, vm_id: str, operation: str) -> tuple[str, str]:
+        return split_region_id(vm_id, self.regions, self.name, operation)
+
+    # --- inventory ------------------------------------------------------------------------------
+
+    def _host(self, region: str, hv: dict[str, Any]) -> HostInfo:
+        cpu = hv.get("cpu_info") or {}
+        if isinstance(cpu, str):  # older clouds return it as a JSON string
+            cpu = json.loads(cpu) if cpu.strip().startswith("{") else {}
+        version = hv.get("hypervisor_version")
+        if isinstance(version, int) and version >= 1000:
+            version = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+        features = tuple(sorted(cpu.get("features", [])))
+        return HostInfo(
+            name=hv.get("hypervisor_hostname") or hv.get("service", {}).get("host", ""), region=region,
+            hypervisor_type=str(hv.get("hypervisor_type", "unknown")).lower(),
+            hypervisor_version=str(version) if version is not None else None,
+            cpu_arch=cpu.get("arch", "x86_64"), cpu_vendor=cpu.get("vendor"), cpu_model=cpu.get("model"),
+            cpu_features=features, cpu_cores=int(hv.get("vcpus") or 0), memory_mib=int(hv.get("memory_mb") or 0),
+            disk_gib=int(hv.get("local_gb") or 0), vcpus_used=int(hv.get("vcpus_used") or 0),
+            memory_mib_used=int(hv.get("memory_mb_used") or 0),
+            nested_virt=bool({"vmx", "svm"} & set(features)),
+            state="up" if hv.get("state") == "up" and hv.get("status") == "enabled" else "down",
+            extra={"service_host": hv.get("service", {}).get("host"), "host_ip": hv.get("host_ip"),
+                   "topology": cpu.get("topology")},
+        )
+
+    def _hypervisors(self, conn: openstack.connection.Connection) -> list[dict[str, Any]]:
+        """Hypervisor details; a cloud that keeps them for admins reports no hosts (like a public cloud)."""
+        resp = conn.compute.get("/os-hypervisors/detail", microversion=HYPERVISOR_CPU_MICROVERSION)
+        if resp.status_code == 403:
+            log.info("%s: hypervisors are admin-only here: no host inventory", self.name)
+            return []
+        os_exc.raise_from_response(resp)
+        return list(resp.json().get("hypervisors", []))
+
+    def _flavor(self, region: str, f: Any) -> FlavorInfo:
+        specs = dict(f.extra_specs or {})
+        gpu_model, gpu_count = _gpus_of(specs)
+        return FlavorInfo(name=f.name, vcpus=int(f.vcpus), ram_mib=int(f.ram), disk_gib=int(f.disk or 0),
+                          gpu_model=gpu_model, gpu_count=gpu_count, arch=specs.get("hw:architecture"),
+                          provider_flavor_id=f.id, region=region,
+                          extra={"extra_specs": specs, "is_public": f.is_public, "swap_mib": f.swap or 0})
+
+    def _vm_info(self, region: str, s: Any) -> VmInfo:
+        meta = dict(s.metadata or {})
+        flavor = s.flavor
+        flavor_name = (flavor.get("original_name") or flavor.get("name") or flavor.get("id")) if flavor else None
+        image = s.image.get("id") if s.image else None
+        return VmInfo(
+            provider_vm_id=region_id(region, s.id), name=s.name, region=region, state=self.map_state(s.status),
+            host=s.hypervisor_hostname or s.compute_host, flavor=flavor_name, image=image,
+            workload_id=meta.get(OWNER_TAG),
+            extra={k: v for k, v in {"native_state": s.status, "zone": s.availability_zone,
+                                     "task_state": s.task_state, "fault": (s.fault or {}).get("message"),
+                                     "addresses": s.addresses, "metadata": meta}.items() if v},
+        )
+
+    def _servers(self, conn: openstack.connection.Connection) -> list[Any]:
+        """Every project's servers for an admin; a member sees (and the broker syncs) its own project's."""
+        try:
+            return list(conn.compute.servers(details=True, all_projects=True))
+        except os_exc.ForbiddenException:
+            return list(conn.compute.servers(details=True))
+
+    async def _region_inventory(self, region: str) -> Inventory:
+        def read(conn: openstack.connection.Connection) -> Inventory:
+            cfg = self._site_configs.get(region)
+            zones = tuple(sorted(z.name for z in conn.compute.availability_zones() if z.state.get("available")))
+            site = SiteInfo(region, zones, cfg.country if cfg else None, cfg.location if cfg else None)
+            hosts = tuple(self._host(region, hv) for hv in self._hypervisors(conn))
+            flavors = tuple(self._flavor(region, f) for f in conn.compute.flavors(details=True, get_extra_specs=True))
+            images = tuple(
+                ImageInfo(provider_image_id=i.id, name=i.name or i.id, region=region, format=i.disk_format or "raw",
+                          size_bytes=int(i.size or 0), checksum=i.checksum, arch=i.architecture,
+                          extra={"status": i.status, "visibility": i.visibility})
+                for i in conn.image.images())
+            vms = tuple(self._vm_info(region, s) for s in self._servers(conn) if s.status not in ("DELETED",))
+            return Inventory(sites=(site,), hosts=hosts, flavors=flavors, images=images, vms=vms)
+
+        return await self._sdk(region, "inventory", read)
+
+    async def inventory(self) -> Inventory:
+        parts = await asyncio.gather(*(self._region_inventory(r) for r in self.regions))
+        return Inventory(sites=tuple(s for p in parts for s in p.sites), hosts=tuple(h for p in parts for h in p.hosts),
+                         flavors=tuple(f for p in parts for f in p.flavors),
+                         images=tuple(i for p in parts for i in p.images), vms=tuple(v for p in parts for v in p.vms))
+
+    async def list_vms(self) -> list[VmInfo]:
+        out: list[VmInfo] = []
+        for region in self.regions:
+            servers = await self._sdk(region, "list_vms", self._servers)
+            out += [self._vm_info(region, s) for s in servers]
+        return out
+
+    async def get_vm(self, vm_id: str) -> VmInfo:
+        region, sid = self._split(vm_id, "get_vm")
+        return self._vm_info(region, await self._sdk(region, "get_vm", lambda c: c.compute.get_server(sid)))
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def _pick_flavor(self, conn: openstack.connection.Connection, spec: VmSpec) -> str:
+        if spec.flavor:
+            try:
+                return str(conn.compute.find_flavor(spec.flavor, ignore_missing=False).id)
+            except os_exc.NotFoundException:
+                raise ValidationError(f"{self.name}: no flavor {spec.flavor!r} in region {spec.region}") from None
+        fits = [self._flavor(spec.region, f) for f in conn.compute.flavors(details=True, get_extra_specs=True)]
+        fits = [f for f in fits if f.vcpus >= spec.vcpus and f.ram_mib >= spec.ram_mib and f.disk_gib >= spec.disk_gib
+                and f.gpu_count >= spec.gpu_count and (not spec.gpu_model or f.gpu_model == spec.gpu_model)]
+        if not fits:
+            raise ValidationError(f"{self.name}: no flavor in {spec.region} has {spec.vcpus} vCPU, {spec.ram_mib} MiB, "
+                                  f"{spec.disk_gib} GiB disk")
+        best = min(fits, key=lambda f: (f.gpu_count, f.vcpus, f.ram_mib, f.disk_gib, f.name))
+        return str(best.provider_flavor_id)
+
+    async def create_vm(self, spec: VmSpec) -> VmInfo:
+        """Create a server; ``spec.networks`` are network ids (none given: ``extra['networks']`` or 'auto')."""
+        if spec.region not in self.regions:
+            raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+
+        def create(conn: openstack.connection.Connection) -> Any:
+            attrs: dict[str, Any] = {
+                "name": spec.name, "image_id": spec.image, "flavor_id": self._pick_flavor(conn, spec),
+                "networks": [{"uuid": n} for n in spec.networks] or spec.extra.get("networks", "auto"),
+                "metadata": {OWNER_TAG: spec.workload_id} if spec.workload_id else {},
+            }
+            if spec.zone:
+                attrs["availability_zone"] = spec.zone
+            if spec.host:
+                attrs["host"] = spec.host  # microversion 2.74, admin only
+            if spec.user_data:
+                attrs["user_data"] = base64.b64encode(spec.user_data.encode()).decode()
+            if spec.ssh_key:
+                attrs["key_name"] = spec.ssh_key
+            return conn.compute.create_server(**attrs)
+
+        server = await self._sdk(spec.region, "create_vm", create)
+        return await self.get_vm(region_id(spec.region, server.id))
+
+    async def _server_op(self, vm_id: str, operation: str, fn: Any) -> Any:
+        region, sid = self._split(vm_id, operation)
+        return await self._sdk(region, operation, lambda c: fn(c.compute, sid))
+
+    async def start_vm(self, vm_id: str) -> None:
+        """Power on, or resume/unpause/unshelve, whichever the server's state calls for."""
+        def start(compute: Any, sid: str) -> None:
+            server = compute.get_server(sid)
+            verb = {"SUSPENDED": compute.resume_server, "PAUSED": compute.unpause_server,
+                    "SHELVED": compute.unshelve_server, "SHELVED_OFFLOADED": compute.unshelve_server}
+            verb.get(server.status, compute.start_server)(server)
+
+        await self._server_op(vm_id, "start_vm", start)
+
+    async def stop_vm(self, vm_id: str) -> None:
+        await self._server_op(vm_id, "stop_vm", lambda c, s: c.stop_server(s))
+
+    async def restart_vm(self, vm_id: str) -> None:
+        await self._server_op(vm_id, "restart_vm", lambda c, s: c.reboot_server(s, "SOFT"))
+
+    async def suspend_vm(self, vm_id: str) -> None:
+        await self._server_op(vm_id, "suspend_vm", lambda c, s: c.suspend_server(s))
+
+    async def delete_vm(self, vm_id: str) -> None:
+        await self._server_op(vm_id, "delete_vm", lambda c, s: c.delete_server(s))
+
+    async def live_migrate(self, vm_id: str, target_host: str, timeout_s: float = 120) -> None:
+        """Live-migrate to nova host ``target_host`` and wait until the server is ACTIVE there."""
+        await self._server_op(vm_id, "live_migrate",
+                              lambda c, s: c.live_migrate_server(s, host=target_host, block_migration="auto"))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            vm = await self.get_vm(vm_id)
+            if vm.state == VmState.RUNNING and vm.host == target_host:
+                return
+            # nova sets task_state before it answers; ACTIVE without one on the old host means rolled back.
+            if vm.state == VmState.ERROR or (vm.state == VmState.RUNNING and not vm.extra.get("task_state")):
+                raise DriverError(f"live migration to {target_host} failed; the server is {vm.state} on {vm.host}"
+                                  + (f": {vm.extra['fault']}" if vm.extra.get("fault") else ""),
+                                  provider=self.name, operation="live_migrate")
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"live migration to {target_host} did not finish in {timeout_s:.0f} s",
+                                  provider=self.name, operation="live_migrate")
+            await asyncio.sleep(0.3)
+
+    # --- storage and network --------------------------------------------------------------------
+
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None:
+        await self._server_op(vm_id, "attach_volume",
+                              lambda c, s: c.create_volume_attachment(s, volume=volume_id))
+
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        await self._server_op(vm_id, "detach_volume",
+                              lambda c, s: c.delete_volume_attachment(s, volume_id, ignore_missing=False))
+
+    async def attach_network(self, vm_id: str, network_id: str) -> None:
+        await self._server_op(vm_id, "attach_network", lambda c, s: c.create_server_interface(s, net_id=network_id))
+
+    async def detach_network(self, vm_id: str, network_id: str) -> None:
+        def detach(compute: Any, sid: str) -> None:
+            for iface in compute.server_interfaces(sid):
+                if network_id in (iface.net_id, iface.port_id):
+                    compute.delete_server_interface(iface.port_id, server=sid)
+                    return
+            raise ProviderNotFound(f"server {sid} has no interface on {network_id}", provider=self.name,
+                                   operation="detach_network")
+
+        await self._server_op(vm_id, "detach_network", detach)
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            await self.blocking(conn.close)

@@ -1,0 +1,217 @@
+"""The libvirt driver against a real libvirtd with QEMU (TCG domains, 64 MiB, empty qcow2 disks)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from metavmm.broker.config import LibvirtProvider
+from metavmm.drivers.base import Capability, DiskRef, Driver, VmSpec, VmState
+from metavmm.drivers.libvirt import LibvirtDriver
+from metavmm.errors import DriverError, ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.translators.cpu_traits import cpu_traits
+from tests.drivers.conftest import SessionHost, qemu_img, unique
+
+pytestmark = pytest.mark.usefixtures("system_libvirt")
+
+
+def _driver(uri: str, storage: Path, name: str = "kvm-test") -> LibvirtDriver:
+    return LibvirtDriver(LibvirtProvider(name=name, kind="libvirt", endpoint=uri, domain_type="qemu",
+                                         storage_dir=str(storage)))
+
+
+@pytest.fixture
+async def driver(system_libvirt: str, libvirt_storage: Path) -> AsyncIterator[LibvirtDriver]:
+    drv = _driver(system_libvirt, libvirt_storage)
+    created: list[str] = []
+    original = drv.create_vm
+
+    async def tracking_create(spec: VmSpec):  # type: ignore[no-untyped-def]
+        vm = await original(spec)
+        created.append(vm.provider_vm_id)
+        return vm
+
+    drv.create_vm = tracking_create  # type: ignore[method-assign]
+    yield drv
+    for vm_id in created:  # leave the shared daemon as we found it, even after a failure
+        with contextlib.suppress(ProviderNotFound):
+            await drv.delete_vm(vm_id)
+    await drv.close()
+
+
+def _spec(**kw: object) -> VmSpec:
+    return VmSpec(**{"name": unique("mv-test"), "region": "local", "image": "", "ram_mib": 64, "disk_gib": 1, **kw})
+
+
+def test_driver_satisfies_the_protocol(libvirt_storage: Path) -> None:
+    drv = _driver("qemu:///system", libvirt_storage)
+    assert isinstance(drv, Driver)
+    assert Capability.LIVE_MIGRATION in drv.capabilities
+    assert {"qcow2", "raw", "vmdk", "vpc"} <= drv.image_import_formats
+
+
+async def test_inventory_reports_host_cpu_from_capabilities(driver: LibvirtDriver) -> None:
+    inv = await driver.inventory()
+    assert [s.region for s in inv.sites] == ["local"]
+    (host,) = inv.hosts
+    caps = libvirt.open("qemu:///system")
+    try:
+        expected_model = caps.getCapabilities().split("<model>")[1].split("</model>")[0]
+    finally:
+        caps.close()
+    assert host.cpu_arch == "x86_64"
+    assert host.cpu_model == expected_model
+    assert host.cpu_vendor in ("Intel", "AMD")
+    assert "sse2" in host.cpu_features and len(host.cpu_features) > 10  # expanded, not just the listed extras
+    traits = cpu_traits(host.cpu_arch, host.cpu_features)
+    assert "HW_CPU_X86_SSE2" in traits
+    assert host.hypervisor_type in ("kvm", "qemu")
+    assert host.memory_mib > 0 and host.cpu_cores > 0
+
+
+async def test_lifecycle_on_real_qcow2(driver: LibvirtDriver, libvirt_storage: Path) -> None:
+    started = time.perf_counter()
+    vm = await driver.create_vm(_spec(workload_id="wl-lifecycle"))
+    assert vm.state == VmState.RUNNING and vm.workload_id == "wl-lifecycle"
+    disk = libvirt_storage / "disks" / f"{vm.provider_vm_id}.qcow2"
+    info = json.loads(qemu_img("info", "-U", "--output=json", "-f", "qcow2", str(disk)))
+    assert info["format"] == "qcow2" and info["virtual-size"] == 2**30
+
+    await driver.suspend_vm(vm.provider_vm_id)
+    assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.SUSPENDED
+    await driver.start_vm(vm.provider_vm_id)  # resumes
+    assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING
+    await driver.restart_vm(vm.provider_vm_id)
+    assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING
+    await driver.stop_vm(vm.provider_vm_id)
+    assert (await driver.wait_for(vm.provider_vm_id, VmState.STOPPED, timeout_s=10)).state == VmState.STOPPED
+    await driver.start_vm(vm.provider_vm_id)
+    assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING
+    listed = {v.provider_vm_id: v for v in await driver.list_vms()}
+    assert listed[vm.provider_vm_id].name == vm.name
+
+    await driver.delete_vm(vm.provider_vm_id)
+    with pytest.raises(ProviderNotFound, match=r"kvm-test: get_vm: .*[Dd]omain"):
+        await driver.get_vm(vm.provider_vm_id)
+    assert not disk.exists()
+    print(f"\nlibvirt lifecycle: {time.perf_counter() - started:.2f} s")
+
+
+async def test_attach_and_detach_a_volume(driver: LibvirtDriver, libvirt_storage: Path) -> None:
+    vm = await driver.create_vm(_spec())
+    volume = libvirt_storage / f"{unique('vol')}.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(volume), "64M")
+    await driver.attach_volume(vm.provider_vm_id, str(volume))  # hot-plug into the running guest
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.lookupByUUIDString(vm.provider_vm_id)
+        assert str(volume) in dom.XMLDesc()
+        assert str(volume) in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)  # persistent as well
+        # Hot-unplug waits for the guest's ACPI, and these guests have no OS: detach while stopped.
+        await driver.stop_vm(vm.provider_vm_id)
+        await driver.detach_volume(vm.provider_vm_id, str(volume))
+        assert str(volume) not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        conn.close()
+    with pytest.raises(ProviderNotFound, match="has no disk"):
+        await driver.detach_volume(vm.provider_vm_id, str(volume))
+    volume.unlink()
+
+
+async def test_attach_and_detach_a_network(driver: LibvirtDriver) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    conn = libvirt.open("qemu:///system")
+    # An isolated network: a bridge without an address, so no dnsmasq is needed.
+    net = conn.networkCreateXML(f"<network><name>mv-net-{suffix}</name><bridge name='mv{suffix}' stp='off'/>"
+                                "</network>")
+    try:
+        vm = await driver.create_vm(_spec())
+        await driver.attach_network(vm.provider_vm_id, net.name())  # hot-plug into the running guest
+        dom = conn.lookupByUUIDString(vm.provider_vm_id)
+        assert f"network='{net.name()}'" in dom.XMLDesc()
+        assert f"network='{net.name()}'" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        await driver.stop_vm(vm.provider_vm_id)  # hot-unplug would wait for a guest OS these VMs lack
+        await driver.detach_network(vm.provider_vm_id, net.name())
+        assert f"network='{net.name()}'" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        with pytest.raises(ProviderNotFound, match="no interface on network"):
+            await driver.detach_network(vm.provider_vm_id, net.name())
+        await driver.start_vm(vm.provider_vm_id)
+        with pytest.raises(DriverError, match=r"kvm-test: attach_network: .*no-such-net"):
+            await driver.attach_network(vm.provider_vm_id, "no-such-net")
+    finally:
+        net.destroy()
+        conn.close()
+
+
+async def test_import_and_export_convert_with_qemu_img(driver: LibvirtDriver, libvirt_storage: Path,
+                                                       tmp_path: Path) -> None:
+    source = tmp_path / "disk.vmdk"
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"metavmm" * 100_000)
+    qemu_img("convert", "-q", "-f", "raw", "-O", "vmdk", str(raw), str(source))
+    name = unique("img")
+    image = await driver.import_image(DiskRef(str(source), "vmdk"), name, "local")
+    assert image.format == "qcow2" and image.name == name
+    assert image.provider_image_id in {i.provider_image_id for i in (await driver.inventory()).images}
+    out = tmp_path / "out"
+    out.mkdir()
+    exported = await driver.export_image(image.provider_image_id, str(out))
+    assert exported.format == "qcow2"
+    same = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", str(raw), exported.path])
+    assert same.returncode == 0
+
+    with pytest.raises(ProviderConflict, match="already exists"):
+        await driver.import_image(DiskRef(str(source), "vmdk"), name, "local")
+    with pytest.raises(ValidationError, match="cannot import iso"):
+        await driver.import_image(DiskRef(str(source), "iso"), unique("img"), "local")
+    with pytest.raises(ValidationError, match="image name"):
+        await driver.import_image(DiskRef(str(source), "vmdk"), "../escape", "local")
+    with pytest.raises(DriverError, match=r"kvm-test: import_image: .*qemu-img: "):  # qemu-img's words, verbatim
+        await driver.import_image(DiskRef(str(raw), "vhdx"), unique("img"), "local")
+    with pytest.raises(ProviderNotFound):
+        await driver.export_image("/etc/passwd", str(out))
+    Path(image.provider_image_id).unlink()
+
+
+async def test_unknown_domain_and_unreachable_daemon_are_typed_errors(driver: LibvirtDriver,
+                                                                       libvirt_storage: Path) -> None:
+    with pytest.raises(ProviderNotFound, match="kvm-test: start_vm: "):
+        await driver.start_vm("00000000-0000-0000-0000-000000000000")
+    dead = _driver("qemu+unix:///system?socket=/nonexistent/sock", libvirt_storage, name="dead")
+    with pytest.raises(DriverError, match=r"dead: connect: .*/nonexistent/sock"):
+        await dead.inventory()
+
+
+async def test_live_migration_between_two_daemons(session_daemons: tuple[SessionHost, SessionHost]) -> None:
+    src_host, dst_host = session_daemons
+    src = _driver(src_host.uri, src_host.storage_dir, name="host-a")
+    dst = _driver(dst_host.uri, dst_host.storage_dir, name="host-b")
+    try:
+        vm = await src.create_vm(_spec(workload_id="wl-migrate"))
+        assert vm.state == VmState.RUNNING
+        started = time.perf_counter()
+        await src.live_migrate(vm.provider_vm_id, dst_host.uri, ex_target_storage_dir=str(dst_host.storage_dir))
+        elapsed = time.perf_counter() - started
+        moved = await dst.get_vm(vm.provider_vm_id)
+        assert moved.state == VmState.RUNNING and moved.workload_id == "wl-migrate"
+        assert vm.provider_vm_id not in {v.provider_vm_id for v in await src.list_vms()}
+        assert (dst_host.storage_dir / "disks" / f"{vm.provider_vm_id}.qcow2").exists()
+        assert not (src_host.storage_dir / "disks" / f"{vm.provider_vm_id}.qcow2").exists()
+        print(f"\nlibvirt live migration: {elapsed:.2f} s")
+
+        with pytest.raises(DriverError, match="host-b: live_migrate: "):  # it is no longer on host-a's peer
+            await dst.live_migrate(vm.provider_vm_id, "qemu+unix:///session?socket=/nonexistent/sock",
+                                   ex_target_storage_dir=str(src_host.storage_dir))
+        assert (await dst.get_vm(vm.provider_vm_id)).state == VmState.RUNNING  # still running where it was
+        await dst.delete_vm(vm.provider_vm_id)
+    finally:
+        await src.close()
+        await dst.close()

@@ -1,0 +1,174 @@
+"""The OpenStack driver against real nova (fake virt driver, placement) in two processes = two regions.
+
+Credentials and endpoints come from the clouds.yaml the ``nova_cloud`` fixture writes, found through
+OS_CLIENT_CONFIG_FILE like any OpenStack tool finds it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import openstack
+import pytest
+
+from metavmm.broker.config import OpenStackProvider
+from metavmm.drivers.base import Capability, Driver, VmSpec, VmState
+from metavmm.drivers.openstack import OpenStackDriver
+from metavmm.errors import AuthError, ConfigError, DriverError, ProviderConflict, ProviderNotFound, ValidationError
+from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
+
+NEUTRON_NET = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # nova's NeutronFixture network_1
+CINDER_VOLUME = "227cc671-f30b-4488-96fd-7d0bf13648d8"  # a volume nova's CinderFixture knows
+
+
+def _config(nova: NovaCloud, **kw: object) -> OpenStackProvider:
+    return OpenStackProvider(**{"name": "os-test", "kind": "openstack", "cloud": nova.cloud, **kw})
+
+
+@pytest.fixture
+async def driver(nova_cloud: NovaCloud) -> AsyncIterator[OpenStackDriver]:
+    drv = OpenStackDriver(_config(nova_cloud))
+    yield drv
+    await drv.close()
+
+
+def _spec(region: str = "RegionOne", **kw: object) -> VmSpec:
+    return VmSpec(**{"name": unique("srv"), "region": region, "image": NOVA_IMAGE, "flavor": "m1.tiny",
+                     "extra": {"networks": "none"}, **kw})
+
+
+async def test_regions_come_from_clouds_yaml(driver: OpenStackDriver, nova_cloud: NovaCloud) -> None:
+    assert isinstance(driver, Driver) and Capability.LIVE_MIGRATION in driver.capabilities
+    assert driver.regions == tuple(nova_cloud.regions)
+    only = OpenStackDriver(_config(nova_cloud, regions=["RegionTwo"]))
+    assert only.regions == ("RegionTwo",)
+
+
+async def test_inventory_of_two_regions(driver: OpenStackDriver, nova_cloud: NovaCloud) -> None:
+    inv = await driver.inventory()
+    assert [s.region for s in inv.sites] == ["RegionOne", "RegionTwo"]
+    assert inv.sites[0].zones == ("nova",)
+    hosts = sorted((h.region, h.name) for h in inv.hosts)
+    assert hosts == [(r, h) for r in ("RegionOne", "RegionTwo") for h in nova_cloud.hosts]
+    host = inv.hosts[0]
+    # the fake virt driver's cpu_info, read through microversion 2.87
+    assert (host.hypervisor_type, host.cpu_arch, host.cpu_vendor, host.cpu_model) == ("fake", "x86_64", "Intel",
+                                                                                      "Nehalem")
+    assert host.cpu_features and host.memory_mib > 0 and host.cpu_cores > 0
+    flavors = {(f.region, f.name): f for f in inv.flavors}
+    tiny = flavors[("RegionTwo", "m1.tiny")]
+    assert (tiny.vcpus, tiny.ram_mib) == (1, 512)
+    assert NOVA_IMAGE in {i.provider_image_id for i in inv.images if i.region == "RegionOne"}
+
+
+async def test_lifecycle_and_live_migration(driver: OpenStackDriver) -> None:
+    started = time.perf_counter()
+    vm = await driver.create_vm(_spec(workload_id="wl-os"))
+    assert vm.provider_vm_id.startswith("RegionOne/") and vm.workload_id == "wl-os"
+    vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    assert vm.flavor == "m1.tiny" and vm.host in ("compute1", "compute2")
+
+    await driver.stop_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.STOPPED)
+    await driver.start_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    await driver.suspend_vm(vm.provider_vm_id)
+    assert (await driver.wait_for(vm.provider_vm_id, VmState.SUSPENDED)).extra["native_state"] == "SUSPENDED"
+    await driver.start_vm(vm.provider_vm_id)  # resumes
+    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    await driver.restart_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+
+    target = "compute2" if vm.host == "compute1" else "compute1"
+    await driver.live_migrate(vm.provider_vm_id, target)
+    moved = await driver.get_vm(vm.provider_vm_id)
+    assert (moved.host, moved.state) == (target, VmState.RUNNING)
+
+    await driver.delete_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.DELETED)
+    with pytest.raises(ProviderNotFound, match="os-test: get_vm: "):
+        await driver.get_vm(vm.provider_vm_id)
+    print(f"\nopenstack lifecycle (with live migration): {time.perf_counter() - started:.2f} s")
+
+
+async def test_second_region_is_a_separate_nova(driver: OpenStackDriver) -> None:
+    vm = await driver.create_vm(_spec("RegionTwo", host="compute2"))
+    vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    assert vm.region == "RegionTwo" and vm.host == "compute2"
+    region_one = {v.provider_vm_id for v in await driver.list_vms() if v.region == "RegionOne"}
+    assert vm.provider_vm_id.replace("RegionTwo", "RegionOne") not in region_one
+    with pytest.raises(ProviderNotFound):
+        await driver.get_vm(vm.provider_vm_id.replace("RegionTwo", "RegionOne"))
+    await driver.delete_vm(vm.provider_vm_id)
+
+
+async def test_attach_and_detach_volume_and_network(driver: OpenStackDriver, nova_cloud: NovaCloud) -> None:
+    vm = await driver.wait_for((await driver.create_vm(_spec())).provider_vm_id, VmState.RUNNING)
+    sid = vm.provider_vm_id.split("/")[1]
+    conn = openstack.connect(cloud=nova_cloud.cloud, region_name="RegionOne")
+    try:
+        await driver.attach_volume(vm.provider_vm_id, CINDER_VOLUME)
+        assert [a.volume_id for a in conn.compute.volume_attachments(sid)] == [CINDER_VOLUME]
+        await driver.detach_volume(vm.provider_vm_id, CINDER_VOLUME)
+        assert list(conn.compute.volume_attachments(sid)) == []
+
+        await driver.attach_network(vm.provider_vm_id, NEUTRON_NET)
+        assert [i.net_id for i in conn.compute.server_interfaces(sid)] == [NEUTRON_NET]
+        await driver.detach_network(vm.provider_vm_id, NEUTRON_NET)
+        assert list(conn.compute.server_interfaces(sid)) == []
+        with pytest.raises(ProviderNotFound, match="has no interface"):
+            await driver.detach_network(vm.provider_vm_id, NEUTRON_NET)
+    finally:
+        conn.close()
+    await driver.delete_vm(vm.provider_vm_id)
+
+
+async def test_nova_errors_arrive_verbatim(driver: OpenStackDriver) -> None:
+    with pytest.raises(ValidationError, match=r"no flavor 'm9\.galactic' in region RegionOne"):
+        await driver.create_vm(_spec(flavor="m9.galactic"))
+    with pytest.raises(DriverError, match=r"os-test: create_vm: BadRequestException: 400: Can not find requested"):
+        await driver.create_vm(_spec(image="00000000-0000-0000-0000-000000000000"))
+    vm = await driver.wait_for((await driver.create_vm(_spec())).provider_vm_id, VmState.RUNNING)
+    with pytest.raises(DriverError, match=r"os-test: live_migrate: .*Compute host nowhere could not be found"):
+        await driver.live_migrate(vm.provider_vm_id, "nowhere")
+    await driver.stop_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.STOPPED)
+    with pytest.raises(ProviderConflict, match=r"os-test: suspend_vm: .*Cannot 'suspend' instance"):
+        await driver.suspend_vm(vm.provider_vm_id)
+    await driver.delete_vm(vm.provider_vm_id)
+    with pytest.raises(DriverError, match="is not one of RegionOne, RegionTwo"):
+        await driver.get_vm("RegionNine/abc")
+
+
+async def test_a_project_member_sees_no_hosts_and_only_its_servers(driver: OpenStackDriver,
+                                                                  nova_cloud: NovaCloud) -> None:
+    member = OpenStackDriver(_config(nova_cloud, cloud=f"{nova_cloud.cloud}-member"))
+    try:
+        vm = await member.create_vm(_spec(workload_id="wl-member"))
+        inv = await member.inventory()
+        assert inv.hosts == ()  # os-hypervisors is admin-only
+        assert vm.provider_vm_id in {v.provider_vm_id for v in inv.vms}
+        assert (await driver.get_vm(vm.provider_vm_id)).workload_id == "wl-member"  # the admin sees it too
+        with pytest.raises(AuthError, match=r"os-test: live_migrate: ForbiddenException: 403: Policy doesn't allow"):
+            await member.live_migrate(vm.provider_vm_id, "compute2")
+        await member.delete_vm(vm.provider_vm_id)
+    finally:
+        await member.close()
+
+
+async def test_unknown_cloud_is_a_config_error(nova_cloud: NovaCloud) -> None:
+    with pytest.raises(ConfigError, match=r"no cloud 'nowhere' in clouds\.yaml"):
+        OpenStackDriver(_config(nova_cloud, cloud="nowhere"))
+
+
+async def test_servers_made_elsewhere_carry_no_owner(driver: OpenStackDriver, nova_cloud: NovaCloud) -> None:
+    conn = openstack.connect(cloud=nova_cloud.cloud, region_name="RegionTwo")
+    try:
+        server = conn.compute.create_server(name=unique("outside"), image_id=NOVA_IMAGE, flavor_id="1",
+                                            networks="none")
+        listed = {v.provider_vm_id: v for v in await driver.list_vms()}
+        assert listed[f"RegionTwo/{server.id}"].workload_id is None
+        conn.compute.delete_server(server)
+    finally:
+        conn.close()
