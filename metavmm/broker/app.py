@@ -22,6 +22,7 @@ from metavmm.broker.errors import error_middleware, request_id_middleware
 from metavmm.broker.rest import setup_rest
 from metavmm.broker.sync import register_providers, sync_all
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
+from metavmm.occi.routes import setup_occi
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +106,5 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
     app.add_subapp("/api/v1", api)
+    setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app
