@@ -101,12 +101,22 @@ def location_fields(urls: Iterable[str]) -> Fields:
     return [("X-OCCI-Location", url) for url in urls]
 
 
+MAX_HEADER_LINE = 4000  # bytes; servers and clients commonly refuse header lines over 8 KiB
+
+
 def render_text_occi(fields: Fields) -> Rendered:
-    """Fields in headers, one header per field name with comma-joined values; the body is 'OK'."""
-    grouped: dict[str, list[str]] = {}
+    """Fields in headers, comma-joined per field name as the spec recommends; a header that would grow
+    past ``MAX_HEADER_LINE`` continues in a repeated header of the same name. The body is 'OK'."""
+    headers: list[tuple[str, str]] = []
+    current: dict[str, int] = {}  # field name -> index of its open header in ``headers``
     for name, value in fields:
-        grouped.setdefault(name, []).append(value)
-    return [(name, ", ".join(values)) for name, values in grouped.items()], "OK\n"
+        i = current.get(name)
+        if i is not None and len(headers[i][1]) + len(value) + 2 <= MAX_HEADER_LINE:
+            headers[i] = (name, f"{headers[i][1]}, {value}")
+        else:
+            current[name] = len(headers)
+            headers.append((name, value))
+    return headers, "OK\n"
 
 
 def render_text_plain(fields: Fields) -> Rendered:

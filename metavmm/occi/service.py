@@ -47,7 +47,8 @@ from metavmm.occi.parse import CategoryRef, LinkRef, OcciRequest
 
 AUTH_ENABLED = web.AppKey("occi_auth_enabled", bool)
 DRIVERS = web.AppKey("occi_drivers", DriverPool)
-IDENTITY = "identity"  # the request key the auth middleware sets
+IDENTITY = web.RequestKey("identity", object)  # the auth middleware's key: point this at auth's own RequestKey
+_CACHED = web.RequestKey("occi_identity", object)
 DEFAULT_PROJECT = "default"
 KINDS = {k.term: k for k in (*infra.RESOURCE_KINDS, *infra.LINK_KINDS)}
 STATIC_BY_ID = {m.type_id: m for m in infra.STATIC_MIXINS}
@@ -96,12 +97,12 @@ async def _project(maker: async_sessionmaker[AsyncSession], name: str, *, create
 async def occi_identity(request: web.Request) -> OcciIdentity:
     """Who is asking, in which project, with which role.
 
-    The auth middleware puts an identity on ``request["identity"]`` (any object with ``user``,
+    The auth middleware puts an identity on ``request[IDENTITY]`` (any object with ``user``,
     ``project`` or ``project_id``, and ``role``). Without one, the default project is used only when
     auth is not configured (``app[AUTH_ENABLED]`` unset or false); otherwise the answer is 401.
     """
-    cached = request.get("occi_identity")
-    if cached is not None:
+    cached = request.get(_CACHED)
+    if isinstance(cached, OcciIdentity):
         return cached
     maker = request.app[keys.SESSIONS]
     raw = request.get(IDENTITY)
@@ -123,7 +124,7 @@ async def occi_identity(request: web.Request) -> OcciIdentity:
             ident = OcciIdentity(user, project.id or 0, project.name, role)
         else:
             raise Forbidden(f"user {user} has no project")
-    request["occi_identity"] = ident
+    request[_CACHED] = ident
     return ident
 
 

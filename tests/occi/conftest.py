@@ -1,0 +1,94 @@
+"""OCCI fixtures: a broker app over a SIMULATED provider with a marketplace image, and identity helpers.
+
+The sim provider is the reference fake for tests of components above the drivers (the OCCI view
+here); the real provider lifecycle is in test_libvirt_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlmodel import select
+
+from metavmm.broker import keys
+from metavmm.broker.app import create_app
+from metavmm.broker.config import parse_config
+from metavmm.broker.sync import sync_all
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Image, ImageReplica, Project, Site
+from metavmm.occi.service import IDENTITY
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+OCCI_REF = SHARED / "reference" / "occi"
+SIM = """
+providers:
+  - {name: sim-a, kind: sim, site_count: 2, hosts_per_site: 2, price_per_vcpu_hour: "0.05"}
+  - {name: sim-b, kind: sim, site_count: 1, hosts_per_site: 1, price_per_vcpu_hour: "0.01"}
+"""
+TEXT = {"Content-Type": "text/plain", "Accept": "text/plain"}
+OCCI = {"Content-Type": "text/occi", "Accept": "text/occi"}
+JSONH = {"Content-Type": "application/occi+json", "Accept": "application/occi+json"}
+INFRA = "http://schemas.ogf.org/occi/infrastructure#"
+COMPUTE_CAT = f'compute; scheme="{INFRA}"; class="kind"'
+
+
+@web.middleware
+async def header_identity(request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
+    """A tiny stand-in for the auth middleware: X-Test-User / X-Test-Project / X-Test-Role."""
+    if "X-Test-Project" in request.headers:
+        request[IDENTITY] = SimpleNamespace(user=request.headers.get("X-Test-User", "tester"),
+                                              project=request.headers["X-Test-Project"],
+                                              role=request.headers.get("X-Test-Role", "member"))
+    return await handler(request)
+
+
+async def publish_image(app: web.Application, name: str, provider_image_id: str | None = None) -> Image:
+    """A marketplace image with a replica at every site (or the replica the sync found for the path)."""
+    async with session_scope(app[keys.SESSIONS]) as session:
+        image = Image(name=name, visibility="federation", publisher="tests", format="qcow2")
+        session.add(image)
+        await session.flush()
+        if provider_image_id is None:
+            for site in (await session.exec(select(Site))).all():
+                session.add(ImageReplica(image_id=image.id, site_id=site.id or 0, format="qcow2",
+                                         provider_image_id=f"sim-img-{name}-{site.id}"))
+        else:
+            replica = (await session.exec(select(ImageReplica).where(
+                ImageReplica.provider_image_id == provider_image_id))).one()
+            replica.image_id = image.id
+    return image
+
+
+async def add_projects(app: web.Application, *names: str) -> None:
+    async with session_scope(app[keys.SESSIONS]) as session:
+        for name in names:
+            session.add(Project(name=name))
+
+
+@pytest.fixture
+async def sim_client(aiohttp_client: Any, sqlite_url: str) -> AsyncIterator[Any]:
+    """An OCCI client over a two-provider SIMULATED federation with one image ("debian-12")."""
+    config = parse_config(SIM)
+    app = create_app(config, sqlite_url, sync=False)
+    app.middlewares.append(header_identity)
+    client = await aiohttp_client(app)
+    await sync_all(app[keys.SESSIONS], config)
+    await add_projects(app, "alpha", "beta")
+    client.image = await publish_image(app, "debian-12")
+    yield client
+
+
+def occi_schema() -> dict[str, Any]:
+    return json.loads((OCCI_REF / "occi-1.2-json-schema.json").read_text())
+
+
+async def os_tpl_id(client: Any, name: str = "debian-12") -> str:
+    """The type id of the os_tpl mixin of an image, read from the query interface."""
+    body = await (await client.get("/-/", headers={"Accept": "application/occi+json"})).json()
+    return next(m["scheme"] + m["term"] for m in body["mixins"] if m["title"] == name)
