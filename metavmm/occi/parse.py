@@ -184,7 +184,7 @@ def parse_category(value: str) -> CategoryRef:
     cls = unquote(params.get("class", '""'))
     if cls and cls not in ("kind", "mixin", "action"):
         raise ValidationError(f"Category {term}: class must be kind, mixin or action, not {cls[:40]!r}")
-    attrs = tuple(re.sub(r"\{[^}]*\}", "", a) for a in _space_list(params.get("attributes", '""')))
+    attrs = tuple(re.sub(r"\{[^}]*\}", "", unquote(params.get("attributes", '""'))).split())
     return CategoryRef(term=term, scheme=scheme, cls=cls,
                        title=unquote(params["title"]) if "title" in params else None,
                        rel=_space_list(params.get("rel", '""')),
