@@ -204,6 +204,8 @@ def error_response(request: web.Request, exc: MetavmmError | web.HTTPException) 
         resp = _response(status, JSON, [], json.dumps({"error": {"code": status, "message": message}}))
     else:
         resp = _response(status, TEXT_PLAIN if media != TEXT_OCCI else TEXT_OCCI, [], message + "\n")
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Basic realm="metavmm"'
     if isinstance(exc, web.HTTPMethodNotAllowed):
         resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
     elif isinstance(exc, MetavmmError) and getattr(exc, "allow", None):

@@ -34,7 +34,7 @@ from metavmm.occi.negotiate import (
     render,
 )
 from metavmm.occi.parse import OcciRequest
-from metavmm.occi.service import DRIVERS, KINDS, OcciService
+from metavmm.occi.service import ANONYMOUS, DRIVERS, KINDS, OcciService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000
@@ -299,6 +299,7 @@ async def _server_header(_request: web.Request, response: web.StreamResponse) ->
 def setup_occi(app: web.Application) -> None:
     """Add the OCCI interface at the root of ``app`` (call it after every other route)."""
     app.cleanup_ctx.append(_drivers)
+    app[ANONYMOUS] = {}
     app.on_response_prepare.append(_server_header)
     query = occi({"GET": query_get, "POST": query_post, "DELETE": query_delete})
     for path in QUERY_PATHS:

@@ -21,6 +21,7 @@ from aiohttp import web
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -47,6 +48,7 @@ from metavmm.occi.parse import CategoryRef, LinkRef, OcciRequest
 
 AUTH_ENABLED = web.AppKey("occi_auth_enabled", bool)
 DRIVERS = web.AppKey("occi_drivers", DriverPool)
+ANONYMOUS = web.AppKey("occi_anonymous", dict)  # {"ident": OcciIdentity} once the default project is known
 IDENTITY = web.RequestKey("identity", object)  # the auth middleware's key: point this at auth's own RequestKey
 _CACHED = web.RequestKey("occi_identity", object)
 DEFAULT_PROJECT = "default"
@@ -109,8 +111,11 @@ async def occi_identity(request: web.Request) -> OcciIdentity:
     if raw is None:
         if request.app.get(AUTH_ENABLED, False):
             raise Unauthorized("authentication required: send your API token as the Basic password")
-        project = await _project(maker, DEFAULT_PROJECT, create=True)
-        ident = OcciIdentity("anonymous", project.id or 0, project.name, Role.MEMBER)
+        anonymous = request.app[ANONYMOUS]  # the default project never changes: look it up once
+        if "ident" not in anonymous:
+            project = await _project(maker, DEFAULT_PROJECT, create=True)
+            anonymous["ident"] = OcciIdentity("anonymous", project.id or 0, project.name, Role.MEMBER)
+        ident = anonymous["ident"]
     else:
         user = getattr(raw, "user", None)
         user = str(getattr(user, "name", user) or "unknown")
@@ -363,9 +368,21 @@ class OcciService:
                 tgt = await session.get(Workload, row.target_id)
                 assert src is not None and tgt is not None
                 return link_entity(row, src.kind, tgt.kind, occi_state(src))
-            wl = await self._workload(session, kind.term, entity_id)
-            links = await _links_of(session, [wl])
-            return resource_entity(wl, links[wl.id])
+            # one round trip: the workload, its links and their targets' kinds
+            target = aliased(Workload)
+            rows = (await session.exec(
+                select(Workload, WorkloadLink, target.kind)
+                .outerjoin(WorkloadLink, WorkloadLink.source_id == Workload.id)
+                .outerjoin(target, WorkloadLink.target_id == target.id)
+                .where(Workload.id == entity_id.lower(), Workload.kind == kind.term,
+                       Workload.project_id == self.ident.project_id)
+                .order_by(WorkloadLink.id))).all() if _is_uuid(entity_id) else []
+            if not rows:
+                raise NotFound(f"no {kind.term} {entity_id} in project {self.ident.project}")
+            wl = rows[0][0]
+            state = occi_state(wl)
+            links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk in rows if lk is not None]
+            return resource_entity(wl, links)
 
     async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
         """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""

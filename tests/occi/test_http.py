@@ -277,4 +277,5 @@ async def test_project_isolation_and_roles(sim_client: Any) -> None:
     sim_client.app[AUTH_ENABLED] = True
     anonymous = await sim_client.get("/compute/")
     assert anonymous.status == 401 and "API token" in await anonymous.text()
+    assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
     assert (await sim_client.get("/compute/", headers=alpha)).status == 200
