@@ -34,7 +34,7 @@ from metavmm.occi.negotiate import (
     render,
 )
 from metavmm.occi.parse import OcciRequest
-from metavmm.occi.service import ANONYMOUS, DRIVERS, KINDS, OcciService
+from metavmm.occi.service import ANONYMOUS, DRIVERS, KINDS, OcciService, is_uuid
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000
@@ -234,9 +234,12 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
 
 
 def _clean_id(entity_id: str | None) -> str | None:
+    """The client's id for a POSTed entity when it is a UUID (bare, urn:uuid: or a location); else the
+    server chooses (the JSON schema makes every client send an id, often a placeholder)."""
     if entity_id is None:
         return None
-    return entity_id.removeprefix("urn:uuid:").rstrip("/").rsplit("/", 1)[-1]
+    clean = entity_id.removeprefix("urn:uuid:").rstrip("/").rsplit("/", 1)[-1].lower()
+    return clean if is_uuid(clean) else None
 
 
 # --- mixin collections ---------------------------------------------------------------------------------------

@@ -349,13 +349,13 @@ class OcciService:
             return await registry(session, self.ident)
 
     async def _workload(self, session: AsyncSession, kind: str, entity_id: str) -> Workload:
-        row = await session.get(Workload, entity_id) if _is_uuid(entity_id) else None
+        row = await session.get(Workload, entity_id) if is_uuid(entity_id) else None
         if row is None or row.kind != kind or row.project_id != self.ident.project_id:
             raise NotFound(f"no {kind} {entity_id} in project {self.ident.project}")
         return row
 
     async def _link(self, session: AsyncSession, kind: str, link_id: str) -> WorkloadLink:
-        row = await session.get(WorkloadLink, link_id) if _is_uuid(link_id) else None
+        row = await session.get(WorkloadLink, link_id) if is_uuid(link_id) else None
         if row is None or row.kind != kind or row.project_id != self.ident.project_id:
             raise NotFound(f"no {kind} {link_id} in project {self.ident.project}")
         return row
@@ -376,7 +376,7 @@ class OcciService:
                 .outerjoin(target, WorkloadLink.target_id == target.id)
                 .where(Workload.id == entity_id.lower(), Workload.kind == kind.term,
                        Workload.project_id == self.ident.project_id)
-                .order_by(WorkloadLink.id))).all() if _is_uuid(entity_id) else []
+                .order_by(WorkloadLink.id))).all() if is_uuid(entity_id) else []
             if not rows:
                 raise NotFound(f"no {kind.term} {entity_id} in project {self.ident.project}")
             wl = rows[0][0]
@@ -465,7 +465,7 @@ class OcciService:
     async def create(self, kind: Kind, req: OcciRequest, entity_id: str | None = None) -> str:
         """Create a resource or link from a parsed rendering; returns its location path."""
         self.ident.require_write()
-        if entity_id is not None and not _is_uuid(entity_id):
+        if entity_id is not None and not is_uuid(entity_id):
             raise ValidationError(f"{entity_id!r} is not a UUID; entity ids are UUIDs")
         if kind in infra.LINK_KINDS:
             return await self._create_link(kind, req, entity_id)
@@ -594,9 +594,9 @@ class OcciService:
 
     async def _purge(self, workload_id: str) -> None:
         async with session_scope(self.maker) as session:
-            await session.execute(sa_delete(WorkloadLink).where(or_(WorkloadLink.source_id == workload_id,
+            await session.exec(sa_delete(WorkloadLink).where(or_(WorkloadLink.source_id == workload_id,
                                                                     WorkloadLink.target_id == workload_id)))
-            await session.execute(sa_delete(Workload).where(Workload.id == workload_id))
+            await session.exec(sa_delete(Workload).where(Workload.id == workload_id))
 
     # -- updating ----------------------------------------------------------------------------------------
 
@@ -810,7 +810,7 @@ def _tag(row: Workload | WorkloadLink, type_id: str, *, add: bool) -> None:
         row.attributes = data
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
     try:
         return str(uuid.UUID(text)) == text.lower()
     except ValueError:

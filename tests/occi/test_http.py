@@ -6,8 +6,20 @@ from typing import Any
 
 from yarl import URL
 
+from metavmm.broker.app import create_app
+from metavmm.broker.config import parse_config
 from metavmm.occi.service import AUTH_ENABLED
-from tests.occi.conftest import COMPUTE_CAT, INFRA, JSONH, OCCI, TEXT, os_tpl_id
+from tests.occi.conftest import (
+    COMPUTE_CAT,
+    INFRA,
+    JSONH,
+    OCCI,
+    SIM,
+    TEXT,
+    add_projects,
+    header_identity,
+    os_tpl_id,
+)
 
 SIM_SITE = "http://schemas.metavmm.dev/occi/site#"
 
@@ -274,8 +286,34 @@ async def test_project_isolation_and_roles(sim_client: Any) -> None:
     assert denied.status == 403 and "reader" in await denied.text()
     unknown = await sim_client.get("/compute/", headers={"X-Test-Project": "nope"})
     assert unknown.status == 403
-    sim_client.app[AUTH_ENABLED] = True
-    anonymous = await sim_client.get("/compute/")
+    other = await sim_client.post("/-/", headers={**alpha, "Category": 'mine; scheme="http://a.org/#"; class="mixin"'})
+    assert other.status == 200
+    assert "http://a.org/#" in await (await sim_client.get("/-/", headers=alpha)).text()
+    assert "http://a.org/#" not in await (await sim_client.get("/-/", headers=beta)).text()
+
+
+async def test_auth_configured_without_identity_is_401(aiohttp_client: Any, sqlite_url: str) -> None:
+    app = create_app(parse_config(SIM), sqlite_url, sync=False)
+    app[AUTH_ENABLED] = True
+    app.middlewares.append(header_identity)
+    client = await aiohttp_client(app)
+    await add_projects(app, "alpha")
+    anonymous = await client.get("/compute/")
     assert anonymous.status == 401 and "API token" in await anonymous.text()
     assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
-    assert (await sim_client.get("/compute/", headers=alpha)).status == 200
+    assert (await client.get("/compute/", headers={"X-Test-Project": "alpha"})).status == 200
+
+
+async def test_actions_on_a_collection_and_client_ids(sim_client: Any) -> None:
+    tpl = await os_tpl_id(sim_client)
+    chosen = "5d0f4c1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
+    mine = await sim_client.post("/compute/", headers=JSONH, json={"kind": f"{INFRA}compute", "mixins": [tpl],
+                                                                   "id": f"urn:uuid:{chosen}"})
+    assert mine.status == 201 and mine.headers["Location"].endswith(f"/compute/{chosen}")
+    placeholder = await sim_client.post("/compute/", headers=JSONH, json={"kind": f"{INFRA}compute",
+                                                                          "mixins": [tpl], "id": "vm-1"})
+    assert placeholder.status == 201 and "/compute/vm-1" not in placeholder.headers["Location"]
+    stopped = await sim_client.post("/compute/?action=stop", headers={"Accept": "application/occi+json"})
+    assert stopped.status == 200
+    states = {r["attributes"]["occi.compute.state"] for r in (await stopped.json())["resources"]}
+    assert states == {"inactive"}
