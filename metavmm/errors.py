@@ -34,14 +34,56 @@ class ValidationError(MetavmmError):
     title = "Invalid input"
 
 
+class Unauthorized(MetavmmError):
+    """No (valid) credentials: the client must authenticate."""
+
+    http_status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(MetavmmError):
+    """Authenticated, but the role or project does not allow this."""
+
+    http_status = 403
+    title = "Forbidden"
+
+
 class NotFound(MetavmmError):
     http_status = 404
     title = "Not found"
 
 
+class MethodNotAllowed(MetavmmError):
+    """The path exists but not with this method; ``allow`` lists the methods it has."""
+
+    http_status = 405
+    title = "Method not allowed"
+
+    def __init__(self, method: str, path: str, allow: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed on {path}; allowed: {', '.join(allow)}")
+        self.allow = allow
+
+
+class NotAcceptable(MetavmmError):
+    """None of the media types the client accepts is offered."""
+
+    http_status = 406
+    title = "Not acceptable"
+
+
 class Conflict(MetavmmError):
     http_status = 409
     title = "Conflict"
+
+
+class PayloadTooLarge(MetavmmError):
+    http_status = 413
+    title = "Request entity too large"
+
+
+class UnsupportedMediaType(MetavmmError):
+    http_status = 415
+    title = "Unsupported media type"
 
 
 class QuotaExceeded(MetavmmError):

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from metavmm import __version__
-from metavmm.errors import MetavmmError, UnsupportedOperation, ValidationError
+from metavmm.errors import (
+    MetavmmError,
+    MethodNotAllowed,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedOperation,
+    ValidationError,
+)
 from metavmm.occi import render_json, render_text
 from metavmm.occi.model import Action, Entity, Kind, Mixin
 from metavmm.occi.parse import OcciRequest, parse_json, parse_text_fields, parse_text_plain, parse_uri_list
@@ -90,23 +98,13 @@ def choose(request: web.Request, offered: tuple[str, ...]) -> str:
                         f"offered: {', '.join(offered)}")
 
 
-class NotAcceptable(MetavmmError):
-    http_status = 406
-    title = "Not acceptable"
-
-
-class UnsupportedMediaType(MetavmmError):
-    http_status = 415
-    title = "Unsupported media type"
-
-
 async def read_request(request: web.Request) -> OcciRequest:
     """Parse the request's OCCI content: headers (text/occi) and/or the body, by Content-Type."""
     media = ALIASES.get(request.content_type, request.content_type)
     try:
         body = await request.read() if request.can_read_body else b""
     except web.HTTPRequestEntityTooLarge:
-        raise EntityTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+        raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
     headers = parse_text_fields(request.headers.items())
     if not body.strip():
         return headers
@@ -131,11 +129,6 @@ async def read_request(request: web.Request) -> OcciRequest:
     parsed.attributes = {**headers.attributes, **parsed.attributes}
     parsed.locations = headers.locations + parsed.locations
     return parsed
-
-
-class EntityTooLarge(MetavmmError):
-    http_status = 413
-    title = "Request entity too large"
 
 
 def _absolute(request: web.Request, path: str) -> str:
@@ -208,6 +201,6 @@ def error_response(request: web.Request, exc: MetavmmError | web.HTTPException) 
         resp.headers["WWW-Authenticate"] = 'Basic realm="metavmm"'
     if isinstance(exc, web.HTTPMethodNotAllowed):
         resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-    elif isinstance(exc, MetavmmError) and getattr(exc, "allow", None):
-        resp.headers["Allow"] = ",".join(exc.allow)  # type: ignore[attr-defined]
+    elif isinstance(exc, MethodNotAllowed):
+        resp.headers["Allow"] = ",".join(exc.allow)
     return resp

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from metavmm.broker import keys
 from metavmm.broker.services.compute import DriverPool
-from metavmm.errors import MetavmmError, ValidationError
+from metavmm.errors import MetavmmError, MethodNotAllowed, PayloadTooLarge, ValidationError
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.model import Entity, Kind, Mixin
 from metavmm.occi.negotiate import (
@@ -26,7 +26,6 @@ from metavmm.occi.negotiate import (
     SERVER,
     Categories,
     Collection,
-    EntityTooLarge,
     check_version,
     choose,
     error_response,
@@ -39,15 +38,6 @@ from metavmm.occi.service import ANONYMOUS, DRIVERS, KINDS, OcciService, is_uuid
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000
 QUERY_PATHS = ("/-/", "/.well-known/org/ogf/occi/-/")
-
-
-class MethodNotAllowed(MetavmmError):
-    http_status = 405
-    title = "Method not allowed"
-
-    def __init__(self, method: str, path: str, allow: tuple[str, ...]) -> None:
-        super().__init__(f"{method} is not allowed on {path}; allowed: {', '.join(allow)}")
-        self.allow = allow
 
 
 def occi(methods: dict[str, Handler]) -> Handler:
@@ -95,7 +85,7 @@ def _page(request: web.Request, entities: list[Entity]) -> list[Entity]:
     if page < 1 or number < 1:
         raise ValidationError("page starts at 1 and number must be at least 1")
     if number > MAX_PAGE:
-        raise EntityTooLarge(f"number={number} is more than this server renders at once (at most {MAX_PAGE})")
+        raise PayloadTooLarge(f"number={number} is more than this server renders at once (at most {MAX_PAGE})")
     return entities[(page - 1) * number: page * number]
 
 

@@ -41,7 +41,7 @@ from metavmm.catalog.models import (
     WorkloadLink,
     utcnow,
 )
-from metavmm.errors import Conflict, MetavmmError, NotFound, ValidationError
+from metavmm.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.model import Action, Entity, Kind, Link, Mixin, OcciAttr, Resource, check_term
 from metavmm.occi.parse import CategoryRef, LinkRef, OcciRequest
@@ -57,16 +57,6 @@ STATIC_BY_ID = {m.type_id: m for m in infra.STATIC_MIXINS}
 ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
                          r"storagelink)/([0-9a-fA-F\-]{36})/?$")
 DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
-
-
-class Unauthorized(MetavmmError):
-    http_status = 401
-    title = "Unauthorized"
-
-
-class Forbidden(MetavmmError):
-    http_status = 403
-    title = "Forbidden"
 
 
 # --- identity -----------------------------------------------------------------------------------------
