@@ -57,6 +57,7 @@ STATIC_BY_ID = {m.type_id: m for m in infra.STATIC_MIXINS}
 ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
                          r"storagelink)/([0-9a-fA-F\-]{36})/?$")
 DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
+RESERVED_PATHS = ("/-/", "/api/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
 # --- identity -----------------------------------------------------------------------------------------
@@ -752,15 +753,17 @@ class OcciService:
                     raise ValidationError(f"only mixins can be defined; {cat.type_id} is a {cat.cls}")
                 check_term(cat.term)
                 location = cat.location or f"/mixins/user/{cat.term}/"
-                if not re.fullmatch(r"/[A-Za-z0-9\-_./]{1,200}/", location) or ".." in location or \
-                        location.startswith(("/-/", "/api/", "/.well-known/")):
+                if not re.fullmatch(r"/[A-Za-z0-9\-_./]{1,200}/", location) or ".." in location or "//" in location:
                     raise ValidationError(f"mixin location {location!r} must be a path like /my_tags/ending in '/'")
+                if location.startswith(RESERVED_PATHS) and not location.startswith("/mixins/user/"):
+                    raise ValidationError(f"mixin location {location} is inside a path the server owns; "
+                                          f"choose another (e.g. /tags/{cat.term}/)")
                 if reg.mixin(cat.type_id) is not None:
                     raise Conflict(f"mixin {cat.type_id} already exists")
                 if reg.by_location(location) is not None or location.rstrip("/") in ("/mixins", "/mixins/user"):
                     raise Conflict(f"location {location} is already taken")
-                if cat.scheme.startswith("http://schemas.ogf.org/"):
-                    raise ValidationError(f"scheme {cat.scheme} is reserved for OGF categories")
+                if cat.scheme.startswith(("http://schemas.ogf.org/", infra.METAVMM)):
+                    raise ValidationError(f"scheme {cat.scheme} is reserved for OGF and metavmm categories")
                 for dep in cat.rel:
                     if reg.mixin(dep) is None:
                         raise ValidationError(f"mixin {cat.type_id} depends on unknown mixin {dep}")

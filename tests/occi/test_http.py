@@ -260,6 +260,12 @@ async def test_user_mixins_association_and_filtering(sim_client: Any) -> None:
         "http://schemas.metavmm.dev/occi/os_tpl#", "/mixins/os_tpl/") + "/", data=f"X-OCCI-Location: {url1}\n",
         headers=TEXT)
     assert fixed.status == 409 and "chosen when an entity is created" in await fixed.text()
+    for bad, why in (('/compute/x/', "inside a path the server owns"), ("/mixins/os_tpl/x/", "inside a path"),
+                     ("/a/../b/", "must be a path")):
+        refused = await sim_client.post("/-/", headers={"Category": f'z; scheme="http://e.org/#"; location="{bad}"'})
+        assert refused.status == 400 and why in await refused.text(), bad
+    reserved = await sim_client.post("/-/", headers={"Category": f'z; scheme="{INFRA}"; location="/z/"'})
+    assert reserved.status == 400 and "reserved" in await reserved.text()
     gone = await sim_client.delete("/-/", headers={"Category": mixin})
     assert gone.status == 200
     assert (await sim_client.get("/tags/tagged/")).status == 404

@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import AvailabilityZone, Flavor, Host, ImageReplica, Price, Provider, Site, Workload
 from metavmm.drivers.base import Driver, VmSpec, VmState
 from metavmm.drivers.registry import create_driver
-from metavmm.errors import NoPlacement, ProviderNotFound
+from metavmm.errors import NoPlacement, ProviderNotFound, ProviderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,12 @@ class DriverPool:
 
     def get(self, provider: str) -> Driver:
         if provider not in self._drivers:
-            self._drivers[provider] = create_driver(self.config.provider(provider))
+            try:
+                cfg = self.config.provider(provider)
+            except KeyError:
+                raise ProviderUnavailable("the provider is no longer configured in this broker",
+                                          provider=provider, operation="connect") from None
+            self._drivers[provider] = create_driver(cfg)
         return self._drivers[provider]
 
     async def close(self) -> None:
