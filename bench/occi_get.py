@@ -121,6 +121,7 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
                         await _load(http, bare_base + path, media, requests, concurrency))
         await occi_runner.cleanup()
         await bare_runner.cleanup()
+    print(_render_costs())
     print(f"GET one compute (with one network link): {requests} requests x {rounds} rounds, "
           f"concurrency {concurrency}, median requests/s")
     print(f"{'rendering':<24}{'bare aiohttp':>14}{'OCCI':>10}{'OCCI/bare':>11}{'body bytes':>12}")
@@ -129,6 +130,33 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
         o = statistics.median(results[("occi", media)])
         size = len(bodies[media][0]) + sum(len(k) + len(v) for k, v in bodies[media][2])
         print(f"{media:<24}{b:>14.0f}{o:>10.0f}{o / b:>11.2f}{size:>12}")
+
+
+def _render_costs(n: int = 2000) -> str:
+    """Microseconds per call of the pure renderers on an entity like the one served above."""
+    import json
+
+    from metavmm.occi import infrastructure as infra
+    from metavmm.occi.model import Link, Resource
+    from metavmm.occi.render_json import render_entity
+    from metavmm.occi.render_text import entity_fields, render_text_occi, render_text_plain
+
+    link = Link(kind=infra.NETWORKINTERFACE, id="l", location="/networkinterface/l", source="/compute/c",
+                source_kind=infra.COMPUTE.type_id, target="/network/n", target_kind=infra.NETWORK.type_id,
+                attributes={"occi.networkinterface.interface": "eth0",
+                            "occi.networkinterface.mac": "52:54:00:00:00:01"})
+    entity = Resource(kind=infra.COMPUTE, id="c", location="/compute/c", links=[link],
+                      attributes={"occi.core.title": "bench-vm", "occi.compute.cores": 1, "occi.compute.memory": 0.5,
+                                  "occi.compute.state": "active"}, actions=list(infra.COMPUTE.actions[1:]))
+    out = []
+    for name, fn in (("text/plain", lambda: render_text_plain(entity_fields(entity))),
+                     ("text/occi", lambda: render_text_occi(entity_fields(entity))),
+                     ("application/occi+json", lambda: json.dumps(render_entity(entity)))):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out.append(f"{name} {(time.perf_counter() - started) / n * 1e6:.0f} us")
+    return "pure renderers per call: " + ", ".join(out)
 
 
 if __name__ == "__main__":
