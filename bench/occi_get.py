@@ -1,7 +1,9 @@
 """GET of one compute through OCCI against a bare aiohttp handler returning the same body, in one run.
 
 Both servers listen on 127.0.0.1 in this process; one client session sends ``--requests`` GETs with
-``--concurrency`` in flight to each, alternating rounds so both see the same machine load. The OCCI
+``--concurrency`` in flight to each, alternating rounds so all see the same machine load. A third
+column is the bare handler plus the same catalog query, to separate the OCCI layer's own cost from
+the cost of reading the catalog. The OCCI
 side does everything a partner's request does: version check, content negotiation, identity (the
 default project), the catalog read of the workload and its links (SQLite), entity building and
 rendering. The bare handler returns the bytes the OCCI side produced, precomputed.
@@ -26,8 +28,8 @@ from metavmm.broker import keys
 from metavmm.broker.app import create_app
 from metavmm.broker.config import parse_config
 from metavmm.broker.sync import sync_all
-from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Image, ImageReplica, Site
+from metavmm.catalog.db import make_engine, make_sessionmaker, session_scope
+from metavmm.catalog.models import Image, ImageReplica, Site, Workload, WorkloadLink
 
 CONFIG = "providers:\n  - {name: sim-bench, kind: sim, site_count: 1, hosts_per_site: 2}\n"
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
@@ -105,8 +107,21 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
                 resp.headers.add(k, v)
             return resp
 
+        engine = make_engine(f"sqlite:///{Path(tmp) / 'catalog.db'}")
+        maker = make_sessionmaker(engine)
+
+        async def bare_db(request: web.Request) -> web.Response:
+            """The bare handler plus the same catalog read the OCCI side makes (one joined query)."""
+            async with maker() as session:
+                rows = (await session.exec(select(Workload, WorkloadLink).outerjoin(
+                    WorkloadLink, WorkloadLink.source_id == Workload.id)
+                    .where(Workload.id == request.match_info["id"]))).all()
+            assert rows
+            return await bare(request)
+
         bare_app = web.Application()
         bare_app.router.add_get("/compute/{id}", bare)
+        bare_app.router.add_get("/db/compute/{id}", bare_db)
         bare_runner, bare_base = await _serve(bare_app)
         results: dict[tuple[str, str], list[float]] = {}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
@@ -115,21 +130,24 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
                 await _load(http, bare_base + path, media, 50, concurrency)
             for _ in range(rounds):
                 for media in MEDIA:
-                    results.setdefault(("occi", media), []).append(
-                        await _load(http, occi_base + path, media, requests, concurrency))
-                    results.setdefault(("bare", media), []).append(
-                        await _load(http, bare_base + path, media, requests, concurrency))
+                    for side, url in (("occi", occi_base + path), ("bare", bare_base + path),
+                                      ("bare+db", f"{bare_base}/db{path}")):
+                        results.setdefault((side, media), []).append(
+                            await _load(http, url, media, requests, concurrency))
         await occi_runner.cleanup()
         await bare_runner.cleanup()
+        await engine.dispose()
     print(_render_costs())
     print(f"GET one compute (with one network link): {requests} requests x {rounds} rounds, "
           f"concurrency {concurrency}, median requests/s")
-    print(f"{'rendering':<24}{'bare aiohttp':>14}{'OCCI':>10}{'OCCI/bare':>11}{'body bytes':>12}")
+    print(f"{'rendering':<24}{'bare aiohttp':>14}{'bare+same query':>17}{'OCCI':>8}{'OCCI/bare':>11}"
+          f"{'OCCI/bare+query':>17}{'bytes':>7}")
     for media in MEDIA:
         b = statistics.median(results[("bare", media)])
+        d = statistics.median(results[("bare+db", media)])
         o = statistics.median(results[("occi", media)])
         size = len(bodies[media][0]) + sum(len(k) + len(v) for k, v in bodies[media][2])
-        print(f"{media:<24}{b:>14.0f}{o:>10.0f}{o / b:>11.2f}{size:>12}")
+        print(f"{media:<24}{b:>14.0f}{d:>17.0f}{o:>8.0f}{o / b:>11.2f}{o / d:>17.2f}{size:>7}")
 
 
 def _render_costs(n: int = 2000) -> str:

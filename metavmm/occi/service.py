@@ -57,6 +57,7 @@ STATIC_BY_ID = {m.type_id: m for m in infra.STATIC_MIXINS}
 ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
                          r"storagelink)/([0-9a-fA-F\-]{36})/?$")
 DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
+_LINK_TARGET = aliased(Workload)  # built once: an alias re-proxies every column when it is made
 RESERVED_PATHS = ("/-/", "/api/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
@@ -360,7 +361,7 @@ class OcciService:
                 assert src is not None and tgt is not None
                 return link_entity(row, src.kind, tgt.kind, occi_state(src))
             # one round trip: the workload, its links and their targets' kinds
-            target = aliased(Workload)
+            target = _LINK_TARGET
             rows = (await session.exec(
                 select(Workload, WorkloadLink, target.kind)
                 .outerjoin(WorkloadLink, WorkloadLink.source_id == Workload.id)
