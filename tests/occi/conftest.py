@@ -72,10 +72,11 @@ async def add_projects(app: web.Application, *names: str) -> None:
 
 
 @pytest.fixture
-async def sim_client(aiohttp_client: Any, sqlite_url: str) -> AsyncIterator[Any]:
-    """An OCCI client over a two-provider SIMULATED federation with one image ("debian-12")."""
+async def sim_client(aiohttp_client: Any, db_url: str) -> AsyncIterator[Any]:
+    """An OCCI client over a two-provider SIMULATED federation with one image ("debian-12"), on SQLite
+    and on PostgreSQL."""
     config = parse_config(SIM)
-    app = create_app(config, sqlite_url, sync=False)
+    app = create_app(config, db_url, sync=False)
     app.middlewares.append(header_identity)
     client = await aiohttp_client(app)
     await sync_all(app[keys.SESSIONS], config)
