@@ -20,6 +20,7 @@ from metavmm.broker import keys
 from metavmm.broker.services.compute import DriverPool
 from metavmm.errors import MetavmmError, MethodNotAllowed, PayloadTooLarge, ValidationError
 from metavmm.occi import infrastructure as infra
+from metavmm.occi.catalog_view import KINDS
 from metavmm.occi.model import Entity, Kind, Mixin
 from metavmm.occi.negotiate import (
     JSON,
@@ -33,7 +34,7 @@ from metavmm.occi.negotiate import (
     render,
 )
 from metavmm.occi.parse import OcciRequest
-from metavmm.occi.service import ANONYMOUS, DRIVERS, KINDS, OcciService, is_uuid
+from metavmm.occi.service import ANONYMOUS, DRIVERS, OcciService, is_uuid
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000

@@ -29,21 +29,31 @@ from metavmm.broker import keys
 from metavmm.broker.services.compute import ComputeService, DriverPool, PlacementRequest, place
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import (
-    AvailabilityZone,
-    Flavor,
-    Image,
     OcciMixin,
     Project,
     Provider,
     Role,
-    Site,
     Workload,
     WorkloadLink,
     utcnow,
 )
 from metavmm.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from metavmm.occi import infrastructure as infra
-from metavmm.occi.model import Action, Entity, Kind, Link, Mixin, OcciAttr, Resource, check_term
+from metavmm.occi.catalog_view import (
+    ACTIONS_BY_STATE,
+    KINDS,
+    STATIC_BY_ID,
+    Registry,
+    declared,
+    link_entity,
+    links_of,
+    mixins_of,
+    occi_state,
+    registry,
+    resource_entity,
+    user_mixin,
+)
+from metavmm.occi.model import Entity, Kind, Mixin, check_term
 from metavmm.occi.parse import CategoryRef, LinkRef, OcciRequest
 
 AUTH_ENABLED = web.AppKey("occi_auth_enabled", bool)
@@ -52,8 +62,6 @@ ANONYMOUS = web.AppKey("occi_anonymous", dict)  # {"ident": OcciIdentity} once t
 IDENTITY = web.RequestKey("identity", object)  # the auth middleware's key: point this at auth's own RequestKey
 _CACHED = web.RequestKey("occi_identity", object)
 DEFAULT_PROJECT = "default"
-KINDS = {k.term: k for k in (*infra.RESOURCE_KINDS, *infra.LINK_KINDS)}
-STATIC_BY_ID = {m.type_id: m for m in infra.STATIC_MIXINS}
 ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
                          r"storagelink)/([0-9a-fA-F\-]{36})/?$")
 DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
@@ -125,196 +133,6 @@ async def occi_identity(request: web.Request) -> OcciIdentity:
     return ident
 
 
-# --- catalog-derived categories -----------------------------------------------------------------------
-
-
-def slug(name: str) -> str:
-    out = re.sub(r"[^A-Za-z0-9\-_.]+", "-", name).strip("-_.")
-    return out if out and out[0].isalnum() else f"x{out}"[:64]
-
-
-def image_term(image: Image) -> str:
-    return f"{slug(image.name)[:48]}-{image.id[:8]}"
-
-
-def os_tpl(image: Image) -> Mixin:
-    term = image_term(image)
-    return Mixin(infra.OS_TPL_SCHEME, term, image.name, depends=(infra.OS_TPL.type_id,),
-                 applies=(infra.COMPUTE.type_id,), location=f"/mixins/os_tpl/{term}/")
-
-
-def resource_tpl(flavor: Flavor) -> Mixin:
-    term = slug(flavor.name)
-    cores, memory = infra.COMPUTE.attribute("occi.compute.cores"), infra.COMPUTE.attribute("occi.compute.memory")
-    assert cores is not None and memory is not None
-    attrs = (OcciAttr(cores.name, int, mutable=False, default=flavor.vcpus, description=cores.description),
-             OcciAttr(memory.name, float, mutable=False, default=round(flavor.ram_mib / 1024, 4),
-                      description=memory.description))
-    return Mixin(infra.RESOURCE_TPL_SCHEME, term, f"{flavor.name}: {flavor.vcpus} vCPU, {flavor.ram_mib} MiB",
-                 attrs, depends=(infra.RESOURCE_TPL.type_id,), applies=(infra.COMPUTE.type_id,),
-                 location=f"/mixins/resource_tpl/{term}/")
-
-
-def site_mixin(site: Site, zone: str | None = None) -> Mixin:
-    term = slug(site.name) + (f".{slug(zone)}" if zone else "")
-    title = f"site {site.name}" + (f", zone {zone}" if zone else "")
-    return Mixin(infra.SITE_SCHEME, term, title, depends=(infra.SITE.type_id,), applies=infra.SITE.applies,
-                 location=f"/mixins/site/{term}/")
-
-
-def user_mixin(row: OcciMixin) -> Mixin:
-    return Mixin(row.scheme, row.term, row.title, depends=tuple(row.depends), applies=tuple(row.applies),
-                 location=row.location, user=True)
-
-
-@dataclass
-class Registry:
-    """Every category a project can see, with where each catalog mixin comes from."""
-
-    mixins: list[Mixin]
-    images: dict[str, Image]  # os_tpl type id -> image
-    flavors: dict[str, Flavor]  # resource_tpl type id -> flavor
-    sites: dict[str, tuple[Site, str | None]]  # site mixin type id -> (site, zone)
-
-    @property
-    def kinds(self) -> list[Kind]:
-        return list(infra.KINDS)
-
-    @property
-    def actions(self) -> list[Action]:
-        return list(infra.ACTIONS)
-
-    def mixin(self, type_id: str) -> Mixin | None:
-        return next((m for m in self.mixins if m.type_id == type_id), None)
-
-    def by_location(self, path: str) -> Kind | Mixin | None:
-        for cat in [*self.kinds, *self.mixins]:
-            if cat.location and cat.location.rstrip("/") == path.rstrip("/"):
-                return cat
-        return None
-
-
-async def registry(session: AsyncSession, ident: OcciIdentity) -> Registry:
-    images = (await session.exec(select(Image).where(or_(Image.visibility != "project",
-                                                           Image.project_id == ident.project_id))
-                                 .order_by(Image.name, Image.id))).all()
-    flavors = (await session.exec(select(Flavor).where(Flavor.present).order_by(Flavor.name, Flavor.id))).all()
-    sites = (await session.exec(select(Site).where(Site.present).order_by(Site.name))).all()
-    zones = (await session.exec(select(AvailabilityZone).where(AvailabilityZone.present))).all()
-    users = (await session.exec(select(OcciMixin).where(OcciMixin.project_id == ident.project_id)
-                                .order_by(OcciMixin.id))).all()
-    reg = Registry(list(infra.STATIC_MIXINS), {}, {}, {})
-    for image in images:
-        m = os_tpl(image)
-        reg.images[m.type_id] = image
-        reg.mixins.append(m)
-    for flavor in flavors:
-        m = resource_tpl(flavor)
-        if m.type_id not in reg.flavors:  # the same name at several providers is one template
-            reg.flavors[m.type_id] = flavor
-            reg.mixins.append(m)
-    for site in sites:
-        for zone in [None, *sorted(z.name for z in zones if z.site_id == site.id)]:
-            m = site_mixin(site, zone)
-            reg.sites[m.type_id] = (site, zone)
-            reg.mixins.append(m)
-    reg.mixins += [user_mixin(u) for u in users]
-    return reg
-
-
-def mixin_stub(type_id: str) -> Mixin:
-    """A mixin as an entity lists it (the rendering needs only its identity)."""
-    if type_id in STATIC_BY_ID:
-        return STATIC_BY_ID[type_id]
-    scheme, _, term = type_id.rpartition("#")
-    return Mixin(scheme + "#", term)
-
-
-# --- entities from rows ---------------------------------------------------------------------------------
-
-_COMPUTE_STATE = {"running": "active", "stopped": "inactive", "suspended": "suspended", "error": "error",
-                  "gone": "error", "deleted": "error"}
-_ACTIONS_BY_STATE = {
-    "compute": {"active": ("stop", "restart", "suspend", "save"), "inactive": ("start", "save"),
-                "suspended": ("start", "stop"), "error": ("start", "stop")},
-    "network": {"active": ("down",), "inactive": ("up",), "error": ("up", "down")},
-    "storage": {"online": ("offline",), "offline": ("online",), "error": ("online", "offline")},
-}
-
-
-def occi_state(wl: Workload) -> str:
-    if wl.kind == "compute":
-        return _COMPUTE_STATE.get(wl.observed_state, "inactive")
-    return wl.observed_state
-
-
-def _mixins(spec: dict[str, Any]) -> list[Mixin]:
-    return [mixin_stub(t) for t in spec.get("mixins", [])]
-
-
-def _declared(kind: Kind, mixins: list[Mixin]) -> list[OcciAttr]:
-    return [*kind.all_attributes(), *(a for m in mixins for a in m.attributes)]
-
-
-def _values(attrs: list[OcciAttr], data: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for attr in attrs:
-        if attr.field and attr.field in data and data[attr.field] is not None:
-            value = data[attr.field]
-            out[attr.name] = attr.to_occi(value) if attr.to_occi else value
-    return out
-
-
-def resource_entity(wl: Workload, links: list[Link]) -> Resource:
-    kind = KINDS[wl.kind]
-    mixins = _mixins(wl.spec)
-    state = occi_state(wl)
-    attrs: dict[str, Any] = {"occi.core.id": wl.id, "occi.core.title": wl.name}
-    attrs.update(_values(_declared(kind, mixins), {**wl.spec, "name": wl.name}))
-    attrs[f"occi.{kind.term}.state"] = state
-    if wl.state_message:
-        attrs[f"occi.{kind.term}.state.message"] = wl.state_message
-    applicable = _ACTIONS_BY_STATE[kind.term].get(state, ())
-    return Resource(kind=kind, id=wl.id, location=f"{kind.location}{wl.id}", mixins=mixins, attributes=attrs,
-                    actions=[a for a in kind.actions if a.term in applicable], title=wl.name,
-                    summary=wl.spec.get("summary"), links=links)
-
-
-def link_entity(row: WorkloadLink, source_kind: str, target_kind: str, source_state: str) -> Link:
-    kind = KINDS[row.kind]
-    data = dict(row.attributes)
-    mixins = _mixins(data)
-    attrs: dict[str, Any] = {"occi.core.id": row.id}
-    if data.get("name"):
-        attrs["occi.core.title"] = data["name"]
-    source = f"/{source_kind}/{row.source_id}"
-    target = f"/{target_kind}/{row.target_id}"
-    attrs.update({"occi.core.source": source, "occi.core.target": target,
-                  "occi.core.source.kind": KINDS[source_kind].type_id,
-                  "occi.core.target.kind": KINDS[target_kind].type_id})
-    attrs.update(_values(_declared(kind, mixins), data))
-    attrs[f"occi.{kind.term}.state"] = "active" if source_state == "active" else "inactive"
-    return Link(kind=kind, id=row.id, location=f"{kind.location}{row.id}", mixins=mixins, attributes=attrs,
-                title=data.get("name"), source=source, source_kind=KINDS[source_kind].type_id, target=target,
-                target_kind=KINDS[target_kind].type_id)
-
-
-async def _links_of(session: AsyncSession, rows: list[Workload]) -> dict[str, list[Link]]:
-    """The links whose source is one of ``rows``, grouped by source id (one query)."""
-    ids = [w.id for w in rows]
-    out: dict[str, list[Link]] = {i: [] for i in ids}
-    if not ids:
-        return out
-    by_id = {w.id: w for w in rows}
-    found = (await session.exec(select(WorkloadLink, Workload.kind).join(
-        Workload, WorkloadLink.target_id == Workload.id).where(WorkloadLink.source_id.in_(ids))
-        .order_by(WorkloadLink.id))).all()
-    for link, target_kind in found:
-        src = by_id[link.source_id]
-        out[link.source_id].append(link_entity(link, src.kind, target_kind, occi_state(src)))
-    return out
-
-
 # --- the service ----------------------------------------------------------------------------------------
 
 
@@ -338,7 +156,7 @@ class OcciService:
 
     async def registry(self) -> Registry:
         async with self.maker() as session:
-            return await registry(session, self.ident)
+            return await registry(session, self.ident.project_id)
 
     async def _workload(self, session: AsyncSession, kind: str, entity_id: str) -> Workload:
         row = await session.get(Workload, entity_id) if is_uuid(entity_id) else None
@@ -388,7 +206,7 @@ class OcciService:
                     .order_by(Workload.created_at, Workload.id))).all())
                 if mixin is not None:
                     rows = [w for w in rows if mixin.type_id in w.spec.get("mixins", [])]
-                links = await _links_of(session, rows)
+                links = await links_of(session, rows)
                 out += [resource_entity(w, links[w.id]) for w in rows]
             link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
             link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
@@ -428,10 +246,10 @@ class OcciService:
     def _check_attributes(kind: Kind, mixins: list[Mixin], given: dict[str, Any], *, creating: bool,
                           entity_id: str | None = None) -> dict[str, Any]:
         """Field values for ``given`` attributes; every unknown, immutable or bad value is a 400."""
-        declared = {a.name: a for a in _declared(kind, mixins)}
+        known = {a.name: a for a in declared(kind, mixins)}
         out: dict[str, Any] = {}
         for name, value in given.items():
-            attr = declared.get(name)
+            attr = known.get(name)
             if attr is None:
                 raise ValidationError(f"unknown attribute {name} for {kind.term}"
                                       + (f" with mixins {', '.join(m.term for m in mixins)}" if mixins else ""))
@@ -447,7 +265,7 @@ class OcciService:
             if attr.field:
                 out[attr.field] = attr.from_occi(value) if attr.from_occi else value
         if creating:
-            for attr in declared.values():
+            for attr in known.values():
                 if attr.required and attr.name not in given and attr.default is None and attr.field:
                     raise ValidationError(f"missing required attribute {attr.name} for {kind.term}")
         return out
@@ -462,7 +280,7 @@ class OcciService:
         if kind in infra.LINK_KINDS:
             return await self._create_link(kind, req, entity_id)
         async with self.maker() as session:
-            reg = await registry(session, self.ident)
+            reg = await registry(session, self.ident.project_id)
         mixins = self._resolve_categories(reg, kind, req.categories)
         fields = self._check_attributes(kind, mixins, req.attributes, creating=True, entity_id=entity_id)
         spec: dict[str, Any] = {k: v for k, v in fields.items() if k != "name"}
@@ -571,7 +389,7 @@ class OcciService:
         if not isinstance(source, str) or not isinstance(target, str):
             raise ValidationError(f"a {kind.term} needs occi.core.source and occi.core.target")
         async with self.maker() as session:
-            reg = await registry(session, self.ident)
+            reg = await registry(session, self.ident.project_id)
         mixin_ids = tuple(c.type_id for c in req.categories if c.type_id != kind.type_id)
         attrs = {k: v for k, v in req.attributes.items() if not k.startswith("occi.core.")}
         async with session_scope(self.maker) as session:
@@ -596,11 +414,11 @@ class OcciService:
         """Partial update (POST) or replace (PUT on an existing entity): mutable attributes and user mixins."""
         self.ident.require_write()
         async with self.maker() as session:
-            reg = await registry(session, self.ident)
+            reg = await registry(session, self.ident.project_id)
         async with session_scope(self.maker) as session:
             if kind in infra.LINK_KINDS:
                 link = await self._link(session, kind.term, entity_id)
-                current = _mixins(link.attributes)
+                current = mixins_of(link.attributes)
                 added = self._resolve_categories(reg, kind, req.categories)
                 fields = self._check_attributes(kind, current + added, req.attributes, creating=False,
                                                 entity_id=entity_id)
@@ -608,7 +426,7 @@ class OcciService:
                 link.attributes = {**link.attributes, **fields, "mixins": names}
                 return
             wl = await self._workload(session, kind.term, entity_id)
-            current = _mixins(wl.spec)
+            current = mixins_of(wl.spec)
             added = [m for m in self._resolve_categories(reg, kind, req.categories)
                      if m.type_id not in {c.type_id for c in current}]
             for m in added:
@@ -648,7 +466,7 @@ class OcciService:
             wl = await self._workload(session, kind.term, entity_id)
             provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
         state = occi_state(wl)
-        applicable = _ACTIONS_BY_STATE[kind.term].get(state, ())
+        applicable = ACTIONS_BY_STATE[kind.term].get(state, ())
         if term not in applicable:
             raise Conflict(f"action {term} is not applicable: {kind.term} {entity_id} is {state} "
                            f"(applicable now: {', '.join(applicable) or 'none'})")
@@ -747,7 +565,7 @@ class OcciService:
         if not cats:
             raise ValidationError("send at least one mixin category (with class=\"mixin\" and a location)")
         async with self.maker() as session:
-            reg = await registry(session, self.ident)
+            reg = await registry(session, self.ident.project_id)
         async with session_scope(self.maker) as session:
             for cat in cats:
                 if cat.cls and cat.cls != "mixin":
