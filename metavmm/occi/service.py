@@ -341,6 +341,10 @@ class OcciService:
         for key, value in DEFAULT_SHAPE.items():
             spec.setdefault(key, value)
         spec["image_id"] = images[0].id
+        arch = {"x86_64": "x64", "i686": "x86", "i386": "x86"}.get(images[0].arch)
+        if arch and spec.setdefault("architecture", arch) != arch:
+            raise ValidationError(f"occi.compute.architecture {spec['architecture']} does not match the os_tpl's "
+                                  f"image ({images[0].arch})")
         allowed = tuple(p for p in str(spec.get("allowed_providers") or "").split(",") if p)
         return PlacementRequest(vcpus=int(spec["vcpus"]), ram_mib=int(spec["ram_mib"]), image_id=images[0].id,
                                 flavor=flavors[0].name if flavors else None, site_id=site_id, zone=zone,

@@ -90,6 +90,7 @@ async def test_create_text_plain_get_in_every_rendering(sim_client: Any) -> None
     assert "X-OCCI-Attribute: occi.compute.cores=2" in plain
     assert "X-OCCI-Attribute: occi.compute.memory=1.5" in plain
     assert 'X-OCCI-Attribute: occi.compute.state="active"' in plain
+    assert 'X-OCCI-Attribute: occi.compute.architecture="x64"' in plain  # from the image
     assert "?action=stop>;rel=" in plain and "?action=start>" not in plain
     occi = await sim_client.get(f"/{path}", headers={"Accept": "text/occi"})
     assert 'occi.core.title="vm1"' in occi.headers["X-OCCI-Attribute"]
@@ -176,6 +177,8 @@ async def test_errors_say_what_was_wrong(sim_client: Any) -> None:
     assert rng.status == 400 and "below the minimum" in await rng.text()
     enum = await _create_compute(sim_client, attrs='X-OCCI-Attribute: occi.compute.architecture="arm"\n')
     assert enum.status == 400 and "not one of x86, x64" in await enum.text()
+    arch = await _create_compute(sim_client, attrs='X-OCCI-Attribute: occi.compute.architecture="x86"\n')
+    assert arch.status == 400 and "does not match the os_tpl's image (x86_64)" in await arch.text()
     immutable = await _create_compute(sim_client, attrs='X-OCCI-Attribute: occi.compute.state="active"\n')
     assert immutable.status == 400 and "occi.compute.state is immutable" in await immutable.text()
     missing = await sim_client.post("/storage/", data=f'Category: storage;scheme="{INFRA}";class="kind"\n',
