@@ -1,8 +1,9 @@
 """Property-based tests: random and mutated OCCI renderings never crash a parser nor get a 500.
 
-The parsers are fed directly (thousands of examples, fast), then a live broker on 127.0.0.1 receives
+The parsers are fed directly (hundreds of examples, fast), then a live broker on 127.0.0.1 receives
 random and mutated requests in every rendering over real HTTP: every answer must be an OCCI answer
-(2xx or a 4xx/501 error with a message), never a 500.
+(2xx or a 4xx/501 error with a message), never a 500. OCCI_FUZZ_SCALE=20 runs a 20 times longer
+campaign.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from metavmm.broker import keys
 from metavmm.broker.app import create_app
@@ -30,6 +36,7 @@ from metavmm.occi import parse, render_text
 from metavmm.occi.model import Resource
 from tests.occi.conftest import INFRA, SIM, publish_image
 
+SCALE = int(os.environ.get("OCCI_FUZZ_SCALE", "1"))  # e.g. 20 for a long campaign
 CHARS = list(';,="\\<>:#{}/ \t\nabcXYZ019.-_\u00e9\x00')
 ALPHABET = st.sampled_from([*CHARS, "occi.", "scheme=", "rel="])
 SAMPLE = Resource(kind=infra.COMPUTE, id="1c7f7d8e-8c1d-4d0e-9d83-1f9b8f1b2a3c",
@@ -82,13 +89,13 @@ def _parse_all(text: str) -> None:
             assert exc.message  # a message that says what was wrong
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400 * SCALE, deadline=None)
 @given(st.one_of(st.text(max_size=300), mutated(BASE_TEXT), mutated(BASE_JSON)))
 def test_parsers_raise_only_validation_errors(text: str) -> None:
     _parse_all(text)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200 * SCALE, deadline=None)
 @given(st.lists(ALPHABET, max_size=120).map("".join))
 def test_structured_noise_raises_only_validation_errors(text: str) -> None:
     _parse_all(text)
@@ -106,8 +113,64 @@ def test_a_rendering_parses_back_to_what_was_rendered() -> None:
 # --- over HTTP ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Live:
+    """The live broker, and renderings/paths that reach deep paths (real os_tpl, real entities)."""
+
+    port: int
+    scenarios: list[tuple[str, str, str, str]]  # method, path, media, body: valid when not mutated
+
+
+async def _seed(base: str) -> Live:
+    """A network, a storage and a compute linked to both; bases that would create more if unmutated."""
+    async with aiohttp.ClientSession() as client:
+        model = await (await client.get(f"{base}/-/", headers={"Accept": "application/occi+json"})).json()
+        tpl = next(m for m in model["mixins"] if m.get("title") == "fuzz-image")
+        net = await client.post(f"{base}/network/", data=f'Category: network; scheme="{INFRA}"; class="kind"\n',
+                                headers={"Content-Type": "text/plain"})
+        disk = await client.post(f"{base}/storage/", headers={"Content-Type": "text/plain"},
+                                 data=f'Category: storage; scheme="{INFRA}"; class="kind"\n'
+                                      "X-OCCI-Attribute: occi.storage.size=1\n")
+        net_path, disk_path = URL(net.headers["Location"]).path, URL(disk.headers["Location"]).path
+        create = (f'Category: compute; scheme="{INFRA}"; class="kind"\n'
+                  f'Category: {tpl["term"]}; scheme="{tpl["scheme"]}"; class="mixin"\n'
+                  f'Link: <{net_path}>; rel="{INFRA}network"; category="{INFRA}networkinterface"\n'
+                  f'Link: <{disk_path}>;rel="{INFRA}storage";category="{INFRA}storagelink";'
+                  f'occi.storagelink.deviceid="vdb"\n'
+                  'X-OCCI-Attribute: occi.core.title="fuzzed", occi.compute.cores=1, occi.compute.memory=0.5\n')
+        vm = await client.post(f"{base}/compute/", data=create, headers={"Content-Type": "text/plain"})
+        assert vm.status == 201, await vm.text()
+        vm_path = URL(vm.headers["Location"]).path
+        create_json = json.dumps({
+            "kind": f"{INFRA}compute", "id": "x", "mixins": [tpl["scheme"] + tpl["term"]], "title": "j",
+            "attributes": {"occi.compute.cores": 1},
+            "links": [{"kind": f"{INFRA}networkinterface", "id": "l", "source": {"location": vm_path},
+                       "target": {"location": net_path, "kind": f"{INFRA}network"}}]})
+        tag = 'Category: ftag; scheme="http://fuzz.example/#"; class="mixin"; location="/ftag/"\n'
+        vm_url = f"{base}{vm_path}"
+        plain, occi, js = "text/plain", "text/occi", "application/occi+json"
+        stop = 'Category: stop; scheme="http://schemas.ogf.org/occi/infrastructure/compute/action#"; class="action"\n'
+        return Live(port=URL(base).port or 0, scenarios=[
+            ("POST", "/compute/", plain, create), ("POST", "/compute/", occi, create),
+            ("POST", "/compute/", js, create_json), ("PUT", "/compute/" + str(uuid.uuid4()), plain, create),
+            ("POST", f"{vm_path}?action=stop", plain, stop + 'X-OCCI-Attribute: method="acpioff"\n'),
+            ("POST", f"{vm_path}?action=start", js, json.dumps({"action": stop.split(";")[1].split('"')[1] + "start"})),
+            ("POST", f"{vm_path}?action=suspend", occi, ""),
+            ("POST", vm_path, plain, 'X-OCCI-Attribute: occi.core.title="renamed", occi.compute.hostname="h"\n'),
+            ("POST", f"{net_path}?action=down", plain, ""), ("POST", f"{disk_path}?action=offline", plain, ""),
+            ("POST", "/-/", occi, tag), ("POST", "/ftag/", plain, f"X-OCCI-Location: {vm_url}\n"),
+            ("PUT", "/ftag/", "text/uri-list", f"{vm_url}\n"), ("DELETE", "/ftag/", plain, ""),
+            ("GET", "/compute/?page=1;number=5", occi, 'X-OCCI-Attribute: occi.core.title="fuzzed"\n'),
+            ("GET", "/-/", occi, f'Category: compute; scheme="{INFRA}"; class="kind"\n'),
+            ("GET", tpl["location"], js, ""), ("GET", "/networkinterface/", js, ""),
+            ("POST", "/storagelink/", plain, f'Category: storagelink; scheme="{INFRA}"; class="kind"\n'
+                                              f'X-OCCI-Attribute: occi.core.source="{vm_path}", '
+                                              f'occi.core.target="{disk_path}"\n'),
+        ])
+
+
 @pytest.fixture(scope="module")
-def live_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A broker over a SIMULATED federation, serving on 127.0.0.1 in its own thread and event loop."""
     db = Path(tmp_path_factory.mktemp("fuzz")) / "catalog.db"
     config = parse_config(SIM)
@@ -124,7 +187,7 @@ def live_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         await sync_all(app[keys.SESSIONS], config)
         await publish_image(app, "fuzz-image")
         holder["runner"] = runner
-        holder["port"] = runner.addresses[0][1]
+        holder["live"] = await _seed(f"http://127.0.0.1:{runner.addresses[0][1]}")
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -135,7 +198,7 @@ def live_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(60), "the broker did not start"
-    yield holder["port"]
+    yield holder["live"]
     asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
@@ -155,11 +218,23 @@ PATHS = ["/compute/", "/network/", "/storage/", "/networkinterface/", "/-/", "/m
          "/compute/1c7f7d8e-8c1d-4d0e-9d83-1f9b8f1b2a3c", "/compute/1c7f7d8e-8c1d-4d0e-9d83-1f9b8f1b2a3c?action=stop"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]), path=st.sampled_from(PATHS),
-       media=st.sampled_from(["text/plain", "text/occi", "application/occi+json", "text/uri-list", "x/y"]),
-       text=st.one_of(mutated(BASE_TEXT), mutated(BASE_JSON), st.text(max_size=200)))
-def test_random_requests_never_get_a_500(live_port: int, method: str, path: str, media: str, text: str) -> None:
+@settings(max_examples=200 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_requests_never_get_a_500(live: Live, data: st.DataObject) -> None:
+    """Valid requests of every kind (create with links, PUT, actions, update, user mixins, association,
+    filters), mutated or not, mixed with noise on any path: never a 500."""
+    if data.draw(st.booleans(), label="scenario"):
+        method, path, media, text = data.draw(st.sampled_from(live.scenarios), label="request")
+        if text and data.draw(st.booleans(), label="mutate"):
+            text = data.draw(mutated([text]), label="mutated body")
+    else:
+        method = data.draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), label="method")
+        path = data.draw(st.sampled_from(PATHS + [p for _, p, _, _ in live.scenarios]), label="path")
+        media = data.draw(st.sampled_from(["text/plain", "text/occi", "application/occi+json", "text/uri-list",
+                                           "x/y"]), label="media")
+        text = data.draw(st.one_of(mutated(BASE_TEXT), mutated(BASE_JSON), st.text(max_size=200)), label="body")
+        if method == "DELETE" and path.rstrip("/").count("/") == 1 and path != "/-/":
+            method = "GET"  # emptying a whole collection would leave the scenarios nothing to act on
     headers = {"Content-Type": media, "Accept": media if media != "x/y" else "*/*"}
     body = text
     if media == "text/occi":  # the rendering lives in headers: each line of the text becomes one header
@@ -168,7 +243,7 @@ def test_random_requests_never_get_a_500(live_port: int, method: str, path: str,
             name, _, value = line.partition(":")
             if name.strip() in parse.TEXT_HEADERS and value.isprintable() and value.isascii():
                 headers[name.strip()] = value.strip()
-    status, payload = _request(live_port, method, path, body, headers)
+    status, payload = _request(live.port, method, path, body, headers)
     assert status < 500 or status == 501, (status, payload[:300])
     if status >= 400:
         assert payload.strip(), "an error without a message"
