@@ -246,7 +246,8 @@ class OcciService:
     def _check_attributes(kind: Kind, mixins: list[Mixin], given: dict[str, Any], *, creating: bool,
                           entity_id: str | None = None) -> dict[str, Any]:
         """Field values for ``given`` attributes; every unknown, immutable or bad value is a 400."""
-        known = {a.name: a for a in declared(kind, mixins)}
+        # the kind's own definition wins over a template's copy (e.g. resource_tpl's cores default)
+        known = {a.name: a for a in reversed(declared(kind, mixins))}
         out: dict[str, Any] = {}
         for name, value in given.items():
             attr = known.get(name)

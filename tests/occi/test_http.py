@@ -139,6 +139,10 @@ async def test_create_in_json_put_update_actions_delete(sim_client: Any) -> None
     assert created.status == 201, await created.text()
     body = await created.json()
     assert body["attributes"]["occi.compute.cores"] == 2  # from the resource_tpl
+    override = await sim_client.post("/compute/", headers=JSONH, json={
+        **doc, "attributes": {"occi.compute.cores": 8, "occi.compute.memory": 64}})
+    assert override.status == 201, await override.text()  # GFD.224: the template overrides the instance's size
+    assert (await override.json())["attributes"]["occi.compute.cores"] == 2
     path = f"/compute/{body['id']}"
     updated = await sim_client.post(path, json={"kind": f"{INFRA}compute",
                                                 "attributes": {"occi.core.title": "renamed"}}, headers=JSONH)
