@@ -39,6 +39,24 @@ class NotFound(MetavmmError):
     title = "Not found"
 
 
+class MethodNotAllowed(MetavmmError):
+    """The path exists but not with this method; ``allow`` lists the methods it has."""
+
+    http_status = 405
+    title = "Method not allowed"
+
+    def __init__(self, method: str, path: str, allow: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed on {path}; allowed: {', '.join(allow)}")
+        self.allow = allow
+
+
+class NotAcceptable(MetavmmError):
+    """None of the media types the client accepts is offered."""
+
+    http_status = 406
+    title = "Not acceptable"
+
+
 class Conflict(MetavmmError):
     http_status = 409
     title = "Conflict"
@@ -71,6 +89,14 @@ class PreconditionRequired(MetavmmError):
 
     http_status = 428
     title = "Precondition required"
+class PayloadTooLarge(MetavmmError):
+    http_status = 413
+    title = "Request entity too large"
+
+
+class UnsupportedMediaType(MetavmmError):
+    http_status = 415
+    title = "Unsupported media type"
 
 
 class QuotaExceeded(MetavmmError):

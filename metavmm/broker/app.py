@@ -25,6 +25,7 @@ from metavmm.broker.rest import setup_rest
 from metavmm.broker.secrets import SecretBox, load_key
 from metavmm.broker.sync import register_providers, sync_all
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
+from metavmm.occi.routes import setup_occi
 
 log = logging.getLogger(__name__)
 
@@ -113,4 +114,5 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
     app.add_subapp("/api/v1", api)
+    setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app

@@ -396,8 +396,29 @@ class Operation(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+class OcciMixin(SQLModel, table=True):
+    """A user-defined OCCI mixin (a tag a project defines through the OCCI query interface).
+
+    Which entities carry it is recorded in each workload's ``spec["mixins"]`` (type ids), like every
+    other mixin, so there is one place that says what an entity is tagged with.
+    """
+
+    __tablename__ = "occi_mixin"
+    __table_args__ = (UniqueConstraint("project_id", "scheme", "term"), UniqueConstraint("project_id", "location"))
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    scheme: str = Field(max_length=255)
+    term: str = Field(max_length=128)
+    title: str = ""
+    location: str = Field(max_length=255)
+    depends: list[str] = Field(default_factory=list, sa_type=JSON)
+    applies: list[str] = Field(default_factory=list, sa_type=JSON)
+    created_at: datetime = _ts()
+
+
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
+    OcciMixin,
 )
 

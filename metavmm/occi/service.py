@@ -1,0 +1,595 @@
+"""The bridge from OCCI to the catalog and the broker's services: OCCI is a view, not a second model.
+
+Every entity is a catalog row (``Workload`` for resources, ``WorkloadLink`` for links); every mixin
+comes from the catalog (images as os_tpl, flavors as resource_tpl, sites and zones as placement
+mixins, ``OcciMixin`` rows as user mixins) or is a standard one declared in
+:mod:`metavmm.occi.infrastructure`. Which mixins an entity carries is ``spec["mixins"]``.
+
+Identity: :func:`occi_identity` is the only place that reads who is asking; every query and mutation
+below takes its result, so project scoping cannot be forgotten on one path.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import or_
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import aliased
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.broker import keys
+from metavmm.broker.identity import IDENTITY
+from metavmm.broker.services.compute import ComputeService, DriverPool, PlacementRequest, place
+from metavmm.catalog.db import session_scope, state_dir
+from metavmm.catalog.models import (
+    OcciMixin,
+    Provider,
+    Role,
+    Workload,
+    WorkloadLink,
+    utcnow,
+)
+from metavmm.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationError
+from metavmm.occi import infrastructure as infra
+from metavmm.occi.catalog_view import (
+    ACTIONS_BY_STATE,
+    KINDS,
+    STATIC_BY_ID,
+    Registry,
+    declared,
+    link_entity,
+    links_of,
+    mixins_of,
+    occi_state,
+    registry,
+    resource_entity,
+    user_mixin,
+)
+from metavmm.occi.model import Entity, Kind, Mixin, check_term
+from metavmm.occi.parse import CategoryRef, LinkRef, OcciRequest
+
+DRIVERS = web.AppKey("occi_drivers", DriverPool)
+_CACHED = web.RequestKey("occi_identity", object)
+ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
+                         r"storagelink)/([0-9a-fA-F\-]{36})/?$")
+DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
+_LINK_TARGET = aliased(Workload)  # built once: an alias re-proxies every column when it is made
+RESERVED_PATHS = ("/-/", "/api/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
+
+
+# --- identity -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OcciIdentity:
+    user: str
+    project_id: int
+    project: str
+    role: str
+
+    def require_write(self) -> None:
+        if self.role == Role.READER:
+            raise Forbidden(f"user {self.user} has the reader role in project {self.project}: read-only")
+
+
+async def occi_identity(request: web.Request) -> OcciIdentity:
+    """Who is asking, in which project, with which role: the identity the broker's auth middleware
+    proved (API token as Bearer or as the Basic password, OIDC, or a client certificate)."""
+    cached = request.get(_CACHED)
+    if isinstance(cached, OcciIdentity):
+        return cached
+    raw = request.get(IDENTITY)
+    if raw is None:  # only a route the auth middleware did not cover could get here
+        raise Unauthenticated("authentication required: send your API token as the Basic password")
+    ident = OcciIdentity(raw.user, raw.project_id, raw.project, raw.role)
+    request[_CACHED] = ident
+    return ident
+
+
+# --- the service ----------------------------------------------------------------------------------------
+
+
+class OcciService:
+    """Every OCCI operation, scoped to one identity's project."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession], config: Any, drivers: DriverPool,
+                 ident: OcciIdentity) -> None:
+        self.maker = maker
+        self.config = config
+        self.drivers = drivers
+        self.compute = ComputeService(drivers)
+        self.ident = ident
+
+    @classmethod
+    async def for_request(cls, request: web.Request) -> OcciService:
+        ident = await occi_identity(request)
+        return cls(request.app[keys.SESSIONS], request.app[keys.CONFIG], request.app[DRIVERS], ident)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    async def registry(self) -> Registry:
+        async with self.maker() as session:
+            return await registry(session, self.ident.project_id)
+
+    async def _workload(self, session: AsyncSession, kind: str, entity_id: str) -> Workload:
+        row = await session.get(Workload, entity_id) if is_uuid(entity_id) else None
+        if row is None or row.kind != kind or row.project_id != self.ident.project_id:
+            raise NotFound(f"no {kind} {entity_id} in project {self.ident.project}")
+        return row
+
+    async def _link(self, session: AsyncSession, kind: str, link_id: str) -> WorkloadLink:
+        row = await session.get(WorkloadLink, link_id) if is_uuid(link_id) else None
+        if row is None or row.kind != kind or row.project_id != self.ident.project_id:
+            raise NotFound(f"no {kind} {link_id} in project {self.ident.project}")
+        return row
+
+    async def get(self, kind: Kind, entity_id: str) -> Entity:
+        async with self.maker() as session:
+            if kind in infra.LINK_KINDS:
+                row = await self._link(session, kind.term, entity_id)
+                src = await session.get(Workload, row.source_id)
+                tgt = await session.get(Workload, row.target_id)
+                assert src is not None and tgt is not None
+                return link_entity(row, src.kind, tgt.kind, occi_state(src))
+            # one round trip: the workload, its links and their targets' kinds
+            target = _LINK_TARGET
+            rows = (await session.exec(
+                select(Workload, WorkloadLink, target.kind)
+                .outerjoin(WorkloadLink, WorkloadLink.source_id == Workload.id)
+                .outerjoin(target, WorkloadLink.target_id == target.id)
+                .where(Workload.id == entity_id.lower(), Workload.kind == kind.term,
+                       Workload.project_id == self.ident.project_id)
+                .order_by(WorkloadLink.id))).all() if is_uuid(entity_id) else []
+            if not rows:
+                raise NotFound(f"no {kind.term} {entity_id} in project {self.ident.project}")
+            wl = rows[0][0]
+            state = occi_state(wl)
+            links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk in rows if lk is not None]
+            return resource_entity(wl, links)
+
+    async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
+        """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""
+        terms = [kind.term] if kind else list(KINDS)
+        async with self.maker() as session:
+            out: list[Entity] = []
+            resource_terms = [t for t in terms if t in ("compute", "network", "storage")]
+            if resource_terms:
+                rows = list((await session.exec(select(Workload).where(
+                    Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms))
+                    .order_by(Workload.created_at, Workload.id))).all())
+                if mixin is not None:
+                    rows = [w for w in rows if mixin.type_id in w.spec.get("mixins", [])]
+                links = await links_of(session, rows)
+                out += [resource_entity(w, links[w.id]) for w in rows]
+            link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
+            link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
+            if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):
+                rows_l = (await session.exec(select(WorkloadLink).where(
+                    WorkloadLink.project_id == self.ident.project_id, WorkloadLink.kind.in_(link_terms))
+                    .order_by(WorkloadLink.id))).all()
+                ends = {w.id: w for w in (await session.exec(select(Workload).where(Workload.id.in_(
+                    [r.source_id for r in rows_l] + [r.target_id for r in rows_l])))).all()}
+                for r in rows_l:
+                    if mixin is None or mixin.type_id in r.attributes.get("mixins", []):
+                        src, tgt = ends[r.source_id], ends[r.target_id]
+                        out.append(link_entity(r, src.kind, tgt.kind, occi_state(src)))
+            return out
+
+    # -- validation --------------------------------------------------------------------------------------
+
+    def _resolve_categories(self, reg: Registry, kind: Kind, cats: list[CategoryRef]) -> list[Mixin]:
+        mixins: list[Mixin] = []
+        for cat in cats:
+            if cat.cls == "action":
+                raise ValidationError(f"an action category ({cat.type_id}) cannot be part of an entity")
+            if cat.type_id in {k.type_id for k in infra.KINDS}:
+                if cat.type_id != kind.type_id:
+                    raise ValidationError(f"kind {cat.type_id} does not belong in the {kind.term} collection")
+                continue
+            mixin = reg.mixin(cat.type_id)
+            if mixin is None:
+                raise ValidationError(f"unknown mixin {cat.type_id}; GET /-/ lists the mixins this server offers")
+            if mixin.applies and kind.type_id not in mixin.applies:
+                raise ValidationError(f"mixin {cat.type_id} does not apply to {kind.term}")
+            if mixin.type_id not in {m.type_id for m in mixins}:
+                mixins.append(mixin)
+        return mixins
+
+    @staticmethod
+    def _check_attributes(kind: Kind, mixins: list[Mixin], given: dict[str, Any], *, creating: bool,
+                          entity_id: str | None = None) -> dict[str, Any]:
+        """Field values for ``given`` attributes; every unknown, immutable or bad value is a 400."""
+        # the kind's own definition wins over a template's copy (e.g. resource_tpl's cores default)
+        known = {a.name: a for a in reversed(declared(kind, mixins))}
+        out: dict[str, Any] = {}
+        for name, value in given.items():
+            attr = known.get(name)
+            if attr is None:
+                raise ValidationError(f"unknown attribute {name} for {kind.term}"
+                                      + (f" with mixins {', '.join(m.term for m in mixins)}" if mixins else ""))
+            if name == "occi.core.id":
+                if entity_id is not None and str(value) not in (entity_id, f"urn:uuid:{entity_id}"):
+                    raise ValidationError(f"attribute occi.core.id: {value!r} does not match the entity's id")
+                continue
+            if name in ("occi.core.source", "occi.core.target", "occi.core.source.kind", "occi.core.target.kind"):
+                continue  # handled by link creation
+            if not attr.mutable and not (creating and attr.field):
+                raise ValidationError(f"attribute {name} is immutable")
+            value = attr.check(value)
+            if attr.field:
+                out[attr.field] = attr.from_occi(value) if attr.from_occi else value
+        if creating:
+            for attr in known.values():
+                if attr.required and attr.name not in given and attr.default is None and attr.field:
+                    raise ValidationError(f"missing required attribute {attr.name} for {kind.term}")
+        return out
+
+    # -- creating ----------------------------------------------------------------------------------------
+
+    async def create(self, kind: Kind, req: OcciRequest, entity_id: str | None = None) -> str:
+        """Create a resource or link from a parsed rendering; returns its location path."""
+        self.ident.require_write()
+        if entity_id is not None and not is_uuid(entity_id):
+            raise ValidationError(f"{entity_id!r} is not a UUID; entity ids are UUIDs")
+        if kind in infra.LINK_KINDS:
+            return await self._create_link(kind, req, entity_id)
+        async with self.maker() as session:
+            reg = await registry(session, self.ident.project_id)
+        mixins = self._resolve_categories(reg, kind, req.categories)
+        fields = self._check_attributes(kind, mixins, req.attributes, creating=True, entity_id=entity_id)
+        spec: dict[str, Any] = {k: v for k, v in fields.items() if k != "name"}
+        spec["mixins"] = [m.type_id for m in mixins]
+        name = fields.get("name") or f"{kind.term}-{(entity_id or uuid.uuid4().hex)[:8]}"
+        placement = self._placement_request(kind, reg, mixins, spec)
+        wl = Workload(id=entity_id or str(uuid.uuid4()), project_id=self.ident.project_id, kind=kind.term,
+                      name=name, spec=spec,
+                      observed_state={"compute": "pending", "network": "active", "storage": "online"}[kind.term])
+        async with session_scope(self.maker) as session:
+            if await session.get(Workload, wl.id) is not None:
+                raise Conflict(f"an entity with id {wl.id} already exists")
+            if placement is not None and placement.site_id is not None and kind is not infra.COMPUTE:
+                wl.site_id = placement.site_id
+            session.add(wl)
+            await session.flush()
+            links = [await self._new_link(session, wl, ref, reg, index=i) for i, ref in enumerate(req.links)]
+            wl.spec = {**spec, "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
+                       "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
+        if kind is infra.COMPUTE:
+            assert placement is not None
+            try:
+                async with self.maker() as session:
+                    chosen = await place(session, placement, self.drivers.configured())
+                await self.compute.create(wl, chosen)
+            except BaseException:
+                await self._purge(wl.id)
+                raise
+            async with session_scope(self.maker) as session:
+                row = await session.get(Workload, wl.id)
+                assert row is not None
+                for attr in ("provider_id", "site_id", "host_id", "provider_resource_id", "observed_state"):
+                    setattr(row, attr, getattr(wl, attr))
+                row.state_message = f"placed at {chosen.provider}/{chosen.region}" + (
+                    f" for {chosen.price_per_hour:.4f}/h" if chosen.price_per_hour is not None else "")
+                row.updated_at = utcnow()
+        return f"{kind.location}{wl.id}"
+
+    def _placement_request(self, kind: Kind, reg: Registry, mixins: list[Mixin],
+                           spec: dict[str, Any]) -> PlacementRequest | None:
+        site_id, zone = None, None
+        pinned = [reg.sites[m.type_id] for m in mixins if m.type_id in reg.sites]
+        if len(pinned) > 1:
+            raise ValidationError("give at most one site mixin: a resource runs at one site")
+        if pinned:
+            site_id, zone = pinned[0][0].id, pinned[0][1]
+        if kind is not infra.COMPUTE:
+            return PlacementRequest(0, 0, None, site_id=site_id, zone=zone)
+        images = [reg.images[m.type_id] for m in mixins if m.type_id in reg.images]
+        flavors = [reg.flavors[m.type_id] for m in mixins if m.type_id in reg.flavors]
+        if len(images) != 1:
+            raise ValidationError("a compute needs exactly one os_tpl mixin (the image); GET /mixins/os_tpl/ "
+                                  "lists them" if not images else "give only one os_tpl mixin")
+        if len(flavors) > 1:
+            raise ValidationError("give at most one resource_tpl mixin")
+        if flavors:  # GFD.224: the template overrides the instance's own size attributes
+            spec["vcpus"], spec["ram_mib"] = flavors[0].vcpus, flavors[0].ram_mib
+        for key, value in DEFAULT_SHAPE.items():
+            spec.setdefault(key, value)
+        spec["image_id"] = images[0].id
+        arch = {"x86_64": "x64", "i686": "x86", "i386": "x86"}.get(images[0].arch)
+        if arch and spec.setdefault("architecture", arch) != arch:
+            raise ValidationError(f"occi.compute.architecture {spec['architecture']} does not match the os_tpl's "
+                                  f"image ({images[0].arch})")
+        allowed = tuple(p for p in str(spec.get("allowed_providers") or "").split(",") if p)
+        return PlacementRequest(vcpus=int(spec["vcpus"]), ram_mib=int(spec["ram_mib"]), image_id=images[0].id,
+                                flavor=flavors[0].name if flavors else None, site_id=site_id, zone=zone,
+                                allowed_providers=allowed, max_price_per_hour=spec.get("max_price_per_hour"))
+
+    async def _target(self, session: AsyncSession, location: str, what: str) -> Workload:
+        match = ENTITY_PATH.match(location)
+        if not match or match.group(1) not in ("compute", "network", "storage"):
+            raise ValidationError(f"{what} {location!r} is not the location of a compute, network or storage")
+        row = await session.get(Workload, match.group(2).lower())
+        if row is None or row.project_id != self.ident.project_id or row.kind != match.group(1):
+            raise NotFound(f"{what} {location} does not exist in project {self.ident.project}")
+        return row
+
+    async def _new_link(self, session: AsyncSession, source: Workload, ref: LinkRef, reg: Registry, *,
+                        index: int, link_id: str | None = None) -> WorkloadLink:
+        target = await self._target(session, ref.target, "link target")
+        kind = {"network": infra.NETWORKINTERFACE, "storage": infra.STORAGELINK}.get(target.kind)
+        if source.kind != "compute" or kind is None:
+            raise ValidationError(f"a link goes from a compute to a network or storage, not from {source.kind} "
+                                  f"to {target.kind}")
+        if ref.rel and KINDS[target.kind].type_id not in ref.rel:
+            raise ValidationError(f"link to {ref.target}: rel {' '.join(ref.rel)} is not the target's kind "
+                                  f"{KINDS[target.kind].type_id}")
+        cats = [CategoryRef(term=t.rpartition("#")[2], scheme=t.rpartition("#")[0] + "#") for t in ref.categories]
+        mixins = self._resolve_categories(reg, kind, cats)
+        fields = self._check_attributes(kind, mixins, ref.attributes, creating=True)
+        existing = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == source.id,
+                                                                  WorkloadLink.kind == kind.term))).all()
+        n = len(existing) + index
+        if kind is infra.NETWORKINTERFACE:
+            fields.setdefault("interface", f"eth{n}")
+            fields.setdefault("mac", "52:54:00:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3)))
+        else:
+            fields.setdefault("deviceid", f"vd{chr(ord('b') + min(n, 24))}")
+        fields["mixins"] = [m.type_id for m in mixins]
+        row = WorkloadLink(id=link_id or str(uuid.uuid4()), project_id=self.ident.project_id, kind=kind.term,
+                           source_id=source.id, target_id=target.id, attributes=fields)
+        session.add(row)
+        await session.flush()
+        return row
+
+    async def _create_link(self, kind: Kind, req: OcciRequest, link_id: str | None) -> str:
+        source = req.attributes.get("occi.core.source")
+        target = req.attributes.get("occi.core.target") or (req.links[0].target if req.links else None)
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise ValidationError(f"a {kind.term} needs occi.core.source and occi.core.target")
+        async with self.maker() as session:
+            reg = await registry(session, self.ident.project_id)
+        mixin_ids = tuple(c.type_id for c in req.categories if c.type_id != kind.type_id)
+        attrs = {k: v for k, v in req.attributes.items() if not k.startswith("occi.core.")}
+        async with session_scope(self.maker) as session:
+            src = await self._target(session, source, "link source")
+            if link_id and await session.get(WorkloadLink, link_id) is not None:
+                raise Conflict(f"a link with id {link_id} already exists")
+            row = await self._new_link(session, src, LinkRef(target=target, categories=mixin_ids, attributes=attrs),
+                                       reg, index=0, link_id=link_id)
+            if row.kind != kind.term:
+                raise ValidationError(f"a link to {target} is a {row.kind}, not a {kind.term}")
+        return f"{kind.location}{row.id}"
+
+    async def _purge(self, workload_id: str) -> None:
+        async with session_scope(self.maker) as session:
+            await session.exec(sa_delete(WorkloadLink).where(or_(WorkloadLink.source_id == workload_id,
+                                                                    WorkloadLink.target_id == workload_id)))
+            await session.exec(sa_delete(Workload).where(Workload.id == workload_id))
+
+    # -- updating ----------------------------------------------------------------------------------------
+
+    async def update(self, kind: Kind, entity_id: str, req: OcciRequest) -> None:
+        """Partial update (POST) or replace (PUT on an existing entity): mutable attributes and user mixins."""
+        self.ident.require_write()
+        async with self.maker() as session:
+            reg = await registry(session, self.ident.project_id)
+        async with session_scope(self.maker) as session:
+            if kind in infra.LINK_KINDS:
+                link = await self._link(session, kind.term, entity_id)
+                current = mixins_of(link.attributes)
+                added = self._resolve_categories(reg, kind, req.categories)
+                fields = self._check_attributes(kind, current + added, req.attributes, creating=False,
+                                                entity_id=entity_id)
+                names = [m.type_id for m in current] + [m.type_id for m in added if m not in current]
+                link.attributes = {**link.attributes, **fields, "mixins": names}
+                return
+            wl = await self._workload(session, kind.term, entity_id)
+            current = mixins_of(wl.spec)
+            added = [m for m in self._resolve_categories(reg, kind, req.categories)
+                     if m.type_id not in {c.type_id for c in current}]
+            for m in added:
+                if not m.user and m not in (infra.IPNETWORK, infra.IPNETWORKINTERFACE):
+                    raise Conflict(f"mixin {m.type_id} is fixed when the {kind.term} is created (it chooses the "
+                                   f"image, shape, site or what is injected at boot); create a new {kind.term} instead")
+            fields = self._check_attributes(kind, current + added, req.attributes, creating=False,
+                                            entity_id=entity_id)
+            for key in ("vcpus", "ram_mib"):
+                if key in fields and fields[key] != wl.spec.get(key):
+                    raise Conflict(f"resizing a compute is not supported yet (the drivers have no resize "
+                                   f"verb); {kind.term} {entity_id} keeps {wl.spec.get(key)} {key}")
+            if "name" in fields:
+                wl.name = fields.pop("name")
+            wl.spec = {**wl.spec, **fields, "mixins": [m.type_id for m in current + added]}
+            wl.version += 1
+            wl.updated_at = utcnow()
+
+    # -- actions -----------------------------------------------------------------------------------------
+
+    async def act(self, kind: Kind, entity_id: str, term: str, req: OcciRequest) -> None:
+        self.ident.require_write()
+        action = next((a for a in kind.actions if a.term == term), None)
+        if action is None:
+            raise ValidationError(f"{kind.term} has no action {term!r}; it has "
+                                  f"{', '.join(a.term for a in kind.actions) or 'none'}")
+        for cat in req.categories:
+            if cat.type_id != action.type_id:
+                raise ValidationError(f"the body names {cat.type_id} but the URL asks for {action.type_id}")
+        for name, value in req.attributes.items():
+            attr = action.attribute(name)
+            if attr is None:
+                raise ValidationError(f"unknown attribute {name} for action {term}; it takes "
+                                      f"{', '.join(a.name for a in action.attributes) or 'none'}")
+            attr.check(value)
+        async with self.maker() as session:
+            wl = await self._workload(session, kind.term, entity_id)
+            provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
+        state = occi_state(wl)
+        applicable = ACTIONS_BY_STATE[kind.term].get(state, ())
+        if term not in applicable:
+            raise Conflict(f"action {term} is not applicable: {kind.term} {entity_id} is {state} "
+                           f"(applicable now: {', '.join(applicable) or 'none'})")
+        message = None
+        if kind is infra.COMPUTE:
+            if provider is None or wl.provider_resource_id is None:
+                raise Conflict(f"compute {entity_id} runs nowhere (it is {wl.observed_state})")
+            if term == "save":
+                path = await self.compute.save(wl, provider.name, str(state_dir() / "saved"))
+                message, observed = f"saved to {path}", wl.observed_state
+            else:
+                observed = str(await self.compute.act(wl, provider.name, term))
+        else:
+            observed = {"up": "active", "down": "inactive", "online": "online", "offline": "offline"}[term]
+        async with session_scope(self.maker) as session:
+            row = await self._workload(session, kind.term, entity_id)
+            row.observed_state = observed
+            row.state_message = message
+            row.desired_state = {"stop": "stopped", "suspend": "suspended"}.get(term, "active")
+            row.version += 1
+            row.updated_at = utcnow()
+
+    # -- deleting ----------------------------------------------------------------------------------------
+
+    async def delete(self, kind: Kind, entity_id: str) -> None:
+        self.ident.require_write()
+        async with session_scope(self.maker) as session:
+            if kind in infra.LINK_KINDS:
+                await session.delete(await self._link(session, kind.term, entity_id))
+                return
+            wl = await self._workload(session, kind.term, entity_id)
+            provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
+        if kind is infra.COMPUTE and provider is not None and wl.provider_resource_id:
+            await self.compute.delete(wl, provider.name)
+        await self._purge(wl.id)
+
+    async def delete_all(self, kind: Kind) -> int:
+        entities = await self.collection(kind)
+        for entity in entities:
+            await self.delete(kind, entity.id)
+        return len(entities)
+
+    # -- mixins: association and user mixins ------------------------------------------------------------
+
+    async def _entity_rows(self, session: AsyncSession, locations: list[str]) -> list[Workload | WorkloadLink]:
+        rows: list[Workload | WorkloadLink] = []
+        for loc in locations:
+            match = ENTITY_PATH.match(loc)
+            if not match:
+                raise ValidationError(f"{loc!r} is not the location of an entity")
+            term, entity_id = match.group(1), match.group(2).lower()
+            if term in ("networkinterface", "storagelink"):
+                rows.append(await self._link(session, term, entity_id))
+            else:
+                rows.append(await self._workload(session, term, entity_id))
+        return rows
+
+    async def associate(self, mixin: Mixin, locations: list[str], *, replace: bool = False) -> None:
+        """POST (add) or PUT (replace the collection) on a mixin's location; only user mixins are tags."""
+        self.ident.require_write()
+        if not mixin.user:
+            raise Conflict(f"mixin {mixin.type_id} is chosen when an entity is created; only user-defined "
+                           f"mixins can be associated afterwards")
+        async with session_scope(self.maker) as session:
+            wanted = await self._entity_rows(session, locations)
+            for row in wanted:
+                kind = KINDS[row.kind]
+                if mixin.applies and kind.type_id not in mixin.applies:
+                    raise ValidationError(f"mixin {mixin.type_id} does not apply to {kind.term}")
+                _tag(row, mixin.type_id, add=True)
+            if replace:
+                keep = {r.id for r in wanted}
+                for row in await self._members(session, mixin):
+                    if row.id not in keep:
+                        _tag(row, mixin.type_id, add=False)
+
+    async def dissociate(self, mixin: Mixin, locations: list[str]) -> None:
+        """DELETE on a mixin's location: the listed entities (or all, without a body) lose the mixin."""
+        self.ident.require_write()
+        if not mixin.user:
+            raise Conflict(f"mixin {mixin.type_id} cannot be removed from a running entity")
+        async with session_scope(self.maker) as session:
+            rows = await self._entity_rows(session, locations) if locations else await self._members(session, mixin)
+            for row in rows:
+                _tag(row, mixin.type_id, add=False)
+
+    async def _members(self, session: AsyncSession, mixin: Mixin) -> list[Workload | WorkloadLink]:
+        wls = (await session.exec(select(Workload).where(Workload.project_id == self.ident.project_id))).all()
+        lks = (await session.exec(select(WorkloadLink).where(WorkloadLink.project_id == self.ident.project_id))).all()
+        return [w for w in wls if mixin.type_id in w.spec.get("mixins", [])] + \
+            [lk for lk in lks if mixin.type_id in lk.attributes.get("mixins", [])]
+
+    async def define_mixins(self, cats: list[CategoryRef]) -> None:
+        """POST /-/: user-defined mixins (tags) with a client-chosen location under the project."""
+        self.ident.require_write()
+        if not cats:
+            raise ValidationError("send at least one mixin category (with class=\"mixin\" and a location)")
+        async with self.maker() as session:
+            reg = await registry(session, self.ident.project_id)
+        async with session_scope(self.maker) as session:
+            for cat in cats:
+                if cat.cls and cat.cls != "mixin":
+                    raise ValidationError(f"only mixins can be defined; {cat.type_id} is a {cat.cls}")
+                check_term(cat.term)
+                location = cat.location or f"/mixins/user/{cat.term}/"
+                if not re.fullmatch(r"/[A-Za-z0-9\-_./]{1,200}/", location) or ".." in location or "//" in location:
+                    raise ValidationError(f"mixin location {location!r} must be a path like /my_tags/ending in '/'")
+                if location.startswith(RESERVED_PATHS) and not location.startswith("/mixins/user/"):
+                    raise ValidationError(f"mixin location {location} is inside a path the server owns; "
+                                          f"choose another (e.g. /tags/{cat.term}/)")
+                if reg.mixin(cat.type_id) is not None:
+                    raise Conflict(f"mixin {cat.type_id} already exists")
+                if reg.by_location(location) is not None or location.rstrip("/") in ("/mixins", "/mixins/user"):
+                    raise Conflict(f"location {location} is already taken")
+                if cat.scheme.startswith(("http://schemas.ogf.org/", infra.METAVMM)):
+                    raise ValidationError(f"scheme {cat.scheme} is reserved for OGF and metavmm categories")
+                for dep in cat.rel:
+                    if reg.mixin(dep) is None:
+                        raise ValidationError(f"mixin {cat.type_id} depends on unknown mixin {dep}")
+                row = OcciMixin(project_id=self.ident.project_id, scheme=cat.scheme, term=cat.term,
+                                title=cat.title or "", location=location, depends=list(cat.rel),
+                                applies=list(cat.applies))
+                session.add(row)
+                reg.mixins.append(user_mixin(row))
+
+    async def delete_mixins(self, cats: list[CategoryRef]) -> None:
+        """DELETE /-/: remove user-defined mixins and their associations."""
+        self.ident.require_write()
+        if not cats:
+            raise ValidationError("name the mixin to delete in a Category")
+        async with session_scope(self.maker) as session:
+            for cat in cats:
+                row = (await session.exec(select(OcciMixin).where(
+                    OcciMixin.project_id == self.ident.project_id, OcciMixin.scheme == cat.scheme,
+                    OcciMixin.term == cat.term))).first()
+                if row is None:
+                    if cat.type_id in STATIC_BY_ID or cat.scheme.startswith(infra.METAVMM):
+                        raise Forbidden(f"mixin {cat.type_id} is not user-defined and cannot be deleted")
+                    raise NotFound(f"no user mixin {cat.type_id} in project {self.ident.project}")
+                for member in await self._members(session, user_mixin(row)):
+                    _tag(member, cat.type_id, add=False)
+                await session.delete(row)
+
+
+def _tag(row: Workload | WorkloadLink, type_id: str, *, add: bool) -> None:
+    data = dict(row.spec if isinstance(row, Workload) else row.attributes)
+    names = [n for n in data.get("mixins", []) if n != type_id] + ([type_id] if add else [])
+    data["mixins"] = names
+    if isinstance(row, Workload):
+        row.spec = data
+        row.version += 1
+    else:
+        row.attributes = data
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
