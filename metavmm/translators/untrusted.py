@@ -134,7 +134,7 @@ def _resolve(path: str | Path) -> Path:
 
 def _refuse_references(fmt: str, path: Path, info: dict[str, Any]) -> None:
     """Backing files, data files and foreign extents all make qemu read something other than this file."""
-    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    backing = info.get("backing-filename") or info.get("full-backing-filename")
     if backing:
         if backing.startswith(PROTOCOL_PREFIXES) or ":" in backing.split("/", 1)[0]:
             raise UntrustedImage(f"backing file {backing[:120]!r} is a protocol filename (json:, nbd:, http: ...): "
@@ -197,7 +197,10 @@ async def inspect(path: str | Path, declared: str | None = None, *, limits: Imag
         if want != fmt:
             raise UntrustedImage(f"{p.name}: declared {declared} but the file is {fmt}: refused (a format mismatch "
                                  "is how a qcow2 header smuggles a backing file into a 'raw' image)")
-    info = await qemu_info(str(p), fmt, limits.tool)
+    try:
+        info = await qemu_info(str(p), fmt, limits.tool)
+    except TranslationError as exc:
+        raise UntrustedImage(f"{p.name}: qemu-img cannot read it as {fmt}: {exc}", detail=exc.stderr_tail) from exc
     _refuse_references(fmt, p, info)
     virtual = int(info.get("virtual-size", 0))
     if virtual > limits.max_virtual_bytes:

@@ -34,4 +34,7 @@ def raw_disk(tmp_path: Path) -> DiskRef:
 
 
 def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True)
+    res = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    if res.returncode:
+        raise AssertionError(f"qemu-img {' '.join(args)} failed: {res.stderr}")
+    return res
