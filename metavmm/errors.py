@@ -86,6 +86,20 @@ class UntrustedImage(ValidationError):
     title = "Image refused"
 
 
+class ChecksumMismatch(ValidationError):
+    """Bytes received do not hash to what their publisher declared: refused and deleted, never imported."""
+
+    http_status = 422
+    title = "Checksum mismatch"
+
+
+class ImageListRefused(ValidationError):
+    """A signed image list was refused (unsigned, untrusted endorser, tampered, expired, replayed)."""
+
+    http_status = 422
+    title = "Image list refused"
+
+
 class DriverError(MetavmmError):
     """A provider failed an operation. ``provider`` and ``operation`` are always named."""
 

@@ -183,7 +183,7 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
             session.add(rep)
             replicas[key] = rep
         rep.name, rep.format, rep.size_bytes = info.name, info.format, info.size_bytes
-        rep.checksum = info.checksum
+        rep.checksum = info.checksum or rep.checksum  # a provider that reports none keeps the broker's
         rep.present = True
         seen_r.add(key)
         counts.images += 1
