@@ -301,5 +301,9 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
 
 
+from metavmm.broker.cli_marketplace import marketplace  # noqa: E402
+
+main.add_command(marketplace)
+
 if __name__ == "__main__":
     main()
