@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Numeric, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -226,8 +226,8 @@ class Image(SQLModel, table=True):
     arch: str = "x86_64"
     hypervisor: str | None = None
     format: str = "qcow2"
-    size_bytes: int = 0
-    virtual_size_bytes: int = 0
+    size_bytes: int = Field(default=0, sa_type=BigInteger)  # 64-bit: images pass 2 GiB
+    virtual_size_bytes: int = Field(default=0, sa_type=BigInteger)
     sha256: str | None = None
     sha512: str | None = None
     version: str = "1"
@@ -286,7 +286,7 @@ class ImageReplica(SQLModel, table=True):
     name: str = ""
     format: str = Field(max_length=16)
     provider_image_id: str = Field(max_length=255)
-    size_bytes: int = 0
+    size_bytes: int = Field(default=0, sa_type=BigInteger)
     checksum: str | None = None
     state: str = "available"
     present: bool = True

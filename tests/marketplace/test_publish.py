@@ -89,14 +89,14 @@ async def test_untrusted_content_is_refused(sqlite_sessions, disks: Disks, tmp_p
     assert [p for p in blob_dir().rglob("*") if p.is_file()] == []
 
 
-async def test_a_new_version_supersedes_and_the_old_one_expires(sqlite_sessions, disks: Disks) -> None:
-    async with session_scope(sqlite_sessions) as s:
+async def test_a_new_version_supersedes_and_the_old_one_expires(sessions, disks: Disks) -> None:
+    async with session_scope(sessions) as s:
         v1 = await publish(s, meta(format="vmdk"), str(disks.vmdk))
-    async with session_scope(sqlite_sessions) as s:
+    async with session_scope(sessions) as s:
         v2 = await publish(s, meta(format="vdi", description="with exercises"), str(disks.vdi),
                            grace=timedelta(hours=1))
     assert v2.version == "2" and v2.supersedes_id == v1.id
-    async with sqlite_sessions() as s:
+    async with sessions() as s:
         old = await s.get(Image, v1.id)
         assert old is not None and old.superseded_by_id == v2.id and state_of(old) == "superseded"
         assert old.expires_at.replace(tzinfo=UTC) <= datetime.now(UTC) + timedelta(hours=1)
@@ -104,14 +104,14 @@ async def test_a_new_version_supersedes_and_the_old_one_expires(sqlite_sessions,
         assert (await get_image(s, "intro-linux", ADMIN)).id == v2.id
 
     with pytest.raises(Conflict, match="version 2 is not newer than the current 2"):
-        async with session_scope(sqlite_sessions) as s:
+        async with session_scope(sessions) as s:
             await publish(s, meta(version="2"), str(disks.qcow2))
     with pytest.raises(Conflict, match="already version 2"):
-        async with session_scope(sqlite_sessions) as s:
+        async with session_scope(sessions) as s:
             await publish(s, meta(format="vdi"), str(disks.vdi))
-    async with session_scope(sqlite_sessions) as s:
+    async with session_scope(sessions) as s:
         v3 = await publish(s, meta(format="qcow2", version="2.10"), str(disks.qcow2), grace=timedelta(0))
-    async with sqlite_sessions() as s:
+    async with sessions() as s:
         assert state_of(await s.get(Image, v2.id)) == "expired" and v3.version == "2.10"
 
 

@@ -25,10 +25,10 @@ def img(name: str, **kw: object) -> Image:
 
 
 @pytest.fixture
-async def catalog(sqlite_sessions):  # type: ignore[no-untyped-def]
-    async with session_scope(sqlite_sessions) as s:
+async def catalog(sessions):  # type: ignore[no-untyped-def]
+    async with session_scope(sessions) as s:
         s.add(Project(id=7, name="physics"))
-    async with session_scope(sqlite_sessions) as s:
+    async with session_scope(sessions) as s:
         s.add_all([
             img("intro-linux", description="shell and files for beginners", tags=["course", "linux"]),
             img("windows-office", publisher="school-b", os="Windows", os_version="11", format="vpc",
@@ -41,7 +41,7 @@ async def catalog(sqlite_sessions):  # type: ignore[no-untyped-def]
             img("old-linux", version="0", superseded_by_id="x", expires_at=NOW + timedelta(days=1)),
             img("dead-image", expires_at=NOW - timedelta(days=1)),
         ])
-    return sqlite_sessions
+    return sessions
 
 
 async def names(maker, audience: Audience = ADMIN, **filters: object) -> list[str]:  # type: ignore[no-untyped-def]

@@ -54,22 +54,30 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_image_image_list_id'), ['image_list_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_image_superseded_by_id'), ['superseded_by_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_image_supersedes_id'), ['supersedes_id'], unique=False)
+        batch_op.alter_column('size_bytes', existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
+        batch_op.alter_column('virtual_size_bytes', existing_type=sa.Integer(), type_=sa.BigInteger(),
+                              existing_nullable=False)
         batch_op.create_foreign_key('fk_image_image_list_id', 'image_list_subscription', ['image_list_id'], ['id'])
 
     with op.batch_alter_table('image_replica', schema=None) as batch_op:
         batch_op.add_column(sa.Column('created_at', sa.DateTime(timezone=True), nullable=False,
                                       server_default=sa.func.current_timestamp()))
         batch_op.add_column(sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.alter_column('size_bytes', existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('image_replica', schema=None) as batch_op:
+        batch_op.alter_column('size_bytes', existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
         batch_op.drop_column('last_used_at')
         batch_op.drop_column('created_at')
 
     with op.batch_alter_table('image', schema=None) as batch_op:
         batch_op.drop_constraint('fk_image_image_list_id', type_='foreignkey')
+        batch_op.alter_column('virtual_size_bytes', existing_type=sa.BigInteger(), type_=sa.Integer(),
+                              existing_nullable=False)
+        batch_op.alter_column('size_bytes', existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
         batch_op.drop_index(batch_op.f('ix_image_supersedes_id'))
         batch_op.drop_index(batch_op.f('ix_image_superseded_by_id'))
         batch_op.drop_index(batch_op.f('ix_image_image_list_id'))
