@@ -79,6 +79,7 @@ class Federation:
     cfg: FederationConfig
     maker: async_sessionmaker[AsyncSession]
     root: Path
+    url: str
 
 
 def two_schools(root: Path) -> FederationConfig:
@@ -108,6 +109,6 @@ async def federation(storage_root: Path, sqlite_url: str) -> AsyncIterator[Feder
     results = await sync_all(maker, cfg)
     assert all(r.error is None for r in results), [r.error for r in results]
     try:
-        yield Federation(cfg, maker, storage_root)
+        yield Federation(cfg, maker, storage_root, sqlite_url)
     finally:
         await engine.dispose()

@@ -16,7 +16,6 @@ from metavmm.broker.marketplace.imagelist import generate_key
 from metavmm.broker.marketplace.launch import LaunchIn, launch
 from metavmm.broker.marketplace.publish import publish
 from metavmm.broker.marketplace.replication import Replicator
-from metavmm.broker.marketplace.subscriptions import SubscriptionIn, subscribe, sync_subscription
 from metavmm.broker.rest.marketplace import endorser_key_path
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageReplica, Operation, Workload
@@ -122,19 +121,31 @@ async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_ht
     _, public = generate_key(endorser_key_path())
     list_url = str(site_a.make_url("/api/v1/marketplace/imagelist?publisher=school-a"))
 
-    # Site B (the federation fixture's catalog) subscribes with A's key, imports, launches at its own host.
-    async with session_scope(federation.maker) as s:
-        await subscribe(s, SubscriptionIn(name="school-a", url=list_url, public_key_pem=public.read_text(),
-                                          endorser="school-a"))
-    report = await sync_subscription(federation.maker, "school-a")
-    assert report.added == 1
+    # Site B (the federation fixture's catalog, behind its own broker) subscribes with A's key over REST,
+    # imports the list over HTTP, replicates and launches at its own libvirt host.
+    site_b = await aiohttp_client(create_app(federation.cfg, federation.url, sync=False))
+    resp = await site_b.post("/api/v1/marketplace/subscriptions", json={
+        "name": "school-a", "url": list_url, "public_key_pem": public.read_text(), "endorser": "school-a"})
+    assert resp.status == 201, await resp.text()
+    resp = await site_b.post("/api/v1/marketplace/subscriptions/school-a/sync")
+    assert resp.status == 200 and (await resp.json())["added"] == 1, await resp.text()
+    found = await (await site_b.get("/api/v1/marketplace/images", params={"tag": "sql", "port": "5432/tcp"})).json()
+    assert found["total"] == 1 and found["items"][0]["sha256"] == published["sha256"]
+    image_id = found["items"][0]["id"]
+    assert image_id != published["id"]  # each site's catalog has its own entry, tied by checksums
+
+    resp = await site_b.post(f"/api/v1/marketplace/images/{image_id}/replicate", json={"site": "school-b"})
+    replica = await resp.json()
+    assert resp.status == 200 and not replica["reused"] and replica["format"] == "qcow2", replica
+    assert identical(disks.vdi, "vdi", Path(replica["provider_image_id"]), "qcow2")
     vms: list[tuple[str, str]] = []
     try:
-        out = await launch(Replicator(federation.maker, federation.cfg), "school-a/databases",
-                           LaunchIn(name="mkt-http", site="school-b", ram_mib=64), audience=ADMIN)
-        vms.append(("school-b-kvm", out.provider_vm_id))
-        assert not out.replica_reused and out.replica_format == "qcow2"
-        assert identical(disks.vdi, "vdi", Path(out.replica), "qcow2")
-        assert domain_state(out.provider_vm_id) == libvirt.VIR_DOMAIN_RUNNING
+        resp = await site_b.post(f"/api/v1/marketplace/images/{image_id}/launch",
+                                 json={"name": "mkt-http", "ram_mib": 64})
+        out = await resp.json()
+        assert resp.status == 201, out
+        vms.append(("school-b-kvm", out["provider_vm_id"]))
+        assert out["site"] == "school-b" and out["replica_reused"] and out["replica"] == replica["provider_image_id"]
+        assert domain_state(out["provider_vm_id"]) == libvirt.VIR_DOMAIN_RUNNING
     finally:
         await delete_vms(federation, vms)
