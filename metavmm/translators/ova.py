@@ -291,6 +291,8 @@ async def export_package(disks: list[DiskRef], dest: str | Path, spec: ExportSpe
         raise ValidationError(f"{dest.name}: the package name must end in .ova or .ovf")
     if dest.exists():
         raise ValidationError(f"{dest} exists")
+    if not dest.parent.is_dir():
+        raise ValidationError(f"{dest.parent} is not a directory")
     if not disks:
         raise ValidationError("an OVF package needs at least one disk")
     work = dest.parent if dest.suffix == ".ovf" else dest.with_name(dest.name + ".work")
