@@ -293,3 +293,8 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
     console.print(table)
     if total == 0:
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
+
+from metavmm.broker.cli_images import image_group, ovf_group  # noqa: E402
+
+for _group in (image_group, ovf_group):
+    main.add_command(_group)
