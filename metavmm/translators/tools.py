@@ -125,7 +125,7 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
     rc = proc.returncode if proc.returncode is not None else -1
     if rc not in ok_codes:
         reason = _signal_reason(rc, limits)
-        first = _tail(stderr).splitlines()[-1] if _tail(stderr) else reason
+        first = _tail(stderr).splitlines()[-1] if _tail(stderr) and rc > 0 else reason
         raise TranslationError(f"{what} failed (exit {rc}): {first}", returncode=rc, stderr_tail=_tail(stderr))
     return ToolResult(rc, stdout, stderr)
 
