@@ -217,8 +217,8 @@ async def import_package(package: str | Path, dest: str | Path, *, to: DiskTarge
         if to is None:
             result.disks.append(DiskRef(str(path), report.format))
             continue
-        out_dir = dest if dest.is_dir() else dest.parent
-        out = out_dir / f"{Path(ref.href).stem}.{to.format.value}"
+        dest.mkdir(parents=True, exist_ok=True)  # an .ovf import converts into dest; an OVA was unpacked there
+        out = dest / f"{Path(ref.href).stem}.{to.format.value}"
         converted = await convert(DiskRef(str(path), report.format), to, out, report=report, progress=progress)
         result.disks.append(converted.disk)
     return result
