@@ -81,6 +81,10 @@ async def test_ovf_directory_export_and_import(raw_disk: DiskRef, tmp_path: Path
     result = await ova.import_package(out, tmp_path / "unused")
     assert result.manifest_verified and result.envelope.version == 2
     assert await compare(raw_disk, result.disks[0])
+    assert not (tmp_path / "unused").exists()  # read in place, nothing copied
+    converted = await ova.import_package(out, tmp_path / "conv", to=DiskTarget.parse("vhdx"))
+    assert Path(converted.disks[0].path) == tmp_path / "conv" / "db-disk1.vhdx"
+    assert await compare(raw_disk, converted.disks[0])
 
 
 async def test_altered_member_fails_the_manifest(vmdk: Path, tmp_path: Path) -> None:
