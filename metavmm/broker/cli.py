@@ -301,6 +301,11 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
 
 
+from metavmm.broker.cli_images import image_group, ovf_group  # noqa: E402
+
+for _group in (image_group, ovf_group):
+    main.add_command(_group)
+
 from metavmm.broker.cli_marketplace import marketplace  # noqa: E402
 
 main.add_command(marketplace)

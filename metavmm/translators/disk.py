@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metavmm.drivers.base import DiskRef
-from metavmm.errors import TranslationError, ValidationError
+from metavmm.errors import TranslationError, UntrustedImage, ValidationError
 from metavmm.translators.costs import MIB, ConversionEdge, DiskFormat, conversion_edge
 from metavmm.translators.tools import Limits, find_tool, run_tool
 from metavmm.translators.untrusted import (
@@ -169,9 +169,8 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
         raise ValidationError(f"{dst} exists (pass overwrite to replace it)")
     if not dst.parent.is_dir():
         raise ValidationError(f"{dst.parent} is not a directory")
-    if report is None:
-        report = await inspect(src.path, src.format, limits=limits, checksum=False, check=not trusted) \
-            if not trusted else None
+    if report is None and not trusted:
+        report = await inspect(src.path, src.format, limits=limits, checksum=False)
     virtual = report.virtual_size if report else 0
     required = await measure(src, target)
     if required is not None:
@@ -195,7 +194,10 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
                 os.truncate(tmp_raw, aligned)
                 source, span = DiskRef(str(tmp_raw), DiskFormat.RAW.value), (50.0, 100.0)
         await _qemu_convert(source, target, part, progress, span, timeout_s)
-        state = await qemu_check(str(part), target.format.value, Limits(timeout_s=max(60.0, timeout_s / 10)))
+        try:
+            state = await qemu_check(str(part), target.format.value, Limits(timeout_s=max(60.0, timeout_s / 10)))
+        except UntrustedImage as exc:
+            raise TranslationError(f"qemu-img wrote a damaged {target}: {exc}") from exc
         if checksum:
             out_hash = await asyncio.to_thread(sha256_file, part)
         os.replace(part, dst)

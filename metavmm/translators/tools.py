@@ -2,7 +2,7 @@
 
 Every tool run goes through :func:`run_tool`: arguments as a list (never a shell), a wall-clock timeout,
 and, for runs over untrusted input, kernel resource limits (address space, CPU seconds, file size)
-applied in the child before ``exec`` so a malicious image cannot exhaust the broker's host. Output is
+set by prlimit(1) in the child before it runs the tool so a malicious image cannot exhaust the broker's host. Output is
 read incrementally so progress can be reported while the tool runs; a failure becomes a
 :class:`~metavmm.errors.TranslationError` that keeps the exit code and the tail of stderr.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,18 +35,12 @@ class Limits:
     cpu_seconds: int | None = None
     file_size_bytes: int | None = None
 
-    def preexec(self) -> Callable[[], None] | None:
-        pairs = [(resource.RLIMIT_AS, self.memory_bytes), (resource.RLIMIT_CPU, self.cpu_seconds),
-                 (resource.RLIMIT_FSIZE, self.file_size_bytes)]
-        pairs = [(k, v) for k, v in pairs if v is not None]
-        if not pairs:
-            return None
-
-        def apply() -> None:
-            for kind, value in pairs:
-                resource.setrlimit(kind, (value, value))
-
-        return apply
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` under prlimit(1): the limits are set by the child itself, which is thread-safe where a
+        Python ``preexec_fn`` is not (the broker hashes files in worker threads while tools start)."""
+        opts = [f"--{name}={value}" for name, value in (("as", self.memory_bytes), ("cpu", self.cpu_seconds),
+                                                         ("fsize", self.file_size_bytes)) if value is not None]
+        return [find_tool("prlimit"), *opts, "--", *argv] if opts else list(argv)
 
 
 UNTRUSTED = Limits(timeout_s=30.0, memory_bytes=1 * GIB, cpu_seconds=20)
@@ -58,7 +51,7 @@ def find_tool(name: str) -> str:
     """The absolute path of ``name``, or a TranslationError saying which package provides it."""
     path = shutil.which(name)
     if path is None:
-        package = {"qemu-img": "qemu-utils", "virt-v2v": "virt-v2v", "xmllint": "libxml2-utils"}.get(name, name)
+        package = {"qemu-img": "qemu-utils", "prlimit": "util-linux", "xmllint": "libxml2-utils"}.get(name, name)
         raise TranslationError(f"{name} is not installed (Debian package {package})")
     return path
 
@@ -86,8 +79,8 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
     full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=full_env, preexec_fn=limits.preexec(), start_new_session=True)
+            *limits.wrap(argv), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=full_env, start_new_session=True)
     except FileNotFoundError as exc:
         raise TranslationError(f"{what}: cannot run {argv[0]}: {exc}") from exc
     out_parts: list[str] = []
@@ -132,13 +125,13 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
     rc = proc.returncode if proc.returncode is not None else -1
     if rc not in ok_codes:
         reason = _signal_reason(rc, limits)
-        first = _tail(stderr).splitlines()[-1] if _tail(stderr) else reason
+        first = _tail(stderr).splitlines()[-1] if _tail(stderr) and rc > 0 else reason
         raise TranslationError(f"{what} failed (exit {rc}): {first}", returncode=rc, stderr_tail=_tail(stderr))
     return ToolResult(rc, stdout, stderr)
 
 
 def _signal_reason(rc: int, limits: Limits) -> str:
-    if rc == -9 and limits.cpu_seconds:
+    if rc in (-9, -24) and limits.cpu_seconds:  # SIGXCPU at the soft limit, SIGKILL at the hard one
         return f"killed: CPU limit of {limits.cpu_seconds} s reached"
     if rc < 0:
         return f"killed by signal {-rc}"
