@@ -1,27 +1,35 @@
 """``metavmm marketplace``: list, show, publish, replicate, launch; signed image lists (keygen, sign-list,
-subscribe, sync-list). The commands call the same services as REST, as the site operator (admin)."""
+subscribe, sync-list). The commands call the same services as REST, as the site operator (admin).
+
+The group receives the main command's settings (federation file, database) as the click context object;
+it does not import :mod:`metavmm.broker.cli`, which also runs as ``python -m metavmm.broker.cli``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker.cli import Settings, console, pass_settings
 from metavmm.broker.marketplace.entries import ADMIN, LIST_COLUMNS, ImageMeta, ImageQuery, get_image, list_row, render
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.errors import ValidationError
 
 T = TypeVar("T")
+Settings = Any  # metavmm.broker.cli.Settings: .config (FederationConfig) and .database (URL)
+console = Console(width=None if sys.stdout.isatty() else 240)
+pass_settings = click.pass_obj
 
 
 def _run(settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]], *,
