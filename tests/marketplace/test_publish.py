@@ -15,7 +15,9 @@ from metavmm.broker.marketplace.publish import blob_dir, publish
 from metavmm.broker.marketplace.stream import Expected, stream_to_file
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image
+from metavmm.drivers.base import DiskRef
 from metavmm.errors import ChecksumMismatch, Conflict, UnsupportedOperation, UntrustedImage
+from metavmm.translators.ova import ExportSpec, export_package
 from tests.marketplace.conftest import Disks, qemu_img
 
 
@@ -83,7 +85,7 @@ async def test_untrusted_content_is_refused(sqlite_sessions, disks: Disks, tmp_p
     with pytest.raises(UntrustedImage, match="backing file"):
         async with session_scope(sqlite_sessions) as s:
             await publish(s, meta(format="qcow2"), str(overlay))
-    with pytest.raises(UnsupportedOperation, match="OVA"):
+    with pytest.raises(UntrustedImage, match="not a tar archive"):
         async with session_scope(sqlite_sessions) as s:
             await publish(s, meta(format="ova"), str(disks.vmdk))
     assert [p for p in blob_dir().rglob("*") if p.is_file()] == []
@@ -121,3 +123,24 @@ async def test_register_keeps_the_disk_in_place(sqlite_sessions, disks: Disks) -
     assert image.location == str(disks.raw.resolve()) and image.extra.get("registered") is True
     assert image.sha256 == digest(disks.raw, "sha256")
     assert not blob_dir().exists() or not any(blob_dir().iterdir())
+
+
+async def test_an_ova_publishes_its_disk_with_the_package_recorded(sqlite_sessions, disks: Disks,
+                                                                   tmp_path: Path) -> None:
+    ova = await export_package([DiskRef(str(disks.raw), "raw")], tmp_path / "course.ova",
+                               ExportSpec(name="course", vcpus=2, memory_mib=1024), trusted=True)
+    async with session_scope(sqlite_sessions) as s:
+        image = await publish(s, meta(format="ova", sha256=digest(ova, "sha256")), str(ova))
+    assert image.format == "vmdk" and image.extra["inspection"]["subformat"] == "streamOptimized"
+    package = image.extra["package"]
+    assert package["sha256"] == digest(ova, "sha256") and package["manifest_verified"] is True
+    assert package["system"] == {"name": "course", "vcpus": 2, "memory_mib": 1024}
+    assert image.sha256 == digest(Path(image.location), "sha256")
+    assert qemu_img("compare", "-f", "raw", "-F", "vmdk", str(disks.raw), image.location) is not None
+    assert [p.name for p in (blob_dir() / ".incoming").iterdir()] == []
+
+    two = await export_package([DiskRef(str(disks.raw), "raw"), DiskRef(str(disks.qcow2), "qcow2")],
+                               tmp_path / "two.ova", ExportSpec(name="two"), trusted=True)
+    with pytest.raises(UnsupportedOperation, match="holds 2 disks"):
+        async with session_scope(sqlite_sessions) as s:
+            await publish(s, meta(name="two", format="ova"), str(two))
