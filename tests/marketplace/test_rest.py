@@ -63,6 +63,10 @@ async def test_problems_are_clear(aiohttp_client: Any, tmp_path: Path, disks: Di
     escape = await client.post("/api/v1/marketplace/images", json={"name": "x", "publisher": "s", "format": "raw",
                                                                     "inbox_file": "../../etc/passwd"})
     assert escape.status == 400
+    for url in ("http://127.0.0.1:8080/api/v1/x", "http://169.254.169.254/latest/meta-data/"):
+        ssrf = await client.post("/api/v1/marketplace/images", json={"name": "x", "publisher": "s", "format": "raw",
+                                                                      "url": url})
+        assert ssrf.status == 400 and "refused" in (await ssrf.json())["detail"], url
     nolist = await client.get("/api/v1/marketplace/imagelist", params={"publisher": "school-a"})
     assert nolist.status == 404 and "keygen" in (await nolist.json())["detail"]
 

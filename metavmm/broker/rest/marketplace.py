@@ -13,9 +13,12 @@ Handlers stay thin: the services live in :mod:`metavmm.broker.marketplace`.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -64,6 +67,23 @@ def audience(request: web.Request) -> Audience:
     return Audience(admin=bool(getattr(identity, "is_admin", False)), federated=True,
                     school=getattr(identity, "school", None),
                     project_ids=frozenset({project}) if project is not None else frozenset())
+
+
+async def check_public_url(url: str) -> None:
+    """Refuse URLs that reach the broker's own host or a cloud metadata service (169.254.169.254 ...).
+
+    A member could otherwise make the broker fetch an internal endpoint and publish the answer as a
+    "raw" image that the blob endpoint then serves to anyone who can see it.
+    """
+    host = urlparse(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        raise ValidationError(f"cannot resolve the host of {url}") from None
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast:
+            raise ValidationError(f"{url}: {addr} is the broker's own host or a link-local service: refused")
 
 
 def _replicator(request: web.Request) -> Replicator:
@@ -130,6 +150,7 @@ async def publish_image(request: web.Request, body: PublishIn) -> ImageOut:
             raise NotFound(f"no file {body.inbox_file} in the inbox ({inbox_dir()})")
         source, register = str(path), True
     else:
+        await check_public_url(str(body.url))
         source, register = str(body.url), False
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
         image = await publish(session, meta, source, register=register)
