@@ -8,9 +8,7 @@ traversable permissions, because the daemon runs guests as its own unprivileged 
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,25 +21,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.broker.config import FederationConfig, parse_config
 from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
+from tests.translators.conftest import qemu_img, write_pattern
 
 MIB = 1024 * 1024
-
-
-def qemu_img(*args: str) -> str:
-    res = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if res.returncode:
-        raise AssertionError(f"qemu-img {' '.join(args)} failed: {res.stderr}")
-    return res.stdout
-
-
-def write_pattern(path: Path, size: int, seed: int = 9) -> None:
-    """A sparse raw disk with random data in three places, like a small real guest disk."""
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset in (0, size // 2, size - 2 * 65536):
-            f.seek(offset)
-            f.write(rng.randbytes(2 * 65536))
+__all__ = ["Disks", "Federation", "qemu_img", "two_schools", "write_pattern"]
 
 
 @dataclass
