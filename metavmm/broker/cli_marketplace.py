@@ -273,3 +273,17 @@ def sync_list_cmd(settings: Settings, name: str) -> None:
     report = _run(settings, lambda maker: sync_subscription(maker, name), write=True)
     console.print(f"{name} v{report.version}: {report.added} added, {report.updated} updated, "
                   f"{report.expired} expired")
+
+
+@marketplace.command("prune")
+@pass_settings
+def prune_cmd(settings: Settings) -> None:
+    """Delete libvirt replicas of expired images that no VM disk is built on."""
+    from metavmm.broker.marketplace.replication import prune_expired
+
+    report = _run(settings, lambda maker: prune_expired(maker, settings.config), write=True)
+    for path in report.removed:
+        console.print(f"removed {path}")
+    for path, why in report.kept.items():
+        console.print(f"kept {path}: {why}")
+    console.print(f"{len(report.removed)} removed, {len(report.kept)} kept")

@@ -68,6 +68,8 @@ def test_publish_list_sign_subscribe_and_replicate(tmp_path: Path, storage_root:
     assert compare.returncode == 0
     code, out, _ = run(*site_b, "marketplace", "replicate", "school-a/intro-linux", "--site", "school-b")
     assert code == 0 and "(reused)" in out
+    code, out, _ = run(*site_b, "marketplace", "prune")
+    assert code == 0 and "0 removed, 0 kept" in out  # nothing expired yet
     code, out, _ = run(*site_b, "marketplace", "show", "intro-linux")
     shown = json.loads(out)
     assert shown["image_list"] == "school-a-images" and [r["site"] for r in shown["replicas"]] == ["school-b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ from metavmm.broker.marketplace.entries import ADMIN, ImageMeta
 from metavmm.broker.marketplace.imagelist import generate_key
 from metavmm.broker.marketplace.launch import LaunchIn, launch
 from metavmm.broker.marketplace.publish import publish
-from metavmm.broker.marketplace.replication import Replicator
+from metavmm.broker.marketplace.replication import Replicator, prune_expired, target_format
 from metavmm.broker.rest.marketplace import endorser_key_path
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageReplica, Operation, Workload
 from metavmm.drivers.registry import create_driver
 from metavmm.errors import ChecksumMismatch, NoPlacement, ValidationError
+from metavmm.translators.costs import DiskFormat
 from tests.marketplace.conftest import Disks, Federation
 
 
@@ -149,3 +151,34 @@ async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_ht
         assert domain_state(out["provider_vm_id"]) == libvirt.VIR_DOMAIN_RUNNING
     finally:
         await delete_vms(federation, vms)
+
+
+async def test_expired_replicas_are_pruned_once_no_vm_is_built_on_them(federation: Federation, disks: Disks) -> None:
+    fields = dict(name="lab", publisher="school-a", visibility="public")
+    async with session_scope(federation.maker) as s:
+        v1 = await publish(s, ImageMeta(**fields, format="qcow2"), str(disks.qcow2))
+    replicator = Replicator(federation.maker, federation.cfg)
+    out = await launch(replicator, v1.id, LaunchIn(name="mkt-prune", site="school-a", ram_mib=64), audience=ADMIN)
+    vms = [("school-a-kvm", out.provider_vm_id)]
+    try:
+        async with session_scope(federation.maker) as s:
+            await publish(s, ImageMeta(**fields, format="vdi"), str(disks.vdi), grace=timedelta(0))
+        report = await prune_expired(federation.maker, federation.cfg)
+        assert report.removed == [] and report.kept == {out.replica: "a VM disk is built on it"}
+        assert Path(out.replica).is_file()
+    finally:
+        await delete_vms(federation, vms)
+    report = await prune_expired(federation.maker, federation.cfg)
+    assert report.removed == [out.replica] and not Path(out.replica).exists()
+    async with federation.maker() as s:
+        rep = (await s.exec(select(ImageReplica).where(ImageReplica.image_id == v1.id))).one()
+        assert (rep.state, rep.present) == ("deleted", False)
+
+
+def test_each_hypervisor_gets_a_format_it_boots() -> None:
+    assert target_format("vmdk", "kvm") == DiskFormat.QCOW2
+    assert target_format("raw", "qemu") == DiskFormat.RAW  # already bootable: no conversion
+    assert target_format("qcow2", "esxi") == DiskFormat.VMDK
+    assert target_format("vdi", "hyperv") == DiskFormat.VHDX
+    assert target_format("vpc", "hyperv") == DiskFormat.VPC
+    assert target_format("vmdk", "xen") == DiskFormat.RAW

@@ -14,13 +14,17 @@ still there. Otherwise it
    ``import_image``;
 4. records an :class:`~metavmm.catalog.models.ImageReplica` with the replica's own checksum.
 
+:func:`prune_expired` gives the space back once an image has expired and no VM is built on its replica.
+
 Concurrent requests for the same image at the same site wait for one copy instead of making two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -217,3 +221,55 @@ async def _register(driver: Driver, target: SiteTarget, disk: Path, image: Image
         raise UnsupportedOperation(f"site {target.site.name}: cannot register images: {exc}") from None
     disk.unlink(missing_ok=True)  # the provider holds its own copy now
     return info.provider_image_id
+
+
+@dataclass
+class PruneReport:
+    removed: list[str] = field(default_factory=list)  # provider image ids deleted
+    kept: dict[str, str] = field(default_factory=dict)  # provider image id -> why it stays
+
+
+def _backing_files(disk_dir: Path) -> set[str]:
+    """Backing files of the VM disks the libvirt driver made (its overlays are ours: trusted input)."""
+    used: set[str] = set()
+    # -U: a running VM holds its overlay's write lock; qemu-img may still read the header.
+    for disk in disk_dir.glob("*.qcow2") if disk_dir.is_dir() else ():
+        res = subprocess.run(["qemu-img", "info", "-f", "qcow2", "--output=json", "-U", str(disk)],
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode == 0:
+            backing = json.loads(res.stdout).get("full-backing-filename")
+            if backing:
+                used.add(str(Path(backing).resolve()))
+    return used
+
+
+async def prune_expired(maker: async_sessionmaker[AsyncSession], cfg: FederationConfig) -> PruneReport:
+    """Delete libvirt replicas of expired images that no VM disk is built on; mark their rows ``deleted``.
+
+    A replica is the backing file of every VM launched from it, so one still in use is kept (and
+    reported) until its last VM is gone. Other providers' replicas are left to their image services.
+    """
+    report = PruneReport()
+    now = datetime.now(UTC)
+    async with session_scope(maker) as session:
+        rows = (await session.exec(
+            select(ImageReplica, Image, Provider).join(Image, ImageReplica.image_id == Image.id)
+            .join(Site, ImageReplica.site_id == Site.id).join(Provider, Site.provider_id == Provider.id)
+            .where(ImageReplica.state == "available", Provider.kind == "libvirt"))).all()
+        in_use: dict[str, set[str]] = {}
+        for rep, image, provider in rows:
+            if state_of(image, now) != "expired":
+                continue
+            if provider.name not in in_use:
+                driver = create_driver(cfg.provider(provider.name))
+                storage = Path(getattr(driver, "storage_dir", ""))
+                await driver.close()
+                in_use[provider.name] = await asyncio.to_thread(_backing_files, storage / "disks")
+            path = Path(rep.provider_image_id)
+            if str(path.resolve()) in in_use[provider.name]:
+                report.kept[rep.provider_image_id] = "a VM disk is built on it"
+                continue
+            path.unlink(missing_ok=True)
+            rep.state, rep.present = "deleted", False
+            report.removed.append(rep.provider_image_id)
+    return report
