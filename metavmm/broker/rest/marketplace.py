@@ -58,15 +58,33 @@ def endorser_key_path() -> Path:
     return state_dir() / "marketplace" / "endorser.pem"
 
 
+def _identity(request: web.Request) -> Any:
+    """The caller the auth middleware (when installed) attached to the request, else None."""
+    try:
+        from metavmm.broker.identity import IDENTITY  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return request.get(IDENTITY)
+
+
 def audience(request: web.Request) -> Audience:
-    """Who is asking. With the auth middleware, its identity; without it, a federation member."""
-    identity: Any = request.get("identity")
+    """Who is asking: the authenticated identity (its project is its school), or without the auth layer a
+    federation member who belongs to no project."""
+    identity = _identity(request)
     if identity is None:
         return Audience()
-    project = getattr(identity, "project_id", None)
+    project_id = getattr(identity, "project_id", None)
     return Audience(admin=bool(getattr(identity, "is_admin", False)), federated=True,
-                    school=getattr(identity, "school", None),
-                    project_ids=frozenset({project}) if project is not None else frozenset())
+                    school=getattr(identity, "project", None),
+                    project_ids=frozenset({project_id}) if project_id is not None else frozenset())
+
+
+def owned(request: web.Request, meta: ImageMeta) -> ImageMeta:
+    """An entry published over REST belongs to the caller's project (admins may name another)."""
+    identity = _identity(request)
+    if identity is None or (getattr(identity, "is_admin", False) and meta.project_id is not None):
+        return meta
+    return meta.model_copy(update={"project_id": getattr(identity, "project_id", None)})
 
 
 async def check_public_url(url: str) -> None:
@@ -143,7 +161,7 @@ async def get_one(request: web.Request) -> ImageOut:
 async def publish_image(request: web.Request, body: PublishIn) -> ImageOut:
     if (body.url is None) == (body.inbox_file is None):
         raise ValidationError("give exactly one of url or inbox_file (or PUT the bytes to /marketplace/uploads)")
-    meta = ImageMeta.model_validate(body.model_dump(exclude={"url", "inbox_file"}))
+    meta = owned(request, ImageMeta.model_validate(body.model_dump(exclude={"url", "inbox_file"})))
     if body.inbox_file is not None:
         path = inbox_dir() / body.inbox_file
         if not path.is_file():
@@ -166,7 +184,7 @@ async def upload_image(request: web.Request, query: ImageMeta) -> ImageOut:
             yield chunk
 
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
-        image = await publish(session, query, chunks())
+        image = await publish(session, owned(request, query), chunks())
         return await render(session, image)
 
 
