@@ -146,3 +146,14 @@ async def test_sync_imports_only_verified_lists_and_tracks_changes(sqlite_sessio
     path.write_bytes(sign_list(doc("1"), key))
     with pytest.raises(ImageListRefused, match="replayed"):
         await sync_subscription(sqlite_sessions, "school-a")
+
+
+async def test_a_remote_list_may_not_point_at_local_files(sqlite_sessions, key: Ed25519PrivateKey) -> None:
+    async with session_scope(sqlite_sessions) as s:
+        await subscribe(s, SubscriptionIn(name="remote", url="https://a.example/list",
+                                          public_key_pem=public_pem(key.public_key())))
+    signed = sign_list(doc(images=[image("img-1", "shadow", SHA512, **{"hv:uri": "file:///etc/shadow"})]), key)
+    with pytest.raises(ImageListRefused, match="points at local files"):
+        await sync_subscription(sqlite_sessions, "remote", data=signed)
+    async with sqlite_sessions() as s:
+        assert (await s.exec(select(Image))).all() == []

@@ -122,6 +122,7 @@ async def sync_subscription(maker: async_sessionmaker[AsyncSession], name: str, 
         raw = data if data is not None else await fetch_list(sub.url)
         doc = verify_list(raw, load_public_key(sub.public_key_pem), identifier=sub.identifier,
                           endorser=sub.endorser or None, not_older_than=sub.last_version)
+        _local_uris_only_from_local_lists(sub, doc)
     except (ImageListRefused, ValidationError) as exc:
         async with session_scope(maker) as session:
             row = await session.get(ImageListSubscription, sub.id)
@@ -133,6 +134,15 @@ async def sync_subscription(maker: async_sessionmaker[AsyncSession], name: str, 
         assert row is not None
         report = await import_list(session, row, doc)
     return report
+
+
+def _local_uris_only_from_local_lists(sub: ImageListSubscription, doc: ImageListDoc) -> None:
+    """A list fetched from another site may point only at http(s): a file:// URI would make us read our own disk."""
+    if local_path(sub.url) is not None:
+        return
+    local = [e.image.identifier for e in doc.images if not e.image.uri.startswith(("http://", "https://"))]
+    if local:
+        raise ImageListRefused(f"image list from {sub.url} points at local files ({', '.join(local[:3])}): refused")
 
 
 def _fields(img: ListedImage, doc: ImageListDoc) -> dict[str, object]:
