@@ -8,10 +8,10 @@ something a person must see. VMs that carry no broker workload id appear as unma
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete
 from sqlmodel import select
@@ -30,8 +30,12 @@ from metavmm.catalog.models import (
     WorkloadKind,
     utcnow,
 )
-from metavmm.drivers.base import Inventory, PriceInfo
+from metavmm.drivers.base import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo
 from metavmm.translators.cpu_traits import cpu_traits
+
+K = TypeVar("K")
+R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741
 
 
 @dataclass
@@ -113,83 +117,58 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
 
     hosts = {(h.site_id, h.name): h for h in
              (await session.exec(select(Host).where(Host.site_id.in_(site_ids)))).all()}
-    seen: set[tuple[int, str]] = set()
-    for info in inv.hosts:
-        site = sites[info.region]
-        key = (site.id, info.name)
-        host = hosts.get(key)
-        if host is None:
-            host = Host(site_id=site.id, name=info.name, hypervisor_type=info.hypervisor_type,
-                        cpu_arch=info.cpu_arch)
-            session.add(host)
-            hosts[key] = host
-        zone = zones.get((site.id, info.zone)) if info.zone else None
+
+    def update_host(host: Host, info: HostInfo) -> None:
+        zone = zones.get((host.site_id, info.zone)) if info.zone else None
         host.zone_id = zone.id if zone else None
-        host.hypervisor_type = info.hypervisor_type
-        host.hypervisor_version = info.hypervisor_version
-        host.cpu_arch = info.cpu_arch
-        host.cpu_vendor = info.cpu_vendor
-        host.cpu_model = info.cpu_model
+        for attr in ("hypervisor_type", "hypervisor_version", "cpu_arch", "cpu_vendor", "cpu_model", "cpu_cores",
+                     "memory_mib", "disk_gib", "nested_virt", "state", "vcpus_used", "memory_mib_used"):
+            setattr(host, attr, getattr(info, attr))
         host.cpu_features = list(info.cpu_features)
         host.cpu_traits = cpu_traits(info.cpu_arch, info.cpu_features)
-        host.cpu_cores = info.cpu_cores
-        host.memory_mib = info.memory_mib
-        host.disk_gib = info.disk_gib
         host.gpus = dict(info.gpus)
-        host.nested_virt = info.nested_virt
-        host.state = info.state
-        host.vcpus_used = info.vcpus_used
-        host.memory_mib_used = info.memory_mib_used
         host.updated_at = utcnow()
-        seen.add(key)
-        counts.hosts += 1
-    for key, host in hosts.items():
-        if key not in seen and host.state != HostState.GONE:
+
+    def host_gone(host: Host) -> None:
+        if host.state != HostState.GONE:
             host.state = HostState.GONE
             counts.gone += 1
 
+    counts.hosts = _reconcile(
+        session, hosts, inv.hosts, key=lambda i: (sites[i.region].id, i.name),
+        create=lambda i: Host(site_id=sites[i.region].id, name=i.name, hypervisor_type=i.hypervisor_type,
+                              cpu_arch=i.cpu_arch),
+        update=update_host, vanish=host_gone)
+
     flavors = {(f.site_id, f.name): f for f in
                (await session.exec(select(Flavor).where(Flavor.provider_id == provider.id))).all()}
-    seen_f: set[tuple[int | None, str]] = set()
-    for info in inv.flavors:
-        site_id = sites[info.region].id if info.region else None
-        key = (site_id, info.name)
-        flavor = flavors.get(key)
-        if flavor is None:
-            flavor = Flavor(provider_id=provider.id, site_id=site_id, name=info.name, vcpus=info.vcpus,
-                            ram_mib=info.ram_mib)
-            session.add(flavor)
-            flavors[key] = flavor
+
+    def update_flavor(flavor: Flavor, info: FlavorInfo) -> None:
         flavor.provider_flavor_id = info.provider_flavor_id or info.name
-        flavor.vcpus, flavor.ram_mib, flavor.disk_gib = info.vcpus, info.ram_mib, info.disk_gib
-        flavor.gpu_model, flavor.gpu_count, flavor.arch = info.gpu_model, info.gpu_count, info.arch
+        for attr in ("vcpus", "ram_mib", "disk_gib", "gpu_model", "gpu_count", "arch"):
+            setattr(flavor, attr, getattr(info, attr))
         flavor.extra = dict(info.extra)
         flavor.present = True
-        seen_f.add(key)
-        counts.flavors += 1
-    for key, flavor in flavors.items():
-        if key not in seen_f:
-            flavor.present = False
+
+    counts.flavors = _reconcile(
+        session, flavors, inv.flavors, key=lambda i: (sites[i.region].id if i.region else None, i.name),
+        create=lambda i: Flavor(provider_id=provider.id, site_id=sites[i.region].id if i.region else None,
+                                name=i.name, vcpus=i.vcpus, ram_mib=i.ram_mib),
+        update=update_flavor, vanish=_not_present)
 
     replicas = {(r.site_id, r.provider_image_id): r for r in
                 (await session.exec(select(ImageReplica).where(ImageReplica.site_id.in_(site_ids)))).all()}
-    seen_r: set[tuple[int, str]] = set()
-    for info in inv.images:
-        site = sites[info.region]
-        key = (site.id, info.provider_image_id)
-        rep = replicas.get(key)
-        if rep is None:
-            rep = ImageReplica(site_id=site.id, provider_image_id=info.provider_image_id, format=info.format)
-            session.add(rep)
-            replicas[key] = rep
+
+    def update_replica(rep: ImageReplica, info: ImageInfo) -> None:
         rep.name, rep.format, rep.size_bytes = info.name, info.format, info.size_bytes
         rep.checksum = info.checksum or rep.checksum  # a provider that reports none keeps the broker's
         rep.present = True
-        seen_r.add(key)
-        counts.images += 1
-    for key, rep in replicas.items():
-        if key not in seen_r:
-            rep.present = False
+
+    counts.images = _reconcile(
+        session, replicas, inv.images, key=lambda i: (sites[i.region].id, i.provider_image_id),
+        create=lambda i: ImageReplica(site_id=sites[i.region].id, provider_image_id=i.provider_image_id,
+                                      format=i.format),
+        update=update_replica, vanish=_not_present)
 
     await session.flush()
     await _apply_vms(session, provider, inv, sites, hosts, counts)
@@ -198,6 +177,28 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
     provider.synced_at = utcnow()
     provider.sync_error = None
     return counts
+
+
+def _not_present(row: Flavor | ImageReplica) -> None:
+    row.present = False
+
+
+def _reconcile(session: AsyncSession, existing: dict[K, R], reported: Iterable[I], *, key: Callable[[I], K],
+               create: Callable[[I], R], update: Callable[[R, I], None], vanish: Callable[[R], None]) -> int:
+    """Match reported items to existing rows by ``key``: update or add them, and ``vanish`` the rest."""
+    seen: set[K] = set()
+    for info in reported:
+        k = key(info)
+        row = existing.get(k)
+        if row is None:
+            row = existing[k] = create(info)
+            session.add(row)
+        update(row, info)
+        seen.add(k)
+    for k, row in existing.items():
+        if k not in seen:
+            vanish(row)
+    return len(seen)
 
 
 async def _apply_vms(session: AsyncSession, provider: Provider, inv: Inventory, sites: dict[str, Site],

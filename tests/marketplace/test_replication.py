@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from metavmm.broker.marketplace.launch import LaunchIn, launch
 from metavmm.broker.marketplace.publish import publish
 from metavmm.broker.marketplace.replication import Replicator, prune_expired, target_format
 from metavmm.broker.rest.marketplace import endorser_key_path
+from metavmm.broker.sync import sync_all
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageReplica, Operation, Workload
 from metavmm.drivers.registry import create_driver
@@ -75,9 +77,11 @@ async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federati
                          audience=ADMIN)
     finally:
         await delete_vms(federation, vms)
+    await sync_all(federation.maker, federation.cfg)  # the inventory sees the replica file and keeps our row
     async with federation.maker() as s:
         replicas = (await s.exec(select(ImageReplica).where(ImageReplica.image_id == image.id))).all()
         assert [(r.format, r.state) for r in replicas] == [("qcow2", "available")]
+        assert replicas[0].checksum == hashlib.sha256(Path(first.replica).read_bytes()).hexdigest()
         workloads = (await s.exec(select(Workload))).all()
         assert {w.name for w in workloads if w.managed} >= {"mkt-b-1", "mkt-b-2"}
         ops = (await s.exec(select(Operation).where(Operation.kind == "marketplace.launch"))).all()
