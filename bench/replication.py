@@ -5,10 +5,13 @@ replicated to a libvirt site (the real daemon must answer on qemu:///system, as 
 
 - ``cp``: the plain copy of the published VMDK file to the site's directory, the floor;
 - ``cp + sha256sum + sha512sum``: what a careful administrator does by hand to copy and verify;
-- ``metavmm vmdk -> qcow2 (file)``: replication from a file: one streaming pass with both digests,
-  untrusted-image inspection, qemu-img conversion, SHA-256 of the output, registration;
-- ``metavmm qcow2 -> qcow2 (file)``: the same without conversion (the site boots the published format);
-- ``metavmm vmdk -> qcow2 (http)``: the source is another broker's blob URL on 127.0.0.1.
+- ``metavmm vmdk -> qcow2 (file)``: replication from a local file: untrusted-image inspection, qemu-img
+  converting straight into the site's store while the same read is hashed (SHA-256 and SHA-512, checked),
+  SHA-256 of the output, registration;
+- ``metavmm qcow2 -> qcow2 (file)``: no conversion (the site boots the published format): one streaming
+  pass that copies and hashes, then the inspection;
+- ``metavmm vmdk -> qcow2 (http)``: the source is another broker's blob URL on 127.0.0.1: streamed to a
+  staging file with both digests checked, inspected, converted, output hashed.
 
 Every row reads a file the page cache already holds (the first row warms it), so the numbers compare
 the work each does, not the disk. Usage: python -m bench.replication [--size-mib 1024] [--dir /var/tmp]

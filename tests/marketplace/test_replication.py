@@ -88,12 +88,15 @@ async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federati
         assert sorted(o.state for o in ops) == ["succeeded", "succeeded"]
 
 
-async def test_replication_refuses_bytes_that_changed_since_publishing(federation: Federation, disks: Disks) -> None:
+@pytest.mark.parametrize("fmt", ["raw", "vmdk"])  # raw: staged copy; vmdk: converted straight from the file
+async def test_replication_refuses_bytes_that_changed_since_publishing(federation: Federation, disks: Disks,
+                                                                       fmt: str) -> None:
+    path = disks.raw if fmt == "raw" else disks.vmdk
     async with session_scope(federation.maker) as s:
-        image = await publish(s, ImageMeta(name="tampered", publisher="school-a", format="raw",
-                                           visibility="public"), str(disks.raw), register=True)
-    with open(disks.raw, "r+b") as f:  # someone edits the registered file after publishing
-        f.seek(4096)
+        image = await publish(s, ImageMeta(name="tampered", publisher="school-a", format=fmt,
+                                           visibility="public"), str(path), register=True)
+    with open(path, "r+b") as f:  # someone edits the registered file after publishing
+        f.seek(path.stat().st_size - 4096)
         f.write(b"evil")
     with pytest.raises(ChecksumMismatch, match="SHA256 mismatch"):
         await Replicator(federation.maker, federation.cfg).replicate(image.id, "school-a", audience=ADMIN)

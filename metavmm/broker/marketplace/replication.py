@@ -8,7 +8,9 @@ still there. Otherwise it
    unless both and the size match the entry (:mod:`.stream`);
 2. inspects the copy as untrusted input and converts it with qemu-img to a format the site's
    hypervisor boots (``HYPERVISOR_FORMATS``: qcow2 for KVM, vmdk for ESXi, vhdx for Hyper-V), via the
-   translators' :func:`~metavmm.translators.disk.convert`, which also hashes the output;
+   translators' :func:`~metavmm.translators.disk.convert`. A local source that needs converting is not
+   staged: qemu-img reads it while the same read is hashed, and the output is kept only if the digests
+   match and the file did not change meanwhile;
 3. registers the disk with the provider: a libvirt provider's images are the files in its
    ``storage_dir/images`` (what its inventory reports), other providers go through the driver's
    ``import_image``;
@@ -37,15 +39,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.marketplace.entries import Audience, get_image, state_of
-from metavmm.broker.marketplace.stream import Digests, Expected, stream_to_file
+from metavmm.broker.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import Host, Image, ImageReplica, Provider, Site
 from metavmm.drivers.base import DiskRef, Driver
 from metavmm.drivers.registry import create_driver
-from metavmm.errors import Conflict, NotFound, UnsupportedOperation
+from metavmm.errors import ChecksumMismatch, Conflict, NotFound, UnsupportedOperation
 from metavmm.translators.costs import HYPERVISOR_FORMATS, V2V_SOURCES, DiskFormat
 from metavmm.translators.disk import convert
-from metavmm.translators.untrusted import inspect
+from metavmm.translators.untrusted import inspect, sha256_file
 
 # When a site's hypervisor cannot boot the published format, the format it gets instead.
 PREFERRED_FORMAT: dict[str, DiskFormat] = {
@@ -156,18 +158,22 @@ class Replicator:
             staged = store / ".staging" / f"{image.id}.{image.format}"
             final = store / f"{_safe(image.name)}-v{_safe(image.version)}-{image.id[:8]}.{fmt.value}"
             expected = Expected(sha256=image.sha256, sha512=image.sha512, size_bytes=image.size_bytes)
-            copy = await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}")
+            source = local_path(image.location)
             conv_started = time.perf_counter()
-            try:
-                if fmt.value == image.format:
-                    await inspect(staged, image.format, checksum=False)  # the bytes crossed a network: check them
-                    staged.replace(final)
-                    checksum = copy.sha256
-                else:
-                    result = await convert(DiskRef(str(staged), image.format), fmt, final, overwrite=True)
-                    checksum = result.sha256
-            finally:
-                staged.unlink(missing_ok=True)
+            if source is not None and fmt.value != image.format:
+                copy = await _convert_local(source, image, fmt, final, expected)
+            else:
+                copy = await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}")
+                conv_started = time.perf_counter()
+                try:
+                    if fmt.value == image.format:
+                        await inspect(staged, image.format, checksum=False)  # bytes from outside: check them
+                        staged.replace(final)
+                    else:
+                        await convert(DiskRef(str(staged), image.format), fmt, final, overwrite=True, checksum=False)
+                finally:
+                    staged.unlink(missing_ok=True)
+            checksum = copy.sha256 if fmt.value == image.format else await asyncio.to_thread(sha256_file, final)
             convert_s = time.perf_counter() - conv_started
             provider_image_id = await _register(driver, target, final, image)
         finally:
@@ -195,6 +201,27 @@ class Replicator:
             rep.created_at, rep.last_used_at = now, now
             await session.flush()
             return rep
+
+
+async def _convert_local(src: Path, image: Image, fmt: DiskFormat, final: Path, expected: Expected) -> Digests:
+    """Convert a local source straight into the site's store while the same read (page cache) is hashed.
+
+    Nothing is staged. The digests are checked when both finish, and the file's identity (inode, size,
+    mtime) must not have changed in between, so qemu-img read the bytes that were hashed.
+    """
+    before = src.stat()
+    hashing = asyncio.create_task(hash_file(src, expected=expected, what=f"image {image.name}"))
+    try:
+        await convert(DiskRef(str(src), image.format), fmt, final, overwrite=True, checksum=False)
+        digests = await hashing
+        after = src.stat()
+        if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+            raise ChecksumMismatch(f"image {image.name}: {src} changed while it was replicated; refused")
+        return digests
+    except BaseException:
+        hashing.cancel()
+        final.unlink(missing_ok=True)
+        raise
 
 
 def _store_dir(driver: Driver, target: SiteTarget) -> Path:
