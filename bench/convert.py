@@ -5,7 +5,7 @@
 The image is half data, half holes (like a real guest disk): 512 MiB of incompressible bytes in 4 MiB
 runs, alternating with 4 MiB holes. For each conversion the table shows plain qemu-img, metavmm's
 full path (untrusted-input inspection, explicit formats, progress parsing, ``qemu-img check`` of the
-output, SHA-256 of source and output), and metavmm without the checksums, best of ``--repeat`` runs,
+output, SHA-256 of source and output), and metavmm without the checksums, best of ``--repeat`` interleaved runs,
 with the ratio to plain qemu-img and the throughput the scheduler's cost table should use.
 """
 
@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from metavmm.drivers.base import DiskRef
@@ -50,13 +52,16 @@ def through_metavmm(src: Path, src_fmt: str, dst: Path, target: DiskTarget, chec
     return time.perf_counter() - started
 
 
-def best(fn: object, repeat: int, dst: Path) -> float:
-    times = []
+def interleaved(runs: list[Callable[[], float]], repeat: int, dst: Path) -> list[float]:
+    """Best time of each run, taking turns (plain, metavmm, metavmm without hashes, plain, ...) so that page
+    cache and a busy neighbour affect every contender alike."""
+    best = [float("inf")] * len(runs)
     for _ in range(repeat):
-        dst.unlink(missing_ok=True)
-        times.append(fn())  # type: ignore[operator]
+        for i, run in enumerate(runs):
+            dst.unlink(missing_ok=True)
+            best[i] = min(best[i], run())
     dst.unlink(missing_ok=True)
-    return min(times)
+    return best
 
 
 def main() -> None:
@@ -82,10 +87,10 @@ def main() -> None:
         for src_fmt, target_name in CASES:
             target = DiskTarget.parse(target_name)
             src, dst = sources[src_fmt], work / f"out.{target.format.value}"
-            t_plain = best(lambda s=src, f=src_fmt, t=target, d=dst: plain(s, f, d, t), args.repeat, dst)
-            t_full = best(lambda s=src, f=src_fmt, t=target, d=dst: through_metavmm(s, f, d, t, True), args.repeat, dst)
-            t_fast = best(lambda s=src, f=src_fmt, t=target, d=dst: through_metavmm(s, f, d, t, False), args.repeat,
-                          dst)
+            t_plain, t_full, t_fast = interleaved([
+                partial(plain, src, src_fmt, dst, target),
+                partial(through_metavmm, src, src_fmt, dst, target, True),
+                partial(through_metavmm, src, src_fmt, dst, target, False)], args.repeat, dst)
             estimate = conversion_edge(src_fmt, target.format.value).seconds(size)
             print(f"{src_fmt + ' -> ' + str(target):<28}{t_plain:>11.2f}{t_full:>11.2f}{t_full / t_plain:>7.2f}"
                   f"{t_fast:>10.2f}{t_fast / t_plain:>7.2f}{args.size_mib / t_fast:>8.0f}{estimate:>9.2f}")

@@ -194,12 +194,13 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
                 os.truncate(tmp_raw, aligned)
                 source, span = DiskRef(str(tmp_raw), DiskFormat.RAW.value), (50.0, 100.0)
         await _qemu_convert(source, target, part, progress, span, timeout_s)
-        try:
+        out_hash = asyncio.create_task(asyncio.to_thread(sha256_file, part)) if checksum else None
+        try:  # the check reads metadata, the hash reads data: run them side by side
             state = await qemu_check(str(part), target.format.value, Limits(timeout_s=max(60.0, timeout_s / 10)))
         except UntrustedImage as exc:
             raise TranslationError(f"qemu-img wrote a damaged {target}: {exc}") from exc
-        if checksum:
-            out_hash = await asyncio.to_thread(sha256_file, part)
+        finally:
+            digest = await out_hash if out_hash is not None else None
         os.replace(part, dst)
     except BaseException:
         if src_hash is not None:
@@ -216,7 +217,7 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
     return ConversionResult(
         disk=DiskRef(str(dst), target.format.value), target=target,
         virtual_size=virtual or await _virtual_size(DiskRef(str(dst), target.format.value)),
-        seconds=time.perf_counter() - started, sha256=out_hash if checksum else None,
+        seconds=time.perf_counter() - started, sha256=digest,
         source_sha256=await src_hash if src_hash is not None else None, check=state,
         edge=conversion_edge(src.format, target.format.value))
 

@@ -49,6 +49,17 @@ class OvaLimits:
 DEFAULT_OVA_LIMITS = OvaLimits()
 
 
+@dataclass(frozen=True, slots=True)
+class Unpacked:
+    """A package on disk, checked: its descriptor, its files by name, their SHA-256, and whether a manifest
+    vouched for them."""
+
+    ovf: Path
+    files: dict[str, Path]
+    digests: dict[str, str]
+    manifest_verified: bool
+
+
 @dataclass(slots=True)
 class ImportResult:
     """An accepted package: its envelope, one inspected (or converted) disk per DiskSection entry."""
@@ -82,9 +93,8 @@ def _manifest(data: bytes) -> dict[str, tuple[str, str]]:
     return out
 
 
-def unpack(ova: str | Path, dest: str | Path, limits: OvaLimits = DEFAULT_OVA_LIMITS) -> tuple[Path, dict[str, Path],
-                                                                                              dict[str, str], bool]:
-    """Extract ``ova`` into the empty directory ``dest``; return (ovf path, files, sha256 digests, verified)."""
+def unpack(ova: str | Path, dest: str | Path, limits: OvaLimits = DEFAULT_OVA_LIMITS) -> Unpacked:
+    """Extract ``ova`` into the empty directory ``dest``, checking every member as it streams by."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
@@ -121,7 +131,7 @@ def unpack(ova: str | Path, dest: str | Path, limits: OvaLimits = DEFAULT_OVA_LI
     if len(ovf_names) != 1:
         raise UntrustedImage(f"an OVA holds exactly one .ovf descriptor, this one has {len(ovf_names)}")
     verified = _verify_manifest(files, hashes)
-    return files[ovf_names[0]], files, {n: h["sha256"] for n, h in hashes.items()}, verified
+    return Unpacked(files[ovf_names[0]], files, {n: h["sha256"] for n, h in hashes.items()}, verified)
 
 
 def _copy_bounded(src: io.BufferedIOBase, target: Path, max_bytes: int, budget: int,
@@ -188,19 +198,19 @@ async def import_package(package: str | Path, dest: str | Path, *, to: DiskTarge
     """Accept an OVA (or a .ovf with its files beside it): verify, parse, inspect every disk, convert to ``to``."""
     package, dest = Path(package), Path(dest)
     if package.suffix.lower() == ".ovf":
-        ovf_path, files, digests, verified = await asyncio.to_thread(_open_ovf_dir, package, limits)
+        pkg = await asyncio.to_thread(_open_ovf_dir, package, limits)
     else:
-        ovf_path, files, digests, verified = await asyncio.to_thread(unpack, package, dest, limits)
-    if require_manifest and not verified:
+        pkg = await asyncio.to_thread(unpack, package, dest, limits)
+    if require_manifest and not pkg.manifest_verified:
         raise UntrustedImage(f"{package.name} has no manifest (.mf) and one is required")
-    env = ovf.parse(ovf_path.read_bytes(), max_bytes=limits.max_ovf_bytes)
-    result = ImportResult(env, [], [], verified, digests)
+    env = ovf.parse(pkg.ovf.read_bytes(), max_bytes=limits.max_ovf_bytes)
+    result = ImportResult(env, [], [], pkg.manifest_verified, pkg.digests)
     for disk in env.disks:
         if disk.file_ref is None:
             result.notes.append(f"disk {disk.disk_id} has no file (a blank disk of {disk.capacity_bytes} bytes)")
             continue
         ref = env.file(disk.file_ref)
-        path = files.get(ref.href)
+        path = pkg.files.get(ref.href)
         if path is None:
             raise UntrustedImage(f"the OVF references {ref.href!r}, which is not in the package")
         if ref.size is not None and path.stat().st_size != ref.size:
@@ -224,7 +234,7 @@ async def import_package(package: str | Path, dest: str | Path, *, to: DiskTarge
     return result
 
 
-def _open_ovf_dir(ovf_path: Path, limits: OvaLimits) -> tuple[Path, dict[str, Path], dict[str, str], bool]:
+def _open_ovf_dir(ovf_path: Path, limits: OvaLimits) -> Unpacked:
     """An unpacked package: the .ovf, and the files it names, which must sit in its own directory."""
     folder = ovf_path.resolve().parent
     data = ovf_path.read_bytes()
@@ -243,7 +253,7 @@ def _open_ovf_dir(ovf_path: Path, limits: OvaLimits) -> tuple[Path, dict[str, Pa
         verified = _verify_manifest(files, hashes)
     else:
         verified = False
-    return files[ovf_path.name], files, {n: h["sha256"] for n, h in hashes.items()}, verified
+    return Unpacked(files[ovf_path.name], files, {n: h["sha256"] for n, h in hashes.items()}, verified)
 
 
 def pack(dest: str | Path, ovf_name: str, ovf_bytes: bytes, files: list[Path],
