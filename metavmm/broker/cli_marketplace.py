@@ -264,15 +264,27 @@ def subscribe_cmd(settings: Settings, name: str, url: str, key_file: str, endors
 
 
 @marketplace.command("sync-list")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--all", "every", is_flag=True, help="every enabled subscription (for cron)")
 @pass_settings
-def sync_list_cmd(settings: Settings, name: str) -> None:
+def sync_list_cmd(settings: Settings, name: str | None, every: bool) -> None:
     """Fetch, verify and import a subscribed image list (refused lists change nothing)."""
-    from metavmm.broker.marketplace.subscriptions import sync_subscription
+    from metavmm.broker.marketplace.subscriptions import SyncReport, sync_enabled, sync_subscription
 
-    report = _run(settings, lambda maker: sync_subscription(maker, name), write=True)
-    console.print(f"{name} v{report.version}: {report.added} added, {report.updated} updated, "
-                  f"{report.expired} expired")
+    if every == (name is not None):
+        raise click.UsageError("give a subscription NAME or --all")
+    if name is not None:
+        results: dict[str, Any] = {name: _run(settings, lambda maker: sync_subscription(maker, name), write=True)}
+    else:
+        results = _run(settings, sync_enabled, write=True)
+    for sub, report in results.items():
+        if isinstance(report, SyncReport):
+            console.print(f"{sub} v{report.version}: {report.added} added, {report.updated} updated, "
+                          f"{report.expired} expired")
+        else:
+            console.print(f"[red]{sub}: refused:[/] {report}", highlight=False)
+    if any(not isinstance(r, SyncReport) for r in results.values()):
+        sys.exit(1)
 
 
 @marketplace.command("prune")

@@ -58,6 +58,8 @@ def test_publish_list_sign_subscribe_and_replicate(tmp_path: Path, storage_root:
                "--endorser", "school-a")[0] == 0
     code, out, err = run(*site_b, "marketplace", "sync-list", "school-a")
     assert code == 0 and "1 added" in out, err
+    code, out, _ = run(*site_b, "marketplace", "sync-list", "--all")  # cron: one refusal does not stop the rest
+    assert code == 1 and "evil: refused" in out and "school-a v1: 0 added, 1 updated" in out
 
     assert run(*site_b, "catalog", "sync")[0] == 0
     code, out, err = run(*site_b, "marketplace", "replicate", "school-a/intro-linux", "--site", "school-b")

@@ -136,6 +136,23 @@ async def sync_subscription(maker: async_sessionmaker[AsyncSession], name: str, 
     return report
 
 
+async def sync_enabled(maker: async_sessionmaker[AsyncSession]) -> dict[str, SyncReport | str]:
+    """Sync every enabled subscription (for cron or a timer): its report, or the reason it was refused.
+
+    One refused or unreachable list never stops the others.
+    """
+    async with maker() as session:
+        names = (await session.exec(select(ImageListSubscription.name).where(
+            ImageListSubscription.enabled.is_(True)).order_by(ImageListSubscription.name))).all()  # type: ignore[attr-defined]
+    results: dict[str, SyncReport | str] = {}
+    for name in names:
+        try:
+            results[name] = await sync_subscription(maker, name)
+        except (ImageListRefused, ValidationError, NotFound) as exc:
+            results[name] = str(exc)
+    return results
+
+
 def _local_uris_only_from_local_lists(sub: ImageListSubscription, doc: ImageListDoc) -> None:
     """A list fetched from another site may point only at http(s): a file:// URI would make us read our own disk."""
     if local_path(sub.url) is not None:
