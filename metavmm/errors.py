@@ -134,6 +134,27 @@ class TranslationError(MetavmmError):
         self.stderr_tail = stderr_tail
 
 
+class UntrustedImage(ValidationError):
+    """An image or package from outside was refused; the message is the reason (backing file, bomb ...)."""
+
+    http_status = 422
+    title = "Image refused"
+
+
+class ChecksumMismatch(ValidationError):
+    """Bytes received do not hash to what their publisher declared: refused and deleted, never imported."""
+
+    http_status = 422
+    title = "Checksum mismatch"
+
+
+class ImageListRefused(ValidationError):
+    """A signed image list was refused (unsigned, untrusted endorser, tampered, expired, replayed)."""
+
+    http_status = 422
+    title = "Image list refused"
+
+
 class DriverError(MetavmmError):
     """A provider failed an operation. ``provider`` and ``operation`` are always named."""
 

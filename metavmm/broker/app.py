@@ -29,6 +29,11 @@ from metavmm.occi.routes import setup_occi
 
 log = logging.getLogger(__name__)
 
+# aiohttp's parser limits, raised so that every request the OpenAPI document allows fits: marketplace
+# uploads carry their metadata (a 10,000-character description, 64 tags) in the query string, and a
+# request line over aiohttp's default 8 KiB would be refused before the broker could answer in JSON.
+HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024}
+
 
 @requires(PUBLIC)
 async def healthz(_request: web.Request) -> web.Response:

@@ -89,7 +89,7 @@ def serve(settings: Settings, config_path: str | None, database: str | None, hos
     """Run the broker (OCCI at /, REST at /api/v1, /healthz, /readyz) until SIGTERM."""
     from aiohttp import web
 
-    from metavmm.broker.app import create_app
+    from metavmm.broker.app import HTTP_LIMITS, create_app
 
     if config_path:
         settings.config_path = config_path
@@ -102,7 +102,8 @@ def serve(settings: Settings, config_path: str | None, database: str | None, hos
     tls = server_ssl_context(settings.config.auth)
     scheme = "https" if tls else "http"
     console.print(f"metavmm serving on {scheme}://{host}:{port} (database {_safe_url(settings.database)})")
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True, ssl_context=tls)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True, ssl_context=tls,
+                handler_args=HTTP_LIMITS)
 
 
 def _safe_url(url: str) -> str:
@@ -315,3 +316,12 @@ main.add_command(prices_group)
 from metavmm.broker.cli_schedule import schedule_group  # noqa: E402
 
 main.add_command(schedule_group)
+
+from metavmm.broker.cli_images import image_group, ovf_group  # noqa: E402
+
+for _group in (image_group, ovf_group):
+    main.add_command(_group)
+
+from metavmm.broker.cli_marketplace import marketplace  # noqa: E402
+
+main.add_command(marketplace)

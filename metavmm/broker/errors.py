@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from metavmm.broker.keys import REQUEST_ID
 from metavmm.errors import MetavmmError
@@ -47,6 +47,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except IntegrityError as exc:
         log.info("integrity error in %s %s: %s", request.method, request.path, exc.orig.__class__.__name__)
         return problem(409, "Conflict", "the change conflicts with existing data (a duplicate or a missing reference)")
+    except (OverflowError, DataError) as exc:  # a value the database cannot hold (e.g. an integer past 2**63)
+        log.info("out-of-range value in %s %s: %s", request.method, request.path, exc.__class__.__name__)
+        return problem(400, "Invalid input", "a value in the request is out of the range the catalog can store")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/problem+json":
             raise

@@ -160,7 +160,8 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
                 (await session.exec(select(ImageReplica).where(ImageReplica.site_id.in_(site_ids)))).all()}
 
     def update_replica(rep: ImageReplica, info: ImageInfo) -> None:
-        rep.name, rep.format, rep.size_bytes, rep.checksum = info.name, info.format, info.size_bytes, info.checksum
+        rep.name, rep.format, rep.size_bytes = info.name, info.format, info.size_bytes
+        rep.checksum = info.checksum or rep.checksum  # a provider that reports none keeps the broker's
         rep.present = True
 
     counts.images = _reconcile(

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Numeric, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -279,8 +279,8 @@ class Image(SQLModel, table=True):
     arch: str = "x86_64"
     hypervisor: str | None = None
     format: str = "qcow2"
-    size_bytes: int = 0
-    virtual_size_bytes: int = 0
+    size_bytes: int = Field(default=0, sa_type=BigInteger)  # 64-bit: images pass 2 GiB
+    virtual_size_bytes: int = Field(default=0, sa_type=BigInteger)
     sha256: str | None = None
     sha512: str | None = None
     version: str = "1"
@@ -289,6 +289,43 @@ class Image(SQLModel, table=True):
     created_at: datetime = _ts()
     expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # What a person needs to use it: ports the image serves ("22/tcp") and the smallest shape it runs on.
+    access_ports: list[str] = Field(default_factory=list, sa_type=JSON)
+    min_vcpus: int = 1
+    min_ram_mib: int = 0
+    min_disk_gib: int = 0
+    # Where the published bytes are: a blob-store path, a file path registered in place, or a URL.
+    location: str | None = None
+    # Versions of one (publisher, name) form a chain; plain ids, not foreign keys, so a chain can be
+    # written in one flush and rows can be pruned in any order.
+    supersedes_id: str | None = Field(default=None, max_length=36, index=True)
+    superseded_by_id: str | None = Field(default=None, max_length=36, index=True)
+    image_list_id: int | None = Field(default=None, foreign_key="image_list_subscription.id", index=True)
+    updated_at: datetime = _ts()
+
+
+class ImageListSubscription(SQLModel, table=True):
+    """A signed image list another site publishes, which this site imports after verifying it.
+
+    The endorser's public key is pinned here when subscribing: a list signed by any other key, unsigned,
+    altered after signing or past its expiry is refused before a single row is written.
+    """
+
+    __tablename__ = "image_list_subscription"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    url: str  # a file path, file:// or http(s):// URL of the signed list
+    identifier: str | None = Field(default=None, max_length=255)  # expected list id; None: pinned on first sync
+    endorser: str = Field(default="", max_length=255)
+    public_key_pem: str  # the endorser's Ed25519 public key (SubjectPublicKeyInfo PEM)
+    key_id: str = Field(max_length=64)  # SHA-256 of the public key, as lists name their signer
+    visibility: str = Field(default="federation", max_length=16)  # given to the images it imports
+    enabled: bool = True
+    last_version: str | None = None
+    last_synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_error: str | None = None
+    image_count: int = 0
+    created_at: datetime = _ts()
 
 
 class ImageReplica(SQLModel, table=True):
@@ -302,10 +339,12 @@ class ImageReplica(SQLModel, table=True):
     name: str = ""
     format: str = Field(max_length=16)
     provider_image_id: str = Field(max_length=255)
-    size_bytes: int = 0
+    size_bytes: int = Field(default=0, sa_type=BigInteger)
     checksum: str | None = None
     state: str = "available"
     present: bool = True
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Price(SQLModel, table=True):
@@ -419,6 +458,6 @@ class OcciMixin(SQLModel, table=True):
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
-    OcciMixin,
+    OcciMixin, ImageListSubscription,
 )
 

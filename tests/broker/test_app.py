@@ -107,3 +107,17 @@ async def test_errors_are_typed_and_never_leak_tracebacks(aiohttp_client: Any) -
     text = await boom.text()
     assert boom.status == 500
     assert "secret internals" not in text and "Traceback" not in text
+
+
+async def test_out_of_range_numbers_are_400_not_500(aiohttp_client: Any) -> None:
+    mod = RestModule("overflow")
+
+    @mod.route("GET", "/big", summary="a query the database cannot hold")
+    async def big(_request: web.Request) -> None:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    app = web.Application(middlewares=[error_middleware])
+    add_module(app, mod)
+    client = await aiohttp_client(app)
+    resp = await client.get("/big")
+    assert resp.status == 400 and "out of the range" in (await resp.json())["detail"]

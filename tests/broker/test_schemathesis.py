@@ -29,7 +29,7 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from metavmm.broker.app import create_app
+from metavmm.broker.app import HTTP_LIMITS, create_app
 from metavmm.broker.config import parse_config
 from tests.broker.conftest import SIM, World, seed
 
@@ -52,7 +52,7 @@ class LiveServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        runner = web.AppRunner(self.app, access_log=None)
+        runner = web.AppRunner(self.app, access_log=None, **HTTP_LIMITS)  # as `metavmm serve`
         try:
             self.loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", 0)

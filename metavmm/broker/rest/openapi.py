@@ -39,7 +39,9 @@ ERRORS = {
     "404": "Not found (also what another project's resources look like)",
     "409": "Conflict with the resource's current state",
     "412": "If-Match does not name the current version",
-    "415": "The body is not JSON",
+    "413": "The body is too large",
+    "415": "The body is not JSON (or not the media type the route takes)",
+    "422": "The content was refused: a checksum mismatch, an untrusted image, a bad signature",
     "428": "If-Match is required",
     "500": "Internal error (the detail names the request id)",
 }
@@ -153,6 +155,10 @@ def _oas_path(path: str) -> str:
 
 def _responses(route: Route, schema: dict[str, Any] | None, role: str) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": route.summary}
+    if schema is None and route.media_type != "application/json":
+        schema = {"type": "string", "format": "binary"}  # a file or a chart: bytes
+    elif schema is None and route.method == "GET":
+        schema = {"type": "object"}  # a JSON document the handler renders itself (a signed image list)
     if schema is not None:
         ok["content"] = {route.media_type: {"schema": schema}}
     if route.extra.get("etag"):
@@ -169,6 +175,7 @@ def _responses(route: Route, schema: dict[str, Any] | None, role: str) -> dict[s
         codes += ["409"]
     if route.body is not None:
         codes += ["415"]
+    codes += list(route.extra.get("errors", ()))  # statuses a route declares beyond the common ones
     if route.extra.get("if_match"):
         codes += ["412", "428"]
     elif route.method in ("DELETE", "POST") and _path_names(route.path):
