@@ -51,11 +51,11 @@ class ConversionEdge:
 
 
 # MiB of virtual disk per second through metavmm's whole path (inspection, qemu-img convert, qemu-img check,
-# SHA-256 of input and output), by output format; measured with `python -m bench.convert` on a 1 GiB image
-# (half data, half holes) on the 2-core benchmark machine, page cache warm. VMDK is priced as
-# streamOptimized (what VMware and OVA export need; its compression makes it ~10x slower than the rest).
-_MIB_PER_S = {DiskFormat.RAW: 750.0, DiskFormat.QCOW2: 630.0, DiskFormat.VMDK: 95.0, DiskFormat.VDI: 500.0,
-              DiskFormat.VPC: 390.0, DiskFormat.VHDX: 480.0}
+# SHA-256 of input and output), by output format; measured with `python -m bench.convert --repeat 3` on a
+# 1 GiB image (half data, half holes) on the 2-core benchmark machine, page cache warm, machine quiet.
+# VMDK is priced as streamOptimized (what VMware and OVA export need; its compression makes it ~10x slower).
+_MIB_PER_S = {DiskFormat.RAW: 850.0, DiskFormat.QCOW2: 1500.0, DiskFormat.VMDK: 110.0, DiskFormat.VDI: 900.0,
+              DiskFormat.VPC: 1450.0, DiskFormat.VHDX: 840.0}
 _FIXED_S = 0.15  # inspection and check of a small image: three short qemu-img runs
 
 
