@@ -8,7 +8,8 @@
 set -euo pipefail
 out=${1:-/var/tmp/metavmm-v2v-guest}
 disk="$out/debian12.raw"
-if [ -s "$disk" ] && [ -f "$out/.done" ]; then echo "$disk"; exit 0; fi
+version=2  # bump when the recipe changes, so cached guests are rebuilt
+if [ -s "$disk" ] && [ "$(cat "$out/.done" 2>/dev/null)" = "$version" ]; then echo "$disk"; exit 0; fi
 mkdir -p "$out"
 root="$out/root"
 rm -rf "$root" "$disk" "$out/.done"
@@ -22,11 +23,12 @@ sed -i 's/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX="console=ttyS0,115200 net.if
   "$root/etc/default/grub"
 rm -rf "$root/var/cache/apt/archives/"*.deb
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
-virt-make-fs --partition=mbr --type=ext4 --size=+256M --format=raw "$root" "$disk"
+# +1.5G free: virt-v2v rebuilds the initramfs inside the guest (MODULES=most stages ~300 MB); the file is sparse.
+virt-make-fs --partition=mbr --type=ext4 --size=+1536M --format=raw "$root" "$disk"
 guestfish -a "$disk" -m /dev/sda1 <<'EOF'
 command "grub-install --target=i386-pc /dev/sda"
 command "update-grub"
 EOF
 rm -rf "$root"
-touch "$out/.done"
+echo "$version" >"$out/.done"
 echo "$disk"

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -55,6 +55,11 @@ def _with_bar(description: str, work: Callable[[Callable[[float], None]], Corout
         return _run(work(lambda pct: bar.update(task, completed=pct)))
 
 
+def _refused(exc: UntrustedImage) -> NoReturn:
+    err_console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
+    sys.exit(EXIT_REFUSED)
+
+
 @click.group("image")
 def image_group() -> None:
     """Disk images: inspect untrusted files, convert between formats."""
@@ -76,8 +81,7 @@ def image_inspect(file: str, declared: str | None, max_virtual_size: str, max_fi
     except UntrustedImage as exc:
         if as_json:
             click.echo(json.dumps({"path": file, "accepted": False, "reason": str(exc)}))
-        err_console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_REFUSED)
+        _refused(exc)
     data = {k: v for k, v in asdict(report).items() if k != "info"}
     if as_json:
         click.echo(json.dumps({"accepted": True, **data}, indent=2))
@@ -101,10 +105,13 @@ def image_convert(src: str, dst: str, target: str, source_format: str | None, ov
                   no_checksum: bool) -> None:
     """Convert SRC to DST in another format (the source is inspected as untrusted first)."""
     to = DiskTarget.parse(target)
-    fmt = source_format or detect_format(src)[0]
-    result = _with_bar(f"{Path(src).name} -> {to}",
-                       lambda cb: convert(DiskRef(src, fmt), to, dst, progress=cb, overwrite=overwrite,
-                                          checksum=not no_checksum))
+    try:
+        fmt = source_format or detect_format(src)[0]
+        result = _with_bar(f"{Path(src).name} -> {to}",
+                           lambda cb: convert(DiskRef(src, fmt), to, dst, progress=cb, overwrite=overwrite,
+                                              checksum=not no_checksum))
+    except UntrustedImage as exc:
+        _refused(exc)
     console.print(f"wrote {result.disk.path} ({result.target}, {result.virtual_size} bytes virtual) in "
                   f"{result.seconds:.2f} s (cost table estimate {result.estimated_seconds:.2f} s)")
     if result.sha256:
@@ -152,8 +159,7 @@ def ovf_import(package: str, dest: str, target: str | None, require_manifest: bo
                            lambda cb: ova.import_package(package, dest, to=to, require_manifest=require_manifest,
                                                          progress=cb))
     except UntrustedImage as exc:
-        err_console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_REFUSED)
+        _refused(exc)
     vs = result.envelope.systems[0] if result.envelope.systems else None
     summary = {"ovf_version": result.envelope.version, "manifest_verified": result.manifest_verified,
                "name": vs.name if vs else None, "vcpus": vs.vcpus if vs else None,

@@ -14,6 +14,7 @@ CI machines, and the conversion is I/O-bound anyway.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import re
@@ -145,13 +146,15 @@ async def convert_guest(req: V2vRequest, *, progress: Callable[[str], None] | No
             if progress is not None:
                 progress(text)
 
-    with tempfile.TemporaryDirectory(prefix="metavmm-v2v-", dir=_work_dir(req)) as work:
+    unpack_ova = req.input is V2vInput.OVA and Path(req.source).is_file()
+    scratch = tempfile.TemporaryDirectory(prefix="metavmm-v2v-", dir=_work_dir(req)) if unpack_ova else None
+    with scratch or contextlib.nullcontext():
         source = req.source
         if req.input is V2vInput.DISK:
             await inspect(req.source, req.input_format, limits=limits, checksum=False)
-        elif req.input is V2vInput.OVA and Path(req.source).is_file():
-            result = await ova.import_package(req.source, Path(work) / "ova")  # our checks, then virt-v2v's
-            source = str(Path(result.disks[0].path).parent) if result.disks else req.source
+        elif scratch is not None:  # our checks first (traversal, manifest, disk rules), then virt-v2v's
+            unpacked = await ova.import_package(req.source, Path(scratch.name) / "ova")
+            source = str(Path(unpacked.disks[0].path).parent) if unpacked.disks else req.source
         try:
             await run_tool(req.argv(source), limits=Limits(timeout_s=timeout_s), env=ENV, on_output=on_line,
                            what="virt-v2v")

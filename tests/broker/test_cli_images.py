@@ -44,6 +44,8 @@ def test_inspect_refuses_untrusted_input_with_exit_3(tmp_path: Path) -> None:
     assert code == 3 and json.loads(out.splitlines()[0])["accepted"] is False
     code, _, err = run("image", "inspect", str(evil), "--format", "raw")
     assert code == 3 and "declared raw but the file is qcow2" in err
+    code, _, err = run("image", "convert", str(evil), str(tmp_path / "leak.raw"), "--to", "raw")
+    assert code == 3 and "host path" in err and not (tmp_path / "leak.raw").exists()
 
 
 def test_convert_shows_progress_and_writes_the_output(raw: Path, tmp_path: Path) -> None:
