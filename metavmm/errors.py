@@ -79,6 +79,13 @@ class TranslationError(MetavmmError):
         self.stderr_tail = stderr_tail
 
 
+class UntrustedImage(ValidationError):
+    """An image or package from outside was refused; the message is the reason (backing file, bomb ...)."""
+
+    http_status = 422
+    title = "Image refused"
+
+
 class DriverError(MetavmmError):
     """A provider failed an operation. ``provider`` and ``operation`` are always named."""
 

@@ -62,6 +62,14 @@ def format_conversions() -> list[ConversionEdge]:
     return edges
 
 
+def conversion_edge(src: str, dst: str) -> ConversionEdge:
+    """The edge ``src -> dst`` of :func:`format_conversions` (a same-format copy costs one raw pass)."""
+    for edge in format_conversions():
+        if edge.src == src and edge.dst == dst:
+            return edge
+    return ConversionEdge(src, dst, "qemu-img", 400.0, fixed_s=0.05)
+
+
 def hypervisor_conversions() -> list[ConversionEdge]:
     """virt-v2v fixes a guest of another hypervisor for KVM: ~13 s appliance start, slow inspection."""
     return [ConversionEdge(f"hv:{src}", "hv:kvm", "virt-v2v", 20.0, fixed_s=60.0) for src in sorted(V2V_SOURCES)]

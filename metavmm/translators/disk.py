@@ -1,0 +1,223 @@
+"""Disk format conversion with qemu-img: raw, qcow2, vmdk, vdi, vpc (VHD) and vhdx, both ways.
+
+``convert(src, target, dst)`` is the one entry point. It always passes the source format explicitly
+(qemu's probing calls a fixed VHD "raw" and would honour a qcow2 header inside a "raw" upload),
+inspects the source as untrusted unless told it is ours, checks free space with ``qemu-img measure``
+where qemu supports it (raw and qcow2 output), reports progress from ``qemu-img convert -p``, hashes
+the source with SHA-256 while qemu reads it, checks the output's metadata with ``qemu-img check`` and
+returns the output's SHA-256, so the catalog and an OVA manifest never need a second pass.
+
+Targets carry the variants providers insist on: VMware wants ``vmdk:streamOptimized``; Hyper-V and
+Xen take ``vpc`` dynamic or fixed; Azure takes only a fixed VHD whose virtual size is a whole number
+of MiB (``vpc:azure``; the size is rounded up, the added tail reads as zeros).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from metavmm.drivers.base import DiskRef
+from metavmm.errors import TranslationError, ValidationError
+from metavmm.translators.costs import MIB, ConversionEdge, DiskFormat, conversion_edge
+from metavmm.translators.tools import Limits, find_tool, run_tool
+from metavmm.translators.untrusted import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    ImageReport,
+    inspect,
+    normalise_format,
+    qemu_check,
+    qemu_info,
+    sha256_file,
+)
+
+Progress = Callable[[float], None]
+"""Called with the percentage done (0..100), several times a second while converting."""
+
+_VARIANTS: dict[DiskFormat, tuple[str, ...]] = {
+    DiskFormat.VMDK: ("monolithicSparse", "streamOptimized"),
+    DiskFormat.VPC: ("dynamic", "fixed", "azure"),
+}
+_PROGRESS = re.compile(r"\(\s*([0-9.]+)/100%\)")
+
+
+@dataclass(frozen=True, slots=True)
+class DiskTarget:
+    """An output format and, for vmdk and vpc, its variant."""
+
+    format: DiskFormat
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DiskTarget:
+        """``qcow2``, ``vhd``, ``vmdk:streamOptimized``, ``vpc:azure`` ... -> a DiskTarget, or ValidationError."""
+        name, _, variant = text.partition(":")
+        try:
+            fmt = DiskFormat(normalise_format(name))
+        except Exception as exc:
+            raise ValidationError(f"unknown disk format {name!r}: use one of {', '.join(all_target_names())}") from exc
+        allowed = _VARIANTS.get(fmt, ())
+        if variant and variant not in allowed:
+            raise ValidationError(f"{fmt.value} has no variant {variant!r}"
+                                  + (f" (variants: {', '.join(allowed)})" if allowed else ""))
+        return cls(fmt, variant or None)
+
+    def __str__(self) -> str:
+        return f"{self.format.value}:{self.variant}" if self.variant else self.format.value
+
+    def options(self) -> list[str]:
+        """The ``-o`` options of qemu-img convert for this target."""
+        if self.format is DiskFormat.VMDK:
+            return ["-o", f"subformat={self.variant or 'monolithicSparse'}"]
+        if self.format is DiskFormat.VPC:
+            sub = "dynamic" if self.variant in (None, "dynamic") else "fixed"
+            return ["-o", f"subformat={sub},force_size=on"]  # force_size: keep the exact virtual size
+        return []
+
+
+def all_targets() -> list[DiskTarget]:
+    """Every output metavmm produces: each format, and each variant of vmdk and vpc."""
+    out = []
+    for fmt in DiskFormat:
+        out.extend(DiskTarget(fmt, v) for v in _VARIANTS.get(fmt, (None,)))
+    return out
+
+
+def all_target_names() -> list[str]:
+    return [str(t) for t in all_targets()] + ["vhd"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionResult:
+    disk: DiskRef
+    target: DiskTarget
+    virtual_size: int
+    seconds: float
+    sha256: str | None
+    source_sha256: str | None
+    check: str
+    edge: ConversionEdge
+
+    @property
+    def estimated_seconds(self) -> float:
+        """What the scheduler's cost table predicted for this conversion (compare with ``seconds``)."""
+        return self.edge.seconds(self.virtual_size)
+
+
+async def measure(src: DiskRef, target: DiskTarget) -> int | None:
+    """Bytes the output needs (``qemu-img measure``); None for formats qemu cannot measure (vmdk, vdi, vpc, vhdx)."""
+    if target.format not in (DiskFormat.RAW, DiskFormat.QCOW2):
+        return None
+    res = await run_tool([find_tool("qemu-img"), "measure", "--output=json", "-f", src.format, "-O",
+                          target.format.value, src.path], what="qemu-img measure")
+    return int(json.loads(res.stdout)["required"])
+
+
+async def compare(a: DiskRef, b: DiskRef) -> bool:
+    """True when the guest sees identical content in both (``qemu-img compare``, formats explicit)."""
+    res = await run_tool([find_tool("qemu-img"), "compare", "-f", a.format, "-F", b.format, a.path, b.path],
+                         ok_codes=(0, 1), what="qemu-img compare")
+    return res.returncode == 0
+
+
+def _needs_space(required: int, dst: Path) -> None:
+    free = shutil.disk_usage(dst.parent).free
+    if required > free:
+        raise TranslationError(f"not enough space for {dst.name}: needs {required // MIB} MiB, "
+                               f"{free // MIB} MiB free in {dst.parent}")
+
+
+async def _qemu_convert(src: DiskRef, target: DiskTarget, out: Path, progress: Progress | None,
+                        span: tuple[float, float], timeout_s: float) -> None:
+    lo, hi = span
+
+    def on_line(line: str) -> None:
+        m = _PROGRESS.search(line)
+        if m and progress is not None:
+            progress(lo + (hi - lo) * float(m.group(1)) / 100.0)
+
+    argv = [find_tool("qemu-img"), "convert", "-p", "-f", src.format, "-O", target.format.value,
+            *target.options(), src.path, str(out)]
+    await run_tool(argv, limits=Limits(timeout_s=timeout_s), on_output=on_line, what="qemu-img convert")
+
+
+async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str | Path, *,
+                  progress: Progress | None = None, checksum: bool = True, trusted: bool = False,
+                  overwrite: bool = False, limits: ImageLimits = DEFAULT_LIMITS, timeout_s: float = 6 * 3600,
+                  report: ImageReport | None = None) -> ConversionResult:
+    """Convert ``src`` to ``target`` at ``dst``; the output appears only when complete and checked.
+
+    ``trusted=True`` skips the untrusted-input inspection (for disks metavmm itself produced);
+    ``report`` passes an inspection already done.
+    """
+    if not isinstance(target, DiskTarget):
+        target = DiskTarget.parse(str(target))
+    src = DiskRef(os.path.abspath(src.path), normalise_format(src.format))
+    dst = Path(dst).resolve()
+    if dst == Path(src.path):
+        raise ValidationError("source and destination are the same file")
+    if dst.exists() and not overwrite:
+        raise ValidationError(f"{dst} exists (pass overwrite to replace it)")
+    if not dst.parent.is_dir():
+        raise ValidationError(f"{dst.parent} is not a directory")
+    if report is None:
+        report = await inspect(src.path, src.format, limits=limits, checksum=False, check=not trusted) \
+            if not trusted else None
+    virtual = report.virtual_size if report else 0
+    required = await measure(src, target)
+    if required is not None:
+        _needs_space(required, dst)
+    elif target.variant in ("fixed", "azure") and virtual:
+        _needs_space(virtual, dst)
+
+    started = time.perf_counter()
+    part = dst.with_name(dst.name + ".part")
+    tmp_raw = dst.with_name(dst.name + ".align.raw")
+    src_hash = asyncio.create_task(asyncio.to_thread(sha256_file, src.path)) if checksum else None
+    try:
+        source = src
+        span = (0.0, 100.0)
+        if target.variant == "azure":
+            if not virtual:
+                virtual = await _virtual_size(src)
+            aligned = -(-virtual // MIB) * MIB
+            if aligned != virtual:  # Azure refuses a VHD whose size is not a whole number of MiB
+                await _qemu_convert(src, DiskTarget(DiskFormat.RAW), tmp_raw, progress, (0.0, 50.0), timeout_s)
+                os.truncate(tmp_raw, aligned)
+                source, span = DiskRef(str(tmp_raw), DiskFormat.RAW.value), (50.0, 100.0)
+        await _qemu_convert(source, target, part, progress, span, timeout_s)
+        state = await qemu_check(str(part), target.format.value, Limits(timeout_s=max(60.0, timeout_s / 10)))
+        if checksum:
+            out_hash = await asyncio.to_thread(sha256_file, part)
+        os.replace(part, dst)
+    except BaseException:
+        if src_hash is not None:
+            src_hash.cancel()
+            with contextlib.suppress(BaseException):
+                await src_hash
+        for leftover in (part, tmp_raw):
+            leftover.unlink(missing_ok=True)
+        raise
+    finally:
+        tmp_raw.unlink(missing_ok=True)
+    if progress is not None:
+        progress(100.0)
+    return ConversionResult(
+        disk=DiskRef(str(dst), target.format.value), target=target,
+        virtual_size=virtual or await _virtual_size(DiskRef(str(dst), target.format.value)),
+        seconds=time.perf_counter() - started, sha256=out_hash if checksum else None,
+        source_sha256=await src_hash if src_hash is not None else None, check=state,
+        edge=conversion_edge(src.format, target.format.value))
+
+
+async def _virtual_size(disk: DiskRef) -> int:
+    return int((await qemu_info(disk.path, disk.format, Limits(timeout_s=60)))["virtual-size"])
