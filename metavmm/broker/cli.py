@@ -300,6 +300,10 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
     if total == 0:
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
 
+from metavmm.broker.cli_operations import operations_group  # noqa: E402
+
+main.add_command(operations_group)
+
 
 if __name__ == "__main__":
     main()

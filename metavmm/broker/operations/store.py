@@ -34,11 +34,12 @@ class LeaseLost(Exception):
 
 async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: str | None = None,
                  params: dict[str, Any] | None = None, project_id: int | None = None,
-                 idempotency_key: str | None = None) -> tuple[Operation, bool]:
+                 idempotency_key: str | None = None, rows: list[Any] | None = None) -> tuple[Operation, bool]:
     """Write the operation and its whole plan in one transaction; (operation, created).
 
     A second request with the same idempotency key returns the first operation (created=False) as
     long as it asks for the same thing; a different request under a used key is a conflict.
+    ``rows`` (e.g. the new workload of a provision) are written in the same transaction.
     """
     if not steps:
         raise ValidationError(f"an operation of kind {kind!r} needs at least one step")
@@ -52,6 +53,9 @@ async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: st
                    params=params or {}, idempotency_key=idempotency_key, message="queued")
     try:
         async with session_scope(maker) as session:
+            for row in rows or ():
+                session.add(row)
+            await session.flush()
             session.add(op)
             await session.flush()
             session.add(OperationEvent(operation_id=op.id, message=f"{kind} planned: "

@@ -215,7 +215,8 @@ async def clean_scratch(ctx: StepContext, **_: Any) -> None:
 
 
 @action("workload.record")
-async def record_placement(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> dict[str, Any]:
+async def record_placement(ctx: StepContext, *, provider: str, workload_id: str,
+                           spec_update: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
     """Write where the workload now runs (provider, site, host, provider id) and what it is doing."""
     vm = await require_vm(ctx, provider, workload_id)
     async with session_scope(ctx.sessions) as session:
@@ -236,6 +237,8 @@ async def record_placement(ctx: StepContext, *, provider: str, workload_id: str,
         workload.observed_state = str(vm.state)
         workload.state_message = f"{vm.state} at {provider}/{vm.region}" + (f" on {vm.host}" if vm.host else "")
         workload.present = True
+        if spec_update:
+            workload.spec = {**workload.spec, **spec_update}
         workload.updated_at = utcnow()
         workload.version += 1
         session.add(workload)
