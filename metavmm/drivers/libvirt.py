@@ -14,7 +14,9 @@ libvirt-python blocks: every call runs in a worker thread (:meth:`DriverBase.blo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -29,6 +31,7 @@ import libvirt
 from metavmm.catalog.db import state_dir
 from metavmm.drivers.base import (
     Capability,
+    DiskRef,
     DriverBase,
     HostInfo,
     ImageInfo,
@@ -221,6 +224,7 @@ class LibvirtDriver(DriverBase):
 
     def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str) -> str:
         workload = f"<mv:workload xmlns:mv='{METADATA_NS}'>{escape(spec.workload_id or '')}</mv:workload>"
+        mac = f"<mac address='{escape(str(spec.extra['mac']))}'/>" if spec.extra.get("mac") else ""
         return f"""<domain type='{self.domain_type}'>
   <name>{escape(spec.name)}</name>
   <uuid>{vm_uuid}</uuid>
@@ -236,7 +240,7 @@ class LibvirtDriver(DriverBase):
       <source file='{escape(str(disk))}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <interface type='user'><model type='virtio'/></interface>
+    <interface type='user'>{mac}<model type='virtio'/></interface>
     <serial type='pty'><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
   </devices>
@@ -316,16 +320,119 @@ class LibvirtDriver(DriverBase):
 
         await self._domain_op(vm_id, "delete_vm", delete)
 
-    async def live_migrate(self, vm_id: str, target_host: str) -> None:
-        """Migrate to ``target_host``, a libvirt URI, copying non-shared disks over NBD."""
+    async def live_migrate(self, vm_id: str, target_host: str, *, ex_target_storage_dir: str | None = None) -> None:
+        """Migrate to ``target_host``, a libvirt URI, copying non-shared disks over NBD.
+
+        With ``ex_target_storage_dir`` (another provider's storage, i.e. a real second host) the
+        broker's disks move there: each is pre-created at the target on the same backing image
+        (images are shared or replicated), the domain XML at the target names the new paths, and
+        the source's copy is removed once the target runs.
+        """
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_NON_SHARED_DISK)
+        moves: dict[str, str] = {}
+        params: dict[str, Any] = {}
+        if ex_target_storage_dir:
+            xml = await self._call("live_migrate", lambda c: c.lookupByUUIDString(vm_id).XMLDesc(
+                libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+            owned = (self.storage_dir / "disks").resolve()
+            for source in ET.fromstring(xml).findall("devices/disk[@device='disk']/source"):
+                path = Path(source.get("file", ""))
+                if path.parent.resolve() == owned:
+                    moves[str(path)] = str(Path(ex_target_storage_dir) / "disks" / path.name)
+            for old, new in moves.items():
+                await self._precreate(Path(old), Path(new))
+                xml = xml.replace(f"'{old}'", f"'{new}'").replace(f'"{old}"', f'"{new}"')
+            params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
 
         def migrate(conn: libvirt.virConnect) -> None:
             dest = libvirt.open(target_host)
             try:
-                conn.lookupByUUIDString(vm_id).migrate(dest, flags, None, None, 0)
+                dom = conn.lookupByUUIDString(vm_id)
+                if params:
+                    dom.migrate3(dest, params, flags)
+                else:
+                    dom.migrate(dest, flags, None, None, 0)
             finally:
                 dest.close()
 
-        await self._call("live_migrate", migrate)
+        try:
+            await self._call("live_migrate", migrate)
+        except DriverError:
+            for new in moves.values():
+                Path(new).unlink(missing_ok=True)
+            raise
+        for old in moves:
+            Path(old).unlink(missing_ok=True)
+
+    async def _precreate(self, src: Path, dst: Path) -> None:
+        """An empty disk at ``dst`` with ``src``'s size and backing file, for the NBD copy to fill."""
+        proc = await asyncio.create_subprocess_exec("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(src),
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise DriverError(err.decode(errors="replace").strip(), provider=self.name, operation="live_migrate")
+        info = json.loads(out)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        args = ["create", "-q", "-f", "qcow2"]
+        if info.get("backing-filename"):
+            args += ["-F", info.get("backing-filename-format", "qcow2"), "-b", info["backing-filename"]]
+        await self._qemu_img("live_migrate", *args, str(dst), str(info["virtual-size"]))
+
+    # --- disks and images (cold migration; the operations engine calls these) -------------------
+
+    async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
+        """The stopped VM's first disk, flattened (overlay and backing merged) into ``dest_dir``.
+
+        The disk file must be readable from this machine (a local daemon, or shared storage). A
+        finished export is reused, so a retried step does not copy twice.
+        """
+        def first_disk(conn: libvirt.virConnect) -> str:
+            dom = conn.lookupByUUIDString(vm_id)
+            if dom.isActive():
+                raise ProviderConflict(f"VM {vm_id} is running; stop it before exporting its disk",
+                                       provider=self.name, operation="export_disk")
+            source = ET.fromstring(dom.XMLDesc()).find("devices/disk[@device='disk']/source")
+            if source is None or not source.get("file"):
+                raise DriverError(f"VM {vm_id} has no file-backed disk", provider=self.name, operation="export_disk")
+            return source.get("file", "")
+
+        path = Path(await self._call("export_disk", first_disk))
+        if not path.is_file():
+            raise DriverError(f"disk {path} is not reachable from the broker", provider=self.name,
+                              operation="export_disk")
+        out = Path(dest_dir) / f"{vm_id}.qcow2"
+        if not out.exists():
+            part = out.with_name(out.name + ".part")
+            await self._qemu_img("export_disk", "convert", "-f", "qcow2", "-O", "qcow2", str(path), str(part))
+            part.replace(out)
+        return DiskRef(str(out), "qcow2")
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        """Copy ``disk`` into this provider's image directory (an image of that name is reused)."""
+        if disk.format not in DISK_FORMATS:
+            raise DriverError(f"libvirt images here are {' or '.join(DISK_FORMATS)}, not {disk.format}",
+                              provider=self.name, operation="import_image")
+        if "/" in name or name.startswith("."):
+            raise DriverError(f"image name {name!r} is not a plain file name", provider=self.name,
+                              operation="import_image")
+        image = self.storage_dir / "images" / f"{name}.{disk.format}"
+        if not image.exists():
+            image.parent.mkdir(parents=True, exist_ok=True)
+            part = image.with_name(image.name + ".part")
+            await asyncio.to_thread(shutil.copyfile, disk.path, part)
+            part.chmod(0o644)  # a backing file: the daemon's QEMU only reads it
+            part.replace(image)
+        return ImageInfo(provider_image_id=str(image), name=name, region=self.site.region, format=disk.format,
+                         size_bytes=image.stat().st_size)
+
+    async def ex_delete_image(self, name: str, region: str) -> None:
+        """Remove an image this provider imported; a missing one is fine."""
+        for fmt in DISK_FORMATS:
+            (self.storage_dir / "images" / f"{name}.{fmt}").unlink(missing_ok=True)
+
+    async def _qemu_img(self, operation: str, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec("qemu-img", *args, stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise DriverError(err.decode(errors="replace").strip(), provider=self.name, operation=operation)

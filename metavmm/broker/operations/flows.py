@@ -7,6 +7,8 @@ and submits it through the engine. Nothing here talks to a provider: the steps d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import uuid
 from typing import Any
@@ -56,9 +58,10 @@ async def provision(engine: Engine, *, name: str, provider: str, region: str, im
         Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
         Step("record", "workload.record", at, commit=True),
     ]
+    request = json.dumps([name, provider, region, image, vcpus, ram_mib, disk_gib, flavor, host, project_id])
     return await engine.submit(kind="provision", steps=steps, target_id=workload.id, project_id=project_id,
                                params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
-                               rows=[workload])
+                               rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
 
 
 async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:

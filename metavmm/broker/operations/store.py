@@ -34,12 +34,14 @@ class LeaseLost(Exception):
 
 async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: str | None = None,
                  params: dict[str, Any] | None = None, project_id: int | None = None,
-                 idempotency_key: str | None = None, rows: list[Any] | None = None) -> tuple[Operation, bool]:
+                 idempotency_key: str | None = None, rows: list[Any] | None = None,
+                 fingerprint: str | None = None) -> tuple[Operation, bool]:
     """Write the operation and its whole plan in one transaction; (operation, created).
 
     A second request with the same idempotency key returns the first operation (created=False) as
     long as it asks for the same thing; a different request under a used key is a conflict.
     ``rows`` (e.g. the new workload of a provision) are written in the same transaction.
+    ``fingerprint`` identifies the request when its target is new each time (a provision).
     """
     if not steps:
         raise ValidationError(f"an operation of kind {kind!r} needs at least one step")
@@ -48,9 +50,10 @@ async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: st
     if idempotency_key:
         existing = await _by_key(maker, idempotency_key)
         if existing is not None:
-            return _same_request(existing, kind, target_id), False
+            return _same_request(existing, kind, target_id, fingerprint), False
+    params = {**(params or {}), **({"request": fingerprint} if fingerprint else {})}
     op = Operation(kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
-                   params=params or {}, idempotency_key=idempotency_key, message="queued")
+                   params=params, idempotency_key=idempotency_key, message="queued")
     try:
         async with session_scope(maker) as session:
             for row in rows or ():
@@ -66,12 +69,13 @@ async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: st
         existing = await _by_key(maker, idempotency_key)  # a concurrent twin won the race
         if existing is None:
             raise
-        return _same_request(existing, kind, target_id), False
+        return _same_request(existing, kind, target_id, fingerprint), False
     return op, True
 
 
-def _same_request(op: Operation, kind: str, target_id: str | None) -> Operation:
-    if op.kind != kind or op.target_id != target_id:
+def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:
+    same = op.params.get("request") == fingerprint if fingerprint else op.target_id == target_id
+    if op.kind != kind or not same:
         raise Conflict(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id})")
     return op
 

@@ -138,9 +138,15 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
     vm = await require_vm(ctx, provider, workload_id)
     if target_provider == provider and target_host and vm.host == target_host:
         return {"vm_id": vm.provider_vm_id}
+    source, target = ctx.driver(provider), ctx.driver(target_provider)
     dest = target_host or ctx.config.provider(target_provider).endpoint
     await ctx.log(f"live migration of {vm.provider_vm_id} to {dest}")
-    await ctx.driver(provider).live_migrate(vm.provider_vm_id, dest)
+    if source.kind == target.kind == "libvirt" and target_provider != provider:
+        # two libvirt hosts: the disk moves into the target provider's storage
+        await source.live_migrate(vm.provider_vm_id, dest,  # type: ignore[call-arg]
+                                  ex_target_storage_dir=str(target.storage_dir))  # type: ignore[attr-defined]
+    else:
+        await source.live_migrate(vm.provider_vm_id, dest)
     return {"vm_id": vm.provider_vm_id}
 
 
