@@ -7,14 +7,16 @@ import contextlib
 import importlib
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from metavmm.broker.cli import Settings, console, err_console, main, pass_settings
+from metavmm.broker.config import FederationConfig
 from metavmm.broker.operations import store
 from metavmm.broker.operations.plan import overall_progress
 from metavmm.broker.operations.store import TERMINAL, Sessions
@@ -23,6 +25,19 @@ from metavmm.catalog.models import Operation, OperationState
 from metavmm.errors import ConfigError
 
 T = TypeVar("T")
+# cli.py imports this module at its end; importing cli.py back would break `python -m metavmm.broker.cli`
+console = Console(width=None if sys.stdout.isatty() else 240)
+err_console = Console(stderr=True)
+pass_settings = click.pass_obj
+
+
+class Settings(Protocol):
+    """What the main group puts in ``ctx.obj`` (metavmm.broker.cli.Settings)."""
+
+    @property
+    def config(self) -> FederationConfig: ...
+    @property
+    def database(self) -> str: ...
 
 
 def _run(settings: Settings, work: Callable[[Sessions], Awaitable[T]]) -> T:
@@ -55,7 +70,7 @@ def _state(state: str) -> str:
     return f"[{_STYLE.get(state, 'white')}]{state}[/]"
 
 
-@main.group("operations")
+@click.group("operations")
 def operations_group() -> None:
     """Operations: the broker's durable changes (provision, act, migrate, ...)."""
 

@@ -9,10 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.config import FederationConfig
+from metavmm.broker.operations.engine import Engine
 
 CONFIG = web.AppKey("config", FederationConfig)
 DATABASE_URL = web.AppKey("database_url", str)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
+OPERATIONS = web.AppKey("operations", Engine)
 REQUEST_ID = web.RequestKey("request_id", str)

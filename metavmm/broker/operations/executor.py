@@ -27,7 +27,8 @@ from metavmm.broker.operations.actions import is_transient, run_action
 from metavmm.broker.operations.context import Drivers, StepContext
 from metavmm.broker.operations.plan import MAX_LOG_LINES, StepState, overall_progress
 from metavmm.broker.operations.store import LeaseLost, Sessions
-from metavmm.catalog.models import Operation, OperationState, utcnow
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation, OperationState, Workload, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,25 @@ class Executor:
         for key, value in values.items():
             setattr(op, key, value)
         values.setdefault("progress", overall_progress(op.steps))
+        if values.get("state") in store.TERMINAL and op.target_id:
+            await self._note_workload(op.target_id, op.kind, str(values["state"]), values.get("message"))
         op.progress = values["progress"]
         await store.fenced_update(self.sessions, op.id, self.owner, event=event, step=step, level=level,
                                   steps=op.steps, current_step=op.current_step, outputs=op.outputs, **values)
+
+    async def _note_workload(self, workload_id: str, kind: str, state: str, message: str | None) -> None:
+        """Show how the operation ended on its workload (OCCI's state.message) unless it succeeded.
+
+        A success already wrote the workload's state through its record step.
+        """
+        if state == OperationState.SUCCEEDED:
+            return
+        async with session_scope(self.sessions) as session:
+            workload = await session.get(Workload, workload_id)
+            if workload is not None:
+                workload.state_message = f"{kind} {state}: {message or ''}".strip()[:500]
+                workload.updated_at = utcnow()
+                session.add(workload)
 
     async def _drive(self, op_id: str) -> None:
         op = await store.get(self.sessions, op_id)

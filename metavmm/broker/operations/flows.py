@@ -79,7 +79,11 @@ async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key:
 async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None) -> Operation:
     workload, provider = await _workload_at(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
-    steps = [Step("delete", "vm.delete", at, commit=True), Step("forget", "workload.gone", at)]
+    steps = [Step("delete", "vm.delete", at, commit=True)]
+    owned = workload.spec.get("owned_image")  # an image a migration imported for this workload alone
+    if owned:
+        steps.append(Step("delete-image", "image.delete", owned))
+    steps.append(Step("forget", "workload.gone", at))
     return await engine.submit(kind="delete", steps=steps, target_id=workload.id, project_id=workload.project_id,
                                idempotency_key=idempotency_key)
 
@@ -141,10 +145,14 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
                                             "extra": {"mac": mac, "hostname": hostname}, "save_as": "target_vm"},
              compensate="vm.delete", weight=2),
         Step("boot-check", "vm.wait", {**dst, "state": "running", "timeout_s": 300, "stable_s": 2.0}),
-        Step("record", "workload.record", {**dst, "spec_update": {"mac": mac, "hostname": hostname}}, commit=True),
+        Step("record", "workload.record", {**dst, "spec_update": {
+            "mac": mac, "hostname": hostname,
+            "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
         Step("remove-source", "vm.delete", src),
         Step("clean-scratch", "scratch.clean", {}),
     ]
+    if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
+        steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
     return await engine.submit(kind="cold_migrate", steps=steps, target_id=workload.id,
                                project_id=workload.project_id, idempotency_key=idempotency_key,
                                params={"from": provider, "to": target_provider, "format": disk_format,

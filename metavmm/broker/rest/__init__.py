@@ -9,9 +9,9 @@ from metavmm.broker.rest.framework import RestModule, add_module
 
 def modules() -> list[RestModule]:
     """Every REST module, in the order the OpenAPI document lists them. Add yours here."""
-    from metavmm.broker.rest import system
+    from metavmm.broker.rest import operations, system
 
-    return [system.api]
+    return [system.api, operations.api]
 
 
 def setup_rest(api: web.Application) -> None:

@@ -138,6 +138,7 @@ async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str
                              capture_output=True, text=True).stdout.strip()
     assert w.provider_resource_id == vm_uuid
     assert (await world.run((await flows.delete(world.engine, wid)).id)).state == OperationState.SUCCEEDED
+    assert world.images(1) == images_before and world.disks(1) == []
 
 
 @pytest.mark.parametrize("step", [2, pytest.param(4, marks=pytest.mark.slow)], ids=["convert", "create-target"])

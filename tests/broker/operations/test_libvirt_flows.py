@@ -98,7 +98,7 @@ async def test_lifecycle_live_and_cold_migration(engine: Engine, libvirt_hosts: 
     assert clone_name == cold.params["hostname"] != "vm-flow" and state(a, clone_name) == "running"
     xml = subprocess.run(["virsh", "-c", a, "dumpxml", clone_name], capture_output=True, text=True).stdout
     assert cold.params["mac"] in xml
-    images = list((libvirt_hosts.storage(0) / "images").iterdir())
+    images = list((libvirt_hosts.storage(0) / "images").glob(f"migrate-{wid[:8]}-*"))
     assert [p.suffix for p in images] == [".raw"]  # converted from the source's qcow2
     backing = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(libvirt_hosts.storage(0) / "disks" /
                                                                       f"{clone_uuid}.qcow2")],
@@ -110,6 +110,7 @@ async def test_lifecycle_live_and_cold_migration(engine: Engine, libvirt_hosts: 
 
     gone = await run(engine, await flows.delete(engine, wid))
     assert gone.state == OperationState.SUCCEEDED and domains(a) == {}
+    assert not images[0].exists()  # the image made for this workload's migration went with it
     w, _ = await workload(engine, wid)
     assert not w.present and w.observed_state == "deleted"
 
@@ -120,6 +121,7 @@ async def test_cancelled_cold_migration_restores_the_source(engine: Engine, libv
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     wid = done.target_id
     assert wid is not None
+    images_before = sorted((libvirt_hosts.storage(1) / "images").glob("*"))
     op = await flows.cold_migrate(engine, wid, target_provider="lv1", disk_format="raw")
     # a failure at the boot check (the target cannot run the VM) must undo everything before it
     steps = op.steps
@@ -136,7 +138,7 @@ async def test_cancelled_cold_migration_restores_the_source(engine: Engine, libv
     assert [s["state"] for s in failed.steps][:6] == ["compensated"] * 5 + ["failed"]
     assert list(domains(a).values()) == ["vm-back"] and state(a, "vm-back") == "running"
     assert domains(b) == {}
-    assert not list((libvirt_hosts.storage(1) / "images").glob("*"))
+    assert sorted((libvirt_hosts.storage(1) / "images").glob("*")) == images_before
     w, _ = await workload(engine, wid)
     assert w.observed_state == "running"
     await run(engine, await flows.delete(engine, wid))
