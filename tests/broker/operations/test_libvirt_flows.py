@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.libvirt_hosts import LibvirtHosts
 from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows, store
 from metavmm.broker.operations.engine import Engine
@@ -16,7 +17,6 @@ from metavmm.broker.operations.executor import Executor
 from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Provider, Workload
-from tests.broker.operations.conftest import LibvirtHosts
 
 
 @pytest.fixture
