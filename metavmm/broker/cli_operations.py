@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -92,18 +93,18 @@ def ops_list(settings: Settings, state: str | None, target: str | None, limit: i
         table.add_column(col)
     for op in ops:
         step = op.steps[op.current_step]["name"] if op.current_step < len(op.steps) else "-"
-        table.add_row(op.id, op.kind, op.target_id or "-", _state(op.state), f"{op.progress:.0%}", step,
-                      (op.message or "")[:60], op.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(op.id, escape(op.kind), op.target_id or "-", _state(op.state), f"{op.progress:.0%}",
+                      escape(step), escape((op.message or "")[:60]), op.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
 
 
 def _steps_table(op: Operation) -> Table:
-    table = Table(title=f"{op.kind} {op.id}: {op.state} ({op.progress:.0%})", caption=op.message or "")
+    table = Table(title=escape(f"{op.kind} {op.id}: {op.state} ({op.progress:.0%})"), caption=escape(op.message or ""))
     for col in ("#", "step", "action", "state", "attempts", "error"):
         table.add_column(col)
     for i, s in enumerate(op.steps):
-        table.add_row(str(i), s["name"] + (" (commit)" if s.get("commit") else ""), s["action"],
-                      _state(s["state"]), str(s["attempts"]), (s.get("error") or "")[:80])
+        table.add_row(str(i), escape(s["name"]) + (" (commit)" if s.get("commit") else ""), escape(s["action"]),
+                      _state(s["state"]), str(s["attempts"]), escape((s.get("error") or "")[:80]))
     return table
 
 
@@ -139,15 +140,15 @@ def ops_watch(settings: Settings, operation_id: str, interval: float) -> None:
         columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as bars:
             total = bars.add_task(f"{op.kind} {op.id[:8]}", total=1.0)
-            per_step = [bars.add_task(f"  {st['name']}", total=1.0) for st in op.steps]
+            per_step = [bars.add_task(f"  {escape(st['name'])}", total=1.0) for st in op.steps]
             while True:
                 op = await store.get(s, operation_id)
                 bars.update(total, completed=overall_progress(op.steps),
-                            description=f"{op.kind} {op.id[:8]} {op.state}: {op.message or ''}"[:70])
+                            description=escape(f"{op.kind} {op.id[:8]} {op.state}: {op.message or ''}"[:70]))
                 for task, st in zip(per_step, op.steps, strict=True):
                     done = st["state"] in ("done", "compensated")
                     bars.update(task, completed=1.0 if done else float(st.get("progress", 0.0)),
-                                description=f"  {st['name']} [{st['state']}]")
+                                description=f"  {escape(st['name'])}: {st['state']}")
                 if op.state in TERMINAL:
                     return op
                 await asyncio.sleep(interval)
