@@ -69,3 +69,22 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
     again = await reconcile(engine, drivers, repair=False)
     assert again.orphans == [] and again.drifted == []
     await drivers.close()
+
+
+async def test_unreachable_provider_is_skipped_not_read_as_empty(sqlite_sessions, tmp_path) -> None:
+    config = parse_config(f"""
+providers:
+  - {{kind: libvirt, name: down, endpoint: "qemu+unix:///session?socket={tmp_path}/none", storage_dir: {tmp_path}}}
+""")
+    await register_providers(sqlite_sessions, config)
+    async with sqlite_sessions() as session:
+        pid = (await session.exec(select(Provider))).one().id
+        w = Workload(kind="compute", name="far", provider_id=pid, observed_state="running")
+        session.add(w)
+        await session.commit()
+    executor = Executor(sqlite_sessions, config)
+    report = await reconcile(Engine(sqlite_sessions, config, "sqlite://"), executor.drivers)
+    assert list(report.unreachable) == ["down"] and report.lost == [] and report.orphans == []
+    async with sqlite_sessions() as session:
+        assert (await session.get(Workload, w.id)).observed_state == "running"
+    await executor.drivers.close()
