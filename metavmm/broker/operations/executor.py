@@ -50,6 +50,7 @@ class Executor:
         self.drivers = Drivers(config)
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._tokens: dict[str, str] = {}  # operation id -> the lease token of the run holding it
 
     # --- the in-process loop (single node) ------------------------------------------------------
 
@@ -92,8 +93,12 @@ class Executor:
 
     async def run(self, op_id: str) -> bool:
         """Run ``op_id`` to its end if this executor can claim it; False when someone else holds it."""
-        if not await store.claim(self.sessions, op_id, self.owner, self.settings.lease_s):
+        # the lease belongs to this run, not to the executor: two jobs for one operation delivered to
+        # the same worker must not both pass the claim
+        token = f"{self.owner}#{uuid.uuid4().hex[:8]}"
+        if not await store.claim(self.sessions, op_id, token, self.settings.lease_s):
             return False
+        self._tokens[op_id] = token
         heartbeat = asyncio.create_task(self._heartbeat(op_id, asyncio.current_task()))
         try:
             await self._drive(op_id)
@@ -104,14 +109,15 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             with contextlib.suppress(Exception):
-                await store.release(self.sessions, op_id, self.owner)
+                await store.release(self.sessions, op_id, token)
+            self._tokens.pop(op_id, None)
         return True
 
     async def _heartbeat(self, op_id: str, runner: asyncio.Task[Any] | None) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
-                await store.renew(self.sessions, op_id, self.owner, self.settings.lease_s)
+                await store.renew(self.sessions, op_id, self._tokens[op_id], self.settings.lease_s)
             except LeaseLost:
                 if runner is not None:
                     runner.cancel()  # someone else took over: stop before the next write
@@ -127,7 +133,7 @@ class Executor:
         if values.get("state") in store.TERMINAL and op.target_id:
             await self._note_workload(op.target_id, op.kind, str(values["state"]), values.get("message"))
         op.progress = values["progress"]
-        await store.fenced_update(self.sessions, op.id, self.owner, event=event, step=step, level=level,
+        await store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step, level=level,
                                   steps=op.steps, current_step=op.current_step, outputs=op.outputs, **values)
 
     async def _note_workload(self, workload_id: str, kind: str, state: str, message: str | None) -> None:
@@ -147,10 +153,10 @@ class Executor:
     async def _drive(self, op_id: str) -> None:
         op = await store.get(self.sessions, op_id)
         if op.state == OperationState.PENDING:
-            await self._save(op, f"started by {self.owner}", state=OperationState.RUNNING, started_at=utcnow(),
+            await self._save(op, f"started by {self._tokens[op.id]}", state=OperationState.RUNNING, started_at=utcnow(),
                              message="running")
         elif op.state != OperationState.ROLLING_BACK:
-            await self._save(op, f"resumed by {self.owner} at step {op.current_step}", message="resumed")
+            await self._save(op, f"resumed by {self._tokens[op.id]} at step {op.current_step}", message="resumed")
         if op.state == OperationState.RUNNING:
             try:
                 await self._forward(op)

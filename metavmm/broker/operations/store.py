@@ -125,8 +125,7 @@ async def claim(maker: Sessions, op_id: str, owner: str, lease_s: float) -> bool
     """Take the operation if it is active and free; True when this executor now owns it."""
     now = utcnow()
     stmt = (update(Operation).where(col(Operation.id) == op_id, col(Operation.state).in_(ACTIVE))
-            .where(or_(col(Operation.lease_until).is_(None), col(Operation.lease_until) < now,
-                       col(Operation.owner) == owner))
+            .where(or_(col(Operation.lease_until).is_(None), col(Operation.lease_until) < now))
             .values(owner=owner, lease_until=now + timedelta(seconds=lease_s), updated_at=now))
     async with session_scope(maker) as session:
         result = await session.exec(stmt)

@@ -201,3 +201,17 @@ async def test_empty_plan_and_bad_key_are_refused(sessions) -> None:
         await store.submit(sessions, kind="test", steps=[])
     with pytest.raises(ValidationError):
         await store.submit(sessions, kind="test", steps=steps("a"), idempotency_key="x" * 200)
+
+
+async def test_two_jobs_for_one_operation_in_one_executor_run_it_once(sessions) -> None:
+    """A worker may receive two jobs for the same operation (a sweeper re-queued it): one run only."""
+    GATES["a"] = asyncio.Event()
+    op, _ = await store.submit(sessions, kind="test", steps=steps("a", "b"))
+    ex = Executor(sessions, config())
+    first = asyncio.create_task(ex.run(op.id))
+    while calls(op.id) != ["a"]:
+        await asyncio.sleep(0.01)
+    assert not await ex.run(op.id)  # the same executor, a second job: refused by the claim
+    GATES["a"].set()
+    assert await first
+    assert calls(op.id) == ["a", "b"]

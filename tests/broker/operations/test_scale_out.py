@@ -80,7 +80,8 @@ def test_two_brokers_two_workers_run_100_operations_exactly_once(postgres_server
             dead = [w for w in workers if w.poll() is not None]
             assert not dead, f"a worker died: {dead[0].stderr.read().decode()[-3000:] if dead else ''}"
             time.sleep(0.5)
-        assert states == {"succeeded": 100}, states
+        errors = _q(url, "SELECT error FROM operation WHERE error IS NOT NULL LIMIT 3")
+        assert states == {"succeeded": 100}, (states, [r["error"] for r in errors])
         print(f"100 operations x 3 steps on 2 workers: {time.monotonic() - started:.1f}s")
 
         once = _q(url, "SELECT count(*) AS n, count(DISTINCT pid) AS pids FROM step_once")
