@@ -223,13 +223,14 @@ class Executor:
                         running: StepState) -> dict[str, Any]:
         """Run one action with retries; every attempt is recorded before it starts."""
         step = op.steps[index]
+        key = "attempts" if running == StepState.RUNNING else "undo_attempts"  # forward and undo count apart
         while True:
             if op.not_before is not None:
                 delay = (store._aware(op.not_before) - utcnow()).total_seconds()
                 if delay > 0:
                     await asyncio.sleep(delay)  # a backoff that survived a restart
-            step.update(state=running, attempts=step["attempts"] + 1, started_at=utcnow().isoformat())
-            await self._save(op, f"step {step['name']}: {action} (attempt {step['attempts']})", step=index,
+            step.update({"state": running, key: step.get(key, 0) + 1, "started_at": utcnow().isoformat()})
+            await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
                              not_before=None, message=f"{step['name']}")
             ctx = self._context(op, index)
             try:
@@ -239,11 +240,11 @@ class Executor:
             except Exception as exc:
                 message = str(exc) or exc.__class__.__name__
                 step["error"] = message
-                if not is_transient(exc) or step["attempts"] >= self.settings.max_attempts:
+                if not is_transient(exc) or step[key] >= self.settings.max_attempts:
                     step["state"] = StepState.FAILED
                     await self._save(op, f"step {step['name']} failed: {message}", step=index, level="error")
                     raise
-                delay = random.uniform(0.5, 1.0) * self.settings.retry_base_s * 2 ** (step["attempts"] - 1)
+                delay = random.uniform(0.5, 1.0) * self.settings.retry_base_s * 2 ** (step[key] - 1)
                 step["state"] = StepState.WAITING
                 await self._save(op, f"step {step['name']}: {message}; retry in {delay:.1f}s", step=index,
                                  level="warning", not_before=utcnow() + timedelta(seconds=delay),
