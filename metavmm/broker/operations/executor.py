@@ -226,7 +226,7 @@ class Executor:
         key = "attempts" if running == StepState.RUNNING else "undo_attempts"  # forward and undo count apart
         while True:
             if op.not_before is not None:
-                delay = (store._aware(op.not_before) - utcnow()).total_seconds()
+                delay = (store.aware(op.not_before) - utcnow()).total_seconds()
                 if delay > 0:
                     await asyncio.sleep(delay)  # a backoff that survived a restart
             step.update({"state": running, key: step.get(key, 0) + 1, "started_at": utcnow().isoformat()})

@@ -18,14 +18,19 @@ import contextlib
 import logging
 from typing import Any
 
-import procrastinate
-from procrastinate.exceptions import AlreadyEnqueued
 from sqlalchemy.engine import make_url
 
 from metavmm.broker.operations import store
 from metavmm.broker.operations.executor import Executor
 from metavmm.broker.operations.store import Sessions
 from metavmm.errors import ConfigError
+
+try:
+    import procrastinate
+    from procrastinate.exceptions import AlreadyEnqueued
+except ModuleNotFoundError:  # an optional extra
+    raise ConfigError("operations.executor 'procrastinate' needs procrastinate: "
+                      "pip install 'metavmm[workers]'") from None
 
 log = logging.getLogger(__name__)
 QUEUE = "metavmm-operations"

@@ -9,7 +9,7 @@ and PostgreSQL alike; the queue (in-process or procrastinate) only decides who t
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -159,12 +159,6 @@ async def fenced_update(maker: Sessions, op_id: str, owner: str, *, event: str |
             session.add(OperationEvent(operation_id=op_id, step=step, level=level, message=event[:2000]))
 
 
-async def add_event(maker: Sessions, op_id: str, message: str, *, step: int | None = None,
-                    level: str = "info") -> None:
-    async with session_scope(maker) as session:
-        session.add(OperationEvent(operation_id=op_id, step=step, level=level, message=message[:2000]))
-
-
 async def request_cancel(maker: Sessions, op_id: str) -> Operation:
     """Cancel: a queued operation ends at once; a running one rolls back after its current step.
 
@@ -180,7 +174,7 @@ async def request_cancel(maker: Sessions, op_id: str) -> Operation:
         if any(s.get("commit") and s["state"] == "done" for s in op.steps):
             raise Conflict(f"operation {op_id} is past its point of no return; it will finish")
         never_ran = op.state == OperationState.PENDING and all(s["state"] == "pending" for s in op.steps)
-        if never_ran and (op.lease_until is None or _aware(op.lease_until) < utcnow()):
+        if never_ran and (op.lease_until is None or aware(op.lease_until) < utcnow()):
             op.state, op.message, op.finished_at = OperationState.CANCELLED, "cancelled before it started", utcnow()
             op.owner, op.lease_until = None, None
         else:
@@ -192,8 +186,6 @@ async def request_cancel(maker: Sessions, op_id: str) -> Operation:
     return op
 
 
-def _aware(ts: datetime) -> datetime:
+def aware(ts: datetime) -> datetime:
     """SQLite hands timestamps back without their zone; they were written in UTC."""
-    from datetime import UTC
-
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
