@@ -225,3 +225,34 @@ def ops_worker(settings: Settings, concurrency: int | None, plugins: tuple[str, 
             await engine.dispose()
 
     _serve_until_signal(work)
+
+
+@operations_group.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="report only; submit no repair")
+@pass_settings
+def ops_reconcile(settings: Settings, dry_run: bool) -> None:
+    """Compare the catalog with every provider: orphans (deleted by an operation), lost, drift."""
+    from metavmm.broker.operations.context import Drivers
+    from metavmm.broker.operations.engine import Engine
+    from metavmm.broker.operations.reconcile import Report, reconcile
+
+    async def work(sessions: Sessions) -> Report:
+        drivers = Drivers(settings.config)
+        try:
+            return await reconcile(Engine(sessions, settings.config, settings.database), drivers, repair=not dry_run)
+        finally:
+            await drivers.close()
+
+    report = _run(settings, work)
+    for provider, vm, wid in report.orphans:
+        console.print(f"orphan  {provider}: VM {vm} (workload {wid})", highlight=False)
+    for wid, provider in report.lost:
+        console.print(f"lost    workload {wid}: no VM at {provider}", highlight=False)
+    for wid, old, new in report.drifted:
+        console.print(f"drift   workload {wid}: {old} -> {new}", highlight=False)
+    for provider, error in report.unreachable.items():
+        err_console.print(f"[yellow]skipped[/] {provider}: {escape(error)}", highlight=False)
+    if report.operations:
+        console.print(f"repair operations: {' '.join(report.operations)}", highlight=False)
+    if not (report.orphans or report.lost or report.drifted):
+        console.print("catalog and providers agree")

@@ -71,3 +71,13 @@ def test_worker_refuses_sqlite(tmp_path: Path) -> None:
     db.upgrade(url)
     code, _, err = cli(url, "operations", "worker")
     assert code == 1 and "needs a PostgreSQL catalog" in err
+
+
+def test_reconcile_reports_an_unreachable_provider(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    db.upgrade(url)
+    cfg = tmp_path / "fed.yaml"
+    cfg.write_text(f'providers:\n  - {{kind: libvirt, name: down, endpoint: "qemu+unix:///session?socket={tmp_path}/x",'
+                   f' storage_dir: {tmp_path}}}\n')
+    code, out, err = cli(url, "--config", str(cfg), "operations", "reconcile", "--dry-run")
+    assert code == 0 and "skipped down" in err and "catalog and providers agree" in out
