@@ -53,3 +53,28 @@ async def test_cancel_and_errors(aiohttp_client: Any, sqlite_url: str) -> None:
     assert missing.status == 404 and missing.content_type == "application/problem+json"
     bad = await client.get("/api/v1/operations", params={"state": "sleeping"})
     assert bad.status == 400 and "state" in (await bad.json())["detail"]
+
+
+async def test_serve_in_procrastinate_mode_defers_jobs(aiohttp_client: Any, postgres_server: str) -> None:
+    """A broker of a scale-out deployment runs no steps itself: it writes the row and defers one job."""
+    import asyncpg
+
+    from tests.conftest import _fresh_postgres_db
+
+    url = await asyncio.to_thread(_fresh_postgres_db, postgres_server)
+    config = parse_config(CONFIG.replace("{reconcile_interval_s: 0}",
+                                         "{reconcile_interval_s: 0, executor: procrastinate}"))
+    app = create_app(config, url, sync=False)
+    await aiohttp_client(app)
+    engine = app[keys.OPERATIONS]
+    assert engine.executor is None
+    op, _ = await store.submit(app[keys.SESSIONS], kind="test", steps=[Step("a", "vm.delete", {})])
+    await engine.wake(op.id)
+    await engine.wake(op.id)  # a second wake while the job waits adds nothing
+    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
+    try:
+        jobs = await conn.fetch("SELECT args->>'operation_id' AS op, status FROM procrastinate_jobs")
+    finally:
+        await conn.close()
+    assert [(j["op"], j["status"]) for j in jobs] == [(op.id, "todo")]
+    assert (await store.get(app[keys.SESSIONS], op.id)).state == "pending"
