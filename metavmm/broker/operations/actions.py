@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from metavmm.errors import (
     AuthError,
     ConfigError,
@@ -75,8 +77,8 @@ def is_transient(exc: BaseException) -> bool:
     Wrong input, missing resources, refused credentials, quotas and unsupported verbs fail at once:
     trying again would give the same answer.
     """
-    if isinstance(exc, ProviderUnavailable | TimeoutError | ConnectionError):
-        return True
+    if isinstance(exc, ProviderUnavailable | TimeoutError | ConnectionError | OperationalError | InterfaceError):
+        return True  # Operational/InterfaceError: the catalog blinked (failover, dropped connection)
     if isinstance(exc, AuthError | ProviderNotFound | ProviderQuotaExceeded | ProviderConflict):
         return False
     if isinstance(exc, DriverError):

@@ -182,9 +182,7 @@ class Executor:
 
     async def _forward(self, op: Operation) -> None:
         while op.current_step < len(op.steps):
-            op.cancel_requested = (await store.get(self.sessions, op.id)).cancel_requested  # asked meanwhile?
-            if op.cancel_requested and not self._committed(op):
-                raise _Cancelled()
+            await self._raise_if_cancelled(op)  # asked meanwhile?
             index = op.current_step
             step = op.steps[index]
             result = await self._attempts(op, index, step["action"], step["args"], StepState.RUNNING)
@@ -225,10 +223,13 @@ class Executor:
         step = op.steps[index]
         key = "attempts" if running == StepState.RUNNING else "undo_attempts"  # forward and undo count apart
         while True:
-            if op.not_before is not None:
-                delay = (store.aware(op.not_before) - utcnow()).total_seconds()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # a backoff that survived a restart
+            if op.not_before is not None:  # a backoff (maybe from before a restart); a cancel cuts it short
+                while (delay := (store.aware(op.not_before) - utcnow()).total_seconds()) > 0:
+                    await asyncio.sleep(min(delay, 0.5))
+                    if running == StepState.RUNNING:
+                        await self._raise_if_cancelled(op)
+            if running == StepState.RUNNING and step.get(key, 0) > 0:
+                await self._raise_if_cancelled(op)
             step.update({"state": running, key: step.get(key, 0) + 1, "started_at": utcnow().isoformat()})
             await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
                              not_before=None, message=f"{step['name']}")
@@ -250,6 +251,11 @@ class Executor:
                                  level="warning", not_before=utcnow() + timedelta(seconds=delay),
                                  message=f"{step['name']}: retrying after: {message}")
                 op.not_before = utcnow() + timedelta(seconds=delay)
+
+    async def _raise_if_cancelled(self, op: Operation) -> None:
+        op.cancel_requested = (await store.get(self.sessions, op.id)).cancel_requested
+        if op.cancel_requested and not self._committed(op):
+            raise _Cancelled()
 
     def _context(self, op: Operation, index: int) -> StepContext:
         step = op.steps[index]

@@ -215,3 +215,29 @@ async def test_two_jobs_for_one_operation_in_one_executor_run_it_once(sessions) 
     GATES["a"].set()
     assert await first
     assert calls(op.id) == ["a", "b"]
+
+
+async def test_cancel_during_a_backoff_does_not_wait_for_the_retries(sessions) -> None:
+    FAILURES["b"] = 10
+    op, _ = await store.submit(sessions, kind="test", steps=steps("a", "b", "c"))
+    runner = asyncio.create_task(Executor(sessions, config(max_attempts=10, retry_base_s=0.5)).run(op.id))
+    while calls(op.id) != ["a", "b"]:
+        await asyncio.sleep(0.01)
+    await store.request_cancel(sessions, op.id)
+    await asyncio.wait_for(runner, 5)
+    done = await store.get(sessions, op.id)
+    assert done.state == OperationState.CANCELLED and calls(op.id) == ["a", "b", "undo:b", "undo:a"]
+
+
+def test_transient_errors_are_told_apart() -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from metavmm.broker.operations.actions import is_transient
+    from metavmm.errors import AuthError, DriverError, ProviderNotFound
+
+    assert is_transient(ProviderUnavailable("down")) and is_transient(TimeoutError())
+    assert is_transient(OperationalError("select", {}, Exception("server closed the connection")))
+    assert is_transient(DriverError("odd answer"))
+    assert not is_transient(IntegrityError("insert", {}, Exception("duplicate key")))
+    assert not is_transient(ProviderNotFound("no VM")) and not is_transient(AuthError("bad key"))
+    assert not is_transient(ValidationError("bad input")) and not is_transient(KeyError("x"))
