@@ -130,11 +130,11 @@ class Executor:
         for key, value in values.items():
             setattr(op, key, value)
         values.setdefault("progress", overall_progress(op.steps))
-        if values.get("state") in store.TERMINAL and op.target_id:
-            await self._note_workload(op.target_id, op.kind, str(values["state"]), values.get("message"))
         op.progress = values["progress"]
         await store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step, level=level,
                                   steps=op.steps, current_step=op.current_step, outputs=op.outputs, **values)
+        if values.get("state") in store.TERMINAL and op.target_id:  # only after the fence let us write
+            await self._note_workload(op.target_id, op.kind, str(values["state"]), values.get("message"))
 
     async def _note_workload(self, workload_id: str, kind: str, state: str, message: str | None) -> None:
         """Show how the operation ended on its workload (OCCI's state.message) unless it succeeded.
