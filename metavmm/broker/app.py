@@ -21,6 +21,7 @@ from metavmm.broker.auth import PUBLIC, auth_middleware, requires
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.errors import error_middleware, request_id_middleware
 from metavmm.broker.oidc import OidcVerifier
+from metavmm.broker.operations.loop import start_operations
 from metavmm.broker.rest import setup_rest
 from metavmm.broker.secrets import SecretBox, load_key
 from metavmm.broker.sync import register_providers, sync_all
@@ -94,7 +95,9 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         if sync:
             tasks.append(asyncio.create_task(_periodic_sync(app), name="inventory-sync"))
         app[keys.BACKGROUND] = tasks
+        app[keys.OPERATIONS] = await start_operations(app[keys.SESSIONS], app[keys.CONFIG], url, tasks)
         yield
+        await app[keys.OPERATIONS].stop()
         for task in tasks:
             task.cancel()
         for task in tasks:

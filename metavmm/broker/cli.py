@@ -103,7 +103,7 @@ def serve(settings: Settings, config_path: str | None, database: str | None, hos
     scheme = "https" if tls else "http"
     console.print(f"metavmm serving on {scheme}://{host}:{port} (database {_safe_url(settings.database)})")
     web.run_app(app, host=host, port=port, print=None, handle_signals=True, ssl_context=tls,
-                handler_args=HTTP_LIMITS)
+                **HTTP_LIMITS)
 
 
 def _safe_url(url: str) -> str:
@@ -306,6 +306,10 @@ def catalog_show(settings: Settings, what: str, provider: str | None, as_json: b
         err_console.print("the catalog has none yet: run `metavmm catalog sync` (or `metavmm serve`, which syncs)")
 
 from metavmm.broker.cli_identity import register as register_identity  # noqa: E402
+from metavmm.broker.cli_operations import operations_group  # noqa: E402
+
+main.add_command(operations_group)
+
 
 register_identity(main)
 

@@ -352,8 +352,24 @@ class AuthConfig(_Strict):
     token_max_days: int = Field(default=365, ge=1, description="longest lifetime a minted token may have")
 
 
+class OperationsConfig(_Strict):
+    """How the operations engine runs steps (see docs/operations.md)."""
+
+    executor: Literal["inprocess", "procrastinate"] = Field(
+        default="inprocess", description="inprocess: the broker runs steps itself (single node, SQLite or "
+        "PostgreSQL); procrastinate: `metavmm operations worker` processes run them (PostgreSQL only)")
+    concurrency: int = Field(default=4, ge=1, le=256, description="operations one executor runs at once")
+    lease_s: float = Field(default=30, gt=0, description="an executor's claim on an operation; renewed while alive")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="tries per step on transient errors")
+    retry_base_s: float = Field(default=1.0, ge=0, description="first backoff; doubles per attempt, jittered")
+    step_timeout_s: float = Field(default=1800, gt=0)
+    reconcile_interval_s: int = Field(default=300, ge=0, description="0 disables the reconciliation loop")
+    work_dir: str | None = Field(default=None, description="scratch space for exported and converted disks")
+
+
 class FederationConfig(_Strict):
     federation: FederationInfo = Field(default_factory=FederationInfo)
+    operations: OperationsConfig = Field(default_factory=OperationsConfig)
     database: str | None = None
     auth: AuthConfig = Field(default_factory=AuthConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)

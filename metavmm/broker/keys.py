@@ -10,6 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.oidc import OidcVerifier
+from metavmm.broker.operations.engine import Engine
 from metavmm.broker.secrets import SecretBox
 
 CONFIG = web.AppKey("config", FederationConfig)
@@ -17,6 +18,7 @@ DATABASE_URL = web.AppKey("database_url", str)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
+OPERATIONS = web.AppKey("operations", Engine)
 REQUEST_ID = web.RequestKey("request_id", str)
 OIDC = web.AppKey("oidc", OidcVerifier)
 SECRETS = web.AppKey("secrets", SecretBox)

@@ -2,9 +2,10 @@
 
 This is the broker's half of the data flow: the row and the operation are written in one transaction
 with the quota reservation, so a request either holds its quota and has an operation, or left nothing
-behind. Executing the operation (placement, conversions, driver calls) is the operations engine's job,
-a later component; until it runs, operations stay ``pending`` and can be cancelled, which gives the
-quota back at once.
+behind. The operation is ``queued``: it records the request, and the operations engine (which runs
+only operations that carry an executable plan) does not pick it up. Turning a queued request into a
+plan (the scheduler's placement, then the engine's provision/power/delete flows) is the next step of
+the data flow; until then a queued operation can be cancelled, which gives the quota back at once.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
     workload = Workload(id=workload_id, project_id=project_id, kind=kind, name=name, spec=spec,
                         desired_state="active", observed_state="pending")
     operation = Operation(id=operation_id, project_id=project_id, kind="create", target_id=workload_id,
-                          idempotency_key=idempotency_key,
+                          idempotency_key=idempotency_key, state=OperationState.QUEUED,
                           steps=[{"step": "plan", "state": "pending"}, {"step": "create", "state": "pending"}])
     session.add(workload)
     await session.flush()  # the reservations reference the workload row
@@ -106,7 +107,7 @@ async def request_action(session: AsyncSession, workload: Workload, action: str)
     if workload.kind != "compute":
         raise Conflict(f"{action} applies to compute workloads, not {workload.kind}")
     await update_fields(session, workload, workload.version, {"desired_state": DESIRED_AFTER[action]})
-    op = Operation(project_id=workload.project_id, kind=action, target_id=workload.id,
+    op = Operation(project_id=workload.project_id, kind=action, target_id=workload.id, state=OperationState.QUEUED,
                    steps=[{"step": action, "state": "pending"}])
     session.add(op)
     await session.flush()
@@ -117,7 +118,7 @@ async def request_delete(session: AsyncSession, workload: Workload) -> Operation
     if workload.desired_state == "deleted":
         raise Conflict(f"workload {workload.id} is already being deleted")
     await update_fields(session, workload, workload.version, {"desired_state": "deleted"})
-    op = Operation(project_id=workload.project_id, kind="delete", target_id=workload.id,
+    op = Operation(project_id=workload.project_id, kind="delete", target_id=workload.id, state=OperationState.QUEUED,
                    steps=[{"step": "delete", "state": "pending"}])
     session.add(op)
     await session.flush()
@@ -125,10 +126,10 @@ async def request_delete(session: AsyncSession, workload: Workload) -> Operation
 
 
 async def cancel(session: AsyncSession, op: Operation) -> Operation:
-    """Cancel a pending operation. A cancelled create never reaches a provider, so its quota is given back
+    """Cancel a queued operation. A cancelled create never reaches a provider, so its quota is given back
     and its workload is marked deleted. Running operations are stopped by the operations engine."""
-    if op.state != OperationState.PENDING:
-        raise Conflict(f"operation {op.id} is {op.state}; only pending operations can be cancelled here")
+    if op.state != OperationState.QUEUED:
+        raise Conflict(f"operation {op.id} is {op.state}; only queued operations can be cancelled here")
     op.state = OperationState.CANCELLED
     op.updated_at = utcnow()
     session.add(op)

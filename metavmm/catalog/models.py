@@ -51,8 +51,10 @@ class HostState(enum.StrEnum):
 
 
 class OperationState(enum.StrEnum):
+    QUEUED = "queued"  # recorded from a REST request, waiting to be planned; the engine does not run it
     PENDING = "pending"
     RUNNING = "running"
+    ROLLING_BACK = "rolling_back"  # a step failed or a cancel came: compensations run in reverse
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -433,6 +435,28 @@ class Operation(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=128, unique=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+    # the engine's bookkeeping (migration 0002): what was asked, what steps produced, who runs it
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    outputs: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    message: str | None = None  # one line for humans: OCCI's state.message, the CLI's status column
+    cancel_requested: bool = False
+    owner: str | None = Field(default=None, max_length=128)  # the executor holding the lease
+    lease_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True), index=True)
+    not_before: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # retry backoff
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class OperationEvent(SQLModel, table=True):
+    """One line of an operation's history (state changes, step starts and ends, retries, logs)."""
+
+    __tablename__ = "operation_event"
+    id: int | None = Field(default=None, primary_key=True)
+    operation_id: str = Field(foreign_key="operation.id", index=True, max_length=36)
+    at: datetime = _ts()
+    step: int | None = None
+    level: str = Field(default="info", max_length=8)
+    message: str
 
 
 class OcciMixin(SQLModel, table=True):
@@ -458,6 +482,6 @@ class OcciMixin(SQLModel, table=True):
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
-    OcciMixin, ImageListSubscription,
+    OcciMixin, ImageListSubscription, OperationEvent,
 )
 

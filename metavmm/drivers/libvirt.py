@@ -227,6 +227,7 @@ class LibvirtDriver(DriverBase):
 
     def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str) -> str:
         workload = f"<mv:workload xmlns:mv='{METADATA_NS}'>{escape(spec.workload_id or '')}</mv:workload>"
+        mac = f"<mac address='{escape(str(spec.extra['mac']))}'/>" if spec.extra.get("mac") else ""  # a clone's own
         return f"""<domain type='{self.domain_type}'>
   <name>{escape(spec.name)}</name>
   <uuid>{vm_uuid}</uuid>
@@ -242,7 +243,7 @@ class LibvirtDriver(DriverBase):
       <source file='{escape(str(disk))}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <interface type='user'><model type='virtio'/></interface>
+    <interface type='user'>{mac}<model type='virtio'/></interface>
     <serial type='pty'><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
   </devices>
@@ -401,19 +402,54 @@ class LibvirtDriver(DriverBase):
             raise ProviderNotFound(f"domain has {missing}", provider=self.name, operation=operation)
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
-        """Convert ``disk`` (its format given, never guessed) into this host's image store as qcow2."""
+        """Put ``disk`` (its format given, never guessed) into this host's image store. qcow2 and raw,
+        which QEMU boots as they are, keep their format (a caller that converted on purpose gets what it
+        asked for); every other format is converted to qcow2."""
         if disk.format not in self.image_import_formats:
             raise ValidationError(f"{self.name}: cannot import {disk.format} images; "
                                   f"accepted: {', '.join(sorted(self.image_import_formats))}")
         if not _SAFE_NAME.fullmatch(name):
             raise ValidationError(f"{self.name}: image name {name!r} must match {_SAFE_NAME.pattern}")
-        dest = self.storage_dir / "images" / f"{name}.qcow2"
+        fmt = disk.format if disk.format in DISK_FORMATS else "qcow2"
+        dest = self.storage_dir / "images" / f"{name}.{fmt}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists():
+        if any((self.storage_dir / "images" / f"{name}.{f}").exists() for f in DISK_FORMATS):
             raise ProviderConflict(f"image {name} already exists", provider=self.name, operation="import_image")
-        await self._qemu_img("import_image", "convert", "-q", "-f", disk.format, "-O", "qcow2", disk.path, str(dest))
+        await self._qemu_img("import_image", "convert", "-q", "-f", disk.format, "-O", fmt, disk.path, str(dest))
         self._give_to_storage_owner(dest)
         return next(i for i in self._images() if i.provider_image_id == str(dest))
+
+    async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
+        """The stopped VM's first disk, flattened (overlay and backing merged) into ``dest_dir``.
+
+        The disk file must be readable from this machine (a local daemon, or shared storage). A
+        finished export is reused, so a retried step does not copy twice.
+        """
+        def first_disk(conn: libvirt.virConnect) -> str:
+            dom = conn.lookupByUUIDString(vm_id)
+            if dom.isActive():
+                raise ProviderConflict(f"VM {vm_id} is running; stop it before exporting its disk",
+                                       provider=self.name, operation="export_disk")
+            source = ET.fromstring(dom.XMLDesc()).find("devices/disk[@device='disk']/source")
+            if source is None or not source.get("file"):
+                raise DriverError(f"VM {vm_id} has no file-backed disk", provider=self.name, operation="export_disk")
+            return source.get("file", "")
+
+        path = Path(await self._call("export_disk", first_disk))
+        if not path.is_file():
+            raise DriverError(f"disk {path} is not reachable from the broker", provider=self.name,
+                              operation="export_disk")
+        out = Path(dest_dir) / f"{vm_id}.qcow2"
+        if not out.exists():
+            part = out.with_name(out.name + ".part")
+            await self._qemu_img("export_disk", "convert", "-f", "qcow2", "-O", "qcow2", str(path), str(part))
+            part.replace(out)
+        return DiskRef(str(out), "qcow2")
+
+    async def ex_delete_image(self, name: str, region: str) -> None:
+        """Remove an image this provider imported; a missing one is fine."""
+        for fmt in DISK_FORMATS:
+            (self.storage_dir / "images" / f"{name}.{fmt}").unlink(missing_ok=True)
 
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef:
         """Write image ``image_id`` (a path in the image store) to ``dest_dir`` as qcow2."""
@@ -462,7 +498,11 @@ class LibvirtDriver(DriverBase):
                     source.set("file", str(new))
                     moved.append(path)
                     created.append(new)
-                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = ET.tostring(tree, encoding="unicode")
+                # Both the running and the persistent definition at the target name the new paths: with
+                # only DEST_XML the persisted config keeps the source's paths, and a later start fails.
+                xml = ET.tostring(tree, encoding="unicode")
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
+                params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = xml
             try:
                 dest = libvirt.open(target_host)
                 try:

@@ -42,7 +42,12 @@ def test_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"serve did not stop within 60 s of SIGTERM; its output:\n{out}") from None
     assert proc.returncode == 0, out
     assert "Traceback" not in out
     assert (tmp_path / "c.db").exists()

@@ -9,9 +9,18 @@ from metavmm.broker.rest.framework import RestModule, add_module
 
 def modules() -> list[RestModule]:
     """Every REST module, in the order the OpenAPI document lists them. Add yours here."""
-    from metavmm.broker.rest import identity, inventory, marketplace, prices, scheduling, system, workloads
+    from metavmm.broker.rest import (
+        identity,
+        inventory,
+        marketplace,
+        prices,
+        scheduling,
+        system,
+        workloads,
+    )
 
-    return [system.api, identity.api, inventory.api, marketplace.api, prices.api, scheduling.api, workloads.api]
+    return [system.api, identity.api, inventory.api, marketplace.api, prices.api, scheduling.api,
+            workloads.api]
 
 
 def setup_rest(api: web.Application) -> None:

@@ -1,8 +1,9 @@
 """Workloads and operations of the caller's project.
 
-Creating a workload checks and reserves quota and writes a pending ``create`` operation (202
-Accepted); actions and deletion also answer with an operation. The operations engine that executes
-operations is a later component: until then they stay pending and can be cancelled. Updates need
+Creating a workload checks and reserves quota and writes a queued ``create`` operation (202
+Accepted); actions and deletion also answer with an operation. Queued requests are not yet turned into
+engine plans (see metavmm/broker/workloads.py); operations the engine runs (provision, power, migrate
+flows) show here too, with their steps, and cancel rolls them back. Updates need
 ``If-Match`` with the workload's ETag (its version), so two clients cannot overwrite each other.
 """
 
@@ -14,9 +15,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
-from metavmm.broker import quotas
+from metavmm.broker import keys, quotas
 from metavmm.broker import workloads as service
 from metavmm.broker.identity import identity_of
+from metavmm.broker.operations import store as op_store
 from metavmm.broker.rest.common import (
     UUID_PATTERN,
     OutModel,
@@ -32,7 +34,7 @@ from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, target_project, visible
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, Workload, WorkloadKind
+from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
 
@@ -206,11 +208,17 @@ async def get_operation(request: web.Request, params: OperationId) -> OperationO
     return OperationOut.model_validate(row)
 
 
-@api.route("POST", "/operations/{operation_id}/cancel", summary="Cancel a pending operation (a create gives its "
-           "quota back)", params=OperationId, response=OperationOut)
+@api.route("POST", "/operations/{operation_id}/cancel", summary="Cancel an operation: a queued one ends at once (a "
+           "create gives its quota back); a running one rolls back after its current step", params=OperationId,
+           response=OperationOut)
 async def cancel_operation(request: web.Request, params: OperationId) -> OperationOut:
     identity = identity_of(request)
     async with session_scope(sessions(request)) as session:
         await lock_row(session, Operation, params.operation_id)
         row = await get_visible(session, identity, Operation, params.operation_id, "operation")
-        return OperationOut.model_validate(await service.cancel(session, row))
+        if row.state == OperationState.QUEUED:
+            return OperationOut.model_validate(await service.cancel(session, row))
+    engine = request.config_dict.get(keys.OPERATIONS)  # an operation with a plan: the engine stops it
+    if engine is not None:
+        return OperationOut.model_validate(await engine.cancel(params.operation_id))
+    return OperationOut.model_validate(await op_store.request_cancel(sessions(request), params.operation_id))

@@ -1,0 +1,103 @@
+"""Reconciliation: compare the catalog with what every provider reports, and repair the difference.
+
+Three findings, for VMs the broker created (they carry the workload tag) and workloads no running
+operation is changing:
+
+- **orphan**: a tagged VM at a provider where the catalog does not place its workload (the workload
+  is unknown, deleted, or lives elsewhere). Repair: a ``reconcile`` operation deletes it, so the
+  repair is durable, logged and idempotent like every other change.
+- **lost**: the catalog places a workload at a provider that no longer has its VM. The row is kept
+  (nothing is lost from the catalog) and marked ``lost`` with a message, for a human or a policy.
+- **drift**: the VM exists but its state differs from the row's; the row is updated.
+
+A provider that cannot be reached is skipped (never read as "everything there is gone").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlmodel import col, select
+
+from metavmm.broker.operations import store
+from metavmm.broker.operations.context import Drivers
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.operations.plan import Step
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation, Provider, Workload, utcnow
+from metavmm.drivers.base import VmInfo
+from metavmm.errors import MetavmmError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, vm id, workload id)
+    lost: list[tuple[str, str]] = field(default_factory=list)  # (workload id, provider)
+    drifted: list[tuple[str, str, str]] = field(default_factory=list)  # (workload id, old, new)
+    unreachable: dict[str, str] = field(default_factory=dict)  # provider -> error
+    operations: list[str] = field(default_factory=list)
+
+
+async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) -> Report:
+    report = Report()
+    seen: dict[str, list[VmInfo]] = {}
+    for pcfg in engine.config.providers:
+        if not pcfg.enabled:
+            continue
+        try:
+            seen[pcfg.name] = [vm for vm in await drivers.get(pcfg.name).list_vms() if vm.workload_id]
+        except (MetavmmError, OSError) as exc:
+            report.unreachable[pcfg.name] = str(exc)
+    async with engine.sessions() as session:
+        providers = {p.id: p.name for p in (await session.exec(select(Provider))).all()}
+        workloads = {w.id: w for w in (await session.exec(select(Workload))).all()}
+        busy = set((await session.exec(select(Operation.target_id)
+                                       .where(col(Operation.state).in_(store.ACTIVE)))).all())
+    placed = {wid: providers.get(w.provider_id) for wid, w in workloads.items()
+              if w.present and w.provider_id is not None}
+
+    for provider, vms in seen.items():
+        for vm in vms:
+            wid = vm.workload_id or ""
+            if wid in busy:
+                continue
+            if placed.get(wid) != provider:
+                report.orphans.append((provider, vm.provider_vm_id, wid))
+            elif vm.state != workloads[wid].observed_state:
+                report.drifted.append((wid, workloads[wid].observed_state, str(vm.state)))
+    for wid, provider in placed.items():
+        if wid in busy or provider not in seen or not workloads[wid].managed:
+            continue
+        if not any(vm.workload_id == wid for vm in seen[provider]):
+            report.lost.append((wid, provider))
+
+    if repair:
+        await _repair(engine, report, workloads)
+    return report
+
+
+async def _repair(engine: Engine, report: Report, workloads: dict[str, Workload]) -> None:
+    for provider, vm_id, wid in report.orphans:
+        op = await engine.submit(kind="reconcile", target_id=wid if wid in workloads else None,
+                                 steps=[Step("delete-orphan", "vm.delete", {"provider": provider, "workload_id": wid})],
+                                 params={"provider": provider, "vm": vm_id},
+                                 idempotency_key=f"orphan:{provider}:{vm_id}")
+        report.operations.append(op.id)
+    async with session_scope(engine.sessions) as session:
+        for wid, provider in report.lost:
+            w = await session.get(Workload, wid)
+            if w is not None:
+                w.observed_state = "lost"
+                w.state_message = f"no VM at {provider} (reconciliation {utcnow():%Y-%m-%d %H:%M} UTC)"
+                w.updated_at = utcnow()
+                session.add(w)
+        for wid, _old, new in report.drifted:
+            w = await session.get(Workload, wid)
+            if w is not None:
+                w.observed_state, w.updated_at = new, utcnow()
+                session.add(w)
+    if report.orphans or report.lost:
+        log.warning("reconciliation: %d orphans (deleting), %d lost workloads", len(report.orphans), len(report.lost))

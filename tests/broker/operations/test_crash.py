@@ -1,0 +1,159 @@
+"""Fault injection: the broker's executor is killed with SIGKILL at each step of a cold migration
+between two libvirt hosts; a new executor resumes it; nothing is orphaned at either provider and
+nothing is lost in the catalog. A crash followed by a cancel rolls back just as cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench.libvirt_hosts import LibvirtHosts
+from metavmm.broker.config import parse_config
+from metavmm.broker.operations import flows, store
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.operations.executor import Executor
+from metavmm.broker.sync import sync_all
+from metavmm.catalog import db
+from metavmm.catalog.models import Operation, OperationState, Provider, Workload
+from tests.broker.operations.test_libvirt_flows import domains
+
+REPO = Path(__file__).resolve().parents[3]
+STEPS = ["stop-source", "export", "convert", "import", "create-target", "boot-check", "record", "remove-source",
+         "clean-scratch"]
+
+
+class World:
+    def __init__(self, hosts: LibvirtHosts, engine: Engine, config_path: Path, url: str) -> None:
+        self.hosts, self.engine, self.config_path, self.url = hosts, engine, config_path, url
+
+    async def run(self, op_id: str) -> Operation:
+        executor = Executor(self.engine.sessions, self.engine.config)
+        try:
+            while not await executor.run(op_id):  # the dead executor's lease has to run out first
+                await asyncio.sleep(0.2)
+        finally:
+            await executor.drivers.close()
+        return await store.get(self.engine.sessions, op_id)
+
+    def crash_at(self, op_id: str, step: int, phase: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-m", "tests.broker.operations.crash_runner", str(self.config_path),
+                                 self.url, op_id, str(step), phase], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line.strip() == f"AT {step} {phase}", (line, proc.stderr.read() if proc.stderr else "")
+        finally:
+            proc.kill()  # SIGKILL: no cleanup, no lease release
+            proc.wait()
+
+    def tagged(self, wid: str) -> dict[str, list[str]]:
+        """Domains carrying the workload's tag at each provider."""
+        out: dict[str, list[str]] = {}
+        for i, uri in enumerate(self.hosts.uris):
+            found = []
+            for name in domains(uri).values():
+                xml = subprocess.run(["virsh", "-c", uri, "dumpxml", name], capture_output=True, text=True).stdout
+                if wid in xml:
+                    found.append(name)
+            out[f"lv{i}"] = found
+        return out
+
+    def images(self, i: int) -> list[str]:
+        d = self.hosts.storage(i) / "images"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+    def disks(self, i: int) -> list[str]:
+        d = self.hosts.storage(i) / "disks"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+@pytest.fixture
+async def world(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Path) -> AsyncIterator[World]:
+    work = libvirt_hosts.root / "work" / tmp_path.name
+    work.mkdir(parents=True)
+    config_path = tmp_path / "federation.yaml"
+    config_path.write_text(libvirt_hosts.federation_yaml(work, lease_s=1))
+    config = parse_config(config_path.read_text())
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    await db.upgrade_async(url)
+    sql = db.make_engine(url)
+    sessions = db.make_sessionmaker(sql)
+    await sync_all(sessions, config)
+    try:
+        yield World(libvirt_hosts, Engine(sessions, config, url), config_path, url)
+    finally:
+        await sql.dispose()
+
+
+async def _provisioned(world: World, name: str) -> str:
+    op = await flows.provision(world.engine, name=name, provider="lv0", region="host0",
+                               image=str(world.hosts.base_image), ram_mib=64)
+    done = await world.run(op.id)
+    assert done.state == OperationState.SUCCEEDED and done.target_id
+    return done.target_id
+
+
+async def _where(world: World, wid: str) -> tuple[Workload, str]:
+    async with world.engine.sessions() as session:
+        w = await session.get(Workload, wid)
+        assert w is not None and w.provider_id is not None
+        prov = await session.get(Provider, w.provider_id)
+        assert prov is not None
+        return w, prov.name
+
+
+@pytest.mark.parametrize(("step", "phase"), [(i, "after") for i in range(len(STEPS))]
+                         + [pytest.param(i, "before", marks=pytest.mark.slow) for i in (0, 4, 7)],
+                         ids=lambda v: STEPS[v] if isinstance(v, int) else v)
+async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str) -> None:
+    wid = await _provisioned(world, f"crash-{step}-{phase}")
+    images_before = world.images(1)
+    op = await flows.cold_migrate(world.engine, wid, target_provider="lv1", disk_format="raw")
+    assert [s["name"] for s in op.steps] == STEPS
+
+    world.crash_at(op.id, step, phase)
+    crashed = await store.get(world.engine.sessions, op.id)
+    assert crashed.state == OperationState.RUNNING and crashed.current_step == step  # the row knew where it was
+
+    done = await world.run(op.id)
+    assert done.state == OperationState.SUCCEEDED, done.error
+    assert done.steps[step]["attempts"] == 2 and all(s["attempts"] == 1 for i, s in enumerate(done.steps)
+                                                     if i != step)
+    # no orphan: exactly one VM of the workload, at the target; no leftover disk, image or scratch
+    assert world.tagged(wid) == {"lv0": [], "lv1": [done.params["hostname"]]}
+    assert world.disks(0) == [] and len(world.disks(1)) == 1
+    assert len(world.images(1)) == len(images_before) + 1
+    assert not (Path(world.engine.config.operations.work_dir or "") / op.id).exists()
+    # no loss: the catalog points at the VM that runs
+    w, at = await _where(world, wid)
+    assert at == "lv1" and w.present and w.observed_state == "running"
+    vm_uuid = subprocess.run(["virsh", "-c", world.hosts.uris[1], "domuuid", done.params["hostname"]],
+                             capture_output=True, text=True).stdout.strip()
+    assert w.provider_resource_id == vm_uuid
+    assert (await world.run((await flows.delete(world.engine, wid)).id)).state == OperationState.SUCCEEDED
+    assert world.images(1) == images_before and world.disks(1) == []
+
+
+@pytest.mark.parametrize("step", [2, pytest.param(4, marks=pytest.mark.slow)], ids=["convert", "create-target"])
+async def test_kill_then_cancel_rolls_back_to_the_source(world: World, step: int) -> None:
+    wid = await _provisioned(world, f"cancel-{step}")
+    images_before = world.images(1)
+    op = await flows.cold_migrate(world.engine, wid, target_provider="lv1", disk_format="raw")
+    world.crash_at(op.id, step, "after")
+    await store.request_cancel(world.engine.sessions, op.id)
+    done = await world.run(op.id)
+    assert done.state == OperationState.CANCELLED, done.error
+    assert world.tagged(wid) == {"lv0": [f"cancel-{step}"], "lv1": []}
+    assert world.disks(1) == [] and world.images(1) == images_before
+    w, at = await _where(world, wid)
+    assert at == "lv0" and w.present
+    assert subprocess.run(["virsh", "-c", world.hosts.uris[0], "domstate", f"cancel-{step}"], capture_output=True,
+                          text=True).stdout.strip() == "running"
+    assert (await world.run((await flows.delete(world.engine, wid)).id)).state == OperationState.SUCCEEDED
