@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, text, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Price, Quota, QuotaReservation
+from metavmm.catalog.models import Price, Quota, QuotaReservation, Workload, utcnow
 from metavmm.errors import QuotaExceeded
 
 HOURS_PER_MONTH = Decimal(730)
@@ -110,3 +110,12 @@ async def commit(session: AsyncSession, workload_id: str) -> None:
 async def release(session: AsyncSession, workload_id: str) -> None:
     """The workload is gone (or was never created): give its quota back."""
     await session.exec(delete(QuotaReservation).where(QuotaReservation.workload_id == workload_id))  # type: ignore[call-overload]
+
+
+async def give_back(session: AsyncSession, workload_id: str, why: str, observed: str = "cancelled") -> None:
+    """A create that never produced its resource (cancelled before it ran, or rolled back): release the
+    quota and mark the workload row as never-present, so it counts nowhere and lists as gone."""
+    await release(session, workload_id)
+    await session.exec(update(Workload).where(Workload.id == workload_id)  # type: ignore[call-overload]
+                       .values(desired_state="deleted", observed_state=observed, present=False,
+                               state_message=why[:500], version=Workload.version + 1, updated_at=utcnow()))

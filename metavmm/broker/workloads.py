@@ -1,11 +1,13 @@
-"""Workload requests: validate, check and reserve quota, write the workload and its pending operation.
+"""Workload requests: validate, check and reserve quota, place, write the workload and its operation.
 
-This is the broker's half of the data flow: the row and the operation are written in one transaction
-with the quota reservation, so a request either holds its quota and has an operation, or left nothing
-behind. The operation is ``queued``: it records the request, and the operations engine (which runs
-only operations that carry an executable plan) does not pick it up. Turning a queued request into a
-plan (the scheduler's placement, then the engine's provision/power/delete flows) is the next step of
-the data flow; until then a queued operation can be cancelled, which gives the quota back at once.
+This is the broker's half of the data flow: the workload row, the quota reservation and the operation
+are written in one transaction, so a request either holds its quota and has an operation, or left
+nothing behind. When the app runs the operations engine, a compute request is placed by the scheduler
+(the same call as ``POST /placements``) and its operation is the engine's provision plan (pending),
+whose first step's compensation releases the quota and whose last step commits it; nothing fitting is
+a 409 NoPlacement with the scheduler's reasons. Without an engine (or for network and storage
+requests, which no flow provisions yet) the operation is ``queued``: it records the request, the
+engine does not pick it up, and cancelling it gives the quota back at once.
 """
 
 from __future__ import annotations
@@ -18,8 +20,24 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker import quotas
-from metavmm.catalog.models import Flavor, Image, Operation, OperationState, Workload, new_uuid, utcnow
-from metavmm.errors import Conflict, NotFound, PreconditionFailed, ValidationError
+from metavmm.broker.operations import store as op_store
+from metavmm.broker.operations.flows import provision_steps
+from metavmm.broker.operations.plan import Step
+from metavmm.catalog.models import (
+    Flavor,
+    Image,
+    ImageReplica,
+    Operation,
+    OperationState,
+    Site,
+    Workload,
+    new_uuid,
+    utcnow,
+)
+from metavmm.errors import Conflict, NoPlacement, NotFound, PreconditionFailed, ValidationError
+from metavmm.scheduler import service as scheduler
+from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.scheduler.snapshot import Snapshot
 
 ACTIONS = ("start", "stop", "restart", "suspend", "resume")
 DESIRED_AFTER = {"start": "active", "stop": "stopped", "restart": "active", "suspend": "suspended",
@@ -51,9 +69,14 @@ async def resolve_shape(session: AsyncSession, kind: str, flavor: str | None, vc
 
 
 async def create(session: AsyncSession, *, project_id: int, kind: str, name: str, shape: Shape,
-                 image_id: str | None, site: str | None, idempotency_key: str | None) -> tuple[Workload, Operation]:
-    """Reserve quota and write the workload with its pending ``create`` operation (one transaction;
-    the reservation's project lock comes first, as SQLite needs)."""
+                 image_id: str | None, site: str | None, idempotency_key: str | None,
+                 snapshot: Snapshot | None = None, providers: frozenset[str] = frozenset()
+                 ) -> tuple[Workload, Operation]:
+    """Reserve quota and write the workload with its ``create`` operation (one transaction; the
+    reservation's project lock comes first, as SQLite needs). With a scheduler ``snapshot`` (the app
+    runs an engine) a compute request is placed and its operation is the engine's provision plan
+    (pending; the caller wakes the engine); without one it is ``queued``. ``providers``: the
+    federation file's providers, the only ones the engine can drive."""
     workload_id, operation_id = new_uuid(), new_uuid()
     need = quotas.demand_of(kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model, shape.gpu_count)
     await quotas.lock_project(session, project_id)
@@ -75,16 +98,60 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
                             "image_id": image_id, "site": site}
     workload = Workload(id=workload_id, project_id=project_id, kind=kind, name=name, spec=spec,
                         desired_state="active", observed_state="pending")
-    operation = Operation(id=operation_id, project_id=project_id, kind="create", target_id=workload_id,
-                          idempotency_key=idempotency_key, state=OperationState.QUEUED,
-                          steps=[{"step": "plan", "state": "pending"}, {"step": "create", "state": "pending"}])
     session.add(workload)
     await session.flush()  # the reservations reference the workload row
     await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=operation_id,
                          flavor=shape.flavor)
+    if snapshot is not None and kind == "compute":  # the engine runs it: place now, write the real plan
+        steps, where = await _provision_plan(session, snapshot, providers, workload, shape, image_id, site)
+        workload.spec = {**spec, "placement": where}
+        session.add(workload)
+        operation = await op_store.write_plan(session, kind="create", steps=steps, target_id=workload_id,
+                                              project_id=project_id, idempotency_key=idempotency_key,
+                                              params={**where, "holds_quota": True}, operation_id=operation_id)
+        return workload, operation
+    operation = Operation(id=operation_id, project_id=project_id, kind="create", target_id=workload_id,
+                          idempotency_key=idempotency_key, state=OperationState.QUEUED,
+                          steps=[{"step": "plan", "state": "pending"}, {"step": "create", "state": "pending"}])
     session.add(operation)
     await session.flush()
     return workload, operation
+
+
+async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: set[str], workload: Workload,
+                          shape: Shape, image_id: str | None, site: str | None) -> tuple[list[Step], dict[str, Any]]:
+    """Ask the scheduler where the shape fits (the same call as ``POST /placements``) and build the engine's
+    provision plan there; NoPlacement (409) with the scheduler's reasons when nothing fits."""
+    req = PlacementRequest(name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
+                           gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
+                           image=ImageRef(image_id) if image_id else None, sites=(site,) if site else ())
+    placement = scheduler.place(snapshot, req)
+    if not placement.placed or placement.site_id is None or placement.provider is None:
+        raise NoPlacement(f"no placement for {workload.name}: {placement.summary}", reasons=placement.reasons())
+    where_site = placement.site or str(placement.site_id)
+    if placement.provider not in providers:
+        raise NoPlacement(f"the scheduler chose {where_site}, whose provider {placement.provider} is not in the "
+                          "federation file", reasons={where_site: ["provider not in the federation file"]})
+    image_ref: str | None = None
+    if image_id is not None:  # the provider needs its own copy of the image at the chosen site
+        replica = (await session.exec(select(ImageReplica).where(
+            ImageReplica.image_id == image_id, ImageReplica.site_id == placement.site_id,
+            ImageReplica.present == True, ImageReplica.state == "available"))).first()  # noqa: E712
+        if replica is None:
+            why = f"image {image_id} has no replica at {where_site}; replicate it there first"
+            raise NoPlacement(f"no placement for {workload.name}: {why}", reasons={where_site: [why]})
+        image_ref = replica.provider_image_id
+    site_row = await session.get(Site, placement.site_id)
+    if site_row is None:
+        raise NoPlacement(f"site {where_site} left the catalog", reasons={where_site: ["site is gone"]})
+    # no image: boot an empty disk, which needs a size (1 GiB when the request asked none)
+    disk = shape.disk_gib if image_ref else max(shape.disk_gib, 1)
+    steps = provision_steps(workload.id, name=workload.name, provider=placement.provider, region=site_row.region,
+                            image=image_ref, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=disk,
+                            flavor=placement.flavor, host=placement.host, quota=True)
+    where = {"provider": placement.provider, "region": site_row.region, "site": where_site, "host": placement.host,
+             "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
+    return steps, where
 
 
 async def update_fields(session: AsyncSession, workload: Workload, expected_version: int,
@@ -99,7 +166,17 @@ async def update_fields(session: AsyncSession, workload: Workload, expected_vers
     return workload
 
 
-async def request_action(session: AsyncSession, workload: Workload, action: str) -> Operation:
+ENGINE_VERB = {"start": "start", "stop": "stop", "restart": "restart", "suspend": "suspend", "resume": "start"}
+"""The engine's power verb (flows.power) for each REST action: a suspended VM resumes by a start."""
+
+
+def is_placed(workload: Workload) -> bool:
+    """The workload exists at a provider, so the engine's power and delete flows can act on it."""
+    return workload.provider_id is not None and workload.provider_resource_id is not None and workload.present
+
+
+async def mark_action(session: AsyncSession, workload: Workload, action: str) -> None:
+    """Check the action applies and record the state the caller wants."""
     if action not in ACTIONS:
         raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
     if workload.desired_state == "deleted":
@@ -107,6 +184,17 @@ async def request_action(session: AsyncSession, workload: Workload, action: str)
     if workload.kind != "compute":
         raise Conflict(f"{action} applies to compute workloads, not {workload.kind}")
     await update_fields(session, workload, workload.version, {"desired_state": DESIRED_AFTER[action]})
+
+
+async def mark_delete(session: AsyncSession, workload: Workload) -> None:
+    if workload.desired_state == "deleted":
+        raise Conflict(f"workload {workload.id} is already being deleted")
+    await update_fields(session, workload, workload.version, {"desired_state": "deleted"})
+
+
+async def request_action(session: AsyncSession, workload: Workload, action: str) -> Operation:
+    """A queued action (the workload has no placement yet, or no engine runs)."""
+    await mark_action(session, workload, action)
     op = Operation(project_id=workload.project_id, kind=action, target_id=workload.id, state=OperationState.QUEUED,
                    steps=[{"step": action, "state": "pending"}])
     session.add(op)
@@ -115,9 +203,8 @@ async def request_action(session: AsyncSession, workload: Workload, action: str)
 
 
 async def request_delete(session: AsyncSession, workload: Workload) -> Operation:
-    if workload.desired_state == "deleted":
-        raise Conflict(f"workload {workload.id} is already being deleted")
-    await update_fields(session, workload, workload.version, {"desired_state": "deleted"})
+    """A queued deletion (the workload has no placement yet, or no engine runs)."""
+    await mark_delete(session, workload)
     op = Operation(project_id=workload.project_id, kind="delete", target_id=workload.id, state=OperationState.QUEUED,
                    steps=[{"step": "delete", "state": "pending"}])
     session.add(op)

@@ -74,10 +74,13 @@ async def seed(app: web.Application) -> World:
 
 @pytest.fixture
 async def world(aiohttp_client: Any, db_url: str) -> tuple[Any, World]:
-    """A test client over a seeded broker (SQLite and PostgreSQL), and its world; alpha owns one workload."""
+    """A test client over a seeded broker (SQLite and PostgreSQL), and its world; alpha owns one workload,
+    placed and planned; the engine is stopped so its create operation stays pending
+    (tests/broker/test_workload_flow.py runs the engine)."""
     app = create_app(parse_config(SIM), db_url, sync=False)
     client = await aiohttp_client(app)
     w = await seed(app)
+    await app[keys.OPERATIONS].stop()  # plans are written but not run: the tests see them pending
     resp = await client.post("/api/v1/workloads", json={"name": ALPHA_MARK, "vcpus": 2, "ram_mib": 2048},
                              headers=w.auth("alpha_member"))
     assert resp.status == 202, await resp.text()

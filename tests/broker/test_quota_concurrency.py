@@ -27,6 +27,7 @@ async def test_concurrent_requests_cannot_both_pass_a_quota(aiohttp_client: Any,
     app = create_app(parse_config(SIM), db_url, sync=False)
     client = await aiohttp_client(app)
     w = await seed(app)
+    await app[keys.OPERATIONS].stop()  # the creates stay pending, so one can be cancelled before it runs
     alpha = w.ids["alpha"]
     async with session_scope(app[keys.SESSIONS]) as s:
         s.add(Quota(project_id=alpha, resource="vcpus", limit=6))  # instances limit 10 comes from the seed

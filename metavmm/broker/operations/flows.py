@@ -42,6 +42,26 @@ def _known_provider(engine: Engine, name: str) -> Any:
         raise ValidationError(f"provider {name!r} is not in the federation file") from None
 
 
+def provision_steps(workload_id: str, *, name: str, provider: str, region: str, image: str | None, vcpus: int,
+                    ram_mib: int, disk_gib: int, flavor: str | None, host: str | None,
+                    quota: bool = False) -> list[Step]:
+    """The provision plan; ``quota``: the request holds a quota reservation that the plan settles
+    (released by the rollback, committed once the VM is recorded; see quota_actions)."""
+    at = {"provider": provider, "workload_id": workload_id}
+    steps = [
+        Step("create", "vm.create", {**at, "name": name, "region": region, "image": image, "vcpus": vcpus,
+                                     "ram_mib": ram_mib, "disk_gib": disk_gib, "flavor": flavor, "host": host},
+             compensate="vm.delete", weight=3),
+        Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
+        Step("record", "workload.record", at, commit=True),
+    ]
+    if quota:
+        held = {"workload_id": workload_id}
+        steps = [Step("hold-quota", "quota.hold", held, compensate="quota.release"), *steps,
+                 Step("commit-quota", "quota.commit", held)]
+    return steps
+
+
 async def provision(engine: Engine, *, name: str, provider: str, region: str, image: str, vcpus: int = 1,
                     ram_mib: int = 512, disk_gib: int = 0, flavor: str | None = None, host: str | None = None,
                     project_id: int | None = None, idempotency_key: str | None = None) -> Operation:
@@ -50,14 +70,8 @@ async def provision(engine: Engine, *, name: str, provider: str, region: str, im
     workload = Workload(kind=WorkloadKind.COMPUTE, name=name, project_id=project_id, observed_state="pending",
                         state_message="provisioning", spec={"image": image, "vcpus": vcpus, "ram_mib": ram_mib,
                                                             "disk_gib": disk_gib, "flavor": flavor})
-    at = {"provider": provider, "workload_id": workload.id}
-    steps = [
-        Step("create", "vm.create", {**at, "name": name, "region": region, "image": image, "vcpus": vcpus,
-                                     "ram_mib": ram_mib, "disk_gib": disk_gib, "flavor": flavor, "host": host},
-             compensate="vm.delete", weight=3),
-        Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
-        Step("record", "workload.record", at, commit=True),
-    ]
+    steps = provision_steps(workload.id, name=name, provider=provider, region=region, image=image, vcpus=vcpus,
+                            ram_mib=ram_mib, disk_gib=disk_gib, flavor=flavor, host=host)
     request = json.dumps([name, provider, region, image, vcpus, ram_mib, disk_gib, flavor, host, project_id])
     return await engine.submit(kind="provision", steps=steps, target_id=workload.id, project_id=project_id,
                                params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
@@ -84,6 +98,7 @@ async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | Non
     if owned:
         steps.append(Step("delete-image", "image.delete", owned))
     steps.append(Step("forget", "workload.gone", at))
+    steps.append(Step("free-quota", "quota.free", {"workload_id": workload.id}))
     return await engine.submit(kind="delete", steps=steps, target_id=workload.id, project_id=workload.project_id,
                                idempotency_key=idempotency_key)
 

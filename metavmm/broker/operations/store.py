@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.operations.plan import Step, plan_rows
+from metavmm.broker.quotas import give_back
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationEvent, OperationState, utcnow
 from metavmm.errors import Conflict, NotFound, ValidationError
@@ -51,18 +52,13 @@ async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: st
         existing = await _by_key(maker, idempotency_key)
         if existing is not None:
             return _same_request(existing, kind, target_id, fingerprint), False
-    params = {**(params or {}), **({"request": fingerprint} if fingerprint else {})}
-    op = Operation(kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
-                   params=params, idempotency_key=idempotency_key, message="queued")
     try:
         async with session_scope(maker) as session:
             for row in rows or ():
                 session.add(row)
             await session.flush()
-            session.add(op)
-            await session.flush()
-            session.add(OperationEvent(operation_id=op.id, message=f"{kind} planned: "
-                                       + ", ".join(s.name for s in steps)))
+            op = await write_plan(session, kind=kind, steps=steps, target_id=target_id, params=params,
+                                  project_id=project_id, idempotency_key=idempotency_key, fingerprint=fingerprint)
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -71,6 +67,23 @@ async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: st
             raise
         return _same_request(existing, kind, target_id, fingerprint), False
     return op, True
+
+
+async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], target_id: str | None = None,
+                     params: dict[str, Any] | None = None, project_id: int | None = None,
+                     idempotency_key: str | None = None, fingerprint: str | None = None,
+                     operation_id: str | None = None) -> Operation:
+    """Add the operation with its whole plan to the caller's transaction (which decides when it commits:
+    a REST create writes it with the workload and the quota reservation). The caller wakes the engine."""
+    params = {**(params or {}), **({"request": fingerprint} if fingerprint else {})}
+    op = Operation(kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
+                   params=params, idempotency_key=idempotency_key, message="queued")
+    if operation_id is not None:
+        op.id = operation_id
+    session.add(op)
+    await session.flush()
+    session.add(OperationEvent(operation_id=op.id, message=f"{kind} planned: " + ", ".join(s.name for s in steps)))
+    return op
 
 
 def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:
@@ -177,6 +190,8 @@ async def request_cancel(maker: Sessions, op_id: str) -> Operation:
         if never_ran and (op.lease_until is None or aware(op.lease_until) < utcnow()):
             op.state, op.message, op.finished_at = OperationState.CANCELLED, "cancelled before it started", utcnow()
             op.owner, op.lease_until = None, None
+            if op.params.get("holds_quota") and op.target_id:  # its quota.release compensation never gets to run
+                await give_back(session, op.target_id, "cancelled before it started")
         else:
             op.cancel_requested = True
             op.message = "cancel requested"

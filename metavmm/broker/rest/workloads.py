@@ -1,9 +1,10 @@
 """Workloads and operations of the caller's project.
 
-Creating a workload checks and reserves quota and writes a queued ``create`` operation (202
-Accepted); actions and deletion also answer with an operation. Queued requests are not yet turned into
-engine plans (see metavmm/broker/workloads.py); operations the engine runs (provision, power, migrate
-flows) show here too, with their steps, and cancel rolls them back. Updates need
+Creating a compute workload checks and reserves quota, asks the scheduler for a placement and writes
+the engine's provision plan in the same transaction (202 Accepted; 409 NoPlacement with the
+scheduler's reasons leaves nothing behind); the engine runs it and settles the quota. Actions and
+deletion of a placed workload run the engine's power and delete flows; requests the engine cannot run
+yet (no placement, other kinds, no engine) are recorded as ``queued`` operations. Cancel stops either. Updates need
 ``If-Match`` with the workload's ETag (its version), so two clients cannot overwrite each other.
 """
 
@@ -18,6 +19,7 @@ from sqlmodel import select
 from metavmm.broker import keys, quotas
 from metavmm.broker import workloads as service
 from metavmm.broker.identity import identity_of
+from metavmm.broker.operations import flows
 from metavmm.broker.operations import store as op_store
 from metavmm.broker.rest.common import (
     UUID_PATTERN,
@@ -35,6 +37,7 @@ from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, target_project, visible
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind
+from metavmm.scheduler import service as scheduler
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
 
@@ -134,6 +137,10 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
     identity = identity_of(request)
     project_id = target_project(identity, body.project_id)
     key = request.headers.get("Idempotency-Key")
+    engine = request.config_dict.get(keys.OPERATIONS)
+    snap = None
+    if engine is not None and body.kind == WorkloadKind.COMPUTE:  # loaded before the quota lock (SQLite)
+        snap = await scheduler.snapshot(sessions(request), request.config_dict[keys.CONFIG])
     async with session_scope(sessions(request)) as session:
         # The quota lock must be the transaction's first statement (SQLite), so resolve the shape after it.
         await quotas.lock_project(session, project_id)
@@ -141,7 +148,11 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
                                             body.gpu_model, body.gpu_count)
         workload, op = await service.create(session, project_id=project_id, kind=body.kind, name=body.name,
                                             shape=shape, image_id=body.image_id, site=body.site,
-                                            idempotency_key=key[:128] if key else None)
+                                            idempotency_key=key[:128] if key else None, snapshot=snap,
+                                            providers=frozenset(p.name for p in engine.config.providers)
+                                            if engine is not None else frozenset())
+    if engine is not None and op.state == OperationState.PENDING:
+        await engine.wake(op.id)
     request_out = _workload_out(request, workload)
     return WorkloadAccepted(workload=request_out, operation=OperationOut.model_validate(op))
 
@@ -175,8 +186,11 @@ async def delete_workload(request: web.Request, params: WorkloadId) -> Operation
         await lock_row(session, Workload, params.workload_id)
         row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
         check_if_match(request, etag(row.version), required=False)
-        op = await service.request_delete(session, row)
-        return OperationOut.model_validate(op)
+        engine = request.config_dict.get(keys.OPERATIONS)
+        if engine is None or not service.is_placed(row):
+            return OperationOut.model_validate(await service.request_delete(session, row))
+        await service.mark_delete(session, row)
+    return OperationOut.model_validate(await flows.delete(engine, params.workload_id))
 
 
 @api.route("POST", "/workloads/{workload_id}/actions", summary="Start, stop, restart, suspend or resume",
@@ -186,7 +200,12 @@ async def workload_action(request: web.Request, params: WorkloadId, body: Action
         await lock_row(session, Workload, params.workload_id)
         row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
         check_if_match(request, etag(row.version), required=False)
-        return OperationOut.model_validate(await service.request_action(session, row, body.action))
+        engine = request.config_dict.get(keys.OPERATIONS)
+        if engine is None or not service.is_placed(row):
+            return OperationOut.model_validate(await service.request_action(session, row, body.action))
+        await service.mark_action(session, row, body.action)
+    op = await flows.power(engine, params.workload_id, service.ENGINE_VERB[body.action])
+    return OperationOut.model_validate(op)
 
 
 @api.route("GET", "/operations", summary="List your project's operations", query=OperationQuery,
