@@ -85,7 +85,7 @@ async def main() -> None:
             t = sorted(await _timed(client, n, "POST", "/api/v1/workloads",
                                     headers={"Authorization": f"Bearer {w.tokens['admin']}"},
                                     json={"name": "bench", "vcpus": 1, "ram_mib": 64}))
-            print(f"{'POST /api/v1/workloads (quota lock + reserve)':48} {statistics.median(t) * 1e3:10.2f} "
+            print(f"{'POST /api/v1/workloads (quota, placement, plan)':48} {statistics.median(t) * 1e3:10.2f} "
                   f"{t[int(len(t) * .95)] * 1e3:8.2f} {len(t) / sum(t):8.0f}")
         finally:
             await client.close()
