@@ -246,6 +246,8 @@ def ops_reconcile(settings: Settings, dry_run: bool) -> None:
     report = _run(settings, work)
     for provider, vm, wid in report.orphans:
         console.print(f"orphan  {provider}: VM {vm} (workload {wid})", highlight=False)
+    for provider, vm, wid in report.foreign:
+        console.print(f"foreign {provider}: VM {vm} (workload {wid} unknown here: kept)", highlight=False)
     for wid, provider in report.lost:
         console.print(f"lost    workload {wid}: no VM at {provider}", highlight=False)
     for wid, old, new in report.drifted:

@@ -3,9 +3,12 @@
 Three findings, for VMs the broker created (they carry the workload tag) and workloads no running
 operation is changing:
 
-- **orphan**: a tagged VM at a provider where the catalog does not place its workload (the workload
-  is unknown, deleted, or lives elsewhere). Repair: a ``reconcile`` operation deletes it, so the
-  repair is durable, logged and idempotent like every other change.
+- **orphan**: a tagged VM at a provider where the catalog does not place its workload (deleted, or
+  living elsewhere: the leftover of an interrupted migration). Repair: a ``reconcile`` operation
+  deletes it, so the repair is durable, logged and idempotent like every other change.
+- **foreign**: a tagged VM whose workload this catalog has never known: another broker's (several
+  brokers may share a hypervisor) or an earlier catalog's. Reported, never deleted: a broker only
+  removes what its own catalog proves it created.
 - **lost**: the catalog places a workload at a provider that no longer has its VM. The row is kept
   (nothing is lost from the catalog) and marked ``lost`` with a message, for a human or a policy.
 - **drift**: the VM exists but its state differs from the row's; the row is updated.
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Report:
     orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, vm id, workload id)
+    foreign: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, vm id, workload id)
     lost: list[tuple[str, str]] = field(default_factory=list)  # (workload id, provider)
     drifted: list[tuple[str, str, str]] = field(default_factory=list)  # (workload id, old, new)
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> error
@@ -64,7 +68,9 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
             wid = vm.workload_id or ""
             if wid in busy:
                 continue
-            if placed.get(wid) != provider:
+            if wid not in workloads:
+                report.foreign.append((provider, vm.provider_vm_id, wid))
+            elif placed.get(wid) != provider:
                 report.orphans.append((provider, vm.provider_vm_id, wid))
             elif vm.state != workloads[wid].observed_state:
                 report.drifted.append((wid, workloads[wid].observed_state, str(vm.state)))
@@ -81,7 +87,7 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
 
 async def _repair(engine: Engine, report: Report, workloads: dict[str, Workload]) -> None:
     for provider, vm_id, wid in report.orphans:
-        op = await engine.submit(kind="reconcile", target_id=wid if wid in workloads else None,
+        op = await engine.submit(kind="reconcile", target_id=wid,
                                  steps=[Step("delete-orphan", "vm.delete", {"provider": provider, "workload_id": wid})],
                                  params={"provider": provider, "vm": vm_id},
                                  idempotency_key=f"orphan:{provider}:{vm_id}")

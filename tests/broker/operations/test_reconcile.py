@@ -55,14 +55,15 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
                        steps=[Step("x", "vm.delete", {"provider": "simb", "workload_id": busy.id})])
 
     report = await reconcile(engine, drivers)
-    assert sorted(w for _, _, w in report.orphans) == sorted(["no-such-workload", moved.id])
+    assert [w for _, _, w in report.orphans] == [moved.id]
+    assert [w for _, _, w in report.foreign] == ["no-such-workload"]  # another broker's: reported, kept
     assert report.lost == [(lost.id, "sima")]
     assert report.drifted == [(ok.id, "running", "stopped")]
     for op_id in report.operations:
         assert await executor.run(op_id)
         assert (await store.get(sqlite_sessions, op_id)).state == OperationState.SUCCEEDED
     names = sorted(vm.name for vm in await sima.list_vms())
-    assert names == ["busy-elsewhere", "not-ours", "ok"]
+    assert names == ["busy-elsewhere", "ghost", "not-ours", "ok"]
     async with sqlite_sessions() as session:
         assert (await session.get(Workload, lost.id)).observed_state == "lost"  # kept, marked
         assert (await session.get(Workload, ok.id)).observed_state == "stopped"
