@@ -25,6 +25,7 @@ the event loop through :meth:`DriverBase.provider_call`, and vSphere faults beco
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import re
@@ -140,7 +141,7 @@ class VmwareDriver(DriverBase):
     # --- plumbing -------------------------------------------------------------------------------
 
     def _ssl(self) -> ssl.SSLContext:
-        return ssl.create_default_context() if self.verify_tls else ssl._create_unverified_context()  # noqa: S323
+        return ssl.create_default_context() if self.verify_tls else ssl._create_unverified_context()
 
     def _service(self) -> Any:
         """The logged-in ServiceInstance (one per driver, made on first use, shared by worker threads)."""
@@ -396,10 +397,8 @@ class VmwareDriver(DriverBase):
 
     def _copy_disk(self, content: Any, dc: Any, src: str, dst: str) -> None:
         """Copy an image into a VM's directory: vCenter converts it to a thin disk; vcsim copies the file."""
-        try:
+        with contextlib.suppress(vim.fault.FileAlreadyExists):  # a retried create: the copy overwrites the disk
             content.fileManager.MakeDirectory(dst.rpartition("/")[0], dc, True)
-        except vim.fault.FileAlreadyExists:
-            pass  # a retried create: the copy below overwrites the disk
         spec = vim.VirtualDiskManager.FileBackedVirtualDiskSpec(diskType="thin", adapterType="lsiLogic")
         try:
             self._wait(content.virtualDiskManager.CopyVirtualDisk_Task(src, dc, dst, dc, spec, True))
@@ -516,10 +515,8 @@ class VmwareDriver(DriverBase):
     # --- images ---------------------------------------------------------------------------------
 
     def _delete_file(self, content: Any, dc: Any, path: str) -> None:
-        try:
+        with contextlib.suppress(vim.fault.FileNotFound):
             self._wait(content.fileManager.DeleteDatastoreFile_Task(path, dc))
-        except vim.fault.FileNotFound:
-            pass
 
     def _http(self, method: str, dc: Any, path: _DsPath, body: Any = None, length: int = 0) -> http.client.HTTPResponse:
         """One request to the datastore HTTP interface (``/folder``), with the API session's cookie."""
