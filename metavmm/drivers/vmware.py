@@ -170,8 +170,19 @@ class VmwareDriver(DriverBase):
         return None
 
     async def _call(self, operation: str, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(content)`` off the loop with the vCenter's ServiceContent; faults become typed errors."""
-        return await self.provider_call(operation, lambda: fn(self._service().RetrieveContent()))
+        """Run ``fn(content)`` off the loop with the vCenter's ServiceContent; faults become typed errors.
+
+        A session the vCenter expired (``NotAuthenticated``) is replaced once by a new login.
+        """
+        def run() -> T:
+            try:
+                return fn(self._service().RetrieveContent())
+            except vim.fault.NotAuthenticated:
+                with self._lock:
+                    self._si = None
+                return fn(self._service().RetrieveContent())
+
+        return await self.provider_call(operation, run)
 
     def _wait(self, task: Any) -> Any:
         """Block until a vSphere task ends; its fault is raised as it is (``convert_error`` maps it).

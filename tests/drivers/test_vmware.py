@@ -188,3 +188,11 @@ async def test_sync_fills_the_catalog(sqlite_sessions, vcsim: Vcsim, vmdk: DiskR
     finally:
         await driver.delete_vm(vm.provider_vm_id)
         await driver.close()
+
+
+async def test_an_expired_session_is_replaced_by_a_new_login(driver: VmwareDriver) -> None:
+    before = {v.provider_vm_id for v in await driver.list_vms()}
+    si = driver._si  # the driver's own session, ended as a vCenter ends an idle one
+    await driver.blocking(si.content.sessionManager.Logout)
+    assert {v.provider_vm_id for v in await driver.list_vms()} == before
+    assert driver._si is not si
