@@ -125,3 +125,29 @@ async def test_cold_migration_libvirt_qcow2_to_vmware(engine: Engine, libvirt_ho
     # deleting the workload removes the VM, its directory and the image the migration imported
     assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
     assert tagged_vms(vcenter, wid) == [] and datastore_files(vcenter) == before
+
+
+async def test_cold_migration_back_from_vmware_to_libvirt(engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                          vcenter: Vcsim) -> None:
+    """VMware as the source: its disk downloaded over /folder, vmdk -> qcow2, booted on the other libvirt host;
+    the VM, its directory and the image the first migration imported are gone from the datastore."""
+    before = datastore_files(vcenter)
+    done = await run(engine, await flows.provision(engine, name="round-trip", provider="lv0", region="host0",
+                                                   image=str(libvirt_hosts.base_image), ram_mib=64))
+    wid = done.target_id
+    assert wid is not None
+    there = await run(engine, await flows.cold_migrate(engine, wid, target_provider="vc",
+                                                       disk_format="vmdk:streamOptimized"))
+    assert there.state == OperationState.SUCCEEDED, there.error
+    back = await run(engine, await flows.cold_migrate(engine, wid, target_provider="lv1", disk_format="qcow2"))
+    assert back.state == OperationState.SUCCEEDED, back.error
+    assert [s["name"] for s in back.steps] == [*STEPS, "remove-source-image"]
+    assert tagged_vms(vcenter, wid) == [] and datastore_files(vcenter) == before
+    hostname = back.params["hostname"]
+    assert list(domains(libvirt_hosts.uris[1]).values()) == [hostname]
+    xml = subprocess.run(["virsh", "-c", libvirt_hosts.uris[1], "dumpxml", hostname], capture_output=True,
+                         text=True, check=True).stdout
+    assert f"<mac address='{back.params['mac']}'/>" in xml and back.params["mac"].startswith("52:54:00:")
+    w, at = await workload(engine, wid)
+    assert (at, w.observed_state) == ("lv1", "running")
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
