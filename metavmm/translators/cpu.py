@@ -19,7 +19,7 @@ Elsewhere (clouds, catalog snapshots) the answer comes from feature sets, with l
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,3 +233,32 @@ def baseline_libvirt(conn: Any, hosts: Sequence[CpuSpec], *, virttype: str = "kv
     cpu = CpuSpec(hosts[0].arch, vendor_name(root.findtext("vendor")) or hosts[0].vendor, root.findtext("model"),
                   frozenset(feats), "baseline")
     return Baseline(True, f"libvirt baseline of {len(hosts)} host(s): {cpu.model} plus {len(feats)} feature(s)", cpu)
+
+
+@functools.cache
+def _cpuid_bits(cpu_map: Path = CPU_MAP) -> tuple[tuple[int, str, int, str], ...]:
+    """libvirt's x86 feature table as (leaf, register, mask, feature name), sub-leaf 0 only."""
+    path = cpu_map / "x86_features.xml"
+    if not path.is_file():
+        return ()
+    root = etree.parse(str(path), etree.XMLParser(no_network=True, resolve_entities=False)).getroot()
+    out = []
+    for feature in root.findall("feature"):
+        cpuid = feature.find("cpuid")
+        if cpuid is None or int(cpuid.get("ecx_in", "0"), 16) != 0:
+            continue
+        for reg in ("eax", "ebx", "ecx", "edx"):
+            if cpuid.get(reg):
+                out.append((int(cpuid.get("eax_in", "0"), 16), reg, int(cpuid.get(reg, "0"), 16),
+                            feature.get("name", "")))
+    return tuple(out)
+
+
+def cpuid_features(leaves: Mapping[int, Mapping[str, int]], cpu_map: Path = CPU_MAP) -> list[str]:
+    """libvirt feature names of the bits set in raw CPUID registers (``{leaf: {"ecx": value, ...}}``).
+
+    Hypervisors that report CPUID dumps rather than names (vSphere's ``HostHardwareInfo.cpuFeature``)
+    get the same vocabulary as libvirt hosts, so the scheduler compares them with one table.
+    """
+    return sorted({name for leaf, reg, mask, name in _cpuid_bits(cpu_map)
+                   if leaf in leaves and leaves[leaf].get(reg, 0) & mask == mask})

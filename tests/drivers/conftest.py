@@ -6,6 +6,7 @@
 - ``moto``: moto's EC2 server on 127.0.0.1 with AMI and instance-type validation on.
 - ``nova_cloud``: two real nova processes (scripts/nova_region.py in the nova venv) as two regions of
   one cloud, and a clouds.yaml for them in OS_CLIENT_CONFIG_FILE.
+- ``vcsim``: govmomi's vCenter simulator (one datacenter, a cluster of 3 hosts and a standalone host).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from bench.vcsim import Vcsim, VcsimUnavailable
+from bench.vcsim import vcsim as vcsim_server
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATION_USER = "metavmm-mig"
@@ -259,3 +263,16 @@ def nova_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaCloud]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# --- VMware: vcsim ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def vcsim() -> Iterator[Vcsim]:
+    """govmomi's vCenter simulator (scripts/vcsim.sh builds it) on a free port; see bench/vcsim.py."""
+    try:
+        with vcsim_server() as server:
+            yield server
+    except VcsimUnavailable as exc:
+        pytest.fail(str(exc))

@@ -11,7 +11,15 @@ import pytest
 
 from metavmm.drivers.base import HostInfo
 from metavmm.errors import ValidationError
-from metavmm.translators.cpu import CpuSpec, baseline, baseline_libvirt, compare, compare_libvirt, models
+from metavmm.translators.cpu import (
+    CpuSpec,
+    baseline,
+    baseline_libvirt,
+    compare,
+    compare_libvirt,
+    cpuid_features,
+    models,
+)
 
 SKYLAKE = CpuSpec.of("x86_64", "GenuineIntel", "Skylake-Server", name="intel-a")
 HASWELL = CpuSpec.of("x86_64", "Intel", "Haswell", ["vmx"], name="intel-b")
@@ -140,3 +148,13 @@ def test_libvirt_baseline_of_a_pool(conn: Any, virttype: str) -> None:
     assert "avx2" in result.cpu.all_features() or "avx2" in models().get(result.cpu.model, models()["qemu64"]).features
     mixed = baseline_libvirt(conn, [SKYLAKE, EPYC], virttype=virttype)
     assert not mixed.ok and "CPU vendors do not match" in mixed.reason
+
+
+def test_cpuid_registers_decode_to_libvirt_feature_names() -> None:
+    """vSphere reports CPUID dumps; bits map to the names libvirt hosts use (x86_features.xml)."""
+    leaves = {0x1: {"ecx": (1 << 28) | (1 << 25) | (1 << 5), "edx": (1 << 26)},  # avx, aes, vmx; sse2
+              0x7: {"ebx": 1 << 5},  # avx2
+              0x80000001: {"ecx": 1 << 2}}  # svm
+    assert set(cpuid_features(leaves)) == {"avx", "aes", "vmx", "sse2", "avx2", "svm"}
+    assert cpuid_features({0x1: {"ecx": 0, "edx": 0}}) == []
+    assert "avx2" not in cpuid_features({0x1: {"ebx": 1 << 5}})  # the same bit in another leaf is not avx2

@@ -121,10 +121,16 @@ async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str
                                idempotency_key=idempotency_key)
 
 
-def new_mac(taken: set[str]) -> str:
-    """A locally administered unicast MAC in QEMU's 52:54:00 range that no workload of the catalog uses."""
+# Where a clone's MAC is drawn from, by target kind: vCenter accepts manually set MACs only in VMware's
+# static range 00:50:56:00:00:00-00:50:56:3F:FF:FF; elsewhere QEMU's locally administered 52:54:00.
+MAC_RANGES: dict[str, tuple[str, int]] = {"vmware": ("00:50:56", 0x3F)}
+
+
+def new_mac(taken: set[str], kind: str = "") -> str:
+    """A unicast MAC in the target kind's range (see MAC_RANGES) that no workload of the catalog uses."""
+    prefix, top = MAC_RANGES.get(kind, ("52:54:00", 0xFF))
     while True:
-        mac = "52:54:00:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
+        mac = f"{prefix}:{random.randrange(top + 1):02x}:" + ":".join(f"{random.randrange(256):02x}" for _ in range(2))
         if mac not in taken:
             return mac
 
@@ -144,7 +150,7 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     region = target_region or (target_cfg.sites[0].region if getattr(target_cfg, "sites", None) else "local")
     async with engine.sessions() as session:
         macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}
-    mac, hostname = new_mac(macs), f"{workload.name}-{uuid.uuid4().hex[:6]}"
+    mac, hostname = new_mac(macs, target_cfg.kind), f"{workload.name}-{uuid.uuid4().hex[:6]}"
     image_name = f"migrate-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
     src = {"provider": provider, "workload_id": workload.id}
     dst = {"provider": target_provider, "workload_id": workload.id}

@@ -1,4 +1,5 @@
-"""Two libvirt hosts (two session daemons, see bench/libvirt_hosts.py) for the migration tests."""
+"""Two libvirt hosts (two session daemons, see bench/libvirt_hosts.py) and a vCenter simulator (bench/vcsim.py)
+for the migration tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.libvirt_hosts import HostsUnavailable, LibvirtHosts, two_hosts
+from bench.vcsim import Vcsim, VcsimUnavailable, vcsim
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +25,13 @@ def libvirt_hosts() -> Iterator[LibvirtHosts]:
 def qemu_img_shim(libvirt_hosts: LibvirtHosts, monkeypatch: pytest.MonkeyPatch) -> None:
     """qemu-img hands disks it creates under the daemons' root to their user (see bench/libvirt_hosts.py)."""
     monkeypatch.setenv("PATH", f"{libvirt_hosts.shim_dir}:{os.environ['PATH']}")
+
+
+@pytest.fixture(scope="session")
+def vcenter() -> Iterator[Vcsim]:
+    """govmomi's vCenter simulator on a free port (provider entry: ``Vcsim.provider_yaml``)."""
+    try:
+        with vcsim() as server:
+            yield server
+    except VcsimUnavailable as exc:
+        pytest.fail(str(exc))

@@ -1,6 +1,8 @@
-"""Fault injection: the broker's executor is killed with SIGKILL at each step of a cold migration
-between two libvirt hosts; a new executor resumes it; nothing is orphaned at either provider and
-nothing is lost in the catalog. A crash followed by a cancel rolls back just as cleanly."""
+"""Fault injection: the broker's executor is killed with SIGKILL at each step of a cold migration, from
+a libvirt host to another libvirt host (qcow2 -> raw) and to a vCenter (qcow2 -> streamOptimized vmdk,
+govmomi's simulator); a new executor resumes it; nothing is orphaned at either provider (no VM, disk,
+image or datastore file left over) and nothing is lost in the catalog. A crash followed by a cancel
+rolls back just as cleanly."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.libvirt_hosts import LibvirtHosts
+from bench.vcsim import Vcsim
 from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows, store
 from metavmm.broker.operations.engine import Engine
@@ -22,15 +25,19 @@ from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Provider, Workload
 from tests.broker.operations.test_libvirt_flows import domains
+from tests.broker.operations.test_vmware_flows import datastore_files, federation_yaml, tagged_vms
 
 REPO = Path(__file__).resolve().parents[3]
 STEPS = ["stop-source", "export", "convert", "import", "create-target", "boot-check", "record", "remove-source",
          "clean-scratch"]
 
 
+FORMATS = {"lv1": "raw", "vc": "vmdk:streamOptimized"}  # target provider -> the disk format it gets
+
+
 class World:
-    def __init__(self, hosts: LibvirtHosts, engine: Engine, config_path: Path, url: str) -> None:
-        self.hosts, self.engine, self.config_path, self.url = hosts, engine, config_path, url
+    def __init__(self, hosts: LibvirtHosts, vcenter: Vcsim, engine: Engine, config_path: Path, url: str) -> None:
+        self.hosts, self.vcenter, self.engine, self.config_path, self.url = hosts, vcenter, engine, config_path, url
 
     async def run(self, op_id: str) -> Operation:
         executor = Executor(self.engine.sessions, self.engine.config)
@@ -65,6 +72,22 @@ class World:
             out[f"lv{i}"] = found
         return out
 
+    def running_at(self, target: str, wid: str) -> list[tuple[str, str]]:
+        """(name, state) of the VMs carrying the workload's tag at ``target``, seen behind the broker's back."""
+        if target == "vc":
+            return [(v["name"], "running" if v["power"] == "poweredOn" else v["power"]) for v in
+                    tagged_vms(self.vcenter, wid)]
+        uri = self.hosts.uris[int(target[-1])]
+        return [(name, subprocess.run(["virsh", "-c", uri, "domstate", name], capture_output=True,
+                                      text=True).stdout.strip()) for name in self.tagged(wid)[target]]
+
+    def files_at(self, target: str) -> list[str]:
+        """What the broker stores at ``target``: its disks and images (libvirt) or datastore files (vCenter)."""
+        if target == "vc":
+            return sorted(datastore_files(self.vcenter))
+        i = int(target[-1])
+        return [f"disks/{d}" for d in self.disks(i)] + [f"images/{m}" for m in self.images(i)]
+
     def images(self, i: int) -> list[str]:
         d = self.hosts.storage(i) / "images"
         return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
@@ -75,11 +98,12 @@ class World:
 
 
 @pytest.fixture
-async def world(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Path) -> AsyncIterator[World]:
+async def world(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, vcenter: Vcsim,
+                tmp_path: Path) -> AsyncIterator[World]:
     work = libvirt_hosts.root / "work" / tmp_path.name
     work.mkdir(parents=True)
     config_path = tmp_path / "federation.yaml"
-    config_path.write_text(libvirt_hosts.federation_yaml(work, lease_s=1))
+    config_path.write_text(federation_yaml(libvirt_hosts, vcenter, work, lease_s=1))
     config = parse_config(config_path.read_text())
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     await db.upgrade_async(url)
@@ -87,7 +111,7 @@ async def world(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Path
     sessions = db.make_sessionmaker(sql)
     await sync_all(sessions, config)
     try:
-        yield World(libvirt_hosts, Engine(sessions, config, url), config_path, url)
+        yield World(libvirt_hosts, vcenter, Engine(sessions, config, url), config_path, url)
     finally:
         await sql.dispose()
 
@@ -109,13 +133,14 @@ async def _where(world: World, wid: str) -> tuple[Workload, str]:
         return w, prov.name
 
 
+@pytest.mark.parametrize("target", ["lv1", "vc"])
 @pytest.mark.parametrize(("step", "phase"), [(i, "after") for i in range(len(STEPS))]
                          + [pytest.param(i, "before", marks=pytest.mark.slow) for i in (0, 4, 7)],
                          ids=lambda v: STEPS[v] if isinstance(v, int) else v)
-async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str) -> None:
+async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str, target: str) -> None:
     wid = await _provisioned(world, f"crash-{step}-{phase}")
-    images_before = world.images(1)
-    op = await flows.cold_migrate(world.engine, wid, target_provider="lv1", disk_format="raw")
+    files_before = world.files_at(target)
+    op = await flows.cold_migrate(world.engine, wid, target_provider=target, disk_format=FORMATS[target])
     assert [s["name"] for s in op.steps] == STEPS
 
     world.crash_at(op.id, step, phase)
@@ -126,34 +151,46 @@ async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str
     assert done.state == OperationState.SUCCEEDED, done.error
     assert done.steps[step]["attempts"] == 2 and all(s["attempts"] == 1 for i, s in enumerate(done.steps)
                                                      if i != step)
-    # no orphan: exactly one VM of the workload, at the target; no leftover disk, image or scratch
-    assert world.tagged(wid) == {"lv0": [], "lv1": [done.params["hostname"]]}
-    assert world.disks(0) == [] and len(world.disks(1)) == 1
-    assert len(world.images(1)) == len(images_before) + 1
+    # no orphan: exactly one VM of the workload, at the target, running; nothing left at the source; the
+    # target holds one disk and one image more (libvirt), or one image and one VM directory (vCenter)
+    hostname = done.params["hostname"]
+    assert world.tagged(wid)["lv0"] == [] and world.disks(0) == []
+    assert world.running_at(target, wid) == [(hostname, "running")]
+    assert [t for t in ("lv1", "vc") if t != target and world.running_at(t, wid)] == []
+    new = sorted(set(world.files_at(target)) - set(files_before))
+    image = done.steps[3]["args"]["name"]
+    if target == "vc":
+        vm_dir = f"{hostname}-{wid[:8]}"
+        assert f"metavmm-images/{image}.vmdk" in new and {f.split("/")[0] for f in new} == {"metavmm-images", vm_dir}
+        assert all(not f.startswith("metavmm-images/.") for f in new)  # no unfinished upload
+    else:
+        assert [f.split("/")[0] for f in new] == ["disks", "images"] and new[1] == f"images/{image}.raw"
     assert not (Path(world.engine.config.operations.work_dir or "") / op.id).exists()
     # no loss: the catalog points at the VM that runs
     w, at = await _where(world, wid)
-    assert at == "lv1" and w.present and w.observed_state == "running"
-    vm_uuid = subprocess.run(["virsh", "-c", world.hosts.uris[1], "domuuid", done.params["hostname"]],
-                             capture_output=True, text=True).stdout.strip()
-    assert w.provider_resource_id == vm_uuid
+    assert at == target and w.present and w.observed_state == "running"
+    if target == "vc":
+        vm_id = tagged_vms(world.vcenter, wid)[0]["uuid"]
+    else:
+        vm_id = subprocess.run(["virsh", "-c", world.hosts.uris[1], "domuuid", hostname], capture_output=True,
+                               text=True).stdout.strip()
+    assert w.provider_resource_id == vm_id
     assert (await world.run((await flows.delete(world.engine, wid)).id)).state == OperationState.SUCCEEDED
-    assert world.images(1) == images_before and world.disks(1) == []
+    assert world.files_at(target) == files_before and world.running_at(target, wid) == []
 
 
+@pytest.mark.parametrize("target", ["lv1", "vc"])
 @pytest.mark.parametrize("step", [2, pytest.param(4, marks=pytest.mark.slow)], ids=["convert", "create-target"])
-async def test_kill_then_cancel_rolls_back_to_the_source(world: World, step: int) -> None:
+async def test_kill_then_cancel_rolls_back_to_the_source(world: World, step: int, target: str) -> None:
     wid = await _provisioned(world, f"cancel-{step}")
-    images_before = world.images(1)
-    op = await flows.cold_migrate(world.engine, wid, target_provider="lv1", disk_format="raw")
+    files_before = world.files_at(target)
+    op = await flows.cold_migrate(world.engine, wid, target_provider=target, disk_format=FORMATS[target])
     world.crash_at(op.id, step, "after")
     await store.request_cancel(world.engine.sessions, op.id)
     done = await world.run(op.id)
     assert done.state == OperationState.CANCELLED, done.error
-    assert world.tagged(wid) == {"lv0": [f"cancel-{step}"], "lv1": []}
-    assert world.disks(1) == [] and world.images(1) == images_before
+    assert world.running_at("lv0", wid) == [(f"cancel-{step}", "running")]
+    assert world.running_at(target, wid) == [] and world.files_at(target) == files_before
     w, at = await _where(world, wid)
     assert at == "lv0" and w.present
-    assert subprocess.run(["virsh", "-c", world.hosts.uris[0], "domstate", f"cancel-{step}"], capture_output=True,
-                          text=True).stdout.strip() == "running"
     assert (await world.run((await flows.delete(world.engine, wid)).id)).state == OperationState.SUCCEEDED

@@ -1,0 +1,96 @@
+"""A vCenter simulator (govmomi's vcsim, built by scripts/vcsim.sh) on a free 127.0.0.1 port, for the
+VMware driver's tests and benchmarks.
+
+The simulator keeps each datastore in a temporary directory of this machine, so a test can check
+what files the broker left there; it accepts one user name and password (given here, written to a
+file so the federation file names the password by reference).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+USER, PASSWORD = "metavmm", "vcsim-secret"
+
+
+class VcsimUnavailable(RuntimeError):
+    """vcsim cannot be built here (Go or Debian's govmomi missing) or did not start."""
+
+
+@dataclass(frozen=True)
+class Vcsim:
+    host: str
+    port: int
+    user: str
+    password_file: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def provider_yaml(self, name: str = "vc", *, country: str | None = None) -> str:
+        """A provider entry of the federation file for this simulator (its one datacenter is DC0)."""
+        site = f"\n    sites: [{{region: DC0, country: {country}}}]" if country else ""
+        return (f"  - kind: vmware\n    name: {name}\n    endpoint: \"{self.endpoint}\"\n    user: {self.user}\n"
+                f"    verify_tls: false\n    credentials: {{file: {self.password_file}}}{site}\n")
+
+    def connect(self):  # type: ignore[no-untyped-def]
+        """A pyvmomi ServiceInstance, for tests that look behind the driver's back."""
+        from pyVim.connect import SmartConnect
+
+        return SmartConnect(host=self.host, port=self.port, user=self.user, pwd=self.password_file.read_text(),
+                            sslContext=ssl._create_unverified_context())
+
+
+def build() -> Path:
+    """The vcsim binary, built if its source changed (scripts/vcsim.sh)."""
+    done = subprocess.run([str(REPO / "scripts" / "vcsim.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise VcsimUnavailable(f"scripts/vcsim.sh failed: {done.stderr.strip()[-400:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def vcsim(start_timeout_s: float = 30) -> Iterator[Vcsim]:
+    binary = build()
+    secrets = Path(tempfile.mkdtemp(prefix="metavmm-vcsim-"))
+    password_file = secrets / "password"
+    password_file.write_text(PASSWORD)
+    password_file.chmod(0o600)
+    port = _free_port()
+    log = (secrets / "vcsim.log").open("w")
+    proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password", PASSWORD],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("READY"):
+            raise VcsimUnavailable(f"vcsim did not start in {start_timeout_s:.0f} s: see {secrets / 'vcsim.log'}")
+        yield Vcsim("127.0.0.1", port, USER, password_file)
+    finally:
+        proc.terminate()  # vcsim removes its datastore directories on SIGTERM
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        for f in secrets.iterdir():
+            f.unlink()
+        secrets.rmdir()

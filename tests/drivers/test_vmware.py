@@ -1,0 +1,198 @@
+"""The VMware driver against govmomi's vCenter simulator (vcsim): inventory, images, lifecycle, catalog
+sync, and the typed errors. Checks look behind the driver's back (pyvmomi, the datastore's directory)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from bench.vcsim import Vcsim
+from metavmm.broker.config import parse_config
+from metavmm.broker.sync import sync_all
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Host, Provider, Site, Workload, WorkloadKind
+from metavmm.drivers.base import Capability, DiskRef, VmSpec, VmState
+from metavmm.drivers.registry import create_driver
+from metavmm.drivers.vmware import VmwareDriver
+from metavmm.errors import (
+    AuthError,
+    ConfigError,
+    ProviderConflict,
+    ProviderNotFound,
+    ProviderUnavailable,
+    ValidationError,
+)
+from tests.drivers.conftest import free_port, unique
+
+
+def _driver(vcsim: Vcsim, **changes: Any) -> VmwareDriver:
+    yaml = "providers:\n" + vcsim.provider_yaml(country="TW")
+    for key, value in changes.items():
+        yaml = yaml.replace(key, value)
+    driver = create_driver(parse_config(yaml).providers[0])
+    assert isinstance(driver, VmwareDriver)
+    return driver
+
+
+@pytest.fixture
+async def driver(vcsim: Vcsim) -> AsyncIterator[VmwareDriver]:
+    d = _driver(vcsim)
+    yield d
+    await d.close()
+
+
+@pytest.fixture
+def vmdk(tmp_path: Path) -> DiskRef:
+    """A 64 MiB disk in the format VMware imports (streamOptimized, as the cold migration makes it)."""
+    qcow2, out = tmp_path / "disk.qcow2", tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                    str(qcow2), str(out)], check=True)
+    return DiskRef(str(out), "vmdk")
+
+
+def _datastore_dir(vcsim: Vcsim) -> Path:
+    si = vcsim.connect()
+    return Path(si.RetrieveContent().rootFolder.childEntity[0].datastore[0].info.url)
+
+
+def _vm_behind(vcsim: Vcsim, vm_id: str) -> Any:
+    return vcsim.connect().RetrieveContent().searchIndex.FindByUuid(None, vm_id, True, True)
+
+
+async def test_inventory_reports_datacenter_cluster_hosts_and_cpus(driver: VmwareDriver) -> None:
+    inv = await driver.inventory()
+    assert [(s.region, s.zones, s.country) for s in inv.sites] == [("DC0", ("DC0_C0",), "TW")]
+    assert sorted((h.name, h.zone) for h in inv.hosts) == [
+        ("DC0_C0_H0", "DC0_C0"), ("DC0_C0_H1", "DC0_C0"), ("DC0_C0_H2", "DC0_C0"), ("DC0_H0", None)]
+    host = inv.hosts[0]
+    assert (host.hypervisor_type, host.cpu_arch, host.cpu_vendor) == ("esxi", "x86_64", "Intel")
+    assert host.cpu_model and "Xeon" in host.cpu_model and host.memory_mib > 1024 and host.cpu_cores >= 1
+    # decoded from the simulated E5-1620's CPUID registers with libvirt's feature table
+    assert {"sse2", "sse4.2", "avx", "aes", "vmx"} <= set(host.cpu_features)
+    assert "avx512f" not in host.cpu_features
+    unmanaged = [v for v in inv.vms if v.workload_id is None]
+    assert len(unmanaged) >= 2 and all(v.state == VmState.RUNNING and v.host for v in unmanaged)
+    assert Capability.IMPORT_IMAGE in driver.capabilities and Capability.LIVE_MIGRATION not in driver.capabilities
+
+
+async def test_lifecycle_with_image_mac_and_hostname(driver: VmwareDriver, vcsim: Vcsim, vmdk: DiskRef,
+                                                     tmp_path: Path) -> None:
+    image_name = unique("img")
+    image = await driver.import_image(vmdk, image_name, "DC0")
+    assert image.provider_image_id == f"[LocalDS_0] metavmm-images/{image_name}.vmdk"
+    store = _datastore_dir(vcsim)
+    assert (store / "metavmm-images" / f"{image_name}.vmdk").read_bytes() == Path(vmdk.path).read_bytes()
+    with pytest.raises(ProviderConflict):
+        await driver.import_image(vmdk, image_name, "DC0")
+    assert image_name in [i.name for i in (await driver.inventory()).images]
+
+    name, wid = unique("vm"), "5f0c3b1e-0000-4000-8000-00000000beef"
+    vm = await driver.create_vm(VmSpec(name=name, region="DC0", image=image.provider_image_id, vcpus=2, ram_mib=256,
+                                       workload_id=wid, extra={"mac": "00:50:56:12:34:56", "hostname": "clone-1"}))
+    try:
+        assert (vm.name, vm.state, vm.workload_id) == (name, VmState.RUNNING, wid)
+        behind = _vm_behind(vcsim, vm.provider_vm_id)
+        nics = [d for d in behind.config.hardware.device if hasattr(d, "macAddress")]
+        assert [(n.macAddress, n.addressType) for n in nics] == [("00:50:56:12:34:56", "manual")]
+        extra = {o.key: o.value for o in behind.config.extraConfig}
+        assert extra["metavmm.workload"] == wid and extra["guestinfo.hostname"] == "clone-1"
+        assert (behind.config.hardware.numCPU, behind.config.hardware.memoryMB) == (2, 256)
+        vm_dir = store / f"{name}-{wid[:8]}"
+        assert (vm_dir / f"{name}-{wid[:8]}.vmdk").read_bytes() == Path(vmdk.path).read_bytes()
+        assert vm.provider_vm_id in {v.provider_vm_id for v in await driver.list_vms() if v.workload_id == wid}
+
+        await driver.stop_vm(vm.provider_vm_id)
+        assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.STOPPED
+        exported = await driver.ex_export_disk(vm.provider_vm_id, str(tmp_path))
+        assert Path(exported.path).read_bytes() == Path(vmdk.path).read_bytes()
+        await driver.start_vm(vm.provider_vm_id)
+        await driver.suspend_vm(vm.provider_vm_id)
+        assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.SUSPENDED
+        with pytest.raises(ProviderConflict, match="InvalidPowerState"):  # already suspended
+            await driver.suspend_vm(vm.provider_vm_id)
+        await driver.start_vm(vm.provider_vm_id)
+        await driver.restart_vm(vm.provider_vm_id)
+        assert (await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=10)).host == vm.host
+    finally:
+        await driver.delete_vm(vm.provider_vm_id)
+    assert not vm_dir.exists()
+    assert (await driver.wait_for(vm.provider_vm_id, VmState.DELETED, timeout_s=10)).state == VmState.DELETED
+    (tmp_path / "out").mkdir()
+    back = await driver.export_image(image.provider_image_id, str(tmp_path / "out"))
+    assert Path(back.path).read_bytes() == Path(vmdk.path).read_bytes()
+    await driver.ex_delete_image(image_name, "DC0")
+    await driver.ex_delete_image(image_name, "DC0")  # already gone: fine
+    assert not (store / "metavmm-images" / f"{image_name}.vmdk").exists()
+
+
+async def test_bad_requests_are_typed_errors(driver: VmwareDriver, vcsim: Vcsim, vmdk: DiskRef) -> None:
+    with pytest.raises(ProviderNotFound, match="no VM with instance UUID"):
+        await driver.get_vm("00000000-0000-0000-0000-000000000000")
+    with pytest.raises(ProviderNotFound):
+        await driver.stop_vm("00000000-0000-0000-0000-000000000000")
+    with pytest.raises(ValidationError, match="no datacenter 'DC9'"):
+        await driver.create_vm(VmSpec(name="x", region="DC9", image="", disk_gib=1))
+    with pytest.raises(ValidationError, match="no image"):
+        await driver.create_vm(VmSpec(name="x", region="DC0", image="never-imported"))
+    with pytest.raises(ValidationError, match="MAC"):
+        await driver.create_vm(VmSpec(name="x", region="DC0", image="", extra={"mac": "52:54:zz:00:00:01"}))
+    with pytest.raises(ValidationError, match="cannot import qcow2"):
+        await driver.import_image(DiskRef(vmdk.path, "qcow2"), "x", "DC0")
+    with pytest.raises(ValidationError, match="image name"):
+        await driver.import_image(vmdk, "../escape", "DC0")
+    with pytest.raises(ProviderNotFound):
+        await driver.export_image("[LocalDS_0] elsewhere/secret.vmdk", "/tmp")
+
+
+async def test_wrong_password_unreachable_and_missing_credentials(vcsim: Vcsim, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password")
+    bad = _driver(vcsim, **{str(vcsim.password_file): str(wrong)})
+    with pytest.raises(AuthError) as err:
+        await bad.list_vms()
+    assert "not-the-password" not in str(err.value)
+    down = _driver(vcsim, **{vcsim.endpoint: f"127.0.0.1:{free_port()}"})
+    with pytest.raises(ProviderUnavailable):
+        await down.inventory()
+    with pytest.raises(ConfigError, match="needs credentials"):
+        _driver(vcsim, **{f"    credentials: {{file: {vcsim.password_file}}}": ""})
+
+
+async def test_sync_fills_the_catalog(sqlite_sessions, vcsim: Vcsim, vmdk: DiskRef) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse_config("providers:\n" + vcsim.provider_yaml("vc", country="TW"))
+    async with session_scope(sqlite_sessions) as session:
+        row = Workload(kind=WorkloadKind.COMPUTE, name="synced", managed=True)
+        session.add(row)
+    driver = create_driver(cfg.providers[0])
+    vm = await driver.create_vm(VmSpec(name=unique("sync"), region="DC0", image="", disk_gib=1, workload_id=row.id))
+    try:
+        results = await sync_all(sqlite_sessions, cfg)
+        assert [r.error for r in results] == [None]
+        async with sqlite_sessions() as session:
+            (prov,) = (await session.exec(select(Provider).where(Provider.name == "vc"))).all()
+            (site,) = (await session.exec(select(Site).where(Site.provider_id == prov.id))).all()
+            hosts = (await session.exec(select(Host).where(Host.site_id == site.id))).all()
+            workloads = {w.provider_resource_id: w for w in (await session.exec(select(Workload))).all()}
+        assert (site.region, site.country) == ("DC0", "TW") and len(hosts) == 4
+        assert all("HW_CPU_X86_AVX" in h.cpu_traits and h.cpu_vendor == "Intel" for h in hosts)
+        mine = workloads[vm.provider_vm_id]
+        assert (mine.id, mine.managed, mine.present, mine.provider_id) == (row.id, True, True, prov.id)
+        others = [w for w in workloads.values() if w.provider_id == prov.id and w.id != row.id]
+        assert others and all(not w.managed for w in others)
+    finally:
+        await driver.delete_vm(vm.provider_vm_id)
+        await driver.close()
+
+
+async def test_an_expired_session_is_replaced_by_a_new_login(driver: VmwareDriver) -> None:
+    before = {v.provider_vm_id for v in await driver.list_vms()}
+    si = driver._si  # the driver's own session, ended as a vCenter ends an idle one
+    await driver.blocking(si.content.sessionManager.Logout)
+    assert {v.provider_vm_id for v in await driver.list_vms()} == before
+    assert driver._si is not si
