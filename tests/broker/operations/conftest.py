@@ -23,3 +23,7 @@ def libvirt_hosts() -> Iterator[LibvirtHosts]:
 def qemu_img_shim(libvirt_hosts: LibvirtHosts, monkeypatch: pytest.MonkeyPatch) -> None:
     """qemu-img hands disks it creates under the daemons' root to their user (see bench/libvirt_hosts.py)."""
     monkeypatch.setenv("PATH", f"{libvirt_hosts.shim_dir}:{os.environ['PATH']}")
+
+
+# the real nova regions of the driver tests (scripts/nova_region.py), for the flows on OpenStack
+from tests.drivers.conftest import nova_cloud  # noqa: E402,F401

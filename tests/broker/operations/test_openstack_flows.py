@@ -1,0 +1,129 @@
+"""Provision, power actions, live migration to another host and delete through the operations engine
+on real nova (two regions, two compute hosts each: scripts/nova_region.py), checked at nova itself."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openstack
+import pytest
+from sqlmodel import select
+
+from metavmm.broker.config import parse_config
+from metavmm.broker.operations import flows, store
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.operations.executor import Executor
+from metavmm.broker.sync import sync_all
+from metavmm.catalog import db
+from metavmm.catalog.models import Host, Operation, OperationState, Workload
+from metavmm.drivers.base import OWNER_TAG
+from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
+
+
+def federation(nova: NovaCloud) -> str:
+    return f"""
+providers:
+  - {{kind: openstack, name: os1, cloud: {nova.cloud}, regions: [RegionOne]}}
+operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
+"""
+
+
+@pytest.fixture
+async def engine(nova_cloud: NovaCloud, tmp_path: Path) -> AsyncIterator[Engine]:
+    config = parse_config(federation(nova_cloud))
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    await db.upgrade_async(url)
+    sql = db.make_engine(url)
+    sessions = db.make_sessionmaker(sql)
+    assert [r.error for r in await sync_all(sessions, config)] == [None]
+    try:
+        yield Engine(sessions, config, url)
+    finally:
+        await sql.dispose()
+
+
+@pytest.fixture
+def nova(nova_cloud: NovaCloud) -> openstack.connection.Connection:
+    """openstacksdk straight at RegionOne: what nova itself says, not what the driver reports."""
+    conn = openstack.connect(cloud=nova_cloud.cloud, region_name="RegionOne")
+    yield conn
+    conn.close()
+
+
+async def run(engine: Engine, op: Operation) -> Operation:
+    executor = Executor(engine.sessions, engine.config)
+    try:
+        assert await executor.run(op.id)
+    finally:
+        await executor.drivers.close()
+    return await store.get(engine.sessions, op.id)
+
+
+async def placed(engine: Engine, wid: str) -> tuple[Workload, str | None]:
+    """The workload row and the name of the host the catalog places it on."""
+    async with engine.sessions() as session:
+        w = await session.get(Workload, wid)
+        assert w is not None
+        host = (await session.exec(select(Host).where(Host.id == w.host_id))).first() if w.host_id else None
+    return w, host.name if host else None
+
+
+async def provision(engine: Engine, host: str, name: str | None = None) -> Operation:
+    return await flows.provision(engine, name=name or unique("flow"), provider="os1", region="RegionOne",
+                                 image=NOVA_IMAGE, flavor="m1.tiny", host=host)
+
+
+async def test_lifecycle_and_live_migration_at_nova(engine: Engine, nova: openstack.connection.Connection) -> None:
+    done = await run(engine, await provision(engine, "compute1"))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    wid = done.target_id
+    assert wid is not None
+    w, host = await placed(engine, wid)
+    region, sid = (w.provider_resource_id or "").split("/")
+    server = nova.compute.get_server(sid)
+    assert (region, server.status, server.compute_host) == ("RegionOne", "ACTIVE", "compute1")
+    assert server.metadata[OWNER_TAG] == wid and host == "compute1" and w.observed_state == "running"
+
+    stopped = await run(engine, await flows.power(engine, wid, "stop"))
+    assert stopped.state == OperationState.SUCCEEDED, stopped.error
+    assert nova.compute.get_server(sid).status == "SHUTOFF"
+    assert (await placed(engine, wid))[0].observed_state == "stopped"
+    started = await run(engine, await flows.power(engine, wid, "start"))
+    assert started.state == OperationState.SUCCEEDED and nova.compute.get_server(sid).status == "ACTIVE"
+
+    live = await run(engine, await flows.live_migrate(engine, wid, target_provider="os1", target_host="compute2"))
+    assert live.state == OperationState.SUCCEEDED, live.error
+    server = nova.compute.get_server(sid)
+    assert (server.status, server.compute_host) == ("ACTIVE", "compute2")
+    migrations = [m for m in nova.compute.migrations(instance_uuid=sid) if m.migration_type == "live-migration"]
+    assert [(m.source_compute, m.dest_compute, m.status) for m in migrations] == [("compute1", "compute2",
+                                                                                  "completed")]
+    w, host = await placed(engine, wid)
+    assert host == "compute2" and "on compute2" in (w.state_message or "")
+    # running it again is a no-op that reports where the server is (idempotent after a crash)
+    again = await run(engine, await flows.live_migrate(engine, wid, target_provider="os1", target_host="compute2"))
+    assert again.state == OperationState.SUCCEEDED
+    assert len([m for m in nova.compute.migrations(instance_uuid=sid) if m.migration_type == "live-migration"]) == 1
+
+    gone = await run(engine, await flows.delete(engine, wid))
+    assert gone.state == OperationState.SUCCEEDED, gone.error
+    assert nova.compute.find_server(sid) is None or nova.compute.get_server(sid).status == "DELETED"
+    w, _ = await placed(engine, wid)
+    assert not w.present and w.observed_state == "deleted"
+
+
+async def test_migration_to_a_host_nova_does_not_know_fails_and_keeps_the_server(
+        engine: Engine, nova: openstack.connection.Connection) -> None:
+    done = await run(engine, await provision(engine, "compute2"))
+    wid = done.target_id
+    assert done.state == OperationState.SUCCEEDED and wid is not None
+    failed = await run(engine, await flows.live_migrate(engine, wid, target_provider="os1", target_host="nowhere"))
+    assert failed.state in (OperationState.FAILED, OperationState.ROLLED_BACK)
+    assert "Compute host nowhere could not be found" in (failed.error or "")
+    sid = ((await placed(engine, wid))[0].provider_resource_id or "").split("/")[1]
+    server = nova.compute.get_server(sid)
+    assert (server.status, server.compute_host) == ("ACTIVE", "compute2")
+    assert (await placed(engine, wid))[1] == "compute2"
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+
