@@ -1,8 +1,10 @@
-"""Provision, power actions, live migration to another host and delete through the operations engine
-on real nova (two regions, two compute hosts each: scripts/nova_region.py), checked at nova itself."""
+"""Provision, power actions, live migration to another host, delete and reconciliation through the
+operations engine on real nova (two regions, two compute hosts each: scripts/nova_region.py), every
+result checked at nova itself with openstacksdk."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,10 +16,11 @@ from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows, store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.executor import Executor
+from metavmm.broker.operations.reconcile import reconcile
 from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Host, Operation, OperationState, Workload
-from metavmm.drivers.base import OWNER_TAG
+from metavmm.drivers.base import OWNER_TAG, VmSpec
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
 
 
@@ -108,7 +111,7 @@ async def test_lifecycle_and_live_migration_at_nova(engine: Engine, nova: openst
 
     gone = await run(engine, await flows.delete(engine, wid))
     assert gone.state == OperationState.SUCCEEDED, gone.error
-    assert nova.compute.find_server(sid) is None or nova.compute.get_server(sid).status == "DELETED"
+    assert nova.compute.find_server(sid, all_projects=True) is None
     w, _ = await placed(engine, wid)
     assert not w.present and w.observed_state == "deleted"
 
@@ -127,3 +130,79 @@ async def test_migration_to_a_host_nova_does_not_know_fails_and_keeps_the_server
     assert (await placed(engine, wid))[1] == "compute2"
     assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
 
+
+
+async def test_reconciliation_at_nova_adopts_removes_and_marks_lost(engine: Engine,
+                                                                    nova: openstack.connection.Connection) -> None:
+    """The rules of operations/reconcile.py, on servers nova really holds."""
+    executor = Executor(engine.sessions, engine.config)
+    driver = executor.drivers.get("os1")
+
+    def tagged(wid: str) -> list[str]:
+        return [s.id for s in nova.compute.servers(all_projects=True) if (s.metadata or {}).get(OWNER_TAG) == wid]
+
+    async def boot(wid: str) -> str:
+        vm = await driver.create_vm(VmSpec(name=unique("rc"), region="RegionOne", image=NOVA_IMAGE, flavor="m1.tiny",
+                                           workload_id=wid))
+        sid = vm.provider_vm_id.split("/")[1]
+        booted.append(sid)
+        return sid
+
+    async def gone(sid: str) -> None:
+        for _ in range(100):
+            if nova.compute.find_server(sid, all_projects=True) is None:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"server {sid} is still at nova")
+
+    booted: list[str] = []
+    try:
+        # 1. a create that crashed after nova made the server, before the row recorded it: its operation is
+        #    still active (the broker died holding it), so reconciliation leaves it; the resumed run adopts it
+        crashed = await provision(engine, "compute1")
+        wid_crashed = crashed.target_id
+        assert wid_crashed is not None
+        sid_crashed = await boot(wid_crashed)
+        # 2. the same crash, but the operation then ended without the server (its rollback could not reach
+        #    nova): the catalog does not place the workload anywhere, so the tagged server is an orphan
+        abandoned = await provision(engine, "compute1")
+        wid_abandoned = abandoned.target_id
+        assert wid_abandoned is not None
+        await engine.cancel(abandoned.id)  # never ran: cancelled at once
+        sid_abandoned = await boot(wid_abandoned)
+        # 3. a server tagged for a workload this catalog never knew (another broker's): reported, kept
+        sid_foreign = await boot("another-brokers-workload")
+        # 4. a placed workload whose server was deleted at nova behind the broker's back
+        placed_op = await run(engine, await provision(engine, "compute2"))
+        wid_lost = placed_op.target_id
+        assert placed_op.state == OperationState.SUCCEEDED and wid_lost is not None
+        w_lost, _ = await placed(engine, wid_lost)
+        nova.compute.delete_server(w_lost.provider_resource_id.split("/")[1])
+        await gone(w_lost.provider_resource_id.split("/")[1])
+
+        report = await reconcile(engine, executor.drivers)
+        assert [(p, w) for p, _, w in report.orphans] == [("os1", wid_abandoned)]
+        assert ("os1", f"RegionOne/{sid_foreign}", "another-brokers-workload") in report.foreign
+        assert report.lost == [(wid_lost, "os1")]
+        assert wid_crashed not in {w for _, _, w in report.orphans + report.foreign}
+        for op_id in report.operations:
+            assert await executor.run(op_id)
+            assert (await store.get(engine.sessions, op_id)).state == OperationState.SUCCEEDED
+        await gone(sid_abandoned)
+        assert tagged(wid_abandoned) == [] and tagged("another-brokers-workload") == [sid_foreign]
+        w, _ = await placed(engine, wid_lost)
+        assert w.present and w.observed_state == "lost" and "no VM at os1" in (w.state_message or "")
+
+        resumed = await run(engine, crashed)
+        assert resumed.state == OperationState.SUCCEEDED, resumed.error
+        assert tagged(wid_crashed) == [sid_crashed]  # adopted, not created twice
+        assert "adopting" in " ".join(resumed.steps[0]["log"])
+        w, host = await placed(engine, wid_crashed)
+        assert w.provider_resource_id == f"RegionOne/{sid_crashed}" and w.observed_state == "running"
+        assert host == nova.compute.get_server(sid_crashed).compute_host
+        assert (await reconcile(engine, executor.drivers, repair=False)).orphans == []
+        assert (await run(engine, await flows.delete(engine, wid_crashed))).state == OperationState.SUCCEEDED
+    finally:
+        for sid in booted:
+            nova.compute.delete_server(sid, ignore_missing=True)
+        await executor.drivers.close()
