@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.engine_harness import stop_processes
+
 REPO = Path(__file__).resolve().parents[1]
 NOVA_PROJECT = "6f70656e737461636b20342065766572"
 NOVA_IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # nova's GlanceFixture image1
@@ -92,11 +94,4 @@ def nova_regions(logs: Path, regions: tuple[str, ...] = ("RegionOne", "RegionTwo
             os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
         else:
             os.environ["OS_CLIENT_CONFIG_FILE"] = old
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout_s=3)

@@ -30,14 +30,13 @@ from typing import Any
 
 import openstack
 
+from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.nova_regions import NOVA_IMAGE, nova_regions
 from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
+from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
 from metavmm.broker.sync import sync_all
-from metavmm.catalog import db
-from metavmm.catalog.models import Operation, OperationState, Workload
+from metavmm.catalog.models import Workload
 
 
 def sdk_migrate(conn: Any, server_id: str, host: str, poll_s: float, timeout_s: float = 120) -> float:
@@ -58,63 +57,48 @@ def sdk_migrate(conn: Any, server_id: str, host: str, poll_s: float, timeout_s: 
 async def run(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, nova_regions(Path(tmp) / "nova", regions=("RegionOne",)) as cloud:
         config = parse_config(f"providers:\n  - {{kind: openstack, name: os1, cloud: {cloud.cloud}}}\n")
-        url = f"sqlite:///{tmp}/catalog.db"
-        await db.upgrade_async(url)
-        sql = db.make_engine(url)
-        engine = Engine(db.make_sessionmaker(sql), config, url)
-        executor = Executor(engine.sessions, config)
-        serving = asyncio.create_task(executor.serve(poll_s=0.05))
-        engine.executor = executor
         conn = openstack.connect(cloud=cloud.cloud, region_name="RegionOne")
         try:
-            await sync_all(engine.sessions, config)
-
-            async def until_done(op_id: str) -> Operation:
-                while (op := await store.get(engine.sessions, op_id)).state not in store.TERMINAL:
-                    await asyncio.sleep(0.02)
-                assert op.state == OperationState.SUCCEEDED, op.error
-                return op
-
-            op = await flows.provision(engine, name="bench-os", provider="os1", region="RegionOne",
-                                       image=NOVA_IMAGE, flavor="m1.tiny", host="compute1")
-            await until_done(op.id)
-            wid = op.target_id
-            assert wid is not None
-            async with engine.sessions() as session:
-                workload = await session.get(Workload, wid)
-                assert workload is not None and workload.provider_resource_id
-            server_id = workload.provider_resource_id.split("/")[1]
-
-            broker_s: list[float] = []
-            migrate_step_s: list[float] = []
-            sdk_s: dict[float, list[float]] = {0.3: [], 0.1: []}
-            for _ in range(rounds):
-                for host in ("compute2", "compute1"):
-                    t0 = time.perf_counter()
-                    op = await flows.live_migrate(engine, wid, target_provider="os1", target_host=host)
-                    done = await until_done(op.id)
-                    broker_s.append(time.perf_counter() - t0)
-                    migrate_step_s.append(_span(done.steps[0]))
-                for poll_s, times in sdk_s.items():
-                    for host in ("compute2", "compute1"):
-                        times.append(await asyncio.to_thread(sdk_migrate, conn, server_id, host, poll_s))
-            await until_done((await flows.delete(engine, wid)).id)
+            async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
+                broker_s, migrate_step_s, sdk_s = await _measure(engine, conn, rounds)
         finally:
             conn.close()
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            await sql.dispose()
-
-    def row(label: str, xs: list[float]) -> str:
-        return f"{label:<52} {statistics.median(xs):7.2f} s  (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
 
     print("live migration of one m1.tiny server between two nova-compute hosts (fake virt driver), median:")
-    print(row("through the broker (submit -> succeeded)", broker_s))
-    print(row("  of which the migrate step (driver call + wait)", migrate_step_s))
+    print(median_row("through the broker (submit -> succeeded)", broker_s, 52))
+    print(median_row("  of which the migrate step (driver call + wait)", migrate_step_s, 52))
     for poll_s, times in sdk_s.items():
-        print(row(f"plain openstacksdk, polled every {poll_s} s", times))
+        print(median_row(f"plain openstacksdk, polled every {poll_s} s", times, 52))
     overhead = statistics.median(broker_s) - statistics.median(sdk_s[0.3])
     print(f"broker overhead over the plain call at the same poll interval: {overhead:+.2f} s")
+
+
+async def _measure(engine: Engine, conn: Any, rounds: int) -> tuple[list[float], list[float], dict[float, list[float]]]:
+    await sync_all(engine.sessions, engine.config)
+    op = await flows.provision(engine, name="bench-os", provider="os1", region="RegionOne", image=NOVA_IMAGE,
+                               flavor="m1.tiny", host="compute1")
+    await until_succeeded(engine, op.id)
+    wid = op.target_id
+    assert wid is not None
+    async with engine.sessions() as session:
+        workload = await session.get(Workload, wid)
+        assert workload is not None and workload.provider_resource_id
+    server_id = workload.provider_resource_id.split("/")[1]
+    broker_s: list[float] = []
+    migrate_step_s: list[float] = []
+    sdk_s: dict[float, list[float]] = {0.3: [], 0.1: []}
+    for _ in range(rounds):
+        for host in ("compute2", "compute1"):
+            t0 = time.perf_counter()
+            op = await flows.live_migrate(engine, wid, target_provider="os1", target_host=host)
+            done = await until_succeeded(engine, op.id)
+            broker_s.append(time.perf_counter() - t0)
+            migrate_step_s.append(_span(done.steps[0]))
+        for poll_s, times in sdk_s.items():
+            for host in ("compute2", "compute1"):
+                times.append(await asyncio.to_thread(sdk_migrate, conn, server_id, host, poll_s))
+    await until_succeeded(engine, (await flows.delete(engine, wid)).id)
+    return broker_s, migrate_step_s, sdk_s
 
 
 def _span(step: dict[str, Any]) -> float:

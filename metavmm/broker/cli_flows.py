@@ -26,11 +26,16 @@ from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.store import Sessions
 from metavmm.catalog.models import Operation
+from metavmm.errors import ConfigError
 
 Submit = Callable[[Engine], Awaitable[Operation]]
 
 
 def _submit(settings: Settings, submit: Submit, *, wait: bool, here: bool, interval: float) -> None:
+    if here and settings.config.operations.executor != "inprocess":
+        raise ConfigError("--here runs the steps in this command, but this federation's workers run them "
+                          "(operations.executor: procrastinate): use --wait")
+
     async def work(sessions: Sessions) -> Operation | None:
         engine = Engine(sessions, settings.config, settings.database)
         await engine.start(run_steps=here)

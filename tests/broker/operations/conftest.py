@@ -1,4 +1,5 @@
-"""Two libvirt hosts (two session daemons, see bench/libvirt_hosts.py) for the migration tests."""
+"""Fixtures of the flow tests: two libvirt hosts (two session daemons, see bench/libvirt_hosts.py), the real
+nova regions of the driver tests, and ``run``: an operation run to its end by a fresh executor."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from bench.libvirt_hosts import HostsUnavailable, LibvirtHosts, two_hosts
+from metavmm.broker.operations import store
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.operations.executor import Executor
+from metavmm.catalog.models import Operation
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +28,16 @@ def libvirt_hosts() -> Iterator[LibvirtHosts]:
 def qemu_img_shim(libvirt_hosts: LibvirtHosts, monkeypatch: pytest.MonkeyPatch) -> None:
     """qemu-img hands disks it creates under the daemons' root to their user (see bench/libvirt_hosts.py)."""
     monkeypatch.setenv("PATH", f"{libvirt_hosts.shim_dir}:{os.environ['PATH']}")
+
+
+async def run(engine: Engine, op: Operation) -> Operation:
+    """Run ``op`` to its end with a fresh executor (as a restarted broker would) and read it back."""
+    executor = Executor(engine.sessions, engine.config)
+    try:
+        assert await executor.run(op.id)
+    finally:
+        await executor.drivers.close()
+    return await store.get(engine.sessions, op.id)
 
 
 # the real nova regions of the driver tests (scripts/nova_region.py), for the flows on OpenStack

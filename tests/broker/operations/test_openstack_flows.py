@@ -21,6 +21,7 @@ from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Host, Operation, OperationState, Workload
 from metavmm.drivers.base import OWNER_TAG, VmSpec
+from tests.broker.operations.conftest import run
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
 
 
@@ -52,15 +53,6 @@ def nova(nova_cloud: NovaCloud) -> openstack.connection.Connection:
     conn = openstack.connect(cloud=nova_cloud.cloud, region_name="RegionOne")
     yield conn
     conn.close()
-
-
-async def run(engine: Engine, op: Operation) -> Operation:
-    executor = Executor(engine.sessions, engine.config)
-    try:
-        assert await executor.run(op.id)
-    finally:
-        await executor.drivers.close()
-    return await store.get(engine.sessions, op.id)
 
 
 async def placed(engine: Engine, wid: str) -> tuple[Workload, str | None]:
