@@ -112,3 +112,20 @@ async def test_wait_follows_what_the_brokers_engine_runs(tmp_path: Path) -> None
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         await sql.dispose()
+
+
+def test_here_is_refused_where_workers_run_the_steps(tmp_path: Path) -> None:
+    url, config = setup(tmp_path)
+    db.upgrade(url)
+    config.write_text(FEDERATION.replace("reconcile_interval_s: 0", "reconcile_interval_s: 0, executor: procrastinate"))
+    code, _, err = cli(url, config, "operations", "delete", "some-workload", "--here")
+    assert code == 1 and "use --wait" in err and "Traceback" not in err
+    assert asyncio.run(_count(url)) == 0  # refused before anything was written
+
+
+async def _count(url: str) -> int:
+    engine = db.make_engine(url)
+    try:
+        return len(await store.list_ops(db.make_sessionmaker(engine)))
+    finally:
+        await engine.dispose()
