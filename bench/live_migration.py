@@ -25,15 +25,14 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
+from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
 from metavmm.broker.sync import sync_all
-from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import OperationState, Provider, Workload
+from metavmm.catalog.models import Provider, Workload
 
 
 def _virsh(uri: str, *args: str) -> str:
@@ -50,8 +49,9 @@ def virsh_migrate(hosts: LibvirtHosts, name: str, src: int, dst: int) -> tuple[f
     info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", old], check=True,
                                      capture_output=True, text=True).stdout)
     Path(new).parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["backing-filename-format"], "-b",
-                    info["backing-filename"], new, str(info["virtual-size"])], check=True)
+    backing = ["-F", info["backing-filename-format"], "-b", info["backing-filename"]] \
+        if "backing-filename" in info else []  # an overlay keeps its base; a standalone disk is copied whole
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *backing, new, str(info["virtual-size"])], check=True)
     with tempfile.NamedTemporaryFile("w", suffix=".xml") as f:
         f.write(xml.replace(old, new))
         f.flush()
@@ -79,25 +79,11 @@ async def run(rounds: int) -> None:
         work = hosts.root / "work"
         work.mkdir()
         config = parse_config(hosts.federation_yaml(work))
-        url = f"sqlite:///{tmp}/catalog.db"
-        await db.upgrade_async(url)
-        sql = db.make_engine(url)
-        engine = Engine(db.make_sessionmaker(sql), config, url)
-        executor = Executor(engine.sessions, config)
-        loop = asyncio.create_task(executor.serve(poll_s=0.05))
-        engine.executor = executor
-        try:
+        async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
             await sync_all(engine.sessions, config)
-
-            async def until_done(op_id: str) -> None:
-                while (await store.get(engine.sessions, op_id)).state not in store.TERMINAL:
-                    await asyncio.sleep(0.02)
-                op = await store.get(engine.sessions, op_id)
-                assert op.state == OperationState.SUCCEEDED, op.error
-
             op = await flows.provision(engine, name="bench-vm", provider="lv0", region="host0",
                                        image=str(hosts.base_image), ram_mib=64)
-            await until_done(op.id)
+            await until_succeeded(engine, op.id)
             wid = op.target_id
             assert wid is not None
             broker_s: list[float] = []
@@ -107,21 +93,15 @@ async def run(rounds: int) -> None:
                 for dst in (1, 0):
                     t0 = time.perf_counter()
                     op = await flows.live_migrate(engine, wid, target_provider=f"lv{dst}")
-                    await until_done(op.id)
+                    await until_succeeded(engine, op.id)
                     broker_s.append(time.perf_counter() - t0)
                 for src, dst in ((0, 1), (1, 0)):
                     alone, total = await asyncio.to_thread(virsh_migrate, hosts, "bench-vm", src, dst)
                     virsh_s.append(alone)
                     virsh_total_s.append(total)
                 await _set_placement(engine, wid, "lv0")
-        finally:
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
-            await sql.dispose()
 
-    def row(label: str, xs: list[float]) -> str:
-        return f"{label:<48} {statistics.median(xs):7.2f} s  (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
-
+    row = median_row
     print("live migration of one 64 MiB TCG domain between two libvirt daemons (NBD disk copy), median:")
     print(row("through the broker (submit -> succeeded)", broker_s))
     print(row("virsh migrate alone", virsh_s))

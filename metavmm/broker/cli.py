@@ -329,3 +329,5 @@ for _group in (image_group, ovf_group):
 from metavmm.broker.cli_marketplace import marketplace  # noqa: E402
 
 main.add_command(marketplace)
+
+from metavmm.broker import cli_flows  # noqa: E402,F401  (provision/act/migrate/delete under `operations`)

@@ -129,34 +129,40 @@ def ops_show(settings: Settings, operation_id: str, as_json: bool) -> None:
         console.print(f"[red]error:[/] {op.error}", highlight=False)
 
 
+async def watch_operation(sessions: Sessions, operation_id: str, interval: float) -> Operation:
+    """Progress bars (the whole operation, and one per step) until the operation ends; its last state."""
+    op = await store.get(sessions, operation_id)
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bars:
+        total = bars.add_task(f"{op.kind} {op.id[:8]}", total=1.0)
+        per_step = [bars.add_task(f"  {escape(st['name'])}", total=1.0) for st in op.steps]
+        while True:
+            op = await store.get(sessions, operation_id)
+            bars.update(total, completed=overall_progress(op.steps),
+                        description=escape(f"{op.kind} {op.id[:8]} {op.state}: {op.message or ''}"[:70]))
+            for task, st in zip(per_step, op.steps, strict=True):
+                done = st["state"] in ("done", "compensated")
+                bars.update(task, completed=1.0 if done else float(st.get("progress", 0.0)),
+                            description=f"  {escape(st['name'])}: {st['state']}")
+            if op.state in TERMINAL:
+                return op
+            await asyncio.sleep(interval)
+
+
+def exit_for(op: Operation) -> None:
+    """Exit status 0 only when the operation succeeded; otherwise say why on stderr."""
+    if op.state != OperationState.SUCCEEDED:
+        err_console.print(f"[bold red]{op.state}:[/] {op.error or op.message}", highlight=False)
+        raise SystemExit(1)
+
+
 @operations_group.command("watch")
 @click.argument("operation_id")
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05, 60))
 @pass_settings
 def ops_watch(settings: Settings, operation_id: str, interval: float) -> None:
     """Progress bars until the operation ends; exit status 0 only when it succeeded."""
-    async def watch(s: Sessions) -> Operation:
-        op = await store.get(s, operation_id)
-        columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as bars:
-            total = bars.add_task(f"{op.kind} {op.id[:8]}", total=1.0)
-            per_step = [bars.add_task(f"  {escape(st['name'])}", total=1.0) for st in op.steps]
-            while True:
-                op = await store.get(s, operation_id)
-                bars.update(total, completed=overall_progress(op.steps),
-                            description=escape(f"{op.kind} {op.id[:8]} {op.state}: {op.message or ''}"[:70]))
-                for task, st in zip(per_step, op.steps, strict=True):
-                    done = st["state"] in ("done", "compensated")
-                    bars.update(task, completed=1.0 if done else float(st.get("progress", 0.0)),
-                                description=f"  {escape(st['name'])}: {st['state']}")
-                if op.state in TERMINAL:
-                    return op
-                await asyncio.sleep(interval)
-
-    op = _run(settings, watch)
-    if op.state != OperationState.SUCCEEDED:
-        err_console.print(f"[bold red]{op.state}:[/] {op.error or op.message}", highlight=False)
-        raise SystemExit(1)
+    exit_for(_run(settings, lambda s: watch_operation(s, operation_id, interval)))
 
 
 @operations_group.command("cancel")

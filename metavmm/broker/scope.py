@@ -1,8 +1,9 @@
 """Project scoping: what a caller may see of project-owned rows, in one place for REST and OCCI.
 
 Workloads, links, operations, quotas and tokens belong to one project; a caller sees its own
-project's rows, an admin every project's. Images are also visible when published beyond their project
-(``public``, ``federation`` or ``school``). Shared inventory (providers, sites, hosts, flavors, prices)
+project's rows, an admin every project's. Images follow the marketplace's rule (published beyond their
+project: ``public``, ``federation``, or ``school`` for the publishing school), which lives in one place,
+:class:`metavmm.broker.marketplace.entries.Audience`. Shared inventory (providers, sites, hosts, flavors, prices)
 is readable by any authenticated caller. A row the caller may not see is answered exactly like a row
 that does not exist (404), so ids of other projects leak nothing.
 """
@@ -11,32 +12,25 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import or_, true
+from sqlalchemy import true
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.identity import Identity
-from metavmm.catalog.models import Image
 from metavmm.errors import Forbidden, NotFound
 
 M = TypeVar("M", bound=SQLModel)
-SHARED_VISIBILITY = ("public", "federation", "school")
 
 
 def visible(identity: Identity, model: type[SQLModel]) -> Any:
     """A WHERE clause limiting ``model`` (which has ``project_id``) to what ``identity`` may see."""
     if identity.is_admin:
         return true()
-    column = model.project_id  # type: ignore[attr-defined]
-    if model is Image:
-        return or_(column == identity.project_id, Image.visibility.in_(SHARED_VISIBILITY))  # type: ignore[attr-defined]
-    return column == identity.project_id
+    return model.project_id == identity.project_id  # type: ignore[attr-defined]
 
 
 def can_see(identity: Identity, row: SQLModel) -> bool:
     if identity.is_admin:
-        return True
-    if isinstance(row, Image) and row.visibility in SHARED_VISIBILITY:
         return True
     return getattr(row, "project_id", None) == identity.project_id
 

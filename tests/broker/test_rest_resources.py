@@ -9,7 +9,8 @@ from sqlmodel import select
 
 from metavmm.broker import keys
 from metavmm.broker.secrets import provider_credentials
-from metavmm.catalog.models import Provider, ProviderSecret
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Image, Provider, ProviderSecret
 
 API = "/api/v1"
 
@@ -44,6 +45,28 @@ async def test_images_follow_visibility(world: Any) -> None:
     assert [i["name"] for i in alpha["items"]] == ["alpha-private-image", "beta-public-image"]
     hidden = await client.get(f"{API}/images/{w.ids['image']}", headers=w.auth("beta_member"))
     assert hidden.status == 404
+
+
+async def test_one_view_of_an_image_in_the_inventory_and_the_marketplace(world: Any) -> None:
+    """/images and /marketplace/images render the same row the same way, by the same visibility rule:
+    a ``school`` entry is seen by the publishing school's members only, not by every project."""
+    client, w = world
+    async with session_scope(w.app[keys.SESSIONS]) as s:
+        s.add(Image(project_id=w.ids["alpha"], name="alpha-course", publisher="alpha", visibility="school",
+                    format="qcow2", size_bytes=1 << 20, tags=["course"]))
+    for who, expected in (("alpha_reader", {"alpha-course", "alpha-private-image", "beta-public-image"}),
+                          ("beta_member", {"beta-public-image"})):
+        inventory = await (await client.get(f"{API}/images?limit=100", headers=w.auth(who))).json()
+        market = await (await client.get(f"{API}/marketplace/images?limit=100", headers=w.auth(who))).json()
+        assert {i["name"] for i in inventory["items"]} == expected == {i["name"] for i in market["items"]}
+        assert sorted(inventory["items"], key=lambda i: i["id"]) == sorted(market["items"], key=lambda i: i["id"])
+    course = next(i for i in inventory["items"] if i["name"] == "beta-public-image")
+    assert course["state"] == "active" and course["project_id"] == w.ids["beta"] and course["replicas"] == []
+    one = await (await client.get(f"{API}/images/{course['id']}", headers=w.auth("alpha_reader"))).json()
+    assert one == course
+    school = await (await client.get(f"{API}/images?visibility=school", headers=w.auth("alpha_reader"))).json()
+    hidden = await client.get(f"{API}/images/{school['items'][0]['id']}", headers=w.auth("beta_member"))
+    assert hidden.status == 404 and school["items"][0]["name"] == "alpha-course"
 
 
 async def test_provider_credentials_are_encrypted_and_never_returned(world: Any) -> None:

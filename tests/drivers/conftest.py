@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import pwd
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,19 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.nova_regions import NOVA_IMAGE, NovaCloud, NovaUnavailable, free_port, nova_regions  # noqa: F401 (re-exported)
 from bench.vcsim import Vcsim, VcsimUnavailable
 from bench.vcsim import vcsim as vcsim_server
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATION_USER = "metavmm-mig"
-NOVA_PROJECT = "6f70656e737461636b20342065766572"
-NOVA_IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # nova's GlanceFixture image1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique(prefix: str) -> str:
@@ -198,71 +189,13 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
 # --- OpenStack: two nova regions ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NovaCloud:
-    cloud: str
-    clouds_yaml: Path
-    regions: dict[str, int]  # region -> port
-    hosts: tuple[str, ...]
-
-
-def _nova_python() -> Path:
-    venv = Path(os.environ.get("METAVMM_NOVA_VENV", REPO / ".venv-nova"))
-    subprocess.run([str(REPO / "scripts" / "nova-env.sh"), str(venv)], check=True)
-    return venv / "bin" / "python"
-
-
-def _clouds_yaml(cloud: str, regions: dict[str, int]) -> str:
-    """The cloud as its admin, and ``<cloud>-member`` as a plain project member of the same regions."""
-    first = next(iter(regions.values()))
-    lines = ["clouds:"]
-    for name, token in ((cloud, f"admin:{NOVA_PROJECT}:admin,member,reader"),
-                        (f"{cloud}-member", f"someone:{NOVA_PROJECT}:member,reader")):
-        lines += [f"  {name}:", "    auth_type: admin_token", "    auth:",
-                  f"      endpoint: http://127.0.0.1:{first}/v2.1", f'      token: "{token}"',
-                  '    compute_api_version: "2.96"', "    regions:"]
-        for region, port in regions.items():
-            lines += [f"      - name: {region}", "        values:",
-                      f"          compute_endpoint_override: http://127.0.0.1:{port}/v2.1",
-                      f"          image_endpoint_override: http://127.0.0.1:{port}/image"]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="session")
 def nova_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaCloud]:
-    python = _nova_python()
-    hosts = ("compute1", "compute2")
-    regions = {"RegionOne": free_port(), "RegionTwo": free_port()}
-    logs = tmp_path_factory.mktemp("nova")
-    procs = [subprocess.Popen([str(python), str(REPO / "scripts" / "nova_region.py"), "--port", str(port),
-                               "--hosts", ",".join(hosts)], stdout=subprocess.PIPE, text=True,
-                              stderr=(logs / f"{region}.log").open("w"))
-             for region, port in regions.items()]
     try:
-        for proc, region in zip(procs, regions, strict=True):
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 180)
-            line = proc.stdout.readline() if ready else ""
-            if not line.startswith("READY"):
-                pytest.fail(f"nova {region} did not start within 180 s: see {logs / (region + '.log')}")
-        clouds_yaml = logs / "clouds.yaml"
-        clouds_yaml.write_text(_clouds_yaml("metavmm-test", regions))
-        old = os.environ.get("OS_CLIENT_CONFIG_FILE")
-        os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds_yaml)
-        yield NovaCloud("metavmm-test", clouds_yaml, regions, hosts)
-        if old is None:
-            os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
-        else:
-            os.environ["OS_CLIENT_CONFIG_FILE"] = old
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:  # nothing of a test nova outlives it: its databases are in memory
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with nova_regions(tmp_path_factory.mktemp("nova")) as cloud:
+            yield cloud
+    except NovaUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 # --- VMware: vcsim ---------------------------------------------------------------------------------

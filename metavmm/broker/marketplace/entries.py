@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import or_
-from sqlmodel import select
+from sqlalchemy import and_, or_, true
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Image, ImageReplica, Site
@@ -102,21 +102,32 @@ class ImageMeta(BaseModel):
         return aware(ts)
 
 
-class ReplicaOut(BaseModel):
-    site: str
+class ReplicaFields(BaseModel):
+    """What every view of an image replica shows (the inventory's ``/replicas`` and an entry's replicas)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     format: str
     provider_image_id: str
     size_bytes: int
     checksum: str | None
     state: str
+
+
+class EntryReplicaOut(ReplicaFields):
+    """A replica as listed under its entry: where (the site's name) and since when."""
+
+    site: str
     created_at: datetime
     last_used_at: datetime | None
 
 
 class ImageOut(BaseModel):
-    """An entry as people and programs see it."""
+    """An image as people and programs see it: the one rendering of an ``Image`` row, served by the
+    inventory (``/images``) and the marketplace (``/marketplace/images``) alike (see :func:`image_out`)."""
 
     id: str
+    project_id: int | None = Field(description="the owning project (its school publishes the entry)")
     name: str
     publisher: str
     description: str
@@ -143,7 +154,7 @@ class ImageOut(BaseModel):
     supersedes_id: str | None
     superseded_by_id: str | None
     image_list: str | None = None
-    replicas: list[ReplicaOut] = Field(default_factory=list)
+    replicas: list[EntryReplicaOut] = Field(default_factory=list)
 
 
 class ImageQuery(BaseModel):
@@ -201,8 +212,32 @@ class Audience:
             return True
         return image.project_id is not None and image.project_id in self.project_ids
 
+    def clause(self) -> Any:
+        """The same rule as :meth:`sees`, as a WHERE clause over ``Image`` (for listings paged in SQL)."""
+        if self.admin:
+            return true()
+        conds: list[Any] = [Image.visibility == "public"]
+        if self.federated:
+            conds.append(Image.visibility == "federation")
+        if self.school:
+            conds.append(and_(Image.visibility == "school", Image.publisher == self.school))
+        if self.project_ids:
+            conds.append(col(Image.project_id).in_(self.project_ids))
+        return or_(*conds)
+
 
 ADMIN = Audience(admin=True)
+
+
+def audience_for(identity: Any | None) -> Audience:
+    """Who an authenticated identity is to the marketplace (its project is its school). No identity (the
+    public routes: another site fetching the signed list or a blob) sees public entries only."""
+    if identity is None:
+        return Audience(federated=False)
+    project_id = getattr(identity, "project_id", None)
+    return Audience(admin=bool(getattr(identity, "is_admin", False)), federated=True,
+                    school=getattr(identity, "project", None),
+                    project_ids=frozenset({project_id}) if project_id is not None else frozenset())
 
 
 def state_of(image: Image, now: datetime | None = None) -> Literal["active", "superseded", "expired"]:
@@ -307,20 +342,24 @@ async def get_image(session: AsyncSession, ref: str, audience: Audience) -> Imag
     return max(current, key=lambda i: aware(i.created_at) or datetime.min.replace(tzinfo=UTC))
 
 
-async def render(session: AsyncSession, image: Image, *, with_replicas: bool = False) -> ImageOut:
-    replicas: list[ReplicaOut] = []
-    if with_replicas:
-        rows = (await session.exec(select(ImageReplica, Site.name).join(Site, ImageReplica.site_id == Site.id)
-                                   .where(ImageReplica.image_id == image.id))).all()
-        replicas = [ReplicaOut(site=site, format=r.format, provider_image_id=r.provider_image_id,
-                               size_bytes=r.size_bytes, checksum=r.checksum, state=r.state,
-                               created_at=aware(r.created_at), last_used_at=aware(r.last_used_at))
-                    for r, site in rows]
+def image_out(image: Image, replicas: list[EntryReplicaOut] | None = None) -> ImageOut:
+    """Render one ``Image`` row (timestamps in UTC, its lifecycle state computed now)."""
     data = image.model_dump()
     data.update(created_at=aware(image.created_at), updated_at=aware(image.updated_at),
                 expires_at=aware(image.expires_at), state=state_of(image),
-                image_list=(image.extra or {}).get("image_list"), replicas=replicas)
+                image_list=(image.extra or {}).get("image_list"), replicas=replicas or [])
     return ImageOut.model_validate(data)
+
+
+async def render(session: AsyncSession, image: Image, *, with_replicas: bool = False) -> ImageOut:
+    replicas: list[EntryReplicaOut] = []
+    if with_replicas:
+        rows = (await session.exec(select(ImageReplica, Site.name).join(Site, ImageReplica.site_id == Site.id)
+                                   .where(ImageReplica.image_id == image.id))).all()
+        replicas = [EntryReplicaOut.model_validate({**r.model_dump(), "site": site, "created_at": aware(r.created_at),
+                                               "last_used_at": aware(r.last_used_at)})
+                    for r, site in rows]
+    return image_out(image, replicas)
 
 
 def list_row(image: Image) -> dict[str, str]:

@@ -10,7 +10,8 @@ operation is changing:
   brokers may share a hypervisor) or an earlier catalog's. Reported, never deleted: a broker only
   removes what its own catalog proves it created.
 - **lost**: the catalog places a workload at a provider that no longer has its VM. The row is kept
-  (nothing is lost from the catalog) and marked ``lost`` with a message, for a human or a policy.
+  (nothing is lost from the catalog) and marked ``lost`` with a message, for a human or a policy;
+  later passes do not report it again (if its VM reappears, the row follows it as drift).
 - **drift**: the VM exists but its state differs from the row's; the row is updated.
 
 A provider that cannot be reached is skipped (never read as "everything there is gone").
@@ -77,6 +78,8 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
     for wid, provider in placed.items():
         if wid in busy or provider not in seen or not workloads[wid].managed:
             continue
+        if workloads[wid].observed_state == "lost":
+            continue  # reported and marked by an earlier pass; a VM that comes back shows up as drift
         if not any(vm.workload_id == wid for vm in seen[provider]):
             report.lost.append((wid, provider))
 

@@ -1,6 +1,7 @@
 """Shared inventory: providers, sites, hosts, flavors, marketplace images and their replicas.
 
-Any authenticated caller reads the inventory (images: its project's and every published one); only
+Any authenticated caller reads the inventory (images: those the marketplace shows it, by the same rule
+and in the same rendering as ``/marketplace/images``, see :mod:`metavmm.broker.marketplace.entries`); only
 admins add, change or remove providers. Credentials sent with a provider are encrypted at rest
 (:mod:`metavmm.broker.secrets`) and never rendered: a provider shows only ``has_credentials``.
 """
@@ -16,6 +17,7 @@ from sqlmodel import select
 
 from metavmm.broker import keys
 from metavmm.broker.identity import identity_of
+from metavmm.broker.marketplace.entries import ImageOut, ReplicaFields, audience_for, get_image, image_out
 from metavmm.broker.rest.common import (
     OutModel,
     Timestamp,
@@ -28,7 +30,6 @@ from metavmm.broker.rest.common import (
 )
 from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
-from metavmm.broker.scope import get_visible, visible
 from metavmm.broker.secrets import store_provider_credentials
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
@@ -131,37 +132,13 @@ class FlavorOut(OutModel):
     present: bool
 
 
-class ImageOut(OutModel):
-    id: str
-    project_id: int | None
-    name: str
-    publisher: str
-    description: str
-    os: str | None
-    os_version: str | None
-    arch: str
-    hypervisor: str | None
-    format: str
-    size_bytes: int
-    virtual_size_bytes: int
-    sha256: str | None
-    version: str
-    visibility: str
-    tags: list[str]
-    created_at: Timestamp
-    expires_at: Timestamp | None
+class ReplicaOut(ReplicaFields):
+    """A replica as the inventory lists it: by ids, with the name it has at its site."""
 
-
-class ReplicaOut(OutModel):
     id: int
     image_id: str | None
     site_id: int
     name: str
-    format: str
-    provider_image_id: str
-    size_bytes: int
-    checksum: str | None
-    state: str
     present: bool
 
 
@@ -197,11 +174,11 @@ def _columns(model: Any, query: Any) -> dict[str, Any]:
 
 async def _list(request: web.Request, model: Any, query: Any, out: type[BaseModel]) -> Any:
     identity = identity_of(request)
-    stmt = select(model)
-    if model is Image:
-        stmt = stmt.where(visible(identity, Image))
+    stmt, render = select(model), out.model_validate
+    if model is Image:  # the marketplace's visibility rule and rendering: one view of an image everywhere
+        stmt, render = stmt.where(audience_for(identity).clause()), image_out
     async with sessions(request)() as session:
-        return await paginate(session, stmt, query, _columns(model, query), out.model_validate, Page[out],
+        return await paginate(session, stmt, query, _columns(model, query), render, Page[out],
                               default_sort=model.id)
 
 
@@ -295,8 +272,9 @@ def _getter(model: Any, out: type[BaseModel], params_model: type[BaseModel], wha
     async def get(request: web.Request, params: Any) -> Any:
         key = next(iter(params.model_dump().values()))
         async with sessions(request)() as session:
-            row = await get_visible(session, identity_of(request), model, key, what) if model is Image \
-                else await session.get(model, key)
+            if model is Image:
+                return image_out(await get_image(session, key, audience_for(identity_of(request))))
+            row = await session.get(model, key)
             if row is None:
                 raise NotFound(f"no {what} {key}")
             return out.model_validate(row)

@@ -25,7 +25,17 @@ from sqlmodel import select
 
 from metavmm.broker import keys
 from metavmm.broker.identity import IDENTITY, Identity
-from metavmm.broker.marketplace.entries import Audience, ImageMeta, ImageOut, ImageQuery, get_image, render, search
+from metavmm.broker.marketplace.entries import (
+    Audience,
+    ImageMeta,
+    ImageOut,
+    ImageQuery,
+    audience_for,
+    get_image,
+    image_out,
+    render,
+    search,
+)
 from metavmm.broker.marketplace.imagelist import load_private_key
 from metavmm.broker.marketplace.launch import LaunchIn, LaunchOut, launch
 from metavmm.broker.marketplace.publish import publish
@@ -41,6 +51,7 @@ from metavmm.broker.marketplace.subscriptions import (
     sync_subscription,
 )
 from metavmm.broker.rest.framework import RestModule
+from metavmm.broker.rest.listing import Page
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import ImageListSubscription
 from metavmm.errors import NotFound, ValidationError
@@ -66,13 +77,7 @@ def _identity(request: web.Request) -> Identity | None:
 def audience(request: web.Request) -> Audience:
     """Who is asking: the authenticated identity (its project is its school). An anonymous caller of the
     public routes (another site fetching the signed list or a blob) sees public entries only."""
-    identity = _identity(request)
-    if identity is None:
-        return Audience(federated=False)
-    project_id = getattr(identity, "project_id", None)
-    return Audience(admin=bool(getattr(identity, "is_admin", False)), federated=True,
-                    school=getattr(identity, "project", None),
-                    project_ids=frozenset({project_id}) if project_id is not None else frozenset())
+    return audience_for(_identity(request))
 
 
 def owned(request: web.Request, meta: ImageMeta) -> ImageMeta:
@@ -108,11 +113,6 @@ def _replicator(request: web.Request) -> Replicator:
     return rep
 
 
-class ImagePage(BaseModel):
-    total: int
-    items: list[ImageOut]
-
-
 class PublishIn(ImageMeta):
     """An entry plus where its disk is: ``url`` (http(s), streamed) or ``inbox_file`` (registered in place)."""
 
@@ -137,11 +137,13 @@ class ReplicaResultOut(BaseModel):
 
 
 @api.route("GET", "/marketplace/images", summary="Search and filter marketplace images", query=ImageQuery,
-           response=ImagePage, role="reader")
-async def list_images(request: web.Request, query: ImageQuery) -> ImagePage:
+           response=Page[ImageOut], role="reader")
+async def list_images(request: web.Request, query: ImageQuery) -> Page[ImageOut]:
+    """The same page shape and item rendering as the inventory's ``/images``; the marketplace's filters."""
     async with request.config_dict[keys.SESSIONS]() as session:
         rows, total = await search(session, query, audience(request))
-        return ImagePage(total=total, items=[await render(session, r) for r in rows])
+        return Page[ImageOut](items=[image_out(r) for r in rows], total=total, limit=query.limit,
+                              offset=query.offset)
 
 
 @api.route("GET", "/marketplace/images/{image_id}", summary="One image with its replicas", response=ImageOut,

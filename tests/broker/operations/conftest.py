@@ -1,5 +1,6 @@
-"""Two libvirt hosts (two session daemons, see bench/libvirt_hosts.py) and a vCenter simulator (bench/vcsim.py)
-for the migration tests."""
+"""Fixtures of the flow tests: two libvirt hosts (two session daemons, see bench/libvirt_hosts.py), a vCenter
+simulator (bench/vcsim.py), the real nova regions of the driver tests, and ``run``: an operation run to its end
+by a fresh executor."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import pytest
 
 from bench.libvirt_hosts import HostsUnavailable, LibvirtHosts, two_hosts
 from bench.vcsim import Vcsim, VcsimUnavailable, vcsim
+from metavmm.broker.operations import store
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.operations.executor import Executor
+from metavmm.catalog.models import Operation
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +40,15 @@ def vcenter() -> Iterator[Vcsim]:
             yield server
     except VcsimUnavailable as exc:
         pytest.fail(str(exc))
+async def run(engine: Engine, op: Operation) -> Operation:
+    """Run ``op`` to its end with a fresh executor (as a restarted broker would) and read it back."""
+    executor = Executor(engine.sessions, engine.config)
+    try:
+        assert await executor.run(op.id)
+    finally:
+        await executor.drivers.close()
+    return await store.get(engine.sessions, op.id)
+
+
+# the real nova regions of the driver tests (scripts/nova_region.py), for the flows on OpenStack
+from tests.drivers.conftest import nova_cloud  # noqa: E402,F401

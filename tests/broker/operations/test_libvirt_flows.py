@@ -11,12 +11,12 @@ import pytest
 
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
+from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
 from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Provider, Workload
+from tests.broker.operations.conftest import run
 
 
 @pytest.fixture
@@ -35,15 +35,6 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Pat
         yield ops
     finally:
         await sql.dispose()
-
-
-async def run(engine: Engine, op: Operation) -> Operation:
-    executor = Executor(engine.sessions, engine.config)
-    try:
-        assert await executor.run(op.id)
-    finally:
-        await executor.drivers.close()
-    return await store.get(engine.sessions, op.id)
 
 
 def domains(uri: str) -> dict[str, str]:
