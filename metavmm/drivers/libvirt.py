@@ -196,8 +196,10 @@ class LibvirtDriver(DriverBase):
             workload_id = ET.fromstring(meta).text
         except libvirt.libvirtError:
             workload_id = None
+        info = dom.info()  # [state, max memory KiB, memory KiB, vCPUs, cpu time]
         return VmInfo(provider_vm_id=dom.UUIDString(), name=dom.name(), region=self.site.region,
-                      state=self.map_state(state), host=host, workload_id=workload_id)
+                      state=self.map_state(state), host=host, workload_id=workload_id,
+                      extra={"vcpus": int(info[3]), "ram_mib": int(info[1]) // 1024})
 
     async def inventory(self) -> Inventory:
         def read(conn: libvirt.virConnect) -> Inventory:
@@ -337,6 +339,28 @@ class LibvirtDriver(DriverBase):
                     Path(path).unlink(missing_ok=True)
 
         await self._domain_op(vm_id, "delete_vm", delete)
+
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        """Give a stopped domain a new vCPU count and memory in its persistent definition (libvirt has
+        no flavors: ``flavor`` is ignored). A running domain is refused: it would need hot-plug."""
+
+        def resize(dom: libvirt.virDomain) -> None:
+            if dom.isActive():
+                raise ProviderConflict(f"VM {vm_id} is running; stop it before resizing", provider=self.name,
+                                       operation="resize_vm")
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            for tag in ("memory", "currentMemory"):
+                node = root.find(tag)
+                if node is not None:
+                    node.text, node.attrib = str(int(ram_mib) * 1024), {"unit": "KiB"}
+            vcpu = root.find("vcpu")
+            if vcpu is None:
+                vcpu = ET.SubElement(root, "vcpu")
+            vcpu.attrib.pop("current", None)
+            vcpu.text = str(int(vcpus))
+            dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+
+        await self._domain_op(vm_id, "resize_vm", resize)
 
     # --- storage, network, images ---------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from metavmm.broker.operations import store
 from metavmm.broker.operations.executor import Executor
 from metavmm.broker.operations.plan import Step
 from metavmm.broker.operations.store import Sessions
-from metavmm.catalog.models import Operation
+from metavmm.catalog.models import Operation, OperationState
+from metavmm.errors import MetavmmError
 
 log = logging.getLogger(__name__)
 
@@ -76,5 +77,9 @@ class Engine:
 
     async def cancel(self, op_id: str) -> Operation:
         op = await store.request_cancel(self.sessions, op_id)
+        if op.state == OperationState.CANCELLED:  # a batch that never ran: its rollback will not cancel children
+            for child in op.params.get("children", []):
+                with contextlib.suppress(MetavmmError):
+                    await store.request_cancel(self.sessions, child)
         await self.wake(op_id)
         return op
