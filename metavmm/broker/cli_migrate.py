@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import click
 from rich.markup import escape
@@ -24,11 +25,14 @@ from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState
 from metavmm.scheduler import service
 
+T = TypeVar("T")
 
-def _with_engine(settings: Settings, work: Callable[[Engine, Sessions], Awaitable[Operation]]) -> Operation:
+
+def run_with_engine(settings: Settings, work: Callable[[Engine, Sessions], Awaitable[T]]) -> T:
+    """Run ``work`` with an operations engine whose in-process executor runs the steps it submits."""
     db.require_current_schema(settings.database)
 
-    async def go() -> Operation:
+    async def go() -> T:
         sql = db.make_engine(settings.database)
         sessions = db.make_sessionmaker(sql)
         engine = Engine(sessions, settings.config, settings.database)
@@ -81,7 +85,7 @@ def execute_migration(settings: Settings, kind: str, *, host: str | None, site: 
             err_console.print(f"[yellow]{escape(name)}: not submitted[/] ({escape(why)})", highlight=False)
         return await watch(sessions, started.parent.id, [c.id for c in started.children])
 
-    _report(_with_engine(settings, work))
+    _report(run_with_engine(settings, work))
 
 
 @click.command("migrate")
@@ -102,4 +106,4 @@ def migrate_command(settings: Settings, workload_id: str, site: str | None, host
                           f"({escape(move.why_mode)})", highlight=False)
         return await watch(sessions, op.id, [])
 
-    _report(_with_engine(settings, work))
+    _report(run_with_engine(settings, work))

@@ -201,10 +201,19 @@ class LibvirtDriver(DriverBase):
                       state=self.map_state(state), host=host, workload_id=workload_id,
                       extra={"vcpus": int(info[3]), "ram_mib": int(info[1]) // 1024})
 
+    def _listed(self, dom: libvirt.virDomain, host: str) -> VmInfo | None:
+        """A listed domain, or None when it vanished meanwhile (another client undefined it)."""
+        try:
+            return self._vm_info(dom, host)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
     async def inventory(self) -> Inventory:
         def read(conn: libvirt.virConnect) -> Inventory:
             host = self._host_info(conn)
-            vms = tuple(self._vm_info(d, host.name) for d in conn.listAllDomains())
+            vms = tuple(vm for d in conn.listAllDomains() if (vm := self._listed(d, host.name)) is not None)
             return Inventory(sites=(self.site,), hosts=(host,), images=tuple(self._images()), vms=vms)
 
         return await self._call("inventory", read)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import weakref
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,9 +26,8 @@ from metavmm.broker import keys
 from metavmm.broker.identity import IDENTITY, Identity
 from metavmm.broker.marketplace.entries import Audience, ImageMeta, ImageOut, ImageQuery, get_image, render, search
 from metavmm.broker.marketplace.imagelist import load_private_key
-from metavmm.broker.marketplace.launch import LaunchIn, LaunchOut, launch
+from metavmm.broker.marketplace.launch import LaunchIn, LaunchOut, launch, replicate
 from metavmm.broker.marketplace.publish import publish
-from metavmm.broker.marketplace.replication import Replicator
 from metavmm.broker.marketplace.stream import local_path
 from metavmm.broker.marketplace.subscriptions import (
     SubscriptionIn,
@@ -40,13 +38,13 @@ from metavmm.broker.marketplace.subscriptions import (
     subscribe,
     sync_subscription,
 )
+from metavmm.broker.operations.engine import Engine
 from metavmm.broker.rest.framework import RestModule
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import ImageListSubscription
-from metavmm.errors import NotFound, ValidationError
+from metavmm.errors import Conflict, NotFound, ValidationError
 
 api = RestModule("marketplace", "Images published once and launched anywhere")
-_replicators: weakref.WeakKeyDictionary[web.Application, Replicator] = weakref.WeakKeyDictionary()
 
 
 def inbox_dir() -> Path:
@@ -100,14 +98,6 @@ async def check_public_url(url: str) -> None:
             raise ValidationError(f"{url}: {addr} is the broker's own host or a link-local service: refused")
 
 
-def _replicator(request: web.Request) -> Replicator:
-    rep = _replicators.get(request.app)
-    if rep is None:
-        rep = _replicators[request.app] = Replicator(request.config_dict[keys.SESSIONS],
-                                                     request.config_dict[keys.CONFIG])
-    return rep
-
-
 class ImagePage(BaseModel):
     total: int
     items: list[ImageOut]
@@ -134,6 +124,7 @@ class ReplicaResultOut(BaseModel):
     seconds: float
     mib_per_s: float
     notes: list[str]
+    operation_id: str | None = None
 
 
 @api.route("GET", "/marketplace/images", summary="Search and filter marketplace images", query=ImageQuery,
@@ -196,21 +187,29 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
                                            "Digest": f"sha-256={image.sha256}"})
 
 
-@api.route("POST", "/marketplace/images/{image_id}/replicate", summary="Copy an image to a site (or reuse its replica)",
-           body=ReplicateIn, response=ReplicaResultOut, role="member", errors=("422",))
+def _engine(request: web.Request) -> Engine:
+    engine = request.config_dict.get(keys.OPERATIONS)
+    if engine is None:
+        raise Conflict("this broker runs no operations engine: images cannot be replicated or launched")
+    return engine
+
+
+@api.route("POST", "/marketplace/images/{image_id}/replicate", summary="Copy an image to a site (or reuse its "
+           "replica): an engine operation, answered when it ends", body=ReplicateIn, response=ReplicaResultOut,
+           role="member", errors=("422",))
 async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaResultOut:
-    image_id = request.match_info["image_id"]
-    res = await _replicator(request).replicate(image_id, body.site, audience=audience(request))
-    return ReplicaResultOut(image_id=res.replica.image_id or image_id, site=res.site, format=res.replica.format,
+    res = await replicate(_engine(request), request.match_info["image_id"], body.site, audience=audience(request))
+    return ReplicaResultOut(image_id=res.replica.image_id or "", site=body.site, format=res.replica.format,
                             provider_image_id=res.replica.provider_image_id, reused=res.reused,
                             checksum=res.replica.checksum, seconds=round(res.seconds, 3),
-                            mib_per_s=round(res.mib_per_s, 1), notes=res.notes)
+                            mib_per_s=round(res.mib_per_s, 1), notes=res.notes, operation_id=res.operation.id)
 
 
-@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site",
+@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site "
+           "(replicate and provision as one engine operation, answered when it ends)",
            body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422",))
 async def launch_image(request: web.Request, body: LaunchIn) -> LaunchOut:
-    return await launch(_replicator(request), request.match_info["image_id"], body, audience=audience(request))
+    return await launch(_engine(request), request.match_info["image_id"], body, audience=audience(request))
 
 
 @api.route("GET", "/marketplace/subscriptions", summary="Image lists this site subscribes to",
