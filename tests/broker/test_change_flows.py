@@ -280,3 +280,20 @@ async def test_provision_replicates_the_image_first(aiohttp_client: Any, sqlite_
     steps = (await second.json())["operation"]["steps"]
     assert "image.replicate" not in [s["action"] for s in steps]  # the replica exists now: booted directly
     assert steps[1]["args"]["image"] == replica.provider_image_id
+    again = await client.post(f"{API}/marketplace/images/{image_id}/replicate", json={"site": site.name})
+    body = await again.json()
+    assert again.status == 200 and body["reused"] and body["provider_image_id"] == replica.provider_image_id
+    op = await (await client.get(f"{API}/operations/{body['operation_id']}")).json()
+    assert op["kind"] == "replicate" and op["state"] == "succeeded" and op["steps"][0]["action"] == "image.replicate"
+    launched = await client.post(f"{API}/marketplace/images/{image_id}/launch",
+                                 json={"name": "student-3", "site": site.name, "ram_mib": 256})
+    out = await launched.json()
+    assert launched.status == 201, out
+    assert out["replica_reused"] and out["replica"] == replica.provider_image_id
+    workload = await (await client.get(f"{API}/workloads/{out['workload_id']}")).json()
+    assert workload["project_id"] == project_id and workload["observed_state"] == "running"
+    launch_op = await (await client.get(f"{API}/operations/{out['operation_id']}")).json()
+    assert launch_op["kind"] == "marketplace.launch" and launch_op["state"] == "succeeded"
+    elsewhere = await client.post(f"{API}/marketplace/images/{image_id}/launch",
+                                  json={"name": "student-4", "site": site.name, "project_id": project_id + 99})
+    assert elsewhere.status == 403  # a member launches into their own project only

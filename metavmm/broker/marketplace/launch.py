@@ -17,13 +17,13 @@ from pydantic import BaseModel, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker.marketplace.entries import Audience, get_image
+from metavmm.broker.marketplace.entries import Audience, get_image, state_of
 from metavmm.broker.marketplace.replication import resolve_site
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.flows import provision_steps
 from metavmm.broker.operations.plan import Step
 from metavmm.catalog.models import Host, Image, ImageReplica, Operation, Provider, Site, Workload
-from metavmm.errors import NoPlacement, ValidationError
+from metavmm.errors import Conflict, NoPlacement, ValidationError
 
 LAUNCHABLE_KINDS = {"libvirt", "openstack", "vmware", "aws", "gcp", "azure"}
 
@@ -49,6 +49,12 @@ class LaunchOut(BaseModel):
     replica_format: str
     seconds: float
     notes: list[str] = Field(default_factory=list)
+
+
+def refuse_expired(image: Image) -> None:
+    """Before anything is written: an expired image is a 409, not a failed operation."""
+    if state_of(image) == "expired":
+        raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be replicated")
 
 
 def check_shape(image: Image, req: LaunchIn) -> None:
@@ -98,6 +104,7 @@ async def launch(engine: Engine, image_ref: str, req: LaunchIn, *, audience: Aud
     started = time.perf_counter()
     async with engine.sessions() as session:
         image = await get_image(session, image_ref, audience)
+        refuse_expired(image)
         check_shape(image, req)
         enabled = {p.name for p in engine.config.providers if p.enabled}
         site_name = req.site or await choose_site(session, image, enabled)
@@ -136,15 +143,17 @@ class Replicated:
 
 
 async def replicate(engine: Engine, image_ref: str, site_name: str, *, audience: Audience,
-                    timeout_s: float = 3600) -> Replicated:
-    """Copy an image to a site (or reuse its replica) as a one-step engine operation, and wait for it."""
+                    project_id: int | None = None, timeout_s: float = 3600) -> Replicated:
+    """Copy an image to a site (or reuse its replica) as a one-step engine operation of ``project_id``
+    (the caller's, so they can follow it), and wait for it."""
     started = time.perf_counter()
     async with engine.sessions() as session:
         image = await get_image(session, image_ref, audience)
+        refuse_expired(image)
         await resolve_site(session, engine.config, site_name)  # a clear NotFound before anything is written
     op = await engine.submit(kind="replicate", steps=[Step("replicate", "image.replicate",
                                                            {"image_id": image.id, "site": site_name})],
-                             target_id=image.id, params={"site": site_name})
+                             target_id=image.id, project_id=project_id, params={"site": site_name})
     done = await engine.wait(op.id, timeout_s=timeout_s)
     async with engine.sessions() as session:
         replica = (await session.exec(select(ImageReplica).where(

@@ -40,6 +40,7 @@ from metavmm.broker.marketplace.subscriptions import (
 )
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.rest.framework import RestModule
+from metavmm.broker.scope import target_project
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import ImageListSubscription
 from metavmm.errors import Conflict, NotFound, ValidationError
@@ -196,9 +197,10 @@ def _engine(request: web.Request) -> Engine:
 
 @api.route("POST", "/marketplace/images/{image_id}/replicate", summary="Copy an image to a site (or reuse its "
            "replica): an engine operation, answered when it ends", body=ReplicateIn, response=ReplicaResultOut,
-           role="member", errors=("422",))
+           role="member", errors=("422", "502"))
 async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaResultOut:
-    res = await replicate(_engine(request), request.match_info["image_id"], body.site, audience=audience(request))
+    res = await replicate(_engine(request), request.match_info["image_id"], body.site, audience=audience(request),
+                          project_id=getattr(_identity(request), "project_id", None))
     return ReplicaResultOut(image_id=res.replica.image_id or "", site=body.site, format=res.replica.format,
                             provider_image_id=res.replica.provider_image_id, reused=res.reused,
                             checksum=res.replica.checksum, seconds=round(res.seconds, 3),
@@ -207,8 +209,11 @@ async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaRes
 
 @api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site "
            "(replicate and provision as one engine operation, answered when it ends)",
-           body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422",))
+           body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422", "502"))
 async def launch_image(request: web.Request, body: LaunchIn) -> LaunchOut:
+    identity = _identity(request)
+    if identity is not None:  # the VM belongs to the caller's project (another one: admins only)
+        body = body.model_copy(update={"project_id": target_project(identity, body.project_id)})
     return await launch(_engine(request), request.match_info["image_id"], body, audience=audience(request))
 
 
