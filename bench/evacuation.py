@@ -62,7 +62,7 @@ async def batch(tmp: Path, concurrency: int, n: int) -> tuple[float, int]:
 
 
 async def one_by_one(tmp: Path, concurrency: int, n: int) -> tuple[float, int]:
-    engine, host, ids = await _world(tmp, concurrency, n)
+    engine, _host, ids = await _world(tmp, concurrency, n)
     try:
         started = time.perf_counter()
         for wid in ids:
