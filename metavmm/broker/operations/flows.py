@@ -232,7 +232,8 @@ async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, 
         raise Conflict(f"workload {workload_id} already has {vcpus} vCPU / {ram_mib} MiB")
     delta = {"vcpus": vcpus - old["vcpus"], "ram_mib": ram_mib - old["ram_mib"]}
     grow = {k: Decimal(v) for k, v in delta.items() if v > 0}
-    shrink = {k: str(-v) for k, v in delta.items() if v < 0}
+    # a workload outside any project (made by the CLI or adopted) counts against no quota
+    shrink = {k: str(-v) for k, v in delta.items() if v < 0} if workload.project_id is not None else {}
     op_id = new_uuid()
     steps = resize_steps(workload_id, provider=provider, running=workload.observed_state == "running", vcpus=vcpus,
                          ram_mib=ram_mib, flavor=flavor, old=old, shrink=shrink)
