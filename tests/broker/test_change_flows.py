@@ -88,7 +88,7 @@ async def test_resize_stops_resizes_restarts_and_settles_the_quota_delta(aiohttp
     assert resp.status == 202, await resp.text()
     op = await resp.json()
     assert op["kind"] == "resize" and [s["action"] for s in op["steps"]] == [
-        "quota.hold", "vm.power", "vm.wait", "vm.resize", "vm.power", "vm.wait", "vm.check_shape",
+        "quota.hold", "workload.note", "vm.power", "vm.wait", "vm.resize", "vm.power", "vm.wait", "vm.check_shape",
         "workload.record", "quota.commit_delta"]
     async with app[keys.SESSIONS]() as s:
         assert (await quotas.usage(s, project_id))["vcpus"] == {"in_transit": 1, "committed": 2}
@@ -135,6 +135,8 @@ async def test_a_failed_resize_rolls_back_shape_and_quota(aiohttp_client: Any, s
     end = await _done(client, (await failed.json())["id"])
     assert end["state"] == "rolled_back" and "no flavor nowhere.huge" in end["error"]
     assert _sim_vm(app, w["id"]).state == "running" and _sim_vm(app, w["id"]).flavor == "sim.large"
+    shown = await (await client.get(f"{API}/workloads/{w['id']}")).json()  # what OCCI's state.message shows
+    assert shown["state_message"].startswith("resize rolled_back: ") and "nowhere.huge" in shown["state_message"]
     async with app[keys.SESSIONS]() as s:
         used = await quotas.usage(s, project_id)
     assert used["vcpus"] == {"in_transit": 0, "committed": 4}

@@ -185,7 +185,9 @@ def resize_steps(workload_id: str, *, provider: str, running: bool, vcpus: int, 
     """Stop (if running), resize, start (if it was running), verify, record the shape, settle the quota."""
     at = {"provider": provider, "workload_id": workload_id}
     new = {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor}
-    steps = [Step("hold-quota", "quota.hold", {"workload_id": workload_id}, compensate="quota.release_delta")]
+    target = flavor or f"{vcpus} vCPU / {ram_mib} MiB"
+    steps = [Step("hold-quota", "quota.hold", {"workload_id": workload_id}, compensate="quota.release_delta"),
+             Step("note", "workload.note", {"workload_id": workload_id, "message": f"resizing to {target}"})]
     if running:
         steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
                   Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300})]

@@ -54,7 +54,8 @@ async def relocate(engine: Engine, workload_id: str, *, target_host: str,
     workload, provider = await flows._workload_at(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
     was_running = workload.observed_state == "running"
-    steps = [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+    steps = [Step("note", "workload.note", {"workload_id": workload.id, "message": f"moving to {target_host}"}),
+             Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
              Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300}),
              Step("move", "vm.live_migrate", {**at, "target_provider": provider, "target_host": target_host},
                   weight=3, commit=True)]

@@ -34,7 +34,7 @@ async def test_resize_a_running_domain(engine: Engine, libvirt_hosts: LibvirtHos
     wid = str(op.target_id)
     resized = await run(engine, await flows.resize(engine, wid, vcpus=2, ram_mib=96, idempotency_key="r-1"))
     assert resized.state == OperationState.SUCCEEDED, resized.error
-    assert [s["name"] for s in resized.steps] == ["hold-quota", "stop", "wait-stopped", "resize", "start",
+    assert [s["name"] for s in resized.steps] == ["hold-quota", "note", "stop", "wait-stopped", "resize", "start",
                                                   "wait-running", "verify", "record", "commit-quota"]
     info = dominfo(a, "vm-grow")
     assert info["State"] == "running" and info["CPU(s)"] == "2" and info["Max memory"] == f"{96 * 1024} KiB"
