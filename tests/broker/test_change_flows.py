@@ -69,8 +69,8 @@ def _sim_vm(app: Any, workload_id: str) -> Any:
     return next(vm for vm in sim._vms.values() if vm.workload_id == workload_id)
 
 
-async def test_resize_stops_resizes_restarts_and_settles_the_quota_delta(aiohttp_client: Any, sqlite_url: str) -> None:
-    client, app, project_id = await _app(aiohttp_client, sqlite_url)
+async def test_resize_stops_resizes_restarts_and_settles_the_quota_delta(aiohttp_client: Any, db_url: str) -> None:
+    client, app, project_id = await _app(aiohttp_client, db_url)
     async with session_scope(app[keys.SESSIONS]) as s:
         s.add(Quota(project_id=project_id, resource="vcpus", limit=3))
     w = await _create(client, "grow", vcpus=2, ram_mib=1024)
@@ -175,8 +175,8 @@ async def test_migrate_one_workload_where_the_scheduler_says_or_to_a_pinned_host
     assert hidden.status == 404  # another project's workload does not exist for this caller
 
 
-async def test_evacuating_a_host_runs_every_move_under_one_parent(aiohttp_client: Any, sqlite_url: str) -> None:
-    client, app, _ = await _app(aiohttp_client, sqlite_url)
+async def test_evacuating_a_host_runs_every_move_under_one_parent(aiohttp_client: Any, db_url: str) -> None:
+    client, app, _ = await _app(aiohttp_client, db_url)
     workloads = [await _create(client, f"ev-{i}", vcpus=1, ram_mib=256) for i in range(3)]
     host = await _host_of(app, workloads[0]["id"])
     on_host = {w["id"] for w in workloads if await _host_of(app, w["id"]) == host}
