@@ -299,3 +299,32 @@ async def test_provision_replicates_the_image_first(aiohttp_client: Any, sqlite_
     elsewhere = await client.post(f"{API}/marketplace/images/{image_id}/launch",
                                   json={"name": "student-4", "site": site.name, "project_id": project_id + 99})
     assert elsewhere.status == 403  # a member launches into their own project only
+
+
+async def test_cancelling_a_running_batch_rolls_back_and_cancels_the_children(aiohttp_client: Any,
+                                                                              sqlite_url: str) -> None:
+    """The parent waits on a child nobody runs; a cancel reaches the waiting step, which ends the batch
+    ``cancelled`` and cancels the child through the rollback (batch.cancel)."""
+    from metavmm.broker.operations import store
+    from metavmm.broker.operations.executor import Executor
+
+    client, app, _ = await _app(aiohttp_client, sqlite_url)
+    w = await _create(client, "waiting", vcpus=1, ram_mib=256)
+    await app[keys.OPERATIONS].stop()
+    admin = await authorize(client, "admin", project="ops")
+    body = await (await client.post(f"{API}/migrations/execute", headers=admin,
+                                    json={"kind": "evacuate-host", "host": await _host_of(app, w["id"])})).json()
+    parent_id, (child,) = body["operation"]["id"], body["children"]
+    executor = Executor(app[keys.SESSIONS], app[keys.CONFIG])
+    running = asyncio.create_task(executor.run(parent_id))  # only the parent runs
+    for _ in range(100):
+        if (await store.get(app[keys.SESSIONS], parent_id)).steps[0]["state"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    await store.request_cancel(app[keys.SESSIONS], parent_id)
+    assert await asyncio.wait_for(running, 30)
+    await executor.stop()
+    parent = await store.get(app[keys.SESSIONS], parent_id)
+    assert parent.state == "cancelled" and parent.error is None, (parent.state, parent.error)
+    assert parent.steps[0]["state"] == "compensated"
+    assert (await store.get(app[keys.SESSIONS], child["id"])).state == "cancelled"

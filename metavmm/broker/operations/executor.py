@@ -162,6 +162,7 @@ class Executor:
                 await self._forward(op)
                 return
             except (_Cancelled, StepCancelled):
+                op.cancel_requested = True  # a step may have seen the request first
                 await self._save(op, "cancelled: rolling back", state=OperationState.ROLLING_BACK,
                                  message="cancelled; rolling back")
             except LeaseLost:
