@@ -48,6 +48,10 @@ def _run(settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], 
     return asyncio.run(main())
 
 
+async def _noop(_maker: Any) -> None:
+    return None
+
+
 def _dump(model: Any) -> None:
     click.echo(json.dumps(model.model_dump(mode="json"), indent=2))
 
@@ -164,15 +168,18 @@ def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace
 @pass_settings
 def replicate_cmd(settings: Settings, image: str, site: str) -> None:
     """Copy IMAGE to SITE (streamed, verified, converted, registered), or report the replica already there."""
-    from metavmm.broker.marketplace.replication import Replicator
+    from metavmm.broker.cli_migrate import run_with_engine
+    from metavmm.broker.marketplace.launch import replicate
 
-    async def work(maker: async_sessionmaker[AsyncSession]) -> Any:
-        return await Replicator(maker, settings.config).replicate(image, site, audience=ADMIN)
+    async def work(engine: Any, _sessions: Any) -> Any:
+        return await replicate(engine, image, site, audience=ADMIN)
 
     with console.status(f"replicating to {site}..."):
-        res = _run(settings, work, write=True)
+        _run(settings, _noop, write=True)  # the schema first (a fresh database)
+        res = run_with_engine(settings, work)
     how = "reused" if res.reused else f"copied in {res.seconds:.2f} s ({res.mib_per_s:.0f} MiB/s)"
-    console.print(f"{res.replica.format} replica at {res.site}: {res.replica.provider_image_id} ({how})")
+    console.print(f"{res.replica.format} replica at {site}: {res.replica.provider_image_id} ({how}; "
+                  f"operation {res.operation.id})")
     for note in res.notes:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -186,16 +193,17 @@ def replicate_cmd(settings: Settings, image: str, site: str) -> None:
 @pass_settings
 def launch_cmd(settings: Settings, image: str, name: str, site: str | None, vcpus: int, ram_mib: int) -> None:
     """Launch a VM from IMAGE at any site, replicating the image there first when needed."""
+    from metavmm.broker.cli_migrate import run_with_engine
     from metavmm.broker.marketplace.launch import LaunchIn, launch
-    from metavmm.broker.marketplace.replication import Replicator
 
     req = LaunchIn(name=name, site=site, vcpus=vcpus, ram_mib=ram_mib)
 
-    async def work(maker: async_sessionmaker[AsyncSession]) -> Any:
-        return await launch(Replicator(maker, settings.config), image, req, audience=ADMIN)
+    async def work(engine: Any, _sessions: Any) -> Any:
+        return await launch(engine, image, req, audience=ADMIN)
 
     with console.status("launching..."):
-        out = _run(settings, work, write=True)
+        _run(settings, _noop, write=True)
+        out = run_with_engine(settings, work)
     _dump(out)
 
 

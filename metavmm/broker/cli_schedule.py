@@ -53,7 +53,7 @@ def _steps_table(title: str, steps: list[Any]) -> Table:
 
 @click.group("schedule")
 def schedule_group() -> None:
-    """Placement, batch placement, migration plans and burst replays (all dry runs)."""
+    """Placement, batch placement, migration plans and burst replays (dry runs); migrations that run."""
 
 
 @schedule_group.command("place")
@@ -180,14 +180,23 @@ def batch(settings: Settings, requests_file: str, as_json: bool) -> None:
 @click.option("--tolerance", default=0.15, show_default=True, type=click.FloatRange(0.01, 0.99))
 @click.option("--max-moves", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--execute", is_flag=True, help="run the plan: one operation per move, with progress bars")
 @pass_settings
 def plan_migration(settings: Settings, host: str | None, site: str | None, rebalance_site: str | None,
-                   tolerance: float, max_moves: int, as_json: bool) -> None:
-    """Plan an evacuation or a rebalance: live or cold per workload, each step timed and priced."""
+                   tolerance: float, max_moves: int, as_json: bool, execute: bool) -> None:
+    """Plan an evacuation or a rebalance: live or cold per workload, each step timed and priced.
+
+    With --execute the plan runs (re-planned over a fresh snapshot) and the command waits for it."""
     chosen = [x for x in (host, site, rebalance_site) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --evacuate-host, --evacuate-site, --rebalance")
     kind = "evacuate-host" if host else "evacuate-site" if site else "rebalance"
+    if execute:
+        from metavmm.broker.cli_migrate import execute_migration
+
+        execute_migration(settings, kind, host=host, site=site or rebalance_site, tolerance=tolerance,
+                          max_moves=max_moves)
+        return
     plan = service.plan_migration(_snapshot(settings), kind, host=host, site=site or rebalance_site,
                                   tolerance=tolerance, max_moves=max_moves)
     out = MigrationOut.of(plan)
@@ -252,3 +261,12 @@ def replay(settings: Settings, trace: str, policy_name: str, start: Any, as_json
         jobs.add_row(j.name, j.project, j.where, "-" if j.wait_s is None else f"{j.wait_s:.0f}", str(j.cost),
                      note)
     console.print(jobs)
+
+
+def _register_migrate() -> None:
+    from metavmm.broker.cli_migrate import migrate_command
+
+    schedule_group.add_command(migrate_command)
+
+
+_register_migrate()

@@ -125,7 +125,7 @@ async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: 
     req = PlacementRequest(name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
                            gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
                            image=ImageRef(image_id) if image_id else None, sites=(site,) if site else ())
-    placement = scheduler.place(snapshot, req)
+    placement = scheduler.place_or_burst(snapshot, req)  # on-prem first; burst policies may send it out
     if not placement.placed or placement.site_id is None or placement.provider is None:
         raise NoPlacement(f"no placement for {workload.name}: {placement.summary}", reasons=placement.reasons())
     where_site = placement.site or str(placement.site_id)
@@ -133,22 +133,27 @@ async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: 
         raise NoPlacement(f"the scheduler chose {where_site}, whose provider {placement.provider} is not in the "
                           "federation file", reasons={where_site: ["provider not in the federation file"]})
     image_ref: str | None = None
+    replicate: dict[str, str] | None = None
     if image_id is not None:  # the provider needs its own copy of the image at the chosen site
         replica = (await session.exec(select(ImageReplica).where(
             ImageReplica.image_id == image_id, ImageReplica.site_id == placement.site_id,
             ImageReplica.present == True, ImageReplica.state == "available"))).first()  # noqa: E712
-        if replica is None:
-            why = f"image {image_id} has no replica at {where_site}; replicate it there first"
-            raise NoPlacement(f"no placement for {workload.name}: {why}", reasons={where_site: [why]})
-        image_ref = replica.provider_image_id
+        if replica is not None:
+            image_ref = replica.provider_image_id
+        else:  # the plan copies it there first (image.replicate); an image with nothing to copy from cannot
+            image = await session.get(Image, image_id)
+            if image is None or not image.location:
+                why = f"image {image_id} has no replica at {where_site} and no published disk to copy there"
+                raise NoPlacement(f"no placement for {workload.name}: {why}", reasons={where_site: [why]})
+            replicate = {"image_id": image_id, "site": where_site}
     site_row = await session.get(Site, placement.site_id)
     if site_row is None:
         raise NoPlacement(f"site {where_site} left the catalog", reasons={where_site: ["site is gone"]})
     # no image: boot an empty disk, which needs a size (1 GiB when the request asked none)
-    disk = shape.disk_gib if image_ref else max(shape.disk_gib, 1)
+    disk = shape.disk_gib if image_ref or replicate else max(shape.disk_gib, 1)
     steps = provision_steps(workload.id, name=workload.name, provider=placement.provider, region=site_row.region,
                             image=image_ref, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=disk,
-                            flavor=placement.flavor, host=placement.host, quota=True)
+                            flavor=placement.flavor, host=placement.host, quota=True, replicate=replicate)
     where = {"provider": placement.provider, "region": site_row.region, "site": where_site, "host": placement.host,
              "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
     return steps, where

@@ -345,6 +345,18 @@ class AwsDriver(DriverBase):
     async def delete_vm(self, vm_id: str) -> None:
         await self._instance_op(vm_id, "delete_vm", "terminate_instances")
 
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        """Change a stopped instance's type: ``flavor``, or the smallest type that fits vcpus/ram_mib."""
+        region, iid = self._split(vm_id, "resize_vm")
+        vm = await self.get_vm(vm_id)
+        if vm.state != VmState.STOPPED:
+            raise ProviderConflict(f"instance {iid} is {vm.state}; stop it before resizing", provider=self.name,
+                                   operation="resize_vm")
+        itype = flavor or await self._pick_type(VmSpec(name=vm.name, region=region, image="", vcpus=vcpus,
+                                                       ram_mib=ram_mib))
+        await self._ec2(region, "resize_vm", "modify_instance_attribute", InstanceId=iid,
+                        InstanceType={"Value": itype})
+
     # --- storage and network --------------------------------------------------------------------
 
     async def attach_volume(self, vm_id: str, volume_id: str) -> None:

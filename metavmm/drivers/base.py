@@ -226,6 +226,9 @@ class Driver(Protocol):
       libvirt network name); both are hot-plug where the provider allows it.
     - ``import_image`` accepts a disk in one of ``image_import_formats``; ``export_image`` writes one
       in the first of ``image_export_formats`` into ``dest_dir``.
+    - ``resize_vm`` changes a *stopped* VM's shape (``flavor`` where the provider has sizes, else
+      vcpus/ram_mib); a running VM is a ProviderConflict. Drivers report the shape they know in
+      ``VmInfo.flavor`` or ``extra["vcpus"]``/``extra["ram_mib"]`` so a resize can be verified.
     - ``live_migrate`` takes the provider's name for the target host (a libvirt URI for libvirt) and
       returns once the VM runs there.
     - ``create_vm`` returns as soon as the provider accepted the VM (state ``pending`` or later);
@@ -254,6 +257,7 @@ class Driver(Protocol):
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
     async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo: ...
     async def close(self) -> None: ...
 
@@ -367,6 +371,9 @@ class DriverBase:
 
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
         raise self._unsupported("live_migrate")
+
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        raise self._unsupported("resize_vm")
 
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
         """Poll ``get_vm`` until the VM is in ``state``; an ERROR state or the timeout raise DriverError.

@@ -196,13 +196,24 @@ class LibvirtDriver(DriverBase):
             workload_id = ET.fromstring(meta).text
         except libvirt.libvirtError:
             workload_id = None
+        info = dom.info()  # [state, max memory KiB, memory KiB, vCPUs, cpu time]
         return VmInfo(provider_vm_id=dom.UUIDString(), name=dom.name(), region=self.site.region,
-                      state=self.map_state(state), host=host, workload_id=workload_id)
+                      state=self.map_state(state), host=host, workload_id=workload_id,
+                      extra={"vcpus": int(info[3]), "ram_mib": int(info[1]) // 1024})
+
+    def _listed(self, dom: libvirt.virDomain, host: str) -> VmInfo | None:
+        """A listed domain, or None when it vanished meanwhile (another client undefined it)."""
+        try:
+            return self._vm_info(dom, host)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
 
     async def inventory(self) -> Inventory:
         def read(conn: libvirt.virConnect) -> Inventory:
             host = self._host_info(conn)
-            vms = tuple(self._vm_info(d, host.name) for d in conn.listAllDomains())
+            vms = tuple(vm for d in conn.listAllDomains() if (vm := self._listed(d, host.name)) is not None)
             return Inventory(sites=(self.site,), hosts=(host,), images=tuple(self._images()), vms=vms)
 
         return await self._call("inventory", read)
@@ -337,6 +348,28 @@ class LibvirtDriver(DriverBase):
                     Path(path).unlink(missing_ok=True)
 
         await self._domain_op(vm_id, "delete_vm", delete)
+
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        """Give a stopped domain a new vCPU count and memory in its persistent definition (libvirt has
+        no flavors: ``flavor`` is ignored). A running domain is refused: it would need hot-plug."""
+
+        def resize(dom: libvirt.virDomain) -> None:
+            if dom.isActive():
+                raise ProviderConflict(f"VM {vm_id} is running; stop it before resizing", provider=self.name,
+                                       operation="resize_vm")
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            for tag in ("memory", "currentMemory"):
+                node = root.find(tag)
+                if node is not None:
+                    node.text, node.attrib = str(int(ram_mib) * 1024), {"unit": "KiB"}
+            vcpu = root.find("vcpu")
+            if vcpu is None:
+                vcpu = ET.SubElement(root, "vcpu")
+            vcpu.attrib.pop("current", None)
+            vcpu.text = str(int(vcpus))
+            dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+
+        await self._domain_op(vm_id, "resize_vm", resize)
 
     # --- storage, network, images ---------------------------------------------------------------
 

@@ -358,6 +358,38 @@ class OpenStackDriver(DriverBase):
                                   provider=self.name, operation="live_migrate")
             await asyncio.sleep(0.3)
 
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None,
+                        timeout_s: float = 180) -> None:
+        """Resize a stopped server to ``flavor`` (or the smallest that fits) and confirm it; it stays stopped.
+
+        Nova moves the server (possibly to another host) and waits in VERIFY_RESIZE; the broker's own plan
+        verifies the result, so the resize is confirmed here.
+        """
+        vm = await self.get_vm(vm_id)
+        if vm.state != VmState.STOPPED:
+            raise ProviderConflict(f"server {vm_id} is {vm.state}; stop it before resizing", provider=self.name,
+                                   operation="resize_vm")
+        region, sid = self._split(vm_id, "resize_vm")
+        spec = VmSpec(name=vm.name, region=region, image="", vcpus=vcpus, ram_mib=ram_mib, flavor=flavor)
+        await self._sdk(region, "resize_vm", lambda c: c.compute.resize_server(sid, self._pick_flavor(c, spec)))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        confirmed = False
+        while True:
+            vm = await self.get_vm(vm_id)
+            native = vm.extra.get("native_state")
+            if native == "VERIFY_RESIZE" and not confirmed:
+                await self._sdk(region, "resize_vm", lambda c: c.compute.confirm_server_resize(sid))
+                confirmed = True
+            elif vm.state == VmState.ERROR:
+                raise DriverError(f"resize of {vm_id} failed" + (f": {vm.extra['fault']}" if vm.extra.get("fault")
+                                                                  else ""), provider=self.name, operation="resize_vm")
+            elif confirmed and vm.state == VmState.STOPPED and not vm.extra.get("task_state"):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"resize of {vm_id} did not finish in {timeout_s:.0f} s (status {native})",
+                                  provider=self.name, operation="resize_vm")
+            await asyncio.sleep(0.3)
+
     # --- storage and network --------------------------------------------------------------------
 
     async def attach_volume(self, vm_id: str, volume_id: str) -> None:

@@ -127,7 +127,8 @@ class SimDriver(DriverBase):
             raise ProviderNotFound(f"no region {spec.region}", provider=self.name, operation="create_vm")
         vm = VmInfo(provider_vm_id=f"sim-{uuid.uuid4()}", name=spec.name, region=spec.region,
                     state=VmState.RUNNING, host=spec.host, flavor=spec.flavor, image=spec.image,
-                    workload_id=spec.workload_id, extra={"simulated": True})
+                    workload_id=spec.workload_id,
+                    extra={"simulated": True, "vcpus": spec.vcpus, "ram_mib": spec.ram_mib})
         self._vms[vm.provider_vm_id] = vm
         return vm
 
@@ -158,6 +159,19 @@ class SimDriver(DriverBase):
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
         vm = await self.get_vm(vm_id)
         self._vms[vm_id] = replace(vm, host=target_host)
+
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        """A stopped VM takes the new shape (a flavor of the sim's list, or vcpus/ram_mib)."""
+        vm = await self.get_vm(vm_id)
+        if vm.state != VmState.STOPPED:
+            raise ProviderConflict(f"VM {vm_id} is {vm.state}; stop it before resizing", provider=self.name,
+                                   operation="resize_vm")
+        if flavor is not None:
+            match = next((f for f in FLAVORS if f.name == flavor), None)
+            if match is None:
+                raise ProviderNotFound(f"no flavor {flavor}", provider=self.name, operation="resize_vm")
+            vcpus, ram_mib = match.vcpus, match.ram_mib
+        self._vms[vm_id] = replace(vm, flavor=flavor, extra={**vm.extra, "vcpus": vcpus, "ram_mib": ram_mib})
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
         image = ImageInfo(provider_image_id=f"sim-img-{uuid.uuid4()}", name=name, region=region,

@@ -31,6 +31,7 @@ import json
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +45,7 @@ from metavmm.errors import ValidationError
 from metavmm.scheduler.costs import PriceCost
 from metavmm.scheduler.ledger import Ledger
 from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.plan import Placement
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot
 
@@ -301,3 +303,50 @@ class BurstReplay:
             jobs[j].reason = jobs[j].reason or "never fitted on-prem and could not burst"
         return ReplayReport(pol.name, self.snapshot.currency, jobs, dict(spent), peak)
 
+
+
+def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0) -> float:
+    """vCPUs used (plus ``extra_vcpus``) over the on-prem hosts' allocatable vCPUs; 1.0 without any."""
+    hosts = [h for s in snapshot.sites if s.on_prem for h in s.hosts]
+    capacity = sum(int(h.cores * snapshot.settings.cpu_allocation_ratio) for h in hosts)
+    return (sum(h.vcpus_used for h in hosts) + extra_vcpus) / capacity if capacity else 1.0
+
+
+def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy]) -> Placement:
+    """A real request's placement under the federation's burst policies (what ``POST /workloads`` uses).
+
+    Without policies (or when the request names its sites or providers) this is the plain placement.
+    With them, on-prem comes first; a request that does not fit on-prem, or that would push on-prem
+    vCPU utilisation past a policy's threshold, goes to the cheapest of that policy's allowed providers
+    honouring its residency, if its price over the expected hours fits the policy's monthly budget
+    (spend already made this month is not tracked here: the replay models it). When no policy can
+    take it, an over-threshold request still runs on-prem if it fits; otherwise the on-prem answer
+    (with its reasons, and each policy's) is returned.
+    """
+    policies = list(policies)
+    if not policies or req.sites or req.providers or req.public_only:
+        return Scheduler(snapshot).place(req, reserve=False)
+    home = Scheduler(snapshot).place(dataclass_replace(req, on_prem_only=True), reserve=False)
+    over = on_prem_utilisation(snapshot, req.vcpus)
+    why_not: list[str] = []
+    for pol in policies:
+        if home.placed and over <= pol.when_utilisation_above:
+            return home
+        hours = req.expected_hours or snapshot.settings.expected_hours
+        residency = tuple(c for c in (req.residency or pol.residency) if not pol.residency or c in pol.residency)
+        public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=residency or (
+            ("--",) if req.residency and pol.residency else ()), providers=tuple(pol.allowed_providers))
+        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)]).place(public_req, reserve=False)
+        if not cloud.placed or cloud.price_per_hour is None:
+            why_not.append(f"policy {pol.name}: {cloud.summary}")
+            continue
+        cost = cloud.price_per_hour * Decimal(str(hours))
+        if pol.monthly_budget is not None and cost > pol.monthly_budget:
+            why_not.append(f"policy {pol.name}: {cost:.2f} {pol.currency} for {hours:g} h exceeds the monthly "
+                           f"budget {pol.monthly_budget}")
+            continue
+        why = "on-prem is full" if not home.placed else f"on-prem utilisation would reach {over:.0%}"
+        return dataclass_replace(cloud, summary=f"burst by policy {pol.name} ({why}): {cloud.summary}")
+    if home.placed:
+        return dataclass_replace(home, summary=f"{home.summary} (no burst: {'; '.join(why_not)})")
+    return dataclass_replace(home, summary=f"{home.summary}; " + "; ".join(why_not) if why_not else home.summary)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from metavmm.drivers.base import Capability
-from metavmm.errors import NotFound, ValidationError
+from metavmm.errors import NoPlacement, NotFound, ValidationError
 from metavmm.scheduler.ledger import Reservation
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import PlanStep
@@ -189,6 +189,41 @@ class MigrationPlanner:
             moves.append(self._move(w, source, p.site_id, target, p.flavor, p.price_per_hour,  # type: ignore[arg-type]
                                     p.steps))
         return MigrationPlan(kind, scope, tuple(moves), unplaced, snap.currency)
+
+    def move_one(self, workload_id: str, *, site: str | None = None, host: str | None = None) -> Move:
+        """Where one workload should go (another host or site; ``site``/``host`` pin the target), and how.
+
+        NoPlacement carries the pipeline's reasons when nothing else can take it.
+        """
+        snap = self.snapshot
+        w = next((x for x in snap.workloads if x.id == workload_id), None)
+        if w is None:
+            raise NotFound(f"workload {workload_id} is not running at any site the catalog knows")
+        source = snap.find_host(w.host_id)
+        sites: tuple[str, ...] = ()
+        exclude_hosts = frozenset({source.id}) if source else frozenset()
+        exclude_sites = frozenset() if source or site else frozenset({w.site_id} - {None})
+        if host is not None:
+            target = snap.host_named(host)
+            if target is None:
+                raise NotFound(f"no host named {host} in the catalog")
+            if source is not None and target.id == source.id:
+                raise ValidationError(f"{w.name} already runs on {host}")
+            t_site = snap.site(target.site_id)
+            sites = (t_site.name,)
+            exclude_hosts = frozenset(h.id for h in t_site.hosts if h.id != target.id)
+        elif site is not None:
+            t = snap.site_named(site)
+            if t is None:
+                raise NotFound(f"no site named {site} in the catalog")
+            sites = (t.name,)
+        req = self._request(w, source, sites=sites, exclude_hosts=exclude_hosts,  # type: ignore[arg-type]
+                            exclude_sites=exclude_sites)
+        p = self.scheduler.place(req, key=f"migrate:{w.id}")
+        if not p.placed or p.site_id is None:
+            raise NoPlacement(f"no target for {w.name}: {p.summary}", reasons=p.reasons())
+        target_view = snap.host(p.host_id) if p.host_id is not None else None
+        return self._move(w, source, p.site_id, target_view, p.flavor, p.price_per_hour, p.steps)
 
     def rebalance(self, *, site: str, tolerance: float = 0.15, max_moves: int = 20) -> MigrationPlan:
         """Even out vCPU utilisation inside one site: move small workloads from the busiest host to the

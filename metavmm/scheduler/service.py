@@ -8,6 +8,7 @@ is a dry run, which is what "explain", "plan" and "replay" mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -17,6 +18,7 @@ from metavmm.broker.config import BurstPolicy, FederationConfig
 from metavmm.errors import NotFound, ValidationError
 from metavmm.scheduler.batch import BatchPlanner, BatchResult
 from metavmm.scheduler.burst import BurstReplay, ReplayReport, TraceRecord
+from metavmm.scheduler.burst import place_or_burst as burst_placement
 from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Placement
@@ -27,8 +29,9 @@ from metavmm.scheduler.snapshot import Converter, Snapshot, load_snapshot
 async def snapshot(sessions: async_sessionmaker[AsyncSession], config: FederationConfig,
                    to_currency: Converter | None = None) -> Snapshot:
     async with sessions() as session:
-        return await load_snapshot(session, currency=config.federation.currency, settings=config.scheduler,
+        snap = await load_snapshot(session, currency=config.federation.currency, settings=config.scheduler,
                                    to_currency=to_currency)
+    return replace(snap, policies=tuple(config.policies))
 
 
 def policy(config: FederationConfig, name: str) -> BurstPolicy:
@@ -41,6 +44,12 @@ def policy(config: FederationConfig, name: str) -> BurstPolicy:
 
 def place(snap: Snapshot, req: PlacementRequest, *, explain: bool = False) -> Placement:
     return Scheduler(snap).place(req, explain=explain, reserve=False)
+
+
+def place_or_burst(snap: Snapshot, req: PlacementRequest) -> Placement:
+    """A real request's placement: on-prem first, bursting to a public provider when one of the snapshot's
+    burst policies allows it (see :func:`metavmm.scheduler.burst.place_or_burst`)."""
+    return burst_placement(snap, req, snap.policies)
 
 
 def place_batch(snap: Snapshot, requests: Sequence[PlacementRequest]) -> BatchResult:

@@ -220,6 +220,7 @@ class Snapshot:
     projects: Mapping[str, int] = field(default_factory=_empty)  # name -> id
     settings: SchedulerSettings = field(default_factory=SchedulerSettings)
     has_converter: bool = False
+    policies: tuple[Any, ...] = ()  # the federation's burst policies (BurstPolicy), for place_or_burst
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _site_by_id: Mapping[int, SiteView] = field(default_factory=_empty, repr=False)
     _host_by_id: Mapping[int, HostView] = field(default_factory=_empty, repr=False)

@@ -76,3 +76,39 @@ def test_plan_migration_needs_one_scope(cli) -> None:  # type: ignore[no-untyped
     assert res.exit_code == 2 and "exactly one of" in res.output
     res = cli("schedule", "plan-migration", "--evacuate-host", "r1-h00000")
     assert res.exit_code == 0 and "evacuate-host r1-h00000: 0 moves" in res.output
+
+
+def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A workload the catalog places on r1-h00002 (x86_64) whose VM this process's sim has never seen: the move's
+    operation rolls back, the batch names it, and the command exits 1 after drawing its bars."""
+    import asyncio
+
+    from sqlmodel import select
+
+    from metavmm.catalog import db
+    from metavmm.catalog.db import session_scope
+    from metavmm.catalog.models import Host, Provider, Workload
+
+    async def place() -> str:
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        try:
+            async with session_scope(db.make_sessionmaker(engine)) as s:
+                host = (await s.exec(select(Host).where(Host.name == "r1-h00002"))).one()
+                provider = (await s.exec(select(Provider).where(Provider.name == "home"))).one()
+                w = Workload(name="ghost", kind="compute", provider_id=provider.id, site_id=host.site_id,
+                             host_id=host.id, provider_resource_id="sim-ghost", observed_state="running",
+                             spec={"vcpus": 1, "ram_mib": 512})
+                s.add(w)
+                await s.flush()
+                return w.id
+        finally:
+            await engine.dispose()
+
+    wid = asyncio.run(place())
+    res = cli("schedule", "plan-migration", "--evacuate-host", "r1-h00002", "--execute")
+    assert res.exit_code == 1, res.output
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert "evacuate-host r1-h00002: 1 moves" in out and "migrate_batch" in out
+    assert "1 of 1 operations did not succeed" in out and f"no VM of workload {wid}" in out
+    res = cli("schedule", "migrate", wid, "--host", "r1-h00002")
+    assert res.exit_code == 1 and "already runs on r1-h00002" in res.output

@@ -14,6 +14,7 @@ from metavmm.drivers.base import OWNER_TAG, Capability, Driver, VmSpec, VmState
 from metavmm.errors import (
     ConfigError,
     DriverError,
+    ProviderConflict,
     ProviderNotFound,
     ProviderUnavailable,
     UnsupportedOperation,
@@ -150,3 +151,20 @@ async def test_instances_made_elsewhere_are_reported_without_owner(driver: AwsDr
     vms = {v.provider_vm_id: v for v in await driver.list_vms()}
     assert vms[f"us-east-1/{iid}"].workload_id is None
     _ec2(moto).terminate_instances(InstanceIds=[iid])
+
+
+async def test_resize_a_stopped_instance(driver: AwsDriver, moto: MotoServer) -> None:
+    vm = await driver.create_vm(VmSpec(name=unique("grow"), region="us-east-1", image=_ami(moto),
+                                       flavor="t3.micro"))
+    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    with pytest.raises(ProviderConflict, match="stop it before resizing"):
+        await driver.resize_vm(vm.provider_vm_id, vcpus=2, ram_mib=8192, flavor="m5.large")
+    await driver.stop_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.STOPPED)
+    await driver.resize_vm(vm.provider_vm_id, vcpus=2, ram_mib=8192, flavor="m5.large")
+    assert (await driver.get_vm(vm.provider_vm_id)).flavor == "m5.large"
+    await driver.resize_vm(vm.provider_vm_id, vcpus=4, ram_mib=32768)  # no flavor: the smallest that fits
+    now = (await driver.get_vm(vm.provider_vm_id)).flavor
+    fitted = {f.name: f for f in (await driver.inventory()).flavors}[str(now)]
+    assert fitted.vcpus == 4 and fitted.ram_mib == 32768
+    await driver.delete_vm(vm.provider_vm_id)

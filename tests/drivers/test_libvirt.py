@@ -215,3 +215,17 @@ async def test_live_migration_between_two_daemons(session_daemons: tuple[Session
     finally:
         await src.close()
         await dst.close()
+
+
+async def test_resize_a_stopped_domain_and_refuse_a_running_one(driver: LibvirtDriver) -> None:
+    vm = await driver.create_vm(_spec(vcpus=1, ram_mib=64))
+    assert (vm.extra["vcpus"], vm.extra["ram_mib"]) == (1, 64)
+    with pytest.raises(ProviderConflict, match="stop it before resizing"):
+        await driver.resize_vm(vm.provider_vm_id, vcpus=2, ram_mib=96)
+    await driver.stop_vm(vm.provider_vm_id)
+    await driver.resize_vm(vm.provider_vm_id, vcpus=2, ram_mib=96)
+    await driver.start_vm(vm.provider_vm_id)
+    running = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    assert (running.extra["vcpus"], running.extra["ram_mib"]) == (2, 96)  # the booted domain has the new shape
+    with pytest.raises(ProviderNotFound):
+        await driver.resize_vm(str(uuid.uuid4()), vcpus=1, ram_mib=64)

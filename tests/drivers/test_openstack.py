@@ -172,3 +172,18 @@ async def test_servers_made_elsewhere_carry_no_owner(driver: OpenStackDriver, no
         conn.compute.delete_server(server)
     finally:
         conn.close()
+
+
+async def test_resize_a_stopped_server_and_confirm(driver: OpenStackDriver) -> None:
+    vm = await driver.wait_for((await driver.create_vm(_spec(workload_id="wl-grow"))).provider_vm_id, VmState.RUNNING)
+    assert vm.flavor == "m1.tiny"
+    with pytest.raises(ProviderConflict, match="stop it before resizing"):
+        await driver.resize_vm(vm.provider_vm_id, vcpus=1, ram_mib=2048, flavor="m1.small")
+    await driver.stop_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.STOPPED)
+    await driver.resize_vm(vm.provider_vm_id, vcpus=1, ram_mib=2048, flavor="m1.small")
+    resized = await driver.get_vm(vm.provider_vm_id)
+    assert (resized.flavor, resized.state, resized.extra["native_state"]) == ("m1.small", VmState.STOPPED, "SHUTOFF")
+    await driver.start_vm(vm.provider_vm_id)
+    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+    await driver.delete_vm(vm.provider_vm_id)

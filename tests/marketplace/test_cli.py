@@ -69,7 +69,7 @@ def test_publish_list_sign_subscribe_and_replicate(tmp_path: Path, storage_root:
                              capture_output=True)
     assert compare.returncode == 0
     code, out, _ = run(*site_b, "marketplace", "replicate", "school-a/intro-linux", "--site", "school-b")
-    assert code == 0 and "(reused)" in out
+    assert code == 0 and "(reused; operation " in out
     code, out, _ = run(*site_b, "marketplace", "prune")
     assert code == 0 and "0 removed, 0 kept" in out  # nothing expired yet
     code, out, _ = run(*site_b, "marketplace", "show", "intro-linux")

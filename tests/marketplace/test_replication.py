@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from metavmm.broker.marketplace.imagelist import generate_key
 from metavmm.broker.marketplace.launch import LaunchIn, launch
 from metavmm.broker.marketplace.publish import publish
 from metavmm.broker.marketplace.replication import Replicator, prune_expired, target_format
+from metavmm.broker.operations.engine import Engine
 from metavmm.broker.rest.marketplace import endorser_key_path
 from metavmm.broker.sync import sync_all
 from metavmm.catalog.db import session_scope
@@ -52,14 +55,38 @@ async def delete_vms(fed: Federation, vms: list[tuple[str, str]]) -> None:
             await driver.close()
 
 
+@contextlib.asynccontextmanager
+async def running_engine(fed: Federation) -> AsyncIterator[Engine]:
+    """The operations engine over the federation's catalog, running steps in this process."""
+    engine = Engine(fed.maker, fed.cfg, fed.url)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
 async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federation: Federation, disks: Disks) -> None:
     async with session_scope(federation.maker) as s:
         image = await publish(s, ImageMeta(name="intro-linux", publisher="school-a", format="vmdk",
                                            visibility="federation", min_ram_mib=128), str(disks.vmdk))
-    replicator = Replicator(federation.maker, federation.cfg)
+    async with running_engine(federation) as engine:
+        await _launch_twice(federation, image, disks, engine)
+    await sync_all(federation.maker, federation.cfg)  # the inventory sees the replica file and keeps our row
+    async with federation.maker() as s:
+        replicas = (await s.exec(select(ImageReplica).where(ImageReplica.image_id == image.id))).all()
+        assert [(r.format, r.state) for r in replicas] == [("qcow2", "available")]
+        workloads = (await s.exec(select(Workload))).all()
+        assert {w.name for w in workloads if w.managed} >= {"mkt-b-1", "mkt-b-2"}
+        ops = (await s.exec(select(Operation).where(Operation.kind == "marketplace.launch"))).all()
+        assert sorted(o.state for o in ops) == ["succeeded", "succeeded"]
+        assert [s["action"] for s in ops[0].steps] == ["image.replicate", "vm.create", "vm.wait", "workload.record"]
+
+
+async def _launch_twice(federation: Federation, image: Any, disks: Disks, engine: Engine) -> None:
     vms: list[tuple[str, str]] = []
     try:
-        first = await launch(replicator, image.id, LaunchIn(name="mkt-b-1", site="school-b", ram_mib=128),
+        first = await launch(engine, image.id, LaunchIn(name="mkt-b-1", site="school-b", ram_mib=128),
                              audience=ADMIN)
         vms.append(("school-b-kvm", first.provider_vm_id))
         replica = Path(first.replica)
@@ -68,25 +95,19 @@ async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federati
         assert identical(disks.raw, "raw", replica, "qcow2")
         assert domain_state(first.provider_vm_id) == libvirt.VIR_DOMAIN_RUNNING
 
-        second = await launch(replicator, "school-a/intro-linux", LaunchIn(name="mkt-b-2", ram_mib=128),
+        second = await launch(engine, "school-a/intro-linux", LaunchIn(name="mkt-b-2", ram_mib=128),
                               audience=ADMIN)
         vms.append(("school-b-kvm", second.provider_vm_id))
         assert second.site == "school-b" and second.replica_reused and second.replica == first.replica
 
         with pytest.raises(ValidationError, match=r"needs at least 128 MiB RAM \(asked 64\)"):
-            await launch(replicator, image.id, LaunchIn(name="too-small", site="school-a", ram_mib=64),
+            await launch(engine, image.id, LaunchIn(name="too-small", site="school-a", ram_mib=64),
                          audience=ADMIN)
+        async with federation.maker() as s:
+            rep = (await s.exec(select(ImageReplica).where(ImageReplica.provider_image_id == first.replica))).one()
+        assert rep.checksum == hashlib.sha256(replica.read_bytes()).hexdigest()
     finally:
         await delete_vms(federation, vms)
-    await sync_all(federation.maker, federation.cfg)  # the inventory sees the replica file and keeps our row
-    async with federation.maker() as s:
-        replicas = (await s.exec(select(ImageReplica).where(ImageReplica.image_id == image.id))).all()
-        assert [(r.format, r.state) for r in replicas] == [("qcow2", "available")]
-        assert replicas[0].checksum == hashlib.sha256(Path(first.replica).read_bytes()).hexdigest()
-        workloads = (await s.exec(select(Workload))).all()
-        assert {w.name for w in workloads if w.managed} >= {"mkt-b-1", "mkt-b-2"}
-        ops = (await s.exec(select(Operation).where(Operation.kind == "marketplace.launch"))).all()
-        assert sorted(o.state for o in ops) == ["succeeded", "succeeded"]
 
 
 @pytest.mark.parametrize("fmt", ["raw", "vmdk"])  # raw: staged copy; vmdk: converted straight from the file
@@ -112,7 +133,8 @@ async def test_no_site_fits_an_arm_image(federation: Federation, disks: Disks) -
         image = await publish(s, ImageMeta(name="arm-lab", publisher="school-a", format="qcow2", arch="aarch64",
                                            visibility="public"), str(disks.qcow2))
     with pytest.raises(NoPlacement, match="no aarch64 host"):
-        await launch(Replicator(federation.maker, federation.cfg), image.id, LaunchIn(name="arm"), audience=ADMIN)
+        async with running_engine(federation) as engine:
+            await launch(engine, image.id, LaunchIn(name="arm"), audience=ADMIN)
 
 
 async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_http(
@@ -168,8 +190,8 @@ async def test_expired_replicas_are_pruned_once_no_vm_is_built_on_them(federatio
     fields = dict(name="lab", publisher="school-a", visibility="public")
     async with session_scope(federation.maker) as s:
         v1 = await publish(s, ImageMeta(**fields, format="qcow2"), str(disks.qcow2))
-    replicator = Replicator(federation.maker, federation.cfg)
-    out = await launch(replicator, v1.id, LaunchIn(name="mkt-prune", site="school-a", ram_mib=64), audience=ADMIN)
+    async with running_engine(federation) as engine:
+        out = await launch(engine, v1.id, LaunchIn(name="mkt-prune", site="school-a", ram_mib=64), audience=ADMIN)
     vms = [("school-a-kvm", out.provider_vm_id)]
     try:
         async with session_scope(federation.maker) as s:

@@ -80,3 +80,26 @@ def test_trace_errors_name_the_line() -> None:
 def test_policy_currency_must_match_or_be_convertible(small) -> None:
     with pytest.raises(ValidationError, match="budget in EUR but prices in USD"):
         BurstReplay(small, BurstPolicy(name="p", allowed_providers=["aws"], currency="EUR"))
+
+
+def test_a_real_request_bursts_when_on_prem_is_full_or_too_busy(federation) -> None:
+    """place_or_burst (what POST /workloads uses): home first; full or past the threshold -> the policy's cloud."""
+    from metavmm.scheduler.burst import place_or_burst
+    from metavmm.scheduler.request import PlacementRequest
+
+    half = federation(hosts=[host(1, 1, cores=8, mem_gib=64, used_vcpus=4)])  # one 8-core home host, 4 used
+    full = federation(hosts=[host(1, 1, cores=8, mem_gib=64, used_vcpus=8)])
+    policy = BurstPolicy(name="p", when_utilisation_above=0.9, allowed_providers=["aws"],
+                         monthly_budget=Decimal("100"))
+    small = PlacementRequest("small", 2, 4096, expected_hours=2)
+    assert place_or_burst(half, small, [policy]).site == "nchc/hsinchu"  # 6/8: home
+    out = place_or_burst(full, small, [policy])
+    assert out.placed and out.provider == "aws" and out.summary.startswith("burst by policy p (on-prem is full)")
+    busy = PlacementRequest("busy", 4, 8192, expected_hours=2)  # fits home, but 8/8 passes 0.9
+    assert place_or_burst(half, busy, [policy]).site == "aws/us-east-1"
+    poor = policy.model_copy(update={"monthly_budget": Decimal("0.01")})
+    stays = place_or_burst(half, busy, [poor])
+    assert stays.site == "nchc/hsinchu" and "exceeds the monthly budget" in stays.summary
+    nowhere = place_or_burst(full, small, [poor])
+    assert not nowhere.placed and "policy p:" in nowhere.summary
+    assert place_or_burst(full, small, []).placed  # no policy: the plain placement (any provider)

@@ -4,27 +4,26 @@ The request names the image (id, name or ``publisher/name``), a shape and option
 site, the choice is plain and explained: sites whose provider can create VMs and whose hosts have the
 image's architecture qualify; one that already holds a replica wins (no copy), then the first by name.
 The full scheduler (prices, capacity, policies) places ordinary workloads; this rule only picks where
-an image is cheapest to start. The launch is written as an operation with its steps and timings, and
-the VM as a workload of the caller's project, so every other view sees it.
+an image is cheapest to start. The launch is an engine operation (replicate, create, wait, record), and
+the VM a workload of the caller's project, so every other view sees it.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker.marketplace.entries import Audience, get_image
-from metavmm.broker.marketplace.replication import Replicator
-from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Host, Image, ImageReplica, Operation, OperationState, Provider, Site, Workload
-from metavmm.drivers.base import VmSpec
-from metavmm.drivers.registry import create_driver
-from metavmm.errors import NoPlacement, ValidationError
+from metavmm.broker.marketplace.entries import Audience, get_image, state_of
+from metavmm.broker.marketplace.replication import resolve_site
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.operations.flows import provision_steps
+from metavmm.broker.operations.plan import Step
+from metavmm.catalog.models import Host, Image, ImageReplica, Operation, Provider, Site, Workload
+from metavmm.errors import Conflict, NoPlacement, ValidationError
 
 LAUNCHABLE_KINDS = {"libvirt", "openstack", "vmware", "aws", "gcp", "azure"}
 
@@ -50,6 +49,12 @@ class LaunchOut(BaseModel):
     replica_format: str
     seconds: float
     notes: list[str] = Field(default_factory=list)
+
+
+def refuse_expired(image: Image) -> None:
+    """Before anything is written: an expired image is a 409, not a failed operation."""
+    if state_of(image) == "expired":
+        raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be replicated")
 
 
 def check_shape(image: Image, req: LaunchIn) -> None:
@@ -88,53 +93,71 @@ async def choose_site(session: AsyncSession, image: Image, enabled: set[str]) ->
     return min(fit)[1]
 
 
-async def launch(replicator: Replicator, image_ref: str, req: LaunchIn, *, audience: Audience) -> LaunchOut:
-    """Replicate ``image_ref`` where it will run (or reuse a replica) and start a VM from it."""
+async def launch(engine: Engine, image_ref: str, req: LaunchIn, *, audience: Audience,
+                 timeout_s: float = 3600) -> LaunchOut:
+    """Replicate ``image_ref`` where it will run (or reuse a replica) and start a VM from it.
+
+    Both are steps of one engine operation (``marketplace.launch``: image.replicate, then the provision
+    plan), so the launch has progress, retries and crash-safe resume like every change; this call
+    waits for it and answers with the VM (OperationFailed names the failed step's error).
+    """
     started = time.perf_counter()
-    maker, cfg = replicator.maker, replicator.cfg
-    async with maker() as session:
+    async with engine.sessions() as session:
         image = await get_image(session, image_ref, audience)
+        refuse_expired(image)
         check_shape(image, req)
-        site_name = req.site or await choose_site(session, image, {p.name for p in cfg.providers if p.enabled})
-    steps: list[dict[str, Any]] = [{"step": "replicate", "site": site_name}, {"step": "create_vm"}]
-    async with session_scope(maker) as session:
-        op = Operation(project_id=req.project_id, kind="marketplace.launch", state=OperationState.RUNNING,
-                       steps=steps)
-        session.add(op)
-    try:
-        rep = await replicator.replicate(image.id, site_name, audience=audience)
-        steps[0].update(reused=rep.reused, seconds=round(rep.seconds, 3), format=rep.replica.format)
-        async with maker() as session:
-            target_site = (await session.exec(select(Site).where(Site.name == site_name))).one()
-            provider = await session.get(Provider, target_site.provider_id)
-        assert provider is not None
-        workload = Workload(project_id=req.project_id, kind="compute", name=req.name,
-                            spec={"image_id": image.id, "vcpus": req.vcpus, "ram_mib": req.ram_mib,
-                                  "disk_gib": req.disk_gib, "site": site_name},
-                            provider_id=provider.id, site_id=target_site.id, observed_state="pending")
-        spec = VmSpec(name=req.name, region=target_site.region, image=rep.replica.provider_image_id,
-                      vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, workload_id=workload.id)
-        driver = create_driver(cfg.provider(provider.name))
-        try:
-            vm = await driver.create_vm(spec)
-        finally:
-            await driver.close()
-        steps[1].update(provider_vm_id=vm.provider_vm_id, state=vm.state.value)
-        workload.provider_resource_id, workload.observed_state = vm.provider_vm_id, vm.state.value
-        async with session_scope(maker) as session:
-            session.add(workload)
-            await session.flush()
-            row = await session.get(Operation, op.id)
-            assert row is not None
-            row.target_id, row.state, row.progress, row.steps = workload.id, OperationState.SUCCEEDED, 1.0, steps
-            row.current_step, row.updated_at = len(steps), datetime.now(UTC)
-    except Exception as exc:
-        async with session_scope(maker) as session:
-            row = await session.get(Operation, op.id)
-            if row is not None:
-                row.state, row.error, row.steps = OperationState.FAILED, str(exc)[:2000], steps
-        raise
+        enabled = {p.name for p in engine.config.providers if p.enabled}
+        site_name = req.site or await choose_site(session, image, enabled)
+        target = await resolve_site(session, engine.config, site_name)
+    workload = Workload(project_id=req.project_id, kind="compute", name=req.name,
+                        spec={"image_id": image.id, "vcpus": req.vcpus, "ram_mib": req.ram_mib,
+                              "disk_gib": req.disk_gib, "site": site_name}, observed_state="pending",
+                        state_message="launching")
+    steps = provision_steps(workload.id, name=req.name, provider=target.provider.name, region=target.site.region,
+                            image=None, vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, flavor=None,
+                            host=None, replicate={"image_id": image.id, "site": site_name})
+    op = await engine.submit(kind="marketplace.launch", steps=steps, target_id=workload.id, rows=[workload],
+                             project_id=req.project_id, params={"image_id": image.id, "site": site_name})
+    done = await engine.wait(op.id, timeout_s=timeout_s)
+    out = done.outputs
+    async with engine.sessions() as session:
+        placed = await session.get(Workload, workload.id)
     return LaunchOut(workload_id=workload.id, operation_id=op.id, image_id=image.id, site=site_name,
-                     provider_vm_id=vm.provider_vm_id, state=vm.state.value, replica=rep.replica.provider_image_id,
-                     replica_reused=rep.reused, replica_format=rep.replica.format,
-                     seconds=round(time.perf_counter() - started, 3), notes=rep.notes)
+                     provider_vm_id=str(out["vm_id"]), state=placed.observed_state if placed else "unknown",
+                     replica=str(out["replica_image"]), replica_reused=bool(out["replica_reused"]),
+                     replica_format=str(out["replica_format"]), seconds=round(time.perf_counter() - started, 3),
+                     notes=list(out.get("replica_notes", [])))
+
+
+@dataclass(frozen=True)
+class Replicated:
+    operation: Operation
+    replica: ImageReplica
+    reused: bool
+    notes: list[str]
+    seconds: float
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.replica.size_bytes / 2**20 / self.seconds if self.seconds > 0 and not self.reused else 0.0
+
+
+async def replicate(engine: Engine, image_ref: str, site_name: str, *, audience: Audience,
+                    project_id: int | None = None, timeout_s: float = 3600) -> Replicated:
+    """Copy an image to a site (or reuse its replica) as a one-step engine operation of ``project_id``
+    (the caller's, so they can follow it), and wait for it."""
+    started = time.perf_counter()
+    async with engine.sessions() as session:
+        image = await get_image(session, image_ref, audience)
+        refuse_expired(image)
+        await resolve_site(session, engine.config, site_name)  # a clear NotFound before anything is written
+    op = await engine.submit(kind="replicate", steps=[Step("replicate", "image.replicate",
+                                                           {"image_id": image.id, "site": site_name})],
+                             target_id=image.id, project_id=project_id, params={"site": site_name})
+    done = await engine.wait(op.id, timeout_s=timeout_s)
+    async with engine.sessions() as session:
+        replica = (await session.exec(select(ImageReplica).where(
+            ImageReplica.image_id == image.id,
+            ImageReplica.provider_image_id == done.outputs["replica_image"]))).one()
+    return Replicated(done, replica, bool(done.outputs["replica_reused"]), list(done.outputs.get("replica_notes", [])),
+                      time.perf_counter() - started)

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 ActionFn = Callable[..., Awaitable[dict[str, Any] | None]]
 
 
+class StepCancelled(MetavmmError):
+    """Raised by a long-waiting action that saw its operation's cancel request: the engine rolls back
+    and ends the operation ``cancelled`` (not ``rolled_back`` with an error)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
     name: str
@@ -64,7 +69,14 @@ def get_action(name: str) -> ActionSpec:
 
 def load_builtin_actions() -> None:
     """Import the modules that register the broker's own actions (once; imports are cached)."""
-    from metavmm.broker.operations import disk_actions, quota_actions, vm_actions  # noqa: F401
+    from metavmm.broker.operations import (  # noqa: F401
+        batch_actions,
+        disk_actions,
+        image_actions,
+        quota_actions,
+        resize_actions,
+        vm_actions,
+    )
 
 
 async def run_action(ctx: StepContext, name: str, args: dict[str, Any]) -> dict[str, Any]:

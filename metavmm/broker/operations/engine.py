@@ -18,9 +18,17 @@ from metavmm.broker.operations import store
 from metavmm.broker.operations.executor import Executor
 from metavmm.broker.operations.plan import Step
 from metavmm.broker.operations.store import Sessions
-from metavmm.catalog.models import Operation
+from metavmm.catalog.models import Operation, OperationState
+from metavmm.errors import MetavmmError
 
 log = logging.getLogger(__name__)
+
+
+class OperationFailed(MetavmmError):
+    """A caller that waited for its operation saw it end without success (its error is the message)."""
+
+    http_status = 502
+    title = "Operation failed"
 
 
 class Engine:
@@ -74,7 +82,26 @@ class Engine:
         elif self.executor is not None:
             self.executor.notify()
 
+    async def wait(self, op_id: str, *, timeout_s: float = 3600, poll_s: float = 0.1) -> Operation:
+        """Block until ``op_id`` ends (for callers whose answer is the result, e.g. a marketplace launch);
+        OperationFailed when it did not succeed, TimeoutError when it is still running at ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            op = await store.get(self.sessions, op_id)
+            if op.state in store.TERMINAL:
+                if op.state != OperationState.SUCCEEDED:
+                    raise OperationFailed(f"{op.kind} {op.id} {op.state}: {op.error or op.message}")
+                return op
+            if loop.time() >= deadline:
+                raise TimeoutError(f"{op.kind} {op.id} still {op.state} after {timeout_s:.0f}s")
+            await asyncio.sleep(poll_s)
+
     async def cancel(self, op_id: str) -> Operation:
         op = await store.request_cancel(self.sessions, op_id)
+        if op.state == OperationState.CANCELLED:  # a batch that never ran: its rollback will not cancel children
+            for child in op.params.get("children", []):
+                with contextlib.suppress(MetavmmError):
+                    await store.request_cancel(self.sessions, child)
         await self.wake(op_id)
         return op

@@ -23,7 +23,7 @@ from typing import Any
 
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.operations import store
-from metavmm.broker.operations.actions import is_transient, run_action
+from metavmm.broker.operations.actions import StepCancelled, is_transient, run_action
 from metavmm.broker.operations.context import Drivers, StepContext
 from metavmm.broker.operations.plan import MAX_LOG_LINES, StepState, overall_progress
 from metavmm.broker.operations.store import LeaseLost, Sessions
@@ -161,7 +161,8 @@ class Executor:
             try:
                 await self._forward(op)
                 return
-            except _Cancelled:
+            except (_Cancelled, StepCancelled):
+                op.cancel_requested = True  # a step may have seen the request first
                 await self._save(op, "cancelled: rolling back", state=OperationState.ROLLING_BACK,
                                  message="cancelled; rolling back")
             except LeaseLost:

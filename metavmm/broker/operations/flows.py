@@ -11,10 +11,12 @@ import hashlib
 import json
 import random
 import uuid
+from decimal import Decimal
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
+from metavmm.broker.operations import store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind
@@ -44,12 +46,16 @@ def _known_provider(engine: Engine, name: str) -> Any:
 
 def provision_steps(workload_id: str, *, name: str, provider: str, region: str, image: str | None, vcpus: int,
                     ram_mib: int, disk_gib: int, flavor: str | None, host: str | None,
-                    quota: bool = False) -> list[Step]:
+                    quota: bool = False, replicate: dict[str, str] | None = None) -> list[Step]:
     """The provision plan; ``quota``: the request holds a quota reservation that the plan settles
-    (released by the rollback, committed once the VM is recorded; see quota_actions)."""
+    (released by the rollback, committed once the VM is recorded; see quota_actions). ``replicate``
+    (``{"image_id", "site"}``): the image has no replica at the site yet; a first step copies it there
+    (image.replicate) and the VM boots from that copy."""
     at = {"provider": provider, "workload_id": workload_id}
+    boot: dict[str, Any] = {"image_from": "replica_image"} if replicate else {"image": image}
     steps = [
-        Step("create", "vm.create", {**at, "name": name, "region": region, "image": image, "vcpus": vcpus,
+        *([Step("replicate", "image.replicate", dict(replicate), weight=4)] if replicate else []),
+        Step("create", "vm.create", {**at, "name": name, "region": region, **boot, "vcpus": vcpus,
                                      "ram_mib": ram_mib, "disk_gib": disk_gib, "flavor": flavor, "host": host},
              compensate="vm.delete", weight=3),
         Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
@@ -178,3 +184,85 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
                                project_id=workload.project_id, idempotency_key=idempotency_key,
                                params={"from": provider, "to": target_provider, "format": disk_format,
                                        "hostname": hostname, "mac": mac})
+
+
+def resize_steps(workload_id: str, *, provider: str, running: bool, vcpus: int, ram_mib: int, flavor: str | None,
+                 old: dict[str, Any], shrink: dict[str, str]) -> list[Step]:
+    """Stop (if running), resize, start (if it was running), verify, record the shape, settle the quota."""
+    at = {"provider": provider, "workload_id": workload_id}
+    new = {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor}
+    target = flavor or f"{vcpus} vCPU / {ram_mib} MiB"
+    steps = [Step("hold-quota", "quota.hold", {"workload_id": workload_id}, compensate="quota.release_delta"),
+             Step("note", "workload.note", {"workload_id": workload_id, "message": f"resizing to {target}"})]
+    if running:
+        steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300})]
+    steps.append(Step("resize", "vm.resize", {**at, **new, "old_vcpus": old["vcpus"], "old_ram_mib": old["ram_mib"],
+                                               "old_flavor": old.get("flavor")}, compensate="vm.unresize", weight=2))
+    if running:
+        steps += [Step("start", "vm.power", {**at, "verb": "start"}),
+                  Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300, "stable_s": 1.0})]
+    steps += [Step("verify", "vm.check_shape", {**at, **new}),
+              Step("record", "workload.record", {**at, "spec_update": new}, commit=True),
+              Step("commit-quota", "quota.commit_delta", {"workload_id": workload_id, "shrink": shrink})]
+    return steps
+
+
+async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None,
+                 idempotency_key: str | None = None) -> Operation:
+    """Change a placed compute workload's shape (vCPUs and RAM, or a provider flavor that has them).
+
+    The growth is checked against the project's quota and reserved in the transaction that writes the
+    plan (QuotaExceeded leaves nothing behind); the plan commits it once the new shape is recorded, its
+    rollback gives it back. The OCCI ``resize`` action and ``POST /workloads/{id}/actions`` both call this.
+    """
+    from metavmm.broker import quotas
+    from metavmm.catalog.db import session_scope
+    from metavmm.catalog.models import new_uuid
+
+    if vcpus < 1 or ram_mib < 1:
+        raise ValidationError("a resize needs at least 1 vCPU and 1 MiB of RAM")
+    workload, provider = await _workload_at(engine, workload_id)
+    if workload.kind != WorkloadKind.COMPUTE:
+        raise Conflict(f"resize applies to compute workloads, not {workload.kind}")
+    if idempotency_key:
+        async with engine.sessions() as session:
+            query = select(Operation).where(Operation.idempotency_key == idempotency_key)
+            earlier = (await session.exec(query)).first()
+        if earlier is not None:
+            if earlier.kind != "resize" or earlier.target_id != workload_id:
+                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+            return earlier
+    spec = workload.spec
+    old = {"vcpus": int(spec.get("vcpus") or 1), "ram_mib": int(spec.get("ram_mib") or 512),
+           "flavor": spec.get("flavor")}
+    if (old["vcpus"], old["ram_mib"], old["flavor"]) == (vcpus, ram_mib, flavor):
+        raise Conflict(f"workload {workload_id} already has {vcpus} vCPU / {ram_mib} MiB")
+    delta = {"vcpus": vcpus - old["vcpus"], "ram_mib": ram_mib - old["ram_mib"]}
+    grow = {k: Decimal(v) for k, v in delta.items() if v > 0}
+    # a workload outside any project (made by the CLI or adopted) counts against no quota
+    shrink = {k: str(-v) for k, v in delta.items() if v < 0} if workload.project_id is not None else {}
+    op_id = new_uuid()
+    steps = resize_steps(workload_id, provider=provider, running=workload.observed_state == "running", vcpus=vcpus,
+                         ram_mib=ram_mib, flavor=flavor, old=old, shrink=shrink)
+    async with session_scope(engine.sessions) as session:
+        if workload.project_id is not None:
+            await quotas.lock_project(session, workload.project_id)  # first statement (SQLite)
+            if grow:
+                await quotas.reserve(session, workload.project_id, grow, workload_id=workload_id, operation_id=op_id)
+        if await _busy(session, workload_id):
+            raise Conflict(f"workload {workload_id} has an operation in progress; resize it when that ends")
+        op = await store.write_plan(session, kind="resize", steps=steps, target_id=workload_id,
+                                    project_id=workload.project_id, idempotency_key=idempotency_key,
+                                    params={"from": old, "to": {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor},
+                                            "provider": provider},
+                                    operation_id=op_id)
+    await engine.wake(op.id)
+    return op
+
+
+async def _busy(session: Any, workload_id: str) -> bool:
+    """Another operation on the workload is still running (two shape changes must not interleave)."""
+    active = [str(s) for s in store.ACTIVE]
+    query = select(Operation.id).where(Operation.target_id == workload_id, col(Operation.state).in_(active))
+    return (await session.exec(query)).first() is not None

@@ -189,6 +189,18 @@ async def observe(ctx: StepContext, *, provider: str, workload_id: str, **_: Any
     await record_placement(ctx, provider=provider, workload_id=workload_id)
 
 
+@action("workload.note")
+async def note(ctx: StepContext, *, workload_id: str, message: str, **_: Any) -> None:
+    """Say on the workload what is happening to it (OCCI's state.message) until a record step rewrites it."""
+    async with session_scope(ctx.sessions) as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None:
+            raise NotFound(f"no workload {workload_id}")
+        workload.state_message = message[:500]
+        workload.updated_at = utcnow()
+        session.add(workload)
+
+
 @action("workload.gone")
 async def mark_gone(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
     """The workload's VM was deleted: keep the row for history, marked deleted."""

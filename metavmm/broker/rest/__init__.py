@@ -13,6 +13,7 @@ def modules() -> list[RestModule]:
         identity,
         inventory,
         marketplace,
+        migrations,
         prices,
         scheduling,
         system,
@@ -20,7 +21,7 @@ def modules() -> list[RestModule]:
     )
 
     return [system.api, identity.api, inventory.api, marketplace.api, prices.api, scheduling.api,
-            workloads.api]
+            workloads.api, migrations.api]
 
 
 def setup_rest(api: web.Application) -> None:

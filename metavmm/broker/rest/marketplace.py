@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import weakref
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,9 +36,8 @@ from metavmm.broker.marketplace.entries import (
     search,
 )
 from metavmm.broker.marketplace.imagelist import load_private_key
-from metavmm.broker.marketplace.launch import LaunchIn, LaunchOut, launch
+from metavmm.broker.marketplace.launch import LaunchIn, LaunchOut, launch, replicate
 from metavmm.broker.marketplace.publish import publish
-from metavmm.broker.marketplace.replication import Replicator
 from metavmm.broker.marketplace.stream import local_path
 from metavmm.broker.marketplace.subscriptions import (
     SubscriptionIn,
@@ -50,14 +48,15 @@ from metavmm.broker.marketplace.subscriptions import (
     subscribe,
     sync_subscription,
 )
+from metavmm.broker.operations.engine import Engine
 from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page
+from metavmm.broker.scope import target_project
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import ImageListSubscription
-from metavmm.errors import NotFound, ValidationError
+from metavmm.errors import Conflict, NotFound, ValidationError
 
 api = RestModule("marketplace", "Images published once and launched anywhere")
-_replicators: weakref.WeakKeyDictionary[web.Application, Replicator] = weakref.WeakKeyDictionary()
 
 
 def inbox_dir() -> Path:
@@ -105,12 +104,6 @@ async def check_public_url(url: str) -> None:
             raise ValidationError(f"{url}: {addr} is the broker's own host or a link-local service: refused")
 
 
-def _replicator(request: web.Request) -> Replicator:
-    rep = _replicators.get(request.app)
-    if rep is None:
-        rep = _replicators[request.app] = Replicator(request.config_dict[keys.SESSIONS],
-                                                     request.config_dict[keys.CONFIG])
-    return rep
 
 
 class PublishIn(ImageMeta):
@@ -134,6 +127,7 @@ class ReplicaResultOut(BaseModel):
     seconds: float
     mib_per_s: float
     notes: list[str]
+    operation_id: str | None = None
 
 
 @api.route("GET", "/marketplace/images", summary="Search and filter marketplace images", query=ImageQuery,
@@ -198,21 +192,33 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
                                            "Digest": f"sha-256={image.sha256}"})
 
 
-@api.route("POST", "/marketplace/images/{image_id}/replicate", summary="Copy an image to a site (or reuse its replica)",
-           body=ReplicateIn, response=ReplicaResultOut, role="member", errors=("422",))
+def _engine(request: web.Request) -> Engine:
+    engine = request.config_dict.get(keys.OPERATIONS)
+    if engine is None:
+        raise Conflict("this broker runs no operations engine: images cannot be replicated or launched")
+    return engine
+
+
+@api.route("POST", "/marketplace/images/{image_id}/replicate", summary="Copy an image to a site (or reuse its "
+           "replica): an engine operation, answered when it ends", body=ReplicateIn, response=ReplicaResultOut,
+           role="member", errors=("422", "502"))
 async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaResultOut:
-    image_id = request.match_info["image_id"]
-    res = await _replicator(request).replicate(image_id, body.site, audience=audience(request))
-    return ReplicaResultOut(image_id=res.replica.image_id or image_id, site=res.site, format=res.replica.format,
+    res = await replicate(_engine(request), request.match_info["image_id"], body.site, audience=audience(request),
+                          project_id=getattr(_identity(request), "project_id", None))
+    return ReplicaResultOut(image_id=res.replica.image_id or "", site=body.site, format=res.replica.format,
                             provider_image_id=res.replica.provider_image_id, reused=res.reused,
                             checksum=res.replica.checksum, seconds=round(res.seconds, 3),
-                            mib_per_s=round(res.mib_per_s, 1), notes=res.notes)
+                            mib_per_s=round(res.mib_per_s, 1), notes=res.notes, operation_id=res.operation.id)
 
 
-@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site",
-           body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422",))
+@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site "
+           "(replicate and provision as one engine operation, answered when it ends)",
+           body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422", "502"))
 async def launch_image(request: web.Request, body: LaunchIn) -> LaunchOut:
-    return await launch(_replicator(request), request.match_info["image_id"], body, audience=audience(request))
+    identity = _identity(request)
+    if identity is not None:  # the VM belongs to the caller's project (another one: admins only)
+        body = body.model_copy(update={"project_id": target_project(identity, body.project_id)})
+    return await launch(_engine(request), request.match_info["image_id"], body, audience=audience(request))
 
 
 @api.route("GET", "/marketplace/subscriptions", summary="Image lists this site subscribes to",

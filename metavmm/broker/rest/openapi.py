@@ -44,6 +44,7 @@ ERRORS = {
     "422": "The content was refused: a checksum mismatch, an untrusted image, a bad signature",
     "428": "If-Match is required",
     "500": "Internal error (the detail names the request id)",
+    "502": "A provider failed, or an operation the request waited for ended without success (its error)",
 }
 DESCRIPTION = """The metavmm broker's REST API. Authenticate with `Authorization: Bearer <token>` (an API token
 minted by `metavmm token create` or `POST /tokens`, or an OIDC access token from the configured issuer), with

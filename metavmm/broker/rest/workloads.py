@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import select
 
 from metavmm.broker import keys, quotas
@@ -37,6 +37,7 @@ from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, target_project, visible
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind
+from metavmm.errors import Conflict
 from metavmm.scheduler import service as scheduler
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -102,7 +103,19 @@ class WorkloadPatch(BaseModel):
 
 class ActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    action: Literal["start", "stop", "restart", "suspend", "resume"]
+    action: Literal["start", "stop", "restart", "suspend", "resume", "resize"]
+    flavor: str | None = Field(default=None, min_length=1, max_length=128, description="resize: a flavor name")
+    vcpus: int | None = Field(default=None, ge=1, le=4096, description="resize: the new vCPU count")
+    ram_mib: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024, description="resize: the new RAM")
+
+    @model_validator(mode="after")
+    def _shape_only_for_resize(self) -> ActionRequest:
+        sized = self.flavor is not None or self.vcpus is not None or self.ram_mib is not None
+        if self.action != "resize" and sized:
+            raise ValueError(f"{self.action} takes no flavor, vcpus or ram_mib")
+        if self.action == "resize" and not self.flavor and (self.vcpus is None or self.ram_mib is None):
+            raise ValueError("resize needs a flavor, or vcpus and ram_mib")
+        return self
 
 
 WorkloadId = id_model("WorkloadId", "workload_id", uuid=True)
@@ -193,9 +206,12 @@ async def delete_workload(request: web.Request, params: WorkloadId) -> Operation
     return OperationOut.model_validate(await flows.delete(engine, params.workload_id))
 
 
-@api.route("POST", "/workloads/{workload_id}/actions", summary="Start, stop, restart, suspend or resume",
-           params=WorkloadId, body=ActionRequest, response=OperationOut, status=202)
+@api.route("POST", "/workloads/{workload_id}/actions", summary="Start, stop, restart, suspend, resume or resize "
+           "(resize: a flavor, or vcpus and ram_mib; the growth is checked against the quota)",
+           params=WorkloadId, body=ActionRequest, response=OperationOut, status=202, idempotency=True)
 async def workload_action(request: web.Request, params: WorkloadId, body: ActionRequest) -> OperationOut:
+    if body.action == "resize":
+        return await _resize(request, params.workload_id, body)
     async with session_scope(sessions(request)) as session:
         await lock_row(session, Workload, params.workload_id)
         row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
@@ -204,7 +220,24 @@ async def workload_action(request: web.Request, params: WorkloadId, body: Action
         if engine is None or not service.is_placed(row):
             return OperationOut.model_validate(await service.request_action(session, row, body.action))
         await service.mark_action(session, row, body.action)
-    op = await flows.power(engine, params.workload_id, service.ENGINE_VERB[body.action])
+    key = request.headers.get("Idempotency-Key")
+    op = await flows.power(engine, params.workload_id, service.ENGINE_VERB[body.action],
+                           idempotency_key=key[:128] if key else None)
+    return OperationOut.model_validate(op)
+
+
+async def _resize(request: web.Request, workload_id: str, body: ActionRequest) -> OperationOut:
+    """Resize runs only through the engine (flows.resize): the workload must be placed."""
+    engine = request.config_dict.get(keys.OPERATIONS)
+    async with sessions(request)() as session:
+        row = await get_visible(session, identity_of(request), Workload, workload_id, "workload")
+        check_if_match(request, etag(row.version), required=False)
+        if engine is None or not service.is_placed(row):
+            raise Conflict(f"workload {workload_id} is not running at a provider yet; resize it once it is")
+        shape = await service.resolve_shape(session, "compute", body.flavor, body.vcpus, body.ram_mib, 0, None, 0)
+    key = request.headers.get("Idempotency-Key")
+    op = await flows.resize(engine, workload_id, vcpus=shape.vcpus, ram_mib=shape.ram_mib, flavor=shape.flavor,
+                            idempotency_key=key[:128] if key else None)
     return OperationOut.model_validate(op)
 
 

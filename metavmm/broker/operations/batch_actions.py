@@ -1,0 +1,65 @@
+"""Step actions of a batch: a parent operation that follows child operations (one per workload move).
+
+A migration plan executes as one child operation per move (flows.live_migrate / flows.cold_migrate)
+and a parent whose steps wait for them in turn, so a caller follows one progress bar and cancels one
+operation. The parent's progress inside a waiting step is the child's own; a child that fails does
+not stop the others (an evacuation moves what it can); ``batch.check`` at the end fails the parent
+naming every child that did not succeed. Cancelling the parent cancels every child not yet past its
+point of no return (``batch.cancel`` is the compensation of every waiting step and is idempotent).
+
+The parent holds one executor slot while it waits; the children need the others (``concurrency`` of
+at least 2, the default is 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from metavmm.broker.operations import store
+from metavmm.broker.operations.actions import StepCancelled, action
+from metavmm.broker.operations.context import StepContext
+from metavmm.catalog.models import OperationState
+from metavmm.errors import Conflict, NotFound
+
+POLL_S = 0.25
+
+
+@action("operation.wait")
+async def wait(ctx: StepContext, *, operation_id: str, label: str = "", **_: Any) -> dict[str, Any]:
+    """Wait for a child operation to end, reporting its progress as this step's."""
+    while True:
+        child = await store.get(ctx.sessions, operation_id)
+        if child.state in store.TERMINAL:
+            await ctx.log(f"{label or operation_id}: {child.kind} {child.state}"
+                          + (f": {child.error}" if child.error else ""))
+            return {f"child:{operation_id}": str(child.state)}
+        parent = await store.get(ctx.sessions, ctx.operation_id)
+        if parent.cancel_requested:
+            raise StepCancelled(f"batch cancelled while {label or operation_id} was {child.state}")
+        await ctx.progress(child.progress)
+        await asyncio.sleep(POLL_S)
+
+
+@action("batch.cancel")
+async def cancel(ctx: StepContext, *, operation_ids: list[str], **_: Any) -> None:
+    """Cancel every child still running (compensation; ended children and those past commit stay)."""
+    for op_id in operation_ids:
+        try:
+            await store.request_cancel(ctx.sessions, op_id)
+        except (Conflict, NotFound) as exc:
+            await ctx.log(f"{op_id}: {exc}")
+
+
+@action("batch.check")
+async def check(ctx: StepContext, *, operation_ids: list[str], **_: Any) -> dict[str, Any]:
+    """Fail the batch (after every child ended) when any child did not succeed, naming them."""
+    failed = []
+    for op_id in operation_ids:
+        child = await store.get(ctx.sessions, op_id)
+        if child.state != OperationState.SUCCEEDED:
+            failed.append(f"{op_id} {child.state}" + (f" ({child.error})" if child.error else ""))
+    if failed:
+        raise Conflict(f"{len(failed)} of {len(operation_ids)} operations did not succeed: " + "; ".join(failed))
+    await ctx.log(f"all {len(operation_ids)} operations succeeded")
+    return {"succeeded": len(operation_ids)}
