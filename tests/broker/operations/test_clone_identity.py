@@ -129,3 +129,21 @@ async def test_vmware_clone_carries_hostname_and_address_in_guestinfo(engine: En
     w, at = await workload(engine, wid)
     assert at == "vc" and w.spec["ip"] == ip
     assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+
+
+async def test_live_migrated_clone_takes_its_seed_along(engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                       tmp_path: Path) -> None:
+    """libvirt does not copy read-only disks; the driver copies the seed into the target's storage."""
+    wid = await _provisioned(engine, libvirt_hosts, "roams")
+    cold = await run(engine, await flows.cold_migrate(engine, wid, target_provider="lv1", disk_format="qcow2"))
+    assert cold.state == OperationState.SUCCEEDED, cold.error
+    hostname = cold.params["hostname"]
+    (old_seed,) = (libvirt_hosts.storage(1) / "disks").glob("*-seed.iso")
+    live = await run(engine, await flows.live_migrate(engine, wid, target_provider="lv0"))
+    assert live.state == OperationState.SUCCEEDED, live.error
+    (cdrom,) = _dumpxml(libvirt_hosts.uris[0], hostname).findall("devices/disk[@device='cdrom']/source")
+    seed = Path(cdrom.get("file") or "")
+    assert seed == libvirt_hosts.storage(0) / "disks" / old_seed.name and not old_seed.exists()
+    assert yaml.safe_load(iso_files(seed, tmp_path / "check")["meta-data"])["local-hostname"] == hostname
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+    assert not seed.exists()
