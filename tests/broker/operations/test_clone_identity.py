@@ -18,14 +18,11 @@ from pyVmomi import vim
 
 from bench.libvirt_hosts import LibvirtHosts
 from bench.vcsim import Vcsim
-from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
-from metavmm.broker.sync import sync_all
-from metavmm.catalog import db
 from metavmm.catalog.models import OperationState
 from tests.broker.operations.test_libvirt_flows import run, workload
-from tests.broker.operations.test_vmware_flows import federation_yaml
+from tests.broker.operations.test_vmware_flows import engine_over
 from tests.translators.test_cloudinit import iso_files, iso_label
 
 LV1_NET = "{cidr: 192.168.77.0/24, gateway: 192.168.77.1, dns: [192.168.77.1]}"
@@ -44,18 +41,8 @@ def with_clone_networks(text: str) -> str:
 @pytest.fixture
 async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, vcenter: Vcsim,
                  tmp_path: Path) -> AsyncIterator[Engine]:
-    work = libvirt_hosts.root / "work" / tmp_path.name
-    work.mkdir(parents=True)
-    config = parse_config(with_clone_networks(federation_yaml(libvirt_hosts, vcenter, work)))
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    await db.upgrade_async(url)
-    sql = db.make_engine(url)
-    sessions = db.make_sessionmaker(sql)
-    assert [r.error for r in await sync_all(sessions, config)] == [None, None, None]
-    try:
-        yield Engine(sessions, config, url)
-    finally:
-        await sql.dispose()
+    async with engine_over(libvirt_hosts, vcenter, tmp_path, with_clone_networks) as ops:
+        yield ops
 
 
 async def _provisioned(engine: Engine, hosts: LibvirtHosts, name: str) -> str:
