@@ -1,11 +1,12 @@
 """The clone's address: drawn from the target site's clone network when the plan is written, leased in
 the plan's transaction, never given twice (not even to two migrations racing), freed when the migration
 is cancelled; an exhausted network is a 409 before anything runs. Sim providers (a fake provider is
-fine above the drivers: the plans are only written here, the real runs are in test_libvirt_flows and
-test_vmware_flows)."""
+fine above the drivers: the plans are only written here, the real runs are in test_clone_identity and
+test_crash), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 
@@ -63,8 +64,8 @@ def _ip(op: Operation) -> str:
     return op.params["ip"]
 
 
-async def test_each_clone_gets_its_own_address_fixed_in_the_plan(sqlite_sessions: Any) -> None:
-    engine, (w1, w2) = await _world(sqlite_sessions, "10.9.0.0/29", 2)
+async def test_each_clone_gets_its_own_address_fixed_in_the_plan(sessions: Any) -> None:
+    engine, (w1, w2) = await _world(sessions, "10.9.0.0/29", 2)
     a = await flows.cold_migrate(engine, w1, target_provider="simb", target_region="sim-000")
     b = await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
     # .0 network, .7 broadcast, .1 gateway, .2 DNS: four addresses are free
@@ -74,7 +75,7 @@ async def test_each_clone_gets_its_own_address_fixed_in_the_plan(sqlite_sessions
     assert create["hostname"] == a.params["hostname"] and create["hostname"].startswith("app-0-")
     record = next(s for s in a.steps if s["name"] == "record")["args"]["spec_update"]
     assert record["ip"] == _ip(a) and record["mac"] == a.params["mac"]
-    assert await _leases(sqlite_sessions) == {_ip(a): w1, _ip(b): w2}
+    assert await _leases(sessions) == {_ip(a): w1, _ip(b): w2}
     # a repeated request (same idempotency key) is the same operation, with the same address and one lease
     c1 = await flows.cold_migrate(engine, w1, target_provider="simc", idempotency_key="k")
     c2 = await flows.cold_migrate(engine, w1, target_provider="simc", idempotency_key="k")
@@ -82,24 +83,24 @@ async def test_each_clone_gets_its_own_address_fixed_in_the_plan(sqlite_sessions
     assert "address" not in next(s for s in c1.steps if s["name"] == "create-target")["args"]["extra"]
 
 
-async def test_exhausted_network_is_a_conflict_before_any_step(sqlite_sessions: Any) -> None:
-    engine, (w1, w2) = await _world(sqlite_sessions, "10.9.0.0/30", 2, dns="9.9.9.9")
+async def test_exhausted_network_is_a_conflict_before_any_step(sessions: Any) -> None:
+    engine, (w1, w2) = await _world(sessions, "10.9.0.0/30", 2, dns="9.9.9.9")
     first = await flows.cold_migrate(engine, w1, target_provider="simb", target_region="sim-000")
     assert _ip(first) == "10.9.0.2"  # the one host address besides the gateway (the DNS server is elsewhere)
-    before = await _operations(sqlite_sessions)
+    before = await _operations(sessions)
     with pytest.raises(Conflict, match=r"clone network 10\.9\.0\.0/30 of simb/sim-000 has no free address") as err:
         await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
     assert err.value.http_status == 409
-    assert await _operations(sqlite_sessions) == before  # nothing was written, so nothing runs
+    assert await _operations(sessions) == before  # nothing was written, so nothing runs
     # the cancelled migration's lease is dead: the address is free again
-    await store.request_cancel(sqlite_sessions, first.id)
+    await store.request_cancel(sessions, first.id)
     again = await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
-    assert _ip(again) == "10.9.0.2" and await _leases(sqlite_sessions) == {"10.9.0.2": w2}
+    assert _ip(again) == "10.9.0.2" and await _leases(sessions) == {"10.9.0.2": w2}
 
 
-async def test_address_held_by_a_workload_spec_is_not_drawn(sqlite_sessions: Any) -> None:
-    engine, (w1, w2) = await _world(sqlite_sessions, "10.9.0.0/30", 2, dns="9.9.9.9")
-    async with sqlite_sessions() as session:
+async def test_address_held_by_a_workload_spec_is_not_drawn(sessions: Any) -> None:
+    engine, (w1, w2) = await _world(sessions, "10.9.0.0/30", 2, dns="9.9.9.9")
+    async with sessions() as session:
         row = await session.get(Workload, w1)
         row.spec = {**row.spec, "ip": "10.9.0.2"}  # e.g. recorded by an earlier migration
         session.add(row)
@@ -108,11 +109,11 @@ async def test_address_held_by_a_workload_spec_is_not_drawn(sqlite_sessions: Any
         await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
 
 
-async def test_racing_migrations_never_share_an_address(sqlite_sessions: Any, monkeypatch: pytest.MonkeyPatch
+async def test_racing_migrations_never_share_an_address(sessions: Any, monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     """B's migration is written between A's draw and A's submit, with the same address (both draws
     pick the lowest free one): the unique lease makes A's submit fail, and A draws again."""
-    engine, (wa, wb) = await _world(sqlite_sessions, "10.9.0.0/29", 2)
+    engine, (wa, wb) = await _world(sessions, "10.9.0.0/29", 2)
     monkeypatch.setattr(addresses.random, "choice", min)
     real_draw = addresses.draw
     raced: list[Operation] = []
@@ -130,5 +131,25 @@ async def test_racing_migrations_never_share_an_address(sqlite_sessions: Any, mo
     (b,) = raced
     assert draws == ["10.9.0.3", "10.9.0.3", "10.9.0.4"]  # A drew .3, B drew .3 and won, A drew again
     assert _ip(b) == "10.9.0.3" and _ip(a) == "10.9.0.4"
-    assert await _leases(sqlite_sessions) == {"10.9.0.3": wb, "10.9.0.4": wa}
-    assert await _operations(sqlite_sessions) == 4  # two provisions, two migrations: the lost submit wrote nothing
+    assert await _leases(sessions) == {"10.9.0.3": wb, "10.9.0.4": wa}
+    assert await _operations(sessions) == 4  # two provisions, two migrations: the lost submit wrote nothing
+
+
+async def test_concurrent_migrations_fill_the_network_without_sharing(sessions: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four migrations at once into the four free addresses of a /29, every draw aiming at the lowest
+    free one: losers of each round draw again, and all four end with different addresses."""
+    engine, ids = await _world(sessions, "10.9.0.0/29", 4)
+    monkeypatch.setattr(addresses.random, "choice", min)
+    real_draw, draws = addresses.draw, []
+
+    async def counted(*args: Any, **kwargs: Any) -> ipaddress.IPv4Address:
+        draws.append(await real_draw(*args, **kwargs))
+        return draws[-1]
+
+    monkeypatch.setattr(addresses, "draw", counted)
+    ops = await asyncio.gather(*(flows.cold_migrate(engine, wid, target_provider="simb", target_region="sim-000")
+                                 for wid in ids))
+    assert sorted(_ip(op) for op in ops) == ["10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"]
+    assert await _leases(sessions) == {_ip(op): op.target_id for op in ops}
+    assert len(draws) > 4  # the draws did overlap: some lost on the unique lease and drew again
