@@ -153,3 +153,22 @@ async def test_concurrent_migrations_fill_the_network_without_sharing(sessions: 
     assert sorted(_ip(op) for op in ops) == ["10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"]
     assert await _leases(sessions) == {_ip(op): op.target_id for op in ops}
     assert len(draws) > 4  # the draws did overlap: some lost on the unique lease and drew again
+
+
+async def test_lease_outlives_its_operation_only_while_the_workload_holds_the_address(sessions: Any) -> None:
+    engine, (w1, w2) = await _world(sessions, "10.9.0.0/30", 2, dns="9.9.9.9")
+    first = await flows.cold_migrate(engine, w1, target_provider="simb", target_region="sim-000")
+
+    async def settle(*, present: bool) -> None:  # what the record step and a later delete leave behind
+        async with sessions() as session:
+            op, w = await session.get(Operation, first.id), await session.get(Workload, w1)
+            op.state, w.spec, w.present = OperationState.SUCCEEDED, {**w.spec, "ip": _ip(first)}, present
+            session.add_all([op, w])
+            await session.commit()
+
+    await settle(present=True)  # migrated: the clone holds the address
+    with pytest.raises(Conflict):
+        await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
+    await settle(present=False)  # deleted: the address is free again
+    again = await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
+    assert _ip(again) == _ip(first) and await _leases(sessions) == {_ip(first): w2}
