@@ -73,8 +73,8 @@ async def draw(sessions: Sessions, net: CloneNetwork, *, where: str) -> ipaddres
             candidate = ipaddress.IPv4Address(random.randint(first, last))
             if candidate not in taken:
                 return candidate
-        free = [next((a for a in net.cidr.hosts() if a not in taken), None)]  # nearly full: scan once
-        free = [a for a in free if a is not None]
+        first_free = next((a for a in net.cidr.hosts() if a not in taken), None)  # nearly full: scan once
+        free = [first_free] if first_free is not None else []
     else:
         free = [a for a in (ipaddress.IPv4Address(i) for i in range(first, last + 1)) if a not in taken]
     if not free:

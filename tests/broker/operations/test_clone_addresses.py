@@ -172,3 +172,18 @@ async def test_lease_outlives_its_operation_only_while_the_workload_holds_the_ad
     await settle(present=False)  # deleted: the address is free again
     again = await flows.cold_migrate(engine, w2, target_provider="simb", target_region="sim-000")
     assert _ip(again) == _ip(first) and await _leases(sessions) == {_ip(first): w2}
+
+
+async def test_large_network_nearly_full_finds_the_last_address(sqlite_sessions: Any) -> None:
+    """A network too large to enumerate is sampled; when sampling misses, one scan finds what is left."""
+    net = addresses.CloneNetwork(cidr=ipaddress.IPv4Network("10.64.0.0/19"), gateway=ipaddress.IPv4Address("10.64.0.1"))
+    hosts = [str(a) for a in net.cidr.hosts()][1:]  # the gateway is .0.1
+    async with sqlite_sessions() as session:
+        session.add_all(Workload(kind="compute", name=f"w{i}", spec={"ip": ip}) for i, ip in enumerate(hosts[:-1]))
+        await session.commit()
+    assert str(await addresses.draw(sqlite_sessions, net, where="big")) == hosts[-1]
+    async with sqlite_sessions() as session:
+        session.add(Workload(kind="compute", name="last", spec={"ip": hosts[-1]}))
+        await session.commit()
+    with pytest.raises(Conflict, match="all 8190 host addresses are taken"):
+        await addresses.draw(sqlite_sessions, net, where="big")
