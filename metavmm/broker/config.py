@@ -13,6 +13,7 @@ entry is checked for what OpenStack needs.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from datetime import date
 from decimal import Decimal
@@ -78,6 +79,27 @@ class ZoneConfig(_Strict):
     name: str
 
 
+class CloneNetwork(_Strict):
+    """The IPv4 network a site gives migrated clones: each gets an address of ``cidr`` that no other
+    workload holds (never the network, broadcast, gateway or DNS addresses), set statically in the guest
+    by cloud-init. A site without one leaves the clone to DHCP."""
+
+    cidr: ipaddress.IPv4Network = Field(description="e.g. 10.20.0.0/24 (host bits must be zero)")
+    gateway: ipaddress.IPv4Address | None = Field(default=None, description="the default route, inside cidr")
+    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=8)
+
+    @model_validator(mode="after")
+    def _inside(self) -> CloneNetwork:
+        if self.cidr.prefixlen > 30:
+            raise ValueError(f"cidr {self.cidr} is too small for clones: use a /30 or larger")
+        if self.gateway is not None:
+            if self.gateway not in self.cidr:
+                raise ValueError(f"gateway {self.gateway} is outside cidr {self.cidr}")
+            if self.gateway in (self.cidr.network_address, self.cidr.broadcast_address):
+                raise ValueError(f"gateway {self.gateway} is the network or broadcast address of {self.cidr}")
+        return self
+
+
 class SiteConfig(_Strict):
     """A region of a provider; ``country`` (ISO 3166 alpha-2) feeds data-residency rules."""
 
@@ -86,6 +108,7 @@ class SiteConfig(_Strict):
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     location: str | None = None
     zones: list[str] = Field(default_factory=list)
+    clone_network: CloneNetwork | None = Field(default=None, description="addresses for migrated clones")
 
 
 class _ProviderBase(_Strict):

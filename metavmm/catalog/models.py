@@ -447,6 +447,25 @@ class Operation(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
+class AddressLease(SQLModel, table=True):
+    """An address of a site's clone network given to a workload by a cold migration.
+
+    Written in the same transaction as the migration's plan; the unique (network, address) pair is
+    what stops two concurrent migrations from drawing the same address. A lease is live while its
+    operation is active, and after that while its workload is present and carries the address
+    (``spec["ip"]``); dead leases are reclaimed by the next draw (see broker/operations/addresses.py).
+    """
+
+    __tablename__ = "address_lease"
+    __table_args__ = (UniqueConstraint("network", "address"),)
+    id: int | None = Field(default=None, primary_key=True)
+    network: str = Field(max_length=64)
+    address: str = Field(max_length=64)
+    workload_id: str = Field(foreign_key="workload.id", index=True, max_length=36)
+    operation_id: str = Field(max_length=36)
+    created_at: datetime = _ts()
+
+
 class OperationEvent(SQLModel, table=True):
     """One line of an operation's history (state changes, step starts and ends, retries, logs)."""
 

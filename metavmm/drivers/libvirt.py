@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -48,6 +49,7 @@ from metavmm.errors import (
     ProviderUnavailable,
     ValidationError,
 )
+from metavmm.translators.cloudinit import GuestIdentity, write_seed_iso
 
 T = TypeVar("T")
 METADATA_NS = "https://metavmm.dev/xmlns/workload/1"
@@ -236,7 +238,7 @@ class LibvirtDriver(DriverBase):
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str) -> str:
+    def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str, seed: Path | None = None) -> str:
         workload = f"<mv:workload xmlns:mv='{METADATA_NS}'>{escape(spec.workload_id or '')}</mv:workload>"
         mac = f"<mac address='{escape(str(spec.extra['mac']))}'/>" if spec.extra.get("mac") else ""  # a clone's own
         return f"""<domain type='{self.domain_type}'>
@@ -253,19 +255,47 @@ class LibvirtDriver(DriverBase):
       <driver name='qemu' type='qcow2'/>
       <source file='{escape(str(disk))}'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
+    </disk>{self._seed_xml(seed)}
     <interface type='user'>{mac}<model type='virtio'/></interface>
     <serial type='pty'><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
   </devices>
 </domain>"""
 
+    @staticmethod
+    def _seed_xml(seed: Path | None) -> str:
+        """The cloud-init seed as a read-only IDE cdrom (the i440fx machine has no SATA)."""
+        if seed is None:
+            return ""
+        return f"""
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='{escape(str(seed))}'/>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>"""
+
     async def create_vm(self, spec: VmSpec) -> VmInfo:
-        """Define and start a domain on a copy-on-write overlay of ``spec.image`` (a disk path)."""
+        """Define and start a domain on a copy-on-write overlay of ``spec.image`` (a disk path).
+
+        A clone (``extra`` with ``hostname``; ``mac``, ``address``, ``gateway``, ``dns`` optional) gets a
+        cloud-init NoCloud seed ISO beside its disk, attached read-only and deleted with the domain.
+        """
         vm_uuid = str(uuid.uuid4())
         disk = self.storage_dir / "disks" / f"{vm_uuid}.qcow2"
-        await self._make_overlay(spec.image, disk, spec.disk_gib)
-        xml = self._domain_xml(spec, disk, vm_uuid)
+        seed = None
+        if spec.extra.get("hostname"):
+            identity = GuestIdentity.from_extra(spec.extra, instance_id=spec.workload_id or vm_uuid,
+                                                default_hostname=spec.name)
+            seed = await write_seed_iso(identity, self.storage_dir / "disks" / f"{vm_uuid}-seed.iso")
+            self._give_to_storage_owner(seed)
+        try:
+            await self._make_overlay(spec.image, disk, spec.disk_gib)
+        except DriverError:
+            if seed is not None:
+                seed.unlink(missing_ok=True)
+            raise
+        xml = self._domain_xml(spec, disk, vm_uuid, seed)
 
         def define_and_start(conn: libvirt.virConnect) -> VmInfo:
             dom = conn.defineXML(xml)
@@ -280,6 +310,8 @@ class LibvirtDriver(DriverBase):
             return await self._call("create_vm", define_and_start)
         except DriverError:
             disk.unlink(missing_ok=True)
+            if seed is not None:
+                seed.unlink(missing_ok=True)
             raise
 
     async def _make_overlay(self, base: str, disk: Path, size_gib: int) -> None:
@@ -501,7 +533,8 @@ class LibvirtDriver(DriverBase):
         Hosts keep their disks in their own ``storage_dir``. When the target's directory is reachable
         from here (``ex_target_storage_dir``: two daemons on one machine, or a mounted path), the
         destination disks are pre-created there, owned like that directory, and the domain XML is
-        rewritten to use them; otherwise the target must already hold disks at the same paths (or a
+        rewritten to use them (a clone's read-only cloud-init seed is copied, as libvirt does not
+        migrate read-only disks); otherwise the target must already hold disks at the same paths (or a
         libvirt storage pool that lets it create them). On success the source disks are removed.
         """
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
@@ -517,14 +550,18 @@ class LibvirtDriver(DriverBase):
             if ex_target_storage_dir:
                 target_dir = Path(ex_target_storage_dir)
                 (target_dir / "disks").mkdir(parents=True, exist_ok=True)
-                for source in tree.findall("devices/disk/source"):
-                    path = Path(source.get("file") or "")
-                    if path.parent.resolve() != owned:
+                for device in tree.findall("devices/disk"):
+                    source = device.find("source")
+                    path = Path(source.get("file") or "") if source is not None else Path()
+                    if source is None or path.parent.resolve() != owned:
                         continue
                     new = target_dir / "disks" / path.name
-                    capacity = dom.blockInfo(str(path))[0]
-                    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(new), str(capacity)],
-                                   check=True, capture_output=True)
+                    if device.get("device") == "cdrom":  # a read-only seed: libvirt does not copy it, we do
+                        shutil.copyfile(path, new)
+                    else:
+                        capacity = dom.blockInfo(str(path))[0]
+                        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(new), str(capacity)],
+                                       check=True, capture_output=True)
                     owner = target_dir.stat()
                     if os.geteuid() == 0:
                         os.chown(new, owner.st_uid, owner.st_gid)

@@ -7,8 +7,10 @@ hosts of every kind share one vocabulary. VM ids are vCenter instance UUIDs (uni
 
 What the broker creates carries the workload id in the VM's ``extraConfig`` under ``metavmm.workload``
 (``OWNER_TAG`` with a dot, the separator vSphere keys use; not ``guestinfo.*``, which the guest itself
-could rewrite). A clone's hostname goes to ``guestinfo.hostname`` and to cloud-init's VMware datasource
-(``guestinfo.metadata``, base64 JSON with ``local-hostname``); its MAC is set as a manual address.
+could rewrite). A clone's hostname goes to ``guestinfo.hostname`` and, with its static address when the site has a
+clone network, to cloud-init's VMware datasource (``guestinfo.metadata``, base64 JSON built by
+translators/cloudinit.py, the same documents a libvirt clone's seed ISO holds); its MAC is set as a
+manual address.
 
 Images are ``.vmdk`` files in ``[datastore] metavmm-images/``, uploaded over the datastore HTTP
 interface (``/folder``) under a temporary name and moved into place, so an interrupted upload never
@@ -24,10 +26,8 @@ the event loop through :meth:`DriverBase.provider_call`, and vSphere faults beco
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
-import json
 import re
 import shutil
 import socket
@@ -66,6 +66,7 @@ from metavmm.errors import (
     ProviderUnavailable,
     ValidationError,
 )
+from metavmm.translators.cloudinit import GuestIdentity, vmware_guestinfo
 from metavmm.translators.cpu import cpuid_features, vendor_name
 
 T = TypeVar("T")
@@ -425,11 +426,9 @@ class VmwareDriver(DriverBase):
 
     def _config_spec(self, spec: VmSpec, vm_dir: _DsPath, network: Any, disk: str | None, size_kib: int,
                      ) -> Any:
-        hostname = str(spec.extra.get("hostname") or spec.name)
-        metadata = json.dumps({"instance-id": spec.workload_id or spec.name, "local-hostname": hostname})
-        extra = {TAG_KEY: spec.workload_id or "", "guestinfo.hostname": hostname,
-                 "guestinfo.metadata": base64.b64encode(metadata.encode()).decode(),
-                 "guestinfo.metadata.encoding": "base64"}
+        identity = GuestIdentity.from_extra(spec.extra, instance_id=spec.workload_id or spec.name,
+                                            default_hostname=spec.name)
+        extra = {TAG_KEY: spec.workload_id or "", **vmware_guestinfo(identity)}
         scsi = vim.vm.device.VirtualLsiLogicController(key=-1, busNumber=0, sharedBus="noSharing")
         devices = [vim.vm.device.VirtualDeviceSpec(operation="add", device=scsi),
                    self._nic(network, spec.extra.get("mac"))]

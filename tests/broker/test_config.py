@@ -75,3 +75,29 @@ def test_credentials_are_references_and_resolve(tmp_path: Path, monkeypatch: pyt
         CredentialRef(env="MV_TEST_MISSING").resolve()
     msg = _error("providers:\n  - name: a\n    kind: aws\n    regions: [x]\n    credentials: {env: A, file: B}\n")
     assert "exactly one of env, file or profile" in msg
+
+
+@pytest.mark.parametrize(("network", "message"), [
+    ("{cidr: ten-slash-eight}", "fed.yaml:7: providers[0].sites[0].clone_network.cidr: Input is not a valid IPv4 "
+                                "network (got 'ten-slash-eight')"),
+    ("{cidr: 10.0.0.5/24}", "clone_network.cidr: Input is not a valid IPv4 network"),  # host bits set
+    ("{cidr: 10.0.0.0/24, gateway: 10.0.1.1}", "fed.yaml:7: providers[0].sites[0].clone_network: Value error, "
+                                               "gateway 10.0.1.1 is outside cidr 10.0.0.0/24"),
+    ("{cidr: 10.0.0.0/24, gateway: 10.0.0.255}", "is the network or broadcast address of 10.0.0.0/24"),
+    ("{cidr: 10.0.0.0/31}", "too small for clones"),
+    ("{cidr: 10.0.0.0/24, dns: [resolver]}", "clone_network.dns[0]: Input is not a valid IPv4 address"),
+    ("{cidr: 10.0.0.0/24, gatway: 10.0.0.1}", "clone_network.gatway: unknown key (did you mean 'gateway'?)"),
+])
+def test_clone_network_is_checked(network: str, message: str) -> None:
+    text = ("providers:\n  - kind: libvirt\n    name: lv\n    sites:\n      - region: r1\n        country: TW\n"
+            f"        clone_network: {network}\n")
+    assert message in _error(text)
+
+
+def test_clone_network_is_optional_and_parsed() -> None:
+    cfg = parse_config("providers:\n  - kind: libvirt\n    name: lv\n    sites:\n"
+                       "      - {region: a, clone_network: {cidr: 10.1.0.0/16, gateway: 10.1.0.1, dns: [10.1.0.53]}}\n"
+                       "      - {region: b}\n")
+    a, b = cfg.providers[0].sites
+    assert str(a.clone_network.cidr) == "10.1.0.0/16" and str(a.clone_network.gateway) == "10.1.0.1"
+    assert [str(d) for d in a.clone_network.dns] == ["10.1.0.53"] and b.clone_network is None

@@ -1,7 +1,7 @@
 """The plans of the broker's changes: provision, power actions, delete, live and cold migration.
 
 Each function checks the request against the catalog, builds the whole plan (with every value a
-retry must reuse fixed in the step arguments: the clone's hostname and MAC are drawn here, once)
+retry must reuse fixed in the step arguments: the clone's hostname, MAC and address are drawn here, once)
 and submits it through the engine. Nothing here talks to a provider: the steps do.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from metavmm.broker.operations import store
+from metavmm.broker.operations import addresses, store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind
 from metavmm.errors import Conflict, NotFound, ValidationError
+from metavmm.translators.cloudinit import host_label
 
 POWER_TARGET = {"start": "running", "stop": "stopped", "suspend": "suspended", "restart": "running"}
 
@@ -141,13 +142,21 @@ def new_mac(taken: set[str], kind: str = "") -> str:
             return mac
 
 
+def clone_hostname(name: str) -> str:
+    """The workload's name as a host name (RFC 1123 label) with a fresh suffix: the clone's own."""
+    return f"{host_label(name)[:56].strip('-')}-{uuid.uuid4().hex[:6]}"
+
+
 async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,
                        disk_format: str = "raw", idempotency_key: str | None = None) -> Operation:
     """Stop, export, convert, import, boot and verify at the target; only then remove the source.
 
-    The clone gets its own hostname and MAC (drawn now, so retries reuse them); its IP comes from the
-    target's network. The commit step (recording the target in the catalog) is the point of no
-    return: before it a failure or a cancel restores the source, after it the source is cleaned up.
+    The clone gets its own hostname, MAC and, when the target site has a ``clone_network``, an address
+    of it (all drawn now, so retries reuse them; the address is leased in the plan's transaction, see
+    addresses.py); without one its IP comes from the target's DHCP. The guest learns them through
+    cloud-init (translators/cloudinit.py). The commit step (recording the target in the catalog) is the
+    point of no return: before it a failure or a cancel restores the source, after it the source is
+    cleaned up.
     """
     workload, provider = await _workload_at(engine, workload_id)
     target_cfg = _known_provider(engine, target_provider)
@@ -156,34 +165,51 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     region = target_region or (target_cfg.sites[0].region if getattr(target_cfg, "sites", None) else "local")
     async with engine.sessions() as session:
         macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}
-    mac, hostname = new_mac(macs, target_cfg.kind), f"{workload.name}-{uuid.uuid4().hex[:6]}"
+    mac, hostname = new_mac(macs, target_cfg.kind), clone_hostname(workload.name)
     image_name = f"migrate-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
     src = {"provider": provider, "workload_id": workload.id}
     dst = {"provider": target_provider, "workload_id": workload.id}
     spec = workload.spec
-    steps = [
-        Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
-        Step("export", "disk.export", src, compensate="scratch.clean", weight=3),
-        Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
-        Step("import", "image.import", {"provider": target_provider, "region": region, "name": image_name},
-             compensate="image.delete", weight=3),
-        Step("create-target", "vm.create", {**dst, "name": hostname, "region": region, "image_from": "target_image",
-                                            "vcpus": spec.get("vcpus", 1), "ram_mib": spec.get("ram_mib", 512),
-                                            "extra": {"mac": mac, "hostname": hostname}, "save_as": "target_vm"},
-             compensate="vm.delete", weight=2),
-        Step("boot-check", "vm.wait", {**dst, "state": "running", "timeout_s": 300, "stable_s": 2.0}),
-        Step("record", "workload.record", {**dst, "spec_update": {
-            "mac": mac, "hostname": hostname,
-            "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
-        Step("remove-source", "vm.delete", src),
-        Step("clean-scratch", "scratch.clean", {}),
-    ]
-    if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
-        steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
-    return await engine.submit(kind="cold_migrate", steps=steps, target_id=workload.id,
-                               project_id=workload.project_id, idempotency_key=idempotency_key,
-                               params={"from": provider, "to": target_provider, "format": disk_format,
-                                       "hostname": hostname, "mac": mac})
+    net = addresses.clone_network(target_cfg, region)
+
+    def plan(address: Any) -> dict[str, Any]:
+        identity: dict[str, Any] = {"mac": mac, "hostname": hostname, "instance_id": f"{workload.id}-{hostname}"}
+        if address is not None and net is not None:
+            identity.update(address=f"{address}/{net.cidr.prefixlen}", gateway=str(net.gateway or "") or None,
+                            dns=[str(d) for d in net.dns])
+        ip = str(address) if address is not None else None
+        steps = [
+            Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
+            Step("export", "disk.export", src, compensate="scratch.clean", weight=3),
+            Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
+            Step("import", "image.import", {"provider": target_provider, "region": region, "name": image_name},
+                 compensate="image.delete", weight=3),
+            Step("create-target", "vm.create", {**dst, "name": hostname, "region": region,
+                                                "image_from": "target_image", "vcpus": spec.get("vcpus", 1),
+                                                "ram_mib": spec.get("ram_mib", 512), "extra": identity,
+                                                "save_as": "target_vm"},
+                 compensate="vm.delete", weight=2),
+            Step("boot-check", "vm.wait", {**dst, "state": "running", "timeout_s": 300, "stable_s": 2.0}),
+            Step("record", "workload.record", {**dst, "spec_update": {
+                "mac": mac, "hostname": hostname, "ip": ip,
+                "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
+            Step("remove-source", "vm.delete", src),
+            Step("clean-scratch", "scratch.clean", {}),
+        ]
+        if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
+            steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
+        return {"kind": "cold_migrate", "steps": steps, "target_id": workload.id, "project_id": workload.project_id,
+                "idempotency_key": idempotency_key,
+                "params": {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname,
+                           "mac": mac, "ip": ip}}
+
+    if net is None:
+        return await engine.submit(**plan(None))
+    op, created = await addresses.submit_with_lease(engine.sessions, net, where=f"{target_provider}/{region}",
+                                                    workload_id=workload.id, build=plan)
+    if created:
+        await engine.wake(op.id)
+    return op
 
 
 def resize_steps(workload_id: str, *, provider: str, running: bool, vcpus: int, ram_mib: int, flavor: str | None,

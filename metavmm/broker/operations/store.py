@@ -36,13 +36,14 @@ class LeaseLost(Exception):
 async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: str | None = None,
                  params: dict[str, Any] | None = None, project_id: int | None = None,
                  idempotency_key: str | None = None, rows: list[Any] | None = None,
-                 fingerprint: str | None = None) -> tuple[Operation, bool]:
+                 fingerprint: str | None = None, operation_id: str | None = None) -> tuple[Operation, bool]:
     """Write the operation and its whole plan in one transaction; (operation, created).
 
     A second request with the same idempotency key returns the first operation (created=False) as
     long as it asks for the same thing; a different request under a used key is a conflict.
     ``rows`` (e.g. the new workload of a provision) are written in the same transaction.
     ``fingerprint`` identifies the request when its target is new each time (a provision).
+    ``operation_id`` fixes the new operation's id, for rows that name it (an address lease).
     """
     if not steps:
         raise ValidationError(f"an operation of kind {kind!r} needs at least one step")
@@ -58,7 +59,8 @@ async def submit(maker: Sessions, *, kind: str, steps: list[Step], target_id: st
                 session.add(row)
             await session.flush()
             op = await write_plan(session, kind=kind, steps=steps, target_id=target_id, params=params,
-                                  project_id=project_id, idempotency_key=idempotency_key, fingerprint=fingerprint)
+                                  project_id=project_id, idempotency_key=idempotency_key, fingerprint=fingerprint,
+                                  operation_id=operation_id)
     except IntegrityError:
         if not idempotency_key:
             raise

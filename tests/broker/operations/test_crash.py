@@ -24,6 +24,7 @@ from metavmm.broker.operations.executor import Executor
 from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Provider, Workload
+from tests.broker.operations.test_clone_identity import with_clone_networks
 from tests.broker.operations.test_libvirt_flows import domains
 from tests.broker.operations.test_vmware_flows import datastore_files, federation_yaml, tagged_vms
 
@@ -103,7 +104,7 @@ async def world(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, vcenter: Vcsim
     work = libvirt_hosts.root / "work" / tmp_path.name
     work.mkdir(parents=True)
     config_path = tmp_path / "federation.yaml"
-    config_path.write_text(federation_yaml(libvirt_hosts, vcenter, work, lease_s=1))
+    config_path.write_text(with_clone_networks(federation_yaml(libvirt_hosts, vcenter, work, lease_s=1)))
     config = parse_config(config_path.read_text())
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     await db.upgrade_async(url)
@@ -163,8 +164,9 @@ async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str
         vm_dir = f"{hostname}-{wid[:8]}"
         assert f"metavmm-images/{image}.vmdk" in new and {f.split("/")[0] for f in new} == {"metavmm-images", vm_dir}
         assert all(not f.startswith("metavmm-images/.") for f in new)  # no unfinished upload
-    else:
-        assert [f.split("/")[0] for f in new] == ["disks", "images"] and new[1] == f"images/{image}.raw"
+    else:  # the clone's disk, its cloud-init seed, its image
+        assert [f.split("/")[0] for f in new] == ["disks", "disks", "images"] and new[2] == f"images/{image}.raw"
+        assert new[0] == new[1].replace(".qcow2", "-seed.iso")
     assert not (Path(world.engine.config.operations.work_dir or "") / op.id).exists()
     # no loss: the catalog points at the VM that runs
     w, at = await _where(world, wid)
@@ -175,6 +177,7 @@ async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str
         vm_id = subprocess.run(["virsh", "-c", world.hosts.uris[1], "domuuid", hostname], capture_output=True,
                                text=True).stdout.strip()
     assert w.provider_resource_id == vm_id
+    assert w.spec["ip"] == op.params["ip"] and op.params["ip"]  # the address drawn with the plan survived the crash
     assert (await world.run((await flows.delete(world.engine, wid)).id)).state == OperationState.SUCCEEDED
     assert world.files_at(target) == files_before and world.running_at(target, wid) == []
 

@@ -4,10 +4,11 @@ MAC and hostname, booted and verified there before the source goes; then deleted
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,18 @@ def datastore_files(vcenter: Vcsim) -> set[str]:
 @pytest.fixture
 async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, vcenter: Vcsim,
                  tmp_path: Path) -> AsyncIterator[Engine]:
+    async with engine_over(libvirt_hosts, vcenter, tmp_path) as ops:
+        yield ops
+
+
+@contextlib.asynccontextmanager
+async def engine_over(libvirt_hosts: LibvirtHosts, vcenter: Vcsim, tmp_path: Path,
+                      edit: Callable[[str], str] = str) -> AsyncIterator[Engine]:
+    """An engine over a fresh catalog synced with both libvirt hosts and the vCenter; ``edit`` may
+    change the federation file's text first."""
     work = libvirt_hosts.root / "work" / tmp_path.name
     work.mkdir(parents=True)
-    config = parse_config(federation_yaml(libvirt_hosts, vcenter, work))
+    config = parse_config(edit(federation_yaml(libvirt_hosts, vcenter, work)))
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     await db.upgrade_async(url)
     sql = db.make_engine(url)

@@ -1,0 +1,139 @@
+"""A clone's identity (hostname, MAC, static address) as the cloud-init documents every target reads.
+
+One place builds the documents (:func:`documents`); each driver only chooses the transport:
+libvirt attaches a NoCloud seed, a small ISO 9660 image labelled ``cidata`` holding ``meta-data``,
+``user-data`` and ``network-config`` (:func:`write_seed_iso`, built with xorriso); VMware puts the
+same meta-data, with the network config under its ``network`` key, into ``guestinfo.metadata``, as
+cloud-init's VMware datasource reads it (:func:`vmware_guestinfo`).
+
+Without an address the clone gets no network-config and cloud-init falls back to DHCP on its first
+interface, which is what a target without a configured clone network gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metavmm.errors import ValidationError
+from metavmm.translators.tools import Limits, find_tool, run_tool
+
+SEED_LABEL = "cidata"  # the volume label NoCloud looks for
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_MAC = re.compile(r"^(?:[0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+def host_label(name: str) -> str:
+    """``name`` made a valid host name (lower case, letters, digits and inner hyphens, at most 63)."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-") or "vm"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestIdentity:
+    """What makes a clone itself. ``address`` is an interface (``10.20.0.5/24``); None means DHCP."""
+
+    instance_id: str
+    hostname: str
+    mac: str | None = None
+    address: str | None = None
+    gateway: str | None = None
+    dns: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not _HOSTNAME.fullmatch(self.hostname):
+            raise ValidationError(f"hostname {self.hostname!r} is not a valid host name (RFC 1123 label)")
+        if not self.instance_id or "/" in self.instance_id:
+            raise ValidationError(f"instance id {self.instance_id!r} must be non-empty and have no '/'")
+        if self.mac is not None and not _MAC.fullmatch(self.mac):
+            raise ValidationError(f"MAC {self.mac!r} is not six colon-separated hex bytes")
+        try:
+            iface = ipaddress.ip_interface(self.address) if self.address else None
+            gateway = ipaddress.ip_address(self.gateway) if self.gateway else None
+            for server in self.dns:
+                ipaddress.ip_address(server)
+        except ValueError as exc:
+            raise ValidationError(f"clone address: {exc}") from None
+        if gateway is not None and (iface is None or gateway not in iface.network):
+            raise ValidationError(f"gateway {gateway} is not in the clone's network {iface.network if iface else '-'}")
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any], *, instance_id: str, default_hostname: str) -> GuestIdentity:
+        """The identity a flow put into ``VmSpec.extra`` (keys ``hostname``, ``mac``, ``address``,
+        ``gateway``, ``dns``, ``instance_id``)."""
+        return cls(instance_id=str(extra.get("instance_id") or instance_id),
+                   hostname=str(extra.get("hostname") or host_label(default_hostname)),
+                   mac=str(extra["mac"]) if extra.get("mac") else None,
+                   address=str(extra["address"]) if extra.get("address") else None,
+                   gateway=str(extra["gateway"]) if extra.get("gateway") else None,
+                   dns=tuple(str(s) for s in extra.get("dns") or ()))
+
+
+def meta_data(identity: GuestIdentity) -> dict[str, Any]:
+    return {"instance-id": identity.instance_id, "local-hostname": identity.hostname}
+
+
+def network_config(identity: GuestIdentity) -> dict[str, Any] | None:
+    """Network config version 2 with the static address on the interface carrying the clone's MAC
+    (or the first ``e*`` interface without one); None without an address (DHCP)."""
+    if not identity.address:
+        return None
+    nic: dict[str, Any] = {"match": {"macaddress": identity.mac.lower()} if identity.mac else {"name": "e*"},
+                           "addresses": [identity.address]}
+    if identity.gateway:
+        nic["routes"] = [{"to": "default", "via": identity.gateway}]
+    if identity.dns:
+        nic["nameservers"] = {"addresses": list(identity.dns)}
+    return {"version": 2, "ethernets": {"primary": nic}}
+
+
+def documents(identity: GuestIdentity) -> dict[str, str]:
+    """The NoCloud files by name: meta-data, user-data (NoCloud requires one) and, with an address,
+    network-config."""
+    docs = {"meta-data": yaml.safe_dump(meta_data(identity), sort_keys=False),
+            "user-data": "#cloud-config\n" + yaml.safe_dump({"preserve_hostname": False,
+                                                              "hostname": identity.hostname}, sort_keys=False)}
+    network = network_config(identity)
+    if network is not None:
+        docs["network-config"] = yaml.safe_dump(network, sort_keys=False)
+    return docs
+
+
+def vmware_guestinfo(identity: GuestIdentity) -> dict[str, str]:
+    """extraConfig keys for cloud-init's VMware datasource: the meta-data as base64 JSON, with the
+    network config embedded under ``network`` (the datasource's documented layout)."""
+    metadata: dict[str, Any] = meta_data(identity)
+    network = network_config(identity)
+    if network is not None:
+        metadata["network"] = network
+    return {"guestinfo.hostname": identity.hostname,
+            "guestinfo.metadata": base64.b64encode(json.dumps(metadata).encode()).decode(),
+            "guestinfo.metadata.encoding": "base64"}
+
+
+async def write_seed_iso(identity: GuestIdentity, dest: Path) -> Path:
+    """Write the NoCloud seed ISO (label ``cidata``, Joliet and Rock Ridge names) to ``dest``.
+
+    Built under a temporary name in ``dest``'s directory and renamed, so a crash never leaves a
+    half-written seed that a retried step would attach.
+    """
+    xorriso = find_tool("xorriso")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="seed-", dir=dest.parent) as tmp:
+        src = Path(tmp) / "files"
+        src.mkdir()
+        for name, text in documents(identity).items():
+            (src / name).write_text(text)
+        part = Path(tmp) / "seed.iso"
+        await run_tool([xorriso, "-as", "mkisofs", "-quiet", "-output", str(part), "-volid", SEED_LABEL,
+                        "-joliet", "-rock", str(src)], limits=Limits(timeout_s=60), what="xorriso")
+        part.replace(dest)
+    return dest

@@ -1,0 +1,85 @@
+"""The clone's cloud-init documents, its NoCloud seed ISO read back with xorriso, and the VMware
+guestinfo built from the same documents."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metavmm.errors import ValidationError
+from metavmm.translators.cloudinit import GuestIdentity, documents, host_label, vmware_guestinfo, write_seed_iso
+
+STATIC = GuestIdentity(instance_id="w1-web-abc123", hostname="web-abc123", mac="52:54:00:AA:bb:01",
+                       address="10.20.0.7/24", gateway="10.20.0.1", dns=("10.20.0.2", "9.9.9.9"))
+
+
+def iso_files(iso: Path, dest: Path) -> dict[str, str]:
+    """Every file of ``iso``, extracted by xorriso (not by our code)."""
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(dest)], check=True,
+                   capture_output=True)
+    return {p.name: p.read_text() for p in dest.iterdir() if p.is_file()}
+
+
+def iso_label(iso: Path) -> str:
+    out = subprocess.run(["xorriso", "-indev", str(iso), "-pvd_info"], capture_output=True, text=True,
+                         check=True).stdout
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Volume Id"))
+
+
+async def test_seed_iso_carries_hostname_and_static_address(tmp_path: Path) -> None:
+    iso = await write_seed_iso(STATIC, tmp_path / "seed.iso")
+    assert iso_label(iso) == "cidata"
+    files = iso_files(iso, tmp_path / "out")
+    assert sorted(files) == ["meta-data", "network-config", "user-data"]
+    assert yaml.safe_load(files["meta-data"]) == {"instance-id": "w1-web-abc123", "local-hostname": "web-abc123"}
+    assert files["user-data"].startswith("#cloud-config\n")
+    assert yaml.safe_load(files["user-data"])["hostname"] == "web-abc123"
+    net = yaml.safe_load(files["network-config"])
+    assert net == {"version": 2, "ethernets": {"primary": {
+        "match": {"macaddress": "52:54:00:aa:bb:01"}, "addresses": ["10.20.0.7/24"],
+        "routes": [{"to": "default", "via": "10.20.0.1"}], "nameservers": {"addresses": ["10.20.0.2", "9.9.9.9"]}}}}
+    assert list(tmp_path.iterdir()) == [iso, tmp_path / "out"]  # no temporary left beside it
+
+
+async def test_without_an_address_the_guest_uses_dhcp(tmp_path: Path) -> None:
+    dhcp = GuestIdentity(instance_id="i-2", hostname="db-1", mac="52:54:00:00:00:02")
+    files = iso_files(await write_seed_iso(dhcp, tmp_path / "seed.iso"), tmp_path / "out")
+    assert sorted(files) == ["meta-data", "user-data"]  # no network-config: cloud-init's DHCP fallback
+    meta = json.loads(base64.b64decode(vmware_guestinfo(dhcp)["guestinfo.metadata"]))
+    assert meta == {"instance-id": "i-2", "local-hostname": "db-1"}
+
+
+def test_vmware_guestinfo_holds_the_same_documents() -> None:
+    info = vmware_guestinfo(STATIC)
+    assert info["guestinfo.metadata.encoding"] == "base64" and info["guestinfo.hostname"] == "web-abc123"
+    meta = json.loads(base64.b64decode(info["guestinfo.metadata"]))
+    docs = documents(STATIC)
+    assert {k: v for k, v in meta.items() if k != "network"} == yaml.safe_load(docs["meta-data"])
+    assert meta["network"] == yaml.safe_load(docs["network-config"])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"hostname": "bad_name"}, "not a valid host name"),
+    ({"hostname": "-lead"}, "not a valid host name"),
+    ({"instance_id": "a/b"}, "instance id"),
+    ({"mac": "52:54:00:zz:00:01"}, "MAC"),
+    ({"address": "10.0.0.300/24"}, "clone address"),
+    ({"address": "10.0.0.5/24", "gateway": "10.0.1.1"}, "not in the clone's network"),
+    ({"dns": ("nine",)}, "clone address"),
+])
+def test_bad_identity_is_refused(kwargs: dict[str, object], message: str) -> None:
+    base: dict[str, object] = {"instance_id": "i", "hostname": "ok"}
+    with pytest.raises(ValidationError, match=message):
+        GuestIdentity(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def test_host_label_makes_names_valid() -> None:
+    assert host_label("My_VM.01") == "my-vm-01"
+    assert host_label("___") == "vm"
+    assert len(host_label("x" * 100)) == 63
+    assert GuestIdentity(instance_id="i", hostname=host_label("Über Server!")).hostname == "ber-server"
