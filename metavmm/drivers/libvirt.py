@@ -432,10 +432,11 @@ class LibvirtDriver(DriverBase):
                 raise
             pool = None
         if pool is not None and ET.fromstring(pool.XMLDesc()).findtext("target/path") != path:
+            # left by an earlier storage_dir of this provider: a dir pool is only a view of its directory,
+            # so stopping and forgetting it touches no file (domains keep their disks)
             if pool.isActive():
-                raise ProviderConflict(f"storage pool {self.pool_name} exists for another directory",
-                                       provider=self.name, operation="storage_pool")
-            pool.undefine()  # left by an earlier configuration of this provider
+                pool.destroy()
+            pool.undefine()
             pool = None
         if pool is None:
             xml = (f"<pool type='dir'><name>{escape(self.pool_name)}</name>"

@@ -142,10 +142,18 @@ ACTIONS_BY_STATE = {
 }
 
 
+_RESOURCE_STATE = {"network": {"active": "active", "inactive": "inactive"},
+                   "storage": {"online": "online", "offline": "offline"}}
+"""OCCI's states of a network or storage; anything else (pending while its create plan runs) is the
+not-usable state, and an error, a loss or a deletion is ``error``."""
+
+
 def occi_state(wl: Workload) -> str:
     if wl.kind == "compute":
         return _COMPUTE_STATE.get(wl.observed_state, "inactive")
-    return wl.observed_state
+    if wl.observed_state in ("error", "lost", "deleted", "rolled_back"):
+        return "error"
+    return _RESOURCE_STATE[wl.kind].get(wl.observed_state, "inactive" if wl.kind == "network" else "offline")
 
 
 def mixins_of(spec: dict[str, Any]) -> list[Mixin]:
@@ -193,7 +201,12 @@ def link_entity(row: WorkloadLink, source_kind: str, target_kind: str, source_st
                   "occi.core.source.kind": KINDS[source_kind].type_id,
                   "occi.core.target.kind": KINDS[target_kind].type_id})
     attrs.update(_values(declared(kind, mixins), data))
-    attrs[f"occi.{kind.term}.state"] = "active" if source_state == "active" else "inactive"
+    state = data.get("state")  # pending, active, error or inactive: written by the engine's attach/detach plans
+    up = "active" if source_state == "active" else "inactive"
+    attrs[f"occi.{kind.term}.state"] = up if state in (None, "active") else "error" if state == "error" \
+        else "inactive"
+    if data.get("state_message"):
+        attrs[f"occi.{kind.term}.state.message"] = data["state_message"]
     return Link(kind=kind, id=row.id, location=f"{kind.location}{row.id}", mixins=mixins, attributes=attrs,
                 title=data.get("name"), source=source, source_kind=KINDS[source_kind].type_id, target=target,
                 target_kind=KINDS[target_kind].type_id)
