@@ -108,20 +108,13 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
     await session.flush()  # the reservations reference the workload row
     await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=operation_id,
                          flavor=shape.flavor)
+    planned: tuple[list[Step], dict[str, Any]] | None = None
     if snapshot is not None and kind == "compute":  # the engine runs it: place now, write the real plan
-        steps, where = await _provision_plan(session, snapshot, providers, workload, shape, image_id, site)
-        workload.spec = {**spec, "placement": where}
-        session.add(workload)
-        operation = await op_store.write_plan(session, kind="create", steps=steps, target_id=workload_id,
-                                              project_id=project_id, idempotency_key=idempotency_key,
-                                              params={**where, "holds_quota": True}, operation_id=operation_id)
-        return workload, operation
-    if providers and kind in (WorkloadKind.NETWORK, WorkloadKind.STORAGE):
-        where = await place_resource(session, providers, kind, site)
-        if kind == WorkloadKind.STORAGE and shape.disk_gib < 1:
-            raise ValidationError("a storage workload needs disk_gib (its size, at least 1)")
-        steps = resource_steps(workload_id, kind, name=name, provider=where["provider"], region=where["region"],
-                               size_gib=shape.disk_gib, cidr=cidr, quota=True)
+        planned = await _provision_plan(session, snapshot, providers, workload, shape, image_id, site)
+    elif providers and kind in (WorkloadKind.NETWORK, WorkloadKind.STORAGE):
+        planned = await _resource_plan(session, providers, workload, shape, site, cidr)
+    if planned is not None:
+        steps, where = planned
         workload.spec = {**spec, "placement": where}
         session.add(workload)
         operation = await op_store.write_plan(session, kind="create", steps=steps, target_id=workload_id,
@@ -134,6 +127,17 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
     session.add(operation)
     await session.flush()
     return workload, operation
+
+
+async def _resource_plan(session: AsyncSession, providers: frozenset[str], workload: Workload, shape: Shape,
+                         site: str | None, cidr: str | None) -> tuple[list[Step], dict[str, Any]]:
+    """The engine's volume or network plan at the site :func:`place_resource` chooses."""
+    if workload.kind == WorkloadKind.STORAGE and shape.disk_gib < 1:
+        raise ValidationError("a storage workload needs disk_gib (its size, at least 1)")
+    where = await place_resource(session, providers, workload.kind, site)
+    steps = resource_steps(workload.id, workload.kind, name=workload.name, provider=where["provider"],
+                           region=where["region"], size_gib=shape.disk_gib, cidr=cidr, quota=True)
+    return steps, where
 
 
 async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: set[str], workload: Workload,

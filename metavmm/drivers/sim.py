@@ -13,7 +13,7 @@ import uuid
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from metavmm.drivers.base import (
     Capability,
@@ -34,6 +34,8 @@ from metavmm.drivers.base import (
     VolumeSpec,
 )
 from metavmm.errors import ProviderConflict, ProviderNotFound
+
+T = TypeVar("T")
 
 # (vendor, arch, model, features): a few real CPU generations, so CPU filters have something to do.
 CPU_MODELS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -131,8 +133,7 @@ class SimDriver(DriverBase):
             raise ProviderNotFound(f"no VM {vm_id}", provider=self.name, operation="get_vm") from None
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
-        if spec.region not in {s.region for s in self.regions()}:
-            raise ProviderNotFound(f"no region {spec.region}", provider=self.name, operation="create_vm")
+        self._check_region(spec.region, "create_vm")
         vm = VmInfo(provider_vm_id=f"sim-{uuid.uuid4()}", name=spec.name, region=spec.region,
                     state=VmState.RUNNING, host=spec.host, flavor=spec.flavor, image=spec.image,
                     workload_id=spec.workload_id, extra={"simulated": True})
@@ -194,11 +195,14 @@ class SimDriver(DriverBase):
         self._volumes[volume.provider_volume_id] = volume
         return volume
 
-    def _volume(self, volume_id: str, operation: str) -> VolumeInfo:
+    def _lookup(self, table: dict[str, T], key: str, what: str, operation: str) -> T:
         try:
-            return self._volumes[volume_id]
+            return table[key]
         except KeyError:
-            raise ProviderNotFound(f"no volume {volume_id}", provider=self.name, operation=operation) from None
+            raise ProviderNotFound(f"no {what} {key}", provider=self.name, operation=operation) from None
+
+    def _volume(self, volume_id: str, operation: str) -> VolumeInfo:
+        return self._lookup(self._volumes, volume_id, "volume", operation)
 
     async def delete_volume(self, volume_id: str) -> None:
         if self._volume(volume_id, "delete_volume").attached_to:
@@ -233,10 +237,7 @@ class SimDriver(DriverBase):
         return network
 
     def _network(self, network_id: str, operation: str) -> NetworkInfo:
-        try:
-            return self._networks[network_id]
-        except KeyError:
-            raise ProviderNotFound(f"no network {network_id}", provider=self.name, operation=operation) from None
+        return self._lookup(self._networks, network_id, "network", operation)
 
     async def delete_network(self, network_id: str) -> None:
         self._network(network_id, "delete_network")

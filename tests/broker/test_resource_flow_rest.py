@@ -3,43 +3,19 @@ on the sim provider (the federation's simulated provider, not a mock; the engine
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sqlmodel import select
 
 from metavmm.broker import keys, quotas
-from metavmm.broker.app import create_app
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import sync_all
-from metavmm.catalog.models import Project, Site
-from tests.auth_helpers import authorize
-
-API = "/api/v1"
-CONFIG = """
-providers:
-  - {kind: sim, name: sima, site_count: 2, hosts_per_site: 1}
-operations: {reconcile_interval_s: 0}
-"""
-
-
-async def _client(aiohttp_client: Any, url: str) -> tuple[Any, Any, int]:
-    app = create_app(parse_config(CONFIG), url, sync=False)
-    client = await aiohttp_client(app)
-    await sync_all(app[keys.SESSIONS], app[keys.CONFIG])
-    await authorize(client, "member", project="alpha")
-    async with app[keys.SESSIONS]() as s:
-        project = (await s.exec(select(Project).where(Project.name == "alpha"))).one()
-    return client, app, project.id
+from metavmm.catalog.models import Site
+from tests.broker.test_workload_flow import API, _client, _until_done
 
 
 async def _done(client: Any, op_id: str) -> dict[str, Any]:
-    for _ in range(200):
-        body = await (await client.get(f"{API}/operations/{op_id}")).json()
-        if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"operation {op_id} did not finish: {body}")
+    body = await _until_done(client, op_id)
+    assert body["state"] == "succeeded", body
+    return body
 
 
 async def _create(client: Any, **body: Any) -> tuple[str, dict[str, Any]]:
@@ -60,7 +36,7 @@ async def test_network_storage_links_and_quota(aiohttp_client: Any, sqlite_url: 
                                                        "quota.commit"]
     net_id, net_op = await _create(client, name="lan", kind="network", site=site.region, cidr="10.1.0.0/24")
     for op in (vol_op, net_op, vm_op):
-        assert (await _done(client, op["id"]))["state"] == "succeeded"
+        await _done(client, op["id"])
     vol = await (await client.get(f"{API}/workloads/{vol_id}")).json()
     assert vol["observed_state"] == "online" and vol["site_id"] == site.id
     assert (await (await client.get(f"{API}/workloads/{net_id}")).json())["observed_state"] == "active"
@@ -73,7 +49,7 @@ async def test_network_storage_links_and_quota(aiohttp_client: Any, sqlite_url: 
         resp = await client.post(f"{API}/workloads/{vm_id}/links", json={"target_id": target})
         assert resp.status == 202, await resp.text()
         body = await resp.json()
-        assert (await _done(client, body["operation"]["id"]))["state"] == "succeeded"
+        await _done(client, body["operation"]["id"])
         links.append(body["link"]["id"])
     dup = await client.post(f"{API}/workloads/{vm_id}/links", json={"target_id": vol_id})
     assert dup.status == 409 and "already has storagelink" in (await dup.json())["detail"]
@@ -90,12 +66,12 @@ async def test_network_storage_links_and_quota(aiohttp_client: Any, sqlite_url: 
     for link in links:
         resp = await client.delete(f"{API}/workloads/{vm_id}/links/{link}")
         assert resp.status == 202
-        assert (await _done(client, (await resp.json())["id"]))["state"] == "succeeded"
+        await _done(client, (await resp.json())["id"])
     assert await (await client.get(f"{API}/workloads/{vm_id}/links")).json() == []
     for wid in (vol_id, net_id):
         resp = await client.delete(f"{API}/workloads/{wid}")
         assert resp.status == 202, await resp.text()
-        assert (await _done(client, (await resp.json())["id"]))["state"] == "succeeded"
+        await _done(client, (await resp.json())["id"])
     assert await sim.list_volumes() == [] and await sim.list_networks() == []
     async with app[keys.SESSIONS]() as s:
         used = await quotas.usage(s, project_id)

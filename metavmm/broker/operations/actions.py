@@ -67,11 +67,9 @@ def load_builtin_actions() -> None:
     from metavmm.broker.operations import (  # noqa: F401
         disk_actions,
         link_actions,
-        net_actions,
         quota_actions,
         resource_actions,
         vm_actions,
-        volume_actions,
     )
 
 

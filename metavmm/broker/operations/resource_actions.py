@@ -1,15 +1,18 @@
-"""What the volume and network steps share: finding the provider's resource by its workload tag, creating,
-deleting, attaching and detaching it, and recording it in the catalog.
+"""Step actions on volumes (OCCI storage, REST storage workloads) and networks (OCCI network, REST network
+workloads): ``volume.create``/``delete``/``attach``/``detach``, the same four for ``network``, and
+``resource.record``, which writes where one now is.
 
 Volumes and networks differ only in the driver verbs and value objects they use, so one
 :class:`Verbs` row per kind drives the same idempotent code: every create first looks for a resource
 carrying the workload's tag (a crash between "the provider made it" and "the row recorded it" leaves
-nothing unfindable, and the re-run adopts it), every delete or detach of what is already gone
-succeeds. The registered actions live in :mod:`volume_actions` and :mod:`net_actions`.
+nothing unfindable, and the re-run adopts it), every attach of what is attached already is a no-op,
+every delete or detach of what is already gone succeeds. A network is what the provider calls one:
+a libvirt network (an isolated bridge), an AWS VPC with one subnet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +23,7 @@ from metavmm.broker.operations.context import StepContext
 from metavmm.broker.operations.vm_actions import find_vm, require_vm
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Provider, Site, Workload, utcnow
-from metavmm.drivers.base import NetworkInfo, VolumeInfo
+from metavmm.drivers.base import NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
 from metavmm.errors import Conflict, DriverError, NotFound, ProviderNotFound
 
 Resource = VolumeInfo | NetworkInfo
@@ -183,3 +186,33 @@ async def record(ctx: StepContext, *, provider: str, workload_id: str, kind: str
         workload.version += 1
         session.add(workload)
     return {"placed_at": provider}
+
+
+def register(verbs: Verbs, spec: Callable[..., Any]) -> None:
+    """Register ``<noun>.create``/``delete``/``attach``/``detach`` for one kind; ``spec`` builds the driver's
+    spec from the create step's arguments (name, region, size_gib or cidr, zone) and the workload id."""
+    noun = verbs.noun
+
+    async def create_it(ctx: StepContext, *, provider: str, workload_id: str, **args: Any) -> dict[str, Any]:
+        return await create(ctx, verbs, provider, workload_id, spec(workload_id=workload_id, **args))
+
+    async def delete_it(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+        await delete(ctx, verbs, provider, workload_id)
+
+    async def attach_it(ctx: StepContext, *, compute_id: str, target_id: str, **_: Any) -> dict[str, Any]:
+        return await attach(ctx, verbs, compute_id, target_id)
+
+    async def detach_it(ctx: StepContext, *, compute_id: str, target_id: str, **_: Any) -> None:
+        await detach(ctx, verbs, compute_id, target_id)
+
+    docs = {create_it: f"Create the workload's {noun} unless one carrying its tag is there already (adopt it).",
+            delete_it: f"Delete the workload's {noun}; nothing there is success, still in use is a conflict.",
+            attach_it: f"Attach the {noun} to the compute's VM (attached already: done).",
+            detach_it: f"Detach the {noun} from the VM (compensation of {noun}.attach; not attached: done)."}
+    for fn, doc in docs.items():
+        fn.__doc__ = doc
+        action(f"{noun}.{fn.__name__.removesuffix('_it')}")(fn)
+
+
+register(VOLUME, VolumeSpec)
+register(NETWORK, NetworkSpec)
