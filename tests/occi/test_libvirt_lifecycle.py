@@ -7,6 +7,7 @@ empty qcow2 made with qemu-img and published as an os_tpl: the VM need not boot 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -98,16 +99,15 @@ def remove_networks_and_pool(conn: libvirt.virConnect, workload_ids: set[str], p
     files go with the storage dir)."""
     for net in conn.listAllNetworks():
         if net.name().startswith("mv-") and net.name()[3:] in workload_ids:
-            if net.isActive():
+            with contextlib.suppress(libvirt.libvirtError):  # an engine step may be removing it too
                 net.destroy()
-            net.undefine()
-    try:
+            with contextlib.suppress(libvirt.libvirtError):
+                net.undefine()
+    with contextlib.suppress(libvirt.libvirtError):
         pool = conn.storagePoolLookupByName(f"metavmm-{provider}")
-    except libvirt.libvirtError:
-        return
-    if pool.isActive():
-        pool.destroy()
-    pool.undefine()
+        with contextlib.suppress(libvirt.libvirtError):
+            pool.destroy()
+        pool.undefine()
 
 
 class Plain:
