@@ -479,6 +479,12 @@ class LibvirtDriver(DriverBase):
 
     async def list_volumes(self) -> list[VolumeInfo]:
         def read(conn: libvirt.virConnect) -> list[VolumeInfo]:
+            try:  # no pool yet: no volumes (a reconciliation pass must not create one)
+                conn.storagePoolLookupByName(self.pool_name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return []
+                raise
             pool = self._pool(conn)
             pool.refresh(0)
             users = self._attachments(conn)[0]

@@ -61,6 +61,12 @@ def _virsh_xml(uri: str, vm_id: str, inactive: bool = False) -> str:
 async def test_volume_and_network_lifecycle_with_a_domain(driver: LibvirtDriver, system_libvirt: str) -> None:
     assert {Capability.VOLUMES, Capability.NETWORKS} <= driver.capabilities
     wid_vol, wid_net = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await driver.list_volumes() == []  # listing makes no pool: only a create does
+    conn = libvirt.open(system_libvirt)
+    try:
+        assert driver.pool_name not in conn.listStoragePools() + conn.listDefinedStoragePools()
+    finally:
+        conn.close()
     vol = await driver.create_volume(VolumeSpec(name="data", region="local", size_gib=2, workload_id=wid_vol))
     assert vol.size_gib == 2 and vol.workload_id == wid_vol and vol.provider_volume_id.endswith(f"mv-{wid_vol}.qcow2")
     assert Path(vol.provider_volume_id).is_file()
