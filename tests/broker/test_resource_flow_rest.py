@@ -68,6 +68,8 @@ async def test_network_storage_links_and_quota(aiohttp_client: Any, sqlite_url: 
         assert resp.status == 202
         await _done(client, (await resp.json())["id"])
     assert await (await client.get(f"{API}/workloads/{vm_id}/links")).json() == []
+    gone = await client.delete(f"{API}/workloads/{vm_id}/links/{links[0]}")
+    assert gone.status == 404 and "has no link" in (await gone.json())["detail"]
     for wid in (vol_id, net_id):
         resp = await client.delete(f"{API}/workloads/{wid}")
         assert resp.status == 202, await resp.text()

@@ -40,7 +40,7 @@ from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, target_project, visible
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind, WorkloadLink
-from metavmm.errors import Conflict, UnsupportedOperation
+from metavmm.errors import NotFound, UnsupportedOperation
 from metavmm.scheduler import service as scheduler
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -279,7 +279,7 @@ async def delete_link(request: web.Request, params: WorkloadLinkParams) -> Opera
         compute = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
         link = await session.get(WorkloadLink, params.link_id)
         if link is None or link.source_id != compute.id:
-            raise Conflict(f"compute {compute.id} has no link {params.link_id}")
+            raise NotFound(f"compute {compute.id} has no link {params.link_id}")
     return OperationOut.model_validate(await flows.detach(engine, params.link_id))
 
 
