@@ -454,9 +454,14 @@ class LibvirtDriver(DriverBase):
         disks: dict[str, list[str]] = {}
         nets: dict[str, list[str]] = {}
         for dom in conn.listAllDomains():
-            docs = [ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
-            if dom.isActive():
-                docs.append(ET.fromstring(dom.XMLDesc()))
+            try:
+                docs = [ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
+                if dom.isActive():
+                    docs.append(ET.fromstring(dom.XMLDesc()))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined by someone else since the listing: it names nothing any more
+                raise
             for doc in docs:
                 for src in doc.findall("devices/disk/source"):
                     if src.get("file") and dom.UUIDString() not in disks.get(src.get("file", ""), []):
