@@ -539,7 +539,17 @@ class LibvirtDriver(DriverBase):
                            workload_id=tagged.group(1) if tagged else None, extra={"bridge": bridge})
 
     async def list_networks(self) -> list[NetworkInfo]:
-        return await self._call("list_networks", lambda c: [self._network_info(n) for n in c.listAllNetworks(0)])
+        def read(conn: libvirt.virConnect) -> list[NetworkInfo]:
+            out = []
+            for net in conn.listAllNetworks(0):
+                try:
+                    out.append(self._network_info(net))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                        raise  # otherwise removed by someone else since the listing: not there
+            return out
+
+        return await self._call("list_networks", read)
 
     async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
         """An isolated network: a bridge of its own, no ``<ip>`` (so no dnsmasq), no forwarding."""
