@@ -156,6 +156,13 @@ def occi_state(wl: Workload) -> str:
     return _RESOURCE_STATE[wl.kind].get(wl.observed_state, "inactive" if wl.kind == "network" else "offline")
 
 
+def applicable_actions(wl: Workload) -> tuple[str, ...]:
+    """The action terms that apply now; none while a network's or storage's create plan runs."""
+    if wl.kind != "compute" and wl.observed_state == "pending":
+        return ()
+    return ACTIONS_BY_STATE[wl.kind].get(occi_state(wl), ())
+
+
 def mixins_of(spec: dict[str, Any]) -> list[Mixin]:
     return [mixin_stub(t) for t in spec.get("mixins", [])]
 
@@ -182,7 +189,7 @@ def resource_entity(wl: Workload, links: list[Link]) -> Resource:
     attrs[f"occi.{kind.term}.state"] = state
     if wl.state_message:
         attrs[f"occi.{kind.term}.state.message"] = wl.state_message
-    applicable = ACTIONS_BY_STATE[kind.term].get(state, ())
+    applicable = applicable_actions(wl)
     return Resource(kind=kind, id=wl.id, location=f"{kind.location}{wl.id}", mixins=mixins, attributes=attrs,
                     actions=[a for a in kind.actions if a.term in applicable], title=wl.name,
                     summary=wl.spec.get("summary"), links=links)

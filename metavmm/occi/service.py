@@ -44,10 +44,10 @@ from metavmm.catalog.models import (
 from metavmm.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationError
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.catalog_view import (
-    ACTIONS_BY_STATE,
     KINDS,
     STATIC_BY_ID,
     Registry,
+    applicable_actions,
     declared,
     link_entity,
     links_of,
@@ -475,7 +475,7 @@ class OcciService:
             wl = await self._workload(session, kind.term, entity_id)
             provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
         state = occi_state(wl)
-        applicable = ACTIONS_BY_STATE[kind.term].get(state, ())
+        applicable = applicable_actions(wl)
         if term not in applicable:
             raise Conflict(f"action {term} is not applicable: {kind.term} {entity_id} is {state} "
                            f"(applicable now: {', '.join(applicable) or 'none'})")
