@@ -5,9 +5,11 @@ are written in one transaction, so a request either holds its quota and has an o
 nothing behind. When the app runs the operations engine, a compute request is placed by the scheduler
 (the same call as ``POST /placements``) and its operation is the engine's provision plan (pending),
 whose first step's compensation releases the quota and whose last step commits it; nothing fitting is
-a 409 NoPlacement with the scheduler's reasons. Without an engine (or for network and storage
-requests, which no flow provisions yet) the operation is ``queued``: it records the request, the
-engine does not pick it up, and cancelling it gives the quota back at once.
+a 409 NoPlacement with the scheduler's reasons. A network or storage request goes to the site it
+names (a volume must sit at the site of the compute it will attach to) or to the first site whose
+provider can create one, and its operation is the engine's volume or network plan, with the same
+quota settlement (storage counts its GiB). Without an engine the operation is ``queued``: it records
+the request, the engine does not pick it up, and cancelling it gives the quota back at once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker import quotas
 from metavmm.broker.operations import store as op_store
-from metavmm.broker.operations.flows import provision_steps
+from metavmm.broker.operations.flows import provision_steps, resource_steps
 from metavmm.broker.operations.plan import Step
 from metavmm.catalog.models import (
     Flavor,
@@ -29,8 +31,11 @@ from metavmm.catalog.models import (
     ImageReplica,
     Operation,
     OperationState,
+    Provider,
     Site,
     Workload,
+    WorkloadKind,
+    WorkloadLink,
     new_uuid,
     utcnow,
 )
@@ -70,13 +75,14 @@ async def resolve_shape(session: AsyncSession, kind: str, flavor: str | None, vc
 
 async def create(session: AsyncSession, *, project_id: int, kind: str, name: str, shape: Shape,
                  image_id: str | None, site: str | None, idempotency_key: str | None,
-                 snapshot: Snapshot | None = None, providers: frozenset[str] = frozenset()
-                 ) -> tuple[Workload, Operation]:
+                 snapshot: Snapshot | None = None, providers: frozenset[str] = frozenset(),
+                 cidr: str | None = None) -> tuple[Workload, Operation]:
     """Reserve quota and write the workload with its ``create`` operation (one transaction; the
     reservation's project lock comes first, as SQLite needs). With a scheduler ``snapshot`` (the app
     runs an engine) a compute request is placed and its operation is the engine's provision plan
     (pending; the caller wakes the engine); without one it is ``queued``. ``providers``: the
-    federation file's providers, the only ones the engine can drive."""
+    federation file's providers, the only ones the engine can drive (empty: no engine runs); with
+    them a network or storage request gets the engine's plan too."""
     workload_id, operation_id = new_uuid(), new_uuid()
     need = quotas.demand_of(kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model, shape.gpu_count)
     await quotas.lock_project(session, project_id)
@@ -95,15 +101,20 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
             raise ValidationError(f"no image {image_id} visible to this project")
     spec: dict[str, Any] = {"vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
                             "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
-                            "image_id": image_id, "site": site}
+                            "image_id": image_id, "site": site, **({"cidr": cidr} if cidr else {})}
     workload = Workload(id=workload_id, project_id=project_id, kind=kind, name=name, spec=spec,
                         desired_state="active", observed_state="pending")
     session.add(workload)
     await session.flush()  # the reservations reference the workload row
     await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=operation_id,
                          flavor=shape.flavor)
+    planned: tuple[list[Step], dict[str, Any]] | None = None
     if snapshot is not None and kind == "compute":  # the engine runs it: place now, write the real plan
-        steps, where = await _provision_plan(session, snapshot, providers, workload, shape, image_id, site)
+        planned = await _provision_plan(session, snapshot, providers, workload, shape, image_id, site)
+    elif providers and kind in (WorkloadKind.NETWORK, WorkloadKind.STORAGE):
+        planned = await _resource_plan(session, providers, workload, shape, site, cidr)
+    if planned is not None:
+        steps, where = planned
         workload.spec = {**spec, "placement": where}
         session.add(workload)
         operation = await op_store.write_plan(session, kind="create", steps=steps, target_id=workload_id,
@@ -116,6 +127,17 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
     session.add(operation)
     await session.flush()
     return workload, operation
+
+
+async def _resource_plan(session: AsyncSession, providers: frozenset[str], workload: Workload, shape: Shape,
+                         site: str | None, cidr: str | None) -> tuple[list[Step], dict[str, Any]]:
+    """The engine's volume or network plan at the site :func:`place_resource` chooses."""
+    if workload.kind == WorkloadKind.STORAGE and shape.disk_gib < 1:
+        raise ValidationError("a storage workload needs disk_gib (its size, at least 1)")
+    where = await place_resource(session, providers, workload.kind, site)
+    steps = resource_steps(workload.id, workload.kind, name=workload.name, provider=where["provider"],
+                           region=where["region"], size_gib=shape.disk_gib, cidr=cidr, quota=True)
+    return steps, where
 
 
 async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: set[str], workload: Workload,
@@ -157,6 +179,54 @@ async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: 
     where = {"provider": placement.provider, "region": site_row.region, "site": where_site, "host": placement.host,
              "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
     return steps, where
+
+
+CAPABILITY = {WorkloadKind.STORAGE: "volumes", WorkloadKind.NETWORK: "networks"}
+
+
+async def place_resource(session: AsyncSession, providers: frozenset[str], kind: str,
+                         site: str | None) -> dict[str, Any]:
+    """Where a volume or network goes: the site named (by name or region), else the first site (by name)
+    whose provider can create one; NoPlacement (409) with each site's reason otherwise."""
+    need = CAPABILITY[WorkloadKind(kind)]
+    rows = (await session.exec(select(Site, Provider).join(Provider, Site.provider_id == Provider.id)
+                               .where(Site.present == True, Provider.enabled == True)  # noqa: E712
+                               .order_by(Site.name))).all()
+    reasons: dict[str, list[str]] = {}
+    for site_row, provider in rows:
+        if site and site not in (site_row.name, site_row.region):
+            continue
+        if provider.name not in providers:
+            reasons[site_row.name] = ["provider not in the federation file"]
+        elif need not in provider.capabilities:
+            reasons[site_row.name] = [f"{provider.name} ({provider.kind}) cannot create {need}"]
+        else:
+            return {"provider": provider.name, "region": site_row.region, "site": site_row.name}
+    if not reasons:
+        reasons = {site or "*": ["no such site" if site else "no site in the catalog"]}
+    summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items())
+    raise NoPlacement(f"no site can take this {kind}: {summary}", reasons=reasons)
+
+
+async def new_link(session: AsyncSession, compute: Workload, target: Workload) -> WorkloadLink:
+    """A link row from a compute to a volume or network of the same project (the engine then attaches it)."""
+    if compute.kind != WorkloadKind.COMPUTE or target.kind not in CAPABILITY:
+        raise ValidationError(f"a link goes from a compute to a network or storage, not from {compute.kind} "
+                              f"to {target.kind}")
+    if compute.project_id != target.project_id:
+        raise ValidationError("a link stays within one project")
+    if not (compute.present and target.present) or "deleted" in (compute.desired_state, target.desired_state):
+        raise Conflict("one end of the link is deleted or being deleted")
+    kind = "storagelink" if target.kind == WorkloadKind.STORAGE else "networkinterface"
+    taken = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == compute.id,
+                                                           WorkloadLink.target_id == target.id))).first()
+    if taken is not None:
+        raise Conflict(f"compute {compute.name} already has {kind} {taken.id} to {target.name}")
+    link = WorkloadLink(project_id=compute.project_id, kind=kind, source_id=compute.id, target_id=target.id,
+                        attributes={"state": "pending", "state_message": "attaching"})
+    session.add(link)
+    await session.flush()
+    return link
 
 
 async def update_fields(session: AsyncSession, workload: Workload, expected_version: int,

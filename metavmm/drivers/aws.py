@@ -39,10 +39,14 @@ from metavmm.drivers.base import (
     FlavorInfo,
     ImageInfo,
     Inventory,
+    NetworkInfo,
+    NetworkSpec,
     SiteInfo,
     VmInfo,
     VmSpec,
     VmState,
+    VolumeInfo,
+    VolumeSpec,
     region_id,
     split_region_id,
 )
@@ -63,7 +67,7 @@ _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "Requ
 _AUTH = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
          "OptInRequired", "Blocked"}
 _CONFLICT = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState", "VolumeInUse",
-             "InvalidVolume.ZoneMismatch", "DependencyViolation"}
+             "InvalidVolume.ZoneMismatch", "DependencyViolation", "InvalidNetworkInterface.InUse"}
 _QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientInstanceCapacity", "VolumeLimitExceeded",
           "MaxSpotInstanceCountExceeded"}
 _DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnop")
@@ -93,7 +97,7 @@ class AwsDriver(DriverBase):
     capabilities = frozenset({
         Capability.GPU, Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.SET_NETMASK, Capability.SPOT, Capability.MULTI_REGION,
-        Capability.TAGS,
+        Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS,
     })
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "pending": VmState.PENDING,
@@ -359,9 +363,62 @@ class AwsDriver(DriverBase):
 
     # --- storage and network --------------------------------------------------------------------
 
+    def _native(self, resource_id: str, region: str, operation: str) -> str:
+        """``region/vol-...`` (what this driver reports) or a bare id, checked against the VM's region."""
+        where, _, native = resource_id.rpartition("/")
+        if where and where != region:
+            raise ProviderConflict(f"{resource_id} is in {where}, the instance in {region}", provider=self.name,
+                                   operation=operation)
+        return native
+
+    @staticmethod
+    def _tags(name: str, workload_id: str | None) -> list[dict[str, str]]:
+        return [{"Key": "Name", "Value": name}] + ([{"Key": OWNER_TAG, "Value": workload_id}] if workload_id else [])
+
+    async def _first_zone(self, region: str, zone: str | None) -> str:
+        if zone:
+            return zone
+        zones = await self._ec2(region, "zones", "describe_availability_zones")
+        return sorted(z["ZoneName"] for z in zones.get("AvailabilityZones", []))[0]
+
+    def _volume_info(self, region: str, vol: dict[str, Any]) -> VolumeInfo:
+        tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+        attached = tuple(region_id(region, a["InstanceId"]) for a in vol.get("Attachments", [])
+                         if a.get("State") in ("attaching", "attached"))
+        return VolumeInfo(provider_volume_id=region_id(region, vol["VolumeId"]), name=tags.get("Name", vol["VolumeId"]),
+                          region=region, size_gib=int(vol.get("Size", 0)), state=vol.get("State", "available"),
+                          attached_to=attached, workload_id=tags.get(OWNER_TAG),
+                          extra={"zone": vol.get("AvailabilityZone"), "type": vol.get("VolumeType")})
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        out: list[VolumeInfo] = []
+        for region in self.regions:
+            vols = await self._paged(region, "list_volumes", "describe_volumes", "Volumes")
+            out += [self._volume_info(region, v) for v in vols if v.get("State") not in ("deleting", "deleted")]
+        return out
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        """An EBS gp3 volume in ``spec.zone`` (the region's first zone by default), tagged with its workload."""
+        if spec.region not in self.regions:
+            raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+        vol = await self._ec2(spec.region, "create_volume", "create_volume", Size=max(int(spec.size_gib), 1),
+                              AvailabilityZone=await self._first_zone(spec.region, spec.zone), VolumeType="gp3",
+                              TagSpecifications=[{"ResourceType": "volume",
+                                                  "Tags": self._tags(spec.name, spec.workload_id)}])
+        return self._volume_info(spec.region, vol)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        region, vid = self._split(volume_id, "delete_volume")
+        await self._ec2(region, "delete_volume", "delete_volume", VolumeId=vid)
+
     async def attach_volume(self, vm_id: str, volume_id: str) -> None:
-        """Attach an EBS volume at the first free /dev/sd[f-p]."""
+        """Attach an EBS volume at the first free /dev/sd[f-p] (attached to this instance already: done)."""
         region, iid = self._split(vm_id, "attach_volume")
+        vid = self._native(volume_id, region, "attach_volume")
+        vol = (await self._ec2(region, "attach_volume", "describe_volumes", VolumeIds=[vid]))["Volumes"][0]
+        if any(a.get("InstanceId") == iid and a.get("State") in ("attaching", "attached")
+               for a in vol.get("Attachments", [])):
+            return
         resp = await self._ec2(region, "attach_volume", "describe_instances", InstanceIds=[iid])
         inst = resp["Reservations"][0]["Instances"][0]
         used = {m.get("DeviceName") for m in inst.get("BlockDeviceMappings", [])}
@@ -369,37 +426,113 @@ class AwsDriver(DriverBase):
         if device is None:
             raise ProviderConflict(f"instance {iid} has no free device name left", provider=self.name,
                                    operation="attach_volume")
-        await self._ec2(region, "attach_volume", "attach_volume", VolumeId=volume_id, InstanceId=iid, Device=device)
+        await self._ec2(region, "attach_volume", "attach_volume", VolumeId=vid, InstanceId=iid, Device=device)
 
     async def detach_volume(self, vm_id: str, volume_id: str) -> None:
         region, iid = self._split(vm_id, "detach_volume")
-        await self._ec2(region, "detach_volume", "detach_volume", VolumeId=volume_id, InstanceId=iid)
+        vid = self._native(volume_id, region, "detach_volume")
+        vol = (await self._ec2(region, "detach_volume", "describe_volumes", VolumeIds=[vid]))["Volumes"][0]
+        if not any(a.get("InstanceId") == iid for a in vol.get("Attachments", [])):
+            raise ProviderNotFound(f"volume {vid} is not attached to {iid}", provider=self.name,
+                                   operation="detach_volume")
+        await self._ec2(region, "detach_volume", "detach_volume", VolumeId=vid, InstanceId=iid)
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        """Every subnet (a network is a subnet; the broker's own sit alone in a VPC of their own)."""
+        out: list[NetworkInfo] = []
+        for region in self.regions:
+            for sub in await self._paged(region, "list_networks", "describe_subnets", "Subnets"):
+                tags = {t["Key"]: t["Value"] for t in sub.get("Tags", [])}
+                out.append(NetworkInfo(
+                    provider_network_id=region_id(region, sub["SubnetId"]), name=tags.get("Name", sub["SubnetId"]),
+                    region=region, cidr=sub.get("CidrBlock"), state=sub.get("State", "available"),
+                    workload_id=tags.get(OWNER_TAG),
+                    extra={"vpc": sub.get("VpcId"), "zone": sub.get("AvailabilityZone")}))
+        return out
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
+        """A VPC of ``spec.cidr`` (10.0.0.0/16 by default) and one subnet spanning it, both tagged.
+
+        A VPC of the workload left without its subnet (a crash between the two calls) is reused.
+        """
+        if spec.region not in self.regions:
+            raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+        cidr = spec.cidr or "10.0.0.0/16"
+        tags = self._tags(spec.name, spec.workload_id)
+        vpc_id = None
+        if spec.workload_id:
+            vpcs = await self._ec2(spec.region, "create_network", "describe_vpcs",
+                                   Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [spec.workload_id]}])
+            vpc_id = next((v["VpcId"] for v in vpcs.get("Vpcs", [])), None)
+        if vpc_id is None:
+            vpc = await self._ec2(spec.region, "create_network", "create_vpc", CidrBlock=cidr,
+                                  TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])
+            vpc_id = vpc["Vpc"]["VpcId"]
+        sub = (await self._ec2(spec.region, "create_network", "create_subnet", VpcId=vpc_id, CidrBlock=cidr,
+                               AvailabilityZone=await self._first_zone(spec.region, spec.zone),
+                               TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}]))["Subnet"]
+        return NetworkInfo(provider_network_id=region_id(spec.region, sub["SubnetId"]), name=spec.name,
+                           region=spec.region, cidr=sub.get("CidrBlock"), workload_id=spec.workload_id,
+                           extra={"vpc": vpc_id, "zone": sub.get("AvailabilityZone")})
+
+    async def delete_network(self, network_id: str) -> None:
+        """Delete the subnet, then its VPC when the broker made it (tagged); interfaces left are a conflict."""
+        region, sid = self._split(network_id, "delete_network")
+        subs = (await self._ec2(region, "delete_network", "describe_subnets", SubnetIds=[sid]))["Subnets"]
+        vpc_id = subs[0]["VpcId"]
+        await self._ec2(region, "delete_network", "delete_subnet", SubnetId=sid)
+        vpc = (await self._ec2(region, "delete_network", "describe_vpcs", VpcIds=[vpc_id]))["Vpcs"][0]
+        owned = any(t["Key"] == OWNER_TAG for t in vpc.get("Tags", []))
+        rest = await self._ec2(region, "delete_network", "describe_subnets",
+                               Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+        if owned and not rest.get("Subnets"):
+            await self._ec2(region, "delete_network", "delete_vpc", VpcId=vpc_id)
+
+    async def _nics(self, region: str, iid: str) -> list[dict[str, Any]]:
+        resp = await self._ec2(region, "network", "describe_instances", InstanceIds=[iid])
+        return list(resp["Reservations"][0]["Instances"][0].get("NetworkInterfaces", []))
 
     async def attach_network(self, vm_id: str, network_id: str) -> None:
-        """Attach an interface: ``eni-...`` as it is, or a new interface in subnet ``subnet-...``."""
+        """Attach an interface: ``eni-...`` as it is, or a new one in subnet ``subnet-...`` (one per subnet:
+        an instance with a secondary interface there already is done)."""
         region, iid = self._split(vm_id, "attach_network")
-        resp = await self._ec2(region, "attach_network", "describe_instances", InstanceIds=[iid])
-        inst = resp["Reservations"][0]["Instances"][0]
-        index = 1 + max((n.get("Attachment", {}).get("DeviceIndex", 0) for n in inst.get("NetworkInterfaces", [])),
-                        default=0)
-        eni = network_id
-        if network_id.startswith("subnet-"):
-            created = await self._ec2(region, "attach_network", "create_network_interface", SubnetId=network_id,
+        native = self._native(network_id, region, "attach_network")
+        nics = await self._nics(region, iid)
+        if any(native in (n.get("NetworkInterfaceId"), n.get("SubnetId")) and n.get("Attachment", {}).get("DeviceIndex")
+               for n in nics):
+            return
+        index = 1 + max((n.get("Attachment", {}).get("DeviceIndex", 0) for n in nics), default=0)
+        eni = native
+        if native.startswith("subnet-"):
+            created = await self._ec2(region, "attach_network", "create_network_interface", SubnetId=native,
                                       Description=f"metavmm interface of {iid}")
             eni = created["NetworkInterface"]["NetworkInterfaceId"]
         await self._ec2(region, "attach_network", "attach_network_interface", NetworkInterfaceId=eni,
                         InstanceId=iid, DeviceIndex=index)
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
-        """Detach the instance's interface that is ``eni-...`` or sits in ``subnet-...`` (not the primary)."""
+        """Detach the instance's interface that is ``eni-...`` or sits in ``subnet-...`` (not the primary);
+        an interface the broker made for a subnet is deleted with it."""
         region, iid = self._split(vm_id, "detach_network")
-        resp = await self._ec2(region, "detach_network", "describe_instances", InstanceIds=[iid])
-        inst = resp["Reservations"][0]["Instances"][0]
-        for nic in inst.get("NetworkInterfaces", []):
+        native = self._native(network_id, region, "detach_network")
+        for nic in await self._nics(region, iid):
             attachment = nic.get("Attachment", {})
-            if network_id in (nic.get("NetworkInterfaceId"), nic.get("SubnetId")) and attachment.get("DeviceIndex"):
+            if native in (nic.get("NetworkInterfaceId"), nic.get("SubnetId")) and attachment.get("DeviceIndex"):
                 await self._ec2(region, "detach_network", "detach_network_interface",
                                 AttachmentId=attachment["AttachmentId"])
+                if native.startswith("subnet-") and nic.get("Description", "").startswith("metavmm interface"):
+                    await self._delete_interface(region, nic["NetworkInterfaceId"])
                 return
-        raise ProviderNotFound(f"instance {iid} has no secondary interface on {network_id}", provider=self.name,
+        raise ProviderNotFound(f"instance {iid} has no secondary interface on {native}", provider=self.name,
                                operation="detach_network")
+
+    async def _delete_interface(self, region: str, eni: str) -> None:
+        """Delete a detached interface; AWS detaches asynchronously, so an interface still in use is retried."""
+        for attempt in range(20):
+            try:
+                await self._ec2(region, "detach_network", "delete_network_interface", NetworkInterfaceId=eni)
+                return
+            except ProviderConflict:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))

@@ -46,6 +46,8 @@ class Capability(enum.StrEnum):
     SPOT = "spot"
     MULTI_REGION = "multi_region"  # one provider entry spans several regions (VM ids are "region/id")
     TAGS = "tags"  # the provider stores the broker's OWNER_TAG on the VM itself
+    VOLUMES = "volumes"  # create_volume / delete_volume / list_volumes
+    NETWORKS = "networks"  # create_network / delete_network / list_networks
 
 
 class VmState(enum.StrEnum):
@@ -185,6 +187,58 @@ class VmSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    """A block volume to create (OCCI storage, a REST storage workload)."""
+
+    name: str
+    region: str
+    size_gib: int
+    zone: str | None = None
+    workload_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """A volume as the provider reports it; ``provider_volume_id`` is what ``attach_volume`` takes."""
+
+    provider_volume_id: str
+    name: str
+    region: str
+    size_gib: int
+    state: str = "available"  # available | in-use | creating | error
+    attached_to: tuple[str, ...] = ()  # VM ids
+    workload_id: str | None = None  # from OWNER_TAG (or the broker's naming where a provider has no tags)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """A private network to create (OCCI network, a REST network workload); ``cidr`` where the provider
+    needs an address range (AWS: the VPC and its subnet)."""
+
+    name: str
+    region: str
+    cidr: str | None = None
+    zone: str | None = None
+    workload_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    """A network as the provider reports it; ``provider_network_id`` is what ``attach_network`` takes."""
+
+    provider_network_id: str
+    name: str
+    region: str
+    cidr: str | None = None
+    state: str = "active"
+    workload_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class DiskRef:
     """A disk image file and its format (always explicit: qemu-img guesses wrong on fixed VHDs)."""
 
@@ -223,7 +277,12 @@ class Driver(Protocol):
       ``delete_vm`` removes the VM and the disks the broker created for it.
     - ``attach_volume`` takes the provider's volume id (a disk path for libvirt); ``attach_network``
       takes the provider's network id (a subnet or interface on AWS, a network on OpenStack, a
-      libvirt network name); both are hot-plug where the provider allows it.
+      libvirt network name); both are hot-plug where the provider allows it. Attaching what is
+      already attached to that VM is success (a retried step); detaching what is not attached is
+      ``ProviderNotFound``.
+    - ``create_volume`` / ``create_network`` tag what they create with the spec's workload id, and
+      ``list_volumes`` / ``list_networks`` report it back, so a retried step adopts instead of
+      creating twice; ``delete_volume`` / ``delete_network`` of something in use is ``ProviderConflict``.
     - ``import_image`` accepts a disk in one of ``image_import_formats``; ``export_image`` writes one
       in the first of ``image_export_formats`` into ``dest_dir``.
     - ``resize_vm`` changes a *stopped* VM's shape (``flavor`` where the provider has sizes, else
@@ -254,6 +313,12 @@ class Driver(Protocol):
     async def detach_volume(self, vm_id: str, volume_id: str) -> None: ...
     async def attach_network(self, vm_id: str, network_id: str) -> None: ...
     async def detach_network(self, vm_id: str, network_id: str) -> None: ...
+    async def list_volumes(self) -> list[VolumeInfo]: ...
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo: ...
+    async def delete_volume(self, volume_id: str) -> None: ...
+    async def list_networks(self) -> list[NetworkInfo]: ...
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo: ...
+    async def delete_network(self, network_id: str) -> None: ...
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
     async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
@@ -362,6 +427,24 @@ class DriverBase:
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
         raise self._unsupported("detach_network")
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        raise self._unsupported("list_volumes")
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        raise self._unsupported("create_volume")
+
+    async def delete_volume(self, volume_id: str) -> None:
+        raise self._unsupported("delete_volume")
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        raise self._unsupported("list_networks")
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
+        raise self._unsupported("create_network")
+
+    async def delete_network(self, network_id: str) -> None:
+        raise self._unsupported("delete_network")
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
         raise self._unsupported("import_image")

@@ -36,10 +36,14 @@ from metavmm.drivers.base import (
     HostInfo,
     ImageInfo,
     Inventory,
+    NetworkInfo,
+    NetworkSpec,
     SiteInfo,
     VmInfo,
     VmSpec,
     VmState,
+    VolumeInfo,
+    VolumeSpec,
 )
 from metavmm.errors import (
     AuthError,
@@ -55,12 +59,18 @@ T = TypeVar("T")
 METADATA_NS = "https://metavmm.dev/xmlns/workload/1"
 DISK_FORMATS = ("qcow2", "raw")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TAGGED = re.compile(r"mv-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+"""Pool volumes and networks have no metadata element in libvirt 9.0: the broker's own are named
+``mv-<workload id>`` (the OWNER_TAG of a VM, carried in the name)."""
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, not printed
 
 _ERROR_TYPES: dict[int, type[DriverError]] = {
     libvirt.VIR_ERR_NO_DOMAIN: ProviderNotFound,
     libvirt.VIR_ERR_NO_STORAGE_VOL: ProviderNotFound,
+    libvirt.VIR_ERR_NO_STORAGE_POOL: ProviderNotFound,
+    libvirt.VIR_ERR_NO_NETWORK: ProviderNotFound,
+    libvirt.VIR_ERR_NETWORK_EXIST: ProviderConflict,
     libvirt.VIR_ERR_OPERATION_INVALID: ProviderConflict,
     libvirt.VIR_ERR_DOM_EXIST: ProviderConflict,
     libvirt.VIR_ERR_AUTH_FAILED: AuthError,
@@ -77,7 +87,7 @@ class LibvirtDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
         Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
-        Capability.SET_NETMASK, Capability.NESTED_VIRT,
+        Capability.SET_NETMASK, Capability.NESTED_VIRT, Capability.VOLUMES, Capability.NETWORKS,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
     image_export_formats = ("qcow2", "raw")
@@ -412,6 +422,9 @@ class LibvirtDriver(DriverBase):
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 
         def attach(dom: libvirt.virDomain) -> None:
+            config = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if any(src.get("file") == str(path) for src in config.findall("devices/disk/source")):
+                return  # attached already (a retried step)
             used = {t.get("dev") for t in ET.fromstring(dom.XMLDesc()).findall("devices/disk/target")}
             dev = next((f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in used), None)
             if dev is None:
@@ -438,6 +451,8 @@ class LibvirtDriver(DriverBase):
         xml = f"<interface type='network'><source network='{escape(network_id)}'/><model type='virtio'/></interface>"
 
         def attach(dom: libvirt.virDomain) -> None:
+            if _interfaces_on(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)), network_id):
+                return  # attached already (a retried step)
             live = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
             dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG | live)
 
@@ -465,6 +480,174 @@ class LibvirtDriver(DriverBase):
                 found = True
         if not found:
             raise ProviderNotFound(f"domain has {missing}", provider=self.name, operation=operation)
+
+    # --- volumes (a dir storage pool) and networks (isolated bridges) --------------------------------
+
+    @property
+    def pool_name(self) -> str:
+        return f"metavmm-{self.name}"
+
+    def _pool(self, conn: libvirt.virConnect) -> libvirt.virStoragePool:
+        """The broker's dir pool in ``storage_dir/volumes``, defined and started if missing."""
+        path = str(self.storage_dir / "volumes")
+        try:
+            pool = conn.storagePoolLookupByName(self.pool_name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            pool = None
+        if pool is not None and ET.fromstring(pool.XMLDesc()).findtext("target/path") != path:
+            # left by an earlier storage_dir of this provider: a dir pool is only a view of its directory,
+            # so stopping and forgetting it touches no file (domains keep their disks)
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+            pool = None
+        if pool is None:
+            xml = (f"<pool type='dir'><name>{escape(self.pool_name)}</name>"
+                   f"<target><path>{escape(path)}</path></target></pool>")
+            pool = conn.storagePoolDefineXML(xml, 0)
+            pool.build(0)  # the directory, made by the daemon (as its own user)
+            pool.setAutostart(1)
+        if not pool.isActive():
+            pool.create(0)
+        return pool
+
+    @staticmethod
+    def _attachments(conn: libvirt.virConnect) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """(disk path -> domain UUIDs, network name -> domain UUIDs), live and persistent definitions."""
+        disks: dict[str, list[str]] = {}
+        nets: dict[str, list[str]] = {}
+        for dom in conn.listAllDomains():
+            try:
+                docs = [ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
+                if dom.isActive():
+                    docs.append(ET.fromstring(dom.XMLDesc()))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined by someone else since the listing: it names nothing any more
+                raise
+            for doc in docs:
+                for src in doc.findall("devices/disk/source"):
+                    if src.get("file") and dom.UUIDString() not in disks.get(src.get("file", ""), []):
+                        disks.setdefault(src.get("file", ""), []).append(dom.UUIDString())
+                for iface in doc.findall("devices/interface[@type='network']/source"):
+                    net = iface.get("network", "")
+                    if dom.UUIDString() not in nets.get(net, []):
+                        nets.setdefault(net, []).append(dom.UUIDString())
+        return disks, nets
+
+    def _volume_info(self, vol: libvirt.virStorageVol, users: dict[str, list[str]]) -> VolumeInfo:
+        capacity = vol.info()[1]
+        stem = vol.name().rsplit(".", 1)[0]
+        tagged = _TAGGED.fullmatch(stem)
+        attached = tuple(users.get(vol.path(), ()))
+        return VolumeInfo(provider_volume_id=vol.path(), name=stem, region=self.site.region,
+                          size_gib=-(-capacity // 2**30), state="in-use" if attached else "available",
+                          attached_to=attached, workload_id=tagged.group(1) if tagged else None,
+                          extra={"pool": self.pool_name, "format": "qcow2"})
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        def read(conn: libvirt.virConnect) -> list[VolumeInfo]:
+            try:  # no pool yet: no volumes (a reconciliation pass must not create one)
+                conn.storagePoolLookupByName(self.pool_name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return []
+                raise
+            pool = self._pool(conn)
+            pool.refresh(0)
+            users = self._attachments(conn)[0]
+            return [self._volume_info(v, users) for v in pool.listAllVolumes(0)]
+
+        return await self._call("list_volumes", read)
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        """An empty qcow2 volume of ``size_gib`` in the broker's pool, named ``mv-<workload id>``."""
+        stem = f"mv-{spec.workload_id}" if spec.workload_id else spec.name
+        if not _SAFE_NAME.fullmatch(stem):
+            raise ValidationError(f"{self.name}: volume name {stem!r} must match {_SAFE_NAME.pattern}")
+        if spec.size_gib < 1:
+            raise ValidationError(f"{self.name}: a volume needs at least 1 GiB, not {spec.size_gib}")
+        xml = (f"<volume><name>{escape(stem)}.qcow2</name><capacity unit='GiB'>{int(spec.size_gib)}</capacity>"
+               "<target><format type='qcow2'/></target></volume>")
+
+        def create(conn: libvirt.virConnect) -> VolumeInfo:
+            vol = self._pool(conn).createXML(xml, 0)
+            return self._volume_info(vol, {})
+
+        return await self._call("create_volume", create)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete a volume of the broker's pool; one a domain still names is in use (a conflict)."""
+        def delete(conn: libvirt.virConnect) -> None:
+            vol = conn.storageVolLookupByPath(volume_id)
+            if vol.storagePoolLookupByVolume().name() != self.pool_name:
+                raise ProviderConflict(f"{volume_id} is not in the broker's pool {self.pool_name}",
+                                       provider=self.name, operation="delete_volume")
+            users = self._attachments(conn)[0].get(vol.path())
+            if users:
+                raise ProviderConflict(f"volume {volume_id} is in use by domain {', '.join(users)}",
+                                       provider=self.name, operation="delete_volume")
+            vol.delete(0)
+
+        await self._call("delete_volume", delete)
+
+    def _network_info(self, net: libvirt.virNetwork) -> NetworkInfo:
+        tagged = _TAGGED.fullmatch(net.name())
+        try:
+            bridge = net.bridgeName()
+        except libvirt.libvirtError:
+            bridge = None
+        return NetworkInfo(provider_network_id=net.name(), name=net.name(), region=self.site.region,
+                           state="active" if net.isActive() else "inactive",
+                           workload_id=tagged.group(1) if tagged else None, extra={"bridge": bridge})
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        def read(conn: libvirt.virConnect) -> list[NetworkInfo]:
+            out = []
+            for net in conn.listAllNetworks(0):
+                try:
+                    out.append(self._network_info(net))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                        raise  # otherwise removed by someone else since the listing: not there
+            return out
+
+        return await self._call("list_networks", read)
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
+        """An isolated network: a bridge of its own, no ``<ip>`` (so no dnsmasq), no forwarding."""
+        name = f"mv-{spec.workload_id}" if spec.workload_id else spec.name
+        if not _SAFE_NAME.fullmatch(name):
+            raise ValidationError(f"{self.name}: network name {name!r} must match {_SAFE_NAME.pattern}")
+        xml = f"<network><name>{escape(name)}</name><bridge stp='on' delay='0'/></network>"
+
+        def create(conn: libvirt.virConnect) -> NetworkInfo:
+            net = conn.networkDefineXML(xml)
+            try:
+                net.create()
+                net.setAutostart(1)
+            except libvirt.libvirtError:
+                net.undefine()
+                raise
+            return self._network_info(net)
+
+        return await self._call("create_network", create)
+
+    async def delete_network(self, network_id: str) -> None:
+        """Stop and undefine a network; one a domain still has an interface on is in use (a conflict)."""
+        def delete(conn: libvirt.virConnect) -> None:
+            net = conn.networkLookupByName(network_id)
+            users = self._attachments(conn)[1].get(network_id)
+            if users:
+                raise ProviderConflict(f"network {network_id} is in use by domain {', '.join(users)}",
+                                       provider=self.name, operation="delete_network")
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+
+        await self._call("delete_network", delete)
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
         """Put ``disk`` (its format given, never guessed) into this host's image store. qcow2 and raw,
@@ -592,3 +775,9 @@ class LibvirtDriver(DriverBase):
                               operation="live_migrate") from None
         for path in moved:
             path.unlink(missing_ok=True)
+
+
+def _interfaces_on(domain: ET.Element, network: str) -> list[ET.Element]:
+    """The domain's interfaces on the libvirt network ``network``."""
+    return [i for i in domain.findall("devices/interface[@type='network']")
+            if (src := i.find("source")) is not None and src.get("network") == network]

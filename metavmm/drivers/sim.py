@@ -13,7 +13,7 @@ import uuid
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from metavmm.drivers.base import (
     Capability,
@@ -23,13 +23,19 @@ from metavmm.drivers.base import (
     HostInfo,
     ImageInfo,
     Inventory,
+    NetworkInfo,
+    NetworkSpec,
     PriceInfo,
     SiteInfo,
     VmInfo,
     VmSpec,
     VmState,
+    VolumeInfo,
+    VolumeSpec,
 )
 from metavmm.errors import ProviderConflict, ProviderNotFound
+
+T = TypeVar("T")
 
 # (vendor, arch, model, features): a few real CPU generations, so CPU filters have something to do.
 CPU_MODELS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -59,7 +65,8 @@ class SimDriver(DriverBase):
     capabilities = frozenset({
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
         Capability.GPU, Capability.SUSPEND, Capability.NESTED_VIRT, Capability.IMPORT_IMAGE,
-        Capability.MULTI_REGION,
+        Capability.MULTI_REGION, Capability.VOLUMES, Capability.NETWORKS, Capability.ATTACH_VOLUME,
+        Capability.ATTACH_NETWORK,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})  # simulated: nothing converts
 
@@ -68,6 +75,9 @@ class SimDriver(DriverBase):
         self.config = config
         self._vms: dict[str, VmInfo] = {}
         self._images: dict[str, ImageInfo] = {}
+        self._volumes: dict[str, VolumeInfo] = {}
+        self._networks: dict[str, NetworkInfo] = {}
+        self._nics: dict[str, set[str]] = {}  # network id -> VM ids with an interface on it
 
     def regions(self) -> list[SiteInfo]:
         if self.config.sites:
@@ -123,8 +133,7 @@ class SimDriver(DriverBase):
             raise ProviderNotFound(f"no VM {vm_id}", provider=self.name, operation="get_vm") from None
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
-        if spec.region not in {s.region for s in self.regions()}:
-            raise ProviderNotFound(f"no region {spec.region}", provider=self.name, operation="create_vm")
+        self._check_region(spec.region, "create_vm")
         vm = VmInfo(provider_vm_id=f"sim-{uuid.uuid4()}", name=spec.name, region=spec.region,
                     state=VmState.RUNNING, host=spec.host, flavor=spec.flavor, image=spec.image,
                     workload_id=spec.workload_id,
@@ -155,6 +164,11 @@ class SimDriver(DriverBase):
     async def delete_vm(self, vm_id: str) -> None:
         await self.get_vm(vm_id)
         del self._vms[vm_id]
+        for vm_ids in self._nics.values():  # its interfaces and attachments go with it
+            vm_ids.discard(vm_id)
+        for vid, volume in list(self._volumes.items()):
+            if vm_id in volume.attached_to:
+                self._volumes[vid] = replace(volume, attached_to=(), state="available")
 
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
         vm = await self.get_vm(vm_id)
@@ -178,3 +192,85 @@ class SimDriver(DriverBase):
                           format=disk.format, extra={"simulated": True, "source": disk.path})
         self._images[image.provider_image_id] = image
         return image
+
+    # --- volumes and networks, in memory ---------------------------------------------------------
+
+    def _check_region(self, region: str, operation: str) -> None:
+        if region not in {s.region for s in self.regions()}:
+            raise ProviderNotFound(f"no region {region}", provider=self.name, operation=operation)
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        return list(self._volumes.values())
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        self._check_region(spec.region, "create_volume")
+        volume = VolumeInfo(provider_volume_id=f"sim-vol-{uuid.uuid4()}", name=spec.name, region=spec.region,
+                            size_gib=spec.size_gib, workload_id=spec.workload_id, extra={"simulated": True})
+        self._volumes[volume.provider_volume_id] = volume
+        return volume
+
+    def _lookup(self, table: dict[str, T], key: str, what: str, operation: str) -> T:
+        try:
+            return table[key]
+        except KeyError:
+            raise ProviderNotFound(f"no {what} {key}", provider=self.name, operation=operation) from None
+
+    def _volume(self, volume_id: str, operation: str) -> VolumeInfo:
+        return self._lookup(self._volumes, volume_id, "volume", operation)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        if self._volume(volume_id, "delete_volume").attached_to:
+            raise ProviderConflict(f"volume {volume_id} is in use", provider=self.name, operation="delete_volume")
+        del self._volumes[volume_id]
+
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None:
+        vm, volume = await self.get_vm(vm_id), self._volume(volume_id, "attach_volume")
+        if vm_id in volume.attached_to:
+            return
+        if volume.attached_to or vm.region != volume.region:
+            raise ProviderConflict(f"volume {volume_id} is attached elsewhere or in another region",
+                                   provider=self.name, operation="attach_volume")
+        self._volumes[volume_id] = replace(volume, attached_to=(vm_id,), state="in-use")
+
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        volume = self._volume(volume_id, "detach_volume")
+        if vm_id not in volume.attached_to:
+            raise ProviderNotFound(f"volume {volume_id} is not attached to {vm_id}", provider=self.name,
+                                   operation="detach_volume")
+        self._volumes[volume_id] = replace(volume, attached_to=(), state="available")
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        return list(self._networks.values())
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
+        self._check_region(spec.region, "create_network")
+        network = NetworkInfo(provider_network_id=f"sim-net-{uuid.uuid4()}", name=spec.name, region=spec.region,
+                              cidr=spec.cidr, workload_id=spec.workload_id, extra={"simulated": True})
+        self._networks[network.provider_network_id] = network
+        self._nics[network.provider_network_id] = set()
+        return network
+
+    def _network(self, network_id: str, operation: str) -> NetworkInfo:
+        return self._lookup(self._networks, network_id, "network", operation)
+
+    async def delete_network(self, network_id: str) -> None:
+        self._network(network_id, "delete_network")
+        if self._nics[network_id]:
+            raise ProviderConflict(f"network {network_id} is in use", provider=self.name, operation="delete_network")
+        del self._networks[network_id], self._nics[network_id]
+
+    async def attach_network(self, vm_id: str, network_id: str) -> None:
+        await self.get_vm(vm_id)
+        self._network(network_id, "attach_network")
+        self._nics[network_id].add(vm_id)
+
+    async def detach_network(self, vm_id: str, network_id: str) -> None:
+        self._network(network_id, "detach_network")
+        if vm_id not in self._nics[network_id]:
+            raise ProviderNotFound(f"{vm_id} has no interface on {network_id}", provider=self.name,
+                                   operation="detach_network")
+        self._nics[network_id].discard(vm_id)
+
+    def ex_interfaces(self, vm_id: str) -> list[str]:
+        """The networks ``vm_id`` has an interface on (what a libvirt domain's XML would show)."""
+        return sorted(n for n, vms in self._nics.items() if vm_id in vms)

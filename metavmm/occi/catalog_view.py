@@ -142,10 +142,25 @@ ACTIONS_BY_STATE = {
 }
 
 
+_RESOURCE_STATE = {"network": {"active": "active", "inactive": "inactive"},
+                   "storage": {"online": "online", "offline": "offline"}}
+"""OCCI's states of a network or storage; anything else (pending while its create plan runs) is the
+not-usable state, and an error, a loss or a deletion is ``error``."""
+
+
 def occi_state(wl: Workload) -> str:
     if wl.kind == "compute":
         return _COMPUTE_STATE.get(wl.observed_state, "inactive")
-    return wl.observed_state
+    if wl.observed_state in ("error", "lost", "deleted", "rolled_back"):
+        return "error"
+    return _RESOURCE_STATE[wl.kind].get(wl.observed_state, "inactive" if wl.kind == "network" else "offline")
+
+
+def applicable_actions(wl: Workload) -> tuple[str, ...]:
+    """The action terms that apply now; none while a network's or storage's create plan runs."""
+    if wl.kind != "compute" and wl.observed_state == "pending":
+        return ()
+    return ACTIONS_BY_STATE[wl.kind].get(occi_state(wl), ())
 
 
 def mixins_of(spec: dict[str, Any]) -> list[Mixin]:
@@ -174,7 +189,7 @@ def resource_entity(wl: Workload, links: list[Link]) -> Resource:
     attrs[f"occi.{kind.term}.state"] = state
     if wl.state_message:
         attrs[f"occi.{kind.term}.state.message"] = wl.state_message
-    applicable = ACTIONS_BY_STATE[kind.term].get(state, ())
+    applicable = applicable_actions(wl)
     return Resource(kind=kind, id=wl.id, location=f"{kind.location}{wl.id}", mixins=mixins, attributes=attrs,
                     actions=[a for a in kind.actions if a.term in applicable], title=wl.name,
                     summary=wl.spec.get("summary"), links=links)
@@ -193,7 +208,12 @@ def link_entity(row: WorkloadLink, source_kind: str, target_kind: str, source_st
                   "occi.core.source.kind": KINDS[source_kind].type_id,
                   "occi.core.target.kind": KINDS[target_kind].type_id})
     attrs.update(_values(declared(kind, mixins), data))
-    attrs[f"occi.{kind.term}.state"] = "active" if source_state == "active" else "inactive"
+    state = data.get("state")  # pending, active, error or inactive: written by the engine's attach/detach plans
+    up = "active" if source_state == "active" else "inactive"
+    attrs[f"occi.{kind.term}.state"] = up if state in (None, "active") else "error" if state == "error" \
+        else "inactive"
+    if data.get("state_message"):
+        attrs[f"occi.{kind.term}.state.message"] = data["state_message"]
     return Link(kind=kind, id=row.id, location=f"{kind.location}{row.id}", mixins=mixins, attributes=attrs,
                 title=data.get("name"), source=source, source_kind=KINDS[source_kind].type_id, target=target,
                 target_kind=KINDS[target_kind].type_id)

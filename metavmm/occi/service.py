@@ -27,12 +27,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker import keys
 from metavmm.broker.identity import IDENTITY
+from metavmm.broker.operations import flows
+from metavmm.broker.operations import store as op_store
 from metavmm.broker.services.compute import ComputeService, DriverPool, PlacementRequest, place
+from metavmm.broker.workloads import place_resource
 from metavmm.catalog.db import session_scope, state_dir
 from metavmm.catalog.models import (
     OcciMixin,
     Provider,
     Role,
+    Site,
     Workload,
     WorkloadLink,
     utcnow,
@@ -40,10 +44,10 @@ from metavmm.catalog.models import (
 from metavmm.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationError
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.catalog_view import (
-    ACTIONS_BY_STATE,
     KINDS,
     STATIC_BY_ID,
     Registry,
+    applicable_actions,
     declared,
     link_entity,
     links_of,
@@ -101,17 +105,19 @@ class OcciService:
     """Every OCCI operation, scoped to one identity's project."""
 
     def __init__(self, maker: async_sessionmaker[AsyncSession], config: Any, drivers: DriverPool,
-                 ident: OcciIdentity) -> None:
+                 ident: OcciIdentity, engine: Any = None) -> None:
         self.maker = maker
         self.config = config
         self.drivers = drivers
         self.compute = ComputeService(drivers)
         self.ident = ident
+        self.engine = engine  # the operations engine: networks, storage and links are its plans
 
     @classmethod
     async def for_request(cls, request: web.Request) -> OcciService:
         ident = await occi_identity(request)
-        return cls(request.app[keys.SESSIONS], request.app[keys.CONFIG], request.app[DRIVERS], ident)
+        return cls(request.app[keys.SESSIONS], request.app[keys.CONFIG], request.app[DRIVERS], ident,
+                   request.config_dict.get(keys.OPERATIONS))
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -262,6 +268,10 @@ class OcciService:
             links = [await self._new_link(session, wl, ref, reg, index=i) for i, ref in enumerate(req.links)]
             wl.spec = {**spec, "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
                        "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
+            planned = await self._plan_resource(session, wl) if kind is not infra.COMPUTE else None
+        if planned is not None:
+            await self.engine.wake(planned)
+        await self._attach_links([lk.id for lk in links])
         if kind is infra.COMPUTE:
             assert placement is not None
             try:
@@ -366,7 +376,40 @@ class OcciService:
                                        reg, index=0, link_id=link_id)
             if row.kind != kind.term:
                 raise ValidationError(f"a link to {target} is a {row.kind}, not a {kind.term}")
+        await self._attach_links([row.id])
         return f"{kind.location}{row.id}"
+
+    async def _plan_resource(self, session: AsyncSession, wl: Workload) -> str | None:
+        """With an engine, a network or storage is created by its plan (written in the caller's
+        transaction; the caller wakes the engine): at its site mixin's site, or the first that can hold it."""
+        if self.engine is None:
+            return None
+        site = await session.get(Site, wl.site_id) if wl.site_id else None
+        providers = frozenset(p.name for p in self.engine.config.providers)
+        where = await place_resource(session, providers, wl.kind, site.name if site else None)
+        size = -(-float(wl.spec.get("size_gib") or 0) // 1)  # whole GiB, rounded up
+        steps = flows.resource_steps(wl.id, wl.kind, name=wl.name, provider=where["provider"],
+                                     region=where["region"], size_gib=int(size), cidr=wl.spec.get("address"),
+                                     quota=True)  # OCCI holds no quota: the steps settle nothing, but a
+        # rollback marks the entity as never created (its state becomes error, with the reason)
+        wl.observed_state, wl.state_message = "pending", f"creating at {where['site']}"
+        wl.spec = {**wl.spec, "placement": where}
+        session.add(wl)
+        op = await op_store.write_plan(session, kind="create", steps=steps, target_id=wl.id,
+                                       project_id=wl.project_id, params=where)
+        return op.id
+
+    async def _attach_links(self, link_ids: list[str]) -> None:
+        """Links become real through the engine's attach plan (it waits until both ends exist)."""
+        if self.engine is None or not link_ids:
+            return  # recorded only: no engine runs in this broker
+        async with session_scope(self.maker) as session:
+            for link_id in link_ids:
+                link = await session.get(WorkloadLink, link_id)
+                if link is not None:
+                    link.attributes = {**link.attributes, "state": "pending", "state_message": "attaching"}
+        for link_id in link_ids:
+            await flows.attach(self.engine, link_id)
 
     async def _purge(self, workload_id: str) -> None:
         async with session_scope(self.maker) as session:
@@ -432,7 +475,7 @@ class OcciService:
             wl = await self._workload(session, kind.term, entity_id)
             provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
         state = occi_state(wl)
-        applicable = ACTIONS_BY_STATE[kind.term].get(state, ())
+        applicable = applicable_actions(wl)
         if term not in applicable:
             raise Conflict(f"action {term} is not applicable: {kind.term} {entity_id} is {state} "
                            f"(applicable now: {', '.join(applicable) or 'none'})")
@@ -461,10 +504,23 @@ class OcciService:
         self.ident.require_write()
         async with session_scope(self.maker) as session:
             if kind in infra.LINK_KINDS:
-                await session.delete(await self._link(session, kind.term, entity_id))
+                link = await self._link(session, kind.term, entity_id)
+                if self.engine is None:
+                    await session.delete(link)
+                    return
+                link.attributes = {**link.attributes, "state": "inactive", "state_message": "detaching"}
+            else:
+                wl = await self._workload(session, kind.term, entity_id)
+                provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
+        if kind in infra.LINK_KINDS:
+            await flows.detach(self.engine, entity_id)  # the row goes once the provider detached it
+            return
+        if kind is not infra.COMPUTE and self.engine is not None:
+            if wl.observed_state == "pending":
+                raise Conflict(f"{kind.term} {entity_id} is still being created; delete it once that ends")
+            if wl.provider_resource_id:
+                await flows.delete(self.engine, wl.id, purge=True)  # the entity goes once the provider deleted it
                 return
-            wl = await self._workload(session, kind.term, entity_id)
-            provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
         if kind is infra.COMPUTE and provider is not None and wl.provider_resource_id:
             await self.compute.delete(wl, provider.name)
         await self._purge(wl.id)

@@ -123,9 +123,11 @@ async def test_every_kind_shares_one_protocol_and_unsupported_verbs_are_named() 
         assert cls.import_image is not DriverBase.import_image or not cls.image_import_formats, kind
         assert cls.export_image is not DriverBase.export_image or not cls.image_export_formats, kind
         assert cls.live_migrate is not DriverBase.live_migrate or Capability.LIVE_MIGRATION not in cls.capabilities
+        assert (cls.create_volume is not DriverBase.create_volume) == (Capability.VOLUMES in cls.capabilities), kind
+        assert (cls.create_network is not DriverBase.create_network) == (Capability.NETWORKS in cls.capabilities), kind
     sim = SimDriver(SimProvider(name="sim", kind="sim"))
-    with pytest.raises(UnsupportedOperation, match=r"sim \(sim\) does not support attach_volume"):
-        await sim.attach_volume("x", "y")
+    with pytest.raises(UnsupportedOperation, match=r"sim \(sim\) does not support export_image"):
+        await sim.export_image("x", "/tmp")
     vm = await sim.create_vm(VmSpec(name="a", region="sim-000", image="img"))
     assert (await sim.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=1)).state == VmState.RUNNING
     with pytest.raises(DriverError, match="after 0 s"):

@@ -41,5 +41,5 @@ async def test_lifecycle_states() -> None:
 
 
 async def test_missing_verb_names_itself() -> None:
-    with pytest.raises(UnsupportedOperation, match=r"s \(sim\) does not support attach_volume"):
-        await _driver().attach_volume("x", "y")
+    with pytest.raises(UnsupportedOperation, match=r"s \(sim\) does not support export_image"):
+        await _driver().export_image("x", "/tmp")

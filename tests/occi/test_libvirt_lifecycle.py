@@ -7,6 +7,7 @@ empty qcow2 made with qemu-img and published as an os_tpl: the VM need not boot 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -17,12 +18,14 @@ from typing import Any
 
 import libvirt
 import pytest
+from sqlmodel import select
 from yarl import URL
 
 from metavmm.broker import keys
 from metavmm.broker.app import create_app
 from metavmm.broker.config import parse_config
 from metavmm.broker.sync import sync_all
+from metavmm.catalog.models import Workload
 from metavmm.occi.parse import parse_text_fields, parse_text_plain
 from tests.auth_helpers import authorize
 from tests.occi.conftest import INFRA, JSONH, OCCI, TEXT, os_tpl_id, publish_image
@@ -74,6 +77,8 @@ providers:
     created: list[str] = []
     client.created = created
     yield client
+    async with app[keys.SESSIONS]() as session:
+        ids = set((await session.exec(select(Workload.id))).all())
     conn = libvirt.open(URI)
     try:
         for wl_id in created:  # whatever a failed test left behind
@@ -84,8 +89,25 @@ providers:
                 dom.undefine()
             except libvirt.libvirtError:
                 pass
+        remove_networks_and_pool(conn, ids, "lv-occi")
     finally:
         conn.close()
+
+
+def remove_networks_and_pool(conn: libvirt.virConnect, workload_ids: set[str], provider: str) -> None:
+    """Networks and the volume pool the engine made for this test's network and storage entities (their
+    files go with the storage dir)."""
+    for net in conn.listAllNetworks():
+        if net.name().startswith("mv-") and net.name()[3:] in workload_ids:
+            with contextlib.suppress(libvirt.libvirtError):  # an engine step may be removing it too
+                net.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                net.undefine()
+    with contextlib.suppress(libvirt.libvirtError):
+        pool = conn.storagePoolLookupByName(f"metavmm-{provider}")
+        with contextlib.suppress(libvirt.libvirtError):
+            pool.destroy()
+        pool.undefine()
 
 
 class Plain:

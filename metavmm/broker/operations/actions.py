@@ -73,8 +73,10 @@ def load_builtin_actions() -> None:
         batch_actions,
         disk_actions,
         image_actions,
+        link_actions,
         quota_actions,
         resize_actions,
+        resource_actions,
         vm_actions,
     )
 

@@ -1,4 +1,5 @@
-"""The plans of the broker's changes: provision, power actions, delete, live and cold migration.
+"""The plans of the broker's changes: provision, power actions, delete, live and cold migration, and
+volumes, networks and the links that attach them to computes.
 
 Each function checks the request against the catalog, builds the whole plan (with every value a
 retry must reuse fixed in the step arguments: the clone's hostname, MAC and address are drawn here, once)
@@ -15,11 +16,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.broker.operations import addresses, store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
-from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind
+from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
 from metavmm.errors import Conflict, NotFound, ValidationError
 from metavmm.translators.cloudinit import host_label
 
@@ -62,11 +64,87 @@ def provision_steps(workload_id: str, *, name: str, provider: str, region: str, 
         Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
         Step("record", "workload.record", at, commit=True),
     ]
-    if quota:
-        held = {"workload_id": workload_id}
-        steps = [Step("hold-quota", "quota.hold", held, compensate="quota.release"), *steps,
-                 Step("commit-quota", "quota.commit", held)]
-    return steps
+    return with_quota(workload_id, steps) if quota else steps
+
+
+def with_quota(workload_id: str, steps: list[Step]) -> list[Step]:
+    """Settle the request's quota reservation around a create plan: released by its rollback, committed last."""
+    held = {"workload_id": workload_id}
+    return [Step("hold-quota", "quota.hold", held, compensate="quota.release"), *steps,
+            Step("commit-quota", "quota.commit", held)]
+
+
+RESOURCE_VERB = {WorkloadKind.STORAGE: "volume", WorkloadKind.NETWORK: "network"}
+"""The step-action noun of each non-compute workload kind (volume_actions, net_actions)."""
+
+
+def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, region: str, size_gib: int = 0,
+                   cidr: str | None = None, quota: bool = False) -> list[Step]:
+    """The create plan of a volume (``kind`` storage, ``size_gib``) or a network (``cidr`` where the
+    provider needs one): create (undone by delete), then record it in the catalog (the commit)."""
+    verb = RESOURCE_VERB[WorkloadKind(kind)]
+    at = {"provider": provider, "workload_id": workload_id}
+    extra = {"size_gib": size_gib} if verb == "volume" else {"cidr": cidr}
+    steps = [Step("create", f"{verb}.create", {**at, "name": name, "region": region, **extra},
+                  compensate=f"{verb}.delete", weight=2),
+             Step("record", "resource.record", {**at, "kind": kind}, commit=True)]
+    return with_quota(workload_id, steps) if quota else steps
+
+
+async def create_resource(engine: Engine, kind: str, *, name: str, provider: str, region: str, size_gib: int = 0,
+                          cidr: str | None = None, project_id: int | None = None,
+                          idempotency_key: str | None = None) -> Operation:
+    """Create a volume or network at ``provider``/``region`` (no quota held: REST's create path holds it)."""
+    _known_provider(engine, provider)
+    workload = Workload(kind=kind, name=name, project_id=project_id, observed_state="pending",
+                        state_message="creating", spec={"size_gib": size_gib, "cidr": cidr})
+    steps = resource_steps(workload.id, kind, name=name, provider=provider, region=region, size_gib=size_gib,
+                           cidr=cidr)
+    request = json.dumps([kind, name, provider, region, size_gib, cidr, project_id])
+    return await engine.submit(kind="create", steps=steps, target_id=workload.id, project_id=project_id,
+                               params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
+                               rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
+
+
+def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str) -> list[Step]:
+    """Attach a volume or network to a compute: wait until both ends are placed (their own create
+    operations may still run), attach at the provider, mark the link active (the commit)."""
+    verb = RESOURCE_VERB[WorkloadKind(target_kind)]
+    ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
+    return [Step("wait-ends", "link.wait_ends", {**ends, "timeout_s": 600}, compensate="link.failed"),
+            Step("attach", f"{verb}.attach", ends, compensate=f"{verb}.detach", weight=2),
+            Step("record", "link.record", ends, commit=True)]
+
+
+def detach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str) -> list[Step]:
+    verb = RESOURCE_VERB[WorkloadKind(target_kind)]
+    ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
+    return [Step("detach", f"{verb}.detach", ends, commit=True, weight=2), Step("forget", "link.forget", ends)]
+
+
+async def _link(engine: Engine, link_id: str) -> tuple[WorkloadLink, str]:
+    async with engine.sessions() as session:
+        link = await session.get(WorkloadLink, link_id)
+        target = await session.get(Workload, link.target_id) if link is not None else None
+    if link is None or target is None:
+        raise NotFound(f"no link {link_id}")
+    return link, target.kind
+
+
+async def attach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
+    """Apply a link row (storagelink or networkinterface) at the provider."""
+    link, kind = await _link(engine, link_id)
+    steps = attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
+    return await engine.submit(kind="attach", steps=steps, target_id=link.id, project_id=link.project_id,
+                               idempotency_key=idempotency_key, params={"compute": link.source_id})
+
+
+async def detach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
+    """Detach at the provider, then remove the link row."""
+    link, kind = await _link(engine, link_id)
+    steps = detach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
+    return await engine.submit(kind="detach", steps=steps, target_id=link.id, project_id=link.project_id,
+                               idempotency_key=idempotency_key, params={"compute": link.source_id})
 
 
 async def provision(engine: Engine, *, name: str, provider: str, region: str, image: str, vcpus: int = 1,
@@ -97,17 +175,37 @@ async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key:
                                idempotency_key=idempotency_key)
 
 
-async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None) -> Operation:
+async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None,
+                 purge: bool = False) -> Operation:
+    """Delete a compute's VM, or a volume or network (refused while a compute still links to it).
+    ``purge``: remove the row at the end (OCCI entities are gone once deleted; REST keeps history)."""
     workload, provider = await _workload_at(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
-    steps = [Step("delete", "vm.delete", at, commit=True)]
+    if workload.kind in RESOURCE_VERB:
+        async with engine.sessions() as session:
+            await refuse_if_linked(session, workload)
+        steps = [Step("delete", f"{RESOURCE_VERB[WorkloadKind(workload.kind)]}.delete", at, commit=True),
+                 Step("forget-links", "link.forget_target", at)]
+    else:
+        steps = [Step("delete", "vm.delete", at, commit=True)]
     owned = workload.spec.get("owned_image")  # an image a migration imported for this workload alone
     if owned:
         steps.append(Step("delete-image", "image.delete", owned))
     steps.append(Step("forget", "workload.gone", at))
     steps.append(Step("free-quota", "quota.free", {"workload_id": workload.id}))
+    if purge:
+        steps.append(Step("purge", "workload.purge", at))
     return await engine.submit(kind="delete", steps=steps, target_id=workload.id, project_id=workload.project_id,
                                idempotency_key=idempotency_key)
+
+
+async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
+    """A volume or network still attached to a live compute cannot go (the provider would refuse too)."""
+    rows = (await session.exec(select(WorkloadLink, Workload).join(Workload, WorkloadLink.source_id == Workload.id)
+                               .where(WorkloadLink.target_id == workload.id))).all()
+    live = [f"{link.kind} {link.id} from compute {src.name}" for link, src in rows if src.present]
+    if live:
+        raise Conflict(f"{workload.kind} {workload.name} is still linked: {'; '.join(live)}; remove the links first")
 
 
 async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,

@@ -1,7 +1,7 @@
 """Reconciliation: compare the catalog with what every provider reports, and repair the difference.
 
-Three findings, for VMs the broker created (they carry the workload tag) and workloads no running
-operation is changing:
+Three findings, for VMs, volumes and networks the broker created (they carry the workload tag) and
+workloads no running operation is changing:
 
 - **orphan**: a tagged VM at a provider where the catalog does not place its workload (deleted, or
   living elsewhere: the leftover of an interrupted migration). Repair: a ``reconcile`` operation
@@ -30,7 +30,7 @@ from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Provider, Workload, utcnow
-from metavmm.drivers.base import VmInfo
+from metavmm.drivers.base import Capability, Driver, VmInfo
 from metavmm.errors import MetavmmError
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,34 @@ class Report:
     drifted: list[tuple[str, str, str]] = field(default_factory=list)  # (workload id, old, new)
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> error
     operations: list[str] = field(default_factory=list)
+    delete_action: dict[str, str] = field(default_factory=dict)  # resource id -> its delete step (VMs: vm.delete)
+
+
+async def _tagged_resources(driver: Driver) -> list[tuple[str, str, str]]:
+    """(delete action, resource id, workload id) of the tagged volumes and networks a provider reports."""
+    out: list[tuple[str, str, str]] = []
+    if Capability.VOLUMES in driver.capabilities:
+        out += [("volume.delete", v.provider_volume_id, v.workload_id) for v in await driver.list_volumes()
+                if v.workload_id]
+    if Capability.NETWORKS in driver.capabilities:
+        out += [("network.delete", n.provider_network_id, n.workload_id) for n in await driver.list_networks()
+                if n.workload_id]
+    return out
 
 
 async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) -> Report:
     report = Report()
     seen: dict[str, list[VmInfo]] = {}
+    resources: dict[str, list[tuple[str, str, str]]] = {}
     for pcfg in engine.config.providers:
         if not pcfg.enabled:
             continue
         try:
-            seen[pcfg.name] = [vm for vm in await drivers.get(pcfg.name).list_vms() if vm.workload_id]
+            driver = drivers.get(pcfg.name)
+            seen[pcfg.name] = [vm for vm in await driver.list_vms() if vm.workload_id]
+            resources[pcfg.name] = await _tagged_resources(driver)
         except (MetavmmError, OSError) as exc:
+            seen.pop(pcfg.name, None)
             report.unreachable[pcfg.name] = str(exc)
     async with engine.sessions() as session:
         providers = {p.id: p.name for p in (await session.exec(select(Provider))).all()}
@@ -75,12 +92,22 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
                 report.orphans.append((provider, vm.provider_vm_id, wid))
             elif vm.state != workloads[wid].observed_state:
                 report.drifted.append((wid, workloads[wid].observed_state, str(vm.state)))
+        for delete_action, rid, wid in resources[provider]:
+            if wid in busy:
+                continue
+            if wid not in workloads:
+                report.foreign.append((provider, rid, wid))
+            elif placed.get(wid) != provider:
+                report.orphans.append((provider, rid, wid))
+                report.delete_action[rid] = delete_action
     for wid, provider in placed.items():
         if wid in busy or provider not in seen or not workloads[wid].managed:
             continue
         if workloads[wid].observed_state == "lost":
             continue  # reported and marked by an earlier pass; a VM that comes back shows up as drift
-        if not any(vm.workload_id == wid for vm in seen[provider]):
+        there = {r[2] for r in resources[provider]} if workloads[wid].kind != "compute" else \
+            {vm.workload_id for vm in seen[provider]}
+        if wid not in there:
             report.lost.append((wid, provider))
 
     if repair:
@@ -90,8 +117,9 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
 
 async def _repair(engine: Engine, report: Report, workloads: dict[str, Workload]) -> None:
     for provider, vm_id, wid in report.orphans:
+        action = report.delete_action.get(vm_id, "vm.delete")
         op = await engine.submit(kind="reconcile", target_id=wid,
-                                 steps=[Step("delete-orphan", "vm.delete", {"provider": provider, "workload_id": wid})],
+                                 steps=[Step("delete-orphan", action, {"provider": provider, "workload_id": wid})],
                                  params={"provider": provider, "vm": vm_id},
                                  idempotency_key=f"orphan:{provider}:{vm_id}")
         report.operations.append(op.id)
@@ -100,7 +128,8 @@ async def _repair(engine: Engine, report: Report, workloads: dict[str, Workload]
             w = await session.get(Workload, wid)
             if w is not None:
                 w.observed_state = "lost"
-                w.state_message = f"no VM at {provider} (reconciliation {utcnow():%Y-%m-%d %H:%M} UTC)"
+                what = "VM" if w.kind == "compute" else "volume" if w.kind == "storage" else "network"
+                w.state_message = f"no {what} at {provider} (reconciliation {utcnow():%Y-%m-%d %H:%M} UTC)"
                 w.updated_at = utcnow()
                 session.add(w)
         for wid, _old, new in report.drifted:

@@ -2,10 +2,13 @@
 
 Creating a compute workload checks and reserves quota, asks the scheduler for a placement and writes
 the engine's provision plan in the same transaction (202 Accepted; 409 NoPlacement with the
-scheduler's reasons leaves nothing behind); the engine runs it and settles the quota. Actions and
-deletion of a placed workload run the engine's power and delete flows; requests the engine cannot run
-yet (no placement, other kinds, no engine) are recorded as ``queued`` operations. Cancel stops either. Updates need
-``If-Match`` with the workload's ETag (its version), so two clients cannot overwrite each other.
+scheduler's reasons leaves nothing behind); the engine runs it and settles the quota. A network or
+storage workload is placed at the site it names (or the first that can hold it) and created by the
+engine's network or volume plan the same way. Links attach a volume or network to a compute (and
+detach it) through the engine. Actions and deletion of a placed workload run the engine's power and
+delete flows; requests the engine cannot run yet (no placement, no engine) are recorded as ``queued``
+operations. Cancel stops either. Updates need ``If-Match`` with the workload's ETag (its version), so
+two clients cannot overwrite each other.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from metavmm.broker.rest.framework import RestModule
 from metavmm.broker.rest.listing import Page, list_query, paginate
 from metavmm.broker.scope import get_visible, target_project, visible
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind
-from metavmm.errors import Conflict
+from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind, WorkloadLink
+from metavmm.errors import Conflict, NotFound, UnsupportedOperation
 from metavmm.scheduler import service as scheduler
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -94,6 +97,9 @@ class WorkloadCreate(BaseModel):
     gpu_count: int = Field(default=0, ge=0, le=64)
     image_id: str | None = Field(default=None, pattern=UUID_PATTERN, description="a marketplace image")
     site: str | None = Field(default=None, min_length=1, max_length=160, description="pin to a site (by name)")
+    cidr: str | None = Field(default=None, pattern=r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$",
+                             description="network: its address range (AWS needs one, 10.0.0.0/16 by default; "
+                                         "libvirt networks are isolated bridges without addresses)")
 
 
 class WorkloadPatch(BaseModel):
@@ -163,7 +169,7 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
                                             shape=shape, image_id=body.image_id, site=body.site,
                                             idempotency_key=key[:128] if key else None, snapshot=snap,
                                             providers=frozenset(p.name for p in engine.config.providers)
-                                            if engine is not None else frozenset())
+                                            if engine is not None else frozenset(), cidr=body.cidr)
     if engine is not None and op.state == OperationState.PENDING:
         await engine.wake(op.id)
     request_out = _workload_out(request, workload)
@@ -202,6 +208,7 @@ async def delete_workload(request: web.Request, params: WorkloadId) -> Operation
         engine = request.config_dict.get(keys.OPERATIONS)
         if engine is None or not service.is_placed(row):
             return OperationOut.model_validate(await service.request_delete(session, row))
+        await flows.refuse_if_linked(session, row)
         await service.mark_delete(session, row)
     return OperationOut.model_validate(await flows.delete(engine, params.workload_id))
 
@@ -239,6 +246,73 @@ async def _resize(request: web.Request, workload_id: str, body: ActionRequest) -
     op = await flows.resize(engine, workload_id, vcpus=shape.vcpus, ram_mib=shape.ram_mib, flavor=shape.flavor,
                             idempotency_key=key[:128] if key else None)
     return OperationOut.model_validate(op)
+
+
+class LinkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target_id: str = Field(pattern=UUID_PATTERN, description="a network or storage workload of the same project")
+
+
+class LinkOut(OutModel):
+    id: str
+    kind: str
+    source_id: str
+    target_id: str
+    attributes: dict[str, Any]
+
+
+class LinkAccepted(BaseModel):
+    link: LinkOut
+    operation: OperationOut
+
+
+class WorkloadLinkParams(BaseModel):
+    workload_id: str = Field(pattern=UUID_PATTERN)
+    link_id: str = Field(pattern=UUID_PATTERN)
+
+
+def _engine(request: web.Request) -> Any:
+    engine = request.config_dict.get(keys.OPERATIONS)
+    if engine is None:
+        raise UnsupportedOperation("links are applied by the operations engine, which this broker does not run")
+    return engine
+
+
+@api.route("GET", "/workloads/{workload_id}/links", summary="The volumes and networks linked to a compute",
+           params=WorkloadId, response=list[LinkOut])
+async def list_links(request: web.Request, params: WorkloadId) -> list[LinkOut]:
+    async with sessions(request)() as session:
+        row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
+        links = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == row.id)
+                                    .order_by(WorkloadLink.id))).all()
+    return [LinkOut.model_validate(link) for link in links]
+
+
+@api.route("POST", "/workloads/{workload_id}/links", summary="Attach a volume or network to a compute "
+           "(the engine waits until both exist, then attaches)", params=WorkloadId, body=LinkCreate,
+           response=LinkAccepted, status=202)
+async def create_link(request: web.Request, params: WorkloadId, body: LinkCreate) -> LinkAccepted:
+    identity, engine = identity_of(request), _engine(request)
+    async with session_scope(sessions(request)) as session:
+        compute = await get_visible(session, identity, Workload, params.workload_id, "workload")
+        target = await get_visible(session, identity, Workload, body.target_id, "workload")
+        link = await service.new_link(session, compute, target)
+        out = LinkOut.model_validate(link)
+    op = await flows.attach(engine, out.id)
+    return LinkAccepted(link=out, operation=OperationOut.model_validate(op))
+
+
+@api.route("DELETE", "/workloads/{workload_id}/links/{link_id}", summary="Detach a volume or network from a "
+           "compute (the link goes once the provider detached it)", params=WorkloadLinkParams,
+           response=OperationOut, status=202)
+async def delete_link(request: web.Request, params: WorkloadLinkParams) -> OperationOut:
+    engine = _engine(request)
+    async with sessions(request)() as session:
+        compute = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
+        link = await session.get(WorkloadLink, params.link_id)
+        if link is None or link.source_id != compute.id:
+            raise NotFound(f"compute {compute.id} has no link {params.link_id}")
+    return OperationOut.model_validate(await flows.detach(engine, params.link_id))
 
 
 @api.route("GET", "/operations", summary="List your project's operations", query=OperationQuery,

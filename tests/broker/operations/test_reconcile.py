@@ -15,7 +15,7 @@ from metavmm.broker.operations.plan import Step
 from metavmm.broker.operations.reconcile import reconcile
 from metavmm.broker.sync import register_providers
 from metavmm.catalog.models import OperationState, Provider, Workload
-from metavmm.drivers.base import VmSpec, VmState
+from metavmm.drivers.base import NetworkSpec, VmSpec, VmState, VolumeSpec
 
 CONFIG = """
 providers:
@@ -89,3 +89,40 @@ providers:
     async with sqlite_sessions() as session:
         assert (await session.get(Workload, w.id)).observed_state == "running"
     await executor.drivers.close()
+
+
+async def test_volumes_and_networks_orphaned_lost_and_foreign(sqlite_sessions) -> None:
+    """A placed volume is judged by the volumes the provider reports, not by its VMs."""
+    config = parse_config(CONFIG)
+    await register_providers(sqlite_sessions, config)
+    engine = Engine(sqlite_sessions, config, "sqlite://")
+    executor = Executor(sqlite_sessions, config)
+    drivers = executor.drivers
+    sima = drivers.get("sima")
+    async with sqlite_sessions() as session:
+        pid = {p.name: p.id for p in (await session.exec(select(Provider))).all()}
+        kept, lost_net, gone = (Workload(kind=k, name=n, provider_id=pid["sima"], observed_state=s)
+                                for k, n, s in (("storage", "kept", "online"), ("network", "lost-net", "active"),
+                                                ("storage", "gone", "deleted")))
+        gone.present = False
+        for w in (kept, lost_net, gone):
+            session.add(w)
+        await session.commit()
+    await sima.create_volume(VolumeSpec(name="kept", region="sim-000", size_gib=1, workload_id=kept.id))
+    await sima.create_volume(VolumeSpec(name="gone", region="sim-000", size_gib=1, workload_id=gone.id))
+    await sima.create_network(NetworkSpec(name="theirs", region="sim-000", workload_id="another-broker"))
+
+    report = await reconcile(engine, drivers)
+    assert [w for _, _, w in report.orphans] == [gone.id]  # its delete plan left the volume behind
+    assert [w for _, _, w in report.foreign] == ["another-broker"]
+    assert report.lost == [(lost_net.id, "sima")] and report.drifted == []
+    for op_id in report.operations:
+        assert await executor.run(op_id)
+        done = await store.get(sqlite_sessions, op_id)
+        assert done.state == OperationState.SUCCEEDED and done.steps[0]["action"] == "volume.delete"
+    assert [v.workload_id for v in await sima.list_volumes()] == [kept.id]
+    assert [n.workload_id for n in await sima.list_networks()] == ["another-broker"]
+    async with sqlite_sessions() as session:
+        marked = await session.get(Workload, lost_net.id)
+        assert marked.observed_state == "lost" and marked.state_message.startswith("no network at sima")
+    await drivers.close()
