@@ -13,10 +13,11 @@ import random
 import uuid
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
+from metavmm.broker.operations.store import ACTIVE, TERMINAL
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind
 from metavmm.errors import Conflict, NotFound, ValidationError
 
@@ -33,6 +34,22 @@ async def _workload_at(engine: Engine, workload_id: str) -> tuple[Workload, str]
         provider = await session.get(Provider, workload.provider_id)
     assert provider is not None
     return workload, provider.name
+
+
+async def _workload_or_create(engine: Engine, workload_id: str, accept: tuple[str, ...] = ("succeeded",)
+                              ) -> tuple[Workload, str, list[Step]]:
+    """Where the workload runs, or will run once its create (still active) ends, with the steps that must
+    come first: a wait for that create, so a request asked meanwhile runs after it rather than failing."""
+    async with engine.sessions() as session:
+        workload = await session.get(Workload, workload_id)
+        creating = (await session.exec(select(Operation).where(
+            Operation.target_id == workload_id, Operation.kind == "create",
+            col(Operation.state).in_(ACTIVE)).order_by(col(Operation.created_at).desc()))).first()
+    if workload is not None and creating is not None and creating.params.get("provider"):
+        wait = Step("wait-create", "operation.wait", {"operation_id": creating.id, "accept": list(accept)})
+        return workload, str(creating.params["provider"]), [wait]
+    workload, provider = await _workload_at(engine, workload_id)
+    return workload, provider, []
 
 
 def _known_provider(engine: Engine, name: str) -> Any:
@@ -81,9 +98,9 @@ async def provision(engine: Engine, *, name: str, provider: str, region: str, im
 async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:
     if verb not in POWER_TARGET:
         raise ValidationError(f"unknown action {verb!r}; expected one of {', '.join(POWER_TARGET)}")
-    workload, provider = await _workload_at(engine, workload_id)
+    workload, provider, first = await _workload_or_create(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
-    steps = [Step(verb, "vm.power", {**at, "verb": verb}),
+    steps = [*first, Step(verb, "vm.power", {**at, "verb": verb}),
              Step("wait", "vm.wait", {**at, "state": POWER_TARGET[verb], "timeout_s": 120}),
              Step("observe", "workload.observe", at)]
     return await engine.submit(kind=verb, steps=steps, target_id=workload.id, project_id=workload.project_id,
@@ -91,9 +108,10 @@ async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key:
 
 
 async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None) -> Operation:
-    workload, provider = await _workload_at(engine, workload_id)
+    # a create still running is waited for, whatever its end: a rolled-back create leaves nothing to delete
+    workload, provider, first = await _workload_or_create(engine, workload_id, tuple(TERMINAL))
     at = {"provider": provider, "workload_id": workload.id}
-    steps = [Step("delete", "vm.delete", at, commit=True)]
+    steps = [*first, Step("delete", "vm.delete", at, commit=True)]
     owned = workload.spec.get("owned_image")  # an image a migration imported for this workload alone
     if owned:
         steps.append(Step("delete-image", "image.delete", owned))
