@@ -99,8 +99,9 @@ async def in_transit(session: AsyncSession) -> Ledger:
 class Placer:
     """Places create requests; keeps the last snapshot while the catalog's fingerprint holds."""
 
-    def __init__(self, config: FederationConfig) -> None:
+    def __init__(self, config: FederationConfig, *, cache: bool = True) -> None:
         self.config = config
+        self.cache = cache  # False: a fresh snapshot per request (the benchmark's "before")
         self._cached: tuple[tuple[Any, ...], Snapshot, FederationGraph] | None = None
         self.hits = 0
         self.misses = 0
@@ -108,7 +109,7 @@ class Placer:
     async def snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph]:
         key = await fingerprint(session)
         cached = self._cached
-        if cached is not None and cached[0] == key:
+        if self.cache and cached is not None and cached[0] == key:
             self.hits += 1
             return cached[1], cached[2]
         self.misses += 1
