@@ -41,7 +41,7 @@ from metavmm.catalog.models import (
     WorkloadLink,
     utcnow,
 )
-from metavmm.errors import Conflict, Forbidden, NotFound, Unauthenticated, UnsupportedOperation, ValidationError
+from metavmm.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationError
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.catalog_view import (
     ACTIONS_BY_STATE,
@@ -451,7 +451,7 @@ class OcciService:
                                       f"{', '.join(a.name for a in action.attributes) or 'none'}")
             attr.check(value)
         if kind is infra.COMPUTE:
-            await self._act_compute(entity_id, term)
+            await self._act_compute(entity_id, term, req.attributes)
             return
         async with session_scope(self.maker) as session:
             row = await self._workload(session, kind.term, entity_id)
@@ -461,7 +461,7 @@ class OcciService:
             row.version += 1
             row.updated_at = utcnow()
 
-    async def _act_compute(self, entity_id: str, term: str) -> None:
+    async def _act_compute(self, entity_id: str, term: str, attributes: dict[str, Any]) -> None:
         """Submit the engine's power flow and answer at once (the rendering shows its progress); an action
         asked while another operation (e.g. the create) runs is planned behind it."""
         async with session_scope(self.maker) as session:
@@ -469,13 +469,14 @@ class OcciService:
             wl = await self._workload(session, "compute", entity_id)
             busy = bool(await running_operations(session, [wl.id]))
             _applicable(wl, term, intended_state(wl, busy))
-            if term == "save":
-                raise UnsupportedOperation("saving a compute's disk as an image is not offered yet: no driver "
-                                           "exports a VM's disk as a marketplace image")
             if self.engine is None or not await workloads.engine_can_run(session, wl):
                 raise Conflict(f"compute {entity_id} runs nowhere (it is {wl.observed_state})")
-            await workloads.mark_action(session, wl, term)
-        await flows.power(self.engine, wl.id, term)
+            if term != "save":
+                await workloads.mark_action(session, wl, term)
+        if term == "save":  # the disk becomes a marketplace image of the project
+            await flows.save(self.engine, wl.id, name=attributes.get("name"))
+        else:
+            await flows.power(self.engine, wl.id, term)
 
     # -- deleting ----------------------------------------------------------------------------------------
 

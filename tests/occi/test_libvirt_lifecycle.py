@@ -18,12 +18,14 @@ from typing import Any
 
 import libvirt
 import pytest
+from sqlmodel import select
 from yarl import URL
 
 from metavmm.broker import keys
 from metavmm.broker.app import create_app
 from metavmm.broker.config import parse_config
 from metavmm.broker.sync import sync_all
+from metavmm.catalog.models import Image
 from metavmm.occi.parse import parse_text_fields, parse_text_plain
 from tests.auth_helpers import authorize
 from tests.occi.conftest import INFRA, JSONH, OCCI, TEXT, os_tpl_id, publish_image, settled
@@ -225,8 +227,17 @@ async def test_lifecycle_json(lv_client: Any) -> None:
     assert (await settled(client, path))["attributes"]["occi.compute.state"] == "inactive"
     assert _domain_state(domain) == libvirt.VIR_DOMAIN_SHUTOFF
     save = await client.post(f"{path}?action=save", headers=JSONH, json={
-        "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#save"})
-    assert save.status == 501 and "not offered yet" in (await save.json())["error"]["message"], await save.text()
+        "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#save",
+        "attributes": {"name": "lv-json-saved"}})
+    assert save.status == 200, await save.text()
+    assert (await save.json())["attributes"]["occi.compute.state.message"].startswith("save ")
+    assert (await settled(client, path))["attributes"]["occi.compute.state"] == "inactive"  # it was stopped
+    async with client.server.app[keys.SESSIONS]() as session:  # the exported disk is a marketplace image now
+        image = (await session.exec(select(Image).where(Image.name == "lv-json-saved"))).one()
+    assert image.format == "qcow2" and image.visibility == "project" and len(image.sha256 or "") == 64
+    assert Path(image.location or "").is_file() and image.size_bytes == Path(image.location or "").stat().st_size
+    categories = await (await client.get("/-/", headers={"Accept": "application/occi+json"})).json()
+    assert any(m["title"] == "lv-json-saved" for m in categories["mixins"])  # offered as an os_tpl
     start = await client.post(f"{path}?action=start", headers=JSONH, json={
         "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#start"})
     assert start.status == 200

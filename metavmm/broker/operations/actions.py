@@ -64,7 +64,13 @@ def get_action(name: str) -> ActionSpec:
 
 def load_builtin_actions() -> None:
     """Import the modules that register the broker's own actions (once; imports are cached)."""
-    from metavmm.broker.operations import disk_actions, order_actions, quota_actions, vm_actions  # noqa: F401
+    from metavmm.broker.operations import (  # noqa: F401
+        disk_actions,
+        image_actions,
+        order_actions,
+        quota_actions,
+        vm_actions,
+    )
 
 
 async def run_action(ctx: StepContext, name: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -38,18 +38,26 @@ async def _workload_at(engine: Engine, workload_id: str) -> tuple[Workload, str]
 
 async def _workload_or_create(engine: Engine, workload_id: str, accept: tuple[str, ...] = ("succeeded",)
                               ) -> tuple[Workload, str, list[Step]]:
-    """Where the workload runs, or will run once its create (still active) ends, with the steps that must
-    come first: a wait for that create, so a request asked meanwhile runs after it rather than failing."""
+    """Where the workload runs (or will run, once its create, still active, ends) and the steps that must
+    come first: a wait for the newest operation still active on it, so requests asked meanwhile run one
+    after the other rather than racing (a stop and a start at once) or failing (an action during the
+    create). ``accept``: how that operation may end when it is the create (any end, for other kinds)."""
     async with engine.sessions() as session:
         workload = await session.get(Workload, workload_id)
-        creating = (await session.exec(select(Operation).where(
-            Operation.target_id == workload_id, Operation.kind == "create",
-            col(Operation.state).in_(ACTIVE)).order_by(col(Operation.created_at).desc()))).first()
-    if workload is not None and creating is not None and creating.params.get("provider"):
-        wait = Step("wait-create", "operation.wait", {"operation_id": creating.id, "accept": list(accept)})
-        return workload, str(creating.params["provider"]), [wait]
-    workload, provider = await _workload_at(engine, workload_id)
-    return workload, provider, []
+        active = (await session.exec(select(Operation).where(
+            Operation.target_id == workload_id, col(Operation.state).in_(ACTIVE))
+            .order_by(col(Operation.created_at).desc()))).all()
+    creating = next((op for op in active if op.kind == "create" and op.params.get("provider")), None)
+    if workload is not None and creating is not None:
+        provider = str(creating.params["provider"])
+    else:
+        workload, provider = await _workload_at(engine, workload_id)
+    if not active:
+        return workload, provider, []
+    last = active[0]
+    ends = list(accept) if last.kind == "create" else [str(s) for s in TERMINAL]
+    return workload, provider, [Step(f"wait-{last.kind}", "operation.wait", {"operation_id": last.id,
+                                                                            "accept": ends})]
 
 
 def _known_provider(engine: Engine, name: str) -> Any:
@@ -119,6 +127,27 @@ async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | Non
     steps.append(Step("free-quota", "quota.free", {"workload_id": workload.id}))
     return await engine.submit(kind="delete", steps=steps, target_id=workload.id, project_id=workload.project_id,
                                idempotency_key=idempotency_key)
+
+
+async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:
+    """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
+    stopped is stopped for the copy and started again; the image is named now, so retries reuse it."""
+    workload, provider, first = await _workload_or_create(engine, workload_id)
+    at = {"provider": provider, "workload_id": workload.id}
+    image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
+    was_running = workload.observed_state != "stopped"  # a create still running ends running
+    steps = [*first]
+    if was_running:
+        steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 120})]
+    steps += [Step("export", "disk.export", at, compensate="scratch.clean", weight=3),
+              Step("publish", "image.publish", {"workload_id": workload.id, "name": image}, commit=True, weight=2)]
+    if was_running:
+        steps += [Step("start", "vm.power", {**at, "verb": "start"}),
+                  Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 120})]
+    steps += [Step("observe", "workload.observe", at), Step("clean-scratch", "scratch.clean", {})]
+    return await engine.submit(kind="save", steps=steps, target_id=workload.id, project_id=workload.project_id,
+                               params={"image_name": image})
 
 
 async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,
