@@ -344,3 +344,16 @@ async def test_actions_on_a_collection_and_client_ids(sim_client: Any) -> None:
     assert len(resources) == 2
     states = {(await settled(sim_client, f"/compute/{r['id']}"))["attributes"]["occi.compute.state"] for r in resources}
     assert states == {"inactive"}
+
+
+async def test_save_where_the_provider_cannot_export_rolls_back(sim_client: Any) -> None:
+    """The sim cannot export a VM's disk: the save plan fails at its export step and rolls back, which
+    starts the VM again; the reason is the compute's state message."""
+    created = await _create_compute(sim_client)
+    path = URL(created.headers["Location"]).path
+    save = await sim_client.post(f"{path}?action=save", headers=TEXT)
+    assert save.status == 200, await save.text()
+    doc = await settled(sim_client, path)
+    assert doc["attributes"]["occi.compute.state"] == "active"
+    message = doc["attributes"]["occi.compute.state.message"]
+    assert message.startswith("save rolled_back") and "cannot export" in message, message
