@@ -16,7 +16,7 @@ from metavmm.broker.operations.actions import action
 from metavmm.broker.operations.context import StepContext
 from metavmm.errors import Conflict
 
-POLL_S = 0.2
+POLL_S = 0.5
 
 
 @action("operation.wait")
@@ -27,7 +27,9 @@ async def wait_for(ctx: StepContext, *, operation_id: str, accept: list[str] | N
     accept = accept or ["succeeded"]
     logged = False
     while True:
-        other = await store.get(ctx.sessions, operation_id)
+        # shielded: a cancel (the broker stopping) must not cut a query short, which can leave the
+        # database connection unusable for the next session; the read ends, then the cancel applies
+        other = await asyncio.shield(store.get(ctx.sessions, operation_id))
         if other.state in store.TERMINAL:
             if other.state not in accept:
                 raise Conflict(f"{other.kind} {operation_id} ended {other.state}: {other.error or other.message}")
