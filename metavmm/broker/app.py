@@ -22,6 +22,7 @@ from metavmm.broker.config import FederationConfig
 from metavmm.broker.errors import error_middleware, request_id_middleware
 from metavmm.broker.oidc import OidcVerifier
 from metavmm.broker.operations.loop import start_operations
+from metavmm.broker.placing import PLACER, Placer
 from metavmm.broker.rest import setup_rest
 from metavmm.broker.secrets import SecretBox, load_key
 from metavmm.broker.sync import register_providers, sync_all
@@ -116,6 +117,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     if config.auth.oidc is not None:
         app[keys.OIDC] = OidcVerifier(config.auth.oidc)
     app[keys.DATABASE_URL] = database_url
+    app[PLACER] = Placer(config)
     app.cleanup_ctx.append(catalog_context(migrate=migrate, sync=sync))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

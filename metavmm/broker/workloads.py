@@ -25,6 +25,7 @@ from metavmm.broker import quotas
 from metavmm.broker.operations import store as op_store
 from metavmm.broker.operations.flows import provision_steps, resource_steps
 from metavmm.broker.operations.plan import Step
+from metavmm.broker.placing import Placer
 from metavmm.catalog.models import (
     Flavor,
     Image,
@@ -40,9 +41,7 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.errors import Conflict, NoPlacement, NotFound, PreconditionFailed, ValidationError
-from metavmm.scheduler import service as scheduler
 from metavmm.scheduler.request import ImageRef, PlacementRequest
-from metavmm.scheduler.snapshot import Snapshot
 
 ACTIONS = ("start", "stop", "restart", "suspend", "resume")
 DESIRED_AFTER = {"start": "active", "stop": "stopped", "restart": "active", "suspend": "suspended",
@@ -73,17 +72,29 @@ async def resolve_shape(session: AsyncSession, kind: str, flavor: str | None, vc
     return Shape(vcpus or 0, ram_mib or 0, disk_gib, gpu_model, gpu_count if gpu_model else 0, None)
 
 
+@dataclass(frozen=True)
+class Constraints:
+    """What a request allows beyond its shape: providers (OCCI's broker mixin), a price ceiling."""
+
+    providers: tuple[str, ...] = ()
+    max_price_per_hour: float | None = None
+
+
 async def create(session: AsyncSession, *, project_id: int, kind: str, name: str, shape: Shape,
                  image_id: str | None, site: str | None, idempotency_key: str | None,
-                 snapshot: Snapshot | None = None, providers: frozenset[str] = frozenset(),
+                 placer: Placer | None = None, providers: frozenset[str] = frozenset(),
+                 constraints: Constraints = Constraints(), workload_id: str | None = None,
+                 extra_spec: dict[str, Any] | None = None, vm_name: str | None = None,
                  cidr: str | None = None) -> tuple[Workload, Operation]:
     """Reserve quota and write the workload with its ``create`` operation (one transaction; the
-    reservation's project lock comes first, as SQLite needs). With a scheduler ``snapshot`` (the app
-    runs an engine) a compute request is placed and its operation is the engine's provision plan
-    (pending; the caller wakes the engine); without one it is ``queued``. ``providers``: the
-    federation file's providers, the only ones the engine can drive (empty: no engine runs); with
-    them a network or storage request gets the engine's plan too."""
-    workload_id, operation_id = new_uuid(), new_uuid()
+    reservation's project lock comes first, as SQLite needs). With a ``placer`` (the app runs an
+    engine) a compute request is placed inside this transaction and its operation is the engine's
+    provision plan (pending; the caller wakes the engine); without one it is ``queued``. ``providers``:
+    the federation file's providers, the only ones the engine can drive (empty: no engine runs); with
+    them a network or storage request gets the engine's plan too. REST and OCCI both create through
+    here; OCCI adds its own ``extra_spec`` (mixins, architecture, ...), may choose the id, and names the
+    VM at the provider ``vm_name`` (default: the workload's name)."""
+    workload_id, operation_id = workload_id or new_uuid(), new_uuid()
     need = quotas.demand_of(kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model, shape.gpu_count)
     await quotas.lock_project(session, project_id)
     if idempotency_key:
@@ -99,9 +110,10 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
         image = await session.get(Image, image_id)
         if image is None or (image.project_id != project_id and image.visibility == "project"):
             raise ValidationError(f"no image {image_id} visible to this project")
-    spec: dict[str, Any] = {"vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
-                            "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
-                            "image_id": image_id, "site": site, **({"cidr": cidr} if cidr else {})}
+    spec: dict[str, Any] = {**(extra_spec or {}), "vcpus": shape.vcpus, "ram_mib": shape.ram_mib,
+                            "disk_gib": shape.disk_gib, "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count,
+                            "flavor": shape.flavor, "image_id": image_id, "site": site,
+                            **({"cidr": cidr} if cidr else {})}
     workload = Workload(id=workload_id, project_id=project_id, kind=kind, name=name, spec=spec,
                         desired_state="active", observed_state="pending")
     session.add(workload)
@@ -109,8 +121,9 @@ async def create(session: AsyncSession, *, project_id: int, kind: str, name: str
     await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=operation_id,
                          flavor=shape.flavor)
     planned: tuple[list[Step], dict[str, Any]] | None = None
-    if snapshot is not None and kind == "compute":  # the engine runs it: place now, write the real plan
-        planned = await _provision_plan(session, snapshot, providers, workload, shape, image_id, site)
+    if placer is not None and kind == "compute":  # the engine runs it: place now, write the real plan
+        planned = await _provision_plan(session, placer, providers, constraints, workload, shape, image_id,
+                                        site, vm_name or name)
     elif providers and kind in (WorkloadKind.NETWORK, WorkloadKind.STORAGE):
         planned = await _resource_plan(session, providers, workload, shape, site, cidr)
     if planned is not None:
@@ -140,14 +153,24 @@ async def _resource_plan(session: AsyncSession, providers: frozenset[str], workl
     return steps, where
 
 
-async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: set[str], workload: Workload,
-                          shape: Shape, image_id: str | None, site: str | None) -> tuple[list[Step], dict[str, Any]]:
-    """Ask the scheduler where the shape fits (the same call as ``POST /placements``) and build the engine's
-    provision plan there; NoPlacement (409) with the scheduler's reasons when nothing fits."""
+async def _provision_plan(session: AsyncSession, placer: Placer, providers: frozenset[str],
+                          constraints: Constraints, workload: Workload, shape: Shape, image_id: str | None,
+                          site: str | None, vm_name: str) -> tuple[list[Step], dict[str, Any]]:
+    """Ask the scheduler where the shape fits (the pipeline of ``POST /placements``, counting placements
+    still in transit; on-prem first, bursting out when a burst policy allows it) and build the engine's
+    provision plan there; NoPlacement (409) with the scheduler's reasons when nothing fits. A request
+    that allows only some providers (OCCI's broker mixin) is pinned to those the engine can drive."""
+    allowed: tuple[str, ...] = ()
+    if constraints.providers:
+        allowed = tuple(sorted(providers & set(constraints.providers)))
+        if not allowed:
+            why = "none of the allowed providers " + ", ".join(constraints.providers) + " is in the federation file"
+            raise NoPlacement(f"no placement for {workload.name}: {why}", reasons={"*": [why]})
     req = PlacementRequest(name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
                            gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
-                           image=ImageRef(image_id) if image_id else None, sites=(site,) if site else ())
-    placement = scheduler.place_or_burst(snapshot, req)  # on-prem first; burst policies may send it out
+                           image=ImageRef(image_id) if image_id else None, sites=(site,) if site else (),
+                           providers=allowed, max_price_per_hour=constraints.max_price_per_hour)
+    placement = await placer.place(session, req)
     if not placement.placed or placement.site_id is None or placement.provider is None:
         raise NoPlacement(f"no placement for {workload.name}: {placement.summary}", reasons=placement.reasons())
     where_site = placement.site or str(placement.site_id)
@@ -173,10 +196,11 @@ async def _provision_plan(session: AsyncSession, snapshot: Snapshot, providers: 
         raise NoPlacement(f"site {where_site} left the catalog", reasons={where_site: ["site is gone"]})
     # no image: boot an empty disk, which needs a size (1 GiB when the request asked none)
     disk = shape.disk_gib if image_ref or replicate else max(shape.disk_gib, 1)
-    steps = provision_steps(workload.id, name=workload.name, provider=placement.provider, region=site_row.region,
+    steps = provision_steps(workload.id, name=vm_name, provider=placement.provider, region=site_row.region,
                             image=image_ref, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=disk,
                             flavor=placement.flavor, host=placement.host, quota=True, replicate=replicate)
     where = {"provider": placement.provider, "region": site_row.region, "site": where_site, "host": placement.host,
+             "site_id": placement.site_id, "host_id": placement.host_id,
              "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
     return steps, where
 
@@ -250,6 +274,17 @@ def is_placed(workload: Workload) -> bool:
     return workload.provider_id is not None and workload.provider_resource_id is not None and workload.present
 
 
+async def engine_can_run(session: AsyncSession, workload: Workload) -> bool:
+    """The engine's power and delete flows can act on it: it is placed, or its create is still active (the
+    flow is then planned behind the create, see flows._workload_or_create)."""
+    if is_placed(workload):
+        return True
+    creating = (await session.exec(select(Operation.id).where(
+        Operation.target_id == workload.id, Operation.kind == "create",
+        Operation.state.in_(op_store.ACTIVE)))).first()  # type: ignore[attr-defined]
+    return creating is not None
+
+
 async def mark_action(session: AsyncSession, workload: Workload, action: str) -> None:
     """Check the action applies and record the state the caller wants."""
     if action not in ACTIONS:
@@ -268,7 +303,7 @@ async def mark_delete(session: AsyncSession, workload: Workload) -> None:
 
 
 async def request_action(session: AsyncSession, workload: Workload, action: str) -> Operation:
-    """A queued action (the workload has no placement yet, or no engine runs)."""
+    """A queued action (no engine runs, or the workload was never placed by it)."""
     await mark_action(session, workload, action)
     op = Operation(project_id=workload.project_id, kind=action, target_id=workload.id, state=OperationState.QUEUED,
                    steps=[{"step": action, "state": "pending"}])
@@ -278,7 +313,7 @@ async def request_action(session: AsyncSession, workload: Workload, action: str)
 
 
 async def request_delete(session: AsyncSession, workload: Workload) -> Operation:
-    """A queued deletion (the workload has no placement yet, or no engine runs)."""
+    """A queued deletion (no engine runs, or the workload was never placed by it)."""
     await mark_delete(session, workload)
     op = Operation(project_id=workload.project_id, kind="delete", target_id=workload.id, state=OperationState.QUEUED,
                    steps=[{"step": "delete", "state": "pending"}])

@@ -16,7 +16,17 @@ from sqlalchemy import or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import AvailabilityZone, Flavor, Image, OcciMixin, Site, Workload, WorkloadLink
+from metavmm.broker.operations.store import ACTIVE
+from metavmm.catalog.models import (
+    AvailabilityZone,
+    Flavor,
+    Image,
+    OcciMixin,
+    Operation,
+    Site,
+    Workload,
+    WorkloadLink,
+)
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.model import Action, Kind, Link, Mixin, OcciAttr, Resource
 
@@ -133,7 +143,8 @@ def mixin_stub(type_id: str) -> Mixin:
 # --- entities from rows ---------------------------------------------------------------------------------
 
 _COMPUTE_STATE = {"running": "active", "stopped": "inactive", "suspended": "suspended", "error": "error",
-                  "gone": "error", "deleted": "error"}
+                  "gone": "error", "deleted": "error", "rolled_back": "error", "cancelled": "error"}
+_DESIRED_STATE = {"active": "active", "stopped": "inactive", "suspended": "suspended"}
 ACTIONS_BY_STATE = {
     "compute": {"active": ("stop", "restart", "suspend", "save"), "inactive": ("start", "save"),
                 "suspended": ("start", "stop"), "error": ("start", "stop")},
@@ -149,6 +160,7 @@ not-usable state, and an error, a loss or a deletion is ``error``."""
 
 
 def occi_state(wl: Workload) -> str:
+    """``occi.compute.state``: what the provider last reported (a compute being created is inactive)."""
     if wl.kind == "compute":
         return _COMPUTE_STATE.get(wl.observed_state, "inactive")
     if wl.observed_state in ("error", "lost", "deleted", "rolled_back"):
@@ -156,11 +168,35 @@ def occi_state(wl: Workload) -> str:
     return _RESOURCE_STATE[wl.kind].get(wl.observed_state, "inactive" if wl.kind == "network" else "offline")
 
 
-def applicable_actions(wl: Workload) -> tuple[str, ...]:
-    """The action terms that apply now; none while a network's or storage's create plan runs."""
+def applicable_actions(wl: Workload, busy: bool = False) -> tuple[str, ...]:
+    """The action terms that apply now; none while a network's or storage's create plan runs, and for a
+    compute with an operation running (``busy``) those of the state it is heading to."""
     if wl.kind != "compute" and wl.observed_state == "pending":
         return ()
-    return ACTIONS_BY_STATE[wl.kind].get(occi_state(wl), ())
+    return ACTIONS_BY_STATE[wl.kind].get(intended_state(wl, busy), ())
+
+
+def intended_state(wl: Workload, busy: bool) -> str:
+    """The state whose actions a compute accepts. While an operation runs (``busy``) that is where the
+    compute is heading (its desired state): a stop asked during a create is planned behind the create."""
+    observed = occi_state(wl)
+    if wl.kind != "compute" or not busy or observed == "error":
+        return observed
+    return _DESIRED_STATE.get(wl.desired_state, observed)
+
+
+def operation_message(op: Operation) -> str:
+    """``occi.compute.state.message`` while an operation runs: its step, progress and last log line."""
+    steps = op.steps or []
+    text = f"{op.kind} {op.state}"
+    step: dict[str, Any] = {}
+    if steps:
+        index = min(op.current_step, len(steps) - 1)
+        step = steps[index]
+        text += f": step {step['name']} ({index + 1}/{len(steps)})"
+    text += f", {float(op.progress):.0%}"
+    last = step.get("error") or (step.get("log") or [None])[-1]
+    return f"{text}; {last}"[:500] if last else text
 
 
 def mixins_of(spec: dict[str, Any]) -> list[Mixin]:
@@ -180,16 +216,18 @@ def _values(attrs: list[OcciAttr], data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resource_entity(wl: Workload, links: list[Link]) -> Resource:
+def resource_entity(wl: Workload, links: list[Link], running: Operation | None = None) -> Resource:
+    """The entity of a row; ``running``: the workload's active operation, whose progress is the message."""
     kind = KINDS[wl.kind]
     mixins = mixins_of(wl.spec)
     state = occi_state(wl)
     attrs: dict[str, Any] = {"occi.core.id": wl.id, "occi.core.title": wl.name}
     attrs.update(_values(declared(kind, mixins), {**wl.spec, "name": wl.name}))
     attrs[f"occi.{kind.term}.state"] = state
-    if wl.state_message:
-        attrs[f"occi.{kind.term}.state.message"] = wl.state_message
-    applicable = applicable_actions(wl)
+    message = operation_message(running) if running is not None else wl.state_message
+    if message:
+        attrs[f"occi.{kind.term}.state.message"] = message
+    applicable = applicable_actions(wl, busy=running is not None)
     return Resource(kind=kind, id=wl.id, location=f"{kind.location}{wl.id}", mixins=mixins, attributes=attrs,
                     actions=[a for a in kind.actions if a.term in applicable], title=wl.name,
                     summary=wl.spec.get("summary"), links=links)
@@ -217,6 +255,16 @@ def link_entity(row: WorkloadLink, source_kind: str, target_kind: str, source_st
     return Link(kind=kind, id=row.id, location=f"{kind.location}{row.id}", mixins=mixins, attributes=attrs,
                 title=data.get("name"), source=source, source_kind=KINDS[source_kind].type_id, target=target,
                 target_kind=KINDS[target_kind].type_id)
+
+
+async def running_operations(session: AsyncSession, ids: list[str]) -> dict[str, Operation]:
+    """The newest active operation of each of the workloads ``ids`` (one query)."""
+    if not ids:
+        return {}
+    rows = (await session.exec(select(Operation).where(Operation.target_id.in_(ids),  # type: ignore[union-attr]
+                                                        Operation.state.in_(ACTIVE))  # type: ignore[attr-defined]
+                               .order_by(Operation.created_at))).all()
+    return {op.target_id: op for op in rows if op.target_id}
 
 
 async def links_of(session: AsyncSession, rows: list[Workload]) -> dict[str, list[Link]]:

@@ -12,12 +12,10 @@ Call :func:`setup_occi` last in ``create_app``: mixin collections live at locati
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from metavmm.broker import keys
-from metavmm.broker.services.compute import DriverPool
 from metavmm.errors import MetavmmError, MethodNotAllowed, PayloadTooLarge, ValidationError
 from metavmm.occi import infrastructure as infra
 from metavmm.occi.catalog_view import KINDS
@@ -34,7 +32,7 @@ from metavmm.occi.negotiate import (
     render,
 )
 from metavmm.occi.parse import OcciRequest
-from metavmm.occi.service import DRIVERS, OcciService, is_uuid
+from metavmm.occi.service import OcciService, is_uuid
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000
@@ -279,20 +277,12 @@ async def mixin_delete(request: web.Request) -> web.Response:
 # --- wiring --------------------------------------------------------------------------------------------------
 
 
-async def _drivers(app: web.Application) -> AsyncIterator[None]:
-    pool = DriverPool(app[keys.CONFIG])
-    app[DRIVERS] = pool
-    yield
-    await pool.close()
-
-
 async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER
 
 
 def setup_occi(app: web.Application) -> None:
     """Add the OCCI interface at the root of ``app`` (call it after every other route)."""
-    app.cleanup_ctx.append(_drivers)
     app.on_response_prepare.append(_server_header)
     query = occi({"GET": query_get, "POST": query_post, "DELETE": query_delete})
     for path in QUERY_PATHS:

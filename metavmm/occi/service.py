@@ -25,16 +25,18 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker import keys
+from metavmm.broker import keys, quotas, workloads
 from metavmm.broker.identity import IDENTITY
 from metavmm.broker.operations import flows
 from metavmm.broker.operations import store as op_store
-from metavmm.broker.services.compute import ComputeService, DriverPool, PlacementRequest, place
+from metavmm.broker.operations.engine import Engine
+from metavmm.broker.placing import PLACER, Placer
+from metavmm.broker.rest.common import lock_row
 from metavmm.broker.workloads import place_resource
-from metavmm.catalog.db import session_scope, state_dir
+from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     OcciMixin,
-    Provider,
+    OperationState,
     Role,
     Site,
     Workload,
@@ -49,23 +51,27 @@ from metavmm.occi.catalog_view import (
     Registry,
     applicable_actions,
     declared,
+    intended_state,
     link_entity,
     links_of,
     mixins_of,
     occi_state,
     registry,
     resource_entity,
+    running_operations,
     user_mixin,
 )
 from metavmm.occi.model import Entity, Kind, Mixin, check_term
 from metavmm.occi.parse import CategoryRef, LinkRef, OcciRequest
 
-DRIVERS = web.AppKey("occi_drivers", DriverPool)
 _CACHED = web.RequestKey("occi_identity", object)
 ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
                          r"storagelink)/([0-9a-fA-F\-]{36})/?$")
 DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
 _LINK_TARGET = aliased(Workload)  # built once: an alias re-proxies every column when it is made
+# a compute whose deletion was asked is gone for OCCI; a create that never produced a VM stays, in error,
+# until its owner deletes it
+SHOWN = or_(Workload.desired_state != "deleted", Workload.observed_state.in_(("rolled_back", "cancelled")))  # type: ignore[attr-defined]
 RESERVED_PATHS = ("/-/", "/api/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
@@ -104,20 +110,19 @@ async def occi_identity(request: web.Request) -> OcciIdentity:
 class OcciService:
     """Every OCCI operation, scoped to one identity's project."""
 
-    def __init__(self, maker: async_sessionmaker[AsyncSession], config: Any, drivers: DriverPool,
-                 ident: OcciIdentity, engine: Any = None) -> None:
+    def __init__(self, maker: async_sessionmaker[AsyncSession], config: Any, engine: Engine | None,
+                 placer: Placer, ident: OcciIdentity) -> None:
         self.maker = maker
         self.config = config
-        self.drivers = drivers
-        self.compute = ComputeService(drivers)
+        self.engine = engine  # the operations engine: computes, networks, storage and links are its plans
+        self.placer = placer
         self.ident = ident
-        self.engine = engine  # the operations engine: networks, storage and links are its plans
 
     @classmethod
     async def for_request(cls, request: web.Request) -> OcciService:
         ident = await occi_identity(request)
-        return cls(request.app[keys.SESSIONS], request.app[keys.CONFIG], request.app[DRIVERS], ident,
-                   request.config_dict.get(keys.OPERATIONS))
+        return cls(request.app[keys.SESSIONS], request.app[keys.CONFIG], request.app.get(keys.OPERATIONS),
+                   request.app[PLACER], ident)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -127,7 +132,7 @@ class OcciService:
 
     async def _workload(self, session: AsyncSession, kind: str, entity_id: str) -> Workload:
         row = await session.get(Workload, entity_id) if is_uuid(entity_id) else None
-        if row is None or row.kind != kind or row.project_id != self.ident.project_id:
+        if row is None or row.kind != kind or row.project_id != self.ident.project_id or not shown(row):
             raise NotFound(f"no {kind} {entity_id} in project {self.ident.project}")
         return row
 
@@ -152,14 +157,15 @@ class OcciService:
                 .outerjoin(WorkloadLink, WorkloadLink.source_id == Workload.id)
                 .outerjoin(target, WorkloadLink.target_id == target.id)
                 .where(Workload.id == entity_id.lower(), Workload.kind == kind.term,
-                       Workload.project_id == self.ident.project_id)
+                       Workload.project_id == self.ident.project_id, SHOWN)
                 .order_by(WorkloadLink.id))).all() if is_uuid(entity_id) else []
             if not rows:
                 raise NotFound(f"no {kind.term} {entity_id} in project {self.ident.project}")
             wl = rows[0][0]
             state = occi_state(wl)
             links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk in rows if lk is not None]
-            return resource_entity(wl, links)
+            running = await running_operations(session, [wl.id]) if wl.kind == "compute" else {}
+            return resource_entity(wl, links, running.get(wl.id))
 
     async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
         """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""
@@ -169,12 +175,13 @@ class OcciService:
             resource_terms = [t for t in terms if t in ("compute", "network", "storage")]
             if resource_terms:
                 rows = list((await session.exec(select(Workload).where(
-                    Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms))
+                    Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN)
                     .order_by(Workload.created_at, Workload.id))).all())
                 if mixin is not None:
                     rows = [w for w in rows if mixin.type_id in w.spec.get("mixins", [])]
                 links = await links_of(session, rows)
-                out += [resource_entity(w, links[w.id]) for w in rows]
+                running = await running_operations(session, [w.id for w in rows if w.kind == "compute"])
+                out += [resource_entity(w, links[w.id], running.get(w.id)) for w in rows]
             link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
             link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):
@@ -254,53 +261,65 @@ class OcciService:
         spec: dict[str, Any] = {k: v for k, v in fields.items() if k != "name"}
         spec["mixins"] = [m.type_id for m in mixins]
         name = fields.get("name") or f"{kind.term}-{(entity_id or uuid.uuid4().hex)[:8]}"
-        placement = self._placement_request(kind, reg, mixins, spec)
+        site, zone = self._pinned_site(reg, mixins)
+        if zone:
+            spec["zone"] = zone
+        if kind is infra.COMPUTE:
+            return await self._create_compute(reg, mixins, spec, name, req.links, entity_id or str(uuid.uuid4()),
+                                              site)
         wl = Workload(id=entity_id or str(uuid.uuid4()), project_id=self.ident.project_id, kind=kind.term,
-                      name=name, spec=spec,
-                      observed_state={"compute": "pending", "network": "active", "storage": "online"}[kind.term])
+                      name=name, spec=spec, site_id=site.id if site else None,
+                      observed_state={"network": "active", "storage": "online"}[kind.term])
         async with session_scope(self.maker) as session:
             if await session.get(Workload, wl.id) is not None:
                 raise Conflict(f"an entity with id {wl.id} already exists")
-            if placement is not None and placement.site_id is not None and kind is not infra.COMPUTE:
-                wl.site_id = placement.site_id
             session.add(wl)
             await session.flush()
-            links = [await self._new_link(session, wl, ref, reg, index=i) for i, ref in enumerate(req.links)]
-            wl.spec = {**spec, "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
-                       "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
-            planned = await self._plan_resource(session, wl) if kind is not infra.COMPUTE else None
+            for i, ref in enumerate(req.links):  # refused: links start at a compute
+                await self._new_link(session, wl, ref, reg, index=i)
+            wl.spec = {**spec, "networks": [], "volumes": []}
+            planned = await self._plan_resource(session, wl)
         if planned is not None:
+            assert self.engine is not None
             await self.engine.wake(planned)
-        await self._attach_links([lk.id for lk in links])
-        if kind is infra.COMPUTE:
-            assert placement is not None
-            try:
-                async with self.maker() as session:
-                    chosen = await place(session, placement, self.drivers.configured())
-                await self.compute.create(wl, chosen)
-            except BaseException:
-                await self._purge(wl.id)
-                raise
-            async with session_scope(self.maker) as session:
-                row = await session.get(Workload, wl.id)
-                assert row is not None
-                for attr in ("provider_id", "site_id", "host_id", "provider_resource_id", "observed_state"):
-                    setattr(row, attr, getattr(wl, attr))
-                row.state_message = f"placed at {chosen.provider}/{chosen.region}" + (
-                    f" for {chosen.price_per_hour:.4f}/h" if chosen.price_per_hour is not None else "")
-                row.updated_at = utcnow()
         return f"{kind.location}{wl.id}"
 
-    def _placement_request(self, kind: Kind, reg: Registry, mixins: list[Mixin],
-                           spec: dict[str, Any]) -> PlacementRequest | None:
-        site_id, zone = None, None
+    async def _create_compute(self, reg: Registry, mixins: list[Mixin], spec: dict[str, Any], name: str,
+                              links: tuple[LinkRef, ...] | list[LinkRef], workload_id: str, site: Site | None) -> str:
+        """The create REST runs too (broker.workloads.create): quota reserved, the scheduler's placement
+        counting placements in transit, the engine's provision plan, in one transaction with the links."""
+        shape, image_id, constraints = self._compute_request(reg, mixins, spec)
+        async with session_scope(self.maker) as session:
+            await quotas.lock_project(session, self.ident.project_id)  # first statement (SQLite)
+            if await session.get(Workload, workload_id) is not None:
+                raise Conflict(f"an entity with id {workload_id} already exists")
+            wl, op = await workloads.create(
+                session, project_id=self.ident.project_id, kind="compute", name=name, shape=shape, image_id=image_id,
+                site=site.name if site else None, idempotency_key=None,
+                placer=self.placer if self.engine is not None else None,
+                providers=frozenset(p.name for p in self.config.providers), constraints=constraints,
+                workload_id=workload_id, extra_spec=spec, vm_name=f"mv-{workload_id}")  # titles need not be unique
+            made = [await self._new_link(session, wl, ref, reg, index=i) for i, ref in enumerate(links)]
+            wl.spec = {**wl.spec, "networks": [lk.target_id for lk in made if lk.kind == "networkinterface"],
+                       "volumes": [lk.target_id for lk in made if lk.kind == "storagelink"]}
+            session.add(wl)
+            link_ids = [lk.id for lk in made]
+        if self.engine is not None and op.state == OperationState.PENDING:
+            await self.engine.wake(op.id)
+        await self._attach_links(link_ids)  # each attach plan waits until the compute is placed
+        return f"{infra.COMPUTE.location}{workload_id}"
+
+    @staticmethod
+    def _pinned_site(reg: Registry, mixins: list[Mixin]) -> tuple[Site | None, str | None]:
         pinned = [reg.sites[m.type_id] for m in mixins if m.type_id in reg.sites]
         if len(pinned) > 1:
             raise ValidationError("give at most one site mixin: a resource runs at one site")
-        if pinned:
-            site_id, zone = pinned[0][0].id, pinned[0][1]
-        if kind is not infra.COMPUTE:
-            return PlacementRequest(0, 0, None, site_id=site_id, zone=zone)
+        return pinned[0] if pinned else (None, None)
+
+    @staticmethod
+    def _compute_request(reg: Registry, mixins: list[Mixin],
+                         spec: dict[str, Any]) -> tuple[workloads.Shape, str, workloads.Constraints]:
+        """os_tpl -> image, resource_tpl -> flavor (its size wins, GFD.224), the broker mixin -> constraints."""
         images = [reg.images[m.type_id] for m in mixins if m.type_id in reg.images]
         flavors = [reg.flavors[m.type_id] for m in mixins if m.type_id in reg.flavors]
         if len(images) != 1:
@@ -308,19 +327,20 @@ class OcciService:
                                   "lists them" if not images else "give only one os_tpl mixin")
         if len(flavors) > 1:
             raise ValidationError("give at most one resource_tpl mixin")
-        if flavors:  # GFD.224: the template overrides the instance's own size attributes
-            spec["vcpus"], spec["ram_mib"] = flavors[0].vcpus, flavors[0].ram_mib
+        flavor = flavors[0] if flavors else None
+        if flavor is not None:
+            spec["vcpus"], spec["ram_mib"] = flavor.vcpus, flavor.ram_mib
         for key, value in DEFAULT_SHAPE.items():
             spec.setdefault(key, value)
-        spec["image_id"] = images[0].id
         arch = {"x86_64": "x64", "i686": "x86", "i386": "x86"}.get(images[0].arch)
         if arch and spec.setdefault("architecture", arch) != arch:
             raise ValidationError(f"occi.compute.architecture {spec['architecture']} does not match the os_tpl's "
                                   f"image ({images[0].arch})")
+        shape = workloads.Shape(int(spec["vcpus"]), int(spec["ram_mib"]), 0, flavor.gpu_model if flavor else None,
+                                flavor.gpu_count if flavor else 0, flavor.name if flavor else None)
         allowed = tuple(p for p in str(spec.get("allowed_providers") or "").split(",") if p)
-        return PlacementRequest(vcpus=int(spec["vcpus"]), ram_mib=int(spec["ram_mib"]), image_id=images[0].id,
-                                flavor=flavors[0].name if flavors else None, site_id=site_id, zone=zone,
-                                allowed_providers=allowed, max_price_per_hour=spec.get("max_price_per_hour"))
+        price = spec.get("max_price_per_hour")
+        return shape, images[0].id, workloads.Constraints(allowed, float(price) if price is not None else None)
 
     async def _target(self, session: AsyncSession, location: str, what: str) -> Workload:
         match = ENTITY_PATH.match(location)
@@ -420,10 +440,13 @@ class OcciService:
     # -- updating ----------------------------------------------------------------------------------------
 
     async def update(self, kind: Kind, entity_id: str, req: OcciRequest) -> None:
-        """Partial update (POST) or replace (PUT on an existing entity): mutable attributes and user mixins."""
+        """Partial update (POST) or replace (PUT on an existing entity): mutable attributes and user mixins.
+        New cores or memory for a compute submit the engine's resize flow (and nothing else may change
+        in the same request, so a refused resize leaves the entity as it was)."""
         self.ident.require_write()
         async with self.maker() as session:
             reg = await registry(session, self.ident.project_id)
+        resize: tuple[str, int, int] | None = None
         async with session_scope(self.maker) as session:
             if kind in infra.LINK_KINDS:
                 link = await self._link(session, kind.term, entity_id)
@@ -444,15 +467,25 @@ class OcciService:
                                    f"image, shape, site or what is injected at boot); create a new {kind.term} instead")
             fields = self._check_attributes(kind, current + added, req.attributes, creating=False,
                                             entity_id=entity_id)
-            for key in ("vcpus", "ram_mib"):
-                if key in fields and fields[key] != wl.spec.get(key):
-                    raise Conflict(f"resizing a compute is not supported yet (the drivers have no resize "
-                                   f"verb); {kind.term} {entity_id} keeps {wl.spec.get(key)} {key}")
-            if "name" in fields:
-                wl.name = fields.pop("name")
-            wl.spec = {**wl.spec, **fields, "mixins": [m.type_id for m in current + added]}
-            wl.version += 1
-            wl.updated_at = utcnow()
+            shape = {k: int(fields[k]) for k in ("vcpus", "ram_mib") if k in fields and fields[k] != wl.spec.get(k)}
+            if shape:  # a resize is an operation of its own: it records the new shape once the VM has it
+                others = {k: v for k, v in fields.items() if k not in shape and v != wl.spec.get(k)}
+                if added or (others.keys() - {"name"}) or others.get("name", wl.name) != wl.name:
+                    raise Conflict("change occi.compute.cores or occi.compute.memory alone: a resize runs as an "
+                                   "operation of its own; send the other changes in another request")
+                if self.engine is None:
+                    raise Conflict("resizing a compute needs the broker's operations engine")
+                resize = (wl.id, shape.get("vcpus", int(wl.spec.get("vcpus") or 1)),
+                          shape.get("ram_mib", int(wl.spec.get("ram_mib") or 512)))
+            else:
+                if "name" in fields:
+                    wl.name = fields.pop("name")
+                wl.spec = {**wl.spec, **fields, "mixins": [m.type_id for m in current + added]}
+                wl.version += 1
+                wl.updated_at = utcnow()
+        if resize is not None:
+            assert self.engine is not None
+            await flows.resize(self.engine, resize[0], vcpus=resize[1], ram_mib=resize[2])
 
     # -- actions -----------------------------------------------------------------------------------------
 
@@ -471,59 +504,78 @@ class OcciService:
                 raise ValidationError(f"unknown attribute {name} for action {term}; it takes "
                                       f"{', '.join(a.name for a in action.attributes) or 'none'}")
             attr.check(value)
-        async with self.maker() as session:
-            wl = await self._workload(session, kind.term, entity_id)
-            provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
-        state = occi_state(wl)
-        applicable = applicable_actions(wl)
-        if term not in applicable:
-            raise Conflict(f"action {term} is not applicable: {kind.term} {entity_id} is {state} "
-                           f"(applicable now: {', '.join(applicable) or 'none'})")
-        message = None
         if kind is infra.COMPUTE:
-            if provider is None or wl.provider_resource_id is None:
-                raise Conflict(f"compute {entity_id} runs nowhere (it is {wl.observed_state})")
-            if term == "save":
-                path = await self.compute.save(wl, provider.name, str(state_dir() / "saved"))
-                message, observed = f"saved to {path}", wl.observed_state
-            else:
-                observed = str(await self.compute.act(wl, provider.name, term))
-        else:
-            observed = {"up": "active", "down": "inactive", "online": "online", "offline": "offline"}[term]
+            await self._act_compute(entity_id, term, req.attributes)
+            return
         async with session_scope(self.maker) as session:
             row = await self._workload(session, kind.term, entity_id)
-            row.observed_state = observed
-            row.state_message = message
-            row.desired_state = {"stop": "stopped", "suspend": "suspended"}.get(term, "active")
+            _applicable(row, term)
+            row.observed_state = {"up": "active", "down": "inactive", "online": "online", "offline": "offline"}[term]
+            row.state_message = None
             row.version += 1
             row.updated_at = utcnow()
+
+    async def _act_compute(self, entity_id: str, term: str, attributes: dict[str, Any]) -> None:
+        """Submit the engine's power flow and answer at once (the rendering shows its progress); an action
+        asked while another operation (e.g. the create) runs is planned behind it."""
+        async with session_scope(self.maker) as session:
+            await lock_row(session, Workload, entity_id.lower())  # first: the engine writes the row too
+            wl = await self._workload(session, "compute", entity_id)
+            busy = bool(await running_operations(session, [wl.id]))
+            _applicable(wl, term, busy)
+            if self.engine is None or not await workloads.engine_can_run(session, wl):
+                raise Conflict(f"compute {entity_id} runs nowhere (it is {wl.observed_state})")
+            if term != "save":
+                await workloads.mark_action(session, wl, term)
+        if term == "save":  # the disk becomes a marketplace image of the project
+            await flows.save(self.engine, wl.id, name=attributes.get("name"))
+        else:
+            await flows.power(self.engine, wl.id, term)
 
     # -- deleting ----------------------------------------------------------------------------------------
 
     async def delete(self, kind: Kind, entity_id: str) -> None:
+        """Links, networks and storage go through the engine's detach and delete plans (their rows go once
+        the provider let go of them); a compute's VM is deleted by the engine's delete flow (planned behind
+        a create still running), and the compute is gone for OCCI from now on. Without an engine, or for
+        what never reached a provider, only the rows go."""
         self.ident.require_write()
-        async with session_scope(self.maker) as session:
-            if kind in infra.LINK_KINDS:
+        if kind in infra.LINK_KINDS:
+            async with session_scope(self.maker) as session:
                 link = await self._link(session, kind.term, entity_id)
                 if self.engine is None:
                     await session.delete(link)
                     return
                 link.attributes = {**link.attributes, "state": "inactive", "state_message": "detaching"}
-            else:
-                wl = await self._workload(session, kind.term, entity_id)
-                provider = await session.get(Provider, wl.provider_id) if wl.provider_id else None
-        if kind in infra.LINK_KINDS:
             await flows.detach(self.engine, entity_id)  # the row goes once the provider detached it
             return
-        if kind is not infra.COMPUTE and self.engine is not None:
-            if wl.observed_state == "pending":
-                raise Conflict(f"{kind.term} {entity_id} is still being created; delete it once that ends")
-            if wl.provider_resource_id:
-                await flows.delete(self.engine, wl.id, purge=True)  # the entity goes once the provider deleted it
-                return
-        if kind is infra.COMPUTE and provider is not None and wl.provider_resource_id:
-            await self.compute.delete(wl, provider.name)
-        await self._purge(wl.id)
+        if kind is not infra.COMPUTE:
+            async with self.maker() as session:
+                wl = await self._workload(session, kind.term, entity_id)
+            if self.engine is not None:
+                if wl.observed_state == "pending":
+                    raise Conflict(f"{kind.term} {entity_id} is still being created; delete it once that ends")
+                if wl.provider_resource_id:
+                    await flows.delete(self.engine, wl.id, purge=True)  # the entity goes once the provider deleted it
+                    return
+            await self._purge(wl.id)
+            return
+        run_flow = False
+        async with session_scope(self.maker) as session:
+            await lock_row(session, Workload, entity_id.lower())  # first: the engine writes the row too
+            wl = await self._workload(session, kind.term, entity_id)
+            await session.exec(sa_delete(WorkloadLink).where(or_(WorkloadLink.source_id == wl.id,
+                                                                    WorkloadLink.target_id == wl.id)))
+            if self.engine is not None and await workloads.engine_can_run(session, wl):
+                await workloads.mark_delete(session, wl)
+                run_flow = True
+            else:  # never reached a provider (rolled back, cancelled, or no engine): nothing to remove
+                await quotas.release(session, wl.id)
+                await workloads.update_fields(session, wl, wl.version, {
+                    "desired_state": "deleted", "observed_state": "deleted", "present": False})
+        if run_flow:
+            assert self.engine is not None
+            await flows.delete(self.engine, wl.id)
 
     async def delete_all(self, kind: Kind) -> int:
         entities = await self.collection(kind)
@@ -631,6 +683,18 @@ class OcciService:
                 for member in await self._members(session, user_mixin(row)):
                     _tag(member, cat.type_id, add=False)
                 await session.delete(row)
+
+
+def shown(row: Workload) -> bool:
+    """The row-level twin of SHOWN."""
+    return row.desired_state != "deleted" or row.observed_state in ("rolled_back", "cancelled")
+
+
+def _applicable(row: Workload, term: str, busy: bool = False) -> None:
+    applicable = applicable_actions(row, busy)
+    if term not in applicable:
+        raise Conflict(f"action {term} is not applicable: {row.kind} {row.id} is {intended_state(row, busy)} "
+                       f"(applicable now: {', '.join(applicable) or 'none'})")
 
 
 def _tag(row: Workload | WorkloadLink, type_id: str, *, add: bool) -> None:

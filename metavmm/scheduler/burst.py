@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from metavmm.broker.config import BurstPolicy
 from metavmm.errors import ValidationError
 from metavmm.scheduler.costs import PriceCost
+from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Placement
@@ -312,7 +313,8 @@ def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0) -> float:
     return (sum(h.vcpus_used for h in hosts) + extra_vcpus) / capacity if capacity else 1.0
 
 
-def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy]) -> Placement:
+def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy], *,
+                   ledger: Ledger | None = None, graph: FederationGraph | None = None) -> Placement:
     """A real request's placement under the federation's burst policies (what ``POST /workloads`` uses).
 
     Without policies (or when the request names its sites or providers) this is the plain placement.
@@ -321,12 +323,14 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
     honouring its residency, if its price over the expected hours fits the policy's monthly budget
     (spend already made this month is not tracked here: the replay models it). When no policy can
     take it, an over-threshold request still runs on-prem if it fits; otherwise the on-prem answer
-    (with its reasons, and each policy's) is returned.
+    (with its reasons, and each policy's) is returned. ``ledger`` and ``graph``: the create path's
+    in-transit placements and its cached graph (see :mod:`metavmm.broker.placing`).
     """
     policies = list(policies)
     if not policies or req.sites or req.providers or req.public_only:
-        return Scheduler(snapshot).place(req, reserve=False)
-    home = Scheduler(snapshot).place(dataclass_replace(req, on_prem_only=True), reserve=False)
+        return Scheduler(snapshot, ledger=ledger, graph=graph).place(req, reserve=False)
+    home = Scheduler(snapshot, ledger=ledger, graph=graph).place(dataclass_replace(req, on_prem_only=True),
+                                                                 reserve=False)
     over = on_prem_utilisation(snapshot, req.vcpus)
     why_not: list[str] = []
     for pol in policies:
@@ -336,7 +340,8 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
         residency = tuple(c for c in (req.residency or pol.residency) if not pol.residency or c in pol.residency)
         public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=residency or (
             ("--",) if req.residency and pol.residency else ()), providers=tuple(pol.allowed_providers))
-        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)]).place(public_req, reserve=False)
+        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph).place(
+            public_req, reserve=False)
         if not cloud.placed or cloud.price_per_hour is None:
             why_not.append(f"policy {pol.name}: {cloud.summary}")
             continue

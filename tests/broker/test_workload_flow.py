@@ -166,3 +166,41 @@ async def test_a_rolled_back_plan_releases_quota(aiohttp_client: Any, sqlite_url
     workload = await (await client.get(f"{API}/workloads/{wid}")).json()
     assert workload["present"] is False and workload["observed_state"] == "rolled_back"
     assert "rolled back" in workload["state_message"]
+
+
+async def test_actions_and_delete_asked_during_the_create_run_after_it(aiohttp_client: Any, sqlite_url: str) -> None:
+    """Nothing is left queued: the engine plans the stop and the delete behind the create (operation.wait)."""
+    client, app, project_id = await _client(aiohttp_client, sqlite_url)
+    engine = app[keys.OPERATIONS]
+    await engine.stop()  # the create stays pending while the stop and the delete are asked
+    resp = await client.post(f"{API}/workloads", json={"name": "early", "vcpus": 1, "ram_mib": 128})
+    create, wid = (await resp.json())["operation"], (await resp.json())["workload"]["id"]
+    stop = await client.post(f"{API}/workloads/{wid}/actions", json={"action": "stop"})
+    assert stop.status == 202, await stop.text()
+    stop_op = await stop.json()
+    assert stop_op["state"] == "pending" and [s["action"] for s in stop_op["steps"]] == [
+        "operation.wait", "vm.power", "vm.wait", "workload.observe"]
+    assert stop_op["steps"][0]["args"]["operation_id"] == create["id"]
+    executor = Executor(app[keys.SESSIONS], app[keys.CONFIG])
+    try:
+        runs = [asyncio.create_task(executor.run(op_id)) for op_id in (stop_op["id"], create["id"])]
+        await asyncio.gather(*runs)  # the stop starts first and waits for the create
+        assert (await store.get(app[keys.SESSIONS], create["id"])).state == "succeeded"
+        stopped = await store.get(app[keys.SESSIONS], stop_op["id"])
+        assert stopped.state == "succeeded" and "waiting for create" in " ".join(stopped.steps[0]["log"])
+        assert (await (await client.get(f"{API}/workloads/{wid}")).json())["observed_state"] == "stopped"
+
+        # a second create, deleted before it ran and then rolled back: the delete still runs, after it
+        again = await client.post(f"{API}/workloads", json={"name": "doomed", "vcpus": 1, "ram_mib": 128})
+        doomed, gone_id = (await again.json())["operation"], (await again.json())["workload"]["id"]
+        delete = await client.delete(f"{API}/workloads/{gone_id}")
+        assert delete.status == 202 and (await delete.json())["steps"][0]["action"] == "operation.wait"
+        await store.request_cancel(app[keys.SESSIONS], doomed["id"])  # the create never runs
+        assert await executor.run((await delete.json())["id"])
+        deleted = await store.get(app[keys.SESSIONS], (await delete.json())["id"])
+        assert deleted.state == "succeeded", deleted.error
+    finally:
+        await executor.stop()
+    used = await _usage(app, project_id)  # the first VM holds its quota; the cancelled create gave its back
+    assert used["instances"] == {"in_transit": 0, "committed": 1} and used["vcpus"] == {"in_transit": 0,
+                                                                                       "committed": 1}

@@ -6,8 +6,10 @@ here); the real provider lifecycle is in test_libvirt_lifecycle.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,18 @@ async def os_tpl_id(client: Any, name: str = "debian-12") -> str:
     """The type id of the os_tpl mixin of an image, read from the query interface."""
     body = await (await client.get("/-/", headers={"Accept": "application/occi+json"})).json()
     return next(m["scheme"] + m["term"] for m in body["mixins"] if m["title"] == name)
+
+
+BUSY = re.compile(r"^\w+ (pending|running|rolling_back)\b")
+
+
+async def settled(client: Any, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The entity's JSON rendering once no operation of the engine runs on it: while one runs,
+    occi.compute.state.message is that operation's progress ("create running: step ...")."""
+    want = {k: v for k, v in (headers or {}).items() if k.startswith("X-Test")} | {"Accept": "application/occi+json"}
+    for _ in range(400):
+        doc: dict[str, Any] = await (await client.get(path, headers=want)).json()
+        if not BUSY.match(str(doc["attributes"].get("occi.compute.state.message", ""))):
+            return doc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} still busy: {doc['attributes']}")

@@ -17,6 +17,7 @@ from tests.occi.conftest import (
     TEXT,
     add_projects,
     os_tpl_id,
+    settled,
     with_test_identities,
 )
 
@@ -85,6 +86,10 @@ async def test_create_text_plain_get_in_every_rendering(sim_client: Any) -> None
     assert location.startswith("http://") and "/compute/" in location
     assert (await created.text()).strip() == f"X-OCCI-Location: {location}"
     path = location.split("//", 1)[1].split("/", 1)[1]
+    early = await (await sim_client.get(f"/{path}", headers={"Accept": "text/plain"})).text()
+    # answered at once: the engine's provision plan runs, and its progress is the state message
+    assert 'occi.compute.state="inactive"' in early or 'occi.compute.state="active"' in early
+    await settled(sim_client, f"/{path}")
     plain = await (await sim_client.get(f"/{path}", headers={"Accept": "text/plain"})).text()
     assert "X-OCCI-Attribute: occi.compute.cores=2" in plain
     assert "X-OCCI-Attribute: occi.compute.memory=1.5" in plain
@@ -146,17 +151,30 @@ async def test_create_in_json_put_update_actions_delete(sim_client: Any) -> None
     updated = await sim_client.post(path, json={"kind": f"{INFRA}compute",
                                                 "attributes": {"occi.core.title": "renamed"}}, headers=JSONH)
     assert updated.status == 200 and (await updated.json())["title"] == "renamed"
+    # asked while the create may still run: the engine plans the stop behind it (never left queued)
     stop = await sim_client.post(f"{path}?action=stop", json={"action": f"{INFRA[:-1]}/compute/action#stop",
                                                               "attributes": {"method": "poweroff"}}, headers=JSONH)
-    assert stop.status == 200 and (await stop.json())["attributes"]["occi.compute.state"] == "inactive"
+    assert stop.status == 200, await stop.text()
+    assert (await stop.json())["attributes"]["occi.compute.state.message"].startswith("stop ")
+    assert (await settled(sim_client, path))["attributes"]["occi.compute.state"] == "inactive"
     again = await sim_client.post(f"{path}?action=stop", headers=TEXT)
     assert again.status == 409 and "not applicable" in await again.text() and "inactive" in await again.text()
     start = await sim_client.post(f"{path}?action=start", headers=TEXT)
     assert start.status == 200
+    assert (await settled(sim_client, path))["attributes"]["occi.compute.state"] == "active"
+    # new cores are a resize: the engine's flow (stop, resize, start, verify, record), alone in its request
+    mixed = await sim_client.post(path, headers=TEXT, data='X-OCCI-Attribute: occi.compute.cores=4\n'
+                                                          'X-OCCI-Attribute: occi.core.title="other"\n')
+    assert mixed.status == 409 and "alone" in await mixed.text()
+    assert (await settled(sim_client, path))["title"] == "renamed"  # the refused request changed nothing
+    resize = await sim_client.post(path, data="X-OCCI-Attribute: occi.compute.cores=4\n", headers=TEXT)
+    assert resize.status == 200, await resize.text()
+    grown = await settled(sim_client, path)
+    assert grown["attributes"]["occi.compute.cores"] == 4, grown["attributes"]
+    assert grown["attributes"]["occi.compute.state"] == "active"
     suspend = await sim_client.post(f"{path}?action=suspend", data="", headers=TEXT)
-    assert suspend.status == 200 and 'occi.compute.state="suspended"' in await suspend.text()
-    resize = await sim_client.post(path, data="X-OCCI-Attribute: occi.compute.cores=8\n", headers=TEXT)
-    assert resize.status == 409 and "resizing" in await resize.text()
+    assert suspend.status == 200, await suspend.text()
+    assert (await settled(sim_client, path))["attributes"]["occi.compute.state"] == "suspended"
     put_id = "0b7f6c55-5a0c-4d8e-9a34-5f3a7e2b1c01"
     put = await sim_client.put(f"/compute/{put_id}", json={**doc, "attributes": {"occi.core.title": "put-vm"}},
                                headers=JSONH)
@@ -213,7 +231,8 @@ async def test_errors_say_what_was_wrong(sim_client: Any) -> None:
     no_place = await _create_compute(sim_client, 'Category: placement; scheme="http://schemas.metavmm.dev/occi/'
                                                  'broker#"; class="mixin"',
                                      attrs="X-OCCI-Attribute: metavmm.placement.max_price_per_hour=0.001\n")
-    assert no_place.status == 409 and "0/3 sites are available" in await no_place.text()
+    assert no_place.status == 409 and "candidates are available" in await no_place.text()
+    assert "over price limit" in await no_place.text()  # the scheduler's reasons, in OCCI's error rendering
     assert (await sim_client.get("/compute/", headers={"Accept": "text/uri-list"})).status == 200
     assert await (await sim_client.get("/compute/", headers={"Accept": "text/uri-list"})).text() == ""
 
@@ -224,20 +243,20 @@ async def test_broker_mixin_and_site_pin_choose_the_provider(sim_client: Any) ->
                                   attrs='X-OCCI-Attribute: metavmm.placement.allowed_providers="sim-a"\n')
     assert cheap.status == 201, await cheap.text()
     path = "/compute/" + cheap.headers["Location"].rsplit("/", 1)[1]
-    doc = await (await sim_client.get(path, headers={"Accept": "application/occi+json"})).json()
+    doc = await settled(sim_client, path)
     assert "sim-a/" in doc["attributes"]["occi.compute.state.message"]
     mixins = (await (await sim_client.get("/-/", headers={"Accept": "application/occi+json"})).json())["mixins"]
     site_b = next(m for m in mixins if m["scheme"] == SIM_SITE and m["term"].startswith("sim-b"))
     pinned = await _create_compute(sim_client, "Category: " + _cat(site_b["scheme"] + site_b["term"]))
     assert pinned.status == 201, await pinned.text()
     pinned_path = "/compute/" + pinned.headers["Location"].rsplit("/", 1)[1]
-    doc = await (await sim_client.get(pinned_path, headers={"Accept": "application/occi+json"})).json()
+    doc = await settled(sim_client, pinned_path)
     assert "sim-b/" in doc["attributes"]["occi.compute.state.message"]
     members = await sim_client.get(site_b["location"], headers={"Accept": "text/uri-list"})
     assert (await members.text()).strip().endswith(pinned_path)
     zoned = await _create_compute(sim_client, "Category: " + _cat(f"{SIM_SITE}sim-a-sim-001.sim-001a"))
-    zoned_doc = await (await sim_client.get(URL(zoned.headers["Location"]).path, headers=JSONH)).json()
-    assert "placed at sim-a/sim-001" in zoned_doc["attributes"]["occi.compute.state.message"]
+    zoned_doc = await settled(sim_client, URL(zoned.headers["Location"]).path)
+    assert "running at sim-a/sim-001" in zoned_doc["attributes"]["occi.compute.state.message"]
     two = await _create_compute(sim_client, "Category: " + _cat(f"{SIM_SITE}sim-a-sim-001"),
                                 "Category: " + _cat(f"{SIM_SITE}sim-b-sim-000"))
     assert two.status == 400 and "at most one site mixin" in await two.text()
@@ -330,5 +349,20 @@ async def test_actions_on_a_collection_and_client_ids(sim_client: Any) -> None:
     assert placeholder.status == 201 and "/compute/vm-1" not in placeholder.headers["Location"]
     stopped = await sim_client.post("/compute/?action=stop", headers={"Accept": "application/occi+json"})
     assert stopped.status == 200
-    states = {r["attributes"]["occi.compute.state"] for r in (await stopped.json())["resources"]}
+    resources = (await stopped.json())["resources"]
+    assert len(resources) == 2
+    states = {(await settled(sim_client, f"/compute/{r['id']}"))["attributes"]["occi.compute.state"] for r in resources}
     assert states == {"inactive"}
+
+
+async def test_save_where_the_provider_cannot_export_rolls_back(sim_client: Any) -> None:
+    """The sim cannot export a VM's disk: the save plan fails at its export step and rolls back, which
+    starts the VM again; the reason is the compute's state message."""
+    created = await _create_compute(sim_client)
+    path = URL(created.headers["Location"]).path
+    save = await sim_client.post(f"{path}?action=save", headers=TEXT)
+    assert save.status == 200, await save.text()
+    doc = await settled(sim_client, path)
+    assert doc["attributes"]["occi.compute.state"] == "active"
+    message = doc["attributes"]["occi.compute.state.message"]
+    assert message.startswith("save rolled_back") and "cannot export" in message, message

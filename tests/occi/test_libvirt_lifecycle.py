@@ -7,6 +7,7 @@ empty qcow2 made with qemu-img and published as an os_tpl: the VM need not boot 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -25,10 +26,10 @@ from metavmm.broker import keys
 from metavmm.broker.app import create_app
 from metavmm.broker.config import parse_config
 from metavmm.broker.sync import sync_all
-from metavmm.catalog.models import Workload
+from metavmm.catalog.models import Image, Workload
 from metavmm.occi.parse import parse_text_fields, parse_text_plain
 from tests.auth_helpers import authorize
-from tests.occi.conftest import INFRA, JSONH, OCCI, TEXT, os_tpl_id, publish_image
+from tests.occi.conftest import INFRA, JSONH, OCCI, TEXT, os_tpl_id, publish_image, settled
 
 URI = "qemu:///system"
 
@@ -57,6 +58,14 @@ def _domain_state(name: str) -> int | None:
         conn.close()
 
 
+async def _until_undefined(domain: str) -> None:
+    for _ in range(300):
+        if _domain_state(domain) is None:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"domain {domain} is still defined")
+
+
 @pytest.fixture
 async def lv_client(aiohttp_client: Any, sqlite_url: str, storage_dir: Path) -> AsyncIterator[Any]:
     config = parse_config(f"""
@@ -67,6 +76,13 @@ providers:
     domain_type: qemu
     storage_dir: {storage_dir}
     sites: [{{region: local, zones: [local-a]}}]
+prices:  # the scheduler places only where a price is known: the centre's per-vCPU and per-GiB cost model
+  - provider: lv-occi
+    region: local
+    currency: USD
+    effective_date: 2026-07-01
+    source: test cost model
+    items: [{{flavor: custom.vcpu, amount: "0.02"}}, {{flavor: custom.gib-ram, amount: "0.005"}}]
 """)
     app = create_app(config, sqlite_url, sync=False)
     client = await aiohttp_client(app)
@@ -164,7 +180,8 @@ async def _text_lifecycle(client: Any, r: type[Plain] | type[Header]) -> None:
     wl_id = path.rsplit("/", 1)[1]
     client.created.append(wl_id)
     domain = f"mv-{wl_id}"
-    assert _domain_state(domain) == libvirt.VIR_DOMAIN_RUNNING
+    done = await settled(client, path)  # the engine ran the provision plan
+    assert _domain_state(domain) == libvirt.VIR_DOMAIN_RUNNING, done
     got = await client.get(path, headers=r.headers)
     attrs = await r.read(got)
     assert attrs["occi.compute.state"] == "active" and attrs["occi.core.title"] == "lv-vm"
@@ -178,7 +195,8 @@ async def _text_lifecycle(client: Any, r: type[Plain] | type[Header]) -> None:
         resp = await client.post(f"{path}?action={action}", **send([
             ("Category", f'{action}; scheme="{INFRA[:-1]}/compute/action#"; class="action"')]))
         assert resp.status == 200, await resp.text()
-        assert (await r.read(resp))["occi.compute.state"] == occi_state
+        assert (await r.read(resp))["occi.compute.state.message"].startswith(f"{action} ")  # its operation
+        assert (await settled(client, path))["attributes"]["occi.compute.state"] == occi_state
         assert _domain_state(domain) == libvirt_state, action
     refused = await client.post(f"{path}?action=start", headers=r.headers)
     assert refused.status == 409 and "not applicable" in await refused.text()
@@ -187,8 +205,8 @@ async def _text_lifecycle(client: Any, r: type[Plain] | type[Header]) -> None:
     assert updated.status == 200 and (await r.read(updated))["occi.core.title"] == "renamed"
     deleted = await client.delete(path)
     assert deleted.status == 204
-    assert _domain_state(domain) is None
-    assert (await client.get(path, headers=r.headers)).status == 404
+    assert (await client.get(path, headers=r.headers)).status == 404  # gone for OCCI at once
+    await _until_undefined(domain)  # the engine's delete flow removes the domain
     assert (await client.get(net_path, headers=r.headers)).status == 200  # links go, the network stays
     assert await (await client.get("/networkinterface/", headers={"Accept": "text/uri-list"})).text() == ""
 
@@ -219,21 +237,34 @@ async def test_lifecycle_json(lv_client: Any) -> None:
     client.created.append(doc["id"])
     domain = f"mv-{doc['id']}"
     path = URL(vm.headers["Location"]).path
-    assert doc["attributes"]["occi.compute.state"] == "active" and len(doc["links"]) == 2
+    assert doc["attributes"]["occi.compute.state.message"].startswith("create ") and len(doc["links"]) == 2
+    assert (await settled(client, path))["attributes"]["occi.compute.state"] == "active"
     assert _domain_state(domain) == libvirt.VIR_DOMAIN_RUNNING
     stop = await client.post(f"{path}?action=stop", headers=JSONH, json={
         "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#stop",
         "attributes": {"method": "poweroff"}})
-    assert stop.status == 200 and (await stop.json())["attributes"]["occi.compute.state"] == "inactive"
+    assert stop.status == 200
+    assert (await settled(client, path))["attributes"]["occi.compute.state"] == "inactive"
     assert _domain_state(domain) == libvirt.VIR_DOMAIN_SHUTOFF
     save = await client.post(f"{path}?action=save", headers=JSONH, json={
-        "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#save"})
-    assert save.status == 501 and "snapshot verb" in (await save.json())["error"]["message"], await save.text()
+        "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#save",
+        "attributes": {"name": "lv-json-saved"}})
+    assert save.status == 200, await save.text()
+    assert (await save.json())["attributes"]["occi.compute.state.message"].startswith("save ")
+    assert (await settled(client, path))["attributes"]["occi.compute.state"] == "inactive"  # it was stopped
+    async with client.server.app[keys.SESSIONS]() as session:  # the exported disk is a marketplace image now
+        image = (await session.exec(select(Image).where(Image.name == "lv-json-saved"))).one()
+    assert image.format == "qcow2" and image.visibility == "project" and len(image.sha256 or "") == 64
+    assert Path(image.location or "").is_file() and image.size_bytes == Path(image.location or "").stat().st_size
+    categories = await (await client.get("/-/", headers={"Accept": "application/occi+json"})).json()
+    assert any(m["title"] == "lv-json-saved" for m in categories["mixins"])  # offered as an os_tpl
     start = await client.post(f"{path}?action=start", headers=JSONH, json={
         "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#start"})
-    assert start.status == 200 and _domain_state(domain) == libvirt.VIR_DOMAIN_RUNNING
+    assert start.status == 200
+    await settled(client, path)
+    assert _domain_state(domain) == libvirt.VIR_DOMAIN_RUNNING
     renamed = await client.post(path, headers=JSONH, json={"kind": f"{INFRA}compute", "title": "lv-json-2"})
     assert (await renamed.json())["title"] == "lv-json-2"
     assert (await client.delete(path)).status == 204
-    assert _domain_state(domain) is None
     assert (await client.get(path, headers=JSONH)).status == 404
+    await _until_undefined(domain)

@@ -7,6 +7,12 @@ not stop the others (an evacuation moves what it can); ``batch.check`` at the en
 naming every child that did not succeed. Cancelling the parent cancels every child not yet past its
 point of no return (``batch.cancel`` is the compensation of every waiting step and is idempotent).
 
+``operation.wait`` also orders the operations of one workload: an action (or a delete, a save) asked
+while the workload's create still runs is planned behind it (flows._workload_or_create), so the
+request is answered at once and the engine runs the two in order; ``accept`` then names the ends of
+the awaited operation that let the waiting one go on (a power action after a create that rolled back
+fails with that reason).
+
 The parent holds one executor slot while it waits; the children need the others (``concurrency`` of
 at least 2, the default is 4).
 """
@@ -26,18 +32,28 @@ POLL_S = 0.25
 
 
 @action("operation.wait")
-async def wait(ctx: StepContext, *, operation_id: str, label: str = "", **_: Any) -> dict[str, Any]:
-    """Wait for a child operation to end, reporting its progress as this step's."""
+async def wait(ctx: StepContext, *, operation_id: str, label: str = "", accept: list[str] | None = None,
+               **_: Any) -> dict[str, Any]:
+    """Wait for another operation to end, reporting its progress as this step's. ``accept``: the end
+    states that let this step succeed (None: any end; a batch judges its children in ``batch.check``)."""
+    name = label or operation_id
+    logged = False
     while True:
-        child = await store.get(ctx.sessions, operation_id)
-        if child.state in store.TERMINAL:
-            await ctx.log(f"{label or operation_id}: {child.kind} {child.state}"
-                          + (f": {child.error}" if child.error else ""))
-            return {f"child:{operation_id}": str(child.state)}
-        parent = await store.get(ctx.sessions, ctx.operation_id)
-        if parent.cancel_requested:
-            raise StepCancelled(f"batch cancelled while {label or operation_id} was {child.state}")
-        await ctx.progress(child.progress)
+        # shielded: a cancel (the broker stopping) must not cut a query short, which can leave the
+        # database connection unusable for the next session; the read ends, then the cancel applies
+        other = await asyncio.shield(store.get(ctx.sessions, operation_id))
+        if other.state in store.TERMINAL:
+            if accept is not None and other.state not in accept:
+                raise Conflict(f"{other.kind} {operation_id} ended {other.state}: {other.error or other.message}")
+            await ctx.log(f"{name}: {other.kind} {other.state}" + (f": {other.error}" if other.error else ""))
+            return {f"child:{operation_id}": str(other.state)}
+        if not logged:
+            await ctx.log(f"waiting for {other.kind} {name} ({other.state})")
+            logged = True
+        waiting = await store.get(ctx.sessions, ctx.operation_id)
+        if waiting.cancel_requested:
+            raise StepCancelled(f"cancelled while {name} was {other.state}")
+        await ctx.progress(min(float(other.progress), 0.99))
         await asyncio.sleep(POLL_S)
 
 

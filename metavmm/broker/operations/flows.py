@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.broker.operations import addresses, store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
+from metavmm.broker.operations.store import ACTIVE, TERMINAL
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
 from metavmm.errors import Conflict, NotFound, ValidationError
 from metavmm.translators.cloudinit import host_label
@@ -38,6 +39,30 @@ async def _workload_at(engine: Engine, workload_id: str) -> tuple[Workload, str]
         provider = await session.get(Provider, workload.provider_id)
     assert provider is not None
     return workload, provider.name
+
+
+async def _workload_or_create(engine: Engine, workload_id: str, accept: tuple[str, ...] = ("succeeded",)
+                              ) -> tuple[Workload, str, list[Step]]:
+    """Where the workload runs (or will run, once its create, still active, ends) and the steps that must
+    come first: a wait for the newest operation still active on it, so requests asked meanwhile run one
+    after the other rather than racing (a stop and a start at once) or failing (an action during the
+    create). ``accept``: how that operation may end when it is the create (any end, for other kinds)."""
+    async with engine.sessions() as session:
+        workload = await session.get(Workload, workload_id)
+        active = (await session.exec(select(Operation).where(
+            Operation.target_id == workload_id, col(Operation.state).in_(ACTIVE))
+            .order_by(col(Operation.created_at).desc()))).all()
+    creating = next((op for op in active if op.kind == "create" and op.params.get("provider")), None)
+    if workload is not None and creating is not None:
+        provider = str(creating.params["provider"])
+    else:
+        workload, provider = await _workload_at(engine, workload_id)
+    if not active:
+        return workload, provider, []
+    last = active[0]
+    ends = list(accept) if last.kind == "create" else [str(s) for s in TERMINAL]
+    return workload, provider, [Step(f"wait-{last.kind}", "operation.wait", {"operation_id": last.id,
+                                                                            "accept": ends})]
 
 
 def _known_provider(engine: Engine, name: str) -> Any:
@@ -166,9 +191,9 @@ async def provision(engine: Engine, *, name: str, provider: str, region: str, im
 async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:
     if verb not in POWER_TARGET:
         raise ValidationError(f"unknown action {verb!r}; expected one of {', '.join(POWER_TARGET)}")
-    workload, provider = await _workload_at(engine, workload_id)
+    workload, provider, first = await _workload_or_create(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
-    steps = [Step(verb, "vm.power", {**at, "verb": verb}),
+    steps = [*first, Step(verb, "vm.power", {**at, "verb": verb}),
              Step("wait", "vm.wait", {**at, "state": POWER_TARGET[verb], "timeout_s": 120}),
              Step("observe", "workload.observe", at)]
     return await engine.submit(kind=verb, steps=steps, target_id=workload.id, project_id=workload.project_id,
@@ -178,16 +203,17 @@ async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key:
 async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None,
                  purge: bool = False) -> Operation:
     """Delete a compute's VM, or a volume or network (refused while a compute still links to it).
-    ``purge``: remove the row at the end (OCCI entities are gone once deleted; REST keeps history)."""
-    workload, provider = await _workload_at(engine, workload_id)
+    ``purge``: remove the row at the end (OCCI entities are gone once deleted; REST keeps history).
+    A create still running is waited for, whatever its end: a rolled-back create leaves nothing to delete."""
+    workload, provider, first = await _workload_or_create(engine, workload_id, tuple(TERMINAL))
     at = {"provider": provider, "workload_id": workload.id}
     if workload.kind in RESOURCE_VERB:
         async with engine.sessions() as session:
             await refuse_if_linked(session, workload)
-        steps = [Step("delete", f"{RESOURCE_VERB[WorkloadKind(workload.kind)]}.delete", at, commit=True),
+        steps = [*first, Step("delete", f"{RESOURCE_VERB[WorkloadKind(workload.kind)]}.delete", at, commit=True),
                  Step("forget-links", "link.forget_target", at)]
     else:
-        steps = [Step("delete", "vm.delete", at, commit=True)]
+        steps = [*first, Step("delete", "vm.delete", at, commit=True)]
     owned = workload.spec.get("owned_image")  # an image a migration imported for this workload alone
     if owned:
         steps.append(Step("delete-image", "image.delete", owned))
@@ -206,6 +232,27 @@ async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
     live = [f"{link.kind} {link.id} from compute {src.name}" for link, src in rows if src.present]
     if live:
         raise Conflict(f"{workload.kind} {workload.name} is still linked: {'; '.join(live)}; remove the links first")
+
+
+async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:
+    """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
+    stopped is stopped for the copy and started again; the image is named now, so retries reuse it."""
+    workload, provider, first = await _workload_or_create(engine, workload_id)
+    at = {"provider": provider, "workload_id": workload.id}
+    image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
+    was_running = workload.observed_state != "stopped"  # a create still running ends running
+    steps = [*first]
+    if was_running:
+        steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 120})]
+    steps += [Step("export", "disk.export", at, compensate="scratch.clean", weight=3),
+              Step("publish", "image.publish", {"workload_id": workload.id, "name": image}, commit=True, weight=2)]
+    if was_running:
+        steps += [Step("start", "vm.power", {**at, "verb": "start"}),
+                  Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 120})]
+    steps += [Step("observe", "workload.observe", at), Step("clean-scratch", "scratch.clean", {})]
+    return await engine.submit(kind="save", steps=steps, target_id=workload.id, project_id=workload.project_id,
+                               params={"image_name": image})
 
 
 async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,

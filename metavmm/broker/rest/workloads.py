@@ -6,9 +6,9 @@ scheduler's reasons leaves nothing behind); the engine runs it and settles the q
 storage workload is placed at the site it names (or the first that can hold it) and created by the
 engine's network or volume plan the same way. Links attach a volume or network to a compute (and
 detach it) through the engine. Actions and deletion of a placed workload run the engine's power and
-delete flows; requests the engine cannot run yet (no placement, no engine) are recorded as ``queued``
-operations. Cancel stops either. Updates need ``If-Match`` with the workload's ETag (its version), so
-two clients cannot overwrite each other.
+delete flows (planned behind its create when that still runs); requests the engine cannot run (no
+engine) are recorded as ``queued`` operations. Cancel stops either. Updates need ``If-Match`` with the
+workload's ETag (its version), so two clients cannot overwrite each other.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from metavmm.broker import workloads as service
 from metavmm.broker.identity import identity_of
 from metavmm.broker.operations import flows
 from metavmm.broker.operations import store as op_store
+from metavmm.broker.placing import PLACER
 from metavmm.broker.rest.common import (
     UUID_PATTERN,
     OutModel,
@@ -41,7 +42,6 @@ from metavmm.broker.scope import get_visible, target_project, visible
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind, WorkloadLink
 from metavmm.errors import Conflict, NotFound, UnsupportedOperation
-from metavmm.scheduler import service as scheduler
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
 
@@ -157,9 +157,6 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
     project_id = target_project(identity, body.project_id)
     key = request.headers.get("Idempotency-Key")
     engine = request.config_dict.get(keys.OPERATIONS)
-    snap = None
-    if engine is not None and body.kind == WorkloadKind.COMPUTE:  # loaded before the quota lock (SQLite)
-        snap = await scheduler.snapshot(sessions(request), request.config_dict[keys.CONFIG])
     async with session_scope(sessions(request)) as session:
         # The quota lock must be the transaction's first statement (SQLite), so resolve the shape after it.
         await quotas.lock_project(session, project_id)
@@ -167,7 +164,8 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
                                             body.gpu_model, body.gpu_count)
         workload, op = await service.create(session, project_id=project_id, kind=body.kind, name=body.name,
                                             shape=shape, image_id=body.image_id, site=body.site,
-                                            idempotency_key=key[:128] if key else None, snapshot=snap,
+                                            idempotency_key=key[:128] if key else None,
+                                            placer=request.config_dict[PLACER] if engine is not None else None,
                                             providers=frozenset(p.name for p in engine.config.providers)
                                             if engine is not None else frozenset(), cidr=body.cidr)
     if engine is not None and op.state == OperationState.PENDING:
@@ -206,7 +204,7 @@ async def delete_workload(request: web.Request, params: WorkloadId) -> Operation
         row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
         check_if_match(request, etag(row.version), required=False)
         engine = request.config_dict.get(keys.OPERATIONS)
-        if engine is None or not service.is_placed(row):
+        if engine is None or not await service.engine_can_run(session, row):
             return OperationOut.model_validate(await service.request_delete(session, row))
         await flows.refuse_if_linked(session, row)
         await service.mark_delete(session, row)
@@ -224,7 +222,7 @@ async def workload_action(request: web.Request, params: WorkloadId, body: Action
         row = await get_visible(session, identity_of(request), Workload, params.workload_id, "workload")
         check_if_match(request, etag(row.version), required=False)
         engine = request.config_dict.get(keys.OPERATIONS)
-        if engine is None or not service.is_placed(row):
+        if engine is None or not await service.engine_can_run(session, row):
             return OperationOut.model_validate(await service.request_action(session, row, body.action))
         await service.mark_action(session, row, body.action)
     key = request.headers.get("Idempotency-Key")
