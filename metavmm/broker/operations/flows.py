@@ -153,7 +153,8 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     target_cfg = _known_provider(engine, target_provider)
     if target_provider == provider:
         raise ValidationError("a cold migration needs another provider as its target")
-    region = target_region or (target_cfg.sites[0].region if getattr(target_cfg, "sites", None) else "local")
+    sites, regions = getattr(target_cfg, "sites", None), getattr(target_cfg, "regions", None)
+    region = target_region or (sites[0].region if sites else regions[0] if regions else "local")
     async with engine.sessions() as session:
         macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}
     mac, hostname = new_mac(macs, target_cfg.kind), f"{workload.name}-{uuid.uuid4().hex[:6]}"
