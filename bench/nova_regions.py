@@ -1,7 +1,9 @@
-"""Real nova regions on this machine, for the OpenStack tests and benchmarks: one process per region
-(scripts/nova_region.py, run with the nova virtualenv that scripts/nova-env.sh builds), each with its
-compute hosts on the fake virt driver, and a clouds.yaml naming them, found by every OpenStack tool
-through ``OS_CLIENT_CONFIG_FILE`` while the context is open.
+"""Real nova regions on this machine, for the OpenStack tests and benchmarks: per region one nova process
+(scripts/nova_region.py, run with the nova virtualenv that scripts/nova-env.sh builds) with its compute
+hosts on the fake virt driver, and one real glance-api (scripts/glance_api.py, glance's own virtualenv
+from scripts/glance-env.sh; SQLite and a file store under the logs directory) as its image service; and a
+clouds.yaml naming them, found by every OpenStack tool through ``OS_CLIENT_CONFIG_FILE`` while the
+context is open.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from bench.engine_harness import stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 NOVA_PROJECT = "6f70656e737461636b20342065766572"
-NOVA_IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # nova's GlanceFixture image1
+NOVA_IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # seeded into every region's glance at start
 
 
 class NovaUnavailable(RuntimeError):
@@ -30,8 +32,9 @@ class NovaUnavailable(RuntimeError):
 class NovaCloud:
     cloud: str
     clouds_yaml: Path
-    regions: dict[str, int]  # region -> port
+    regions: dict[str, int]  # region -> nova's port
     hosts: tuple[str, ...]
+    glance: dict[str, int]  # region -> glance's port
 
 
 def free_port() -> int:
@@ -47,7 +50,14 @@ def nova_python() -> Path:
     return venv / "bin" / "python"
 
 
-def clouds_yaml(cloud: str, regions: dict[str, int]) -> str:
+def glance_python() -> Path:
+    """The glance virtualenv's Python, built on first use (idempotent, ~60 s with a warm pip cache)."""
+    venv = Path(os.environ.get("METAVMM_GLANCE_VENV", REPO / ".venv-glance"))
+    subprocess.run([str(REPO / "scripts" / "glance-env.sh"), str(venv)], check=True)
+    return venv / "bin" / "python"
+
+
+def clouds_yaml(cloud: str, regions: dict[str, int], glance: dict[str, int]) -> str:
     """The cloud as its admin, and ``<cloud>-member`` as a plain project member of the same regions."""
     first = next(iter(regions.values()))
     lines = ["clouds:"]
@@ -59,7 +69,7 @@ def clouds_yaml(cloud: str, regions: dict[str, int]) -> str:
         for region, port in regions.items():
             lines += [f"      - name: {region}", "        values:",
                       f"          compute_endpoint_override: http://127.0.0.1:{port}/v2.1",
-                      f"          image_endpoint_override: http://127.0.0.1:{port}/image"]
+                      f"          image_endpoint_override: http://127.0.0.1:{glance[region]}"]
     return "\n".join(lines) + "\n"
 
 
@@ -67,31 +77,49 @@ def clouds_yaml(cloud: str, regions: dict[str, int]) -> str:
 def nova_regions(logs: Path, regions: tuple[str, ...] = ("RegionOne", "RegionTwo"),
                  hosts: tuple[str, ...] = ("compute1", "compute2"), cloud: str = "metavmm-test",
                  start_timeout_s: float = 180) -> Iterator[NovaCloud]:
-    """Start one nova per region, yield the cloud, stop them (nothing outlives it: nova's databases
-    are in memory)."""
-    python = nova_python()
+    """Start one glance and one nova per region, yield the cloud, stop them (nothing outlives it: nova's
+    databases are in memory, glance's are under ``logs``)."""
+    python, gpython = nova_python(), glance_python()
     ports = {region: free_port() for region in regions}
+    gports = {region: free_port() for region in regions}
     logs.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen([str(python), str(REPO / "scripts" / "nova_region.py"), "--port", str(port),
-                               "--hosts", ",".join(hosts)], stdout=subprocess.PIPE, text=True,
-                              stderr=(logs / f"{region}.log").open("w"))
-             for region, port in ports.items()]
+    procs: list[subprocess.Popen[str]] = []
     old = os.environ.get("OS_CLIENT_CONFIG_FILE")
     try:
-        for proc, region in zip(procs, ports, strict=True):
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
-            line = proc.stdout.readline() if ready else ""
-            if not line.startswith("READY"):
-                raise NovaUnavailable(f"nova {region} did not start within {start_timeout_s:.0f} s: "
-                                      f"see {logs / (region + '.log')}")
+        # all at once (each takes seconds to start); nova asks glance for images only once it serves
+        waits = []
+        for region, port in gports.items():
+            log = logs / f"glance-{region}.log"
+            procs.append(subprocess.Popen(
+                [str(gpython), str(REPO / "scripts" / "glance_api.py"), "--port", str(port),
+                 "--state", str(logs / f"glance-{region}"), "--seed-image", NOVA_IMAGE],
+                stdout=subprocess.PIPE, text=True, stderr=log.open("w")))
+            waits.append((procs[-1], f"glance {region}", log))
+        for region, port in ports.items():
+            log = logs / f"{region}.log"
+            procs.append(subprocess.Popen(
+                [str(python), str(REPO / "scripts" / "nova_region.py"), "--port", str(port), "--hosts",
+                 ",".join(hosts), "--glance", f"http://127.0.0.1:{gports[region]}"],
+                stdout=subprocess.PIPE, text=True, stderr=log.open("w")))
+            waits.append((procs[-1], f"nova {region}", log))
+        for proc, what, log in waits:
+            _wait_ready(proc, what, log, start_timeout_s)
         path = logs / "clouds.yaml"
-        path.write_text(clouds_yaml(cloud, ports))
+        path.write_text(clouds_yaml(cloud, ports, gports))
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(path)
-        yield NovaCloud(cloud, path, ports, hosts)
+        yield NovaCloud(cloud, path, ports, hosts, gports)
     finally:
         if old is None:
             os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
         else:
             os.environ["OS_CLIENT_CONFIG_FILE"] = old
         stop_processes(procs, timeout_s=3)
+
+
+def _wait_ready(proc: subprocess.Popen[str], what: str, log: Path, timeout_s: float) -> None:
+    """Wait for the ``READY <port>`` line a region's server prints once it answers."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("READY"):
+        raise NovaUnavailable(f"{what} did not start within {timeout_s:.0f} s: see {log}")

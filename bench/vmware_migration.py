@@ -7,12 +7,15 @@ Three numbers per round:
 * a cold migration through the engine of a small TCG domain (64 MiB qcow2 overlay) from one libvirt
   session daemon to the other (qcow2 -> raw);
 * the same from libvirt to the vCenter simulator (qcow2 -> streamOptimized vmdk, upload, disk copy,
-  power on, 2 s boot check), per step.
+  power on, 2 s boot check), per step;
+* with ``--openstack``, the same from libvirt to OpenStack (the qcow2 uploaded to a real glance-api,
+  booted by real nova on its fake virt driver, 2 s boot check), per step.
 
 vcsim does no real I/O for a VM (it powers on nothing), so the VMware numbers measure the broker's
 side: the API round trips, the conversion and the upload. Each migrated workload is deleted after.
 
-Usage: python -m bench.vmware_migration [--rounds 3]   (needs root, libvirtd, Go; ~1 minute)
+Usage: python -m bench.vmware_migration [--rounds 3] [--openstack]   (needs root, libvirtd, Go; ~1 minute;
+--openstack starts a nova region and its glance: scripts/nova-env.sh and scripts/glance-env.sh venvs)
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
 from bench.libvirt_hosts import two_hosts
+from bench.nova_regions import nova_regions
 from bench.vcsim import Vcsim, vcsim
 from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows, store
@@ -85,12 +90,25 @@ def step_seconds(step: dict) -> float:  # type: ignore[type-arg]
     return (datetime.fromisoformat(step["finished_at"]) - datetime.fromisoformat(step["started_at"])).total_seconds()
 
 
-async def main(rounds: int) -> None:
-    with two_hosts() as hosts, vcsim() as server, tempfile.TemporaryDirectory() as tmp:
+FORMATS = {"lv1": "raw", "vc": "vmdk:streamOptimized", "os1": "qcow2"}  # target -> the disk format it gets
+LABELS = {"lv1": "libvirt -> libvirt   (qcow2 -> raw)", "vc": "libvirt -> VMware    (qcow2 -> vmdk:streamOptimized)",
+          "os1": "libvirt -> OpenStack (qcow2 -> glance qcow2)"}
+
+
+async def main(rounds: int, openstack: bool) -> None:
+    with ExitStack() as stack:
+        hosts, server = stack.enter_context(two_hosts()), stack.enter_context(vcsim())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         os.environ["PATH"] = f"{hosts.shim_dir}:{os.environ['PATH']}"
         work = hosts.root / "work"
         work.mkdir()
-        config = parse_config(hosts.federation_yaml(work) + server.provider_yaml("vc", country="TW"))
+        yaml = hosts.federation_yaml(work) + server.provider_yaml("vc", country="TW")
+        targets = ["lv1", "vc"]
+        if openstack:
+            cloud = stack.enter_context(nova_regions(Path(tmp) / "nova", regions=("RegionOne",)))
+            yaml += f"  - {{kind: openstack, name: os1, cloud: {cloud.cloud}, regions: [RegionOne]}}\n"
+            targets.append("os1")
+        config = parse_config(yaml)
         url = f"sqlite:///{tmp}/catalog.db"
         await db.upgrade_async(url)
         sql = db.make_engine(url)
@@ -100,8 +118,8 @@ async def main(rounds: int) -> None:
         subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized",
                         str(qcow2), str(vmdk)], check=True)
         verbs: dict[str, list[float]] = {v: [] for v in VERBS}
-        totals: dict[str, list[float]] = {"lifecycle": [], "lv1": [], "vc": []}
-        steps: dict[str, list[float]] = {}
+        totals: dict[str, list[float]] = {"lifecycle": [], **{t: [] for t in targets}}
+        steps: dict[str, dict[str, list[float]]] = {t: {} for t in targets if t != "lv1"}
         try:
             await sync_all(engine.sessions, config)
             for i in range(rounds):
@@ -109,18 +127,17 @@ async def main(rounds: int) -> None:
                 for verb, s in (await lifecycle(server, DiskRef(str(vmdk), "vmdk"), i)).items():
                     verbs[verb].append(s)
                 totals["lifecycle"].append(time.perf_counter() - t0)
-                for target, fmt in (("lv1", "raw"), ("vc", "vmdk:streamOptimized")):
+                for target in targets:
                     prov = await run_op(engine, await flows.provision(engine, name=f"mig-{target}-{i}", provider="lv0",
                                                                       region="host0", image=str(hosts.base_image),
                                                                       ram_mib=64))
                     assert prov.target_id is not None
                     t0 = time.perf_counter()
                     done = await run_op(engine, await flows.cold_migrate(engine, prov.target_id, target_provider=target,
-                                                                         disk_format=fmt))
+                                                                         disk_format=FORMATS[target]))
                     totals[target].append(time.perf_counter() - t0)
-                    if target == "vc":
-                        for s in done.steps:
-                            steps.setdefault(s["name"], []).append(step_seconds(s))
+                    for s in done.steps if target in steps else ():
+                        steps[target].setdefault(s["name"], []).append(step_seconds(s))
                     await run_op(engine, await flows.delete(engine, prov.target_id))
         finally:
             await sql.dispose()
@@ -133,12 +150,16 @@ async def main(rounds: int) -> None:
         print(f"  {verb:<14}{med(verbs[verb])}")
     print(f"  {'whole':<14}{med(totals['lifecycle'])}")
     print("cold migration through the engine, 64 MiB TCG domain (submit to succeeded):")
-    print(f"  libvirt -> libvirt (qcow2 -> raw)                  {med(totals['lv1'])}")
-    print(f"  libvirt -> VMware  (qcow2 -> vmdk:streamOptimized) {med(totals['vc'])}")
-    print("  libvirt -> VMware per step: " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in steps.items()))
+    for target in [t for t in totals if t != "lifecycle"]:
+        print(f"  {LABELS[target]:<52}{med(totals[target])}")
+    for target, per_step in steps.items():
+        print(f"  {LABELS[target].split('(')[0].strip()} per step: "
+              + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in per_step.items()))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--openstack", action="store_true", help="also migrate to a real nova+glance region")
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.openstack))

@@ -12,22 +12,24 @@ openstacksdk talks to it exactly as to a real cloud. Two processes on two ports 
 Keystone is stubbed by nova's fixture, which reads the caller's identity from X-Auth-User,
 X-Auth-Project-Id and X-Roles. The small ``_identity`` middleware below plays keystonemiddleware's
 part: it turns the token ``user:project:role,role`` that the client sends (keystoneauth's
-``admin_token`` plugin) into those headers. Glance is nova's GlanceFixture; its images are served
-read-only under ``/image/v2/images`` so the driver's image inventory has a real endpoint to call.
+``admin_token`` plugin) into those headers. The image service is a real glance-api
+(scripts/glance_api.py, ``--glance URL``): nova's GlanceFixture is replaced by a fixture that only
+sets ``[glance] api_servers``, so nova reads, and boots, what was uploaded through glance's API.
 Prints ``READY <port>`` on stdout once it answers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from nova import context as nova_context
+import fixtures
+import nova.conf
+from nova.tests import fixtures as nova_fixtures
 from nova.tests.functional import integrated_helpers
 
 
@@ -66,39 +68,37 @@ def _identity(app):  # type: ignore[no-untyped-def]
     return middleware
 
 
-def _images(base, app):  # type: ignore[no-untyped-def]
-    """GET /image/v2/images[/id] from nova's GlanceFixture; everything else goes to nova."""
+class _RealGlance(fixtures.Fixture):
+    """Stands where nova's GlanceFixture stood: points nova's image API at a real glance-api instead."""
 
-    def middleware(environ, start_response):  # type: ignore[no-untyped-def]
-        path = environ.get("PATH_INFO", "")
-        if path != "/image" and not path.startswith("/image/"):
-            return app(environ, start_response)
-        ctx = nova_context.get_admin_context()
-        images = [_glance_v2(i) for i in base.glance.detail(ctx)]
-        if path.rstrip("/") in ("/image", "/image/v2"):
-            href = f"http://{environ['HTTP_HOST']}/image/v2/"
-            body: object = {"versions": [{"id": "v2.9", "status": "CURRENT",
-                                          "links": [{"rel": "self", "href": href}]}]}
-        elif path.rstrip("/") in ("/image/v2/images", "/image/v2/images/detail"):
-            body = {"images": images, "schema": "/v2/schemas/images", "first": "/v2/images"}
-        else:
-            wanted = path.rstrip("/").rsplit("/", 1)[-1]
-            body = next((i for i in images if i["id"] == wanted), None)
-            if body is None:
-                start_response("404 Not Found", [("Content-Type", "application/json")])
-                return [json.dumps({"message": f"No image found with ID {wanted}", "code": "404 Not Found"}).encode()]
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps(body).encode()]
+    URL = ""
 
-    return middleware
+    def __init__(self, _test: object) -> None:
+        super().__init__()
+
+    def _setUp(self) -> None:
+        nova.conf.CONF.set_override("api_servers", [self.URL], group="glance")
+        self.addCleanup(nova.conf.CONF.clear_override, "api_servers", group="glance")
 
 
-def _glance_v2(image: dict) -> dict:
-    return {"id": image["id"], "name": image.get("name"), "status": image.get("status", "active"),
-            "disk_format": image.get("disk_format") or "qcow2", "container_format": image.get("container_format"),
-            "size": image.get("size"), "checksum": image.get("checksum"), "visibility": "public",
-            "min_disk": image.get("min_disk", 0), "min_ram": image.get("min_ram", 0),
-            "architecture": image.get("properties", {}).get("architecture")}
+def _keep_token() -> None:
+    """Keep the caller's token in nova's request context, as keystonemiddleware does.
+
+    Nova's stubbed keystone context drops it, and nova calls glance with the caller's token (a request
+    without one never leaves keystoneauth); the token 'user:project:roles' means nothing to glance's
+    unauthenticated pipeline, but it has to be there.
+    """
+    from nova.api.auth import NovaKeystoneContext
+
+    stubbed = NovaKeystoneContext.__dict__["_create_context"]
+    stubbed = stubbed.__func__ if isinstance(stubbed, staticmethod) else stubbed
+
+    def create_context(env, **kwargs):  # type: ignore[no-untyped-def]
+        ctx = stubbed(env, **kwargs)
+        ctx.auth_token = env.get("HTTP_X_AUTH_TOKEN")
+        return ctx
+
+    NovaKeystoneContext._create_context = staticmethod(create_context)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -111,13 +111,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hosts", default="compute1,compute2", help="comma-separated compute host names")
+    parser.add_argument("--glance", required=True, help="the region's glance-api URL (scripts/glance_api.py)")
     args = parser.parse_args()
     hosts = [h for h in args.hosts.split(",") if h]
 
     _Region.HOSTS = tuple(hosts)
+    _RealGlance.URL = args.glance
+    nova_fixtures.GlanceFixture = _RealGlance  # the base class looks it up at setUp
     base = _Region("test_serve")
     base.setUp()
-    app = _images(base, _identity(base.api_fixture.app()))
+    _keep_token()
+    app = _identity(base.api_fixture.app())
     server = make_server("127.0.0.1", args.port, app, WSGIServer, handler_class=_QuietHandler)
 
     def stop(_signum: int, _frame: object) -> None:

@@ -37,4 +37,4 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.metavmm-"$mode"-*
   touch "$stamp"
 fi
-if [ "$mode" = test ]; then scripts/nova-env.sh; fi  # real nova for tests/drivers/test_openstack.py
+if [ "$mode" = test ]; then scripts/nova-env.sh; scripts/glance-env.sh; fi  # real nova and glance for the OpenStack tests

@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any, ClassVar
 
 import keystoneauth1.exceptions as ks_exc
@@ -32,6 +33,7 @@ import openstack.exceptions as os_exc
 from metavmm.drivers.base import (
     OWNER_TAG,
     Capability,
+    DiskRef,
     DriverBase,
     FlavorInfo,
     HostInfo,
@@ -58,6 +60,9 @@ from metavmm.errors import (
 
 log = logging.getLogger(__name__)
 HYPERVISOR_CPU_MICROVERSION = "2.87"  # the last one whose hypervisor detail has cpu_info, vcpus, memory_mb
+IMAGE_TAG = "metavmm:image"
+"""Glance property on images the broker imported; its value is the image's name. Lookups by name (a retried
+import, a removal) only ever touch images that carry it, never a user's image that happens to share the name."""
 
 
 def _gpus_of(extra_specs: dict[str, str]) -> tuple[str | None, int]:
@@ -78,7 +83,9 @@ class OpenStackDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION, Capability.CONSOLE,
         Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK,
         Capability.SET_NETMASK, Capability.GPU, Capability.NESTED_VIRT, Capability.MULTI_REGION, Capability.TAGS,
+        Capability.IMPORT_IMAGE,
     })
+    image_import_formats = frozenset({"qcow2", "raw"})
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "ACTIVE": VmState.RUNNING,
         "BUILD": VmState.PENDING,
@@ -389,6 +396,53 @@ class OpenStackDriver(DriverBase):
                 raise DriverError(f"resize of {vm_id} did not finish in {timeout_s:.0f} s (status {native})",
                                   provider=self.name, operation="resize_vm")
             await asyncio.sleep(0.3)
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def _own_images(self, conn: openstack.connection.Connection, name: str) -> list[Any]:
+        return [i for i in conn.image.images(name=name) if (i.properties or {}).get(IMAGE_TAG) == name]
+
+    async def import_image(self, disk: DiskRef, name: str, region: str, timeout_s: float = 600) -> ImageInfo:
+        """Upload a qcow2 or raw disk to the region's glance as a private image named ``name``, active on return.
+
+        Idempotent by name: an active image this driver imported under that name is returned as it is (a
+        retried step reuses it); an unfinished one (an upload cut short) is deleted and uploaded again.
+        """
+        if disk.format not in self.image_import_formats:
+            raise ValidationError(f"{self.name}: cannot import {disk.format} images; accepted: "
+                                  f"{', '.join(sorted(self.image_import_formats))}")
+        if region not in self.regions:
+            raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
+        if not name or len(name) > 255:
+            raise ValidationError(f"{self.name}: an image name has 1 to 255 characters")
+        source = Path(disk.path)
+        if not source.is_file():
+            raise ValidationError(f"{self.name}: no disk file {disk.path}")
+
+        def upload(conn: openstack.connection.Connection) -> Any:
+            for old in self._own_images(conn, name):
+                if old.status == "active":
+                    log.info("%s: image %s (%s) is already imported: reused", self.name, name, old.id)
+                    return old
+                conn.image.delete_image(old, ignore_missing=True)  # a crashed attempt's half-upload
+            image = conn.image.create_image(
+                name, filename=str(source), disk_format=disk.format, container_format="bare", visibility="private",
+                allow_duplicates=True, wait=True, timeout=timeout_s, **{IMAGE_TAG: name})
+            return conn.image.wait_for_status(image, "active", failures=["killed", "deleted"], interval=0.5,
+                                              wait=timeout_s)
+
+        i = await self._sdk(region, "import_image", upload)
+        return ImageInfo(provider_image_id=i.id, name=i.name, region=region, format=i.disk_format or disk.format,
+                         size_bytes=int(i.size or 0), checksum=i.checksum, arch=i.architecture,
+                         extra={"status": i.status, "visibility": i.visibility})
+
+    async def ex_delete_image(self, name: str, region: str) -> None:
+        """Delete the images this driver imported under ``name`` in ``region`` (none left is fine)."""
+        def delete(conn: openstack.connection.Connection) -> None:
+            for image in self._own_images(conn, name):
+                conn.image.delete_image(image, ignore_missing=True)
+
+        await self._sdk(region, "delete_image", delete)
 
     # --- storage and network --------------------------------------------------------------------
 

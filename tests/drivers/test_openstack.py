@@ -6,15 +6,17 @@ OS_CLIENT_CONFIG_FILE like any OpenStack tool finds it.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import openstack
 import pytest
 
 from metavmm.broker.config import OpenStackProvider
-from metavmm.drivers.base import Capability, Driver, VmSpec, VmState
-from metavmm.drivers.openstack import OpenStackDriver
+from metavmm.drivers.base import Capability, DiskRef, Driver, VmSpec, VmState
+from metavmm.drivers.openstack import IMAGE_TAG, OpenStackDriver
 from metavmm.errors import AuthError, ConfigError, DriverError, ProviderConflict, ProviderNotFound, ValidationError
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
 
@@ -187,3 +189,70 @@ async def test_resize_a_stopped_server_and_confirm(driver: OpenStackDriver) -> N
     await driver.start_vm(vm.provider_vm_id)
     await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
     await driver.delete_vm(vm.provider_vm_id)
+
+
+# --- images: real glance-api (scripts/glance_api.py) behind each region ---------------------------------
+
+
+@pytest.fixture
+def qcow2(tmp_path: Path) -> Path:
+    """A 64 MiB qcow2 with a marker written into it (so the bytes glance stores can be compared)."""
+    path = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 1M 64k", str(path)], check=True)
+    return path
+
+
+async def test_import_image_boot_and_delete(driver: OpenStackDriver, qcow2: Path) -> None:
+    conn = openstack.connect(cloud=driver.cloud, region_name="RegionTwo")
+    name = unique("img")
+    image = await driver.import_image(DiskRef(str(qcow2), "qcow2"), name, "RegionTwo")
+    got = conn.image.get_image(image.provider_image_id)
+    assert (got.name, got.status, got.disk_format, got.visibility) == (name, "active", "qcow2", "private")
+    assert got.properties[IMAGE_TAG] == name and got.size == qcow2.stat().st_size == image.size_bytes
+    assert got.virtual_size == 64 * 2**20  # glance inspected the qcow2 itself
+    assert conn.image.download_image(got).content == qcow2.read_bytes()
+    assert not list(openstack.connect(cloud=driver.cloud, region_name="RegionOne").image.images(name=name))
+
+    # a retried import reuses the active image; an unfinished one (a crashed upload) is replaced
+    assert (await driver.import_image(DiskRef(str(qcow2), "qcow2"), name, "RegionTwo")) == image
+    other = unique("img")
+    stale = conn.image.create_image(other, disk_format="qcow2", container_format="bare", allow_duplicates=True,
+                                    **{IMAGE_TAG: other})
+    assert conn.image.get_image(stale.id).status == "queued"
+    fresh = await driver.import_image(DiskRef(str(qcow2), "qcow2"), other, "RegionTwo")
+    assert fresh.provider_image_id != stale.id and conn.image.find_image(stale.id) is None
+
+    # nova boots from it: the server's image is the one uploaded through glance's API
+    vm = await driver.create_vm(_spec("RegionTwo", image=image.provider_image_id))
+    vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=60)
+    assert vm.image == image.provider_image_id
+    await driver.delete_vm(vm.provider_vm_id)
+
+    # removal touches only images the driver imported: a user's image of the same name stays
+    theirs = conn.image.create_image(name, disk_format="raw", container_format="bare", allow_duplicates=True)
+    await driver.ex_delete_image(name, "RegionTwo")
+    await driver.ex_delete_image(other, "RegionTwo")
+    assert [i.id for i in conn.image.images(name=name)] == [theirs.id]
+    assert conn.image.find_image(fresh.provider_image_id) is None
+    await driver.ex_delete_image(name, "RegionTwo")  # nothing of ours left: fine
+    conn.image.delete_image(theirs)
+
+
+async def test_import_image_rejects_bad_input(driver: OpenStackDriver, qcow2: Path) -> None:
+    with pytest.raises(ValidationError, match="cannot import vmdk"):
+        await driver.import_image(DiskRef(str(qcow2), "vmdk"), unique("img"), "RegionOne")
+    with pytest.raises(ValidationError, match="no disk file"):
+        await driver.import_image(DiskRef(str(qcow2) + ".missing", "qcow2"), unique("img"), "RegionOne")
+    with pytest.raises(ValidationError, match="region 'Nowhere'"):
+        await driver.import_image(DiskRef(str(qcow2), "qcow2"), unique("img"), "Nowhere")
+    # glance itself checks the data against the format: raw bytes declared qcow2 are refused, nothing left behind
+    raw = qcow2.with_suffix(".raw")
+    raw.write_bytes(b"\0" * 65536)
+    name = unique("img")
+    with pytest.raises(DriverError):
+        await driver.import_image(DiskRef(str(raw), "qcow2"), name, "RegionOne")
+    conn = openstack.connect(cloud=driver.cloud, region_name="RegionOne")
+    assert [i.status for i in conn.image.images(name=name)] in ([], ["killed"], ["queued"])
+    await driver.ex_delete_image(name, "RegionOne")
+    assert not list(conn.image.images(name=name))

@@ -276,6 +276,9 @@ async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str
 # Where a clone's MAC is drawn from, by target kind: vCenter accepts manually set MACs only in VMware's
 # static range 00:50:56:00:00:00-00:50:56:3F:FF:FF; elsewhere QEMU's locally administered 52:54:00.
 MAC_RANGES: dict[str, tuple[str, int]] = {"vmware": ("00:50:56", 0x3F)}
+PORT_ASSIGNS_MAC = frozenset({"openstack"})
+"""Target kinds whose network service gives the port its MAC (neutron keeps it unique on its network):
+the broker draws none there and records none, rather than a MAC the VM does not have."""
 
 
 def new_mac(taken: set[str], kind: str = "") -> str:
@@ -307,10 +310,12 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     target_cfg = _known_provider(engine, target_provider)
     if target_provider == provider:
         raise ValidationError("a cold migration needs another provider as its target")
-    region = target_region or (target_cfg.sites[0].region if getattr(target_cfg, "sites", None) else "local")
+    sites, regions = getattr(target_cfg, "sites", None), getattr(target_cfg, "regions", None)
+    region = target_region or (sites[0].region if sites else regions[0] if regions else "local")
     async with engine.sessions() as session:
         macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}
-    mac, hostname = new_mac(macs, target_cfg.kind), clone_hostname(workload.name)
+    mac = None if target_cfg.kind in PORT_ASSIGNS_MAC else new_mac(macs, target_cfg.kind)
+    hostname = clone_hostname(workload.name)
     image_name = f"migrate-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
     src = {"provider": provider, "workload_id": workload.id}
     dst = {"provider": target_provider, "workload_id": workload.id}
