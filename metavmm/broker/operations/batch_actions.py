@@ -7,38 +7,39 @@ not stop the others (an evacuation moves what it can); ``batch.check`` at the en
 naming every child that did not succeed. Cancelling the parent cancels every child not yet past its
 point of no return (``batch.cancel`` is the compensation of every waiting step and is idempotent).
 
-The parent holds one executor slot while it waits; the children need the others (``concurrency`` of
-at least 2, the default is 4).
+A waiting step does not hold an executor slot: each run of ``operation.wait`` checks the child once and,
+while it is still active, raises :class:`StepWaiting`; the engine parks the parent (lease released,
+``not_before`` set) and runs the check again later. Any number of batches therefore fit in any number
+of slots, even one (see docs/operations.md, "Waiting steps").
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from metavmm.broker.operations import store
-from metavmm.broker.operations.actions import StepCancelled, action
+from metavmm.broker.operations.actions import StepCancelled, StepWaiting, action
 from metavmm.broker.operations.context import StepContext
 from metavmm.catalog.models import OperationState
 from metavmm.errors import Conflict, NotFound
 
 POLL_S = 0.25
+"""First delay between two checks of a child; the engine doubles it per check up to its ``wait_max_s``."""
 
 
 @action("operation.wait")
 async def wait(ctx: StepContext, *, operation_id: str, label: str = "", **_: Any) -> dict[str, Any]:
-    """Wait for a child operation to end, reporting its progress as this step's."""
-    while True:
-        child = await store.get(ctx.sessions, operation_id)
-        if child.state in store.TERMINAL:
-            await ctx.log(f"{label or operation_id}: {child.kind} {child.state}"
-                          + (f": {child.error}" if child.error else ""))
-            return {f"child:{operation_id}": str(child.state)}
-        parent = await store.get(ctx.sessions, ctx.operation_id)
-        if parent.cancel_requested:
-            raise StepCancelled(f"batch cancelled while {label or operation_id} was {child.state}")
-        await ctx.progress(child.progress)
-        await asyncio.sleep(POLL_S)
+    """Wait for a child operation to end (checked once per run), reporting its progress as this step's."""
+    child = await store.get(ctx.sessions, operation_id)
+    if child.state in store.TERMINAL:
+        await ctx.log(f"{label or operation_id}: {child.kind} {child.state}"
+                      + (f": {child.error}" if child.error else ""))
+        return {f"child:{operation_id}": str(child.state)}
+    parent = await store.get(ctx.sessions, ctx.operation_id)
+    if parent.cancel_requested:
+        raise StepCancelled(f"batch cancelled while {label or operation_id} was {child.state}")
+    await ctx.progress(child.progress)
+    raise StepWaiting(f"waiting for {label or operation_id} ({child.state})", POLL_S)
 
 
 @action("batch.cancel")
