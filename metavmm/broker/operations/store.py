@@ -89,7 +89,8 @@ async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], tar
 def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:
     same = op.params.get("request") == fingerprint if fingerprint else op.target_id == target_id
     if op.kind != kind or not same:
-        raise Conflict(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id})")
+        raise Conflict(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id}) "
+                       "for a different request; use a new key")
     return op
 
 
