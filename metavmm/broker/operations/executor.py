@@ -43,8 +43,16 @@ def executor_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+RETRY_MAX_S = 300.0
+"""Longest backoff between two attempts: doubling from ``retry_base_s`` over up to 20 attempts would
+otherwise park a step for days (2**19 s) with its operation still "running"."""
 WAIT_MAX_S = 2.0
 """Longest delay between two checks of a waiting step (the first is the action's own, doubled per check)."""
+
+
+def backoff_s(attempt: int, base_s: float) -> float:
+    """Delay after failed attempt ``attempt`` (1, 2, ...): base * 2**(attempt-1), jittered down to half, capped."""
+    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, base_s * 2 ** min(attempt - 1, 32))
 
 
 class _Cancelled(Exception):
@@ -188,8 +196,9 @@ class Executor:
                 return
             except (_Cancelled, StepCancelled):
                 op.cancel_requested = True  # a step may have seen the request first
+                # the forward retry's backoff (or a parked check's time) must not delay the rollback
                 await self._save(op, "cancelled: rolling back", state=OperationState.ROLLING_BACK,
-                                 message="cancelled; rolling back")
+                                 message="cancelled; rolling back", not_before=None)
             except LeaseLost:
                 raise
             except Exception as exc:  # the step failed for good
@@ -299,7 +308,7 @@ class Executor:
                     step["state"] = StepState.FAILED
                     await self._save(op, f"step {step['name']} failed: {message}", step=index, level="error")
                     raise
-                delay = random.uniform(0.5, 1.0) * self.settings.retry_base_s * 2 ** (step[key] - 1)
+                delay = backoff_s(step[key], self.settings.retry_base_s)
                 step["state"] = StepState.WAITING
                 await self._save(op, f"step {step['name']}: {message}; retry in {delay:.1f}s", step=index,
                                  level="warning", not_before=utcnow() + timedelta(seconds=delay),
