@@ -117,3 +117,44 @@ async def test_a_parent_killed_while_parked_resumes_in_another_executor(sessions
     done = await store.get(sessions, parent.id)
     assert done.state == OperationState.SUCCEEDED and done.outputs == {f"child:{child.id}": "succeeded",
                                                                       "succeeded": 1}
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    from tests.conftest import _fresh_postgres_db
+
+    return _fresh_postgres_db(postgres_server)
+
+
+async def test_batches_finish_on_one_procrastinate_worker_slot(pg_url: str) -> None:
+    """The workers' path: a parked parent ends its job and defers the next one with ``schedule_at``."""
+    from metavmm.broker.operations import queue
+    from metavmm.catalog import db
+
+    await db.upgrade_async(pg_url)
+    sql = db.make_engine(pg_url)
+    sessions = db.make_sessionmaker(sql)
+    config = parse_config(CONFIG.format(slots=1).replace("concurrency: 1", "concurrency: 1, executor: procrastinate"))
+    await sync_all(sessions, config)
+    engine = Engine(sessions, config, pg_url)
+    await engine.start()  # procrastinate mode: the broker only writes rows and defers jobs
+    worker: asyncio.Task[None] | None = None
+    try:
+        children = [(await flows.provision(engine, name=f"w{i}", provider="sima", region="sim-000", image="img",
+                                           host=f"sim-000-h0000{i}")).id for i in range(4)]
+        for cid in children:
+            await store.claim(sessions, cid, "dead-broker", lease_s=1.0)
+        parents = [(await engine.submit(kind="migrate_batch", steps=batch_steps(children[i:i + 2]))).id
+                   for i in (0, 2)]
+        executor = Executor(sessions, config)
+        worker = asyncio.create_task(queue.run_worker(engine._queue_app, executor, concurrency=1,
+                                                      sweep_interval_s=0.5, install_signal_handlers=False))
+        ended = await until_ended(sessions, parents + children, timeout_s=40)
+        assert [o.state for o in ended] == [OperationState.SUCCEEDED] * 6, [(o.kind, o.state, o.message)
+                                                                              for o in ended]
+    finally:
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        await engine.stop()
+        await sql.dispose()
