@@ -15,55 +15,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 
-from metavmm.broker.config import FederationConfig, load_config
+from metavmm.broker.cli_common import MetavmmGroup, Settings, console, err_console, pass_settings
+from metavmm.broker.config import load_config
 from metavmm.catalog import db
-from metavmm.errors import MetavmmError
 
-# Wide when piped, so `metavmm catalog show hosts | grep ...` sees whole rows.
-console = Console(width=None if sys.stdout.isatty() else 240)
-err_console = Console(stderr=True)
+__all__ = ["Settings", "console", "err_console", "main", "pass_settings"]
 
 
-class _Group(click.Group):
-    """Turns metavmm's own errors into one red line and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MetavmmError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(1)
-        except (DBAPIError, OSError) as exc:
-            reason = getattr(exc, "orig", None) or exc
-            err_console.print(f"[bold red]error:[/] database: {reason}", highlight=False, soft_wrap=True)
-            sys.exit(1)
-
-
-class Settings:
-    def __init__(self, config_path: str | None, database: str | None) -> None:
-        self.config_path = config_path
-        self._database = database
-        self._config: FederationConfig | None = None
-
-    @property
-    def config(self) -> FederationConfig:
-        if self._config is None:
-            self._config = load_config(self.config_path)
-        return self._config
-
-    @property
-    def database(self) -> str:
-        return self._database or self.config.database or db.default_url()
-
-
-pass_settings = click.make_pass_decorator(Settings)
-
-
-@click.group(cls=_Group)
+@click.group(cls=MetavmmGroup)
 @click.option("--config", "config_path", envvar="METAVMM_CONFIG", type=click.Path(dir_okay=False),
               help="federation file (default: config/default.yaml)")
 @click.option("--database", envvar="METAVMM_DATABASE_URL", help="sqlite:///PATH or postgresql://...")
@@ -331,3 +292,6 @@ from metavmm.broker.cli_marketplace import marketplace  # noqa: E402
 main.add_command(marketplace)
 
 from metavmm.broker import cli_flows  # noqa: E402,F401  (provision/act/migrate/delete under `operations`)
+
+if __name__ == "__main__":
+    main()

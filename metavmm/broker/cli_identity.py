@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker.cli import Settings, console, pass_settings
+from metavmm.broker.cli_common import Settings, console, pass_settings
 from metavmm.broker.identity import get_or_create_project, get_or_create_user, mint_token, rank, set_membership
 from metavmm.catalog import db
 from metavmm.catalog.models import ApiToken, ClientCertificate, Project, Role, User

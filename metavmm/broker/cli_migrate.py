@@ -17,7 +17,7 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from metavmm.broker.cli import Settings, console, err_console, pass_settings
+from metavmm.broker.cli_common import Settings, console, err_console, pass_settings
 from metavmm.broker.operations import migrations, store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.store import TERMINAL, Sessions

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from metavmm.broker.cli import Settings, console, err_console, pass_settings
+from metavmm.broker.cli_common import Settings, console, err_console, pass_settings
 from metavmm.catalog import db
 from metavmm.catalog.importers import IMPORTERS
 from metavmm.scheduler.pricing import Comparison, ShapeRequest

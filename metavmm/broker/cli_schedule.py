@@ -17,7 +17,7 @@ import click
 import pydantic
 from rich.table import Table
 
-from metavmm.broker.cli import Settings, console, pass_settings
+from metavmm.broker.cli_common import Settings, console, pass_settings
 from metavmm.catalog import db
 from metavmm.errors import ValidationError
 from metavmm.scheduler import service

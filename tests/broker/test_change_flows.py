@@ -316,13 +316,10 @@ async def test_cancelling_a_running_batch_rolls_back_and_cancels_the_children(ai
                                     json={"kind": "evacuate-host", "host": await _host_of(app, w["id"])})).json()
     parent_id, (child,) = body["operation"]["id"], body["children"]
     executor = Executor(app[keys.SESSIONS], app[keys.CONFIG])
-    running = asyncio.create_task(executor.run(parent_id))  # only the parent runs
-    for _ in range(100):
-        if (await store.get(app[keys.SESSIONS], parent_id)).steps[0]["state"] == "running":
-            break
-        await asyncio.sleep(0.05)
+    assert await executor.run(parent_id)  # only the parent runs: one check, then it is parked (no slot held)
+    assert (await store.get(app[keys.SESSIONS], parent_id)).steps[0]["state"] == "waiting"
     await store.request_cancel(app[keys.SESSIONS], parent_id)
-    assert await asyncio.wait_for(running, 30)
+    assert await asyncio.wait_for(executor.run(parent_id), 30)  # picked again at once: the cancel is due
     await executor.stop()
     parent = await store.get(app[keys.SESSIONS], parent_id)
     assert parent.state == "cancelled" and parent.error is None, (parent.state, parent.error)

@@ -168,6 +168,17 @@ async def test_a_rolled_back_plan_releases_quota(aiohttp_client: Any, sqlite_url
     assert "rolled back" in workload["state_message"]
 
 
+async def _run_to_end(executor: Executor, app: Any, op_id: str) -> Any:
+    """Run an operation until it ends; a parked one is run again when due (the serving executor's timer)."""
+    for _ in range(100):
+        await executor.run(op_id)
+        op = await store.get(app[keys.SESSIONS], op_id)
+        if op.state in store.TERMINAL:
+            return op
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"operation {op_id} still {op.state}")
+
+
 async def test_actions_and_delete_asked_during_the_create_run_after_it(aiohttp_client: Any, sqlite_url: str) -> None:
     """Nothing is left queued: the engine plans the stop and the delete behind the create (operation.wait)."""
     client, app, project_id = await _client(aiohttp_client, sqlite_url)
@@ -184,10 +195,12 @@ async def test_actions_and_delete_asked_during_the_create_run_after_it(aiohttp_c
     executor = Executor(app[keys.SESSIONS], app[keys.CONFIG])
     try:
         runs = [asyncio.create_task(executor.run(op_id)) for op_id in (stop_op["id"], create["id"])]
-        await asyncio.gather(*runs)  # the stop starts first and waits for the create
+        await asyncio.gather(*runs)  # the stop starts first and parks (holding no slot) while the create runs
         assert (await store.get(app[keys.SESSIONS], create["id"])).state == "succeeded"
-        stopped = await store.get(app[keys.SESSIONS], stop_op["id"])
-        assert stopped.state == "succeeded" and "waiting for create" in " ".join(stopped.steps[0]["log"])
+        stopped = await _run_to_end(executor, app, stop_op["id"])
+        assert stopped.state == "succeeded" and stopped.steps[0]["log"][-1].endswith("create succeeded")
+        events = [e.message for e in await store.events(app[keys.SESSIONS], stop_op["id"])]
+        assert any("waiting for create" in m and "parked" in m for m in events), events
         assert (await (await client.get(f"{API}/workloads/{wid}")).json())["observed_state"] == "stopped"
 
         # a second create, deleted before it ran and then rolled back: the delete still runs, after it

@@ -37,6 +37,17 @@ class StepCancelled(MetavmmError):
     and ends the operation ``cancelled`` (not ``rolled_back`` with an error)."""
 
 
+class StepWaiting(Exception):
+    """Raised by an action that waits for something outside its operation (a child operation): "not
+    yet, ask me again in ``delay_s``". The engine parks the operation (lease and executor slot given
+    back, ``not_before`` set) and a later claim runs the step again, so such an action only checks and
+    never blocks; a waiting operation therefore never keeps the ones it waits for from running."""
+
+    def __init__(self, reason: str, delay_s: float) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
     name: str

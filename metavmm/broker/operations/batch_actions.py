@@ -13,8 +13,10 @@ request is answered at once and the engine runs the two in order; ``accept`` the
 the awaited operation that let the waiting one go on (a power action after a create that rolled back
 fails with that reason).
 
-The parent holds one executor slot while it waits; the children need the others (``concurrency`` of
-at least 2, the default is 4).
+A waiting step does not hold an executor slot: each run of ``operation.wait`` checks the child once and,
+while it is still active, raises :class:`StepWaiting`; the engine parks the parent (lease released,
+``not_before`` set) and runs the check again later. Any number of batches therefore fit in any number
+of slots, even one (see docs/operations.md, "Waiting steps").
 """
 
 from __future__ import annotations
@@ -23,38 +25,35 @@ import asyncio
 from typing import Any
 
 from metavmm.broker.operations import store
-from metavmm.broker.operations.actions import StepCancelled, action
+from metavmm.broker.operations.actions import StepCancelled, StepWaiting, action
 from metavmm.broker.operations.context import StepContext
 from metavmm.catalog.models import OperationState
 from metavmm.errors import Conflict, NotFound
 
 POLL_S = 0.25
+"""First delay between two checks of a child; the engine doubles it per check up to its ``wait_max_s``."""
 
 
 @action("operation.wait")
 async def wait(ctx: StepContext, *, operation_id: str, label: str = "", accept: list[str] | None = None,
                **_: Any) -> dict[str, Any]:
-    """Wait for another operation to end, reporting its progress as this step's. ``accept``: the end
-    states that let this step succeed (None: any end; a batch judges its children in ``batch.check``)."""
+    """Wait for another operation to end (checked once per run), reporting its progress as this step's.
+    ``accept``: the end states that let this step succeed (None: any end; a batch judges its children
+    in ``batch.check``)."""
     name = label or operation_id
-    logged = False
-    while True:
-        # shielded: a cancel (the broker stopping) must not cut a query short, which can leave the
-        # database connection unusable for the next session; the read ends, then the cancel applies
-        other = await asyncio.shield(store.get(ctx.sessions, operation_id))
-        if other.state in store.TERMINAL:
-            if accept is not None and other.state not in accept:
-                raise Conflict(f"{other.kind} {operation_id} ended {other.state}: {other.error or other.message}")
-            await ctx.log(f"{name}: {other.kind} {other.state}" + (f": {other.error}" if other.error else ""))
-            return {f"child:{operation_id}": str(other.state)}
-        if not logged:
-            await ctx.log(f"waiting for {other.kind} {name} ({other.state})")
-            logged = True
-        waiting = await store.get(ctx.sessions, ctx.operation_id)
-        if waiting.cancel_requested:
-            raise StepCancelled(f"cancelled while {name} was {other.state}")
-        await ctx.progress(min(float(other.progress), 0.99))
-        await asyncio.sleep(POLL_S)
+    # shielded: a cancel (the broker stopping) must not cut a query short, which can leave the
+    # database connection unusable for the next session; the read ends, then the cancel applies
+    other = await asyncio.shield(store.get(ctx.sessions, operation_id))
+    if other.state in store.TERMINAL:
+        if accept is not None and other.state not in accept:
+            raise Conflict(f"{other.kind} {operation_id} ended {other.state}: {other.error or other.message}")
+        await ctx.log(f"{name}: {other.kind} {other.state}" + (f": {other.error}" if other.error else ""))
+        return {f"child:{operation_id}": str(other.state)}
+    waiting = await store.get(ctx.sessions, ctx.operation_id)
+    if waiting.cancel_requested:
+        raise StepCancelled(f"cancelled while {name} was {other.state}")
+    await ctx.progress(min(float(other.progress), 0.99))
+    raise StepWaiting(f"waiting for {other.kind} {name} ({other.state})", POLL_S)
 
 
 @action("batch.cancel")

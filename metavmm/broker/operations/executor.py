@@ -7,6 +7,10 @@ fails for good, or a cancel is requested, the compensations of the steps already
 in reverse (the rollback), unless the plan's commit step was passed, after which the operation can
 only go forward. A lease, renewed by a heartbeat, says who runs an operation; every write is fenced
 by it (see :mod:`metavmm.broker.operations.store`).
+
+A step that waits for something outside its operation (``operation.wait``) does not hold a slot: its
+action raises :class:`StepWaiting`, the operation is *parked* (``not_before`` set, lease released) and
+claimed again when it is due, by this executor (a timer) or any other (the row says when).
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ import os
 import random
 import socket
 import uuid
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from metavmm.broker.config import FederationConfig
 from metavmm.broker.operations import store
-from metavmm.broker.operations.actions import StepCancelled, is_transient, run_action
+from metavmm.broker.operations.actions import StepCancelled, StepWaiting, is_transient, run_action
 from metavmm.broker.operations.context import Drivers, StepContext
 from metavmm.broker.operations.plan import MAX_LOG_LINES, StepState, overall_progress
 from metavmm.broker.operations.store import LeaseLost, Sessions
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Workload, utcnow
+from metavmm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,28 @@ def executor_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+RETRY_MAX_S = 300.0
+"""Longest backoff between two attempts: doubling from ``retry_base_s`` over up to 20 attempts would
+otherwise park a step for days (2**19 s) with its operation still "running"."""
+WAIT_MAX_S = 2.0
+"""Longest delay between two checks of a waiting step (the first is the action's own, doubled per check)."""
+
+
+def backoff_s(attempt: int, base_s: float) -> float:
+    """Delay after failed attempt ``attempt`` (1, 2, ...): base * 2**(attempt-1), jittered down to half, capped."""
+    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, base_s * 2 ** min(attempt - 1, 32))
+
+
 class _Cancelled(Exception):
     """A cancel was requested between steps."""
+
+
+class _Parked(Exception):
+    """The current step waits for something outside: give the operation back until ``until``."""
+
+    def __init__(self, reason: str, until: datetime) -> None:
+        super().__init__(reason)
+        self.until = until
 
 
 class Executor:
@@ -51,6 +77,8 @@ class Executor:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tokens: dict[str, str] = {}  # operation id -> the lease token of the run holding it
+        # how a parked operation gets picked again; the procrastinate worker sets a deferral with schedule_at
+        self.on_park: Callable[[str, datetime], Awaitable[Any]] | None = None
 
     # --- the in-process loop (single node) ------------------------------------------------------
 
@@ -155,16 +183,22 @@ class Executor:
         if op.state == OperationState.PENDING:
             await self._save(op, f"started by {self._tokens[op.id]}", state=OperationState.RUNNING, started_at=utcnow(),
                              message="running")
+        elif self._parked_step(op) is not None:
+            op.not_before = None  # due (or cancelled): check again now, quietly (no "resumed" event per check)
         elif op.state != OperationState.ROLLING_BACK:
             await self._save(op, f"resumed by {self._tokens[op.id]} at step {op.current_step}", message="resumed")
         if op.state == OperationState.RUNNING:
             try:
                 await self._forward(op)
                 return
+            except _Parked as parked:
+                await self._park(op, parked)
+                return
             except (_Cancelled, StepCancelled):
                 op.cancel_requested = True  # a step may have seen the request first
+                # the forward retry's backoff (or a parked check's time) must not delay the rollback
                 await self._save(op, "cancelled: rolling back", state=OperationState.ROLLING_BACK,
-                                 message="cancelled; rolling back")
+                                 message="cancelled; rolling back", not_before=None)
             except LeaseLost:
                 raise
             except Exception as exc:  # the step failed for good
@@ -176,6 +210,25 @@ class Executor:
                 await self._save(op, f"failed: {exc}; rolling back", level="error",
                                  state=OperationState.ROLLING_BACK, error=str(exc), message=f"rolling back: {exc}")
         await self._rollback(op)
+
+    @staticmethod
+    def _parked_step(op: Operation) -> dict[str, Any] | None:
+        """The current step when it is a waiting step between two checks (not a retry after an error)."""
+        if op.state != OperationState.RUNNING or op.current_step >= len(op.steps):
+            return None
+        step = op.steps[op.current_step]
+        return step if step["state"] == StepState.WAITING and step.get("checks") else None
+
+    async def _park(self, op: Operation, parked: _Parked) -> None:
+        """Save the waiting step with its next check time; :meth:`run` then gives the lease back."""
+        step = op.steps[op.current_step]
+        first = step["checks"] == 1
+        await self._save(op, f"step {step['name']}: {parked}; parked" if first else None, step=op.current_step,
+                         not_before=parked.until, message=str(parked))
+        delay = max(0.0, (parked.until - utcnow()).total_seconds())
+        asyncio.get_running_loop().call_later(delay, self.notify)  # the in-process loop looks again then
+        if self.on_park is not None:
+            await self.on_park(op.id, parked.until)
 
     @staticmethod
     def _committed(op: Operation) -> bool:
@@ -231,22 +284,31 @@ class Executor:
                         await self._raise_if_cancelled(op)
             if running == StepState.RUNNING and step.get(key, 0) > 0:
                 await self._raise_if_cancelled(op)
-            step.update({"state": running, key: step.get(key, 0) + 1, "started_at": utcnow().isoformat()})
-            await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
-                             not_before=None, message=f"{step['name']}")
+            if not (running == StepState.RUNNING and self._parked_step(op) is step):  # a re-check is no new attempt
+                step.update({"state": running, key: step.get(key, 0) + 1, "started_at": utcnow().isoformat()})
+                await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
+                                 not_before=None, message=f"{step['name']}")
             ctx = self._context(op, index)
             try:
                 return await asyncio.wait_for(run_action(ctx, action, args), self.settings.step_timeout_s)
             except (LeaseLost, asyncio.CancelledError):
                 raise
+            except StepWaiting as waiting:
+                if running != StepState.RUNNING:
+                    raise ConfigError(f"step action {action!r} waits; a compensation must not") from None
+                checks = step.get("checks", 0)
+                step.update(state=StepState.WAITING, checks=checks + 1)
+                delay = min(WAIT_MAX_S, waiting.delay_s * 2 ** min(checks, 16))
+                raise _Parked(str(waiting), utcnow() + timedelta(seconds=delay)) from None
             except Exception as exc:
                 message = str(exc) or exc.__class__.__name__
                 step["error"] = message
+                step.pop("checks", None)  # an error ends the waiting: what follows is a retry (or the end)
                 if not is_transient(exc) or step[key] >= self.settings.max_attempts:
                     step["state"] = StepState.FAILED
                     await self._save(op, f"step {step['name']} failed: {message}", step=index, level="error")
                     raise
-                delay = random.uniform(0.5, 1.0) * self.settings.retry_base_s * 2 ** (step[key] - 1)
+                delay = backoff_s(step[key], self.settings.retry_base_s)
                 step["state"] = StepState.WAITING
                 await self._save(op, f"step {step['name']}: {message}; retry in {delay:.1f}s", step=index,
                                  level="warning", not_before=utcnow() + timedelta(seconds=delay),

@@ -182,10 +182,16 @@ async def provision(engine: Engine, *, name: str, provider: str, region: str, im
                                                             "disk_gib": disk_gib, "flavor": flavor})
     steps = provision_steps(workload.id, name=name, provider=provider, region=region, image=image, vcpus=vcpus,
                             ram_mib=ram_mib, disk_gib=disk_gib, flavor=flavor, host=host)
-    request = json.dumps([name, provider, region, image, vcpus, ram_mib, disk_gib, flavor, host, project_id])
+    request = fingerprint(name, provider, region, image, vcpus, ram_mib, disk_gib, flavor, host, project_id)
     return await engine.submit(kind="provision", steps=steps, target_id=workload.id, project_id=project_id,
                                params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
-                               rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
+                               rows=[workload], fingerprint=request)
+
+
+def fingerprint(*request: Any) -> str:
+    """What a caller asked for, as the idempotency check compares it: a key reused for another request
+    (another target host, another image) is a conflict, not the earlier operation."""
+    return hashlib.sha256(json.dumps(request, default=str).encode()).hexdigest()
 
 
 async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:
@@ -270,7 +276,8 @@ async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str
              Step("record", "workload.record", dst, commit=True)]
     return await engine.submit(kind="live_migrate", steps=steps, target_id=workload.id,
                                project_id=workload.project_id, params={"from": provider, "to": target_provider},
-                               idempotency_key=idempotency_key)
+                               idempotency_key=idempotency_key,
+                               fingerprint=fingerprint(workload.id, target_provider, target_host))
 
 
 # Where a clone's MAC is drawn from, by target kind: vCenter accepts manually set MACs only in VMware's
@@ -350,6 +357,7 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
             steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
         return {"kind": "cold_migrate", "steps": steps, "target_id": workload.id, "project_id": workload.project_id,
                 "idempotency_key": idempotency_key,
+                "fingerprint": fingerprint(workload.id, target_provider, target_region, disk_format),
                 "params": {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname,
                            "mac": mac, "ip": ip}}
 

@@ -116,8 +116,11 @@ async def execute_plan(engine: Engine, plan: MigrationPlan, *, idempotency_key: 
     if idempotency_key:
         earlier = await _by_key(engine, idempotency_key)
         if earlier is not None:
-            if earlier.kind != "migrate_batch":
-                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+            if earlier.kind != "migrate_batch" or (earlier.params.get("plan"), earlier.params.get("scope")) != (
+                    plan.kind, plan.scope):
+                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind} "
+                               f"{earlier.params.get('plan')} of {earlier.params.get('scope')}) for a different "
+                               "request; use a new key")
             children = [await store.get(engine.sessions, i) for i in earlier.params.get("children", [])]
             return BatchStarted(earlier, children, dict(earlier.params.get("refused", {})))
     if not plan.moves:

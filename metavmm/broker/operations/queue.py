@@ -9,13 +9,19 @@ A sweeper in every worker re-defers active operations that nobody holds: those w
 killed (its lease ran out) and those whose broker died between writing the row and deferring the
 job. The job that a killed worker was running stays "doing" in procrastinate's table; it is
 harmless (the claim is what counts) and procrastinate's stalled-job query lists it for clean-up.
+
+A parked operation (a waiting step between two checks) ends its job; the worker defers the next one
+with ``schedule_at`` its check time, so a waiting batch occupies no worker slot. Should that deferral
+be lost (the worker died in between), the sweeper finds the operation once it is due.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -78,10 +84,11 @@ async def ensure_schema(app: procrastinate.App, database_url: str) -> None:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
 
 
-async def defer(app: procrastinate.App, operation_id: str) -> bool:
-    """Ask a worker to run the operation; False when a job for it is already waiting."""
+async def defer(app: procrastinate.App, operation_id: str, schedule_at: datetime | None = None) -> bool:
+    """Ask a worker to run the operation (not before ``schedule_at``); False when a job for it is already waiting."""
     try:
-        await app.configure_task(TASK, queueing_lock=operation_id).defer_async(operation_id=operation_id)
+        await app.configure_task(TASK, queueing_lock=operation_id, schedule_at=schedule_at).defer_async(
+            operation_id=operation_id)
     except AlreadyEnqueued:
         return False
     return True
@@ -110,6 +117,7 @@ async def run_worker(app: procrastinate.App, executor: Executor, *, concurrency:
     """Run one worker process until SIGTERM/SIGINT: procrastinate's worker plus the sweeper."""
     interval = sweep_interval_s if sweep_interval_s is not None else max(executor.settings.lease_s, 1.0)
     sweeper = asyncio.create_task(_sweeper(app, executor.sessions, interval))
+    executor.on_park = functools.partial(defer, app)
     try:
         await app.run_worker_async(queues=[QUEUE], concurrency=concurrency, wait=True,
                                    additional_context={"executor": executor}, **options)

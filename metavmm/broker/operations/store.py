@@ -91,7 +91,8 @@ async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], tar
 def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:
     same = op.params.get("request") == fingerprint if fingerprint else op.target_id == target_id
     if op.kind != kind or not same:
-        raise Conflict(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id})")
+        raise Conflict(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id}) "
+                       "for a different request; use a new key")
     return op
 
 
@@ -127,10 +128,16 @@ async def events(maker: Sessions, op_id: str, after_id: int = 0, limit: int = 10
 
 
 async def runnable_ids(maker: Sessions, limit: int, now: datetime | None = None) -> list[str]:
-    """Active operations nobody holds (never claimed, or their holder's lease ran out), oldest first."""
+    """Active operations nobody holds (never claimed, or their holder's lease ran out), oldest first.
+
+    A parked operation (a waiting step between two checks, ``not_before`` in the future) is left out
+    until it is due, unless a cancel was asked for: that is acted on at once.
+    """
     now = now or utcnow()
     query = (select(Operation.id).where(col(Operation.state).in_(ACTIVE))
              .where(or_(col(Operation.lease_until).is_(None), col(Operation.lease_until) < now))
+             .where(or_(col(Operation.not_before).is_(None), col(Operation.not_before) <= now,
+                        col(Operation.cancel_requested).is_(True)))
              .order_by(col(Operation.created_at)).limit(limit))
     async with maker() as session:
         return list((await session.exec(query)).all())

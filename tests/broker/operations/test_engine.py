@@ -241,3 +241,19 @@ def test_transient_errors_are_told_apart() -> None:
     assert not is_transient(IntegrityError("insert", {}, Exception("duplicate key")))
     assert not is_transient(ProviderNotFound("no VM")) and not is_transient(AuthError("bad key"))
     assert not is_transient(ValidationError("bad input")) and not is_transient(KeyError("x"))
+
+
+async def test_retry_backoff_is_bounded(sessions) -> None:
+    """A huge base (or many doublings) must not park a step for days: the next attempt is at most 5 min away."""
+    from metavmm.broker.operations.executor import RETRY_MAX_S
+
+    FAILURES["a"] = 1
+    op, _ = await store.submit(sessions, kind="test", steps=steps("a"))
+    runner = asyncio.create_task(Executor(sessions, config(max_attempts=20, retry_base_s=1000)).run(op.id))
+    while (waiting := await store.get(sessions, op.id)).not_before is None:
+        await asyncio.sleep(0.02)
+    delay = (store.aware(waiting.not_before) - store.aware(waiting.updated_at)).total_seconds()
+    assert RETRY_MAX_S / 2 - 1 <= delay <= RETRY_MAX_S <= 300
+    await store.request_cancel(sessions, op.id)  # cuts the backoff short
+    await asyncio.wait_for(runner, 5)
+    assert (await store.get(sessions, op.id)).state == OperationState.CANCELLED
