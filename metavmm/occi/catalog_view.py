@@ -257,11 +257,16 @@ def link_entity(row: WorkloadLink, source_kind: str, target_kind: str, source_st
                 target_kind=KINDS[target_kind].type_id)
 
 
-async def running_operations(session: AsyncSession, ids: list[str]) -> dict[str, Operation]:
-    """The newest active operation of each of the workloads ``ids`` (one query)."""
-    if not ids:
+async def running_operations(session: AsyncSession, ids: list[str] | None = None, *,
+                             project_id: int | None = None) -> dict[str, Operation]:
+    """The newest active operation of each of the workloads ``ids`` (or of every workload of
+    ``project_id``), in one query. Read it *before* the workload rows: SQLite runs each read on its own
+    snapshot, and an operation ends together with the note it writes on its workload, so this order
+    never shows an ended operation's workload without its note."""
+    if ids is not None and not ids:
         return {}
-    rows = (await session.exec(select(Operation).where(Operation.target_id.in_(ids),  # type: ignore[union-attr]
+    targets = ids if ids is not None else select(Workload.id).where(Workload.project_id == project_id)
+    rows = (await session.exec(select(Operation).where(Operation.target_id.in_(targets),  # type: ignore[union-attr]
                                                         Operation.state.in_(ACTIVE))  # type: ignore[attr-defined]
                                .order_by(Operation.created_at))).all()
     return {op.target_id: op for op in rows if op.target_id}

@@ -150,6 +150,7 @@ class OcciService:
                 tgt = await session.get(Workload, row.target_id)
                 assert src is not None and tgt is not None
                 return link_entity(row, src.kind, tgt.kind, occi_state(src))
+            running = await running_operations(session, [entity_id.lower()]) if is_uuid(entity_id) else {}
             # one round trip: the workload, its links and their targets' kinds
             target = _LINK_TARGET
             rows = (await session.exec(
@@ -164,8 +165,7 @@ class OcciService:
             wl = rows[0][0]
             state = occi_state(wl)
             links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk in rows if lk is not None]
-            running = await running_operations(session, [wl.id]) if wl.kind == "compute" else {}
-            return resource_entity(wl, links, running.get(wl.id))
+            return resource_entity(wl, links, running.get(wl.id) if wl.kind == "compute" else None)
 
     async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
         """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""
@@ -174,14 +174,15 @@ class OcciService:
             out: list[Entity] = []
             resource_terms = [t for t in terms if t in ("compute", "network", "storage")]
             if resource_terms:
+                running = await running_operations(session, project_id=self.ident.project_id)  # before the rows
                 rows = list((await session.exec(select(Workload).where(
                     Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN)
                     .order_by(Workload.created_at, Workload.id))).all())
                 if mixin is not None:
                     rows = [w for w in rows if mixin.type_id in w.spec.get("mixins", [])]
                 links = await links_of(session, rows)
-                running = await running_operations(session, [w.id for w in rows if w.kind == "compute"])
-                out += [resource_entity(w, links[w.id], running.get(w.id)) for w in rows]
+                out += [resource_entity(w, links[w.id], running.get(w.id) if w.kind == "compute" else None)
+                        for w in rows]
             link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
             link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):

@@ -32,8 +32,7 @@ from metavmm.broker.operations.actions import StepCancelled, StepWaiting, is_tra
 from metavmm.broker.operations.context import Drivers, StepContext
 from metavmm.broker.operations.plan import MAX_LOG_LINES, StepState, overall_progress
 from metavmm.broker.operations.store import LeaseLost, Sessions
-from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, OperationState, Workload, utcnow
+from metavmm.catalog.models import Operation, OperationState, utcnow
 from metavmm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -159,24 +158,14 @@ class Executor:
             setattr(op, key, value)
         values.setdefault("progress", overall_progress(op.steps))
         op.progress = values["progress"]
+        state = values.get("state")
+        # how an operation ended shows on its workload (OCCI's state.message) unless it succeeded: a
+        # success already wrote the workload's state through its record step
+        note = (op.target_id, f"{op.kind} {state}: {values.get('message') or ''}".strip()) \
+            if state in store.TERMINAL and state != OperationState.SUCCEEDED and op.target_id else None
         await store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step, level=level,
-                                  steps=op.steps, current_step=op.current_step, outputs=op.outputs, **values)
-        if values.get("state") in store.TERMINAL and op.target_id:  # only after the fence let us write
-            await self._note_workload(op.target_id, op.kind, str(values["state"]), values.get("message"))
-
-    async def _note_workload(self, workload_id: str, kind: str, state: str, message: str | None) -> None:
-        """Show how the operation ended on its workload (OCCI's state.message) unless it succeeded.
-
-        A success already wrote the workload's state through its record step.
-        """
-        if state == OperationState.SUCCEEDED:
-            return
-        async with session_scope(self.sessions) as session:
-            workload = await session.get(Workload, workload_id)
-            if workload is not None:
-                workload.state_message = f"{kind} {state}: {message or ''}".strip()[:500]
-                workload.updated_at = utcnow()
-                session.add(workload)
+                                  steps=op.steps, current_step=op.current_step, outputs=op.outputs,
+                                  workload_note=note, **values)
 
     async def _drive(self, op_id: str) -> None:
         op = await store.get(self.sessions, op_id)

@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.broker.operations.plan import Step, plan_rows
 from metavmm.broker.quotas import give_back
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, OperationEvent, OperationState, utcnow
+from metavmm.catalog.models import Operation, OperationEvent, OperationState, Workload, utcnow
 from metavmm.errors import Conflict, NotFound, ValidationError
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -168,8 +168,12 @@ async def release(maker: Sessions, op_id: str, owner: str) -> None:
 
 
 async def fenced_update(maker: Sessions, op_id: str, owner: str, *, event: str | None = None,
-                        step: int | None = None, level: str = "info", **values: Any) -> None:
-    """Write ``values`` (and one event) only while ``owner`` still holds the operation."""
+                        step: int | None = None, level: str = "info", workload_note: tuple[str, str] | None = None,
+                        **values: Any) -> None:
+    """Write ``values`` (and one event) only while ``owner`` still holds the operation.
+
+    ``workload_note``: (workload id, message) written to the workload's ``state_message`` in the same
+    transaction, so nobody reads an ended operation next to a workload that does not say so yet."""
     now = utcnow()
     stmt = (update(Operation).where(col(Operation.id) == op_id, col(Operation.owner) == owner)
             .values(updated_at=now, **values))
@@ -179,6 +183,9 @@ async def fenced_update(maker: Sessions, op_id: str, owner: str, *, event: str |
             raise LeaseLost(op_id)
         if event:
             session.add(OperationEvent(operation_id=op_id, step=step, level=level, message=event[:2000]))
+        if workload_note is not None:
+            await session.exec(update(Workload).where(col(Workload.id) == workload_note[0])  # type: ignore[call-overload]
+                               .values(state_message=workload_note[1][:500], updated_at=now))
 
 
 async def request_cancel(maker: Sessions, op_id: str) -> Operation:
