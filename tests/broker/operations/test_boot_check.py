@@ -76,6 +76,7 @@ async def test_cold_migration_boot_check_sees_the_marker(engine: Engine, libvirt
     assert cold.state == OperationState.SUCCEEDED, cold.error
     check = cold.steps[5]
     assert any(f"boot marker {line!r} seen on the console" in entry for entry in check["log"]), check["log"]
+    print(f"\nboot check: {check['log'][-1]}")
     assert cold.params["boot_marker"] == re.escape(line)
     assert domains(a) == {} and not source_log.exists()  # the source's console log went with it
     (clone_uuid, clone_name), = domains(b).items()
