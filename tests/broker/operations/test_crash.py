@@ -164,9 +164,9 @@ async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str
         vm_dir = f"{hostname}-{wid[:8]}"
         assert f"metavmm-images/{image}.vmdk" in new and {f.split("/")[0] for f in new} == {"metavmm-images", vm_dir}
         assert all(not f.startswith("metavmm-images/.") for f in new)  # no unfinished upload
-    else:  # the clone's disk, its cloud-init seed, its image
-        assert [f.split("/")[0] for f in new] == ["disks", "disks", "images"] and new[2] == f"images/{image}.raw"
-        assert new[0] == new[1].replace(".qcow2", "-seed.iso")
+    else:  # the clone's console log, its cloud-init seed, its disk, its image
+        assert [f.split("/")[0] for f in new] == ["disks"] * 3 + ["images"] and new[3] == f"images/{image}.raw"
+        assert new[:2] == [new[2].replace(".qcow2", "-console.log"), new[2].replace(".qcow2", "-seed.iso")]
     assert not (Path(world.engine.config.operations.work_dir or "") / op.id).exists()
     # no loss: the catalog points at the VM that runs
     w, at = await _where(world, wid)
