@@ -10,16 +10,18 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bench.bootdisk import boot_sector, marker_line, write_boot_disk
 from bench.libvirt_hosts import LibvirtHosts
+from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
 from metavmm.catalog.models import OperationState
 from metavmm.drivers.libvirt import LibvirtDriver
-from metavmm.errors import ValidationError
+from metavmm.errors import ConfigError, ValidationError
 from tests.broker.operations.conftest import run
 from tests.broker.operations.test_libvirt_flows import domains, engine, state, workload  # noqa: F401
 
@@ -30,6 +32,22 @@ def test_boot_sector_layout() -> None:
     assert b"metavmm-boot-ok abc\r\n\0" in sector
     with pytest.raises(ValueError):
         boot_sector("no spaces allowed")
+
+
+def test_which_check_the_plan_gets() -> None:
+    """The federation file's marker is the default; a target without a console keeps the old check."""
+    with pytest.raises(ConfigError, match="boot_marker is not a valid regex"):
+        parse_config("operations: {boot_marker: '[unclosed'}\n")
+    site = SimpleNamespace(config=parse_config("operations: {boot_marker: 'login:'}\n"))
+    assert flows.boot_check(site, "libvirt", None, 300)["console_marker"] == "login:"  # type: ignore[arg-type]
+    assert flows.boot_check(site, "openstack", "ready", 60)["console_marker"] == "ready"  # type: ignore[arg-type]
+    old = {"state": "running", "timeout_s": 300, "stable_s": 2.0}
+    assert flows.boot_check(site, "vmware", None, 300) == old  # type: ignore[arg-type]
+    assert flows.boot_check(site, "sim", "x", 300) == old  # type: ignore[arg-type]
+    plain = SimpleNamespace(config=parse_config(""))
+    assert flows.boot_check(plain, "libvirt", None, 300) == old  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="1 to 200 characters"):
+        flows.boot_check(plain, "libvirt", "x" * 201, 300)  # type: ignore[arg-type]
 
 
 def boot_disk(hosts: LibvirtHosts) -> tuple[Path, str]:
