@@ -97,6 +97,9 @@ async def start(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) 
     await power(ctx, provider=provider, workload_id=workload_id, verb="start")
 
 
+MAX_MARKER = 200
+
+
 def console_pattern(marker: str) -> re.Pattern[str]:
     """A boot marker regex, checked where it is asked for (a request, the federation file): a clear error."""
     if not marker or len(marker) > MAX_MARKER:
@@ -105,9 +108,6 @@ def console_pattern(marker: str) -> re.Pattern[str]:
         return re.compile(marker, re.MULTILINE)
     except re.error as exc:
         raise ValidationError(f"boot marker {marker!r} is not a valid regex: {exc}") from None
-
-
-MAX_MARKER = 200
 
 
 def _last_line(text: str) -> str:
@@ -139,7 +139,9 @@ async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state
                 if pattern is None:
                     return {"observed_state": str(vm.state)}
                 console = await ctx.driver(provider).console_output(vm.provider_vm_id)
-                found = pattern.search(console)
+                # in a thread: the text is the guest's and the regex an operator's, a slow match must not
+                # stall the executor's event loop (it still costs that thread; see operations.md)
+                found = await asyncio.to_thread(pattern.search, console)
                 if found:
                     await ctx.log(f"boot marker {found.group(0).strip()!r} seen on the console of "
                                   f"{vm.provider_vm_id} {loop.time() - start:.1f}s into the check")
