@@ -106,14 +106,17 @@ def ops_act(settings: Settings, workload_id: str, verb: str, wait: bool, here: b
 @click.option("--cold", is_flag=True, help="stop, export, convert, import and boot at the target")
 @click.option("--region", help="cold: the target region")
 @click.option("--format", "disk_format", default="raw", show_default=True, help="cold: the disk format on the way")
+@click.option("--boot-marker", help="cold: a regex the clone's serial console must show (targets with a console)")
 @_follow
 @pass_settings
 def ops_migrate(settings: Settings, workload_id: str, target: str, host: str | None, cold: bool, region: str | None,
-                disk_format: str, wait: bool, here: bool, interval: float, idempotency_key: str | None) -> None:
+                disk_format: str, boot_marker: str | None, wait: bool, here: bool, interval: float,
+                idempotency_key: str | None) -> None:
     """Move a workload: live (default) or cold, with the progress of every step."""
     if cold:
         _submit(settings, lambda e: flows.cold_migrate(e, workload_id, target_provider=target, target_region=region,
-                                                       disk_format=disk_format, idempotency_key=idempotency_key),
+                                                       disk_format=disk_format, boot_marker=boot_marker,
+                                                       idempotency_key=idempotency_key),
                 wait=wait, here=here, interval=interval)
     else:
         _submit(settings, lambda e: flows.live_migrate(e, workload_id, target_provider=target, target_host=host,

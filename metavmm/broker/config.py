@@ -388,6 +388,21 @@ class OperationsConfig(_Strict):
     step_timeout_s: float = Field(default=1800, gt=0)
     reconcile_interval_s: int = Field(default=300, ge=0, description="0 disables the reconciliation loop")
     work_dir: str | None = Field(default=None, description="scratch space for exported and converted disks")
+    boot_marker: str | None = Field(default=None, max_length=200, description="regex the serial console of a "
+                                    "cold migration's clone must show before the boot check passes (e.g. "
+                                    "'login:'), where the target has a console; a request or the workload's spec "
+                                    "may give its own")
+
+    @field_validator("boot_marker")
+    @classmethod
+    def _marker_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            import re
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"boot_marker is not a valid regex: {exc}") from None
+        return value
 
 
 class FederationConfig(_Strict):

@@ -342,6 +342,15 @@ class AwsDriver(DriverBase):
     async def restart_vm(self, vm_id: str) -> None:
         await self._instance_op(vm_id, "restart_vm", "reboot_instances")
 
+    async def console_output(self, vm_id: str) -> str:
+        """EC2's GetConsoleOutput: the serial console as AWS last captured it (empty until the guest wrote
+        something; AWS refreshes it only every few minutes, so a boot check at AWS needs a long timeout).
+        The wire carries base64; botocore decodes it (its ``decode_console_output`` handler).
+        ``Latest`` needs Nitro instances and is not asked for."""
+        region, iid = self._split(vm_id, "console_output")
+        return str((await self._ec2(region, "console_output", "get_console_output", InstanceId=iid)).get("Output")
+                   or "")
+
     async def suspend_vm(self, vm_id: str) -> None:
         """Hibernate: AWS keeps memory on the root volume (the instance must have been launched for it)."""
         await self._instance_op(vm_id, "suspend_vm", "stop_instances", Hibernate=True)

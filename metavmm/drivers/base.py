@@ -292,6 +292,9 @@ class Driver(Protocol):
       returns once the VM runs there.
     - ``create_vm`` returns as soon as the provider accepted the VM (state ``pending`` or later);
       ``wait_for`` polls the observed state until it reaches the wanted one.
+    - ``console_output`` (drivers declaring ``Capability.CONSOLE``) returns the text the guest wrote on
+      its serial console since it last started (the tail, as the provider keeps it): the boot check of a
+      cold migration looks for a marker in it. The text is the guest's, untrusted.
     """
 
     name: str
@@ -323,6 +326,7 @@ class Driver(Protocol):
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
     async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
+    async def console_output(self, vm_id: str) -> str: ...
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo: ...
     async def close(self) -> None: ...
 
@@ -457,6 +461,9 @@ class DriverBase:
 
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
         raise self._unsupported("resize_vm")
+
+    async def console_output(self, vm_id: str) -> str:
+        raise self._unsupported("console_output")
 
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
         """Poll ``get_vm`` until the VM is in ``state``; an ERROR state or the timeout raise DriverError.

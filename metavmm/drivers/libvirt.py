@@ -58,6 +58,8 @@ from metavmm.translators.cloudinit import GuestIdentity, write_seed_iso
 T = TypeVar("T")
 METADATA_NS = "https://metavmm.dev/xmlns/workload/1"
 DISK_FORMATS = ("qcow2", "raw")
+CONSOLE_TAIL_BYTES = 64 * 1024
+"""How much of the end of a console log ``console_output`` returns (a chatty guest writes megabytes)."""
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TAGGED = re.compile(r"mv-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 """Pool volumes and networks have no metadata element in libvirt 9.0: the broker's own are named
@@ -248,7 +250,7 @@ class LibvirtDriver(DriverBase):
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str, seed: Path | None = None) -> str:
+    def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str, seed: Path | None, console: Path) -> str:
         workload = f"<mv:workload xmlns:mv='{METADATA_NS}'>{escape(spec.workload_id or '')}</mv:workload>"
         mac = f"<mac address='{escape(str(spec.extra['mac']))}'/>" if spec.extra.get("mac") else ""  # a clone's own
         return f"""<domain type='{self.domain_type}'>
@@ -267,7 +269,7 @@ class LibvirtDriver(DriverBase):
       <target dev='vda' bus='virtio'/>
     </disk>{self._seed_xml(seed)}
     <interface type='user'>{mac}<model type='virtio'/></interface>
-    <serial type='pty'><target port='0'/></serial>
+    <serial type='pty'><log file='{escape(str(console))}' append='off'/><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
   </devices>
 </domain>"""
@@ -290,9 +292,12 @@ class LibvirtDriver(DriverBase):
 
         A clone (``extra`` with ``hostname``; ``mac``, ``address``, ``gateway``, ``dns`` optional) gets a
         cloud-init NoCloud seed ISO beside its disk, attached read-only and deleted with the domain.
+        Every domain's serial console is logged to ``<uuid>-console.log`` beside its disk (truncated at
+        each start, deleted with the domain): :meth:`console_output` reads it for boot checks.
         """
         vm_uuid = str(uuid.uuid4())
         disk = self.storage_dir / "disks" / f"{vm_uuid}.qcow2"
+        console = self._console_log(disk.parent, vm_uuid)
         seed = None
         if spec.extra.get("hostname"):
             identity = GuestIdentity.from_extra(spec.extra, instance_id=spec.workload_id or vm_uuid,
@@ -302,10 +307,11 @@ class LibvirtDriver(DriverBase):
         try:
             await self._make_overlay(spec.image, disk, spec.disk_gib)
         except DriverError:
-            if seed is not None:
-                seed.unlink(missing_ok=True)
+            for path in (console, seed):
+                if path is not None:
+                    path.unlink(missing_ok=True)
             raise
-        xml = self._domain_xml(spec, disk, vm_uuid, seed)
+        xml = self._domain_xml(spec, disk, vm_uuid, seed, console)
 
         def define_and_start(conn: libvirt.virConnect) -> VmInfo:
             dom = conn.defineXML(xml)
@@ -319,10 +325,47 @@ class LibvirtDriver(DriverBase):
         try:
             return await self._call("create_vm", define_and_start)
         except DriverError:
-            disk.unlink(missing_ok=True)
-            if seed is not None:
-                seed.unlink(missing_ok=True)
+            for path in (disk, console, seed):
+                if path is not None:
+                    path.unlink(missing_ok=True)
             raise
+
+    def _console_log(self, disks: Path, vm_uuid: str) -> Path:
+        """An empty console log file for a new domain, owned like the storage, in a directory owned so
+        too: a session daemon runs as its user and, for ``append='off'``, deletes and recreates the file."""
+        disks.mkdir(parents=True, exist_ok=True)
+        self._give_to_storage_owner(disks)
+        path = disks / f"{vm_uuid}-console.log"
+        path.touch()
+        self._give_to_storage_owner(path)
+        return path
+
+    async def console_output(self, vm_id: str) -> str:
+        """The end (at most CONSOLE_TAIL_BYTES) of the domain's serial console since it last started.
+
+        The log file is read from the broker's filesystem, so this needs a local daemon or shared
+        storage (as ``ex_export_disk`` does). A domain defined without a log (not by the broker)
+        is an UnsupportedOperation. The text is the guest's: untrusted, decoded leniently.
+        """
+        def log_path(conn: libvirt.virConnect) -> str:
+            dom = conn.lookupByUUIDString(vm_id)
+            log = ET.fromstring(dom.XMLDesc()).find("devices/serial/log")
+            return log.get("file", "") if log is not None else ""
+
+        path = await self._call("console_output", log_path)
+        if not path:
+            raise self._unsupported("console_output")
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - CONSOLE_TAIL_BYTES))
+                data = f.read()
+        except FileNotFoundError:
+            return ""  # the daemon has not opened it yet: nothing written
+        except OSError as exc:
+            raise DriverError(f"console log {path} is not readable from the broker: {exc.strerror}",
+                              provider=self.name, operation="console_output") from None
+        return data.decode("utf-8", errors="replace")
 
     async def _make_overlay(self, base: str, disk: Path, size_gib: int) -> None:
         disk.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +421,9 @@ class LibvirtDriver(DriverBase):
 
     async def delete_vm(self, vm_id: str) -> None:
         def delete(dom: libvirt.virDomain) -> None:
-            disks = [s.get("file") for s in ET.fromstring(dom.XMLDesc()).findall("devices/disk/source")]
+            doc = ET.fromstring(dom.XMLDesc())
+            disks = [s.get("file") for s in doc.findall("devices/disk/source")]
+            disks += [log.get("file") for log in doc.findall("devices/serial/log")]  # the console log
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -717,8 +762,9 @@ class LibvirtDriver(DriverBase):
         from here (``ex_target_storage_dir``: two daemons on one machine, or a mounted path), the
         destination disks are pre-created there, owned like that directory, and the domain XML is
         rewritten to use them (a clone's read-only cloud-init seed is copied, as libvirt does not
-        migrate read-only disks); otherwise the target must already hold disks at the same paths (or a
-        libvirt storage pool that lets it create them). On success the source disks are removed.
+        migrate read-only disks; the console log starts afresh beside them); otherwise the target must
+        already hold disks at the same paths (or a libvirt storage pool that lets it create them).
+        On success the source disks are removed.
         """
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_NON_SHARED_DISK)
@@ -733,6 +779,8 @@ class LibvirtDriver(DriverBase):
             if ex_target_storage_dir:
                 target_dir = Path(ex_target_storage_dir)
                 (target_dir / "disks").mkdir(parents=True, exist_ok=True)
+                if os.geteuid() == 0:  # the target daemon recreates its console log there (see _console_log)
+                    os.chown(target_dir / "disks", target_dir.stat().st_uid, target_dir.stat().st_gid)
                 for device in tree.findall("devices/disk"):
                     source = device.find("source")
                     path = Path(source.get("file") or "") if source is not None else Path()
@@ -749,6 +797,17 @@ class LibvirtDriver(DriverBase):
                     if os.geteuid() == 0:
                         os.chown(new, owner.st_uid, owner.st_gid)
                     source.set("file", str(new))
+                    moved.append(path)
+                    created.append(new)
+                for log in tree.findall("devices/serial/log"):  # the console log moves beside the disks
+                    path = Path(log.get("file") or "")
+                    if path.parent.resolve() != owned:
+                        continue
+                    new = target_dir / "disks" / path.name
+                    new.touch()  # the target's virtlogd truncates it (append='off'): a fresh log there
+                    if os.geteuid() == 0:
+                        os.chown(new, target_dir.stat().st_uid, target_dir.stat().st_gid)
+                    log.set("file", str(new))
                     moved.append(path)
                     created.append(new)
                 # Both the running and the persistent definition at the target name the new paths: with

@@ -59,6 +59,7 @@ from metavmm.errors import (
 )
 
 log = logging.getLogger(__name__)
+CONSOLE_LINES = 1000  # console_output's tail: enough for a boot, bounded for a chatty guest
 HYPERVISOR_CPU_MICROVERSION = "2.87"  # the last one whose hypervisor detail has cpu_info, vcpus, memory_mb
 IMAGE_TAG = "metavmm:image"
 """Glance property on images the broker imported; its value is the image's name. Lookups by name (a retried
@@ -339,6 +340,12 @@ class OpenStackDriver(DriverBase):
 
     async def restart_vm(self, vm_id: str) -> None:
         await self._server_op(vm_id, "restart_vm", lambda c, s: c.reboot_server(s, "SOFT"))
+
+    async def console_output(self, vm_id: str) -> str:
+        """nova's os-getConsoleOutput: the last CONSOLE_LINES lines of the server's serial console log."""
+        out = await self._server_op(vm_id, "console_output",
+                                    lambda c, s: c.get_server_console_output(s, length=CONSOLE_LINES))
+        return str(out.get("output") or "")
 
     async def suspend_vm(self, vm_id: str) -> None:
         await self._server_op(vm_id, "suspend_vm", lambda c, s: c.suspend_server(s))

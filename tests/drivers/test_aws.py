@@ -88,6 +88,16 @@ async def test_lifecycle_with_owner_tag(driver: AwsDriver, moto: MotoServer) -> 
     print(f"\naws lifecycle: {time.perf_counter() - started:.2f} s")
 
 
+async def test_console_output_is_decoded(driver: AwsDriver, moto: MotoServer) -> None:
+    """moto answers GetConsoleOutput with a fixed base64 sample of a Linux boot; the driver decodes it."""
+    vm = await driver.create_vm(VmSpec(name=unique("con"), region="us-east-1", image=_ami(moto), flavor="t3.micro"))
+    try:
+        out = await driver.console_output(vm.provider_vm_id)
+        assert out.startswith("Linux version") and "\n" in out
+    finally:
+        await driver.delete_vm(vm.provider_vm_id)
+
+
 async def test_custom_shape_picks_the_smallest_fitting_type(driver: AwsDriver, moto: MotoServer) -> None:
     vm = await driver.create_vm(VmSpec(name=unique("fit"), region="eu-west-1", image=_ami(moto, "eu-west-1"),
                                        vcpus=4, ram_mib=32768))

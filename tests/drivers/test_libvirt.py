@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from bench.bootdisk import marker_line, write_boot_disk
 from metavmm.broker.config import LibvirtProvider
 from metavmm.drivers.base import Capability, DiskRef, Driver, VmSpec, VmState
 from metavmm.drivers.libvirt import LibvirtDriver
@@ -103,6 +105,26 @@ async def test_lifecycle_on_real_qcow2(driver: LibvirtDriver, libvirt_storage: P
         await driver.get_vm(vm.provider_vm_id)
     assert not disk.exists()
     print(f"\nlibvirt lifecycle: {time.perf_counter() - started:.2f} s")
+
+
+async def test_console_log_of_a_boot_sector_guest(driver: LibvirtDriver, libvirt_storage: Path) -> None:
+    """The system daemon accepts the serial log; the guest's marker line is read back; the log goes with the VM."""
+    marker_id = uuid.uuid4().hex[:12]
+    image = write_boot_disk(libvirt_storage / f"boot-{marker_id}.qcow2", marker_id)
+    image.chmod(0o644)
+    vm = await driver.create_vm(_spec(image=str(image), disk_gib=0, ram_mib=32))
+    log = libvirt_storage / "disks" / f"{vm.provider_vm_id}-console.log"
+    out = ""
+    for _ in range(150):
+        out = await driver.console_output(vm.provider_vm_id)
+        if marker_line(marker_id) in out:
+            break
+        await asyncio.sleep(0.1)
+    assert out == f"{marker_line(marker_id)}\r\n" and log.is_file()
+    await driver.delete_vm(vm.provider_vm_id)
+    assert not log.exists()
+    with pytest.raises(ProviderNotFound):
+        await driver.console_output(vm.provider_vm_id)
 
 
 async def test_attach_and_detach_a_volume(driver: LibvirtDriver, libvirt_storage: Path) -> None:

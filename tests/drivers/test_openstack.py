@@ -94,6 +94,18 @@ async def test_lifecycle_and_live_migration(driver: OpenStackDriver) -> None:
     print(f"\nopenstack lifecycle (with live migration): {time.perf_counter() - started:.2f} s")
 
 
+async def test_console_output_of_a_server(driver: OpenStackDriver) -> None:
+    """nova's fake virt driver answers os-getConsoleOutput with a fixed three-line text."""
+    vm = await driver.create_vm(_spec(workload_id="wl-con"))
+    try:
+        await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
+        assert await driver.console_output(vm.provider_vm_id) == "FAKE CONSOLE OUTPUT\nANOTHER\nLAST LINE"
+        with pytest.raises(ProviderNotFound):
+            await driver.console_output("RegionOne/00000000-0000-0000-0000-000000000000")
+    finally:
+        await driver.delete_vm(vm.provider_vm_id)
+
+
 async def test_second_region_is_a_separate_nova(driver: OpenStackDriver) -> None:
     vm = await driver.create_vm(_spec("RegionTwo", host="compute2"))
     vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)

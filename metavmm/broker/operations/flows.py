@@ -23,7 +23,7 @@ from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.plan import Step
 from metavmm.broker.operations.store import ACTIVE, TERMINAL
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
-from metavmm.errors import Conflict, NotFound, ValidationError
+from metavmm.errors import ConfigError, Conflict, NotFound, ValidationError
 from metavmm.translators.cloudinit import host_label
 
 POWER_TARGET = {"start": "running", "stop": "stopped", "suspend": "suspended", "restart": "running"}
@@ -302,9 +302,34 @@ def clone_hostname(name: str) -> str:
     return f"{host_label(name)[:56].strip('-')}-{uuid.uuid4().hex[:6]}"
 
 
+def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: float) -> dict[str, Any]:
+    """The boot-check step's arguments: "running and stable for 2 s", plus, when a marker regex is known
+    (the request's, else the workload spec's ``boot_marker``, else ``operations.boot_marker``) and the
+    target declares a console, that regex on the clone's serial console: proof that the guest booted
+    from the converted disk. A marker for a target without a console is dropped (nothing to read)."""
+    from metavmm.broker.operations.vm_actions import console_pattern
+    from metavmm.drivers.base import Capability
+    from metavmm.drivers.registry import driver_class
+
+    marker = marker or engine.config.operations.boot_marker
+    args: dict[str, Any] = {"state": "running", "timeout_s": timeout_s, "stable_s": 2.0}
+    if marker is None:
+        return args
+    console_pattern(marker)  # a bad regex is the request's error, before any step runs
+    try:
+        console = Capability.CONSOLE in driver_class(target_kind).capabilities
+    except ConfigError:
+        console = False
+    return {**args, "stable_s": 0.0, "console_marker": marker} if console else args
+
+
 async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,
-                       disk_format: str = "raw", idempotency_key: str | None = None) -> Operation:
+                       disk_format: str = "raw", boot_marker: str | None = None, boot_timeout_s: float = 300,
+                       idempotency_key: str | None = None) -> Operation:
     """Stop, export, convert, import, boot and verify at the target; only then remove the source.
+
+    The boot check (see :func:`boot_check`) waits ``boot_timeout_s`` for the clone to run and, where a
+    ``boot_marker`` regex is known and the target has a console, to print it.
 
     The clone gets its own hostname, MAC and, when the target site has a ``clone_network``, an address
     of it (all drawn now, so retries reuse them; the address is leased in the plan's transaction, see
@@ -328,6 +353,7 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     dst = {"provider": target_provider, "workload_id": workload.id}
     spec = workload.spec
     net = addresses.clone_network(target_cfg, region)
+    check = boot_check(engine, target_cfg.kind, boot_marker or spec.get("boot_marker"), boot_timeout_s)
 
     def plan(address: Any) -> dict[str, Any]:
         identity: dict[str, Any] = {"mac": mac, "hostname": hostname, "instance_id": f"{workload.id}-{hostname}"}
@@ -346,7 +372,7 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
                                                 "ram_mib": spec.get("ram_mib", 512), "extra": identity,
                                                 "save_as": "target_vm"},
                  compensate="vm.delete", weight=2),
-            Step("boot-check", "vm.wait", {**dst, "state": "running", "timeout_s": 300, "stable_s": 2.0}),
+            Step("boot-check", "vm.wait", {**dst, **check}),
             Step("record", "workload.record", {**dst, "spec_update": {
                 "mac": mac, "hostname": hostname, "ip": ip,
                 "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
@@ -359,7 +385,7 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
                 "idempotency_key": idempotency_key,
                 "fingerprint": fingerprint(workload.id, target_provider, target_region, disk_format),
                 "params": {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname,
-                           "mac": mac, "ip": ip}}
+                           "mac": mac, "ip": ip, "boot_marker": check.get("console_marker")}}
 
     if net is None:
         return await engine.submit(**plan(None))

@@ -8,6 +8,7 @@ then leaves nothing unfindable, and a re-run of the step adopts the VM instead o
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from sqlmodel import select
@@ -17,7 +18,7 @@ from metavmm.broker.operations.context import StepContext
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Host, Provider, Site, Workload, utcnow
 from metavmm.drivers.base import VmInfo, VmSpec, VmState
-from metavmm.errors import DriverError, NotFound, ProviderNotFound
+from metavmm.errors import DriverError, NotFound, ProviderConflict, ProviderNotFound, ValidationError
 
 
 async def find_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo | None:
@@ -96,28 +97,68 @@ async def start(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) 
     await power(ctx, provider=provider, workload_id=workload_id, verb="start")
 
 
+MAX_MARKER = 200
+
+
+def console_pattern(marker: str) -> re.Pattern[str]:
+    """A boot marker regex, checked where it is asked for (a request, the federation file): a clear error."""
+    if not marker or len(marker) > MAX_MARKER:
+        raise ValidationError(f"a boot marker is a regex of 1 to {MAX_MARKER} characters")
+    try:
+        return re.compile(marker, re.MULTILINE)
+    except re.error as exc:
+        raise ValidationError(f"boot marker {marker!r} is not a valid regex: {exc}") from None
+
+
+def _last_line(text: str) -> str:
+    """The console's last non-empty line, printable and short (guest output goes into an error message)."""
+    line = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return "".join(c if c.isprintable() else "?" for c in line)[-120:]
+
+
 @action("vm.wait")
 async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state: str, timeout_s: float = 120,
-                     stable_s: float = 0.0, **_: Any) -> dict[str, Any]:
-    """Poll until the VM is in ``state`` (and stays there ``stable_s``: a boot that crashes fails)."""
+                     stable_s: float = 0.0, console_marker: str | None = None, **_: Any) -> dict[str, Any]:
+    """Poll until the VM is in ``state`` (and stays there ``stable_s``: a boot that crashes fails).
+
+    ``console_marker``: a regex that must also appear on the VM's serial console (``console_output``)
+    before the timeout: proof that the guest booted from its disk, not only that the hypervisor runs it.
+    """
+    pattern = console_pattern(console_marker) if console_marker else None
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    start = loop.time()
+    deadline = start + timeout_s
     seen_since: float | None = None
+    console = ""
     while True:
         vm = await require_vm(ctx, provider, workload_id)
         now = loop.time()
         if vm.state == state:
             seen_since = seen_since if seen_since is not None else now
             if now - seen_since >= stable_s:
-                return {"observed_state": str(vm.state)}
+                if pattern is None:
+                    return {"observed_state": str(vm.state)}
+                console = await ctx.driver(provider).console_output(vm.provider_vm_id)
+                # in a thread: the text is the guest's and the regex an operator's, a slow match must not
+                # stall the executor's event loop (it still costs that thread; see operations.md)
+                found = await asyncio.to_thread(pattern.search, console)
+                if found:
+                    await ctx.log(f"boot marker {found.group(0).strip()!r} seen on the console of "
+                                  f"{vm.provider_vm_id} {loop.time() - start:.1f}s into the check")
+                    return {"observed_state": str(vm.state), "boot_marker": found.group(0).strip()}
         else:
             seen_since = None
             if vm.state == VmState.ERROR:
                 raise DriverError(f"VM {vm.provider_vm_id} is in error", provider=provider, operation="wait")
         if now >= deadline:
+            if vm.state == state and pattern is not None:
+                # not retried: the guest had its whole timeout to boot; another wait would see the same log
+                raise ProviderConflict(f"VM {vm.provider_vm_id} is {state} but its console did not show "
+                                  f"/{console_marker}/ within {timeout_s:.0f}s (last line: {_last_line(console)!r})",
+                                  provider=provider, operation="wait")
             raise DriverError(f"VM {vm.provider_vm_id} is {vm.state}, not {state}, after {timeout_s:.0f}s",
                               provider=provider, operation="wait")
-        await ctx.progress(min((now - (deadline - timeout_s)) / timeout_s, 0.99))
+        await ctx.progress(min((now - start) / timeout_s, 0.99) if timeout_s else 0.99)
         await asyncio.sleep(0.2)
 
 

@@ -129,3 +129,18 @@ async def _count(url: str) -> int:
         return len(await store.list_ops(db.make_sessionmaker(engine)))
     finally:
         await engine.dispose()
+
+
+def test_cold_migrate_refuses_a_bad_boot_marker(tmp_path: Path) -> None:
+    """``--boot-marker`` is checked when the migration is asked for: a clear error, nothing submitted."""
+    url, config = setup(tmp_path)
+    config.write_text(FEDERATION.replace("providers:\n", "providers:\n  - {kind: sim, name: simb, site_count: 1}\n"))
+    db.upgrade(url)
+    assert cli(url, config, "catalog", "sync")[0] == 0
+    code, out, err = cli(url, config, "operations", "provision", "--name", "web", "--provider", "sima",
+                         "--region", "sim-000", "--image", "img", "--here", "--interval", "0.05")
+    assert code == 0, err
+    wid = asyncio.run(_get(url, op_id(out))).target_id
+    code, out, err = cli(url, config, "operations", "migrate", str(wid), "--to", "simb", "--cold",
+                         "--boot-marker", "login:(")
+    assert code != 0 and "boot marker 'login:(' is not a valid regex" in err and "Traceback" not in err

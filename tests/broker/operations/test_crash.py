@@ -182,9 +182,9 @@ async def test_kill_at_each_step_then_resume(world: World, step: int, phase: str
     elif target == "os1":
         assert new == [image]  # one glance image, active (a half-upload would have been replaced)
         assert [i.status for i in world.nova.image.images(name=image)] == ["active"]
-    else:  # the clone's disk, its cloud-init seed, its image
-        assert [f.split("/")[0] for f in new] == ["disks", "disks", "images"] and new[2] == f"images/{image}.raw"
-        assert new[0] == new[1].replace(".qcow2", "-seed.iso")
+    else:  # the clone's console log, its cloud-init seed, its disk, its image
+        assert [f.split("/")[0] for f in new] == ["disks"] * 3 + ["images"] and new[3] == f"images/{image}.raw"
+        assert new[:2] == [new[2].replace(".qcow2", "-console.log"), new[2].replace(".qcow2", "-seed.iso")]
     assert not (Path(world.engine.config.operations.work_dir or "") / op.id).exists()
     # no loss: the catalog points at the VM that runs
     w, at = await _where(world, wid)
