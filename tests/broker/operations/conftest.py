@@ -4,16 +4,21 @@ by a fresh executor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from bench.libvirt_hosts import HostsUnavailable, LibvirtHosts, two_hosts
 from bench.vcsim import Vcsim, VcsimUnavailable, vcsim
+from metavmm.broker.config import parse_config
 from metavmm.broker.operations import store
 from metavmm.broker.operations.engine import Engine
 from metavmm.broker.operations.executor import Executor
+from metavmm.broker.sync import sync_all
+from metavmm.catalog import db
 from metavmm.catalog.models import Operation
 
 
@@ -40,6 +45,22 @@ def vcenter() -> Iterator[Vcsim]:
             yield server
     except VcsimUnavailable as exc:
         pytest.fail(str(exc))
+@contextlib.asynccontextmanager
+async def engine_for(federation: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine over a fresh SQLite catalog, synced with every provider of ``federation`` (each sync
+    must succeed)."""
+    config = parse_config(federation)
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    await db.upgrade_async(url)
+    sql = db.make_engine(url)
+    sessions = db.make_sessionmaker(sql)
+    assert [r.error for r in await sync_all(sessions, config)] == [None] * len(config.providers)
+    try:
+        yield Engine(sessions, config, url)
+    finally:
+        await sql.dispose()
+
+
 async def run(engine: Engine, op: Operation) -> Operation:
     """Run ``op`` to its end with a fresh executor (as a restarted broker would) and read it back."""
     executor = Executor(engine.sessions, engine.config)

@@ -13,14 +13,12 @@ import openstack
 import pytest
 
 from bench.libvirt_hosts import LibvirtHosts
-from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
-from metavmm.broker.sync import sync_all
-from metavmm.catalog import db
 from metavmm.catalog.models import OperationState
 from metavmm.drivers.base import OWNER_TAG
 from metavmm.drivers.openstack import IMAGE_TAG
+from tests.broker.operations.conftest import engine_for
 from tests.broker.operations.test_libvirt_flows import domains, run, workload
 from tests.broker.operations.test_vmware_flows import STEPS, step_seconds
 from tests.drivers.conftest import NovaCloud
@@ -55,16 +53,8 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, nova_cloud: N
                  tmp_path: Path) -> AsyncIterator[Engine]:
     work = libvirt_hosts.root / "work" / tmp_path.name
     work.mkdir(parents=True)
-    config = parse_config(federation_yaml(libvirt_hosts, nova_cloud, work))
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    await db.upgrade_async(url)
-    sql = db.make_engine(url)
-    sessions = db.make_sessionmaker(sql)
-    assert [r.error for r in await sync_all(sessions, config)] == [None, None, None]
-    try:
-        yield Engine(sessions, config, url)
-    finally:
-        await sql.dispose()
+    async with engine_for(federation_yaml(libvirt_hosts, nova_cloud, work), tmp_path) as ops:
+        yield ops
 
 
 async def test_cold_migration_libvirt_qcow2_to_openstack(engine: Engine, libvirt_hosts: LibvirtHosts,

@@ -17,12 +17,10 @@ import pytest
 
 from bench.libvirt_hosts import LibvirtHosts
 from bench.vcsim import Vcsim
-from metavmm.broker.config import parse_config
 from metavmm.broker.operations import flows
 from metavmm.broker.operations.engine import Engine
-from metavmm.broker.sync import sync_all
-from metavmm.catalog import db
 from metavmm.catalog.models import Host, OperationState, Site
+from tests.broker.operations.conftest import engine_for
 from tests.broker.operations.test_libvirt_flows import domains, run, workload
 
 STEPS = ["stop-source", "export", "convert", "import", "create-target", "boot-check", "record", "remove-source",
@@ -75,16 +73,8 @@ async def engine_over(libvirt_hosts: LibvirtHosts, vcenter: Vcsim, tmp_path: Pat
     change the federation file's text first."""
     work = libvirt_hosts.root / "work" / tmp_path.name
     work.mkdir(parents=True)
-    config = parse_config(edit(federation_yaml(libvirt_hosts, vcenter, work)))
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    await db.upgrade_async(url)
-    sql = db.make_engine(url)
-    sessions = db.make_sessionmaker(sql)
-    assert [r.error for r in await sync_all(sessions, config)] == [None, None, None]
-    try:
-        yield Engine(sessions, config, url)
-    finally:
-        await sql.dispose()
+    async with engine_for(edit(federation_yaml(libvirt_hosts, vcenter, work)), tmp_path) as ops:
+        yield ops
 
 
 async def test_cold_migration_libvirt_qcow2_to_vmware(engine: Engine, libvirt_hosts: LibvirtHosts,
