@@ -10,10 +10,12 @@ test:
 	scripts/setup.sh test
 	scripts/libvirtd.sh
 	.venv/bin/ruff check metavmm tests bench
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint:
 	.venv/bin/ruff check metavmm tests bench
+	.venv/bin/lint-imports
 
 bench:
 	.venv/bin/python -m bench $(ARGS)

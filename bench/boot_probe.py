@@ -18,9 +18,9 @@ import uuid
 
 from bench.bootdisk import marker_line, write_boot_disk
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
-from metavmm.broker.config import parse_config
-from metavmm.drivers.base import VmSpec, VmState
 from metavmm.drivers.libvirt import LibvirtDriver
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import VmSpec, VmState
 
 OLD_STABLE_S = 2.0
 

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from metavmm.broker.config import CloneNetwork
-from metavmm.broker.operations import addresses
 from metavmm.catalog import db
 from metavmm.catalog.models import Workload
+from metavmm.foundation.config import CloneNetwork
+from metavmm.services.operations import addresses
 from metavmm.translators.cloudinit import GuestIdentity, write_seed_iso
 
 TAKEN = 1000

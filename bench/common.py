@@ -13,9 +13,9 @@ from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 
-from metavmm.broker.config import SchedulerSettings, SimProvider
-from metavmm.drivers.base import PriceInfo
 from metavmm.drivers.sim import SimDriver
+from metavmm.foundation.config import SchedulerSettings, SimProvider
+from metavmm.foundation.records import PriceInfo
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot, snapshot_from_inventories
 

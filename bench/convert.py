@@ -22,7 +22,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from metavmm.drivers.base import DiskRef
+from metavmm.foundation.records import DiskRef
 from metavmm.translators.costs import MIB, conversion_edge
 from metavmm.translators.disk import DiskTarget, convert
 

@@ -9,12 +9,12 @@ import subprocess
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from metavmm.broker.config import FederationConfig
-from metavmm.broker.operations import store
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState
+from metavmm.foundation.config import FederationConfig
+from metavmm.services.operations import store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ Run: .venv/bin/python -m bench.engine_throughput [--ops 200] [--batches 6] [--sl
    wedged an engine whose waiting step kept its slot. Prints the wall time, or WEDGED after 30 s.
 
 The engine has one code path; for "before" numbers run this file against the previous commit's
-metavmm/broker/operations (the numbers of both runs are in docs/operations.md).
+metavmm/services/operations (the numbers of both runs are in docs/operations.md).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine_harness import serving_engine
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
-from metavmm.broker.operations.actions import action
-from metavmm.broker.operations.context import StepContext
-from metavmm.broker.operations.plan import Step
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import OperationState
+from metavmm.foundation.config import parse_config
+from metavmm.services.operations import flows, store
+from metavmm.services.operations.actions import action
+from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.plan import Step
+from metavmm.services.sync import sync_all
 
 CONFIG = """
 providers:

@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, migrations
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
+from metavmm.foundation.config import parse_config
 from metavmm.scheduler import service
+from metavmm.services.operations import flows, migrations
+from metavmm.services.operations.engine import Engine
+from metavmm.services.sync import sync_all
 
 CONFIG = """
 providers:

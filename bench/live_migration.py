@@ -27,12 +27,12 @@ from sqlmodel import select
 
 from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.sync import sync_all
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Provider, Workload
+from metavmm.foundation.config import parse_config
+from metavmm.services.operations import flows
+from metavmm.services.operations.engine import Engine
+from metavmm.services.sync import sync_all
 
 
 def _virsh(uri: str, *args: str) -> str:

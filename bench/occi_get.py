@@ -24,12 +24,12 @@ import aiohttp
 from aiohttp import web
 from sqlmodel import select
 
-from metavmm.broker import keys
-from metavmm.broker.app import create_app
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import sync_all
+from metavmm.api import keys
+from metavmm.api.app import create_app
 from metavmm.catalog.db import make_engine, make_sessionmaker, session_scope
 from metavmm.catalog.models import Image, ImageReplica, Site, Workload, WorkloadLink
+from metavmm.foundation.config import parse_config
+from metavmm.services.sync import sync_all
 
 CONFIG = "providers:\n  - {name: sim-bench, kind: sim, site_count: 1, hosts_per_site: 2}\n"
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
@@ -154,10 +154,10 @@ def _render_costs(n: int = 2000) -> str:
     """Microseconds per call of the pure renderers on an entity like the one served above."""
     import json
 
-    from metavmm.occi import infrastructure as infra
-    from metavmm.occi.model import Link, Resource
-    from metavmm.occi.render_json import render_entity
-    from metavmm.occi.render_text import entity_fields, render_text_occi, render_text_plain
+    from metavmm.api.occi import infrastructure as infra
+    from metavmm.api.occi.model import Link, Resource
+    from metavmm.api.occi.render_json import render_entity
+    from metavmm.api.occi.render_text import entity_fields, render_text_occi, render_text_plain
 
     link = Link(kind=infra.NETWORKINTERFACE, id="l", location="/networkinterface/l", source="/compute/c",
                 source_kind=infra.COMPUTE.type_id, target="/network/n", target_kind=infra.NETWORK.type_id,

@@ -32,11 +32,11 @@ import openstack
 
 from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.nova_regions import NOVA_IMAGE, nova_regions
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.sync import sync_all
 from metavmm.catalog.models import Workload
+from metavmm.foundation.config import parse_config
+from metavmm.services.operations import flows
+from metavmm.services.operations.engine import Engine
+from metavmm.services.sync import sync_all
 
 
 def sdk_migrate(conn: Any, server_id: str, host: str, poll_s: float, timeout_s: float = 120) -> float:

@@ -21,13 +21,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from metavmm.broker.config import parse_config
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.importers import libcloud
 from metavmm.catalog.importers.shapes import load_shapes
 from metavmm.catalog.models import Price
 from metavmm.catalog.prices import store_prices
+from metavmm.foundation.config import parse_config
 from metavmm.scheduler.pricing import PriceBook, RateTable, ShapeRequest, compare
 
 PRICING = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "pricing"

@@ -32,14 +32,14 @@ from pathlib import Path
 from aiohttp import web
 from sqlmodel import select
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.marketplace.entries import ADMIN, ImageMeta
-from metavmm.broker.marketplace.publish import publish
-from metavmm.broker.marketplace.replication import Replicator
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica
+from metavmm.foundation.config import parse_config
+from metavmm.services.marketplace.entries import ADMIN, ImageMeta
+from metavmm.services.marketplace.publish import publish
+from metavmm.services.marketplace.replication import Replicator
+from metavmm.services.sync import sync_all
 
 MIB = 2**20
 

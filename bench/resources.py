@@ -24,14 +24,14 @@ from typing import Any
 
 import libvirt
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import OperationState, WorkloadLink
-from metavmm.drivers.base import NetworkSpec, VolumeSpec
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import NetworkSpec, VolumeSpec
+from metavmm.services.operations import flows, store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
+from metavmm.services.sync import sync_all
 
 NAME = "bench-res"
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from metavmm.broker.app import create_app
-from metavmm.broker.config import parse_config
+from metavmm.api.app import create_app
+from metavmm.foundation.config import parse_config
 
 N = int(os.environ.get("BENCH_N", "400"))
 
@@ -42,10 +42,10 @@ async def _image(app: Any) -> str:
     """A marketplace image with a replica at every site, as an os_tpl category (term; scheme)."""
     from sqlmodel import select
 
-    from metavmm.broker import keys
+    from metavmm.api import keys
+    from metavmm.api.occi.catalog_view import os_tpl
     from metavmm.catalog.db import session_scope
     from metavmm.catalog.models import Image, ImageReplica, Site
-    from metavmm.occi.catalog_view import os_tpl
 
     async with session_scope(app[keys.SESSIONS]) as s:
         image = Image(name="bench-image", visibility="federation", publisher="bench", format="qcow2")
@@ -60,8 +60,8 @@ async def _image(app: Any) -> str:
 
 async def main() -> None:
     sys.path.insert(0, os.getcwd())
-    from tests.broker.conftest import SIM, seed
-    from tests.broker.test_auth import Issuer
+    from tests.api.test_auth import Issuer
+    from tests.world import SIM, seed
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["METAVMM_STATE_DIR"] = tmp
@@ -77,11 +77,11 @@ async def main() -> None:
             w = await seed(app)
             from sqlmodel import select
 
-            from metavmm.broker import keys
-            from metavmm.broker.identity import get_or_create_user
-            from metavmm.broker.placing import PLACER
+            from metavmm.api import keys
+            from metavmm.api.keys import PLACER
             from metavmm.catalog.db import session_scope
             from metavmm.catalog.models import Host
+            from metavmm.services.identity import get_or_create_user
 
             async with session_scope(app[keys.SESSIONS]) as s:
                 user = await get_or_create_user(s, "alpha_member")

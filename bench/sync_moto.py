@@ -25,11 +25,11 @@ from pathlib import Path
 
 import boto3
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
-from metavmm.drivers.base import OWNER_TAG
 from metavmm.drivers.registry import create_driver
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import OWNER_TAG
+from metavmm.services.sync import sync_all
 
 
 def _free_port() -> int:

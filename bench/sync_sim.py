@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
+from metavmm.foundation.config import parse_config
+from metavmm.services.sync import sync_all
 
 
 async def run(url: str, hosts: int, sites: int) -> tuple[float, float]:

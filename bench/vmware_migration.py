@@ -34,15 +34,15 @@ from pathlib import Path
 from bench.libvirt_hosts import two_hosts
 from bench.nova_regions import nova_regions
 from bench.vcsim import Vcsim, vcsim
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
-from metavmm.broker.sync import sync_all
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState
-from metavmm.drivers.base import DiskRef, VmSpec, VmState
 from metavmm.drivers.registry import create_driver
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import DiskRef, VmSpec, VmState
+from metavmm.services.operations import flows, store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
+from metavmm.services.sync import sync_all
 
 VERBS = ("import", "create", "stop", "start", "suspend", "resume", "restart", "delete", "delete-image")
 

@@ -1,5 +1,5 @@
 """`python -m metavmm` is the `metavmm` command."""
 
-from metavmm.broker.cli import main
+from metavmm.cli.main import main
 
 main()

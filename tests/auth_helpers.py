@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from metavmm.broker import keys
-from metavmm.broker.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
+from metavmm.api import keys
 from metavmm.catalog.db import session_scope
+from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
 
 
 async def authorize(client: Any, role: str = "admin", project: str = "test") -> dict[str, str]:

@@ -22,6 +22,8 @@ import pytest
 
 from metavmm.catalog import db
 
+pytest_plugins = ["tests.world"]  # the seeded broker (``world``) that API, CLI and service tests share
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 

@@ -23,18 +23,10 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.errors import ConfigError
+from metavmm.foundation.errors import ConfigError
+from metavmm.foundation.paths import state_dir
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-
-
-def state_dir() -> Path:
-    """Where the embedded default keeps its database: $METAVMM_STATE_DIR or ~/.local/share/metavmm."""
-    env = os.environ.get("METAVMM_STATE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "metavmm"
 
 
 def default_url() -> str:

@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from metavmm.foundation.kinds import KINDS
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -33,14 +35,8 @@ def _ts(**kw: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
 
 
-class ProviderKind(enum.StrEnum):
-    LIBVIRT = "libvirt"
-    OPENSTACK = "openstack"
-    VMWARE = "vmware"
-    AWS = "aws"
-    GCP = "gcp"
-    AZURE = "azure"
-    SIM = "sim"
+ProviderKind = enum.StrEnum("ProviderKind", {name.upper(): name for name in KINDS})  # type: ignore[misc]
+"""The provider kinds of :data:`metavmm.foundation.kinds.KINDS`, as a column and API type."""
 
 
 class HostState(enum.StrEnum):
@@ -65,11 +61,6 @@ class WorkloadKind(enum.StrEnum):
     COMPUTE = "compute"
     NETWORK = "network"
     STORAGE = "storage"
-
-
-class LinkKind(enum.StrEnum):
-    NETWORK_INTERFACE = "networkinterface"
-    STORAGE_LINK = "storagelink"
 
 
 class Role(enum.StrEnum):

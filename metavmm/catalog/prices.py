@@ -15,9 +15,9 @@ from sqlalchemy import and_, delete, func, insert, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.importers.base import PriceRecord
 from metavmm.catalog.models import Price, Provider, utcnow
-from metavmm.errors import NotFound
+from metavmm.foundation.errors import NotFound
+from metavmm.foundation.prices import PriceRecord
 
 
 async def store_prices(session: AsyncSession, records: Sequence[PriceRecord], provider: Provider | None = None,

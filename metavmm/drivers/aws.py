@@ -32,10 +32,21 @@ import botocore.exceptions
 import botocore.loaders
 import botocore.session
 
-from metavmm.drivers.base import (
+from metavmm.drivers.base import DriverBase, region_id, split_region_id
+from metavmm.foundation.errors import (
+    AuthError,
+    ConfigError,
+    DriverError,
+    ProviderConflict,
+    ProviderNotFound,
+    ProviderQuotaExceeded,
+    ProviderThrottled,
+    ProviderUnavailable,
+    ValidationError,
+)
+from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
-    DriverBase,
     FlavorInfo,
     ImageInfo,
     Inventory,
@@ -47,19 +58,6 @@ from metavmm.drivers.base import (
     VmState,
     VolumeInfo,
     VolumeSpec,
-    region_id,
-    split_region_id,
-)
-from metavmm.errors import (
-    AuthError,
-    ConfigError,
-    DriverError,
-    ProviderConflict,
-    ProviderNotFound,
-    ProviderQuotaExceeded,
-    ProviderThrottled,
-    ProviderUnavailable,
-    ValidationError,
 )
 
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",

@@ -7,243 +7,35 @@ value objects below, with units in field names and provider specifics in ``extra
 
 Blocking SDKs (libvirt-python, boto3, pyvmomi, openstacksdk) run off the event loop through
 :meth:`DriverBase.blocking`. Provider exceptions are converted at the driver's edge into
-:class:`~metavmm.errors.DriverError` subclasses that name the provider and the operation and keep
+:class:`~metavmm.foundation.errors.DriverError` subclasses that name the provider and the operation and keep
 the provider's words.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import date
-from decimal import Decimal
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from metavmm.errors import DriverError, ProviderNotFound, ProviderThrottled, UnsupportedOperation
+from metavmm.foundation.errors import DriverError, ProviderNotFound, ProviderThrottled, UnsupportedOperation
+from metavmm.foundation.records import (
+    Capability,
+    DiskRef,
+    ImageInfo,
+    Inventory,
+    NetworkInfo,
+    NetworkSpec,
+    VmInfo,
+    VmSpec,
+    VmState,
+    VolumeInfo,
+    VolumeSpec,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Capability(enum.StrEnum):
-    HOST_INVENTORY = "host_inventory"  # the provider exposes hypervisor hosts
-    LIVE_MIGRATION = "live_migration"
-    COLD_MIGRATION = "cold_migration"
-    NESTED_VIRT = "nested_virt"
-    GPU = "gpu"
-    CONSOLE = "console"
-    SUSPEND = "suspend"
-    SNAPSHOT = "snapshot"
-    ATTACH_VOLUME = "attach_volume"
-    ATTACH_NETWORK = "attach_network"
-    IMPORT_IMAGE = "import_image"
-    EXPORT_IMAGE = "export_image"
-    SET_NETMASK = "set_netmask"  # GCP hides the netmask, so a VIP cannot be set there
-    SPOT = "spot"
-    MULTI_REGION = "multi_region"  # one provider entry spans several regions (VM ids are "region/id")
-    TAGS = "tags"  # the provider stores the broker's OWNER_TAG on the VM itself
-    VOLUMES = "volumes"  # create_volume / delete_volume / list_volumes
-    NETWORKS = "networks"  # create_network / delete_network / list_networks
-
-
-class VmState(enum.StrEnum):
-    """Observed state, one vocabulary for every provider. ``pending`` also covers transitions
-    (AWS stopping, nova REBOOT/RESIZE), so waiting for ``stopped`` never stops half-way."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    SUSPENDED = "suspended"
-    MIGRATING = "migrating"
-    ERROR = "error"
-    DELETED = "deleted"
-    UNKNOWN = "unknown"
-
-
-OWNER_TAG = "metavmm:workload"
-"""Tag (or metadata key) a driver puts on what the broker creates, so sync can tell managed from not."""
-
-
-@dataclass(frozen=True, slots=True)
-class SiteInfo:
-    region: str
-    zones: tuple[str, ...] = ()
-    country: str | None = None
-    location: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HostInfo:
-    name: str
-    region: str
-    hypervisor_type: str
-    cpu_arch: str
-    zone: str | None = None
-    hypervisor_version: str | None = None
-    cpu_vendor: str | None = None
-    cpu_model: str | None = None
-    cpu_features: tuple[str, ...] = ()
-    cpu_cores: int = 0
-    memory_mib: int = 0
-    disk_gib: int = 0
-    gpus: Mapping[str, int] = field(default_factory=dict)
-    nested_virt: bool = False
-    state: str = "up"
-    vcpus_used: int = 0
-    memory_mib_used: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class FlavorInfo:
-    name: str
-    vcpus: int
-    ram_mib: int
-    disk_gib: int = 0
-    gpu_model: str | None = None
-    gpu_count: int = 0
-    arch: str | None = None
-    provider_flavor_id: str | None = None
-    region: str | None = None  # None: offered in every region of the provider
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ImageInfo:
-    provider_image_id: str
-    name: str
-    region: str
-    format: str = "qcow2"
-    size_bytes: int = 0
-    checksum: str | None = None
-    arch: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class VmInfo:
-    provider_vm_id: str
-    name: str
-    region: str
-    state: VmState
-    host: str | None = None
-    flavor: str | None = None
-    image: str | None = None
-    workload_id: str | None = None  # the broker's id from OWNER_TAG; None: not created by us
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PriceInfo:
-    """A price the provider itself reports (the sim driver, or a provider's price API)."""
-
-    flavor: str
-    region: str
-    amount: Decimal
-    currency: str
-    source: str
-    effective_date: date
-    unit: str = "hour"
-    os: str = "linux"
-
-
-@dataclass(frozen=True, slots=True)
-class Inventory:
-    """Everything a provider reports in one sync."""
-
-    sites: tuple[SiteInfo, ...] = ()
-    hosts: tuple[HostInfo, ...] = ()
-    flavors: tuple[FlavorInfo, ...] = ()
-    images: tuple[ImageInfo, ...] = ()
-    vms: tuple[VmInfo, ...] = ()
-    prices: tuple[PriceInfo, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class VmSpec:
-    """What to create. Either ``flavor`` (a provider size) or vcpus/ram_mib (a custom shape)."""
-
-    name: str
-    region: str
-    image: str  # provider image id, or a disk path for libvirt
-    vcpus: int = 1
-    ram_mib: int = 512
-    disk_gib: int = 0
-    flavor: str | None = None
-    zone: str | None = None
-    host: str | None = None
-    gpu_model: str | None = None
-    gpu_count: int = 0
-    networks: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    user_data: str | None = None
-    ssh_key: str | None = None
-    workload_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeSpec:
-    """A block volume to create (OCCI storage, a REST storage workload)."""
-
-    name: str
-    region: str
-    size_gib: int
-    zone: str | None = None
-    workload_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeInfo:
-    """A volume as the provider reports it; ``provider_volume_id`` is what ``attach_volume`` takes."""
-
-    provider_volume_id: str
-    name: str
-    region: str
-    size_gib: int
-    state: str = "available"  # available | in-use | creating | error
-    attached_to: tuple[str, ...] = ()  # VM ids
-    workload_id: str | None = None  # from OWNER_TAG (or the broker's naming where a provider has no tags)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkSpec:
-    """A private network to create (OCCI network, a REST network workload); ``cidr`` where the provider
-    needs an address range (AWS: the VPC and its subnet)."""
-
-    name: str
-    region: str
-    cidr: str | None = None
-    zone: str | None = None
-    workload_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkInfo:
-    """A network as the provider reports it; ``provider_network_id`` is what ``attach_network`` takes."""
-
-    provider_network_id: str
-    name: str
-    region: str
-    cidr: str | None = None
-    state: str = "active"
-    workload_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class DiskRef:
-    """A disk image file and its format (always explicit: qemu-img guesses wrong on fixed VHDs)."""
-
-    path: str
-    format: str
 
 
 def region_id(region: str, native_id: str) -> str:

@@ -8,7 +8,7 @@ vmx or svm. Domains the broker creates carry a metadata element with their workl
 tells them from domains someone else defined.
 
 libvirt-python blocks: every call runs in a worker thread (:meth:`DriverBase.blocking`), and
-``libvirtError`` is converted at this edge into the typed errors of :mod:`metavmm.errors`.
+``libvirtError`` is converted at this edge into the typed errors of :mod:`metavmm.foundation.errors`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,19 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from metavmm.catalog.db import state_dir
-from metavmm.drivers.base import (
+from metavmm.drivers.base import DriverBase
+from metavmm.foundation.errors import (
+    AuthError,
+    DriverError,
+    ProviderConflict,
+    ProviderNotFound,
+    ProviderUnavailable,
+    ValidationError,
+)
+from metavmm.foundation.paths import state_dir
+from metavmm.foundation.records import (
     Capability,
     DiskRef,
-    DriverBase,
     HostInfo,
     ImageInfo,
     Inventory,
@@ -44,14 +52,6 @@ from metavmm.drivers.base import (
     VmState,
     VolumeInfo,
     VolumeSpec,
-)
-from metavmm.errors import (
-    AuthError,
-    DriverError,
-    ProviderConflict,
-    ProviderNotFound,
-    ProviderUnavailable,
-    ValidationError,
 )
 from metavmm.translators.cloudinit import GuestIdentity, write_seed_iso
 

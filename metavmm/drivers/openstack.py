@@ -12,7 +12,7 @@ else runs at the cloud's configured ``compute_api_version``. Servers the broker 
 ``OWNER_TAG`` metadata key; the rest are reported as unmanaged. VM ids are ``region/uuid``.
 
 openstacksdk blocks: every call runs off the event loop (:meth:`DriverBase.provider_call`), and its
-exceptions are turned into the typed errors of :mod:`metavmm.errors` here, the message verbatim.
+exceptions are turned into the typed errors of :mod:`metavmm.foundation.errors` here, the message verbatim.
 """
 
 from __future__ import annotations
@@ -30,23 +30,8 @@ import openstack
 import openstack.config
 import openstack.exceptions as os_exc
 
-from metavmm.drivers.base import (
-    OWNER_TAG,
-    Capability,
-    DiskRef,
-    DriverBase,
-    FlavorInfo,
-    HostInfo,
-    ImageInfo,
-    Inventory,
-    SiteInfo,
-    VmInfo,
-    VmSpec,
-    VmState,
-    region_id,
-    split_region_id,
-)
-from metavmm.errors import (
+from metavmm.drivers.base import DriverBase, region_id, split_region_id
+from metavmm.foundation.errors import (
     AuthError,
     ConfigError,
     DriverError,
@@ -56,6 +41,19 @@ from metavmm.errors import (
     ProviderThrottled,
     ProviderUnavailable,
     ValidationError,
+)
+from metavmm.foundation.records import (
+    OWNER_TAG,
+    Capability,
+    DiskRef,
+    FlavorInfo,
+    HostInfo,
+    ImageInfo,
+    Inventory,
+    SiteInfo,
+    VmInfo,
+    VmSpec,
+    VmState,
 )
 
 log = logging.getLogger(__name__)

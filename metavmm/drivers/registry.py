@@ -6,26 +6,16 @@ import importlib
 from typing import Any
 
 from metavmm.drivers.base import Driver
-from metavmm.errors import ConfigError
-
-DRIVERS: dict[str, tuple[str, str]] = {
-    # kind: ("module:Class", pip extra that provides its SDK)
-    "libvirt": ("metavmm.drivers.libvirt:LibvirtDriver", "libvirt"),
-    "openstack": ("metavmm.drivers.openstack:OpenStackDriver", "openstack"),
-    "vmware": ("metavmm.drivers.vmware:VmwareDriver", "vmware"),
-    "aws": ("metavmm.drivers.aws:AwsDriver", "aws"),
-    "gcp": ("metavmm.drivers.gcp:GcpDriver", "gcp"),
-    "azure": ("metavmm.drivers.azure:AzureDriver", "azure"),
-    "sim": ("metavmm.drivers.sim:SimDriver", ""),
-}
+from metavmm.foundation.errors import ConfigError
+from metavmm.foundation.kinds import KINDS
 
 
 def driver_class(kind: str) -> type:
-    try:
-        target, extra = DRIVERS[kind]
-    except KeyError:
-        raise ConfigError(f"no driver for provider kind {kind!r}; known: {', '.join(sorted(DRIVERS))}") from None
-    module_name, _, cls_name = target.partition(":")
+    info = KINDS.get(kind)
+    if info is None:
+        raise ConfigError(f"no driver for provider kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    module_name, _, cls_name = info.driver.partition(":")
+    extra = info.extra
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

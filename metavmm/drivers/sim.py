@@ -15,10 +15,11 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
-from metavmm.drivers.base import (
+from metavmm.drivers.base import DriverBase
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound
+from metavmm.foundation.records import (
     Capability,
     DiskRef,
-    DriverBase,
     FlavorInfo,
     HostInfo,
     ImageInfo,
@@ -33,7 +34,6 @@ from metavmm.drivers.base import (
     VolumeInfo,
     VolumeSpec,
 )
-from metavmm.errors import ProviderConflict, ProviderNotFound
 
 T = TypeVar("T")
 

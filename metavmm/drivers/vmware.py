@@ -21,7 +21,7 @@ implement that conversion in vCenter mode, so there an empty disk is made and th
 Credentials are by reference (``credentials: {env: ...}`` or ``{file: ...}``: the password); the
 password is read when connecting and never stored in a message. pyvmomi blocks: every call runs off
 the event loop through :meth:`DriverBase.provider_call`, and vSphere faults become the typed errors of
-:mod:`metavmm.errors` here.
+:mod:`metavmm.foundation.errors` here.
 """
 
 from __future__ import annotations
@@ -44,20 +44,8 @@ from typing import Any, ClassVar, TypeVar
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from metavmm.drivers.base import (
-    OWNER_TAG,
-    Capability,
-    DiskRef,
-    DriverBase,
-    HostInfo,
-    ImageInfo,
-    Inventory,
-    SiteInfo,
-    VmInfo,
-    VmSpec,
-    VmState,
-)
-from metavmm.errors import (
+from metavmm.drivers.base import DriverBase
+from metavmm.foundation.errors import (
     AuthError,
     ConfigError,
     DriverError,
@@ -65,6 +53,18 @@ from metavmm.errors import (
     ProviderNotFound,
     ProviderUnavailable,
     ValidationError,
+)
+from metavmm.foundation.records import (
+    OWNER_TAG,
+    Capability,
+    DiskRef,
+    HostInfo,
+    ImageInfo,
+    Inventory,
+    SiteInfo,
+    VmInfo,
+    VmSpec,
+    VmState,
 )
 from metavmm.translators.cloudinit import GuestIdentity, vmware_guestinfo
 from metavmm.translators.cpu import cpuid_features, vendor_name

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from metavmm.errors import UnsupportedOperation
+from metavmm.foundation.errors import UnsupportedOperation
 from metavmm.scheduler.batch import BatchPlanner, BatchResult, fit_count, task_classes
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.views import host_free

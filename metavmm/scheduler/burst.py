@@ -1,6 +1,6 @@
 """Hybrid burst policies, and a replay of a policy over a recorded trace of requests.
 
-A policy (``policies:`` in the federation file, :class:`~metavmm.broker.config.BurstPolicy`) says when
+A policy (``policies:`` in the federation file, :class:`~metavmm.foundation.config.BurstPolicy`) says when
 on-prem work overflows to public providers:
 
 - on-prem vCPU utilisation would pass ``when_utilisation_above`` with the request, or
@@ -40,8 +40,8 @@ from typing import Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from metavmm.broker.config import BurstPolicy
-from metavmm.errors import ValidationError
+from metavmm.foundation.config import BurstPolicy
+from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.costs import PriceCost
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger
@@ -324,7 +324,7 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
     (spend already made this month is not tracked here: the replay models it). When no policy can
     take it, an over-threshold request still runs on-prem if it fits; otherwise the on-prem answer
     (with its reasons, and each policy's) is returned. ``ledger`` and ``graph``: the create path's
-    in-transit placements and its cached graph (see :mod:`metavmm.broker.placing`).
+    in-transit placements and its cached graph (see :mod:`metavmm.services.placement`).
     """
     policies = list(policies)
     if not policies or req.sites or req.providers or req.public_only:

@@ -29,7 +29,7 @@ from decimal import Decimal
 
 import networkx as nx
 
-from metavmm.broker.config import SchedulerSettings
+from metavmm.foundation.config import SchedulerSettings
 from metavmm.scheduler.request import ImageRef
 from metavmm.scheduler.snapshot import SiteView, Snapshot, hypervisor_family
 from metavmm.translators.costs import (

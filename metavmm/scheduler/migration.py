@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from metavmm.drivers.base import Capability
-from metavmm.errors import NoPlacement, NotFound, ValidationError
+from metavmm.foundation.errors import NoPlacement, NotFound, ValidationError
+from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Reservation
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import PlanStep

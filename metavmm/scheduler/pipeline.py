@@ -25,7 +25,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from metavmm.errors import NotFound
+from metavmm.foundation.errors import NotFound
 from metavmm.scheduler.costs import Cost, default_costs
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph

@@ -81,7 +81,7 @@ class Placement:
         return self.price_per_hour * Decimal(str(self.expected_hours)) + self.one_off_price
 
     def reasons(self) -> dict[str, list[str]]:
-        """Candidate -> reasons, as :class:`metavmm.errors.NoPlacement` carries them."""
+        """Candidate -> reasons, as :class:`metavmm.foundation.errors.NoPlacement` carries them."""
         out: dict[str, list[str]] = {}
         for r in self.rejections:
             out.setdefault(r.candidate, []).append(r.message)

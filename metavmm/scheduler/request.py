@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from metavmm.errors import ValidationError
+from metavmm.foundation.errors import ValidationError
 
 GIB = 1024
 

@@ -14,11 +14,10 @@ from datetime import date
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker.config import BurstPolicy, FederationConfig
-from metavmm.errors import NotFound, ValidationError
+from metavmm.foundation.config import BurstPolicy, FederationConfig
+from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.scheduler.batch import BatchPlanner, BatchResult
 from metavmm.scheduler.burst import BurstReplay, ReplayReport, TraceRecord
-from metavmm.scheduler.burst import place_or_burst as burst_placement
 from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Placement
@@ -44,12 +43,6 @@ def policy(config: FederationConfig, name: str) -> BurstPolicy:
 
 def place(snap: Snapshot, req: PlacementRequest, *, explain: bool = False) -> Placement:
     return Scheduler(snap).place(req, explain=explain, reserve=False)
-
-
-def place_or_burst(snap: Snapshot, req: PlacementRequest) -> Placement:
-    """A real request's placement: on-prem first, bursting to a public provider when one of the snapshot's
-    burst policies allows it (see :func:`metavmm.scheduler.burst.place_or_burst`)."""
-    return burst_placement(snap, req, snap.policies)
 
 
 def place_batch(snap: Snapshot, requests: Sequence[PlacementRequest]) -> BatchResult:

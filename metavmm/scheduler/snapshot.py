@@ -30,10 +30,10 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.broker.config import SchedulerSettings
 from metavmm.catalog import models as m
-from metavmm.drivers.base import Inventory
-from metavmm.errors import MetavmmError
+from metavmm.foundation.config import SchedulerSettings
+from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.records import Inventory
 
 Converter = Callable[[Decimal, str], Decimal]
 """``to_currency(amount, currency) -> amount`` in the snapshot's currency (issue 8 provides one)."""

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from metavmm.broker.config import SchedulerSettings
 from metavmm.catalog.models import HostState
-from metavmm.drivers.base import Capability
+from metavmm.foundation.config import SchedulerSettings
+from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Ledger
 from metavmm.scheduler.snapshot import _EMPTY, FlavorView, HostView, SiteView, frozen_map
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from metavmm.errors import ValidationError
+from metavmm.foundation.errors import ValidationError
 from metavmm.translators.tools import Limits, find_tool, run_tool
 
 SEED_LABEL = "cidata"  # the volume label NoCloud looks for

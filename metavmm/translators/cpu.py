@@ -27,7 +27,7 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from metavmm.errors import ValidationError
+from metavmm.foundation.errors import ValidationError
 
 CPU_MAP = Path("/usr/share/libvirt/cpu_map")
 _FAMILY = {"x86_64": "x86", "i686": "x86", "i386": "x86", "aarch64": "ARM", "armv7l": "ARM", "ppc64le": "POWER",

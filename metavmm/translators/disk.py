@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import TranslationError, UntrustedImage, ValidationError
+from metavmm.foundation.errors import TranslationError, UntrustedImage, ValidationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators.costs import MIB, ConversionEdge, DiskFormat, conversion_edge
 from metavmm.translators.tools import Limits, find_tool, run_tool
 from metavmm.translators.untrusted import (

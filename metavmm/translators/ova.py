@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import UntrustedImage, ValidationError
+from metavmm.foundation.errors import UntrustedImage, ValidationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators import ovf
 from metavmm.translators.disk import DiskTarget, convert
 from metavmm.translators.untrusted import CHUNK, GIB, ImageLimits, ImageReport, inspect, sha256_file

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from metavmm.errors import UntrustedImage, ValidationError
+from metavmm.foundation.errors import UntrustedImage, ValidationError
 
 MAX_OVF_BYTES = 8 * 1024 * 1024
 

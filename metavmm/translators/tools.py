@@ -4,7 +4,7 @@ Every tool run goes through :func:`run_tool`: arguments as a list (never a shell
 and, for runs over untrusted input, kernel resource limits (address space, CPU seconds, file size)
 set by prlimit(1) in the child before it runs the tool so a malicious image cannot exhaust the broker's host. Output is
 read incrementally so progress can be reported while the tool runs; a failure becomes a
-:class:`~metavmm.errors.TranslationError` that keeps the exit code and the tail of stderr.
+:class:`~metavmm.foundation.errors.TranslationError` that keeps the exit code and the tail of stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from metavmm.errors import TranslationError
+from metavmm.foundation.errors import TranslationError
 
 GIB = 1024**3
 STDERR_TAIL = 2000

@@ -13,7 +13,7 @@ connect to the network. So every image from outside goes through :func:`inspect`
 4. the rules below refuse backing files, external data files, foreign extents, encryption, corrupt
    metadata (``qemu-img check``) and sizes beyond the configured limits.
 
-Refusals raise :class:`~metavmm.errors.UntrustedImage`, whose message is the reason.
+Refusals raise :class:`~metavmm.foundation.errors.UntrustedImage`, whose message is the reason.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metavmm.errors import TranslationError, UntrustedImage
+from metavmm.foundation.errors import TranslationError, UntrustedImage
 from metavmm.translators.costs import DiskFormat
 from metavmm.translators.tools import UNTRUSTED, Limits, find_tool, run_tool
 

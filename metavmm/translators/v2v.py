@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import TranslationError, ValidationError
+from metavmm.foundation.errors import TranslationError, ValidationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators import ova
 from metavmm.translators.costs import ConversionEdge, hypervisor_conversions
 from metavmm.translators.tools import Limits, find_tool, run_tool

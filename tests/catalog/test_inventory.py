@@ -7,12 +7,12 @@ from decimal import Decimal
 
 from sqlmodel import select
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import sync_all
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.inventory import apply_inventory, upsert_provider
 from metavmm.catalog.models import Flavor, Host, Price, Provider, Site, Workload
-from metavmm.drivers.base import FlavorInfo, HostInfo, Inventory, SiteInfo, VmInfo, VmState
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import FlavorInfo, HostInfo, Inventory, SiteInfo, VmInfo, VmState
+from metavmm.services.observer import apply_inventory, upsert_provider
+from metavmm.services.sync import sync_all
 
 CFG = parse_config("""
 providers:

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import boto3
 import pytest
 
-from metavmm.broker.config import AwsProvider, CredentialRef
 from metavmm.drivers.aws import AwsDriver
-from metavmm.drivers.base import OWNER_TAG, Capability, Driver, VmSpec, VmState
-from metavmm.errors import (
+from metavmm.drivers.base import Driver
+from metavmm.foundation.config import AwsProvider, CredentialRef
+from metavmm.foundation.errors import (
     ConfigError,
     DriverError,
     ProviderConflict,
@@ -20,6 +20,7 @@ from metavmm.errors import (
     UnsupportedOperation,
     ValidationError,
 )
+from metavmm.foundation.records import OWNER_TAG, Capability, VmSpec, VmState
 from tests.drivers.conftest import MotoServer, free_port, unique
 
 REGIONS = ["us-east-1", "eu-west-1"]

@@ -7,13 +7,13 @@ from typing import Any
 
 import boto3
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import flows, store
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
-from metavmm.broker.sync import sync_all
 from metavmm.catalog.models import OperationState, Workload, WorkloadLink
-from metavmm.drivers.base import OWNER_TAG
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import OWNER_TAG
+from metavmm.services.operations import flows, store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
+from metavmm.services.sync import sync_all
 from tests.drivers.conftest import MotoServer
 
 

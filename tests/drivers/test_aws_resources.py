@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import boto3
 import pytest
 
-from metavmm.broker.config import AwsProvider, CredentialRef
 from metavmm.drivers.aws import AwsDriver
-from metavmm.drivers.base import OWNER_TAG, Capability, NetworkSpec, VmSpec, VolumeSpec
-from metavmm.errors import ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.config import AwsProvider, CredentialRef
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.records import OWNER_TAG, Capability, NetworkSpec, VmSpec, VolumeSpec
 from tests.drivers.conftest import MotoServer, unique
 
 

@@ -9,13 +9,13 @@ import openstack.exceptions as os_exc
 import pytest
 import requests
 
-from metavmm.broker.config import AwsProvider, OpenStackProvider, SimProvider
 from metavmm.drivers.aws import AwsDriver
-from metavmm.drivers.base import Capability, DriverBase, VmSpec, VmState, region_id, split_region_id
+from metavmm.drivers.base import DriverBase, region_id, split_region_id
 from metavmm.drivers.openstack import OpenStackDriver
 from metavmm.drivers.registry import driver_class
 from metavmm.drivers.sim import SimDriver
-from metavmm.errors import (
+from metavmm.foundation.config import AwsProvider, OpenStackProvider, SimProvider
+from metavmm.foundation.errors import (
     AuthError,
     DriverError,
     ProviderConflict,
@@ -25,6 +25,7 @@ from metavmm.errors import (
     ProviderUnavailable,
     UnsupportedOperation,
 )
+from metavmm.foundation.records import Capability, VmSpec, VmState
 
 
 class _Flaky(DriverBase):

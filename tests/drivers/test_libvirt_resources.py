@@ -11,10 +11,10 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from metavmm.broker.config import LibvirtProvider
-from metavmm.drivers.base import Capability, NetworkSpec, VmSpec, VolumeSpec
 from metavmm.drivers.libvirt import LibvirtDriver
-from metavmm.errors import ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.config import LibvirtProvider
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.records import Capability, NetworkSpec, VmSpec, VolumeSpec
 from tests.drivers.conftest import unique
 
 pytestmark = pytest.mark.usefixtures("system_libvirt")

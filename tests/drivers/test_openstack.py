@@ -14,10 +14,18 @@ from pathlib import Path
 import openstack
 import pytest
 
-from metavmm.broker.config import OpenStackProvider
-from metavmm.drivers.base import Capability, DiskRef, Driver, VmSpec, VmState
+from metavmm.drivers.base import Driver
 from metavmm.drivers.openstack import IMAGE_TAG, OpenStackDriver
-from metavmm.errors import AuthError, ConfigError, DriverError, ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.config import OpenStackProvider
+from metavmm.foundation.errors import (
+    AuthError,
+    ConfigError,
+    DriverError,
+    ProviderConflict,
+    ProviderNotFound,
+    ValidationError,
+)
+from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
 
 NEUTRON_NET = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # nova's NeutronFixture network_1

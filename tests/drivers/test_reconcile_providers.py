@@ -10,15 +10,15 @@ from pathlib import Path
 import boto3
 from sqlmodel import select
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.operations import store
-from metavmm.broker.operations.engine import Engine
-from metavmm.broker.operations.executor import Executor
-from metavmm.broker.operations.reconcile import reconcile
-from metavmm.broker.sync import register_providers
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Provider, Workload, WorkloadKind
-from metavmm.drivers.base import VmSpec
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.records import VmSpec
+from metavmm.services.operations import store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
+from metavmm.services.operations.reconcile import reconcile
+from metavmm.services.sync import register_providers
 from tests.drivers.conftest import NOVA_IMAGE, MotoServer, NovaCloud, unique
 
 

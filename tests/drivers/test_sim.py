@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from metavmm.broker.config import parse_config
-from metavmm.drivers.base import VmSpec, VmState
 from metavmm.drivers.registry import create_driver
-from metavmm.errors import ProviderConflict, ProviderNotFound, UnsupportedOperation
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, UnsupportedOperation
+from metavmm.foundation.records import VmSpec, VmState
 
 
 def _driver(extra: str = ""):  # type: ignore[no-untyped-def]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from metavmm.broker.config import parse_config
-from metavmm.drivers.base import NetworkSpec, VmSpec, VolumeSpec
 from metavmm.drivers.sim import SimDriver
-from metavmm.errors import ProviderConflict, ProviderNotFound
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound
+from metavmm.foundation.records import NetworkSpec, VmSpec, VolumeSpec
 
 
 def _sim() -> SimDriver:

@@ -16,13 +16,13 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import select
 
-from metavmm.broker.cli import main
-from metavmm.broker.config import FederationConfig, parse_config
-from metavmm.broker.sync import sync_all
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Flavor, Host, Provider, Site, Workload, WorkloadKind
-from metavmm.drivers.base import VmSpec
+from metavmm.cli.main import main
 from metavmm.drivers.registry import create_driver
+from metavmm.foundation.config import FederationConfig, parse_config
+from metavmm.foundation.records import VmSpec
+from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NOVA_IMAGE, MotoServer, NovaCloud, unique
 
 

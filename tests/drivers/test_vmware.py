@@ -12,14 +12,12 @@ import pytest
 from sqlmodel import select
 
 from bench.vcsim import Vcsim
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import sync_all
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Host, Provider, Site, Workload, WorkloadKind
-from metavmm.drivers.base import Capability, DiskRef, VmSpec, VmState
 from metavmm.drivers.registry import create_driver
 from metavmm.drivers.vmware import VmwareDriver
-from metavmm.errors import (
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import (
     AuthError,
     ConfigError,
     ProviderConflict,
@@ -27,6 +25,8 @@ from metavmm.errors import (
     ProviderUnavailable,
     ValidationError,
 )
+from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
+from metavmm.services.sync import sync_all
 from tests.drivers.conftest import free_port, unique
 
 

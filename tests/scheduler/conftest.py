@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from metavmm.broker.config import SchedulerSettings
+from metavmm.foundation.config import SchedulerSettings
 from metavmm.scheduler.snapshot import (
     FlavorView,
     HostView,

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from metavmm.broker.config import BurstPolicy
-from metavmm.errors import ValidationError
+from metavmm.foundation.config import BurstPolicy
+from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.burst import BurstReplay, parse_trace
 from tests.scheduler.conftest import host
 

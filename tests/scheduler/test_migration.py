@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metavmm.errors import NotFound, ValidationError
+from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.scheduler.migration import MigrationPlanner
 from metavmm.scheduler.snapshot import WorkloadView
 from tests.scheduler.conftest import MILAN, SKYLAKE, host

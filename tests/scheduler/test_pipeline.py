@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from metavmm.errors import NotFound
+from metavmm.foundation.errors import NotFound
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Rejection, summarize
 from metavmm.scheduler.request import ImageRef, PlacementRequest

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from metavmm.broker.config import parse_config
-from metavmm.errors import ConfigError
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import ConfigError
 
 BASE = """
 providers:

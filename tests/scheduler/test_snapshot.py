@@ -9,12 +9,12 @@ from decimal import Decimal
 import pytest
 from sqlmodel import select
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.sync import register_providers, sync_all
 from metavmm.catalog import models as m
+from metavmm.foundation.config import parse_config
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import load_snapshot
+from metavmm.services.sync import register_providers, sync_all
 
 FED = """
 federation: {currency: USD}

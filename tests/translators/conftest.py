@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.drivers.base import DiskRef
+from metavmm.foundation.records import DiskRef
 
 REPO = Path(__file__).resolve().parents[2]
 OVF_REFERENCE = REPO.parent / "shared" / "reference" / "ovf"

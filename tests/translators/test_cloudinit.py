@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metavmm.errors import ValidationError
+from metavmm.foundation.errors import ValidationError
 from metavmm.translators.cloudinit import GuestIdentity, documents, host_label, vmware_guestinfo, write_seed_iso
 
 STATIC = GuestIdentity(instance_id="w1-web-abc123", hostname="web-abc123", mac="52:54:00:AA:bb:01",

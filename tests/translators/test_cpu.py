@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from metavmm.drivers.base import HostInfo
-from metavmm.errors import ValidationError
+from metavmm.foundation.errors import ValidationError
+from metavmm.foundation.records import HostInfo
 from metavmm.translators.cpu import (
     CpuSpec,
     baseline,

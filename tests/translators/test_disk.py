@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import TranslationError, ValidationError
+from metavmm.foundation.errors import TranslationError, ValidationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators.costs import DiskFormat, conversion_edge, format_conversions
 from metavmm.translators.disk import DiskTarget, all_targets, compare, convert, measure
 from tests.translators.conftest import MIB, qemu_img

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import UntrustedImage, ValidationError
+from metavmm.foundation.errors import UntrustedImage, ValidationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators import ova, ovf
 from metavmm.translators.disk import DiskTarget, compare
 from tests.translators.conftest import MIB, OVF_REFERENCE, qemu_img

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.errors import UntrustedImage, ValidationError
+from metavmm.foundation.errors import UntrustedImage, ValidationError
 from metavmm.translators import ovf
 from tests.translators.conftest import OVF_REFERENCE
 

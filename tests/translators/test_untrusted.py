@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import TranslationError, UntrustedImage
+from metavmm.foundation.errors import TranslationError, UntrustedImage
+from metavmm.foundation.records import DiskRef
 from metavmm.translators.disk import convert
 from metavmm.translators.tools import Limits, run_tool
 from metavmm.translators.untrusted import ImageLimits, detect_format, inspect

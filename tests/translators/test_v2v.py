@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.drivers.base import DiskRef
-from metavmm.errors import TranslationError, UntrustedImage, ValidationError
+from metavmm.foundation.errors import TranslationError, UntrustedImage, ValidationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators import ova
 from metavmm.translators.v2v import V2vInput, V2vOutput, V2vRequest, convert_guest
 from tests.translators.conftest import REPO, qemu_img

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from metavmm.catalog.importers.base import ImportResult, PriceFileError
+from metavmm.catalog.importers.base import ImportResult
 from metavmm.catalog.importers.shapes import ShapeTable
+from metavmm.foundation.prices import PriceFileError
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,14 @@ from metavmm.catalog.importers.base import (
     ImportResult,
     JsonPath,
     JsonPlace,
-    PriceRecord,
-    Shape,
     SkipPrice,
     convert_items,
     load_json,
     paged_items,
-    parse_amount,
 )
 from metavmm.catalog.importers.shapes import AWS_GPU_MODELS
-from metavmm.errors import AuthError, ProviderUnavailable
+from metavmm.foundation.errors import AuthError, ProviderUnavailable
+from metavmm.foundation.prices import PriceRecord, Shape, parse_amount
 
 OS_NAMES = {"linux": "linux", "windows": "windows", "rhel": "rhel", "suse": "suse",
             "red hat enterprise linux with ha": "rhel-ha", "ubuntu pro": "ubuntu-pro"}

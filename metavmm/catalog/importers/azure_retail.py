@@ -20,16 +20,14 @@ from metavmm.catalog.importers.base import (
     ImportResult,
     JsonPath,
     JsonPlace,
-    PriceRecord,
-    PriceUnit,
     SkipPrice,
     convert_items,
     load_json,
     paged_items,
-    parse_amount,
 )
 from metavmm.catalog.importers.shapes import ShapeTable
-from metavmm.errors import ProviderUnavailable
+from metavmm.foundation.errors import ProviderUnavailable
+from metavmm.foundation.prices import PriceRecord, PriceUnit, parse_amount
 
 API = "https://prices.azure.com/api/retail/prices"
 _HOURS = re.compile(r"^(\d+) Hours?$")

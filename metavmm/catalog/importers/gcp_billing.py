@@ -23,16 +23,14 @@ from metavmm.catalog.importers.base import (
     ImportResult,
     JsonPath,
     JsonPlace,
-    PriceRecord,
-    PriceUnit,
     SkipPrice,
     convert_items,
     load_json,
     paged_items,
-    parse_amount,
 )
 from metavmm.catalog.importers.shapes import ShapeTable
-from metavmm.errors import ProviderUnavailable
+from metavmm.foundation.errors import ProviderUnavailable
+from metavmm.foundation.prices import PriceRecord, PriceUnit, parse_amount
 
 COMPUTE_SERVICE = "services/6F81-5844-456A"
 API = "https://cloudbilling.googleapis.com/v1"

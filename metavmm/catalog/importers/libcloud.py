@@ -16,17 +16,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from metavmm.catalog.importers.base import (
-    ImportResult,
-    JsonPlace,
-    PriceFileError,
-    PriceRecord,
-    PriceUnit,
-    check_records,
-    load_json,
-    parse_amount,
-)
+from metavmm.catalog.importers.base import ImportResult, JsonPlace, load_json
 from metavmm.catalog.importers.shapes import ShapeTable
+from metavmm.foundation.prices import PriceFileError, PriceRecord, PriceUnit, check_records, parse_amount
 
 # driver table -> (provider kind, operating system / licence)
 DRIVERS = {

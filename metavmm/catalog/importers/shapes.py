@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from metavmm.catalog.importers.base import PriceFileError, Shape, normalise_arch
+from metavmm.foundation.prices import PriceFileError, Shape, normalise_arch
 
 # The AWS price list states a GPU count but not the model; the instance family does.
 AWS_GPU_MODELS = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metavmm.broker.config import SchedulerSettings
+from metavmm.foundation.config import SchedulerSettings
 from metavmm.scheduler.costs.balance import BalanceCost
 from metavmm.scheduler.costs.base import Cost
 from metavmm.scheduler.costs.movement import MovementCost

@@ -17,8 +17,8 @@ from sqlalchemy import and_, func, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.importers.base import COMPONENT_UNITS, PriceUnit, Shape
 from metavmm.catalog.models import Flavor, Price, Provider
+from metavmm.foundation.prices import COMPONENT_UNITS, PriceUnit, Shape
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 
-from metavmm.errors import UnsupportedOperation
+from metavmm.foundation.errors import UnsupportedOperation
 from metavmm.scheduler.pricing.compare import Comparison
 
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from metavmm.catalog.importers.base import PriceUnit, Shape, normalise_arch
-from metavmm.errors import ValidationError
+from metavmm.foundation.errors import ValidationError
+from metavmm.foundation.prices import PriceUnit, Shape, normalise_arch
 from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
 

@@ -13,8 +13,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from metavmm.catalog.currencies import normalise_currency
-from metavmm.errors import ValidationError
+from metavmm.foundation.currencies import normalise_currency
+from metavmm.foundation.errors import ValidationError
 
 Converter = Callable[[Decimal, str], Decimal]
 

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from metavmm.catalog.importers import aws_pricelist
-from metavmm.catalog.importers.base import PriceFileError
+from metavmm.foundation.prices import PriceFileError
 
 
 def _price_list(offer: dict[str, Any]) -> list[str]:
@@ -144,7 +144,7 @@ async def test_boto3_pricing_client_pages_through_get_products(aiohttp_server: A
 
 
 async def test_refused_credentials_are_an_auth_error(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from metavmm.errors import AuthError
+    from metavmm.foundation.errors import AuthError
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "revoked")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-print-me")

@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 
 from metavmm.catalog.importers import azure_retail
-from metavmm.catalog.importers.base import PriceFileError
 from metavmm.catalog.importers.shapes import load_shapes
-from metavmm.errors import ProviderUnavailable
+from metavmm.foundation.errors import ProviderUnavailable
+from metavmm.foundation.prices import PriceFileError
 
 
 @pytest.fixture

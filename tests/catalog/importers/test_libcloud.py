@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from metavmm.broker.prices import compare_prices, import_price_file
-from metavmm.broker.sync import register_providers
 from metavmm.catalog.importers import libcloud
-from metavmm.catalog.importers.base import PriceFileError
 from metavmm.catalog.importers.shapes import load_shapes
+from metavmm.foundation.prices import PriceFileError
 from metavmm.scheduler.pricing import ShapeRequest
+from metavmm.services.prices import compare_prices, import_price_file
+from metavmm.services.sync import register_providers
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_regionless_drivers_and_spot_sizes(parsed: Any) -> None:
 
 
 async def test_whole_file_compares_across_providers_and_flags_stale(sqlite_sessions: Any, pricing_dir: Path) -> None:
-    from metavmm.broker.config import parse_config
+    from metavmm.foundation.config import parse_config
 
     cfg = parse_config("currency: {base: USD, date: 2026-11-01, source: test, rates: {TWD: '0.03125'}}")
     await register_providers(sqlite_sessions, cfg)
@@ -77,8 +77,8 @@ async def test_whole_file_compares_across_providers_and_flags_stale(sqlite_sessi
     gce = next(q for q in result.quotes if q.provider_kind == "gcp")
     assert gce.composed and gce.distance == 0 and gce.flavor.endswith("-custom-4-32768")
     # the database's prefilter for the request (PriceScope) changes nothing in the answer
-    from metavmm.broker.prices import load_book
     from metavmm.scheduler.pricing import RateTable, compare
+    from metavmm.services.prices import load_book
 
     full = compare(await load_book(sqlite_sessions), ShapeRequest.parse(4, 32), RateTable.from_config(cfg),
                    today=date(2026, 11, 21))
@@ -123,8 +123,8 @@ def test_not_json_and_wrong_layout(tmp_path: Path) -> None:
 async def test_provider_option_keeps_its_kind_only(sqlite_sessions: Any, tmp_path: Path) -> None:
     from sqlmodel import select
 
-    from metavmm.broker.config import parse_config
     from metavmm.catalog.models import Price, Provider
+    from metavmm.foundation.config import parse_config
 
     await register_providers(sqlite_sessions, parse_config(
         "providers:\n  - {name: aws-x, kind: aws, regions: [us-east-1]}\n"))

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.prices import import_price_file
-from metavmm.broker.sync import register_providers
 from metavmm.catalog.importers import onprem
-from metavmm.catalog.importers.base import PriceFileError
 from metavmm.catalog.models import Price
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.prices import PriceFileError
+from metavmm.services.prices import import_price_file
+from metavmm.services.sync import register_providers
 
 GOOD = """\
 prices:
@@ -102,7 +102,7 @@ async def test_rejected_file_stores_nothing(sqlite_sessions: Any, tmp_path: Path
 
 
 async def test_table_for_unknown_provider_is_refused(sqlite_sessions: Any, tmp_path: Path) -> None:
-    from metavmm.errors import NotFound
+    from metavmm.foundation.errors import NotFound
 
     path = tmp_path / "p.yaml"
     path.write_text(GOOD.replace("cloud-a", "cloud-zz"))
@@ -111,7 +111,7 @@ async def test_table_for_unknown_provider_is_refused(sqlite_sessions: Any, tmp_p
 
 
 def test_currency_section_is_validated_with_lines() -> None:
-    from metavmm.errors import ConfigError
+    from metavmm.foundation.errors import ConfigError
 
     base = CONFIG + "currency:\n  base: NTD\n  date: 2026-11-01\n  source: bank\n"
     cfg = parse_config(base + '  rates: {USD: "32", eur: "35"}\n', "fed.yaml")
@@ -126,7 +126,7 @@ def test_currency_section_is_validated_with_lines() -> None:
 
 
 def test_federation_file_tables_get_the_same_checks() -> None:
-    from metavmm.errors import ConfigError
+    from metavmm.foundation.errors import ConfigError
 
     text = CONFIG + _bad(
         '      - {flavor: s, vcpus: 2, ram_gib: 8, amount: "3.30"}\n'

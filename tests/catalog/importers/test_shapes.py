@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.catalog.importers.base import PriceFileError
 from metavmm.catalog.importers.shapes import load_shapes
+from metavmm.foundation.prices import PriceFileError
 
 
 def test_libcloud_ec2_table(pricing_dir: Path) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from metavmm.broker.config import FederationConfig, load_config
-from metavmm.broker.prices import import_price_file
-from metavmm.broker.sync import register_providers
+from metavmm.foundation.config import FederationConfig, load_config
+from metavmm.services.prices import import_price_file
+from metavmm.services.sync import register_providers
 
 FIXTURES = Path(__file__).resolve().parents[2] / "catalog" / "importers" / "fixtures"
 

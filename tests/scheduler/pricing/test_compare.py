@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from metavmm.broker.config import parse_config
-from metavmm.broker.prices import compare_prices
-from metavmm.broker.sync import sync_all
-from metavmm.catalog.importers.base import Shape
-from metavmm.errors import ValidationError
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import ValidationError
+from metavmm.foundation.prices import Shape
 from metavmm.scheduler.pricing import PriceBook, PricePoint, RateTable, ShapeRequest, best_quote, compare, distance
+from metavmm.services.prices import compare_prices
+from metavmm.services.sync import sync_all
 
 TODAY = date(2026, 11, 21)
 

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from metavmm.broker.config import parse_config
-from metavmm.errors import ValidationError
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.pricing import RateTable
 
 CFG = """

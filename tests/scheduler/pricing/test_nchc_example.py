@@ -11,8 +11,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from metavmm.broker.prices import compare_prices
 from metavmm.scheduler.pricing import ShapeRequest
+from metavmm.services.prices import compare_prices
 
 TODAY = date(2026, 11, 21)
 

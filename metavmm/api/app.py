@@ -1,0 +1,129 @@
+"""The aiohttp application: health, readiness, OCCI at the root and REST under /api/v1.
+
+Everything the handlers share hangs off the app under typed keys (see :mod:`metavmm.api.keys`)
+and is opened in ``cleanup_ctx``, so a failed startup cleans up only what it opened and SIGTERM
+(handled by ``web.run_app``) closes the database and stops background work before the process ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from sqlalchemy import text
+
+from metavmm import __version__
+from metavmm.api import keys
+from metavmm.api.auth import PUBLIC, auth_middleware, requires
+from metavmm.api.errors import error_middleware, request_id_middleware
+from metavmm.api.keys import PLACER
+from metavmm.api.occi.routes import setup_occi
+from metavmm.api.rest import setup_rest
+from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
+from metavmm.foundation.config import FederationConfig
+from metavmm.services.oidc import OidcVerifier
+from metavmm.services.operations.loop import start_operations
+from metavmm.services.placement import Placer
+from metavmm.services.secrets import SecretBox, load_key
+from metavmm.services.sync import register_providers, sync_all
+
+log = logging.getLogger(__name__)
+
+# aiohttp's parser limits, raised so that every request the OpenAPI document allows fits: marketplace
+# uploads carry their metadata (a 10,000-character description, 64 tags) in the query string, and a
+# request line over aiohttp's default 8 KiB would be refused before the broker could answer in JSON.
+HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024}
+
+
+@requires(PUBLIC)
+async def healthz(_request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+@requires(PUBLIC)
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the catalog answers; each provider's last sync is reported, not required."""
+    from sqlmodel import select
+
+    from metavmm.catalog.models import Provider
+
+    try:
+        async with request.app[keys.SESSIONS]() as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            providers = (await session.exec(select(Provider))).all()
+    except Exception as exc:  # the database is down or unreachable
+        return web.json_response({"status": "unavailable", "database": str(exc.__class__.__name__)}, status=503)
+    return web.json_response({
+        "status": "ready",
+        "database": "ok",
+        "providers": {
+            p.name: {"kind": p.kind, "synced_at": p.synced_at.isoformat() if p.synced_at else None,
+                     "error": p.sync_error}
+            for p in providers
+        },
+    })
+
+
+async def _periodic_sync(app: web.Application) -> None:
+    cfg = app[keys.CONFIG]
+    while True:
+        try:
+            for result in await sync_all(app[keys.SESSIONS], cfg):
+                if result.error:
+                    log.warning("inventory of %s: %s", result.provider, result.error)
+                else:
+                    log.info("inventory of %s synced in %.2fs", result.provider, result.seconds)
+        except Exception:
+            log.exception("inventory sync failed")
+        if cfg.federation.sync_interval_s <= 0:
+            return
+        await asyncio.sleep(cfg.federation.sync_interval_s)
+
+
+def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        url = app[keys.DATABASE_URL]
+        if migrate:
+            await upgrade_async(url)
+        engine = make_engine(url)
+        app[keys.ENGINE] = engine
+        app[keys.SESSIONS] = make_sessionmaker(engine)
+        await register_providers(app[keys.SESSIONS], app[keys.CONFIG])
+        tasks: list[asyncio.Task[None]] = []
+        if sync:
+            tasks.append(asyncio.create_task(_periodic_sync(app), name="inventory-sync"))
+        app[keys.BACKGROUND] = tasks
+        app[keys.OPERATIONS] = await start_operations(app[keys.SESSIONS], app[keys.CONFIG], url, tasks)
+        yield
+        await app[keys.OPERATIONS].stop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await engine.dispose()
+
+    return ctx
+
+
+def create_app(config: FederationConfig, database_url: str, *, migrate: bool = True,
+               sync: bool = True) -> web.Application:
+    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
+    app[keys.CONFIG] = config
+    app[keys.SECRETS] = SecretBox(load_key())
+    if config.auth.oidc is not None:
+        app[keys.OIDC] = OidcVerifier(config.auth.oidc)
+    app[keys.DATABASE_URL] = database_url
+    app[PLACER] = Placer(config)
+    app.cleanup_ctx.append(catalog_context(migrate=migrate, sync=sync))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    api = web.Application(middlewares=[error_middleware])
+    setup_rest(api)
+    app.add_subapp("/api/v1", api)
+    setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
+    return app

@@ -1,0 +1,60 @@
+"""One place that turns exceptions into HTTP answers.
+
+A :class:`~metavmm.foundation.errors.MetavmmError` becomes RFC 9457 problem details with its own status; an
+aiohttp HTTP exception keeps its status; anything else is logged with its traceback and answered
+with a plain 500 that names the request id, never the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from sqlalchemy.exc import DataError, IntegrityError
+
+from metavmm.api.keys import REQUEST_ID
+from metavmm.foundation.errors import MetavmmError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, title: str, detail: str, **extra: object) -> web.Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return web.json_response(body, status=status, content_type="application/problem+json")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    response = await handler(request)
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MetavmmError as exc:
+        extra = {"reasons": exc.reasons} if getattr(exc, "reasons", None) else {}
+        response = problem(exc.http_status, exc.title, exc.message, **extra)
+        response.headers.update(getattr(exc, "headers", {}))
+        return response
+    except IntegrityError as exc:
+        log.info("integrity error in %s %s: %s", request.method, request.path, exc.orig.__class__.__name__)
+        return problem(409, "Conflict", "the change conflicts with existing data (a duplicate or a missing reference)")
+    except (OverflowError, DataError) as exc:  # a value the database cannot hold (e.g. an integer past 2**63)
+        log.info("out-of-range value in %s %s: %s", request.method, request.path, exc.__class__.__name__)
+        return problem(400, "Invalid input", "a value in the request is out of the range the catalog can store")
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/problem+json":
+            raise
+        return problem(exc.status, exc.reason, exc.text or exc.reason)
+    except Exception:
+        rid = request.get(REQUEST_ID, "-")
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        return problem(500, "Internal error", f"the broker failed; quote request id {rid} to an admin")

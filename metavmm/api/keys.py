@@ -1,0 +1,33 @@
+"""Typed keys for what the aiohttp application shares (no module-level singletons)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.foundation.config import FederationConfig
+from metavmm.services.identity import Identity
+from metavmm.services.oidc import OidcVerifier
+from metavmm.services.operations.engine import Engine
+from metavmm.services.placement import Placer
+from metavmm.services.secrets import SecretBox
+
+CONFIG = web.AppKey("config", FederationConfig)
+DATABASE_URL = web.AppKey("database_url", str)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+BACKGROUND = web.AppKey("background", list[asyncio.Task[None]])
+OPERATIONS = web.AppKey("operations", Engine)
+REQUEST_ID = web.RequestKey("request_id", str)
+OIDC = web.AppKey("oidc", OidcVerifier)
+SECRETS = web.AppKey("secrets", SecretBox)
+PLACER = web.AppKey("placer", Placer)
+IDENTITY = web.RequestKey("identity", Identity)
+
+
+def identity_of(request: web.Request) -> Identity:
+    """The caller of a request that passed the auth middleware."""
+    return request[IDENTITY]

@@ -1,0 +1,297 @@
+"""OCCI 1.2 HTTP routes at the root of the broker (GFD.223): thin handlers over :class:`OcciService`.
+
+Each handler parses (:func:`negotiate.read_request`), calls the service, and renders
+(:func:`negotiate.render`); errors become OCCI errors in the client's rendering in :func:`occi`.
+Methods a path does not support answer 405 with ``Allow``. Every response of the application carries
+``Server: metavmm/<version> OCCI/1.2``.
+
+Call :func:`setup_occi` last in ``create_app``: mixin collections live at locations clients choose
+(user mixins), served by one trailing-slash route that must come after every other route.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from metavmm.api.occi import infrastructure as infra
+from metavmm.api.occi.catalog_view import KINDS
+from metavmm.api.occi.model import Entity, Kind, Mixin
+from metavmm.api.occi.negotiate import (
+    JSON,
+    SERVER,
+    Categories,
+    Collection,
+    check_version,
+    choose,
+    error_response,
+    read_request,
+    render,
+)
+from metavmm.api.occi.parse import OcciRequest
+from metavmm.api.occi.service import OcciService, is_uuid
+from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, PayloadTooLarge, ValidationError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_PAGE = 1000
+QUERY_PATHS = ("/-/", "/.well-known/org/ogf/occi/-/")
+
+
+def occi(methods: dict[str, Handler]) -> Handler:
+    """One route handler dispatching by method; every error is rendered as an OCCI error."""
+    allow = tuple(sorted({*methods, "HEAD"} if "GET" in methods else methods))
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            check_version(request)
+            method = "GET" if request.method == "HEAD" else request.method
+            if method not in methods:
+                raise MethodNotAllowed(request.method, request.path, allow)
+            return await methods[method](request)
+        except MetavmmError as exc:
+            return error_response(request, exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(request, exc)
+
+    return handle
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _query(request: web.Request) -> dict[str, str]:
+    """Query parameters split on '&' and ';' (GFD.223's example uses ?page=1;number=100)."""
+    out = {}
+    for part in re.split(r"[&;]", request.query_string):
+        name, _, value = part.partition("=")
+        if name:
+            out[name] = value
+    return out
+
+
+def _page(request: web.Request, entities: list[Entity]) -> list[Entity]:
+    query = _query(request)
+    if "page" not in query and "number" not in query:
+        return entities
+    try:
+        page, number = int(query.get("page", "1")), int(query.get("number", str(MAX_PAGE)))
+    except ValueError:
+        raise ValidationError("page and number must be integers") from None
+    if page < 1 or number < 1:
+        raise ValidationError("page starts at 1 and number must be at least 1")
+    if number > MAX_PAGE:
+        raise PayloadTooLarge(f"number={number} is more than this server renders at once (at most {MAX_PAGE})")
+    return entities[(page - 1) * number: page * number]
+
+
+def _filter(entities: list[Entity], req: OcciRequest) -> list[Entity]:
+    """Entities matching every Category and X-OCCI-Attribute the client sent as a filter."""
+    out = []
+    for e in entities:
+        types = {e.kind.type_id, *(m.type_id for m in e.mixins)}
+        if any(c.type_id not in types for c in req.categories):
+            continue
+        if any(str(e.attributes.get(k)) != str(v) for k, v in req.attributes.items()):
+            continue
+        out.append(e)
+    return out
+
+
+async def _collection(request: web.Request, entities: list[Entity], *, links: bool = False) -> web.Response:
+    req = await read_request(request)
+    chosen = _page(request, _filter(entities, req))
+    return render(request, Collection(chosen, links=links), locations=[e.location for e in chosen])
+
+
+async def _created(request: web.Request, svc: OcciService, kind: Kind, path: str) -> web.Response:
+    """201 with Location (absolute); the body lists the location, or is the entity in JSON."""
+    url = f"{request.scheme}://{request.host}{path}"
+    if choose(request, (JSON, "text/plain", "text/occi")) == JSON:
+        resp = render(request, await svc.get(kind, path.rsplit("/", 1)[1]), status=201)
+    else:
+        resp = render(request, Collection([]), status=201, locations=[path])
+    resp.headers["Location"] = url
+    return resp
+
+
+def _action(request: web.Request) -> str | None:
+    value = _query(request).get("action")
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}", value):
+        raise ValidationError(f"action={value[:64]!r} is not an action term")
+    return value
+
+
+def _deleted() -> web.Response:
+    return web.Response(status=204, headers={"Server": SERVER})
+
+
+# --- query interface -----------------------------------------------------------------------------------------
+
+
+async def query_get(request: web.Request) -> web.Response:
+    svc = await OcciService.for_request(request)
+    reg = await svc.registry()
+    req = await read_request(request)
+    kinds, mixins, actions = reg.kinds, reg.mixins, reg.actions
+    if req.categories:
+        wanted = {c.type_id for c in req.categories}
+        kinds = [k for k in kinds if k.type_id in wanted]
+        mixins = [m for m in mixins if m.type_id in wanted or wanted & {*m.depends, *m.applies}]
+        actions = [a for a in actions if a.type_id in wanted or any(a in k.actions for k in kinds)]
+    return render(request, Categories(kinds, mixins, actions))
+
+
+async def query_post(request: web.Request) -> web.Response:
+    svc = await OcciService.for_request(request)
+    await svc.define_mixins((await read_request(request)).categories)
+    return render(request, Categories(mixins=[]))
+
+
+async def query_delete(request: web.Request) -> web.Response:
+    svc = await OcciService.for_request(request)
+    await svc.delete_mixins((await read_request(request)).categories)
+    return render(request, Categories(mixins=[]))
+
+
+# --- kind collections and entities -------------------------------------------------------------------------
+
+
+def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
+    links = kind in infra.LINK_KINDS
+
+    async def list_all(request: web.Request) -> web.Response:
+        svc = await OcciService.for_request(request)
+        return await _collection(request, await svc.collection(kind), links=links)
+
+    async def create_or_act(request: web.Request) -> web.Response:
+        svc = await OcciService.for_request(request)
+        req = await read_request(request)
+        action = _action(request)
+        if action is not None:
+            for entity in await svc.collection(kind):
+                if any(a.term == action for a in entity.actions):
+                    await svc.act(kind, entity.id, action, req)
+            return await _collection(request, await svc.collection(kind), links=links)
+        if not req.categories and not req.attributes:
+            raise ValidationError(f"send a {kind.term} rendering (Category {kind.term} and its attributes)")
+        path = await svc.create(kind, req, _clean_id(req.entity_id))
+        return await _created(request, svc, kind, path)
+
+    async def delete_all(request: web.Request) -> web.Response:
+        await (await OcciService.for_request(request)).delete_all(kind)
+        return _deleted()
+
+    async def get_one(request: web.Request) -> web.Response:
+        svc = await OcciService.for_request(request)
+        return render(request, await svc.get(kind, request.match_info["id"]))
+
+    async def update_or_act(request: web.Request) -> web.Response:
+        svc = await OcciService.for_request(request)
+        req = await read_request(request)
+        entity_id = request.match_info["id"]
+        action = _action(request)
+        if action is not None:
+            await svc.act(kind, entity_id, action, req)
+        else:
+            await svc.update(kind, entity_id, req)
+        return render(request, await svc.get(kind, entity_id))
+
+    async def put_one(request: web.Request) -> web.Response:
+        svc = await OcciService.for_request(request)
+        req = await read_request(request)
+        entity_id = request.match_info["id"]
+        try:
+            await svc.get(kind, entity_id)
+        except MetavmmError as exc:
+            if exc.http_status != 404:
+                raise
+            return await _created(request, svc, kind, await svc.create(kind, req, entity_id))
+        await svc.update(kind, entity_id, req)
+        return render(request, await svc.get(kind, entity_id))
+
+    async def delete_one(request: web.Request) -> web.Response:
+        await (await OcciService.for_request(request)).delete(kind, request.match_info["id"])
+        return _deleted()
+
+    collection = occi({"GET": list_all, "POST": create_or_act, "DELETE": delete_all})
+    entity = occi({"GET": get_one, "POST": update_or_act, "PUT": put_one, "DELETE": delete_one})
+    return collection, entity
+
+
+def _clean_id(entity_id: str | None) -> str | None:
+    """The client's id for a POSTed entity when it is a UUID (bare, urn:uuid: or a location); else the
+    server chooses (the JSON schema makes every client send an id, often a placeholder)."""
+    if entity_id is None:
+        return None
+    clean = entity_id.removeprefix("urn:uuid:").rstrip("/").rsplit("/", 1)[-1].lower()
+    return clean if is_uuid(clean) else None
+
+
+# --- mixin collections ---------------------------------------------------------------------------------------
+
+
+async def _mixin_at(request: web.Request) -> tuple[OcciService, Mixin | Kind]:
+    svc = await OcciService.for_request(request)
+    cat = (await svc.registry()).by_location(request.path)
+    if cat is None:
+        raise web.HTTPNotFound(text=f"nothing at {request.path}: not an entity, kind or mixin location")
+    return svc, cat
+
+
+async def mixin_get(request: web.Request) -> web.Response:
+    svc, cat = await _mixin_at(request)
+    if isinstance(cat, Kind):
+        return await _collection(request, await svc.collection(cat))
+    return await _collection(request, await svc.collection(None, cat))
+
+
+async def mixin_post(request: web.Request) -> web.Response:
+    svc, cat = await _mixin_at(request)
+    if not isinstance(cat, Mixin):
+        raise MethodNotAllowed("POST", request.path, ("GET",))
+    req = await read_request(request)
+    await svc.associate(cat, req.locations)
+    return await _collection(request, await svc.collection(None, cat))
+
+
+async def mixin_put(request: web.Request) -> web.Response:
+    svc, cat = await _mixin_at(request)
+    if not isinstance(cat, Mixin):
+        raise MethodNotAllowed("PUT", request.path, ("GET",))
+    await svc.associate(cat, (await read_request(request)).locations, replace=True)
+    return await _collection(request, await svc.collection(None, cat))
+
+
+async def mixin_delete(request: web.Request) -> web.Response:
+    svc, cat = await _mixin_at(request)
+    if not isinstance(cat, Mixin):
+        raise MethodNotAllowed("DELETE", request.path, ("GET",))
+    await svc.dissociate(cat, (await read_request(request)).locations)
+    return render(request, Collection([]), locations=[])
+
+
+# --- wiring --------------------------------------------------------------------------------------------------
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
+def setup_occi(app: web.Application) -> None:
+    """Add the OCCI interface at the root of ``app`` (call it after every other route)."""
+    app.on_response_prepare.append(_server_header)
+    query = occi({"GET": query_get, "POST": query_post, "DELETE": query_delete})
+    for path in QUERY_PATHS:
+        app.router.add_route("*", path, query)
+    for kind in KINDS.values():
+        collection, entity = kind_routes(kind)
+        assert kind.location is not None
+        app.router.add_route("*", kind.location, collection)
+        app.router.add_route("*", kind.location.rstrip("/"), collection)
+        app.router.add_route("*", kind.location + "{id}", entity)
+    mixins = occi({"GET": mixin_get, "POST": mixin_post, "PUT": mixin_put, "DELETE": mixin_delete})
+    app.router.add_route("*", r"/{location:(?!api/)[A-Za-z0-9\-_./]+/}", mixins)

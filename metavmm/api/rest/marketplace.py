@@ -1,0 +1,267 @@
+"""REST for the marketplace: entries, publishing, replicas, launches and image list subscriptions.
+
+Every image is a resource at ``/marketplace/images/{id}``; launching it anywhere is one
+``POST /marketplace/images/{id}/launch``. Disks arrive three ways: an upload (``PUT`` the bytes to
+``/marketplace/uploads`` with the entry's fields as query parameters), an ``http(s)`` URL the broker
+streams from, or a file an operator dropped in the site's inbox directory (``register``). Arbitrary
+server paths are never accepted over HTTP: that would publish any file the broker can read.
+
+Other sites fetch an entry's bytes from ``/marketplace/images/{id}/blob`` (what this site's signed
+list, ``/marketplace/imagelist``, points them at) and verify them against the signed checksums.
+Handlers stay thin: the services live in :mod:`metavmm.services.marketplace`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from pathlib import Path
+from urllib.parse import urlparse
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+from sqlmodel import select
+
+from metavmm.api import keys
+from metavmm.api.keys import IDENTITY
+from metavmm.api.rest.framework import RestModule
+from metavmm.api.rest.listing import Page
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import ImageListSubscription
+from metavmm.foundation.errors import Conflict, NotFound, ValidationError
+from metavmm.foundation.paths import state_dir
+from metavmm.services.identity import Identity
+from metavmm.services.marketplace.entries import (
+    Audience,
+    ImageMeta,
+    ImageOut,
+    ImageQuery,
+    audience_for,
+    get_image,
+    image_out,
+    render,
+    search,
+)
+from metavmm.services.marketplace.imagelist import load_private_key
+from metavmm.services.marketplace.launch import LaunchIn, LaunchOut, launch, replicate
+from metavmm.services.marketplace.publish import publish
+from metavmm.services.marketplace.stream import local_path
+from metavmm.services.marketplace.subscriptions import (
+    SubscriptionIn,
+    SubscriptionOut,
+    SyncReport,
+    publish_list,
+    render_subscription,
+    subscribe,
+    sync_subscription,
+)
+from metavmm.services.operations.engine import Engine
+from metavmm.services.scope import target_project
+
+api = RestModule("marketplace", "Images published once and launched anywhere")
+
+
+def inbox_dir() -> Path:
+    """Where operators drop disks to register over REST (the only server paths REST accepts)."""
+    return state_dir() / "marketplace" / "inbox"
+
+
+def endorser_key_path() -> Path:
+    return state_dir() / "marketplace" / "endorser.pem"
+
+
+def _identity(request: web.Request) -> Identity | None:
+    """The caller the auth middleware proved; None only on the public routes (list and blob)."""
+    return request.get(IDENTITY)
+
+
+def audience(request: web.Request) -> Audience:
+    """Who is asking: the authenticated identity (its project is its school). An anonymous caller of the
+    public routes (another site fetching the signed list or a blob) sees public entries only."""
+    return audience_for(_identity(request))
+
+
+def owned(request: web.Request, meta: ImageMeta) -> ImageMeta:
+    """An entry published over REST belongs to the caller's project (admins may name another)."""
+    identity = _identity(request)
+    if identity is None or (getattr(identity, "is_admin", False) and meta.project_id is not None):
+        return meta
+    return meta.model_copy(update={"project_id": getattr(identity, "project_id", None)})
+
+
+async def check_public_url(url: str) -> None:
+    """Refuse URLs that reach the broker's own host or a cloud metadata service (169.254.169.254 ...).
+
+    A member could otherwise make the broker fetch an internal endpoint and publish the answer as a
+    "raw" image that the blob endpoint then serves to anyone who can see it.
+    """
+    host = urlparse(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        raise ValidationError(f"cannot resolve the host of {url}") from None
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast:
+            raise ValidationError(f"{url}: {addr} is the broker's own host or a link-local service: refused")
+
+
+
+
+class PublishIn(ImageMeta):
+    """An entry plus where its disk is: ``url`` (http(s), streamed) or ``inbox_file`` (registered in place)."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    inbox_file: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ReplicateIn(BaseModel):
+    site: str
+
+
+class ReplicaResultOut(BaseModel):
+    image_id: str
+    site: str
+    format: str
+    provider_image_id: str
+    reused: bool
+    checksum: str | None
+    seconds: float
+    mib_per_s: float
+    notes: list[str]
+    operation_id: str | None = None
+
+
+@api.route("GET", "/marketplace/images", summary="Search and filter marketplace images", query=ImageQuery,
+           response=Page[ImageOut], role="reader")
+async def list_images(request: web.Request, query: ImageQuery) -> Page[ImageOut]:
+    """The same page shape and item rendering as the inventory's ``/images``; the marketplace's filters."""
+    async with request.config_dict[keys.SESSIONS]() as session:
+        rows, total = await search(session, query, audience(request))
+        return Page[ImageOut](items=[image_out(r) for r in rows], total=total, limit=query.limit,
+                              offset=query.offset)
+
+
+@api.route("GET", "/marketplace/images/{image_id}", summary="One image with its replicas", response=ImageOut,
+           role="reader")
+async def get_one(request: web.Request) -> ImageOut:
+    async with request.config_dict[keys.SESSIONS]() as session:
+        image = await get_image(session, request.match_info["image_id"], audience(request))
+        return await render(session, image, with_replicas=True)
+
+
+@api.route("POST", "/marketplace/images", summary="Publish an image (or a new version) from a URL or the inbox",
+           body=PublishIn, response=ImageOut, status=201, role="member", errors=("422",))
+async def publish_image(request: web.Request, body: PublishIn) -> ImageOut:
+    if (body.url is None) == (body.inbox_file is None):
+        raise ValidationError("give exactly one of url or inbox_file (or PUT the bytes to /marketplace/uploads)")
+    meta = owned(request, ImageMeta.model_validate(body.model_dump(exclude={"url", "inbox_file"})))
+    if body.inbox_file is not None:
+        path = inbox_dir() / body.inbox_file
+        if not path.is_file():
+            raise NotFound(f"no file {body.inbox_file} in the inbox ({inbox_dir()})")
+        source, register = str(path), True
+    else:
+        await check_public_url(str(body.url))
+        source, register = str(body.url), False
+    async with session_scope(request.config_dict[keys.SESSIONS]) as session:
+        image = await publish(session, meta, source, register=register)
+        return await render(session, image)
+
+
+@api.route("PUT", "/marketplace/uploads", summary="Upload a disk's bytes and publish it (fields as query parameters)",
+           query=ImageMeta, response=ImageOut, status=201, role="member", errors=("413", "415", "422"),
+           request_media_type="application/octet-stream")
+async def upload_image(request: web.Request, query: ImageMeta) -> ImageOut:
+    async def chunks():  # type: ignore[no-untyped-def]
+        async for chunk in request.content.iter_chunked(1 << 22):
+            yield chunk
+
+    async with session_scope(request.config_dict[keys.SESSIONS]) as session:
+        image = await publish(session, owned(request, query), chunks())
+        return await render(session, image)
+
+
+@api.route("GET", "/marketplace/images/{image_id}/blob", summary="The image's published bytes (for other sites)",
+           media_type="application/octet-stream", role="public")
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    async with request.config_dict[keys.SESSIONS]() as session:
+        image = await get_image(session, request.match_info["image_id"], audience(request))
+    path = local_path(image.location or "")
+    if path is None or not path.is_file():
+        raise NotFound(f"image {image.id}: its bytes are not stored at this site")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                           "Digest": f"sha-256={image.sha256}"})
+
+
+def _engine(request: web.Request) -> Engine:
+    engine = request.config_dict.get(keys.OPERATIONS)
+    if engine is None:
+        raise Conflict("this broker runs no operations engine: images cannot be replicated or launched")
+    return engine
+
+
+@api.route("POST", "/marketplace/images/{image_id}/replicate", summary="Copy an image to a site (or reuse its "
+           "replica): an engine operation, answered when it ends", body=ReplicateIn, response=ReplicaResultOut,
+           role="member", errors=("422", "502"))
+async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaResultOut:
+    res = await replicate(_engine(request), request.match_info["image_id"], body.site, audience=audience(request),
+                          project_id=getattr(_identity(request), "project_id", None))
+    return ReplicaResultOut(image_id=res.replica.image_id or "", site=body.site, format=res.replica.format,
+                            provider_image_id=res.replica.provider_image_id, reused=res.reused,
+                            checksum=res.replica.checksum, seconds=round(res.seconds, 3),
+                            mib_per_s=round(res.mib_per_s, 1), notes=res.notes, operation_id=res.operation.id)
+
+
+@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site "
+           "(replicate and provision as one engine operation, answered when it ends)",
+           body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422", "502"))
+async def launch_image(request: web.Request, body: LaunchIn) -> LaunchOut:
+    identity = _identity(request)
+    if identity is not None:  # the VM belongs to the caller's project (another one: admins only)
+        body = body.model_copy(update={"project_id": target_project(identity, body.project_id)})
+    return await launch(_engine(request), request.match_info["image_id"], body, audience=audience(request))
+
+
+@api.route("GET", "/marketplace/subscriptions", summary="Image lists this site subscribes to",
+           response=list[SubscriptionOut], role="reader")
+async def list_subscriptions(request: web.Request) -> list[SubscriptionOut]:
+    async with request.config_dict[keys.SESSIONS]() as session:
+        rows = (await session.exec(select(ImageListSubscription).order_by(ImageListSubscription.name))).all()
+        return [render_subscription(r) for r in rows]
+
+
+@api.route("POST", "/marketplace/subscriptions", summary="Subscribe to a signed image list (pinning its key)",
+           body=SubscriptionIn, response=SubscriptionOut, status=201, role="admin")
+async def add_subscription(request: web.Request, body: SubscriptionIn) -> SubscriptionOut:
+    async with session_scope(request.config_dict[keys.SESSIONS]) as session:
+        return render_subscription(await subscribe(session, body))
+
+
+@api.route("POST", "/marketplace/subscriptions/{name}/sync", summary="Fetch, verify and import a subscribed list",
+           response=SyncReport, role="admin", errors=("422",))
+async def sync_one(request: web.Request) -> SyncReport:
+    return await sync_subscription(request.config_dict[keys.SESSIONS], request.match_info["name"])
+
+
+class ListQuery(BaseModel):
+    publisher: str = Field(min_length=1)
+    identifier: str | None = None
+    version: str | None = Field(default=None, description="default: the current time, so each list is newer")
+
+
+@api.route("GET", "/marketplace/imagelist", summary="This site's signed image list of one publisher",
+           query=ListQuery, media_type="application/json", role="public", errors=("404",))
+async def signed_list(request: web.Request, query: ListQuery) -> web.StreamResponse:
+    key_path = endorser_key_path()
+    if not key_path.is_file():
+        raise NotFound("this site does not publish an image list: create its key with `metavmm marketplace keygen`")
+    from datetime import UTC, datetime
+
+    version = query.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
+    async with request.config_dict[keys.SESSIONS]() as session:
+        body = await publish_list(session, load_private_key(key_path), publisher=query.publisher,
+                                  identifier=query.identifier or f"{query.publisher}-images", version=version,
+                                  base_url=str(request.url.origin()),
+                                  visibilities=("public",))  # a public route: other sites fetch it anonymously
+    return web.Response(body=body, content_type="application/json")

@@ -1,1 +1,0 @@
-"""The broker: aiohttp application, REST API, auth, quotas, operations, configuration and CLI."""

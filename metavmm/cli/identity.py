@@ -1,0 +1,183 @@
+"""``metavmm token``, ``metavmm project`` and ``metavmm user``: identity from the command line.
+
+``metavmm token create --project P --role R [--user NAME]`` is how the first admin gets in: it creates
+the project, the user and the membership if needed, and prints the token once (it is stored hashed).
+These commands act on the database directly, so they are for whoever runs the broker, not for users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from rich.table import Table
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog import db
+from metavmm.catalog.models import ApiToken, ClientCertificate, Project, Role, User
+from metavmm.cli.common import Settings, console, pass_settings
+from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, rank, set_membership
+
+T = TypeVar("T")
+ROLES = click.Choice([r.value for r in Role])
+
+
+def _run(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def go() -> T:
+        await db.upgrade_async(settings.database)
+        engine = db.make_engine(settings.database)
+        try:
+            async with db.session_scope(db.make_sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+@click.group("token")
+def token_group() -> None:
+    """API tokens for scripts and OCCI clients."""
+
+
+@token_group.command("create")
+@click.option("--project", required=True, help="project name (created if missing)")
+@click.option("--role", type=ROLES, default="member", show_default=True)
+@click.option("--user", "user_name", default=None, help="user name (created if missing); default: the project's "
+              "name with the role, e.g. ops-admin")
+@click.option("--name", default="cli", show_default=True, help="a label for the token")
+@click.option("--days", type=click.IntRange(1, 3650), default=None, help="lifetime (default: no expiry)")
+@pass_settings
+def token_create(settings: Settings, project: str, role: str, user_name: str | None, name: str,
+                 days: int | None) -> None:
+    """Mint a token (and its project, user and membership if needed); prints the secret once."""
+    rank(role)
+
+    async def work(session: AsyncSession) -> tuple[str, str, str]:
+        proj = await get_or_create_project(session, project)
+        user = await get_or_create_user(session, user_name or f"{project}-{role}")
+        await set_membership(session, user.id or 0, proj.id or 0, role)
+        row, secret = await mint_token(session, user_id=user.id or 0, project_id=proj.id or 0, role=role, name=name,
+                                       days=days)
+        return secret, user.name, row.id
+
+    secret, user, token_id = _run(settings, work)
+    console.print(f"token {token_id} for user {user}, {role} in project {project} (shown once):", highlight=False)
+    click.echo(secret)
+
+
+@token_group.command("list")
+@click.option("--project", default=None, help="only tokens of this project")
+@pass_settings
+def token_list(settings: Settings, project: str | None) -> None:
+    """List tokens (never their secrets)."""
+
+    async def work(session: AsyncSession) -> list[Any]:
+        stmt = (select(ApiToken, User.name, Project.name).join(User, User.id == ApiToken.user_id)
+                .join(Project, Project.id == ApiToken.project_id).order_by(ApiToken.created_at))
+        if project:
+            stmt = stmt.where(Project.name == project)
+        return list((await session.exec(stmt)).all())
+
+    table = Table(title="API tokens")
+    for col in ("id", "prefix", "name", "user", "project", "role", "expires", "revoked"):
+        table.add_column(col)
+    for tok, user, proj in _run(settings, work):
+        table.add_row(tok.id, tok.prefix + "...", tok.name, user, proj, tok.role,
+                      str(tok.expires_at or "-"), "yes" if tok.revoked else "no")
+    console.print(table)
+
+
+@token_group.command("revoke")
+@click.argument("token_id")
+@pass_settings
+def token_revoke(settings: Settings, token_id: str) -> None:
+    """Revoke a token by id."""
+
+    async def work(session: AsyncSession) -> bool:
+        row = await session.get(ApiToken, token_id)
+        if row is None:
+            return False
+        row.revoked = True
+        session.add(row)
+        return True
+
+    if not _run(settings, work):
+        raise click.BadParameter(f"no token {token_id}", param_hint="TOKEN_ID")
+    console.print(f"token {token_id} revoked")
+
+
+@click.group("project")
+def project_group() -> None:
+    """Projects."""
+
+
+@project_group.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@pass_settings
+def project_create(settings: Settings, name: str, description: str) -> None:
+    """Create a project (no error if it exists)."""
+
+    async def work(session: AsyncSession) -> int:
+        proj = await get_or_create_project(session, name)
+        if description:
+            proj.description = description
+            session.add(proj)
+        return proj.id or 0
+
+    console.print(f"project {name} (id {_run(settings, work)})")
+
+
+@click.group("user")
+def user_group() -> None:
+    """Users, their memberships and client certificates."""
+
+
+@user_group.command("add")
+@click.argument("name")
+@click.option("--project", required=True)
+@click.option("--role", type=ROLES, default="member", show_default=True)
+@click.option("--oidc-subject", default=None, help="the `sub` of this user's OIDC tokens")
+@pass_settings
+def user_add(settings: Settings, name: str, project: str, role: str, oidc_subject: str | None) -> None:
+    """Create a user if needed and give them a role in a project."""
+
+    async def work(session: AsyncSession) -> None:
+        proj = await get_or_create_project(session, project)
+        user = await get_or_create_user(session, name)
+        if oidc_subject:
+            user.oidc_subject = oidc_subject
+            session.add(user)
+        await set_membership(session, user.id or 0, proj.id or 0, role)
+
+    _run(settings, work)
+    console.print(f"user {name}: {role} in project {project}")
+
+
+@user_group.command("map-cert")
+@click.argument("name")
+@click.option("--subject", required=True, help="RFC 4514 subject, e.g. CN=alice,O=NCHC,C=TW")
+@click.option("--project", required=True)
+@pass_settings
+def user_map_cert(settings: Settings, name: str, subject: str, project: str) -> None:
+    """Let an X.509 client certificate with this subject act as the user in the project."""
+
+    async def work(session: AsyncSession) -> None:
+        user = (await session.exec(select(User).where(User.name == name))).first()
+        proj = (await session.exec(select(Project).where(Project.name == project))).first()
+        if user is None or proj is None:
+            raise click.BadParameter(f"no user {name} or project {project}")
+        session.add(ClientCertificate(subject=subject, user_id=user.id or 0, project_id=proj.id or 0))
+
+    _run(settings, work)
+    console.print(f"certificate {subject} maps to {name} in {project}", highlight=False)
+
+
+def register(main: click.Group) -> None:
+    """Add the identity command groups to the ``metavmm`` command."""
+    for group in (token_group, project_group, user_group):
+        main.add_command(group)

@@ -1,0 +1,266 @@
+"""``metavmm operations``: list, show, watch (progress bars), cancel; run an executor or a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from metavmm.catalog import db
+from metavmm.catalog.models import Operation, OperationState
+from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import ConfigError
+from metavmm.services.operations import store
+from metavmm.services.operations.plan import overall_progress
+from metavmm.services.operations.store import TERMINAL, Sessions
+
+T = TypeVar("T")
+# cli.py imports this module at its end; importing cli.py back would break `python -m metavmm.cli.main`
+console = Console(width=None if sys.stdout.isatty() else 240)
+err_console = Console(stderr=True)
+pass_settings = click.pass_obj
+
+
+class Settings(Protocol):
+    """What the main group puts in ``ctx.obj`` (metavmm.cli.main.Settings)."""
+
+    @property
+    def config(self) -> FederationConfig: ...
+    @property
+    def database(self) -> str: ...
+
+
+def _run(settings: Settings, work: Callable[[Sessions], Awaitable[T]]) -> T:
+    db.require_current_schema(settings.database)
+
+    async def go() -> T:
+        engine = db.make_engine(settings.database)
+        try:
+            return await work(db.make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _import_plugins(modules: tuple[str, ...]) -> None:
+    """Modules that register extra step actions (site-specific steps, or a test's)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import step-action module {name!r}: {exc}") from None
+
+
+_STYLE = {"succeeded": "green", "failed": "red", "rolled_back": "yellow", "cancelled": "yellow",
+          "running": "cyan", "rolling_back": "magenta", "pending": "white"}
+
+
+def _state(state: str) -> str:
+    return f"[{_STYLE.get(state, 'white')}]{state}[/]"
+
+
+@click.group("operations")
+def operations_group() -> None:
+    """Operations: the broker's durable changes (provision, act, migrate, ...)."""
+
+
+@operations_group.command("list")
+@click.option("--state", type=click.Choice([s.value for s in OperationState]))
+@click.option("--target", help="only operations on this workload id")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+def ops_list(settings: Settings, state: str | None, target: str | None, limit: int, as_json: bool) -> None:
+    """The newest operations first."""
+    ops = _run(settings, lambda s: store.list_ops(s, state=state, target_id=target, limit=limit))
+    if as_json:
+        click.echo(json.dumps([o.model_dump(mode="json") for o in ops], indent=2))
+        return
+    table = Table(title=f"operations ({len(ops)})")
+    for col in ("id", "kind", "target", "state", "progress", "step", "message", "created"):
+        table.add_column(col)
+    for op in ops:
+        step = op.steps[op.current_step]["name"] if op.current_step < len(op.steps) else "-"
+        table.add_row(op.id, escape(op.kind), op.target_id or "-", _state(op.state), f"{op.progress:.0%}",
+                      escape(step), escape((op.message or "")[:60]), op.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+def _steps_table(op: Operation) -> Table:
+    table = Table(title=escape(f"{op.kind} {op.id}: {op.state} ({op.progress:.0%})"), caption=escape(op.message or ""))
+    for col in ("#", "step", "action", "state", "attempts", "error"):
+        table.add_column(col)
+    for i, s in enumerate(op.steps):
+        table.add_row(str(i), escape(s["name"]) + (" (commit)" if s.get("commit") else ""), escape(s["action"]),
+                      _state(s["state"]), str(s["attempts"]), escape((s.get("error") or "")[:80]))
+    return table
+
+
+@operations_group.command("show")
+@click.argument("operation_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+def ops_show(settings: Settings, operation_id: str, as_json: bool) -> None:
+    """An operation's plan, step by step, and its history."""
+    async def read(s: Sessions) -> tuple[Operation, list[Any]]:
+        return await store.get(s, operation_id), await store.events(s, operation_id)
+
+    op, events = _run(settings, read)
+    if as_json:
+        click.echo(json.dumps({**op.model_dump(mode="json"),
+                               "events": [e.model_dump(mode="json") for e in events]}, indent=2))
+        return
+    console.print(_steps_table(op))
+    for e in events[-20:]:
+        console.print(f"{e.at:%H:%M:%S} {e.level:7} {e.message}", highlight=False)
+    if op.error:
+        console.print(f"[red]error:[/] {op.error}", highlight=False)
+
+
+async def watch_operation(sessions: Sessions, operation_id: str, interval: float) -> Operation:
+    """Progress bars (the whole operation, and one per step) until the operation ends; its last state."""
+    op = await store.get(sessions, operation_id)
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bars:
+        total = bars.add_task(f"{op.kind} {op.id[:8]}", total=1.0)
+        per_step = [bars.add_task(f"  {escape(st['name'])}", total=1.0) for st in op.steps]
+        while True:
+            op = await store.get(sessions, operation_id)
+            bars.update(total, completed=overall_progress(op.steps),
+                        description=escape(f"{op.kind} {op.id[:8]} {op.state}: {op.message or ''}"[:70]))
+            for task, st in zip(per_step, op.steps, strict=True):
+                done = st["state"] in ("done", "compensated")
+                bars.update(task, completed=1.0 if done else float(st.get("progress", 0.0)),
+                            description=f"  {escape(st['name'])}: {st['state']}")
+            if op.state in TERMINAL:
+                return op
+            await asyncio.sleep(interval)
+
+
+def exit_for(op: Operation) -> None:
+    """Exit status 0 only when the operation succeeded; otherwise say why on stderr."""
+    if op.state != OperationState.SUCCEEDED:
+        err_console.print(f"[bold red]{op.state}:[/] {op.error or op.message}", highlight=False)
+        raise SystemExit(1)
+
+
+@operations_group.command("watch")
+@click.argument("operation_id")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05, 60))
+@pass_settings
+def ops_watch(settings: Settings, operation_id: str, interval: float) -> None:
+    """Progress bars until the operation ends; exit status 0 only when it succeeded."""
+    exit_for(_run(settings, lambda s: watch_operation(s, operation_id, interval)))
+
+
+@operations_group.command("cancel")
+@click.argument("operation_id")
+@pass_settings
+def ops_cancel(settings: Settings, operation_id: str) -> None:
+    """Cancel: a queued operation ends now; a running one rolls back after its current step."""
+    op = _run(settings, lambda s: store.request_cancel(s, operation_id))
+    console.print(f"{op.id}: {_state(op.state)} ({op.message})")
+
+
+def _serve_until_signal(work: Callable[[], Awaitable[None]]) -> None:
+    async def go() -> None:
+        task = asyncio.create_task(work())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+
+
+@operations_group.command("run")
+@click.option("--import", "plugins", multiple=True, help="module registering extra step actions")
+@pass_settings
+def ops_run(settings: Settings, plugins: tuple[str, ...]) -> None:
+    """Run the in-process executor alone (what `metavmm serve` runs inside), until SIGTERM."""
+    from metavmm.services.operations.executor import Executor
+
+    _import_plugins(plugins)
+    db.require_current_schema(settings.database)
+
+    async def work() -> None:
+        engine = db.make_engine(settings.database)
+        try:
+            await Executor(db.make_sessionmaker(engine), settings.config).serve()
+        finally:
+            await engine.dispose()
+
+    _serve_until_signal(work)
+
+
+@operations_group.command("worker")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="default: operations.concurrency")
+@click.option("--import", "plugins", multiple=True, help="module registering extra step actions")
+@pass_settings
+def ops_worker(settings: Settings, concurrency: int | None, plugins: tuple[str, ...]) -> None:
+    """Run a procrastinate worker on the PostgreSQL catalog, until SIGTERM."""
+    from metavmm.services.operations import queue
+    from metavmm.services.operations.executor import Executor
+
+    _import_plugins(plugins)
+    db.require_current_schema(settings.database)
+    app = queue.make_app(settings.database)
+
+    async def work() -> None:
+        engine = db.make_engine(settings.database)
+        try:
+            async with app.open_async():
+                await queue.ensure_schema(app, settings.database)
+                executor = Executor(db.make_sessionmaker(engine), settings.config)
+                await queue.run_worker(app, executor, concurrency=concurrency or settings.config.operations.concurrency,
+                                       install_signal_handlers=False)
+        finally:
+            await engine.dispose()
+
+    _serve_until_signal(work)
+
+
+@operations_group.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="report only; submit no repair")
+@pass_settings
+def ops_reconcile(settings: Settings, dry_run: bool) -> None:
+    """Compare the catalog with every provider: orphans (deleted by an operation), lost, drift."""
+    from metavmm.services.operations.context import Drivers
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.operations.reconcile import Report, reconcile
+
+    async def work(sessions: Sessions) -> Report:
+        drivers = Drivers(settings.config)
+        try:
+            return await reconcile(Engine(sessions, settings.config, settings.database), drivers, repair=not dry_run)
+        finally:
+            await drivers.close()
+
+    report = _run(settings, work)
+    for provider, vm, wid in report.orphans:
+        console.print(f"orphan  {provider}: VM {vm} (workload {wid})", highlight=False)
+    for provider, vm, wid in report.foreign:
+        console.print(f"foreign {provider}: VM {vm} (workload {wid} unknown here: kept)", highlight=False)
+    for wid, provider in report.lost:
+        console.print(f"lost    workload {wid}: no VM at {provider}", highlight=False)
+    for wid, old, new in report.drifted:
+        console.print(f"drift   workload {wid}: {old} -> {new}", highlight=False)
+    for provider, error in report.unreachable.items():
+        err_console.print(f"[yellow]skipped[/] {provider}: {escape(error)}", highlight=False)
+    if report.operations:
+        console.print(f"repair operations: {' '.join(report.operations)}", highlight=False)
+    if not (report.orphans or report.lost or report.drifted):
+        console.print("catalog and providers agree")

@@ -1,0 +1,571 @@
+"""The federation file: providers, sites, credentials by reference, on-prem prices, policies.
+
+The file is YAML, validated by pydantic models with ``extra="forbid"`` so a typo is an error, never a
+silently ignored key. Errors name the file, the line, the key path and what was expected, e.g.::
+
+    config/default.yaml:7: providers[0].endpont: unknown key (did you mean 'endpoint'?)
+
+Line numbers come from the YAML node tree (``yaml.compose``), matched to pydantic's error location.
+Each provider kind has its own model, chosen by ``kind`` (a discriminated union), so an OpenStack
+entry is checked for what OpenStack needs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from metavmm.foundation.currencies import normalise_currency
+from metavmm.foundation.errors import ConfigError
+from metavmm.foundation.kinds import KINDS
+from metavmm.foundation.prices import check_tables
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialRef(_Strict):
+    """Where a secret lives. The broker stores and logs only this reference, never the secret."""
+
+    env: str | None = Field(default=None, description="name of an environment variable")
+    file: str | None = Field(default=None, description="path of a file holding the secret")
+    profile: str | None = Field(default=None, description="a named profile of the provider's own tooling")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialRef:
+        given = [k for k in ("env", "file", "profile") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of env, file or profile")
+        return self
+
+    def reference(self) -> str:
+        for key in ("env", "file", "profile"):
+            if value := getattr(self, key):
+                return f"{key}:{value}"
+        raise AssertionError("unreachable")
+
+    def resolve(self) -> str:
+        """Read the secret. Raises ConfigError naming the reference (not the value) when missing."""
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"credentials: environment variable {self.env} is not set")
+            return value
+        if self.file:
+            path = Path(self.file).expanduser()
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"credentials: cannot read {path}: {exc.strerror}") from None
+        return self.profile or ""
+
+    def __repr__(self) -> str:
+        return f"CredentialRef({self.reference()})"
+
+
+class CloneNetwork(_Strict):
+    """The IPv4 network a site gives migrated clones: each gets an address of ``cidr`` that no other
+    workload holds (never the network, broadcast, gateway or DNS addresses), set statically in the guest
+    by cloud-init. A site without one leaves the clone to DHCP."""
+
+    cidr: ipaddress.IPv4Network = Field(description="e.g. 10.20.0.0/24 (host bits must be zero)")
+    gateway: ipaddress.IPv4Address | None = Field(default=None, description="the default route, inside cidr")
+    dns: list[ipaddress.IPv4Address] = Field(default_factory=list, max_length=8)
+
+    @model_validator(mode="after")
+    def _inside(self) -> CloneNetwork:
+        if self.cidr.prefixlen > 30:
+            raise ValueError(f"cidr {self.cidr} is too small for clones: use a /30 or larger")
+        if self.gateway is not None:
+            if self.gateway not in self.cidr:
+                raise ValueError(f"gateway {self.gateway} is outside cidr {self.cidr}")
+            if self.gateway in (self.cidr.network_address, self.cidr.broadcast_address):
+                raise ValueError(f"gateway {self.gateway} is the network or broadcast address of {self.cidr}")
+        return self
+
+
+class SiteConfig(_Strict):
+    """A region of a provider; ``country`` (ISO 3166 alpha-2) feeds data-residency rules."""
+
+    name: str | None = Field(default=None, description="federation-wide site name; default provider/region")
+    region: str
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    location: str | None = None
+    zones: list[str] = Field(default_factory=list)
+    clone_network: CloneNetwork | None = Field(default=None, description="addresses for migrated clones")
+
+
+class _ProviderBase(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    enabled: bool = True
+    on_prem: bool = True
+    credentials: CredentialRef | None = None
+    sites: list[SiteConfig] = Field(default_factory=list)
+
+
+class LibvirtProvider(_ProviderBase):
+    kind: Literal["libvirt"]
+    endpoint: str = Field(default="qemu:///system", description="libvirt connection URI")
+    domain_type: Literal["qemu", "kvm"] = "qemu"
+    storage_dir: str | None = Field(default=None, description="where the broker keeps this provider's disks")
+
+
+class OpenStackProvider(_ProviderBase):
+    kind: Literal["openstack"]
+    cloud: str = Field(description="the cloud's name in clouds.yaml")
+    regions: list[str] = Field(default_factory=list, description="regions to use; default: all")
+    compute_api_version: str | None = None
+    compute_endpoint_override: str | None = None
+
+
+class VmwareProvider(_ProviderBase):
+    kind: Literal["vmware"]
+    endpoint: str = Field(description="vCenter host[:port]")
+    user: str
+    datacenter: str | None = None
+    verify_tls: bool = True
+
+
+class AwsProvider(_ProviderBase):
+    kind: Literal["aws"]
+    on_prem: bool = False
+    regions: list[str] = Field(min_length=1)
+    endpoint_url: str | None = None
+
+
+class GcpProvider(_ProviderBase):
+    kind: Literal["gcp"]
+    on_prem: bool = False
+    project: str
+    zones: list[str] = Field(min_length=1)
+    endpoint: str | None = None
+
+
+class AzureProvider(_ProviderBase):
+    kind: Literal["azure"]
+    on_prem: bool = False
+    subscription_id: str
+    resource_group: str
+    locations: list[str] = Field(min_length=1)
+    endpoint: str | None = None
+
+
+class SimProvider(_ProviderBase):
+    """A simulated provider for demos, benchmarks and tests of other components: no real VMs."""
+
+    kind: Literal["sim"]
+    site_count: int = Field(default=1, ge=1, le=10_000)
+    hosts_per_site: int = Field(default=4, ge=0, le=100_000)
+    seed: int = 0
+    gpu_models: list[str] = Field(default_factory=list)
+    price_per_vcpu_hour: Decimal = Decimal("0.02")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+
+ProviderConfig = Annotated[
+    LibvirtProvider | OpenStackProvider | VmwareProvider | AwsProvider | GcpProvider | AzureProvider
+    | SimProvider,
+    Field(discriminator="kind"),
+]
+
+
+PriceUnitName = Literal["hour", "vcpu-hour", "gib-hour", "gpu-hour", "gib-month", "gib-egress"]
+
+
+class PriceItem(_Strict):
+    """One on-prem price. A flavor the catalog may not know can state its shape here (``vcpus``,
+    ``ram_gib``, ``gpu: H100:1``, ``arch``) so it is comparable with the public clouds; component
+    prices (``unit: vcpu-hour``, ``gib-hour``, ``gpu-hour``) name a family in ``flavor``."""
+
+    flavor: str = Field(min_length=1)
+    amount: Decimal = Field(ge=0)
+    unit: PriceUnitName = "hour"
+    os: str = "linux"
+    vcpus: int | None = Field(default=None, ge=1, le=100_000)
+    ram_gib: Decimal | None = Field(default=None, gt=0, le=1_000_000)
+    gpu: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[1-9][0-9]{0,3})?$",
+                            description="GPU model and count, e.g. H100:8 (count 1 when omitted)")
+    arch: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
+
+    @model_validator(mode="after")
+    def _shape(self) -> PriceItem:
+        if (self.vcpus is None) != (self.ram_gib is None):
+            raise ValueError("give both vcpus and ram_gib for a shape, or neither")
+        if self.vcpus is not None and self.unit != "hour":
+            raise ValueError(f"a shape is priced per instance-hour (unit: hour), not per {self.unit}")
+        if self.unit == "gpu-hour" and not self.gpu:
+            raise ValueError("a gpu-hour price needs the GPU model (gpu: H100)")
+        if self.gpu and self.vcpus is None and self.unit != "gpu-hour":
+            raise ValueError("a GPU belongs to a shape: give vcpus and ram_gib too")
+        return self
+
+    def gpu_model_count(self) -> tuple[str | None, int]:
+        if not self.gpu:
+            return None, 0
+        model, _, count = self.gpu.partition(":")
+        return model, int(count or 1)
+
+
+class PriceTable(_Strict):
+    """An on-prem price table: facts the centre states itself, with currency, source and date."""
+
+    provider: str
+    region: str
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    effective_date: date
+    source: str
+    items: list[PriceItem] = Field(min_length=1)
+
+    @field_validator("currency")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        return normalise_currency(value)
+
+
+class CurrencyConfig(_Strict):
+    """A dated exchange-rate table: ``rates[X]`` is what one unit of X costs in ``base``.
+
+    Prices are converted with these rates only (never fetched), so a comparison is reproducible
+    and says which rates it used. ``stale_after_days`` flags prices (and this table) older than that.
+    """
+
+    base: str = Field(pattern=r"^[A-Z]{3}$")
+    date: date
+    source: str
+    rates: dict[str, Decimal] = Field(default_factory=dict)
+    stale_after_days: int = Field(default=180, ge=1)
+
+    @field_validator("base")
+    @classmethod
+    def _iso_base(cls, value: str) -> str:
+        return normalise_currency(value)
+
+    @field_validator("rates")
+    @classmethod
+    def _iso_rates(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        out = {}
+        for code, rate in value.items():
+            if not rate.is_finite() or rate <= 0:
+                raise ValueError(f"rate of {code} must be a positive number, got {rate}")
+            out[normalise_currency(code)] = rate
+        return out
+
+
+class PriceFile(_Strict):
+    """A file of on-prem price tables for ``metavmm prices import onprem FILE``."""
+
+    prices: list[PriceTable] = Field(min_length=1)
+
+
+class BurstPolicy(_Strict):
+    """When on-prem work overflows to public providers, and when it comes back (see docs/scheduler.md)."""
+
+    name: str
+    when_utilisation_above: float = Field(default=0.85, gt=0, le=1)
+    when_wait_longer_than_s: int | None = Field(default=None, ge=0)
+    allowed_providers: list[str] = Field(min_length=1)
+    monthly_budget: Decimal | None = Field(default=None, ge=0, description="per project and month")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    residency: list[str] = Field(default_factory=list, description="allowed ISO countries; empty: any")
+    return_when_utilisation_below: float | None = Field(
+        default=None, gt=0, le=1, description="bring burst work home below this on-prem utilisation; "
+        "default: 0.1 under when_utilisation_above")
+    return_min_remaining_s: int = Field(default=3600, ge=0,
+                                        description="only bring back work with at least this much left to run")
+
+    @model_validator(mode="after")
+    def _return_below_threshold(self) -> BurstPolicy:
+        if self.return_when_utilisation_below is not None \
+                and self.return_when_utilisation_below > self.when_utilisation_above:
+            raise ValueError("return_when_utilisation_below must not exceed when_utilisation_above")
+        return self
+
+    @property
+    def return_below(self) -> float:
+        if self.return_when_utilisation_below is not None:
+            return self.return_when_utilisation_below
+        return max(self.when_utilisation_above - 0.1, 0.0)
+
+
+class SchedulerSettings(_Strict):
+    """The scheduler's tunables. Transfer numbers are used where the catalog has no measured link data."""
+
+    cpu_allocation_ratio: float = Field(default=1.0, gt=0, le=32, description="vCPUs per physical core")
+    ram_allocation_ratio: float = Field(default=1.0, gt=0, le=4)
+    expected_hours: float = Field(default=24.0, gt=0, description="duration priced when a request gives none")
+    transfer_mib_per_s: float = Field(default=100.0, gt=0, description="between two sites of one provider")
+    wan_mib_per_s: float = Field(default=25.0, gt=0, description="between sites of different providers")
+    transfer_latency_s: float = Field(default=0.05, ge=0)
+    egress_price_per_gib: Decimal = Field(default=Decimal("0.09"), ge=0,
+                                          description="leaving a public cloud, in the federation currency")
+    on_prem_egress_price_per_gib: Decimal = Field(default=Decimal("0"), ge=0)
+    weight_price: float = Field(default=1.0, ge=0, description="multiplier of the normalised price cost")
+    weight_movement: float = Field(default=0.3, ge=0, description="multiplier of conversion + transfer time")
+    weight_balance: float = Field(default=0.1, ge=0, description="multiplier of the spread/pack cost")
+    strategy: Literal["spread", "pack"] = "pack"
+    public_hypervisors: dict[str, str] = Field(
+        default_factory=lambda: {"aws": "kvm", "gcp": "kvm", "azure": "hyperv", "sim": "kvm"},
+        description="hypervisor family guests run on at each public provider kind (they expose no hosts)")
+    unplaced_penalty: Decimal = Field(default=Decimal("1000000"), gt=0,
+                                      description="batch placement: cost of leaving one workload unplaced")
+
+
+class FederationInfo(_Strict):
+    name: str = "metavmm"
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    sync_interval_s: int = Field(default=300, ge=0, description="0 disables periodic inventory sync")
+
+
+class OidcConfig(_Strict):
+    """An OpenID Connect issuer whose bearer tokens (JWTs) the broker accepts."""
+
+    issuer: str = Field(description="the exact `iss` claim, e.g. https://login.example.org/realms/hpc")
+    audience: str = Field(description="the `aud` the tokens must carry (the broker's client id)")
+    jwks_uri: str | None = Field(default=None, description="where the signing keys are; default: discovery")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    user_claim: str = Field(default="sub", description="claim that identifies the user (matched to oidc_subject)")
+    name_claim: str = Field(default="preferred_username", description="claim used as the user name on first login")
+    project_claim: str | None = Field(default=None, description="claim naming the project, when the header is absent")
+    create_users: bool = Field(default=True, description="create a user (without memberships) on first login")
+    jwks_cache_s: int = Field(default=300, ge=0)
+    leeway_s: int = Field(default=30, ge=0, le=600)
+
+
+class TlsConfig(_Strict):
+    """The broker serves HTTPS with this certificate (``metavmm serve``)."""
+
+    cert_file: str
+    key_file: str
+
+
+class ClientCertConfig(_Strict):
+    """X.509 client certificates, verified against ``ca_file``; needs ``tls`` (the broker terminates TLS)."""
+
+    enabled: bool = False
+    ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ClientCertConfig:
+        if self.enabled and not self.ca_file:
+            raise ValueError("client certificates need ca_file, the CA that signs them")
+        return self
+
+
+class AuthConfig(_Strict):
+    oidc: OidcConfig | None = None
+    api_tokens: bool = Field(default=True, description="accept API tokens (Bearer, or the HTTP Basic password)")
+    tls: TlsConfig | None = None
+    client_certs: ClientCertConfig = Field(default_factory=ClientCertConfig)
+    token_max_days: int = Field(default=365, ge=1, description="longest lifetime a minted token may have")
+
+
+class OperationsConfig(_Strict):
+    """How the operations engine runs steps (see docs/operations.md)."""
+
+    executor: Literal["inprocess", "procrastinate"] = Field(
+        default="inprocess", description="inprocess: the broker runs steps itself (single node, SQLite or "
+        "PostgreSQL); procrastinate: `metavmm operations worker` processes run them (PostgreSQL only)")
+    concurrency: int = Field(default=4, ge=1, le=256, description="operations one executor runs at once")
+    lease_s: float = Field(default=30, gt=0, description="an executor's claim on an operation; renewed while alive")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="tries per step on transient errors")
+    retry_base_s: float = Field(default=1.0, ge=0, description="first backoff; doubles per attempt, jittered")
+    step_timeout_s: float = Field(default=1800, gt=0)
+    reconcile_interval_s: int = Field(default=300, ge=0, description="0 disables the reconciliation loop")
+    work_dir: str | None = Field(default=None, description="scratch space for exported and converted disks")
+    boot_marker: str | None = Field(default=None, max_length=200, description="regex the serial console of a "
+                                    "cold migration's clone must show before the boot check passes (e.g. "
+                                    "'login:'), where the target has a console; a request or the workload's spec "
+                                    "may give its own")
+
+    @field_validator("boot_marker")
+    @classmethod
+    def _marker_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            import re
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"boot_marker is not a valid regex: {exc}") from None
+        return value
+
+
+class FederationConfig(_Strict):
+    federation: FederationInfo = Field(default_factory=FederationInfo)
+    operations: OperationsConfig = Field(default_factory=OperationsConfig)
+    database: str | None = None
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    prices: list[PriceTable] = Field(default_factory=list)
+    currency: CurrencyConfig | None = None
+    policies: list[BurstPolicy] = Field(default_factory=list)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+
+    @model_validator(mode="after")
+    def _references(self) -> FederationConfig:
+        names = [p.name for p in self.providers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(dupes)}")
+        for i, table in enumerate(self.prices):
+            if table.provider not in names:
+                raise ValueError(f"prices[{i}].provider {table.provider!r} is not a configured provider")
+        for i, pol in enumerate(self.policies):
+            unknown = [p for p in pol.allowed_providers if p not in names]
+            if unknown:
+                raise ValueError(f"policies[{i}].allowed_providers names unknown providers: {unknown}")
+        return self
+
+    def provider(self, name: str) -> Any:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+# --- loading with located errors -----------------------------------------------------------------
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """Follow a pydantic error location through the YAML node tree; the deepest node reached."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if match is None:
+                continue  # a union tag such as 'libvirt', or a key that is missing
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+    return node
+
+
+def _key_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The node of the offending key itself (for 'unknown key' errors)."""
+    parent = _node_at(root, loc[:-1])
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if getattr(k, "value", None) == loc[-1]:
+                return k
+    return parent
+
+
+def _path(loc: tuple[Any, ...], model_tags: set[str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in model_tags:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+
+
+def _allowed_keys(loc: tuple[Any, ...], kind_models: dict[str, type[BaseModel]],
+                  root: type[BaseModel] | None = None) -> list[str]:
+    """Field names valid where an unknown key was found, for the 'did you mean' hint."""
+    model: Any = root or FederationConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if part in kind_models:
+            model = kind_models[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            for inner in (cand, *getattr(cand, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(err: dict[str, Any], kind_models: dict[str, type[BaseModel]],
+              root: type[BaseModel] | None = None) -> str:
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        key = str(err["loc"][-1])
+        hint = difflib.get_close_matches(key, _allowed_keys(err["loc"], kind_models, root), n=1)
+        return "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    if etype == "missing":
+        return "required key is missing"
+    if etype == "union_tag_invalid":
+        return f"unknown provider kind; expected one of {', '.join(sorted(KINDS))}"
+    if etype == "union_tag_not_found":
+        return "provider needs a 'kind' (one of " + ", ".join(sorted(KINDS)) + ")"
+    msg = err["msg"]
+    if "input" in err and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def parse_config(text: str, source: str = "<config>") -> FederationConfig:
+    """Parse and validate a federation file's text; raise ConfigError with located messages."""
+    cfg = parse_yaml_model(text, source, FederationConfig)
+    if cfg.prices:
+        check_tables(cfg.prices, text, source)
+    return cfg
+
+
+def parse_yaml_model(text: str, source: str, model: type[M]) -> M:
+    """Parse YAML and validate it as ``model``; every error names the file, line and key path."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: expected a mapping at the top level, got {type(data).__name__}")
+    kind_models = {
+        m.model_fields["kind"].annotation.__args__[0]: m  # type: ignore[union-attr]
+        for m in (LibvirtProvider, OpenStackProvider, VmwareProvider, AwsProvider, GcpProvider,
+                  AzureProvider, SimProvider)
+    }
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if err["type"] == "extra_forbidden":
+                node = _key_node(root, loc)
+            elif err["type"].startswith("union_tag"):
+                node = _node_at(root, (*loc, "kind"))  # point at the kind itself
+            else:
+                node = _node_at(root, loc)
+            line = f":{node.start_mark.line + 1}" if node is not None else ""
+            lines.append(f"{source}{line}: {_path(loc, set(kind_models))}: {_describe(err, kind_models, model)}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None) -> FederationConfig:
+    """Load the federation file at ``path`` (default: $METAVMM_CONFIG or config/default.yaml)."""
+    path = Path(path or os.environ.get("METAVMM_CONFIG") or DEFAULT_CONFIG)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the federation file: {exc.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,179 @@
+"""Copying image bytes with their SHA-256 and SHA-512 computed on the way, and checked at the end.
+
+Every byte the marketplace moves (an upload, a registered disk, a replica travelling to another site)
+goes through :func:`stream_to_file`: one pass reads the source, feeds both digests and writes the
+destination, so verifying a checksum never costs a second read. The output is written to
+``<dest>.part`` and renamed only when the digests match what the publisher declared; on a mismatch or
+any error the partial file is deleted, so a tampered or truncated image never appears under its name.
+
+Sources are local files (a path or ``file://`` URL), ``http(s)://`` URLs (another site's broker serves
+its blobs), or an async iterator of byte chunks (an HTTP upload). A declared size caps what is read,
+so a source that sends more than promised is cut off instead of filling the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from metavmm.foundation.errors import ChecksumMismatch, NotFound, ValidationError
+
+CHUNK = 4 << 20
+Progress = Callable[[int], None]
+"""Called with the number of bytes copied so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digests:
+    sha256: str
+    sha512: str
+    size_bytes: int
+    seconds: float = 0.0
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.size_bytes / 2**20 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the publisher declared; ``None`` fields are not checked."""
+
+    sha256: str | None = None
+    sha512: str | None = None
+    size_bytes: int | None = None
+
+    def verify(self, got: Digests, what: str) -> None:
+        for name in ("sha256", "sha512"):
+            want = getattr(self, name)
+            if want and want.lower() != getattr(got, name):
+                raise ChecksumMismatch(f"{what}: {name.upper()} mismatch: declared {want.lower()}, "
+                                       f"received {getattr(got, name)}; refused and deleted")
+        if self.size_bytes is not None and self.size_bytes != got.size_bytes:
+            raise ChecksumMismatch(f"{what}: size mismatch: declared {self.size_bytes} bytes, "
+                                   f"received {got.size_bytes}; refused and deleted")
+
+
+def local_path(source: str) -> Path | None:
+    """The local file a source names (a path or a ``file://`` URL), or None for a remote URL."""
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise ValidationError(f"unsupported image source {source[:80]!r}: use a path, file://, http:// or https://")
+    return Path(source)
+
+
+class _Hasher:
+    def __init__(self, limit: int | None, what: str) -> None:
+        self.sha256 = hashlib.sha256()
+        self.sha512 = hashlib.sha512()
+        self.size = 0
+        self.limit = limit
+        self.what = what
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            raise ChecksumMismatch(f"{self.what}: more than the declared {self.limit} bytes; refused and deleted")
+        self.sha256.update(chunk)
+        self.sha512.update(chunk)
+
+    def digests(self, seconds: float) -> Digests:
+        return Digests(self.sha256.hexdigest(), self.sha512.hexdigest(), self.size, seconds)
+
+
+def _copy_file(src: Path, part: Path | None, hasher: _Hasher, progress: Progress | None) -> None:
+    """The blocking copy loop (runs in a worker thread; hashlib releases the GIL on large chunks)."""
+    with open(src, "rb") as fin:
+        fout = open(part, "wb") if part is not None else None  # noqa: SIM115 - closed below
+        try:
+            while chunk := fin.read(CHUNK):
+                hasher.update(chunk)
+                if fout is not None:
+                    fout.write(chunk)
+                if progress is not None:
+                    progress(hasher.size)
+        finally:
+            if fout is not None:
+                fout.close()
+
+
+async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        try:
+            async with client.get(url) as resp:
+                if resp.status == 404:
+                    raise NotFound(f"{url}: not found at the source site")
+                if resp.status != 200:
+                    raise ValidationError(f"{url}: the source answered HTTP {resp.status}")
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise ValidationError(f"{url}: cannot fetch: {exc}") from None
+
+
+async def _write_chunks(chunks: AsyncIterator[bytes], part: Path | None, hasher: _Hasher,
+                        progress: Progress | None) -> None:
+    fout = open(part, "wb") if part is not None else None  # noqa: SIM115 - closed below
+
+    def sink(chunk: bytes) -> None:  # hashing and writing off the event loop
+        hasher.update(chunk)
+        if fout is not None:
+            fout.write(chunk)
+
+    try:
+        async for chunk in chunks:
+            await asyncio.to_thread(sink, chunk)
+            if progress is not None:
+                progress(hasher.size)
+    finally:
+        if fout is not None:
+            fout.close()
+
+
+async def stream_to_file(source: str | AsyncIterator[bytes], dest: Path | None, *, expected: Expected = Expected(),
+                         what: str = "image", progress: Progress | None = None,
+                         timeout_s: float = 6 * 3600) -> Digests:
+    """Copy ``source`` to ``dest`` (or only hash it when ``dest`` is None), verifying ``expected``.
+
+    ``dest`` appears only after the digests matched; on any failure nothing is left behind.
+    """
+    part = dest.with_name(dest.name + ".part") if dest is not None else None
+    if dest is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    hasher = _Hasher(expected.size_bytes, what)
+    started = time.perf_counter()
+    try:
+        if isinstance(source, str) and (path := local_path(source)) is not None:
+            if not path.is_file():
+                raise NotFound(f"{what}: {path} is not a file")
+            await asyncio.to_thread(_copy_file, path, part, hasher, progress)
+        else:
+            chunks = _http_chunks(source, timeout_s) if isinstance(source, str) else source
+            await asyncio.wait_for(_write_chunks(chunks, part, hasher, progress), timeout_s)
+        digests = hasher.digests(time.perf_counter() - started)
+        expected.verify(digests, what)
+        if part is not None and dest is not None:
+            os.replace(part, dest)
+        return digests
+    except BaseException:
+        if part is not None:
+            part.unlink(missing_ok=True)
+        raise
+
+
+async def hash_file(path: Path, *, expected: Expected = Expected(), what: str = "image") -> Digests:
+    """SHA-256 and SHA-512 of a local file in one read, checked against ``expected``."""
+    return await stream_to_file(str(path), None, expected=expected, what=what)

@@ -1,0 +1,107 @@
+"""The engine as the broker uses it: submit plans, wake whoever runs them, cancel, stop.
+
+``inprocess`` (the single-node default, SQLite or PostgreSQL): an :class:`Executor` inside the broker
+runs steps and, on start, resumes what a killed broker left (its leases expire). ``procrastinate``
+(several brokers on one PostgreSQL): brokers only write rows and defer jobs; ``metavmm operations
+worker`` processes run the steps. Durability is the same in both: the row is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from metavmm.catalog.models import Operation, OperationState
+from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import MetavmmError
+from metavmm.services.operations import store
+from metavmm.services.operations.executor import Executor
+from metavmm.services.operations.plan import Step
+from metavmm.services.operations.store import Sessions
+
+log = logging.getLogger(__name__)
+
+
+class OperationFailed(MetavmmError):
+    """A caller that waited for its operation saw it end without success (its error is the message)."""
+
+    http_status = 502
+    title = "Operation failed"
+
+
+class Engine:
+    def __init__(self, sessions: Sessions, config: FederationConfig, database_url: str) -> None:
+        self.sessions = sessions
+        self.config = config
+        self.database_url = database_url
+        self.executor: Executor | None = None
+        self._queue_app: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def mode(self) -> str:
+        return self.config.operations.executor
+
+    async def start(self, *, run_steps: bool = True) -> None:
+        """Begin accepting work; in-process mode also starts running (and resuming) operations."""
+        if self.mode == "procrastinate":
+            from metavmm.services.operations import queue
+
+            self._queue_app = queue.make_app(self.database_url)
+            await self._queue_app.open_async()
+            await queue.ensure_schema(self._queue_app, self.database_url)
+            await queue.sweep(self._queue_app, self.sessions)  # what a crashed broker never deferred
+        elif run_steps:
+            self.executor = Executor(self.sessions, self.config)
+            self._tasks.append(asyncio.create_task(self.executor.serve(), name="operations-executor"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._queue_app is not None:
+            await self._queue_app.close_async()
+            self._queue_app = None
+
+    async def submit(self, *, kind: str, steps: list[Step], **kwargs: Any) -> Operation:
+        op, created = await store.submit(self.sessions, kind=kind, steps=steps, **kwargs)
+        if created:
+            await self.wake(op.id)
+        return op
+
+    async def wake(self, op_id: str) -> None:
+        if self._queue_app is not None:
+            from metavmm.services.operations import queue
+
+            await queue.defer(self._queue_app, op_id)
+        elif self.executor is not None:
+            self.executor.notify()
+
+    async def wait(self, op_id: str, *, timeout_s: float = 3600, poll_s: float = 0.1) -> Operation:
+        """Block until ``op_id`` ends (for callers whose answer is the result, e.g. a marketplace launch);
+        OperationFailed when it did not succeed, TimeoutError when it is still running at ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            op = await store.get(self.sessions, op_id)
+            if op.state in store.TERMINAL:
+                if op.state != OperationState.SUCCEEDED:
+                    raise OperationFailed(f"{op.kind} {op.id} {op.state}: {op.error or op.message}")
+                return op
+            if loop.time() >= deadline:
+                raise TimeoutError(f"{op.kind} {op.id} still {op.state} after {timeout_s:.0f}s")
+            await asyncio.sleep(poll_s)
+
+    async def cancel(self, op_id: str) -> Operation:
+        op = await store.request_cancel(self.sessions, op_id)
+        if op.state == OperationState.CANCELLED:  # a batch that never ran: its rollback will not cancel children
+            for child in op.params.get("children", []):
+                with contextlib.suppress(MetavmmError):
+                    await store.request_cancel(self.sessions, child)
+        await self.wake(op_id)
+        return op

@@ -1,0 +1,324 @@
+"""The executor: claims operations and runs their steps one at a time, durably.
+
+After each step the row records the step's state, result and the new ``current_step``; a killed
+executor therefore resumes at the interrupted step, which is safe because actions are idempotent.
+A failing step is retried with exponential backoff and jitter while its error is transient; when it
+fails for good, or a cancel is requested, the compensations of the steps already run are executed
+in reverse (the rollback), unless the plan's commit step was passed, after which the operation can
+only go forward. A lease, renewed by a heartbeat, says who runs an operation; every write is fenced
+by it (see :mod:`metavmm.services.operations.store`).
+
+A step that waits for something outside its operation (``operation.wait``) does not hold a slot: its
+action raises :class:`StepWaiting`, the operation is *parked* (``not_before`` set, lease released) and
+claimed again when it is due, by this executor (a timer) or any other (the row says when).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from metavmm.catalog.models import Operation, OperationState, utcnow
+from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import ConfigError
+from metavmm.services.operations import store
+from metavmm.services.operations.actions import StepCancelled, StepWaiting, is_transient, run_action
+from metavmm.services.operations.context import Drivers, StepContext
+from metavmm.services.operations.plan import MAX_LOG_LINES, StepState, overall_progress
+from metavmm.services.operations.store import LeaseLost, Sessions
+
+log = logging.getLogger(__name__)
+
+
+def executor_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+RETRY_MAX_S = 300.0
+"""Longest backoff between two attempts: doubling from ``retry_base_s`` over up to 20 attempts would
+otherwise park a step for days (2**19 s) with its operation still "running"."""
+WAIT_MAX_S = 2.0
+"""Longest delay between two checks of a waiting step (the first is the action's own, doubled per check)."""
+
+
+def backoff_s(attempt: int, base_s: float) -> float:
+    """Delay after failed attempt ``attempt`` (1, 2, ...): base * 2**(attempt-1), jittered down to half, capped."""
+    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, base_s * 2 ** min(attempt - 1, 32))
+
+
+class _Cancelled(Exception):
+    """A cancel was requested between steps."""
+
+
+class _Parked(Exception):
+    """The current step waits for something outside: give the operation back until ``until``."""
+
+    def __init__(self, reason: str, until: datetime) -> None:
+        super().__init__(reason)
+        self.until = until
+
+
+class Executor:
+    def __init__(self, sessions: Sessions, config: FederationConfig, *, owner: str | None = None) -> None:
+        self.sessions = sessions
+        self.config = config
+        self.settings = config.operations
+        self.owner = owner or executor_id()
+        self.drivers = Drivers(config)
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._tokens: dict[str, str] = {}  # operation id -> the lease token of the run holding it
+        # how a parked operation gets picked again; the procrastinate worker sets a deferral with schedule_at
+        self.on_park: Callable[[str, datetime], Awaitable[Any]] | None = None
+
+    # --- the in-process loop (single node) ------------------------------------------------------
+
+    def notify(self) -> None:
+        """Something was submitted or freed: look for work now rather than at the next poll."""
+        self._wake.set()
+
+    async def serve(self, poll_s: float = 2.0) -> None:
+        """Run operations until cancelled: new ones, and those whose holder died (expired lease)."""
+        try:
+            while True:
+                self._wake.clear()
+                free = self.settings.concurrency - len(self._running)
+                if free > 0:
+                    for op_id in await store.runnable_ids(self.sessions, free + len(self._running)):
+                        if op_id not in self._running and len(self._running) < self.settings.concurrency:
+                            task = asyncio.create_task(self.run(op_id), name=f"operation-{op_id}")
+                            self._running[op_id] = task
+                            task.add_done_callback(lambda _t, i=op_id: self._done(i))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+        finally:
+            await self.stop()
+
+    def _done(self, op_id: str) -> None:
+        self._running.pop(op_id, None)
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop running steps; their leases expire and the next executor resumes them."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.drivers.close()
+
+    # --- one operation --------------------------------------------------------------------------
+
+    async def run(self, op_id: str) -> bool:
+        """Run ``op_id`` to its end if this executor can claim it; False when someone else holds it."""
+        # the lease belongs to this run, not to the executor: two jobs for one operation delivered to
+        # the same worker must not both pass the claim
+        token = f"{self.owner}#{uuid.uuid4().hex[:8]}"
+        if not await store.claim(self.sessions, op_id, token, self.settings.lease_s):
+            return False
+        self._tokens[op_id] = token
+        heartbeat = asyncio.create_task(self._heartbeat(op_id, asyncio.current_task()))
+        try:
+            await self._drive(op_id)
+        except LeaseLost:
+            log.warning("operation %s: lease lost to another executor; stopped", op_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(Exception):
+                await store.release(self.sessions, op_id, token)
+            self._tokens.pop(op_id, None)
+        return True
+
+    async def _heartbeat(self, op_id: str, runner: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await store.renew(self.sessions, op_id, self._tokens[op_id], self.settings.lease_s)
+            except LeaseLost:
+                if runner is not None:
+                    runner.cancel()  # someone else took over: stop before the next write
+                return
+            except Exception:
+                log.exception("operation %s: lease renewal failed; retrying", op_id)
+
+    async def _save(self, op: Operation, event: str | None = None, *, step: int | None = None,
+                    level: str = "info", **values: Any) -> None:
+        for key, value in values.items():
+            setattr(op, key, value)
+        values.setdefault("progress", overall_progress(op.steps))
+        op.progress = values["progress"]
+        state = values.get("state")
+        # how an operation ended shows on its workload (OCCI's state.message) unless it succeeded: a
+        # success already wrote the workload's state through its record step
+        note = (op.target_id, f"{op.kind} {state}: {values.get('message') or ''}".strip()) \
+            if state in store.TERMINAL and state != OperationState.SUCCEEDED and op.target_id else None
+        await store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step, level=level,
+                                  steps=op.steps, current_step=op.current_step, outputs=op.outputs,
+                                  workload_note=note, **values)
+
+    async def _drive(self, op_id: str) -> None:
+        op = await store.get(self.sessions, op_id)
+        if op.state == OperationState.PENDING:
+            await self._save(op, f"started by {self._tokens[op.id]}", state=OperationState.RUNNING, started_at=utcnow(),
+                             message="running")
+        elif self._parked_step(op) is not None:
+            op.not_before = None  # due (or cancelled): check again now, quietly (no "resumed" event per check)
+        elif op.state != OperationState.ROLLING_BACK:
+            await self._save(op, f"resumed by {self._tokens[op.id]} at step {op.current_step}", message="resumed")
+        if op.state == OperationState.RUNNING:
+            try:
+                await self._forward(op)
+                return
+            except _Parked as parked:
+                await self._park(op, parked)
+                return
+            except (_Cancelled, StepCancelled):
+                op.cancel_requested = True  # a step may have seen the request first
+                # the forward retry's backoff (or a parked check's time) must not delay the rollback
+                await self._save(op, "cancelled: rolling back", state=OperationState.ROLLING_BACK,
+                                 message="cancelled; rolling back", not_before=None)
+            except LeaseLost:
+                raise
+            except Exception as exc:  # the step failed for good
+                if self._committed(op):
+                    await self._save(op, f"failed after the commit step: {exc}", level="error",
+                                     state=OperationState.FAILED, error=str(exc), finished_at=utcnow(),
+                                     message=f"failed: {exc}")
+                    return
+                await self._save(op, f"failed: {exc}; rolling back", level="error",
+                                 state=OperationState.ROLLING_BACK, error=str(exc), message=f"rolling back: {exc}")
+        await self._rollback(op)
+
+    @staticmethod
+    def _parked_step(op: Operation) -> dict[str, Any] | None:
+        """The current step when it is a waiting step between two checks (not a retry after an error)."""
+        if op.state != OperationState.RUNNING or op.current_step >= len(op.steps):
+            return None
+        step = op.steps[op.current_step]
+        return step if step["state"] == StepState.WAITING and step.get("checks") else None
+
+    async def _park(self, op: Operation, parked: _Parked) -> None:
+        """Save the waiting step with its next check time; :meth:`run` then gives the lease back."""
+        step = op.steps[op.current_step]
+        first = step["checks"] == 1
+        await self._save(op, f"step {step['name']}: {parked}; parked" if first else None, step=op.current_step,
+                         not_before=parked.until, message=str(parked))
+        delay = max(0.0, (parked.until - utcnow()).total_seconds())
+        asyncio.get_running_loop().call_later(delay, self.notify)  # the in-process loop looks again then
+        if self.on_park is not None:
+            await self.on_park(op.id, parked.until)
+
+    @staticmethod
+    def _committed(op: Operation) -> bool:
+        return any(s.get("commit") and s["state"] == StepState.DONE for s in op.steps)
+
+    async def _forward(self, op: Operation) -> None:
+        while op.current_step < len(op.steps):
+            await self._raise_if_cancelled(op)  # asked meanwhile?
+            index = op.current_step
+            step = op.steps[index]
+            result = await self._attempts(op, index, step["action"], step["args"], StepState.RUNNING)
+            op.outputs = {**op.outputs, **result}
+            step.update(state=StepState.DONE, finished_at=utcnow().isoformat(), progress=1.0, error=None)
+            op.current_step = index + 1
+            await self._save(op, f"step {step['name']} done", step=index,
+                             message=f"{index + 1}/{len(op.steps)} steps done")
+        await self._save(op, "succeeded", state=OperationState.SUCCEEDED, finished_at=utcnow(), message="done",
+                         progress=1.0)
+
+    async def _rollback(self, op: Operation) -> None:
+        """Undo, newest first, every step that ran (or may have run) and has a compensation."""
+        todo = [i for i, s in enumerate(op.steps)
+                if s.get("compensate") and s["state"] in (StepState.DONE, StepState.RUNNING, StepState.WAITING,
+                                                            StepState.FAILED, StepState.COMPENSATING)]
+        try:
+            for index in reversed(todo):
+                step = op.steps[index]
+                await self._attempts(op, index, step["compensate"], step["args"], StepState.COMPENSATING)
+                step.update(state=StepState.COMPENSATED, finished_at=utcnow().isoformat())
+                await self._save(op, f"step {step['name']} undone", step=index)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            await self._save(op, f"rollback failed: {exc}", level="error", state=OperationState.FAILED,
+                             error=f"{op.error or 'cancelled'}; rollback failed: {exc}", finished_at=utcnow(),
+                             message=f"rollback failed, needs an operator: {exc}")
+            return
+        final = OperationState.CANCELLED if op.cancel_requested and not op.error else OperationState.ROLLED_BACK
+        await self._save(op, f"{final}", state=final, finished_at=utcnow(),
+                         message="cancelled and rolled back" if final == OperationState.CANCELLED
+                         else f"rolled back: {op.error}")
+
+    async def _attempts(self, op: Operation, index: int, action: str, args: dict[str, Any],
+                        running: StepState) -> dict[str, Any]:
+        """Run one action with retries; every attempt is recorded before it starts."""
+        step = op.steps[index]
+        key = "attempts" if running == StepState.RUNNING else "undo_attempts"  # forward and undo count apart
+        while True:
+            if op.not_before is not None:  # a backoff (maybe from before a restart); a cancel cuts it short
+                while (delay := (store.aware(op.not_before) - utcnow()).total_seconds()) > 0:
+                    await asyncio.sleep(min(delay, 0.5))
+                    if running == StepState.RUNNING:
+                        await self._raise_if_cancelled(op)
+            if running == StepState.RUNNING and step.get(key, 0) > 0:
+                await self._raise_if_cancelled(op)
+            if not (running == StepState.RUNNING and self._parked_step(op) is step):  # a re-check is no new attempt
+                step.update({"state": running, key: step.get(key, 0) + 1, "started_at": utcnow().isoformat()})
+                await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
+                                 not_before=None, message=f"{step['name']}")
+            ctx = self._context(op, index)
+            try:
+                return await asyncio.wait_for(run_action(ctx, action, args), self.settings.step_timeout_s)
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except StepWaiting as waiting:
+                if running != StepState.RUNNING:
+                    raise ConfigError(f"step action {action!r} waits; a compensation must not") from None
+                checks = step.get("checks", 0)
+                step.update(state=StepState.WAITING, checks=checks + 1)
+                delay = min(WAIT_MAX_S, waiting.delay_s * 2 ** min(checks, 16))
+                raise _Parked(str(waiting), utcnow() + timedelta(seconds=delay)) from None
+            except Exception as exc:
+                message = str(exc) or exc.__class__.__name__
+                step["error"] = message
+                step.pop("checks", None)  # an error ends the waiting: what follows is a retry (or the end)
+                if not is_transient(exc) or step[key] >= self.settings.max_attempts:
+                    step["state"] = StepState.FAILED
+                    await self._save(op, f"step {step['name']} failed: {message}", step=index, level="error")
+                    raise
+                delay = backoff_s(step[key], self.settings.retry_base_s)
+                step["state"] = StepState.WAITING
+                await self._save(op, f"step {step['name']}: {message}; retry in {delay:.1f}s", step=index,
+                                 level="warning", not_before=utcnow() + timedelta(seconds=delay),
+                                 message=f"{step['name']}: retrying after: {message}")
+                op.not_before = utcnow() + timedelta(seconds=delay)
+
+    async def _raise_if_cancelled(self, op: Operation) -> None:
+        op.cancel_requested = (await store.get(self.sessions, op.id)).cancel_requested
+        if op.cancel_requested and not self._committed(op):
+            raise _Cancelled()
+
+    def _context(self, op: Operation, index: int) -> StepContext:
+        step = op.steps[index]
+
+        async def write_log(line: str) -> None:
+            step["log"] = [*step.get("log", []), line][-MAX_LOG_LINES:]
+            await self._save(op, f"{step['name']}: {line}", step=index)
+
+        async def write_progress(fraction: float) -> None:
+            step["progress"] = fraction
+            await self._save(op)
+
+        return StepContext(op.id, index, step["name"], self.sessions, self.config, self.drivers,
+                           dict(op.params), dict(op.outputs), write_log, write_progress)

@@ -1,0 +1,475 @@
+"""The plans of the broker's changes: provision, power actions, delete, live and cold migration, and
+volumes, networks and the links that attach them to computes.
+
+Each function checks the request against the catalog, builds the whole plan (with every value a
+retry must reuse fixed in the step arguments: the clone's hostname, MAC and address are drawn here, once)
+and submits it through the engine. Nothing here talks to a provider: the steps do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
+from metavmm.foundation.errors import ConfigError, Conflict, NotFound, ValidationError
+from metavmm.foundation.kinds import KINDS, QEMU_MACS
+from metavmm.services.operations import addresses, store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.plan import Step
+from metavmm.services.operations.store import ACTIVE, TERMINAL
+from metavmm.translators.cloudinit import host_label
+
+POWER_TARGET = {"start": "running", "stop": "stopped", "suspend": "suspended", "restart": "running"}
+
+
+async def _workload_at(engine: Engine, workload_id: str) -> tuple[Workload, str]:
+    async with engine.sessions() as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None or not workload.present:
+            raise NotFound(f"no workload {workload_id}")
+        if workload.provider_id is None:
+            raise Conflict(f"workload {workload_id} is not placed at any provider yet")
+        provider = await session.get(Provider, workload.provider_id)
+    assert provider is not None
+    return workload, provider.name
+
+
+async def _workload_or_create(engine: Engine, workload_id: str, accept: tuple[str, ...] = ("succeeded",)
+                              ) -> tuple[Workload, str, list[Step]]:
+    """Where the workload runs (or will run, once its create, still active, ends) and the steps that must
+    come first: a wait for the newest operation still active on it, so requests asked meanwhile run one
+    after the other rather than racing (a stop and a start at once) or failing (an action during the
+    create). ``accept``: how that operation may end when it is the create (any end, for other kinds)."""
+    async with engine.sessions() as session:
+        workload = await session.get(Workload, workload_id)
+        active = (await session.exec(select(Operation).where(
+            Operation.target_id == workload_id, col(Operation.state).in_(ACTIVE))
+            .order_by(col(Operation.created_at).desc()))).all()
+    creating = next((op for op in active if op.kind == "create" and op.params.get("provider")), None)
+    if workload is not None and creating is not None:
+        provider = str(creating.params["provider"])
+    else:
+        workload, provider = await _workload_at(engine, workload_id)
+    if not active:
+        return workload, provider, []
+    last = active[0]
+    ends = list(accept) if last.kind == "create" else [str(s) for s in TERMINAL]
+    return workload, provider, [Step(f"wait-{last.kind}", "operation.wait", {"operation_id": last.id,
+                                                                            "accept": ends})]
+
+
+def _known_provider(engine: Engine, name: str) -> Any:
+    try:
+        return engine.config.provider(name)
+    except KeyError:
+        raise ValidationError(f"provider {name!r} is not in the federation file") from None
+
+
+def provision_steps(workload_id: str, *, name: str, provider: str, region: str, image: str | None, vcpus: int,
+                    ram_mib: int, disk_gib: int, flavor: str | None, host: str | None,
+                    quota: bool = False, replicate: dict[str, str] | None = None) -> list[Step]:
+    """The provision plan; ``quota``: the request holds a quota reservation that the plan settles
+    (released by the rollback, committed once the VM is recorded; see quota_actions). ``replicate``
+    (``{"image_id", "site"}``): the image has no replica at the site yet; a first step copies it there
+    (image.replicate) and the VM boots from that copy."""
+    at = {"provider": provider, "workload_id": workload_id}
+    boot: dict[str, Any] = {"image_from": "replica_image"} if replicate else {"image": image}
+    steps = [
+        *([Step("replicate", "image.replicate", dict(replicate), weight=4)] if replicate else []),
+        Step("create", "vm.create", {**at, "name": name, "region": region, **boot, "vcpus": vcpus,
+                                     "ram_mib": ram_mib, "disk_gib": disk_gib, "flavor": flavor, "host": host},
+             compensate="vm.delete", weight=3),
+        Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
+        Step("record", "workload.record", at, commit=True),
+    ]
+    return with_quota(workload_id, steps) if quota else steps
+
+
+def with_quota(workload_id: str, steps: list[Step]) -> list[Step]:
+    """Settle the request's quota reservation around a create plan: released by its rollback, committed last."""
+    held = {"workload_id": workload_id}
+    return [Step("hold-quota", "quota.hold", held, compensate="quota.release"), *steps,
+            Step("commit-quota", "quota.commit", held)]
+
+
+RESOURCE_VERB = {WorkloadKind.STORAGE: "volume", WorkloadKind.NETWORK: "network"}
+"""The step-action noun of each non-compute workload kind (volume_actions, net_actions)."""
+
+
+def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, region: str, size_gib: int = 0,
+                   cidr: str | None = None, quota: bool = False) -> list[Step]:
+    """The create plan of a volume (``kind`` storage, ``size_gib``) or a network (``cidr`` where the
+    provider needs one): create (undone by delete), then record it in the catalog (the commit)."""
+    verb = RESOURCE_VERB[WorkloadKind(kind)]
+    at = {"provider": provider, "workload_id": workload_id}
+    extra = {"size_gib": size_gib} if verb == "volume" else {"cidr": cidr}
+    steps = [Step("create", f"{verb}.create", {**at, "name": name, "region": region, **extra},
+                  compensate=f"{verb}.delete", weight=2),
+             Step("record", "resource.record", {**at, "kind": kind}, commit=True)]
+    return with_quota(workload_id, steps) if quota else steps
+
+
+async def create_resource(engine: Engine, kind: str, *, name: str, provider: str, region: str, size_gib: int = 0,
+                          cidr: str | None = None, project_id: int | None = None,
+                          idempotency_key: str | None = None) -> Operation:
+    """Create a volume or network at ``provider``/``region`` (no quota held: REST's create path holds it)."""
+    _known_provider(engine, provider)
+    workload = Workload(kind=kind, name=name, project_id=project_id, observed_state="pending",
+                        state_message="creating", spec={"size_gib": size_gib, "cidr": cidr})
+    steps = resource_steps(workload.id, kind, name=name, provider=provider, region=region, size_gib=size_gib,
+                           cidr=cidr)
+    request = json.dumps([kind, name, provider, region, size_gib, cidr, project_id])
+    return await engine.submit(kind="create", steps=steps, target_id=workload.id, project_id=project_id,
+                               params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
+                               rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
+
+
+def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str) -> list[Step]:
+    """Attach a volume or network to a compute: wait until both ends are placed (their own create
+    operations may still run), attach at the provider, mark the link active (the commit)."""
+    verb = RESOURCE_VERB[WorkloadKind(target_kind)]
+    ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
+    return [Step("wait-ends", "link.wait_ends", {**ends, "timeout_s": 600}, compensate="link.failed"),
+            Step("attach", f"{verb}.attach", ends, compensate=f"{verb}.detach", weight=2),
+            Step("record", "link.record", ends, commit=True)]
+
+
+def detach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str) -> list[Step]:
+    verb = RESOURCE_VERB[WorkloadKind(target_kind)]
+    ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
+    return [Step("detach", f"{verb}.detach", ends, commit=True, weight=2), Step("forget", "link.forget", ends)]
+
+
+async def _link(engine: Engine, link_id: str) -> tuple[WorkloadLink, str]:
+    async with engine.sessions() as session:
+        link = await session.get(WorkloadLink, link_id)
+        target = await session.get(Workload, link.target_id) if link is not None else None
+    if link is None or target is None:
+        raise NotFound(f"no link {link_id}")
+    return link, target.kind
+
+
+async def attach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
+    """Apply a link row (storagelink or networkinterface) at the provider."""
+    link, kind = await _link(engine, link_id)
+    steps = attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
+    return await engine.submit(kind="attach", steps=steps, target_id=link.id, project_id=link.project_id,
+                               idempotency_key=idempotency_key, params={"compute": link.source_id})
+
+
+async def detach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
+    """Detach at the provider, then remove the link row."""
+    link, kind = await _link(engine, link_id)
+    steps = detach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
+    return await engine.submit(kind="detach", steps=steps, target_id=link.id, project_id=link.project_id,
+                               idempotency_key=idempotency_key, params={"compute": link.source_id})
+
+
+async def provision(engine: Engine, *, name: str, provider: str, region: str, image: str, vcpus: int = 1,
+                    ram_mib: int = 512, disk_gib: int = 0, flavor: str | None = None, host: str | None = None,
+                    project_id: int | None = None, idempotency_key: str | None = None) -> Operation:
+    """Create a compute at ``provider``/``region`` (the scheduler's bind step supplies these)."""
+    _known_provider(engine, provider)
+    workload = Workload(kind=WorkloadKind.COMPUTE, name=name, project_id=project_id, observed_state="pending",
+                        state_message="provisioning", spec={"image": image, "vcpus": vcpus, "ram_mib": ram_mib,
+                                                            "disk_gib": disk_gib, "flavor": flavor})
+    steps = provision_steps(workload.id, name=name, provider=provider, region=region, image=image, vcpus=vcpus,
+                            ram_mib=ram_mib, disk_gib=disk_gib, flavor=flavor, host=host)
+    request = fingerprint(name, provider, region, image, vcpus, ram_mib, disk_gib, flavor, host, project_id)
+    return await engine.submit(kind="provision", steps=steps, target_id=workload.id, project_id=project_id,
+                               params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
+                               rows=[workload], fingerprint=request)
+
+
+def fingerprint(*request: Any) -> str:
+    """What a caller asked for, as the idempotency check compares it: a key reused for another request
+    (another target host, another image) is a conflict, not the earlier operation."""
+    return hashlib.sha256(json.dumps(request, default=str).encode()).hexdigest()
+
+
+async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:
+    if verb not in POWER_TARGET:
+        raise ValidationError(f"unknown action {verb!r}; expected one of {', '.join(POWER_TARGET)}")
+    workload, provider, first = await _workload_or_create(engine, workload_id)
+    at = {"provider": provider, "workload_id": workload.id}
+    steps = [*first, Step(verb, "vm.power", {**at, "verb": verb}),
+             Step("wait", "vm.wait", {**at, "state": POWER_TARGET[verb], "timeout_s": 120}),
+             Step("observe", "workload.observe", at)]
+    return await engine.submit(kind=verb, steps=steps, target_id=workload.id, project_id=workload.project_id,
+                               idempotency_key=idempotency_key)
+
+
+async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None,
+                 purge: bool = False) -> Operation:
+    """Delete a compute's VM, or a volume or network (refused while a compute still links to it).
+    ``purge``: remove the row at the end (OCCI entities are gone once deleted; REST keeps history).
+    A create still running is waited for, whatever its end: a rolled-back create leaves nothing to delete."""
+    workload, provider, first = await _workload_or_create(engine, workload_id, tuple(TERMINAL))
+    at = {"provider": provider, "workload_id": workload.id}
+    if workload.kind in RESOURCE_VERB:
+        async with engine.sessions() as session:
+            await refuse_if_linked(session, workload)
+        steps = [*first, Step("delete", f"{RESOURCE_VERB[WorkloadKind(workload.kind)]}.delete", at, commit=True),
+                 Step("forget-links", "link.forget_target", at)]
+    else:
+        steps = [*first, Step("delete", "vm.delete", at, commit=True)]
+    owned = workload.spec.get("owned_image")  # an image a migration imported for this workload alone
+    if owned:
+        steps.append(Step("delete-image", "image.delete", owned))
+    steps.append(Step("forget", "workload.gone", at))
+    steps.append(Step("free-quota", "quota.free", {"workload_id": workload.id}))
+    if purge:
+        steps.append(Step("purge", "workload.purge", at))
+    return await engine.submit(kind="delete", steps=steps, target_id=workload.id, project_id=workload.project_id,
+                               idempotency_key=idempotency_key)
+
+
+async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
+    """A volume or network still attached to a live compute cannot go (the provider would refuse too)."""
+    rows = (await session.exec(select(WorkloadLink, Workload).join(Workload, WorkloadLink.source_id == Workload.id)
+                               .where(WorkloadLink.target_id == workload.id))).all()
+    live = [f"{link.kind} {link.id} from compute {src.name}" for link, src in rows if src.present]
+    if live:
+        raise Conflict(f"{workload.kind} {workload.name} is still linked: {'; '.join(live)}; remove the links first")
+
+
+async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:
+    """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
+    stopped is stopped for the copy and started again; the image is named now, so retries reuse it."""
+    workload, provider, first = await _workload_or_create(engine, workload_id)
+    at = {"provider": provider, "workload_id": workload.id}
+    image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
+    was_running = workload.observed_state != "stopped"  # a create still running ends running
+    steps = [*first]
+    if was_running:
+        steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 120})]
+    steps += [Step("export", "disk.export", at, compensate="scratch.clean", weight=3),
+              Step("publish", "image.publish", {"workload_id": workload.id, "name": image}, commit=True, weight=2)]
+    if was_running:
+        steps += [Step("start", "vm.power", {**at, "verb": "start"}),
+                  Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 120})]
+    steps += [Step("observe", "workload.observe", at), Step("clean-scratch", "scratch.clean", {})]
+    return await engine.submit(kind="save", steps=steps, target_id=workload.id, project_id=workload.project_id,
+                               params={"image_name": image})
+
+
+async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,
+                       idempotency_key: str | None = None) -> Operation:
+    """Move a running VM without stopping it: between two libvirt daemons, or to a host of its region."""
+    workload, provider = await _workload_at(engine, workload_id)
+    target_cfg = _known_provider(engine, target_provider)
+    if target_provider != provider and target_cfg.kind != _known_provider(engine, provider).kind:
+        raise ValidationError("live migration stays within one kind of hypervisor; use a cold migration")
+    src = {"provider": provider, "workload_id": workload.id}
+    dst = {"provider": target_provider, "workload_id": workload.id}
+    steps = [Step("migrate", "vm.live_migrate", {**src, "target_provider": target_provider,
+                                                  "target_host": target_host}, weight=5),
+             Step("verify-target", "vm.wait", {**dst, "state": "running", "timeout_s": 120}),
+             Step("record", "workload.record", dst, commit=True)]
+    return await engine.submit(kind="live_migrate", steps=steps, target_id=workload.id,
+                               project_id=workload.project_id, params={"from": provider, "to": target_provider},
+                               idempotency_key=idempotency_key,
+                               fingerprint=fingerprint(workload.id, target_provider, target_host))
+
+
+
+
+def new_mac(taken: set[str], kind: str = "") -> str:
+    """A unicast MAC in the target kind's range (``ProviderKindInfo.mac_range``) that no workload uses."""
+    info = KINDS.get(kind)
+    prefix, top = info.mac_range if info else QEMU_MACS
+    while True:
+        mac = f"{prefix}:{random.randrange(top + 1):02x}:" + ":".join(f"{random.randrange(256):02x}" for _ in range(2))
+        if mac not in taken:
+            return mac
+
+
+def clone_hostname(name: str) -> str:
+    """The workload's name as a host name (RFC 1123 label) with a fresh suffix: the clone's own."""
+    return f"{host_label(name)[:56].strip('-')}-{uuid.uuid4().hex[:6]}"
+
+
+def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: float) -> dict[str, Any]:
+    """The boot-check step's arguments: "running and stable for 2 s", plus, when a marker regex is known
+    (the request's, else the workload spec's ``boot_marker``, else ``operations.boot_marker``) and the
+    target declares a console, that regex on the clone's serial console: proof that the guest booted
+    from the converted disk. A marker for a target without a console is dropped (nothing to read)."""
+    from metavmm.drivers.registry import driver_class
+    from metavmm.foundation.records import Capability
+    from metavmm.services.operations.vm_actions import console_pattern
+
+    marker = marker or engine.config.operations.boot_marker
+    args: dict[str, Any] = {"state": "running", "timeout_s": timeout_s, "stable_s": 2.0}
+    if marker is None:
+        return args
+    console_pattern(marker)  # a bad regex is the request's error, before any step runs
+    try:
+        console = Capability.CONSOLE in driver_class(target_kind).capabilities
+    except ConfigError:
+        console = False
+    return {**args, "stable_s": 0.0, "console_marker": marker} if console else args
+
+
+async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,
+                       disk_format: str = "raw", boot_marker: str | None = None, boot_timeout_s: float = 300,
+                       idempotency_key: str | None = None) -> Operation:
+    """Stop, export, convert, import, boot and verify at the target; only then remove the source.
+
+    The boot check (see :func:`boot_check`) waits ``boot_timeout_s`` for the clone to run and, where a
+    ``boot_marker`` regex is known and the target has a console, to print it.
+
+    The clone gets its own hostname, MAC and, when the target site has a ``clone_network``, an address
+    of it (all drawn now, so retries reuse them; the address is leased in the plan's transaction, see
+    addresses.py); without one its IP comes from the target's DHCP. The guest learns them through
+    cloud-init (translators/cloudinit.py). The commit step (recording the target in the catalog) is the
+    point of no return: before it a failure or a cancel restores the source, after it the source is
+    cleaned up.
+    """
+    workload, provider = await _workload_at(engine, workload_id)
+    target_cfg = _known_provider(engine, target_provider)
+    if target_provider == provider:
+        raise ValidationError("a cold migration needs another provider as its target")
+    sites, regions = getattr(target_cfg, "sites", None), getattr(target_cfg, "regions", None)
+    region = target_region or (sites[0].region if sites else regions[0] if regions else "local")
+    async with engine.sessions() as session:
+        macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}
+    assigned = target_cfg.kind in KINDS and KINDS[target_cfg.kind].assigns_mac  # neutron gives the port its MAC
+    mac = None if assigned else new_mac(macs, target_cfg.kind)
+    hostname = clone_hostname(workload.name)
+    image_name = f"migrate-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
+    src = {"provider": provider, "workload_id": workload.id}
+    dst = {"provider": target_provider, "workload_id": workload.id}
+    spec = workload.spec
+    net = addresses.clone_network(target_cfg, region)
+    check = boot_check(engine, target_cfg.kind, boot_marker or spec.get("boot_marker"), boot_timeout_s)
+
+    def plan(address: Any) -> dict[str, Any]:
+        identity: dict[str, Any] = {"mac": mac, "hostname": hostname, "instance_id": f"{workload.id}-{hostname}"}
+        if address is not None and net is not None:
+            identity.update(address=f"{address}/{net.cidr.prefixlen}", gateway=str(net.gateway or "") or None,
+                            dns=[str(d) for d in net.dns])
+        ip = str(address) if address is not None else None
+        steps = [
+            Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
+            Step("export", "disk.export", src, compensate="scratch.clean", weight=3),
+            Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
+            Step("import", "image.import", {"provider": target_provider, "region": region, "name": image_name},
+                 compensate="image.delete", weight=3),
+            Step("create-target", "vm.create", {**dst, "name": hostname, "region": region,
+                                                "image_from": "target_image", "vcpus": spec.get("vcpus", 1),
+                                                "ram_mib": spec.get("ram_mib", 512), "extra": identity,
+                                                "save_as": "target_vm"},
+                 compensate="vm.delete", weight=2),
+            Step("boot-check", "vm.wait", {**dst, **check}),
+            Step("record", "workload.record", {**dst, "spec_update": {
+                "mac": mac, "hostname": hostname, "ip": ip,
+                "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
+            Step("remove-source", "vm.delete", src),
+            Step("clean-scratch", "scratch.clean", {}),
+        ]
+        if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
+            steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
+        return {"kind": "cold_migrate", "steps": steps, "target_id": workload.id, "project_id": workload.project_id,
+                "idempotency_key": idempotency_key,
+                "fingerprint": fingerprint(workload.id, target_provider, target_region, disk_format),
+                "params": {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname,
+                           "mac": mac, "ip": ip, "boot_marker": check.get("console_marker")}}
+
+    if net is None:
+        return await engine.submit(**plan(None))
+    op, created = await addresses.submit_with_lease(engine.sessions, net, where=f"{target_provider}/{region}",
+                                                    workload_id=workload.id, build=plan)
+    if created:
+        await engine.wake(op.id)
+    return op
+
+
+def resize_steps(workload_id: str, *, provider: str, running: bool, vcpus: int, ram_mib: int, flavor: str | None,
+                 old: dict[str, Any], shrink: dict[str, str]) -> list[Step]:
+    """Stop (if running), resize, start (if it was running), verify, record the shape, settle the quota."""
+    at = {"provider": provider, "workload_id": workload_id}
+    new = {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor}
+    target = flavor or f"{vcpus} vCPU / {ram_mib} MiB"
+    steps = [Step("hold-quota", "quota.hold", {"workload_id": workload_id}, compensate="quota.release_delta"),
+             Step("note", "workload.note", {"workload_id": workload_id, "message": f"resizing to {target}"})]
+    if running:
+        steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300})]
+    steps.append(Step("resize", "vm.resize", {**at, **new, "old_vcpus": old["vcpus"], "old_ram_mib": old["ram_mib"],
+                                               "old_flavor": old.get("flavor")}, compensate="vm.unresize", weight=2))
+    if running:
+        steps += [Step("start", "vm.power", {**at, "verb": "start"}),
+                  Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300, "stable_s": 1.0})]
+    steps += [Step("verify", "vm.check_shape", {**at, **new}),
+              Step("record", "workload.record", {**at, "spec_update": new}, commit=True),
+              Step("commit-quota", "quota.commit_delta", {"workload_id": workload_id, "shrink": shrink})]
+    return steps
+
+
+async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None,
+                 idempotency_key: str | None = None) -> Operation:
+    """Change a placed compute workload's shape (vCPUs and RAM, or a provider flavor that has them).
+
+    The growth is checked against the project's quota and reserved in the transaction that writes the
+    plan (QuotaExceeded leaves nothing behind); the plan commits it once the new shape is recorded, its
+    rollback gives it back. The OCCI ``resize`` action and ``POST /workloads/{id}/actions`` both call this.
+    """
+    from metavmm.catalog.db import session_scope
+    from metavmm.catalog.models import new_uuid
+    from metavmm.services import quotas
+
+    if vcpus < 1 or ram_mib < 1:
+        raise ValidationError("a resize needs at least 1 vCPU and 1 MiB of RAM")
+    workload, provider = await _workload_at(engine, workload_id)
+    if workload.kind != WorkloadKind.COMPUTE:
+        raise Conflict(f"resize applies to compute workloads, not {workload.kind}")
+    if idempotency_key:
+        async with engine.sessions() as session:
+            query = select(Operation).where(Operation.idempotency_key == idempotency_key)
+            earlier = (await session.exec(query)).first()
+        if earlier is not None:
+            if earlier.kind != "resize" or earlier.target_id != workload_id:
+                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+            return earlier
+    spec = workload.spec
+    old = {"vcpus": int(spec.get("vcpus") or 1), "ram_mib": int(spec.get("ram_mib") or 512),
+           "flavor": spec.get("flavor")}
+    if (old["vcpus"], old["ram_mib"], old["flavor"]) == (vcpus, ram_mib, flavor):
+        raise Conflict(f"workload {workload_id} already has {vcpus} vCPU / {ram_mib} MiB")
+    delta = {"vcpus": vcpus - old["vcpus"], "ram_mib": ram_mib - old["ram_mib"]}
+    grow = {k: Decimal(v) for k, v in delta.items() if v > 0}
+    # a workload outside any project (made by the CLI or adopted) counts against no quota
+    shrink = {k: str(-v) for k, v in delta.items() if v < 0} if workload.project_id is not None else {}
+    op_id = new_uuid()
+    steps = resize_steps(workload_id, provider=provider, running=workload.observed_state == "running", vcpus=vcpus,
+                         ram_mib=ram_mib, flavor=flavor, old=old, shrink=shrink)
+    async with session_scope(engine.sessions) as session:
+        if workload.project_id is not None:
+            await quotas.lock_project(session, workload.project_id)  # first statement (SQLite)
+            if grow:
+                await quotas.reserve(session, workload.project_id, grow, workload_id=workload_id, operation_id=op_id)
+        if await _busy(session, workload_id):
+            raise Conflict(f"workload {workload_id} has an operation in progress; resize it when that ends")
+        op = await store.write_plan(session, kind="resize", steps=steps, target_id=workload_id,
+                                    project_id=workload.project_id, idempotency_key=idempotency_key,
+                                    params={"from": old, "to": {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor},
+                                            "provider": provider},
+                                    operation_id=op_id)
+    await engine.wake(op.id)
+    return op
+
+
+async def _busy(session: Any, workload_id: str) -> bool:
+    """Another operation on the workload is still running (two shape changes must not interleave)."""
+    active = [str(s) for s in store.ACTIVE]
+    query = select(Operation.id).where(Operation.target_id == workload_id, col(Operation.state).in_(active))
+    return (await session.exec(query)).first() is not None

@@ -1,0 +1,74 @@
+"""Step actions on marketplace images: bring one to the site that will run it, or publish a VM's disk.
+
+``image.replicate`` is idempotent by construction: the replicator reuses a replica the catalog tracks
+at the site (and whose file is still there), so a retried or resumed step copies nothing twice. It
+has no compensation: a replica is a cache that later launches reuse, and expired ones are pruned
+(``metavmm marketplace prune``). Access to the image was checked when the request was accepted.
+
+``image.publish`` (OCCI ``save``) sends an exported disk through the marketplace's publish path like
+any upload: hashed, inspected as untrusted input, stored content-addressed, recorded as an ``Image``
+(visibility ``project``). The image name is drawn when the plan is made, so a retried step that finds
+its own bytes already published under that name adopts that entry instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Project, Workload
+from metavmm.foundation.errors import Conflict, NotFound
+from metavmm.services.marketplace.entries import Audience, ImageMeta
+from metavmm.services.marketplace.publish import current_version, publish
+from metavmm.services.marketplace.replication import Replicator
+from metavmm.services.operations.actions import action
+from metavmm.services.operations.context import StepContext
+
+_copying: dict[tuple[str, str], asyncio.Lock] = {}
+"""One copy at a time per (image, site) in this process: a second operation waits, then reuses it."""
+
+
+@action("image.replicate")
+async def replicate(ctx: StepContext, *, image_id: str, site: str, save_as: str = "replica_image",
+                    **_: Any) -> dict[str, Any]:
+    """Copy (or reuse) the image's replica at ``site``; later steps boot it from ``outputs[save_as]``."""
+    await ctx.progress(0.0, force=True)
+    async with _copying.setdefault((image_id, site), asyncio.Lock()):
+        result = await Replicator(ctx.sessions, ctx.config).replicate(image_id, site, audience=Audience(admin=True))
+    if result.reused:
+        await ctx.log(f"replica at {site} reused: {result.replica.provider_image_id}")
+    else:
+        await ctx.log(f"replicated to {site} as {result.replica.format} in {result.seconds:.1f}s "
+                      f"({result.mib_per_s:.0f} MiB/s)")
+    for note in result.notes:
+        await ctx.log(note)
+    return {save_as: result.replica.provider_image_id, "replica_reused": result.reused,
+            "replica_format": result.replica.format, "replica_notes": list(result.notes)}
+
+
+@action("image.publish")
+async def publish_disk(ctx: StepContext, *, workload_id: str, name: str, source: str = "exported",
+                       **_: Any) -> dict[str, Any]:
+    """Publish the disk in ``outputs[source]`` as an image of the workload's project."""
+    disk = ctx.outputs[source]
+    async with session_scope(ctx.sessions) as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None:
+            raise NotFound(f"no workload {workload_id}")
+        project = await session.get(Project, workload.project_id) if workload.project_id else None
+        publisher = project.name if project else "broker"
+        meta = ImageMeta(name=name, publisher=publisher, format=disk["format"], visibility="project",
+                         project_id=workload.project_id, arch="x86_64",
+                         description=f"saved from compute {workload.name} ({workload_id})")
+        try:
+            image = await publish(session, meta, disk["path"])
+        except Conflict:  # a retried step: the crashed attempt published these bytes under this name
+            found = await current_version(session, publisher, name)
+            if found is None:
+                raise
+            image = found
+            await ctx.log(f"image {name} was published by an earlier attempt: reused")
+        image_id, size = image.id, image.size_bytes
+    await ctx.log(f"published {name} as image {image_id} ({size} bytes, sha256 verified)")
+    return {"image_id": image_id}

@@ -1,0 +1,68 @@
+"""Plans: the ordered steps of an operation, written whole before the first step runs.
+
+A step is a plain JSON object in the operation row, so a restarted broker (or another worker) reads
+exactly what the crashed one was doing. Its ``action`` names an entry of the action registry
+(:mod:`metavmm.services.operations.actions`); ``compensate`` names the action that undoes it during a
+rollback; ``commit`` marks the point of no return (once it is done, a failure or a cancel no longer
+rolls back: the operation pushes forward, e.g. the source of a migration is cleaned up only after
+the target was verified, and after that the target is the truth).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StepState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"  # failed transiently; retried after a backoff
+    DONE = "done"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+
+
+MAX_LOG_LINES = 50
+"""Log lines kept per step in the row (the full history is in operation_event)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a plan, as a caller declares it."""
+
+    name: str
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+    compensate: str | None = None
+    commit: bool = False
+    weight: float = 1.0  # share of the progress bar (a disk copy weighs more than a state check)
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "action": self.action, "args": dict(self.args), "compensate": self.compensate,
+            "commit": self.commit, "weight": self.weight, "state": StepState.PENDING.value, "attempts": 0,
+            "started_at": None, "finished_at": None, "error": None, "log": [], "progress": 0.0,
+        }
+
+
+def plan_rows(steps: list[Step]) -> list[dict[str, Any]]:
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"step names must be unique within a plan: {names}")
+    return [s.to_row() for s in steps]
+
+
+def overall_progress(steps: list[dict[str, Any]]) -> float:
+    """0..1: done steps count whole, the running step by its own progress, weighted."""
+    total = sum(float(s.get("weight", 1.0)) for s in steps) or 1.0
+    done = 0.0
+    for s in steps:
+        w = float(s.get("weight", 1.0))
+        if s["state"] in (StepState.DONE, StepState.COMPENSATED, StepState.COMPENSATING):
+            done += w
+        elif s["state"] in (StepState.RUNNING, StepState.WAITING):
+            done += w * float(s.get("progress", 0.0))
+    return round(min(done / total, 1.0), 4)

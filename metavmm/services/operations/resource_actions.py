@@ -1,0 +1,218 @@
+"""Step actions on volumes (OCCI storage, REST storage workloads) and networks (OCCI network, REST network
+workloads): ``volume.create``/``delete``/``attach``/``detach``, the same four for ``network``, and
+``resource.record``, which writes where one now is.
+
+Volumes and networks differ only in the driver verbs and value objects they use, so one
+:class:`Verbs` row per kind drives the same idempotent code: every create first looks for a resource
+carrying the workload's tag (a crash between "the provider made it" and "the row recorded it" leaves
+nothing unfindable, and the re-run adopts it), every attach of what is attached already is a no-op,
+every delete or detach of what is already gone succeeds. A network is what the provider calls one:
+a libvirt network (an isolated bridge), an AWS VPC with one subnet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import select
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Provider, Site, Workload, utcnow
+from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound
+from metavmm.foundation.records import NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
+from metavmm.services.operations.actions import action
+from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.vm_actions import find_vm, require_vm
+
+Resource = VolumeInfo | NetworkInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Verbs:
+    """The driver verbs and catalog words of one resource kind."""
+
+    kind: str  # the workload kind: storage | network
+    noun: str  # volume | network
+    online: str  # the workload's observed state once it exists (OCCI's state vocabulary)
+
+    def list(self, driver: Any) -> Any:
+        return getattr(driver, f"list_{self.noun}s")()
+
+    def create(self, driver: Any, spec: Any) -> Any:
+        return getattr(driver, f"create_{self.noun}")(spec)
+
+    def delete(self, driver: Any, resource_id: str) -> Any:
+        return getattr(driver, f"delete_{self.noun}")(resource_id)
+
+    def attach(self, driver: Any, vm_id: str, resource_id: str) -> Any:
+        return getattr(driver, f"attach_{self.noun}")(vm_id, resource_id)
+
+    def detach(self, driver: Any, vm_id: str, resource_id: str) -> Any:
+        return getattr(driver, f"detach_{self.noun}")(vm_id, resource_id)
+
+
+VOLUME = Verbs("storage", "volume", "online")
+NETWORK = Verbs("network", "network", "active")
+BY_KIND = {v.kind: v for v in (VOLUME, NETWORK)}
+
+
+def resource_id(found: Resource) -> str:
+    return found.provider_volume_id if isinstance(found, VolumeInfo) else found.provider_network_id
+
+
+async def find(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str) -> Resource | None:
+    """The resource carrying ``workload_id``'s tag at ``provider``, or None."""
+    matches = [r for r in await verbs.list(ctx.driver(provider)) if r.workload_id == workload_id]
+    if len(matches) > 1:
+        raise DriverError(f"{len(matches)} {verbs.noun}s carry workload {workload_id}; expected one",
+                          provider=provider, operation=f"find_{verbs.noun}")
+    return matches[0] if matches else None
+
+
+async def require(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str) -> Resource:
+    found = await find(ctx, verbs, provider, workload_id)
+    if found is None:
+        raise ProviderNotFound(f"no {verbs.noun} of workload {workload_id}", provider=provider,
+                               operation=f"find_{verbs.noun}")
+    return found
+
+
+async def create(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str, spec: Any) -> dict[str, Any]:
+    """Create the resource unless one carrying the workload's tag is there already (then adopt it)."""
+    existing = await find(ctx, verbs, provider, workload_id)
+    if existing is not None:
+        await ctx.log(f"adopting {verbs.noun} {resource_id(existing)}, created by an earlier attempt")
+        return {f"{verbs.noun}_id": resource_id(existing)}
+    made = await verbs.create(ctx.driver(provider), spec)
+    await ctx.log(f"created {verbs.noun} {resource_id(made)} at {provider}/{spec.region}")
+    return {f"{verbs.noun}_id": resource_id(made)}
+
+
+async def delete(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str) -> None:
+    """Delete the workload's resource; nothing there is success, in use is a conflict (not retried)."""
+    found = await find(ctx, verbs, provider, workload_id)
+    if found is None:
+        await ctx.log(f"no {verbs.noun} of the workload at {provider}: nothing to delete")
+        return
+    try:
+        await verbs.delete(ctx.driver(provider), resource_id(found))
+    except ProviderNotFound:
+        return
+    await ctx.log(f"deleted {verbs.noun} {resource_id(found)} at {provider}")
+
+
+# --- links: a compute and a volume or network at the same provider -------------------------------------
+
+
+async def _placed(session: Any, workload_id: str) -> tuple[Workload, str | None]:
+    row = await session.get(Workload, workload_id)
+    if row is None or not row.present:
+        raise NotFound(f"workload {workload_id} is gone")
+    provider = await session.get(Provider, row.provider_id) if row.provider_id else None
+    return row, provider.name if provider and row.provider_resource_id else None
+
+
+async def link_provider(ctx: StepContext, compute_id: str, target_id: str) -> str | None:
+    """The provider both ends of a link are at; None while one of them is not placed yet. Ends at two
+    providers or sites are a conflict: a VM attaches only what its own site holds."""
+    async with ctx.sessions() as session:
+        compute, at = await _placed(session, compute_id)
+        target, target_at = await _placed(session, target_id)
+    if at is None or target_at is None:
+        return None
+    if (at, compute.site_id) != (target_at, target.site_id):
+        raise Conflict(f"{target.kind} {target.name} is at {target_at} (site {target.site_id}), compute "
+                       f"{compute.name} at {at} (site {compute.site_id}): a link stays within one site")
+    return at
+
+
+async def attach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str) -> dict[str, Any]:
+    provider = await link_provider(ctx, compute_id, target_id)
+    if provider is None:
+        raise Conflict(f"compute {compute_id} or {verbs.kind} {target_id} is not placed at any provider")
+    vm = await require_vm(ctx, provider, compute_id)
+    found = await require(ctx, verbs, provider, target_id)
+    await verbs.attach(ctx.driver(provider), vm.provider_vm_id, resource_id(found))
+    await ctx.log(f"{verbs.noun} {resource_id(found)} attached to {vm.provider_vm_id} at {provider}")
+    return {"attached": resource_id(found), "vm_id": vm.provider_vm_id}
+
+
+async def detach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str) -> None:
+    """Detach; an end that is gone, or a resource that is not attached, leaves nothing to do."""
+    try:
+        provider = await link_provider(ctx, compute_id, target_id)
+    except NotFound as exc:
+        await ctx.log(f"nothing to detach: {exc}")
+        return
+    vm = await find_vm(ctx, provider, compute_id) if provider else None
+    found = await find(ctx, verbs, provider, target_id) if provider else None
+    if provider is None or vm is None or found is None:
+        await ctx.log("nothing to detach: an end is not at the provider")
+        return
+    try:
+        await verbs.detach(ctx.driver(provider), vm.provider_vm_id, resource_id(found))
+    except ProviderNotFound:
+        await ctx.log(f"{verbs.noun} {resource_id(found)} was not attached")
+        return
+    await ctx.log(f"{verbs.noun} {resource_id(found)} detached from {vm.provider_vm_id}")
+
+
+# --- the catalog ---------------------------------------------------------------------------------------
+
+
+@action("resource.record")
+async def record(ctx: StepContext, *, provider: str, workload_id: str, kind: str, **_: Any) -> dict[str, Any]:
+    """Write where the volume or network now is (provider, site, provider id) and that it is usable."""
+    verbs = BY_KIND[kind]
+    found = await require(ctx, verbs, provider, workload_id)
+    async with session_scope(ctx.sessions) as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None:
+            raise NotFound(f"no workload {workload_id}")
+        prov = (await session.exec(select(Provider).where(Provider.name == provider))).first()
+        site = None
+        if prov is not None:
+            site = (await session.exec(select(Site).where(Site.provider_id == prov.id,
+                                                          Site.region == found.region))).first()
+        workload.provider_id = prov.id if prov else None
+        workload.site_id = site.id if site else workload.site_id
+        workload.provider_resource_id = resource_id(found)
+        workload.observed_state = verbs.online
+        workload.state_message = f"{verbs.online} at {provider}/{found.region}"
+        workload.present = True
+        workload.updated_at = utcnow()
+        workload.version += 1
+        session.add(workload)
+    return {"placed_at": provider}
+
+
+def register(verbs: Verbs, spec: Callable[..., Any]) -> None:
+    """Register ``<noun>.create``/``delete``/``attach``/``detach`` for one kind; ``spec`` builds the driver's
+    spec from the create step's arguments (name, region, size_gib or cidr, zone) and the workload id."""
+    noun = verbs.noun
+
+    async def create_it(ctx: StepContext, *, provider: str, workload_id: str, **args: Any) -> dict[str, Any]:
+        return await create(ctx, verbs, provider, workload_id, spec(workload_id=workload_id, **args))
+
+    async def delete_it(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+        await delete(ctx, verbs, provider, workload_id)
+
+    async def attach_it(ctx: StepContext, *, compute_id: str, target_id: str, **_: Any) -> dict[str, Any]:
+        return await attach(ctx, verbs, compute_id, target_id)
+
+    async def detach_it(ctx: StepContext, *, compute_id: str, target_id: str, **_: Any) -> None:
+        await detach(ctx, verbs, compute_id, target_id)
+
+    docs = {create_it: f"Create the workload's {noun} unless one carrying its tag is there already (adopt it).",
+            delete_it: f"Delete the workload's {noun}; nothing there is success, still in use is a conflict.",
+            attach_it: f"Attach the {noun} to the compute's VM (attached already: done).",
+            detach_it: f"Detach the {noun} from the VM (compensation of {noun}.attach; not attached: done)."}
+    for fn, doc in docs.items():
+        fn.__doc__ = doc
+        action(f"{noun}.{fn.__name__.removesuffix('_it')}")(fn)
+
+
+register(VOLUME, VolumeSpec)
+register(NETWORK, NetworkSpec)

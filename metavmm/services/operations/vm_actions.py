@@ -1,0 +1,256 @@
+"""Step actions on VMs and workloads, each idempotent: it looks at the provider before acting.
+
+VMs are found by the workload tag every driver stores on what the broker creates (``OWNER_TAG``), not
+by an id saved after the call: a crash between "the provider created it" and "the row recorded it"
+then leaves nothing unfindable, and a re-run of the step adopts the VM instead of creating a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from sqlmodel import select
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Host, Provider, Site, Workload, utcnow
+from metavmm.foundation.errors import DriverError, NotFound, ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.records import VmInfo, VmSpec, VmState
+from metavmm.services.operations.actions import action
+from metavmm.services.operations.context import StepContext
+
+
+async def find_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo | None:
+    """The VM carrying ``workload_id``'s tag at ``provider``, or None."""
+    matches = [vm for vm in await ctx.driver(provider).list_vms() if vm.workload_id == workload_id]
+    if len(matches) > 1:
+        raise DriverError(f"{len(matches)} VMs carry workload {workload_id}; expected one",
+                          provider=provider, operation="find_vm")
+    return matches[0] if matches else None
+
+
+async def require_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo:
+    vm = await find_vm(ctx, provider, workload_id)
+    if vm is None:
+        raise ProviderNotFound(f"no VM of workload {workload_id}", provider=provider, operation="find_vm")
+    return vm
+
+
+@action("vm.create")
+async def create_vm(ctx: StepContext, *, provider: str, workload_id: str, name: str, region: str,
+                    image: str | None = None, image_from: str | None = None, vcpus: int = 1, ram_mib: int = 512,
+                    disk_gib: int = 0, flavor: str | None = None, host: str | None = None,
+                    extra: dict[str, Any] | None = None, save_as: str = "vm_id") -> dict[str, Any]:
+    """Create the workload's VM at ``provider`` unless one carrying its tag is there already."""
+    existing = await find_vm(ctx, provider, workload_id)
+    if existing is not None:
+        await ctx.log(f"adopting {existing.provider_vm_id}, created by an earlier attempt")
+        return {save_as: existing.provider_vm_id}
+    image_id = ctx.outputs[image_from] if image_from else image
+    if not image_id and not disk_gib:
+        raise NotFound("vm.create needs an image or a disk size")
+    spec = VmSpec(name=name, region=region, image=image_id or "", vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
+                  flavor=flavor, host=host, workload_id=workload_id, extra=extra or {})
+    vm = await ctx.driver(provider).create_vm(spec)
+    await ctx.log(f"created {vm.provider_vm_id} ({vm.name}) at {provider}/{region}")
+    return {save_as: vm.provider_vm_id}
+
+
+@action("vm.delete")
+async def delete_vm(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+    """Delete the workload's VM at ``provider``; nothing there is success."""
+    vm = await find_vm(ctx, provider, workload_id)
+    if vm is None:
+        await ctx.log(f"no VM of the workload at {provider}: nothing to delete")
+        return
+    try:
+        await ctx.driver(provider).delete_vm(vm.provider_vm_id)
+    except ProviderNotFound:
+        return
+    await ctx.log(f"deleted {vm.provider_vm_id} at {provider}")
+
+
+_POWER: dict[str, tuple[str, set[VmState]]] = {
+    # verb: (driver method, states in which there is nothing to do)
+    "start": ("start_vm", {VmState.RUNNING}),
+    "stop": ("stop_vm", {VmState.STOPPED}),
+    "suspend": ("suspend_vm", {VmState.SUSPENDED}),
+    "restart": ("restart_vm", set()),
+}
+
+
+@action("vm.power")
+async def power(ctx: StepContext, *, provider: str, workload_id: str, verb: str, **_: Any) -> None:
+    """Start, stop, suspend or restart the workload's VM (skipped when it is already there)."""
+    method, done_states = _POWER[verb]
+    vm = await require_vm(ctx, provider, workload_id)
+    if vm.state in done_states:
+        await ctx.log(f"already {vm.state}")
+        return
+    await getattr(ctx.driver(provider), method)(vm.provider_vm_id)
+
+
+@action("vm.start")
+async def start(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+    """Start the workload's VM (compensation of a stop)."""
+    await power(ctx, provider=provider, workload_id=workload_id, verb="start")
+
+
+MAX_MARKER = 200
+
+
+def console_pattern(marker: str) -> re.Pattern[str]:
+    """A boot marker regex, checked where it is asked for (a request, the federation file): a clear error."""
+    if not marker or len(marker) > MAX_MARKER:
+        raise ValidationError(f"a boot marker is a regex of 1 to {MAX_MARKER} characters")
+    try:
+        return re.compile(marker, re.MULTILINE)
+    except re.error as exc:
+        raise ValidationError(f"boot marker {marker!r} is not a valid regex: {exc}") from None
+
+
+def _last_line(text: str) -> str:
+    """The console's last non-empty line, printable and short (guest output goes into an error message)."""
+    line = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return "".join(c if c.isprintable() else "?" for c in line)[-120:]
+
+
+@action("vm.wait")
+async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state: str, timeout_s: float = 120,
+                     stable_s: float = 0.0, console_marker: str | None = None, **_: Any) -> dict[str, Any]:
+    """Poll until the VM is in ``state`` (and stays there ``stable_s``: a boot that crashes fails).
+
+    ``console_marker``: a regex that must also appear on the VM's serial console (``console_output``)
+    before the timeout: proof that the guest booted from its disk, not only that the hypervisor runs it.
+    """
+    pattern = console_pattern(console_marker) if console_marker else None
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + timeout_s
+    seen_since: float | None = None
+    console = ""
+    while True:
+        vm = await require_vm(ctx, provider, workload_id)
+        now = loop.time()
+        if vm.state == state:
+            seen_since = seen_since if seen_since is not None else now
+            if now - seen_since >= stable_s:
+                if pattern is None:
+                    return {"observed_state": str(vm.state)}
+                console = await ctx.driver(provider).console_output(vm.provider_vm_id)
+                # in a thread: the text is the guest's and the regex an operator's, a slow match must not
+                # stall the executor's event loop (it still costs that thread; see operations.md)
+                found = await asyncio.to_thread(pattern.search, console)
+                if found:
+                    await ctx.log(f"boot marker {found.group(0).strip()!r} seen on the console of "
+                                  f"{vm.provider_vm_id} {loop.time() - start:.1f}s into the check")
+                    return {"observed_state": str(vm.state), "boot_marker": found.group(0).strip()}
+        else:
+            seen_since = None
+            if vm.state == VmState.ERROR:
+                raise DriverError(f"VM {vm.provider_vm_id} is in error", provider=provider, operation="wait")
+        if now >= deadline:
+            if vm.state == state and pattern is not None:
+                # not retried: the guest had its whole timeout to boot; another wait would see the same log
+                raise ProviderConflict(f"VM {vm.provider_vm_id} is {state} but its console did not show "
+                                  f"/{console_marker}/ within {timeout_s:.0f}s (last line: {_last_line(console)!r})",
+                                  provider=provider, operation="wait")
+            raise DriverError(f"VM {vm.provider_vm_id} is {vm.state}, not {state}, after {timeout_s:.0f}s",
+                              provider=provider, operation="wait")
+        await ctx.progress(min((now - start) / timeout_s, 0.99) if timeout_s else 0.99)
+        await asyncio.sleep(0.2)
+
+
+@action("vm.live_migrate")
+async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str, workload_id: str,
+                       target_host: str | None = None, **_: Any) -> dict[str, Any]:
+    """Live-migrate to ``target_provider`` (another libvirt daemon, or a host of the same region).
+
+    Already at the target is success: a crash after the migration but before the row was written
+    re-runs this step, which then only reports where the VM is.
+    """
+    if target_provider != provider:
+        there = await find_vm(ctx, target_provider, workload_id)
+        if there is not None and there.state == VmState.RUNNING:
+            await ctx.log(f"already running at {target_provider}")
+            return {"vm_id": there.provider_vm_id}
+    vm = await require_vm(ctx, provider, workload_id)
+    if target_provider == provider and target_host and vm.host == target_host:
+        return {"vm_id": vm.provider_vm_id}
+    source, target = ctx.driver(provider), ctx.driver(target_provider)
+    dest = target_host or ctx.config.provider(target_provider).endpoint
+    await ctx.log(f"live migration of {vm.provider_vm_id} to {dest}")
+    if source.kind == target.kind == "libvirt" and target_provider != provider:
+        # two libvirt hosts: the disk moves into the target provider's storage
+        await source.live_migrate(vm.provider_vm_id, dest,  # type: ignore[call-arg]
+                                  ex_target_storage_dir=str(target.storage_dir))  # type: ignore[attr-defined]
+    else:
+        await source.live_migrate(vm.provider_vm_id, dest)
+    return {"vm_id": vm.provider_vm_id}
+
+
+# --- the catalog ----------------------------------------------------------------------------------
+
+
+@action("workload.record")
+async def record_placement(ctx: StepContext, *, provider: str, workload_id: str,
+                           spec_update: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
+    """Write where the workload now runs (provider, site, host, provider id) and what it is doing."""
+    vm = await require_vm(ctx, provider, workload_id)
+    async with session_scope(ctx.sessions) as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None:
+            raise NotFound(f"no workload {workload_id}")
+        prov = (await session.exec(select(Provider).where(Provider.name == provider))).first()
+        site = host = None
+        if prov is not None:
+            query = select(Site).where(Site.provider_id == prov.id, Site.region == vm.region)
+            site = (await session.exec(query)).first()
+        if site is not None and vm.host:
+            host = (await session.exec(select(Host).where(Host.site_id == site.id, Host.name == vm.host))).first()
+        workload.provider_id = prov.id if prov else None
+        workload.site_id = site.id if site else None
+        workload.host_id = host.id if host else None
+        workload.provider_resource_id = vm.provider_vm_id
+        workload.observed_state = str(vm.state)
+        workload.state_message = f"{vm.state} at {provider}/{vm.region}" + (f" on {vm.host}" if vm.host else "")
+        workload.present = True
+        if spec_update:
+            workload.spec = {**workload.spec, **spec_update}
+        workload.updated_at = utcnow()
+        workload.version += 1
+        session.add(workload)
+    return {"placed_at": provider}
+
+
+@action("workload.observe")
+async def observe(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+    """Copy the VM's state into the workload row (after a power action)."""
+    await record_placement(ctx, provider=provider, workload_id=workload_id)
+
+
+@action("workload.note")
+async def note(ctx: StepContext, *, workload_id: str, message: str, **_: Any) -> None:
+    """Say on the workload what is happening to it (OCCI's state.message) until a record step rewrites it."""
+    async with session_scope(ctx.sessions) as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None:
+            raise NotFound(f"no workload {workload_id}")
+        workload.state_message = message[:500]
+        workload.updated_at = utcnow()
+        session.add(workload)
+
+
+@action("workload.gone")
+async def mark_gone(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
+    """The workload's VM was deleted: keep the row for history, marked deleted."""
+    async with session_scope(ctx.sessions) as session:
+        workload = await session.get(Workload, workload_id)
+        if workload is None:
+            return
+        workload.observed_state, workload.desired_state = "deleted", "deleted"
+        workload.state_message, workload.present = "deleted", False
+        workload.provider_resource_id = None
+        workload.updated_at = utcnow()
+        session.add(workload)

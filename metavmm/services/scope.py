@@ -1,0 +1,52 @@
+"""Project scoping: what a caller may see of project-owned rows, in one place for REST and OCCI.
+
+Workloads, links, operations, quotas and tokens belong to one project; a caller sees its own
+project's rows, an admin every project's. Images follow the marketplace's rule (published beyond their
+project: ``public``, ``federation``, or ``school`` for the publishing school), which lives in one place,
+:class:`metavmm.services.marketplace.entries.Audience`. Shared inventory (providers, sites, hosts, flavors, prices)
+is readable by any authenticated caller. A row the caller may not see is answered exactly like a row
+that does not exist (404), so ids of other projects leak nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import true
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.foundation.errors import Forbidden, NotFound
+from metavmm.services.identity import Identity
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def visible(identity: Identity, model: type[SQLModel]) -> Any:
+    """A WHERE clause limiting ``model`` (which has ``project_id``) to what ``identity`` may see."""
+    if identity.is_admin:
+        return true()
+    return model.project_id == identity.project_id  # type: ignore[attr-defined]
+
+
+def can_see(identity: Identity, row: SQLModel) -> bool:
+    if identity.is_admin:
+        return True
+    return getattr(row, "project_id", None) == identity.project_id
+
+
+async def get_visible(session: AsyncSession, identity: Identity, model: type[M], key: Any, what: str) -> M:
+    """The row, or NotFound when it does not exist or belongs to a project the caller cannot see."""
+    row = await session.get(model, key)
+    if row is None or not can_see(identity, row):
+        raise NotFound(f"no {what} {key}")
+    return row
+
+
+def target_project(identity: Identity, project_id: int | None) -> int:
+    """The project a new row goes to: the caller's own unless an admin names another."""
+    if project_id is None or project_id == identity.project_id:
+        return identity.project_id
+    if not identity.is_admin:
+        raise Forbidden(f"you may create resources only in your project {identity.project}")
+    return project_id

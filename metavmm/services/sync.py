@@ -1,0 +1,84 @@
+"""Pulling inventory from every configured provider into the catalog (``metavmm catalog sync``).
+
+Each provider is synced in its own transaction: one unreachable provider records its error on its
+row and does not stop the others, and a failure half-way through one provider's inventory leaves
+that provider's previous rows as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Provider
+from metavmm.drivers.registry import create_driver, driver_class
+from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import MetavmmError
+from metavmm.services.observer import (
+    SyncCounts,
+    apply_inventory,
+    price_table_infos,
+    replace_prices,
+    upsert_provider,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncResult:
+    provider: str
+    kind: str
+    seconds: float
+    counts: SyncCounts | None = None
+    error: str | None = None
+
+
+async def register_providers(maker: async_sessionmaker[AsyncSession], cfg: FederationConfig) -> None:
+    """Write every configured provider and its on-prem price tables, before any inventory."""
+    async with session_scope(maker) as session:
+        for pcfg in cfg.providers:
+            try:
+                caps = driver_class(pcfg.kind).capabilities
+            except MetavmmError:
+                caps = frozenset()
+            row = await upsert_provider(session, pcfg, caps)
+            tables = [t for t in cfg.prices if t.provider == pcfg.name]
+            for table in tables:
+                await replace_prices(session, row, price_table_infos(table))
+
+
+async def sync_provider(maker: async_sessionmaker[AsyncSession], pcfg, timeout_s: float = 120) -> SyncResult:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    try:
+        driver = create_driver(pcfg)
+        try:
+            inventory = await asyncio.wait_for(driver.inventory(), timeout_s)
+        finally:
+            await driver.close()
+        async with session_scope(maker) as session:
+            row = (await session.exec(select(Provider).where(Provider.name == pcfg.name))).one()
+            counts = await apply_inventory(session, row, inventory, pcfg.sites)
+        return SyncResult(pcfg.name, pcfg.kind, time.perf_counter() - started, counts)
+    except (MetavmmError, TimeoutError) as exc:
+        message = str(exc) or f"no answer within {timeout_s:.0f} s"
+        log.warning("sync of %s failed: %s", pcfg.name, message)
+        async with session_scope(maker) as session:
+            row = (await session.exec(select(Provider).where(Provider.name == pcfg.name))).first()
+            if row is not None:
+                row.sync_error = message
+        return SyncResult(pcfg.name, pcfg.kind, time.perf_counter() - started, error=message)
+
+
+async def sync_all(maker: async_sessionmaker[AsyncSession], cfg: FederationConfig,
+                   only: set[str] | None = None) -> list[SyncResult]:
+    await register_providers(maker, cfg)
+    targets = [p for p in cfg.providers if p.enabled and (not only or p.name in only)]
+    return list(await asyncio.gather(*(sync_provider(maker, p) for p in targets)))

@@ -1,0 +1,220 @@
+"""The REST workload data flow end to end: request -> quota -> placement -> engine plan -> provider -> quota.
+
+A sim provider stands in for the cloud (it is the federation's simulated provider, not a mock); the
+token is real (tests/auth_helpers.authorize) and the engine runs inside the app as ``serve`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from metavmm.api import keys
+from metavmm.api.app import create_app
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Image, ImageReplica, Operation, Project, Provider, QuotaReservation, Site, Workload
+from metavmm.foundation.config import parse_config
+from metavmm.services import quotas
+from metavmm.services.operations import store
+from metavmm.services.operations.executor import Executor
+from metavmm.services.operations.plan import Step
+from metavmm.services.sync import sync_all
+from tests.auth_helpers import authorize
+
+API = "/api/v1"
+CONFIG = """
+providers:
+  - {kind: sim, name: sima, site_count: 2, hosts_per_site: 1}
+operations: {reconcile_interval_s: 0}
+"""
+
+
+async def _client(aiohttp_client: Any, url: str) -> tuple[Any, Any, int]:
+    app = create_app(parse_config(CONFIG), url, sync=False)
+    client = await aiohttp_client(app)
+    await sync_all(app[keys.SESSIONS], app[keys.CONFIG])
+    await authorize(client, "member", project="alpha")
+    async with app[keys.SESSIONS]() as s:
+        project = (await s.exec(select(Project).where(Project.name == "alpha"))).one()
+    return client, app, project.id
+
+
+async def _until_done(client: Any, op_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        body = await (await client.get(f"{API}/operations/{op_id}")).json()
+        if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"operation {op_id} did not finish: {body}")
+
+
+async def _usage(app: Any, project_id: int) -> dict[str, dict[str, Decimal]]:
+    async with app[keys.SESSIONS]() as s:
+        return await quotas.usage(s, project_id)
+
+
+async def test_create_runs_the_plan_commits_quota_then_stop_and_delete(aiohttp_client: Any, db_url: str) -> None:
+    client, app, project_id = await _client(aiohttp_client, db_url)
+    resp = await client.post(f"{API}/workloads", json={"name": "web-1", "vcpus": 2, "ram_mib": 1024, "disk_gib": 5})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    op, wid = body["operation"], body["workload"]["id"]
+    assert op["kind"] == "create" and op["project_id"] == project_id and op["target_id"] == wid
+    assert [s["action"] for s in op["steps"]] == ["quota.hold", "vm.create", "vm.wait", "workload.record",
+                                                   "quota.commit"]
+    placed_at = body["workload"]["spec"]["placement"]
+    assert placed_at["provider"] == "sima" and placed_at["site"]
+    done = await _until_done(client, op["id"])
+    assert done["state"] == "succeeded", done
+    workload = await (await client.get(f"{API}/workloads/{wid}")).json()
+    assert workload["observed_state"] == "running" and workload["project_id"] == project_id
+    async with app[keys.SESSIONS]() as s:
+        provider = (await s.exec(select(Provider).where(Provider.name == "sima"))).one()
+        site = await s.get(Site, workload["site_id"])
+    assert workload["provider_id"] == provider.id and site is not None and site.name == placed_at["site"]
+    used = await _usage(app, project_id)
+    assert used["vcpus"] == {"in_transit": 0, "committed": 2} and used["instances"]["committed"] == 1
+    assert used["storage_gib"]["committed"] == 5
+
+    stop = await client.post(f"{API}/workloads/{wid}/actions", json={"action": "stop"})
+    assert stop.status == 202 and (await stop.json())["state"] == "pending"
+    stopped = await _until_done(client, (await stop.json())["id"])
+    assert stopped["state"] == "succeeded" and [s["action"] for s in stopped["steps"]] == [
+        "vm.power", "vm.wait", "workload.observe"]
+    assert (await (await client.get(f"{API}/workloads/{wid}")).json())["observed_state"] == "stopped"
+
+    gone = await client.delete(f"{API}/workloads/{wid}")
+    assert gone.status == 202
+    deleted = await _until_done(client, (await gone.json())["id"])
+    assert deleted["state"] == "succeeded" and deleted["kind"] == "delete"
+    after = await (await client.get(f"{API}/workloads/{wid}")).json()
+    assert after["present"] is False and after["observed_state"] == "deleted"
+    assert all(v == {"in_transit": 0, "committed": 0} for v in (await _usage(app, project_id)).values())
+
+
+async def test_impossible_shape_is_409_with_reasons_and_leaves_nothing(aiohttp_client: Any, sqlite_url: str) -> None:
+    client, app, _ = await _client(aiohttp_client, sqlite_url)
+    resp = await client.post(f"{API}/workloads", json={"name": "huge", "vcpus": 4096, "ram_mib": 1024})
+    body = await resp.json()
+    assert resp.status == 409 and body["title"] == "No placement", body
+    assert body["reasons"] and all(why for why in body["reasons"].values())
+    async with app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(func.count()).select_from(Workload))).one() == 0
+        assert (await s.exec(select(func.count()).select_from(QuotaReservation))).one() == 0
+        assert (await s.exec(select(func.count()).select_from(Operation))).one() == 0
+
+
+async def test_image_needs_a_replica_at_the_chosen_site(aiohttp_client: Any, sqlite_url: str) -> None:
+    client, app, project_id = await _client(aiohttp_client, sqlite_url)
+    async with session_scope(app[keys.SESSIONS]) as s:
+        image = Image(project_id=project_id, name="debian", visibility="project", format="qcow2")
+        s.add(image)
+        site = (await s.exec(select(Site).order_by(Site.id))).first()
+        assert site is not None
+        await s.flush()
+        image_id, site_name, site_id = image.id, site.name, site.id
+    missing = await client.post(f"{API}/workloads", json={"name": "d1", "vcpus": 1, "ram_mib": 256,
+                                                           "image_id": image_id, "site": site_name})
+    body = await missing.json()
+    assert missing.status == 409 and "no replica" in body["detail"] and site_name in body["reasons"]
+    async with session_scope(app[keys.SESSIONS]) as s:
+        s.add(ImageReplica(image_id=image_id, site_id=site_id, format="qcow2", provider_image_id="sim-debian-12"))
+    ok = await client.post(f"{API}/workloads", json={"name": "d1", "vcpus": 1, "ram_mib": 256,
+                                                      "image_id": image_id, "site": site_name})
+    assert ok.status == 202, await ok.text()
+    create = (await ok.json())["operation"]["steps"][1]
+    assert create["args"]["image"] == "sim-debian-12" and create["args"]["disk_gib"] == 0
+    assert (await _until_done(client, (await ok.json())["operation"]["id"]))["state"] == "succeeded"
+
+
+async def test_cancel_of_a_pending_create_releases_quota(aiohttp_client: Any, sqlite_url: str) -> None:
+    client, app, project_id = await _client(aiohttp_client, sqlite_url)
+    await app[keys.OPERATIONS].stop()  # nothing runs: the plan stays pending
+    resp = await client.post(f"{API}/workloads", json={"name": "w", "vcpus": 1, "ram_mib": 128})
+    assert resp.status == 202
+    op, wid = (await resp.json())["operation"], (await resp.json())["workload"]["id"]
+    assert op["state"] == "pending" and (await _usage(app, project_id))["vcpus"]["in_transit"] == 1
+    cancel = await client.post(f"{API}/operations/{op['id']}/cancel")
+    assert cancel.status == 200 and (await cancel.json())["state"] == "cancelled"
+    assert all(v == {"in_transit": 0, "committed": 0} for v in (await _usage(app, project_id)).values())
+    workload = await (await client.get(f"{API}/workloads/{wid}")).json()
+    assert workload["present"] is False and workload["observed_state"] == "cancelled"
+
+
+async def test_a_rolled_back_plan_releases_quota(aiohttp_client: Any, sqlite_url: str) -> None:
+    """A step that fails for good rolls the plan back; the quota.hold step's compensation gives the quota back."""
+    client, app, project_id = await _client(aiohttp_client, sqlite_url)
+    await app[keys.OPERATIONS].stop()
+    resp = await client.post(f"{API}/workloads", json={"name": "w", "vcpus": 3, "ram_mib": 128})
+    wid = (await resp.json())["workload"]["id"]
+    assert (await _usage(app, project_id))["vcpus"]["in_transit"] == 3
+    held = {"workload_id": wid}
+    op, _ = await store.submit(app[keys.SESSIONS], kind="test", target_id=wid, steps=[
+        Step("hold-quota", "quota.hold", held, compensate="quota.release"),
+        Step("boom", "vm.power", {**held, "provider": "sima", "verb": "stop"})])  # no VM there: fails for good
+    executor = Executor(app[keys.SESSIONS], app[keys.CONFIG])
+    try:
+        assert await executor.run(op.id)
+    finally:
+        await executor.stop()
+    done = await store.get(app[keys.SESSIONS], op.id)
+    assert done.state == "rolled_back" and done.steps[0]["state"] == "compensated", done.steps
+    assert all(v == {"in_transit": 0, "committed": 0} for v in (await _usage(app, project_id)).values())
+    workload = await (await client.get(f"{API}/workloads/{wid}")).json()
+    assert workload["present"] is False and workload["observed_state"] == "rolled_back"
+    assert "rolled back" in workload["state_message"]
+
+
+async def _run_to_end(executor: Executor, app: Any, op_id: str) -> Any:
+    """Run an operation until it ends; a parked one is run again when due (the serving executor's timer)."""
+    for _ in range(100):
+        await executor.run(op_id)
+        op = await store.get(app[keys.SESSIONS], op_id)
+        if op.state in store.TERMINAL:
+            return op
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"operation {op_id} still {op.state}")
+
+
+async def test_actions_and_delete_asked_during_the_create_run_after_it(aiohttp_client: Any, sqlite_url: str) -> None:
+    """Nothing is left queued: the engine plans the stop and the delete behind the create (operation.wait)."""
+    client, app, project_id = await _client(aiohttp_client, sqlite_url)
+    engine = app[keys.OPERATIONS]
+    await engine.stop()  # the create stays pending while the stop and the delete are asked
+    resp = await client.post(f"{API}/workloads", json={"name": "early", "vcpus": 1, "ram_mib": 128})
+    create, wid = (await resp.json())["operation"], (await resp.json())["workload"]["id"]
+    stop = await client.post(f"{API}/workloads/{wid}/actions", json={"action": "stop"})
+    assert stop.status == 202, await stop.text()
+    stop_op = await stop.json()
+    assert stop_op["state"] == "pending" and [s["action"] for s in stop_op["steps"]] == [
+        "operation.wait", "vm.power", "vm.wait", "workload.observe"]
+    assert stop_op["steps"][0]["args"]["operation_id"] == create["id"]
+    executor = Executor(app[keys.SESSIONS], app[keys.CONFIG])
+    try:
+        runs = [asyncio.create_task(executor.run(op_id)) for op_id in (stop_op["id"], create["id"])]
+        await asyncio.gather(*runs)  # the stop starts first and parks (holding no slot) while the create runs
+        assert (await store.get(app[keys.SESSIONS], create["id"])).state == "succeeded"
+        stopped = await _run_to_end(executor, app, stop_op["id"])
+        assert stopped.state == "succeeded" and stopped.steps[0]["log"][-1].endswith("create succeeded")
+        events = [e.message for e in await store.events(app[keys.SESSIONS], stop_op["id"])]
+        assert any("waiting for create" in m and "parked" in m for m in events), events
+        assert (await (await client.get(f"{API}/workloads/{wid}")).json())["observed_state"] == "stopped"
+
+        # a second create, deleted before it ran and then rolled back: the delete still runs, after it
+        again = await client.post(f"{API}/workloads", json={"name": "doomed", "vcpus": 1, "ram_mib": 128})
+        doomed, gone_id = (await again.json())["operation"], (await again.json())["workload"]["id"]
+        delete = await client.delete(f"{API}/workloads/{gone_id}")
+        assert delete.status == 202 and (await delete.json())["steps"][0]["action"] == "operation.wait"
+        await store.request_cancel(app[keys.SESSIONS], doomed["id"])  # the create never runs
+        assert await executor.run((await delete.json())["id"])
+        deleted = await store.get(app[keys.SESSIONS], (await delete.json())["id"])
+        assert deleted.state == "succeeded", deleted.error
+    finally:
+        await executor.stop()
+    used = await _usage(app, project_id)  # the first VM holds its quota; the cancelled create gave its back
+    assert used["instances"] == {"in_transit": 0, "committed": 1} and used["vcpus"] == {"in_transit": 0,
+                                                                                       "committed": 1}

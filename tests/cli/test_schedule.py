@@ -1,0 +1,114 @@
+"""`metavmm schedule ...` against a SQLite catalog filled by `metavmm catalog sync` from sim providers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from metavmm.cli.main import main
+
+FED = """
+federation: {name: demo, currency: USD}
+providers:
+  - name: home
+    kind: sim
+    hosts_per_site: 4
+    seed: 5
+    sites: [{region: r1, country: TW}]
+  - name: cloud
+    kind: sim
+    on_prem: false
+    hosts_per_site: 0
+    price_per_vcpu_hour: "0.05"
+    sites: [{region: us1, country: US}]
+policies:
+  - {name: overflow, when_utilisation_above: 0.5, allowed_providers: [cloud], monthly_budget: "5"}
+"""
+
+
+@pytest.fixture
+def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "fed.yaml"
+    cfg.write_text(FED)
+    env = {"METAVMM_CONFIG": str(cfg), "METAVMM_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    runner = CliRunner()
+    assert runner.invoke(main, ["catalog", "sync"], env=env).exit_code == 0
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(main, list(args), env=env)
+
+    return run
+
+
+def test_place_explains_and_prints_json(cli) -> None:  # type: ignore[no-untyped-def]
+    res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--json")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.output)
+    assert body["placed"] and body["provider"] == "home"
+    res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--residency", "US")
+    assert res.exit_code == 0 and "placed on cloud/us1" in res.output and "data residency" in res.output
+    res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--gpu", "H100")
+    assert res.exit_code == 2 and "MODEL:COUNT" in res.output
+
+
+def test_batch_and_replay(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reqs = tmp_path / "reqs.jsonl"
+    reqs.write_text("\n".join(json.dumps({"name": f"w{i}", "vcpus": 1, "ram_mib": 1024}) for i in range(5)))
+    res = cli("schedule", "batch", str(reqs))
+    assert res.exit_code == 0 and "placed 5/5" in res.output
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("\n".join(json.dumps({"at": i, "name": f"j{i}", "vcpus": 16, "ram_mib": 4096, "hours": 1})
+                               for i in range(12)))
+    res = cli("schedule", "replay", str(trace), "--policy", "overflow", "--json")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.output)
+    assert body["requests"] == 12 and sum(body["destinations"].values()) == 12
+    assert float(body["public_cost"]) <= 5  # the monthly budget holds
+    res = cli("schedule", "replay", str(trace), "--policy", "nope")
+    assert res.exit_code == 1 and "no burst policy named 'nope'" in res.output
+
+
+def test_plan_migration_needs_one_scope(cli) -> None:  # type: ignore[no-untyped-def]
+    res = cli("schedule", "plan-migration")
+    assert res.exit_code == 2 and "exactly one of" in res.output
+    res = cli("schedule", "plan-migration", "--evacuate-host", "r1-h00000")
+    assert res.exit_code == 0 and "evacuate-host r1-h00000: 0 moves" in res.output
+
+
+def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A workload the catalog places on r1-h00002 (x86_64) whose VM this process's sim has never seen: the move's
+    operation rolls back, the batch names it, and the command exits 1 after drawing its bars."""
+    import asyncio
+
+    from sqlmodel import select
+
+    from metavmm.catalog import db
+    from metavmm.catalog.db import session_scope
+    from metavmm.catalog.models import Host, Provider, Workload
+
+    async def place() -> str:
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        try:
+            async with session_scope(db.make_sessionmaker(engine)) as s:
+                host = (await s.exec(select(Host).where(Host.name == "r1-h00002"))).one()
+                provider = (await s.exec(select(Provider).where(Provider.name == "home"))).one()
+                w = Workload(name="ghost", kind="compute", provider_id=provider.id, site_id=host.site_id,
+                             host_id=host.id, provider_resource_id="sim-ghost", observed_state="running",
+                             spec={"vcpus": 1, "ram_mib": 512})
+                s.add(w)
+                await s.flush()
+                return w.id
+        finally:
+            await engine.dispose()
+
+    wid = asyncio.run(place())
+    res = cli("schedule", "plan-migration", "--evacuate-host", "r1-h00002", "--execute")
+    assert res.exit_code == 1, res.output
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert "evacuate-host r1-h00002: 1 moves" in out and "migrate_batch" in out
+    assert "1 of 1 operations did not succeed" in out and f"no VM of workload {wid}" in out
+    res = cli("schedule", "migrate", wid, "--host", "r1-h00002")
+    assert res.exit_code == 1 and "already runs on r1-h00002" in res.output

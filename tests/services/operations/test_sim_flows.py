@@ -1,0 +1,90 @@
+"""Flows on the sim provider (a fake provider is fine above the drivers): power actions, live
+migration to another host of the same region (the path an OpenStack region takes), a provision
+that fails and rolls back with its reason on the workload."""
+
+from __future__ import annotations
+
+from sqlmodel import select
+
+from metavmm.catalog.models import Host, OperationState, Workload
+from metavmm.foundation.config import parse_config
+from metavmm.services.operations import flows, store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
+from metavmm.services.sync import sync_all
+
+CONFIG = """
+providers:
+  - {kind: sim, name: sima, site_count: 1, hosts_per_site: 3}
+operations: {retry_base_s: 0.01, reconcile_interval_s: 0}
+"""
+
+
+async def test_power_and_live_migration_within_a_region(sqlite_sessions) -> None:
+    config = parse_config(CONFIG)
+    await sync_all(sqlite_sessions, config)
+    engine = Engine(sqlite_sessions, config, "sqlite://")
+    ex = Executor(sqlite_sessions, config)  # one executor: the sim keeps its VMs in its driver
+
+    async def run(op) -> str:  # type: ignore[no-untyped-def]
+        assert await ex.run(op.id)
+        done = await store.get(sqlite_sessions, op.id)
+        return done.state
+
+    op = await flows.provision(engine, name="app", provider="sima", region="sim-000", image="img",
+                               host="sim-000-h00000")
+    assert await run(op) == OperationState.SUCCEEDED
+    wid = op.target_id
+    sim = ex.drivers.get("sima")
+    for verb, vm_state in (("stop", "stopped"), ("start", "running"), ("suspend", "suspended"),
+                           ("start", "running"), ("restart", "running")):
+        assert await run(await flows.power(engine, wid, verb)) == OperationState.SUCCEEDED
+        (vm,) = await sim.list_vms()
+        assert vm.state == vm_state
+        async with sqlite_sessions() as session:
+            assert (await session.get(Workload, wid)).observed_state == vm_state
+
+    live = await flows.live_migrate(engine, wid, target_provider="sima", target_host="sim-000-h00002")
+    assert await run(live) == OperationState.SUCCEEDED
+    (vm,) = await sim.list_vms()
+    assert vm.host == "sim-000-h00002"
+    async with sqlite_sessions() as session:
+        w = await session.get(Workload, wid)
+        host = (await session.exec(select(Host).where(Host.id == w.host_id))).one()
+        assert host.name == "sim-000-h00002" and "on sim-000-h00002" in (w.state_message or "")
+
+    assert await run(await flows.delete(engine, wid)) == OperationState.SUCCEEDED
+    assert await sim.list_vms() == []
+    await ex.drivers.close()
+
+
+async def test_failed_provision_rolls_back_and_says_why(sqlite_sessions) -> None:
+    config = parse_config(CONFIG)
+    await sync_all(sqlite_sessions, config)
+    engine = Engine(sqlite_sessions, config, "sqlite://")
+    ex = Executor(sqlite_sessions, config)
+    op = await flows.provision(engine, name="nowhere", provider="sima", region="sim-999", image="img")
+    assert await ex.run(op.id)
+    done = await store.get(sqlite_sessions, op.id)
+    assert done.state == OperationState.ROLLED_BACK and "no region sim-999" in (done.error or "")
+    assert done.steps[0]["attempts"] == 1  # not found is not retried
+    async with sqlite_sessions() as session:
+        w = await session.get(Workload, op.target_id)
+        assert w.state_message and w.state_message.startswith("provision rolled_back") and "sim-999" in w.state_message
+    await ex.drivers.close()
+
+
+async def test_bad_requests_are_refused_before_any_operation(sqlite_sessions) -> None:
+    import pytest
+
+    from metavmm.foundation.errors import NotFound, ValidationError
+
+    config = parse_config(CONFIG)
+    engine = Engine(sqlite_sessions, config, "sqlite://")
+    with pytest.raises(ValidationError, match="not in the federation"):
+        await flows.provision(engine, name="x", provider="nope", region="r", image="i")
+    with pytest.raises(NotFound):
+        await flows.power(engine, "no-such-workload", "stop")
+    with pytest.raises(ValidationError, match="unknown action"):
+        await flows.power(engine, "no-such-workload", "explode")
+    assert await store.list_ops(sqlite_sessions) == []

@@ -1,0 +1,59 @@
+"""The placer's snapshot cache: reused while the catalog's fingerprint holds, reloaded when it changes."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import select
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Image, ImageReplica, Price, Site
+from metavmm.foundation.config import parse_config
+from metavmm.services.placement import Placer
+from metavmm.services.sync import sync_all
+
+CONFIG = parse_config("""
+providers:
+  - {name: sim-a, kind: sim, site_count: 2, hosts_per_site: 2}
+""")
+
+
+async def _snapshot(placer: Placer, sessions: Any) -> object:
+    async with sessions() as session:
+        snap, _ = await placer.snapshot(session)
+    return snap
+
+
+async def test_snapshot_is_reused_until_the_catalog_changes(sqlite_sessions: Any) -> None:
+    sessions = sqlite_sessions
+    await sync_all(sessions, CONFIG)
+    placer = Placer(CONFIG)
+    first = await _snapshot(placer, sessions)
+    assert await _snapshot(placer, sessions) is first and (placer.hits, placer.misses) == (1, 1)
+
+    async with session_scope(sessions) as s:  # a price changed outside a sync (an import)
+        price = (await s.exec(select(Price).order_by(Price.id))).first()
+        assert price is not None
+        price.amount = Decimal(price.amount) + 1
+    after_price = await _snapshot(placer, sessions)
+    assert after_price is not first and placer.misses == 2
+
+    async with session_scope(sessions) as s:  # a replica appeared (replication finished)
+        image = Image(name="img", visibility="federation", format="qcow2")
+        s.add(image)
+        await s.flush()
+        site = (await s.exec(select(Site))).first()
+        assert site is not None and site.id is not None
+        s.add(ImageReplica(image_id=image.id, site_id=site.id, format="qcow2", provider_image_id="x"))
+    after_replica = await _snapshot(placer, sessions)
+    assert after_replica is not after_price and placer.misses == 3
+
+    await sync_all(sessions, CONFIG)  # a new inventory: hosts' numbers may differ
+    assert await _snapshot(placer, sessions) is not after_replica and placer.misses == 4
+    assert await _snapshot(placer, sessions) is not None and placer.hits == 2
+
+    placer.cache = False  # the benchmark's "before": a fresh snapshot every time
+    await _snapshot(placer, sessions)
+    assert placer.misses == 5
+
