@@ -23,7 +23,7 @@ apply; quotas.reserve checked the quota in the same transaction.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Integer, cast, func, or_, text
@@ -32,12 +32,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import models as m
 from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import NoPlacement
 from metavmm.scheduler.burst import place_or_burst
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.plan import Placement
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
+from metavmm.services.operations.flows import provision_steps
+from metavmm.services.operations.plan import Step
 from metavmm.services.operations.store import ACTIVE, aware
 
 log = logging.getLogger(__name__)
@@ -128,4 +131,60 @@ class Placer:
         ledger = await in_transit(session)
         return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph)
 
+    async def plan_create(self, session: AsyncSession, req: PlacementRequest, *, workload_id: str, vm_name: str,
+                          providers: frozenset[str]) -> PlannedCreate:
+        """Where a new compute goes and the engine's steps that make it (without the quota steps, which
+        the workload service adds): the placement of :meth:`place`, counting placements still in transit,
+        on-prem first and bursting out when a policy allows it; NoPlacement (409) with the scheduler's
+        reasons when nothing fits. ``req.providers`` (OCCI's broker mixin) is narrowed to the providers
+        the engine can drive (``providers``, those of the federation file)."""
+        image_id = req.image.image_id if req.image else None
+        if req.providers:
+            allowed = tuple(sorted(providers & set(req.providers)))
+            if not allowed:
+                why = "none of the allowed providers " + ", ".join(req.providers) + " is in the federation file"
+                raise NoPlacement(f"no placement for {req.name}: {why}", reasons={"*": [why]})
+            req = replace(req, providers=allowed)
+        placement = await self.place(session, req)
+        if not placement.placed or placement.site_id is None or placement.provider is None:
+            raise NoPlacement(f"no placement for {req.name}: {placement.summary}", reasons=placement.reasons())
+        where_site = placement.site or str(placement.site_id)
+        if placement.provider not in providers:
+            raise NoPlacement(f"the scheduler chose {where_site}, whose provider {placement.provider} is not in the "
+                              "federation file", reasons={where_site: ["provider not in the federation file"]})
+        image_ref: str | None = None
+        replicate: dict[str, str] | None = None
+        if image_id is not None:  # the provider needs its own copy of the image at the chosen site
+            replica = (await session.exec(select(m.ImageReplica).where(
+                m.ImageReplica.image_id == image_id, m.ImageReplica.site_id == placement.site_id,
+                m.ImageReplica.present == True, m.ImageReplica.state == "available"))).first()  # noqa: E712
+            if replica is not None:
+                image_ref = replica.provider_image_id
+            else:  # the plan copies it there first (image.replicate); an image with nothing to copy from cannot
+                image = await session.get(m.Image, image_id)
+                if image is None or not image.location:
+                    why = f"image {image_id} has no replica at {where_site} and no published disk to copy there"
+                    raise NoPlacement(f"no placement for {req.name}: {why}", reasons={where_site: [why]})
+                replicate = {"image_id": image_id, "site": where_site}
+        site_row = await session.get(m.Site, placement.site_id)
+        if site_row is None:
+            raise NoPlacement(f"site {where_site} left the catalog", reasons={where_site: ["site is gone"]})
+        # no image: boot an empty disk, which needs a size (1 GiB when the request asked none)
+        disk = req.disk_gib if image_ref or replicate else max(req.disk_gib, 1)
+        steps = provision_steps(workload_id, name=vm_name, provider=placement.provider, region=site_row.region,
+                                image=image_ref, vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=disk,
+                                flavor=placement.flavor, host=placement.host, replicate=replicate)
+        where = {"provider": placement.provider, "region": site_row.region, "site": where_site,
+                 "host": placement.host, "site_id": placement.site_id, "host_id": placement.host_id,
+                 "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
+        return PlannedCreate(placement, steps, where)
 
+
+@dataclass(frozen=True)
+class PlannedCreate:
+    """What :meth:`Placer.plan_create` decided: the scheduler's placement, the engine's steps that realise
+    it, and where it goes (written on the workload as ``spec["placement"]``)."""
+
+    placement: Placement
+    steps: list[Step]
+    where: dict[str, Any]

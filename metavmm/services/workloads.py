@@ -24,7 +24,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import (
     Flavor,
     Image,
-    ImageReplica,
     Operation,
     OperationState,
     Provider,
@@ -39,7 +38,7 @@ from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, Precondit
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.operations import store as op_store
-from metavmm.services.operations.flows import provision_steps, resource_steps
+from metavmm.services.operations.flows import resource_steps, with_quota
 from metavmm.services.operations.plan import Step
 from metavmm.services.placement import Placer
 
@@ -156,53 +155,13 @@ async def _resource_plan(session: AsyncSession, providers: frozenset[str], workl
 async def _provision_plan(session: AsyncSession, placer: Placer, providers: frozenset[str],
                           constraints: Constraints, workload: Workload, shape: Shape, image_id: str | None,
                           site: str | None, vm_name: str) -> tuple[list[Step], dict[str, Any]]:
-    """Ask the scheduler where the shape fits (the pipeline of ``POST /placements``, counting placements
-    still in transit; on-prem first, bursting out when a burst policy allows it) and build the engine's
-    provision plan there; NoPlacement (409) with the scheduler's reasons when nothing fits. A request
-    that allows only some providers (OCCI's broker mixin) is pinned to those the engine can drive."""
-    allowed: tuple[str, ...] = ()
-    if constraints.providers:
-        allowed = tuple(sorted(providers & set(constraints.providers)))
-        if not allowed:
-            why = "none of the allowed providers " + ", ".join(constraints.providers) + " is in the federation file"
-            raise NoPlacement(f"no placement for {workload.name}: {why}", reasons={"*": [why]})
+    """The Placer's create plan for this request (see :meth:`Placer.plan_create`)."""
     req = PlacementRequest(name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
                            gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
                            image=ImageRef(image_id) if image_id else None, sites=(site,) if site else (),
-                           providers=allowed, max_price_per_hour=constraints.max_price_per_hour)
-    placement = await placer.place(session, req)
-    if not placement.placed or placement.site_id is None or placement.provider is None:
-        raise NoPlacement(f"no placement for {workload.name}: {placement.summary}", reasons=placement.reasons())
-    where_site = placement.site or str(placement.site_id)
-    if placement.provider not in providers:
-        raise NoPlacement(f"the scheduler chose {where_site}, whose provider {placement.provider} is not in the "
-                          "federation file", reasons={where_site: ["provider not in the federation file"]})
-    image_ref: str | None = None
-    replicate: dict[str, str] | None = None
-    if image_id is not None:  # the provider needs its own copy of the image at the chosen site
-        replica = (await session.exec(select(ImageReplica).where(
-            ImageReplica.image_id == image_id, ImageReplica.site_id == placement.site_id,
-            ImageReplica.present == True, ImageReplica.state == "available"))).first()  # noqa: E712
-        if replica is not None:
-            image_ref = replica.provider_image_id
-        else:  # the plan copies it there first (image.replicate); an image with nothing to copy from cannot
-            image = await session.get(Image, image_id)
-            if image is None or not image.location:
-                why = f"image {image_id} has no replica at {where_site} and no published disk to copy there"
-                raise NoPlacement(f"no placement for {workload.name}: {why}", reasons={where_site: [why]})
-            replicate = {"image_id": image_id, "site": where_site}
-    site_row = await session.get(Site, placement.site_id)
-    if site_row is None:
-        raise NoPlacement(f"site {where_site} left the catalog", reasons={where_site: ["site is gone"]})
-    # no image: boot an empty disk, which needs a size (1 GiB when the request asked none)
-    disk = shape.disk_gib if image_ref or replicate else max(shape.disk_gib, 1)
-    steps = provision_steps(workload.id, name=vm_name, provider=placement.provider, region=site_row.region,
-                            image=image_ref, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=disk,
-                            flavor=placement.flavor, host=placement.host, quota=True, replicate=replicate)
-    where = {"provider": placement.provider, "region": site_row.region, "site": where_site, "host": placement.host,
-             "site_id": placement.site_id, "host_id": placement.host_id,
-             "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
-    return steps, where
+                           providers=constraints.providers, max_price_per_hour=constraints.max_price_per_hour)
+    planned = await placer.plan_create(session, req, workload_id=workload.id, vm_name=vm_name, providers=providers)
+    return with_quota(workload.id, planned.steps), planned.where
 
 
 CAPABILITY = {WorkloadKind.STORAGE: "volumes", WorkloadKind.NETWORK: "networks"}
