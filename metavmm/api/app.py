@@ -29,6 +29,7 @@ from metavmm.services.operations.loop import start_operations
 from metavmm.services.placement import Placer
 from metavmm.services.secrets import SecretBox, load_key
 from metavmm.services.sync import register_providers, sync_all
+from metavmm.services.workloads.service import WorkloadService
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
             tasks.append(asyncio.create_task(_periodic_sync(app), name="inventory-sync"))
         app[keys.BACKGROUND] = tasks
         app[keys.OPERATIONS] = await start_operations(app[keys.SESSIONS], app[keys.CONFIG], url, tasks)
+        app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
         yield
         await app[keys.OPERATIONS].stop()
         for task in tasks:

@@ -14,6 +14,7 @@ from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
 from metavmm.services.secrets import SecretBox
+from metavmm.services.workloads.service import WorkloadService
 
 CONFIG = web.AppKey("config", FederationConfig)
 DATABASE_URL = web.AppKey("database_url", str)
@@ -25,6 +26,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 OIDC = web.AppKey("oidc", OidcVerifier)
 SECRETS = web.AppKey("secrets", SecretBox)
 PLACER = web.AppKey("placer", Placer)
+WORKLOADS = web.AppKey("workloads", WorkloadService)
 IDENTITY = web.RequestKey("identity", Identity)
 
 

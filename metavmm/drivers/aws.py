@@ -499,15 +499,17 @@ class AwsDriver(DriverBase):
         resp = await self._ec2(region, "network", "describe_instances", InstanceIds=[iid])
         return list(resp["Reservations"][0]["Instances"][0].get("NetworkInterfaces", []))
 
-    async def attach_network(self, vm_id: str, network_id: str) -> None:
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
         """Attach an interface: ``eni-...`` as it is, or a new one in subnet ``subnet-...`` (one per subnet:
-        an instance with a secondary interface there already is done)."""
+        an instance with a secondary interface there already is done). EC2 gives the interface its MAC
+        (``mac`` is not honoured): the one it gave is returned."""
         region, iid = self._split(vm_id, "attach_network")
         native = self._native(network_id, region, "attach_network")
         nics = await self._nics(region, iid)
-        if any(native in (n.get("NetworkInterfaceId"), n.get("SubnetId")) and n.get("Attachment", {}).get("DeviceIndex")
-               for n in nics):
-            return
+        for n in nics:
+            if native in (n.get("NetworkInterfaceId"), n.get("SubnetId")) and n.get("Attachment", {}).get(
+                    "DeviceIndex"):
+                return n.get("MacAddress")
         index = 1 + max((n.get("Attachment", {}).get("DeviceIndex", 0) for n in nics), default=0)
         eni = native
         if native.startswith("subnet-"):
@@ -516,6 +518,9 @@ class AwsDriver(DriverBase):
             eni = created["NetworkInterface"]["NetworkInterfaceId"]
         await self._ec2(region, "attach_network", "attach_network_interface", NetworkInterfaceId=eni,
                         InstanceId=iid, DeviceIndex=index)
+        described = await self._ec2(region, "attach_network", "describe_network_interfaces",
+                                    NetworkInterfaceIds=[eni])
+        return described["NetworkInterfaces"][0].get("MacAddress")
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
         """Detach the instance's interface that is ``eni-...`` or sits in ``subnet-...`` (not the primary);

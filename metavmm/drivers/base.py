@@ -69,7 +69,9 @@ class Driver(Protocol):
       ``delete_vm`` removes the VM and the disks the broker created for it.
     - ``attach_volume`` takes the provider's volume id (a disk path for libvirt); ``attach_network``
       takes the provider's network id (a subnet or interface on AWS, a network on OpenStack, a
-      libvirt network name); both are hot-plug where the provider allows it. Attaching what is
+      libvirt network name) and returns the interface's MAC: ``mac`` where the provider lets the broker
+      choose it (libvirt, sim), else the one the provider gave the port; both are hot-plug where the
+      provider allows it. Attaching what is
       already attached to that VM is success (a retried step); detaching what is not attached is
       ``ProviderNotFound``.
     - ``create_volume`` / ``create_network`` tag what they create with the spec's workload id, and
@@ -106,7 +108,7 @@ class Driver(Protocol):
     async def delete_vm(self, vm_id: str) -> None: ...
     async def attach_volume(self, vm_id: str, volume_id: str) -> None: ...
     async def detach_volume(self, vm_id: str, volume_id: str) -> None: ...
-    async def attach_network(self, vm_id: str, network_id: str) -> None: ...
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None: ...
     async def detach_network(self, vm_id: str, network_id: str) -> None: ...
     async def list_volumes(self) -> list[VolumeInfo]: ...
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo: ...
@@ -218,7 +220,7 @@ class DriverBase:
     async def detach_volume(self, vm_id: str, volume_id: str) -> None:
         raise self._unsupported("detach_volume")
 
-    async def attach_network(self, vm_id: str, network_id: str) -> None:
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
         raise self._unsupported("attach_network")
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:

@@ -397,8 +397,8 @@ class LibvirtDriver(DriverBase):
         if owner.st_uid != 0:
             os.chown(path, owner.st_uid, owner.st_gid)
 
-    async def _domain_op(self, vm_id: str, operation: str, fn: Callable[[libvirt.virDomain], Any]) -> None:
-        await self._call(operation, lambda c: fn(c.lookupByUUIDString(vm_id)))
+    async def _domain_op(self, vm_id: str, operation: str, fn: Callable[[libvirt.virDomain], Any]) -> Any:
+        return await self._call(operation, lambda c: fn(c.lookupByUUIDString(vm_id)))
 
     async def start_vm(self, vm_id: str) -> None:
         def start(dom: libvirt.virDomain) -> None:
@@ -491,17 +491,22 @@ class LibvirtDriver(DriverBase):
         await self._domain_op(vm_id, "detach_volume", lambda d: self._detach(d, "devices/disk", matches,
                                                                              f"no disk {path}", "detach_volume"))
 
-    async def attach_network(self, vm_id: str, network_id: str) -> None:
-        """Hot-plug a virtio interface on the libvirt network named ``network_id``."""
-        xml = f"<interface type='network'><source network='{escape(network_id)}'/><model type='virtio'/></interface>"
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
+        """Hot-plug a virtio interface on the libvirt network named ``network_id`` (with ``mac`` when given);
+        the interface's MAC, as the domain has it."""
+        address = f"<mac address='{escape(mac)}'/>" if mac else ""
+        xml = (f"<interface type='network'>{address}<source network='{escape(network_id)}'/>"
+               "<model type='virtio'/></interface>")
 
-        def attach(dom: libvirt.virDomain) -> None:
-            if _interfaces_on(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)), network_id):
-                return  # attached already (a retried step)
-            live = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
-            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG | live)
+        def attach(dom: libvirt.virDomain) -> str | None:
+            if not _interfaces_on(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)), network_id):
+                live = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+                dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG | live)
+            found = _interfaces_on(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)), network_id)
+            given = found[0].find("mac") if found else None
+            return given.get("address") if given is not None else None
 
-        await self._domain_op(vm_id, "attach_network", attach)
+        return await self._domain_op(vm_id, "attach_network", attach)
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
         def matches(iface: ET.Element) -> bool:

@@ -459,8 +459,11 @@ class OpenStackDriver(DriverBase):
         await self._server_op(vm_id, "detach_volume",
                               lambda c, s: c.delete_volume_attachment(s, volume_id, ignore_missing=False))
 
-    async def attach_network(self, vm_id: str, network_id: str) -> None:
-        await self._server_op(vm_id, "attach_network", lambda c, s: c.create_server_interface(s, net_id=network_id))
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
+        """Neutron gives the port its MAC (``mac`` is not honoured): the one it gave is returned."""
+        iface = await self._server_op(vm_id, "attach_network",
+                                      lambda c, s: c.create_server_interface(s, net_id=network_id))
+        return getattr(iface, "mac_addr", None)
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
         def detach(compute: Any, sid: str) -> None:

@@ -8,6 +8,7 @@ mistakes it for a real machine.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 from dataclasses import replace
@@ -259,10 +260,13 @@ class SimDriver(DriverBase):
             raise ProviderConflict(f"network {network_id} is in use", provider=self.name, operation="delete_network")
         del self._networks[network_id], self._nics[network_id]
 
-    async def attach_network(self, vm_id: str, network_id: str) -> None:
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
         await self.get_vm(vm_id)
         self._network(network_id, "attach_network")
         self._nics[network_id].add(vm_id)
+        # the MAC asked for, else one derived from the pair (as stable as a real interface's)
+        digest = hashlib.sha256(f"{vm_id}/{network_id}".encode()).digest()
+        return mac or "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
         self._network(network_id, "detach_network")

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -24,11 +23,14 @@ from metavmm.catalog.models import (
     Image,
     OcciMixin,
     Operation,
+    Project,
     Site,
     Workload,
     WorkloadLink,
 )
+from metavmm.services.marketplace.entries import Audience
 from metavmm.services.operations.store import ACTIVE
+from metavmm.services.workloads.requests import APPLICABLE, compute_state
 
 KINDS = {k.term: k for k in (*infra.RESOURCE_KINDS, *infra.LINK_KINDS)}
 STATIC_BY_ID = {m.type_id: m for m in infra.STATIC_MIXINS}
@@ -105,9 +107,9 @@ class Registry:
 
 async def registry(session: AsyncSession, project_id: int) -> Registry:
     """Every category the project can see: its images, all present flavors, sites, zones, its user mixins."""
-    images = (await session.exec(select(Image).where(or_(Image.visibility != "project",
-                                                           Image.project_id == project_id))
-                                 .order_by(Image.name, Image.id))).all()
+    project = await session.get(Project, project_id)
+    audience = Audience(federated=True, school=project.name if project else None, project_ids=frozenset({project_id}))
+    images = (await session.exec(select(Image).where(audience.clause()).order_by(Image.name, Image.id))).all()
     flavors = (await session.exec(select(Flavor).where(Flavor.present).order_by(Flavor.name, Flavor.id))).all()
     sites = (await session.exec(select(Site).where(Site.present).order_by(Site.name))).all()
     zones = (await session.exec(select(AvailabilityZone).where(AvailabilityZone.present))).all()
@@ -146,8 +148,6 @@ _COMPUTE_STATE = {"running": "active", "stopped": "inactive", "suspended": "susp
                   "gone": "error", "deleted": "error", "rolled_back": "error", "cancelled": "error"}
 _DESIRED_STATE = {"active": "active", "stopped": "inactive", "suspended": "suspended"}
 ACTIONS_BY_STATE = {
-    "compute": {"active": ("stop", "restart", "suspend", "save"), "inactive": ("start", "save"),
-                "suspended": ("start", "stop"), "error": ("start", "stop")},
     "network": {"active": ("down",), "inactive": ("up",), "error": ("up", "down")},
     "storage": {"online": ("offline",), "offline": ("online",), "error": ("online", "offline")},
 }
@@ -169,9 +169,13 @@ def occi_state(wl: Workload) -> str:
 
 
 def applicable_actions(wl: Workload, busy: bool = False) -> tuple[str, ...]:
-    """The action terms that apply now; none while a network's or storage's create plan runs, and for a
-    compute with an operation running (``busy``) those of the state it is heading to."""
-    if wl.kind != "compute" and wl.observed_state == "pending":
+    """The action terms that apply now: for a compute the workload service's rule (the state it is in, or
+    heading to while an operation runs), in OCCI's terms (resume is a start); none while a network's or
+    storage's create plan runs."""
+    if wl.kind == "compute":
+        allowed = APPLICABLE[compute_state(wl, busy)]
+        return tuple(a.term for a in infra.COMPUTE.actions if a.term in allowed)
+    if wl.observed_state == "pending":
         return ()
     return ACTIONS_BY_STATE[wl.kind].get(intended_state(wl, busy), ())
 

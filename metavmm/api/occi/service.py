@@ -11,14 +11,10 @@ below takes its result, so project scoping cannot be forgotten on one path.
 
 from __future__ import annotations
 
-import random
 import re
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import delete as sa_delete
 from sqlalchemy import or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -26,15 +22,12 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.api import keys
-from metavmm.api.keys import IDENTITY, PLACER
 from metavmm.api.occi import infrastructure as infra
 from metavmm.api.occi.catalog_view import (
     KINDS,
     STATIC_BY_ID,
     Registry,
-    applicable_actions,
     declared,
-    intended_state,
     link_entity,
     links_of,
     mixins_of,
@@ -46,26 +39,19 @@ from metavmm.api.occi.catalog_view import (
 )
 from metavmm.api.occi.model import Entity, Kind, Mixin, check_term
 from metavmm.api.occi.parse import CategoryRef, LinkRef, OcciRequest
-from metavmm.api.rest.common import lock_row
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     OcciMixin,
-    OperationState,
     Role,
     Site,
     Workload,
     WorkloadLink,
-    utcnow,
 )
 from metavmm.foundation.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationError
-from metavmm.services import quotas, workloads
-from metavmm.services.operations import flows
-from metavmm.services.operations import store as op_store
-from metavmm.services.operations.engine import Engine
-from metavmm.services.placement import Placer
-from metavmm.services.workloads import place_resource
+from metavmm.services.identity import Identity
+from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+from metavmm.services.workloads.service import WorkloadService, is_uuid, storage_gib
 
-_CACHED = web.RequestKey("occi_identity", object)
 ENTITY_PATH = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^/]+)?/(compute|network|storage|networkinterface|"
                          r"storagelink)/([0-9a-fA-F\-]{36})/?$")
 DEFAULT_SHAPE = {"vcpus": 1, "ram_mib": 512}
@@ -76,54 +62,35 @@ SHOWN = or_(Workload.desired_state != "deleted", Workload.observed_state.in_(("r
 RESERVED_PATHS = ("/-/", "/api/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
-# --- identity -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OcciIdentity:
-    user: str
-    project_id: int
-    project: str
-    role: str
-
-    def require_write(self) -> None:
-        if self.role == Role.READER:
-            raise Forbidden(f"user {self.user} has the reader role in project {self.project}: read-only")
-
-
-async def occi_identity(request: web.Request) -> OcciIdentity:
-    """Who is asking, in which project, with which role: the identity the broker's auth middleware
-    proved (API token as Bearer or as the Basic password, OIDC, or a client certificate)."""
-    cached = request.get(_CACHED)
-    if isinstance(cached, OcciIdentity):
-        return cached
-    raw = request.get(IDENTITY)
-    if raw is None:  # only a route the auth middleware did not cover could get here
-        raise Unauthenticated("authentication required: send your API token as the Basic password")
-    ident = OcciIdentity(raw.user, raw.project_id, raw.project, raw.role)
-    request[_CACHED] = ident
-    return ident
-
-
 # --- the service ----------------------------------------------------------------------------------------
 
 
 class OcciService:
-    """Every OCCI operation, scoped to one identity's project."""
+    """OCCI as a view: renderings read the catalog scoped to the caller's project; every change is a call
+    to the workload service (the same rules as REST and the CLI). Mixin resolution, attribute checks and
+    user mixins (tags) are OCCI's own."""
 
-    def __init__(self, maker: async_sessionmaker[AsyncSession], config: Any, engine: Engine | None,
-                 placer: Placer, ident: OcciIdentity) -> None:
+    def __init__(self, maker: async_sessionmaker[AsyncSession], workloads: WorkloadService, ident: Identity, *,
+                 idempotency_key: str | None = None, default_image: str | None = None) -> None:
         self.maker = maker
-        self.config = config
-        self.engine = engine  # the operations engine: computes, networks, storage and links are its plans
-        self.placer = placer
+        self.workloads = workloads
         self.ident = ident
+        self.idempotency_key = idempotency_key  # the same header REST honours
+        self.default_image = default_image  # the federation's os_tpl for a compute that names none
 
     @classmethod
     async def for_request(cls, request: web.Request) -> OcciService:
-        ident = await occi_identity(request)
-        return cls(request.app[keys.SESSIONS], request.app[keys.CONFIG], request.app.get(keys.OPERATIONS),
-                   request.app[PLACER], ident)
+        ident = request.get(keys.IDENTITY)
+        if ident is None:  # only a route the auth middleware did not cover could get here
+            raise Unauthenticated("authentication required: send your API token as the Basic password")
+        default = getattr(request.app[keys.CONFIG].federation, "default_image", None)
+        return cls(request.app[keys.SESSIONS], request.app[keys.WORKLOADS], ident,
+                   idempotency_key=request.headers.get("Idempotency-Key"), default_image=default)
+
+    def require_write(self) -> None:
+        if not self.ident.at_least(Role.MEMBER):
+            raise Forbidden(f"user {self.ident.user} has the {self.ident.role} role in project "
+                            f"{self.ident.project}: read-only")
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -250,10 +217,7 @@ class OcciService:
     # -- creating ----------------------------------------------------------------------------------------
 
     async def create(self, kind: Kind, req: OcciRequest, entity_id: str | None = None) -> str:
-        """Create a resource or link from a parsed rendering; returns its location path."""
-        self.ident.require_write()
-        if entity_id is not None and not is_uuid(entity_id):
-            raise ValidationError(f"{entity_id!r} is not a UUID; entity ids are UUIDs")
+        """Create a resource or link from a parsed rendering through the workload service; its location."""
         if kind in infra.LINK_KINDS:
             return await self._create_link(kind, req, entity_id)
         async with self.maker() as session:
@@ -262,54 +226,18 @@ class OcciService:
         fields = self._check_attributes(kind, mixins, req.attributes, creating=True, entity_id=entity_id)
         spec: dict[str, Any] = {k: v for k, v in fields.items() if k != "name"}
         spec["mixins"] = [m.type_id for m in mixins]
-        name = fields.get("name") or f"{kind.term}-{(entity_id or uuid.uuid4().hex)[:8]}"
         site, zone = self._pinned_site(reg, mixins)
-        if zone:
-            spec["zone"] = zone
+        links = tuple([await self._link_spec(reg, ref) for ref in req.links])
+        common = {"kind": kind.term, "name": fields.get("name"), "workload_id": entity_id,
+                  "site": site.name if site else None, "zone": zone, "links": links}
         if kind is infra.COMPUTE:
-            return await self._create_compute(reg, mixins, spec, name, req.links, entity_id or str(uuid.uuid4()),
-                                              site)
-        wl = Workload(id=entity_id or str(uuid.uuid4()), project_id=self.ident.project_id, kind=kind.term,
-                      name=name, spec=spec, site_id=site.id if site else None,
-                      observed_state={"network": "active", "storage": "online"}[kind.term])
-        async with session_scope(self.maker) as session:
-            if await session.get(Workload, wl.id) is not None:
-                raise Conflict(f"an entity with id {wl.id} already exists")
-            session.add(wl)
-            await session.flush()
-            for i, ref in enumerate(req.links):  # refused: links start at a compute
-                await self._new_link(session, wl, ref, reg, index=i)
-            wl.spec = {**spec, "networks": [], "volumes": []}
-            planned = await self._plan_resource(session, wl)
-        if planned is not None:
-            assert self.engine is not None
-            await self.engine.wake(planned)
-        return f"{kind.location}{wl.id}"
-
-    async def _create_compute(self, reg: Registry, mixins: list[Mixin], spec: dict[str, Any], name: str,
-                              links: tuple[LinkRef, ...] | list[LinkRef], workload_id: str, site: Site | None) -> str:
-        """The create REST runs too (broker.workloads.create): quota reserved, the scheduler's placement
-        counting placements in transit, the engine's provision plan, in one transaction with the links."""
-        shape, image_id, constraints = self._compute_request(reg, mixins, spec)
-        async with session_scope(self.maker) as session:
-            await quotas.lock_project(session, self.ident.project_id)  # first statement (SQLite)
-            if await session.get(Workload, workload_id) is not None:
-                raise Conflict(f"an entity with id {workload_id} already exists")
-            wl, op = await workloads.create(
-                session, project_id=self.ident.project_id, kind="compute", name=name, shape=shape, image_id=image_id,
-                site=site.name if site else None, idempotency_key=None,
-                placer=self.placer if self.engine is not None else None,
-                providers=frozenset(p.name for p in self.config.providers), constraints=constraints,
-                workload_id=workload_id, extra_spec=spec, vm_name=f"mv-{workload_id}")  # titles need not be unique
-            made = [await self._new_link(session, wl, ref, reg, index=i) for i, ref in enumerate(links)]
-            wl.spec = {**wl.spec, "networks": [lk.target_id for lk in made if lk.kind == "networkinterface"],
-                       "volumes": [lk.target_id for lk in made if lk.kind == "storagelink"]}
-            session.add(wl)
-            link_ids = [lk.id for lk in made]
-        if self.engine is not None and op.state == OperationState.PENDING:
-            await self.engine.wake(op.id)
-        await self._attach_links(link_ids)  # each attach plan waits until the compute is placed
-        return f"{infra.COMPUTE.location}{workload_id}"
+            request = self._compute_request(reg, mixins, spec, common)
+        elif kind is infra.STORAGE:
+            request = CreateRequest(**common, disk_gib=storage_gib(spec.get("size_gib")), attributes=spec)
+        else:
+            request = CreateRequest(**common, cidr=spec.get("address"), attributes=spec)
+        done = await self.workloads.create(self.ident, request, idempotency_key=self.idempotency_key)
+        return f"{kind.location}{done.workload.id}"
 
     @staticmethod
     def _pinned_site(reg: Registry, mixins: list[Mixin]) -> tuple[Site | None, str | None]:
@@ -318,181 +246,124 @@ class OcciService:
             raise ValidationError("give at most one site mixin: a resource runs at one site")
         return pinned[0] if pinned else (None, None)
 
-    @staticmethod
-    def _compute_request(reg: Registry, mixins: list[Mixin],
-                         spec: dict[str, Any]) -> tuple[workloads.Shape, str, workloads.Constraints]:
-        """os_tpl -> image, resource_tpl -> flavor (its size wins, GFD.224), the broker mixin -> constraints."""
+    def _compute_request(self, reg: Registry, mixins: list[Mixin], spec: dict[str, Any],
+                         common: dict[str, Any]) -> CreateRequest:
+        """os_tpl -> image (else the federation's default image), resource_tpl -> flavor (its size wins,
+        GFD.224), the broker mixin -> allowed providers and a price ceiling; cores and memory default to
+        1 and 0.5 GiB (a server default GFD.224 allows)."""
         images = [reg.images[m.type_id] for m in mixins if m.type_id in reg.images]
         flavors = [reg.flavors[m.type_id] for m in mixins if m.type_id in reg.flavors]
-        if len(images) != 1:
-            raise ValidationError("a compute needs exactly one os_tpl mixin (the image); GET /mixins/os_tpl/ "
-                                  "lists them" if not images else "give only one os_tpl mixin")
+        if len(images) > 1:
+            raise ValidationError("give only one os_tpl mixin")
         if len(flavors) > 1:
             raise ValidationError("give at most one resource_tpl mixin")
+        image = images[0] if images else None
+        if image is None and not self.default_image:
+            raise ValidationError("a compute needs an os_tpl mixin (the image); GET /mixins/os_tpl/ lists them")
         flavor = flavors[0] if flavors else None
         if flavor is not None:
             spec["vcpus"], spec["ram_mib"] = flavor.vcpus, flavor.ram_mib
         for key, value in DEFAULT_SHAPE.items():
             spec.setdefault(key, value)
-        arch = {"x86_64": "x64", "i686": "x86", "i386": "x86"}.get(images[0].arch)
-        if arch and spec.setdefault("architecture", arch) != arch:
-            raise ValidationError(f"occi.compute.architecture {spec['architecture']} does not match the os_tpl's "
-                                  f"image ({images[0].arch})")
-        shape = workloads.Shape(int(spec["vcpus"]), int(spec["ram_mib"]), 0, flavor.gpu_model if flavor else None,
-                                flavor.gpu_count if flavor else 0, flavor.name if flavor else None)
+        if image is not None:
+            arch = {"x86_64": "x64", "i686": "x86", "i386": "x86"}.get(image.arch)
+            if arch and spec.setdefault("architecture", arch) != arch:
+                raise ValidationError(f"occi.compute.architecture {spec['architecture']} does not match the "
+                                      f"os_tpl's image ({image.arch})")
         allowed = tuple(p for p in str(spec.get("allowed_providers") or "").split(",") if p)
         price = spec.get("max_price_per_hour")
-        return shape, images[0].id, workloads.Constraints(allowed, float(price) if price is not None else None)
+        return CreateRequest(**common, flavor=flavor.name if flavor else None,
+                             vcpus=None if flavor else int(spec["vcpus"]),
+                             ram_mib=None if flavor else int(spec["ram_mib"]),
+                             image=image.id if image else self.default_image, providers=allowed,
+                             max_price_per_hour=float(price) if price is not None else None, attributes=spec)
 
-    async def _target(self, session: AsyncSession, location: str, what: str) -> Workload:
-        match = ENTITY_PATH.match(location)
-        if not match or match.group(1) not in ("compute", "network", "storage"):
-            raise ValidationError(f"{what} {location!r} is not the location of a compute, network or storage")
-        row = await session.get(Workload, match.group(2).lower())
-        if row is None or row.project_id != self.ident.project_id or row.kind != match.group(1):
-            raise NotFound(f"{what} {location} does not exist in project {self.ident.project}")
-        return row
-
-    async def _new_link(self, session: AsyncSession, source: Workload, ref: LinkRef, reg: Registry, *,
-                        index: int, link_id: str | None = None) -> WorkloadLink:
-        target = await self._target(session, ref.target, "link target")
-        kind = {"network": infra.NETWORKINTERFACE, "storage": infra.STORAGELINK}.get(target.kind)
-        if source.kind != "compute" or kind is None:
-            raise ValidationError(f"a link goes from a compute to a network or storage, not from {source.kind} "
-                                  f"to {target.kind}")
-        if ref.rel and KINDS[target.kind].type_id not in ref.rel:
+    async def _link_spec(self, reg: Registry, ref: LinkRef, link_id: str | None = None) -> LinkSpec:
+        """An OCCI link rendering as the service's LinkSpec (its target's kind decides which link it is)."""
+        match = ENTITY_PATH.match(ref.target)
+        if not match or match.group(1) not in ("network", "storage", "compute"):
+            raise ValidationError(f"link target {ref.target!r} is not the location of a network or storage")
+        target_kind = KINDS[match.group(1)]
+        kind = {"network": infra.NETWORKINTERFACE, "storage": infra.STORAGELINK}.get(target_kind.term)
+        if kind is None:
+            raise ValidationError("a link goes from a compute to a network or storage, not to a compute")
+        if ref.rel and target_kind.type_id not in ref.rel:
             raise ValidationError(f"link to {ref.target}: rel {' '.join(ref.rel)} is not the target's kind "
-                                  f"{KINDS[target.kind].type_id}")
+                                  f"{target_kind.type_id}")
         cats = [CategoryRef(term=t.rpartition("#")[2], scheme=t.rpartition("#")[0] + "#") for t in ref.categories]
         mixins = self._resolve_categories(reg, kind, cats)
         fields = self._check_attributes(kind, mixins, ref.attributes, creating=True)
-        existing = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == source.id,
-                                                                  WorkloadLink.kind == kind.term))).all()
-        n = len(existing) + index
-        if kind is infra.NETWORKINTERFACE:
-            fields.setdefault("interface", f"eth{n}")
-            fields.setdefault("mac", "52:54:00:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3)))
-        else:
-            fields.setdefault("deviceid", f"vd{chr(ord('b') + min(n, 24))}")
-        fields["mixins"] = [m.type_id for m in mixins]
-        row = WorkloadLink(id=link_id or str(uuid.uuid4()), project_id=self.ident.project_id, kind=kind.term,
-                           source_id=source.id, target_id=target.id, attributes=fields)
-        session.add(row)
-        await session.flush()
-        return row
+        device = fields.pop("interface", None) or fields.pop("deviceid", None)
+        mac = fields.pop("mac", None)
+        return LinkSpec(target_id=match.group(2).lower(), mac=mac, device=device,
+                        attributes={**fields, "mixins": [m.type_id for m in mixins]}, link_id=link_id)
 
     async def _create_link(self, kind: Kind, req: OcciRequest, link_id: str | None) -> str:
         source = req.attributes.get("occi.core.source")
         target = req.attributes.get("occi.core.target") or (req.links[0].target if req.links else None)
         if not isinstance(source, str) or not isinstance(target, str):
             raise ValidationError(f"a {kind.term} needs occi.core.source and occi.core.target")
+        match = ENTITY_PATH.match(source)
+        if not match or match.group(1) != "compute":
+            raise ValidationError(f"link source {source!r} is not the location of a compute")
         async with self.maker() as session:
             reg = await registry(session, self.ident.project_id)
         mixin_ids = tuple(c.type_id for c in req.categories if c.type_id != kind.type_id)
         attrs = {k: v for k, v in req.attributes.items() if not k.startswith("occi.core.")}
-        async with session_scope(self.maker) as session:
-            src = await self._target(session, source, "link source")
-            if link_id and await session.get(WorkloadLink, link_id) is not None:
-                raise Conflict(f"a link with id {link_id} already exists")
-            row = await self._new_link(session, src, LinkRef(target=target, categories=mixin_ids, attributes=attrs),
-                                       reg, index=0, link_id=link_id)
-            if row.kind != kind.term:
-                raise ValidationError(f"a link to {target} is a {row.kind}, not a {kind.term}")
-        await self._attach_links([row.id])
-        return f"{kind.location}{row.id}"
-
-    async def _plan_resource(self, session: AsyncSession, wl: Workload) -> str | None:
-        """With an engine, a network or storage is created by its plan (written in the caller's
-        transaction; the caller wakes the engine): at its site mixin's site, or the first that can hold it."""
-        if self.engine is None:
-            return None
-        site = await session.get(Site, wl.site_id) if wl.site_id else None
-        providers = frozenset(p.name for p in self.engine.config.providers)
-        where = await place_resource(session, providers, wl.kind, site.name if site else None)
-        size = -(-float(wl.spec.get("size_gib") or 0) // 1)  # whole GiB, rounded up
-        steps = flows.resource_steps(wl.id, wl.kind, name=wl.name, provider=where["provider"],
-                                     region=where["region"], size_gib=int(size), cidr=wl.spec.get("address"),
-                                     quota=True)  # OCCI holds no quota: the steps settle nothing, but a
-        # rollback marks the entity as never created (its state becomes error, with the reason)
-        wl.observed_state, wl.state_message = "pending", f"creating at {where['site']}"
-        wl.spec = {**wl.spec, "placement": where}
-        session.add(wl)
-        op = await op_store.write_plan(session, kind="create", steps=steps, target_id=wl.id,
-                                       project_id=wl.project_id, params=where)
-        return op.id
-
-    async def _attach_links(self, link_ids: list[str]) -> None:
-        """Links become real through the engine's attach plan (it waits until both ends exist)."""
-        if self.engine is None or not link_ids:
-            return  # recorded only: no engine runs in this broker
-        async with session_scope(self.maker) as session:
-            for link_id in link_ids:
-                link = await session.get(WorkloadLink, link_id)
-                if link is not None:
-                    link.attributes = {**link.attributes, "state": "pending", "state_message": "attaching"}
-        for link_id in link_ids:
-            await flows.attach(self.engine, link_id)
-
-    async def _purge(self, workload_id: str) -> None:
-        async with session_scope(self.maker) as session:
-            await session.exec(sa_delete(WorkloadLink).where(or_(WorkloadLink.source_id == workload_id,
-                                                                    WorkloadLink.target_id == workload_id)))
-            await session.exec(sa_delete(Workload).where(Workload.id == workload_id))
+        spec = await self._link_spec(reg, LinkRef(target=target, categories=mixin_ids, attributes=attrs), link_id)
+        wanted = infra.NETWORKINTERFACE if spec.mac is not None or "/network/" in target else infra.STORAGELINK
+        if wanted is not kind:
+            raise ValidationError(f"a link to {target} is a {wanted.term}, not a {kind.term}")
+        link, _ = await self.workloads.link(self.ident, match.group(2).lower(), spec,
+                                            idempotency_key=self.idempotency_key)
+        return f"{kind.location}{link.id}"
 
     # -- updating ----------------------------------------------------------------------------------------
 
     async def update(self, kind: Kind, entity_id: str, req: OcciRequest) -> None:
         """Partial update (POST) or replace (PUT on an existing entity): mutable attributes and user mixins.
-        New cores or memory for a compute submit the engine's resize flow (and nothing else may change
-        in the same request, so a refused resize leaves the entity as it was)."""
-        self.ident.require_write()
+        New cores or memory for a compute are a resize (an operation of its own, so nothing else may change
+        in the same request and a refused resize leaves the entity as it was)."""
+        if not req.categories and not req.attributes:
+            raise ValidationError(f"send the {kind.term}'s kind or mixins and the attributes to change; "
+                                  "this request changes nothing")
         async with self.maker() as session:
             reg = await registry(session, self.ident.project_id)
-        resize: tuple[str, int, int] | None = None
-        async with session_scope(self.maker) as session:
             if kind in infra.LINK_KINDS:
-                link = await self._link(session, kind.term, entity_id)
-                current = mixins_of(link.attributes)
-                added = self._resolve_categories(reg, kind, req.categories)
-                fields = self._check_attributes(kind, current + added, req.attributes, creating=False,
-                                                entity_id=entity_id)
-                names = [m.type_id for m in current] + [m.type_id for m in added if m not in current]
-                link.attributes = {**link.attributes, **fields, "mixins": names}
-                return
-            wl = await self._workload(session, kind.term, entity_id)
-            current = mixins_of(wl.spec)
-            added = [m for m in self._resolve_categories(reg, kind, req.categories)
-                     if m.type_id not in {c.type_id for c in current}]
-            for m in added:
-                if not m.user and m not in (infra.IPNETWORK, infra.IPNETWORKINTERFACE):
-                    raise Conflict(f"mixin {m.type_id} is fixed when the {kind.term} is created (it chooses the "
-                                   f"image, shape, site or what is injected at boot); create a new {kind.term} instead")
-            fields = self._check_attributes(kind, current + added, req.attributes, creating=False,
-                                            entity_id=entity_id)
-            shape = {k: int(fields[k]) for k in ("vcpus", "ram_mib") if k in fields and fields[k] != wl.spec.get(k)}
-            if shape:  # a resize is an operation of its own: it records the new shape once the VM has it
-                others = {k: v for k, v in fields.items() if k not in shape and v != wl.spec.get(k)}
-                if added or (others.keys() - {"name"}) or others.get("name", wl.name) != wl.name:
-                    raise Conflict("change occi.compute.cores or occi.compute.memory alone: a resize runs as an "
-                                   "operation of its own; send the other changes in another request")
-                if self.engine is None:
-                    raise Conflict("resizing a compute needs the broker's operations engine")
-                resize = (wl.id, shape.get("vcpus", int(wl.spec.get("vcpus") or 1)),
-                          shape.get("ram_mib", int(wl.spec.get("ram_mib") or 512)))
+                row_l = await self._link(session, kind.term, entity_id)
+                current = mixins_of(row_l.attributes)
             else:
-                if "name" in fields:
-                    wl.name = fields.pop("name")
-                wl.spec = {**wl.spec, **fields, "mixins": [m.type_id for m in current + added]}
-                wl.version += 1
-                wl.updated_at = utcnow()
-        if resize is not None:
-            assert self.engine is not None
-            await flows.resize(self.engine, resize[0], vcpus=resize[1], ram_mib=resize[2])
+                wl = await self._workload(session, kind.term, entity_id)
+                current = mixins_of(wl.spec)
+        added = [m for m in self._resolve_categories(reg, kind, req.categories)
+                 if m.type_id not in {c.type_id for c in current}]
+        for m in added:
+            if not m.user and m not in (infra.IPNETWORK, infra.IPNETWORKINTERFACE):
+                raise Conflict(f"mixin {m.type_id} is fixed when the {kind.term} is created (it chooses the "
+                               f"image, shape, site or what is injected at boot); create a new {kind.term} instead")
+        fields = self._check_attributes(kind, current + added, req.attributes, creating=False, entity_id=entity_id)
+        names = [m.type_id for m in current + added]
+        if kind in infra.LINK_KINDS:
+            async with session_scope(self.maker) as session:
+                row_l = await self._link(session, kind.term, entity_id)
+                row_l.attributes = {**row_l.attributes, **fields, "mixins": names}
+            return
+        shape = {k: int(fields[k]) for k in ("vcpus", "ram_mib") if k in fields and fields[k] != wl.spec.get(k)}
+        if shape:
+            others = {k: v for k, v in fields.items() if k not in shape and v != wl.spec.get(k)}
+            if added or (others.keys() - {"name"}) or others.get("name", wl.name) != wl.name:
+                raise Conflict("change occi.compute.cores or occi.compute.memory alone: a resize runs as an "
+                               "operation of its own; send the other changes in another request")
+            await self.workloads.resize(self.ident, wl.id, vcpus=shape.get("vcpus", int(wl.spec.get("vcpus") or 1)),
+                                        ram_mib=shape.get("ram_mib", int(wl.spec.get("ram_mib") or 512)),
+                                        idempotency_key=self.idempotency_key)
+            return
+        name = fields.pop("name", None)
+        await self.workloads.update(self.ident, wl.id, name=name, attributes={**fields, "mixins": names})
 
     # -- actions -----------------------------------------------------------------------------------------
 
     async def act(self, kind: Kind, entity_id: str, term: str, req: OcciRequest) -> None:
-        self.ident.require_write()
         action = next((a for a in kind.actions if a.term == term), None)
         if action is None:
             raise ValidationError(f"{kind.term} has no action {term!r}; it has "
@@ -506,78 +377,28 @@ class OcciService:
                 raise ValidationError(f"unknown attribute {name} for action {term}; it takes "
                                       f"{', '.join(a.name for a in action.attributes) or 'none'}")
             attr.check(value)
+        async with self.maker() as session:
+            wl = await self._workload(session, kind.term, entity_id)
         if kind is infra.COMPUTE:
-            await self._act_compute(entity_id, term, req.attributes)
-            return
-        async with session_scope(self.maker) as session:
-            row = await self._workload(session, kind.term, entity_id)
-            _applicable(row, term)
-            row.observed_state = {"up": "active", "down": "inactive", "online": "online", "offline": "offline"}[term]
-            row.state_message = None
-            row.version += 1
-            row.updated_at = utcnow()
-
-    async def _act_compute(self, entity_id: str, term: str, attributes: dict[str, Any]) -> None:
-        """Submit the engine's power flow and answer at once (the rendering shows its progress); an action
-        asked while another operation (e.g. the create) runs is planned behind it."""
-        async with session_scope(self.maker) as session:
-            await lock_row(session, Workload, entity_id.lower())  # first: the engine writes the row too
-            wl = await self._workload(session, "compute", entity_id)
-            busy = bool(await running_operations(session, [wl.id]))
-            _applicable(wl, term, busy)
-            if self.engine is None or not await workloads.engine_can_run(session, wl):
-                raise Conflict(f"compute {entity_id} runs nowhere (it is {wl.observed_state})")
-            if term != "save":
-                await workloads.mark_action(session, wl, term)
-        if term == "save":  # the disk becomes a marketplace image of the project
-            await flows.save(self.engine, wl.id, name=attributes.get("name"))
+            await self.workloads.act(self.ident, wl.id, term, idempotency_key=self.idempotency_key,
+                                     image_name=req.attributes.get("name"))
         else:
-            await flows.power(self.engine, wl.id, term)
+            await self.workloads.set_resource_state(self.ident, wl.id, term)
 
     # -- deleting ----------------------------------------------------------------------------------------
 
     async def delete(self, kind: Kind, entity_id: str) -> None:
-        """Links, networks and storage go through the engine's detach and delete plans (their rows go once
-        the provider let go of them); a compute's VM is deleted by the engine's delete flow (planned behind
-        a create still running), and the compute is gone for OCCI from now on. Without an engine, or for
-        what never reached a provider, only the rows go."""
-        self.ident.require_write()
-        if kind in infra.LINK_KINDS:
-            async with session_scope(self.maker) as session:
+        """Links are detached and networks, storage and computes deleted by the engine (through the
+        workload service); the entity is gone for OCCI from the moment its deletion is accepted."""
+        async with self.maker() as session:
+            if kind in infra.LINK_KINDS:
                 link = await self._link(session, kind.term, entity_id)
-                if self.engine is None:
-                    await session.delete(link)
-                    return
-                link.attributes = {**link.attributes, "state": "inactive", "state_message": "detaching"}
-            await flows.detach(self.engine, entity_id)  # the row goes once the provider detached it
-            return
-        if kind is not infra.COMPUTE:
-            async with self.maker() as session:
+            else:
                 wl = await self._workload(session, kind.term, entity_id)
-            if self.engine is not None:
-                if wl.observed_state == "pending":
-                    raise Conflict(f"{kind.term} {entity_id} is still being created; delete it once that ends")
-                if wl.provider_resource_id:
-                    await flows.delete(self.engine, wl.id, purge=True)  # the entity goes once the provider deleted it
-                    return
-            await self._purge(wl.id)
-            return
-        run_flow = False
-        async with session_scope(self.maker) as session:
-            await lock_row(session, Workload, entity_id.lower())  # first: the engine writes the row too
-            wl = await self._workload(session, kind.term, entity_id)
-            await session.exec(sa_delete(WorkloadLink).where(or_(WorkloadLink.source_id == wl.id,
-                                                                    WorkloadLink.target_id == wl.id)))
-            if self.engine is not None and await workloads.engine_can_run(session, wl):
-                await workloads.mark_delete(session, wl)
-                run_flow = True
-            else:  # never reached a provider (rolled back, cancelled, or no engine): nothing to remove
-                await quotas.release(session, wl.id)
-                await workloads.update_fields(session, wl, wl.version, {
-                    "desired_state": "deleted", "observed_state": "deleted", "present": False})
-        if run_flow:
-            assert self.engine is not None
-            await flows.delete(self.engine, wl.id)
+        if kind in infra.LINK_KINDS:
+            await self.workloads.unlink(self.ident, link.id)
+        else:
+            await self.workloads.delete(self.ident, wl.id, idempotency_key=self.idempotency_key)
 
     async def delete_all(self, kind: Kind) -> int:
         entities = await self.collection(kind)
@@ -602,7 +423,7 @@ class OcciService:
 
     async def associate(self, mixin: Mixin, locations: list[str], *, replace: bool = False) -> None:
         """POST (add) or PUT (replace the collection) on a mixin's location; only user mixins are tags."""
-        self.ident.require_write()
+        self.require_write()
         if not mixin.user:
             raise Conflict(f"mixin {mixin.type_id} is chosen when an entity is created; only user-defined "
                            f"mixins can be associated afterwards")
@@ -621,7 +442,7 @@ class OcciService:
 
     async def dissociate(self, mixin: Mixin, locations: list[str]) -> None:
         """DELETE on a mixin's location: the listed entities (or all, without a body) lose the mixin."""
-        self.ident.require_write()
+        self.require_write()
         if not mixin.user:
             raise Conflict(f"mixin {mixin.type_id} cannot be removed from a running entity")
         async with session_scope(self.maker) as session:
@@ -637,7 +458,7 @@ class OcciService:
 
     async def define_mixins(self, cats: list[CategoryRef]) -> None:
         """POST /-/: user-defined mixins (tags) with a client-chosen location under the project."""
-        self.ident.require_write()
+        self.require_write()
         if not cats:
             raise ValidationError("send at least one mixin category (with class=\"mixin\" and a location)")
         async with self.maker() as session:
@@ -670,7 +491,7 @@ class OcciService:
 
     async def delete_mixins(self, cats: list[CategoryRef]) -> None:
         """DELETE /-/: remove user-defined mixins and their associations."""
-        self.ident.require_write()
+        self.require_write()
         if not cats:
             raise ValidationError("name the mixin to delete in a Category")
         async with session_scope(self.maker) as session:
@@ -692,13 +513,6 @@ def shown(row: Workload) -> bool:
     return row.desired_state != "deleted" or row.observed_state in ("rolled_back", "cancelled")
 
 
-def _applicable(row: Workload, term: str, busy: bool = False) -> None:
-    applicable = applicable_actions(row, busy)
-    if term not in applicable:
-        raise Conflict(f"action {term} is not applicable: {row.kind} {row.id} is {intended_state(row, busy)} "
-                       f"(applicable now: {', '.join(applicable) or 'none'})")
-
-
 def _tag(row: Workload | WorkloadLink, type_id: str, *, add: bool) -> None:
     data = dict(row.spec if isinstance(row, Workload) else row.attributes)
     names = [n for n in data.get("mixins", []) if n != type_id] + ([type_id] if add else [])
@@ -708,10 +522,3 @@ def _tag(row: Workload | WorkloadLink, type_id: str, *, add: bool) -> None:
         row.version += 1
     else:
         row.attributes = data
-
-
-def is_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text.lower()
-    except ValueError:
-        return False

@@ -1,9 +1,12 @@
 """The plans of the broker's changes: provision, power actions, delete, live and cold migration, and
 volumes, networks and the links that attach them to computes.
 
-Each function checks the request against the catalog, builds the whole plan (with every value a
-retry must reuse fixed in the step arguments: the clone's hostname, MAC and address are drawn here, once)
-and submits it through the engine. Nothing here talks to a provider: the steps do.
+Each ``*_plan`` function reads what it needs in the caller's session and returns the whole plan as a
+:class:`PlanSpec` (with every value a retry must reuse fixed in the step arguments: the clone's
+hostname, MAC and address are drawn here, once); the workload service writes it in the transaction of
+the request. The engine-level functions of the same name (``power(engine, ...)``) submit a plan on
+their own, for the engine's own users (migrations, tests, benchmarks). Nothing here talks to a
+provider: the steps do.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import random
 import uuid
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -30,34 +34,53 @@ from metavmm.translators.cloudinit import host_label
 POWER_TARGET = {"start": "running", "stop": "stopped", "suspend": "suspended", "restart": "running"}
 
 
-async def _workload_at(engine: Engine, workload_id: str) -> tuple[Workload, str]:
-    async with engine.sessions() as session:
-        workload = await session.get(Workload, workload_id)
-        if workload is None or not workload.present:
-            raise NotFound(f"no workload {workload_id}")
-        if workload.provider_id is None:
-            raise Conflict(f"workload {workload_id} is not placed at any provider yet")
-        provider = await session.get(Provider, workload.provider_id)
+@dataclass(frozen=True)
+class PlanSpec:
+    """A whole plan, ready to be written (``store.write_plan``) or submitted (``Engine.submit``)."""
+
+    kind: str
+    steps: list[Step]
+    target_id: str | None
+    project_id: int | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def args(self) -> dict[str, Any]:
+        return {"kind": self.kind, "steps": self.steps, "target_id": self.target_id,
+                "project_id": self.project_id, "params": self.params}
+
+
+async def placed_at(session: AsyncSession, workload_id: str) -> tuple[Workload, str]:
+    """The workload and the name of the provider it runs at; NotFound or Conflict when it runs nowhere."""
+    workload = await session.get(Workload, workload_id)
+    if workload is None or not workload.present:
+        raise NotFound(f"no workload {workload_id}")
+    if workload.provider_id is None:
+        raise Conflict(f"workload {workload_id} is not placed at any provider yet")
+    provider = await session.get(Provider, workload.provider_id)
     assert provider is not None
     return workload, provider.name
 
 
-async def _workload_or_create(engine: Engine, workload_id: str, accept: tuple[str, ...] = ("succeeded",)
-                              ) -> tuple[Workload, str, list[Step]]:
+async def _workload_at(engine: Engine, workload_id: str) -> tuple[Workload, str]:
+    async with engine.sessions() as session:
+        return await placed_at(session, workload_id)
+
+
+async def behind(session: AsyncSession, workload_id: str, accept: tuple[str, ...] = ("succeeded",)
+                 ) -> tuple[Workload, str, list[Step]]:
     """Where the workload runs (or will run, once its create, still active, ends) and the steps that must
     come first: a wait for the newest operation still active on it, so requests asked meanwhile run one
     after the other rather than racing (a stop and a start at once) or failing (an action during the
     create). ``accept``: how that operation may end when it is the create (any end, for other kinds)."""
-    async with engine.sessions() as session:
-        workload = await session.get(Workload, workload_id)
-        active = (await session.exec(select(Operation).where(
-            Operation.target_id == workload_id, col(Operation.state).in_(ACTIVE))
-            .order_by(col(Operation.created_at).desc()))).all()
+    workload = await session.get(Workload, workload_id)
+    active = (await session.exec(select(Operation).where(
+        Operation.target_id == workload_id, col(Operation.state).in_(ACTIVE))
+        .order_by(col(Operation.created_at).desc()))).all()
     creating = next((op for op in active if op.kind == "create" and op.params.get("provider")), None)
     if workload is not None and creating is not None:
         provider = str(creating.params["provider"])
     else:
-        workload, provider = await _workload_at(engine, workload_id)
+        workload, provider = await placed_at(session, workload_id)
     if not active:
         return workload, provider, []
     last = active[0]
@@ -132,13 +155,17 @@ async def create_resource(engine: Engine, kind: str, *, name: str, provider: str
                                rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
 
 
-def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str) -> list[Step]:
+def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str,
+                 mac: str | None = None) -> list[Step]:
     """Attach a volume or network to a compute: wait until both ends are placed (their own create
-    operations may still run), attach at the provider, mark the link active (the commit)."""
+    operations may still run), attach at the provider, mark the link active (the commit). ``mac``: the
+    interface's MAC, where the link asks for one (the provider gives it otherwise, and the record step
+    writes the one the VM really has)."""
     verb = RESOURCE_VERB[WorkloadKind(target_kind)]
     ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
+    attach = {**ends, "mac": mac} if verb == "network" and mac else ends
     return [Step("wait-ends", "link.wait_ends", {**ends, "timeout_s": 600}, compensate="link.failed"),
-            Step("attach", f"{verb}.attach", ends, compensate=f"{verb}.detach", weight=2),
+            Step("attach", f"{verb}.attach", attach, compensate=f"{verb}.detach", weight=2),
             Step("record", "link.record", ends, commit=True)]
 
 
@@ -148,29 +175,39 @@ def detach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: 
     return [Step("detach", f"{verb}.detach", ends, commit=True, weight=2), Step("forget", "link.forget", ends)]
 
 
-async def _link(engine: Engine, link_id: str) -> tuple[WorkloadLink, str]:
-    async with engine.sessions() as session:
-        link = await session.get(WorkloadLink, link_id)
-        target = await session.get(Workload, link.target_id) if link is not None else None
+async def _link(session: AsyncSession, link_id: str) -> tuple[WorkloadLink, str]:
+    link = await session.get(WorkloadLink, link_id)
+    target = await session.get(Workload, link.target_id) if link is not None else None
     if link is None or target is None:
         raise NotFound(f"no link {link_id}")
     return link, target.kind
 
 
-async def attach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
+async def attach_plan(session: AsyncSession, link_id: str) -> PlanSpec:
     """Apply a link row (storagelink or networkinterface) at the provider."""
-    link, kind = await _link(engine, link_id)
-    steps = attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
-    return await engine.submit(kind="attach", steps=steps, target_id=link.id, project_id=link.project_id,
-                               idempotency_key=idempotency_key, params={"compute": link.source_id})
+    link, kind = await _link(session, link_id)
+    steps = attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
+                         mac=link.attributes.get("mac"))
+    return PlanSpec("attach", steps, link.id, link.project_id, {"compute": link.source_id})
+
+
+async def detach_plan(session: AsyncSession, link_id: str) -> PlanSpec:
+    """Detach at the provider, then remove the link row."""
+    link, kind = await _link(session, link_id)
+    steps = detach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
+    return PlanSpec("detach", steps, link.id, link.project_id, {"compute": link.source_id})
+
+
+async def attach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
+    async with engine.sessions() as session:
+        plan = await attach_plan(session, link_id)
+    return await engine.submit(**plan.args(), idempotency_key=idempotency_key)
 
 
 async def detach(engine: Engine, link_id: str, *, idempotency_key: str | None = None) -> Operation:
-    """Detach at the provider, then remove the link row."""
-    link, kind = await _link(engine, link_id)
-    steps = detach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
-    return await engine.submit(kind="detach", steps=steps, target_id=link.id, project_id=link.project_id,
-                               idempotency_key=idempotency_key, params={"compute": link.source_id})
+    async with engine.sessions() as session:
+        plan = await detach_plan(session, link_id)
+    return await engine.submit(**plan.args(), idempotency_key=idempotency_key)
 
 
 async def provision(engine: Engine, *, name: str, provider: str, region: str, image: str, vcpus: int = 1,
@@ -195,28 +232,31 @@ def fingerprint(*request: Any) -> str:
     return hashlib.sha256(json.dumps(request, default=str).encode()).hexdigest()
 
 
-async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:
+async def power_plan(session: AsyncSession, workload_id: str, verb: str) -> PlanSpec:
     if verb not in POWER_TARGET:
         raise ValidationError(f"unknown action {verb!r}; expected one of {', '.join(POWER_TARGET)}")
-    workload, provider, first = await _workload_or_create(engine, workload_id)
+    workload, provider, first = await behind(session, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
     steps = [*first, Step(verb, "vm.power", {**at, "verb": verb}),
              Step("wait", "vm.wait", {**at, "state": POWER_TARGET[verb], "timeout_s": 120}),
              Step("observe", "workload.observe", at)]
-    return await engine.submit(kind=verb, steps=steps, target_id=workload.id, project_id=workload.project_id,
-                               idempotency_key=idempotency_key)
+    return PlanSpec(verb, steps, workload.id, workload.project_id)
 
 
-async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None,
-                 purge: bool = False) -> Operation:
+async def power(engine: Engine, workload_id: str, verb: str, *, idempotency_key: str | None = None) -> Operation:
+    async with engine.sessions() as session:
+        plan = await power_plan(session, workload_id, verb)
+    return await engine.submit(**plan.args(), idempotency_key=idempotency_key)
+
+
+async def delete_plan(session: AsyncSession, workload_id: str, *, purge: bool = False) -> PlanSpec:
     """Delete a compute's VM, or a volume or network (refused while a compute still links to it).
     ``purge``: remove the row at the end (OCCI entities are gone once deleted; REST keeps history).
     A create still running is waited for, whatever its end: a rolled-back create leaves nothing to delete."""
-    workload, provider, first = await _workload_or_create(engine, workload_id, tuple(TERMINAL))
+    workload, provider, first = await behind(session, workload_id, tuple(TERMINAL))
     at = {"provider": provider, "workload_id": workload.id}
     if workload.kind in RESOURCE_VERB:
-        async with engine.sessions() as session:
-            await refuse_if_linked(session, workload)
+        await refuse_if_linked(session, workload)
         steps = [*first, Step("delete", f"{RESOURCE_VERB[WorkloadKind(workload.kind)]}.delete", at, commit=True),
                  Step("forget-links", "link.forget_target", at)]
     else:
@@ -228,8 +268,14 @@ async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | Non
     steps.append(Step("free-quota", "quota.free", {"workload_id": workload.id}))
     if purge:
         steps.append(Step("purge", "workload.purge", at))
-    return await engine.submit(kind="delete", steps=steps, target_id=workload.id, project_id=workload.project_id,
-                               idempotency_key=idempotency_key)
+    return PlanSpec("delete", steps, workload.id, workload.project_id)
+
+
+async def delete(engine: Engine, workload_id: str, *, idempotency_key: str | None = None,
+                 purge: bool = False) -> Operation:
+    async with engine.sessions() as session:
+        plan = await delete_plan(session, workload_id, purge=purge)
+    return await engine.submit(**plan.args(), idempotency_key=idempotency_key)
 
 
 async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
@@ -241,10 +287,10 @@ async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
         raise Conflict(f"{workload.kind} {workload.name} is still linked: {'; '.join(live)}; remove the links first")
 
 
-async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:
+async def save_plan(session: AsyncSession, workload_id: str, *, name: str | None = None) -> PlanSpec:
     """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
     stopped is stopped for the copy and started again; the image is named now, so retries reuse it."""
-    workload, provider, first = await _workload_or_create(engine, workload_id)
+    workload, provider, first = await behind(session, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
     image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
     was_running = workload.observed_state != "stopped"  # a create still running ends running
@@ -258,8 +304,13 @@ async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> 
         steps += [Step("start", "vm.power", {**at, "verb": "start"}),
                   Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 120})]
     steps += [Step("observe", "workload.observe", at), Step("clean-scratch", "scratch.clean", {})]
-    return await engine.submit(kind="save", steps=steps, target_id=workload.id, project_id=workload.project_id,
-                               params={"image_name": image})
+    return PlanSpec("save", steps, workload.id, workload.project_id, {"image_name": image})
+
+
+async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:
+    async with engine.sessions() as session:
+        plan = await save_plan(session, workload_id, name=name)
+    return await engine.submit(**plan.args())
 
 
 async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,
@@ -415,23 +466,41 @@ def resize_steps(workload_id: str, *, provider: str, running: bool, vcpus: int, 
     return steps
 
 
+async def resize_plan(session: AsyncSession, workload_id: str, *, vcpus: int, ram_mib: int,
+                      flavor: str | None = None) -> tuple[PlanSpec, dict[str, Decimal]]:
+    """Change a placed compute workload's shape (vCPUs and RAM, or a provider flavor that has them): the
+    plan, and the quota growth the caller reserves in the same transaction, under the plan's operation id
+    (the plan commits it once the new shape is recorded, its rollback gives it back)."""
+    if vcpus < 1 or ram_mib < 1:
+        raise ValidationError("a resize needs at least 1 vCPU and 1 MiB of RAM")
+    workload, provider = await placed_at(session, workload_id)
+    if workload.kind != WorkloadKind.COMPUTE:
+        raise Conflict(f"resize applies to compute workloads, not {workload.kind}")
+    spec = workload.spec
+    old = {"vcpus": int(spec.get("vcpus") or 1), "ram_mib": int(spec.get("ram_mib") or 512),
+           "flavor": spec.get("flavor")}
+    if (old["vcpus"], old["ram_mib"], old["flavor"]) == (vcpus, ram_mib, flavor):
+        raise Conflict(f"workload {workload_id} already has {vcpus} vCPU / {ram_mib} MiB")
+    if await _busy(session, workload_id):
+        raise Conflict(f"workload {workload_id} has an operation in progress; resize it when that ends")
+    delta = {"vcpus": vcpus - old["vcpus"], "ram_mib": ram_mib - old["ram_mib"]}
+    grow = {k: Decimal(v) for k, v in delta.items() if v > 0}
+    # a workload outside any project (made by the CLI or adopted) counts against no quota
+    shrink = {k: str(-v) for k, v in delta.items() if v < 0} if workload.project_id is not None else {}
+    steps = resize_steps(workload_id, provider=provider, running=workload.observed_state == "running", vcpus=vcpus,
+                         ram_mib=ram_mib, flavor=flavor, old=old, shrink=shrink)
+    params = {"from": old, "to": {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor}, "provider": provider}
+    return PlanSpec("resize", steps, workload_id, workload.project_id, params), grow
+
+
 async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None,
                  idempotency_key: str | None = None) -> Operation:
-    """Change a placed compute workload's shape (vCPUs and RAM, or a provider flavor that has them).
-
-    The growth is checked against the project's quota and reserved in the transaction that writes the
-    plan (QuotaExceeded leaves nothing behind); the plan commits it once the new shape is recorded, its
-    rollback gives it back. The OCCI ``resize`` action and ``POST /workloads/{id}/actions`` both call this.
-    """
+    """:func:`resize_plan` submitted on its own, with the growth reserved against the project's quota in
+    the transaction that writes the plan (QuotaExceeded leaves nothing behind)."""
     from metavmm.catalog.db import session_scope
     from metavmm.catalog.models import new_uuid
     from metavmm.services import quotas
 
-    if vcpus < 1 or ram_mib < 1:
-        raise ValidationError("a resize needs at least 1 vCPU and 1 MiB of RAM")
-    workload, provider = await _workload_at(engine, workload_id)
-    if workload.kind != WorkloadKind.COMPUTE:
-        raise Conflict(f"resize applies to compute workloads, not {workload.kind}")
     if idempotency_key:
         async with engine.sessions() as session:
             query = select(Operation).where(Operation.idempotency_key == idempotency_key)
@@ -440,30 +509,15 @@ async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, 
             if earlier.kind != "resize" or earlier.target_id != workload_id:
                 raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
             return earlier
-    spec = workload.spec
-    old = {"vcpus": int(spec.get("vcpus") or 1), "ram_mib": int(spec.get("ram_mib") or 512),
-           "flavor": spec.get("flavor")}
-    if (old["vcpus"], old["ram_mib"], old["flavor"]) == (vcpus, ram_mib, flavor):
-        raise Conflict(f"workload {workload_id} already has {vcpus} vCPU / {ram_mib} MiB")
-    delta = {"vcpus": vcpus - old["vcpus"], "ram_mib": ram_mib - old["ram_mib"]}
-    grow = {k: Decimal(v) for k, v in delta.items() if v > 0}
-    # a workload outside any project (made by the CLI or adopted) counts against no quota
-    shrink = {k: str(-v) for k, v in delta.items() if v < 0} if workload.project_id is not None else {}
+    workload, _ = await _workload_at(engine, workload_id)
     op_id = new_uuid()
-    steps = resize_steps(workload_id, provider=provider, running=workload.observed_state == "running", vcpus=vcpus,
-                         ram_mib=ram_mib, flavor=flavor, old=old, shrink=shrink)
     async with session_scope(engine.sessions) as session:
         if workload.project_id is not None:
             await quotas.lock_project(session, workload.project_id)  # first statement (SQLite)
-            if grow:
-                await quotas.reserve(session, workload.project_id, grow, workload_id=workload_id, operation_id=op_id)
-        if await _busy(session, workload_id):
-            raise Conflict(f"workload {workload_id} has an operation in progress; resize it when that ends")
-        op = await store.write_plan(session, kind="resize", steps=steps, target_id=workload_id,
-                                    project_id=workload.project_id, idempotency_key=idempotency_key,
-                                    params={"from": old, "to": {"vcpus": vcpus, "ram_mib": ram_mib, "flavor": flavor},
-                                            "provider": provider},
-                                    operation_id=op_id)
+        plan, grow = await resize_plan(session, workload_id, vcpus=vcpus, ram_mib=ram_mib, flavor=flavor)
+        if grow and workload.project_id is not None:
+            await quotas.reserve(session, workload.project_id, grow, workload_id=workload_id, operation_id=op_id)
+        op = await store.write_plan(session, **plan.args(), idempotency_key=idempotency_key, operation_id=op_id)
     await engine.wake(op.id)
     return op
 

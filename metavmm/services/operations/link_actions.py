@@ -23,11 +23,12 @@ from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 
 
-async def set_state(ctx: StepContext, link_id: str, state: str, message: str) -> None:
+async def set_state(ctx: StepContext, link_id: str, state: str, message: str, **facts: Any) -> None:
+    """The link's state, and ``facts`` the provider reported about it (the interface's real MAC)."""
     async with session_scope(ctx.sessions) as session:
         link = await session.get(WorkloadLink, link_id)
         if link is not None:
-            link.attributes = {**link.attributes, "state": state, "state_message": message}
+            link.attributes = {**link.attributes, **facts, "state": state, "state_message": message}
             session.add(link)
 
 
@@ -54,9 +55,10 @@ async def failed(ctx: StepContext, *, link_id: str, **_: Any) -> None:
 
 @action("link.record")
 async def record(ctx: StepContext, *, link_id: str, state: str = "active", **_: Any) -> None:
-    """The provider attached it: the link is active."""
+    """The provider attached it: the link is active, with the MAC the VM's interface really has."""
     where = ctx.outputs.get("vm_id")
-    await set_state(ctx, link_id, state, f"attached to {where}" if where else state)
+    mac = ctx.outputs.get("mac")
+    await set_state(ctx, link_id, state, f"attached to {where}" if where else state, **({"mac": mac} if mac else {}))
 
 
 @action("link.forget")

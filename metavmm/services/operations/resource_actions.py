@@ -46,8 +46,10 @@ class Verbs:
     def delete(self, driver: Any, resource_id: str) -> Any:
         return getattr(driver, f"delete_{self.noun}")(resource_id)
 
-    def attach(self, driver: Any, vm_id: str, resource_id: str) -> Any:
-        return getattr(driver, f"attach_{self.noun}")(vm_id, resource_id)
+    def attach(self, driver: Any, vm_id: str, resource_id: str, mac: str | None = None) -> Any:
+        if self.noun == "network":  # the interface's MAC: asked for, or the one the provider gave it
+            return driver.attach_network(vm_id, resource_id, mac=mac)
+        return driver.attach_volume(vm_id, resource_id)
 
     def detach(self, driver: Any, vm_id: str, resource_id: str) -> Any:
         return getattr(driver, f"detach_{self.noun}")(vm_id, resource_id)
@@ -128,15 +130,17 @@ async def link_provider(ctx: StepContext, compute_id: str, target_id: str) -> st
     return at
 
 
-async def attach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str) -> dict[str, Any]:
+async def attach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str,
+                 mac: str | None = None) -> dict[str, Any]:
     provider = await link_provider(ctx, compute_id, target_id)
     if provider is None:
         raise Conflict(f"compute {compute_id} or {verbs.kind} {target_id} is not placed at any provider")
     vm = await require_vm(ctx, provider, compute_id)
     found = await require(ctx, verbs, provider, target_id)
-    await verbs.attach(ctx.driver(provider), vm.provider_vm_id, resource_id(found))
+    given = await verbs.attach(ctx.driver(provider), vm.provider_vm_id, resource_id(found), mac)
     await ctx.log(f"{verbs.noun} {resource_id(found)} attached to {vm.provider_vm_id} at {provider}")
-    return {"attached": resource_id(found), "vm_id": vm.provider_vm_id}
+    return {"attached": resource_id(found), "vm_id": vm.provider_vm_id,
+            **({"mac": str(given).lower()} if given else {})}
 
 
 async def detach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str) -> None:
@@ -199,8 +203,9 @@ def register(verbs: Verbs, spec: Callable[..., Any]) -> None:
     async def delete_it(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
         await delete(ctx, verbs, provider, workload_id)
 
-    async def attach_it(ctx: StepContext, *, compute_id: str, target_id: str, **_: Any) -> dict[str, Any]:
-        return await attach(ctx, verbs, compute_id, target_id)
+    async def attach_it(ctx: StepContext, *, compute_id: str, target_id: str, mac: str | None = None,
+                        **_: Any) -> dict[str, Any]:
+        return await attach(ctx, verbs, compute_id, target_id, mac)
 
     async def detach_it(ctx: StepContext, *, compute_id: str, target_id: str, **_: Any) -> None:
         await detach(ctx, verbs, compute_id, target_id)

@@ -28,7 +28,7 @@ from metavmm.services.identity import get_or_create_project, get_or_create_user,
 from metavmm.services.sync import sync_all
 from tests.auth_helpers import authorize
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
 OCCI_REF = SHARED / "reference" / "occi"
 SIM = """
 providers:

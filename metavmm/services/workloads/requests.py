@@ -1,0 +1,154 @@
+"""What a front end asks of the workload service, as plain values, and the rules every request obeys.
+
+REST bodies, OCCI renderings, CLI options and marketplace launches are all turned into these; the rules
+here (names, shapes, addresses, which action applies in which state) are the only copies, so a mistake
+gets the same error whichever front end it came through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
+from metavmm.foundation.errors import Conflict, ValidationError
+
+KINDS = tuple(k.value for k in WorkloadKind)
+NAME_MAX = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+POWER_ACTIONS = ("start", "stop", "restart", "suspend", "resume")
+COMPUTE_ACTIONS = (*POWER_ACTIONS, "save")
+ENGINE_VERB = {"start": "start", "stop": "stop", "restart": "restart", "suspend": "suspend", "resume": "start"}
+"""The engine's power verb (flows.power) of each action: a suspended VM resumes by a start."""
+DESIRED_AFTER = {"start": "active", "stop": "stopped", "restart": "active", "suspend": "suspended",
+                 "resume": "active"}
+APPLICABLE = {
+    "running": ("stop", "restart", "suspend", "save"),
+    "stopped": ("start", "save"),
+    "suspended": ("start", "resume", "stop"),
+    "error": ("start", "stop"),
+}
+"""Which compute actions apply in which state: the state the VM is in, or, while an operation runs on
+it, the state it is heading to (a stop asked during its create is planned behind the create)."""
+_HEADING = {"active": "running", "stopped": "stopped", "suspended": "suspended"}
+_STATE = {"running": "running", "stopped": "stopped", "suspended": "suspended", "error": "error", "gone": "error",
+          "lost": "error", "deleted": "error", "rolled_back": "error", "cancelled": "error"}
+RESOURCE_STATES = {"network": {"up": "active", "down": "inactive"}, "storage": {"online": "online",
+                                                                                  "offline": "offline"}}
+"""Catalog-only states of a network or storage (nothing at the provider changes): OCCI's up/down and
+online/offline actions."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """A workload's name: any text a person would type (an OCCI title), 1 to 255 characters, no control
+    characters. It is a label, not an identifier: the VM's name at the provider is derived from it."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"{what} must not be empty")
+    if len(name) > NAME_MAX:
+        raise ValidationError(f"{what} is {len(name)} characters long; at most {NAME_MAX}")
+    if _CONTROL.search(name):
+        raise ValidationError(f"{what} must not contain control characters")
+    return name
+
+
+def check_cidr(cidr: str | None) -> str | None:
+    """A network's address range: an IPv4 network with its host bits zero (10.0.0.0/16)."""
+    if cidr is None:
+        return None
+    try:
+        net = ipaddress.IPv4Network(cidr, strict=True)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"address range {cidr!r} is not an IPv4 network like 10.0.0.0/16: {exc}") from None
+    if net.prefixlen < 8 or net.prefixlen > 29:
+        raise ValidationError(f"address range {cidr} must be a /8 to /29 network")
+    return str(net)
+
+
+def check_mac(mac: Any) -> str | None:
+    """An interface's MAC, as a link may ask for it: unicast, six colon-separated bytes."""
+    if mac is None:
+        return None
+    if not isinstance(mac, str) or not _MAC.match(mac):
+        raise ValidationError(f"MAC address {mac!r} must be six hexadecimal bytes like 52:54:00:12:34:56")
+    if int(mac[:2], 16) & 1:
+        raise ValidationError(f"MAC address {mac} is a multicast address; an interface needs a unicast one")
+    return mac.lower()
+
+
+def compute_state(workload: Workload, busy: bool) -> str:
+    """The state whose actions apply (see :data:`APPLICABLE`)."""
+    state = _STATE.get(workload.observed_state, "stopped")  # pending, unknown: not running yet
+    if busy and state != "error":
+        return _HEADING.get(workload.desired_state, state)
+    return state
+
+
+def check_applicable(workload: Workload, action: str, busy: bool) -> None:
+    if workload.kind != WorkloadKind.COMPUTE:
+        raise Conflict(f"{action} applies to compute workloads, not {workload.kind}")
+    state = compute_state(workload, busy)
+    allowed = APPLICABLE[state]
+    if action not in allowed:
+        raise Conflict(f"action {action} is not applicable: compute {workload.name} is {state}"
+                       + (" (after the operation running on it)" if busy else "")
+                       + f"; it accepts {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A link from a compute to a network (an interface) or a storage (an attached volume)."""
+
+    target_id: str
+    mac: str | None = None  # networks: the interface's MAC, where the provider lets the broker choose
+    device: str | None = None  # the interface (eth1) or the disk's device name (vdb)
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # kept on the link (OCCI mixins)
+    link_id: str | None = None  # OCCI clients may choose the id
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """One workload to create. A compute needs a flavor or vcpus and ram_mib; an image is a marketplace
+    reference (id, ``name`` or ``publisher/name``) the project may see; a storage needs disk_gib."""
+
+    kind: str = WorkloadKind.COMPUTE
+    name: str | None = None  # default: "<kind>-<first 8 characters of its id>"
+    project_id: int | None = None  # admins only: another project
+    flavor: str | None = None
+    vcpus: int | None = None
+    ram_mib: int | None = None
+    disk_gib: int = 0
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    image: str | None = None
+    site: str | None = None
+    zone: str | None = None
+    providers: tuple[str, ...] = ()  # only these providers (OCCI's broker mixin)
+    max_price_per_hour: float | None = None
+    cidr: str | None = None
+    links: tuple[LinkSpec, ...] = ()
+    workload_id: str | None = None  # OCCI clients may choose the id
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # kept in the spec (OCCI mixins, title...)
+
+    def fingerprint(self) -> str:
+        """What the idempotency check compares: a key reused for another request is a conflict."""
+        data = asdict(self)
+        data["links"] = [asdict(link) for link in self.links]
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request the service took: the rows it wrote and the operation that will make them real."""
+
+    workload: Workload
+    operation: Operation
+    links: tuple[WorkloadLink, ...] = ()
+    link_operations: tuple[Operation, ...] = ()
+    replayed: bool = False  # an Idempotency-Key seen before: the first request's rows, nothing new

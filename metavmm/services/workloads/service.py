@@ -1,0 +1,598 @@
+"""The one workload service: create, act on, resize, rename, link, unlink, delete and cancel computes,
+networks and storage. REST, OCCI, the CLI and the marketplace launch call this and nothing else.
+
+Every change runs the same way, in one place and in this order: scope (the caller may act in the
+project; another project's rows answer like rows that do not exist), validation, idempotency (a key is
+scoped to the project and the principal, and replays the first request's answer only for the same
+request), quota (counted with what is still in transit), placement through the scheduler, then the
+catalog rows and the operation row written in one transaction. The engine runs the operation; nothing
+here talks to a provider and no caller waits for one: the answer is the operation (202).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import (
+    Flavor,
+    Image,
+    Operation,
+    OperationState,
+    Project,
+    Role,
+    Workload,
+    WorkloadKind,
+    WorkloadLink,
+    new_uuid,
+    utcnow,
+)
+from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationError
+from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.services import quotas
+from metavmm.services.identity import Identity
+from metavmm.services.marketplace.entries import Audience, get_image, state_of
+from metavmm.services.operations import flows
+from metavmm.services.operations import store as op_store
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.plan import Step
+from metavmm.services.placement import Placer
+from metavmm.services.scope import can_see
+from metavmm.services.workloads.requests import (
+    COMPUTE_ACTIONS,
+    DESIRED_AFTER,
+    ENGINE_VERB,
+    RESOURCE_STATES,
+    Accepted,
+    CreateRequest,
+    LinkSpec,
+    check_applicable,
+    check_cidr,
+    check_mac,
+    check_name,
+)
+from metavmm.services.workloads.resources import place_resource
+
+DEFAULT_ARCH = "x86_64"
+"""The architecture of a compute without an image (it boots an empty disk): what most of the federation runs."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    vcpus: int
+    ram_mib: int
+    disk_gib: int
+    gpu_model: str | None
+    gpu_count: int
+    flavor: str | None
+
+
+class WorkloadService:
+    """Scoped to nothing: every call names its caller (an :class:`Identity`), so no path forgets it."""
+
+    def __init__(self, sessions: Any, config: FederationConfig, engine: Engine, placer: Placer) -> None:
+        self.sessions = sessions
+        self.config = config
+        self.engine = engine
+        self.placer = placer
+
+    # --- create -------------------------------------------------------------------------------------
+
+    async def create(self, caller: Identity, req: CreateRequest, *, idempotency_key: str | None = None) -> Accepted:
+        """Validate, reserve quota, place, and write the workload, its links and their operations."""
+        project_id = self._project(caller, req.project_id)
+        if req.kind not in WorkloadKind.__members__.values():
+            raise ValidationError(f"unknown kind {req.kind!r}; expected one of compute, network, storage")
+        if req.workload_id is not None and not is_uuid(req.workload_id):
+            raise ValidationError(f"{req.workload_id!r} is not a UUID; workload ids are UUIDs")
+        workload_id = (req.workload_id or new_uuid()).lower()
+        name = check_name(req.name if req.name is not None else f"{req.kind}-{workload_id[:8]}")
+        cidr = check_cidr(req.cidr)
+        key = scoped_key(caller, project_id, idempotency_key)
+        fingerprint = req.fingerprint()
+        async with self._transaction(project_id) as session:
+            earlier = await self._replay(session, key, fingerprint, "create")
+            if earlier is not None:
+                return await self._accepted_again(session, earlier)
+            if await session.get(Workload, workload_id) is not None:
+                raise Conflict(f"a workload with id {workload_id} already exists")
+            shape = await self._shape(session, req)
+            image = await self._image(session, req.image, project_id, shape) if req.image else None
+            op_id = new_uuid()
+            spec: dict[str, Any] = {
+                **dict(req.attributes), "vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
+                "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
+                "image_id": image.id if image else None, "site": req.site,
+                **({"zone": req.zone} if req.zone else {}), **({"cidr": cidr} if cidr else {})}
+            workload = Workload(id=workload_id, project_id=project_id, kind=req.kind, name=name, spec=spec,
+                                desired_state="active", observed_state="pending", state_message="being created")
+            session.add(workload)
+            await session.flush()  # the reservations and links reference the workload row
+            need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
+                                    shape.gpu_count)
+            await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
+                                 flavor=shape.flavor)
+            if req.kind == WorkloadKind.COMPUTE:
+                steps, where = await self._place_compute(session, workload, shape, image, req)
+            else:
+                steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
+            workload.spec = {**spec, "placement": where}
+            workload.state_message = f"creating at {where['site']}"
+            session.add(workload)
+            links = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
+            if links:
+                workload.spec = {**workload.spec,
+                                 "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
+                                 "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
+            operation = await op_store.write_plan(
+                session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
+                project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
+                params={**where, "holds_quota": True}, operation_id=op_id)
+            link_ops = [await self._write(session, await flows.attach_plan(session, lk.id)) for lk in links]
+        await self._wake(operation, *link_ops)
+        return Accepted(workload, operation, tuple(links), tuple(link_ops))
+
+    async def _place_compute(self, session: AsyncSession, workload: Workload, shape: Shape, image: Image | None,
+                             req: CreateRequest) -> tuple[list[Step], dict[str, Any]]:
+        """Where the scheduler puts it (the image's architecture and hypervisor, residency, price ceiling,
+        burst policy) and the engine's steps that make it there."""
+        if shape.vcpus < 1 or shape.ram_mib < 1:
+            raise ValidationError("a compute needs a flavor, or vcpus and ram_mib (at least 1 each)")
+        preq = PlacementRequest(
+            name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
+            project=None, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
+            cpu_arch=image.arch if image else DEFAULT_ARCH, image=ImageRef(image.id) if image else None,
+            sites=(req.site,) if req.site else (), providers=tuple(req.providers),
+            max_price_per_hour=req.max_price_per_hour)
+        planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
+                                                vm_name=vm_name(workload.id),
+                                                providers=self._providers())
+        return planned.steps, planned.where
+
+    async def _place_resource(self, session: AsyncSession, workload: Workload, shape: Shape, site: str | None,
+                              cidr: str | None) -> tuple[list[Step], dict[str, Any]]:
+        if workload.kind == WorkloadKind.STORAGE and shape.disk_gib < 1:
+            raise ValidationError("a storage needs disk_gib (its size, at least 1)")
+        where = await place_resource(session, self._providers(), workload.kind, site)
+        steps = flows.resource_steps(workload.id, workload.kind, name=workload.name, provider=where["provider"],
+                                     region=where["region"], size_gib=shape.disk_gib, cidr=cidr)
+        return steps, where
+
+    async def _shape(self, session: AsyncSession, req: CreateRequest) -> Shape:
+        """A named flavor (its size wins), or explicit numbers; GPUs need a model."""
+        if req.gpu_count < 0 or (req.gpu_count and not req.gpu_model):
+            raise ValidationError("gpu_count needs a gpu_model")
+        if req.disk_gib < 0 or (req.vcpus is not None and req.vcpus < 1) or (req.ram_mib is not None
+                                                                               and req.ram_mib < 1):
+            raise ValidationError("vcpus and ram_mib must be at least 1, disk_gib at least 0")
+        if req.flavor:
+            if req.kind != WorkloadKind.COMPUTE:
+                raise ValidationError(f"a {req.kind} has no flavor")
+            row = (await session.exec(select(Flavor).where(Flavor.name == req.flavor, col(Flavor.present))
+                                      .order_by(col(Flavor.id)))).first()
+            if row is None:
+                raise ValidationError(f"no flavor named {req.flavor!r} in the catalog")
+            return Shape(row.vcpus, row.ram_mib, max(req.disk_gib, row.disk_gib), row.gpu_model, row.gpu_count,
+                         row.name)
+        if req.kind == WorkloadKind.COMPUTE and (not req.vcpus or not req.ram_mib):
+            raise ValidationError("a compute needs a flavor, or vcpus and ram_mib")
+        return Shape(req.vcpus or 0, req.ram_mib or 0, req.disk_gib, req.gpu_model if req.gpu_count else None,
+                     req.gpu_count, None)
+
+    async def _image(self, session: AsyncSession, ref: str, project_id: int, shape: Shape) -> Image:
+        """The image the project may launch (the marketplace's visibility rule, for the project that will
+        own the VM), not expired, and the shape big enough for it."""
+        project = await session.get(Project, project_id)
+        audience = Audience(federated=True, school=project.name if project else None,
+                            project_ids=frozenset({project_id}))
+        try:
+            image = await get_image(session, ref, audience)
+        except NotFound:
+            raise ValidationError(f"no image {ref} visible to this project") from None
+        if state_of(image) == "expired":
+            raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be launched")
+        short = [f"{need} {what} (asked {have})" for need, have, what in (
+            (image.min_vcpus, shape.vcpus, "vCPUs"), (image.min_ram_mib, shape.ram_mib, "MiB RAM"),
+            (image.min_disk_gib, shape.disk_gib or image.min_disk_gib, "GiB disk")) if have < need]
+        if short:
+            raise ValidationError(f"image {image.name} v{image.version} needs at least " + ", ".join(short))
+        return image
+
+    # --- links ---------------------------------------------------------------------------------------
+
+    async def link(self, caller: Identity, compute_id: str, spec: LinkSpec, *,
+                   idempotency_key: str | None = None) -> tuple[WorkloadLink, Operation]:
+        """Attach a network or storage of the same project to a compute (the engine waits until both
+        exist, at one site, then attaches)."""
+        compute = await self._visible(caller, compute_id)
+        self._may_write(caller, compute)
+        assert compute.project_id is not None
+        key = scoped_key(caller, compute.project_id, idempotency_key)
+        fingerprint = _digest("link", compute_id, spec)
+        async with self._transaction(compute.project_id) as session:
+            earlier = await self._replay(session, key, fingerprint, "attach")
+            if earlier is not None:
+                link = await session.get(WorkloadLink, earlier.target_id)
+                if link is None:
+                    raise Conflict(f"the link of operation {earlier.id} is gone")
+                return link, earlier
+            compute = await self._in_session(session, caller, compute_id)
+            link = await self._new_link(session, compute, spec, index=0)
+            op = await self._write(session, await flows.attach_plan(session, link.id), key, fingerprint)
+        await self._wake(op)
+        return link, op
+
+    async def unlink(self, caller: Identity, link_id: str, *, compute_id: str | None = None) -> Operation:
+        """Detach at the provider; the link row goes once the provider let go of it."""
+        async with self.sessions() as session:
+            link = await session.get(WorkloadLink, link_id) if is_uuid(link_id) else None
+        if link is None or not can_see(caller, link) or (compute_id is not None and link.source_id != compute_id):
+            raise NotFound(f"compute {compute_id} has no link {link_id}" if compute_id else f"no link {link_id}")
+        self._may_write(caller, link)
+        assert link.project_id is not None
+        async with self._transaction(link.project_id) as session:
+            row = await session.get(WorkloadLink, link.id)
+            if row is None:
+                raise NotFound(f"no link {link_id}")
+            row.attributes = {**row.attributes, "state": "inactive", "state_message": "detaching"}
+            session.add(row)
+            op = await self._write(session, await flows.detach_plan(session, link.id))
+        await self._wake(op)
+        return op
+
+    async def _new_link(self, session: AsyncSession, compute: Workload, spec: LinkSpec, *, index: int) -> WorkloadLink:
+        """A link row from a compute to a network or storage of its project; defaults for its device name
+        (eth<n>, vd<x>) and, for an interface, the MAC it asks for (checked, unique in the catalog)."""
+        target = await session.get(Workload, spec.target_id.lower()) if is_uuid(spec.target_id) else None
+        if target is None or target.project_id != compute.project_id:
+            raise NotFound(f"no network or storage {spec.target_id} in this project")
+        if compute.kind != WorkloadKind.COMPUTE or target.kind not in (WorkloadKind.NETWORK, WorkloadKind.STORAGE):
+            raise ValidationError(f"a link goes from a compute to a network or storage, not from {compute.kind} "
+                                  f"to {target.kind}")
+        if not (compute.present and target.present) or "deleted" in (compute.desired_state, target.desired_state):
+            raise Conflict("one end of the link is deleted or being deleted")
+        kind = "storagelink" if target.kind == WorkloadKind.STORAGE else "networkinterface"
+        existing = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == compute.id))).all()
+        taken = next((lk for lk in existing if lk.target_id == target.id), None)
+        if taken is not None:
+            raise Conflict(f"compute {compute.name} already has {kind} {taken.id} to {target.name}")
+        if spec.link_id is not None and (not is_uuid(spec.link_id) or await session.get(WorkloadLink, spec.link_id)):
+            raise Conflict(f"a link with id {spec.link_id} already exists")
+        n = sum(1 for lk in existing if lk.kind == kind) + index
+        attributes: dict[str, Any] = {**dict(spec.attributes), "state": "pending", "state_message": "attaching"}
+        if kind == "networkinterface":
+            attributes["interface"] = spec.device or f"eth{n}"
+            mac = check_mac(spec.mac)
+            if mac is not None:
+                if await self._mac_taken(session, mac):
+                    raise Conflict(f"MAC address {mac} is already used by another interface")
+                attributes["mac"] = mac
+        else:
+            attributes["deviceid"] = spec.device or f"vd{chr(ord('b') + min(n, 24))}"
+        link = WorkloadLink(id=(spec.link_id or new_uuid()).lower(), project_id=compute.project_id, kind=kind,
+                            source_id=compute.id, target_id=target.id, attributes=attributes)
+        session.add(link)
+        await session.flush()
+        return link
+
+    @staticmethod
+    async def _mac_taken(session: AsyncSession, mac: str) -> bool:
+        query = select(WorkloadLink.attributes).where(WorkloadLink.kind == "networkinterface")
+        rows = (await session.exec(query)).all()
+        return any(str((a or {}).get("mac", "")).lower() == mac for a in rows)
+
+    # --- actions, resize, rename ------------------------------------------------------------------------
+
+    async def act(self, caller: Identity, workload_id: str, action: str, *, idempotency_key: str | None = None,
+                  expected_version: int | None = None, image_name: str | None = None) -> Operation:
+        """start, stop, restart, suspend, resume (the engine's power flow) or save (the disk becomes a
+        marketplace image of the project); planned behind an operation still running on the workload."""
+        if action not in COMPUTE_ACTIONS:
+            raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(COMPUTE_ACTIONS)}")
+        workload = await self._visible(caller, workload_id)
+        self._may_write(caller, workload)
+        assert workload.project_id is not None
+        key = scoped_key(caller, workload.project_id, idempotency_key)
+        fingerprint = _digest("act", workload.id, action, image_name)
+        async with self._transaction(workload.project_id) as session:
+            earlier = await self._replay(session, key, fingerprint, None)
+            if earlier is not None:
+                return earlier
+            workload = await self._locked(session, caller, workload.id, expected_version)
+            busy = await _busy(session, workload.id)
+            if workload.desired_state == "deleted":
+                raise Conflict(f"workload {workload.id} is being deleted")
+            check_applicable(workload, action, busy)
+            if not (_is_placed(workload) or await _creating(session, workload.id)):
+                raise Conflict(f"compute {workload.name} runs nowhere (it is {workload.observed_state})")
+            if action == "save":
+                plan = await flows.save_plan(session, workload.id, name=image_name)
+            else:
+                await _set(session, workload, desired_state=DESIRED_AFTER[action])
+                plan = await flows.power_plan(session, workload.id, ENGINE_VERB[action])
+            op = await self._write(session, plan, key, fingerprint)
+        await self._wake(op)
+        return op
+
+    async def resize(self, caller: Identity, workload_id: str, *, flavor: str | None = None, vcpus: int | None = None,
+                     ram_mib: int | None = None, idempotency_key: str | None = None,
+                     expected_version: int | None = None) -> Operation:
+        """A new shape for a placed compute; the growth is checked against the quota and reserved with the
+        plan (the plan commits it once the VM has the new shape; its rollback gives it back)."""
+        workload = await self._visible(caller, workload_id)
+        self._may_write(caller, workload)
+        assert workload.project_id is not None
+        key = scoped_key(caller, workload.project_id, idempotency_key)
+        fingerprint = _digest("resize", workload.id, flavor, vcpus, ram_mib)
+        async with self._transaction(workload.project_id) as session:
+            earlier = await self._replay(session, key, fingerprint, "resize")
+            if earlier is not None:
+                return earlier
+            workload = await self._locked(session, caller, workload.id, expected_version)
+            if workload.kind != WorkloadKind.COMPUTE:
+                raise Conflict(f"resize applies to compute workloads, not {workload.kind}")
+            if not _is_placed(workload):
+                raise Conflict(f"workload {workload.id} is not running at a provider yet; resize it once it is")
+            shape = await self._shape(session, CreateRequest(flavor=flavor, vcpus=vcpus, ram_mib=ram_mib))
+            op_id = new_uuid()
+            plan, grow = await flows.resize_plan(session, workload.id, vcpus=shape.vcpus, ram_mib=shape.ram_mib,
+                                                 flavor=shape.flavor)
+            if grow:
+                await quotas.reserve(session, workload.project_id, grow, workload_id=workload.id, operation_id=op_id)
+            op = await self._write(session, plan, key, fingerprint, operation_id=op_id)
+        await self._wake(op)
+        return op
+
+    async def update(self, caller: Identity, workload_id: str, *, name: str | None = None,
+                     attributes: dict[str, Any] | None = None, expected_version: int | None = None) -> Workload:
+        """Rename, or change attributes kept in the spec that no provider sees (OCCI user mixins, a
+        summary); compare-and-set on the version when ``expected_version`` is given."""
+        workload = await self._visible(caller, workload_id)
+        self._may_write(caller, workload)
+        assert workload.project_id is not None
+        async with self._transaction(workload.project_id) as session:
+            workload = await self._locked(session, caller, workload.id, expected_version)
+            if workload.desired_state == "deleted":
+                raise Conflict(f"workload {workload.id} is being deleted")
+            values: dict[str, Any] = {}
+            if name is not None and name != workload.name:
+                values["name"] = check_name(name)
+            if attributes:
+                values["spec"] = {**workload.spec, **attributes}
+            if values:
+                await _set(session, workload, **values)
+        return workload
+
+    async def set_resource_state(self, caller: Identity, workload_id: str, term: str) -> Workload:
+        """A network's up/down or a storage's online/offline: a state the catalog keeps for the owner
+        (nothing at the provider changes), refused while its create or delete runs."""
+        workload = await self._visible(caller, workload_id)
+        self._may_write(caller, workload)
+        states = RESOURCE_STATES.get(workload.kind, {})
+        if term not in states:
+            raise ValidationError(f"a {workload.kind} has no action {term!r}"
+                                  + (f"; it has {', '.join(states)}" if states else ""))
+        assert workload.project_id is not None
+        async with self._transaction(workload.project_id) as session:
+            workload = await self._locked(session, caller, workload.id, None)
+            if workload.observed_state == "pending" or workload.desired_state == "deleted":
+                raise Conflict(f"{workload.kind} {workload.name} is being created or deleted")
+            if workload.observed_state == states[term]:
+                raise Conflict(f"{workload.kind} {workload.name} is {states[term]} already")
+            await _set(session, workload, observed_state=states[term], state_message=None)
+        return workload
+
+    # --- delete and cancel -----------------------------------------------------------------------------
+
+    async def delete(self, caller: Identity, workload_id: str, *, idempotency_key: str | None = None,
+                     expected_version: int | None = None) -> Operation:
+        """Delete at the provider (planned behind a create still running); a compute's links go with it,
+        a network or storage still linked to a live compute is refused. A workload that never reached a
+        provider (its create rolled back or was cancelled) only gives its quota back."""
+        workload = await self._visible(caller, workload_id)
+        self._may_write(caller, workload)
+        assert workload.project_id is not None
+        key = scoped_key(caller, workload.project_id, idempotency_key)
+        fingerprint = _digest("delete", workload.id)
+        async with self._transaction(workload.project_id) as session:
+            earlier = await self._replay(session, key, fingerprint, "delete")
+            if earlier is not None:
+                return earlier
+            workload = await self._locked(session, caller, workload.id, expected_version)
+            if workload.desired_state == "deleted":
+                raise Conflict(f"workload {workload.id} is already being deleted")
+            await flows.refuse_if_linked(session, workload)
+            if workload.kind == WorkloadKind.COMPUTE:
+                await session.exec(sa_delete(WorkloadLink).where(  # type: ignore[call-overload]
+                    col(WorkloadLink.source_id) == workload.id))
+            if _is_placed(workload) or await _creating(session, workload.id):
+                await _set(session, workload, desired_state="deleted")
+                plan = await flows.delete_plan(session, workload.id)
+            else:
+                await quotas.release(session, workload.id)
+                await _set(session, workload, desired_state="deleted", observed_state="deleted", present=False,
+                           state_message="deleted: it never reached a provider")
+                plan = flows.PlanSpec("delete", [Step("free-quota", "quota.free", {"workload_id": workload.id})],
+                                      workload.id, workload.project_id)
+            op = await self._write(session, plan, key, fingerprint)
+        await self._wake(op)
+        return op
+
+    async def cancel(self, caller: Identity, operation_id: str) -> Operation:
+        """A running operation rolls back after its current step; one past its commit step cannot."""
+        async with self.sessions() as session:
+            op = await session.get(Operation, operation_id) if is_uuid(operation_id) else None
+        if op is None or not can_see(caller, op):
+            raise NotFound(f"no operation {operation_id}")
+        if op.project_id is not None and not caller.is_admin:
+            self._may_write(caller, op)
+        return await self.engine.cancel(op.id)
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    async def get(self, caller: Identity, workload_id: str) -> Workload:
+        return await self._visible(caller, workload_id)
+
+    # --- the shared steps ---------------------------------------------------------------------------
+
+    def _project(self, caller: Identity, project_id: int | None) -> int:
+        """The project a new row goes to: the caller's own unless an admin names another; readers write nothing."""
+        if not caller.at_least(Role.MEMBER):
+            raise Forbidden(f"user {caller.user} has the {caller.role} role in project {caller.project}: read-only")
+        if project_id is None or project_id == caller.project_id:
+            return caller.project_id
+        if not caller.is_admin:
+            raise Forbidden(f"you may create resources only in your project {caller.project}")
+        return project_id
+
+    @staticmethod
+    def _may_write(caller: Identity, row: Any) -> None:
+        if not caller.at_least(Role.MEMBER):
+            raise Forbidden(f"user {caller.user} has the {caller.role} role in project {caller.project}: read-only")
+
+    async def _visible(self, caller: Identity, workload_id: str) -> Workload:
+        async with self.sessions() as session:
+            return await self._in_session(session, caller, workload_id)
+
+    @staticmethod
+    async def _in_session(session: AsyncSession, caller: Identity, workload_id: str) -> Workload:
+        row = await session.get(Workload, workload_id.lower()) if is_uuid(workload_id) else None
+        if row is None or not can_see(caller, row):
+            raise NotFound(f"no workload {workload_id}")
+        return row
+
+    async def _locked(self, session: AsyncSession, caller: Identity, workload_id: str,
+                      expected_version: int | None) -> Workload:
+        """The row, read after its write lock (so the check and the write cannot interleave with another
+        request or the engine), at the version the caller saw."""
+        await session.exec(update(Workload).where(col(Workload.id) == workload_id)  # type: ignore[call-overload]
+                           .values(version=Workload.version))
+        row = await self._in_session(session, caller, workload_id)
+        await session.refresh(row)
+        if expected_version is not None and row.version != expected_version:
+            raise PreconditionFailed(f"workload {workload_id} changed since version {expected_version}; "
+                                     f"it is at version {row.version} now")
+        return row
+
+    @asynccontextmanager
+    async def _transaction(self, project_id: int) -> AsyncIterator[AsyncSession]:
+        """One transaction whose first statement is the project's write lock (quota decisions and
+        idempotency lookups of one project are serialised; SQLite needs the lock first)."""
+        try:
+            async with session_scope(self.sessions) as session:
+                await quotas.lock_project(session, project_id)
+                yield session
+        except IntegrityError as exc:  # a twin request won a race the project lock does not cover
+            raise Conflict(f"a concurrent request changed the same rows; try again ({exc.orig})") from None
+
+    @staticmethod
+    async def _replay(session: AsyncSession, key: str | None, fingerprint: str, kind: str | None) -> Operation | None:
+        """The first answer to a key seen before, if the request is the same; Conflict if it is not."""
+        if key is None:
+            return None
+        earlier = (await session.exec(select(Operation).where(Operation.idempotency_key == key))).first()
+        if earlier is None:
+            return None
+        if earlier.params.get("request") != fingerprint or (kind is not None and earlier.kind != kind):
+            raise Conflict(f"this Idempotency-Key was used for a different request (operation {earlier.id}, "
+                           f"{earlier.kind}); use a new key")
+        return earlier
+
+    @staticmethod
+    async def _accepted_again(session: AsyncSession, op: Operation) -> Accepted:
+        workload = await session.get(Workload, op.target_id) if op.target_id else None
+        if workload is None:
+            raise Conflict(f"this Idempotency-Key was used for a request whose workload is gone (operation {op.id})")
+        links = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == workload.id))).all()
+        return Accepted(workload, op, tuple(links), replayed=True)
+
+    @staticmethod
+    async def _write(session: AsyncSession, plan: flows.PlanSpec, key: str | None = None,
+                     fingerprint: str | None = None, operation_id: str | None = None) -> Operation:
+        return await op_store.write_plan(session, **plan.args(), idempotency_key=key, fingerprint=fingerprint,
+                                         operation_id=operation_id)
+
+    def _providers(self) -> frozenset[str]:
+        """The providers the engine can drive: those of the federation file."""
+        return frozenset(p.name for p in self.config.providers if p.enabled)
+
+    async def _wake(self, *ops: Operation) -> None:
+        for op in ops:
+            if op.state == OperationState.PENDING:
+                await self.engine.wake(op.id)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def scoped_key(caller: Identity, project_id: int, key: str | None) -> str | None:
+    """An Idempotency-Key as stored: scoped to the project and the principal, so two clients (or two
+    projects) choosing the same key never see each other's operation."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise ValidationError("an Idempotency-Key must be 1 to 255 characters")
+    return "k1:" + hashlib.sha256(f"{project_id}\x00{caller.user}\x00{key}".encode()).hexdigest()
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def vm_name(workload_id: str) -> str:
+    """The VM's name at the provider: ``mv-<workload id>``, unique at every provider and traceable to its
+    workload whatever the workload is called (names are labels, and two may be equal)."""
+    return f"mv-{workload_id}"
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def _is_placed(workload: Workload) -> bool:
+    """It exists at a provider, so the engine's power and delete flows can act on it."""
+    return workload.provider_id is not None and workload.provider_resource_id is not None and workload.present
+
+
+async def _creating(session: AsyncSession, workload_id: str) -> bool:
+    """Its create is still active: flows are then planned behind it (flows.behind)."""
+    return (await session.exec(select(Operation.id).where(
+        Operation.target_id == workload_id, Operation.kind == "create",
+        col(Operation.state).in_(op_store.ACTIVE)))).first() is not None
+
+
+async def _busy(session: AsyncSession, workload_id: str) -> bool:
+    return (await session.exec(select(Operation.id).where(
+        Operation.target_id == workload_id, col(Operation.state).in_(op_store.ACTIVE)))).first() is not None
+
+
+async def _set(session: AsyncSession, workload: Workload, **values: Any) -> None:
+    """Write the row (its version goes up, so ETags change)."""
+    for k, v in values.items():
+        setattr(workload, k, v)
+    workload.version += 1
+    workload.updated_at = utcnow()
+    session.add(workload)
+    await session.flush()
+
+
+def storage_gib(size: Any) -> int:
+    """OCCI's occi.storage.size (GiB, may be fractional) as whole GiB, rounded up."""
+    return max(0, math.ceil(float(size or 0)))
+
