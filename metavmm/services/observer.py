@@ -384,7 +384,7 @@ async def observe_vms(session: AsyncSession, provider: Provider, vms: Iterable[V
             session.add(wl)
             seen.unmanaged += 1
         matched.add(wl.id)
-        if not _settled(wl, busy, observed_at):
+        if wl.id in by_id and not _settled(wl, busy, observed_at):
             continue
         old = wl.observed_state
         site = sites.get(vm.region)

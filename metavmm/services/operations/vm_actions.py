@@ -134,8 +134,10 @@ async def power(ctx: StepContext, *, provider: str, workload_id: str, verb: str,
 
 @action("vm.start")
 async def start(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
-    """Start the workload's VM (compensation of a stop)."""
+    """Start the workload's VM (compensation of a stop) and hand what the provider then says to the observer:
+    a rollback ends with no wait step of its own, and the row must not keep the stop's "stopped"."""
     await power(ctx, provider=provider, workload_id=workload_id, verb="start")
+    await observed(ctx, provider, workload_id, await require_vm(ctx, provider, workload_id), required=False)
 
 
 MAX_MARKER = 200

@@ -28,7 +28,7 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
     await register_providers(sqlite_sessions, config)
     engine = Engine(sqlite_sessions, config, "sqlite://")
     executor = Executor(sqlite_sessions, config)
-    drivers = executor.drivers  # the sim keeps VMs in memory: share the executor's drivers
+    drivers = executor.drivers
     sima = drivers.get("sima")
     async with sqlite_sessions() as session:
         pid = {p.name: p.id for p in (await session.exec(select(Provider))).all()}
