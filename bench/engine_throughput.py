@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -74,7 +75,9 @@ async def trivial(tmp: Path, slots: int, n: int) -> float:
 
 
 async def batches(tmp: Path, slots: int, n: int) -> float | None:
-    url = f"sqlite:///{tmp / f'batch-{slots}-{time.monotonic_ns()}.db'}"
+    run = f"{slots}-{time.monotonic_ns()}"
+    url = f"sqlite:///{tmp / f'batch-{run}.db'}"
+    os.environ["METAVMM_STATE_DIR"] = str(tmp / f"state-{run}")  # the sim's VMs: this run's own
     config = parse_config(CONFIG.format(slots=slots))
     await db.upgrade_async(url)
     sql = db.make_engine(url)

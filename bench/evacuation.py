@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from collections import Counter
@@ -32,7 +33,9 @@ operations: {reconcile_interval_s: 0, concurrency: %d}
 
 
 async def _world(tmp: Path, concurrency: int, n: int) -> tuple[Engine, str, list[str]]:
-    url = f"sqlite:///{tmp / f'catalog-{concurrency}-{time.monotonic_ns()}.db'}"
+    run = f"{concurrency}-{time.monotonic_ns()}"
+    url = f"sqlite:///{tmp / f'catalog-{run}.db'}"
+    os.environ["METAVMM_STATE_DIR"] = str(tmp / f"state-{run}")  # the sim's VMs: this run's own
     await db.upgrade_async(url)
     sessions = db.make_sessionmaker(db.make_engine(url))
     config = parse_config(CONFIG % concurrency)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -92,6 +93,7 @@ async def _load(http: aiohttp.ClientSession, url: str, media: str, n: int, concu
 
 async def main(requests: int, concurrency: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="metavmm-bench-") as tmp:
+        os.environ["METAVMM_STATE_DIR"] = str(Path(tmp) / "state")  # the sim's VMs stay in the run's directory
         occi_runner, occi_base, path = await _occi_app(Path(tmp) / "catalog.db")
         bodies: dict[str, tuple[bytes, str, list[tuple[str, str]]]] = {}
         async with aiohttp.ClientSession() as http:

@@ -169,8 +169,8 @@ class AwsDriver(DriverBase):
 
         return await self.provider_call(operation, collect)
 
-    def _split(self, vm_id: str, operation: str) -> tuple[str, str]:
-        return split_region_id(vm_id, self.regions, self.name, operation)
+    def _split(self, vm_id: str, operation: str, error: type[DriverError] = DriverError) -> tuple[str, str]:
+        return split_region_id(vm_id, self.regions, self.name, operation, error)
 
     # --- inventory ------------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ class AwsDriver(DriverBase):
         return out
 
     async def get_vm(self, vm_id: str) -> VmInfo:
-        region, iid = self._split(vm_id, "get_vm")
+        region, iid = self._split(vm_id, "get_vm", ProviderNotFound)
         resp = await self._ec2(region, "get_vm", "describe_instances", InstanceIds=[iid])
         for r in resp.get("Reservations", []):
             for inst in r.get("Instances", []):

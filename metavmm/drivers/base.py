@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from metavmm.foundation.errors import DriverError, ProviderNotFound, ProviderThrottled, UnsupportedOperation
@@ -43,18 +43,33 @@ def region_id(region: str, native_id: str) -> str:
     return f"{region}/{native_id}"
 
 
-def split_region_id(vm_id: str, regions: list[str] | tuple[str, ...], provider: str, operation: str) -> tuple[str, str]:
-    """``region/native-id`` -> (region, native id); a bare id is accepted when there is one region."""
+def split_region_id(vm_id: str, regions: list[str] | tuple[str, ...], provider: str, operation: str,
+                    error: type[DriverError] = DriverError) -> tuple[str, str]:
+    """``region/native-id`` -> (region, native id); a bare id is accepted when there is one region.
+
+    ``error``: what an id that names no region of the provider is (``get_vm``: ProviderNotFound, the VM
+    is not there).
+    """
     region, sep, native = vm_id.rpartition("/")
     if not sep:
         if len(regions) == 1:
             return regions[0], vm_id
-        raise DriverError(f"VM id {vm_id!r} must be region/id (regions: {', '.join(regions)})",
-                          provider=provider, operation=operation)
+        raise error(f"VM id {vm_id!r} must be region/id (regions: {', '.join(regions)})",
+                    provider=provider, operation=operation)
     if region not in regions:
-        raise DriverError(f"region {region!r} of VM id {vm_id!r} is not one of {', '.join(regions)}",
-                          provider=provider, operation=operation)
+        raise error(f"region {region!r} of VM id {vm_id!r} is not one of {', '.join(regions)}",
+                    provider=provider, operation=operation)
     return region, native
+
+
+def poll_delays(first_s: float = 0.2, cap_s: float = 2.0, factor: float = 1.5) -> Iterator[float]:
+    """Pauses between looks at one VM: short at first (most changes take a moment), growing to ``cap_s`` (a
+    boot that takes minutes costs a call every two seconds, not five a second), each jittered by +-20% so
+    the waits of a batch do not call the provider in step."""
+    delay = first_s
+    while True:
+        yield min(delay, cap_s) * random.uniform(0.8, 1.2)
+        delay *= factor
 
 
 @runtime_checkable
@@ -84,8 +99,10 @@ class Driver(Protocol):
       ``VmInfo.flavor`` or ``extra["vcpus"]``/``extra["ram_mib"]`` so a resize can be verified.
     - ``live_migrate`` takes the provider's name for the target host (a libvirt URI for libvirt) and
       returns once the VM runs there.
+    - ``get_vm`` asks the provider for that one VM (a lookup by id, never a listing filtered here: a wait
+      polls it); a VM the provider does not have is ``ProviderNotFound``.
     - ``create_vm`` returns as soon as the provider accepted the VM (state ``pending`` or later);
-      ``wait_for`` polls the observed state until it reaches the wanted one.
+      ``wait_for`` polls ``get_vm`` until it reaches the wanted one.
     - ``console_output`` (drivers declaring ``Capability.CONSOLE``) returns the text the guest wrote on
       its serial console since it last started (the tail, as the provider keeps it): the boot check of a
       cold migration looks for a marker in it. The text is the guest's, untrusted.
@@ -260,13 +277,14 @@ class DriverBase:
         raise self._unsupported("console_output")
 
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
-        """Poll ``get_vm`` until the VM is in ``state``; an ERROR state or the timeout raise DriverError.
+        """Poll ``get_vm`` (one VM, never the inventory) with :func:`poll_delays` until the VM is in ``state``;
+        an ERROR state or the timeout raise DriverError.
 
         Waiting for ``DELETED`` also ends when the provider no longer knows the VM.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        delay = 0.2
+        delays = poll_delays()
         while True:
             try:
                 vm = await self.get_vm(vm_id)
@@ -280,11 +298,11 @@ class DriverBase:
                 raise DriverError(f"VM {vm_id} went to error while waiting for {state}"
                                   + (f": {vm.extra['fault']}" if vm.extra.get("fault") else ""),
                                   provider=self.name, operation="wait_for")
-            if loop.time() + delay > deadline:
+            left = deadline - loop.time()
+            if left <= 0:
                 raise DriverError(f"VM {vm_id} is {vm.state}, not {state}, after {timeout_s:.0f} s",
                                   provider=self.name, operation="wait_for")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            await asyncio.sleep(min(next(delays), left))
 
     async def close(self) -> None:
         return None

@@ -114,6 +114,7 @@ class LibvirtDriver(DriverBase):
         self.storage_dir = Path(config.storage_dir or state_dir() / "libvirt" / config.name)
         self._conn: libvirt.virConnect | None = None
         self._lock = asyncio.Lock()
+        self._host: str | None = None  # the daemon's host name
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -204,7 +205,6 @@ class LibvirtDriver(DriverBase):
             return 0
 
     def _vm_info(self, dom: libvirt.virDomain, host: str) -> VmInfo:
-        state, _reason = dom.state()
         try:
             meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
             workload_id = ET.fromstring(meta).text
@@ -212,7 +212,7 @@ class LibvirtDriver(DriverBase):
             workload_id = None
         info = dom.info()  # [state, max memory KiB, memory KiB, vCPUs, cpu time]
         return VmInfo(provider_vm_id=dom.UUIDString(), name=dom.name(), region=self.site.region,
-                      state=self.map_state(state), host=host, workload_id=workload_id,
+                      state=self.map_state(info[0]), host=host, workload_id=workload_id,
                       extra={"vcpus": int(info[3]), "ram_mib": int(info[1]) // 1024})
 
     def _listed(self, dom: libvirt.virDomain, host: str) -> VmInfo | None:
@@ -243,10 +243,30 @@ class LibvirtDriver(DriverBase):
         ]
 
     async def list_vms(self) -> list[VmInfo]:
-        return list((await self.inventory()).vms)
+        """Every domain, without the host's inventory (capabilities, CPU baseline, images) around it."""
+        def read(conn: libvirt.virConnect) -> list[VmInfo]:
+            host = self._hostname(conn)
+            return [vm for d in conn.listAllDomains() if (vm := self._listed(d, host)) is not None]
+
+        return await self._call("list_vms", read)
 
     async def get_vm(self, vm_id: str) -> VmInfo:
-        return await self._call("get_vm", lambda c: self._vm_info(c.lookupByUUIDString(vm_id), c.getHostname()))
+        """One domain, looked up by UUID (the id the driver reports) or by name: a handful of calls to the
+        daemon however many domains it has."""
+        def read(conn: libvirt.virConnect) -> VmInfo:
+            try:
+                uuid.UUID(vm_id)
+            except ValueError:
+                return self._vm_info(conn.lookupByName(vm_id), self._hostname(conn))
+            return self._vm_info(conn.lookupByUUIDString(vm_id), self._hostname(conn))
+
+        return await self._call("get_vm", read)
+
+    def _hostname(self, conn: libvirt.virConnect) -> str:
+        """The daemon's host name, asked once: the daemon at this driver's URI stays on its host."""
+        if self._host is None:
+            self._host = conn.getHostname()
+        return self._host
 
     # --- lifecycle ------------------------------------------------------------------------------
 

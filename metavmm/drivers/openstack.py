@@ -179,8 +179,8 @@ class OpenStackDriver(DriverBase):
 
         return await self.provider_call(operation, run)
 
-    def _split(self, vm_id: str, operation: str) -> tuple[str, str]:
-        return split_region_id(vm_id, self.regions, self.name, operation)
+    def _split(self, vm_id: str, operation: str, error: type[DriverError] = DriverError) -> tuple[str, str]:
+        return split_region_id(vm_id, self.regions, self.name, operation, error)
 
     # --- inventory ------------------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ class OpenStackDriver(DriverBase):
         return out
 
     async def get_vm(self, vm_id: str) -> VmInfo:
-        region, sid = self._split(vm_id, "get_vm")
+        region, sid = self._split(vm_id, "get_vm", ProviderNotFound)
         return self._vm_info(region, await self._sdk(region, "get_vm", lambda c: c.compute.get_server(sid)))
 
     # --- lifecycle ------------------------------------------------------------------------------

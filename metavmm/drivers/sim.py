@@ -1,4 +1,6 @@
-"""A SIMULATED provider: sites, hosts, flavors and prices made up from a seed, and VMs kept in memory.
+"""A SIMULATED provider: sites, hosts, flavors and prices made up from a seed; VMs, volumes and networks
+kept in a state file under the data directory (:mod:`metavmm.drivers.sim_state`), so every driver object
+of the same provider, in any process, sees the same ones, before and after a broker restart.
 
 Nothing here touches a real VMM. It exists for demos, for the scheduler's benchmarks (10,000 hosts in
 100 sites) and for tests of components above the drivers, where a fake provider is fine. Every host
@@ -17,7 +19,9 @@ from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 from metavmm.drivers.base import DriverBase
+from metavmm.drivers.sim_state import SimState, Tx
 from metavmm.foundation.errors import ProviderConflict, ProviderNotFound
+from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import (
     Capability,
     DiskRef,
@@ -74,11 +78,7 @@ class SimDriver(DriverBase):
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)
         self.config = config
-        self._vms: dict[str, VmInfo] = {}
-        self._images: dict[str, ImageInfo] = {}
-        self._volumes: dict[str, VolumeInfo] = {}
-        self._networks: dict[str, NetworkInfo] = {}
-        self._nics: dict[str, set[str]] = {}  # network id -> VM ids with an interface on it
+        self.state = SimState(state_dir() / "sim" / config.name / "state.sqlite")
 
     def regions(self) -> list[SiteInfo]:
         if self.config.sites:
@@ -118,20 +118,25 @@ class SimDriver(DriverBase):
 
     async def inventory(self) -> Inventory:
         sites = self.regions()
-        return Inventory(
-            sites=tuple(sites), hosts=tuple(self._hosts(sites)), flavors=FLAVORS,
-            images=tuple(self._images.values()), vms=tuple(self._vms.values()),
-            prices=tuple(self._prices(sites)),
-        )
+        with self.state.read() as tx:
+            images, vms = tx.all(ImageInfo), tx.all(VmInfo)
+        return Inventory(sites=tuple(sites), hosts=tuple(self._hosts(sites)), flavors=FLAVORS, images=tuple(images),
+                         vms=tuple(vms), prices=tuple(self._prices(sites)))
 
     async def list_vms(self) -> list[VmInfo]:
-        return list(self._vms.values())
+        return self.ex_vms()
+
+    def ex_vms(self) -> list[VmInfo]:
+        """The VMs, read without awaiting (for tools and tests that look at the simulation directly)."""
+        with self.state.read() as tx:
+            return tx.all(VmInfo)
+
+    def _vm(self, tx: Tx, vm_id: str, operation: str) -> VmInfo:
+        return self._lookup(tx, VmInfo, vm_id, "VM", operation)
 
     async def get_vm(self, vm_id: str) -> VmInfo:
-        try:
-            return self._vms[vm_id]
-        except KeyError:
-            raise ProviderNotFound(f"no VM {vm_id}", provider=self.name, operation="get_vm") from None
+        with self.state.read() as tx:
+            return self._vm(tx, vm_id, "get_vm")
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
         self._check_region(spec.region, "create_vm")
@@ -139,14 +144,16 @@ class SimDriver(DriverBase):
                     state=VmState.RUNNING, host=spec.host, flavor=spec.flavor, image=spec.image,
                     workload_id=spec.workload_id,
                     extra={"simulated": True, "vcpus": spec.vcpus, "ram_mib": spec.ram_mib})
-        self._vms[vm.provider_vm_id] = vm
+        with self.state.change() as tx:
+            tx.put(vm.provider_vm_id, vm)
         return vm
 
     async def _transition(self, vm_id: str, verb: str, allowed: set[VmState], to: VmState) -> None:
-        vm = await self.get_vm(vm_id)
-        if vm.state not in allowed:
-            raise ProviderConflict(f"VM {vm_id} is {vm.state}", provider=self.name, operation=verb)
-        self._vms[vm_id] = replace(vm, state=to)
+        with self.state.change() as tx:
+            vm = self._vm(tx, vm_id, verb)
+            if vm.state not in allowed:
+                raise ProviderConflict(f"VM {vm_id} is {vm.state}", provider=self.name, operation=verb)
+            tx.put(vm_id, replace(vm, state=to))
 
     async def start_vm(self, vm_id: str) -> None:
         await self._transition(vm_id, "start_vm", {VmState.STOPPED, VmState.SUSPENDED, VmState.RUNNING},
@@ -162,119 +169,133 @@ class SimDriver(DriverBase):
     async def suspend_vm(self, vm_id: str) -> None:
         await self._transition(vm_id, "suspend_vm", {VmState.RUNNING, VmState.SUSPENDED}, VmState.SUSPENDED)
 
+    def ex_set_state(self, vm_id: str, state: VmState) -> None:
+        """Change a VM's state behind the broker's back, as an operator at the provider would."""
+        with self.state.change() as tx:
+            tx.put(vm_id, replace(self._vm(tx, vm_id, "ex_set_state"), state=state))
+
     async def delete_vm(self, vm_id: str) -> None:
-        await self.get_vm(vm_id)
-        del self._vms[vm_id]
-        for vm_ids in self._nics.values():  # its interfaces and attachments go with it
-            vm_ids.discard(vm_id)
-        for vid, volume in list(self._volumes.items()):
-            if vm_id in volume.attached_to:
-                self._volumes[vid] = replace(volume, attached_to=(), state="available")
+        with self.state.change() as tx:
+            self._vm(tx, vm_id, "delete_vm")
+            tx.delete(VmInfo, vm_id)
+            tx.unplug(None, vm_id)  # its interfaces and attachments go with it
+            for volume in tx.all(VolumeInfo):
+                if vm_id in volume.attached_to:
+                    tx.put(volume.provider_volume_id, replace(volume, attached_to=(), state="available"))
 
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
-        vm = await self.get_vm(vm_id)
-        self._vms[vm_id] = replace(vm, host=target_host)
+        with self.state.change() as tx:
+            tx.put(vm_id, replace(self._vm(tx, vm_id, "live_migrate"), host=target_host))
 
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
         """A stopped VM takes the new shape (a flavor of the sim's list, or vcpus/ram_mib)."""
-        vm = await self.get_vm(vm_id)
-        if vm.state != VmState.STOPPED:
-            raise ProviderConflict(f"VM {vm_id} is {vm.state}; stop it before resizing", provider=self.name,
-                                   operation="resize_vm")
         if flavor is not None:
             match = next((f for f in FLAVORS if f.name == flavor), None)
             if match is None:
                 raise ProviderNotFound(f"no flavor {flavor}", provider=self.name, operation="resize_vm")
             vcpus, ram_mib = match.vcpus, match.ram_mib
-        self._vms[vm_id] = replace(vm, flavor=flavor, extra={**vm.extra, "vcpus": vcpus, "ram_mib": ram_mib})
+        with self.state.change() as tx:
+            vm = self._vm(tx, vm_id, "resize_vm")
+            if vm.state != VmState.STOPPED:
+                raise ProviderConflict(f"VM {vm_id} is {vm.state}; stop it before resizing", provider=self.name,
+                                       operation="resize_vm")
+            tx.put(vm_id, replace(vm, flavor=flavor, extra={**vm.extra, "vcpus": vcpus, "ram_mib": ram_mib}))
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
         image = ImageInfo(provider_image_id=f"sim-img-{uuid.uuid4()}", name=name, region=region,
                           format=disk.format, extra={"simulated": True, "source": disk.path})
-        self._images[image.provider_image_id] = image
+        with self.state.change() as tx:
+            tx.put(image.provider_image_id, image)
         return image
 
-    # --- volumes and networks, in memory ---------------------------------------------------------
+    # --- volumes and networks, in the state file -------------------------------------------------
 
     def _check_region(self, region: str, operation: str) -> None:
         if region not in {s.region for s in self.regions()}:
             raise ProviderNotFound(f"no region {region}", provider=self.name, operation=operation)
 
+    def _lookup(self, tx: Tx, cls: type[T], key: str, what: str, operation: str) -> T:
+        found = tx.get(cls, key)
+        if found is None:
+            raise ProviderNotFound(f"no {what} {key}", provider=self.name, operation=operation)
+        return found
+
     async def list_volumes(self) -> list[VolumeInfo]:
-        return list(self._volumes.values())
+        with self.state.read() as tx:
+            return tx.all(VolumeInfo)
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         self._check_region(spec.region, "create_volume")
         volume = VolumeInfo(provider_volume_id=f"sim-vol-{uuid.uuid4()}", name=spec.name, region=spec.region,
                             size_gib=spec.size_gib, workload_id=spec.workload_id, extra={"simulated": True})
-        self._volumes[volume.provider_volume_id] = volume
+        with self.state.change() as tx:
+            tx.put(volume.provider_volume_id, volume)
         return volume
 
-    def _lookup(self, table: dict[str, T], key: str, what: str, operation: str) -> T:
-        try:
-            return table[key]
-        except KeyError:
-            raise ProviderNotFound(f"no {what} {key}", provider=self.name, operation=operation) from None
-
-    def _volume(self, volume_id: str, operation: str) -> VolumeInfo:
-        return self._lookup(self._volumes, volume_id, "volume", operation)
-
     async def delete_volume(self, volume_id: str) -> None:
-        if self._volume(volume_id, "delete_volume").attached_to:
-            raise ProviderConflict(f"volume {volume_id} is in use", provider=self.name, operation="delete_volume")
-        del self._volumes[volume_id]
+        with self.state.change() as tx:
+            if self._lookup(tx, VolumeInfo, volume_id, "volume", "delete_volume").attached_to:
+                raise ProviderConflict(f"volume {volume_id} is in use", provider=self.name,
+                                       operation="delete_volume")
+            tx.delete(VolumeInfo, volume_id)
 
     async def attach_volume(self, vm_id: str, volume_id: str) -> None:
-        vm, volume = await self.get_vm(vm_id), self._volume(volume_id, "attach_volume")
-        if vm_id in volume.attached_to:
-            return
-        if volume.attached_to or vm.region != volume.region:
-            raise ProviderConflict(f"volume {volume_id} is attached elsewhere or in another region",
-                                   provider=self.name, operation="attach_volume")
-        self._volumes[volume_id] = replace(volume, attached_to=(vm_id,), state="in-use")
+        with self.state.change() as tx:
+            vm = self._vm(tx, vm_id, "attach_volume")
+            volume = self._lookup(tx, VolumeInfo, volume_id, "volume", "attach_volume")
+            if vm_id in volume.attached_to:
+                return
+            if volume.attached_to or vm.region != volume.region:
+                raise ProviderConflict(f"volume {volume_id} is attached elsewhere or in another region",
+                                       provider=self.name, operation="attach_volume")
+            tx.put(volume_id, replace(volume, attached_to=(vm_id,), state="in-use"))
 
     async def detach_volume(self, vm_id: str, volume_id: str) -> None:
-        volume = self._volume(volume_id, "detach_volume")
-        if vm_id not in volume.attached_to:
-            raise ProviderNotFound(f"volume {volume_id} is not attached to {vm_id}", provider=self.name,
-                                   operation="detach_volume")
-        self._volumes[volume_id] = replace(volume, attached_to=(), state="available")
+        with self.state.change() as tx:
+            volume = self._lookup(tx, VolumeInfo, volume_id, "volume", "detach_volume")
+            if vm_id not in volume.attached_to:
+                raise ProviderNotFound(f"volume {volume_id} is not attached to {vm_id}", provider=self.name,
+                                       operation="detach_volume")
+            tx.put(volume_id, replace(volume, attached_to=(), state="available"))
 
     async def list_networks(self) -> list[NetworkInfo]:
-        return list(self._networks.values())
+        with self.state.read() as tx:
+            return tx.all(NetworkInfo)
 
     async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
         self._check_region(spec.region, "create_network")
         network = NetworkInfo(provider_network_id=f"sim-net-{uuid.uuid4()}", name=spec.name, region=spec.region,
                               cidr=spec.cidr, workload_id=spec.workload_id, extra={"simulated": True})
-        self._networks[network.provider_network_id] = network
-        self._nics[network.provider_network_id] = set()
+        with self.state.change() as tx:
+            tx.put(network.provider_network_id, network)
         return network
 
-    def _network(self, network_id: str, operation: str) -> NetworkInfo:
-        return self._lookup(self._networks, network_id, "network", operation)
-
     async def delete_network(self, network_id: str) -> None:
-        self._network(network_id, "delete_network")
-        if self._nics[network_id]:
-            raise ProviderConflict(f"network {network_id} is in use", provider=self.name, operation="delete_network")
-        del self._networks[network_id], self._nics[network_id]
+        with self.state.change() as tx:
+            self._lookup(tx, NetworkInfo, network_id, "network", "delete_network")
+            if tx.nics(network_id):
+                raise ProviderConflict(f"network {network_id} is in use", provider=self.name,
+                                       operation="delete_network")
+            tx.delete(NetworkInfo, network_id)
 
     async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
-        await self.get_vm(vm_id)
-        self._network(network_id, "attach_network")
-        self._nics[network_id].add(vm_id)
+        with self.state.change() as tx:
+            self._vm(tx, vm_id, "attach_network")
+            self._lookup(tx, NetworkInfo, network_id, "network", "attach_network")
+            tx.plug(network_id, vm_id)
         # the MAC asked for, else one derived from the pair (as stable as a real interface's)
         digest = hashlib.sha256(f"{vm_id}/{network_id}".encode()).digest()
         return mac or "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
     async def detach_network(self, vm_id: str, network_id: str) -> None:
-        self._network(network_id, "detach_network")
-        if vm_id not in self._nics[network_id]:
-            raise ProviderNotFound(f"{vm_id} has no interface on {network_id}", provider=self.name,
-                                   operation="detach_network")
-        self._nics[network_id].discard(vm_id)
+        with self.state.change() as tx:
+            self._lookup(tx, NetworkInfo, network_id, "network", "detach_network")
+            if vm_id not in tx.nics(network_id):
+                raise ProviderNotFound(f"{vm_id} has no interface on {network_id}", provider=self.name,
+                                       operation="detach_network")
+            tx.unplug(network_id, vm_id)
 
     def ex_interfaces(self, vm_id: str) -> list[str]:
         """The networks ``vm_id`` has an interface on (what a libvirt domain's XML would show)."""
-        return sorted(n for n, vms in self._nics.items() if vm_id in vms)
+        with self.state.read() as tx:
+            return tx.networks_of(vm_id)

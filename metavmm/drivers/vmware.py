@@ -138,6 +138,7 @@ class VmwareDriver(DriverBase):
         self._site_configs = {s.region: s for s in config.sites}
         self._si: Any = None
         self._lock = threading.Lock()
+        self._names: dict[str, str] = {}  # managed object id -> datacenter of a VM, or name of a host
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -278,12 +279,14 @@ class VmwareDriver(DriverBase):
                 extra={"moref": obj._moId, "cluster": zone, "physical_cores": int(cpu.numCpuCores) if cpu else 0}))
         return hosts
 
+    VM_PATHS: ClassVar[list[str]] = [
+        "name", "config.instanceUuid", "config.template", "config.extraConfig", "config.hardware.device",
+        "runtime.powerState", "runtime.host", "config.hardware.numCPU", "config.hardware.memoryMB"]
+
     def _vm_infos(self, content: Any, dc: Any) -> list[tuple[VmInfo, Any, int, int]]:
         """(VmInfo, host moref, vCPUs, MiB) of every VM of ``dc`` (templates excluded)."""
-        paths = ["name", "config.instanceUuid", "config.template", "config.extraConfig", "config.hardware.device",
-                 "runtime.powerState", "runtime.host", "config.hardware.numCPU", "config.hardware.memoryMB"]
         out = []
-        for _obj, p in self._collect(content, dc.vmFolder, vim.VirtualMachine, paths):
+        for _obj, p in self._collect(content, dc.vmFolder, vim.VirtualMachine, self.VM_PATHS):
             if p.get("config.template") or not p.get("config.instanceUuid"):
                 continue
             host = p.get("runtime.host")
@@ -348,16 +351,29 @@ class VmwareDriver(DriverBase):
         return await self._call("list_vms", read)
 
     async def get_vm(self, vm_id: str) -> VmInfo:
+        """One VM: found by its instance UUID, its properties read in one PropertyCollector call (attribute by
+        attribute, pyvmomi would fetch the whole ``config`` once per attribute); the names of its host and
+        datacenter are remembered, they do not change under a VM that stays."""
         def read(content: Any) -> VmInfo:
             vm = self._vm(content, vm_id)
-            p = {"name": vm.name, "config.instanceUuid": vm.config.instanceUuid,
-                 "config.extraConfig": vm.config.extraConfig, "config.hardware.device": vm.config.hardware.device,
-                 "runtime.powerState": vm.runtime.powerState, "config.hardware.numCPU": vm.config.hardware.numCPU,
-                 "config.hardware.memoryMB": vm.config.hardware.memoryMB}
-            host = vm.runtime.host
-            return self._vm_info(self._dc_of(vm).name, p, host.name if host is not None else None)
+            spec = vmodl.query.PropertyCollector.FilterSpec(
+                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm)],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=self.VM_PATHS)])
+            p = {prop.name: prop.val for o in content.propertyCollector.RetrieveContents([spec]) for prop in o.propSet}
+            if not p.get("name"):
+                raise ProviderNotFound(f"no VM with instance UUID {vm_id}", provider=self.name, operation="get_vm")
+            p.setdefault("config.instanceUuid", vm_id)  # a VM still being made may have no config yet
+            host = p.get("runtime.host")
+            return self._vm_info(self._remembered(vm, lambda: self._dc_of(vm).name), p,
+                                 self._remembered(host, lambda: host.name) if host is not None else None)
 
         return await self._call("get_vm", read)
+
+    def _remembered(self, obj: Any, name: Callable[[], str]) -> str:
+        key = obj._moId
+        if key not in self._names:
+            self._names[key] = name()
+        return self._names[key]
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -1,18 +1,47 @@
-"""Writing what providers report into the catalog.
+"""The one writer of what providers report: the catalog's inventory and every workload's observed state.
 
 A sync is a reconciliation, not a reload: rows are matched on their natural keys and updated in
 place, so ids stay stable for everything that refers to them. What a provider stops reporting is
 marked (``present=False``, hosts ``gone``), never deleted: a workload that vanished at a provider is
-something a person must see. VMs that carry no broker workload id appear as unmanaged workloads.
+something a person must see.
+
+A workload's observed state (``observed_state``, ``present``, the presence part of ``state_message``,
+the provider's ids and host) is written here and nowhere else, from two kinds of look:
+
+- a **listing** (:func:`observe_vms`, :func:`observe_resources`): a provider's whole inventory at a
+  sync, or its VMs, volumes and networks at a reconciliation pass;
+- a **per-VM look** (:func:`observe_vm`): what ``get_vm`` said after an action, when a wait ends, or
+  when a create or a migration records where the workload now lives.
+
+The rules, in one place:
+
+- **managed / unmanaged**: a VM carries the broker's workload tag (``OWNER_TAG``) when the broker made
+  it. A VM whose tag names no workload of this catalog (no tag, or another broker's) is **unmanaged**:
+  it is recorded as a workload with ``managed=False`` so people see everything a provider runs.
+- **whose VM it is**: a listed VM belongs to the workload row placed at that provider that has its
+  provider id or, failing that, whose id its tag carries. A tagged VM of a workload placed elsewhere, or
+  not placed yet, is never claimed by a listing: it is a create or a migration in flight (its operation
+  records it) or an orphan (the reconciliation deletes it).
+- **in flight**: a workload that an operation is changing (queued, pending, running, rolling back) is
+  not written by a listing: its steps know better than a listing taken while they ran. Neither is a row
+  written after the listing began (a create that recorded its VM while the provider was being listed).
+- **gone**: a workload placed at a provider that no longer reports its VM (neither by id nor by tag),
+  with nothing in flight on it: ``present=False``. An unmanaged one is ``gone``; a managed one the
+  broker meant to keep is **lost**; one whose deletion was asked for is ``deleted``. A later listing that
+  reports the VM again brings the row back (drift), and reports nothing twice.
+- the **initial** row of a create (``pending``) and the end of a request that never reached a provider
+  (``deleted``, ``cancelled``) are the workload service's; :func:`record_deleted` is the broker's own
+  deletion of a VM it made.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import (
@@ -21,6 +50,8 @@ from metavmm.catalog.models import (
     Host,
     HostState,
     ImageReplica,
+    Operation,
+    OperationState,
     Provider,
     Site,
     Workload,
@@ -28,8 +59,9 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.catalog.prices import records_from_infos, store_prices
+from metavmm.foundation.errors import NotFound
 from metavmm.foundation.prices import PriceRecord, table_records
-from metavmm.foundation.records import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo
+from metavmm.foundation.records import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo, VmInfo
 from metavmm.translators.cpu_traits import cpu_traits
 
 K = TypeVar("K")
@@ -45,7 +77,8 @@ class SyncCounts:
     images: int = 0
     vms: int = 0
     unmanaged: int = 0
-    gone: int = 0
+    gone: int = 0  # hosts the provider stopped reporting
+    lost: int = 0  # workloads whose VM it stopped reporting (gone, lost or deleted)
     prices: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,8 +108,11 @@ def _site_name(provider: Provider, region: str, configured: dict[str, Any]) -> s
 
 
 async def apply_inventory(session: AsyncSession, provider: Provider, inv: Inventory,
-                          site_configs: Iterable[Any] = ()) -> SyncCounts:
-    """Reconcile one provider's inventory into the catalog, inside the caller's transaction."""
+                          site_configs: Iterable[Any] = (), *, observed_at: datetime | None = None) -> SyncCounts:
+    """Reconcile one provider's inventory into the catalog, inside the caller's transaction.
+
+    ``observed_at``: when the listing began (rows written after it are newer than what it says).
+    """
     counts = SyncCounts()
     configured = {s.region: s for s in site_configs}
     assert provider.id is not None
@@ -170,7 +206,8 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
         update=update_replica, vanish=_not_present)
 
     await session.flush()
-    await _apply_vms(session, provider, inv, sites, hosts, counts)
+    seen = await observe_vms(session, provider, inv.vms, observed_at=observed_at, sites=sites, hosts=hosts)
+    counts.vms, counts.unmanaged, counts.lost = seen.listed, seen.unmanaged, len(seen.vanished)
     if inv.prices:
         counts.prices = await replace_prices(session, provider, inv.prices)
     provider.synced_at = utcnow()
@@ -200,40 +237,6 @@ def _reconcile(session: AsyncSession, existing: dict[K, R], reported: Iterable[I
     return len(seen)
 
 
-async def _apply_vms(session: AsyncSession, provider: Provider, inv: Inventory, sites: dict[str, Site],
-                     hosts: dict[tuple[int, str], Host], counts: SyncCounts) -> None:
-    rows = (await session.exec(select(Workload).where(Workload.provider_id == provider.id,
-                                                      Workload.kind == WorkloadKind.COMPUTE))).all()
-    by_resource = {w.provider_resource_id: w for w in rows if w.provider_resource_id}
-    by_id = {w.id: w for w in rows}
-    seen: set[str] = set()
-    for vm in inv.vms:
-        wl = by_resource.get(vm.provider_vm_id) or (by_id.get(vm.workload_id) if vm.workload_id else None)
-        if wl is None and vm.workload_id:
-            wl = await session.get(Workload, vm.workload_id)
-        if wl is None:
-            wl = Workload(kind=WorkloadKind.COMPUTE, name=vm.name, managed=False, provider_id=provider.id,
-                          desired_state="unmanaged")
-            session.add(wl)
-            counts.unmanaged += 1
-        site = sites.get(vm.region)
-        wl.provider_id = provider.id
-        wl.provider_resource_id = vm.provider_vm_id
-        wl.site_id = site.id if site else None
-        host = hosts.get((site.id, vm.host)) if site and vm.host else None
-        wl.host_id = host.id if host else None
-        wl.observed_state = str(vm.state)
-        wl.present = True
-        wl.updated_at = utcnow()
-        seen.add(vm.provider_vm_id)
-        counts.vms += 1
-    for wl in rows:
-        if wl.provider_resource_id and wl.provider_resource_id not in seen and wl.present:
-            wl.present = False
-            wl.observed_state = "gone"
-            wl.state_message = "the provider no longer reports this VM"
-
-
 async def replace_prices(session: AsyncSession, provider: Provider, prices: Iterable[Any]) -> int:
     """Replace the prices of ``provider`` that came from the same sources as ``prices``.
 
@@ -249,3 +252,231 @@ async def replace_prices(session: AsyncSession, provider: Provider, prices: Iter
 def price_table_infos(table: Any) -> list[Any]:
     """The rows of an on-prem price table from the federation file, shapes included."""
     return table_records(table)
+
+
+# --- workloads: the observed state of VMs, volumes and networks ------------------------------------------
+
+GONE, LOST, DELETED = "gone", "lost", "deleted"
+IN_FLIGHT = (OperationState.QUEUED, OperationState.PENDING, OperationState.RUNNING, OperationState.ROLLING_BACK)
+ONLINE = {WorkloadKind.STORAGE: "online", WorkloadKind.NETWORK: "active"}
+"""The observed state of a volume or network the provider has (OCCI's words)."""
+NOUN = {WorkloadKind.COMPUTE: "VM", WorkloadKind.STORAGE: "volume", WorkloadKind.NETWORK: "network"}
+
+
+@dataclass
+class Seen:
+    """What one listing changed, for the caller's report."""
+
+    listed: int = 0
+    unmanaged: int = 0
+    vanished: list[tuple[str, str]] = field(default_factory=list)  # (workload id, gone | lost | deleted)
+    drifted: list[tuple[str, str, str]] = field(default_factory=list)  # (workload id, old state, new state)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A volume or network as a listing reports it: enough to tell whose it is."""
+
+    resource_id: str
+    workload_id: str | None
+
+
+async def in_flight(session: AsyncSession) -> set[str]:
+    """The workloads an operation is changing now."""
+    query = select(Operation.target_id).where(col(Operation.state).in_(IN_FLIGHT))
+    return {t for t in (await session.exec(query)).all() if t}
+
+
+def placed_at(workload: Workload) -> int | None:
+    """The provider where the workload's VM (volume, network) belongs, or None: not placed yet, or no longer
+    anywhere (deleted, rolled back, cancelled; a lost one may still come back). Anything tagged with the
+    workload at another provider is an orphan."""
+    if workload.provider_id is None or not (workload.present or workload.observed_state == LOST):
+        return None
+    return workload.provider_id
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)  # SQLite hands timestamps back naive
+
+
+def _settled(workload: Workload, busy: set[str], observed_at: datetime | None) -> bool:
+    """A listing may write this row: no operation is changing it and nobody wrote it after the listing began."""
+    if workload.id in busy:
+        return False
+    return observed_at is None or _aware(workload.updated_at) <= observed_at
+
+
+def _touch(workload: Workload, changed: bool) -> None:
+    workload.updated_at = utcnow()
+    if changed:
+        workload.version += 1
+
+
+def _vanish(workload: Workload, provider: str) -> str:
+    """The provider no longer has the workload's VM, volume or network: the row stays, marked."""
+    noun = NOUN.get(WorkloadKind(workload.kind), workload.kind)
+    if not workload.managed:
+        state, message = GONE, f"the provider no longer reports this {noun}"
+    elif workload.desired_state == DELETED:
+        state, message = DELETED, f"the {noun} was deleted at {provider}"
+    else:
+        state, message = LOST, f"no {noun} at {provider} (seen missing {utcnow():%Y-%m-%d %H:%M} UTC)"
+    workload.observed_state, workload.state_message, workload.present = state, message, False
+    _touch(workload, changed=True)
+    return state
+
+
+def _write_vm(workload: Workload, provider: str, provider_id: int | None, vm: VmInfo, site: Site | None,
+              host: Host | None) -> tuple[bool, bool]:
+    """Copy what the provider says about ``vm`` into the row: (its state or presence changed, anything did)."""
+    old = (workload.observed_state, workload.present, workload.provider_id, workload.provider_resource_id,
+           workload.site_id, workload.host_id)
+    workload.provider_id = provider_id
+    workload.provider_resource_id = vm.provider_vm_id
+    workload.site_id = site.id if site else None
+    workload.host_id = host.id if host else None
+    workload.observed_state = str(vm.state)
+    workload.present = True
+    workload.state_message = f"{vm.state} at {provider}/{vm.region}" + (f" on {vm.host}" if vm.host else "")
+    new = (workload.observed_state, workload.present, workload.provider_id, workload.provider_resource_id,
+           workload.site_id, workload.host_id)
+    return old[:2] != new[:2], old != new
+
+
+async def _places(session: AsyncSession, provider: Provider) -> tuple[dict[str, Site], dict[tuple[int, str], Host]]:
+    sites = {s.region: s for s in (await session.exec(select(Site).where(Site.provider_id == provider.id))).all()}
+    ids = [s.id for s in sites.values()]
+    hosts = {(h.site_id, h.name): h for h in (await session.exec(select(Host).where(col(Host.site_id).in_(ids)))).all()}
+    return sites, hosts
+
+
+def _host(hosts: dict[tuple[int, str], Host], site: Site | None, name: str | None) -> Host | None:
+    return hosts.get((site.id, name)) if site is not None and site.id is not None and name else None
+
+
+async def observe_vms(session: AsyncSession, provider: Provider, vms: Iterable[VmInfo], *,
+                      observed_at: datetime | None = None, sites: dict[str, Site] | None = None,
+                      hosts: dict[tuple[int, str], Host] | None = None) -> Seen:
+    """Apply a listing of every VM at ``provider`` (see the module's rules); ``observed_at``: when it began."""
+    if sites is None or hosts is None:
+        sites, hosts = await _places(session, provider)
+    vms = list(vms)
+    rows = (await session.exec(select(Workload).where(Workload.provider_id == provider.id,
+                                                      Workload.kind == WorkloadKind.COMPUTE))).all()
+    by_resource = {w.provider_resource_id: w for w in rows if w.provider_resource_id}
+    by_id = {w.id: w for w in rows}
+    tags = {vm.workload_id for vm in vms if vm.workload_id}
+    known = set((await session.exec(select(Workload.id).where(col(Workload.id).in_(tags)))).all()) if tags else set()
+    busy = await in_flight(session)
+    seen = Seen()
+    matched: set[str] = set()
+    for vm in vms:
+        seen.listed += 1
+        wl = by_resource.get(vm.provider_vm_id) or (by_id.get(vm.workload_id) if vm.workload_id else None)
+        if wl is None and vm.workload_id in known:
+            continue  # a workload placed elsewhere or not yet: its operation's, or an orphan
+        if wl is not None and (wl.id in matched or (wl.managed and placed_at(wl) is None)):
+            continue  # a second VM with the same tag, or one its workload no longer has: orphans
+        if wl is None:
+            wl = Workload(kind=WorkloadKind.COMPUTE, name=vm.name, managed=False, provider_id=provider.id,
+                          desired_state="unmanaged")
+            session.add(wl)
+            seen.unmanaged += 1
+        matched.add(wl.id)
+        if wl.id in by_id and not _settled(wl, busy, observed_at):
+            continue
+        old = wl.observed_state
+        site = sites.get(vm.region)
+        drift, changed = _write_vm(wl, provider.name, provider.id, vm, site, _host(hosts, site, vm.host))
+        _touch(wl, changed)
+        if drift and wl.id in by_id:
+            seen.drifted.append((wl.id, old, wl.observed_state))
+    for wl in rows:
+        if wl.id not in matched and wl.present and _settled(wl, busy, observed_at):
+            seen.vanished.append((wl.id, _vanish(wl, provider.name)))
+    return seen
+
+
+async def observe_resources(session: AsyncSession, provider: Provider, kind: WorkloadKind, listed: Iterable[Listed],
+                            *, observed_at: datetime | None = None) -> Seen:
+    """Apply a listing of every volume (``kind`` storage) or network at ``provider``: the rows of the broker's
+    that it no longer has are lost, and a lost one it has again comes back. Untagged ones are not recorded."""
+    listed = list(listed)
+    rows = (await session.exec(select(Workload).where(Workload.provider_id == provider.id,
+                                                      Workload.kind == kind))).all()
+    have = {r.resource_id for r in listed} | {r.workload_id for r in listed if r.workload_id}
+    busy = await in_flight(session)
+    seen = Seen(listed=len(listed))
+    for wl in rows:
+        if placed_at(wl) is None or not _settled(wl, busy, observed_at):
+            continue
+        there = wl.id in have or (wl.provider_resource_id or "") in have
+        if not there and wl.present:
+            seen.vanished.append((wl.id, _vanish(wl, provider.name)))
+        elif there and not wl.present:  # lost, and back
+            seen.drifted.append((wl.id, wl.observed_state, ONLINE[kind]))
+            wl.observed_state, wl.present, wl.state_message = ONLINE[kind], True, f"{ONLINE[kind]} at {provider.name}"
+            _touch(wl, changed=True)
+    return seen
+
+
+async def _provider(session: AsyncSession, name: str) -> Provider | None:
+    return (await session.exec(select(Provider).where(Provider.name == name))).first()
+
+
+async def observe_vm(session: AsyncSession, provider: str, workload_id: str, vm: VmInfo, *, place: bool = False,
+                     spec_update: dict[str, Any] | None = None) -> Workload | None:
+    """Write what ``get_vm`` said about the workload's VM at ``provider`` (the VM carries the workload's tag).
+
+    ``place``: the workload now lives there (a create's or a migration's record step); the row moves to
+    ``provider``. Without it, a VM at another provider than the row's is not (yet) the row's VM, a migration's
+    target while it is checked, and nothing is written. None: no such workload.
+    """
+    workload = await session.get(Workload, workload_id)
+    if workload is None:
+        return None
+    prov = await _provider(session, provider)
+    pid = prov.id if prov is not None else None
+    if not place and (pid is None or workload.provider_id != pid):
+        return workload
+    sites, hosts = await _places(session, prov) if prov is not None else ({}, {})
+    site = sites.get(vm.region)
+    _, changed = _write_vm(workload, provider, pid, vm, site, _host(hosts, site, vm.host))
+    if spec_update:
+        workload.spec = {**workload.spec, **spec_update}
+    _touch(workload, changed or place or bool(spec_update))  # a recorded placement is a new version
+    session.add(workload)
+    return workload
+
+
+async def record_resource(session: AsyncSession, provider: str, workload_id: str, resource_id: str,
+                          region: str) -> Workload:
+    """A volume or network the broker made is at ``provider``/``region`` and usable."""
+    workload = await session.get(Workload, workload_id)
+    if workload is None:
+        raise NotFound(f"no workload {workload_id}")
+    prov = await _provider(session, provider)
+    site = None if prov is None else \
+        (await session.exec(select(Site).where(Site.provider_id == prov.id, Site.region == region))).first()
+    online = ONLINE[WorkloadKind(workload.kind)]
+    workload.provider_id = prov.id if prov is not None else None
+    workload.site_id = site.id if site else workload.site_id
+    workload.provider_resource_id = resource_id
+    workload.observed_state, workload.present = online, True
+    workload.state_message = f"{online} at {provider}/{region}"
+    _touch(workload, changed=True)
+    session.add(workload)
+    return workload
+
+
+async def record_deleted(session: AsyncSession, workload_id: str) -> None:
+    """The broker deleted the workload's VM: the row stays for history, marked deleted."""
+    workload = await session.get(Workload, workload_id)
+    if workload is None:
+        return
+    workload.observed_state, workload.desired_state = DELETED, DELETED
+    workload.state_message, workload.present = DELETED, False
+    workload.provider_resource_id = None
+    _touch(workload, changed=False)
+    session.add(workload)

@@ -1,4 +1,5 @@
-"""Pulling inventory from every configured provider into the catalog (``metavmm catalog sync``).
+"""Pulling inventory from every configured provider into the catalog (``metavmm catalog sync``); what
+it means for each row is :mod:`metavmm.services.observer`'s to say.
 
 Each provider is synced in its own transaction: one unreachable provider records its error on its
 row and does not stop the others, and a failure half-way through one provider's inventory leaves
@@ -17,7 +18,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Provider
+from metavmm.catalog.models import Provider, utcnow
 from metavmm.drivers.registry import create_driver, driver_class
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import MetavmmError
@@ -59,13 +60,14 @@ async def sync_provider(maker: async_sessionmaker[AsyncSession], pcfg, timeout_s
     started = time.perf_counter()
     try:
         driver = create_driver(pcfg)
+        observed_at = utcnow()  # rows written after this are newer than the listing (a create that raced it)
         try:
             inventory = await asyncio.wait_for(driver.inventory(), timeout_s)
         finally:
             await driver.close()
         async with session_scope(maker) as session:
             row = (await session.exec(select(Provider).where(Provider.name == pcfg.name))).one()
-            counts = await apply_inventory(session, row, inventory, pcfg.sites)
+            counts = await apply_inventory(session, row, inventory, pcfg.sites, observed_at=observed_at)
         return SyncResult(pcfg.name, pcfg.kind, time.perf_counter() - started, counts)
     except (MetavmmError, TimeoutError) as exc:
         message = str(exc) or f"no answer within {timeout_s:.0f} s"

@@ -138,6 +138,10 @@ async def test_provider_errors_arrive_verbatim(driver: AwsDriver, moto: MotoServ
         await driver.create_vm(VmSpec(name="x", region="us-east-1", image="ami-00000000", flavor="t3.micro"))
     with pytest.raises(ProviderNotFound, match=r"create_vm: InvalidInstanceType.NotFound: .*t3.galactic"):
         await driver.create_vm(VmSpec(name="x", region="us-east-1", image=_ami(moto), flavor="t3.galactic"))
+    with pytest.raises(ProviderNotFound, match=r"aws-test: get_vm: InvalidInstanceID.NotFound"):
+        await driver.get_vm("us-east-1/i-0123456789abcdef0")
+    with pytest.raises(ProviderNotFound, match="is not one of"):
+        await driver.get_vm("ap-south-9/i-0123456789abcdef0")
     with pytest.raises(ProviderNotFound, match=r"aws-test: start_vm: InvalidInstanceID.NotFound"):
         await driver.start_vm("us-east-1/i-0123456789abcdef0")
     with pytest.raises(DriverError, match="must be region/id"):

@@ -99,11 +99,14 @@ async def test_lifecycle_on_real_qcow2(driver: LibvirtDriver, libvirt_storage: P
     await driver.start_vm(vm.provider_vm_id)
     assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING
     listed = {v.provider_vm_id: v for v in await driver.list_vms()}
-    assert listed[vm.provider_vm_id].name == vm.name
+    assert listed[vm.provider_vm_id] == await driver.get_vm(vm.provider_vm_id) == await driver.get_vm(vm.name)
 
     await driver.delete_vm(vm.provider_vm_id)
     with pytest.raises(ProviderNotFound, match=r"kvm-test: get_vm: .*[Dd]omain"):
         await driver.get_vm(vm.provider_vm_id)
+    for missing in (vm.name, "sim-not-a-uuid", "us-east-1/i-0abc"):  # by name, or an id of another provider
+        with pytest.raises(ProviderNotFound):
+            await driver.get_vm(missing)
     assert not disk.exists()
     print(f"\nlibvirt lifecycle: {time.perf_counter() - started:.2f} s")
 

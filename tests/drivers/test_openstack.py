@@ -159,7 +159,7 @@ async def test_nova_errors_arrive_verbatim(driver: OpenStackDriver) -> None:
     with pytest.raises(ProviderConflict, match=r"os-test: suspend_vm: .*Cannot 'suspend' instance"):
         await driver.suspend_vm(vm.provider_vm_id)
     await driver.delete_vm(vm.provider_vm_id)
-    with pytest.raises(DriverError, match="is not one of RegionOne, RegionTwo"):
+    with pytest.raises(ProviderNotFound, match="is not one of RegionOne, RegionTwo"):
         await driver.get_vm("RegionNine/abc")
 
 

@@ -57,7 +57,7 @@ async def test_one_pass_over_libvirt_openstack_aws_and_sim(sqlite_sessions, moto
         session.add_all([*orphan.values(), *lost.values()])
     engine = Engine(sqlite_sessions, config, "sqlite://")
     executor = Executor(sqlite_sessions, config)
-    drivers = executor.drivers  # one set: the sim keeps its VMs in its driver object
+    drivers = executor.drivers
     made = {n: await drivers.get(n).create_vm(VmSpec(name=unique("rc"), workload_id=orphan[n].id, **spec))
             for n, spec in specs.items()}
     try:
@@ -75,7 +75,7 @@ async def test_one_pass_over_libvirt_openstack_aws_and_sim(sqlite_sessions, moto
         async with sqlite_sessions() as session:
             for n in specs:
                 row = await session.get(Workload, lost[n].id)
-                assert row is not None and row.present and row.observed_state == "lost", n
+                assert row is not None and not row.present and row.observed_state == "lost", n  # kept, marked
         again = await reconcile(engine, drivers, repair=False)
         assert not {w for _, _, w in again.orphans} & mine and again.lost == []  # lost ones stay marked, once
     finally:

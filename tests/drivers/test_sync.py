@@ -1,7 +1,8 @@
 """`metavmm catalog sync` over the three real providers: libvirt, two nova regions and moto's EC2.
 
-What the broker created is matched to its workload; what someone made directly at a provider shows up
-as unmanaged; what disappears behind the broker's back is marked, never deleted.
+What the broker created is matched to its workload once recorded there (before, a listing leaves it to
+the create); what someone made directly at a provider shows up as unmanaged; what disappears behind the
+broker's back is marked, never deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from metavmm.cli.main import main
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import FederationConfig, parse_config
 from metavmm.foundation.records import VmSpec
+from metavmm.services.observer import observe_vm
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NOVA_IMAGE, MotoServer, NovaCloud, unique
 
@@ -107,6 +109,13 @@ async def test_sync_fills_catalog_marks_unmanaged_and_gone(sqlite_sessions, moto
         (kvm_host,) = [h for h in await _rows(maker, Host) if sites_by_id[h.site_id] == providers["kvm"]]
         assert "HW_CPU_X86_SSE2" in kvm_host.cpu_traits and kvm_host.cpu_vendor in ("Intel", "AMD")
 
+        workloads = {w.provider_resource_id: w for w in await _rows(maker, Workload)}
+        for name, vm in managed.items():  # a create in flight: its operation records the VM, not a listing
+            assert vm.provider_vm_id not in workloads, name
+        async with session_scope(maker) as session:  # as the create's record step does
+            for name, vm in managed.items():
+                await observe_vm(session, name, ids[name], vm, place=True)
+        assert all(r.error is None for r in await sync_all(maker, cfg))
         workloads = {w.provider_resource_id: w for w in await _rows(maker, Workload)}
         for name, vm in managed.items():
             row = workloads[vm.provider_vm_id]

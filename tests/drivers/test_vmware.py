@@ -26,6 +26,7 @@ from metavmm.foundation.errors import (
     ValidationError,
 )
 from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
+from metavmm.services.observer import observe_vm
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import free_port, unique
 
@@ -172,6 +173,11 @@ async def test_sync_fills_the_catalog(sqlite_sessions, vcsim: Vcsim, vmdk: DiskR
     driver = create_driver(cfg.providers[0])
     vm = await driver.create_vm(VmSpec(name=unique("sync"), region="DC0", image="", disk_gib=1, workload_id=row.id))
     try:
+        assert [r.error for r in await sync_all(sqlite_sessions, cfg)] == [None]
+        async with sqlite_sessions() as session:  # a create in flight: a listing leaves the VM to it
+            assert (await session.get(Workload, row.id)).provider_resource_id is None
+        async with session_scope(sqlite_sessions) as session:  # as the create's record step does
+            await observe_vm(session, "vc", row.id, vm, place=True)
         results = await sync_all(sqlite_sessions, cfg)
         assert [r.error for r in results] == [None]
         async with sqlite_sessions() as session:

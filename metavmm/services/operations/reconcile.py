@@ -1,46 +1,50 @@
 """Reconciliation: compare the catalog with what every provider reports, and repair the difference.
 
-Three findings, for VMs, volumes and networks the broker created (they carry the workload tag) and
-workloads no running operation is changing:
+Each pass lists every enabled provider's VMs, volumes and networks and hands the listings to the
+observer (:mod:`metavmm.services.observer`), which writes what they mean for each workload: a VM whose
+state changed (**drift**), a workload whose VM, volume or network the provider no longer has (**lost**,
+kept in the catalog and marked for a human or a policy, reported once; if it comes back the row follows
+it), an unmanaged VM. What is left here is the one finding the observer does not write, for what the
+broker created (it carries the workload tag) and no running operation is changing:
 
-- **orphan**: a tagged VM at a provider where the catalog does not place its workload (deleted, or
-  living elsewhere: the leftover of an interrupted migration). Repair: a ``reconcile`` operation
-  deletes it, so the repair is durable, logged and idempotent like every other change.
-- **foreign**: a tagged VM whose workload this catalog has never known: another broker's (several
+- **orphan**: a tagged VM, volume or network at a provider where the catalog does not place its workload
+  (deleted, or living elsewhere: the leftover of an interrupted migration). Repair: a ``reconcile``
+  operation deletes it, so the repair is durable, logged and idempotent like every other change.
+- **foreign**: a tagged one whose workload this catalog has never known: another broker's (several
   brokers may share a hypervisor) or an earlier catalog's. Reported, never deleted: a broker only
   removes what its own catalog proves it created.
-- **lost**: the catalog places a workload at a provider that no longer has its VM. The row is kept
-  (nothing is lost from the catalog) and marked ``lost`` with a message, for a human or a policy;
-  later passes do not report it again (if its VM reappears, the row follows it as drift).
-- **drift**: the VM exists but its state differs from the row's; the row is updated.
 
-A provider that cannot be reached is skipped (never read as "everything there is gone").
+A provider that cannot be reached is skipped (never read as "everything there is gone"). A dry run
+(``repair=False``) reports the same findings and writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlmodel import col, select
+from sqlmodel import select
 
-from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, Provider, Workload, utcnow
+from metavmm.catalog.models import Provider, Workload, WorkloadKind, utcnow
 from metavmm.drivers.base import Driver
 from metavmm.foundation.errors import MetavmmError
 from metavmm.foundation.records import Capability, VmInfo
-from metavmm.services.operations import store
+from metavmm.services import observer
+from metavmm.services.observer import Listed
 from metavmm.services.operations.context import Drivers
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
 
 log = logging.getLogger(__name__)
+DELETE_ACTION = {WorkloadKind.COMPUTE: "vm.delete", WorkloadKind.STORAGE: "volume.delete",
+                 WorkloadKind.NETWORK: "network.delete"}
 
 
 @dataclass
 class Report:
-    orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, vm id, workload id)
-    foreign: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, vm id, workload id)
+    orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, resource id, workload id)
+    foreign: list[tuple[str, str, str]] = field(default_factory=list)  # (provider, resource id, workload id)
     lost: list[tuple[str, str]] = field(default_factory=list)  # (workload id, provider)
     drifted: list[tuple[str, str, str]] = field(default_factory=list)  # (workload id, old, new)
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> error
@@ -48,95 +52,87 @@ class Report:
     delete_action: dict[str, str] = field(default_factory=dict)  # resource id -> its delete step (VMs: vm.delete)
 
 
-async def _tagged_resources(driver: Driver) -> list[tuple[str, str, str]]:
-    """(delete action, resource id, workload id) of the tagged volumes and networks a provider reports."""
-    out: list[tuple[str, str, str]] = []
+@dataclass
+class Listing:
+    """What one provider reported, and when the listing began."""
+
+    observed_at: datetime
+    vms: list[VmInfo]
+    resources: dict[WorkloadKind, list[Listed]]
+
+    def tagged(self) -> list[tuple[WorkloadKind, str, str]]:
+        """(kind, resource id, workload id) of everything carrying a workload tag."""
+        out = [(WorkloadKind.COMPUTE, vm.provider_vm_id, vm.workload_id) for vm in self.vms if vm.workload_id]
+        return out + [(kind, r.resource_id, r.workload_id) for kind, rs in self.resources.items()
+                      for r in rs if r.workload_id]
+
+
+async def _list(driver: Driver) -> Listing:
+    observed_at = utcnow()
+    resources: dict[WorkloadKind, list[Listed]] = {}
     if Capability.VOLUMES in driver.capabilities:
-        out += [("volume.delete", v.provider_volume_id, v.workload_id) for v in await driver.list_volumes()
-                if v.workload_id]
+        resources[WorkloadKind.STORAGE] = [Listed(v.provider_volume_id, v.workload_id)
+                                           for v in await driver.list_volumes()]
     if Capability.NETWORKS in driver.capabilities:
-        out += [("network.delete", n.provider_network_id, n.workload_id) for n in await driver.list_networks()
-                if n.workload_id]
-    return out
+        resources[WorkloadKind.NETWORK] = [Listed(n.provider_network_id, n.workload_id)
+                                           for n in await driver.list_networks()]
+    return Listing(observed_at, await driver.list_vms(), resources)
 
 
 async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) -> Report:
     report = Report()
-    seen: dict[str, list[VmInfo]] = {}
-    resources: dict[str, list[tuple[str, str, str]]] = {}
+    listings: dict[str, Listing] = {}
     for pcfg in engine.config.providers:
         if not pcfg.enabled:
             continue
         try:
-            driver = drivers.get(pcfg.name)
-            seen[pcfg.name] = [vm for vm in await driver.list_vms() if vm.workload_id]
-            resources[pcfg.name] = await _tagged_resources(driver)
+            listings[pcfg.name] = await _list(drivers.get(pcfg.name))
         except (MetavmmError, OSError) as exc:
-            seen.pop(pcfg.name, None)
             report.unreachable[pcfg.name] = str(exc)
+    for name, listing in listings.items():
+        await _observe(engine, name, listing, report, write=repair)
     async with engine.sessions() as session:
-        providers = {p.id: p.name for p in (await session.exec(select(Provider))).all()}
+        providers = {p.name: p.id for p in (await session.exec(select(Provider))).all()}
         workloads = {w.id: w for w in (await session.exec(select(Workload))).all()}
-        busy = set((await session.exec(select(Operation.target_id)
-                                       .where(col(Operation.state).in_(store.ACTIVE)))).all())
-    placed = {wid: providers.get(w.provider_id) for wid, w in workloads.items()
-              if w.present and w.provider_id is not None}
-
-    for provider, vms in seen.items():
-        for vm in vms:
-            wid = vm.workload_id or ""
+        busy = await observer.in_flight(session)
+    for name, listing in listings.items():
+        for kind, rid, wid in listing.tagged():
             if wid in busy:
                 continue
             if wid not in workloads:
-                report.foreign.append((provider, vm.provider_vm_id, wid))
-            elif placed.get(wid) != provider:
-                report.orphans.append((provider, vm.provider_vm_id, wid))
-            elif vm.state != workloads[wid].observed_state:
-                report.drifted.append((wid, workloads[wid].observed_state, str(vm.state)))
-        for delete_action, rid, wid in resources[provider]:
-            if wid in busy:
-                continue
-            if wid not in workloads:
-                report.foreign.append((provider, rid, wid))
-            elif placed.get(wid) != provider:
-                report.orphans.append((provider, rid, wid))
-                report.delete_action[rid] = delete_action
-    for wid, provider in placed.items():
-        if wid in busy or provider not in seen or not workloads[wid].managed:
-            continue
-        if workloads[wid].observed_state == "lost":
-            continue  # reported and marked by an earlier pass; a VM that comes back shows up as drift
-        there = {r[2] for r in resources[provider]} if workloads[wid].kind != "compute" else \
-            {vm.workload_id for vm in seen[provider]}
-        if wid not in there:
-            report.lost.append((wid, provider))
-
+                report.foreign.append((name, rid, wid))
+            elif observer.placed_at(workloads[wid]) != providers.get(name):
+                report.orphans.append((name, rid, wid))
+                report.delete_action[rid] = DELETE_ACTION[kind]
     if repair:
-        await _repair(engine, report, workloads)
+        await _repair(engine, report)
     return report
 
 
-async def _repair(engine: Engine, report: Report, workloads: dict[str, Workload]) -> None:
-    for provider, vm_id, wid in report.orphans:
-        action = report.delete_action.get(vm_id, "vm.delete")
+async def _observe(engine: Engine, provider: str, listing: Listing, report: Report, *, write: bool) -> None:
+    """The observer's reading of one listing, written (or, for a dry run, only reported)."""
+    async with engine.sessions() as session:
+        row = (await session.exec(select(Provider).where(Provider.name == provider))).first()
+        if row is None:
+            return  # never registered: the catalog places nothing there
+        seen = [await observer.observe_vms(session, row, listing.vms, observed_at=listing.observed_at)]
+        for kind, listed in listing.resources.items():
+            seen.append(await observer.observe_resources(session, row, kind, listed, observed_at=listing.observed_at))
+        report.lost += [(wid, provider) for s in seen for wid, state in s.vanished if state == observer.LOST]
+        report.drifted += [d for s in seen for d in s.drifted]
+        if write:
+            await session.commit()
+        else:
+            await session.rollback()
+
+
+async def _repair(engine: Engine, report: Report) -> None:
+    for provider, rid, wid in report.orphans:
+        action = report.delete_action.get(rid, "vm.delete")
         op = await engine.submit(kind="reconcile", target_id=wid,
                                  steps=[Step("delete-orphan", action, {"provider": provider, "workload_id": wid})],
-                                 params={"provider": provider, "vm": vm_id},
-                                 idempotency_key=f"orphan:{provider}:{vm_id}")
+                                 params={"provider": provider, "vm": rid},
+                                 idempotency_key=f"orphan:{provider}:{rid}")
         report.operations.append(op.id)
-    async with session_scope(engine.sessions) as session:
-        for wid, provider in report.lost:
-            w = await session.get(Workload, wid)
-            if w is not None:
-                w.observed_state = "lost"
-                what = "VM" if w.kind == "compute" else "volume" if w.kind == "storage" else "network"
-                w.state_message = f"no {what} at {provider} (reconciliation {utcnow():%Y-%m-%d %H:%M} UTC)"
-                w.updated_at = utcnow()
-                session.add(w)
-        for wid, _old, new in report.drifted:
-            w = await session.get(Workload, wid)
-            if w is not None:
-                w.observed_state, w.updated_at = new, utcnow()
-                session.add(w)
     if report.orphans or report.lost:
         log.warning("reconciliation: %d orphans (deleting), %d lost workloads", len(report.orphans), len(report.lost))

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import select
-
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Provider, Site, Workload, utcnow
+from metavmm.catalog.models import Provider, Workload
 from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound
 from metavmm.foundation.records import NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
+from metavmm.services import observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm, require_vm
@@ -169,26 +168,9 @@ async def detach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str
 @action("resource.record")
 async def record(ctx: StepContext, *, provider: str, workload_id: str, kind: str, **_: Any) -> dict[str, Any]:
     """Write where the volume or network now is (provider, site, provider id) and that it is usable."""
-    verbs = BY_KIND[kind]
-    found = await require(ctx, verbs, provider, workload_id)
+    found = await require(ctx, BY_KIND[kind], provider, workload_id)
     async with session_scope(ctx.sessions) as session:
-        workload = await session.get(Workload, workload_id)
-        if workload is None:
-            raise NotFound(f"no workload {workload_id}")
-        prov = (await session.exec(select(Provider).where(Provider.name == provider))).first()
-        site = None
-        if prov is not None:
-            site = (await session.exec(select(Site).where(Site.provider_id == prov.id,
-                                                          Site.region == found.region))).first()
-        workload.provider_id = prov.id if prov else None
-        workload.site_id = site.id if site else workload.site_id
-        workload.provider_resource_id = resource_id(found)
-        workload.observed_state = verbs.online
-        workload.state_message = f"{verbs.online} at {provider}/{found.region}"
-        workload.present = True
-        workload.updated_at = utcnow()
-        workload.version += 1
-        session.add(workload)
+        await observer.record_resource(session, provider, workload_id, resource_id(found), found.region)
     return {"placed_at": provider}
 
 

@@ -3,6 +3,8 @@
 VMs are found by the workload tag every driver stores on what the broker creates (``OWNER_TAG``), not
 by an id saved after the call: a crash between "the provider created it" and "the row recorded it"
 then leaves nothing unfindable, and a re-run of the step adopts the VM instead of creating a second.
+Where an id is known the VM is asked for by it and the tag checked, so most looks cost one ``get_vm``.
+What a look finds is written into the catalog by :mod:`metavmm.services.observer`, not here.
 """
 
 from __future__ import annotations
@@ -11,19 +13,49 @@ import asyncio
 import re
 from typing import Any
 
-from sqlmodel import select
-
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Host, Provider, Site, Workload, utcnow
-from metavmm.foundation.errors import DriverError, NotFound, ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.catalog.models import Workload, utcnow
+from metavmm.drivers.base import poll_delays
+from metavmm.foundation.errors import (
+    AuthError,
+    DriverError,
+    NotFound,
+    ProviderConflict,
+    ProviderNotFound,
+    ProviderUnavailable,
+    ValidationError,
+)
 from metavmm.foundation.records import VmInfo, VmSpec, VmState
+from metavmm.services import observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 
 
+async def _known_ids(ctx: StepContext, workload_id: str) -> list[str]:
+    """Ids the workload's VM may have: the catalog's, and what an earlier step of this operation made."""
+    async with ctx.sessions() as session:
+        row = await session.get(Workload, workload_id)
+    ids = [row.provider_resource_id] if row is not None and row.provider_resource_id else []
+    return ids + [str(v) for k in ("vm_id", "target_vm") if (v := ctx.outputs.get(k)) and str(v) not in ids]
+
+
 async def find_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo | None:
-    """The VM carrying ``workload_id``'s tag at ``provider``, or None."""
-    matches = [vm for vm in await ctx.driver(provider).list_vms() if vm.workload_id == workload_id]
+    """The VM carrying ``workload_id``'s tag at ``provider``, or None.
+
+    Asked by id where one is known (one ``get_vm``, checked against the tag: an id from another provider
+    or of another VM does not match), else found by the tag in one listing.
+    """
+    driver = ctx.driver(provider)
+    for vm_id in await _known_ids(ctx, workload_id):
+        try:
+            vm = await driver.get_vm(vm_id)
+        except (ProviderUnavailable, AuthError):
+            raise
+        except DriverError:
+            continue  # not there, or not an id this provider understands
+        if vm.workload_id == workload_id:
+            return vm
+    matches = [vm for vm in await driver.list_vms() if vm.workload_id == workload_id]
     if len(matches) > 1:
         raise DriverError(f"{len(matches)} VMs carry workload {workload_id}; expected one",
                           provider=provider, operation="find_vm")
@@ -35,6 +67,15 @@ async def require_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInf
     if vm is None:
         raise ProviderNotFound(f"no VM of workload {workload_id}", provider=provider, operation="find_vm")
     return vm
+
+
+async def observed(ctx: StepContext, provider: str, workload_id: str, vm: VmInfo, *, place: bool = False,
+                   spec_update: dict[str, Any] | None = None, required: bool = True) -> None:
+    """Hand what the provider said about the workload's VM to the observer (the one writer of it)."""
+    async with session_scope(ctx.sessions) as session:
+        row = await observer.observe_vm(session, provider, workload_id, vm, place=place, spec_update=spec_update)
+    if row is None and required:
+        raise NotFound(f"no workload {workload_id}")
 
 
 @action("vm.create")
@@ -93,8 +134,10 @@ async def power(ctx: StepContext, *, provider: str, workload_id: str, verb: str,
 
 @action("vm.start")
 async def start(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
-    """Start the workload's VM (compensation of a stop)."""
+    """Start the workload's VM (compensation of a stop) and hand what the provider then says to the observer:
+    a rollback ends with no wait step of its own, and the row must not keep the stop's "stopped"."""
     await power(ctx, provider=provider, workload_id=workload_id, verb="start")
+    await observed(ctx, provider, workload_id, await require_vm(ctx, provider, workload_id), required=False)
 
 
 MAX_MARKER = 200
@@ -119,33 +162,40 @@ def _last_line(text: str) -> str:
 @action("vm.wait")
 async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state: str, timeout_s: float = 120,
                      stable_s: float = 0.0, console_marker: str | None = None, **_: Any) -> dict[str, Any]:
-    """Poll until the VM is in ``state`` (and stays there ``stable_s``: a boot that crashes fails).
+    """Wait until the VM is in ``state`` (and stays there ``stable_s``: a boot that crashes fails).
 
+    The VM is found once; then only it is asked for (``get_vm``), at :func:`poll_delays` intervals (0.2 s
+    growing to 2 s), never the provider's whole inventory. The state it ends in goes to the observer.
     ``console_marker``: a regex that must also appear on the VM's serial console (``console_output``)
     before the timeout: proof that the guest booted from its disk, not only that the hypervisor runs it.
     """
     pattern = console_pattern(console_marker) if console_marker else None
+    driver = ctx.driver(provider)
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + timeout_s
+    delays = poll_delays()
     seen_since: float | None = None
     console = ""
+    vm = await require_vm(ctx, provider, workload_id)
     while True:
-        vm = await require_vm(ctx, provider, workload_id)
         now = loop.time()
         if vm.state == state:
             seen_since = seen_since if seen_since is not None else now
             if now - seen_since >= stable_s:
-                if pattern is None:
-                    return {"observed_state": str(vm.state)}
-                console = await ctx.driver(provider).console_output(vm.provider_vm_id)
-                # in a thread: the text is the guest's and the regex an operator's, a slow match must not
-                # stall the executor's event loop (it still costs that thread; see operations.md)
-                found = await asyncio.to_thread(pattern.search, console)
-                if found:
-                    await ctx.log(f"boot marker {found.group(0).strip()!r} seen on the console of "
-                                  f"{vm.provider_vm_id} {loop.time() - start:.1f}s into the check")
-                    return {"observed_state": str(vm.state), "boot_marker": found.group(0).strip()}
+                out = {"observed_state": str(vm.state)}
+                if pattern is not None:
+                    console = await driver.console_output(vm.provider_vm_id)
+                    # in a thread: the text is the guest's and the regex an operator's, a slow match must not
+                    # stall the executor's event loop (it still costs that thread; see operations.md)
+                    found = await asyncio.to_thread(pattern.search, console)
+                    if found:
+                        await ctx.log(f"boot marker {found.group(0).strip()!r} seen on the console of "
+                                      f"{vm.provider_vm_id} {loop.time() - start:.1f}s into the check")
+                        out["boot_marker"] = found.group(0).strip()
+                if pattern is None or "boot_marker" in out:
+                    await observed(ctx, provider, workload_id, vm, required=False)
+                    return out
         else:
             seen_since = None
             if vm.state == VmState.ERROR:
@@ -159,7 +209,11 @@ async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state
             raise DriverError(f"VM {vm.provider_vm_id} is {vm.state}, not {state}, after {timeout_s:.0f}s",
                               provider=provider, operation="wait")
         await ctx.progress(min((now - start) / timeout_s, 0.99) if timeout_s else 0.99)
-        await asyncio.sleep(0.2)
+        pause = next(delays)
+        if seen_since is not None and pattern is None:
+            pause = min(pause, seen_since + stable_s - now)  # only stability is left to see: look when it is due
+        await asyncio.sleep(max(0.0, min(pause, deadline - now)))
+        vm = await driver.get_vm(vm.provider_vm_id)
 
 
 @action("vm.live_migrate")
@@ -198,36 +252,14 @@ async def record_placement(ctx: StepContext, *, provider: str, workload_id: str,
                            spec_update: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
     """Write where the workload now runs (provider, site, host, provider id) and what it is doing."""
     vm = await require_vm(ctx, provider, workload_id)
-    async with session_scope(ctx.sessions) as session:
-        workload = await session.get(Workload, workload_id)
-        if workload is None:
-            raise NotFound(f"no workload {workload_id}")
-        prov = (await session.exec(select(Provider).where(Provider.name == provider))).first()
-        site = host = None
-        if prov is not None:
-            query = select(Site).where(Site.provider_id == prov.id, Site.region == vm.region)
-            site = (await session.exec(query)).first()
-        if site is not None and vm.host:
-            host = (await session.exec(select(Host).where(Host.site_id == site.id, Host.name == vm.host))).first()
-        workload.provider_id = prov.id if prov else None
-        workload.site_id = site.id if site else None
-        workload.host_id = host.id if host else None
-        workload.provider_resource_id = vm.provider_vm_id
-        workload.observed_state = str(vm.state)
-        workload.state_message = f"{vm.state} at {provider}/{vm.region}" + (f" on {vm.host}" if vm.host else "")
-        workload.present = True
-        if spec_update:
-            workload.spec = {**workload.spec, **spec_update}
-        workload.updated_at = utcnow()
-        workload.version += 1
-        session.add(workload)
+    await observed(ctx, provider, workload_id, vm, place=True, spec_update=spec_update)
     return {"placed_at": provider}
 
 
 @action("workload.observe")
 async def observe(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
     """Copy the VM's state into the workload row (after a power action)."""
-    await record_placement(ctx, provider=provider, workload_id=workload_id)
+    await observed(ctx, provider, workload_id, await require_vm(ctx, provider, workload_id))
 
 
 @action("workload.note")
@@ -246,11 +278,4 @@ async def note(ctx: StepContext, *, workload_id: str, message: str, **_: Any) ->
 async def mark_gone(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
     """The workload's VM was deleted: keep the row for history, marked deleted."""
     async with session_scope(ctx.sessions) as session:
-        workload = await session.get(Workload, workload_id)
-        if workload is None:
-            return
-        workload.observed_state, workload.desired_state = "deleted", "deleted"
-        workload.state_message, workload.present = "deleted", False
-        workload.provider_resource_id = None
-        workload.updated_at = utcnow()
-        session.add(workload)
+        await observer.record_deleted(session, workload_id)

@@ -67,7 +67,7 @@ async def _host_of(app: Any, workload_id: str) -> str | None:
 
 def _sim_vm(app: Any, workload_id: str) -> Any:
     sim = app[keys.OPERATIONS].executor.drivers.get("sima")
-    return next(vm for vm in sim._vms.values() if vm.workload_id == workload_id)
+    return next(vm for vm in sim.ex_vms() if vm.workload_id == workload_id)
 
 
 async def test_resize_stops_resizes_restarts_and_settles_the_quota_delta(aiohttp_client: Any, db_url: str) -> None:

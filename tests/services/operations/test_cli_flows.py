@@ -73,7 +73,7 @@ async def test_wait_follows_what_the_brokers_engine_runs(tmp_path: Path) -> None
     sql = db.make_engine(url)
     sessions = db.make_sessionmaker(sql)
     await sync_all(sessions, config)
-    executor = Executor(sessions, config)  # the broker's: the sim keeps its VMs in this executor's driver
+    executor = Executor(sessions, config)  # the broker's
     serving = asyncio.create_task(executor.serve(poll_s=0.05))
     sim = executor.drivers.get("sima")
 

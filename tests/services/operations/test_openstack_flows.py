@@ -183,7 +183,7 @@ async def test_reconciliation_at_nova_adopts_removes_and_marks_lost(engine: Engi
         await gone(sid_abandoned)
         assert tagged(wid_abandoned) == [] and tagged("another-brokers-workload") == [sid_foreign]
         w, _ = await placed(engine, wid_lost)
-        assert w.present and w.observed_state == "lost" and "no VM at os1" in (w.state_message or "")
+        assert not w.present and w.observed_state == "lost" and "no VM at os1" in (w.state_message or "")
 
         resumed = await run(engine, crashed)
         assert resumed.state == OperationState.SUCCEEDED, resumed.error

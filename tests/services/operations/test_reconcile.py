@@ -3,8 +3,6 @@ and marked, drifted states corrected, foreign VMs and busy workloads left alone.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from sqlmodel import select
 
 from metavmm.catalog.models import OperationState, Provider, Workload
@@ -30,7 +28,7 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
     await register_providers(sqlite_sessions, config)
     engine = Engine(sqlite_sessions, config, "sqlite://")
     executor = Executor(sqlite_sessions, config)
-    drivers = executor.drivers  # the sim keeps VMs in memory: share the executor's drivers
+    drivers = executor.drivers
     sima = drivers.get("sima")
     async with sqlite_sessions() as session:
         pid = {p.name: p.id for p in (await session.exec(select(Provider))).all()}
@@ -50,7 +48,7 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
     await sima.create_vm(spec(None, "not-ours"))
     await sima.create_vm(spec(busy.id, "busy-elsewhere"))
     await drivers.get("simb").create_vm(spec(moved.id, "moved"))
-    sima._vms[vm_ok.provider_vm_id] = replace(vm_ok, state=VmState.STOPPED)  # changed behind our back
+    sima.ex_set_state(vm_ok.provider_vm_id, VmState.STOPPED)  # changed behind our back
     await store.submit(sqlite_sessions, kind="test", target_id=busy.id,
                        steps=[Step("x", "vm.delete", {"provider": "simb", "workload_id": busy.id})])
 

@@ -28,7 +28,7 @@ class World:
         self.sessions = sessions
         self.config = parse_config(CONFIG)
         self.engine = Engine(sessions, self.config, "sqlite://")
-        self.executor = Executor(sessions, self.config)  # one executor: the sim keeps its state in its driver
+        self.executor = Executor(sessions, self.config)
         self.sim: Any = self.executor.drivers.get("sima")
 
     async def run(self, op: Operation) -> Operation:

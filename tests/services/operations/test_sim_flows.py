@@ -24,7 +24,7 @@ async def test_power_and_live_migration_within_a_region(sqlite_sessions) -> None
     config = parse_config(CONFIG)
     await sync_all(sqlite_sessions, config)
     engine = Engine(sqlite_sessions, config, "sqlite://")
-    ex = Executor(sqlite_sessions, config)  # one executor: the sim keeps its VMs in its driver
+    ex = Executor(sqlite_sessions, config)
 
     async def run(op) -> str:  # type: ignore[no-untyped-def]
         assert await ex.run(op.id)
