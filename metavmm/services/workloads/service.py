@@ -389,7 +389,8 @@ class WorkloadService:
         async with self._transaction(workload.project_id) as session:
             workload = await self._locked(session, caller, workload.id, None)
             if workload.observed_state == "pending" or workload.desired_state == "deleted":
-                raise Conflict(f"action {term} is not applicable: {workload.kind} {workload.name} is being created or deleted")
+                raise Conflict(f"action {term} is not applicable: {workload.kind} {workload.name}"
+                               " is being created or deleted")
             if workload.observed_state == states[term]:
                 raise Conflict(f"{workload.kind} {workload.name} is {states[term]} already")
             await _set(session, workload, observed_state=states[term], state_message=None)
