@@ -522,7 +522,7 @@ def parse_config(text: str, source: str = "<config>") -> FederationConfig:
     """Parse and validate a federation file's text; raise ConfigError with located messages."""
     cfg = parse_yaml_model(text, source, FederationConfig)
     if cfg.prices:
-        check_tables(cfg.prices, text, source)
+        check_tables(cfg.prices, text, source, {p.name for p in cfg.providers if not KINDS[p.kind].lists_flavors})
     return cfg
 
 
