@@ -328,6 +328,14 @@ class FederationInfo(_Strict):
     name: str = "metavmm"
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     sync_interval_s: int = Field(default=300, ge=0, description="0 disables periodic inventory sync")
+    builtin_images: bool = Field(
+        default=False, description="publish the built-in image metavmm/tiny (a 1 MiB disk the broker builds, "
+        "which prints a line on its serial console and halts) after the first inventory, with a replica at "
+        "every libvirt site on this machine: an os_tpl that exists with no download")
+    default_image: str | None = Field(
+        default=None, min_length=1, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ +/-]*$",
+        description="the image (publisher/name, name or id) of an OCCI compute that names no os_tpl "
+        "(GFD.224 allows a server default), e.g. metavmm/tiny")
 
 
 class OidcConfig(_Strict):
