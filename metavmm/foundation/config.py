@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from metavmm.foundation.currencies import normalise_currency
 from metavmm.foundation.errors import ConfigError
 from metavmm.foundation.kinds import KINDS
-from metavmm.foundation.prices import check_tables
+from metavmm.foundation.prices import PriceUnit, check_tables
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -183,9 +183,6 @@ ProviderConfig = Annotated[
 ]
 
 
-PriceUnitName = Literal["hour", "vcpu-hour", "gib-hour", "gpu-hour", "gib-month", "gib-egress"]
-
-
 class PriceItem(_Strict):
     """One on-prem price. A flavor the catalog may not know can state its shape here (``vcpus``,
     ``ram_gib``, ``gpu: H100:1``, ``arch``) so it is comparable with the public clouds; component
@@ -193,7 +190,7 @@ class PriceItem(_Strict):
 
     flavor: str = Field(min_length=1)
     amount: Decimal = Field(ge=0)
-    unit: PriceUnitName = "hour"
+    unit: PriceUnit = PriceUnit.HOUR
     os: str = "linux"
     vcpus: int | None = Field(default=None, ge=1, le=100_000)
     ram_gib: Decimal | None = Field(default=None, gt=0, le=1_000_000)
@@ -205,11 +202,11 @@ class PriceItem(_Strict):
     def _shape(self) -> PriceItem:
         if (self.vcpus is None) != (self.ram_gib is None):
             raise ValueError("give both vcpus and ram_gib for a shape, or neither")
-        if self.vcpus is not None and self.unit != "hour":
+        if self.vcpus is not None and self.unit != PriceUnit.HOUR:
             raise ValueError(f"a shape is priced per instance-hour (unit: hour), not per {self.unit}")
-        if self.unit == "gpu-hour" and not self.gpu:
+        if self.unit == PriceUnit.GPU_HOUR and not self.gpu:
             raise ValueError("a gpu-hour price needs the GPU model (gpu: H100)")
-        if self.gpu and self.vcpus is None and self.unit != "gpu-hour":
+        if self.gpu and self.vcpus is None and self.unit != PriceUnit.GPU_HOUR:
             raise ValueError("a GPU belongs to a shape: give vcpus and ram_gib too")
         return self
 
