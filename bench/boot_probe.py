@@ -1,5 +1,5 @@
 """How long the console boot check takes: a libvirt domain booted from our boot-sector disk
-(bench/bootdisk.py) under QEMU TCG, timed from ``create_vm`` to "running" and to the marker line in its
+(metavmm/translators/bootdisk.py) under QEMU TCG, timed from ``create_vm`` to "running" and to the marker line in its
 console log, side by side with the old check (running, then stable for 2 s).
 
     .venv/bin/python -m bench.boot_probe [--runs 5]
@@ -16,11 +16,11 @@ import statistics
 import time
 import uuid
 
-from bench.bootdisk import marker_line, write_boot_disk
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.drivers.libvirt import LibvirtDriver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.records import VmSpec, VmState
+from metavmm.translators.bootdisk import marker_line, write_boot_disk
 
 OLD_STABLE_S = 2.0
 

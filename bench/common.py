@@ -33,10 +33,10 @@ def sim_snapshot(sites: int, hosts_per_site: int, *, seed: int = 7, gpu_models: 
         prices = []
         for s in inventory.sites:
             factor = Decimal(str(round(rng.uniform(0.6, 1.6), 3)))
-            for name, base in (("custom.vcpu", "0.02"), ("custom.gib-ram", "0.004"), ("custom.gpu.H100", "2.5"),
-                               ("custom.gpu.A30", "0.9")):
-                prices.append(PriceInfo(name, s.region, Decimal(base) * factor, "USD", "bench (varied)",
-                                        date(2026, 1, 1)))
+            for unit, base, gpu in (("vcpu-hour", "0.02", None), ("gib-hour", "0.004", None),
+                                    ("gpu-hour", "2.5", "H100"), ("gpu-hour", "0.9", "A30")):
+                prices.append(PriceInfo("custom", s.region, Decimal(base) * factor, "USD", "bench (varied)",
+                                        date(2026, 1, 1), unit, gpu_model=gpu))
         inventory = replace(inventory, prices=tuple(prices))
     return snapshot_from_inventories([(cfg.name, "sim", True, driver.capabilities, inventory)], settings=settings)
 

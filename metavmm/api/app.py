@@ -24,6 +24,7 @@ from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.config import FederationConfig
+from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.loop import start_operations
 from metavmm.services.placement import Placer
@@ -78,6 +79,7 @@ async def _periodic_sync(app: web.Application) -> None:
                     log.warning("inventory of %s: %s", result.provider, result.error)
                 else:
                     log.info("inventory of %s synced in %.2fs", result.provider, result.seconds)
+            await ensure_builtin_images(app[keys.SESSIONS], cfg)  # after an inventory: the sites it replicates to
         except Exception:
             log.exception("inventory sync failed")
         if cfg.federation.sync_interval_s <= 0:

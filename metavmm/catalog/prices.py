@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Price, Provider, utcnow
 from metavmm.foundation.errors import NotFound
-from metavmm.foundation.prices import PriceRecord
+from metavmm.foundation.prices import COMPONENT_UNITS, PriceRecord
 
 
 async def store_prices(session: AsyncSession, records: Sequence[PriceRecord], provider: Provider | None = None,
@@ -98,4 +98,5 @@ def records_from_infos(infos: Iterable[Any], source_kind: str) -> list[PriceReco
     """Driver-reported prices (:class:`metavmm.drivers.base.PriceInfo`) as records."""
     return [PriceRecord(provider_kind=source_kind, region=p.region, flavor=p.flavor, amount=p.amount,
                         currency=p.currency, source=p.source, effective_date=p.effective_date, unit=p.unit,
-                        os=p.os, where=p.source) for p in infos]
+                        os=p.os, family=p.flavor if p.unit in COMPONENT_UNITS else None,
+                        gpu_model=p.gpu_model, where=p.source) for p in infos]

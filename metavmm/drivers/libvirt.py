@@ -83,6 +83,36 @@ _ERROR_TYPES: dict[int, type[DriverError]] = {
 }
 
 
+SYSTEM_STORAGE_ROOT = Path("/var/lib/metavmm/libvirt")
+"""Where a broker running as root keeps a local system daemon's disks by default (see default_storage_dir)."""
+
+
+def default_storage_dir(name: str, uri: str) -> Path:
+    """Where provider ``name``'s disks and images go when the federation file names no ``storage_dir``.
+
+    The system daemon starts QEMU as its own user (``libvirt-qemu``), which must open every disk and
+    image: under root's state directory (``/root/.local/share``, mode 0700) it cannot. So a broker
+    running as root beside a local system daemon keeps them in ``/var/lib/metavmm/libvirt/<name>``
+    (directories QEMU may pass through, see :func:`make_reachable_dirs`). A session daemon runs QEMU as
+    the broker's own user, and a state directory moved on purpose (``$METAVMM_STATE_DIR``: a test, an
+    operator) is taken as given: both keep ``<state dir>/libvirt/<name>``.
+    """
+    parsed = urlparse(uri)
+    system = parsed.path.rstrip("/") == "/system" and not parsed.hostname
+    if system and os.geteuid() == 0 and not os.environ.get("METAVMM_STATE_DIR"):
+        return SYSTEM_STORAGE_ROOT / name
+    return state_dir() / "libvirt" / name
+
+
+def make_reachable_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents so that other users (QEMU) may pass through them (0711,
+    whatever the umask) but not list them; existing directories are left as they are."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o711)
+
+
 class LibvirtDriver(DriverBase):
     kind: ClassVar[str] = "libvirt"
     capabilities = frozenset({
@@ -111,7 +141,7 @@ class LibvirtDriver(DriverBase):
         site = config.sites[0] if config.sites else None
         self.site = SiteInfo(site.region, tuple(site.zones), site.country, site.location) if site \
             else SiteInfo("local")
-        self.storage_dir = Path(config.storage_dir or state_dir() / "libvirt" / config.name)
+        self.storage_dir = Path(config.storage_dir or default_storage_dir(config.name, config.endpoint))
         self._conn: libvirt.virConnect | None = None
         self._lock = asyncio.Lock()
         self._host: str | None = None  # the daemon's host name
@@ -198,7 +228,7 @@ class LibvirtDriver(DriverBase):
         if urlparse(self.uri).hostname:
             return 0  # a remote daemon: its free disk is not ours to measure
         try:
-            self.storage_dir.mkdir(parents=True, exist_ok=True)
+            make_reachable_dirs(self.storage_dir)
             st = os.statvfs(self.storage_dir)
             return st.f_bavail * st.f_frsize // 2**30
         except OSError:
@@ -316,6 +346,7 @@ class LibvirtDriver(DriverBase):
         each start, deleted with the domain): :meth:`console_output` reads it for boot checks.
         """
         vm_uuid = str(uuid.uuid4())
+        make_reachable_dirs(self.storage_dir)
         disk = self.storage_dir / "disks" / f"{vm_uuid}.qcow2"
         console = self._console_log(disk.parent, vm_uuid)
         seed = None

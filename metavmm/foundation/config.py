@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from metavmm.foundation.currencies import normalise_currency
 from metavmm.foundation.errors import ConfigError
 from metavmm.foundation.kinds import KINDS
-from metavmm.foundation.prices import check_tables
+from metavmm.foundation.prices import PriceUnit, check_tables
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -183,9 +183,6 @@ ProviderConfig = Annotated[
 ]
 
 
-PriceUnitName = Literal["hour", "vcpu-hour", "gib-hour", "gpu-hour", "gib-month", "gib-egress"]
-
-
 class PriceItem(_Strict):
     """One on-prem price. A flavor the catalog may not know can state its shape here (``vcpus``,
     ``ram_gib``, ``gpu: H100:1``, ``arch``) so it is comparable with the public clouds; component
@@ -193,7 +190,7 @@ class PriceItem(_Strict):
 
     flavor: str = Field(min_length=1)
     amount: Decimal = Field(ge=0)
-    unit: PriceUnitName = "hour"
+    unit: PriceUnit = PriceUnit.HOUR
     os: str = "linux"
     vcpus: int | None = Field(default=None, ge=1, le=100_000)
     ram_gib: Decimal | None = Field(default=None, gt=0, le=1_000_000)
@@ -205,11 +202,11 @@ class PriceItem(_Strict):
     def _shape(self) -> PriceItem:
         if (self.vcpus is None) != (self.ram_gib is None):
             raise ValueError("give both vcpus and ram_gib for a shape, or neither")
-        if self.vcpus is not None and self.unit != "hour":
+        if self.vcpus is not None and self.unit != PriceUnit.HOUR:
             raise ValueError(f"a shape is priced per instance-hour (unit: hour), not per {self.unit}")
-        if self.unit == "gpu-hour" and not self.gpu:
+        if self.unit == PriceUnit.GPU_HOUR and not self.gpu:
             raise ValueError("a gpu-hour price needs the GPU model (gpu: H100)")
-        if self.gpu and self.vcpus is None and self.unit != "gpu-hour":
+        if self.gpu and self.vcpus is None and self.unit != PriceUnit.GPU_HOUR:
             raise ValueError("a GPU belongs to a shape: give vcpus and ram_gib too")
         return self
 
@@ -328,6 +325,14 @@ class FederationInfo(_Strict):
     name: str = "metavmm"
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     sync_interval_s: int = Field(default=300, ge=0, description="0 disables periodic inventory sync")
+    builtin_images: bool = Field(
+        default=False, description="publish the built-in image metavmm/tiny (a 1 MiB disk the broker builds, "
+        "which prints a line on its serial console and halts) after the first inventory, with a replica at "
+        "every libvirt site on this machine: an os_tpl that exists with no download")
+    default_image: str | None = Field(
+        default=None, min_length=1, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ +/-]*$",
+        description="the image (publisher/name, name or id) of an OCCI compute that names no os_tpl "
+        "(GFD.224 allows a server default), e.g. metavmm/tiny")
 
 
 class OidcConfig(_Strict):
@@ -522,7 +527,7 @@ def parse_config(text: str, source: str = "<config>") -> FederationConfig:
     """Parse and validate a federation file's text; raise ConfigError with located messages."""
     cfg = parse_yaml_model(text, source, FederationConfig)
     if cfg.prices:
-        check_tables(cfg.prices, text, source)
+        check_tables(cfg.prices, text, source, {p.name for p in cfg.providers if not KINDS[p.kind].lists_flavors})
     return cfg
 
 

@@ -31,13 +31,17 @@ class ProviderKindInfo:
     """Its network service gives each port its MAC (neutron): the broker draws none and records none."""
     mac_range: tuple[str, int] = QEMU_MACS
     """Where a broker-drawn MAC comes from: the prefix and the largest fourth byte the platform accepts."""
+    lists_flavors: bool = True
+    """Its inventory lists flavors (named shapes). False: a VM takes any shape (libvirt, vCenter), so an
+    hourly price there must state the shape it is for; the scheduler has no flavor to learn it from."""
 
 
 KINDS: Mapping[str, ProviderKindInfo] = MappingProxyType({k.name: k for k in (
-    ProviderKindInfo("libvirt", "metavmm.drivers.libvirt:LibvirtDriver", "libvirt", "qemu"),
+    ProviderKindInfo("libvirt", "metavmm.drivers.libvirt:LibvirtDriver", "libvirt", "qemu", lists_flavors=False),
     ProviderKindInfo("openstack", "metavmm.drivers.openstack:OpenStackDriver", "openstack", "kvm", assigns_mac=True),
     # vCenter accepts manually set MACs only in VMware's static range 00:50:56:00:00:00-00:50:56:3F:FF:FF
-    ProviderKindInfo("vmware", "metavmm.drivers.vmware:VmwareDriver", "vmware", "esxi", mac_range=("00:50:56", 0x3F)),
+    ProviderKindInfo("vmware", "metavmm.drivers.vmware:VmwareDriver", "vmware", "esxi", mac_range=("00:50:56", 0x3F),
+                     lists_flavors=False),
     ProviderKindInfo("aws", "metavmm.drivers.aws:AwsDriver", "aws", "xen"),
     ProviderKindInfo("gcp", "metavmm.drivers.gcp:GcpDriver", "gcp", "kvm"),
     ProviderKindInfo("azure", "metavmm.drivers.azure:AzureDriver", "azure", "hyperv"),

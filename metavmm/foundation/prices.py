@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import yaml
 
@@ -32,15 +33,19 @@ UNIT_CONFUSION_FACTOR = 100
 
 
 class PriceUnit(enum.StrEnum):
+    """The one unit vocabulary: the federation file, every importer, the catalog and the scheduler use it."""
+
     HOUR = "hour"  # one instance of the flavor for one hour
-    VCPU_HOUR = "vcpu-hour"  # component prices, composed into a shape by the comparison
-    GIB_HOUR = "gib-hour"  # RAM
-    GPU_HOUR = "gpu-hour"
+    VCPU_HOUR = "vcpu-hour"  # component prices of a family (flavor: the family's name), composed into a shape
+    GIB_HOUR = "gib-hour"  # RAM, per GiB
+    GPU_HOUR = "gpu-hour"  # per GPU of one model, added to a composed shape that asks for GPUs
     GIB_MONTH = "gib-month"  # storage
     GIB_EGRESS = "gib-egress"  # network egress per GiB
 
 
 COMPONENT_UNITS = frozenset({PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR, PriceUnit.GPU_HOUR})
+COMPUTE_UNITS = frozenset({PriceUnit.HOUR, *COMPONENT_UNITS})
+"""What a compute shape is priced from: an instance-hour price, or a family's component prices."""
 
 
 def normalise_arch(arch: str | None) -> str | None:
@@ -77,6 +82,104 @@ class Shape:
         if self.arch:
             text += f" ({self.arch})"
         return text
+
+
+def excess(shape: Shape, vcpus: int = 0, ram_gib: Decimal = Decimal(0), gpu_model: str | None = None,
+           gpu_count: int = 0, arch: str | None = None) -> float | None:
+    """How far ``shape`` is above a request (0: exact), or None when it does not hold it.
+
+    Each requested dimension adds its relative excess (8 vCPU for 4 requested adds 1.0); a dimension
+    left at 0 means "any". A request without GPUs never takes a GPU shape; an arch given must match.
+    """
+    shape_gib = shape.ram_mib / 1024
+    if shape.vcpus < vcpus or shape_gib < float(ram_gib):
+        return None
+    if arch and shape.arch and shape.arch != arch:
+        return None
+    if gpu_count:
+        if shape.gpu_count < gpu_count or (shape.gpu_model or "").upper() != (gpu_model or "").upper():
+            return None
+    elif shape.gpu_count:
+        return None
+    d = 0.0
+    if vcpus:
+        d += (shape.vcpus - vcpus) / vcpus
+    if ram_gib:
+        d += (shape_gib - float(ram_gib)) / float(ram_gib)
+    if gpu_count:
+        d += (shape.gpu_count - gpu_count) / gpu_count
+    return round(d, 6)
+
+
+# --- composing a shape from component prices ---------------------------------------------------------
+
+
+class PricePart(Protocol):
+    """A price that may be a component: a :class:`PriceRecord`, the comparison's price point, a snapshot row."""
+
+    @property
+    def unit(self) -> str: ...
+
+    @property
+    def family(self) -> str | None: ...
+
+    @property
+    def gpu_model(self) -> str | None: ...
+
+    @property
+    def effective_date(self) -> date | None: ...
+
+
+P = TypeVar("P", bound=PricePart)
+
+
+@dataclass(frozen=True, slots=True)
+class Components(Generic[P]):
+    """What shapes are composed from at one provider and region: each family's vcpu-hour and gib-hour
+    prices, and per GPU model a gpu-hour price that a composed shape asking for GPUs adds."""
+
+    families: Mapping[str, tuple[P, P]] = field(default_factory=dict)  # family -> (vcpu-hour, gib-hour)
+    gpus: Mapping[str, P] = field(default_factory=dict)  # GPU model, upper case -> gpu-hour
+
+    def gpu(self, model: str | None) -> P | None:
+        return self.gpus.get((model or "").upper())
+
+
+def components(parts: Iterable[P], shaped_families: Collection[str] = ()) -> Components[P]:
+    """The component prices of one provider and region, as the comparison and the scheduler both read them.
+
+    A family composes only with both a vcpu-hour and a gib-hour price, and only when it is not also sold
+    as listed shapes (``shaped_families``: GCP's A3 comes as a3-highgpu-8g, never as a custom 4 vCPU
+    machine). Of two prices for one part the newer counts (on a tie, the later one read).
+    """
+    parts_by_key: dict[tuple[str, str], P] = {}
+    gpus: dict[str, P] = {}
+    for p in parts:
+        if p.unit == PriceUnit.GPU_HOUR and p.gpu_model:
+            model = p.gpu_model.upper()
+            if _newer(p, gpus.get(model)):
+                gpus[model] = p
+        elif p.unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR) and p.family and p.family not in shaped_families \
+                and _newer(p, parts_by_key.get((p.family, p.unit))):
+            parts_by_key[(p.family, p.unit)] = p
+    families = {fam: (core, parts_by_key[(fam, PriceUnit.GIB_HOUR)]) for (fam, unit), core in parts_by_key.items()
+                if unit == PriceUnit.VCPU_HOUR and (fam, PriceUnit.GIB_HOUR) in parts_by_key}
+    return Components(families, gpus)
+
+
+def _newer(new: PricePart, old: PricePart | None) -> bool:
+    return old is None or (new.effective_date or date.min) >= (old.effective_date or date.min)
+
+
+def composed_amount(vcpu_hour: Decimal, gib_hour: Decimal, vcpus: int, ram_gib: Decimal,
+                    gpu_hour: Decimal | None = None, gpu_count: int = 0) -> Decimal:
+    """One hour of a composed shape: vCPUs x vcpu-hour + GiB x gib-hour (+ GPUs x gpu-hour)."""
+    amount = vcpu_hour * vcpus + gib_hour * ram_gib
+    if gpu_count:
+        if gpu_hour is None:
+            raise ValueError("a shape with GPUs needs a gpu-hour price")
+        amount += gpu_hour * gpu_count
+    return amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,13 +327,58 @@ def table_records(table: PriceTable, kind: str = "onprem", lines: list[int] | No
     return out
 
 
-def check_tables(tables: list[PriceTable], text: str, source: str) -> None:
+def check_tables(tables: list[PriceTable], text: str, source: str, flavorless: Collection[str] = ()) -> None:
     """Check the federation file's own price tables as a price file is checked (unit confusion
-    included); raise ConfigError with each problem's line."""
+    included), and refuse what the scheduler could not use (:func:`unusable`); raise ConfigError with
+    each problem's line. ``flavorless``: the providers whose VMs take any shape and who list no flavors."""
     try:
-        check_records(price_records(list(tables), text, source, "onprem"))
+        records = check_records(price_records(list(tables), text, source, "onprem"))
+        problems = unusable(records, flavorless)
+        if problems:
+            raise PriceFileError(problems)
     except PriceFileError as exc:
         raise ConfigError("\n".join(exc.problems)) from None
+
+
+def unusable(records: Sequence[PriceRecord], flavorless: Collection[str] = ()) -> list[str]:
+    """On-prem prices the scheduler could not use, each with its place and why.
+
+    The scheduler prices a VM from a flavor's hourly price or from a family's component prices, so it
+    can use neither half of a family (a vcpu-hour without a gib-hour, or the reverse), a gpu-hour with no
+    family to add it to, or an hourly price whose shape it cannot learn: a provider that lists no flavors
+    (libvirt, vCenter) has none to take it from, so such a price must state ``vcpus`` and ``ram_gib``.
+    """
+    problems: list[str] = []
+    groups: dict[tuple[str, str], list[PriceRecord]] = defaultdict(list)
+    for rec in records:
+        groups[(rec.provider or rec.provider_kind, rec.region)].append(rec)
+    for (provider, region), recs in groups.items():
+        at = f"{provider}/{region}"
+        complete: set[tuple[str, str]] = set()
+        for os_name in sorted({r.os for r in recs if r.unit != PriceUnit.GPU_HOUR}):
+            found = components(r for r in recs if r.os == os_name)
+            complete.update((os_name, fam) for fam in found.families)
+        has_family = bool(complete)
+        seen: dict[tuple[str, str, str, str, date], PriceRecord] = {}
+        for rec in recs:
+            unit = rec.unit
+            if unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR) and (rec.os, rec.family or "") not in complete:
+                other = PriceUnit.GIB_HOUR if unit == PriceUnit.VCPU_HOUR else PriceUnit.VCPU_HOUR
+                problems.append(f"{rec.where}: family {rec.family!r} has a {unit} price but no {other} price at "
+                                f"{at} ({rec.os}): the scheduler composes a shape from both")
+            elif unit == PriceUnit.GPU_HOUR and not has_family:
+                problems.append(f"{rec.where}: a gpu-hour price ({rec.gpu_model}) is added to a family's vcpu-hour "
+                                f"and gib-hour prices, and {at} has no such family")
+            elif unit == PriceUnit.HOUR and rec.shape is None and rec.provider in flavorless:
+                problems.append(f"{rec.where}: {rec.provider} lists no flavors, so the scheduler cannot tell what "
+                                f"{rec.flavor!r} is: give its vcpus and ram_gib, or price by parts "
+                                "(unit: vcpu-hour and gib-hour)")
+            key = (rec.flavor, str(unit), rec.os, rec.gpu_model or "", rec.effective_date)
+            if key in seen:
+                problems.append(f"{rec.where}: {rec.flavor} ({unit}, {rec.os}) is priced twice at {at} for "
+                                f"{rec.effective_date} (also {seen[key].where})")
+            seen.setdefault(key, rec)
+    return problems
 
 
 def price_records(tables: list[PriceTable | None], text: str, source: str, kind: str) -> list[PriceRecord]:

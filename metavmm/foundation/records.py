@@ -134,8 +134,9 @@ class PriceInfo:
     currency: str
     source: str
     effective_date: date
-    unit: str = "hour"
+    unit: str = "hour"  # a PriceUnit; for a component price (vcpu-hour, ...) ``flavor`` names the family
     os: str = "linux"
+    gpu_model: str | None = None  # of a gpu-hour price
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
 """What one request costs per hour on one candidate, in the snapshot's currency.
 
-A public flavor costs its listed price. An on-prem host costs what the centre states per vCPU, per GiB
-of RAM and per GPU (a custom shape), or, when it states flavor prices only, the cheapest of its
-flavors that holds the request. A site view costs what its cheapest slot would. When no price can be
-used, :class:`Quote` says why (no price at all, or a price in a currency nobody can convert).
+A public flavor costs its listed price. An on-prem host costs what the price comparison would quote
+for the request's shape at its site (:mod:`metavmm.scheduler.pricing.compare`): the closest priced
+shape, cheapest on a tie, where a family priced by parts (vcpu-hour + gib-hour, plus gpu-hour per GPU
+model) composes the exact shape with the same :func:`~metavmm.foundation.prices.composed_amount`. A
+site view costs what its cheapest slot would. When no price can be used, :class:`Quote` says why (no
+price at all, or a price in a currency nobody can convert).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from metavmm.foundation.prices import Shape, composed_amount, excess
 from metavmm.scheduler.request import PlacementRequest, gib
 from metavmm.scheduler.snapshot import FlavorView, PriceView, SiteView
 from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView
@@ -19,7 +22,7 @@ from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView
 @dataclass(frozen=True, slots=True)
 class Quote:
     per_hour: Decimal | None
-    basis: str = ""  # "custom shape", "flavor sim.large", ...
+    basis: str = ""  # "composed (custom family)", "flavor sim.large", "priced as m1.small"
     problem: str | None = None
 
     @property
@@ -31,6 +34,16 @@ def _fits(f: FlavorView, req: PlacementRequest) -> bool:
     return (f.vcpus >= req.vcpus and f.ram_mib >= req.ram_mib and (f.arch or DEFAULT_ARCH) == (req.cpu_arch or
             (f.arch or DEFAULT_ARCH)) and (not req.gpu_count or (f.gpu_model == req.gpu_model
                                                                 and f.gpu_count >= req.gpu_count)))
+
+
+def _basis(f: FlavorView) -> str:
+    """A flavor the provider lists is what the VM is created as; a shape only a price states is not one."""
+    return f"flavor {f.name}" if f.id >= 0 else f"priced as {f.name}"
+
+
+def _describe(req: PlacementRequest) -> str:
+    return f"{req.vcpus} vCPU / {gib(req.ram_mib)} GiB" + (f" / {req.gpu_count}x {req.gpu_model}"
+                                                          if req.gpu_count else "")
 
 
 def flavor_quote(site: SiteView, flavor: FlavorView) -> Quote:
@@ -47,21 +60,53 @@ def _from_price(price: PriceView | None, basis: str, missing: str) -> Quote:
 
 
 def custom_quote(site: SiteView, req: PlacementRequest) -> Quote | None:
-    """Per-vCPU/GiB/GPU pricing, or None when the site states no such prices."""
-    p = site.prices
-    if p.per_vcpu is None or p.per_gib_ram is None:
+    """The request's exact shape composed from the site's cheapest component family, or None when the
+    site prices no family by parts."""
+    families = site.prices.families
+    if not families:
         return None
-    for part in (p.per_vcpu, p.per_gib_ram):
-        if part.amount is None:
-            return Quote(None, "custom shape", part.problem)
-    amount = p.per_vcpu.amount * req.vcpus + p.per_gib_ram.amount * Decimal(req.ram_mib) / 1024  # type: ignore[operator]
-    if req.gpu_count:
-        gpu = p.per_gpu.get(req.gpu_model or "")
-        if gpu is None or gpu.amount is None:
-            return Quote(None, "custom shape", gpu.problem if gpu else
-                         f"no per-GPU price for {req.gpu_model} at {site.name}")
-        amount += gpu.amount * req.gpu_count
-    return Quote(amount, "custom shape")
+    vcpus, ram_gib = req.vcpus or 1, (Decimal(req.ram_mib) / 1024) or Decimal(1)  # as the comparison composes
+    gpu = site.prices.gpu(req.gpu_model) if req.gpu_count else None
+    if req.gpu_count and gpu is None:
+        return Quote(None, "composed", f"no gpu-hour price for {req.gpu_model} at {site.name}")
+    best: Quote | None = None
+    problem = None
+    for family, (core, ram) in sorted(families.items()):
+        parts = (core, ram, gpu) if gpu is not None else (core, ram)
+        unusable = next((p for p in parts if p.amount is None), None)
+        if unusable is not None:
+            problem = problem or unusable.problem
+            continue
+        amount = composed_amount(core.amount, ram.amount, vcpus, ram_gib,  # type: ignore[arg-type]
+                                 gpu.amount if gpu is not None else None, req.gpu_count)
+        if best is None or amount < best.per_hour:  # type: ignore[operator]
+            best = Quote(amount, f"composed ({family} family)")
+    return best or Quote(None, "composed", problem)
+
+
+def host_quote(site: SiteView, req: PlacementRequest) -> Quote:
+    """What the comparison would quote for the request at this site: the priced shape with the least
+    excess (a composed one is exact), cheapest on a tie."""
+    options: list[tuple[float, Decimal, Quote]] = []
+    composed = custom_quote(site, req)
+    problem = composed.problem if composed is not None else None
+    if composed is not None and composed.per_hour is not None:
+        options.append((0.0, composed.per_hour, composed))
+    ram_gib = Decimal(req.ram_mib) / 1024
+    for f, price in site.prices.ladder:
+        if not _fits(f, req):
+            continue
+        d = excess(Shape(f.vcpus, f.ram_mib, f.gpu_model, f.gpu_count), req.vcpus, ram_gib, req.gpu_model,
+                   req.gpu_count)
+        if d is None:
+            continue
+        if price.amount is None:
+            problem = problem or price.problem
+            continue
+        options.append((d, price.amount, Quote(price.amount, _basis(f))))
+    if options:
+        return min(options, key=lambda o: (o[0], o[1]))[2]
+    return Quote(None, "", problem or f"no price for {_describe(req)} at {site.name}")
 
 
 def cheapest_flavor_quote(site: SiteView, req: PlacementRequest) -> Quote:
@@ -71,11 +116,9 @@ def cheapest_flavor_quote(site: SiteView, req: PlacementRequest) -> Quote:
         if not _fits(f, req):
             continue
         if price.amount is not None:
-            return Quote(price.amount, f"flavor {f.name}")
+            return Quote(price.amount, _basis(f))
         problem = problem or price.problem
-    shape = f"{req.vcpus} vCPU / {gib(req.ram_mib)} GiB" + (f" / {req.gpu_count}x {req.gpu_model}"
-                                                             if req.gpu_count else "")
-    return Quote(None, "", problem or f"no price for {shape} at {site.name}")
+    return Quote(None, "", problem or f"no price for {_describe(req)} at {site.name}")
 
 
 def quote(view: CandidateView, req: PlacementRequest) -> Quote:
@@ -83,9 +126,7 @@ def quote(view: CandidateView, req: PlacementRequest) -> Quote:
     if view.flavor is not None:
         return flavor_quote(view.site, view.flavor)
     if view.site.has_hosts:
-        custom = custom_quote(view.site, req)
-        if custom is not None:
-            return custom
+        return host_quote(view.site, req)
     return cheapest_flavor_quote(view.site, req)
 
 

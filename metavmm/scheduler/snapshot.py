@@ -12,9 +12,10 @@ Prices are normalised into the snapshot's currency at load time through an injec
 with that reason, instead of comparing euros with dollars.
 
 Public clouds expose no hosts: their sites carry flavors only, and candidates there are (site, flavor)
-pairs. On-prem sites carry hosts, priced per vCPU / GiB / GPU when the centre states such prices
-(``custom.vcpu``, ``custom.gib-ram``, ``custom.gpu.<MODEL>`` price items) or by the cheapest flavor of
-the site that fits the request.
+pairs. On-prem sites carry hosts, priced as the price comparison prices a shape: composed from a
+family's component prices (``vcpu-hour`` + ``gib-hour``, plus ``gpu-hour`` per GPU model; see
+:func:`metavmm.foundation.prices.components`) or by the site's priced flavors, those the catalog lists
+and those whose price states its shape.
 """
 
 from __future__ import annotations
@@ -27,20 +28,19 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from sqlalchemy import or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import models as m
 from metavmm.foundation.config import SchedulerSettings
 from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.prices import COMPONENT_UNITS, COMPUTE_UNITS, PriceUnit, Shape, components
 from metavmm.foundation.records import Inventory
 
 Converter = Callable[[Decimal, str], Decimal]
 """``to_currency(amount, currency) -> amount`` in the snapshot's currency (issue 8 provides one)."""
 
-CUSTOM_VCPU = "custom.vcpu"
-CUSTOM_GIB_RAM = "custom.gib-ram"
-CUSTOM_GPU = "custom.gpu."
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -122,11 +122,13 @@ class PriceView:
 
 @dataclass(frozen=True, slots=True)
 class SitePrices:
-    flavors: Mapping[str, PriceView] = field(default_factory=_empty)
-    per_vcpu: PriceView | None = None
-    per_gib_ram: PriceView | None = None
-    per_gpu: Mapping[str, PriceView] = field(default_factory=_empty)
+    flavors: Mapping[str, PriceView] = field(default_factory=_empty)  # hourly prices by flavor name
+    families: Mapping[str, tuple[PriceView, PriceView]] = field(default_factory=_empty)  # (vcpu-hour, gib-hour)
+    gpus: Mapping[str, PriceView] = field(default_factory=_empty)  # gpu-hour by GPU model, upper case
     ladder: tuple[tuple[FlavorView, PriceView], ...] = ()  # the site's priced flavors, cheapest first
+
+    def gpu(self, model: str | None) -> PriceView | None:
+        return self.gpus.get((model or "").upper())
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +276,9 @@ def _price_view(amount: Decimal, currency: str, target: str, to_currency: Conver
 
 @dataclass(frozen=True, slots=True)
 class PriceRow:
-    """One hourly price as the builder needs it (a ``Price`` row or a driver's ``PriceInfo``)."""
+    """One compute price as the builder needs it (a ``Price`` row or a driver's ``PriceInfo``): an
+    instance-hour price of a flavor (its shape when the price states one), or a component price of a
+    family (``flavor`` is then the family, as in the federation file)."""
 
     provider_id: int
     region: str
@@ -283,21 +287,46 @@ class PriceRow:
     currency: str
     source: str = ""
     effective_date: date | None = None
+    unit: str = PriceUnit.HOUR
+    gpu_model: str | None = None  # of a gpu-hour price
+    shape: Shape | None = None  # of an hourly price that states it
+    listed_family: str | None = None  # an hourly price's family: the family is sold as listed shapes only
+
+    @property
+    def family(self) -> str | None:
+        return self.flavor if self.unit in COMPONENT_UNITS else self.listed_family
 
 
 def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter | None) -> SitePrices:
+    def view(r: PriceRow) -> PriceView:
+        return _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
+
     latest: dict[str, PriceRow] = {}
     for row in rows:
+        if row.unit != PriceUnit.HOUR:
+            continue
         old = latest.get(row.flavor)
         if old is None or (row.effective_date or date.min) >= (old.effective_date or date.min):
             latest[row.flavor] = row
-    views = {name: _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
-             for name, r in latest.items()}
+    shaped = {r.listed_family for r in latest.values() if r.listed_family}
+    parts = components(rows, shaped)
     return SitePrices(
-        flavors=frozen_map({k: v for k, v in views.items() if not k.startswith("custom.")}),
-        per_vcpu=views.get(CUSTOM_VCPU), per_gib_ram=views.get(CUSTOM_GIB_RAM),
-        per_gpu=frozen_map({k[len(CUSTOM_GPU):]: v for k, v in views.items() if k.startswith(CUSTOM_GPU)}),
+        flavors=frozen_map({name: view(r) for name, r in latest.items()}),
+        families=frozen_map({fam: (view(core), view(ram)) for fam, (core, ram) in parts.families.items()}),
+        gpus=frozen_map({model: view(r) for model, r in parts.gpus.items()}),
     )
+
+
+def _stated_flavors(rows: Sequence[PriceRow], known: set[str], provider_id: int, site_id: int) -> list[FlavorView]:
+    """Flavors an hourly price states the shape of but the catalog does not list (an on-prem price table
+    for a provider without flavors): the site's hosts are priced by them too, as the comparison does."""
+    out: dict[str, FlavorView] = {}
+    for r in rows:
+        if r.unit == PriceUnit.HOUR and r.shape is not None and r.flavor not in known:
+            sh = r.shape
+            out[r.flavor] = FlavorView(-1, r.flavor, provider_id, site_id, sh.vcpus, sh.ram_mib, 0, sh.gpu_model,
+                                       sh.gpu_count, sh.arch)
+    return list(out.values())
 
 
 def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: Sequence[tuple[int, int, str, str,
@@ -332,8 +361,12 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
         else:
             hv = settings.public_hypervisors.get(provider.kind)
             hvs = frozenset({hv}) if hv else frozenset()
-        prices_here = _site_prices(prices_by_site.get((provider_id, region), ()), currency, to_currency)
-        ladder = [(f, prices_here.flavors[f.name]) for f in site_flavors if f.name in prices_here.flavors]
+        rows_here = prices_by_site.get((provider_id, region), ())
+        prices_here = _site_prices(rows_here, currency, to_currency)
+        priced = list(site_flavors)
+        if site_hosts:
+            priced += _stated_flavors(rows_here, {f.name for f in site_flavors}, provider_id, site_id)
+        ladder = [(f, prices_here.flavors[f.name]) for f in priced if f.name in prices_here.flavors]
         ladder.sort(key=lambda fp: (fp[1].amount is None, fp[1].amount or 0, fp[0].vcpus, fp[0].ram_mib))
         prices_here = replace(prices_here, ladder=tuple(ladder))
         views.append(SiteView(site_id, name, region, provider, country, site_hosts, site_flavors, prices_here, hvs,
@@ -376,11 +409,9 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
         flavors.append(FlavorView(f.id, f.name, f.provider_id, f.site_id, f.vcpus, f.ram_mib, f.disk_gib,
                                   f.gpu_model, f.gpu_count, f.arch, frozenset(feats) if feats is not None else None,
                                   extra.get("nested_virt")))
-    prices = [PriceRow(p.provider_id, p.region, p.flavor_name, Decimal(p.amount), p.currency, p.source,
-                       p.effective_date)
-              for p in (await session.exec(select(m.Price).where(m.Price.unit == "hour",
-                                                                 m.Price.os == "linux"))).all()
-              if p.provider_id is not None]
+    prices = [_price_row(p) for p in (await session.exec(select(m.Price).where(
+        m.Price.provider_id.is_not(None), m.Price.unit.in_(COMPUTE_UNITS),  # type: ignore[union-attr, attr-defined]
+        or_(m.Price.os == "linux", m.Price.unit == PriceUnit.GPU_HOUR)))).all()]
     images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes)
               for i in (await session.exec(select(m.Image))).all()]
     replicas = [ReplicaView(r.image_id, r.site_id, r.format, r.size_bytes)
@@ -416,6 +447,15 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
                           usage=usage, projects=projects, settings=settings, to_currency=to_currency)
 
 
+def _price_row(p: m.Price) -> PriceRow:
+    shape = None
+    if p.unit == PriceUnit.HOUR and p.vcpus and p.ram_mib:
+        shape = Shape(p.vcpus, p.ram_mib, p.gpu_model, p.gpu_count or 0, p.arch)
+    return PriceRow(p.provider_id or 0, p.region, p.flavor_name, Decimal(p.amount), p.currency, p.source,
+                    p.effective_date, p.unit, p.gpu_model if p.unit == PriceUnit.GPU_HOUR else None, shape,
+                    p.family if p.unit == PriceUnit.HOUR else None)
+
+
 def snapshot_from_inventories(entries: Sequence[tuple[str, str, bool, Iterable[str], Inventory]], *,
                               currency: str = "USD", settings: SchedulerSettings | None = None,
                               to_currency: Converter | None = None) -> Snapshot:
@@ -443,8 +483,9 @@ def snapshot_from_inventories(entries: Sequence[tuple[str, str, bool, Iterable[s
             flavors.append(FlavorView(flavor_id, f.name, pid, region_ids.get(f.region) if f.region else None,
                                       f.vcpus, f.ram_mib, f.disk_gib, f.gpu_model, f.gpu_count, f.arch,
                                       frozenset(feats) if feats is not None else None, f.extra.get("nested_virt")))
-        prices.extend(PriceRow(pid, p.region, p.flavor, p.amount, p.currency, p.source, p.effective_date)
-                      for p in inv.prices if p.unit == "hour")
+        prices.extend(PriceRow(pid, p.region, p.flavor, p.amount, p.currency, p.source, p.effective_date, p.unit,
+                               p.gpu_model)
+                      for p in inv.prices if p.unit in COMPUTE_UNITS and p.os == "linux")
     return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
                           prices=prices, settings=settings, to_currency=to_currency)
 

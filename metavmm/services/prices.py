@@ -24,6 +24,7 @@ from metavmm.catalog.models import Provider
 from metavmm.catalog.prices import store_prices
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import NotFound, ValidationError
+from metavmm.foundation.kinds import KINDS
 from metavmm.foundation.prices import PriceFileError
 from metavmm.scheduler.pricing import Comparison, PriceBook, PriceScope, RateTable, ShapeRequest, compare
 
@@ -47,13 +48,16 @@ async def import_price_file(maker: async_sessionmaker[AsyncSession], kind: str, 
         raise ValidationError(f"unknown price source {kind!r}; expected one of {', '.join(IMPORTERS)}")
     async with maker() as session:
         row = await _provider(session, provider) if provider else None
+        kinds = (await session.exec(select(Provider.name, Provider.kind))).all()
     expected = IMPORTER_KINDS[kind]
     if row is not None and expected and row.kind != expected:
         raise ValidationError(f"provider {provider} is a {row.kind} provider; {kind} prices belong to {expected}")
     table = await asyncio.to_thread(load_shapes, shapes) if shapes else None
     started = time.perf_counter()
     opts = ImportOptions(shapes=table, provider=provider,
-                         provider_kind=row.kind if row is not None and kind == "libcloud" else None)
+                         provider_kind=row.kind if row is not None and kind == "libcloud" else None,
+                         flavorless=frozenset(name for name, k in kinds
+                                              if (info := KINDS.get(k)) is not None and not info.lists_flavors))
     result = await asyncio.to_thread(import_file, kind, path, opts)
     parsed = time.perf_counter()
     if not result.records:

@@ -109,8 +109,9 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
             if sum(map(len, err_parts)) > 1 << 20:  # keep only the recent part of a chatty tool
                 err_parts[:] = ["".join(err_parts)[-(1 << 16):]]
 
+    pumps = asyncio.gather(pump_stdout(), pump_stderr(), proc.wait())
     try:
-        await asyncio.wait_for(asyncio.gather(pump_stdout(), pump_stderr(), proc.wait()), limits.timeout_s)
+        await asyncio.wait_for(pumps, limits.timeout_s)
     except TimeoutError as exc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
@@ -120,6 +121,8 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
+        if pumps.done() and not pumps.cancelled():
+            pumps.exception()  # cancelled with its caller (a shutdown): retrieved, so asyncio logs no traceback
         raise
     stdout, stderr = "".join(out_parts), "".join(err_parts)
     rc = proc.returncode if proc.returncode is not None else -1

@@ -71,7 +71,7 @@ prices:
     currency: TWD
     effective_date: 2026-07-01
     source: centre cost model
-    items: [{flavor: m1.highmem4, amount: "6.68"}]
+    items: [{flavor: m1.highmem4, vcpus: 4, ram_gib: 32, amount: "6.68"}]
 """)
     results = {r.provider: r for r in await sync_all(sessions, cfg)}
     assert results["good"].error is None and results["good"].counts.hosts == 6

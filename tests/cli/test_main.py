@@ -29,6 +29,17 @@ def test_config_check_reports_typo_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in out + err
 
 
+def test_config_check_refuses_a_price_the_scheduler_cannot_use(tmp_path: Path) -> None:
+    default = (REPO / "config" / "default.yaml").read_text()
+    half = "\n".join(line for line in default.splitlines() if "unit: gib-hour" not in line)  # vcpu-hour alone
+    bad = tmp_path / "fed.yaml"
+    bad.write_text(half)
+    line = next(i for i, text in enumerate(half.splitlines(), 1) if "unit: vcpu-hour" in text)
+    code, out, err = run("config", "check", str(bad))
+    assert code == 1 and "Traceback" not in out + err
+    assert f"{bad}:{line}: family 'custom' has a vcpu-hour price but no gib-hour price at local-libvirt/local" in err
+
+
 def test_config_check_summarises_default() -> None:
     code, out, _ = run("config", "check")
     assert code == 0 and "local-libvirt" in out and "demo-sim" in out

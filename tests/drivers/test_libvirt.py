@@ -14,12 +14,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from bench.bootdisk import marker_line, write_boot_disk
 from metavmm.drivers.base import Driver
 from metavmm.drivers.libvirt import LibvirtDriver
 from metavmm.foundation.config import LibvirtProvider
 from metavmm.foundation.errors import DriverError, ProviderConflict, ProviderNotFound, ValidationError
 from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
+from metavmm.translators.bootdisk import marker_line, write_boot_disk
 from metavmm.translators.cpu_traits import cpu_traits
 from tests.drivers.conftest import SessionHost, qemu_img, unique
 

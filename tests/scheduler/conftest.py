@@ -34,12 +34,18 @@ def host(hid: int, site_id: int, *, cores: int = 32, mem_gib: int = 256, used_vc
 
 
 def prices(provider_id: int, region: str, currency: str = "USD", **items: str) -> list[PriceRow]:
-    """Price rows; keyword names use '_' for '.' and '-' (custom_vcpu -> custom.vcpu)."""
-    rows = []
-    for key, amount in items.items():
-        name = {"custom_vcpu": "custom.vcpu", "custom_gib_ram": "custom.gib-ram"}.get(key, key)
-        name = name.replace("custom_gpu_", "custom.gpu.").replace("__", ".")
-        rows.append(PriceRow(provider_id, region, name, Decimal(amount), currency, "test", date(2026, 1, 1)))
+    """Hourly flavor prices; keyword names use '__' for '.' (m5__xlarge -> m5.xlarge)."""
+    return [PriceRow(provider_id, region, key.replace("__", "."), Decimal(amount), currency, "test", date(2026, 1, 1))
+            for key, amount in items.items()]
+
+
+def parts(provider_id: int, region: str, vcpu_hour: str, gib_hour: str, currency: str = "USD",
+          family: str = "custom", **gpu_hour: str) -> list[PriceRow]:
+    """A family priced by parts (vcpu-hour, gib-hour), with a gpu-hour price per GPU model keyword."""
+    rows = [PriceRow(provider_id, region, family, Decimal(vcpu_hour), currency, "test", date(2026, 1, 1), "vcpu-hour"),
+            PriceRow(provider_id, region, family, Decimal(gib_hour), currency, "test", date(2026, 1, 1), "gib-hour")]
+    rows += [PriceRow(provider_id, region, family, Decimal(amount), currency, "test", date(2026, 1, 1), "gpu-hour",
+                      model) for model, amount in gpu_hour.items()]
     return rows
 
 
@@ -75,12 +81,12 @@ def federation() -> Callable[..., Snapshot]:
             FlavorView(201, "Standard_E4s_v5", 3, None, 4, 32768, arch="x86_64"),
         ]
         rows = [
-            *prices(1, "hsinchu", custom_vcpu="0.010", custom_gib_ram="0.002", custom_gpu_A30="0.50"),
-            *prices(1, "taichung", custom_vcpu="0.020", custom_gib_ram="0.004", custom_gpu_H100="6.0"),
+            *parts(1, "hsinchu", "0.010", "0.002", A30="0.50"),
+            *parts(1, "taichung", "0.020", "0.004", H100="6.0"),
             *prices(2, "us-east-1", **{"m5.xlarge": "0.192", "r5.xlarge": "0.252", "p5.48xlarge": "98.32",
                                         "m7g.xlarge": "0.163"}),
             *prices(3, "westeurope", currency=kw.pop("azure_currency", "USD"), Standard_E4s_v5="0.296"),
-            *prices(4, "dc1", custom_vcpu="0.015", custom_gib_ram="0.003"),
+            *parts(4, "dc1", "0.015", "0.003"),
             *extra_prices,
         ]
         return build_snapshot(currency=currency, providers=providers, sites=sites,

@@ -27,7 +27,7 @@ prices:
     currency: USD
     effective_date: 2026-01-01
     source: test
-    items: [{flavor: custom.vcpu, amount: "0.01"}, {flavor: custom.gib-ram, amount: "0.002"}]
+    items: [{flavor: custom, unit: vcpu-hour, amount: "0.01"}, {flavor: custom, unit: gib-hour, amount: "0.002"}]
 """
 
 
@@ -53,7 +53,8 @@ async def test_loads_everything_frozen(sessions) -> None:  # type: ignore[no-unt
     assert {site.name for site in snap.sites} == {"home/r1", "eu/fra"}
     home = snap.site_named("r1")
     assert len(home.hosts) == 3 and home.country == "TW" and home.hypervisors == frozenset({"kvm"})
-    assert home.prices.per_vcpu.amount == Decimal("0.01") and home.prices.per_vcpu.effective_date == date(2026, 1, 1)
+    vcpu, gib = home.prices.families["custom"]
+    assert vcpu.amount == Decimal("0.01") and vcpu.effective_date == date(2026, 1, 1) and gib.amount == Decimal("0.002")
     eu = snap.site_named("fra")
     assert not eu.hosts and eu.flavors and eu.prices.flavors["sim.small"].problem == \
         "price in EUR; no currency converter to compare with USD"

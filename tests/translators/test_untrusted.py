@@ -143,6 +143,22 @@ async def test_tools_are_killed_at_their_time_limit() -> None:
         await run_tool(["sleep", "30"], limits=Limits(timeout_s=0.3))
 
 
+async def test_a_cancelled_tool_is_killed_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker shutting down cancels the task running a tool: the tool dies, and asyncio logs nothing."""
+    import asyncio
+    import gc
+
+    task = asyncio.create_task(run_tool(["sleep", "30"]))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    del task
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+
+
 def test_format_detection_reads_magic_not_the_name(raw_disk: DiskRef, tmp_path: Path) -> None:
     for fmt, opts in (("vpc", "subformat=fixed"), ("vpc", "subformat=dynamic"), ("vdi", ""), ("vhdx", ""),
                       ("vmdk", ""), ("qcow2", "")):

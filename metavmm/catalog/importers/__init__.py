@@ -23,12 +23,13 @@ class ImportOptions:
     shapes: ShapeTable | None = None
     provider: str | None = None  # the configured provider the prices belong to
     provider_kind: str | None = None  # keep only this kind's prices (multi-provider files)
+    flavorless: frozenset[str] = frozenset()  # on-prem: providers that list no flavors (libvirt, vCenter)
 
 
 def _onprem(text: str, source: str, opts: ImportOptions) -> ImportResult:
     from metavmm.catalog.importers import onprem
 
-    return onprem.parse(text, source, provider=opts.provider)
+    return onprem.parse(text, source, provider=opts.provider, flavorless=opts.flavorless)
 
 
 def _libcloud(text: str, source: str, opts: ImportOptions) -> ImportResult:

@@ -4,8 +4,9 @@ For a requested shape (vCPU, GiB, GPU model and count, arch) each provider and r
 best matching flavor: the one that satisfies the request with the least excess, cheapest on a tie.
 Excess is measured per requested dimension, relative to the request (``distance`` 0 is an exact
 match; 8 vCPU for 4 requested adds 1.0). Dimensions not requested (0) are "any". A request
-without GPUs never matches a GPU flavor. Families priced by parts (vCPU-hour + GiB-hour [+ GPU-hour],
-e.g. GCP custom machines or an on-prem cost model) are composed to the exact request.
+without GPUs never matches a GPU flavor. Families priced by parts (vcpu-hour + gib-hour [+ gpu-hour],
+e.g. GCP custom machines or an on-prem cost model) are composed to the exact request, exactly as the
+scheduler prices an on-prem host (both use :mod:`metavmm.foundation.prices`).
 
 Quotes are ranked by what the request costs: the instance-hour price, or for GPU requests the price
 per GPU-hour times the GPUs requested (an 8-GPU VM's price divided by 8 for one GPU). Every quote
@@ -22,7 +23,7 @@ from datetime import date
 from decimal import Decimal
 
 from metavmm.foundation.errors import ValidationError
-from metavmm.foundation.prices import PriceUnit, Shape, normalise_arch
+from metavmm.foundation.prices import PriceUnit, Shape, components, composed_amount, excess, normalise_arch
 from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
 
@@ -70,24 +71,7 @@ class ShapeRequest:
 
 def distance(shape: Shape, req: ShapeRequest) -> float | None:
     """How far ``shape`` is above the request (0: exact), or None when it does not satisfy it."""
-    ram_gib = shape.ram_mib / 1024
-    if shape.vcpus < req.vcpus or ram_gib < float(req.ram_gib):
-        return None
-    if req.arch and shape.arch and shape.arch != req.arch:
-        return None
-    if req.gpu_count:
-        if shape.gpu_count < req.gpu_count or (shape.gpu_model or "").upper() != req.gpu_model:
-            return None
-    elif shape.gpu_count:
-        return None
-    d = 0.0
-    if req.vcpus:
-        d += (shape.vcpus - req.vcpus) / req.vcpus
-    if req.ram_gib:
-        d += (ram_gib - float(req.ram_gib)) / float(req.ram_gib)
-    if req.gpu_count:
-        d += (shape.gpu_count - req.gpu_count) / req.gpu_count
-    return round(d, 6)
+    return excess(shape, req.vcpus, req.ram_gib, req.gpu_model, req.gpu_count, req.arch)
 
 
 @dataclass(frozen=True)
@@ -134,34 +118,25 @@ def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: se
                 ) -> Iterable[tuple[PricePoint, Shape, bool, Decimal, list[PricePoint]]]:
     """(point, shape, composed, amount, parts) for every priced shape of one provider and region.
 
-    A family composes to the exact request only when it is not sold as listed machine types
-    (``shaped_families``): GCP's A3 comes as a3-highgpu-8g, never as a custom 4 vCPU machine.
+    Component families are grouped as the scheduler groups them (:func:`components`) and composed to
+    the exact request by the same :func:`composed_amount`.
     """
-    parts: dict[tuple[str, str], PricePoint] = {}
-    gpus: dict[str, PricePoint] = {}
     for p in points:
         if p.unit == PriceUnit.HOUR and p.shape is not None and p.os == req.os:
             yield p, p.shape, False, p.amount, [p]
-        elif p.unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR) and p.family and p.os == req.os:
-            parts[(p.family, p.unit)] = p
-        elif p.unit == PriceUnit.GPU_HOUR and p.gpu_model:
-            gpus[p.gpu_model.upper()] = p
-    for (family, unit), core in parts.items():
-        if unit != PriceUnit.VCPU_HOUR or family in shaped_families:
+    parts = components((p for p in points if p.os == req.os or p.unit == PriceUnit.GPU_HOUR), shaped_families)
+    vcpus, ram_gib = req.vcpus or 1, req.ram_gib or Decimal(1)  # a dimension not asked for: the smallest
+    for core, ram in parts.families.values():
+        if ram.currency != core.currency:
             continue
-        ram = parts.get((family, PriceUnit.GIB_HOUR))
-        if ram is None or ram.currency != core.currency:
-            continue
-        vcpus = max(req.vcpus, 1)
-        ram_gib = max(req.ram_gib, Decimal(1))
-        amount = core.amount * vcpus + ram.amount * ram_gib
         used = [core, ram]
+        gpu = parts.gpu(req.gpu_model) if req.gpu_count else None
         if req.gpu_count:
-            gpu = gpus.get(req.gpu_model or "")
             if gpu is None or gpu.currency != core.currency:
                 continue
-            amount += gpu.amount * req.gpu_count
             used.append(gpu)
+        amount = composed_amount(core.amount, ram.amount, vcpus, ram_gib, gpu.amount if gpu else None,
+                                 req.gpu_count)
         shape = Shape(vcpus, math.ceil(ram_gib * 1024), req.gpu_model if req.gpu_count else None, req.gpu_count,
                       req.arch)
         yield core, shape, True, amount, used

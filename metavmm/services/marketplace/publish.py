@@ -126,8 +126,11 @@ async def _from_ova(ova_path: Path, ova_digests: Digests, limits: ImageLimits) -
 
 async def publish(session: AsyncSession, meta: ImageMeta, source: str | AsyncIterator[bytes], *,
                   register: bool = False, grace: timedelta = DEFAULT_GRACE,
-                  limits: ImageLimits = DEFAULT_LIMITS) -> Image:
-    """Verify, inspect and record ``source`` as an entry (a new version when the name exists)."""
+                  limits: ImageLimits = DEFAULT_LIMITS, image_id: str | None = None) -> Image:
+    """Verify, inspect and record ``source`` as an entry (a new version when the name exists).
+
+    ``image_id``: the entry's id when the caller fixes it (the built-in images: the same id, hence the
+    same os_tpl term, on every broker); a new UUID otherwise."""
     fmt = disk_format(meta.format)
     previous = await current_version(session, meta.publisher, meta.name)
     if previous is not None and meta.version is not None \
@@ -144,6 +147,7 @@ async def publish(session: AsyncSession, meta: ImageMeta, source: str | AsyncIte
     now = datetime.now(UTC)
     version = meta.version or (next_version(previous.version) if previous is not None else "1")
     image = Image(
+        **({"id": image_id} if image_id else {}),
         project_id=meta.project_id, name=meta.name, publisher=meta.publisher, description=meta.description,
         os=meta.os, os_version=meta.os_version, arch=meta.arch, hypervisor=meta.hypervisor, format=got.format,
         size_bytes=digests.size_bytes, virtual_size_bytes=report.virtual_size, sha256=digests.sha256,

@@ -82,7 +82,7 @@ prices:  # the scheduler places only where a price is known: the centre's per-vC
     currency: USD
     effective_date: 2026-07-01
     source: test cost model
-    items: [{{flavor: custom.vcpu, amount: "0.02"}}, {{flavor: custom.gib-ram, amount: "0.005"}}]
+    items: [{{flavor: custom, unit: vcpu-hour, amount: "0.02"}}, {{flavor: custom, unit: gib-hour, amount: "0.005"}}]
 """)
     app = create_app(config, sqlite_url, sync=False)
     client = await aiohttp_client(app)

@@ -27,6 +27,7 @@ prices:
       - {flavor: m1.4c32g, vcpus: 4, ram_gib: 32, amount: "6.68"}
       - {flavor: gpu.h100.1, vcpus: 24, ram_gib: 224, gpu: "H100:1", amount: "192"}
       - {flavor: custom, unit: vcpu-hour, amount: "1.2"}
+      - {flavor: custom, unit: gib-hour, amount: "0.15"}
 """
 
 CONFIG = """
@@ -41,8 +42,8 @@ def _bad(items: str) -> str:
 
 def test_shapes_units_and_currency_alias() -> None:
     records = onprem.parse(GOOD, "prices.yaml").records
-    assert [r.where for r in records] == ["prices.yaml:8", "prices.yaml:9", "prices.yaml:10"]
-    vm, gpu, part = records
+    assert [r.where for r in records] == ["prices.yaml:8", "prices.yaml:9", "prices.yaml:10", "prices.yaml:11"]
+    vm, gpu, part, _ = records
     assert (vm.currency, vm.amount, vm.shape.vcpus, vm.shape.ram_mib) == ("TWD", Decimal("6.68"), 4, 32768)
     assert (gpu.shape.gpu_model, gpu.shape.gpu_count) == ("H100", 1)
     assert (part.unit, part.family, part.shape) == ("vcpu-hour", "custom", None)
@@ -87,18 +88,18 @@ async def test_rejected_file_stores_nothing(sqlite_sessions: Any, tmp_path: Path
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
     summary = await import_price_file(sqlite_sessions, "onprem", good)
-    assert (summary.stored, summary.shaped) == (3, 2)
+    assert (summary.stored, summary.shaped) == (4, 2)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace('amount: "192"', 'amount: "192"}\n      - {flavor: z, amount: "x"'))
     with pytest.raises(PriceFileError, match=r"bad.yaml:10: prices\[0\].items\[2\].amount"):
         await import_price_file(sqlite_sessions, "onprem", bad)
     async with sqlite_sessions() as session:
         rows = (await session.exec(select(Price))).all()
-    assert sorted(r.flavor_name for r in rows) == ["custom", "gpu.h100.1", "m1.4c32g"]
+    assert sorted(r.flavor_name for r in rows) == ["custom", "custom", "gpu.h100.1", "m1.4c32g"]
     # importing the same source again replaces, never duplicates
     await import_price_file(sqlite_sessions, "onprem", good)
     async with sqlite_sessions() as session:
-        assert len((await session.exec(select(Price))).all()) == 3
+        assert len((await session.exec(select(Price))).all()) == 4
 
 
 async def test_table_for_unknown_provider_is_refused(sqlite_sessions: Any, tmp_path: Path) -> None:

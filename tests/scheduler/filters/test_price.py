@@ -29,4 +29,4 @@ def test_converter_makes_it_comparable(federation) -> None:
 
 def test_missing_gpu_price_is_a_reason(view) -> None:
     v = PriceFilter().check(view("host", 2), PlacementRequest("vm", 4, 1024, gpu_model="L4", gpu_count=1))
-    assert v.code == "no price" and "no per-GPU price for L4 at nchc/hsinchu" in v.message
+    assert v.code == "no price" and "no gpu-hour price for L4 at nchc/hsinchu" in v.message

@@ -1,7 +1,7 @@
 """The boot check of a cold migration reads the clone's serial console: a VM booted from our own boot
-sector (bench/bootdisk.py) passes it only once its marker line is logged at the target; a blank disk that
-boots nothing fails it, and the migration rolls back to the running source. Two real libvirt session
-daemons, QEMU TCG."""
+sector (metavmm/translators/bootdisk.py) passes it only once its marker line is logged at the target; a
+blank disk that boots nothing fails it, and the migration rolls back to the running source. Two real
+libvirt session daemons, QEMU TCG."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.bootdisk import boot_sector, marker_line, write_boot_disk
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.models import OperationState
 from metavmm.drivers.libvirt import LibvirtDriver
@@ -22,6 +21,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ConfigError, ValidationError
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
+from metavmm.translators.bootdisk import boot_sector, marker_line, write_boot_disk
 from tests.services.operations.conftest import run
 from tests.services.operations.test_libvirt_flows import domains, engine, state, workload  # noqa: F401
 

@@ -1,9 +1,11 @@
-"""A bootable test disk of our own: a 512-byte x86 boot sector that prints a marker line on COM1 and halts.
+"""A bootable disk of our own: a 512-byte x86 boot sector that prints a marker line on COM1 and halts.
 
 Why: the boot check of a cold migration must prove the guest *booted from the converted disk*, not only
-that QEMU runs. A real guest image is hundreds of MiB and takes minutes under TCG; this sector is loaded
-by SeaBIOS and prints its line well under a second after the domain starts. The marker carries an id
-chosen by the test, so seeing it proves which disk was booted.
+that QEMU runs, and a fresh broker needs an image a compute can boot before anyone publishes one (the
+built-in marketplace image ``metavmm/tiny``, :mod:`metavmm.services.marketplace.builtin`). A real guest
+image is hundreds of MiB and takes minutes under TCG; this sector is loaded by SeaBIOS and prints its
+line well under a second after the domain starts. The marker carries an id chosen by whoever builds the
+disk, so seeing it proves which disk was booted.
 
 The machine code is written here byte by byte (16-bit real mode, loaded at 0x7C00 by the BIOS); no
 assembler is needed. ``objdump -D -b binary -mi8086 --adjust-vma=0x7c00 <raw>`` shows it back.
