@@ -1,4 +1,7 @@
-"""The engine inside ``metavmm serve``: start it (and the reconciliation loop) with the app, stop on SIGTERM."""
+"""The engine inside ``metavmm serve``: start it (and the reconciliation loop) with the app, stop on SIGTERM.
+
+The reconciliation loop is stopped by cancellation (a pass is read-mostly and repeated next time); its
+waits are plain sleeps and nothing in it catches a cancellation, so the app's bounded stop ends it."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.operations.context import Drivers
 from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import CLOSE_S
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.operations.store import Sessions
 
@@ -27,7 +31,11 @@ async def _reconcile_forever(engine: Engine, interval_s: int) -> None:
                 log.exception("reconciliation failed; next try in %d s", interval_s)
     finally:
         if own:
-            await drivers.close()
+            try:
+                async with asyncio.timeout(CLOSE_S):
+                    await drivers.close()
+            except TimeoutError:
+                log.warning("closing the reconciliation's drivers took over %.1f s; not waited for", CLOSE_S)
 
 
 async def start_operations(sessions: Sessions, config: FederationConfig, database_url: str,
