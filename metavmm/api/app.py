@@ -8,7 +8,6 @@ and is opened in ``cleanup_ctx``, so a failed startup cleans up only what it ope
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -23,8 +22,10 @@ from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
+from metavmm.foundation.aio import stop_tasks
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.oidc import OidcVerifier
+from metavmm.services.operations.executor import CANCEL_S
 from metavmm.services.operations.loop import start_operations
 from metavmm.services.placement import Placer
 from metavmm.services.secrets import SecretBox, load_key
@@ -84,6 +85,22 @@ async def _periodic_sync(app: web.Application) -> None:
         await asyncio.sleep(cfg.federation.sync_interval_s)
 
 
+async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
+    """Bounded (issue 24): the inventory sync and the reconciliation are cancelled at once (both are
+    repeated next time), then the engine gets its grace for running steps (see Engine.stop)."""
+    operations = app[keys.OPERATIONS]
+    operations.request_stop()
+    await stop_tasks(tasks, grace_s=0, cancel_s=CANCEL_S, what="background task")
+    await operations.stop()
+
+
+async def _steps_wind_down(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for requests in flight: no new step starts from now, and the
+    grace of running steps counts from here."""
+    if keys.OPERATIONS in app:
+        app[keys.OPERATIONS].request_stop()
+
+
 def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         url = app[keys.DATABASE_URL]
@@ -99,12 +116,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         app[keys.BACKGROUND] = tasks
         app[keys.OPERATIONS] = await start_operations(app[keys.SESSIONS], app[keys.CONFIG], url, tasks)
         yield
-        await app[keys.OPERATIONS].stop()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop_background(app, tasks)
         await engine.dispose()
 
     return ctx
@@ -120,6 +132,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app[keys.DATABASE_URL] = database_url
     app[PLACER] = Placer(config)
     app.cleanup_ctx.append(catalog_context(migrate=migrate, sync=sync))
+    app.on_shutdown.append(_steps_wind_down)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     api = web.Application(middlewares=[error_middleware])
