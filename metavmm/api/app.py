@@ -22,7 +22,7 @@ from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
-from metavmm.foundation.aio import stop_tasks
+from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -69,9 +69,11 @@ async def readyz(request: web.Request) -> web.Response:
     })
 
 
-async def _periodic_sync(app: web.Application) -> None:
+async def _periodic_sync(app: web.Application, stopping: asyncio.Event) -> None:
+    """Pull every provider's inventory now and every ``sync_interval_s``, until ``stopping`` is set (a
+    round under way ends first: cancelled mid-write it would leave SQLAlchemy logging a failed reset)."""
     cfg = app[keys.CONFIG]
-    while True:
+    while not stopping.is_set():
         try:
             for result in await sync_all(app[keys.SESSIONS], cfg):
                 if result.error:
@@ -82,15 +84,16 @@ async def _periodic_sync(app: web.Application) -> None:
             log.exception("inventory sync failed")
         if cfg.federation.sync_interval_s <= 0:
             return
-        await asyncio.sleep(cfg.federation.sync_interval_s)
+        await wait_event(stopping, cfg.federation.sync_interval_s)
 
 
 async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
-    """Bounded (issue 24): the inventory sync and the reconciliation are cancelled at once (both are
-    repeated next time), then the engine gets its grace for running steps (see Engine.stop)."""
+    """Bounded (issue 24): the inventory sync and the reconciliation end their round within the stop grace
+    (or are cancelled: both are repeated next time), then the engine gets what is left of the grace for
+    running steps (see Engine.stop)."""
     operations = app[keys.OPERATIONS]
     operations.request_stop()
-    await stop_tasks(tasks, grace_s=0, cancel_s=CANCEL_S, what="background task")
+    await stop_tasks(tasks, grace_s=operations.grace_left(), cancel_s=CANCEL_S, what="background task")
     await operations.stop()
 
 
@@ -111,10 +114,11 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         app[keys.SESSIONS] = make_sessionmaker(engine)
         await register_providers(app[keys.SESSIONS], app[keys.CONFIG])
         tasks: list[asyncio.Task[None]] = []
-        if sync:
-            tasks.append(asyncio.create_task(_periodic_sync(app), name="inventory-sync"))
         app[keys.BACKGROUND] = tasks
         app[keys.OPERATIONS] = await start_operations(app[keys.SESSIONS], app[keys.CONFIG], url, tasks)
+        if sync:
+            tasks.append(asyncio.create_task(_periodic_sync(app, app[keys.OPERATIONS].stopping),
+                                             name="inventory-sync"))
         yield
         await _stop_background(app, tasks)
         await engine.dispose()

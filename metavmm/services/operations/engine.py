@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from metavmm.catalog.models import Operation, OperationState
@@ -47,6 +48,11 @@ class Engine:
         self.executor: Executor | None = None
         self._queue_app: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop_asked_at: float | None = None
+        self._hurry = False
+        self.stopping = asyncio.Event()
+        """Set by the first stop request: loops beside the engine (reconciliation, inventory sync) end at
+        their next safe point instead of being cancelled in the middle of a database write."""
 
     @property
     def mode(self) -> str:
@@ -69,15 +75,29 @@ class Engine:
     def request_stop(self, *, now: bool = False) -> None:
         """Start no new step (running ones get the grace, ``now``: none); :meth:`stop` waits for it. The
         broker calls this as soon as it is told to stop, so steps wind down while HTTP requests end."""
+        if not self.stopping.is_set():
+            self._stop_asked_at = time.monotonic()
+            self.stopping.set()
+        if now:
+            self._hurry = True
         if self.executor is not None:
             self.executor.request_stop(now=now)
+
+    def grace_left(self) -> float:
+        """Seconds of ``stop_grace_s`` still to run, counted from the first stop request."""
+        if self.executor is not None:
+            return self.executor.grace_left()
+        grace = 0.0 if self._hurry else self.config.operations.stop_grace_s
+        if self._stop_asked_at is None:
+            return grace
+        return max(0.0, self._stop_asked_at + grace - time.monotonic())
 
     async def stop(self, *, now: bool = False) -> None:
         """Stop within ``operations.stop_grace_s`` (counted from the first stop request) + :data:`STOP_MARGIN_S`:
         steps running finish within the grace, the rest are cancelled and left for the next executor."""
         self.request_stop(now=now)
         tasks, self._tasks = self._tasks, []
-        grace = self.executor.grace_left() if self.executor is not None else 0.0
+        grace = self.grace_left() if self.executor is not None else 0.0
         # the executor bounds its own stop (grace + CANCEL_S + CLOSE_S); cancel it only if it overruns that
         await stop_tasks(tasks, grace_s=grace + CANCEL_S + CLOSE_S, cancel_s=CANCEL_S + CLOSE_S, what="executor")
         if self._queue_app is not None:

@@ -1,13 +1,14 @@
 """The engine inside ``metavmm serve``: start it (and the reconciliation loop) with the app, stop on SIGTERM.
 
-The reconciliation loop is stopped by cancellation (a pass is read-mostly and repeated next time); its
-waits are plain sleeps and nothing in it catches a cancellation, so the app's bounded stop ends it."""
+The reconciliation loop ends at its next pass once the engine is stopping (``engine.stopping``); a pass
+still running after the stop grace is cancelled (it is read-mostly and repeated next time)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from metavmm.foundation.aio import wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.operations.context import Drivers
 from metavmm.services.operations.engine import Engine
@@ -23,8 +24,7 @@ async def _reconcile_forever(engine: Engine, interval_s: int) -> None:
     own = engine.executor is None
     drivers = Drivers(engine.config) if own else engine.executor.drivers  # type: ignore[union-attr]
     try:
-        while True:
-            await asyncio.sleep(interval_s)
+        while not await wait_event(engine.stopping, interval_s):
             try:
                 await reconcile(engine, drivers)
             except Exception:
