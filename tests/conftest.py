@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,11 +133,69 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("METAVMM_CONFIG", raising=False)
 
 
+SLOW_TIMEOUT_S = 1800
+"""The per-test limit of tests marked ``slow`` (the others have pyproject's ``timeout``)."""
+TIMEOUT_BACKSTOP_S = 60
+"""After a test's timeout fired, how long its teardown may still take before the run ends (with every stack)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` (minutes of real work, e.g. a virt-v2v conversion) run only with METAVMM_SLOW=1."""
-    if os.environ.get("METAVMM_SLOW") == "1":
-        return
+    """Tests marked ``slow`` (minutes of real work, e.g. a virt-v2v conversion) run only with METAVMM_SLOW=1,
+    with a longer time limit."""
+    run_slow = os.environ.get("METAVMM_SLOW") == "1"
     skip = pytest.mark.skip(reason="slow test: run with METAVMM_SLOW=1 (make test PYTEST_ARGS=... METAVMM_SLOW=1)")
     for item in items:
         if "slow" in item.keywords:
-            item.add_marker(skip)
+            if not run_slow:
+                item.add_marker(skip)
+            elif item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method (the test fails, the run goes on), plus what a hang in asyncio code
+    needs: the stack of every event-loop task (the threads' stacks show only the loop waiting), and a
+    backstop for a teardown that hangs after the timeout fired: the run then ends with every stack."""
+    import signal
+    import threading
+
+    import pytest_timeout
+
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own timer
+    backstop = threading.Timer(settings.timeout + TIMEOUT_BACKSTOP_S, pytest_timeout.timeout_timer, (item, settings))
+    backstop.daemon = True
+
+    def on_timeout(_signum: int, _frame: Any) -> None:
+        __tracebackhide__ = True
+        _print_loop_tasks(item)
+        pytest_timeout.timeout_sigalrm(item, settings)
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        backstop.cancel()
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # what pytest-timeout's cancel hook calls
+    signal.signal(signal.SIGALRM, on_timeout)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    backstop.start()
+    return True
+
+
+def _print_loop_tasks(item: pytest.Item) -> None:
+    """The stack of every task of the event loop running in this thread (if any), to the terminal."""
+    import asyncio
+    import io
+
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return
+    terminal = item.config.get_terminal_writer()
+    for task in asyncio.all_tasks(loop):
+        out = io.StringIO()
+        task.print_stack(file=out)
+        state = "cancelling" if task.cancelling() else "pending"
+        terminal.sep("~", title=f"asyncio task {task.get_name()} ({state})")
+        terminal.write(out.getvalue())

@@ -8,7 +8,6 @@ and is opened in ``cleanup_ctx``, so a failed startup cleans up only what it ope
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -23,9 +22,11 @@ from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
+from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
+from metavmm.services.operations.executor import CANCEL_S
 from metavmm.services.operations.loop import start_operations
 from metavmm.services.placement import Placer
 from metavmm.services.secrets import SecretBox, load_key
@@ -70,9 +71,11 @@ async def readyz(request: web.Request) -> web.Response:
     })
 
 
-async def _periodic_sync(app: web.Application) -> None:
+async def _periodic_sync(app: web.Application, stopping: asyncio.Event) -> None:
+    """Pull every provider's inventory now and every ``sync_interval_s``, until ``stopping`` is set (a
+    round under way ends first: cancelled mid-write it would leave SQLAlchemy logging a failed reset)."""
     cfg = app[keys.CONFIG]
-    while True:
+    while not stopping.is_set():
         try:
             for result in await sync_all(app[keys.SESSIONS], cfg):
                 if result.error:
@@ -84,7 +87,24 @@ async def _periodic_sync(app: web.Application) -> None:
             log.exception("inventory sync failed")
         if cfg.federation.sync_interval_s <= 0:
             return
-        await asyncio.sleep(cfg.federation.sync_interval_s)
+        await wait_event(stopping, cfg.federation.sync_interval_s)
+
+
+async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
+    """Bounded (issue 24): the inventory sync and the reconciliation end their round within the stop grace
+    (or are cancelled: both are repeated next time), then the engine gets what is left of the grace for
+    running steps (see Engine.stop)."""
+    operations = app[keys.OPERATIONS]
+    operations.request_stop()
+    await stop_tasks(tasks, grace_s=operations.grace_left(), cancel_s=CANCEL_S, what="background task")
+    await operations.stop()
+
+
+async def _steps_wind_down(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for requests in flight: no new step starts from now, and the
+    grace of running steps counts from here."""
+    if keys.OPERATIONS in app:
+        app[keys.OPERATIONS].request_stop()
 
 
 def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-def]
@@ -97,18 +117,14 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         app[keys.SESSIONS] = make_sessionmaker(engine)
         await register_providers(app[keys.SESSIONS], app[keys.CONFIG])
         tasks: list[asyncio.Task[None]] = []
-        if sync:
-            tasks.append(asyncio.create_task(_periodic_sync(app), name="inventory-sync"))
         app[keys.BACKGROUND] = tasks
         app[keys.OPERATIONS] = await start_operations(app[keys.SESSIONS], app[keys.CONFIG], url, tasks)
+        if sync:
+            tasks.append(asyncio.create_task(_periodic_sync(app, app[keys.OPERATIONS].stopping),
+                                             name="inventory-sync"))
         app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
         yield
-        await app[keys.OPERATIONS].stop()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop_background(app, tasks)
         await engine.dispose()
 
     return ctx
@@ -124,6 +140,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app[keys.DATABASE_URL] = database_url
     app[PLACER] = Placer(config)
     app.cleanup_ctx.append(catalog_context(migrate=migrate, sync=sync))
+    app.on_shutdown.append(_steps_wind_down)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     api = web.Application(middlewares=[error_middleware])

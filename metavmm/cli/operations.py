@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import json
-import signal
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -19,8 +17,8 @@ from rich.table import Table
 
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState
+from metavmm.cli.lifecycle import Stop, import_plugins, run_until_signal
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import ConfigError
 from metavmm.services.operations import store
 from metavmm.services.operations.plan import overall_progress
 from metavmm.services.operations.store import TERMINAL, Sessions
@@ -52,15 +50,6 @@ def _run(settings: Settings, work: Callable[[Sessions], Awaitable[T]]) -> T:
             await engine.dispose()
 
     return asyncio.run(go())
-
-
-def _import_plugins(modules: tuple[str, ...]) -> None:
-    """Modules that register extra step actions (site-specific steps, or a test's)."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import step-action module {name!r}: {exc}") from None
 
 
 _STYLE = {"succeeded": "green", "failed": "red", "rolled_back": "yellow", "cancelled": "yellow",
@@ -174,36 +163,32 @@ def ops_cancel(settings: Settings, operation_id: str) -> None:
     console.print(f"{op.id}: {_state(op.state)} ({op.message})")
 
 
-def _serve_until_signal(work: Callable[[], Awaitable[None]]) -> None:
-    async def go() -> None:
-        task = asyncio.create_task(work())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(go())
-
-
 @operations_group.command("run")
 @click.option("--import", "plugins", multiple=True, help="module registering extra step actions")
 @pass_settings
 def ops_run(settings: Settings, plugins: tuple[str, ...]) -> None:
-    """Run the in-process executor alone (what `metavmm serve` runs inside), until SIGTERM."""
+    """Run the in-process executor alone (what `metavmm serve` runs inside), until SIGTERM or Ctrl-C;
+    steps running then get operations.stop_grace_s to finish, the rest are resumed by the next executor."""
     from metavmm.services.operations.executor import Executor
 
-    _import_plugins(plugins)
+    import_plugins(plugins)
     db.require_current_schema(settings.database)
 
-    async def work() -> None:
+    async def work(stop: Stop) -> None:
         engine = db.make_engine(settings.database)
         try:
-            await Executor(db.make_sessionmaker(engine), settings.config).serve()
+            executor = Executor(db.make_sessionmaker(engine), settings.config)
+            hurry = stop.on_hurry(lambda: executor.request_stop(now=True))
+            serving = asyncio.create_task(executor.serve(), name="operations-executor")
+            await asyncio.wait({serving, asyncio.create_task(stop.requested.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            executor.request_stop()
+            await serving  # bounded: the executor's own stop (grace, then cancel)
+            hurry.cancel()
         finally:
             await engine.dispose()
 
-    _serve_until_signal(work)
+    run_until_signal(work, bound_s=_bound(settings))
 
 
 @operations_group.command("worker")
@@ -211,26 +196,49 @@ def ops_run(settings: Settings, plugins: tuple[str, ...]) -> None:
 @click.option("--import", "plugins", multiple=True, help="module registering extra step actions")
 @pass_settings
 def ops_worker(settings: Settings, concurrency: int | None, plugins: tuple[str, ...]) -> None:
-    """Run a procrastinate worker on the PostgreSQL catalog, until SIGTERM."""
+    """Run a procrastinate worker on the PostgreSQL catalog, until SIGTERM or Ctrl-C; its operations get
+    operations.stop_grace_s to end their step, the rest are resumed by another worker."""
     from metavmm.services.operations import queue
     from metavmm.services.operations.executor import Executor
 
-    _import_plugins(plugins)
+    import_plugins(plugins)
     db.require_current_schema(settings.database)
     app = queue.make_app(settings.database)
+    logging.getLogger("procrastinate.worker").addFilter(_quiet_abort)
 
-    async def work() -> None:
+    async def work(stop: Stop) -> None:
         engine = db.make_engine(settings.database)
         try:
             async with app.open_async():
                 await queue.ensure_schema(app, settings.database)
                 executor = Executor(db.make_sessionmaker(engine), settings.config)
+                hurry = stop.on_hurry(lambda: executor.request_stop(now=True))
+                asked = asyncio.create_task(stop.requested.wait())
+                asked.add_done_callback(lambda _t: executor.request_stop())
                 await queue.run_worker(app, executor, concurrency=concurrency or settings.config.operations.concurrency,
                                        install_signal_handlers=False)
+                asked.cancel()
+                hurry.cancel()
         finally:
             await engine.dispose()
 
-    _serve_until_signal(work)
+    run_until_signal(work, bound_s=_bound(settings))
+
+
+def _quiet_abort(record: logging.LogRecord) -> bool:
+    """procrastinate logs a job that a stop cancelled with the cancellation's traceback: the line ("ended
+    with status: Aborted") says it all, and a stop is not an error."""
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _bound(settings: Settings) -> float:
+    """How long a stopping executor or worker may take before what is left is cancelled: the grace, the
+    engine's margin, and time to close the catalog."""
+    from metavmm.services.operations.engine import STOP_MARGIN_S
+
+    return settings.config.operations.stop_grace_s + STOP_MARGIN_S + 5.0
 
 
 @operations_group.command("reconcile")

@@ -14,10 +14,12 @@ libvirt-python blocks: every call runs in a worker thread (:meth:`DriverBase.blo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -113,6 +115,52 @@ def make_reachable_dirs(path: Path) -> None:
         directory.chmod(0o711)
 
 
+class _Shared:
+    """One libvirt connection used by several worker threads, closed only once none of them uses it:
+    libvirt-python crashes the process (SIGSEGV, or a glibc abort at thread exit) when a connection is
+    closed while another thread is inside a call on it, which is what a broker stopped during an inventory
+    sync did (the sync was cancelled, its thread went on, and the driver closed the connection). A call
+    that starts after the close began is refused as ProviderUnavailable."""
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self.conn = conn
+        self._users = 0
+        self._closing = False
+        self._guard = threading.Lock()
+
+    def use(self, fn: Callable[[libvirt.virConnect], T], provider: str, operation: str) -> T:
+        """Run ``fn`` on the connection (in a worker thread); the last user of a closing one closes it."""
+        with self._guard:
+            if self._closing:
+                raise ProviderUnavailable("the connection is closing", provider=provider, operation=operation)
+            self._users += 1
+        try:
+            return fn(self.conn)
+        finally:
+            with self._guard:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                self._close_now()
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.use(lambda conn: conn.isAlive(), "", "isAlive"))
+        except ProviderUnavailable:
+            return False
+
+    def close(self) -> None:
+        with self._guard:
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+
+
 class LibvirtDriver(DriverBase):
     kind: ClassVar[str] = "libvirt"
     capabilities = frozenset({
@@ -142,7 +190,7 @@ class LibvirtDriver(DriverBase):
         self.site = SiteInfo(site.region, tuple(site.zones), site.country, site.location) if site \
             else SiteInfo("local")
         self.storage_dir = Path(config.storage_dir or default_storage_dir(config.name, config.endpoint))
-        self._conn: libvirt.virConnect | None = None
+        self._conn: _Shared | None = None
         self._lock = asyncio.Lock()
         self._host: str | None = None  # the daemon's host name
 
@@ -152,26 +200,27 @@ class LibvirtDriver(DriverBase):
         cls = _ERROR_TYPES.get(exc.get_error_code() or 0, DriverError)
         return cls(exc.get_error_message() or str(exc), provider=self.name, operation=operation)
 
-    async def _connection(self) -> libvirt.virConnect:
+    async def _connection(self) -> _Shared:
         async with self._lock:
-            if self._conn is None or not await self.blocking(self._conn.isAlive):
+            if self._conn is None or not await self.blocking(self._conn.alive):
                 try:
-                    self._conn = await self.blocking(libvirt.open, self.uri)
+                    self._conn = _Shared(await self.blocking(libvirt.open, self.uri))
                 except libvirt.libvirtError as exc:
                     raise self._error(exc, "connect") from None
             return self._conn
 
     async def _call(self, operation: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        conn = await self._connection()
+        shared = await self._connection()
         try:
-            return await self.blocking(fn, conn)
+            return await self.blocking(shared.use, fn, self.name, operation)
         except libvirt.libvirtError as exc:
             raise self._error(exc, operation) from None
 
     async def close(self) -> None:
+        """Close the connection once no call uses it (a call cancelled here may still run in its thread)."""
         if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await self.blocking(conn.close)
+            shared, self._conn = self._conn, None
+            await self.blocking(shared.close)
 
     # --- inventory ------------------------------------------------------------------------------
 

@@ -389,6 +389,9 @@ class OperationsConfig(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=20, description="tries per step on transient errors")
     retry_base_s: float = Field(default=1.0, ge=0, description="first backoff; doubles per attempt, jittered")
     step_timeout_s: float = Field(default=1800, gt=0)
+    stop_grace_s: float = Field(default=5, ge=0, le=3600, description="on shutdown (SIGTERM, Ctrl-C, engine "
+                                "stop) the time steps already running get to finish; then they are cancelled and "
+                                "left for the next executor to resume, as after a crash")
     reconcile_interval_s: int = Field(default=300, ge=0, description="0 disables the reconciliation loop")
     work_dir: str | None = Field(default=None, description="scratch space for exported and converted disks")
     boot_marker: str | None = Field(default=None, max_length=200, description="regex the serial console of a "

@@ -4,6 +4,9 @@
 runs steps and, on start, resumes what a killed broker left (its leases expire). ``procrastinate``
 (several brokers on one PostgreSQL): brokers only write rows and defer jobs; ``metavmm operations
 worker`` processes run the steps. Durability is the same in both: the row is the truth.
+
+:meth:`Engine.stop` is bounded: it returns within ``operations.stop_grace_s`` + :data:`STOP_MARGIN_S`
+whatever the steps do (see :mod:`.executor` for what happens to them).
 """
 
 from __future__ import annotations
@@ -11,17 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from metavmm.catalog.models import Operation, OperationState
+from metavmm.foundation.aio import stop_tasks
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import MetavmmError
 from metavmm.services.operations import store
-from metavmm.services.operations.executor import Executor
+from metavmm.services.operations.executor import CANCEL_S, CLOSE_S, Executor
 from metavmm.services.operations.plan import Step
 from metavmm.services.operations.store import Sessions
 
 log = logging.getLogger(__name__)
+
+STOP_MARGIN_S = 2 * (CANCEL_S + CLOSE_S)
+"""What :meth:`Engine.stop` may take beyond the grace: the executor's own bound (cancelling steps past
+their grace, closing drivers) and as much again should the executor itself overrun it."""
 
 
 class OperationFailed(MetavmmError):
@@ -39,13 +48,19 @@ class Engine:
         self.executor: Executor | None = None
         self._queue_app: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop_asked_at: float | None = None
+        self._hurry = False
+        self.stopping = asyncio.Event()
+        """Set by the first stop request: loops beside the engine (reconciliation, inventory sync) end at
+        their next safe point instead of being cancelled in the middle of a database write."""
 
     @property
     def mode(self) -> str:
         return self.config.operations.executor
 
-    async def start(self, *, run_steps: bool = True) -> None:
-        """Begin accepting work; in-process mode also starts running (and resuming) operations."""
+    async def start(self, *, run_steps: bool = True, poll_s: float = 2.0) -> None:
+        """Begin accepting work; in-process mode also starts running (and resuming) operations, looking
+        for work every ``poll_s`` besides when woken."""
         if self.mode == "procrastinate":
             from metavmm.services.operations import queue
 
@@ -55,18 +70,45 @@ class Engine:
             await queue.sweep(self._queue_app, self.sessions)  # what a crashed broker never deferred
         elif run_steps:
             self.executor = Executor(self.sessions, self.config)
-            self._tasks.append(asyncio.create_task(self.executor.serve(), name="operations-executor"))
+            self._tasks.append(asyncio.create_task(self.executor.serve(poll_s), name="operations-executor"))
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+    def request_stop(self, *, now: bool = False) -> None:
+        """Start no new step (running ones get the grace, ``now``: none); :meth:`stop` waits for it. The
+        broker calls this as soon as it is told to stop, so steps wind down while HTTP requests end."""
+        if not self.stopping.is_set():
+            self._stop_asked_at = time.monotonic()
+            self.stopping.set()
+        if now:
+            self._hurry = True
+        if self.executor is not None:
+            self.executor.request_stop(now=now)
+
+    def grace_left(self) -> float:
+        """Seconds of ``stop_grace_s`` still to run, counted from the first stop request."""
+        if self.executor is not None:
+            return self.executor.grace_left()
+        grace = 0.0 if self._hurry else self.config.operations.stop_grace_s
+        if self._stop_asked_at is None:
+            return grace
+        return max(0.0, self._stop_asked_at + grace - time.monotonic())
+
+    async def stop(self, *, now: bool = False) -> None:
+        """Stop within ``operations.stop_grace_s`` (counted from the first stop request) + :data:`STOP_MARGIN_S`:
+        steps running finish within the grace, the rest are cancelled and left for the next executor."""
+        self.request_stop(now=now)
+        tasks, self._tasks = self._tasks, []
+        grace = self.grace_left() if self.executor is not None else 0.0
+        # the executor bounds its own stop (grace + CANCEL_S + CLOSE_S); cancel it only if it overruns that
+        await stop_tasks(tasks, grace_s=grace + CANCEL_S + CLOSE_S, cancel_s=CANCEL_S + CLOSE_S, what="executor")
         if self._queue_app is not None:
-            await self._queue_app.close_async()
-            self._queue_app = None
+            app, self._queue_app = self._queue_app, None
+            try:
+                async with asyncio.timeout(CLOSE_S):
+                    await app.close_async()
+            except TimeoutError:
+                log.warning("closing the procrastinate connection took over %.1f s; not waited for", CLOSE_S)
+            except Exception:
+                log.exception("closing the procrastinate connection failed")
 
     async def submit(self, *, kind: str, steps: list[Step], **kwargs: Any) -> Operation:
         op, created = await store.submit(self.sessions, kind=kind, steps=steps, **kwargs)

@@ -11,6 +11,12 @@ by it (see :mod:`metavmm.services.operations.store`).
 A step that waits for something outside its operation (``operation.wait``) does not hold a slot: its
 action raises :class:`StepWaiting`, the operation is *parked* (``not_before`` set, lease released) and
 claimed again when it is due, by this executor (a timer) or any other (the row says when).
+
+Stopping is bounded (issue 24): :meth:`Executor.request_stop` lets no new step start; a step already
+running gets ``operations.stop_grace_s`` to finish, and its operation is then *handed back* (lease
+released, the next executor resumes it at once). A step still running after the grace is cancelled and
+its operation left exactly as a crash leaves it: the lease runs out and the next executor re-runs the
+step (idempotent).
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from metavmm.catalog.models import Operation, OperationState, utcnow
+from metavmm.foundation.aio import shielded, stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ConfigError
 from metavmm.services.operations import store
@@ -47,6 +55,10 @@ RETRY_MAX_S = 300.0
 otherwise park a step for days (2**19 s) with its operation still "running"."""
 WAIT_MAX_S = 2.0
 """Longest delay between two checks of a waiting step (the first is the action's own, doubled per check)."""
+CANCEL_S = 1.0
+"""After the grace: how long cancelled steps get to unwind before they are left behind."""
+CLOSE_S = 0.5
+"""After the steps: how long closing the drivers may take (a provider that does not answer is not waited for)."""
 
 
 def backoff_s(attempt: int, base_s: float) -> float:
@@ -56,6 +68,10 @@ def backoff_s(attempt: int, base_s: float) -> float:
 
 class _Cancelled(Exception):
     """A cancel was requested between steps."""
+
+
+class _HandedBack(Exception):
+    """The executor is stopping: the operation is given back between two steps, for the next executor."""
 
 
 class _Parked(Exception):
@@ -74,9 +90,15 @@ class Executor:
         self.owner = owner or executor_id()
         self.drivers = Drivers(config)
         self._wake = asyncio.Event()
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self.stop_requested = asyncio.Event()
+        """Set by :meth:`request_stop`: no step starts any more (read it; set it through the method)."""
+        self._hurry = asyncio.Event()
+        self._stop_asked_at: float | None = None
+        self._running: dict[str, asyncio.Task[None]] = {}  # the serve loop's runs, by operation (its slots)
+        self._runs: set[asyncio.Task[Any]] = set()  # every run in progress: the loop's and a worker's jobs
         self._tokens: dict[str, str] = {}  # operation id -> the lease token of the run holding it
-        # how a parked operation gets picked again; the procrastinate worker sets a deferral with schedule_at
+        self._heartbeats: dict[str, asyncio.Task[None]] = {}
+        # how a parked (or handed-back) operation gets picked again; the procrastinate worker defers a job
         self.on_park: Callable[[str, datetime], Awaitable[Any]] | None = None
 
     # --- the in-process loop (single node) ------------------------------------------------------
@@ -85,20 +107,42 @@ class Executor:
         """Something was submitted or freed: look for work now rather than at the next poll."""
         self._wake.set()
 
+    def request_stop(self, *, now: bool = False) -> None:
+        """Start no new step; steps running get ``stop_grace_s`` from the first request to finish
+        (``now``: none). Returns at once; :meth:`stop` waits for the result."""
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
+            self.stop_requested.set()
+        if now:
+            self._hurry.set()
+        self._wake.set()
+
+    def grace_left(self) -> float:
+        """Seconds of the stop grace still to run (all of it before a stop was requested)."""
+        grace = 0.0 if self._hurry.is_set() else self.settings.stop_grace_s
+        if self._stop_asked_at is None:
+            return grace
+        return max(0.0, self._stop_asked_at + grace - time.monotonic())
+
     async def serve(self, poll_s: float = 2.0) -> None:
-        """Run operations until cancelled: new ones, and those whose holder died (expired lease)."""
+        """Run operations until :meth:`request_stop` (graceful) or cancellation (steps cancelled at
+        once): new ones, and those whose holder died (expired lease)."""
         try:
-            while True:
+            while not self.stop_requested.is_set():
                 self._wake.clear()
                 free = self.settings.concurrency - len(self._running)
                 if free > 0:
-                    for op_id in await store.runnable_ids(self.sessions, free + len(self._running)):
+                    for op_id in await shielded(store.runnable_ids(self.sessions, free + len(self._running))):
+                        if self.stop_requested.is_set():
+                            break
                         if op_id not in self._running and len(self._running) < self.settings.concurrency:
                             task = asyncio.create_task(self.run(op_id), name=f"operation-{op_id}")
                             self._running[op_id] = task
                             task.add_done_callback(lambda _t, i=op_id: self._done(i))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), poll_s)
+                await wait_event(self._wake, poll_s)
+        except asyncio.CancelledError:
+            self.request_stop(now=True)
+            raise
         finally:
             await self.stop()
 
@@ -106,45 +150,71 @@ class Executor:
         self._running.pop(op_id, None)
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Stop running steps; their leases expire and the next executor resumes them."""
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.drivers.close()
+    async def stop(self, *, now: bool = False) -> None:
+        """Stop within ``stop_grace_s`` + :data:`CANCEL_S` + :data:`CLOSE_S`: running steps finish within
+        the grace (their operations are handed back), the rest are cancelled and left for resume (their
+        leases run out, as after a crash); then the drivers are closed."""
+        self.request_stop(now=now)
+        await stop_tasks(list(self._runs), grace_s=self.grace_left(), cancel_s=CANCEL_S, hurry=self._hurry,
+                         what="operation")
+        for heartbeat in list(self._heartbeats.values()):  # of a run left behind: let its lease run out
+            heartbeat.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_S):
+                await self.drivers.close()
+        except TimeoutError:
+            log.warning("closing the drivers took over %.1f s; not waited for", CLOSE_S)
+        except Exception:
+            log.exception("closing the drivers failed")
 
     # --- one operation --------------------------------------------------------------------------
 
     async def run(self, op_id: str) -> bool:
-        """Run ``op_id`` to its end if this executor can claim it; False when someone else holds it."""
+        """Run ``op_id`` to its end (or, when stopping, to the end of its current step) if this executor
+        can claim it; False when someone else holds it or this executor is stopping."""
+        if self.stop_requested.is_set():
+            if self.on_park is not None:  # a worker's job arrived as it stops: defer it for another worker
+                with contextlib.suppress(Exception):
+                    await self.on_park(op_id, utcnow())
+            return False
         # the lease belongs to this run, not to the executor: two jobs for one operation delivered to
         # the same worker must not both pass the claim
         token = f"{self.owner}#{uuid.uuid4().hex[:8]}"
-        if not await store.claim(self.sessions, op_id, token, self.settings.lease_s):
+        if not await shielded(store.claim(self.sessions, op_id, token, self.settings.lease_s)):
             return False
         self._tokens[op_id] = token
-        heartbeat = asyncio.create_task(self._heartbeat(op_id, asyncio.current_task()))
+        me = asyncio.current_task()
+        heartbeat = asyncio.create_task(self._heartbeat(op_id, me), name=f"heartbeat-{op_id}")
+        self._heartbeats[op_id] = heartbeat
+        if me is not None:
+            self._runs.add(me)
+        handed_back = False
         try:
             await self._drive(op_id)
         except LeaseLost:
             log.warning("operation %s: lease lost to another executor; stopped", op_id)
+        except _HandedBack as back:
+            handed_back = True
+            log.info("operation %s: %s", op_id, back)
         finally:
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            with contextlib.suppress(Exception):
-                await store.release(self.sessions, op_id, token)
+            self._heartbeats.pop(op_id, None)
+            self._runs.discard(me)  # type: ignore[arg-type]
+            if me is None or not me.cancelling():  # cancelled: keep the lease, which runs out as after a crash
+                await asyncio.wait({heartbeat})
+                with contextlib.suppress(Exception):
+                    await shielded(store.release(self.sessions, op_id, token))
             self._tokens.pop(op_id, None)
+        if handed_back and self.on_park is not None:  # a worker defers it again, for any worker
+            with contextlib.suppress(Exception):
+                await self.on_park(op_id, utcnow())
         return True
 
     async def _heartbeat(self, op_id: str, runner: asyncio.Task[Any] | None) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
-                await store.renew(self.sessions, op_id, self._tokens[op_id], self.settings.lease_s)
+                await shielded(store.renew(self.sessions, op_id, self._tokens[op_id], self.settings.lease_s))
             except LeaseLost:
                 if runner is not None:
                     runner.cancel()  # someone else took over: stop before the next write
@@ -163,12 +233,19 @@ class Executor:
         # success already wrote the workload's state through its record step
         note = (op.target_id, f"{op.kind} {state}: {values.get('message') or ''}".strip()) \
             if state in store.TERMINAL and state != OperationState.SUCCEEDED and op.target_id else None
-        await store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step, level=level,
-                                  steps=op.steps, current_step=op.current_step, outputs=op.outputs,
-                                  workload_note=note, **values)
+        # shielded: a stop that cancels the run mid-write lets the write end (the row stays consistent)
+        await shielded(store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step,
+                                           level=level, steps=op.steps, current_step=op.current_step,
+                                           outputs=op.outputs, workload_note=note, **values))
+
+    async def _hand_back_if_stopping(self, op: Operation, before: str) -> None:
+        """Between two steps of a stopping executor: record where the operation is and give it back."""
+        if self.stop_requested.is_set():
+            await self._save(op, f"handed back before {before}: executor {self._tokens[op.id]} is stopping")
+            raise _HandedBack(f"handed back before {before} (executor stopping)")
 
     async def _drive(self, op_id: str) -> None:
-        op = await store.get(self.sessions, op_id)
+        op = await shielded(store.get(self.sessions, op_id))
         if op.state == OperationState.PENDING:
             await self._save(op, f"started by {self._tokens[op.id]}", state=OperationState.RUNNING, started_at=utcnow(),
                              message="running")
@@ -188,7 +265,7 @@ class Executor:
                 # the forward retry's backoff (or a parked check's time) must not delay the rollback
                 await self._save(op, "cancelled: rolling back", state=OperationState.ROLLING_BACK,
                                  message="cancelled; rolling back", not_before=None)
-            except LeaseLost:
+            except (LeaseLost, _HandedBack):
                 raise
             except Exception as exc:  # the step failed for good
                 if self._committed(op):
@@ -228,6 +305,7 @@ class Executor:
             await self._raise_if_cancelled(op)  # asked meanwhile?
             index = op.current_step
             step = op.steps[index]
+            await self._hand_back_if_stopping(op, f"step {step['name']}")
             result = await self._attempts(op, index, step["action"], step["args"], StepState.RUNNING)
             op.outputs = {**op.outputs, **result}
             step.update(state=StepState.DONE, finished_at=utcnow().isoformat(), progress=1.0, error=None)
@@ -245,10 +323,11 @@ class Executor:
         try:
             for index in reversed(todo):
                 step = op.steps[index]
+                await self._hand_back_if_stopping(op, f"undoing step {step['name']}")
                 await self._attempts(op, index, step["compensate"], step["args"], StepState.COMPENSATING)
                 step.update(state=StepState.COMPENSATED, finished_at=utcnow().isoformat())
                 await self._save(op, f"step {step['name']} undone", step=index)
-        except LeaseLost:
+        except (LeaseLost, _HandedBack):
             raise
         except Exception as exc:
             await self._save(op, f"rollback failed: {exc}", level="error", state=OperationState.FAILED,
@@ -260,17 +339,23 @@ class Executor:
                          message="cancelled and rolled back" if final == OperationState.CANCELLED
                          else f"rolled back: {op.error}")
 
+    async def _backoff(self, op: Operation, running: StepState) -> None:
+        """Sleep until ``not_before`` (maybe from before a restart); a cancel cuts it short, and so does a
+        stop: the time is in the row, the next executor waits out the rest."""
+        while (delay := (store.aware(op.not_before) - utcnow()).total_seconds()) > 0:  # type: ignore[arg-type]
+            if await wait_event(self.stop_requested, min(delay, 0.5)):
+                raise _HandedBack(f"handed back during a retry's backoff of {delay:.1f} s (executor stopping)")
+            if running == StepState.RUNNING:
+                await self._raise_if_cancelled(op)
+
     async def _attempts(self, op: Operation, index: int, action: str, args: dict[str, Any],
                         running: StepState) -> dict[str, Any]:
         """Run one action with retries; every attempt is recorded before it starts."""
         step = op.steps[index]
         key = "attempts" if running == StepState.RUNNING else "undo_attempts"  # forward and undo count apart
         while True:
-            if op.not_before is not None:  # a backoff (maybe from before a restart); a cancel cuts it short
-                while (delay := (store.aware(op.not_before) - utcnow()).total_seconds()) > 0:
-                    await asyncio.sleep(min(delay, 0.5))
-                    if running == StepState.RUNNING:
-                        await self._raise_if_cancelled(op)
+            if op.not_before is not None:
+                await self._backoff(op, running)
             if running == StepState.RUNNING and step.get(key, 0) > 0:
                 await self._raise_if_cancelled(op)
             if not (running == StepState.RUNNING and self._parked_step(op) is step):  # a re-check is no new attempt
@@ -279,7 +364,9 @@ class Executor:
                                  not_before=None, message=f"{step['name']}")
             ctx = self._context(op, index)
             try:
-                return await asyncio.wait_for(run_action(ctx, action, args), self.settings.step_timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (issue 24)
+                async with asyncio.timeout(self.settings.step_timeout_s):
+                    return await run_action(ctx, action, args)
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except StepWaiting as waiting:
@@ -305,7 +392,7 @@ class Executor:
                 op.not_before = utcnow() + timedelta(seconds=delay)
 
     async def _raise_if_cancelled(self, op: Operation) -> None:
-        op.cancel_requested = (await store.get(self.sessions, op.id)).cancel_requested
+        op.cancel_requested = (await shielded(store.get(self.sessions, op.id))).cancel_requested
         if op.cancel_requested and not self._committed(op):
             raise _Cancelled()
 

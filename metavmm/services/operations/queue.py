@@ -18,7 +18,6 @@ be lost (the worker died in between), the sweeper finds the operation once it is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from datetime import datetime
@@ -26,9 +25,10 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from metavmm.foundation.aio import stop_tasks
 from metavmm.foundation.errors import ConfigError
 from metavmm.services.operations import store
-from metavmm.services.operations.executor import Executor
+from metavmm.services.operations.executor import CANCEL_S, Executor
 from metavmm.services.operations.store import Sessions
 
 try:
@@ -114,15 +114,37 @@ async def _sweeper(app: procrastinate.App, sessions: Sessions, interval_s: float
 
 async def run_worker(app: procrastinate.App, executor: Executor, *, concurrency: int,
                      sweep_interval_s: float | None = None, **options: Any) -> None:
-    """Run one worker process until SIGTERM/SIGINT: procrastinate's worker plus the sweeper."""
+    """Run one worker: procrastinate's worker plus the sweeper, until ``executor.request_stop()`` or
+    cancellation (either stops it; the worker's own failure is raised).
+
+    The stop is bounded like the in-process engine's (:meth:`Executor.stop`): running operations get
+    ``stop_grace_s`` to end their step and are handed back (another worker gets a job for them at once);
+    those still running then are cancelled (procrastinate records the job aborted) and resumed once their
+    lease runs out.
+    """
     interval = sweep_interval_s if sweep_interval_s is not None else max(executor.settings.lease_s, 1.0)
-    sweeper = asyncio.create_task(_sweeper(app, executor.sessions, interval))
+    # procrastinate's own abort comes after the executor's (which cancels what outlives the grace itself)
+    grace = executor.settings.stop_grace_s + CANCEL_S
+    sweeper = asyncio.create_task(_sweeper(app, executor.sessions, interval), name="operations-sweeper")
     executor.on_park = functools.partial(defer, app)
+    worker = asyncio.create_task(app.run_worker_async(
+        queues=[QUEUE], concurrency=concurrency, wait=True, additional_context={"executor": executor},
+        shutdown_graceful_timeout=grace, **options), name="procrastinate-worker")
+    asked = asyncio.create_task(executor.stop_requested.wait())
     try:
-        await app.run_worker_async(queues=[QUEUE], concurrency=concurrency, wait=True,
-                                   additional_context={"executor": executor}, **options)
+        await asyncio.wait({worker, asked}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        executor.request_stop(now=True)
+        raise
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
-        await executor.drivers.close()
+        ended_by_itself = worker.done()
+        executor.request_stop()
+        asked.cancel()
+        await stop_tasks([sweeper], grace_s=0, cancel_s=CANCEL_S, what="sweeper")
+        if not ended_by_itself:
+            worker.cancel()  # once: procrastinate stops fetching jobs and waits for the running ones...
+        await executor.stop()  # ...whose operations end their step within the grace or are cancelled
+        if not ended_by_itself:  # then procrastinate records how the jobs ended and unregisters the worker
+            await stop_tasks([worker], grace_s=CANCEL_S, cancel_s=CANCEL_S, what="worker")
+    if ended_by_itself and not worker.cancelled() and (failure := worker.exception()) is not None:
+        raise failure
