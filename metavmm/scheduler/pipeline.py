@@ -372,7 +372,7 @@ class Scheduler:
             target=Target(site.provider.name, site.region, site.name, slot.host.name if slot.host else None,
                           slot.flavor.name if slot.flavor else None, hypervisor, console),
             vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image, boot_marker=req.boot_marker,
-            basis=q.basis))
+            boot_timeout_s=req.boot_timeout_s, basis=q.basis))
         return Placement(
             req, True, summary, self.snapshot.currency, site=site.name, site_id=site.id, provider=site.provider.name,
             region=site.region, host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,

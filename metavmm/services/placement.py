@@ -203,7 +203,7 @@ class Placer:
                             target=Target(view.provider.name, view.region, view.name, None, None, hypervisor,
                                           Capability.CONSOLE in view.provider.capabilities),
                             vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image,
-                            boot_marker=req.boot_marker)
+                            boot_marker=req.boot_marker, boot_timeout_s=req.boot_timeout_s)
 
     def _defaults(self, req: PlacementRequest) -> PlacementRequest:
         """The federation's boot marker when the request has none (checked here: a bad regex is a 400)."""
