@@ -238,3 +238,38 @@ async def test_real_v2v_plan(engine: Engine, bootable_guest: Path) -> None:  # n
     print(f"\nreal virt-v2v plan: {[(s['name'], s['started_at'], s['finished_at']) for s in done.steps]}")
     gone = await run(engine, await flows.delete(engine, workload.id))
     assert gone.state == OperationState.SUCCEEDED, gone.error
+
+
+async def test_an_ova_is_fetched_and_unpacked_by_the_plan(tmp_path: Path) -> None:
+    """An image published as an OVA package goes through the package checks at create time (``ovf.unpack``),
+    then qemu-img makes its VMDK a qcow2 for the (SIMULATED) KVM host, and the result is imported there."""
+    from metavmm.translators import ova
+    from tests.services.operations.conftest import engine_for
+
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\x00" * (1 << 20))
+    package = await ova.export_package([DiskRef(str(raw), "raw")], tmp_path / "app.ova", ova.ExportSpec("app"),
+                                       trusted=True)
+    federation = f"""
+providers:
+  - {{name: sim-a, kind: sim, site_count: 1, hosts_per_site: 1, seed: 1}}
+operations: {{reconcile_interval_s: 0, work_dir: "{tmp_path / 'work'}"}}
+"""
+    async with engine_for(federation, tmp_path) as engine:
+        image = await publish_esxi_image(engine, package, "ova", hypervisor=None)  # type: ignore[arg-type]
+        async with session_scope(engine.sessions) as session:
+            workload = Workload(kind="compute", name="app", spec={"vcpus": 1, "ram_mib": 512})
+            session.add(workload)
+            await session.flush()
+            planned = await Placer(engine.config).plan_create(
+                session, PlacementRequest("app", 1, 512, cpu_arch=None, image=ImageRef(image.id)),
+                workload_id=workload.id, vm_name="app", providers=frozenset({"sim-a"}))
+            op = await store.write_plan(session, kind="create", steps=planned.steps, target_id=workload.id)
+        assert [s["action"] for s in op.steps] == ["image.fetch", "ovf.unpack", "disk.convert", "image.import",
+                                                   "vm.create", "vm.wait", "workload.record", "scratch.clean"]
+        done = await run(engine, op)
+        assert done.state == OperationState.SUCCEEDED, done.error
+        unpack = next(s for s in done.steps if s["name"] == "unpack")
+        assert any("unpacked its vmdk disk (manifest verified)" in line for line in unpack["log"]), unpack["log"]
+        assert done.outputs["unpacked"]["format"] == "vmdk" and done.outputs["convert"]["format"] == "qcow2"
+        assert done.outputs["target_image"].startswith("sim-img-")
