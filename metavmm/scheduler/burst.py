@@ -45,7 +45,7 @@ from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.costs import PriceCost
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger
-from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.plan import Alternative, BurstVerdict, Placement
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot
@@ -318,7 +318,7 @@ def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0, ledger: Ledger
 
 def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy], *,
                    ledger: Ledger | None = None, graph: FederationGraph | None = None,
-                   explain: bool = False) -> Placement:
+                   explain: bool = False, views: ViewCache | None = None) -> Placement:
     """A real request's placement under the federation's burst policies (what a create and its
     ``/placements`` dry run use), with the verdict on :attr:`Placement.burst`.
 
@@ -328,17 +328,17 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
     of that policy's allowed providers honouring its residency, if its price over the expected hours
     fits the policy's monthly budget (spend already made this month is not tracked here: the replay
     models it). When no policy can take it, an over-threshold request still runs on-prem if it fits;
-    otherwise the on-prem answer (with its reasons, and each policy's) is returned. ``ledger`` and
-    ``graph``: the create path's in-transit placements and its cached graph (see
+    otherwise the on-prem answer (with its reasons, and each policy's) is returned. ``ledger``, ``graph``
+    and ``views``: the create path's in-transit placements, its cached graph and its cached views (see
     :mod:`metavmm.services.placement`).
     """
     policies = list(policies)
     pinned = bool(req.sites or req.providers or req.public_only)
     if not policies or pinned:
-        plain = Scheduler(snapshot, ledger=ledger, graph=graph).place(req, reserve=False, explain=explain)
+        plain = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(req, reserve=False, explain=explain)
         why = "no burst policy is configured" if not policies else "the request names its sites or providers"
         return dataclass_replace(plain, burst=BurstVerdict("pinned" if policies else "no-policy", why))
-    home = Scheduler(snapshot, ledger=ledger, graph=graph).place(dataclass_replace(req, on_prem_only=True),
+    home = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(dataclass_replace(req, on_prem_only=True),
                                                                  reserve=False, explain=explain)
     over = on_prem_utilisation(snapshot, req.vcpus, ledger)
     why_not: list[str] = []
@@ -352,7 +352,7 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
         residency = tuple(c for c in (req.residency or pol.residency) if not pol.residency or c in pol.residency)
         public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=residency or (
             ("--",) if req.residency and pol.residency else ()), providers=tuple(pol.allowed_providers))
-        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph).place(
+        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph, views=views).place(
             public_req, reserve=False, explain=explain)
         if not cloud.placed or cloud.price_per_hour is None:
             why_not.append(f"policy {pol.name}: {cloud.summary}")

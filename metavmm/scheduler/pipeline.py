@@ -59,12 +59,28 @@ class Scored:
 MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
 
 
+class ViewCache:
+    """Site, host and flavor views no ledger has touched, shared by every Scheduler of one snapshot.
+
+    A view depends on the snapshot and on the ledger's deltas for its host or site; where a ledger has
+    none (version 0), the view is the same under every ledger. The create path builds a Scheduler per
+    request (each with its own in-transit ledger), so without this each request rebuilt every host's
+    view (10,000 hosts: ~0.2 s). Views a ledger changed stay in that Scheduler only.
+    """
+
+    def __init__(self) -> None:
+        self.sites: dict[int, CandidateView] = {}
+        self.hosts: dict[int, CandidateView] = {}
+        self.flavors: dict[int, list[CandidateView]] = {}
+
+
 class Scheduler:
-    """Places requests on one snapshot. Keep one per snapshot; it caches site views between requests."""
+    """Places requests on one snapshot. Keep one per snapshot; it caches site views between requests
+    (and shares the views no reservation touched with other Schedulers of the snapshot through ``views``)."""
 
     def __init__(self, snapshot: Snapshot, *, filters: Sequence[Filter] | None = None,
                  costs: Sequence[Cost] | None = None, ledger: Ledger | None = None,
-                 graph: FederationGraph | None = None) -> None:
+                 graph: FederationGraph | None = None, views: ViewCache | None = None) -> None:
         self.snapshot = snapshot
         self.settings = snapshot.settings
         self.quote = Quoter()
@@ -76,8 +92,8 @@ class Scheduler:
         self._site_filters = [f for f in self.filters if f.scope in ("site", "slot")]
         self._slot_filters = [f for f in self.filters if f.scope == "slot"]
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
-        self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
+        self.views = views if views is not None else ViewCache()
         self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
         self._slot_verdicts: dict[tuple[object, ...], Rejection | None] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
@@ -113,28 +129,42 @@ class Scheduler:
 
     def site_view(self, site: SiteView) -> CandidateView:
         version = self.ledger.site_version.get(site.id, 0)
-        cached = self._site_cache.get(site.id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        if version == 0:
+            pristine = self.views.sites.get(site.id)
+            if pristine is not None:
+                return pristine
+        else:
+            cached = self._site_cache.get(site.id)
+            if cached is not None and cached[0] == version:
+                return cached[1]
         if site.has_hosts:
             view = aggregate_hosts(site, self.slot_views(site), self.settings)
         else:
             view = site_view(site, None, self.settings)
-        self._site_cache[site.id] = (version, view)
+        if version == 0:
+            self.views.sites[site.id] = view
+        else:
+            self._site_cache[site.id] = (version, view)
         return view
 
     def slot_views(self, site: SiteView) -> list[CandidateView]:
         """Host views (rebuilt only for hosts the ledger changed) or flavor views of one site."""
         if not site.has_hosts:
-            cached = self._slot_cache.get(site.id)
-            if cached is None:
-                cached = (0, slot_views(site, None, self.settings))
-                self._slot_cache[site.id] = cached
-            return cached[1]
+            flavors = self.views.flavors.get(site.id)
+            if flavors is None:
+                flavors = self.views.flavors[site.id] = slot_views(site, None, self.settings)
+            return flavors
         out = []
         versions = self.ledger.host_version
+        pristine = self.views.hosts
         for h in site.hosts:
             version = versions.get(h.id, 0)
+            if version == 0:
+                view = pristine.get(h.id)
+                if view is None:
+                    view = pristine[h.id] = host_view(site, h, None, self.settings)
+                out.append(view)
+                continue
             hit = self._host_cache.get(h.id)
             if hit is None or hit[0] != version:
                 hit = (version, host_view(site, h, self.ledger, self.settings))

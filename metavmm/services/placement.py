@@ -45,7 +45,7 @@ from metavmm.foundation.records import Capability
 from metavmm.scheduler.burst import place_or_burst
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger, Reservation
-from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.plan import Placement, Rejection, Step
 from metavmm.scheduler.provision import Target, create_steps
 from metavmm.scheduler.request import PlacementRequest
@@ -117,22 +117,27 @@ class Placer:
     def __init__(self, config: FederationConfig, *, cache: bool = True) -> None:
         self.config = config
         self.cache = cache  # False: a fresh snapshot per request (the benchmark's "before")
-        self._cached: tuple[tuple[Any, ...], Snapshot, FederationGraph] | None = None
+        self._cached: tuple[tuple[Any, ...], Snapshot, FederationGraph, ViewCache] | None = None
         self.hits = 0
         self.misses = 0
 
     async def snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph]:
+        snap, graph, _ = await self._snapshot(session)
+        return snap, graph
+
+    async def _snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph, ViewCache]:
+        """The snapshot, its graph and the views no reservation touched, reused while the fingerprint holds."""
         key = await fingerprint(session)
         cached = self._cached
         if self.cache and cached is not None and cached[0] == key:
             self.hits += 1
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         self.misses += 1
         snap = await load_snapshot(session, currency=self.config.federation.currency, settings=self.config.scheduler)
         snap = replace(snap, policies=tuple(self.config.policies))
-        graph = FederationGraph(snap)
-        self._cached = (key, snap, graph)
-        return snap, graph
+        graph, views = FederationGraph(snap), ViewCache()
+        self._cached = (key, snap, graph, views)
+        return snap, graph, views
 
     async def place(self, session: AsyncSession, req: PlacementRequest, *, explain: bool = False,
                     lock: bool = True) -> Placement:
@@ -141,9 +146,9 @@ class Placer:
         its transaction with ``lock``; a dry run reads without the lock (it holds nothing)."""
         if lock:
             await lock_placement(session)
-        snap, graph = await self.snapshot(session)
+        snap, graph, views = await self._snapshot(session)
         ledger = await in_transit(session)
-        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain)
+        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views)
 
     async def decide(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
                      explain: bool = False, lock: bool = True) -> PlannedCreate:
@@ -190,11 +195,11 @@ class Placer:
         marketplace launch picks where an image is cheapest to start), built like the scheduler's bind:
         the image's route from the graph, a bootable replica used as it is."""
         req = self._defaults(req)
-        snap, graph = await self.snapshot(session)
+        snap, graph, views = await self._snapshot(session)
         view = snap.site_named(site)
         if view is None:
             raise NotFound(f"no site {site} in the catalog")
-        sched = Scheduler(snap, graph=graph)
+        sched = Scheduler(snap, graph=graph, views=views)
         req, _ = sched.prefilter(req)
         hypervisors = view.hypervisors or frozenset({KINDS[view.provider.kind].hypervisor}
                                                      if view.provider.kind in KINDS else {"kvm"})

@@ -111,3 +111,18 @@ def test_summarize_is_sorted_and_deterministic() -> None:
                                                                         "", 7),
           Rejection("c", "host", "s", "f", "data residency", "", 3)]
     assert summarize(rs, 15, 2) == "2/15 candidates are available: 7 insufficient memory, 3 data residency, 3 no H100"
+
+
+def test_shared_views_never_carry_another_ledgers_reservations(federation) -> None:
+    """Schedulers of one snapshot share the views no reservation touched (the create path makes one per
+    request); a view a ledger changed stays with that ledger's Scheduler."""
+    from metavmm.scheduler.pipeline import ViewCache
+
+    snap, views = federation(), ViewCache()
+    a = Scheduler(snap, views=views)
+    assert a.place(PlacementRequest("a", 60, 8 * 1024), key="a").host == "h2"  # the only 64-core host
+    b = Scheduler(snap, views=views)  # another request: its ledger holds nothing
+    assert b.place(PlacementRequest("b", 60, 8 * 1024), reserve=False).host == "h2"
+    assert a.place(PlacementRequest("c", 60, 8 * 1024), reserve=False).host != "h2"
+    h2 = snap.host_named("h2")
+    assert h2 is not None and views.hosts[h2.id].free_vcpus == 64  # the shared view is the untouched one
