@@ -8,7 +8,7 @@ from pathlib import Path
 from metavmm.api.rest import modules
 from metavmm.api.rest.reference import markdown, openapi_text
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 HOW = "regenerate with `.venv/bin/python -m metavmm.api.rest.reference`"
 
 
