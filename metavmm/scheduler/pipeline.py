@@ -32,7 +32,7 @@ from metavmm.scheduler.costs import Cost, default_costs
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph, boot_formats
 from metavmm.scheduler.ledger import Ledger, Reservation
-from metavmm.scheduler.plan import Alternative, Placement, Rejection, summarize
+from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, summarize
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.scheduler.quotes import Quoter
 from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
@@ -394,15 +394,9 @@ class Scheduler:
         steps later, exactly as they are.
         """
         site = slot.site
-        hypervisor, image = self.image_source(req, site, slot.hypervisors)
         q = self.quote(slot, req)
-        console = Capability.CONSOLE in site.provider.capabilities
-        steps = tuple(create_steps(
-            workload_id=req.workload_id, name=req.vm_name or req.name,
-            target=Target(site.provider.name, site.region, site.name, slot.host.name if slot.host else None,
-                          slot.flavor.name if slot.flavor else None, hypervisor, console),
-            vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image, boot_marker=req.boot_marker,
-            boot_timeout_s=req.boot_timeout_s, basis=q.basis))
+        hypervisor, steps = self.create_plan(req, site, slot.hypervisors, host=slot.host.name if slot.host else None,
+                                             flavor=slot.flavor.name if slot.flavor else None, basis=q.basis)
         return Placement(
             req, True, summary, self.snapshot.currency, site=site.name, site_id=site.id, provider=site.provider.name,
             region=site.region, host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,
@@ -413,6 +407,20 @@ class Scheduler:
             one_off_price=sum((s.price for s in steps), Decimal(0)), seconds_to_ready=sum(s.seconds for s in steps),
             steps=steps, rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,
         )
+
+    def create_plan(self, req: PlacementRequest, site: SiteView, hypervisors: frozenset[str], *,
+                    host: str | None = None, flavor: str | None = None,
+                    basis: str = "") -> tuple[str, tuple[Step, ...]]:
+        """The hypervisor and the engine's steps that create ``req`` at ``site`` (on ``host`` or as
+        ``flavor`` when chosen): :meth:`bind`'s plan, and the plan of a site another rule chose (the
+        marketplace launch)."""
+        hypervisor, image = self.image_source(req, site, hypervisors)
+        target = Target(site.provider.name, site.region, site.name, host, flavor, hypervisor,
+                        Capability.CONSOLE in site.provider.capabilities)
+        return hypervisor, tuple(create_steps(
+            workload_id=req.workload_id, name=req.vm_name or req.name, target=target, vcpus=req.vcpus,
+            ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image, boot_marker=req.boot_marker,
+            boot_timeout_s=req.boot_timeout_s, basis=basis))
 
     def image_source(self, req: PlacementRequest, site: SiteView,
                      hypervisors: frozenset[str]) -> tuple[str, ImageSource | None]:

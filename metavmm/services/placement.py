@@ -41,13 +41,11 @@ from metavmm.catalog import models as m
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import NoPlacement, NotFound
 from metavmm.foundation.kinds import KINDS
-from metavmm.foundation.records import Capability
 from metavmm.scheduler.burst import place_or_burst
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.plan import Placement, Rejection, Step
-from metavmm.scheduler.provision import Target, create_steps
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
 from metavmm.scheduler.summary import placement_summary
@@ -203,12 +201,7 @@ class Placer:
         req, _ = sched.prefilter(req)
         hypervisors = view.hypervisors or frozenset({KINDS[view.provider.kind].hypervisor}
                                                      if view.provider.kind in KINDS else {"kvm"})
-        hypervisor, image = sched.image_source(req, view, hypervisors)
-        return create_steps(workload_id=req.workload_id, name=req.vm_name or req.name,
-                            target=Target(view.provider.name, view.region, view.name, None, None, hypervisor,
-                                          Capability.CONSOLE in view.provider.capabilities),
-                            vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image,
-                            boot_marker=req.boot_marker, boot_timeout_s=req.boot_timeout_s)
+        return list(sched.create_plan(req, view, hypervisors)[1])
 
     def _defaults(self, req: PlacementRequest) -> PlacementRequest:
         """The federation's boot marker when the request has none (checked here: a bad regex is a 400)."""
