@@ -217,10 +217,10 @@ class Placer:
         if p.provider not in providers:
             return _refused(p, site, f"the scheduler chose {site}, whose provider {p.provider} is not in the "
                             "federation file", "provider not in the federation file")
-        if any(s.action in ("image.replicate", "image.fetch") for s in p.steps):
-            image = await session.get(m.Image, p.request.image.image_id) if p.request.image else None
+        image_id = p.request.image.image_id if p.request.image else None
+        if image_id is not None and any(s.action in ("image.replicate", "image.fetch") for s in p.steps):
+            image = await session.get(m.Image, image_id)  # (a dry run of a described image has nothing to check)
             if image is None or not image.location:
-                image_id = p.request.image.image_id if p.request.image else None
                 return _refused(p, site, f"image {image_id} has no replica at {site} and no published disk to "
                                 "copy there", "no image to copy")
         return p

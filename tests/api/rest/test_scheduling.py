@@ -81,6 +81,19 @@ async def test_placement_dry_run_explains(client: Any) -> None:
     assert first["lost"] == "filter" and first["code"] == "data residency" and "JP" in first["reason"]
 
 
+async def test_a_described_foreign_guest_shows_its_virt_v2v_steps(client: Any) -> None:
+    """A dry run may describe an image instead of naming one: an ESXi guest on the KVM home sites needs
+    virt-v2v, so the plan fetches, fixes and imports it before the create."""
+    body = await (await client.post("/api/v1/placements", json={
+        "vcpus": 1, "ram_mib": 1024, "providers": ["home"], "image_format": "vmdk", "image_hypervisor": "esxi",
+        "image_size_bytes": 2 << 30, "boot_marker": "login:"})).json()
+    assert body["placed"] is True, body["summary"]
+    assert [s["action"] for s in body["steps"]][:4] == ["image.fetch", "disk.v2v", "image.import", "vm.create"]
+    assert body["seconds_to_ready"] > 600  # virt-v2v's fixed start-up alone is 600 s
+    bad = await client.post("/api/v1/placements", json={"vcpus": 1, "ram_mib": 1, "boot_marker": "[x"})
+    assert bad.status == 400 and "not a valid regex" in (await bad.json())["detail"]
+
+
 async def test_batch_and_bad_input(client: Any) -> None:
     reqs = [{"name": f"w{i}", "vcpus": 1, "ram_mib": 1024} for i in range(20)]
     resp = await client.post("/api/v1/placements/batch", json={"requests": reqs})
