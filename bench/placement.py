@@ -1,18 +1,34 @@
-"""Single placements per second on a 10,000-host, 100-site SIMULATED catalog (sim driver).
+"""Single placements per second on a 10,000-host, 100-site SIMULATED catalog (sim driver), and the
+latency of a ``POST /placements`` dry run before and after it became the create's own decision.
 
 Run: .venv/bin/python -m bench.placement [--sites 100] [--hosts-per-site 100] [--n 2000]
+     .venv/bin/python -m bench.placement --dry-run [--sites 20] [--hosts-per-site 50] [--n 200] [--in-transit 100]
 
-Measures placement only: the snapshot is built once from the sim driver's inventory (no database),
-then requests of common shapes are placed one after another, each reserving its capacity so the next
-decision sees it. Target: 1,000 decisions per second.
+The first measures placement only: the snapshot is built once from the sim driver's inventory (no
+database), then requests of common shapes are placed one after another, each reserving its capacity so
+the next decision sees it. Target: 1,000 decisions per second.
+
+``--dry-run`` measures what the ``POST /placements`` handler does, minus HTTP, on a SQLite catalog synced
+from the sim driver with ``--in-transit`` creates still pending and a burst policy configured, three
+ways interleaved request by request (so the machine's load hits all alike):
+
+- *before*: the old handler: a fresh snapshot from the catalog, a bare Scheduler (no ledger, no
+  burst policy), the answer rendered;
+- *after*: the Placer a create uses: the cached snapshot, the in-transit ledger read, the burst
+  policy, the Placer's checks, the executable steps and the placement summary, rendered;
+- *after, no cache*: the same with a fresh snapshot each time (what the cache saves).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from bench.common import SHAPES, sim_snapshot
 from metavmm.scheduler.graph import FederationGraph
@@ -28,12 +44,98 @@ def _rate(sched: Scheduler, reqs: list[PlacementRequest], **kw: object) -> tuple
     return len(reqs) / (time.perf_counter() - wall), len(reqs) / (time.process_time() - cpu), placed
 
 
+DRY_RUN_FEDERATION = """
+federation: {{name: bench, currency: USD}}
+providers:
+  - {{name: home, kind: sim, site_count: {sites}, hosts_per_site: {hosts}, seed: 7}}
+  - {{name: cloud, kind: sim, on_prem: false, hosts_per_site: 0, price_per_vcpu_hour: "0.05"}}
+policies:
+  - {{name: overflow, when_utilisation_above: 0.95, allowed_providers: [cloud], monthly_budget: "1000"}}
+"""
+
+
+async def _dry_run_latency(sites: int, hosts: int, n: int, in_transit: int) -> None:
+    from sqlmodel import select
+
+    from metavmm.catalog import db
+    from metavmm.catalog import models as m
+    from metavmm.catalog.db import session_scope
+    from metavmm.foundation.config import parse_config
+    from metavmm.scheduler import service
+    from metavmm.scheduler.schemas import PlacementOut
+    from metavmm.services.placement import Placer
+    from metavmm.services.sync import sync_all
+
+    config = parse_config(DRY_RUN_FEDERATION.format(sites=sites, hosts=hosts))
+    providers = frozenset(p.name for p in config.providers)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        await db.upgrade_async(url)
+        engine = db.make_engine(url)
+        sessions = db.make_sessionmaker(engine)
+        t = time.perf_counter()
+        for p in config.providers:  # one at a time: a 10,000-host sync holds SQLite's writer lock for long
+            assert (await sync_all(sessions, config, only={p.name}))[0].error is None
+        sync_s = time.perf_counter() - t
+        async with session_scope(sessions) as s:  # creates placed but not run yet: the ledger's rows
+            host_rows = (await s.exec(select(m.Host).limit(in_transit))).all()
+            for i, h in enumerate(host_rows):
+                w = m.Workload(kind="compute", name=f"t{i}", spec={"vcpus": 1, "ram_mib": 1024, "placement": {
+                    "site_id": h.site_id, "host_id": h.id}})
+                s.add(w)
+                await s.flush()
+                s.add(m.Operation(kind="create", target_id=w.id, state=m.OperationState.PENDING, steps=[]))
+        rng = random.Random(3)
+        reqs = [PlacementRequest(f"d{i}", *rng.choice(SHAPES)) for i in range(n)]
+        cached, fresh = Placer(config), Placer(config, cache=False)
+
+        async def before(req: PlacementRequest) -> PlacementOut:
+            snap = await service.snapshot(sessions, config)
+            return PlacementOut.of(Scheduler(snap).place(req, reserve=False))
+
+        async def after(placer: Placer, req: PlacementRequest) -> PlacementOut:
+            async with sessions() as session:
+                planned = await placer.dry_run(session, req, providers=providers)
+            return PlacementOut.of(planned.placement, planned.where)
+
+        runs: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in ("before", "after", "after-fresh")}
+        placed = dict.fromkeys(runs, 0)
+        await before(reqs[0])
+        await after(cached, reqs[0])  # warm-up: first snapshot, imports
+        for req in reqs:
+            for name, call in (("before", lambda r=req: before(r)), ("after", lambda r=req: after(cached, r)),
+                               ("after-fresh", lambda r=req: after(fresh, r))):
+                wall, cpu = time.perf_counter(), time.process_time()
+                out = await call()
+                runs[name][0].append((time.perf_counter() - wall) * 1000)
+                runs[name][1].append((time.process_time() - cpu) * 1000)
+                placed[name] += out.placed
+        await engine.dispose()
+    hosts_n = sites * hosts
+    print(f"catalog: {hosts_n} SIMULATED hosts in {sites} sites + 1 cloud site, SQLite, synced in {sync_s:.1f} s; "
+          f"{in_transit} creates in transit; burst policy configured; n={n}, interleaved; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'POST /placements equivalent':44} {'median ms':>10} {'p95 ms':>8} {'CPU median':>11} {'placed':>7}")
+    labels = {"before": "before: fresh snapshot, bare Scheduler", "after": "after: the create's Placer (cached)",
+              "after-fresh": "after, fresh snapshot each time"}
+    for name, (wall_ms, cpu_ms) in runs.items():
+        p95 = statistics.quantiles(wall_ms, n=20)[-1]
+        print(f"{labels[name]:44} {statistics.median(wall_ms):10.2f} {p95:8.2f} {statistics.median(cpu_ms):11.2f} "
+              f"{placed[name]:>7}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sites", type=int, default=100)
-    ap.add_argument("--hosts-per-site", type=int, default=100)
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--sites", type=int, default=None)
+    ap.add_argument("--hosts-per-site", type=int, default=None)
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="POST /placements latency, before and after")
+    ap.add_argument("--in-transit", type=int, default=100)
     args = ap.parse_args()
+    if args.dry_run:
+        asyncio.run(_dry_run_latency(args.sites or 20, args.hosts_per_site or 50, args.n or 200, args.in_transit))
+        return
+    args.sites, args.hosts_per_site, args.n = args.sites or 100, args.hosts_per_site or 100, args.n or 2000
     t = time.perf_counter()
     snap = sim_snapshot(args.sites, args.hosts_per_site)
     build_s = time.perf_counter() - t

@@ -1,7 +1,9 @@
 """``metavmm schedule``: placement dry runs with explanations, batch placement, migration plans, replays.
 
-Every command reads a fresh snapshot of the catalog and changes nothing (run ``metavmm catalog sync``
-first). ``--json`` prints the same document the REST API returns.
+Every command changes nothing (run ``metavmm catalog sync`` first). ``place`` asks the Placer a create
+uses (placements still in transit, burst policies, the same checks) and prints what a create would do
+now; the others read a fresh snapshot of the catalog. ``--json`` prints the same document the REST
+API returns.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from metavmm.cli.common import Settings, console, pass_settings
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler import service
 from metavmm.scheduler.burst import load_trace
+from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.schemas import BatchOut, MigrationOut, PlacementOut, PlacementRequestIn, ReplayOut
 from metavmm.scheduler.snapshot import Snapshot
+from metavmm.services.placement import Placer, PlannedCreate
 
 
 def _snapshot(settings: Settings) -> Snapshot:
@@ -32,6 +36,21 @@ def _snapshot(settings: Settings) -> Snapshot:
         engine = db.make_engine(settings.database)
         try:
             return await service.snapshot(db.make_sessionmaker(engine), settings.config)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _dry_run(settings: Settings, req: PlacementRequest, explain: bool) -> PlannedCreate:
+    """What a create of ``req`` would do now, through the Placer a create uses (nothing is written)."""
+    async def run() -> PlannedCreate:
+        await db.upgrade_async(settings.database)
+        engine = db.make_engine(settings.database)
+        try:
+            async with db.make_sessionmaker(engine)() as session:
+                return await Placer(settings.config).dry_run(
+                    session, req, providers=frozenset(p.name for p in settings.config.providers), explain=explain)
         finally:
             await engine.dispose()
 
@@ -47,7 +66,8 @@ def _steps_table(title: str, steps: list[Any]) -> Table:
     for col in ("step", "site", "detail", "seconds", "price"):
         table.add_column(col, justify="right" if col in ("seconds", "price") else "left")
     for s in steps:
-        table.add_row(s.action, s.site, s.detail, f"{s.seconds:.1f}", str(s.price) if s.price else "-")
+        step = f"{s.name} ({s.action})" if s.name else s.action
+        table.add_row(step, s.site, s.detail, f"{s.seconds:.1f}", str(s.price) if s.price else "-")
     return table
 
 
@@ -86,7 +106,7 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
           image_hypervisor: str | None, residency: tuple[str, ...], sites: tuple[str, ...],
           providers: tuple[str, ...], on_prem_only: bool, public_only: bool, project: str | None,
           hours: float | None, strategy: str | None, max_price: float | None, explain: bool, as_json: bool) -> None:
-    """Where would this VM go, at what price, by which steps, and why not elsewhere."""
+    """Where would a create of this VM go now, at what price, by which steps, and why not elsewhere."""
     gpu_model, gpu_count = None, 0
     if gpu:
         model, _, count = gpu.partition(":")
@@ -105,7 +125,8 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
     except pydantic.ValidationError as exc:
         raise ValidationError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) \
             from None
-    out = PlacementOut.of(service.place(_snapshot(settings), req, explain=explain))
+    planned = _dry_run(settings, req, explain)
+    out = PlacementOut.of(planned.placement, planned.where)
     if as_json:
         _print_json(out)
         return
@@ -116,7 +137,7 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
         console.print(f"target: {out.site} / {target} ({out.provider}, {out.hypervisor}); "
                       f"{out.price_per_hour} {out.currency}/h, {out.total_price:.4f} {out.currency} over "
                       f"{out.expected_hours:g} h; ready in ~{out.seconds_to_ready:.0f} s", highlight=False)
-        console.print(_steps_table("plan (dry run)", out.steps))
+        console.print(_steps_table("plan (dry run: the engine's steps a create would run)", out.steps))
     by_code: dict[str, list[str]] = {}
     counts: Counter[str] = Counter()
     for r in out.rejections:
@@ -130,13 +151,22 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
             if n:  # flavors of a cloud site that passed elsewhere count for nothing: detail only (--json)
                 table.add_row(code, str(n), by_code[code][0])
         console.print(table)
-    if out.alternatives:
-        table = Table(title="next best")
-        for col in ("candidate", "site", "score"):
+    _print_summary(out)
+
+
+def _print_summary(out: PlacementOut) -> None:
+    """The placement summary a create would keep: the next best and why each lost, the burst verdict."""
+    alternatives: list[dict[str, Any]] = out.placement.get("alternatives") or []  # type: ignore[assignment]
+    if alternatives:
+        table = Table(title="next best, and why each lost")
+        for col in ("candidate", "site", "lost on", "why"):
             table.add_column(col)
-        for a in out.alternatives:
-            table.add_row(a.candidate, a.site, f"{a.score:.3f}")
+        for a in alternatives:
+            lost = a["filter"] if a["lost"] == "filter" else "cost"
+            table.add_row(a["candidate"], a["site"], lost, a["reason"])
         console.print(table)
+    if out.burst is not None:
+        console.print(f"burst: {out.burst.outcome}: {out.burst.reason}", highlight=False, soft_wrap=True)
 
 
 @schedule_group.command("batch")

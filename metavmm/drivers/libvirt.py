@@ -350,6 +350,8 @@ class LibvirtDriver(DriverBase):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _domain_xml(self, spec: VmSpec, disk: Path, vm_uuid: str, seed: Path | None, console: Path) -> str:
+        """The domain. It has a VGA card although nobody looks at it: without one a GRUB-booted guest
+        (Debian 12, converted by virt-v2v) never starts its kernel, and its serial console stays empty."""
         workload = f"<mv:workload xmlns:mv='{METADATA_NS}'>{escape(spec.workload_id or '')}</mv:workload>"
         mac = f"<mac address='{escape(str(spec.extra['mac']))}'/>" if spec.extra.get("mac") else ""  # a clone's own
         return f"""<domain type='{self.domain_type}'>
@@ -370,6 +372,7 @@ class LibvirtDriver(DriverBase):
     <interface type='user'>{mac}<model type='virtio'/></interface>
     <serial type='pty'><log file='{escape(str(console))}' append='off'/><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
+    <video><model type='vga'/></video>
   </devices>
 </domain>"""
 

@@ -45,10 +45,11 @@ from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.costs import PriceCost
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger
-from metavmm.scheduler.pipeline import Scheduler
-from metavmm.scheduler.plan import Placement
+from metavmm.scheduler.pipeline import Scheduler, ViewCache
+from metavmm.scheduler.plan import Alternative, BurstVerdict, Placement
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot
+from metavmm.scheduler.summary import money
 
 
 class TraceRecord(BaseModel):
@@ -306,42 +307,53 @@ class BurstReplay:
 
 
 
-def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0) -> float:
-    """vCPUs used (plus ``extra_vcpus``) over the on-prem hosts' allocatable vCPUs; 1.0 without any."""
+def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0, ledger: Ledger | None = None) -> float:
+    """vCPUs used (plus those ``ledger`` holds on on-prem hosts, plus ``extra_vcpus``) over the on-prem
+    hosts' allocatable vCPUs; 1.0 without any."""
     hosts = [h for s in snapshot.sites if s.on_prem for h in s.hosts]
     capacity = sum(int(h.cores * snapshot.settings.cpu_allocation_ratio) for h in hosts)
-    return (sum(h.vcpus_used for h in hosts) + extra_vcpus) / capacity if capacity else 1.0
+    held = sum(ledger.vcpus.get(h.id, 0) for h in hosts) if ledger is not None else 0
+    return (sum(h.vcpus_used for h in hosts) + held + extra_vcpus) / capacity if capacity else 1.0
 
 
 def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy], *,
-                   ledger: Ledger | None = None, graph: FederationGraph | None = None) -> Placement:
-    """A real request's placement under the federation's burst policies (what ``POST /workloads`` uses).
+                   ledger: Ledger | None = None, graph: FederationGraph | None = None,
+                   explain: bool = False, views: ViewCache | None = None) -> Placement:
+    """A real request's placement under the federation's burst policies (what a create and its
+    ``/placements`` dry run use), with the verdict on :attr:`Placement.burst`.
 
     Without policies (or when the request names its sites or providers) this is the plain placement.
     With them, on-prem comes first; a request that does not fit on-prem, or that would push on-prem
-    vCPU utilisation past a policy's threshold, goes to the cheapest of that policy's allowed providers
-    honouring its residency, if its price over the expected hours fits the policy's monthly budget
-    (spend already made this month is not tracked here: the replay models it). When no policy can
-    take it, an over-threshold request still runs on-prem if it fits; otherwise the on-prem answer
-    (with its reasons, and each policy's) is returned. ``ledger`` and ``graph``: the create path's
-    in-transit placements and its cached graph (see :mod:`metavmm.services.placement`).
+    vCPU utilisation (placements in transit included) past a policy's threshold, goes to the cheapest
+    of that policy's allowed providers honouring its residency, if its price over the expected hours
+    fits the policy's monthly budget (spend already made this month is not tracked here: the replay
+    models it). When no policy can take it, an over-threshold request still runs on-prem if it fits;
+    otherwise the on-prem answer (with its reasons, and each policy's) is returned. ``ledger``, ``graph``
+    and ``views``: the create path's in-transit placements, its cached graph and its cached views (see
+    :mod:`metavmm.services.placement`).
     """
     policies = list(policies)
-    if not policies or req.sites or req.providers or req.public_only:
-        return Scheduler(snapshot, ledger=ledger, graph=graph).place(req, reserve=False)
-    home = Scheduler(snapshot, ledger=ledger, graph=graph).place(dataclass_replace(req, on_prem_only=True),
-                                                                 reserve=False)
-    over = on_prem_utilisation(snapshot, req.vcpus)
+    pinned = bool(req.sites or req.providers or req.public_only)
+    if not policies or pinned:
+        plain = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(req, reserve=False, explain=explain)
+        why = "no burst policy is configured" if not policies else "the request names its sites or providers"
+        return dataclass_replace(plain, burst=BurstVerdict("pinned" if policies else "no-policy", why))
+    home = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(dataclass_replace(req, on_prem_only=True),
+                                                                 reserve=False, explain=explain)
+    over = on_prem_utilisation(snapshot, req.vcpus, ledger)
     why_not: list[str] = []
     for pol in policies:
-        if home.placed and over <= pol.when_utilisation_above:
-            return home
+        limit = pol.when_utilisation_above
+        if home.placed and over <= limit:
+            return dataclass_replace(home, burst=BurstVerdict(
+                "on-prem", f"stayed on-prem: utilisation would be {over:.0%}, policy {pol.name} bursts above "
+                f"{limit:.0%}", pol.name, over, limit))
         hours = req.expected_hours or snapshot.settings.expected_hours
         residency = tuple(c for c in (req.residency or pol.residency) if not pol.residency or c in pol.residency)
         public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=residency or (
             ("--",) if req.residency and pol.residency else ()), providers=tuple(pol.allowed_providers))
-        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph).place(
-            public_req, reserve=False)
+        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph, views=views).place(
+            public_req, reserve=False, explain=explain)
         if not cloud.placed or cloud.price_per_hour is None:
             why_not.append(f"policy {pol.name}: {cloud.summary}")
             continue
@@ -350,8 +362,22 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
             why_not.append(f"policy {pol.name}: {cost:.2f} {pol.currency} for {hours:g} h exceeds the monthly "
                            f"budget {pol.monthly_budget}")
             continue
-        why = "on-prem is full" if not home.placed else f"on-prem utilisation would reach {over:.0%}"
-        return dataclass_replace(cloud, summary=f"burst by policy {pol.name} ({why}): {cloud.summary}")
+        why = f"on-prem cannot take it ({home.summary})" if not home.placed else \
+            f"on-prem utilisation would reach {over:.0%}, above the {limit:.0%} it allows"
+        home_choice = None
+        if home.placed and home.site is not None:
+            home_choice = Alternative(home.host or home.flavor or home.site, home.site, 0.0, home.costs,
+                                      "host" if home.host else "site", home.price_per_hour)
+        verdict = BurstVerdict("burst", f"burst to {cloud.site} by policy {pol.name}: {why}; the cheapest allowed "
+                               f"provider costs {money(cloud.price_per_hour)} {cloud.currency}/h", pol.name, over,
+                               limit, home_choice)
+        return dataclass_replace(cloud, summary=f"burst by policy {pol.name} ({why}): {cloud.summary}",
+                                 burst=verdict)
     if home.placed:
-        return dataclass_replace(home, summary=f"{home.summary} (no burst: {'; '.join(why_not)})")
-    return dataclass_replace(home, summary=f"{home.summary}; " + "; ".join(why_not) if why_not else home.summary)
+        verdict = BurstVerdict("on-prem", f"stayed on-prem although utilisation would reach {over:.0%}: "
+                               + "; ".join(why_not), None, over, policies[0].when_utilisation_above)
+        return dataclass_replace(home, summary=f"{home.summary} (no burst: {'; '.join(why_not)})", burst=verdict)
+    verdict = BurstVerdict("unplaced", "fits nowhere on-prem and no policy could burst it"
+                           + (": " + "; ".join(why_not) if why_not else ""), None, over)
+    return dataclass_replace(home, summary=f"{home.summary}; " + "; ".join(why_not) if why_not else home.summary,
+                             burst=verdict)

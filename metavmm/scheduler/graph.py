@@ -16,8 +16,10 @@ the scheduler settings (the catalog has no measured link data yet): one bandwidt
 a slower WAN figure between providers, and an egress price when data leaves a public cloud.
 
 An image route is a shortest path (by seconds) in a small per-request graph whose nodes are
-``(site, format, guest family)``: start at every replica, convert with qemu-img, fix the guest with
-virt-v2v, transfer between sites, and end at a format the target hypervisor boots.
+``(site, format, guest family)``: start at every replica, unpack an OVA, convert with qemu-img, fix the
+guest with virt-v2v, transfer between sites, and end at a format the target hypervisor boots. The
+route's steps (``unpack``, ``convert``, ``fix-guest``, ``transfer``) are what
+:mod:`metavmm.scheduler.provision` turns into the engine's steps.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from metavmm.scheduler.snapshot import SiteView, Snapshot, hypervisor_family
 from metavmm.translators.costs import (
     HYPERVISOR_FORMATS,
     MIB,
+    PACKAGE_FORMAT,
     ConversionEdge,
     DiskFormat,
     format_conversions,
     hypervisor_conversions,
+    package_unpack,
 )
 
 GIB_BYTES = 1024 * MIB
@@ -100,12 +104,14 @@ def link_between(a: SiteView, b: SiteView, settings: SchedulerSettings) -> Link:
 
 @dataclass(frozen=True, slots=True)
 class RouteStep:
-    action: str  # "convert", "fix-guest", "transfer"
+    action: str  # "unpack", "convert", "fix-guest", "transfer"
     site: str
     detail: str
     seconds: float
     price: Decimal = Decimal(0)
     tool: str = ""
+    format: str = ""  # the disk's format after this step
+    family: str = ""  # the guest's hypervisor family after this step
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +185,11 @@ class FederationGraph:
         targets = boot_formats(hypervisor)
         dst = hypervisor_family(hypervisor)
         seconds, tools = 0.0, []
+        if fmt == PACKAGE_FORMAT:  # an OVA: its disk comes out by unpacking first
+            unpack = package_unpack()
+            seconds += unpack.seconds(size)
+            tools.append(unpack.tool)
+            fmt = unpack.dst
         if src_family is not None and hypervisor != "fake" and hypervisor_family(src_family) != dst:
             v2v = next(e for e in hypervisor_conversions() if e.src == f"hv:{hypervisor_family(src_family)}")
             seconds += v2v.seconds(size)
@@ -230,6 +241,14 @@ class FederationGraph:
         site_ids = set(sources) | {site.id}
         g = nx.DiGraph()
         families = {start_family, target_family}
+        formats = [f.value for f in DiskFormat]
+        if image.format == PACKAGE_FORMAT:
+            formats.append(PACKAGE_FORMAT)  # a package travels as it is; it is unpacked where it is used
+            unpack = package_unpack()
+            for sid in site_ids:
+                for fam in families:
+                    g.add_edge((sid, PACKAGE_FORMAT, fam), (sid, unpack.dst, fam), weight=unpack.seconds(size),
+                               step=("unpack", f"{PACKAGE_FORMAT} -> {unpack.dst}", unpack.tool, Decimal(0)))
         for sid in site_ids:
             for fam in families:
                 for a in DiskFormat:
@@ -249,9 +268,9 @@ class FederationGraph:
                 continue
             link = link_between(self.snapshot.site(src), site, self.settings)
             for fam in families:
-                for a in DiskFormat:
-                    g.add_edge((src, a.value, fam), (site.id, a.value, fam), weight=link.seconds(size), step=(
-                        "transfer", f"{self.snapshot.site(src).name} -> {site.name} ({a.value})", "",
+                for a in formats:
+                    g.add_edge((src, a, fam), (site.id, a, fam), weight=link.seconds(size), step=(
+                        "transfer", f"{self.snapshot.site(src).name} -> {site.name} ({a})", "",
                         link.price(size)))
         for fmt in boot_formats(hypervisor):
             g.add_edge((site.id, fmt, target_family), "boot", weight=0.0, step=None)
@@ -268,7 +287,7 @@ class FederationGraph:
                 continue
             action, detail, tool, price = data["step"]
             where = self.snapshot.site(v[0]).name if isinstance(v, tuple) else site.name
-            steps.append(RouteStep(action, where, detail, data["weight"], price, tool))
+            steps.append(RouteStep(action, where, detail, data["weight"], price, tool, v[1], v[2]))
         return Route(tuple(steps), sum(s.seconds for s in steps), sum((s.price for s in steps), Decimal(0)),
                      path[-2][1])
 

@@ -26,7 +26,7 @@ from metavmm.foundation.errors import NoPlacement, NotFound, ValidationError
 from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Reservation
 from metavmm.scheduler.pipeline import Scheduler
-from metavmm.scheduler.plan import PlanStep
+from metavmm.scheduler.plan import Placement, PlanStep
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.scheduler.snapshot import HostView, Snapshot, WorkloadView, hypervisor_family
 from metavmm.scheduler.views import host_free, host_view
@@ -187,7 +187,7 @@ class MigrationPlanner:
                 continue
             target = snap.host(p.host_id) if p.host_id is not None else None
             moves.append(self._move(w, source, p.site_id, target, p.flavor, p.price_per_hour,  # type: ignore[arg-type]
-                                    p.steps))
+                                    self._route_steps(p)))
         return MigrationPlan(kind, scope, tuple(moves), unplaced, snap.currency)
 
     def move_one(self, workload_id: str, *, site: str | None = None, host: str | None = None) -> Move:
@@ -223,7 +223,16 @@ class MigrationPlanner:
         if not p.placed or p.site_id is None:
             raise NoPlacement(f"no target for {w.name}: {p.summary}", reasons=p.reasons())
         target_view = snap.host(p.host_id) if p.host_id is not None else None
-        return self._move(w, source, p.site_id, target_view, p.flavor, p.price_per_hour, p.steps)
+        return self._move(w, source, p.site_id, target_view, p.flavor, p.price_per_hour, self._route_steps(p))
+
+    def _route_steps(self, p: Placement) -> tuple[PlanStep, ...]:
+        """The disk's route to the placement's site (convert, fix-guest, transfer), as the move's steps."""
+        image = p.request.image
+        if image is None or p.site_id is None or p.hypervisor is None:
+            return ()
+        route = self.scheduler.graph.route(image, self.snapshot.site(p.site_id), p.hypervisor)
+        return tuple(PlanStep(s.action, s.site, s.detail, s.seconds, s.price, {"tool": s.tool})
+                     for s in route.steps) if route is not None else ()
 
     def rebalance(self, *, site: str, tolerance: float = 0.15, max_moves: int = 20) -> MigrationPlan:
         """Even out vCPU utilisation inside one site: move small workloads from the busiest host to the

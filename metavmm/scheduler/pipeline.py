@@ -8,8 +8,9 @@
   the best site host by host (or flavor by flavor), filters and scores those, and picks one. If no slot
   of that site passes (the site view is only a necessary condition), the next site is opened.
 - **reserve** / **unreserve** record or give back the capacity in the :class:`Ledger` (idempotent).
-- **bind** turns the choice into plan steps (image route, create, verify) for the operations engine.
-  It never calls a driver.
+- **bind** turns the choice into the operations engine's steps (:func:`metavmm.scheduler.provision.
+  create_steps`: the image route as executable steps, create, wait, boot check, record). It never calls
+  a driver; the engine runs exactly these steps.
 
 Per-filter counts are logged at debug, the one-line summary at info; the same summary and the list of
 rejections are in the returned :class:`Placement`, so "why is my VM not placed?" always has an answer.
@@ -26,11 +27,13 @@ from decimal import Decimal
 from typing import Any
 
 from metavmm.foundation.errors import NotFound
+from metavmm.foundation.records import Capability
 from metavmm.scheduler.costs import Cost, default_costs
 from metavmm.scheduler.filters import Filter, default_filters
-from metavmm.scheduler.graph import FederationGraph
+from metavmm.scheduler.graph import FederationGraph, boot_formats
 from metavmm.scheduler.ledger import Ledger, Reservation
-from metavmm.scheduler.plan import Alternative, Placement, PlanStep, Rejection, summarize
+from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, summarize
+from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.scheduler.quotes import Quoter
 from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import SiteView, Snapshot
@@ -54,16 +57,30 @@ class Scored:
 
 
 MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
-BOOT_SECONDS = 30.0  # create + boot of a VM whose disk is in place; a documented estimate
-VERIFY_SECONDS = 10.0
+
+
+class ViewCache:
+    """Site, host and flavor views no ledger has touched, shared by every Scheduler of one snapshot.
+
+    A view depends on the snapshot and on the ledger's deltas for its host or site; where a ledger has
+    none (version 0), the view is the same under every ledger. The create path builds a Scheduler per
+    request (each with its own in-transit ledger), so without this each request rebuilt every host's
+    view (10,000 hosts: ~0.2 s). Views a ledger changed stay in that Scheduler only.
+    """
+
+    def __init__(self) -> None:
+        self.sites: dict[int, CandidateView] = {}
+        self.hosts: dict[int, CandidateView] = {}
+        self.flavors: dict[int, list[CandidateView]] = {}
 
 
 class Scheduler:
-    """Places requests on one snapshot. Keep one per snapshot; it caches site views between requests."""
+    """Places requests on one snapshot. Keep one per snapshot; it caches site views between requests
+    (and shares the views no reservation touched with other Schedulers of the snapshot through ``views``)."""
 
     def __init__(self, snapshot: Snapshot, *, filters: Sequence[Filter] | None = None,
                  costs: Sequence[Cost] | None = None, ledger: Ledger | None = None,
-                 graph: FederationGraph | None = None) -> None:
+                 graph: FederationGraph | None = None, views: ViewCache | None = None) -> None:
         self.snapshot = snapshot
         self.settings = snapshot.settings
         self.quote = Quoter()
@@ -75,8 +92,8 @@ class Scheduler:
         self._site_filters = [f for f in self.filters if f.scope in ("site", "slot")]
         self._slot_filters = [f for f in self.filters if f.scope == "slot"]
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
-        self._slot_cache: dict[int, tuple[int, list[CandidateView]]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
+        self.views = views if views is not None else ViewCache()
         self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
         self._slot_verdicts: dict[tuple[object, ...], Rejection | None] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
@@ -112,28 +129,42 @@ class Scheduler:
 
     def site_view(self, site: SiteView) -> CandidateView:
         version = self.ledger.site_version.get(site.id, 0)
-        cached = self._site_cache.get(site.id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        if version == 0:
+            pristine = self.views.sites.get(site.id)
+            if pristine is not None:
+                return pristine
+        else:
+            cached = self._site_cache.get(site.id)
+            if cached is not None and cached[0] == version:
+                return cached[1]
         if site.has_hosts:
             view = aggregate_hosts(site, self.slot_views(site), self.settings)
         else:
             view = site_view(site, None, self.settings)
-        self._site_cache[site.id] = (version, view)
+        if version == 0:
+            self.views.sites[site.id] = view
+        else:
+            self._site_cache[site.id] = (version, view)
         return view
 
     def slot_views(self, site: SiteView) -> list[CandidateView]:
         """Host views (rebuilt only for hosts the ledger changed) or flavor views of one site."""
         if not site.has_hosts:
-            cached = self._slot_cache.get(site.id)
-            if cached is None:
-                cached = (0, slot_views(site, None, self.settings))
-                self._slot_cache[site.id] = cached
-            return cached[1]
+            flavors = self.views.flavors.get(site.id)
+            if flavors is None:
+                flavors = self.views.flavors[site.id] = slot_views(site, None, self.settings)
+            return flavors
         out = []
         versions = self.ledger.host_version
+        pristine = self.views.hosts
         for h in site.hosts:
             version = versions.get(h.id, 0)
+            if version == 0:
+                view = pristine.get(h.id)
+                if view is None:
+                    view = pristine[h.id] = host_view(site, h, None, self.settings)
+                out.append(view)
+                continue
             hit = self._host_cache.get(h.id)
             if hit is None or hit[0] != version:
                 hit = (version, host_view(site, h, self.ledger, self.settings))
@@ -178,7 +209,7 @@ class Scheduler:
             else:
                 name, v = failed
                 rejected.append(Rejection(site.name, "site", site.name, name, v.code, v.message,
-                                          len(site.hosts) or 1, v.unresolvable))
+                                          len(site.hosts) or 1, v.unresolvable, v.numbers))
         return passing, rejected
 
     # --- score ------------------------------------------------------------------------------------------
@@ -235,7 +266,7 @@ class Scheduler:
         if failed:
             name, v = failed[0]
             rejections = [Rejection(s.name, "site", s.name, name, v.code, v.message, len(s.hosts) or 1,
-                                    v.unresolvable) for s in self.snapshot.sites]
+                                    v.unresolvable, v.numbers) for s in self.snapshot.sites]
             summary = summarize(rejections, self.total_candidates, 0)
             log.info("%s: %s", req.name, summary)
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
@@ -252,7 +283,8 @@ class Scheduler:
             if chosen is not None and not explain:
                 if len(alternatives) >= MAX_ALTERNATIVES:
                     break
-                alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown))
+                alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown, view.kind,
+                                                self.quote(view, req).per_hour))
                 continue
             slot, slot_rejections = self._choose_slot(view.site, req, counts)
             rejections.extend(slot_rejections)
@@ -261,7 +293,8 @@ class Scheduler:
             if chosen is None:
                 chosen = slot
             else:
-                alternatives.append(Alternative(slot[0].name, view.site.name, r.total, slot[1]))
+                alternatives.append(Alternative(slot[0].name, view.site.name, r.total, slot[1], slot[0].kind,
+                                                self.quote(slot[0], req).per_hour))
         if log.isEnabledFor(logging.DEBUG):
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
@@ -270,10 +303,10 @@ class Scheduler:
             log.info("%s: %s", req.name, summary)
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
-        slot, _ = chosen
+        slot, costs = chosen
         summary = f"placed on {slot.name} ({slot.site.name}); " + summarize(rejections, self.total_candidates)
         log.info("%s: %s", req.name, summary)
-        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives))
+        placement = replace(self.bind(slot, req, summary, tuple(rejections), tuple(alternatives)), costs=costs)
         if reserve:
             self.reserve(key or req.name, placement)
         return placement
@@ -313,7 +346,7 @@ class Scheduler:
                 failed = self.run_filters(v, req, filters, counts)
                 hit = memo[key] = None if failed is None else Rejection(
                     v.name, v.kind, site.name, failed[0], failed[1].code, failed[1].message, 1,
-                    failed[1].unresolvable)
+                    failed[1].unresolvable, failed[1].numbers)
             elif hit is not None:
                 counts[hit.filter] += 1
             if hit is None:
@@ -354,36 +387,56 @@ class Scheduler:
 
     def bind(self, slot: CandidateView, req: PlacementRequest, summary: str, rejections: tuple[Rejection, ...],
              alternatives: tuple[Alternative, ...]) -> Placement:
-        """The steps that would realise the placement. Pure: the operations engine runs them later."""
+        """The engine's steps that realise the placement (:func:`~metavmm.scheduler.provision.create_steps`).
+
+        Pure: the image's route comes from the graph (the hypervisor of the slot with the fastest route),
+        a bootable replica already at the site is booted as it is, and the operations engine runs the
+        steps later, exactly as they are.
+        """
         site = slot.site
-        steps: list[PlanStep] = []
-        hypervisor = min(slot.hypervisors)
-        if req.image is not None:
-            routes = [(hv, self.graph.route(req.image, site, hv)) for hv in sorted(slot.hypervisors)]
-            routes = [(hv, r) for hv, r in routes if r is not None]
-            if routes:
-                hypervisor, route = min(routes, key=lambda x: x[1].seconds)
-                steps.extend(PlanStep(s.action, s.site, s.detail, s.seconds, s.price, {"tool": s.tool})
-                             for s in route.steps)
         q = self.quote(slot, req)
-        params = {"provider": site.provider.name, "region": site.region, "vcpus": req.vcpus,
-                  "ram_mib": req.ram_mib, "disk_gib": req.disk_gib}
-        if slot.host is not None:
-            params["host"] = slot.host.name
-        if slot.flavor is not None:
-            params["flavor"] = slot.flavor.name
-        if req.gpu_count:
-            params.update(gpu_model=req.gpu_model, gpu_count=req.gpu_count)
-        steps.append(PlanStep("create", site.name, f"create {req.name} on {slot.name} ({q.basis})", BOOT_SECONDS,
-                              params=params))
-        steps.append(PlanStep("verify", site.name, f"wait until {req.name} is running", VERIFY_SECONDS))
+        hypervisor, steps = self.create_plan(req, site, slot.hypervisors, host=slot.host.name if slot.host else None,
+                                             flavor=slot.flavor.name if slot.flavor else None, basis=q.basis)
         return Placement(
             req, True, summary, self.snapshot.currency, site=site.name, site_id=site.id, provider=site.provider.name,
-            host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,
+            region=site.region, host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,
             flavor=slot.flavor.name if slot.flavor else (q.basis.removeprefix("flavor ") if q.basis.startswith(
                 "flavor ") else None),
             hypervisor=hypervisor, price_per_hour=q.per_hour,
             expected_hours=req.expected_hours or self.settings.expected_hours,
             one_off_price=sum((s.price for s in steps), Decimal(0)), seconds_to_ready=sum(s.seconds for s in steps),
-            steps=tuple(steps), rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,
+            steps=steps, rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,
         )
+
+    def create_plan(self, req: PlacementRequest, site: SiteView, hypervisors: frozenset[str], *,
+                    host: str | None = None, flavor: str | None = None,
+                    basis: str = "") -> tuple[str, tuple[Step, ...]]:
+        """The hypervisor and the engine's steps that create ``req`` at ``site`` (on ``host`` or as
+        ``flavor`` when chosen): :meth:`bind`'s plan, and the plan of a site another rule chose (the
+        marketplace launch)."""
+        hypervisor, image = self.image_source(req, site, hypervisors)
+        target = Target(site.provider.name, site.region, site.name, host, flavor, hypervisor,
+                        Capability.CONSOLE in site.provider.capabilities)
+        return hypervisor, tuple(create_steps(
+            workload_id=req.workload_id, name=req.vm_name or req.name, target=target, vcpus=req.vcpus,
+            ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image, boot_marker=req.boot_marker,
+            boot_timeout_s=req.boot_timeout_s, basis=basis))
+
+    def image_source(self, req: PlacementRequest, site: SiteView,
+                     hypervisors: frozenset[str]) -> tuple[str, ImageSource | None]:
+        """The hypervisor the VM runs on and how its image gets there: the fastest route over the slot's
+        hypervisors; a replica at the site that the hypervisor boots is used as it is."""
+        hypervisor = min(hypervisors) if hypervisors else "kvm"
+        if req.image is None:
+            return hypervisor, None
+        routes = [(hv, r) for hv in sorted(hypervisors) if (r := self.graph.route(req.image, site, hv)) is not None]
+        route = None
+        if routes:
+            hypervisor, route = min(routes, key=lambda x: x[1].seconds)
+        image = req.image
+        view = self.snapshot.images.get(image.image_id) if image.image_id else None
+        ready = next((r.provider_image_id for r in self.snapshot.replicas.get(image.image_id or "", ())
+                      if r.site_id == site.id and r.provider_image_id and r.format in boot_formats(hypervisor)
+                      and route is not None and not route.steps), None)
+        return hypervisor, ImageSource(image.image_id, ready, route, view.name if view else "",
+                                       view.format if view else image.format, image.hypervisor, image.size_bytes)

@@ -1,7 +1,16 @@
-"""What the scheduler hands back: a placement (or why not), and the steps that would realise it.
+"""What the scheduler hands back: a placement (or why not), and the steps that realise it.
 
-Steps are data for the operations engine, never calls: ``{"action": "convert", ...}``. Each carries an
-estimated time and a one-off price, so a dry run can be read and priced before anything runs.
+A :class:`Step` is one step of an operations-engine plan: ``action`` names an entry of the engine's
+action registry (``vm.create``, ``image.replicate``, ``disk.v2v``...), ``args`` are its arguments,
+``compensate`` names the action that undoes it during a rollback and ``commit`` marks the point of no
+return (see :mod:`metavmm.services.operations.plan`, which turns steps into operation rows). The
+scheduler writes them and never runs them; the engine runs exactly them. The descriptive fields
+(``site``, ``detail``, estimated ``seconds``, one-off ``price``) explain the step in dry runs and
+operation rows; the engine ignores them.
+
+:class:`PlanStep` is the older descriptive step the migration planner still uses for its dry-run
+moves (``live-migrate``, ``export``...): a migration is executed by the flows of the operations
+engine, which build their own steps.
 """
 
 from __future__ import annotations
@@ -17,8 +26,31 @@ from metavmm.scheduler.request import PlacementRequest
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a plan, as the scheduler (or a flow) declares it and the engine runs it."""
+
+    name: str
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+    compensate: str | None = None
+    commit: bool = False
+    weight: float = 1.0  # share of the progress bar (a disk copy weighs more than a state check)
+    site: str = ""
+    detail: str = ""
+    seconds: float = 0.0  # estimate, from the scheduler's conversion and transfer edges
+    price: Decimal = Decimal(0)  # one-off (egress)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "action": self.action, "args": dict(self.args), "compensate": self.compensate,
+                "commit": self.commit, "site": self.site, "detail": self.detail, "seconds": round(self.seconds, 3),
+                "price": str(self.price)}
+
+
+@dataclass(frozen=True, slots=True)
 class PlanStep:
-    action: str  # convert, fix-guest, transfer, create, boot, verify, export, import, live-migrate, cleanup
+    """A descriptive step of a migration plan's move (dry run only)."""
+
+    action: str  # live-migrate, export, convert, fix-guest, transfer, import, boot, verify, cleanup
     site: str
     detail: str
     seconds: float = 0.0
@@ -42,14 +74,42 @@ class Rejection:
     message: str
     covers: int = 1  # how many candidates (hosts, or 1 for a cloud site) this rejection stands for
     unresolvable: bool = False
+    numbers: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
 class Alternative:
+    """A candidate that passed every rule but scored worse than the chosen one."""
+
     candidate: str
     site: str
     score: float
-    breakdown: Mapping[str, float]
+    breakdown: Mapping[str, float]  # raw cost values (price in currency over the hours, movement in s, ...)
+    kind: str = "site"  # site, host, flavor
+    price_per_hour: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BurstVerdict:
+    """What the burst policies said about one request (see :func:`metavmm.scheduler.burst.place_or_burst`).
+
+    ``outcome``: ``on-prem`` (stayed home), ``burst`` (sent to a public provider by ``policy``),
+    ``unplaced`` (fits nowhere), ``no-policy`` (no policy configured) or ``pinned`` (the request names
+    its sites or providers, so no policy applies). ``utilisation``: on-prem vCPU utilisation with the
+    request (placements still in transit included); ``threshold``: the deciding policy's.
+    """
+
+    outcome: str
+    reason: str
+    policy: str | None = None
+    utilisation: float | None = None
+    threshold: float | None = None
+    home: Alternative | None = None  # on a burst: the on-prem choice the policy overrode (when one fitted)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "policy": self.policy, "reason": self.reason,
+                "utilisation": None if self.utilisation is None else round(self.utilisation, 4),
+                "threshold": self.threshold}
 
 
 @dataclass(frozen=True)
@@ -61,6 +121,7 @@ class Placement:
     site: str | None = None
     site_id: int | None = None
     provider: str | None = None
+    region: str | None = None
     host: str | None = None
     host_id: int | None = None
     flavor: str | None = None
@@ -69,10 +130,12 @@ class Placement:
     expected_hours: float = 0.0
     one_off_price: Decimal = Decimal(0)
     seconds_to_ready: float = 0.0
-    steps: tuple[PlanStep, ...] = ()
+    steps: tuple[Step, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     alternatives: tuple[Alternative, ...] = ()
     candidates: int = 0
+    costs: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # the chosen one's raw costs
+    burst: BurstVerdict | None = None
 
     @property
     def total_price(self) -> Decimal | None:

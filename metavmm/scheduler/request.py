@@ -53,6 +53,11 @@ class PlacementRequest:
     expected_hours: float | None = None
     strategy: Literal["spread", "pack"] | None = None
     max_price_per_hour: float | None = None
+    # who the plan's steps are for; not part of the decision (left out of shape_key)
+    workload_id: str | None = None  # None: a dry run (the steps show no workload)
+    vm_name: str | None = None  # the VM's name at the provider (default: ``name``)
+    boot_marker: str | None = None  # regex the console must show before the boot check passes
+    boot_timeout_s: float = 300.0  # how long the boot check waits for it
 
     def __post_init__(self) -> None:
         if self.vcpus < 1 or self.ram_mib < 1:

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from metavmm.scheduler.batch import BatchResult
 from metavmm.scheduler.burst import ReplayReport, TraceRecord
 from metavmm.scheduler.migration import MigrationPlan
-from metavmm.scheduler.plan import Placement, PlanStep
+from metavmm.scheduler.plan import Placement, PlanStep, Step
 from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.scheduler.summary import placement_summary
 
 
 class _In(BaseModel):
@@ -46,6 +47,8 @@ class PlacementRequestIn(_In):
     expected_hours: float | None = Field(default=None, gt=0)
     strategy: Literal["spread", "pack"] | None = None
     max_price_per_hour: float | None = Field(default=None, ge=0)
+    boot_marker: str | None = Field(default=None, min_length=1, max_length=200,
+                                    description="regex the serial console must show (the boot check)")
 
     def to_request(self) -> PlacementRequest:
         image = None
@@ -56,7 +59,7 @@ class PlacementRequestIn(_In):
             self.cpu_arch, self.cpu_vendor, frozenset(self.cpu_features), self.nested_virt, image,
             tuple(self.residency), tuple(self.sites), tuple(self.providers), on_prem_only=self.on_prem_only,
             public_only=self.public_only, expected_hours=self.expected_hours, strategy=self.strategy,
-            max_price_per_hour=self.max_price_per_hour)
+            max_price_per_hour=self.max_price_per_hour, boot_marker=self.boot_marker)
 
 
 class PlaceIn(PlacementRequestIn):
@@ -81,15 +84,26 @@ class ReplayIn(_In):
 
 
 class StepOut(BaseModel):
+    """A plan step: for a placement, the engine's step exactly as a create would run it (``name``,
+    ``action``, ``args``, ``compensate``, ``commit``) with the scheduler's explanation; for a migration
+    plan's move, a descriptive step (``params``)."""
+
+    name: str | None = None
     action: str
     site: str
     detail: str
     seconds: float
     price: Decimal
-    params: dict[str, object]
+    args: dict[str, object] = Field(default_factory=dict)
+    compensate: str | None = None
+    commit: bool = False
+    params: dict[str, object] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, s: PlanStep) -> StepOut:
+    def of(cls, s: Step | PlanStep) -> StepOut:
+        if isinstance(s, Step):
+            return cls(name=s.name, action=s.action, site=s.site, detail=s.detail, seconds=round(s.seconds, 3),
+                       price=s.price, args=dict(s.args), compensate=s.compensate, commit=s.commit)
         return cls(action=s.action, site=s.site, detail=s.detail, seconds=round(s.seconds, 3), price=s.price,
                    params=dict(s.params))
 
@@ -111,6 +125,14 @@ class AlternativeOut(BaseModel):
     costs: dict[str, float]
 
 
+class BurstOut(BaseModel):
+    outcome: Literal["on-prem", "burst", "unplaced", "no-policy", "pinned"]
+    policy: str | None
+    reason: str
+    utilisation: float | None
+    threshold: float | None
+
+
 class PlacementOut(BaseModel):
     name: str
     placed: bool
@@ -118,6 +140,7 @@ class PlacementOut(BaseModel):
     currency: str
     site: str | None
     provider: str | None
+    region: str | None
     host: str | None
     flavor: str | None
     hypervisor: str | None
@@ -128,18 +151,23 @@ class PlacementOut(BaseModel):
     steps: list[StepOut]
     rejections: list[RejectionOut]
     alternatives: list[AlternativeOut]
+    burst: BurstOut | None = Field(description="the burst policies' verdict (null: none was consulted)")
+    placement: dict[str, object] = Field(description="the placement summary a create of this request would "
+                                         "store as the workload's spec.placement (docs/scheduler.md)")
 
     @classmethod
-    def of(cls, p: Placement) -> PlacementOut:
+    def of(cls, p: Placement, summary: dict[str, object] | None = None) -> PlacementOut:
         return cls(
             name=p.request.name, placed=p.placed, summary=p.summary, currency=p.currency, site=p.site,
-            provider=p.provider, host=p.host, flavor=p.flavor, hypervisor=p.hypervisor,
+            provider=p.provider, region=p.region, host=p.host, flavor=p.flavor, hypervisor=p.hypervisor,
             price_per_hour=p.price_per_hour, expected_hours=p.expected_hours, total_price=p.total_price,
             seconds_to_ready=round(p.seconds_to_ready, 3), steps=[StepOut.of(s) for s in p.steps],
             rejections=[RejectionOut(candidate=r.candidate, kind=r.kind, site=r.site, filter=r.filter, code=r.code,
                                      message=r.message, covers=r.covers) for r in p.rejections],
             alternatives=[AlternativeOut(candidate=a.candidate, site=a.site, score=round(a.score, 4),
-                                         costs=dict(a.breakdown)) for a in p.alternatives])
+                                         costs=dict(a.breakdown)) for a in p.alternatives],
+            burst=BurstOut(**p.burst.as_dict()) if p.burst is not None else None,
+            placement=summary if summary is not None else placement_summary(p))
 
 
 class AssignmentOut(BaseModel):

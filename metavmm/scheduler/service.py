@@ -1,8 +1,9 @@
-"""The scheduler as the broker's services see it: one snapshot per call, and the four questions.
+"""The scheduler as the broker's front ends see it for batch placement, migration plans and replays.
 
 REST handlers and CLI commands call these; they load a fresh snapshot from the catalog, ask the pure
 scheduler, and return its answers. Nothing here writes to the catalog or calls a driver: every answer
-is a dry run, which is what "explain", "plan" and "replay" mean.
+is a dry run, which is what "plan" and "replay" mean. A single placement's dry run is the create's own
+decision instead (:meth:`metavmm.services.placement.Placer.dry_run`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.scheduler.batch import BatchPlanner, BatchResult
 from metavmm.scheduler.burst import BurstReplay, ReplayReport, TraceRecord
 from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner
-from metavmm.scheduler.pipeline import Scheduler
-from metavmm.scheduler.plan import Placement
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Converter, Snapshot, load_snapshot
 
@@ -39,10 +38,6 @@ def policy(config: FederationConfig, name: str) -> BurstPolicy:
             return p
     known = ", ".join(p.name for p in config.policies) or "none configured"
     raise NotFound(f"no burst policy named {name!r} (known: {known})")
-
-
-def place(snap: Snapshot, req: PlacementRequest, *, explain: bool = False) -> Placement:
-    return Scheduler(snap).place(req, explain=explain, reserve=False)
 
 
 def place_batch(snap: Snapshot, requests: Sequence[PlacementRequest]) -> BatchResult:

@@ -187,6 +187,7 @@ class ReplicaView:
     site_id: int
     format: str
     size_bytes: int = 0
+    provider_image_id: str = ""  # what the site's provider calls it (what a create boots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +415,7 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
         or_(m.Price.os == "linux", m.Price.unit == PriceUnit.GPU_HOUR)))).all()]
     images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes)
               for i in (await session.exec(select(m.Image))).all()]
-    replicas = [ReplicaView(r.image_id, r.site_id, r.format, r.size_bytes)
+    replicas = [ReplicaView(r.image_id, r.site_id, r.format, r.size_bytes, r.provider_image_id)
                 for r in (await session.exec(select(m.ImageReplica).where(
                     m.ImageReplica.present == True))).all() if r.image_id]  # noqa: E712
     flavor_shapes = {f.name: f for f in flavors}

@@ -1,4 +1,11 @@
-"""Placing a compute request inside the transaction that reserves its quota and writes its plan.
+"""Placing a compute request inside the transaction that reserves its quota and writes its plan, and
+answering the same question as a dry run (``POST /placements``, ``metavmm schedule place``).
+
+:meth:`Placer.decide` is the one decision: the scheduler's placement over the cached snapshot, with
+the in-transit ledger and the burst policies, its steps (the scheduler's bind, the plan the engine
+runs as it is) and the placement summary the workload keeps. A create calls it through
+:meth:`Placer.plan_create` inside its transaction, under the placement lock; a dry run through
+:meth:`Placer.dry_run`, which reads the same things and writes nothing.
 
 Why this exists: the scheduler decides over an immutable catalog snapshot, and a host's used
 capacity in the catalog is what the last inventory sync saw. Placements made since then (creates the
@@ -32,16 +39,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import models as m
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import NoPlacement
+from metavmm.foundation.errors import NoPlacement, NotFound
+from metavmm.foundation.kinds import KINDS
 from metavmm.scheduler.burst import place_or_burst
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger, Reservation
-from metavmm.scheduler.plan import Placement
+from metavmm.scheduler.pipeline import Scheduler, ViewCache
+from metavmm.scheduler.plan import Placement, Rejection, Step
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
-from metavmm.services.operations.flows import provision_steps
-from metavmm.services.operations.plan import Step
+from metavmm.scheduler.summary import placement_summary
 from metavmm.services.operations.store import ACTIVE, aware
+from metavmm.services.operations.vm_actions import console_pattern
 
 log = logging.getLogger(__name__)
 
@@ -100,90 +109,139 @@ async def in_transit(session: AsyncSession) -> Ledger:
 
 
 class Placer:
-    """Places create requests; keeps the last snapshot while the catalog's fingerprint holds."""
+    """Places create requests (and answers their dry runs the same way); keeps the last snapshot while
+    the catalog's fingerprint holds."""
 
     def __init__(self, config: FederationConfig, *, cache: bool = True) -> None:
         self.config = config
         self.cache = cache  # False: a fresh snapshot per request (the benchmark's "before")
-        self._cached: tuple[tuple[Any, ...], Snapshot, FederationGraph] | None = None
+        self._cached: tuple[tuple[Any, ...], Snapshot, FederationGraph, ViewCache] | None = None
         self.hits = 0
         self.misses = 0
 
     async def snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph]:
+        snap, graph, _ = await self._snapshot(session)
+        return snap, graph
+
+    async def _snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph, ViewCache]:
+        """The snapshot, its graph and the views no reservation touched, reused while the fingerprint holds."""
         key = await fingerprint(session)
         cached = self._cached
         if self.cache and cached is not None and cached[0] == key:
             self.hits += 1
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         self.misses += 1
         snap = await load_snapshot(session, currency=self.config.federation.currency, settings=self.config.scheduler)
         snap = replace(snap, policies=tuple(self.config.policies))
-        graph = FederationGraph(snap)
-        self._cached = (key, snap, graph)
-        return snap, graph
+        graph, views = FederationGraph(snap), ViewCache()
+        self._cached = (key, snap, graph, views)
+        return snap, graph, views
 
-    async def place(self, session: AsyncSession, req: PlacementRequest) -> Placement:
+    async def place(self, session: AsyncSession, req: PlacementRequest, *, explain: bool = False,
+                    lock: bool = True) -> Placement:
         """The scheduler's decision, counting in-transit placements, on-prem first and bursting out when a
-        burst policy allows it (:func:`metavmm.scheduler.burst.place_or_burst`); call inside the create's
-        transaction."""
-        await lock_placement(session)
-        snap, graph = await self.snapshot(session)
+        burst policy allows it (:func:`metavmm.scheduler.burst.place_or_burst`). A create calls it inside
+        its transaction with ``lock``; a dry run reads without the lock (it holds nothing)."""
+        if lock:
+            await lock_placement(session)
+        snap, graph, views = await self._snapshot(session)
         ledger = await in_transit(session)
-        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph)
+        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views)
+
+    async def decide(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
+                     explain: bool = False, lock: bool = True) -> PlannedCreate:
+        """What a create of ``req`` does now: the placement, the engine's steps and the summary the
+        workload keeps; a placement the create could not use comes back ``placed=False`` with the reason
+        (the request's providers outside the federation file, an image with nothing to copy). The one
+        decision behind :meth:`plan_create` and :meth:`dry_run`."""
+        req = self._defaults(req)
+        if req.providers:  # OCCI's broker mixin, narrowed to the providers the engine can drive
+            allowed = tuple(sorted(providers & set(req.providers)))
+            if not allowed:
+                why = "none of the allowed providers " + ", ".join(req.providers) + " is in the federation file"
+                return _planned(_refused(Placement(req, False, "", self.config.federation.currency), "*", why,
+                                         "provider not in the federation file"))
+            req = replace(req, providers=allowed)
+        placement = await self.place(session, req, explain=explain, lock=lock)
+        if placement.placed:
+            placement = await self._check(session, placement, providers)
+        return _planned(placement)
 
     async def plan_create(self, session: AsyncSession, req: PlacementRequest, *, workload_id: str, vm_name: str,
                           providers: frozenset[str]) -> PlannedCreate:
         """Where a new compute goes and the engine's steps that make it (without the quota steps, which
-        the workload service adds): the placement of :meth:`place`, counting placements still in transit,
-        on-prem first and bursting out when a policy allows it; NoPlacement (409) with the scheduler's
-        reasons when nothing fits. ``req.providers`` (OCCI's broker mixin) is narrowed to the providers
-        the engine can drive (``providers``, those of the federation file)."""
-        image_id = req.image.image_id if req.image else None
-        if req.providers:
-            allowed = tuple(sorted(providers & set(req.providers)))
-            if not allowed:
-                why = "none of the allowed providers " + ", ".join(req.providers) + " is in the federation file"
-                raise NoPlacement(f"no placement for {req.name}: {why}", reasons={"*": [why]})
-            req = replace(req, providers=allowed)
-        placement = await self.place(session, req)
-        if not placement.placed or placement.site_id is None or placement.provider is None:
-            raise NoPlacement(f"no placement for {req.name}: {placement.summary}", reasons=placement.reasons())
-        where_site = placement.site or str(placement.site_id)
-        if placement.provider not in providers:
-            raise NoPlacement(f"the scheduler chose {where_site}, whose provider {placement.provider} is not in the "
-                              "federation file", reasons={where_site: ["provider not in the federation file"]})
-        image_ref: str | None = None
-        replicate: dict[str, str] | None = None
-        if image_id is not None:  # the provider needs its own copy of the image at the chosen site
-            replica = (await session.exec(select(m.ImageReplica).where(
-                m.ImageReplica.image_id == image_id, m.ImageReplica.site_id == placement.site_id,
-                m.ImageReplica.present == True, m.ImageReplica.state == "available"))).first()  # noqa: E712
-            if replica is not None:
-                image_ref = replica.provider_image_id
-            else:  # the plan copies it there first (image.replicate); an image with nothing to copy from cannot
-                image = await session.get(m.Image, image_id)
-                if image is None or not image.location:
-                    why = f"image {image_id} has no replica at {where_site} and no published disk to copy there"
-                    raise NoPlacement(f"no placement for {req.name}: {why}", reasons={where_site: [why]})
-                replicate = {"image_id": image_id, "site": where_site}
-        site_row = await session.get(m.Site, placement.site_id)
-        if site_row is None:
-            raise NoPlacement(f"site {where_site} left the catalog", reasons={where_site: ["site is gone"]})
-        # no image: boot an empty disk, which needs a size (1 GiB when the request asked none)
-        disk = req.disk_gib if image_ref or replicate else max(req.disk_gib, 1)
-        steps = provision_steps(workload_id, name=vm_name, provider=placement.provider, region=site_row.region,
-                                image=image_ref, vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=disk,
-                                flavor=placement.flavor, host=placement.host, replicate=replicate)
-        where = {"provider": placement.provider, "region": site_row.region, "site": where_site,
-                 "host": placement.host, "site_id": placement.site_id, "host_id": placement.host_id,
-                 "price_per_hour": str(placement.price_per_hour) if placement.price_per_hour is not None else None}
-        return PlannedCreate(placement, steps, where)
+        the workload service adds), as :meth:`decide` says, inside the create's transaction (placement
+        lock held). NoPlacement (409) with the scheduler's reasons when nothing fits. ``providers``: those
+        of the federation file (the only ones the engine can drive)."""
+        planned = await self.decide(session, replace(req, workload_id=workload_id, vm_name=vm_name),
+                                    providers=providers)
+        p = planned.placement
+        if not p.placed:
+            raise NoPlacement(f"no placement for {req.name}: {p.summary}", reasons=p.reasons())
+        return planned
+
+    async def dry_run(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
+                      explain: bool = False) -> PlannedCreate:
+        """What :meth:`plan_create` would answer now, writing nothing (``POST /placements``, ``metavmm
+        schedule place``): the same snapshot, in-transit ledger, burst policies and checks; the steps
+        carry no workload id."""
+        return await self.decide(session, replace(req, workload_id=None), providers=providers, explain=explain,
+                                 lock=False)
+
+    async def plan_at(self, session: AsyncSession, req: PlacementRequest, site: str) -> list[Step]:
+        """The engine's steps that create ``req`` at ``site``, a site chosen by another rule (the
+        marketplace launch picks where an image is cheapest to start), built like the scheduler's bind:
+        the image's route from the graph, a bootable replica used as it is."""
+        req = self._defaults(req)
+        snap, graph, views = await self._snapshot(session)
+        view = snap.site_named(site)
+        if view is None:
+            raise NotFound(f"no site {site} in the catalog")
+        sched = Scheduler(snap, graph=graph, views=views)
+        req, _ = sched.prefilter(req)
+        hypervisors = view.hypervisors or frozenset({KINDS[view.provider.kind].hypervisor}
+                                                     if view.provider.kind in KINDS else {"kvm"})
+        return list(sched.create_plan(req, view, hypervisors)[1])
+
+    def _defaults(self, req: PlacementRequest) -> PlacementRequest:
+        """The federation's boot marker when the request has none (checked here: a bad regex is a 400)."""
+        marker = req.boot_marker or self.config.operations.boot_marker
+        if marker is not None:
+            console_pattern(marker)
+        return replace(req, boot_marker=marker)
+
+    async def _check(self, session: AsyncSession, p: Placement, providers: frozenset[str]) -> Placement:
+        """What the scheduler cannot see: the chosen provider must be one the engine can drive, and an
+        image with no replica at the chosen site needs a published disk the plan can copy there."""
+        site = p.site or str(p.site_id)
+        if p.provider not in providers:
+            return _refused(p, site, f"the scheduler chose {site}, whose provider {p.provider} is not in the "
+                            "federation file", "provider not in the federation file")
+        image_id = p.request.image.image_id if p.request.image else None
+        if image_id is not None and any(s.action in ("image.replicate", "image.fetch") for s in p.steps):
+            image = await session.get(m.Image, image_id)  # (a dry run of a described image has nothing to check)
+            if image is None or not image.location:
+                return _refused(p, site, f"image {image_id} has no replica at {site} and no published disk to "
+                                "copy there", "no image to copy")
+        return p
+
+
+def _refused(p: Placement, candidate: str, why: str, code: str) -> Placement:
+    """``p`` made a refusal for ``why``: nothing to run, the reason with the others."""
+    rejection = Rejection(candidate, "request" if candidate == "*" else "site", candidate, "placer", code, why,
+                          covers=0)
+    return replace(p, placed=False, summary=why, steps=(), rejections=(rejection, *p.rejections))
+
+
+def _planned(p: Placement) -> PlannedCreate:
+    return PlannedCreate(p, list(p.steps), placement_summary(p))
 
 
 @dataclass(frozen=True)
 class PlannedCreate:
-    """What :meth:`Placer.plan_create` decided: the scheduler's placement, the engine's steps that realise
-    it, and where it goes (written on the workload as ``spec["placement"]``)."""
+    """What :meth:`Placer.decide` answered: the scheduler's placement, the engine's steps that realise it
+    (the scheduler's bind, run as they are), and the placement summary the workload keeps as
+    ``spec["placement"]`` (:func:`metavmm.scheduler.summary.placement_summary`)."""
 
     placement: Placement
     steps: list[Step]

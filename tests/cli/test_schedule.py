@@ -47,7 +47,16 @@ def test_place_explains_and_prints_json(cli) -> None:  # type: ignore[no-untyped
     res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--json")
     assert res.exit_code == 0, res.output
     body = json.loads(res.output)
-    assert body["placed"] and body["provider"] == "home"
+    # what a create would do now: home is past the policy's 50 %, so the work bursts to the cloud
+    assert body["placed"] and body["provider"] == "cloud" and body["burst"]["outcome"] == "burst"
+    assert body["placement"]["alternatives"][0]["lost"] == "burst"
+    res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4")
+    assert res.exit_code == 0, res.output
+    assert "burst: burst: burst to cloud/us1 by policy overflow" in " ".join(res.output.split())
+    assert "next best, and why each lost" in res.output
+    res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--provider", "home")
+    assert res.exit_code == 0 and "placed on r1-h" in res.output
+    assert "create (vm.create)" in res.output and "record (workload.record)" in res.output
     res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--residency", "US")
     assert res.exit_code == 0 and "placed on cloud/us1" in res.output and "data residency" in res.output
     res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--gpu", "H100")

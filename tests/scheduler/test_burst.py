@@ -92,14 +92,31 @@ def test_a_real_request_bursts_when_on_prem_is_full_or_too_busy(federation) -> N
     policy = BurstPolicy(name="p", when_utilisation_above=0.9, allowed_providers=["aws"],
                          monthly_budget=Decimal("100"))
     small = PlacementRequest("small", 2, 4096, expected_hours=2)
-    assert place_or_burst(half, small, [policy]).site == "nchc/hsinchu"  # 6/8: home
+    home = place_or_burst(half, small, [policy])
+    assert home.site == "nchc/hsinchu"  # 6/8: home
+    assert home.burst is not None and home.burst.outcome == "on-prem" and home.burst.utilisation == 0.75
+    assert home.burst.reason == "stayed on-prem: utilisation would be 75%, policy p bursts above 90%"
     out = place_or_burst(full, small, [policy])
-    assert out.placed and out.provider == "aws" and out.summary.startswith("burst by policy p (on-prem is full)")
+    assert out.placed and out.provider == "aws" and out.summary.startswith("burst by policy p (on-prem cannot take it")
+    assert out.burst is not None and out.burst.outcome == "burst" and out.burst.home is None  # nothing fitted home
     busy = PlacementRequest("busy", 4, 8192, expected_hours=2)  # fits home, but 8/8 passes 0.9
-    assert place_or_burst(half, busy, [policy]).site == "aws/us-east-1"
+    sent = place_or_burst(half, busy, [policy])
+    assert sent.site == "aws/us-east-1" and sent.burst is not None and sent.burst.policy == "p"
+    assert "utilisation would reach 100%, above the 90% it allows" in sent.burst.reason
+    assert sent.burst.home is not None and sent.burst.home.candidate == "h1"  # what home would have been
     poor = policy.model_copy(update={"monthly_budget": Decimal("0.01")})
     stays = place_or_burst(half, busy, [poor])
     assert stays.site == "nchc/hsinchu" and "exceeds the monthly budget" in stays.summary
+    assert stays.burst is not None and stays.burst.outcome == "on-prem" and "exceeds" in stays.burst.reason
     nowhere = place_or_burst(full, small, [poor])
     assert not nowhere.placed and "policy p:" in nowhere.summary
-    assert place_or_burst(full, small, []).placed  # no policy: the plain placement (any provider)
+    assert nowhere.burst is not None and nowhere.burst.outcome == "unplaced"
+    plain = place_or_burst(full, small, [])
+    assert plain.placed and plain.burst is not None and plain.burst.outcome == "no-policy"  # the plain placement
+    from dataclasses import replace
+
+    from metavmm.scheduler.ledger import Ledger, Reservation
+
+    held = Ledger()  # 2 vCPUs of a create still in transit on the home host count towards utilisation
+    held.reserve(Reservation("w", 1, 1, 2, 1024))
+    assert place_or_burst(half, replace(small, name="s2"), [policy], ledger=held).burst.utilisation == 1.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from metavmm.scheduler.graph import FederationGraph, guest_reachable
 from metavmm.scheduler.request import ImageRef
 from metavmm.translators.costs import format_conversions
@@ -76,3 +78,17 @@ def test_no_path_from_kvm_guest_to_hyperv(federation) -> None:
     assert not guest_reachable("kvm", "hyperv")
     assert guest_reachable("hyperv", "kvm") and guest_reachable(None, "hyperv")
     assert FederationGraph(snap).route(ImageRef(format="qcow2", hypervisor="kvm"), snap.site(4), "hyperv") is None
+
+
+def test_an_ova_is_unpacked_where_it_is_used_then_fixed(federation) -> None:
+    """A package is not a disk format: its route unpacks it (ova -> vmdk), then virt-v2v fixes the guest."""
+    snap = federation()
+    g = FederationGraph(snap)
+    image = ImageRef(format="ova", size_bytes=GIB, hypervisor="esxi", replica_sites=(2,))
+    route = g.route(image, snap.site(2), "kvm")
+    assert [(s.action, s.format, s.family) for s in route.steps] == [("unpack", "vmdk", "esxi"),
+                                                                     ("fix-guest", "qcow2", "kvm")]
+    assert route.steps[0].tool == "ova-unpack" and route.boot_format == "qcow2"
+    assert g.movement(image, snap.site(2), "kvm")[0] == pytest.approx(route.seconds)
+    plain = g.route(ImageRef(format="ova", size_bytes=GIB, replica_sites=(5,)), snap.site(5), "esxi")
+    assert [s.action for s in plain.steps] == ["unpack"] and plain.boot_format == "vmdk"

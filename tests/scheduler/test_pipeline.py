@@ -21,8 +21,11 @@ def test_cheapest_fitting_candidate_wins_with_price_and_steps(federation) -> Non
     assert p.placed and p.host == "h2" and p.site == "nchc/hsinchu"
     assert p.price_per_hour == Decimal("0.112")
     assert p.total_price == Decimal("1.12")
-    assert [s.action for s in p.steps] == ["create", "verify"]
-    assert p.steps[0].params["host"] == "h2"
+    assert [s.action for s in p.steps] == ["vm.create", "vm.wait", "workload.record"]
+    create = p.steps[0]
+    assert create.args["host"] == "h2" and create.args["provider"] == "nchc" and create.args["region"] == "hsinchu"
+    assert create.args["workload_id"] is None and create.compensate == "vm.delete"  # a dry run: no workload yet
+    assert "custom shape" in create.detail and p.steps[-1].commit
 
 
 def test_why_not_placed_has_an_answer_for_every_candidate(federation) -> None:
@@ -82,11 +85,23 @@ def test_pack_and_spread_choose_different_hosts(federation) -> None:
 def test_catalog_image_route_is_in_the_plan(federation) -> None:
     snap = federation(images=[ImageView("img", "course", hypervisor="esxi", format="vmdk", size_bytes=2 << 30)],
                       replicas=[ReplicaView("img", 5, "vmdk", 2 << 30)])
-    p = Scheduler(snap).place(PlacementRequest("lab", 2, 4096, image=ImageRef("img"), sites=("taichung",)))
-    actions = [s.action for s in p.steps]
-    assert sorted(actions[:2]) == ["fix-guest", "transfer"] and actions[2:] == ["create", "verify"]
-    assert next(s for s in p.steps if s.action == "fix-guest").params["tool"] == "virt-v2v"
-    assert p.seconds_to_ready > 60  # virt-v2v's fixed start-up alone is 60 s
+    p = Scheduler(snap).place(PlacementRequest("lab", 2, 4096, image=ImageRef("img"), sites=("taichung",),
+                                               workload_id="w-123", vm_name="lab-vm"))
+    # the ESXi guest changes hypervisor family: fetched (the route's transfer), fixed by virt-v2v, imported
+    assert [(s.name, s.action) for s in p.steps] == [
+        ("fetch", "image.fetch"), ("v2v", "disk.v2v"), ("import", "image.import"), ("create", "vm.create"),
+        ("wait-running", "vm.wait"), ("record", "workload.record"), ("clean-scratch", "scratch.clean")]
+    fetch, v2v, imp, create, wait, record, _ = p.steps
+    assert fetch.args == {"image_id": "img", "save_as": "fetched"} and "vcenter/dc1" in fetch.detail
+    assert v2v.args == {"source": "fetched", "source_hypervisor": "esxi", "name": "lab-vm", "save_as": "fixed"}
+    assert v2v.seconds > 600  # virt-v2v's fixed start-up alone is 600 s
+    assert imp.args == {"provider": "nchc", "region": "taichung", "name": "lab-vm-w-123", "source": "fixed"}
+    assert imp.compensate == "image.delete"
+    assert create.args["image_from"] == "target_image" and create.args["workload_id"] == "w-123"
+    assert create.args["name"] == "lab-vm" and wait.args["stable_s"] == 2.0
+    assert record.args["spec_update"] == {"owned_image": {"provider": "nchc", "region": "taichung",
+                                                          "name": "lab-vm-w-123"}}
+    assert p.seconds_to_ready == pytest.approx(sum(s.seconds for s in p.steps)) and p.seconds_to_ready > 600
     with pytest.raises(NotFound):
         Scheduler(snap).place(PlacementRequest("x", 1, 1, image=ImageRef("nope")))
 
@@ -96,3 +111,18 @@ def test_summarize_is_sorted_and_deterministic() -> None:
                                                                         "", 7),
           Rejection("c", "host", "s", "f", "data residency", "", 3)]
     assert summarize(rs, 15, 2) == "2/15 candidates are available: 7 insufficient memory, 3 data residency, 3 no H100"
+
+
+def test_shared_views_never_carry_another_ledgers_reservations(federation) -> None:
+    """Schedulers of one snapshot share the views no reservation touched (the create path makes one per
+    request); a view a ledger changed stays with that ledger's Scheduler."""
+    from metavmm.scheduler.pipeline import ViewCache
+
+    snap, views = federation(), ViewCache()
+    a = Scheduler(snap, views=views)
+    assert a.place(PlacementRequest("a", 60, 8 * 1024), key="a").host == "h2"  # the only 64-core host
+    b = Scheduler(snap, views=views)  # another request: its ledger holds nothing
+    assert b.place(PlacementRequest("b", 60, 8 * 1024), reserve=False).host == "h2"
+    assert a.place(PlacementRequest("c", 60, 8 * 1024), reserve=False).host != "h2"
+    h2 = snap.host_named("h2")
+    assert h2 is not None and views.hosts[h2.id].free_vcpus == 64  # the shared view is the untouched one

@@ -1,7 +1,9 @@
 """Scheduling: placement dry runs with explanations, batch placement, migration plans, burst replays.
 
-Every route answers from a fresh catalog snapshot and changes nothing: a placement here is a dry run
-that says where, which steps, what price, and why not elsewhere.
+Every route changes nothing. ``POST /placements`` asks the Placer a create uses (the same cached
+snapshot, the placements still in transit, the burst policies, the same checks) and answers what a
+create would do now: where, the engine's steps, what price, why not elsewhere, and the placement
+summary the workload would keep. The other routes answer from a fresh catalog snapshot.
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ async def _snapshot(request: web.Request) -> Snapshot:
     return await service.snapshot(request.config_dict[keys.SESSIONS], request.config_dict[keys.CONFIG])
 
 
-@api.route("POST", "/placements", summary="Where would this VM go, at what price, and why not elsewhere (dry run)",
-           body=PlaceIn, response=PlacementOut, role="member")
+@api.route("POST", "/placements", summary="Where would this VM go, at what price, and why not elsewhere (dry run "
+           "of a create)", body=PlaceIn, response=PlacementOut, role="member")
 async def place(request: web.Request, body: PlaceIn) -> PlacementOut:
-    snap = await _snapshot(request)
-    return PlacementOut.of(service.place(snap, body.to_request(), explain=body.explain))
+    config = request.config_dict[keys.CONFIG]
+    async with request.config_dict[keys.SESSIONS]() as session:
+        planned = await request.config_dict[keys.PLACER].dry_run(
+            session, body.to_request(), providers=frozenset(p.name for p in config.providers),
+            explain=body.explain)
+    return PlacementOut.of(planned.placement, planned.where)
 
 
 @api.route("POST", "/placements/batch", summary="Place many workloads at once (min-cost flow, dry run)",

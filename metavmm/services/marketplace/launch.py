@@ -4,8 +4,10 @@ The request names the image (id, name or ``publisher/name``), a shape and option
 site, the choice is plain and explained: sites whose provider can create VMs and whose hosts have the
 image's architecture qualify; one that already holds a replica wins (no copy), then the first by name.
 The full scheduler (prices, capacity, policies) places ordinary workloads; this rule only picks where
-an image is cheapest to start. The launch is an engine operation (replicate, create, wait, record), and
-the VM a workload of the caller's project, so every other view sees it.
+an image is cheapest to start. The launch's steps are the create plan every compute gets
+(:meth:`~metavmm.services.placement.Placer.plan_at`: replicate, or boot a replica there, or fetch and
+virt-v2v an image of another hypervisor; create, wait, record), run as an engine operation, and the
+VM is a workload of the caller's project, so every other view sees it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import Host, Image, ImageReplica, Operation, Provider, Site, Workload
 from metavmm.foundation.errors import Conflict, NoPlacement, ValidationError
 from metavmm.foundation.kinds import KINDS
+from metavmm.scheduler.plan import Step
+from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services.marketplace.entries import Audience, get_image, state_of
 from metavmm.services.marketplace.replication import resolve_site
 from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.flows import provision_steps
-from metavmm.services.operations.plan import Step
+from metavmm.services.placement import Placer
 
 
 class LaunchIn(BaseModel):
@@ -107,25 +110,30 @@ async def launch(engine: Engine, image_ref: str, req: LaunchIn, *, audience: Aud
         check_shape(image, req)
         enabled = {p.name for p in engine.config.providers if p.enabled}
         site_name = req.site or await choose_site(session, image, enabled)
-        target = await resolve_site(session, engine.config, site_name)
-    workload = Workload(project_id=req.project_id, kind="compute", name=req.name,
-                        spec={"image_id": image.id, "vcpus": req.vcpus, "ram_mib": req.ram_mib,
-                              "disk_gib": req.disk_gib, "site": site_name}, observed_state="pending",
-                        state_message="launching")
-    steps = provision_steps(workload.id, name=req.name, provider=target.provider.name, region=target.site.region,
-                            image=None, vcpus=req.vcpus, ram_mib=req.ram_mib, disk_gib=req.disk_gib, flavor=None,
-                            host=None, replicate={"image_id": image.id, "site": site_name})
+        await resolve_site(session, engine.config, site_name)  # a clear NotFound before anything is written
+        workload = Workload(project_id=req.project_id, kind="compute", name=req.name,
+                            spec={"image_id": image.id, "vcpus": req.vcpus, "ram_mib": req.ram_mib,
+                                  "disk_gib": req.disk_gib, "site": site_name}, observed_state="pending",
+                            state_message="launching")
+        want = PlacementRequest(req.name, req.vcpus, req.ram_mib, req.disk_gib, image=ImageRef(image.id),
+                                workload_id=workload.id)
+        steps = await Placer(engine.config).plan_at(session, want, site_name)
     op = await engine.submit(kind="marketplace.launch", steps=steps, target_id=workload.id, rows=[workload],
                              project_id=req.project_id, params={"image_id": image.id, "site": site_name})
     done = await engine.wait(op.id, timeout_s=timeout_s)
     out = done.outputs
     async with engine.sessions() as session:
         placed = await session.get(Workload, workload.id)
+        booted = next((s.args.get("image") for s in steps if s.action == "vm.create"), None)
+        replica = out.get("replica_image") or out.get("target_image") or booted
+        reused = bool(out["replica_reused"]) if "replica_reused" in out else booted is not None
+        row = (await session.exec(select(ImageReplica).where(ImageReplica.image_id == image.id,
+                                                             ImageReplica.provider_image_id == replica))).first()
     return LaunchOut(workload_id=workload.id, operation_id=op.id, image_id=image.id, site=site_name,
                      provider_vm_id=str(out["vm_id"]), state=placed.observed_state if placed else "unknown",
-                     replica=str(out["replica_image"]), replica_reused=bool(out["replica_reused"]),
-                     replica_format=str(out["replica_format"]), seconds=round(time.perf_counter() - started, 3),
-                     notes=list(out.get("replica_notes", [])))
+                     replica=str(replica), replica_reused=reused,
+                     replica_format=str(out.get("replica_format") or (row.format if row else "")),
+                     seconds=round(time.perf_counter() - started, 3), notes=list(out.get("replica_notes", [])))
 
 
 @dataclass(frozen=True)

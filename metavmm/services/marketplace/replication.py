@@ -121,8 +121,10 @@ class Replicator:
         self.cfg = cfg
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
-    async def replicate(self, image_ref: str, site_name: str, *, audience: Audience) -> ReplicaResult:
-        """The image's replica at ``site_name``: reused when present, else copied, converted, registered."""
+    async def replicate(self, image_ref: str, site_name: str, *, audience: Audience,
+                        fmt: str | None = None) -> ReplicaResult:
+        """The image's replica at ``site_name``: reused when present, else copied, converted, registered.
+        ``fmt``: the format a create plan chose (the scheduler's route); default :func:`target_format`."""
         async with self.maker() as session:
             image = await get_image(session, image_ref, audience)
             target = await resolve_site(session, self.cfg, site_name)
@@ -130,17 +132,19 @@ class Replicator:
             raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be replicated")
         lock = self._locks.setdefault((image.id, target.site.id or 0), asyncio.Lock())
         async with lock:
-            reused = await self._existing(image, target)
+            reused = await self._existing(image, target, fmt)
             if reused is not None:
                 return reused
-            return await self._copy(image, target)
+            return await self._copy(image, target, fmt)
 
-    async def _existing(self, image: Image, target: SiteTarget) -> ReplicaResult | None:
+    async def _existing(self, image: Image, target: SiteTarget, fmt: str | None = None) -> ReplicaResult | None:
         async with session_scope(self.maker) as session:
             rows = (await session.exec(select(ImageReplica).where(
                 ImageReplica.image_id == image.id, ImageReplica.site_id == target.site.id,
                 ImageReplica.state == "available"))).all()
             for rep in rows:
+                if fmt is not None and rep.format != fmt:
+                    continue  # the plan boots another format
                 if target.provider.kind == "libvirt" and not Path(rep.provider_image_id).is_file():
                     rep.state, rep.present = "missing", False  # deleted behind our back: copy again
                     continue
@@ -148,14 +152,14 @@ class Replicator:
                 return ReplicaResult(rep, target.site.name, True, image.format)
         return None
 
-    async def _copy(self, image: Image, target: SiteTarget) -> ReplicaResult:
+    async def _copy(self, image: Image, target: SiteTarget, want: str | None = None) -> ReplicaResult:
         if not image.location:
             raise NotFound(f"image {image.id} has no location to copy from")
         started = time.perf_counter()
         driver = create_driver(target.config)
         try:
             store = _store_dir(driver, target)
-            fmt = target_format(image.format, target.hypervisor)
+            fmt = DiskFormat(want) if want else target_format(image.format, target.hypervisor)
             staged = store / ".staging" / f"{image.id}.{image.format}"
             final = store / f"{_safe(image.name)}-v{_safe(image.version)}-{image.id[:8]}.{fmt.value}"
             expected = Expected(sha256=image.sha256, sha512=image.sha512, size_bytes=image.size_bytes)

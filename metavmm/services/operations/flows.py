@@ -25,9 +25,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import ConfigError, Conflict, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
+from metavmm.scheduler.plan import Step
+from metavmm.scheduler.provision import ImageSource, Target, boot_check_args, create_steps
 from metavmm.services.operations import addresses, store
 from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.plan import Step
 from metavmm.services.operations.store import ACTIVE, TERMINAL
 from metavmm.translators.cloudinit import host_label
 
@@ -98,21 +99,15 @@ def _known_provider(engine: Engine, name: str) -> Any:
 
 def provision_steps(workload_id: str, *, name: str, provider: str, region: str, image: str | None, vcpus: int,
                     ram_mib: int, disk_gib: int, flavor: str | None, host: str | None,
-                    quota: bool = False, replicate: dict[str, str] | None = None) -> list[Step]:
-    """The provision plan; ``quota``: the request holds a quota reservation that the plan settles
-    (released by the rollback, committed once the VM is recorded; see quota_actions). ``replicate``
-    (``{"image_id", "site"}``): the image has no replica at the site yet; a first step copies it there
-    (image.replicate) and the VM boots from that copy."""
-    at = {"provider": provider, "workload_id": workload_id}
-    boot: dict[str, Any] = {"image_from": "replica_image"} if replicate else {"image": image}
-    steps = [
-        *([Step("replicate", "image.replicate", dict(replicate), weight=4)] if replicate else []),
-        Step("create", "vm.create", {**at, "name": name, "region": region, **boot, "vcpus": vcpus,
-                                     "ram_mib": ram_mib, "disk_gib": disk_gib, "flavor": flavor, "host": host},
-             compensate="vm.delete", weight=3),
-        Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 300}),
-        Step("record", "workload.record", at, commit=True),
-    ]
+                    quota: bool = False) -> list[Step]:
+    """The create plan of a VM from an image id the provider knows (or an empty disk), built by the
+    scheduler's one create-plan builder (:func:`metavmm.scheduler.provision.create_steps`); ``quota``:
+    the request holds a quota reservation that the plan settles (released by the rollback, committed
+    once the VM is recorded; see quota_actions)."""
+    target = Target(provider, region, host=host, flavor=flavor)
+    source = ImageSource(provider_image=image) if image else None
+    steps = create_steps(workload_id=workload_id, name=name, target=target, vcpus=vcpus, ram_mib=ram_mib,
+                         disk_gib=disk_gib, image=source)
     return with_quota(workload_id, steps) if quota else steps
 
 
@@ -350,24 +345,23 @@ def clone_hostname(name: str) -> str:
 
 
 def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: float) -> dict[str, Any]:
-    """The boot-check step's arguments: "running and stable for 2 s", plus, when a marker regex is known
-    (the request's, else the workload spec's ``boot_marker``, else ``operations.boot_marker``) and the
-    target declares a console, that regex on the clone's serial console: proof that the guest booted
-    from the converted disk. A marker for a target without a console is dropped (nothing to read)."""
+    """The boot-check step's arguments (:func:`metavmm.scheduler.provision.boot_check_args`): "running and
+    stable for 2 s", plus, when a marker regex is known (the request's, else the workload spec's
+    ``boot_marker``, else ``operations.boot_marker``) and the target declares a console, that regex on
+    the clone's serial console: proof that the guest booted from the converted disk. A marker for a
+    target without a console is dropped (nothing to read)."""
     from metavmm.drivers.registry import driver_class
     from metavmm.foundation.records import Capability
     from metavmm.services.operations.vm_actions import console_pattern
 
     marker = marker or engine.config.operations.boot_marker
-    args: dict[str, Any] = {"state": "running", "timeout_s": timeout_s, "stable_s": 2.0}
-    if marker is None:
-        return args
-    console_pattern(marker)  # a bad regex is the request's error, before any step runs
+    if marker is not None:
+        console_pattern(marker)  # a bad regex is the request's error, before any step runs
     try:
         console = Capability.CONSOLE in driver_class(target_kind).capabilities
     except ConfigError:
         console = False
-    return {**args, "stable_s": 0.0, "console_marker": marker} if console else args
+    return boot_check_args(marker, console, timeout_s)
 
 
 async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,

@@ -1,9 +1,15 @@
-"""Step actions on marketplace images: bring one to the site that will run it, or publish a VM's disk.
+"""Step actions on marketplace images: bring one to the site that will run it, fetch one for a local
+conversion, or publish a VM's disk.
 
 ``image.replicate`` is idempotent by construction: the replicator reuses a replica the catalog tracks
 at the site (and whose file is still there), so a retried or resumed step copies nothing twice. It
 has no compensation: a replica is a cache that later launches reuse, and expired ones are pruned
 (``metavmm marketplace prune``). Access to the image was checked when the request was accepted.
+
+``image.fetch`` copies the published bytes into the operation's scratch directory (checksums
+verified), for a create whose guest virt-v2v must fix first: that copy is the operation's own, not a
+replica. A copy an earlier attempt finished is reused once its digests match again; its compensation
+is ``scratch.clean``.
 
 ``image.publish`` (OCCI ``save``) sends an exported disk through the marketplace's publish path like
 any upload: hashed, inspected as untrusted input, stored content-addressed, recorded as an ``Image``
@@ -17,13 +23,15 @@ import asyncio
 from typing import Any
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Project, Workload
-from metavmm.foundation.errors import Conflict, NotFound
-from metavmm.services.marketplace.entries import Audience, ImageMeta
+from metavmm.catalog.models import Image, Project, Workload
+from metavmm.foundation.errors import ChecksumMismatch, Conflict, NotFound
+from metavmm.services.marketplace.entries import Audience, ImageMeta, state_of
 from metavmm.services.marketplace.publish import current_version, publish
 from metavmm.services.marketplace.replication import Replicator
+from metavmm.services.marketplace.stream import Expected, hash_file, stream_to_file
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.disk_actions import tracked
 
 _copying: dict[tuple[str, str], asyncio.Lock] = {}
 """One copy at a time per (image, site) in this process: a second operation waits, then reuses it."""
@@ -31,11 +39,13 @@ _copying: dict[tuple[str, str], asyncio.Lock] = {}
 
 @action("image.replicate")
 async def replicate(ctx: StepContext, *, image_id: str, site: str, save_as: str = "replica_image",
-                    **_: Any) -> dict[str, Any]:
-    """Copy (or reuse) the image's replica at ``site``; later steps boot it from ``outputs[save_as]``."""
+                    format: str | None = None, **_: Any) -> dict[str, Any]:
+    """Copy (or reuse) the image's replica at ``site``, in ``format`` when the plan chose one (the image
+    route's boot format); later steps boot it from ``outputs[save_as]``."""
     await ctx.progress(0.0, force=True)
     async with _copying.setdefault((image_id, site), asyncio.Lock()):
-        result = await Replicator(ctx.sessions, ctx.config).replicate(image_id, site, audience=Audience(admin=True))
+        result = await Replicator(ctx.sessions, ctx.config).replicate(image_id, site, audience=Audience(admin=True),
+                                                                      fmt=format)
     if result.reused:
         await ctx.log(f"replica at {site} reused: {result.replica.provider_image_id}")
     else:
@@ -45,6 +55,36 @@ async def replicate(ctx: StepContext, *, image_id: str, site: str, save_as: str 
         await ctx.log(note)
     return {save_as: result.replica.provider_image_id, "replica_reused": result.reused,
             "replica_format": result.replica.format, "replica_notes": list(result.notes)}
+
+
+@action("image.fetch")
+async def fetch(ctx: StepContext, *, image_id: str, save_as: str = "fetched", **_: Any) -> dict[str, Any]:
+    """Copy the image's published disk into the operation's scratch directory, its checksums verified."""
+    async with ctx.sessions() as session:
+        image = await session.get(Image, image_id)
+    if image is None:
+        raise NotFound(f"no image {image_id}")
+    if not image.location:
+        raise NotFound(f"image {image.name} has no published disk to fetch")
+    if state_of(image) == "expired":
+        raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be used")
+    expected = Expected(sha256=image.sha256, sha512=image.sha512, size_bytes=image.size_bytes or None)
+    dest = ctx.work_dir / f"image-{image.id[:8]}.{image.format}"
+    what = f"image {image.name}"
+    if dest.is_file():
+        try:
+            await hash_file(dest, expected=expected, what=what)
+            await ctx.log(f"fetched by an earlier attempt: {dest.name} reused")
+            return {save_as: {"path": str(dest), "format": image.format}}
+        except ChecksumMismatch:
+            dest.unlink(missing_ok=True)
+    size = image.size_bytes or 0
+    done: list[float] = []
+    digests = await tracked(ctx, stream_to_file(image.location, dest, expected=expected, what=what,
+                                                progress=lambda n: done.append(n / size if size else 0.0)), done)
+    await ctx.log(f"fetched {image.name} ({digests.size_bytes} bytes, {digests.mib_per_s:.0f} MiB/s, "
+                  "SHA-256 and SHA-512 verified)")
+    return {save_as: {"path": str(dest), "format": image.format}}
 
 
 @action("image.publish")

@@ -1,18 +1,23 @@
-"""Plans: the ordered steps of an operation, written whole before the first step runs.
+"""Plans as the engine stores them: the ordered steps of an operation, written whole before the first runs.
 
-A step is a plain JSON object in the operation row, so a restarted broker (or another worker) reads
-exactly what the crashed one was doing. Its ``action`` names an entry of the action registry
-(:mod:`metavmm.services.operations.actions`); ``compensate`` names the action that undoes it during a
-rollback; ``commit`` marks the point of no return (once it is done, a failure or a cancel no longer
-rolls back: the operation pushes forward, e.g. the source of a migration is cleaned up only after
-the target was verified, and after that the target is the truth).
+The step type itself, :class:`~metavmm.scheduler.plan.Step`, lives with the scheduler, which produces
+plans (the engine consumes them). Here each step becomes a plain JSON object in the operation row, so
+a restarted broker (or another worker) reads exactly what the crashed one was doing. Its ``action``
+names an entry of the action registry (:mod:`metavmm.services.operations.actions`); ``compensate``
+names the action that undoes it during a rollback; ``commit`` marks the point of no return (once it
+is done, a failure or a cancel no longer rolls back: the operation pushes forward, e.g. the source of
+a migration is cleaned up only after the target was verified, and after that the target is the truth).
+The row keeps the scheduler's ``detail`` of a step (why it is there) when it has one.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from typing import Any
+
+from metavmm.scheduler.plan import Step
+
+__all__ = ["MAX_LOG_LINES", "Step", "StepState", "overall_progress", "plan_rows", "step_row"]
 
 
 class StepState(enum.StrEnum):
@@ -29,30 +34,23 @@ MAX_LOG_LINES = 50
 """Log lines kept per step in the row (the full history is in operation_event)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of a plan, as a caller declares it."""
-
-    name: str
-    action: str
-    args: dict[str, Any] = field(default_factory=dict)
-    compensate: str | None = None
-    commit: bool = False
-    weight: float = 1.0  # share of the progress bar (a disk copy weighs more than a state check)
-
-    def to_row(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "action": self.action, "args": dict(self.args), "compensate": self.compensate,
-            "commit": self.commit, "weight": self.weight, "state": StepState.PENDING.value, "attempts": 0,
-            "started_at": None, "finished_at": None, "error": None, "log": [], "progress": 0.0,
-        }
+def step_row(step: Step) -> dict[str, Any]:
+    """A step as its operation row holds it, pending."""
+    row = {
+        "name": step.name, "action": step.action, "args": dict(step.args), "compensate": step.compensate,
+        "commit": step.commit, "weight": step.weight, "state": StepState.PENDING.value, "attempts": 0,
+        "started_at": None, "finished_at": None, "error": None, "log": [], "progress": 0.0,
+    }
+    if step.detail:
+        row["detail"] = step.detail
+    return row
 
 
 def plan_rows(steps: list[Step]) -> list[dict[str, Any]]:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"step names must be unique within a plan: {names}")
-    return [s.to_row() for s in steps]
+    return [step_row(s) for s in steps]
 
 
 def overall_progress(steps: list[dict[str, Any]]) -> float:

@@ -11,10 +11,12 @@ from sqlmodel import select
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageReplica, OperationState, Provider, Site, Workload
+from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services.marketplace.entries import ImageMeta
 from metavmm.services.marketplace.publish import publish
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
+from metavmm.services.placement import Placer
 from tests.services.operations import test_libvirt_flows as base
 
 engine = base.engine  # the fixture: a catalog synced from two libvirt daemons
@@ -58,10 +60,11 @@ async def test_provision_replicates_a_published_image_then_boots_it(
                                    .where(Provider.name == "lv0"))).one()
         image_id, site_name = image.id, site.name
     workload = Workload(kind="compute", name="vm-course", spec={"vcpus": 1, "ram_mib": 64, "image_id": image_id})
-    steps = flows.provision_steps(workload.id, name="vm-course", provider="lv0", region="host0", image=None,
-                                  vcpus=1, ram_mib=64, disk_gib=0, flavor=None, host=None,
-                                  replicate={"image_id": image_id, "site": site_name})
+    async with engine.sessions() as session:  # the create plan at that site (as the marketplace launch asks it)
+        steps = await Placer(engine.config).plan_at(session, PlacementRequest(
+            "vm-course", 1, 64, image=ImageRef(image_id), workload_id=workload.id), site_name)
     assert [s.action for s in steps] == ["image.replicate", "vm.create", "vm.wait", "workload.record"]
+    assert steps[0].args == {"image_id": image_id, "site": site_name, "format": "raw"}  # QEMU boots raw as it is
     op = await run(engine, await engine.submit(kind="provision", steps=steps, target_id=workload.id,
                                                rows=[workload]))
     assert op.state == OperationState.SUCCEEDED, op.error

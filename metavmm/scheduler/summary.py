@@ -1,0 +1,122 @@
+"""The placement summary: why a workload went where it went, as the JSON it keeps.
+
+A create writes :func:`placement_summary` on the workload (``spec["placement"]``), ``POST /placements``
+and ``metavmm schedule place`` show the same document for a dry run, so "why is my VM there?" has the
+same answer before and after. The shape is stable (``version``; every key present, ``null`` when it
+does not apply) and documented in docs/scheduler.md:
+
+- where: ``provider``, ``region``, ``site``, ``site_id``, ``host``, ``host_id``, ``flavor``, ``hypervisor``;
+- ``cost_per_hour`` (``{"amount", "currency"}``, amounts as decimal strings) and ``price_per_hour``;
+- ``alternatives``: up to :data:`MAX_ALTERNATIVES` next-best candidates and why each lost: ``lost``
+  ``cost`` (it passed every rule but scored worse: ``cost_difference_per_hour`` and the costs it lost
+  on), ``filter`` (the first rule that rejected it, its code, message and numbers) or ``burst`` (the
+  on-prem choice a burst policy sent the work away from);
+- ``burst``: the burst verdict (:class:`~metavmm.scheduler.plan.BurstVerdict`), ``null`` when no
+  policy was consulted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from metavmm.scheduler.plan import Alternative, Placement, Rejection
+
+SUMMARY_VERSION = 1
+MAX_ALTERNATIVES = 3
+
+
+def money(amount: Decimal | None) -> str | None:
+    """A decimal amount as plain digits (``0.112``, ``100``), never ``1E+2`` or ``0E-10``."""
+    return None if amount is None else format(amount.normalize(), "f")
+
+
+def _worse_costs(chosen: Mapping[str, float], alt: Mapping[str, float]) -> dict[str, list[float]]:
+    """Each cost the alternative does worse on: ``{name: [chosen, alternative]}`` (raw values)."""
+    out = {}
+    for name, value in alt.items():
+        mine = chosen.get(name)
+        if mine is not None and value > mine + 1e-9:
+            out[name] = [round(mine, 6), round(value, 6)]
+    return out
+
+
+def _phrase(name: str, mine: float, theirs: float, p: Placement) -> str:
+    if name == "price":
+        return f"price over {p.expected_hours:g} h with egress {theirs:.4g} vs {mine:.4g} {p.currency}"
+    if name == "movement":
+        return f"image ready in {theirs:.0f} s vs {mine:.0f} s (conversions and transfers)"
+    if name == "balance":
+        return f"placement strategy (pack or spread) ranks it {theirs:.2f} vs {mine:.2f}"
+    return f"{name} {theirs:.4g} vs {mine:.4g}"
+
+
+def _cost_entry(p: Placement, a: Alternative) -> dict[str, Any]:
+    diff = (a.price_per_hour - p.price_per_hour) if a.price_per_hour is not None and p.price_per_hour is not None \
+        else None
+    worse = _worse_costs(p.costs, a.breakdown)
+    parts = []
+    if diff is not None and diff > 0:
+        parts.append(f"{money(diff)} {p.currency}/h more ({money(a.price_per_hour)} vs {money(p.price_per_hour)})")
+    elif diff == 0:
+        parts.append("same price per hour")
+    parts += [_phrase(name, mine, theirs, p) for name, (mine, theirs) in worse.items()
+              if not (name == "price" and diff is not None and diff > 0)]
+    if not worse:
+        parts.append("equal costs; the tie goes by name")
+    return {"candidate": a.candidate, "site": a.site, "kind": a.kind, "lost": "cost", "reason": "; ".join(parts),
+            "price_per_hour": money(a.price_per_hour), "cost_difference_per_hour": money(diff),
+            "costs": worse, "filter": None, "code": None, "numbers": {}}
+
+
+def _burst_entry(p: Placement, home: Alternative, reason: str) -> dict[str, Any]:
+    diff = (home.price_per_hour - p.price_per_hour) if home.price_per_hour is not None \
+        and p.price_per_hour is not None else None
+    return {"candidate": home.candidate, "site": home.site, "kind": home.kind, "lost": "burst", "reason": reason,
+            "price_per_hour": money(home.price_per_hour), "cost_difference_per_hour": money(diff), "costs": {},
+            "filter": None, "code": None, "numbers": {}}
+
+
+def _filter_entry(r: Rejection) -> dict[str, Any]:
+    return {"candidate": r.candidate, "site": r.site, "kind": r.kind, "lost": "filter", "reason": r.message,
+            "price_per_hour": None, "cost_difference_per_hour": None, "costs": {}, "filter": r.filter,
+            "code": r.code, "numbers": {k: v for k, v in r.numbers.items() if isinstance(v, int | float | str)}}
+
+
+def alternatives(p: Placement, limit: int = MAX_ALTERNATIVES) -> list[dict[str, Any]]:
+    """The next best: the on-prem choice a burst policy overrode, candidates that passed but scored worse
+    (best first), then rejected ones, one per candidate: those a wait could change (capacity) before
+    those it cannot (architecture, residency), and a policy's scope (on-prem only, allowed providers)
+    last, since it says more about the request than about the candidate."""
+    out = []
+    seen = {p.host, p.site}
+    if p.placed and p.burst is not None and p.burst.home is not None:
+        out.append(_burst_entry(p, p.burst.home, p.burst.reason))
+        seen.add(p.burst.home.site)  # the policy's own "provider not allowed" for that site says less
+    if p.placed:
+        out += [_cost_entry(p, a) for a in p.alternatives[:limit - len(out)]]
+    seen |= {e["candidate"] for e in out}
+    rejected = sorted((r for r in p.rejections if r.covers or r.kind == "site"),
+                      key=lambda r: (r.unresolvable, r.kind == "request", r.filter == "policy", r.site, r.candidate))
+    for r in rejected:
+        if len(out) >= limit:
+            break
+        if r.candidate not in seen:
+            seen.add(r.candidate)
+            out.append(_filter_entry(r))
+    return out
+
+
+def placement_summary(p: Placement) -> dict[str, Any]:
+    """The stable JSON a created workload keeps as ``spec["placement"]`` (see the module docstring)."""
+    per_hour = money(p.price_per_hour)
+    return {
+        "version": SUMMARY_VERSION, "placed": p.placed, "summary": p.summary,
+        "provider": p.provider, "region": p.region, "site": p.site, "site_id": p.site_id, "host": p.host,
+        "host_id": p.host_id, "flavor": p.flavor, "hypervisor": p.hypervisor,
+        "price_per_hour": per_hour,
+        "cost_per_hour": {"amount": per_hour, "currency": p.currency} if per_hour is not None else None,
+        "alternatives": alternatives(p),
+        "burst": p.burst.as_dict() if p.burst is not None else None,
+    }
