@@ -129,7 +129,7 @@ class OcciJson(OcciText):
 
     async def create(self, who: str, name: str, *, vcpus: int = 2, ram_gib: int = 2,
                      key: str | None = None) -> Reply:
-        doc = {"kind": f"{INFRA}compute", "mixins": [self.os_tpl], "attributes": {
+        doc = {"kind": f"{INFRA}compute", "id": "_", "mixins": [self.os_tpl], "attributes": {
             "occi.core.title": name, "occi.compute.cores": vcpus, "occi.compute.memory": ram_gib}}
         resp = await self.client.post("/compute/", json=doc, headers=self.headers(who, key, OCCI_JSON))
         return await self.reply(resp, 201, _occi_id)

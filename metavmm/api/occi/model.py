@@ -54,8 +54,13 @@ class OcciAttr:
     def json_type(self) -> str:
         return _JSON_TYPES[self.type]
 
-    def check(self, value: Any) -> Any:
-        """The value converted to this attribute's type, or ValidationError saying what is wrong."""
+    def check(self, value: Any, *, typed: bool = False) -> Any:
+        """The value converted to this attribute's type, or ValidationError saying what is wrong.
+
+        ``typed``: the value comes from a rendering that carries JSON types (GFD.225), so it must already
+        have the declared type: a string is not a number there, though text renderings may quote one."""
+        if typed:
+            self._check_json_type(value)
         value = self._coerce(value)
         if self.enum and value not in self.enum:
             raise ValidationError(f"attribute {self.name}: {value!r} is not one of {', '.join(self.enum)}")
@@ -67,6 +72,16 @@ class OcciAttr:
             if self.maximum is not None and value > self.maximum:
                 raise ValidationError(f"attribute {self.name}: {value} is above the maximum {self.maximum:g}")
         return value
+
+    def _check_json_type(self, value: Any) -> None:
+        want = self.type
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = {bool: isinstance(value, bool), str: isinstance(value, str), float: number,
+              int: number and float(value).is_integer()}.get(want, isinstance(value, want))
+        if not ok:
+            what = "an integer" if want is int else f"a {self.json_type}"
+            raise ValidationError(f"attribute {self.name}: expected {what} (JSON {self.json_type}), got "
+                                  f"{type(value).__name__} {str(value)[:40]!r}")
 
     def _coerce(self, value: Any) -> Any:
         want = self.type

@@ -34,6 +34,8 @@ TEXT_PLAIN, TEXT_OCCI, JSON, URI_LIST = "text/plain", "text/occi", "application/
 ALIASES = {"text/occi+plain": TEXT_PLAIN, "application/json": JSON}
 ENTITY_MEDIA = (TEXT_PLAIN, TEXT_OCCI, JSON)
 LIST_MEDIA = (TEXT_PLAIN, TEXT_OCCI, JSON, URI_LIST)
+ACCEPTED = ", ".join(LIST_MEDIA)
+"""What the server accepts in requests: every response says so in ``Accept`` (GFD.223 SHOULD)."""
 _VERSION = re.compile(r"OCCI/(\d{1,4})\.(\d{1,4})")
 
 
@@ -92,8 +94,8 @@ def choose(request: web.Request, offered: tuple[str, ...]) -> str:
         if media == "application/*" and JSON in offered:
             return JSON
     if any(ALIASES.get(m, m) == URI_LIST for m, _ in _accept(header)):
-        raise ValidationError("text/uri-list renders collections only; ask for text/plain, text/occi or "
-                              "application/occi+json here")
+        raise NotAcceptable("text/uri-list renders collections only; ask for text/plain, text/occi or "
+                            "application/occi+json here")
     raise NotAcceptable(f"none of the accepted media types ({header[:200]}) is offered here; "
                         f"offered: {', '.join(offered)}")
 
@@ -182,6 +184,7 @@ def _response(status: int, media: str, headers: list[tuple[str, str]], body: str
     for name, value in headers:
         resp.headers.add(name, value)
     resp.headers["Server"] = SERVER
+    resp.headers["Accept"] = ACCEPTED
     return resp
 
 

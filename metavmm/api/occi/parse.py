@@ -64,6 +64,7 @@ class OcciRequest:
     attributes: dict[str, Any] = field(default_factory=dict)
     locations: list[str] = field(default_factory=list)
     entity_id: str | None = None
+    typed: bool = False  # attribute values carry JSON types (application/occi+json): checked strictly
 
     @property
     def empty(self) -> bool:
@@ -283,6 +284,27 @@ def parse_uri_list(body: str) -> OcciRequest:
 
 # --- JSON ------------------------------------------------------------------------------------------------
 
+# The members GFD.225's schema allows and requires (it forbids any other: additionalProperties false)
+RESOURCE_MEMBERS = ("kind", "mixins", "attributes", "actions", "id", "links", "summary", "title")
+LINK_MEMBERS = ("kind", "mixins", "attributes", "actions", "id", "source", "target", "rel", "title")
+ACTION_MEMBERS = ("action", "attributes")
+KINDED_URI_MEMBERS = ("location", "kind")
+MODEL_MEMBERS = ("resources", "links", "mixins", "kinds", "actions")
+CATEGORY_MEMBERS = {"kind": ("term", "scheme", "title", "attributes", "actions", "parent", "location"),
+                    "mixin": ("term", "scheme", "title", "attributes", "actions", "depends", "applies", "location"),
+                    "action": ("term", "scheme", "title", "attributes")}
+
+
+def _members(obj: dict[str, Any], allowed: tuple[str, ...], required: tuple[str, ...], what: str) -> None:
+    """400 naming the first member the schema does not allow, or the first required one missing."""
+    for name in obj:
+        if name not in allowed:
+            raise ValidationError(f"{what}: member {str(name)[:64]!r} is not allowed here (GFD.225 allows "
+                                  f"{', '.join(allowed)})")
+    for name in required:
+        if name not in obj:
+            raise ValidationError(f"{what}: member {name!r} is missing (GFD.225 requires {', '.join(required)})")
+
 
 def _split_type_id(type_id: Any, what: str) -> tuple[str, str]:
     if not isinstance(type_id, str) or "#" not in type_id:
@@ -317,6 +339,7 @@ def _json_attributes(value: Any, what: str) -> dict[str, Any]:
 
 def _location(value: Any, what: str) -> str:
     if isinstance(value, dict):
+        _members(value, KINDED_URI_MEMBERS, ("location",), what)
         value = value.get("location")
     if not isinstance(value, str):
         raise ValidationError(f"{what} needs a location string")
@@ -325,8 +348,7 @@ def _location(value: Any, what: str) -> str:
 
 def _json_link(obj: dict[str, Any], what: str) -> LinkRef:
     obj = _obj(obj, what)
-    if "target" not in obj:
-        raise ValidationError(f"{what}: target is missing")
+    _members(obj, LINK_MEMBERS, ("kind", "id", "target", "source"), what)
     target = obj["target"]
     kind = target.get("kind") if isinstance(target, dict) else None
     categories = [obj["kind"]] if isinstance(obj.get("kind"), str) else []
@@ -341,6 +363,7 @@ def _json_link(obj: dict[str, Any], what: str) -> LinkRef:
 
 def _json_category(obj: Any, cls: str, what: str) -> CategoryRef:
     obj = _obj(obj, what)
+    _members(obj, CATEGORY_MEMBERS[cls], ("term", "scheme"), what)
     term, scheme = obj.get("term"), obj.get("scheme")
     if not isinstance(term, str) or not TERM.match(term):
         raise ValidationError(f"{what}: term is missing or invalid")
@@ -362,8 +385,9 @@ def parse_json(body: bytes | str) -> OcciRequest:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValidationError(f"the body is not valid JSON: {exc}") from None
     doc = _obj(doc, "the body")
-    req = OcciRequest()
-    if "action" in doc:
+    req = OcciRequest(typed=True)
+    if "action" in doc or ("attributes" in doc and "kind" not in doc):  # an action invocation
+        _members(doc, ACTION_MEMBERS, ("action",), "the action invocation")
         scheme, term = _split_type_id(doc["action"], "action")
         req.categories.append(CategoryRef(term=term, scheme=scheme, cls="action"))
         req.attributes = _json_attributes(doc.get("attributes", {}), "attributes")
@@ -371,14 +395,16 @@ def parse_json(body: bytes | str) -> OcciRequest:
     if "kind" in doc:
         _entity_into(req, doc, "the entity")
         return req
+    if "term" in doc:
+        req.categories.append(_json_category(doc, "mixin", "the category"))
+        return req
+    _members(doc, MODEL_MEMBERS, (), "the body")
     for key, cls in (("kinds", "kind"), ("mixins", "mixin"), ("actions", "action")):
         if key in doc:
             items = doc[key]
             if not isinstance(items, list) or len(items) > MAX_ITEMS:
                 raise ValidationError(f"{key} must be an array of at most {MAX_ITEMS} objects")
             req.categories += [_json_category(o, cls, f"{key}[{i}]") for i, o in enumerate(items)]
-    if "term" in doc:
-        req.categories.append(_json_category(doc, "mixin", "the category"))
     for key in ("resources", "links"):
         if key in doc:
             items = doc[key]
@@ -394,6 +420,10 @@ def parse_json(body: bytes | str) -> OcciRequest:
 
 
 def _entity_into(req: OcciRequest, doc: dict[str, Any], what: str) -> None:
+    if "source" in doc or "target" in doc:
+        _members(doc, LINK_MEMBERS, ("kind", "id", "target", "source"), f"{what} (a link)")
+    else:
+        _members(doc, RESOURCE_MEMBERS, ("kind", "id"), f"{what} (a resource)")
     scheme, term = _split_type_id(doc["kind"], f"{what}.kind")
     req.categories.append(CategoryRef(term=term, scheme=scheme, cls="kind"))
     for i, mixin in enumerate(_str_list(doc.get("mixins", []), f"{what}.mixins")):
@@ -404,7 +434,10 @@ def _entity_into(req: OcciRequest, doc: dict[str, Any], what: str) -> None:
         if key in doc:
             if not isinstance(doc[key], str):
                 raise ValidationError(f"{what}.{key} must be a string")
-            req.attributes[f"occi.core.{key}"] = doc[key]
+            name = f"occi.core.{key}"
+            if name in req.attributes and req.attributes[name] != doc[key]:
+                raise ValidationError(f"{what}: member {key} and attribute {name} differ; send one value")
+            req.attributes[name] = doc[key]
     if "id" in doc:
         if not isinstance(doc["id"], str):
             raise ValidationError(f"{what}.id must be a string")

@@ -20,6 +20,7 @@ from metavmm.api.occi import infrastructure as infra
 from metavmm.api.occi.catalog_view import KINDS
 from metavmm.api.occi.model import Entity, Kind, Mixin
 from metavmm.api.occi.negotiate import (
+    ACCEPTED,
     JSON,
     SERVER,
     Categories,
@@ -210,7 +211,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
             if exc.http_status != 404:
                 raise
             return await _created(request, svc, kind, await svc.create(kind, req, entity_id))
-        await svc.update(kind, entity_id, req)
+        await svc.update(kind, entity_id, req, replace=True)
         return render(request, await svc.get(kind, entity_id))
 
     async def delete_one(request: web.Request) -> web.Response:
@@ -277,8 +278,10 @@ async def mixin_delete(request: web.Request) -> web.Response:
 # --- wiring --------------------------------------------------------------------------------------------------
 
 
-async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER
+    if not request.path.startswith("/api/"):
+        response.headers.setdefault("Accept", ACCEPTED)  # GFD.223: what the server accepts
 
 
 def setup_occi(app: web.Application) -> None:

@@ -187,8 +187,12 @@ class OcciService:
 
     @staticmethod
     def _check_attributes(kind: Kind, mixins: list[Mixin], given: dict[str, Any], *, creating: bool,
-                          entity_id: str | None = None) -> dict[str, Any]:
-        """Field values for ``given`` attributes; every unknown, immutable or bad value is a 400."""
+                          entity_id: str | None = None, typed: bool = False,
+                          current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Field values for ``given`` attributes; every unknown, immutable or bad value is a 400.
+
+        ``current``: the entity's rendering when it exists; an immutable attribute carrying the value the
+        broker renders is accepted (and ignored), so a client may send back what it read (GFD.223 PUT)."""
         # the kind's own definition wins over a template's copy (e.g. resource_tpl's cores default)
         known = {a.name: a for a in reversed(declared(kind, mixins))}
         out: dict[str, Any] = {}
@@ -203,15 +207,41 @@ class OcciService:
                 continue
             if name in ("occi.core.source", "occi.core.target", "occi.core.source.kind", "occi.core.target.kind"):
                 continue  # handled by link creation
+            value = attr.check(value, typed=typed)
             if not attr.mutable and not (creating and attr.field):
-                raise ValidationError(f"attribute {name} is immutable")
-            value = attr.check(value)
+                if current is not None and _same(current.get(name), value):
+                    continue  # sent back unchanged
+                raise ValidationError(f"attribute {name} is immutable"
+                                      + (f" (it is {current[name]!r})" if current and name in current else ""))
             if attr.field:
                 out[attr.field] = attr.from_occi(value) if attr.from_occi else value
         if creating:
             for attr in known.values():
                 if attr.required and attr.name not in given and attr.default is None and attr.field:
                     raise ValidationError(f"missing required attribute {attr.name} for {kind.term}")
+        return out
+
+    @staticmethod
+    def _defaults(kind: Kind, mixins: list[Mixin], given: dict[str, Any], entity_id: str) -> dict[str, Any]:
+        """PUT replaces (GFD.223): every mutable attribute the request leaves out goes back to its default
+        (a template's value, the server's default shape, the default title), or away when it has none; a
+        required one cannot be left out."""
+        attrs = declared(kind, mixins)
+        out: dict[str, Any] = {}
+        for attr in attrs:
+            if not attr.mutable or not attr.field or attr.name in given or attr.field in out:
+                continue
+            if attr.required:
+                raise ValidationError(f"missing required attribute {attr.name}: PUT carries the full rendering")
+            default = next((a.default for a in attrs if a.name == attr.name and a.default is not None), None)
+            if default is not None:
+                out[attr.field] = attr.from_occi(default) if attr.from_occi else default
+            elif attr.field in DEFAULT_SHAPE:
+                out[attr.field] = DEFAULT_SHAPE[attr.field]
+            elif attr.field == "name":
+                out["name"] = f"{kind.term}-{entity_id[:8]}"
+            else:
+                out[attr.field] = None
         return out
 
     # -- creating ----------------------------------------------------------------------------------------
@@ -222,12 +252,13 @@ class OcciService:
             return await self._create_link(kind, req, entity_id)
         async with self.maker() as session:
             reg = await registry(session, self.ident.project_id)
-        mixins = self._resolve_categories(reg, kind, req.categories)
-        fields = self._check_attributes(kind, mixins, req.attributes, creating=True, entity_id=entity_id)
+        mixins = [m for m in self._resolve_categories(reg, kind, req.categories) if m is not infra.PLACED]
+        fields = self._check_attributes(kind, mixins, req.attributes, creating=True, entity_id=entity_id,
+                                        typed=req.typed)
         spec: dict[str, Any] = {k: v for k, v in fields.items() if k != "name"}
         spec["mixins"] = [m.type_id for m in mixins]
         site, zone = self._pinned_site(reg, mixins)
-        links = tuple([await self._link_spec(reg, ref) for ref in req.links])
+        links = tuple([await self._link_spec(reg, ref, typed=req.typed) for ref in req.links])
         common = {"kind": kind.term, "name": fields.get("name"), "workload_id": entity_id,
                   "site": site.name if site else None, "zone": zone, "links": links}
         if kind is infra.COMPUTE:
@@ -278,7 +309,8 @@ class OcciService:
                              image=image.id if image else self.default_image, providers=allowed,
                              max_price_per_hour=float(price) if price is not None else None, attributes=spec)
 
-    async def _link_spec(self, reg: Registry, ref: LinkRef, link_id: str | None = None) -> LinkSpec:
+    async def _link_spec(self, reg: Registry, ref: LinkRef, link_id: str | None = None, *,
+                         typed: bool = False) -> LinkSpec:
         """An OCCI link rendering as the service's LinkSpec (its target's kind decides which link it is)."""
         match = ENTITY_PATH.match(ref.target)
         if not match or match.group(1) not in ("network", "storage", "compute"):
@@ -292,7 +324,7 @@ class OcciService:
                                   f"{target_kind.type_id}")
         cats = [CategoryRef(term=t.rpartition("#")[2], scheme=t.rpartition("#")[0] + "#") for t in ref.categories]
         mixins = self._resolve_categories(reg, kind, cats)
-        fields = self._check_attributes(kind, mixins, ref.attributes, creating=True)
+        fields = self._check_attributes(kind, mixins, ref.attributes, creating=True, typed=typed)
         device = fields.pop("interface", None) or fields.pop("deviceid", None)
         mac = fields.pop("mac", None)
         return LinkSpec(target_id=match.group(2).lower(), mac=mac, device=device,
@@ -310,7 +342,8 @@ class OcciService:
             reg = await registry(session, self.ident.project_id)
         mixin_ids = tuple(c.type_id for c in req.categories if c.type_id != kind.type_id)
         attrs = {k: v for k, v in req.attributes.items() if not k.startswith("occi.core.")}
-        spec = await self._link_spec(reg, LinkRef(target=target, categories=mixin_ids, attributes=attrs), link_id)
+        spec = await self._link_spec(reg, LinkRef(target=target, categories=mixin_ids, attributes=attrs), link_id,
+                                     typed=req.typed)
         wanted = infra.NETWORKINTERFACE if spec.mac is not None or "/network/" in target else infra.STORAGELINK
         if wanted is not kind:
             raise ValidationError(f"a link to {target} is a {wanted.term}, not a {kind.term}")
@@ -320,13 +353,16 @@ class OcciService:
 
     # -- updating ----------------------------------------------------------------------------------------
 
-    async def update(self, kind: Kind, entity_id: str, req: OcciRequest) -> None:
-        """Partial update (POST) or replace (PUT on an existing entity): mutable attributes and user mixins.
+    async def update(self, kind: Kind, entity_id: str, req: OcciRequest, *, replace: bool = False) -> None:
+        """Partial update (POST) or replacement (PUT on an existing entity, GFD.223): mutable attributes and
+        user mixins. A replacement resets what it leaves out (mutable attributes to their defaults, user
+        mixins dropped); the mixins fixed at creation stay. Immutable attributes may be sent back unchanged.
         New cores or memory for a compute are a resize (an operation of its own, so nothing else may change
         in the same request and a refused resize leaves the entity as it was)."""
-        if not req.categories and not req.attributes:
+        if not replace and not req.categories and not req.attributes:
             raise ValidationError(f"send the {kind.term}'s kind or mixins and the attributes to change; "
                                   "this request changes nothing")
+        shown_now = await self.get(kind, entity_id)
         async with self.maker() as session:
             reg = await registry(session, self.ident.project_id)
             if kind in infra.LINK_KINDS:
@@ -335,14 +371,29 @@ class OcciService:
             else:
                 wl = await self._workload(session, kind.term, entity_id)
                 current = mixins_of(wl.spec)
-        added = [m for m in self._resolve_categories(reg, kind, req.categories)
-                 if m.type_id not in {c.type_id for c in current}]
+        current = [reg.mixin(m.type_id) or m for m in current]  # with their attributes (a template's defaults)
+        ids = {c.type_id for c in current} | {m.type_id for m in shown_now.mixins}  # broker#placed included
+        asked = self._resolve_categories(reg, kind, req.categories)
+        added = [m for m in asked if m.type_id not in ids]
         for m in added:
             if not m.user and m not in (infra.IPNETWORK, infra.IPNETWORKINTERFACE):
                 raise Conflict(f"mixin {m.type_id} is fixed when the {kind.term} is created (it chooses the "
                                f"image, shape, site or what is injected at boot); create a new {kind.term} instead")
-        fields = self._check_attributes(kind, current + added, req.attributes, creating=False, entity_id=entity_id)
-        names = [m.type_id for m in current + added]
+        if replace:  # user mixins are what the request names; the fixed ones stay
+            asked_ids = {m.type_id for m in asked}
+            kept = [m for m in current if not m.user or m.type_id in asked_ids]
+            removed = [m for m in current if m not in kept]
+        else:
+            kept, removed = current, []
+        declared_mixins = kept + added + ([infra.PLACED] if infra.PLACED in shown_now.mixins else [])
+        fields = self._check_attributes(kind, declared_mixins, req.attributes, creating=False, entity_id=entity_id,
+                                        typed=req.typed, current=shown_now.attributes)
+        if replace:
+            defaults = self._defaults(kind, kept + added, req.attributes, entity_id)
+            if kind is infra.COMPUTE and wl.spec.get("image_id"):
+                defaults.pop("architecture", None)  # the image decided it
+            fields.update(defaults)
+        names = [m.type_id for m in kept + added]
         if kind in infra.LINK_KINDS:
             async with session_scope(self.maker) as session:
                 row_l = await self._link(session, kind.term, entity_id)
@@ -351,7 +402,7 @@ class OcciService:
         shape = {k: int(fields[k]) for k in ("vcpus", "ram_mib") if k in fields and fields[k] != wl.spec.get(k)}
         if shape:
             others = {k: v for k, v in fields.items() if k not in shape and v != wl.spec.get(k)}
-            if added or (others.keys() - {"name"}) or others.get("name", wl.name) != wl.name:
+            if added or removed or (others.keys() - {"name"}) or others.get("name", wl.name) != wl.name:
                 raise Conflict("change occi.compute.cores or occi.compute.memory alone: a resize runs as an "
                                "operation of its own; send the other changes in another request")
             await self.workloads.resize(self.ident, wl.id, vcpus=shape.get("vcpus", int(wl.spec.get("vcpus") or 1)),
@@ -376,7 +427,7 @@ class OcciService:
             if attr is None:
                 raise ValidationError(f"unknown attribute {name} for action {term}; it takes "
                                       f"{', '.join(a.name for a in action.attributes) or 'none'}")
-            attr.check(value)
+            attr.check(value, typed=req.typed)
         async with self.maker() as session:
             wl = await self._workload(session, kind.term, entity_id)
         if kind is infra.COMPUTE:
@@ -506,6 +557,13 @@ class OcciService:
                 for member in await self._members(session, user_mixin(row)):
                     _tag(member, cat.type_id, add=False)
                 await session.delete(row)
+
+
+def _same(rendered: Any, sent: Any) -> bool:
+    """The value the broker renders and the one a client sent back are the same (numbers by value)."""
+    if isinstance(rendered, int | float) and isinstance(sent, int | float) and not isinstance(sent, bool):
+        return float(rendered) == float(sent)
+    return rendered is not None and str(rendered) == str(sent)
 
 
 def shown(row: Workload) -> bool:

@@ -101,7 +101,7 @@ async def test_create_text_plain_get_in_every_rendering(sim_client: Any) -> None
     doc = await (await sim_client.get(f"/{path}", headers={"Accept": "application/occi+json"})).json()
     assert doc["attributes"]["occi.compute.cores"] == 2 and doc["kind"] == f"{INFRA}compute"
     uri = await sim_client.get(f"/{path}", headers={"Accept": "text/uri-list"})
-    assert uri.status == 400 and "collections only" in await uri.text()
+    assert uri.status == 406 and "collections only" in await uri.text()  # GFD.223: 406, not 400
 
 
 async def test_create_with_inline_links_in_text_occi_headers(sim_client: Any) -> None:
@@ -137,7 +137,8 @@ async def test_create_with_inline_links_in_text_occi_headers(sim_client: Any) ->
 
 async def test_create_in_json_put_update_actions_delete(sim_client: Any) -> None:
     tpl = await os_tpl_id(sim_client)
-    doc = {"kind": f"{INFRA}compute", "mixins": [tpl, "http://schemas.metavmm.dev/occi/resource_tpl#sim.medium"],
+    doc = {"kind": f"{INFRA}compute", "id": "_",  # GFD.225 requires an id; not a UUID: the server chooses
+           "mixins": [tpl, "http://schemas.metavmm.dev/occi/resource_tpl#sim.medium"],
            "attributes": {"occi.core.title": "json-vm", "occi.compute.hostname": "json-vm.example"}}
     created = await sim_client.post("/compute/", json=doc, headers=JSONH)
     assert created.status == 201, await created.text()
@@ -148,7 +149,7 @@ async def test_create_in_json_put_update_actions_delete(sim_client: Any) -> None
     assert override.status == 201, await override.text()  # GFD.224: the template overrides the instance's size
     assert (await override.json())["attributes"]["occi.compute.cores"] == 2
     path = f"/compute/{body['id']}"
-    updated = await sim_client.post(path, json={"kind": f"{INFRA}compute",
+    updated = await sim_client.post(path, json={"kind": f"{INFRA}compute", "id": body["id"],
                                                 "attributes": {"occi.core.title": "renamed"}}, headers=JSONH)
     assert updated.status == 200 and (await updated.json())["title"] == "renamed"
     # asked while the create may still run: the engine plans the stop behind it (never left queued)

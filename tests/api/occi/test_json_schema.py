@@ -80,15 +80,15 @@ async def test_every_entity_and_collection(sim_client: Any) -> None:
     assert_valid(empty, "resource_collection")
     assert_valid(await (await sim_client.get("/storagelink/", headers=ACCEPT)).json(), "link_collection")
     net = await sim_client.post("/network/", headers=JSONH, json={
-        "kind": f"{INFRA}network", "mixins": ["http://schemas.ogf.org/occi/infrastructure/network#ipnetwork"],
+        "kind": f"{INFRA}network", "id": "_", "mixins": ["http://schemas.ogf.org/occi/infrastructure/network#ipnetwork"],
         "attributes": {"occi.network.address": "10.2.0.0/16", "occi.network.allocation": "dynamic"},
         "title": "net"})
     disk = await sim_client.post("/storage/", headers=JSONH, json={
-        "kind": f"{INFRA}storage", "attributes": {"occi.storage.size": 1}, "summary": "scratch"})
+        "kind": f"{INFRA}storage", "id": "_", "attributes": {"occi.storage.size": 1}, "summary": "scratch"})
     assert net.status == 201 and disk.status == 201
     net_path, disk_path = URL(net.headers["Location"]).path, URL(disk.headers["Location"]).path
     vm = await sim_client.post("/compute/", headers=JSONH, json={
-        "kind": f"{INFRA}compute",
+        "kind": f"{INFRA}compute", "id": "_",
         "mixins": [await os_tpl_id(sim_client),
                    "http://schemas.ogf.org/occi/infrastructure/credentials#ssh_key",
                    "http://schemas.ogf.org/occi/infrastructure/compute#user_data"],

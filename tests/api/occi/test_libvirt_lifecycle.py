@@ -221,12 +221,12 @@ async def test_lifecycle_text_occi(lv_client: Any) -> None:
 
 async def test_lifecycle_json(lv_client: Any) -> None:
     client = lv_client
-    net = await client.post("/network/", json={"kind": f"{INFRA}network", "title": "lan"}, headers=JSONH)
-    disk = await client.post("/storage/", json={"kind": f"{INFRA}storage", "attributes": {"occi.storage.size": 1}},
-                             headers=JSONH)
+    net = await client.post("/network/", json={"kind": f"{INFRA}network", "id": "_", "title": "lan"}, headers=JSONH)
+    disk = await client.post("/storage/", json={"kind": f"{INFRA}storage", "id": "_",
+                                                "attributes": {"occi.storage.size": 1}}, headers=JSONH)
     net_path, disk_path = URL(net.headers["Location"]).path, URL(disk.headers["Location"]).path
     vm = await client.post("/compute/", headers=JSONH, json={
-        "kind": f"{INFRA}compute", "mixins": [await os_tpl_id(client, "tiny")], "title": "lv-json",
+        "kind": f"{INFRA}compute", "id": "_", "mixins": [await os_tpl_id(client, "tiny")], "title": "lv-json",
         "attributes": {"occi.compute.cores": 1, "occi.compute.memory": 0.0625},
         "links": [{"kind": f"{INFRA}networkinterface", "id": "_", "source": {"location": "/compute/_"},
                    "target": {"location": net_path, "kind": f"{INFRA}network"}},
@@ -263,7 +263,8 @@ async def test_lifecycle_json(lv_client: Any) -> None:
     assert start.status == 200
     await settled(client, path)
     assert _domain_state(domain) == libvirt.VIR_DOMAIN_RUNNING
-    renamed = await client.post(path, headers=JSONH, json={"kind": f"{INFRA}compute", "title": "lv-json-2"})
+    renamed = await client.post(path, headers=JSONH, json={"kind": f"{INFRA}compute", "id": path.rsplit("/", 1)[1],
+                                                           "title": "lv-json-2"})
     assert (await renamed.json())["title"] == "lv-json-2"
     assert (await client.delete(path)).status == 204
     assert (await client.get(path, headers=JSONH)).status == 404

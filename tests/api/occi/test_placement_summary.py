@@ -13,7 +13,7 @@ PLACED = "http://schemas.metavmm.dev/occi/broker#placed"
 
 
 async def test_a_compute_shows_where_it_was_placed_and_why(sim_client: Any) -> None:
-    doc = {"kind": f"{INFRA}compute", "mixins": [await os_tpl_id(sim_client)],
+    doc = {"kind": f"{INFRA}compute", "id": "_", "mixins": [await os_tpl_id(sim_client)],
            "attributes": {"occi.core.title": "why", "occi.compute.cores": 1, "occi.compute.memory": 1}}
     created = await sim_client.post("/compute/", json=doc, headers=JSONH)
     assert created.status == 201, await created.text()
@@ -32,7 +32,7 @@ async def test_a_compute_shows_where_it_was_placed_and_why(sim_client: Any) -> N
     assert f'X-OCCI-Attribute: metavmm.placement.site="{placement["site"]}"' in text
     # a client cannot rewrite the record of a decision
     forged = await sim_client.post(f"/compute/{body['id']}", headers=JSONH, json={
-        "kind": f"{INFRA}compute", "attributes": {"metavmm.placement.site": "elsewhere"}})
+        "kind": f"{INFRA}compute", "id": body["id"], "attributes": {"metavmm.placement.site": "elsewhere"}})
     assert forged.status == 400 and "metavmm.placement.site" in await forged.text()
     async with sim_client.app[keys.SESSIONS]() as s:
         again = await s.get(Workload, body["id"])

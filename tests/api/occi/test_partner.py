@@ -1,0 +1,155 @@
+"""OCCI as a federation partner's generic client sees it (issue 23): a plain HTTP client, no docs at hand,
+in text/plain, text/occi and application/occi+json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from multidict import CIMultiDict
+
+from tests.api.occi.conftest import COMPUTE_CAT, INFRA, JSONH, OCCI, TEXT, os_tpl_id, settled
+
+ACTION = "http://schemas.ogf.org/occi/infrastructure/compute/action#"
+
+
+async def _compute(client: Any, title: str = "rt", extra: str = "") -> str:
+    """A compute of the fixture's image, settled; its path."""
+    tpl = await os_tpl_id(client)
+    scheme, _, term = tpl.rpartition("#")
+    body = (f'Category: {COMPUTE_CAT}\nCategory: {term}; scheme="{scheme}#"; class="mixin"\n'
+            f'X-OCCI-Attribute: occi.core.title="{title}"\n' + extra)
+    created = await client.post("/compute/", data=body, headers=TEXT)
+    assert created.status == 201, await created.text()
+    path = "/" + created.headers["Location"].split("//", 1)[1].split("/", 1)[1]
+    await settled(client, path)
+    return path
+
+
+# --- 3. round trips: PUT replaces, POST updates ------------------------------------------------------------
+
+
+async def test_put_of_the_text_plain_rendering_with_a_new_title_round_trips(sim_client: Any) -> None:
+    path = await _compute(sim_client)
+    shown = await (await sim_client.get(path, headers=TEXT)).text()
+    assert "occi.compute.state=" in shown and "metavmm.placement.site=" in shown  # immutable ones included
+    put = await sim_client.put(path, data=shown.replace('occi.core.title="rt"', 'occi.core.title="rt2"'),
+                               headers=TEXT)
+    assert put.status == 200, await put.text()
+    after = await (await sim_client.get(path, headers=TEXT)).text()
+    assert after == shown.replace('occi.core.title="rt"', 'occi.core.title="rt2"')
+    # an immutable attribute with another value is still refused, naming it
+    forged = shown.replace('occi.compute.state="active"', 'occi.compute.state="inactive"')
+    refused = await sim_client.put(path, data=forged, headers=TEXT)
+    assert refused.status == 400 and "occi.compute.state is immutable" in await refused.text()
+
+
+async def test_put_of_the_text_occi_rendering_with_a_new_title_round_trips(sim_client: Any) -> None:
+    path = await _compute(sim_client, "hdr")
+    got = await sim_client.get(path, headers=OCCI)
+    headers = CIMultiDict(OCCI)
+    for name in ("Category", "Link", "X-OCCI-Attribute"):
+        for value in got.headers.getall(name, []):
+            headers.add(name, value.replace('occi.core.title="hdr"', 'occi.core.title="hdr2"'))
+    put = await sim_client.put(path, headers=headers)
+    assert put.status == 200, await put.text()
+    assert 'occi.core.title="hdr2"' in put.headers["X-OCCI-Attribute"]
+
+
+async def test_put_of_the_json_rendering_with_a_new_title_round_trips(sim_client: Any) -> None:
+    path = await _compute(sim_client, "js")
+    doc = await (await sim_client.get(path, headers=JSONH)).json()
+    doc["title"] = doc["attributes"]["occi.core.title"] = "js2"
+    put = await sim_client.put(path, json=doc, headers=JSONH)
+    assert put.status == 200, await put.text()
+    after = await put.json()
+    assert after["title"] == "js2" and after["attributes"] == doc["attributes"]
+    doc["title"] = "js3"  # the member and the attribute disagree
+    differ = await sim_client.put(path, json=doc, headers=JSONH)
+    assert differ.status == 400 and "title" in (await differ.json())["error"]["message"]
+
+
+async def test_put_replaces_the_mutable_attributes_and_post_stays_a_partial_update(sim_client: Any) -> None:
+    define = await sim_client.post("/-/", headers=TEXT, data='Category: gold; scheme="http://partner.example/tags#"; '
+                                                             'class="mixin"; location="/gold/"\n')
+    assert define.status == 200, await define.text()
+    path = await _compute(sim_client, "rep", 'X-OCCI-Attribute: occi.compute.hostname="rep.example"\n')
+    post = await sim_client.post(path, headers=TEXT, data=(
+        'Category: gold; scheme="http://partner.example/tags#"; class="mixin"\n'
+        'X-OCCI-Attribute: occi.core.summary="kept by POST"\n'))
+    assert post.status == 200, await post.text()
+    shown = await (await sim_client.get(path, headers=JSONH)).json()
+    assert shown["attributes"]["occi.compute.hostname"] == "rep.example"  # POST changed only what it named
+    assert shown["summary"] == "kept by POST" and "http://partner.example/tags#gold" in shown["mixins"]
+    # PUT: what it leaves out is reset (the hostname and summary go, the user mixin is dropped)
+    doc = {k: v for k, v in shown.items() if k != "summary"}
+    doc["mixins"] = [m for m in shown["mixins"] if m != "http://partner.example/tags#gold"]
+    doc["attributes"] = {k: v for k, v in shown["attributes"].items()
+                         if k not in ("occi.compute.hostname", "occi.core.summary")}
+    put = await sim_client.put(path, json=doc, headers=JSONH)
+    assert put.status == 200, await put.text()
+    after = await put.json()
+    assert "occi.compute.hostname" not in after["attributes"] and "summary" not in after
+    assert "http://partner.example/tags#gold" not in after["mixins"]
+    assert after["attributes"]["occi.compute.cores"] == shown["attributes"]["occi.compute.cores"]
+    assert (await (await sim_client.get("/gold/", headers={"Accept": "text/uri-list"})).text()) == ""
+
+
+# --- 7, 8: negotiation -------------------------------------------------------------------------------------
+
+
+async def test_an_entity_asked_as_uri_list_is_406_and_every_response_says_what_it_accepts(sim_client: Any) -> None:
+    path = await _compute(sim_client, "neg")
+    uri = await sim_client.get(path, headers={"Accept": "text/uri-list"})
+    assert uri.status == 406 and "collections only" in await uri.text()
+    for resp in (uri, await sim_client.get("/-/"), await sim_client.get(path, headers=JSONH),
+                 await sim_client.get("/compute/", headers={"Accept": "text/uri-list"}),
+                 await sim_client.get("/compute/00000000-0000-4000-8000-000000000000", headers=TEXT),
+                 await sim_client.patch(path), await sim_client.delete(path)):
+        accepted = {m.strip() for m in resp.headers["Accept"].split(",")}
+        assert {"text/plain", "text/occi", "application/occi+json", "text/uri-list"} <= accepted, resp.status
+        assert resp.headers["Server"].endswith("OCCI/1.2")
+
+
+# --- 9, 13: JSON input is typed and strict -----------------------------------------------------------------
+
+
+async def test_json_attributes_must_have_their_declared_type(sim_client: Any) -> None:
+    tpl = await os_tpl_id(sim_client)
+    for attrs, name in (({"occi.compute.cores": "2"}, "occi.compute.cores"),
+                        ({"occi.compute.memory": "1.5"}, "occi.compute.memory"),
+                        ({"occi.compute.cores": 1.5}, "occi.compute.cores"),
+                        ({"occi.compute.hostname": 7}, "occi.compute.hostname"),
+                        ({"occi.compute.cores": True}, "occi.compute.cores")):
+        resp = await sim_client.post("/compute/", headers=JSONH, json={
+            "kind": f"{INFRA}compute", "id": "_", "mixins": [tpl], "attributes": attrs})
+        message = (await resp.json())["error"]["message"]
+        assert resp.status == 400 and name in message and "expected" in message, (attrs, message)
+    ok = await sim_client.post("/compute/", headers=JSONH, json={
+        "kind": f"{INFRA}compute", "id": "_", "mixins": [tpl],
+        "attributes": {"occi.compute.cores": 2, "occi.compute.memory": 1}})
+    assert ok.status == 201, await ok.text()
+    path = f"/compute/{(await ok.json())['id']}"
+    bad_method = await sim_client.post(f"{path}?action=stop", headers=JSONH, json={
+        "action": f"{ACTION}stop", "attributes": {"method": 1}})
+    assert bad_method.status == 400 and "method" in await bad_method.text()
+
+
+async def test_json_input_is_as_strict_as_the_gfd225_schema(sim_client: Any) -> None:
+    compute = {"kind": f"{INFRA}compute", "id": "_"}
+    path = await _compute(sim_client, "strict")
+    for target, doc, member in (
+            ("/compute/", {**compute, "flavour": "big"}, "'flavour'"),
+            ("/compute/", {"kind": f"{INFRA}compute", "title": "no-id"}, "'id'"),
+            ("/compute/", {**compute, "links": [{"kind": f"{INFRA}storagelink", "id": "_",
+                                                  "target": {"location": "/storage/x"}}]}, "'source'"),
+            ("/compute/", {**compute, "links": [{"kind": f"{INFRA}storagelink", "id": "_", "source": {
+                "location": path}, "target": {"location": "/storage/x", "size": 1}}]}, "'size'"),
+            (f"{path}?action=stop", {"attributes": {"method": "poweroff"}}, "'action'"),
+            (f"{path}?action=stop", {"action": f"{ACTION}stop", "method": "poweroff"}, "'method'"),
+            ("/-/", {"mixins": [{"term": "t", "scheme": "http://e.org/#", "location": "/t/", "colour": 1}]},
+             "'colour'"),
+            ("/-/", {"mixins": [], "extra": []}, "'extra'")):
+        resp = await sim_client.post(target, headers=JSONH, data=json.dumps(doc))
+        message = (await resp.json())["error"]["message"]
+        assert resp.status == 400 and member in message, (doc, message)
