@@ -189,6 +189,18 @@ def intended_state(wl: Workload, busy: bool) -> str:
     return _DESIRED_STATE.get(wl.desired_state, observed)
 
 
+_SQL_DETAIL = re.compile(r"\s*(\[SQL:|\[parameters:|\(Background on this error).*", re.S)
+
+
+def people_message(text: str) -> str:
+    """A state message as people read it (issues 23.11, 23.12): no SQL statement or parameters a database
+    error carried (the operation keeps the detail), and neither ';' nor '"', which several OCCI clients
+    split on even inside quoted values."""
+    text = _SQL_DETAIL.sub("", text)
+    text = re.sub(r"\((?:[\w.]+)\.(\w+)\)\s*", r"\1: ", text)  # "(sqlite3.OperationalError) x": no module path
+    return " ".join(text.replace(";", ",").replace('"', "'").split())[:500]
+
+
 def operation_message(op: Operation) -> str:
     """``occi.compute.state.message`` while an operation runs: its step, progress and last log line."""
     steps = op.steps or []
@@ -200,7 +212,7 @@ def operation_message(op: Operation) -> str:
         text += f": step {step['name']} ({index + 1}/{len(steps)})"
     text += f", {float(op.progress):.0%}"
     last = step.get("error") or (step.get("log") or [None])[-1]
-    return f"{text}; {last}"[:500] if last else text
+    return people_message(f"{text} - {last}" if last else text)
 
 
 def mixins_of(spec: dict[str, Any]) -> list[Mixin]:
@@ -234,7 +246,7 @@ def resource_entity(wl: Workload, links: list[Link], running: Operation | None =
     attrs[f"occi.{kind.term}.state"] = state
     message = operation_message(running) if running is not None else wl.state_message
     if message:
-        attrs[f"occi.{kind.term}.state.message"] = message
+        attrs[f"occi.{kind.term}.state.message"] = people_message(message)
     applicable = applicable_actions(wl, busy=running is not None)
     return Resource(kind=kind, id=wl.id, location=f"{kind.location}{wl.id}", mixins=mixins, attributes=attrs,
                     actions=[a for a in kind.actions if a.term in applicable], title=wl.name,
@@ -259,7 +271,7 @@ def link_entity(row: WorkloadLink, source_kind: str, target_kind: str, source_st
     attrs[f"occi.{kind.term}.state"] = up if state in (None, "active") else "error" if state == "error" \
         else "inactive"
     if data.get("state_message"):
-        attrs[f"occi.{kind.term}.state.message"] = data["state_message"]
+        attrs[f"occi.{kind.term}.state.message"] = people_message(str(data["state_message"]))
     return Link(kind=kind, id=row.id, location=f"{kind.location}{row.id}", mixins=mixins, attributes=attrs,
                 title=data.get("name"), source=source, source_kind=KINDS[source_kind].type_id, target=target,
                 target_kind=KINDS[target_kind].type_id)

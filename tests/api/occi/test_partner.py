@@ -8,6 +8,9 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from metavmm.api import keys
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Workload
 from tests.api.occi.conftest import COMPUTE_CAT, INFRA, JSONH, OCCI, TEXT, os_tpl_id, settled
 
 ACTION = "http://schemas.ogf.org/occi/infrastructure/compute/action#"
@@ -153,3 +156,26 @@ async def test_json_input_is_as_strict_as_the_gfd225_schema(sim_client: Any) -> 
         resp = await sim_client.post(target, headers=JSONH, data=json.dumps(doc))
         message = (await resp.json())["error"]["message"]
         assert resp.status == 400 and member in message, (doc, message)
+
+
+# --- 11, 12: state messages are for people -----------------------------------------------------------------
+
+
+async def test_state_messages_carry_no_sql_no_semicolons_and_no_double_quotes(sim_client: Any) -> None:
+    path = await _compute(sim_client, "msg")
+    raw = ('attach failed: (sqlite3.OperationalError) database is locked; retry "later"\n'
+           '[SQL: UPDATE workload SET version=? WHERE id = ?]\n[parameters: (3, \'abc\')]\n'
+           '(Background on this error at: https://sqlalche.me/e/20/e3q8)')
+    async with session_scope(sim_client.app[keys.SESSIONS]) as session:
+        row = await session.get(Workload, path.rsplit("/", 1)[1])
+        assert row is not None
+        row.state_message = raw
+    for headers in (TEXT, OCCI, JSONH):
+        resp = await sim_client.get(path, headers=headers)
+        if headers is JSONH:
+            message = (await resp.json())["attributes"]["occi.compute.state.message"]
+        else:
+            text = await resp.text() if headers is TEXT else ", ".join(resp.headers.getall("X-OCCI-Attribute"))
+            message = text.split("occi.compute.state.message=", 1)[1].split("\n")[0]
+            message = message[1:message.index('"', 1)]
+        assert message == "attach failed: OperationalError: database is locked, retry 'later'", message
