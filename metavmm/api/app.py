@@ -19,6 +19,7 @@ from metavmm.api import keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
 from metavmm.api.errors import error_middleware, request_id_middleware
 from metavmm.api.keys import PLACER
+from metavmm.api.occi.errors import root_error_middleware
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
@@ -132,7 +133,8 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
 
 def create_app(config: FederationConfig, database_url: str, *, migrate: bool = True,
                sync: bool = True) -> web.Application:
-    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
+    # root errors: OCCI's renderings outside /api/ (the REST sub-application keeps its own middleware)
+    app = web.Application(middlewares=[request_id_middleware, root_error_middleware, auth_middleware])
     app[keys.CONFIG] = config
     app[keys.SECRETS] = SecretBox(load_key())
     if config.auth.oidc is not None:

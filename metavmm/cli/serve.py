@@ -63,9 +63,10 @@ async def _serve(app: Any, host: str, port: int, tls: SSLContext | None, stop: S
 
     from metavmm.api import keys
     from metavmm.api.app import HTTP_LIMITS
+    from metavmm.api.server import BrokerRunner
 
     grace = app[keys.CONFIG].operations.stop_grace_s
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=grace, **HTTP_LIMITS)
+    runner = BrokerRunner(app, handle_signals=False, shutdown_timeout=grace, **HTTP_LIMITS)
     await runner.setup()  # a signal during the startup is acted on once it is done
     hurry = stop.on_hurry(lambda: app[keys.OPERATIONS].request_stop(now=True) if keys.OPERATIONS in app else None)
     try:

@@ -6,12 +6,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from metavmm.api import keys
+from metavmm.api.app import HTTP_LIMITS, create_app
+from metavmm.api.occi.service import OcciService
+from metavmm.api.server import BrokerRunner
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Workload
-from tests.api.occi.conftest import COMPUTE_CAT, INFRA, JSONH, OCCI, TEXT, os_tpl_id, settled
+from metavmm.foundation.config import parse_config
+from tests.api.occi.conftest import (
+    COMPUTE_CAT,
+    INFRA,
+    JSONH,
+    OCCI,
+    SIM,
+    TEXT,
+    os_tpl_id,
+    settled,
+    with_test_identities,
+)
+from tests.auth_helpers import authorize
 
 ACTION = "http://schemas.ogf.org/occi/infrastructure/compute/action#"
 
@@ -179,3 +196,51 @@ async def test_state_messages_carry_no_sql_no_semicolons_and_no_double_quotes(si
             message = text.split("occi.compute.state.message=", 1)[1].split("\n")[0]
             message = message[1:message.index('"', 1)]
         assert message == "attach failed: OperationalError: database is locked, retry 'later'", message
+
+
+# --- 10, 11: every error is the broker's, in the client's rendering ------------------------------------------
+
+
+class _BrokerTestServer(TestServer):
+    async def _make_runner(self, **kwargs: Any) -> BrokerRunner:
+        return BrokerRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+async def partner_client(aiohttp_client: Any, sqlite_url: str) -> Any:
+    """The broker behind the runner `metavmm serve` uses, with its header limits."""
+    app = with_test_identities(create_app(parse_config(SIM), sqlite_url, sync=False))
+    client = await aiohttp_client(_BrokerTestServer(app, **HTTP_LIMITS))
+    await authorize(client, "member", project="default")
+    return client
+
+
+async def test_aiohttps_own_errors_and_unexpected_500s_are_answered_as_occi(partner_client: Any,
+                                                                           monkeypatch: Any) -> None:
+    huge = "x" * (HTTP_LIMITS["max_field_size"] + 1024)
+    for accept in ("text/plain", "application/occi+json"):
+        resp = await partner_client.get("/-/", headers={"Accept": accept, "X-Big": huge})
+        body = await resp.text()
+        assert resp.status in (400, 431) and resp.headers["Server"].endswith("OCCI/1.2"), resp.headers
+        assert "xxxx" not in body and "larger than this server accepts" in body
+        assert "text/occi" in resp.headers["Accept"]
+
+    async def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("SELECT secret FROM table")
+
+    monkeypatch.setattr(OcciService, "collection", broken)
+    for headers, media in ((JSONH, "application/occi+json"), (TEXT, "text/plain"), (OCCI, "text/occi")):
+        resp = await partner_client.get("/compute/", headers=headers)
+        text = await resp.text()
+        assert resp.status == 500 and resp.content_type == media and resp.headers["Server"].endswith("OCCI/1.2")
+        assert "request id" in text and "SELECT" not in text and "Traceback" not in text
+        if media == "application/occi+json":
+            assert json.loads(text)["error"]["code"] == 500
+    anonymous = await partner_client.get("/compute/", headers={"Accept": "application/occi+json",
+                                                               "Authorization": ""})
+    assert anonymous.status == 401 and anonymous.content_type == "application/occi+json"
+    nowhere = await partner_client.get("/no-such-thing", headers=TEXT)
+    assert nowhere.status == 404 and nowhere.content_type == "text/plain"
+    assert nowhere.headers["Server"].endswith("OCCI/1.2")
+    rest = await partner_client.get("/api/v1/nothing-here")
+    assert rest.content_type == "application/problem+json"  # the REST API keeps RFC 9457

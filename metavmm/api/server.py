@@ -1,0 +1,57 @@
+"""The HTTP server around the application: aiohttp's own error answers in the broker's terms (issue 23.10).
+
+aiohttp answers a request it cannot parse (a header over its limits, a malformed request line) and an
+exception that escapes every middleware itself, before or after the application: with its own
+``Server`` header and a body that echoes the offending header. :class:`BrokerRunner` replaces that
+answer: ``Server: metavmm/<version> OCCI/1.2``, ``Accept`` (what the server accepts), and a short message
+in the client's rendering when its headers could be read (text/plain otherwise, OCCI's mandatory one).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from metavmm.api.occi.negotiate import ACCEPTED, ENTITY_MEDIA, JSON, SERVER, TEXT_OCCI, choose
+
+MESSAGES = {400: "the request could not be read: a malformed request line or header, or a header line "
+                 "larger than this server accepts",
+            413: "the request is larger than this server accepts",
+            431: "the request's headers are larger than this server accepts",
+            500: "the broker failed while answering, see its log"}
+
+
+class _Handler(RequestHandler):
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and refuses a half-sent response
+        text = MESSAGES.get(status, MESSAGES[400] if status < 500 else MESSAGES[500])
+        try:
+            media = choose(request, ENTITY_MEDIA)  # type: ignore[arg-type]
+        except Exception:
+            media = "text/plain"
+        if media == JSON:
+            body = json.dumps({"error": {"code": status, "message": text}})
+        else:
+            media, body = (TEXT_OCCI if media == TEXT_OCCI else "text/plain"), text + "\n"
+        resp = web.Response(status=status, text=body, content_type=media,
+                            headers={"Server": SERVER, "Accept": ACCEPTED})
+        if not plain.keep_alive:
+            resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class BrokerRunner(web.AppRunner):
+    """An AppRunner whose connections answer parse errors and escaped exceptions as the broker does."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same state, one method more: aiohttp offers no hook for handle_error
+        return server
