@@ -264,6 +264,11 @@ class WorkloadService:
                                   f"to {target.kind}")
         if not (compute.present and target.present) or "deleted" in (compute.desired_state, target.desired_state):
             raise Conflict("one end of the link is deleted or being deleted")
+        here, there = site_of(compute), site_of(target)
+        if here and there and here != there:  # the attach would only roll back: say so now (issue 23.2)
+            raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there)} and compute {compute.name} at "
+                           f"{'/'.join(here)}: a link stays within one site; create the {target.kind} at the "
+                           f"compute's site (pin it there) or link it to a compute at {'/'.join(there)}")
         kind = "storagelink" if target.kind == WorkloadKind.STORAGE else "networkinterface"
         existing = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == compute.id))).all()
         taken = next((lk for lk in existing if lk.target_id == target.id), None)
@@ -564,6 +569,13 @@ def is_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text.lower()
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+def site_of(workload: Workload) -> tuple[str, str] | None:
+    """(provider, region) where the workload was placed, when it was."""
+    where = (workload.spec or {}).get("placement") or {}
+    provider, region = where.get("provider"), where.get("region")
+    return (str(provider), str(region)) if provider and region else None
 
 
 def _is_placed(workload: Workload) -> bool:

@@ -244,3 +244,40 @@ async def test_aiohttps_own_errors_and_unexpected_500s_are_answered_as_occi(part
     assert nowhere.headers["Server"].endswith("OCCI/1.2")
     rest = await partner_client.get("/api/v1/nothing-here")
     assert rest.content_type == "application/problem+json"  # the REST API keeps RFC 9457
+
+
+# --- 2. a link across sites is refused at once -------------------------------------------------------------
+
+SITE = "http://schemas.metavmm.dev/occi/site#"
+
+
+async def test_a_link_across_sites_is_409_at_once_through_occi_and_rest(sim_client: Any) -> None:
+    pin = f'Category: sim-a-sim-000; scheme="{SITE}"; class="mixin"\n'
+    disk = await sim_client.post("/storage/", headers=TEXT, data=(
+        f'Category: storage; scheme="{INFRA}"; class="kind"\n{pin}X-OCCI-Attribute: occi.storage.size=1\n'))
+    assert disk.status == 201, await disk.text()
+    disk_path = "/" + disk.headers["Location"].split("//", 1)[1].split("/", 1)[1]
+    other = 'Category: sim-b-sim-000; scheme="' + SITE + '"; class="mixin"\n'
+    far = await sim_client.post("/compute/", headers=TEXT, data=(
+        f'Category: {COMPUTE_CAT}\n{other}'
+        + "".join(f"Category: {line}\n" for line in [await _os_tpl_category(sim_client)])))
+    assert far.status == 201, await far.text()
+    far_path = "/" + far.headers["Location"].split("//", 1)[1].split("/", 1)[1]
+    for body, headers in (
+            (f'Category: storagelink; scheme="{INFRA}"; class="kind"\n'
+             f'X-OCCI-Attribute: occi.core.source="{far_path}"\nX-OCCI-Attribute: occi.core.target="{disk_path}"\n',
+             TEXT),
+            (json.dumps({"kind": f"{INFRA}storagelink", "id": "_", "source": {"location": far_path},
+                         "target": {"location": disk_path}}), JSONH)):
+        refused = await sim_client.post("/storagelink/", headers=headers, data=body)
+        text = await refused.text()
+        assert refused.status == 409 and "one site" in text and "sim-b" in text and "sim-a" in text, text
+    rest = await sim_client.post(f"/api/v1/workloads/{far_path.rsplit('/', 1)[1]}/links",
+                                 json={"target_id": disk_path.rsplit("/", 1)[1]})
+    assert rest.status == 409 and "one site" in (await rest.json())["detail"]
+    assert (await (await sim_client.get("/storagelink/", headers=JSONH)).json()) == {"links": []}
+
+
+async def _os_tpl_category(client: Any) -> str:
+    scheme, _, term = (await os_tpl_id(client)).rpartition("#")
+    return f'{term}; scheme="{scheme}#"; class="mixin"'
