@@ -37,6 +37,8 @@ from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, PayloadToo
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+PAGING = f"default {DEFAULT_PAGE}, at most {MAX_PAGE}; ?page=N&number=M; the next page in Link rel=next"
 QUERY_PATHS = ("/-/", "/.well-known/org/ogf/occi/-/")
 
 
@@ -74,19 +76,26 @@ def _query(request: web.Request) -> dict[str, str]:
     return out
 
 
-def _page(request: web.Request, entities: list[Entity]) -> list[Entity]:
+def _page(request: web.Request, entities: list[Entity]) -> tuple[list[Entity], str | None]:
+    """GFD.223 paging, by default: ``page`` (from 1) of ``number`` entities (``DEFAULT_PAGE`` unless asked,
+    at most ``MAX_PAGE``, else 413), and the next page's URL while there is one. The default keeps a
+    text/occi collection (one X-OCCI-Location per entity, in headers) far under common clients' header
+    limits (GFD.229: no truncation of header data)."""
     query = _query(request)
-    if "page" not in query and "number" not in query:
-        return entities
     try:
-        page, number = int(query.get("page", "1")), int(query.get("number", str(MAX_PAGE)))
+        page, number = int(query.get("page", "1")), int(query.get("number", str(DEFAULT_PAGE)))
     except ValueError:
         raise ValidationError("page and number must be integers") from None
     if page < 1 or number < 1:
         raise ValidationError("page starts at 1 and number must be at least 1")
     if number > MAX_PAGE:
         raise PayloadTooLarge(f"number={number} is more than this server renders at once (at most {MAX_PAGE})")
-    return entities[(page - 1) * number: page * number]
+    chosen = entities[(page - 1) * number: page * number]
+    if len(entities) <= page * number:
+        return chosen, None
+    rest = "&".join(f"{k}={v}" for k, v in query.items() if k not in ("page", "number"))
+    return chosen, f"{request.scheme}://{request.host}{request.path}?page={page + 1}&number={number}" + \
+        (f"&{rest}" if rest else "")
 
 
 def _filter(entities: list[Entity], req: OcciRequest) -> list[Entity]:
@@ -104,8 +113,12 @@ def _filter(entities: list[Entity], req: OcciRequest) -> list[Entity]:
 
 async def _collection(request: web.Request, entities: list[Entity], *, links: bool = False) -> web.Response:
     req = await read_request(request)
-    chosen = _page(request, _filter(entities, req))
-    return render(request, Collection(chosen, links=links), locations=[e.location for e in chosen])
+    chosen, after = _page(request, _filter(entities, req))
+    resp = render(request, Collection(chosen, links=links), locations=[e.location for e in chosen])
+    resp.headers["X-OCCI-Paging"] = PAGING
+    if after is not None:
+        resp.headers.add("Link", f'<{after}>; rel="next"')  # RFC 8288, in every rendering
+    return resp
 
 
 async def _created(request: web.Request, svc: OcciService, kind: Kind, path: str) -> web.Response:
@@ -143,7 +156,9 @@ async def query_get(request: web.Request) -> web.Response:
         kinds = [k for k in kinds if k.type_id in wanted]
         mixins = [m for m in mixins if m.type_id in wanted or wanted & {*m.depends, *m.applies}]
         actions = [a for a in actions if a.type_id in wanted or any(a in k.actions for k in kinds)]
-    return render(request, Categories(kinds, mixins, actions))
+    resp = render(request, Categories(kinds, mixins, actions))
+    resp.headers["X-OCCI-Paging"] = PAGING  # every kind and mixin collection is paged so
+    return resp
 
 
 async def query_post(request: web.Request) -> web.Response:

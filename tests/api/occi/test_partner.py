@@ -4,14 +4,18 @@ in text/plain, text/occi and application/occi+json."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
+from yarl import URL
 
 from metavmm.api import keys
 from metavmm.api.app import HTTP_LIMITS, create_app
+from metavmm.api.occi import routes
+from metavmm.api.occi.render_text import location_fields, render_text_occi
 from metavmm.api.occi.service import OcciService
 from metavmm.api.server import BrokerRunner
 from metavmm.catalog.db import session_scope
@@ -281,3 +285,41 @@ async def test_a_link_across_sites_is_409_at_once_through_occi_and_rest(sim_clie
 async def _os_tpl_category(client: Any) -> str:
     scheme, _, term = (await os_tpl_id(client)).rpartition("#")
     return f'{term}; scheme="{scheme}#"; class="mixin"'
+
+
+# --- 6. collections are paged by default ---------------------------------------------------------------------
+
+
+def test_a_default_page_in_text_occi_fits_common_client_header_limits() -> None:
+    urls = [f"https://broker.partner.example:8443/compute/{uuid.uuid4()}" for _ in range(routes.DEFAULT_PAGE)]
+    headers, _ = render_text_occi(location_fields(urls))
+    # http.client (requests) refuses more than 100 header lines, aiohttp a line over 8190 bytes, curl 100 KB
+    assert len(headers) < 40 and max(len(v) for _, v in headers) < 8190
+    assert sum(len(n) + len(v) + 4 for n, v in headers) < 16 * 1024
+
+
+async def test_collections_are_paged_by_default_with_the_next_page_link(sim_client: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(routes, "DEFAULT_PAGE", 2)  # three entities make two default pages
+    for i in range(3):
+        made = await sim_client.post("/network/", headers=TEXT, data=(
+            f'Category: network; scheme="{INFRA}"; class="kind"\nX-OCCI-Attribute: occi.core.title="n{i}"\n'))
+        assert made.status == 201, await made.text()
+    query = await sim_client.get("/-/", headers=TEXT)
+    assert "default" in query.headers["X-OCCI-Paging"] and "page=" in query.headers["X-OCCI-Paging"]
+    for headers in (TEXT, OCCI, JSONH, {"Accept": "text/uri-list"}):
+        first = await sim_client.get("/network/", headers=headers)
+        nxt = first.headers["Link"]
+        assert first.status == 200 and 'rel="next"' in nxt and "page=2" in nxt, first.headers
+        url = URL(nxt[1:nxt.index(">")])
+        second = await sim_client.get(url.path_qs, headers=headers)
+        assert second.status == 200 and "Link" not in second.headers
+        if headers is JSONH:
+            assert len((await first.json())["resources"]) == 2 and len((await second.json())["resources"]) == 1
+        elif headers is OCCI:
+            assert ", ".join(first.headers.getall("X-OCCI-Location")).count("/network/") == 2
+            assert ", ".join(second.headers.getall("X-OCCI-Location")).count("/network/") == 1
+        else:
+            assert (await first.text()).count("/network/") == 2 and (await second.text()).count("/network/") == 1
+    third = await sim_client.get("/network/?page=3", headers=JSONH)
+    assert third.status == 200 and await third.json() == {"resources": []}  # GFD.223: past the end, empty
+    assert (await sim_client.get("/network/?number=1001", headers=TEXT)).status == 413
