@@ -16,7 +16,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import delete as sa_delete
@@ -126,6 +126,8 @@ class WorkloadService:
             await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
                                  flavor=shape.flavor)
             if req.kind == WorkloadKind.COMPUTE:
+                if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
+                    req = replace(req, site=await self._linked_site(session, req.links))
                 steps, where = await self._place_compute(session, workload, shape, image, req)
             else:
                 steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
@@ -161,6 +163,17 @@ class WorkloadService:
                                                 vm_name=vm_name(workload.id),
                                                 providers=self._providers())
         return planned.steps, planned.where
+
+    @staticmethod
+    async def _linked_site(session: AsyncSession, links: tuple[LinkSpec, ...]) -> str | None:
+        """The one site the networks and storage a new compute links to were placed at (None when they
+        were not placed yet or sit at several sites: the link check then says why)."""
+        sites = set()
+        for spec_ in links:
+            target = await session.get(Workload, spec_.target_id.lower()) if is_uuid(spec_.target_id) else None
+            where = ((target.spec or {}).get("placement") or {}) if target is not None else {}
+            sites.add(where.get("site"))
+        return sites.pop() if len(sites) == 1 else None
 
     async def _place_resource(self, session: AsyncSession, workload: Workload, shape: Shape, site: str | None,
                               cidr: str | None) -> tuple[list[Step], dict[str, Any]]:

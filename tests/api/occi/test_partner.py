@@ -280,6 +280,15 @@ async def test_a_link_across_sites_is_409_at_once_through_occi_and_rest(sim_clie
                                  json={"target_id": disk_path.rsplit("/", 1)[1]})
     assert rest.status == 409 and "one site" in (await rest.json())["detail"]
     assert (await (await sim_client.get("/storagelink/", headers=JSONH)).json()) == {"links": []}
+    # a compute created with a link in the same request goes where its storage is (sim-b is cheaper)
+    near = await sim_client.post("/compute/", headers=TEXT, data=(
+        f"Category: {COMPUTE_CAT}\nCategory: {await _os_tpl_category(sim_client)}\n"
+        f'Link: <{disk_path}>; rel="{INFRA}storage"; category="{INFRA}storagelink"\n'))
+    assert near.status == 201, await near.text()
+    placed = (await near.text()).strip().rsplit("/", 1)[1]
+    doc = await (await sim_client.get(f"/compute/{placed}", headers=JSONH)).json()
+    assert doc["attributes"]["metavmm.placement.site"].startswith("sim-a"), doc["attributes"]
+    assert len(doc["links"]) == 1
 
 
 async def _os_tpl_category(client: Any) -> str:
