@@ -81,7 +81,7 @@ def schedule_group() -> None:
 @click.option("--vcpus", type=click.IntRange(1, 1024), required=True)
 @click.option("--ram-gib", type=click.FloatRange(min=0.001), required=True)
 @click.option("--gpu", help="MODEL:COUNT, e.g. H100:2")
-@click.option("--arch", default="x86_64", show_default=True, help="CPU architecture ('any' for no constraint)")
+@click.option("--arch", help="CPU architecture (default: the image's, x86_64 without one; 'any': no constraint)")
 @click.option("--vendor", help="CPU vendor (Intel, AMD, ARM)")
 @click.option("--feature", "features", multiple=True, help="required CPU feature (libvirt name), repeatable")
 @click.option("--nested", is_flag=True, help="needs nested virtualisation")
@@ -101,7 +101,8 @@ def schedule_group() -> None:
 @click.option("--explain", is_flag=True, help="open every site: a reason or a score for every host")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
-def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | None, arch: str, vendor: str | None,
+def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | None, arch: str | None,
+          vendor: str | None,
           features: tuple[str, ...], nested: bool, image_id: str | None, image_format: str, image_size_gib: float,
           image_hypervisor: str | None, residency: tuple[str, ...], sites: tuple[str, ...],
           providers: tuple[str, ...], on_prem_only: bool, public_only: bool, project: str | None,
@@ -116,7 +117,7 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
     try:
         body = PlacementRequestIn(
             name=name, vcpus=vcpus, ram_mib=int(ram_gib * 1024), project=project, gpu_model=gpu_model,
-            gpu_count=gpu_count, cpu_arch=None if arch == "any" else arch, cpu_vendor=vendor,
+            gpu_count=gpu_count, cpu_arch=arch, cpu_vendor=vendor,
             cpu_features=list(features), nested_virt=nested, image_id=image_id, image_format=image_format,
             image_size_bytes=int(image_size_gib * (1 << 30)), image_hypervisor=image_hypervisor,
             residency=list(residency), sites=list(sites), providers=list(providers), on_prem_only=on_prem_only,

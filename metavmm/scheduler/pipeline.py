@@ -35,9 +35,9 @@ from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, summarize
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.scheduler.quotes import Quoter
-from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
+from metavmm.scheduler.request import ANY_ARCH, ImageRef, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import SiteView, Snapshot
-from metavmm.scheduler.views import CandidateView, aggregate_hosts, host_view, site_view, slot_views
+from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView, aggregate_hosts, host_view, site_view, slot_views
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,15 @@ class Scheduler:
             req = replace(req, image=ImageRef(image.id, fmt, req.image.size_bytes or image.size_bytes,
                                               req.image.hypervisor or image.hypervisor,
                                               tuple(sorted({r.site_id for r in replicas}))))
+            if req.cpu_arch and req.cpu_arch not in (image.arch, ANY_ARCH):
+                return req, [("cpu", Verdict.reject(
+                    f"image is {image.arch}", f"cpu arch: image {image.name} is {image.arch}, the request asks "
+                    f"for {req.cpu_arch}", unresolvable=True, need=image.arch, asked=req.cpu_arch))]
+            # the guest's CPU comes from its image, never from a default
+            req = replace(req, cpu_arch=image.arch, cpu_vendor=req.cpu_vendor or image.cpu_vendor,
+                          cpu_features=req.cpu_features | image.cpu_features)
+        elif req.cpu_arch is None:
+            req = replace(req, cpu_arch=DEFAULT_ARCH)  # no catalog image: an empty disk, or a described one
         failed = []
         for f in self._request_filters:
             verdict = f.check(None, req)  # type: ignore[arg-type]

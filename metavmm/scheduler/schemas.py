@@ -31,7 +31,8 @@ class PlacementRequestIn(_In):
     project: str | None = None
     gpu_model: str | None = None
     gpu_count: int = Field(default=0, ge=0, le=64)
-    cpu_arch: str | None = "x86_64"
+    cpu_arch: str | None = Field(default=None, max_length=32, description="the image's when omitted (x86_64 "
+                                 "without an image); 'any': no constraint")
     cpu_vendor: str | None = None
     cpu_features: list[str] = Field(default_factory=list, max_length=256)
     nested_virt: bool = False

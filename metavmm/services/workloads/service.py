@@ -66,9 +66,6 @@ from metavmm.services.workloads.requests import (
 )
 from metavmm.services.workloads.resources import place_resource
 
-DEFAULT_ARCH = "x86_64"
-"""The architecture of a compute without an image (it boots an empty disk): what most of the federation runs."""
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -78,6 +75,7 @@ class Shape:
     gpu_model: str | None
     gpu_count: int
     flavor: str | None
+    arch: str | None = None  # a named flavor's; the scheduler takes the image's (x86_64 without an image)
 
 
 class WorkloadService:
@@ -154,7 +152,7 @@ class WorkloadService:
         preq = PlacementRequest(
             name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
             project=None, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
-            cpu_arch=image.arch if image else DEFAULT_ARCH, image=ImageRef(image.id) if image else None,
+            cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
             sites=(req.site,) if req.site else (), providers=tuple(req.providers),
             max_price_per_hour=req.max_price_per_hour)
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
@@ -186,7 +184,7 @@ class WorkloadService:
             if row is None:
                 raise ValidationError(f"no flavor named {req.flavor!r} in the catalog")
             return Shape(row.vcpus, row.ram_mib, max(req.disk_gib, row.disk_gib), row.gpu_model, row.gpu_count,
-                         row.name)
+                         row.name, row.arch)
         if req.kind == WorkloadKind.COMPUTE and (not req.vcpus or not req.ram_mib):
             raise ValidationError("a compute needs a flavor, or vcpus and ram_mib")
         return Shape(req.vcpus or 0, req.ram_mib or 0, req.disk_gib, req.gpu_model if req.gpu_count else None,
