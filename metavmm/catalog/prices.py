@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Price, Provider, utcnow
 from metavmm.foundation.errors import NotFound
-from metavmm.foundation.prices import COMPONENT_UNITS, PriceRecord
+from metavmm.foundation.prices import COMPONENT_UNITS, PriceRecord, gpu_model_key
 
 
 async def store_prices(session: AsyncSession, records: Sequence[PriceRecord], provider: Provider | None = None,
@@ -52,7 +52,7 @@ async def store_prices(session: AsyncSession, records: Sequence[PriceRecord], pr
             "effective_date": rec.effective_date, "imported_at": now, "source_ref": rec.where[:255] or None,
             "family": rec.family, "vcpus": shape.vcpus if shape else None,
             "ram_mib": shape.ram_mib if shape else None,
-            "gpu_model": (shape.gpu_model if shape else rec.gpu_model),
+            "gpu_model": gpu_model_key(shape.gpu_model if shape else rec.gpu_model),  # one spelling per model
             "gpu_count": shape.gpu_count if shape else None, "arch": shape.arch if shape else None,
         })
     conn = await session.connection()  # Core statements, same transaction as the session

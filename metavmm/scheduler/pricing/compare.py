@@ -23,7 +23,15 @@ from datetime import date
 from decimal import Decimal
 
 from metavmm.foundation.errors import ValidationError
-from metavmm.foundation.prices import PriceUnit, Shape, components, composed_amount, excess, normalise_arch
+from metavmm.foundation.prices import (
+    PriceUnit,
+    Shape,
+    components,
+    composed_amount,
+    excess,
+    gpu_model_key,
+    normalise_arch,
+)
 from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
 
@@ -52,7 +60,7 @@ class ShapeRequest:
             raise ValidationError("vcpus and ram must not be negative")
         if vcpus == 0 and ram == 0 and count == 0:
             raise ValidationError("ask for something: --vcpus, --ram and/or --gpu")
-        return cls(vcpus, ram, model.upper() if model else None, count, normalise_arch(arch), os)
+        return cls(vcpus, ram, gpu_model_key(model), count, normalise_arch(arch), os)
 
     def scope(self) -> PriceScope:
         """What the database may leave out when loading prices for this request."""
