@@ -167,13 +167,15 @@ class SiteProfile:
     feature_sets: tuple[frozenset[str], ...] = ()
     hypervisors: frozenset[str] = frozenset()
     nested: bool = False
+    all_gpu: bool = False  # every up host has GPUs: work without GPUs here strands some
 
     @staticmethod
     def of(hosts: Sequence[HostView]) -> SiteProfile:
         up = [h for h in hosts if h.state == m.HostState.UP]
         return SiteProfile(frozenset(h.arch for h in up), frozenset(h.vendor for h in up),
                            tuple(sorted({h.features for h in up}, key=sorted)), frozenset(h.hypervisor for h in up),
-                           any(h.nested_virt for h in up))
+                           any(h.nested_virt for h in up),
+                           bool(up) and all(any(n > 0 for n in h.gpus.values()) for h in up))
 
 
 @dataclass(frozen=True, slots=True)

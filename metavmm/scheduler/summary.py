@@ -47,6 +47,8 @@ def _phrase(name: str, mine: float, theirs: float, p: Placement) -> str:
         return f"price over {p.expected_hours:g} h with egress {theirs:.4g} vs {mine:.4g} {p.currency}"
     if name == "movement":
         return f"image ready in {theirs:.0f} s vs {mine:.0f} s (conversions and transfers)"
+    if name == "gpu":
+        return "a GPU candidate, kept for GPU work while one without GPUs fits"
     if name == "balance":
         return f"placement strategy (pack or spread) ranks it {theirs:.2f} vs {mine:.2f}"
     return f"{name} {theirs:.4g} vs {mine:.4g}"
