@@ -291,7 +291,7 @@ class Scheduler:
         chosen_score = 0.0
         for r in ranked:
             view = passing[r.index]
-            if settled and not explain or (chosen is not None and not explain and wastes_gpus(view, req)):
+            if not explain and (settled or (chosen is not None and wastes_gpus(view, req))):
                 # sites rank by their best slot: one whose best strands GPUs cannot beat a GPU choice made
                 if len(alternatives) >= MAX_ALTERNATIVES:
                     break
