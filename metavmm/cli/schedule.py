@@ -127,7 +127,7 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
         raise ValidationError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) \
             from None
     planned = _dry_run(settings, req, explain)
-    out = PlacementOut.of(planned.placement, planned.where)
+    out = PlacementOut.of(planned.placement, planned.where, explain=explain)
     if as_json:
         _print_json(out)
         return
@@ -151,6 +151,14 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
         for code, n in counts.most_common():
             if n:  # flavors of a cloud site that passed elsewhere count for nothing: detail only (--json)
                 table.add_row(code, str(n), by_code[code][0])
+        console.print(table)
+    if out.explanation:
+        table = Table(title="every candidate (--explain)")
+        for col in ("candidate", "site", "outcome", "more per hour", "why"):
+            table.add_column(col)
+        for e in out.explanation:
+            diff = e["cost_difference_per_hour"] if e["outcome"] == "passed" else ""
+            table.add_row(str(e["candidate"]), str(e["site"]), str(e["outcome"]), str(diff or ""), str(e["reason"]))
         console.print(table)
     _print_summary(out)
 

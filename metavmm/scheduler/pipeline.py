@@ -281,6 +281,8 @@ class Scheduler:
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
         passing, rejections = self.filter_sites(req, counts)
+        if explain:
+            rejections = self._per_candidate(rejections, req)
         shape = req.shape_key()
         versions = self.ledger.site_version
         keys = [(v.site.id, versions.get(v.site.id, 0), shape) for v in passing]
@@ -330,6 +332,25 @@ class Scheduler:
         if reserve:
             self.reserve(key or req.name, placement)
         return placement
+
+    def _per_candidate(self, rejections: list[Rejection], req: PlacementRequest) -> list[Rejection]:
+        """Site rejections made one per host (or flavor), for an explanation that lists every candidate: a
+        site a slot rule rejected is opened so each host gets its own first failing rule and numbers; a
+        site rule (residency, policy) is the same reason for each of its hosts."""
+        out: list[Rejection] = []
+        slot_rules = {f.name for f in self._slot_filters}
+        for r in rejections:
+            site = self.snapshot.site_named(r.site)
+            if site is None or r.kind != "site":
+                out.append(r)
+            elif r.filter in slot_rules:
+                found, own = self._open_site(site, req, Counter())
+                out.extend(own if own and not found else [r])
+            elif site.has_hosts:
+                out.extend(replace(r, candidate=h.name, kind="host", covers=1) for h in site.hosts)
+            else:
+                out.append(r)
+        return out
 
     def _alternative(self, slot: tuple[CandidateView, dict[str, float]], req: PlacementRequest,
                      score: float = 0.0) -> Alternative:
