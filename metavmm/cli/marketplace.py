@@ -24,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.foundation.errors import ValidationError
+from metavmm.services.identity import DEFAULT_PROJECT
 from metavmm.services.marketplace.entries import ADMIN, LIST_COLUMNS, ImageMeta, ImageQuery, get_image, list_row, render
 
 T = TypeVar("T")
@@ -186,25 +187,63 @@ def replicate_cmd(settings: Settings, image: str, site: str) -> None:
 
 @marketplace.command("launch")
 @click.argument("image")
-@click.option("--name", required=True, help="the VM's name")
-@click.option("--site", help="default: a site that already holds the image")
-@click.option("--vcpus", type=int, default=1, show_default=True)
-@click.option("--ram-mib", type=int, default=512, show_default=True)
+@click.option("--name", required=True, help="the workload's name")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True,
+              help="the project the VM belongs to (launched as its admin; the default project is created if missing)")
+@click.option("--site", help="pin to a site; default: where the scheduler places it (a replica there costs no copy)")
+@click.option("--flavor", help="a flavor name (its size wins over --vcpus and --ram-mib)")
+@click.option("--vcpus", type=click.IntRange(1, 4096), help="default 1 without a flavor")
+@click.option("--ram-mib", type=click.IntRange(1), help="default 512 without a flavor")
+@click.option("--disk-gib", type=click.IntRange(0), default=0, show_default=True, help="0: the image's own size")
+@click.option("--wait", is_flag=True, help="show progress bars until the operation ends")
+@click.option("--here", is_flag=True, help="run the steps in this command (no broker needed); implies --wait")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05, 60))
+@click.option("--idempotency-key", help="a retried command with the same key gets the same operation")
 @pass_settings
-def launch_cmd(settings: Settings, image: str, name: str, site: str | None, vcpus: int, ram_mib: int) -> None:
-    """Launch a VM from IMAGE at any site, replicating the image there first when needed."""
-    from metavmm.cli.migrate import run_with_engine
+def launch_cmd(settings: Settings, image: str, name: str, project: str, site: str | None, flavor: str | None,
+               vcpus: int | None, ram_mib: int | None, disk_gib: int, wait: bool, here: bool, interval: float,
+               idempotency_key: str | None) -> None:
+    """Launch a VM from IMAGE: a workload create through the workload service (quota, placement, the image
+    replicated where it runs), as REST's launch does. Prints the operation; --wait follows it."""
+    from metavmm.catalog.models import Operation
+    from metavmm.cli.operations import exit_for, watch_operation
+    from metavmm.foundation.errors import ConfigError
+    from metavmm.services.identity import operator_identity
     from metavmm.services.marketplace.launch import LaunchIn, launch
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.placement import Placer
+    from metavmm.services.workloads.service import WorkloadService
 
-    req = LaunchIn(name=name, site=site, vcpus=vcpus, ram_mib=ram_mib)
+    if here and settings.config.operations.executor != "inprocess":
+        raise ConfigError("--here runs the steps in this command, but this federation's workers run them "
+                          "(operations.executor: procrastinate): use --wait")
+    try:
+        req = LaunchIn(name=name, site=site, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
+    except Exception as exc:  # pydantic's message names the field
+        raise ValidationError(str(exc)) from None
 
-    async def work(engine: Any, _sessions: Any) -> Any:
-        return await launch(engine, image, req, audience=ADMIN)
+    async def work(maker: async_sessionmaker[AsyncSession]) -> Operation | None:
+        async with session_scope(maker) as session:
+            caller = await operator_identity(session, project)
+        engine = Engine(maker, settings.config, settings.database)
+        await engine.start(run_steps=here)
+        try:
+            service = WorkloadService(maker, settings.config, engine, Placer(settings.config))
+            done = await launch(service, caller, image, req, idempotency_key=idempotency_key)
+            where = done.workload.spec.get("placement", {}).get("site", "?")
+            console.print(f"workload {done.workload.id} ({done.workload.name}) at {where}: operation "
+                          f"{done.operation.id} {done.operation.state}" + (" (replayed)" if done.replayed else ""),
+                          highlight=False)
+            if not (wait or here):
+                console.print(f"follow it with: metavmm operations watch {done.operation.id}", highlight=False)
+                return None
+            return await watch_operation(maker, done.operation.id, interval)
+        finally:
+            await engine.stop()
 
-    with console.status("launching..."):
-        _run(settings, _noop, write=True)
-        out = run_with_engine(settings, work)
-    _dump(out)
+    op = _run(settings, work, write=True)
+    if op is not None:
+        exit_for(op)
 
 
 @marketplace.command("keygen")

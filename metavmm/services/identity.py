@@ -166,3 +166,19 @@ async def mint_token(session: AsyncSession, *, user_id: int, project_id: int, ro
     session.add(row)
     await session.flush()
     return row, secret
+
+
+DEFAULT_PROJECT = "default"
+OPERATOR = "operator"
+
+
+async def operator_identity(session: AsyncSession, project: str = DEFAULT_PROJECT) -> Identity:
+    """Whoever runs the broker, acting from the command line as an admin of ``project``: the CLI has the
+    database, so it needs no token, but its changes still go through the services' rules (scope, quota,
+    idempotency keys scoped to this principal). The default project is created on first use; any other
+    must exist, so a typo is an error rather than a new project."""
+    row = (await session.exec(select(Project).where(Project.name == project))).first()
+    if row is None and project != DEFAULT_PROJECT:
+        raise NotFound(f"no project {project}; create it with `metavmm project create {project}`")
+    row = row or await get_or_create_project(session, project)
+    return Identity(0, OPERATOR, row.id or 0, row.name, Role.ADMIN, "cli")
