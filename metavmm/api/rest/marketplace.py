@@ -217,7 +217,7 @@ async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaRes
 @api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image: a workload create "
            "(quota, placement by the scheduler, the image replicated where it runs), answered with its operation",
            body=LaunchIn, response=WorkloadAccepted, status=202, role="member", idempotency=True,
-           location="the launch's operation, to follow until it ends", errors=("422",))
+           location="the launch's operation, to follow until it ends")
 async def launch_image(request: web.Request, body: LaunchIn) -> WorkloadAccepted:
     """The same create as ``POST /workloads`` with ``image_id``, and the same answer; an image the caller
     may not see is a 404 here (the URL names it)."""
