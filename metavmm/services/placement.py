@@ -189,9 +189,9 @@ class Placer:
                                  lock=False)
 
     async def plan_at(self, session: AsyncSession, req: PlacementRequest, site: str) -> list[Step]:
-        """The engine's steps that create ``req`` at ``site``, a site chosen by another rule (the
-        marketplace launch picks where an image is cheapest to start), built like the scheduler's bind:
-        the image's route from the graph, a bootable replica used as it is."""
+        """The engine's steps that create ``req`` at ``site``, a site the caller fixed without the
+        scheduler (creates go through :meth:`plan_create`), built like the scheduler's bind: the image's
+        route from the graph, a bootable replica used as it is."""
         req = self._defaults(req)
         snap, graph, views = await self._snapshot(session)
         view = snap.site_named(site)

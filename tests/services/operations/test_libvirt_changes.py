@@ -60,7 +60,7 @@ async def test_provision_replicates_a_published_image_then_boots_it(
                                    .where(Provider.name == "lv0"))).one()
         image_id, site_name = image.id, site.name
     workload = Workload(kind="compute", name="vm-course", spec={"vcpus": 1, "ram_mib": 64, "image_id": image_id})
-    async with engine.sessions() as session:  # the create plan at that site (as the marketplace launch asks it)
+    async with engine.sessions() as session:  # the create plan at that site, fixed without the scheduler
         steps = await Placer(engine.config).plan_at(session, PlacementRequest(
             "vm-course", 1, 64, image=ImageRef(image_id), workload_id=workload.id), site_name)
     assert [s.action for s in steps] == ["image.replicate", "vm.create", "vm.wait", "workload.record"]
