@@ -73,7 +73,7 @@ async def launch(service: WorkloadService, caller: Identity, image_ref: str, req
     """Ask the workload service for a compute booted from ``image_ref``; the answer is its operation.
 
     The image is looked up for the caller first, so one they may not see is a NotFound (404: it is the
-    resource the launch URL names) rather than the 422 a bad ``image_id`` field of a create gets. The
+    resource the launch URL names) rather than the 400 a bad ``image_id`` field of a create gets. The
     reference goes to the service as the caller wrote it, so a replay with the same Idempotency-Key
     matches even after a newer version of a named image was published.
     """
