@@ -18,11 +18,21 @@ from sqlmodel import col, select
 
 from metavmm.api import keys
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Image, ImageReplica, Operation, Quota, QuotaReservation, Site, Workload
+from metavmm.catalog.models import (
+    Image,
+    ImageReplica,
+    Operation,
+    Quota,
+    QuotaReservation,
+    Site,
+    Workload,
+    WorkloadLink,
+)
 from tests.world import World
 
 API = "/api/v1"
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
+IPNETWORK = "http://schemas.ogf.org/occi/infrastructure/network#ipnetwork"
 OCCI_TEXT = {"Content-Type": "text/plain", "Accept": "text/plain"}
 OCCI_JSON = {"Content-Type": "application/occi+json", "Accept": "application/occi+json"}
 
@@ -91,6 +101,28 @@ class Rest(Front):
         resp = await self.client.delete(f"{API}/workloads/{workload_id}", headers=self.headers(who, None, {}))
         return await self.reply(resp, 202, lambda r: _none(workload_id))
 
+    async def resource(self, who: str, kind: str, name: str, *, size_gib: int = 0, cidr: str | None = None) -> Reply:
+        body: dict[str, Any] = {"name": name, "kind": kind}
+        body.update({"disk_gib": size_gib} if kind == "storage" else {"cidr": cidr})
+        resp = await self.client.post(f"{API}/workloads", headers=self.headers(who, None, {}), json=body)
+
+        async def id_of(r: Any) -> str:
+            return str((await r.json())["workload"]["id"])
+        return await self.reply(resp, 202, id_of)
+
+    async def link(self, who: str, compute_id: str, kind: str, target_id: str) -> Reply:
+        resp = await self.client.post(f"{API}/workloads/{compute_id}/links", json={"target_id": target_id},
+                                      headers=self.headers(who, None, {}))
+
+        async def id_of(r: Any) -> str:
+            return str((await r.json())["link"]["id"])
+        return await self.reply(resp, 202, id_of)
+
+    async def resize(self, who: str, workload_id: str, vcpus: int, ram_gib: int) -> Reply:
+        resp = await self.client.post(f"{API}/workloads/{workload_id}/actions", headers=self.headers(who, None, {}),
+                                      json={"action": "resize", "vcpus": vcpus, "ram_mib": ram_gib * 1024})
+        return await self.reply(resp, 202, lambda r: _none(workload_id))
+
 
 async def _none(value: str) -> str:
     return value
@@ -123,6 +155,28 @@ class OcciText(Front):
         resp = await self.client.delete(f"/compute/{workload_id}", headers=self.headers(who, None, OCCI_TEXT))
         return await self.reply(resp, 204, lambda r: _none(workload_id))
 
+    async def resource(self, who: str, kind: str, name: str, *, size_gib: int = 0, cidr: str | None = None) -> Reply:
+        attr = f"occi.storage.size={size_gib}" if kind == "storage" else f'occi.network.address="{cidr}"'
+        body = (f'Category: {kind}; scheme="{INFRA}"; class="kind"\n'
+                + (f'Category: ipnetwork; scheme="{IPNETWORK.split("#")[0]}#"; class="mixin"\n'
+                   if kind == "network" else "")
+                + f'X-OCCI-Attribute: occi.core.title="{name}"\nX-OCCI-Attribute: {attr}\n')
+        resp = await self.client.post(f"/{kind}/", data=body, headers=self.headers(who, None, OCCI_TEXT))
+        return await self.reply(resp, 201, _occi_id)
+
+    async def link(self, who: str, compute_id: str, kind: str, target_id: str) -> Reply:
+        term = LINK_KIND[kind]
+        body = (f'Category: {term}; scheme="{INFRA}"; class="kind"\n'
+                f'X-OCCI-Attribute: occi.core.source="/compute/{compute_id}"\n'
+                f'X-OCCI-Attribute: occi.core.target="/{kind}/{target_id}"\n')
+        resp = await self.client.post(f"/{term}/", data=body, headers=self.headers(who, None, OCCI_TEXT))
+        return await self.reply(resp, 201, _occi_id)
+
+    async def resize(self, who: str, workload_id: str, vcpus: int, ram_gib: int) -> Reply:
+        body = f"X-OCCI-Attribute: occi.compute.cores={vcpus}\nX-OCCI-Attribute: occi.compute.memory={ram_gib}\n"
+        resp = await self.client.post(f"/compute/{workload_id}", data=body, headers=self.headers(who, None, OCCI_TEXT))
+        return await self.reply(resp, 200, lambda r: _none(workload_id))
+
 
 class OcciJson(OcciText):
     name = "occi-json"
@@ -139,7 +193,27 @@ class OcciJson(OcciText):
             who, None, OCCI_JSON), json={"action": f"{INFRA[:-1]}/compute/action#{action}"})
         return await self.reply(resp, 200, lambda r: _none(workload_id))
 
+    async def resource(self, who: str, kind: str, name: str, *, size_gib: int = 0, cidr: str | None = None) -> Reply:
+        attrs: dict[str, Any] = {"occi.core.title": name}
+        attrs.update({"occi.storage.size": size_gib} if kind == "storage" else {"occi.network.address": cidr})
+        doc = {"kind": f"{INFRA}{kind}", "attributes": attrs, "mixins": [IPNETWORK] if kind == "network" else []}
+        resp = await self.client.post(f"/{kind}/", json=doc, headers=self.headers(who, None, OCCI_JSON))
+        return await self.reply(resp, 201, _occi_id)
 
+    async def link(self, who: str, compute_id: str, kind: str, target_id: str) -> Reply:
+        term = LINK_KIND[kind]
+        doc = {"kind": f"{INFRA}{term}", "source": {"location": f"/compute/{compute_id}"},
+               "target": {"location": f"/{kind}/{target_id}", "kind": f"{INFRA}{kind}"}}
+        resp = await self.client.post(f"/{term}/", json=doc, headers=self.headers(who, None, OCCI_JSON))
+        return await self.reply(resp, 201, _occi_id)
+
+    async def resize(self, who: str, workload_id: str, vcpus: int, ram_gib: int) -> Reply:
+        doc = {"kind": f"{INFRA}compute", "attributes": {"occi.compute.cores": vcpus, "occi.compute.memory": ram_gib}}
+        resp = await self.client.post(f"/compute/{workload_id}", json=doc, headers=self.headers(who, None, OCCI_JSON))
+        return await self.reply(resp, 200, lambda r: _none(workload_id))
+
+
+LINK_KIND = {"network": "networkinterface", "storage": "storagelink"}
 FRONTS = (Rest, OcciText, OcciJson)
 PLACEMENT = ("provider", "site", "region", "host", "flavor", "holds_quota")
 SHAPE = ("vcpus", "ram_mib", "disk_gib", "image_id", "gpu_model", "gpu_count", "flavor")
@@ -269,3 +343,49 @@ async def test_an_action_and_a_delete_plan_the_same_steps(fronts: dict[str, Fron
         plans[name] = [[op.kind] + [st["action"] for st in op.steps] for op in ops]
     assert plans["occi-text"] == plans["rest"] and plans["occi-json"] == plans["rest"], plans
     assert [p[0] for p in plans["rest"]] == ["create", "stop", "delete"], plans
+
+
+async def _plans(w: World, workload_id: str) -> list[list[str]]:
+    async with w.app[keys.SESSIONS]() as s:
+        ops = (await s.exec(select(Operation).where(Operation.target_id == workload_id)
+                            .order_by(col(Operation.created_at)))).all()
+    return [[op.kind] + [st["action"] for st in op.steps] for op in ops]
+
+
+async def test_networks_storage_links_and_resize_are_one_rule(fronts: dict[str, Front]) -> None:
+    """Each front end makes a network, a volume and a compute, links both to it and asks a resize too early:
+    the same rows, link rows, plans (quota steps included) and refusal everywhere."""
+    seen: dict[str, dict[str, Any]] = {}
+    for name, front in fronts.items():
+        w = front.world
+        net = await front.resource("alpha_member", "network", f"net-{name}", cidr="10.9.0.0/24")
+        disk = await front.resource("alpha_member", "storage", f"disk-{name}", size_gib=5)
+        vm = await front.create("alpha_member", f"vm-{name}")
+        assert net.workload_id and disk.workload_id and vm.workload_id, (name, net, disk, vm)
+        nic = await front.link("alpha_member", vm.workload_id, "network", net.workload_id)
+        vol = await front.link("alpha_member", vm.workload_id, "storage", disk.workload_id)
+        assert nic.workload_id and vol.workload_id, (name, nic, vol)
+        # the create has not run (the engine is stopped): a resize is refused the same way everywhere
+        early = await front.resize("alpha_member", vm.workload_id, 4, 2)
+        async with w.app[keys.SESSIONS]() as s:
+            rows = {wid: await s.get(Workload, wid) for wid in (net.workload_id, disk.workload_id)}
+            links = (await s.exec(select(WorkloadLink).where(WorkloadLink.source_id == vm.workload_id)
+                                  .order_by(col(WorkloadLink.kind)))).all()
+            link_ops = [(await s.exec(select(Operation).where(Operation.target_id == lk.id))).all() for lk in links]
+        seen[name] = {
+            "resources": [(r.kind, r.project_id, r.desired_state, {k: v for k, v in r.spec.items()
+                                                                    if k in ("disk_gib", "cidr", "site")})
+                          for r in rows.values() if r is not None],
+            "plans": [await _plans(w, wid) for wid in (net.workload_id, disk.workload_id, vm.workload_id)],
+            "links": [(lk.kind, lk.project_id) for lk in links],
+            "link_plans": [[[op.kind] + [st["action"] for st in op.steps] for op in ops] for ops in link_ops],
+            "early_resize": (early.status, early.message.replace(vm.workload_id, "<id>")),
+        }
+    rest = seen.pop("rest")
+    assert [p[0] for p in rest["plans"][2]] == ["create"], rest["plans"]
+    assert rest["resources"][0][3]["cidr"] == "10.9.0.0/24" and rest["resources"][1][3]["disk_gib"] == 5, rest
+    assert rest["early_resize"][0] == 409 and "not running" in rest["early_resize"][1]
+    assert rest["links"] == [("networkinterface", rest["resources"][0][1]), ("storagelink", rest["resources"][0][1])]
+    assert all(plan[0][1] == "quota.hold" for plan in rest["plans"]), rest["plans"]
+    for name, record in seen.items():
+        assert record == rest, name
