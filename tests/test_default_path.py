@@ -180,6 +180,9 @@ def test_readme_creates_two_vms_on_local_libvirt_and_deletes_them(broker: tuple[
     occi_id = occi.rsplit("/", 1)[1]
     ids = {occi_id, rest}
     vars_env = {**env, "TOKEN": token, "OCCI": occi, "REST": rest}
+    # the OCCI request named no os_tpl: the federation's default image, as REST's named one
+    specs = [json.loads(http(f"{base}/api/v1/workloads/{wid}", token)[1])["spec"] for wid in (occi_id, rest)]
+    assert [spec["image_id"] for spec in specs] == [TINY.image_id, TINY.image_id], specs
     try:
         state = until("OCCI says active and REST says running", lambda: (
             out := bash(blocks["state"], vars_env),

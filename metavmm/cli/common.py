@@ -14,11 +14,12 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from metavmm.catalog import db
 from metavmm.foundation.config import FederationConfig, load_config
-from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.errors import ConfigError, MetavmmError
 
 # Wide when piped, so `metavmm catalog show hosts | grep ...` sees whole rows.
 console = Console(width=None if sys.stdout.isatty() else 240)
@@ -32,11 +33,11 @@ class MetavmmGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MetavmmError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(1)
         except (DBAPIError, OSError) as exc:
             reason = getattr(exc, "orig", None) or exc
-            err_console.print(f"[bold red]error:[/] database: {reason}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] database: {escape(str(reason))}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -58,6 +59,14 @@ class Settings:
 
 
 pass_settings = click.make_pass_decorator(Settings)
+
+
+def check_here(config: FederationConfig) -> None:
+    """``--here`` runs an operation's steps inside the command: only where brokers run steps themselves
+    (the in-process executor); procrastinate workers would run them anyway."""
+    if config.operations.executor != "inprocess":
+        raise ConfigError("--here runs the steps in this command, but this federation's workers run them "
+                          "(operations.executor: procrastinate): use --wait")
 
 
 def safe_url(url: str) -> str:

@@ -49,7 +49,7 @@ def _register() -> None:
                     images.ovf_group, marketplace.marketplace):
         main.add_command(command)
     identity.register(main)
-    del flows  # its commands hang under `operations` (provision, act, migrate, delete)
+    del flows  # its commands hang under `operations` (provision, act, resize, migrate, delete)
 
 
 _register()

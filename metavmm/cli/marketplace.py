@@ -23,9 +23,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation
+from metavmm.cli.flows import _change, _follow
 from metavmm.foundation.errors import ValidationError
-from metavmm.services.identity import DEFAULT_PROJECT
+from metavmm.services.identity import DEFAULT_PROJECT, Identity
 from metavmm.services.marketplace.entries import ADMIN, LIST_COLUMNS, ImageMeta, ImageQuery, get_image, list_row, render
+from metavmm.services.workloads.service import WorkloadService
 
 T = TypeVar("T")
 Settings = Any  # metavmm.cli.main.Settings: .config (FederationConfig) and .database (URL)
@@ -188,62 +191,32 @@ def replicate_cmd(settings: Settings, image: str, site: str) -> None:
 @marketplace.command("launch")
 @click.argument("image")
 @click.option("--name", required=True, help="the workload's name")
-@click.option("--project", default=DEFAULT_PROJECT, show_default=True,
-              help="the project the VM belongs to (launched as its admin; the default project is created if missing)")
-@click.option("--site", help="pin to a site; default: where the scheduler places it (a replica there costs no copy)")
-@click.option("--flavor", help="a flavor name (its size wins over --vcpus and --ram-mib)")
+@click.option("--site", help="only this site (default: where the scheduler places it; a replica there costs no copy)")
+@click.option("--flavor", help="a flavor of the catalog (its size wins over --vcpus and --ram-mib)")
 @click.option("--vcpus", type=click.IntRange(1, 4096), help="default 1 without a flavor")
 @click.option("--ram-mib", type=click.IntRange(1), help="default 512 without a flavor")
 @click.option("--disk-gib", type=click.IntRange(0), default=0, show_default=True, help="0: the image's own size")
-@click.option("--wait", is_flag=True, help="show progress bars until the operation ends")
-@click.option("--here", is_flag=True, help="run the steps in this command (no broker needed); implies --wait")
-@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05, 60))
-@click.option("--idempotency-key", help="a retried command with the same key gets the same operation")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True, envvar="METAVMM_PROJECT",
+              help="the project that owns it (and whose quota it counts against)")
+@_follow
 @pass_settings
-def launch_cmd(settings: Settings, image: str, name: str, project: str, site: str | None, flavor: str | None,
-               vcpus: int | None, ram_mib: int | None, disk_gib: int, wait: bool, here: bool, interval: float,
+def launch_cmd(settings: Settings, image: str, name: str, site: str | None, flavor: str | None, vcpus: int | None,
+               ram_mib: int | None, disk_gib: int, project: str, wait: bool, here: bool, interval: float,
                idempotency_key: str | None) -> None:
-    """Launch a VM from IMAGE: a workload create through the workload service (quota, placement, the image
-    replicated where it runs), as REST's launch does. Prints the operation; --wait follows it."""
-    from metavmm.catalog.models import Operation
-    from metavmm.cli.operations import exit_for, watch_operation
-    from metavmm.foundation.errors import ConfigError
-    from metavmm.services.identity import operator_identity
+    """Launch a VM from IMAGE (id, name or publisher/name): a create through the workload service, as
+    REST's launch and `operations provision --image` are, so the image is replicated where the scheduler
+    places it. Prints the operation; --wait follows it, --here runs it."""
     from metavmm.services.marketplace.launch import LaunchIn, launch
-    from metavmm.services.operations.engine import Engine
-    from metavmm.services.placement import Placer
-    from metavmm.services.workloads.service import WorkloadService
 
-    if here and settings.config.operations.executor != "inprocess":
-        raise ConfigError("--here runs the steps in this command, but this federation's workers run them "
-                          "(operations.executor: procrastinate): use --wait")
     try:
         req = LaunchIn(name=name, site=site, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
     except Exception as exc:  # pydantic's message names the field
         raise ValidationError(str(exc)) from None
 
-    async def work(maker: async_sessionmaker[AsyncSession]) -> Operation | None:
-        async with session_scope(maker) as session:
-            caller = await operator_identity(session, project)
-        engine = Engine(maker, settings.config, settings.database)
-        await engine.start(run_steps=here)
-        try:
-            service = WorkloadService(maker, settings.config, engine, Placer(settings.config))
-            done = await launch(service, caller, image, req, idempotency_key=idempotency_key)
-            where = done.workload.spec.get("placement", {}).get("site", "?")
-            console.print(f"workload {done.workload.id} ({done.workload.name}) at {where}: operation "
-                          f"{done.operation.id} {done.operation.state}" + (" (replayed)" if done.replayed else ""),
-                          highlight=False)
-            if not (wait or here):
-                console.print(f"follow it with: metavmm operations watch {done.operation.id}", highlight=False)
-                return None
-            return await watch_operation(maker, done.operation.id, interval)
-        finally:
-            await engine.stop()
+    async def change(service: WorkloadService, caller: Identity) -> Operation:
+        return (await launch(service, caller, image, req, idempotency_key=idempotency_key)).operation
 
-    op = _run(settings, work, write=True)
-    if op is not None:
-        exit_for(op)
+    _change(settings, change, project=project, wait=wait, here=here, interval=interval)
 
 
 @marketplace.command("keygen")

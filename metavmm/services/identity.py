@@ -24,6 +24,9 @@ from metavmm.catalog.models import ApiToken, Membership, Project, Role, User
 from metavmm.foundation.errors import Forbidden, NotFound, ValidationError
 
 T = TypeVar("T", Project, User)
+DEFAULT_PROJECT = "default"
+"""The project an operator's command creates in when it names none (created on first use)."""
+OPERATOR = "operator"
 RANK = {Role.READER: 0, Role.MEMBER: 1, Role.PROJECT_ADMIN: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "mvm_"
 
@@ -151,6 +154,20 @@ async def set_membership(session: AsyncSession, user_id: int, project_id: int, r
     return row
 
 
+async def operator_identity(session: AsyncSession, project: str | None = None) -> Identity:
+    """The caller of a ``metavmm`` command that changes workloads: whoever runs it holds the catalog's
+    database, so it acts as an admin, in ``project`` (which must exist) or the default project (created
+    if missing), through the same workload service as REST and OCCI callers. It is a value, not a user
+    row: nothing about it is stored, and no token can stand for it."""
+    if project is None or project == DEFAULT_PROJECT:
+        row = await get_or_create_project(session, DEFAULT_PROJECT)
+    else:
+        row = (await session.exec(select(Project).where(Project.name == project))).first()
+        if row is None:
+            raise NotFound(f"no project {project}; create it with: metavmm project create {project}")
+    return Identity(0, OPERATOR, row.id or 0, row.name, Role.ADMIN, "cli")
+
+
 async def mint_token(session: AsyncSession, *, user_id: int, project_id: int, role: str, name: str = "",
                      days: int | None = None) -> tuple[ApiToken, str]:
     """A new API token: returns the row and the secret, which is shown once and never stored."""
@@ -166,19 +183,3 @@ async def mint_token(session: AsyncSession, *, user_id: int, project_id: int, ro
     session.add(row)
     await session.flush()
     return row, secret
-
-
-DEFAULT_PROJECT = "default"
-OPERATOR = "operator"
-
-
-async def operator_identity(session: AsyncSession, project: str = DEFAULT_PROJECT) -> Identity:
-    """Whoever runs the broker, acting from the command line as an admin of ``project``: the CLI has the
-    database, so it needs no token, but its changes still go through the services' rules (scope, quota,
-    idempotency keys scoped to this principal). The default project is created on first use; any other
-    must exist, so a typo is an error rather than a new project."""
-    row = (await session.exec(select(Project).where(Project.name == project))).first()
-    if row is None and project != DEFAULT_PROJECT:
-        raise NotFound(f"no project {project}; create it with `metavmm project create {project}`")
-    row = row or await get_or_create_project(session, project)
-    return Identity(0, OPERATOR, row.id or 0, row.name, Role.ADMIN, "cli")

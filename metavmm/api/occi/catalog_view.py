@@ -216,7 +216,9 @@ def _values(attrs: list[OcciAttr], data: dict[str, Any]) -> dict[str, Any]:
     for attr in attrs:
         if attr.field and attr.field in data and data[attr.field] is not None:
             value = data[attr.field]
-            out[attr.name] = attr.to_occi(value) if attr.to_occi else value
+            value = attr.to_occi(value) if attr.to_occi else value
+            if value is not None:
+                out[attr.name] = value
     return out
 
 
@@ -224,6 +226,8 @@ def resource_entity(wl: Workload, links: list[Link], running: Operation | None =
     """The entity of a row; ``running``: the workload's active operation, whose progress is the message."""
     kind = KINDS[wl.kind]
     mixins = mixins_of(wl.spec)
+    if wl.kind == infra.COMPUTE.term and isinstance(wl.spec.get("placement"), dict):
+        mixins = [*mixins, infra.PLACED]  # why it runs where it runs, as the service recorded it
     state = occi_state(wl)
     attrs: dict[str, Any] = {"occi.core.id": wl.id, "occi.core.title": wl.name}
     attrs.update(_values(declared(kind, mixins), {**wl.spec, "name": wl.name}))

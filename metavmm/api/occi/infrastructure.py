@@ -9,6 +9,9 @@ availability zone) are built at request time by :mod:`metavmm.api.occi.service`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from metavmm.api.occi.model import CORE, Action, Kind, Mixin, OcciAttr
 
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
@@ -171,6 +174,33 @@ BROKER = Mixin(METAVMM + "broker#", "placement", "Broker placement preferences",
              description="Comma-separated provider names the compute may run at"),
 ), applies=(COMPUTE.type_id,), location="/mixins/broker/placement/")
 
+
+
+def _placed(name: str, read: Callable[[dict[str, Any]], Any], kind: type, description: str) -> OcciAttr:
+    """One fact of the placement summary the workload service kept (``spec["placement"]``), read-only."""
+    def to_occi(placement: dict[str, Any]) -> Any:
+        value = read(placement)
+        return None if value in (None, "") else kind(value)
+    return OcciAttr(f"metavmm.placement.{name}", kind, mutable=False, field="placement", description=description,
+                    to_occi=to_occi)
+
+
+def _burst(placement: dict[str, Any]) -> str | None:
+    burst = placement.get("burst") or {}
+    return f"{burst['outcome']}: {burst.get('reason') or ''}".rstrip(": ") if burst.get("outcome") else None
+
+
+PLACED = Mixin(METAVMM + "broker#", "placed", "Where the broker placed the compute, at what price, and why", (
+    _placed("site", lambda p: p.get("site"), str, "The site (provider/region) the scheduler chose"),
+    _placed("host", lambda p: p.get("host"), str, "The host, where the provider names one"),
+    _placed("price_per_hour", lambda p: p.get("price_per_hour"), float,
+            "The price per hour at the decision, in the federation's currency"),
+    _placed("summary", lambda p: p.get("summary"), str,
+            "The scheduler's one-line summary: how many candidates, why the others lost"),
+    _placed("burst", _burst, str, "The burst policy's verdict"),
+), applies=(COMPUTE.type_id,), location="/mixins/broker/placed/")
+"""Rendered on every compute the workload service placed; no client sets it (its attributes are immutable)."""
+
 STATIC_MIXINS: tuple[Mixin, ...] = (IPNETWORK, IPNETWORKINTERFACE, OS_TPL, RESOURCE_TPL, SSH_KEY, USER_DATA, SITE,
-                                    BROKER)
+                                    BROKER, PLACED)
 ACTIONS: tuple[Action, ...] = tuple(a for k in KINDS for a in k.actions)

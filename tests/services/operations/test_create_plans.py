@@ -4,7 +4,7 @@ step by step, against the real system libvirt daemon (TCG).
 
 virt-v2v itself is stood in for at the translator boundary (``translators.v2v.convert_guest``): the
 stand-in checks the request the step built and converts the disk with the real qemu-img, so the guest
-(our own boot sector, bench/bootdisk.py) still boots and prints its marker. The real virt-v2v on a real
+(our own boot sector, metavmm/translators/bootdisk.py) still boots and prints its marker. The real virt-v2v on a real
 guest runs in the slow suite (tests/translators/test_v2v.py and test_real_v2v_plan below).
 """
 
@@ -24,7 +24,6 @@ from typing import Any
 
 import libvirt
 import pytest
-from bench.bootdisk import marker_line, write_boot_disk
 from sqlmodel import select
 
 from metavmm.catalog import db
@@ -38,6 +37,7 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 from metavmm.translators import v2v
+from metavmm.translators.bootdisk import marker_line, write_boot_disk
 from metavmm.translators.disk import convert
 from tests.services.operations.conftest import run
 from tests.translators.test_v2v import bootable_guest, needs_v2v  # noqa: F401 (a fixture)
