@@ -180,7 +180,8 @@ def replicate_cmd(settings: Settings, image: str, site: str) -> None:
 
     with console.status(f"replicating to {site}..."):
         _run(settings, _noop, write=True)  # the schema first (a fresh database)
-        res = run_with_engine(settings, work)
+        # the command waits for the copy: it runs the step itself, unless this federation's workers do
+        res = run_with_engine(settings, work, here=settings.config.operations.executor == "inprocess")
     how = "reused" if res.reused else f"copied in {res.seconds:.2f} s ({res.mib_per_s:.0f} MiB/s)"
     console.print(f"{res.replica.format} replica at {site}: {res.replica.provider_image_id} ({how}; "
                   f"operation {res.operation.id})")
