@@ -76,7 +76,10 @@ async def fingerprint(session: AsyncSession) -> tuple[Any, ...]:
         *stats(m.Flavor, func.max(m.Flavor.id), func.sum(cast(m.Flavor.present, Integer))),
         *stats(m.Price, func.max(m.Price.id), func.sum(m.Price.amount)),
         *stats(m.Image, func.max(m.Image.updated_at)),
-        *stats(m.ImageReplica, func.max(m.ImageReplica.id), func.sum(cast(m.ImageReplica.present, Integer))),
+        # created_at and the site sum too: SQLite reuses the largest rowid after a DELETE, so a replica
+        # deleted and another added elsewhere keeps the count and the largest id
+        *stats(m.ImageReplica, func.max(m.ImageReplica.id), func.sum(cast(m.ImageReplica.present, Integer)),
+               func.max(m.ImageReplica.created_at), func.sum(m.ImageReplica.site_id)),
     ]
     return tuple((await session.exec(select(*columns))).one())
 
