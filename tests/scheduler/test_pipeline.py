@@ -25,7 +25,7 @@ def test_cheapest_fitting_candidate_wins_with_price_and_steps(federation) -> Non
     create = p.steps[0]
     assert create.args["host"] == "h2" and create.args["provider"] == "nchc" and create.args["region"] == "hsinchu"
     assert create.args["workload_id"] is None and create.compensate == "vm.delete"  # a dry run: no workload yet
-    assert "custom shape" in create.detail and p.steps[-1].commit
+    assert "composed (custom family)" in create.detail and p.steps[-1].commit
 
 
 def test_why_not_placed_has_an_answer_for_every_candidate(federation) -> None:
