@@ -21,6 +21,7 @@ from metavmm.api.errors import error_middleware, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
+from metavmm.api.rest.common import API_ROOT
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
@@ -145,6 +146,6 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app.router.add_get("/readyz", readyz)
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
-    app.add_subapp("/api/v1", api)
+    app.add_subapp(API_ROOT, api)
     setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app

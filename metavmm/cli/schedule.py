@@ -219,22 +219,27 @@ def batch(settings: Settings, requests_file: str, as_json: bool) -> None:
 @click.option("--tolerance", default=0.15, show_default=True, type=click.FloatRange(0.01, 0.99))
 @click.option("--max-moves", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--execute", is_flag=True, help="run the plan: one operation per move, with progress bars")
+@click.option("--execute", is_flag=True, help="submit the plan: one operation per move, under one batch")
+@click.option("--wait", is_flag=True, help="with --execute: progress bars until the batch ends")
+@click.option("--here", is_flag=True, help="with --execute: run the steps in this command (no broker); implies --wait")
 @pass_settings
 def plan_migration(settings: Settings, host: str | None, site: str | None, rebalance_site: str | None,
-                   tolerance: float, max_moves: int, as_json: bool, execute: bool) -> None:
+                   tolerance: float, max_moves: int, as_json: bool, execute: bool, wait: bool, here: bool) -> None:
     """Plan an evacuation or a rebalance: live or cold per workload, each step timed and priced.
 
-    With --execute the plan runs (re-planned over a fresh snapshot) and the command waits for it."""
+    With --execute the plan is submitted (re-planned over a fresh snapshot) for the broker to run;
+    --wait follows it, --here runs it in this command."""
     chosen = [x for x in (host, site, rebalance_site) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --evacuate-host, --evacuate-site, --rebalance")
     kind = "evacuate-host" if host else "evacuate-site" if site else "rebalance"
+    if (wait or here) and not execute:
+        raise click.UsageError("--wait and --here go with --execute")
     if execute:
         from metavmm.cli.migrate import execute_migration
 
         execute_migration(settings, kind, host=host, site=site or rebalance_site, tolerance=tolerance,
-                          max_moves=max_moves)
+                          max_moves=max_moves, wait=wait, here=here)
         return
     plan = service.plan_migration(_snapshot(settings), kind, host=host, site=site or rebalance_site,
                                   tolerance=tolerance, max_moves=max_moves)

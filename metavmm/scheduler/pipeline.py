@@ -461,8 +461,8 @@ class Scheduler:
                     host: str | None = None, flavor: str | None = None,
                     basis: str = "") -> tuple[str, tuple[Step, ...]]:
         """The hypervisor and the engine's steps that create ``req`` at ``site`` (on ``host`` or as
-        ``flavor`` when chosen): :meth:`bind`'s plan, and the plan of a site another rule chose (the
-        marketplace launch)."""
+        ``flavor`` when chosen): :meth:`bind`'s plan, and the plan of a site the caller fixed
+        (:meth:`~metavmm.services.placement.Placer.plan_at`)."""
         hypervisor, image = self.image_source(req, site, hypervisors)
         target = Target(site.provider.name, site.region, site.name, host, flavor, hypervisor,
                         Capability.CONSOLE in site.provider.capabilities)

@@ -24,6 +24,9 @@ from metavmm.catalog.models import ApiToken, Membership, Project, Role, User
 from metavmm.foundation.errors import Forbidden, NotFound, ValidationError
 
 T = TypeVar("T", Project, User)
+DEFAULT_PROJECT = "default"
+"""The project an operator's command creates in when it names none (created on first use)."""
+OPERATOR = "operator"
 RANK = {Role.READER: 0, Role.MEMBER: 1, Role.PROJECT_ADMIN: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "mvm_"
 
@@ -149,6 +152,20 @@ async def set_membership(session: AsyncSession, user_id: int, project_id: int, r
     session.add(row)
     await session.flush()
     return row
+
+
+async def operator_identity(session: AsyncSession, project: str | None = None) -> Identity:
+    """The caller of a ``metavmm`` command that changes workloads: whoever runs it holds the catalog's
+    database, so it acts as an admin, in ``project`` (which must exist) or the default project (created
+    if missing), through the same workload service as REST and OCCI callers. It is a value, not a user
+    row: nothing about it is stored, and no token can stand for it."""
+    if project is None or project == DEFAULT_PROJECT:
+        row = await get_or_create_project(session, DEFAULT_PROJECT)
+    else:
+        row = (await session.exec(select(Project).where(Project.name == project))).first()
+        if row is None:
+            raise NotFound(f"no project {project}; create it with: metavmm project create {project}")
+    return Identity(0, OPERATOR, row.id or 0, row.name, Role.ADMIN, "cli")
 
 
 async def mint_token(session: AsyncSession, *, user_id: int, project_id: int, role: str, name: str = "",

@@ -58,5 +58,5 @@ async def test_scheduler_and_comparison_agree(sessions, vcpus: int, ram_mib: int
     assert placed.placed, placed.summary
     assert compared is not None
     assert placed.price_per_hour == compared.hourly == Decimal(per_hour)
-    create = next(s for s in placed.steps if s.action == "vm.create")
+    create = next(step for step in placed.steps if step.action == "vm.create")
     assert basis in create.detail  # the create step says what the price is based on
