@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from metavmm.catalog import db
 from metavmm.foundation.config import FederationConfig, load_config
-from metavmm.foundation.errors import ConfigError, MetavmmError
+from metavmm.foundation.errors import MetavmmError
 
 # Wide when piped, so `metavmm catalog show hosts | grep ...` sees whole rows.
 console = Console(width=None if sys.stdout.isatty() else 240)
@@ -59,14 +59,6 @@ class Settings:
 
 
 pass_settings = click.make_pass_decorator(Settings)
-
-
-def check_here(config: FederationConfig) -> None:
-    """``--here`` runs an operation's steps inside the command: only where brokers run steps themselves
-    (the in-process executor); procrastinate workers would run them anyway."""
-    if config.operations.executor != "inprocess":
-        raise ConfigError("--here runs the steps in this command, but this federation's workers run them "
-                          "(operations.executor: procrastinate): use --wait")
 
 
 def safe_url(url: str) -> str:
