@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from metavmm.foundation.errors import ConfigError, MetavmmError
+from metavmm.foundation.errors import MetavmmError
 
 if TYPE_CHECKING:  # imported where used: `metavmm --help` loads no database or config code
     from metavmm.foundation.config import FederationConfig
@@ -74,14 +74,6 @@ class Settings:
 
 
 pass_settings = click.make_pass_decorator(Settings)
-
-
-def check_here(config: FederationConfig) -> None:
-    """``--here`` runs an operation's steps inside the command: only where brokers run steps themselves
-    (the in-process executor); procrastinate workers would run them anyway."""
-    if config.operations.executor != "inprocess":
-        raise ConfigError("--here runs the steps in this command, but this federation's workers run them "
-                          "(operations.executor: procrastinate): use --wait")
 
 
 def safe_url(url: str) -> str:

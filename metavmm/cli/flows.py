@@ -7,10 +7,11 @@ The command acts as an admin (see :func:`metavmm.services.identity.operator_iden
 migration flow (the service has no migration yet).
 
 Each command writes the operation and prints its id; ``--wait`` then shows the same progress bars as
-``metavmm operations watch`` until it ends (exit status 0 only when it succeeded). Who runs the steps:
-the broker that serves this catalog (its in-process executor polls for new operations; procrastinate
-workers get a job), or, with ``--here``, an executor inside this command, for an admin without a
-running broker (``--here`` implies ``--wait``).
+``metavmm operations watch`` until it ends (exit status 0 only when it succeeded). The command never
+runs steps itself: the broker that serves this catalog does (its in-process executor polls for new
+operations; procrastinate workers get a job). An admin without a running broker starts one that only
+runs steps, ``metavmm operations run``, or ``metavmm serve``; ``--wait`` says so when nothing has
+claimed the operation after a while, and keeps waiting.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import click
 from rich.markup import escape
 
 from metavmm.catalog.models import Operation
-from metavmm.cli.common import check_here
 from metavmm.cli.operations import (
     Settings,
     _run,
@@ -43,29 +43,28 @@ Submit = Callable[[Engine], Awaitable[Operation]]
 Change = Callable[[WorkloadService, Identity], Awaitable[Operation]]
 
 
-def _submit(settings: Settings, submit: Submit, *, wait: bool, here: bool, interval: float) -> None:
-    if here:
-        check_here(settings.config)
+def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) -> None:
+    mode = settings.config.operations.executor
 
     async def work(sessions: Sessions) -> Operation | None:
         engine = Engine(sessions, settings.config, settings.database)
-        await engine.start(run_steps=here)
+        await engine.start(run_steps=False)  # submit only (procrastinate: defer a job); a broker runs it
         try:
             op = await submit(engine)
-            console.print(f"operation {op.id} ({op.kind} of {op.target_id}): {op.state}", highlight=False)
-            if not (wait or here):
-                console.print(f"follow it with: metavmm operations watch {op.id}", highlight=False)
-                return None
-            return await watch_operation(sessions, op.id, interval)
         finally:
             await engine.stop()
+        console.print(f"operation {op.id} ({op.kind} of {op.target_id}): {op.state}", highlight=False)
+        if not wait:
+            console.print(f"follow it with: metavmm operations watch {op.id}", highlight=False)
+            return None
+        return await watch_operation(sessions, op.id, interval, mode=mode)
 
     op = _run(settings, work)
     if op is not None:
         exit_for(op)
 
 
-def _change(settings: Settings, change: Change, *, project: str | None = None, wait: bool, here: bool,
+def _change(settings: Settings, change: Change, *, project: str | None = None, wait: bool,
             interval: float) -> None:
     """Submit ``change`` through the workload service, as the operator (an admin) of ``project``."""
 
@@ -76,14 +75,14 @@ def _change(settings: Settings, change: Change, *, project: str | None = None, w
         service = WorkloadService(engine.sessions, settings.config, engine, Placer(settings.config))
         return await change(service, caller)
 
-    _submit(settings, submit, wait=wait, here=here, interval=interval)
+    _submit(settings, submit, wait=wait, interval=interval)
 
 
 def _follow(fn: Callable[..., None]) -> Callable[..., None]:
     """The options every flow command shares."""
     for option in (
-        click.option("--wait", is_flag=True, help="show progress bars until the operation ends"),
-        click.option("--here", is_flag=True, help="run the steps in this command (no broker needed); implies --wait"),
+        click.option("--wait", is_flag=True, help="show progress bars until the operation ends (a running broker, "
+                     "`metavmm serve` or `metavmm operations run`, runs its steps)"),
         click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05, 60)),
         click.option("--idempotency-key", help="a retried command with the same key gets the same operation"),
     ):
@@ -108,7 +107,7 @@ def _follow(fn: Callable[..., None]) -> Callable[..., None]:
 @pass_settings
 def ops_provision(settings: Settings, name: str | None, image: str | None, flavor: str | None, vcpus: int | None,
                   ram_mib: int | None, disk_gib: int, site: str | None, providers: tuple[str, ...],
-                  max_price: float | None, project: str, wait: bool, here: bool, interval: float,
+                  max_price: float | None, project: str, wait: bool, interval: float,
                   idempotency_key: str | None) -> None:
     """Create a compute where the scheduler places it, as a REST create does (quota, placement, rules)."""
     req = CreateRequest(name=name, image=image, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
@@ -123,7 +122,7 @@ def ops_provision(settings: Settings, name: str | None, image: str | None, flavo
                       f"{escape(where.get('summary', ''))}", highlight=False)
         return accepted.operation
 
-    _change(settings, create, project=project, wait=wait, here=here, interval=interval)
+    _change(settings, create, project=project, wait=wait, interval=interval)
 
 
 @operations_group.command("act")
@@ -131,11 +130,11 @@ def ops_provision(settings: Settings, name: str | None, image: str | None, flavo
 @click.argument("verb", type=click.Choice([a for a in COMPUTE_ACTIONS if a != "save"]))
 @_follow
 @pass_settings
-def ops_act(settings: Settings, workload_id: str, verb: str, wait: bool, here: bool, interval: float,
+def ops_act(settings: Settings, workload_id: str, verb: str, wait: bool, interval: float,
             idempotency_key: str | None) -> None:
     """Start, stop, restart, suspend or resume a compute (refused where it does not apply, as in REST)."""
     _change(settings, lambda s, caller: s.act(caller, workload_id, verb, idempotency_key=idempotency_key),
-            wait=wait, here=here, interval=interval)
+            wait=wait, interval=interval)
 
 
 @operations_group.command("resize")
@@ -146,11 +145,11 @@ def ops_act(settings: Settings, workload_id: str, verb: str, wait: bool, here: b
 @_follow
 @pass_settings
 def ops_resize(settings: Settings, workload_id: str, flavor: str | None, vcpus: int | None, ram_mib: int | None,
-               wait: bool, here: bool, interval: float, idempotency_key: str | None) -> None:
+               wait: bool, interval: float, idempotency_key: str | None) -> None:
     """Give a placed compute a new shape (a flavor, or vCPUs and RAM); growth counts against the quota."""
     _change(settings, lambda s, caller: s.resize(caller, workload_id, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib,
                                                  idempotency_key=idempotency_key),
-            wait=wait, here=here, interval=interval)
+            wait=wait, interval=interval)
 
 
 @operations_group.command("migrate")
@@ -164,26 +163,26 @@ def ops_resize(settings: Settings, workload_id: str, flavor: str | None, vcpus: 
 @_follow
 @pass_settings
 def ops_migrate(settings: Settings, workload_id: str, target: str, host: str | None, cold: bool, region: str | None,
-                disk_format: str, boot_marker: str | None, wait: bool, here: bool, interval: float,
+                disk_format: str, boot_marker: str | None, wait: bool, interval: float,
                 idempotency_key: str | None) -> None:
     """Move a workload: live (default) or cold, with the progress of every step."""
     if cold:
         _submit(settings, lambda e: flows.cold_migrate(e, workload_id, target_provider=target, target_region=region,
                                                        disk_format=disk_format, boot_marker=boot_marker,
                                                        idempotency_key=idempotency_key),
-                wait=wait, here=here, interval=interval)
+                wait=wait, interval=interval)
     else:
         _submit(settings, lambda e: flows.live_migrate(e, workload_id, target_provider=target, target_host=host,
                                                        idempotency_key=idempotency_key),
-                wait=wait, here=here, interval=interval)
+                wait=wait, interval=interval)
 
 
 @operations_group.command("delete")
 @click.argument("workload_id")
 @_follow
 @pass_settings
-def ops_delete(settings: Settings, workload_id: str, wait: bool, here: bool, interval: float,
+def ops_delete(settings: Settings, workload_id: str, wait: bool, interval: float,
                idempotency_key: str | None) -> None:
     """Delete a workload (a compute's links go with it; its quota comes back once the provider let go)."""
     _change(settings, lambda s, caller: s.delete(caller, workload_id, idempotency_key=idempotency_key),
-            wait=wait, here=here, interval=interval)
+            wait=wait, interval=interval)

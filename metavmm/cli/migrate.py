@@ -3,9 +3,10 @@
 Both submit engine operations (see :mod:`metavmm.services.operations.migrations`) and print their ids;
 the broker serving this catalog runs the steps (its executor polls for new operations; procrastinate
 workers get a job), as for a REST request. ``--wait`` shows rich progress bars (the batch, then one
-per move) until they end, exit status 0 only on success. ``--here`` runs the steps in this command (an
-admin without a running broker; it implies ``--wait``): Ctrl-C then stops watching and the steps here,
-and the operations stay in the catalog for the next executor to resume.
+per move) until they end, exit status 0 only on success. The command never runs steps itself: an
+admin without a running broker starts ``metavmm operations run`` (or ``metavmm serve``); ``--wait``
+says so when nothing has claimed the operation after a while, and keeps waiting (Ctrl-C stops
+watching; the operations stay in the catalog for the executor).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState
-from metavmm.cli.common import Settings, check_here, console, err_console, pass_settings
+from metavmm.cli.common import Settings, console, err_console, pass_settings
+from metavmm.cli.operations import ClaimHint
 from metavmm.scheduler import service
 from metavmm.services.operations import migrations, store
 from metavmm.services.operations.engine import Engine
@@ -29,18 +31,16 @@ from metavmm.services.operations.store import TERMINAL, Sessions
 T = TypeVar("T")
 
 
-def run_with_engine(settings: Settings, work: Callable[[Engine, Sessions], Awaitable[T]], *, here: bool) -> T:
-    """Run ``work`` with an operations engine that submits to the broker's executor (or workers), or,
-    ``here``, runs the steps in this process."""
-    if here:
-        check_here(settings.config)
+def run_with_engine(settings: Settings, work: Callable[[Engine, Sessions], Awaitable[T]]) -> T:
+    """Run ``work`` with an operations engine that only submits: the broker's executor (or the workers,
+    or ``metavmm operations run``) runs the steps, never this process."""
     db.require_current_schema(settings.database)
 
     async def go() -> T:
         sql = db.make_engine(settings.database)
         sessions = db.make_sessionmaker(sql)
         engine = Engine(sessions, settings.config, settings.database)
-        await engine.start(run_steps=here)
+        await engine.start(run_steps=False)
         try:
             return await work(engine, sessions)
         finally:
@@ -50,8 +50,10 @@ def run_with_engine(settings: Settings, work: Callable[[Engine, Sessions], Await
     return asyncio.run(go())
 
 
-async def watch(sessions: Sessions, op_id: str, children: list[str], interval: float = 0.3) -> Operation:
+async def watch(sessions: Sessions, op_id: str, children: list[str], interval: float = 0.3, *,
+                mode: str = "inprocess") -> Operation:
     """Progress bars for ``op_id`` and each child until ``op_id`` ends."""
+    hint = ClaimHint(mode)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bars:
         top = bars.add_task(op_id[:8], total=1.0)
@@ -66,6 +68,7 @@ async def watch(sessions: Sessions, op_id: str, children: list[str], interval: f
                             description=escape(f"  {child.kind} {child.target_id or ''}"[:40] + f" {child.state}"))
             if op.state in TERMINAL:
                 return op
+            hint.check(bars, op)
             await asyncio.sleep(interval)
 
 
@@ -79,27 +82,22 @@ def _report(op: Operation | None) -> None:
     console.print(f"[green]{op.kind} {op.id} succeeded[/]", highlight=False)
 
 
-async def _follow(sessions: Sessions, op: Operation, children: list[str], wait: bool) -> Operation | None:
+async def _follow(settings: Settings, sessions: Sessions, op: Operation, children: list[str],
+                  wait: bool) -> Operation | None:
     """Watch ``op`` until it ends, or say how to."""
     console.print(f"operation {op.id} ({op.kind} of {op.target_id or '-'}): {op.state}", highlight=False)
     if not wait:
         console.print(f"follow it with: metavmm operations watch {op.id}", highlight=False)
         return None
-    return await watch(sessions, op.id, children)
+    return await watch(sessions, op.id, children, mode=settings.config.operations.executor)
 
 
-def follow_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """--wait and --here, as for ``metavmm operations provision|act|...``."""
-    for option in (
-        click.option("--wait", is_flag=True, help="show progress bars until the migration ends"),
-        click.option("--here", is_flag=True, help="run the steps in this command (no broker needed); implies --wait"),
-    ):
-        fn = option(fn)
-    return fn
+WAIT_HELP = ("show progress bars until the migration ends (a running broker, `metavmm serve` or "
+             "`metavmm operations run`, runs its steps)")
 
 
 def execute_migration(settings: Settings, kind: str, *, host: str | None, site: str | None, tolerance: float,
-                      max_moves: int, wait: bool = False, here: bool = False) -> None:
+                      max_moves: int, wait: bool = False) -> None:
     """Plan over a fresh snapshot, submit every move under one parent, and (``wait``) watch it."""
 
     async def work(engine: Engine, sessions: Sessions) -> Operation | None:
@@ -109,9 +107,9 @@ def execute_migration(settings: Settings, kind: str, *, host: str | None, site: 
         started = await migrations.execute_plan(engine, plan)
         for name, why in started.refused.items():
             err_console.print(f"[yellow]{escape(name)}: not submitted[/] ({escape(why)})", highlight=False)
-        return await _follow(sessions, started.parent, [c.id for c in started.children], wait or here)
+        return await _follow(settings, sessions, started.parent, [c.id for c in started.children], wait)
 
-    _report(run_with_engine(settings, work, here=here))
+    _report(run_with_engine(settings, work))
 
 
 @click.command("migrate")
@@ -120,10 +118,10 @@ def execute_migration(settings: Settings, kind: str, *, host: str | None, site: 
 @click.option("--host", help="pin the target host")
 @click.option("--mode", type=click.Choice(migrations.MODES), default="auto", show_default=True,
               help="auto: live when the scheduler says it works, else cold")
-@follow_options
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @pass_settings
-def migrate_command(settings: Settings, workload_id: str, site: str | None, host: str | None, mode: str, wait: bool,
-                    here: bool) -> None:
+def migrate_command(settings: Settings, workload_id: str, site: str | None, host: str | None, mode: str,
+                    wait: bool) -> None:
     """Move one workload where the scheduler says (or a pinned site/host); --wait shows its progress."""
 
     async def work(engine: Engine, sessions: Sessions) -> Operation | None:
@@ -132,6 +130,6 @@ def migrate_command(settings: Settings, workload_id: str, site: str | None, host
         if move is not None:
             console.print(f"{escape(move.workload)}: {move.mode} to {escape(move.target_host or move.target_site)} "
                           f"({escape(move.why_mode)})", highlight=False)
-        return await _follow(sessions, op, [], wait or here)
+        return await _follow(settings, sessions, op, [], wait)
 
-    _report(run_with_engine(settings, work, here=here))
+    _report(run_with_engine(settings, work))

@@ -220,26 +220,26 @@ def batch(settings: Settings, requests_file: str, as_json: bool) -> None:
 @click.option("--max-moves", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--execute", is_flag=True, help="submit the plan: one operation per move, under one batch")
-@click.option("--wait", is_flag=True, help="with --execute: progress bars until the batch ends")
-@click.option("--here", is_flag=True, help="with --execute: run the steps in this command (no broker); implies --wait")
+@click.option("--wait", is_flag=True, help="with --execute: progress bars until the batch ends (a running broker, "
+              "`metavmm serve` or `metavmm operations run`, runs its steps)")
 @pass_settings
 def plan_migration(settings: Settings, host: str | None, site: str | None, rebalance_site: str | None,
-                   tolerance: float, max_moves: int, as_json: bool, execute: bool, wait: bool, here: bool) -> None:
+                   tolerance: float, max_moves: int, as_json: bool, execute: bool, wait: bool) -> None:
     """Plan an evacuation or a rebalance: live or cold per workload, each step timed and priced.
 
     With --execute the plan is submitted (re-planned over a fresh snapshot) for the broker to run;
-    --wait follows it, --here runs it in this command."""
+    --wait follows it. Without a running broker, `metavmm operations run` runs the steps."""
     chosen = [x for x in (host, site, rebalance_site) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --evacuate-host, --evacuate-site, --rebalance")
     kind = "evacuate-host" if host else "evacuate-site" if site else "rebalance"
-    if (wait or here) and not execute:
-        raise click.UsageError("--wait and --here go with --execute")
+    if wait and not execute:
+        raise click.UsageError("--wait goes with --execute")
     if execute:
         from metavmm.cli.migrate import execute_migration
 
         execute_migration(settings, kind, host=host, site=site or rebalance_site, tolerance=tolerance,
-                          max_moves=max_moves, wait=wait, here=here)
+                          max_moves=max_moves, wait=wait)
         return
     plan = service.plan_migration(_snapshot(settings), kind, host=host, site=site or rebalance_site,
                                   tolerance=tolerance, max_moves=max_moves)

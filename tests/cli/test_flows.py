@@ -1,11 +1,12 @@
 """``metavmm operations provision|act|resize|migrate|delete``: the CLI goes through the workload service
 as the operator (an admin of ``--project``), so a create gets the REST create's quota, placement and
-errors; by default it only submits (a broker's engine runs the steps), ``--wait`` follows with progress
-bars, ``--here`` runs the steps in the command. The sim provider stands in for a cloud."""
+errors; it only submits (a broker's engine, here one the test runs, runs the steps), ``--wait`` follows
+with progress bars and says so when nothing claims the operation. The sim provider stands in for a cloud."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from sqlmodel import select
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Project, Quota, QuotaReservation, Workload
+from metavmm.cli import operations as cli_operations
 from metavmm.cli.main import main
+from metavmm.cli.operations import ClaimHint
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import QuotaExceeded
 from metavmm.services import quotas
@@ -29,6 +32,7 @@ from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 from metavmm.services.workloads.requests import CreateRequest
 from metavmm.services.workloads.service import WorkloadService
+from tests.cli.broker import run_to_end, running_engine
 
 FEDERATION = """
 providers:
@@ -172,16 +176,70 @@ def test_an_idempotency_key_replays_the_first_create(tmp_path: Path) -> None:
     assert read(url, lambda s: _count(s, Workload)) == 1
 
 
-def test_here_runs_every_step_in_the_command(tmp_path: Path) -> None:
-    url, config = setup(tmp_path)
-    code, out, err = cli(url, config, "operations", "provision", "--name", "web", "--vcpus", "1", "--ram-mib", "512",
-                         "--here", "--interval", "0.05")
-    assert code == 0, err
-    assert "100%" in out and "create: done" in out and "record: done" in out and "commit-quota: done" in out
-    op = read(url, lambda s: store.get(s, op_id(out)))
-    assert op.kind == "create" and op.state == OperationState.SUCCEEDED
-    code, out, err = cli(url, config, "operations", "act", str(op.target_id), "start")
-    assert code == 1 and "action start is not applicable: compute web is running" in err and "Traceback" not in err
+@pytest.mark.parametrize("args", [
+    ("operations", "provision", "--name", "web", "--vcpus", "1", "--ram-mib", "512"),
+    ("operations", "act", "some-workload", "start"),
+    ("operations", "resize", "some-workload", "--vcpus", "2", "--ram-mib", "1024"),
+    ("operations", "migrate", "some-workload", "--to", "sima"),
+    ("operations", "delete", "some-workload"),
+    ("schedule", "migrate", "some-workload"),
+    ("schedule", "plan-migration", "--evacuate-host", "sim-000-h00000", "--execute"),
+])
+def test_here_is_gone(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """No command runs steps in the CLI process any more: ``--here`` is a usage error that writes nothing."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = tmp_path / "federation.yaml"
+    config.write_text(FEDERATION)
+    db.upgrade(url)
+    code, _, err = cli(url, config, *args, "--here")
+    assert code == 2 and "No such option '--here'" in err
+    assert read(url, lambda s: _count(s, Operation)) == 0
+
+
+async def test_nothing_runs_the_steps_until_an_executor_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no broker, a submitted operation stays pending with no step run; ``--wait`` says what is missing
+    and keeps waiting, and an executor started afterwards runs both operations."""
+    url, path = await asyncio.to_thread(setup, tmp_path)
+    sql = db.make_engine(url)
+    sessions = db.make_sessionmaker(sql)
+    monkeypatch.setattr(cli_operations, "UNCLAIMED_HINT_S", 0.0)
+    hinted = threading.Event()
+    check = ClaimHint.check
+
+    def spy(self: ClaimHint, bars: Any, op: Operation) -> None:
+        check(self, bars, op)
+        if self.said:
+            hinted.set()
+
+    monkeypatch.setattr(ClaimHint, "check", spy)
+
+    def provision(name: str, *more: str) -> tuple[int, str, str]:
+        return cli(url, path, "operations", "provision", "--name", name, "--vcpus", "1", "--ram-mib", "512", *more)
+
+    try:
+        code, out, err = await asyncio.to_thread(provision, "idle")
+        assert code == 0 and "follow it with" in out, err
+        first = op_id(out)
+        waiting = asyncio.create_task(asyncio.to_thread(provision, "waits", "--wait", "--interval", "0.05"))
+        said = await asyncio.to_thread(hinted.wait, 120)  # bounded only so that a failure cannot hang
+        ops = await store.list_ops(sessions)
+        async with running_engine(url, FEDERATION):  # `metavmm operations run`, started late
+            code, out, err = await waiting
+            done = await store.get(sessions, first)
+            while done.state not in store.TERMINAL:
+                await asyncio.sleep(0.05)
+                done = await store.get(sessions, first)
+    finally:
+        await sql.dispose()
+    assert said and len(ops) == 2
+    for op in ops:  # while nothing ran: no owner, no step started
+        assert op.state == OperationState.PENDING and op.owner is None and op.started_at is None
+        assert {(st["state"], st["attempts"]) for st in op.steps} == {("pending", 0)}
+    text = " ".join(out.split())
+    assert "no executor has claimed it yet: is `metavmm serve` or `metavmm operations run` running?" in text
+    assert text.count("no executor has claimed it") == 1  # once, then it kept waiting
+    assert code == 0 and "commit-quota: done" in out and "100%" in out, err
+    assert done.state == OperationState.SUCCEEDED
 
 
 async def test_wait_follows_what_the_brokers_engine_runs(tmp_path: Path) -> None:
@@ -239,24 +297,16 @@ async def test_wait_follows_what_the_brokers_engine_runs(tmp_path: Path) -> None
         await sql.dispose()
 
 
-def test_here_is_refused_where_workers_run_the_steps(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    config = tmp_path / "federation.yaml"
-    config.write_text(FEDERATION.replace("reconcile_interval_s: 0", "reconcile_interval_s: 0, executor: procrastinate"))
-    db.upgrade(url)
-    code, _, err = cli(url, config, "operations", "delete", "some-workload", "--here")
-    assert code == 1 and "use --wait" in err and "Traceback" not in err
-    assert read(url, lambda s: _count(s, Operation)) == 0  # refused before anything was written
-
-
 def test_cold_migrate_refuses_a_bad_boot_marker(tmp_path: Path) -> None:
     """``--boot-marker`` is checked when the migration is asked for: a clear error, nothing submitted."""
     url, config = setup(tmp_path, FEDERATION.replace("providers:\n",
                                                      "providers:\n  - {kind: sim, name: simb, site_count: 1}\n"))
     code, out, err = cli(url, config, "operations", "provision", "--name", "web", "--vcpus", "1", "--ram-mib", "512",
-                         "--provider", "sima", "--here", "--interval", "0.05")
+                         "--provider", "sima")
     assert code == 0, err
-    wid = read(url, lambda s: store.get(s, op_id(out))).target_id
+    created = run_to_end(url, FEDERATION, op_id(out))
+    assert created.state == OperationState.SUCCEEDED, created.error
+    wid = created.target_id
     code, out, err = cli(url, config, "operations", "migrate", str(wid), "--to", "simb", "--cold",
                          "--boot-marker", "login:(")
     assert code != 0 and "boot marker 'login:(' is not a valid regex" in err and "Traceback" not in err

@@ -87,9 +87,10 @@ def test_plan_migration_needs_one_scope(cli) -> None:  # type: ignore[no-untyped
     assert res.exit_code == 0 and "evacuate-host r1-h00000: 0 moves" in res.output
 
 
-def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A workload the catalog places on r1-h00002 (x86_64) whose VM this process's sim has never seen: the move's
-    operation rolls back, the batch names it, and the command exits 1 after drawing its bars."""
+async def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A workload the catalog places on r1-h00002 (x86_64) whose VM the broker's sim has never seen: the move's
+    operation rolls back, the batch names it, and the command (which only submits and follows what the broker's
+    engine runs) exits 1 after drawing its bars."""
     import asyncio
 
     from sqlmodel import select
@@ -97,9 +98,12 @@ def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path)
     from metavmm.catalog import db
     from metavmm.catalog.db import session_scope
     from metavmm.catalog.models import Host, Provider, Workload
+    from tests.cli.broker import running_engine
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
 
     async def place() -> str:
-        engine = db.make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        engine = db.make_engine(url)
         try:
             async with session_scope(db.make_sessionmaker(engine)) as s:
                 host = (await s.exec(select(Host).where(Host.name == "r1-h00002"))).one()
@@ -113,19 +117,21 @@ def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path)
         finally:
             await engine.dispose()
 
-    wid = asyncio.run(place())
-    res = cli("schedule", "plan-migration", "--evacuate-host", "r1-h00002", "--execute", "--here")
+    wid = await place()
+    async with running_engine(url, FED):
+        res = await asyncio.to_thread(cli, "schedule", "plan-migration", "--evacuate-host", "r1-h00002", "--execute",
+                                      "--wait")
     assert res.exit_code == 1, res.output
     out = " ".join(res.output.split())  # rich wraps long lines
     assert "evacuate-host r1-h00002: 1 moves" in out and "migrate_batch" in out
     assert "1 of 1 operations did not succeed" in out and f"no VM of workload {wid}" in out
-    res = cli("schedule", "migrate", wid, "--host", "r1-h00002")
+    res = await asyncio.to_thread(cli, "schedule", "migrate", wid, "--host", "r1-h00002")
     assert res.exit_code == 1 and "already runs on r1-h00002" in res.output
 
 
 def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Without --here the commands only write the operations (pending, with how to follow them); the
-    broker's engine, started afterwards in another process's stead, runs them."""
+    """The commands only write the operations (pending, with how to follow them); the broker's engine,
+    started afterwards in another process's stead, runs them."""
     import asyncio
 
     from sqlmodel import select
@@ -137,8 +143,7 @@ def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> 
     from metavmm.services.operations.engine import Engine
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    res = cli("operations", "provision", "--name", "mover", "--vcpus", "1", "--ram-mib", "512", "--provider", "home",
-              "--here", "--interval", "0.05")
+    res = cli("operations", "provision", "--name", "mover", "--vcpus", "1", "--ram-mib", "512", "--provider", "home")
     assert res.exit_code == 0, res.output
     created = res.output.split("operation ", 1)[1].split()[0]
 
@@ -176,6 +181,8 @@ def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> 
         finally:
             await engine_sql.dispose()
 
+    done, _ = asyncio.run(broker(created))
+    assert done.state == OperationState.SUCCEEDED, done.error
     wid, _, peers = asyncio.run(first())
     target = peers[0]
     res = cli("schedule", "migrate", wid, "--host", target)  # live or cold, as the scheduler says
@@ -191,4 +198,4 @@ def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> 
     assert done.state == OperationState.SUCCEEDED, done.error
     assert now != target
     res = cli("schedule", "plan-migration", "--evacuate-host", target, "--wait")
-    assert res.exit_code == 2 and "--wait and --here go with --execute" in res.output
+    assert res.exit_code == 2 and "--wait goes with --execute" in res.output
