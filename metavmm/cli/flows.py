@@ -43,7 +43,9 @@ Submit = Callable[[Engine], Awaitable[Operation]]
 Change = Callable[[WorkloadService, Identity], Awaitable[Operation]]
 
 
-def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) -> None:
+def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) -> Operation | None:
+    """Write the operation ``submit`` makes; with ``wait``, follow it and return it once it succeeded
+    (any other end exits 1 with the reason)."""
     mode = settings.config.operations.executor
 
     async def work(sessions: Sessions) -> Operation | None:
@@ -62,6 +64,7 @@ def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) 
     op = _run(settings, work)
     if op is not None:
         exit_for(op)
+    return op
 
 
 def _change(settings: Settings, change: Change, *, project: str | None = None, wait: bool,

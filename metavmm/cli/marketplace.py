@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -24,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation
-from metavmm.cli.flows import _change, _follow
+from metavmm.cli.flows import _change, _follow, _submit
 from metavmm.foundation.errors import ValidationError
 from metavmm.services.identity import DEFAULT_PROJECT, Identity
 from metavmm.services.marketplace.entries import ADMIN, LIST_COLUMNS, ImageMeta, ImageQuery, get_image, list_row, render
@@ -169,24 +170,23 @@ def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace
 @marketplace.command("replicate")
 @click.argument("image")
 @click.option("--site", required=True)
+@_follow
 @pass_settings
-def replicate_cmd(settings: Settings, image: str, site: str) -> None:
-    """Copy IMAGE to SITE (streamed, verified, converted, registered), or report the replica already there."""
-    from metavmm.cli.migrate import run_with_engine
-    from metavmm.services.marketplace.launch import replicate
+def replicate_cmd(settings: Settings, image: str, site: str, wait: bool, interval: float,
+                  idempotency_key: str | None) -> None:
+    """Copy IMAGE to SITE (streamed, verified, converted, registered), or reuse the replica already there:
+    an operation the broker runs; --wait follows it and names the replica."""
+    from metavmm.services.marketplace.launch import submit_replicate
 
-    async def work(engine: Any, _sessions: Any) -> Any:
-        return await replicate(engine, image, site, audience=ADMIN)
-
-    with console.status(f"replicating to {site}..."):
-        _run(settings, _noop, write=True)  # the schema first (a fresh database)
-        # the command waits for the copy: it runs the step itself, unless this federation's workers do
-        res = run_with_engine(settings, work, here=settings.config.operations.executor == "inprocess")
-    how = "reused" if res.reused else f"copied in {res.seconds:.2f} s ({res.mib_per_s:.0f} MiB/s)"
-    console.print(f"{res.replica.format} replica at {site}: {res.replica.provider_image_id} ({how}; "
-                  f"operation {res.operation.id})")
-    for note in res.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _run(settings, _noop, write=True)  # the schema first (a fresh database)
+    op = _submit(settings, lambda engine: submit_replicate(engine, image, site, audience=ADMIN),
+                 wait=wait, interval=interval)
+    if op is not None:
+        how = "reused" if op.outputs.get("replica_reused") else "copied"
+        console.print(f"replica at {site}: {op.outputs.get('replica_image')} ({how}; operation {op.id})",
+                      highlight=False)
+        for note in op.outputs.get("replica_notes", []):
+            console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 @marketplace.command("launch")
@@ -202,11 +202,11 @@ def replicate_cmd(settings: Settings, image: str, site: str) -> None:
 @_follow
 @pass_settings
 def launch_cmd(settings: Settings, image: str, name: str, site: str | None, flavor: str | None, vcpus: int | None,
-               ram_mib: int | None, disk_gib: int, project: str, wait: bool, here: bool, interval: float,
+               ram_mib: int | None, disk_gib: int, project: str, wait: bool, interval: float,
                idempotency_key: str | None) -> None:
     """Launch a VM from IMAGE (id, name or publisher/name): a create through the workload service, as
     REST's launch and `operations provision --image` are, so the image is replicated where the scheduler
-    places it. Prints the operation; --wait follows it, --here runs it."""
+    places it. Prints the operation; --wait follows it (a running broker runs its steps)."""
     from metavmm.services.marketplace.launch import LaunchIn, launch
 
     try:
@@ -217,7 +217,7 @@ def launch_cmd(settings: Settings, image: str, name: str, site: str | None, flav
     async def change(service: WorkloadService, caller: Identity) -> Operation:
         return (await launch(service, caller, image, req, idempotency_key=idempotency_key)).operation
 
-    _change(settings, change, project=project, wait=wait, here=here, interval=interval)
+    _change(settings, change, project=project, wait=wait, interval=interval)
 
 
 @marketplace.command("keygen")

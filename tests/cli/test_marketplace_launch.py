@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from metavmm.cli.main import main
+from tests.cli.broker import run_to_end
 from tests.translators.conftest import MIB, write_pattern
 
 FED = """
@@ -53,12 +54,13 @@ def execute(tmp_path: Path, sql: str) -> list[Any]:
         engine.dispose()
 
 
-def test_launch_here_runs_the_operation_to_a_running_vm(cli: Any, tmp_path: Path) -> None:
-    res = cli("marketplace", "launch", "school-a/lab", "--name", "lab-1", "--ram-mib", "256", "--here")
+def test_a_launch_a_broker_runs_ends_in_a_running_vm(cli: Any, tmp_path: Path) -> None:
+    res = cli("marketplace", "launch", "school-a/lab", "--name", "lab-1", "--ram-mib", "256")
     assert res.exit_code == 0, res.output
     found = SUBMITTED.search(res.output)
     assert found is not None, res.output
     op_id, workload_id, _ = found.groups()
+    assert run_to_end(f"sqlite:///{tmp_path / 'db.sqlite'}", FED, op_id).state == "succeeded"
     ((state, spec, project),) = execute(tmp_path, "select w.observed_state, w.spec, p.name from workload w join "
                                                   f"project p on p.id = w.project_id where w.id = '{workload_id}'")
     assert state == "running" and project == "default"  # the default project, created on first use

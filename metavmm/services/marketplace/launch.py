@@ -95,22 +95,30 @@ class Replicated:
         return self.replica.size_bytes / 2**20 / self.seconds if self.seconds > 0 and not self.reused else 0.0
 
 
-async def replicate(engine: Engine, image_ref: str, site_name: str, *, audience: Audience,
-                    project_id: int | None = None, timeout_s: float = 3600) -> Replicated:
-    """Copy an image to a site (or reuse its replica) as a one-step engine operation of ``project_id``
-    (the caller's, so they can follow it), and wait for it."""
-    started = time.perf_counter()
+async def submit_replicate(engine: Engine, image_ref: str, site_name: str, *, audience: Audience,
+                           project_id: int | None = None) -> Operation:
+    """The one-step engine operation that copies an image to a site (or reuses its replica), of
+    ``project_id`` (the caller's, so they can follow it); refused before anything is written when the
+    image is not the caller's to see, expired, or the site unknown."""
     async with engine.sessions() as session:
         image = await get_image(session, image_ref, audience)
         refuse_expired(image)
         await resolve_site(session, engine.config, site_name)  # a clear NotFound before anything is written
-    op = await engine.submit(kind="replicate", steps=[Step("replicate", "image.replicate",
-                                                           {"image_id": image.id, "site": site_name})],
-                             target_id=image.id, project_id=project_id, params={"site": site_name})
+    return await engine.submit(kind="replicate", steps=[Step("replicate", "image.replicate",
+                                                             {"image_id": image.id, "site": site_name})],
+                               target_id=image.id, project_id=project_id, params={"site": site_name})
+
+
+async def replicate(engine: Engine, image_ref: str, site_name: str, *, audience: Audience,
+                    project_id: int | None = None, timeout_s: float = 3600) -> Replicated:
+    """:func:`submit_replicate`, then wait for it (REST's replicate answers with the replica)."""
+    started = time.perf_counter()
+    op = await submit_replicate(engine, image_ref, site_name, audience=audience, project_id=project_id)
+    image_id = op.target_id
     done = await engine.wait(op.id, timeout_s=timeout_s)
     async with engine.sessions() as session:
         replica = (await session.exec(select(ImageReplica).where(
-            ImageReplica.image_id == image.id,
+            ImageReplica.image_id == image_id,
             ImageReplica.provider_image_id == done.outputs["replica_image"]))).one()
     return Replicated(done, replica, bool(done.outputs["replica_reused"]), list(done.outputs.get("replica_notes", [])),
                       time.perf_counter() - started)
