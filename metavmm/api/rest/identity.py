@@ -47,7 +47,7 @@ from metavmm.catalog.models import (
 )
 from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
 from metavmm.services import quotas as quota_service
-from metavmm.services.identity import Identity, mint_token, rank, set_membership
+from metavmm.services.identity import Identity, canonical_subject, mint_token, rank, set_membership
 
 api = RestModule("identity", "Projects, users, roles, quotas and API tokens")
 
@@ -449,9 +449,10 @@ async def add_certificate(request: web.Request, params: UserId, body: Certificat
     async with session_scope(sessions(request)) as session:
         if await session.get(User, params.user_id) is None or await session.get(Project, body.project_id) is None:
             raise NotFound(f"no user {params.user_id} or project {body.project_id}")
-        if (await session.exec(select(ClientCertificate).where(ClientCertificate.subject == body.subject))).first():
-            raise Conflict(f"subject {body.subject} is already mapped")
-        row = ClientCertificate(subject=body.subject, user_id=params.user_id, project_id=body.project_id)
+        subject = canonical_subject(body.subject)
+        if (await session.exec(select(ClientCertificate).where(ClientCertificate.subject == subject))).first():
+            raise Conflict(f"subject {subject} is already mapped")
+        row = ClientCertificate(subject=subject, user_id=params.user_id, project_id=body.project_id)
         session.add(row)
         await session.flush()
         return CertificateOut.model_validate(row)
