@@ -24,6 +24,7 @@ from metavmm.api.rest import setup_rest
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
+from metavmm.services import netguard
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -134,6 +135,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
                sync: bool = True) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
     app[keys.CONFIG] = config
+    netguard.configure(config.limits)
     app[keys.SECRETS] = SecretBox(load_key())
     if config.auth.oidc is not None:
         app[keys.OIDC] = OidcVerifier(config.auth.oidc)
