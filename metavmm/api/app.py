@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from metavmm import __version__
-from metavmm.api import keys
+from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
 from metavmm.api.errors import error_middleware, request_id_middleware
 from metavmm.api.keys import PLACER
@@ -136,6 +136,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
     app[keys.CONFIG] = config
     netguard.configure(config.limits)
+    jsonbody.configure(config.limits)
     app[keys.SECRETS] = SecretBox(load_key())
     if config.auth.oidc is not None:
         app[keys.OIDC] = OidcVerifier(config.auth.oidc)

@@ -1,0 +1,69 @@
+"""Hostile request bodies and headers over the real app: never a 500, never a traceback; a 400 or 413
+that names the limit (issue 16, robustness items 7-9)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from metavmm.api import jsonbody
+from metavmm.foundation.config import LimitsConfig
+from metavmm.foundation.errors import PayloadTooLarge, ValidationError
+
+API = "/api/v1"
+HUGE_INT = b'{"name": "x", "vcpus": ' + b"9" * 5000 + b', "ram_mib": 512}'
+DEEP = b"[" * 100_000 + b"]" * 100_000
+OCCI_JSON = {"Content-Type": "application/occi+json", "Accept": "application/occi+json"}
+
+
+def test_the_loader_bounds_size_depth_and_numbers() -> None:
+    small = jsonbody.JsonLimits(max_bytes=1024, max_depth=3, max_number_digits=20)
+    assert jsonbody.loads(b'{"a": [1, 2.5, "[[[[[[ not nesting"]}', limits=small) == {
+        "a": [1, 2.5, "[[[[[[ not nesting"]}
+    with pytest.raises(ValidationError, match=r"nests 4 levels.*limits\.json_max_depth"):
+        jsonbody.loads(b"[[[[1]]]]", limits=small)
+    with pytest.raises(ValidationError, match=r"21 characters long.*limits\.json_max_number_digits"):
+        jsonbody.loads(b"[" + b"1" * 21 + b"]", limits=small)
+    with pytest.raises(ValidationError, match="characters long"):
+        jsonbody.loads(b"[1." + b"1" * 30 + b"]", limits=small)
+    with pytest.raises(PayloadTooLarge, match=r"limits\.json_max_bytes"):
+        jsonbody.loads(b" " * 2000, limits=small)
+    with pytest.raises(ValidationError, match="NaN is not a JSON value"):
+        jsonbody.loads(b"[NaN]", limits=small)
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        jsonbody.loads(b'{"a": "unterminated', limits=small)
+    assert jsonbody.JsonLimits.from_limits(LimitsConfig(json_max_depth=5)).max_depth == 5
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (HUGE_INT, 400, "json_max_number_digits"),
+    (DEEP, 400, "json_max_depth"),
+    (b'{"name": "' + b"a" * (2 << 20) + b'"}', 413, "larger than"),
+])
+async def test_rest_bodies_are_bounded(world: Any, body: bytes, status: int, words: str) -> None:
+    client, w = world
+    resp = await client.post(f"{API}/workloads", data=body,
+                             headers=w.auth("alpha_member") | {"Content-Type": "application/json"})
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/problem+json" and words in (await resp.json())["detail"]
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b'{"kind": "http://schemas.ogf.org/occi/infrastructure#compute", "attributes": {"occi.compute.cores": '
+     + b"9" * 5000 + b"}}", "json_max_number_digits"),
+    (DEEP, "json_max_depth"),
+])
+async def test_occi_json_bodies_are_bounded(world: Any, body: bytes, words: str) -> None:
+    client, w = world
+    resp = await client.post("/compute/", data=body, headers=w.auth("alpha_member") | OCCI_JSON)
+    assert resp.status == 400, await resp.text()
+    assert words in await resp.text()
+
+
+async def test_a_normal_body_still_parses(world: Any) -> None:
+    client, w = world
+    resp = await client.post(f"{API}/workloads", data=json.dumps({"name": "ok", "vcpus": 1, "ram_mib": 512}),
+                             headers=w.auth("alpha_member") | {"Content-Type": "application/json"})
+    assert resp.status == 202, await resp.text()
