@@ -17,7 +17,7 @@ from sqlalchemy import text
 from metavmm import __version__
 from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
-from metavmm.api.errors import error_middleware, request_id_middleware
+from metavmm.api.errors import error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
@@ -137,6 +137,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app[keys.CONFIG] = config
     netguard.configure(config.limits)
     jsonbody.configure(config.limits)
+    quiet_bad_requests()
     app[keys.SECRETS] = SecretBox(load_key())
     if config.auth.oidc is not None:
         app[keys.OIDC] = OidcVerifier(config.auth.oidc)

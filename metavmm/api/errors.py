@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import DataError, IntegrityError
 
 from metavmm.api.keys import REQUEST_ID
@@ -58,3 +59,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         rid = request.get(REQUEST_ID, "-")
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return problem(500, "Internal error", f"the broker failed; quote request id {rid} to an admin")
+
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a NUL byte or a control character in a header, a
+    malformed request line) with a full traceback, once per request: a log flood anyone can cause.
+    This turns that record into one INFO line naming the reason (not the offending bytes, which may
+    carry a credential); the client still gets aiohttp's 400. Other errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            reason = (exc.message or "").strip().splitlines()[0:1] or [exc.__class__.__name__]
+            record.msg, record.args = "refused a malformed request from %s: %s %s", (
+                record.args[0] if isinstance(record.args, tuple) and record.args else "-", exc.code,
+                reason[0].rstrip(":"))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_bad_requests(logger: logging.Logger | None = None) -> None:
+    """Install :class:`OneLineBadRequests` on aiohttp's server logger (once)."""
+    logger = logger or logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, OneLineBadRequests) for f in logger.filters):
+        logger.addFilter(OneLineBadRequests())

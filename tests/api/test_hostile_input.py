@@ -3,7 +3,9 @@ that names the limit (issue 16, robustness items 7-9)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -67,3 +69,27 @@ async def test_a_normal_body_still_parses(world: Any) -> None:
     resp = await client.post(f"{API}/workloads", data=json.dumps({"name": "ok", "vcpus": 1, "ram_mib": 512}),
                              headers=w.auth("alpha_member") | {"Content-Type": "application/json"})
     assert resp.status == 202, await resp.text()
+
+
+async def _raw(client: Any, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.read(4096)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("header", [b"X-Bad: a\x00b", b"Authorization: Bearer mvm_secret\x00x", b"X-Ctl: \x01"])
+async def test_a_nul_byte_in_a_header_is_one_log_line(world: Any, caplog: pytest.LogCaptureFixture,
+                                                      header: bytes) -> None:
+    client, _w = world
+    caplog.set_level(logging.DEBUG)
+    for _ in range(3):
+        answer = await _raw(client, b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(server) == 3 and all(r.exc_info is None and r.levelno == logging.INFO for r in server), server
+    assert "refused a malformed request" in server[0].getMessage()
+    assert "Traceback" not in caplog.text and "mvm_secret" not in caplog.text
