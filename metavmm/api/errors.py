@@ -54,7 +54,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/problem+json":
             raise
-        return problem(exc.status, exc.reason, exc.text or exc.reason)
+        response = problem(exc.status, exc.reason, exc.text or exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods the resource has (RFC 9110 15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         rid = request.get(REQUEST_ID, "-")
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)

@@ -93,3 +93,14 @@ async def test_a_nul_byte_in_a_header_is_one_log_line(world: Any, caplog: pytest
     assert len(server) == 3 and all(r.exc_info is None and r.levelno == logging.INFO for r in server), server
     assert "refused a malformed request" in server[0].getMessage()
     assert "Traceback" not in caplog.text and "mvm_secret" not in caplog.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("DELETE", f"{API}/whoami"), ("PUT", f"{API}/workloads"),
+                                              ("PATCH", f"{API}/openapi.json")])
+async def test_rest_405_carries_allow(world: Any, method: str, path: str) -> None:
+    client, w = world
+    resp = await client.request(method, path, headers=w.auth("admin"))
+    assert resp.status == 405, await resp.text()
+    allow = {m.strip() for m in resp.headers["Allow"].split(",")}
+    assert "GET" in allow and method not in allow
+    assert resp.content_type == "application/problem+json"
