@@ -40,7 +40,14 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationError
+from metavmm.foundation.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    PreconditionFailed,
+    ValidationError,
+)
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
@@ -501,15 +508,16 @@ class WorkloadService:
 
     @staticmethod
     async def _replay(session: AsyncSession, key: str | None, fingerprint: str, kind: str | None) -> Operation | None:
-        """The first answer to a key seen before, if the request is the same; Conflict if it is not."""
+        """The first answer to a key seen before, if the request is the same (nothing is done again);
+        a 422 if it is not (the key names one request, whatever its body)."""
         if key is None:
             return None
         earlier = (await session.exec(select(Operation).where(Operation.idempotency_key == key))).first()
         if earlier is None:
             return None
         if earlier.params.get("request") != fingerprint or (kind is not None and earlier.kind != kind):
-            raise Conflict(f"this Idempotency-Key was used for a different request (operation {earlier.id}, "
-                           f"{earlier.kind}); use a new key")
+            raise IdempotencyKeyReused(f"this Idempotency-Key was used for a different request (operation "
+                                       f"{earlier.id}, {earlier.kind}); use a new key")
         return earlier
 
     @staticmethod
