@@ -17,7 +17,7 @@ from sqlalchemy import text
 from metavmm import __version__
 from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
-from metavmm.api.errors import error_middleware, quiet_bad_requests, request_id_middleware
+from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # aiohttp's parser limits, raised so that every request the OpenAPI document allows fits: marketplace
 # uploads carry their metadata (a 10,000-character description, 64 tags) in the query string, and a
 # request line over aiohttp's default 8 KiB would be refused before the broker could answer in JSON.
-HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024}
+HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024, "access_log_class": RedactingAccessLogger}
 
 
 @requires(PUBLIC)

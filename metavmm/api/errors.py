@@ -8,10 +8,12 @@ with a plain 500 that names the request id, never the traceback.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -87,3 +89,25 @@ def quiet_bad_requests(logger: logging.Logger | None = None) -> None:
     logger = logger or logging.getLogger("aiohttp.server")
     if not any(isinstance(f, OneLineBadRequests) for f in logger.filters):
         logger.addFilter(OneLineBadRequests())
+
+
+SECRET_PARAMS = re.compile(r"(?i)([?&;](?:access_token|token|api_key|apikey|key|secret|password|passwd|"
+                           r"signature|sig|x-amz-signature|x-amz-credential|client_secret|code)=)[^&;#\s\"]*")
+USERINFO = re.compile(r"(?i)(https?://)[^/@\s\"]+@")
+
+
+def redact(text: str) -> str:
+    """A URL (or a request line, a Referer) with secret query values and userinfo replaced by ``***``."""
+    return USERINFO.sub(r"\1***@", SECRET_PARAMS.sub(r"\1***", text))
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """The access log, one line a request, with secrets taken out of the URL and the Referer
+    (``?access_token=`` is what browser-based OIDC clients send); headers such as Authorization and
+    Cookie are never logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %s %.3fs "%s" "%s"', request.remote or "-", request.method,
+                         redact(request.raw_path), request.version.major, request.version.minor, response.status,
+                         response.body_length, time, redact(request.headers.get("Referer", "-")),
+                         request.headers.get("User-Agent", "-")[:200])

@@ -8,9 +8,12 @@ import json
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from metavmm.api import jsonbody
+from metavmm.api.app import HTTP_LIMITS
 from metavmm.foundation.config import LimitsConfig
 from metavmm.foundation.errors import PayloadTooLarge, ValidationError
 
@@ -104,3 +107,30 @@ async def test_rest_405_carries_allow(world: Any, method: str, path: str) -> Non
     allow = {m.strip() for m in resp.headers["Allow"].split(",")}
     assert "GET" in allow and method not in allow
     assert resp.content_type == "application/problem+json"
+
+
+async def test_the_access_log_redacts_secrets_in_urls(caplog: pytest.LogCaptureFixture) -> None:
+    """The runner options `metavmm serve` uses (HTTP_LIMITS) log requests without their secrets."""
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/x", ok)
+    runner = web.AppRunner(app, **HTTP_LIMITS)  # type: ignore[arg-type]
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}/x?page=2&access_token=eyJhbGciOi.secret&api_key=k3y"
+            async with http.get(url, headers={"Referer": "https://bob:pw@portal.example/?token=t0k",
+                                              "Authorization": "Bearer mvm_abc"}) as resp:
+                assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(lines) == 1 and "page=2" in lines[0] and "access_token=***" in lines[0], lines
+    for secret in ("eyJhbGciOi", "k3y", "t0k", "bob:pw", "mvm_abc"):
+        assert secret not in caplog.text
