@@ -134,3 +134,19 @@ async def test_the_access_log_redacts_secrets_in_urls(caplog: pytest.LogCaptureF
     assert len(lines) == 1 and "page=2" in lines[0] and "access_token=***" in lines[0], lines
     for secret in ("eyJhbGciOi", "k3y", "t0k", "bob:pw", "mvm_abc"):
         assert secret not in caplog.text
+
+
+async def test_an_admin_cannot_drop_their_own_last_admin_membership(world: Any) -> None:
+    client, w = world
+    me, ops = w.ids["user_admin"], w.ids["ops"]
+    removed = await client.delete(f"{API}/projects/{ops}/members/{me}", headers=w.auth("admin"))
+    assert removed.status == 409 and "last admin membership" in (await removed.json())["detail"]
+    demoted = await client.put(f"{API}/projects/{ops}/members/{me}", headers=w.auth("admin"), json={"role": "member"})
+    assert demoted.status == 409
+    whoami = await client.get(f"{API}/whoami", headers=w.auth("admin"))
+    assert (await whoami.json())["role"] == "admin"
+    # with a second admin membership, dropping one is fine
+    second = await client.put(f"{API}/projects/{w.ids['beta']}/members/{me}", headers=w.auth("admin"),
+                              json={"role": "admin"})
+    assert second.status == 200, await second.text()
+    assert (await client.delete(f"{API}/projects/{ops}/members/{me}", headers=w.auth("admin"))).status == 204
