@@ -389,10 +389,6 @@ class LimitsConfig(_Strict):
         default_factory=list, description="private, loopback or link-local networks the broker may still fetch "
         "image and list URLs from (e.g. a site mirror at 10.1.0.0/16); everything non-global is refused otherwise")
     outbound_max_redirects: int = Field(default=5, ge=0, le=20, description="redirect hops a fetch follows")
-    decompress_max_ratio: int = Field(default=200, ge=1, description="largest expanded/compressed size ratio of "
-                                      "an OVA member or gzip stream before the import is refused")
-    decompress_max_bytes: int = Field(default=256 << 30, ge=1 << 20,
-                                      description="largest total expanded size of one OVA/gzip import")
 
 
 class OperationsConfig(_Strict):
