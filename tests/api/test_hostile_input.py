@@ -12,10 +12,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from metavmm.api import jsonbody
+from metavmm.api import jsonbody, keys
 from metavmm.api.app import HTTP_LIMITS
 from metavmm.foundation.config import LimitsConfig
-from metavmm.foundation.errors import PayloadTooLarge, ValidationError
+from metavmm.foundation.errors import Conflict, NotFound, PayloadTooLarge, ValidationError
+from metavmm.services.identity import Identity
+from metavmm.services.workloads.requests import CreateRequest
 
 API = "/api/v1"
 HUGE_INT = b'{"name": "x", "vcpus": ' + b"9" * 5000 + b', "ram_mib": 512}'
@@ -150,3 +152,16 @@ async def test_an_admin_cannot_drop_their_own_last_admin_membership(world: Any) 
                               json={"role": "admin"})
     assert second.status == 200, await second.text()
     assert (await client.delete(f"{API}/projects/{ops}/members/{me}", headers=w.auth("admin"))).status == 204
+
+
+async def test_creating_at_another_projects_id_answers_as_if_absent(world: Any) -> None:
+    """A create (OCCI PUT /compute/{id}) at an id another project uses is a 404, like an id no one uses
+    would be for an update: the caller learns nothing about the other project."""
+    _client, w = world
+    service = w.app[keys.WORKLOADS]
+    beta = Identity(w.ids["user_beta_member"], "beta_member", w.ids["beta"], "beta", "member", "token")
+    with pytest.raises(NotFound, match="no workload"):
+        await service.create(beta, CreateRequest(workload_id=w.ids["workload"], vcpus=1, ram_mib=64))
+    alpha = Identity(w.ids["user_alpha_member"], "alpha_member", w.ids["alpha"], "alpha", "member", "token")
+    with pytest.raises(Conflict, match="already exists"):  # the owner may know its own ids
+        await service.create(alpha, CreateRequest(workload_id=w.ids["workload"], vcpus=1, ram_mib=64))

@@ -114,7 +114,10 @@ class WorkloadService:
             earlier = await self._replay(session, key, fingerprint, "create")
             if earlier is not None:
                 return await self._accepted_again(session, earlier)
-            if await session.get(Workload, workload_id) is not None:
+            taken = await session.get(Workload, workload_id)
+            if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
+                raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
+            if taken is not None:
                 raise Conflict(f"a workload with id {workload_id} already exists")
             shape = await self._shape(session, req)
             image = await self._image(session, req.image, project_id, shape) if req.image else None
