@@ -15,9 +15,9 @@ from aiohttp import web
 from sqlalchemy import text
 
 from metavmm import __version__
-from metavmm.api import keys
+from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
-from metavmm.api.errors import error_middleware, request_id_middleware
+from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
@@ -25,6 +25,7 @@ from metavmm.api.rest.common import API_ROOT
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
+from metavmm.services import netguard
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 # aiohttp's parser limits, raised so that every request the OpenAPI document allows fits: marketplace
 # uploads carry their metadata (a 10,000-character description, 64 tags) in the query string, and a
 # request line over aiohttp's default 8 KiB would be refused before the broker could answer in JSON.
-HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024}
+HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024, "access_log_class": RedactingAccessLogger}
 
 
 @requires(PUBLIC)
@@ -135,6 +136,9 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
                sync: bool = True) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
     app[keys.CONFIG] = config
+    netguard.configure(config.limits)
+    jsonbody.configure(config.limits)
+    quiet_bad_requests()
     app[keys.SECRETS] = SecretBox(load_key())
     if config.auth.oidc is not None:
         app[keys.OIDC] = OidcVerifier(config.auth.oidc)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from sqlalchemy import and_, func
 from sqlalchemy.orm import aliased
 from sqlmodel import select
@@ -68,6 +70,20 @@ class Identity:
     def can_manage(self, project_id: int) -> bool:
         """Admins manage every project; project admins their own."""
         return self.is_admin or (self.project_id == project_id and self.at_least(Role.PROJECT_ADMIN))
+
+
+def canonical_subject(text: str) -> str:
+    """A certificate subject as the broker stores and compares it: parsed as an RFC 4514 name and
+    written back by cryptography, so spacing and escaping match what a presented certificate yields.
+    Comparison is exact on that string (attribute types, order and values), never a substring."""
+    try:
+        name = x509.Name.from_rfc4514_string(text, {"emailAddress": NameOID.EMAIL_ADDRESS})
+    except ValueError:
+        raise ValidationError(f"{text!r} is not an RFC 4514 subject (e.g. CN=alice,O=NCHC,C=TW; "
+                              "no space after commas, special characters escaped)") from None
+    if not list(name):
+        raise ValidationError("the subject names no attributes")
+    return name.rfc4514_string()
 
 
 def hash_secret(secret: str) -> str:

@@ -13,10 +13,7 @@ Handlers stay thin: the services live in :mod:`metavmm.services.marketplace`.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 from pathlib import Path
-from urllib.parse import urlparse
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -57,6 +54,7 @@ from metavmm.services.marketplace.subscriptions import (
     subscribe,
     sync_subscription,
 )
+from metavmm.services.netguard import check_public_url
 from metavmm.services.operations.engine import Engine
 
 api = RestModule("marketplace", "Images published once and launched anywhere")
@@ -88,25 +86,6 @@ def owned(request: web.Request, meta: ImageMeta) -> ImageMeta:
     if identity is None or (getattr(identity, "is_admin", False) and meta.project_id is not None):
         return meta
     return meta.model_copy(update={"project_id": getattr(identity, "project_id", None)})
-
-
-async def check_public_url(url: str) -> None:
-    """Refuse URLs that reach the broker's own host or a cloud metadata service (169.254.169.254 ...).
-
-    A member could otherwise make the broker fetch an internal endpoint and publish the answer as a
-    "raw" image that the blob endpoint then serves to anyone who can see it.
-    """
-    host = urlparse(url).hostname or ""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError:
-        raise ValidationError(f"cannot resolve the host of {url}") from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast:
-            raise ValidationError(f"{url}: {addr} is the broker's own host or a link-local service: refused")
-
-
 
 
 class PublishIn(ImageMeta):

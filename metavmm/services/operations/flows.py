@@ -23,7 +23,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
-from metavmm.foundation.errors import ConfigError, Conflict, NotFound, ValidationError
+from metavmm.foundation.errors import ConfigError, Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.provision import boot_check_args
@@ -457,7 +457,7 @@ async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, 
             earlier = (await session.exec(query)).first()
         if earlier is not None:
             if earlier.kind != "resize" or earlier.target_id != workload_id:
-                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+                raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
             return earlier
     workload, _ = await _workload_at(engine, workload_id)
     op_id = new_uuid()

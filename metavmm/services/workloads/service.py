@@ -40,7 +40,14 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationError
+from metavmm.foundation.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    PreconditionFailed,
+    ValidationError,
+)
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
@@ -105,7 +112,10 @@ class WorkloadService:
             earlier = await self._replay(session, key, fingerprint, "create")
             if earlier is not None:
                 return await self._accepted_again(session, earlier)
-            if await session.get(Workload, workload_id) is not None:
+            taken = await session.get(Workload, workload_id)
+            if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
+                raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
+            if taken is not None:
                 raise Conflict(f"a workload with id {workload_id} already exists")
             shape = await self._shape(session, req)
             image = await self._image(session, req.image, project_id, shape) if req.image else None
@@ -499,15 +509,16 @@ class WorkloadService:
 
     @staticmethod
     async def _replay(session: AsyncSession, key: str | None, fingerprint: str, kind: str | None) -> Operation | None:
-        """The first answer to a key seen before, if the request is the same; Conflict if it is not."""
+        """The first answer to a key seen before, if the request is the same (nothing is done again);
+        a 422 if it is not (the key names one request, whatever its body)."""
         if key is None:
             return None
         earlier = (await session.exec(select(Operation).where(Operation.idempotency_key == key))).first()
         if earlier is None:
             return None
         if earlier.params.get("request") != fingerprint or (kind is not None and earlier.kind != kind):
-            raise Conflict(f"this Idempotency-Key was used for a different request (operation {earlier.id}, "
-                           f"{earlier.kind}); use a new key")
+            raise IdempotencyKeyReused(f"this Idempotency-Key was used for a different request (operation "
+                                       f"{earlier.id}, {earlier.kind}); use a new key")
         return earlier
 
     @staticmethod

@@ -20,6 +20,7 @@ from metavmm.api.rest.marketplace import endorser_key_path
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageReplica, Operation, OperationState, Workload
 from metavmm.drivers.registry import create_driver
+from metavmm.foundation.config import LimitsConfig
 from metavmm.foundation.errors import ChecksumMismatch, NoPlacement, ValidationError
 from metavmm.services.identity import operator_identity
 from metavmm.services.marketplace.entries import ADMIN, ImageMeta
@@ -187,7 +188,11 @@ async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_ht
 
     # Site B (the federation fixture's catalog, behind its own broker) subscribes with A's key over REST,
     # imports the list over HTTP, replicates and launches at its own libvirt host.
-    site_b = await aiohttp_client(create_app(federation.cfg, federation.url, sync=False))
+    # Both sites are on this machine: B's limits let it fetch from loopback, as a real federation
+    # lists its peers' private networks in limits.outbound_allowed_networks.
+    peers = LimitsConfig(outbound_allowed_networks=["127.0.0.0/8", "::1/128"])
+    site_b = await aiohttp_client(create_app(federation.cfg.model_copy(update={"limits": peers}), federation.url,
+                                             sync=False))
     await authorize(site_b, "admin", project="school-b")
     resp = await site_b.post("/api/v1/marketplace/subscriptions", json={
         "name": "school-a", "url": list_url, "public_key_pem": public.read_text(), "endorser": "school-a"})
