@@ -1,5 +1,5 @@
 """`metavmm marketplace launch` submits through the workload service as the project's operator, on a
-catalog filled by `metavmm catalog sync` from a sim provider; the command submits and a broker's engine runs the operation."""
+catalog filled by `metavmm catalog sync` from a sim provider; a broker's engine runs the operation."""
 
 from __future__ import annotations
 
