@@ -15,16 +15,18 @@ from aiohttp import web
 from sqlalchemy import text
 
 from metavmm import __version__
-from metavmm.api import keys
+from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
-from metavmm.api.errors import error_middleware, request_id_middleware
+from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.occi.errors import root_error_middleware
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
+from metavmm.api.rest.common import API_ROOT
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
+from metavmm.services import netguard
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 # aiohttp's parser limits, raised so that every request the OpenAPI document allows fits: marketplace
 # uploads carry their metadata (a 10,000-character description, 64 tags) in the query string, and a
 # request line over aiohttp's default 8 KiB would be refused before the broker could answer in JSON.
-HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024}
+HTTP_LIMITS = {"max_line_size": 256 * 1024, "max_field_size": 64 * 1024, "access_log_class": RedactingAccessLogger}
 
 
 @requires(PUBLIC)
@@ -136,6 +138,9 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     # root errors: OCCI's renderings outside /api/ (the REST sub-application keeps its own middleware)
     app = web.Application(middlewares=[request_id_middleware, root_error_middleware, auth_middleware])
     app[keys.CONFIG] = config
+    netguard.configure(config.limits)
+    jsonbody.configure(config.limits)
+    quiet_bad_requests()
     app[keys.SECRETS] = SecretBox(load_key())
     if config.auth.oidc is not None:
         app[keys.OIDC] = OidcVerifier(config.auth.oidc)
@@ -147,6 +152,6 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app.router.add_get("/readyz", readyz)
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
-    app.add_subapp("/api/v1", api)
+    app.add_subapp(API_ROOT, api)
     setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app

@@ -21,9 +21,9 @@ import binascii
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -86,16 +86,13 @@ def server_ssl_context(config: AuthConfig) -> ssl.SSLContext | None:
         raise ConfigError(f"auth.tls: cannot load the certificate, key or client CA: {exc}") from None
     return ctx
 
-_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
-          "localityName": "L", "stateOrProvinceName": "ST", "domainComponent": "DC", "emailAddress": "emailAddress"}
 
+def certificate_subject(der: bytes) -> str:
+    """The subject of a DER certificate as cryptography's RFC 4514 string, special characters escaped.
 
-def subject_string(peercert: dict[str, Any]) -> str:
-    """The subject of ``ssl.getpeercert()`` as an RFC 4514 string (most specific first: CN=a,O=b,C=TW)."""
-    parts = []
-    for rdn in reversed(peercert.get("subject", ())):
-        parts.append("+".join(f"{_SHORT.get(k, k)}={v}" for k, v in rdn))
-    return ",".join(parts)
+    Built from the certificate itself, never by joining ``ssl.getpeercert()`` fields: a CN of
+    ``alice,O=NCHC`` must read ``CN=alice\\,O=NCHC,...`` and so never equal another user's mapped subject."""
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
 
 # --- the credential kinds --------------------------------------------------------------------------
@@ -147,10 +144,11 @@ async def _pick_project(session: AsyncSession, user: User, wanted: str) -> Proje
 async def _from_certificate(request: web.Request, session: AsyncSession) -> Identity | None:
     if not request.config_dict[keys.CONFIG].auth.client_certs.enabled or request.transport is None:
         return None
-    peercert = request.transport.get_extra_info("peercert")
-    if not peercert:
+    tls = request.transport.get_extra_info("ssl_object")
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
+    if not der:
         return None
-    subject = subject_string(peercert)
+    subject = certificate_subject(der)
     row = (await session.exec(select(ClientCertificate).where(ClientCertificate.subject == subject))).first()
     if row is None:
         raise Unauthenticated("the client certificate is not mapped to a user")

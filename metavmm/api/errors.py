@@ -8,10 +8,13 @@ with a plain 500 that names the request id, never the traceback.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import DataError, IntegrityError
 
 from metavmm.api.keys import REQUEST_ID
@@ -53,8 +56,58 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/problem+json":
             raise
-        return problem(exc.status, exc.reason, exc.text or exc.reason)
+        response = problem(exc.status, exc.reason, exc.text or exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods the resource has (RFC 9110 15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         rid = request.get(REQUEST_ID, "-")
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return problem(500, "Internal error", f"the broker failed; quote request id {rid} to an admin")
+
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a NUL byte or a control character in a header, a
+    malformed request line) with a full traceback, once per request: a log flood anyone can cause.
+    This turns that record into one INFO line naming the reason (not the offending bytes, which may
+    carry a credential); the client still gets aiohttp's 400. Other errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            reason = (exc.message or "").strip().splitlines()[0:1] or [exc.__class__.__name__]
+            record.msg, record.args = "refused a malformed request from %s: %s %s", (
+                record.args[0] if isinstance(record.args, tuple) and record.args else "-", exc.code,
+                reason[0].rstrip(":"))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_bad_requests(logger: logging.Logger | None = None) -> None:
+    """Install :class:`OneLineBadRequests` on aiohttp's server logger (once)."""
+    logger = logger or logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, OneLineBadRequests) for f in logger.filters):
+        logger.addFilter(OneLineBadRequests())
+
+
+SECRET_PARAMS = re.compile(r"(?i)([?&;](?:access_token|token|api_key|apikey|key|secret|password|passwd|"
+                           r"signature|sig|x-amz-signature|x-amz-credential|client_secret|code)=)[^&;#\s\"]*")
+USERINFO = re.compile(r"(?i)(https?://)[^/@\s\"]+@")
+
+
+def redact(text: str) -> str:
+    """A URL (or a request line, a Referer) with secret query values and userinfo replaced by ``***``."""
+    return USERINFO.sub(r"\1***@", SECRET_PARAMS.sub(r"\1***", text))
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """The access log, one line a request, with secrets taken out of the URL and the Referer
+    (``?access_token=`` is what browser-based OIDC clients send); headers such as Authorization and
+    Cookie are never logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %s %.3fs "%s" "%s"', request.remote or "-", request.method,
+                         redact(request.raw_path), request.version.major, request.version.minor, response.status,
+                         response.body_length, time, redact(request.headers.get("Referer", "-")),
+                         request.headers.get("User-Agent", "-")[:200])

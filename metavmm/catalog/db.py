@@ -43,12 +43,20 @@ def async_url(url: str) -> str:
     if backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(parsed.database).expanduser())
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
     else:
         raise ConfigError(f"database URL {url!r}: expected sqlite:// or postgresql://, got {backend}://")
     return parsed.render_as_string(hide_password=False)
+
+
+def _private_file(path: Path) -> None:
+    """The catalog holds token hashes and sealed provider secrets: a new database file is created 0600
+    (SQLite gives its -wal and -shm files the same mode) in a directory created 0700."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

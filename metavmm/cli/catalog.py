@@ -74,6 +74,17 @@ def _features(host: Any) -> str:
 
 
 # name: (model, [(column, getter)]) for `catalog show NAME`
+def _placed(workload: Any) -> str | None:
+    """Where the workload service placed it and at what price (``--json`` has the whole summary: the
+    alternatives and why each lost, the burst verdict)."""
+    placement = workload.spec.get("placement") if isinstance(workload.spec, dict) else None
+    if not isinstance(placement, dict) or not placement.get("site"):
+        return None
+    price = placement.get("price_per_hour")
+    return f"{placement['site']}" + (f" {placement.get('host')}" if placement.get("host") else "") + (
+        f" at {price}/h" if price is not None else "")
+
+
 def _views() -> dict[str, tuple[Any, list[tuple[str, Callable[[Any], Any]]]]]:
     from metavmm.catalog import models as m
 
@@ -108,7 +119,8 @@ def _views() -> dict[str, tuple[Any, list[tuple[str, Callable[[Any], Any]]]]]:
                              ("effective", col("effective_date")), ("source", col("source"))]),
         "workloads": (m.Workload, [("id", col("id")), ("kind", col("kind")), ("name", col("name")),
                                    ("observed", col("observed_state")), ("managed", col("managed")),
-                                   ("present", col("present")), ("resource", col("provider_resource_id"))]),
+                                   ("present", col("present")), ("resource", col("provider_resource_id")),
+                                   ("placed", _placed)]),
         "operations": (m.Operation, [("id", col("id")), ("kind", col("kind")), ("state", col("state")),
                                      ("progress", col("progress")), ("error", col("error"))]),
     }

@@ -10,15 +10,16 @@ and find itself half-initialised (a circular import).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from sqlalchemy.exc import DBAPIError
+from rich.markup import escape
 
-from metavmm.catalog import db
-from metavmm.foundation.config import FederationConfig, load_config
 from metavmm.foundation.errors import MetavmmError
+
+if TYPE_CHECKING:  # imported where used: `metavmm --help` loads no database or config code
+    from metavmm.foundation.config import FederationConfig
 
 # Wide when piped, so `metavmm catalog show hosts | grep ...` sees whole rows.
 console = Console(width=None if sys.stdout.isatty() else 240)
@@ -32,12 +33,23 @@ class MetavmmGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MetavmmError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(1)
-        except (DBAPIError, OSError) as exc:
+        except Exception as exc:
+            if not _database_error(exc):
+                raise
             reason = getattr(exc, "orig", None) or exc
-            err_console.print(f"[bold red]error:[/] database: {reason}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] database: {escape(str(reason))}", highlight=False, soft_wrap=True)
             sys.exit(1)
+
+
+def _database_error(exc: Exception) -> bool:
+    """A database that cannot be reached or used (or a file it cannot open): one line, not a traceback."""
+    if isinstance(exc, OSError):
+        return True
+    from sqlalchemy.exc import DBAPIError  # loaded by then: only a command that used the database raises it
+
+    return isinstance(exc, DBAPIError)
 
 
 class Settings:
@@ -49,11 +61,15 @@ class Settings:
     @property
     def config(self) -> FederationConfig:
         if self._config is None:
+            from metavmm.foundation.config import load_config
+
             self._config = load_config(self.config_path)
         return self._config
 
     @property
     def database(self) -> str:
+        from metavmm.catalog import db
+
         return self._database or self.config.database or db.default_url()
 
 

@@ -19,7 +19,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog import db
 from metavmm.catalog.models import ApiToken, ClientCertificate, Project, Role, User
 from metavmm.cli.common import Settings, console, pass_settings
-from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, rank, set_membership
+from metavmm.services.identity import (
+    canonical_subject,
+    get_or_create_project,
+    get_or_create_user,
+    mint_token,
+    rank,
+    set_membership,
+)
 
 T = TypeVar("T")
 ROLES = click.Choice([r.value for r in Role])
@@ -171,7 +178,8 @@ def user_map_cert(settings: Settings, name: str, subject: str, project: str) -> 
         proj = (await session.exec(select(Project).where(Project.name == project))).first()
         if user is None or proj is None:
             raise click.BadParameter(f"no user {name} or project {project}")
-        session.add(ClientCertificate(subject=subject, user_id=user.id or 0, project_id=proj.id or 0))
+        session.add(ClientCertificate(subject=canonical_subject(subject), user_id=user.id or 0,
+                                      project_id=proj.id or 0))
 
     _run(settings, work)
     console.print(f"certificate {subject} maps to {name} in {project}", highlight=False)

@@ -7,14 +7,62 @@ default). Errors of metavmm's own kind are printed as one clear line and exit 1,
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
 from metavmm.cli.common import MetavmmGroup, Settings
 
+COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
+    # name: (module, attribute, modules that add subcommands to it, the short help `metavmm --help` shows)
+    "serve": ("metavmm.cli.serve", "serve", (),
+              "Run the broker (OCCI at /, REST at /api/v1, /healthz, /readyz) until SIGTERM or Ctrl-C."),
+    "db": ("metavmm.cli.db", "db_group", (), "Database schema."),
+    "config": ("metavmm.cli.config", "config_group", (), "The federation file."),
+    "catalog": ("metavmm.cli.catalog", "catalog_group", (), "The resource catalog."),
+    "operations": ("metavmm.cli.operations", "operations_group", ("metavmm.cli.flows",),
+                   "Operations: the broker's durable changes (provision, act, migrate, ...)."),
+    "prices": ("metavmm.cli.prices", "prices_group", (),
+               "Price catalog: import price files, compare a shape across providers and regions."),
+    "schedule": ("metavmm.cli.schedule", "schedule_group", (),
+                 "Placement, batch placement, migration plans and burst replays (dry runs); migrations that run."),
+    "image": ("metavmm.cli.images", "image_group", (),
+              "Disk images: inspect untrusted files, convert between formats."),
+    "ovf": ("metavmm.cli.images", "ovf_group", (),
+            "OVF/OVA packages: export disks as a package, import (verify, inspect, convert) one."),
+    "marketplace": ("metavmm.cli.marketplace", "marketplace", (),
+                    "Images published once by a school, launched at any site."),
+    "token": ("metavmm.cli.identity", "token_group", (), "API tokens for scripts and OCCI clients."),
+    "project": ("metavmm.cli.identity", "project_group", (), "Projects."),
+    "user": ("metavmm.cli.identity", "user_group", (), "Users, their memberships and client certificates."),
+}
+"""Every command group, imported only when it runs: `metavmm --help` and a command's start load no
+database, scheduler or SDK code they do not use (tests/cli/test_main.py checks the short help against
+the commands themselves)."""
 
-@click.group(cls=MetavmmGroup)
+
+class LazyGroup(MetavmmGroup):
+    """The main group: command modules are imported on first use, their short help is known here."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, extra, _ = COMMANDS[cmd_name]
+        for name in extra:
+            importlib.import_module(name)
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][3]) for name in self.list_commands(ctx)])
+
+
+@click.group(cls=LazyGroup)
 @click.option("--config", "config_path", envvar="METAVMM_CONFIG", type=click.Path(dir_okay=False),
               help="federation file (default: config/default.yaml)")
 @click.option("--database", envvar="METAVMM_DATABASE_URL", help="sqlite:///PATH or postgresql://...")
@@ -28,31 +76,6 @@ def main(ctx: click.Context, config_path: str | None, database: str | None, verb
     ctx.obj = Settings(config_path, database)
 
 
-def _register() -> None:
-    """Every command group, one module each; they import only :mod:`metavmm.cli.common`, never this module."""
-    from metavmm.cli import (
-        catalog,
-        config,
-        db,
-        flows,
-        identity,
-        images,
-        marketplace,
-        operations,
-        prices,
-        schedule,
-        serve,
-    )
-
-    for command in (serve.serve, db.db_group, config.config_group, catalog.catalog_group,
-                    operations.operations_group, prices.prices_group, schedule.schedule_group, images.image_group,
-                    images.ovf_group, marketplace.marketplace):
-        main.add_command(command)
-    identity.register(main)
-    del flows  # its commands hang under `operations` (provision, act, migrate, delete)
-
-
-_register()
 
 if __name__ == "__main__":
     main()

@@ -17,14 +17,19 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation
+from metavmm.cli.flows import _change, _follow, _submit
 from metavmm.foundation.errors import ValidationError
+from metavmm.services.identity import DEFAULT_PROJECT, Identity
 from metavmm.services.marketplace.entries import ADMIN, LIST_COLUMNS, ImageMeta, ImageQuery, get_image, list_row, render
+from metavmm.services.workloads.service import WorkloadService
 
 T = TypeVar("T")
 Settings = Any  # metavmm.cli.main.Settings: .config (FederationConfig) and .database (URL)
@@ -165,46 +170,54 @@ def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace
 @marketplace.command("replicate")
 @click.argument("image")
 @click.option("--site", required=True)
+@_follow
 @pass_settings
-def replicate_cmd(settings: Settings, image: str, site: str) -> None:
-    """Copy IMAGE to SITE (streamed, verified, converted, registered), or report the replica already there."""
-    from metavmm.cli.migrate import run_with_engine
-    from metavmm.services.marketplace.launch import replicate
+def replicate_cmd(settings: Settings, image: str, site: str, wait: bool, interval: float,
+                  idempotency_key: str | None) -> None:
+    """Copy IMAGE to SITE (streamed, verified, converted, registered), or reuse the replica already there:
+    an operation the broker runs; --wait follows it and names the replica."""
+    from metavmm.services.marketplace.launch import submit_replicate
 
-    async def work(engine: Any, _sessions: Any) -> Any:
-        return await replicate(engine, image, site, audience=ADMIN)
-
-    with console.status(f"replicating to {site}..."):
-        _run(settings, _noop, write=True)  # the schema first (a fresh database)
-        res = run_with_engine(settings, work)
-    how = "reused" if res.reused else f"copied in {res.seconds:.2f} s ({res.mib_per_s:.0f} MiB/s)"
-    console.print(f"{res.replica.format} replica at {site}: {res.replica.provider_image_id} ({how}; "
-                  f"operation {res.operation.id})")
-    for note in res.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _run(settings, _noop, write=True)  # the schema first (a fresh database)
+    op = _submit(settings, lambda engine: submit_replicate(engine, image, site, audience=ADMIN),
+                 wait=wait, interval=interval)
+    if op is not None:
+        how = "reused" if op.outputs.get("replica_reused") else "copied"
+        console.print(f"replica at {site}: {op.outputs.get('replica_image')} ({how}; operation {op.id})",
+                      highlight=False)
+        for note in op.outputs.get("replica_notes", []):
+            console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 @marketplace.command("launch")
 @click.argument("image")
-@click.option("--name", required=True, help="the VM's name")
-@click.option("--site", help="default: a site that already holds the image")
-@click.option("--vcpus", type=int, default=1, show_default=True)
-@click.option("--ram-mib", type=int, default=512, show_default=True)
+@click.option("--name", required=True, help="the workload's name")
+@click.option("--site", help="only this site (default: where the scheduler places it; a replica there costs no copy)")
+@click.option("--flavor", help="a flavor of the catalog (its size wins over --vcpus and --ram-mib)")
+@click.option("--vcpus", type=click.IntRange(1, 4096), help="default 1 without a flavor")
+@click.option("--ram-mib", type=click.IntRange(1), help="default 512 without a flavor")
+@click.option("--disk-gib", type=click.IntRange(0), default=0, show_default=True, help="0: the image's own size")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True, envvar="METAVMM_PROJECT",
+              help="the project that owns it (and whose quota it counts against)")
+@_follow
 @pass_settings
-def launch_cmd(settings: Settings, image: str, name: str, site: str | None, vcpus: int, ram_mib: int) -> None:
-    """Launch a VM from IMAGE at any site, replicating the image there first when needed."""
-    from metavmm.cli.migrate import run_with_engine
+def launch_cmd(settings: Settings, image: str, name: str, site: str | None, flavor: str | None, vcpus: int | None,
+               ram_mib: int | None, disk_gib: int, project: str, wait: bool, interval: float,
+               idempotency_key: str | None) -> None:
+    """Launch a VM from IMAGE (id, name or publisher/name): a create through the workload service, as
+    REST's launch and `operations provision --image` are, so the image is replicated where the scheduler
+    places it. Prints the operation; --wait follows it (a running broker runs its steps)."""
     from metavmm.services.marketplace.launch import LaunchIn, launch
 
-    req = LaunchIn(name=name, site=site, vcpus=vcpus, ram_mib=ram_mib)
+    try:
+        req = LaunchIn(name=name, site=site, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
+    except Exception as exc:  # pydantic's message names the field
+        raise ValidationError(str(exc)) from None
 
-    async def work(engine: Any, _sessions: Any) -> Any:
-        return await launch(engine, image, req, audience=ADMIN)
+    async def change(service: WorkloadService, caller: Identity) -> Operation:
+        return (await launch(service, caller, image, req, idempotency_key=idempotency_key)).operation
 
-    with console.status("launching..."):
-        _run(settings, _noop, write=True)
-        out = run_with_engine(settings, work)
-    _dump(out)
+    _change(settings, change, project=project, wait=wait, interval=interval)
 
 
 @marketplace.command("keygen")

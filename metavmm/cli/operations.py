@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -62,7 +63,10 @@ def _state(state: str) -> str:
 
 @click.group("operations")
 def operations_group() -> None:
-    """Operations: the broker's durable changes (provision, act, migrate, ...)."""
+    """Operations: the broker's durable changes (provision, act, migrate, ...).
+
+    The commands that change state only submit operations (--wait follows them): a running broker
+    (`metavmm serve`) runs their steps, or, without one, `metavmm operations run`."""
 
 
 @operations_group.command("list")
@@ -118,9 +122,39 @@ def ops_show(settings: Settings, operation_id: str, as_json: bool) -> None:
         console.print(f"[red]error:[/] {op.error}", highlight=False)
 
 
-async def watch_operation(sessions: Sessions, operation_id: str, interval: float) -> Operation:
-    """Progress bars (the whole operation, and one per step) until the operation ends; its last state."""
+UNCLAIMED_HINT_S = 10.0
+"""How long a watch sees an operation pending, with no executor's lease on it, before it says what may be
+missing (the broker's executor polls every 2 s, so a running one has claimed it well before)."""
+
+
+class ClaimHint:
+    """The CLI only submits: when nothing runs the steps, a watch would show bars that never move. Say
+    so once, and keep watching (an executor started later picks the operation up)."""
+
+    def __init__(self, mode: str = "inprocess") -> None:
+        self.since = time.monotonic()
+        self.said = False
+        self.runner = ("`metavmm operations worker`" if mode == "procrastinate"
+                       else "`metavmm serve` or `metavmm operations run`")
+
+    def check(self, bars: Progress, op: Operation) -> None:
+        if self.said or op.state != OperationState.PENDING or op.owner is not None:
+            return
+        waited = time.monotonic() - self.since
+        if waited < UNCLAIMED_HINT_S:
+            return
+        self.said = True
+        bars.console.print(f"[yellow]{escape(op.kind)} {op.id[:8]} pending for {waited:.0f} s: no executor has "
+                           f"claimed it yet: is {self.runner} running?[/] (still waiting)",
+                           highlight=False, soft_wrap=True)
+
+
+async def watch_operation(sessions: Sessions, operation_id: str, interval: float, *,
+                          mode: str = "inprocess") -> Operation:
+    """Progress bars (the whole operation, and one per step) until the operation ends; its last state.
+    ``mode`` (operations.executor) names who should be running the steps, should nothing claim it."""
     op = await store.get(sessions, operation_id)
+    hint = ClaimHint(mode)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bars:
         total = bars.add_task(f"{op.kind} {op.id[:8]}", total=1.0)
@@ -135,6 +169,7 @@ async def watch_operation(sessions: Sessions, operation_id: str, interval: float
                             description=f"  {escape(st['name'])}: {st['state']}")
             if op.state in TERMINAL:
                 return op
+            hint.check(bars, op)
             await asyncio.sleep(interval)
 
 
@@ -167,8 +202,11 @@ def ops_cancel(settings: Settings, operation_id: str) -> None:
 @click.option("--import", "plugins", multiple=True, help="module registering extra step actions")
 @pass_settings
 def ops_run(settings: Settings, plugins: tuple[str, ...]) -> None:
-    """Run the in-process executor alone (what `metavmm serve` runs inside), until SIGTERM or Ctrl-C;
-    steps running then get operations.stop_grace_s to finish, the rest are resumed by the next executor."""
+    """Run the in-process executor alone (what `metavmm serve` runs inside), until SIGTERM or Ctrl-C.
+
+    It runs the steps of the operations the CLI's commands submit (provision, act, migrate, ...) for an
+    admin without a running broker. Steps running at the stop get operations.stop_grace_s to finish,
+    the rest are resumed by the next executor."""
     from metavmm.services.operations.executor import Executor
 
     import_plugins(plugins)

@@ -51,20 +51,26 @@ def prices_group() -> None:
 @click.option("--shapes", type=click.Path(dir_okay=False, path_type=Path),
               help="instance-type table giving flavors their vCPU/RAM/GPU (Libcloud's ec2_instance_types.json, "
                    "or a shapes: YAML file)")
+@click.option("--replace", is_flag=True, help="replace prices another source already stored for the same provider, "
+              "region, flavor, unit and date (without it such an import is refused)")
 @pass_settings
-def prices_import(settings: Settings, kind: str, path: Path, provider: str | None, shapes: Path | None) -> None:
+def prices_import(settings: Settings, kind: str, path: Path, provider: str | None, shapes: Path | None,
+                  replace: bool) -> None:
     """Check a price file and store it in one transaction (nothing is stored when any price is wrong).
 
     KIND is the source format: onprem (YAML price tables), libcloud (pricing.json), aws-pricelist
     (GetProducts answer or bulk offer file), azure-retail (Retail Prices API pages), gcp-billing
-    (Cloud Billing Catalog skus pages).
+    (Cloud Billing Catalog skus pages). A file with prices in a currency the federation file's rate
+    table cannot convert is refused whole.
     """
+    from metavmm.scheduler.pricing import RateTable
     from metavmm.services.prices import import_price_file
 
     if provider and provider not in {p.name for p in settings.config.providers}:
         raise click.BadParameter(f"{provider!r} is not in the federation file", param_hint="--provider")
-    summary = _run(settings, lambda maker: import_price_file(maker, kind, path, provider=provider, shapes=shapes),
-                   register=True)
+    rates = RateTable.from_config(settings.config)
+    summary = _run(settings, lambda maker: import_price_file(maker, kind, path, provider=provider, shapes=shapes,
+                                                             rates=rates, replace=replace), register=True)
     console.print(f"imported [bold]{summary.stored}[/] prices from {path} ({kind}"
                   f"{', provider ' + provider if provider else ''}); {summary.shaped} with a shape; "
                   f"parsed in {summary.parse_s:.2f} s, stored in {summary.store_s:.2f} s", highlight=False)

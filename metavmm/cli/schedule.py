@@ -81,7 +81,7 @@ def schedule_group() -> None:
 @click.option("--vcpus", type=click.IntRange(1, 1024), required=True)
 @click.option("--ram-gib", type=click.FloatRange(min=0.001), required=True)
 @click.option("--gpu", help="MODEL:COUNT, e.g. H100:2")
-@click.option("--arch", default="x86_64", show_default=True, help="CPU architecture ('any' for no constraint)")
+@click.option("--arch", help="CPU architecture (default: the image's, x86_64 without one; 'any': no constraint)")
 @click.option("--vendor", help="CPU vendor (Intel, AMD, ARM)")
 @click.option("--feature", "features", multiple=True, help="required CPU feature (libvirt name), repeatable")
 @click.option("--nested", is_flag=True, help="needs nested virtualisation")
@@ -101,7 +101,8 @@ def schedule_group() -> None:
 @click.option("--explain", is_flag=True, help="open every site: a reason or a score for every host")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
-def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | None, arch: str, vendor: str | None,
+def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | None, arch: str | None,
+          vendor: str | None,
           features: tuple[str, ...], nested: bool, image_id: str | None, image_format: str, image_size_gib: float,
           image_hypervisor: str | None, residency: tuple[str, ...], sites: tuple[str, ...],
           providers: tuple[str, ...], on_prem_only: bool, public_only: bool, project: str | None,
@@ -116,7 +117,7 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
     try:
         body = PlacementRequestIn(
             name=name, vcpus=vcpus, ram_mib=int(ram_gib * 1024), project=project, gpu_model=gpu_model,
-            gpu_count=gpu_count, cpu_arch=None if arch == "any" else arch, cpu_vendor=vendor,
+            gpu_count=gpu_count, cpu_arch=arch, cpu_vendor=vendor,
             cpu_features=list(features), nested_virt=nested, image_id=image_id, image_format=image_format,
             image_size_bytes=int(image_size_gib * (1 << 30)), image_hypervisor=image_hypervisor,
             residency=list(residency), sites=list(sites), providers=list(providers), on_prem_only=on_prem_only,
@@ -126,7 +127,7 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
         raise ValidationError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) \
             from None
     planned = _dry_run(settings, req, explain)
-    out = PlacementOut.of(planned.placement, planned.where)
+    out = PlacementOut.of(planned.placement, planned.where, explain=explain)
     if as_json:
         _print_json(out)
         return
@@ -150,6 +151,14 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
         for code, n in counts.most_common():
             if n:  # flavors of a cloud site that passed elsewhere count for nothing: detail only (--json)
                 table.add_row(code, str(n), by_code[code][0])
+        console.print(table)
+    if out.explanation:
+        table = Table(title="every candidate (--explain)")
+        for col in ("candidate", "site", "outcome", "more per hour", "why"):
+            table.add_column(col)
+        for e in out.explanation:
+            diff = e["cost_difference_per_hour"] if e["outcome"] == "passed" else ""
+            table.add_row(str(e["candidate"]), str(e["site"]), str(e["outcome"]), str(diff or ""), str(e["reason"]))
         console.print(table)
     _print_summary(out)
 
@@ -210,22 +219,27 @@ def batch(settings: Settings, requests_file: str, as_json: bool) -> None:
 @click.option("--tolerance", default=0.15, show_default=True, type=click.FloatRange(0.01, 0.99))
 @click.option("--max-moves", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--execute", is_flag=True, help="run the plan: one operation per move, with progress bars")
+@click.option("--execute", is_flag=True, help="submit the plan: one operation per move, under one batch")
+@click.option("--wait", is_flag=True, help="with --execute: progress bars until the batch ends (a running broker, "
+              "`metavmm serve` or `metavmm operations run`, runs its steps)")
 @pass_settings
 def plan_migration(settings: Settings, host: str | None, site: str | None, rebalance_site: str | None,
-                   tolerance: float, max_moves: int, as_json: bool, execute: bool) -> None:
+                   tolerance: float, max_moves: int, as_json: bool, execute: bool, wait: bool) -> None:
     """Plan an evacuation or a rebalance: live or cold per workload, each step timed and priced.
 
-    With --execute the plan runs (re-planned over a fresh snapshot) and the command waits for it."""
+    With --execute the plan is submitted (re-planned over a fresh snapshot) for the broker to run;
+    --wait follows it. Without a running broker, `metavmm operations run` runs the steps."""
     chosen = [x for x in (host, site, rebalance_site) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --evacuate-host, --evacuate-site, --rebalance")
     kind = "evacuate-host" if host else "evacuate-site" if site else "rebalance"
+    if wait and not execute:
+        raise click.UsageError("--wait goes with --execute")
     if execute:
         from metavmm.cli.migrate import execute_migration
 
         execute_migration(settings, kind, host=host, site=site or rebalance_site, tolerance=tolerance,
-                          max_moves=max_moves)
+                          max_moves=max_moves, wait=wait)
         return
     plan = service.plan_migration(_snapshot(settings), kind, host=host, site=site or rebalance_site,
                                   tolerance=tolerance, max_moves=max_moves)

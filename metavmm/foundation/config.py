@@ -378,6 +378,19 @@ class AuthConfig(_Strict):
     token_max_days: int = Field(default=365, ge=1, description="longest lifetime a minted token may have")
 
 
+class LimitsConfig(_Strict):
+    """What the broker accepts from callers and fetches for them (docs/security.md explains each)."""
+
+    json_max_bytes: int = Field(default=1 << 20, ge=1024, description="largest JSON request body (413 above)")
+    json_max_depth: int = Field(default=64, ge=2, le=1000, description="deepest JSON nesting of a body (400)")
+    json_max_number_digits: int = Field(default=100, ge=16, le=4300,
+                                        description="longest JSON number literal in a body, in characters (400)")
+    outbound_allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="private, loopback or link-local networks the broker may still fetch "
+        "image and list URLs from (e.g. a site mirror at 10.1.0.0/16); everything non-global is refused otherwise")
+    outbound_max_redirects: int = Field(default=5, ge=0, le=20, description="redirect hops a fetch follows")
+
+
 class OperationsConfig(_Strict):
     """How the operations engine runs steps (see docs/operations.md)."""
 
@@ -416,6 +429,7 @@ class FederationConfig(_Strict):
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
     database: str | None = None
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)
     prices: list[PriceTable] = Field(default_factory=list)
     currency: CurrencyConfig | None = None

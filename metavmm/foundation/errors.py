@@ -148,6 +148,13 @@ class ChecksumMismatch(ValidationError):
     title = "Checksum mismatch"
 
 
+class IdempotencyKeyReused(Conflict):
+    """An Idempotency-Key sent again with a different request: the first answer cannot stand for it."""
+
+    http_status = 422
+    title = "Idempotency key reused"
+
+
 class ImageListRefused(ValidationError):
     """A signed image list was refused (unsigned, untrusted endorser, tampered, expired, replayed)."""
 

@@ -9,7 +9,9 @@ units: a price row written by one is read by the other without translation.
 from __future__ import annotations
 
 import enum
+import functools
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -60,6 +62,24 @@ def normalise_arch(arch: str | None) -> str | None:
     return low
 
 
+# Words around a GPU model that name its vendor, product line, memory or form factor, not the model:
+# "NVIDIA H100 80GB HBM3", "nvidia-h100-80gb", "Tesla V100-SXM2-16GB" and "h100" are one model, H100.
+_GPU_NOISE = re.compile(r"^(NVIDIA|AMD|INTEL|TESLA|GPU|GPUS|\d+GB|\d+G|HBM\d*E?|SXM\d*|PCIE|NVL|NVLINK|GEN\d+)$")
+
+
+@functools.lru_cache(maxsize=4096)
+def gpu_model_key(model: str | None) -> str | None:
+    """One spelling per GPU model, the catalog's and the scheduler's: upper case, without vendor, memory
+    and form-factor words (``nvidia-h100-80gb`` -> ``H100``, ``Tesla T4`` -> ``T4``, ``RTX A6000`` ->
+    ``RTX A6000``). Requests, hosts, flavors and prices are compared through it, so a user's "h100" finds
+    a provider's "NVIDIA H100 80GB". Memory variants of one model (A100 40GB and 80GB) become one model."""
+    if not model or not model.strip():
+        return None
+    words = [w for w in re.split(r"[\s_\-/]+", model.strip().upper()) if w]
+    kept = [w for w in words if not _GPU_NOISE.match(w)]
+    return " ".join(kept or words)
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
     """What a flavor gives: vCPUs, RAM in MiB, GPUs (model and count) and CPU architecture."""
@@ -97,7 +117,7 @@ def excess(shape: Shape, vcpus: int = 0, ram_gib: Decimal = Decimal(0), gpu_mode
     if arch and shape.arch and shape.arch != arch:
         return None
     if gpu_count:
-        if shape.gpu_count < gpu_count or (shape.gpu_model or "").upper() != (gpu_model or "").upper():
+        if shape.gpu_count < gpu_count or gpu_model_key(shape.gpu_model) != gpu_model_key(gpu_model):
             return None
     elif shape.gpu_count:
         return None
@@ -139,10 +159,10 @@ class Components(Generic[P]):
     prices, and per GPU model a gpu-hour price that a composed shape asking for GPUs adds."""
 
     families: Mapping[str, tuple[P, P]] = field(default_factory=dict)  # family -> (vcpu-hour, gib-hour)
-    gpus: Mapping[str, P] = field(default_factory=dict)  # GPU model, upper case -> gpu-hour
+    gpus: Mapping[str, P] = field(default_factory=dict)  # GPU model (gpu_model_key) -> gpu-hour
 
     def gpu(self, model: str | None) -> P | None:
-        return self.gpus.get((model or "").upper())
+        return self.gpus.get(gpu_model_key(model) or "")
 
 
 def components(parts: Iterable[P], shaped_families: Collection[str] = ()) -> Components[P]:
@@ -156,7 +176,7 @@ def components(parts: Iterable[P], shaped_families: Collection[str] = ()) -> Com
     gpus: dict[str, P] = {}
     for p in parts:
         if p.unit == PriceUnit.GPU_HOUR and p.gpu_model:
-            model = p.gpu_model.upper()
+            model = gpu_model_key(p.gpu_model) or ""
             if _newer(p, gpus.get(model)):
                 gpus[model] = p
         elif p.unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR) and p.family and p.family not in shaped_families \

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from metavmm.foundation.prices import gpu_model_key
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
@@ -20,6 +22,9 @@ class Reservation:
     ram_mib: int
     gpu_model: str | None = None
     gpu_count: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu_model", gpu_model_key(self.gpu_model))  # the host views' spelling
 
 
 class Ledger:
@@ -59,7 +64,7 @@ class Ledger:
         self.vcpus[host_id] -= vcpus
         self.ram_mib[host_id] -= ram_mib
         if gpu_model and gpu_count:
-            self.gpus[host_id][gpu_model] -= gpu_count
+            self.gpus[host_id][gpu_model_key(gpu_model) or gpu_model] -= gpu_count
         self.site_version[site_id] += 1
         self.host_version[host_id] += 1
 

@@ -28,16 +28,16 @@ from typing import Any
 
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.records import Capability
-from metavmm.scheduler.costs import Cost, default_costs
+from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph, boot_formats
 from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, summarize
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.scheduler.quotes import Quoter
-from metavmm.scheduler.request import ImageRef, PlacementRequest, Verdict
+from metavmm.scheduler.request import ANY_ARCH, ImageRef, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import SiteView, Snapshot
-from metavmm.scheduler.views import CandidateView, aggregate_hosts, host_view, site_view, slot_views
+from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView, aggregate_hosts, host_view, site_view, slot_views
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,15 @@ class Scheduler:
             req = replace(req, image=ImageRef(image.id, fmt, req.image.size_bytes or image.size_bytes,
                                               req.image.hypervisor or image.hypervisor,
                                               tuple(sorted({r.site_id for r in replicas}))))
+            if req.cpu_arch and req.cpu_arch not in (image.arch, ANY_ARCH):
+                return req, [("cpu", Verdict.reject(
+                    f"image is {image.arch}", f"cpu arch: image {image.name} is {image.arch}, the request asks "
+                    f"for {req.cpu_arch}", unresolvable=True, need=image.arch, asked=req.cpu_arch))]
+            # the guest's CPU comes from its image, never from a default
+            req = replace(req, cpu_arch=image.arch, cpu_vendor=req.cpu_vendor or image.cpu_vendor,
+                          cpu_features=req.cpu_features | image.cpu_features)
+        elif req.cpu_arch is None:
+            req = replace(req, cpu_arch=DEFAULT_ARCH)  # no catalog image: an empty disk, or a described one
         failed = []
         for f in self._request_filters:
             verdict = f.check(None, req)  # type: ignore[arg-type]
@@ -272,29 +281,38 @@ class Scheduler:
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
         passing, rejections = self.filter_sites(req, counts)
+        if explain:
+            rejections = self._per_candidate(rejections, req)
         shape = req.shape_key()
         versions = self.ledger.site_version
         keys = [(v.site.id, versions.get(v.site.id, 0), shape) for v in passing]
         ranked = self.score(passing, req, memo_keys=keys) if passing else iter(())
         chosen: tuple[CandidateView, dict[str, float]] | None = None
         alternatives = []
+        settled = False  # a choice no later site can beat (one that strands no GPUs)
+        chosen_score = 0.0
         for r in ranked:
             view = passing[r.index]
-            if chosen is not None and not explain:
+            if not explain and (settled or (chosen is not None and wastes_gpus(view, req))):
+                # sites rank by their best slot: one whose best strands GPUs cannot beat a GPU choice made
                 if len(alternatives) >= MAX_ALTERNATIVES:
                     break
                 alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown, view.kind,
                                                 self.quote(view, req).per_hour))
                 continue
-            slot, slot_rejections = self._choose_slot(view.site, req, counts)
+            found, slot_rejections = self._choose_slot(view.site, req, counts, every=explain)
             rejections.extend(slot_rejections)
-            if slot is None:
+            if not found:
                 continue
-            if chosen is None:
-                chosen = slot
+            slot, *others = found
+            if chosen is None or (wastes_gpus(chosen[0], req) and not wastes_gpus(slot[0], req)):
+                if chosen is not None:  # a GPU host found first, and now one without GPUs: that one wins
+                    alternatives.insert(0, self._alternative(chosen, req, chosen_score))
+                chosen, chosen_score = slot, r.total
+                settled = not wastes_gpus(slot[0], req)
             else:
-                alternatives.append(Alternative(slot[0].name, view.site.name, r.total, slot[1], slot[0].kind,
-                                                self.quote(slot[0], req).per_hour))
+                alternatives.append(self._alternative(slot, req, r.total))
+            alternatives.extend(self._alternative(o, req, r.total) for o in others)
         if log.isEnabledFor(logging.DEBUG):
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
@@ -304,31 +322,60 @@ class Scheduler:
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
         slot, costs = chosen
-        summary = f"placed on {slot.name} ({slot.site.name}); " + summarize(rejections, self.total_candidates)
+        summary = f"placed on {slot.name} ({slot.site.name}); "
+        if wastes_gpus(slot, req):
+            summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
+                       "without GPUs fits; "
+        summary += summarize(rejections, self.total_candidates)
         log.info("%s: %s", req.name, summary)
         placement = replace(self.bind(slot, req, summary, tuple(rejections), tuple(alternatives)), costs=costs)
         if reserve:
             self.reserve(key or req.name, placement)
         return placement
 
-    def _choose_slot(self, site: SiteView, req: PlacementRequest,
-                     counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
-        """The best host (or flavor) of one site, with every other one's reason. Memoised per (site, ledger
-        version of the site, request shape): a site that could not take a request is not re-opened for
-        the next identical one until a placement or release changes it."""
-        key = (site.id, self.ledger.site_version.get(site.id, 0), req.shape_key())
+    def _per_candidate(self, rejections: list[Rejection], req: PlacementRequest) -> list[Rejection]:
+        """Site rejections made one per host (or flavor), for an explanation that lists every candidate: a
+        site a slot rule rejected is opened so each host gets its own first failing rule and numbers; a
+        site rule (residency, policy) is the same reason for each of its hosts."""
+        out: list[Rejection] = []
+        slot_rules = {f.name for f in self._slot_filters}
+        for r in rejections:
+            site = self.snapshot.site_named(r.site)
+            if site is None or r.kind != "site":
+                out.append(r)
+            elif r.filter in slot_rules:
+                found, own = self._open_site(site, req, Counter())
+                out.extend(own if own and not found else [r])
+            elif site.has_hosts:
+                out.extend(replace(r, candidate=h.name, kind="host", covers=1) for h in site.hosts)
+            else:
+                out.append(r)
+        return out
+
+    def _alternative(self, slot: tuple[CandidateView, dict[str, float]], req: PlacementRequest,
+                     score: float = 0.0) -> Alternative:
+        view, breakdown = slot
+        return Alternative(view.name, view.site.name, score, breakdown, view.kind, self.quote(view, req).per_hour)
+
+    def _choose_slot(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *,
+                     every: bool = False) -> tuple[list[tuple[CandidateView, dict[str, float]]], list[Rejection]]:
+        """The best host (or flavor) of one site (with ``every``: all that pass, best first), with every
+        other one's reason. Memoised per (site, ledger version of the site, request shape, every): a site
+        that could not take a request is not re-opened for the next identical one until a placement or
+        release changes it."""
+        key = (site.id, self.ledger.site_version.get(site.id, 0), req.shape_key(), every)
         hit = self._site_choices.get(key)
         if hit is None:
             local: Counter[str] = Counter()
-            chosen, rejections = self._open_site(site, req, local)
+            chosen, rejections = self._open_site(site, req, local, every=every)
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
             hit = self._site_choices[key] = (chosen, rejections, local)
         counts.update(hit[2])
-        return hit[0], list(hit[1])
+        return list(hit[0]), list(hit[1])
 
-    def _open_site(self, site: SiteView, req: PlacementRequest,
-                   counts: Counter[str]) -> tuple[tuple[CandidateView, dict[str, float]] | None, list[Rejection]]:
+    def _open_site(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
+                   ) -> tuple[list[tuple[CandidateView, dict[str, float]]], list[Rejection]]:
         views = self.slot_views(site)
         ok, rejections = [], []
         shape = req.shape_key()
@@ -360,15 +407,17 @@ class Scheduler:
                 first = rejections[0]
                 rejections.insert(0, replace(first, candidate=site.name, kind="site", covers=1))
         if not ok:
-            return None, rejections
+            return [], rejections
         if site.has_hosts and len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
             varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
-            best = next(self.score(ok, req, varying))
-            fixed = {c.name: c.cost(ok[best.index], req, self.graph) for c in self.costs if c not in varying}
-            return (ok[best.index], {**fixed, **best.breakdown}), rejections
-        best = next(self.score(ok, req))
-        return (ok[best.index], best.breakdown), rejections
+            ranked = self.score(ok, req, varying)
+            fixed = {c.name: c.cost(ok[0], req, self.graph) for c in self.costs if c not in varying}
+            picked = list(ranked) if every else [next(ranked)]
+            return [(ok[s.index], {**fixed, **s.breakdown}) for s in picked], rejections
+        ranked = self.score(ok, req)
+        picked = list(ranked) if every else [next(ranked)]
+        return [(ok[s.index], s.breakdown) for s in picked], rejections
 
     # --- reserve / unreserve ---------------------------------------------------------------------------
 
@@ -412,8 +461,8 @@ class Scheduler:
                     host: str | None = None, flavor: str | None = None,
                     basis: str = "") -> tuple[str, tuple[Step, ...]]:
         """The hypervisor and the engine's steps that create ``req`` at ``site`` (on ``host`` or as
-        ``flavor`` when chosen): :meth:`bind`'s plan, and the plan of a site another rule chose (the
-        marketplace launch)."""
+        ``flavor`` when chosen): :meth:`bind`'s plan, and the plan of a site the caller fixed
+        (:meth:`~metavmm.services.placement.Placer.plan_at`)."""
         hypervisor, image = self.image_source(req, site, hypervisors)
         target = Target(site.provider.name, site.region, site.name, host, flavor, hypervisor,
                         Capability.CONSOLE in site.provider.capabilities)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from metavmm.foundation.prices import Shape, composed_amount, excess
-from metavmm.scheduler.request import PlacementRequest, gib
+from metavmm.scheduler.request import ANY_ARCH, PlacementRequest, gib
 from metavmm.scheduler.snapshot import FlavorView, PriceView, SiteView
 from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView
 
@@ -30,10 +30,12 @@ class Quote:
         return self.per_hour is not None
 
 
-def _fits(f: FlavorView, req: PlacementRequest) -> bool:
-    return (f.vcpus >= req.vcpus and f.ram_mib >= req.ram_mib and (f.arch or DEFAULT_ARCH) == (req.cpu_arch or
-            (f.arch or DEFAULT_ARCH)) and (not req.gpu_count or (f.gpu_model == req.gpu_model
-                                                                and f.gpu_count >= req.gpu_count)))
+def _fits(f: FlavorView, req: PlacementRequest, *, on_prem: bool = False) -> bool:
+    """Whether ``f`` holds the request. On-prem a flavor is a price for a shape and one without an arch
+    prices every arch (as the comparison's :func:`excess` reads it); a cloud's runs x86_64 unless it says."""
+    arch = f.arch or (req.cpu_arch if on_prem else DEFAULT_ARCH)
+    return (f.vcpus >= req.vcpus and f.ram_mib >= req.ram_mib and req.cpu_arch in (None, ANY_ARCH, arch)
+            and (not req.gpu_count or (f.gpu_model == req.gpu_model and f.gpu_count >= req.gpu_count)))
 
 
 def _basis(f: FlavorView) -> str:
@@ -94,7 +96,7 @@ def host_quote(site: SiteView, req: PlacementRequest) -> Quote:
         options.append((0.0, composed.per_hour, composed))
     ram_gib = Decimal(req.ram_mib) / 1024
     for f, price in site.prices.ladder:
-        if not _fits(f, req):
+        if not _fits(f, req, on_prem=True):
             continue
         d = excess(Shape(f.vcpus, f.ram_mib, f.gpu_model, f.gpu_count), req.vcpus, ram_gib, req.gpu_model,
                    req.gpu_count)

@@ -14,8 +14,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from metavmm.foundation.errors import ValidationError
+from metavmm.foundation.prices import gpu_model_key, normalise_arch
 
 GIB = 1024
+ANY_ARCH = "any"  # cpu_arch that asks for no architecture at all (a dry run's "anywhere")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class PlacementRequest:
     project: str | None = None
     gpu_model: str | None = None
     gpu_count: int = 0
-    cpu_arch: str | None = "x86_64"
+    cpu_arch: str | None = None  # None: the image's (Scheduler.prefilter), x86_64 without one; "any": no constraint
     cpu_vendor: str | None = None
     cpu_features: frozenset[str] = frozenset()
     nested_virt: bool = False
@@ -60,6 +62,10 @@ class PlacementRequest:
     boot_timeout_s: float = 300.0  # how long the boot check waits for it
 
     def __post_init__(self) -> None:
+        # one spelling for what is compared with the catalog's (also normalised there): arm64 is aarch64,
+        # "nvidia-h100-80gb" is H100
+        object.__setattr__(self, "cpu_arch", normalise_arch(self.cpu_arch))
+        object.__setattr__(self, "gpu_model", gpu_model_key(self.gpu_model))
         if self.vcpus < 1 or self.ram_mib < 1:
             raise ValidationError(f"{self.name}: a workload needs at least 1 vCPU and 1 MiB of RAM")
         if self.gpu_count < 0 or (self.gpu_count and not self.gpu_model):

@@ -5,6 +5,7 @@ One set of pydantic models serves the REST API and the CLI, so both show the sam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from typing import Literal
@@ -16,7 +17,7 @@ from metavmm.scheduler.burst import ReplayReport, TraceRecord
 from metavmm.scheduler.migration import MigrationPlan
 from metavmm.scheduler.plan import Placement, PlanStep, Step
 from metavmm.scheduler.request import ImageRef, PlacementRequest
-from metavmm.scheduler.summary import placement_summary
+from metavmm.scheduler.summary import explanation, placement_summary
 
 
 class _In(BaseModel):
@@ -31,7 +32,8 @@ class PlacementRequestIn(_In):
     project: str | None = None
     gpu_model: str | None = None
     gpu_count: int = Field(default=0, ge=0, le=64)
-    cpu_arch: str | None = "x86_64"
+    cpu_arch: str | None = Field(default=None, max_length=32, description="the image's when omitted (x86_64 "
+                                 "without an image); 'any': no constraint")
     cpu_vendor: str | None = None
     cpu_features: list[str] = Field(default_factory=list, max_length=256)
     nested_virt: bool = False
@@ -116,6 +118,7 @@ class RejectionOut(BaseModel):
     code: str
     message: str
     covers: int
+    numbers: dict[str, object] = Field(default_factory=dict, description="what was needed and what was free")
 
 
 class AlternativeOut(BaseModel):
@@ -154,20 +157,29 @@ class PlacementOut(BaseModel):
     burst: BurstOut | None = Field(description="the burst policies' verdict (null: none was consulted)")
     placement: dict[str, object] = Field(description="the placement summary a create of this request would "
                                          "store as the workload's spec.placement (docs/scheduler.md)")
+    explanation: list[dict[str, object]] | None = Field(
+        default=None, description="with explain: every candidate, chosen, passed (and how much costlier) or "
+        "rejected (the first rule that failed, needed vs free)")
 
     @classmethod
-    def of(cls, p: Placement, summary: dict[str, object] | None = None) -> PlacementOut:
+    def of(cls, p: Placement, summary: dict[str, object] | None = None, *, explain: bool = False) -> PlacementOut:
         return cls(
             name=p.request.name, placed=p.placed, summary=p.summary, currency=p.currency, site=p.site,
             provider=p.provider, region=p.region, host=p.host, flavor=p.flavor, hypervisor=p.hypervisor,
             price_per_hour=p.price_per_hour, expected_hours=p.expected_hours, total_price=p.total_price,
             seconds_to_ready=round(p.seconds_to_ready, 3), steps=[StepOut.of(s) for s in p.steps],
             rejections=[RejectionOut(candidate=r.candidate, kind=r.kind, site=r.site, filter=r.filter, code=r.code,
-                                     message=r.message, covers=r.covers) for r in p.rejections],
+                                     message=r.message, covers=r.covers, numbers=_plain(r.numbers))
+                        for r in p.rejections],
             alternatives=[AlternativeOut(candidate=a.candidate, site=a.site, score=round(a.score, 4),
                                          costs=dict(a.breakdown)) for a in p.alternatives],
             burst=BurstOut(**p.burst.as_dict()) if p.burst is not None else None,
-            placement=summary if summary is not None else placement_summary(p))
+            placement=summary if summary is not None else placement_summary(p),
+            explanation=explanation(p) if explain else None)
+
+
+def _plain(numbers: Mapping[str, object]) -> dict[str, object]:
+    return {k: (list(v) if isinstance(v, tuple | list | frozenset | set) else v) for k, v in numbers.items()}
 
 
 class AssignmentOut(BaseModel):

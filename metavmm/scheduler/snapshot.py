@@ -35,7 +35,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog import models as m
 from metavmm.foundation.config import SchedulerSettings
 from metavmm.foundation.errors import MetavmmError
-from metavmm.foundation.prices import COMPONENT_UNITS, COMPUTE_UNITS, PriceUnit, Shape, components
+from metavmm.foundation.prices import (
+    COMPONENT_UNITS,
+    COMPUTE_UNITS,
+    PriceUnit,
+    Shape,
+    components,
+    gpu_model_key,
+    normalise_arch,
+)
 from metavmm.foundation.records import Inventory
 
 Converter = Callable[[Decimal, str], Decimal]
@@ -50,6 +58,17 @@ def _empty() -> Mapping[Any, Any]:
 
 def frozen_map(data: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
     return MappingProxyType(dict(data or {}))
+
+
+def _gpu_map(gpus: Mapping[str, int]) -> Mapping[str, int]:
+    """A host's GPUs by :func:`gpu_model_key` (two spellings of one model add up)."""
+    if all(gpu_model_key(k) == k for k in gpus):
+        return gpus if isinstance(gpus, MappingProxyType) else frozen_map(gpus)
+    out: dict[str, int] = {}
+    for model, n in gpus.items():
+        key = gpu_model_key(model) or model
+        out[key] = out.get(key, 0) + n
+    return frozen_map(out)
 
 
 def hypervisor_family(hv: str) -> str:
@@ -85,6 +104,10 @@ class HostView:
     vcpus_used: int = 0
     memory_mib_used: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arch", normalise_arch(self.arch) or self.arch)
+        object.__setattr__(self, "gpus", _gpu_map(self.gpus))
+
     @property
     def profile(self) -> tuple[Any, ...]:
         """What makes two hosts interchangeable for every filter but capacity (an equivalence class key)."""
@@ -107,6 +130,10 @@ class FlavorView:
     features: frozenset[str] | None = None  # None: the provider does not say
     nested_virt: bool | None = None  # None: follow the provider's capability
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arch", normalise_arch(self.arch))
+        object.__setattr__(self, "gpu_model", gpu_model_key(self.gpu_model))
+
 
 @dataclass(frozen=True, slots=True)
 class PriceView:
@@ -124,11 +151,11 @@ class PriceView:
 class SitePrices:
     flavors: Mapping[str, PriceView] = field(default_factory=_empty)  # hourly prices by flavor name
     families: Mapping[str, tuple[PriceView, PriceView]] = field(default_factory=_empty)  # (vcpu-hour, gib-hour)
-    gpus: Mapping[str, PriceView] = field(default_factory=_empty)  # gpu-hour by GPU model, upper case
+    gpus: Mapping[str, PriceView] = field(default_factory=_empty)  # gpu-hour by GPU model (gpu_model_key)
     ladder: tuple[tuple[FlavorView, PriceView], ...] = ()  # the site's priced flavors, cheapest first
 
     def gpu(self, model: str | None) -> PriceView | None:
-        return self.gpus.get((model or "").upper())
+        return self.gpus.get(gpu_model_key(model) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +167,15 @@ class SiteProfile:
     feature_sets: tuple[frozenset[str], ...] = ()
     hypervisors: frozenset[str] = frozenset()
     nested: bool = False
+    all_gpu: bool = False  # every up host has GPUs: work without GPUs here strands some
 
     @staticmethod
     def of(hosts: Sequence[HostView]) -> SiteProfile:
         up = [h for h in hosts if h.state == m.HostState.UP]
         return SiteProfile(frozenset(h.arch for h in up), frozenset(h.vendor for h in up),
                            tuple(sorted({h.features for h in up}, key=sorted)), frozenset(h.hypervisor for h in up),
-                           any(h.nested_virt for h in up))
+                           any(h.nested_virt for h in up),
+                           bool(up) and all(any(n > 0 for n in h.gpus.values()) for h in up))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +202,20 @@ class SiteView:
 
 @dataclass(frozen=True, slots=True)
 class ImageView:
+    """A catalog image. ``arch``, ``cpu_vendor`` and ``cpu_features`` (``Image.extra``, libvirt feature
+    names) are what the guest needs; the prefilter makes them the request's."""
+
     id: str
     name: str
     arch: str = "x86_64"
     hypervisor: str | None = None
     format: str = "qcow2"
     size_bytes: int = 0
+    cpu_vendor: str | None = None
+    cpu_features: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arch", normalise_arch(self.arch) or "x86_64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +450,8 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
     prices = [_price_row(p) for p in (await session.exec(select(m.Price).where(
         m.Price.provider_id.is_not(None), m.Price.unit.in_(COMPUTE_UNITS),  # type: ignore[union-attr, attr-defined]
         or_(m.Price.os == "linux", m.Price.unit == PriceUnit.GPU_HOUR)))).all()]
-    images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes)
+    images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes,
+                        (i.extra or {}).get("cpu_vendor"), frozenset((i.extra or {}).get("cpu_features") or ()))
               for i in (await session.exec(select(m.Image))).all()]
     replicas = [ReplicaView(r.image_id, r.site_id, r.format, r.size_bytes, r.provider_image_id)
                 for r in (await session.exec(select(m.ImageReplica).where(
@@ -438,10 +476,11 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
             u["vcpus"] += vcpus
             u["ram_mib"] += ram
             if gpu_model and gpus:
-                u[f"gpus:{gpu_model}"] += gpus
+                u[f"gpus:{gpu_model_key(gpu_model)}"] += gpus
     quotas: dict[int, dict[str, Decimal]] = defaultdict(dict)
     for q in (await session.exec(select(m.Quota))).all():
-        quotas[q.project_id][q.resource] = Decimal(q.limit)
+        resource = f"gpus:{gpu_model_key(q.resource[5:])}" if q.resource.startswith("gpus:") else q.resource
+        quotas[q.project_id][resource] = Decimal(q.limit)
     projects = {p.name: p.id for p in (await session.exec(select(m.Project))).all() if p.id is not None}
     return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
                           prices=prices, images=images, replicas=replicas, workloads=workloads, quotas=quotas,

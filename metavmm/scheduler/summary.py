@@ -47,6 +47,8 @@ def _phrase(name: str, mine: float, theirs: float, p: Placement) -> str:
         return f"price over {p.expected_hours:g} h with egress {theirs:.4g} vs {mine:.4g} {p.currency}"
     if name == "movement":
         return f"image ready in {theirs:.0f} s vs {mine:.0f} s (conversions and transfers)"
+    if name == "gpu":
+        return "a GPU candidate, kept for GPU work while one without GPUs fits"
     if name == "balance":
         return f"placement strategy (pack or spread) ranks it {theirs:.2f} vs {mine:.2f}"
     return f"{name} {theirs:.4g} vs {mine:.4g}"
@@ -105,6 +107,37 @@ def alternatives(p: Placement, limit: int = MAX_ALTERNATIVES) -> list[dict[str, 
         if r.candidate not in seen:
             seen.add(r.candidate)
             out.append(_filter_entry(r))
+    return out
+
+
+def explanation(p: Placement) -> list[dict[str, Any]]:
+    """Every candidate of an ``explain`` placement, one entry each (``outcome``): the ``chosen`` one,
+    those that ``passed`` every rule but cost more (cheapest first, with the cost difference per hour and
+    the costs they lost on) and those ``rejected`` (the first rule that failed, its code, message and
+    numbers: needed vs free, a GPU model with 0 free included). Without ``explain`` the scheduler stops at
+    the first site that works, so the list holds what it looked at."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    if p.placed:
+        chosen = p.host or (f"{p.site}:{p.flavor}" if p.flavor else p.site or "")
+        out.append({"candidate": chosen, "site": p.site, "kind": "host" if p.host else "flavor",
+                    "outcome": "chosen", "reason": p.summary, "price_per_hour": money(p.price_per_hour),
+                    "cost_difference_per_hour": "0", "costs": dict(p.costs), "filter": None, "code": None,
+                    "numbers": {}})
+        seen.add(chosen)
+        passed = [_cost_entry(p, a) for a in p.alternatives if a.candidate not in seen]
+        passed.sort(key=lambda e: (e["cost_difference_per_hour"] is None,
+                                   Decimal(e["cost_difference_per_hour"] or 0), e["candidate"]))
+        for e in passed:
+            if e["candidate"] not in seen:
+                seen.add(e["candidate"])
+                out.append({**e, "outcome": "passed"})
+    for r in sorted(p.rejections, key=lambda r: (r.site, r.kind != "site", r.candidate)):
+        if r.candidate not in seen:
+            seen.add(r.candidate)
+            out.append({**_filter_entry(r), "outcome": "rejected"})
+    for e in out:
+        e.pop("lost", None)
     return out
 
 

@@ -19,7 +19,9 @@ from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Ledger
 from metavmm.scheduler.snapshot import _EMPTY, FlavorView, HostView, SiteView, frozen_map
 
-DEFAULT_ARCH = "x86_64"  # what a public flavor runs when the provider does not say
+DEFAULT_ARCH = "x86_64"
+"""What a public flavor runs when the provider does not say, and what a request without a catalog image
+asks for (a request with one asks for the image's arch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ def aggregate_hosts(site: SiteView, hosts: Sequence[CandidateView], settings: Sc
         if v.free_ram_mib > best_r:
             best_r = v.free_ram_mib
         for model, n in v.gpus.items():
-            if n > gpus.get(model, 0):
+            if model not in gpus or n > gpus[model]:  # a model with 0 free stays: "need 1, free 0"
                 gpus[model] = n
     static = site.profile  # architectures, vendors, feature sets, hypervisors, nested: fixed per snapshot
     return CandidateView("site", site.name, site, static.archs, static.vendors, static.feature_sets,

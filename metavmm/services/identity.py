@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from sqlalchemy import and_, func
 from sqlalchemy.orm import aliased
 from sqlmodel import select
@@ -24,6 +26,9 @@ from metavmm.catalog.models import ApiToken, Membership, Project, Role, User
 from metavmm.foundation.errors import Forbidden, NotFound, ValidationError
 
 T = TypeVar("T", Project, User)
+DEFAULT_PROJECT = "default"
+"""The project an operator's command creates in when it names none (created on first use)."""
+OPERATOR = "operator"
 RANK = {Role.READER: 0, Role.MEMBER: 1, Role.PROJECT_ADMIN: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "mvm_"
 
@@ -65,6 +70,20 @@ class Identity:
     def can_manage(self, project_id: int) -> bool:
         """Admins manage every project; project admins their own."""
         return self.is_admin or (self.project_id == project_id and self.at_least(Role.PROJECT_ADMIN))
+
+
+def canonical_subject(text: str) -> str:
+    """A certificate subject as the broker stores and compares it: parsed as an RFC 4514 name and
+    written back by cryptography, so spacing and escaping match what a presented certificate yields.
+    Comparison is exact on that string (attribute types, order and values), never a substring."""
+    try:
+        name = x509.Name.from_rfc4514_string(text, {"emailAddress": NameOID.EMAIL_ADDRESS})
+    except ValueError:
+        raise ValidationError(f"{text!r} is not an RFC 4514 subject (e.g. CN=alice,O=NCHC,C=TW; "
+                              "no space after commas, special characters escaped)") from None
+    if not list(name):
+        raise ValidationError("the subject names no attributes")
+    return name.rfc4514_string()
 
 
 def hash_secret(secret: str) -> str:
@@ -149,6 +168,20 @@ async def set_membership(session: AsyncSession, user_id: int, project_id: int, r
     session.add(row)
     await session.flush()
     return row
+
+
+async def operator_identity(session: AsyncSession, project: str | None = None) -> Identity:
+    """The caller of a ``metavmm`` command that changes workloads: whoever runs it holds the catalog's
+    database, so it acts as an admin, in ``project`` (which must exist) or the default project (created
+    if missing), through the same workload service as REST and OCCI callers. It is a value, not a user
+    row: nothing about it is stored, and no token can stand for it."""
+    if project is None or project == DEFAULT_PROJECT:
+        row = await get_or_create_project(session, DEFAULT_PROJECT)
+    else:
+        row = (await session.exec(select(Project).where(Project.name == project))).first()
+        if row is None:
+            raise NotFound(f"no project {project}; create it with: metavmm project create {project}")
+    return Identity(0, OPERATOR, row.id or 0, row.name, Role.ADMIN, "cli")
 
 
 async def mint_token(session: AsyncSession, *, user_id: int, project_id: int, role: str, name: str = "",

@@ -76,7 +76,10 @@ async def fingerprint(session: AsyncSession) -> tuple[Any, ...]:
         *stats(m.Flavor, func.max(m.Flavor.id), func.sum(cast(m.Flavor.present, Integer))),
         *stats(m.Price, func.max(m.Price.id), func.sum(m.Price.amount)),
         *stats(m.Image, func.max(m.Image.updated_at)),
-        *stats(m.ImageReplica, func.max(m.ImageReplica.id), func.sum(cast(m.ImageReplica.present, Integer))),
+        # created_at and the site sum too: SQLite reuses the largest rowid after a DELETE, so a replica
+        # deleted and another added elsewhere keeps the count and the largest id
+        *stats(m.ImageReplica, func.max(m.ImageReplica.id), func.sum(cast(m.ImageReplica.present, Integer)),
+               func.max(m.ImageReplica.created_at), func.sum(m.ImageReplica.site_id)),
     ]
     return tuple((await session.exec(select(*columns))).one())
 
@@ -189,9 +192,9 @@ class Placer:
                                  lock=False)
 
     async def plan_at(self, session: AsyncSession, req: PlacementRequest, site: str) -> list[Step]:
-        """The engine's steps that create ``req`` at ``site``, a site chosen by another rule (the
-        marketplace launch picks where an image is cheapest to start), built like the scheduler's bind:
-        the image's route from the graph, a bootable replica used as it is."""
+        """The engine's steps that create ``req`` at ``site``, a site the caller fixed without the
+        scheduler (creates go through :meth:`plan_create`), built like the scheduler's bind: the image's
+        route from the graph, a bootable replica used as it is."""
         req = self._defaults(req)
         snap, graph, views = await self._snapshot(session)
         view = snap.site_named(site)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,7 +26,7 @@ from metavmm.catalog.prices import store_prices
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS
-from metavmm.foundation.prices import PriceFileError
+from metavmm.foundation.prices import PriceFileError, PriceRecord
 from metavmm.scheduler.pricing import Comparison, PriceBook, PriceScope, RateTable, ShapeRequest, compare
 
 
@@ -42,8 +43,14 @@ class ImportSummary:
 
 
 async def import_price_file(maker: async_sessionmaker[AsyncSession], kind: str, path: str | Path, *,
-                            provider: str | None = None, shapes: str | Path | None = None) -> ImportSummary:
-    """Check and store one price file; ``provider`` attaches its prices to a configured provider."""
+                            provider: str | None = None, shapes: str | Path | None = None,
+                            rates: RateTable | None = None, replace: bool = False) -> ImportSummary:
+    """Check and store one price file; ``provider`` attaches its prices to a configured provider.
+
+    With ``rates`` (the federation file's table) a file with prices in a currency the table cannot
+    convert is refused whole: stored, such prices would break every comparison that meets them.
+    ``replace``: rows another source already holds for the same price are replaced (see
+    :func:`~metavmm.catalog.prices.store_prices`)."""
     if kind not in IMPORTERS:
         raise ValidationError(f"unknown price source {kind!r}; expected one of {', '.join(IMPORTERS)}")
     async with maker() as session:
@@ -64,11 +71,27 @@ async def import_price_file(maker: async_sessionmaker[AsyncSession], kind: str, 
         raise PriceFileError([f"{path}: no prices found"
                               + (f" for provider {provider}" if provider and kind == "onprem" else "")])
     records = result.records
+    if rates is not None:
+        check_currencies(records, rates, str(path))
     async with session_scope(maker) as session:
         owner = await _provider(session, provider) if provider and kind != "onprem" else None
-        stored = await store_prices(session, records, owner)
+        stored = await store_prices(session, records, owner, duplicates="replace" if replace else "refuse")
     return ImportSummary(kind, str(path), provider, stored, sum(r.shape is not None for r in records),
                          result.skipped, parsed - started, time.perf_counter() - parsed)
+
+
+def check_currencies(records: list[PriceRecord], rates: RateTable, source: str) -> None:
+    """PriceFileError naming every currency of ``records`` that ``rates`` cannot convert (and how many
+    prices are in it); nothing is imported."""
+    counts: Counter[str] = Counter(r.currency for r in records)
+    problems = []
+    for code, n in sorted(counts.items()):
+        try:
+            rates.rate(code)
+        except ValidationError as exc:
+            problems.append(f"{source}: {n} price{'s' if n > 1 else ''} in {code}: {exc}")
+    if problems:
+        raise PriceFileError(problems)
 
 
 async def _provider(session: AsyncSession, name: str) -> Provider:

@@ -16,7 +16,7 @@ from sqlalchemy import true
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.foundation.errors import Forbidden, NotFound
+from metavmm.foundation.errors import NotFound
 from metavmm.services.identity import Identity
 
 M = TypeVar("M", bound=SQLModel)
@@ -41,12 +41,3 @@ async def get_visible(session: AsyncSession, identity: Identity, model: type[M],
     if row is None or not can_see(identity, row):
         raise NotFound(f"no {what} {key}")
     return row
-
-
-def target_project(identity: Identity, project_id: int | None) -> int:
-    """The project a new row goes to: the caller's own unless an admin names another."""
-    if project_id is None or project_id == identity.project_id:
-        return identity.project_id
-    if not identity.is_admin:
-        raise Forbidden(f"you may create resources only in your project {identity.project}")
-    return project_id

@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import tarfile
 import time
 import zlib
@@ -43,6 +44,7 @@ class OvaLimits:
     max_member_bytes: int = 256 * GIB
     max_total_bytes: int = 512 * GIB
     max_ovf_bytes: int = ovf.MAX_OVF_BYTES
+    max_gzip_ratio: int = 200  # expanded/compressed (archive and gzip members): 2 MiB may become 400 MiB, not 2 GiB
     images: ImageLimits = field(default_factory=ImageLimits)
 
 
@@ -102,6 +104,8 @@ def unpack(ova: str | Path, dest: str | Path, limits: OvaLimits = DEFAULT_OVA_LI
     files: dict[str, Path] = {}
     hashes: dict[str, dict[str, str]] = {}
     total = 0
+    # a compressed archive may expand at most max_gzip_ratio times its size (a plain tar is ~1:1)
+    total_limit = min(limits.max_total_bytes, max(Path(ova).stat().st_size, 1) * limits.max_gzip_ratio)
     try:
         archive = tarfile.open(ova, "r|*")  # noqa: SIM115 (closed below) a stream: members in order
     except (tarfile.TarError, OSError) as exc:
@@ -122,7 +126,7 @@ def unpack(ova: str | Path, dest: str | Path, limits: OvaLimits = DEFAULT_OVA_LI
                 assert src is not None
                 target = dest / name
                 digests, written = _copy_bounded(src, target, limits.max_member_bytes,
-                                                 limits.max_total_bytes - total, name)
+                                                 total_limit - total, name)
                 total += written
                 files[name], hashes[name] = target, digests
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -180,8 +184,10 @@ def _digest_file(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
-def _gunzip_bounded(path: Path, max_bytes: int) -> Path:
-    """Expand an ``ovf:compression="gzip"`` file, refusing it past ``max_bytes`` (a decompression bomb)."""
+def _gunzip_bounded(path: Path, max_bytes: int, max_ratio: int = DEFAULT_OVA_LIMITS.max_gzip_ratio) -> Path:
+    """Expand an ``ovf:compression="gzip"`` file, refusing it past ``max_bytes`` or past ``max_ratio`` times
+    its compressed size (a decompression bomb)."""
+    max_bytes = min(max_bytes, max(path.stat().st_size, 1) * max_ratio)
     out = path.with_name(path.name + ".expanded")
     with gzip.open(path, "rb") as src:
         try:
@@ -197,6 +203,27 @@ async def import_package(package: str | Path, dest: str | Path, *, to: DiskTarge
                          progress: Callable[[float], None] | None = None) -> ImportResult:
     """Accept an OVA (or a .ovf with its files beside it): verify, parse, inspect every disk, convert to ``to``."""
     package, dest = Path(package), Path(dest)
+    before = set(dest.iterdir()) if dest.is_dir() else None
+    try:
+        return await _import_package(package, dest, to, require_manifest, limits, progress)
+    except BaseException:  # a refused or failed import leaves nothing it expanded behind
+        _remove_new(dest, before)
+        raise
+
+
+def _remove_new(dest: Path, before: set[Path] | None) -> None:
+    if before is None:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for path in set(dest.iterdir()) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+async def _import_package(package: Path, dest: Path, to: DiskTarget | None, require_manifest: bool,
+                          limits: OvaLimits, progress: Callable[[float], None] | None) -> ImportResult:
     if package.suffix.lower() == ".ovf":
         pkg = await asyncio.to_thread(_open_ovf_dir, package, limits)
     else:
@@ -216,7 +243,8 @@ async def import_package(package: str | Path, dest: str | Path, *, to: DiskTarge
         if ref.size is not None and path.stat().st_size != ref.size:
             raise UntrustedImage(f"{ref.href!r} is {path.stat().st_size} bytes but the OVF says {ref.size}")
         if ref.compression == "gzip":
-            path = await asyncio.to_thread(_gunzip_bounded, path, limits.images.max_file_bytes)
+            path = await asyncio.to_thread(_gunzip_bounded, path, limits.images.max_file_bytes,
+                                           limits.max_gzip_ratio)
         elif ref.compression:
             raise UntrustedImage(f"{ref.href!r}: compression {ref.compression!r} is not supported")
         report = await inspect(path, disk.format, limits=limits.images, checksum=False)

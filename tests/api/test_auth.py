@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
-from metavmm.api.auth import server_ssl_context, subject_string
+from metavmm.api.auth import server_ssl_context
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ClientCertificate
 from metavmm.foundation.config import parse_config
@@ -185,7 +185,10 @@ def _write(path: Path, cert: x509.Certificate, key: Any) -> tuple[str, str]:
     return str(crt), str(pem)
 
 
-async def test_client_certificates_over_tls(tmp_path: Path, sqlite_url: str) -> None:
+async def _whoami_over_tls(tmp_path: Path, sqlite_url: str, clients: dict[str, x509.Name],
+                           mapped: str) -> dict[str | None, tuple[int, dict[str, Any]]]:
+    """Serve the broker over real TLS with client certificates, map ``mapped`` to alice in alpha, and
+    ask /whoami once per client certificate (and once without one): name -> (status, body)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("metavmm test CA")
     ca = _cert(ca_name, ca_name, ca_key, ca_key, ca=True)
@@ -193,10 +196,10 @@ async def test_client_certificates_over_tls(tmp_path: Path, sqlite_url: str) -> 
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_crt, server_pem = _write(tmp_path / "server", _cert(_name("broker"), ca_name, server_key, ca_key,
                                                                san="127.0.0.1"), server_key)
-    clients = {}
-    for cn in ("alice", "mallory"):
+    files = {}
+    for i, (who, subject) in enumerate(clients.items()):
         k = ec.generate_private_key(ec.SECP256R1())
-        clients[cn] = _write(tmp_path / cn, _cert(_name(cn), ca_name, k, ca_key), k)
+        files[who] = _write(tmp_path / f"client{i}", _cert(subject, ca_name, k, ca_key), k)
 
     cfg = parse_config(SIM + f"""
 auth:
@@ -211,31 +214,71 @@ auth:
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=sctx)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    answers: dict[str | None, tuple[int, dict[str, Any]]] = {}
     try:
         async with session_scope(app[keys.SESSIONS]) as s:
             alpha = await get_or_create_project(s, "alpha")
             alice = await get_or_create_user(s, "alice")
             await set_membership(s, alice.id, alpha.id, "member")
-            assert _name("alice").rfc4514_string() == "CN=alice,O=NCHC,C=TW"
-            s.add(ClientCertificate(subject="CN=alice,O=NCHC,C=TW", user_id=alice.id, project_id=alpha.id))
-
-        async def whoami(cn: str | None) -> tuple[int, dict[str, Any]]:
+            s.add(ClientCertificate(subject=mapped, user_id=alice.id, project_id=alpha.id))
+        for who in [*clients, None]:
             cctx = ssl.create_default_context(cafile=ca_file)
-            if cn:
-                cctx.load_cert_chain(*clients[cn])
+            if who:
+                cctx.load_cert_chain(*files[who])
             async with aiohttp.ClientSession() as http, http.get(f"https://127.0.0.1:{port}{API}/whoami",
                                                                  ssl=cctx) as resp:
-                return resp.status, await resp.json()
-
-        status, body = await whoami("alice")
-        assert status == 200, body
-        assert body["user"] == "alice" and body["via"] == "x509" and body["role"] == "member"
-        status, body = await whoami("mallory")
-        assert status == 401 and "not mapped" in body["detail"]
-        status, _ = await whoami(None)
-        assert status == 401
+                answers[who] = resp.status, await resp.json()
     finally:
         await runner.cleanup()
+    return answers
+
+
+async def test_client_certificates_over_tls(tmp_path: Path, sqlite_url: str) -> None:
+    assert _name("alice").rfc4514_string() == "CN=alice,O=NCHC,C=TW"
+    answers = await _whoami_over_tls(tmp_path, sqlite_url, {"alice": _name("alice"), "mallory": _name("mallory")},
+                                     "CN=alice,O=NCHC,C=TW")
+    status, body = answers["alice"]
+    assert status == 200, body
+    assert body["user"] == "alice" and body["via"] == "x509" and body["role"] == "member"
+    status, body = answers["mallory"]
+    assert status == 401 and "not mapped" in body["detail"]
+    assert answers[None][0] == 401
+
+
+async def test_a_crafted_subject_does_not_impersonate(tmp_path: Path, sqlite_url: str) -> None:
+    """A CA that signs whatever CN is asked for must not let ``CN=alice,O=NCHC`` (one attribute, a comma
+    in its value) pass for the subject CN=alice,O=NCHC,C=TW; nor may extra or reordered attributes."""
+    tw = x509.NameAttribute(NameOID.COUNTRY_NAME, "TW")
+    forged = {
+        "comma": x509.Name([tw, x509.NameAttribute(NameOID.COMMON_NAME, "alice,O=NCHC")]),
+        "plus": x509.Name([tw, x509.NameAttribute(NameOID.ORGANIZATION_NAME, "NCHC"),
+                           x509.NameAttribute(NameOID.COMMON_NAME, "alice+OU=x")]),
+        "extra": x509.Name([tw, x509.NameAttribute(NameOID.ORGANIZATION_NAME, "NCHC"),
+                            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x"),
+                            x509.NameAttribute(NameOID.COMMON_NAME, "alice")]),
+        "alice": _name("alice"),
+    }
+    answers = await _whoami_over_tls(tmp_path, sqlite_url, forged, "CN=alice,O=NCHC,C=TW")
+    for who in ("comma", "plus", "extra"):
+        status, body = answers[who]
+        assert status == 401 and "not mapped" in body["detail"], (who, body)
+    assert answers["alice"][0] == 200
+
+
+async def test_mapped_subjects_are_stored_canonical(world: Any) -> None:
+    """The REST mapping parses the subject and stores cryptography's spelling (OIDs and hex escapes
+    resolved), so an equal name written differently is the same mapping; garbage is a 400."""
+    client, w = world
+    url = f"{API}/users/{w.ids['user_alpha_member']}/certificates"
+    ok = await client.post(url, headers=w.auth("admin"),
+                           json={"subject": "2.5.4.3=al\\69ce,O=NCHC,C=TW", "project_id": w.ids["alpha"]})
+    assert ok.status == 201, await ok.text()
+    assert (await ok.json())["subject"] == "CN=alice,O=NCHC,C=TW"
+    again = await client.post(url, headers=w.auth("admin"),
+                              json={"subject": "CN=alice,O=NCHC,C=TW", "project_id": w.ids["alpha"]})
+    assert again.status == 409
+    bad = await client.post(url, headers=w.auth("admin"), json={"subject": "no equals sign", "project_id": 1})
+    assert bad.status == 400 and "RFC 4514" in (await bad.json())["detail"]
 
 
 def test_tls_settings_are_checked(tmp_path: Path) -> None:
@@ -246,8 +289,3 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ca_file"):
         parse_config("auth: {client_certs: {enabled: true}}")
     assert server_ssl_context(parse_config("").auth) is None
-
-
-def test_subject_string_is_rfc4514_order() -> None:
-    peercert = {"subject": ((("countryName", "TW"),), (("organizationName", "NCHC"),), (("commonName", "a"),))}
-    assert subject_string(peercert) == "CN=a,O=NCHC,C=TW"

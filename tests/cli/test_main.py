@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -112,3 +113,27 @@ def test_show_on_empty_database_says_what_to_run(tmp_path: Path) -> None:
 def test_unreachable_postgres_is_a_clear_error() -> None:
     code, _, err = run("--database", "postgresql://nobody@127.0.0.1:1/none", "db", "upgrade")
     assert code == 1 and err.startswith("error: database:") and "Traceback" not in err
+
+
+def test_main_help_names_every_command_with_its_own_short_help() -> None:
+    """The lazy main group's table (metavmm.cli.main.COMMANDS) says what the commands themselves say."""
+    import click
+
+    from metavmm.cli.main import COMMANDS
+
+    ctx = click.Context(main)
+    for name, (_module, _attr, _extra, short) in COMMANDS.items():
+        command = main.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert command.get_short_help_str(limit=500) == short, name
+    assert "provision" in main.get_command(ctx, "operations").commands  # type: ignore[union-attr]
+
+
+def test_help_loads_no_database_or_scheduler_code() -> None:
+    """`metavmm --help` starts in a blink because it imports none of the command modules."""
+    probe = ("import sys\nfrom metavmm.cli.main import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('sqlalchemy', 'networkx', 'alembic', 'metavmm.catalog.db', "
+             "'metavmm.cli.operations', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "serve" in out and out.strip().splitlines()[-1] == "[]", out

@@ -87,9 +87,10 @@ def test_plan_migration_needs_one_scope(cli) -> None:  # type: ignore[no-untyped
     assert res.exit_code == 0 and "evacuate-host r1-h00000: 0 moves" in res.output
 
 
-def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A workload the catalog places on r1-h00002 (x86_64) whose VM this process's sim has never seen: the move's
-    operation rolls back, the batch names it, and the command exits 1 after drawing its bars."""
+async def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A workload the catalog places on r1-h00002 (x86_64) whose VM the broker's sim has never seen: the move's
+    operation rolls back, the batch names it, and the command (which only submits and follows what the broker's
+    engine runs) exits 1 after drawing its bars."""
     import asyncio
 
     from sqlmodel import select
@@ -97,9 +98,12 @@ def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path)
     from metavmm.catalog import db
     from metavmm.catalog.db import session_scope
     from metavmm.catalog.models import Host, Provider, Workload
+    from tests.cli.broker import running_engine
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
 
     async def place() -> str:
-        engine = db.make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        engine = db.make_engine(url)
         try:
             async with session_scope(db.make_sessionmaker(engine)) as s:
                 host = (await s.exec(select(Host).where(Host.name == "r1-h00002"))).one()
@@ -113,11 +117,85 @@ def test_executed_migration_shows_progress_and_fails_loudly(cli, tmp_path: Path)
         finally:
             await engine.dispose()
 
-    wid = asyncio.run(place())
-    res = cli("schedule", "plan-migration", "--evacuate-host", "r1-h00002", "--execute")
+    wid = await place()
+    async with running_engine(url, FED):
+        res = await asyncio.to_thread(cli, "schedule", "plan-migration", "--evacuate-host", "r1-h00002", "--execute",
+                                      "--wait")
     assert res.exit_code == 1, res.output
     out = " ".join(res.output.split())  # rich wraps long lines
     assert "evacuate-host r1-h00002: 1 moves" in out and "migrate_batch" in out
     assert "1 of 1 operations did not succeed" in out and f"no VM of workload {wid}" in out
-    res = cli("schedule", "migrate", wid, "--host", "r1-h00002")
+    res = await asyncio.to_thread(cli, "schedule", "migrate", wid, "--host", "r1-h00002")
     assert res.exit_code == 1 and "already runs on r1-h00002" in res.output
+
+
+def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The commands only write the operations (pending, with how to follow them); the broker's engine,
+    started afterwards in another process's stead, runs them."""
+    import asyncio
+
+    from sqlmodel import select
+
+    from metavmm.catalog import db
+    from metavmm.catalog.models import Host, OperationState, Workload
+    from metavmm.foundation.config import parse_config
+    from metavmm.services.operations import store
+    from metavmm.services.operations.engine import Engine
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    res = cli("operations", "provision", "--name", "mover", "--vcpus", "1", "--ram-mib", "512", "--provider", "home")
+    assert res.exit_code == 0, res.output
+    created = res.output.split("operation ", 1)[1].split()[0]
+
+    async def where(sessions) -> tuple[str, str, list[str]]:  # type: ignore[no-untyped-def]
+        op = await store.get(sessions, created)
+        async with sessions() as s:
+            w = await s.get(Workload, op.target_id)
+            host = await s.get(Host, w.host_id)
+            peers = (await s.exec(select(Host.name).where(Host.site_id == host.site_id, Host.id != host.id,
+                                                          Host.cpu_arch == host.cpu_arch))).all()
+            return w.id, host.name, sorted(peers)
+
+    async def broker(op_id: str):  # type: ignore[no-untyped-def]
+        engine_sql = db.make_engine(url)
+        sessions = db.make_sessionmaker(engine_sql)
+        try:
+            assert (await store.get(sessions, op_id)).state == OperationState.PENDING  # nobody ran it yet
+            engine = Engine(sessions, parse_config(FED), url)
+            await engine.start(run_steps=True, poll_s=0.05)
+            try:
+                done = await store.get(sessions, op_id)
+                while done.state not in store.TERMINAL:
+                    await asyncio.sleep(0.05)
+                    done = await store.get(sessions, op_id)
+            finally:
+                await engine.stop()
+            return done, await where(sessions)
+        finally:
+            await engine_sql.dispose()
+
+    async def first() -> tuple[str, str, list[str]]:
+        engine_sql = db.make_engine(url)
+        try:
+            return await where(db.make_sessionmaker(engine_sql))
+        finally:
+            await engine_sql.dispose()
+
+    done, _ = asyncio.run(broker(created))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    wid, _, peers = asyncio.run(first())
+    target = peers[0]
+    res = cli("schedule", "migrate", wid, "--host", target)  # live or cold, as the scheduler says
+    assert res.exit_code == 0, res.output
+    assert "_migrate of" in res.output and "follow it with: metavmm operations watch" in res.output
+    done, (_, now, _) = asyncio.run(broker(res.output.split("operation ", 1)[1].split()[0]))
+    assert done.state == OperationState.SUCCEEDED and now == target
+
+    res = cli("schedule", "plan-migration", "--evacuate-host", target, "--execute")
+    assert res.exit_code == 0, res.output
+    assert "migrate_batch" in res.output and "follow it with" in res.output
+    done, (_, now, _) = asyncio.run(broker(res.output.split("operation ", 1)[1].split()[0]))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    assert now != target
+    res = cli("schedule", "plan-migration", "--evacuate-host", target, "--wait")
+    assert res.exit_code == 2 and "--wait goes with --execute" in res.output

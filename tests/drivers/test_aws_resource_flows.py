@@ -15,6 +15,7 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import MotoServer
+from tests.services.operations import direct
 
 
 async def test_volume_network_and_links_through_the_engine(sqlite_sessions: Any, moto: MotoServer) -> None:
@@ -37,11 +38,11 @@ operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
         return done
 
     ami = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"][0]["ImageId"]
-    vm_op = await ok(await flows.provision(engine, name="flow-vm", provider="aws-flow", region="us-east-1",
+    vm_op = await ok(await direct.provision(engine, name="flow-vm", provider="aws-flow", region="us-east-1",
                                            image=ami, flavor="t3.micro"))
-    vol_op = await ok(await flows.create_resource(engine, "storage", name="flow-vol", provider="aws-flow",
+    vol_op = await ok(await direct.create_resource(engine, "storage", name="flow-vol", provider="aws-flow",
                                                   region="us-east-1", size_gib=2))
-    net_op = await ok(await flows.create_resource(engine, "network", name="flow-net", provider="aws-flow",
+    net_op = await ok(await direct.create_resource(engine, "network", name="flow-net", provider="aws-flow",
                                                   region="us-east-1", cidr="10.7.0.0/24"))
     async with sqlite_sessions() as session:
         vm, vol, net = [await session.get(Workload, op.target_id) for op in (vm_op, vol_op, net_op)]

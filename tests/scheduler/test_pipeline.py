@@ -17,15 +17,16 @@ from metavmm.scheduler.snapshot import ImageView, ReplicaView
 def test_cheapest_fitting_candidate_wins_with_price_and_steps(federation) -> None:
     snap = federation()
     p = Scheduler(snap).place(PlacementRequest("web", 8, 16 * 1024, expected_hours=10))
-    # hsinchu's AMD host: 8 * 0.010 + 16 * 0.002 = 0.112/h, cheaper than taichung (0.224); h1 has 4 vCPU free
-    assert p.placed and p.host == "h2" and p.site == "nchc/hsinchu"
-    assert p.price_per_hour == Decimal("0.112")
-    assert p.total_price == Decimal("1.12")
+    # vcenter's h5: 8 * 0.015 + 16 * 0.003 = 0.168/h, cheaper than taichung (0.224); hsinchu's h2 (0.112)
+    # has A30 GPUs, kept for GPU work while a host without GPUs fits; h1 has 4 vCPU free
+    assert p.placed and p.host == "h5" and p.site == "vcenter/dc1"
+    assert p.price_per_hour == Decimal("0.168")
+    assert p.total_price == Decimal("1.68")
     assert [s.action for s in p.steps] == ["vm.create", "vm.wait", "workload.record"]
     create = p.steps[0]
-    assert create.args["host"] == "h2" and create.args["provider"] == "nchc" and create.args["region"] == "hsinchu"
+    assert create.args["host"] == "h5" and create.args["provider"] == "vcenter" and create.args["region"] == "dc1"
     assert create.args["workload_id"] is None and create.compensate == "vm.delete"  # a dry run: no workload yet
-    assert "custom shape" in create.detail and p.steps[-1].commit
+    assert "composed (custom family)" in create.detail and p.steps[-1].commit
 
 
 def test_why_not_placed_has_an_answer_for_every_candidate(federation) -> None:
@@ -46,9 +47,9 @@ def test_mixed_reasons_are_counted_kube_style(federation) -> None:
 def test_explain_opens_every_site_and_ranks_alternatives(federation) -> None:
     sched = Scheduler(federation())
     p = sched.place(PlacementRequest("web", 8, 16 * 1024), explain=True, reserve=False)
-    assert p.host == "h2"
+    assert p.host == "h5"  # h2 is cheaper but a GPU host
     alt_sites = [a.site for a in p.alternatives]
-    assert "nchc/taichung" in alt_sites and "vcenter/dc1" in alt_sites
+    assert "nchc/taichung" in alt_sites and "nchc/hsinchu" in alt_sites
     assert any(r.candidate == "aws/us-east-1:m5.xlarge" and r.code == "insufficient cpu" for r in p.rejections)
     # host h1 of the chosen site has no room: its own reason is listed
     assert any(r.candidate == "h1" and r.code == "insufficient cpu" for r in p.rejections)

@@ -58,4 +58,5 @@ async def test_scheduler_and_comparison_agree(sessions, vcpus: int, ram_mib: int
     assert placed.placed, placed.summary
     assert compared is not None
     assert placed.price_per_hour == compared.hourly == Decimal(per_hour)
-    assert basis in placed.steps[-2].detail  # the create step says what the price is based on
+    create = next(step for step in placed.steps if step.action == "vm.create")
+    assert basis in create.detail  # the create step says what the price is based on

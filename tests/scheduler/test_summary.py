@@ -22,13 +22,17 @@ def test_where_what_it_costs_and_why_not_the_next_best(federation) -> None:
     p = Scheduler(federation()).place(PlacementRequest("web", 8, 16 * 1024, expected_hours=10), reserve=False)
     s = placement_summary(p)
     assert set(s) == KEYS and s["version"] == SUMMARY_VERSION and json.loads(json.dumps(s)) == s
-    assert (s["site"], s["host"], s["region"], s["provider"]) == ("nchc/hsinchu", "h2", "hsinchu", "nchc")
-    assert s["cost_per_hour"] == {"amount": "0.112", "currency": "USD"} and s["price_per_hour"] == "0.112"
+    assert (s["site"], s["host"], s["region"], s["provider"]) == ("vcenter/dc1", "h5", "dc1", "vcenter")
+    assert s["cost_per_hour"] == {"amount": "0.168", "currency": "USD"} and s["price_per_hour"] == "0.168"
     assert 1 <= len(s["alternatives"]) <= 3 and all(set(a) == ALT_KEYS for a in s["alternatives"])
+    # hsinchu's h2 is cheaper (0.112) but has A30 GPUs: it lost on the GPU penalty, not on price
+    h2 = s["alternatives"][0]
+    assert (h2["candidate"], h2["lost"], h2["cost_difference_per_hour"]) == ("h2", "cost", "-0.056")
+    assert "kept for GPU work" in h2["reason"] and h2["costs"]["gpu"] == [0.0, 1.0]
     taichung = next(a for a in s["alternatives"] if a["site"] == "nchc/taichung")
-    # 8 x 0.020 + 16 x 0.004 = 0.224/h against 0.112: it lost on price by 0.112/h
-    assert taichung["lost"] == "cost" and taichung["cost_difference_per_hour"] == "0.112"
-    assert taichung["reason"].startswith("0.112 USD/h more (0.224 vs 0.112)")
+    # 8 x 0.020 + 16 x 0.004 = 0.224/h against 0.168: it lost on price by 0.056/h
+    assert taichung["lost"] == "cost" and taichung["cost_difference_per_hour"] == "0.056"
+    assert taichung["reason"].startswith("0.056 USD/h more (0.224 vs 0.168)")
     assert s["burst"] is None  # the plain scheduler consulted no policy
 
 

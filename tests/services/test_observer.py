@@ -26,6 +26,7 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all, sync_provider
 from tests.drivers.conftest import libvirt_storage, system_libvirt  # noqa: F401 (fixtures)
+from tests.services.operations import direct
 from tests.services.operations.conftest import run
 
 SIM = """
@@ -72,7 +73,7 @@ async def test_a_sim_vm_survives_syncs_and_a_restart(aiohttp_client: Any, sqlite
     client = await aiohttp_client(create_app(config, sqlite_url, sync=False))  # syncs: below, as the loop would
     engine: Engine = client.app[keys.OPERATIONS]
     await sync_ok(engine.sessions, config)
-    created = await finished(engine, await flows.provision(engine, name="keeps", provider="sima", region="sim-000",
+    created = await finished(engine, await direct.provision(engine, name="keeps", provider="sima", region="sim-000",
                                                            image="img", host="sim-000-h00001"))
     assert created.state == OperationState.SUCCEEDED, created.error
     wid = created.target_id
@@ -121,7 +122,7 @@ async def engine(sessions: Any) -> AsyncIterator[Engine]:
 
 
 async def test_lost_reported_once_and_back_when_the_vm_returns(engine: Engine) -> None:
-    done = await run(engine, await flows.provision(engine, name="app", provider="sima", region="sim-000",
+    done = await run(engine, await direct.provision(engine, name="app", provider="sima", region="sim-000",
                                                    image="img", host="sim-000-h00000"))
     wid = done.target_id
     assert wid is not None
@@ -143,7 +144,7 @@ async def test_lost_reported_once_and_back_when_the_vm_returns(engine: Engine) -
 
 async def test_unmanaged_vms_come_and_go_and_tagged_vms_are_not_claimed(engine: Engine) -> None:
     sima = create_driver(engine.config.provider("sima"))
-    done = await run(engine, await flows.provision(engine, name="at-b", provider="simb", region="sim-000",
+    done = await run(engine, await direct.provision(engine, name="at-b", provider="simb", region="sim-000",
                                                    image="img"))
     at_b = done.target_id
     outside = await sima.create_vm(VmSpec(name="outside", region="sim-000", image="img"))
@@ -172,7 +173,7 @@ async def test_a_listing_taken_before_a_create_does_not_mark_it_gone(engine: Eng
     sima = engine.config.provider("sima")
     observed_at = utcnow()
     stale = await create_driver(sima).inventory()
-    done = await run(engine, await flows.provision(engine, name="racing", provider="sima", region="sim-000",
+    done = await run(engine, await direct.provision(engine, name="racing", provider="sima", region="sim-000",
                                                    image="img"))
     wid = done.target_id or ""
     async with session_scope(engine.sessions) as session:
@@ -185,7 +186,7 @@ async def test_a_listing_taken_before_a_create_does_not_mark_it_gone(engine: Eng
 
 async def test_a_workload_an_operation_is_changing_is_left_to_it(engine: Engine) -> None:
     sima = engine.config.provider("sima")
-    done = await run(engine, await flows.provision(engine, name="busy", provider="sima", region="sim-000",
+    done = await run(engine, await direct.provision(engine, name="busy", provider="sima", region="sim-000",
                                                    image="img"))
     wid = done.target_id or ""
     driver = create_driver(sima)
@@ -232,7 +233,7 @@ async def kvm(sqlite_sessions: Any, libvirt_config: FederationConfig) -> AsyncIt
 
 
 async def provision(engine: Engine) -> str:
-    done = await run(engine, await flows.provision(engine, name=f"obs-{uuid.uuid4().hex[:8]}", provider="kvm",
+    done = await run(engine, await direct.provision(engine, name=f"obs-{uuid.uuid4().hex[:8]}", provider="kvm",
                                                    region="local", image="", disk_gib=1, ram_mib=64))
     assert done.state == OperationState.SUCCEEDED, done.error
     assert done.target_id is not None

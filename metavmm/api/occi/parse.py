@@ -10,12 +10,12 @@ for the control characters, which a header cannot carry raw). Every malformed in
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from metavmm.api import jsonbody
 from metavmm.foundation.errors import ValidationError
 
 ATTR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]*$")
@@ -380,10 +380,7 @@ def _json_category(obj: Any, cls: str, what: str) -> CategoryRef:
 
 def parse_json(body: bytes | str) -> OcciRequest:
     """application/occi+json: a resource, a link, an action invocation, mixins, or a collection."""
-    try:
-        doc = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValidationError(f"the body is not valid JSON: {exc}") from None
+    doc = jsonbody.loads(body or b"{}")  # bounded: size, depth and number length (limits.json_*)
     doc = _obj(doc, "the body")
     req = OcciRequest(typed=True)
     if "action" in doc or ("attributes" in doc and "kind" not in doc):  # an action invocation

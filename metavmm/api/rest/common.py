@@ -17,6 +17,9 @@ from metavmm.api import keys
 from metavmm.api.rest.framework import set_header
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 
+API_ROOT = "/api/v1"
+"""Where the REST application is mounted (Location headers name resources under it)."""
+
 
 class OutModel(BaseModel):
     """Base of response models read from catalog rows."""

@@ -9,7 +9,6 @@ such as a PNG chart); rendering and error mapping happen here and in the error m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +17,9 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
+from metavmm.api import jsonbody
 from metavmm.api.auth import ROLE_ATTR, default_role
-from metavmm.foundation.errors import NotFound, ValidationError
+from metavmm.foundation.errors import NotFound, PayloadTooLarge, ValidationError
 
 Handler = Callable[..., Awaitable[Any]]
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
@@ -92,11 +92,11 @@ def _query_data(request: web.Request, model: type[BaseModel]) -> dict[str, Any]:
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         raise web.HTTPUnsupportedMediaType(text=f"send the body as application/json, not {request.content_type}")
-    raw = await request.read()
     try:
-        data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"the body is not valid JSON: {exc}") from None
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+    data = jsonbody.loads(raw or b"null")
     if "\\u0000" in raw.decode(errors="replace") or "\x00" in raw.decode(errors="replace"):
         raise ValidationError("the body contains a NUL character, which no field accepts")
     try:

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, or_
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.api import keys
 from metavmm.api.keys import identity_of
@@ -47,7 +48,7 @@ from metavmm.catalog.models import (
 )
 from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
 from metavmm.services import quotas as quota_service
-from metavmm.services.identity import Identity, mint_token, rank, set_membership
+from metavmm.services.identity import Identity, canonical_subject, mint_token, rank, set_membership
 
 api = RestModule("identity", "Projects, users, roles, quotas and API tokens")
 
@@ -318,6 +319,8 @@ async def set_member(request: web.Request, params: MemberId, body: MemberSet) ->
         user = await session.get(User, params.user_id)
         if user is None or await session.get(Project, params.project_id) is None:
             raise NotFound(f"no user {params.user_id} or project {params.project_id}")
+        if body.role != Role.ADMIN:
+            await _keep_own_admin(session, identity, params.user_id, params.project_id)
         row = await set_membership(session, params.user_id, params.project_id, body.role)
     return MemberOut(user_id=user.id or 0, user=user.name, project_id=row.project_id, role=Role(row.role))
 
@@ -334,7 +337,19 @@ async def remove_member(request: web.Request, params: MemberId) -> None:
             raise NotFound(f"user {params.user_id} is not a member of project {params.project_id}")
         if rank(row.role) > rank(identity.role):
             raise Forbidden(f"you cannot remove a {row.role}")
+        await _keep_own_admin(session, identity, params.user_id, params.project_id)
         await session.delete(row)
+
+
+async def _keep_own_admin(session: AsyncSession, identity: Identity, user_id: int, project_id: int) -> None:
+    """An admin may not drop (remove or demote) their own last admin membership: the federation could be
+    left with no one able to undo it. Another admin can."""
+    if user_id != identity.user_id or not identity.is_admin:
+        return
+    admin_rows = (await session.exec(select(Membership).where(Membership.user_id == user_id,
+                                                              Membership.role == Role.ADMIN))).all()
+    if [m.project_id for m in admin_rows] == [project_id]:
+        raise Conflict("this is your last admin membership; another admin must remove or change it")
 
 
 # --- quotas -------------------------------------------------------------------------------------
@@ -449,9 +464,10 @@ async def add_certificate(request: web.Request, params: UserId, body: Certificat
     async with session_scope(sessions(request)) as session:
         if await session.get(User, params.user_id) is None or await session.get(Project, body.project_id) is None:
             raise NotFound(f"no user {params.user_id} or project {body.project_id}")
-        if (await session.exec(select(ClientCertificate).where(ClientCertificate.subject == body.subject))).first():
-            raise Conflict(f"subject {body.subject} is already mapped")
-        row = ClientCertificate(subject=body.subject, user_id=params.user_id, project_id=body.project_id)
+        subject = canonical_subject(body.subject)
+        if (await session.exec(select(ClientCertificate).where(ClientCertificate.subject == subject))).first():
+            raise Conflict(f"subject {subject} is already mapped")
+        row = ClientCertificate(subject=subject, user_id=params.user_id, project_id=body.project_id)
         session.add(row)
         await session.flush()
         return CertificateOut.model_validate(row)

@@ -13,19 +13,18 @@ Handlers stay thin: the services live in :mod:`metavmm.services.marketplace`.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 from pathlib import Path
-from urllib.parse import urlparse
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
 from metavmm.api import keys
-from metavmm.api.keys import IDENTITY
-from metavmm.api.rest.framework import RestModule
+from metavmm.api.keys import IDENTITY, identity_of
+from metavmm.api.rest.common import API_ROOT
+from metavmm.api.rest.framework import RestModule, set_header
 from metavmm.api.rest.listing import Page
+from metavmm.api.rest.workloads import WorkloadAccepted, accepted, workloads
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageListSubscription
 from metavmm.foundation.errors import Conflict, NotFound, ValidationError
@@ -43,7 +42,7 @@ from metavmm.services.marketplace.entries import (
     search,
 )
 from metavmm.services.marketplace.imagelist import load_private_key
-from metavmm.services.marketplace.launch import LaunchIn, LaunchOut, launch, replicate
+from metavmm.services.marketplace.launch import LaunchIn, launch, replicate
 from metavmm.services.marketplace.publish import publish
 from metavmm.services.marketplace.stream import local_path
 from metavmm.services.marketplace.subscriptions import (
@@ -55,8 +54,8 @@ from metavmm.services.marketplace.subscriptions import (
     subscribe,
     sync_subscription,
 )
+from metavmm.services.netguard import check_public_url
 from metavmm.services.operations.engine import Engine
-from metavmm.services.scope import target_project
 
 api = RestModule("marketplace", "Images published once and launched anywhere")
 
@@ -87,25 +86,6 @@ def owned(request: web.Request, meta: ImageMeta) -> ImageMeta:
     if identity is None or (getattr(identity, "is_admin", False) and meta.project_id is not None):
         return meta
     return meta.model_copy(update={"project_id": getattr(identity, "project_id", None)})
-
-
-async def check_public_url(url: str) -> None:
-    """Refuse URLs that reach the broker's own host or a cloud metadata service (169.254.169.254 ...).
-
-    A member could otherwise make the broker fetch an internal endpoint and publish the answer as a
-    "raw" image that the blob endpoint then serves to anyone who can see it.
-    """
-    host = urlparse(url).hostname or ""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError:
-        raise ValidationError(f"cannot resolve the host of {url}") from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast:
-            raise ValidationError(f"{url}: {addr} is the broker's own host or a link-local service: refused")
-
-
 
 
 class PublishIn(ImageMeta):
@@ -213,14 +193,17 @@ async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaRes
                             mib_per_s=round(res.mib_per_s, 1), notes=res.notes, operation_id=res.operation.id)
 
 
-@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image, at any site "
-           "(replicate and provision as one engine operation, answered when it ends)",
-           body=LaunchIn, response=LaunchOut, status=201, role="member", errors=("422", "502"))
-async def launch_image(request: web.Request, body: LaunchIn) -> LaunchOut:
-    identity = _identity(request)
-    if identity is not None:  # the VM belongs to the caller's project (another one: admins only)
-        body = body.model_copy(update={"project_id": target_project(identity, body.project_id)})
-    return await launch(_engine(request), request.match_info["image_id"], body, audience=audience(request))
+@api.route("POST", "/marketplace/images/{image_id}/launch", summary="Launch a VM from an image: a workload create "
+           "(quota, placement by the scheduler, the image replicated where it runs), answered with its operation",
+           body=LaunchIn, response=WorkloadAccepted, status=202, role="member", idempotency=True,
+           location="the launch's operation, to follow until it ends")
+async def launch_image(request: web.Request, body: LaunchIn) -> WorkloadAccepted:
+    """The same create as ``POST /workloads`` with ``image_id``, and the same answer; an image the caller
+    may not see is a 404 here (the URL names it)."""
+    done = await launch(workloads(request), identity_of(request), request.match_info["image_id"], body,
+                        idempotency_key=request.headers.get("Idempotency-Key"))
+    set_header(request, "Location", f"{API_ROOT}/operations/{done.operation.id}")
+    return accepted(request, done)
 
 
 @api.route("GET", "/marketplace/subscriptions", summary="Image lists this site subscribes to",

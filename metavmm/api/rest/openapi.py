@@ -162,8 +162,14 @@ def _responses(route: Route, schema: dict[str, Any] | None, role: str) -> dict[s
         schema = {"type": "object"}  # a JSON document the handler renders itself (a signed image list)
     if schema is not None:
         ok["content"] = {route.media_type: {"schema": schema}}
+    headers: dict[str, Any] = {}
     if route.extra.get("etag"):
-        ok["headers"] = {"ETag": {"schema": {"type": "string"}, "description": "the version, for If-Match"}}
+        headers["ETag"] = {"schema": {"type": "string"}, "description": "the version, for If-Match"}
+    if route.extra.get("location"):  # the description of what the Location header names
+        headers["Location"] = {"schema": {"type": "string", "format": "uri-reference"},
+                               "description": route.extra["location"]}
+    if headers:
+        ok["headers"] = headers
     status = str(route.status if schema is not None else 204)
     codes = ["500"]
     if role != PUBLIC:

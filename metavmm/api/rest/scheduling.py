@@ -43,7 +43,7 @@ async def place(request: web.Request, body: PlaceIn) -> PlacementOut:
         planned = await request.config_dict[keys.PLACER].dry_run(
             session, body.to_request(), providers=frozenset(p.name for p in config.providers),
             explain=body.explain)
-    return PlacementOut.of(planned.placement, planned.where)
+    return PlacementOut.of(planned.placement, planned.where, explain=body.explain)
 
 
 @api.route("POST", "/placements/batch", summary="Place many workloads at once (min-cost flow, dry run)",

@@ -31,7 +31,7 @@ from metavmm.api.rest.listing import Page, list_query, paginate
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 from metavmm.services.scope import get_visible, visible
-from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+from metavmm.services.workloads.requests import Accepted, CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -153,6 +153,12 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
                         vcpus=body.vcpus, ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model,
                         gpu_count=body.gpu_count, image=body.image_id, site=body.site, cidr=body.cidr)
     done = await workloads(request).create(identity_of(request), req, idempotency_key=_key(request))
+    return accepted(request, done)
+
+
+def accepted(request: web.Request, done: Accepted) -> WorkloadAccepted:
+    """The 202 body of a create (here and the marketplace launch): the workload (its ETag sent) and the
+    operation that makes it real."""
     return WorkloadAccepted(workload=_workload_out(request, done.workload),
                             operation=OperationOut.model_validate(done.operation))
 

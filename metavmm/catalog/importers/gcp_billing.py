@@ -30,7 +30,7 @@ from metavmm.catalog.importers.base import (
 )
 from metavmm.catalog.importers.shapes import ShapeTable
 from metavmm.foundation.errors import ProviderUnavailable
-from metavmm.foundation.prices import PriceRecord, PriceUnit, parse_amount
+from metavmm.foundation.prices import PriceRecord, PriceUnit, gpu_model_key, parse_amount
 
 COMPUTE_SERVICE = "services/6F81-5844-456A"
 API = "https://cloudbilling.googleapis.com/v1"
@@ -130,7 +130,7 @@ def compose_shapes(records: list[PriceRecord], shapes: ShapeTable) -> list[Price
         if rec.unit in (PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR):
             parts[(rec.region, rec.family, rec.unit)] = rec
         elif rec.unit == PriceUnit.GPU_HOUR and rec.gpu_model:
-            gpus[(rec.region, rec.gpu_model.upper())] = rec
+            gpus[(rec.region, gpu_model_key(rec.gpu_model) or "")] = rec
     regions = {rec.region for rec in records}
     out = []
     for key, shape in shapes.shapes.items():
@@ -138,7 +138,7 @@ def compose_shapes(records: list[PriceRecord], shapes: ShapeTable) -> list[Price
         for region in sorted(regions):
             core = parts.get((region, family, PriceUnit.VCPU_HOUR))
             ram = parts.get((region, family, PriceUnit.GIB_HOUR))
-            gpu = gpus.get((region, (shape.gpu_model or "").upper())) if shape.gpu_count else None
+            gpu = gpus.get((region, gpu_model_key(shape.gpu_model) or "")) if shape.gpu_count else None
             if core is None or ram is None or (shape.gpu_count and gpu is None) or core.currency != ram.currency:
                 continue
             amount = core.amount * shape.vcpus + ram.amount * shape.ram_gib

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metavmm.scheduler.request import PASS, PlacementRequest, Verdict
+from metavmm.scheduler.request import ANY_ARCH, PASS, PlacementRequest, Verdict
 from metavmm.scheduler.views import CandidateView
 
 
@@ -11,7 +11,7 @@ class CpuFilter:
     scope = "slot"
 
     def check(self, view: CandidateView, req: PlacementRequest) -> Verdict:
-        if req.cpu_arch and req.cpu_arch not in view.archs:
+        if req.cpu_arch and req.cpu_arch not in view.archs and req.cpu_arch != ANY_ARCH:
             have = ", ".join(sorted(view.archs)) or "none"
             return Verdict.reject(f"no {req.cpu_arch}", f"cpu arch: need {req.cpu_arch}, have {have}",
                                   unresolvable=True, need=req.cpu_arch, have=sorted(view.archs))

@@ -56,7 +56,8 @@ class PriceScope:
 
     def conditions(self) -> list[Any]:
         hour = Price.unit == PriceUnit.HOUR
-        gpus = (and_(Price.gpu_count >= self.gpu_count, func.upper(Price.gpu_model) == (self.gpu_model or "").upper())
+        # the model is compared in Python (gpu_model_key: "NVIDIA H100 80GB" is H100), the count here
+        gpus = (Price.gpu_count >= self.gpu_count  # type: ignore[operator]
                 if self.gpu_count else or_(Price.gpu_count.is_(None), Price.gpu_count == 0))  # type: ignore[union-attr]
         fits = and_(Price.vcpus >= self.min_vcpus, Price.ram_mib >= self.min_ram_mib, gpus)  # type: ignore[operator]
         return [

@@ -23,7 +23,15 @@ from datetime import date
 from decimal import Decimal
 
 from metavmm.foundation.errors import ValidationError
-from metavmm.foundation.prices import PriceUnit, Shape, components, composed_amount, excess, normalise_arch
+from metavmm.foundation.prices import (
+    PriceUnit,
+    Shape,
+    components,
+    composed_amount,
+    excess,
+    gpu_model_key,
+    normalise_arch,
+)
 from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
 
@@ -52,7 +60,7 @@ class ShapeRequest:
             raise ValidationError("vcpus and ram must not be negative")
         if vcpus == 0 and ram == 0 and count == 0:
             raise ValidationError("ask for something: --vcpus, --ram and/or --gpu")
-        return cls(vcpus, ram, model.upper() if model else None, count, normalise_arch(arch), os)
+        return cls(vcpus, ram, gpu_model_key(model), count, normalise_arch(arch), os)
 
     def scope(self) -> PriceScope:
         """What the database may leave out when loading prices for this request."""
@@ -115,11 +123,13 @@ class Comparison:
 
 
 def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: set[str],
+                to_currency: Converter | None = None,
                 ) -> Iterable[tuple[PricePoint, Shape, bool, Decimal, list[PricePoint]]]:
     """(point, shape, composed, amount, parts) for every priced shape of one provider and region.
 
     Component families are grouped as the scheduler groups them (:func:`components`) and composed to
-    the exact request by the same :func:`composed_amount`.
+    the exact request by the same :func:`composed_amount`; parts in other currencies than the family's
+    vcpu-hour price are converted into its currency first (with ``to_currency``; without it, skipped).
     """
     for p in points:
         if p.unit == PriceUnit.HOUR and p.shape is not None and p.os == req.os:
@@ -127,19 +137,30 @@ def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: se
     parts = components((p for p in points if p.os == req.os or p.unit == PriceUnit.GPU_HOUR), shaped_families)
     vcpus, ram_gib = req.vcpus or 1, req.ram_gib or Decimal(1)  # a dimension not asked for: the smallest
     for core, ram in parts.families.values():
-        if ram.currency != core.currency:
-            continue
         used = [core, ram]
         gpu = parts.gpu(req.gpu_model) if req.gpu_count else None
         if req.gpu_count:
-            if gpu is None or gpu.currency != core.currency:
+            if gpu is None:
                 continue
             used.append(gpu)
-        amount = composed_amount(core.amount, ram.amount, vcpus, ram_gib, gpu.amount if gpu else None,
-                                 req.gpu_count)
+        try:
+            ram_amount = _in_currency(ram, core.currency, to_currency)
+            gpu_amount = _in_currency(gpu, core.currency, to_currency) if gpu is not None else None
+        except (ValidationError, ArithmeticError):
+            continue  # a part nobody can convert: this family cannot be composed
+        amount = composed_amount(core.amount, ram_amount, vcpus, ram_gib, gpu_amount, req.gpu_count)
         shape = Shape(vcpus, math.ceil(ram_gib * 1024), req.gpu_model if req.gpu_count else None, req.gpu_count,
                       req.arch)
         yield core, shape, True, amount, used
+
+
+def _in_currency(p: PricePoint, currency: str, to_currency: Converter | None) -> Decimal:
+    """``p``'s amount in ``currency`` (through the comparison's currency when they differ)."""
+    if p.currency == currency:
+        return p.amount
+    if to_currency is None:
+        raise ValidationError(f"no converter from {p.currency} to {currency}")
+    return to_currency(p.amount, p.currency) / to_currency(Decimal(1), currency)
 
 
 def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str | None = None, *,
@@ -155,21 +176,30 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
         result.prices_considered += len(points)
         best: tuple[float, Decimal, PricePoint, Shape, bool, Decimal, list[PricePoint]] | None = None
         families = book.shaped_families.get((provider, reg), set())
-        for point, shape, composed, amount, used in _candidates(points, req, families):
+        unconvertible: str | None = None
+        for point, shape, composed, amount, used in _candidates(points, req, families, to_currency):
             d = distance(shape, req)
             if d is None:
                 continue
-            key = (d, amount)
+            try:  # rows of one region in different currencies are compared in the comparison's currency
+                normalised = to_currency(amount, point.currency)
+            except ValidationError as exc:
+                unconvertible = str(exc)
+                continue
+            key = (d, normalised)
             if best is None or key < best[:2]:
-                best = (d, amount, point, shape, composed, amount, used)
+                best = (d, normalised, point, shape, composed, amount, used)
         if best is None:
+            if unconvertible:
+                result.unmatched[f"{provider}/{reg}"] = unconvertible
             continue
         d, _, point, shape, composed, amount, used = best
         result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today))
     result.quotes.sort(key=lambda q: (q.rank_price, q.distance, q.provider, q.region))
     quoted = {(q.provider, q.region) for q in result.quotes}
     for (provider, reg), count in sorted(book.shaped_counts.items()):
-        if (provider, reg) not in quoted and (not providers or provider in providers) and reg == (region or reg):
+        if (provider, reg) not in quoted and (not providers or provider in providers) and reg == (region or reg) \
+                and f"{provider}/{reg}" not in result.unmatched:
             result.unmatched[f"{provider}/{reg}"] = f"none of {count} priced shapes satisfies {req.describe()}"
     return result
 

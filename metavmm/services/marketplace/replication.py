@@ -1,4 +1,4 @@
-"""Replication: bringing an image to the site that runs it, and launching it there in one request.
+"""Replication: bringing an image to the site that runs it (a replica later creates boot as it is).
 
 ``replicate(image, site)`` reuses a replica the catalog already tracks at that site when its file is
 still there. Otherwise it
@@ -114,7 +114,7 @@ def _safe(name: str) -> str:
 
 
 class Replicator:
-    """Replicates and launches marketplace images over one catalog and one federation file."""
+    """Replicates marketplace images over one catalog and one federation file."""
 
     def __init__(self, maker: async_sessionmaker[AsyncSession], cfg: FederationConfig) -> None:
         self.maker = maker

@@ -108,20 +108,22 @@ def _copy_file(src: Path, part: Path | None, hasher: _Hasher, progress: Progress
 
 
 async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
+    """One guarded GET (:mod:`metavmm.services.netguard`): every resolved address and redirect hop is checked."""
     import aiohttp
 
+    from metavmm.services.netguard import guarded_get
+
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=60)
-    async with aiohttp.ClientSession(timeout=timeout) as client:
-        try:
-            async with client.get(url) as resp:
-                if resp.status == 404:
-                    raise NotFound(f"{url}: not found at the source site")
-                if resp.status != 200:
-                    raise ValidationError(f"{url}: the source answered HTTP {resp.status}")
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    yield chunk
-        except aiohttp.ClientError as exc:
-            raise ValidationError(f"{url}: cannot fetch: {exc}") from None
+    try:
+        async with guarded_get(url, timeout=timeout) as resp:
+            if resp.status == 404:
+                raise NotFound(f"{url}: not found at the source site")
+            if resp.status != 200:
+                raise ValidationError(f"{url}: the source answered HTTP {resp.status}")
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                yield chunk
+    except aiohttp.ClientError as exc:
+        raise ValidationError(f"{url}: cannot fetch: {exc}") from None
 
 
 async def _write_chunks(chunks: AsyncIterator[bytes], part: Path | None, hasher: _Hasher,

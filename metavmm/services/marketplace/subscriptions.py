@@ -101,9 +101,10 @@ async def fetch_list(url: str, timeout_s: float = 60) -> bytes:
             raise ValidationError(f"cannot read image list {path}: {exc.strerror}") from None
     import aiohttp
 
+    from metavmm.services.netguard import guarded_get
+
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as client, \
-                client.get(url) as resp:
+        async with guarded_get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             if resp.status != 200:
                 raise ValidationError(f"image list {url}: HTTP {resp.status}")
             return await resp.content.read(MAX_LIST_BYTES + 1)

@@ -125,7 +125,7 @@ class Engine:
             self.executor.notify()
 
     async def wait(self, op_id: str, *, timeout_s: float = 3600, poll_s: float = 0.1) -> Operation:
-        """Block until ``op_id`` ends (for callers whose answer is the result, e.g. a marketplace launch);
+        """Block until ``op_id`` ends (for callers whose answer is the result, e.g. a marketplace replicate);
         OperationFailed when it did not succeed, TimeoutError when it is still running at ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

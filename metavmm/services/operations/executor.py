@@ -37,6 +37,7 @@ from metavmm.catalog.models import Operation, OperationState, utcnow
 from metavmm.foundation.aio import shielded, stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ConfigError
+from metavmm.services import netguard
 from metavmm.services.operations import store
 from metavmm.services.operations.actions import StepCancelled, StepWaiting, is_transient, run_action
 from metavmm.services.operations.context import Drivers, StepContext
@@ -87,6 +88,7 @@ class Executor:
         self.sessions = sessions
         self.config = config
         self.settings = config.operations
+        netguard.configure(config.limits)  # the steps that fetch URLs (image copies) obey the federation's limits
         self.owner = owner or executor_id()
         self.drivers = Drivers(config)
         self._wake = asyncio.Event()

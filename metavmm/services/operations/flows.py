@@ -23,10 +23,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
-from metavmm.foundation.errors import ConfigError, Conflict, NotFound, ValidationError
+from metavmm.foundation.errors import ConfigError, Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
 from metavmm.scheduler.plan import Step
-from metavmm.scheduler.provision import ImageSource, Target, boot_check_args, create_steps
+from metavmm.scheduler.provision import boot_check_args
 from metavmm.services.operations import addresses, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.store import ACTIVE, TERMINAL
@@ -97,20 +97,6 @@ def _known_provider(engine: Engine, name: str) -> Any:
         raise ValidationError(f"provider {name!r} is not in the federation file") from None
 
 
-def provision_steps(workload_id: str, *, name: str, provider: str, region: str, image: str | None, vcpus: int,
-                    ram_mib: int, disk_gib: int, flavor: str | None, host: str | None,
-                    quota: bool = False) -> list[Step]:
-    """The create plan of a VM from an image id the provider knows (or an empty disk), built by the
-    scheduler's one create-plan builder (:func:`metavmm.scheduler.provision.create_steps`); ``quota``:
-    the request holds a quota reservation that the plan settles (released by the rollback, committed
-    once the VM is recorded; see quota_actions)."""
-    target = Target(provider, region, host=host, flavor=flavor)
-    source = ImageSource(provider_image=image) if image else None
-    steps = create_steps(workload_id=workload_id, name=name, target=target, vcpus=vcpus, ram_mib=ram_mib,
-                         disk_gib=disk_gib, image=source)
-    return with_quota(workload_id, steps) if quota else steps
-
-
 def with_quota(workload_id: str, steps: list[Step]) -> list[Step]:
     """Settle the request's quota reservation around a create plan: released by its rollback, committed last."""
     held = {"workload_id": workload_id}
@@ -134,20 +120,6 @@ def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, reg
              Step("record", "resource.record", {**at, "kind": kind}, commit=True)]
     return with_quota(workload_id, steps) if quota else steps
 
-
-async def create_resource(engine: Engine, kind: str, *, name: str, provider: str, region: str, size_gib: int = 0,
-                          cidr: str | None = None, project_id: int | None = None,
-                          idempotency_key: str | None = None) -> Operation:
-    """Create a volume or network at ``provider``/``region`` (no quota held: REST's create path holds it)."""
-    _known_provider(engine, provider)
-    workload = Workload(kind=kind, name=name, project_id=project_id, observed_state="pending",
-                        state_message="creating", spec={"size_gib": size_gib, "cidr": cidr})
-    steps = resource_steps(workload.id, kind, name=name, provider=provider, region=region, size_gib=size_gib,
-                           cidr=cidr)
-    request = json.dumps([kind, name, provider, region, size_gib, cidr, project_id])
-    return await engine.submit(kind="create", steps=steps, target_id=workload.id, project_id=project_id,
-                               params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
-                               rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
 
 
 def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str,
@@ -203,22 +175,6 @@ async def detach(engine: Engine, link_id: str, *, idempotency_key: str | None = 
     async with engine.sessions() as session:
         plan = await detach_plan(session, link_id)
     return await engine.submit(**plan.args(), idempotency_key=idempotency_key)
-
-
-async def provision(engine: Engine, *, name: str, provider: str, region: str, image: str, vcpus: int = 1,
-                    ram_mib: int = 512, disk_gib: int = 0, flavor: str | None = None, host: str | None = None,
-                    project_id: int | None = None, idempotency_key: str | None = None) -> Operation:
-    """Create a compute at ``provider``/``region`` (the scheduler's bind step supplies these)."""
-    _known_provider(engine, provider)
-    workload = Workload(kind=WorkloadKind.COMPUTE, name=name, project_id=project_id, observed_state="pending",
-                        state_message="provisioning", spec={"image": image, "vcpus": vcpus, "ram_mib": ram_mib,
-                                                            "disk_gib": disk_gib, "flavor": flavor})
-    steps = provision_steps(workload.id, name=name, provider=provider, region=region, image=image, vcpus=vcpus,
-                            ram_mib=ram_mib, disk_gib=disk_gib, flavor=flavor, host=host)
-    request = fingerprint(name, provider, region, image, vcpus, ram_mib, disk_gib, flavor, host, project_id)
-    return await engine.submit(kind="provision", steps=steps, target_id=workload.id, project_id=project_id,
-                               params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
-                               rows=[workload], fingerprint=request)
 
 
 def fingerprint(*request: Any) -> str:
@@ -501,7 +457,7 @@ async def resize(engine: Engine, workload_id: str, *, vcpus: int, ram_mib: int, 
             earlier = (await session.exec(query)).first()
         if earlier is not None:
             if earlier.kind != "resize" or earlier.target_id != workload_id:
-                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+                raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
             return earlier
     workload, _ = await _workload_at(engine, workload_id)
     op_id = new_uuid()

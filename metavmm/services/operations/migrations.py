@@ -21,7 +21,7 @@ from dataclasses import replace as dataclass_replace
 from sqlmodel import select
 
 from metavmm.catalog.models import Operation, Provider, Site
-from metavmm.foundation.errors import Conflict, MetavmmError, NotFound, ValidationError
+from metavmm.foundation.errors import Conflict, IdempotencyKeyReused, MetavmmError, NotFound, ValidationError
 from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner, Move
 from metavmm.scheduler.snapshot import Snapshot
 from metavmm.services.operations import flows, store
@@ -96,7 +96,7 @@ async def migrate_workload(engine: Engine, snap: Snapshot, workload_id: str, *, 
         earlier = await _by_key(engine, idempotency_key)
         if earlier is not None:
             if earlier.target_id != workload_id or earlier.kind not in ("live_migrate", "cold_migrate"):
-                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+                raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
             return None, earlier
     move = MigrationPlanner(snap).move_one(workload_id, site=site, host=host)
     if mode == "live" and move.mode != "live":
@@ -118,7 +118,7 @@ async def execute_plan(engine: Engine, plan: MigrationPlan, *, idempotency_key: 
         if earlier is not None:
             if earlier.kind != "migrate_batch" or (earlier.params.get("plan"), earlier.params.get("scope")) != (
                     plan.kind, plan.scope):
-                raise Conflict(f"idempotency key already used by operation {earlier.id} ({earlier.kind} "
+                raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind} "
                                f"{earlier.params.get('plan')} of {earlier.params.get('scope')}) for a different "
                                "request; use a new key")
             children = [await store.get(engine.sessions, i) for i in earlier.params.get("children", [])]

@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationEvent, OperationState, Workload, utcnow
-from metavmm.foundation.errors import Conflict, NotFound, ValidationError
+from metavmm.foundation.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.services.operations.plan import Step, plan_rows
 from metavmm.services.quotas import give_back
 
@@ -91,8 +91,8 @@ async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], tar
 def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:
     same = op.params.get("request") == fingerprint if fingerprint else op.target_id == target_id
     if op.kind != kind or not same:
-        raise Conflict(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id}) "
-                       "for a different request; use a new key")
+        raise IdempotencyKeyReused(f"idempotency key already used by operation {op.id} ({op.kind} of {op.target_id}) "
+                                   "for a different request; use a new key")
     return op
 
 

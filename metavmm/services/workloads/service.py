@@ -40,7 +40,14 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import Conflict, Forbidden, NotFound, PreconditionFailed, ValidationError
+from metavmm.foundation.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    PreconditionFailed,
+    ValidationError,
+)
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
@@ -66,9 +73,6 @@ from metavmm.services.workloads.requests import (
 )
 from metavmm.services.workloads.resources import place_resource
 
-DEFAULT_ARCH = "x86_64"
-"""The architecture of a compute without an image (it boots an empty disk): what most of the federation runs."""
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -78,6 +82,7 @@ class Shape:
     gpu_model: str | None
     gpu_count: int
     flavor: str | None
+    arch: str | None = None  # a named flavor's; the scheduler takes the image's (x86_64 without an image)
 
 
 class WorkloadService:
@@ -107,7 +112,10 @@ class WorkloadService:
             earlier = await self._replay(session, key, fingerprint, "create")
             if earlier is not None:
                 return await self._accepted_again(session, earlier)
-            if await session.get(Workload, workload_id) is not None:
+            taken = await session.get(Workload, workload_id)
+            if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
+                raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
+            if taken is not None:
                 raise Conflict(f"a workload with id {workload_id} already exists")
             shape = await self._shape(session, req)
             image = await self._image(session, req.image, project_id, shape) if req.image else None
@@ -156,7 +164,7 @@ class WorkloadService:
         preq = PlacementRequest(
             name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
             project=None, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
-            cpu_arch=image.arch if image else DEFAULT_ARCH, image=ImageRef(image.id) if image else None,
+            cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
             sites=(req.site,) if req.site else (), providers=tuple(req.providers),
             max_price_per_hour=req.max_price_per_hour)
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
@@ -199,7 +207,7 @@ class WorkloadService:
             if row is None:
                 raise ValidationError(f"no flavor named {req.flavor!r} in the catalog")
             return Shape(row.vcpus, row.ram_mib, max(req.disk_gib, row.disk_gib), row.gpu_model, row.gpu_count,
-                         row.name)
+                         row.name, row.arch)
         if req.kind == WorkloadKind.COMPUTE and (not req.vcpus or not req.ram_mib):
             raise ValidationError("a compute needs a flavor, or vcpus and ram_mib")
         return Shape(req.vcpus or 0, req.ram_mib or 0, req.disk_gib, req.gpu_model if req.gpu_count else None,
@@ -519,15 +527,16 @@ class WorkloadService:
 
     @staticmethod
     async def _replay(session: AsyncSession, key: str | None, fingerprint: str, kind: str | None) -> Operation | None:
-        """The first answer to a key seen before, if the request is the same; Conflict if it is not."""
+        """The first answer to a key seen before, if the request is the same (nothing is done again);
+        a 422 if it is not (the key names one request, whatever its body)."""
         if key is None:
             return None
         earlier = (await session.exec(select(Operation).where(Operation.idempotency_key == key))).first()
         if earlier is None:
             return None
         if earlier.params.get("request") != fingerprint or (kind is not None and earlier.kind != kind):
-            raise Conflict(f"this Idempotency-Key was used for a different request (operation {earlier.id}, "
-                           f"{earlier.kind}); use a new key")
+            raise IdempotencyKeyReused(f"this Idempotency-Key was used for a different request (operation "
+                                       f"{earlier.id}, {earlier.kind}); use a new key")
         return earlier
 
     @staticmethod

@@ -44,3 +44,21 @@ async def test_the_query_interface_describes_the_placed_mixin(sim_client: Any) -
     placed = next(m for m in query["mixins"] if m["scheme"] + m["term"] == PLACED)
     assert {a: v["mutable"] for a, v in placed["attributes"].items()} == {
         f"metavmm.placement.{n}": False for n in ("site", "host", "price_per_hour", "summary", "burst")}
+
+
+async def test_a_json_partial_update_without_kind_is_applied_or_refused_never_silent(sim_client: Any) -> None:
+    """Issue 15, OCCI details: what a POST update asks is done, or the client hears why not."""
+    doc = {"kind": f"{INFRA}compute", "mixins": [await os_tpl_id(sim_client)],
+           "attributes": {"occi.core.title": "before", "occi.compute.cores": 1, "occi.compute.memory": 1}}
+    body = await (await sim_client.post("/compute/", json=doc, headers=JSONH)).json()
+    path = f"/compute/{body['id']}"
+    renamed = await sim_client.post(path, json={"attributes": {"occi.core.title": "after"}}, headers=JSONH)
+    if renamed.status == 200:
+        assert (await (await sim_client.get(path, headers=JSONH)).json())["title"] == "after"
+    else:
+        assert renamed.status == 400 and "kind" in await renamed.text()
+    empty = await sim_client.post(path, json={"attributes": {}}, headers=JSONH)
+    assert empty.status == 400, await empty.text()
+    unknown = await sim_client.post(path, json={"kind": f"{INFRA}compute", "attributes": {"occi.compute.nonsense": 1}},
+                                    headers=JSONH)
+    assert unknown.status == 400 and "occi.compute.nonsense" in await unknown.text()

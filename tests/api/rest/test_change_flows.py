@@ -291,12 +291,13 @@ async def test_provision_replicates_the_image_first(aiohttp_client: Any, sqlite_
     launched = await client.post(f"{API}/marketplace/images/{image_id}/launch",
                                  json={"name": "student-3", "site": site.name, "ram_mib": 256})
     out = await launched.json()
-    assert launched.status == 201, out
-    assert out["replica_reused"] and out["replica"] == replica.provider_image_id
-    workload = await (await client.get(f"{API}/workloads/{out['workload_id']}")).json()
+    assert launched.status == 202, out  # a create like any other: answered with its operation, not waited for
+    assert launched.headers["Location"] == f"{API}/operations/{out['operation']['id']}"
+    assert out["operation"]["kind"] == "create" and out["operation"]["steps"][1]["args"]["image"] == \
+        replica.provider_image_id  # the replica is booted as it is
+    assert (await _done(client, out["operation"]["id"]))["state"] == "succeeded"
+    workload = await (await client.get(f"{API}/workloads/{out['workload']['id']}")).json()
     assert workload["project_id"] == project_id and workload["observed_state"] == "running"
-    launch_op = await (await client.get(f"{API}/operations/{out['operation_id']}")).json()
-    assert launch_op["kind"] == "marketplace.launch" and launch_op["state"] == "succeeded"
     elsewhere = await client.post(f"{API}/marketplace/images/{image_id}/launch",
                                   json={"name": "student-4", "site": site.name, "project_id": project_id + 99})
     assert elsewhere.status == 403  # a member launches into their own project only

@@ -70,6 +70,11 @@ async def test_placement_dry_run_explains(client: Any) -> None:
     summary = body["placement"]
     assert summary["host"] == body["host"] and summary["cost_per_hour"]["currency"] == "USD"
     assert summary["burst"] == body["burst"] and 1 <= len(summary["alternatives"]) <= 3
+    # explain: every candidate once, chosen, passed (how much costlier) or rejected (needed vs free)
+    outcomes = {e["candidate"]: e["outcome"] for e in body["explanation"]}
+    assert len(outcomes) == len(body["explanation"]) and outcomes[body["host"]] == "chosen"
+    assert len([e for e in body["explanation"] if e["kind"] == "host"]) == 6  # home: 2 sites x 3 hosts
+    assert all(e["cost_difference_per_hour"] is not None for e in body["explanation"] if e["outcome"] == "passed")
     none = await client.post("/api/v1/placements", json={"vcpus": 2, "ram_mib": 4096, "residency": ["JP"]})
     body = await none.json()
     assert body["placed"] is False

@@ -14,7 +14,7 @@ def test_missing_feature_is_named(view) -> None:
 
 
 def test_wrong_arch_on_cloud_flavor(view) -> None:
-    v = CpuFilter().check(view("flavor", "us-east-1", "m7g.xlarge"), PlacementRequest("vm", 2, 1024))
+    v = CpuFilter().check(view("flavor", "us-east-1", "m7g.xlarge"), PlacementRequest("vm", 2, 1024, cpu_arch="x86_64"))
     assert v.code == "no x86_64" and v.message == "cpu arch: need x86_64, have aarch64"
 
 

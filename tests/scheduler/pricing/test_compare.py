@@ -95,3 +95,33 @@ def test_best_quote_for_the_scheduler_and_hourly_price() -> None:
     assert best_quote(book, ShapeRequest.parse(16, 64), rates, "a", "r", today=TODAY) is None
     assert book.hourly_price("b", "r", "m4").amount == Decimal("0.20")
     assert book.hourly_price("b", "r", "m8") is None
+
+
+def _in(point: PricePoint, currency: str) -> PricePoint:
+    from dataclasses import replace
+
+    return replace(point, currency=currency)
+
+
+def test_rows_of_one_region_in_different_currencies_are_normalised_before_they_are_compared() -> None:
+    rates = RateTable("TWD", {"USD": Decimal("32")})
+    book = PriceBook([
+        _point("a", "in-usd", "1.00", Shape(4, 32768)),  # 32 TWD
+        _in(_point("a", "in-twd", "20", Shape(4, 32768)), "TWD"),  # 20 TWD: cheaper, though 20 > 1.00 raw
+    ])
+    (quote,) = compare(book, ShapeRequest.parse(4, 32), rates, today=TODAY).quotes
+    assert (quote.flavor, quote.hourly) == ("in-twd", Decimal("20"))
+    # a family's parts in two currencies are composed in one
+    parts = PriceBook([
+        _point("b", "custom", "0.10", unit="vcpu-hour", family="custom"),  # USD
+        _in(_point("b", "custom", "0.32", unit="gib-hour", family="custom"), "TWD"),  # 0.01 USD
+    ])
+    (composed,) = compare(parts, ShapeRequest.parse(2, 4), rates, "USD", today=TODAY).quotes
+    assert composed.composed and composed.hourly == Decimal("0.10") * 2 + Decimal("0.01") * 4
+
+
+def test_a_row_nobody_can_convert_is_named_not_a_crash() -> None:
+    book = PriceBook([_in(_point("c", "in-sek", "5", Shape(4, 32768)), "SEK"), _point("d", "ok", "1", Shape(4, 32768))])
+    result = compare(book, ShapeRequest.parse(4, 32), RateTable("USD"), today=TODAY)
+    assert [q.provider for q in result.quotes] == ["d"]
+    assert "no exchange rate for SEK" in result.unmatched["c/r"]

@@ -79,6 +79,11 @@ providers:
     endpoint: "qemu:///system"
     storage_dir: "{root / 'b'}"
     sites: [{{region: hsinchu, name: school-b}}]
+prices:  # the scheduler places only where a price is known; equal rates, so where the image is decides
+  - {{provider: school-a-kvm, region: taipei, currency: USD, effective_date: 2026-01-01, source: test rates,
+     items: [{{flavor: custom, unit: vcpu-hour, amount: "0.02"}}, {{flavor: custom, unit: gib-hour, amount: "0.005"}}]}}
+  - {{provider: school-b-kvm, region: hsinchu, currency: USD, effective_date: 2026-01-01, source: test rates,
+     items: [{{flavor: custom, unit: vcpu-hour, amount: "0.02"}}, {{flavor: custom, unit: gib-hour, amount: "0.005"}}]}}
 """)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from metavmm.cli.main import main
+from tests.cli.broker import run_to_end
 from tests.services.marketplace.conftest import Disks, two_schools
 
 
@@ -62,14 +63,18 @@ def test_publish_list_sign_subscribe_and_replicate(tmp_path: Path, storage_root:
     assert code == 1 and "evil: refused" in out and "school-a v1: 0 added, 1 updated" in out
 
     assert run(*site_b, "catalog", "sync")[0] == 0
+    # the command submits; the broker (here an engine started for it) copies
     code, out, err = run(*site_b, "marketplace", "replicate", "school-a/intro-linux", "--site", "school-b")
-    assert code == 0 and "qcow2 replica at school-b" in out, err
+    assert code == 0 and "(replicate of " in out and ": pending" in out, err
+    done = run_to_end(site_b[3], fed.read_text(), out.split("operation ", 1)[1].split()[0])
+    assert done.state == "succeeded" and not done.outputs["replica_reused"], done
     replica = next((storage_root / "b" / "images").glob("*.qcow2"))
     compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(disks.raw), str(replica)],
                              capture_output=True)
     assert compare.returncode == 0
     code, out, _ = run(*site_b, "marketplace", "replicate", "school-a/intro-linux", "--site", "school-b")
-    assert code == 0 and "(reused; operation " in out
+    again = run_to_end(site_b[3], fed.read_text(), out.split("operation ", 1)[1].split()[0])
+    assert code == 0 and again.state == "succeeded" and again.outputs["replica_reused"], again
     code, out, _ = run(*site_b, "marketplace", "prune")
     assert code == 0 and "0 removed, 0 kept" in out  # nothing expired yet
     code, out, _ = run(*site_b, "marketplace", "show", "intro-linux")

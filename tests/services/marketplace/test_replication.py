@@ -14,19 +14,24 @@ import libvirt
 import pytest
 from sqlmodel import select
 
+from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.rest.marketplace import endorser_key_path
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import ImageReplica, Operation, Workload
+from metavmm.catalog.models import ImageReplica, Operation, OperationState, Workload
 from metavmm.drivers.registry import create_driver
+from metavmm.foundation.config import LimitsConfig
 from metavmm.foundation.errors import ChecksumMismatch, NoPlacement, ValidationError
+from metavmm.services.identity import operator_identity
 from metavmm.services.marketplace.entries import ADMIN, ImageMeta
 from metavmm.services.marketplace.imagelist import generate_key
 from metavmm.services.marketplace.launch import LaunchIn, launch
 from metavmm.services.marketplace.publish import publish
 from metavmm.services.marketplace.replication import Replicator, prune_expired, target_format
 from metavmm.services.operations.engine import Engine
+from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
+from metavmm.services.workloads.service import WorkloadService
 from metavmm.translators.costs import DiskFormat
 from tests.auth_helpers import authorize
 from tests.services.marketplace.conftest import Disks, Federation
@@ -66,6 +71,27 @@ async def running_engine(fed: Federation) -> AsyncIterator[Engine]:
         await engine.stop()
 
 
+async def launched(fed: Federation, engine: Engine, image_ref: str, req: LaunchIn) -> tuple[Workload, Operation]:
+    """Launch as the operator of the default project (the CLI's identity), then wait for the operation
+    like a client following it would; the workload as it ended."""
+    async with session_scope(fed.maker) as s:
+        caller = await operator_identity(s)
+    service = WorkloadService(fed.maker, fed.cfg, engine, Placer(fed.cfg))
+    done = await launch(service, caller, image_ref, req)
+    op = await engine.wait(done.operation.id, timeout_s=600)
+    async with fed.maker() as s:
+        workload = await s.get(Workload, done.workload.id)
+    assert workload is not None and workload.observed_state == "running", workload
+    return workload, op
+
+
+def booted(op: Operation) -> str:
+    """The disk the VM was created from: the replica the launch made, or the one it found and booted."""
+    if "replica_image" in op.outputs:
+        return str(op.outputs["replica_image"])
+    return next(s["args"]["image"] for s in op.steps if s["action"] == "vm.create")
+
+
 async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federation: Federation, disks: Disks) -> None:
     async with session_scope(federation.maker) as s:
         image = await publish(s, ImageMeta(name="intro-linux", publisher="school-a", format="vmdk",
@@ -78,33 +104,36 @@ async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federati
         assert [(r.format, r.state) for r in replicas] == [("qcow2", "available")]
         workloads = (await s.exec(select(Workload))).all()
         assert {w.name for w in workloads if w.managed} >= {"mkt-b-1", "mkt-b-2"}
-        ops = (await s.exec(select(Operation).where(Operation.kind == "marketplace.launch"))).all()
-        assert sorted(o.state for o in ops) == ["succeeded", "succeeded"]
-        assert [s["action"] for s in ops[0].steps] == ["image.replicate", "vm.create", "vm.wait", "workload.record"]
+        ops = (await s.exec(select(Operation).where(Operation.kind == "create").order_by(Operation.created_at))).all()
+        assert [o.state for o in ops] == ["succeeded", "succeeded"]
+        assert [s["action"] for s in ops[0].steps] == ["quota.hold", "image.replicate", "vm.create", "vm.wait",
+                                                       "workload.record", "quota.commit"]
 
 
 async def _launch_twice(federation: Federation, image: Any, disks: Disks, engine: Engine) -> None:
     vms: list[tuple[str, str]] = []
     try:
-        first = await launch(engine, image.id, LaunchIn(name="mkt-b-1", site="school-b", ram_mib=128),
-                             audience=ADMIN)
-        vms.append(("school-b-kvm", first.provider_vm_id))
-        replica = Path(first.replica)
-        assert first.site == "school-b" and not first.replica_reused and first.replica_format == "qcow2"
+        first, op = await launched(federation, engine, image.id, LaunchIn(name="mkt-b-1", site="school-b",
+                                                                          ram_mib=128))
+        vms.append(("school-b-kvm", str(first.provider_resource_id)))
+        replica = Path(booted(op))
+        assert first.spec["placement"]["site"] == "school-b" and not op.outputs["replica_reused"]
+        assert op.outputs["replica_format"] == "qcow2"
         assert replica.parent == federation.root / "b" / "images" and replica.suffix == ".qcow2"
         assert identical(disks.raw, "raw", replica, "qcow2")
-        assert domain_state(first.provider_vm_id) == libvirt.VIR_DOMAIN_RUNNING
+        assert domain_state(str(first.provider_resource_id)) == libvirt.VIR_DOMAIN_RUNNING
 
-        second = await launch(engine, "school-a/intro-linux", LaunchIn(name="mkt-b-2", ram_mib=128),
-                              audience=ADMIN)
-        vms.append(("school-b-kvm", second.provider_vm_id))
-        assert second.site == "school-b" and second.replica_reused and second.replica == first.replica
+        # no site named: the scheduler's movement cost prefers the site that already holds a replica
+        second, op = await launched(federation, engine, "school-a/intro-linux", LaunchIn(name="mkt-b-2",
+                                                                                         ram_mib=128))
+        vms.append(("school-b-kvm", str(second.provider_resource_id)))
+        assert second.spec["placement"]["site"] == "school-b" and booted(op) == str(replica)
+        assert "image.replicate" not in [s["action"] for s in op.steps]
 
         with pytest.raises(ValidationError, match=r"needs at least 128 MiB RAM \(asked 64\)"):
-            await launch(engine, image.id, LaunchIn(name="too-small", site="school-a", ram_mib=64),
-                         audience=ADMIN)
+            await launched(federation, engine, image.id, LaunchIn(name="too-small", site="school-a", ram_mib=64))
         async with federation.maker() as s:
-            rep = (await s.exec(select(ImageReplica).where(ImageReplica.provider_image_id == first.replica))).one()
+            rep = (await s.exec(select(ImageReplica).where(ImageReplica.provider_image_id == str(replica)))).one()
         assert rep.checksum == hashlib.sha256(replica.read_bytes()).hexdigest()
     finally:
         await delete_vms(federation, vms)
@@ -132,9 +161,11 @@ async def test_no_site_fits_an_arm_image(federation: Federation, disks: Disks) -
     async with session_scope(federation.maker) as s:
         image = await publish(s, ImageMeta(name="arm-lab", publisher="school-a", format="qcow2", arch="aarch64",
                                            visibility="public"), str(disks.qcow2))
-    with pytest.raises(NoPlacement, match="no aarch64 host"):
+    with pytest.raises(NoPlacement, match="no aarch64"):
         async with running_engine(federation) as engine:
-            await launch(engine, image.id, LaunchIn(name="arm"), audience=ADMIN)
+            await launched(federation, engine, image.id, LaunchIn(name="arm"))
+    async with federation.maker() as s:
+        assert (await s.exec(select(Workload).where(Workload.name == "arm"))).all() == []
 
 
 async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_http(
@@ -157,7 +188,11 @@ async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_ht
 
     # Site B (the federation fixture's catalog, behind its own broker) subscribes with A's key over REST,
     # imports the list over HTTP, replicates and launches at its own libvirt host.
-    site_b = await aiohttp_client(create_app(federation.cfg, federation.url, sync=False))
+    # Both sites are on this machine: B's limits let it fetch from loopback, as a real federation
+    # lists its peers' private networks in limits.outbound_allowed_networks.
+    peers = LimitsConfig(outbound_allowed_networks=["127.0.0.0/8", "::1/128"])
+    site_b = await aiohttp_client(create_app(federation.cfg.model_copy(update={"limits": peers}), federation.url,
+                                             sync=False))
     await authorize(site_b, "admin", project="school-b")
     resp = await site_b.post("/api/v1/marketplace/subscriptions", json={
         "name": "school-a", "url": list_url, "public_key_pem": public.read_text(), "endorser": "school-a"})
@@ -178,10 +213,16 @@ async def test_a_signed_list_carries_an_image_from_one_broker_to_another_over_ht
         resp = await site_b.post(f"/api/v1/marketplace/images/{image_id}/launch",
                                  json={"name": "mkt-http", "ram_mib": 64})
         out = await resp.json()
-        assert resp.status == 201, out
-        vms.append(("school-b-kvm", out["provider_vm_id"]))
-        assert out["site"] == "school-b" and out["replica_reused"] and out["replica"] == replica["provider_image_id"]
-        assert domain_state(out["provider_vm_id"]) == libvirt.VIR_DOMAIN_RUNNING
+        assert resp.status == 202, out
+        op = await site_b.app[keys.OPERATIONS].wait(out["operation"]["id"], timeout_s=600)
+        assert op.state == OperationState.SUCCEEDED
+        shown = await (await site_b.get(f"/api/v1/workloads/{out['workload']['id']}")).json()
+        async with federation.maker() as s:
+            row = await s.get(Workload, out["workload"]["id"])
+        vms.append(("school-b-kvm", str(row.provider_resource_id if row else op.outputs["vm_id"])))
+        assert shown["observed_state"] == "running" and shown["spec"]["placement"]["site"] == "school-b"
+        assert booted(op) == replica["provider_image_id"]  # the replica made above: booted as it is
+        assert domain_state(vms[-1][1]) == libvirt.VIR_DOMAIN_RUNNING
     finally:
         await delete_vms(federation, vms)
 
@@ -191,18 +232,20 @@ async def test_expired_replicas_are_pruned_once_no_vm_is_built_on_them(federatio
     async with session_scope(federation.maker) as s:
         v1 = await publish(s, ImageMeta(**fields, format="qcow2"), str(disks.qcow2))
     async with running_engine(federation) as engine:
-        out = await launch(engine, v1.id, LaunchIn(name="mkt-prune", site="school-a", ram_mib=64), audience=ADMIN)
-    vms = [("school-a-kvm", out.provider_vm_id)]
+        workload, op = await launched(federation, engine, v1.id, LaunchIn(name="mkt-prune", site="school-a",
+                                                                           ram_mib=64))
+    vms = [("school-a-kvm", str(workload.provider_resource_id))]
+    replica = booted(op)
     try:
         async with session_scope(federation.maker) as s:
             await publish(s, ImageMeta(**fields, format="vdi"), str(disks.vdi), grace=timedelta(0))
         report = await prune_expired(federation.maker, federation.cfg)
-        assert report.removed == [] and report.kept == {out.replica: "a VM disk is built on it"}
-        assert Path(out.replica).is_file()
+        assert report.removed == [] and report.kept == {replica: "a VM disk is built on it"}
+        assert Path(replica).is_file()
     finally:
         await delete_vms(federation, vms)
     report = await prune_expired(federation.maker, federation.cfg)
-    assert report.removed == [out.replica] and not Path(out.replica).exists()
+    assert report.removed == [replica] and not Path(replica).exists()
     async with federation.maker() as s:
         rep = (await s.exec(select(ImageReplica).where(ImageReplica.image_id == v1.id))).one()
         assert (rep.state, rep.present) == ("deleted", False)

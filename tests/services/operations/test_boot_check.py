@@ -22,6 +22,7 @@ from metavmm.foundation.errors import ConfigError, ValidationError
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.translators.bootdisk import boot_sector, marker_line, write_boot_disk
+from tests.services.operations import direct
 from tests.services.operations.conftest import run
 from tests.services.operations.test_libvirt_flows import domains, engine, state, workload  # noqa: F401
 
@@ -68,7 +69,7 @@ def console_log_of(uri: str, name: str) -> Path:
 async def test_cold_migration_boot_check_sees_the_marker(engine: Engine, libvirt_hosts: LibvirtHosts) -> None:  # noqa: F811
     a, b = libvirt_hosts.uris
     disk, line = boot_disk(libvirt_hosts)
-    done = await run(engine, await flows.provision(engine, name="vm-boot", provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name="vm-boot", provider="lv0", region="host0",
                                                    image=str(disk), ram_mib=32))
     assert done.state == OperationState.SUCCEEDED, done.error
     wid = done.target_id
@@ -115,7 +116,7 @@ async def test_cold_migration_boot_check_sees_the_marker(engine: Engine, libvirt
 async def test_blank_disk_fails_the_boot_check_and_rolls_back(engine: Engine,  # noqa: F811
                                                               libvirt_hosts: LibvirtHosts) -> None:
     a, b = libvirt_hosts.uris
-    done = await run(engine, await flows.provision(engine, name="vm-blank", provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name="vm-blank", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=32))
     wid = done.target_id
     assert done.state == OperationState.SUCCEEDED and wid is not None

@@ -20,6 +20,7 @@ from metavmm.services.operations import addresses, flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
+from tests.services.operations import direct
 
 CONFIG = """
 providers:
@@ -41,7 +42,7 @@ async def _world(sessions: Any, cidr: str, count: int, dns: str = "10.9.0.2") ->
     ex = Executor(sessions, config)
     ids = []
     for i in range(count):
-        op = await flows.provision(engine, name=f"app_{i}", provider="sima", region="sim-000", image="img")
+        op = await direct.provision(engine, name=f"app_{i}", provider="sima", region="sim-000", image="img")
         assert await ex.run(op.id)
         assert (await store.get(sessions, op.id)).state == OperationState.SUCCEEDED
         assert op.target_id

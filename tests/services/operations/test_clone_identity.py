@@ -21,6 +21,7 @@ from bench.vcsim import Vcsim
 from metavmm.catalog.models import OperationState
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
+from tests.services.operations import direct
 from tests.services.operations.test_libvirt_flows import run, workload
 from tests.services.operations.test_vmware_flows import engine_over
 from tests.translators.test_cloudinit import iso_files, iso_label
@@ -46,7 +47,7 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, vcenter: Vcsi
 
 
 async def _provisioned(engine: Engine, hosts: LibvirtHosts, name: str) -> str:
-    done = await run(engine, await flows.provision(engine, name=name, provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name=name, provider="lv0", region="host0",
                                                    image=str(hosts.base_image), ram_mib=64))
     assert done.state == OperationState.SUCCEEDED, done.error
     assert done.target_id

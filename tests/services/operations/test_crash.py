@@ -27,6 +27,7 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NovaCloud
+from tests.services.operations import direct
 from tests.services.operations.test_clone_identity import with_clone_networks
 from tests.services.operations.test_libvirt_flows import domains
 from tests.services.operations.test_openstack_cold_migration import broker_images, servers_of
@@ -133,7 +134,7 @@ async def world(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, vcenter: Vcsim
 
 
 async def _provisioned(world: World, name: str) -> str:
-    op = await flows.provision(world.engine, name=name, provider="lv0", region="host0",
+    op = await direct.provision(world.engine, name=name, provider="lv0", region="host0",
                                image=str(world.hosts.base_image), ram_mib=64)
     done = await world.run(op.id)
     assert done.state == OperationState.SUCCEEDED and done.target_id

@@ -66,7 +66,7 @@ providers:
 operations: {{reconcile_interval_s: 0, retry_base_s: 0.05, work_dir: "{root / 'work'}"}}
 prices:
   - {{provider: {PROVIDER}, region: local, currency: USD, effective_date: 2026-01-01, source: test rates,
-     items: [{{flavor: custom.vcpu, amount: 0.01}}, {{flavor: custom.gib-ram, amount: 0.002}}]}}
+     items: [{{flavor: custom, unit: vcpu-hour, amount: 0.01}}, {{flavor: custom, unit: gib-hour, amount: 0.002}}]}}
 """)
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     await db.upgrade_async(url)

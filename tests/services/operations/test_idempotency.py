@@ -11,6 +11,7 @@ from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
+from tests.services.operations import direct
 
 CONFIG = """
 providers:
@@ -25,7 +26,7 @@ async def test_a_key_reused_for_another_live_migration_is_a_conflict(sqlite_sess
     engine = Engine(sqlite_sessions, config, "sqlite://")
     ex = Executor(sqlite_sessions, config)
     try:
-        op = await flows.provision(engine, name="app", provider="sima", region="sim-000", image="img",
+        op = await direct.provision(engine, name="app", provider="sima", region="sim-000", image="img",
                                    host="sim-000-h00000")
         assert await ex.run(op.id)
         wid = op.target_id

@@ -17,6 +17,7 @@ from metavmm.services.marketplace.publish import publish
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
+from tests.services.operations import direct
 from tests.services.operations import test_libvirt_flows as base
 
 engine = base.engine  # the fixture: a catalog synced from two libvirt daemons
@@ -30,7 +31,7 @@ def dominfo(uri: str, name: str) -> dict[str, str]:
 
 async def test_resize_a_running_domain(engine: Engine, libvirt_hosts: LibvirtHosts) -> None:
     a, _ = libvirt_hosts.uris
-    op = await run(engine, await flows.provision(engine, name="vm-grow", provider="lv0", region="host0",
+    op = await run(engine, await direct.provision(engine, name="vm-grow", provider="lv0", region="host0",
                                                  image=str(libvirt_hosts.base_image), ram_mib=64))
     assert op.state == OperationState.SUCCEEDED, op.error
     wid = str(op.target_id)
@@ -60,7 +61,7 @@ async def test_provision_replicates_a_published_image_then_boots_it(
                                    .where(Provider.name == "lv0"))).one()
         image_id, site_name = image.id, site.name
     workload = Workload(kind="compute", name="vm-course", spec={"vcpus": 1, "ram_mib": 64, "image_id": image_id})
-    async with engine.sessions() as session:  # the create plan at that site (as the marketplace launch asks it)
+    async with engine.sessions() as session:  # the create plan at that site, fixed without the scheduler
         steps = await Placer(engine.config).plan_at(session, PlacementRequest(
             "vm-course", 1, 64, image=ImageRef(image_id), workload_id=workload.id), site_name)
     assert [s.action for s in steps] == ["image.replicate", "vm.create", "vm.wait", "workload.record"]

@@ -16,6 +16,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
+from tests.services.operations import direct
 from tests.services.operations.conftest import run
 
 
@@ -57,9 +58,9 @@ async def workload(engine: Engine, wid: str) -> tuple[Workload, str | None]:
 
 async def test_lifecycle_live_and_cold_migration(engine: Engine, libvirt_hosts: LibvirtHosts) -> None:
     a, b = libvirt_hosts.uris
-    op = await flows.provision(engine, name="vm-flow", provider="lv0", region="host0",
+    op = await direct.provision(engine, name="vm-flow", provider="lv0", region="host0",
                                image=str(libvirt_hosts.base_image), ram_mib=64, idempotency_key="prov-1")
-    again = await flows.provision(engine, name="vm-flow", provider="lv0", region="host0",
+    again = await direct.provision(engine, name="vm-flow", provider="lv0", region="host0",
                                   image=str(libvirt_hosts.base_image), ram_mib=64, idempotency_key="prov-1")
     assert again.id == op.id
     done = await run(engine, op)
@@ -108,7 +109,7 @@ async def test_lifecycle_live_and_cold_migration(engine: Engine, libvirt_hosts: 
 
 async def test_cancelled_cold_migration_restores_the_source(engine: Engine, libvirt_hosts: LibvirtHosts) -> None:
     a, b = libvirt_hosts.uris
-    done = await run(engine, await flows.provision(engine, name="vm-back", provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name="vm-back", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     wid = done.target_id
     assert wid is not None

@@ -58,16 +58,18 @@ prices:
             ids = set((await session.exec(select(Workload.id))).all())
         conn = libvirt.open(URI)
         try:  # whatever a failed test left behind
-            for dom in conn.listAllDomains():
-                if dom.name().startswith("e2e-"):
+            for dom in conn.listAllDomains():  # mv-<workload id>; gone meanwhile if a delete still ran
+                if dom.name()[3:] in ids:
                     with contextlib.suppress(libvirt.libvirtError):
                         dom.destroy()
-                    dom.undefine()
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefine()
             for net in conn.listAllNetworks():
                 if net.name()[3:] in ids:
                     with contextlib.suppress(libvirt.libvirtError):
                         net.destroy()
-                    net.undefine()
+                    with contextlib.suppress(libvirt.libvirtError):
+                        net.undefine()
             with contextlib.suppress(libvirt.libvirtError):
                 pool = conn.storagePoolLookupByName(f"metavmm-{PROVIDER}")
                 with contextlib.suppress(libvirt.libvirtError):
@@ -96,6 +98,29 @@ async def occi_state(client: Any, path: str, attr: str, want: str) -> dict[str, 
             return doc
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path}: {attr} never became {want}: {doc['attributes']}")
+
+
+async def deleted(client: Any, workload_id: str) -> None:
+    """OCCI hides an entity as soon as its delete is accepted; the workload row says when the provider's
+    resource is gone (the delete plan ran)."""
+    for _ in range(1200):
+        row = await client.get(f"{API}/workloads/{workload_id}")
+        if row.status == 404 or (await row.json()).get("observed_state") == "deleted":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workload {workload_id} is still not deleted")
+
+
+async def detached(client: Any, path: str) -> None:
+    """An OCCI link is gone once no operation of the engine still targets it."""
+    link_id = path.rsplit("/", 1)[1]
+    for _ in range(1200):
+        ops = await (await client.get(f"{API}/operations", params={"target_id": link_id})).json()
+        items = ops["items"] if isinstance(ops, dict) else ops
+        if items and all(op["state"] in ("succeeded", "failed", "rolled_back", "cancelled") for op in items):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path}: its detach never ended")
 
 
 def domain_xml(name: str, inactive: bool) -> ET.Element:
@@ -137,7 +162,7 @@ async def test_rest_and_occi_networks_volumes_links_on_libvirt(client: Any) -> N
     vm = await (await client.get(f"{API}/workloads/{ids['vm']}")).json()
     vol = await (await client.get(f"{API}/workloads/{ids['vol']}")).json()
     assert vol["observed_state"] == "online" and vol["state_message"] == f"online at {PROVIDER}/local"
-    domain = vm["name"]
+    domain = f"mv-{vm['id']}"  # every VM is named after its workload id at the provider
     occi_net_id, occi_disk_id = net_path.rsplit("/", 1)[1], disk_path.rsplit("/", 1)[1]
 
     # link: two through REST, two through OCCI
@@ -171,10 +196,7 @@ async def test_rest_and_occi_networks_volumes_links_on_libvirt(client: Any) -> N
         await done(client, (await resp.json())["id"])
     for path in occi_links:
         assert (await client.delete(path)).status in (200, 204)
-        for _ in range(600):
-            if (await client.get(path, headers=JSONH)).status == 404:
-                break
-            await asyncio.sleep(0.05)
+        await detached(client, path)
     disks, nets = devices(domain_xml(domain, inactive=True))
     assert disks == {next(iter(disks))} and nets == set()  # only the compute's own disk is left
     for wid in (ids["vm"], ids["net"], ids["vol"]):
@@ -183,12 +205,8 @@ async def test_rest_and_occi_networks_volumes_links_on_libvirt(client: Any) -> N
         await done(client, (await resp.json())["id"])
     for path in (net_path, disk_path):
         assert (await client.delete(path)).status in (200, 204)
-        for _ in range(600):
-            if (await client.get(path, headers=JSONH)).status == 404:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"{path} is still there")
+        assert (await client.get(path, headers=JSONH)).status == 404  # gone from OCCI's collection at once
+        await deleted(client, path.rsplit("/", 1)[1])  # and from the provider once its delete plan ran
 
     conn = libvirt.open(URI)
     try:

@@ -19,6 +19,7 @@ from metavmm.foundation.records import OWNER_TAG
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from tests.drivers.conftest import NovaCloud
+from tests.services.operations import direct
 from tests.services.operations.conftest import engine_for
 from tests.services.operations.test_libvirt_flows import domains, run, workload
 from tests.services.operations.test_vmware_flows import STEPS, step_seconds
@@ -60,7 +61,7 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, nova_cloud: N
 async def test_cold_migration_libvirt_qcow2_to_openstack(engine: Engine, libvirt_hosts: LibvirtHosts,
                                                          nova: openstack.connection.Connection) -> None:
     images_before = broker_images(nova)
-    done = await run(engine, await flows.provision(engine, name="to-openstack", provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name="to-openstack", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     assert done.state == OperationState.SUCCEEDED, done.error
     wid = done.target_id

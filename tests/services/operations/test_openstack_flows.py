@@ -22,6 +22,7 @@ from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
+from tests.services.operations import direct
 from tests.services.operations.conftest import run
 
 
@@ -65,7 +66,7 @@ async def placed(engine: Engine, wid: str) -> tuple[Workload, str | None]:
 
 
 async def provision(engine: Engine, host: str, name: str | None = None) -> Operation:
-    return await flows.provision(engine, name=name or unique("flow"), provider="os1", region="RegionOne",
+    return await direct.provision(engine, name=name or unique("flow"), provider="os1", region="RegionOne",
                                  image=NOVA_IMAGE, flavor="m1.tiny", host=host)
 
 

@@ -15,6 +15,7 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
+from tests.services.operations import direct
 
 CONFIG = """
 providers:
@@ -62,14 +63,14 @@ async def world(sqlite_sessions: Any) -> World:
 
 
 async def test_volume_and_network_attach_detach_delete(world: World) -> None:
-    vol_op = await world.ok(await flows.create_resource(world.engine, "storage", name="data", provider="sima",
+    vol_op = await world.ok(await direct.create_resource(world.engine, "storage", name="data", provider="sima",
                                                         region="sim-000", size_gib=4))
-    net_op = await world.ok(await flows.create_resource(world.engine, "network", name="lan", provider="sima",
+    net_op = await world.ok(await direct.create_resource(world.engine, "network", name="lan", provider="sima",
                                                         region="sim-000"))
     vol, net = await world.workload(vol_op.target_id), await world.workload(net_op.target_id)
     assert (vol.observed_state, net.observed_state) == ("online", "active")
     assert vol.state_message == "online at sima/sim-000" and vol.provider_resource_id.startswith("sim-vol-")
-    vm_op = await world.ok(await flows.provision(world.engine, name="app", provider="sima", region="sim-000",
+    vm_op = await world.ok(await direct.provision(world.engine, name="app", provider="sima", region="sim-000",
                                                  image="img"))
     vm_wid = vm_op.target_id
     (vm,) = await world.sim.list_vms()
@@ -106,9 +107,9 @@ async def test_volume_and_network_attach_detach_delete(world: World) -> None:
 async def test_every_step_rerun_after_a_crash_adopts(world: World) -> None:
     """A crash after the provider acted but before the row recorded it re-runs the step: the second run
     finds the tagged resource (or the attachment) and creates nothing twice."""
-    vol_op = await world.ok(await flows.create_resource(world.engine, "storage", name="data", provider="sima",
+    vol_op = await world.ok(await direct.create_resource(world.engine, "storage", name="data", provider="sima",
                                                         region="sim-000", size_gib=1))
-    net_op = await world.ok(await flows.create_resource(world.engine, "network", name="lan", provider="sima",
+    net_op = await world.ok(await direct.create_resource(world.engine, "network", name="lan", provider="sima",
                                                         region="sim-000"))
     for op, kind in ((vol_op, "storage"), (net_op, "network")):
         steps = flows.resource_steps(op.target_id, kind, name="again", provider="sima", region="sim-000", size_gib=1)
@@ -117,7 +118,7 @@ async def test_every_step_rerun_after_a_crash_adopts(world: World) -> None:
         assert any("adopting" in line for line in done.steps[0]["log"]), done.steps[0]["log"]
     assert len(await world.sim.list_volumes()) == 1 and len(await world.sim.list_networks()) == 1
 
-    vm_op = await world.ok(await flows.provision(world.engine, name="app", provider="sima", region="sim-000",
+    vm_op = await world.ok(await direct.provision(world.engine, name="app", provider="sima", region="sim-000",
                                                  image="img"))
     (vm,) = await world.sim.list_vms()
     link = await world.link(vm_op.target_id, net_op.target_id, "networkinterface")
@@ -143,9 +144,9 @@ async def test_every_step_rerun_after_a_crash_adopts(world: World) -> None:
 
 
 async def test_attach_across_sites_and_to_a_missing_compute_roll_back(world: World) -> None:
-    far = await world.ok(await flows.create_resource(world.engine, "storage", name="far", provider="sima",
+    far = await world.ok(await direct.create_resource(world.engine, "storage", name="far", provider="sima",
                                                      region="sim-001", size_gib=1))
-    vm_op = await world.ok(await flows.provision(world.engine, name="app", provider="sima", region="sim-000",
+    vm_op = await world.ok(await direct.provision(world.engine, name="app", provider="sima", region="sim-000",
                                                  image="img"))
     link = await world.link(vm_op.target_id, far.target_id, "storagelink")
     done = await world.run(await flows.attach(world.engine, link))

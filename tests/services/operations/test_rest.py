@@ -9,9 +9,10 @@ from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.models import Workload
 from metavmm.foundation.config import parse_config
-from metavmm.services.operations import flows, store
+from metavmm.services.operations import store
 from metavmm.services.operations.plan import Step
 from tests.auth_helpers import authorize
+from tests.services.operations import direct
 
 CONFIG = """
 providers:
@@ -25,7 +26,7 @@ async def test_provision_runs_in_the_app_and_shows_in_rest(aiohttp_client: Any, 
     client = await aiohttp_client(app)
     await authorize(client, "admin")  # an operation made by flows directly belongs to no project
     engine = app[keys.OPERATIONS]
-    op = await flows.provision(engine, name="web-1", provider="sima", region="sim-000", image="img-1")
+    op = await direct.provision(engine, name="web-1", provider="sima", region="sim-000", image="img-1")
     for _ in range(100):
         body = await (await client.get(f"/api/v1/operations/{op.id}")).json()
         if body["state"] == "succeeded":

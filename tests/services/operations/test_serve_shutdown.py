@@ -27,6 +27,7 @@ from metavmm.services.operations.engine import STOP_MARGIN_S, Engine
 from metavmm.services.operations.plan import Step
 from metavmm.services.sync import sync_all
 from tests.cli.test_serve import Metavmm
+from tests.services.operations import direct
 from tests.services.operations.slow_steps import notes
 from tests.services.operations.test_libvirt_flows import domains, state
 
@@ -106,7 +107,7 @@ async def test_sigterm_while_a_sim_provision_runs(sim_catalog: tuple[Catalog, En
     log = catalog.tmp_path / "slow.log"
     workload = Workload(kind=WorkloadKind.COMPUTE, name="app", observed_state="pending", spec={"image": "img"})
     steps = [Step("slow", "test.slow", {"log": str(log), "seconds": seconds, "blocking": blocking}),
-             *flows.provision_steps(workload.id, name="app", provider="sima", region="sim-000", image="img", vcpus=1,
+             *direct.provision_steps(workload.id, name="app", provider="sima", region="sim-000", image="img", vcpus=1,
                                     ram_mib=512, disk_gib=0, flavor=None, host=None)]
     op = await engine.submit(kind="provision", steps=steps, target_id=workload.id, rows=[workload])
 
@@ -162,7 +163,7 @@ async def test_sigterm_while_a_libvirt_provision_runs(libvirt_catalog: tuple[Cat
     catalog, engine = libvirt_catalog
     uri = libvirt_hosts.uris[0]
     grace = engine.config.operations.stop_grace_s
-    op = await flows.provision(engine, name="vm-sigterm", provider="lv0", region="host0",
+    op = await direct.provision(engine, name="vm-sigterm", provider="lv0", region="host0",
                                image=str(libvirt_hosts.base_image), ram_mib=64)
     brokers: list[Metavmm] = []
     try:

@@ -12,6 +12,7 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
+from tests.services.operations import direct
 
 CONFIG = """
 providers:
@@ -31,7 +32,7 @@ async def test_power_and_live_migration_within_a_region(sqlite_sessions) -> None
         done = await store.get(sqlite_sessions, op.id)
         return done.state
 
-    op = await flows.provision(engine, name="app", provider="sima", region="sim-000", image="img",
+    op = await direct.provision(engine, name="app", provider="sima", region="sim-000", image="img",
                                host="sim-000-h00000")
     assert await run(op) == OperationState.SUCCEEDED
     wid = op.target_id
@@ -63,7 +64,7 @@ async def test_failed_provision_rolls_back_and_says_why(sqlite_sessions) -> None
     await sync_all(sqlite_sessions, config)
     engine = Engine(sqlite_sessions, config, "sqlite://")
     ex = Executor(sqlite_sessions, config)
-    op = await flows.provision(engine, name="nowhere", provider="sima", region="sim-999", image="img")
+    op = await direct.provision(engine, name="nowhere", provider="sima", region="sim-999", image="img")
     assert await ex.run(op.id)
     done = await store.get(sqlite_sessions, op.id)
     assert done.state == OperationState.ROLLED_BACK and "no region sim-999" in (done.error or "")
@@ -82,7 +83,7 @@ async def test_bad_requests_are_refused_before_any_operation(sqlite_sessions) ->
     config = parse_config(CONFIG)
     engine = Engine(sqlite_sessions, config, "sqlite://")
     with pytest.raises(ValidationError, match="not in the federation"):
-        await flows.provision(engine, name="x", provider="nope", region="r", image="i")
+        await direct.provision(engine, name="x", provider="nope", region="r", image="i")
     with pytest.raises(NotFound):
         await flows.power(engine, "no-such-workload", "stop")
     with pytest.raises(ValidationError, match="unknown action"):

@@ -20,6 +20,7 @@ from bench.vcsim import Vcsim
 from metavmm.catalog.models import Host, OperationState, Site
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
+from tests.services.operations import direct
 from tests.services.operations.conftest import engine_for
 from tests.services.operations.test_libvirt_flows import domains, run, workload
 
@@ -80,7 +81,7 @@ async def engine_over(libvirt_hosts: LibvirtHosts, vcenter: Vcsim, tmp_path: Pat
 async def test_cold_migration_libvirt_qcow2_to_vmware(engine: Engine, libvirt_hosts: LibvirtHosts,
                                                       vcenter: Vcsim) -> None:
     before = datastore_files(vcenter)
-    done = await run(engine, await flows.provision(engine, name="to-vmware", provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name="to-vmware", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     assert done.state == OperationState.SUCCEEDED, done.error
     wid = done.target_id
@@ -132,7 +133,7 @@ async def test_cold_migration_back_from_vmware_to_libvirt(engine: Engine, libvir
     """VMware as the source: its disk downloaded over /folder, vmdk -> qcow2, booted on the other libvirt host;
     the VM, its directory and the image the first migration imported are gone from the datastore."""
     before = datastore_files(vcenter)
-    done = await run(engine, await flows.provision(engine, name="round-trip", provider="lv0", region="host0",
+    done = await run(engine, await direct.provision(engine, name="round-trip", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     wid = done.target_id
     assert wid is not None

@@ -11,11 +11,12 @@ import pytest
 
 from metavmm.catalog.models import Operation, OperationState
 from metavmm.foundation.config import parse_config
-from metavmm.services.operations import flows, store
+from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.plan import Step
 from metavmm.services.sync import sync_all
+from tests.services.operations import direct
 
 CONFIG = """
 providers:
@@ -62,7 +63,7 @@ async def test_concurrent_batches_finish_with_fewer_slots_than_parents(sessions,
     engine = await idle_engine(sessions, slots)
     children: list[list[str]] = []
     for b in range(3):
-        ops = [await flows.provision(engine, name=f"b{b}-vm{i}", provider="sima", region="sim-000",
+        ops = [await direct.provision(engine, name=f"b{b}-vm{i}", provider="sima", region="sim-000",
                                      image="img", host=f"sim-000-h0000{i}") for i in range(2)]
         ids = [o.id for o in ops]
         for cid in ids:  # held by a broker that then died: the parents are claimed before them
@@ -82,7 +83,7 @@ async def test_concurrent_batches_finish_with_fewer_slots_than_parents(sessions,
 
 async def test_a_parked_parent_is_cancelled_at_once_with_its_children(sessions) -> None:
     engine = await idle_engine(sessions, 2)
-    child = await flows.provision(engine, name="slow", provider="sima", region="sim-000", image="img",
+    child = await direct.provision(engine, name="slow", provider="sima", region="sim-000", image="img",
                                   host="sim-000-h00000")
     assert await store.claim(sessions, child.id, "dead-broker", lease_s=30)  # stays active meanwhile
     parent = await engine.submit(kind="migrate_batch", steps=batch_steps([child.id]))
@@ -98,7 +99,7 @@ async def test_a_parked_parent_is_cancelled_at_once_with_its_children(sessions) 
 async def test_a_parent_killed_while_parked_resumes_in_another_executor(sessions) -> None:
     engine = await idle_engine(sessions, 1)
     config = engine.config
-    child = await flows.provision(engine, name="later", provider="sima", region="sim-000", image="img",
+    child = await direct.provision(engine, name="later", provider="sima", region="sim-000", image="img",
                                   host="sim-000-h00000")
     parent = await engine.submit(kind="migrate_batch", steps=batch_steps([child.id]))
     first = Executor(sessions, config)
@@ -140,7 +141,7 @@ async def test_batches_finish_on_one_procrastinate_worker_slot(pg_url: str) -> N
     await engine.start()  # procrastinate mode: the broker only writes rows and defers jobs
     worker: asyncio.Task[None] | None = None
     try:
-        children = [(await flows.provision(engine, name=f"w{i}", provider="sima", region="sim-000", image="img",
+        children = [(await direct.provision(engine, name=f"w{i}", provider="sima", region="sim-000", image="img",
                                            host=f"sim-000-h0000{i}")).id for i in range(4)]
         for cid in children:
             await store.claim(sessions, cid, "dead-broker", lease_s=1.0)

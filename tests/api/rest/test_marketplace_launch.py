@@ -1,0 +1,128 @@
+"""The marketplace launch over REST is a workload create: the service's quota, idempotency, scoping and
+placement, a 202 with the operation, and the engine (inside the app, as ``serve`` runs it) makes the VM
+on the federation's sim provider."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import func, select
+
+from metavmm.api import keys
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Image, ImageReplica, Operation, Quota, Site, Workload
+from metavmm.services.identity import get_or_create_project
+from tests.api.rest.test_change_flows import API, _app, _done, _sim_vm
+
+TWO_SITES = """
+providers:
+  - {kind: sim, name: sima, site_count: 2, hosts_per_site: 2}
+operations: {reconcile_interval_s: 0, retry_base_s: 0.01}
+"""
+
+
+async def _image(app: Any, tmp_path: Path, project_id: int, name: str = "course",
+                 visibility: str = "project") -> str:
+    """A published image of ``project_id`` with its bytes on disk (what a replicate copies)."""
+    disk = tmp_path / f"{name}.raw"
+    disk.write_bytes(name.encode() * 8192)
+    data = disk.read_bytes()
+    async with session_scope(app[keys.SESSIONS]) as s:
+        image = Image(project_id=project_id, name=name, visibility=visibility, format="raw", location=str(disk),
+                      size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                      sha512=hashlib.sha512(data).hexdigest(), min_ram_mib=128)
+        s.add(image)
+        await s.flush()
+        return image.id
+
+
+async def _count(app: Any, model: Any) -> int:
+    async with app[keys.SESSIONS]() as s:
+        return (await s.exec(select(func.count()).select_from(model))).one()
+
+
+async def test_a_launch_runs_to_a_running_vm_and_keeps_its_placement(aiohttp_client: Any, sqlite_url: str,
+                                                                     tmp_path: Path) -> None:
+    client, app, project_id = await _app(aiohttp_client, sqlite_url)
+    image_id = await _image(app, tmp_path, project_id)
+    resp = await client.post(f"{API}/marketplace/images/{image_id}/launch", json={"name": "lab-1", "ram_mib": 256})
+    body = await resp.json()
+    assert resp.status == 202, body
+    workload, op = body["workload"], body["operation"]
+    assert resp.headers["Location"] == f"{API}/operations/{op['id']}"
+    assert resp.headers["ETag"] == f'"{workload["version"]}"'
+    assert workload["observed_state"] == "pending" and workload["project_id"] == project_id
+    assert workload["spec"]["image_id"] == image_id and workload["spec"]["ram_mib"] == 256
+    assert [s["action"] for s in op["steps"]] == ["quota.hold", "image.replicate", "vm.create", "vm.wait",
+                                                  "workload.record", "quota.commit"]
+    assert (await _done(client, op["id"]))["state"] == "succeeded"
+    shown = await (await client.get(f"{API}/workloads/{workload['id']}")).json()
+    assert shown["observed_state"] == "running" and shown["present"]
+    placement = shown["spec"]["placement"]
+    assert placement["site"] and placement["provider"] == "sima" and placement["summary"].startswith("placed on")
+    async with app[keys.SESSIONS]() as s:
+        (replica,) = (await s.exec(select(ImageReplica).where(ImageReplica.image_id == image_id))).all()
+    assert _sim_vm(app, workload["id"]).image == replica.provider_image_id  # the replica the operation made
+
+
+async def test_over_quota_replayed_and_unseen_launches(aiohttp_client: Any, db_url: str, tmp_path: Path) -> None:
+    client, app, project_id = await _app(aiohttp_client, db_url)
+    image_id = await _image(app, tmp_path, project_id)
+    async with session_scope(app[keys.SESSIONS]) as s:
+        s.add(Quota(project_id=project_id, resource="vcpus", limit=2))
+        beta = await get_or_create_project(s, "beta")
+    launch = f"{API}/marketplace/images/{image_id}/launch"
+
+    over = await client.post(launch, json={"name": "too-big", "vcpus": 3, "ram_mib": 256})
+    problem = await over.json()
+    assert over.status == 403 and "quota" in problem["detail"].lower(), problem
+    assert await _count(app, Workload) == 0 and await _count(app, Operation) == 0  # nothing half-written
+
+    key = {"Idempotency-Key": "lab-2-first-try"}
+    first = await client.post(launch, json={"name": "lab-2", "vcpus": 2, "ram_mib": 256}, headers=key)
+    again = await client.post(launch, json={"name": "lab-2", "vcpus": 2, "ram_mib": 256}, headers=key)
+    one, two = await first.json(), await again.json()
+    assert first.status == again.status == 202, (one, two)
+    assert two["operation"]["id"] == one["operation"]["id"] and two["workload"]["id"] == one["workload"]["id"]
+    assert await _count(app, Workload) == 1
+    other = await client.post(launch, json={"name": "lab-3", "vcpus": 2, "ram_mib": 256}, headers=key)
+    assert other.status == 409  # the same key for another request
+    full = await client.post(launch, json={"name": "lab-3", "vcpus": 1, "ram_mib": 256})
+    assert full.status == 403  # lab-2 holds the project's 2 vCPUs while it is created
+
+    hidden = await _image(app, tmp_path, beta.id, name="beta-only")  # another school's project image
+    unseen = await client.post(f"{API}/marketplace/images/{hidden}/launch", json={"name": "peek", "ram_mib": 256})
+    assert unseen.status == 404, await unseen.text()
+    missing = await client.post(f"{API}/marketplace/images/beta/beta-only/launch", json={"name": "peek"})
+    assert missing.status == 404
+    small = await client.post(launch, json={"name": "tiny", "vcpus": 1, "ram_mib": 64})
+    assert small.status == 400 and "needs at least 128 MiB RAM (asked 64)" in (await small.json())["detail"]
+    elsewhere = await client.post(launch, json={"name": "x", "ram_mib": 256, "project_id": beta.id})
+    assert elsewhere.status == 403  # a member launches into their own project only
+    extra = await client.post(launch, json={"name": "x", "ram_mib": 256, "colour": "red"})
+    assert extra.status == 400
+    assert await _count(app, Workload) == 1
+
+
+async def test_without_a_site_the_scheduler_prefers_the_site_holding_a_replica(aiohttp_client: Any, sqlite_url: str,
+                                                                              tmp_path: Path) -> None:
+    """One image copied to each site: each launch goes where its image already is (no copy), whichever
+    site the scheduler would pick for an image with no replica."""
+    client, app, project_id = await _app(aiohttp_client, sqlite_url, TWO_SITES)
+    async with app[keys.SESSIONS]() as s:
+        sites = sorted((await s.exec(select(Site.name))).all())
+    assert len(sites) == 2
+    images = {site: await _image(app, tmp_path, project_id, name=f"at-{site[-3:]}") for site in sites}
+    for site, image_id in images.items():
+        copied = await client.post(f"{API}/marketplace/images/{image_id}/replicate", json={"site": site})
+        assert copied.status == 200, await copied.text()
+    for site, image_id in images.items():
+        resp = await client.post(f"{API}/marketplace/images/{image_id}/launch",
+                                 json={"name": f"near-{site}", "ram_mib": 256})
+        body = await resp.json()
+        assert resp.status == 202, body
+        assert body["workload"]["spec"]["placement"]["site"] == site
+        assert "image.replicate" not in [s["action"] for s in body["operation"]["steps"]]
+        assert (await _done(client, body["operation"]["id"]))["state"] == "succeeded"
