@@ -202,19 +202,21 @@ class OcciJson(OcciText):
     async def resource(self, who: str, kind: str, name: str, *, size_gib: int = 0, cidr: str | None = None) -> Reply:
         attrs: dict[str, Any] = {"occi.core.title": name}
         attrs.update({"occi.storage.size": size_gib} if kind == "storage" else {"occi.network.address": cidr})
-        doc = {"kind": f"{INFRA}{kind}", "attributes": attrs, "mixins": [IPNETWORK] if kind == "network" else []}
+        doc = {"kind": f"{INFRA}{kind}", "id": "_", "attributes": attrs,
+               "mixins": [IPNETWORK] if kind == "network" else []}
         resp = await self.client.post(f"/{kind}/", json=doc, headers=self.headers(who, None, OCCI_JSON))
         return await self.reply(resp, 201, _occi_id)
 
     async def link(self, who: str, compute_id: str, kind: str, target_id: str) -> Reply:
         term = LINK_KIND[kind]
-        doc = {"kind": f"{INFRA}{term}", "source": {"location": f"/compute/{compute_id}"},
+        doc = {"kind": f"{INFRA}{term}", "id": "_", "source": {"location": f"/compute/{compute_id}"},
                "target": {"location": f"/{kind}/{target_id}", "kind": f"{INFRA}{kind}"}}
         resp = await self.client.post(f"/{term}/", json=doc, headers=self.headers(who, None, OCCI_JSON))
         return await self.reply(resp, 201, _occi_id)
 
     async def resize(self, who: str, workload_id: str, vcpus: int, ram_gib: int) -> Reply:
-        doc = {"kind": f"{INFRA}compute", "attributes": {"occi.compute.cores": vcpus, "occi.compute.memory": ram_gib}}
+        doc = {"kind": f"{INFRA}compute", "id": workload_id,
+               "attributes": {"occi.compute.cores": vcpus, "occi.compute.memory": ram_gib}}
         resp = await self.client.post(f"/compute/{workload_id}", json=doc, headers=self.headers(who, None, OCCI_JSON))
         return await self.reply(resp, 200, lambda r: _none(workload_id))
 

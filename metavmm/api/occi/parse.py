@@ -383,7 +383,10 @@ def parse_json(body: bytes | str) -> OcciRequest:
     doc = jsonbody.loads(body or b"{}")  # bounded: size, depth and number length (limits.json_*)
     doc = _obj(doc, "the body")
     req = OcciRequest(typed=True)
-    if "action" in doc or ("attributes" in doc and "kind" not in doc):  # an action invocation
+    if "attributes" in doc and "kind" not in doc and "action" not in doc:
+        raise ValidationError("the body has attributes but no member 'kind' (a resource or link) and no member "
+                              "'action' (an action invocation); GFD.225 requires one of them")
+    if "action" in doc:  # an action invocation
         _members(doc, ACTION_MEMBERS, ("action",), "the action invocation")
         scheme, term = _split_type_id(doc["action"], "action")
         req.categories.append(CategoryRef(term=term, scheme=scheme, cls="action"))

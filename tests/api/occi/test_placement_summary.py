@@ -48,7 +48,7 @@ async def test_the_query_interface_describes_the_placed_mixin(sim_client: Any) -
 
 async def test_a_json_partial_update_without_kind_is_applied_or_refused_never_silent(sim_client: Any) -> None:
     """Issue 15, OCCI details: what a POST update asks is done, or the client hears why not."""
-    doc = {"kind": f"{INFRA}compute", "mixins": [await os_tpl_id(sim_client)],
+    doc = {"kind": f"{INFRA}compute", "id": "_", "mixins": [await os_tpl_id(sim_client)],
            "attributes": {"occi.core.title": "before", "occi.compute.cores": 1, "occi.compute.memory": 1}}
     body = await (await sim_client.post("/compute/", json=doc, headers=JSONH)).json()
     path = f"/compute/{body['id']}"
@@ -59,6 +59,6 @@ async def test_a_json_partial_update_without_kind_is_applied_or_refused_never_si
         assert renamed.status == 400 and "kind" in await renamed.text()
     empty = await sim_client.post(path, json={"attributes": {}}, headers=JSONH)
     assert empty.status == 400, await empty.text()
-    unknown = await sim_client.post(path, json={"kind": f"{INFRA}compute", "attributes": {"occi.compute.nonsense": 1}},
-                                    headers=JSONH)
+    unknown = await sim_client.post(path, json={"kind": f"{INFRA}compute", "id": body["id"],
+                                                "attributes": {"occi.compute.nonsense": 1}}, headers=JSONH)
     assert unknown.status == 400 and "occi.compute.nonsense" in await unknown.text()
