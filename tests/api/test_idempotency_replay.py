@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
@@ -66,9 +65,6 @@ async def test_occi_action_and_delete_replay_without_acting(world: Any) -> None:
     assert other.status == 422, await other.text()
 
 
-@pytest.mark.xfail(strict=True, reason="OCCI looks the compute up (and hides a deleted one) before the workload "
-                   "service can replay: the replay answers 404, though it does not act again. The fix is in "
-                   "metavmm/api/occi/service.py, issue 23's area")
 async def test_occi_delete_replays_the_first_answer(world: Any) -> None:
     client, w = world
     wid = w.ids["workload"]

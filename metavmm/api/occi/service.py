@@ -47,7 +47,14 @@ from metavmm.catalog.models import (
     Workload,
     WorkloadLink,
 )
-from metavmm.foundation.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationError
+from metavmm.foundation.errors import (
+    Conflict,
+    Forbidden,
+    MetavmmError,
+    NotFound,
+    Unauthenticated,
+    ValidationError,
+)
 from metavmm.services.identity import Identity
 from metavmm.services.workloads.requests import CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService, is_uuid, storage_gib
@@ -445,11 +452,30 @@ class OcciService:
             if kind in infra.LINK_KINDS:
                 link = await self._link(session, kind.term, entity_id)
             else:
-                wl = await self._workload(session, kind.term, entity_id)
+                try:
+                    wl = await self._workload(session, kind.term, entity_id)
+                except NotFound:
+                    if not await self._replayed_delete(kind, entity_id):
+                        raise
+                    return
         if kind in infra.LINK_KINDS:
             await self.workloads.unlink(self.ident, link.id)
         else:
             await self.workloads.delete(self.ident, wl.id, idempotency_key=self.idempotency_key)
+
+    async def _replayed_delete(self, kind: Kind, entity_id: str) -> bool:
+        """A DELETE retried with its Idempotency-Key after the entity left OCCI's collection: the first
+        answer again (nothing is planned twice). Anything else stays the 404 the entity's absence is."""
+        if not self.idempotency_key:
+            return False
+        try:
+            row = await self.workloads.get(self.ident, entity_id)
+            if row.kind != kind.term:
+                return False
+            op = await self.workloads.delete(self.ident, row.id, idempotency_key=self.idempotency_key)
+        except MetavmmError:
+            return False
+        return op.kind == "delete"
 
     async def delete_all(self, kind: Kind) -> int:
         entities = await self.collection(kind)
