@@ -314,7 +314,8 @@ class OcciService:
                              vcpus=None if flavor else int(spec["vcpus"]),
                              ram_mib=None if flavor else int(spec["ram_mib"]),
                              image=image.id if image else self.default_image, providers=allowed,
-                             max_price_per_hour=float(price) if price is not None else None, attributes=spec)
+                             max_price_per_hour=float(price) if price is not None else None,
+                             ssh_key=spec.get("ssh_key"), user_data=spec.get("user_data"), attributes=spec)
 
     async def _link_spec(self, reg: Registry, ref: LinkRef, link_id: str | None = None, *,
                          typed: bool = False) -> LinkSpec:
