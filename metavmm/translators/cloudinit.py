@@ -4,8 +4,9 @@ client's user data) as the cloud-init documents every target reads.
 One place builds the documents (:func:`documents`); each driver only chooses the transport:
 libvirt attaches a NoCloud seed, a small ISO 9660 image labelled ``cidata`` holding ``meta-data``,
 ``user-data`` and ``network-config`` (:func:`write_seed_iso`, built with xorriso); VMware puts the
-same meta-data, with the network config under its ``network`` key, into ``guestinfo.metadata``, as
-cloud-init's VMware datasource reads it (:func:`vmware_guestinfo`).
+same meta-data, with the network config under its ``network`` key, into ``guestinfo.metadata`` (and
+the user data into ``guestinfo.userdata``), as cloud-init's VMware datasource reads it
+(:func:`vmware_guestinfo`).
 
 The client's user data goes to the guest byte for byte as ``user-data`` (cloud-init reads a
 ``#cloud-config`` document, a script, or a MIME multipart); the SSH key goes into meta-data as
@@ -127,16 +128,22 @@ def documents(identity: GuestIdentity, *, user_data: str | None = None,
     return docs
 
 
-def vmware_guestinfo(identity: GuestIdentity) -> dict[str, str]:
-    """extraConfig keys for cloud-init's VMware datasource: the meta-data as base64 JSON, with the
-    network config embedded under ``network`` (the datasource's documented layout)."""
-    metadata: dict[str, Any] = meta_data(identity)
+def vmware_guestinfo(identity: GuestIdentity, *, user_data: str | None = None,
+                     ssh_keys: tuple[str, ...] = ()) -> dict[str, str]:
+    """extraConfig keys for cloud-init's VMware datasource: the meta-data (with the SSH keys) as base64
+    JSON, with the network config embedded under ``network``, and the client's user data as base64
+    (the datasource's documented layout)."""
+    metadata: dict[str, Any] = meta_data(identity, ssh_keys)
     network = network_config(identity)
     if network is not None:
         metadata["network"] = network
-    return {"guestinfo.hostname": identity.hostname,
+    keys = {"guestinfo.hostname": identity.hostname,
             "guestinfo.metadata": base64.b64encode(json.dumps(metadata).encode()).decode(),
             "guestinfo.metadata.encoding": "base64"}
+    if user_data is not None:
+        keys["guestinfo.userdata"] = base64.b64encode(user_data.encode()).decode()
+        keys["guestinfo.userdata.encoding"] = "base64"
+    return keys
 
 
 async def write_seed_iso(identity: GuestIdentity, dest: Path, *, user_data: str | None = None,

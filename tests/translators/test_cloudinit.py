@@ -118,3 +118,11 @@ def test_key_pair_name_ignores_the_comment() -> None:
     other_comment = KEY.rsplit(" ", 1)[0] + " bob@elsewhere"
     assert key_pair_name(KEY) == key_pair_name(other_comment) != key_pair_name(KEY.replace("IHh0", "IHh1"))
     assert key_pair_name(KEY).startswith("metavmm-") and len(key_pair_name(KEY)) <= 255
+
+
+def test_vmware_guestinfo_carries_the_key_and_the_user_data() -> None:
+    info = vmware_guestinfo(GuestIdentity(instance_id="wl-3", hostname="vm-3"), user_data=USER_DATA, ssh_keys=(KEY,))
+    assert base64.b64decode(info["guestinfo.userdata"]) == USER_DATA.encode()
+    assert info["guestinfo.userdata.encoding"] == "base64"
+    assert json.loads(base64.b64decode(info["guestinfo.metadata"]))["public-keys"] == [KEY]
+    assert "guestinfo.userdata" not in vmware_guestinfo(GuestIdentity(instance_id="wl-3", hostname="vm-3"))
