@@ -362,8 +362,12 @@ async def test_save_where_the_provider_cannot_export_rolls_back(sim_client: Any)
     created = await _create_compute(sim_client)
     path = URL(created.headers["Location"]).path
     save = await sim_client.post(f"{path}?action=save", headers=TEXT)
-    assert save.status == 200, await save.text()
+    assert save.status == 202, await save.text()  # the OS template being made, in text/plain
+    template = URL(save.headers["Location"]).path
+    assert template.startswith("/mixins/os_tpl/saved-") and "Category: saved-" in await save.text()
+    assert 'rel="http://schemas.ogf.org/occi/infrastructure#os_tpl"' in await save.text()
     doc = await settled(sim_client, path)
+    assert (await sim_client.get(template, headers=TEXT)).status == 404  # never published
     assert doc["attributes"]["occi.compute.state"] == "active"
     message = doc["attributes"]["occi.compute.state.message"]
     assert message.startswith("save rolled_back") and "cannot export" in message, message
