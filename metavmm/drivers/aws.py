@@ -59,6 +59,7 @@ from metavmm.foundation.records import (
     VolumeInfo,
     VolumeSpec,
 )
+from metavmm.translators.cloudinit import key_pair_name
 
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
               "TooManyRequestsException", "SlowDown"}
@@ -68,6 +69,7 @@ _CONFLICT = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState",
              "InvalidVolume.ZoneMismatch", "DependencyViolation", "InvalidNetworkInterface.InUse"}
 _QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientInstanceCapacity", "VolumeLimitExceeded",
           "MaxSpotInstanceCountExceeded"}
+USER_DATA_MAX = 16384  # EC2's limit on the user data before base64
 _DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnop")
 TYPES_TTL_S = 6 * 3600
 # Instance type shapes change a few times a year and cost seconds to fetch (1,400 types): one copy
@@ -316,16 +318,34 @@ class AwsDriver(DriverBase):
         }
         if spec.zone:
             kwargs["Placement"] = {"AvailabilityZone": spec.zone}
-        if spec.user_data:
-            kwargs["UserData"] = spec.user_data
+        if spec.user_data is not None:
+            if len(spec.user_data.encode()) > USER_DATA_MAX:
+                raise ValidationError(f"{self.name}: EC2 takes at most {USER_DATA_MAX} bytes of user data; "
+                                      f"this is {len(spec.user_data.encode())}")
+            kwargs["UserData"] = spec.user_data  # boto3 base64-encodes it
         if spec.ssh_key:
-            kwargs["KeyName"] = spec.ssh_key
+            kwargs["KeyName"] = await self._key_pair(spec.region, spec.ssh_key)
         if spec.networks:
             kwargs["SubnetId"] = spec.networks[0]
         if spec.disk_gib:
             kwargs["BlockDeviceMappings"] = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": spec.disk_gib}}]
         resp = await self._ec2(spec.region, "create_vm", "run_instances", **kwargs)
         return self._vm_info(spec.region, resp["Instances"][0])
+
+    async def _key_pair(self, region: str, public_key: str) -> str:
+        """The EC2 key pair holding ``public_key`` (imported under its digest name when not there yet)."""
+        name = key_pair_name(public_key)
+
+        def ensure() -> str:
+            client = self._client(region)
+            try:
+                client.import_key_pair(KeyName=name, PublicKeyMaterial=public_key.encode())
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "InvalidKeyPair.Duplicate":
+                    raise
+            return name
+
+        return await self.provider_call("create_vm", ensure)
 
     async def _instance_op(self, vm_id: str, operation: str, method: str, **kwargs: Any) -> Any:
         region, iid = self._split(vm_id, operation)

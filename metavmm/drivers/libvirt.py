@@ -392,8 +392,9 @@ class LibvirtDriver(DriverBase):
     async def create_vm(self, spec: VmSpec) -> VmInfo:
         """Define and start a domain on a copy-on-write overlay of ``spec.image`` (a disk path).
 
-        A clone (``extra`` with ``hostname``; ``mac``, ``address``, ``gateway``, ``dns`` optional) gets a
-        cloud-init NoCloud seed ISO beside its disk, attached read-only and deleted with the domain.
+        A clone (``extra`` with ``hostname``; ``mac``, ``address``, ``gateway``, ``dns`` optional), and a VM
+        with ``user_data`` or an ``ssh_key``, gets a cloud-init NoCloud seed ISO beside its disk, attached
+        read-only and deleted with the domain.
         Every domain's serial console is logged to ``<uuid>-console.log`` beside its disk (truncated at
         each start, deleted with the domain): :meth:`console_output` reads it for boot checks.
         """
@@ -402,10 +403,11 @@ class LibvirtDriver(DriverBase):
         disk = self.storage_dir / "disks" / f"{vm_uuid}.qcow2"
         console = self._console_log(disk.parent, vm_uuid)
         seed = None
-        if spec.extra.get("hostname"):
+        if spec.extra.get("hostname") or spec.user_data is not None or spec.ssh_key:
             identity = GuestIdentity.from_extra(spec.extra, instance_id=spec.workload_id or vm_uuid,
                                                 default_hostname=spec.name)
-            seed = await write_seed_iso(identity, self.storage_dir / "disks" / f"{vm_uuid}-seed.iso")
+            seed = await write_seed_iso(identity, self.storage_dir / "disks" / f"{vm_uuid}-seed.iso",
+                                        user_data=spec.user_data, ssh_keys=(spec.ssh_key,) if spec.ssh_key else ())
             self._give_to_storage_owner(seed)
         try:
             await self._make_overlay(spec.image, disk, spec.disk_gib)

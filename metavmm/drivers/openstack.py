@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -55,7 +56,9 @@ from metavmm.foundation.records import (
     VmSpec,
     VmState,
 )
+from metavmm.translators.cloudinit import key_pair_name
 
+USER_DATA_MAX = 65535  # nova's limit on the base64-encoded user data
 log = logging.getLogger(__name__)
 CONSOLE_LINES = 1000  # console_output's tail: enough for a boot, bounded for a chatty guest
 HYPERVISOR_CPU_MICROVERSION = "2.87"  # the last one whose hypervisor detail has cpu_info, vcpus, memory_mb
@@ -295,10 +298,24 @@ class OpenStackDriver(DriverBase):
         best = min(fits, key=lambda f: (f.gpu_count, f.vcpus, f.ram_mib, f.disk_gib, f.name))
         return str(best.provider_flavor_id)
 
+    @staticmethod
+    def _key_pair(conn: openstack.connection.Connection, public_key: str) -> str:
+        """The nova key pair holding ``public_key`` (created under its digest name when not there yet);
+        nova hands it to the guest through the metadata service and the config drive."""
+        name = key_pair_name(public_key)
+        if conn.compute.find_keypair(name) is None:
+            with contextlib.suppress(os_exc.ConflictException):  # another create made it meanwhile
+                conn.compute.create_keypair(name=name, public_key=public_key)
+        return name
+
     async def create_vm(self, spec: VmSpec) -> VmInfo:
-        """Create a server; ``spec.networks`` are network ids (none given: ``extra['networks']`` or 'auto')."""
+        """Create a server; ``spec.networks`` are network ids (none given: ``extra['networks']`` or 'auto').
+        User data goes to nova base64-encoded (at most 65535 bytes so), an SSH key as a key pair."""
         if spec.region not in self.regions:
             raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+        if spec.user_data is not None and len(base64.b64encode(spec.user_data.encode())) > USER_DATA_MAX:
+            raise ValidationError(f"{self.name}: nova takes at most {USER_DATA_MAX} bytes of base64 user data; "
+                                  f"this is {len(base64.b64encode(spec.user_data.encode()))}")
 
         def create(conn: openstack.connection.Connection) -> Any:
             attrs: dict[str, Any] = {
@@ -310,10 +327,10 @@ class OpenStackDriver(DriverBase):
                 attrs["availability_zone"] = spec.zone
             if spec.host:
                 attrs["host"] = spec.host  # microversion 2.74, admin only
-            if spec.user_data:
+            if spec.user_data is not None:
                 attrs["user_data"] = base64.b64encode(spec.user_data.encode()).decode()
             if spec.ssh_key:
-                attrs["key_name"] = spec.ssh_key
+                attrs["key_name"] = self._key_pair(conn, spec.ssh_key)
             return conn.compute.create_server(**attrs)
 
         server = await self._sdk(spec.region, "create_vm", create)

@@ -444,7 +444,8 @@ class VmwareDriver(DriverBase):
                      ) -> Any:
         identity = GuestIdentity.from_extra(spec.extra, instance_id=spec.workload_id or spec.name,
                                             default_hostname=spec.name)
-        extra = {TAG_KEY: spec.workload_id or "", **vmware_guestinfo(identity)}
+        extra = {TAG_KEY: spec.workload_id or "", **vmware_guestinfo(
+            identity, user_data=spec.user_data, ssh_keys=(spec.ssh_key,) if spec.ssh_key else ())}
         scsi = vim.vm.device.VirtualLsiLogicController(key=-1, busNumber=0, sharedBus="noSharing")
         devices = [vim.vm.device.VirtualDeviceSpec(operation="add", device=scsi),
                    self._nic(network, spec.extra.get("mac"))]

@@ -168,8 +168,10 @@ class VmSpec:
     gpu_count: int = 0
     networks: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
-    user_data: str | None = None
-    ssh_key: str | None = None
+    # cloud-init contextualization: the client's user data as given, and an SSH public key (its text,
+    # ``ssh-ed25519 AAAA... comment``); kept out of the repr so a logged spec does not carry them
+    user_data: str | None = field(default=None, repr=False)
+    ssh_key: str | None = field(default=None, repr=False)
     workload_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 

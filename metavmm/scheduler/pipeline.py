@@ -469,7 +469,7 @@ class Scheduler:
         return hypervisor, tuple(create_steps(
             workload_id=req.workload_id, name=req.vm_name or req.name, target=target, vcpus=req.vcpus,
             ram_mib=req.ram_mib, disk_gib=req.disk_gib, image=image, boot_marker=req.boot_marker,
-            boot_timeout_s=req.boot_timeout_s, basis=basis))
+            boot_timeout_s=req.boot_timeout_s, basis=basis, ssh_key=req.ssh_key, user_data=req.user_data))
 
     def image_source(self, req: PlacementRequest, site: SiteView,
                      hypervisors: frozenset[str]) -> tuple[str, ImageSource | None]:

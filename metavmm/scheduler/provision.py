@@ -19,10 +19,11 @@ How the disk gets there depends on the image and its route:
   ``image.import`` at the target (undone by ``image.delete``); the VM owns that image, which its
   delete removes (``spec["owned_image"]``).
 
-Then ``vm.create`` (undone by ``vm.delete``), ``vm.wait`` until running (stable for 2 s when the guest
-was converted), the boot check where a marker is known and the target has a console (``vm.wait`` on
-the serial console, see :func:`boot_check_args`), ``workload.record`` (the commit) and, after a
-scratch pipeline, ``scratch.clean``.
+Then ``vm.create`` (undone by ``vm.delete``; it carries the client's SSH key and user data, which the
+driver passes through cloud-init, and its detail says only that they are there), ``vm.wait`` until
+running (stable for 2 s when the guest was converted), the boot check where a marker is known and the
+target has a console (``vm.wait`` on the serial console, see :func:`boot_check_args`),
+``workload.record`` (the commit) and, after a scratch pipeline, ``scratch.clean``.
 """
 
 from __future__ import annotations
@@ -161,11 +162,13 @@ def _replicate_step(image: ImageSource, target: Target) -> Step:
 
 def create_steps(*, workload_id: str | None, name: str, target: Target, vcpus: int, ram_mib: int, disk_gib: int,
                  image: ImageSource | None = None, boot_marker: str | None = None,
-                 boot_timeout_s: float = BOOT_TIMEOUT_S, basis: str = "") -> list[Step]:
+                 boot_timeout_s: float = BOOT_TIMEOUT_S, basis: str = "", ssh_key: str | None = None,
+                 user_data: str | None = None) -> list[Step]:
     """The steps that create ``workload_id``'s VM called ``name`` at ``target`` (see the module docstring).
 
     ``workload_id`` None is a dry run: the steps are what a create would run, for no workload yet.
     ``basis``: how the price was found (``custom shape``, ``flavor m5.large``), for the create's detail.
+    ``ssh_key`` and ``user_data``: the guest's cloud-init contextualization, passed to the driver's create.
     """
     at = {"provider": target.provider, "workload_id": workload_id}
     steps: list[Step] = []
@@ -186,11 +189,14 @@ def create_steps(*, workload_id: str | None, name: str, target: Target, vcpus: i
         steps = [_replicate_step(image, target)]
         boot, source = {"image_from": "replica_image"}, f"the replica of image {image.name or image.image_id}"
     slot = target.host or target.flavor or target.site or target.region
+    context = {k: v for k, v in (("ssh_key", ssh_key), ("user_data", user_data)) if v is not None}
+    told = [what for key, what in (("ssh_key", "an SSH key"), ("user_data", "user data")) if key in context]
     steps.append(Step("create", "vm.create", {**at, "name": name, "region": target.region, **boot, "vcpus": vcpus,
                                               "ram_mib": ram_mib, "disk_gib": disk_gib, "flavor": target.flavor,
-                                              "host": target.host},
+                                              "host": target.host, **context},
                       compensate="vm.delete", weight=3, site=target.site,
-                      detail=f"create {name} on {slot} from {source}" + (f" ({basis})" if basis else ""),
+                      detail=f"create {name} on {slot} from {source}" + (f" ({basis})" if basis else "")
+                             + (f", with {' and '.join(told)} for cloud-init" if told else ""),
                       seconds=BOOT_SECONDS))
     running: dict[str, Any] = {"state": "running", "timeout_s": boot_timeout_s}
     if converted:

@@ -60,6 +60,9 @@ class PlacementRequest:
     vm_name: str | None = None  # the VM's name at the provider (default: ``name``)
     boot_marker: str | None = None  # regex the console must show before the boot check passes
     boot_timeout_s: float = 300.0  # how long the boot check waits for it
+    # cloud-init contextualization the create step hands to the driver (out of the repr: no logged copy)
+    ssh_key: str | None = field(default=None, repr=False)
+    user_data: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # one spelling for what is compared with the catalog's (also normalised there): arm64 is aarch64,

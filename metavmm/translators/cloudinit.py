@@ -1,10 +1,18 @@
-"""A clone's identity (hostname, MAC, static address) as the cloud-init documents every target reads.
+"""A VM's identity (hostname, MAC, static address) and its contextualization (an SSH public key, the
+client's user data) as the cloud-init documents every target reads.
 
 One place builds the documents (:func:`documents`); each driver only chooses the transport:
 libvirt attaches a NoCloud seed, a small ISO 9660 image labelled ``cidata`` holding ``meta-data``,
 ``user-data`` and ``network-config`` (:func:`write_seed_iso`, built with xorriso); VMware puts the
-same meta-data, with the network config under its ``network`` key, into ``guestinfo.metadata``, as
-cloud-init's VMware datasource reads it (:func:`vmware_guestinfo`).
+same meta-data, with the network config under its ``network`` key, into ``guestinfo.metadata`` (and
+the user data into ``guestinfo.userdata``), as cloud-init's VMware datasource reads it
+(:func:`vmware_guestinfo`).
+
+The client's user data goes to the guest byte for byte as ``user-data`` (cloud-init reads a
+``#cloud-config`` document, a script, or a MIME multipart); the SSH key goes into meta-data as
+``public-keys``, which cloud-init installs for the image's default user, so the user data need not
+mention it. Clouds with their own key registry (OpenStack, AWS) import the key as a key pair named by
+its digest (:func:`key_pair_name`), so one key makes one pair however many VMs use it.
 
 Without an address the clone gets no network-config and cloud-init falls back to DHCP on its first
 interface, which is what a target without a configured clone network gives.
@@ -13,6 +21,7 @@ interface, which is what a target without a configured clone network gives.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -77,8 +86,18 @@ class GuestIdentity:
                    dns=tuple(str(s) for s in extra.get("dns") or ()))
 
 
-def meta_data(identity: GuestIdentity) -> dict[str, Any]:
-    return {"instance-id": identity.instance_id, "local-hostname": identity.hostname}
+def key_pair_name(public_key: str) -> str:
+    """The name a cloud's key pair registry gets for ``public_key``: derived from the key's type and body
+    (not its comment), so importing it again finds the same pair."""
+    kind, body = [*public_key.split(), "", ""][:2]
+    return "metavmm-" + hashlib.sha256(f"{kind} {body}".encode()).hexdigest()[:24]
+
+
+def meta_data(identity: GuestIdentity, ssh_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    data: dict[str, Any] = {"instance-id": identity.instance_id, "local-hostname": identity.hostname}
+    if ssh_keys:
+        data["public-keys"] = list(ssh_keys)
+    return data
 
 
 def network_config(identity: GuestIdentity) -> dict[str, Any] | None:
@@ -95,31 +114,40 @@ def network_config(identity: GuestIdentity) -> dict[str, Any] | None:
     return {"version": 2, "ethernets": {"primary": nic}}
 
 
-def documents(identity: GuestIdentity) -> dict[str, str]:
-    """The NoCloud files by name: meta-data, user-data (NoCloud requires one) and, with an address,
-    network-config."""
-    docs = {"meta-data": yaml.safe_dump(meta_data(identity), sort_keys=False),
-            "user-data": "#cloud-config\n" + yaml.safe_dump({"preserve_hostname": False,
-                                                              "hostname": identity.hostname}, sort_keys=False)}
+def documents(identity: GuestIdentity, *, user_data: str | None = None,
+              ssh_keys: tuple[str, ...] = ()) -> dict[str, str]:
+    """The NoCloud files by name: meta-data (with the SSH keys), user-data (the client's as given, else a
+    cloud-config setting the host name: NoCloud requires one) and, with an address, network-config."""
+    default = "#cloud-config\n" + yaml.safe_dump({"preserve_hostname": False, "hostname": identity.hostname},
+                                                 sort_keys=False)
+    docs = {"meta-data": yaml.safe_dump(meta_data(identity, ssh_keys), sort_keys=False),
+            "user-data": user_data if user_data is not None else default}
     network = network_config(identity)
     if network is not None:
         docs["network-config"] = yaml.safe_dump(network, sort_keys=False)
     return docs
 
 
-def vmware_guestinfo(identity: GuestIdentity) -> dict[str, str]:
-    """extraConfig keys for cloud-init's VMware datasource: the meta-data as base64 JSON, with the
-    network config embedded under ``network`` (the datasource's documented layout)."""
-    metadata: dict[str, Any] = meta_data(identity)
+def vmware_guestinfo(identity: GuestIdentity, *, user_data: str | None = None,
+                     ssh_keys: tuple[str, ...] = ()) -> dict[str, str]:
+    """extraConfig keys for cloud-init's VMware datasource: the meta-data (with the SSH keys) as base64
+    JSON, with the network config embedded under ``network``, and the client's user data as base64
+    (the datasource's documented layout)."""
+    metadata: dict[str, Any] = meta_data(identity, ssh_keys)
     network = network_config(identity)
     if network is not None:
         metadata["network"] = network
-    return {"guestinfo.hostname": identity.hostname,
+    keys = {"guestinfo.hostname": identity.hostname,
             "guestinfo.metadata": base64.b64encode(json.dumps(metadata).encode()).decode(),
             "guestinfo.metadata.encoding": "base64"}
+    if user_data is not None:
+        keys["guestinfo.userdata"] = base64.b64encode(user_data.encode()).decode()
+        keys["guestinfo.userdata.encoding"] = "base64"
+    return keys
 
 
-async def write_seed_iso(identity: GuestIdentity, dest: Path) -> Path:
+async def write_seed_iso(identity: GuestIdentity, dest: Path, *, user_data: str | None = None,
+                         ssh_keys: tuple[str, ...] = ()) -> Path:
     """Write the NoCloud seed ISO (label ``cidata``, Joliet and Rock Ridge names) to ``dest``.
 
     Built under a temporary name in ``dest``'s directory and renamed, so a crash never leaves a
@@ -130,8 +158,8 @@ async def write_seed_iso(identity: GuestIdentity, dest: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="seed-", dir=dest.parent) as tmp:
         src = Path(tmp) / "files"
         src.mkdir()
-        for name, text in documents(identity).items():
-            (src / name).write_text(text)
+        for name, text in documents(identity, user_data=user_data, ssh_keys=ssh_keys).items():
+            (src / name).write_bytes(text.encode())  # as given: no newline translation
         part = Path(tmp) / "seed.iso"
         await run_tool([xorriso, "-as", "mkisofs", "-quiet", "-output", str(part), "-volid", SEED_LABEL,
                         "-joliet", "-rock", str(src)], limits=Limits(timeout_s=60), what="xorriso")

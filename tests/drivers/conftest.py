@@ -209,3 +209,13 @@ def vcsim() -> Iterator[Vcsim]:
             yield server
     except VcsimUnavailable as exc:
         pytest.fail(str(exc))
+
+
+def ssh_public_key(comment: str = "tester@metavmm") -> str:
+    """A fresh, valid OpenSSH ed25519 public key line (nova and moto parse what they import)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                 serialization.PublicFormat.OpenSSH)
+    return f"{raw.decode()} {comment}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator
 
@@ -21,7 +22,8 @@ from metavmm.foundation.errors import (
     ValidationError,
 )
 from metavmm.foundation.records import OWNER_TAG, Capability, VmSpec, VmState
-from tests.drivers.conftest import MotoServer, free_port, unique
+from metavmm.translators.cloudinit import key_pair_name
+from tests.drivers.conftest import MotoServer, free_port, ssh_public_key, unique
 
 REGIONS = ["us-east-1", "eu-west-1"]
 
@@ -97,6 +99,31 @@ async def test_console_output_is_decoded(driver: AwsDriver, moto: MotoServer) ->
         assert out.startswith("Linux version") and "\n" in out
     finally:
         await driver.delete_vm(vm.provider_vm_id)
+
+
+async def test_user_data_and_key_pair_reach_ec2(driver: AwsDriver, moto: MotoServer) -> None:
+    """EC2 keeps the client's user data as given (boto3 base64-encodes it on the way) and the key as a
+    key pair named by its digest, imported once."""
+    key, data = ssh_public_key(), "#!/bin/sh\necho aws-context-marker\n"
+    made = [await driver.create_vm(VmSpec(name=unique("ctx"), region="us-east-1", image=_ami(moto),
+                                          flavor="t3.micro", ssh_key=key, user_data=data)),
+            await driver.create_vm(VmSpec(name=unique("ctx"), region="us-east-1", image=_ami(moto),
+                                          flavor="t3.micro", ssh_key=key))]
+    try:
+        iid = made[0].provider_vm_id.split("/")[1]
+        attr = _ec2(moto).describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        assert base64.b64decode(attr["UserData"]["Value"]).decode() == data
+        instance = _ec2(moto).describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        assert instance["KeyName"] == key_pair_name(key)
+        pairs = _ec2(moto).describe_key_pairs(KeyNames=[key_pair_name(key)])["KeyPairs"]
+        assert len(pairs) == 1
+        with pytest.raises(ValidationError, match="at most 16384 bytes of user data"):
+            await driver.create_vm(VmSpec(name="big", region="us-east-1", image=_ami(moto), flavor="t3.micro",
+                                          user_data="x" * 16385))
+    finally:
+        for vm in made:
+            await driver.delete_vm(vm.provider_vm_id)
+        _ec2(moto).delete_key_pair(KeyName=key_pair_name(key))
 
 
 async def test_custom_shape_picks_the_smallest_fitting_type(driver: AwsDriver, moto: MotoServer) -> None:

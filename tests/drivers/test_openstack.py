@@ -6,6 +6,7 @@ OS_CLIENT_CONFIG_FILE like any OpenStack tool finds it.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,8 @@ from metavmm.foundation.errors import (
     ValidationError,
 )
 from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
-from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
+from metavmm.translators.cloudinit import key_pair_name
+from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, ssh_public_key, unique
 
 NEUTRON_NET = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # nova's NeutronFixture network_1
 CINDER_VOLUME = "227cc671-f30b-4488-96fd-7d0bf13648d8"  # a volume nova's CinderFixture knows
@@ -112,6 +114,27 @@ async def test_console_output_of_a_server(driver: OpenStackDriver) -> None:
             await driver.console_output("RegionOne/00000000-0000-0000-0000-000000000000")
     finally:
         await driver.delete_vm(vm.provider_vm_id)
+
+
+async def test_user_data_and_key_pair_reach_nova(driver: OpenStackDriver) -> None:
+    """The user data nova keeps for the metadata service and config drive is the client's; the key is a
+    key pair named by its digest, imported once however many servers use it."""
+    key, data = ssh_public_key(), "#cloud-config\nruncmd: [echo os-context-marker]\n"
+    first = await driver.create_vm(_spec(workload_id="wl-ctx", ssh_key=key, user_data=data))
+    second = await driver.create_vm(_spec(workload_id="wl-ctx2", ssh_key=key))
+    try:
+        sid = first.provider_vm_id.split("/", 1)[1]
+        server = await driver._sdk("RegionOne", "test", lambda c: c.compute.get_server(sid))
+        assert base64.b64decode(server.user_data).decode() == data
+        assert server.key_name == key_pair_name(key)
+        pair = await driver._sdk("RegionOne", "test", lambda c: c.compute.get_keypair(key_pair_name(key)))
+        assert pair.public_key.split()[:2] == key.split()[:2]
+        with pytest.raises(ValidationError, match="at most 65535 bytes of base64 user data"):
+            await driver.create_vm(_spec(user_data="x" * 50_000))
+    finally:
+        for vm in (first, second):
+            await driver.delete_vm(vm.provider_vm_id)
+        await driver._sdk("RegionOne", "test", lambda c: c.compute.delete_keypair(key_pair_name(key)))
 
 
 async def test_second_region_is_a_separate_nova(driver: OpenStackDriver) -> None:

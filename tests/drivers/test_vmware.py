@@ -3,6 +3,8 @@ sync, and the typed errors. Checks look behind the driver's back (pyvmomi, the d
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,7 +97,8 @@ async def test_lifecycle_with_image_mac_and_hostname(driver: VmwareDriver, vcsim
 
     name, wid = unique("vm"), "5f0c3b1e-0000-4000-8000-00000000beef"
     vm = await driver.create_vm(VmSpec(name=name, region="DC0", image=image.provider_image_id, vcpus=2, ram_mib=256,
-                                       workload_id=wid, extra={"mac": "00:50:56:12:34:56", "hostname": "clone-1"}))
+                                       workload_id=wid, extra={"mac": "00:50:56:12:34:56", "hostname": "clone-1"},
+                                       ssh_key="ssh-ed25519 AAAAvcsim key@test", user_data="#cloud-config\n"))
     try:
         assert (vm.name, vm.state, vm.workload_id) == (name, VmState.RUNNING, wid)
         behind = _vm_behind(vcsim, vm.provider_vm_id)
@@ -103,6 +106,9 @@ async def test_lifecycle_with_image_mac_and_hostname(driver: VmwareDriver, vcsim
         assert [(n.macAddress, n.addressType) for n in nics] == [("00:50:56:12:34:56", "manual")]
         extra = {o.key: o.value for o in behind.config.extraConfig}
         assert extra["metavmm.workload"] == wid and extra["guestinfo.hostname"] == "clone-1"
+        assert base64.b64decode(extra["guestinfo.userdata"]) == b"#cloud-config\n"  # cloud-init's VMware datasource
+        metadata = json.loads(base64.b64decode(extra["guestinfo.metadata"]))
+        assert metadata["public-keys"] == ["ssh-ed25519 AAAAvcsim key@test"]
         assert (behind.config.hardware.numCPU, behind.config.hardware.memoryMB) == (2, 256)
         vm_dir = store / f"{name}-{wid[:8]}"
         assert (vm_dir / f"{name}-{wid[:8]}.vmdk").read_bytes() == Path(vmdk.path).read_bytes()

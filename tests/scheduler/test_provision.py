@@ -34,6 +34,18 @@ def test_an_empty_disk_or_a_known_image_boots_as_it_is() -> None:
     assert known[0].args["image"] == "glance-123" and known[0].args["disk_gib"] == 0
 
 
+def test_the_create_step_carries_the_key_and_user_data_and_its_detail_only_says_so() -> None:
+    key, data = "ssh-ed25519 AAAAkey alice", "#cloud-config\nruncmd: [echo secret-value]\n"
+    steps = create_steps(workload_id="w-1", name="vm", target=TARGET, vcpus=1, ram_mib=512, disk_gib=1,
+                         ssh_key=key, user_data=data)
+    assert steps[0].args["ssh_key"] == key and steps[0].args["user_data"] == data
+    assert "with an SSH key and user data for cloud-init" in steps[0].detail and "secret" not in steps[0].detail
+    plain = create_steps(workload_id="w-1", name="vm", target=TARGET, vcpus=1, ram_mib=512, disk_gib=1)
+    assert "user_data" not in plain[0].args and "cloud-init" not in plain[0].detail
+    req = PlacementRequest(name="vm", vcpus=1, ram_mib=512, ssh_key=key, user_data=data)
+    assert "secret" not in repr(req) and "AAAAkey" not in repr(req)
+
+
 def test_the_boot_check_reads_the_console_only_where_there_is_one() -> None:
     assert _plan(None, boot_marker="login:")[-2] == ("boot-check", "vm.wait")
     steps = create_steps(workload_id="w", name="vm", target=TARGET, vcpus=1, ram_mib=1, disk_gib=1,

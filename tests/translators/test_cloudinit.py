@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from metavmm.foundation.errors import ValidationError
-from metavmm.translators.cloudinit import GuestIdentity, documents, host_label, vmware_guestinfo, write_seed_iso
+from metavmm.translators.cloudinit import (
+    GuestIdentity,
+    documents,
+    host_label,
+    key_pair_name,
+    vmware_guestinfo,
+    write_seed_iso,
+)
 
 STATIC = GuestIdentity(instance_id="w1-web-abc123", hostname="web-abc123", mac="52:54:00:AA:bb:01",
                        address="10.20.0.7/24", gateway="10.20.0.1", dns=("10.20.0.2", "9.9.9.9"))
@@ -83,3 +90,39 @@ def test_host_label_makes_names_valid() -> None:
     assert host_label("___") == "vm"
     assert len(host_label("x" * 100)) == 63
     assert GuestIdentity(instance_id="i", hostname=host_label("Über Server!")).hostname == "ber-server"
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0a2V5Zm9ydGhlYnJva2VyMDEyMzQ1Njc4OQ alice@example"
+USER_DATA = "#!/bin/sh\r\necho 'context-marker' > /dev/console\n"
+
+
+async def test_seed_carries_the_key_and_the_user_data_as_given(tmp_path: Path) -> None:
+    """The client's user data reaches the seed byte for byte (no newline translation, no wrapping); the
+    key is meta-data's public-keys, so the user data need not mention it."""
+    plain = GuestIdentity(instance_id="wl-1", hostname="vm-1")
+    iso = await write_seed_iso(plain, tmp_path / "seed.iso", user_data=USER_DATA, ssh_keys=(KEY,))
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(tmp_path / "out")],
+                   check=True, capture_output=True)
+    assert (tmp_path / "out" / "user-data").read_bytes() == USER_DATA.encode()
+    meta = yaml.safe_load((tmp_path / "out" / "meta-data").read_text())
+    assert meta == {"instance-id": "wl-1", "local-hostname": "vm-1", "public-keys": [KEY]}
+
+
+def test_key_alone_keeps_the_default_user_data() -> None:
+    docs = documents(GuestIdentity(instance_id="wl-2", hostname="vm-2"), ssh_keys=(KEY,))
+    assert yaml.safe_load(docs["user-data"])["hostname"] == "vm-2"
+    assert yaml.safe_load(docs["meta-data"])["public-keys"] == [KEY]
+
+
+def test_key_pair_name_ignores_the_comment() -> None:
+    other_comment = KEY.rsplit(" ", 1)[0] + " bob@elsewhere"
+    assert key_pair_name(KEY) == key_pair_name(other_comment) != key_pair_name(KEY.replace("IHh0", "IHh1"))
+    assert key_pair_name(KEY).startswith("metavmm-") and len(key_pair_name(KEY)) <= 255
+
+
+def test_vmware_guestinfo_carries_the_key_and_the_user_data() -> None:
+    info = vmware_guestinfo(GuestIdentity(instance_id="wl-3", hostname="vm-3"), user_data=USER_DATA, ssh_keys=(KEY,))
+    assert base64.b64decode(info["guestinfo.userdata"]) == USER_DATA.encode()
+    assert info["guestinfo.userdata.encoding"] == "base64"
+    assert json.loads(base64.b64decode(info["guestinfo.metadata"]))["public-keys"] == [KEY]
+    assert "guestinfo.userdata" not in vmware_guestinfo(GuestIdentity(instance_id="wl-3", hostname="vm-3"))

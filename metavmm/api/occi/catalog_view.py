@@ -45,12 +45,22 @@ def slug(name: str) -> str:
 
 
 def image_term(image: Image) -> str:
-    return f"{slug(image.name)[:48]}-{image.id[:8]}"
+    return os_tpl_term(image.name, image.id)
+
+
+def os_tpl_term(name: str, image_id: str) -> str:
+    return f"{slug(name)[:48]}-{image_id[:8]}"
 
 
 def os_tpl(image: Image) -> Mixin:
-    term = image_term(image)
-    return Mixin(infra.OS_TPL_SCHEME, term, image.name, depends=(infra.OS_TPL.type_id,),
+    return os_tpl_of(image.name, image.id)
+
+
+def os_tpl_of(name: str, image_id: str) -> Mixin:
+    """The os_tpl mixin of the image ``name`` with id ``image_id``, also before the image exists (a save
+    names the os_tpl it is making)."""
+    term = os_tpl_term(name, image_id)
+    return Mixin(infra.OS_TPL_SCHEME, term, name, depends=(infra.OS_TPL.type_id,),
                  applies=(infra.COMPUTE.type_id,), location=f"/mixins/os_tpl/{term}/")
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from metavmm.api.occi.model import CORE, Action, Kind, Mixin, OcciAttr
+from metavmm.services.workloads.requests import SSH_KEY_PATTERN
 
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
 METAVMM = "http://schemas.metavmm.dev/occi/"
@@ -154,7 +155,7 @@ RESOURCE_TPL = Mixin(INFRA, "resource_tpl", "Resource template", applies=(COMPUT
 
 SSH_KEY = Mixin("http://schemas.ogf.org/occi/infrastructure/credentials#", "ssh_key", "SSH public key", (
     OcciAttr("occi.credentials.ssh.publickey", str, required=True, field="ssh_key",
-             pattern=r"(ssh|ecdsa|sk)-[A-Za-z0-9@.\-]+ [A-Za-z0-9+/=]+( [^\r\n]*)?",
+             pattern=SSH_KEY_PATTERN,
              description="The public key injected into the compute"),
 ), applies=(COMPUTE.type_id,), location="/mixins/ssh_key/")
 

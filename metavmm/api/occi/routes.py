@@ -132,6 +132,15 @@ async def _created(request: web.Request, svc: OcciService, kind: Kind, path: str
     return resp
 
 
+def _saving(request: web.Request, template: Mixin) -> web.Response:
+    """The answer to a save (GFD.224: the rendering of the new OS template): 202 while the export runs,
+    Location the os_tpl mixin's, the body its rendering (it joins the query interface when the image is
+    published; until then its location answers 404)."""
+    resp = render(request, Categories(kinds=[], mixins=[template]), status=202)
+    resp.headers["Location"] = f"{request.scheme}://{request.host}{template.location}"
+    return resp
+
+
 def _action(request: web.Request) -> str | None:
     value = _query(request).get("action")
     if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}", value):
@@ -210,10 +219,10 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
         req = await read_request(request)
         entity_id = request.match_info["id"]
         action = _action(request)
-        if action is not None:
-            await svc.act(kind, entity_id, action, req)
-        else:
+        if action is None:
             await svc.update(kind, entity_id, req)
+        elif (template := await svc.act(kind, entity_id, action, req)) is not None:
+            return _saving(request, template)
         return render(request, await svc.get(kind, entity_id))
 
     async def put_one(request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from metavmm.api.occi.catalog_view import (
     links_of,
     mixins_of,
     occi_state,
+    os_tpl_of,
     registry,
     resource_entity,
     running_operations,
@@ -314,7 +315,8 @@ class OcciService:
                              vcpus=None if flavor else int(spec["vcpus"]),
                              ram_mib=None if flavor else int(spec["ram_mib"]),
                              image=image.id if image else self.default_image, providers=allowed,
-                             max_price_per_hour=float(price) if price is not None else None, attributes=spec)
+                             max_price_per_hour=float(price) if price is not None else None,
+                             ssh_key=spec.get("ssh_key"), user_data=spec.get("user_data"), attributes=spec)
 
     async def _link_spec(self, reg: Registry, ref: LinkRef, link_id: str | None = None, *,
                          typed: bool = False) -> LinkSpec:
@@ -421,7 +423,9 @@ class OcciService:
 
     # -- actions -----------------------------------------------------------------------------------------
 
-    async def act(self, kind: Kind, entity_id: str, term: str, req: OcciRequest) -> None:
+    async def act(self, kind: Kind, entity_id: str, term: str, req: OcciRequest) -> Mixin | None:
+        """Run ``term`` on the entity; for ``save`` the os_tpl mixin the export is making (GFD.224: the
+        answer to a save is the new OS template), else None."""
         action = next((a for a in kind.actions if a.term == term), None)
         if action is None:
             raise ValidationError(f"{kind.term} has no action {term!r}; it has "
@@ -437,11 +441,15 @@ class OcciService:
             attr.check(value, typed=req.typed)
         async with self.maker() as session:
             wl = await self._workload(session, kind.term, entity_id)
-        if kind is infra.COMPUTE:
-            await self.workloads.act(self.ident, wl.id, term, idempotency_key=self.idempotency_key,
-                                     image_name=req.attributes.get("name"))
-        else:
+        if kind is not infra.COMPUTE:
             await self.workloads.set_resource_state(self.ident, wl.id, term)
+            return None
+        op = await self.workloads.act(self.ident, wl.id, term, idempotency_key=self.idempotency_key,
+                                      image_name=req.attributes.get("name"))
+        params = op.params or {}
+        if term == "save" and params.get("image_id") and params.get("image_name"):
+            return os_tpl_of(str(params["image_name"]), str(params["image_id"]))
+        return None
 
     # -- deleting ----------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from metavmm.api.rest.listing import Page, list_query, paginate
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 from metavmm.services.scope import get_visible, visible
-from metavmm.services.workloads.requests import Accepted, CreateRequest, LinkSpec
+from metavmm.services.workloads.requests import SSH_KEY_MAX, USER_DATA_MAX, Accepted, CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -89,6 +89,12 @@ class WorkloadCreate(BaseModel):
     image_id: str | None = Field(default=None, min_length=1, max_length=300,
                                 description="a marketplace image: its id, name or publisher/name")
     site: str | None = Field(default=None, min_length=1, max_length=160, description="pin to a site (by name)")
+    ssh_key: str | None = Field(default=None, min_length=1, max_length=SSH_KEY_MAX,
+                                description="compute: an OpenSSH public key line, installed by cloud-init for the "
+                                            "image's default user")
+    user_data: str | None = Field(default=None, min_length=1, max_length=USER_DATA_MAX,
+                                  description="compute: cloud-init user data (#cloud-config, a script...), passed "
+                                              "to the guest as given")
     cidr: str | None = Field(default=None, max_length=18,
                              description="network: its address range (AWS needs one, 10.0.0.0/16 by default; "
                                          "libvirt networks are isolated bridges without addresses)")
@@ -151,7 +157,8 @@ async def list_workloads(request: web.Request, query: Any) -> Any:
 async def create_workload(request: web.Request, body: WorkloadCreate) -> WorkloadAccepted:
     req = CreateRequest(kind=body.kind, name=body.name, project_id=body.project_id, flavor=body.flavor,
                         vcpus=body.vcpus, ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model,
-                        gpu_count=body.gpu_count, image=body.image_id, site=body.site, cidr=body.cidr)
+                        gpu_count=body.gpu_count, image=body.image_id, site=body.site, cidr=body.cidr,
+                        ssh_key=body.ssh_key, user_data=body.user_data)
     done = await workloads(request).create(identity_of(request), req, idempotency_key=_key(request))
     return accepted(request, done)
 

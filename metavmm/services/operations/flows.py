@@ -240,22 +240,25 @@ async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
 
 async def save_plan(session: AsyncSession, workload_id: str, *, name: str | None = None) -> PlanSpec:
     """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
-    stopped is stopped for the copy and started again; the image is named now, so retries reuse it."""
+    stopped is stopped for the copy and started again; the image is named and given its id now, so
+    retries reuse it and the answer can name the new OS template (its os_tpl) before the export ends."""
     workload, provider, first = await behind(session, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
     image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
+    image_id = str(uuid.uuid4())
     was_running = workload.observed_state != "stopped"  # a create still running ends running
     steps = [*first]
     if was_running:
         steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
                   Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 120})]
     steps += [Step("export", "disk.export", at, compensate="scratch.clean", weight=3),
-              Step("publish", "image.publish", {"workload_id": workload.id, "name": image}, commit=True, weight=2)]
+              Step("publish", "image.publish", {"workload_id": workload.id, "name": image, "image_id": image_id},
+                   commit=True, weight=2)]
     if was_running:
         steps += [Step("start", "vm.power", {**at, "verb": "start"}),
                   Step("wait-running", "vm.wait", {**at, "state": "running", "timeout_s": 120})]
     steps += [Step("observe", "workload.observe", at), Step("clean-scratch", "scratch.clean", {})]
-    return PlanSpec("save", steps, workload.id, workload.project_id, {"image_name": image})
+    return PlanSpec("save", steps, workload.id, workload.project_id, {"image_name": image, "image_id": image_id})
 
 
 async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:

@@ -89,8 +89,9 @@ async def fetch(ctx: StepContext, *, image_id: str, save_as: str = "fetched", **
 
 @action("image.publish")
 async def publish_disk(ctx: StepContext, *, workload_id: str, name: str, source: str = "exported",
-                       **_: Any) -> dict[str, Any]:
-    """Publish the disk in ``outputs[source]`` as an image of the workload's project."""
+                       image_id: str | None = None, **_: Any) -> dict[str, Any]:
+    """Publish the disk in ``outputs[source]`` as an image of the workload's project, with the id the plan
+    drew (``image_id``: the save's answer already named the os_tpl made from it)."""
     disk = ctx.outputs[source]
     async with session_scope(ctx.sessions) as session:
         workload = await session.get(Workload, workload_id)
@@ -102,7 +103,7 @@ async def publish_disk(ctx: StepContext, *, workload_id: str, name: str, source:
                          project_id=workload.project_id, arch="x86_64",
                          description=f"saved from compute {workload.name} ({workload_id})")
         try:
-            image = await publish(session, meta, disk["path"])
+            image = await publish(session, meta, disk["path"], image_id=image_id)
         except Conflict:  # a retried step: the crashed attempt published these bytes under this name
             found = await current_version(session, publisher, name)
             if found is None:

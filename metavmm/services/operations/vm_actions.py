@@ -82,8 +82,10 @@ async def observed(ctx: StepContext, provider: str, workload_id: str, vm: VmInfo
 async def create_vm(ctx: StepContext, *, provider: str, workload_id: str, name: str, region: str,
                     image: str | None = None, image_from: str | None = None, vcpus: int = 1, ram_mib: int = 512,
                     disk_gib: int = 0, flavor: str | None = None, host: str | None = None,
-                    extra: dict[str, Any] | None = None, save_as: str = "vm_id") -> dict[str, Any]:
-    """Create the workload's VM at ``provider`` unless one carrying its tag is there already."""
+                    extra: dict[str, Any] | None = None, ssh_key: str | None = None, user_data: str | None = None,
+                    save_as: str = "vm_id") -> dict[str, Any]:
+    """Create the workload's VM at ``provider`` unless one carrying its tag is there already. ``ssh_key``
+    and ``user_data`` go to the driver for cloud-init and into no log line."""
     existing = await find_vm(ctx, provider, workload_id)
     if existing is not None:
         await ctx.log(f"adopting {existing.provider_vm_id}, created by an earlier attempt")
@@ -92,7 +94,8 @@ async def create_vm(ctx: StepContext, *, provider: str, workload_id: str, name: 
     if not image_id and not disk_gib:
         raise NotFound("vm.create needs an image or a disk size")
     spec = VmSpec(name=name, region=region, image=image_id or "", vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
-                  flavor=flavor, host=host, workload_id=workload_id, extra=extra or {})
+                  flavor=flavor, host=host, workload_id=workload_id, extra=extra or {}, ssh_key=ssh_key,
+                  user_data=user_data)
     vm = await ctx.driver(provider).create_vm(spec)
     await ctx.log(f"created {vm.provider_vm_id} ({vm.name}) at {provider}/{region}")
     return {save_as: vm.provider_vm_id}

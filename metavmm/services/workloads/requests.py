@@ -71,6 +71,33 @@ def check_cidr(cidr: str | None) -> str | None:
     return str(net)
 
 
+SSH_KEY_PATTERN = r"(ssh|ecdsa|sk)-[A-Za-z0-9@.\-]+ [A-Za-z0-9+/=]+( [^\r\n]*)?"
+"""An OpenSSH public key line: type, base64 body, optional comment (OCCI's ssh_key mixin declares it)."""
+_SSH_KEY = re.compile(SSH_KEY_PATTERN)
+SSH_KEY_MAX = 16384
+USER_DATA_MAX = 65536  # characters; OpenStack and AWS take less, and say so when asked for more
+
+
+def check_ssh_key(key: Any) -> str | None:
+    """The SSH public key cloud-init installs for the image's default user: one OpenSSH key line."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or len(key) > SSH_KEY_MAX or not _SSH_KEY.fullmatch(key.strip()):
+        raise ValidationError("ssh_key must be one OpenSSH public key line like 'ssh-ed25519 AAAA... comment'")
+    return key.strip()
+
+
+def check_user_data(data: Any) -> str | None:
+    """The client's cloud-init user data, passed to the guest as given (a #cloud-config, a script...)."""
+    if data is None:
+        return None
+    if not isinstance(data, str) or not 1 <= len(data) <= USER_DATA_MAX:
+        raise ValidationError(f"user_data must be text of 1 to {USER_DATA_MAX} characters")
+    if "\x00" in data:
+        raise ValidationError("user_data must not contain NUL characters")
+    return data
+
+
 def check_mac(mac: Any) -> str | None:
     """An interface's MAC, as a link may ask for it: unicast, six colon-separated bytes."""
     if mac is None:
@@ -132,6 +159,8 @@ class CreateRequest:
     providers: tuple[str, ...] = ()  # only these providers (OCCI's broker mixin)
     max_price_per_hour: float | None = None
     cidr: str | None = None
+    ssh_key: str | None = None  # a compute's cloud-init contextualization: an OpenSSH public key line
+    user_data: str | None = field(default=None, repr=False)  # and the user data, as given
     links: tuple[LinkSpec, ...] = ()
     workload_id: str | None = None  # OCCI clients may choose the id
     attributes: Mapping[str, Any] = field(default_factory=dict)  # kept in the spec (OCCI mixins, title...)

@@ -70,6 +70,8 @@ from metavmm.services.workloads.requests import (
     check_cidr,
     check_mac,
     check_name,
+    check_ssh_key,
+    check_user_data,
 )
 from metavmm.services.workloads.resources import place_resource
 
@@ -106,6 +108,10 @@ class WorkloadService:
         workload_id = (req.workload_id or new_uuid()).lower()
         name = check_name(req.name if req.name is not None else f"{req.kind}-{workload_id[:8]}")
         cidr = check_cidr(req.cidr)
+        context = {k: v for k, v in (("ssh_key", check_ssh_key(req.ssh_key)),
+                                     ("user_data", check_user_data(req.user_data))) if v is not None}
+        if context and req.kind != WorkloadKind.COMPUTE:
+            raise ValidationError(f"a {req.kind} takes no ssh_key or user_data (only a compute boots)")
         key = scoped_key(caller, project_id, idempotency_key)
         fingerprint = req.fingerprint()
         async with self._transaction(project_id) as session:
@@ -124,7 +130,7 @@ class WorkloadService:
                 **dict(req.attributes), "vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
                 "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
                 "image_id": image.id if image else None, "site": req.site,
-                **({"zone": req.zone} if req.zone else {}), **({"cidr": cidr} if cidr else {})}
+                **({"zone": req.zone} if req.zone else {}), **({"cidr": cidr} if cidr else {}), **context}
             workload = Workload(id=workload_id, project_id=project_id, kind=req.kind, name=name, spec=spec,
                                 desired_state="active", observed_state="pending", state_message="being created")
             session.add(workload)
@@ -166,7 +172,8 @@ class WorkloadService:
             project=None, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
             cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
             sites=(req.site,) if req.site else (), providers=tuple(req.providers),
-            max_price_per_hour=req.max_price_per_hour)
+            max_price_per_hour=req.max_price_per_hour, ssh_key=workload.spec.get("ssh_key"),
+            user_data=workload.spec.get("user_data"))
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
                                                 vm_name=vm_name(workload.id),
                                                 providers=self._providers())

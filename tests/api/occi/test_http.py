@@ -362,8 +362,34 @@ async def test_save_where_the_provider_cannot_export_rolls_back(sim_client: Any)
     created = await _create_compute(sim_client)
     path = URL(created.headers["Location"]).path
     save = await sim_client.post(f"{path}?action=save", headers=TEXT)
-    assert save.status == 200, await save.text()
+    assert save.status == 202, await save.text()  # the OS template being made, in text/plain
+    template = URL(save.headers["Location"]).path
+    assert template.startswith("/mixins/os_tpl/saved-") and "Category: saved-" in await save.text()
+    assert 'rel="http://schemas.ogf.org/occi/infrastructure#os_tpl"' in await save.text()
     doc = await settled(sim_client, path)
+    assert (await sim_client.get(template, headers=TEXT)).status == 404  # never published
     assert doc["attributes"]["occi.compute.state"] == "active"
     message = doc["attributes"]["occi.compute.state.message"]
     assert message.startswith("save rolled_back") and "cannot export" in message, message
+
+
+async def test_plain_text_contextualization_reaches_the_create_step(sim_client: Any) -> None:
+    """A plain client in text/plain: the ssh_key and user_data mixins with their attributes become the
+    vm.create step's arguments (what the driver gets); a malformed key is 400."""
+    key, data = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlainKey carol@partner", "#!/bin/sh"
+    created = await _create_compute(
+        sim_client, 'Category: ssh_key; scheme="http://schemas.ogf.org/occi/infrastructure/credentials#"; '
+                    'class="mixin"',
+        'Category: user_data; scheme="http://schemas.ogf.org/occi/infrastructure/compute#"; class="mixin"',
+        attrs=f'X-OCCI-Attribute: occi.credentials.ssh.publickey="{key}"\n'
+              f'X-OCCI-Attribute: occi.compute.userdata="{data}"\n')
+    assert created.status == 201, await created.text()
+    wl_id = URL(created.headers["Location"]).path.rsplit("/", 1)[1]
+    await settled(sim_client, f"/compute/{wl_id}")
+    ops = await (await sim_client.get("/api/v1/operations", params={"target_id": wl_id})).json()
+    create = next(s for s in ops["items"][0]["steps"] if s["action"] == "vm.create")
+    assert (create["args"]["ssh_key"], create["args"]["user_data"]) == (key, data)
+    bad = await _create_compute(
+        sim_client, 'Category: ssh_key; scheme="http://schemas.ogf.org/occi/infrastructure/credentials#"; '
+                    'class="mixin"', attrs='X-OCCI-Attribute: occi.credentials.ssh.publickey="not-a-key"\n')
+    assert bad.status == 400 and "occi.credentials.ssh.publickey" in await bad.text()

@@ -249,15 +249,18 @@ async def test_lifecycle_json(lv_client: Any) -> None:
     save = await client.post(f"{path}?action=save", headers=JSONH, json={
         "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#save",
         "attributes": {"name": "lv-json-saved"}})
-    assert save.status == 200, await save.text()
-    assert (await save.json())["attributes"]["occi.compute.state.message"].startswith("save ")
+    assert save.status == 202, await save.text()  # GFD.224: the answer is the new OS template, made meanwhile
+    template = (await save.json())["mixins"][0]
+    assert template["title"] == "lv-json-saved" and template["depends"] == [f"{INFRA}os_tpl"]
+    assert URL(save.headers["Location"]).path == template["location"]
     assert (await settled(client, path))["attributes"]["occi.compute.state"] == "inactive"  # it was stopped
     async with client.server.app[keys.SESSIONS]() as session:  # the exported disk is a marketplace image now
         image = (await session.exec(select(Image).where(Image.name == "lv-json-saved"))).one()
     assert image.format == "qcow2" and image.visibility == "project" and len(image.sha256 or "") == 64
     assert Path(image.location or "").is_file() and image.size_bytes == Path(image.location or "").stat().st_size
     categories = await (await client.get("/-/", headers={"Accept": "application/occi+json"})).json()
-    assert any(m["title"] == "lv-json-saved" for m in categories["mixins"])  # offered as an os_tpl
+    offered = [m for m in categories["mixins"] if m["title"] == "lv-json-saved"]  # offered as an os_tpl
+    assert [m["location"] for m in offered] == [template["location"]] and image.id[:8] in template["term"]
     start = await client.post(f"{path}?action=start", headers=JSONH, json={
         "action": "http://schemas.ogf.org/occi/infrastructure/compute/action#start"})
     assert start.status == 200

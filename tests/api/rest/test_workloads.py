@@ -218,3 +218,25 @@ async def test_actions_and_delete_asked_during_the_create_run_after_it(aiohttp_c
     used = await _usage(app, project_id)  # the first VM holds its quota; the cancelled create gave its back
     assert used["instances"] == {"in_transit": 0, "committed": 1} and used["vcpus"] == {"in_transit": 0,
                                                                                        "committed": 1}
+
+
+async def test_create_carries_the_key_and_user_data_to_the_driver_and_no_log(aiohttp_client: Any,
+                                                                             db_url: str) -> None:
+    """The sim records nothing of them; what is checked here is the plan the engine ran: its vm.create
+    arguments hold both (the driver gets them), its detail and log lines neither."""
+    client, _, _ = await _client(aiohttp_client, db_url)
+    key, data = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRESTkey bob@x", "#cloud-config\nruncmd: [echo rest-secret]\n"
+    resp = await client.post(f"{API}/workloads", json={"name": "ctx", "vcpus": 1, "ram_mib": 256, "ssh_key": key,
+                                                       "user_data": data})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert body["workload"]["spec"]["ssh_key"] == key and body["workload"]["spec"]["user_data"] == data
+    done = await _until_done(client, body["operation"]["id"])
+    assert done["state"] == "succeeded", done
+    create = next(s for s in done["steps"] if s["action"] == "vm.create")
+    assert (create["args"]["ssh_key"], create["args"]["user_data"]) == (key, data)
+    assert "rest-secret" not in create["detail"] + " ".join(create["log"])
+    for bad, message in (({"ssh_key": "ssh-rsa"}, "OpenSSH public key"),
+                         ({"user_data": "x" * 65537}, "user_data")):
+        refused = await client.post(f"{API}/workloads", json={"name": "bad", "vcpus": 1, "ram_mib": 256, **bad})
+        assert refused.status == 400 and message in await refused.text(), await refused.text()
