@@ -132,17 +132,18 @@ async def _from_ova(ova_path: Path, ova_digests: Digests, limits: ImageLimits) -
 async def claim_namespace(session: AsyncSession, publisher: str, project_id: int | None, *, admin: bool) -> None:
     """Refuse (403) a publish into a namespace ``project_id`` does not own; claim an unowned one for it.
 
-    Admins publish anywhere (an unowned namespace they publish into goes to the entry's project, or to
-    the broker when it has none)."""
+    ``project_id`` None is the broker itself (in-process callers; REST always names the caller's
+    project): it publishes into unowned and broker-owned namespaces. Admins publish anywhere; an unowned
+    namespace goes to the entry's project (the broker when it has none)."""
     row = await session.get(Publisher, publisher)
     if row is not None:
-        if admin or (row.project_id is not None and row.project_id == project_id):
+        if admin or row.project_id == project_id:
             return
         raise Forbidden(f"publisher {publisher!r} belongs to another project: publish under your own "
                         "publisher name, or ask an admin to grant this one")
-    if not admin:
+    if not admin and project_id is not None:
         named = (await session.exec(select(Project).where(Project.name == publisher))).first()
-        if project_id is None or (named is not None and named.id != project_id):
+        if named is not None and named.id != project_id:
             raise Forbidden(f"publisher {publisher!r} is another project's name: publish under your own "
                             "publisher name, or ask an admin to grant this one")
     session.add(Publisher(name=publisher, project_id=project_id))
