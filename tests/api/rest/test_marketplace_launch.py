@@ -88,7 +88,7 @@ async def test_over_quota_replayed_and_unseen_launches(aiohttp_client: Any, db_u
     assert two["operation"]["id"] == one["operation"]["id"] and two["workload"]["id"] == one["workload"]["id"]
     assert await _count(app, Workload) == 1
     other = await client.post(launch, json={"name": "lab-3", "vcpus": 2, "ram_mib": 256}, headers=key)
-    assert other.status == 409  # the same key for another request
+    assert other.status == 422  # the same key for another request (IdempotencyKeyReused)
     full = await client.post(launch, json={"name": "lab-3", "vcpus": 1, "ram_mib": 256})
     assert full.status == 403  # lab-2 holds the project's 2 vCPUs while it is created
 
