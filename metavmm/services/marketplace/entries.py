@@ -63,7 +63,8 @@ class ImageMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ +-]*$")
-    publisher: str = Field(min_length=1, max_length=255, description="the publishing school or site")
+    publisher: str = Field(min_length=1, max_length=255, description="a publisher namespace your project owns "
+                           "(a first publish claims an unowned one)")
     description: str = Field(default="", max_length=10_000)
     os: str | None = Field(default=None, max_length=64)
     os_version: str | None = Field(default=None, max_length=64)
@@ -130,7 +131,7 @@ class ImageOut(BaseModel):
     inventory (``/images``) and the marketplace (``/marketplace/images``) alike (see :func:`image_out`)."""
 
     id: str
-    project_id: int | None = Field(description="the owning project (its school publishes the entry)")
+    project_id: int | None = Field(description="the owning project (its schools see `school` entries)")
     name: str
     publisher: str
     description: str
