@@ -159,3 +159,18 @@ async def test_school_images_reach_member_projects_only(world: tuple[Any, World]
     assert (await client.get(f"{API}/marketplace/images/{lab}", headers=alpha)).status == 200  # its owner
     assert (await client.delete(f"{API}/schools/north", headers=admin)).status in (200, 204)
     assert [s["name"] for s in await (await client.get(f"{API}/schools", headers=admin)).json()] == ["south"]
+
+
+async def test_deleting_a_member_project_leaves_its_schools(world: tuple[Any, World]) -> None:
+    client, w = world
+    admin = w.auth("admin")
+    delta = await (await client.post(f"{API}/projects", json={"name": "delta"}, headers=admin)).json()
+    assert (await client.post(f"{API}/schools", json={"name": "south"}, headers=admin)).status == 201
+    assert (await client.put(f"{API}/schools/south/projects/{delta['id']}", headers=admin)).status == 200
+    granted = await client.put(f"{API}/marketplace/publishers/delta-lab", json={"project": "delta"}, headers=admin)
+    assert granted.status == 200
+    gone = await client.delete(f"{API}/projects/{delta['id']}", headers=admin)
+    assert gone.status in (200, 204), await gone.text()
+    assert (await (await client.get(f"{API}/schools/south", headers=admin)).json())["projects"] == []
+    owners = [p["name"] for p in await (await client.get(f"{API}/marketplace/publishers", headers=admin)).json()]
+    assert "delta-lab" not in owners
