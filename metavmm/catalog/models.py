@@ -297,6 +297,36 @@ class Image(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+class School(SQLModel, table=True):
+    """A group of projects that share ``school`` images (admin-managed: membership is who sees them)."""
+
+    __tablename__ = "school"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    description: str = ""
+    created_at: datetime = _ts()
+
+
+class SchoolMember(SQLModel, table=True):
+    """One member project of a school (a project may belong to several schools)."""
+
+    __tablename__ = "school_member"
+    school_id: int = Field(foreign_key="school.id", primary_key=True)
+    project_id: int = Field(foreign_key="project.id", primary_key=True, index=True)
+    created_at: datetime = _ts()
+
+
+class Publisher(SQLModel, table=True):
+    """A publisher namespace and the project that owns it (None: the broker's own, e.g. built-in images).
+    Only the owner (or an admin) publishes into it, so nobody else can supersede its images."""
+
+    __tablename__ = "publisher"
+    name: str = Field(primary_key=True, max_length=255)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    granted_by: str | None = Field(default=None, max_length=128)  # None: claimed by a first publish
+    created_at: datetime = _ts()
+
+
 class ImageListSubscription(SQLModel, table=True):
     """A signed image list another site publishes, which this site imports after verifying it.
 

@@ -158,7 +158,8 @@ def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace
 
     async def work(maker: async_sessionmaker[AsyncSession]) -> Any:
         async with session_scope(maker) as session:
-            image = await publish(session, meta, source, register=register, grace=timedelta(days=grace_days))
+            image = await publish(session, meta, source, register=register, grace=timedelta(days=grace_days),
+                                  admin=True)
             return await render(session, image)
 
     with console.status("verifying and inspecting the disk..."):

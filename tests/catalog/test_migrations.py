@@ -34,3 +34,32 @@ async def test_upgrade_is_idempotent(db_url: str) -> None:
 
     head = db.head_revision()
     assert head is not None and await asyncio.to_thread(db.current_revision, db_url) == head
+
+
+async def test_0008_gives_existing_namespaces_to_their_first_publisher(db_url: str) -> None:
+    """Namespaces that existed before publisher ownership go to the project of their oldest entry, so
+    nobody else can take them over after the upgrade (issue 16 item 1)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    await db.upgrade_async(db_url, "0007_address_lease")
+    engine = db.make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO project (id, name, description, created_at) VALUES "
+                                    "(1, 'alpha', '', :ts), (2, 'beta', '', :ts)"),
+                               {"ts": datetime(2026, 1, 1, tzinfo=UTC)})
+            for i, (publisher, project, day) in enumerate((("lab", 2, 3), ("lab", 1, 1), ("broker", None, 2))):
+                await conn.execute(text(
+                    "INSERT INTO image (id, project_id, name, publisher, description, arch, format, size_bytes,"
+                    " virtual_size_bytes, version, visibility, tags, created_at, extra, access_ports, min_vcpus,"
+                    " min_ram_mib, min_disk_gib, updated_at) VALUES (:id, :p, 'n', :pub, '', 'x86_64', 'raw', 0,"
+                    " 0, '1', 'project', '[]', :ts, '{}', '[]', 1, 0, 0, :ts)"),
+                    {"id": f"img-{i}", "p": project, "pub": publisher, "ts": datetime(2026, 1, day, tzinfo=UTC)})
+        await db.upgrade_async(db_url)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT name, project_id FROM publisher ORDER BY name"))).all()
+    finally:
+        await engine.dispose()
+    assert [tuple(r) for r in rows] == [("broker", None), ("lab", 1)]

@@ -23,12 +23,11 @@ from metavmm.catalog.models import (
     Image,
     OcciMixin,
     Operation,
-    Project,
     Site,
     Workload,
     WorkloadLink,
 )
-from metavmm.services.marketplace.entries import Audience
+from metavmm.services.marketplace.entries import project_audience
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.workloads.requests import APPLICABLE, compute_state
 
@@ -117,8 +116,7 @@ class Registry:
 
 async def registry(session: AsyncSession, project_id: int) -> Registry:
     """Every category the project can see: its images, all present flavors, sites, zones, its user mixins."""
-    project = await session.get(Project, project_id)
-    audience = Audience(federated=True, school=project.name if project else None, project_ids=frozenset({project_id}))
+    audience = await project_audience(session, project_id)
     images = (await session.exec(select(Image).where(audience.clause()).order_by(Image.name, Image.id))).all()
     flavors = (await session.exec(select(Flavor).where(Flavor.present).order_by(Flavor.name, Flavor.id))).all()
     sites = (await session.exec(select(Site).where(Site.present).order_by(Site.name))).all()

@@ -16,11 +16,12 @@ def modules() -> list[RestModule]:
         migrations,
         prices,
         scheduling,
+        schools,
         system,
         workloads,
     )
 
-    return [system.api, identity.api, inventory.api, marketplace.api, prices.api, scheduling.api,
+    return [system.api, identity.api, inventory.api, marketplace.api, schools.api, prices.api, scheduling.api,
             workloads.api, migrations.api]
 
 

@@ -40,9 +40,11 @@ from metavmm.catalog.models import (
     Membership,
     Operation,
     Project,
+    Publisher,
     Quota,
     QuotaReservation,
     Role,
+    SchoolMember,
     User,
     Workload,
 )
@@ -282,7 +284,7 @@ async def delete_project(request: web.Request, params: ProjectId) -> None:
                                         .where(model.project_id == row.id))).one()  # type: ignore[attr-defined]
             if count:
                 raise Conflict(f"project {row.name} still has {count} {model.__tablename__} rows")
-        for model in (Membership, Quota, ApiToken, ClientCertificate):
+        for model in (Membership, Quota, ApiToken, ClientCertificate, SchoolMember, Publisher):
             for dep in (await session.exec(select(model).where(model.project_id == row.id))).all():  # type: ignore[attr-defined]
                 await session.delete(dep)
         await session.flush()

@@ -175,9 +175,9 @@ def _columns(model: Any, query: Any) -> dict[str, Any]:
 async def _list(request: web.Request, model: Any, query: Any, out: type[BaseModel]) -> Any:
     identity = identity_of(request)
     stmt, render = select(model), out.model_validate
-    if model is Image:  # the marketplace's visibility rule and rendering: one view of an image everywhere
-        stmt, render = stmt.where(audience_for(identity).clause()), image_out
     async with sessions(request)() as session:
+        if model is Image:  # the marketplace's visibility rule and rendering: one view of an image everywhere
+            stmt, render = stmt.where((await audience_for(session, identity)).clause()), image_out
         return await paginate(session, stmt, query, _columns(model, query), render, Page[out],
                               default_sort=model.id)
 
@@ -273,7 +273,7 @@ def _getter(model: Any, out: type[BaseModel], params_model: type[BaseModel], wha
         key = next(iter(params.model_dump().values()))
         async with sessions(request)() as session:
             if model is Image:
-                return image_out(await get_image(session, key, audience_for(identity_of(request))))
+                return image_out(await get_image(session, key, await audience_for(session, identity_of(request))))
             row = await session.get(model, key)
             if row is None:
                 raise NotFound(f"no {what} {key}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, Field
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.api import keys
 from metavmm.api.keys import IDENTITY, identity_of
@@ -74,10 +75,14 @@ def _identity(request: web.Request) -> Identity | None:
     return request.get(IDENTITY)
 
 
-def audience(request: web.Request) -> Audience:
-    """Who is asking: the authenticated identity (its project is its school). An anonymous caller of the
+async def audience(request: web.Request, session: AsyncSession) -> Audience:
+    """Who is asking: the authenticated identity, with its project's schools. An anonymous caller of the
     public routes (another site fetching the signed list or a blob) sees public entries only."""
-    return audience_for(_identity(request))
+    return await audience_for(session, _identity(request))
+
+
+def _is_admin(request: web.Request) -> bool:
+    return bool(getattr(_identity(request), "is_admin", False))
 
 
 def owned(request: web.Request, meta: ImageMeta) -> ImageMeta:
@@ -117,7 +122,7 @@ class ReplicaResultOut(BaseModel):
 async def list_images(request: web.Request, query: ImageQuery) -> Page[ImageOut]:
     """The same page shape and item rendering as the inventory's ``/images``; the marketplace's filters."""
     async with request.config_dict[keys.SESSIONS]() as session:
-        rows, total = await search(session, query, audience(request))
+        rows, total = await search(session, query, await audience(request, session))
         return Page[ImageOut](items=[image_out(r) for r in rows], total=total, limit=query.limit,
                               offset=query.offset)
 
@@ -126,7 +131,7 @@ async def list_images(request: web.Request, query: ImageQuery) -> Page[ImageOut]
            role="reader")
 async def get_one(request: web.Request) -> ImageOut:
     async with request.config_dict[keys.SESSIONS]() as session:
-        image = await get_image(session, request.match_info["image_id"], audience(request))
+        image = await get_image(session, request.match_info["image_id"], await audience(request, session))
         return await render(session, image, with_replicas=True)
 
 
@@ -145,7 +150,7 @@ async def publish_image(request: web.Request, body: PublishIn) -> ImageOut:
         await check_public_url(str(body.url))
         source, register = str(body.url), False
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
-        image = await publish(session, meta, source, register=register)
+        image = await publish(session, meta, source, register=register, admin=_is_admin(request))
         return await render(session, image)
 
 
@@ -158,7 +163,7 @@ async def upload_image(request: web.Request, query: ImageMeta) -> ImageOut:
             yield chunk
 
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
-        image = await publish(session, owned(request, query), chunks())
+        image = await publish(session, owned(request, query), chunks(), admin=_is_admin(request))
         return await render(session, image)
 
 
@@ -166,7 +171,7 @@ async def upload_image(request: web.Request, query: ImageMeta) -> ImageOut:
            media_type="application/octet-stream", role="public")
 async def get_blob(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[keys.SESSIONS]() as session:
-        image = await get_image(session, request.match_info["image_id"], audience(request))
+        image = await get_image(session, request.match_info["image_id"], await audience(request, session))
     path = local_path(image.location or "")
     if path is None or not path.is_file():
         raise NotFound(f"image {image.id}: its bytes are not stored at this site")
@@ -185,7 +190,10 @@ def _engine(request: web.Request) -> Engine:
            "replica): an engine operation, answered when it ends", body=ReplicateIn, response=ReplicaResultOut,
            role="member", errors=("422", "502"))
 async def replicate_image(request: web.Request, body: ReplicateIn) -> ReplicaResultOut:
-    res = await replicate(_engine(request), request.match_info["image_id"], body.site, audience=audience(request),
+    engine = _engine(request)
+    async with request.config_dict[keys.SESSIONS]() as session:
+        who = await audience(request, session)
+    res = await replicate(engine, request.match_info["image_id"], body.site, audience=who,
                           project_id=getattr(_identity(request), "project_id", None))
     return ReplicaResultOut(image_id=res.replica.image_id or "", site=body.site, format=res.replica.format,
                             provider_image_id=res.replica.provider_image_id, reused=res.reused,

@@ -101,7 +101,7 @@ async def publish_builtin(maker: async_sessionmaker[AsyncSession], builtin: Buil
     with tempfile.TemporaryDirectory(prefix="metavmm-builtin-") as tmp:
         disk = write_boot_disk(Path(tmp) / f"{builtin.name}.raw", builtin.marker_id)
         async with session_scope(maker) as session:
-            image = await publish(session, meta, str(disk), image_id=builtin.image_id)
+            image = await publish(session, meta, str(disk), image_id=builtin.image_id, admin=True)
     log.info("published the built-in image %s v%s (id %s)", builtin.ref, builtin.version, builtin.image_id)
     return image
 

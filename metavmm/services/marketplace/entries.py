@@ -5,8 +5,11 @@ mixins all read it. The pydantic models here are the one declaration of the publ
 (:class:`ImageMeta`), the search filters (:class:`ImageQuery`) and the rendering (:class:`ImageOut`),
 shared by REST and the CLI so the two cannot disagree.
 
-Visibility: ``public`` is seen by anyone, ``federation`` by any member of the federation, ``school`` by
-the publishing school's members, ``project`` by the owning project. Scalar filters run in SQL; tags,
+Visibility (:class:`Audience`, the one rule every path calls): ``public`` is seen by anyone,
+``federation`` by any member of the federation, ``school`` by the owning project and the projects that
+share a school with it (:class:`~metavmm.catalog.models.School`, admin-managed), ``project`` by the
+owning project. A name resolves among the images the caller sees, own project first, then school, then
+federation/public (:func:`get_image`). Scalar filters run in SQL; tags,
 ports, state and visibility (a handful of JSON lists and rules) are applied to the SQL result, which is
 fine for a marketplace of thousands of entries and keeps one code path for SQLite and PostgreSQL.
 """
@@ -23,7 +26,7 @@ from sqlalchemy import and_, or_, true
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Image, ImageReplica, Site
+from metavmm.catalog.models import Image, ImageReplica, SchoolMember, Site
 from metavmm.foundation.errors import NotFound
 
 Visibility = Literal["public", "federation", "school", "project"]
@@ -60,7 +63,8 @@ class ImageMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ +-]*$")
-    publisher: str = Field(min_length=1, max_length=255, description="the publishing school or site")
+    publisher: str = Field(min_length=1, max_length=255, description="a publisher namespace your project owns "
+                           "(a first publish claims an unowned one)")
     description: str = Field(default="", max_length=10_000)
     os: str | None = Field(default=None, max_length=64)
     os_version: str | None = Field(default=None, max_length=64)
@@ -127,7 +131,7 @@ class ImageOut(BaseModel):
     inventory (``/images``) and the marketplace (``/marketplace/images``) alike (see :func:`image_out`)."""
 
     id: str
-    project_id: int | None = Field(description="the owning project (its school publishes the entry)")
+    project_id: int | None = Field(description="the owning project (its schools see `school` entries)")
     name: str
     publisher: str
     description: str
@@ -196,21 +200,29 @@ class ImageQuery(BaseModel):
 
 @dataclass(frozen=True)
 class Audience:
-    """Who is looking. ``federated``: a member of the federation (any authenticated partner)."""
+    """Who is looking. ``federated``: a member of the federation (any authenticated partner);
+    ``project_ids``: the caller's own projects; ``school_project_ids``: every project sharing a school
+    with them (build it with :func:`audience_for` or :func:`project_audience`, which read the catalog)."""
 
     admin: bool = False
     federated: bool = True
-    school: str | None = None
     project_ids: frozenset[int] = field(default_factory=frozenset)
+    school_project_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def tier(self, image: Image) -> int | None:
+        """Where ``image`` ranks when a name is resolved: 0 own project, 1 school, 2 federation/public;
+        None when the audience may not see it."""
+        if image.project_id is not None and image.project_id in self.project_ids:
+            return 0
+        if image.visibility == "school" and image.project_id is not None \
+                and image.project_id in self.school_project_ids:
+            return 1
+        if image.visibility == "public" or (image.visibility == "federation" and self.federated) or self.admin:
+            return 2
+        return None
 
     def sees(self, image: Image) -> bool:
-        if self.admin or image.visibility == "public":
-            return True
-        if image.visibility == "federation":
-            return self.federated
-        if image.visibility == "school" and self.school and self.school == image.publisher:
-            return True
-        return image.project_id is not None and image.project_id in self.project_ids
+        return self.tier(image) is not None
 
     def clause(self) -> Any:
         """The same rule as :meth:`sees`, as a WHERE clause over ``Image`` (for listings paged in SQL)."""
@@ -219,8 +231,8 @@ class Audience:
         conds: list[Any] = [Image.visibility == "public"]
         if self.federated:
             conds.append(Image.visibility == "federation")
-        if self.school:
-            conds.append(and_(Image.visibility == "school", Image.publisher == self.school))
+        if self.school_project_ids:
+            conds.append(and_(Image.visibility == "school", col(Image.project_id).in_(self.school_project_ids)))
         if self.project_ids:
             conds.append(col(Image.project_id).in_(self.project_ids))
         return or_(*conds)
@@ -229,15 +241,30 @@ class Audience:
 ADMIN = Audience(admin=True)
 
 
-def audience_for(identity: Any | None) -> Audience:
-    """Who an authenticated identity is to the marketplace (its project is its school). No identity (the
-    public routes: another site fetching the signed list or a blob) sees public entries only."""
+async def school_peers(session: AsyncSession, project_id: int) -> frozenset[int]:
+    """Every project that shares at least one school with ``project_id`` (itself included when it has one)."""
+    schools = select(SchoolMember.school_id).where(SchoolMember.project_id == project_id)
+    rows = (await session.exec(select(SchoolMember.project_id)
+                               .where(col(SchoolMember.school_id).in_(schools)))).all()
+    return frozenset(rows)
+
+
+async def project_audience(session: AsyncSession, project_id: int, *, admin: bool = False) -> Audience:
+    """What a member of ``project_id`` may see (the VM owner's view, for creates by id or os_tpl)."""
+    return Audience(admin=admin, federated=True, project_ids=frozenset({project_id}),
+                    school_project_ids=await school_peers(session, project_id))
+
+
+async def audience_for(session: AsyncSession, identity: Any | None) -> Audience:
+    """Who an authenticated identity is to the marketplace. No identity (the public routes: another
+    site fetching the signed list or a blob) sees public entries only."""
     if identity is None:
         return Audience(federated=False)
+    admin = bool(getattr(identity, "is_admin", False))
     project_id = getattr(identity, "project_id", None)
-    return Audience(admin=bool(getattr(identity, "is_admin", False)), federated=True,
-                    school=getattr(identity, "project", None),
-                    project_ids=frozenset({project_id}) if project_id is not None else frozenset())
+    if project_id is None:
+        return Audience(admin=admin, federated=True)
+    return await project_audience(session, project_id, admin=admin)
 
 
 def state_of(image: Image, now: datetime | None = None) -> Literal["active", "superseded", "expired"]:
@@ -321,25 +348,36 @@ async def search(session: AsyncSession, query: ImageQuery, audience: Audience) -
 
 
 async def get_image(session: AsyncSession, ref: str, audience: Audience) -> Image:
-    """An entry by id, or by ``name`` / ``publisher/name`` (the newest version that is not expired)."""
+    """An entry by id, or by ``name`` / ``publisher/name`` among the entries ``audience`` sees.
+
+    A name resolves in a fixed order: the caller's own project first, then its schools, then
+    federation and public entries; within that first tier holding the name, the newest current version
+    (not superseded, not expired). Several publishers in that tier is ambiguous (say ``PUBLISHER/name``).
+    """
     image = await session.get(Image, ref)
     if image is not None:
         if not audience.sees(image):
             raise NotFound(f"no image {ref}")
         return image
     publisher, _, name = ref.rpartition("/")
-    stmt = select(Image).where(Image.name == name)
+    stmt = select(Image).where(Image.name == name, col(Image.superseded_by_id).is_(None))
     if publisher:
         stmt = stmt.where(Image.publisher == publisher)
-    candidates = [i for i in (await session.exec(stmt)).all() if audience.sees(i) and state_of(i) != "expired"]
-    current = [i for i in candidates if not i.superseded_by_id]
-    if not current:
+    now = datetime.now(UTC)
+    tiers: dict[int, list[Image]] = {}
+    for i in (await session.exec(stmt)).all():
+        tier = audience.tier(i)
+        if tier is not None and state_of(i, now) != "expired":
+            tiers.setdefault(tier, []).append(i)
+    if not tiers:
         raise NotFound(f"no image {ref}")
+    current = tiers[min(tiers)]
     if len({i.publisher for i in current}) > 1:
         publishers = ", ".join(sorted({i.publisher for i in current}))
-        raise NotFound(f"image name {name!r} is published by several schools ({publishers}): "
+        raise NotFound(f"image name {name!r} is published by several publishers ({publishers}): "
                        f"say which, as PUBLISHER/{name}")
-    return max(current, key=lambda i: aware(i.created_at) or datetime.min.replace(tzinfo=UTC))
+    return max(current, key=lambda i: (version_key(i.version),
+                                       aware(i.created_at) or datetime.min.replace(tzinfo=UTC)))
 
 
 def image_out(image: Image, replicas: list[EntryReplicaOut] | None = None) -> ImageOut:

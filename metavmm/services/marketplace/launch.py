@@ -78,7 +78,7 @@ async def launch(service: WorkloadService, caller: Identity, image_ref: str, req
     matches even after a newer version of a named image was published.
     """
     async with service.sessions() as session:
-        await get_image(session, image_ref, audience_for(caller))
+        await get_image(session, image_ref, await audience_for(session, caller))
     return await service.create(caller, req.request(image_ref), idempotency_key=idempotency_key)
 
 

@@ -14,6 +14,11 @@ An OVA is unpacked and verified by the translators (manifest, descriptor, every 
 disk becomes the entry and what the package said (its own checksums, the VM's shape) is kept in
 ``extra["package"]``. Checksums the publisher declares for an OVA are those of the package file.
 
+Namespaces: a publisher name belongs to one project (:class:`~metavmm.catalog.models.Publisher`),
+claimed by its first publish or granted by an admin (:func:`~.schools.grant_publisher`). Only its owner
+(or an admin) publishes into it, so nobody can supersede another project's image by reusing its
+publisher and name (403). A name that is another project's name cannot be claimed by a first publish.
+
 Versions: a publisher's entries with the same name form a chain. A new version supersedes the current
 one, whose expiry is brought forward to now + ``grace`` so launches in flight can finish; after that
 it is expired and no longer resolvable by name.
@@ -33,8 +38,8 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Image
-from metavmm.foundation.errors import Conflict, UnsupportedOperation, ValidationError
+from metavmm.catalog.models import Image, Project, Publisher
+from metavmm.foundation.errors import Conflict, Forbidden, UnsupportedOperation, ValidationError
 from metavmm.foundation.paths import state_dir
 from metavmm.services.marketplace.entries import ImageMeta, aware, next_version, version_key
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
@@ -124,14 +129,38 @@ async def _from_ova(ova_path: Path, ova_digests: Digests, limits: ImageLimits) -
         shutil.rmtree(work, ignore_errors=True)
 
 
+async def claim_namespace(session: AsyncSession, publisher: str, project_id: int | None, *, admin: bool) -> None:
+    """Refuse (403) a publish into a namespace ``project_id`` does not own; claim an unowned one for it.
+
+    ``project_id`` None is the broker itself (in-process callers; REST always names the caller's
+    project): it publishes into unowned and broker-owned namespaces. Admins publish anywhere; an unowned
+    namespace goes to the entry's project (the broker when it has none)."""
+    row = await session.get(Publisher, publisher)
+    if row is not None:
+        if admin or row.project_id == project_id:
+            return
+        raise Forbidden(f"publisher {publisher!r} belongs to another project: publish under your own "
+                        "publisher name, or ask an admin to grant this one")
+    if not admin and project_id is not None:
+        named = (await session.exec(select(Project).where(Project.name == publisher))).first()
+        if named is not None and named.id != project_id:
+            raise Forbidden(f"publisher {publisher!r} is another project's name: publish under your own "
+                            "publisher name, or ask an admin to grant this one")
+    session.add(Publisher(name=publisher, project_id=project_id))
+    await session.flush()
+
+
 async def publish(session: AsyncSession, meta: ImageMeta, source: str | AsyncIterator[bytes], *,
                   register: bool = False, grace: timedelta = DEFAULT_GRACE,
-                  limits: ImageLimits = DEFAULT_LIMITS, image_id: str | None = None) -> Image:
+                  limits: ImageLimits = DEFAULT_LIMITS, image_id: str | None = None, admin: bool = False) -> Image:
     """Verify, inspect and record ``source`` as an entry (a new version when the name exists).
 
+    ``admin``: the caller is an admin (the CLI, built-in images), who may publish into any namespace;
+    otherwise the namespace must be ``meta.project_id``'s or unowned (see :func:`claim_namespace`).
     ``image_id``: the entry's id when the caller fixes it (the built-in images: the same id, hence the
     same os_tpl term, on every broker); a new UUID otherwise."""
     fmt = disk_format(meta.format)
+    await claim_namespace(session, meta.publisher, meta.project_id, admin=admin)
     previous = await current_version(session, meta.publisher, meta.name)
     if previous is not None and meta.version is not None \
             and version_key(meta.version) <= version_key(previous.version):

@@ -31,7 +31,6 @@ from metavmm.catalog.models import (
     Image,
     Operation,
     OperationState,
-    Project,
     Role,
     Workload,
     WorkloadKind,
@@ -51,7 +50,7 @@ from metavmm.foundation.errors import (
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
-from metavmm.services.marketplace.entries import Audience, get_image, state_of
+from metavmm.services.marketplace.entries import get_image, project_audience, state_of
 from metavmm.services.operations import flows
 from metavmm.services.operations import store as op_store
 from metavmm.services.operations.engine import Engine
@@ -223,11 +222,8 @@ class WorkloadService:
     async def _image(self, session: AsyncSession, ref: str, project_id: int, shape: Shape) -> Image:
         """The image the project may launch (the marketplace's visibility rule, for the project that will
         own the VM), not expired, and the shape big enough for it."""
-        project = await session.get(Project, project_id)
-        audience = Audience(federated=True, school=project.name if project else None,
-                            project_ids=frozenset({project_id}))
         try:
-            image = await get_image(session, ref, audience)
+            image = await get_image(session, ref, await project_audience(session, project_id))
         except NotFound:
             raise ValidationError(f"no image {ref} visible to this project") from None
         if state_of(image) == "expired":

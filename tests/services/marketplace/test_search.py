@@ -27,7 +27,7 @@ def img(name: str, **kw: object) -> Image:
 @pytest.fixture
 async def catalog(sessions):  # type: ignore[no-untyped-def]
     async with session_scope(sessions) as s:
-        s.add(Project(id=7, name="physics"))
+        s.add_all([Project(id=7, name="physics"), Project(id=8, name="robotics")])
     async with session_scope(sessions) as s:
         s.add_all([
             img("intro-linux", description="shell and files for beginners", tags=["course", "linux"]),
@@ -35,7 +35,7 @@ async def catalog(sessions):  # type: ignore[no-untyped-def]
                 hypervisor="hyperv", size_bytes=30 * 2**30, access_ports=["3389/tcp"], min_vcpus=2,
                 min_ram_mib=4096, visibility="federation", updated_at=NOW - timedelta(days=1)),
             img("arm-robotics", arch="aarch64", format="raw", size_bytes=2 * 2**30, tags=["course", "robotics"],
-                visibility="school", sha256="c" * 64, expires_at=NOW + timedelta(days=3)),
+                visibility="school", project_id=8, sha256="c" * 64, expires_at=NOW + timedelta(days=3)),
             img("physics-lab", publisher="school-b", visibility="project", project_id=7, format="vmdk",
                 hypervisor="esxi", access_ports=["22/tcp", "8888/tcp"], os_version="11"),
             img("old-linux", version="0", superseded_by_id="x", expires_at=NOW + timedelta(days=1)),
@@ -85,7 +85,7 @@ async def test_versions_and_expiry(catalog) -> None:  # type: ignore[no-untyped-
 async def test_visibility_by_audience(catalog) -> None:  # type: ignore[no-untyped-def]
     outsider = Audience(federated=False)
     member = Audience()
-    school_a = Audience(school="school-a")
+    school_a = Audience(project_ids=frozenset({9}), school_project_ids=frozenset({8, 9}))  # shares a school with 8
     physics = Audience(project_ids=frozenset({7}))
     assert await names(catalog, outsider, sort="name") == ["intro-linux"]
     assert await names(catalog, member, sort="name") == ["intro-linux", "windows-office"]
