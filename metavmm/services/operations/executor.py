@@ -375,6 +375,7 @@ class Executor:
                 await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
                                  not_before=None, message=f"{step['name']}")
             ctx = self._context(op, index)
+            log.debug("operation %s (%s) step %s: %s, attempt %s", op.id, op.kind, step["name"], action, step.get(key))
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (issue 24)
                 async with asyncio.timeout(self.settings.step_timeout_s):
