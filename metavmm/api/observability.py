@@ -17,6 +17,8 @@ from metavmm.api.auth import requires
 from metavmm.api.errors import Handler
 from metavmm.services import metrics
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 def route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource if request.match_info.http_exception is None else None
@@ -36,8 +38,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         route = route_of(request)
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        method = request.method if request.method in METHODS else "other"  # a client invents methods at will
+        metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
 
 
 async def _scrape(app: web.Application) -> web.Response:

@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -19,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Host, Operation, Provider, Site
 
+disable_created_metrics()  # no *_created series: Prometheus does not use them and they double the output
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LONG = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, float("inf"))
 

@@ -164,6 +164,7 @@ class Placer:
             allowed = tuple(sorted(providers & set(req.providers)))
             if not allowed:
                 why = "none of the allowed providers " + ", ".join(req.providers) + " is in the federation file"
+                metrics.decision(False, 0.0, ("provider not in the federation file",))
                 return _planned(_refused(Placement(req, False, "", self.config.federation.currency), "*", why,
                                          "provider not in the federation file"))
             req = replace(req, providers=allowed)
