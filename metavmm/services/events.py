@@ -5,6 +5,7 @@ state change, step and progress line, so the stream needs no broker-side bus, se
 worker wrote, and resumes exactly: an event's id is its row id, and ``Last-Event-ID`` asks for rows
 after it. A :class:`Cursor` also reports, without an id (nothing to resume), progress that moved without
 a history line and the state of each workload an operation touches when it changed since last told.
+Messages pass through the log redaction: a provider error that quotes a signed URL reaches no browser.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Operation, OperationEvent, Workload
+from metavmm.foundation.logs import redact
 from metavmm.services.identity import Identity
 from metavmm.services.operations.store import ACTIVE, aware
 from metavmm.services.scope import visible
@@ -52,7 +54,7 @@ class Cursor:
             for ev, kind, state, progress, target in rows:
                 out.append(Event("operation", {
                     "operation": ev.operation_id, "kind": kind, "state": state, "progress": progress,
-                    "target": target, "step": ev.step, "level": ev.level, "message": ev.message,
+                    "target": target, "step": ev.step, "level": ev.level, "message": redact(ev.message),
                     "at": aware(ev.at).isoformat()}, ev.id))
                 self.after = max(self.after, ev.id or 0)
                 self.progress[ev.operation_id] = progress

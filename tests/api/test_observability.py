@@ -73,8 +73,8 @@ async def _create(client: Any, w: World, who: str, name: str, request_id: str | 
     raise AssertionError(f"the create of {name} did not end: {op}")
 
 
-async def test_metrics_are_protected_and_move_after_a_create_and_a_sync(aiohttp_client: Any, sqlite_url: str) -> None:
-    client, w = await _broker(aiohttp_client, sqlite_url)
+async def test_metrics_are_protected_and_move_after_a_create_and_a_sync(aiohttp_client: Any, db_url: str) -> None:
+    client, w = await _broker(aiohttp_client, db_url)
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", headers=w.auth("alpha_member"))).status == 403
     before = await _scrape(client, w)
@@ -177,8 +177,8 @@ def _ended(op_id: str) -> Any:
         and e[2]["message"] in ENDED
 
 
-async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, sqlite_url: str) -> None:
-    client, w = await _broker(aiohttp_client, sqlite_url)
+async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, db_url: str) -> None:
+    client, w = await _broker(aiohttp_client, db_url)
     assert (await client.get(f"{API}/events")).status == 401
     bad = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": "x'; --"})
     assert bad.status == 400
