@@ -8,6 +8,7 @@ with a plain 500 that names the request id, never the traceback.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -30,9 +31,14 @@ def problem(status: int, title: str, detail: str, **extra: object) -> web.Respon
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    rid = request.headers.get("X-Request-Id", "")
+    if not CLIENT_REQUEST_ID.fullmatch(rid):  # it goes into every log line and the operation's row: bounded
+        rid = uuid.uuid4().hex
     request[REQUEST_ID] = rid
     REQUEST_ID_VAR.set(rid)  # the handler's task only: its log lines and the operations it submits carry it
     response = await handler(request)

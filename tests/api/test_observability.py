@@ -126,6 +126,10 @@ async def test_metrics_are_protected_and_move_after_a_create_and_a_sync(aiohttp_
     steps = [r for r in records if r.name.startswith("metavmm.services.operations.executor")
              and "step" in r.getMessage() and body["operation"]["id"] in r.getMessage()]
     assert steps and {r.request_id for r in steps} == {"req-observe-18"}  # type: ignore[attr-defined]
+    # a client's id that is too long or has odd characters is replaced, not stored or logged
+    odd = await client.get("/healthz", headers={"X-Request-Id": "x" * 129})
+    assert len(odd.headers["X-Request-Id"]) == 32
+    assert (await client.get("/healthz", headers={"X-Request-Id": "a b"})).headers["X-Request-Id"] != "a b"
 
 
 async def test_a_separate_metrics_listener_needs_no_token(aiohttp_client: Any, sqlite_url: str) -> None:
