@@ -105,8 +105,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
     Cookie are never logged."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        REQUEST_ID_VAR.set(response.headers.get("X-Request-Id"))  # this line names its request in both formats
         self.logger.info('%s "%s %s HTTP/%d.%d" %d %s %.3fs "%s" "%s"', request.remote or "-", request.method,
                          redact(request.raw_path), request.version.major, request.version.minor, response.status,
                          response.body_length, time, redact(request.headers.get("Referer", "-")),
-                         request.headers.get("User-Agent", "-")[:200])
+                         request.headers.get("User-Agent", "-")[:200],
+                         extra={"request_id": response.headers.get("X-Request-Id", "-")})

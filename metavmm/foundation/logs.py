@@ -29,10 +29,11 @@ def redact(text: str) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Puts the current request id (or ``-``) on every record, for both formats."""
+    """Puts the current request id (or ``-``) on every record that does not carry one, for both formats."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = REQUEST_ID.get() or "-"
+        if not getattr(record, "request_id", None):  # a line may name its request itself (the access log)
+            record.request_id = REQUEST_ID.get() or "-"
         return True
 
 
