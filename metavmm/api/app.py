@@ -19,6 +19,7 @@ from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, auth_middleware, requires
 from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
+from metavmm.api.observability import metrics_handler, metrics_middleware
 from metavmm.api.occi.errors import root_error_middleware
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
@@ -136,7 +137,8 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
 def create_app(config: FederationConfig, database_url: str, *, migrate: bool = True,
                sync: bool = True) -> web.Application:
     # root errors: OCCI's renderings outside /api/ (the REST sub-application keeps its own middleware)
-    app = web.Application(middlewares=[request_id_middleware, root_error_middleware, auth_middleware])
+    app = web.Application(middlewares=[request_id_middleware, metrics_middleware, root_error_middleware,
+                                       auth_middleware])
     app[keys.CONFIG] = config
     netguard.configure(config.limits)
     jsonbody.configure(config.limits)
@@ -150,6 +152,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app.on_shutdown.append(_steps_wind_down)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
     app.add_subapp(API_ROOT, api)

@@ -19,6 +19,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from metavmm.api.keys import REQUEST_ID
 from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.logs import REQUEST_ID as REQUEST_ID_VAR
+from metavmm.foundation.logs import redact
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,10 +31,16 @@ def problem(status: int, title: str, detail: str, **extra: object) -> web.Respon
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    rid = request.headers.get("X-Request-Id", "")
+    if not CLIENT_REQUEST_ID.fullmatch(rid):  # it goes into every log line and the operation's row: bounded
+        rid = uuid.uuid4().hex
     request[REQUEST_ID] = rid
+    REQUEST_ID_VAR.set(rid)  # the handler's task only: its log lines and the operations it submits carry it
     response = await handler(request)
     response.headers["X-Request-Id"] = rid
     return response
@@ -91,16 +99,6 @@ def quiet_bad_requests(logger: logging.Logger | None = None) -> None:
         logger.addFilter(OneLineBadRequests())
 
 
-SECRET_PARAMS = re.compile(r"(?i)([?&;](?:access_token|token|api_key|apikey|key|secret|password|passwd|"
-                           r"signature|sig|x-amz-signature|x-amz-credential|client_secret|code)=)[^&;#\s\"]*")
-USERINFO = re.compile(r"(?i)(https?://)[^/@\s\"]+@")
-
-
-def redact(text: str) -> str:
-    """A URL (or a request line, a Referer) with secret query values and userinfo replaced by ``***``."""
-    return USERINFO.sub(r"\1***@", SECRET_PARAMS.sub(r"\1***", text))
-
-
 class RedactingAccessLogger(AbstractAccessLogger):
     """The access log, one line a request, with secrets taken out of the URL and the Referer
     (``?access_token=`` is what browser-based OIDC clients send); headers such as Authorization and
@@ -110,4 +108,5 @@ class RedactingAccessLogger(AbstractAccessLogger):
         self.logger.info('%s "%s %s HTTP/%d.%d" %d %s %.3fs "%s" "%s"', request.remote or "-", request.method,
                          redact(request.raw_path), request.version.major, request.version.minor, response.status,
                          response.body_length, time, redact(request.headers.get("Referer", "-")),
-                         request.headers.get("User-Agent", "-")[:200])
+                         request.headers.get("User-Agent", "-")[:200],
+                         extra={"request_id": response.headers.get("X-Request-Id", "-")})

@@ -70,12 +70,16 @@ class LazyGroup(MetavmmGroup):
               help="federation file (default: config/default.yaml)")
 @click.option("--database", envvar="METAVMM_DATABASE_URL", help="sqlite:///PATH or postgresql://...")
 @click.option("-v", "--verbose", count=True, help="more logging (-v info, -vv debug)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="METAVMM_LOG_FORMAT",
+              show_default=True, help="text for people, json (one object a line) for log collectors")
 @click.version_option(package_name="metavmm")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, database: str | None, verbose: int) -> None:
+def main(ctx: click.Context, config_path: str | None, database: str | None, verbose: int, log_format: str) -> None:
     """metavmm: one federation over OpenStack, libvirt/KVM, vCenter, AWS, GCP and Azure."""
+    from metavmm.foundation.logs import configure
+
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level, log_format)
     ctx.obj = Settings(config_path, database)
 
 

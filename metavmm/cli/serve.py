@@ -56,6 +56,29 @@ def serve(settings: Settings, config_path: str | None, database: str | None, hos
     run_until_signal(work, bound_s=2 * grace + HTTP_GRACE_MARGIN_S)
 
 
+async def _metrics_listener(app: Any) -> Any:
+    """The token-less ``/metrics`` listener of ``metrics.listen`` (None when not configured)."""
+    from aiohttp import web
+
+    from metavmm.api import keys
+    from metavmm.api.observability import metrics_app
+
+    listen = app[keys.CONFIG].metrics.listen
+    if not listen or not app[keys.CONFIG].metrics.enabled:
+        return None
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(metrics_app(app), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen for metrics on {listen}: {exc.strerror or exc}") from None
+    console.print(f"metavmm metrics on http://{listen}/metrics (no token: keep it on a private network)",
+                  highlight=False)
+    return runner
+
+
 async def _serve(app: Any, host: str, port: int, tls: SSLContext | None, stop: Stop, database: str) -> None:
     """Start (migrations, providers, the engine), listen, and on the first signal shut down: new requests
     are refused, requests in flight and running steps get the grace, then the catalog is closed."""
@@ -68,6 +91,7 @@ async def _serve(app: Any, host: str, port: int, tls: SSLContext | None, stop: S
     grace = app[keys.CONFIG].operations.stop_grace_s
     runner = BrokerRunner(app, handle_signals=False, shutdown_timeout=grace, **HTTP_LIMITS)
     await runner.setup()  # a signal during the startup is acted on once it is done
+    metrics_runner = None
     hurry = stop.on_hurry(lambda: app[keys.OPERATIONS].request_stop(now=True) if keys.OPERATIONS in app else None)
     try:
         site = web.TCPSite(runner, host, port, ssl_context=tls)
@@ -76,10 +100,13 @@ async def _serve(app: Any, host: str, port: int, tls: SSLContext | None, stop: S
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bound = runner.addresses[0][1] if runner.addresses else port
+        metrics_runner = await _metrics_listener(app)
         scheme = "https" if tls else "http"
         console.print(f"metavmm serving on {scheme}://{host}:{bound} (database {database})", highlight=False)
         sys.stdout.flush()
         await stop.requested.wait()
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()  # on_shutdown (steps wind down), requests in flight, then the engine's stop
         hurry.cancel()

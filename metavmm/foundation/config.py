@@ -424,6 +424,17 @@ class OperationsConfig(_Strict):
         return value
 
 
+class MetricsConfig(_Strict):
+    """Where Prometheus reads ``/metrics``: on the API port with an admin token (always), and, with
+    ``listen``, also without a token on a separate address meant for a private network only."""
+
+    enabled: bool = True
+    listen: str | None = Field(default=None, pattern=r"^[^:\s]*:[0-9]{1,5}$",
+                               description="host:port of a token-less metrics listener, e.g. 127.0.0.1:9464")
+    events_poll_s: float = Field(default=0.5, gt=0, le=30,
+                                 description="how often an open /api/v1/events stream looks for new rows")
+
+
 class FederationConfig(_Strict):
     federation: FederationInfo = Field(default_factory=FederationInfo)
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
@@ -435,6 +446,7 @@ class FederationConfig(_Strict):
     currency: CurrencyConfig | None = None
     policies: list[BurstPolicy] = Field(default_factory=list)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _references(self) -> FederationConfig:

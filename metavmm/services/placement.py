@@ -30,6 +30,7 @@ apply; quotas.reserve checked the quota in the same transaction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,6 +50,7 @@ from metavmm.scheduler.plan import Placement, Rejection, Step
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
 from metavmm.scheduler.summary import placement_summary
+from metavmm.services import metrics
 from metavmm.services.operations.store import ACTIVE, aware
 from metavmm.services.operations.vm_actions import console_pattern
 
@@ -162,12 +164,15 @@ class Placer:
             allowed = tuple(sorted(providers & set(req.providers)))
             if not allowed:
                 why = "none of the allowed providers " + ", ".join(req.providers) + " is in the federation file"
+                metrics.decision(False, 0.0, ("provider not in the federation file",))
                 return _planned(_refused(Placement(req, False, "", self.config.federation.currency), "*", why,
                                          "provider not in the federation file"))
             req = replace(req, providers=allowed)
+        started = time.perf_counter()
         placement = await self.place(session, req, explain=explain, lock=lock)
         if placement.placed:
             placement = await self._check(session, placement, providers)
+        metrics.decision(placement.placed, time.perf_counter() - started, (r.code for r in placement.rejections))
         return _planned(placement)
 
     async def plan_create(self, session: AsyncSession, req: PlacementRequest, *, workload_id: str, vm_name: str,

@@ -22,6 +22,7 @@ from metavmm.catalog.models import Provider, utcnow
 from metavmm.drivers.registry import create_driver, driver_class
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import MetavmmError
+from metavmm.services import metrics
 from metavmm.services.observer import (
     SyncCounts,
     apply_inventory,
@@ -57,6 +58,12 @@ async def register_providers(maker: async_sessionmaker[AsyncSession], cfg: Feder
 
 
 async def sync_provider(maker: async_sessionmaker[AsyncSession], pcfg, timeout_s: float = 120) -> SyncResult:  # type: ignore[no-untyped-def]
+    result = await _sync_provider(maker, pcfg, timeout_s)
+    metrics.synced(result.provider, result.seconds, result.error)
+    return result
+
+
+async def _sync_provider(maker: async_sessionmaker[AsyncSession], pcfg, timeout_s: float) -> SyncResult:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     try:
         driver = create_driver(pcfg)

@@ -37,7 +37,8 @@ from metavmm.catalog.models import Operation, OperationState, utcnow
 from metavmm.foundation.aio import shielded, stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ConfigError
-from metavmm.services import netguard
+from metavmm.foundation.logs import REQUEST_ID
+from metavmm.services import metrics, netguard
 from metavmm.services.operations import store
 from metavmm.services.operations.actions import StepCancelled, StepWaiting, is_transient, run_action
 from metavmm.services.operations.context import Drivers, StepContext
@@ -239,6 +240,8 @@ class Executor:
         await shielded(store.fenced_update(self.sessions, op.id, self._tokens[op.id], event=event, step=step,
                                            level=level, steps=op.steps, current_step=op.current_step,
                                            outputs=op.outputs, workload_note=note, **values))
+        if state in store.TERMINAL:  # the one place a claimed operation ends (request_cancel ends unclaimed ones)
+            metrics.operation_ended(op.kind, state, store.aware(op.started_at or op.created_at), utcnow())
 
     async def _hand_back_if_stopping(self, op: Operation, before: str) -> None:
         """Between two steps of a stopping executor: record where the operation is and give it back."""
@@ -248,6 +251,13 @@ class Executor:
 
     async def _drive(self, op_id: str) -> None:
         op = await shielded(store.get(self.sessions, op_id))
+        token = REQUEST_ID.set(op.params.get("request_id") or f"op-{op.id}")  # every step's log lines name it
+        try:
+            await self._drive_claimed(op)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _drive_claimed(self, op: Operation) -> None:
         if op.state == OperationState.PENDING:
             await self._save(op, f"started by {self._tokens[op.id]}", state=OperationState.RUNNING, started_at=utcnow(),
                              message="running")
@@ -365,6 +375,7 @@ class Executor:
                 await self._save(op, f"step {step['name']}: {action} (attempt {step[key]})", step=index,
                                  not_before=None, message=f"{step['name']}")
             ctx = self._context(op, index)
+            log.debug("operation %s (%s) step %s: %s, attempt %s", op.id, op.kind, step["name"], action, step.get(key))
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (issue 24)
                 async with asyncio.timeout(self.settings.step_timeout_s):

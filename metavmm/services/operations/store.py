@@ -21,6 +21,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationEvent, OperationState, Workload, utcnow
 from metavmm.foundation.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationError
+from metavmm.foundation.logs import REQUEST_ID
+from metavmm.services import metrics
 from metavmm.services.operations.plan import Step, plan_rows
 from metavmm.services.quotas import give_back
 
@@ -78,6 +80,8 @@ async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], tar
     """Add the operation with its whole plan to the caller's transaction (which decides when it commits:
     a REST create writes it with the workload and the quota reservation). The caller wakes the engine."""
     params = {**(params or {}), **({"request": fingerprint} if fingerprint else {})}
+    if REQUEST_ID.get() and "request_id" not in params:  # the executor logs this operation's steps under it
+        params["request_id"] = REQUEST_ID.get()
     op = Operation(kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
                    params=params, idempotency_key=idempotency_key, message="queued")
     if operation_id is not None:
@@ -205,6 +209,7 @@ async def request_cancel(maker: Sessions, op_id: str) -> Operation:
         never_ran = op.state == OperationState.PENDING and all(s["state"] == "pending" for s in op.steps)
         if never_ran and (op.lease_until is None or aware(op.lease_until) < utcnow()):
             op.state, op.message, op.finished_at = OperationState.CANCELLED, "cancelled before it started", utcnow()
+            metrics.operation_ended(op.kind, op.state, aware(op.created_at), op.finished_at)
             op.owner, op.lease_until = None, None
             if op.params.get("holds_quota") and op.target_id:  # its quota.release compensation never gets to run
                 await give_back(session, op.target_id, "cancelled before it started")

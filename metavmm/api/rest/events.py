@@ -1,0 +1,63 @@
+"""The event stream: server-sent events of operation history, progress and workload states (issue 18).
+
+A member sees their project's events, an admin every project's (:mod:`metavmm.services.scope`). Each
+operation event carries its catalog id: a client that reconnects with ``Last-Event-ID`` (browsers'
+EventSource do it themselves) or ``?after=`` gets what it missed and nothing it saw. The stream stays
+open for a client that accepts ``text/event-stream`` (EventSource sends it); any other client gets what
+is there now (one page) in the same format and the response ends, so a generic HTTP tool never hangs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+from pydantic import BaseModel, Field
+
+from metavmm.api import keys
+from metavmm.api.rest.common import sessions as sessions_of
+from metavmm.api.rest.framework import RestModule
+from metavmm.foundation.aio import wait_event
+from metavmm.foundation.errors import ValidationError
+from metavmm.services import events
+
+api = RestModule("events", "Live updates as server-sent events")
+
+
+class EventsQuery(BaseModel):
+    after: int | None = Field(default=None, ge=0, le=2**62,
+                              description="resume after this event id (as Last-Event-ID); 0 replays the history; "
+                                          "default: new events only")
+
+
+def _resume_point(request: web.Request, query: EventsQuery) -> int | None:
+    header = request.headers.get("Last-Event-ID")
+    if header is None:
+        return query.after
+    if not header.isdigit() or len(header) > 18:
+        raise ValidationError(f"Last-Event-ID must be an event id this stream sent, not {header[:40]!r}")
+    return int(header)
+
+
+@api.route("GET", "/events", summary="Server-sent events: operation history (with ids, resumable), progress "
+           "and workload states of the caller's project", query=EventsQuery, response=str,
+           media_type="text/event-stream", role="reader")
+async def stream(request: web.Request, query: EventsQuery) -> web.StreamResponse:
+    sessions = sessions_of(request)
+    after = _resume_point(request, query)
+    cursor = events.Cursor(keys.identity_of(request), after if after is not None else await events.latest_id(sessions))
+    poll_s = request.config_dict[keys.CONFIG].metrics.events_poll_s
+    stopping = request.config_dict[keys.OPERATIONS].stopping
+    follow = "text/event-stream" in request.headers.get("Accept", "")
+    async with sse_response(request) as resp:
+        with contextlib.suppress(ConnectionResetError):  # the client went away: the stream just ends
+            while resp.is_connected() and not stopping.is_set():
+                for event in await cursor.next(sessions):
+                    ident = str(event.id) if event.id is not None else None
+                    await resp.send(json.dumps(event.data, separators=(",", ":")), id=ident, event=event.kind)
+                if not follow:
+                    break
+                await wait_event(stopping, poll_s)
+    return resp

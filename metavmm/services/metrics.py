@@ -1,0 +1,114 @@
+"""What the broker counts for Prometheus, in one place: every metric's name, help and labels.
+
+Counters and histograms move where things happen (an HTTP answer, an operation's end, a scheduler
+decision, an inventory sync); gauges that describe the catalog (operations by state, sync age, capacity
+per site) are read from it when Prometheus scrapes (:func:`refresh`, three grouped queries), so they are
+right whichever broker or worker process wrote the rows. The api layer serves :func:`render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.models import Host, Operation, Provider, Site
+
+disable_created_metrics()  # no *_created series: Prometheus does not use them and they double the output
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LONG = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, float("inf"))
+
+HTTP_REQUESTS = Counter("metavmm_http_requests", "HTTP requests answered, by route pattern and status",
+                        ["method", "route", "status"])
+HTTP_LATENCY = Histogram("metavmm_http_request_duration_seconds", "Time to answer an HTTP request, by route pattern",
+                         ["method", "route"])
+OPERATIONS_ENDED = Counter("metavmm_operations_ended", "Operations that ended, by kind and final state",
+                           ["kind", "state"])
+OPERATION_DURATION = Histogram("metavmm_operation_duration_seconds", "From an operation's start to its end",
+                               ["kind", "state"], buckets=LONG)
+OPERATIONS = Gauge("metavmm_operations", "Operations in the catalog, by kind and state (read at scrape)",
+                   ["kind", "state"])
+DECISIONS = Counter("metavmm_scheduler_decisions", "Placement decisions, by outcome (placed or refused)",
+                    ["outcome"])
+DECISION_LATENCY = Histogram("metavmm_scheduler_decision_duration_seconds", "Time to take one placement decision")
+REJECTIONS = Counter("metavmm_scheduler_rejections", "Candidates the scheduler rejected, by reason code",
+                     ["reason"])
+SYNCS = Counter("metavmm_provider_syncs", "Inventory syncs, by provider and result (ok or error)",
+                ["provider", "result"])
+SYNC_DURATION = Histogram("metavmm_provider_sync_duration_seconds", "Time to pull one provider's inventory",
+                          ["provider"], buckets=LONG)
+SYNC_AGE = Gauge("metavmm_provider_sync_age_seconds", "Seconds since the provider's last successful sync",
+                 ["provider"])
+SYNC_FAILING = Gauge("metavmm_provider_sync_failing", "1 when the provider's last sync recorded an error",
+                     ["provider"])
+SITE_CORES = Gauge("metavmm_site_cpu_cores", "Physical CPU cores of the site's hosts", ["site"])
+SITE_VCPUS_USED = Gauge("metavmm_site_vcpus_used", "vCPUs in use on the site's hosts", ["site"])
+SITE_MEMORY = Gauge("metavmm_site_memory_bytes", "Memory of the site's hosts", ["site"])
+SITE_MEMORY_USED = Gauge("metavmm_site_memory_used_bytes", "Memory in use on the site's hosts", ["site"])
+SITE_HOSTS = Gauge("metavmm_site_hosts", "Hosts the catalog knows at the site", ["site"])
+
+
+def operation_ended(kind: str, state: str, started: datetime, ended: datetime) -> None:
+    OPERATIONS_ENDED.labels(kind, str(state)).inc()
+    OPERATION_DURATION.labels(kind, str(state)).observe(max(0.0, (_aware(ended) - _aware(started)).total_seconds()))
+
+
+def decision(placed: bool, seconds: float, reasons: Iterable[str]) -> None:
+    DECISIONS.labels("placed" if placed else "refused").inc()
+    DECISION_LATENCY.observe(seconds)
+    for reason in reasons:
+        REJECTIONS.labels(reason or "unknown").inc()
+
+
+def synced(provider: str, seconds: float, error: str | None) -> None:
+    SYNCS.labels(provider, "error" if error else "ok").inc()
+    SYNC_DURATION.labels(provider).observe(seconds)
+
+
+async def refresh(maker: async_sessionmaker[AsyncSession]) -> None:
+    """Set the catalog gauges from the rows as they are now."""
+    now = datetime.now(UTC)
+    async with maker() as session:
+        ops = (await session.exec(select(Operation.kind, Operation.state, func.count())  # type: ignore[call-overload]
+                                  .group_by(Operation.kind, Operation.state))).all()
+        providers = (await session.exec(select(Provider.name, Provider.synced_at, Provider.sync_error))).all()
+        sites = (await session.exec(
+            select(Site.name, func.count(col(Host.id)), func.sum(Host.cpu_cores), func.sum(Host.vcpus_used),
+                   func.sum(Host.memory_mib), func.sum(Host.memory_mib_used))
+            .join(Host, col(Host.site_id) == col(Site.id)).where(col(Site.present)).group_by(Site.name))).all()
+    for gauge in (OPERATIONS, SYNC_AGE, SYNC_FAILING, SITE_CORES, SITE_VCPUS_USED, SITE_MEMORY, SITE_MEMORY_USED,
+                  SITE_HOSTS):
+        gauge.clear()  # a deleted provider or site must not linger with its last value
+    for kind, state, count in ops:
+        OPERATIONS.labels(kind, state).set(count)
+    for name, synced_at, error in providers:
+        if synced_at is not None:
+            SYNC_AGE.labels(name).set(max(0.0, (now - _aware(synced_at)).total_seconds()))
+        SYNC_FAILING.labels(name).set(1 if error else 0)
+    for name, hosts, cores, used, mib, mib_used in sites:
+        SITE_HOSTS.labels(name).set(hosts)
+        SITE_CORES.labels(name).set(cores or 0)
+        SITE_VCPUS_USED.labels(name).set(used or 0)
+        SITE_MEMORY.labels(name).set((mib or 0) * 2**20)
+        SITE_MEMORY_USED.labels(name).set((mib_used or 0) * 2**20)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -1,0 +1,270 @@
+"""Observability (issue 18): /metrics read by a plain client and by Debian's real Prometheus, the request id
+from an HTTP request on the log lines of the operation steps it causes, JSON logs with secrets redacted,
+and the project-scoped event stream with Last-Event-ID resume, while creates run on the sim provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from metavmm.api import keys
+from metavmm.api.app import create_app
+from metavmm.api.observability import metrics_app
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
+from metavmm.services.operations import store
+from metavmm.services.sync import sync_all
+from tests.world import World, seed
+
+API = "/api/v1"
+CONFIG = """
+providers:
+  - {kind: sim, name: sima, site_count: 2, hosts_per_site: 2}
+operations: {reconcile_interval_s: 0}
+metrics: {events_poll_s: 0.05}
+"""
+ENDED = ("succeeded", "failed", "cancelled", "rolled_back")
+
+
+async def _broker(aiohttp_client: Any, url: str) -> tuple[Any, World]:
+    app = create_app(parse_config(CONFIG), url, sync=False)
+    client = await aiohttp_client(app)
+    return client, await seed(app)
+
+
+async def _scrape(client: Any, w: World) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    resp = await client.get("/metrics", headers=w.auth("admin"))
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(await resp.text()) for s in family.samples}
+
+
+def _sum(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items() if n == name and all((k, x) in lab for k, x in labels.items()))
+
+
+def _follow(w: World, who: str, **headers: str) -> dict[str, str]:
+    return {**w.auth(who), "Accept": "text/event-stream", **headers}
+
+
+async def _create(client: Any, w: World, who: str, name: str, request_id: str | None = None) -> dict[str, Any]:
+    headers = {**w.auth(who), **({"X-Request-Id": request_id} if request_id else {})}
+    resp = await client.post(f"{API}/workloads", json={"name": name, "vcpus": 1, "ram_mib": 512}, headers=headers)
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    for _ in range(400):
+        op = await (await client.get(f"{API}/operations/{body['operation']['id']}", headers=w.auth(who))).json()
+        if op["state"] in ENDED:
+            assert op["state"] == "succeeded", op
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the create of {name} did not end: {op}")
+
+
+async def test_metrics_are_protected_and_move_after_a_create_and_a_sync(aiohttp_client: Any, db_url: str) -> None:
+    client, w = await _broker(aiohttp_client, db_url)
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers=w.auth("alpha_member"))).status == 403
+    before = await _scrape(client, w)
+    # the catalog gauges: two sim sites of two hosts each, read from the catalog at scrape time
+    sites = {dict(lab)["site"]: v for (n, lab), v in before.items() if n == "metavmm_site_hosts"}
+    assert len(sites) == 2 and set(sites.values()) == {2.0}
+    assert _sum(before, "metavmm_site_cpu_cores") > 0
+    assert _sum(before, "metavmm_provider_sync_age_seconds", provider="sima") >= 0
+    assert _sum(before, "metavmm_provider_sync_failing", provider="sima") == 0
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep(logging.DEBUG)
+    keep.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(keep)
+    root.setLevel(logging.DEBUG)
+    try:
+        body = await _create(client, w, "alpha_member", "observed-1", request_id="req-observe-18")
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(old_level)
+    await sync_all(client.app[keys.SESSIONS], client.app[keys.CONFIG])
+    after = await _scrape(client, w)
+
+    assert _sum(after, "metavmm_operations_ended_total", state="succeeded") == \
+        _sum(before, "metavmm_operations_ended_total", state="succeeded") + 1
+    assert _sum(after, "metavmm_operation_duration_seconds_count", state="succeeded") >= 1
+    assert _sum(after, "metavmm_operations", state="succeeded") >= 1
+    assert _sum(after, "metavmm_scheduler_decisions_total", outcome="placed") == \
+        _sum(before, "metavmm_scheduler_decisions_total", outcome="placed") + 1
+    assert _sum(after, "metavmm_scheduler_decision_duration_seconds_count") >= 1
+    assert _sum(after, "metavmm_provider_syncs_total", provider="sima", result="ok") == \
+        _sum(before, "metavmm_provider_syncs_total", provider="sima", result="ok") + 1
+    # by the route's pattern, never the raw path with its ids
+    assert _sum(after, "metavmm_http_requests_total", method="POST", route="/api/v1/workloads", status="202") >= 1
+    assert _sum(after, "metavmm_http_requests_total", route="/api/v1/operations/{operation_id}") >= 1
+    assert not any(body["operation"]["id"] in dict(lab).get("route", "") for (_n, lab) in after)
+    assert _sum(after, "metavmm_site_vcpus_used") >= 1
+
+    # the request id: stored with the operation, and on the log lines of its steps (run by the executor)
+    op = await store.get(client.app[keys.SESSIONS], body["operation"]["id"])
+    assert op.params["request_id"] == "req-observe-18"
+    steps = [r for r in records if r.name.startswith("metavmm.services.operations.executor")
+             and "step" in r.getMessage() and body["operation"]["id"] in r.getMessage()]
+    assert steps and {r.request_id for r in steps} == {"req-observe-18"}  # type: ignore[attr-defined]
+    # a client's id that is too long or has odd characters is replaced, not stored or logged
+    odd = await client.get("/healthz", headers={"X-Request-Id": "x" * 129})
+    assert len(odd.headers["X-Request-Id"]) == 32
+    assert (await client.get("/healthz", headers={"X-Request-Id": "a b"})).headers["X-Request-Id"] != "a b"
+
+
+async def test_a_separate_metrics_listener_needs_no_token(aiohttp_client: Any, sqlite_url: str) -> None:
+    client, _ = await _broker(aiohttp_client, sqlite_url)
+    server = TestServer(metrics_app(client.app))
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
+            assert resp.status == 200
+            assert "metavmm_site_hosts" in await resp.text()
+    finally:
+        await server.close()
+
+
+def test_json_logs_carry_the_request_id_and_no_secrets() -> None:
+    record = logging.LogRecord("metavmm.drivers.x", logging.WARNING, __file__, 1,
+                               "GET https://user:pw@cloud.example/v1?X-Amz-Signature=abc123&region=eu failed: %s",
+                               ("Authorization: Bearer sekrit-token-0123456789",), None)
+    record.request_id = "req-9"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "req-9" and line["level"] == "WARNING" and line["logger"] == "metavmm.drivers.x"
+    assert "abc123" not in line["message"] and "pw@" not in line["message"] and "sekrit" not in line["message"]
+    assert "region=eu" in line["message"]
+
+
+async def _events(resp: Any, until: Any, limit: int = 500) -> list[tuple[str | None, str, dict[str, Any]]]:
+    """Read SSE frames from ``resp`` until ``until(event)`` is true; (id, event, data) each."""
+    seen: list[tuple[str | None, str, dict[str, Any]]] = []
+    ident, kind, data = None, "message", ""
+    async with asyncio.timeout(60):  # a safety net against a hang, not an assertion on speed
+        while len(seen) < limit:
+            line = (await resp.content.readline()).decode().rstrip("\r\n")
+            if line.startswith("id:"):
+                ident = line[3:].strip()
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif line == "" and data:
+                seen.append((ident, kind, json.loads(data)))
+                ident, kind, data = None, "message", ""
+                if until(seen[-1]):
+                    return seen
+    raise AssertionError(f"the awaited event never came: {seen[-5:]}")
+
+
+def _ended(op_id: str) -> Any:
+    return lambda e: e[1] == "operation" and e[2]["operation"] == op_id and e[2]["state"] in ENDED \
+        and e[2]["message"] in ENDED
+
+
+async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, db_url: str) -> None:
+    client, w = await _broker(aiohttp_client, db_url)
+    assert (await client.get(f"{API}/events")).status == 401
+    bad = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": "x'; --"})
+    assert bad.status == 400
+    alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
+    beta = await client.get(f"{API}/events", headers=_follow(w, "beta_member"))
+    assert alpha.status == 200 and alpha.headers["Content-Type"].startswith("text/event-stream")
+    created = await _create(client, w, "alpha_member", "streamed-1")
+    op_id, wid = created["operation"]["id"], created["workload"]["id"]
+    done = _ended(op_id)
+    seen = await _events(alpha, lambda e: e[1] == "workload" and e[2]["workload"] == wid and e[2]["state"] == "running")
+    if not any(done(e) for e in seen):  # the workload's new state may come just before the operation's end
+        seen += await _events(alpha, done)
+    ops = [e for e in seen if e[1] == "operation"]
+    assert all(e[2]["operation"] == op_id for e in ops)
+    assert [e[2]["message"] for e in ops][-1] == "succeeded" and len(ops) >= 3
+    ids = [int(e[0]) for e in ops if e[0]]
+    assert len(ids) == len(ops) and ids == sorted(ids)
+    assert any(e[1] == "workload" and e[2]["workload"] == wid and e[2]["state"] == "running" for e in seen)
+
+    # beta's member: their own create shows, alpha's (written earlier, smaller ids) never does
+    mine = await _create(client, w, "beta_member", "beta-streamed")
+    other = await _events(beta, _ended(mine["operation"]["id"]))
+    assert not any(op_id in json.dumps(e[2]) or wid in json.dumps(e[2]) for e in other)
+    assert any(e[2].get("operation") == mine["operation"]["id"] for e in other)
+    alpha.close()
+    beta.close()
+
+    # resume after the second event: exactly the rest, nothing seen before
+    resumed = await client.get(f"{API}/events", headers=_follow(w, "alpha_member", **{"Last-Event-ID": str(ids[1])}))
+    again = [e for e in await _events(resumed, _ended(op_id)) if e[1] == "operation"]
+    assert [int(e[0]) for e in again] == ids[2:]
+    resumed.close()
+    # the admin sees every project's; ?after=0 replays the history; without Accept: text/event-stream the
+    # answer is what is there now, and it ends (a generic HTTP client never hangs on it)
+    everything = await client.get(f"{API}/events?after=0", headers=w.auth("admin"))
+    assert everything.status == 200
+    text = await everything.text()
+    assert op_id in text and mine["operation"]["id"] in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus is not installed")
+async def test_the_real_prometheus_scrapes_the_broker(aiohttp_client: Any, sqlite_url: str, tmp_path: Path) -> None:
+    client, w = await _broker(aiohttp_client, sqlite_url)
+    await _create(client, w, "alpha_member", "scraped-1")
+    port = _free_port()
+    (tmp_path / "prometheus.yml").write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: metavmm
+    metrics_path: /metrics
+    authorization: {{type: Bearer, credentials: {w.tokens['admin']}}}
+    static_configs: [{{targets: ['127.0.0.1:{client.port}']}}]
+""")
+    proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+    query = 'sum(metavmm_operations_ended_total{state="succeeded"})'
+    try:
+        result: list[Any] = []
+        async with aiohttp.ClientSession() as http, asyncio.timeout(90):  # a safety net, not a speed assertion
+            while not result:
+                await asyncio.sleep(0.5)
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}) as resp:
+                        body = await resp.json()
+                except aiohttp.ClientConnectionError:
+                    continue  # not listening yet
+                assert body["status"] == "success", body
+                result = body["data"]["result"]
+            async with http.get(f"http://127.0.0.1:{port}/api/v1/query",
+                                params={"query": 'up{job="metavmm"}'}) as resp:
+                up = (await resp.json())["data"]["result"]
+        # the counter stands still after the create: Prometheus holds what the broker serves
+        served = _sum(await _scrape(client, w), "metavmm_operations_ended_total", state="succeeded")
+        assert served >= 1 and float(result[0]["value"][1]) == served
+        assert up and up[0]["value"][1] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
