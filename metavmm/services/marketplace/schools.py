@@ -10,13 +10,15 @@ Callers check the admin role; these functions check only the catalog.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Project, Publisher, School, SchoolMember
 from metavmm.foundation.errors import Conflict, NotFound
+from metavmm.services.marketplace.entries import aware
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -27,10 +29,14 @@ class SchoolIn(BaseModel):
     description: str = Field(default="", max_length=10_000)
 
 
+UtcTime = Annotated[datetime, AfterValidator(aware)]
+"""A catalog timestamp as UTC (SQLite reads it back naive)."""
+
+
 class SchoolOut(BaseModel):
     name: str
     description: str
-    created_at: datetime
+    created_at: UtcTime
     projects: list[str] = Field(description="member projects, by name")
 
 
@@ -38,7 +44,7 @@ class PublisherOut(BaseModel):
     name: str
     project: str | None = Field(description="the owning project; null: the broker's own")
     granted_by: str | None = Field(description="the admin who granted it; null: claimed by a first publish")
-    created_at: datetime
+    created_at: UtcTime
 
 
 async def _school(session: AsyncSession, name: str) -> School:
