@@ -11,6 +11,7 @@ here talks to a provider and no caller waits for one: the answer is the operatio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import uuid
@@ -21,11 +22,11 @@ from typing import Any
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.db import session_scope
+from metavmm.catalog.db import is_busy, session_scope
 from metavmm.catalog.models import (
     Flavor,
     Image,
@@ -41,6 +42,7 @@ from metavmm.catalog.models import (
 )
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import (
+    CatalogBusy,
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
@@ -73,6 +75,8 @@ from metavmm.services.workloads.requests import (
 )
 from metavmm.services.workloads.resources import place_resource
 
+BUSY_ATTEMPTS = 4  # a create refused for a database lock is tried this often before the 503
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -97,7 +101,19 @@ class WorkloadService:
     # --- create -------------------------------------------------------------------------------------
 
     async def create(self, caller: Identity, req: CreateRequest, *, idempotency_key: str | None = None) -> Accepted:
-        """Validate, reserve quota, place, and write the workload, its links and their operations."""
+        """Validate, reserve quota, place, and write the workload, its links and their operations; a
+        transaction the database refused for a lock (nothing of it written) is tried again, a few times,
+        before the caller gets a 503 with Retry-After."""
+        for attempt in range(1, BUSY_ATTEMPTS + 1):
+            try:
+                return await self._create(caller, req, idempotency_key)
+            except CatalogBusy:
+                if attempt == BUSY_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _create(self, caller: Identity, req: CreateRequest, idempotency_key: str | None) -> Accepted:
         project_id = self._project(caller, req.project_id)
         if req.kind not in WorkloadKind.__members__.values():
             raise ValidationError(f"unknown kind {req.kind!r}; expected one of compute, network, storage")
@@ -524,6 +540,10 @@ class WorkloadService:
                 yield session
         except IntegrityError as exc:  # a twin request won a race the project lock does not cover
             raise Conflict(f"a concurrent request changed the same rows; try again ({exc.orig})") from None
+        except DBAPIError as exc:
+            if not is_busy(exc):
+                raise
+            raise CatalogBusy("the catalog is busy; nothing was changed, send the request again") from None
 
     @staticmethod
     async def _replay(session: AsyncSession, key: str | None, fingerprint: str, kind: str | None) -> Operation | None:
