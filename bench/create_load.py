@@ -5,9 +5,9 @@ The broker (SQLite in a temporary directory, or ``--database`` a PostgreSQL URL 
 and a bare aiohttp handler returning a workload's JSON listen on 127.0.0.1 in this process, with the
 operations engine running (it creates the SIMULATED VMs while the load arrives, so its writes contend
 with the requests). ``--clients`` clients each loop for ``--seconds``: a create, then a read of one of
-their workloads, a list, and every third round a delete. The bare side gets the same number of
-clients and seconds of GETs. Reported: requests/s, p50/p99, errors (5xx or no answer; 4xx are counted
-apart), creates/s, and the ratio broker/bare.
+their workloads, a list, and every third round a delete (``--creates-only``: only the create). The
+bare side gets the same number of clients and seconds of GETs. Reported: requests/s, p50/p99, errors
+(5xx or no answer; 4xx are counted apart), creates/s, and the ratio broker/bare.
 
     .venv/bin/python -m bench.create_load [--clients 32] [--seconds 10] [--database postgresql://...]
 """
@@ -95,7 +95,7 @@ async def _call(http: aiohttp.ClientSession, tally: Tally, kind: str, method: st
 
 
 async def _mixed_client(http: aiohttp.ClientSession, base: str, token: str, until: float, tally: Tally,
-                        n: int) -> None:
+                        n: int, creates_only: bool) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     mine: list[str] = []
     round_ = 0
@@ -105,6 +105,8 @@ async def _mixed_client(http: aiohttp.ClientSession, base: str, token: str, unti
                            json={"name": f"load-{n}-{round_}", "vcpus": 1, "ram_mib": 256})
         if body is not None:
             mine.append(str(body["workload"]["id"]))  # type: ignore[index]
+        if creates_only:
+            continue
         if mine:
             await _call(http, tally, "read", "GET", f"{base}/api/v1/workloads/{mine[-1]}", headers=auth)
         await _call(http, tally, "list", "GET", f"{base}/api/v1/workloads?limit=20", headers=auth)
@@ -127,7 +129,7 @@ async def _drive(clients: int, seconds: float, run: object) -> tuple[Tally, floa
         return tally, time.perf_counter() - start
 
 
-async def main(clients: int, seconds: float, database: str | None) -> None:
+async def main(clients: int, seconds: float, database: str | None, creates_only: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("METAVMM_STATE_DIR", tmp)
         url = database or f"sqlite:///{Path(tmp) / 'load.db'}"
@@ -137,7 +139,8 @@ async def main(clients: int, seconds: float, database: str | None) -> None:
         bare_app.router.add_get("/w", lambda _r: web.Response(text=sample, content_type="application/json"))
         bare, bare_base = await _serve(bare_app)
         try:
-            load, load_s = await _drive(clients, seconds, lambda h, u, t, i: _mixed_client(h, base, token, u, t, i))
+            load, load_s = await _drive(clients, seconds, lambda h, u, t, i: _mixed_client(h, base, token, u, t, i,
+                                                                                         creates_only))
             plain, plain_s = await _drive(clients, seconds, lambda h, u, t, i: _bare_client(h, bare_base, u, t))
         finally:
             await broker.cleanup()
@@ -145,7 +148,8 @@ async def main(clients: int, seconds: float, database: str | None) -> None:
     db = "postgresql" if url.startswith("postgresql") else "sqlite"
     b, p = load.summary(load_s), plain.summary(plain_s)
     creates = load.kinds["create 202"]
-    print(f"mixed REST load, {clients} clients, {seconds:.0f} s, {db}, load average {os.getloadavg()[0]:.2f}")
+    what = "creates only" if creates_only else "mixed REST load"
+    print(f"{what}, {clients} clients, {seconds:.0f} s, {db}, load average {os.getloadavg()[0]:.2f}")
     for name, s in (("broker", b), ("bare aiohttp", p)):
         print(f"  {name:13s} {s['requests']:6d} req  {s['req_s']:8.1f} req/s  p50 {s['p50_ms']:7.1f} ms  "
               f"p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}  4xx {s['4xx']}")
@@ -160,5 +164,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--database", help="an empty PostgreSQL database's URL (default: SQLite in a temp dir)")
+    parser.add_argument("--creates-only", action="store_true", help="every client only creates")
     args = parser.parse_args()
-    asyncio.run(main(args.clients, args.seconds, args.database))
+    asyncio.run(main(args.clients, args.seconds, args.database, args.creates_only))
