@@ -27,10 +27,12 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from sqlmodel import select
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation
 from metavmm.foundation.config import parse_config
 from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
 from metavmm.services.sync import sync_all
@@ -65,6 +67,16 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def _operations(app: web.Application) -> Counter[str]:
+    """The operations' states when the load ended (the engine may still be running some), and how many
+    say "rollback failed"."""
+    async with app[keys.SESSIONS]() as s:
+        rows = (await s.exec(select(Operation.state, Operation.message))).all()
+    out = Counter(str(state) for state, _ in rows)
+    out["rollback failed"] = sum("rollback failed" in (message or "") for _, message in rows)
+    return out
 
 
 async def _broker(database: str) -> tuple[web.AppRunner, str, str]:
@@ -141,6 +153,7 @@ async def main(clients: int, seconds: float, database: str | None, creates_only:
         try:
             load, load_s = await _drive(clients, seconds, lambda h, u, t, i: _mixed_client(h, base, token, u, t, i,
                                                                                          creates_only))
+            ops = await _operations(broker.app)
             plain, plain_s = await _drive(clients, seconds, lambda h, u, t, i: _bare_client(h, bare_base, u, t))
         finally:
             await broker.cleanup()
@@ -155,6 +168,7 @@ async def main(clients: int, seconds: float, database: str | None, creates_only:
               f"p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}  4xx {s['4xx']}")
     print(f"  creates accepted {creates} ({creates / load_s:.1f}/s); ratio broker/bare {b['req_s'] / p['req_s']:.3f}")
     print("  answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(load.kinds.items())))
+    print("  operations at the end: " + ", ".join(f"{k}: {v}" for k, v in sorted(ops.items())))
     for line in load.samples:
         print("  error: " + line)
 

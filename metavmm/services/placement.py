@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Integer, cast, func, or_, text
@@ -65,6 +66,13 @@ async def lock_placement(session: AsyncSession) -> None:
 
 async def fingerprint(session: AsyncSession) -> tuple[Any, ...]:
     """One row that changes whenever something a placement reads changes (besides workloads)."""
+    return tuple((await session.exec(_fingerprint_query())).one())
+
+
+@cache
+def _fingerprint_query() -> Any:
+    """Built once: every create runs it while it holds the write lock, and building its twenty-odd
+    subqueries cost more than running them."""
     def stats(model: Any, *extra: Any) -> list[Any]:
         return [select(func.count()).select_from(model).scalar_subquery(),
                 *(select(e).select_from(model).scalar_subquery() for e in extra)]
@@ -81,7 +89,7 @@ async def fingerprint(session: AsyncSession) -> tuple[Any, ...]:
         *stats(m.ImageReplica, func.max(m.ImageReplica.id), func.sum(cast(m.ImageReplica.present, Integer)),
                func.max(m.ImageReplica.created_at), func.sum(m.ImageReplica.site_id)),
     ]
-    return tuple((await session.exec(select(*columns))).one())
+    return select(*columns)
 
 
 async def in_transit(session: AsyncSession) -> Ledger:

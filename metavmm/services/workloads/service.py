@@ -128,7 +128,7 @@ class WorkloadService:
             earlier = await self._replay(session, key, fingerprint, "create")
             if earlier is not None:
                 return await self._accepted_again(session, earlier)
-            taken = await session.get(Workload, workload_id)
+            taken = await session.get(Workload, workload_id) if req.workload_id is not None else None
             if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
                 raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
             if taken is not None:
@@ -148,7 +148,7 @@ class WorkloadService:
             need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
                                     shape.gpu_count)
             await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
-                                 flavor=shape.flavor)
+                                 flavor=shape.flavor, locked=True)
             if req.kind == WorkloadKind.COMPUTE:
                 if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
                     req = replace(req, site=await self._linked_site(session, req.links))
@@ -393,7 +393,8 @@ class WorkloadService:
             plan, grow = await flows.resize_plan(session, workload.id, vcpus=shape.vcpus, ram_mib=shape.ram_mib,
                                                  flavor=shape.flavor)
             if grow:
-                await quotas.reserve(session, workload.project_id, grow, workload_id=workload.id, operation_id=op_id)
+                await quotas.reserve(session, workload.project_id, grow, workload_id=workload.id, operation_id=op_id,
+                                     locked=True)
             op = await self._write(session, plan, key, fingerprint, operation_id=op_id)
         await self._wake(op)
         return op
