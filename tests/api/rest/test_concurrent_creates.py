@@ -7,13 +7,16 @@ one create operation, and once the engine ran them (while the creates were arriv
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
 from typing import Any
 
+import pytest
 from sqlmodel import func, select
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
+from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Quota, QuotaReservation, Workload
 from metavmm.foundation.config import parse_config
@@ -68,3 +71,30 @@ async def test_32_concurrent_creates_answer_202_or_4xx_and_leave_nothing_half_do
             QuotaReservation.project_id == world.ids["alpha"]))).one()
     assert failed == []
     assert committed == LIMIT
+
+
+async def test_a_create_that_cannot_get_the_sqlite_write_lock_is_a_503_with_retry_after(
+        aiohttp_client: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds SQLite's write lock past the busy timeout: after the service's retries the
+    client gets 503 with Retry-After (not a 500), and nothing of the create was written."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
+    app = create_app(parse_config(SIM), sqlite_url, sync=False)
+    client = await aiohttp_client(app)
+    world = await seed(app)
+    await app[keys.OPERATIONS].stop()
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        resp = await client.post("/api/v1/workloads", json={"name": "blocked", "vcpus": 1, "ram_mib": 128},
+                                 headers=world.auth("alpha_member"))
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"] == "1"
+        assert "send the request again" in (await resp.json())["detail"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(Workload).where(Workload.name == "blocked"))).all() == []
+    again = await client.post("/api/v1/workloads", json={"name": "blocked", "vcpus": 1, "ram_mib": 128},
+                              headers=world.auth("alpha_member"))
+    assert again.status == 202, await again.text()
