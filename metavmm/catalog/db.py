@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_only
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.foundation.errors import ConfigError
@@ -59,20 +62,79 @@ def _private_file(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
+BUSY_TIMEOUT_MS = 30_000  # another process's writer (the CLI, a second broker); this process's queue on the lock
+WRITER_WAIT_S = 30.0  # a writer waiting longer for this process's queue gives up: "database is locked"
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL: durable against a crash of the process, one fsync per checkpoint
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.close()
+
+
+class SqliteWriters:
+    """One queue of this process's writers in front of SQLite's single write lock.
+
+    SQLite lets one transaction write at a time; a writer that finds the lock taken sleeps in SQLite's
+    busy handler and polls, unfairly, until ``busy_timeout``, then fails with "database is locked". With
+    32 concurrent creates plus the operations engine, some waited past any timeout. Here the first
+    INSERT/UPDATE/DELETE of a transaction (pysqlite's own rule for where a transaction begins) first
+    takes an asyncio lock, FIFO, held until the transaction commits or rolls back, so this process's
+    writers never meet in the busy handler and reads never wait. Other processes still meet this one
+    there, under ``busy_timeout``.
+    """
+
+    WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+
+    def attach(self, engine: AsyncEngine) -> None:
+        sync = engine.sync_engine
+        event.listen(sync, "connect", _sqlite_pragmas)
+        event.listen(sync, "before_cursor_execute", self._before)
+        event.listen(sync, "commit", self._after_txn)
+        event.listen(sync, "rollback", self._after_txn)
+        event.listen(sync.pool, "checkin", self._checkin)
+
+    def _before(self, conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
+        if conn.info.get("mv_writer") or not statement.lstrip().upper().startswith(self.WRITES):
+            return
+        try:
+            await_only(asyncio.wait_for(self.lock.acquire(), WRITER_WAIT_S))
+        except TimeoutError:
+            raise OperationalError(statement, None, sqlite3.OperationalError(
+                f"database is locked (no turn to write within {WRITER_WAIT_S:.0f} s)")) from None
+        conn.info["mv_writer"] = True
+
+    def _after_txn(self, conn: Connection) -> None:
+        if conn.info.pop("mv_writer", False):
+            self.lock.release()
+
+    def _checkin(self, _dbapi_conn: object, record: Any) -> None:  # a connection returned mid-transaction
+        if record is not None and record.info.pop("mv_writer", False):
+            self.lock.release()
 
 
 def make_engine(url: str | None = None) -> AsyncEngine:
     url = async_url(url or default_url())
     engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
     if url.startswith("sqlite"):
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        SqliteWriters().attach(engine)
     return engine
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A lock the database could not give in time (SQLite's "database is locked", PostgreSQL's deadlock
+    or serialization failure): the request may simply be tried again."""
+    if not isinstance(exc, OperationalError | DBAPIError):
+        return False
+    text = str(exc.orig).lower()
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return "database is locked" in text or "deadlock detected" in text or code in ("40001", "40P01")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

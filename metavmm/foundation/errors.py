@@ -104,6 +104,15 @@ class QuotaExceeded(MetavmmError):
     title = "Quota exceeded"
 
 
+class CatalogBusy(MetavmmError):
+    """The catalog database could not give a lock in time, after the service's own retries: the client
+    may send the same request again (``Retry-After``); nothing of it was written."""
+
+    http_status = 503
+    title = "Busy"
+    headers = {"Retry-After": "1"}
+
+
 class UnsupportedOperation(MetavmmError):
     """The provider (or a component) does not offer this verb."""
 

@@ -70,10 +70,12 @@ async def usage(session: AsyncSession, project_id: int) -> dict[str, dict[str, D
 
 
 async def reserve(session: AsyncSession, project_id: int, need: dict[str, Decimal], *, workload_id: str,
-                  operation_id: str | None, flavor: str | None = None) -> None:
+                  operation_id: str | None, flavor: str | None = None, locked: bool = False) -> None:
     """Check ``need`` against the project's limits and reserve it, or raise QuotaExceeded naming every
-    resource that does not fit. The caller commits (or rolls back) the transaction."""
-    await lock_project(session, project_id)
+    resource that does not fit. The caller commits (or rolls back) the transaction; ``locked``: the
+    caller took the project's lock in it already (one statement less while holding the write lock)."""
+    if not locked:
+        await lock_project(session, project_id)
     quotas = {q.resource: q for q in (await session.exec(select(Quota).where(Quota.project_id == project_id))).all()}
     need = dict(need)
     if "budget_monthly" in quotas:

@@ -11,6 +11,7 @@ here talks to a provider and no caller waits for one: the answer is the operatio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import uuid
@@ -21,11 +22,11 @@ from typing import Any
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.db import session_scope
+from metavmm.catalog.db import is_busy, session_scope
 from metavmm.catalog.models import (
     Flavor,
     Image,
@@ -40,6 +41,7 @@ from metavmm.catalog.models import (
 )
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import (
+    CatalogBusy,
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
@@ -74,6 +76,8 @@ from metavmm.services.workloads.requests import (
 )
 from metavmm.services.workloads.resources import place_resource
 
+BUSY_ATTEMPTS = 4  # a create refused for a database lock is tried this often before the 503
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -98,7 +102,19 @@ class WorkloadService:
     # --- create -------------------------------------------------------------------------------------
 
     async def create(self, caller: Identity, req: CreateRequest, *, idempotency_key: str | None = None) -> Accepted:
-        """Validate, reserve quota, place, and write the workload, its links and their operations."""
+        """Validate, reserve quota, place, and write the workload, its links and their operations; a
+        transaction the database refused for a lock (nothing of it written) is tried again, a few times,
+        before the caller gets a 503 with Retry-After."""
+        for attempt in range(1, BUSY_ATTEMPTS + 1):
+            try:
+                return await self._create(caller, req, idempotency_key)
+            except CatalogBusy:
+                if attempt == BUSY_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _create(self, caller: Identity, req: CreateRequest, idempotency_key: str | None) -> Accepted:
         project_id = self._project(caller, req.project_id)
         if req.kind not in WorkloadKind.__members__.values():
             raise ValidationError(f"unknown kind {req.kind!r}; expected one of compute, network, storage")
@@ -117,7 +133,7 @@ class WorkloadService:
             earlier = await self._replay(session, key, fingerprint, "create")
             if earlier is not None:
                 return await self._accepted_again(session, earlier)
-            taken = await session.get(Workload, workload_id)
+            taken = await session.get(Workload, workload_id) if req.workload_id is not None else None
             if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
                 raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
             if taken is not None:
@@ -137,7 +153,7 @@ class WorkloadService:
             need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
                                     shape.gpu_count)
             await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
-                                 flavor=shape.flavor)
+                                 flavor=shape.flavor, locked=True)
             if req.kind == WorkloadKind.COMPUTE:
                 if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
                     req = replace(req, site=await self._linked_site(session, req.links))
@@ -380,7 +396,8 @@ class WorkloadService:
             plan, grow = await flows.resize_plan(session, workload.id, vcpus=shape.vcpus, ram_mib=shape.ram_mib,
                                                  flavor=shape.flavor)
             if grow:
-                await quotas.reserve(session, workload.project_id, grow, workload_id=workload.id, operation_id=op_id)
+                await quotas.reserve(session, workload.project_id, grow, workload_id=workload.id, operation_id=op_id,
+                                     locked=True)
             op = await self._write(session, plan, key, fingerprint, operation_id=op_id)
         await self._wake(op)
         return op
@@ -527,6 +544,10 @@ class WorkloadService:
                 yield session
         except IntegrityError as exc:  # a twin request won a race the project lock does not cover
             raise Conflict(f"a concurrent request changed the same rows; try again ({exc.orig})") from None
+        except DBAPIError as exc:
+            if not is_busy(exc):
+                raise
+            raise CatalogBusy("the catalog is busy; nothing was changed, send the request again") from None
 
     @staticmethod
     async def _replay(session: AsyncSession, key: str | None, fingerprint: str, kind: str | None) -> Operation | None:

@@ -1,0 +1,183 @@
+"""Mixed REST load (creates, reads, deletes of computes on the sim provider) against a bare aiohttp
+handler, in one run (issue 23 item 15, issue 16 item 13).
+
+The broker (SQLite in a temporary directory, or ``--database`` a PostgreSQL URL of an empty database)
+and a bare aiohttp handler returning a workload's JSON listen on 127.0.0.1 in this process, with the
+operations engine running (it creates the SIMULATED VMs while the load arrives, so its writes contend
+with the requests). ``--clients`` clients each loop for ``--seconds``: a create, then a read of one of
+their workloads, a list, and every third round a delete (``--creates-only``: only the create). The
+bare side gets the same number of clients and seconds of GETs. Reported: requests/s, p50/p99, errors
+(5xx or no answer; 4xx are counted apart), creates/s, and the ratio broker/bare.
+
+    .venv/bin/python -m bench.create_load [--clients 32] [--seconds 10] [--database postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from sqlmodel import select
+
+from metavmm.api import keys
+from metavmm.api.app import create_app
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation
+from metavmm.foundation.config import parse_config
+from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
+from metavmm.services.sync import sync_all
+
+CONFIG = "providers:\n  - {name: sim-load, kind: sim, site_count: 2, hosts_per_site: 50}\n"
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+
+    def record(self, kind: str, status: int, seconds: float, body: str = "") -> None:
+        self.latencies.append(seconds)
+        self.statuses[status] += 1
+        self.kinds[f"{kind} {status}"] += 1
+        if (status >= 500 or status == 0) and len(self.samples) < 5:
+            self.samples.append(f"{kind} {status}: {body[:300]}")
+
+    def summary(self, seconds: float) -> dict[str, float | int]:
+        lat = sorted(self.latencies) or [0.0]
+        errors = sum(n for s, n in self.statuses.items() if s >= 500 or s == 0)
+        return {"requests": len(self.latencies), "req_s": len(self.latencies) / seconds,
+                "p50_ms": statistics.median(lat) * 1000, "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
+                "errors": errors, "4xx": sum(n for s, n in self.statuses.items() if 400 <= s < 500)}
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def _operations(app: web.Application) -> Counter[str]:
+    """The operations' states when the load ended (the engine may still be running some), and how many
+    say "rollback failed"."""
+    async with app[keys.SESSIONS]() as s:
+        rows = (await s.exec(select(Operation.state, Operation.message))).all()
+    out = Counter(str(state) for state, _ in rows)
+    out["rollback failed"] = sum("rollback failed" in (message or "") for _, message in rows)
+    return out
+
+
+async def _broker(database: str) -> tuple[web.AppRunner, str, str]:
+    """The broker over a synced sim federation, and a member's token of a project without quotas."""
+    config = parse_config(CONFIG)
+    app = create_app(config, database, sync=False)
+    runner, base = await _serve(app)
+    await sync_all(app[keys.SESSIONS], config)
+    async with session_scope(app[keys.SESSIONS]) as s:
+        project = await get_or_create_project(s, "load")
+        user = await get_or_create_user(s, "loader")
+        await set_membership(s, user.id, project.id, "member")
+        _, token = await mint_token(s, user_id=user.id, project_id=project.id, role="member")
+    return runner, base, token
+
+
+async def _call(http: aiohttp.ClientSession, tally: Tally, kind: str, method: str, url: str,
+                **kw: object) -> dict[str, object] | None:
+    start = time.perf_counter()
+    try:
+        async with http.request(method, url, **kw) as resp:  # type: ignore[arg-type]
+            text = await resp.text()
+            tally.record(kind, resp.status, time.perf_counter() - start, text)
+            return json.loads(text) if resp.status < 300 and text else None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        tally.record(kind, 0, time.perf_counter() - start, repr(exc))
+        return None
+
+
+async def _mixed_client(http: aiohttp.ClientSession, base: str, token: str, until: float, tally: Tally,
+                        n: int, creates_only: bool) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    mine: list[str] = []
+    round_ = 0
+    while time.perf_counter() < until:
+        round_ += 1
+        body = await _call(http, tally, "create", "POST", f"{base}/api/v1/workloads", headers=auth,
+                           json={"name": f"load-{n}-{round_}", "vcpus": 1, "ram_mib": 256})
+        if body is not None:
+            mine.append(str(body["workload"]["id"]))  # type: ignore[index]
+        if creates_only:
+            continue
+        if mine:
+            await _call(http, tally, "read", "GET", f"{base}/api/v1/workloads/{mine[-1]}", headers=auth)
+        await _call(http, tally, "list", "GET", f"{base}/api/v1/workloads?limit=20", headers=auth)
+        if round_ % 3 == 0 and mine:
+            await _call(http, tally, "delete", "DELETE", f"{base}/api/v1/workloads/{mine.pop(0)}", headers=auth)
+
+
+async def _bare_client(http: aiohttp.ClientSession, base: str, until: float, tally: Tally) -> None:
+    while time.perf_counter() < until:
+        await _call(http, tally, "bare", "GET", f"{base}/w")
+
+
+async def _drive(clients: int, seconds: float, run: object) -> tuple[Tally, float]:
+    tally = Tally()
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        start = time.perf_counter()
+        until = start + seconds
+        await asyncio.gather(*(run(http, until, tally, i) for i in range(clients)))  # type: ignore[operator]
+        return tally, time.perf_counter() - start
+
+
+async def main(clients: int, seconds: float, database: str | None, creates_only: bool = False) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("METAVMM_STATE_DIR", tmp)
+        url = database or f"sqlite:///{Path(tmp) / 'load.db'}"
+        broker, base, token = await _broker(url)
+        bare_app = web.Application()
+        sample = json.dumps({"id": "0" * 36, "name": "load", "kind": "compute", "observed_state": "active"})
+        bare_app.router.add_get("/w", lambda _r: web.Response(text=sample, content_type="application/json"))
+        bare, bare_base = await _serve(bare_app)
+        try:
+            load, load_s = await _drive(clients, seconds, lambda h, u, t, i: _mixed_client(h, base, token, u, t, i,
+                                                                                         creates_only))
+            ops = await _operations(broker.app)
+            plain, plain_s = await _drive(clients, seconds, lambda h, u, t, i: _bare_client(h, bare_base, u, t))
+        finally:
+            await broker.cleanup()
+            await bare.cleanup()
+    db = "postgresql" if url.startswith("postgresql") else "sqlite"
+    b, p = load.summary(load_s), plain.summary(plain_s)
+    creates = load.kinds["create 202"]
+    what = "creates only" if creates_only else "mixed REST load"
+    print(f"{what}, {clients} clients, {seconds:.0f} s, {db}, load average {os.getloadavg()[0]:.2f}")
+    for name, s in (("broker", b), ("bare aiohttp", p)):
+        print(f"  {name:13s} {s['requests']:6d} req  {s['req_s']:8.1f} req/s  p50 {s['p50_ms']:7.1f} ms  "
+              f"p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}  4xx {s['4xx']}")
+    print(f"  creates accepted {creates} ({creates / load_s:.1f}/s); ratio broker/bare {b['req_s'] / p['req_s']:.3f}")
+    print("  answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(load.kinds.items())))
+    print("  operations at the end: " + ", ".join(f"{k}: {v}" for k, v in sorted(ops.items())))
+    for line in load.samples:
+        print("  error: " + line)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--database", help="an empty PostgreSQL database's URL (default: SQLite in a temp dir)")
+    parser.add_argument("--creates-only", action="store_true", help="every client only creates")
+    args = parser.parse_args()
+    asyncio.run(main(args.clients, args.seconds, args.database, args.creates_only))
