@@ -32,7 +32,7 @@ from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 from metavmm.services.workloads.requests import CreateRequest
 from metavmm.services.workloads.service import WorkloadService
-from tests.cli.broker import run_to_end, running_engine
+from tests.cli.broker import run_to_end, running_engine, until_ended
 
 FEDERATION = """
 providers:
@@ -225,10 +225,7 @@ async def test_nothing_runs_the_steps_until_an_executor_does(tmp_path: Path, mon
         ops = await store.list_ops(sessions)
         async with running_engine(url, FEDERATION):  # `metavmm operations run`, started late
             code, out, err = await waiting
-            done = await store.get(sessions, first)
-            while done.state not in store.TERMINAL:
-                await asyncio.sleep(0.05)
-                done = await store.get(sessions, first)
+            done = await until_ended(sessions, first)
     finally:
         await sql.dispose()
     assert said and len(ops) == 2

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from metavmm.cli.main import main
+from tests.cli.broker import running_engine, until_ended
 
 FED = """
 federation: {name: demo, currency: USD}
@@ -138,9 +139,7 @@ def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> 
 
     from metavmm.catalog import db
     from metavmm.catalog.models import Host, OperationState, Workload
-    from metavmm.foundation.config import parse_config
     from metavmm.services.operations import store
-    from metavmm.services.operations.engine import Engine
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     res = cli("operations", "provision", "--name", "mover", "--vcpus", "1", "--ram-mib", "512", "--provider", "home")
@@ -161,15 +160,8 @@ def test_migrations_are_submitted_for_the_broker_to_run(cli, tmp_path: Path) -> 
         sessions = db.make_sessionmaker(engine_sql)
         try:
             assert (await store.get(sessions, op_id)).state == OperationState.PENDING  # nobody ran it yet
-            engine = Engine(sessions, parse_config(FED), url)
-            await engine.start(run_steps=True, poll_s=0.05)
-            try:
-                done = await store.get(sessions, op_id)
-                while done.state not in store.TERMINAL:
-                    await asyncio.sleep(0.05)
-                    done = await store.get(sessions, op_id)
-            finally:
-                await engine.stop()
+            async with running_engine(url, FED):
+                done = await until_ended(sessions, op_id)
             return done, await where(sessions)
         finally:
             await engine_sql.dispose()
