@@ -2,9 +2,10 @@
 resumes what it left.
 
 Each round starts an engine on a real catalog (SQLite and PostgreSQL), gives it work, stops it at a
-random moment of one of six situations (idle; just woken by a submit; running a step that ends within
+random moment of one of seven situations (idle; just woken by a submit; running a step that ends within
 the grace; running a step that outlives it, one that even swallows a cancellation as ``wait_for`` can
-on Python 3.11; parked on a waiting step; rolling back) and checks that ``Engine.stop()`` returned
+on Python 3.11; one that outlives it and answers the cancellation with another error, as a database
+session cut mid-query does; parked on a waiting step; rolling back) and checks that ``Engine.stop()`` returned
 within ``stop_grace_s`` + ``STOP_MARGIN_S``. A second engine then resumes the interrupted operation:
 it ends as it would have without the stop, no step that had completed runs again, and a step cut off
 mid-run runs exactly once more (the crash case; actions are idempotent).
@@ -38,14 +39,18 @@ READY: set[str] = set()  # operations whose waiting step may go on
 
 @action("test.work")
 async def work(ctx: StepContext, *, tag: str, seconds: float = 0.0, long_s: float = 0.0, stubborn: bool = False,
-               fail: bool = False, **_: Any) -> dict[str, Any]:
+               garbles: bool = False, fail: bool = False, **_: Any) -> dict[str, Any]:
     """A step of ``seconds`` (``long_s`` while the operation is in LONG); ``stubborn`` swallows the first
-    cancellation, as ``asyncio.wait_for`` can on 3.11; ``fail`` fails for good (the rollback follows)."""
+    cancellation, as ``asyncio.wait_for`` can on 3.11; ``garbles`` turns it into another error, as a
+    database session cut mid-query does ("Can't reconnect until invalid transaction is rolled back");
+    ``fail`` fails for good (the rollback follows)."""
     EVENTS.append((ctx.operation_id, "start", tag))
     duration = long_s if ctx.operation_id in LONG and long_s else seconds
     try:
         await asyncio.sleep(duration)
     except asyncio.CancelledError:
+        if garbles:
+            raise RuntimeError("Can't reconnect until invalid transaction is rolled back") from None
         if not stubborn:
             raise
         await asyncio.sleep(duration)  # the cancellation is lost here; the next one ends it
@@ -93,9 +98,9 @@ def _plan(situation: str, rng: random.Random) -> tuple[list[Step], str]:
                 Step("c", "test.work", {"tag": "c", "fail": True})], OperationState.ROLLED_BACK
     if situation == "parked":
         return [_step("a"), Step("wait", "test.until_ready", {"tag": "wait"}), _step("b")], OperationState.SUCCEEDED
-    if situation == "long":
-        return [_step("a"), _step("b", seconds=short(), long_s=30.0, stubborn=rng.random() < 0.5), _step("c")], \
-            OperationState.SUCCEEDED
+    if situation in ("long", "garbled"):  # garbled: the cut-off step raises something else than CancelledError
+        how = {"garbles": True} if situation == "garbled" else {"stubborn": rng.random() < 0.5}
+        return [_step("a"), _step("b", seconds=short(), long_s=30.0, **how), _step("c")], OperationState.SUCCEEDED
     return [_step(t, seconds=short()) for t in ("a", "b", "c")], OperationState.SUCCEEDED
 
 
@@ -139,7 +144,7 @@ async def _round(sessions: Any, situation: str, rng: random.Random) -> str:
             if situation == "waking":
                 await first.wake(op_id)
                 await asyncio.sleep(rng.uniform(0, 0.03))
-            elif situation in ("short", "long"):
+            elif situation in ("short", "long", "garbled"):
                 await first.wake(op_id)
                 tag = rng.choice("abc") if situation == "short" else "b"
                 await _until(lambda: _seen(op_id, "start", tag) > 0, f"step {tag} started")
@@ -188,7 +193,7 @@ async def _round(sessions: Any, situation: str, rng: random.Random) -> str:
            f"resumed to {done.state}"
 
 
-SITUATIONS = ("idle", "waking", "short", "long", "parked", "rollback")
+SITUATIONS = ("idle", "waking", "short", "long", "garbled", "parked", "rollback")
 
 
 @pytest.mark.parametrize("seed", [1, 2])
