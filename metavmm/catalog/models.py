@@ -14,7 +14,7 @@ import enum
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, BigInteger, DateTime, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -24,6 +24,15 @@ from metavmm.foundation.kinds import KINDS
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def aware(ts: datetime) -> datetime: ...
+@overload
+def aware(ts: None) -> None: ...
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without their zone; every one the catalog writes is UTC, so say so."""
+    return ts if ts is None or ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def new_uuid() -> str:

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Operation, OperationEvent, Workload
+from metavmm.catalog.models import Operation, OperationEvent, Workload, aware
 from metavmm.foundation.logs import redact
 from metavmm.services.identity import Identity
-from metavmm.services.operations.store import ACTIVE, aware
+from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import visible
 
 PAGE = 200

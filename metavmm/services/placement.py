@@ -52,7 +52,7 @@ from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
 from metavmm.scheduler.summary import placement_summary
 from metavmm.services import metrics
-from metavmm.services.operations.store import ACTIVE, aware
+from metavmm.services.operations.store import ACTIVE
 from metavmm.services.operations.vm_actions import console_pattern
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
     ``known`` (the Placer's): each in-transit workload's (site, host, vcpus, ram, gpu model, gpu count)
     from its placement, which never changes, so a create reads and decodes only the specs of workloads
     placed since the last one instead of the whole backlog's (the cost grew with every pending create)."""
-    synced = {hid: aware(ts) for hid, ts in (await session.exec(select(m.Host.id, m.Host.updated_at))).all()}
+    synced = {hid: m.aware(ts) for hid, ts in (await session.exec(select(m.Host.id, m.Host.updated_at))).all()}
     ledger = Ledger()
     if not synced:
         return ledger
@@ -127,7 +127,7 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
         if placed is None or placed[1] not in synced:
             continue  # a cloud site (flavors, no hosts): the provider keeps its own count
         site_id, host_id = placed[0], placed[1]
-        if state not in ACTIVE and (finished is None or aware(finished) <= synced[host_id]):
+        if state not in ACTIVE and (finished is None or m.aware(finished) <= synced[host_id]):
             continue  # the host's sync ran after the VM existed: its numbers include it
         ledger.reserve(Reservation(workload_id, site_id, host_id, *placed[2:]))
     return ledger

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.api import keys
 from metavmm.api.rest.framework import set_header
+from metavmm.catalog.models import aware
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 
 API_ROOT = "/api/v1"
@@ -32,12 +33,7 @@ def id_model(name: str, field: str, *, uuid: bool = False) -> type[BaseModel]:
     return create_model(name, **{field: (str, UUID_ID) if uuid else (int, INT_ID)})
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive timestamps; everything the broker stores is UTC, so say so."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-Timestamp = Annotated[datetime, AfterValidator(_utc)]
+Timestamp = Annotated[datetime, AfterValidator(aware)]
 INT_ID = Field(ge=1, le=2**31 - 1)
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 UUID_ID = Field(pattern=UUID_PATTERN)

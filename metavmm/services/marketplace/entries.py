@@ -26,20 +26,13 @@ from sqlalchemy import and_, or_, true
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Image, ImageReplica, SchoolMember, Site
+from metavmm.catalog.models import Image, ImageReplica, SchoolMember, Site, aware
 from metavmm.foundation.errors import NotFound
 
 Visibility = Literal["public", "federation", "school", "project"]
 DiskFormatName = Literal["qcow2", "raw", "vmdk", "vdi", "vhd", "vpc", "vhdx", "ova"]
 PORT = re.compile(r"^\d{1,5}/(tcp|udp)$")
 LIST_COLUMNS = ("name", "publisher", "os", "arch", "hypervisor", "format", "size", "updated")
-
-
-def aware(ts: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; every one the catalog writes is UTC."""
-    if ts is None or ts.tzinfo is not None:
-        return ts
-    return ts.replace(tzinfo=UTC)
 
 
 def version_key(version: str) -> list[tuple[int, int | str]]:

@@ -38,10 +38,10 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Image, Project, Publisher
+from metavmm.catalog.models import Image, Project, Publisher, aware
 from metavmm.foundation.errors import Conflict, Forbidden, UnsupportedOperation, ValidationError
 from metavmm.foundation.paths import state_dir
-from metavmm.services.marketplace.entries import ImageMeta, aware, next_version, version_key
+from metavmm.services.marketplace.entries import ImageMeta, next_version, version_key
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.translators.ova import OvaLimits, import_package
 from metavmm.translators.untrusted import DEFAULT_LIMITS, ImageLimits, ImageReport, inspect, normalise_format

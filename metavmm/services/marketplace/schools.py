@@ -16,9 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Project, Publisher, School, SchoolMember
+from metavmm.catalog.models import Project, Publisher, School, SchoolMember, aware
 from metavmm.foundation.errors import Conflict, NotFound
-from metavmm.services.marketplace.entries import aware
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

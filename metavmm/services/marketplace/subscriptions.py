@@ -23,9 +23,9 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Image, ImageListSubscription
+from metavmm.catalog.models import Image, ImageListSubscription, aware
 from metavmm.foundation.errors import Conflict, ImageListRefused, NotFound, ValidationError
-from metavmm.services.marketplace.entries import Visibility, aware, state_of
+from metavmm.services.marketplace.entries import Visibility, state_of
 from metavmm.services.marketplace.imagelist import (
     MAX_LIST_BYTES,
     Endorser,

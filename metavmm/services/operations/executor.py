@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from metavmm.catalog.models import Operation, OperationState, utcnow
+from metavmm.catalog.models import Operation, OperationState, aware, utcnow
 from metavmm.foundation.aio import shielded, stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ConfigError
@@ -250,7 +250,7 @@ class Executor:
                                            level=level, steps=op.steps, current_step=op.current_step,
                                            outputs=op.outputs, workload_note=note, **values))
         if state in store.TERMINAL:  # the one place a claimed operation ends (request_cancel ends unclaimed ones)
-            metrics.operation_ended(op.kind, state, store.aware(op.started_at or op.created_at), utcnow())
+            metrics.operation_ended(op.kind, state, aware(op.started_at or op.created_at), utcnow())
 
     async def _hand_back_if_stopping(self, op: Operation, before: str) -> None:
         """Between two steps of a stopping executor: record where the operation is and give it back."""
@@ -367,7 +367,7 @@ class Executor:
     async def _backoff(self, op: Operation, running: StepState) -> None:
         """Sleep until ``not_before`` (maybe from before a restart); a cancel cuts it short, and so does a
         stop: the time is in the row, the next executor waits out the rest."""
-        while (delay := (store.aware(op.not_before) - utcnow()).total_seconds()) > 0:  # type: ignore[arg-type]
+        while (delay := (aware(op.not_before) - utcnow()).total_seconds()) > 0:  # type: ignore[arg-type]
             if await wait_event(self.stop_requested, min(delay, 0.5)):
                 raise _HandedBack(f"handed back during a retry's backoff of {delay:.1f} s (executor stopping)")
             if running == StepState.RUNNING:

@@ -9,7 +9,7 @@ and PostgreSQL alike; the queue (in-process or procrastinate) only decides who t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, OperationEvent, OperationState, Workload, utcnow
+from metavmm.catalog.models import Operation, OperationEvent, OperationState, Workload, aware, utcnow
 from metavmm.foundation.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.logs import REQUEST_ID
 from metavmm.services import metrics
@@ -220,8 +220,3 @@ async def request_cancel(maker: Sessions, op_id: str) -> Operation:
         session.add(op)
         session.add(OperationEvent(operation_id=op_id, message=f"cancel requested; {op.message}"))
     return op
-
-
-def aware(ts: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from metavmm.catalog.models import OperationState
+from metavmm.catalog.models import OperationState, aware
 from metavmm.foundation.config import FederationConfig, OperationsConfig
 from metavmm.foundation.errors import Conflict, ProviderUnavailable, ValidationError
 from metavmm.services.operations import store
@@ -252,7 +252,7 @@ async def test_retry_backoff_is_bounded(sessions) -> None:
     runner = asyncio.create_task(Executor(sessions, config(max_attempts=20, retry_base_s=1000)).run(op.id))
     while (waiting := await store.get(sessions, op.id)).not_before is None:
         await asyncio.sleep(0.02)
-    delay = (store.aware(waiting.not_before) - store.aware(waiting.updated_at)).total_seconds()
+    delay = (aware(waiting.not_before) - aware(waiting.updated_at)).total_seconds()
     assert RETRY_MAX_S / 2 - 1 <= delay <= RETRY_MAX_S <= 300
     await store.request_cancel(sessions, op.id)  # cuts the backoff short
     await asyncio.wait_for(runner, 5)
