@@ -158,10 +158,18 @@ def attribute_value(raw: str, name: str) -> Any:
     if raw in ("true", "false"):
         return raw == "true"
     if NUMBER.match(raw):
+        # bounded as JSON numbers are, so a long integer is read exactly (it renders back the same) and a
+        # 5,000-digit one is a 400 rather than the ValueError of int()
+        most = jsonbody.current_limits().max_number_digits
+        if len(raw) > most:
+            raise ValidationError(f"attribute {name}: a number {len(raw)} characters long; at most {most} are "
+                                  "accepted (limits.json_max_number_digits)")
+        if re.fullmatch(r"-?\d+", raw):
+            return int(raw)
         number = float(raw)
         if number != number or number in (float("inf"), float("-inf")):
             raise ValidationError(f"attribute {name}: {raw[:40]!r} is not a finite number")
-        return int(raw) if re.fullmatch(r"-?\d{1,18}", raw) else number
+        return number
     if re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z:/@?=\[\]]+", raw):
         return raw
     raise ValidationError(f"attribute {name}: {raw[:120]!r} is neither a quoted string, a number nor a boolean")
@@ -260,10 +268,16 @@ def parse_text_fields(fields: Iterable[tuple[str, str]]) -> OcciRequest:
     return req
 
 
+def lines(body: str) -> list[str]:
+    """The lines of a text body: split at CR LF, LF or CR only. (str.splitlines also splits at U+2028,
+    U+0085, form feeds...: characters a quoted title may carry, so a rendering would not read back.)"""
+    return re.split(r"\r\n|\n|\r", body)
+
+
 def parse_text_plain(body: str) -> OcciRequest:
     """A text/plain body: one ``Name: value`` per line; blank lines are ignored."""
     fields = []
-    for number, line in enumerate(body.splitlines(), 1):
+    for number, line in enumerate(lines(body), 1):
         if not line.strip():
             continue
         name, colon, value = line.partition(":")
@@ -276,7 +290,7 @@ def parse_text_plain(body: str) -> OcciRequest:
 
 def parse_uri_list(body: str) -> OcciRequest:
     """text/uri-list (RFC 2483): one URI per line, '#' lines are comments."""
-    locations = [parse_location(line) for line in body.splitlines() if line.strip() and not line.startswith("#")]
+    locations = [parse_location(line) for line in lines(body) if line.strip() and not line.startswith("#")]
     if len(locations) > MAX_ITEMS:
         raise ValidationError(f"too many locations in one request (at most {MAX_ITEMS})")
     return OcciRequest(locations=locations)
