@@ -2,8 +2,10 @@
 operation fuzzed with schema-valid (positive) and schema-breaking (negative) requests. No response may
 be a server error, and every response must match the document (status, content type, headers, body).
 
-Examples per operation: $METAVMM_FUZZ_EXAMPLES (default 12 positive, half as many negative), so the
-whole run stays well under two minutes on a shared machine.
+Two callers: the admin (every operation reaches its handler) and a project member (the authorisation
+answers must be documented ones too). Examples per operation: $METAVMM_FUZZ_EXAMPLES (default 6) positive
+as the admin, half as many negative and as many positive as the member, a quarter negative as the member,
+so the whole run stays within a minute on a shared machine; the count is printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from schemathesis.generation import GenerationMode
 
 from metavmm.api.app import HTTP_LIMITS, create_app
 from metavmm.foundation.config import parse_config
+from tests.api import fuzzcount
 from tests.world import SIM, World, seed
 
-EXAMPLES = int(os.environ.get("METAVMM_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("METAVMM_FUZZ_EXAMPLES", "6"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 
@@ -87,11 +90,13 @@ def live(tmp_path: Path) -> Iterator[LiveServer]:
         yield server
 
 
-def _fuzz(operation: Any, mode: GenerationMode, examples: int, base_url: str, headers: dict[str, str]) -> None:
+def _fuzz(operation: Any, mode: GenerationMode, examples: int, base_url: str, headers: dict[str, str],
+          who: str) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
+        fuzzcount.add(f"schemathesis ({who}, {mode.value})")
         response = case.call(base_url=base_url, headers=headers, timeout=30)
         case.validate_response(response, checks=CHECKS)
 
@@ -102,18 +107,21 @@ def test_schemathesis_against_the_live_document(live: LiveServer) -> None:
     assert live.world is not None
     base = f"http://127.0.0.1:{live.port}/api/v1"
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    headers = live.world.auth("admin")
+    callers = {"admin": live.world.auth("admin"), "member": live.world.auth("alpha_member")}
+    plan = [("admin", GenerationMode.POSITIVE, EXAMPLES), ("admin", GenerationMode.NEGATIVE, max(1, EXAMPLES // 2)),
+            ("member", GenerationMode.POSITIVE, max(1, EXAMPLES // 2)),
+            ("member", GenerationMode.NEGATIVE, max(1, EXAMPLES // 4))]
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
-        for mode, examples in ((GenerationMode.POSITIVE, EXAMPLES), (GenerationMode.NEGATIVE, max(1, EXAMPLES // 2))):
+        for who, mode, examples in plan:
             try:
-                _fuzz(operation, mode, examples, base, headers)
+                _fuzz(operation, mode, examples, base, callers[who], who)
             except Unsatisfiable:
                 assert mode == GenerationMode.NEGATIVE, operation.label  # nothing to break: no parameters
             except Exception as exc:
-                failures.append(f"{operation.label} ({mode.value}): {str(exc)[:1200]}")
+                failures.append(f"{operation.label} ({who}, {mode.value}): {str(exc)[:1200]}")
     assert operations >= 40
     assert not failures, "\n\n".join(failures)
