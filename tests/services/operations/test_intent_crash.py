@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -89,12 +90,16 @@ class Broker:
             proc.kill()  # SIGKILL: no rollback, no cleanup
             proc.wait()
 
-    async def vms(self) -> list[tuple[str, str]]:
+    async def driver_vms(self) -> list[Any]:
+        """What the sim provider holds, read behind the catalog's back."""
         executor = Executor(self.engine.sessions, self.engine.config)
         try:
-            return [(vm.name, str(vm.state)) for vm in await executor.drivers.get("sima").list_vms()]
+            return list(await executor.drivers.get("sima").list_vms())
         finally:
             await executor.drivers.close()
+
+    async def vms(self) -> list[tuple[str, str]]:
+        return [(vm.name, str(vm.state)) for vm in await self.driver_vms()]
 
 
 @pytest.fixture
