@@ -270,7 +270,7 @@ class GceContract:
 
     def _image(self, project: str, name: str, family: str, gib: int, created: str) -> dict[str, Any]:
         return {"kind": "compute#image", "id": str(next(_IDS)), "name": name, "family": family, "status": "READY",
-                "diskSizeGb": str(gib), "archiveSizeBytes": str(gib * 2**28), "architecture": "X86_64",
+                "diskSizeGb": str(gib), "archiveSizeBytes": str(gib * 2**28),
                 "sourceType": "RAW", "creationTimestamp": created,
                 "selfLink": self.link(f"projects/{project}/global/images/{name}")}
 
