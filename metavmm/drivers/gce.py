@@ -382,30 +382,30 @@ class GceDriver(DriverBase):
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def _fit(self, spec: VmSpec, zones: list[str]) -> tuple[str, str]:
+    async def _fit(self, spec: VmSpec, zones: list[str]) -> tuple[str, Any]:
         """(zone, machine type): ``spec.flavor`` in the first zone offering it, else the smallest type that fits."""
         per_zone = await asyncio.gather(*(self._zone_types(z) for z in zones))
         names = {a.name: a.description or a.name for _, accels in per_zone for a in accels}
-        fits: list[tuple[tuple[Any, ...], str, str]] = []
+        fits: list[tuple[tuple[Any, ...], str, Any]] = []
         for zone, (types, _) in zip(zones, per_zone, strict=True):
             for mt in types:
                 if spec.flavor:
                     if mt.name == spec.flavor:
-                        return zone, mt.name
+                        return zone, mt
                     continue
                 f = self._flavor(mt, names)
                 if f.vcpus >= spec.vcpus and f.ram_mib >= spec.ram_mib and f.gpu_count >= spec.gpu_count and (
                         not spec.gpu_model or gpu_model_key(f.gpu_model) == gpu_model_key(spec.gpu_model)) and (
                         spec.gpu_count or not f.gpu_count) and not mt.is_shared_cpu:
-                    fits.append(((f.gpu_count, f.vcpus, f.ram_mib, f.name), zone, f.name))
+                    fits.append(((f.gpu_count, f.vcpus, f.ram_mib, f.name), zone, mt))
         if spec.flavor:
             raise ValidationError(f"{self.name}: machine type {spec.flavor!r} is not offered in {', '.join(zones)}")
         if not fits:
             raise ValidationError(f"{self.name}: no machine type in {', '.join(zones)} has {spec.vcpus} vCPU, "
                                   f"{spec.ram_mib} MiB" + (f", {spec.gpu_count} {spec.gpu_model or 'GPU'}"
                                                            if spec.gpu_count else ""))
-        _, zone, name = min(fits)
-        return zone, name
+        _, zone, mt = min(fits, key=lambda fit: fit[0])
+        return zone, mt
 
     def _metadata(self, spec: VmSpec) -> list[Any]:
         items = []
@@ -430,7 +430,7 @@ class GceDriver(DriverBase):
         zones = [spec.zone] if spec.zone else self._zones_of(spec.region)
         if spec.zone and spec.zone not in self.zones:
             raise ValidationError(f"{self.name}: zone {spec.zone!r} is not one of {', '.join(self.zones)}")
-        zone, mtype = await self._fit(spec, zones)
+        zone, mt = await self._fit(spec, zones)
         name = host_label(spec.name)
         if not name[0].isalpha():
             name = f"vm-{name}"[:63].rstrip("-")
@@ -440,15 +440,13 @@ class GceDriver(DriverBase):
         init = compute_v1.AttachedDiskInitializeParams(source_image=self._image_ref(spec.image))
         if spec.disk_gib:
             init.disk_size_gb = max(int(spec.disk_gib), 10)
-        types = (await self._zone_types(zone))[0]
-        has_gpu = any(t.name == mtype and t.accelerators for t in types)
         body = compute_v1.Instance(
-            name=name, machine_type=f"zones/{zone}/machineTypes/{mtype}", labels=labels,
+            name=name, machine_type=f"zones/{zone}/machineTypes/{mt.name}", labels=labels,
             disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=init)],
             network_interfaces=[compute_v1.NetworkInterface(
                 network=spec.networks[0] if spec.networks else "global/networks/default")],
             metadata=compute_v1.Metadata(items=self._metadata(spec)))
-        if has_gpu:  # GPUs cannot live-migrate: GCE refuses MIGRATE for them
+        if mt.accelerators:  # GPUs cannot live-migrate: GCE refuses MIGRATE for them
             body.scheduling = compute_v1.Scheduling(on_host_maintenance="TERMINATE", automatic_restart=True)
         await self._mutate(zone, "create_vm", "insert", instance_resource=body)
         return await self.get_vm(region_id(zone, name))
@@ -486,11 +484,11 @@ class GceDriver(DriverBase):
         if vm.state != VmState.STOPPED:
             raise ProviderConflict(f"instance {name} is {vm.state}; stop it before resizing", provider=self.name,
                                    operation="resize_vm")
-        _, mtype = await self._fit(VmSpec(name=name, region=vm.region, image="", vcpus=vcpus, ram_mib=ram_mib,
-                                          flavor=flavor), [zone])
+        _, mt = await self._fit(VmSpec(name=name, region=vm.region, image="", vcpus=vcpus, ram_mib=ram_mib,
+                                       flavor=flavor), [zone])
         await self._mutate(zone, "resize_vm", "set_machine_type", instance=name,
                            instances_set_machine_type_request_resource=compute_v1.InstancesSetMachineTypeRequest(
-                               machine_type=f"zones/{zone}/machineTypes/{mtype}"))
+                               machine_type=f"zones/{zone}/machineTypes/{mt.name}"))
 
     async def console_output(self, vm_id: str) -> str:
         """Serial port 1 as GCE buffers it (the last 1 MB)."""

@@ -109,7 +109,8 @@ async def test_sync_placement_and_lifecycle_through_the_engine(sqlite_sessions: 
     await executor.drivers.close()
 
 
-async def test_a_quota_gce_refuses_fails_the_create_with_its_reason(sqlite_sessions: Any, gce: GceContract) -> None:
+async def test_a_quota_or_a_request_gce_refuses_fails_the_create_with_its_reason(sqlite_sessions: Any,
+                                                                                 gce: GceContract) -> None:
     config = federation(gce)
     assert [r.error for r in await sync_all(sqlite_sessions, config)] == [None]
     gce.cpu_quota = 2
@@ -123,4 +124,13 @@ async def test_a_quota_gce_refuses_fails_the_create_with_its_reason(sqlite_sessi
     assert "Quota 'CPUS' exceeded.  Limit: 2.0 in region us-central1" in (done.error or "")
     assert [m for m, _, _ in gce.calls].count("compute.instances.insert") == 1  # a refusal, not retried
     assert gce.instances.get("us-central1-a", {}) == {} and gce.instances.get("us-central1-b", {}) == {}
+
+    op = await direct.provision(engine, name="no-image", provider="gce", region="europe-west4",
+                                image="projects/debian-cloud/global/images/family/debian-99", flavor="e2-small")
+    await executor.run(op.id)
+    done = await store.get(sqlite_sessions, op.id)
+    assert done.state in (OperationState.FAILED, OperationState.ROLLED_BACK)
+    assert "The referenced image resource cannot be found" in (done.error or "")
+    assert [m for m, _, _ in gce.calls].count("compute.instances.insert") == 2  # wrong input: not retried
+    assert gce.instances.get("europe-west4-a", {}) == {}
     await executor.drivers.close()
