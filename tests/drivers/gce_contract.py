@@ -244,6 +244,7 @@ class GceContract:
     cpu_quota: int = 24  # CPUS per region
     op_s: float = 0.05  # each of PENDING and RUNNING lasts this long
     default_page: int = MAX_PAGE  # a list's page size when the request names none (GCE: 500)
+    require_auth: bool = False  # True: a request without a bearer token is 401, as at GCE
     url: str = ""
     instances: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # zone -> name -> instance
     serial: dict[str, str] = field(default_factory=dict)  # instance selfLink -> serial port 1
@@ -389,6 +390,9 @@ class GceContract:
                 if body is None:
                     raise _bad("Invalid JSON payload received. The request body is empty.", "required")
                 validate_body("resource", body, route.method["request"], route.method_id)
+            if self.require_auth and not request.headers.get("Authorization", "").startswith("Bearer "):
+                raise ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 "
+                               "access token, login cookie or other valid authentication credential.", "required")
             self.calls.append((route.method_id, query, body))
             for fault in self.faults:
                 if fault.count > 0 and fault.method_id in (None, route.method_id):

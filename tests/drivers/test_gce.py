@@ -3,6 +3,7 @@ google-cloud-compute's REST transport with anonymous credentials and an endpoint
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -85,6 +86,7 @@ async def test_inventory_sites_machine_types_gpus_images_and_pages(driver: GceDr
 
 
 async def test_lifecycle_metadata_and_operations(driver: GceDriver, gce: GceContract) -> None:
+    started = time.perf_counter()
     key, data = ssh_public_key(), "#cloud-config\nruncmd: [echo gce-marker]\n"
     vm = await driver.create_vm(VmSpec(name="Web_1", region="us-central1", image=DEBIAN, vcpus=2, ram_mib=4096,
                                        disk_gib=20, user_data=data, ssh_key=key, workload_id="wl-0001-abcd"))
@@ -123,6 +125,7 @@ async def test_lifecycle_metadata_and_operations(driver: GceDriver, gce: GceCont
     with pytest.raises(ProviderNotFound, match=r"gce-test: get_vm: notFound: The resource .* was not found"):
         await driver.get_vm(vm.provider_vm_id)
     assert await driver.list_vms() == []
+    print(f"\ngce lifecycle: {time.perf_counter() - started:.2f} s")
 
 
 async def test_gpu_shape_picks_an_accelerator_type_that_cannot_suspend(driver: GceDriver, gce: GceContract) -> None:
@@ -189,6 +192,12 @@ async def test_credentials_and_endpoint_errors(gce: GceContract, tmp_path: Any) 
     bad_key = GceDriver(gcp_config(gce.url, anonymous=False, credentials=key_file))
     with pytest.raises(AuthError, match="hold no usable service-account key"):
         await bad_key.list_vms()
+    gce.require_auth = True
+    with pytest.raises(AuthError, match="gce-test: list_vms: Anonymous credentials cannot be refreshed"):  # after 401
+        await GceDriver(gcp_config(gce.url)).list_vms()
+    gce.require_auth = False
+    with pytest.raises(ProviderNotFound, match=r"zone\(s\) mars-north1-a not found in project metavmm-test"):
+        await GceDriver(gcp_config(gce.url, zones=["us-central1-a", "mars-north1-a"])).inventory()
     down = GceDriver(gcp_config(f"http://127.0.0.1:{free_port()}"))
     down.retry_base_s = 0.01
     with pytest.raises(ProviderUnavailable, match="gce-test: list_vms: cannot reach"):
