@@ -358,8 +358,8 @@ class GceDriver(DriverBase):
             }.items() if v})
 
     async def inventory(self) -> Inventory:
-        sites, flavors, vms, images = await asyncio.gather(self._sites(), self._flavors(), self.list_vms(),
-                                                           self._images())
+        sites = await self._sites()  # first: a configured zone the project lacks is named as such
+        flavors, vms, images = await asyncio.gather(self._flavors(), self.list_vms(), self._images())
         return Inventory(sites=tuple(sites), flavors=tuple(flavors), images=tuple(images), vms=tuple(vms))
 
     async def list_vms(self) -> list[VmInfo]:

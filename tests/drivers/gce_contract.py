@@ -63,15 +63,19 @@ MACHINE_TYPES: dict[str, tuple[int, int, bool, dict[str, int], tuple[str, ...] |
     "n2-highmem-8": (8, 65536, False, {}, ("us-central1-a", "us-central1-b")),
     "a2-highgpu-1g": (12, 87040, False, {"nvidia-tesla-a100": 1}, ("us-central1-a",)),
     "g2-standard-4": (4, 16384, False, {"nvidia-l4": 1}, ("us-central1-b", "europe-west4-a")),
+    "c2d-standard-4": (4, 16384, False, {}, ("asia-east1-a",)),
+    "c2d-highmem-4": (4, 32768, False, {}, ("asia-east1-a",)),
+    "a3-highgpu-8g": (208, 1916928, False, {"nvidia-h100-80gb": 8}, ("asia-east1-a",)),
 }
 # name: (description, max per instance, zones)
 ACCELERATOR_TYPES: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "nvidia-tesla-a100": ("NVIDIA A100 40GB", 16, ("us-central1-a",)),
     "nvidia-l4": ("NVIDIA L4", 8, ("us-central1-b", "europe-west4-a")),
     "nvidia-tesla-t4": ("NVIDIA T4", 4, ("us-central1-a", "us-central1-b", "europe-west4-a")),
+    "nvidia-h100-80gb": ("NVIDIA H100 80GB", 8, ("asia-east1-a",)),
 }
 REGIONS: dict[str, tuple[str, ...]] = {"us-central1": ("us-central1-a", "us-central1-b"),
-                                       "europe-west4": ("europe-west4-a",)}
+                                       "europe-west4": ("europe-west4-a",), "asia-east1": ("asia-east1-a",)}
 # project, name, family, GiB, created
 IMAGES = [
     (PUBLIC_IMAGE_PROJECT, "debian-11-bullseye-v20211001", "debian-11", 10, "2021-10-01T10:00:00.000-07:00"),
