@@ -6,6 +6,7 @@ server; a quota GCE refuses fails the operation with GCE's reason and leaves not
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +19,13 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.placement import Placer
+from metavmm.services.prices import import_price_file
 from metavmm.services.sync import sync_all
 from tests.drivers.gce_contract import GceContract, start
 from tests.services.operations import direct
 
 DEBIAN = "projects/debian-cloud/global/images/family/debian-12"
+FIXTURES = Path(__file__).resolve().parents[2] / "catalog" / "importers" / "fixtures"
 
 
 @pytest.fixture
@@ -133,4 +136,41 @@ async def test_a_quota_or_a_request_gce_refuses_fails_the_create_with_its_reason
     assert "The referenced image resource cannot be found" in (done.error or "")
     assert [m for m, _, _ in gce.calls].count("compute.instances.insert") == 2  # wrong input: not retried
     assert gce.instances.get("europe-west4-a", {}) == {}
+    await executor.drivers.close()
+
+
+async def test_gcp_billing_prices_place_onto_gce_and_a_quota_refuses_the_create(sqlite_sessions: Any,
+                                                                               gce: GceContract) -> None:
+    """Prices from GCP's Cloud Billing catalog (the importer's fixture for asia-east1: C2D and A3 SKUs,
+    machine types composed from their core, RAM and GPU prices) rank the synced GCE site; the H100 shape
+    placed there is more than the project's CPU quota, and GCE's refusal ends the create."""
+    config = parse_config(f"""
+providers:
+  - {{name: gce, kind: gcp, project: metavmm-test, zones: [asia-east1-a], endpoint: "{gce.url}", anonymous: true,
+     sites: [{{region: asia-east1, country: TW}}]}}
+operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
+""")
+    assert [r.error for r in await sync_all(sqlite_sessions, config)] == [None]
+    summary = await import_price_file(sqlite_sessions, "gcp-billing", FIXTURES / "gcp_skus_asia_east1.json",
+                                      provider="gce", shapes=FIXTURES / "shapes_gcp.yaml")
+    assert summary.stored > 0
+    placer = Placer(config)
+    async with sqlite_sessions() as session:
+        mem = (await placer.dry_run(session, PlacementRequest("db", 4, 32768), providers=frozenset({"gce"}))).placement
+        gpu = (await placer.dry_run(session, PlacementRequest("llm", 8, 65536, gpu_model="H100", gpu_count=8),
+                                    providers=frozenset({"gce"}))).placement
+    assert mem.placed and (mem.site, mem.flavor) == ("gce/asia-east1", "c2d-highmem-4"), mem.summary
+    assert mem.price_per_hour is not None and mem.price_per_hour > 0
+    assert gpu.placed and gpu.flavor == "a3-highgpu-8g", gpu.summary
+    assert gpu.price_per_hour is not None and gpu.price_per_hour > mem.price_per_hour
+
+    engine = Engine(sqlite_sessions, config, "sqlite://")
+    executor = Executor(sqlite_sessions, config)
+    op = await direct.provision(engine, name="llm", provider="gce", region="asia-east1", image=DEBIAN,
+                                flavor=gpu.flavor)
+    await executor.run(op.id)
+    done = await store.get(sqlite_sessions, op.id)
+    assert done.state in (OperationState.FAILED, OperationState.ROLLED_BACK)
+    assert "Quota 'CPUS' exceeded.  Limit: 24.0 in region asia-east1" in (done.error or "")
+    assert gce.instances.get("asia-east1-a", {}) == {}
     await executor.drivers.close()
