@@ -153,6 +153,9 @@ class GcpProvider(_ProviderBase):
     project: str
     zones: list[str] = Field(min_length=1)
     endpoint: str | None = None
+    image_projects: list[str] = Field(default_factory=list, description="public image projects to list, e.g. "
+                                      "debian-cloud (their images and families become launchable)")
+    anonymous: bool = Field(default=False, description="no credentials: only for a test endpoint")
 
 
 class AzureProvider(_ProviderBase):

@@ -43,7 +43,7 @@ KINDS: Mapping[str, ProviderKindInfo] = MappingProxyType({k.name: k for k in (
     ProviderKindInfo("vmware", "metavmm.drivers.vmware:VmwareDriver", "vmware", "esxi", mac_range=("00:50:56", 0x3F),
                      lists_flavors=False),
     ProviderKindInfo("aws", "metavmm.drivers.aws:AwsDriver", "aws", "xen"),
-    ProviderKindInfo("gcp", "metavmm.drivers.gcp:GcpDriver", "gcp", "kvm"),
+    ProviderKindInfo("gcp", "metavmm.drivers.gce:GceDriver", "gcp", "kvm", assigns_mac=True),
     ProviderKindInfo("azure", "metavmm.drivers.azure:AzureDriver", "azure", "hyperv"),
     ProviderKindInfo("sim", "metavmm.drivers.sim:SimDriver", "", "fake", runs_vms=False),
 )})
