@@ -200,6 +200,7 @@ class ContractServer:
         self.lros: dict[str, LongRunning] = {}
         self.violations: list[str] = []
         self.requests: list[tuple[str, str, int]] = []
+        self.polled: list[str] = []  # the statuses the async-operation resources answered, in order
         self._throttle = 0
         self.base_url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -323,6 +324,7 @@ class ContractServer:
             body["endTime"] = _now()
         if lro.error:
             body["error"] = lro.error
+        self.polled.append(lro.status)
         return web.json_response(body)
 
     async def _result(self, request: web.Request) -> web.Response:
