@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,7 +132,7 @@ async def test_rejected_requests_are_clear_errors(driver: AzureDriver, azure: Az
             GROUP, "bad", {"location": "westus", "properties": {"hardwareProfile": {"vmSize": 5}}},
             api_version=COMPUTE_API, polling=False).result())
     assert bad.value.http_status == 502 and "azure-test: create_vm" in str(bad.value)
-    with pytest.raises(DriverError, match="NoRegisteredProviderFound: .*API version '1999-01-01'"):
+    with pytest.raises(DriverError, match=r"NoRegisteredProviderFound: .*API version '1999-01-01'"):
         await driver.provider_call("get_vm", driver._compute.virtual_machines.get, GROUP, "x",
                                    api_version="1999-01-01")
     with pytest.raises(DriverError, match="InvalidParameter: The value Standard_Bogus provided for the VM size"):
