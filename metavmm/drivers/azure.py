@@ -63,6 +63,8 @@ from metavmm.foundation.records import (
     FlavorInfo,
     ImageInfo,
     Inventory,
+    NetworkInfo,
+    NetworkSpec,
     SiteInfo,
     VmInfo,
     VmSpec,
@@ -76,6 +78,8 @@ CUSTOM_DATA_MAX = 87380  # Azure's limit on custom data after base64 (64 KiB bef
 DEFAULT_VNET, DEFAULT_SUBNET, DEFAULT_CIDR = "metavmm", "default", "10.64.0.0/16"
 _QUOTA = {"SkuNotAvailable", "QuotaExceeded", "OperationNotAllowed.QuotaExceeded", "AllocationFailed",
           "ZonalAllocationFailed", "OverconstrainedAllocationRequest"}
+_CONFLICT = {"OperationNotAllowed", "InUseSubnetCannotBeDeleted", "NicInUse", "PublicIPAddressCannotBeDeleted",
+             "InUseNetworkSecurityGroupCannotBeDeleted", "Conflict"}
 _NOT_FOUND = {"ResourceNotFound", "NotFound", "ResourceGroupNotFound", "SubscriptionNotFound"}
 _ARCH = {"x64": "x86_64", "arm64": "aarch64"}
 _GPU_FAMILIES = (  # resource SKUs count GPUs but do not name them; the family does
@@ -107,7 +111,8 @@ def gpu_model(family: str | None, size: str) -> str | None:
 
 class AzureDriver(DriverBase):
     kind: ClassVar[str] = "azure"
-    capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.MULTI_REGION, Capability.TAGS})
+    capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.MULTI_REGION, Capability.TAGS,
+                              Capability.NETWORKS})
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "starting": VmState.PENDING,
         "running": VmState.RUNNING,
@@ -197,7 +202,7 @@ class AzureDriver(DriverBase):
                 return ProviderNotFound(text, **kw)
             if code in _QUOTA:
                 return ProviderQuotaExceeded(text, **kw)
-            if status == 409:
+            if status == 409 or code in _CONFLICT:
                 return ProviderConflict(text, **kw)
             if status is not None and status >= 500:
                 return ProviderUnavailable(text, **kw)
@@ -386,7 +391,8 @@ class AzureDriver(DriverBase):
                 raise ValidationError(f"{self.name}: Azure takes at most 64 KiB of custom data; this is "
                                       f"{len(spec.user_data.encode())} bytes")
         tags = self._tags(spec.name, spec.workload_id)
-        subnet = spec.networks[0] if spec.networks else await self._default_subnet(spec.region)
+        subnet = self._subnet(spec.networks[0], spec.region) if spec.networks else await self._default_subnet(
+            spec.region)
         ip_conf = nm.NetworkInterfaceIPConfiguration(name="ipconfig1", subnet=nm.Subnet(id=subnet),
                                                      private_ip_allocation_method="Dynamic")
         if self.public_ip:
@@ -498,3 +504,55 @@ class AzureDriver(DriverBase):
         close = getattr(self._credential, "close", None)
         if close is not None:
             close()
+
+    # --- networks -------------------------------------------------------------------------------
+
+    def _subnet(self, network_id: str, location: str) -> str:
+        """A subnet's resource id, or ``location/vnet`` (what :meth:`create_network` reports): its subnet."""
+        if network_id.startswith("/subscriptions/"):
+            return network_id
+        where, _, vnet = network_id.rpartition("/")
+        if where and where != location:
+            raise ProviderConflict(f"network {network_id} is in {where}, the VM in {location}", provider=self.name,
+                                   operation="create_vm")
+        return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}/providers/"
+                f"Microsoft.Network/virtualNetworks/{vnet}/subnets/{DEFAULT_SUBNET}")
+
+    def _network_info(self, vnet: Any) -> NetworkInfo:
+        tags = dict(vnet.tags or {})
+        location = (vnet.location or "").lower()
+        prefixes = list(vnet.address_space.address_prefixes or []) if vnet.address_space else []
+        return NetworkInfo(provider_network_id=region_id(location, vnet.name), name=tags.get("Name", vnet.name),
+                           region=location, cidr=prefixes[0] if prefixes else None,
+                           state="active" if (vnet.provisioning_state or "Succeeded") == "Succeeded" else "pending",
+                           workload_id=tags.get(OWNER_TAG),
+                           extra={"azure_id": vnet.id, "subnets": [sub.id for sub in vnet.subnets or []]})
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        """The resource group's virtual networks in the configured locations (a network is a virtual
+        network; a VM joins its ``default`` subnet)."""
+        vnets = await self._call("list_networks", lambda: list(self._network.virtual_networks.list(
+            self.resource_group, api_version=NETWORK_API)))
+        return [self._network_info(v) for v in vnets if (v.location or "").lower() in self.locations]
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
+        """A virtual network of ``spec.cidr`` (10.0.0.0/16 by default) with one subnet spanning it, tagged;
+        a PUT, so a retried step updates what the first made."""
+        self._check_location(spec.region)
+        cidr = spec.cidr or "10.0.0.0/16"
+        vnet = nm.VirtualNetwork(location=spec.region, tags=self._tags(spec.name, spec.workload_id),
+                                 address_space=nm.AddressSpace(address_prefixes=[cidr]),
+                                 subnets=[nm.Subnet(name=DEFAULT_SUBNET, address_prefix=cidr)])
+        made = await self._wait("create_network", self._network.virtual_networks.begin_create_or_update,
+                                self.resource_group, self._vnet_name(spec.name), vnet, api_version=NETWORK_API)
+        return self._network_info(made)
+
+    @staticmethod
+    def _vnet_name(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64]
+
+    async def delete_network(self, network_id: str) -> None:
+        """Delete the virtual network; one whose subnet a NIC still uses is ``ProviderConflict``."""
+        _, vnet = self._split(network_id, "delete_network")
+        await self._wait("delete_network", self._network.virtual_networks.begin_delete, self.resource_group, vnet,
+                         api_version=NETWORK_API)

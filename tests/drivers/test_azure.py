@@ -19,7 +19,7 @@ from metavmm.foundation.errors import (
     ProviderThrottled,
     ValidationError,
 )
-from metavmm.foundation.records import OWNER_TAG, Capability, VmSpec, VmState
+from metavmm.foundation.records import OWNER_TAG, Capability, NetworkSpec, VmSpec, VmState
 from tests.drivers.azure_fixtures import GROUP, UBUNTU, AzureCloud, azure, azure_server  # noqa: F401
 from tests.drivers.conftest import ssh_public_key, unique
 
@@ -165,3 +165,25 @@ async def test_throttling_honours_retry_after(driver: AzureDriver, azure: AzureC
     with pytest.raises(ProviderThrottled, match="TooManyRequests"):
         await driver.list_vms()
     azure.server.throttle(0)
+
+
+async def test_networks_tagged_used_and_deleted(driver: AzureDriver, azure: AzureCloud) -> None:  # noqa: F811
+    net = await driver.create_network(NetworkSpec(name=unique("net"), region="eastus", cidr="10.9.0.0/24",
+                                                  workload_id="wl-net"))
+    assert net.provider_network_id == f"eastus/{net.name}" and net.cidr == "10.9.0.0/24"
+    assert [n.workload_id for n in await driver.list_networks() if n.provider_network_id == net.provider_network_id] \
+        == ["wl-net"]
+    with pytest.raises(ProviderConflict, match="is in eastus, the VM in westus"):
+        await driver.create_vm(VmSpec(name=unique("x"), region="westus", image=UBUNTU, flavor="Standard_D2s_v5",
+                                      networks=(net.provider_network_id,)))
+    vm = await driver.create_vm(VmSpec(name=unique("on-net"), region="eastus", image=UBUNTU,
+                                       flavor="Standard_D2s_v5", networks=(net.provider_network_id,)))
+    nic = _stored(azure, "Microsoft.Network/networkInterfaces", f"{vm.name}-nic")
+    assert nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"].startswith("10.9.0.")
+    with pytest.raises(ProviderConflict, match="InUseSubnetCannotBeDeleted"):
+        await driver.delete_network(net.provider_network_id)
+    await driver.delete_vm(vm.provider_vm_id)
+    await driver.delete_network(net.provider_network_id)
+    assert net.provider_network_id not in {n.provider_network_id for n in await driver.list_networks()}
+    with pytest.raises(ValidationError, match="not one of westus, eastus"):
+        await driver.create_network(NetworkSpec(name="n", region="mars"))

@@ -16,7 +16,8 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.placement import Placer
-from metavmm.services.prices import import_price_file
+from metavmm.scheduler.pricing.compare import ShapeRequest
+from metavmm.services.prices import compare_prices, import_price_file
 from metavmm.services.sync import sync_all
 from tests.drivers.azure_fixtures import UBUNTU, AzureCloud, azure, azure_server  # noqa: F401
 from tests.services.operations import direct
@@ -48,6 +49,9 @@ operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
     imported = await import_price_file(sqlite_sessions, "azure-retail", retail_page(tmp_path / "retail.json"),
                                        provider="azure-flow")
     assert imported.stored == 2 * len(PRICES)
+    quotes = (await compare_prices(sqlite_sessions, config, ShapeRequest.parse(4, 16))).quotes
+    assert (quotes[0].provider, quotes[0].flavor) == ("azure-flow", "Standard_E4s_v5")  # cheapest fit, both regions
+    assert {q.region for q in quotes if q.flavor == "Standard_E4s_v5"} == {"westus", "eastus"}
     async with sqlite_sessions() as session:
         provider = (await session.exec(select(Provider).where(Provider.name == "azure-flow"))).one()
         sites = {s.region: s for s in (await session.exec(select(Site).where(Site.provider_id == provider.id))).all()}
@@ -88,6 +92,14 @@ operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
     assert azure.server.resources[vm_key]["properties"]["hardwareProfile"]["vmSize"] == "Standard_E4s_v5"
     await ok(await flows.power(engine, workload.id, "start"))
     assert azure.server.power[vm_key] == "running"
+    net_op = await ok(await direct.create_resource(engine, "network", name="flow-net", provider="azure-flow",
+                                                  region="westus", cidr="10.7.0.0/24"))
+    async with sqlite_sessions() as session:
+        net = await session.get(Workload, net_op.target_id)
+    assert net.provider_resource_id == "westus/flow-net"
+    assert azure.server.resources[next(k for k, r in azure.server.resources.items() if r["name"] == "flow-net")][
+        "tags"]["metavmm:workload"] == net.id
+    await ok(await flows.delete(engine, net.id))
     await ok(await flows.delete(engine, workload.id))
     assert not any(r["type"] in ("Microsoft.Compute/virtualMachines", "Microsoft.Network/networkInterfaces")
                    for r in azure.server.resources.values())
