@@ -11,12 +11,12 @@ from sqlmodel import select
 
 from metavmm.catalog.models import Flavor, OperationState, Provider, Site, Workload
 from metavmm.foundation.config import parse_config
+from metavmm.scheduler.pricing.compare import ShapeRequest
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.placement import Placer
-from metavmm.scheduler.pricing.compare import ShapeRequest
 from metavmm.services.prices import compare_prices, import_price_file
 from metavmm.services.sync import sync_all
 from tests.drivers.azure_fixtures import UBUNTU, AzureCloud, azure, azure_server  # noqa: F401
