@@ -427,9 +427,19 @@ class AzureDriver(DriverBase):
                 id=nic.id, primary=True, delete_option="Delete")]),
             diagnostics_profile=cm.DiagnosticsProfile(boot_diagnostics=cm.BootDiagnostics(enabled=True)),
         )
-        made = await self._call("create_vm", lambda: self._compute.virtual_machines.begin_create_or_update(
-            self.resource_group, spec.name, vm, polling=False, api_version=COMPUTE_API).result())
+        try:
+            made = await self._call("create_vm", lambda: self._compute.virtual_machines.begin_create_or_update(
+                self.resource_group, spec.name, vm, polling=False, api_version=COMPUTE_API).result())
+        except DriverError:
+            await self._drop_leftovers(spec.name)  # a refused VM leaves no NIC or address behind
+            raise
         return self._vm_info(made)
+
+    async def _drop_leftovers(self, name: str) -> None:
+        """Delete the NIC and public IP the broker made for VM ``name`` (absent ones are done)."""
+        for collection, leftover in (("network_interfaces", f"{name}-nic"), ("public_ip_addresses", f"{name}-ip")):
+            await self._wait("delete_vm", getattr(self._network, collection).begin_delete, self.resource_group,
+                             leftover, api_version=NETWORK_API)
 
     async def _action(self, vm_id: str, operation: str, verb: str, **kwargs: Any) -> None:
         _, name = self._split(vm_id, operation)
@@ -458,9 +468,7 @@ class AzureDriver(DriverBase):
         _, name = self._split(vm_id, "delete_vm")
         await self._wait("delete_vm", self._compute.virtual_machines.begin_delete, self.resource_group, name,
                          api_version=COMPUTE_API)
-        for collection, leftover in (("network_interfaces", f"{name}-nic"), ("public_ip_addresses", f"{name}-ip")):
-            await self._wait("delete_vm", getattr(self._network, collection).begin_delete, self.resource_group,
-                             leftover, api_version=NETWORK_API)
+        await self._drop_leftovers(name)
 
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
         """Change a stopped VM's size: ``flavor``, or the smallest size that fits vcpus/ram_mib."""

@@ -14,7 +14,9 @@ time, never copied here):
 - long-running operations answer 201/202 with ``Azure-AsyncOperation`` and ``Location`` headers; the
   operation runs for ``lro_seconds`` whether anyone polls or not (its status resource says ``InProgress``,
   then ``Succeeded`` or ``Failed``), and the resource shows it (``Creating``, ``PowerState/starting``);
-- ``throttle(n)`` makes the next n requests answer 429 with ``Retry-After``.
+- ``throttle(n)`` makes the next n requests answer 429 with ``Retry-After``;
+- boot diagnostics hand out a SAS-style URI of a serial log the server serves: a fixed boot banner plus
+  the custom data's lines that start with ``#console: `` (a stand-in for a guest writing to its console).
 
 The ARM async-operation and operation-result endpoints are not in the swagger files (ARM's RPC defines
 them), so their paths follow what Azure returns: ``.../providers/{namespace}/locations/{loc}/operations/{id}``.

@@ -144,7 +144,8 @@ async def test_rejected_requests_are_clear_errors(driver: AzureDriver, azure: Az
         await driver.create_vm(VmSpec(name=unique("img"), region="westus", image="ubuntu"))
     with pytest.raises(ValidationError, match="not one of westus, eastus"):
         await driver.create_vm(VmSpec(name=unique("loc"), region="northeurope", image=UBUNTU))
-    assert not any(r["type"] == "Microsoft.Compute/virtualMachines" for r in azure.server.resources.values())
+    assert {r["type"] for r in azure.server.resources.values()} == {  # no VM, and no NIC left of a refused one
+        "Microsoft.Network/virtualNetworks", "Microsoft.Network/virtualNetworks/subnets"}
 
     azure.token_file.write_text("not-the-token")
     try:
@@ -187,3 +188,26 @@ async def test_networks_tagged_used_and_deleted(driver: AzureDriver, azure: Azur
     assert net.provider_network_id not in {n.provider_network_id for n in await driver.list_networks()}
     with pytest.raises(ValidationError, match="not one of westus, eastus"):
         await driver.create_network(NetworkSpec(name="n", region="mars"))
+
+
+def test_credentials_from_the_federation_file(azure: AzureCloud, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    from metavmm.drivers.azure import StaticTokenCredential
+    from metavmm.foundation.errors import ConfigError
+
+    base = azure.provider()
+    assert isinstance(AzureDriver(AzureProvider(**base))._credential, StaticTokenCredential)
+    monkeypatch.setenv("AZ_SECRET", "s3cret")
+    sp = AzureDriver(AzureProvider(**base | {"tenant_id": "11111111-1111-1111-1111-111111111111",
+                                             "client_id": "22222222-2222-2222-2222-222222222222",
+                                             "credentials": {"env": "AZ_SECRET"}}))
+    assert isinstance(sp._credential, ClientSecretCredential)
+    default = AzureDriver(AzureProvider(**{k: v for k, v in base.items() if k != "credentials"}))
+    assert isinstance(default._credential, DefaultAzureCredential)
+    with pytest.raises(ConfigError, match="give both tenant_id and client_id"):
+        AzureDriver(AzureProvider(**base | {"tenant_id": "t"}))
+    with pytest.raises(ConfigError, match="a client secret or a token"):
+        AzureDriver(AzureProvider(**base | {"credentials": {"profile": "default"}}))
+    with pytest.raises(ConfigError, match="AZ_MISSING is not set"):
+        AzureDriver(AzureProvider(**base | {"credentials": {"env": "AZ_MISSING"}}))
