@@ -164,7 +164,14 @@ class AzureProvider(_ProviderBase):
     subscription_id: str
     resource_group: str
     locations: list[str] = Field(min_length=1)
-    endpoint: str | None = None
+    endpoint: str | None = Field(default=None, description="Resource Manager URL; default Azure's public cloud")
+    tenant_id: str | None = Field(default=None, description="with client_id: credentials hold the client secret")
+    client_id: str | None = None
+    ca_bundle: str | None = Field(default=None, description="PEM file the endpoint's certificate is checked against")
+    poll_interval_s: float = Field(default=5.0, gt=0, description="pause between looks at a long-running operation")
+    public_ip: bool = Field(default=False, description="give each VM a public IP address")
+    deallocate_on_stop: bool = Field(default=True, description="stop deallocates (billing stops); else power off")
+    admin_user: str = "metavmm"
 
 
 class SimProvider(_ProviderBase):
