@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import shutil
 import socket
@@ -36,6 +37,7 @@ from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica
 from metavmm.foundation.config import parse_config
+from metavmm.services import netguard
 from metavmm.services.marketplace.entries import ADMIN, ImageMeta
 from metavmm.services.marketplace.publish import publish
 from metavmm.services.marketplace.replication import Replicator
@@ -91,6 +93,8 @@ providers:
         engine = db.make_engine(url)
         maker = db.make_sessionmaker(engine)
         runner, http_base = await serve_dir(vmdk.parent)
+        # the partner broker is on loopback here; a federation file allows its network the same way
+        netguard._current.policy = netguard.OutboundPolicy(allowed=(ipaddress.ip_network("127.0.0.0/8"),))
         try:
             (sync,) = await sync_all(maker, cfg)
             if sync.error:

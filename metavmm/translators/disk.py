@@ -22,12 +22,13 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from metavmm.foundation.errors import TranslationError, UntrustedImage, ValidationError
 from metavmm.foundation.records import DiskRef
 from metavmm.translators.costs import MIB, ConversionEdge, DiskFormat, conversion_edge
+from metavmm.translators.digest import sha256_file
 from metavmm.translators.tools import Limits, find_tool, run_tool
 from metavmm.translators.untrusted import (
     DEFAULT_LIMITS,
@@ -37,7 +38,6 @@ from metavmm.translators.untrusted import (
     normalise_format,
     qemu_check,
     qemu_info,
-    sha256_file,
 )
 
 Progress = Callable[[float], None]
@@ -153,11 +153,13 @@ async def _qemu_convert(src: DiskRef, target: DiskTarget, out: Path, progress: P
 async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str | Path, *,
                   progress: Progress | None = None, checksum: bool = True, trusted: bool = False,
                   overwrite: bool = False, limits: ImageLimits = DEFAULT_LIMITS, timeout_s: float = 6 * 3600,
-                  report: ImageReport | None = None) -> ConversionResult:
+                  report: ImageReport | None = None, source_sha256: str | None = None) -> ConversionResult:
     """Convert ``src`` to ``target`` at ``dst``; the output appears only when complete and checked.
 
     ``trusted=True`` skips the untrusted-input inspection (for disks metavmm itself produced);
-    ``report`` passes an inspection already done.
+    ``report`` passes an inspection already done. ``source_sha256``: the source's digest is already
+    known (the catalog's, or a hash the caller computes in its own pass): it is returned as is and the
+    source is not read a second time. With ``checksum=False`` nothing is hashed at all.
     """
     if not isinstance(target, DiskTarget):
         target = DiskTarget.parse(str(target))
@@ -169,20 +171,24 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
         raise ValidationError(f"{dst} exists (pass overwrite to replace it)")
     if not dst.parent.is_dir():
         raise ValidationError(f"{dst.parent} is not a directory")
-    if report is None and not trusted:
-        report = await inspect(src.path, src.format, limits=limits, checksum=False)
-    virtual = report.virtual_size if report else 0
-    required = await measure(src, target)
-    if required is not None:
-        _needs_space(required, dst)
-    elif target.variant in ("fixed", "azure") and virtual:
-        _needs_space(virtual, dst)
-
-    started = time.perf_counter()
+    # The source hash only reads bytes (harmless whatever they are): it starts first, on the other core,
+    # and runs through the inspection and the conversion, which read the same pages.
+    src_hash = (asyncio.create_task(asyncio.to_thread(sha256_file, src.path))
+                if checksum and source_sha256 is None else None)
     part = dst.with_name(dst.name + ".part")
     tmp_raw = dst.with_name(dst.name + ".align.raw")
-    src_hash = asyncio.create_task(asyncio.to_thread(sha256_file, src.path)) if checksum else None
     try:
+        if report is None and not trusted:
+            report, required = await _inspect_and_measure(src, target, limits)
+        else:
+            required = await _required(src, target, report.virtual_size if report else 0)
+        virtual = report.virtual_size if report else 0
+        if required is not None:
+            _needs_space(required, dst)
+        elif target.variant in ("fixed", "azure") and virtual:
+            _needs_space(virtual, dst)
+
+        started = time.perf_counter()
         source = src
         span = (0.0, 100.0)
         if target.variant == "azure":
@@ -201,6 +207,7 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
             raise TranslationError(f"qemu-img wrote a damaged {target}: {exc}") from exc
         finally:
             digest = await out_hash if out_hash is not None else None
+        source_digest = await src_hash if src_hash is not None else source_sha256 if checksum else None
         os.replace(part, dst)
     except BaseException:
         if src_hash is not None:
@@ -217,9 +224,31 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
     return ConversionResult(
         disk=DiskRef(str(dst), target.format.value), target=target,
         virtual_size=virtual or await _virtual_size(DiskRef(str(dst), target.format.value)),
-        seconds=time.perf_counter() - started, sha256=digest,
-        source_sha256=await src_hash if src_hash is not None else None, check=state,
+        seconds=time.perf_counter() - started, sha256=digest, source_sha256=source_digest, check=state,
         edge=conversion_edge(src.format, target.format.value))
+
+
+async def _required(src: DiskRef, target: DiskTarget, virtual: int) -> int | None:
+    """Bytes the output needs: a raw output needs its virtual size (what ``qemu-img measure`` says too),
+    known from the inspection without another qemu-img run; else ``qemu-img measure``."""
+    if target.format is DiskFormat.RAW and virtual:
+        return virtual
+    return await measure(src, target)
+
+
+async def _inspect_and_measure(src: DiskRef, target: DiskTarget, limits: ImageLimits
+                               ) -> tuple[ImageReport, int | None]:
+    """:func:`inspect` of an untrusted source, with the same refusals in the same order, and the output size.
+
+    ``qemu-img info`` and its reference rules (backing files, data files, extents) come first: nothing
+    opens the file with its format before they passed. Then ``qemu-img check`` and ``qemu-img measure``
+    run side by side (both only read metadata); both finish before qemu-img convert starts.
+    """
+    report = await inspect(src.path, src.format, limits=limits, checksum=False, check=False)
+    state, required = await asyncio.gather(qemu_check(src.path, report.format, limits.tool),
+                                           _required(src, target, report.virtual_size))
+    notes = ("qemu-img check reports leaked clusters (harmless, space only)",) if state == "leaks" else ()
+    return replace(report, check=state, notes=notes), required
 
 
 async def _virtual_size(disk: DiskRef) -> int:
