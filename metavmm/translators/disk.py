@@ -21,9 +21,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from metavmm.foundation.errors import TranslationError, UntrustedImage, ValidationError
 from metavmm.foundation.records import DiskRef
@@ -177,16 +178,14 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
                 if checksum and source_sha256 is None else None)
     part = dst.with_name(dst.name + ".part")
     tmp_raw = dst.with_name(dst.name + ".align.raw")
+    space: asyncio.Task[None] | None = None
     try:
-        if report is None and not trusted:
-            report, required = await _inspect_and_measure(src, target, limits)
-        else:
-            required = await _required(src, target, report.virtual_size if report else 0)
+        if report is None and not trusted:  # info, its reference rules, then check: before anything else opens it
+            report = await inspect(src.path, src.format, limits=limits, checksum=False)
         virtual = report.virtual_size if report else 0
-        if required is not None:
-            _needs_space(required, dst)
-        elif target.variant in ("fixed", "azure") and virtual:
-            _needs_space(virtual, dst)
+        # The free-space check (``qemu-img measure``, a metadata read) runs alongside the conversion instead of
+        # before it: when the space is short the conversion is stopped and its partial output removed.
+        space = asyncio.create_task(_check_space(src, target, virtual, dst))
 
         started = time.perf_counter()
         source = src
@@ -196,10 +195,11 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
                 virtual = await _virtual_size(src)
             aligned = -(-virtual // MIB) * MIB
             if aligned != virtual:  # Azure refuses a VHD whose size is not a whole number of MiB
-                await _qemu_convert(src, DiskTarget(DiskFormat.RAW), tmp_raw, progress, (0.0, 50.0), timeout_s)
+                await _alongside(_qemu_convert(src, DiskTarget(DiskFormat.RAW), tmp_raw, progress, (0.0, 50.0),
+                                               timeout_s), space)
                 os.truncate(tmp_raw, aligned)
                 source, span = DiskRef(str(tmp_raw), DiskFormat.RAW.value), (50.0, 100.0)
-        await _qemu_convert(source, target, part, progress, span, timeout_s)
+        await _alongside(_qemu_convert(source, target, part, progress, span, timeout_s), space)
         out_hash = asyncio.create_task(asyncio.to_thread(sha256_file, part)) if checksum else None
         try:  # the check reads metadata, the hash reads data: run them side by side
             state = await qemu_check(str(part), target.format.value, Limits(timeout_s=max(60.0, timeout_s / 10)))
@@ -210,6 +210,8 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
         source_digest = await src_hash if src_hash is not None else source_sha256 if checksum else None
         os.replace(part, dst)
     except BaseException:
+        if space is not None and not space.done():
+            space.cancel()
         if src_hash is not None:
             src_hash.cancel()
             with contextlib.suppress(BaseException):
@@ -228,27 +230,30 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
         edge=conversion_edge(src.format, target.format.value))
 
 
-async def _required(src: DiskRef, target: DiskTarget, virtual: int) -> int | None:
-    """Bytes the output needs: a raw output needs its virtual size (what ``qemu-img measure`` says too),
-    known from the inspection without another qemu-img run; else ``qemu-img measure``."""
+async def _check_space(src: DiskRef, target: DiskTarget, virtual: int, dst: Path) -> None:
+    """TranslationError when the output will not fit: a raw output needs its virtual size (known from the
+    inspection, no qemu-img run), raw and qcow2 ask ``qemu-img measure``, fixed VHDs need the virtual size."""
     if target.format is DiskFormat.RAW and virtual:
-        return virtual
-    return await measure(src, target)
+        required: int | None = virtual
+    else:
+        required = await measure(src, target)
+    if required is None and target.variant in ("fixed", "azure"):
+        required = virtual or None
+    if required is not None:
+        _needs_space(required, dst)
 
 
-async def _inspect_and_measure(src: DiskRef, target: DiskTarget, limits: ImageLimits
-                               ) -> tuple[ImageReport, int | None]:
-    """:func:`inspect` of an untrusted source, with the same refusals in the same order, and the output size.
-
-    ``qemu-img info`` and its reference rules (backing files, data files, extents) come first: nothing
-    opens the file with its format before they passed. Then ``qemu-img check`` and ``qemu-img measure``
-    run side by side (both only read metadata); both finish before qemu-img convert starts.
-    """
-    report = await inspect(src.path, src.format, limits=limits, checksum=False, check=False)
-    state, required = await asyncio.gather(qemu_check(src.path, report.format, limits.tool),
-                                           _required(src, target, report.virtual_size))
-    notes = ("qemu-img check reports leaked clusters (harmless, space only)",) if state == "leaks" else ()
-    return replace(report, check=state, notes=notes), required
+async def _alongside(work: Coroutine[Any, Any, None], check: asyncio.Task[None]) -> None:
+    """Run ``work`` while ``check`` finishes; a failed check stops the work (its tool is killed) and is raised."""
+    task = asyncio.create_task(work)
+    try:
+        await check
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    await task
 
 
 async def _virtual_size(disk: DiskRef) -> int:
