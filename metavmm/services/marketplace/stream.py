@@ -105,7 +105,7 @@ async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
         raise ValidationError(f"{url}: cannot fetch: {exc}") from None
 
 
-def _sink(queue: Queue[bytes | None], stop: threading.Event, part: Path | None, hasher: MultiHash,
+def _sink(queue: Queue[bytearray | None], stop: threading.Event, part: Path | None, hasher: MultiHash,
           progress: Progress | None) -> None:
     """The writer thread: hashes and writes what the network side queued, until None (or ``stop``).
 
@@ -133,25 +133,26 @@ def _sink(queue: Queue[bytes | None], stop: threading.Event, part: Path | None, 
             fout.close()
 
 
-_BLOCK = 1 << 16
-_ZERO_BLOCK = bytes(_BLOCK)
+_ZERO_CHUNK = bytes(CHUNK)
 
 
-def _write_sparse(fout: BinaryIO, chunk: bytes) -> None:
-    if chunk.count(0) != len(chunk) or len(chunk) < _BLOCK:  # the common case: data, one write
+def _write_sparse(fout: BinaryIO, chunk: bytes | bytearray) -> None:
+    """A whole CHUNK of zeros is skipped with a seek (a hole); anything else is written. The comparison
+    is a memcmp that stops at the first non-zero byte, so data costs nothing to check."""
+    if len(chunk) == CHUNK and chunk == _ZERO_CHUNK:
+        fout.seek(CHUNK, os.SEEK_CUR)
+    else:
         fout.write(chunk)
-        return
-    fout.seek(len(chunk), os.SEEK_CUR)
 
 
 async def _pump(chunks: AsyncIterator[bytes], part: Path | None, hasher: MultiHash, progress: Progress | None) -> None:
     """Network reads on the event loop, gathered into CHUNK-sized pieces; hashing and writing in one thread
     meanwhile (a bounded queue keeps memory at a few CHUNKs whatever the sender's speed)."""
-    queue: Queue[bytes | None] = Queue(maxsize=3)
+    queue: Queue[bytearray | None] = Queue(maxsize=3)
     stop = threading.Event()
     writer = asyncio.create_task(asyncio.to_thread(_sink, queue, stop, part, hasher, progress))
 
-    async def put(item: bytes | None) -> None:
+    async def put(item: bytearray | None) -> None:
         while True:
             if writer.done():  # the writer failed (a limit, a full disk): its error ends the copy
                 await writer
@@ -165,11 +166,11 @@ async def _pump(chunks: AsyncIterator[bytes], part: Path | None, hasher: MultiHa
         pending = bytearray()
         async for piece in chunks:
             pending += piece
-            if len(pending) >= CHUNK:
-                await put(bytes(pending))
-                pending.clear()
+            while len(pending) >= CHUNK:  # CHUNK-sized pieces, so that zero pieces line up with holes
+                await put(pending[:CHUNK])
+                del pending[:CHUNK]
         if pending:
-            await put(bytes(pending))
+            await put(pending)
         await put(None)
         await writer
     except BaseException:
