@@ -158,9 +158,10 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
     """Convert ``src`` to ``target`` at ``dst``; the output appears only when complete and checked.
 
     ``trusted=True`` skips the untrusted-input inspection (for disks metavmm itself produced);
-    ``report`` passes an inspection already done. ``source_sha256``: the source's digest is already
-    known (the catalog's, or a hash the caller computes in its own pass): it is returned as is and the
-    source is not read a second time. With ``checksum=False`` nothing is hashed at all.
+    ``report`` passes an inspection already done (its SHA-256, if it has one, is the source's).
+    ``source_sha256``: the source's digest is already known (the catalog's, or a hash the caller computes
+    in its own pass): it is returned as is and the source is not read a second time. With
+    ``checksum=False`` nothing is hashed at all.
     """
     if not isinstance(target, DiskTarget):
         target = DiskTarget.parse(str(target))
@@ -172,6 +173,8 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
         raise ValidationError(f"{dst} exists (pass overwrite to replace it)")
     if not dst.parent.is_dir():
         raise ValidationError(f"{dst.parent} is not a directory")
+    if source_sha256 is None and report is not None and report.sha256 and Path(report.path) == Path(src.path):
+        source_sha256 = report.sha256  # the inspection passed in already hashed this file
     # The source hash only reads bytes (harmless whatever they are): it starts first, on the other core,
     # and runs through the inspection and the conversion, which read the same pages.
     src_hash = (asyncio.create_task(asyncio.to_thread(sha256_file, src.path))

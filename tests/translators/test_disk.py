@@ -157,3 +157,14 @@ async def test_a_sparse_raw_output_is_hashed_as_hashlib_hashes_it(tmp_path: Path
     content = Path(res.disk.path).read_bytes()
     assert res.sha256 == hashlib.sha256(content).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
     assert Path(res.disk.path).stat().st_blocks * 512 < 8 * MIB  # 3 MiB of data; the holes stayed holes
+
+
+async def test_an_inspection_that_hashed_the_source_is_not_hashed_again(raw_disk: DiskRef, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from metavmm.translators.untrusted import inspect
+
+    report = await inspect(raw_disk.path, "raw")
+    assert report.sha256 == hashlib.sha256(Path(raw_disk.path).read_bytes()).hexdigest()
+    res = await convert(raw_disk, "qcow2", tmp_path / "o.qcow2", report=replace(report, sha256="cd" * 32))
+    assert res.source_sha256 == "cd" * 32  # the report's digest, not a second read
