@@ -21,13 +21,15 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from metavmm.foundation.errors import TranslationError, UntrustedImage, ValidationError
 from metavmm.foundation.records import DiskRef
 from metavmm.translators.costs import MIB, ConversionEdge, DiskFormat, conversion_edge
+from metavmm.translators.digest import sha256_file
 from metavmm.translators.tools import Limits, find_tool, run_tool
 from metavmm.translators.untrusted import (
     DEFAULT_LIMITS,
@@ -37,7 +39,6 @@ from metavmm.translators.untrusted import (
     normalise_format,
     qemu_check,
     qemu_info,
-    sha256_file,
 )
 
 Progress = Callable[[float], None]
@@ -153,11 +154,14 @@ async def _qemu_convert(src: DiskRef, target: DiskTarget, out: Path, progress: P
 async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str | Path, *,
                   progress: Progress | None = None, checksum: bool = True, trusted: bool = False,
                   overwrite: bool = False, limits: ImageLimits = DEFAULT_LIMITS, timeout_s: float = 6 * 3600,
-                  report: ImageReport | None = None) -> ConversionResult:
+                  report: ImageReport | None = None, source_sha256: str | None = None) -> ConversionResult:
     """Convert ``src`` to ``target`` at ``dst``; the output appears only when complete and checked.
 
     ``trusted=True`` skips the untrusted-input inspection (for disks metavmm itself produced);
-    ``report`` passes an inspection already done.
+    ``report`` passes an inspection already done (its SHA-256, if it has one, is the source's).
+    ``source_sha256``: the source's digest is already known (the catalog's, or a hash the caller computes
+    in its own pass): it is returned as is and the source is not read a second time. With
+    ``checksum=False`` nothing is hashed at all.
     """
     if not isinstance(target, DiskTarget):
         target = DiskTarget.parse(str(target))
@@ -169,20 +173,24 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
         raise ValidationError(f"{dst} exists (pass overwrite to replace it)")
     if not dst.parent.is_dir():
         raise ValidationError(f"{dst.parent} is not a directory")
-    if report is None and not trusted:
-        report = await inspect(src.path, src.format, limits=limits, checksum=False)
-    virtual = report.virtual_size if report else 0
-    required = await measure(src, target)
-    if required is not None:
-        _needs_space(required, dst)
-    elif target.variant in ("fixed", "azure") and virtual:
-        _needs_space(virtual, dst)
-
-    started = time.perf_counter()
+    if source_sha256 is None and report is not None and report.sha256 and Path(report.path) == Path(src.path):
+        source_sha256 = report.sha256  # the inspection passed in already hashed this file
+    # The source hash only reads bytes (harmless whatever they are): it starts first, on the other core,
+    # and runs through the inspection and the conversion, which read the same pages.
+    src_hash = (asyncio.create_task(asyncio.to_thread(sha256_file, src.path))
+                if checksum and source_sha256 is None else None)
     part = dst.with_name(dst.name + ".part")
     tmp_raw = dst.with_name(dst.name + ".align.raw")
-    src_hash = asyncio.create_task(asyncio.to_thread(sha256_file, src.path)) if checksum else None
+    space: asyncio.Task[None] | None = None
     try:
+        if report is None and not trusted:  # info, its reference rules, then check: before anything else opens it
+            report = await inspect(src.path, src.format, limits=limits, checksum=False)
+        virtual = report.virtual_size if report else 0
+        # The free-space check (``qemu-img measure``, a metadata read) runs alongside the conversion instead of
+        # before it: when the space is short the conversion is stopped and its partial output removed.
+        space = asyncio.create_task(_check_space(src, target, virtual, dst))
+
+        started = time.perf_counter()
         source = src
         span = (0.0, 100.0)
         if target.variant == "azure":
@@ -190,10 +198,11 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
                 virtual = await _virtual_size(src)
             aligned = -(-virtual // MIB) * MIB
             if aligned != virtual:  # Azure refuses a VHD whose size is not a whole number of MiB
-                await _qemu_convert(src, DiskTarget(DiskFormat.RAW), tmp_raw, progress, (0.0, 50.0), timeout_s)
+                await _alongside(_qemu_convert(src, DiskTarget(DiskFormat.RAW), tmp_raw, progress, (0.0, 50.0),
+                                               timeout_s), space)
                 os.truncate(tmp_raw, aligned)
                 source, span = DiskRef(str(tmp_raw), DiskFormat.RAW.value), (50.0, 100.0)
-        await _qemu_convert(source, target, part, progress, span, timeout_s)
+        await _alongside(_qemu_convert(source, target, part, progress, span, timeout_s), space)
         out_hash = asyncio.create_task(asyncio.to_thread(sha256_file, part)) if checksum else None
         try:  # the check reads metadata, the hash reads data: run them side by side
             state = await qemu_check(str(part), target.format.value, Limits(timeout_s=max(60.0, timeout_s / 10)))
@@ -201,8 +210,11 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
             raise TranslationError(f"qemu-img wrote a damaged {target}: {exc}") from exc
         finally:
             digest = await out_hash if out_hash is not None else None
+        source_digest = await src_hash if src_hash is not None else source_sha256 if checksum else None
         os.replace(part, dst)
     except BaseException:
+        if space is not None and not space.done():
+            space.cancel()
         if src_hash is not None:
             src_hash.cancel()
             with contextlib.suppress(BaseException):
@@ -217,9 +229,34 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
     return ConversionResult(
         disk=DiskRef(str(dst), target.format.value), target=target,
         virtual_size=virtual or await _virtual_size(DiskRef(str(dst), target.format.value)),
-        seconds=time.perf_counter() - started, sha256=digest,
-        source_sha256=await src_hash if src_hash is not None else None, check=state,
+        seconds=time.perf_counter() - started, sha256=digest, source_sha256=source_digest, check=state,
         edge=conversion_edge(src.format, target.format.value))
+
+
+async def _check_space(src: DiskRef, target: DiskTarget, virtual: int, dst: Path) -> None:
+    """TranslationError when the output will not fit: a raw output needs its virtual size (known from the
+    inspection, no qemu-img run), raw and qcow2 ask ``qemu-img measure``, fixed VHDs need the virtual size."""
+    if target.format is DiskFormat.RAW and virtual:
+        required: int | None = virtual
+    else:
+        required = await measure(src, target)
+    if required is None and target.variant in ("fixed", "azure"):
+        required = virtual or None
+    if required is not None:
+        _needs_space(required, dst)
+
+
+async def _alongside(work: Coroutine[Any, Any, None], check: asyncio.Task[None]) -> None:
+    """Run ``work`` while ``check`` finishes; a failed check stops the work (its tool is killed) and is raised."""
+    task = asyncio.create_task(work)
+    try:
+        await check
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    await task
 
 
 async def _virtual_size(disk: DiskRef) -> int:

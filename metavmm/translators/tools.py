@@ -121,6 +121,8 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
+        with contextlib.suppress(BaseException):  # reap it (killed: at once), so its pipes close on this loop
+            await asyncio.wait_for(proc.wait(), 5)
         if pumps.done() and not pumps.cancelled():
             pumps.exception()  # cancelled with its caller (a shutdown): retrieved, so asyncio logs no traceback
         raise

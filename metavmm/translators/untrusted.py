@@ -19,7 +19,6 @@ Refusals raise :class:`~metavmm.foundation.errors.UntrustedImage`, whose message
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import stat
@@ -30,6 +29,7 @@ from typing import Any
 
 from metavmm.foundation.errors import TranslationError, UntrustedImage
 from metavmm.translators.costs import DiskFormat
+from metavmm.translators.digest import sha256_file
 from metavmm.translators.tools import UNTRUSTED, Limits, find_tool, run_tool
 
 GIB = 1024**3
@@ -107,15 +107,6 @@ def detect_format(path: str | Path) -> tuple[str, str | None]:
         if head.startswith(magic):
             raise UntrustedImage(f"{name} images are not accepted (formats: {', '.join(f.value for f in DiskFormat)})")
     return DiskFormat.RAW.value, None
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, streamed in 1 MiB pieces (constant memory for any size)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _resolve(path: str | Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,48 @@ def test_cost_table_keeps_its_api() -> None:
     fast = conversion_edge("qcow2", "raw")
     slow = conversion_edge("raw", "vmdk")
     assert slow.seconds(1024 * MIB) > fast.seconds(1024 * MIB) > fast.fixed_s
+
+
+@pytest.mark.parametrize("target", ["raw", "qcow2", "vpc:fixed"])
+async def test_short_space_stops_the_conversion_and_leaves_nothing(raw_disk: DiskRef, tmp_path: Path, target: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import metavmm.translators.disk as disk_module
+
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(disk_module.shutil, "disk_usage", lambda _p: real._replace(free=4096))
+    with pytest.raises(TranslationError, match="not enough space"):
+        await convert(raw_disk, target, tmp_path / "o.img")
+    assert [p.name for p in tmp_path.iterdir()] == [Path(raw_disk.path).name]  # no .part, no .align.raw
+
+
+async def test_a_known_source_digest_is_not_recomputed(raw_disk: DiskRef, tmp_path: Path) -> None:
+    res = await convert(raw_disk, "qcow2", tmp_path / "o.qcow2", source_sha256="ab" * 32)
+    assert res.source_sha256 == "ab" * 32  # taken as given: the caller hashes the source in its own pass
+    assert res.sha256 == hashlib.sha256(Path(res.disk.path).read_bytes()).hexdigest()
+    bare = await convert(raw_disk, "qcow2", tmp_path / "p.qcow2", checksum=False, source_sha256="ab" * 32)
+    assert bare.sha256 is None and bare.source_sha256 is None
+
+
+async def test_a_sparse_raw_output_is_hashed_as_hashlib_hashes_it(tmp_path: Path) -> None:
+    src = tmp_path / "holes.raw"
+    with open(src, "wb") as f:
+        f.truncate(40 * MIB)
+        for offset in (0, 17 * MIB + 4096, 39 * MIB):
+            f.seek(offset)
+            f.write(hashlib.sha512(offset.to_bytes(8, "little")).digest() * (MIB // 64))
+    qcow2 = (await convert(DiskRef(str(src), "raw"), "qcow2", tmp_path / "h.qcow2")).disk
+    res = await convert(qcow2, "raw", tmp_path / "back.raw")
+    content = Path(res.disk.path).read_bytes()
+    assert res.sha256 == hashlib.sha256(content).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert Path(res.disk.path).stat().st_blocks * 512 < 8 * MIB  # 3 MiB of data; the holes stayed holes
+
+
+async def test_an_inspection_that_hashed_the_source_is_not_hashed_again(raw_disk: DiskRef, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from metavmm.translators.untrusted import inspect
+
+    report = await inspect(raw_disk.path, "raw")
+    assert report.sha256 == hashlib.sha256(Path(raw_disk.path).read_bytes()).hexdigest()
+    res = await convert(raw_disk, "qcow2", tmp_path / "o.qcow2", report=replace(report, sha256="cd" * 32))
+    assert res.source_sha256 == "cd" * 32  # the report's digest, not a second read

@@ -50,7 +50,7 @@ from metavmm.services.marketplace.entries import Audience, get_image, state_of
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.translators.costs import HYPERVISOR_FORMATS, V2V_SOURCES, DiskFormat
 from metavmm.translators.disk import convert
-from metavmm.translators.untrusted import inspect, sha256_file
+from metavmm.translators.untrusted import inspect
 
 # When a site's hypervisor cannot boot the published format, the format it gets instead.
 PREFERRED_FORMAT: dict[str, DiskFormat] = {
@@ -165,8 +165,9 @@ class Replicator:
             expected = Expected(sha256=image.sha256, sha512=image.sha512, size_bytes=image.size_bytes)
             source = local_path(image.location)
             conv_started = time.perf_counter()
+            checksum: str | None = None
             if source is not None and fmt.value != image.format:
-                copy = await _convert_local(source, image, fmt, final, expected)
+                copy, checksum = await _convert_local(source, image, fmt, final, expected)
             else:
                 copy = await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}")
                 conv_started = time.perf_counter()
@@ -175,10 +176,13 @@ class Replicator:
                         await inspect(staged, image.format, checksum=False)  # bytes from outside: check them
                         staged.replace(final)
                     else:
-                        await convert(DiskRef(str(staged), image.format), fmt, final, overwrite=True, checksum=False)
+                        # the staging copy's digest is known: only the output is hashed, beside its check
+                        checksum = (await convert(DiskRef(str(staged), image.format), fmt, final, overwrite=True,
+                                                  source_sha256=copy.sha256)).sha256
                 finally:
                     staged.unlink(missing_ok=True)
-            checksum = copy.sha256 if fmt.value == image.format else await asyncio.to_thread(sha256_file, final)
+            if fmt.value == image.format:
+                checksum = copy.sha256
             convert_s = time.perf_counter() - conv_started
             provider_image_id = await _register(driver, target, final, image)
         finally:
@@ -208,21 +212,26 @@ class Replicator:
             return rep
 
 
-async def _convert_local(src: Path, image: Image, fmt: DiskFormat, final: Path, expected: Expected) -> Digests:
+async def _convert_local(src: Path, image: Image, fmt: DiskFormat, final: Path, expected: Expected
+                         ) -> tuple[Digests, str | None]:
     """Convert a local source straight into the site's store while the same read (page cache) is hashed.
 
     Nothing is staged. The digests are checked when both finish, and the file's identity (inode, size,
-    mtime) must not have changed in between, so qemu-img read the bytes that were hashed.
+    mtime) must not have changed in between, so qemu-img read the bytes that were hashed. The output's
+    SHA-256 is computed by the conversion beside its ``qemu-img check``; the source is not hashed twice.
+    Returns the source's digests and the output's SHA-256.
     """
     before = src.stat()
     hashing = asyncio.create_task(hash_file(src, expected=expected, what=f"image {image.name}"))
     try:
-        await convert(DiskRef(str(src), image.format), fmt, final, overwrite=True, checksum=False)
+        # source_sha256: the hash_file pass beside it computes (and checks) the source's digests
+        result = await convert(DiskRef(str(src), image.format), fmt, final, overwrite=True,
+                               source_sha256=expected.sha256 or "checked beside")
         digests = await hashing
         after = src.stat()
         if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
             raise ChecksumMismatch(f"image {image.name}: {src} changed while it was replicated; refused")
-        return digests
+        return digests, result.sha256
     except BaseException:
         hashing.cancel()
         final.unlink(missing_ok=True)

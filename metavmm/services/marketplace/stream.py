@@ -14,17 +14,20 @@ so a source that sends more than promised is cut off instead of filling the disk
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Full, Queue
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from metavmm.foundation.errors import ChecksumMismatch, NotFound, ValidationError
+from metavmm.translators.digest import CHUNK, MultiHash, copy_with_digests
 
-CHUNK = 4 << 20
 Progress = Callable[[int], None]
 """Called with the number of bytes copied so far."""
 
@@ -72,39 +75,15 @@ def local_path(source: str) -> Path | None:
     return Path(source)
 
 
-class _Hasher:
-    def __init__(self, limit: int | None, what: str) -> None:
-        self.sha256 = hashlib.sha256()
-        self.sha512 = hashlib.sha512()
-        self.size = 0
-        self.limit = limit
-        self.what = what
-
-    def update(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.limit is not None and self.size > self.limit:
-            raise ChecksumMismatch(f"{self.what}: more than the declared {self.limit} bytes; refused and deleted")
-        self.sha256.update(chunk)
-        self.sha512.update(chunk)
-
-    def digests(self, seconds: float) -> Digests:
-        return Digests(self.sha256.hexdigest(), self.sha512.hexdigest(), self.size, seconds)
+def _hasher(limit: int | None, what: str) -> MultiHash:
+    """SHA-256 and SHA-512 over one read (the second in a worker thread meanwhile), cut off past ``limit``."""
+    return MultiHash(("sha256", "sha512"), limit, lambda n: ChecksumMismatch(
+        f"{what}: more than the declared {n} bytes; refused and deleted"))
 
 
-def _copy_file(src: Path, part: Path | None, hasher: _Hasher, progress: Progress | None) -> None:
-    """The blocking copy loop (runs in a worker thread; hashlib releases the GIL on large chunks)."""
-    with open(src, "rb") as fin:
-        fout = open(part, "wb") if part is not None else None  # noqa: SIM115 - closed below
-        try:
-            while chunk := fin.read(CHUNK):
-                hasher.update(chunk)
-                if fout is not None:
-                    fout.write(chunk)
-                if progress is not None:
-                    progress(hasher.size)
-        finally:
-            if fout is not None:
-                fout.close()
+def _digests(hasher: MultiHash, seconds: float) -> Digests:
+    hexes = hasher.hexdigests()
+    return Digests(hexes["sha256"], hexes["sha512"], hasher.size, seconds)
 
 
 async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
@@ -126,23 +105,79 @@ async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
         raise ValidationError(f"{url}: cannot fetch: {exc}") from None
 
 
-async def _write_chunks(chunks: AsyncIterator[bytes], part: Path | None, hasher: _Hasher,
-                        progress: Progress | None) -> None:
+def _sink(queue: Queue[bytearray | None], stop: threading.Event, part: Path | None, hasher: MultiHash,
+          progress: Progress | None) -> None:
+    """The writer thread: hashes and writes what the network side queued, until None (or ``stop``).
+
+    Zero pieces are skipped with a seek instead of written, so a sparse image arriving over HTTP is
+    stored sparse; the file gets its full length at the end.
+    """
     fout = open(part, "wb") if part is not None else None  # noqa: SIM115 - closed below
-
-    def sink(chunk: bytes) -> None:  # hashing and writing off the event loop
-        hasher.update(chunk)
-        if fout is not None:
-            fout.write(chunk)
-
     try:
-        async for chunk in chunks:
-            await asyncio.to_thread(sink, chunk)
+        while not stop.is_set():
+            try:
+                chunk = queue.get(timeout=0.05)
+            except Empty:
+                continue
+            if chunk is None:
+                if fout is not None:
+                    fout.truncate(hasher.size)
+                return
+            hasher.update(chunk)
+            if fout is not None:
+                _write_sparse(fout, chunk)
             if progress is not None:
                 progress(hasher.size)
     finally:
         if fout is not None:
             fout.close()
+
+
+_ZERO_CHUNK = bytes(CHUNK)
+
+
+def _write_sparse(fout: BinaryIO, chunk: bytes | bytearray) -> None:
+    """A whole CHUNK of zeros is skipped with a seek (a hole); anything else is written. The comparison
+    is a memcmp that stops at the first non-zero byte, so data costs nothing to check."""
+    if len(chunk) == CHUNK and chunk == _ZERO_CHUNK:
+        fout.seek(CHUNK, os.SEEK_CUR)
+    else:
+        fout.write(chunk)
+
+
+async def _pump(chunks: AsyncIterator[bytes], part: Path | None, hasher: MultiHash, progress: Progress | None) -> None:
+    """Network reads on the event loop, gathered into CHUNK-sized pieces; hashing and writing in one thread
+    meanwhile (a bounded queue keeps memory at a few CHUNKs whatever the sender's speed)."""
+    queue: Queue[bytearray | None] = Queue(maxsize=3)
+    stop = threading.Event()
+    writer = asyncio.create_task(asyncio.to_thread(_sink, queue, stop, part, hasher, progress))
+
+    async def put(item: bytearray | None) -> None:
+        while True:
+            if writer.done():  # the writer failed (a limit, a full disk): its error ends the copy
+                await writer
+            try:
+                queue.put_nowait(item)
+                return
+            except Full:
+                await asyncio.sleep(0.002)
+
+    try:
+        pending = bytearray()
+        async for piece in chunks:
+            pending += piece
+            while len(pending) >= CHUNK:  # CHUNK-sized pieces, so that zero pieces line up with holes
+                await put(pending[:CHUNK])
+                del pending[:CHUNK]
+        if pending:
+            await put(pending)
+        await put(None)
+        await writer
+    except BaseException:
+        stop.set()  # the writer closes its file before the caller deletes it
+        with contextlib.suppress(BaseException):
+            await writer
+        raise
 
 
 async def stream_to_file(source: str | AsyncIterator[bytes], dest: Path | None, *, expected: Expected = Expected(),
@@ -155,17 +190,17 @@ async def stream_to_file(source: str | AsyncIterator[bytes], dest: Path | None, 
     part = dest.with_name(dest.name + ".part") if dest is not None else None
     if dest is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-    hasher = _Hasher(expected.size_bytes, what)
+    hasher = _hasher(expected.size_bytes, what)
     started = time.perf_counter()
     try:
         if isinstance(source, str) and (path := local_path(source)) is not None:
             if not path.is_file():
                 raise NotFound(f"{what}: {path} is not a file")
-            await asyncio.to_thread(_copy_file, path, part, hasher, progress)
+            await asyncio.to_thread(copy_with_digests, path, part, hasher, progress)
         else:
             chunks = _http_chunks(source, timeout_s) if isinstance(source, str) else source
-            await asyncio.wait_for(_write_chunks(chunks, part, hasher, progress), timeout_s)
-        digests = hasher.digests(time.perf_counter() - started)
+            await asyncio.wait_for(_pump(chunks, part, hasher, progress), timeout_s)
+        digests = _digests(hasher, time.perf_counter() - started)
         expected.verify(digests, what)
         if part is not None and dest is not None:
             os.replace(part, dest)
@@ -174,6 +209,8 @@ async def stream_to_file(source: str | AsyncIterator[bytes], dest: Path | None, 
         if part is not None:
             part.unlink(missing_ok=True)
         raise
+    finally:
+        hasher.close()
 
 
 async def hash_file(path: Path, *, expected: Expected = Expected(), what: str = "image") -> Digests:
