@@ -125,8 +125,8 @@ def setup_ui(app: web.Application) -> None:
 async def root_redirect(request: web.Request) -> web.StreamResponse:
     """``GET /`` from a browser (HTML accepted, no OCCI media type asked for) goes to the dashboard; any
     other client gets what OCCI answers for a path it does not serve."""
-    accept = request.headers.get("Accept", "")
-    if request.method == "GET" and "text/html" in accept and "occi" not in accept and "occi" not in request.headers.get("Content-Type", ""):
+    accept, sent = request.headers.get("Accept", ""), request.headers.get("Content-Type", "")
+    if request.method == "GET" and "text/html" in accept and "occi" not in accept and "occi" not in sent:
         raise web.HTTPFound(f"{PREFIX}/")
     raise web.HTTPNotFound()
 

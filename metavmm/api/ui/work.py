@@ -69,7 +69,8 @@ async def workload(request: web.Request) -> web.Response:
         site = await session.get(Site, row.site_id) if row.site_id else None
     return aiohttp_jinja2.render_template("workload.html", request, page_context(
         request, title=f"Workload {row.name}", w=row, ops=ops, site=site, actions=ACTIONS,
-        placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={}, last_event=await _latest(request)))
+        placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={},
+        last_event=await _latest(request)))
 
 
 @routes.post(r"/workloads/{workload_id:[0-9a-f-]{36}}/actions", name="workload_action")

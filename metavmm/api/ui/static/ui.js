@@ -15,9 +15,23 @@
       if (bar) { bar.value = d.progress; bar.textContent = Math.round(d.progress * 100) + "%"; }
     });
   }
+  function step(d) {
+    // a history line about a step ("step create done", "step create: vm.create ...") moves that step on
+    if (typeof d.step !== "number") { return; }
+    each('[data-operation-id="' + CSS.escape(d.operation) + '"] ol.steps li:nth-child(' + (d.step + 1) + ")",
+      function (li) {
+        const name = li.getAttribute("data-step-name");
+        const m = d.message;
+        const state = d.level === "error" ? "failed" : m.endsWith(" undone") ? "undone" : m.endsWith(" done") ? "done"
+          : m.startsWith("step " + name) ? "running" : li.getAttribute("data-step-state");
+        li.setAttribute("data-step-state", state);
+        li.textContent = name + ": " + state;
+      });
+  }
   source.addEventListener("operation", function (e) {
     const d = JSON.parse(e.data);
     operation(d);
+    step(d);
     if (log) {
       const li = document.createElement("li");
       li.textContent = d.at + " " + d.kind + " " + d.state + ": " + d.message;
