@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()
 SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capacity", "Capacity"),
            "prices": ("/ui/prices?vcpus=2&ram_gib=4", "Prices"), "workloads": ("/ui/workloads", "Workloads"),
            "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
-           "marketplace": ("/ui/marketplace", "Marketplace")}
+           "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts")}
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +200,11 @@ def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser:
     By = _by()
     browser.find_element(By.CSS_SELECTOR, "form.who button").click()
     wait(browser, lambda d: d.find_elements(By.ID, "token"))
+    b.rest("PUT", f"/api/v1/projects/{world.ids['alpha']}/quotas/vcpus", world.tokens["admin"], {"limit": 3})
     try:
         login(browser, b.url, world.tokens["beta_member"])
+        browser.get(b.url + "/ui/alerts")
+        assert not browser.find_elements(By.CSS_SELECTOR, "#alerts tr[data-alert=quota]")
         browser.get(b.url + "/ui/workloads")
         assert ALPHA_MARK not in browser.page_source and "ui-created-vm" not in browser.page_source
         browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
@@ -212,3 +215,6 @@ def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser:
         with contextlib.suppress(Exception):
             browser.find_element(By.CSS_SELECTOR, "form.who button").click()
             login(browser, b.url, world.tokens["alpha_member"])
+    browser.get(b.url + "/ui/alerts")  # alpha's two computes hold 3 vCPUs of 3: its quota is full
+    quota = browser.find_element(By.CSS_SELECTOR, "#alerts tr[data-alert=quota]").text
+    assert "alpha: vcpus" in quota and "3 of 3 used" in quota
