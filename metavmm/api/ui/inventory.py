@@ -22,7 +22,7 @@ from metavmm.api import keys
 from metavmm.api.rest.prices import CompareQuery, comparison_out
 from metavmm.api.ui import page_context
 from metavmm.api.ui.charts import Bar, bar_chart
-from metavmm.catalog.models import Host, Provider, Site, Workload
+from metavmm.catalog.models import Host, Provider, Site, Workload, aware
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.pricing import RateTable, ShapeRequest
 from metavmm.services.prices import compare_prices
@@ -30,13 +30,9 @@ from metavmm.services.prices import compare_prices
 routes = web.RouteTableDef()
 
 
-def _aware(ts: datetime | None) -> datetime | None:
-    return ts if ts is None or ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
 def _age(ts: datetime | None) -> str:
     """A sync age people read at a glance: 42 s, 7 min, 3 h, 2 d; never synced: -."""
-    ts = _aware(ts)
+    ts = aware(ts)
     if ts is None:
         return "never"
     s = max(0, int((datetime.now(UTC) - ts).total_seconds()))
