@@ -98,7 +98,7 @@ async def capacity(request: web.Request) -> web.Response:
     for r in rows:
         for k in ("hosts", "vcpus", "vcpus_used", "ram_gib", "ram_used_gib"):
             regions[f"{r['provider']}/{r['region']}"][k] += r[k]
-    chart = bar_chart("vCPUs used of total per site", [Bar(f"{r['provider']}/{r['site']}", r["vcpus_used"],
+    chart = bar_chart("vCPUs used of total per site", [Bar(r["site"], r["vcpus_used"],
                                                            r["vcpus"]) for r in rows[:200]],
                       unit="vCPU", chart_id="capacity-chart")
     return aiohttp_jinja2.render_template("capacity.html", request, page_context(

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()
 SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capacity", "Capacity"),
            "prices": ("/ui/prices?vcpus=2&ram_gib=4", "Prices"), "workloads": ("/ui/workloads", "Workloads"),
            "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
-           "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts")}
+           "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
+           "projects": ("/ui/projects", "Projects and quotas")}
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,9 @@ def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser:
         login(browser, b.url, world.tokens["beta_member"])
         browser.get(b.url + "/ui/alerts")
         assert not browser.find_elements(By.CSS_SELECTOR, "#alerts tr[data-alert=quota]")
+        browser.get(b.url + "/ui/projects")
+        assert [s.get_attribute("data-project") for s in browser.find_elements(By.CSS_SELECTOR, "section")] \
+            == ["beta"]
         browser.get(b.url + "/ui/workloads")
         assert ALPHA_MARK not in browser.page_source and "ui-created-vm" not in browser.page_source
         browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
@@ -218,3 +222,10 @@ def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser:
     browser.get(b.url + "/ui/alerts")  # alpha's two computes hold 3 vCPUs of 3: its quota is full
     quota = browser.find_element(By.CSS_SELECTOR, "#alerts tr[data-alert=quota]").text
     assert "alpha: vcpus" in quota and "3 of 3 used" in quota
+    browser.get(b.url + "/ui/projects")
+    quotas = b.rest("GET", f"/api/v1/projects/{world.ids['alpha']}/quotas", world.tokens["alpha_member"])
+    shown = {r.get_attribute("data-resource"): r.text for r in browser.find_elements(
+        By.CSS_SELECTOR, "section[data-project=alpha] table.quotas tbody tr")}
+    assert set(shown) == {q["resource"] for q in quotas} and shown["vcpus"].startswith("vcpus 3 3 0 0")
+    rate = browser.find_element(By.CSS_SELECTOR, "section[data-project=alpha] .rate span")
+    assert rate.get_attribute("data-currency") == "USD" and Decimal(rate.get_attribute("data-per-hour")) > 0
