@@ -29,7 +29,7 @@ currency: {base: USD, date: 2026-11-01, source: "test rates", rates: {EUR: "1.10
 metrics: {events_poll_s: 0.1}
 providers:
   - {name: sim-a, kind: sim, site_count: 2, hosts_per_site: 2, gpu_models: [L4]}
-  - {name: sim-b, kind: sim, site_count: 1, hosts_per_site: 2, price_per_vcpu_hour: "0.015"}
+  - {name: sim-b, kind: sim, site_count: 1, hosts_per_site: 4, price_per_vcpu_hour: "0.015"}
 """
 
 

@@ -26,7 +26,8 @@ SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capaci
            "prices": ("/ui/prices?vcpus=2&ram_gib=4", "Prices"), "workloads": ("/ui/workloads", "Workloads"),
            "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
            "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
-           "projects": ("/ui/projects", "Projects and quotas")}
+           "projects": ("/ui/projects", "Projects and quotas"),
+           "migrate": ("/ui/migrate", "Migrate a workload")}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,43 @@ def test_explainer_table_is_the_rest_explanation_and_a_create_goes_live(broker: 
     browser.save_screenshot(str(tmp_path / "workload-active.png"))
     browser.get(b.url + "/ui/workloads")
     assert "ui-created-vm" in browser.find_element(By.ID, "workloads").text
+
+
+def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker, World], browser: Any,
+                                                            tmp_path: Path) -> None:
+    b, world = broker
+    By = _by()
+    from selenium.webdriver.support.ui import Select
+
+    wid = world.ids["workload"]
+    before = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    sites = {s["id"]: s["name"]
+             for s in b.rest("GET", "/api/v1/sites?limit=500", world.tokens["alpha_member"])["items"]}
+    browser.get(b.url + "/ui/migrate")
+    Select(browser.find_element(By.ID, "workload")).select_by_value(wid)
+    # the sim driver moves live between hosts of a site (it cannot export a disk for a cold move)
+    Select(browser.find_element(By.ID, "site")).select_by_value(sites[before["site_id"]])
+    Select(browser.find_element(By.ID, "mode")).select_by_value("live")
+    browser.find_element(By.ID, "plan-button").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "move") or d.find_elements(By.ID, "refusal"))
+    assert not browser.find_elements(By.ID, "refusal"), browser.find_element(By.ID, "refusal").text
+    move = browser.find_element(By.ID, "move")
+    assert move.get_attribute("data-mode") == "live" and browser.find_elements(By.CSS_SELECTOR, "#move-steps li")
+    target = move.get_attribute("data-target")
+    browser.save_screenshot(str(tmp_path / "migrate-plan.png"))
+    browser.find_element(By.ID, "migrate-button").click()
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Workload {ALPHA_MARK}")
+    browser.execute_script("window.__no_reload = true;")
+    row = 'tr[data-operation-id]:first-child'
+    assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} td:nth-child(2)").text == "live_migrate"
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f"#operations {row}").get_attribute("data-state")
+         == "succeeded")
+    assert browser.execute_script("return window.__no_reload === true;")
+    assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} .op-progress").get_attribute("value") == "1"
+    assert "live_migrate succeeded" in browser.find_element(By.ID, "event-log").text
+    after = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    assert sites[after["site_id"]] == target and after["host_id"] != before["host_id"]
+    browser.save_screenshot(str(tmp_path / "migrate-done.png"))
 
 
 def _post(browser: Any, path: str, fields: dict[str, str]) -> int:
