@@ -116,7 +116,7 @@ def screenshots(out: Path) -> None:
         driver = None
         try:
             broker.call(lambda: sync_all(broker.app[keys.SESSIONS], broker.app[keys.CONFIG]))
-            driver = chromium(Path(tmp) / "profile", 1280, 1000)
+            driver = chromium(Path(tmp) / "profile", 1440, 1000)
             login(driver, broker.url, broker.call(lambda: _admin(broker)))
             for name, path in (("overview", "/ui/"), ("prices", "/ui/prices?vcpus=4&ram_gib=8&currency=EUR")):
                 driver.get(broker.url + path)

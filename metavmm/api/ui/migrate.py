@@ -3,7 +3,9 @@
 The preview asks the planner a run uses (:meth:`MigrationPlanner.move_one` over a fresh snapshot) and
 renders it as REST does (:func:`metavmm.api.rest.migrations.move_out`); running it is the REST handler
 ``migrate_workload`` itself, with the session's identity, so scope, the placed-compute check and the
-live/cold rule are REST's. Progress (steps, bytes copied) then shows on the workload's page, live.
+live/cold rule are REST's. The run pins the previewed site and mode, not the host: a host pin is a bare
+name, and sim providers (at least) repeat host names across providers, so it could name another one.
+Progress (steps and history lines) then shows on the workload's page, live.
 """
 
 from __future__ import annotations

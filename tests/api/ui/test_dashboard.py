@@ -27,7 +27,7 @@ SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capaci
            "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
            "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
            "projects": ("/ui/projects", "Projects and quotas"),
-           "migrate": ("/ui/migrate", "Migrate a workload")}
+           "migrate": ("/ui/migrate", "Migrate a workload"), "burst": ("/ui/burst", "Burst policies")}
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,12 @@ def test_explainer_table_is_the_rest_explanation_and_a_create_goes_live(broker: 
     browser.save_screenshot(str(tmp_path / "workload-active.png"))
     browser.get(b.url + "/ui/workloads")
     assert "ui-created-vm" in browser.find_element(By.ID, "workloads").text
+    browser.get(b.url + "/ui/burst")  # the policy was consulted for that create: its verdict is in the history
+    assert [r.get_attribute("data-policy") for r in browser.find_elements(By.CSS_SELECTOR, "#policies tbody tr")] \
+        == [p["name"] for p in b.rest("GET", "/api/v1/policies", world.tokens["alpha_member"])]
+    history = {r.find_element(By.TAG_NAME, "th").text: r.get_attribute("data-outcome")
+               for r in browser.find_elements(By.CSS_SELECTOR, "#burst-history tbody tr")}
+    assert history["ui-created-vm"] == "on-prem"
 
 
 def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker, World], browser: Any,
@@ -199,7 +205,9 @@ def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker
     target = move.get_attribute("data-target")
     browser.save_screenshot(str(tmp_path / "migrate-plan.png"))
     browser.find_element(By.ID, "migrate-button").click()
-    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Workload {ALPHA_MARK}")
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text != "Migrate a workload")
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Workload {ALPHA_MARK}", \
+        browser.find_element(By.TAG_NAME, "main").text
     browser.execute_script("window.__no_reload = true;")
     row = 'tr[data-operation-id]:first-child'
     assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} td:nth-child(2)").text == "live_migrate"
