@@ -24,6 +24,7 @@ from metavmm.api.occi.errors import root_error_middleware
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.api.rest.common import API_ROOT
+from metavmm.api.ui import setup_ui
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
@@ -156,5 +157,6 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
     app.add_subapp(API_ROOT, api)
+    setup_ui(app)  # the dashboard at /ui (and a browser's GET /), before OCCI's catch-all mixin locations
     setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app

@@ -67,7 +67,7 @@ _LINK_TARGET = aliased(Workload)  # built once: an alias re-proxies every column
 # a compute whose deletion was asked is gone for OCCI; a create that never produced a VM stays, in error,
 # until its owner deletes it
 SHOWN = or_(Workload.desired_state != "deleted", Workload.observed_state.in_(("rolled_back", "cancelled")))  # type: ignore[attr-defined]
-RESERVED_PATHS = ("/-/", "/api/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
+RESERVED_PATHS = ("/-/", "/api/", "/ui/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
 # --- the service ----------------------------------------------------------------------------------------

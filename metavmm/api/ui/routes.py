@@ -1,0 +1,78 @@
+"""Login, logout and the live event stream of the dashboard; the screens' routes are collected here."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from metavmm.api.rest.events import EventsQuery, stream
+from metavmm.api.ui import alerts, burst, inventory, migrate, page_context, projects, work
+from metavmm.api.ui import session as sess
+from metavmm.foundation.errors import Forbidden, Unauthenticated
+
+routes = web.RouteTableDef()
+LOGIN_COOKIE = "metavmm_login"  # the login form's CSRF token (double submit: no session exists yet)
+
+
+def _next(value: str | None) -> str:
+    """Only a dashboard path: ``next`` must not send a fresh login to another site."""
+    return value if value and value.startswith("/ui/") and not value.startswith("//") else "/ui/"
+
+
+@routes.get("/login", name="login")
+async def login_form(request: web.Request) -> web.Response:
+    token = secrets.token_urlsafe(24)
+    resp = aiohttp_jinja2.render_template("login.html", request, page_context(
+        request, title="Log in", login_csrf=token, next=_next(request.query.get("next")), error=None))
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login", secure=request.secure)
+    return resp
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    sent, cookie = str(form.get(sess.CSRF_FIELD, "")), request.cookies.get(LOGIN_COOKIE, "")
+    if not sent or not cookie or not hmac.compare_digest(sent, cookie):
+        raise Forbidden("missing or wrong CSRF token: reload the login page and try again")
+    try:
+        await sess.login_identity(request, str(form.get("token", "")))
+    except Unauthenticated as exc:
+        resp = aiohttp_jinja2.render_template("login.html", request, page_context(
+            request, title="Log in", login_csrf=cookie, next=_next(str(form.get("next", ""))), error=exc.message),
+            status=401)
+        return resp
+    store = request.config_dict[sess.STORE]
+    store.close(request.cookies.get(sess.COOKIE))  # a new id at every login: no session fixation
+    sid, _ = store.open(str(form.get("token", "")).strip())
+    resp = web.HTTPSeeOther(_next(str(form.get("next", ""))))
+    sess.set_cookie(request, resp, sid)
+    resp.del_cookie(LOGIN_COOKIE, path="/ui/login")
+    raise resp
+
+
+@routes.post("/logout", name="logout")
+async def logout(request: web.Request) -> web.StreamResponse:
+    request.config_dict[sess.STORE].close(request.cookies.get(sess.COOKIE))
+    resp = web.HTTPSeeOther("/ui/login")
+    resp.del_cookie(sess.COOKIE, path="/ui")
+    raise resp
+
+
+@routes.get("/events", name="events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """The REST stream's handler with the session's identity; ``after`` is where the page was rendered."""
+    after = request.query.get("after", "")
+    return await stream(request, EventsQuery(after=int(after) if after.isdigit() and len(after) < 18 else None))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(routes)
+    app.router.add_routes(inventory.routes)
+    app.router.add_routes(work.routes)
+    app.router.add_routes(alerts.routes)
+    app.router.add_routes(projects.routes)
+    app.router.add_routes(migrate.routes)
+    app.router.add_routes(burst.routes)

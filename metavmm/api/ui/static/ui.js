@@ -1,0 +1,49 @@
+// metavmm dashboard: live updates from /ui/events (server-sent events), no polling loop.
+// Elements carrying data-workload-id / data-operation-id are updated in place as events arrive.
+"use strict";
+(function () {
+  const live = document.querySelector("[data-live]");
+  if (!live || !window.EventSource) { return; }
+  const source = new EventSource(live.getAttribute("data-live"));
+  const log = document.getElementById("event-log");
+  function each(selector, fn) { document.querySelectorAll(selector).forEach(fn); }
+  function operation(d) {
+    each('[data-operation-id="' + CSS.escape(d.operation) + '"]', function (row) {
+      row.setAttribute("data-state", d.state);
+      const state = row.querySelector(".op-state"); if (state) { state.textContent = d.state; }
+      const bar = row.querySelector(".op-progress");
+      if (bar) { bar.value = d.progress; bar.textContent = Math.round(d.progress * 100) + "%"; }
+    });
+  }
+  function step(d) {
+    // a history line about a step ("step create done", "step create: vm.create ...") moves that step on
+    if (typeof d.step !== "number") { return; }
+    each('[data-operation-id="' + CSS.escape(d.operation) + '"] ol.steps li:nth-child(' + (d.step + 1) + ")",
+      function (li) {
+        const name = li.getAttribute("data-step-name");
+        const m = d.message;
+        const state = d.level === "error" ? "failed" : m.endsWith(" undone") ? "undone" : m.endsWith(" done") ? "done"
+          : m.startsWith("step " + name) ? "running" : li.getAttribute("data-step-state");
+        li.setAttribute("data-step-state", state);
+        li.textContent = name + ": " + state;
+      });
+  }
+  source.addEventListener("operation", function (e) {
+    const d = JSON.parse(e.data);
+    operation(d);
+    step(d);
+    if (log) {
+      const li = document.createElement("li");
+      li.textContent = d.at + " " + d.kind + " " + d.state + ": " + d.message;
+      log.appendChild(li);
+    }
+  });
+  source.addEventListener("progress", function (e) { operation(JSON.parse(e.data)); });
+  source.addEventListener("workload", function (e) {
+    const d = JSON.parse(e.data);
+    each('[data-workload-id="' + CSS.escape(d.workload) + '"]', function (el) {
+      const state = el.querySelector(".wl-state"); if (state) { state.textContent = d.state; }
+      const desired = el.querySelector(".wl-desired"); if (desired) { desired.textContent = d.desired_state; }
+    });
+  });
+})();

@@ -1,0 +1,182 @@
+"""Dashboard screens of the caller's project: workloads, operations, the placement explainer, the marketplace.
+
+Every change is a call to the service the REST handler calls (``WorkloadService.create/act/delete/cancel``,
+``marketplace.launch.launch``, ``Placer.dry_run``) with the session's identity, then a redirect to the page
+that shows the operation (post/redirect/get). Reads are scoped by :func:`metavmm.services.scope.visible`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from pydantic import ValidationError as PydanticError
+from sqlalchemy import case
+from sqlmodel import col, select
+
+from metavmm.api import keys
+from metavmm.api.keys import identity_of
+from metavmm.api.ui import page_context
+from metavmm.catalog.models import Operation, OperationEvent, OperationState, Site, Workload
+from metavmm.foundation.errors import ValidationError
+from metavmm.scheduler.schemas import PlaceIn, PlacementOut
+from metavmm.services import events
+from metavmm.services.marketplace.entries import ImageQuery, audience_for, image_out, search
+from metavmm.services.marketplace.launch import LaunchIn, launch
+from metavmm.services.operations.store import ACTIVE
+from metavmm.services.scope import get_visible, visible
+from metavmm.services.workloads.requests import CreateRequest
+
+routes = web.RouteTableDef()
+ACTIONS = ("start", "stop", "restart", "suspend", "resume")
+PAGE = 200
+
+
+def _problem(exc: PydanticError) -> ValidationError:
+    return ValidationError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()))
+
+
+async def _latest(request: web.Request) -> int:
+    """The event id a page was rendered at: its EventSource resumes from there and misses nothing."""
+    return await events.latest_id(request.config_dict[keys.SESSIONS])
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    return {k: v for k, v in (await request.post()).items() if isinstance(v, str) and v.strip() != ""}
+
+
+@routes.get("/workloads", name="workloads")
+async def workloads(request: web.Request) -> web.Response:
+    caller = identity_of(request)
+    offset = int(request.query.get("offset", "0")) if request.query.get("offset", "0").isdigit() else 0
+    async with request.config_dict[keys.SESSIONS]() as session:
+        rows = (await session.exec(
+            select(Workload, Site.name).outerjoin(Site, col(Site.id) == col(Workload.site_id))
+            .where(visible(caller, Workload), col(Workload.present))
+            .order_by(col(Workload.created_at).desc(), col(Workload.id)).offset(offset).limit(PAGE))).all()
+    return aiohttp_jinja2.render_template("workloads.html", request, page_context(
+        request, title="Workloads", rows=rows, offset=offset, page=PAGE, last_event=await _latest(request)))
+
+
+@routes.get(r"/workloads/{workload_id:[0-9a-f-]{36}}", name="workload")
+async def workload(request: web.Request) -> web.Response:
+    caller = identity_of(request)
+    async with request.config_dict[keys.SESSIONS]() as session:
+        row = await get_visible(session, caller, Workload, request.match_info["workload_id"], "workload")
+        ops = (await session.exec(select(Operation).where(Operation.target_id == row.id, visible(caller, Operation))
+                                  .order_by(col(Operation.created_at).desc()).limit(50))).all()
+        site = await session.get(Site, row.site_id) if row.site_id else None
+    return aiohttp_jinja2.render_template("workload.html", request, page_context(
+        request, title=f"Workload {row.name}", w=row, ops=ops, site=site, actions=ACTIONS,
+        placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={},
+        last_event=await _latest(request)))
+
+
+@routes.post(r"/workloads/{workload_id:[0-9a-f-]{36}}/actions", name="workload_action")
+async def workload_action(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    action, wid = form.get("action", ""), request.match_info["workload_id"]
+    service = request.config_dict[keys.WORKLOADS]
+    if action == "delete":
+        await service.delete(identity_of(request), wid)
+    elif action in ACTIONS:
+        await service.act(identity_of(request), wid, action)
+    else:
+        raise ValidationError(f"unknown action {action[:40]!r}; expected delete or one of {', '.join(ACTIONS)}")
+    raise web.HTTPSeeOther(f"/ui/workloads/{wid}")
+
+
+def _create_request(form: dict[str, str]) -> CreateRequest:
+    """The explainer's form as a create: the same shape fields PlaceIn takes, checked the same way."""
+    place = _place_in(form)
+    return CreateRequest(name=form.get("name"), vcpus=place.vcpus, ram_mib=place.ram_mib, disk_gib=place.disk_gib,
+                         gpu_model=place.gpu_model, gpu_count=place.gpu_count, image=place.image_id,
+                         site=place.sites[0] if place.sites else None, providers=tuple(place.providers))
+
+
+@routes.post("/workloads", name="create")
+async def create(request: web.Request) -> web.StreamResponse:
+    done = await request.config_dict[keys.WORKLOADS].create(identity_of(request), _create_request(await _form(request)))
+    raise web.HTTPSeeOther(f"/ui/workloads/{done.workload.id}")
+
+
+@routes.get("/operations", name="operations")
+async def operations(request: web.Request) -> web.Response:
+    caller = identity_of(request)
+    wanted = request.query.get("state", "open")
+    groups = {"open": (*ACTIVE, OperationState.QUEUED), "failed": (OperationState.FAILED, OperationState.ROLLED_BACK),
+              "done": (OperationState.SUCCEEDED, OperationState.CANCELLED)}
+    states = groups.get(wanted, groups["open"])
+    order = case((col(Operation.state) == OperationState.RUNNING, 0), else_=1)
+    async with request.config_dict[keys.SESSIONS]() as session:
+        ops = (await session.exec(select(Operation).where(visible(caller, Operation), col(Operation.state).in_(states))
+                                  .order_by(order, col(Operation.created_at).desc()).limit(PAGE))).all()
+        ids = [o.id for o in ops]
+        notes = (await session.exec(select(OperationEvent).where(col(OperationEvent.operation_id).in_(ids),
+                                                                 col(OperationEvent.level) != "info")
+                                    .order_by(col(OperationEvent.id)))).all() if ids else []
+    reasons: dict[str, list[str]] = {}
+    for ev in notes:
+        reasons.setdefault(ev.operation_id, []).append(ev.message)
+    return aiohttp_jinja2.render_template("operations.html", request, page_context(
+        request, title="Operations", ops=ops, wanted=wanted if wanted in groups else "open", groups=list(groups),
+        reasons=reasons, active=ACTIVE, last_event=await _latest(request)))
+
+
+@routes.post(r"/operations/{operation_id:[0-9a-f-]{36}}/cancel", name="cancel")
+async def cancel(request: web.Request) -> web.StreamResponse:
+    await request.config_dict[keys.WORKLOADS].cancel(identity_of(request), request.match_info["operation_id"])
+    raise web.HTTPSeeOther("/ui/operations")
+
+
+def _place_in(form: dict[str, str]) -> PlaceIn:
+    data: dict[str, Any] = {k: form[k] for k in ("name", "vcpus", "ram_mib", "disk_gib", "gpu_model", "gpu_count",
+                                                  "image_id") if k in form}
+    for key in ("sites", "providers", "residency"):
+        if key in form:
+            data[key] = [v.strip() for v in form[key].split(",") if v.strip()]
+    try:
+        return PlaceIn.model_validate({**data, "explain": True})
+    except PydanticError as exc:
+        raise _problem(exc) from None
+
+
+async def _images(request: web.Request) -> list[Any]:
+    async with request.config_dict[keys.SESSIONS]() as session:
+        rows, _ = await search(session, ImageQuery(limit=200), await audience_for(session, identity_of(request)))
+        return [image_out(r) for r in rows]
+
+
+@routes.get("/explain", name="explain")
+async def explain(request: web.Request) -> web.Response:
+    form = {k: v for k, v in request.query.items() if v.strip() != ""}
+    result: PlacementOut | None = None
+    if "vcpus" in form:
+        body = _place_in(form)
+        config = request.config_dict[keys.CONFIG]
+        async with request.config_dict[keys.SESSIONS]() as session:
+            planned = await request.config_dict[keys.PLACER].dry_run(
+                session, body.to_request(), providers=frozenset(p.name for p in config.providers), explain=True)
+        result = PlacementOut.of(planned.placement, planned.where, explain=True)
+    return aiohttp_jinja2.render_template("explain.html", request, page_context(
+        request, title="Placement explainer", form=form, result=result, images=await _images(request)))
+
+
+@routes.get("/marketplace", name="marketplace")
+async def marketplace(request: web.Request) -> web.Response:
+    return aiohttp_jinja2.render_template("marketplace.html", request, page_context(
+        request, title="Marketplace", images=await _images(request)))
+
+
+@routes.post(r"/marketplace/{image_id:[0-9a-f-]{36}}/launch", name="launch")
+async def launch_image(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    try:
+        body = LaunchIn.model_validate({k: form[k] for k in ("name", "site", "flavor", "vcpus", "ram_mib")
+                                        if k in form})
+    except PydanticError as exc:
+        raise _problem(exc) from None
+    done = await launch(request.config_dict[keys.WORKLOADS], identity_of(request), request.match_info["image_id"],
+                        body)
+    raise web.HTTPSeeOther(f"/ui/workloads/{done.workload.id}")

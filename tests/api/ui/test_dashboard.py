@@ -1,0 +1,277 @@
+"""The dashboard in a real browser (Debian's headless Chromium via selenium): login, every screen, a create
+watched live, the explainer and the price chart against the REST answers, CSRF and project isolation.
+
+One broker and one browser serve the whole module (tests/api/ui/browser.py); each test leaves the browser
+logged in as alpha's member unless it says otherwise. Screenshots of every screen land in the test's
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.ui.browser import CHROMEDRIVER, CHROMIUM, Broker, chromium, login, wait
+from tests.world import ALPHA_MARK, World, seed
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                                reason="needs Debian's chromium and chromium-driver (scripts/setup.d/apt-test.txt)")
+SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capacity", "Capacity"),
+           "prices": ("/ui/prices?vcpus=2&ram_gib=4", "Prices"), "workloads": ("/ui/workloads", "Workloads"),
+           "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
+           "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
+           "projects": ("/ui/projects", "Projects and quotas"),
+           "migrate": ("/ui/migrate", "Migrate a workload"), "burst": ("/ui/burst", "Burst policies")}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, World]]:
+    root = tmp_path_factory.mktemp("ui-broker")
+    saved = os.environ.get("METAVMM_STATE_DIR")
+    os.environ["METAVMM_STATE_DIR"] = str(root / "state")
+    b = Broker(f"sqlite+aiosqlite:///{root / 'catalog.sqlite'}")
+    try:
+        world = b.call(lambda: seed(b.app))
+        created = b.rest("POST", "/api/v1/workloads", world.tokens["alpha_member"],
+                         {"name": ALPHA_MARK, "vcpus": 1, "ram_mib": 512})
+        world.ids["workload"] = created["workload"]["id"]
+        yield b, world
+    finally:
+        b.close()
+        if saved is None:
+            os.environ.pop("METAVMM_STATE_DIR", None)
+        else:
+            os.environ["METAVMM_STATE_DIR"] = saved
+
+
+@pytest.fixture(scope="module")
+def browser(broker: tuple[Broker, World], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    b, world = broker
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        login(driver, b.url, world.tokens["alpha_member"])
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _by() -> Any:
+    from selenium.webdriver.common.by import By
+
+    return By
+
+
+def _unlabelled(driver: Any) -> list[str]:
+    """Form controls a screen reader could not name: no <label for>, no aria-label, not hidden."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('input, select, textarea')]
+          .filter(e => e.type !== 'hidden')
+          .filter(e => !(e.id && document.querySelector('label[for="' + e.id + '"]')) && !e.getAttribute('aria-label'))
+          .map(e => e.outerHTML);""")
+
+
+def test_every_screen_renders_labelled_and_keyboard_reachable(broker: tuple[Broker, World], browser: Any,
+                                                              tmp_path: Path) -> None:
+    b, _ = broker
+    By = _by()
+    for name, (path, title) in SCREENS.items():
+        browser.get(b.url + path)
+        assert browser.find_element(By.TAG_NAME, "h1").text == title, browser.page_source[:1500]
+        assert not browser.find_elements(By.CSS_SELECTOR, ".error"), name
+        assert _unlabelled(browser) == [], name
+        # every screen is one real link away: the navigation is anchors with hrefs, in the tab order
+        links = {a.get_attribute("pathname") for a in browser.find_elements(By.CSS_SELECTOR, "nav a[href]")}
+        assert {p.split("?")[0] for p, _ in SCREENS.values()} <= links
+        assert browser.save_screenshot(str(tmp_path / f"{name}.png"))
+    overview = b.url + "/ui/"
+    browser.get(overview)
+    assert {r.get_attribute("data-provider") for r in browser.find_elements(By.CSS_SELECTOR, "#providers tbody tr")} \
+        == {"sim-a", "sim-b"}
+    from selenium.webdriver.common.keys import Keys
+
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"
+    for _ in range(3):  # skip link, brand, then the first screen link
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+    focused = browser.switch_to.active_element
+    assert focused.text == "Capacity"
+    focused.send_keys(Keys.ENTER)
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Capacity")
+    sites = browser.find_elements(By.CSS_SELECTOR, "#capacity tbody tr")
+    assert len(sites) == 3 and all(int(r.get_attribute("data-vcpus")) > 0 for r in sites)
+    assert browser.find_elements(By.CSS_SELECTOR, "#capacity-chart g.bar")
+
+
+def test_price_chart_is_the_rest_comparison(broker: tuple[Broker, World], browser: Any) -> None:
+    b, world = broker
+    By = _by()
+    for currency in ("USD", "EUR"):
+        browser.get(f"{b.url}/ui/prices?vcpus=2&ram_gib=4&currency={currency}")
+        bars = [(g.get_attribute("data-label"), Decimal(g.get_attribute("data-value")))
+                for g in browser.find_elements(By.CSS_SELECTOR, "#price-chart g.bar")]
+        rest = b.rest("GET", f"/api/v1/prices/compare?vcpus=2&ram_gib=4&currency={currency}",
+                      world.tokens["alpha_member"])
+        assert rest["currency"] == currency and len(rest["quotes"]) >= 2
+        assert bars == [(f"{q['provider']}/{q['region']}/{q['flavor']}", Decimal(q["rank_price"]))
+                        for q in rest["quotes"][:40]]
+        assert browser.find_element(By.ID, "price-summary").get_attribute("data-currency") == currency
+        ages = [r.find_elements(By.TAG_NAME, "td")[7].text for r in browser.find_elements(By.CSS_SELECTOR,
+                                                                                         "#quotes tbody tr")]
+        assert ages and all(a.split()[0].isdigit() for a in ages)
+
+
+def _explain(browser: Any, base: str, fields: dict[str, str]) -> list[tuple[str, str]]:
+    By = _by()
+    browser.get(base + "/ui/explain")
+    for key, value in fields.items():
+        box = browser.find_element(By.ID, key)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "explain-button").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "candidates"))
+    return [(r.get_attribute("data-candidate"), r.get_attribute("data-outcome"))
+            for r in browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr")]
+
+
+def test_explainer_table_is_the_rest_explanation_and_a_create_goes_live(broker: tuple[Broker, World],
+                                                                        browser: Any, tmp_path: Path) -> None:
+    b, world = broker
+    By = _by()
+    for shape in ({"vcpus": "2", "ram_mib": "2048", "gpu_model": "L4", "gpu_count": "1"},  # sim prices no GPU
+                  {"vcpus": "2", "ram_mib": "2048"}):
+        table = _explain(browser, b.url, shape)
+        rest = b.rest("POST", "/api/v1/placements", world.tokens["alpha_member"],
+                      {"name": "vm", **{k: int(v) if v.isdigit() else v for k, v in shape.items()}, "explain": True})
+        assert table == [(c["candidate"], c["outcome"]) for c in rest["explanation"]]
+        reasons = [r.find_elements(By.TAG_NAME, "td")[3].text for r in
+                   browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr.rejected")]
+        assert all(reasons) and len(reasons) == sum(1 for c in rest["explanation"] if c["outcome"] == "rejected")
+    assert [o for _, o in table].count("chosen") == 1 and len(table) > 1
+    assert browser.find_elements(By.CSS_SELECTOR, "#plan li")
+    browser.save_screenshot(str(tmp_path / "explainer-result.png"))
+
+    name = browser.find_element(By.ID, "create-name")
+    name.clear()
+    name.send_keys("ui-created-vm")
+    browser.find_element(By.ID, "create-button").click()
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Workload ui-created-vm")
+    browser.execute_script("window.__no_reload = true;")
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#workload .wl-state").text == "running")
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#operations tbody tr").get_attribute("data-state")
+          == "succeeded")
+    assert browser.execute_script("return window.__no_reload === true;")  # updated in place, never reloaded
+    log = browser.find_element(By.ID, "event-log").text
+    assert "step create done" in log and "succeeded" in log  # the history arrived as it happened
+    assert {li.get_attribute("data-step-state") for li in browser.find_elements(By.CSS_SELECTOR, "ol.steps li")} \
+        == {"done"}
+    browser.save_screenshot(str(tmp_path / "workload-active.png"))
+    browser.get(b.url + "/ui/workloads")
+    assert "ui-created-vm" in browser.find_element(By.ID, "workloads").text
+    browser.get(b.url + "/ui/burst")  # the policy was consulted for that create: its verdict is in the history
+    assert [r.get_attribute("data-policy") for r in browser.find_elements(By.CSS_SELECTOR, "#policies tbody tr")] \
+        == [p["name"] for p in b.rest("GET", "/api/v1/policies", world.tokens["alpha_member"])]
+    history = {r.find_element(By.TAG_NAME, "th").text: r.get_attribute("data-outcome")
+               for r in browser.find_elements(By.CSS_SELECTOR, "#burst-history tbody tr")}
+    assert history["ui-created-vm"] == "on-prem"
+
+
+def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker, World], browser: Any,
+                                                            tmp_path: Path) -> None:
+    b, world = broker
+    By = _by()
+    from selenium.webdriver.support.ui import Select
+
+    wid = world.ids["workload"]
+    before = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    sites = {s["id"]: s["name"]
+             for s in b.rest("GET", "/api/v1/sites?limit=500", world.tokens["alpha_member"])["items"]}
+    browser.get(b.url + "/ui/migrate")
+    Select(browser.find_element(By.ID, "workload")).select_by_value(wid)
+    # the sim driver moves live between hosts of a site (it cannot export a disk for a cold move)
+    Select(browser.find_element(By.ID, "site")).select_by_value(sites[before["site_id"]])
+    Select(browser.find_element(By.ID, "mode")).select_by_value("live")
+    browser.find_element(By.ID, "plan-button").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "move") or d.find_elements(By.ID, "refusal"))
+    assert not browser.find_elements(By.ID, "refusal"), browser.find_element(By.ID, "refusal").text
+    move = browser.find_element(By.ID, "move")
+    assert move.get_attribute("data-mode") == "live" and browser.find_elements(By.CSS_SELECTOR, "#move-steps li")
+    target = move.get_attribute("data-target")
+    browser.save_screenshot(str(tmp_path / "migrate-plan.png"))
+    browser.find_element(By.ID, "migrate-button").click()
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text != "Migrate a workload")
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Workload {ALPHA_MARK}", \
+        browser.find_element(By.TAG_NAME, "main").text
+    browser.execute_script("window.__no_reload = true;")
+    row = 'tr[data-operation-id]:first-child'
+    assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} td:nth-child(2)").text == "live_migrate"
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f"#operations {row}").get_attribute("data-state")
+         == "succeeded")
+    assert browser.execute_script("return window.__no_reload === true;")
+    assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} .op-progress").get_attribute("value") == "1"
+    assert "live_migrate succeeded" in browser.find_element(By.ID, "event-log").text
+    after = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    assert sites[after["site_id"]] == target and after["host_id"] != before["host_id"]
+    browser.save_screenshot(str(tmp_path / "migrate-done.png"))
+
+
+def _post(browser: Any, path: str, fields: dict[str, str]) -> int:
+    """A form POST from the page's own origin (the session cookie goes with it), answered with its status."""
+    return browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0], {method: 'POST', body: new URLSearchParams(arguments[1]), redirect: 'manual',
+                             credentials: 'same-origin'}).then(r => done(r.status));""", path, fields)
+
+
+def test_a_post_without_the_csrf_token_is_refused(broker: tuple[Broker, World], browser: Any) -> None:
+    b, world = broker
+    By = _by()
+    browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
+    token = browser.find_element(By.CSS_SELECTOR, "input[name=csrf_token]").get_attribute("value")
+    path = f"/ui/workloads/{world.ids['workload']}/actions"
+    assert _post(browser, path, {"action": "stop"}) == 403
+    assert _post(browser, path, {"action": "stop", "csrf_token": "forged"}) == 403
+    assert _post(browser, path, {"action": "stop", "csrf_token": token}) == 0  # opaque redirect: 303 followed manually
+    ops = b.rest("GET", f"/api/v1/operations?target_id={world.ids['workload']}", world.tokens["alpha_member"])
+    assert sorted(o["kind"] for o in ops["items"]).count("stop") == 1  # the two refused posts changed nothing
+
+
+def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser: Any) -> None:
+    b, world = broker
+    By = _by()
+    browser.find_element(By.CSS_SELECTOR, "form.who button").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "token"))
+    b.rest("PUT", f"/api/v1/projects/{world.ids['alpha']}/quotas/vcpus", world.tokens["admin"], {"limit": 3})
+    try:
+        login(browser, b.url, world.tokens["beta_member"])
+        browser.get(b.url + "/ui/alerts")
+        assert not browser.find_elements(By.CSS_SELECTOR, "#alerts tr[data-alert=quota]")
+        browser.get(b.url + "/ui/projects")
+        assert [s.get_attribute("data-project") for s in browser.find_elements(By.CSS_SELECTOR, "section")] \
+            == ["beta"]
+        browser.get(b.url + "/ui/workloads")
+        assert ALPHA_MARK not in browser.page_source and "ui-created-vm" not in browser.page_source
+        browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
+        assert browser.find_element(By.CSS_SELECTOR, ".error").get_attribute("data-status") == "404"
+        browser.get(b.url + "/ui/marketplace")
+        assert "alpha-private-image" not in browser.page_source and "beta-public-image" in browser.page_source
+    finally:
+        with contextlib.suppress(Exception):
+            browser.find_element(By.CSS_SELECTOR, "form.who button").click()
+            login(browser, b.url, world.tokens["alpha_member"])
+    browser.get(b.url + "/ui/alerts")  # alpha's two computes hold 3 vCPUs of 3: its quota is full
+    quota = browser.find_element(By.CSS_SELECTOR, "#alerts tr[data-alert=quota]").text
+    assert "alpha: vcpus" in quota and "3 of 3 used" in quota
+    browser.get(b.url + "/ui/projects")
+    quotas = b.rest("GET", f"/api/v1/projects/{world.ids['alpha']}/quotas", world.tokens["alpha_member"])
+    shown = {r.get_attribute("data-resource"): r.text for r in browser.find_elements(
+        By.CSS_SELECTOR, "section[data-project=alpha] table.quotas tbody tr")}
+    assert set(shown) == {q["resource"] for q in quotas} and shown["vcpus"].startswith("vcpus 3 3 0 0")
+    rate = browser.find_element(By.CSS_SELECTOR, "section[data-project=alpha] .rate span")
+    assert rate.get_attribute("data-currency") == "USD" and Decimal(rate.get_attribute("data-per-hour")) > 0
