@@ -30,7 +30,7 @@ import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import delete as sa_delete
@@ -444,6 +444,10 @@ def _check_template(req: ClusterRequest) -> None:
         if net is None:
             raise ValidationError(f"cidr {req.cidr!r} is not an IPv4 network like 10.20.0.0/24")
         _check_room(net, req.first_address, req.seats)
+    if req.expires_at is not None:
+        at = req.expires_at if req.expires_at.tzinfo else req.expires_at.replace(tzinfo=UTC)
+        if at <= utcnow():
+            raise ValidationError(f"expires_at {at.isoformat()} is in the past")
     if req.first_address < 2:
         raise ValidationError("first_address must be at least 2 (host 1 of the range is the gateway)")
 
