@@ -256,9 +256,13 @@ class ClusterService:
 
     # --- reading ------------------------------------------------------------------------------------
 
-    async def list_clusters(self, caller: Identity) -> list[ClusterView]:
+    async def list_clusters(self, caller: Identity, *, project_id: int | None = None) -> list[ClusterView]:
+        """The clusters the caller sees (an admin: every project's, unless ``project_id`` names one)."""
         async with self.sessions() as session:
-            rows = (await session.exec(select(Cluster).order_by(col(Cluster.name)))).all()
+            query = select(Cluster).order_by(col(Cluster.name))
+            if project_id is not None:
+                query = query.where(Cluster.project_id == project_id)
+            rows = (await session.exec(query)).all()
             ids = [r.id for r in rows if can_see(caller, r)]
         return [await self._view(caller, cid) for cid in ids]
 
