@@ -55,14 +55,18 @@ async def test_rest_cli_and_occi_see_one_cluster_service(world: tuple[Any, World
     alpha = w.auth("alpha_member")
     resp = await client.post(f"{API}/clusters", headers=alpha, json={"name": "rest-lab", **TEMPLATE})
     assert resp.status == 202, await resp.text()
+    roster = tmp_path / "roster.txt"
+    roster.write_text("# name [ssh key]\nada ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey ada@laptop\n\nbob\n")
     code, out, err = await cli(w, tmp_path, "cluster", "create", "cli-lab", "--seats", "3", "--vcpus", "1",
                                "--ram-mib", "256", "--cidr", "10.31.0.0/24", "--strategy", "pack",
-                               "--project", "alpha")
+                               "--roster", str(roster), "--project", "alpha")
     assert code == 0, err
     assert "cli-lab-01" in out and "10.31.0.10/24" in out
     rest_rows, cli_rows = await seats_of(w, "rest-lab"), await seats_of(w, "cli-lab")
     assert shape_of(rest_rows, "rest-lab") == shape_of(cli_rows, "cli-lab")
     assert len({seat.mac for seat, _, _ in rest_rows + cli_rows}) == 6
+    assert [(seat.owner, wl.spec.get("ssh_key")) for seat, wl, _ in cli_rows] == [
+        ("ada", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey ada@laptop"), ("bob", None), ("", None)]
 
     # the same refused class: the same message (alpha may have 10 instances; 7 are taken or asked)
     resp = await client.post(f"{API}/clusters", headers=alpha, json={"name": "too-big", **TEMPLATE, "seats": 4,
