@@ -79,6 +79,25 @@ async def ended(sessions: Any, ids: list[str], started: float) -> dict[str, floa
     return done
 
 
+async def step_means(sessions: Any, ids: list[str]) -> dict[str, float]:
+    """Mean seconds of each step of these operations (where a class's time goes), and their wait to start."""
+    spans: dict[str, list[float]] = {}
+    for op_id in ids:
+        op = await store.get(sessions, op_id)
+        first = min(s["started_at"] for s in op.steps if s.get("started_at"))
+        spans.setdefault("(queued)", []).append((_ts(first) - op.created_at.replace(tzinfo=None)).total_seconds())
+        for s in op.steps:
+            if s.get("started_at") and s.get("finished_at"):
+                spans.setdefault(s["name"], []).append((_ts(s["finished_at"]) - _ts(s["started_at"])).total_seconds())
+    return {k: round(statistics.mean(v), 2) for k, v in spans.items()}
+
+
+def _ts(text: str) -> Any:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).replace(tzinfo=None)
+
+
 def allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
@@ -129,6 +148,7 @@ async def run(seats: int, concurrency: int, uri: str) -> dict[str, Any]:
         per = sorted(times.values())
         out["class_seat_median_s"] = round(statistics.median(per), 2)
         out["class_seat_max_s"] = round(per[-1], 2)
+        out["class_step_mean_s"] = await step_means(sessions, [op.id for op in view.operations])
         view = await clusters.get(caller, view.cluster.id)
         out["class_running"] = view.running
         out["placement"] = view.cluster.template["placement"]["summary"]
