@@ -22,7 +22,7 @@ def upgrade() -> None:
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
     sa.Column('project_id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
-    sa.Column('template', sa.JSON(), nullable=True),
+    sa.Column('template', sa.JSON(), nullable=False),
     sa.Column('network_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True),
     sa.Column('site', sqlmodel.sql.sqltypes.AutoString(length=160), nullable=True),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
