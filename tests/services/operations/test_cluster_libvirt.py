@@ -38,7 +38,8 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Pat
     """A catalog synced from the two libvirt daemons, with on-prem prices (the placement compares prices)."""
     work = libvirt_hosts.root / "work" / tmp_path.name
     work.mkdir(parents=True)
-    config = parse_config(libvirt_hosts.federation_yaml(work) + "scheduler: {cpu_allocation_ratio: 8}\nprices:\n" + PRICES)
+    extra = "scheduler: {cpu_allocation_ratio: 8}\nprices:\n" + PRICES  # room for 3 seats on one host
+    config = parse_config(libvirt_hosts.federation_yaml(work) + extra)
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     await db.upgrade_async(url)
     sql = db.make_engine(url)
