@@ -95,6 +95,21 @@ async def _periodic_sync(app: web.Application, stopping: asyncio.Event) -> None:
         await wait_event(stopping, cfg.federation.sync_interval_s)
 
 
+CLUSTER_EXPIRY_S = 30.0  # how often expired clusters are looked for
+
+
+async def _cluster_expiry(app: web.Application, stopping: asyncio.Event) -> None:
+    """Delete the clusters whose expiry passed (their seats through the workload service), until ``stopping``."""
+    from metavmm.services.clusters import ClusterService
+
+    while not stopping.is_set():
+        try:
+            await ClusterService(app[keys.WORKLOADS]).expire()
+        except Exception:
+            log.exception("cluster expiry failed")
+        await wait_event(stopping, CLUSTER_EXPIRY_S)
+
+
 async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
     """Bounded (issue 24): the inventory sync and the reconciliation end their round within the stop grace
     (or are cancelled: both are repeated next time), then the engine gets what is left of the grace for
@@ -128,6 +143,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
             tasks.append(asyncio.create_task(_periodic_sync(app, app[keys.OPERATIONS].stopping),
                                              name="inventory-sync"))
         app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
+        tasks.append(asyncio.create_task(_cluster_expiry(app, app[keys.OPERATIONS].stopping), name="cluster-expiry"))
         yield
         await _stop_background(app, tasks)
         await engine.dispose()

@@ -528,9 +528,46 @@ class OcciMixin(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class Cluster(SQLModel, table=True):
+    """A class of identical computes (seats) created in one request: its template, its network and expiry.
+
+    The seats are ordinary workloads (the one workload service created them); ``cluster_seat`` says which
+    serial, name, address and MAC each holds, so scaling keeps them stable (services/clusters.py).
+    """
+
+    __tablename__ = "cluster"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    name: str = Field(max_length=63)
+    template: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    network_id: str | None = Field(default=None, foreign_key="workload.id", max_length=36)
+    site: str | None = Field(default=None, max_length=160)  # where the batch placement put the class
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True), index=True)
+    version: int = 1
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class ClusterSeat(SQLModel, table=True):
+    """One seat of a cluster: its serial (``lab-{n:02d}``'s n) and the identity that stays with it."""
+
+    __tablename__ = "cluster_seat"
+    __table_args__ = (UniqueConstraint("cluster_id", "serial"), UniqueConstraint("cluster_id", "hostname"),
+                      UniqueConstraint("mac"))
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: str = Field(foreign_key="cluster.id", index=True, max_length=36)
+    serial: int
+    workload_id: str = Field(foreign_key="workload.id", index=True, max_length=36)
+    hostname: str = Field(max_length=63)
+    address: str | None = Field(default=None, max_length=64)  # CIDR form: 10.20.0.12/24
+    mac: str = Field(max_length=17)
+    owner: str = Field(default="", max_length=255)  # the roster's name for the seat (a student)
+
+
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
-    OcciMixin, ImageListSubscription, OperationEvent,
+    OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat,
 )
 

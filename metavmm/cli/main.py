@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "token": ("metavmm.cli.identity", "token_group", (), "API tokens for scripts and OCCI clients."),
     "project": ("metavmm.cli.identity", "project_group", (), "Projects."),
     "user": ("metavmm.cli.identity", "user_group", (), "Users, their memberships and client certificates."),
+    "cluster": ("metavmm.cli.cluster", "cluster_group", (),
+                "Virtual clusters: a class of identical computes created, scaled and deleted at once."),
 }
 """Every command group, imported only when it runs: `metavmm --help` and a command's start load no
 database, scheduler or SDK code they do not use (tests/cli/test_main.py checks the short help against

@@ -76,12 +76,24 @@ async def reserve(session: AsyncSession, project_id: int, need: dict[str, Decima
     caller took the project's lock in it already (one statement less while holding the write lock)."""
     if not locked:
         await lock_project(session, project_id)
+    need = await check(session, project_id, need, flavor=flavor)
+    for resource, amount in need.items():
+        if amount:
+            session.add(QuotaReservation(project_id=project_id, workload_id=workload_id, operation_id=operation_id,
+                                         resource=resource, amount=amount))
+
+
+async def check(session: AsyncSession, project_id: int, need: dict[str, Decimal], *, flavor: str | None = None,
+                count: int = 1, what: str = "") -> dict[str, Decimal]:
+    """``count`` times ``need`` against the project's limits, reserving nothing (a cluster checks its whole
+    class at once before it reserves seat by seat): the need with its budget, or QuotaExceeded naming
+    every resource that does not fit. The caller holds the project's lock."""
     quotas = {q.resource: q for q in (await session.exec(select(Quota).where(Quota.project_id == project_id))).all()}
-    need = dict(need)
+    need = {k: v * count for k, v in need.items()}
     if "budget_monthly" in quotas:
         cost = await monthly_cost(session, flavor, quotas["budget_monthly"].currency)
         if cost is not None:
-            need["budget_monthly"] = cost
+            need["budget_monthly"] = cost * count
     used = await usage(session, project_id)
     over = []
     for resource, amount in sorted(need.items()):
@@ -92,11 +104,8 @@ async def reserve(session: AsyncSession, project_id: int, need: dict[str, Decima
         if current + amount > quota.limit:
             over.append(f"{resource}: need {_n(amount)}, used {_n(current)} of {_n(quota.limit)}")
     if over:
-        raise QuotaExceeded("quota exceeded: " + "; ".join(over))
-    for resource, amount in need.items():
-        if amount:
-            session.add(QuotaReservation(project_id=project_id, workload_id=workload_id, operation_id=operation_id,
-                                         resource=resource, amount=amount))
+        raise QuotaExceeded("quota exceeded" + (f" for {what}" if what else "") + ": " + "; ".join(over))
+    return need
 
 
 def _n(value: Decimal) -> str:

@@ -27,6 +27,7 @@ from metavmm.catalog.models import (
     Workload,
     WorkloadLink,
 )
+from metavmm.services.clusters import CLUSTER_SCHEME
 from metavmm.services.marketplace.entries import project_audience
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.workloads.requests import APPLICABLE, compute_state
@@ -83,8 +84,10 @@ def site_mixin(site: Site, zone: str | None = None) -> Mixin:
 
 
 def user_mixin(row: OcciMixin) -> Mixin:
+    """A project's mixin row: a user tag, or a cluster's mixin (the broker's: its seats are the collection at
+    its location, and no client associates or removes it; services/clusters.py writes it)."""
     return Mixin(row.scheme, row.term, row.title, depends=tuple(row.depends), applies=tuple(row.applies),
-                 location=row.location, user=True)
+                 location=row.location, user=row.scheme != CLUSTER_SCHEME)
 
 
 @dataclass

@@ -12,11 +12,13 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import Conflict, ValidationError
+from metavmm.scheduler.plan import Step
+from metavmm.translators.cloudinit import GuestIdentity
 
 KINDS = tuple(k.value for k in WorkloadKind)
 NAME_MAX = 255
@@ -109,6 +111,40 @@ def check_mac(mac: Any) -> str | None:
     return mac.lower()
 
 
+GUEST_KEYS = ("hostname", "mac", "address", "gateway", "dns")
+
+
+def check_guest(guest: Mapping[str, Any], workload_id: str) -> dict[str, Any]:
+    """A guest identity (a cluster seat's): the same checks cloud-init's writer makes, before anything is
+    written (a bad hostname is a 400 now, not a failed step later)."""
+    unknown = set(guest) - set(GUEST_KEYS)
+    if unknown:
+        raise ValidationError(f"unknown guest keys {', '.join(sorted(unknown))}; expected {', '.join(GUEST_KEYS)}")
+    GuestIdentity.from_extra(guest, instance_id=workload_id, default_hostname=str(guest.get("hostname") or "vm"))
+    if guest.get("mac") is not None:
+        check_mac(guest["mac"])
+    return dict(guest)
+
+
+def guest_spec(guest: Mapping[str, Any]) -> dict[str, Any]:
+    """What the workload's spec keeps of its guest identity (the keys a migrated clone's spec has)."""
+    if not guest:
+        return {}
+    address = guest.get("address")
+    return {"hostname": guest.get("hostname"), "mac": guest.get("mac"),
+            "ip": str(address).split("/")[0] if address else None}
+
+
+def with_guest(steps: list[Step], guest: Mapping[str, Any], workload_id: str) -> list[Step]:
+    """The placement's steps with the guest identity handed to the VM's create step (``VmSpec.extra``)."""
+    if not guest:
+        return steps
+    extra = {k: v for k, v in guest.items() if v is not None}
+    extra["instance_id"] = workload_id
+    return [replace(s, args={**s.args, "extra": {**(s.args.get("extra") or {}), **extra}})
+            if s.action == "vm.create" else s for s in steps]
+
+
 def compute_state(workload: Workload, busy: bool) -> str:
     """The state whose actions apply (see :data:`APPLICABLE`)."""
     state = _STATE.get(workload.observed_state, "stopped")  # pending, unknown: not running yet
@@ -164,6 +200,10 @@ class CreateRequest:
     links: tuple[LinkSpec, ...] = ()
     workload_id: str | None = None  # OCCI clients may choose the id
     attributes: Mapping[str, Any] = field(default_factory=dict)  # kept in the spec (OCCI mixins, title...)
+    # a guest identity the broker chose (a cluster seat's): hostname, mac, address (CIDR form), gateway, dns;
+    # cloud-init sets it on the VM's interface, as for a migrated clone
+    guest: Mapping[str, Any] = field(default_factory=dict)
+    strategy: Literal["spread", "pack"] | None = None  # over hosts (the scheduler's balance cost)
 
     def fingerprint(self) -> str:
         """What the idempotency check compares: a key reused for another request is a conflict."""

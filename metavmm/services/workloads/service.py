@@ -69,10 +69,13 @@ from metavmm.services.workloads.requests import (
     LinkSpec,
     check_applicable,
     check_cidr,
+    check_guest,
     check_mac,
     check_name,
     check_ssh_key,
     check_user_data,
+    guest_spec,
+    with_guest,
 )
 from metavmm.services.workloads.resources import place_resource
 
@@ -116,6 +119,34 @@ class WorkloadService:
 
     async def _create(self, caller: Identity, req: CreateRequest, idempotency_key: str | None) -> Accepted:
         project_id = self._project(caller, req.project_id)
+        key = scoped_key(caller, project_id, idempotency_key)
+        fingerprint = req.fingerprint()
+        async with self._transaction(project_id) as session:
+            earlier = await self._replay(session, key, fingerprint, "create")
+            if earlier is not None:
+                return await self._accepted_again(session, earlier)
+            done = await self._create_in(session, project_id, req, key, fingerprint)
+        await self._wake(done.operation, *done.link_operations)
+        return done
+
+    # --- many in one transaction (a cluster's seats) ---------------------------------------------------
+
+    def transaction(self, caller: Identity, project_id: int | None = None) -> Any:
+        """The project's write transaction (see :meth:`_transaction`) for a caller that writes several
+        workloads at once with :meth:`create_in`: all of them or none (a class of seats)."""
+        return self._transaction(self._project(caller, project_id))
+
+    async def create_in(self, session: AsyncSession, project_id: int, req: CreateRequest) -> Accepted:
+        """One create inside the caller's :meth:`transaction` (the same rules, quota and placement as
+        :meth:`create`; no idempotency key: the caller keeps its own). Wake the operations with
+        :meth:`wake` after the transaction committed."""
+        return await self._create_in(session, project_id, req, None, req.fingerprint())
+
+    async def wake(self, *ops: Operation) -> None:
+        await self._wake(*ops)
+
+    async def _create_in(self, session: AsyncSession, project_id: int, req: CreateRequest, key: str | None,
+                         fingerprint: str) -> Accepted:
         if req.kind not in WorkloadKind.__members__.values():
             raise ValidationError(f"unknown kind {req.kind!r}; expected one of compute, network, storage")
         if req.workload_id is not None and not is_uuid(req.workload_id):
@@ -127,53 +158,50 @@ class WorkloadService:
                                      ("user_data", check_user_data(req.user_data))) if v is not None}
         if context and req.kind != WorkloadKind.COMPUTE:
             raise ValidationError(f"a {req.kind} takes no ssh_key or user_data (only a compute boots)")
-        key = scoped_key(caller, project_id, idempotency_key)
-        fingerprint = req.fingerprint()
-        async with self._transaction(project_id) as session:
-            earlier = await self._replay(session, key, fingerprint, "create")
-            if earlier is not None:
-                return await self._accepted_again(session, earlier)
-            taken = await session.get(Workload, workload_id) if req.workload_id is not None else None
-            if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
-                raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
-            if taken is not None:
-                raise Conflict(f"a workload with id {workload_id} already exists")
-            shape = await self._shape(session, req)
-            image = await self._image(session, req.image, project_id, shape) if req.image else None
-            op_id = new_uuid()
-            spec: dict[str, Any] = {
-                **dict(req.attributes), "vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
-                "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
-                "image_id": image.id if image else None, "site": req.site,
-                **({"zone": req.zone} if req.zone else {}), **({"cidr": cidr} if cidr else {}), **context}
-            workload = Workload(id=workload_id, project_id=project_id, kind=req.kind, name=name, spec=spec,
-                                desired_state="active", observed_state="pending", state_message="being created")
-            session.add(workload)
-            await session.flush()  # the reservations and links reference the workload row
-            need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
-                                    shape.gpu_count)
-            await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
-                                 flavor=shape.flavor, locked=True)
-            if req.kind == WorkloadKind.COMPUTE:
-                if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
-                    req = replace(req, site=await self._linked_site(session, req.links))
-                steps, where = await self._place_compute(session, workload, shape, image, req)
-            else:
-                steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
-            workload.spec = {**spec, "placement": where}
-            workload.state_message = f"creating at {where['site']}"
-            session.add(workload)
-            links = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
-            if links:
-                workload.spec = {**workload.spec,
-                                 "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
-                                 "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
-            operation = await op_store.write_plan(
-                session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
-                project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
-                params={**where, "holds_quota": True}, operation_id=op_id)
-            link_ops = [await self._write(session, await flows.attach_plan(session, lk.id)) for lk in links]
-        await self._wake(operation, *link_ops)
+        guest = check_guest(req.guest, workload_id) if req.guest else {}
+        if guest and req.kind != WorkloadKind.COMPUTE:
+            raise ValidationError(f"a {req.kind} has no guest identity (hostname, MAC, address)")
+        taken = await session.get(Workload, workload_id) if req.workload_id is not None else None
+        if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
+            raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
+        if taken is not None:
+            raise Conflict(f"a workload with id {workload_id} already exists")
+        shape = await self._shape(session, req)
+        image = await self._image(session, req.image, project_id, shape) if req.image else None
+        op_id = new_uuid()
+        spec: dict[str, Any] = {
+            **dict(req.attributes), "vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
+            "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
+            "image_id": image.id if image else None, "site": req.site,
+            **({"zone": req.zone} if req.zone else {}), **({"cidr": cidr} if cidr else {}), **context,
+            **guest_spec(guest)}
+        workload = Workload(id=workload_id, project_id=project_id, kind=req.kind, name=name, spec=spec,
+                            desired_state="active", observed_state="pending", state_message="being created")
+        session.add(workload)
+        await session.flush()  # the reservations and links reference the workload row
+        need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
+                                shape.gpu_count)
+        await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
+                             flavor=shape.flavor, locked=True)
+        if req.kind == WorkloadKind.COMPUTE:
+            if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
+                req = replace(req, site=await self._linked_site(session, req.links))
+            steps, where = await self._place_compute(session, workload, shape, image, req)
+        else:
+            steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
+        workload.spec = {**spec, "placement": where}
+        workload.state_message = f"creating at {where['site']}"
+        session.add(workload)
+        links = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
+        if links:
+            workload.spec = {**workload.spec,
+                             "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
+                             "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
+        operation = await op_store.write_plan(
+            session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
+            project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
+            params={**where, "holds_quota": True}, operation_id=op_id)
+        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id)) for lk in links]
         return Accepted(workload, operation, tuple(links), tuple(link_ops))
 
     async def _place_compute(self, session: AsyncSession, workload: Workload, shape: Shape, image: Image | None,
@@ -188,11 +216,11 @@ class WorkloadService:
             cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
             sites=(req.site,) if req.site else (), providers=tuple(req.providers),
             max_price_per_hour=req.max_price_per_hour, ssh_key=workload.spec.get("ssh_key"),
-            user_data=workload.spec.get("user_data"))
+            user_data=workload.spec.get("user_data"), strategy=req.strategy)
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
                                                 vm_name=vm_name(workload.id),
                                                 providers=self._providers())
-        return planned.steps, planned.where
+        return with_guest(planned.steps, req.guest, workload.id), planned.where
 
     @staticmethod
     async def _linked_site(session: AsyncSession, links: tuple[LinkSpec, ...]) -> str | None:

@@ -1,0 +1,590 @@
+"""Virtual clusters: a class of identical computes (seats) created, scaled, reset and torn down in one request.
+
+A cluster is not a second create path. Its seats are ordinary compute workloads that the one workload
+service creates (:meth:`WorkloadService.create_in`), all of them inside one of its project transactions:
+
+1. the whole class is checked against the quota at once (:func:`quotas.check` with the seat count), so a
+   class that does not fit is refused with the class's numbers and nothing is written;
+2. the batch placement (:class:`~metavmm.scheduler.batch.BatchPlanner`, over the placer's snapshot and
+   in-transit ledger) chooses the one site that holds every seat; each seat's create then pins that site
+   and the scheduler picks its host with the class's spread or pack strategy;
+3. each seat gets its serial ``n``, a host name from the pattern (``lab-{n:02d}``), the ``n``-th address
+   of the network's range and a MAC unique in the catalog; cloud-init sets them, as for migrated clones
+   (``CreateRequest.guest``); a roster gives seats their own owner name, SSH key or user data;
+4. the cluster row, its seat rows and the OCCI cluster mixin (a partner lists the class at the mixin's
+   location) are written in the same transaction; the engine then runs the seats' operations, as many
+   at once as its concurrency allows.
+
+A scale adds seats with the lowest free serials or removes the highest, so every other seat keeps its
+name, address and MAC. A reset deletes one seat's VM and creates it again from the plan that first
+created it (on libvirt: a fresh qcow2 overlay over the same base image). A delete, or the expiry, deletes
+every seat (and the network the cluster created) through the workload service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import secrets
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import delete as sa_delete
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import (
+    Cluster,
+    ClusterSeat,
+    OcciMixin,
+    Operation,
+    OperationState,
+    Project,
+    Workload,
+    WorkloadKind,
+    utcnow,
+)
+from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, ValidationError
+from metavmm.scheduler.batch import BatchPlanner
+from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.plan import Step
+from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.services import quotas
+from metavmm.services.identity import Identity, operator_identity
+from metavmm.services.operations import store as op_store
+from metavmm.services.placement import in_transit, lock_placement
+from metavmm.services.scope import can_see
+from metavmm.services.workloads.requests import CreateRequest, check_ssh_key, check_user_data
+from metavmm.services.workloads.service import Shape, WorkloadService, is_uuid
+
+log = logging.getLogger(__name__)
+
+MAX_SEATS = 500
+CLUSTER_SCHEME = "http://schemas.metavmm.dev/occi/cluster#"
+"""The scheme of a cluster's OCCI mixin (term: the cluster's name); OCCI renders such mixins as the
+broker's (not a user tag a client may associate or delete)."""
+COMPUTE_KIND = "http://schemas.ogf.org/occi/infrastructure#compute"
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+_PATTERN_FIELD = re.compile(r"\{n(?::0?[1-9]?d)?\}|\{cluster\}")
+DEFAULT_PATTERN = "{cluster}-{n:02d}"
+
+
+@dataclass(frozen=True)
+class Seat:
+    """A roster line: who sits at the seat of that serial and what their machine gets."""
+
+    owner: str = ""
+    ssh_key: str | None = field(default=None, repr=False)
+    user_data: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """A cluster template. Shape: a flavor, or vcpus and ram_mib. Network: an existing network workload of
+    the project (``network_id``), or a new one with ``cidr``, or none (no addresses: DHCP)."""
+
+    name: str
+    seats: int
+    image: str | None = None
+    flavor: str | None = None
+    vcpus: int | None = None
+    ram_mib: int | None = None
+    disk_gib: int = 0
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    network_id: str | None = None
+    cidr: str | None = None
+    first_address: int = 10  # seat n gets the range's host number first_address + n - 1
+    hostname_pattern: str = DEFAULT_PATTERN
+    ssh_key: str | None = field(default=None, repr=False)  # every seat's, unless the roster gives one
+    user_data: str | None = field(default=None, repr=False)
+    roster: tuple[Seat, ...] = ()  # by serial: the first line is seat 1
+    strategy: Literal["spread", "pack"] = "spread"
+    site: str | None = None
+    expires_at: datetime | None = None
+    project_id: int | None = None  # admins only: another project
+
+
+@dataclass(frozen=True)
+class SeatView:
+    serial: int
+    hostname: str
+    address: str | None
+    mac: str
+    owner: str
+    workload: Workload
+    operation: Operation | None  # the latest on the seat (create, reset, delete), for its progress
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    cluster: Cluster
+    seats: tuple[SeatView, ...]
+    operations: tuple[Operation, ...] = ()  # what the request started
+
+    @property
+    def running(self) -> int:
+        return sum(1 for s in self.seats if s.workload.observed_state == "running")
+
+
+class ClusterService:
+    """Clusters over the one workload service (every seat change is one of its creates or deletes)."""
+
+    def __init__(self, workloads: WorkloadService) -> None:
+        self.workloads = workloads
+        self.sessions = workloads.sessions
+
+    # --- create -------------------------------------------------------------------------------------
+
+    async def create(self, caller: Identity, req: ClusterRequest) -> ClusterView:
+        """Check the template, the class's quota and placement, and write every seat in one transaction."""
+        _check_template(req)
+        ops: list[Operation] = []
+        async with self.workloads.transaction(caller, req.project_id) as session:
+            project_id = caller.project_id if req.project_id is None else req.project_id
+            if (await session.exec(select(Cluster.id).where(Cluster.project_id == project_id,
+                                                             Cluster.name == req.name))).first():
+                raise Conflict(f"a cluster named {req.name} already exists in this project")
+            network = await self._network(session, project_id, req.network_id)
+            site = req.site or _site_of(network)
+            shape = await self.workloads._shape(session, _seat_request(req, 1, site))
+            image = (await self.workloads._image(session, req.image, project_id, shape)) if req.image else None
+            await quotas.check(session, project_id, _demand(shape), flavor=shape.flavor, count=req.seats,
+                               what=f"a class of {req.seats} seats")
+            site, explained = await self._place_class(session, req, shape, image.id if image else None, site)
+            cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
+                              template={**_template(req, explained), "image_id": image.id if image else None})
+            session.add(cluster)
+            await session.flush()
+            if network is None and req.cidr:
+                made = await self.workloads.create_in(session, project_id, CreateRequest(
+                    kind=WorkloadKind.NETWORK, name=f"{req.name}-net", cidr=req.cidr, site=site))
+                network = made.workload
+                ops.append(made.operation)
+                cluster.template = {**cluster.template, "network_created": True}
+            cluster.network_id = network.id if network is not None else None
+            session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
+                                  title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
+                                  applies=[COMPUTE_KIND]))
+            ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1))
+            cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
+            session.add(cluster)
+        await self.workloads.wake(*ops)
+        return await self._view(caller, cluster.id, ops)
+
+    async def _network(self, session: AsyncSession, project_id: int, network_id: str | None) -> Workload | None:
+        if network_id is None:
+            return None
+        row = await session.get(Workload, network_id.lower()) if is_uuid(network_id) else None
+        if row is None or row.project_id != project_id or row.kind != WorkloadKind.NETWORK:
+            raise NotFound(f"no network {network_id} in this project")
+        if not row.present or row.desired_state == "deleted":
+            raise Conflict(f"network {row.name} is deleted or being deleted")
+        return row
+
+    async def _place_class(self, session: AsyncSession, req: ClusterRequest, shape: Shape, image_id: str | None,
+                           site: str | None, count: int | None = None) -> tuple[str, dict[str, Any]]:
+        """The one site that holds every new seat, by the batch placement over the placer's snapshot and
+        the in-transit ledger; NoPlacement (409) with the class's reasons when none does."""
+        n = req.seats if count is None else count
+        await lock_placement(session)
+        snap, graph = await self.workloads.placer.snapshot(session)
+        ledger = await in_transit(session)
+        probe = [PlacementRequest(name=f"seat-{i}", vcpus=shape.vcpus, ram_mib=shape.ram_mib,
+                                  disk_gib=shape.disk_gib, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
+                                  cpu_arch=shape.arch, image=ImageRef(image_id) if image_id else None,
+                                  sites=(site,) if site else (), strategy=req.strategy) for i in range(n)]
+        planner = BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger))
+        result = planner.place(probe)
+        by_site = Counter(a.site for a in result.assignments)
+        tried = []
+        for candidate, _ in by_site.most_common():  # one site: the class shares its network and base image
+            if len(by_site) == 1 and not result.unplaced:
+                chosen = result
+            else:
+                chosen = BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger)).place(
+                    [replace(p, sites=(candidate,)) for p in probe])
+            if not chosen.unplaced:
+                return candidate, {"site": candidate, "seats": n, "sites_considered": len(snap.sites),
+                                   "batch_seconds": round(result.seconds, 4),
+                                   "split_by_cost": dict(by_site) if len(by_site) > 1 else None}
+            tried.append(f"{candidate} holds {n - len(chosen.unplaced)}")
+        reasons = Counter(result.unplaced.values())
+        why = "; ".join(f"{k} ({v} seats)" for k, v in reasons.most_common())
+        if not result.unplaced:
+            why = "the batch placement split the class over sites and no single site holds it all"
+        raise NoPlacement(f"no placement for the {n} seats of cluster {req.name}: {why}"
+                          + (f"; {', '.join(tried)} of them" if tried else ""))
+
+    async def _add_seats(self, session: AsyncSession, cluster: Cluster, network: Workload | None,
+                         serials: Sequence[int]) -> list[Operation]:
+        """Create the seats of ``serials`` (each through the workload service) and their seat rows."""
+        tpl = cluster.template
+        net = _range(network)
+        taken_macs = await _macs(session)
+        taken_ips = await _addresses(session, network.id) if network is not None else set()
+        ops: list[Operation] = []
+        for n in serials:
+            hostname = render_hostname(tpl["hostname_pattern"], cluster.name, n)
+            address = _address(net, tpl["first_address"], n) if net is not None else None
+            if address is not None and address.split("/")[0] in taken_ips:
+                raise Conflict(f"address {address} of seat {n} is used by another seat on network "
+                               f"{network.name if network else ''}; choose another first_address")
+            mac = _new_mac(taken_macs)
+            taken_macs.add(mac)
+            roster = tpl.get("roster") or []
+            seat = Seat(**roster[n - 1]) if n <= len(roster) else Seat()
+            guest = {"hostname": hostname, "mac": mac}
+            if address is not None and net is not None:
+                guest.update(address=address, gateway=str(net.network_address + 1))
+            req = replace(_seat_request_from(tpl, n, cluster.site), name=hostname, guest=guest,
+                          ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=seat.user_data or tpl.get("user_data"),
+                          attributes={"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
+                                      "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
+                                      "network_id": network.id if network is not None else None})
+            done = await self.workloads.create_in(session, cluster.project_id, req)
+            session.add(ClusterSeat(cluster_id=cluster.id, serial=n, workload_id=done.workload.id, hostname=hostname,
+                                    address=address, mac=mac, owner=seat.owner))
+            ops.append(done.operation)
+        await session.flush()
+        return ops
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    async def list_clusters(self, caller: Identity, *, project_id: int | None = None) -> list[ClusterView]:
+        """The clusters the caller sees (an admin: every project's, unless ``project_id`` names one)."""
+        async with self.sessions() as session:
+            query = select(Cluster).order_by(col(Cluster.name))
+            if project_id is not None:
+                query = query.where(Cluster.project_id == project_id)
+            rows = (await session.exec(query)).all()
+            ids = [r.id for r in rows if can_see(caller, r)]
+        return [await self._view(caller, cid) for cid in ids]
+
+    async def get(self, caller: Identity, cluster_id: str) -> ClusterView:
+        return await self._view(caller, cluster_id)
+
+    async def _visible(self, session: AsyncSession, caller: Identity, cluster_id: str) -> Cluster:
+        row = await session.get(Cluster, cluster_id.lower()) if is_uuid(cluster_id) else None
+        if row is None:  # a name works too (the CLI's), within the caller's project
+            row = (await session.exec(select(Cluster).where(Cluster.project_id == caller.project_id,
+                                                            Cluster.name == cluster_id))).first()
+        if row is None or not can_see(caller, row):
+            raise NotFound(f"no cluster {cluster_id}")
+        return row
+
+    async def _view(self, caller: Identity, cluster_id: str, ops: Sequence[Operation] = ()) -> ClusterView:
+        async with self.sessions() as session:
+            cluster = await self._visible(session, caller, cluster_id)
+            seats = (await session.exec(select(ClusterSeat, Workload).join(
+                Workload, col(Workload.id) == ClusterSeat.workload_id).where(ClusterSeat.cluster_id == cluster.id)
+                .order_by(col(ClusterSeat.serial)))).all()
+            latest: dict[str, Operation] = {}
+            wids = [w.id for _, w in seats]
+            for chunk in range(0, len(wids), 500):
+                query = select(Operation).where(col(Operation.target_id).in_(wids[chunk:chunk + 500]))
+                for op in (await session.exec(query.order_by(col(Operation.created_at)))).all():
+                    latest[str(op.target_id)] = op
+        views = tuple(SeatView(s.serial, s.hostname, s.address, s.mac, s.owner, w, latest.get(w.id)) for s, w in seats)
+        return ClusterView(cluster, views, tuple(ops))
+
+    # --- scale, reset -------------------------------------------------------------------------------
+
+    async def scale(self, caller: Identity, cluster_id: str, seats: int) -> ClusterView:
+        """Add seats (the lowest free serials, the class's quota checked at once) or remove the highest;
+        every other seat keeps its serial, name, address and MAC."""
+        if not 1 <= seats <= MAX_SEATS:
+            raise ValidationError(f"a cluster has 1 to {MAX_SEATS} seats, not {seats}")
+        async with self.sessions() as session:
+            cluster = await self._visible(session, caller, cluster_id)
+        ops: list[Operation] = []
+        async with self.workloads.transaction(caller, cluster.project_id) as session:
+            cluster = await self._visible(session, caller, cluster.id)
+            rows = (await session.exec(select(ClusterSeat).where(ClusterSeat.cluster_id == cluster.id)
+                                       .order_by(col(ClusterSeat.serial)))).all()
+            have = {s.serial for s in rows}
+            if seats > len(rows):
+                new = [n for n in range(1, seats + len(rows) + 1) if n not in have][:seats - len(rows)]
+                tpl = cluster.template
+                req = _request_from(tpl, cluster, len(new))
+                shape = await self.workloads._shape(session, _seat_request_from(tpl, 1, cluster.site))
+                await quotas.check(session, cluster.project_id, _demand(shape), flavor=shape.flavor, count=len(new),
+                                   what=f"{len(new)} more seats")
+                await self._place_class(session, req, shape, tpl.get("image_id"), cluster.site, count=len(new))
+                network = await session.get(Workload, cluster.network_id) if cluster.network_id else None
+                ops = await self._add_seats(session, cluster, network, new)
+            gone = sorted(rows, key=lambda s: s.serial)[seats:] if seats < len(rows) else []
+            for seat in gone:
+                await session.delete(seat)
+            cluster.template = {**cluster.template, "seats": seats}
+            cluster.version += 1
+            cluster.updated_at = utcnow()
+            session.add(cluster)
+        await self.workloads.wake(*ops)
+        ops += await self._delete_workloads(caller, [s.workload_id for s in gone])
+        return await self._view(caller, cluster.id, ops)
+
+    async def reset_seat(self, caller: Identity, cluster_id: str, serial: int) -> Operation:
+        """Delete the seat's VM and create it again from the plan that created it: the same image, shape,
+        name, address and MAC, a fresh disk (on libvirt a new overlay over the same base image)."""
+        async with self.sessions() as session:
+            cluster = await self._visible(session, caller, cluster_id)
+        async with self.workloads.transaction(caller, cluster.project_id) as session:
+            seat = (await session.exec(select(ClusterSeat).where(ClusterSeat.cluster_id == cluster.id,
+                                                                 ClusterSeat.serial == serial))).first()
+            if seat is None:
+                raise NotFound(f"cluster {cluster.name} has no seat {serial}")
+            ops = (await session.exec(select(Operation).where(Operation.target_id == seat.workload_id)
+                                      .order_by(col(Operation.created_at)))).all()
+            if any(op.state in op_store.ACTIVE for op in ops):
+                raise Conflict(f"seat {serial} ({seat.hostname}) has an operation running; reset it once it ended")
+            create = next((op for op in ops if op.kind == "create" and op.state == OperationState.SUCCEEDED), None)
+            workload = await session.get(Workload, seat.workload_id)
+            if create is None or workload is None or workload.desired_state == "deleted":
+                raise Conflict(f"seat {serial} ({seat.hostname}) was never created or is being deleted")
+            op = await op_store.write_plan(session, kind="reset", steps=_reset_steps(create), target_id=workload.id,
+                                           project_id=cluster.project_id, params={"cluster_id": cluster.id,
+                                                                                  "serial": serial})
+        await self.workloads.wake(op)
+        return op
+
+    # --- delete and expiry ------------------------------------------------------------------------------
+
+    async def delete(self, caller: Identity, cluster_id: str) -> list[Operation]:
+        """Delete every seat (and the network the cluster created) through the workload service, then the
+        cluster, its seat rows and its OCCI mixin; the answer is the deletes' operations."""
+        async with self.sessions() as session:
+            cluster = await self._visible(session, caller, cluster_id)
+            self.workloads._may_write(caller, cluster)
+            seats = (await session.exec(select(ClusterSeat.workload_id).where(
+                ClusterSeat.cluster_id == cluster.id))).all()
+        ops = await self._delete_workloads(caller, list(seats))
+        async with self.workloads.transaction(caller, cluster.project_id) as session:
+            await session.exec(sa_delete(ClusterSeat).where(col(ClusterSeat.cluster_id) == cluster.id))  # type: ignore[call-overload]
+            await session.exec(sa_delete(OcciMixin).where(  # type: ignore[call-overload]
+                col(OcciMixin.project_id) == cluster.project_id, col(OcciMixin.scheme) == CLUSTER_SCHEME,
+                col(OcciMixin.term) == cluster.name))
+            await session.exec(sa_delete(Cluster).where(col(Cluster.id) == cluster.id))  # type: ignore[call-overload]
+        if cluster.template.get("network_created") and cluster.network_id:
+            ops += await self._delete_workloads(caller, [cluster.network_id])
+        return ops
+
+    async def _delete_workloads(self, caller: Identity, ids: Sequence[str]) -> list[Operation]:
+        ops = []
+        for wid in ids:
+            try:
+                ops.append(await self.workloads.delete(caller, wid))
+            except Conflict as exc:  # being deleted already (a reset's or an earlier request's)
+                log.info("cluster: %s", exc)
+        return ops
+
+    async def expire(self, now: datetime | None = None) -> list[str]:
+        """Delete every cluster whose expiry passed, as the operator of its project (the broker's background
+        task calls this); the ids."""
+        now = now or utcnow()
+        async with self.sessions() as session:
+            due = (await session.exec(select(Cluster.id, Cluster.name, Project.name).join(
+                Project, col(Project.id) == Cluster.project_id).where(
+                col(Cluster.expires_at).is_not(None), col(Cluster.expires_at) <= now))).all()
+        gone = []
+        for cid, name, project in due:
+            try:
+                async with session_scope(self.sessions) as session:
+                    operator = await operator_identity(session, project)
+                await self.delete(operator, cid)
+                gone.append(cid)
+                log.info("cluster %s expired: its seats are being deleted", name)
+            except Exception:  # the next round tries again
+                log.exception("cluster %s expired but could not be deleted", name)
+        return gone
+
+
+# --- the template ------------------------------------------------------------------------------------------
+
+
+def mixin_location(name: str) -> str:
+    return f"/mixins/cluster/{name}/"
+
+
+def render_hostname(pattern: str, cluster: str, n: int) -> str:
+    return pattern.replace("{cluster}", cluster).format(n=n)
+
+
+def _check_template(req: ClusterRequest) -> None:
+    """Everything about the request that needs no catalog, before the transaction."""
+    if not isinstance(req.name, str) or not _NAME.fullmatch(req.name):
+        raise ValidationError(f"cluster name {req.name!r} must be 1 to 40 lower-case letters, digits or inner "
+                              "hyphens (it starts the seats' host names)")
+    if not 1 <= req.seats <= MAX_SEATS:
+        raise ValidationError(f"a cluster has 1 to {MAX_SEATS} seats, not {req.seats}")
+    if req.network_id and req.cidr:
+        raise ValidationError("give a network_id (an existing network) or a cidr (a new one), not both")
+    if "{n" not in req.hostname_pattern or _PATTERN_FIELD.sub("", req.hostname_pattern).count("{") \
+            or _PATTERN_FIELD.sub("", req.hostname_pattern).count("}"):
+        raise ValidationError(f"hostname pattern {req.hostname_pattern!r} takes {{n}} (the seat's serial, with a "
+                              "format like {n:02d}) and {cluster}, nothing else")
+    names = [render_hostname(req.hostname_pattern, req.name, n) for n in (1, req.seats, MAX_SEATS)]
+    bad = [h for h in names if not re.fullmatch(r"(?!-)[a-z0-9-]{1,63}(?<!-)", h)]
+    if bad:
+        raise ValidationError(f"hostname pattern {req.hostname_pattern!r} gives {bad[0]!r}, not a host name "
+                              "(lower-case letters, digits, inner hyphens, at most 63)")
+    if len(req.roster) > req.seats:
+        raise ValidationError(f"the roster has {len(req.roster)} lines for {req.seats} seats")
+    for i, seat in enumerate(req.roster, 1):
+        try:
+            check_ssh_key(seat.ssh_key)
+            check_user_data(seat.user_data)
+        except ValidationError as exc:
+            raise ValidationError(f"roster line {i}: {exc}") from None
+        if len(seat.owner) > 255:
+            raise ValidationError(f"roster line {i}: the name is longer than 255 characters")
+    if req.cidr is not None:
+        net = ipaddress.IPv4Network(req.cidr, strict=False) if _is_net(req.cidr) else None
+        if net is None:
+            raise ValidationError(f"cidr {req.cidr!r} is not an IPv4 network like 10.20.0.0/24")
+        _check_room(net, req.first_address, req.seats)
+    if req.expires_at is not None:
+        at = req.expires_at if req.expires_at.tzinfo else req.expires_at.replace(tzinfo=UTC)
+        if at <= utcnow():
+            raise ValidationError(f"expires_at {at.isoformat()} is in the past")
+    if req.first_address < 2:
+        raise ValidationError("first_address must be at least 2 (host 1 of the range is the gateway)")
+
+
+def _is_net(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text, strict=True)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def _check_room(net: ipaddress.IPv4Network, first: int, seats: int) -> None:
+    last = first + seats - 1
+    if last >= net.num_addresses - 1:
+        raise ValidationError(f"{net} has host numbers 1 to {net.num_addresses - 2}; seats {first} to {last} "
+                              "do not fit (a larger range or a smaller first_address)")
+
+
+def _template(req: ClusterRequest, explained: dict[str, Any]) -> dict[str, Any]:
+    """What a scale needs later to make more seats like these (renderings leave out the roster and the
+    user data: :func:`public_template`)."""
+    return {"seats": req.seats, "image": req.image, "flavor": req.flavor, "vcpus": req.vcpus,
+            "ram_mib": req.ram_mib, "disk_gib": req.disk_gib, "gpu_model": req.gpu_model, "gpu_count": req.gpu_count,
+            "first_address": req.first_address, "hostname_pattern": req.hostname_pattern, "cidr": req.cidr,
+            "ssh_key": req.ssh_key, "user_data": req.user_data, "strategy": req.strategy, "site": req.site,
+            "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data} for s in req.roster],
+            "placement": explained}
+
+
+def public_template(tpl: dict[str, Any]) -> dict[str, Any]:
+    """The template as front ends show it: without the roster's keys and anyone's user data."""
+    return {k: v for k, v in tpl.items() if k not in ("roster", "user_data")} | {
+        "roster": [r.get("owner", "") for r in tpl.get("roster") or []]}
+
+
+def _seat_request(req: ClusterRequest, n: int, site: str | None) -> CreateRequest:
+    return CreateRequest(kind=WorkloadKind.COMPUTE, name=f"{req.name}-{n}", flavor=req.flavor, vcpus=req.vcpus,
+                         ram_mib=req.ram_mib, disk_gib=req.disk_gib, gpu_model=req.gpu_model,
+                         gpu_count=req.gpu_count, image=req.image, site=site, strategy=req.strategy)
+
+
+def _seat_request_from(tpl: dict[str, Any], n: int, site: str | None) -> CreateRequest:
+    return CreateRequest(kind=WorkloadKind.COMPUTE, name=f"seat-{n}", flavor=tpl.get("flavor"), vcpus=tpl.get("vcpus"),
+                         ram_mib=tpl.get("ram_mib"), disk_gib=int(tpl.get("disk_gib") or 0),
+                         gpu_model=tpl.get("gpu_model"), gpu_count=int(tpl.get("gpu_count") or 0),
+                         image=tpl.get("image"), site=site, strategy=tpl.get("strategy"))
+
+
+def _request_from(tpl: dict[str, Any], cluster: Cluster, seats: int) -> ClusterRequest:
+    return ClusterRequest(name=cluster.name, seats=seats, strategy=tpl.get("strategy") or "spread")
+
+
+def _demand(shape: Shape) -> dict[str, Any]:
+    return quotas.demand_of(WorkloadKind.COMPUTE, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
+                            shape.gpu_count)
+
+
+def _site_of(network: Workload | None) -> str | None:
+    """A class on an existing network goes where the network is."""
+    where = ((network.spec or {}).get("placement") or {}) if network is not None else {}
+    return where.get("site")
+
+
+def _range(network: Workload | None) -> ipaddress.IPv4Network | None:
+    cidr = (network.spec or {}).get("cidr") if network is not None else None
+    return ipaddress.IPv4Network(cidr) if cidr else None
+
+
+def _address(net: ipaddress.IPv4Network, first: int, n: int) -> str:
+    _check_room(net, first, n)
+    return f"{net.network_address + first + n - 1}/{net.prefixlen}"
+
+
+async def _macs(session: AsyncSession) -> set[str]:
+    """Every MAC the catalog gives out: seats', clones' (``spec["mac"]``) and interfaces' (links)."""
+    from metavmm.catalog.models import WorkloadLink
+
+    taken = {m.lower() for m in (await session.exec(select(ClusterSeat.mac))).all()}
+    for spec in (await session.exec(select(Workload.spec).where(Workload.kind == WorkloadKind.COMPUTE,
+                                                                col(Workload.present)))).all():
+        if (spec or {}).get("mac"):
+            taken.add(str(spec["mac"]).lower())
+    for attrs in (await session.exec(select(WorkloadLink.attributes))).all():
+        if (attrs or {}).get("mac"):
+            taken.add(str(attrs["mac"]).lower())
+    return taken
+
+
+async def _addresses(session: AsyncSession, network_id: str) -> set[str]:
+    """The addresses seats of any cluster on this network hold."""
+    rows = (await session.exec(select(ClusterSeat.address).join(Cluster, col(Cluster.id) == ClusterSeat.cluster_id)
+                               .where(Cluster.network_id == network_id))).all()
+    return {a.split("/")[0] for a in rows if a}
+
+
+def _new_mac(taken: set[str]) -> str:
+    """A locally administered unicast MAC in QEMU's 52:54:00 prefix, unused in the catalog."""
+    while True:
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if mac not in taken:
+            return mac
+
+
+def _reset_steps(create: Operation) -> list[Step]:
+    """The create's own VM steps again, behind a delete of the VM (the quota stays reserved: same seat)."""
+    rows = {s["name"]: s for s in create.steps}
+    made = rows.get("create")
+    if made is None:
+        raise Conflict(f"operation {create.id} has no create step to repeat")
+    args = dict(made["args"])
+    if args.get("image_from"):
+        args["image"] = (create.outputs or {}).get(args.pop("image_from"))
+    at = {"provider": args["provider"], "workload_id": args["workload_id"]}
+    steps = [Step("delete-vm", "vm.delete", at, weight=1), Step("create", "vm.create", args, weight=3)]
+    steps += [Step(s["name"], s["action"], s["args"], commit=bool(s.get("commit")))
+              for s in create.steps if s["action"] in ("vm.wait", "workload.record")]
+    return steps
+
+
+async def _explain(session: AsyncSession, cluster: Cluster, explained: dict[str, Any]) -> dict[str, Any]:
+    """The class's placement in one line: where, on which hosts, how many each (from the seats' own)."""
+    hosts: Counter[str] = Counter()
+    rows = (await session.exec(select(Workload.spec).join(ClusterSeat, col(ClusterSeat.workload_id) == Workload.id)
+                               .where(ClusterSeat.cluster_id == cluster.id))).all()
+    for spec in rows:
+        where = (spec or {}).get("placement") or {}
+        hosts[str(where.get("host") or where.get("flavor") or where.get("site"))] += 1
+    spread = ", ".join(f"{n} on {h}" for h, n in sorted(hosts.items()))
+    summary = (f"{sum(hosts.values())} seats at {cluster.site} by the batch placement over "
+               f"{explained.get('sites_considered')} sites: {spread}")
+    if explained.get("split_by_cost"):
+        summary += f" (the cheapest split was {explained['split_by_cost']}; a class stays on one site)"
+    return {**explained, "hosts": dict(hosts), "summary": summary}
+
+

@@ -1,0 +1,160 @@
+"""Cluster rules on the sim provider: a class is all or nothing against the quota, its names, addresses and
+MACs are unique and stay put across a scale, and another project's cluster does not exist for the caller.
+
+The world's engine is stopped: the seats' create operations stay pending, which is all these rules need
+(tests/services/operations/test_cluster_libvirt.py runs a class on real libvirt)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from metavmm.api import keys
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Cluster, ClusterSeat, OcciMixin, Operation, Quota, QuotaReservation, Workload, utcnow
+from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, QuotaExceeded, ValidationError
+from metavmm.services.clusters import ClusterRequest, ClusterService, Seat
+from metavmm.services.identity import Identity
+from tests.world import World
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests student"
+
+
+def who(w: World, name: str) -> Identity:
+    project = "alpha" if name.startswith("alpha") else "beta"
+    return Identity(w.ids[f"user_{name}"], name, w.ids[project], project, "member", "token")
+
+
+@pytest.fixture
+async def svc(world: tuple[Any, World]) -> tuple[ClusterService, World]:
+    _, w = world
+    async with session_scope(w.app[keys.SESSIONS]) as s:  # room for a class: alpha's world quota is 10 instances
+        quota = (await s.exec(select(Quota).where(Quota.project_id == w.ids["alpha"]))).one()
+        quota.limit = Decimal(40)
+        s.add(Quota(project_id=w.ids["alpha"], resource="vcpus", limit=60))
+    return ClusterService(w.app[keys.WORKLOADS]), w
+
+
+async def rows(w: World, model: Any, *where: Any) -> list[Any]:
+    async with w.app[keys.SESSIONS]() as s:
+        return list((await s.exec(select(model).where(*where))).all())
+
+
+async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
+        svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    roster = (Seat("ada", KEY), Seat("bob"))
+    view = await clusters.create(alpha, ClusterRequest(name="lab", seats=4, vcpus=1, ram_mib=512, cidr="10.20.0.0/24",
+                                                       roster=roster, strategy="pack"))
+    seats = view.seats
+    assert [s.hostname for s in seats] == ["lab-01", "lab-02", "lab-03", "lab-04"]
+    assert [s.address for s in seats] == [f"10.20.0.{10 + i}/24" for i in range(4)]
+    assert len({s.mac for s in seats}) == 4 and all(s.mac.startswith("52:54:00:") for s in seats)
+    assert [s.owner for s in seats] == ["ada", "bob", "", ""]
+    # every seat is an ordinary workload with its own pending create (4 seats + the class's network)
+    assert len(view.operations) == 5 and all(op.kind == "create" for op in view.operations)
+    first = seats[0].workload
+    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["ssh_key"]) == (
+        "lab-01", "lab-01", "10.20.0.10", KEY)
+    assert "ssh_key" not in seats[2].workload.spec
+    create_step = next(s for s in seats[0].operation.steps if s["action"] == "vm.create")
+    assert create_step["args"]["extra"]["mac"] == seats[0].mac
+    assert create_step["args"]["extra"]["address"] == "10.20.0.10/24"
+    assert create_step["args"]["extra"]["gateway"] == "10.20.0.1"
+    assert {s.workload.spec["placement"]["site"] for s in seats} == {view.cluster.site}
+    assert "4 seats at" in view.cluster.template["placement"]["summary"]
+    (mixin,) = await rows(w, OcciMixin, OcciMixin.term == "lab")
+    assert mixin.location == "/mixins/cluster/lab/"
+    assert all(mixin.scheme + "lab" in s.workload.spec["mixins"] for s in seats)
+
+    again = await clusters.scale(alpha, view.cluster.id, 6)
+    assert [s.hostname for s in again.seats] == [f"lab-0{i}" for i in range(1, 7)]
+    before = {s.serial: (s.hostname, s.address, s.mac, s.workload.id) for s in seats}
+    assert {s.serial: (s.hostname, s.address, s.mac, s.workload.id) for s in again.seats[:4]} == before
+    assert len({s.mac for s in again.seats}) == 6 and len({s.address for s in again.seats}) == 6
+    smaller = await clusters.scale(alpha, view.cluster.id, 3)
+    assert [s.hostname for s in smaller.seats] == ["lab-01", "lab-02", "lab-03"]
+    assert {s.serial: (s.hostname, s.address, s.mac) for s in smaller.seats} == {
+        k: v[:3] for k, v in before.items() if k <= 3}
+    assert [op.kind for op in smaller.operations] == ["delete", "delete", "delete"]
+    back = await clusters.scale(alpha, view.cluster.id, 4)
+    assert back.seats[3].hostname == "lab-04" and back.seats[3].address == "10.20.0.13/24"
+
+    with pytest.raises(Conflict, match="already exists"):
+        await clusters.create(alpha, ClusterRequest(name="lab", seats=1, vcpus=1, ram_mib=512))
+
+
+async def test_quota_is_checked_for_the_whole_class_at_once(svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    held = await rows(w, QuotaReservation, QuotaReservation.project_id == w.ids["alpha"])
+    with pytest.raises(QuotaExceeded, match=r"for a class of 40 seats: instances: need 40, used 1 of 40"):
+        await clusters.create(alpha, ClusterRequest(name="big", seats=40, vcpus=1, ram_mib=256))
+    with pytest.raises(QuotaExceeded, match=r"vcpus: need 62, used 2 of 60"):
+        await clusters.create(alpha, ClusterRequest(name="big", seats=31, vcpus=2, ram_mib=256))
+    # nothing of the refused class was written: no cluster, seat, workload or reservation
+    assert await rows(w, Cluster) == [] and await rows(w, ClusterSeat) == []
+    assert await rows(w, QuotaReservation, QuotaReservation.project_id == w.ids["alpha"]) == held
+    assert await rows(w, Workload, col(Workload.name).like("big-%")) == []
+    ok = await clusters.create(alpha, ClusterRequest(name="fits", seats=29, vcpus=2, ram_mib=256))
+    assert len(ok.seats) == 29
+    with pytest.raises(QuotaExceeded, match="for 2 more seats"):
+        await clusters.scale(alpha, ok.cluster.id, 31)
+    assert len((await clusters.get(alpha, ok.cluster.id)).seats) == 29
+
+
+async def test_another_projects_cluster_is_not_found(svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    view = await clusters.create(who(w, "alpha_member"), ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=256))
+    beta = who(w, "beta_member")
+    for call in (clusters.get(beta, view.cluster.id), clusters.get(beta, "lab"), clusters.delete(beta, view.cluster.id),
+                 clusters.scale(beta, view.cluster.id, 3), clusters.reset_seat(beta, view.cluster.id, 1)):
+        with pytest.raises(NotFound, match="no cluster"):
+            await call
+    assert await clusters.list_clusters(beta) == []
+    assert [c.cluster.name for c in await clusters.list_clusters(who(w, "alpha_member"))] == ["lab"]
+
+
+async def test_bad_templates_are_refused_before_anything_is_written(svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    for req, message in (
+            (ClusterRequest(name="Lab!", seats=2, vcpus=1, ram_mib=256), "cluster name"),
+            (ClusterRequest(name="lab", seats=0, vcpus=1, ram_mib=256), "1 to 500 seats"),
+            (ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=256, hostname_pattern="pc"), "hostname pattern"),
+            (ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=256, hostname_pattern="{n.__class__}"),
+             "hostname pattern"),
+            (ClusterRequest(name="lab", seats=9, vcpus=1, ram_mib=256, cidr="10.0.0.0/29"), "do not fit"),
+            (ClusterRequest(name="lab", seats=1, vcpus=1, ram_mib=256, roster=(Seat("a", "not a key"),)),
+             "roster line 1"),
+            (ClusterRequest(name="lab", seats=2), "a compute needs a flavor"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            await clusters.create(alpha, req)
+    with pytest.raises(NoPlacement, match="no placement for the 2 seats of cluster lab"):
+        await clusters.create(alpha, ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=10**7))
+    assert await rows(w, Cluster) == []
+
+
+async def test_delete_and_expiry_tear_the_class_down(svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    view = await clusters.create(alpha, ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=256, cidr="10.9.0.0/24"))
+    ops = await clusters.delete(alpha, view.cluster.id)
+    assert sorted(op.kind for op in ops) == ["delete", "delete", "delete"]  # two seats and the class's network
+    assert await rows(w, Cluster) == [] and await rows(w, ClusterSeat) == []
+    assert await rows(w, OcciMixin, OcciMixin.term == "lab") == []
+    with pytest.raises(NotFound):
+        await clusters.get(alpha, view.cluster.id)
+    old = await clusters.create(alpha, ClusterRequest(name="old", seats=1, vcpus=1, ram_mib=256,
+                                                      expires_at=utcnow() + timedelta(minutes=5)))
+    assert await clusters.expire() == []
+    assert await clusters.expire(utcnow() + timedelta(minutes=6)) == [old.cluster.id]
+    (seat,) = old.seats
+    deleting = await rows(w, Operation, Operation.target_id == seat.workload.id, Operation.kind == "delete")
+    assert len(deleting) == 1
