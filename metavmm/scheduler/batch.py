@@ -39,6 +39,7 @@ from typing import Literal
 
 import networkx as nx
 
+from metavmm.scheduler.batch_repair import Packing
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Rejection, summarize
 from metavmm.scheduler.request import PlacementRequest
@@ -117,8 +118,9 @@ class BatchPlanner:
     """Min-cost-flow batch placement over one snapshot (and the ledger of a :class:`Scheduler`)."""
 
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
-                 headroom: float = 2.0, classes: MachineClasses = "site") -> None:
+                 headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True) -> None:
         self.classes = classes
+        self.repair = repair
         self.snapshot = snapshot
         self.scheduler = scheduler or Scheduler(snapshot)
         self.rounds = rounds
@@ -126,6 +128,7 @@ class BatchPlanner:
         self._price = next(c for c in self.scheduler.costs if c.name == "price")
         self._static_filters = [f for f in self.scheduler.slot_filters if f.name not in _PER_HOST_FILTERS]
         self._profiles: dict[int, dict[tuple[object, ...], list[HostView]]] = {}
+        self._class_of: dict[str, int] = {}
 
     def _site_profiles(self, site_id: int) -> dict[tuple[object, ...], list[HostView]]:
         if site_id not in self._profiles:
@@ -176,6 +179,7 @@ class BatchPlanner:
     def place(self, requests: Sequence[PlacementRequest]) -> BatchResult:
         started = time.perf_counter()
         classes = task_classes(requests)
+        self._class_of = {name: tc.index for tc in classes for name in tc.names}
         for tc in classes:
             self.prepare(tc)
         settings = self.snapshot.settings
@@ -198,6 +202,8 @@ class BatchPlanner:
             assignments.extend(placed)
             if not placed:
                 break
+        if self.repair:
+            assignments = self._repair(classes, assignments, remaining, free)
         unplaced: dict[str, str] = {}
         for tc in classes:
             if not remaining[tc.index]:
@@ -212,6 +218,51 @@ class BatchPlanner:
         cost = sum(a.unit_cost for a in assignments)
         return BatchResult(assignments, unplaced, cost, time.perf_counter() - started, len(classes), machine_total,
                            rounds, arcs_total)
+
+    def _repair(self, classes: list[TaskClass], assignments: list[Assignment], remaining: dict[int, list[str]],
+                free: dict[int, tuple[int, int, dict[str, int]]]) -> list[Assignment]:
+        """Exact per-host repair and local search (batch_repair) over what the flow realised."""
+        hosted = [tc for tc in classes if tc.hosts]
+        if not hosted:
+            return assignments
+        models = sorted({tc.request.gpu_model or "" for tc in hosted if tc.request.gpu_count})
+        ids = sorted({h.id for tc in hosted for h, _ in tc.hosts})
+        hx = {hid: i for i, hid in enumerate(ids)}
+        views = {h.id: h for tc in hosted for h, _ in tc.hosts}
+        site_names = {hid: self.snapshot.site(views[hid].site_id).name for hid in ids}
+        where = {(site_names[hid], views[hid].name): hx[hid] for hid in ids}
+        cx = {tc.index: i for i, tc in enumerate(hosted)}
+        need = [(tc.request.vcpus, tc.request.ram_mib,
+                 *(tc.request.gpu_count if tc.request.gpu_model == m else 0 for m in models)) for tc in hosted]
+        free_rows = [[free[hid][0], free[hid][1], *(free[hid][2].get(m, 0) for m in models)] for hid in ids]
+        on: list[Counter[int]] = [Counter() for _ in ids]
+        kept: list[Assignment] = []
+        names = {tc.index: list(remaining[tc.index]) for tc in hosted}
+        for a in assignments:
+            ci = self._class_of[a.name]
+            if a.host is None or ci not in cx:
+                kept.append(a)
+            else:
+                on[where[(a.site, a.host)]][cx[ci]] += 1
+                names[ci].append(a.name)
+        packing = Packing(need, free_rows, [{hx[h.id]: unit for h, unit in tc.hosts} for tc in hosted], on,
+                          [len(remaining[tc.index]) for tc in hosted])
+        packing.improve()
+        for i, counts in enumerate(packing.on):
+            hid = ids[i]
+            for c, n in counts.items():
+                tc = hosted[c]
+                unit = packing.unit[c][i]
+                kept.extend(Assignment(names[tc.index].pop(), site_names[hid], views[hid].name, None, unit)
+                            for _ in range(n))
+        for tc in hosted:
+            remaining[tc.index] = names[tc.index]
+        for hid in ids:
+            row = free_rows[hx[hid]]
+            gp = dict(free[hid][2])
+            gp.update(zip(models, row[2:], strict=True))
+            free[hid] = (row[0], row[1], gp)
+        return kept
 
     def _round(self, todo: list[TaskClass], remaining: dict[int, list[str]],
                free: dict[int, tuple[int, int, dict[str, int]]]) -> tuple[list[Assignment], int, int]:
@@ -274,7 +325,9 @@ class BatchPlanner:
         g.nodes["sink"]["demand"] = demand
         _, flow = nx.network_simplex(g)
         placed: list[Assignment] = []
-        for tc in todo:
+        # GPU work is realised first, and work without GPUs goes to GPU hosts last: otherwise CPU-only
+        # workloads take the cores and RAM next to free GPUs that the GPU classes were counted on
+        for tc in sorted(todo, key=lambda tc: -tc.request.gpu_count):
             tnode = ("t", tc.index)
             names = remaining[tc.index]
             for target, amount in flow[tnode].items():
@@ -288,7 +341,8 @@ class BatchPlanner:
                         placed.append(Assignment(names.pop(), view.site.name, None,
                                                  view.flavor.name if view.flavor else None, unit))
                     continue
-                for h in members[key]:
+                hosts = members[key] if tc.request.gpu_count else sorted(members[key], key=lambda h: bool(h.gpus))
+                for h in hosts:
                     if amount <= 0 or not names:
                         break
                     k = min(amount, fit_count(free[h.id], tc.request))
