@@ -127,7 +127,7 @@ def solve_ilp(planner: BatchPlanner, requests: Sequence[PlacementRequest], *,
 
     capacity = LinearConstraint(a, lo, hi)
     first, proven1 = run(is_unplaced, [capacity])
-    left = int(round(first.fun))
+    left = round(first.fun)
     units = np.array([round(c[2] * COST_SCALE) for c in cols], dtype=float)
     second, proven2 = run(units, [capacity, LinearConstraint(is_unplaced.reshape(1, -1), -np.inf, left)])
     x = np.round(second.x).astype(int)

@@ -24,11 +24,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 _EPS = 1e-9
 
 
 def fits(free: list[int], need: tuple[int, ...]) -> bool:
-    for f, n in zip(free, need):  # noqa: B905 - same length by construction; a plain loop is the fast one
+    for f, n in zip(free, need):  # noqa: B905, SIM110 - same length by construction; the plain loop is faster
         if f < n:
             return False
     return True
@@ -52,13 +54,20 @@ class Packing:
     size: list[float] = field(default_factory=list)  # per class: share of the total capacity one takes
     gpu_need: list[bool] = field(default_factory=list)
     gpu_free: list[bool] = field(default_factory=list)
+    swaps: bool = True
 
     def __post_init__(self) -> None:
         self.options = [sorted((u, h) for h, u in units.items()) for units in self.unit]
+        # numpy mirrors for the hot search (_cheapest_fit): the free matrix, each class's hosts by price
+        self._free = np.array(self.free, dtype=np.int64).reshape(len(self.free), -1)
+        self._need = np.array(self.need, dtype=np.int64).reshape(len(self.need), -1)
+        self._hosts = [np.array([h for _, h in opts], dtype=np.int64) for opts in self.options]
+        self._units = [np.array([u for u, _ in opts]) for opts in self.options]
         total = [max(sum(f[d] for f in self.free), 1) for d in range(len(self.need[0]) if self.need else 0)]
         self.size = [sum(n / t for n, t in zip(need, total, strict=True)) for need in self.need]
         self.gpu_need = [any(need[2:]) for need in self.need]
         self.gpu_free = [any(f[2:]) for f in self.free]  # had GPUs for this batch when it started
+        self._gpu_host = np.array(self.gpu_free, dtype=bool)
 
     @property
     def placed(self) -> int:
@@ -69,29 +78,36 @@ class Packing:
 
     def _put(self, c: int, h: int, k: int = 1) -> None:
         _take(self.free[h], self.need[c], k)
+        self._free[h] -= k * self._need[c]
         self.on[h][c] += k
 
     def _drop(self, c: int, h: int, k: int = 1) -> None:
         _take(self.free[h], self.need[c], -k)
+        self._free[h] += k * self._need[c]
         self.on[h][c] -= k
         if not self.on[h][c]:
             del self.on[h][c]
 
     def _cheapest_fit(self, c: int, exclude: int = -1, below: float = float("inf")) -> int | None:
         """The cheapest host for one more of class c (under ``below``); the tightest fit among equal prices."""
-        need, best, best_unit, best_slack = self.need[c], None, 0.0, 0.0
-        for unit, h in self.options[c]:
-            if (best is not None and unit > best_unit + _EPS) or unit >= below - _EPS:
-                break
-            if h == exclude or not fits(self.free[h], need):
-                continue
-            # a host's GPUs are kept for GPU work: a workload without GPUs goes there last (issue 17 item 3)
-            slack = sum((f - n) / max(n, 1) for f, n in zip(self.free[h], need, strict=True) if n)
-            if self.gpu_free[h] and not self.gpu_need[c]:
-                slack += 1e9
-            if best is None or slack < best_slack:
-                best, best_unit, best_slack = h, unit, slack
-        return best
+        hosts, units, need = self._hosts[c], self._units[c], self._need[c]
+        if below != float("inf"):
+            cut = int(np.searchsorted(units, below - _EPS, "left"))
+            hosts, units = hosts[:cut], units[:cut]
+        ok = (self._free[hosts] >= need).all(axis=1)
+        if exclude >= 0:
+            ok &= hosts != exclude
+        idx = np.flatnonzero(ok)
+        if not idx.size:
+            return None
+        same = idx[units[idx] <= units[idx[0]] + _EPS]
+        if same.size == 1:
+            return int(hosts[same[0]])
+        cand = hosts[same]
+        slack = ((self._free[cand] - need) / np.maximum(need, 1) * (need > 0)).sum(axis=1)
+        if not self.gpu_need[c]:  # a host's GPUs are kept for GPU work: others go there last (issue 17 item 3)
+            slack = slack + 1e9 * self._gpu_host[cand]
+        return int(cand[int(np.argmin(slack))])
 
     def improve(self, passes: int = 4) -> None:
         for _ in range(passes):
@@ -103,7 +119,8 @@ class Packing:
 
     # -- more placed ---------------------------------------------------------------------------------
     def _count_moves(self) -> None:
-        order = sorted(range(len(self.need)), key=lambda c: self.size[c])
+        # GPU work first (the most GPUs first: they need a host with that many free), then the smallest
+        order = sorted(range(len(self.need)), key=lambda c: (-sum(self.need[c][2:]), self.size[c]))
         progress = True
         while progress:
             progress = False
@@ -187,7 +204,7 @@ class Packing:
         rounds = 0
         while improved and rounds < 8:
             rounds += 1
-            improved = self._move_cheaper() | self._swap_unplaced() | self._swap_pairs()
+            improved = self._move_cheaper() | self._swap_unplaced() | (self.swaps and self._swap_pairs())
 
     def _move_cheaper(self) -> bool:
         done = False
