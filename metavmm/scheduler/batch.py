@@ -77,6 +77,7 @@ class Assignment:
     host: str | None
     flavor: str | None
     unit_cost: float
+    task_class: int = field(default=-1, compare=False, repr=False)  # which TaskClass (names may repeat)
 
 
 @dataclass
@@ -133,7 +134,6 @@ class BatchPlanner:
         self._price = next(c for c in self.scheduler.costs if c.name == "price")
         self._static_filters = [f for f in self.scheduler.slot_filters if f.name not in _PER_HOST_FILTERS]
         self._profiles: dict[int, dict[tuple[object, ...], list[HostView]]] = {}
-        self._class_of: dict[str, int] = {}
 
     def _site_profiles(self, site_id: int) -> dict[tuple[object, ...], list[HostView]]:
         if site_id not in self._profiles:
@@ -184,7 +184,6 @@ class BatchPlanner:
     def place(self, requests: Sequence[PlacementRequest]) -> BatchResult:
         started = time.perf_counter()
         classes = task_classes(requests)
-        self._class_of = {name: tc.index for tc in classes for name in tc.names}
         for tc in classes:
             self.prepare(tc)
         settings = self.snapshot.settings
@@ -273,7 +272,7 @@ class BatchPlanner:
             if hid is None:
                 view = next(v for v, u in tc.elastic if u == unit)
                 placed.extend(Assignment(names.pop(), view.site.name, None,
-                                         view.flavor.name if view.flavor else None, unit) for _ in range(k))
+                                         view.flavor.name if view.flavor else None, unit, ci) for _ in range(k))
                 return
             req = tc.request
             v, r, gp = free[hid]
@@ -281,7 +280,7 @@ class BatchPlanner:
                 gp[req.gpu_model or ""] = gp.get(req.gpu_model or "", 0) - k * req.gpu_count
             free[hid] = (v - k * req.vcpus, r - k * req.ram_mib, gp)
             h = views[hid]
-            placed.extend(Assignment(names.pop(), self.snapshot.site(h.site_id).name, h.name, None, unit)
+            placed.extend(Assignment(names.pop(), self.snapshot.site(h.site_id).name, h.name, None, unit, ci)
                           for _ in range(k))
 
         x, model = None, None
@@ -331,7 +330,7 @@ class BatchPlanner:
         kept: list[Assignment] = []
         names = {tc.index: list(remaining[tc.index]) for tc in hosted}
         for a in assignments:
-            ci = self._class_of[a.name]
+            ci = a.task_class
             if a.host is None or ci not in cx:
                 kept.append(a)
             else:
@@ -346,7 +345,7 @@ class BatchPlanner:
             for c, n in counts.items():
                 tc = hosted[c]
                 unit = packing.unit[c][i]
-                kept.extend(Assignment(names[tc.index].pop(), site_names[hid], views[hid].name, None, unit)
+                kept.extend(Assignment(names[tc.index].pop(), site_names[hid], views[hid].name, None, unit, tc.index)
                             for _ in range(n))
         for tc in hosted:
             remaining[tc.index] = names[tc.index]
@@ -432,7 +431,7 @@ class BatchPlanner:
                     view = next(v for v, _ in tc.elastic if v.name == key)
                     for _ in range(amount):
                         placed.append(Assignment(names.pop(), view.site.name, None,
-                                                 view.flavor.name if view.flavor else None, unit))
+                                                 view.flavor.name if view.flavor else None, unit, tc.index))
                     continue
                 hosts = members[key] if tc.request.gpu_count else sorted(members[key], key=lambda h: bool(h.gpus))
                 for h in hosts:
@@ -449,6 +448,6 @@ class BatchPlanner:
                     free[h.id] = (v - k * req.vcpus, r - k * req.ram_mib, gp)
                     site = self.snapshot.site(h.site_id).name
                     for _ in range(k):
-                        placed.append(Assignment(names.pop(), site, h.name, None, unit))
+                        placed.append(Assignment(names.pop(), site, h.name, None, unit, tc.index))
                     amount -= k
         return placed, len(members), g.number_of_edges()

@@ -9,17 +9,17 @@ running these tests against it).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from bench.tight import tight_instance
-from metavmm.scheduler.batch import BatchPlanner
+from metavmm.scheduler.batch import BatchPlanner, BatchResult, task_classes
+from metavmm.scheduler.batch_ilp import solve_ilp
 from metavmm.scheduler.batch_repair import Packing
 from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.snapshot import Snapshot
 from tests.scheduler.conftest import host
-
-pytest.importorskip("scipy")
-from metavmm.scheduler.batch_ilp import solve_ilp  # noqa: E402 - after the skip
 
 
 @pytest.mark.parametrize("seed", range(3, 8))
@@ -30,12 +30,27 @@ def test_places_as_many_as_the_optimum_within_one_percent(seed: int) -> None:
     got = BatchPlanner(inst.snapshot).place(inst.requests)
     assert len(got.assignments) == exact.placed
     assert got.cost <= exact.cost * 1.01
-    # feasible on the real per-host free capacity: vCPU, RAM and GPUs of each model
-    reqs = {r.name: r for r in inst.requests}
-    hosts = {h.name: h for s in inst.snapshot.sites for h in s.hosts}
+    assert_feasible(inst.snapshot, inst.requests, got)
+    assert len(got.assignments) + len(got.unplaced) == len(inst.requests)
+    assert {a.name for a in got.assignments}.isdisjoint(got.unplaced)
+
+
+def test_repeated_names_keep_their_own_shapes() -> None:
+    # names are the caller's and may repeat across shapes; the repair must not mix the classes up
+    inst = tight_instance(4, sites=3, hosts_per_site=4)
+    reqs = [replace(r, name=f"w{i % 7}") for i, r in enumerate(inst.requests)]
+    got = BatchPlanner(inst.snapshot).place(reqs)
+    assert len(got.assignments) == solve_ilp(BatchPlanner(inst.snapshot), reqs).placed
+    assert_feasible(inst.snapshot, reqs, got)
+
+
+def assert_feasible(snap: Snapshot, reqs: list[PlacementRequest], got: BatchResult) -> None:
+    """Every host holds what it was given: vCPU, RAM and GPUs of each model, by each assignment's class."""
+    shapes = [tc.request for tc in task_classes(reqs)]
+    hosts = {h.name: h for s in snap.sites for h in s.hosts}
     used: dict[str, Counter[str]] = {}
     for a in got.assignments:
-        r = reqs[a.name]
+        r = shapes[a.task_class]
         u = used.setdefault(a.host or "", Counter())
         u["vcpus"] += r.vcpus
         u["ram"] += r.ram_mib
@@ -46,8 +61,7 @@ def test_places_as_many_as_the_optimum_within_one_percent(seed: int) -> None:
         assert u["vcpus"] <= h.cores - h.vcpus_used
         assert u["ram"] <= h.memory_mib - h.memory_mib_used
         assert all(u[m] <= n for m, n in h.gpus.items())
-    assert len(got.assignments) + len(got.unplaced) == len(inst.requests)
-    assert {a.name for a in got.assignments}.isdisjoint(got.unplaced)
+    assert sum(used[h]["vcpus"] for h in used) == sum(shapes[a.task_class].vcpus for a in got.assignments)
 
 
 def test_exact_solver_places_more_before_paying_less(federation) -> None:
