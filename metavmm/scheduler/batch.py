@@ -24,8 +24,14 @@ what is left (at most ``rounds`` times). Public flavors are elastic classes with
 
 Static rules (residency, policy, CPU, hypervisor, nested, price) are decided once per task class and
 site or host profile with the single-placement filters; capacity and GPUs become the fit counts.
-:mod:`metavmm.scheduler.batch_ilp` states the same problem as an integer programme (scipy's milp),
-which the benchmark uses as the optimum to compare with.
+
+On a tight catalog (the batch asks for more than half of some free resource, or the flow leaves work
+out) the flow's per-class counts are the wrong model: it spends the cores next to free GPUs on work
+without GPUs, and leaves out work a better packing places (issue 17: on nearly every tight instance of
+bench/tight.py). There the planner starts from the LP relaxation of the exact per-host model
+(:mod:`metavmm.scheduler.batch_lp`, HiGHS), rounds it, and repairs and improves it on exact per-host
+counts (:mod:`metavmm.scheduler.batch_repair`): more placed first, then less money.
+:mod:`metavmm.scheduler.batch_ilp` is the exact lexicographic optimum the benchmark and tests compare with.
 """
 
 from __future__ import annotations
