@@ -1,0 +1,101 @@
+"""The batch as a linear programme: one variable per (task class, host), exact per-host capacity.
+
+:mod:`metavmm.scheduler.batch_ilp` solves it in integers (the exact reference); the planner solves its
+LP relaxation (HiGHS through scipy, milliseconds at 160 hosts) when the flow leaves work out, rounds
+it down and lets :mod:`metavmm.scheduler.batch_repair` place the rest. The relaxation sees every host's
+vCPU, RAM and GPUs at once, which the flow's per-class counts cannot: on a tight catalog the flow
+spends the cores next to free GPUs on work without GPUs and then cannot place the GPU work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix, csr_matrix
+
+from metavmm.scheduler.batch import TaskClass, fit_count
+
+UNPLACED = -1  # the host id of a class's "left out" column
+Free = dict[int, tuple[int, int, dict[str, int]]]
+
+
+@dataclass
+class Model:
+    """``A x`` within ``[lo, hi]``: one row per class (its count), per host (vCPU, RAM, GPUs per model)."""
+
+    cols: list[tuple[int, int | None, float, int]]  # (class index, host id | None: elastic | -1, unit, upper)
+    a: csr_matrix
+    lo: np.ndarray
+    hi: np.ndarray
+    upper: np.ndarray
+    unplaced: np.ndarray  # 1 on the "left out" columns
+    gpu_host_for_cpu: np.ndarray  # 1 on the columns of work without GPUs on a host with GPUs
+
+
+def build(classes: Sequence[TaskClass], free: Free, counts: dict[int, int] | None = None) -> Model:
+    """The model of ``counts`` workloads per class (default: all of its names) on ``free``."""
+    counts = counts if counts is not None else {tc.index: len(tc.names) for tc in classes}
+    cols: list[tuple[int, int | None, float, int]] = []
+    for tc in classes:
+        n = counts[tc.index]
+        for h, unit in tc.hosts:
+            fit = fit_count(free[h.id], tc.request)
+            if fit > 0:
+                cols.append((tc.index, h.id, unit, min(fit, n)))
+        for _view, unit in tc.elastic:
+            cols.append((tc.index, None, unit, n))
+        cols.append((tc.index, UNPLACED, 0.0, n))
+    hosts = sorted({c[1] for c in cols if c[1] is not None and c[1] >= 0})
+    row_of = {h: i for i, h in enumerate(hosts)}
+    models = sorted({tc.request.gpu_model for tc in classes if tc.request.gpu_count and tc.request.gpu_model})
+    row_class = {tc.index: i for i, tc in enumerate(classes)}
+    by_index = {tc.index: tc for tc in classes}
+    ncls, nh = len(classes), len(hosts)
+    rows: list[int] = []
+    colix: list[int] = []
+    vals: list[float] = []
+    for j, (ci, hid, _unit, _up) in enumerate(cols):
+        rows.append(row_class[ci])
+        colix.append(j)
+        vals.append(1)
+        if hid is None or hid < 0:
+            continue
+        req = by_index[ci].request
+        base = ncls + 2 * row_of[hid]
+        rows += [base, base + 1]
+        colix += [j, j]
+        vals += [req.vcpus, req.ram_mib]
+        if req.gpu_count:
+            rows.append(ncls + 2 * nh + models.index(req.gpu_model) * nh + row_of[hid])
+            colix.append(j)
+            vals.append(req.gpu_count)
+    nrows = ncls + (2 + len(models)) * nh
+    lo = np.full(nrows, -np.inf)
+    hi = np.zeros(nrows)
+    for tc in classes:
+        lo[row_class[tc.index]] = hi[row_class[tc.index]] = counts[tc.index]
+    for hid, i in row_of.items():
+        v, r, gp = free[hid]
+        hi[ncls + 2 * i], hi[ncls + 2 * i + 1] = max(v, 0), max(r, 0)
+        for g, model in enumerate(models):
+            hi[ncls + 2 * nh + g * nh + i] = max(gp.get(model, 0), 0)
+    a = coo_matrix((vals, (rows, colix)), shape=(nrows, len(cols))).tocsr()
+    gpu_hosts = {hid for hid in hosts if any(free[hid][2].get(m, 0) > 0 for m in models)}
+    return Model(cols, a, lo, hi, np.array([c[3] for c in cols], dtype=float),
+                 np.array([1.0 if c[1] == UNPLACED else 0.0 for c in cols]),
+                 np.array([1.0 if c[1] in gpu_hosts and not by_index[c[0]].request.gpu_count else 0.0 for c in cols]))
+
+
+def relax(model: Model) -> np.ndarray | None:
+    """The LP optimum of "most placed, then cheapest" (a weight above any cost difference), or None."""
+    units = np.array([c[2] for c in model.cols])
+    weight = 1.0 + 2.0 * float(units.max(initial=0.0)) * len(model.cols)
+    # work without GPUs on a GPU host costs a hair more: among equal answers, the GPUs' hosts stay for GPU work
+    c = units * (1.0 + 1e-4 * model.gpu_host_for_cpu) + weight * model.unplaced
+    eq = model.lo == model.hi
+    res = linprog(c, A_ub=model.a[~eq], b_ub=model.hi[~eq], A_eq=model.a[eq], b_eq=model.hi[eq],
+                  bounds=np.column_stack([np.zeros(len(model.cols)), model.upper]), method="highs")
+    return res.x if res.status == 0 else None
