@@ -87,6 +87,7 @@ class Alternative:
     breakdown: Mapping[str, float]  # raw cost values (price in currency over the hours, movement in s, ...)
     kind: str = "site"  # site, host, flavor
     price_per_hour: Decimal | None = None
+    covers: int = 1  # an explained big site's passing hosts come as groups: the best one stands for this many
 
 
 @dataclass(frozen=True, slots=True)
