@@ -30,7 +30,7 @@ def filter_class(h: HostView) -> tuple[Any, ...]:
 class SiteStatic:
     """What never changes for one site's hosts in one snapshot: ids, capacities, classes, name order."""
 
-    __slots__ = ("caps", "has_gpus", "id_list", "ids", "klass", "n", "name_rank", "reps", "up")
+    __slots__ = ("any_up", "caps", "has_gpus", "id_list", "ids", "klass", "n", "name_rank", "reps", "up")
 
     def __init__(self, site: SiteView, settings: SchedulerSettings) -> None:
         hosts = site.hosts
@@ -40,6 +40,7 @@ class SiteStatic:
         ratio = settings.cpu_allocation_ratio
         self.caps = np.fromiter((int(h.cores * ratio) for h in hosts), np.int64, self.n)
         self.up = np.fromiter((h.state == HostState.UP for h in hosts), bool, self.n)
+        self.any_up = bool(self.up.any())
         self.has_gpus = np.fromiter((any(n > 0 for n in h.gpus.values()) for h in hosts), bool, self.n)
         classes: dict[tuple[Any, ...], int] = {}
         self.reps: list[int] = []
@@ -53,12 +54,13 @@ class SiteStatic:
 
 
 class SiteColumns:
-    """One site's host views and their changing numbers as arrays, at the ledger versions in ``versions``."""
+    """One site's host views and their changing numbers as arrays, at the ledger versions in ``versions``
+    (None: a host no ledger touched)."""
 
     __slots__ = ("free_ram", "free_vcpus", "gpu_present", "gpus", "site", "static", "util", "versions", "views")
 
     def __init__(self, site: SiteView, static: SiteStatic, views: Sequence[CandidateView],
-                 versions: list[int]) -> None:
+                 versions: list[int | None]) -> None:
         self.site, self.static, self.views, self.versions = site, static, list(views), versions
         n = static.n
         self.free_vcpus = np.fromiter((v.free_vcpus for v in views), np.int64, n)
@@ -78,18 +80,17 @@ class SiteColumns:
             free[i] = v.gpus.get(model, 0)
             self.gpu_present[model][i] = model in v.gpus
 
-    def patched(self, views: Sequence[CandidateView], versions: list[int]) -> SiteColumns:
-        """A copy with the hosts whose ledger version changed re-read from ``views``."""
+    def patched(self, views: Sequence[CandidateView], versions: list[int | None], changed: list[int]) -> SiteColumns:
+        """A copy at ``versions`` whose ``changed`` hosts are re-read from ``views``."""
         new = object.__new__(SiteColumns)
         new.site, new.static, new.views, new.versions = self.site, self.static, list(views), versions
         new.free_vcpus, new.free_ram, new.util = self.free_vcpus.copy(), self.free_ram.copy(), self.util.copy()
         new.gpus = {m: a.copy() for m, a in self.gpus.items()}
         new.gpu_present = {m: a.copy() for m, a in self.gpu_present.items()}
-        for i, (old, cur) in enumerate(zip(self.versions, versions, strict=True)):
-            if old != cur:
-                v = views[i]
-                new.free_vcpus[i], new.free_ram[i], new.util[i] = v.free_vcpus, v.free_ram_mib, v.utilisation
-                new._set_gpus(i, v)
+        for i in changed:
+            v = views[i]
+            new.free_vcpus[i], new.free_ram[i], new.util[i] = v.free_vcpus, v.free_ram_mib, v.utilisation
+            new._set_gpus(i, v)
         return new
 
     def site_view(self) -> CandidateView:
@@ -97,7 +98,7 @@ class SiteColumns:
         st, site = self.static, self.site
         up = st.up
         profile = site.profile
-        if not up.any():
+        if not st.any_up:
             return CandidateView("site", site.name, site, profile.archs, profile.vendors, profile.feature_sets,
                                  profile.hypervisors, 0, 0, frozen_map({}), profile.nested, False, 1.0,
                                  state=HostState.DOWN)
@@ -129,20 +130,17 @@ def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float]) -> np
         return totals
     inf = float("inf")
     for w, x in zip(weights, raw, strict=True):
-        finite = x != inf
-        all_finite = bool(finite.all())
-        if all_finite:
-            lo, hi = float(x.min()), float(x.max())
-        elif finite.any():
-            lo, hi = float(x[finite].min()), float(x[finite].max())
-        else:
-            lo = hi = 0.0
+        lo, hi = float(x.min()), float(x.max())
+        all_finite = hi != inf
+        if not all_finite:
+            finite = x != inf
+            lo, hi = (float(x[finite].min()), float(x[finite].max())) if lo != inf else (0.0, 0.0)
         span = hi - lo
         if span <= 0 and all_finite:
             continue
         norm = (x - lo) / span if span > 0 else np.zeros(n, np.float64)
         if not all_finite:
-            norm = np.where(finite, norm, 1.0)
+            norm = np.where(x != inf, norm, 1.0)
         totals += w * norm
     return totals
 

@@ -127,7 +127,7 @@ class Scheduler:
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
         self.views = views if views is not None else ViewCache()
         self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
-        self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray] | None]] = {}
+        self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray, bool] | None]] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
         self._columns: dict[int, tuple[int, SiteColumns]] = {}
@@ -243,17 +243,20 @@ class Scheduler:
                 static = self.views.static[site.id] = SiteStatic(site, self.settings)
             n = len(site.hosts)
             pristine = self.views.columns[site.id] = SiteColumns(
-                site, static, [self._host_view(site, i, 0) for i in range(n)], [0] * n)
+                site, static, [self._host_view(site, i, 0) for i in range(n)], [None] * n)
         if version == 0:
             return pristine
         cached = self._columns.get(site.id)
         if cached is not None and cached[0] == version:
             return cached[1]
-        versions = [v or 0 for v in map(self.ledger.host_version.get, pristine.static.id_list)]
+        versions = list(map(self.ledger.host_version.get, pristine.static.id_list))  # None: untouched
         base = cached[1] if cached is not None else pristine
-        views = [v if old == cur else self._host_view(site, i, cur)
-                 for i, (v, old, cur) in enumerate(zip(base.views, base.versions, versions, strict=True))]
-        cols = base.patched(views, versions)
+        changed = [i for i, old, cur in zip(range(len(versions)), base.versions, versions, strict=True)
+                   if old != cur and (old or cur)]
+        views = list(base.views)
+        for i in changed:
+            views[i] = self._host_view(site, i, versions[i] or 0)
+        cols = base.patched(views, versions, changed)
         self._columns[site.id] = (version, cols)
         return cols
 
@@ -451,7 +454,7 @@ class Scheduler:
             if site is None or r.kind != "site":
                 out.append(r)
             elif r.filter in slot_rules:
-                found, own = self._open_site(site, req, Counter(), group=group)
+                found, own = self._choose_slot(site, req, Counter(), every=True, group=group)
                 out.extend(own if own and not found else [r])
             elif site.has_hosts and not (group and len(site.hosts) > EXPLAIN_GROUP_OVER):
                 out.extend(replace(r, candidate=h.name, kind="host", covers=1) for h in site.hosts)
@@ -494,13 +497,16 @@ class Scheduler:
             return self._open_cloud_site(site, req, counts, every=every)
         sid = self.shape_id(req) if sid is None else sid
         cols = self.columns(site)
-        first, by_host = self._host_verdicts(cols, req, sid)
-        rejections = [r for r in by_host if r is not None]
-        if log.isEnabledFor(logging.DEBUG):
-            counts.update(r.filter for r in rejections)
         big = group and cols.static.n > EXPLAIN_GROUP_OVER
         if big:
-            rejections = _grouped(site, rejections)
+            first, sub = self._first_failing(cols, req, sid)
+            rejections = self._grouped_rejections(cols, first, sub, req, sid)
+        else:
+            first, by_host = self._host_verdicts(cols, req, sid)
+            rejections = [r for r in by_host if r is not None]
+        if log.isEnabledFor(logging.DEBUG):
+            for r in rejections:
+                counts[r.filter] += r.covers
         ok = np.flatnonzero(first < 0)
         if not ok.size:
             return [], rejections
@@ -535,6 +541,31 @@ class Scheduler:
 
         return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections
 
+    def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
+                            sid: int) -> list[Rejection]:
+        """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
+        how many hosts it stands for (a group of one is the host's own rejection)."""
+        failed = np.flatnonzero(first >= 0)
+        if not failed.size:
+            return []
+        keys = first[failed] * (int(sub.max()) + 1) + sub[failed]
+        _, where, sizes = np.unique(keys, return_index=True, return_counts=True)
+        groups: dict[tuple[str, str], list[Any]] = {}
+        for j, size in sorted(zip(where.tolist(), sizes.tolist(), strict=True)):
+            i = int(failed[j])
+            r = self._host_rejection(cols, i, int(first[i]), req, sid)
+            g = groups.setdefault((r.filter, r.code), [r, 0])
+            g[1] += size
+        out = []
+        for r, size in groups.values():
+            if size == 1:
+                out.append(r)
+            else:
+                out.append(replace(r, candidate=f"{cols.site.name}: {size} hosts, {r.code}", kind="hosts",
+                                   message=f"{size} hosts, for example {r.candidate}: {r.message}", covers=size,
+                                   numbers={**r.numbers, "hosts": size}))
+        return out
+
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
                        sid: int) -> tuple[np.ndarray, list[Rejection | None]]:
         """The first failing rule per host (-1: none) and each host's rejection (None: it passed). Kept per
@@ -544,7 +575,7 @@ class Scheduler:
         prev = self._host_rejections.get(key)
         if prev is not None and prev[0] is cols:
             return prev[1], prev[2]
-        first = self._first_failing(cols, req, sid)
+        first = self._first_failing(cols, req, sid)[0]
         if prev is None:
             by_host: list[Rejection | None] = [None] * cols.static.n
             redo = np.flatnonzero(first >= 0).tolist()
@@ -560,48 +591,53 @@ class Scheduler:
         self._host_rejections[key] = (cols, first, by_host)
         return first, by_host
 
-    def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> np.ndarray:
-        """Per host of the site, the index of the first slot rule that rejects it, or -1."""
+    def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number
+        equal for hosts that rule rejects with the same code (its ``fails`` value, or the filter class)."""
         filters = self._slot_filters
         per_class = self._class_verdicts.get((cols.site.id, sid))
         if per_class is None:
             per_class = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req)
-        first = np.full(cols.static.n, -1, np.int64)
+        n = cols.static.n
+        first = np.full(n, -1, np.int64)
+        sub = np.zeros(n, np.int64)
         undecided: np.ndarray | None = None
         for k, f in enumerate(filters):
             judged = per_class[k]
             if judged is None:
-                mask = f.fails(cols, req)  # type: ignore[attr-defined]
-                if mask is None:
+                reason = f.fails(cols, req)  # type: ignore[attr-defined]
+                if reason is None:
                     continue
+                mask = reason != 0
             else:
-                if not judged[1].any():
+                if not judged[2]:
                     continue
-                mask = judged[1][cols.static.klass]
-            if undecided is None:
-                first[mask] = k
-                undecided = ~mask
-            else:
-                first[mask & undecided] = k
-                undecided &= ~mask
-        return first
+                reason = cols.static.klass
+                mask = judged[1][reason]
+            hit = mask if undecided is None else mask & undecided
+            first[hit] = k
+            sub[hit] = reason[hit]
+            undecided = ~mask if undecided is None else undecided & ~mask
+        return first, sub
 
-    def _judge_classes(self, cols: SiteColumns, req: PlacementRequest) -> list[tuple[list[Verdict], np.ndarray] | None]:
+    def _judge_classes(self, cols: SiteColumns,
+                       req: PlacementRequest) -> list[tuple[list[Verdict], np.ndarray, bool] | None]:
         """Each slot rule without ``fails`` asked once per filter class of the site (its representative host)."""
-        out: list[tuple[list[Verdict], np.ndarray] | None] = []
+        out: list[tuple[list[Verdict], np.ndarray, bool] | None] = []
         reps = [cols.views[i] for i in cols.static.reps]
         for f in self._slot_filters:
             if hasattr(f, "fails"):
                 out.append(None)
                 continue
             verdicts = [f.check(v, req) for v in reps]
-            out.append((verdicts, np.array([not v.ok for v in verdicts], bool)))
+            fails = [not v.ok for v in verdicts]
+            out.append((verdicts, np.array(fails, bool), any(fails)))
         return out
 
     def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
         """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""
         view = cols.views[i]
-        key = (cols.static.ids[i], cols.versions[i], sid)
+        key = (cols.static.id_list[i], cols.versions[i] or 0, sid)
         hit = self._slot_verdicts.get(key)
         if hit is None:
             if len(self._slot_verdicts) > 500_000:
@@ -706,20 +742,3 @@ class Scheduler:
                       and route is not None and not route.steps), None)
         return hypervisor, ImageSource(image.image_id, ready, route, view.name if view else "",
                                        view.format if view else image.format, image.hypervisor, image.size_bytes)
-
-
-def _grouped(site: SiteView, rejections: list[Rejection]) -> list[Rejection]:
-    """One rejection per (rule, code) of a site's hosts: the first host's message and numbers, the count."""
-    groups: dict[tuple[str, str], list[Rejection]] = {}
-    for r in rejections:
-        groups.setdefault((r.filter, r.code), []).append(r)
-    out = []
-    for (_rule, code), members in groups.items():
-        if len(members) == 1:
-            out.append(members[0])
-            continue
-        r = members[0]
-        out.append(replace(r, candidate=f"{site.name}: {len(members)} hosts, {code}", kind="hosts",
-                           message=f"{len(members)} hosts, for example {r.candidate}: {r.message}",
-                           covers=len(members), numbers={**r.numbers, "hosts": len(members)}))
-    return out

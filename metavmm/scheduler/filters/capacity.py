@@ -34,5 +34,5 @@ class CapacityFilter:
                               need_ram_mib=req.ram_mib, free_ram_mib=view.free_ram_mib)
 
     def fails(self, cols: SiteColumns, req: PlacementRequest) -> np.ndarray | None:
-        """Every host of an opened site at once: True where :meth:`check` rejects."""
-        return (cols.free_vcpus < req.vcpus) | (cols.free_ram < req.ram_mib)
+        """Every host of an opened site at once: 0 where :meth:`check` passes, else 1 (cpu), 2 (memory), 3 (both)."""
+        return (cols.free_vcpus < req.vcpus).view(np.int8) + 2 * (cols.free_ram < req.ram_mib).view(np.int8)

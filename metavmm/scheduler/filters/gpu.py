@@ -26,8 +26,12 @@ class GpuFilter:
                               need=req.gpu_count, free=free, model=model)
 
     def fails(self, cols: SiteColumns, req: PlacementRequest) -> np.ndarray | None:
-        """Every host of an opened site at once: True where :meth:`check` rejects (None: none does)."""
+        """Every host of an opened site at once: 0 where :meth:`check` passes, 1 where the host has no such
+        GPU, 2 where too few are free (None: the request asks for no GPU)."""
         if not req.gpu_count:
             return None
-        free = cols.gpus.get(req.gpu_model or "")
-        return np.ones(cols.static.n, bool) if free is None else free < req.gpu_count
+        model = req.gpu_model or ""
+        free = cols.gpus.get(model)
+        if free is None:
+            return np.ones(cols.static.n, np.int8)
+        return (free < req.gpu_count).view(np.int8) * np.where(cols.gpu_present[model], 2, 1).astype(np.int8)
