@@ -30,7 +30,8 @@ def filter_class(h: HostView) -> tuple[Any, ...]:
 class SiteStatic:
     """What never changes for one site's hosts in one snapshot: ids, capacities, classes, name order."""
 
-    __slots__ = ("any_up", "caps", "has_gpus", "id_list", "ids", "klass", "n", "name_rank", "reps", "up")
+    __slots__ = ("all_up", "any_up", "caps", "has_gpus", "id_list", "ids", "klass", "n", "name_rank", "reps",
+                 "total_up", "up")
 
     def __init__(self, site: SiteView, settings: SchedulerSettings) -> None:
         hosts = site.hosts
@@ -40,7 +41,8 @@ class SiteStatic:
         ratio = settings.cpu_allocation_ratio
         self.caps = np.fromiter((int(h.cores * ratio) for h in hosts), np.int64, self.n)
         self.up = np.fromiter((h.state == HostState.UP for h in hosts), bool, self.n)
-        self.any_up = bool(self.up.any())
+        self.any_up, self.all_up = bool(self.up.any()), bool(self.up.all())
+        self.total_up = int(self.caps[self.up].sum())
         self.has_gpus = np.fromiter((any(n > 0 for n in h.gpus.values()) for h in hosts), bool, self.n)
         classes: dict[tuple[Any, ...], int] = {}
         self.reps: list[int] = []
@@ -57,11 +59,14 @@ class SiteColumns:
     """One site's host views and their changing numbers as arrays, at the ledger versions in ``versions``
     (None: a host no ledger touched)."""
 
-    __slots__ = ("free_ram", "free_vcpus", "gpu_present", "gpus", "site", "static", "util", "versions", "views")
+    __slots__ = ("base", "changed", "free_ram", "free_vcpus", "gpu_present", "gpus", "site", "static", "util",
+                 "versions", "views")
 
     def __init__(self, site: SiteView, static: SiteStatic, views: Sequence[CandidateView],
                  versions: list[int | None]) -> None:
         self.site, self.static, self.views, self.versions = site, static, list(views), versions
+        self.base: SiteColumns | None = None  # what these were patched from, and which hosts changed
+        self.changed: list[int] = []
         n = static.n
         self.free_vcpus = np.fromiter((v.free_vcpus for v in views), np.int64, n)
         self.free_ram = np.fromiter((v.free_ram_mib for v in views), np.int64, n)
@@ -84,6 +89,8 @@ class SiteColumns:
         """A copy at ``versions`` whose ``changed`` hosts are re-read from ``views``."""
         new = object.__new__(SiteColumns)
         new.site, new.static, new.views, new.versions = self.site, self.static, list(views), versions
+        new.base, new.changed = self, changed
+        self.base = None  # one link only: a chain of every earlier version would never be freed
         new.free_vcpus, new.free_ram, new.util = self.free_vcpus.copy(), self.free_ram.copy(), self.util.copy()
         new.gpus = {m: a.copy() for m, a in self.gpus.items()}
         new.gpu_present = {m: a.copy() for m, a in self.gpu_present.items()}
@@ -102,17 +109,20 @@ class SiteColumns:
             return CandidateView("site", site.name, site, profile.archs, profile.vendors, profile.feature_sets,
                                  profile.hypervisors, 0, 0, frozen_map({}), profile.nested, False, 1.0,
                                  state=HostState.DOWN)
-        free_v, free_r = self.free_vcpus[up], self.free_ram[up]
+        if st.all_up:
+            free_v, free_r, caps, total = self.free_vcpus, self.free_ram, st.caps, st.total_up
+        else:
+            free_v, free_r, caps = self.free_vcpus[up], self.free_ram[up], st.caps[up]
+            total = int(caps.sum())
         best_v, best_r = max(int(free_v.max()), 0), max(int(free_r.max()), 0)
-        caps = st.caps[up]
-        total = int(caps.sum())
-        used = int((caps - free_v).sum())
+        used = total - int(free_v.sum())
         gpus = {}
         firsts = []
         for model, present in self.gpu_present.items():
-            here = present & up
-            if here.any():
-                firsts.append((int(np.argmax(here)), model))
+            here = present if st.all_up else present & up
+            first = int(here.argmax())
+            if here[first]:
+                firsts.append((first, model))
                 gpus[model] = int(self.gpus[model][here].max())
         ordered = {model: gpus[model] for _, model in sorted(firsts)}
         return CandidateView("site", site.name, site, profile.archs, profile.vendors, profile.feature_sets,
@@ -120,17 +130,19 @@ class SiteColumns:
                              used / total if total else 1.0, state=HostState.UP)
 
 
-def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float], n: int = 0) -> np.ndarray:
     """The pipeline's score (:meth:`~metavmm.scheduler.pipeline.Scheduler.score`) over arrays: each cost
     min-max normalised over the finite values (an infinite one counts 1), weighted, summed in cost order,
-    so every float is the one the scalar loop computes."""
-    n = len(raw[0]) if raw else 0
-    totals = np.zeros(n, np.float64)
-    if n == 0:
-        return totals
+    so every float is the one the scalar loop computes. ``n``: the number of candidates when ``raw`` has no
+    costs."""
+    matrix = raw if isinstance(raw, np.ndarray) else np.vstack(raw) if len(raw) else np.zeros((0, n))
+    n = matrix.shape[1]
+    if n == 0 or not len(matrix):
+        return np.zeros(n, np.float64)
+    los, his = matrix.min(axis=1).tolist(), matrix.max(axis=1).tolist()
     inf = float("inf")
-    for w, x in zip(weights, raw, strict=True):
-        lo, hi = float(x.min()), float(x.max())
+    totals: np.ndarray | None = None
+    for w, x, lo, hi in zip(weights, matrix, los, his, strict=True):
         all_finite = hi != inf
         if not all_finite:
             finite = x != inf
@@ -141,8 +153,12 @@ def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float]) -> np
         norm = (x - lo) / span if span > 0 else np.zeros(n, np.float64)
         if not all_finite:
             norm = np.where(x != inf, norm, 1.0)
-        totals += w * norm
-    return totals
+        term = w * norm
+        if totals is None:
+            totals = term + 0.0  # 0.0 + x, as the scalar loop starts
+        else:
+            totals += term
+    return totals if totals is not None else np.zeros(n, np.float64)
 
 
 def ranked(totals: np.ndarray, name_rank: np.ndarray) -> np.ndarray:

@@ -135,6 +135,9 @@ class Scheduler:
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
         self._site_ids = [s.id for s in snapshot.sites]
+        self._weights = [c.weight for c in self.costs]
+        self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
+        self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
         self._site_by_name: dict[str, SiteView] = {}
         for site in snapshot.sites:
             self._site_by_name.setdefault(site.name, site)
@@ -317,7 +320,7 @@ class Scheduler:
         """The passing sites best first (:meth:`score` over the shape's kept raw costs); ties by name."""
         if st.order is None:
             idx = np.flatnonzero(st.ok)
-            totals = normalised_totals([row[idx] for row in st.raw], [c.weight for c in self.costs])
+            totals = normalised_totals(st.raw[:, idx], self._weights)
             st.totals[idx] = totals
             st.order = idx[ranked(totals, self._site_name_rank[idx])]
         names = [c.name for c in self.costs]
@@ -513,8 +516,8 @@ class Scheduler:
         views = cols.views
         if len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
-            costs = [c for c in self.costs if not getattr(c, "host_invariant", False)]
-            fixed = {c.name: c.cost(views[ok[0]], req, self.graph) for c in self.costs if c not in costs}
+            costs = self._varying
+            fixed = {c.name: c.cost(views[ok[0]], req, self.graph) for c in self._invariant}
         else:
             costs, fixed = self.costs, {}
         raw = []
@@ -522,7 +525,7 @@ class Scheduler:
             column = getattr(c, "column", None)
             raw.append(column(cols, req)[ok] if column is not None else np.fromiter(
                 (c.cost(views[i], req, self.graph) for i in ok), np.float64, ok.size))
-        totals = normalised_totals(raw, [c.weight for c in costs])
+        totals = normalised_totals(raw, [c.weight for c in costs], ok.size)
         names = cols.static.name_rank[ok]
         order = ranked(totals, names) if every else [first_best(totals, names)]
         covers = [1] * len(order)
@@ -581,8 +584,9 @@ class Scheduler:
             redo = np.flatnonzero(first >= 0).tolist()
         else:
             pcols, pfirst, by_host = prev[0], prev[1], list(prev[2])
-            redo = sorted(set(np.flatnonzero(first != pfirst).tolist()).union(
-                i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b))
+            changed = cols.changed if cols.base is pcols else [
+                i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
+            redo = sorted(set(np.flatnonzero(first != pfirst).tolist()).union(changed))
         for i in redo:
             k = int(first[i])
             by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
