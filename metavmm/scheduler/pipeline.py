@@ -35,7 +35,7 @@ from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph, boot_formats
 from metavmm.scheduler.ledger import Ledger, Reservation
-from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, summarize
+from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, code_counts, summarize, summarize_counts
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.scheduler.quotes import Quoter
 from metavmm.scheduler.request import ANY_ARCH, ImageRef, PlacementRequest, Verdict
@@ -77,7 +77,7 @@ class SiteRanking:
     at, and the sites' order (recomputed with numpy when a site changed).
     """
 
-    __slots__ = ("ok", "order", "raw", "rejections", "totals", "versions", "views")
+    __slots__ = ("codes", "ok", "order", "raw", "rejections", "totals", "versions", "views")
 
     def __init__(self, n_sites: int, n_costs: int) -> None:
         self.versions: list[int | None] = [-1] * n_sites
@@ -87,6 +87,7 @@ class SiteRanking:
         self.ok = np.zeros(n_sites, bool)
         self.order: np.ndarray | None = None
         self.totals = np.zeros(n_sites, np.float64)
+        self.codes: Counter[str] | None = None  # the site rejections' candidates per code
 
 
 class ViewCache:
@@ -129,7 +130,7 @@ class Scheduler:
         self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
         self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray, bool] | None]] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
-        self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
+        self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str], Counter[str]]] = {}
         self._columns: dict[int, tuple[int, SiteColumns]] = {}
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
@@ -314,6 +315,7 @@ class Scheduler:
                 st.ok[i] = False
         st.versions = cur
         st.order = None
+        st.codes = None
         return st
 
     def ranked_sites(self, st: SiteRanking) -> Iterator[Scored]:
@@ -392,6 +394,9 @@ class Scheduler:
         sid = self.shape_id(req)
         st = self.ranking(req, sid)
         rejections = [r for r in st.rejections if r is not None]
+        if st.codes is None:
+            st.codes = code_counts(rejections)
+        codes = st.codes.copy()  # what the summary counts, kept per site instead of recounted
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             counts.update(r.filter for r in rejections)
@@ -411,8 +416,10 @@ class Scheduler:
                 alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown, view.kind,
                                                 self.quote(view, req).per_hour))
                 continue
-            found, slot_rejections = self._choose_slot(view.site, req, counts, every=explain, group=group, sid=sid)
+            found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
+                                                                   sid=sid, codes=True)
             rejections.extend(slot_rejections)
+            codes.update(slot_codes)
             if not found:
                 continue
             (slot, _), *others = found
@@ -427,8 +434,10 @@ class Scheduler:
         if debug:
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
+        if explain:
+            codes = code_counts(rejections)
         if chosen is None:
-            summary = summarize(rejections, self.total_candidates, 0)
+            summary = summarize_counts(codes, self.total_candidates, 0)
             log.info("%s: %s", req.name, summary)
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
@@ -437,7 +446,7 @@ class Scheduler:
         if wastes_gpus(slot, req):
             summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
                        "without GPUs fits; "
-        summary += summarize(rejections, self.total_candidates)
+        summary += summarize_counts(codes, self.total_candidates)
         log.info("%s: %s", req.name, summary)
         placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives), costs)
         if reserve:
@@ -472,11 +481,12 @@ class Scheduler:
                            covers)
 
     def _choose_slot(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
-                     group: bool = False, sid: int | None = None) -> tuple[list[tuple[Slot, int]], list[Rejection]]:
+                     group: bool = False, sid: int | None = None, codes: bool = False) -> Any:
         """The best host (or flavor) of one site (with ``every``: all that pass, best first, ``group``ed as
-        :meth:`_open_site` says), with every other one's reason. Memoised per (site, ledger version of the
-        site, request shape, every, group): a site that could not take a request is not re-opened for the
-        next identical one until a placement or release changes it."""
+        :meth:`_open_site` says), with every other one's reason (and with ``codes``, the rejections'
+        candidates per code, for the summary). Memoised per (site, ledger version of the site, request
+        shape, every, group): a site that could not take a request is not re-opened for the next
+        identical one until a placement or release changes it."""
         sid = self.shape_id(req) if sid is None else sid
         key = (site.id, self.ledger.site_version.get(site.id, 0), sid, every, group)
         hit = self._site_choices.get(key)
@@ -485,9 +495,11 @@ class Scheduler:
             chosen, rejections = self._open_site(site, req, local, every=every, group=group, sid=sid)
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
-            hit = self._site_choices[key] = (chosen, rejections, local)
+            hit = self._site_choices[key] = (chosen, rejections, local, code_counts(rejections))
         if log.isEnabledFor(logging.DEBUG):
             counts.update(hit[2])
+        if codes:
+            return hit[0], hit[1], hit[3]
         return list(hit[0]), list(hit[1])
 
     def _open_site(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,

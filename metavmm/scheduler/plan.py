@@ -163,6 +163,20 @@ def summarize(rejections: Iterable[Rejection], total: int, available: int | None
     counts: Counter[str] = Counter()
     for r in rejections:
         counts[r.code] += r.covers
+    return summarize_counts(counts, total, available, noun)
+
+
+def code_counts(rejections: Iterable[Rejection]) -> Counter[str]:
+    """Candidates per rejection code, as :func:`summarize` counts them."""
+    counts: Counter[str] = Counter()
+    for r in rejections:
+        counts[r.code] += r.covers
+    return counts
+
+
+def summarize_counts(counts: Counter[str], total: int, available: int | None = None,
+                     noun: str = "candidates") -> str:
+    """:func:`summarize` from counts per code already made (the scheduler keeps them per site)."""
     parts = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n)
     if available is None:
         head = f"{sum(counts.values())}/{total} {noun} rejected"
