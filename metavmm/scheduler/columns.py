@@ -30,8 +30,8 @@ def filter_class(h: HostView) -> tuple[Any, ...]:
 class SiteStatic:
     """What never changes for one site's hosts in one snapshot: ids, capacities, classes, name order."""
 
-    __slots__ = ("all_up", "any_up", "caps", "has_gpus", "id_list", "ids", "klass", "n", "name_rank", "reps",
-                 "total_up", "up")
+    __slots__ = ("all_up", "any_up", "caps", "class_keys", "has_gpus", "id_list", "ids", "klass", "n", "name_rank",
+                 "reps", "total_up", "up")
 
     def __init__(self, site: SiteView, settings: SchedulerSettings) -> None:
         hosts = site.hosts
@@ -49,6 +49,7 @@ class SiteStatic:
         for i, h in enumerate(hosts):
             if classes.setdefault(filter_class(h), len(classes)) == len(self.reps):
                 self.reps.append(i)
+        self.class_keys = [filter_class(hosts[i]) for i in self.reps]
         self.klass = np.fromiter((classes[filter_class(h)] for h in hosts), np.int64, self.n)
         names = sorted({h.name for h in hosts})
         rank = {name: i for i, name in enumerate(names)}

@@ -132,6 +132,7 @@ class Scheduler:
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str], Counter[str]]] = {}
         self._columns: dict[int, tuple[int, SiteColumns]] = {}
+        self._shared_verdicts: dict[tuple[object, ...], Verdict] = {}
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
@@ -157,6 +158,7 @@ class Scheduler:
                 self._rankings.clear()
                 self._slot_verdicts.clear()
                 self._class_verdicts.clear()
+                self._shared_verdicts.clear()
                 self._site_choices.clear()
                 self._host_rejections.clear()
             sid = ids[key] = len(ids)
@@ -613,7 +615,7 @@ class Scheduler:
         filters = self._slot_filters
         per_class = self._class_verdicts.get((cols.site.id, sid))
         if per_class is None:
-            per_class = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req)
+            per_class = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
         n = cols.static.n
         first = np.full(n, -1, np.int64)
         sub = np.zeros(n, np.int64)
@@ -636,8 +638,8 @@ class Scheduler:
             undecided = ~mask if undecided is None else undecided & ~mask
         return first, sub
 
-    def _judge_classes(self, cols: SiteColumns,
-                       req: PlacementRequest) -> list[tuple[list[Verdict], np.ndarray, bool] | None]:
+    def _judge_classes(self, cols: SiteColumns, req: PlacementRequest,
+                       sid: int) -> list[tuple[list[Verdict], np.ndarray, bool] | None]:
         """Each slot rule without ``fails`` asked once per filter class of the site (its representative host)."""
         out: list[tuple[list[Verdict], np.ndarray, bool] | None] = []
         reps = [cols.views[i] for i in cols.static.reps]
@@ -645,7 +647,16 @@ class Scheduler:
             if hasattr(f, "fails"):
                 out.append(None)
                 continue
-            verdicts = [f.check(v, req) for v in reps]
+            if getattr(f, "site_free", False):  # the same verdict for a class at every site
+                shared = self._shared_verdicts
+                verdicts = []
+                for key, v in zip(cols.static.class_keys, reps, strict=True):
+                    hit = shared.get((f.name, key, sid))
+                    if hit is None:
+                        hit = shared[(f.name, key, sid)] = f.check(v, req)
+                    verdicts.append(hit)
+            else:
+                verdicts = [f.check(v, req) for v in reps]
             fails = [not v.ok for v in verdicts]
             out.append((verdicts, np.array(fails, bool), any(fails)))
         return out

@@ -14,6 +14,8 @@ has ``fails(cols, req)``, which answers for every host at once from the site's n
 rejections have the same code (None: it rejects none). A rule that reads a host's numbers, id or anything
 outside its filter class must have ``fails`` (capacity, GPU and exclusion do); ``check`` still gives each
 rejected host its message and numbers, and an explanation that groups hosts asks it once per group.
+A rule with ``site_free = True`` judges a host by its filter class alone (not its site): its class
+verdicts are shared by every site.
 """
 
 from __future__ import annotations
