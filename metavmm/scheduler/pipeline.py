@@ -21,26 +21,31 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.records import Capability
+from metavmm.scheduler.columns import SiteColumns, SiteStatic, first_best, normalised_totals, ranked
 from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph, boot_formats
 from metavmm.scheduler.ledger import Ledger, Reservation
-from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, summarize
+from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, code_counts, summarize, summarize_counts
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.scheduler.quotes import Quoter
 from metavmm.scheduler.request import ANY_ARCH, ImageRef, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import SiteView, Snapshot
-from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView, aggregate_hosts, host_view, site_view, slot_views
+from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView, host_view, site_view, slot_views
 
 log = logging.getLogger(__name__)
 
+
+Slot = tuple[CandidateView, dict[str, float]]  # a host or flavor that passed, and its raw costs
 
 
 class Scored:
@@ -53,10 +58,36 @@ class Scored:
 
     @property
     def breakdown(self) -> dict[str, float]:
-        return {name: values[self.index] for name, values in zip(self._names, self._raw, strict=True)}
+        return {name: float(values[self.index]) for name, values in zip(self._names, self._raw, strict=True)}
 
 
 MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
+EXPLAIN_GROUP_OVER = 16
+"""With ``explain``, a site of more hosts than this is summarised: its best passing host, then the rest
+that passed as one entry per kind (with GPUs or without: the best of them, standing for all), and its
+rejected hosts as one entry per (first failing rule, code) with their count; ``every_host=True`` lists
+every host, as smaller sites always are."""
+
+
+class SiteRanking:
+    """One request shape's verdict and raw costs for every site, patched only where a ledger changed a site.
+
+    A stream of requests mostly repeats a few shapes, and a placement changes one site: this keeps, per
+    shape, each site's view, rejection (or None) and raw costs at the ledger version they were computed
+    at, and the sites' order (recomputed with numpy when a site changed).
+    """
+
+    __slots__ = ("codes", "ok", "order", "raw", "rejections", "totals", "versions", "views")
+
+    def __init__(self, n_sites: int, n_costs: int) -> None:
+        self.versions: list[int | None] = [-1] * n_sites
+        self.views: list[CandidateView | None] = [None] * n_sites
+        self.rejections: list[Rejection | None] = [None] * n_sites
+        self.raw = np.zeros((n_costs, n_sites), np.float64)
+        self.ok = np.zeros(n_sites, bool)
+        self.order: np.ndarray | None = None
+        self.totals = np.zeros(n_sites, np.float64)
+        self.codes: Counter[str] | None = None  # the site rejections' candidates per code
 
 
 class ViewCache:
@@ -72,6 +103,8 @@ class ViewCache:
         self.sites: dict[int, CandidateView] = {}
         self.hosts: dict[int, CandidateView] = {}
         self.flavors: dict[int, list[CandidateView]] = {}
+        self.static: dict[int, SiteStatic] = {}
+        self.columns: dict[int, SiteColumns] = {}
 
 
 class Scheduler:
@@ -94,11 +127,42 @@ class Scheduler:
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
         self.views = views if views is not None else ViewCache()
-        self._verdicts: dict[tuple[object, ...], tuple[CandidateView, tuple[str, Verdict] | None]] = {}
-        self._slot_verdicts: dict[tuple[object, ...], Rejection | None] = {}
+        self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
+        self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray, bool] | None]] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
-        self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str]]] = {}
+        self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str], Counter[str]]] = {}
+        self._columns: dict[int, tuple[int, SiteColumns]] = {}
+        self._shared_verdicts: dict[tuple[object, ...], Verdict] = {}
+        self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
+        self._shape_ids: dict[tuple[object, ...], int] = {}
+        self._rankings: dict[int, SiteRanking] = {}
+        self._site_ids = [s.id for s in snapshot.sites]
+        self._weights = [c.weight for c in self.costs]
+        self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
+        self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
+        self._site_by_name: dict[str, SiteView] = {}
+        for site in snapshot.sites:
+            self._site_by_name.setdefault(site.name, site)
+        names = sorted({s.name for s in snapshot.sites})
+        self._site_name_rank = np.array([names.index(s.name) for s in snapshot.sites], np.int64)
         self.total_candidates = sum(len(s.hosts) or 1 for s in snapshot.sites)
+
+    def shape_id(self, req: PlacementRequest) -> int:
+        """The request's shape key interned as a small int: memo keys hash it instead of 21 fields."""
+        ids = self._shape_ids
+        key = req.shape_key()
+        sid = ids.get(key)
+        if sid is None:
+            if len(ids) > 100_000:  # every memo keyed by shape ids goes with them
+                ids.clear()
+                self._rankings.clear()
+                self._slot_verdicts.clear()
+                self._class_verdicts.clear()
+                self._shared_verdicts.clear()
+                self._site_choices.clear()
+                self._host_rejections.clear()
+            sid = ids[key] = len(ids)
+        return sid
 
     @property
     def slot_filters(self) -> list[Filter]:
@@ -146,15 +210,24 @@ class Scheduler:
             cached = self._site_cache.get(site.id)
             if cached is not None and cached[0] == version:
                 return cached[1]
-        if site.has_hosts:
-            view = aggregate_hosts(site, self.slot_views(site), self.settings)
-        else:
-            view = site_view(site, None, self.settings)
+        view = self.columns(site).site_view() if site.has_hosts else site_view(site, None, self.settings)
         if version == 0:
             self.views.sites[site.id] = view
         else:
             self._site_cache[site.id] = (version, view)
         return view
+
+    def _host_view(self, site: SiteView, index: int, version: int) -> CandidateView:
+        h = site.hosts[index]
+        if version == 0:
+            view = self.views.hosts.get(h.id)
+            if view is None:
+                view = self.views.hosts[h.id] = host_view(site, h, None, self.settings)
+            return view
+        hit = self._host_cache.get(h.id)
+        if hit is None or hit[0] != version:
+            hit = self._host_cache[h.id] = (version, host_view(site, h, self.ledger, self.settings))
+        return hit[1]
 
     def slot_views(self, site: SiteView) -> list[CandidateView]:
         """Host views (rebuilt only for hosts the ledger changed) or flavor views of one site."""
@@ -163,23 +236,35 @@ class Scheduler:
             if flavors is None:
                 flavors = self.views.flavors[site.id] = slot_views(site, None, self.settings)
             return flavors
-        out = []
-        versions = self.ledger.host_version
-        pristine = self.views.hosts
-        for h in site.hosts:
-            version = versions.get(h.id, 0)
-            if version == 0:
-                view = pristine.get(h.id)
-                if view is None:
-                    view = pristine[h.id] = host_view(site, h, None, self.settings)
-                out.append(view)
-                continue
-            hit = self._host_cache.get(h.id)
-            if hit is None or hit[0] != version:
-                hit = (version, host_view(site, h, self.ledger, self.settings))
-                self._host_cache[h.id] = hit
-            out.append(hit[1])
-        return out
+        return self.columns(site).views
+
+    def columns(self, site: SiteView) -> SiteColumns:
+        """The site's host views and numbers as arrays (see :mod:`metavmm.scheduler.columns`), patched for
+        the hosts the ledger changed since the last call; the untouched ones are shared via ``views``."""
+        version = self.ledger.site_version.get(site.id, 0)
+        pristine = self.views.columns.get(site.id)
+        if pristine is None:
+            static = self.views.static.get(site.id)
+            if static is None:
+                static = self.views.static[site.id] = SiteStatic(site, self.settings)
+            n = len(site.hosts)
+            pristine = self.views.columns[site.id] = SiteColumns(
+                site, static, [self._host_view(site, i, 0) for i in range(n)], [None] * n)
+        if version == 0:
+            return pristine
+        cached = self._columns.get(site.id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        versions = list(map(self.ledger.host_version.get, pristine.static.id_list))  # None: untouched
+        base = cached[1] if cached is not None else pristine
+        changed = [i for i, old, cur in zip(range(len(versions)), base.versions, versions, strict=True)
+                   if old != cur and (old or cur)]
+        views = list(base.views)
+        for i in changed:
+            views[i] = self._host_view(site, i, versions[i] or 0)
+        cols = base.patched(views, versions, changed)
+        self._columns[site.id] = (version, cols)
+        return cols
 
     def run_filters(self, view: CandidateView, req: PlacementRequest, filters: Sequence[Filter],
                     counts: Counter[str]) -> tuple[str, Verdict] | None:
@@ -195,31 +280,56 @@ class Scheduler:
         """Site-scoped and slot rules on every site view.
 
         A verdict depends only on the view and the request, and a site view changes only when the ledger
-        touches the site, so verdicts are memoised per (site, ledger version, request shape): a stream of
+        touches the site, so verdicts are kept per request shape (:class:`SiteRanking`): a stream of
         similar requests re-examines only the site the previous one was placed on.
         """
-        passing, rejected = [], []
-        shape = req.shape_key()
-        memo = self._verdicts
-        if len(memo) > 200_000:
-            memo.clear()
-        versions = self.ledger.site_version
-        for site in self.snapshot.sites:
-            key = (site.id, versions.get(site.id, 0), shape)
-            hit = memo.get(key)
-            if hit is None:
-                view = self.site_view(site)
-                hit = memo[key] = (view, self.run_filters(view, req, self._site_filters, counts))
-            elif hit[1] is not None:
-                counts[hit[1][0]] += 1
-            view, failed = hit
+        st = self.ranking(req)
+        passing = [st.views[i] for i in np.flatnonzero(st.ok)]
+        rejected = [r for r in st.rejections if r is not None]
+        for r in rejected:
+            counts[r.filter] += 1
+        return passing, rejected  # type: ignore[return-value]
+
+    def ranking(self, req: PlacementRequest, sid: int | None = None) -> SiteRanking:
+        """The request shape's :class:`SiteRanking`, brought up to the ledger's site versions."""
+        sid = self.shape_id(req) if sid is None else sid
+        st = self._rankings.get(sid)
+        if st is None:
+            st = self._rankings[sid] = SiteRanking(len(self._site_ids), len(self.costs))
+        cur = list(map(self.ledger.site_version.get, self._site_ids))  # None: never touched (version 0)
+        if cur == st.versions:
+            return st
+        sites = self.snapshot.sites
+        for i, (new, old) in enumerate(zip(cur, st.versions, strict=True)):
+            if new == old:
+                continue
+            site = sites[i]
+            view = st.views[i] = self.site_view(site)
+            failed = self.run_filters(view, req, self._site_filters, Counter())
             if failed is None:
-                passing.append(view)
+                st.rejections[i] = None
+                st.ok[i] = True
+                st.raw[:, i] = [c.cost(view, req, self.graph) for c in self.costs]
             else:
                 name, v = failed
-                rejected.append(Rejection(site.name, "site", site.name, name, v.code, v.message,
-                                          len(site.hosts) or 1, v.unresolvable, v.numbers))
-        return passing, rejected
+                st.rejections[i] = Rejection(site.name, "site", site.name, name, v.code, v.message,
+                                             len(site.hosts) or 1, v.unresolvable, v.numbers)
+                st.ok[i] = False
+        st.versions = cur
+        st.order = None
+        st.codes = None
+        return st
+
+    def ranked_sites(self, st: SiteRanking) -> Iterator[Scored]:
+        """The passing sites best first (:meth:`score` over the shape's kept raw costs); ties by name."""
+        if st.order is None:
+            idx = np.flatnonzero(st.ok)
+            totals = normalised_totals(st.raw[:, idx], self._weights)
+            st.totals[idx] = totals
+            st.order = idx[ranked(totals, self._site_name_rank[idx])]
+        names = [c.name for c in self.costs]
+        totals, raw = st.totals, st.raw
+        return (Scored(float(totals[i]), int(i), names, raw) for i in st.order)
 
     # --- score ------------------------------------------------------------------------------------------
 
@@ -267,8 +377,11 @@ class Scheduler:
     # --- the whole decision -----------------------------------------------------------------------------
 
     def place(self, req: PlacementRequest, *, explain: bool = False, reserve: bool = True,
-              key: str | None = None) -> Placement:
-        """Decide where ``req`` goes. With ``reserve``, the capacity is held in the ledger under ``key``."""
+              key: str | None = None, every_host: bool = False) -> Placement:
+        """Decide where ``req`` goes. With ``reserve``, the capacity is held in the ledger under ``key``.
+
+        ``explain`` opens every passing site (each candidate gets a reason or a score; a site of more than
+        :data:`EXPLAIN_GROUP_OVER` hosts is summarised by group), ``every_host`` lists each host of those too."""
         req, failed = self.prefilter(req)
         counts: Counter[str] = Counter()
         cur = self.snapshot.currency
@@ -280,19 +393,24 @@ class Scheduler:
             log.info("%s: %s", req.name, summary)
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
-        passing, rejections = self.filter_sites(req, counts)
+        sid = self.shape_id(req)
+        st = self.ranking(req, sid)
+        rejections = [r for r in st.rejections if r is not None]
+        if st.codes is None:
+            st.codes = code_counts(rejections)
+        codes = st.codes.copy()  # what the summary counts, kept per site instead of recounted
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            counts.update(r.filter for r in rejections)
+        group = explain and not every_host
         if explain:
-            rejections = self._per_candidate(rejections, req)
-        shape = req.shape_key()
-        versions = self.ledger.site_version
-        keys = [(v.site.id, versions.get(v.site.id, 0), shape) for v in passing]
-        ranked = self.score(passing, req, memo_keys=keys) if passing else iter(())
+            rejections = self._per_candidate(rejections, req, group=group)
         chosen: tuple[CandidateView, dict[str, float]] | None = None
         alternatives = []
         settled = False  # a choice no later site can beat (one that strands no GPUs)
         chosen_score = 0.0
-        for r in ranked:
-            view = passing[r.index]
+        for r in self.ranked_sites(st):
+            view: CandidateView = st.views[r.index]  # type: ignore[assignment]
             if not explain and (settled or (chosen is not None and wastes_gpus(view, req))):
                 # sites rank by their best slot: one whose best strands GPUs cannot beat a GPU choice made
                 if len(alternatives) >= MAX_ALTERNATIVES:
@@ -300,11 +418,13 @@ class Scheduler:
                 alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown, view.kind,
                                                 self.quote(view, req).per_hour))
                 continue
-            found, slot_rejections = self._choose_slot(view.site, req, counts, every=explain)
+            found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
+                                                                   sid=sid, codes=True)
             rejections.extend(slot_rejections)
+            codes.update(slot_codes)
             if not found:
                 continue
-            slot, *others = found
+            (slot, _), *others = found
             if chosen is None or (wastes_gpus(chosen[0], req) and not wastes_gpus(slot[0], req)):
                 if chosen is not None:  # a GPU host found first, and now one without GPUs: that one wins
                     alternatives.insert(0, self._alternative(chosen, req, chosen_score))
@@ -312,12 +432,14 @@ class Scheduler:
                 settled = not wastes_gpus(slot[0], req)
             else:
                 alternatives.append(self._alternative(slot, req, r.total))
-            alternatives.extend(self._alternative(o, req, r.total) for o in others)
-        if log.isEnabledFor(logging.DEBUG):
+            alternatives.extend(self._alternative(o, req, r.total, covers) for o, covers in others)
+        if debug:
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
+        if explain:
+            codes = code_counts(rejections)
         if chosen is None:
-            summary = summarize(rejections, self.total_candidates, 0)
+            summary = summarize_counts(codes, self.total_candidates, 0)
             log.info("%s: %s", req.name, summary)
             return Placement(req, False, summary, cur, rejections=tuple(rejections),
                              candidates=self.total_candidates)
@@ -326,98 +448,255 @@ class Scheduler:
         if wastes_gpus(slot, req):
             summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
                        "without GPUs fits; "
-        summary += summarize(rejections, self.total_candidates)
+        summary += summarize_counts(codes, self.total_candidates)
         log.info("%s: %s", req.name, summary)
-        placement = replace(self.bind(slot, req, summary, tuple(rejections), tuple(alternatives)), costs=costs)
+        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives), costs)
         if reserve:
             self.reserve(key or req.name, placement)
         return placement
 
-    def _per_candidate(self, rejections: list[Rejection], req: PlacementRequest) -> list[Rejection]:
+    def _per_candidate(self, rejections: list[Rejection], req: PlacementRequest, *,
+                       group: bool = False) -> list[Rejection]:
         """Site rejections made one per host (or flavor), for an explanation that lists every candidate: a
         site a slot rule rejected is opened so each host gets its own first failing rule and numbers; a
-        site rule (residency, policy) is the same reason for each of its hosts."""
+        site rule (residency, policy) is the same reason for each of its hosts. With ``group``, a site of
+        more than :data:`EXPLAIN_GROUP_OVER` hosts keeps one rejection per (rule, code) with the count."""
         out: list[Rejection] = []
         slot_rules = {f.name for f in self._slot_filters}
         for r in rejections:
-            site = self.snapshot.site_named(r.site)
+            site = self._site_by_name.get(r.site) or self.snapshot.site_named(r.site)
             if site is None or r.kind != "site":
                 out.append(r)
             elif r.filter in slot_rules:
-                found, own = self._open_site(site, req, Counter())
+                found, own = self._choose_slot(site, req, Counter(), every=True, group=group)
                 out.extend(own if own and not found else [r])
-            elif site.has_hosts:
+            elif site.has_hosts and not (group and len(site.hosts) > EXPLAIN_GROUP_OVER):
                 out.extend(replace(r, candidate=h.name, kind="host", covers=1) for h in site.hosts)
             else:
                 out.append(r)
         return out
 
     def _alternative(self, slot: tuple[CandidateView, dict[str, float]], req: PlacementRequest,
-                     score: float = 0.0) -> Alternative:
+                     score: float = 0.0, covers: int = 1) -> Alternative:
         view, breakdown = slot
-        return Alternative(view.name, view.site.name, score, breakdown, view.kind, self.quote(view, req).per_hour)
+        return Alternative(view.name, view.site.name, score, breakdown, view.kind, self.quote(view, req).per_hour,
+                           covers)
 
-    def _choose_slot(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *,
-                     every: bool = False) -> tuple[list[tuple[CandidateView, dict[str, float]]], list[Rejection]]:
-        """The best host (or flavor) of one site (with ``every``: all that pass, best first), with every
-        other one's reason. Memoised per (site, ledger version of the site, request shape, every): a site
-        that could not take a request is not re-opened for the next identical one until a placement or
-        release changes it."""
-        key = (site.id, self.ledger.site_version.get(site.id, 0), req.shape_key(), every)
+    def _choose_slot(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
+                     group: bool = False, sid: int | None = None, codes: bool = False) -> Any:
+        """The best host (or flavor) of one site (with ``every``: all that pass, best first, ``group``ed as
+        :meth:`_open_site` says), with every other one's reason (and with ``codes``, the rejections'
+        candidates per code, for the summary). Memoised per (site, ledger version of the site, request
+        shape, every, group): a site that could not take a request is not re-opened for the next
+        identical one until a placement or release changes it."""
+        sid = self.shape_id(req) if sid is None else sid
+        key = (site.id, self.ledger.site_version.get(site.id, 0), sid, every, group)
         hit = self._site_choices.get(key)
         if hit is None:
             local: Counter[str] = Counter()
-            chosen, rejections = self._open_site(site, req, local, every=every)
+            chosen, rejections = self._open_site(site, req, local, every=every, group=group, sid=sid)
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
-            hit = self._site_choices[key] = (chosen, rejections, local)
-        counts.update(hit[2])
+            hit = self._site_choices[key] = (chosen, rejections, local, code_counts(rejections))
+        if log.isEnabledFor(logging.DEBUG):
+            counts.update(hit[2])
+        if codes:
+            return hit[0], hit[1], hit[3]
         return list(hit[0]), list(hit[1])
 
     def _open_site(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
-                   ) -> tuple[list[tuple[CandidateView, dict[str, float]]], list[Rejection]]:
-        views = self.slot_views(site)
-        ok, rejections = [], []
-        shape = req.shape_key()
-        memo = self._slot_verdicts
-        if len(memo) > 500_000:
-            memo.clear()
-        versions = self.ledger.host_version
+                   group: bool = False, sid: int | None = None) -> tuple[list[tuple[Slot, int]], list[Rejection]]:
+        """Every host (or flavor) of the site through the slot rules, and the best that pass (``every``: all,
+        best first), each with how many candidates it stands for (1, or with ``group`` on a site of more
+        than :data:`EXPLAIN_GROUP_OVER` hosts: the best, then the best of the rest with and without GPUs
+        standing for them; rejected hosts then as one rejection per rule and code)."""
+        if not site.has_hosts:
+            return self._open_cloud_site(site, req, counts, every=every)
+        sid = self.shape_id(req) if sid is None else sid
+        cols = self.columns(site)
+        big = group and cols.static.n > EXPLAIN_GROUP_OVER
+        if big:
+            first, sub = self._first_failing(cols, req, sid)
+            rejections = self._grouped_rejections(cols, first, sub, req, sid)
+        else:
+            first, by_host = self._host_verdicts(cols, req, sid)
+            rejections = [r for r in by_host if r is not None]
+        if log.isEnabledFor(logging.DEBUG):
+            for r in rejections:
+                counts[r.filter] += r.covers
+        ok = np.flatnonzero(first < 0)
+        if not ok.size:
+            return [], rejections
+        views = cols.views
+        if len(site.hypervisors) == 1:
+            # costs that are equal for every host of a one-hypervisor site cannot change the order
+            costs = self._varying
+            fixed = {c.name: c.cost(views[ok[0]], req, self.graph) for c in self._invariant}
+        else:
+            costs, fixed = self.costs, {}
+        raw = []
+        for c in costs:
+            column = getattr(c, "column", None)
+            raw.append(column(cols, req)[ok] if column is not None else np.fromiter(
+                (c.cost(views[i], req, self.graph) for i in ok), np.float64, ok.size))
+        totals = normalised_totals(raw, [c.weight for c in costs], ok.size)
+        names = cols.static.name_rank[ok]
+        order = ranked(totals, names) if every else [first_best(totals, names)]
+        covers = [1] * len(order)
+        if big and len(order) > 1:
+            rest = np.asarray(order[1:])
+            gpu = cols.static.has_gpus[ok[rest]]
+            kept, covers = [order[0]], [1]
+            for members in (rest[~gpu], rest[gpu]):
+                if members.size:
+                    kept.append(members[0])
+                    covers.append(int(members.size))
+            order = kept
+
+        def breakdown(j: int) -> dict[str, float]:
+            return {**fixed, **{c.name: float(values[j]) for c, values in zip(costs, raw, strict=True)}}
+
+        return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections
+
+    def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
+                            sid: int) -> list[Rejection]:
+        """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
+        how many hosts it stands for (a group of one is the host's own rejection)."""
+        failed = np.flatnonzero(first >= 0)
+        if not failed.size:
+            return []
+        keys = first[failed] * (int(sub.max()) + 1) + sub[failed]
+        _, where, sizes = np.unique(keys, return_index=True, return_counts=True)
+        groups: dict[tuple[str, str], list[Any]] = {}
+        for j, size in sorted(zip(where.tolist(), sizes.tolist(), strict=True)):
+            i = int(failed[j])
+            r = self._host_rejection(cols, i, int(first[i]), req, sid)
+            g = groups.setdefault((r.filter, r.code), [r, 0])
+            g[1] += size
+        out = []
+        for r, size in groups.values():
+            if size == 1:
+                out.append(r)
+            else:
+                out.append(replace(r, candidate=f"{cols.site.name}: {size} hosts, {r.code}", kind="hosts",
+                                   message=f"{size} hosts, for example {r.candidate}: {r.message}", covers=size,
+                                   numbers={**r.numbers, "hosts": size}))
+        return out
+
+    def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
+                       sid: int) -> tuple[np.ndarray, list[Rejection | None]]:
+        """The first failing rule per host (-1: none) and each host's rejection (None: it passed). Kept per
+        (site, shape) and patched: after a placement only the hosts whose verdict or numbers changed get a
+        new rejection (the rest of a site that rejects 60 of its 100 hosts is reused)."""
+        key = (cols.site.id, sid)
+        prev = self._host_rejections.get(key)
+        if prev is not None and prev[0] is cols:
+            return prev[1], prev[2]
+        first = self._first_failing(cols, req, sid)[0]
+        if prev is None:
+            by_host: list[Rejection | None] = [None] * cols.static.n
+            redo = np.flatnonzero(first >= 0).tolist()
+        else:
+            pcols, pfirst, by_host = prev[0], prev[1], list(prev[2])
+            changed = cols.changed if cols.base is pcols else [
+                i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
+            redo = sorted(set(np.flatnonzero(first != pfirst).tolist()).union(changed))
+        for i in redo:
+            k = int(first[i])
+            by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+        if len(self._host_rejections) > 20_000:
+            self._host_rejections.clear()
+        self._host_rejections[key] = (cols, first, by_host)
+        return first, by_host
+
+    def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number
+        equal for hosts that rule rejects with the same code (its ``fails`` value, or the filter class)."""
         filters = self._slot_filters
-        for v in views:
-            # memoised like site verdicts: a host's verdict changes only when the ledger touches it
-            host = v.host
-            key = (host.id, versions.get(host.id, 0), shape) if host is not None else (v.name, 0, shape)
-            hit = memo.get(key, memo)
-            if hit is memo:
-                failed = self.run_filters(v, req, filters, counts)
-                hit = memo[key] = None if failed is None else Rejection(
-                    v.name, v.kind, site.name, failed[0], failed[1].code, failed[1].message, 1,
-                    failed[1].unresolvable, failed[1].numbers)
-            elif hit is not None:
-                counts[hit.filter] += 1
-            if hit is None:
+        per_class = self._class_verdicts.get((cols.site.id, sid))
+        if per_class is None:
+            per_class = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
+        n = cols.static.n
+        first = np.full(n, -1, np.int64)
+        sub = np.zeros(n, np.int64)
+        undecided: np.ndarray | None = None
+        for k, f in enumerate(filters):
+            judged = per_class[k]
+            if judged is None:
+                reason = f.fails(cols, req)  # type: ignore[attr-defined]
+                if reason is None:
+                    continue
+                mask = reason != 0
+            else:
+                if not judged[2]:
+                    continue
+                reason = cols.static.klass
+                mask = judged[1][reason]
+            hit = mask if undecided is None else mask & undecided
+            first[hit] = k
+            sub[hit] = reason[hit]
+            undecided = ~mask if undecided is None else undecided & ~mask
+        return first, sub
+
+    def _judge_classes(self, cols: SiteColumns, req: PlacementRequest,
+                       sid: int) -> list[tuple[list[Verdict], np.ndarray, bool] | None]:
+        """Each slot rule without ``fails`` asked once per filter class of the site (its representative host)."""
+        out: list[tuple[list[Verdict], np.ndarray, bool] | None] = []
+        reps = [cols.views[i] for i in cols.static.reps]
+        for f in self._slot_filters:
+            if hasattr(f, "fails"):
+                out.append(None)
+                continue
+            if getattr(f, "site_free", False):  # the same verdict for a class at every site
+                shared = self._shared_verdicts
+                verdicts = []
+                for key, v in zip(cols.static.class_keys, reps, strict=True):
+                    hit = shared.get((f.name, key, sid))
+                    if hit is None:
+                        hit = shared[(f.name, key, sid)] = f.check(v, req)
+                    verdicts.append(hit)
+            else:
+                verdicts = [f.check(v, req) for v in reps]
+            fails = [not v.ok for v in verdicts]
+            out.append((verdicts, np.array(fails, bool), any(fails)))
+        return out
+
+    def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
+        """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""
+        view = cols.views[i]
+        key = (cols.static.id_list[i], cols.versions[i] or 0, sid)
+        hit = self._slot_verdicts.get(key)
+        if hit is None:
+            if len(self._slot_verdicts) > 500_000:
+                self._slot_verdicts.clear()
+            f = self._slot_filters[k]
+            judged = self._class_verdicts[(cols.site.id, sid)][k]
+            v = judged[0][cols.static.klass[i]] if judged is not None else f.check(view, req)
+            hit = self._slot_verdicts[key] = Rejection(view.name, view.kind, cols.site.name, f.name, v.code,
+                                                       v.message, 1, v.unresolvable, v.numbers)
+        return hit
+
+    def _open_cloud_site(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *,
+                         every: bool = False) -> tuple[list[tuple[Slot, int]], list[Rejection]]:
+        """A public site's flavors through the slot rules, one by one (a handful per site)."""
+        ok, rejections = [], []
+        for v in self.slot_views(site):
+            failed = self.run_filters(v, req, self._slot_filters, counts)
+            if failed is None:
                 ok.append(v)
             else:
-                rejections.append(hit)
-        if not site.has_hosts:
-            # a cloud site counts once: its flavors that do not fit are detail, not separate candidates
-            rejections = [replace(r, covers=0) for r in rejections]
-            if not ok and rejections:
-                first = rejections[0]
-                rejections.insert(0, replace(first, candidate=site.name, kind="site", covers=1))
+                rejections.append(Rejection(v.name, v.kind, site.name, failed[0], failed[1].code, failed[1].message,
+                                            1, failed[1].unresolvable, failed[1].numbers))
+        # a cloud site counts once: its flavors that do not fit are detail, not separate candidates
+        rejections = [replace(r, covers=0) for r in rejections]
+        if not ok and rejections:
+            first = rejections[0]
+            rejections.insert(0, replace(first, candidate=site.name, kind="site", covers=1))
         if not ok:
             return [], rejections
-        if site.has_hosts and len(site.hypervisors) == 1:
-            # costs that are equal for every host of a one-hypervisor site cannot change the order
-            varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
-            ranked = self.score(ok, req, varying)
-            fixed = {c.name: c.cost(ok[0], req, self.graph) for c in self.costs if c not in varying}
-            picked = list(ranked) if every else [next(ranked)]
-            return [(ok[s.index], {**fixed, **s.breakdown}) for s in picked], rejections
-        ranked = self.score(ok, req)
-        picked = list(ranked) if every else [next(ranked)]
-        return [(ok[s.index], s.breakdown) for s in picked], rejections
+        ranked_views = self.score(ok, req)
+        picked = list(ranked_views) if every else [next(ranked_views)]
+        return [((ok[s.index], s.breakdown), 1) for s in picked], rejections
 
     # --- reserve / unreserve ---------------------------------------------------------------------------
 
@@ -435,7 +714,7 @@ class Scheduler:
     # --- bind ------------------------------------------------------------------------------------------
 
     def bind(self, slot: CandidateView, req: PlacementRequest, summary: str, rejections: tuple[Rejection, ...],
-             alternatives: tuple[Alternative, ...]) -> Placement:
+             alternatives: tuple[Alternative, ...], costs: Mapping[str, float] | None = None) -> Placement:
         """The engine's steps that realise the placement (:func:`~metavmm.scheduler.provision.create_steps`).
 
         Pure: the image's route comes from the graph (the hypervisor of the slot with the fastest route),
@@ -455,6 +734,7 @@ class Scheduler:
             expected_hours=req.expected_hours or self.settings.expected_hours,
             one_off_price=sum((s.price for s in steps), Decimal(0)), seconds_to_ready=sum(s.seconds for s in steps),
             steps=steps, rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,
+            costs=costs if costs is not None else {},
         )
 
     def create_plan(self, req: PlacementRequest, site: SiteView, hypervisors: frozenset[str], *,

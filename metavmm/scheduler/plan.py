@@ -87,6 +87,7 @@ class Alternative:
     breakdown: Mapping[str, float]  # raw cost values (price in currency over the hours, movement in s, ...)
     kind: str = "site"  # site, host, flavor
     price_per_hour: Decimal | None = None
+    covers: int = 1  # an explained big site's passing hosts come as groups: the best one stands for this many
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,20 @@ def summarize(rejections: Iterable[Rejection], total: int, available: int | None
     counts: Counter[str] = Counter()
     for r in rejections:
         counts[r.code] += r.covers
+    return summarize_counts(counts, total, available, noun)
+
+
+def code_counts(rejections: Iterable[Rejection]) -> Counter[str]:
+    """Candidates per rejection code, as :func:`summarize` counts them."""
+    counts: Counter[str] = Counter()
+    for r in rejections:
+        counts[r.code] += r.covers
+    return counts
+
+
+def summarize_counts(counts: Counter[str], total: int, available: int | None = None,
+                     noun: str = "candidates") -> str:
+    """:func:`summarize` from counts per code already made (the scheduler keeps them per site)."""
     parts = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n)
     if available is None:
         head = f"{sum(counts.values())}/{total} {noun} rejected"

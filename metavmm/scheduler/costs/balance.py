@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
+from metavmm.scheduler.columns import SiteColumns
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.views import CandidateView
@@ -29,3 +32,7 @@ class BalanceCost:
             return 0.5
         strategy = req.strategy or self.strategy
         return view.utilisation if strategy == "spread" else 1.0 - view.utilisation
+
+    def column(self, cols: SiteColumns, req: PlacementRequest) -> np.ndarray:
+        """:meth:`cost` of every host of an opened site (hosts are never elastic)."""
+        return cols.util if (req.strategy or self.strategy) == "spread" else 1.0 - cols.util

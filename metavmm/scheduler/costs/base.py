@@ -1,5 +1,8 @@
 """The shape every cost has. Lower is better; the pipeline min-max normalises each cost over the
-candidates to 0..1, multiplies it by the configured weight and adds them up, logging each step."""
+candidates to 0..1, multiplies it by the configured weight and adds them up, logging each step.
+
+A cost may also have ``column(cols, req)``: its value for every host of an opened site at once, from the
+site's numpy columns (:mod:`metavmm.scheduler.columns`); without one it is asked host by host."""
 
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ a GPU candidate wins only when no candidate without GPUs passes the filters.
 
 from __future__ import annotations
 
+import numpy as np
+
+from metavmm.scheduler.columns import SiteColumns
 from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.views import CandidateView
@@ -42,3 +45,9 @@ class GpuAvoidCost:
 
     def cost(self, view: CandidateView, req: PlacementRequest, graph: FederationGraph) -> float:
         return 1.0 if wastes_gpus(view, req) else 0.0
+
+    def column(self, cols: SiteColumns, req: PlacementRequest) -> np.ndarray:
+        """:meth:`cost` of every host of an opened site."""
+        if req.gpu_count:
+            return np.zeros(cols.static.n, np.float64)
+        return cols.static.has_gpus.astype(np.float64)

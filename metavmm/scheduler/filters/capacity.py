@@ -6,6 +6,9 @@ public flavor they are the flavor's size; on a site view, the most any one host 
 
 from __future__ import annotations
 
+import numpy as np
+
+from metavmm.scheduler.columns import SiteColumns
 from metavmm.scheduler.request import PASS, PlacementRequest, Verdict, gib
 from metavmm.scheduler.views import CandidateView
 
@@ -29,3 +32,7 @@ class CapacityFilter:
             "insufficient cpu" if short_cpu else "insufficient memory")
         return Verdict.reject(code, "; ".join(parts), need_vcpus=req.vcpus, free_vcpus=view.free_vcpus,
                               need_ram_mib=req.ram_mib, free_ram_mib=view.free_ram_mib)
+
+    def fails(self, cols: SiteColumns, req: PlacementRequest) -> np.ndarray | None:
+        """Every host of an opened site at once: 0 where :meth:`check` passes, else 1 (cpu), 2 (memory), 3 (both)."""
+        return (cols.free_vcpus < req.vcpus).view(np.int8) + 2 * (cols.free_ram < req.ram_mib).view(np.int8)

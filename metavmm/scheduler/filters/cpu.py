@@ -9,6 +9,7 @@ from metavmm.scheduler.views import CandidateView
 class CpuFilter:
     name = "cpu"
     scope = "slot"
+    site_free = True  # a host's verdict depends on its filter class only, not on its site
 
     def check(self, view: CandidateView, req: PlacementRequest) -> Verdict:
         if req.cpu_arch and req.cpu_arch not in view.archs and req.cpu_arch != ANY_ARCH:

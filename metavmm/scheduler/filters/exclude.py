@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from metavmm.scheduler.columns import SiteColumns
 from metavmm.scheduler.request import PASS, PlacementRequest, Verdict
 from metavmm.scheduler.views import CandidateView
 
@@ -22,3 +25,9 @@ class ExcludedHostFilter:
             return Verdict.reject("host excluded", "exclude: every host of the site is being vacated",
                                   unresolvable=True)
         return PASS
+
+    def fails(self, cols: SiteColumns, req: PlacementRequest) -> np.ndarray | None:
+        """Every host of an opened site at once: True where :meth:`check` rejects (None: none does)."""
+        if not req.exclude_hosts:
+            return None
+        return np.isin(cols.static.ids, np.fromiter(req.exclude_hosts, np.int64, len(req.exclude_hosts)))

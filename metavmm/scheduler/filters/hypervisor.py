@@ -15,6 +15,7 @@ from metavmm.scheduler.views import CandidateView
 class HypervisorFilter:
     name = "hypervisor"
     scope = "slot"
+    site_free = True  # a host's verdict depends on its filter class only, not on its site
 
     def check(self, view: CandidateView, req: PlacementRequest) -> Verdict:
         if not view.hypervisors:

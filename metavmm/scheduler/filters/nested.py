@@ -13,6 +13,7 @@ from metavmm.scheduler.views import CandidateView
 class NestedVirtFilter:
     name = "nested"
     scope = "slot"
+    site_free = True  # a host's verdict depends on its filter class only, not on its site
 
     def check(self, view: CandidateView, req: PlacementRequest) -> Verdict:
         if not req.nested_virt or view.nested:

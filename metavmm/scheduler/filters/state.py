@@ -9,6 +9,7 @@ from metavmm.scheduler.views import CandidateView
 class HostStateFilter:
     name = "state"
     scope = "slot"
+    site_free = True  # a host's verdict depends on its filter class only, not on its site
 
     def check(self, view: CandidateView, req: PlacementRequest) -> Verdict:
         if view.up:
