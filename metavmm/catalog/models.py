@@ -565,9 +565,55 @@ class ClusterSeat(SQLModel, table=True):
     owner: str = Field(default="", max_length=255)  # the roster's name for the seat (a student)
 
 
+# --- protection: HA restart and disaster-recovery replicas (migration 0010) -------------------------
+
+
+class Protection(SQLModel, table=True):
+    """How a workload is protected: restarted elsewhere when its host is lost (``ha``), and/or replicated
+    to another site on an interval (``replica_*``). One row per protected workload; the HA and DR
+    services keep ``state``/``message`` so every front end shows the same answer."""
+
+    __tablename__ = "protection"
+    workload_id: str = Field(foreign_key="workload.id", primary_key=True, max_length=36)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    ha: bool = False
+    replica_target: str | None = Field(default=None, max_length=160)  # a provider name, or provider/site
+    replica_interval_s: int | None = None  # None: no scheduled replication
+    replica_retention: int = 3  # recovery points kept at the target
+    state: str = Field(default="protected", max_length=32)
+    message: str | None = None
+    last_replica_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    version: int = 1
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class RecoveryPoint(SQLModel, table=True):
+    """A verified copy of a workload's disk at a target site, as of ``taken_at`` (its RPO is now - taken_at).
+
+    ``base_id`` names the recovery point whose data this one is incremental on (an overlay over it), so
+    retention never removes a base a kept point still needs."""
+
+    __tablename__ = "recovery_point"
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    workload_id: str = Field(foreign_key="workload.id", index=True, max_length=36)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    site_id: int | None = Field(default=None, foreign_key="site.id")
+    location: str = Field(max_length=1024)  # a path, volume or image id at the target
+    disk_format: str = Field(default="qcow2", max_length=32)
+    base_id: str | None = Field(default=None, max_length=36)
+    size_bytes: int = Field(default=0, sa_type=BigInteger)
+    sha256: str | None = Field(default=None, max_length=64)
+    taken_at: datetime = _ts(index=True)
+    state: str = Field(default="complete", max_length=16)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = _ts()
+
+
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
-    OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat,
+    OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
 )
 
