@@ -15,10 +15,8 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -28,6 +26,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.foundation.errors import ConfigError
 from metavmm.foundation.paths import state_dir
+
+if TYPE_CHECKING:  # alembic costs ~0.2 s to import: only schema commands load it
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -154,6 +155,8 @@ async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterato
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
@@ -162,6 +165,8 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Bring the schema to ``revision``. Blocking: call it from a thread inside an event loop."""
+    from alembic import command
+
     command.upgrade(alembic_config(url or default_url()), revision)
 
 

@@ -17,6 +17,7 @@ claimed the operation after a while, and keeps waiting.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -31,21 +32,23 @@ from metavmm.cli.operations import (
     pass_settings,
     watch_operation,
 )
-from metavmm.services.identity import DEFAULT_PROJECT, Identity, operator_identity
-from metavmm.services.operations import flows
-from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.store import Sessions
-from metavmm.services.placement import Placer
+from metavmm.services.identity import DEFAULT_PROJECT, Identity
 from metavmm.services.workloads.requests import COMPUTE_ACTIONS, CreateRequest
-from metavmm.services.workloads.service import WorkloadService
 
-Submit = Callable[[Engine], Awaitable[Operation]]
-Change = Callable[[WorkloadService, Identity], Awaitable[Operation]]
+if TYPE_CHECKING:  # the engine, scheduler and services load when a command runs, not for --help
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.operations.store import Sessions
+    from metavmm.services.workloads.service import WorkloadService
+
+Submit = Callable[["Engine"], Awaitable[Operation]]
+Change = Callable[["WorkloadService", Identity], Awaitable[Operation]]
 
 
 def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) -> Operation | None:
     """Write the operation ``submit`` makes; with ``wait``, follow it and return it once it succeeded
     (any other end exits 1 with the reason)."""
+    from metavmm.services.operations.engine import Engine
+
     mode = settings.config.operations.executor
 
     async def work(sessions: Sessions) -> Operation | None:
@@ -70,6 +73,9 @@ def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) 
 def _change(settings: Settings, change: Change, *, project: str | None = None, wait: bool,
             interval: float) -> None:
     """Submit ``change`` through the workload service, as the operator (an admin) of ``project``."""
+    from metavmm.services.identity import operator_identity
+    from metavmm.services.placement import Placer
+    from metavmm.services.workloads.service import WorkloadService
 
     async def submit(engine: Engine) -> Operation:
         async with engine.sessions() as session:
@@ -169,6 +175,8 @@ def ops_migrate(settings: Settings, workload_id: str, target: str, host: str | N
                 disk_format: str, boot_marker: str | None, wait: bool, interval: float,
                 idempotency_key: str | None) -> None:
     """Move a workload: live (default) or cold, with the progress of every step."""
+    from metavmm.services.operations import flows
+
     if cold:
         _submit(settings, lambda e: flows.cold_migrate(e, workload_id, target_provider=target, target_region=region,
                                                        disk_format=disk_format, boot_marker=boot_marker,
