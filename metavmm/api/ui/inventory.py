@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 from pydantic import ValidationError as PydanticError
-from sqlalchemy import func
+from sqlalchemy import String, cast, func
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.api import keys
 from metavmm.api.rest.prices import CompareQuery, comparison_out
@@ -65,25 +66,32 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def capacity_rows(request: web.Request) -> list[dict[str, Any]]:
-    """Per site: hosts, vCPUs (cores) and RAM total and used, GPUs by model total and in use."""
     async with request.config_dict[keys.SESSIONS]() as session:
-        agg = (await session.exec(
-            select(Site.id, Site.name, Site.region, Provider.name, func.count(col(Host.id)), func.sum(Host.cpu_cores),
-                   func.sum(Host.vcpus_used), func.sum(Host.memory_mib), func.sum(Host.memory_mib_used))
-            .join(Provider, col(Provider.id) == col(Site.provider_id))
-            .join(Host, col(Host.site_id) == col(Site.id)).where(col(Site.present))
-            .group_by(col(Site.id), Site.name, Site.region, Provider.name).order_by(Site.region, Site.name))).all()
-        gpu_hosts = (await session.exec(select(Host.site_id, Host.gpus))).all()
-        gpu_work = (await session.exec(select(Workload.site_id, Workload.spec)
-                                       .where(col(Workload.present), col(Workload.site_id).is_not(None)))).all()
+        return await site_capacity(session)
+
+
+async def site_capacity(session: AsyncSession) -> list[dict[str, Any]]:
+    """Per site: hosts, vCPUs (cores) and RAM total and used, GPUs by model total and in use."""
+    agg = (await session.exec(
+        select(Site.id, Site.name, Site.region, Provider.name, func.count(col(Host.id)), func.sum(Host.cpu_cores),
+               func.sum(Host.vcpus_used), func.sum(Host.memory_mib), func.sum(Host.memory_mib_used))
+        .join(Provider, col(Provider.id) == col(Site.provider_id))
+        .join(Host, col(Host.site_id) == col(Site.id)).where(col(Site.present))
+        .group_by(col(Site.id), Site.name, Site.region, Provider.name).order_by(Site.region, Site.name))).all()
+    # only GPU hosts' maps are read (most hosts have none), and GPUs in use are summed by the database
+    gpu_hosts = (await session.exec(select(Host.site_id, Host.gpus)
+                                    .where(cast(Host.gpus, String) != "{}"))).all()
+    model, count = Workload.spec["gpu_model"].as_string(), Workload.spec["gpu_count"].as_integer()
+    gpu_work = (await session.exec(
+        select(Workload.site_id, model, func.sum(count))
+        .where(col(Workload.present), col(Workload.site_id).is_not(None), model.is_not(None), count > 0)
+        .group_by(Workload.site_id, model))).all()
     gpus: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for site_id, models in gpu_hosts:
-        for model, n in (models or {}).items():
-            gpus[site_id][model][0] += int(n)
-    for site_id, spec in gpu_work:
-        model, n = (spec or {}).get("gpu_model"), (spec or {}).get("gpu_count") or 0
-        if model and n and site_id is not None:
-            gpus[site_id][model][1] += int(n)
+        for name, n in (models or {}).items():
+            gpus[site_id][name][0] += int(n)
+    for site_id, name, n in gpu_work:
+        gpus[site_id][name][1] += int(n or 0)
     return [{"id": sid, "site": name, "region": region, "provider": prov, "hosts": hosts, "vcpus": cores or 0,
              "vcpus_used": used or 0, "ram_gib": round((mib or 0) / 1024, 1),
              "ram_used_gib": round((mib_used or 0) / 1024, 1),
