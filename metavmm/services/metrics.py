@@ -2,14 +2,14 @@
 
 Counters and histograms move where things happen (an HTTP answer, an operation's end, a scheduler
 decision, an inventory sync); gauges that describe the catalog (operations by state, sync age, capacity
-per site) are read from it when Prometheus scrapes (:func:`refresh`, three grouped queries), so they are
+per site, price age) are read from it when Prometheus scrapes (:func:`refresh`, four grouped queries), so they are
 right whichever broker or worker process wrote the rows. The api layer serves :func:`render`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Host, Operation, Provider, Site
+from metavmm.catalog.models import Host, Operation, Price, Provider, Site, aware
 
 disable_created_metrics()  # no *_created series: Prometheus does not use them and they double the output
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -59,11 +59,16 @@ SITE_VCPUS_USED = Gauge("metavmm_site_vcpus_used", "vCPUs in use on the site's h
 SITE_MEMORY = Gauge("metavmm_site_memory_bytes", "Memory of the site's hosts", ["site"])
 SITE_MEMORY_USED = Gauge("metavmm_site_memory_used_bytes", "Memory in use on the site's hosts", ["site"])
 SITE_HOSTS = Gauge("metavmm_site_hosts", "Hosts the catalog knows at the site", ["site"])
+PRICE_AGE = Gauge("metavmm_price_age_seconds", "Seconds since the effective date of the newest price of a provider "
+                  "kind in a region: a stale price list makes every comparison and placement cost stale",
+                  ["provider_kind", "region"])
+DATA_BYTES = Counter("metavmm_data_bytes", "Disk bytes the data path wrote: exports and conversions of migrations, "
+                     "images fetched for replication and launches, disks imported at a target", ["what"])
 
 
 def operation_ended(kind: str, state: str, started: datetime, ended: datetime) -> None:
     OPERATIONS_ENDED.labels(kind, str(state)).inc()
-    OPERATION_DURATION.labels(kind, str(state)).observe(max(0.0, (_aware(ended) - _aware(started)).total_seconds()))
+    OPERATION_DURATION.labels(kind, str(state)).observe(max(0.0, (aware(ended) - aware(started)).total_seconds()))
 
 
 def decision(placed: bool, seconds: float, reasons: Iterable[str]) -> None:
@@ -71,6 +76,10 @@ def decision(placed: bool, seconds: float, reasons: Iterable[str]) -> None:
     DECISION_LATENCY.observe(seconds)
     for reason in reasons:
         REJECTIONS.labels(reason or "unknown").inc()
+
+
+def data_moved(what: str, size_bytes: int) -> None:
+    DATA_BYTES.labels(what).inc(max(0, size_bytes))
 
 
 def synced(provider: str, seconds: float, error: str | None) -> None:
@@ -89,14 +98,16 @@ async def refresh(maker: async_sessionmaker[AsyncSession]) -> None:
             select(Site.name, func.count(col(Host.id)), func.sum(Host.cpu_cores), func.sum(Host.vcpus_used),
                    func.sum(Host.memory_mib), func.sum(Host.memory_mib_used))
             .join(Host, col(Host.site_id) == col(Site.id)).where(col(Site.present)).group_by(Site.name))).all()
+        prices = (await session.exec(select(Price.provider_kind, Price.region, func.max(Price.effective_date))
+                                     .group_by(Price.provider_kind, Price.region))).all()
     for gauge in (OPERATIONS, SYNC_AGE, SYNC_FAILING, SITE_CORES, SITE_VCPUS_USED, SITE_MEMORY, SITE_MEMORY_USED,
-                  SITE_HOSTS):
+                  SITE_HOSTS, PRICE_AGE):
         gauge.clear()  # a deleted provider or site must not linger with its last value
     for kind, state, count in ops:
         OPERATIONS.labels(kind, state).set(count)
     for name, synced_at, error in providers:
         if synced_at is not None:
-            SYNC_AGE.labels(name).set(max(0.0, (now - _aware(synced_at)).total_seconds()))
+            SYNC_AGE.labels(name).set(max(0.0, (now - aware(synced_at)).total_seconds()))
         SYNC_FAILING.labels(name).set(1 if error else 0)
     for name, hosts, cores, used, mib, mib_used in sites:
         SITE_HOSTS.labels(name).set(hosts)
@@ -104,11 +115,11 @@ async def refresh(maker: async_sessionmaker[AsyncSession]) -> None:
         SITE_VCPUS_USED.labels(name).set(used or 0)
         SITE_MEMORY.labels(name).set((mib or 0) * 2**20)
         SITE_MEMORY_USED.labels(name).set((mib_used or 0) * 2**20)
+    for kind, region, newest in prices:
+        if newest is not None:
+            PRICE_AGE.labels(kind, region).set(max(0.0, (now - datetime.combine(newest, time(), UTC)).total_seconds()))
 
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
 
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

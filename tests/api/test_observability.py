@@ -10,6 +10,8 @@ import logging
 import shutil
 import socket
 import subprocess
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.observability import metrics_app
+from metavmm.catalog.models import Price
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
 from metavmm.services.operations import store
@@ -84,6 +87,15 @@ async def test_metrics_are_protected_and_move_after_a_create_and_a_sync(aiohttp_
     assert _sum(before, "metavmm_site_cpu_cores") > 0
     assert _sum(before, "metavmm_provider_sync_age_seconds", provider="sima") >= 0
     assert _sum(before, "metavmm_provider_sync_failing", provider="sima") == 0
+    # price age: the newest effective date per provider kind and region, read at scrape
+    today = datetime.now(UTC).date()
+    async with client.app[keys.SESSIONS]() as session:
+        session.add_all([Price(provider_kind="sim", region="r-old", flavor_name="s1", amount=Decimal("0.1"),
+                               currency="EUR", source="test", effective_date=today - timedelta(days=d))
+                         for d in (40, 10)])
+        await session.commit()
+    aged = await _scrape(client, w)
+    assert 10 * 86400 <= _sum(aged, "metavmm_price_age_seconds", provider_kind="sim", region="r-old") < 11 * 86400
 
     records: list[logging.LogRecord] = []
 

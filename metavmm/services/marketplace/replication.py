@@ -46,6 +46,7 @@ from metavmm.foundation.errors import ChecksumMismatch, Conflict, NotFound, Unsu
 from metavmm.foundation.kinds import KINDS
 from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import DiskRef
+from metavmm.services import metrics
 from metavmm.services.marketplace.entries import Audience, get_image, state_of
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.translators.costs import HYPERVISOR_FORMATS, V2V_SOURCES, DiskFormat
@@ -192,6 +193,7 @@ class Replicator:
             notes.append(f"built for {image.hypervisor}: the disk was converted but its guest drivers were not "
                          "(virt-v2v was not run)")
         replica = await self._record(image, target, fmt.value, provider_image_id, final, checksum)
+        metrics.data_moved("image_replicate", replica.size_bytes or 0)
         return ReplicaResult(replica, target.site.name, False, image.format, time.perf_counter() - started,
                              copy, convert_s, notes)
 

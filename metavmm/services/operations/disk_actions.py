@@ -14,6 +14,7 @@ name at the target is reused, removals of what is already gone succeed. Their co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from collections.abc import Awaitable
@@ -22,9 +23,16 @@ from typing import Any, TypeVar
 
 from metavmm.foundation.errors import ProviderConflict, TranslationError, UnsupportedOperation
 from metavmm.foundation.records import DiskRef
+from metavmm.services import metrics
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import require_vm
+
+
+def _moved(what: str, path: str) -> None:
+    """Count a disk the data path wrote (``metavmm_data_bytes``); a file already gone counts nothing."""
+    with contextlib.suppress(OSError):
+        metrics.data_moved(what, Path(path).stat().st_size)
 
 
 @action("disk.export")
@@ -37,6 +45,7 @@ async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_:
         raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot export a VM's disk")
     disk: DiskRef = await export(vm.provider_vm_id, str(ctx.work_dir))
     await ctx.log(f"exported {disk.path} ({disk.format})")
+    _moved("disk_export", disk.path)
     return {"exported": {"path": disk.path, "format": disk.format}}
 
 
@@ -91,6 +100,7 @@ async def convert_disk(ctx: StepContext, *, to_format: str, source: str = "expor
     result = await tracked(ctx, convert(src, target, dst, progress=lambda p: pending.append(p / 100), trusted=True,
                                         overwrite=True, checksum=False), pending)
     await ctx.log(f"converted {src.format} -> {target} in {result.seconds:.1f}s")
+    _moved("disk_convert", result.disk.path)
     return {save_as: {"path": result.disk.path, "format": result.disk.format}}
 
 
@@ -151,6 +161,7 @@ async def import_image(ctx: StepContext, *, provider: str, region: str, name: st
     disk = DiskRef(**ctx.outputs[source])
     try:
         image = await driver.import_image(disk, name, region)
+        _moved("image_import", disk.path)
     except ProviderConflict:  # a retried step: the crashed attempt imported it already (names are per operation)
         found = [i for i in (await driver.inventory()).images if i.name == name and i.region == region]
         if not found:

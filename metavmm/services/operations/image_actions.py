@@ -25,6 +25,7 @@ from typing import Any
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, Project, Workload
 from metavmm.foundation.errors import ChecksumMismatch, Conflict, NotFound
+from metavmm.services import metrics
 from metavmm.services.marketplace.entries import Audience, ImageMeta, state_of
 from metavmm.services.marketplace.publish import current_version, publish
 from metavmm.services.marketplace.replication import Replicator
@@ -82,6 +83,7 @@ async def fetch(ctx: StepContext, *, image_id: str, save_as: str = "fetched", **
     done: list[float] = []
     digests = await tracked(ctx, stream_to_file(image.location, dest, expected=expected, what=what,
                                                 progress=lambda n: done.append(n / size if size else 0.0)), done)
+    metrics.data_moved("image_fetch", digests.size_bytes)
     await ctx.log(f"fetched {image.name} ({digests.size_bytes} bytes, {digests.mib_per_s:.0f} MiB/s, "
                   "SHA-256 and SHA-512 verified)")
     return {save_as: {"path": str(dest), "format": image.format}}

@@ -12,6 +12,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from prometheus_client import REGISTRY
 from sqlmodel import select
 
 from metavmm.api import keys
@@ -112,6 +113,8 @@ async def test_publish_vmdk_launch_at_another_school_as_identical_qcow2(federati
 
 async def _launch_twice(federation: Federation, image: Any, disks: Disks, engine: Engine) -> None:
     vms: list[tuple[str, str]] = []
+    moved = {"what": "image_replicate"}
+    before = REGISTRY.get_sample_value("metavmm_data_bytes_total", moved) or 0.0
     try:
         first, op = await launched(federation, engine, image.id, LaunchIn(name="mkt-b-1", site="school-b",
                                                                           ram_mib=128))
@@ -121,6 +124,7 @@ async def _launch_twice(federation: Federation, image: Any, disks: Disks, engine
         assert op.outputs["replica_format"] == "qcow2"
         assert replica.parent == federation.root / "b" / "images" and replica.suffix == ".qcow2"
         assert identical(disks.raw, "raw", replica, "qcow2")
+        assert REGISTRY.get_sample_value("metavmm_data_bytes_total", moved) == before + replica.stat().st_size
         assert domain_state(str(first.provider_resource_id)) == libvirt.VIR_DOMAIN_RUNNING
 
         # no site named: the scheduler's movement cost prefers the site that already holds a replica
@@ -129,6 +133,7 @@ async def _launch_twice(federation: Federation, image: Any, disks: Disks, engine
         vms.append(("school-b-kvm", str(second.provider_resource_id)))
         assert second.spec["placement"]["site"] == "school-b" and booted(op) == str(replica)
         assert "image.replicate" not in [s["action"] for s in op.steps]
+        assert REGISTRY.get_sample_value("metavmm_data_bytes_total", moved) == before + replica.stat().st_size
 
         with pytest.raises(ValidationError, match=r"needs at least 128 MiB RAM \(asked 64\)"):
             await launched(federation, engine, image.id, LaunchIn(name="too-small", site="school-a", ram_mib=64))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog import db
@@ -83,9 +84,13 @@ async def test_lifecycle_live_and_cold_migration(engine: Engine, libvirt_hosts: 
     w, at = await workload(engine, wid)
     assert at == "lv1" and w.state_message and "lv1" in w.state_message
 
+    moved = {w: REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": w}) or 0.0
+             for w in ("disk_export", "disk_convert", "image_import")}
     cold = await run(engine, await flows.cold_migrate(engine, wid, target_provider="lv0", disk_format="raw"))
     assert cold.state == OperationState.SUCCEEDED, cold.error
     assert domains(b) == {}
+    for what, was in moved.items():  # each data-path step counted the disk it wrote
+        assert (REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": what}) or 0.0) > was, what
     (clone_uuid, clone_name), = domains(a).items()
     assert clone_name == cold.params["hostname"] != "vm-flow" and state(a, clone_name) == "running"
     xml = subprocess.run(["virsh", "-c", a, "dumpxml", clone_name], capture_output=True, text=True).stdout
