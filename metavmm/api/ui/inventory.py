@@ -23,6 +23,7 @@ from metavmm.api import keys
 from metavmm.api.rest.prices import CompareQuery, comparison_out
 from metavmm.api.ui import page_context
 from metavmm.api.ui.charts import Bar, bar_chart
+from metavmm.api.ui.fedmap import conversion_rows, federation_svg
 from metavmm.catalog.models import Host, Provider, Site, Workload, aware
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.pricing import RateTable, ShapeRequest
@@ -60,8 +61,10 @@ async def overview(request: web.Request) -> web.Response:
     totals = {"providers": len(providers), "regions": len({(s.provider_id, s.region) for s, _ in sites}),
               "sites": len(sites), "hosts": sum(n for _, n in sites),
               "failing": sum(1 for p in providers if p.sync_error)}
+    fedmap = federation_svg(list(providers), [s for s, _ in sites], request.config_dict[keys.CONFIG].scheduler)
     return aiohttp_jinja2.render_template("overview.html", request, page_context(
-        request, title="Federation overview", providers=rows, totals=totals,
+        request, title="Federation overview", providers=rows, totals=totals, fedmap=fedmap,
+        conversions=conversion_rows(),
         sites=[{"site": s, "hosts": n, "provider": names.get(s.provider_id, "?")} for s, n in sites]))
 
 

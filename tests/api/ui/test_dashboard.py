@@ -93,6 +93,11 @@ def test_every_screen_renders_labelled_and_keyboard_reachable(broker: tuple[Brok
     browser.get(overview)
     assert {r.get_attribute("data-provider") for r in browser.find_elements(By.CSS_SELECTOR, "#providers tbody tr")} \
         == {"sim-a", "sim-b"}
+    links = browser.find_elements(By.CSS_SELECTOR, "#federation-map g.link")
+    assert [(g.get_attribute("data-from"), g.get_attribute("data-to")) for g in links] == [("sim-a", "sim-b")]
+    dots = browser.find_elements(By.CSS_SELECTOR, "#federation-map circle.site")
+    assert len(dots) == len(browser.find_elements(By.CSS_SELECTOR, "#sites tbody tr"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#conversions tr[data-tool='virt-v2v']")
     from selenium.webdriver.common.keys import Keys
 
     body = browser.find_element(By.TAG_NAME, "body")
