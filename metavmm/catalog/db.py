@@ -17,18 +17,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.util import await_only
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from metavmm.foundation.errors import ConfigError
 from metavmm.foundation.paths import state_dir
 
-if TYPE_CHECKING:  # alembic costs ~0.2 s to import: only schema commands load it
+if TYPE_CHECKING:
+    # SQLAlchemy, SQLModel and alembic cost 0.3-0.5 s to import: a command's --help, or a command that
+    # never opens the catalog, must not pay for them, so they load where a function first needs them
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -39,6 +37,9 @@ def default_url() -> str:
 
 def async_url(url: str) -> str:
     """Normalise a user's database URL to one with an async driver, or explain what is wrong."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -94,6 +95,8 @@ class SqliteWriters:
         self.lock = asyncio.Lock()
 
     def attach(self, engine: AsyncEngine) -> None:
+        from sqlalchemy import event
+
         sync = engine.sync_engine
         event.listen(sync, "connect", _sqlite_pragmas)
         event.listen(sync, "before_cursor_execute", self._before)
@@ -104,6 +107,9 @@ class SqliteWriters:
     def _before(self, conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
         if conn.info.get("mv_writer") or not statement.lstrip().upper().startswith(self.WRITES):
             return
+        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.util import await_only
+
         try:
             await_only(asyncio.wait_for(self.lock.acquire(), WRITER_WAIT_S))
         except TimeoutError:
@@ -121,6 +127,8 @@ class SqliteWriters:
 
 
 def make_engine(url: str | None = None) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     url = async_url(url or default_url())
     engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
     if url.startswith("sqlite"):
@@ -131,6 +139,8 @@ def make_engine(url: str | None = None) -> AsyncEngine:
 def is_busy(exc: BaseException) -> bool:
     """A lock the database could not give in time (SQLite's "database is locked", PostgreSQL's deadlock
     or serialization failure): the request may simply be tried again."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     if not isinstance(exc, OperationalError | DBAPIError):
         return False
     text = str(exc.orig).lower()
@@ -139,6 +149,9 @@ def is_busy(exc: BaseException) -> bool:
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
