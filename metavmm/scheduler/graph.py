@@ -76,6 +76,15 @@ def guest_reachable(src_family: str | None, dst_hypervisor: str) -> bool:
     return g.has_node(src) and g.has_node(f"hv:{dst}") and nx.has_path(g, src, f"hv:{dst}")
 
 
+DISK_FORMATS = frozenset(f.value for f in DiskFormat)
+
+
+def provider_native(fmt: str) -> bool:
+    """An image only its own provider can boot (an AMI, a GCE image, a partner's os_tpl): no tool converts
+    or copies it, so it boots where a replica of it already is, and nowhere else."""
+    return fmt not in DISK_FORMATS and fmt != PACKAGE_FORMAT
+
+
 def boot_formats(hypervisor: str) -> frozenset[str]:
     formats = HYPERVISOR_FORMATS.get(hypervisor) or HYPERVISOR_FORMATS.get(hypervisor_family(hypervisor))
     return frozenset(str(f) for f in formats or ())
@@ -180,7 +189,7 @@ class FederationGraph:
         return self._conv_cache[key]
 
     def _conversion(self, fmt: str, src_family: str | None, hypervisor: str, size: int) -> Conversion | None:
-        if not guest_reachable(src_family, hypervisor):
+        if provider_native(fmt) or not guest_reachable(src_family, hypervisor):
             return None
         targets = boot_formats(hypervisor)
         dst = hypervisor_family(hypervisor)
@@ -203,6 +212,8 @@ class FederationGraph:
 
     def movement(self, image: ImageRef, site: SiteView, hypervisor: str) -> tuple[float, Decimal] | None:
         """(seconds, egress price) of the best way to get ``image`` booting at ``site``; None: impossible."""
+        if provider_native(image.format):
+            return (0.0, Decimal(0)) if site.id in image.replica_sites else None
         conv = self.conversion(image.format, image.hypervisor, hypervisor, image.size_bytes)
         if conv is None:
             return None
@@ -231,6 +242,8 @@ class FederationGraph:
         return self._routes[key]
 
     def _route(self, image: ImageRef, site: SiteView, hypervisor: str) -> Route | None:
+        if provider_native(image.format):
+            return Route((), 0.0, Decimal(0), image.format) if site.id in image.replica_sites else None
         if not guest_reachable(image.hypervisor, hypervisor):
             return None
         size = image.size_bytes

@@ -33,7 +33,7 @@ from metavmm.foundation.records import Capability
 from metavmm.scheduler.columns import SiteColumns, SiteStatic, first_best, normalised_totals, ranked
 from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
-from metavmm.scheduler.graph import FederationGraph, boot_formats
+from metavmm.scheduler.graph import FederationGraph, boot_formats, provider_native
 from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, code_counts, summarize, summarize_counts
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
@@ -765,7 +765,8 @@ class Scheduler:
         image = req.image
         view = self.snapshot.images.get(image.image_id) if image.image_id else None
         ready = next((r.provider_image_id for r in self.snapshot.replicas.get(image.image_id or "", ())
-                      if r.site_id == site.id and r.provider_image_id and r.format in boot_formats(hypervisor)
+                      if r.site_id == site.id and r.provider_image_id
+                      and (r.format in boot_formats(hypervisor) or provider_native(r.format))
                       and route is not None and not route.steps), None)
         return hypervisor, ImageSource(image.image_id, ready, route, view.name if view else "",
                                        view.format if view else image.format, image.hypervisor, image.size_bytes)

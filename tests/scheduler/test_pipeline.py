@@ -127,3 +127,19 @@ def test_shared_views_never_carry_another_ledgers_reservations(federation) -> No
     assert a.place(PlacementRequest("c", 60, 8 * 1024), reserve=False).host != "h2"
     h2 = snap.host_named("h2")
     assert h2 is not None and views.hosts[h2.id].free_vcpus == 64  # the shared view is the untouched one
+
+
+def test_a_provider_native_image_runs_only_where_its_provider_holds_it(federation) -> None:
+    """An AMI (or a GCE image, a partner's os_tpl) cannot be converted or copied: it used to crash the
+    conversion search (StopIteration, a 500 on a create); now every other site says why it is out."""
+    snap = federation(images=[ImageView("ami", "ubuntu-ami", format="ami", size_bytes=8 << 30)],
+                      replicas=[ReplicaView("ami", 3, "ami", 8 << 30, "ami-0abc")])
+    p = Scheduler(snap).place(PlacementRequest("web", 2, 4096, image=ImageRef("ami")), explain=True, reserve=False)
+    assert p.placed and p.site == "aws/us-east-1"
+    create = next(s for s in p.steps if s.action == "vm.create")
+    assert create.args["image"] == "ami-0abc"  # the replica boots as it is: no fetch, no conversion
+    assert not [s for s in p.steps if s.action in ("image.fetch", "disk.convert", "image.import")]
+    elsewhere = {r.candidate.split(":")[0] for r in p.rejections if r.code == "ami image elsewhere"}
+    assert elsewhere == {"azure/westeurope", "h1", "h2", "h3", "h4", "h5"}  # every host of the on-prem sites
+    pinned = Scheduler(snap).place(PlacementRequest("web", 2, 4096, image=ImageRef("ami"), sites=("taichung",)))
+    assert not pinned.placed and "ami image elsewhere" in pinned.summary

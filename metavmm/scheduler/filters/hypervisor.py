@@ -7,7 +7,7 @@ table through :func:`metavmm.scheduler.graph.guest_reachable`.
 
 from __future__ import annotations
 
-from metavmm.scheduler.graph import guest_reachable
+from metavmm.scheduler.graph import guest_reachable, provider_native
 from metavmm.scheduler.request import PASS, PlacementRequest, Verdict
 from metavmm.scheduler.views import CandidateView
 
@@ -30,3 +30,19 @@ class HypervisorFilter:
         return Verdict.reject(f"no conversion path to {have}",
                               f"hypervisor: no conversion path from a {src} guest to {have}", unresolvable=True,
                               source=src, targets=sorted(view.hypervisors))
+
+
+class NativeImageFilter:
+    """An image only its provider boots (an AMI, a GCE image, a partner's os_tpl) runs where a replica of it
+    is: no tool converts or copies it (:func:`metavmm.scheduler.graph.provider_native`)."""
+
+    name = "native-image"
+    scope = "site"
+
+    def check(self, view: CandidateView, req: PlacementRequest) -> Verdict:
+        image = req.image
+        if image is None or not provider_native(image.format) or view.site.id in image.replica_sites:
+            return PASS
+        return Verdict.reject(f"{image.format} image elsewhere",
+                              f"image: a {image.format} image boots only where its provider holds it, not at "
+                              f"{view.site.name}", unresolvable=True, format=image.format)
