@@ -10,6 +10,7 @@ rendering every OCCI server must speak).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 import uuid
@@ -76,7 +77,7 @@ class OcciClient:
             raise AuthError(f"credentials {cfg.credentials.reference()} are empty", provider=self.name,
                             operation="credentials")
         if cfg.auth == "basic":
-            return {"Authorization": aiohttp.BasicAuth(cfg.user, secret).encode()}
+            return {"Authorization": "Basic " + base64.b64encode(f"{cfg.user}:{secret}".encode()).decode()}
         return {"Authorization": f"Bearer {secret}"}
 
     async def session(self) -> aiohttp.ClientSession:

@@ -1,0 +1,143 @@
+"""The OCCI client driver against a real partner broker (B, tests/drivers/occi_partner.py): B's query
+interface as inventory, a compute's life over OCCI in both renderings, B's project scope applied to the
+driver's credentials, and every refusal typed with B's words."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metavmm.drivers.occi import OcciDriver
+from metavmm.drivers.registry import create_driver
+from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import AuthError, ConfigError, ProviderNotFound, ProviderUnavailable, ValidationError
+from metavmm.foundation.records import VmSpec, VmState
+from tests.drivers.occi_partner import IMAGE, Partner, seed_partner, start_partner
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOccIoccIoccIoccIoccIoccIoccIoccIoccIoccIocc school@a"
+
+
+def provider_yaml(url: str, *, name: str = "partner", token_env: str = "PARTNER_TOKEN", extra: str = "") -> str:
+    return (f"{{name: {name}, kind: occi, endpoint: '{url}', region: school-b, "
+            f"credentials: {{env: {token_env}}}{extra}}}")
+
+
+def driver_for(url: str, extra: str = "", **kw: Any) -> OcciDriver:
+    config = parse_config(f"providers:\n  - {provider_yaml(url, extra=extra, **kw)}\n")
+    driver = create_driver(config.providers[0])
+    assert isinstance(driver, OcciDriver)
+    return driver
+
+
+@pytest.fixture
+async def partner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Partner]:
+    b = await start_partner(tmp_path)
+    await seed_partner(b)
+    monkeypatch.setenv("PARTNER_TOKEN", b.tokens["x"])
+    try:
+        yield b
+    finally:
+        await b.server.close()
+
+
+async def os_tpl(driver: OcciDriver) -> str:
+    inv = await driver.inventory()
+    return next(i.provider_image_id for i in inv.images if i.name == IMAGE)
+
+
+@pytest.mark.parametrize("rendering", ["application/occi+json", "text/occi"])
+async def test_inventory_and_a_computes_life_in_both_renderings(partner: Partner, rendering: str) -> None:
+    driver = driver_for(partner.url, f", rendering: {rendering}")
+    try:
+        inv = await driver.inventory()
+        assert driver.client.media == rendering
+        assert [s.region for s in inv.sites] == ["school-b"] and inv.hosts == ()
+        flavors = {f.name: f for f in inv.flavors}
+        assert (flavors["sim.small"].vcpus, flavors["sim.small"].ram_mib) == (1, 2048)
+        assert (flavors["sim.large"].vcpus, flavors["sim.large"].ram_mib) == (4, 16384)
+        assert flavors["sim.small"].provider_flavor_id.endswith("resource_tpl#sim.small")
+        image = next(i for i in inv.images if i.name == IMAGE)
+        assert "os_tpl#" in image.provider_image_id and inv.vms == ()
+
+        vm = await driver.create_vm(VmSpec(name="lesson-1", region="school-b", image=image.provider_image_id,
+                                           flavor="sim.small", workload_id="wl-1", ssh_key=KEY,
+                                           user_data="#cloud-config\nhostname: lesson-1\n"))
+        assert vm.state in (VmState.PENDING, VmState.RUNNING) and vm.workload_id == "wl-1"
+        vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)
+        assert vm.flavor == "sim.small" and vm.image == image.provider_image_id and vm.extra["vcpus"] == 1
+        (row,) = await partner.workloads("x")  # B created it for project x, with what A asked
+        assert row.id == vm.provider_vm_id and row.name == "lesson-1" and row.observed_state == "running"
+        assert row.spec["ssh_key"] == KEY and row.spec["user_data"].startswith("#cloud-config\nhostname")
+        assert [v.provider_vm_id for v in await driver.list_vms()] == [vm.provider_vm_id]
+
+        for verb, state, b_state in (("stop", VmState.STOPPED, "stopped"), ("start", VmState.RUNNING, "running"),
+                                     ("suspend", VmState.SUSPENDED, "suspended"),
+                                     ("start", VmState.RUNNING, "running"), ("restart", VmState.RUNNING, "running")):
+            await getattr(driver, f"{verb}_vm")(vm.provider_vm_id)
+            if verb == "restart":
+                await partner.idle()
+            assert (await driver.wait_for(vm.provider_vm_id, state, timeout_s=30)).state == state
+            (row,) = await partner.workloads("x")
+            assert row.observed_state == b_state, (verb, row.observed_state)
+
+        await driver.delete_vm(vm.provider_vm_id)
+        await partner.idle()
+        assert await partner.workloads() == [] and await driver.list_vms() == []
+        with pytest.raises(ProviderNotFound, match="answered 404"):
+            await driver.get_vm(vm.provider_vm_id)
+    finally:
+        await driver.close()
+
+
+async def test_partner_scope_applies_to_the_credentials(partner: Partner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("Y_TOKEN", partner.tokens["y"])
+    as_x, as_y = driver_for(partner.url), driver_for(partner.url, name="as-y", token_env="Y_TOKEN")
+    try:
+        theirs = await as_y.create_vm(VmSpec(name="y-only", region="school-b", image=await os_tpl(as_y),
+                                             flavor="sim.small", workload_id="wl-y"))
+        assert [v.provider_vm_id for v in await as_y.list_vms()] == [theirs.provider_vm_id]
+        assert await as_x.list_vms() == [] and (await as_x.inventory()).vms == ()
+        assert as_x.client.media == "application/occi+json"  # negotiated: B renders JSON (templates carry sizes)
+        for call in (as_x.get_vm(theirs.provider_vm_id), as_x.stop_vm(theirs.provider_vm_id),
+                     as_x.delete_vm(theirs.provider_vm_id)):
+            with pytest.raises(ProviderNotFound, match="in project x"):
+                await call
+        await partner.idle()
+        assert [w.id for w in await partner.workloads("y")] == [theirs.provider_vm_id]  # untouched
+    finally:
+        await as_x.close()
+        await as_y.close()
+
+
+async def test_refusals_are_typed_and_name_the_reference_not_the_secret(partner: Partner,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WRONG_TOKEN", "mvm_not-a-token-of-b")
+    wrong = driver_for(partner.url, token_env="WRONG_TOKEN")
+    with pytest.raises(AuthError) as refused:
+        await wrong.inventory()
+    assert "refused the credentials (token from env:WRONG_TOKEN)" in str(refused.value)
+    assert "mvm_not-a-token-of-b" not in str(refused.value)
+    await wrong.close()
+
+    monkeypatch.setenv("BASIC_PASSWORD", partner.tokens["x"])  # B takes its API token as the Basic password
+    basic = driver_for(partner.url, ", auth: basic, user: school-x", token_env="BASIC_PASSWORD")
+    assert {f.name for f in (await basic.inventory()).flavors} >= {"sim.small", "sim.medium"}
+    with pytest.raises(ValidationError, match="no resource_tpl 'huge'"):
+        await basic.create_vm(VmSpec(name="v", region="school-b", image=await os_tpl(basic), flavor="huge"))
+    with pytest.raises(ValidationError, match="no os_tpl 'nope'"):
+        await basic.create_vm(VmSpec(name="v", region="school-b", image="nope", flavor="sim.small"))
+    await basic.close()
+
+    monkeypatch.delenv("UNSET_TOKEN", raising=False)
+    unset = driver_for(partner.url, token_env="UNSET_TOKEN")
+    with pytest.raises(AuthError, match="UNSET_TOKEN is not set"):
+        await unset.inventory()
+    gone = driver_for("http://127.0.0.1:9/occi")  # nothing listens on the discard port
+    with pytest.raises(ProviderUnavailable, match=r"cannot reach the OCCI endpoint http://127\.0\.0\.1:9/occi/"):
+        await gone.inventory()
+    await gone.close()
+    with pytest.raises(ConfigError, match="auth basic needs user"):
+        parse_config(f"providers:\n  - {provider_yaml(partner.url, extra=', auth: basic')}\n")
