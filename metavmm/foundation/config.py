@@ -358,7 +358,7 @@ class SchedulerSettings(_Strict):
     weight_balance: float = Field(default=0.1, ge=0, description="multiplier of the spread/pack cost")
     strategy: Literal["spread", "pack"] = "pack"
     public_hypervisors: dict[str, str] = Field(
-        default_factory=lambda: {"aws": "kvm", "gcp": "kvm", "azure": "hyperv", "sim": "kvm"},
+        default_factory=lambda: {"aws": "kvm", "gcp": "kvm", "azure": "hyperv", "sim": "kvm", "occi": "kvm"},
         description="hypervisor family guests run on at each public provider kind (they expose no hosts)")
     unplaced_penalty: Decimal = Field(default=Decimal("1000000"), gt=0,
                                       description="batch placement: cost of leaving one workload unplaced")

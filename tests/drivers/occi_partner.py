@@ -5,10 +5,12 @@ event loop. Projects ``x`` and ``y`` each have a member with an API token; B's m
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 from sqlmodel import select
 
@@ -83,3 +85,15 @@ async def seed_partner(partner: Partner) -> None:
             await set_membership(s, user.id, proj.id, "member")
             _, partner.tokens[project] = await mint_token(s, user_id=user.id, project_id=proj.id, role="member")
     await publish_image(partner.app, IMAGE)
+
+
+@pytest.fixture
+async def partner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Partner]:
+    """Broker B, seeded, and its project x member's token in $PARTNER_TOKEN (what A's federation file names)."""
+    b = await start_partner(tmp_path)
+    await seed_partner(b)
+    monkeypatch.setenv("PARTNER_TOKEN", b.tokens["x"])
+    try:
+        yield b
+    finally:
+        await b.server.close()

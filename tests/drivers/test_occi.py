@@ -4,8 +4,6 @@ driver's credentials, and every refusal typed with B's words."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import AuthError, ConfigError, ProviderNotFound, ProviderUnavailable, ValidationError
 from metavmm.foundation.records import VmSpec, VmState
-from tests.drivers.occi_partner import IMAGE, Partner, seed_partner, start_partner
+from tests.drivers.occi_partner import IMAGE, Partner, partner  # noqa: F401
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOccIoccIoccIoccIoccIoccIoccIoccIoccIoccIocc school@a"
 
@@ -32,24 +30,14 @@ def driver_for(url: str, extra: str = "", **kw: Any) -> OcciDriver:
     return driver
 
 
-@pytest.fixture
-async def partner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Partner]:
-    b = await start_partner(tmp_path)
-    await seed_partner(b)
-    monkeypatch.setenv("PARTNER_TOKEN", b.tokens["x"])
-    try:
-        yield b
-    finally:
-        await b.server.close()
-
-
 async def os_tpl(driver: OcciDriver) -> str:
     inv = await driver.inventory()
     return next(i.provider_image_id for i in inv.images if i.name == IMAGE)
 
 
 @pytest.mark.parametrize("rendering", ["application/occi+json", "text/occi"])
-async def test_inventory_and_a_computes_life_in_both_renderings(partner: Partner, rendering: str) -> None:
+async def test_inventory_and_a_computes_life_in_both_renderings(partner: Partner,  # noqa: F811
+                                                                rendering: str) -> None:
     driver = driver_for(partner.url, f", rendering: {rendering}")
     try:
         inv = await driver.inventory()
@@ -92,7 +80,8 @@ async def test_inventory_and_a_computes_life_in_both_renderings(partner: Partner
         await driver.close()
 
 
-async def test_partner_scope_applies_to_the_credentials(partner: Partner, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_partner_scope_applies_to_the_credentials(partner: Partner,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("Y_TOKEN", partner.tokens["y"])
     as_x, as_y = driver_for(partner.url), driver_for(partner.url, name="as-y", token_env="Y_TOKEN")
     try:
@@ -112,7 +101,7 @@ async def test_partner_scope_applies_to_the_credentials(partner: Partner, monkey
         await as_y.close()
 
 
-async def test_refusals_are_typed_and_name_the_reference_not_the_secret(partner: Partner,
+async def test_refusals_are_typed_and_name_the_reference_not_the_secret(partner: Partner,  # noqa: F811
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WRONG_TOKEN", "mvm_not-a-token-of-b")
     wrong = driver_for(partner.url, token_env="WRONG_TOKEN")

@@ -97,7 +97,10 @@ class OcciDriver(DriverBase):
         return out
 
     async def _images(self) -> list[ImageInfo]:
-        return [ImageInfo(provider_image_id=c.type_id, name=c.title or c.term, region=self.region, format="os_tpl",
+        """The os_tpls. Reported as ``raw``: the partner boots its template as it is, and the scheduler's
+        conversion graph knows disk formats only (a raw replica at a kvm site needs no conversion); the
+        template itself stays in ``extra``."""
+        return [ImageInfo(provider_image_id=c.type_id, name=c.title or c.term, region=self.region, format="raw",
                           extra={"term": c.term, "location": c.location} if c.location else {"term": c.term})
                 for c in await self.templates() if c.cls == "mixin" and wire.OS_TPL in c.depends]
 
