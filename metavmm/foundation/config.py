@@ -217,6 +217,7 @@ class SimProvider(_ProviderBase):
     gpu_models: list[str] = Field(default_factory=list)
     price_per_vcpu_hour: Decimal = Decimal("0.02")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    create_delay_s: float = Field(default=0, ge=0, le=3600, description="each create waits this long first")
 
 
 ProviderConfig = Annotated[

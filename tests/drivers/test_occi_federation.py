@@ -5,6 +5,9 @@ agree, and A's delete leaves nothing at B."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,17 @@ from metavmm.catalog.models import Flavor, ImageReplica, Provider, Site, Workloa
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.scheduler.request import PlacementRequest
+from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 from tests.api.occi.conftest import publish_image
 from tests.auth_helpers import authorize
-from tests.drivers.occi_partner import IMAGE, Partner, partner  # noqa: F401
+from tests.cli.broker import until_ended
+from tests.cli.test_serve import Metavmm
+from tests.drivers.occi_partner import IMAGE, PARTNER, Partner, partner  # noqa: F401
+
+# B restarted takes a killed operation over once its lease ran out: a short lease keeps the test short
+PARTNER_CONFIG = PARTNER.replace("reconcile_interval_s: 0}", "reconcile_interval_s: 0, lease_s: 1}")
 
 API = "/api/v1"
 
@@ -47,8 +56,6 @@ operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
 
 
 async def until_done(client: Any, op_id: str) -> dict[str, Any]:
-    import asyncio
-
     for _ in range(600):
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
         if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
@@ -119,3 +126,75 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
     b_sim = create_driver(partner.app[keys.CONFIG].providers[0])
     assert await b_sim.list_vms() == []  # nothing left running at B
     await b_sim.close()
+
+
+async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(partner: Partner,  # noqa: F811
+                                                                              aiohttp_client: Any,
+                                                                              tmp_path: Path) -> None:
+    """B is a real `metavmm serve` process here, its creates slow (5 s), SIGKILLed while A waits for one."""
+    await partner.server.close()  # seeded in-process; from here B runs as its own process on that catalog
+    slow, fast = tmp_path / "b-slow.yaml", tmp_path / "b.yaml"
+    fast.write_text(PARTNER_CONFIG)
+    slow.write_text(PARTNER_CONFIG.replace("hosts_per_site: 2", "hosts_per_site: 2, create_delay_s: 5"))
+    serve = ("serve", "--port", "0", "--no-sync", "--database", f"sqlite:///{tmp_path / 'b.db'}", "--config")
+    b = Metavmm(tmp_path, *serve, str(slow))
+    try:
+        port = b.port()
+        config = parse_config(school_config(f"http://127.0.0.1:{port}/"))
+        app = create_app(config, f"sqlite:///{tmp_path / 'a.db'}", sync=False)
+        client = await aiohttp_client(app)
+        maker = app[keys.SESSIONS]
+        await sync_all(maker, config)
+        async with maker() as s:
+            os_tpls = select(ImageReplica).where(ImageReplica.provider_image_id.contains("os_tpl"))  # type: ignore[attr-defined]
+            (replica,) = (await s.exec(os_tpls)).all()
+        await publish_image(app, IMAGE, provider_image_id=replica.provider_image_id)
+        await authorize(client, "member", project="school")
+        resp = await client.post(f"{API}/workloads", json={"name": "cut", "flavor": "sim.small", "image_id": IMAGE,
+                                                            "site": "partner/school-b"})
+        assert resp.status == 202, await resp.text()
+        body = await resp.json()
+        wid, op_id = body["workload"]["id"], body["operation"]["id"]
+        for _ in range(400):  # until A waits for the compute B accepted (B's create sleeps its 5 s)
+            op = await (await client.get(f"{API}/operations/{op_id}")).json()
+            if op["steps"][op["current_step"]]["action"] == "vm.wait":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"A's create never reached vm.wait: {op}")
+        b.kill()  # SIGKILL, mid-operation at both brokers
+
+        ended = await until_done(client, op_id)
+        assert ended["state"] in ("failed", "rolled_back"), ended
+        assert "cannot reach the OCCI endpoint" in json.dumps(ended), ended
+
+        b = Metavmm(tmp_path, *serve[:2], str(port), *serve[3:], str(fast))  # B restarts on its port
+        b.port()
+        # A's reconciliation (every reconcile_interval_s in production) finds the compute B made for the failed
+        # create, tagged with A's workload, and deletes it; B may still be finishing the create it took over
+        cleaned = False
+        for _ in range(60):
+            report = await reconcile(app[keys.OPERATIONS], app[keys.OPERATIONS].executor.drivers)
+            assert report.unreachable == {}, report
+            for rid in report.operations:  # the broker's own operations (no project): read from A's store
+                await until_ended(maker, rid)
+            cleaned |= any(wl == wid for _, _, wl in report.orphans)
+            if not b_computes(tmp_path / "b.db") and not report.orphans:
+                break
+            await asyncio.sleep(0.5)
+        assert b_computes(tmp_path / "b.db") == [], "a compute of A's workload is left at B"
+        assert cleaned, "A's reconciliation never saw the compute B made for the failed create"
+        sim = create_driver(parse_config(PARTNER).providers[0])
+        assert await sim.list_vms() == [], "a VM of A's workload is left at B's provider"
+        await sim.close()
+        async with maker() as s:
+            assert (await s.get(Workload, wid)).observed_state != "running"
+    finally:
+        b.kill()
+
+
+def b_computes(path: Path) -> list[tuple[str, str]]:
+    """B's computes not deleted, read from its catalog (B is another process)."""
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id, observed_state FROM workload WHERE kind = 'compute' "
+                          "AND desired_state != 'deleted'").fetchall()

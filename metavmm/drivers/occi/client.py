@@ -127,8 +127,7 @@ class OcciClient:
                     raise self._error(operation, resp.status, resp.headers, text)
                 return resp.status, resp.headers, list(resp.headers.items()), text
         except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise ProviderUnavailable(f"cannot reach the OCCI endpoint {self._where(url)}: "
-                                      f"{type(exc).__name__}: {exc}".rstrip(": "),
+            raise ProviderUnavailable(f"cannot reach the OCCI endpoint {self._where(url)}: {_reason(exc)}",
                                       provider=self.name, operation=operation) from None
 
     @staticmethod
@@ -263,6 +262,18 @@ class OcciClient:
 
     async def delete(self, operation: str, location: str) -> None:
         await self.request(operation, "DELETE", location)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request got no answer, in a few words (aiohttp's own text repeats the address)."""
+    if isinstance(exc, TimeoutError):
+        return "no answer within the timeout"
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return os_error.strerror.lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the partner closed the connection"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 def _next_link(headers: Any) -> str | None:
