@@ -17,7 +17,7 @@ from sqlmodel import select
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, Workload
+from metavmm.catalog.models import Operation, Workload, WorkloadLink
 from metavmm.foundation.config import parse_config
 from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
 from metavmm.services.operations.store import ACTIVE
@@ -52,6 +52,11 @@ class Partner:
             rows = (await s.exec(select(Workload).where(Workload.kind == "compute"))).all()
         return [w for w in rows if w.desired_state != "deleted"
                 and (project is None or w.project_id == self.projects[project])]
+
+    async def links(self) -> list[tuple[str, str, str]]:
+        """B's links: (kind, source id, target id)."""
+        async with self.app[keys.SESSIONS]() as s:
+            return [(r.kind, r.source_id, r.target_id) for r in (await s.exec(select(WorkloadLink))).all()]
 
     async def idle(self) -> None:
         """Until no operation of B runs (B's engine runs in the same event loop)."""

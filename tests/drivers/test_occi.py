@@ -12,7 +12,7 @@ from metavmm.drivers.occi import OcciDriver
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import AuthError, ConfigError, ProviderNotFound, ProviderUnavailable, ValidationError
-from metavmm.foundation.records import VmSpec, VmState
+from metavmm.foundation.records import NetworkSpec, VmSpec, VmState, VolumeSpec
 from tests.drivers.occi_partner import IMAGE, Partner, partner  # noqa: F401
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOccIoccIoccIoccIoccIoccIoccIoccIoccIoccIocc school@a"
@@ -130,3 +130,40 @@ async def test_refusals_are_typed_and_name_the_reference_not_the_secret(partner:
     await gone.close()
     with pytest.raises(ConfigError, match="auth basic needs user"):
         parse_config(f"providers:\n  - {provider_yaml(partner.url, extra=', auth: basic')}\n")
+
+
+@pytest.mark.parametrize("rendering", ["application/occi+json", "text/occi"])
+async def test_storage_network_and_their_links(partner: Partner, rendering: str) -> None:  # noqa: F811
+    driver = driver_for(partner.url, f", rendering: {rendering}")
+    try:
+        vol = await driver.create_volume(VolumeSpec(name="homework", region="school-b", size_gib=2, workload_id="v-1"))
+        net = await driver.create_network(NetworkSpec(name="lab", region="school-b", cidr="10.9.0.0/24",
+                                                      workload_id="n-1"))
+        vm = await driver.create_vm(VmSpec(name="lab-vm", region="school-b", image=await os_tpl(driver),
+                                           flavor="sim.small", workload_id="wl-2"))
+        await partner.idle()
+        assert [(v.provider_volume_id, v.size_gib, v.workload_id, v.state) for v in await driver.list_volumes()] == [
+            (vol.provider_volume_id, 2, "v-1", "available")]
+        assert [(n.provider_network_id, n.cidr, n.workload_id) for n in await driver.list_networks()] == [
+            (net.provider_network_id, "10.9.0.0/24", "n-1")]
+        for _ in range(2):  # the second attach finds the link made by the first
+            await driver.attach_volume(vm.provider_vm_id, vol.provider_volume_id)
+            await driver.attach_network(vm.provider_vm_id, net.provider_network_id)
+            await partner.idle()
+        links = await partner.links()
+        assert sorted(kind for kind, _, _ in links) == ["networkinterface", "storagelink"]
+        assert {(s, t) for _, s, t in links} == {(vm.provider_vm_id, vol.provider_volume_id),
+                                                  (vm.provider_vm_id, net.provider_network_id)}
+        await driver.detach_volume(vm.provider_vm_id, vol.provider_volume_id)
+        await driver.detach_network(vm.provider_vm_id, net.provider_network_id)
+        await partner.idle()
+        assert await partner.links() == []
+        with pytest.raises(ProviderNotFound, match="has no link to storage"):
+            await driver.detach_volume(vm.provider_vm_id, vol.provider_volume_id)
+        for delete, rid in ((driver.delete_vm, vm.provider_vm_id), (driver.delete_volume, vol.provider_volume_id),
+                            (driver.delete_network, net.provider_network_id)):
+            await delete(rid)
+            await partner.idle()
+        assert await driver.list_volumes() == [] and await driver.list_networks() == []
+    finally:
+        await driver.close()

@@ -54,7 +54,8 @@ def owner_of(entity: wire.Entity) -> str | None:
 
 class OcciDriver(DriverBase):
     kind: ClassVar[str] = "occi"
-    capabilities = frozenset({Capability.SUSPEND, Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS})
+    capabilities = frozenset({Capability.SUSPEND, Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS,
+                              Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK})
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "active": VmState.RUNNING,
         "inactive": VmState.STOPPED,
@@ -252,6 +253,47 @@ class OcciDriver(DriverBase):
 
     async def delete_network(self, network_id: str) -> None:
         await self.client.delete("delete_network", self._at("network", network_id, "delete_network"))
+
+    # --- links ---------------------------------------------------------------------------------------
+
+    async def _link_to(self, vm_id: str, kind: str, target_id: str, operation: str) -> dict[str, Any] | None:
+        """The compute's link of ``kind`` to ``target_id`` (as the compute's rendering lists it), or None."""
+        entity = await self.client.get(operation, self._at("compute", vm_id, operation))
+        self._at(kind, target_id, operation)
+        return next((lk for lk in entity.links if lk["target"].rstrip("/").endswith(f"/{kind}/{target_id}")), None)
+
+    async def _link(self, vm_id: str, kind: str, link_kind: str, target_id: str, operation: str,
+                    attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Link the compute to a storage or network (already linked: that link). Returns once the partner
+        accepted the link: a partner metavmm then attaches it in an operation of its own."""
+        found = await self._link_to(vm_id, kind, target_id, operation)
+        if found is None:
+            await self.client.create(operation, f"{link_kind.rpartition('#')[2]}/", link_kind, [], {
+                "occi.core.source": f"/compute/{vm_id}", "occi.core.target": f"/{kind}/{target_id}",
+                **(attributes or {})})
+            found = await self._link_to(vm_id, kind, target_id, operation) or {}
+        return found
+
+    async def _unlink(self, vm_id: str, kind: str, target_id: str, operation: str) -> None:
+        found = await self._link_to(vm_id, kind, target_id, operation)
+        if found is None or not found.get("location"):
+            raise ProviderNotFound(f"compute {vm_id} has no link to {kind} {target_id}", provider=self.name,
+                                   operation=operation)
+        await self.client.delete(operation, found["location"])
+
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None:
+        await self._link(vm_id, "storage", wire.STORAGELINK, volume_id, "attach_volume")
+
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        await self._unlink(vm_id, "storage", volume_id, "detach_volume")
+
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
+        link = await self._link(vm_id, "network", wire.NETWORKINTERFACE, network_id, "attach_network",
+                                {"occi.networkinterface.mac": mac} if mac else None)
+        return (link.get("attributes") or {}).get("occi.networkinterface.mac") or mac
+
+    async def detach_network(self, vm_id: str, network_id: str) -> None:
+        await self._unlink(vm_id, "network", network_id, "detach_network")
 
     async def close(self) -> None:
         await self.client.close()

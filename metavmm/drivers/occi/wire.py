@@ -195,12 +195,10 @@ def _text_value(value: Any) -> str:
     return quote(str(value))
 
 
-def entity_to_text(kind: str, mixins: Iterable[str], attributes: Mapping[str, Any],
-                   links: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    """The (field, value) pairs of a new entity: its kind, mixins, attributes and links (target, kind)."""
+def entity_to_text(kind: str, mixins: Iterable[str], attributes: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (field, value) pairs of a new entity: its kind, mixins and attributes."""
     pairs = [("Category", _category_text(kind, "kind"))]
     pairs += [("Category", _category_text(m, "mixin")) for m in mixins]
-    pairs += [("Link", f'<{target}>; rel="{rel}"') for target, rel in links]
     pairs += [("X-OCCI-Attribute", f"{k}={_text_value(v)}") for k, v in attributes.items() if v is not None]
     return pairs
 
@@ -250,10 +248,16 @@ def entity_from_json(doc: Any) -> Entity:
         if doc.get(key) and f"occi.core.{key}" not in attrs:
             attrs[f"occi.core.{key}"] = doc[key]
     links = [{"target": (lk.get("target") or {}).get("location", ""), "kind": lk.get("kind", ""),
-              "location": lk.get("location"), "attributes": dict(lk.get("attributes") or {})}
+              "location": lk.get("location") or _link_location(lk), "attributes": dict(lk.get("attributes") or {})}
              for lk in doc.get("links") or [] if isinstance(lk, dict)]
     return Entity(kind=str(doc["kind"]), mixins=tuple(str(m) for m in doc.get("mixins") or []), attributes=attrs,
                   links=links, actions=tuple(str(a) for a in doc.get("actions") or []))
+
+
+def _link_location(link: dict[str, Any]) -> str | None:
+    """A JSON link without ``location``: its kind's collection and its id (where OCCI servers keep links)."""
+    kind, lid = str(link.get("kind") or ""), str(link.get("id") or "")
+    return f"/{kind.rpartition('#')[2]}/{lid}" if kind and lid else None
 
 
 def collection_from_json(doc: Any) -> list[Entity]:
@@ -262,15 +266,16 @@ def collection_from_json(doc: Any) -> list[Entity]:
     return [entity_from_json(e) for key in ("resources", "links") for e in doc.get(key) or []]
 
 
-def entity_to_json(kind: str, mixins: Iterable[str], attributes: Mapping[str, Any], entity_id: str,
-                   links: Iterable[tuple[str, str]] = ()) -> str:
-    doc: dict[str, Any] = {"kind": kind, "id": entity_id,
-                           "attributes": {k: v for k, v in attributes.items() if v is not None}}
+def entity_to_json(kind: str, mixins: Iterable[str], attributes: Mapping[str, Any], entity_id: str) -> str:
+    """A new resource, or a link (``occi.core.source``/``target`` become its ``source`` and ``target``)."""
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    doc: dict[str, Any] = {"kind": kind, "id": entity_id}
+    if "occi.core.source" in attrs:
+        doc["source"] = {"location": attrs.pop("occi.core.source")}
+        doc["target"] = {"location": attrs.pop("occi.core.target")}
+    doc["attributes"] = attrs
     if mixins := list(mixins):
         doc["mixins"] = mixins
-    if links := list(links):
-        doc["links"] = [{"kind": rel, "id": entity_id, "source": {"location": ""}, "target": {"location": target}}
-                        for target, rel in links]
     return json.dumps(doc)
 
 
