@@ -4,16 +4,28 @@ driver's credentials, and every refusal typed with B's words."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from metavmm.api import keys
+from metavmm.api.app import create_app
+from metavmm.api.auth import server_ssl_context
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import ClientCertificate, Workload
 from metavmm.drivers.occi import OcciDriver
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import AuthError, ConfigError, ProviderNotFound, ProviderUnavailable, ValidationError
 from metavmm.foundation.records import NetworkSpec, VmSpec, VmState, VolumeSpec
-from tests.drivers.occi_partner import IMAGE, Partner, partner  # noqa: F401
+from metavmm.services.identity import get_or_create_project, get_or_create_user, set_membership
+from metavmm.services.sync import sync_all
+from tests.api.occi.conftest import publish_image
+from tests.api.test_auth import _cert, _name, _write
+from tests.drivers.occi_partner import IMAGE, PARTNER, Partner, partner  # noqa: F401
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOccIoccIoccIoccIoccIoccIoccIoccIoccIoccIocc school@a"
 
@@ -167,3 +179,54 @@ async def test_storage_network_and_their_links(partner: Partner, rendering: str)
         assert await driver.list_volumes() == [] and await driver.list_networks() == []
     finally:
         await driver.close()
+
+
+async def test_x509_client_certificate(tmp_path: Path) -> None:
+    """B serves HTTPS and maps a client certificate's subject to a member of project x (no token at all)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert(_name("partner CA"), _name("partner CA"), ca_key, ca_key, ca=True)
+    ca_file, _ = _write(tmp_path / "ca", ca, ca_key)
+    server_key, school_key, stranger_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    server = _write(tmp_path / "server", _cert(_name("b"), _name("partner CA"), server_key, ca_key, san="127.0.0.1"),
+                    server_key)
+    school = _write(tmp_path / "school", _cert(_name("school-a"), _name("partner CA"), school_key, ca_key), school_key)
+    stranger = _write(tmp_path / "stranger", _cert(_name("someone"), _name("partner CA"), stranger_key, ca_key),
+                      stranger_key)
+    config = parse_config(PARTNER + f"""
+auth:
+  tls: {{cert_file: '{server[0]}', key_file: '{server[1]}'}}
+  client_certs: {{enabled: true, ca_file: '{ca_file}'}}
+""")
+    app = create_app(config, f"sqlite:///{tmp_path / 'b.db'}", sync=False)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl_context(config.auth))
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await sync_all(app[keys.SESSIONS], config)
+        await publish_image(app, IMAGE)
+        async with session_scope(app[keys.SESSIONS]) as s:
+            x = await get_or_create_project(s, "x")
+            user = await get_or_create_user(s, "school-a")
+            await set_membership(s, user.id, x.id, "member")
+            s.add(ClientCertificate(subject=_name("school-a").rfc4514_string(), user_id=user.id, project_id=x.id))
+
+        def by_cert(cert: tuple[str, str]) -> OcciDriver:
+            entry = (f"{{name: partner, kind: occi, endpoint: 'https://127.0.0.1:{port}/', region: school-b, "
+                     f"auth: x509, client_cert: '{cert[0]}', client_key: '{cert[1]}', ca_bundle: '{ca_file}'}}")
+            return create_driver(parse_config(f"providers:\n  - {entry}\n").providers[0])  # type: ignore[return-value]
+
+        mine = by_cert(school)
+        vm = await mine.create_vm(VmSpec(name="by-cert", region="school-b", image=await os_tpl(mine),
+                                         flavor="sim.small", workload_id="wl-x509"))
+        async with app[keys.SESSIONS]() as s:
+            row = await s.get(Workload, vm.provider_vm_id)
+        assert row is not None and row.project_id == x.id and row.name == "by-cert"
+        await mine.close()
+        theirs = by_cert(stranger)
+        with pytest.raises(AuthError, match=r"client certificate .*stranger\.crt.*not mapped to a user"):
+            await theirs.inventory()
+        await theirs.close()
+    finally:
+        await runner.cleanup()
