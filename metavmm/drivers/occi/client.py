@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import ssl
 import uuid
 from collections.abc import Mapping
@@ -269,8 +270,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer within the timeout"
     os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return os_error.strerror.lower()
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()  # "connection refused", not aiohttp's address-laden text
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the partner closed the connection"
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
