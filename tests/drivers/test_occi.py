@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.auth import server_ssl_context
+from metavmm.api.occi import routes
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ClientCertificate, Workload
 from metavmm.drivers.occi import OcciDriver
@@ -128,6 +129,14 @@ async def test_partner_scope_applies_to_the_credentials(partner: Partner,  # noq
         theirs = await as_y.create_vm(VmSpec(name="y-only", region="school-b", image=await os_tpl(as_y),
                                              flavor="sim.small", workload_id="wl-y"))
         assert [v.provider_vm_id for v in await as_y.list_vms()] == [theirs.provider_vm_id]
+        more = [await as_y.create_vm(VmSpec(name=f"y-{i}", region="school-b", image=await os_tpl(as_y),
+                                            flavor="sim.small", workload_id=f"wl-y{i}")) for i in range(2)]
+        monkeypatch.setattr(routes, "DEFAULT_PAGE", 1)  # B pages every collection one entity a page
+        as_y_text = driver_for(partner.url, ", rendering: text/occi", name="as-y-text", token_env="Y_TOKEN")
+        for lister in (as_y, as_y_text):  # every page, followed by Link rel=next, in both renderings
+            assert [v.provider_vm_id for v in await lister.list_vms()] == [
+                theirs.provider_vm_id, *(m.provider_vm_id for m in more)]
+        await as_y_text.close()
         assert await as_x.list_vms() == [] and (await as_x.inventory()).vms == ()
         assert as_x.client.media == "application/occi+json"  # negotiated: B renders JSON (templates carry sizes)
         for call in (as_x.get_vm(theirs.provider_vm_id), as_x.stop_vm(theirs.provider_vm_id),
@@ -135,7 +144,7 @@ async def test_partner_scope_applies_to_the_credentials(partner: Partner,  # noq
             with pytest.raises(ProviderNotFound, match="in project x"):
                 await call
         await partner.idle()
-        assert [w.id for w in await partner.workloads("y")] == [theirs.provider_vm_id]  # untouched
+        assert theirs.provider_vm_id in [w.id for w in await partner.workloads("y")]  # untouched
     finally:
         await as_x.close()
         await as_y.close()
