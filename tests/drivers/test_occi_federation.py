@@ -17,9 +17,11 @@ from metavmm.api.app import create_app
 from metavmm.catalog.models import Flavor, ImageReplica, Provider, Site, Workload
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
+from metavmm.scheduler.pricing.compare import ShapeRequest
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.placement import Placer
+from metavmm.services.prices import compare_prices
 from metavmm.services.sync import sync_all
 from tests.api.occi.conftest import publish_image
 from tests.auth_helpers import authorize
@@ -84,6 +86,10 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
     async with maker() as s:  # the partner is placed onto like any site: the cheaper by A's prices
         planned = await Placer(config).dry_run(s, PlacementRequest("p", 1, 2048), providers=frozenset())
     assert planned.where["provider"] == "partner" and planned.where.get("flavor") == "sim.small", planned.where
+
+    compared = await compare_prices(maker, config, ShapeRequest.parse(1, 2), currency="EUR")
+    assert (compared.quotes[0].provider, compared.quotes[0].provider_kind, compared.quotes[0].flavor) == (
+        "partner", "occi", "sim.small")  # the price comparison ranks the partner's template first
 
     await authorize(client, "member", project="school")
     resp = await client.post(f"{API}/workloads", json={"name": "lesson-vm", "vcpus": 1, "ram_mib": 2048,
