@@ -28,6 +28,8 @@ from tests.api.occi.conftest import publish_image
 from tests.api.test_auth import _cert, _name, _write
 from tests.drivers.occi_partner import IMAGE, PARTNER, Partner, partner  # noqa: F401
 
+USER_DATA = "#cloud-config\nhostname: lesson-1\nwrite_files:\n  - path: /etc/motd\n    content: |\n" + \
+    "      welcome to the partner's lab\n" * 300  # 10 KiB: more than one header line may carry (text/occi)
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOccIoccIoccIoccIoccIoccIoccIoccIoccIoccIocc school@a"
 
 
@@ -65,13 +67,13 @@ async def test_inventory_a_computes_life_and_its_links_in_both_renderings(partne
 
         vm = await driver.create_vm(VmSpec(name="lesson-1", region="school-b", image=image.provider_image_id,
                                            flavor="sim.small", workload_id="wl-1", ssh_key=KEY,
-                                           user_data="#cloud-config\nhostname: lesson-1\n"))
+                                           user_data=USER_DATA))
         assert vm.state in (VmState.PENDING, VmState.RUNNING) and vm.workload_id == "wl-1"
         vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)
         assert vm.flavor == "sim.small" and vm.image == image.provider_image_id and vm.extra["vcpus"] == 1
         (row,) = await partner.workloads("x")  # B created it for project x, with what A asked
         assert row.id == vm.provider_vm_id and row.name == "lesson-1" and row.observed_state == "running"
-        assert row.spec["ssh_key"] == KEY and row.spec["user_data"].startswith("#cloud-config\nhostname")
+        assert row.spec["ssh_key"] == KEY and row.spec["user_data"] == USER_DATA
         assert [v.provider_vm_id for v in await driver.list_vms()] == [vm.provider_vm_id]
 
         for verb, state, b_state in (("stop", VmState.STOPPED, "stopped"), ("start", VmState.RUNNING, "running"),

@@ -36,6 +36,8 @@ from metavmm.foundation.errors import (
 ACCEPT_ANY = f"{wire.JSON}, {wire.TEXT_OCCI};q=0.9, {wire.TEXT_PLAIN};q=0.8"
 MAX_PAGES = 1000  # a partner whose rel=next never ends is a fault, not a loop
 USER_AGENT = "metavmm-occi-client OCCI/1.2"
+MAX_READ = 256 * 1024  # the longest header line read: an attribute (user data: 64 KiB, escaped) in text/occi
+MAX_HEADER = 4000  # bytes of one header field the client sends; servers commonly refuse lines over 8 KiB
 
 
 class OcciClient:
@@ -86,8 +88,8 @@ class OcciClient:
             if self._session is None or self._session.closed:
                 headers = {"User-Agent": USER_AGENT, **self._auth_headers()}
                 connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=8)
-                self._session = aiohttp.ClientSession(
-                    headers=headers, connector=connector,
+                self._session = aiohttp.ClientSession(  # text/occi carries a compute's user data in a header
+                    headers=headers, connector=connector, max_line_size=MAX_READ, max_field_size=MAX_READ,
                     timeout=aiohttp.ClientTimeout(total=self._config.timeout_s))
             return self._session
 
@@ -113,6 +115,8 @@ class OcciClient:
         headers: list[tuple[str, str]] = [("Accept", accept or self.media or ACCEPT_ANY)]
         data: str | None = body
         if pairs is not None:
+            if media == wire.TEXT_OCCI and any(len(v) > MAX_HEADER for _, v in pairs):
+                media = wire.TEXT_PLAIN  # user data in a header would pass servers' header limits: the body
             if media == wire.TEXT_OCCI:
                 headers += pairs
                 data = None
@@ -127,6 +131,10 @@ class OcciClient:
                 if resp.status >= 400:
                     raise self._error(operation, resp.status, resp.headers, text)
                 return resp.status, resp.headers, list(resp.headers.items()), text
+        except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not read
+            said = str(exc.message)[:300]
+            raise DriverError(f"the partner's answer to {method} {self._where(url)} cannot be read: {said}",
+                              provider=self.name, operation=operation) from None
         except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
             raise ProviderUnavailable(f"cannot reach the OCCI endpoint {self._where(url)}: {_reason(exc)}",
                                       provider=self.name, operation=operation) from None
