@@ -16,11 +16,18 @@ from metavmm.api.app import create_app
 from metavmm.api.auth import server_ssl_context
 from metavmm.api.occi import routes
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import ClientCertificate, Workload
+from metavmm.catalog.models import ClientCertificate, Quota, Workload
 from metavmm.drivers.occi import OcciDriver
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
-from metavmm.foundation.errors import AuthError, ConfigError, ProviderNotFound, ProviderUnavailable, ValidationError
+from metavmm.foundation.errors import (
+    AuthError,
+    ConfigError,
+    ProviderNotFound,
+    ProviderQuotaExceeded,
+    ProviderUnavailable,
+    ValidationError,
+)
 from metavmm.foundation.records import NetworkSpec, VmSpec, VmState, VolumeSpec
 from metavmm.services.identity import get_or_create_project, get_or_create_user, set_membership
 from metavmm.services.sync import sync_all
@@ -169,6 +176,11 @@ async def test_refusals_are_typed_and_name_the_reference_not_the_secret(partner:
         await basic.create_vm(VmSpec(name="v", region="school-b", image=await os_tpl(basic), flavor="huge"))
     with pytest.raises(ValidationError, match="no os_tpl 'nope'"):
         await basic.create_vm(VmSpec(name="v", region="school-b", image="nope", flavor="sim.small"))
+    async with session_scope(partner.app[keys.SESSIONS]) as s:  # B's quota for project x applies to A
+        s.add(Quota(project_id=partner.projects["x"], resource="instances", limit=0))
+    with pytest.raises(ProviderQuotaExceeded, match="answered 403: quota exceeded"):
+        await basic.create_vm(VmSpec(name="v", region="school-b", image=await os_tpl(basic), flavor="sim.small"))
+    assert await partner.workloads("x") == []
     await basic.close()
 
     monkeypatch.delenv("UNSET_TOKEN", raising=False)

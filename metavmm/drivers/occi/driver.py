@@ -113,7 +113,7 @@ class OcciDriver(DriverBase):
 
     # --- computes -----------------------------------------------------------------------------------
 
-    def _vm_info(self, entity: wire.Entity, flavors: dict[str, str]) -> VmInfo:
+    def _vm_info(self, entity: wire.Entity, flavors: dict[str, str], images: set[str]) -> VmInfo:
         attrs = entity.attributes
         native = str(attrs.get("occi.compute.state") or "")
         message = str(attrs.get("occi.compute.state.message") or "")
@@ -130,19 +130,21 @@ class OcciDriver(DriverBase):
         return VmInfo(provider_vm_id=entity.id, name=str(attrs.get("occi.core.title") or entity.id),
                       region=self.region, state=state,
                       flavor=next((flavors[m] for m in entity.mixins if m in flavors), None),
-                      image=next((m for m in entity.mixins if "os_tpl" in m), None),
+                      image=next((m for m in entity.mixins if m in images), None),
                       workload_id=owner_of(entity), extra=extra)
 
-    async def _flavor_terms(self) -> dict[str, str]:
-        return {c.type_id: c.term for c, _ in await self._flavors()}
+    async def _known(self) -> tuple[dict[str, str], set[str]]:
+        """The partner's resource_tpls (type id -> term) and os_tpls (type ids), to read an entity's mixins."""
+        images = {c.type_id for c in await self.templates() if wire.OS_TPL in c.depends}
+        return {c.type_id: c.term for c, _ in await self._flavors()}, images
 
     async def list_vms(self) -> list[VmInfo]:
-        flavors = await self._flavor_terms()
-        return [self._vm_info(e, flavors) for e in await self.client.collection("list_vms", "compute/")]
+        known = await self._known()
+        return [self._vm_info(e, *known) for e in await self.client.collection("list_vms", "compute/")]
 
     async def get_vm(self, vm_id: str) -> VmInfo:
         return self._vm_info(await self.client.get("get_vm", self._at("compute", vm_id, "get_vm")),
-                             await self._flavor_terms())
+                             *await self._known())
 
     def _at(self, kind: str, entity_id: str, operation: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}", entity_id):
