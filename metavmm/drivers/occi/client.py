@@ -41,6 +41,9 @@ MAX_HEADER = 4000  # bytes of one header field the client sends; servers commonl
 
 
 class OcciClient:
+    concurrent_reads = 8
+    """Entities of a text collection read at once (a text rendering lists locations only)."""
+
     def __init__(self, config: Any, name: str) -> None:
         self.name = name
         self.root = config.endpoint.rstrip("/") + "/"
@@ -230,13 +233,24 @@ class OcciClient:
                     raise DriverError(f"the partner's collection cannot be read: {exc}", provider=self.name,
                                       operation=operation) from None
             else:
-                for loc in wire.locations_from_text(wire.text_pairs(items, text, media or wire.TEXT_PLAIN)):
-                    try:
-                        out.append(await self.get(operation, loc))
-                    except ProviderNotFound:
-                        continue  # deleted between the listing and the look
+                locations = wire.locations_from_text(wire.text_pairs(items, text, media or wire.TEXT_PLAIN))
+                out += [e for e in await self._read_all(operation, locations) if e is not None]
             url = _next_link(headers)
         raise DriverError(f"{location} has more than {MAX_PAGES} pages", provider=self.name, operation=operation)
+
+    async def _read_all(self, operation: str, locations: list[str]) -> list[wire.Entity | None]:
+        """Each location's entity, ``concurrent_reads`` at a time, in the listing's order; None for one
+        deleted between the listing and the look."""
+        gate = asyncio.Semaphore(self.concurrent_reads)
+
+        async def one(location: str) -> wire.Entity | None:
+            async with gate:
+                try:
+                    return await self.get(operation, location)
+                except ProviderNotFound:
+                    return None
+
+        return list(await asyncio.gather(*(one(loc) for loc in locations)))
 
     async def create(self, operation: str, location: str, kind: str, mixins: list[str],
                      attributes: dict[str, Any]) -> str:
