@@ -92,6 +92,9 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
         "partner", "occi", "sim.small")  # the price comparison ranks the partner's template first
 
     await authorize(client, "member", project="school")
+    query = await (await client.get("/-/", headers={"Accept": "application/occi+json"})).json()
+    offered = {(m["scheme"].rsplit("/", 1)[-1], m.get("title")) for m in query["mixins"]}
+    assert ("os_tpl#", IMAGE) in offered and ("site#", "site partner/school-b") in offered  # A's OCCI shows B
     resp = await client.post(f"{API}/workloads", json={"name": "lesson-vm", "vcpus": 1, "ram_mib": 2048,
                                                         "image_id": IMAGE})
     assert resp.status == 202, await resp.text()
