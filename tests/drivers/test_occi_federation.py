@@ -6,6 +6,7 @@ agree, and A's delete leaves nothing at B."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from sqlmodel import select
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
-from metavmm.catalog.models import Flavor, ImageReplica, Provider, Site, Workload
+from metavmm.catalog.models import Flavor, ImageReplica, Operation, Provider, Site, Workload
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.scheduler.pricing.compare import ShapeRequest
@@ -131,6 +132,29 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
     assert (await until_done(client, (await resp.json())["id"]))["state"] == "succeeded"
     await partner.idle()
     assert await partner.workloads() == []
+
+    # OCCI in, OCCI out: a client of A's OCCI interface pins the partner's site; A speaks OCCI to B
+    mixin = {(m["scheme"].rsplit("/", 1)[-1], m.get("title")): m["scheme"] + m["term"] for m in query["mixins"]}
+    small = next(m["scheme"] + m["term"] for m in query["mixins"] if m["term"] == "sim.small")
+    created = await client.post("/compute/", data=json.dumps({
+        "kind": "http://schemas.ogf.org/occi/infrastructure#compute", "id": "placeholder",
+        "mixins": [mixin[("os_tpl#", IMAGE)], small, mixin[("site#", "site partner/school-b")]],
+        "attributes": {"occi.core.title": "via-occi"}}), headers={"Content-Type": "application/occi+json"})
+    assert created.status == 201, await created.text()
+    via_occi = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    async with maker() as s:
+        op_id = (await s.exec(select(Operation.id).where(Operation.target_id == via_occi))).one()
+    assert (await until_done(client, op_id))["state"] == "succeeded"
+    (theirs,) = await partner.workloads("x")
+    assert theirs.spec["summary"] == f"metavmm:workload={via_occi}" and theirs.observed_state == "running"
+    assert (await client.delete(f"/compute/{via_occi}")).status == 204
+    for _ in range(200):
+        await partner.idle()
+        if not await partner.workloads():
+            break
+        await asyncio.sleep(0.1)
+    assert await partner.workloads() == []
+    await partner.idle()  # B's delete, accepted with the DELETE, has run
     b_sim = create_driver(partner.app[keys.CONFIG].providers[0])
     assert await b_sim.list_vms() == []  # nothing left running at B
     await b_sim.close()
