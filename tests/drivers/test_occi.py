@@ -93,6 +93,17 @@ async def test_inventory_a_computes_life_and_its_links_in_both_renderings(partne
             (row,) = await partner.workloads("x")
             assert row.observed_state == b_state, (verb, row.observed_state)
 
+        await driver.stop_vm(vm.provider_vm_id)
+        await driver.wait_for(vm.provider_vm_id, VmState.STOPPED, timeout_s=30)
+        await driver.resize_vm(vm.provider_vm_id, vcpus=1, ram_mib=1024, flavor="sim.medium")
+        await partner.idle()
+        resized = await driver.get_vm(vm.provider_vm_id)
+        assert (resized.extra["vcpus"], resized.extra["ram_mib"], resized.state) == (2, 4096, VmState.STOPPED)
+        (row,) = await partner.workloads("x")
+        assert (row.spec["vcpus"], row.spec["ram_mib"]) == (2, 4096)
+        await driver.start_vm(vm.provider_vm_id)
+        await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)
+
         # storage, networks and their links to the compute
         vol = await driver.create_volume(VolumeSpec(name="homework", region="school-b", size_gib=2, workload_id="v-1"))
         net = await driver.create_network(NetworkSpec(name="lab", region="school-b", cidr="10.9.0.0/24",

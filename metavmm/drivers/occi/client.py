@@ -275,6 +275,16 @@ class OcciClient:
                               provider=self.name, operation=operation)
         return where
 
+    async def update(self, operation: str, location: str, kind: str, attributes: dict[str, Any]) -> None:
+        """POST to an entity: a partial update of ``attributes`` (GFD.223)."""
+        media = self.media or wire.TEXT_PLAIN
+        if media == wire.JSON:
+            await self.request(operation, "POST", location, media=wire.JSON,
+                               body=wire.entity_to_json(kind, [], attributes, location.rstrip("/").rsplit("/", 1)[-1]))
+        else:
+            await self.request(operation, "POST", location, pairs=wire.entity_to_text(kind, [], attributes),
+                               media=media)
+
     async def act(self, operation: str, location: str, action: str) -> None:
         media = self.media or wire.TEXT_PLAIN
         if media == wire.JSON:

@@ -211,6 +211,18 @@ class OcciDriver(DriverBase):
     async def suspend_vm(self, vm_id: str) -> None:
         await self._act(vm_id, "suspend", "suspend_vm")
 
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        """New ``occi.compute.cores`` and ``occi.compute.memory`` (POST, a partial update): a template's
+        size when ``flavor`` names one. The partner decides whether a running compute may change (a
+        metavmm partner runs the resize as an operation; a refusal comes back as its status means)."""
+        if flavor:
+            template = await self._pick(VmSpec(name="", region=self.region, image="", flavor=flavor))
+            size = self._flavor(template) if template is not None else None
+            if size is not None:
+                vcpus, ram_mib = size.vcpus, size.ram_mib
+        await self.client.update("resize_vm", self._at("compute", vm_id, "resize_vm"), wire.COMPUTE,
+                                 {"occi.compute.cores": vcpus, "occi.compute.memory": round(ram_mib / 1024, 4)})
+
     async def delete_vm(self, vm_id: str) -> None:
         await self.client.delete("delete_vm", self._at("compute", vm_id, "delete_vm"))
 
