@@ -10,6 +10,7 @@ mistakes it for a real machine.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import uuid
@@ -140,6 +141,8 @@ class SimDriver(DriverBase):
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
         self._check_region(spec.region, "create_vm")
+        if self.config.create_delay_s:  # a slow provider: a window in which tests interrupt a create
+            await asyncio.sleep(self.config.create_delay_s)
         vm = VmInfo(provider_vm_id=f"sim-{uuid.uuid4()}", name=spec.name, region=spec.region,
                     state=VmState.RUNNING, host=spec.host, flavor=spec.flavor, image=spec.image,
                     workload_id=spec.workload_id,

@@ -174,6 +174,39 @@ class AzureProvider(_ProviderBase):
     admin_user: str = "metavmm"
 
 
+class OcciProvider(_ProviderBase):
+    """A partner's OCCI 1.2 site (another metavmm, or any OCCI endpoint) as one site of the federation."""
+
+    kind: Literal["occi"]
+    on_prem: bool = False
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the partner's OCCI root URL")
+    region: str = Field(default="partner", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+                        description="the name of the partner's one site in this federation")
+    auth: Literal["token", "basic", "x509"] = Field(
+        default="token", description="token: credentials hold a bearer token (a partner metavmm's API token); "
+        "basic: user and credentials (the password); x509: client_cert and client_key")
+    user: str | None = Field(default=None, description="the Basic user name")
+    client_cert: str | None = Field(default=None, description="PEM file of the X.509 client certificate")
+    client_key: str | None = Field(default=None, description="PEM file of its key (default: in client_cert)")
+    ca_bundle: str | None = Field(default=None, description="PEM file the partner's certificate is checked against")
+    verify_tls: bool = True
+    rendering: Literal["auto", "application/occi+json", "text/occi", "text/plain"] = Field(
+        default="auto", description="auto: JSON where the partner offers it, else text/occi")
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description="per request")
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> OcciProvider:
+        if self.auth in ("token", "basic") and self.credentials is None:
+            raise ValueError(f"auth {self.auth} needs credentials (env: VAR or file: PATH)")
+        if self.auth == "basic" and not self.user:
+            raise ValueError("auth basic needs user")
+        if self.auth == "x509" and not self.client_cert:
+            raise ValueError("auth x509 needs client_cert")
+        if self.credentials is not None and self.credentials.profile:
+            raise ValueError("OCCI credentials are env: or file: references, not profiles")
+        return self
+
+
 class SimProvider(_ProviderBase):
     """A simulated provider for demos, benchmarks and tests of other components: no real VMs."""
 
@@ -184,11 +217,12 @@ class SimProvider(_ProviderBase):
     gpu_models: list[str] = Field(default_factory=list)
     price_per_vcpu_hour: Decimal = Decimal("0.02")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    create_delay_s: float = Field(default=0, ge=0, le=3600, description="each create waits this long first")
 
 
 ProviderConfig = Annotated[
     LibvirtProvider | OpenStackProvider | VmwareProvider | AwsProvider | GcpProvider | AzureProvider
-    | SimProvider,
+    | SimProvider | OcciProvider,
     Field(discriminator="kind"),
 ]
 
@@ -325,7 +359,7 @@ class SchedulerSettings(_Strict):
     weight_balance: float = Field(default=0.1, ge=0, description="multiplier of the spread/pack cost")
     strategy: Literal["spread", "pack"] = "pack"
     public_hypervisors: dict[str, str] = Field(
-        default_factory=lambda: {"aws": "kvm", "gcp": "kvm", "azure": "hyperv", "sim": "kvm"},
+        default_factory=lambda: {"aws": "kvm", "gcp": "kvm", "azure": "hyperv", "sim": "kvm", "occi": "kvm"},
         description="hypervisor family guests run on at each public provider kind (they expose no hosts)")
     unplaced_penalty: Decimal = Field(default=Decimal("1000000"), gt=0,
                                       description="batch placement: cost of leaving one workload unplaced")
@@ -586,7 +620,7 @@ def parse_yaml_model(text: str, source: str, model: type[M]) -> M:
     kind_models = {
         m.model_fields["kind"].annotation.__args__[0]: m  # type: ignore[union-attr]
         for m in (LibvirtProvider, OpenStackProvider, VmwareProvider, AwsProvider, GcpProvider,
-                  AzureProvider, SimProvider)
+                  AzureProvider, SimProvider, OcciProvider)
     }
     try:
         return model.model_validate(data)

@@ -45,6 +45,8 @@ KINDS: Mapping[str, ProviderKindInfo] = MappingProxyType({k.name: k for k in (
     ProviderKindInfo("aws", "metavmm.drivers.aws:AwsDriver", "aws", "xen"),
     ProviderKindInfo("gcp", "metavmm.drivers.gce:GceDriver", "gcp", "kvm", assigns_mac=True),
     ProviderKindInfo("azure", "metavmm.drivers.azure:AzureDriver", "azure", "hyperv"),
+    # a partner's OCCI site: aiohttp is a core dependency; what the partner runs its guests on is its own
+    ProviderKindInfo("occi", "metavmm.drivers.occi:OcciDriver", "", "kvm"),
     ProviderKindInfo("sim", "metavmm.drivers.sim:SimDriver", "", "fake", runs_vms=False),
 )})
 

@@ -20,7 +20,7 @@ def test_shipped_configs_are_valid(path: Path) -> None:
 
 def test_example_covers_every_provider_kind() -> None:
     kinds = {p.kind for p in load_config(REPO / "config" / "examples" / "federation.yaml").providers}
-    assert kinds == {"libvirt", "openstack", "vmware", "aws", "gcp", "azure", "sim"}
+    assert kinds == {"libvirt", "openstack", "vmware", "aws", "gcp", "azure", "sim", "occi"}
 
 
 def _error(text: str) -> str:

@@ -1,0 +1,313 @@
+"""A partner's OCCI 1.2 site as a provider: another metavmm, or any OCCI endpoint.
+
+The partner is one site (``region`` in the federation file) and shows no hosts: the broker works from
+its templates, as with a public cloud. Its query interface is the inventory: ``os_tpl`` mixins are the
+images (the mixin's type id is the provider image id), ``resource_tpl`` mixins the flavors (named by
+their term; cores and memory from the template's attribute defaults, which the JSON rendering carries).
+A compute is created with its os_tpl and resource_tpl (and the partner's ``user_data`` and ``ssh_key``
+mixins where it offers them); the broker's workload id travels in ``occi.core.summary`` as
+``metavmm:workload=ID`` (OCCI has no tags), so a retried create adopts instead of creating twice.
+
+States: ``occi.compute.state`` active/inactive/suspended/error. OCCI has no word for "changing": a
+partner metavmm says an operation runs in ``occi.compute.state.message`` ("stop running: ..."), and
+such a compute is ``pending`` here, so a wait for ``stopped`` does not end while it is still stopping.
+The partner's project scope and quotas apply to the credentials: what it refuses comes back as the
+typed error its status means (401/403 AuthError, 403 quota ProviderQuotaExceeded, 404 ProviderNotFound,
+409 ProviderConflict, 5xx or no answer ProviderUnavailable), with the partner's message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from metavmm.drivers.base import DriverBase
+from metavmm.drivers.occi import wire
+from metavmm.drivers.occi.client import OcciClient
+from metavmm.foundation.errors import ProviderNotFound, ValidationError
+from metavmm.foundation.records import (
+    OWNER_TAG,
+    Capability,
+    FlavorInfo,
+    ImageInfo,
+    Inventory,
+    NetworkInfo,
+    NetworkSpec,
+    SiteInfo,
+    VmInfo,
+    VmSpec,
+    VmState,
+    VolumeInfo,
+    VolumeSpec,
+)
+
+OWNER_PREFIX = f"{OWNER_TAG}="
+BUSY = re.compile(r"^\w+ (pending|running|rolling_back)\b")
+"""A partner metavmm's state message while an operation runs on the entity."""
+_SIZE = re.compile(r"(\d+) vCPU, (\d+) MiB")  # a partner metavmm's template title, for text renderings
+
+
+def owner_of(entity: wire.Entity) -> str | None:
+    summary = str(entity.attributes.get("occi.core.summary") or "")
+    return summary[len(OWNER_PREFIX):].split()[0] if summary.startswith(OWNER_PREFIX) else None
+
+
+class OcciDriver(DriverBase):
+    kind: ClassVar[str] = "occi"
+    capabilities = frozenset({Capability.SUSPEND, Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS,
+                              Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK})
+    STATE_MAP: ClassVar[dict[str, VmState]] = {
+        "active": VmState.RUNNING,
+        "inactive": VmState.STOPPED,
+        "suspended": VmState.SUSPENDED,
+        "error": VmState.ERROR,
+    }
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config.name)
+        self.region: str = config.region
+        self.client = OcciClient(config, config.name)
+        site = next((s for s in config.sites if s.region == self.region), None)
+        self._site = SiteInfo(self.region, (), site.country if site else None, site.location if site else None)
+        self._templates: list[wire.Category] | None = None
+
+    # --- the query interface ------------------------------------------------------------------------
+
+    async def templates(self, fresh: bool = False) -> list[wire.Category]:
+        if self._templates is None or fresh:
+            self._templates = await self.client.query()
+        return self._templates
+
+    def _flavor(self, cat: wire.Category) -> FlavorInfo | None:
+        cores, memory = cat.defaults.get("occi.compute.cores"), cat.defaults.get("occi.compute.memory")
+        if cores is None or memory is None:
+            sized = _SIZE.search(cat.title)
+            if sized is None:
+                return None  # a template whose size the partner does not say cannot be placed onto
+            cores, ram_mib = int(sized.group(1)), int(sized.group(2))
+        else:
+            ram_mib = round(float(memory) * 1024)
+        return FlavorInfo(name=cat.term, vcpus=int(cores), ram_mib=ram_mib, provider_flavor_id=cat.type_id,
+                          extra={"title": cat.title} if cat.title else {})
+
+    async def _flavors(self) -> list[tuple[wire.Category, FlavorInfo]]:
+        out = []
+        for cat in await self.templates():
+            if cat.cls == "mixin" and wire.RESOURCE_TPL in cat.depends and (f := self._flavor(cat)) is not None:
+                out.append((cat, f))
+        return out
+
+    async def _images(self) -> list[ImageInfo]:
+        """The os_tpls. Reported as ``raw``: the partner boots its template as it is, and the scheduler's
+        conversion graph knows disk formats only (a raw replica at a kvm site needs no conversion); the
+        template itself stays in ``extra``."""
+        return [ImageInfo(provider_image_id=c.type_id, name=c.title or c.term, region=self.region, format="raw",
+                          extra={"term": c.term, "location": c.location} if c.location else {"term": c.term})
+                for c in await self.templates() if c.cls == "mixin" and wire.OS_TPL in c.depends]
+
+    async def inventory(self) -> Inventory:
+        await self.templates(fresh=True)
+        flavors = [f for _, f in await self._flavors()]
+        return Inventory(sites=(self._site,), flavors=tuple(flavors), images=tuple(await self._images()),
+                         vms=tuple(await self.list_vms()))
+
+    # --- computes -----------------------------------------------------------------------------------
+
+    def _vm_info(self, entity: wire.Entity, flavors: dict[str, str], images: set[str]) -> VmInfo:
+        attrs = entity.attributes
+        native = str(attrs.get("occi.compute.state") or "")
+        message = str(attrs.get("occi.compute.state.message") or "")
+        state = VmState.PENDING if BUSY.match(message) and native != "error" else self.map_state(native)
+        memory = attrs.get("occi.compute.memory")
+        addresses = [lk["attributes"].get("occi.networkinterface.address") for lk in entity.links
+                     if lk.get("kind") == wire.NETWORKINTERFACE]
+        extra = {k: v for k, v in {
+            "native_state": native, "fault": message if state == VmState.ERROR else None,
+            "state_message": message or None, "vcpus": attrs.get("occi.compute.cores"),
+            "ram_mib": round(float(memory) * 1024) if memory is not None else None,
+            "private_ip": next((a for a in addresses if a), None),
+            "hostname": attrs.get("occi.compute.hostname")}.items() if v is not None}
+        return VmInfo(provider_vm_id=entity.id, name=str(attrs.get("occi.core.title") or entity.id),
+                      region=self.region, state=state,
+                      flavor=next((flavors[m] for m in entity.mixins if m in flavors), None),
+                      image=next((m for m in entity.mixins if m in images), None),
+                      workload_id=owner_of(entity), extra=extra)
+
+    async def _known(self) -> tuple[dict[str, str], set[str]]:
+        """The partner's resource_tpls (type id -> term) and os_tpls (type ids), to read an entity's mixins."""
+        images = {c.type_id for c in await self.templates() if wire.OS_TPL in c.depends}
+        return {c.type_id: c.term for c, _ in await self._flavors()}, images
+
+    async def list_vms(self) -> list[VmInfo]:
+        known = await self._known()
+        return [self._vm_info(e, *known) for e in await self.client.collection("list_vms", "compute/")]
+
+    async def get_vm(self, vm_id: str) -> VmInfo:
+        return self._vm_info(await self.client.get("get_vm", self._at("compute", vm_id, "get_vm")),
+                             *await self._known())
+
+    def _at(self, kind: str, entity_id: str, operation: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}", entity_id):
+            raise ProviderNotFound(f"{entity_id!r} is not an OCCI entity id", provider=self.name, operation=operation)
+        return f"{kind}/{entity_id}"
+
+    async def _pick(self, spec: VmSpec) -> wire.Category | None:
+        """The resource_tpl: ``spec.flavor`` (a term or type id), else the smallest that holds the shape,
+        else None (the shape is sent as cores and memory)."""
+        flavors = await self._flavors()
+        if spec.flavor:
+            for cat, _ in flavors:
+                if spec.flavor in (cat.term, cat.type_id):
+                    return cat
+            raise ValidationError(f"{self.name}: the partner offers no resource_tpl {spec.flavor!r}; it offers "
+                                  + (", ".join(c.term for c, _ in flavors) or "none"))
+        fits = [(f.vcpus, f.ram_mib, cat.term, cat) for cat, f in flavors
+                if f.vcpus >= spec.vcpus and f.ram_mib >= spec.ram_mib]
+        return min(fits, key=lambda x: x[:3])[3] if fits else None
+
+    async def create_vm(self, spec: VmSpec) -> VmInfo:
+        if spec.region != self.region:
+            raise ValidationError(f"{self.name}: the partner is one site, {self.region!r}, not {spec.region!r}")
+        if spec.gpu_count:
+            raise ValidationError(f"{self.name}: the partner's templates carry no GPUs")
+        cats = {c.type_id: c for c in await self.templates()}
+        image = spec.image if spec.image in cats else next(
+            (t for t, c in cats.items() if wire.OS_TPL in c.depends and c.term == spec.image), None)
+        if image is None or wire.OS_TPL not in cats[image].depends:
+            raise ValidationError(f"{self.name}: the partner offers no os_tpl {spec.image!r}")
+        mixins, attrs = [image], {"occi.core.title": spec.name[:255],
+                                  "occi.core.summary": f"{OWNER_PREFIX}{spec.workload_id}" if spec.workload_id
+                                  else None}
+        template = await self._pick(spec)
+        if template is not None:
+            mixins.append(template.type_id)
+        else:
+            attrs.update({"occi.compute.cores": spec.vcpus, "occi.compute.memory": round(spec.ram_mib / 1024, 4)})
+        for given, mixin, attr, what in ((spec.user_data, wire.USER_DATA, "occi.compute.userdata", "user data"),
+                                         (spec.ssh_key, wire.SSH_KEY, "occi.credentials.ssh.publickey", "an SSH key")):
+            if given is None:
+                continue
+            if mixin not in cats:
+                raise ValidationError(f"{self.name}: the partner offers no {mixin.rpartition('#')[2]} mixin, so "
+                                      f"{what} cannot be given to the compute")
+            mixins.append(mixin)
+            attrs[attr] = given.strip() if mixin == wire.SSH_KEY else given
+        where = await self.client.create("create_vm", "compute/", wire.COMPUTE, mixins, attrs)
+        return await self.get_vm(where.rstrip("/").rsplit("/", 1)[-1])
+
+    async def _act(self, vm_id: str, verb: str, operation: str) -> None:
+        await self.client.act(operation, self._at("compute", vm_id, operation), wire.ACTIONS["compute"] + verb)
+
+    async def start_vm(self, vm_id: str) -> None:
+        """OCCI's start also resumes a suspended compute."""
+        await self._act(vm_id, "start", "start_vm")
+
+    async def stop_vm(self, vm_id: str) -> None:
+        await self._act(vm_id, "stop", "stop_vm")
+
+    async def restart_vm(self, vm_id: str) -> None:
+        await self._act(vm_id, "restart", "restart_vm")
+
+    async def suspend_vm(self, vm_id: str) -> None:
+        await self._act(vm_id, "suspend", "suspend_vm")
+
+    async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
+        """New ``occi.compute.cores`` and ``occi.compute.memory`` (POST, a partial update): a template's
+        size when ``flavor`` names one. The partner decides whether a running compute may change (a
+        metavmm partner runs the resize as an operation; a refusal comes back as its status means)."""
+        if flavor:
+            template = await self._pick(VmSpec(name="", region=self.region, image="", flavor=flavor))
+            size = self._flavor(template) if template is not None else None
+            if size is not None:
+                vcpus, ram_mib = size.vcpus, size.ram_mib
+        await self.client.update("resize_vm", self._at("compute", vm_id, "resize_vm"), wire.COMPUTE,
+                                 {"occi.compute.cores": vcpus, "occi.compute.memory": round(ram_mib / 1024, 4)})
+
+    async def delete_vm(self, vm_id: str) -> None:
+        await self.client.delete("delete_vm", self._at("compute", vm_id, "delete_vm"))
+
+    # --- storage and networks -----------------------------------------------------------------------
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        out = []
+        for e in await self.client.collection("list_volumes", "storage/"):
+            state = str(e.attributes.get("occi.storage.state") or "")
+            out.append(VolumeInfo(provider_volume_id=e.id, name=str(e.attributes.get("occi.core.title") or e.id),
+                                  region=self.region, size_gib=round(float(e.attributes.get("occi.storage.size") or 0)),
+                                  state={"online": "available", "error": "error"}.get(state, "creating"),
+                                  workload_id=owner_of(e), extra={"native_state": state}))
+        return out
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        attrs = {"occi.core.title": spec.name[:255], "occi.storage.size": float(spec.size_gib),
+                 "occi.core.summary": f"{OWNER_PREFIX}{spec.workload_id}" if spec.workload_id else None}
+        where = await self.client.create("create_volume", "storage/", wire.STORAGE, [], attrs)
+        vid = where.rstrip("/").rsplit("/", 1)[-1]
+        return VolumeInfo(provider_volume_id=vid, name=spec.name, region=self.region, size_gib=spec.size_gib,
+                          state="creating", workload_id=spec.workload_id)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        await self.client.delete("delete_volume", self._at("storage", volume_id, "delete_volume"))
+
+    async def list_networks(self) -> list[NetworkInfo]:
+        return [NetworkInfo(provider_network_id=e.id, name=str(e.attributes.get("occi.core.title") or e.id),
+                            region=self.region, cidr=e.attributes.get("occi.network.address"),
+                            state=str(e.attributes.get("occi.network.state") or "inactive"), workload_id=owner_of(e))
+                for e in await self.client.collection("list_networks", "network/")]
+
+    async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
+        cats = {c.type_id for c in await self.templates()}
+        ipnetwork = "http://schemas.ogf.org/occi/infrastructure/network#ipnetwork"
+        mixins = [ipnetwork] if spec.cidr and ipnetwork in cats else []
+        attrs = {"occi.core.title": spec.name[:255], "occi.network.address": spec.cidr if mixins else None,
+                 "occi.core.summary": f"{OWNER_PREFIX}{spec.workload_id}" if spec.workload_id else None}
+        where = await self.client.create("create_network", "network/", wire.NETWORK, mixins, attrs)
+        return NetworkInfo(provider_network_id=where.rstrip("/").rsplit("/", 1)[-1], name=spec.name,
+                           region=self.region, cidr=spec.cidr, state="inactive", workload_id=spec.workload_id)
+
+    async def delete_network(self, network_id: str) -> None:
+        await self.client.delete("delete_network", self._at("network", network_id, "delete_network"))
+
+    # --- links ---------------------------------------------------------------------------------------
+
+    async def _link_to(self, vm_id: str, kind: str, target_id: str, operation: str) -> dict[str, Any] | None:
+        """The compute's link of ``kind`` to ``target_id`` (as the compute's rendering lists it), or None."""
+        entity = await self.client.get(operation, self._at("compute", vm_id, operation))
+        self._at(kind, target_id, operation)
+        return next((lk for lk in entity.links if lk["target"].rstrip("/").endswith(f"/{kind}/{target_id}")), None)
+
+    async def _link(self, vm_id: str, kind: str, link_kind: str, target_id: str, operation: str,
+                    attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Link the compute to a storage or network (already linked: that link). Returns once the partner
+        accepted the link: a partner metavmm then attaches it in an operation of its own."""
+        found = await self._link_to(vm_id, kind, target_id, operation)
+        if found is None:
+            await self.client.create(operation, f"{link_kind.rpartition('#')[2]}/", link_kind, [], {
+                "occi.core.source": f"/compute/{vm_id}", "occi.core.target": f"/{kind}/{target_id}",
+                **(attributes or {})})
+            found = await self._link_to(vm_id, kind, target_id, operation) or {}
+        return found
+
+    async def _unlink(self, vm_id: str, kind: str, target_id: str, operation: str) -> None:
+        found = await self._link_to(vm_id, kind, target_id, operation)
+        if found is None or not found.get("location"):
+            raise ProviderNotFound(f"compute {vm_id} has no link to {kind} {target_id}", provider=self.name,
+                                   operation=operation)
+        await self.client.delete(operation, found["location"])
+
+    async def attach_volume(self, vm_id: str, volume_id: str) -> None:
+        await self._link(vm_id, "storage", wire.STORAGELINK, volume_id, "attach_volume")
+
+    async def detach_volume(self, vm_id: str, volume_id: str) -> None:
+        await self._unlink(vm_id, "storage", volume_id, "detach_volume")
+
+    async def attach_network(self, vm_id: str, network_id: str, mac: str | None = None) -> str | None:
+        link = await self._link(vm_id, "network", wire.NETWORKINTERFACE, network_id, "attach_network",
+                                {"occi.networkinterface.mac": mac} if mac else None)
+        return (link.get("attributes") or {}).get("occi.networkinterface.mac") or mac
+
+    async def detach_network(self, vm_id: str, network_id: str) -> None:
+        await self._unlink(vm_id, "network", network_id, "detach_network")
+
+    async def close(self) -> None:
+        await self.client.close()
