@@ -237,7 +237,7 @@ class HaService:
             return None  # its own operation (or a restart) is changing it
         provider = await session.get(Provider, wl.provider_id)
         assert provider is not None
-        self._after(prot, ops)
+        failed = self._after(prot, ops)
         cause = self._loss(provider, wl)
         if cause is None:
             if prot.state not in (HaState.PROTECTED,):
@@ -259,7 +259,11 @@ class HaService:
                  f"answers again, or after an admin confirms the host is dead (metavmm ha fence {wl.id} --confirm)")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
-        return await self._restart(session, prot, wl, provider, cause, confirmed=confirmed and cause == "unreachable")
+        finding = await self._restart(session, prot, wl, provider, cause, confirmed=confirmed and cause == "unreachable")
+        if failed and finding.operation_id:
+            _set(prot, prot.state, f"{prot.message}; trying again after: {failed}")
+            finding.message = prot.message or ""
+        return finding
 
     def _loss(self, provider: Provider, wl: Workload) -> str | None:
         """Why the workload's host counts as lost, or None."""
@@ -272,13 +276,14 @@ class HaService:
         return None
 
     @staticmethod
-    def _after(prot: Protection, ops: list[Operation]) -> None:
-        """Read how the last restart or start ended into the row (a failed one is tried again)."""
+    def _after(prot: Protection, ops: list[Operation]) -> str | None:
+        """Read how the last restart or start ended into the row (a failed one is tried again): what failed."""
         last = next((op for op in ops if op.kind in (RESTART, START)), None)
         busy = (HaState.RESTARTING, HaState.STARTING)
         if last is None or prot.state not in busy or last.state == OperationState.SUCCEEDED:
-            return
+            return None
         _set(prot, HaState.FAILED, f"{last.kind} {last.id} {last.state}: {last.error or 'no error recorded'}")
+        return prot.message
 
     async def _start_in_place(self, session: AsyncSession, wl: Workload, provider: str) -> Operation:
         at = {"provider": provider, "workload_id": wl.id}
