@@ -259,7 +259,8 @@ class HaService:
                  f"answers again, or after an admin confirms the host is dead (metavmm ha fence {wl.id} --confirm)")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
-        finding = await self._restart(session, prot, wl, provider, cause, confirmed=confirmed and cause == "unreachable")
+        confirmed = confirmed and cause == "unreachable"
+        finding = await self._restart(session, prot, wl, provider, cause, confirmed=confirmed)
         if failed and finding.operation_id:
             _set(prot, prot.state, f"{prot.message}; trying again after: {failed}")
             finding.message = prot.message or ""
