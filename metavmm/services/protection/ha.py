@@ -178,7 +178,8 @@ class HaService:
         return row
 
     async def list(self, caller: Identity) -> list[Protection]:
-        query = select(Protection).where(col(Protection.ha)).order_by(col(Protection.created_at))
+        query = (select(Protection).join(Workload, col(Workload.id) == Protection.workload_id)
+                 .where(col(Protection.ha), Workload.desired_state != "deleted").order_by(col(Protection.created_at)))
         if not caller.is_admin:
             query = query.where(Protection.project_id == caller.project_id)
         async with self.sessions() as session:

@@ -3,8 +3,13 @@ same HA service as REST (which then shows it), and removing it unmarks; only the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from sqlmodel import select
+
+from metavmm.api import keys
+from metavmm.catalog.models import Operation
 from tests.api.occi.conftest import TEXT
 from tests.api.occi.test_http import _create_compute
 
@@ -36,3 +41,19 @@ async def test_ha_mixin_at_creation_and_by_association(sim_client: Any) -> None:
     assert removed.status == 200, await removed.text()
     assert "protection#" not in await (await sim_client.get(vm2, headers=alpha)).text()
     assert vm in await (await sim_client.get("/mixins/protection/ha/", headers=uris)).text()
+
+    # a deleted compute is no longer listed as highly available (nor restarted)
+    listed = await (await sim_client.get("/api/v1/ha", headers=alpha)).json()
+    assert [r["workload_id"] for r in listed] == [vm.rsplit("/", 1)[1]]
+    assert (await sim_client.delete(vm, headers=alpha)).status == 204
+    sessions = sim_client.server.app[keys.SESSIONS]
+    wid = vm.rsplit("/", 1)[1]
+    for _ in range(200):
+        async with sessions() as session:
+            ops = (await session.exec(select(Operation).where(Operation.target_id == wid,
+                                                              Operation.kind == "delete"))).all()
+            if ops and ops[0].state in ("succeeded", "failed", "rolled_back"):
+                break
+        await asyncio.sleep(0.05)
+    assert ops[0].state == "succeeded", ops[0].error
+    assert await (await sim_client.get("/api/v1/ha", headers=alpha)).json() == []

@@ -3,6 +3,7 @@ through the scheduler and the engine, the stale copy's cleanup, and project isol
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ConfigError, Conflict, Forbidden, NotFound, ValidationError
 from metavmm.foundation.records import VmState
 from metavmm.services.identity import Identity, get_or_create_project
-from metavmm.services.operations import store
+from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
@@ -74,25 +75,32 @@ class Broker:
                 for p in ("hasa", "hasb", "hasc")}
 
 
-@pytest.fixture
-async def broker(sqlite_sessions: Any) -> AsyncIterator[Broker]:
+@contextlib.asynccontextmanager
+async def make_broker(sessions: Any) -> AsyncIterator[Broker]:
+    """The HA service over a synced three-provider sim federation."""
     config = parse_config(CONFIG)
-    assert [r.error for r in await sync_all(sqlite_sessions, config)] == [None] * 3
-    async with session_scope(sqlite_sessions) as session:
+    assert [r.error for r in await sync_all(sessions, config)] == [None] * 3
+    async with session_scope(sessions) as session:
         alpha = await get_or_create_project(session, "alpha")
         beta = await get_or_create_project(session, "beta")
     ids = {"alpha": alpha.id, "beta": beta.id}
     who = {n: Identity(user_id=i, user=n, project_id=ids[p], project=p, role=r, via="token") for i, (n, p, r) in
            enumerate((("ann", "alpha", "member"), ("bob", "beta", "member"), ("root", "alpha", "admin")), 1)}
-    engine = Engine(sqlite_sessions, config, "sqlite://")  # not started: the tests run each operation
+    engine = Engine(sessions, config, "sqlite://")  # not started: the tests run each operation
     placer = Placer(config)
-    executor = Executor(sqlite_sessions, config)
-    b = Broker(sqlite_sessions, config, HaService(sqlite_sessions, config, engine, placer),
-               WorkloadService(sqlite_sessions, config, engine, placer), executor, who["ann"], who["bob"], who["root"])
+    executor = Executor(sessions, config)
+    b = Broker(sessions, config, HaService(sessions, config, engine, placer),
+               WorkloadService(sessions, config, engine, placer), executor, who["ann"], who["bob"], who["root"])
     try:
         yield b
     finally:
         await executor.drivers.close()
+
+
+@pytest.fixture
+async def broker(sqlite_sessions: Any) -> AsyncIterator[Broker]:
+    async with make_broker(sqlite_sessions) as b:
+        yield b
 
 
 async def lose(b: Broker, provider: str) -> None:
@@ -223,8 +231,13 @@ async def test_no_restart_without_a_usable_disk_or_of_what_was_stopped(broker: B
     assert [f.workload_id for f in (await b.ha.check()).findings] == []  # stopped on purpose: not restarted
 
 
-async def test_marking_is_scoped_to_the_project(broker: Broker) -> None:
-    b = broker
+async def test_marking_is_scoped_to_the_project(sessions: Any) -> None:
+    """On SQLite and PostgreSQL (whose foreign keys a purge must respect)."""
+    async with make_broker(sessions) as b:
+        await _scoping(b)
+
+
+async def _scoping(b: Broker) -> None:
     wid = await b.create("hasa")
     with pytest.raises(NotFound):
         await b.ha.protect(b.beta, wid)  # another project's id is answered as absent
@@ -246,6 +259,11 @@ async def test_marking_is_scoped_to_the_project(broker: Broker) -> None:
     assert prot is None and HA_CATEGORY not in wl.spec["mixins"]
     async with b.sessions() as session:
         assert (await session.exec(select(Protection))).all() == []
+    await b.ha.protect(b.alpha, wid)  # a purged workload takes its protection row along (foreign keys hold)
+    purge = await b.run((await flows.delete(b.ha.engine, wid, purge=True)).id)
+    assert purge.state == OperationState.SUCCEEDED, purge.error
+    async with b.sessions() as session:
+        assert await session.get(Workload, wid) is None and await session.get(Protection, wid) is None
     with pytest.raises(ValidationError):
         net = await b.workloads.create(b.alpha, CreateRequest(kind="network", name="n", cidr="10.9.0.0/24",
                                                               providers=("hasa",)))
