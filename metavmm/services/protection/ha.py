@@ -250,6 +250,8 @@ class HaService:
             _set(prot, HaState.STARTING, f"crashed at {provider.name}: starting it again there")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
+        if usable_disk(self.config, wl, provider.name) is None:  # fencing is moot: nothing to restart from
+            return self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
         if cause == "unreachable" and not confirmed:
             since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
@@ -299,10 +301,7 @@ class HaService:
                        *, confirmed: bool) -> Finding:
         disk = usable_disk(self.config, wl, provider.name)
         if disk is None:
-            _set(prot, HaState.NO_DISK, f"{provider.name} is lost ({cause}) and {wl.name}'s disk was on storage no "
-                 "other provider reaches (and no recovery point exists): it cannot be restarted elsewhere")
-            session.add(prot)
-            return Finding(wl.id, cause, prot.state, prot.message or "")
+            return self._no_disk(session, prot, wl, provider, cause)
         placement = await self.placer.place(session, await self._request(session, wl, disk))
         if not placement.placed:
             _set(prot, HaState.WAITING_FOR_CAPACITY, f"{provider.name} is lost ({cause}); no provider reaching its "
@@ -321,6 +320,13 @@ class HaService:
         session.add(prot)
         log.warning("HA: %s lost at %s (%s): restarting at %s", wl.id, provider.name, cause, placement.site)
         return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
+
+    @staticmethod
+    def _no_disk(session: AsyncSession, prot: Protection, wl: Workload, provider: Provider, cause: str) -> Finding:
+        _set(prot, HaState.NO_DISK, f"{provider.name} is lost ({cause}) and {wl.name}'s disk was on storage no "
+             "other provider reaches (and no recovery point exists): it cannot be restarted elsewhere")
+        session.add(prot)
+        return Finding(wl.id, cause, prot.state, prot.message or "")
 
     async def _request(self, session: AsyncSession, wl: Workload, disk: DiskSource) -> PlacementRequest:
         """The workload's shape, its host's CPU architecture, and only the providers that reach its disk."""

@@ -218,9 +218,10 @@ async def test_no_restart_without_a_usable_disk_or_of_what_was_stopped(broker: B
     local = await b.create("hasc")  # hasc shares its storage with nobody
     await b.ha.protect(b.alpha, local)
     await lose(b, "hasc")
-    await b.ha.confirm_fence(b.admin, (await b.ha.check()).findings[0].workload_id)
+    assert [(f.cause, f.state) for f in (await b.ha.check()).findings] == [("unreachable", HaState.NO_DISK)]
     _, prot, at = await b.row(local)
     assert (at, prot.state) == ("hasc", HaState.NO_DISK) and "no other provider reaches" in prot.message
+    assert (await b.ha.check()).findings[0].state == HaState.NO_DISK  # and stays so: no fence to wait for
     b.sim("hasc").ex_set_reachable(True)
 
     stopped = await b.create("hasa")
