@@ -12,7 +12,8 @@ service at ``lv0`` and marked highly available; then:
    ``lv0`` then comes back: its stale domain is removed by the reconciliation, never started.
 2. **domain vanished** (automatic fence): the copy at ``lv1`` is destroyed and undefined behind the broker's
    back (its disk stays): the next sync sees it gone, the provider answering proves it gone, and the
-   restart at ``lv0`` runs with nobody's confirmation. Timed: loss to a running copy.
+   restart at ``lv0`` runs with nobody's confirmation. Timed: loss to a running copy. Then that copy's QEMU
+   is killed on its (live) host: started again in place (``ha_start``). Timed: crash to running.
 3. **baseline**: the same disk started with plain ``virsh define`` + ``virsh start`` (the least a restart
    can cost), side by side.
 
@@ -98,7 +99,8 @@ class HaHosts:
     def qemu_pids(self, i: int) -> list[int]:
         """The host's running QEMU processes (from the pid files its daemon wrote)."""
         run = self.home(i) / "run" / "libvirt" / "qemu" / "run"
-        pids = [p for f in sorted(run.glob("*.pid")) if (p := self._pid(f)) is not None] if run.is_dir() else []
+        files = [f for f in sorted(run.glob("*.pid")) if f.name != "driver.pid"] if run.is_dir() else []  # the daemon's
+        pids = [p for f in files if (p := self._pid(f)) is not None]
         return [p for p in pids if Path(f"/proc/{p}").exists()]
 
     def kill_domains(self, i: int) -> None:
@@ -280,6 +282,18 @@ async def scenario(hosts: HaHosts, work: Path, *, interval_s: float = 1.0, lost_
         seen["lv0_auto"] = domains(hosts.uri(0))
         third_vm = (await where(wid))[0].provider_resource_id
 
+        # 2b. the copy's QEMU dies on a host that is fine ("shut off (crashed)"): started again where it is
+        crashed = time.perf_counter()
+        hosts.kill_domains(0)
+        await sync_all(sessions, config)
+        report = await ha.check()
+        seen["crash_cause"] = report.findings[0].cause if report.findings else None
+        op = await run(report.operations[0])
+        seen["crash_s"] = time.perf_counter() - crashed
+        seen["crash_state"], seen["crash_kind"] = op.state, op.kind
+        seen["crash_after"] = ((await where(wid))[2], (await where(wid))[0].provider_resource_id == third_vm)
+        seen["lv0_crash"] = domains(hosts.uri(0))
+
         # 3. baseline: the same disk, defined and started with plain virsh at lv1
         xml = virsh(hosts.uri(0), "dumpxml", next(iter(seen["lv0_auto"])))
         virsh(hosts.uri(0), "destroy", next(iter(seen["lv0_auto"])))
@@ -312,6 +326,7 @@ def main() -> None:
     for key, label in (("detect_s", "host lost -> waiting-for-fence (detection)"),
                        ("restart_s", "admin confirms -> copy running at lv1 (fence, adopt disk, start, record)"),
                        ("auto_s", "domain vanished -> copy running at lv0 (sync, proven gone, restart)"),
+                       ("crash_s", "QEMU killed on a live host -> running again in place (sync, start)"),
                        ("virsh_start_s", "baseline: virsh define + start of the same disk")):
         values = sorted(r[key] for r in rows)
         print(f"| {label} | {values[len(values) // 2]:.2f} s |")

@@ -6,8 +6,8 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   (``ha``) in the caller's project; another project's workload is answered as absent (404).
 - **loss**: :meth:`HaService.check`, run after every inventory sync, finds protected workloads whose host is
   lost: the provider did not answer ``ha.lost_after_syncs`` syncs in a row (*unreachable*), or it answers
-  without the VM (*vanished*), or the VM crashed (*crashed*: started again in place first; if it will not
-  start, restarted elsewhere).
+  without the VM (*vanished*), or the VM crashed or went down while the broker wants it running (*crashed*,
+  *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
   (:func:`~metavmm.services.protection.ha_disk.usable_disk`), as an ``ha_restart`` operation of the engine.
@@ -245,9 +245,9 @@ class HaService:
                 _set(prot, HaState.PROTECTED, f"running at {provider.name}")
                 session.add(prot)
             return None
-        if cause == "crashed" and not _start_failed(ops, provider.name, wl.provider_resource_id):
+        if cause in ("crashed", "down") and not _start_failed(ops, provider.name, wl.provider_resource_id):
             op = await self._start_in_place(session, wl, provider.name)
-            _set(prot, HaState.STARTING, f"crashed at {provider.name}: starting it again there")
+            _set(prot, HaState.STARTING, f"{cause} at {provider.name}: starting it again there")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
         if usable_disk(self.config, wl, provider.name) is None:  # fencing is moot: nothing to restart from
@@ -277,6 +277,8 @@ class HaService:
             return "vanished"
         if wl.observed_state == "error":
             return "crashed"
+        if wl.observed_state == "stopped" and wl.desired_state == "active":
+            return "down"  # its QEMU died (libvirt: "shut off (crashed)"), or the guest powered off
         return None
 
     @staticmethod

@@ -191,6 +191,20 @@ async def test_a_crashed_vm_is_started_in_place_and_else_fenced_and_restarted(br
     assert (at, prot.state, wl.spec["placement"]["provider"]) == ("hasb", HaState.PROTECTED, "hasb")
 
 
+async def test_a_vm_that_went_down_is_started_again_where_it_is(broker: Broker) -> None:
+    b = broker
+    wid = await b.create("hasa")
+    await b.ha.protect(b.alpha, wid)
+    b.sim("hasa").ex_set_state((await b.row(wid))[0].provider_resource_id, VmState.STOPPED)  # not by the broker
+    await sync_all(b.sessions, b.config)
+    report = await b.ha.check()
+    assert [(f.cause, f.state) for f in report.findings] == [("down", HaState.STARTING)]
+    assert (await b.run(report.operations[0])).state == OperationState.SUCCEEDED
+    assert b.copies(wid) == {"hasa": [VmState.RUNNING], "hasb": [], "hasc": []}  # the same VM, where it was
+    assert (await b.ha.check()).findings == []
+    assert (await b.row(wid))[1].state == HaState.PROTECTED
+
+
 async def test_the_fence_refuses_when_the_old_host_stops_answering(broker: Broker) -> None:
     b = broker
     wid = await b.create("hasa")

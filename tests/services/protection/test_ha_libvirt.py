@@ -47,3 +47,8 @@ async def test_lost_host_restart_fencing_and_stale_copy(hosts: HaHosts, monkeypa
     assert (seen["auto_cause"], seen["auto_state"], seen["auto_fenced"], seen["auto_after"]) == \
         ("vanished", "succeeded", "absent", "lv0")
     assert list(seen["lv0_auto"].values()) == ["running"]
+    # its QEMU killed on a live host ("shut off (crashed)"): started again in place, the same domain
+    assert (seen["crash_cause"], seen["crash_state"], seen["crash_kind"], seen["crash_after"]) == \
+        ("down", "succeeded", "ha_start", ("lv0", True))
+    assert list(seen["lv0_crash"].values()) == ["running"]
+
