@@ -54,6 +54,7 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
 from metavmm.services.protection.ha_disk import DiskSource, usable_disk
 from metavmm.services.scope import can_see
+from metavmm.services.workloads.service import vm_name
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +345,6 @@ class HaService:
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,
                   cause: str) -> list[Step]:
     """Fence the old copy, create the new one on the disk, record it (the commit), see it run, settle."""
-    from metavmm.services.workloads.service import vm_name
-
     spec = wl.spec or {}
     new = {"provider": placement.provider, "workload_id": wl.id}
     where = {**(spec.get("placement") or {}), "provider": placement.provider, "site": placement.site,
