@@ -34,6 +34,7 @@ from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
 from metavmm.services.operations.loop import start_operations
 from metavmm.services.placement import Placer
+from metavmm.services.protection.ha import check as ha_check
 from metavmm.services.secrets import SecretBox, load_key
 from metavmm.services.sync import register_providers, sync_all
 from metavmm.services.workloads.service import WorkloadService
@@ -88,6 +89,7 @@ async def _periodic_sync(app: web.Application, stopping: asyncio.Event) -> None:
                 else:
                     log.info("inventory of %s synced in %.2fs", result.provider, result.seconds)
             await ensure_builtin_images(app[keys.SESSIONS], cfg)  # after an inventory: the sites it replicates to
+            await ha_check(app[keys.SESSIONS], cfg, app[keys.OPERATIONS], app[PLACER])  # HA restart: lost hosts
         except Exception:
             log.exception("inventory sync failed")
         if cfg.federation.sync_interval_s <= 0:

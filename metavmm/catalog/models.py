@@ -186,6 +186,8 @@ class Provider(SQLModel, table=True):
     settings: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     sync_error: str | None = None
+    sync_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # consecutive, reset by a success
+    sync_failed_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class ProviderSecret(SQLModel, table=True):

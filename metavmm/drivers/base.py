@@ -106,6 +106,9 @@ class Driver(Protocol):
     - ``console_output`` (drivers declaring ``Capability.CONSOLE``) returns the text the guest wrote on
       its serial console since it last started (the tail, as the provider keeps it): the boot check of a
       cold migration looks for a marker in it. The text is the guest's, untrusted.
+    - ``fence_vm`` powers the VM off at once and forgets it, but keeps its disks: they may be on storage
+      shared with another provider, where an HA restart now runs the workload from them. A VM that is not
+      there is ``ProviderNotFound`` (gone is what a fence wants).
     """
 
     name: str
@@ -138,6 +141,7 @@ class Driver(Protocol):
     async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
     async def console_output(self, vm_id: str) -> str: ...
+    async def fence_vm(self, vm_id: str) -> None: ...
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo: ...
     async def close(self) -> None: ...
 
@@ -275,6 +279,9 @@ class DriverBase:
 
     async def console_output(self, vm_id: str) -> str:
         raise self._unsupported("console_output")
+
+    async def fence_vm(self, vm_id: str) -> None:
+        raise self._unsupported("fence_vm")
 
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
         """Poll ``get_vm`` (one VM, never the inventory) with :func:`poll_delays` until the VM is in ``state``;

@@ -401,6 +401,9 @@ class LibvirtDriver(DriverBase):
         vm_uuid = str(uuid.uuid4())
         make_reachable_dirs(self.storage_dir)
         disk = self.storage_dir / "disks" / f"{vm_uuid}.qcow2"
+        adopted = Path(spec.extra["adopt_disk"]) if spec.extra.get("adopt_disk") else None
+        if adopted is not None:
+            return await self._create_on_disk(spec, adopted, disk, vm_uuid)
         console = self._console_log(disk.parent, vm_uuid)
         seed = None
         if spec.extra.get("hostname") or spec.user_data is not None or spec.ssh_key:
@@ -434,6 +437,59 @@ class LibvirtDriver(DriverBase):
                 if path is not None:
                     path.unlink(missing_ok=True)
             raise
+
+    async def _create_on_disk(self, spec: VmSpec, adopted: Path, disk: Path, vm_uuid: str) -> VmInfo:
+        """An HA restart: define and start a domain on the workload's own disk (``extra["adopt_disk"]``, on
+        storage this daemon shares with the lost one), which moves under the new domain's name first. The
+        stale domain the lost host may still define then names a file that is gone: it cannot start again,
+        and deleting it (``delete_vm``) deletes no disk the new copy uses. A failure moves the disk back."""
+        try:
+            os.rename(adopted, disk)
+        except OSError as exc:
+            raise DriverError(f"cannot take over disk {adopted}: {exc.strerror} (is it on storage shared with "
+                              f"{self.storage_dir}?)", provider=self.name, operation="create_vm") from None
+        console = self._console_log(disk.parent, vm_uuid)
+        xml = self._domain_xml(spec, disk, vm_uuid, None, console)
+
+        def define_and_start(conn: libvirt.virConnect) -> VmInfo:
+            dom = conn.defineXML(xml)
+            try:
+                dom.create()
+            except libvirt.libvirtError:
+                dom.undefine()
+                raise
+            return self._vm_info(dom, conn.getHostname())
+
+        try:
+            return await self._call("create_vm", define_and_start)
+        except DriverError:
+            os.rename(disk, adopted)
+            console.unlink(missing_ok=True)
+            raise
+
+    def ex_disk_location(self, vm_id: str) -> str:
+        """Where a domain the broker made keeps its disk (``storage_dir/disks/<uuid>.qcow2``), without asking
+        the daemon: an HA restart needs it when the daemon is gone."""
+        return str(self.storage_dir / "disks" / f"{vm_id}.qcow2")
+
+    async def fence_vm(self, vm_id: str) -> None:
+        """Destroy and undefine the domain, keeping its disks (shared storage: a restarted copy may use them);
+        only its console log and cloud-init seed, named after this domain, go."""
+        def fence(dom: libvirt.virDomain) -> None:
+            doc = ET.fromstring(dom.XMLDesc())
+            own = [log.get("file") for log in doc.findall("devices/serial/log")]
+            own += [s.get("file") for s in doc.findall("devices/disk/source") if (s.get("file") or "").endswith(
+                f"{dom.UUIDString()}-seed.iso")]
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            for path in own:
+                if path:
+                    Path(path).unlink(missing_ok=True)
+
+        await self._domain_op(vm_id, "fence_vm", fence)
 
     def _console_log(self, disks: Path, vm_uuid: str) -> Path:
         """An empty console log file for a new domain, owned like the storage, in a directory owned so

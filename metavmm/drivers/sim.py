@@ -17,11 +17,12 @@ import uuid
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from metavmm.drivers.base import DriverBase
 from metavmm.drivers.sim_state import SimState, Tx
-from metavmm.foundation.errors import ProviderConflict, ProviderNotFound
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ProviderUnavailable
 from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import (
     Capability,
@@ -118,6 +119,7 @@ class SimDriver(DriverBase):
         ]
 
     async def inventory(self) -> Inventory:
+        self._check_reachable("inventory")
         sites = self.regions()
         with self.state.read() as tx:
             images, vms = tx.all(ImageInfo), tx.all(VmInfo)
@@ -125,6 +127,7 @@ class SimDriver(DriverBase):
                          vms=tuple(vms), prices=tuple(self._prices(sites)))
 
     async def list_vms(self) -> list[VmInfo]:
+        self._check_reachable("list_vms")
         return self.ex_vms()
 
     def ex_vms(self) -> list[VmInfo]:
@@ -136,10 +139,12 @@ class SimDriver(DriverBase):
         return self._lookup(tx, VmInfo, vm_id, "VM", operation)
 
     async def get_vm(self, vm_id: str) -> VmInfo:
+        self._check_reachable("get_vm")
         with self.state.read() as tx:
             return self._vm(tx, vm_id, "get_vm")
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
+        self._check_reachable("create_vm")
         self._check_region(spec.region, "create_vm")
         if self.config.create_delay_s:  # a slow provider: a window in which tests interrupt a create
             await asyncio.sleep(self.config.create_delay_s)
@@ -152,6 +157,7 @@ class SimDriver(DriverBase):
         return vm
 
     async def _transition(self, vm_id: str, verb: str, allowed: set[VmState], to: VmState) -> None:
+        self._check_reachable(verb)
         with self.state.change() as tx:
             vm = self._vm(tx, vm_id, verb)
             if vm.state not in allowed:
@@ -178,6 +184,7 @@ class SimDriver(DriverBase):
             tx.put(vm_id, replace(self._vm(tx, vm_id, "ex_set_state"), state=state))
 
     async def delete_vm(self, vm_id: str) -> None:
+        self._check_reachable("delete_vm")
         with self.state.change() as tx:
             self._vm(tx, vm_id, "delete_vm")
             tx.delete(VmInfo, vm_id)
@@ -185,6 +192,32 @@ class SimDriver(DriverBase):
             for volume in tx.all(VolumeInfo):
                 if vm_id in volume.attached_to:
                     tx.put(volume.provider_volume_id, replace(volume, attached_to=(), state="available"))
+
+    async def fence_vm(self, vm_id: str) -> None:
+        """Off and forgotten; a simulated VM has no disk to keep."""
+        self._check_reachable("fence_vm")
+        with self.state.change() as tx:
+            self._vm(tx, vm_id, "fence_vm")
+            tx.delete(VmInfo, vm_id)
+            tx.unplug(None, vm_id)
+
+    # --- an unreachable provider, for HA tests: every call fails as a dead host's would ---------------------
+
+    def _down_flag(self) -> Path:
+        return self.state.path.parent / "unreachable"
+
+    def ex_set_reachable(self, reachable: bool) -> None:
+        """Make the provider (every driver object of it, in any process) unreachable, or reachable again."""
+        flag = self._down_flag()
+        if reachable:
+            flag.unlink(missing_ok=True)
+        else:
+            flag.parent.mkdir(parents=True, exist_ok=True)
+            flag.touch()
+
+    def _check_reachable(self, operation: str) -> None:
+        if self._down_flag().exists():
+            raise ProviderUnavailable("no answer (simulated outage)", provider=self.name, operation=operation)
 
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
         with self.state.change() as tx:
@@ -224,6 +257,7 @@ class SimDriver(DriverBase):
         return found
 
     async def list_volumes(self) -> list[VolumeInfo]:
+        self._check_reachable("list_volumes")
         with self.state.read() as tx:
             return tx.all(VolumeInfo)
 
@@ -262,6 +296,7 @@ class SimDriver(DriverBase):
             tx.put(volume_id, replace(volume, attached_to=(), state="available"))
 
     async def list_networks(self) -> list[NetworkInfo]:
+        self._check_reachable("list_networks")
         with self.state.read() as tx:
             return tx.all(NetworkInfo)
 

@@ -468,6 +468,18 @@ class OperationsConfig(_Strict):
         return value
 
 
+class HaConfig(_Strict):
+    """HA restart (docs/protection.md): when a protected workload's host counts as lost, and which providers
+    see the same disks (a restart from the surviving disk goes only to one of those)."""
+
+    lost_after_syncs: int = Field(default=3, ge=1, le=1000, description="consecutive failed inventory syncs "
+                                  "after which a provider's hosts count as lost")
+    shared_storage: list[list[str]] = Field(default_factory=list, description="groups of provider names whose "
+                                            "disks are on storage they all reach; libvirt providers with the "
+                                            "same storage_dir share it without being listed")
+    restart_timeout_s: float = Field(default=300, gt=0, description="how long a restarted copy has to run")
+
+
 class MetricsConfig(_Strict):
     """Where Prometheus reads ``/metrics``: on the API port with an admin token (always), and, with
     ``listen``, also without a token on a separate address meant for a private network only."""
@@ -491,6 +503,7 @@ class FederationConfig(_Strict):
     policies: list[BurstPolicy] = Field(default_factory=list)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ha: HaConfig = Field(default_factory=HaConfig)
 
     @model_validator(mode="after")
     def _references(self) -> FederationConfig:
@@ -501,6 +514,10 @@ class FederationConfig(_Strict):
         for i, table in enumerate(self.prices):
             if table.provider not in names:
                 raise ValueError(f"prices[{i}].provider {table.provider!r} is not a configured provider")
+        for i, group in enumerate(self.ha.shared_storage):
+            unknown = [p for p in group if p not in names]
+            if unknown:
+                raise ValueError(f"ha.shared_storage[{i}] names unknown providers: {unknown}")
         for i, pol in enumerate(self.policies):
             unknown = [p for p in pol.allowed_providers if p not in names]
             if unknown:

@@ -75,6 +75,7 @@ async def _sync_provider(maker: async_sessionmaker[AsyncSession], pcfg, timeout_
         async with session_scope(maker) as session:
             row = (await session.exec(select(Provider).where(Provider.name == pcfg.name))).one()
             counts = await apply_inventory(session, row, inventory, pcfg.sites, observed_at=observed_at)
+            row.sync_failures, row.sync_failed_since = 0, None
         return SyncResult(pcfg.name, pcfg.kind, time.perf_counter() - started, counts)
     except (MetavmmError, TimeoutError) as exc:
         message = str(exc) or f"no answer within {timeout_s:.0f} s"
@@ -83,6 +84,8 @@ async def _sync_provider(maker: async_sessionmaker[AsyncSession], pcfg, timeout_
             row = (await session.exec(select(Provider).where(Provider.name == pcfg.name))).first()
             if row is not None:
                 row.sync_error = message
+                row.sync_failures += 1  # consecutive: HA restart counts a host lost after ha.lost_after_syncs
+                row.sync_failed_since = row.sync_failed_since or utcnow()
         return SyncResult(pcfg.name, pcfg.kind, time.perf_counter() - started, error=message)
 
 

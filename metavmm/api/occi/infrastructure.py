@@ -202,6 +202,11 @@ PLACED = Mixin(METAVMM + "broker#", "placed", "Where the broker placed the compu
 ), applies=(COMPUTE.type_id,), location="/mixins/broker/placed/")
 """Rendered on every compute the workload service placed; no client sets it (its attributes are immutable)."""
 
+HA = Mixin(METAVMM + "protection#", "ha", "Highly available: restarted elsewhere when its host is lost",
+           applies=(COMPUTE.type_id,), location="/mixins/protection/ha/")
+"""Chosen at creation or associated later (POST/DELETE on its location); the HA service keeps it on the
+compute (services/protection/ha.py, whose HA_CATEGORY is this type id), so REST and the CLI show here too."""
+
 STATIC_MIXINS: tuple[Mixin, ...] = (IPNETWORK, IPNETWORKINTERFACE, OS_TPL, RESOURCE_TPL, SSH_KEY, USER_DATA, SITE,
-                                    BROKER, PLACED)
+                                    BROKER, PLACED, HA)
 ACTIONS: tuple[Action, ...] = tuple(a for k in KINDS for a in k.actions)

@@ -57,6 +57,7 @@ from metavmm.foundation.errors import (
     ValidationError,
 )
 from metavmm.services.identity import Identity
+from metavmm.services.protection.ha import HaService
 from metavmm.services.workloads.requests import CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService, is_uuid, storage_gib
 
@@ -276,7 +277,26 @@ class OcciService:
         else:
             request = CreateRequest(**common, cidr=spec.get("address"), attributes=spec)
         done = await self.workloads.create(self.ident, request, idempotency_key=self.idempotency_key)
+        if infra.HA in mixins:
+            await self._ha().protect(self.ident, done.workload.id)
         return f"{kind.location}{done.workload.id}"
+
+    def _ha(self) -> HaService:
+        w = self.workloads
+        return HaService(w.sessions, w.config, w.engine, w.placer)
+
+    async def _ha_members(self, locations: list[str], *, on: bool) -> None:
+        """The ``ha`` mixin associated (or dissociated): the HA service marks each compute (and keeps the tag)."""
+        async with self.maker() as session:
+            rows = await self._entity_rows(session, locations)
+        for row in rows:
+            if not isinstance(row, Workload) or row.kind != infra.COMPUTE.term:
+                raise ValidationError(f"mixin {infra.HA.type_id} applies to computes")
+        for row in rows:
+            if on:
+                await self._ha().protect(self.ident, row.id)
+            else:
+                await self._ha().unprotect(self.ident, row.id)
 
     @staticmethod
     def _pinned_site(reg: Registry, mixins: list[Mixin]) -> tuple[Site | None, str | None]:
@@ -509,6 +529,8 @@ class OcciService:
     async def associate(self, mixin: Mixin, locations: list[str], *, replace: bool = False) -> None:
         """POST (add) or PUT (replace the collection) on a mixin's location; only user mixins are tags."""
         self.require_write()
+        if mixin is infra.HA and not replace:
+            return await self._ha_members(locations, on=True)
         if not mixin.user:
             raise Conflict(f"mixin {mixin.type_id} is chosen when an entity is created; only user-defined "
                            f"mixins can be associated afterwards")
@@ -528,6 +550,8 @@ class OcciService:
     async def dissociate(self, mixin: Mixin, locations: list[str]) -> None:
         """DELETE on a mixin's location: the listed entities (or all, without a body) lose the mixin."""
         self.require_write()
+        if mixin is infra.HA and locations:
+            return await self._ha_members(locations, on=False)
         if not mixin.user:
             raise Conflict(f"mixin {mixin.type_id} cannot be removed from a running entity")
         async with session_scope(self.maker) as session:

@@ -12,6 +12,7 @@ def modules() -> list[RestModule]:
     from metavmm.api.rest import (
         clusters,
         events,
+        ha,
         identity,
         inventory,
         marketplace,
@@ -24,7 +25,7 @@ def modules() -> list[RestModule]:
     )
 
     return [system.api, identity.api, inventory.api, marketplace.api, schools.api, prices.api, scheduling.api,
-            workloads.api, migrations.api, events.api, clusters.api]
+            workloads.api, migrations.api, events.api, clusters.api, ha.api]
 
 
 def setup_rest(api: web.Application) -> None:

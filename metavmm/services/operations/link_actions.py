@@ -16,7 +16,7 @@ from sqlalchemy import or_
 from sqlmodel import col
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Workload, WorkloadLink
+from metavmm.catalog.models import Protection, RecoveryPoint, Workload, WorkloadLink
 from metavmm.foundation.errors import Conflict
 from metavmm.services.operations import resource_actions as res
 from metavmm.services.operations.actions import action
@@ -74,6 +74,8 @@ async def purge(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
     async with session_scope(ctx.sessions) as session:
         await session.exec(sa_delete(WorkloadLink).where(or_(col(WorkloadLink.source_id) == workload_id,
                                                              col(WorkloadLink.target_id) == workload_id)))
+        for model in (Protection, RecoveryPoint):  # their rows name the workload (PostgreSQL enforces it)
+            await session.exec(sa_delete(model).where(col(model.workload_id) == workload_id))
         workload = await session.get(Workload, workload_id)
         if workload is not None:
             await session.delete(workload)

@@ -1,0 +1,67 @@
+"""The step actions of an HA restart (:mod:`metavmm.services.protection.ha`): fence the old copy, put a VM
+aside without touching its disk, and settle the workload's protection state. Idempotent, like every
+action: each looks at the provider (or the row) before acting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Protection, utcnow
+from metavmm.foundation.errors import AuthError, MetavmmError, ProviderNotFound, ProviderUnavailable
+from metavmm.services.operations.actions import action
+from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.vm_actions import find_vm
+
+
+class FenceRefused(MetavmmError):
+    """The old copy can be neither destroyed nor proven gone: the restart must not start a second one."""
+
+
+@action("ha.fence")
+async def fence(ctx: StepContext, *, provider: str, workload_id: str, confirmed: bool = False,
+                **_: Any) -> dict[str, Any]:
+    """Make sure no copy of the workload runs at ``provider``: fence the VM carrying its tag (destroyed and
+    undefined, disks kept), or see that the provider answers without one (proven gone). An unreachable
+    provider proves nothing: refused, unless an operator confirmed the host is dead (``confirmed``)."""
+    try:
+        vm = await find_vm(ctx, provider, workload_id)
+        if vm is None:
+            await ctx.log(f"{provider} answers and has no VM of the workload: proven gone")
+            return {"fenced": "absent"}
+        try:
+            await ctx.driver(provider).fence_vm(vm.provider_vm_id)
+        except ProviderNotFound:
+            return {"fenced": "absent"}
+        await ctx.log(f"fenced {vm.provider_vm_id} at {provider} (destroyed and undefined; its disk kept)")
+        return {"fenced": "destroyed"}
+    except (ProviderUnavailable, AuthError, TimeoutError, OSError) as exc:
+        if confirmed:
+            await ctx.log(f"{provider} does not answer ({exc}); an operator confirmed its host is dead")
+            return {"fenced": "confirmed"}
+        raise FenceRefused(f"cannot fence the old copy at {provider}: it does not answer ({exc}); the restart "
+                           "waits until it answers or an operator confirms the host is dead") from None
+
+
+@action("vm.fence")
+async def fence_vm(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+    """Undo a restarted copy without deleting its disk (the workload's only one): fence it where it is."""
+    vm = await find_vm(ctx, provider, workload_id)
+    if vm is not None:
+        try:
+            await ctx.driver(provider).fence_vm(vm.provider_vm_id)
+        except ProviderNotFound:
+            return
+        await ctx.log(f"fenced {vm.provider_vm_id} at {provider}")
+
+
+@action("ha.settle")
+async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
+    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off)."""
+    async with session_scope(ctx.sessions) as session:
+        row = await session.get(Protection, workload_id)
+        if row is None:
+            return
+        row.state, row.message = state, message[:1000]
+        row.updated_at, row.version = utcnow(), row.version + 1
+        session.add(row)
