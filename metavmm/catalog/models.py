@@ -613,9 +613,78 @@ class RecoveryPoint(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+
+# --- auto-scaling groups (migration 0011) ---------------------------------------------------------------
+
+
+class AutoscaleGroup(SQLModel, table=True):
+    """A group of identical computes whose count follows its rules (services/autoscale/).
+
+    The members are ordinary workloads the one workload service created (``autoscale_member`` says which);
+    ``base_desired`` is what the metric rules (or a user) last set, ``desired`` what the group aims at now
+    (``base_desired`` raised to an active schedule window's count, clamped to min and max)."""
+
+    __tablename__ = "autoscale_group"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    name: str = Field(max_length=63)
+    template: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    min_size: int = 0
+    max_size: int = 1
+    base_desired: int = 0
+    desired: int = 0
+    rules: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    cooldown_out_s: int = 60
+    cooldown_in_s: int = 300
+    scale_in_order: str = Field(default="cost", max_length=16)  # cost, newest, oldest
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # pushed: {name: {value, at}}
+    enabled: bool = True
+    last_scale_out_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_scale_in_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    next_serial: int = 1
+    version: int = 1
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class AutoscaleMember(SQLModel, table=True):
+    """A workload that belongs to a group (its serial names it: ``web-3``)."""
+
+    __tablename__ = "autoscale_member"
+    __table_args__ = (UniqueConstraint("group_id", "serial"),)
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: str = Field(foreign_key="autoscale_group.id", index=True, max_length=36)
+    workload_id: str = Field(foreign_key="workload.id", index=True, unique=True, max_length=36)
+    serial: int
+    created_at: datetime = _ts()
+
+
+class AutoscaleDecision(SQLModel, table=True):
+    """One scaling decision with its numbers: the rule, the metric and threshold, desired before and after,
+    the members chosen or removed and why, the operations it started (its id orders the event stream)."""
+
+    __tablename__ = "autoscale_decision"
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: str = Field(foreign_key="autoscale_group.id", index=True, max_length=36)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    at: datetime = _ts(index=True)
+    action: str = Field(max_length=16)  # scale-out, scale-in, hold
+    trigger: str = Field(max_length=16)  # metric, schedule, bounds, repair, manual
+    rule: str | None = Field(default=None, max_length=63)
+    metric: str | None = Field(default=None, max_length=63)
+    value: float | None = None
+    threshold: float | None = None
+    desired_before: int = 0
+    desired_after: int = 0
+    members: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    operations: list[str] = Field(default_factory=list, sa_type=JSON)
+    reason: str = ""
+
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
     OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
+    AutoscaleGroup, AutoscaleMember, AutoscaleDecision,
 )
 
