@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from metavmm.foundation.errors import DriverError, ProviderNotFound, ProviderThrottled, UnsupportedOperation
@@ -144,6 +145,20 @@ class Driver(Protocol):
     async def fence_vm(self, vm_id: str) -> None: ...
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """A VM's CPU use as its provider reports it (what an auto-scaling rule on ``cpu`` reads): either a
+    utilisation the provider computed (``percent``, 0-100 of the VM's vCPUs), or the CPU time the VM used
+    since it started (``cpu_seconds``, cumulative), from which the caller takes the rate between two
+    samples ``at`` (the caller's monotonic clock, seconds) apart."""
+
+    vm_id: str
+    vcpus: int
+    at: float
+    percent: float | None = None
+    cpu_seconds: float | None = None
 
 
 class DriverBase:
@@ -313,3 +328,7 @@ class DriverBase:
 
     async def close(self) -> None:
         return None
+
+    async def ex_cpu_usage(self, vm_ids: Sequence[str]) -> dict[str, CpuSample]:
+        """The CPU use of each VM of ``vm_ids`` the provider can report (those it cannot are left out)."""
+        raise self._unsupported("ex_cpu_usage")

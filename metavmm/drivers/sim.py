@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from metavmm.drivers.base import DriverBase
+from metavmm.drivers.base import CpuSample, DriverBase
 from metavmm.drivers.sim_state import SimState, Tx
 from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ProviderUnavailable
 from metavmm.foundation.paths import state_dir
@@ -182,6 +184,20 @@ class SimDriver(DriverBase):
         """Change a VM's state behind the broker's back, as an operator at the provider would."""
         with self.state.change() as tx:
             tx.put(vm_id, replace(self._vm(tx, vm_id, "ex_set_state"), state=state))
+
+    def ex_set_cpu_percent(self, vm_id: str, percent: float) -> None:
+        """Set the CPU utilisation the simulation reports for a VM (a step of a metric trace): what a
+        guest's load would show at a real provider."""
+        with self.state.change() as tx:
+            vm = self._vm(tx, vm_id, "ex_set_cpu_percent")
+            tx.put(vm_id, replace(vm, extra={**vm.extra, "cpu_percent": float(percent)}))
+
+    async def ex_cpu_usage(self, vm_ids: Sequence[str]) -> dict[str, CpuSample]:
+        """The utilisation :meth:`ex_set_cpu_percent` last set (0 until then) of each running VM."""
+        with self.state.read() as tx:
+            vms = [vm for vid in vm_ids if (vm := tx.get(VmInfo, vid)) is not None and vm.state == VmState.RUNNING]
+        return {vm.provider_vm_id: CpuSample(vm.provider_vm_id, int(vm.extra.get("vcpus") or 1), time.monotonic(),
+                                             percent=float(vm.extra.get("cpu_percent", 0.0))) for vm in vms}
 
     async def delete_vm(self, vm_id: str) -> None:
         self._check_reachable("delete_vm")
