@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Operation, OperationEvent, Workload, aware
+from metavmm.catalog.models import AutoscaleDecision, AutoscaleGroup, Operation, OperationEvent, Workload, aware
 from metavmm.foundation.logs import redact
 from metavmm.services.identity import Identity
 from metavmm.services.operations.store import ACTIVE
@@ -42,6 +42,7 @@ class Cursor:
     after: int
     progress: dict[str, float] = field(default_factory=dict)
     workloads: dict[str, tuple[str, str]] = field(default_factory=dict)
+    decisions_after: int | None = None  # the last auto-scaling decision sent; None: from the stream's start
 
     async def next(self, maker: async_sessionmaker[AsyncSession]) -> list[Event]:
         out: list[Event] = []
@@ -75,6 +76,30 @@ class Cursor:
                         self.workloads[wid] = (observed, desired)
                         out.append(Event("workload", {"workload": wid, "name": name, "state": observed,
                                                       "desired_state": desired}))
+            out += await self._decisions(session)
+        return out
+
+    async def _decisions(self, session: AsyncSession) -> list[Event]:
+        """Auto-scaling decisions written since the last call (``autoscale`` events, without an id: they
+        are kept in their own table; ``GET .../decisions`` pages through them)."""
+        if self.decisions_after is None:
+            self.decisions_after = int((await session.exec(select(func.max(AutoscaleDecision.id)))).one() or 0)  # type: ignore[call-overload]
+            return []
+        rows = (await session.exec(
+            select(AutoscaleDecision, AutoscaleGroup.name)
+            .join(AutoscaleGroup, col(AutoscaleGroup.id) == AutoscaleDecision.group_id)
+            .where(col(AutoscaleDecision.id) > self.decisions_after, visible(self.identity, AutoscaleDecision))
+            .order_by(col(AutoscaleDecision.id)).limit(PAGE))).all()
+        out = []
+        for d, group in rows:
+            self.decisions_after = max(self.decisions_after, d.id or 0)
+            out.append(Event("autoscale", {
+                "decision": d.id, "group_id": d.group_id, "group": group, "action": d.action, "trigger": d.trigger,
+                "rule": d.rule, "metric": d.metric, "value": d.value, "threshold": d.threshold,
+                "desired_before": d.desired_before, "desired_after": d.desired_after,
+                "members": [{k: m.get(k) for k in ("name", "provider", "site", "price_per_hour", "burst")}
+                            for m in d.members], "operations": d.operations, "reason": redact(d.reason),
+                "at": aware(d.at).isoformat()}))
         return out
 
 

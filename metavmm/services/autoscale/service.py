@@ -241,7 +241,7 @@ class AutoscaleService:
             session.add(group)
             await session.flush()
             group_id = group.id
-        await self.evaluate(caller, group_id)
+        await self.evaluate(caller, group_id, trigger="create")
         return await self.get(caller, group_id)
 
     async def _network(self, session: AsyncSession, project_id: int, network_id: str) -> Workload:
@@ -437,8 +437,8 @@ class AutoscaleService:
             group.min_size, group.max_size, group.base_desired, group.desired, len(live), group.cooldown_out_s,
             group.cooldown_in_s, _since(group.last_scale_out_at, now), _since(group.last_scale_in_at, now))
         verdict = r.decide(numbers, metric_rules, schedule_rules, values, now)
-        if trigger == "manual" and verdict.trigger in ("bounds", "repair"):
-            verdict = _retrigger(verdict, "manual")
+        if trigger is not None and verdict.trigger in ("bounds", "repair"):
+            verdict = _retrigger(verdict, trigger)
         if verdict.action == "none":
             if (verdict.base_after, verdict.desired_after) != (group.base_desired, group.desired):
                 await self._record(group, now, verdict, [], [], write=False)
