@@ -29,6 +29,7 @@ from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.services import netguard
+from metavmm.services.autoscale.service import AutoscaleService
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -112,6 +113,18 @@ async def _cluster_expiry(app: web.Application, stopping: asyncio.Event) -> None
         await wait_event(stopping, CLUSTER_EXPIRY_S)
 
 
+async def _autoscale(app: web.Application, stopping: asyncio.Event) -> None:
+    """Evaluate every enabled auto-scaling group now and every ``EVALUATE_EVERY_S``, until ``stopping``."""
+    from metavmm.services.autoscale.service import EVALUATE_EVERY_S
+
+    while not stopping.is_set():
+        try:
+            await app[keys.AUTOSCALE].evaluate_all()
+        except Exception:
+            log.exception("auto-scaling evaluation failed")
+        await wait_event(stopping, EVALUATE_EVERY_S)
+
+
 async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
     """Bounded (issue 24): the inventory sync and the reconciliation end their round within the stop grace
     (or are cancelled: both are repeated next time), then the engine gets what is left of the grace for
@@ -146,8 +159,12 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
                                              name="inventory-sync"))
         app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
         tasks.append(asyncio.create_task(_cluster_expiry(app, app[keys.OPERATIONS].stopping), name="cluster-expiry"))
+        app[keys.AUTOSCALE] = AutoscaleService(app[keys.WORKLOADS])
+        if sync:  # (as the inventory: tests that seed a broker by hand evaluate on demand)
+            tasks.append(asyncio.create_task(_autoscale(app, app[keys.OPERATIONS].stopping), name="autoscale"))
         yield
         await _stop_background(app, tasks)
+        await app[keys.AUTOSCALE].cpu.close()
         await engine.dispose()
 
     return ctx

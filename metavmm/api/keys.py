@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.foundation.config import FederationConfig
+from metavmm.services.autoscale.service import AutoscaleService
 from metavmm.services.identity import Identity
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.engine import Engine
@@ -28,6 +29,7 @@ SECRETS = web.AppKey("secrets", SecretBox)
 PLACER = web.AppKey("placer", Placer)
 WORKLOADS = web.AppKey("workloads", WorkloadService)
 IDENTITY = web.RequestKey("identity", Identity)
+AUTOSCALE = web.AppKey("autoscale", AutoscaleService)
 
 
 def identity_of(request: web.Request) -> Identity:

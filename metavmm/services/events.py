@@ -44,6 +44,10 @@ class Cursor:
     workloads: dict[str, tuple[str, str]] = field(default_factory=dict)
     decisions_after: int | None = None  # the last auto-scaling decision sent; None: from the stream's start
 
+    def __post_init__(self) -> None:
+        if self.decisions_after is None and self.after == 0:  # a replay of the history replays decisions too
+            self.decisions_after = 0
+
     async def next(self, maker: async_sessionmaker[AsyncSession]) -> list[Event]:
         out: list[Event] = []
         async with maker() as session:

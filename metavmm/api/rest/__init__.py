@@ -10,6 +10,7 @@ from metavmm.api.rest.framework import RestModule, add_module
 def modules() -> list[RestModule]:
     """Every REST module, in the order the OpenAPI document lists them. Add yours here."""
     from metavmm.api.rest import (
+        autoscale,
         clusters,
         events,
         ha,
@@ -25,7 +26,8 @@ def modules() -> list[RestModule]:
     )
 
     return [system.api, identity.api, inventory.api, marketplace.api, schools.api, prices.api, scheduling.api,
-            workloads.api, migrations.api, events.api, clusters.api, ha.api]
+            workloads.api, migrations.api, events.api, clusters.api, ha.api,
+            autoscale.api]
 
 
 def setup_rest(api: web.Application) -> None:

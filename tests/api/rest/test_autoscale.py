@@ -1,0 +1,92 @@
+"""/api/v1/autoscaling-groups: create (grows to min at once), evaluate on demand (one action in flight per
+group), decisions with their numbers, pushed metrics, bad input as a 4xx with its reason, the quota, and
+another project's group as a 404. The world's engine is stopped: the members' creates stay pending."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import select
+
+from metavmm.api import keys
+from metavmm.catalog.models import AutoscaleGroup, Workload
+
+API = "/api/v1"
+GROUPS = f"{API}/autoscaling-groups"
+RULES = [{"name": "busy", "type": "metric", "metric": "queue", "above": 10, "adjust": 2},
+         {"name": "class", "type": "schedule", "days": ["mon"], "start": "09:00", "end": "12:00", "desired": 2}]
+
+
+async def test_a_group_over_rest_with_decisions_metrics_and_isolation(world: Any) -> None:
+    client, w = world
+    alpha, beta = w.auth("alpha_member"), w.auth("beta_member")
+    resp = await client.post(GROUPS, headers=alpha, json={"name": "web", "min_size": 1, "max_size": 3, "vcpus": 1,
+                                                          "ram_mib": 256, "rules": RULES, "user_data": "#!/bin/sh"})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    gid = body["id"]
+    assert (body["desired"], len(body["members"]), body["members"][0]["name"]) == (1, 1, "web-1")
+    assert body["members"][0]["state"] == "pending" and body["template"]["user_data"] is True
+    first = body["last_decision"]
+    assert (first["action"], first["trigger"], first["desired_after"]) == ("scale-out", "create", 1)
+    assert first["members"][0]["provider"] == "sim-a" and len(first["operations"]) == 1
+
+    pushed = await client.post(f"{GROUPS}/{gid}/metrics", headers=alpha, json={"name": "queue", "value": 42})
+    assert pushed.status == 200 and (await pushed.json())["metrics"]["queue"]["value"] == 42
+    ev = await (await client.post(f"{GROUPS}/{gid}/evaluate", headers=alpha)).json()
+    assert ev["decision"]["action"] == "hold" and "in flight" in ev["decision"]["reason"]  # web-1 is pending
+    decisions = await (await client.get(f"{GROUPS}/{gid}/decisions", headers=alpha)).json()
+    assert [d["action"] for d in decisions] == ["hold", "scale-out"]
+    page = await (await client.get(f"{GROUPS}/{gid}/decisions?limit=1&before={decisions[0]['id']}",
+                                   headers=alpha)).json()
+    assert [d["id"] for d in page] == [decisions[1]["id"]]
+
+    manual = await client.patch(f"{GROUPS}/{gid}", headers=alpha, json={"desired": 3})
+    assert manual.status == 202 and (await manual.json())["base_desired"] == 3
+    assert [g["id"] for g in await (await client.get(GROUPS, headers=alpha)).json()] == [gid]
+
+    assert await (await client.get(GROUPS, headers=beta)).json() == []
+    for method, path, json in (("GET", "", None), ("PATCH", "", {"desired": 2}), ("POST", "/evaluate", None),
+                               ("GET", "/decisions", None), ("POST", "/metrics", {"name": "queue", "value": 1}),
+                               ("DELETE", "", None)):
+        resp = await client.request(method, f"{GROUPS}/{gid}{path}", headers=beta, json=json)
+        assert resp.status == 404, (method, path, await resp.text())
+
+    gone = await client.delete(f"{GROUPS}/{gid}", headers=alpha)
+    assert gone.status == 202 and [op["kind"] for op in await gone.json()] == ["delete"]
+    assert (await client.get(f"{GROUPS}/{gid}", headers=alpha)).status == 404
+
+
+async def test_bad_input_and_the_quota_are_refused_with_their_reason(world: Any) -> None:
+    client, w = world
+    alpha = w.auth("alpha_member")
+    ok = {"name": "g", "vcpus": 1, "ram_mib": 256}
+    for body, status, words in (
+            ({**ok, "min_size": 3, "max_size": 2}, 400, "min_size <= max_size"),
+            ({**ok, "name": "Not A Name"}, 400, "group name"),
+            ({**ok, "rules": [{"name": "r", "type": "metric", "above": 1, "below": 2}]}, 400, "exactly one of"),
+            ({**ok, "rules": [{"name": "r", "type": "schedule", "start": "10:00", "end": "09:00", "desired": 1}]},
+             400, "must be after start"),
+            ({**ok, "rules": [{"name": "r", "type": "cron"}]}, 400, "rules"),
+            ({**ok, "rules": [{"name": "r", "type": "metric", "above": 1}] * 2}, 400, "two rules have this name"),
+            ({**ok, "scale_in_order": "random"}, 400, "scale_in_order"),
+            ({**ok, "surprise": 1}, 400, "surprise"),
+            ({"name": "g", "min_size": 0}, 400, "a compute needs a flavor"),
+            ({**ok, "min_size": 12, "max_size": 20}, 403, "min_size"),  # alpha's world quota: 10 instances
+    ):
+        resp = await client.post(GROUPS, headers=alpha, json=body)
+        text = await resp.text()
+        assert resp.status == status and words in text, (body, resp.status, text)
+    async with w.app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(AutoscaleGroup))).all() == []
+        assert (await s.exec(select(Workload).where(Workload.name.like("g-%")))).all() == []  # type: ignore[attr-defined]
+    resp = await client.post(GROUPS, headers=alpha, json={**ok, "min_size": 0})
+    gid = (await resp.json())["id"]
+    for path, body, words in (("/metrics", {"name": "cpu", "value": 1}, "not 'cpu'"),
+                              ("/metrics", {"name": "q", "value": "high"}, "value")):
+        resp = await client.post(f"{GROUPS}/{gid}{path}", headers=alpha, json=body)
+        assert resp.status == 400 and words in await resp.text(), await resp.text()
+    resp = await client.patch(f"{GROUPS}/{gid}", headers=alpha, json={"desired": 5})
+    assert resp.status == 400 and "within min_size 0 and max_size 1" in await resp.text()
+    resp = await client.get(f"{GROUPS}/not-a-uuid", headers=alpha)
+    assert resp.status in (400, 404)
