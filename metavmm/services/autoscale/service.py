@@ -438,7 +438,8 @@ class AutoscaleService:
             group.cooldown_in_s, _since(group.last_scale_out_at, now), _since(group.last_scale_in_at, now))
         verdict = r.decide(numbers, metric_rules, schedule_rules, values, now)
         if trigger is not None and verdict.trigger in ("bounds", "repair"):
-            verdict = _retrigger(verdict, trigger)
+            verdict = _retrigger(verdict, trigger, f"a new group: {verdict.count} members for desired "
+                                 f"{verdict.desired_after}" if trigger == "create" else verdict.reason)
         if verdict.action == "none":
             if (verdict.base_after, verdict.desired_after) != (group.base_desired, group.desired):
                 await self._record(group, now, verdict, [], [], write=False)
@@ -568,9 +569,9 @@ def _since(at: datetime | None, now: datetime) -> float | None:
     return None if at is None else (now - aware(at)).total_seconds()
 
 
-def _retrigger(v: r.Verdict, trigger: str) -> r.Verdict:
+def _retrigger(v: r.Verdict, trigger: str, reason: str) -> r.Verdict:
     return r.Verdict(v.action, trigger, v.base_after, v.desired_after, v.count, v.rule, v.metric, v.value,
-                     v.threshold, v.reason)
+                     v.threshold, reason)
 
 
 def _same_hold(last: AutoscaleDecision, v: r.Verdict) -> bool:
