@@ -27,7 +27,8 @@ SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capaci
            "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
            "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
            "projects": ("/ui/projects", "Projects and quotas"),
-           "migrate": ("/ui/migrate", "Migrate a workload"), "burst": ("/ui/burst", "Burst policies")}
+           "migrate": ("/ui/migrate", "Migrate a workload"), "burst": ("/ui/burst", "Burst policies"),
+           "autoscaling": ("/ui/autoscaling", "Auto-scaling groups")}
 
 
 @pytest.fixture(scope="module")
