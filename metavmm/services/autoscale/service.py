@@ -165,7 +165,10 @@ def _member_view(serial: int, w: Workload) -> MemberView:
 
 
 def _alive(w: Workload) -> bool:
-    return w.present and w.desired_state != "deleted" and w.observed_state not in ("deleted", "error")
+    """Still a member: not deleted, not gone at its provider, not a create that rolled back (which marks
+    the row deleted and not present). A member in error still counts (its VM exists): delete it and the
+    group replaces it."""
+    return w.present and w.desired_state != "deleted"
 
 
 def scale_in_order(members: Sequence[MemberView], order: str) -> list[MemberView]:
