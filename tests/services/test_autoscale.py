@@ -194,13 +194,31 @@ async def test_a_class_timetable_sets_the_count_and_quota_and_bad_input_are_refu
                                                      rules=timetable))
     assert view.members == () and view.last_decision is None
     gid = view.group.id
+    async with session_scope(b.engine.sessions) as s:  # room for two members only
+        quota = Quota(project_id=b.caller.project_id, resource="instances", limit=2)
+        s.add(quota)
     before = await b.svc.evaluate(b.caller, gid, now=MONDAY + timedelta(hours=0, minutes=30))  # 08:30 in Taipei
     assert before is None
-    opened = await b.svc.evaluate(b.caller, gid, now=MONDAY + timedelta(hours=1, minutes=5))  # 09:05 Taipei
+    at = MONDAY + timedelta(hours=1, minutes=5)  # 09:05 in Taipei
+    opened = await b.svc.evaluate(b.caller, gid, now=at)
     assert opened is not None and (opened.action, opened.trigger, opened.rule, opened.desired_after) == (
         "scale-out", "schedule", "class", 3)
-    assert "mon,wed 09:00-12:00 Asia/Taipei" in opened.reason and len(opened.members) == 3
+    assert "mon,wed 09:00-12:00 Asia/Taipei" in opened.reason and len(opened.members) == 2
+    assert "2 of 3 added, then QuotaExceeded" in opened.reason  # the quota holds, member by member
     await settle(b, opened)
+    async with session_scope(b.engine.sessions) as s:
+        row = (await s.exec(select(Quota).where(Quota.project_id == b.caller.project_id))).one()
+        row.limit = 10  # type: ignore[assignment]
+        s.add(row)
+    third = await b.svc.evaluate(b.caller, gid, now=at + timedelta(minutes=1))
+    assert third is not None and (third.action, third.trigger, len(third.members)) == ("scale-out", "repair", 1)
+    await settle(b, third)
+    lost = (await b.svc.get(b.caller, gid)).members[0]  # a member deleted by hand is replaced
+    gone = await b.svc.workloads.delete(b.caller, lost.workload.id)
+    await settle(b, AutoscaleDecision(group_id=gid, project_id=0, action="x", trigger="x", operations=[gone.id]))
+    again = await b.svc.evaluate(b.caller, gid, now=at + timedelta(minutes=2))
+    assert again is not None and (again.action, again.trigger, again.members[0]["serial"]) == ("scale-out", "repair", 4)
+    await settle(b, again)
     closed = await b.svc.evaluate(b.caller, gid, now=MONDAY + timedelta(hours=4, minutes=1))  # 12:01
     assert closed is not None and (closed.action, closed.trigger, closed.desired_after) == ("scale-in", "schedule", 0)
     assert len(closed.members) == 3
@@ -210,10 +228,8 @@ async def test_a_class_timetable_sets_the_count_and_quota_and_bad_input_are_refu
     assert left == []
 
     # the quota holds: a min_size that does not fit is refused and nothing is written
-    async with session_scope(b.engine.sessions) as s:
-        s.add(Quota(project_id=b.caller.project_id, resource="instances", limit=2))
     with pytest.raises(QuotaExceeded, match="min_size"):
-        await b.svc.create(b.caller, GroupRequest(name="big", min_size=3, max_size=4, vcpus=1, ram_mib=256))
+        await b.svc.create(b.caller, GroupRequest(name="big", min_size=11, max_size=12, vcpus=1, ram_mib=256))
     with pytest.raises(NotFound):
         await b.svc.get(b.caller, "big")
     for req, message in (
