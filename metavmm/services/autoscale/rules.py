@@ -205,9 +205,10 @@ def decide(g: GroupNumbers, metric_rules: Sequence[MetricRule], schedule_rules: 
     if desired == g.live:
         if hold is not None:
             return Verdict("hold", "metric", g.base_desired, desired, 0, *hold)
-        if fired is not None and window is not None and base < desired:
-            return Verdict("hold", "schedule", base, desired, 0, fired.rule, fired.metric, fired.value, fired.threshold,
-                           f"{fired.reason}; schedule {window.name} keeps at least {window.desired} members")
+        if fired is not None and window is not None and base <= window.desired:  # (the base stays: no creeping)
+            return Verdict("hold", "schedule", g.base_desired, desired, 0, fired.rule, fired.metric, fired.value,
+                           fired.threshold, f"{fired.reason}; schedule {window.name} keeps at least "
+                           f"{window.desired} members")
         return Verdict("none", "none", base, desired)
     action = "scale-out" if desired > g.live else "scale-in"
     count = abs(desired - g.live)
