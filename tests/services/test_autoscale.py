@@ -22,7 +22,8 @@ from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import NotFound, QuotaExceeded, ValidationError
 from metavmm.services import events
-from metavmm.services.autoscale.service import AutoscaleService, GroupRequest, MemberView, scale_in_order
+from metavmm.services.autoscale.members import MemberView, scale_in_order
+from metavmm.services.autoscale.service import AutoscaleService, GroupRequest
 from metavmm.services.identity import Identity, get_or_create_project, operator_identity
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine

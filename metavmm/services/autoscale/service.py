@@ -53,11 +53,20 @@ from metavmm.foundation.errors import (
 )
 from metavmm.services import quotas
 from metavmm.services.autoscale import rules as r
+from metavmm.services.autoscale.members import (
+    MemberView,
+    alive,
+    member_request,
+    member_view,
+    placed,
+    scale_in_order,
+    why_removed,
+)
 from metavmm.services.autoscale.metrics import CpuReader
 from metavmm.services.identity import Identity, operator_identity
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import can_see, visible
-from metavmm.services.workloads.requests import CreateRequest, LinkSpec, check_ssh_key, check_user_data
+from metavmm.services.workloads.requests import CreateRequest, check_ssh_key, check_user_data
 from metavmm.services.workloads.service import WorkloadService, is_uuid
 
 log = logging.getLogger(__name__)
@@ -90,16 +99,6 @@ class GroupRequest:
     cooldown_in_s: int = 300
     scale_in_order: str = "cost"
     project_id: int | None = None  # admins only: another project
-
-
-@dataclass(frozen=True)
-class MemberView:
-    serial: int
-    workload: Workload
-    site: str | None
-    provider: str | None
-    price_per_hour: str | None
-    burst: bool
 
 
 @dataclass(frozen=True)
@@ -146,61 +145,6 @@ def _template(req: GroupRequest, image_id: str | None) -> dict[str, Any]:
 def public_template(tpl: dict[str, Any]) -> dict[str, Any]:
     """The template as front ends show it: without the user data (it may hold secrets)."""
     return {k: v for k, v in tpl.items() if k != "user_data"} | {"user_data": bool(tpl.get("user_data"))}
-
-
-def _member_request(group: AutoscaleGroup, serial: int) -> CreateRequest:
-    tpl = group.template
-    links = (LinkSpec(tpl["network_id"]),) if tpl.get("network_id") else ()
-    return CreateRequest(kind=WorkloadKind.COMPUTE, name=f"{group.name}-{serial}", flavor=tpl.get("flavor"),
-                         vcpus=tpl.get("vcpus"), ram_mib=tpl.get("ram_mib"), disk_gib=int(tpl.get("disk_gib") or 0),
-                         image=tpl.get("image_id") or tpl.get("image"), ssh_key=tpl.get("ssh_key"),
-                         user_data=tpl.get("user_data"), links=links,
-                         attributes={"autoscale": {"group_id": group.id, "group": group.name, "serial": serial}})
-
-
-def _member_view(serial: int, w: Workload) -> MemberView:
-    where = (w.spec or {}).get("placement") or {}
-    burst = ((where.get("burst") or {}).get("outcome")) == "burst"
-    return MemberView(serial, w, where.get("site"), where.get("provider"), where.get("price_per_hour"), burst)
-
-
-def _alive(w: Workload) -> bool:
-    """Still a member: not deleted, not gone at its provider, not a create that rolled back (which marks
-    the row deleted and not present). A member in error still counts (its VM exists): delete it and the
-    group replaces it."""
-    return w.present and w.desired_state != "deleted"
-
-
-def scale_in_order(members: Sequence[MemberView], order: str) -> list[MemberView]:
-    """Who goes first: burst members before on-prem ones, then by ``order``: ``cost`` (the most expensive
-    per hour first, then the newest), ``newest`` or ``oldest``."""
-    def price(m: MemberView) -> float:
-        try:
-            return float(m.price_per_hour) if m.price_per_hour is not None else 0.0
-        except ValueError:
-            return 0.0
-
-    if order == "oldest":
-        return sorted(members, key=lambda m: (not m.burst, m.serial))
-    if order == "newest":
-        return sorted(members, key=lambda m: (not m.burst, -m.serial))
-    return sorted(members, key=lambda m: (not m.burst, -price(m), -m.serial))
-
-
-def _why_removed(m: MemberView, order: str) -> str:
-    cost = f"{m.price_per_hour}/h" if m.price_per_hour is not None else "no price"
-    first = "a burst member (burst members go first)" if m.burst else "on-prem"
-    rank = {"cost": "the most expensive left", "newest": "the newest left", "oldest": "the oldest left"}[order]
-    return f"{first}, {cost} at {m.site}; {rank}"
-
-
-def _placed(m: MemberView) -> dict[str, Any]:
-    where = (m.workload.spec or {}).get("placement") or {}
-    burst = where.get("burst") or {}
-    return {"workload_id": m.workload.id, "name": m.workload.name, "serial": m.serial, "site": m.site,
-            "provider": m.provider, "host": where.get("host"), "flavor": where.get("flavor"),
-            "price_per_hour": m.price_per_hour, "burst": m.burst,
-            "why": burst.get("reason") if m.burst else where.get("summary")}
 
 
 class AutoscaleService:
@@ -379,7 +323,7 @@ class AutoscaleService:
         rows = (await session.exec(select(AutoscaleMember.serial, Workload).join(
             Workload, col(Workload.id) == AutoscaleMember.workload_id).where(AutoscaleMember.group_id == group_id)
             .order_by(col(AutoscaleMember.serial)))).all()
-        return [_member_view(serial, w) for serial, w in rows]
+        return [member_view(serial, w) for serial, w in rows]
 
     def _lock(self, group_id: str) -> asyncio.Lock:
         return self._locks.setdefault(group_id, asyncio.Lock())
@@ -420,13 +364,13 @@ class AutoscaleService:
             if group is None:
                 raise NotFound(f"no auto-scaling group {group_id}")
             members = await self._members(session, group.id)
-            gone = [m for m in members if not _alive(m.workload)]
+            gone = [m for m in members if not alive(m.workload)]
             for m in gone:  # a failed create, a VM lost or deleted by hand: no longer a member
                 row = (await session.exec(select(AutoscaleMember).where(
                     AutoscaleMember.workload_id == m.workload.id))).first()
                 if row is not None:
                     await session.delete(row)
-            live = [m for m in members if _alive(m.workload)]
+            live = [m for m in members if alive(m.workload)]
             busy = await self._in_flight(session, group.id)
         if busy:
             if quiet:
@@ -495,12 +439,12 @@ class AutoscaleService:
                     row = await session.get(AutoscaleGroup, group.id)
                     assert row is not None
                     serial = row.next_serial
-                    done = await self.workloads.create_in(session, group.project_id, _member_request(row, serial))
+                    done = await self.workloads.create_in(session, group.project_id, member_request(row, serial))
                     session.add(AutoscaleMember(group_id=group.id, workload_id=done.workload.id, serial=serial))
                     row.next_serial = serial + 1
                     session.add(row)
                 await self.workloads.wake(done.operation)
-                made.append(_member_view(serial, done.workload))
+                made.append(member_view(serial, done.workload))
                 ops.append(done.operation)
             except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound) as exc:
                 refused = f"{type(exc).__name__}: {exc}"
@@ -513,7 +457,7 @@ class AutoscaleService:
         reason = verdict.reason + (f"; {len(made)} of {verdict.count} added, then {refused}" if refused else "")
         done_verdict = r.Verdict(verdict.action, verdict.trigger, verdict.base_after, verdict.desired_after,
                                  len(made), verdict.rule, verdict.metric, verdict.value, verdict.threshold, reason)
-        return await self._record(group, now, done_verdict, [_placed(m) for m in made], [op.id for op in ops])
+        return await self._record(group, now, done_verdict, [placed(m) for m in made], [op.id for op in ops])
 
     async def _scale_in(self, caller: Identity, group: AutoscaleGroup, now: datetime, verdict: r.Verdict,
                         live: list[MemberView]) -> AutoscaleDecision:
@@ -530,7 +474,7 @@ class AutoscaleService:
                     AutoscaleMember.workload_id == m.workload.id))).first()
                 if row is not None:
                     await session.delete(row)
-            removed.append({**_placed(m), "why": _why_removed(m, group.scale_in_order)})
+            removed.append({**placed(m), "why": why_removed(m, group.scale_in_order)})
             ops.append(op.id)
         return await self._record(group, now, verdict, removed, ops)
 
