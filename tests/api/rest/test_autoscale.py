@@ -90,3 +90,23 @@ async def test_bad_input_and_the_quota_are_refused_with_their_reason(world: Any)
     assert resp.status == 400 and "within min_size 0 and max_size 1" in await resp.text()
     resp = await client.get(f"{GROUPS}/not-a-uuid", headers=alpha)
     assert resp.status in (400, 404)
+
+
+async def test_members_join_the_groups_network_and_another_projects_network_is_not_found(world: Any) -> None:
+    client, w = world
+    alpha, beta = w.auth("alpha_member"), w.auth("beta_member")
+    made = await client.post(f"{API}/workloads", headers=alpha, json={"kind": "network", "name": "net",
+                                                                       "cidr": "10.9.0.0/24"})
+    assert made.status == 202, await made.text()
+    net = (await made.json())["workload"]["id"]
+    resp = await client.post(GROUPS, headers=beta, json={"name": "g", "vcpus": 1, "ram_mib": 256, "network_id": net})
+    assert resp.status == 404 and "no network" in await resp.text()
+    resp = await client.post(GROUPS, headers=alpha, json={"name": "g", "min_size": 2, "max_size": 2, "vcpus": 1,
+                                                          "ram_mib": 256, "network_id": net})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    async with w.app[keys.SESSIONS]() as s:
+        for m in body["members"]:
+            member = await s.get(Workload, m["workload_id"])
+            assert member is not None and member.spec["networks"] == [net]
+            assert member.spec["autoscale"] == {"group_id": body["id"], "group": "g", "serial": m["serial"]}
