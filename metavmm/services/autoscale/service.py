@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import delete as sa_delete
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -242,8 +243,6 @@ class AutoscaleService:
 
     async def delete(self, caller: Identity, group_id: str) -> list[Operation]:
         """Delete every member through the workload service, then the group and its decisions."""
-        from sqlalchemy import delete as sa_delete
-
         async with self.sessions() as session:
             group = await self._visible(session, caller, group_id)
             self.workloads._may_write(caller, group)
@@ -336,10 +335,13 @@ class AutoscaleService:
             rows = (await session.exec(select(AutoscaleGroup.id, Project.name).join(
                 Project, col(Project.id) == AutoscaleGroup.project_id).where(col(AutoscaleGroup.enabled)))).all()
         out = []
+        operators: dict[str, Identity] = {}
         for gid, project in rows:
             try:
-                async with session_scope(self.sessions) as session:
-                    operator = await operator_identity(session, project)
+                if project not in operators:
+                    async with session_scope(self.sessions) as session:
+                        operators[project] = await operator_identity(session, project)
+                operator = operators[project]
                 decision = await self.evaluate(operator, gid, now=now, quiet=True)
                 if decision is not None:
                     out.append(decision)
@@ -359,19 +361,18 @@ class AutoscaleService:
 
     async def _evaluate(self, caller: Identity, group_id: str, now: datetime, trigger: str | None,
                         quiet: bool) -> AutoscaleDecision | None:
-        async with session_scope(self.sessions) as session:
+        async with self.sessions() as session:  # a read: most rounds of the loop change nothing
             group = await session.get(AutoscaleGroup, group_id)
             if group is None:
                 raise NotFound(f"no auto-scaling group {group_id}")
             members = await self._members(session, group.id)
-            gone = [m for m in members if not alive(m.workload)]
-            for m in gone:  # a failed create, a VM lost or deleted by hand: no longer a member
-                row = (await session.exec(select(AutoscaleMember).where(
-                    AutoscaleMember.workload_id == m.workload.id))).first()
-                if row is not None:
-                    await session.delete(row)
-            live = [m for m in members if alive(m.workload)]
             busy = await self._in_flight(session, group.id)
+        gone = [m.workload.id for m in members if not alive(m.workload)]
+        if gone:  # a failed create, a VM lost or deleted by hand: no longer a member
+            async with session_scope(self.sessions) as session:
+                await session.exec(sa_delete(AutoscaleMember).where(  # type: ignore[call-overload]
+                    col(AutoscaleMember.workload_id).in_(gone)))
+        live = [m for m in members if alive(m.workload)]
         if busy:
             if quiet:
                 return None
