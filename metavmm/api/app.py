@@ -160,8 +160,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
         tasks.append(asyncio.create_task(_cluster_expiry(app, app[keys.OPERATIONS].stopping), name="cluster-expiry"))
         app[keys.AUTOSCALE] = AutoscaleService(app[keys.WORKLOADS])
-        if sync:  # (as the inventory: tests that seed a broker by hand evaluate on demand)
-            tasks.append(asyncio.create_task(_autoscale(app, app[keys.OPERATIONS].stopping), name="autoscale"))
+        tasks.append(asyncio.create_task(_autoscale(app, app[keys.OPERATIONS].stopping), name="autoscale"))
         yield
         await _stop_background(app, tasks)
         await app[keys.AUTOSCALE].cpu.close()

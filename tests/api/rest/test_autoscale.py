@@ -4,12 +4,17 @@ another project's group as a 404. The world's engine is stopped: the members' cr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from sqlmodel import select
 
 from metavmm.api import keys
+from metavmm.api.app import create_app
 from metavmm.catalog.models import AutoscaleGroup, Workload
+from metavmm.foundation.config import parse_config
+from tests.world import SIM, seed
 
 API = "/api/v1"
 GROUPS = f"{API}/autoscaling-groups"
@@ -110,3 +115,28 @@ async def test_members_join_the_groups_network_and_another_projects_network_is_n
             member = await s.get(Workload, m["workload_id"])
             assert member is not None and member.spec["networks"] == [net]
             assert member.spec["autoscale"] == {"group_id": body["id"], "group": "g", "serial": m["serial"]}
+
+
+async def test_the_brokers_loop_evaluates_groups_on_its_own(aiohttp_client: Any, sqlite_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from metavmm.services.autoscale import service
+
+    monkeypatch.setattr(service, "EVALUATE_EVERY_S", 0.1)
+    client = await aiohttp_client(create_app(parse_config(SIM), sqlite_url, sync=False))
+    w = await seed(client.server.app)
+    alpha = w.auth("alpha_member")
+    made = await client.post(GROUPS, headers=alpha, json={
+        "name": "q", "min_size": 0, "max_size": 2, "vcpus": 1, "ram_mib": 256,
+        "rules": [{"name": "backlog", "type": "metric", "metric": "queue", "above": 10}]})
+    gid = (await made.json())["id"]
+    assert (await made.json())["members"] == []
+    await client.post(f"{GROUPS}/{gid}/metrics", headers=alpha, json={"name": "queue", "value": 50})
+
+    async def decided() -> list[dict[str, Any]]:
+        while not (found := await (await client.get(f"{GROUPS}/{gid}/decisions", headers=alpha)).json()):
+            await asyncio.sleep(0.1)
+        return found
+
+    (decision,) = await asyncio.wait_for(decided(), 60)  # nobody asked: the loop did it
+    assert (decision["action"], decision["rule"], decision["value"], decision["desired_after"]) == (
+        "scale-out", "backlog", 50.0, 1)
