@@ -45,6 +45,7 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.foundation.errors import (
+    CatalogBusy,
     Conflict,
     MetavmmError,
     NoPlacement,
@@ -447,7 +448,7 @@ class AutoscaleService:
                 await self.workloads.wake(done.operation)
                 made.append(member_view(serial, done.workload))
                 ops.append(done.operation)
-            except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound) as exc:
+            except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound, CatalogBusy) as exc:
                 refused = f"{type(exc).__name__}: {exc}"
                 break
         if not made:
