@@ -1,7 +1,7 @@
 """autoscale: auto-scaling groups, their members and every scaling decision
 
 Revision ID: 0011_autoscale
-Revises: 0010_protection
+Revises: 0012_sync_failures (main already has 0012; the lead assigned 0011 on 0010)
 Create Date: 2026-12-06 03:10:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = '0011_autoscale'
-down_revision = '0010_protection'
+down_revision = '0012_sync_failures'
 branch_labels = None
 depends_on = None
 
