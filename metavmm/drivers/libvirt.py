@@ -906,6 +906,19 @@ class LibvirtDriver(DriverBase):
             part.replace(out)
         return DiskRef(str(out), "qcow2")
 
+    # --- disaster recovery (libvirt_replica.py) ---------------------------------------------------
+
+    def ex_disk_view(self, vm_id: str) -> contextlib.AbstractAsyncContextManager[DiskRef]:
+        """The VM's first disk as of now, unchanging while the context lasts (frozen by a transient external
+        snapshot while the VM runs); like ``ex_export_disk`` it must be readable from the broker."""
+        from metavmm.drivers.libvirt_replica import disk_view
+
+        return disk_view(self._call, self.name, vm_id)
+
+    def ex_replica_dir(self) -> Path:
+        """Where the recovery points this provider keeps live: beside its images, for the daemon to boot from."""
+        return self.storage_dir / "replicas"
+
     async def ex_delete_image(self, name: str, region: str) -> None:
         """Remove an image this provider imported; a missing one is fine."""
         for fmt in DISK_FORMATS:
