@@ -161,6 +161,9 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         tasks.append(asyncio.create_task(_cluster_expiry(app, app[keys.OPERATIONS].stopping), name="cluster-expiry"))
         app[keys.AUTOSCALE] = AutoscaleService(app[keys.WORKLOADS])
         tasks.append(asyncio.create_task(_autoscale(app, app[keys.OPERATIONS].stopping), name="autoscale"))
+        from metavmm.services.protection import dr_loop  # disaster recovery: replications that are due
+
+        tasks.append(asyncio.create_task(dr_loop.serve(app[keys.OPERATIONS]), name="dr-replication"))
         yield
         await _stop_background(app, tasks)
         await app[keys.AUTOSCALE].cpu.close()

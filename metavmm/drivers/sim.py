@@ -11,11 +11,12 @@ mistakes it for a real machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -208,6 +209,7 @@ class SimDriver(DriverBase):
             for volume in tx.all(VolumeInfo):
                 if vm_id in volume.attached_to:
                     tx.put(volume.provider_volume_id, replace(volume, attached_to=(), state="available"))
+        self.ex_disk_path(vm_id).unlink(missing_ok=True)  # a simulated disk, if replication made one
 
     async def fence_vm(self, vm_id: str) -> None:
         """Off and forgotten; a simulated VM has no disk to keep."""
@@ -348,6 +350,32 @@ class SimDriver(DriverBase):
                 raise ProviderNotFound(f"{vm_id} has no interface on {network_id}", provider=self.name,
                                        operation="detach_network")
             tx.unplug(network_id, vm_id)
+
+    # --- disaster recovery: a small real qcow2 per VM, so replication runs the real qemu-img path --------
+
+    def ex_disk_path(self, vm_id: str) -> Path:
+        """The simulated VM's disk: a real (16 MiB, sparse) qcow2 made on first use, written by tests."""
+        return state_dir() / "sim" / self.name / "disks" / f"{vm_id}.qcow2"
+
+    @contextlib.asynccontextmanager
+    async def ex_disk_view(self, vm_id: str) -> AsyncIterator[DiskRef]:
+        """The VM's disk as of now (nothing writes it while replication reads it: the VM is simulated)."""
+        vm = await self.get_vm(vm_id)  # ProviderNotFound for an unknown VM
+        path = self.ex_disk_path(vm_id)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = Path(vm.image) if vm.image and vm.image.endswith(".qcow2") else None
+            backing = ["-F", "qcow2", "-b", str(image)] if image is not None and image.is_file() else []
+            proc = await asyncio.create_subprocess_exec("qemu-img", "create", "-q", "-f", "qcow2", *backing,
+                                                        str(path), *([] if backing else ["16M"]))
+            if await proc.wait() != 0:
+                raise ProviderConflict(f"cannot make the simulated disk of {vm_id}", provider=self.name,
+                                       operation="disk_view")
+        yield DiskRef(str(path), "qcow2")
+
+    def ex_replica_dir(self) -> Path:
+        """Where recovery points kept at this simulated provider live."""
+        return state_dir() / "sim" / self.name / "replicas"
 
     def ex_interfaces(self, vm_id: str) -> list[str]:
         """The networks ``vm_id`` has an interface on (what a libvirt domain's XML would show)."""

@@ -90,7 +90,7 @@ def load_builtin_actions() -> None:
         resource_actions,
         vm_actions,
     )
-    from metavmm.services.protection import ha_actions  # noqa: F401
+    from metavmm.services.protection import dr_actions, ha_actions  # noqa: F401
 
 
 async def run_action(ctx: StepContext, name: str, args: dict[str, Any]) -> dict[str, Any]:

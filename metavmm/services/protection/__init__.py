@@ -1,10 +1,17 @@
-"""Protection of workloads against the loss of their host or site (docs/protection.md).
+"""Protection of workloads against the loss of their host or site (docs/protection.md, docs/dr.md).
 
 - :mod:`.ha`: HA restart: a workload marked highly available is restarted elsewhere, through the scheduler
   and the operations engine, when its host is lost; the old copy is fenced first (never two running copies);
 - :mod:`.ha_disk`: the one decision of where a usable copy of a lost workload's disk is;
 - :mod:`.ha_actions`: the step actions of a restart (fence, settle).
 
-Disaster-recovery replication (``dr*``) keeps recovery points at other sites; its latest recovery point
-plugs into :func:`.ha_disk.usable_disk`.
+Disaster-recovery replication (``dr*``) keeps verified recovery points of a workload's disk at another
+site, on an interval, and fails the workload over to them (and back); its latest recovery point
+(:func:`.dr_store.restart_point`) is what :func:`.ha_disk.usable_disk` can plug in:
+
+- :mod:`.dr`: the one service every front end calls: the replication policy, recovery points, replicate
+  now, failover (planned or unplanned) and failback, each an engine operation;
+- :mod:`.dr_store`: the catalog side (points, chains, the latest verified point);
+- :mod:`.dr_actions`: the step actions (replicate, retain, verify, switch, release);
+- :mod:`.dr_loop`: the broker's loop that submits the replications that are due.
 """

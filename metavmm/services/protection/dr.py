@@ -1,0 +1,275 @@
+"""Disaster recovery, the one service: replication policy, recovery points, replicate, failover, failback.
+
+REST, the CLI and the broker's loop call these; each change of a workload's place is an engine operation:
+
+- ``replicate``: freeze the disk at the source (a transient snapshot of a running VM), write a recovery
+  point at the target (full, or the changed clusters over the previous point), verify it (compare and
+  SHA-256), then apply retention;
+- ``failover`` planned: stop the source, a final replication (no data lost), verify the chain, boot the
+  replica at the target under the workload's own name and MAC, record the workload there (the commit: its
+  id stays), then remove the source; unplanned: the source is gone and an admin says it is fenced
+  (``confirm_source_dead``), the latest verified point boots, and the data since it is lost (the RPO);
+- ``failback``: a planned failover back to where the workload came from; its final replication carries the
+  changes made at the DR site back (incremental where a base survives there).
+
+The target is planned by the scheduler's one migration planner (CPU, residency, capacity, the disk's route)
+when the policy is set. Rows of another project answer 404 (services/scope.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Operation, Protection, RecoveryPoint, Site, Workload, utcnow
+from metavmm.drivers.registry import driver_class
+from metavmm.foundation.config import FederationConfig
+from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
+from metavmm.scheduler.plan import Step
+from metavmm.services.identity import Identity
+from metavmm.services.operations import flows
+from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.store import ACTIVE, Sessions
+from metavmm.services.protection import dr_store
+from metavmm.services.scope import get_visible
+
+MAX_INTERVAL_S = 30 * 86400
+MAX_RETENTION = 100
+PROTECTED, FAILED_OVER = "protected", "failed-over"
+DR_KINDS = ("replicate", "failover", "failback")
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+async def _workload(session: AsyncSession, identity: Identity | None, workload_id: str) -> Workload:
+    """The caller's compute workload (404 for another project's); ``identity`` None: the operator (CLI)."""
+    row = await get_visible(session, identity, Workload, workload_id, "workload") if identity is not None \
+        else await session.get(Workload, workload_id)
+    if row is None:
+        raise NotFound(f"no workload {workload_id}")
+    if row.kind != "compute":
+        raise ValidationError(f"replication protects compute workloads, not {row.kind}")
+    return row
+
+
+def split_target(config: FederationConfig, target: str) -> tuple[str, str]:
+    """``provider`` or ``provider/region`` -> (provider, region), checked against the federation file."""
+    name, _, region = target.strip().partition("/")
+    try:
+        cfg = config.provider(name)
+    except KeyError:
+        raise ValidationError(f"replica target {name!r} is not a provider of the federation") from None
+    sites, regions = getattr(cfg, "sites", None), getattr(cfg, "regions", None)
+    region = region or (sites[0].region if sites else regions[0] if regions else "local")
+    cls = driver_class(cfg.kind)
+    if not hasattr(cls, "ex_replica_dir"):
+        raise ValidationError(f"{name} ({cfg.kind}) cannot keep recovery points; targets that can: libvirt, sim")
+    return name, region
+
+
+async def _site(session: AsyncSession, provider: str, region: str) -> Site | None:
+    pid = await dr_store.provider_id(session, provider)
+    if pid is None:
+        return None
+    return (await session.exec(select(Site).where(Site.provider_id == pid, Site.region == region))).first()
+
+
+async def _plan_note(sessions: Sessions, config: FederationConfig, workload_id: str, site: str) -> str:
+    """What the scheduler's migration planner says of moving the workload to ``site`` (NoPlacement if it
+    cannot run there: CPU, residency, capacity); a workload the snapshot does not see is not planned."""
+    from metavmm.scheduler import service
+    from metavmm.scheduler.migration import MigrationPlanner
+
+    snap = await service.snapshot(sessions, config)
+    try:
+        move = MigrationPlanner(snap).move_one(workload_id, site=site)
+    except NotFound:
+        return "failover not planned: the workload is not running at a site the catalog knows"
+    route = [s.action for s in move.steps if s.action in ("convert", "fix-guest", "transfer")]
+    return (f"failover to {move.target_site} planned: ~{move.seconds:.0f} s"
+            + (f" ({', '.join(route)})" if route else ""))
+
+
+async def set_replication(sessions: Sessions, config: FederationConfig, identity: Identity | None, workload_id: str,
+                          *, target: str, interval_s: int | None, retention: int = 3) -> Protection:
+    """Replicate the workload to ``target`` every ``interval_s`` (None: only when asked), keeping
+    ``retention`` points (and the bases they need)."""
+    if interval_s is not None and not 1 <= interval_s <= MAX_INTERVAL_S:
+        raise ValidationError(f"interval_s must be 1 to {MAX_INTERVAL_S} seconds")
+    if not 1 <= retention <= MAX_RETENTION:
+        raise ValidationError(f"retention must be 1 to {MAX_RETENTION} recovery points")
+    provider, region = split_target(config, target)
+    async with sessions() as session:
+        workload = await _workload(session, identity, workload_id)
+        if workload.project_id is None:
+            raise ValidationError(f"workload {workload_id} belongs to no project; protection is per project")
+        _, source = await flows.placed_at(session, workload_id)
+        site = await _site(session, provider, region)
+        if site is None:
+            raise ValidationError(f"no site {provider}/{region} in the catalog (sync the provider first)")
+        if provider == source and site.id == workload.site_id:
+            raise ValidationError(f"{workload.name} already runs at {provider}/{region}; replicate to another site")
+    note = await _plan_note(sessions, config, workload_id, site.name)
+    async with session_scope(sessions) as session:
+        row = await session.get(Protection, workload_id)
+        if row is None:
+            row = Protection(workload_id=workload_id, project_id=workload.project_id, version=0)
+        if row.state == FAILED_OVER:
+            raise Conflict(f"{workload.name} runs failed over; fail it back before changing its replication")
+        row.replica_target, row.replica_interval_s, row.replica_retention = f"{provider}/{region}", interval_s, retention
+        row.state, row.message = PROTECTED, note
+        row.version += 1
+        row.updated_at = utcnow()
+        session.add(row)
+    return await get_replication(sessions, identity, workload_id)
+
+
+async def get_replication(sessions: Sessions, identity: Identity | None, workload_id: str) -> Protection:
+    async with sessions() as session:
+        await _workload(session, identity, workload_id)
+        row = await session.get(Protection, workload_id)
+    if row is None or row.replica_target is None:
+        raise NotFound(f"workload {workload_id} has no replication policy")
+    return row
+
+
+async def recovery_points(sessions: Sessions, identity: Identity | None, workload_id: str) -> list[RecoveryPoint]:
+    """Every kept point, oldest first (at the DR site and, after a failover, the ones the replica runs on)."""
+    async with sessions() as session:
+        await _workload(session, identity, workload_id)
+        return await dr_store.points(session, workload_id)
+
+
+async def _active(session: AsyncSession, workload_id: str) -> Operation | None:
+    query = select(Operation).where(Operation.target_id == workload_id, col(Operation.state).in_(ACTIVE),
+                                    col(Operation.kind).in_(DR_KINDS))
+    return (await session.exec(query)).first()
+
+
+async def _prepare(engine: Engine, identity: Identity | None, workload_id: str
+                   ) -> tuple[Workload, Protection, str, str, str]:
+    """(workload, policy, source provider, target provider, target region), refusing while another DR
+    operation runs on the workload."""
+    async with engine.sessions() as session:
+        workload = await _workload(session, identity, workload_id)
+        policy = await session.get(Protection, workload_id)
+        if policy is None or policy.replica_target is None:
+            raise Conflict(f"workload {workload_id} has no replication policy")
+        busy = await _active(session, workload_id)
+        if busy is not None:
+            raise Conflict(f"{busy.kind} {busy.id} is still running on {workload.name}")
+        _, source = await flows.placed_at(session, workload_id)
+    provider, region = split_target(engine.config, policy.replica_target)
+    return workload, policy, source, provider, region
+
+
+def _replicate_step(name: str, workload_id: str, source: str, target: str, region: str) -> Step:
+    return Step(name, "dr.replicate", {"workload_id": workload_id, "point_id": str(uuid.uuid4()), "source": source,
+                                       "target": target, "region": region}, weight=5)
+
+
+async def replicate(engine: Engine, identity: Identity | None, workload_id: str, *,
+                    idempotency_key: str | None = None) -> Operation:
+    """Take a recovery point now (then apply retention)."""
+    workload, policy, source, target, region = await _prepare(engine, identity, workload_id)
+    if policy.state == FAILED_OVER and target == source:
+        raise Conflict(f"{workload.name} runs at {target}: nothing to replicate there")
+    steps = [_replicate_step("replicate", workload_id, source, target, region),
+             Step("retain", "dr.retain", {"workload_id": workload_id, "target": target})]
+    return await engine.submit(kind="replicate", steps=steps, target_id=workload_id, project_id=workload.project_id,
+                               idempotency_key=idempotency_key, params={"from": source, "to": f"{target}/{region}"})
+
+
+async def failover(engine: Engine, identity: Identity | None, workload_id: str, *, planned: bool = True,
+                   confirm_source_dead: bool = False, idempotency_key: str | None = None,
+                   kind: str = "failover") -> Operation:
+    """Start the workload's replica at its DR site and move the workload there (see the module docstring)."""
+    workload, policy, source, target, region = await _prepare(engine, identity, workload_id)
+    if kind == "failover" and policy.state == FAILED_OVER:
+        raise Conflict(f"{workload.name} already runs failed over at {source}; fail it back first")
+    if not planned:
+        if identity is not None and not identity.is_admin:
+            raise Forbidden("an unplanned failover (the source declared dead) needs the admin role")
+        if not confirm_source_dead:
+            raise Conflict("an unplanned failover boots the latest recovery point while the source may still run: "
+                           "confirm that the source is fenced (confirm_source_dead) or fail over planned")
+    async with engine.sessions() as session:
+        origin_region = (await session.get(Site, workload.site_id)).region if workload.site_id else None  # type: ignore[union-attr]
+        tid = await dr_store.provider_id(session, target)
+        newest = await dr_store.latest(session, workload_id, tid)
+    if not planned and newest is None:
+        raise Conflict(f"{workload.name} has no verified recovery point at {target}: nothing to fail over to")
+    src = {"provider": source, "workload_id": workload_id}
+    dst = {"provider": target, "workload_id": workload_id}
+    started = utcnow().isoformat()
+    steps = [Step("note", "workload.note", {"workload_id": workload_id,
+                                            "message": f"{kind} to {target}/{region} ({'planned' if planned else 'unplanned'})"})]
+    if planned:
+        steps += [Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**src, "state": "stopped", "timeout_s": 300}),
+                  _replicate_step("final-replication", workload_id, source, target, region)]
+    identity_extra: dict[str, Any] = {"hostname": workload.spec.get("hostname") or workload.name}
+    if workload.spec.get("mac"):
+        identity_extra["mac"] = workload.spec["mac"]
+    steps += [
+        Step("verify", "dr.verify", {"workload_id": workload_id, "target": target,
+                                     "point_id": None if planned else newest.id, "started_at": started}),  # type: ignore[union-attr]
+        Step("clear-target", "dr.remove_source", {**dst, "fenced": False}),  # a stale copy of an earlier stay
+        Step("start-replica", "vm.create", {**dst, "name": workload.name, "region": region,
+                                            "image_from": "replica_location", "vcpus": workload.spec.get("vcpus", 1),
+                                            "ram_mib": workload.spec.get("ram_mib", 512), "extra": identity_extra,
+                                            "save_as": "target_vm"}, compensate="vm.delete", weight=2),
+        Step("replica-running", "vm.wait", {**dst, "state": "running", "timeout_s": 300, "stable_s": 1.0}),
+        Step("record", "workload.record", dst, commit=True),
+        Step("switch", "dr.switch", {"workload_id": workload_id, "origin": source, "origin_region": origin_region,
+                                     "at": target, "kind": kind, "started_at": started}),
+        Step("remove-source", "dr.remove_source", {**src, "fenced": not planned}),
+        Step("release", "dr.release", {"workload_id": workload_id, "provider": source}),
+    ]
+    return await engine.submit(kind=kind, steps=steps, target_id=workload_id, project_id=workload.project_id,
+                               idempotency_key=idempotency_key,
+                               params={"from": source, "to": f"{target}/{region}", "planned": planned})
+
+
+async def failback(engine: Engine, identity: Identity | None, workload_id: str, *,
+                   idempotency_key: str | None = None) -> Operation:
+    """Bring a failed-over workload home: a planned failover to where it came from (re-replicated first)."""
+    async with engine.sessions() as session:
+        await _workload(session, identity, workload_id)
+        policy = await session.get(Protection, workload_id)
+    if policy is None or policy.state != FAILED_OVER:
+        raise Conflict(f"workload {workload_id} is not failed over; nothing to fail back")
+    return await failover(engine, identity, workload_id, planned=True, idempotency_key=idempotency_key,
+                          kind="failback")
+
+
+async def remove_replication(engine: Engine, identity: Identity | None, workload_id: str) -> Operation:
+    """Stop replicating: the policy goes, and an operation removes the points (not the ones a replica runs on)."""
+    workload, policy, *_ = await _prepare(engine, identity, workload_id)
+    if policy.state == FAILED_OVER:
+        raise Conflict(f"{workload.name} runs failed over; fail it back before removing its replication")
+    return await engine.submit(kind="replicate", steps=[Step("purge", "dr.purge", {"workload_id": workload_id})],
+                               target_id=workload_id, project_id=workload.project_id, params={"purge": True})
+
+
+async def due(sessions: Sessions, now: datetime | None = None) -> list[str]:
+    """Workloads whose next replication is due (interval passed since the last point, or none yet)."""
+    now = now or utcnow()
+    async with sessions() as session:
+        rows = (await session.exec(select(Protection).where(col(Protection.replica_target).is_not(None),
+                                                             col(Protection.replica_interval_s).is_not(None)))).all()
+        out = []
+        for row in rows:
+            last = row.last_replica_at
+            if last is None or _utc(last) + timedelta(seconds=row.replica_interval_s or 0) <= now:
+                workload = await session.get(Workload, row.workload_id)
+                if workload is not None and workload.present and await _active(session, row.workload_id) is None:
+                    out.append(row.workload_id)
+    return out

@@ -1,0 +1,190 @@
+"""Step actions of disaster recovery (plans in :mod:`.dr`), each idempotent like every step action.
+
+``dr.replicate`` is keyed by the point id the plan drew: a retried step that finds its point complete
+returns it; a half-written file is replaced. RPO and RTO are measured here, from the operation's own
+start: ``dr.verify`` says how old the point that boots is (the RPO: the data a failover loses), and
+``dr.switch`` how long the operation took to a running, recorded replica (the RTO).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Protection, RecoveryPoint, Site, utcnow
+from metavmm.foundation.errors import DriverError, NotFound, ProviderUnavailable, UnsupportedOperation
+from metavmm.services.operations.actions import action
+from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.vm_actions import find_vm, require_vm
+from metavmm.services.protection import dr_store
+from metavmm.translators.replica import build_point, depth, to_remove, verify_chain
+
+
+def _since(started_at: str) -> float:
+    started = datetime.fromisoformat(started_at)
+    return max(0.0, (utcnow() - started).total_seconds())
+
+
+def _age(taken_at: datetime, started_at: str) -> float:
+    """Seconds of writes a failover that began at ``started_at`` loses when it boots a point of ``taken_at``."""
+    started = datetime.fromisoformat(started_at)
+    taken = taken_at if taken_at.tzinfo is not None else taken_at.replace(tzinfo=started.tzinfo)
+    return max(0.0, (started - taken).total_seconds())
+
+
+def _point_out(point: RecoveryPoint) -> dict[str, Any]:
+    return {"replica_point": point.id, "replica_location": point.location}
+
+
+@action("dr.replicate")
+async def replicate(ctx: StepContext, *, workload_id: str, point_id: str, source: str, target: str, region: str,
+                    **_: Any) -> dict[str, Any]:
+    """Write and verify a recovery point of the workload's disk at ``target``: the changed clusters over the
+    newest point there, or a full copy when there is none (or its chain reached the retention)."""
+    async with ctx.sessions() as session:
+        done = await session.get(RecoveryPoint, point_id)
+        if done is not None and done.state == dr_store.COMPLETE:
+            return _point_out(done)
+        policy = await session.get(Protection, workload_id)
+        tid = await dr_store.provider_id(session, target)
+        if policy is None or tid is None:
+            raise NotFound(f"workload {workload_id} has no replication policy to {target}")
+        kept = await dr_store.points(session, workload_id, provider=tid, states=(dr_store.COMPLETE,))
+        site = (await session.exec(select(Site).where(Site.provider_id == tid, Site.region == region))).first()
+    bases = {p.id: p.base_id for p in kept}
+    base = kept[-1] if kept and depth(bases, kept[-1].id) < policy.replica_retention else None
+    vm = await require_vm(ctx, source, workload_id)
+    src, dst = ctx.driver(source), ctx.driver(target)
+    view, store = getattr(src, "ex_disk_view", None), getattr(dst, "ex_replica_dir", None)
+    if view is None or store is None:
+        raise UnsupportedOperation(f"replication from {source} ({src.kind}) to {target} ({dst.kind}) is not "
+                                   "supported: the source must offer a disk view and the target a replica store")
+    dest = Path(store()) / workload_id / f"{point_id}.qcow2"
+    async with view(vm.provider_vm_id) as disk:
+        taken_at = utcnow()
+        result = await build_point(disk, dest, base.location if base is not None else None)
+    await ctx.log(f"recovery point {point_id[:8]} at {target}: {'changes over ' + base.id[:8] if base else 'full'}, "
+                  f"{result.size_bytes} bytes in {result.seconds:.2f}s, sha256 {result.sha256[:12]}")
+    async with session_scope(ctx.sessions) as session:
+        point = RecoveryPoint(id=point_id, workload_id=workload_id, project_id=policy.project_id, provider_id=tid,
+                              site_id=site.id if site else None, location=result.path, disk_format="qcow2",
+                              base_id=base.id if base else None, size_bytes=result.size_bytes, sha256=result.sha256,
+                              taken_at=taken_at, details={"seconds": round(result.seconds, 3),
+                                                          "incremental": result.incremental, "source": source,
+                                                          "operation_id": ctx.operation_id})
+        session.add(point)
+        row = await session.get(Protection, workload_id)
+        if row is not None:
+            row.last_replica_at, row.updated_at = taken_at, utcnow()
+            row.message = f"last recovery point {taken_at:%Y-%m-%d %H:%M:%S} UTC at {target}/{region}"
+            session.add(row)
+    return _point_out(point)
+
+
+@action("dr.retain")
+async def retain(ctx: StepContext, *, workload_id: str, target: str, **_: Any) -> dict[str, Any]:
+    """Remove the points at ``target`` beyond the policy's retention, never a base a kept point needs."""
+    async with session_scope(ctx.sessions) as session:
+        policy = await session.get(Protection, workload_id)
+        tid = await dr_store.provider_id(session, target)
+        if policy is None or tid is None:
+            return {"removed_points": []}
+        kept = await dr_store.points(session, workload_id, provider=tid, states=(dr_store.COMPLETE,))
+        gone = set(to_remove([(p.id, p.base_id) for p in kept], policy.replica_retention))
+        for point in kept:
+            if point.id in gone:
+                Path(point.location).unlink(missing_ok=True)
+                await session.delete(point)
+    if gone:
+        await ctx.log(f"retention ({policy.replica_retention}): removed {len(gone)} recovery points")
+    return {"removed_points": sorted(gone)}
+
+
+@action("dr.verify")
+async def verify(ctx: StepContext, *, workload_id: str, target: str, point_id: str | None = None,
+                 started_at: str, **_: Any) -> dict[str, Any]:
+    """Check the point to boot (this operation's final one, else ``point_id``) and its bases against their
+    SHA-256; say its age at the failover's start (the RPO)."""
+    point_id = point_id or ctx.outputs.get("replica_point")
+    async with ctx.sessions() as session:
+        point = await session.get(RecoveryPoint, point_id) if point_id else None
+        if point is None:
+            raise NotFound(f"no recovery point {point_id} of workload {workload_id} at {target}")
+        chain = await dr_store.chain_of(session, point)
+    await verify_chain([(p.location, p.sha256) for p in chain])
+    rpo = _age(point.taken_at, started_at)
+    await ctx.log(f"recovery point {point.id[:8]} verified ({len(chain)} files); RPO {rpo:.1f}s")
+    return {**_point_out(point), "rpo_s": round(rpo, 3)}
+
+
+@action("dr.switch")
+async def switch(ctx: StepContext, *, workload_id: str, origin: str, origin_region: str | None, at: str, kind: str,
+                 started_at: str, **_: Any) -> dict[str, Any]:
+    """The replica runs and the workload is recorded at ``at``: replication now points back at ``origin``
+    (a failover) or at the DR site again (a failback); the points the replica boots from are pinned
+    (``in-use``); RPO and RTO are written on the point and the policy."""
+    rto = _since(started_at)
+    rpo = float(ctx.outputs.get("rpo_s", 0.0))
+    async with session_scope(ctx.sessions) as session:
+        policy = await session.get(Protection, workload_id)
+        if policy is None:
+            raise NotFound(f"workload {workload_id} has no protection")
+        used = await session.get(RecoveryPoint, ctx.outputs.get("replica_point"))
+        for point in await dr_store.chain_of(session, used) if used is not None else []:
+            point.state = dr_store.IN_USE
+            if point is used:
+                point.details = {**point.details, kind: {"rpo_s": round(rpo, 3), "rto_s": round(rto, 3),
+                                                         "at": utcnow().isoformat(), "operation_id": ctx.operation_id}}
+            session.add(point)
+        policy.replica_target = f"{origin}/{origin_region}" if origin_region else origin
+        policy.state = "failed-over" if kind == "failover" else "protected"
+        policy.message = f"{kind} to {at}: RPO {rpo:.1f}s, RTO {rto:.1f}s; replicating to {policy.replica_target}"
+        policy.version += 1
+        policy.updated_at = utcnow()
+        session.add(policy)
+    await ctx.log(policy.message)
+    return {"rto_s": round(rto, 3), "rpo_s": round(rpo, 3)}
+
+
+@action("dr.remove_source")
+async def remove_source(ctx: StepContext, *, provider: str, workload_id: str, fenced: bool = False,
+                        **_: Any) -> None:
+    """Delete the copy the workload left; after an unplanned failover the source may be unreachable: then
+    its stale copy is left for the fencing of whoever sees it come back (never started: its row moved)."""
+    try:
+        vm = await find_vm(ctx, provider, workload_id)
+        if vm is not None:
+            await ctx.driver(provider).delete_vm(vm.provider_vm_id)
+            await ctx.log(f"deleted the old copy {vm.provider_vm_id} at {provider}")
+    except (ProviderUnavailable, DriverError) as exc:
+        if not fenced:
+            raise
+        await ctx.log(f"{provider} is unreachable ({exc}); its stale copy is removed when it comes back")
+
+
+@action("dr.release")
+async def release(ctx: StepContext, *, workload_id: str, provider: str, **_: Any) -> None:
+    """The workload left ``provider``: the points a replica there ran on are no longer needed."""
+    async with session_scope(ctx.sessions) as session:
+        pid = await dr_store.provider_id(session, provider)
+        for point in await dr_store.points(session, workload_id, provider=pid, states=(dr_store.IN_USE,)):
+            Path(point.location).unlink(missing_ok=True)
+            await session.delete(point)
+
+
+@action("dr.purge")
+async def purge(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
+    """Replication is switched off: its points go (files and rows), and the policy with them."""
+    async with session_scope(ctx.sessions) as session:
+        for point in await dr_store.points(session, workload_id, states=(dr_store.COMPLETE,)):
+            Path(point.location).unlink(missing_ok=True)
+            await session.delete(point)
+        policy = await session.get(Protection, workload_id)
+        if policy is not None:
+            policy.replica_target, policy.replica_interval_s, policy.last_replica_at = None, None, None
+            policy.message, policy.updated_at = "replication removed", utcnow()
+            session.add(policy)

@@ -1,0 +1,58 @@
+"""The catalog side of disaster recovery: recovery points, their chains, and what removing a workload takes.
+
+A point is ``complete`` once verified; the points a running replica boots from are ``in-use`` (retention
+never touches them; they are released when the workload leaves that site again).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import delete as sa_delete
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.models import Protection, Provider, RecoveryPoint
+
+COMPLETE = "complete"
+IN_USE = "in-use"
+
+
+async def provider_id(session: AsyncSession, name: str) -> int | None:
+    row = (await session.exec(select(Provider).where(Provider.name == name))).first()
+    return row.id if row is not None else None
+
+
+async def points(session: AsyncSession, workload_id: str, *, provider: int | None = None,
+                 states: tuple[str, ...] = (COMPLETE, IN_USE)) -> list[RecoveryPoint]:
+    """The workload's points (at ``provider`` when given), oldest first."""
+    query = select(RecoveryPoint).where(RecoveryPoint.workload_id == workload_id, col(RecoveryPoint.state).in_(states))
+    if provider is not None:
+        query = query.where(RecoveryPoint.provider_id == provider)
+    return list((await session.exec(query.order_by(col(RecoveryPoint.taken_at), col(RecoveryPoint.created_at)))).all())
+
+
+async def latest(session: AsyncSession, workload_id: str, provider: int | None = None) -> RecoveryPoint | None:
+    """The newest complete point of the workload (at ``provider``): what an unplanned failover boots."""
+    found = await points(session, workload_id, provider=provider, states=(COMPLETE,))
+    return found[-1] if found else None
+
+
+async def chain_of(session: AsyncSession, point: RecoveryPoint) -> list[RecoveryPoint]:
+    """``point`` and every base it needs, newest first."""
+    out, at = [point], point
+    while at.base_id is not None:
+        base = await session.get(RecoveryPoint, at.base_id)
+        if base is None or base in out:
+            break
+        out.append(base)
+        at = base
+    return out
+
+
+async def forget_workload(session: AsyncSession, workload_id: str) -> None:
+    """Remove the workload's protection and its points (rows and files): before its row is purged."""
+    for point in await points(session, workload_id, states=(COMPLETE, IN_USE, "failed")):
+        Path(point.location).unlink(missing_ok=True)
+    await session.exec(sa_delete(RecoveryPoint).where(col(RecoveryPoint.workload_id) == workload_id))
+    await session.exec(sa_delete(Protection).where(col(Protection.workload_id) == workload_id))

@@ -1,0 +1,128 @@
+"""Disaster recovery on two simulated providers: the policy, incremental points and retention, the loop's due
+replications, an unplanned failover and the failback, through the operations engine. The sim VMs' disks are real
+small qcow2 files, so every point is built, compared and hashed by the real qemu-img path."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import OperationState, Project, Protection, Provider, Workload, utcnow
+from metavmm.drivers.sim import SimDriver
+from metavmm.foundation.errors import Conflict, NotFound, ValidationError
+from metavmm.services.operations import flows
+from metavmm.services.operations.engine import Engine
+from metavmm.services.protection import dr, dr_loop
+from tests.services.operations import direct
+from tests.services.protection.conftest import engine_for, run
+
+FEDERATION = """
+federation: {sync_interval_s: 0}
+operations: {reconcile_interval_s: 0, retry_base_s: 0.01}
+providers:
+  - {kind: sim, name: sima, sites: [{region: r1}]}
+  - {kind: sim, name: simb, sites: [{region: r2}]}
+"""
+
+
+def qemu_io(path: Path, command: str) -> str:
+    return subprocess.run(["qemu-io", "-c", command, str(path)], check=True, capture_output=True, text=True).stdout
+
+
+async def _placed(engine: Engine, wid: str) -> tuple[Workload, str]:
+    async with engine.sessions() as session:
+        w = await session.get(Workload, wid)
+        assert w is not None and w.provider_id is not None
+        return w, (await session.get(Provider, w.provider_id)).name  # type: ignore[union-attr]
+
+
+def _disk(engine: Engine, provider: str, vm_id: str) -> Path:
+    return SimDriver(engine.config.provider(provider)).ex_disk_path(vm_id)
+
+
+async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
+    async with engine_for(FEDERATION, tmp_path) as engine:
+        async with session_scope(engine.sessions) as s:
+            project = Project(name="alpha")
+            s.add(project)
+        done = await run(engine, await direct.provision(engine, name="db1", provider="sima", region="r1",
+                                                       image="img", project_id=project.id))
+        wid = done.target_id
+        assert wid is not None and done.state == OperationState.SUCCEEDED
+
+        with pytest.raises(ValidationError, match="not a provider"):
+            await dr.set_replication(engine.sessions, engine.config, None, wid, target="nowhere", interval_s=60)
+        with pytest.raises(ValidationError, match="already runs at sima/r1"):
+            await dr.set_replication(engine.sessions, engine.config, None, wid, target="sima", interval_s=60)
+        with pytest.raises(ValidationError, match="retention"):
+            await dr.set_replication(engine.sessions, engine.config, None, wid, target="simb", interval_s=60,
+                                     retention=0)
+        with pytest.raises(NotFound):
+            await dr.get_replication(engine.sessions, None, wid)
+        policy = await dr.set_replication(engine.sessions, engine.config, None, wid, target="simb", interval_s=60,
+                                          retention=2)
+        assert (policy.replica_target, policy.replica_retention, policy.state) == ("simb/r2", 2, "protected")
+        assert "failover to" in (policy.message or "")  # the migration planner was asked
+
+        assert await dr.due(engine.sessions) == [wid]  # never replicated: due at once
+        first, = await dr_loop.replicate_due(engine)
+        assert (await run(engine, first)).state == OperationState.SUCCEEDED
+        assert await dr.due(engine.sessions) == []
+        assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == [wid]
+
+        w, _ = await _placed(engine, wid)
+        disk = _disk(engine, "sima", w.provider_resource_id or "")
+        qemu_io(disk, "write -P 0x5a 1M 1M")
+        second = await run(engine, await dr.replicate(engine, None, wid))
+        assert second.state == OperationState.SUCCEEDED, second.error
+        points = await dr.recovery_points(engine.sessions, None, wid)
+        assert [p.base_id for p in points] == [None, points[0].id]  # full, then the changes over it
+        assert points[1].size_bytes < 2 << 20 and points[1].details["incremental"]
+        assert all(len(p.sha256 or "") == 64 and Path(p.location).is_file() for p in points)
+
+        for _ in range(2):  # the third is full (the chain reached the retention), the fourth builds on it
+            assert (await run(engine, await dr.replicate(engine, None, wid))).state == OperationState.SUCCEEDED
+        kept = await dr.recovery_points(engine.sessions, None, wid)
+        assert [p.base_id for p in kept] == [None, kept[0].id]  # p1 and p2 removed: no kept point needs them
+        assert not Path(points[0].location).exists() and not Path(points[1].location).exists()
+
+        with pytest.raises(Conflict, match="confirm that the source is fenced"):
+            await dr.failover(engine, None, wid, planned=False)
+        op = await dr.failover(engine, None, wid, planned=False, confirm_source_dead=True)
+        with pytest.raises(Conflict, match="still running"):
+            await dr.replicate(engine, None, wid)
+        over = await run(engine, op)
+        assert over.state == OperationState.SUCCEEDED, over.error
+        w2, at = await _placed(engine, wid)
+        assert at == "simb" and w2.name == "db1" and w2.observed_state == "running"
+        booted = [p for p in await dr.recovery_points(engine.sessions, None, wid) if p.state == "in-use"]
+        assert booted and booted[-1].details["failover"]["rpo_s"] >= 0 and booted[-1].details["failover"]["rto_s"] > 0
+        replica_disk = _disk(engine, "simb", w2.provider_resource_id or "")
+        async with SimDriver(engine.config.provider("simb")).ex_disk_view(w2.provider_resource_id or "") as view:
+            assert "Pattern verification failed" not in qemu_io(Path(view.path), "read -P 0x5a 1M 1M")
+        assert replica_disk.exists()
+        async with engine.sessions() as s:
+            row = await s.get(Protection, wid)
+        assert row is not None and (row.state, row.replica_target) == ("failed-over", "sima/r1")
+        with pytest.raises(Conflict, match="already runs failed over"):
+            await dr.failover(engine, None, wid)
+
+        qemu_io(replica_disk, "write -P 0x77 4M 1M")  # written at the DR site: failback carries it home
+        back = await run(engine, await dr.failback(engine, None, wid))
+        assert back.state == OperationState.SUCCEEDED, back.error
+        w3, at = await _placed(engine, wid)
+        assert at == "sima" and w3.id == wid
+        async with SimDriver(engine.config.provider("sima")).ex_disk_view(w3.provider_resource_id or "") as view:
+            out = qemu_io(Path(view.path), "read -P 0x77 4M 1M") + qemu_io(Path(view.path), "read -P 0x5a 1M 1M")
+        assert "Pattern verification failed" not in out
+        async with engine.sessions() as s:
+            row = await s.get(Protection, wid)
+        assert row is not None and (row.state, row.replica_target) == ("protected", "simb/r2")
+        assert "failback" in (row.message or "")
+
+        gone = await run(engine, await flows.delete(engine, wid, purge=True))  # protection rows go with it
+        assert gone.state == OperationState.SUCCEEDED, gone.error
