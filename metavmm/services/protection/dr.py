@@ -29,7 +29,7 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Protection, RecoveryPoint, Site, Workload, utcnow
 from metavmm.drivers.registry import driver_class
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
+from metavmm.foundation.errors import Conflict, Forbidden, NoPlacement, NotFound, ValidationError
 from metavmm.scheduler.plan import Step
 from metavmm.services.identity import Identity
 from metavmm.services.operations import flows
@@ -83,7 +83,8 @@ async def _site(session: AsyncSession, provider: str, region: str) -> Site | Non
 
 async def _plan_note(sessions: Sessions, config: FederationConfig, workload_id: str, site: str) -> str:
     """What the scheduler's migration planner says of moving the workload to ``site`` (NoPlacement if it
-    cannot run there: CPU, residency, capacity); a workload the snapshot does not see is not planned."""
+    cannot run there now: CPU, residency, capacity, price) becomes a warning on the policy, since all of these
+change before a disaster does; a workload the snapshot does not see is not planned."""
     from metavmm.scheduler import service
     from metavmm.scheduler.migration import MigrationPlanner
 
@@ -92,6 +93,8 @@ async def _plan_note(sessions: Sessions, config: FederationConfig, workload_id: 
         move = MigrationPlanner(snap).move_one(workload_id, site=site)
     except NotFound:
         return "failover not planned: the workload is not running at a site the catalog knows"
+    except NoPlacement as exc:  # advisory: capacity and prices change; the failover itself is the test
+        return f"warning: the scheduler would not place it at {site} now: {exc}"
     route = [s.action for s in move.steps if s.action in ("convert", "fix-guest", "transfer")]
     return (f"failover to {move.target_site} planned: ~{move.seconds:.0f} s"
             + (f" ({', '.join(route)})" if route else ""))
@@ -123,7 +126,8 @@ async def set_replication(sessions: Sessions, config: FederationConfig, identity
             row = Protection(workload_id=workload_id, project_id=workload.project_id, version=0)
         if row.state == FAILED_OVER:
             raise Conflict(f"{workload.name} runs failed over; fail it back before changing its replication")
-        row.replica_target, row.replica_interval_s, row.replica_retention = f"{provider}/{region}", interval_s, retention
+        row.replica_target, row.replica_interval_s = f"{provider}/{region}", interval_s
+        row.replica_retention = retention
         row.state, row.message = PROTECTED, note
         row.version += 1
         row.updated_at = utcnow()
@@ -209,8 +213,9 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
     src = {"provider": source, "workload_id": workload_id}
     dst = {"provider": target, "workload_id": workload_id}
     started = utcnow().isoformat()
-    steps = [Step("note", "workload.note", {"workload_id": workload_id,
-                                            "message": f"{kind} to {target}/{region} ({'planned' if planned else 'unplanned'})"})]
+    how = "planned" if planned else "unplanned"
+    message = f"{kind} to {target}/{region} ({how})"
+    steps = [Step("note", "workload.note", {"workload_id": workload_id, "message": message})]
     if planned:
         steps += [Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
                   Step("wait-stopped", "vm.wait", {**src, "state": "stopped", "timeout_s": 300}),
