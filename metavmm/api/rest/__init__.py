@@ -12,6 +12,7 @@ def modules() -> list[RestModule]:
     from metavmm.api.rest import (
         autoscale,
         clusters,
+        dr,
         events,
         ha,
         identity,
@@ -27,7 +28,7 @@ def modules() -> list[RestModule]:
 
     return [system.api, identity.api, inventory.api, marketplace.api, schools.api, prices.api, scheduling.api,
             workloads.api, migrations.api, events.api, clusters.api, ha.api,
-            autoscale.api]
+            autoscale.api, dr.api]
 
 
 def setup_rest(api: web.Application) -> None:
