@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -29,6 +30,7 @@ T = TypeVar("T")
 Call = Callable[[str, Callable[[libvirt.virConnect], T]], Awaitable[T]]
 
 COMMIT_TIMEOUT_S = 600.0
+_TRANSIENT = re.compile(r"-dr-[0-9a-f]{8}\.qcow2$")  # the overlay name disk_view gives its snapshot
 
 
 def _disks(doc: ET.Element) -> list[tuple[str, str]]:
@@ -66,6 +68,7 @@ async def disk_view(call: Call[Any], provider: str, vm_id: str) -> AsyncIterator
         dom.snapshotCreateXML(_snapshot_xml(disks, overlay), flags)
         return dev, source, str(overlay)
 
+    await _merge_leftover(call, vm_id)
     dev, source, overlay = await call("disk_view", freeze)
     if not Path(source).is_file():
         raise DriverError(f"disk {source} is not reachable from the broker", provider=provider, operation="disk_view")
@@ -74,6 +77,27 @@ async def disk_view(call: Call[Any], provider: str, vm_id: str) -> AsyncIterator
     finally:
         if overlay is not None:
             await _merge_back(call, vm_id, dev, source, overlay)
+
+
+async def _merge_leftover(call: Call[Any], vm_id: str) -> None:
+    """A replication interrupted between its snapshot and its merge (a killed broker) left the running domain
+    on a transient overlay: merge that back first, so snapshots never pile up under the domain."""
+    def leftover(conn: libvirt.virConnect) -> tuple[str, str, str] | None:
+        dom = conn.lookupByUUIDString(vm_id)
+        doc = ET.fromstring(dom.XMLDesc())
+        for disk in doc.findall("devices/disk[@device='disk']"):
+            target, source = disk.find("target"), disk.find("source")
+            below = disk.find("backingStore/source")
+            top = source.get("file", "") if source is not None else ""
+            if dom.isActive() and _TRANSIENT.search(top) and below is not None and target is not None:
+                return target.get("dev", ""), below.get("file", ""), top
+            break
+        return None
+
+    found = await call("disk_view", leftover)
+    if found is not None:
+        dev, below, top = found
+        await _merge_back(call, vm_id, dev, below, top)
 
 
 async def _merge_back(call: Call[Any], vm_id: str, dev: str, source: str, overlay: str) -> None:

@@ -57,20 +57,25 @@ async def build_point(source: DiskRef, dest: str | Path, base: str | Path | None
         await _qemu_img("create", "-q", "-f", "qcow2", "-F", source.format, "-b", str(Path(source.path).resolve()),
                         str(part), what="qemu-img create")
         await _qemu_img("rebase", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(part), what="qemu-img rebase")
-    if not await compare(source, DiskRef(str(part), "qcow2")):
+    # both read the finished file: qemu-img compare in its process, the hash in a thread, at the same time
+    same, digest = await asyncio.gather(compare(source, DiskRef(str(part), "qcow2")),
+                                        asyncio.to_thread(sha256_file, part))
+    if not same:
         part.unlink(missing_ok=True)
         raise TranslationError(f"recovery point {dest.name} does not read as its source {source.path}")
-    digest = await asyncio.to_thread(sha256_file, part)
     part.replace(dest)
     return PointResult(str(dest), dest.stat().st_size, digest, time.perf_counter() - started, base is not None)
 
 
 async def verify_chain(points: list[tuple[str, str | None]]) -> None:
     """Each ``(path, sha256)`` file is there and unchanged since it was written (TranslationError if not)."""
-    for path, expected in points:
+    for path, _ in points:
         if not Path(path).is_file():
             raise TranslationError(f"recovery point file {path} is missing")
-        if expected and await asyncio.to_thread(sha256_file, path) != expected:
+    checked = [(path, expected) for path, expected in points if expected]
+    found = await asyncio.gather(*(asyncio.to_thread(sha256_file, path) for path, _ in checked))
+    for (path, expected), digest in zip(checked, found, strict=True):
+        if digest != expected:
             raise TranslationError(f"recovery point file {path} changed since it was written (SHA-256 differs)")
 
 

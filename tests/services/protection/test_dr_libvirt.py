@@ -1,6 +1,7 @@
 """Disaster recovery between two real libvirt daemons (QEMU TCG): a running VM replicated (its disk frozen by a
-transient snapshot and merged back), a change replicated as an overlay of the changed clusters only, a planned
-failover that keeps the workload's id, name and MAC and records its RPO and RTO, and the failback."""
+transient snapshot and merged back, also one an interrupted replication left), a change replicated as an overlay
+of the changed clusters only, a planned failover that keeps the workload's id, name and MAC and records its RPO
+and RTO, and the failback."""
 
 from __future__ import annotations
 
@@ -63,8 +64,13 @@ async def test_replicate_a_running_vm_fail_over_and_back(engine: Engine, libvirt
         virsh(a, "destroy", "dr-vm")  # a guest's write, made while it is off (the test image boots nothing)
         subprocess.run(["qemu-io", "-c", "write -P 0x3c 2M 2M", str(disk)], check=True, capture_output=True)
         virsh(a, "start", "dr-vm")
+        left = disk.with_name(f"{disk.stem}-dr-0badcafe.qcow2")  # as a broker killed mid-replication leaves it
+        virsh(a, "snapshot-create-as", "dr-vm", "--disk-only", "--no-metadata", "--atomic", "--diskspec",
+              f"vda,snapshot=external,file={left}")
+        assert str(left) in virsh(a, "domblklist", "dr-vm")
         second = await run(engine, await dr.replicate(engine, None, wid))
         assert second.state == OperationState.SUCCEEDED, second.error
+        assert str(disk) in virsh(a, "domblklist", "dr-vm") and not left.exists()  # merged back first
         p1, p2 = await dr.recovery_points(engine.sessions, None, wid)
         assert p2.base_id == p1.id and 2 << 20 <= p2.size_bytes < 3 << 20  # the 2 MiB changed, not the disk
         assert Path(p2.location).parent == libvirt_hosts.storage(1) / "replicas" / wid
