@@ -145,7 +145,7 @@ async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, 
             seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid, planned=False,
                                                                    confirm_source_dead=True))
             used = await _point(engine, op_id)
-            add("unplanned failover RPO (s, point ~2 s old)", used.details["failover"]["rpo_s"], rpo_rto)
+            add("unplanned failover RPO (s; 2 s idle after the last point)", used.details["failover"]["rpo_s"], rpo_rto)
             add("unplanned failover RTO (s)", used.details["failover"]["rto_s"], rpo_rto)
             await until_succeeded(engine, (await flows.delete(engine, wid, purge=True)).id)
 

@@ -124,5 +124,10 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         assert row is not None and (row.state, row.replica_target) == ("protected", "simb/r2")
         assert "failback" in (row.message or "")
 
-        gone = await run(engine, await flows.delete(engine, wid, purge=True))  # protection rows go with it
+        files = [Path(p.location) for p in await dr.recovery_points(engine.sessions, None, wid)]
+        assert files and all(f.exists() for f in files)
+        gone = await run(engine, await flows.delete(engine, wid))  # its points go with its VM
         assert gone.state == OperationState.SUCCEEDED, gone.error
+        assert not any(f.exists() for f in files) and await dr.recovery_points(engine.sessions, None, wid) == []
+        async with engine.sessions() as s:
+            assert await s.get(Protection, wid) is None
