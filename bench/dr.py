@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from bench.engine_harness import serving_engine, until_succeeded
@@ -80,6 +81,19 @@ async def _point(engine: Engine, op_id: str) -> RecoveryPoint:
         return point
 
 
+async def _steps(engine: Engine, op_id: str) -> dict[str, float]:
+    """Seconds each step of the operation took (from its row)."""
+    async with engine.sessions() as session:
+        op = await session.get(Operation, op_id)
+    assert op is not None
+    out = {}
+    for step in op.steps:
+        if step.get("started_at") and step.get("finished_at"):
+            took = datetime.fromisoformat(step["finished_at"]) - datetime.fromisoformat(step["started_at"])
+            out[step["name"]] = took.total_seconds()
+    return out
+
+
 async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, tmp: str) -> None:
     os.environ["PATH"] = f"{hosts.shim_dir}:{os.environ['PATH']}"
     work = hosts.root / "work"
@@ -94,6 +108,7 @@ async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, 
     config = parse_config(hosts.federation_yaml(work))
     rows: dict[str, list[float]] = {}
     rpo_rto: dict[str, list[float]] = {}
+    steps: dict[str, list[float]] = {}
 
     def add(name: str, value: float, into: dict[str, list[float]] = rows) -> None:
         into.setdefault(name, []).append(value)
@@ -132,6 +147,8 @@ async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, 
                 f.unlink()
 
             seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid))  # planned
+            for name, took in (await _steps(engine, op_id)).items():
+                add(f"  planned failover step {name}", took, steps)
             used = await _point(engine, op_id)
             add("planned failover RPO (s)", used.details["failover"]["rpo_s"], rpo_rto)
             add("planned failover RTO (s)", used.details["failover"]["rto_s"], rpo_rto)
@@ -164,6 +181,7 @@ async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, 
     print(f"  throughput: full point {size_mib / full:.0f} MiB/s, cp {size_mib / cp:.0f} MiB/s, "
           f"qemu-img convert {size_mib / conv:.0f} MiB/s")
     show("failover (64 MiB TCG domain, booting nothing):", rpo_rto)
+    show("where a planned failover's time goes (seconds per step):", steps)
 
 
 def main() -> None:
