@@ -17,6 +17,7 @@ from sqlmodel import select
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Protection, RecoveryPoint, Site, utcnow
 from metavmm.foundation.errors import DriverError, NotFound, ProviderUnavailable, UnsupportedOperation
+from metavmm.services import metrics
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm, require_vm
@@ -67,6 +68,7 @@ async def replicate(ctx: StepContext, *, workload_id: str, point_id: str, source
     async with view(vm.provider_vm_id) as disk:
         taken_at = utcnow()
         result = await build_point(disk, dest, base.location if base is not None else None)
+    metrics.data_moved("dr_replicate", result.size_bytes)
     await ctx.log(f"recovery point {point_id[:8]} at {target}: {'changes over ' + base.id[:8] if base else 'full'}, "
                   f"{result.size_bytes} bytes in {result.seconds:.2f}s, sha256 {result.sha256[:12]}")
     async with session_scope(ctx.sessions) as session:

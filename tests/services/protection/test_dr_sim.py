@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Project, Protection, Provider, Workload, utcnow
@@ -69,8 +70,12 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         assert "failover to" in (policy.message or "")  # the migration planner was asked
 
         assert await dr.due(engine.sessions) == [wid]  # never replicated: due at once
+        written = REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": "dr_replicate"}) or 0.0
         first, = await dr_loop.replicate_due(engine)
         assert (await run(engine, first)).state == OperationState.SUCCEEDED
+        point, = await dr.recovery_points(engine.sessions, None, wid)
+        assert REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": "dr_replicate"}) == \
+            written + point.size_bytes
         assert await dr.due(engine.sessions) == []
         assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == [wid]
 
