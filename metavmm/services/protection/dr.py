@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, Protection, RecoveryPoint, Site, Workload, utcnow
+from metavmm.catalog.models import Operation, Protection, Provider, RecoveryPoint, Site, Workload, utcnow
 from metavmm.drivers.registry import driver_class
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import Conflict, Forbidden, NoPlacement, NotFound, ValidationError
@@ -157,10 +157,11 @@ async def _active(session: AsyncSession, workload_id: str) -> Operation | None:
     return (await session.exec(query)).first()
 
 
-async def _prepare(engine: Engine, identity: Identity | None, workload_id: str
-                   ) -> tuple[Workload, Protection, str, str, str]:
-    """(workload, policy, source provider, target provider, target region), refusing while another DR
-    operation runs on the workload."""
+async def _prepare(engine: Engine, identity: Identity | None, workload_id: str, *, lost_ok: bool = False
+                   ) -> tuple[Workload, Protection, str, str, str, list[Step]]:
+    """(workload, policy, source provider, target provider, target region, the steps that come first: a wait
+    for another operation still running on the workload, e.g. a resize), refusing while a DR one runs.
+    ``lost_ok`` (an unplanned failover): the workload may be lost with its site; nothing is waited for."""
     async with engine.sessions() as session:
         workload = await _workload(session, identity, workload_id)
         policy = await session.get(Protection, workload_id)
@@ -169,9 +170,15 @@ async def _prepare(engine: Engine, identity: Identity | None, workload_id: str
         busy = await _active(session, workload_id)
         if busy is not None:
             raise Conflict(f"{busy.kind} {busy.id} is still running on {workload.name}")
-        _, source = await flows.placed_at(session, workload_id)
+        if lost_ok and not workload.present and workload.provider_id is not None:
+            source, first = (await session.get(Provider, workload.provider_id)).name, []  # type: ignore[union-attr]
+        elif lost_ok:
+            _, source = await flows.placed_at(session, workload_id)
+            first = []
+        else:
+            _, source, first = await flows.behind(session, workload_id)
     provider, region = split_target(engine.config, policy.replica_target)
-    return workload, policy, source, provider, region
+    return workload, policy, source, provider, region, first
 
 
 def _replicate_step(name: str, workload_id: str, source: str, target: str, region: str) -> Step:
@@ -182,10 +189,10 @@ def _replicate_step(name: str, workload_id: str, source: str, target: str, regio
 async def replicate(engine: Engine, identity: Identity | None, workload_id: str, *,
                     idempotency_key: str | None = None) -> Operation:
     """Take a recovery point now (then apply retention)."""
-    workload, policy, source, target, region = await _prepare(engine, identity, workload_id)
+    workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id)
     if policy.state == FAILED_OVER and target == source:
         raise Conflict(f"{workload.name} runs at {target}: nothing to replicate there")
-    steps = [_replicate_step("replicate", workload_id, source, target, region),
+    steps = [*first, _replicate_step("replicate", workload_id, source, target, region),
              Step("retain", "dr.retain", {"workload_id": workload_id, "target": target})]
     return await engine.submit(kind="replicate", steps=steps, target_id=workload_id, project_id=workload.project_id,
                                idempotency_key=idempotency_key, params={"from": source, "to": f"{target}/{region}"})
@@ -195,7 +202,8 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                    confirm_source_dead: bool = False, idempotency_key: str | None = None,
                    kind: str = "failover") -> Operation:
     """Start the workload's replica at its DR site and move the workload there (see the module docstring)."""
-    workload, policy, source, target, region = await _prepare(engine, identity, workload_id)
+    workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id,
+                                                                     lost_ok=not planned)
     if kind == "failover" and policy.state == FAILED_OVER:
         raise Conflict(f"{workload.name} already runs failed over at {source}; fail it back first")
     if not planned:
@@ -215,7 +223,7 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
     started = utcnow().isoformat()
     how = "planned" if planned else "unplanned"
     message = f"{kind} to {target}/{region} ({how})"
-    steps = [Step("note", "workload.note", {"workload_id": workload_id, "message": message})]
+    steps = [*first, Step("note", "workload.note", {"workload_id": workload_id, "message": message})]
     if planned:
         steps += [Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
                   Step("wait-stopped", "vm.wait", {**src, "state": "stopped", "timeout_s": 300}),

@@ -18,6 +18,7 @@ from metavmm.foundation.errors import Conflict, NotFound, ValidationError
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr, dr_loop
+from metavmm.services.sync import sync_all
 from tests.services.operations import direct
 from tests.services.protection.conftest import engine_for, run
 
@@ -95,6 +96,12 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         assert [p.base_id for p in kept] == [None, kept[0].id]  # p1 and p2 removed: no kept point needs them
         assert not Path(points[0].location).exists() and not Path(points[1].location).exists()
 
+        w, _ = await _placed(engine, wid)  # the production site loses the VM; the next sync sees it gone
+        await SimDriver(engine.config.provider("sima")).delete_vm(w.provider_resource_id or "")
+        await sync_all(engine.sessions, engine.config)
+        assert (await _placed(engine, wid))[0].observed_state == "lost"
+        with pytest.raises(NotFound):  # a planned failover needs the source
+            await dr.failover(engine, None, wid)
         with pytest.raises(Conflict, match="confirm that the source is fenced"):
             await dr.failover(engine, None, wid, planned=False)
         op = await dr.failover(engine, None, wid, planned=False, confirm_source_dead=True)

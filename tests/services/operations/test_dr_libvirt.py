@@ -18,7 +18,7 @@ from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
 from tests.services.operations import direct
-from tests.services.protection.conftest import engine_for, run
+from tests.services.operations.conftest import engine_for, run
 
 
 @pytest.fixture
