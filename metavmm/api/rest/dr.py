@@ -15,11 +15,24 @@ from metavmm.api import keys
 from metavmm.api.keys import identity_of
 from metavmm.api.rest.common import OutModel, Timestamp, sessions
 from metavmm.api.rest.framework import RestModule
-from metavmm.api.rest.migrations import _engine, _key
 from metavmm.api.rest.workloads import OperationOut, WorkloadId
+from metavmm.foundation.errors import Conflict
+from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
 
 api = RestModule("disaster-recovery", "Replication of workloads to another site, failover and failback")
+
+
+def _engine(request: web.Request) -> Engine:
+    engine = request.config_dict.get(keys.OPERATIONS)
+    if engine is None:
+        raise Conflict("this broker runs no operations engine: replication cannot run")
+    return engine
+
+
+def _key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    return key[:128] if key else None
 
 
 class ReplicationIn(BaseModel):

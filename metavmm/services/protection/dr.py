@@ -29,7 +29,14 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Protection, Provider, RecoveryPoint, Site, Workload, utcnow
 from metavmm.drivers.registry import driver_class
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import Conflict, Forbidden, NoPlacement, NotFound, ValidationError
+from metavmm.foundation.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NoPlacement,
+    NotFound,
+    ValidationError,
+)
 from metavmm.scheduler.plan import Step
 from metavmm.services.identity import Identity
 from metavmm.services.operations import flows
@@ -181,6 +188,19 @@ async def _prepare(engine: Engine, identity: Identity | None, workload_id: str, 
     return workload, policy, source, provider, region, first
 
 
+async def _replayed(engine: Engine, identity: Identity | None, key: str | None, workload_id: str,
+                    kind: str) -> Operation | None:
+    """The operation an earlier request with this Idempotency-Key started (answered again, even while it runs)."""
+    if not key:
+        return None
+    async with engine.sessions() as session:
+        await _workload(session, identity, workload_id)  # 404 before anything about another project's key
+        earlier = (await session.exec(select(Operation).where(Operation.idempotency_key == key))).first()
+    if earlier is not None and (earlier.kind != kind or earlier.target_id != workload_id):
+        raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind})")
+    return earlier
+
+
 def _replicate_step(name: str, workload_id: str, source: str, target: str, region: str) -> Step:
     return Step(name, "dr.replicate", {"workload_id": workload_id, "point_id": str(uuid.uuid4()), "source": source,
                                        "target": target, "region": region}, weight=5)
@@ -189,6 +209,8 @@ def _replicate_step(name: str, workload_id: str, source: str, target: str, regio
 async def replicate(engine: Engine, identity: Identity | None, workload_id: str, *,
                     idempotency_key: str | None = None) -> Operation:
     """Take a recovery point now (then apply retention)."""
+    if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, "replicate")) is not None:
+        return earlier
     workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id)
     if policy.state == FAILED_OVER and target == source:
         raise Conflict(f"{workload.name} runs at {target}: nothing to replicate there")
@@ -202,6 +224,8 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                    confirm_source_dead: bool = False, idempotency_key: str | None = None,
                    kind: str = "failover") -> Operation:
     """Start the workload's replica at its DR site and move the workload there (see the module docstring)."""
+    if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, kind)) is not None:
+        return earlier
     workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id,
                                                                      lost_ok=not planned)
     if kind == "failover" and policy.state == FAILED_OVER:
@@ -254,6 +278,8 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
 async def failback(engine: Engine, identity: Identity | None, workload_id: str, *,
                    idempotency_key: str | None = None) -> Operation:
     """Bring a failed-over workload home: a planned failover to where it came from (re-replicated first)."""
+    if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, "failback")) is not None:
+        return earlier
     async with engine.sessions() as session:
         await _workload(session, identity, workload_id)
         policy = await session.get(Protection, workload_id)

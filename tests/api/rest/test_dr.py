@@ -64,8 +64,10 @@ async def test_policy_points_failover_and_failback(aiohttp_client: Any, db_url: 
 
     unplanned = await client.post(f"{url}/failover", json={"planned": False, "confirm_source_dead": True})
     assert unplanned.status == 403  # declaring a site dead is an admin's call
-    resp = await client.post(f"{url}/failover", json={})
+    resp = await client.post(f"{url}/failover", json={}, headers={"Idempotency-Key": "fo-1"})
     assert resp.status == 202, await resp.text()
+    again = await client.post(f"{url}/failover", json={}, headers={"Idempotency-Key": "fo-1"})
+    assert again.status in (200, 202) and (await again.json())["id"] == (await resp.json())["id"]  # replayed
     over = await _done(client, (await resp.json())["id"])
     assert over["state"] == "succeeded", over
     assert await _provider_of(app, w["id"]) == other
