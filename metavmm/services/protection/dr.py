@@ -299,15 +299,20 @@ async def remove_replication(engine: Engine, identity: Identity | None, workload
 
 
 async def due(sessions: Sessions, now: datetime | None = None) -> list[str]:
-    """Workloads whose next replication is due (interval passed since the last point, or none yet)."""
+    """Workloads whose next replication is due: the interval passed since the last point and since the last
+    attempt (a replication that failed, e.g. to a DR site that is down, is tried again an interval later, not
+    at every round)."""
     now = now or utcnow()
     async with sessions() as session:
         rows = (await session.exec(select(Protection).where(col(Protection.replica_target).is_not(None),
                                                              col(Protection.replica_interval_s).is_not(None)))).all()
         out = []
         for row in rows:
-            last = row.last_replica_at
-            if last is None or _utc(last) + timedelta(seconds=row.replica_interval_s or 0) <= now:
+            tried = (await session.exec(select(Operation.created_at).where(
+                Operation.target_id == row.workload_id, Operation.kind == "replicate")
+                .order_by(col(Operation.created_at).desc()).limit(1))).first()
+            marks = [_utc(t) for t in (row.last_replica_at, tried) if t is not None]
+            if not marks or max(marks) + timedelta(seconds=row.replica_interval_s or 0) <= now:
                 workload = await session.get(Workload, row.workload_id)
                 if workload is not None and workload.present and await _active(session, row.workload_id) is None:
                     out.append(row.workload_id)

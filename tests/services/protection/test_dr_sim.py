@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import OperationState, Project, Protection, Provider, Workload, utcnow
+from metavmm.catalog.models import Operation, OperationState, Project, Protection, Provider, Workload, utcnow
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.errors import Conflict, NotFound, ValidationError
 from metavmm.services.operations import flows
@@ -79,6 +79,11 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
             written + point.size_bytes
         assert await dr.due(engine.sessions) == []
         assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == [wid]
+        async with session_scope(engine.sessions) as s:  # an attempt that failed (the DR site was down) ...
+            s.add(Operation(kind="replicate", target_id=wid, state=OperationState.FAILED,
+                            created_at=utcnow() + timedelta(seconds=30)))
+        assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == []  # ... waits its interval
+        assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=91)) == [wid]
 
         w, _ = await _placed(engine, wid)
         disk = _disk(engine, "sima", w.provider_resource_id or "")
