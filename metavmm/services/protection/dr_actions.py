@@ -37,6 +37,11 @@ def _age(taken_at: datetime, started_at: str) -> float:
     return max(0.0, (started - taken).total_seconds())
 
 
+def _unlink(paths: list[str]) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+
+
 def _point_out(point: RecoveryPoint) -> dict[str, Any]:
     return {"replica_point": point.id, "replica_location": point.location}
 
@@ -97,10 +102,11 @@ async def retain(ctx: StepContext, *, workload_id: str, target: str, **_: Any) -
             return {"removed_points": []}
         kept = await dr_store.points(session, workload_id, provider=tid, states=(dr_store.COMPLETE,))
         gone = set(to_remove([(p.id, p.base_id) for p in kept], policy.replica_retention))
+        files = [p.location for p in kept if p.id in gone]
         for point in kept:
             if point.id in gone:
-                Path(point.location).unlink(missing_ok=True)
                 await session.delete(point)
+    _unlink(files)  # once the rows are gone: a point is never listed without its file
     if gone:
         await ctx.log(f"retention ({policy.replica_retention}): removed {len(gone)} recovery points")
     return {"removed_points": sorted(gone)}
@@ -173,20 +179,22 @@ async def release(ctx: StepContext, *, workload_id: str, provider: str, **_: Any
     """The workload left ``provider``: the points a replica there ran on are no longer needed."""
     async with session_scope(ctx.sessions) as session:
         pid = await dr_store.provider_id(session, provider)
-        for point in await dr_store.points(session, workload_id, provider=pid, states=(dr_store.IN_USE,)):
-            Path(point.location).unlink(missing_ok=True)
+        points = await dr_store.points(session, workload_id, provider=pid, states=(dr_store.IN_USE,))
+        for point in points:
             await session.delete(point)
+    _unlink([p.location for p in points])
 
 
 @action("dr.purge")
 async def purge(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
     """Replication is switched off: its points go (files and rows), and the policy with them."""
     async with session_scope(ctx.sessions) as session:
-        for point in await dr_store.points(session, workload_id, states=(dr_store.COMPLETE,)):
-            Path(point.location).unlink(missing_ok=True)
+        points = await dr_store.points(session, workload_id, states=(dr_store.COMPLETE,))
+        for point in points:
             await session.delete(point)
         policy = await session.get(Protection, workload_id)
         if policy is not None:
             policy.replica_target, policy.replica_interval_s, policy.last_replica_at = None, None, None
             policy.message, policy.updated_at = "replication removed", utcnow()
             session.add(policy)
+    _unlink([p.location for p in points])
