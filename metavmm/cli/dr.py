@@ -95,11 +95,15 @@ def failover_command(settings: Settings, workload_id: str, unplanned: bool, conf
 
 @dr_group.command("failback")
 @click.argument("workload_id")
+@click.option("--unplanned", is_flag=True, help="the DR site is lost: boot the latest point replicated home")
+@click.option("--confirm-source-dead", is_flag=True, help="with --unplanned: the DR copy is fenced")
 @click.option("--wait", is_flag=True, help=WAIT_HELP)
 @pass_settings
-def failback_command(settings: Settings, workload_id: str, wait: bool) -> None:
+def failback_command(settings: Settings, workload_id: str, unplanned: bool, confirm_source_dead: bool,
+                     wait: bool) -> None:
     """Bring a failed-over workload home (re-replicated first)."""
-    _submit(settings, wait, lambda engine: dr.failback(engine, None, workload_id))
+    _submit(settings, wait, lambda engine: dr.failback(engine, None, workload_id, planned=not unplanned,
+                                                       confirm_source_dead=confirm_source_dead))
 
 
 @dr_group.command("remove")

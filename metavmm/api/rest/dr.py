@@ -124,7 +124,9 @@ async def failover(request: web.Request, params: WorkloadId, body: FailoverIn) -
 
 
 @api.route("POST", "/workloads/{workload_id}/failback", summary="Bring a failed-over workload back to where it came "
-           "from, re-replicated first", params=WorkloadId, response=OperationOut, status=202, idempotency=True)
-async def failback(request: web.Request, params: WorkloadId) -> OperationOut:
-    op = await dr.failback(_engine(request), identity_of(request), params.workload_id, idempotency_key=_key(request))
+           "from, re-replicated first (unplanned: the DR site is lost in turn)", params=WorkloadId, body=FailoverIn,
+           response=OperationOut, status=202, idempotency=True)
+async def failback(request: web.Request, params: WorkloadId, body: FailoverIn) -> OperationOut:
+    op = await dr.failback(_engine(request), identity_of(request), params.workload_id, planned=body.planned,
+                           confirm_source_dead=body.confirm_source_dead, idempotency_key=_key(request))
     return OperationOut.model_validate(op)

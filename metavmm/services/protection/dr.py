@@ -249,7 +249,8 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
     message = f"{kind} to {target}/{region} ({how})"
     steps = [*first, Step("note", "workload.note", {"workload_id": workload_id, "message": message})]
     if planned:
-        steps += [Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
+        restart = "vm.start" if workload.observed_state == "running" else None  # a rollback leaves it as it was
+        steps += [Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate=restart),
                   Step("wait-stopped", "vm.wait", {**src, "state": "stopped", "timeout_s": 300}),
                   _replicate_step("final-replication", workload_id, source, target, region)]
     identity_extra: dict[str, Any] = {"hostname": workload.spec.get("hostname") or workload.name}
@@ -275,9 +276,10 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                                params={"from": source, "to": f"{target}/{region}", "planned": planned})
 
 
-async def failback(engine: Engine, identity: Identity | None, workload_id: str, *,
-                   idempotency_key: str | None = None) -> Operation:
-    """Bring a failed-over workload home: a planned failover to where it came from (re-replicated first)."""
+async def failback(engine: Engine, identity: Identity | None, workload_id: str, *, planned: bool = True,
+                   confirm_source_dead: bool = False, idempotency_key: str | None = None) -> Operation:
+    """Bring a failed-over workload home: a planned failover to where it came from (re-replicated first), or,
+    when the DR site is lost in turn, an unplanned one from the latest point replicated home."""
     if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, "failback")) is not None:
         return earlier
     async with engine.sessions() as session:
@@ -285,8 +287,8 @@ async def failback(engine: Engine, identity: Identity | None, workload_id: str, 
         policy = await session.get(Protection, workload_id)
     if policy is None or policy.state != FAILED_OVER:
         raise Conflict(f"workload {workload_id} is not failed over; nothing to fail back")
-    return await failover(engine, identity, workload_id, planned=True, idempotency_key=idempotency_key,
-                          kind="failback")
+    return await failover(engine, identity, workload_id, planned=planned, confirm_source_dead=confirm_source_dead,
+                          idempotency_key=idempotency_key, kind="failback")
 
 
 async def remove_replication(engine: Engine, identity: Identity | None, workload_id: str) -> Operation:

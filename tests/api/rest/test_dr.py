@@ -77,11 +77,11 @@ async def test_policy_points_failover_and_failback(aiohttp_client: Any, db_url: 
     assert state["state"] == "failed-over" and state["replica_target"].startswith(source)
     assert (await client.post(f"{url}/failover", json={})).status == 409
 
-    back = await _done(client, (await (await client.post(f"{url}/failback")).json())["id"])
+    back = await _done(client, (await (await client.post(f"{url}/failback", json={})).json())["id"])
     assert back["state"] == "succeeded", back
     assert await _provider_of(app, w["id"]) == source
     assert (await (await client.get(f"{url}/replication")).json())["state"] == "protected"
-    assert (await client.post(f"{url}/failback")).status == 409  # not failed over
+    assert (await client.post(f"{url}/failback", json={})).status == 409  # not failed over
     gone = await client.delete(f"{url}/replication")
     assert gone.status == 202 and (await _done(client, (await gone.json())["id"]))["state"] == "succeeded"
     assert (await client.get(f"{url}/replication")).status == 404
