@@ -12,7 +12,7 @@ from sqlalchemy import delete as sa_delete
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Protection, Provider, RecoveryPoint
+from metavmm.catalog.models import Protection, Provider, RecoveryPoint, Workload
 
 COMPLETE = "complete"
 IN_USE = "in-use"
@@ -56,3 +56,15 @@ async def forget_workload(session: AsyncSession, workload_id: str) -> None:
         Path(point.location).unlink(missing_ok=True)
     await session.exec(sa_delete(RecoveryPoint).where(col(RecoveryPoint.workload_id) == workload_id))
     await session.exec(sa_delete(Protection).where(col(Protection.workload_id) == workload_id))
+
+
+async def restart_point(session: AsyncSession, workload: Workload) -> tuple[str, RecoveryPoint] | None:
+    """For an HA restart of a workload whose disk died with its host: (provider name, point) of its newest
+    verified recovery point at another provider, or None. Boot it as an image (an overlay over the point,
+    as a failover does), never in place: the point is a base of later ones."""
+    query = select(RecoveryPoint, Provider).join(Provider, RecoveryPoint.provider_id == Provider.id).where(
+        RecoveryPoint.workload_id == workload.id, RecoveryPoint.state == COMPLETE)
+    if workload.provider_id is not None:
+        query = query.where(RecoveryPoint.provider_id != workload.provider_id)
+    row = (await session.exec(query.order_by(col(RecoveryPoint.taken_at).desc()))).first()
+    return (row[1].name, row[0]) if row is not None else None

@@ -17,7 +17,7 @@ from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.errors import Conflict, NotFound, ValidationError
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
-from metavmm.services.protection import dr, dr_loop
+from metavmm.services.protection import dr, dr_loop, dr_store
 from metavmm.services.sync import sync_all
 from tests.services.operations import direct
 from tests.services.protection.conftest import engine_for, run
@@ -101,6 +101,9 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         assert [p.base_id for p in kept] == [None, kept[0].id]  # p1 and p2 removed: no kept point needs them
         assert not Path(points[0].location).exists() and not Path(points[1].location).exists()
 
+        async with engine.sessions() as s:  # what an HA restart of a lost disk would boot (helper ha plugs it in)
+            found = await dr_store.restart_point(s, (await _placed(engine, wid))[0])
+        assert found is not None and found[0] == "simb" and found[1].id == kept[-1].id
         w, _ = await _placed(engine, wid)  # the production site loses the VM; the next sync sees it gone
         await SimDriver(engine.config.provider("sima")).delete_vm(w.provider_resource_id or "")
         await sync_all(engine.sessions, engine.config)
