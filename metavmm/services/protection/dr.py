@@ -81,6 +81,14 @@ def split_target(config: FederationConfig, target: str) -> tuple[str, str]:
     return name, region
 
 
+def provider_kind(config: FederationConfig, provider: str) -> str:
+    """The kind of a provider of the federation file (a workload's provider is one)."""
+    try:
+        return config.provider(provider).kind
+    except KeyError:
+        raise ValidationError(f"provider {provider!r} is not in the federation file") from None
+
+
 async def _site(session: AsyncSession, provider: str, region: str) -> Site | None:
     pid = await dr_store.provider_id(session, provider)
     if pid is None:
@@ -121,6 +129,10 @@ async def set_replication(sessions: Sessions, config: FederationConfig, identity
         if workload.project_id is None:
             raise ValidationError(f"workload {workload_id} belongs to no project; protection is per project")
         _, source = await flows.placed_at(session, workload_id)
+        kind = provider_kind(config, source)
+        if not hasattr(driver_class(kind), "ex_disk_view"):
+            raise ValidationError(f"{source} ({kind}) cannot give a consistent view of a VM's disk to replicate; "
+                                  "sources that can: libvirt, sim")
         site = await _site(session, provider, region)
         if site is None:
             raise ValidationError(f"no site {provider}/{region} in the catalog (sync the provider first)")
