@@ -48,7 +48,8 @@ from metavmm.services.scope import get_visible
 MAX_INTERVAL_S = 30 * 86400
 MAX_RETENTION = 100
 PROTECTED, FAILED_OVER = "protected", "failed-over"
-DR_KINDS = ("replicate", "failover", "failback")
+REPLICATE = "dr_replicate"  # not "replicate": that kind is the marketplace's image replication
+DR_KINDS = (REPLICATE, "dr_purge", "failover", "failback")
 
 
 def _utc(at: datetime) -> datetime:
@@ -221,14 +222,14 @@ def _replicate_step(name: str, workload_id: str, source: str, target: str, regio
 async def replicate(engine: Engine, identity: Identity | None, workload_id: str, *,
                     idempotency_key: str | None = None) -> Operation:
     """Take a recovery point now (then apply retention)."""
-    if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, "replicate")) is not None:
+    if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, REPLICATE)) is not None:
         return earlier
     workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id)
     if policy.state == FAILED_OVER and target == source:
         raise Conflict(f"{workload.name} runs at {target}: nothing to replicate there")
     steps = [*first, _replicate_step("replicate", workload_id, source, target, region),
              Step("retain", "dr.retain", {"workload_id": workload_id, "target": target})]
-    return await engine.submit(kind="replicate", steps=steps, target_id=workload_id, project_id=workload.project_id,
+    return await engine.submit(kind=REPLICATE, steps=steps, target_id=workload_id, project_id=workload.project_id,
                                idempotency_key=idempotency_key, params={"from": source, "to": f"{target}/{region}"})
 
 
@@ -308,7 +309,7 @@ async def remove_replication(engine: Engine, identity: Identity | None, workload
     workload, policy, *_ = await _prepare(engine, identity, workload_id)
     if policy.state == FAILED_OVER:
         raise Conflict(f"{workload.name} runs failed over; fail it back before removing its replication")
-    return await engine.submit(kind="replicate", steps=[Step("purge", "dr.purge", {"workload_id": workload_id})],
+    return await engine.submit(kind="dr_purge", steps=[Step("purge", "dr.purge", {"workload_id": workload_id})],
                                target_id=workload_id, project_id=workload.project_id, params={"purge": True})
 
 
@@ -323,7 +324,7 @@ async def due(sessions: Sessions, now: datetime | None = None) -> list[str]:
         out = []
         for row in rows:
             tried = (await session.exec(select(Operation.created_at).where(
-                Operation.target_id == row.workload_id, Operation.kind == "replicate")
+                Operation.target_id == row.workload_id, Operation.kind == REPLICATE)
                 .order_by(col(Operation.created_at).desc()).limit(1))).first()
             marks = [_utc(t) for t in (row.last_replica_at, tried) if t is not None]
             if not marks or max(marks) + timedelta(seconds=row.replica_interval_s or 0) <= now:

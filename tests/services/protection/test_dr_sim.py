@@ -80,7 +80,7 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         assert await dr.due(engine.sessions) == []
         assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == [wid]
         async with session_scope(engine.sessions) as s:  # an attempt that failed (the DR site was down) ...
-            s.add(Operation(kind="replicate", target_id=wid, state=OperationState.FAILED,
+            s.add(Operation(kind=dr.REPLICATE, target_id=wid, state=OperationState.FAILED,
                             created_at=utcnow() + timedelta(seconds=30)))
         assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == []  # ... waits its interval
         assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=91)) == [wid]
