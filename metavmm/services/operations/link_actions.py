@@ -78,10 +78,6 @@ async def purge(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
             await session.exec(sa_delete(model).where(col(model.workload_id) == workload_id))
         workload = await session.get(Workload, workload_id)
         if workload is not None:
-            from metavmm.services.protection.dr_store import forget_workload
-
-            await forget_workload(session, workload_id)  # its protection and recovery points (foreign keys)
-            await session.flush()
             await session.delete(workload)
 
 

@@ -19,6 +19,7 @@ when the policy is set. Rows of another project answer 404 (services/scope.py).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,21 @@ MAX_RETENTION = 100
 PROTECTED, FAILED_OVER = "protected", "failed-over"
 REPLICATE = "dr_replicate"  # not "replicate": that kind is the marketplace's image replication
 DR_KINDS = (REPLICATE, "dr_purge", "failover", "failback")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A workload's replication policy as every front end shows it; ``state`` is DR's own (protected or
+    failed-over, read from the recovery points: ``Protection.state`` belongs to HA restart)."""
+
+    workload_id: str
+    replica_target: str | None
+    replica_interval_s: int | None
+    replica_retention: int
+    state: str
+    message: str | None
+    last_replica_at: datetime | None
+    version: int
 
 
 def _utc(at: datetime) -> datetime:
@@ -117,7 +133,7 @@ change before a disaster does; a workload the snapshot does not see is not plann
 
 
 async def set_replication(sessions: Sessions, config: FederationConfig, identity: Identity | None, workload_id: str,
-                          *, target: str, interval_s: int | None, retention: int = 3) -> Protection:
+                          *, target: str, interval_s: int | None, retention: int = 3) -> Replication:
     """Replicate the workload to ``target`` every ``interval_s`` (None: only when asked), keeping
     ``retention`` points (and the bases they need)."""
     if interval_s is not None and not 1 <= interval_s <= MAX_INTERVAL_S:
@@ -144,24 +160,26 @@ async def set_replication(sessions: Sessions, config: FederationConfig, identity
         row = await session.get(Protection, workload_id)
         if row is None:
             row = Protection(workload_id=workload_id, project_id=workload.project_id, version=0)
-        if row.state == FAILED_OVER:
+        if await dr_store.failed_over(session, workload):
             raise Conflict(f"{workload.name} runs failed over; fail it back before changing its replication")
         row.replica_target, row.replica_interval_s = f"{provider}/{region}", interval_s
         row.replica_retention = retention
-        row.state, row.message = PROTECTED, note
+        row.message = note
         row.version += 1
         row.updated_at = utcnow()
         session.add(row)
     return await get_replication(sessions, identity, workload_id)
 
 
-async def get_replication(sessions: Sessions, identity: Identity | None, workload_id: str) -> Protection:
+async def get_replication(sessions: Sessions, identity: Identity | None, workload_id: str) -> Replication:
     async with sessions() as session:
-        await _workload(session, identity, workload_id)
+        workload = await _workload(session, identity, workload_id)
         row = await session.get(Protection, workload_id)
-    if row is None or row.replica_target is None:
-        raise NotFound(f"workload {workload_id} has no replication policy")
-    return row
+        if row is None or row.replica_target is None:
+            raise NotFound(f"workload {workload_id} has no replication policy")
+        state = FAILED_OVER if await dr_store.failed_over(session, workload) else PROTECTED
+    return Replication(row.workload_id, row.replica_target, row.replica_interval_s, row.replica_retention, state,
+                       row.message, row.last_replica_at, row.version)
 
 
 async def recovery_points(sessions: Sessions, identity: Identity | None, workload_id: str) -> list[RecoveryPoint]:
@@ -178,9 +196,10 @@ async def _active(session: AsyncSession, workload_id: str) -> Operation | None:
 
 
 async def _prepare(engine: Engine, identity: Identity | None, workload_id: str, *, lost_ok: bool = False
-                   ) -> tuple[Workload, Protection, str, str, str, list[Step]]:
+                   ) -> tuple[Workload, Protection, str, str, str, list[Step], bool]:
     """(workload, policy, source provider, target provider, target region, the steps that come first: a wait
-    for another operation still running on the workload, e.g. a resize), refusing while a DR one runs.
+    for another operation still running on the workload, e.g. a resize; whether it runs failed over), refusing
+    while a DR one runs.
     ``lost_ok`` (an unplanned failover): the workload may be lost with its site; nothing is waited for."""
     async with engine.sessions() as session:
         workload = await _workload(session, identity, workload_id)
@@ -190,6 +209,7 @@ async def _prepare(engine: Engine, identity: Identity | None, workload_id: str, 
         busy = await _active(session, workload_id)
         if busy is not None:
             raise Conflict(f"{busy.kind} {busy.id} is still running on {workload.name}")
+        away = await dr_store.failed_over(session, workload)
         if lost_ok and not workload.present and workload.provider_id is not None:
             source, first = (await session.get(Provider, workload.provider_id)).name, []  # type: ignore[union-attr]
         elif lost_ok:
@@ -198,7 +218,7 @@ async def _prepare(engine: Engine, identity: Identity | None, workload_id: str, 
         else:
             _, source, first = await flows.behind(session, workload_id)
     provider, region = split_target(engine.config, policy.replica_target)
-    return workload, policy, source, provider, region, first
+    return workload, policy, source, provider, region, first, away
 
 
 async def _replayed(engine: Engine, identity: Identity | None, key: str | None, workload_id: str,
@@ -224,8 +244,8 @@ async def replicate(engine: Engine, identity: Identity | None, workload_id: str,
     """Take a recovery point now (then apply retention)."""
     if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, REPLICATE)) is not None:
         return earlier
-    workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id)
-    if policy.state == FAILED_OVER and target == source:
+    workload, _, source, target, region, first, _ = await _prepare(engine, identity, workload_id)
+    if target == source:
         raise Conflict(f"{workload.name} runs at {target}: nothing to replicate there")
     steps = [*first, _replicate_step("replicate", workload_id, source, target, region),
              Step("retain", "dr.retain", {"workload_id": workload_id, "target": target})]
@@ -239,9 +259,9 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
     """Start the workload's replica at its DR site and move the workload there (see the module docstring)."""
     if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, kind)) is not None:
         return earlier
-    workload, policy, source, target, region, first = await _prepare(engine, identity, workload_id,
-                                                                     lost_ok=not planned)
-    if kind == "failover" and policy.state == FAILED_OVER:
+    workload, _, source, target, region, first, away = await _prepare(engine, identity, workload_id,
+                                                                      lost_ok=not planned)
+    if kind == "failover" and away:
         raise Conflict(f"{workload.name} already runs failed over at {source}; fail it back first")
     if not planned:
         if identity is not None and not identity.is_admin:
@@ -296,9 +316,8 @@ async def failback(engine: Engine, identity: Identity | None, workload_id: str, 
     if (earlier := await _replayed(engine, identity, idempotency_key, workload_id, "failback")) is not None:
         return earlier
     async with engine.sessions() as session:
-        await _workload(session, identity, workload_id)
-        policy = await session.get(Protection, workload_id)
-    if policy is None or policy.state != FAILED_OVER:
+        away = await dr_store.failed_over(session, await _workload(session, identity, workload_id))
+    if not away:
         raise Conflict(f"workload {workload_id} is not failed over; nothing to fail back")
     return await failover(engine, identity, workload_id, planned=planned, confirm_source_dead=confirm_source_dead,
                           idempotency_key=idempotency_key, kind="failback")
@@ -306,8 +325,8 @@ async def failback(engine: Engine, identity: Identity | None, workload_id: str, 
 
 async def remove_replication(engine: Engine, identity: Identity | None, workload_id: str) -> Operation:
     """Stop replicating: the policy goes, and an operation removes the points (not the ones a replica runs on)."""
-    workload, policy, *_ = await _prepare(engine, identity, workload_id)
-    if policy.state == FAILED_OVER:
+    workload, *_, away = await _prepare(engine, identity, workload_id)
+    if away:
         raise Conflict(f"{workload.name} runs failed over; fail it back before removing its replication")
     return await engine.submit(kind="dr_purge", steps=[Step("purge", "dr.purge", {"workload_id": workload_id})],
                                target_id=workload_id, project_id=workload.project_id, params={"purge": True})

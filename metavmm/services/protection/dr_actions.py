@@ -148,8 +148,7 @@ async def switch(ctx: StepContext, *, workload_id: str, origin: str, origin_regi
                 point.details = {**point.details, kind: {"rpo_s": round(rpo, 3), "rto_s": round(rto, 3),
                                                          "at": utcnow().isoformat(), "operation_id": ctx.operation_id}}
             session.add(point)
-        policy.replica_target = f"{origin}/{origin_region}" if origin_region else origin
-        policy.state = "failed-over" if kind == "failover" else "protected"
+        policy.replica_target = f"{origin}/{origin_region}" if origin_region else origin  # state: HA's, untouched
         policy.message = f"{kind} to {at}: RPO {rpo:.1f}s, RTO {rto:.1f}s; replicating to {policy.replica_target}"
         policy.version += 1
         policy.updated_at = utcnow()

@@ -68,3 +68,13 @@ async def restart_point(session: AsyncSession, workload: Workload) -> tuple[str,
         query = query.where(RecoveryPoint.provider_id != workload.provider_id)
     row = (await session.exec(query.order_by(col(RecoveryPoint.taken_at).desc()))).first()
     return (row[1].name, row[0]) if row is not None else None
+
+
+async def failed_over(session: AsyncSession, workload: Workload) -> bool:
+    """The workload runs on a replica a failover started (not yet failed back). Read from its points, not from
+    ``Protection.state``, which HA restart owns: the replica a failover booted is pinned ``in-use`` at the
+    workload's provider with the failover's record, and a failback releases it."""
+    if workload.provider_id is None:
+        return False
+    pinned = await points(session, workload.id, provider=workload.provider_id, states=(IN_USE,))
+    return any("failover" in p.details for p in pinned)

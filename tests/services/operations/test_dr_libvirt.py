@@ -13,7 +13,7 @@ import pytest
 
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import OperationState, Project, Protection, Provider, Workload
+from metavmm.catalog.models import OperationState, Project, Provider, Workload
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
@@ -92,9 +92,8 @@ async def test_replicate_a_running_vm_fail_over_and_back(engine: Engine, libvirt
         assert back.state == OperationState.SUCCEEDED, back.error
         _, at = await _at(engine, wid)
         assert at == "lv0" and virsh(a, "domstate", "dr-vm") == "running" and virsh(b, "list", "--all", "--name") == ""
-        async with engine.sessions() as s:
-            row = await s.get(Protection, wid)
-        assert row is not None and (row.state, row.replica_target) == ("protected", "lv1/host1")
+        view = await dr.get_replication(engine.sessions, None, wid)
+        assert (view.state, view.replica_target) == ("protected", "lv1/host1")
         assert not (libvirt_hosts.storage(1) / "replicas" / wid / f"{used[-1].id}.qcow2").exists()  # released
     finally:
         await run(engine, await flows.delete(engine, wid, purge=True))
