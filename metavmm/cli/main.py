@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "ha": ("metavmm.cli.ha", "ha_group", (), "HA restart: computes restarted elsewhere when their host is lost."),
     "autoscale": ("metavmm.cli.autoscale", "autoscale_group", (),
                   "Auto-scaling groups: members added and removed by metric and schedule rules."),
+    "rebalance": ("metavmm.cli.rebalance", "rebalance_group", (),
+                  "Automatic live migration on host load, and host maintenance."),
 }
 """Every command group, imported only when it runs: `metavmm --help` and a command's start load no
 database, scheduler or SDK code they do not use (tests/cli/test_main.py checks the short help against
