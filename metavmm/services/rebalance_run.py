@@ -118,10 +118,11 @@ async def _state(session: AsyncSession, cfg: FederationConfig, now: datetime) ->
 def _readings(balances: dict[int, HostBalance]) -> dict[int, Reading]:
     out = {}
     for hid, b in balances.items():
-        if b.override_cpu_pct is not None or b.override_mem_pct is not None:
-            cpu, mem, source = b.override_cpu_pct, b.override_mem_pct, "override"
-        else:
-            cpu, mem, source = b.cpu_pct, b.mem_pct, b.load_source or "measured"
+        cpu, mem, source = b.cpu_pct, b.mem_pct, b.load_source or "measured"
+        if b.override_cpu_pct is not None or b.override_mem_pct is not None:  # a metric not overridden is measured
+            cpu = b.override_cpu_pct if b.override_cpu_pct is not None else cpu
+            mem = b.override_mem_pct if b.override_mem_pct is not None else mem
+            source = "override"
         if cpu is None and mem is None and not b.maintenance:
             continue  # nothing measured: the policy counts the host's allocation
         out[hid] = Reading(float(cpu or 0.0), float(mem or 0.0), source, b.hot, b.maintenance,
