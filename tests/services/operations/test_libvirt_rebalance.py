@@ -98,6 +98,10 @@ async def test_hot_host_moves_a_vm_live_and_maintenance_drains_it_back(engine: E
     assert drain.kind == "live_migrate" and drain.state == "succeeded", drain.error
     assert drain.params["rebalance"]["rule"] == "maintenance"
     assert domains(b) == {} and list(domains(a).values()) == ["vm-hot"] and state(a, "vm-hot") == "running"
+    for op in (move, drain):
+        assert op.started_at is not None and op.finished_at is not None
+        seconds = (op.finished_at - op.started_at).total_seconds()
+        print(f"\nrebalance {op.params['rebalance']['rule']}: live move in {seconds:.2f} s")
     await rebalance_run.set_maintenance(engine.sessions, snap, h1, False)
     await run(engine, await flows.delete(engine, wid))
     assert domains(a) == {}
