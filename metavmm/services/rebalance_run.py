@@ -103,8 +103,8 @@ async def _state(session: AsyncSession, cfg: FederationConfig, now: datetime) ->
     ops = list((await session.exec(select(Operation).where(
         col(Operation.kind).in_(MOVE_KINDS), (col(Operation.state).in_(ACTIVE)) | (col(Operation.created_at) >= horizon)
     ))).all())
-    busy = frozenset(t for (t,) in (await session.exec(select(Operation.target_id).where(
-        col(Operation.state).in_(ACTIVE), col(Operation.target_id).is_not(None)))).all())  # type: ignore[call-overload]
+    busy = frozenset(t for t in (await session.exec(select(Operation.target_id).where(
+        col(Operation.state).in_(ACTIVE), col(Operation.target_id).is_not(None)))).all() if t)
     vm_cpu: dict[str, float] = {}
     wanted = {vm: (hid, pct) for hid, b in balances.items() for vm, pct in (b.vm_load or {}).items()}
     if wanted:

@@ -212,3 +212,23 @@ async def test_a_host_pin_resolves_within_the_workloads_provider(broker_for) -> 
     assert MigrationPlanner(snap).evacuate(host=f"sima/sim-000/{H1}").scope == f"sima/sim-000/{H1}"
     other = await migrations.migrate_workload(b.engine, snap, wid, host=f"simb/{H0}", mode="cold")
     assert other[0] is not None and other[0].target_site == "simb/sim-000"
+
+
+async def test_at_most_max_in_flight_automatic_moves_run_at_once(broker_for) -> None:  # type: ignore[no-untyped-def]
+    trace = {H0: [[50, 40]] + [[95, 40]] * 4, H1: [[10, 10]] * 5}
+    b = await broker_for(federation(trace, in_flight=1))
+    for n in ("a", "b", "c"):
+        await b.create(n, H0)
+
+    async def submitted() -> list[Operation]:  # a sync with the policy; what it submitted is left pending
+        before = {o.id for o in await store.list_ops(b.sessions)}
+        await sync_all(b.sessions, b.config, engine=b.engine)
+        return [o for o in await store.list_ops(b.sessions) if o.id not in before]
+
+    (first,) = await submitted()
+    assert await submitted() == []  # the first is still in flight
+    (result,) = await rebalance_run.run(b.sessions, b.config, dry_run=True)
+    assert result.evaluation.moves == [] and any("automatic moves in flight" in h for h in result.evaluation.held)
+    await b.finish(first.id)
+    (second,) = await submitted()
+    assert second.target_id != first.target_id

@@ -113,7 +113,7 @@ class OverrideIn(BaseModel):
     mem_pct: float | None = Field(default=None, ge=0, le=100)
 
 
-async def _run(request: web.Request, policy: str | None, *, dry_run: bool) -> list[PolicyRunOut]:
+async def run_policies(request: web.Request, policy: str | None, *, dry_run: bool) -> list[PolicyRunOut]:
     results = await rebalance_run.run(request.config_dict[keys.SESSIONS], request.config_dict[keys.CONFIG],
                                       request.config_dict.get(keys.OPERATIONS), policy=policy, dry_run=dry_run)
     return [PolicyRunOut.of(r) for r in results]
@@ -122,13 +122,13 @@ async def _run(request: web.Request, policy: str | None, *, dry_run: bool) -> li
 @api.route("POST", "/rebalance/dry-run", summary="What the rebalance policies would move now, and why (nothing "
            "moves)", body=RebalanceIn, response=RebalanceOut, role="admin")
 async def dry_run(request: web.Request, body: RebalanceIn) -> RebalanceOut:
-    return RebalanceOut(policies=await _run(request, body.policy, dry_run=True))
+    return RebalanceOut(policies=await run_policies(request, body.policy, dry_run=True))
 
 
 @api.route("POST", "/rebalance/run", summary="Run the rebalance policies now: submit their moves as operations",
            body=RebalanceIn, response=RebalanceOut, status=202, role="admin")
 async def run_now(request: web.Request, body: RebalanceIn) -> RebalanceOut:
-    return RebalanceOut(policies=await _run(request, body.policy, dry_run=False))
+    return RebalanceOut(policies=await run_policies(request, body.policy, dry_run=False))
 
 
 @api.route("POST", "/rebalance/maintenance", summary="Put a host in maintenance (drain it, place nothing there) "
@@ -137,7 +137,7 @@ async def maintenance(request: web.Request, body: MaintenanceIn) -> MaintenanceO
     sessions, config = request.config_dict[keys.SESSIONS], request.config_dict[keys.CONFIG]
     snap = await service.snapshot(sessions, config)
     name, row = await rebalance_run.set_maintenance(sessions, snap, body.host, body.maintenance, body.reason)
-    drain = await _run(request, None, dry_run=False) if body.maintenance and body.drain_now else []
+    drain = await run_policies(request, None, dry_run=False) if body.maintenance and body.drain_now else []
     return MaintenanceOut(host=HostBalanceOut.of(name, row), drain=drain)
 
 
