@@ -140,11 +140,14 @@ def _trigger(policy: RebalancePolicy, snap: Snapshot, host: HostView, r: Reading
 
 def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Reading], *, now: datetime,
              in_flight: int = 0, busy: frozenset[str] = frozenset(), recently_moved: frozenset[str] = frozenset(),
-             vm_cpu: Mapping[str, float] | None = None) -> Evaluation:
+             vm_cpu: Mapping[str, float] | None = None, running: frozenset[str] | None = None,
+             drain_only: bool = False) -> Evaluation:
     """What ``policy`` would move now. ``readings``: by host id (hosts without one count their allocation);
     ``in_flight``: the policy's automatic moves still running; ``busy``: workloads another operation is
     changing; ``recently_moved``: workloads an automatic move touched within the cooldown; ``vm_cpu``:
-    each workload's CPU share of its host, where measured."""
+    each workload's CPU share of its host, where measured; ``running``: the workloads whose VM runs (None:
+    all; a stopped VM uses no CPU and cannot move live, so it stays); ``drain_only``: no host turns hot,
+    only maintenance moves anything (a host in maintenance that no configured policy covers)."""
     out = Evaluation(policy.name)
     vm_cpu = vm_cpu or {}
     sites = [s for ref in policy.sites if (s := snap.site_named(ref)) is not None]
@@ -162,7 +165,7 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
             state = "maintenance"
         elif h.state != HostState.UP:
             state = "down"
-        elif is_hot(policy, r):
+        elif not drain_only and is_hot(policy, r):
             state = "hot"
         else:
             state = "cool" if _cool(policy, r) else "warm"
@@ -181,8 +184,14 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
                                     states[h.id][0].mem_pct - policy.mem_high_pct))
     on_host: dict[int, list[WorkloadView]] = {h.id: [] for h in hosts}
     for w in snap.workloads:
-        if w.host_id in on_host and w.id not in busy:
-            on_host[w.host_id].append(w)
+        if w.host_id not in on_host or w.id in busy:
+            continue
+        if running is not None and w.id not in running:
+            if states[w.host_id][1] == "maintenance":
+                out.held.append(f"{w.name} on {qualified(snap, snap.host(w.host_id))} is not running: it stays "
+                                "(move it with a cold migration, or start it and let the drain take it)")
+            continue
+        on_host[w.host_id].append(w)
     for source in [*draining, *hot]:
         r, state, left = states[source.id]
         drain = state == "maintenance"

@@ -92,12 +92,15 @@ def implicit_policies(cfg: FederationConfig, snap: Snapshot, balances: dict[int,
     covered = {s.id for p in cfg.rebalance for ref in p.sites if (s := snap.site_named(ref)) is not None}
     sites = sorted({snap.host(hid).site_id for hid, b in balances.items()
                     if b.maintenance and snap.find_host(hid) is not None} - covered)
-    return [RebalancePolicy(name=f"drain-{i}", sites=[snap.site(sid).name], cpu_high_pct=100, cpu_low_pct=100,
-                            mem_high_pct=100, mem_low_pct=100) for i, sid in enumerate(sites)]
+    # a name no configured policy can have (theirs match [a-z0-9-]), so in-flight counts stay apart
+    return [RebalancePolicy.model_construct(**{**RebalancePolicy(name="x", sites=["x"]).model_dump(),
+                                               "name": f"drain:{snap.site(sid).name}", "sites": [snap.site(sid).name],
+                                               "cpu_low_pct": 100.0, "mem_low_pct": 100.0})
+            for sid in sites]
 
 
 async def _state(session: AsyncSession, cfg: FederationConfig, now: datetime) -> tuple[
-        dict[int, HostBalance], list[Operation], frozenset[str], dict[str, float]]:
+        dict[int, HostBalance], list[Operation], frozenset[str], dict[str, float], frozenset[str]]:
     balances = {b.host_id: b for b in (await session.exec(select(HostBalance))).all()}
     horizon = now - timedelta(seconds=max([p.cooldown_s for p in cfg.rebalance] + [0]))
     ops = list((await session.exec(select(Operation).where(
@@ -112,7 +115,9 @@ async def _state(session: AsyncSession, cfg: FederationConfig, now: datetime) ->
                                                  .where(col(Workload.provider_resource_id).in_(wanted)))).all():
             if rid in wanted and wanted[rid][0] == hid:
                 vm_cpu[wid] = float(wanted[rid][1])
-    return balances, ops, busy, vm_cpu
+    running = frozenset((await session.exec(select(Workload.id).where(
+        Workload.observed_state == "running", col(Workload.present)))).all())
+    return balances, ops, busy, vm_cpu, running
 
 
 def _readings(balances: dict[int, HostBalance]) -> dict[int, Reading]:
@@ -139,8 +144,9 @@ async def run(sessions: Sessions, cfg: FederationConfig, engine: object | None =
     now = utcnow()
     snap = snap or await service.snapshot(sessions, cfg)
     async with sessions() as session:
-        balances, ops, busy, vm_cpu = await _state(session, cfg, now)
-    policies = [_policy(cfg, policy)] if policy else [*cfg.rebalance, *implicit_policies(cfg, snap, balances)]
+        balances, ops, busy, vm_cpu, running = await _state(session, cfg, now)
+    drains = implicit_policies(cfg, snap, balances)
+    policies = [_policy(cfg, policy)] if policy else [*cfg.rebalance, *drains]
     results = []
     for pol in policies:
         mine = [o for o in ops if (o.params or {}).get("rebalance", {}).get("policy") == pol.name]
@@ -148,7 +154,7 @@ async def run(sessions: Sessions, cfg: FederationConfig, engine: object | None =
         since = now - timedelta(seconds=pol.cooldown_s)
         recent = frozenset(o.target_id for o in mine if o.target_id and aware(o.created_at) >= since)
         ev = evaluate(snap, pol, _readings(balances), now=now, in_flight=in_flight, busy=busy,
-                      recently_moved=recent, vm_cpu=vm_cpu)
+                      recently_moved=recent, vm_cpu=vm_cpu, running=running, drain_only=pol in drains)
         result = RunResult(ev, dry_run)
         if not dry_run:
             await _remember(sessions, ev, now)

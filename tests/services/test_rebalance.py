@@ -232,3 +232,19 @@ async def test_at_most_max_in_flight_automatic_moves_run_at_once(broker_for) -> 
     await b.finish(first.id)
     (second,) = await submitted()
     assert second.target_id != first.target_id
+
+
+async def test_a_host_no_policy_covers_drains_within_its_site_and_a_stopped_vm_stays(broker_for) -> None:  # type: ignore[no-untyped-def]
+    from metavmm.services.operations import flows
+
+    b = await broker_for(federation({}, extra="  - {kind: sim, name: simb, hosts_per_site: 2, seed: 8}"))
+    up, down = await b.create("up", H0, provider="simb"), await b.create("down", H0, provider="simb")
+    await b.finish((await flows.power(b.engine, down, "stop")).id)
+    snap = await service.snapshot(b.sessions, b.config)
+    await rebalance_run.set_maintenance(b.sessions, snap, f"simb/{H0}", True)
+    results = await rebalance_run.run(b.sessions, b.config, dry_run=True)
+    drain = next(r.evaluation for r in results if r.evaluation.policy == "drain:simb/sim-000")
+    assert [m.move.workload for m in drain.moves] == ["up"] and drain.moves[0].move.target_site == "simb/sim-000"
+    assert any("down on simb/sim-000/sim-000-h00000 is not running: it stays" in h for h in drain.held)
+    moved = await b.round()
+    assert [o.target_id for o in moved] == [up] and await b.host_of(up) == H1 and await b.host_of(down) == H0
