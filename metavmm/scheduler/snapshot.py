@@ -303,7 +303,7 @@ class Snapshot:
                      and scope in (self.site(h.site_id).name, self.site(h.site_id).region,
                                    self.site(h.site_id).provider.name)]
         if not hosts:
-            raise NotFound(f"no host {ref} in the catalog")
+            raise NotFound(f"no host named {ref} in the catalog")
         if len(hosts) > 1 and near_site_id is not None:
             near = self._site_by_id.get(near_site_id)
             same_site = [h for h in hosts if h.site_id == near_site_id]

@@ -68,4 +68,4 @@ def test_load_override_dry_run_and_maintenance(tmp_path: Path) -> None:
     code, out = cli(url, config, "rebalance", "load", H0)
     assert code == 2 and "give --cpu and/or --mem" in out
     code, out = cli(url, config, "rebalance", "load", "nowhere", "--cpu", "5")
-    assert code == 1 and "no host nowhere" in out
+    assert code == 1 and "no host named nowhere" in out
