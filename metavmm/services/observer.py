@@ -154,8 +154,7 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
     hosts = {(h.site_id, h.name): h for h in
              (await session.exec(select(Host).where(Host.site_id.in_(site_ids)))).all()}
     # an admin's maintenance (services/rebalance_run.py) outlasts a provider that reports the host up
-    drained = set((await session.exec(select(HostBalance.host_id).where(
-        HostBalance.maintenance == True, HostBalance.host_id.in_([h.id for h in hosts.values()])))).all())  # noqa: E712
+    drained = set((await session.exec(select(HostBalance.host_id).where(HostBalance.maintenance == True))).all())  # noqa: E712
 
     def update_host(host: Host, info: HostInfo) -> None:
         zone = zones.get((host.site_id, info.zone)) if info.zone else None

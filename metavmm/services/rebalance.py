@@ -66,8 +66,11 @@ class Trigger:
         metric, value, high, low = (("CPU", self.cpu_pct, self.cpu_high_pct, self.cpu_low_pct)
                                     if self.rule == "cpu-high" else
                                     ("memory", self.mem_pct, self.mem_high_pct, self.mem_low_pct))
-        return (f"policy {self.policy}: {self.host} {metric} {value:.1f}% ({self.source}) reached {high:g}%; "
-                f"hot until under {low:g}%")
+        if value >= high:
+            return (f"policy {self.policy}: {self.host} {metric} {value:.1f}% ({self.source}) reached {high:g}%; "
+                    f"hot until under {low:g}%")
+        return (f"policy {self.policy}: {self.host} {metric} {value:.1f}% ({self.source}) is still not under "
+                f"{low:g}% since it reached {high:g}% (hysteresis)")
 
     def as_dict(self) -> dict[str, object]:
         return {"policy": self.policy, "rule": self.rule, "host": self.host, "cpu_pct": self.cpu_pct,
@@ -132,8 +135,10 @@ def _cool(policy: RebalancePolicy, r: Reading) -> bool:
 def _trigger(policy: RebalancePolicy, snap: Snapshot, host: HostView, r: Reading) -> Trigger:
     if r.maintenance:
         rule = "maintenance"
-    else:  # the metric furthest over its mark is the rule that holds
+    elif max(r.cpu_pct - policy.cpu_high_pct, r.mem_pct - policy.mem_high_pct) >= 0:  # furthest over its high mark
         rule = "cpu-high" if r.cpu_pct - policy.cpu_high_pct >= r.mem_pct - policy.mem_high_pct else "mem-high"
+    else:  # hot by hysteresis: the metric furthest over its low mark keeps it hot
+        rule = "cpu-high" if r.cpu_pct - policy.cpu_low_pct >= r.mem_pct - policy.mem_low_pct else "mem-high"
     return Trigger(policy.name, rule, qualified(snap, host), round(r.cpu_pct, 2), round(r.mem_pct, 2),
                    policy.cpu_high_pct, policy.cpu_low_pct, policy.mem_high_pct, policy.mem_low_pct, r.source)
 
