@@ -81,16 +81,30 @@ class Broker:
         await self.executor.drivers.close()
 
 
-@pytest.fixture
-async def broker_for(sqlite_sessions):  # type: ignore[no-untyped-def]
+def _brokers(sessions):  # type: ignore[no-untyped-def]
     made: list[Broker] = []
 
     async def make(text: str) -> Broker:
-        b = Broker(sqlite_sessions, text)
+        b = Broker(sessions, text)
         await b.start()
         made.append(b)
         return b
 
+    return made, make
+
+
+@pytest.fixture
+async def broker_for(sqlite_sessions):  # type: ignore[no-untyped-def]
+    made, make = _brokers(sqlite_sessions)
+    yield make
+    for b in made:
+        await b.close()
+
+
+@pytest.fixture
+async def broker_on_both(sessions):  # type: ignore[no-untyped-def]
+    """On SQLite and PostgreSQL: the policy's queries (state, cooldown horizon, JSON params) on both."""
+    made, make = _brokers(sessions)
     yield make
     for b in made:
         await b.close()
@@ -119,9 +133,9 @@ async def test_without_a_hysteresis_band_the_same_trace_ping_pongs(broker_for) -
     assert where == [H1, H0, H1, H0]
 
 
-async def test_a_hot_host_sheds_one_vm_per_round_until_under_its_low_mark(broker_for) -> None:  # type: ignore[no-untyped-def]
+async def test_a_hot_host_sheds_one_vm_per_round_until_under_its_low_mark(broker_on_both) -> None:  # type: ignore[no-untyped-def]
     trace = {H0: [[50, 40], [95, 40], [80, 40], [60, 40], [80, 40]], H1: [[10, 10]] * 5}
-    b = await broker_for(federation(trace))
+    b = await broker_on_both(federation(trace))
     vms = [await b.create(n, H0) for n in ("a", "b", "c", "d")]
     first = await b.round()
     assert len(first) == 1 and first[0].kind == "live_migrate"
@@ -139,15 +153,20 @@ async def test_a_hot_host_sheds_one_vm_per_round_until_under_its_low_mark(broker
     assert sorted([await b.host_of(w) for w in vms]) == [H0, H0, H1, H1]
 
 
-async def test_cooldown_holds_a_hot_host_after_a_move(broker_for) -> None:  # type: ignore[no-untyped-def]
+async def test_cooldown_holds_a_hot_host_after_a_move(broker_on_both) -> None:  # type: ignore[no-untyped-def]
     trace = {H0: [[50, 40]] + [[95, 40]] * 4, H1: [[10, 10]] * 5}
-    b = await broker_for(federation(trace, cooldown=3600))
+    b = await broker_on_both(federation(trace, cooldown=3600))
     for n in ("a", "b", "c"):
         await b.create(n, H0)
-    assert len(await b.round()) == 1
+    (moved,) = await b.round()
     assert await b.round() == []
     (result,) = await rebalance_run.run(b.sessions, b.config, dry_run=True)
-    assert any("cooling down" in h for h in result.evaluation.held)
+    assert any(f"{H0} is hot but cooling down" in h for h in result.evaluation.held)
+    snap = await service.snapshot(b.sessions, b.config)  # the target cools down too: hot, it sends nothing back
+    await rebalance_run.set_override(b.sessions, snap, H1, 99.0, None)
+    (result,) = await rebalance_run.run(b.sessions, b.config, dry_run=True)
+    assert result.evaluation.moves == [] and any(f"{H1} is hot but cooling down" in h for h in result.evaluation.held)
+    assert moved.target_id is not None
 
 
 async def test_live_only_unless_the_policy_allows_cold(broker_for) -> None:  # type: ignore[no-untyped-def]
