@@ -197,6 +197,7 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
                                 "(move it with a cold migration, or start it and let the drain take it)")
             continue
         on_host[w.host_id].append(w)
+    received: set[int] = set()
     for source in [*draining, *hot]:
         r, state, left = states[source.id]
         drain = state == "maintenance"
@@ -214,7 +215,7 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
         candidates.sort(key=lambda w: (-vm_cpu.get(w.id, 0.0), -(w.ram_mib if by_memory else w.vcpus), w.name))
         # targets: cool hosts of the pool, not cooling down (a drain may pile onto one that just took a VM)
         avoid = frozenset(h.id for h in hosts if h.id != source.id and (
-            states[h.id][1] != "cool" or (not drain and states[h.id][2] > 0)))
+            states[h.id][1] != "cool" or (not drain and (states[h.id][2] > 0 or h.id in received))))
         for w in candidates if drain else candidates[:1]:
             if budget <= 0:
                 out.held.append(f"{policy.max_in_flight} automatic moves in flight: {w.name} on {name} waits")
@@ -226,6 +227,8 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
             target_id = next((h.id for h in hosts if planned.target_host == h.name
                               and snap.site(h.site_id).name == planned.target_site), None)
             out.moves.append(PlannedMove(planned, trig, source.id, target_id))
+            if target_id is not None:
+                received.add(target_id)  # its cooldown starts now: the next hot host sends elsewhere
             budget -= 1
     return out
 
