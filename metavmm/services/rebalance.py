@@ -143,23 +143,9 @@ def _trigger(policy: RebalancePolicy, snap: Snapshot, host: HostView, r: Reading
                    policy.cpu_high_pct, policy.cpu_low_pct, policy.mem_high_pct, policy.mem_low_pct, r.source)
 
 
-def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Reading], *, now: datetime,
-             in_flight: int = 0, busy: frozenset[str] = frozenset(), recently_moved: frozenset[str] = frozenset(),
-             vm_cpu: Mapping[str, float] | None = None, running: frozenset[str] | None = None,
-             drain_only: bool = False) -> Evaluation:
-    """What ``policy`` would move now. ``readings``: by host id (hosts without one count their allocation);
-    ``in_flight``: the policy's automatic moves still running; ``busy``: workloads another operation is
-    changing; ``recently_moved``: workloads an automatic move touched within the cooldown; ``vm_cpu``:
-    each workload's CPU share of its host, where measured; ``running``: the workloads whose VM runs (None:
-    all; a stopped VM uses no CPU and cannot move live, so it stays); ``drain_only``: no host turns hot,
-    only maintenance moves anything (a host in maintenance that no configured policy covers)."""
-    out = Evaluation(policy.name)
-    vm_cpu = vm_cpu or {}
-    sites = [s for ref in policy.sites if (s := snap.site_named(ref)) is not None]
-    missing = [ref for ref in policy.sites if snap.site_named(ref) is None]
-    if missing:
-        out.held.append(f"sites not in the catalog: {', '.join(missing)}")
-    hosts = [h for s in sites for h in s.hosts]
+def _host_states(snap: Snapshot, policy: RebalancePolicy, hosts: list[HostView], readings: Mapping[int, Reading],
+                 now: datetime, drain_only: bool, out: Evaluation) -> dict[int, tuple[Reading, str, float]]:
+    """Each host's reading, state (cool, warm, hot, maintenance, down) and cooldown left, reported in ``out``."""
     cooldown = timedelta(seconds=policy.cooldown_s)
     states: dict[int, tuple[Reading, str, float]] = {}
     for h in hosts:
@@ -177,6 +163,27 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
         states[h.id] = (r, state, left)
         out.hosts.append(HostReport(h.id, qualified(snap, h), round(r.cpu_pct, 2), round(r.mem_pct, 2), r.source,
                                     state, r.hot, round(left, 1)))
+    return states
+
+
+def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Reading], *, now: datetime,
+             in_flight: int = 0, busy: frozenset[str] = frozenset(), recently_moved: frozenset[str] = frozenset(),
+             vm_cpu: Mapping[str, float] | None = None, running: frozenset[str] | None = None,
+             drain_only: bool = False) -> Evaluation:
+    """What ``policy`` would move now. ``readings``: by host id (hosts without one count their allocation);
+    ``in_flight``: the policy's automatic moves still running; ``busy``: workloads another operation is
+    changing; ``recently_moved``: workloads an automatic move touched within the cooldown; ``vm_cpu``:
+    each workload's CPU share of its host, where measured; ``running``: the workloads whose VM runs (None:
+    all; a stopped VM uses no CPU and cannot move live, so it stays); ``drain_only``: no host turns hot,
+    only maintenance moves anything (a host in maintenance that no configured policy covers)."""
+    out = Evaluation(policy.name)
+    vm_cpu = vm_cpu or {}
+    sites = [s for ref in policy.sites if (s := snap.site_named(ref)) is not None]
+    missing = [ref for ref in policy.sites if snap.site_named(ref) is None]
+    if missing:
+        out.held.append(f"sites not in the catalog: {', '.join(missing)}")
+    hosts = [h for s in sites for h in s.hosts]
+    states = _host_states(snap, policy, hosts, readings, now, drain_only, out)
     if not policy.enabled:
         out.held.append("the policy is disabled: nothing moves")
         return out
@@ -211,8 +218,10 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
                 out.held.append(f"{name} is hot but every VM on it moved within the cooldown")
             continue
         trig = _trigger(policy, snap, source, r)
-        by_memory = trig.rule == "mem-high"
-        candidates.sort(key=lambda w: (-vm_cpu.get(w.id, 0.0), -(w.ram_mib if by_memory else w.vcpus), w.name))
+        if trig.rule == "mem-high":  # the VM that frees the most memory
+            candidates.sort(key=lambda w: (-w.ram_mib, w.name))
+        else:  # the busiest VM where measured, else the one with the most vCPUs
+            candidates.sort(key=lambda w: (-vm_cpu.get(w.id, 0.0), -w.vcpus, w.name))
         # targets: cool hosts of the pool, not cooling down (a drain may pile onto one that just took a VM)
         avoid = frozenset(h.id for h in hosts if h.id != source.id and (
             states[h.id][1] != "cool" or (not drain and (states[h.id][2] > 0 or h.id in received))))

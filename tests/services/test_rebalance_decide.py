@@ -43,3 +43,21 @@ def test_with_one_cool_host_the_second_hot_host_waits() -> None:
              3: Reading(10.0, 10.0, "trace")}
     ev = evaluate(snapshot(1), POLICY, drain, now=NOW)  # a drain piles onto the one host that can take it
     assert sorted(m.move.workload for m in ev.moves) == ["w1", "w2"] and {m.target_host_id for m in ev.moves} == {3}
+
+
+def test_the_vm_that_relieves_the_rule_moves() -> None:
+    """CPU hot: the busiest VM by its measured share; memory hot: the VM with the most memory."""
+    hosts = [host(1, 1), host(2, 1)]
+    vms = [WorkloadView("small", "small", None, 1, 1, 1, 1024), WorkloadView("big", "big", None, 1, 1, 1, 8192),
+           WorkloadView("busy", "busy", None, 1, 1, 1, 512)]
+    snap = build_snapshot(currency="USD", providers=[ProviderView(1, "kvm", "openstack", True, KVM_CAPS)],
+                          sites=[(1, 1, "lab", "lab", "TW")], hosts=hosts, flavors=[],
+                          prices=parts(1, "lab", "0.01", "0.002"), workloads=vms)
+    cool = Reading(10.0, 10.0, "measured")
+    ev = evaluate(snap, POLICY, {1: Reading(90.0, 50.0, "measured"), 2: cool}, now=NOW,
+                  vm_cpu={"busy": 60.0, "big": 5.0})
+    assert [(m.move.workload, m.trigger.rule) for m in ev.moves] == [("busy", "cpu-high")]
+    ev = evaluate(snap, POLICY, {1: Reading(20.0, 93.0, "measured"), 2: cool}, now=NOW,
+                  vm_cpu={"busy": 60.0, "big": 5.0})
+    assert [(m.move.workload, m.trigger.rule) for m in ev.moves] == [("big", "mem-high")]
+    assert "memory 93.0% (measured) reached 90%" in ev.moves[0].trigger.text
