@@ -153,9 +153,9 @@ async def test_a_hot_host_sheds_one_vm_per_round_until_under_its_low_mark(broker
     assert sorted([await b.host_of(w) for w in vms]) == [H0, H0, H1, H1]
 
 
-async def test_cooldown_holds_a_hot_host_after_a_move(broker_on_both) -> None:  # type: ignore[no-untyped-def]
+async def test_cooldown_holds_a_hot_host_after_a_move(broker_for) -> None:  # type: ignore[no-untyped-def]
     trace = {H0: [[50, 40]] + [[95, 40]] * 4, H1: [[10, 10]] * 5}
-    b = await broker_on_both(federation(trace, cooldown=3600))
+    b = await broker_for(federation(trace, cooldown=3600))
     for n in ("a", "b", "c"):
         await b.create(n, H0)
     (moved,) = await b.round()

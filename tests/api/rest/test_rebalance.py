@@ -31,7 +31,7 @@ async def client(aiohttp_client: Any, sqlite_url: str) -> Any:
     return c
 
 
-async def test_dry_run_override_and_maintenance(client: Any) -> None:
+async def test_dry_run_override_maintenance_bad_input_and_members(client: Any) -> None:
     resp = await client.post("/api/v1/rebalance/load-override", json={"host": H0, "cpu_pct": 97})
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["override_cpu_pct"] == 97
@@ -52,6 +52,14 @@ async def test_dry_run_override_and_maintenance(client: Any) -> None:
     resp = await client.post("/api/v1/rebalance/maintenance", json={"host": H0, "maintenance": False})
     assert resp.status == 200 and not (await resp.json())["host"]["maintenance"]
 
+    for path, body, status in BAD:
+        resp = await client.post(path, json=body)
+        assert resp.status == status, await resp.text()
+        assert (await resp.json())["detail"]
+    await authorize(client, "member")
+    resp = await client.post("/api/v1/rebalance/dry-run", json={})
+    assert resp.status == 403
+
 
 BAD = [
     ("/api/v1/rebalance/load-override", {"host": H0, "cpu_pct": 150}, 400),
@@ -61,12 +69,3 @@ BAD = [
     ("/api/v1/rebalance/run", {"extra": 1}, 400),
 ]
 
-
-async def test_bad_input_is_a_clear_error_and_members_may_not(client: Any) -> None:
-    for path, body, status in BAD:
-        resp = await client.post(path, json=body)
-        assert resp.status == status, await resp.text()
-        assert (await resp.json())["detail"]
-    await authorize(client, "member")
-    resp = await client.post("/api/v1/rebalance/dry-run", json={})
-    assert resp.status == 403
