@@ -1,7 +1,7 @@
 """host_balance: measured host load, hysteresis state, cooldown and maintenance for the rebalance policy
 
 Revision ID: 0014_host_balance
-Revises: 0012_sync_failures
+Revises: 0011_autoscale
 Create Date: 2026-12-06 03:10:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = '0014_host_balance'
-down_revision = '0012_sync_failures'
+down_revision = '0011_autoscale'
 branch_labels = None
 depends_on = None
 
