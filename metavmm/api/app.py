@@ -84,7 +84,7 @@ async def _periodic_sync(app: web.Application, stopping: asyncio.Event) -> None:
     cfg = app[keys.CONFIG]
     while not stopping.is_set():
         try:
-            for result in await sync_all(app[keys.SESSIONS], cfg):
+            for result in await sync_all(app[keys.SESSIONS], cfg, engine=app[keys.OPERATIONS]):  # rebalance after
                 if result.error:
                     log.warning("inventory of %s: %s", result.provider, result.error)
                 else:

@@ -681,10 +681,38 @@ class AutoscaleDecision(SQLModel, table=True):
     operations: list[str] = Field(default_factory=list, sa_type=JSON)
     reason: str = ""
 
+
+# --- rebalance: host load, hysteresis and maintenance (migration 0014) ------------------------------
+
+
+class HostBalance(SQLModel, table=True):
+    """What the rebalance policy knows of a host beyond its inventory: the load last measured (or the
+    override an admin set for a drill), whether it runs hot (the hysteresis state, kept between syncs),
+    when an automatic move last touched it (the cooldown), and whether an admin drains it (maintenance:
+    the host row's ``state`` says ``maintenance`` too, so no placement lands there)."""
+
+    __tablename__ = "host_balance"
+    host_id: int = Field(foreign_key="host.id", primary_key=True)
+    maintenance: bool = False
+    maintenance_reason: str | None = Field(default=None, max_length=500)
+    maintenance_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    cpu_pct: float | None = None
+    mem_pct: float | None = None
+    load_source: str | None = Field(default=None, max_length=16)  # measured, allocation, trace
+    measured_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    vm_load: dict[str, float] = Field(default_factory=dict, sa_type=JSON)  # provider VM id -> CPU % of the host
+    override_cpu_pct: float | None = None  # set by an admin (a drill, a test): read instead of the measure
+    override_mem_pct: float | None = None
+    hot: bool = False
+    hot_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_move_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    updated_at: datetime = _ts()
+
+
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
     OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
     AutoscaleGroup, AutoscaleMember, AutoscaleDecision,
+    HostBalance,
 )
-

@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
                   "Auto-scaling groups: members added and removed by metric and schedule rules."),
     "dr": ("metavmm.cli.dr", "dr_group", (),
            "Disaster recovery: replicate workloads to another site, fail over and back."),
+    "rebalance": ("metavmm.cli.rebalance", "rebalance_group", (),
+                  "Automatic live migration on host load, and host maintenance."),
 }
 """Every command group, imported only when it runs: `metavmm --help` and a command's start load no
 database, scheduler or SDK code they do not use (tests/cli/test_main.py checks the short help against

@@ -24,6 +24,7 @@ from metavmm.foundation.errors import DriverError, ProviderNotFound, ProviderThr
 from metavmm.foundation.records import (
     Capability,
     DiskRef,
+    HostLoad,
     ImageInfo,
     Inventory,
     NetworkInfo,
@@ -110,6 +111,9 @@ class Driver(Protocol):
     - ``fence_vm`` powers the VM off at once and forgets it, but keeps its disks: they may be on storage
       shared with another provider, where an HA restart now runs the workload from them. A VM that is not
       there is ``ProviderNotFound`` (gone is what a fence wants).
+    - ``host_load`` (optional: :class:`DriverBase` says unsupported) reports how busy each host is now
+      (:class:`HostLoad`); the rebalance policy reads it after each sync and falls back to the catalog's
+      allocation numbers where a driver has none.
     """
 
     name: str
@@ -297,6 +301,9 @@ class DriverBase:
 
     async def fence_vm(self, vm_id: str) -> None:
         raise self._unsupported("fence_vm")
+
+    async def host_load(self) -> list[HostLoad]:
+        raise self._unsupported("host_load")
 
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
         """Poll ``get_vm`` (one VM, never the inventory) with :func:`poll_delays` until the VM is in ``state``;

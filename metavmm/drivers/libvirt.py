@@ -45,6 +45,7 @@ from metavmm.foundation.records import (
     Capability,
     DiskRef,
     HostInfo,
+    HostLoad,
     ImageInfo,
     Inventory,
     NetworkInfo,
@@ -329,6 +330,39 @@ class LibvirtDriver(DriverBase):
             return [vm for d in conn.listAllDomains() if (vm := self._listed(d, host)) is not None]
 
         return await self._call("list_vms", read)
+
+    load_interval_s: ClassVar[float] = 0.5
+    """How long ``host_load`` watches the counters: libvirt's are cumulative, a rate needs two reads."""
+
+    async def host_load(self) -> list[HostLoad]:
+        """The host's CPU busy share (node CPU stats: everything but idle and iowait, over
+        ``load_interval_s``), its memory in use (total less free, buffers and page cache) and each
+        running domain's share of the host's CPU (domain stats ``cpu.time``) over the same interval."""
+        def counters(conn: libvirt.virConnect) -> tuple[dict[str, int], dict[str, int], int, float]:
+            cpu = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+            doms = {d.UUIDString(): int(st.get("cpu.time", 0))
+                    for d, st in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
+                                                         libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)}
+            return cpu, doms, int(conn.getInfo()[2]), time.monotonic()
+
+        first = await self._call("host_load", counters)
+        await asyncio.sleep(self.load_interval_s)
+
+        def rest(conn: libvirt.virConnect) -> tuple[tuple[dict[str, int], dict[str, int], int, float], dict[str, int],
+                                                     str]:
+            return counters(conn), conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), self._hostname(conn)
+
+        second, mem, host = await self._call("host_load", rest)
+        (cpu0, doms0, ncpu, t0), (cpu1, doms1, _, t1) = first, second
+        delta = {k: cpu1.get(k, 0) - cpu0.get(k, 0) for k in cpu1}
+        total = sum(delta.values())
+        busy = total - delta.get("idle", 0) - delta.get("iowait", 0)
+        cpu_pct = 100.0 * busy / total if total > 0 else 0.0
+        wall_ns = max(t1 - t0, 1e-3) * 1e9 * max(ncpu, 1)
+        vms = {u: round(min(100.0, 100.0 * max(doms1[u] - doms0.get(u, doms1[u]), 0) / wall_ns), 2) for u in doms1}
+        used = mem.get("total", 0) - mem.get("free", 0) - mem.get("buffers", 0) - mem.get("cached", 0)
+        mem_pct = 100.0 * used / mem["total"] if mem.get("total") else 0.0
+        return [HostLoad(host, self.site.region, round(cpu_pct, 2), round(mem_pct, 2), "measured", vms)]
 
     async def get_vm(self, vm_id: str) -> VmInfo:
         """One domain, looked up by UUID (the id the driver reports) or by name: a handful of calls to the

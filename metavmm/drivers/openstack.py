@@ -49,6 +49,7 @@ from metavmm.foundation.records import (
     DiskRef,
     FlavorInfo,
     HostInfo,
+    HostLoad,
     ImageInfo,
     Inventory,
     SiteInfo,
@@ -269,6 +270,20 @@ class OpenStackDriver(DriverBase):
         return Inventory(sites=tuple(s for p in parts for s in p.sites), hosts=tuple(h for p in parts for h in p.hosts),
                          flavors=tuple(f for p in parts for f in p.flavors),
                          images=tuple(i for p in parts for i in p.images), vms=tuple(v for p in parts for v in p.vms))
+
+    async def host_load(self) -> list[HostLoad]:
+        """Each hypervisor's allocation (nova's ``vcpus_used``/``vcpus``, ``memory_mb_used``/``memory_mb``;
+        nova measures no utilisation): hypervisors without the numbers (microversion 2.88 dropped them
+        from clouds that hide the old API) report nothing."""
+        out: list[HostLoad] = []
+        for region in self.regions:
+            for hv in await self._sdk(region, "host_load", self._hypervisors):
+                vcpus, mem = int(hv.get("vcpus") or 0), int(hv.get("memory_mb") or 0)
+                if vcpus and mem:
+                    name = hv.get("hypervisor_hostname") or hv.get("service", {}).get("host", "")
+                    out.append(HostLoad(name, region, 100.0 * int(hv.get("vcpus_used") or 0) / vcpus,
+                                        100.0 * int(hv.get("memory_mb_used") or 0) / mem, "allocation"))
+        return out
 
     async def list_vms(self) -> list[VmInfo]:
         out: list[VmInfo] = []

@@ -32,6 +32,7 @@ from metavmm.foundation.records import (
     DiskRef,
     FlavorInfo,
     HostInfo,
+    HostLoad,
     ImageInfo,
     Inventory,
     NetworkInfo,
@@ -128,6 +129,22 @@ class SimDriver(DriverBase):
             images, vms = tx.all(ImageInfo), tx.all(VmInfo)
         return Inventory(sites=tuple(sites), hosts=tuple(self._hosts(sites)), flavors=FLAVORS, images=tuple(images),
                          vms=tuple(vms), prices=tuple(self._prices(sites)))
+
+    async def host_load(self) -> list[HostLoad]:
+        """Each host's load: the next sample of the configured ``load_trace`` (the last one repeats), else
+        its simulated allocation. Every call advances the trace, whichever process makes it."""
+        with self.state.change() as tx:
+            tick = tx.bump("load_trace")
+        out = []
+        for h in self._hosts(self.regions()):
+            trace = self.config.load_trace.get(h.name)
+            if trace:
+                cpu, mem = trace[min(tick, len(trace) - 1)]
+                out.append(HostLoad(h.name, h.region, float(cpu), float(mem), "trace"))
+            else:
+                out.append(HostLoad(h.name, h.region, 100.0 * h.vcpus_used / max(h.cpu_cores, 1),
+                                    100.0 * h.memory_mib_used / max(h.memory_mib, 1), "allocation"))
+        return out
 
     async def list_vms(self) -> list[VmInfo]:
         self._check_reachable("list_vms")

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS thing (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- listing order: creation order, kept by updates
     kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (kind, id));
 CREATE TABLE IF NOT EXISTS nic (network_id TEXT NOT NULL, vm_id TEXT NOT NULL, PRIMARY KEY (network_id, vm_id));
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -84,6 +85,15 @@ class Tx:
     def plug(self, network_id: str, vm_id: str) -> None:
         assert self._conn is not None
         self._conn.execute("INSERT OR IGNORE INTO nic VALUES (?, ?)", (network_id, vm_id))
+
+    def bump(self, name: str) -> int:
+        """The counter's value before this call, then one more (a load trace's position)."""
+        assert self._conn is not None, "writes go through SimState.change()"
+        rows = self._rows("SELECT value FROM counter WHERE name = ?", name)
+        value = int(rows[0][0]) if rows else 0
+        self._conn.execute("INSERT INTO counter VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                           (name, value + 1))
+        return value
 
     def unplug(self, network_id: str | None, vm_id: str) -> None:
         """Remove ``vm_id``'s interface on ``network_id`` (None: all of its interfaces)."""

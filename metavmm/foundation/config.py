@@ -218,6 +218,9 @@ class SimProvider(_ProviderBase):
     price_per_vcpu_hour: Decimal = Decimal("0.02")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     create_delay_s: float = Field(default=0, ge=0, le=3600, description="each create waits this long first")
+    load_trace: dict[str, list[tuple[float, float]]] = Field(
+        default_factory=dict, description="host name -> [cpu %, memory %] samples: the i-th host_load call "
+        "reports sample i (the last one repeats); hosts not named report their vCPU and memory allocation")
 
 
 ProviderConfig = Annotated[
@@ -310,6 +313,32 @@ class PriceFile(_Strict):
     """A file of on-prem price tables for ``metavmm prices import onprem FILE``."""
 
     prices: list[PriceTable] = Field(min_length=1)
+
+
+class RebalancePolicy(_Strict):
+    """Move VMs off hosts that run hot, live where possible, after each inventory sync (see
+    docs/rebalance.md). A host turns hot when its CPU or memory reaches a ``*_high_pct`` and stays hot
+    until both are under their ``*_low_pct`` (the hysteresis band); a move goes only to a host below
+    both low marks, so no VM is sent back and forth across one threshold."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    sites: list[str] = Field(min_length=1, description="the pool: site names (or regions) whose hosts share "
+                             "the policy; moves stay inside it")
+    enabled: bool = True
+    cpu_high_pct: float = Field(default=85.0, gt=0, le=100)
+    cpu_low_pct: float = Field(default=70.0, ge=0, le=100)
+    mem_high_pct: float = Field(default=90.0, gt=0, le=100)
+    mem_low_pct: float = Field(default=80.0, ge=0, le=100)
+    cooldown_s: float = Field(default=300.0, ge=0, description="after an automatic move from or to a host, no "
+                              "other from it (and no move of that VM) for this long")
+    max_in_flight: int = Field(default=2, ge=1, le=100, description="automatic moves running at once")
+    allow_cold: bool = Field(default=False, description="stop and move a VM that cannot move live")
+
+    @model_validator(mode="after")
+    def _bands(self) -> RebalancePolicy:
+        if self.cpu_low_pct > self.cpu_high_pct or self.mem_low_pct > self.mem_high_pct:
+            raise ValueError("a *_low_pct must not exceed its *_high_pct")
+        return self
 
 
 class BurstPolicy(_Strict):
@@ -504,6 +533,7 @@ class FederationConfig(_Strict):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     ha: HaConfig = Field(default_factory=HaConfig)
+    rebalance: list[RebalancePolicy] = Field(default_factory=list, description="automatic live migration")
 
     @model_validator(mode="after")
     def _references(self) -> FederationConfig:
@@ -522,6 +552,9 @@ class FederationConfig(_Strict):
             unknown = [p for p in pol.allowed_providers if p not in names]
             if unknown:
                 raise ValueError(f"policies[{i}].allowed_providers names unknown providers: {unknown}")
+        rebalance = [r.name for r in self.rebalance]
+        if len(set(rebalance)) != len(rebalance):
+            raise ValueError("rebalance policy names must be unique")
         return self
 
     def provider(self, name: str) -> Any:

@@ -34,10 +34,14 @@ class ProviderKindInfo:
     lists_flavors: bool = True
     """Its inventory lists flavors (named shapes). False: a VM takes any shape (libvirt, vCenter), so an
     hourly price there must state the shape it is for; the scheduler has no flavor to learn it from."""
+    live_between_providers: bool = False
+    """Two providers of this kind move a running VM into each other (two libvirt daemons: the target's
+    URI); elsewhere a live migration stays inside one provider."""
 
 
 KINDS: Mapping[str, ProviderKindInfo] = MappingProxyType({k.name: k for k in (
-    ProviderKindInfo("libvirt", "metavmm.drivers.libvirt:LibvirtDriver", "libvirt", "qemu", lists_flavors=False),
+    ProviderKindInfo("libvirt", "metavmm.drivers.libvirt:LibvirtDriver", "libvirt", "qemu", lists_flavors=False,
+                     live_between_providers=True),
     ProviderKindInfo("openstack", "metavmm.drivers.openstack:OpenStackDriver", "openstack", "kvm", assigns_mac=True),
     # vCenter accepts manually set MACs only in VMware's static range 00:50:56:00:00:00-00:50:56:3F:FF:FF
     ProviderKindInfo("vmware", "metavmm.drivers.vmware:VmwareDriver", "vmware", "esxi", mac_range=("00:50:56", 0x3F),

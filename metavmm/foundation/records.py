@@ -86,6 +86,24 @@ class HostInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class HostLoad:
+    """How busy a host is right now (``Driver.host_load``), as percentages of what it has.
+
+    ``source`` says what the numbers are: ``measured`` (the hypervisor's own counters over a short
+    interval), ``allocation`` (vCPUs and memory given to guests over what the host has, where a provider
+    reports no usage), ``trace`` (a simulated provider replaying a load trace). ``vms``: each guest's CPU
+    use in percent of the host, by provider VM id, where the driver measures it (which guest to move).
+    """
+
+    host: str
+    region: str
+    cpu_pct: float
+    mem_pct: float
+    source: str = "measured"
+    vms: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class FlavorInfo:
     name: str
     vcpus: int

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from metavmm.foundation.errors import NoPlacement, NotFound, ValidationError
+from metavmm.foundation.kinds import kind_info
 from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Reservation
 from metavmm.scheduler.pipeline import Scheduler
@@ -95,7 +96,11 @@ def live_check(snapshot: Snapshot, source: HostView | None, target: HostView | N
         return "the target is a public cloud flavor (no host to migrate into)" if source else "source host unknown"
     s_site, t_site = snapshot.site(source.site_id), snapshot.site(target.site_id)
     if s_site.provider.id != t_site.provider.id:
-        return f"different providers ({s_site.provider.name} -> {t_site.provider.name})"
+        kind = kind_info(s_site.provider.kind)
+        if s_site.provider.kind != t_site.provider.kind or kind is None or not kind.live_between_providers:
+            return f"different providers ({s_site.provider.name} -> {t_site.provider.name})"
+        if Capability.LIVE_MIGRATION not in t_site.provider.capabilities:
+            return f"{t_site.provider.name} cannot live-migrate"
     if Capability.LIVE_MIGRATION not in s_site.provider.capabilities:
         return f"{s_site.provider.name} cannot live-migrate"
     if hypervisor_family(source.hypervisor) != hypervisor_family(target.hypervisor):
@@ -164,9 +169,7 @@ class MigrationPlanner:
         if (host is None) == (site is None):
             raise ValidationError("evacuate exactly one of: a host or a site")
         if host is not None:
-            h = snap.host_named(host)
-            if h is None:
-                raise NotFound(f"no host named {host} in the catalog")
+            h = snap.resolve_host(host)
             hosts, sites = frozenset({h.id}), frozenset()
             workloads = [w for w in snap.workloads if w.host_id == h.id]
             kind, scope = "evacuate-host", host
@@ -190,23 +193,26 @@ class MigrationPlanner:
                                     self._route_steps(p)))
         return MigrationPlan(kind, scope, tuple(moves), unplaced, snap.currency)
 
-    def move_one(self, workload_id: str, *, site: str | None = None, host: str | None = None) -> Move:
+    def move_one(self, workload_id: str, *, site: str | None = None, host: str | None = None,
+                 within: Sequence[str] = (), avoid_hosts: frozenset[int] = frozenset()) -> Move:
         """Where one workload should go (another host or site; ``site``/``host`` pin the target), and how.
 
-        NoPlacement carries the pipeline's reasons when nothing else can take it.
+        ``host`` is resolved near the workload (see :meth:`Snapshot.resolve_host`): a bare name means the
+        host of that name in the workload's own site or provider before any other provider's. ``within``
+        keeps the target inside those sites (a rebalance pool); ``avoid_hosts`` are not targets (hosts
+        that run hot, or where the move could not be live). NoPlacement carries the pipeline's reasons
+        when nothing else can take it.
         """
         snap = self.snapshot
         w = next((x for x in snap.workloads if x.id == workload_id), None)
         if w is None:
             raise NotFound(f"workload {workload_id} is not running at any site the catalog knows")
         source = snap.find_host(w.host_id)
-        sites: tuple[str, ...] = ()
-        exclude_hosts = frozenset({source.id}) if source else frozenset()
-        exclude_sites = frozenset() if source or site else frozenset({w.site_id} - {None})
+        sites: tuple[str, ...] = tuple(within)
+        exclude_hosts = (frozenset({source.id}) if source else frozenset()) | avoid_hosts
+        exclude_sites = frozenset() if source or site or within else frozenset({w.site_id} - {None})
         if host is not None:
-            target = snap.host_named(host)
-            if target is None:
-                raise NotFound(f"no host named {host} in the catalog")
+            target = snap.resolve_host(host, near_site_id=w.site_id)
             if source is not None and target.id == source.id:
                 raise ValidationError(f"{w.name} already runs on {host}")
             t_site = snap.site(target.site_id)

@@ -34,7 +34,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import models as m
 from metavmm.foundation.config import SchedulerSettings
-from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.errors import MetavmmError, NotFound, ValidationError
 from metavmm.foundation.prices import (
     COMPONENT_UNITS,
     COMPUTE_UNITS,
@@ -285,7 +285,35 @@ class Snapshot:
         return self._host_by_id.get(host_id) if host_id is not None else None
 
     def host_named(self, name: str) -> HostView | None:
+        """A host by its bare name. Names repeat across providers (two sim providers, two libvirt daemons
+        on one machine): anything that acts on a host an operator names uses :meth:`resolve_host`."""
         return self._host_by_name.get(name)
+
+    def resolve_host(self, ref: str, *, near_site_id: int | None = None) -> HostView:
+        """The one host ``ref`` means: ``host``, ``provider/host`` or ``site/host`` (a site by name or region).
+
+        A bare name is looked for in ``near_site_id``'s site first, then in that site's provider, then
+        everywhere; a name that still matches hosts of several providers is an error that lists the
+        qualified names, never a guess (a pin must not land on another provider's host of that name).
+        """
+        hosts = [h for h in self._host_by_id.values() if h.name == ref]
+        if not hosts and "/" in ref:
+            scope, _, name = ref.rpartition("/")
+            hosts = [h for h in self._host_by_id.values() if h.name == name
+                     and scope in (self.site(h.site_id).name, self.site(h.site_id).region,
+                                   self.site(h.site_id).provider.name)]
+        if not hosts:
+            raise NotFound(f"no host named {ref} in the catalog")
+        if len(hosts) > 1 and near_site_id is not None:
+            near = self._site_by_id.get(near_site_id)
+            same_site = [h for h in hosts if h.site_id == near_site_id]
+            same_provider = [h for h in hosts if near is not None
+                             and self.site(h.site_id).provider.id == near.provider.id]
+            hosts = same_site or same_provider or hosts
+        if len(hosts) > 1:
+            names = ", ".join(sorted(f"{self.site(h.site_id).name}/{h.name}" for h in hosts))
+            raise ValidationError(f"host name {ref} is ambiguous; qualify it as site/host: {names}")
+        return hosts[0]
 
     def hosts(self) -> Iterable[HostView]:
         return self._host_by_id.values()

@@ -48,6 +48,7 @@ from metavmm.catalog.models import (
     AvailabilityZone,
     Flavor,
     Host,
+    HostBalance,
     HostState,
     ImageReplica,
     Operation,
@@ -152,6 +153,8 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
 
     hosts = {(h.site_id, h.name): h for h in
              (await session.exec(select(Host).where(Host.site_id.in_(site_ids)))).all()}
+    # an admin's maintenance (services/rebalance_run.py) outlasts a provider that reports the host up
+    drained = set((await session.exec(select(HostBalance.host_id).where(HostBalance.maintenance == True))).all())  # noqa: E712
 
     def update_host(host: Host, info: HostInfo) -> None:
         zone = zones.get((host.site_id, info.zone)) if info.zone else None
@@ -159,6 +162,8 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
         for attr in ("hypervisor_type", "hypervisor_version", "cpu_arch", "cpu_vendor", "cpu_model", "cpu_cores",
                      "memory_mib", "disk_gib", "nested_virt", "state", "vcpus_used", "memory_mib_used"):
             setattr(host, attr, getattr(info, attr))
+        if host.id in drained and info.state == HostState.UP:
+            host.state = HostState.MAINTENANCE
         host.cpu_features = list(info.cpu_features)
         host.cpu_traits = cpu_traits(info.cpu_arch, info.cpu_features)
         host.gpus = dict(info.gpus)

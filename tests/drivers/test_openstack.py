@@ -74,6 +74,16 @@ async def test_inventory_of_two_regions(driver: OpenStackDriver, nova_cloud: Nov
     assert NOVA_IMAGE in {i.provider_image_id for i in inv.images if i.region == "RegionOne"}
 
 
+async def test_host_load_is_each_hypervisors_allocation(driver: OpenStackDriver) -> None:
+    inv = await driver.inventory()
+    loads = {(h.region, h.host): h for h in await driver.host_load()}
+    assert loads and set(loads) == {(h.region, h.name) for h in inv.hosts}
+    for h in inv.hosts:
+        load = loads[(h.region, h.name)]
+        assert load.source == "allocation" and load.cpu_pct == pytest.approx(100 * h.vcpus_used / h.cpu_cores)
+        assert 0 < load.mem_pct < 100  # nova's fake driver reserves some memory for the host
+
+
 async def test_lifecycle_and_live_migration(driver: OpenStackDriver) -> None:
     started = time.perf_counter()
     vm = await driver.create_vm(_spec(workload_id="wl-os"))

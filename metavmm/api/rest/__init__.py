@@ -20,6 +20,7 @@ def modules() -> list[RestModule]:
         marketplace,
         migrations,
         prices,
+        rebalance,
         scheduling,
         schools,
         system,
@@ -28,7 +29,7 @@ def modules() -> list[RestModule]:
 
     return [system.api, identity.api, inventory.api, marketplace.api, schools.api, prices.api, scheduling.api,
             workloads.api, migrations.api, events.api, clusters.api, ha.api,
-            autoscale.api, dr.api]
+            autoscale.api, dr.api, rebalance.api]
 
 
 def setup_rest(api: web.Application) -> None:

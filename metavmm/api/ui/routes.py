@@ -9,7 +9,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from metavmm.api.rest.events import EventsQuery, stream
-from metavmm.api.ui import alerts, autoscaling, burst, inventory, migrate, page_context, projects, work
+from metavmm.api.ui import alerts, autoscaling, burst, inventory, migrate, page_context, projects, rebalance, work
 from metavmm.api.ui import session as sess
 from metavmm.foundation.errors import Forbidden, Unauthenticated
 
@@ -77,3 +77,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(migrate.routes)
     app.router.add_routes(burst.routes)
     app.router.add_routes(autoscaling.routes)
+    app.router.add_routes(rebalance.routes)

@@ -72,9 +72,10 @@ async def submit_move(engine: Engine, move: Move, *, idempotency_key: str | None
     """The one operation that carries out ``move``."""
     provider, region = await _target(engine, move.target_site)
     _, source = await flows._workload_at(engine, move.workload_id)
-    if move.mode == "live":
+    if move.mode == "live":  # into another provider (a libvirt daemon) its endpoint is the target, not a host name
         return await flows.live_migrate(engine, move.workload_id, target_provider=provider,
-                                        target_host=move.target_host, idempotency_key=idempotency_key)
+                                        target_host=move.target_host if provider == source else None,
+                                        idempotency_key=idempotency_key)
     if provider == source:
         if move.target_host is None:
             raise ValidationError(f"{move.workload}: a move inside {provider} needs a target host")

@@ -28,7 +28,7 @@ SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capaci
            "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
            "projects": ("/ui/projects", "Projects and quotas"),
            "migrate": ("/ui/migrate", "Migrate a workload"), "burst": ("/ui/burst", "Burst policies"),
-           "autoscaling": ("/ui/autoscaling", "Auto-scaling groups")}
+           "autoscaling": ("/ui/autoscaling", "Auto-scaling groups"), "rebalance": ("/ui/rebalance", "Rebalance")}
 
 
 @pytest.fixture(scope="module")
