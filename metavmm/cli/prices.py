@@ -147,10 +147,15 @@ def comparison_table(result: Comparison, limit: int) -> Table:
                q.flavor + (" (composed)" if q.composed else ""), q.shape.describe(), f"{q.distance:g}",
                _money(q.hourly)]
         row += [_money(q.rank_price)] if gpu else []
-        row += [f"{q.per_vcpu_hour:.4f}", f"{q.per_gib_hour:.4f}", f"{q.amount.normalize():f} {q.currency}",
+        row += [_part(q.per_vcpu_hour), _part(q.per_gib_hour), f"{q.amount.normalize():f} {q.currency}",
                 date_cell, q.source]
         table.add_row(*row)
     return table
+
+
+def _part(value: Decimal | None) -> str:
+    """A per-part price, or "-" for a part the priced shape does not have (a GPU-only shape's vCPUs)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 @prices_group.command("chart")

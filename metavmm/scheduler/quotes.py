@@ -67,7 +67,7 @@ def custom_quote(site: SiteView, req: PlacementRequest) -> Quote | None:
     families = site.prices.families
     if not families:
         return None
-    vcpus, ram_gib = req.vcpus or 1, (Decimal(req.ram_mib) / 1024) or Decimal(1)  # as the comparison composes
+    vcpus, ram_gib = req.vcpus, Decimal(req.ram_mib) / 1024  # the parts the request has, as the comparison
     gpu = site.prices.gpu(req.gpu_model) if req.gpu_count else None
     if req.gpu_count and gpu is None:
         return Quote(None, "composed", f"no gpu-hour price for {req.gpu_model} at {site.name}")
