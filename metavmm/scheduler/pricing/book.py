@@ -20,7 +20,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import Flavor, Price, Provider
 from metavmm.foundation.prices import COMPONENT_UNITS, PriceUnit, Shape
 
-
 # GPUs a provider kind sells only as parts attached to machines of some families, not as a family of their
 # own: GCP attaches T4, V100, P100, P4 and K80 GPUs to N1 machines (its A2, A3 and G2 types come with
 # their GPUs and are listed shapes). A kind not named here attaches a gpu-hour price to any family.
