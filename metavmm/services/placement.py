@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
@@ -175,18 +177,22 @@ class Placer:
         return snap, graph, views
 
     async def place(self, session: AsyncSession, req: PlacementRequest, *, explain: bool = False,
-                    lock: bool = True) -> Placement:
+                    lock: bool = True, project_id: int | None = None) -> Placement:
         """The scheduler's decision, counting in-transit placements, on-prem first and bursting out when a
         burst policy allows it (:func:`metavmm.scheduler.burst.place_or_burst`). A create calls it inside
-        its transaction with ``lock``; a dry run reads without the lock (it holds nothing)."""
+        its transaction with ``lock``; a dry run reads without the lock (it holds nothing). ``project_id``:
+        whose monthly burst budget counts (what the project has burst this month, :func:`burst_spend`)."""
         if lock:
             await lock_placement(session)
         snap, graph, views = await self._snapshot(session)
         ledger = await in_transit(session, self._placed if self.cache else None)
-        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views)
+        spent = await burst_spend(session, snap, project_id if project_id is not None
+                                  else snap.projects.get(req.project or ""))
+        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views,
+                              spent=spent)
 
     async def decide(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
-                     explain: bool = False, lock: bool = True) -> PlannedCreate:
+                     explain: bool = False, lock: bool = True, project_id: int | None = None) -> PlannedCreate:
         """What a create of ``req`` does now: the placement, the engine's steps and the summary the
         workload keeps; a placement the create could not use comes back ``placed=False`` with the reason
         (the request's providers outside the federation file, an image with nothing to copy). The one
@@ -201,32 +207,32 @@ class Placer:
                                          "provider not in the federation file"))
             req = replace(req, providers=allowed)
         started = time.perf_counter()
-        placement = await self.place(session, req, explain=explain, lock=lock)
+        placement = await self.place(session, req, explain=explain, lock=lock, project_id=project_id)
         if placement.placed:
             placement = await self._check(session, placement, providers)
         metrics.decision(placement.placed, time.perf_counter() - started, (r.code for r in placement.rejections))
         return _planned(placement)
 
     async def plan_create(self, session: AsyncSession, req: PlacementRequest, *, workload_id: str, vm_name: str,
-                          providers: frozenset[str]) -> PlannedCreate:
+                          providers: frozenset[str], project_id: int | None = None) -> PlannedCreate:
         """Where a new compute goes and the engine's steps that make it (without the quota steps, which
         the workload service adds), as :meth:`decide` says, inside the create's transaction (placement
         lock held). NoPlacement (409) with the scheduler's reasons when nothing fits. ``providers``: those
         of the federation file (the only ones the engine can drive)."""
         planned = await self.decide(session, replace(req, workload_id=workload_id, vm_name=vm_name),
-                                    providers=providers)
+                                    providers=providers, project_id=project_id)
         p = planned.placement
         if not p.placed:
             raise NoPlacement(f"no placement for {req.name}: {p.summary}", reasons=p.reasons())
         return planned
 
     async def dry_run(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
-                      explain: bool = False) -> PlannedCreate:
+                      explain: bool = False, project_id: int | None = None) -> PlannedCreate:
         """What :meth:`plan_create` would answer now, writing nothing (``POST /placements``, ``metavmm
         schedule place``): the same snapshot, in-transit ledger, burst policies and checks; the steps
         carry no workload id."""
         return await self.decide(session, replace(req, workload_id=None), providers=providers, explain=explain,
-                                 lock=False)
+                                 lock=False, project_id=project_id)
 
     async def plan_at(self, session: AsyncSession, req: PlacementRequest, site: str) -> list[Step]:
         """The engine's steps that create ``req`` at ``site``, a site the caller fixed without the
@@ -286,3 +292,25 @@ class PlannedCreate:
     placement: Placement
     steps: list[Step]
     where: dict[str, Any]
+
+
+async def burst_spend(session: AsyncSession, snap: Snapshot, project_id: int | None) -> dict[str, Decimal]:
+    """What a project has burst this (UTC) month, per policy: the burst cost each of its workloads
+    created this month kept in its placement summary (``spec.placement.burst``). Read only when a
+    policy has a monthly budget, so the burst verdict can say what is left of it."""
+    if project_id is None or not any(getattr(p, "monthly_budget", None) is not None for p in snap.policies):
+        return {}
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    specs = (await session.exec(select(m.Workload.spec).where(
+        m.Workload.project_id == project_id, m.Workload.kind == "compute",
+        m.Workload.created_at >= month))).all()  # type: ignore[operator]
+    out: dict[str, Decimal] = {}
+    for spec in specs:
+        burst = ((spec or {}).get("placement") or {}).get("burst") or {}
+        if burst.get("outcome") == "burst" and burst.get("policy") and burst.get("burst_cost"):
+            try:
+                out[burst["policy"]] = out.get(burst["policy"], Decimal(0)) + Decimal(str(burst["burst_cost"]))
+            except InvalidOperation:
+                continue
+    return out
