@@ -4,6 +4,7 @@ providers, and the created workload keeps exactly that; the budget counts what t
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -37,6 +38,13 @@ async def test_dry_run_shows_the_policy_terms_and_the_workload_keeps_them(aiohtt
     created = await _create(client, vcpus=1)
     stored = (await created.json())["workload"]["spec"]["placement"]
     assert stored == after["placement"] and stored["burst"]["rule"] == "over-threshold"  # the workload keeps it
+
+    token = client.session.headers["Authorization"].split()[1]  # the dashboard's history shows the rule
+    login = await client.get("/ui/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', await login.text()).group(1)  # type: ignore[union-attr]
+    await client.post("/ui/login", data={"csrf_token": csrf, "token": token, "next": "/ui/"}, allow_redirects=False)
+    page = await (await client.get("/ui/burst")).text()
+    assert page.count('data-rule="over-threshold"') == 1 and page.count('data-rule="under-threshold"') == 3
 
     again = (await _dry(client, vcpus=1))["burst"]  # this month's burst counts against the budget
     assert Decimal(again["budget_spent"]) == cost and Decimal(again["budget_left"]) == 100 - 2 * cost
