@@ -111,6 +111,18 @@ def host_quote(site: SiteView, req: PlacementRequest) -> Quote:
     return Quote(None, "", problem or f"no price for {_describe(req)} at {site.name}")
 
 
+HOURS_PER_MONTH = Decimal(730)  # how the public clouds turn a GiB-month into hours
+
+
+def storage_per_hour(site: SiteView, disk_gib: int) -> Decimal:
+    """What ``disk_gib`` of disk costs per hour at ``site``: its cheapest storage price (gib-month) over
+    730 hours; 0 without a disk or without a usable storage price there (the compute price is all)."""
+    price = site.prices.storage
+    if not disk_gib or price is None or price.amount is None:
+        return Decimal(0)
+    return price.amount * disk_gib / HOURS_PER_MONTH
+
+
 def cheapest_flavor_quote(site: SiteView, req: PlacementRequest) -> Quote:
     """The cheapest priced flavor of the site that holds the request (the ladder is sorted by price)."""
     problem = None

@@ -47,6 +47,8 @@ from metavmm.foundation.prices import (
 from metavmm.foundation.records import Inventory
 
 Converter = Callable[[Decimal, str], Decimal]
+PLACEMENT_UNITS = frozenset({*COMPUTE_UNITS, PriceUnit.GIB_MONTH, PriceUnit.GIB_EGRESS})
+"""What a placement is priced from: compute, the disk's storage and the egress of what it moves."""
 """``to_currency(amount, currency) -> amount`` in the snapshot's currency (issue 8 provides one)."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -153,6 +155,8 @@ class SitePrices:
     families: Mapping[str, tuple[PriceView, PriceView]] = field(default_factory=_empty)  # (vcpu-hour, gib-hour)
     gpus: Mapping[str, PriceView] = field(default_factory=_empty)  # gpu-hour by GPU model (gpu_model_key)
     ladder: tuple[tuple[FlavorView, PriceView], ...] = ()  # the site's priced flavors, cheapest first
+    storage: PriceView | None = None  # per GiB-month of disk: the cheapest of the newest storage prices
+    egress: PriceView | None = None  # per GiB leaving the site: the cheapest of the newest egress prices
 
     def gpu(self, model: str | None) -> PriceView | None:
         return self.gpus.get(gpu_model_key(model) or "")
@@ -352,7 +356,26 @@ def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter |
         flavors=frozen_map({name: view(r) for name, r in latest.items()}),
         families=frozen_map({fam: (view(core), view(ram)) for fam, (core, ram) in parts.families.items()}),
         gpus=frozen_map({model: view(r) for model, r in parts.gpus.items()}),
+        storage=_cheapest_newest(rows, PriceUnit.GIB_MONTH, view),
+        egress=_cheapest_newest(rows, PriceUnit.GIB_EGRESS, view),
     )
+
+
+def _cheapest_newest(rows: Sequence[PriceRow], unit: str, view: Callable[[PriceRow], PriceView]) -> PriceView | None:
+    """The cheapest of the newest prices of ``unit`` per kind (``flavor``: a disk class, an egress meter): the
+    standard disk a VM gets unless it asks for more, the egress rate a transfer pays. Unconvertible ones
+    are kept only when nothing else is."""
+    newest: dict[str, PriceRow] = {}
+    for r in rows:
+        if r.unit == unit:
+            old = newest.get(r.flavor)
+            if old is None or (r.effective_date or date.min) >= (old.effective_date or date.min):
+                newest[r.flavor] = r
+    views = [view(r) for r in newest.values()]
+    usable = [v for v in views if v.amount is not None]
+    if usable:
+        return min(usable, key=lambda v: v.amount)  # type: ignore[arg-type, return-value]
+    return views[0] if views else None
 
 
 def _stated_flavors(rows: Sequence[PriceRow], known: set[str], provider_id: int, site_id: int) -> list[FlavorView]:
@@ -448,7 +471,7 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
                                   f.gpu_model, f.gpu_count, f.arch, frozenset(feats) if feats is not None else None,
                                   extra.get("nested_virt")))
     prices = [_price_row(p) for p in (await session.exec(select(m.Price).where(
-        m.Price.provider_id.is_not(None), m.Price.unit.in_(COMPUTE_UNITS),  # type: ignore[union-attr, attr-defined]
+        m.Price.provider_id.is_not(None), m.Price.unit.in_(PLACEMENT_UNITS),  # type: ignore[union-attr, attr-defined]
         or_(m.Price.os == "linux", m.Price.unit == PriceUnit.GPU_HOUR)))).all()]
     images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes,
                         (i.extra or {}).get("cpu_vendor"), frozenset((i.extra or {}).get("cpu_features") or ()))
@@ -525,7 +548,7 @@ def snapshot_from_inventories(entries: Sequence[tuple[str, str, bool, Iterable[s
                                       frozenset(feats) if feats is not None else None, f.extra.get("nested_virt")))
         prices.extend(PriceRow(pid, p.region, p.flavor, p.amount, p.currency, p.source, p.effective_date, p.unit,
                                p.gpu_model)
-                      for p in inv.prices if p.unit in COMPUTE_UNITS and p.os == "linux")
+                      for p in inv.prices if p.unit in PLACEMENT_UNITS and p.os == "linux")
     return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
                           prices=prices, settings=settings, to_currency=to_currency)
 
