@@ -144,7 +144,9 @@ def comparison_table(result: Comparison, limit: int) -> Table:
     for i, q in enumerate(result.quotes[:limit], 1):
         date_cell = f"[red]{q.effective_date} stale[/]" if q.stale else str(q.effective_date)
         row = [str(i), q.provider + (" (on-prem)" if q.on_prem else ""), q.region,
-               q.flavor + (" (composed)" if q.composed else ""), q.shape.describe(), f"{q.distance:g}",
+               q.flavor + (" (composed)" if q.composed else "") + (f" (discount {q.discount.describe()})"
+                                                                    if q.discount else ""),
+               q.shape.describe(), f"{q.distance:g}",
                _money(q.hourly)]
         row += [_money(q.rank_price)] if gpu else []
         row += [_part(q.per_vcpu_hour), _part(q.per_gib_hour), f"{q.amount.normalize():f} {q.currency}",

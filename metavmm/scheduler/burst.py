@@ -272,7 +272,7 @@ class BurstReplay:
                 jobs[i].reason = p.summary
                 burst_failure[i] = "no-public-candidate"
                 return False
-            cost = p.price_per_hour * Decimal(str(rec.hours))
+            cost = in_budget_currency(self.snapshot, p.price_per_hour * Decimal(str(rec.hours)), pol.currency)
             month = (rec.project, self._month(now))
             if pol.monthly_budget is not None and spent[month] + cost > pol.monthly_budget:
                 jobs[i].reason = (f"budget: {cost:.2f} {pol.currency} would exceed {rec.project}'s "
@@ -352,6 +352,14 @@ class BurstReplay:
 
 
 
+def in_budget_currency(snapshot: Snapshot, amount: Decimal, currency: str) -> Decimal:
+    """``amount`` (in the snapshot's currency) in a policy's budget ``currency``, through the snapshot's
+    converter (a policy in another currency is refused without one, :class:`BurstReplay`)."""
+    if currency == snapshot.currency or snapshot.to_currency is None:
+        return amount
+    return amount / snapshot.to_currency(Decimal(1), currency)
+
+
 def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0, ledger: Ledger | None = None) -> float:
     """vCPUs used (plus those ``ledger`` holds on on-prem hosts, plus ``extra_vcpus``) over the on-prem
     hosts' allocatable vCPUs; 1.0 without any."""
@@ -417,7 +425,7 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
             why_not.append(f"policy {pol.name}: {cloud.summary}")
             failed.append(BurstVerdict("", "", rule="no-public-candidate", **terms))  # type: ignore[arg-type]
             continue
-        cost = cloud.price_per_hour * Decimal(str(hours))
+        cost = in_budget_currency(snapshot, cloud.price_per_hour * Decimal(str(hours)), pol.currency)
         if pol.monthly_budget is not None and used + cost > pol.monthly_budget:
             left = pol.monthly_budget - used
             why_not.append(f"policy {pol.name}: {cost:.2f} {pol.currency} for {hours:g} h exceeds the monthly "

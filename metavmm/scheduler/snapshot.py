@@ -264,6 +264,7 @@ class Snapshot:
     projects: Mapping[str, int] = field(default_factory=_empty)  # name -> id
     settings: SchedulerSettings = field(default_factory=SchedulerSettings)
     has_converter: bool = False
+    to_currency: Converter | None = field(default=None, repr=False, compare=False)  # into ``currency``
     policies: tuple[Any, ...] = ()  # the federation's burst policies (BurstPolicy), for place_or_burst
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _site_by_id: Mapping[int, SiteView] = field(default_factory=_empty, repr=False)
@@ -339,9 +340,13 @@ class PriceRow:
         return self.flavor if self.unit in COMPONENT_UNITS else self.listed_family
 
 
-def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter | None) -> SitePrices:
+def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter | None,
+                 factor: Decimal | None = None) -> SitePrices:
     def view(r: PriceRow) -> PriceView:
-        return _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
+        v = _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
+        if factor is None or factor == 1 or v.amount is None or r.unit not in COMPUTE_UNITS:
+            return v  # a commitment discounts compute, not disks or traffic
+        return replace(v, amount=v.amount * factor, source=f"{v.source} x {factor} (discount)")
 
     latest: dict[str, PriceRow] = {}
     for row in rows:
@@ -397,8 +402,10 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
                    quotas: Mapping[int, Mapping[str, Decimal]] | None = None,
                    usage: Mapping[int, Mapping[str, Decimal]] | None = None,
                    projects: Mapping[str, int] | None = None, settings: SchedulerSettings | None = None,
-                   to_currency: Converter | None = None) -> Snapshot:
-    """Assemble a frozen snapshot. ``sites`` are ``(id, provider_id, name, region, country)`` tuples."""
+                   to_currency: Converter | None = None, discounts: Mapping[str, Decimal] | None = None) -> Snapshot:
+    """Assemble a frozen snapshot. ``sites`` are ``(id, provider_id, name, region, country)`` tuples.
+    ``discounts``: provider name -> the factor its prices are multiplied by today (a committed-use or
+    reserved discount, :mod:`metavmm.scheduler.pricing.discounts`)."""
     settings = settings or SchedulerSettings()
     by_provider = {p.id: p for p in providers}
     hosts_by_site: dict[int, list[HostView]] = defaultdict(list)
@@ -423,7 +430,7 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
             hv = settings.public_hypervisors.get(provider.kind)
             hvs = frozenset({hv}) if hv else frozenset()
         rows_here = prices_by_site.get((provider_id, region), ())
-        prices_here = _site_prices(rows_here, currency, to_currency)
+        prices_here = _site_prices(rows_here, currency, to_currency, (discounts or {}).get(provider.name))
         priced = list(site_flavors)
         if site_hosts:
             priced += _stated_flavors(rows_here, {f.name for f in site_flavors}, provider_id, site_id)
@@ -441,6 +448,7 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
         quotas=frozen_map({k: frozen_map(v) for k, v in (quotas or {}).items()}),
         usage=frozen_map({k: frozen_map(v) for k, v in (usage or {}).items()}),
         projects=frozen_map(projects or {}), settings=settings, has_converter=to_currency is not None,
+        to_currency=to_currency,
     )
 
 
@@ -452,7 +460,8 @@ def _spec_int(spec: Mapping[str, Any], key: str, default: int = 0) -> int:
 
 
 async def load_snapshot(session: AsyncSession, *, currency: str = "USD", settings: SchedulerSettings | None = None,
-                        to_currency: Converter | None = None) -> Snapshot:
+                        to_currency: Converter | None = None, discounts: Mapping[str, Decimal] | None = None,
+                        ) -> Snapshot:
     """Read the catalog once and freeze it. Sites and hosts no longer reported are left out."""
     providers = [ProviderView(p.id, p.name, p.kind, p.on_prem, frozenset(p.capabilities or ()), p.enabled)
                  for p in (await session.exec(select(m.Provider))).all() if p.id is not None]
@@ -507,7 +516,8 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
     projects = {p.name: p.id for p in (await session.exec(select(m.Project))).all() if p.id is not None}
     return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
                           prices=prices, images=images, replicas=replicas, workloads=workloads, quotas=quotas,
-                          usage=usage, projects=projects, settings=settings, to_currency=to_currency)
+                          usage=usage, projects=projects, settings=settings, to_currency=to_currency,
+                          discounts=discounts)
 
 
 def _price_row(p: m.Price) -> PriceRow:

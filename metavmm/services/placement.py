@@ -51,6 +51,7 @@ from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.plan import Placement, Rejection, Step
 from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.service import converter, discount_factors
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
 from metavmm.scheduler.summary import placement_summary
 from metavmm.services import metrics
@@ -164,13 +165,14 @@ class Placer:
 
     async def _snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph, ViewCache]:
         """The snapshot, its graph and the views no reservation touched, reused while the fingerprint holds."""
-        key = await fingerprint(session)
+        key = (*await fingerprint(session), datetime.now(UTC).date())  # a discount's validity is dated
         cached = self._cached
         if self.cache and cached is not None and cached[0] == key:
             self.hits += 1
             return cached[1], cached[2], cached[3]
         self.misses += 1
-        snap = await load_snapshot(session, currency=self.config.federation.currency, settings=self.config.scheduler)
+        snap = await load_snapshot(session, currency=self.config.federation.currency, settings=self.config.scheduler,
+                                   to_currency=converter(self.config), discounts=discount_factors(self.config))
         snap = replace(snap, policies=tuple(self.config.policies))
         graph, views = FederationGraph(snap), ViewCache()
         self._cached = (key, snap, graph, views)

@@ -121,6 +121,9 @@ class QuoteOut(BaseModel):
     stale: bool
     source: str
     source_ref: str | None
+    discount: Decimal | None = Field(default=None, description="the committed-use/reserved discount factor "
+                                     "applied (hourly and the per-part prices are after it; amount is the list price)")
+    discount_note: str | None = Field(default=None, description="the discount's dates and source")
 
 
 class RatesOut(BaseModel):
@@ -157,7 +160,8 @@ def comparison_out(result: Comparison, limit: int) -> ComparisonOut:
         distance=q.distance, composed=q.composed, hourly=_q(q.hourly), per_vcpu_hour=_opt(q.per_vcpu_hour),
         per_gib_hour=_opt(q.per_gib_hour), per_gpu_hour=_opt(q.per_gpu_hour),
         rank_price=_q(q.rank_price), amount=q.amount, currency=q.currency, effective_date=q.effective_date,
-        age_days=q.age_days, stale=q.stale, source=q.source, source_ref=q.source_ref)
+        age_days=q.age_days, stale=q.stale, source=q.source, source_ref=q.source_ref,
+        discount=q.discount.factor if q.discount else None, discount_note=q.discount.describe() if q.discount else None)
         for i, q in enumerate(result.quotes[:limit], 1)]
     rates = result.rates
     return ComparisonOut(request=result.request.describe(), currency=result.currency,

@@ -34,6 +34,7 @@ from metavmm.foundation.prices import (
 )
 from metavmm.scheduler.pricing.book import ATTACHABLE_GPU_FAMILIES, PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
+from metavmm.scheduler.pricing.discounts import DatedFactor, Discounts
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Quote:
     stale: bool
     source: str
     source_ref: str | None
+    discount: DatedFactor | None = None  # a committed-use/reserved discount applied to ``hourly`` and the rest
 
 
 @dataclass
@@ -203,8 +205,10 @@ def _in_currency(p: PricePoint, currency: str, to_currency: Converter | None) ->
 
 
 def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str | None = None, *,
-            today: date | None = None, providers: set[str] | None = None, region: str | None = None) -> Comparison:
-    """The best matching flavor at every provider and region, ranked by what the request costs."""
+            today: date | None = None, providers: set[str] | None = None, region: str | None = None,
+            discounts: Discounts | None = None) -> Comparison:
+    """The best matching flavor at every provider and region, ranked by what the request costs (after
+    the provider's committed-use or reserved discount valid ``today``, when ``discounts`` has one)."""
     today = today or date.today()
     target = currency_code(currency or rates.base)
     to_currency = rates.converter(target)
@@ -213,6 +217,8 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
         if (providers and provider not in providers) or (region and reg != region):
             continue
         result.prices_considered += len(points)
+        disc = discounts.on(provider, today) if discounts is not None else None
+        factor = disc.factor if disc is not None else Decimal(1)
         best: tuple[float, Decimal, PricePoint, Shape, bool, Decimal, list[PricePoint]] | None = None
         families = book.shaped_families.get((provider, reg), set())
         unconvertible: str | None = None
@@ -221,7 +227,7 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
             if d is None:
                 continue
             try:  # rows of one region in different currencies are compared in the comparison's currency
-                normalised = to_currency(amount, point.currency)
+                normalised = to_currency(amount, point.currency) * factor
             except ValidationError as exc:
                 unconvertible = str(exc)
                 continue
@@ -234,7 +240,7 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
                 result.unmatched[f"{provider}/{reg}"] = why
             continue
         d, _, point, shape, composed, amount, used = best
-        result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today))
+        result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today, disc))
     result.quotes.sort(key=lambda q: (q.rank_price, q.distance, q.provider, q.region))
     quoted = {(q.provider, q.region) for q in result.quotes}
     for (provider, reg), count in sorted(book.shaped_counts.items()):
@@ -245,8 +251,9 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
 
 
 def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, used: list[PricePoint], d: float,
-           req: ShapeRequest, to_currency: Converter, rates: RateTable, today: date) -> Quote:
-    hourly = to_currency(amount, point.currency)
+           req: ShapeRequest, to_currency: Converter, rates: RateTable, today: date,
+           disc: DatedFactor | None = None) -> Quote:
+    hourly = to_currency(amount, point.currency) * (disc.factor if disc is not None else 1)
     per_gpu = hourly / shape.gpu_count if shape.gpu_count else None
     rank = per_gpu * req.gpu_count if req.gpu_count and per_gpu is not None else hourly
     effective = min(p.effective_date for p in used)
@@ -268,14 +275,16 @@ def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, use
         hourly=hourly, per_vcpu_hour=hourly / shape.vcpus if shape.vcpus else None,
         per_gib_hour=hourly / shape.ram_gib if shape.ram_mib else None,
         per_gpu_hour=per_gpu, rank_price=rank, effective_date=effective, age_days=age,
-        stale=age > rates.stale_after_days, source=point.source, source_ref=ref)
+        stale=age > rates.stale_after_days, source=point.source, source_ref=ref, discount=disc)
 
 
 def best_quote(book: PriceBook, req: ShapeRequest, rates: RateTable, provider: str, region: str,
-               currency: str | None = None, *, today: date | None = None) -> Quote | None:
+               currency: str | None = None, *, today: date | None = None,
+               discounts: Discounts | None = None) -> Quote | None:
     """What placing ``req`` at one provider and region costs (None: no priced shape there fits).
 
     The scheduler's price cost: the same matching, normalisation and currency as the comparison.
     """
-    quotes = compare(book, req, rates, currency, today=today, providers={provider}, region=region).quotes
+    quotes = compare(book, req, rates, currency, today=today, providers={provider}, region=region,
+                     discounts=discounts).quotes
     return quotes[0] if quotes else None
