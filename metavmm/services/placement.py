@@ -304,15 +304,16 @@ async def burst_spend(session: AsyncSession, snap: Snapshot, project_id: int | N
         return {}
     now = datetime.now(UTC)
     month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    specs = (await session.exec(select(m.Workload.spec).where(
+    verdict = m.Workload.spec["placement"]["burst"]  # type: ignore[index]
+    rows = (await session.exec(select(verdict["policy"].as_string(), verdict["burst_cost"].as_string()).where(
         m.Workload.project_id == project_id, m.Workload.kind == "compute",
-        m.Workload.created_at >= month))).all()  # type: ignore[operator]
+        m.Workload.created_at >= month, verdict["outcome"].as_string() == "burst"))).all()  # type: ignore[operator]
     out: dict[str, Decimal] = {}
-    for spec in specs:
-        burst = ((spec or {}).get("placement") or {}).get("burst") or {}
-        if burst.get("outcome") == "burst" and burst.get("policy") and burst.get("burst_cost"):
-            try:
-                out[burst["policy"]] = out.get(burst["policy"], Decimal(0)) + Decimal(str(burst["burst_cost"]))
-            except InvalidOperation:
-                continue
+    for policy, cost in rows:
+        if not policy or not cost:
+            continue
+        try:
+            out[policy] = out.get(policy, Decimal(0)) + Decimal(cost)
+        except InvalidOperation:
+            continue  # a summary written by hand or by an older broker: it counts for nothing
     return out
