@@ -144,13 +144,20 @@ def comparison_table(result: Comparison, limit: int) -> Table:
     for i, q in enumerate(result.quotes[:limit], 1):
         date_cell = f"[red]{q.effective_date} stale[/]" if q.stale else str(q.effective_date)
         row = [str(i), q.provider + (" (on-prem)" if q.on_prem else ""), q.region,
-               q.flavor + (" (composed)" if q.composed else ""), q.shape.describe(), f"{q.distance:g}",
+               q.flavor + (" (composed)" if q.composed else "") + (f" (discount {q.discount.describe()})"
+                                                                    if q.discount else ""),
+               q.shape.describe(), f"{q.distance:g}",
                _money(q.hourly)]
         row += [_money(q.rank_price)] if gpu else []
-        row += [f"{q.per_vcpu_hour:.4f}", f"{q.per_gib_hour:.4f}", f"{q.amount.normalize():f} {q.currency}",
+        row += [_part(q.per_vcpu_hour), _part(q.per_gib_hour), f"{q.amount.normalize():f} {q.currency}",
                 date_cell, q.source]
         table.add_row(*row)
     return table
+
+
+def _part(value: Decimal | None) -> str:
+    """A per-part price, or "-" for a part the priced shape does not have (a GPU-only shape's vCPUs)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 @prices_group.command("chart")

@@ -176,6 +176,27 @@ def _print_summary(out: PlacementOut) -> None:
         console.print(table)
     if out.burst is not None:
         console.print(f"burst: {out.burst.outcome}: {out.burst.reason}", highlight=False, soft_wrap=True)
+        for line in burst_terms(out.burst):
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+def burst_terms(b: Any) -> list[str]:
+    """The policy verdict's terms, one line each: the rule, the threshold, the budget, residency, providers."""
+    if not b.policy:
+        return [f"rule: {b.rule}"] if b.rule else []
+    lines = [f"rule: {b.rule} (policy {b.policy})"]
+    if b.utilisation is not None and b.threshold is not None:
+        lines.append(f"threshold: on-prem at {b.utilisation:.0%} with this request, policy bursts above "
+                     f"{b.threshold:.0%}: {'reached' if b.threshold_reached else 'not reached'}")
+    if b.budget is not None:
+        cost = f", this burst {b.burst_cost}" if b.burst_cost is not None else ""
+        lines.append(f"budget: {b.budget} {b.budget_currency} a month, spent {b.budget_spent}{cost}, "
+                     f"left {b.budget_left}")
+    else:
+        lines.append("budget: none set")
+    lines.append("residency: " + (", ".join(b.residency) or "any country"))
+    lines.append("allowed providers: " + ", ".join(b.allowed_providers))
+    return lines
 
 
 @schedule_group.command("batch")
@@ -296,14 +317,13 @@ def replay(settings: Settings, trace: str, policy_name: str, start: Any, as_json
         for key, spent in out.budget_used.items():
             budget.add_row(key, str(spent))
         console.print(budget)
-    jobs = Table(title="requests")
-    for col in ("name", "project", "where", "wait s", "cost", "note"):
+    jobs = Table(title="requests, and which rule fired at each decision")
+    for col in ("name", "project", "where", "wait s", "cost", "decisions (at s: rule: why)"):
         jobs.add_column(col)
     for j in out.jobs:
-        note = ("burst" + (f", returned at {j.returned_s:.0f} s" if j.returned_s is not None else "")) if j.burst \
-            else j.reason
+        decisions = "\n".join(f"{d.at_s:.0f}: {d.rule}: {d.detail}" for d in j.decisions)
         jobs.add_row(j.name, j.project, j.where, "-" if j.wait_s is None else f"{j.wait_s:.0f}", str(j.cost),
-                     note)
+                     decisions)
     console.print(jobs)
 
 

@@ -520,6 +520,24 @@ class MetricsConfig(_Strict):
                                  description="how often an open /api/v1/events stream looks for new rows")
 
 
+class Discount(_Strict):
+    """A committed-use or reserved discount: ``provider``'s compute prices times ``factor`` (0.63: 37 %
+    off) from ``valid_from`` until ``valid_until`` (exclusive; open without it). Disks and egress keep
+    their list prices."""
+
+    provider: str
+    factor: Decimal = Field(gt=0, le=1)
+    valid_from: date
+    valid_until: date | None = None
+    source: str = Field(default="", description="the commitment, e.g. '1-year CUD, order 1234'")
+
+    @model_validator(mode="after")
+    def _dates(self) -> Discount:
+        if self.valid_until is not None and self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+
 class FederationConfig(_Strict):
     federation: FederationInfo = Field(default_factory=FederationInfo)
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
@@ -530,6 +548,7 @@ class FederationConfig(_Strict):
     prices: list[PriceTable] = Field(default_factory=list)
     currency: CurrencyConfig | None = None
     policies: list[BurstPolicy] = Field(default_factory=list)
+    discounts: list[Discount] = Field(default_factory=list)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     ha: HaConfig = Field(default_factory=HaConfig)
@@ -555,6 +574,13 @@ class FederationConfig(_Strict):
         rebalance = [r.name for r in self.rebalance]
         if len(set(rebalance)) != len(rebalance):
             raise ValueError("rebalance policy names must be unique")
+        for i, disc in enumerate(self.discounts):
+            if disc.provider not in names:
+                raise ValueError(f"discounts[{i}].provider {disc.provider!r} is not a configured provider")
+            for j, other in enumerate(self.discounts[:i]):
+                if other.provider == disc.provider and disc.valid_from < (other.valid_until or date.max) \
+                        and other.valid_from < (disc.valid_until or date.max):
+                    raise ValueError(f"discounts[{i}] overlaps discounts[{j}] for {disc.provider}: one factor a day")
         return self
 
     def provider(self, name: str) -> Any:

@@ -96,9 +96,10 @@ class Shape:
 
     def describe(self) -> str:
         gib = self.ram_gib.normalize()
-        text = f"{self.vcpus} vCPU / {gib:f} GiB"
+        parts = [f"{self.vcpus} vCPU", f"{gib:f} GiB"] if self.vcpus or self.ram_mib or not self.gpu_count else []
         if self.gpu_count:
-            text += f" / {self.gpu_count}x {self.gpu_model}"
+            parts.append(f"{self.gpu_count}x {self.gpu_model}")
+        text = " / ".join(parts)
         if self.arch:
             text += f" ({self.arch})"
         return text

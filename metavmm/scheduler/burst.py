@@ -29,7 +29,7 @@ import heapq
 import itertools
 import json
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from datetime import date, timedelta
@@ -97,6 +97,22 @@ def load_trace(path: str | Path) -> list[TraceRecord]:
     return parse_trace(text, str(p))
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One decision of the replay about one job: when, the rule that fired, and the numbers behind it.
+
+    Rules (as :data:`metavmm.scheduler.plan.RULES`, plus the replay's own): ``under-threshold`` (ran
+    on-prem), ``over-threshold`` or ``wait-too-long`` (burst), ``over-budget`` or ``no-public-candidate``
+    (could not burst: ran on-prem over the threshold, or waited), ``queued`` (waits for on-prem),
+    ``capacity-freed`` (a queued job started on-prem), ``returned`` (burst work brought home),
+    ``unplaced`` (never ran).
+    """
+
+    at_s: float
+    rule: str
+    detail: str
+
+
 @dataclass
 class JobOutcome:
     name: str
@@ -110,6 +126,15 @@ class JobOutcome:
     cost: Decimal = Decimal(0)  # public spend
     on_prem_cost: Decimal = Decimal(0)
     reason: str = ""
+    decisions: list[Decision] = field(default_factory=list)  # every decision about the job, in time order
+
+    @property
+    def rule(self) -> str:
+        """The rule behind the job's last decision."""
+        return self.decisions[-1].rule if self.decisions else ""
+
+    def decide(self, at: float, rule: str, detail: str) -> None:
+        self.decisions.append(Decision(at, rule, detail))
 
     @property
     def wait_s(self) -> float:
@@ -211,6 +236,7 @@ class BurstReplay:
         running_public: dict[int, tuple[float, Decimal]] = {}  # job -> (ends at, price per hour)
         end_at: dict[int, float] = {}
         spent: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        burst_failure: dict[int, str] = {}  # job -> why its last burst attempt failed (a rule name)
         peak = self.utilisation()
 
         def start_on_prem(i: int, now: float, placement) -> None:  # type: ignore[no-untyped-def]
@@ -244,12 +270,14 @@ class BurstReplay:
             p = self.public.place(self._request(rec, public=True), reserve=False)
             if not p.placed or p.price_per_hour is None:
                 jobs[i].reason = p.summary
+                burst_failure[i] = "no-public-candidate"
                 return False
-            cost = p.price_per_hour * Decimal(str(rec.hours))
+            cost = in_budget_currency(self.snapshot, p.price_per_hour * Decimal(str(rec.hours)), pol.currency)
             month = (rec.project, self._month(now))
             if pol.monthly_budget is not None and spent[month] + cost > pol.monthly_budget:
                 jobs[i].reason = (f"budget: {cost:.2f} {pol.currency} would exceed {rec.project}'s "
                                   f"{pol.monthly_budget} for {month[1]} (spent {spent[month]:.2f})")
+                burst_failure[i] = "over-budget"
                 return False
             spent[month] += cost
             job = jobs[i]
@@ -271,6 +299,8 @@ class BurstReplay:
                     jobs[i].cost -= refund
                     spent[(trace[i].project, self._month(now))] -= refund
                     jobs[i].returned_s = now
+                    jobs[i].decide(now, "returned", f"on-prem fell below {pol.return_below:.0%} with "
+                                   f"{(ends - now) / 3600:.1f} h left: brought home to {jobs[i].where}")
                     del running_public[i]
 
         while events:
@@ -278,15 +308,27 @@ class BurstReplay:
             now, i = ev.at, ev.job
             if ev.kind == "arrive":
                 rec = trace[i]
-                over = self.utilisation(rec.vcpus) > pol.when_utilisation_above
+                use = self.utilisation(rec.vcpus)
+                over = use > pol.when_utilisation_above
+                level = f"on-prem at {use:.0%} with it, threshold {pol.when_utilisation_above:.0%}"
                 if not over and try_on_prem(i, now, None):
+                    jobs[i].decide(now, "under-threshold", f"{level}: ran on-prem")
                     continue
                 wait = self._estimated_wait(now, rec, running_on_prem.values())
                 would_wait = pol.when_wait_longer_than_s is not None and wait > pol.when_wait_longer_than_s
+                waiting = f"would wait ~{wait:.0f} s, policy bursts after {pol.when_wait_longer_than_s} s"
                 if (over or would_wait) and try_burst(i, now):
+                    jobs[i].decide(now, "over-threshold" if over else "wait-too-long",
+                                   f"{level if over else waiting}: burst to {jobs[i].where}")
                     continue
-                if over and try_on_prem(i, now, None):
-                    continue  # over the threshold, but bursting was not possible: run at home
+                if over and try_on_prem(i, now, None):  # over the threshold, but bursting was not possible
+                    jobs[i].decide(now, burst_failure.get(i, "no-public-candidate"),
+                                   f"{level}; could not burst ({jobs[i].reason}): ran on-prem")
+                    continue
+                why = f"could not burst ({jobs[i].reason})" if (over or would_wait) else \
+                    (waiting if pol.when_wait_longer_than_s is not None else "waiting alone never bursts")
+                jobs[i].decide(now, burst_failure.get(i, "queued") if (over or would_wait) else "queued",
+                               f"on-prem cannot take it now; {why}: queued")
                 queue.append(i)
                 continue
             # a job ended
@@ -297,14 +339,25 @@ class BurstReplay:
             running_public.pop(i, None)
             for _ in range(len(queue)):
                 j = queue.popleft()
-                if not try_on_prem(j, now, None):
+                if try_on_prem(j, now, None):
+                    jobs[j].decide(now, "capacity-freed", f"started on-prem after {now - trace[j].at:.0f} s")
+                else:
                     queue.append(j)
             bring_back(now)
         for j in queue:
             jobs[j].where = "unplaced"
             jobs[j].reason = jobs[j].reason or "never fitted on-prem and could not burst"
+            jobs[j].decide(jobs[j].arrived_s, "unplaced", jobs[j].reason)
         return ReplayReport(pol.name, self.snapshot.currency, jobs, dict(spent), peak)
 
+
+
+def in_budget_currency(snapshot: Snapshot, amount: Decimal, currency: str) -> Decimal:
+    """``amount`` (in the snapshot's currency) in a policy's budget ``currency``, through the snapshot's
+    converter (a policy in another currency is refused without one, :class:`BurstReplay`)."""
+    if currency == snapshot.currency or snapshot.to_currency is None:
+        return amount
+    return amount / snapshot.to_currency(Decimal(1), currency)
 
 
 def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0, ledger: Ledger | None = None) -> float:
@@ -318,7 +371,8 @@ def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0, ledger: Ledger
 
 def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy], *,
                    ledger: Ledger | None = None, graph: FederationGraph | None = None,
-                   explain: bool = False, views: ViewCache | None = None) -> Placement:
+                   explain: bool = False, views: ViewCache | None = None,
+                   spent: Mapping[str, Decimal] | None = None) -> Placement:
     """A real request's placement under the federation's burst policies (what a create and its
     ``/placements`` dry run use), with the verdict on :attr:`Placement.burst`.
 
@@ -326,41 +380,57 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
     With them, on-prem comes first; a request that does not fit on-prem, or that would push on-prem
     vCPU utilisation (placements in transit included) past a policy's threshold, goes to the cheapest
     of that policy's allowed providers honouring its residency, if its price over the expected hours
-    fits the policy's monthly budget (spend already made this month is not tracked here: the replay
-    models it). When no policy can take it, an over-threshold request still runs on-prem if it fits;
-    otherwise the on-prem answer (with its reasons, and each policy's) is returned. ``ledger``, ``graph``
-    and ``views``: the create path's in-transit placements, its cached graph and its cached views (see
-    :mod:`metavmm.services.placement`).
+    fits what is left of the policy's monthly budget (``spent``: policy name -> what the request's
+    project has burst this month, as the broker recorded it; the replay models it itself). When no
+    policy can take it, an over-threshold request still runs on-prem if it fits; otherwise the on-prem
+    answer (with its reasons, and each policy's) is returned. The verdict names the rule that decided,
+    whether the threshold was reached, the budget left, the residency and the allowed providers.
+    ``ledger``, ``graph`` and ``views``: the create path's in-transit placements, its cached graph and
+    its cached views (see :mod:`metavmm.services.placement`).
     """
     policies = list(policies)
+    spent = spent or {}
     pinned = bool(req.sites or req.providers or req.public_only)
     if not policies or pinned:
         plain = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(req, reserve=False, explain=explain)
         why = "no burst policy is configured" if not policies else "the request names its sites or providers"
-        return dataclass_replace(plain, burst=BurstVerdict("pinned" if policies else "no-policy", why))
+        rule = "pinned" if policies else "no-policy"
+        return dataclass_replace(plain, burst=BurstVerdict(rule, why, rule=rule))
     home = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(dataclass_replace(req, on_prem_only=True),
                                                                  reserve=False, explain=explain)
     over = on_prem_utilisation(snapshot, req.vcpus, ledger)
+    hours = req.expected_hours or snapshot.settings.expected_hours
     why_not: list[str] = []
+    failed: list[BurstVerdict] = []
     for pol in policies:
         limit = pol.when_utilisation_above
+        residency = tuple(c for c in (req.residency or pol.residency) if not pol.residency or c in pol.residency)
+        public_residency = residency or (("--",) if req.residency and pol.residency else ())
+        used = spent.get(pol.name, Decimal(0))
+        terms = {"policy": pol.name, "utilisation": over, "threshold": limit, "threshold_reached": over > limit,
+                 "budget": pol.monthly_budget, "budget_currency": pol.currency,
+                 "budget_spent": used if pol.monthly_budget is not None else None,
+                 "budget_left": pol.monthly_budget - used if pol.monthly_budget is not None else None,
+                 "residency": tuple(c for c in public_residency if c != "--"),
+                 "allowed_providers": tuple(pol.allowed_providers)}
         if home.placed and over <= limit:
             return dataclass_replace(home, burst=BurstVerdict(
                 "on-prem", f"stayed on-prem: utilisation would be {over:.0%}, policy {pol.name} bursts above "
-                f"{limit:.0%}", pol.name, over, limit))
-        hours = req.expected_hours or snapshot.settings.expected_hours
-        residency = tuple(c for c in (req.residency or pol.residency) if not pol.residency or c in pol.residency)
-        public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=residency or (
-            ("--",) if req.residency and pol.residency else ()), providers=tuple(pol.allowed_providers))
+                f"{limit:.0%}", rule="under-threshold", **terms))  # type: ignore[arg-type]
+        public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=public_residency,
+                                       providers=tuple(pol.allowed_providers))
         cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph, views=views).place(
             public_req, reserve=False, explain=explain)
         if not cloud.placed or cloud.price_per_hour is None:
             why_not.append(f"policy {pol.name}: {cloud.summary}")
+            failed.append(BurstVerdict("", "", rule="no-public-candidate", **terms))  # type: ignore[arg-type]
             continue
-        cost = cloud.price_per_hour * Decimal(str(hours))
-        if pol.monthly_budget is not None and cost > pol.monthly_budget:
+        cost = in_budget_currency(snapshot, cloud.price_per_hour * Decimal(str(hours)), pol.currency)
+        if pol.monthly_budget is not None and used + cost > pol.monthly_budget:
+            left = pol.monthly_budget - used
             why_not.append(f"policy {pol.name}: {cost:.2f} {pol.currency} for {hours:g} h exceeds the monthly "
-                           f"budget {pol.monthly_budget}")
+                           f"budget {pol.monthly_budget} ({left:.2f} left this month)")
+            failed.append(BurstVerdict("", "", rule="over-budget", burst_cost=cost, **terms))  # type: ignore[arg-type]
             continue
         why = f"on-prem cannot take it ({home.summary})" if not home.placed else \
             f"on-prem utilisation would reach {over:.0%}, above the {limit:.0%} it allows"
@@ -368,16 +438,20 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
         if home.placed and home.site is not None:
             home_choice = Alternative(home.host or home.flavor or home.site, home.site, 0.0, home.costs,
                                       "host" if home.host else "site", home.price_per_hour)
+        if pol.monthly_budget is not None:
+            terms["budget_left"] = pol.monthly_budget - used - cost
         verdict = BurstVerdict("burst", f"burst to {cloud.site} by policy {pol.name}: {why}; the cheapest allowed "
-                               f"provider costs {money(cloud.price_per_hour)} {cloud.currency}/h", pol.name, over,
-                               limit, home_choice)
+                               f"provider costs {money(cloud.price_per_hour)} {cloud.currency}/h", home=home_choice,
+                               rule="on-prem-full" if not home.placed else "over-threshold", burst_cost=cost,
+                               **terms)  # type: ignore[arg-type]
         return dataclass_replace(cloud, summary=f"burst by policy {pol.name} ({why}): {cloud.summary}",
                                  burst=verdict)
+    first = failed[0] if failed else BurstVerdict("", "", policies[0].name)
     if home.placed:
-        verdict = BurstVerdict("on-prem", f"stayed on-prem although utilisation would reach {over:.0%}: "
-                               + "; ".join(why_not), None, over, policies[0].when_utilisation_above)
+        verdict = dataclass_replace(first, outcome="on-prem", reason=f"stayed on-prem although utilisation would "
+                                    f"reach {over:.0%}: " + "; ".join(why_not))
         return dataclass_replace(home, summary=f"{home.summary} (no burst: {'; '.join(why_not)})", burst=verdict)
-    verdict = BurstVerdict("unplaced", "fits nowhere on-prem and no policy could burst it"
-                           + (": " + "; ".join(why_not) if why_not else ""), None, over)
+    verdict = dataclass_replace(first, outcome="unplaced", reason="fits nowhere on-prem and no policy could burst it"
+                                + (": " + "; ".join(why_not) if why_not else ""))
     return dataclass_replace(home, summary=f"{home.summary}; " + "; ".join(why_not) if why_not else home.summary,
                              burst=verdict)

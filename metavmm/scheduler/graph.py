@@ -104,10 +104,15 @@ class Link:
 
 
 def link_between(a: SiteView, b: SiteView, settings: SchedulerSettings) -> Link:
-    """The documented default link between two sites (no measured data in the catalog yet)."""
+    """The documented default link between two sites (no measured data in the catalog yet). Data leaving
+    ``a`` pays ``a``'s own egress price when the catalog has one (a gib-egress price of its provider and
+    region), else the settings' default; within one on-prem provider it is free."""
     same_provider = a.provider.id == b.provider.id
     rate = settings.transfer_mib_per_s if same_provider else settings.wan_mib_per_s
     egress = settings.on_prem_egress_price_per_gib if a.on_prem else settings.egress_price_per_gib
+    priced = a.prices.egress
+    if priced is not None and priced.amount is not None:
+        egress = priced.amount
     return Link(rate, settings.transfer_latency_s, Decimal(0) if same_provider and a.on_prem else egress)
 
 

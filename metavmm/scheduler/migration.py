@@ -28,6 +28,7 @@ from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Reservation
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Placement, PlanStep
+from metavmm.scheduler.quotes import storage_per_hour
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.scheduler.snapshot import HostView, Snapshot, WorkloadView, hypervisor_family
 from metavmm.scheduler.views import host_free, host_view
@@ -159,6 +160,8 @@ class MigrationPlanner:
                 PlanStep("cleanup", src_name, f"delete {w.name} and its disk at the source", CLEANUP_S),
             )
             mode, why_mode = "cold", f"live impossible: {why}"
+        if price_per_hour is not None:  # the disk keeps costing at the target where storage is priced
+            price_per_hour += storage_per_hour(t_site, w.disk_gib)
         return Move(w.name, w.id, s_site.name if s_site else "?", source.name if source else None, t_site.name,
                     target.name if target else None, flavor, mode, why_mode, steps, sum(s.seconds for s in steps),
                     sum((s.price for s in steps), Decimal(0)), price_per_hour)

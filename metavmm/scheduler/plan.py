@@ -96,8 +96,13 @@ class BurstVerdict:
 
     ``outcome``: ``on-prem`` (stayed home), ``burst`` (sent to a public provider by ``policy``),
     ``unplaced`` (fits nowhere), ``no-policy`` (no policy configured) or ``pinned`` (the request names
-    its sites or providers, so no policy applies). ``utilisation``: on-prem vCPU utilisation with the
-    request (placements still in transit included); ``threshold``: the deciding policy's.
+    its sites or providers, so no policy applies). ``rule``: the rule that decided (:data:`RULES`).
+    ``utilisation``: on-prem vCPU utilisation with the request (placements still in transit included);
+    ``threshold``: the deciding policy's, ``threshold_reached`` whether the request passes it. The budget
+    (per project and month, in ``budget_currency``): ``budget_spent`` this month before the request,
+    ``burst_cost`` the public choice over the expected hours, ``budget_left`` what remains after it
+    (after nothing, when the request stays home). ``residency``: the countries a public choice had to be
+    in (empty: any), ``allowed_providers`` the providers the policy lets work burst to.
     """
 
     outcome: str
@@ -106,11 +111,41 @@ class BurstVerdict:
     utilisation: float | None = None
     threshold: float | None = None
     home: Alternative | None = None  # on a burst: the on-prem choice the policy overrode (when one fitted)
+    rule: str = ""
+    threshold_reached: bool | None = None
+    budget: Decimal | None = None
+    budget_currency: str | None = None
+    budget_spent: Decimal | None = None
+    burst_cost: Decimal | None = None
+    budget_left: Decimal | None = None
+    residency: tuple[str, ...] = ()
+    allowed_providers: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "policy": self.policy, "reason": self.reason,
+        def amount(value: Decimal | None) -> str | None:
+            return None if value is None else format(value.quantize(Decimal("0.0001")).normalize(), "f")
+
+        return {"outcome": self.outcome, "policy": self.policy, "reason": self.reason, "rule": self.rule,
                 "utilisation": None if self.utilisation is None else round(self.utilisation, 4),
-                "threshold": self.threshold}
+                "threshold": self.threshold, "threshold_reached": self.threshold_reached,
+                "budget": amount(self.budget), "budget_currency": self.budget_currency,
+                "budget_spent": amount(self.budget_spent), "burst_cost": amount(self.burst_cost),
+                "budget_left": amount(self.budget_left), "residency": list(self.residency),
+                "allowed_providers": list(self.allowed_providers)}
+
+
+RULES = {
+    "no-policy": "no burst policy is configured",
+    "pinned": "the request names its sites or providers: no policy applies",
+    "under-threshold": "on-prem utilisation stays at or under the policy's threshold: stay home",
+    "over-threshold": "on-prem utilisation would pass the threshold: burst to the cheapest allowed provider",
+    "on-prem-full": "nothing on-prem can take the request: burst",
+    "over-budget": "a burst would pass the project's monthly budget: stay home, or stay unplaced",
+    "no-public-candidate": "no allowed provider (in the allowed countries) can take it: stay home, or stay "
+                           "unplaced",
+}
+"""The rules a burst verdict names, and what each means (the replay names the same rules per decision,
+with ``wait-too-long``, ``queued`` and ``returned``)."""
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def custom_quote(site: SiteView, req: PlacementRequest) -> Quote | None:
     families = site.prices.families
     if not families:
         return None
-    vcpus, ram_gib = req.vcpus or 1, (Decimal(req.ram_mib) / 1024) or Decimal(1)  # as the comparison composes
+    vcpus, ram_gib = req.vcpus, Decimal(req.ram_mib) / 1024  # the parts the request has, as the comparison
     gpu = site.prices.gpu(req.gpu_model) if req.gpu_count else None
     if req.gpu_count and gpu is None:
         return Quote(None, "composed", f"no gpu-hour price for {req.gpu_model} at {site.name}")
@@ -109,6 +109,18 @@ def host_quote(site: SiteView, req: PlacementRequest) -> Quote:
     if options:
         return min(options, key=lambda o: (o[0], o[1]))[2]
     return Quote(None, "", problem or f"no price for {_describe(req)} at {site.name}")
+
+
+HOURS_PER_MONTH = Decimal(730)  # how the public clouds turn a GiB-month into hours
+
+
+def storage_per_hour(site: SiteView, disk_gib: int) -> Decimal:
+    """What ``disk_gib`` of disk costs per hour at ``site``: its cheapest storage price (gib-month) over
+    730 hours; 0 without a disk or without a usable storage price there (the compute price is all)."""
+    price = site.prices.storage
+    if not disk_gib or price is None or price.amount is None:
+        return Decimal(0)
+    return price.amount * disk_gib / HOURS_PER_MONTH
 
 
 def cheapest_flavor_quote(site: SiteView, req: PlacementRequest) -> Quote:

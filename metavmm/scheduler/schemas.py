@@ -132,8 +132,22 @@ class BurstOut(BaseModel):
     outcome: Literal["on-prem", "burst", "unplaced", "no-policy", "pinned"]
     policy: str | None
     reason: str
+    rule: str = Field(default="", description="the rule that decided: no-policy, pinned, under-threshold, "
+                      "over-threshold, on-prem-full, over-budget, no-public-candidate")
     utilisation: float | None
     threshold: float | None
+    threshold_reached: bool | None = Field(default=None, description="whether on-prem utilisation with the "
+                                           "request passes the policy's threshold")
+    budget: Decimal | None = Field(default=None, description="the policy's monthly budget per project")
+    budget_currency: str | None = None
+    budget_spent: Decimal | None = Field(default=None, description="the project's burst spend this month before "
+                                         "this request")
+    burst_cost: Decimal | None = Field(default=None, description="the public choice's price over the expected "
+                                       "hours")
+    budget_left: Decimal | None = Field(default=None, description="what the budget keeps after this request")
+    residency: list[str] = Field(default_factory=list, description="countries a burst had to stay in (empty: "
+                                 "any)")
+    allowed_providers: list[str] = Field(default_factory=list)
 
 
 class PlacementOut(BaseModel):
@@ -246,6 +260,12 @@ class MigrationOut(BaseModel):
                                   steps=[StepOut.of(s) for s in m.steps]) for m in plan.moves])
 
 
+class DecisionOut(BaseModel):
+    at_s: float
+    rule: str
+    detail: str
+
+
 class JobOut(BaseModel):
     name: str
     project: str
@@ -257,6 +277,9 @@ class JobOut(BaseModel):
     cost: Decimal
     on_prem_cost: Decimal
     reason: str
+    rule: str = Field(description="the rule behind the last decision about the request")
+    decisions: list[DecisionOut] = Field(description="every decision about the request: when, which rule "
+                                         "fired, the numbers behind it")
 
 
 class ReplayOut(BaseModel):
@@ -289,7 +312,9 @@ class ReplayOut(BaseModel):
             jobs=[JobOut(name=j.name, project=j.project, where=j.where, provider=j.provider, burst=j.burst,
                          wait_s=None if j.started_s is None else round(j.wait_s, 3), returned_s=j.returned_s,
                          cost=j.cost.quantize(Decimal("0.0001")), on_prem_cost=j.on_prem_cost.quantize(
-                             Decimal("0.0001")), reason=j.reason) for j in r.jobs])
+                             Decimal("0.0001")), reason=j.reason, rule=j.rule,
+                         decisions=[DecisionOut(at_s=d.at_s, rule=d.rule, detail=d.detail) for d in j.decisions])
+                  for j in r.jobs])
 
 
 class PolicyOut(BaseModel):

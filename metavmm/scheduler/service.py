@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
+from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -20,15 +21,32 @@ from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.scheduler.batch import BatchPlanner, BatchResult
 from metavmm.scheduler.burst import BurstReplay, ReplayReport, TraceRecord
 from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner
+from metavmm.scheduler.pricing.currency import RateTable
+from metavmm.scheduler.pricing.discounts import Discounts
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import Converter, Snapshot, load_snapshot
+
+
+def converter(config: FederationConfig) -> Converter | None:
+    """The federation file's rate table as the snapshot's ``to_currency`` into the federation's currency, so
+    prices in other currencies (an on-prem cost model in TWD, a public cloud in USD) are real prices the
+    scheduler compares; None when the table cannot convert into that currency at all."""
+    try:
+        return RateTable.from_config(config).converter(config.federation.currency)
+    except ValidationError:
+        return None
+
+
+def discount_factors(config: FederationConfig, day: date | None = None) -> dict[str, Decimal]:
+    """Provider name -> the committed-use/reserved discount factor valid on ``day`` (today)."""
+    return Discounts.from_config(config).factors(day or date.today())
 
 
 async def snapshot(sessions: async_sessionmaker[AsyncSession], config: FederationConfig,
                    to_currency: Converter | None = None) -> Snapshot:
     async with sessions() as session:
         snap = await load_snapshot(session, currency=config.federation.currency, settings=config.scheduler,
-                                   to_currency=to_currency)
+                                   to_currency=to_currency or converter(config), discounts=discount_factors(config))
     return replace(snap, policies=tuple(config.policies))
 
 

@@ -47,6 +47,8 @@ from metavmm.foundation.prices import (
 from metavmm.foundation.records import Inventory
 
 Converter = Callable[[Decimal, str], Decimal]
+PLACEMENT_UNITS = frozenset({*COMPUTE_UNITS, PriceUnit.GIB_MONTH, PriceUnit.GIB_EGRESS})
+"""What a placement is priced from: compute, the disk's storage and the egress of what it moves."""
 """``to_currency(amount, currency) -> amount`` in the snapshot's currency (issue 8 provides one)."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -153,6 +155,8 @@ class SitePrices:
     families: Mapping[str, tuple[PriceView, PriceView]] = field(default_factory=_empty)  # (vcpu-hour, gib-hour)
     gpus: Mapping[str, PriceView] = field(default_factory=_empty)  # gpu-hour by GPU model (gpu_model_key)
     ladder: tuple[tuple[FlavorView, PriceView], ...] = ()  # the site's priced flavors, cheapest first
+    storage: PriceView | None = None  # per GiB-month of disk: the cheapest of the newest storage prices
+    egress: PriceView | None = None  # per GiB leaving the site: the cheapest of the newest egress prices
 
     def gpu(self, model: str | None) -> PriceView | None:
         return self.gpus.get(gpu_model_key(model) or "")
@@ -260,6 +264,7 @@ class Snapshot:
     projects: Mapping[str, int] = field(default_factory=_empty)  # name -> id
     settings: SchedulerSettings = field(default_factory=SchedulerSettings)
     has_converter: bool = False
+    to_currency: Converter | None = field(default=None, repr=False, compare=False)  # into ``currency``
     policies: tuple[Any, ...] = ()  # the federation's burst policies (BurstPolicy), for place_or_burst
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _site_by_id: Mapping[int, SiteView] = field(default_factory=_empty, repr=False)
@@ -363,9 +368,13 @@ class PriceRow:
         return self.flavor if self.unit in COMPONENT_UNITS else self.listed_family
 
 
-def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter | None) -> SitePrices:
+def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter | None,
+                 factor: Decimal | None = None) -> SitePrices:
     def view(r: PriceRow) -> PriceView:
-        return _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
+        v = _price_view(r.amount, r.currency, target, to_currency, r.source, r.effective_date)
+        if factor is None or factor == 1 or v.amount is None or r.unit not in COMPUTE_UNITS:
+            return v  # a commitment discounts compute, not disks or traffic
+        return replace(v, amount=v.amount * factor, source=f"{v.source} x {factor} (discount)")
 
     latest: dict[str, PriceRow] = {}
     for row in rows:
@@ -380,7 +389,26 @@ def _site_prices(rows: Sequence[PriceRow], target: str, to_currency: Converter |
         flavors=frozen_map({name: view(r) for name, r in latest.items()}),
         families=frozen_map({fam: (view(core), view(ram)) for fam, (core, ram) in parts.families.items()}),
         gpus=frozen_map({model: view(r) for model, r in parts.gpus.items()}),
+        storage=_cheapest_newest(rows, PriceUnit.GIB_MONTH, view),
+        egress=_cheapest_newest(rows, PriceUnit.GIB_EGRESS, view),
     )
+
+
+def _cheapest_newest(rows: Sequence[PriceRow], unit: str, view: Callable[[PriceRow], PriceView]) -> PriceView | None:
+    """The cheapest of the newest prices of ``unit`` per kind (``flavor``: a disk class, an egress meter): the
+    standard disk a VM gets unless it asks for more, the egress rate a transfer pays. Unconvertible ones
+    are kept only when nothing else is."""
+    newest: dict[str, PriceRow] = {}
+    for r in rows:
+        if r.unit == unit:
+            old = newest.get(r.flavor)
+            if old is None or (r.effective_date or date.min) >= (old.effective_date or date.min):
+                newest[r.flavor] = r
+    views = [view(r) for r in newest.values()]
+    usable = [v for v in views if v.amount is not None]
+    if usable:
+        return min(usable, key=lambda v: v.amount)  # type: ignore[arg-type, return-value]
+    return views[0] if views else None
 
 
 def _stated_flavors(rows: Sequence[PriceRow], known: set[str], provider_id: int, site_id: int) -> list[FlavorView]:
@@ -402,8 +430,10 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
                    quotas: Mapping[int, Mapping[str, Decimal]] | None = None,
                    usage: Mapping[int, Mapping[str, Decimal]] | None = None,
                    projects: Mapping[str, int] | None = None, settings: SchedulerSettings | None = None,
-                   to_currency: Converter | None = None) -> Snapshot:
-    """Assemble a frozen snapshot. ``sites`` are ``(id, provider_id, name, region, country)`` tuples."""
+                   to_currency: Converter | None = None, discounts: Mapping[str, Decimal] | None = None) -> Snapshot:
+    """Assemble a frozen snapshot. ``sites`` are ``(id, provider_id, name, region, country)`` tuples.
+    ``discounts``: provider name -> the factor its prices are multiplied by today (a committed-use or
+    reserved discount, :mod:`metavmm.scheduler.pricing.discounts`)."""
     settings = settings or SchedulerSettings()
     by_provider = {p.id: p for p in providers}
     hosts_by_site: dict[int, list[HostView]] = defaultdict(list)
@@ -428,7 +458,7 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
             hv = settings.public_hypervisors.get(provider.kind)
             hvs = frozenset({hv}) if hv else frozenset()
         rows_here = prices_by_site.get((provider_id, region), ())
-        prices_here = _site_prices(rows_here, currency, to_currency)
+        prices_here = _site_prices(rows_here, currency, to_currency, (discounts or {}).get(provider.name))
         priced = list(site_flavors)
         if site_hosts:
             priced += _stated_flavors(rows_here, {f.name for f in site_flavors}, provider_id, site_id)
@@ -446,6 +476,7 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
         quotas=frozen_map({k: frozen_map(v) for k, v in (quotas or {}).items()}),
         usage=frozen_map({k: frozen_map(v) for k, v in (usage or {}).items()}),
         projects=frozen_map(projects or {}), settings=settings, has_converter=to_currency is not None,
+        to_currency=to_currency,
     )
 
 
@@ -457,7 +488,8 @@ def _spec_int(spec: Mapping[str, Any], key: str, default: int = 0) -> int:
 
 
 async def load_snapshot(session: AsyncSession, *, currency: str = "USD", settings: SchedulerSettings | None = None,
-                        to_currency: Converter | None = None) -> Snapshot:
+                        to_currency: Converter | None = None, discounts: Mapping[str, Decimal] | None = None,
+                        ) -> Snapshot:
     """Read the catalog once and freeze it. Sites and hosts no longer reported are left out."""
     providers = [ProviderView(p.id, p.name, p.kind, p.on_prem, frozenset(p.capabilities or ()), p.enabled)
                  for p in (await session.exec(select(m.Provider))).all() if p.id is not None]
@@ -476,7 +508,7 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
                                   f.gpu_model, f.gpu_count, f.arch, frozenset(feats) if feats is not None else None,
                                   extra.get("nested_virt")))
     prices = [_price_row(p) for p in (await session.exec(select(m.Price).where(
-        m.Price.provider_id.is_not(None), m.Price.unit.in_(COMPUTE_UNITS),  # type: ignore[union-attr, attr-defined]
+        m.Price.provider_id.is_not(None), m.Price.unit.in_(PLACEMENT_UNITS),  # type: ignore[union-attr, attr-defined]
         or_(m.Price.os == "linux", m.Price.unit == PriceUnit.GPU_HOUR)))).all()]
     images = [ImageView(i.id, i.name, i.arch, i.hypervisor, i.format, i.size_bytes,
                         (i.extra or {}).get("cpu_vendor"), frozenset((i.extra or {}).get("cpu_features") or ()))
@@ -512,7 +544,8 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
     projects = {p.name: p.id for p in (await session.exec(select(m.Project))).all() if p.id is not None}
     return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
                           prices=prices, images=images, replicas=replicas, workloads=workloads, quotas=quotas,
-                          usage=usage, projects=projects, settings=settings, to_currency=to_currency)
+                          usage=usage, projects=projects, settings=settings, to_currency=to_currency,
+                          discounts=discounts)
 
 
 def _price_row(p: m.Price) -> PriceRow:
@@ -553,7 +586,7 @@ def snapshot_from_inventories(entries: Sequence[tuple[str, str, bool, Iterable[s
                                       frozenset(feats) if feats is not None else None, f.extra.get("nested_virt")))
         prices.extend(PriceRow(pid, p.region, p.flavor, p.amount, p.currency, p.source, p.effective_date, p.unit,
                                p.gpu_model)
-                      for p in inv.prices if p.unit in COMPUTE_UNITS and p.os == "linux")
+                      for p in inv.prices if p.unit in PLACEMENT_UNITS and p.os == "linux")
     return build_snapshot(currency=currency, providers=providers, sites=sites, hosts=hosts, flavors=flavors,
                           prices=prices, settings=settings, to_currency=to_currency)
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
@@ -49,6 +51,7 @@ from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.plan import Placement, Rejection, Step
 from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.service import converter, discount_factors
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
 from metavmm.scheduler.summary import placement_summary
 from metavmm.services import metrics
@@ -162,31 +165,36 @@ class Placer:
 
     async def _snapshot(self, session: AsyncSession) -> tuple[Snapshot, FederationGraph, ViewCache]:
         """The snapshot, its graph and the views no reservation touched, reused while the fingerprint holds."""
-        key = await fingerprint(session)
+        key = (*await fingerprint(session), datetime.now(UTC).date())  # a discount's validity is dated
         cached = self._cached
         if self.cache and cached is not None and cached[0] == key:
             self.hits += 1
             return cached[1], cached[2], cached[3]
         self.misses += 1
-        snap = await load_snapshot(session, currency=self.config.federation.currency, settings=self.config.scheduler)
+        snap = await load_snapshot(session, currency=self.config.federation.currency, settings=self.config.scheduler,
+                                   to_currency=converter(self.config), discounts=discount_factors(self.config))
         snap = replace(snap, policies=tuple(self.config.policies))
         graph, views = FederationGraph(snap), ViewCache()
         self._cached = (key, snap, graph, views)
         return snap, graph, views
 
     async def place(self, session: AsyncSession, req: PlacementRequest, *, explain: bool = False,
-                    lock: bool = True) -> Placement:
+                    lock: bool = True, project_id: int | None = None) -> Placement:
         """The scheduler's decision, counting in-transit placements, on-prem first and bursting out when a
         burst policy allows it (:func:`metavmm.scheduler.burst.place_or_burst`). A create calls it inside
-        its transaction with ``lock``; a dry run reads without the lock (it holds nothing)."""
+        its transaction with ``lock``; a dry run reads without the lock (it holds nothing). ``project_id``:
+        whose monthly burst budget counts (what the project has burst this month, :func:`burst_spend`)."""
         if lock:
             await lock_placement(session)
         snap, graph, views = await self._snapshot(session)
         ledger = await in_transit(session, self._placed if self.cache else None)
-        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views)
+        spent = await burst_spend(session, snap, project_id if project_id is not None
+                                  else snap.projects.get(req.project or ""))
+        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views,
+                              spent=spent)
 
     async def decide(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
-                     explain: bool = False, lock: bool = True) -> PlannedCreate:
+                     explain: bool = False, lock: bool = True, project_id: int | None = None) -> PlannedCreate:
         """What a create of ``req`` does now: the placement, the engine's steps and the summary the
         workload keeps; a placement the create could not use comes back ``placed=False`` with the reason
         (the request's providers outside the federation file, an image with nothing to copy). The one
@@ -201,32 +209,32 @@ class Placer:
                                          "provider not in the federation file"))
             req = replace(req, providers=allowed)
         started = time.perf_counter()
-        placement = await self.place(session, req, explain=explain, lock=lock)
+        placement = await self.place(session, req, explain=explain, lock=lock, project_id=project_id)
         if placement.placed:
             placement = await self._check(session, placement, providers)
         metrics.decision(placement.placed, time.perf_counter() - started, (r.code for r in placement.rejections))
         return _planned(placement)
 
     async def plan_create(self, session: AsyncSession, req: PlacementRequest, *, workload_id: str, vm_name: str,
-                          providers: frozenset[str]) -> PlannedCreate:
+                          providers: frozenset[str], project_id: int | None = None) -> PlannedCreate:
         """Where a new compute goes and the engine's steps that make it (without the quota steps, which
         the workload service adds), as :meth:`decide` says, inside the create's transaction (placement
         lock held). NoPlacement (409) with the scheduler's reasons when nothing fits. ``providers``: those
         of the federation file (the only ones the engine can drive)."""
         planned = await self.decide(session, replace(req, workload_id=workload_id, vm_name=vm_name),
-                                    providers=providers)
+                                    providers=providers, project_id=project_id)
         p = planned.placement
         if not p.placed:
             raise NoPlacement(f"no placement for {req.name}: {p.summary}", reasons=p.reasons())
         return planned
 
     async def dry_run(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
-                      explain: bool = False) -> PlannedCreate:
+                      explain: bool = False, project_id: int | None = None) -> PlannedCreate:
         """What :meth:`plan_create` would answer now, writing nothing (``POST /placements``, ``metavmm
         schedule place``): the same snapshot, in-transit ledger, burst policies and checks; the steps
         carry no workload id."""
         return await self.decide(session, replace(req, workload_id=None), providers=providers, explain=explain,
-                                 lock=False)
+                                 lock=False, project_id=project_id)
 
     async def plan_at(self, session: AsyncSession, req: PlacementRequest, site: str) -> list[Step]:
         """The engine's steps that create ``req`` at ``site``, a site the caller fixed without the
@@ -286,3 +294,26 @@ class PlannedCreate:
     placement: Placement
     steps: list[Step]
     where: dict[str, Any]
+
+
+async def burst_spend(session: AsyncSession, snap: Snapshot, project_id: int | None) -> dict[str, Decimal]:
+    """What a project has burst this (UTC) month, per policy: the burst cost each of its workloads
+    created this month kept in its placement summary (``spec.placement.burst``). Read only when a
+    policy has a monthly budget, so the burst verdict can say what is left of it."""
+    if project_id is None or not any(getattr(p, "monthly_budget", None) is not None for p in snap.policies):
+        return {}
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    verdict = m.Workload.spec["placement"]["burst"]  # type: ignore[index]
+    rows = (await session.exec(select(verdict["policy"].as_string(), verdict["burst_cost"].as_string()).where(
+        m.Workload.project_id == project_id, m.Workload.kind == "compute",
+        m.Workload.created_at >= month, verdict["outcome"].as_string() == "burst"))).all()  # type: ignore[operator]
+    out: dict[str, Decimal] = {}
+    for policy, cost in rows:
+        if not policy or not cost:
+            continue
+        try:
+            out[policy] = out.get(policy, Decimal(0)) + Decimal(cost)
+        except InvalidOperation:
+            continue  # a summary written by hand or by an older broker: it counts for nothing
+    return out

@@ -28,6 +28,7 @@ from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS
 from metavmm.foundation.prices import PriceFileError, PriceRecord
 from metavmm.scheduler.pricing import Comparison, PriceBook, PriceScope, RateTable, ShapeRequest, compare
+from metavmm.scheduler.pricing.discounts import Discounts
 
 
 @dataclass
@@ -113,4 +114,4 @@ async def compare_prices(maker: async_sessionmaker[AsyncSession], cfg: Federatio
     """Compare ``req`` over every price in the catalog, in ``currency`` (default: the rate table's base)."""
     book = await load_book(maker, req.scope())
     return compare(book, req, RateTable.from_config(cfg), currency, today=today, providers=providers,
-                   region=region)
+                   region=region, discounts=Discounts.from_config(cfg))

@@ -54,6 +54,10 @@ def test_place_explains_and_prints_json(cli) -> None:  # type: ignore[no-untyped
     res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4")
     assert res.exit_code == 0, res.output
     assert "burst: burst: burst to cloud/us1 by policy overflow" in " ".join(res.output.split())
+    text = " ".join(res.output.split())  # the policy's terms, each on its line
+    assert "rule: over-threshold (policy overflow)" in text and "policy bursts above 50%: reached" in text
+    assert "budget: 5 USD a month, spent 0, this burst" in text and "allowed providers: cloud" in text
+    assert body["burst"]["rule"] == "over-threshold" and body["burst"]["budget_left"] is not None
     assert "next best, and why each lost" in res.output
     res = cli("schedule", "place", "--vcpus", "2", "--ram-gib", "4", "--provider", "home")
     assert res.exit_code == 0 and "placed on r1-h" in res.output
@@ -77,6 +81,10 @@ def test_batch_and_replay(cli, tmp_path: Path) -> None:  # type: ignore[no-untyp
     body = json.loads(res.output)
     assert body["requests"] == 12 and sum(body["destinations"].values()) == 12
     assert float(body["public_cost"]) <= 5  # the monthly budget holds
+    assert all(j["decisions"] and j["rule"] == j["decisions"][-1]["rule"] for j in body["jobs"])
+    assert "over-threshold" in {d["rule"] for j in body["jobs"] for d in j["decisions"]}  # home is past 50 %
+    res = cli("schedule", "replay", str(trace), "--policy", "overflow")
+    assert res.exit_code == 0 and "which rule fired" in res.output and "over-threshold" in res.output
     res = cli("schedule", "replay", str(trace), "--policy", "nope")
     assert res.exit_code == 1 and "no burst policy named 'nope'" in res.output
 

@@ -55,6 +55,7 @@ def test_burst_work_comes_home_when_capacity_frees(small) -> None:
     report = BurstReplay(small, policy).run(trace(job(0, "a", 4, 1), job(10, "b", 4, 5)))
     b = next(j for j in report.jobs if j.name == "b")
     assert b.burst and b.returned_s == 3600
+    assert [d.rule for d in b.decisions] == ["over-threshold", "returned"]  # which rule fired, each time
     # 1 h on AWS at 0.192/h (rounded to the seconds it ran), then home
     assert b.cost == pytest.approx(Decimal("0.192") * Decimal(3590) / 3600, abs=Decimal("0.001"))
     assert b.on_prem_cost > 0
@@ -120,3 +121,26 @@ def test_a_real_request_bursts_when_on_prem_is_full_or_too_busy(federation) -> N
     held = Ledger()  # 2 vCPUs of a create still in transit on the home host count towards utilisation
     held.reserve(Reservation("w", 1, 1, 2, 1024))
     assert place_or_burst(half, replace(small, name="s2"), [policy], ledger=held).burst.utilisation == 1.0
+
+
+def test_replay_names_the_rule_behind_every_decision(small) -> None:
+    policy = BurstPolicy(name="p", when_utilisation_above=0.75, allowed_providers=["aws", "azure"],
+                         monthly_budget=Decimal("2.0"), return_when_utilisation_below=0.6, return_min_remaining_s=600)
+    report = BurstReplay(small, policy).run(trace(
+        job(0, "a", 4, 2),  # 4/8: home
+        job(60, "b", 4, 2),  # 8/8 passes 0.75: burst
+        job(120, "c", 2, 2, residency=["TW"]),  # 6/8: home
+        job(180, "d", 2, 2, residency=["TW"]),  # over, but no public site in TW: home though over
+        job(240, "e", 4, 10),  # over, 10 h would pass the budget, home is full: queued until a ends
+    ))
+    decisions = {j.name: [(d.rule, d.at_s) for d in j.decisions] for j in report.jobs}
+    assert decisions["a"] == [("under-threshold", 0)]
+    assert decisions["b"][0] == ("over-threshold", 60)
+    assert decisions["c"] == [("under-threshold", 120)]
+    assert decisions["d"] == [("no-public-candidate", 180)]
+    assert decisions["e"] == [("over-budget", 240), ("capacity-freed", 7200)]
+    jobs = {j.name: j for j in report.jobs}
+    assert "on-prem at 100% with it, threshold 75%: burst to aws/us-east-1" in jobs["b"].decisions[0].detail
+    assert "could not burst (budget: 1.92 USD" in jobs["e"].decisions[0].detail
+    assert jobs["e"].rule == "capacity-freed"
+    assert decisions["b"] == [("over-threshold", 60)]

@@ -110,9 +110,9 @@ class QuoteOut(BaseModel):
     distance: float
     composed: bool
     hourly: Decimal
-    per_vcpu_hour: Decimal
-    per_gib_hour: Decimal
-    per_gpu_hour: Decimal | None
+    per_vcpu_hour: Decimal | None = Field(description="null when the priced shape has no vCPUs (GPUs by parts)")
+    per_gib_hour: Decimal | None = Field(description="null when the priced shape has no RAM")
+    per_gpu_hour: Decimal | None = Field(description="null when the priced shape has no GPUs")
     rank_price: Decimal
     amount: Decimal
     currency: str
@@ -121,6 +121,9 @@ class QuoteOut(BaseModel):
     stale: bool
     source: str
     source_ref: str | None
+    discount: Decimal | None = Field(default=None, description="the committed-use/reserved discount factor "
+                                     "applied (hourly and the per-part prices are after it; amount is the list price)")
+    discount_note: str | None = Field(default=None, description="the discount's dates and source")
 
 
 class RatesOut(BaseModel):
@@ -144,16 +147,21 @@ def _q(value: Decimal, places: str = "0.0001") -> Decimal:
     return value.quantize(Decimal(places))
 
 
+def _opt(value: Decimal | None) -> Decimal | None:
+    return None if value is None else _q(value)
+
+
 def comparison_out(result: Comparison, limit: int) -> ComparisonOut:
     """The JSON view of a comparison (also ``metavmm prices compare --json``); money to 4 decimals."""
     quotes = [QuoteOut(
         rank=i, provider=q.provider, provider_kind=q.provider_kind, on_prem=q.on_prem, region=q.region,
         flavor=q.flavor, shape=ShapeOut(vcpus=q.shape.vcpus, ram_gib=q.shape.ram_gib, gpu_model=q.shape.gpu_model,
                                         gpu_count=q.shape.gpu_count, arch=q.shape.arch),
-        distance=q.distance, composed=q.composed, hourly=_q(q.hourly), per_vcpu_hour=_q(q.per_vcpu_hour),
-        per_gib_hour=_q(q.per_gib_hour), per_gpu_hour=_q(q.per_gpu_hour) if q.per_gpu_hour is not None else None,
+        distance=q.distance, composed=q.composed, hourly=_q(q.hourly), per_vcpu_hour=_opt(q.per_vcpu_hour),
+        per_gib_hour=_opt(q.per_gib_hour), per_gpu_hour=_opt(q.per_gpu_hour),
         rank_price=_q(q.rank_price), amount=q.amount, currency=q.currency, effective_date=q.effective_date,
-        age_days=q.age_days, stale=q.stale, source=q.source, source_ref=q.source_ref)
+        age_days=q.age_days, stale=q.stale, source=q.source, source_ref=q.source_ref,
+        discount=q.discount.factor if q.discount else None, discount_note=q.discount.describe() if q.discount else None)
         for i, q in enumerate(result.quotes[:limit], 1)]
     rates = result.rates
     return ComparisonOut(request=result.request.describe(), currency=result.currency,

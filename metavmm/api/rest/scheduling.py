@@ -42,7 +42,7 @@ async def place(request: web.Request, body: PlaceIn) -> PlacementOut:
     async with request.config_dict[keys.SESSIONS]() as session:
         planned = await request.config_dict[keys.PLACER].dry_run(
             session, body.to_request(), providers=frozenset(p.name for p in config.providers),
-            explain=body.explain)
+            explain=body.explain, project_id=keys.identity_of(request).project_id)
     return PlacementOut.of(planned.placement, planned.where, explain=body.explain)
 
 

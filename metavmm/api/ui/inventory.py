@@ -132,9 +132,12 @@ async def prices(request: web.Request) -> web.Response:
     req = ShapeRequest.parse(query.vcpus, query.ram_gib, query.gpu, query.arch, query.os)
     result = comparison_out(await compare_prices(request.config_dict[keys.SESSIONS], cfg, req,
                                                  currency=query.currency, region=query.region), query.limit)
+    per = f" for {req.gpu_count}x {req.gpu_model}" if req.gpu_count else ""
     chart = bar_chart(f"Price per hour of {result.request} in {result.currency}",
-                      [Bar(f"{q.provider}/{q.region}/{q.flavor}", q.rank_price) for q in result.quotes[:40]],
-                      unit=f"{result.currency}/h", chart_id="price-chart")
+                      [Bar(f"{q.provider}/{q.region}/{q.flavor}", q.rank_price,
+                           kind="on-prem" if q.on_prem else "public") for q in result.quotes[:40]],
+                      unit=f"{result.currency}/h{per}", chart_id="price-chart",
+                      legend=(("on-prem", "on-prem"), ("public", "public cloud")))
     return aiohttp_jinja2.render_template("prices.html", request, page_context(
         request, title="Prices", result=result, chart=chart, form=form,
         currencies=sorted({rates.base, *rates.rates}), zero=Decimal(0)))

@@ -1,4 +1,4 @@
-"""Money: the hourly price over the expected duration, plus egress to bring the image.
+"""Money: the hourly price and the disk's storage over the expected duration, plus egress to bring the image.
 
 Unit: the snapshot's currency. Direction: lower is better. Rationale: the federation's first promise
 is "cheapest first"; a request that gives no duration is priced over the configured
@@ -8,7 +8,7 @@ is "cheapest first"; a request that gives no duration is priced over the configu
 from __future__ import annotations
 
 from metavmm.scheduler.graph import FederationGraph
-from metavmm.scheduler.quotes import Quoter
+from metavmm.scheduler.quotes import Quoter, storage_per_hour
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.views import CandidateView
 
@@ -26,6 +26,8 @@ class PriceCost:
     def cost(self, view: CandidateView, req: PlacementRequest, graph: FederationGraph) -> float:
         q = self.quote(view, req)
         hourly = float(q.per_hour) if q.per_hour is not None else float("inf")
+        if req.disk_gib:  # the disk is priced where the catalog prices storage (gib-month)
+            hourly += float(storage_per_hour(view.site, req.disk_gib))
         total = hourly * (req.expected_hours or self.expected_hours)
         if req.image is not None:
             moves = [graph.movement(req.image, view.site, hv) for hv in view.hypervisors]

@@ -9,6 +9,7 @@ catalog rows the CLI, REST endpoint and chart show.
 from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.compare import Comparison, Quote, ShapeRequest, best_quote, compare, distance
 from metavmm.scheduler.pricing.currency import Converter, RateTable
+from metavmm.scheduler.pricing.discounts import DatedFactor, Discounts
 
-__all__ = ["Comparison", "Converter", "PriceBook", "PricePoint", "PriceScope", "Quote", "RateTable", "ShapeRequest",
-           "best_quote", "compare", "distance"]
+__all__ = ["Comparison", "Converter", "DatedFactor", "Discounts", "PriceBook", "PricePoint", "PriceScope", "Quote",
+           "RateTable", "ShapeRequest", "best_quote", "compare", "distance"]

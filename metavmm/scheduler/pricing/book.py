@@ -20,6 +20,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import Flavor, Price, Provider
 from metavmm.foundation.prices import COMPONENT_UNITS, PriceUnit, Shape
 
+# GPUs a provider kind sells only as parts attached to machines of some families, not as a family of their
+# own: GCP attaches T4, V100, P100, P4 and K80 GPUs to N1 machines (its A2, A3 and G2 types come with
+# their GPUs and are listed shapes). A kind not named here attaches a gpu-hour price to any family.
+ATTACHABLE_GPU_FAMILIES: dict[str, tuple[str, ...]] = {"gcp": ("n1",)}
+
 
 @dataclass(frozen=True, slots=True)
 class PricePoint:
@@ -57,8 +62,11 @@ class PriceScope:
     def conditions(self) -> list[Any]:
         hour = Price.unit == PriceUnit.HOUR
         # the model is compared in Python (gpu_model_key: "NVIDIA H100 80GB" is H100), the count here
-        gpus = (Price.gpu_count >= self.gpu_count  # type: ignore[operator]
-                if self.gpu_count else or_(Price.gpu_count.is_(None), Price.gpu_count == 0))  # type: ignore[union-attr]
+        no_gpus = or_(Price.gpu_count.is_(None), Price.gpu_count == 0)  # type: ignore[union-attr]
+        # a GPU request: shapes with enough GPUs, and where GPUs are attached parts, machines without any
+        gpus = (or_(Price.gpu_count >= self.gpu_count,  # type: ignore[operator]
+                    and_(no_gpus, Price.provider_kind.in_(list(ATTACHABLE_GPU_FAMILIES))))  # type: ignore[attr-defined]
+                if self.gpu_count else no_gpus)
         fits = and_(Price.vcpus >= self.min_vcpus, Price.ram_mib >= self.min_ram_mib, gpus)  # type: ignore[operator]
         return [
             Price.unit.in_([PriceUnit.HOUR, *COMPONENT_UNITS]),  # type: ignore[attr-defined]

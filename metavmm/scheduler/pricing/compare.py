@@ -32,8 +32,9 @@ from metavmm.foundation.prices import (
     gpu_model_key,
     normalise_arch,
 )
-from metavmm.scheduler.pricing.book import PriceBook, PricePoint, PriceScope
+from metavmm.scheduler.pricing.book import ATTACHABLE_GPU_FAMILIES, PriceBook, PricePoint, PriceScope
 from metavmm.scheduler.pricing.currency import Converter, RateTable, currency_code
+from metavmm.scheduler.pricing.discounts import DatedFactor, Discounts
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class Quote:
     amount: Decimal  # as the source states it
     currency: str  # the source's currency
     hourly: Decimal  # instance-hour, in the comparison's currency
-    per_vcpu_hour: Decimal
-    per_gib_hour: Decimal
+    per_vcpu_hour: Decimal | None  # None: the shape has no vCPUs (a GPU-only request priced by parts)
+    per_gib_hour: Decimal | None  # None: the shape has no RAM
     per_gpu_hour: Decimal | None
     rank_price: Decimal  # what the request costs: hourly, or per GPU-hour x GPUs requested
     effective_date: date
@@ -104,6 +105,7 @@ class Quote:
     stale: bool
     source: str
     source_ref: str | None
+    discount: DatedFactor | None = None  # a committed-use/reserved discount applied to ``hourly`` and the rest
 
 
 @dataclass
@@ -122,25 +124,44 @@ class Comparison:
         return age is not None and age > self.rates.stale_after_days
 
 
+def takes_gpus(kind: str, family: str | None) -> bool:
+    """Whether a machine of ``family`` at a provider of ``kind`` can have a priced GPU attached."""
+    allowed = ATTACHABLE_GPU_FAMILIES.get(kind)
+    if allowed is None:
+        return True
+    return bool(family) and any(family == f or family.startswith(f"{f}-") for f in allowed)  # type: ignore[union-attr]
+
+
 def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: set[str],
                 to_currency: Converter | None = None,
                 ) -> Iterable[tuple[PricePoint, Shape, bool, Decimal, list[PricePoint]]]:
     """(point, shape, composed, amount, parts) for every priced shape of one provider and region.
 
     Component families are grouped as the scheduler groups them (:func:`components`) and composed to
-    the exact request by the same :func:`composed_amount`; parts in other currencies than the family's
-    vcpu-hour price are converted into its currency first (with ``to_currency``; without it, skipped).
+    the exact request by the same :func:`composed_amount`, from the parts the request has: a GPU-only
+    request is its GPUs, never 1 vCPU and 1 GiB it did not ask for. Where GPUs are attachable parts
+    (GCP's N1, :data:`ATTACHABLE_GPU_FAMILIES`), a listed machine without GPUs plus the request's GPUs
+    is a candidate too. Parts in other currencies than the family's vcpu-hour price (or the machine's)
+    are converted into its currency first (with ``to_currency``; without it, skipped).
     """
+    parts = components((p for p in points if p.os == req.os or p.unit == PriceUnit.GPU_HOUR), shaped_families)
+    gpu = parts.gpu(req.gpu_model) if req.gpu_count else None
     for p in points:
         if p.unit == PriceUnit.HOUR and p.shape is not None and p.os == req.os:
             yield p, p.shape, False, p.amount, [p]
-    parts = components((p for p in points if p.os == req.os or p.unit == PriceUnit.GPU_HOUR), shaped_families)
-    vcpus, ram_gib = req.vcpus or 1, req.ram_gib or Decimal(1)  # a dimension not asked for: the smallest
-    for core, ram in parts.families.values():
+            if gpu is not None and not p.shape.gpu_count and p.provider_kind in ATTACHABLE_GPU_FAMILIES \
+                    and takes_gpus(p.provider_kind, p.family):
+                try:
+                    gpu_amount = _in_currency(gpu, p.currency, to_currency)
+                except (ValidationError, ArithmeticError):
+                    continue
+                shape = Shape(p.shape.vcpus, p.shape.ram_mib, req.gpu_model, req.gpu_count, p.shape.arch)
+                yield p, shape, True, p.amount + gpu_amount * req.gpu_count, [p, gpu]
+    vcpus, ram_gib = req.vcpus, req.ram_gib  # the parts the request has: 0 is a part it does not ask for
+    for family, (core, ram) in parts.families.items():
         used = [core, ram]
-        gpu = parts.gpu(req.gpu_model) if req.gpu_count else None
         if req.gpu_count:
-            if gpu is None:
+            if gpu is None or not takes_gpus(core.provider_kind, family):
                 continue
             used.append(gpu)
         try:
@@ -154,6 +175,26 @@ def _candidates(points: list[PricePoint], req: ShapeRequest, shaped_families: se
         yield core, shape, True, amount, used
 
 
+def _no_match_reason(points: list[PricePoint], req: ShapeRequest, shaped_families: set[str]) -> str | None:
+    """Why a provider region priced by parts (or with GPU parts) quotes nothing, so it is never dropped
+    silently; None when it has no parts (regions with listed shapes are explained by their count)."""
+    parts = components((p for p in points if p.os == req.os or p.unit == PriceUnit.GPU_HOUR), shaped_families)
+    if not parts.families and not parts.gpus:
+        return None
+    kind = points[0].provider_kind
+    if req.gpu_count:
+        if parts.gpu(req.gpu_model) is None:
+            have = ", ".join(sorted(parts.gpus)) or "none"
+            return f"no gpu-hour price for {req.gpu_model} (GPU parts priced here: {have})"
+        if kind in ATTACHABLE_GPU_FAMILIES:
+            fams = "/".join(f.upper() for f in ATTACHABLE_GPU_FAMILIES[kind])
+            return f"{kind} attaches {req.gpu_model} GPUs only to {fams} machines, and none priced here holds " \
+                   f"{req.describe()}"
+    if not parts.families:
+        return f"only GPU parts are priced here, no machine to attach them to for {req.describe()}"
+    return f"no priced family composes {req.describe()}"
+
+
 def _in_currency(p: PricePoint, currency: str, to_currency: Converter | None) -> Decimal:
     """``p``'s amount in ``currency`` (through the comparison's currency when they differ)."""
     if p.currency == currency:
@@ -164,8 +205,10 @@ def _in_currency(p: PricePoint, currency: str, to_currency: Converter | None) ->
 
 
 def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str | None = None, *,
-            today: date | None = None, providers: set[str] | None = None, region: str | None = None) -> Comparison:
-    """The best matching flavor at every provider and region, ranked by what the request costs."""
+            today: date | None = None, providers: set[str] | None = None, region: str | None = None,
+            discounts: Discounts | None = None) -> Comparison:
+    """The best matching flavor at every provider and region, ranked by what the request costs (after
+    the provider's committed-use or reserved discount valid ``today``, when ``discounts`` has one)."""
     today = today or date.today()
     target = currency_code(currency or rates.base)
     to_currency = rates.converter(target)
@@ -174,6 +217,8 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
         if (providers and provider not in providers) or (region and reg != region):
             continue
         result.prices_considered += len(points)
+        disc = discounts.on(provider, today) if discounts is not None else None
+        factor = disc.factor if disc is not None else Decimal(1)
         best: tuple[float, Decimal, PricePoint, Shape, bool, Decimal, list[PricePoint]] | None = None
         families = book.shaped_families.get((provider, reg), set())
         unconvertible: str | None = None
@@ -182,7 +227,7 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
             if d is None:
                 continue
             try:  # rows of one region in different currencies are compared in the comparison's currency
-                normalised = to_currency(amount, point.currency)
+                normalised = to_currency(amount, point.currency) * factor
             except ValidationError as exc:
                 unconvertible = str(exc)
                 continue
@@ -190,11 +235,12 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
             if best is None or key < best[:2]:
                 best = (d, normalised, point, shape, composed, amount, used)
         if best is None:
-            if unconvertible:
-                result.unmatched[f"{provider}/{reg}"] = unconvertible
+            why = unconvertible or _no_match_reason(points, req, families)
+            if why:
+                result.unmatched[f"{provider}/{reg}"] = why
             continue
         d, _, point, shape, composed, amount, used = best
-        result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today))
+        result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today, disc))
     result.quotes.sort(key=lambda q: (q.rank_price, q.distance, q.provider, q.region))
     quoted = {(q.provider, q.region) for q in result.quotes}
     for (provider, reg), count in sorted(book.shaped_counts.items()):
@@ -205,29 +251,40 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
 
 
 def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, used: list[PricePoint], d: float,
-           req: ShapeRequest, to_currency: Converter, rates: RateTable, today: date) -> Quote:
-    hourly = to_currency(amount, point.currency)
+           req: ShapeRequest, to_currency: Converter, rates: RateTable, today: date,
+           disc: DatedFactor | None = None) -> Quote:
+    hourly = to_currency(amount, point.currency) * (disc.factor if disc is not None else 1)
     per_gpu = hourly / shape.gpu_count if shape.gpu_count else None
     rank = per_gpu * req.gpu_count if req.gpu_count and per_gpu is not None else hourly
     effective = min(p.effective_date for p in used)
     age = (today - effective).days
     family = point.family or ""
     prefix = family if family.endswith("custom") else f"{family}-custom"
-    flavor = f"{prefix}-{shape.vcpus}-{shape.ram_mib}" if composed else point.flavor
+    if composed and used[0].unit == PriceUnit.HOUR:  # a listed machine with the request's GPUs attached
+        flavor = f"{point.flavor} + {shape.gpu_count}x {shape.gpu_model}"
+    elif composed and not shape.vcpus and not shape.ram_mib:  # the request is its GPUs alone
+        flavor = f"{shape.gpu_count}x {shape.gpu_model} ({family} parts)"
+    elif composed:
+        flavor = f"{prefix}-{shape.vcpus}-{shape.ram_mib}"
+    else:
+        flavor = point.flavor
     ref = ", ".join(p.source_ref or p.source for p in used) if composed else point.source_ref
     return Quote(
         provider=point.provider, provider_kind=point.provider_kind, on_prem=point.on_prem, region=point.region,
         flavor=flavor, shape=shape, distance=d, composed=composed, amount=amount, currency=point.currency,
-        hourly=hourly, per_vcpu_hour=hourly / shape.vcpus, per_gib_hour=hourly / shape.ram_gib,
+        hourly=hourly, per_vcpu_hour=hourly / shape.vcpus if shape.vcpus else None,
+        per_gib_hour=hourly / shape.ram_gib if shape.ram_mib else None,
         per_gpu_hour=per_gpu, rank_price=rank, effective_date=effective, age_days=age,
-        stale=age > rates.stale_after_days, source=point.source, source_ref=ref)
+        stale=age > rates.stale_after_days, source=point.source, source_ref=ref, discount=disc)
 
 
 def best_quote(book: PriceBook, req: ShapeRequest, rates: RateTable, provider: str, region: str,
-               currency: str | None = None, *, today: date | None = None) -> Quote | None:
+               currency: str | None = None, *, today: date | None = None,
+               discounts: Discounts | None = None) -> Quote | None:
     """What placing ``req`` at one provider and region costs (None: no priced shape there fits).
 
     The scheduler's price cost: the same matching, normalisation and currency as the comparison.
     """
-    quotes = compare(book, req, rates, currency, today=today, providers={provider}, region=region).quotes
+    quotes = compare(book, req, rates, currency, today=today, providers={provider}, region=region,
+                     discounts=discounts).quotes
     return quotes[0] if quotes else None

@@ -219,7 +219,7 @@ class WorkloadService:
             user_data=workload.spec.get("user_data"), strategy=req.strategy)
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
                                                 vm_name=vm_name(workload.id),
-                                                providers=self._providers())
+                                                providers=self._providers(), project_id=workload.project_id)
         return with_guest(planned.steps, req.guest, workload.id), planned.where
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,32 @@ async def test_cli_fetch_azure_then_import(aiohttp_server: Any, tmp_path: Path) 
     res = await asyncio.to_thread(runner.invoke, main, [*base, "prices", "import", "azure-retail", str(out),
                                                         "--provider", "azure-japan"])
     assert res.exit_code == 0 and "imported 5 prices" in res.output
+
+
+async def test_dashboard_price_chart_reads_back_as_the_rest_comparison(client: Any) -> None:
+    """The prices screen's SVG, read from the served HTML: one bar per REST quote with its exact price and
+    kind, a legend on its own row above the bars, the unit naming the GPUs a bar costs; GPU-only parts
+    show no per-vCPU price."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    token = client.session.headers["Authorization"].split()[1]
+    login = await client.get("/ui/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', await login.text()).group(1)  # type: ignore[union-attr]
+    assert (await client.post("/ui/login", data={"csrf_token": csrf, "token": token, "next": "/ui/"},
+                              allow_redirects=False)).status == 303
+    params = {"gpu": "H100:4", "currency": "NTD"}
+    html = await (await client.get("/ui/prices", params={**params, "vcpus": "0", "ram_gib": "0"})).text()
+    svg = ET.fromstring(re.search(r'<svg[^>]*id="price-chart".*?</svg>', html, re.S).group())  # type: ignore[union-attr]
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [g for g in svg.iter(f"{ns}g") if g.get("class") == "bar"]
+    rest = await (await client.get("/api/v1/prices/compare", params=params)).json()
+    assert [(b.get("data-label"), Decimal(b.get("data-value", "")), b.get("data-kind")) for b in bars] == [
+        (f"{q['provider']}/{q['region']}/{q['flavor']}", Decimal(q["rank_price"]),
+         "on-prem" if q["on_prem"] else "public") for q in rest["quotes"]]
+    assert len({b.get("data-value") for b in bars}) == len(bars) == 3  # 4x H100: on-prem has only 1 per VM
+    assert svg.get("data-unit") == "TWD/h for 4x H100"
+    legend = next(g for g in svg.iter(f"{ns}g") if g.get("class") == "legend")
+    assert [g.get("data-kind") for g in legend if g.get("class") == "legend-item"] == ["on-prem", "public"]
+    assert float(legend.get("data-bottom", "0")) <= min(float(b.get("data-y", "0")) for b in bars)
+    assert rest["quotes"][0]["per_vcpu_hour"] is not None  # listed VMs have vCPUs; composed GPU parts would not
