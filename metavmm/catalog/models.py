@@ -19,6 +19,7 @@ from typing import Any, overload
 from sqlalchemy import JSON, BigInteger, DateTime, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from metavmm.catalog.enums import OperationState, Role
 from metavmm.foundation.kinds import KINDS
 
 
@@ -55,28 +56,10 @@ class HostState(enum.StrEnum):
     GONE = "gone"  # the provider no longer reports it; kept, not deleted
 
 
-class OperationState(enum.StrEnum):
-    QUEUED = "queued"  # recorded from a REST request, waiting to be planned; the engine does not run it
-    PENDING = "pending"
-    RUNNING = "running"
-    ROLLING_BACK = "rolling_back"  # a step failed or a cancel came: compensations run in reverse
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    ROLLED_BACK = "rolled_back"
-
-
 class WorkloadKind(enum.StrEnum):
     COMPUTE = "compute"
     NETWORK = "network"
     STORAGE = "storage"
-
-
-class Role(enum.StrEnum):
-    ADMIN = "admin"
-    PROJECT_ADMIN = "project_admin"
-    MEMBER = "member"
-    READER = "reader"
 
 
 # --- identity -------------------------------------------------------------------------------------

@@ -24,10 +24,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import ApiToken, Membership, Project, Role, User
 from metavmm.foundation.errors import Forbidden, NotFound, ValidationError
+from metavmm.services.vocabulary import DEFAULT_PROJECT
 
 T = TypeVar("T", Project, User)
-DEFAULT_PROJECT = "default"
-"""The project an operator's command creates in when it names none (created on first use)."""
 OPERATOR = "operator"
 RANK = {Role.READER: 0, Role.MEMBER: 1, Role.PROJECT_ADMIN: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "mvm_"

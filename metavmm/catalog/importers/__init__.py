@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from metavmm.catalog.importers.base import ImportResult
-from metavmm.catalog.importers.shapes import ShapeTable
-from metavmm.foundation.prices import PriceFileError
+if TYPE_CHECKING:  # loaded by the importers themselves: `metavmm prices --help` lists IMPORTERS without them
+    from metavmm.catalog.importers.base import ImportResult
+    from metavmm.catalog.importers.shapes import ShapeTable
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ IMPORTER_KINDS = {"onprem": None, "libcloud": None, "aws-pricelist": "aws", "azu
 
 def import_file(kind: str, path: str | Path, opts: ImportOptions | None = None) -> ImportResult:
     """Read and check one price file with the importer named ``kind``."""
+    from metavmm.foundation.prices import PriceFileError
+
     if kind not in IMPORTERS:
         raise PriceFileError([f"unknown price source {kind!r}; expected one of {', '.join(IMPORTERS)}"])
     path = Path(path)

@@ -27,8 +27,7 @@ from metavmm.scheduler.snapshot import Snapshot
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
-
-MODES = ("auto", "live", "cold")
+from metavmm.services.vocabulary import MIGRATION_MODES as MODES
 
 
 @dataclass

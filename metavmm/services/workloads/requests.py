@@ -18,6 +18,8 @@ from typing import Any, Literal
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import Conflict, ValidationError
 from metavmm.scheduler.plan import Step
+from metavmm.services.vocabulary import COMPUTE_ACTIONS as COMPUTE_ACTIONS  # re-exported: the front ends' choices
+from metavmm.services.vocabulary import POWER_ACTIONS as POWER_ACTIONS
 from metavmm.translators.cloudinit import GuestIdentity
 
 KINDS = tuple(k.value for k in WorkloadKind)
@@ -25,8 +27,6 @@ NAME_MAX = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
-POWER_ACTIONS = ("start", "stop", "restart", "suspend", "resume")
-COMPUTE_ACTIONS = (*POWER_ACTIONS, "save")
 ENGINE_VERB = {"start": "start", "stop": "stop", "restart": "restart", "suspend": "suspend", "resume": "start"}
 """The engine's power verb (flows.power) of each action: a suspended VM resumes by a start."""
 DESIRED_AFTER = {"start": "active", "stop": "stopped", "restart": "active", "suspend": "suspended",
