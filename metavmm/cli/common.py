@@ -47,9 +47,10 @@ def _database_error(exc: Exception) -> bool:
     """A database that cannot be reached or used (or a file it cannot open): one line, not a traceback."""
     if isinstance(exc, OSError):
         return True
-    from sqlalchemy.exc import DBAPIError  # loaded by then: only a command that used the database raises it
-
-    return isinstance(exc, DBAPIError)
+    # Only a command that used the database raises SQLAlchemy's errors; anything else (click's Exit after
+    # `metavmm <group> --help` is one) must not load SQLAlchemy just to be told apart.
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.DBAPIError)
 
 
 class Settings:

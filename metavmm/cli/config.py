@@ -6,7 +6,6 @@ import click
 from rich.table import Table
 
 from metavmm.cli.common import Settings, console, pass_settings, yes
-from metavmm.foundation.config import load_config
 
 
 @click.group("config")
@@ -19,6 +18,8 @@ def config_group() -> None:
 @pass_settings
 def config_check(settings: Settings, path: str | None) -> None:
     """Validate a federation file and summarise it."""
+    from metavmm.foundation.config import load_config  # pydantic: loaded when a file is checked, not for --help
+
     cfg = load_config(path or settings.config_path)
     table = Table(title=f"federation {cfg.federation.name}: {len(cfg.providers)} providers")
     for col in ("provider", "kind", "on-prem", "enabled", "sites", "credentials"):

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import click
 from rich.markup import escape
 
-from metavmm.catalog.models import Operation
 from metavmm.cli.operations import (
     Settings,
     _run,
@@ -32,16 +31,17 @@ from metavmm.cli.operations import (
     pass_settings,
     watch_operation,
 )
-from metavmm.services.identity import DEFAULT_PROJECT, Identity
-from metavmm.services.workloads.requests import COMPUTE_ACTIONS, CreateRequest
+from metavmm.services.vocabulary import COMPUTE_ACTIONS, DEFAULT_PROJECT
 
-if TYPE_CHECKING:  # the engine, scheduler and services load when a command runs, not for --help
+if TYPE_CHECKING:  # the catalog, engine, scheduler and services load when a command runs, not for --help
+    from metavmm.catalog.models import Operation
+    from metavmm.services.identity import Identity
     from metavmm.services.operations.engine import Engine
     from metavmm.services.operations.store import Sessions
     from metavmm.services.workloads.service import WorkloadService
 
-Submit = Callable[["Engine"], Awaitable[Operation]]
-Change = Callable[["WorkloadService", Identity], Awaitable[Operation]]
+Submit = Callable[["Engine"], Awaitable["Operation"]]
+Change = Callable[["WorkloadService", "Identity"], Awaitable["Operation"]]
 
 
 def _submit(settings: Settings, submit: Submit, *, wait: bool, interval: float) -> Operation | None:
@@ -119,6 +119,8 @@ def ops_provision(settings: Settings, name: str | None, image: str | None, flavo
                   max_price: float | None, project: str, wait: bool, interval: float,
                   idempotency_key: str | None) -> None:
     """Create a compute where the scheduler places it, as a REST create does (quota, placement, rules)."""
+    from metavmm.services.workloads.requests import CreateRequest
+
     req = CreateRequest(name=name, image=image, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
                         site=site, providers=providers, max_price_per_hour=max_price)
 

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table
-from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import db
-from metavmm.catalog.models import ApiToken, ClientCertificate, Project, Role, User
+from metavmm.catalog.enums import Role
 from metavmm.cli.common import Settings, console, pass_settings
-from metavmm.services.identity import (
-    canonical_subject,
-    get_or_create_project,
-    get_or_create_user,
-    mint_token,
-    rank,
-    set_membership,
-)
+
+if TYPE_CHECKING:  # SQLModel, the tables and the identity service load when a command runs, not for --help
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
 T = TypeVar("T")
 ROLES = click.Choice([r.value for r in Role])
@@ -61,6 +54,8 @@ def token_group() -> None:
 def token_create(settings: Settings, project: str, role: str, user_name: str | None, name: str,
                  days: int | None) -> None:
     """Mint a token (and its project, user and membership if needed); prints the secret once."""
+    from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, rank, set_membership
+
     rank(role)
 
     async def work(session: AsyncSession) -> tuple[str, str, str]:
@@ -81,6 +76,9 @@ def token_create(settings: Settings, project: str, role: str, user_name: str | N
 @pass_settings
 def token_list(settings: Settings, project: str | None) -> None:
     """List tokens (never their secrets)."""
+    from sqlmodel import select
+
+    from metavmm.catalog.models import ApiToken, Project, User
 
     async def work(session: AsyncSession) -> list[Any]:
         stmt = (select(ApiToken, User.name, Project.name).join(User, User.id == ApiToken.user_id)
@@ -103,6 +101,7 @@ def token_list(settings: Settings, project: str | None) -> None:
 @pass_settings
 def token_revoke(settings: Settings, token_id: str) -> None:
     """Revoke a token by id."""
+    from metavmm.catalog.models import ApiToken
 
     async def work(session: AsyncSession) -> bool:
         row = await session.get(ApiToken, token_id)
@@ -128,6 +127,7 @@ def project_group() -> None:
 @pass_settings
 def project_create(settings: Settings, name: str, description: str) -> None:
     """Create a project (no error if it exists)."""
+    from metavmm.services.identity import get_or_create_project
 
     async def work(session: AsyncSession) -> int:
         proj = await get_or_create_project(session, name)
@@ -152,6 +152,7 @@ def user_group() -> None:
 @pass_settings
 def user_add(settings: Settings, name: str, project: str, role: str, oidc_subject: str | None) -> None:
     """Create a user if needed and give them a role in a project."""
+    from metavmm.services.identity import get_or_create_project, get_or_create_user, set_membership
 
     async def work(session: AsyncSession) -> None:
         proj = await get_or_create_project(session, project)
@@ -172,6 +173,10 @@ def user_add(settings: Settings, name: str, project: str, role: str, oidc_subjec
 @pass_settings
 def user_map_cert(settings: Settings, name: str, subject: str, project: str) -> None:
     """Let an X.509 client certificate with this subject act as the user in the project."""
+    from sqlmodel import select
+
+    from metavmm.catalog.models import ClientCertificate, Project, User
+    from metavmm.services.identity import canonical_subject
 
     async def work(session: AsyncSession) -> None:
         user = (await session.exec(select(User).where(User.name == name))).first()

@@ -21,10 +21,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from metavmm.foundation.errors import UntrustedImage
-from metavmm.foundation.records import DiskRef
-from metavmm.translators import ova
-from metavmm.translators.disk import DiskTarget, all_target_names, convert
-from metavmm.translators.untrusted import ImageLimits, detect_format, inspect
+
+# The translators (qemu-img runners, the OVF parser and lxml) load when a command runs, not for --help.
 
 T = TypeVar("T")
 EXIT_REFUSED = 3
@@ -75,6 +73,8 @@ def image_group() -> None:
 def image_inspect(file: str, declared: str | None, max_virtual_size: str, max_file_size: str, no_checksum: bool,
                   as_json: bool) -> None:
     """Inspect FILE as untrusted input: format, virtual size, checksum; exit 3 with the reason if refused."""
+    from metavmm.translators.untrusted import ImageLimits, inspect
+
     limits = ImageLimits(max_file_bytes=_size(max_file_size), max_virtual_bytes=_size(max_virtual_size))
     try:
         report = _run(inspect(file, declared, limits=limits, checksum=not no_checksum))
@@ -94,16 +94,31 @@ def image_inspect(file: str, declared: str | None, max_virtual_size: str, max_fi
     console.print(table)
 
 
+class _TargetsOption(click.Option):
+    """``--to``, whose help lists every output format: the disk translator says which, and is loaded only
+    when that help is shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from metavmm.translators.disk import all_target_names
+
+        self.help = f"output format: {', '.join(all_target_names())}"
+        return super().get_help_record(ctx)
+
+
 @image_group.command("convert")
 @click.argument("src", type=click.Path(dir_okay=False, exists=True))
 @click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--to", "target", required=True, help=f"output format: {', '.join(all_target_names())}")
+@click.option("--to", "target", required=True, cls=_TargetsOption)
 @click.option("--from", "source_format", help="the source's format (default: detected from its content)")
 @click.option("--overwrite", is_flag=True, help="replace DST if it exists")
 @click.option("--no-checksum", is_flag=True, help="skip the SHA-256 of source and output")
 def image_convert(src: str, dst: str, target: str, source_format: str | None, overwrite: bool,
                   no_checksum: bool) -> None:
     """Convert SRC to DST in another format (the source is inspected as untrusted first)."""
+    from metavmm.foundation.records import DiskRef
+    from metavmm.translators.disk import DiskTarget, convert
+    from metavmm.translators.untrusted import detect_format
+
     to = DiskTarget.parse(target)
     try:
         fmt = source_format or detect_format(src)[0]
@@ -135,6 +150,10 @@ def ovf_group() -> None:
 def ovf_export(dest: str, disks: tuple[str, ...], name: str, cpus: int, memory_mib: int, networks: tuple[str, ...],
                os_id: int, ovf_version: str) -> None:
     """Write DEST (.ova, or .ovf with files beside it) holding the disks as streamOptimized VMDK."""
+    from metavmm.foundation.records import DiskRef
+    from metavmm.translators import ova
+    from metavmm.translators.untrusted import detect_format
+
     refs = []
     for item in disks:
         path, _, fmt = item.partition(":") if not Path(item).exists() else (item, "", "")
@@ -153,6 +172,9 @@ def ovf_export(dest: str, disks: tuple[str, ...], name: str, cpus: int, memory_m
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def ovf_import(package: str, dest: str, target: str | None, require_manifest: bool, as_json: bool) -> None:
     """Import PACKAGE (.ova or .ovf) into DEST: verify the manifest, inspect each disk, optionally convert."""
+    from metavmm.translators import ova
+    from metavmm.translators.disk import DiskTarget
+
     to = DiskTarget.parse(target) if target else None
     try:
         result = _with_bar(f"importing {Path(package).name}",

@@ -13,23 +13,26 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation
 from metavmm.cli.flows import _change, _follow, _submit
 from metavmm.foundation.errors import ValidationError
-from metavmm.services.identity import DEFAULT_PROJECT, Identity
-from metavmm.services.marketplace.entries import ADMIN, LIST_COLUMNS, ImageMeta, ImageQuery, get_image, list_row, render
-from metavmm.services.workloads.service import WorkloadService
+from metavmm.services.vocabulary import DEFAULT_PROJECT
+
+if TYPE_CHECKING:  # SQLAlchemy, the tables and the marketplace services load when a command runs, not for --help
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
+    from metavmm.catalog.models import Operation
+    from metavmm.services.identity import Identity
+    from metavmm.services.workloads.service import WorkloadService
 
 T = TypeVar("T")
 Settings = Any  # metavmm.cli.main.Settings: .config (FederationConfig) and .database (URL)
@@ -88,7 +91,7 @@ def marketplace() -> None:
 @pass_settings
 def list_cmd(settings: Settings, fmt: str | None, as_json: bool, **filters: Any) -> None:
     """Search the marketplace; every entry field is a filter."""
-    from metavmm.services.marketplace.entries import search
+    from metavmm.services.marketplace.entries import ADMIN, LIST_COLUMNS, ImageQuery, list_row, render, search
 
     filters = {k: (list(v) if isinstance(v, tuple) else v) for k, v in filters.items() if v not in (None, (), False)}
     query = ImageQuery.model_validate({**filters, **({"format": fmt} if fmt else {})})
@@ -116,6 +119,7 @@ def list_cmd(settings: Settings, fmt: str | None, as_json: bool, **filters: Any)
 @pass_settings
 def show(settings: Settings, image: str) -> None:
     """One entry (by id, name or PUBLISHER/NAME) with its replicas, as JSON."""
+    from metavmm.services.marketplace.entries import ADMIN, get_image, render
 
     async def work(maker: async_sessionmaker[AsyncSession]) -> Any:
         async with maker() as session:
@@ -148,6 +152,7 @@ def show(settings: Settings, image: str) -> None:
 @pass_settings
 def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace_days: float, **fields: Any) -> None:
     """Publish SOURCE (a path or http(s) URL): checksums verified, content inspected, versions chained."""
+    from metavmm.services.marketplace.entries import ImageMeta, render
     from metavmm.services.marketplace.publish import publish
 
     fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items() if v is not None}
@@ -177,6 +182,7 @@ def replicate_cmd(settings: Settings, image: str, site: str, wait: bool, interva
                   idempotency_key: str | None) -> None:
     """Copy IMAGE to SITE (streamed, verified, converted, registered), or reuse the replica already there:
     an operation the broker runs; --wait follows it and names the replica."""
+    from metavmm.services.marketplace.entries import ADMIN
     from metavmm.services.marketplace.launch import submit_replicate
 
     _run(settings, _noop, write=True)  # the schema first (a fresh database)

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from metavmm.catalog import db
-from metavmm.catalog.models import Operation, OperationState
+from metavmm.catalog.enums import OperationState
 from metavmm.cli.common import Settings, console, err_console, pass_settings
 from metavmm.cli.operations import ClaimHint
-from metavmm.scheduler import service
-from metavmm.services.operations import migrations, store
-from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.store import TERMINAL, Sessions
+from metavmm.services.vocabulary import MIGRATION_MODES
+
+if TYPE_CHECKING:  # the scheduler, the engine and the catalog's tables load when a command runs
+    from metavmm.catalog.models import Operation
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.operations.store import Sessions
 
 T = TypeVar("T")
 
@@ -34,6 +36,8 @@ T = TypeVar("T")
 def run_with_engine(settings: Settings, work: Callable[[Engine, Sessions], Awaitable[T]]) -> T:
     """Run ``work`` with an operations engine that only submits: the broker's executor (or the workers,
     or ``metavmm operations run``) runs the steps, never this process."""
+    from metavmm.services.operations.engine import Engine
+
     db.require_current_schema(settings.database)
 
     async def go() -> T:
@@ -53,6 +57,9 @@ def run_with_engine(settings: Settings, work: Callable[[Engine, Sessions], Await
 async def watch(sessions: Sessions, op_id: str, children: list[str], interval: float = 0.3, *,
                 mode: str = "inprocess") -> Operation:
     """Progress bars for ``op_id`` and each child until ``op_id`` ends."""
+    from metavmm.services.operations import store
+    from metavmm.services.operations.store import TERMINAL
+
     hint = ClaimHint(mode)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bars:
@@ -99,6 +106,9 @@ WAIT_HELP = ("show progress bars until the migration ends (a running broker, `me
 def execute_migration(settings: Settings, kind: str, *, host: str | None, site: str | None, tolerance: float,
                       max_moves: int, wait: bool = False) -> None:
     """Plan over a fresh snapshot, submit every move under one parent, and (``wait``) watch it."""
+    from metavmm.scheduler import service
+    from metavmm.services.operations import migrations
+
 
     async def work(engine: Engine, sessions: Sessions) -> Operation | None:
         snap = await service.snapshot(sessions, settings.config)
@@ -116,13 +126,16 @@ def execute_migration(settings: Settings, kind: str, *, host: str | None, site: 
 @click.argument("workload_id")
 @click.option("--site", help="pin the target site")
 @click.option("--host", help="pin the target host")
-@click.option("--mode", type=click.Choice(migrations.MODES), default="auto", show_default=True,
+@click.option("--mode", type=click.Choice(MIGRATION_MODES), default="auto", show_default=True,
               help="auto: live when the scheduler says it works, else cold")
 @click.option("--wait", is_flag=True, help=WAIT_HELP)
 @pass_settings
 def migrate_command(settings: Settings, workload_id: str, site: str | None, host: str | None, mode: str,
                     wait: bool) -> None:
     """Move one workload where the scheduler says (or a pinned site/host); --wait shows its progress."""
+    from metavmm.scheduler import service
+    from metavmm.services.operations import migrations
+
 
     async def work(engine: Engine, sessions: Sessions) -> Operation | None:
         snap = await service.snapshot(sessions, settings.config)

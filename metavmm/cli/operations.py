@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import click
 from rich.console import Console
@@ -17,12 +17,13 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from metavmm.catalog import db
-from metavmm.catalog.models import Operation, OperationState
+from metavmm.catalog.enums import OperationState
 from metavmm.cli.lifecycle import Stop, import_plugins, run_until_signal
-from metavmm.foundation.config import FederationConfig
-from metavmm.services.operations import store
-from metavmm.services.operations.plan import overall_progress
-from metavmm.services.operations.store import TERMINAL, Sessions
+
+if TYPE_CHECKING:  # the catalog's tables, the config models and the store load when a command runs
+    from metavmm.catalog.models import Operation
+    from metavmm.foundation.config import FederationConfig
+    from metavmm.services.operations.store import Sessions
 
 T = TypeVar("T")
 # cli.py imports this module at its end; importing cli.py back would break `python -m metavmm.cli.main`
@@ -77,6 +78,8 @@ def operations_group() -> None:
 @pass_settings
 def ops_list(settings: Settings, state: str | None, target: str | None, limit: int, as_json: bool) -> None:
     """The newest operations first."""
+    from metavmm.services.operations import store
+
     ops = _run(settings, lambda s: store.list_ops(s, state=state, target_id=target, limit=limit))
     if as_json:
         click.echo(json.dumps([o.model_dump(mode="json") for o in ops], indent=2))
@@ -107,6 +110,8 @@ def _steps_table(op: Operation) -> Table:
 @pass_settings
 def ops_show(settings: Settings, operation_id: str, as_json: bool) -> None:
     """An operation's plan, step by step, and its history."""
+    from metavmm.services.operations import store
+
     async def read(s: Sessions) -> tuple[Operation, list[Any]]:
         return await store.get(s, operation_id), await store.events(s, operation_id)
 
@@ -153,6 +158,10 @@ async def watch_operation(sessions: Sessions, operation_id: str, interval: float
                           mode: str = "inprocess") -> Operation:
     """Progress bars (the whole operation, and one per step) until the operation ends; its last state.
     ``mode`` (operations.executor) names who should be running the steps, should nothing claim it."""
+    from metavmm.services.operations import store
+    from metavmm.services.operations.plan import overall_progress
+    from metavmm.services.operations.store import TERMINAL
+
     op = await store.get(sessions, operation_id)
     hint = ClaimHint(mode)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
@@ -194,6 +203,8 @@ def ops_watch(settings: Settings, operation_id: str, interval: float) -> None:
 @pass_settings
 def ops_cancel(settings: Settings, operation_id: str) -> None:
     """Cancel: a queued operation ends now; a running one rolls back after its current step."""
+    from metavmm.services.operations import store
+
     op = _run(settings, lambda s: store.request_cancel(s, operation_id))
     console.print(f"{op.id}: {_state(op.state)} ({op.message})")
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table
@@ -16,7 +16,9 @@ from rich.table import Table
 from metavmm.catalog import db
 from metavmm.catalog.importers import IMPORTERS
 from metavmm.cli.common import Settings, console, err_console, pass_settings
-from metavmm.scheduler.pricing import Comparison, ShapeRequest
+
+if TYPE_CHECKING:  # the scheduler's pricing loads when a command runs
+    from metavmm.scheduler.pricing import Comparison
 
 T = TypeVar("T")
 
@@ -96,6 +98,7 @@ def _request_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _compare(settings: Settings, vcpus: int, ram: float, gpu: str | None, arch: str | None, os_name: str,
              currency: str | None, region: str | None, providers: tuple[str, ...]) -> Comparison:
+    from metavmm.scheduler.pricing import ShapeRequest
     from metavmm.services.prices import compare_prices
 
     req = ShapeRequest.parse(vcpus, str(ram), gpu, arch, os_name)

@@ -13,24 +13,27 @@ import json
 from collections import Counter
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pydantic
 from rich.table import Table
 
 from metavmm.catalog import db
 from metavmm.cli.common import Settings, console, pass_settings
 from metavmm.foundation.errors import ValidationError
-from metavmm.scheduler import service
-from metavmm.scheduler.burst import load_trace
-from metavmm.scheduler.request import PlacementRequest
-from metavmm.scheduler.schemas import BatchOut, MigrationOut, PlacementOut, PlacementRequestIn, ReplayOut
-from metavmm.scheduler.snapshot import Snapshot
-from metavmm.services.placement import Placer, PlannedCreate
+
+if TYPE_CHECKING:  # the scheduler (networkx, numpy), its schemas (pydantic) and the Placer load when a command runs
+    import pydantic
+
+    from metavmm.scheduler.request import PlacementRequest
+    from metavmm.scheduler.schemas import PlacementOut
+    from metavmm.scheduler.snapshot import Snapshot
+    from metavmm.services.placement import PlannedCreate
 
 
 def _snapshot(settings: Settings) -> Snapshot:
+    from metavmm.scheduler import service
+
     async def run() -> Snapshot:
         await db.upgrade_async(settings.database)
         engine = db.make_engine(settings.database)
@@ -44,6 +47,8 @@ def _snapshot(settings: Settings) -> Snapshot:
 
 def _dry_run(settings: Settings, req: PlacementRequest, explain: bool) -> PlannedCreate:
     """What a create of ``req`` would do now, through the Placer a create uses (nothing is written)."""
+    from metavmm.services.placement import Placer
+
     async def run() -> PlannedCreate:
         await db.upgrade_async(settings.database)
         engine = db.make_engine(settings.database)
@@ -108,6 +113,10 @@ def place(settings: Settings, name: str, vcpus: int, ram_gib: float, gpu: str | 
           providers: tuple[str, ...], on_prem_only: bool, public_only: bool, project: str | None,
           hours: float | None, strategy: str | None, max_price: float | None, explain: bool, as_json: bool) -> None:
     """Where would a create of this VM go now, at what price, by which steps, and why not elsewhere."""
+    import pydantic
+
+    from metavmm.scheduler.schemas import PlacementOut, PlacementRequestIn
+
     gpu_model, gpu_count = None, 0
     if gpu:
         model, _, count = gpu.partition(":")
@@ -205,6 +214,11 @@ def burst_terms(b: Any) -> list[str]:
 @pass_settings
 def batch(settings: Settings, requests_file: str, as_json: bool) -> None:
     """Place many workloads at once: REQUESTS_FILE has one request per line (JSON, the REST body fields)."""
+    import pydantic
+
+    from metavmm.scheduler import service
+    from metavmm.scheduler.schemas import BatchOut, PlacementRequestIn
+
     requests = []
     for lineno, line in enumerate(Path(requests_file).read_text().splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -262,6 +276,9 @@ def plan_migration(settings: Settings, host: str | None, site: str | None, rebal
         execute_migration(settings, kind, host=host, site=site or rebalance_site, tolerance=tolerance,
                           max_moves=max_moves, wait=wait)
         return
+    from metavmm.scheduler import service
+    from metavmm.scheduler.schemas import MigrationOut
+
     plan = service.plan_migration(_snapshot(settings), kind, host=host, site=site or rebalance_site,
                                   tolerance=tolerance, max_moves=max_moves)
     out = MigrationOut.of(plan)
@@ -289,6 +306,10 @@ def plan_migration(settings: Settings, host: str | None, site: str | None, rebal
 @pass_settings
 def replay(settings: Settings, trace: str, policy_name: str, start: Any, as_json: bool) -> None:
     """Run a burst policy over a recorded trace (JSON lines): cost, waiting, where everything went."""
+    from metavmm.scheduler import service
+    from metavmm.scheduler.burst import load_trace
+    from metavmm.scheduler.schemas import ReplayOut
+
     pol = service.policy(settings.config, policy_name)
     records = load_trace(trace)
     start_date: date | None = start.date() if start else None

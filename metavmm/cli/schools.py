@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.table import Table
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.cli.common import Settings, console, pass_settings
 from metavmm.cli.identity import _run
-from metavmm.services.marketplace import schools as svc
-from metavmm.services.marketplace.schools import PublisherOut, SchoolIn, SchoolOut
+
+if TYPE_CHECKING:  # the schools service (SQLModel, pydantic) loads when a command runs, not for --help
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
+    from metavmm.services.marketplace.schools import PublisherOut, SchoolOut
 
 
 def _show(school: SchoolOut) -> None:
@@ -30,7 +34,9 @@ def school_group() -> None:
 @pass_settings
 def school_create(settings: Settings, name: str, description: str) -> None:
     """Create a school (no member projects yet)."""
-    body = SchoolIn(name=name, description=description)
+    from metavmm.services.marketplace import schools as svc
+
+    body = svc.SchoolIn(name=name, description=description)
 
     async def work(session: AsyncSession) -> SchoolOut:
         return await svc.create_school(session, body)
@@ -42,6 +48,8 @@ def school_create(settings: Settings, name: str, description: str) -> None:
 @pass_settings
 def school_list(settings: Settings) -> None:
     """Schools and their member projects."""
+    from metavmm.services.marketplace import schools as svc
+
     table = Table("school", "projects", "description")
     for school in _run(settings, svc.list_schools):
         table.add_row(school.name, ", ".join(school.projects), school.description)
@@ -54,6 +62,8 @@ def school_list(settings: Settings) -> None:
 @pass_settings
 def school_add(settings: Settings, school: str, project: str) -> None:
     """Make PROJECT (a name or id) a member of SCHOOL."""
+    from metavmm.services.marketplace import schools as svc
+
 
     async def work(session: AsyncSession) -> SchoolOut:
         return await svc.add_member(session, school, project)
@@ -67,6 +77,8 @@ def school_add(settings: Settings, school: str, project: str) -> None:
 @pass_settings
 def school_remove(settings: Settings, school: str, project: str) -> None:
     """Remove PROJECT from SCHOOL (it stops seeing the school's images)."""
+    from metavmm.services.marketplace import schools as svc
+
 
     async def work(session: AsyncSession) -> SchoolOut:
         return await svc.remove_member(session, school, project)
@@ -79,6 +91,8 @@ def school_remove(settings: Settings, school: str, project: str) -> None:
 @pass_settings
 def school_delete(settings: Settings, school: str) -> None:
     """Delete SCHOOL (its projects stop sharing school images)."""
+    from metavmm.services.marketplace import schools as svc
+
 
     async def work(session: AsyncSession) -> None:
         await svc.delete_school(session, school)
@@ -96,6 +110,8 @@ def publisher_group() -> None:
 @pass_settings
 def publisher_list(settings: Settings) -> None:
     """Namespaces and their owners (claimed by a first publish, or granted)."""
+    from metavmm.services.marketplace import schools as svc
+
     table = Table("publisher", "project", "granted by")
     for row in _run(settings, svc.list_publishers):
         table.add_row(row.name, row.project or "(broker)", row.granted_by or "-")
@@ -109,6 +125,8 @@ def publisher_list(settings: Settings) -> None:
 @pass_settings
 def publisher_grant(settings: Settings, publisher: str, project: str | None, broker: bool) -> None:
     """Give PUBLISHER to a project (or to the broker), whoever owned it before."""
+    from metavmm.services.marketplace import schools as svc
+
     if (project is None) == (not broker):
         raise click.UsageError("give exactly one of --project or --broker")
 
