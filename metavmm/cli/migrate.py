@@ -109,7 +109,6 @@ def execute_migration(settings: Settings, kind: str, *, host: str | None, site: 
     from metavmm.scheduler import service
     from metavmm.services.operations import migrations
 
-
     async def work(engine: Engine, sessions: Sessions) -> Operation | None:
         snap = await service.snapshot(sessions, settings.config)
         plan = service.plan_migration(snap, kind, host=host, site=site, tolerance=tolerance, max_moves=max_moves)
@@ -135,7 +134,6 @@ def migrate_command(settings: Settings, workload_id: str, site: str | None, host
     """Move one workload where the scheduler says (or a pinned site/host); --wait shows its progress."""
     from metavmm.scheduler import service
     from metavmm.services.operations import migrations
-
 
     async def work(engine: Engine, sessions: Sessions) -> Operation | None:
         snap = await service.snapshot(sessions, settings.config)

@@ -64,7 +64,6 @@ def school_add(settings: Settings, school: str, project: str) -> None:
     """Make PROJECT (a name or id) a member of SCHOOL."""
     from metavmm.services.marketplace import schools as svc
 
-
     async def work(session: AsyncSession) -> SchoolOut:
         return await svc.add_member(session, school, project)
 
@@ -79,7 +78,6 @@ def school_remove(settings: Settings, school: str, project: str) -> None:
     """Remove PROJECT from SCHOOL (it stops seeing the school's images)."""
     from metavmm.services.marketplace import schools as svc
 
-
     async def work(session: AsyncSession) -> SchoolOut:
         return await svc.remove_member(session, school, project)
 
@@ -92,7 +90,6 @@ def school_remove(settings: Settings, school: str, project: str) -> None:
 def school_delete(settings: Settings, school: str) -> None:
     """Delete SCHOOL (its projects stop sharing school images)."""
     from metavmm.services.marketplace import schools as svc
-
 
     async def work(session: AsyncSession) -> None:
         await svc.delete_school(session, school)
