@@ -20,6 +20,7 @@ from rich.table import Table
 
 from metavmm.cli.common import MetavmmGroup, Settings, console, pass_settings
 from metavmm.foundation.errors import ValidationError
+from metavmm.services.vocabulary import DEFAULT_PROJECT
 
 T = TypeVar("T")
 
@@ -57,8 +58,6 @@ def _service(settings: Settings, project: str | None, work: Callable[[Any, Any],
 
 
 def _project_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from metavmm.services.identity import DEFAULT_PROJECT
-
     return click.option("--project", default=DEFAULT_PROJECT, show_default=True, envvar="METAVMM_PROJECT",
                         help="the project that owns the group (and whose quota it counts against)")(fn)
 

@@ -4,16 +4,20 @@ service as REST (:mod:`metavmm.services.protection.dr`). Changes are engine oper
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from metavmm.catalog.models import Operation, Protection
 from metavmm.cli.common import Settings, console, pass_settings
 from metavmm.cli.migrate import WAIT_HELP, _follow, _report, run_with_engine
-from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.store import Sessions
-from metavmm.services.protection import dr
+from metavmm.services.vocabulary import DR_MAX_INTERVAL_S, DR_MAX_RETENTION
+
+if TYPE_CHECKING:  # the DR service, the engine and the tables load when a command runs, not for --help
+    from metavmm.catalog.models import Operation, Protection
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.operations.store import Sessions
 
 
 @click.group("dr")
@@ -30,13 +34,15 @@ def _show(row: Protection) -> None:
 @dr_group.command("set")
 @click.argument("workload_id")
 @click.option("--target", required=True, help="the DR site: a provider, or provider/region")
-@click.option("--interval", "interval_s", type=click.IntRange(1, dr.MAX_INTERVAL_S), default=None,
+@click.option("--interval", "interval_s", type=click.IntRange(1, DR_MAX_INTERVAL_S), default=None,
               help="replicate every this many seconds (default: only when asked)")
-@click.option("--retention", type=click.IntRange(1, dr.MAX_RETENTION), default=3, show_default=True,
+@click.option("--retention", type=click.IntRange(1, DR_MAX_RETENTION), default=3, show_default=True,
               help="recovery points kept")
 @pass_settings
 def set_command(settings: Settings, workload_id: str, target: str, interval_s: int | None, retention: int) -> None:
     """Set (or change) a workload's replication policy."""
+    from metavmm.services.protection import dr
+
     async def work(engine: Engine, sessions: Sessions) -> Protection:
         return await dr.set_replication(sessions, settings.config, None, workload_id, target=target,
                                         interval_s=interval_s, retention=retention)
@@ -49,6 +55,8 @@ def set_command(settings: Settings, workload_id: str, target: str, interval_s: i
 @pass_settings
 def show_command(settings: Settings, workload_id: str) -> None:
     """A workload's policy and its recovery points."""
+    from metavmm.services.protection import dr
+
     async def work(engine: Engine, sessions: Sessions) -> tuple[Protection, list]:  # type: ignore[type-arg]
         return (await dr.get_replication(sessions, None, workload_id),
                 await dr.recovery_points(sessions, None, workload_id))
@@ -76,6 +84,8 @@ def _submit(settings: Settings, wait: bool, submit: object) -> None:
 @pass_settings
 def replicate_command(settings: Settings, workload_id: str, wait: bool) -> None:
     """Take a recovery point now."""
+    from metavmm.services.protection import dr
+
     _submit(settings, wait, lambda engine: dr.replicate(engine, None, workload_id))
 
 
@@ -89,6 +99,8 @@ def replicate_command(settings: Settings, workload_id: str, wait: bool) -> None:
 def failover_command(settings: Settings, workload_id: str, unplanned: bool, confirm_source_dead: bool,
                      wait: bool) -> None:
     """Start the replica at the DR site and move the workload there (planned: stop, final replication first)."""
+    from metavmm.services.protection import dr
+
     _submit(settings, wait, lambda engine: dr.failover(engine, None, workload_id, planned=not unplanned,
                                                        confirm_source_dead=confirm_source_dead))
 
@@ -102,6 +114,8 @@ def failover_command(settings: Settings, workload_id: str, unplanned: bool, conf
 def failback_command(settings: Settings, workload_id: str, unplanned: bool, confirm_source_dead: bool,
                      wait: bool) -> None:
     """Bring a failed-over workload home (re-replicated first)."""
+    from metavmm.services.protection import dr
+
     _submit(settings, wait, lambda engine: dr.failback(engine, None, workload_id, planned=not unplanned,
                                                        confirm_source_dead=confirm_source_dead))
 
@@ -112,4 +126,6 @@ def failback_command(settings: Settings, workload_id: str, unplanned: bool, conf
 @pass_settings
 def remove_command(settings: Settings, workload_id: str, wait: bool) -> None:
     """Stop replicating a workload and remove its recovery points."""
+    from metavmm.services.protection import dr
+
     _submit(settings, wait, lambda engine: dr.remove_replication(engine, None, workload_id))

@@ -15,3 +15,8 @@ COMPUTE_ACTIONS = (*POWER_ACTIONS, "save")
 
 MIGRATION_MODES = ("auto", "live", "cold")
 """How a workload moves (:func:`metavmm.services.operations.migrations.migrate_workload`)."""
+
+DR_MAX_INTERVAL_S = 30 * 86400
+"""The longest replication interval a DR policy may have (:mod:`metavmm.services.protection.dr`)."""
+DR_MAX_RETENTION = 100
+"""The most recovery points a DR policy may keep."""

@@ -45,9 +45,9 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.store import ACTIVE, Sessions
 from metavmm.services.protection import dr_store
 from metavmm.services.scope import get_visible
+from metavmm.services.vocabulary import DR_MAX_INTERVAL_S as MAX_INTERVAL_S
+from metavmm.services.vocabulary import DR_MAX_RETENTION as MAX_RETENTION
 
-MAX_INTERVAL_S = 30 * 86400
-MAX_RETENTION = 100
 PROTECTED, FAILED_OVER = "protected", "failed-over"
 REPLICATE = "dr_replicate"  # not "replicate": that kind is the marketplace's image replication
 DR_KINDS = (REPLICATE, "dr_purge", "failover", "failback")
