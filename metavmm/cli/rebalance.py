@@ -5,6 +5,7 @@ catalog runs them (``metavmm operations watch ID`` follows one)."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -12,8 +13,10 @@ from rich.table import Table
 
 from metavmm.cli.common import Settings, console, pass_settings
 from metavmm.cli.migrate import run_with_engine
-from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.store import Sessions
+
+if TYPE_CHECKING:  # the engine and the catalog load when a command runs, not for --help
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.operations.store import Sessions
 
 
 @click.group("rebalance")
