@@ -26,7 +26,7 @@ from metavmm.api.rest import setup_rest
 from metavmm.api.rest.common import API_ROOT
 from metavmm.api.ui import setup_ui
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
-from metavmm.foundation.aio import stop_tasks, wait_event
+from metavmm.foundation.aio import repeat, stop_tasks
 from metavmm.foundation.config import FederationConfig
 from metavmm.services import netguard
 from metavmm.services.autoscale.service import AutoscaleService
@@ -82,20 +82,17 @@ async def _periodic_sync(app: web.Application, stopping: asyncio.Event) -> None:
     """Pull every provider's inventory now and every ``sync_interval_s``, until ``stopping`` is set (a
     round under way ends first: cancelled mid-write it would leave SQLAlchemy logging a failed reset)."""
     cfg = app[keys.CONFIG]
-    while not stopping.is_set():
-        try:
-            for result in await sync_all(app[keys.SESSIONS], cfg, engine=app[keys.OPERATIONS]):  # rebalance after
-                if result.error:
-                    log.warning("inventory of %s: %s", result.provider, result.error)
-                else:
-                    log.info("inventory of %s synced in %.2fs", result.provider, result.seconds)
-            await ensure_builtin_images(app[keys.SESSIONS], cfg)  # after an inventory: the sites it replicates to
-            await ha_check(app[keys.SESSIONS], cfg, app[keys.OPERATIONS], app[PLACER])  # HA restart: lost hosts
-        except Exception:
-            log.exception("inventory sync failed")
-        if cfg.federation.sync_interval_s <= 0:
-            return
-        await wait_event(stopping, cfg.federation.sync_interval_s)
+
+    async def round_() -> None:
+        for result in await sync_all(app[keys.SESSIONS], cfg, engine=app[keys.OPERATIONS]):  # rebalance after
+            if result.error:
+                log.warning("inventory of %s: %s", result.provider, result.error)
+            else:
+                log.info("inventory of %s synced in %.2fs", result.provider, result.seconds)
+        await ensure_builtin_images(app[keys.SESSIONS], cfg)  # after an inventory: the sites it replicates to
+        await ha_check(app[keys.SESSIONS], cfg, app[keys.OPERATIONS], app[PLACER])  # HA restart: lost hosts
+
+    await repeat(stopping, max(0.0, cfg.federation.sync_interval_s), round_, "inventory sync", log)
 
 
 CLUSTER_EXPIRY_S = 30.0  # how often expired clusters are looked for
@@ -105,24 +102,15 @@ async def _cluster_expiry(app: web.Application, stopping: asyncio.Event) -> None
     """Delete the clusters whose expiry passed (their seats through the workload service), until ``stopping``."""
     from metavmm.services.clusters import ClusterService
 
-    while not stopping.is_set():
-        try:
-            await ClusterService(app[keys.WORKLOADS]).expire()
-        except Exception:
-            log.exception("cluster expiry failed")
-        await wait_event(stopping, CLUSTER_EXPIRY_S)
+    await repeat(stopping, CLUSTER_EXPIRY_S, lambda: ClusterService(app[keys.WORKLOADS]).expire(), "cluster expiry",
+                 log)
 
 
 async def _autoscale(app: web.Application, stopping: asyncio.Event) -> None:
     """Evaluate every enabled auto-scaling group now and every ``EVALUATE_EVERY_S``, until ``stopping``."""
     from metavmm.services.autoscale.service import EVALUATE_EVERY_S
 
-    while not stopping.is_set():
-        try:
-            await app[keys.AUTOSCALE].evaluate_all()
-        except Exception:
-            log.exception("auto-scaling evaluation failed")
-        await wait_event(stopping, EVALUATE_EVERY_S)
+    await repeat(stopping, EVALUATE_EVERY_S, app[keys.AUTOSCALE].evaluate_all, "auto-scaling evaluation", log)
 
 
 async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,32 @@ T = TypeVar("T")
 
 RECANCEL_S = 0.25
 """How long a cancelled task gets before it is cancelled again (it may have swallowed the first)."""
+
+
+def being_cancelled() -> bool:
+    """Whether the current task is being cancelled (a stop past its grace, a lost lease). An error raised
+    then is the cancellation's doing, not the work's: a database session cut mid-query raises "Can't
+    reconnect until invalid transaction is rolled back" in place of CancelledError. Code that classifies
+    errors asks this first."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def repeat(stopping: asyncio.Event, every_s: float, work: Callable[[], Awaitable[Any]], what: str,
+                 log: logging.Logger) -> None:
+    """Run ``work`` now and every ``every_s`` (once when it is 0) until ``stopping`` is set: the broker's
+    periodic rounds. A failed round is logged with its traceback and the next one tries again; a round the
+    stop cut short is one line (it runs again at the next start), so a clean stop prints no traceback."""
+    while not stopping.is_set():
+        try:
+            await work()
+        except Exception as exc:
+            if stopping.is_set() or being_cancelled():
+                log.info("%s cut short by the stop: %s", what, exc)
+                return
+            log.exception("%s failed; next in %.0f s", what, every_s)
+        if every_s <= 0 or await wait_event(stopping, every_s):
+            return
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:

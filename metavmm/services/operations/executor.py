@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from metavmm.catalog.models import Operation, OperationState, aware, utcnow
-from metavmm.foundation.aio import shielded, stop_tasks, wait_event
+from metavmm.foundation.aio import being_cancelled, shielded, stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ConfigError
 from metavmm.foundation.logs import REQUEST_ID
@@ -66,15 +66,6 @@ CLOSE_S = 0.5
 def backoff_s(attempt: int, base_s: float) -> float:
     """Delay after failed attempt ``attempt`` (1, 2, ...): base * 2**(attempt-1), jittered down to half, capped."""
     return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, base_s * 2 ** min(attempt - 1, 32))
-
-
-def _cut_off() -> bool:
-    """Whether this run is being cancelled (a stop past its grace, a lost lease). An error raised then is
-    the cancellation's doing, not the step's (a database session cut mid-query raises "Can't reconnect
-    until invalid transaction is rolled back" in place of CancelledError): it must leave the operation as
-    a crash does, never fail the step or start a rollback."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class _Cancelled(Exception):
@@ -289,7 +280,7 @@ class Executor:
             except (LeaseLost, _HandedBack):
                 raise
             except Exception as exc:  # the step failed for good
-                if _cut_off():
+                if being_cancelled():
                     raise asyncio.CancelledError() from exc
                 if self._committed(op):
                     await self._save(op, f"failed after the commit step: {exc}", level="error",
@@ -353,7 +344,7 @@ class Executor:
         except (LeaseLost, _HandedBack):
             raise
         except Exception as exc:
-            if _cut_off():
+            if being_cancelled():
                 raise asyncio.CancelledError() from exc
             await self._save(op, f"rollback failed: {exc}", level="error", state=OperationState.FAILED,
                              error=f"{op.error or 'cancelled'}; rollback failed: {exc}", finished_at=utcnow(),
@@ -403,7 +394,7 @@ class Executor:
                 delay = min(WAIT_MAX_S, waiting.delay_s * 2 ** min(checks, 16))
                 raise _Parked(str(waiting), utcnow() + timedelta(seconds=delay)) from None
             except Exception as exc:
-                if _cut_off():
+                if being_cancelled():
                     raise asyncio.CancelledError() from exc
                 message = str(exc) or exc.__class__.__name__
                 step["error"] = message

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from metavmm.catalog.models import Operation
-from metavmm.foundation.aio import wait_event
+from metavmm.foundation.aio import repeat
 from metavmm.foundation.errors import MetavmmError
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
@@ -30,10 +30,4 @@ async def replicate_due(engine: Engine) -> list[Operation]:
 
 
 async def serve(engine: Engine, poll_s: float = POLL_S) -> None:
-    while not engine.stopping.is_set():
-        try:
-            await replicate_due(engine)
-        except Exception:
-            log.exception("the replication round failed; next in %.0f s", poll_s)
-        if await wait_event(engine.stopping, poll_s):
-            return
+    await repeat(engine.stopping, poll_s, lambda: replicate_due(engine), "the replication round", log)
