@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metavmm import __version__
 from metavmm.api import jsonbody, keys
@@ -25,11 +26,13 @@ from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.api.rest.common import API_ROOT
 from metavmm.api.ui import setup_ui
+from metavmm.catalog.changes import ANY, Changes, TtlCache
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
 from metavmm.services import netguard
 from metavmm.services.autoscale.service import AutoscaleService
+from metavmm.services.identity import IDENTITY_TABLES
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -142,6 +145,15 @@ async def _steps_wind_down(app: web.Application) -> None:
         app[keys.OPERATIONS].request_stop()
 
 
+def _read_caches(app: web.Application, engine: AsyncEngine) -> None:
+    """Token identities and OCCI entity reads, each ended by this process's commits to what they read
+    (issue 23 item 14: an authenticated request read the catalog two or three times)."""
+    cfg = app[keys.CONFIG]
+    changes = app[keys.CHANGES] = Changes().watch(engine)
+    app[keys.IDENTITIES] = TtlCache(changes, IDENTITY_TABLES, cfg.auth.identity_cache_s)
+    app[keys.OCCI_READS] = TtlCache(changes, (ANY,), cfg.federation.read_cache_s)
+
+
 def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         url = app[keys.DATABASE_URL]
@@ -150,6 +162,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         engine = make_engine(url)
         app[keys.ENGINE] = engine
         app[keys.SESSIONS] = make_sessionmaker(engine)
+        _read_caches(app, engine)
         await register_providers(app[keys.SESSIONS], app[keys.CONFIG])
         tasks: list[asyncio.Task[None]] = []
         app[keys.BACKGROUND] = tasks

@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.changes import Changes, TtlCache
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.autoscale.service import AutoscaleService
 from metavmm.services.identity import Identity
@@ -30,6 +31,11 @@ PLACER = web.AppKey("placer", Placer)
 WORKLOADS = web.AppKey("workloads", WorkloadService)
 IDENTITY = web.RequestKey("identity", Identity)
 AUTOSCALE = web.AppKey("autoscale", AutoscaleService)
+CHANGES = web.AppKey("changes", Changes)
+IDENTITIES = web.AppKey("identities", TtlCache[tuple[str, Identity]])
+"""API tokens' identities by the token's SHA-256 (the digest kept to compare in constant time)."""
+OCCI_READS = web.AppKey("occi_reads", TtlCache[tuple[int, str, bytes, tuple[tuple[str, str], ...]]])
+"""OCCI entity GETs' answers (status, content type, body, headers) by project, path and rendering."""
 
 
 def identity_of(request: web.Request) -> Identity:
