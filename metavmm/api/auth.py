@@ -177,14 +177,15 @@ async def _from_token(request: web.Request, secret: str) -> Identity:
     """An API token's identity: from the identity cache while no identity table changed in this process
     and its time is not up (never past the token's expiry), else one catalog query. The cache is keyed
     by the secret's SHA-256 (the secret itself is kept nowhere) and the digest compared in constant time."""
-    if not request.config_dict[keys.CONFIG].auth.api_tokens or not secret.startswith(TOKEN_PREFIX):
+    shared = request.config_dict  # a new view per access: once
+    if not shared[keys.CONFIG].auth.api_tokens or not secret.startswith(TOKEN_PREFIX):
         raise Unauthenticated("the API token is unknown, revoked or expired")
-    cache = request.config_dict.get(keys.IDENTITIES)
+    cache = shared.get(keys.IDENTITIES)
     digest = hash_secret(secret)
     if cache is not None and (hit := cache.get(digest)) is not None and hmac.compare_digest(hit[0], digest):
         return hit[1]
     version = cache.version() if cache is not None else 0
-    async with request.config_dict[keys.SESSIONS]() as session:
+    async with shared[keys.SESSIONS]() as session:
         identity, expires = await token_identity(session, secret)
     if identity is None:
         raise Unauthenticated("the API token is unknown, revoked or expired")

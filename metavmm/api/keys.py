@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -34,8 +35,8 @@ AUTOSCALE = web.AppKey("autoscale", AutoscaleService)
 CHANGES = web.AppKey("changes", Changes)
 IDENTITIES = web.AppKey("identities", TtlCache[tuple[str, Identity]])
 """API tokens' identities by the token's SHA-256 (the digest kept to compare in constant time)."""
-OCCI_READS = web.AppKey("occi_reads", TtlCache[tuple[int, str, bytes, tuple[tuple[str, str], ...]]])
-"""OCCI entity GETs' answers (status, content type, body, headers) by project, path and rendering."""
+OCCI_READS = web.AppKey("occi_reads", TtlCache[tuple[int, bytes, CIMultiDict[str]]])
+"""OCCI entity GETs' answers (status, body, headers) by project, path and rendering."""
 
 
 def identity_of(request: web.Request) -> Identity:

@@ -68,7 +68,10 @@ class Changes:
     def version(self, tables: tuple[str, ...]) -> int:
         """A number that grows whenever one of ``tables`` (or :data:`ANY`) has a committed change."""
         counts = self.counts
-        return sum(counts.get(t, 0) for t in tables)
+        total = 0
+        for table in tables:
+            total += counts.get(table, 0)
+        return total
 
 
 class TtlCache(Generic[V]):

@@ -33,6 +33,9 @@ TOKEN_PREFIX = "mvm_"
 
 
 def rank(role: str) -> int:
+    known = RANK.get(role)  # type: ignore[call-overload]  # a Role is a str: the common case, one lookup
+    if known is not None:
+        return known
     try:
         return RANK[Role(role)]
     except ValueError:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from metavmm.api import keys
 from metavmm.api.occi import infrastructure as infra
@@ -226,8 +227,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
         except NotFound as exc:
             resp = error_response(request, exc)
         assert isinstance(resp.body, bytes)
-        cache.put(key, (resp.status, resp.content_type, resp.body,
-                        tuple((k, v) for k, v in resp.headers.items() if k != "Content-Type")), version)
+        cache.put(key, (resp.status, resp.body, CIMultiDict(resp.headers)), version)
         return resp
 
     async def update_or_act(request: web.Request) -> web.Response:
@@ -263,12 +263,9 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
     return collection, entity
 
 
-def _replay(answer: tuple[int, str, bytes, tuple[tuple[str, str], ...]]) -> web.Response:
-    status, media, body, headers = answer
-    resp = web.Response(status=status, body=body, content_type=media)
-    for name, value in headers:
-        resp.headers.add(name, value)
-    return resp
+def _replay(answer: tuple[int, bytes, CIMultiDict[str]]) -> web.Response:
+    status, body, headers = answer
+    return web.Response(status=status, body=body, headers=headers)
 
 
 def _clean_id(entity_id: str | None) -> str | None:
