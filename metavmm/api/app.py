@@ -21,6 +21,7 @@ from metavmm.api.auth import PUBLIC, auth_middleware, requires
 from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.observability import metrics_handler, metrics_middleware
+from metavmm.api.occi.catalog_view import REGISTRY_TABLES
 from metavmm.api.occi.errors import root_error_middleware
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
@@ -41,7 +42,7 @@ from metavmm.services.placement import Placer
 from metavmm.services.protection.ha import check as ha_check
 from metavmm.services.secrets import SecretBox, load_key
 from metavmm.services.sync import register_providers, sync_all
-from metavmm.services.workloads.service import WorkloadService
+from metavmm.services.workloads.service import RESOLVE_TABLES, WorkloadService
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def _read_caches(app: web.Application, engine: AsyncEngine) -> None:
     changes = app[keys.CHANGES] = Changes().watch(engine)
     app[keys.IDENTITIES] = TtlCache(changes, IDENTITY_TABLES, cfg.auth.identity_cache_s)
     app[keys.OCCI_READS] = TtlCache(changes, (ANY,), cfg.federation.read_cache_s)
+    app[keys.OCCI_REGISTRIES] = TtlCache(changes, REGISTRY_TABLES, cfg.federation.read_cache_s, max_entries=1000)
 
 
 def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-def]
@@ -171,6 +173,8 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
             tasks.append(asyncio.create_task(_periodic_sync(app, app[keys.OPERATIONS].stopping),
                                              name="inventory-sync"))
         app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
+        app[keys.WORKLOADS].resolved = TtlCache(app[keys.CHANGES], RESOLVE_TABLES,
+                                                app[keys.CONFIG].federation.read_cache_s, max_entries=1000)
         tasks.append(asyncio.create_task(_cluster_expiry(app, app[keys.OPERATIONS].stopping), name="cluster-expiry"))
         app[keys.AUTOSCALE] = AutoscaleService(app[keys.WORKLOADS])
         tasks.append(asyncio.create_task(_autoscale(app, app[keys.OPERATIONS].stopping), name="autoscale"))

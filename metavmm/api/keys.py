@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -37,6 +38,8 @@ IDENTITIES = web.AppKey("identities", TtlCache[tuple[str, Identity]])
 """API tokens' identities by the token's SHA-256 (the digest kept to compare in constant time)."""
 OCCI_READS = web.AppKey("occi_reads", TtlCache[tuple[int, bytes, CIMultiDict[str]]])
 """OCCI entity GETs' answers (status, body, headers) by project, path and rendering."""
+OCCI_REGISTRIES = web.AppKey("occi_registries", TtlCache[Any])
+"""The OCCI categories each project sees (metavmm.api.occi.catalog_view.Registry), by project id."""
 
 
 def identity_of(request: web.Request) -> Identity:

@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 V = TypeVar("V")
 _WRITE = re.compile(r'\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)', re.IGNORECASE)
+_NO_CHANGE = re.compile(r'\s*UPDATE\s+"?\w+"?\s+SET\s+"?(\w+)"?\s*=\s*"?\1"?\s+WHERE', re.IGNORECASE)
+"""A column set to itself changes nothing: a lock (metavmm.services.quotas.lock_project), not a change."""
 _PENDING = "metavmm_written_tables"
 ANY = "*"
 """The version of every table together."""
@@ -44,7 +46,7 @@ class Changes:
         if statement[:1] in ("S", "s"):  # SELECT, SAVEPOINT: the common case, decided in one comparison
             return
         match = _WRITE.match(statement)
-        if match is not None:
+        if match is not None and not _NO_CHANGE.match(statement):
             conn.info.setdefault(_PENDING, set()).add(match.group(1).lower())
 
     def _on_commit(self, conn: Connection) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import update
+from sqlmodel import select
 
 from metavmm.catalog.changes import ANY, Changes, TtlCache
 from metavmm.catalog.db import session_scope
@@ -62,3 +63,16 @@ def test_a_disabled_or_full_cache() -> None:
     assert len(small.entries) <= 2 and small.get(2) == 2
     changes.bump(["workload"])
     assert small.get(2) is None
+
+
+async def test_the_project_lock_is_not_a_change(sessions: Any) -> None:
+    from metavmm.services.quotas import lock_project
+
+    changes = Changes().watch(sessions.kw["bind"])
+    async with session_scope(sessions) as s:
+        s.add(Project(name="locked"))
+    before = changes.version(("project",))
+    async with session_scope(sessions) as s:
+        project = (await s.exec(select(Project).where(Project.name == "locked"))).one()
+        await lock_project(s, project.id or 0)
+    assert changes.version(("project",)) == before
