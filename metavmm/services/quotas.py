@@ -95,7 +95,7 @@ async def hold_many(session: AsyncSession, project_id: int,
              "resource": resource, "amount": amount, "state": "in_transit", "created_at": now}
             for need, workload_id, operation_id in needs for resource, amount in need.items() if amount]
     if rows:
-        await session.execute(insert(QuotaReservation), rows)
+        await session.exec(insert(QuotaReservation), params=rows)  # type: ignore[call-overload]
 
 
 async def check(session: AsyncSession, project_id: int, need: dict[str, Decimal], *, flavor: str | None = None,

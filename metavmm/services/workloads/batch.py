@@ -82,7 +82,15 @@ class CreateBatches:
         try:
             while items := self.queues.pop(project_id, None):
                 for start in range(0, len(items), MAX_BATCH):
-                    await self._batch(project_id, items[start:start + MAX_BATCH])
+                    chunk = items[start:start + MAX_BATCH]
+                    try:
+                        await self._batch(project_id, chunk)
+                    except Exception as exc:  # a bug, not a refusal: every caller of the chunk hears of it
+                        log.exception("a batch of %d creates failed", len(chunk))
+                        for q in chunk:
+                            _fail(q, exc)
+                    for q in chunk:  # no caller waits forever, whatever happened above
+                        _fail(q, CatalogBusy("the create was not decided; nothing was changed, send it again"))
         finally:
             self.writers.pop(project_id, None)
             for q in self.queues.pop(project_id, []):  # only when cancelled (shutdown): nothing was written
@@ -91,6 +99,7 @@ class CreateBatches:
     async def _batch(self, project_id: int, items: list[Queued]) -> None:
         svc = self.service
         written: list[tuple[Queued, Any, Any]] = []
+        refused: list[tuple[Queued, MetavmmError]] = []  # answered once the transaction ended, like the rest
         try:
             async with svc._transaction(project_id) as session:
                 limits = await quotas.Limits.read(session, project_id)
@@ -103,7 +112,7 @@ class CreateBatches:
                         need = await limits.check(session, draft.need, flavor=shape.flavor)
                         steps, where = await svc._place_compute(session, draft.workload, shape, image, q.req, round_)
                     except MetavmmError as exc:  # this create's own refusal: the others go on
-                        _fail(q, exc)
+                        refused.append((q, exc))
                         continue
                     limits.add(need)
                     spec = {**draft.spec, "placement": where}
@@ -111,27 +120,32 @@ class CreateBatches:
                     draft.workload.spec = spec
                     draft.workload.state_message = f"creating at {where['site']}"
                     decided.append((q, draft, steps, where, need))
-                if not decided:
-                    return
-                session.add_all([d.workload for _, d, _, _, _ in decided])
-                await session.flush()  # the reservations reference the workload rows
-                await quotas.hold_many(session, project_id, [(need, d.workload.id, d.op_id)
-                                                             for _, d, _, _, need in decided])
-                plans = [op_store.new_plan(
-                    kind="create", steps=flows.with_quota(d.workload.id, steps), target_id=d.workload.id,
-                    project_id=project_id, fingerprint=q.fingerprint, params={**where, "holds_quota": True},
-                    operation_id=d.op_id, request_id=q.request_id) for q, d, steps, where, _ in decided]
-                session.add_all([op for op, _ in plans])
-                await session.flush()  # the events reference the operations
-                session.add_all([event for _, event in plans])
-                written = [(q, d.workload, op) for (q, d, _, _, _), (op, _) in zip(decided, plans, strict=True)]
+                if decided:
+                    session.add_all([d.workload for _, d, _, _, _ in decided])
+                    await session.flush()  # the reservations reference the workload rows
+                    await quotas.hold_many(session, project_id, [(need, d.workload.id, d.op_id)
+                                                                 for _, d, _, _, need in decided])
+                    plans = [op_store.new_plan(
+                        kind="create", steps=flows.with_quota(d.workload.id, steps), target_id=d.workload.id,
+                        project_id=project_id, fingerprint=q.fingerprint, params={**where, "holds_quota": True},
+                        operation_id=d.op_id, request_id=q.request_id) for q, d, steps, where, _ in decided]
+                    session.add_all([op for op, _ in plans])
+                    await session.flush()  # the events reference the operations
+                    session.add_all([event for _, event in plans])
+                    written = [(q, d.workload, op) for (q, d, _, _, _), (op, _) in zip(decided, plans, strict=True)]
         except asyncio.CancelledError:
+            for q, exc in refused:
+                _fail(q, exc)
             raise
         except Exception as exc:  # nothing of the batch was written: each create on its own, its error its own
             log.info("a batch of %d creates failed (%s); writing them one by one", len(items),
                      exc.__class__.__name__)
+            for q, own in refused:
+                _fail(q, own)
             await self._one_by_one(project_id, [q for q in items if not q.done.done()])
             return
+        for q, own in refused:
+            _fail(q, own)
         self.transactions += 1
         self.written += len(written)
         for q, workload, op in written:
