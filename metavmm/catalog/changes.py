@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+if TYPE_CHECKING:  # SQLAlchemy loads where a function needs it (see metavmm.catalog.db)
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 V = TypeVar("V")
 _WRITE = re.compile(r'\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)', re.IGNORECASE)
@@ -35,6 +35,8 @@ class Changes:
         self.counts: dict[str, int] = {ANY: 0}
 
     def watch(self, engine: AsyncEngine) -> Changes:
+        from sqlalchemy import event
+
         sync = engine.sync_engine
         event.listen(sync, "after_cursor_execute", self._on_execute)
         event.listen(sync, "commit", self._on_commit)

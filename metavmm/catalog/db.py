@@ -131,6 +131,7 @@ POOL_OVERFLOW = 16  # more, opened under a burst and closed when returned
 
 
 def make_engine(url: str | None = None) -> AsyncEngine:
+    from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
 
     url = async_url(url or default_url())
