@@ -1,5 +1,6 @@
-"""Mixed REST load (creates, reads, deletes of computes on the sim provider) against a bare aiohttp
-handler, in one run (issue 23 item 15, issue 16 item 13).
+"""Mixed REST load (creates, reads, deletes of computes on the sim provider), or creates only (REST or,
+with ``--occi``, OCCI ``POST /compute/``), against a bare aiohttp handler, in one run (issue 23 item 15,
+issue 16 item 13).
 
 The broker (SQLite in a temporary directory, or ``--database`` a PostgreSQL URL of an empty database)
 and a bare aiohttp handler returning a workload's JSON listen on 127.0.0.1 in this process, with the
@@ -10,6 +11,7 @@ bare side gets the same number of clients and seconds of GETs. Reported: request
 (5xx or no answer; 4xx are counted apart), creates/s, and the ratio broker/bare.
 
     .venv/bin/python -m bench.create_load [--clients 32] [--seconds 10] [--database postgresql://...]
+        [--creates-only | --occi]
 """
 
 from __future__ import annotations
@@ -106,6 +108,41 @@ async def _call(http: aiohttp.ClientSession, tally: Tally, kind: str, method: st
         return None
 
 
+async def _occi_client(http: aiohttp.ClientSession, base: str, token: str, until: float, tally: Tally,
+                       n: int, os_tpl: str) -> None:
+    """Creates through OCCI (text/plain: the compute kind, the image's os_tpl mixin, a title), nothing else."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "Accept": "text/plain"}
+    round_ = 0
+    while time.perf_counter() < until:
+        round_ += 1
+        body = (f'Category: compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class="kind"\n'
+                f'Category: {os_tpl}; class="mixin"\nX-OCCI-Attribute: occi.core.title="load-{n}-{round_}"\n'
+                f'X-OCCI-Attribute: occi.compute.cores=1\nX-OCCI-Attribute: occi.compute.memory=0.25\n')
+        start = time.perf_counter()
+        try:
+            async with http.post(f"{base}/compute/", data=body, headers=headers) as resp:
+                text = await resp.text()
+                tally.record("create", 202 if resp.status == 201 else resp.status, time.perf_counter() - start, text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            tally.record("create", 0, time.perf_counter() - start, repr(exc))
+
+
+async def _image(app: web.Application) -> str:
+    """A federation image with a replica at every site, as an os_tpl category (term; scheme)."""
+    from metavmm.api.occi.catalog_view import os_tpl
+    from metavmm.catalog.models import Image, ImageReplica, Site
+
+    async with session_scope(app[keys.SESSIONS]) as s:
+        image = Image(name="load-image", visibility="federation", publisher="bench", format="qcow2")
+        s.add(image)
+        await s.flush()
+        for site in (await s.exec(select(Site))).all():
+            s.add(ImageReplica(image_id=image.id, site_id=site.id or 0, format="qcow2",
+                               provider_image_id=f"sim-img-{site.id}"))
+    mixin = os_tpl(image)
+    return f'{mixin.term}; scheme="{mixin.scheme}"'
+
+
 async def _mixed_client(http: aiohttp.ClientSession, base: str, token: str, until: float, tally: Tally,
                         n: int, creates_only: bool) -> None:
     auth = {"Authorization": f"Bearer {token}"}
@@ -141,18 +178,24 @@ async def _drive(clients: int, seconds: float, run: object) -> tuple[Tally, floa
         return tally, time.perf_counter() - start
 
 
-async def main(clients: int, seconds: float, database: str | None, creates_only: bool = False) -> None:
+async def main(clients: int, seconds: float, database: str | None, creates_only: bool = False,
+               occi: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("METAVMM_STATE_DIR", tmp)
         url = database or f"sqlite:///{Path(tmp) / 'load.db'}"
         broker, base, token = await _broker(url)
+        os_tpl = await _image(broker.app) if occi else ""
         bare_app = web.Application()
         sample = json.dumps({"id": "0" * 36, "name": "load", "kind": "compute", "observed_state": "active"})
         bare_app.router.add_get("/w", lambda _r: web.Response(text=sample, content_type="application/json"))
         bare, bare_base = await _serve(bare_app)
         try:
-            load, load_s = await _drive(clients, seconds, lambda h, u, t, i: _mixed_client(h, base, token, u, t, i,
-                                                                                         creates_only))
+            if occi:
+                load, load_s = await _drive(clients, seconds,
+                                            lambda h, u, t, i: _occi_client(h, base, token, u, t, i, os_tpl))
+            else:
+                load, load_s = await _drive(clients, seconds,
+                                            lambda h, u, t, i: _mixed_client(h, base, token, u, t, i, creates_only))
             ops = await _operations(broker.app)
             plain, plain_s = await _drive(clients, seconds, lambda h, u, t, i: _bare_client(h, bare_base, u, t))
         finally:
@@ -161,7 +204,7 @@ async def main(clients: int, seconds: float, database: str | None, creates_only:
     db = "postgresql" if url.startswith("postgresql") else "sqlite"
     b, p = load.summary(load_s), plain.summary(plain_s)
     creates = load.kinds["create 202"]
-    what = "creates only" if creates_only else "mixed REST load"
+    what = "OCCI creates (POST /compute/)" if occi else "creates only" if creates_only else "mixed REST load"
     print(f"{what}, {clients} clients, {seconds:.0f} s, {db}, load average {os.getloadavg()[0]:.2f}")
     for name, s in (("broker", b), ("bare aiohttp", p)):
         print(f"  {name:13s} {s['requests']:6d} req  {s['req_s']:8.1f} req/s  p50 {s['p50_ms']:7.1f} ms  "
@@ -179,5 +222,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--database", help="an empty PostgreSQL database's URL (default: SQLite in a temp dir)")
     parser.add_argument("--creates-only", action="store_true", help="every client only creates")
+    parser.add_argument("--occi", action="store_true", help="every client only creates, through OCCI")
     args = parser.parse_args()
-    asyncio.run(main(args.clients, args.seconds, args.database, args.creates_only))
+    asyncio.run(main(args.clients, args.seconds, args.database, args.creates_only, args.occi))

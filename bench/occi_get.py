@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -45,12 +46,23 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
+AUTH: dict[str, str] = {}  # a member's API token, once the broker is up (every OCCI request needs one)
+
+
 async def _occi_app(db: Path) -> tuple[web.AppRunner, str, str]:
     """The broker with one compute (with a network link) in the SIMULATED federation."""
+    from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
+
     config = parse_config(CONFIG)
     app = create_app(config, f"sqlite:///{db}", sync=False)
     runner, base = await _serve(app)
     await sync_all(app[keys.SESSIONS], config)
+    async with session_scope(app[keys.SESSIONS]) as session:
+        project = await get_or_create_project(session, "bench")
+        user = await get_or_create_user(session, "bencher")
+        await set_membership(session, user.id, project.id, "member")
+        _, token = await mint_token(session, user_id=user.id, project_id=project.id, role="member")
+        AUTH["Authorization"] = f"Bearer {token}"
     async with session_scope(app[keys.SESSIONS]) as session:
         image = Image(name="bench", visibility="federation")
         session.add(image)
@@ -58,16 +70,18 @@ async def _occi_app(db: Path) -> tuple[web.AppRunner, str, str]:
         for site in (await session.exec(select(Site))).all():
             session.add(ImageReplica(image_id=image.id, site_id=site.id or 0, format="qcow2",
                                      provider_image_id="sim-img-bench"))
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         model = await (await http.get(f"{base}/-/", headers={"Accept": "application/occi+json"})).json()
         tpl = next(m for m in model["mixins"] if m.get("title") == "bench")
-        net = await http.post(f"{base}/network/", json={"kind": f"{INFRA}network"},
+        net = await http.post(f"{base}/network/", json={"kind": f"{INFRA}network", "id": str(uuid.uuid4())},
                               headers={"Content-Type": "application/occi+json"})
+        assert net.status == 201, await net.text()
         net_path = "/" + net.headers["Location"].split("/", 3)[3]
         vm = await http.post(f"{base}/compute/", headers={"Content-Type": "application/occi+json"}, json={
             "kind": f"{INFRA}compute", "mixins": [tpl["scheme"] + tpl["term"]], "title": "bench-vm",
-            "links": [{"kind": f"{INFRA}networkinterface", "id": "_", "source": {"location": "/compute/_"},
-                       "target": {"location": net_path}}]})
+            "id": str(uuid.uuid4()),
+            "links": [{"kind": f"{INFRA}networkinterface", "id": str(uuid.uuid4()),
+                       "source": {"location": "/compute/_"}, "target": {"location": net_path}}]})
         assert vm.status == 201, await vm.text()
         path = "/" + vm.headers["Location"].split("/", 3)[3]
     return runner, base, path
@@ -81,7 +95,7 @@ async def _load(http: aiohttp.ClientSession, url: str, media: str, n: int, concu
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            async with http.get(url, headers={"Accept": media}) as resp:
+            async with http.get(url, headers={"Accept": media, **AUTH}) as resp:
                 await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"{url}: {resp.status}")
@@ -96,7 +110,7 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
         os.environ["METAVMM_STATE_DIR"] = str(Path(tmp) / "state")  # the sim's VMs stay in the run's directory
         occi_runner, occi_base, path = await _occi_app(Path(tmp) / "catalog.db")
         bodies: dict[str, tuple[bytes, str, list[tuple[str, str]]]] = {}
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=AUTH) as http:
             for media in MEDIA:
                 async with http.get(occi_base + path, headers={"Accept": media}) as resp:
                     headers = [(k, v) for k, v in resp.headers.items() if k in ("Category", "Link", "X-OCCI-Attribute")]

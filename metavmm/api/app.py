@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metavmm import __version__
 from metavmm.api import jsonbody, keys
@@ -20,16 +21,19 @@ from metavmm.api.auth import PUBLIC, auth_middleware, requires
 from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
 from metavmm.api.keys import PLACER
 from metavmm.api.observability import metrics_handler, metrics_middleware
+from metavmm.api.occi.catalog_view import REGISTRY_TABLES
 from metavmm.api.occi.errors import root_error_middleware
 from metavmm.api.occi.routes import setup_occi
 from metavmm.api.rest import setup_rest
 from metavmm.api.rest.common import API_ROOT
 from metavmm.api.ui import setup_ui
+from metavmm.catalog.changes import ANY, Changes, TtlCache
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import repeat, stop_tasks
 from metavmm.foundation.config import FederationConfig
 from metavmm.services import netguard
 from metavmm.services.autoscale.service import AutoscaleService
+from metavmm.services.identity import IDENTITY_TABLES
 from metavmm.services.marketplace.builtin import ensure_builtin_images
 from metavmm.services.oidc import OidcVerifier
 from metavmm.services.operations.executor import CANCEL_S
@@ -38,7 +42,7 @@ from metavmm.services.placement import Placer
 from metavmm.services.protection.ha import check as ha_check
 from metavmm.services.secrets import SecretBox, load_key
 from metavmm.services.sync import register_providers, sync_all
-from metavmm.services.workloads.service import WorkloadService
+from metavmm.services.workloads.service import RESOLVE_TABLES, WorkloadService
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,16 @@ async def _steps_wind_down(app: web.Application) -> None:
         app[keys.OPERATIONS].request_stop()
 
 
+def _read_caches(app: web.Application, engine: AsyncEngine) -> None:
+    """Token identities and OCCI entity reads, each ended by this process's commits to what they read
+    (issue 23 item 14: an authenticated request read the catalog two or three times)."""
+    cfg = app[keys.CONFIG]
+    changes = app[keys.CHANGES] = Changes().watch(engine)
+    app[keys.IDENTITIES] = TtlCache(changes, IDENTITY_TABLES, cfg.auth.identity_cache_s)
+    app[keys.OCCI_READS] = TtlCache(changes, (ANY,), cfg.federation.read_cache_s)
+    app[keys.OCCI_REGISTRIES] = TtlCache(changes, REGISTRY_TABLES, cfg.federation.read_cache_s, max_entries=1000)
+
+
 def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         url = app[keys.DATABASE_URL]
@@ -138,6 +152,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         engine = make_engine(url)
         app[keys.ENGINE] = engine
         app[keys.SESSIONS] = make_sessionmaker(engine)
+        _read_caches(app, engine)
         await register_providers(app[keys.SESSIONS], app[keys.CONFIG])
         tasks: list[asyncio.Task[None]] = []
         app[keys.BACKGROUND] = tasks
@@ -146,6 +161,8 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
             tasks.append(asyncio.create_task(_periodic_sync(app, app[keys.OPERATIONS].stopping),
                                              name="inventory-sync"))
         app[keys.WORKLOADS] = WorkloadService(app[keys.SESSIONS], app[keys.CONFIG], app[keys.OPERATIONS], app[PLACER])
+        app[keys.WORKLOADS].resolved = TtlCache(app[keys.CHANGES], RESOLVE_TABLES,
+                                                app[keys.CONFIG].federation.read_cache_s, max_entries=1000)
         tasks.append(asyncio.create_task(_cluster_expiry(app, app[keys.OPERATIONS].stopping), name="cluster-expiry"))
         app[keys.AUTOSCALE] = AutoscaleService(app[keys.WORKLOADS])
         tasks.append(asyncio.create_task(_autoscale(app, app[keys.OPERATIONS].stopping), name="autoscale"))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 from cryptography import x509
@@ -32,7 +34,7 @@ from metavmm.api.keys import IDENTITY
 from metavmm.catalog.models import ClientCertificate, Membership, Project, User
 from metavmm.foundation.config import AuthConfig
 from metavmm.foundation.errors import ConfigError, Forbidden, Unauthenticated
-from metavmm.services.identity import Identity, identity_for, identity_from_token
+from metavmm.services.identity import TOKEN_PREFIX, Identity, hash_secret, identity_for, token_identity
 from metavmm.services.oidc import looks_like_jwt
 
 log = logging.getLogger(__name__)
@@ -171,21 +173,40 @@ def _basic_password(value: str) -> str:
     return password
 
 
+async def _from_token(request: web.Request, secret: str) -> Identity:
+    """An API token's identity: from the identity cache while no identity table changed in this process
+    and its time is not up (never past the token's expiry), else one catalog query. The cache is keyed
+    by the secret's SHA-256 (the secret itself is kept nowhere) and the digest compared in constant time."""
+    shared = request.config_dict  # a new view per access: once
+    if not shared[keys.CONFIG].auth.api_tokens or not secret.startswith(TOKEN_PREFIX):
+        raise Unauthenticated("the API token is unknown, revoked or expired")
+    cache = shared.get(keys.IDENTITIES)
+    digest = hash_secret(secret)
+    if cache is not None and (hit := cache.get(digest)) is not None and hmac.compare_digest(hit[0], digest):
+        return hit[1]
+    version = cache.version() if cache is not None else 0
+    async with shared[keys.SESSIONS]() as session:
+        identity, expires = await token_identity(session, secret)
+    if identity is None:
+        raise Unauthenticated("the API token is unknown, revoked or expired")
+    if cache is not None:
+        until = None if expires is None else \
+            cache.clock() + (expires - datetime.now(UTC)).total_seconds()
+        cache.put(digest, (digest, identity), version, until=until)
+    return identity
+
+
 async def authenticate(request: web.Request) -> Identity:
     """The caller's identity, or :class:`Unauthenticated` naming what was wrong (never the secret)."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     scheme, value = scheme.lower(), value.strip()
-    config = request.config_dict[keys.CONFIG].auth
+    if scheme in ("bearer", "basic") and value and (scheme == "basic" or value.startswith(TOKEN_PREFIX)
+                                                    or not looks_like_jwt(value)):
+        return await _from_token(request, value if scheme == "bearer" else _basic_password(value))
     async with request.config_dict[keys.SESSIONS]() as session:
-        if scheme == "bearer" and value and not value.startswith("mvm_") and looks_like_jwt(value):
+        if scheme == "bearer" and value:
             return await _from_oidc(request, session, value)
-        if scheme in ("bearer", "basic") and value:
-            secret = value if scheme == "bearer" else _basic_password(value)
-            identity = await identity_from_token(session, secret) if config.api_tokens else None
-            if identity is None:
-                raise Unauthenticated("the API token is unknown, revoked or expired")
-            return identity
         if header:
             raise Unauthenticated(f"unsupported Authorization scheme {scheme!r}; use Bearer or Basic")
         identity = await _from_certificate(request, session)

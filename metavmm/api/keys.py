@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.changes import Changes, TtlCache
 from metavmm.foundation.config import FederationConfig
 from metavmm.services.autoscale.service import AutoscaleService
 from metavmm.services.identity import Identity
@@ -30,6 +33,13 @@ PLACER = web.AppKey("placer", Placer)
 WORKLOADS = web.AppKey("workloads", WorkloadService)
 IDENTITY = web.RequestKey("identity", Identity)
 AUTOSCALE = web.AppKey("autoscale", AutoscaleService)
+CHANGES = web.AppKey("changes", Changes)
+IDENTITIES = web.AppKey("identities", TtlCache[tuple[str, Identity]])
+"""API tokens' identities by the token's SHA-256 (the digest kept to compare in constant time)."""
+OCCI_READS = web.AppKey("occi_reads", TtlCache[tuple[int, bytes, CIMultiDict[str]]])
+"""OCCI entity GETs' answers (status, body, headers) by project, path and rendering."""
+OCCI_REGISTRIES = web.AppKey("occi_registries", TtlCache[Any])
+"""The OCCI categories each project sees (metavmm.api.occi.catalog_view.Registry), by project id."""
 
 
 def identity_of(request: web.Request) -> Identity:

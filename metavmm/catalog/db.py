@@ -126,11 +126,20 @@ class SqliteWriters:
             self.lock.release()
 
 
+POOL_SIZE = 16  # connections a broker keeps open
+POOL_OVERFLOW = 16  # more, opened under a burst and closed when returned
+
+
 def make_engine(url: str | None = None) -> AsyncEngine:
+    from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
 
     url = async_url(url or default_url())
-    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
+    # connections kept open: with SQLAlchemy's default (5, and 10 more closed on return) a burst of
+    # requests opened and closed SQLite connections (a thread each) or PostgreSQL sessions per request
+    in_memory = make_url(url).database in (None, "", ":memory:")  # one shared connection (StaticPool)
+    pool = {} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"), **pool)
     if url.startswith("sqlite"):
         SqliteWriters().attach(engine)
     return engine

@@ -406,6 +406,10 @@ class FederationInfo(_Strict):
         default=None, min_length=1, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ +/-]*$",
         description="the image (publisher/name, name or id) of an OCCI compute that names no os_tpl "
         "(GFD.224 allows a server default), e.g. metavmm/tiny")
+    read_cache_s: float = Field(
+        default=2.0, ge=0, le=60, description="how long an OCCI entity's rendering (or its 404) is reused; any "
+        "catalog write through this broker ends it at once, one by another process (the CLI, procrastinate "
+        "workers) within this bound; 0 reads the catalog on every GET")
 
 
 class OidcConfig(_Strict):
@@ -449,6 +453,10 @@ class AuthConfig(_Strict):
     tls: TlsConfig | None = None
     client_certs: ClientCertConfig = Field(default_factory=ClientCertConfig)
     token_max_days: int = Field(default=365, ge=1, description="longest lifetime a minted token may have")
+    identity_cache_s: float = Field(
+        default=5.0, ge=0, le=300, description="how long an API token's identity is reused without reading the "
+        "catalog; a revocation or membership change through this broker ends it at once, one made by another "
+        "process (the CLI, a second broker) within this bound; 0 reads the catalog on every request")
 
 
 class LimitsConfig(_Strict):

@@ -33,6 +33,9 @@ TOKEN_PREFIX = "mvm_"
 
 
 def rank(role: str) -> int:
+    known = RANK.get(role)  # type: ignore[call-overload]  # a Role is a str: the common case, one lookup
+    if known is not None:
+        return known
     try:
         return RANK[Role(role)]
     except ValueError:
@@ -105,11 +108,19 @@ async def identity_for(session: AsyncSession, user: User, project: Project, via:
     return Identity(user.id or 0, user.name, project.id or 0, project.name, cap(role, ceiling), via)
 
 
+IDENTITY_TABLES = ("api_token", "membership", "user_account", "project")
+"""What :func:`token_identity` reads: a cache of its answers ends when one of them changes."""
+
+
 async def identity_from_token(session: AsyncSession, secret: str) -> Identity | None:
-    """The identity an API token stands for, or None if it is unknown, revoked, expired or orphaned.
-    One query: it runs on every authenticated request."""
+    """The identity an API token stands for, or None if it is unknown, revoked, expired or orphaned."""
+    return (await token_identity(session, secret))[0]
+
+
+async def token_identity(session: AsyncSession, secret: str) -> tuple[Identity | None, datetime | None]:
+    """:func:`identity_from_token` and the token's expiry (a cache must not keep it longer). One query."""
     if not secret.startswith(TOKEN_PREFIX):
-        return None
+        return None, None
     admin = aliased(Membership)
     is_admin = (select(func.count()).select_from(admin)
                 .where(admin.user_id == ApiToken.user_id, admin.role == Role.ADMIN)
@@ -121,14 +132,15 @@ async def identity_from_token(session: AsyncSession, secret: str) -> Identity | 
             .where(ApiToken.secret_sha256 == hash_secret(secret)))
     row = (await session.exec(stmt)).first()
     if row is None:
-        return None
+        return None, None
     token, user, project, member_role, admin_count = row
-    if token.revoked or (token.expires_at is not None and _aware(token.expires_at) <= datetime.now(UTC)):
-        return None
+    expires = _aware(token.expires_at) if token.expires_at is not None else None
+    if token.revoked or (expires is not None and expires <= datetime.now(UTC)):
+        return None, None
     role = Role.ADMIN if admin_count else member_role
     if role is None:
-        return None
-    return Identity(token.user_id, user, token.project_id, project, cap(role, token.role), "token")
+        return None, None
+    return Identity(token.user_id, user, token.project_id, project, cap(role, token.role), "token"), expires
 
 
 def _aware(ts: datetime) -> datetime:

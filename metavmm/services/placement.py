@@ -178,23 +178,39 @@ class Placer:
         self._cached = (key, snap, graph, views)
         return snap, graph, views
 
-    async def place(self, session: AsyncSession, req: PlacementRequest, *, explain: bool = False,
-                    lock: bool = True, project_id: int | None = None) -> Placement:
-        """The scheduler's decision, counting in-transit placements, on-prem first and bursting out when a
-        burst policy allows it (:func:`metavmm.scheduler.burst.place_or_burst`). A create calls it inside
-        its transaction with ``lock``; a dry run reads without the lock (it holds nothing). ``project_id``:
-        whose monthly burst budget counts (what the project has burst this month, :func:`burst_spend`)."""
+    async def round(self, session: AsyncSession, *, lock: bool = True) -> Round:
+        """The placement lock (with ``lock``), the snapshot and the in-transit ledger: what one decision
+        reads, or several in one transaction (:meth:`hold` puts each placed one in the ledger)."""
         if lock:
             await lock_placement(session)
         snap, graph, views = await self._snapshot(session)
         ledger = await in_transit(session, self._placed if self.cache else None)
+        return Round(snap, graph, views, ledger)
+
+    def hold(self, round_: Round, workload_id: str, spec: dict[str, Any]) -> None:
+        """A compute placed in ``round_``'s transaction (``spec`` with its placement): the next decision of
+        the round counts it, as :func:`in_transit` will once it is written."""
+        placed = self._placed[workload_id] = _placed(spec)
+        if placed is not None:
+            round_.ledger.reserve(Reservation(workload_id, *placed))
+
+    async def place(self, session: AsyncSession, req: PlacementRequest, *, explain: bool = False,
+                    lock: bool = True, project_id: int | None = None, round_: Round | None = None) -> Placement:
+        """The scheduler's decision, counting in-transit placements, on-prem first and bursting out when a
+        burst policy allows it (:func:`metavmm.scheduler.burst.place_or_burst`). A create calls it inside
+        its transaction with ``lock``; a dry run reads without the lock (it holds nothing). ``project_id``:
+        whose monthly burst budget counts (what the project has burst this month, :func:`burst_spend`).
+        ``round_``: what :meth:`round` read for this transaction (else read now)."""
+        r = round_ if round_ is not None else await self.round(session, lock=lock)
+        snap = r.snapshot
         spent = await burst_spend(session, snap, project_id if project_id is not None
                                   else snap.projects.get(req.project or ""))
-        return place_or_burst(snap, req, snap.policies, ledger=ledger, graph=graph, explain=explain, views=views,
-                              spent=spent)
+        return place_or_burst(snap, req, snap.policies, ledger=r.ledger, graph=r.graph, explain=explain,
+                              views=r.views, spent=spent)
 
     async def decide(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
-                     explain: bool = False, lock: bool = True, project_id: int | None = None) -> PlannedCreate:
+                     explain: bool = False, lock: bool = True, project_id: int | None = None,
+                     round_: Round | None = None) -> PlannedCreate:
         """What a create of ``req`` does now: the placement, the engine's steps and the summary the
         workload keeps; a placement the create could not use comes back ``placed=False`` with the reason
         (the request's providers outside the federation file, an image with nothing to copy). The one
@@ -209,20 +225,21 @@ class Placer:
                                          "provider not in the federation file"))
             req = replace(req, providers=allowed)
         started = time.perf_counter()
-        placement = await self.place(session, req, explain=explain, lock=lock, project_id=project_id)
+        placement = await self.place(session, req, explain=explain, lock=lock, project_id=project_id, round_=round_)
         if placement.placed:
             placement = await self._check(session, placement, providers)
         metrics.decision(placement.placed, time.perf_counter() - started, (r.code for r in placement.rejections))
         return _planned(placement)
 
     async def plan_create(self, session: AsyncSession, req: PlacementRequest, *, workload_id: str, vm_name: str,
-                          providers: frozenset[str], project_id: int | None = None) -> PlannedCreate:
+                          providers: frozenset[str], project_id: int | None = None,
+                          round_: Round | None = None) -> PlannedCreate:
         """Where a new compute goes and the engine's steps that make it (without the quota steps, which
         the workload service adds), as :meth:`decide` says, inside the create's transaction (placement
         lock held). NoPlacement (409) with the scheduler's reasons when nothing fits. ``providers``: those
         of the federation file (the only ones the engine can drive)."""
         planned = await self.decide(session, replace(req, workload_id=workload_id, vm_name=vm_name),
-                                    providers=providers, project_id=project_id)
+                                    providers=providers, project_id=project_id, round_=round_)
         p = planned.placement
         if not p.placed:
             raise NoPlacement(f"no placement for {req.name}: {p.summary}", reasons=p.reasons())
@@ -283,6 +300,16 @@ def _refused(p: Placement, candidate: str, why: str, code: str) -> Placement:
 
 def _planned(p: Placement) -> PlannedCreate:
     return PlannedCreate(p, list(p.steps), placement_summary(p))
+
+
+@dataclass(frozen=True)
+class Round:
+    """What :meth:`Placer.round` read: the snapshot, its graph and shared views, the in-transit ledger."""
+
+    snapshot: Snapshot
+    graph: FederationGraph
+    views: ViewCache
+    ledger: Ledger
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import Decimal
 
-from sqlalchemy import delete, func, text, update
+from sqlalchemy import delete, func, insert, text, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -77,10 +77,25 @@ async def reserve(session: AsyncSession, project_id: int, need: dict[str, Decima
     if not locked:
         await lock_project(session, project_id)
     need = await check(session, project_id, need, flavor=flavor)
-    for resource, amount in need.items():
-        if amount:
-            session.add(QuotaReservation(project_id=project_id, workload_id=workload_id, operation_id=operation_id,
-                                         resource=resource, amount=amount))
+    await hold(session, project_id, need, workload_id=workload_id, operation_id=operation_id)
+
+
+async def hold(session: AsyncSession, project_id: int, need: dict[str, Decimal], *, workload_id: str,
+               operation_id: str | None) -> None:
+    """Write the reservation rows of a ``need`` :func:`check` passed, in one statement (a create holds the
+    write lock while it runs). The workload row must exist."""
+    await hold_many(session, project_id, [(need, workload_id, operation_id)])
+
+
+async def hold_many(session: AsyncSession, project_id: int,
+                    needs: list[tuple[dict[str, Decimal], str, str | None]]) -> None:
+    """:func:`hold` for several workloads (need, workload id, operation id), in one statement."""
+    now = utcnow()
+    rows = [{"project_id": project_id, "workload_id": workload_id, "operation_id": operation_id,
+             "resource": resource, "amount": amount, "state": "in_transit", "created_at": now}
+            for need, workload_id, operation_id in needs for resource, amount in need.items() if amount]
+    if rows:
+        await session.exec(insert(QuotaReservation), params=rows)  # type: ignore[call-overload]
 
 
 async def check(session: AsyncSession, project_id: int, need: dict[str, Decimal], *, flavor: str | None = None,
@@ -88,24 +103,59 @@ async def check(session: AsyncSession, project_id: int, need: dict[str, Decimal]
     """``count`` times ``need`` against the project's limits, reserving nothing (a cluster checks its whole
     class at once before it reserves seat by seat): the need with its budget, or QuotaExceeded naming
     every resource that does not fit. The caller holds the project's lock."""
-    quotas = {q.resource: q for q in (await session.exec(select(Quota).where(Quota.project_id == project_id))).all()}
-    need = {k: v * count for k, v in need.items()}
-    if "budget_monthly" in quotas:
-        cost = await monthly_cost(session, flavor, quotas["budget_monthly"].currency)
-        if cost is not None:
-            need["budget_monthly"] = cost * count
-    used = await usage(session, project_id)
-    over = []
-    for resource, amount in sorted(need.items()):
-        quota = quotas.get(resource)
-        if quota is None or amount == 0:
-            continue
-        current = sum(used.get(resource, {}).values(), Decimal(0))
-        if current + amount > quota.limit:
-            over.append(f"{resource}: need {_n(amount)}, used {_n(current)} of {_n(quota.limit)}")
-    if over:
-        raise QuotaExceeded("quota exceeded" + (f" for {what}" if what else "") + ": " + "; ".join(over))
-    return need
+    limits = await Limits.read(session, project_id)
+    return await limits.check(session, need, flavor=flavor, count=count, what=what)
+
+
+class Limits:
+    """A project's quotas and use, read once under its lock, for several creates in one transaction: each
+    :meth:`check` sees what the ones before it :meth:`add` ed (issue 23 item 15: a batch of creates reads
+    the quota once, not once per create)."""
+
+    def __init__(self, project_id: int, quotas: dict[str, Quota]) -> None:
+        self.project_id, self.quotas = project_id, quotas
+        self.used: dict[str, Decimal] | None = None  # read when a limit first applies
+        self.costs: dict[tuple[str | None, str | None], Decimal | None] = {}
+
+    @classmethod
+    async def read(cls, session: AsyncSession, project_id: int) -> Limits:
+        rows = (await session.exec(select(Quota).where(Quota.project_id == project_id))).all()
+        return cls(project_id, {q.resource: q for q in rows})
+
+    async def check(self, session: AsyncSession, need: dict[str, Decimal], *, flavor: str | None = None,
+                    count: int = 1, what: str = "") -> dict[str, Decimal]:
+        """The need (times ``count``, with its budget) if it fits beside the use and what was added, else
+        QuotaExceeded naming every resource that does not fit."""
+        quotas = self.quotas
+        need = {k: v * count for k, v in need.items()}
+        if "budget_monthly" in quotas:
+            currency = quotas["budget_monthly"].currency
+            if (flavor, currency) not in self.costs:
+                self.costs[(flavor, currency)] = await monthly_cost(session, flavor, currency)
+            cost = self.costs[(flavor, currency)]
+            if cost is not None:
+                need["budget_monthly"] = cost * count
+        if not any(amount and resource in quotas for resource, amount in need.items()):
+            return need  # no limit applies: the use need not be summed (one query less under the lock)
+        if self.used is None:
+            self.used = {r: sum(v.values(), Decimal(0)) for r, v in (await usage(session, self.project_id)).items()}
+        over = []
+        for resource, amount in sorted(need.items()):
+            quota = quotas.get(resource)
+            if quota is None or amount == 0:
+                continue
+            current = self.used.get(resource, Decimal(0))
+            if current + amount > quota.limit:
+                over.append(f"{resource}: need {_n(amount)}, used {_n(current)} of {_n(quota.limit)}")
+        if over:
+            raise QuotaExceeded("quota exceeded" + (f" for {what}" if what else "") + ": " + "; ".join(over))
+        return need
+
+    def add(self, need: dict[str, Decimal]) -> None:
+        """Count a need that will be held in this transaction."""
+        if self.used is not None:
+            for resource, amount in need.items():
+                self.used[resource] = self.used.get(resource, Decimal(0)) + amount
 
 
 def _n(value: Decimal) -> str:

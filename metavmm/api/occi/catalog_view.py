@@ -117,6 +117,10 @@ class Registry:
         return None
 
 
+REGISTRY_TABLES = ("image", "school", "school_member", "flavor", "site", "availability_zone", "occi_mixin")
+"""What :func:`registry` reads: a cache of it ends when one of them changes."""
+
+
 async def registry(session: AsyncSession, project_id: int) -> Registry:
     """Every category the project can see: its images, all present flavors, sites, zones, its user mixins."""
     audience = await project_audience(session, project_id)

@@ -15,7 +15,9 @@ import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
+from metavmm.api import keys
 from metavmm.api.occi import infrastructure as infra
 from metavmm.api.occi.catalog_view import KINDS
 from metavmm.api.occi.model import Entity, Kind, Mixin
@@ -33,7 +35,7 @@ from metavmm.api.occi.negotiate import (
 )
 from metavmm.api.occi.parse import OcciRequest
 from metavmm.api.occi.service import OcciService, is_uuid
-from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, PayloadTooLarge, ValidationError
+from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, NotFound, PayloadTooLarge, ValidationError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 1000
@@ -212,7 +214,21 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
 
     async def get_one(request: web.Request) -> web.Response:
         svc = await OcciService.for_request(request)
-        return render(request, await svc.get(kind, request.match_info["id"]))
+        cache = request.app.get(keys.OCCI_READS)
+        if cache is None:
+            return render(request, await svc.get(kind, request.match_info["id"]))
+        # the answer (a 404 too) by project, path and how it is rendered; ended by any write (see _read_caches)
+        key = (svc.ident.project_id, request.path, request.headers.get("Accept", ""), request.host)
+        if (hit := cache.get(key)) is not None:
+            return _replay(hit)
+        version = cache.version()
+        try:
+            resp = render(request, await svc.get(kind, request.match_info["id"]))
+        except NotFound as exc:
+            resp = error_response(request, exc)
+        assert isinstance(resp.body, bytes)
+        cache.put(key, (resp.status, resp.body, CIMultiDict(resp.headers)), version)
+        return resp
 
     async def update_or_act(request: web.Request) -> web.Response:
         svc = await OcciService.for_request(request)
@@ -245,6 +261,11 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
     collection = occi({"GET": list_all, "POST": create_or_act, "DELETE": delete_all})
     entity = occi({"GET": get_one, "POST": update_or_act, "PUT": put_one, "DELETE": delete_one})
     return collection, entity
+
+
+def _replay(answer: tuple[int, bytes, CIMultiDict[str]]) -> web.Response:
+    status, body, headers = answer
+    return web.Response(status=status, body=body, headers=headers)
 
 
 def _clean_id(entity_id: str | None) -> str | None:

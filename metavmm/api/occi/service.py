@@ -40,6 +40,7 @@ from metavmm.api.occi.catalog_view import (
 )
 from metavmm.api.occi.model import Entity, Kind, Mixin, check_term
 from metavmm.api.occi.parse import CategoryRef, LinkRef, OcciRequest
+from metavmm.catalog.changes import TtlCache
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     OcciMixin,
@@ -80,8 +81,10 @@ class OcciService:
     user mixins (tags) are OCCI's own."""
 
     def __init__(self, maker: async_sessionmaker[AsyncSession], workloads: WorkloadService, ident: Identity, *,
-                 idempotency_key: str | None = None, default_image: str | None = None) -> None:
+                 idempotency_key: str | None = None, default_image: str | None = None,
+                 registries: TtlCache[Registry] | None = None) -> None:
         self.maker = maker
+        self.registries = registries  # the project's categories, while none of REGISTRY_TABLES changed
         self.workloads = workloads
         self.ident = ident
         self.idempotency_key = idempotency_key  # the same header REST honours
@@ -94,7 +97,8 @@ class OcciService:
             raise Unauthenticated("authentication required: send your API token as the Basic password")
         default = getattr(request.app[keys.CONFIG].federation, "default_image", None)
         return cls(request.app[keys.SESSIONS], request.app[keys.WORKLOADS], ident,
-                   idempotency_key=request.headers.get("Idempotency-Key"), default_image=default)
+                   idempotency_key=request.headers.get("Idempotency-Key"), default_image=default,
+                   registries=request.app.get(keys.OCCI_REGISTRIES))
 
     def require_write(self) -> None:
         if not self.ident.at_least(Role.MEMBER):
@@ -104,8 +108,16 @@ class OcciService:
     # -- reading ---------------------------------------------------------------------------------------
 
     async def registry(self) -> Registry:
+        """The categories the project sees; read, not changed (define_mixins reads its own copy)."""
+        cache, project = self.registries, self.ident.project_id
+        if cache is not None and (hit := cache.get(project)) is not None:
+            return hit
+        version = cache.version() if cache is not None else 0
         async with self.maker() as session:
-            return await registry(session, self.ident.project_id)
+            reg = await registry(session, project)
+        if cache is not None:
+            cache.put(project, reg, version)
+        return reg
 
     async def _workload(self, session: AsyncSession, kind: str, entity_id: str) -> Workload:
         row = await session.get(Workload, entity_id) if is_uuid(entity_id) else None
@@ -259,8 +271,7 @@ class OcciService:
         """Create a resource or link from a parsed rendering through the workload service; its location."""
         if kind in infra.LINK_KINDS:
             return await self._create_link(kind, req, entity_id)
-        async with self.maker() as session:
-            reg = await registry(session, self.ident.project_id)
+        reg = await self.registry()
         mixins = [m for m in self._resolve_categories(reg, kind, req.categories) if m is not infra.PLACED]
         fields = self._check_attributes(kind, mixins, req.attributes, creating=True, entity_id=entity_id,
                                         typed=req.typed)

@@ -79,17 +79,29 @@ async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], tar
                      operation_id: str | None = None) -> Operation:
     """Add the operation with its whole plan to the caller's transaction (which decides when it commits:
     a REST create writes it with the workload and the quota reservation). The caller wakes the engine."""
+    op, event = new_plan(kind=kind, steps=steps, target_id=target_id, params=params, project_id=project_id,
+                         idempotency_key=idempotency_key, fingerprint=fingerprint, operation_id=operation_id)
+    session.add(op)
+    await session.flush()
+    session.add(event)
+    return op
+
+
+def new_plan(*, kind: str, steps: list[Step], target_id: str | None = None, params: dict[str, Any] | None = None,
+             project_id: int | None = None, idempotency_key: str | None = None, fingerprint: str | None = None,
+             operation_id: str | None = None, request_id: str | None = None) -> tuple[Operation, OperationEvent]:
+    """The rows :func:`write_plan` adds, not added: a caller writing many plans flushes all operations,
+    then all events (one statement each). ``request_id``: the request's, when the caller runs outside it."""
     params = {**(params or {}), **({"request": fingerprint} if fingerprint else {})}
-    if REQUEST_ID.get() and "request_id" not in params:  # the executor logs this operation's steps under it
-        params["request_id"] = REQUEST_ID.get()
+    request_id = request_id or REQUEST_ID.get()
+    if request_id and "request_id" not in params:  # the executor logs this operation's steps under it
+        params["request_id"] = request_id
     op = Operation(kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
                    params=params, idempotency_key=idempotency_key, message="queued")
     if operation_id is not None:
         op.id = operation_id
-    session.add(op)
-    await session.flush()
-    session.add(OperationEvent(operation_id=op.id, message=f"{kind} planned: " + ", ".join(s.name for s in steps)))
-    return op
+    event = OperationEvent(operation_id=op.id, message=f"{kind} planned: " + ", ".join(s.name for s in steps))
+    return op, event
 
 
 def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete as sa_delete
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.changes import TtlCache
 from metavmm.catalog.db import is_busy, session_scope
 from metavmm.catalog.models import (
     Flavor,
@@ -45,6 +47,7 @@ from metavmm.foundation.errors import (
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
+    MetavmmError,
     NotFound,
     PreconditionFailed,
     ValidationError,
@@ -57,8 +60,9 @@ from metavmm.services.operations import flows
 from metavmm.services.operations import store as op_store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
-from metavmm.services.placement import Placer
+from metavmm.services.placement import Placer, Round
 from metavmm.services.scope import can_see
+from metavmm.services.workloads.batch import CreateBatches, batchable
 from metavmm.services.workloads.requests import (
     COMPUTE_ACTIONS,
     DESIRED_AFTER,
@@ -93,6 +97,31 @@ class Shape:
     arch: str | None = None  # a named flavor's; the scheduler takes the image's (x86_64 without an image)
 
 
+@dataclass(frozen=True)
+class Valid:
+    """A create request's inputs that need no catalog, checked (:meth:`WorkloadService._valid`)."""
+
+    workload_id: str
+    name: str
+    cidr: str | None
+    context: dict[str, Any]
+    guest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A create's workload row before it is placed and written, its spec, quota need and operation id."""
+
+    workload: Workload
+    spec: dict[str, Any]
+    need: dict[str, Decimal]
+    op_id: str
+
+
+RESOLVE_TABLES = ("image", "school", "school_member", "flavor")
+"""What a create's shape and image are read from (:meth:`WorkloadService._resolve`)."""
+
+
 class WorkloadService:
     """Scoped to nothing: every call names its caller (an :class:`Identity`), so no path forgets it."""
 
@@ -101,6 +130,9 @@ class WorkloadService:
         self.config = config
         self.engine = engine
         self.placer = placer
+        # concurrent plain creates of a project share a transaction (issue 23 item 15); None: one each
+        self.batches: CreateBatches | None = CreateBatches(self)
+        self.resolved: TtlCache[tuple[Shape, Image | None]] | None = None  # _resolve's answers (set by the API)
 
     # --- create -------------------------------------------------------------------------------------
 
@@ -121,11 +153,20 @@ class WorkloadService:
         project_id = self._project(caller, req.project_id)
         key = scoped_key(caller, project_id, idempotency_key)
         fingerprint = req.fingerprint()
+        ready = await self._resolve(project_id, req)
+        if self.batches is not None and batchable(req, key, ready, self.config):
+            assert ready is not None
+            return await self.batches.submit(project_id, req, fingerprint, ready)
+        return await self._create_alone(project_id, req, fingerprint, ready, key)
+
+    async def _create_alone(self, project_id: int, req: CreateRequest, fingerprint: str,
+                            ready: tuple[Shape, Image | None] | None, key: str | None = None) -> Accepted:
+        """One create in a transaction of its own (what a batch falls back to)."""
         async with self._transaction(project_id) as session:
             earlier = await self._replay(session, key, fingerprint, "create")
             if earlier is not None:
                 return await self._accepted_again(session, earlier)
-            done = await self._create_in(session, project_id, req, key, fingerprint)
+            done = await self._create_in(session, project_id, req, key, fingerprint, ready)
         await self._wake(done.operation, *done.link_operations)
         return done
 
@@ -145,8 +186,71 @@ class WorkloadService:
     async def wake(self, *ops: Operation) -> None:
         await self._wake(*ops)
 
+    async def _resolve(self, project_id: int, req: CreateRequest) -> tuple[Shape, Image | None] | None:
+        """The shape and image of a create, read before its transaction takes the project's write lock
+        (issue 23 item 15: every statement under the lock is one all other creates wait for). Neither is
+        what the lock protects (quota use, placements in transit). None when either is refused: the
+        create then resolves them under the lock as before, so an idempotent replay still answers first."""
+        cache = self.resolved
+        key = (project_id, req.kind, req.flavor, req.image, req.vcpus, req.ram_mib, req.disk_gib, req.gpu_model,
+               req.gpu_count)
+        try:
+            if cache is not None and (hit := cache.get(key)) is not None:
+                return hit[0], self._usable(hit[1], hit[0]) if hit[1] is not None else None  # expiry: checked now
+            version = cache.version() if cache is not None else 0
+            async with self.sessions() as session:
+                shape = await self._shape(session, req)
+                ready = shape, await self._image(session, req.image, project_id, shape) if req.image else None
+        except MetavmmError:
+            return None
+        if cache is not None:
+            cache.put(key, ready, version)
+        return ready
+
     async def _create_in(self, session: AsyncSession, project_id: int, req: CreateRequest, key: str | None,
-                         fingerprint: str) -> Accepted:
+                         fingerprint: str, ready: tuple[Shape, Image | None] | None = None) -> Accepted:
+        valid = self._valid(req)
+        workload_id = valid.workload_id
+        taken = await session.get(Workload, workload_id) if req.workload_id is not None else None
+        if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
+            raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
+        if taken is not None:
+            raise Conflict(f"a workload with id {workload_id} already exists")
+        if ready is not None:
+            shape, image = ready
+        else:
+            shape = await self._shape(session, req)
+            image = await self._image(session, req.image, project_id, shape) if req.image else None
+        draft = self._draft(project_id, req, valid, shape, image)
+        workload, spec, need, op_id, cidr = draft.workload, draft.spec, draft.need, draft.op_id, valid.cidr
+        need = await quotas.check(session, project_id, need, flavor=shape.flavor)  # the caller holds the lock
+        if req.kind == WorkloadKind.COMPUTE:
+            if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
+                req = replace(req, site=await self._linked_site(session, req.links))
+            steps, where = await self._place_compute(session, workload, shape, image, req)
+        else:
+            steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
+        # written once, placed: one INSERT (no UPDATE of a row written before the placement)
+        workload.spec = {**spec, "placement": where}
+        workload.state_message = f"creating at {where['site']}"
+        session.add(workload)
+        await session.flush()  # the reservations and links reference the workload row
+        await quotas.hold(session, project_id, need, workload_id=workload_id, operation_id=op_id)
+        links = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
+        if links:
+            workload.spec = {**workload.spec,
+                             "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
+                             "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
+        operation = await op_store.write_plan(
+            session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
+            project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
+            params={**where, "holds_quota": True}, operation_id=op_id)
+        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id)) for lk in links]
+        return Accepted(workload, operation, tuple(links), tuple(link_ops))
+
+    @staticmethod
+    def _valid(req: CreateRequest) -> Valid:
+        """What a create request says that needs no catalog: its kind, id, name, network, guest inputs."""
         if req.kind not in WorkloadKind.__members__.values():
             raise ValidationError(f"unknown kind {req.kind!r}; expected one of compute, network, storage")
         if req.workload_id is not None and not is_uuid(req.workload_id):
@@ -161,51 +265,25 @@ class WorkloadService:
         guest = check_guest(req.guest, workload_id) if req.guest else {}
         if guest and req.kind != WorkloadKind.COMPUTE:
             raise ValidationError(f"a {req.kind} has no guest identity (hostname, MAC, address)")
-        taken = await session.get(Workload, workload_id) if req.workload_id is not None else None
-        if taken is not None and taken.project_id != project_id:  # another project's: answer as if absent
-            raise NotFound(f"no workload {workload_id} in this project (ids of other projects cannot be used)")
-        if taken is not None:
-            raise Conflict(f"a workload with id {workload_id} already exists")
-        shape = await self._shape(session, req)
-        image = await self._image(session, req.image, project_id, shape) if req.image else None
-        op_id = new_uuid()
+        return Valid(workload_id, name, cidr, context, guest)
+
+    @staticmethod
+    def _draft(project_id: int, req: CreateRequest, valid: Valid, shape: Shape, image: Image | None) -> Draft:
+        """The workload row (not added yet), its spec and its quota need."""
         spec: dict[str, Any] = {
             **dict(req.attributes), "vcpus": shape.vcpus, "ram_mib": shape.ram_mib, "disk_gib": shape.disk_gib,
             "gpu_model": shape.gpu_model, "gpu_count": shape.gpu_count, "flavor": shape.flavor,
             "image_id": image.id if image else None, "site": req.site,
-            **({"zone": req.zone} if req.zone else {}), **({"cidr": cidr} if cidr else {}), **context,
-            **guest_spec(guest)}
-        workload = Workload(id=workload_id, project_id=project_id, kind=req.kind, name=name, spec=spec,
+            **({"zone": req.zone} if req.zone else {}), **({"cidr": valid.cidr} if valid.cidr else {}),
+            **valid.context, **guest_spec(valid.guest)}
+        workload = Workload(id=valid.workload_id, project_id=project_id, kind=req.kind, name=valid.name, spec=spec,
                             desired_state="active", observed_state="pending", state_message="being created")
-        session.add(workload)
-        await session.flush()  # the reservations and links reference the workload row
         need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
                                 shape.gpu_count)
-        await quotas.reserve(session, project_id, need, workload_id=workload_id, operation_id=op_id,
-                             flavor=shape.flavor, locked=True)
-        if req.kind == WorkloadKind.COMPUTE:
-            if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
-                req = replace(req, site=await self._linked_site(session, req.links))
-            steps, where = await self._place_compute(session, workload, shape, image, req)
-        else:
-            steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
-        workload.spec = {**spec, "placement": where}
-        workload.state_message = f"creating at {where['site']}"
-        session.add(workload)
-        links = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
-        if links:
-            workload.spec = {**workload.spec,
-                             "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
-                             "volumes": [lk.target_id for lk in links if lk.kind == "storagelink"]}
-        operation = await op_store.write_plan(
-            session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
-            project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
-            params={**where, "holds_quota": True}, operation_id=op_id)
-        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id)) for lk in links]
-        return Accepted(workload, operation, tuple(links), tuple(link_ops))
+        return Draft(workload, spec, need, new_uuid())
 
     async def _place_compute(self, session: AsyncSession, workload: Workload, shape: Shape, image: Image | None,
-                             req: CreateRequest) -> tuple[list[Step], dict[str, Any]]:
+                             req: CreateRequest, round_: Round | None = None) -> tuple[list[Step], dict[str, Any]]:
         """Where the scheduler puts it (the image's architecture and hypervisor, residency, price ceiling,
         burst policy) and the engine's steps that make it there."""
         if shape.vcpus < 1 or shape.ram_mib < 1:
@@ -219,7 +297,8 @@ class WorkloadService:
             user_data=workload.spec.get("user_data"), strategy=req.strategy)
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
                                                 vm_name=vm_name(workload.id),
-                                                providers=self._providers(), project_id=workload.project_id)
+                                                providers=self._providers(), project_id=workload.project_id,
+                                                round_=round_)
         return with_guest(planned.steps, req.guest, workload.id), planned.where
 
     @staticmethod
@@ -270,6 +349,10 @@ class WorkloadService:
             image = await get_image(session, ref, await project_audience(session, project_id))
         except NotFound:
             raise ValidationError(f"no image {ref} visible to this project") from None
+        return self._usable(image, shape)
+
+    @staticmethod
+    def _usable(image: Image, shape: Shape) -> Image:
         if state_of(image) == "expired":
             raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be launched")
         short = [f"{need} {what} (asked {have})" for need, have, what in (

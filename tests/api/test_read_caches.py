@@ -1,0 +1,92 @@
+"""The per-request caches of issue 23 item 14 keep security: a token revoked or a member removed through
+the broker is refused on the next request; a revocation by another process (its own engine, e.g. the
+CLI) within the identity cache's time bound; an OCCI entity's cached rendering never crosses projects
+and ends with any write through the broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import select
+
+from metavmm.api import keys
+from metavmm.catalog.db import make_engine, make_sessionmaker, session_scope
+from metavmm.catalog.models import ApiToken, Workload
+
+API = "/api/v1"
+TEXT = {"Accept": "text/plain"}
+
+
+async def test_revocation_through_the_broker_is_immediate(world: Any) -> None:
+    client, w = world
+    cache = w.app[keys.IDENTITIES]
+    minted = await (await client.post(f"{API}/tokens", headers=w.auth("alpha_member"), json={"name": "t"})).json()
+    bearer = {"Authorization": f"Bearer {minted['secret']}"}
+    for _ in range(2):
+        assert (await client.get(f"{API}/whoami", headers=bearer)).status == 200
+    assert cache.hits >= 1  # the second request was answered from the cache
+    assert (await client.delete(f"{API}/tokens/{minted['id']}", headers=w.auth("alpha_member"))).status == 204
+    refused = await client.get(f"{API}/whoami", headers=bearer)
+    assert refused.status == 401 and minted["secret"] not in await refused.text()
+    # a member removed: their other tokens stop at once as well
+    assert (await client.get(f"{API}/whoami", headers=w.auth("alpha_reader"))).status == 200
+    removed = await client.delete(f"{API}/projects/{w.ids['alpha']}/members/{w.ids['user_alpha_reader']}",
+                                  headers=w.auth("alpha_padmin"))
+    assert removed.status == 204
+    assert (await client.get(f"{API}/whoami", headers=w.auth("alpha_reader"))).status == 401
+
+
+async def test_revocation_by_another_process_ends_within_the_bound(world: Any, db_url: str) -> None:
+    client, w = world
+    cache = w.app[keys.IDENTITIES]
+    now = [1000.0]
+    cache.clock = lambda: now[0]
+    cache.clear()
+    bearer = w.auth("alpha_member")
+    assert (await client.get(f"{API}/whoami", headers=bearer)).status == 200
+    engine = make_engine(db_url)  # another process's view of the catalog: the broker sees none of its commits
+    try:
+        async with session_scope(make_sessionmaker(engine)) as s:
+            row = (await s.exec(select(ApiToken).where(ApiToken.id == w.ids["token_alpha_member"]))).one()
+            row.revoked = True
+    finally:
+        await engine.dispose()
+    assert (await client.get(f"{API}/whoami", headers=bearer)).status == 200  # still within the bound
+    now[0] += w.app[keys.CONFIG].auth.identity_cache_s
+    assert (await client.get(f"{API}/whoami", headers=bearer)).status == 401
+
+
+async def test_occi_reads_stay_in_their_project_and_end_with_a_write(world: Any) -> None:
+    client, w = world
+    path = f"/compute/{w.ids['workload']}"
+    first = await client.get(path, headers={**TEXT, **w.auth("alpha_member")})
+    assert first.status == 200
+    again = await client.get(path, headers={**TEXT, **w.auth("alpha_reader")})  # the same project: cached
+    assert again.status == 200 and await again.read() == await first.read()
+    assert w.app[keys.OCCI_READS].hits >= 1
+    beta = await client.get(path, headers={**TEXT, **w.auth("beta_member")})
+    assert beta.status == 404 and "beta" in await beta.text()
+    renamed = await client.post(path, headers={**w.auth("alpha_member"), "Content-Type": "text/plain", **TEXT},
+                                data="X-OCCI-Attribute: occi.core.title=\"renamed-vm\"\n")
+    assert renamed.status == 200, await renamed.text()
+    after = await client.get(path, headers={**TEXT, **w.auth("alpha_reader")})
+    assert 'occi.core.title="renamed-vm"' in await after.text()
+    async with session_scope(w.app[keys.SESSIONS]) as s:  # any write through the broker's engine ends it
+        (await s.get(Workload, w.ids["workload"])).name = "changed-in-the-catalog"  # type: ignore[union-attr]
+    changed = await client.get(path, headers={**TEXT, **w.auth("alpha_reader")})
+    assert 'occi.core.title="changed-in-the-catalog"' in await changed.text()
+
+
+async def test_a_cached_404_ends_when_the_entity_appears(world: Any) -> None:
+    client, w = world
+    missing = "/compute/00000000-0000-4000-8000-000000000001"
+    headers = {**TEXT, **w.auth("alpha_member")}
+    assert (await client.get(missing, headers=headers)).status == 404
+    assert (await client.get(missing, headers=headers)).status == 404
+    async with session_scope(w.app[keys.SESSIONS]) as s:
+        row = await s.get(Workload, w.ids["workload"])
+        assert row is not None
+        clone = Workload(**{**row.model_dump(), "id": missing.rsplit("/", 1)[1], "name": "appeared"})
+        s.add(clone)
+    found = await client.get(missing, headers=headers)
+    assert found.status == 200 and "appeared" in await found.text()
