@@ -456,7 +456,18 @@ class LibvirtDriver(DriverBase):
             raise
         xml = self._domain_xml(spec, disk, vm_uuid, seed, console)
 
-        def define_and_start(conn: libvirt.virConnect) -> VmInfo:
+        try:
+            return await self._define_and_start(xml)
+        except DriverError:
+            for path in (disk, console, seed):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            raise
+
+    async def _define_and_start(self, xml: str) -> VmInfo:
+        """Define the domain and start it; a domain that will not start is undefined again."""
+
+        def run(conn: libvirt.virConnect) -> VmInfo:
             dom = conn.defineXML(xml)
             try:
                 dom.create()
@@ -465,13 +476,7 @@ class LibvirtDriver(DriverBase):
                 raise
             return self._vm_info(dom, conn.getHostname())
 
-        try:
-            return await self._call("create_vm", define_and_start)
-        except DriverError:
-            for path in (disk, console, seed):
-                if path is not None:
-                    path.unlink(missing_ok=True)
-            raise
+        return await self._call("create_vm", run)
 
     async def _create_on_disk(self, spec: VmSpec, adopted: Path, disk: Path, vm_uuid: str) -> VmInfo:
         """An HA restart: define and start a domain on the workload's own disk (``extra["adopt_disk"]``, on
@@ -486,17 +491,8 @@ class LibvirtDriver(DriverBase):
         console = self._console_log(disk.parent, vm_uuid)
         xml = self._domain_xml(spec, disk, vm_uuid, None, console)
 
-        def define_and_start(conn: libvirt.virConnect) -> VmInfo:
-            dom = conn.defineXML(xml)
-            try:
-                dom.create()
-            except libvirt.libvirtError:
-                dom.undefine()
-                raise
-            return self._vm_info(dom, conn.getHostname())
-
         try:
-            return await self._call("create_vm", define_and_start)
+            return await self._define_and_start(xml)
         except DriverError:
             os.rename(disk, adopted)
             console.unlink(missing_ok=True)

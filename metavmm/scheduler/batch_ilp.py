@@ -49,6 +49,8 @@ def solve_ilp(planner: BatchPlanner, requests: Sequence[PlacementRequest], *,
         import numpy as np
         from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import coo_matrix
+
+        from metavmm.scheduler.batch_lp import constraint_entries
     except ImportError:  # pragma: no cover - dev extra missing
         raise UnsupportedOperation("the exact batch solver needs scipy: pip install 'metavmm[dev]'") from None
     started = time.perf_counter()
@@ -78,29 +80,11 @@ def solve_ilp(planner: BatchPlanner, requests: Sequence[PlacementRequest], *,
     models = sorted({tc.request.gpu_model for tc in classes if tc.request.gpu_count and tc.request.gpu_model})
     ncls, nh = len(classes), len(hosts)
     nrows = ncls + (2 + len(models)) * nh
-    rows: list[int] = []
-    colix: list[int] = []
-    vals: list[float] = []
-    by_index = {tc.index: tc for tc in classes}
-    for j, (ci, hid, _unit, _up) in enumerate(cols):
-        rows.append(ci)
-        colix.append(j)
-        vals.append(1)
-        if hid is None or hid < 0:
-            continue
-        req = by_index[ci].request
-        base = ncls + 2 * row_of[hid]
-        rows += [base, base + 1]
-        colix += [j, j]
-        vals += [req.vcpus, req.ram_mib]
-        if req.gpu_count:
-            rows.append(ncls + 2 * nh + models.index(req.gpu_model) * nh + row_of[hid])
-            colix.append(j)
-            vals.append(req.gpu_count)
+    rows, colix, vals = constraint_entries(cols, classes, row_of, models)
     lo = np.full(nrows, -np.inf)
     hi = np.zeros(nrows)
-    for tc in classes:
-        lo[tc.index] = hi[tc.index] = len(tc.names)
+    for row, tc in enumerate(classes):  # the class rows come first, in the order of ``classes``
+        lo[row] = hi[row] = len(tc.names)
     for hid, i in row_of.items():
         v, r, gp = free[hid]
         hi[ncls + 2 * i], hi[ncls + 2 * i + 1] = max(v, 0), max(r, 0)

@@ -35,6 +35,35 @@ class Model:
     gpu_host_for_cpu: np.ndarray  # 1 on the columns of work without GPUs on a host with GPUs
 
 
+def constraint_entries(cols: Sequence[tuple[int, int | None, float, int]], classes: Sequence[TaskClass],
+                       row_of: dict[int, int], models: list[str]) -> tuple[list[int], list[int], list[float]]:
+    """The sparse (row, column, value) entries of a batch model, shared by the LP relaxation and the exact
+    ILP: rows are one per class (its count), then vCPU and RAM per host, then one per GPU model and host.
+    ``cols`` are (class index, host id | None elastic | negative unplaced, unit cost, upper bound)."""
+    row_class = {tc.index: i for i, tc in enumerate(classes)}
+    by_index = {tc.index: tc for tc in classes}
+    ncls, nh = len(classes), len(row_of)
+    rows: list[int] = []
+    colix: list[int] = []
+    vals: list[float] = []
+    for j, (ci, hid, _unit, _up) in enumerate(cols):
+        rows.append(row_class[ci])
+        colix.append(j)
+        vals.append(1)
+        if hid is None or hid < 0:
+            continue
+        req = by_index[ci].request
+        base = ncls + 2 * row_of[hid]
+        rows += [base, base + 1]
+        colix += [j, j]
+        vals += [req.vcpus, req.ram_mib]
+        if req.gpu_count:
+            rows.append(ncls + 2 * nh + models.index(req.gpu_model) * nh + row_of[hid])
+            colix.append(j)
+            vals.append(req.gpu_count)
+    return rows, colix, vals
+
+
 def build(classes: Sequence[TaskClass], free: Free, counts: dict[int, int] | None = None) -> Model:
     """The model of ``counts`` workloads per class (default: all of its names) on ``free``."""
     counts = counts if counts is not None else {tc.index: len(tc.names) for tc in classes}
@@ -54,24 +83,7 @@ def build(classes: Sequence[TaskClass], free: Free, counts: dict[int, int] | Non
     row_class = {tc.index: i for i, tc in enumerate(classes)}
     by_index = {tc.index: tc for tc in classes}
     ncls, nh = len(classes), len(hosts)
-    rows: list[int] = []
-    colix: list[int] = []
-    vals: list[float] = []
-    for j, (ci, hid, _unit, _up) in enumerate(cols):
-        rows.append(row_class[ci])
-        colix.append(j)
-        vals.append(1)
-        if hid is None or hid < 0:
-            continue
-        req = by_index[ci].request
-        base = ncls + 2 * row_of[hid]
-        rows += [base, base + 1]
-        colix += [j, j]
-        vals += [req.vcpus, req.ram_mib]
-        if req.gpu_count:
-            rows.append(ncls + 2 * nh + models.index(req.gpu_model) * nh + row_of[hid])
-            colix.append(j)
-            vals.append(req.gpu_count)
+    rows, colix, vals = constraint_entries(cols, classes, row_of, models)
     nrows = ncls + (2 + len(models)) * nh
     lo = np.full(nrows, -np.inf)
     hi = np.zeros(nrows)
