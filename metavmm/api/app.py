@@ -117,6 +117,15 @@ async def _autoscale(app: web.Application, stopping: asyncio.Event) -> None:
     await repeat(stopping, EVALUATE_EVERY_S, app[keys.AUTOSCALE].evaluate_all, "auto-scaling evaluation", log)
 
 
+async def _image_lists(app: web.Application, stopping: asyncio.Event) -> None:
+    """Keep every enabled image list subscription synced (issue 19): at start, then every
+    ``marketplace.subscription_sync_s``; each list's outcome is on its subscription row (status, last error)."""
+    from metavmm.services.marketplace.subscriptions import sync_and_log
+
+    await repeat(stopping, app[keys.CONFIG].marketplace.subscription_sync_s,
+                 lambda: sync_and_log(app[keys.SESSIONS]), "image list sync", log)
+
+
 async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
     """Bounded (issue 24): the inventory sync and the reconciliation end their round within the stop grace
     (or are cancelled: both are repeated next time), then the engine gets what is left of the grace for
@@ -169,6 +178,8 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         from metavmm.services.protection import dr_loop  # disaster recovery: replications that are due
 
         tasks.append(asyncio.create_task(dr_loop.serve(app[keys.OPERATIONS]), name="dr-replication"))
+        if app[keys.CONFIG].marketplace.subscription_sync_s > 0:
+            tasks.append(asyncio.create_task(_image_lists(app, app[keys.OPERATIONS].stopping), name="image-lists"))
         yield
         await _stop_background(app, tasks)
         await app[keys.AUTOSCALE].cpu.close()

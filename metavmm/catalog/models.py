@@ -342,6 +342,8 @@ class ImageListSubscription(SQLModel, table=True):
     last_synced_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     last_error: str | None = None
     image_count: int = 0
+    list_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # of the last good list
+    last_success_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     created_at: datetime = _ts()
 
 

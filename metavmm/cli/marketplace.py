@@ -1,5 +1,5 @@
 """``metavmm marketplace``: list, show, publish, replicate, launch; signed image lists (keygen, sign-list,
-subscribe, sync-list). The commands call the same services as REST, as the site operator (admin).
+subscribe, subscriptions, sync-list). The commands call the same services as REST, as the site operator (admin).
 
 The group receives the main command's settings (federation file, database) as the click context object;
 it does not import :mod:`metavmm.cli.main`, which also runs as ``python -m metavmm.cli.main``.
@@ -313,6 +313,29 @@ def sync_list_cmd(settings: Settings, name: str | None, every: bool) -> None:
             console.print(f"[red]{sub}: refused:[/] {report}", highlight=False)
     if any(not isinstance(r, SyncReport) for r in results.values()):
         sys.exit(1)
+
+
+@marketplace.command("subscriptions")
+@pass_settings
+def subscriptions_cmd(settings: Settings) -> None:
+    """The image lists this site subscribes to, each with its status (what REST's subscriptions list says)."""
+    from sqlmodel import select
+
+    from metavmm.catalog.models import ImageListSubscription
+    from metavmm.services.marketplace.subscriptions import SubscriptionOut, render_subscription
+
+    async def work(maker: async_sessionmaker[AsyncSession]) -> list[SubscriptionOut]:
+        async with maker() as session:
+            rows = (await session.exec(select(ImageListSubscription).order_by(ImageListSubscription.name))).all()
+        return [render_subscription(r) for r in rows]
+
+    table = Table("name", "status", "version", "last good sync", "list expires", "images", "endorser key",
+                  "last error")
+    for sub in _run(settings, work):
+        when = [f"{t:%Y-%m-%d %H:%M}" if t else "-" for t in (sub.last_success_at, sub.list_expires_at)]
+        table.add_row(escape(sub.name), sub.status, escape(sub.last_version or "-"), *when, str(sub.image_count),
+                      sub.key_id[:16], escape(sub.last_error or ""))
+    console.print(table)
 
 
 @marketplace.command("prune")

@@ -528,6 +528,12 @@ class MetricsConfig(_Strict):
                                  description="how often an open /api/v1/events stream looks for new rows")
 
 
+class MarketplaceConfig(_Strict):
+    subscription_sync_s: int = Field(
+        default=3600, ge=0, description="how often the broker fetches, verifies and imports every enabled image "
+        "list subscription (the first round at start); 0 leaves it to `metavmm marketplace sync` or REST")
+
+
 class Discount(_Strict):
     """A committed-use or reserved discount: ``provider``'s compute prices times ``factor`` (0.63: 37 %
     off) from ``valid_from`` until ``valid_until`` (exclusive; open without it). Disks and egress keep
@@ -561,6 +567,7 @@ class FederationConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     ha: HaConfig = Field(default_factory=HaConfig)
     rebalance: list[RebalancePolicy] = Field(default_factory=list, description="automatic live migration")
+    marketplace: MarketplaceConfig = Field(default_factory=MarketplaceConfig)
 
     @model_validator(mode="after")
     def _references(self) -> FederationConfig:

@@ -2,8 +2,8 @@
 
 Counters and histograms move where things happen (an HTTP answer, an operation's end, a scheduler
 decision, an inventory sync); gauges that describe the catalog (operations by state, sync age, capacity
-per site, price age) are read from it when Prometheus scrapes (:func:`refresh`, four grouped queries), so they are
-right whichever broker or worker process wrote the rows. The api layer serves :func:`render`.
+per site, price age, image list health) are read from it when Prometheus scrapes (:func:`refresh`, five
+queries), so they are right whichever broker or worker process wrote the rows. The api layer serves :func:`render`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Host, Operation, Price, Provider, Site, aware
+from metavmm.catalog.models import Host, ImageListSubscription, Operation, Price, Provider, Site, aware
 
 disable_created_metrics()  # no *_created series: Prometheus does not use them and they double the output
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -62,6 +62,10 @@ SITE_HOSTS = Gauge("metavmm_site_hosts", "Hosts the catalog knows at the site", 
 PRICE_AGE = Gauge("metavmm_price_age_seconds", "Seconds since the effective date of the newest price of a provider "
                   "kind in a region: a stale price list makes every comparison and placement cost stale",
                   ["provider_kind", "region"])
+IMAGE_LIST_AGE = Gauge("metavmm_image_list_age_seconds", "Seconds since an image list subscription last synced "
+                       "without error (absent: never)", ["subscription"])
+IMAGE_LIST_FAILING = Gauge("metavmm_image_list_failing", "1 when a subscription's last sync was refused or its "
+                           "list expired (its images are then not launchable), else 0", ["subscription"])
 DATA_BYTES = Counter("metavmm_data_bytes", "Disk bytes the data path wrote: exports and conversions of migrations, "
                      "images fetched for replication and launches, disks imported at a target", ["what"])
 
@@ -100,8 +104,9 @@ async def refresh(maker: async_sessionmaker[AsyncSession]) -> None:
             .join(Host, col(Host.site_id) == col(Site.id)).where(col(Site.present)).group_by(Site.name))).all()
         prices = (await session.exec(select(Price.provider_kind, Price.region, func.max(Price.effective_date))
                                      .group_by(Price.provider_kind, Price.region))).all()
+        lists = (await session.exec(select(ImageListSubscription).where(col(ImageListSubscription.enabled)))).all()
     for gauge in (OPERATIONS, SYNC_AGE, SYNC_FAILING, SITE_CORES, SITE_VCPUS_USED, SITE_MEMORY, SITE_MEMORY_USED,
-                  SITE_HOSTS, PRICE_AGE):
+                  SITE_HOSTS, PRICE_AGE, IMAGE_LIST_AGE, IMAGE_LIST_FAILING):
         gauge.clear()  # a deleted provider or site must not linger with its last value
     for kind, state, count in ops:
         OPERATIONS.labels(kind, state).set(count)
@@ -118,6 +123,11 @@ async def refresh(maker: async_sessionmaker[AsyncSession]) -> None:
     for kind, region, newest in prices:
         if newest is not None:
             PRICE_AGE.labels(kind, region).set(max(0.0, (now - datetime.combine(newest, time(), UTC)).total_seconds()))
+    for sub in lists:
+        if sub.last_success_at is not None:
+            IMAGE_LIST_AGE.labels(sub.name).set(max(0.0, (now - aware(sub.last_success_at)).total_seconds()))
+        expires = aware(sub.list_expires_at)
+        IMAGE_LIST_FAILING.labels(sub.name).set(1 if sub.last_error or (expires and expires <= now) else 0)
 
 
 def render() -> bytes:

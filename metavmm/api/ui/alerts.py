@@ -18,10 +18,20 @@ from sqlmodel import col, select
 from metavmm.api import keys
 from metavmm.api.keys import identity_of
 from metavmm.api.ui import page_context
-from metavmm.catalog.models import ImageListSubscription, Operation, OperationState, Price, Project, Provider, Quota
+from metavmm.catalog.models import (
+    ImageListSubscription,
+    Operation,
+    OperationState,
+    Price,
+    Project,
+    Provider,
+    Quota,
+    aware,
+)
 from metavmm.scheduler.pricing import RateTable
 from metavmm.services import quotas
 from metavmm.services.marketplace.entries import ImageQuery, audience_for, search
+from metavmm.services.marketplace.subscriptions import status_of
 from metavmm.services.scope import visible
 
 routes = web.RouteTableDef()
@@ -64,9 +74,13 @@ async def alerts(request: web.Request) -> web.Response:
         age = rates.age_days(date.today())
         if age is not None and age > rates.stale_after_days:
             out.append({"kind": "price", "what": "exchange rates", "message": f"the rate table is {age} days old"})
-        for sub in (await session.exec(select(ImageListSubscription)
-                                       .where(col(ImageListSubscription.last_error).is_not(None)))).all():
-            out.append({"kind": "image list", "what": sub.name, "message": sub.last_error or ""})
+        for sub in (await session.exec(select(ImageListSubscription).where(col(ImageListSubscription.enabled)))).all():
+            status = status_of(sub)
+            if status in ("failing", "expired"):
+                expiry = f"the list expired {aware(sub.list_expires_at):%Y-%m-%d %H:%M} UTC" if status == "expired" \
+                    else ""
+                out.append({"kind": "image list", "what": sub.name,
+                            "message": "; ".join(m for m in (expiry, sub.last_error or "") if m)})
         expired, _ = await search(session, ImageQuery(state=["expired"], limit=50), await audience_for(session, caller))
         for image in expired:
             out.append({"kind": "image", "what": f"{image.name} v{image.version}", "message": "expired"})

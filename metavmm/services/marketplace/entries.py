@@ -27,7 +27,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Image, ImageReplica, SchoolMember, Site, aware
-from metavmm.foundation.errors import NotFound
+from metavmm.foundation.errors import Conflict, NotFound
 
 Visibility = Literal["public", "federation", "school", "project"]
 DiskFormatName = Literal["qcow2", "raw", "vmdk", "vdi", "vhd", "vpc", "vhdx", "ova"]
@@ -266,6 +266,16 @@ def state_of(image: Image, now: datetime | None = None) -> Literal["active", "su
     if expires is not None and expires <= now:
         return "expired"
     return "superseded" if image.superseded_by_id else "active"
+
+
+def refuse_expired(image: Image) -> None:
+    """Before anything is written: an expired image is a 409, not a failed operation."""
+    if state_of(image) == "expired":
+        when = aware(image.expires_at)
+        on = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
+        withdrawn = (image.extra or {}).get("withdrawn_from")
+        why = f"was withdrawn from image list {withdrawn}{on}" if withdrawn else f"expired{on}"
+        raise Conflict(f"image {image.name} v{image.version} {why}: it can no longer be launched or replicated")
 
 
 def _sql_filters(q: ImageQuery) -> list[Any]:

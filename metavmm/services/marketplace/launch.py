@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
-from metavmm.catalog.models import Image, ImageReplica, Operation, WorkloadKind
-from metavmm.foundation.errors import Conflict
+from metavmm.catalog.models import ImageReplica, Operation, WorkloadKind
 from metavmm.scheduler.plan import Step
 from metavmm.services.identity import Identity
-from metavmm.services.marketplace.entries import Audience, audience_for, get_image, state_of
+from metavmm.services.marketplace.entries import Audience, audience_for, get_image, refuse_expired
 from metavmm.services.marketplace.replication import resolve_site
 from metavmm.services.operations.engine import Engine
 from metavmm.services.workloads.requests import Accepted, CreateRequest
@@ -60,12 +59,6 @@ class LaunchIn(BaseModel):
                              flavor=self.flavor, image=image_ref, site=self.site, disk_gib=self.disk_gib,
                              vcpus=self.vcpus or (DEFAULT_VCPUS if sized else None),
                              ram_mib=self.ram_mib or (DEFAULT_RAM_MIB if sized else None))
-
-
-def refuse_expired(image: Image) -> None:
-    """Before anything is written: an expired image is a 409, not a failed operation."""
-    if state_of(image) == "expired":
-        raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be replicated")
 
 
 async def launch(service: WorkloadService, caller: Identity, image_ref: str, req: LaunchIn, *,

@@ -13,8 +13,10 @@ against the checksums the signed list carried.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, Field
@@ -40,6 +42,8 @@ from metavmm.services.marketplace.imagelist import (
 from metavmm.services.marketplace.publish import supersede
 from metavmm.services.marketplace.stream import local_path
 
+log = logging.getLogger(__name__)
+
 
 class SubscriptionIn(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -50,18 +54,39 @@ class SubscriptionIn(BaseModel):
     visibility: Visibility = "federation"
 
 
+SubscriptionStatus = Literal["ok", "failing", "expired", "never synced", "disabled"]
+
+
 class SubscriptionOut(BaseModel):
     name: str
     url: str
     identifier: str | None
     endorser: str
-    key_id: str
+    key_id: str = Field(description="SHA-256 of the pinned Ed25519 key: the only signer accepted")
     visibility: str
     enabled: bool
+    status: SubscriptionStatus = Field(description="ok; failing (the last sync was refused or the list unreachable: "
+                                       "the images of the last good list stay until they expire); expired (the "
+                                       "last good list is past its expiry: none of its images can be launched); "
+                                       "never synced; disabled")
     last_version: str | None
-    last_synced_at: datetime | None
+    last_synced_at: datetime | None = Field(description="the last attempt, good or not")
+    last_success_at: datetime | None
     last_error: str | None
+    list_expires_at: datetime | None = Field(description="the expiry the last good list carried")
     image_count: int
+
+
+def status_of(sub: ImageListSubscription, now: datetime | None = None) -> SubscriptionStatus:
+    """One word for a subscription's health, in the order an admin has to act on it."""
+    expires = aware(sub.list_expires_at)
+    if not sub.enabled:
+        return "disabled"
+    if expires is not None and expires <= (now or datetime.now(UTC)):
+        return "expired"
+    if sub.last_error:
+        return "failing"
+    return "ok" if sub.last_success_at or sub.last_version else "never synced"
 
 
 class SyncReport(BaseModel):
@@ -74,8 +99,9 @@ class SyncReport(BaseModel):
 
 def render_subscription(sub: ImageListSubscription) -> SubscriptionOut:
     data = sub.model_dump()
-    data["last_synced_at"] = aware(sub.last_synced_at)
-    return SubscriptionOut.model_validate(data)
+    for key in ("last_synced_at", "last_success_at", "list_expires_at"):
+        data[key] = aware(data[key])
+    return SubscriptionOut.model_validate({**data, "status": status_of(sub)})
 
 
 async def subscribe(session: AsyncSession, req: SubscriptionIn) -> ImageListSubscription:
@@ -154,6 +180,19 @@ async def sync_enabled(maker: async_sessionmaker[AsyncSession]) -> dict[str, Syn
     return results
 
 
+async def sync_and_log(maker: async_sessionmaker[AsyncSession]) -> dict[str, SyncReport | str]:
+    """One round of the broker's subscription loop: :func:`sync_enabled`, each outcome in the log (a change
+    or a refusal; a list that did not change is quiet)."""
+    results = await sync_enabled(maker)
+    for name, result in results.items():
+        if isinstance(result, str):
+            log.warning("image list %s refused: %s", name, result)
+        elif result.added or result.expired:
+            log.info("image list %s v%s: %d added, %d updated, %d withdrawn", name, result.version, result.added,
+                     result.updated, result.expired)
+    return results
+
+
 def _local_uris_only_from_local_lists(sub: ImageListSubscription, doc: ImageListDoc) -> None:
     """A list fetched from another site may point only at http(s): a file:// URI would make us read our own disk."""
     if local_path(sub.url) is not None:
@@ -204,9 +243,11 @@ async def import_list(session: AsyncSession, sub: ImageListSubscription, doc: Im
     for ident, old in current.items():
         if ident not in listed and state_of(old, now) != "expired":
             old.expires_at, old.updated_at = now, now
+            old.extra = {**old.extra, "withdrawn_from": f"{doc.identifier} v{doc.version}"}  # a new dict: saved
             expired += 1
     sub.identifier = sub.identifier or doc.identifier
-    sub.last_version, sub.last_synced_at, sub.last_error = doc.version, now, None
+    sub.last_version, sub.last_synced_at, sub.last_success_at, sub.last_error = doc.version, now, now, None
+    sub.list_expires_at = aware(doc.expires)
     sub.image_count = len(doc.images)
     await session.flush()
     return SyncReport(subscription=sub.name, version=doc.version, added=added, updated=updated, expired=expired)

@@ -55,7 +55,7 @@ from metavmm.foundation.errors import (
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
-from metavmm.services.marketplace.entries import get_image, project_audience, state_of
+from metavmm.services.marketplace.entries import get_image, project_audience, refuse_expired
 from metavmm.services.operations import flows
 from metavmm.services.operations import store as op_store
 from metavmm.services.operations.engine import Engine
@@ -353,8 +353,7 @@ class WorkloadService:
 
     @staticmethod
     def _usable(image: Image, shape: Shape) -> Image:
-        if state_of(image) == "expired":
-            raise Conflict(f"image {image.name} v{image.version} expired: it can no longer be launched")
+        refuse_expired(image)
         short = [f"{need} {what} (asked {have})" for need, have, what in (
             (image.min_vcpus, shape.vcpus, "vCPUs"), (image.min_ram_mib, shape.ram_mib, "MiB RAM"),
             (image.min_disk_gib, shape.disk_gib or image.min_disk_gib, "GiB disk")) if have < need]

@@ -61,6 +61,9 @@ def test_publish_list_sign_subscribe_and_replicate(tmp_path: Path, storage_root:
     assert code == 0 and "1 added" in out, err
     code, out, _ = run(*site_b, "marketplace", "sync-list", "--all")  # cron: one refusal does not stop the rest
     assert code == 1 and "evil: refused" in out and "school-a v1: 0 added, 1 updated" in out
+    code, out, _ = run(*site_b, "marketplace", "subscriptions")
+    rows = {line.split()[1]: line for line in out.splitlines() if line.split()[1:2] in (["evil"], ["school-a"])}
+    assert code == 0 and "failing" in rows["evil"] and "tampered" in rows["evil"] and " ok " in rows["school-a"], out
 
     assert run(*site_b, "catalog", "sync")[0] == 0
     # the command submits; the broker (here an engine started for it) copies
