@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from metavmm.foundation.errors import ValidationError
 from metavmm.foundation.prices import gpu_model_key, normalise_arch
+
+if TYPE_CHECKING:
+    from metavmm.scheduler.snapshot import ProviderView
 
 GIB = 1024
 ANY_ARCH = "any"  # cpu_arch that asks for no architecture at all (a dry run's "anywhere")
@@ -55,6 +58,7 @@ class PlacementRequest:
     expected_hours: float | None = None
     strategy: Literal["spread", "pack"] | None = None
     max_price_per_hour: float | None = None
+    move_from: ProviderView | None = None  # a migration: the provider the workload runs at now
     # who the plan's steps are for; not part of the decision (left out of shape_key)
     workload_id: str | None = None  # None: a dry run (the steps show no workload)
     vm_name: str | None = None  # the VM's name at the provider (default: ``name``)
@@ -81,7 +85,7 @@ class PlacementRequest:
         return (self.vcpus, self.ram_mib, self.disk_gib, self.project, self.gpu_model, self.gpu_count, self.cpu_arch,
                 self.cpu_vendor, self.cpu_features, self.nested_virt, self.image, self.residency, self.sites,
                 self.providers, self.exclude_hosts, self.exclude_sites, self.on_prem_only, self.public_only,
-                self.expected_hours, self.strategy, self.max_price_per_hour)
+                self.expected_hours, self.strategy, self.max_price_per_hour, self.move_from)
 
 
 @dataclass(frozen=True, slots=True)

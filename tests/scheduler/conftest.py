@@ -20,7 +20,8 @@ from metavmm.scheduler.snapshot import (
     frozen_map,
 )
 
-KVM_CAPS = frozenset({"host_inventory", "live_migration", "cold_migration", "nested_virt", "gpu"})
+KVM_CAPS = frozenset({"host_inventory", "live_migration", "cold_migration", "nested_virt", "gpu", "import_image",
+                      "export_image"})  # an on-prem cloud that hands disks out and takes them in
 SKYLAKE = frozenset({"sse4.2", "avx", "avx2", "avx512f", "vmx"})
 MILAN = frozenset({"sse4.2", "avx", "avx2", "sha-ni", "svm"})
 
@@ -54,13 +55,15 @@ def federation() -> Callable[..., Snapshot]:
     """Two on-prem sites (TW, cheap and dear), an AWS region (US) and an Azure region (DE)."""
 
     def make(*, hosts: Sequence[HostView] | None = None, extra_prices: Sequence[PriceRow] = (),
+             extra_providers: Sequence[ProviderView] = (), extra_sites: Sequence[tuple[Any, ...]] = (),
              currency: str = "USD", to_currency: Any = None, settings: SchedulerSettings | None = None,
              **kw: Any) -> Snapshot:
         providers = [
             ProviderView(1, "nchc", "openstack", True, KVM_CAPS),
             ProviderView(2, "aws", "aws", False, frozenset({"import_image", "export_image", "gpu"})),
             ProviderView(3, "azure", "azure", False, frozenset({"nested_virt", "import_image"})),
-            ProviderView(4, "vcenter", "vmware", True, frozenset({"host_inventory", "live_migration"})),
+            ProviderView(4, "vcenter", "vmware", True, frozenset({"host_inventory", "live_migration", "import_image",
+                                                                 "export_image"})),
         ]
         sites = [(1, 1, "nchc/hsinchu", "hsinchu", "TW"), (2, 1, "nchc/taichung", "taichung", "TW"),
                  (3, 2, "aws/us-east-1", "us-east-1", "US"), (4, 3, "azure/westeurope", "westeurope", "DE"),
@@ -89,7 +92,7 @@ def federation() -> Callable[..., Snapshot]:
             *parts(4, "dc1", "0.015", "0.003"),
             *extra_prices,
         ]
-        return build_snapshot(currency=currency, providers=providers, sites=sites,
+        return build_snapshot(currency=currency, providers=[*providers, *extra_providers], sites=[*sites, *extra_sites],
                               hosts=list(hosts) if hosts is not None else default_hosts, flavors=flavors,
                               prices=rows, settings=settings, to_currency=to_currency, **kw)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metavmm.foundation.errors import NotFound, ValidationError
+from metavmm.foundation.errors import NoPlacement, NotFound, ValidationError
 from metavmm.scheduler.migration import MigrationPlanner
 from metavmm.scheduler.snapshot import WorkloadView
 from tests.scheduler.conftest import MILAN, SKYLAKE, host
@@ -59,3 +59,35 @@ def test_bad_scope_is_a_clear_error(federation) -> None:
         planner.evacuate(host="h1", site="hsinchu")
     with pytest.raises(ValidationError, match="public cloud"):
         planner.rebalance(site="us-east-1")
+
+
+def test_a_move_needs_an_export_at_the_source_and_an_import_at_the_target(federation) -> None:
+    """A partner's OCCI site is placed onto but cannot take a disk in (OCCI 1.2 has no image import); a site
+    that cannot hand a disk out keeps its VMs. Every such site says why instead of failing mid-move."""
+    from metavmm.scheduler.snapshot import ProviderView
+
+    partner = ProviderView(9, "partner", "occi", False, frozenset({"suspend", "tags"}))
+    snap = federation(hosts=[host(1, 1), host(9, 9)], workloads=[wl(1, 1, 1)], extra_providers=[partner],
+                      extra_sites=[(9, 9, "partner/site", "site", "TW")])
+    with pytest.raises(NoPlacement) as refused:
+        MigrationPlanner(snap).move_one("w1", site="partner/site")
+    assert "1 no migration path" in str(refused.value)
+    assert "partner (occi) cannot import a disk image (OCCI 1.2 has no image import)" in repr(refused.value.reasons)
+    # the same rule in the planner's "why not elsewhere" for every site of another provider
+    plan = MigrationPlanner(snap).evacuate(site="hsinchu")
+    assert plan.moves == () or all(m.target_site != "partner/site" for m in plan.moves)
+
+
+def test_move_refusal_names_the_end_that_lacks_the_capability() -> None:
+    from metavmm.scheduler.filters.movable import move_refusal
+    from metavmm.scheduler.snapshot import ProviderView
+
+    lv = ProviderView(1, "lv0", "libvirt", True, frozenset({"live_migration", "import_image", "export_image"}))
+    lv1 = ProviderView(2, "lv1", "libvirt", True, frozenset({"live_migration", "import_image", "export_image"}))
+    stack = ProviderView(3, "stack", "openstack", True, frozenset({"live_migration", "import_image"}))
+    aws = ProviderView(4, "aws", "aws", False, frozenset({"gpu"}))
+    assert move_refusal(lv, lv1) is None and move_refusal(lv, stack) is None  # live, and export -> import
+    assert move_refusal(stack, stack) is None  # inside a provider its own migration moves it
+    assert move_refusal(stack, lv) == "stack (openstack) cannot export a VM's disk, so no cold migration from " \
+                                      "stack to lv0"
+    assert "aws (aws) cannot import a disk image (the AWS driver has no disk import" in (move_refusal(lv, aws) or "")

@@ -8,6 +8,7 @@ from metavmm.scheduler.filters.cpu import CpuFilter
 from metavmm.scheduler.filters.exclude import ExcludedHostFilter
 from metavmm.scheduler.filters.gpu import GpuFilter
 from metavmm.scheduler.filters.hypervisor import HypervisorFilter, NativeImageFilter
+from metavmm.scheduler.filters.movable import MovableFilter
 from metavmm.scheduler.filters.nested import NestedVirtFilter
 from metavmm.scheduler.filters.policy import PolicyFilter
 from metavmm.scheduler.filters.price import PriceFilter
@@ -20,15 +21,15 @@ from metavmm.scheduler.snapshot import Snapshot
 
 def default_filters(snapshot: Snapshot, quoter: Quoter | None = None) -> list[Filter]:
     return [
-        QuotaFilter(snapshot), PolicyFilter(), ResidencyFilter(), NativeImageFilter(), HostStateFilter(),
-        ExcludedHostFilter(), CpuFilter(),
+        QuotaFilter(snapshot), PolicyFilter(), ResidencyFilter(), MovableFilter(), NativeImageFilter(),
+        HostStateFilter(), ExcludedHostFilter(), CpuFilter(),
         NestedVirtFilter(), GpuFilter(), HypervisorFilter(), CapacityFilter(), PriceFilter(snapshot.currency, quoter),
     ]
 
 
 __all__ = [
     "CapacityFilter", "CpuFilter", "ExcludedHostFilter", "Filter", "GpuFilter", "HostStateFilter",
-    "HypervisorFilter", "NativeImageFilter", "NestedVirtFilter", "PolicyFilter", "PriceFilter", "QuotaFilter",
-    "ResidencyFilter", "Scope",
+    "HypervisorFilter", "MovableFilter", "NativeImageFilter", "NestedVirtFilter", "PolicyFilter", "PriceFilter",
+    "QuotaFilter", "ResidencyFilter", "Scope",
     "default_filters",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Operation, Provider, Workload, WorkloadKind, WorkloadLink
+from metavmm.catalog.models import Operation, Provider, Site, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import ConfigError, Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
 from metavmm.scheduler.plan import Step
@@ -303,6 +303,26 @@ def clone_hostname(name: str) -> str:
     return f"{host_label(name)[:56].strip('-')}-{uuid.uuid4().hex[:6]}"
 
 
+def refuse_unmovable(engine: Engine, source: str, target: str) -> None:
+    """A cold migration between two providers that cannot make one (see
+    :func:`metavmm.scheduler.filters.movable.move_refusal`) is a 409 before anything stops."""
+    from metavmm.drivers.registry import driver_class
+    from metavmm.scheduler.filters.movable import move_refusal
+    from metavmm.scheduler.snapshot import ProviderView
+
+    ends = []
+    for name in (source, target):
+        kind = _known_provider(engine, name).kind
+        try:
+            caps = frozenset(str(c) for c in driver_class(kind).capabilities)
+        except ConfigError:
+            return  # the kind's SDK is not installed: the first step that needs it says so
+        ends.append(ProviderView(0, name, kind, False, caps))
+    why = move_refusal(*ends)
+    if why is not None:
+        raise Conflict(why)
+
+
 def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: float) -> dict[str, Any]:
     """The boot-check step's arguments (:func:`metavmm.scheduler.provision.boot_check_args`): "running and
     stable for 2 s", plus, when a marker regex is known (the request's, else the workload spec's
@@ -342,10 +362,14 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     target_cfg = _known_provider(engine, target_provider)
     if target_provider == provider:
         raise ValidationError("a cold migration needs another provider as its target")
+    refuse_unmovable(engine, provider, target_provider)
     sites, regions = getattr(target_cfg, "sites", None), getattr(target_cfg, "regions", None)
-    region = target_region or (sites[0].region if sites else regions[0] if regions else "local")
     async with engine.sessions() as session:
         macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}
+        known = (await session.exec(select(Site.region).join(Provider, col(Site.provider_id) == col(Provider.id))
+                                    .where(Provider.name == target_provider, col(Site.present))
+                                    .order_by(Site.region))).first()  # a provider whose config names no region
+    region = target_region or (sites[0].region if sites else regions[0] if regions else known or "local")
     assigned = target_cfg.kind in KINDS and KINDS[target_cfg.kind].assigns_mac  # neutron gives the port its MAC
     mac = None if assigned else new_mac(macs, target_cfg.kind)
     hostname = clone_hostname(workload.name)
