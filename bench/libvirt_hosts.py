@@ -38,6 +38,12 @@ class LibvirtHosts:
     def storage(self, i: int) -> Path:
         return self.root / f"host{i}" / "storage"
 
+    def disk_files(self, i: int) -> set[Path]:
+        """The disk files on host ``i`` now. The hosts are shared by a test session, so a test that
+        checks it left nothing behind compares with this set taken before it started, not with empty."""
+        disks = self.storage(i) / "disks"
+        return set(disks.iterdir()) if disks.exists() else set()
+
     def federation_yaml(self, work_dir: Path, lease_s: float = 2) -> str:
         providers = "".join(
             f"  - kind: libvirt\n    name: lv{i}\n    endpoint: \"{uri}\"\n    domain_type: qemu\n"

@@ -63,6 +63,7 @@ async def test_libvirt_clones_get_a_seed_with_hostname_and_their_own_address(
         engine: Engine, libvirt_hosts: LibvirtHosts, tmp_path: Path) -> None:
     target = libvirt_hosts.uris[1]
     seen: list[str] = []
+    disks_before = libvirt_hosts.disk_files(1)
     for name in ("Web_1", "web-2"):
         wid = await _provisioned(engine, libvirt_hosts, name)
         done = await run(engine, await flows.cold_migrate(engine, wid, target_provider="lv1", disk_format="qcow2"))
@@ -91,7 +92,7 @@ async def test_libvirt_clones_get_a_seed_with_hostname_and_their_own_address(
 
         gone = await run(engine, await flows.delete(engine, wid))
         assert gone.state == OperationState.SUCCEEDED
-        assert not seed.exists() and list((libvirt_hosts.storage(1) / "disks").iterdir()) == []
+        assert not seed.exists() and libvirt_hosts.disk_files(1) - disks_before == set()
     assert len(set(seen)) == 2
 
 

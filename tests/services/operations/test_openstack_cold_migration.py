@@ -61,6 +61,7 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, nova_cloud: N
 async def test_cold_migration_libvirt_qcow2_to_openstack(engine: Engine, libvirt_hosts: LibvirtHosts,
                                                          nova: openstack.connection.Connection) -> None:
     images_before = broker_images(nova)
+    disks_before = libvirt_hosts.disk_files(0)
     done = await run(engine, await direct.provision(engine, name="to-openstack", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     assert done.state == OperationState.SUCCEEDED, done.error
@@ -88,7 +89,7 @@ async def test_cold_migration_libvirt_qcow2_to_openstack(engine: Engine, libvirt
 
     # the source is gone, its disk and the scratch space too; the catalog points at the running server
     assert "to-openstack" not in domains(libvirt_hosts.uris[0]).values()
-    assert list((libvirt_hosts.storage(0) / "disks").iterdir()) == []
+    assert libvirt_hosts.disk_files(0) - disks_before == set()
     assert not (Path(engine.config.operations.work_dir or "") / op.id).exists()
     w, at = await workload(engine, wid)
     assert (at, w.observed_state, w.provider_resource_id) == ("os1", "running", f"RegionOne/{server.id}")

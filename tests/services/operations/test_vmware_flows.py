@@ -81,6 +81,7 @@ async def engine_over(libvirt_hosts: LibvirtHosts, vcenter: Vcsim, tmp_path: Pat
 async def test_cold_migration_libvirt_qcow2_to_vmware(engine: Engine, libvirt_hosts: LibvirtHosts,
                                                       vcenter: Vcsim) -> None:
     before = datastore_files(vcenter)
+    disks_before = libvirt_hosts.disk_files(0)
     done = await run(engine, await direct.provision(engine, name="to-vmware", provider="lv0", region="host0",
                                                    image=str(libvirt_hosts.base_image), ram_mib=64))
     assert done.state == OperationState.SUCCEEDED, done.error
@@ -113,7 +114,7 @@ async def test_cold_migration_libvirt_qcow2_to_vmware(engine: Engine, libvirt_ho
 
     # the source is gone, the scratch space too; the catalog points at the running target
     assert "to-vmware" not in domains(libvirt_hosts.uris[0]).values()
-    assert list((libvirt_hosts.storage(0) / "disks").iterdir()) == []
+    assert libvirt_hosts.disk_files(0) - disks_before == set()
     assert not (Path(engine.config.operations.work_dir or "") / op.id).exists()
     w, at = await workload(engine, wid)
     assert (at, w.observed_state, w.provider_resource_id) == ("vc", "running", vm["uuid"])
