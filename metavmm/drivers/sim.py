@@ -80,6 +80,7 @@ class SimDriver(DriverBase):
         Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})  # simulated: nothing converts
+    image_export_formats = ("raw",)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)
@@ -285,9 +286,19 @@ class SimDriver(DriverBase):
         if vm.state != VmState.STOPPED:
             raise ProviderConflict(f"VM {vm_id} is {vm.state}; stop it before exporting its disk", provider=self.name,
                                    operation="export_disk")
-        path = Path(dest_dir) / f"sim-{vm_id}.raw"
+        return self._simulated_disk(Path(dest_dir) / f"sim-{vm_id}.raw", f"{vm_id} ({vm.name})")
+
+    async def export_image(self, image_id: str, dest_dir: str) -> DiskRef:
+        """SIMULATED: image ``image_id`` of the state file as a raw disk of ``SIM_DISK_BYTES``."""
+        self._check_reachable("export_image")
+        with self.state.read() as tx:
+            image = self._lookup(tx, ImageInfo, image_id, "image", "export_image")
+        return self._simulated_disk(Path(dest_dir) / f"{image_id}.raw", f"image {image_id} ({image.name})")
+
+    def _simulated_disk(self, path: Path, label: str) -> DiskRef:
+        """A sparse raw disk whose first block names what it simulates."""
         with open(path, "wb") as f:
-            f.write(f"metavmm SIMULATED disk of {vm_id} ({vm.name})\n".encode().ljust(4096, b"\0"))
+            f.write(f"metavmm SIMULATED disk of {label}\n".encode().ljust(4096, b"\0"))
             f.truncate(self.SIM_DISK_BYTES)
         return DiskRef(str(path), "raw")
 

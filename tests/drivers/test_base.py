@@ -127,8 +127,8 @@ async def test_every_kind_shares_one_protocol_and_unsupported_verbs_are_named() 
         assert (cls.create_volume is not DriverBase.create_volume) == (Capability.VOLUMES in cls.capabilities), kind
         assert (cls.create_network is not DriverBase.create_network) == (Capability.NETWORKS in cls.capabilities), kind
     sim = SimDriver(SimProvider(name="sim", kind="sim"))
-    with pytest.raises(UnsupportedOperation, match=r"sim \(sim\) does not support export_image"):
-        await sim.export_image("x", "/tmp")
+    with pytest.raises(UnsupportedOperation, match=r"sim \(sim\) does not support console_output"):
+        await sim.console_output("x")
     vm = await sim.create_vm(VmSpec(name="a", region="sim-000", image="img"))
     assert (await sim.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=1)).state == VmState.RUNNING
     with pytest.raises(DriverError, match="after 0 s"):

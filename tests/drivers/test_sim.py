@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, UnsupportedOperation
-from metavmm.foundation.records import VmSpec, VmState
+from metavmm.foundation.records import DiskRef, VmSpec, VmState
 
 
 def _driver(extra: str = ""):  # type: ignore[no-untyped-def]
@@ -41,5 +43,26 @@ async def test_lifecycle_states() -> None:
 
 
 async def test_missing_verb_names_itself() -> None:
-    with pytest.raises(UnsupportedOperation, match=r"s \(sim\) does not support export_image"):
-        await _driver().export_image("x", "/tmp")
+    with pytest.raises(UnsupportedOperation, match=r"s \(sim\) does not support console_output"):
+        await _driver().console_output("x")
+
+
+async def test_disks_go_out_as_simulated_raw_files(tmp_path: Path) -> None:
+    """An imported image and a stopped VM's disk come back as sparse raw files naming what they simulate;
+    an unknown image is not found and a running VM's disk is not handed out."""
+    drv = _driver()
+    source = tmp_path / "in.qcow2"
+    source.write_bytes(b"QFI")
+    image = await drv.import_image(DiskRef(str(source), "qcow2"), "lab", "sim-000")
+    out = await drv.export_image(image.provider_image_id, str(tmp_path))
+    assert out.format == "raw" and Path(out.path).stat().st_size == drv.SIM_DISK_BYTES
+    assert Path(out.path).read_bytes()[:200].startswith(f"metavmm SIMULATED disk of image {image.provider_image_id}"
+                                                        .encode())
+    with pytest.raises(ProviderNotFound, match="no image nope"):
+        await drv.export_image("nope", str(tmp_path))
+    vm = await drv.create_vm(VmSpec(name="a", region="sim-000", image="img"))
+    with pytest.raises(ProviderConflict, match="stop it before exporting"):
+        await drv.ex_export_disk(vm.provider_vm_id, str(tmp_path))
+    await drv.stop_vm(vm.provider_vm_id)
+    disk = await drv.ex_export_disk(vm.provider_vm_id, str(tmp_path))
+    assert Path(disk.path).read_bytes().startswith(f"metavmm SIMULATED disk of {vm.provider_vm_id} (a)".encode())

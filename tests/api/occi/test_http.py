@@ -356,9 +356,9 @@ async def test_actions_on_a_collection_and_client_ids(sim_client: Any) -> None:
     assert states == {"inactive"}
 
 
-async def test_save_where_the_provider_cannot_export_rolls_back(sim_client: Any) -> None:
-    """The sim cannot export a VM's disk: the save plan fails at its export step and rolls back, which
-    starts the VM again; the reason is the compute's state message."""
+async def test_save_answers_with_the_new_os_template_and_publishes_it(sim_client: Any) -> None:
+    """GFD.224: a save's response renders the new OS template (202 with its Location while the export
+    runs); once the plan is done the template is a published os_tpl and the compute runs again."""
     created = await _create_compute(sim_client)
     path = URL(created.headers["Location"]).path
     save = await sim_client.post(f"{path}?action=save", headers=TEXT)
@@ -367,10 +367,8 @@ async def test_save_where_the_provider_cannot_export_rolls_back(sim_client: Any)
     assert template.startswith("/mixins/os_tpl/saved-") and "Category: saved-" in await save.text()
     assert 'rel="http://schemas.ogf.org/occi/infrastructure#os_tpl"' in await save.text()
     doc = await settled(sim_client, path)
-    assert (await sim_client.get(template, headers=TEXT)).status == 404  # never published
-    assert doc["attributes"]["occi.compute.state"] == "active"
-    message = doc["attributes"]["occi.compute.state.message"]
-    assert message.startswith("save rolled_back") and "cannot export" in message, message
+    assert doc["attributes"]["occi.compute.state"] == "active", doc["attributes"]
+    assert (await sim_client.get(template, headers=TEXT)).status == 200  # published once the plan is done
 
 
 async def test_plain_text_contextualization_reaches_the_create_step(sim_client: Any) -> None:

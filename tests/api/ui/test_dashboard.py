@@ -200,7 +200,7 @@ def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker
              for s in b.rest("GET", "/api/v1/sites?limit=500", world.tokens["alpha_member"])["items"]}
     browser.get(b.url + "/ui/migrate")
     Select(browser.find_element(By.ID, "workload")).select_by_value(wid)
-    # the sim driver moves live between hosts of a site (it cannot export a disk for a cold move)
+    # a live move between hosts of the workload's own site: the quick path the screen plans and runs
     Select(browser.find_element(By.ID, "site")).select_by_value(sites[before["site_id"]])
     Select(browser.find_element(By.ID, "mode")).select_by_value("live")
     browser.find_element(By.ID, "plan-button").click()
