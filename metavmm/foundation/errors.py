@@ -7,6 +7,8 @@ provider's own message is kept verbatim in ``detail`` so the user sees what the 
 
 from __future__ import annotations
 
+import re
+
 
 class MetavmmError(Exception):
     """Root of all metavmm errors; ``http_status`` is what a client receives."""
@@ -211,3 +213,29 @@ class ProviderUnavailable(DriverError):
 class ProviderThrottled(ProviderUnavailable):
     """The provider asked us to slow down (HTTP 429, AWS ``Throttling``); drivers retry it with backoff."""
 
+
+
+# What a database error appends for a developer: the statement, its parameters, SQLAlchemy's help link.
+_SQL_DETAIL = re.compile(r"\s*(\[SQL:|\[parameters:|\(Background on this error).*", re.S)
+# "(sqlite3.OperationalError) database is locked": the driver's module path says nothing to a user
+_MODULE_PREFIX = re.compile(r"\((?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*)\)\s*")
+# An absolute file path (two or more parts) that is not part of a URL: "http://h/a/b" keeps its path.
+_FILE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+,=-]+/)+([\w.@+,=-]+)")
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every absolute file path cut to its last part: where the broker keeps its files
+    (state directory, scratch space, a hypervisor's storage pool) is no business of a client, and the
+    last part (an image or disk id) is what names the thing."""
+    return _FILE_PATH.sub(r"\1", text)
+
+
+def plain_message(error: BaseException | str) -> str:
+    """What a person is told of ``error``: its message without the SQL statement and parameters a
+    database error carries, without driver module paths, and without the broker's file paths.
+
+    The full text belongs in the broker's log (issue 16.6): callers that show this also log the error.
+    """
+    text = error if isinstance(error, str) else (str(error) or error.__class__.__name__)
+    text = _MODULE_PREFIX.sub(r"\1: ", _SQL_DETAIL.sub("", text))
+    return hide_paths(text).strip()

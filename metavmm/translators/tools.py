@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from metavmm.foundation.errors import TranslationError
+from metavmm.foundation.errors import TranslationError, hide_paths
 
 GIB = 1024**3
 STDERR_TAIL = 2000
@@ -131,7 +131,9 @@ async def run_tool(argv: Sequence[str], *, limits: Limits = Limits(), env: Mappi
     if rc not in ok_codes:
         reason = _signal_reason(rc, limits)
         first = _tail(stderr).splitlines()[-1] if _tail(stderr) and rc > 0 else reason
-        raise TranslationError(f"{what} failed (exit {rc}): {first}", returncode=rc, stderr_tail=_tail(stderr))
+        # the message reaches clients (a 422, an operation's error): the tool's file paths stay in the detail
+        raise TranslationError(f"{what} failed (exit {rc}): {hide_paths(first)}", returncode=rc,
+                               stderr_tail=_tail(stderr))
     return ToolResult(rc, stdout, stderr)
 
 

@@ -27,6 +27,7 @@ from metavmm.catalog.models import (
     Workload,
     WorkloadLink,
 )
+from metavmm.foundation.errors import plain_message
 from metavmm.services.clusters import CLUSTER_SCHEME
 from metavmm.services.marketplace.entries import project_audience
 from metavmm.services.operations.store import ACTIVE
@@ -204,15 +205,11 @@ def intended_state(wl: Workload, busy: bool) -> str:
     return _DESIRED_STATE.get(wl.desired_state, observed)
 
 
-_SQL_DETAIL = re.compile(r"\s*(\[SQL:|\[parameters:|\(Background on this error).*", re.S)
-
-
 def people_message(text: str) -> str:
     """A state message as people read it (issues 23.11, 23.12): no SQL statement or parameters a database
     error carried (the operation keeps the detail), and neither ';' nor '"', which several OCCI clients
     split on even inside quoted values."""
-    text = _SQL_DETAIL.sub("", text)
-    text = re.sub(r"\((?:[\w.]+)\.(\w+)\)\s*", r"\1: ", text)  # "(sqlite3.OperationalError) x": no module path
+    text = plain_message(text)
     return " ".join(text.replace(";", ",").replace('"', "'").split())[:500]
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from metavmm.catalog.models import Operation, OperationState, aware, utcnow
 from metavmm.foundation.aio import being_cancelled, shielded, stop_tasks, wait_event
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import ConfigError
+from metavmm.foundation.errors import ConfigError, plain_message
 from metavmm.foundation.logs import REQUEST_ID
 from metavmm.services import metrics, netguard
 from metavmm.services.operations import store
@@ -282,13 +282,14 @@ class Executor:
             except Exception as exc:  # the step failed for good
                 if being_cancelled():
                     raise asyncio.CancelledError() from exc
+                said = plain_message(exc)
                 if self._committed(op):
-                    await self._save(op, f"failed after the commit step: {exc}", level="error",
-                                     state=OperationState.FAILED, error=str(exc), finished_at=utcnow(),
-                                     message=f"failed: {exc}")
+                    await self._save(op, f"failed after the commit step: {said}", level="error",
+                                     state=OperationState.FAILED, error=said, finished_at=utcnow(),
+                                     message=f"failed: {said}")
                     return
-                await self._save(op, f"failed: {exc}; rolling back", level="error",
-                                 state=OperationState.ROLLING_BACK, error=str(exc), message=f"rolling back: {exc}")
+                await self._save(op, f"failed: {said}; rolling back", level="error",
+                                 state=OperationState.ROLLING_BACK, error=said, message=f"rolling back: {said}")
         await self._rollback(op)
 
     @staticmethod
@@ -346,9 +347,11 @@ class Executor:
         except Exception as exc:
             if being_cancelled():
                 raise asyncio.CancelledError() from exc
-            await self._save(op, f"rollback failed: {exc}", level="error", state=OperationState.FAILED,
-                             error=f"{op.error or 'cancelled'}; rollback failed: {exc}", finished_at=utcnow(),
-                             message=f"rollback failed, needs an operator: {exc}")
+            log.error("operation %s (%s): rollback failed: %s", op.id, op.kind, exc)
+            said = plain_message(exc)
+            await self._save(op, f"rollback failed: {said}", level="error", state=OperationState.FAILED,
+                             error=f"{op.error or 'cancelled'}; rollback failed: {said}", finished_at=utcnow(),
+                             message=f"rollback failed, needs an operator: {said}")
             return
         final = OperationState.CANCELLED if op.cancel_requested and not op.error else OperationState.ROLLED_BACK
         await self._save(op, f"{final}", state=final, finished_at=utcnow(),
@@ -396,7 +399,10 @@ class Executor:
             except Exception as exc:
                 if being_cancelled():
                     raise asyncio.CancelledError() from exc
-                message = str(exc) or exc.__class__.__name__
+                # the operation (read by clients) says it plainly; the log keeps the whole text (issue 16.6)
+                log.warning("operation %s (%s) step %s: %s: %s", op.id, op.kind, step["name"], action,
+                            str(exc) or exc.__class__.__name__)
+                message = plain_message(exc)
                 step["error"] = message
                 step.pop("checks", None)  # an error ends the waiting: what follows is a retry (or the end)
                 if not is_transient(exc) or step[key] >= self.settings.max_attempts:

@@ -88,6 +88,13 @@ async def test_untrusted_content_is_refused(sqlite_sessions, disks: Disks, tmp_p
     with pytest.raises(UntrustedImage, match="not a tar archive"):
         async with session_scope(sqlite_sessions) as s:
             await publish(s, meta(format="ova"), str(disks.vmdk))
+    corrupt = tmp_path / "corrupt.qcow2"  # a qcow2 magic and nothing sane after it: qemu-img itself refuses
+    corrupt.write_bytes(b"QFI\xfb" + bytes(4) + b"\xff" * 600)
+    with pytest.raises(UntrustedImage, match="cannot read it as qcow2") as refused:
+        async with session_scope(sqlite_sessions) as s:
+            await publish(s, meta(format="qcow2"), str(corrupt))
+    # the client's message names the upload by its id, never where the broker keeps it (issue 16.6)
+    assert str(blob_dir()) not in refused.value.message and "/" not in refused.value.message
     assert [p for p in blob_dir().rglob("*") if p.is_file()] == []
 
 

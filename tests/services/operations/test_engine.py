@@ -105,6 +105,27 @@ async def test_permanent_error_is_not_retried(sessions) -> None:
     assert calls(op.id) == ["a", "b", "undo:b", "undo:a"]
 
 
+async def test_errors_are_told_plainly_and_logged_whole(sessions, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16.6: an operation's error, step error, message and events carry no SQL, no parameters and no
+    file path of the broker; the broker's log keeps the whole text for the admin."""
+    raw = ("cannot write /var/lib/metavmm/scratch/f00d.qcow2: (sqlite3.OperationalError) disk I/O error\n"
+           "[SQL: UPDATE operations SET token=? WHERE id=?]\n[parameters: ('s3cret', 'x')]\n"
+           "(Background on this error at: https://sqlalche.me/e/20/e3q8)")
+    plan = [Step("a", "test.note", {"tag": "a"}, compensate="test.undo"),
+            Step("b", "test.note", {"tag": "b", "fail": raw}, compensate="test.undo")]
+    op, _ = await store.submit(sessions, kind="test", steps=plan)
+    with caplog.at_level("WARNING", logger="metavmm.services.operations.executor"):
+        await Executor(sessions, config()).run(op.id)
+    done = await store.get(sessions, op.id)
+    told = "cannot write f00d.qcow2: OperationalError: disk I/O error"
+    assert done.state == OperationState.ROLLED_BACK and done.error == told
+    assert done.steps[1]["error"] == told and done.message == f"rolled back: {told}"
+    events = " ".join(e.message for e in await store.events(sessions, op.id))
+    for secret in ("[SQL:", "s3cret", "/var/lib/metavmm", "sqlite3."):
+        assert secret not in events and secret not in (done.error or "")
+    assert "[parameters: ('s3cret', 'x')]" in caplog.text and "/var/lib/metavmm/scratch/f00d.qcow2" in caplog.text
+
+
 async def test_failure_after_commit_step_does_not_roll_back(sessions) -> None:
     plan = [Step("a", "test.note", {"tag": "a"}, compensate="test.undo", commit=True),
             Step("b", "test.note", {"tag": "b", "fail": "no"}, compensate="test.undo")]
