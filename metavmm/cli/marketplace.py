@@ -154,6 +154,7 @@ def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace
     """Publish SOURCE (a path or http(s) URL): checksums verified, content inspected, versions chained."""
     from metavmm.services.marketplace.entries import ImageMeta, render
     from metavmm.services.marketplace.publish import publish
+    from metavmm.translators.ova import OvaLimits
 
     fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items() if v is not None}
     try:
@@ -164,7 +165,7 @@ def publish_cmd(settings: Settings, source: str, fmt: str, register: bool, grace
     async def work(maker: async_sessionmaker[AsyncSession]) -> Any:
         async with session_scope(maker) as session:
             image = await publish(session, meta, source, register=register, grace=timedelta(days=grace_days),
-                                  admin=True)
+                                  admin=True, limits=OvaLimits.from_config(settings.config.limits))
             return await render(session, image)
 
     with console.status("verifying and inspecting the disk..."):

@@ -470,6 +470,16 @@ class LimitsConfig(_Strict):
         default_factory=list, description="private, loopback or link-local networks the broker may still fetch "
         "image and list URLs from (e.g. a site mirror at 10.1.0.0/16); everything non-global is refused otherwise")
     outbound_max_redirects: int = Field(default=5, ge=0, le=20, description="redirect hops a fetch follows")
+    image_max_file_bytes: int = Field(default=256 << 30, ge=1 << 20,
+                                      description="largest untrusted image file the broker accepts (422 above)")
+    image_max_virtual_bytes: int = Field(default=4 << 40, ge=1 << 20,
+                                         description="largest virtual disk size an untrusted image may declare (422)")
+    ova_max_members: int = Field(default=64, ge=2, le=100_000, description="files in one OVA package (422 above)")
+    ova_max_member_bytes: int = Field(default=256 << 30, ge=1 << 20, description="largest file in an OVA (422)")
+    ova_max_total_bytes: int = Field(default=512 << 30, ge=1 << 20,
+                                     description="all files of an OVA together, expanded (422 above)")
+    ova_max_gzip_ratio: int = Field(default=200, ge=2, le=100_000, description="how many times its compressed "
+                                    "size a gzip-compressed OVA or OVF file may expand to (a decompression bomb, 422)")
 
 
 class OperationsConfig(_Strict):

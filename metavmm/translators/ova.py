@@ -27,12 +27,16 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metavmm.foundation.errors import UntrustedImage, ValidationError
 from metavmm.foundation.records import DiskRef
 from metavmm.translators import ovf
 from metavmm.translators.disk import DiskTarget, convert
 from metavmm.translators.untrusted import CHUNK, GIB, ImageLimits, ImageReport, inspect, sha256_file
+
+if TYPE_CHECKING:
+    from metavmm.foundation.config import LimitsConfig
 
 _MANIFEST_LINE = re.compile(r"^(SHA1|SHA256|SHA512)\((.+)\)\s*=\s*([0-9a-fA-F]+)\s*$")
 _STREAMED = ("sha1", "sha256")  # computed while extracting; others are re-read from disk
@@ -46,6 +50,13 @@ class OvaLimits:
     max_ovf_bytes: int = ovf.MAX_OVF_BYTES
     max_gzip_ratio: int = 200  # expanded/compressed (archive and gzip members): 2 MiB may become 400 MiB, not 2 GiB
     images: ImageLimits = field(default_factory=ImageLimits)
+
+    @classmethod
+    def from_config(cls, limits: LimitsConfig) -> OvaLimits:
+        """The federation file's ``limits.ova_*`` and ``limits.image_*`` (docs/security.md)."""
+        return cls(max_members=limits.ova_max_members, max_member_bytes=limits.ova_max_member_bytes,
+                   max_total_bytes=limits.ova_max_total_bytes, max_gzip_ratio=limits.ova_max_gzip_ratio,
+                   images=ImageLimits.from_config(limits))
 
 
 DEFAULT_OVA_LIMITS = OvaLimits()

@@ -25,12 +25,15 @@ import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metavmm.foundation.errors import TranslationError, UntrustedImage
 from metavmm.translators.costs import DiskFormat
 from metavmm.translators.digest import sha256_file
 from metavmm.translators.tools import UNTRUSTED, Limits, find_tool, run_tool
+
+if TYPE_CHECKING:
+    from metavmm.foundation.config import LimitsConfig
 
 GIB = 1024**3
 TIB = 1024**4
@@ -48,6 +51,11 @@ class ImageLimits:
     max_file_bytes: int = 256 * GIB
     max_virtual_bytes: int = 4 * TIB
     tool: Limits = UNTRUSTED
+
+    @classmethod
+    def from_config(cls, limits: LimitsConfig) -> ImageLimits:
+        """The federation file's ``limits.image_*`` (docs/security.md)."""
+        return cls(max_file_bytes=limits.image_max_file_bytes, max_virtual_bytes=limits.image_max_virtual_bytes)
 
 
 DEFAULT_LIMITS = ImageLimits()

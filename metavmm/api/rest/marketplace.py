@@ -57,6 +57,7 @@ from metavmm.services.marketplace.subscriptions import (
 )
 from metavmm.services.netguard import check_public_url
 from metavmm.services.operations.engine import Engine
+from metavmm.translators.ova import OvaLimits
 
 api = RestModule("marketplace", "Images published once and launched anywhere")
 
@@ -135,6 +136,11 @@ async def get_one(request: web.Request) -> ImageOut:
         return await render(session, image, with_replicas=True)
 
 
+def _limits(request: web.Request) -> OvaLimits:
+    """What an uploaded disk or package may be: the federation file's ``limits`` (docs/security.md)."""
+    return OvaLimits.from_config(request.config_dict[keys.CONFIG].limits)
+
+
 @api.route("POST", "/marketplace/images", summary="Publish an image (or a new version) from a URL or the inbox",
            body=PublishIn, response=ImageOut, status=201, role="member", errors=("422",))
 async def publish_image(request: web.Request, body: PublishIn) -> ImageOut:
@@ -150,7 +156,8 @@ async def publish_image(request: web.Request, body: PublishIn) -> ImageOut:
         await check_public_url(str(body.url))
         source, register = str(body.url), False
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
-        image = await publish(session, meta, source, register=register, admin=_is_admin(request))
+        image = await publish(session, meta, source, register=register, admin=_is_admin(request),
+                              limits=_limits(request))
         return await render(session, image)
 
 
@@ -163,7 +170,8 @@ async def upload_image(request: web.Request, query: ImageMeta) -> ImageOut:
             yield chunk
 
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
-        image = await publish(session, owned(request, query), chunks(), admin=_is_admin(request))
+        image = await publish(session, owned(request, query), chunks(), admin=_is_admin(request),
+                              limits=_limits(request))
         return await render(session, image)
 
 

@@ -43,8 +43,8 @@ from metavmm.foundation.errors import Conflict, Forbidden, UnsupportedOperation,
 from metavmm.foundation.paths import state_dir
 from metavmm.services.marketplace.entries import ImageMeta, next_version, version_key
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
-from metavmm.translators.ova import OvaLimits, import_package
-from metavmm.translators.untrusted import DEFAULT_LIMITS, ImageLimits, ImageReport, inspect, normalise_format
+from metavmm.translators.ova import DEFAULT_OVA_LIMITS, OvaLimits, import_package
+from metavmm.translators.untrusted import ImageReport, inspect, normalise_format
 
 DEFAULT_GRACE = timedelta(days=14)
 
@@ -78,7 +78,7 @@ class Received:
 
 
 async def _receive(source: str | AsyncIterator[bytes], fmt: str, expected: Expected, register: bool,
-                   limits: ImageLimits) -> Received:
+                   limits: OvaLimits) -> Received:
     """Bytes in place and verified against ``expected``, then inspected as untrusted input."""
     if register:
         path = local_path(source) if isinstance(source, str) else None
@@ -87,13 +87,14 @@ async def _receive(source: str | AsyncIterator[bytes], fmt: str, expected: Expec
         digests = await hash_file(path.resolve(), expected=expected, what=path.name)
         if fmt == "ova":
             return await _from_ova(path.resolve(), digests, limits)
-        return Received(path.resolve(), digests, await inspect(path, fmt, limits=limits, checksum=False), False, fmt)
+        return Received(path.resolve(), digests, await inspect(path, fmt, limits=limits.images, checksum=False), False,
+                        fmt)
     incoming = blob_dir() / ".incoming" / uuid.uuid4().hex
     digests = await stream_to_file(source, incoming, expected=expected, what="upload")
     try:
         if fmt == "ova":
             return await _from_ova(incoming, digests, limits)
-        report = await inspect(incoming, fmt, limits=limits, checksum=False)
+        report = await inspect(incoming, fmt, limits=limits.images, checksum=False)
         return Received(_store(incoming, digests, fmt), digests, report, True, fmt)
     finally:
         incoming.unlink(missing_ok=True)
@@ -109,11 +110,11 @@ def _store(path: Path, digests: Digests, fmt: str) -> Path:
     return final
 
 
-async def _from_ova(ova_path: Path, ova_digests: Digests, limits: ImageLimits) -> Received:
+async def _from_ova(ova_path: Path, ova_digests: Digests, limits: OvaLimits) -> Received:
     """The one disk of an OVA: the package verified and unpacked by the translators, the disk stored."""
     work = blob_dir() / ".incoming" / f"{uuid.uuid4().hex}.ova.d"
     try:
-        result = await import_package(ova_path, work, limits=OvaLimits(images=limits))
+        result = await import_package(ova_path, work, limits=limits)
         if len(result.disks) != 1:
             raise UnsupportedOperation(f"the OVA holds {len(result.disks)} disks; a marketplace entry is one disk: "
                                        "publish each disk as its own entry")
@@ -152,7 +153,7 @@ async def claim_namespace(session: AsyncSession, publisher: str, project_id: int
 
 async def publish(session: AsyncSession, meta: ImageMeta, source: str | AsyncIterator[bytes], *,
                   register: bool = False, grace: timedelta = DEFAULT_GRACE,
-                  limits: ImageLimits = DEFAULT_LIMITS, image_id: str | None = None, admin: bool = False) -> Image:
+                  limits: OvaLimits = DEFAULT_OVA_LIMITS, image_id: str | None = None, admin: bool = False) -> Image:
     """Verify, inspect and record ``source`` as an entry (a new version when the name exists).
 
     ``admin``: the caller is an admin (the CLI, built-in images), who may publish into any namespace;

@@ -117,7 +117,8 @@ async def unpack_package(ctx: StepContext, *, source: str = "fetched", save_as: 
         await ctx.log(f"unpacked by an earlier attempt: {done['path']} reused")
         return {save_as: done}
     shutil.rmtree(out, ignore_errors=True)  # a half-unpacked attempt
-    result = await ova.import_package(ctx.outputs[source]["path"], out / "package")
+    result = await ova.import_package(ctx.outputs[source]["path"], out / "package",
+                                      limits=ova.OvaLimits.from_config(ctx.config.limits))
     if len(result.disks) != 1:
         raise UnsupportedOperation(f"the OVA holds {len(result.disks)} disks; a create boots one")
     for note in result.notes:

@@ -33,6 +33,7 @@ from metavmm.services.marketplace.stream import Expected, hash_file, stream_to_f
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.disk_actions import tracked
+from metavmm.translators.ova import OvaLimits
 
 _copying: dict[tuple[str, str], asyncio.Lock] = {}
 """One copy at a time per (image, site) in this process: a second operation waits, then reuses it."""
@@ -105,7 +106,8 @@ async def publish_disk(ctx: StepContext, *, workload_id: str, name: str, source:
                          project_id=workload.project_id, arch="x86_64",
                          description=f"saved from compute {workload.name} ({workload_id})")
         try:
-            image = await publish(session, meta, disk["path"], image_id=image_id)
+            image = await publish(session, meta, disk["path"], image_id=image_id,
+                                  limits=OvaLimits.from_config(ctx.config.limits))
         except Conflict:  # a retried step: the crashed attempt published these bytes under this name
             found = await current_version(session, publisher, name)
             if found is None:
