@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -207,6 +208,19 @@ class Broker:
 
         await self.executor.run(op_id)
         return await store.get(self.sessions, op_id)
+
+    async def step_times(self, op: Any) -> dict[str, float]:
+        """Seconds each step of ``op`` took: from its first event to the next step's (the last: to the end)."""
+        from metavmm.catalog.models import aware
+        from metavmm.services.operations import store
+
+        starts: dict[int, Any] = {}
+        for event in await store.events(self.sessions, op.id):
+            if event.step is not None:
+                starts.setdefault(event.step, aware(event.at))
+        marks = [*sorted(starts.items()), (len(op.steps), aware(op.finished_at))]
+        return {op.steps[i]["name"]: round((nxt - at).total_seconds(), 3)
+                for (i, at), (_, nxt) in itertools.pairwise(marks)}
 
     async def where(self, wid: str) -> tuple[Any, Any, str]:
         """(workload, protection, provider name) as the catalog has them."""
@@ -433,6 +447,7 @@ async def point_scenario(hosts: HaHosts, work: Path, *, interval_s: float = 1.0,
         seen["lost_s"] = time.perf_counter() - lost
         seen["restart"] = (op.state, op.error, op.outputs.get("fenced"), op.params.get("origin"),
                            op.params.get("point"))
+        seen["restart_steps"] = await b.step_times(op)
         wl, prot, at = await b.where(wid)
         seen["after_restart"] = (at, wl.observed_state, prot.state, prot.message)
         seen["lv1_after_restart"] = domains(hosts.uri(1))
@@ -480,13 +495,15 @@ def main() -> None:
     cases = {"shared": scenario, "point": point_scenario}
     names = [c for c in cases if args.case in (c, "both")]
     rows: dict[str, list[dict[str, float]]] = {c: [] for c in names}
+    steps: list[dict[str, float]] = []
     for _ in range(args.rounds):
         for case in names:
             with ha_hosts() as hosts, tempfile.TemporaryDirectory(dir=hosts.root) as tmp:
                 seen = asyncio.run(cases[case](hosts, Path(tmp), interval_s=args.interval,
                                                lost_after=args.lost_after))
             rows[case].append({k: round(v, 2) for k, v in seen.items() if k.endswith("_s")} | {"syncs": seen["syncs"]})
-            print(case, json.dumps(rows[case][-1]))
+            print(case, json.dumps(rows[case][-1]), json.dumps(seen.get("restart_steps", {})))
+            steps.extend([seen["restart_steps"]] if "restart_steps" in seen else [])
     print(f"\nsync every {args.interval} s, lost after {args.lost_after} failed syncs; medians of {args.rounds}")
     print("| part | " + " | ".join({"shared": "shared storage", "point": "recovery point"}[c] for c in names)
           + " |\n|---|" + "---|" * len(names))
@@ -496,6 +513,11 @@ def main() -> None:
             values = sorted(r[key] for r in rows[case] if key in r)
             cells.append(f"{values[len(values) // 2]:.2f} s" if values else "-")
         print(f"| {label} | " + " | ".join(cells) + " |")
+    if steps:
+        print("\nthe restart from a recovery point, step by step (medians):\n| step | time |\n|---|---|")
+        for name in steps[0]:
+            values = sorted(r[name] for r in steps)
+            print(f"| {name} | {values[len(values) // 2]:.2f} s |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
-  (:func:`~metavmm.services.protection.ha_disk.usable_disk`), as an ``ha_restart`` operation of the engine.
+  (:func:`~metavmm.services.protection.ha_disk.usable_disk`: the workload's own on shared storage, else the
+  newest verified DR recovery point at its replication target, booted as an overlay by
+  :func:`~metavmm.services.protection.dr.boot_point` like a failover), as an ``ha_restart`` operation.
   The project's quota is unchanged: the same workload moves, its usage was counted when it was created.
 - **fencing**: never two running copies. The plan's first step fences the old copy (destroyed through the
   provider, or proven gone because the provider answers without it) before the new copy is created. A
