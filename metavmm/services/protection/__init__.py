@@ -6,11 +6,13 @@
 - :mod:`.ha_actions`: the step actions of a restart (fence, settle).
 
 Disaster-recovery replication (``dr*``) keeps verified recovery points of a workload's disk at another
-site, on an interval, and fails the workload over to them (and back); its latest recovery point
-(:func:`.dr_store.restart_point`) is what :func:`.ha_disk.usable_disk` can plug in:
+site, on an interval, and fails the workload over to them (and back); its latest verified point at the
+replication target (:func:`.dr_store.restart_point`) is what :func:`.ha_disk.usable_disk` falls back on when
+no shared-storage disk survives, and :func:`.dr.boot_point` boots it for HA as for a failover:
 
 - :mod:`.dr`: the one service every front end calls: the replication policy, recovery points, replicate
-  now, failover (planned or unplanned) and failback, each an engine operation;
+  now, failover (planned or unplanned) and failback, each an engine operation; ``boot_point``, the steps
+  that make a point a running VM;
 - :mod:`.dr_store`: the catalog side (points, chains, the latest verified point);
 - :mod:`.dr_actions`: the step actions (replicate, retain, verify, switch, release);
 - :mod:`.dr_loop`: the broker's loop that submits the replications that are due.

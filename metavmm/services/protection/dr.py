@@ -135,7 +135,11 @@ change before a disaster does; a workload the snapshot does not see is not plann
 async def set_replication(sessions: Sessions, config: FederationConfig, identity: Identity | None, workload_id: str,
                           *, target: str, interval_s: int | None, retention: int = 3) -> Replication:
     """Replicate the workload to ``target`` every ``interval_s`` (None: only when asked), keeping
-    ``retention`` points (and the bases they need)."""
+    ``retention`` points (and the bases they need).
+
+    Allowed while the workload runs failed over too: after an HA restart from a recovery point (or an
+    unplanned failover) replication points back at the lost site, which may never return; a new target is
+    where the next points go and where a failback then leads. The points the replica runs on stay pinned."""
     if interval_s is not None and not 1 <= interval_s <= MAX_INTERVAL_S:
         raise ValidationError(f"interval_s must be 1 to {MAX_INTERVAL_S} seconds")
     if not 1 <= retention <= MAX_RETENTION:
@@ -160,8 +164,6 @@ async def set_replication(sessions: Sessions, config: FederationConfig, identity
         row = await session.get(Protection, workload_id)
         if row is None:
             row = Protection(workload_id=workload_id, project_id=workload.project_id, version=0)
-        if await dr_store.failed_over(session, workload):
-            raise Conflict(f"{workload.name} runs failed over; fail it back before changing its replication")
         row.replica_target, row.replica_interval_s = f"{provider}/{region}", interval_s
         row.replica_retention = retention
         row.message = note
@@ -253,6 +255,41 @@ async def replicate(engine: Engine, identity: Identity | None, workload_id: str,
                                idempotency_key=idempotency_key, params={"from": source, "to": f"{target}/{region}"})
 
 
+def boot_point(workload: Workload, *, target: str, region: str, point_id: str | None, origin: str,
+               origin_region: str | None, kind: str, started_at: str, name: str | None = None,
+               host: str | None = None, spec_update: dict[str, Any] | None = None,
+               timeout_s: float = 300) -> list[Step]:
+    """The one way a recovery point becomes the workload's running VM, for a failover, a failback and an HA
+    restart of a lost disk (``kind``): verify the point's chain against its SHA-256s (``point_id``, or the
+    point an earlier step of the plan wrote), clear a stale copy of an earlier stay at ``target``, create the
+    VM on a qcow2 overlay over the point (an ``image``, never an adopted disk: the point stays intact, a base
+    of later points and failovers), see it run, record the workload there (the commit), then pin the points
+    it boots from and turn replication round towards ``origin``.
+
+    The VM is called ``name`` (default: the workload's name), keeps the workload's hostname and MAC, runs on
+    ``host`` when the scheduler chose one, and ``spec_update`` goes into the workload with the record."""
+    dst = {"provider": target, "workload_id": workload.id}
+    spec = workload.spec or {}
+    identity_extra: dict[str, Any] = {"hostname": spec.get("hostname") or workload.name}
+    if spec.get("mac"):
+        identity_extra["mac"] = spec["mac"]
+    record = {**dst, "spec_update": spec_update} if spec_update else dst
+    return [
+        Step("verify", "dr.verify", {"workload_id": workload.id, "target": target, "point_id": point_id,
+                                     "started_at": started_at}),
+        Step("clear-target", "dr.remove_source", {**dst, "fenced": False}),  # a stale copy of an earlier stay
+        Step("start-replica", "vm.create", {**dst, "name": name or workload.name, "region": region,
+                                            "image_from": "replica_location", "vcpus": spec.get("vcpus", 1),
+                                            "ram_mib": spec.get("ram_mib", 512), "host": host,
+                                            "extra": identity_extra, "save_as": "target_vm"},
+             compensate="vm.delete", weight=2),
+        Step("replica-running", "vm.wait", {**dst, "state": "running", "timeout_s": timeout_s, "stable_s": 1.0}),
+        Step("record", "workload.record", record, commit=True),
+        Step("switch", "dr.switch", {"workload_id": workload.id, "origin": origin, "origin_region": origin_region,
+                                     "at": target, "kind": kind, "started_at": started_at}),
+    ]
+
+
 async def failover(engine: Engine, identity: Identity | None, workload_id: str, *, planned: bool = True,
                    confirm_source_dead: bool = False, idempotency_key: str | None = None,
                    kind: str = "failover") -> Operation:
@@ -276,7 +313,6 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
     if not planned and newest is None:
         raise Conflict(f"{workload.name} has no verified recovery point at {target}: nothing to fail over to")
     src = {"provider": source, "workload_id": workload_id}
-    dst = {"provider": target, "workload_id": workload_id}
     started = utcnow().isoformat()
     how = "planned" if planned else "unplanned"
     message = f"{kind} to {target}/{region} ({how})"
@@ -286,21 +322,9 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
         steps += [Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate=restart),
                   Step("wait-stopped", "vm.wait", {**src, "state": "stopped", "timeout_s": 300}),
                   _replicate_step("final-replication", workload_id, source, target, region)]
-    identity_extra: dict[str, Any] = {"hostname": workload.spec.get("hostname") or workload.name}
-    if workload.spec.get("mac"):
-        identity_extra["mac"] = workload.spec["mac"]
+    steps += boot_point(workload, target=target, region=region, point_id=None if planned else newest.id,  # type: ignore[union-attr]
+                        origin=source, origin_region=origin_region, kind=kind, started_at=started)
     steps += [
-        Step("verify", "dr.verify", {"workload_id": workload_id, "target": target,
-                                     "point_id": None if planned else newest.id, "started_at": started}),  # type: ignore[union-attr]
-        Step("clear-target", "dr.remove_source", {**dst, "fenced": False}),  # a stale copy of an earlier stay
-        Step("start-replica", "vm.create", {**dst, "name": workload.name, "region": region,
-                                            "image_from": "replica_location", "vcpus": workload.spec.get("vcpus", 1),
-                                            "ram_mib": workload.spec.get("ram_mib", 512), "extra": identity_extra,
-                                            "save_as": "target_vm"}, compensate="vm.delete", weight=2),
-        Step("replica-running", "vm.wait", {**dst, "state": "running", "timeout_s": 300, "stable_s": 1.0}),
-        Step("record", "workload.record", dst, commit=True),
-        Step("switch", "dr.switch", {"workload_id": workload_id, "origin": source, "origin_region": origin_region,
-                                     "at": target, "kind": kind, "started_at": started}),
         Step("remove-source", "dr.remove_source", {**src, "fenced": not planned}),
         Step("release", "dr.release", {"workload_id": workload_id, "provider": source}),
     ]

@@ -16,6 +16,8 @@ from metavmm.catalog.models import Protection, Provider, RecoveryPoint, Workload
 
 COMPLETE = "complete"
 IN_USE = "in-use"
+AWAY = ("failover", "ha_restart")
+"""The operations that leave a workload running on a replica away from home (a failback brings it back)."""
 
 
 async def provider_id(session: AsyncSession, name: str) -> int | None:
@@ -58,12 +60,17 @@ async def forget_workload(session: AsyncSession, workload_id: str) -> None:
     await session.exec(sa_delete(Protection).where(col(Protection.workload_id) == workload_id))
 
 
-async def restart_point(session: AsyncSession, workload: Workload) -> tuple[str, RecoveryPoint] | None:
+async def restart_point(session: AsyncSession, workload: Workload, target: str | None
+                        ) -> tuple[str, RecoveryPoint] | None:
     """For an HA restart of a workload whose disk died with its host: (provider name, point) of its newest
-    verified recovery point at another provider, or None. Boot it as an image (an overlay over the point,
-    as a failover does), never in place: the point is a base of later ones."""
-    query = select(RecoveryPoint, Provider).join(Provider, RecoveryPoint.provider_id == Provider.id).where(
-        RecoveryPoint.workload_id == workload.id, RecoveryPoint.state == COMPLETE)
+    verified recovery point at its replication ``target`` (``provider`` or ``provider/region``), or None.
+    It is booted through :func:`metavmm.services.protection.dr.boot_point` (an overlay over the point, as a
+    failover does), never in place: the point is a base of later ones and of later failovers."""
+    if target is None:
+        return None
+    name = target.partition("/")[0]
+    query = select(RecoveryPoint, Provider).join(Provider, col(RecoveryPoint.provider_id) == Provider.id).where(
+        RecoveryPoint.workload_id == workload.id, RecoveryPoint.state == COMPLETE, Provider.name == name)
     if workload.provider_id is not None:
         query = query.where(RecoveryPoint.provider_id != workload.provider_id)
     row = (await session.exec(query.order_by(col(RecoveryPoint.taken_at).desc()))).first()
@@ -72,9 +79,10 @@ async def restart_point(session: AsyncSession, workload: Workload) -> tuple[str,
 
 async def failed_over(session: AsyncSession, workload: Workload) -> bool:
     """The workload runs on a replica a failover started (not yet failed back). Read from its points, not from
-    ``Protection.state``, which HA restart owns: the replica a failover booted is pinned ``in-use`` at the
-    workload's provider with the failover's record, and a failback releases it."""
+    ``Protection.state``, which HA restart owns: the replica a failover (or an HA restart from a recovery
+    point, an unplanned failover the broker made) booted is pinned ``in-use`` at the workload's provider with
+    that operation's record, and a failback releases it."""
     if workload.provider_id is None:
         return False
     pinned = await points(session, workload.id, provider=workload.provider_id, states=(IN_USE,))
-    return any("failover" in p.details for p in pinned)
+    return any(kind in p.details for p in pinned for kind in AWAY)

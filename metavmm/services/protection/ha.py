@@ -10,7 +10,9 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
-  (:func:`~metavmm.services.protection.ha_disk.usable_disk`), as an ``ha_restart`` operation of the engine.
+  (:func:`~metavmm.services.protection.ha_disk.usable_disk`: the workload's own on shared storage, else the
+  newest verified DR recovery point at its replication target, booted as an overlay by
+  :func:`~metavmm.services.protection.dr.boot_point` like a failover), as an ``ha_restart`` operation.
   The project's quota is unchanged: the same workload moves, its usage was counted when it was created.
 - **fencing**: never two running copies. The plan's first step fences the old copy (destroyed through the
   provider, or proven gone because the provider answers without it) before the new copy is created. A
@@ -38,6 +40,7 @@ from metavmm.catalog.models import (
     OperationState,
     Protection,
     Provider,
+    Site,
     Workload,
     WorkloadKind,
     aware,
@@ -52,7 +55,8 @@ from metavmm.services.identity import Identity, Role
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
-from metavmm.services.protection.ha_disk import DiskSource, usable_disk
+from metavmm.services.protection import dr
+from metavmm.services.protection.ha_disk import RECOVERY_POINT, DiskSource, missing, usable_disk
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.service import vm_name
 
@@ -251,8 +255,9 @@ class HaService:
             _set(prot, HaState.STARTING, f"{cause} at {provider.name}: starting it again there")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
-        if usable_disk(self.config, wl, provider.name) is None:  # fencing is moot: nothing to restart from
-            return self._no_disk(session, prot, wl, provider, cause)
+        disk = await usable_disk(session, self.config, wl, provider.name)
+        if disk is None:  # fencing is moot: nothing to restart from
+            return await self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
         if cause == "unreachable" and not confirmed:
             since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
@@ -264,7 +269,7 @@ class HaService:
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
         confirmed = confirmed and cause == "unreachable"
-        finding = await self._restart(session, prot, wl, provider, cause, confirmed=confirmed)
+        finding = await self._restart(session, prot, wl, provider, cause, disk, confirmed=confirmed)
         if failed and finding.operation_id:
             _set(prot, prot.state, f"{prot.message}; trying again after: {failed}")
             finding.message = prot.message or ""
@@ -301,10 +306,7 @@ class HaService:
                                       params={"provider": provider, "vm": wl.provider_resource_id})
 
     async def _restart(self, session: AsyncSession, prot: Protection, wl: Workload, provider: Provider, cause: str,
-                       *, confirmed: bool) -> Finding:
-        disk = usable_disk(self.config, wl, provider.name)
-        if disk is None:
-            return self._no_disk(session, prot, wl, provider, cause)
+                       disk: DiskSource, *, confirmed: bool) -> Finding:
         placement = await self.placer.place(session, await self._request(session, wl, disk))
         if not placement.placed:
             _set(prot, HaState.WAITING_FOR_CAPACITY, f"{provider.name} is lost ({cause}); no provider reaching its "
@@ -312,47 +314,68 @@ class HaService:
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
         assert placement.provider is not None and placement.region is not None
+        old_site = await session.get(Site, wl.site_id) if wl.site_id is not None else None
         steps = restart_steps(wl, provider.name, placement, disk, confirmed=confirmed,
-                              timeout_s=self.config.ha.restart_timeout_s, cause=cause)
+                              timeout_s=self.config.ha.restart_timeout_s, cause=cause,
+                              old_region=old_site.region if old_site is not None else None)
         op = await store.write_plan(session, kind=RESTART, steps=steps, target_id=wl.id, project_id=wl.project_id,
                                     params={"from": provider.name, "to": placement.provider, "cause": cause,
                                             "confirmed": confirmed, "disk": disk.location, "origin": disk.origin,
-                                            "vm": wl.provider_resource_id})
-        _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from its "
-             f"{disk.origin} disk (operation {op.id})")
+                                            "point": disk.point_id, "vm": wl.provider_resource_id})
+        source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
+        _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
+             f"{source} (operation {op.id})")
         session.add(prot)
         log.warning("HA: %s lost at %s (%s): restarting at %s", wl.id, provider.name, cause, placement.site)
         return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
 
     @staticmethod
-    def _no_disk(session: AsyncSession, prot: Protection, wl: Workload, provider: Provider, cause: str) -> Finding:
-        _set(prot, HaState.NO_DISK, f"{provider.name} is lost ({cause}) and {wl.name}'s disk was on storage no "
-             "other provider reaches (and no recovery point exists): it cannot be restarted elsewhere")
+    async def _no_disk(session: AsyncSession, prot: Protection, wl: Workload, provider: Provider,
+                       cause: str) -> Finding:
+        why = await missing(session, wl, provider.name)
+        _set(prot, HaState.NO_DISK, f"{provider.name} is lost ({cause}) and {wl.name} cannot be restarted "
+             f"elsewhere: {why}")
         session.add(prot)
         return Finding(wl.id, cause, prot.state, prot.message or "")
 
     async def _request(self, session: AsyncSession, wl: Workload, disk: DiskSource) -> PlacementRequest:
-        """The workload's shape, its host's CPU architecture, and only the providers that reach its disk."""
+        """The workload's shape, its host's CPU architecture, and only the providers (and, for a recovery
+        point, the site) that reach its disk."""
         spec = wl.spec or {}
         host = await session.get(Host, wl.host_id) if wl.host_id is not None else None
         return PlacementRequest(
             name=wl.name, vcpus=int(spec.get("vcpus") or 1), ram_mib=int(spec.get("ram_mib") or 512),
             disk_gib=int(spec.get("disk_gib") or 0), gpu_model=spec.get("gpu_model"),
             gpu_count=int(spec.get("gpu_count") or 0), cpu_arch=host.cpu_arch if host is not None else None,
-            providers=tuple(sorted(disk.providers)), workload_id=wl.id)
+            providers=tuple(sorted(disk.providers)), sites=tuple(sorted(disk.sites)), workload_id=wl.id)
 
 
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,
-                  cause: str) -> list[Step]:
-    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, settle."""
+                  cause: str, old_region: str | None = None) -> list[Step]:
+    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, settle.
+
+    A shared-storage disk is adopted by the new copy (``adopt_disk``: the file moves under it). A recovery
+    point goes through :func:`dr.boot_point`, the one way failover and failback boot a point too (verified,
+    an overlay over it, the points pinned, replication turned back towards ``old``); the points a replica at
+    ``old`` ran on are released after."""
     spec = wl.spec or {}
     new = {"provider": placement.provider, "workload_id": wl.id}
     where = {**(spec.get("placement") or {}), "provider": placement.provider, "site": placement.site,
              "region": placement.region, "host": placement.host, "site_id": placement.site_id,
              "host_id": placement.host_id, "summary": f"HA restart after {old} was lost: {placement.summary}"}
+    fence = Step("fence", "ha.fence", {"provider": old, "workload_id": wl.id, "confirmed": confirmed})
+    settle = Step("settle", "ha.settle", {"workload_id": wl.id, "state": HaState.PROTECTED,
+                                          "message": f"restarted at {placement.site} after {old} was lost ({cause})"
+                                          + (f" from recovery point {disk.point_id}" if disk.point_id else "")})
+    if disk.origin == RECOVERY_POINT:
+        boot = dr.boot_point(wl, target=placement.provider, region=placement.region, point_id=disk.point_id,
+                             origin=old, origin_region=old_region, kind=RESTART, started_at=utcnow().isoformat(),
+                             name=vm_name(wl.id), host=placement.host, spec_update={"placement": where},
+                             timeout_s=timeout_s)
+        return [fence, *boot, Step("release", "dr.release", {"workload_id": wl.id, "provider": old}), settle]
     extra = {"adopt_disk": disk.location, **({"mac": spec["mac"]} if spec.get("mac") else {})}
     return [
-        Step("fence", "ha.fence", {"provider": old, "workload_id": wl.id, "confirmed": confirmed}),
+        fence,
         Step("start-copy", "vm.create", {**new, "name": vm_name(wl.id), "region": placement.region,
                                          "image": disk.location, "vcpus": int(spec.get("vcpus") or 1),
                                          "ram_mib": int(spec.get("ram_mib") or 512), "host": placement.host,
@@ -360,8 +383,7 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
              compensate="vm.fence", weight=2),
         Step("record", "workload.record", {**new, "spec_update": {"placement": where}}, commit=True),
         Step("wait-running", "vm.wait", {**new, "state": "running", "timeout_s": timeout_s}),
-        Step("settle", "ha.settle", {"workload_id": wl.id, "state": HaState.PROTECTED,
-                                     "message": f"restarted at {placement.site} after {old} was lost ({cause})"}),
+        settle,
     ]
 
 

@@ -1,5 +1,21 @@
-"""Fixtures of the protection tests: the flow helpers of the operations tests. (The DR test on two real libvirt
-daemons lives beside the other libvirt flows, tests/services/operations/test_dr_libvirt.py, to share their
-session-wide pair of daemons.)"""
+"""Fixtures of the protection tests: the flow helpers of the operations tests, and two libvirt daemons a test
+may kill and revive (bench/ha_restart.py; the DR test on two real libvirt daemons lives beside the other
+libvirt flows, tests/services/operations/test_dr_libvirt.py, to share their session-wide pair of daemons)."""
 
+from collections.abc import Iterator
+
+import pytest
+
+from bench.ha_restart import HaHosts, ha_hosts
+from bench.libvirt_hosts import HostsUnavailable
 from tests.services.operations.conftest import engine_for, run  # noqa: F401
+
+
+@pytest.fixture
+def hosts() -> Iterator[HaHosts]:
+    """Two fresh session daemons (one per test: a test kills one)."""
+    try:
+        with ha_hosts() as h:
+            yield h
+    except HostsUnavailable as exc:
+        pytest.fail(str(exc))

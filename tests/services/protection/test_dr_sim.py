@@ -102,7 +102,7 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         assert not Path(points[0].location).exists() and not Path(points[1].location).exists()
 
         async with engine.sessions() as s:  # what an HA restart of a lost disk would boot (helper ha plugs it in)
-            found = await dr_store.restart_point(s, (await _placed(engine, wid))[0])
+            found = await dr_store.restart_point(s, (await _placed(engine, wid))[0], "simb/r2")
         assert found is not None and found[0] == "simb" and found[1].id == kept[-1].id
         w, _ = await _placed(engine, wid)  # the production site loses the VM; the next sync sees it gone
         await SimDriver(engine.config.provider("sima")).delete_vm(w.provider_resource_id or "")

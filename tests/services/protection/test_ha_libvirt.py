@@ -6,21 +6,10 @@ domain that vanishes at a host that answers is restarted with nobody's confirmat
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
-from bench.ha_restart import HaHosts, ha_hosts, scenario
-from bench.libvirt_hosts import HostsUnavailable
-
-
-@pytest.fixture
-def hosts() -> Iterator[HaHosts]:
-    try:
-        with ha_hosts() as h:
-            yield h
-    except HostsUnavailable as exc:
-        pytest.fail(str(exc))
+from bench.ha_restart import HaHosts, scenario
 
 
 async def test_lost_host_restart_fencing_and_stale_copy(hosts: HaHosts, monkeypatch: pytest.MonkeyPatch) -> None:
