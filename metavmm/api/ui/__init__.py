@@ -22,7 +22,7 @@ from metavmm.api.auth import PUBLIC, ROLE_ATTR, default_role
 from metavmm.api.errors import Handler
 from metavmm.api.keys import IDENTITY, REQUEST_ID
 from metavmm.api.ui import session as sess
-from metavmm.foundation.errors import Forbidden, MetavmmError, Unauthenticated
+from metavmm.foundation.errors import Forbidden, MetavmmError
 
 log = logging.getLogger(__name__)
 PREFIX = "/ui"
@@ -35,8 +35,7 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     """Session, CSRF and role checks, then errors rendered as an HTML page with the right status."""
     try:
         if not request.path.startswith(OPEN_PATHS):
-            store = request.config_dict[sess.STORE]
-            session = store.get(request.cookies.get(sess.COOKIE))
+            session = await sess.resolve(request)
             if session is None:
                 if request.method == "GET":
                     raise _login_redirect(request)
@@ -46,13 +45,8 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
                                                                                   "multipart/")) else {}
                 sent = request.headers.get(sess.CSRF_HEADER) or form.get(sess.CSRF_FIELD)
                 sess.check_csrf(session, sent if isinstance(sent, str) else None)
-            try:
-                identity = await sess.login_identity(request, session.token)
-            except Unauthenticated:
-                store.close(request.cookies.get(sess.COOKIE))
-                raise _login_redirect(request) from None
-            identity.require(default_role(request.method))
-            request[IDENTITY] = identity
+            session.identity.require(default_role(request.method))
+            request[IDENTITY] = session.identity
             request[sess.SESSION] = session
         return await handler(request)
     except web.HTTPException as exc:
@@ -94,7 +88,6 @@ def create_ui() -> web.Application:
     from metavmm.api.ui import routes
 
     ui = web.Application(middlewares=[ui_middleware])
-    ui[sess.STORE] = sess.SessionStore()
     env = aiohttp_jinja2.setup(ui, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                                autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     env.globals["csrf_field"] = sess.CSRF_FIELD

@@ -38,24 +38,21 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not sent or not cookie or not hmac.compare_digest(sent, cookie):
         raise Forbidden("missing or wrong CSRF token: reload the login page and try again")
     try:
-        await sess.login_identity(request, str(form.get("token", "")))
+        opened = await sess.login(request, str(form.get("token", "")))
     except Unauthenticated as exc:
         resp = aiohttp_jinja2.render_template("login.html", request, page_context(
             request, title="Log in", login_csrf=cookie, next=_next(str(form.get("next", ""))), error=exc.message),
             status=401)
         return resp
-    store = request.config_dict[sess.STORE]
-    store.close(request.cookies.get(sess.COOKIE))  # a new id at every login: no session fixation
-    sid, _ = store.open(str(form.get("token", "")).strip())
     resp = web.HTTPSeeOther(_next(str(form.get("next", ""))))
-    sess.set_cookie(request, resp, sid)
+    sess.set_cookie(request, resp, opened)
     resp.del_cookie(LOGIN_COOKIE, path="/ui/login")
     raise resp
 
 
 @routes.post("/logout", name="logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    request.config_dict[sess.STORE].close(request.cookies.get(sess.COOKIE))
+    await sess.logout(request)
     resp = web.HTTPSeeOther("/ui/login")
     resp.del_cookie(sess.COOKIE, path="/ui")
     raise resp
