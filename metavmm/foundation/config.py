@@ -218,6 +218,8 @@ class SimProvider(_ProviderBase):
     price_per_vcpu_hour: Decimal = Decimal("0.02")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     create_delay_s: float = Field(default=0, ge=0, le=3600, description="each create waits this long first")
+    live_migrate_mib_s: float = Field(default=0, ge=0, le=1e6, description="a live migration moves the VM's "
+                                      "memory at this rate, reporting its progress; 0: at once")
     load_trace: dict[str, list[tuple[float, float]]] = Field(
         default_factory=dict, description="host name -> [cpu %, memory %] samples: the i-th host_load call "
         "reports sample i (the last one repeats); hosts not named report their vCPU and memory allocation")

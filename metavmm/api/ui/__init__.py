@@ -23,10 +23,12 @@ from metavmm.api.errors import Handler
 from metavmm.api.keys import IDENTITY, REQUEST_ID
 from metavmm.api.ui import session as sess
 from metavmm.foundation.errors import Forbidden, MetavmmError
+from metavmm.services.operations.plan import transfer_of
 
 log = logging.getLogger(__name__)
 PREFIX = "/ui"
 HERE = Path(__file__).parent
+MIB = 1 << 20
 OPEN_PATHS = ("/ui/login", "/ui/static/")
 
 
@@ -78,6 +80,17 @@ def page_context(request: web.Request, **values: object) -> dict[str, object]:
             **values}
 
 
+def transfer_text(transfer: dict[str, object]) -> str:
+    """A migration's bytes as the page shows them (ui.js writes the same words when an event moves them)."""
+    def mib(n: object) -> str:
+        return f"{float(n) / MIB:.1f}" if isinstance(n, int | float) else "?"
+
+    rate, eta = transfer.get("bytes_per_s"), transfer.get("eta_s")
+    return (f"{mib(transfer.get('bytes'))} of {mib(transfer.get('total_bytes'))} MiB"
+            + (f" · {mib(rate)} MiB/s" if rate else "") + (f" · {float(eta):.0f} s left" if eta is not None
+                                                           and isinstance(eta, int | float) else ""))
+
+
 def _public(app: web.Application) -> None:
     """The root auth middleware must let dashboard routes through: this package checks the session itself."""
     for route in app.router.routes():
@@ -91,6 +104,8 @@ def create_ui() -> web.Application:
     env = aiohttp_jinja2.setup(ui, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                                autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     env.globals["csrf_field"] = sess.CSRF_FIELD
+    env.globals["transfer_of"] = transfer_of
+    env.globals["transfer_text"] = transfer_text
     routes.add_routes(ui)
     ui.router.add_get("/static/{name}", static_file, name="static")
     _public(ui)
