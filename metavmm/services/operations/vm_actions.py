@@ -30,7 +30,7 @@ from metavmm.services import observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext, tracked
 
-MIGRATION_POLL_S = 1.0  # how often a running live migration's job figures are read from the source
+MIGRATION_POLL_S = 0.25  # how often a running live migration's job figures are read (written at most 1/s)
 
 
 async def _known_ids(ctx: StepContext, workload_id: str) -> list[str]:
