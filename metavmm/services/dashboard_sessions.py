@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_
+from sqlalchemy import delete, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -74,13 +74,14 @@ async def resolve(session: AsyncSession, sid: str | None) -> Resolved | None:
     identity = None
     if aware(row.expires_at) > now and aware(row.last_seen_at) + IDLE > now:
         identity = await _identity(session, row)
+    # statements, not the ORM's row writes: another request (or broker) may have deleted the row meanwhile
+    this = col(UiSession.id_sha256) == row.id_sha256
     if identity is None:
-        await session.delete(row)
+        await session.exec(delete(UiSession).where(this))  # type: ignore[call-overload]
         await session.commit()
         return None
     if now - aware(row.last_seen_at) >= TOUCH_EVERY:
-        row.last_seen_at = now
-        session.add(row)
+        await session.exec(update(UiSession).where(this).values(last_seen_at=now))  # type: ignore[call-overload]
         await session.commit()
     return Resolved(identity, row.csrf)
 

@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
-from metavmm.catalog.models import UiSession, utcnow
+from metavmm.catalog.models import UiSession, aware, utcnow
 from metavmm.foundation.config import parse_config
 from metavmm.services import dashboard_sessions
 from metavmm.services.identity import hash_secret
@@ -208,3 +208,20 @@ async def test_a_user_keeps_a_bounded_number_of_sessions(ui: tuple[Any, World]) 
     assert (await _page(client, first)).status == 302  # the oldest went
     rows = await _sessions(client.app)
     assert len(rows) == dashboard_sessions.MAX_PER_USER and hash_secret(newest) in {r.id_sha256 for r in rows}
+
+
+async def test_a_request_marks_the_session_seen_at_most_once_a_minute(ui: tuple[Any, World]) -> None:
+    client, world = ui
+    sid = await _browser(client, "alpha_member", world)
+    (row,) = await _sessions(client.app)
+    assert (await _page(client, sid)).status == 200
+    (same,) = await _sessions(client.app)
+    assert same.last_seen_at == row.last_seen_at  # a page view within the minute writes nothing
+    async with client.app[keys.SESSIONS]() as session:
+        stale = await session.get(UiSession, hash_secret(sid))
+        stale.last_seen_at = utcnow() - dashboard_sessions.TOUCH_EVERY - timedelta(seconds=5)
+        session.add(stale)
+        await session.commit()
+    assert (await _page(client, sid)).status == 200
+    (seen,) = await _sessions(client.app)
+    assert (utcnow() - aware(seen.last_seen_at)).total_seconds() < 30
