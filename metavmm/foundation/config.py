@@ -427,6 +427,13 @@ class OidcConfig(_Strict):
     create_users: bool = Field(default=True, description="create a user (without memberships) on first login")
     jwks_cache_s: int = Field(default=300, ge=0)
     leeway_s: int = Field(default=30, ge=0, le=600)
+    client_id: str | None = Field(default=None, description="the dashboard's client id at the issuer (its "
+                                  "login, authorization code with PKCE); default: audience")
+    client_secret: str | None = Field(default=None, description="for a confidential client; a public one "
+                                      "relies on PKCE alone")
+    authorization_endpoint: str | None = Field(default=None, description="default: discovery")
+    token_endpoint: str | None = Field(default=None, description="default: discovery")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile"], min_length=1)
 
 
 class TlsConfig(_Strict):

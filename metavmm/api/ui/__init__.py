@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/ui"
 HERE = Path(__file__).parent
 MIB = 1 << 20
-OPEN_PATHS = ("/ui/login", "/ui/static/")
+OPEN_PATHS = ("/ui/login", "/ui/static/", "/ui/oidc/")
 
 
 @web.middleware

@@ -8,8 +8,20 @@ import secrets
 import aiohttp_jinja2
 from aiohttp import web
 
+from metavmm.api import keys
 from metavmm.api.rest.events import EventsQuery, stream
-from metavmm.api.ui import alerts, autoscaling, burst, inventory, migrate, page_context, projects, rebalance, work
+from metavmm.api.ui import (
+    alerts,
+    autoscaling,
+    burst,
+    inventory,
+    migrate,
+    oidc_login,
+    page_context,
+    projects,
+    rebalance,
+    work,
+)
 from metavmm.api.ui import session as sess
 from metavmm.foundation.errors import Forbidden, Unauthenticated
 
@@ -17,16 +29,12 @@ routes = web.RouteTableDef()
 LOGIN_COOKIE = "metavmm_login"  # the login form's CSRF token (double submit: no session exists yet)
 
 
-def _next(value: str | None) -> str:
-    """Only a dashboard path: ``next`` must not send a fresh login to another site."""
-    return value if value and value.startswith("/ui/") and not value.startswith("//") else "/ui/"
-
-
 @routes.get("/login", name="login")
 async def login_form(request: web.Request) -> web.Response:
     token = secrets.token_urlsafe(24)
     resp = aiohttp_jinja2.render_template("login.html", request, page_context(
-        request, title="Log in", login_csrf=token, next=_next(request.query.get("next")), error=None))
+        request, title="Log in", login_csrf=token, next=sess.safe_next(request.query.get("next")), error=None,
+        oidc=keys.OIDC in request.config_dict))
     resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login", secure=request.secure)
     return resp
 
@@ -41,10 +49,11 @@ async def login(request: web.Request) -> web.StreamResponse:
         opened = await sess.login(request, str(form.get("token", "")))
     except Unauthenticated as exc:
         resp = aiohttp_jinja2.render_template("login.html", request, page_context(
-            request, title="Log in", login_csrf=cookie, next=_next(str(form.get("next", ""))), error=exc.message),
+            request, title="Log in", login_csrf=cookie, next=sess.safe_next(str(form.get("next", ""))),
+            error=exc.message, oidc=keys.OIDC in request.config_dict),
             status=401)
         return resp
-    resp = web.HTTPSeeOther(_next(str(form.get("next", ""))))
+    resp = web.HTTPSeeOther(sess.safe_next(str(form.get("next", ""))))
     sess.set_cookie(request, resp, opened)
     resp.del_cookie(LOGIN_COOKIE, path="/ui/login")
     raise resp
@@ -75,3 +84,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(burst.routes)
     app.router.add_routes(autoscaling.routes)
     app.router.add_routes(rebalance.routes)
+    app.router.add_routes(oidc_login.routes)

@@ -11,18 +11,25 @@ row is in the catalog, a session survives a broker restart and any broker on the
 from __future__ import annotations
 
 import hmac
+from datetime import datetime
 
 from aiohttp import web
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.api import keys
 from metavmm.foundation.errors import Forbidden, Unauthenticated
 from metavmm.services import dashboard_sessions as store
-from metavmm.services.identity import token_and_identity
+from metavmm.services.identity import Identity, token_and_identity
 
 COOKIE = "metavmm_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION = web.RequestKey("ui_session", store.Resolved)
+
+
+def safe_next(value: str | None) -> str:
+    """Only a dashboard path: ``next`` must not send a fresh login to another site."""
+    return value if value and value.startswith("/ui/") and not value.startswith("//") else "/ui/"
 
 
 async def resolve(request: web.Request) -> store.Resolved | None:
@@ -40,9 +47,16 @@ async def login(request: web.Request, token: str) -> store.Opened:
         if found is None:
             raise Unauthenticated("the API token is unknown, revoked or expired")
         identity, row = found
-        await store.close(session, request.cookies.get(COOKIE))  # a new id at every login: no session fixation
-        opened = await store.open_session(session, identity, token_id=row.id, token_expires=row.expires_at)
-        await session.commit()
+        return await open_for(request, session, identity, token_id=row.id, token_expires=row.expires_at)
+
+
+async def open_for(request: web.Request, session: AsyncSession, identity: Identity, *, token_id: str | None = None,
+                   token_expires: datetime | None = None) -> store.Opened:
+    """Open (and commit) a session for a proven identity: a new id at every login, the request's old
+    session deleted, so a session id planted before login is worth nothing (no fixation)."""
+    await store.close(session, request.cookies.get(COOKIE))
+    opened = await store.open_session(session, identity, token_id=token_id, token_expires=token_expires)
+    await session.commit()
     return opened
 
 
