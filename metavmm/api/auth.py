@@ -23,6 +23,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -32,7 +33,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.api import keys
 from metavmm.api.keys import IDENTITY
 from metavmm.catalog.models import ClientCertificate, Membership, Project, User
-from metavmm.foundation.config import AuthConfig
+from metavmm.foundation.config import AuthConfig, OidcConfig
 from metavmm.foundation.errors import ConfigError, Forbidden, Unauthenticated
 from metavmm.services.identity import TOKEN_PREFIX, Identity, hash_secret, identity_for, token_identity
 from metavmm.services.oidc import looks_like_jwt
@@ -105,7 +106,14 @@ async def _from_oidc(request: web.Request, session: AsyncSession, token: str) ->
     if verifier is None:
         raise Unauthenticated("bearer token not recognised (OIDC is not configured)")
     claims = await verifier.verify(token)
-    cfg = verifier.config
+    return await oidc_identity(session, verifier.config, claims, request.headers.get(PROJECT_HEADER))
+
+
+async def oidc_identity(session: AsyncSession, cfg: OidcConfig, claims: dict[str, Any],
+                        project: str | None) -> Identity:
+    """The identity verified OIDC claims stand for, in ``project`` (else the configured claim, else the
+    user's only membership); the user is created on first login when the config says so. Shared by
+    bearer tokens and the dashboard's login."""
     subject = str(claims.get(cfg.user_claim, ""))
     if not subject:
         raise Unauthenticated(f"the token has no {cfg.user_claim!r} claim")
@@ -119,8 +127,7 @@ async def _from_oidc(request: web.Request, session: AsyncSession, token: str) ->
         user = User(name=name, email=claims.get("email"), oidc_subject=subject)
         session.add(user)
         await session.commit()
-    wanted = request.headers.get(PROJECT_HEADER) or (str(claims.get(cfg.project_claim, "")) if cfg.project_claim
-                                                     else "")
+    wanted = project or (str(claims.get(cfg.project_claim, "")) if cfg.project_claim else "")
     project = await _pick_project(session, user, wanted)
     identity = await identity_for(session, user, project, "oidc")
     if identity is None:

@@ -134,6 +134,25 @@ class ClientCertificate(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class UiSession(SQLModel, table=True):
+    """A dashboard login: the cookie names it, the catalog keeps it, so it survives a broker restart and
+    any broker on the same catalog honours it. Only the SHA-256 of the cookie's random id is stored (a
+    leaked table logs nobody in); the API token it was opened with is referred to by id, never kept, and
+    the identity is resolved again from the token (or, for OIDC logins, the membership) on every request."""
+
+    __tablename__ = "ui_session"
+    id_sha256: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="user_account.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    token_id: str | None = Field(default=None, foreign_key="api_token.id", index=True, max_length=36)
+    role: str = Field(max_length=16)  # the most the session may do (the token's role, or the login's ceiling)
+    via: str = Field(max_length=16)  # token or oidc
+    csrf: str = Field(max_length=64)  # echoed by every form and POST of this session
+    created_at: datetime = _ts()
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)  # the absolute end
+    last_seen_at: datetime = _ts()  # an idle session ends IDLE after this
+
+
 class QuotaReservation(SQLModel, table=True):
     """Quota use of one workload: ``in_transit`` from the request until the provider confirms it,
     then ``committed``; deleted when the resource is gone. The sum over a project's rows is its use."""
@@ -696,7 +715,7 @@ class HostBalance(SQLModel, table=True):
 
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
-    Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
+    UiSession, Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
     OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
     AutoscaleGroup, AutoscaleMember, AutoscaleDecision,
     HostBalance,

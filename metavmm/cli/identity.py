@@ -102,13 +102,13 @@ def token_list(settings: Settings, project: str | None) -> None:
 def token_revoke(settings: Settings, token_id: str) -> None:
     """Revoke a token by id."""
     from metavmm.catalog.models import ApiToken
+    from metavmm.services.identity import revoke_api_token
 
     async def work(session: AsyncSession) -> bool:
         row = await session.get(ApiToken, token_id)
         if row is None:
             return False
-        row.revoked = True
-        session.add(row)
+        await revoke_api_token(session, row)
         return True
 
     if not _run(settings, work):

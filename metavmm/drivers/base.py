@@ -114,6 +114,9 @@ class Driver(Protocol):
     - ``host_load`` (optional: :class:`DriverBase` says unsupported) reports how busy each host is now
       (:class:`HostLoad`); the rebalance policy reads it after each sync and falls back to the catalog's
       allocation numbers where a driver has none.
+    - ``migration_progress`` (optional: :class:`DriverBase` answers None) reports a live migration of
+      the VM that ``live_migrate`` is running now (bytes moved of how many, the provider's rate if it
+      has one); the engine polls it beside the running ``live_migrate`` call. None: no migration job.
     """
 
     name: str
@@ -144,6 +147,7 @@ class Driver(Protocol):
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
     async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
+    async def migration_progress(self, vm_id: str) -> MigrationProgress | None: ...
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
     async def console_output(self, vm_id: str) -> str: ...
     async def fence_vm(self, vm_id: str) -> None: ...
@@ -163,6 +167,20 @@ class CpuSample:
     at: float
     percent: float | None = None
     cpu_seconds: float | None = None
+
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProgress:
+    """A live migration in flight, as the source reports it: ``processed_bytes`` moved of ``total_bytes``
+    (memory and, for a migration that copies disks, disk; the total can grow while dirty pages are
+    sent again) and the provider's own rate in bytes per second when it has one (libvirt does)."""
+
+    processed_bytes: int
+    total_bytes: int
+    bytes_per_s: float | None = None
 
 
 class DriverBase:
@@ -304,6 +322,10 @@ class DriverBase:
 
     async def host_load(self) -> list[HostLoad]:
         raise self._unsupported("host_load")
+
+    async def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        """None: this provider does not report a migration's progress (the step shows its time only)."""
+        return None
 
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo:
         """Poll ``get_vm`` (one VM, never the inventory) with :func:`poll_delays` until the VM is in ``state``;

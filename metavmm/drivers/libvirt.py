@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from metavmm.drivers.base import CpuSample, DriverBase
+from metavmm.drivers.base import CpuSample, DriverBase, MigrationProgress
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
@@ -1044,6 +1044,26 @@ class LibvirtDriver(DriverBase):
                               operation="live_migrate") from None
         for path in moved:
             path.unlink(missing_ok=True)
+
+    async def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        """The source domain's migration job (``virDomainGetJobStats``, asked on another thread while
+        ``live_migrate``'s ``migrate3`` blocks its own): data processed of total (memory and the NBD disk
+        copy) and libvirt's memory plus disk throughput. None when no job runs."""
+        def read(conn: libvirt.virConnect) -> MigrationProgress | None:
+            try:
+                stats = conn.lookupByUUIDString(vm_id).jobStats()
+            except libvirt.libvirtError:
+                return None  # the domain left this host: the migration is over
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return None
+            total = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, 0))
+            if total <= 0:
+                return None
+            rate = sum(float(stats.get(k, 0)) for k in (libvirt.VIR_DOMAIN_JOB_MEMORY_BPS,
+                                                          libvirt.VIR_DOMAIN_JOB_DISK_BPS))
+            return MigrationProgress(int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0)), total, rate or None)
+
+        return await self._call("migration_progress", read)
 
 
     async def ex_cpu_usage(self, vm_ids: Sequence[str]) -> dict[str, CpuSample]:

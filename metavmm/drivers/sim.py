@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from metavmm.drivers.base import CpuSample, DriverBase
+from metavmm.drivers.base import MIB, CpuSample, DriverBase, MigrationProgress
 from metavmm.drivers.sim_state import SimState, Tx
 from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ProviderUnavailable
 from metavmm.foundation.paths import state_dir
@@ -256,8 +256,29 @@ class SimDriver(DriverBase):
             raise ProviderUnavailable("no answer (simulated outage)", provider=self.name, operation=operation)
 
     async def live_migrate(self, vm_id: str, target_host: str) -> None:
+        """SIMULATED: with ``live_migrate_mib_s`` set, the VM's memory (``ram_mib``) moves at that rate
+        and :meth:`migration_progress` reports it (from the shared state, so any process sees it)."""
+        rate = self.config.live_migrate_mib_s * MIB
+        if rate:
+            with self.state.change() as tx:
+                vm = self._vm(tx, vm_id, "live_migrate")
+                total = int(vm.extra.get("ram_mib") or 1024) * MIB
+                tx.put(vm_id, replace(vm, extra={**vm.extra, "migrating": {"since": time.time(), "total": total}}))
+            await asyncio.sleep(total / rate)
         with self.state.change() as tx:
-            tx.put(vm_id, replace(self._vm(tx, vm_id, "live_migrate"), host=target_host))
+            vm = self._vm(tx, vm_id, "live_migrate")
+            extra = {k: v for k, v in vm.extra.items() if k != "migrating"}
+            tx.put(vm_id, replace(vm, host=target_host, extra=extra))
+
+    async def migration_progress(self, vm_id: str) -> MigrationProgress | None:
+        """SIMULATED: the bytes a steady ``live_migrate_mib_s`` has moved since the migration began."""
+        with self.state.read() as tx:
+            job = self._vm(tx, vm_id, "migration_progress").extra.get("migrating")
+        if not job:
+            return None
+        rate = self.config.live_migrate_mib_s * MIB
+        done = min(int(job["total"]), int((time.time() - float(job["since"])) * rate))
+        return MigrationProgress(done, int(job["total"]), rate)
 
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
         """A stopped VM takes the new shape (a flavor of the sim's list, or vcpus/ram_mib)."""

@@ -218,6 +218,8 @@ class SimProvider(_ProviderBase):
     price_per_vcpu_hour: Decimal = Decimal("0.02")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     create_delay_s: float = Field(default=0, ge=0, le=3600, description="each create waits this long first")
+    live_migrate_mib_s: float = Field(default=0, ge=0, le=1e6, description="a live migration moves the VM's "
+                                      "memory at this rate, reporting its progress; 0: at once")
     load_trace: dict[str, list[tuple[float, float]]] = Field(
         default_factory=dict, description="host name -> [cpu %, memory %] samples: the i-th host_load call "
         "reports sample i (the last one repeats); hosts not named report their vCPU and memory allocation")
@@ -425,6 +427,13 @@ class OidcConfig(_Strict):
     create_users: bool = Field(default=True, description="create a user (without memberships) on first login")
     jwks_cache_s: int = Field(default=300, ge=0)
     leeway_s: int = Field(default=30, ge=0, le=600)
+    client_id: str | None = Field(default=None, description="the dashboard's client id at the issuer (its "
+                                  "login, authorization code with PKCE); default: audience")
+    client_secret: str | None = Field(default=None, description="for a confidential client; a public one "
+                                      "relies on PKCE alone")
+    authorization_endpoint: str | None = Field(default=None, description="default: discovery")
+    token_endpoint: str | None = Field(default=None, description="default: discovery")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile"], min_length=1)
 
 
 class TlsConfig(_Strict):

@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import AutoscaleDecision, AutoscaleGroup, Operation, OperationEvent, Workload, aware
 from metavmm.foundation.logs import redact
 from metavmm.services.identity import Identity
+from metavmm.services.operations.plan import transfer_of
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import visible
 
@@ -66,11 +67,18 @@ class Cursor:
             running = (await session.exec(
                 select(Operation.id, Operation.kind, Operation.progress, Operation.state)
                 .where(col(Operation.state).in_(ACTIVE), visible(self.identity, Operation)).limit(PAGE))).all()
+            moved = []
             for op_id, kind, progress, state in running:
                 if op_id in self.progress and self.progress[op_id] != progress:
-                    out.append(Event("progress", {"operation": op_id, "kind": kind, "state": state,
-                                                  "progress": progress}))
+                    moved.append(Event("progress", {"operation": op_id, "kind": kind, "state": state,
+                                                    "progress": progress, "transfer": None}))
                 self.progress[op_id] = progress
+            if moved:  # only operations whose progress moved: their steps tell bytes and throughput
+                steps = dict((await session.exec(select(Operation.id, Operation.steps).where(
+                    col(Operation.id).in_([e.data["operation"] for e in moved])))).all())
+                for event in moved:
+                    event.data["transfer"] = transfer_of(steps.get(event.data["operation"]) or [])
+            out += moved
             targets = {e.data["target"] for e in out if e.kind == "operation" and e.data["target"]}
             if targets:
                 for wid, name, observed, desired in (await session.exec(

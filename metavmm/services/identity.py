@@ -13,16 +13,16 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from sqlalchemy import and_, func
+from sqlalchemy import and_, delete, func
 from sqlalchemy.orm import aliased
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import ApiToken, Membership, Project, Role, User
+from metavmm.catalog.models import ApiToken, Membership, Project, Role, UiSession, User
 from metavmm.foundation.errors import Forbidden, NotFound, ValidationError
 from metavmm.services.vocabulary import DEFAULT_PROJECT
 
@@ -121,6 +121,24 @@ async def token_identity(session: AsyncSession, secret: str) -> tuple[Identity |
     """:func:`identity_from_token` and the token's expiry (a cache must not keep it longer). One query."""
     if not secret.startswith(TOKEN_PREFIX):
         return None, None
+    identity, token = await _token_row_identity(session, ApiToken.secret_sha256 == hash_secret(secret))
+    return identity, _expiry(token) if identity is not None and token is not None else None
+
+
+async def token_and_identity(session: AsyncSession, secret: str) -> tuple[Identity, ApiToken] | None:
+    """The identity of a presented secret with its token row (a dashboard session keeps the row's id)."""
+    if not secret.startswith(TOKEN_PREFIX):
+        return None
+    identity, token = await _token_row_identity(session, ApiToken.secret_sha256 == hash_secret(secret))
+    return (identity, token) if identity is not None and token is not None else None
+
+
+async def identity_of_token_id(session: AsyncSession, token_id: str) -> Identity | None:
+    """What the token with this id stands for now: None once it is revoked, expired or its user removed."""
+    return (await _token_row_identity(session, ApiToken.id == token_id))[0]
+
+
+async def _token_row_identity(session: AsyncSession, where: Any) -> tuple[Identity | None, ApiToken | None]:
     admin = aliased(Membership)
     is_admin = (select(func.count()).select_from(admin)
                 .where(admin.user_id == ApiToken.user_id, admin.role == Role.ADMIN)
@@ -129,18 +147,36 @@ async def token_identity(session: AsyncSession, secret: str) -> tuple[Identity |
             .join(User, User.id == ApiToken.user_id).join(Project, Project.id == ApiToken.project_id)
             .outerjoin(Membership, and_(Membership.user_id == ApiToken.user_id,
                                         Membership.project_id == ApiToken.project_id))
-            .where(ApiToken.secret_sha256 == hash_secret(secret)))
+            .where(where))
     row = (await session.exec(stmt)).first()
     if row is None:
         return None, None
     token, user, project, member_role, admin_count = row
-    expires = _aware(token.expires_at) if token.expires_at is not None else None
+    expires = _expiry(token)
     if token.revoked or (expires is not None and expires <= datetime.now(UTC)):
-        return None, None
+        return None, token
     role = Role.ADMIN if admin_count else member_role
     if role is None:
-        return None, None
-    return Identity(token.user_id, user, token.project_id, project, cap(role, token.role), "token"), expires
+        return None, token
+    return Identity(token.user_id, user, token.project_id, project, cap(role, token.role), "token"), token
+
+
+def _expiry(token: ApiToken) -> datetime | None:
+    return _aware(token.expires_at) if token.expires_at is not None else None
+
+
+async def revoke_api_token(session: AsyncSession, token: ApiToken) -> None:
+    """Revoke ``token`` and end the dashboard sessions opened with it (their rows go at once, on every
+    broker sharing the catalog; a session resolves its token on each request anyway)."""
+    token.revoked = True
+    session.add(token)
+    await session.exec(delete(UiSession).where(col(UiSession.token_id) == token.id))  # type: ignore[call-overload]
+
+
+async def end_member_sessions(session: AsyncSession, user_id: int, project_id: int) -> None:
+    """A membership removed: the user's dashboard sessions in that project end with it."""
+    await session.exec(delete(UiSession).where(col(UiSession.user_id) == user_id,  # type: ignore[call-overload]
+                                               col(UiSession.project_id) == project_id))
 
 
 def _aware(ts: datetime) -> datetime:

@@ -105,6 +105,16 @@ class Issuer:
         return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
 
+async def oidc_user(app: web.Application, name: str, subject: str, roles: dict[str, str]) -> None:
+    """A user the issuer knows by ``subject``, with a role in each named project."""
+    async with session_scope(app[keys.SESSIONS]) as s:
+        user = await get_or_create_user(s, name)
+        user.oidc_subject = subject
+        s.add(user)
+        for project, role in roles.items():
+            await set_membership(s, user.id, (await get_or_create_project(s, project)).id, role)
+
+
 async def test_oidc_tokens_from_a_local_issuer(aiohttp_client: Any, aiohttp_server: Any, sqlite_url: str) -> None:
     issuer = Issuer()
     server = await aiohttp_server(issuer.app(), host="127.0.0.1")
@@ -116,12 +126,7 @@ auth:
     app = create_app(cfg, sqlite_url, sync=False)
     client = await aiohttp_client(app)
     await seed(app)
-    async with session_scope(app[keys.SESSIONS]) as s:
-        carol = await get_or_create_user(s, "carol")
-        carol.oidc_subject = "sub-carol"
-        s.add(carol)
-        for name, role in (("alpha", "member"), ("beta", "reader")):
-            await set_membership(s, carol.id, (await get_or_create_project(s, name)).id, role)
+    await oidc_user(app, "carol", "sub-carol", {"alpha": "member", "beta": "reader"})
 
     def bearer(tok: str, project: str | None = "alpha") -> dict[str, str]:
         return {"Authorization": f"Bearer {tok}", **({"X-Metavmm-Project": project} if project else {})}

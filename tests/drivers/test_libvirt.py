@@ -223,9 +223,20 @@ async def test_live_migration_between_two_daemons(session_daemons: tuple[Session
     try:
         vm = await src.create_vm(_spec(workload_id="wl-migrate"))
         assert vm.state == VmState.RUNNING
+        assert await src.migration_progress(vm.provider_vm_id) is None  # no job yet
         started = time.perf_counter()
-        await src.live_migrate(vm.provider_vm_id, dst_host.uri, ex_target_storage_dir=str(dst_host.storage_dir))
+        moving = asyncio.ensure_future(src.live_migrate(vm.provider_vm_id, dst_host.uri,
+                                                        ex_target_storage_dir=str(dst_host.storage_dir)))
+        samples = []
+        while not moving.done():  # libvirt's job figures, read on another thread while migrate3 blocks
+            if (sample := await src.migration_progress(vm.provider_vm_id)) is not None:
+                samples.append(sample)
+            await asyncio.sleep(0.05)
+        await moving
         elapsed = time.perf_counter() - started
+        assert samples and all(0 <= s.processed_bytes <= s.total_bytes for s in samples), samples
+        assert max(s.processed_bytes for s in samples) > 0
+        assert await dst.migration_progress(vm.provider_vm_id) is None  # the job ended with the move
         moved = await dst.get_vm(vm.provider_vm_id)
         assert moved.state == VmState.RUNNING and moved.workload_id == "wl-migrate"
         assert vm.provider_vm_id not in {v.provider_vm_id for v in await src.list_vms()}

@@ -45,12 +45,21 @@ from metavmm.catalog.models import (
     QuotaReservation,
     Role,
     SchoolMember,
+    UiSession,
     User,
     Workload,
 )
 from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
 from metavmm.services import quotas as quota_service
-from metavmm.services.identity import Identity, canonical_subject, mint_token, rank, set_membership
+from metavmm.services.identity import (
+    Identity,
+    canonical_subject,
+    end_member_sessions,
+    mint_token,
+    rank,
+    revoke_api_token,
+    set_membership,
+)
 
 api = RestModule("identity", "Projects, users, roles, quotas and API tokens")
 
@@ -284,7 +293,7 @@ async def delete_project(request: web.Request, params: ProjectId) -> None:
                                         .where(model.project_id == row.id))).one()  # type: ignore[attr-defined]
             if count:
                 raise Conflict(f"project {row.name} still has {count} {model.__tablename__} rows")
-        for model in (Membership, Quota, ApiToken, ClientCertificate, SchoolMember, Publisher):
+        for model in (UiSession, Membership, Quota, ApiToken, ClientCertificate, SchoolMember, Publisher):
             for dep in (await session.exec(select(model).where(model.project_id == row.id))).all():  # type: ignore[attr-defined]
                 await session.delete(dep)
         await session.flush()
@@ -341,6 +350,7 @@ async def remove_member(request: web.Request, params: MemberId) -> None:
             raise Forbidden(f"you cannot remove a {row.role}")
         await _keep_own_admin(session, identity, params.user_id, params.project_id)
         await session.delete(row)
+        await end_member_sessions(session, params.user_id, params.project_id)
 
 
 async def _keep_own_admin(session: AsyncSession, identity: Identity, user_id: int, project_id: int) -> None:
@@ -540,5 +550,4 @@ async def revoke_token(request: web.Request, params: TokenId) -> None:
         row = (await session.exec(_tokens_visible(identity).where(ApiToken.id == params.token_id))).first()
         if row is None:
             raise NotFound(f"no token {params.token_id}")
-        row.revoked = True
-        session.add(row)
+        await revoke_api_token(session, row)

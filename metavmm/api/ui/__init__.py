@@ -22,12 +22,14 @@ from metavmm.api.auth import PUBLIC, ROLE_ATTR, default_role
 from metavmm.api.errors import Handler
 from metavmm.api.keys import IDENTITY, REQUEST_ID
 from metavmm.api.ui import session as sess
-from metavmm.foundation.errors import Forbidden, MetavmmError, Unauthenticated
+from metavmm.foundation.errors import Forbidden, MetavmmError
+from metavmm.services.operations.plan import transfer_of
 
 log = logging.getLogger(__name__)
 PREFIX = "/ui"
 HERE = Path(__file__).parent
-OPEN_PATHS = ("/ui/login", "/ui/static/")
+MIB = 1 << 20
+OPEN_PATHS = ("/ui/login", "/ui/static/", "/ui/oidc/")
 
 
 @web.middleware
@@ -35,8 +37,7 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     """Session, CSRF and role checks, then errors rendered as an HTML page with the right status."""
     try:
         if not request.path.startswith(OPEN_PATHS):
-            store = request.config_dict[sess.STORE]
-            session = store.get(request.cookies.get(sess.COOKIE))
+            session = await sess.resolve(request)
             if session is None:
                 if request.method == "GET":
                     raise _login_redirect(request)
@@ -46,13 +47,8 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
                                                                                   "multipart/")) else {}
                 sent = request.headers.get(sess.CSRF_HEADER) or form.get(sess.CSRF_FIELD)
                 sess.check_csrf(session, sent if isinstance(sent, str) else None)
-            try:
-                identity = await sess.login_identity(request, session.token)
-            except Unauthenticated:
-                store.close(request.cookies.get(sess.COOKIE))
-                raise _login_redirect(request) from None
-            identity.require(default_role(request.method))
-            request[IDENTITY] = identity
+            session.identity.require(default_role(request.method))
+            request[IDENTITY] = session.identity
             request[sess.SESSION] = session
         return await handler(request)
     except web.HTTPException as exc:
@@ -84,6 +80,17 @@ def page_context(request: web.Request, **values: object) -> dict[str, object]:
             **values}
 
 
+def transfer_text(transfer: dict[str, object]) -> str:
+    """A migration's bytes as the page shows them (ui.js writes the same words when an event moves them)."""
+    def mib(n: object) -> str:
+        return f"{float(n) / MIB:.1f}" if isinstance(n, int | float) else "?"
+
+    rate, eta = transfer.get("bytes_per_s"), transfer.get("eta_s")
+    return (f"{mib(transfer.get('bytes'))} of {mib(transfer.get('total_bytes'))} MiB"
+            + (f" · {mib(rate)} MiB/s" if rate else "") + (f" · {float(eta):.0f} s left" if eta is not None
+                                                           and isinstance(eta, int | float) else ""))
+
+
 def _public(app: web.Application) -> None:
     """The root auth middleware must let dashboard routes through: this package checks the session itself."""
     for route in app.router.routes():
@@ -94,10 +101,11 @@ def create_ui() -> web.Application:
     from metavmm.api.ui import routes
 
     ui = web.Application(middlewares=[ui_middleware])
-    ui[sess.STORE] = sess.SessionStore()
     env = aiohttp_jinja2.setup(ui, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                                autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
     env.globals["csrf_field"] = sess.CSRF_FIELD
+    env.globals["transfer_of"] = transfer_of
+    env.globals["transfer_text"] = transfer_text
     routes.add_routes(ui)
     ui.router.add_get("/static/{name}", static_file, name="static")
     _public(ui)

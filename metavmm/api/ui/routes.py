@@ -8,8 +8,20 @@ import secrets
 import aiohttp_jinja2
 from aiohttp import web
 
+from metavmm.api import keys
 from metavmm.api.rest.events import EventsQuery, stream
-from metavmm.api.ui import alerts, autoscaling, burst, inventory, migrate, page_context, projects, rebalance, work
+from metavmm.api.ui import (
+    alerts,
+    autoscaling,
+    burst,
+    inventory,
+    migrate,
+    oidc_login,
+    page_context,
+    projects,
+    rebalance,
+    work,
+)
 from metavmm.api.ui import session as sess
 from metavmm.foundation.errors import Forbidden, Unauthenticated
 
@@ -17,16 +29,12 @@ routes = web.RouteTableDef()
 LOGIN_COOKIE = "metavmm_login"  # the login form's CSRF token (double submit: no session exists yet)
 
 
-def _next(value: str | None) -> str:
-    """Only a dashboard path: ``next`` must not send a fresh login to another site."""
-    return value if value and value.startswith("/ui/") and not value.startswith("//") else "/ui/"
-
-
 @routes.get("/login", name="login")
 async def login_form(request: web.Request) -> web.Response:
     token = secrets.token_urlsafe(24)
     resp = aiohttp_jinja2.render_template("login.html", request, page_context(
-        request, title="Log in", login_csrf=token, next=_next(request.query.get("next")), error=None))
+        request, title="Log in", login_csrf=token, next=sess.safe_next(request.query.get("next")), error=None,
+        oidc=keys.OIDC in request.config_dict))
     resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login", secure=request.secure)
     return resp
 
@@ -38,24 +46,22 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not sent or not cookie or not hmac.compare_digest(sent, cookie):
         raise Forbidden("missing or wrong CSRF token: reload the login page and try again")
     try:
-        await sess.login_identity(request, str(form.get("token", "")))
+        opened = await sess.login(request, str(form.get("token", "")))
     except Unauthenticated as exc:
         resp = aiohttp_jinja2.render_template("login.html", request, page_context(
-            request, title="Log in", login_csrf=cookie, next=_next(str(form.get("next", ""))), error=exc.message),
+            request, title="Log in", login_csrf=cookie, next=sess.safe_next(str(form.get("next", ""))),
+            error=exc.message, oidc=keys.OIDC in request.config_dict),
             status=401)
         return resp
-    store = request.config_dict[sess.STORE]
-    store.close(request.cookies.get(sess.COOKIE))  # a new id at every login: no session fixation
-    sid, _ = store.open(str(form.get("token", "")).strip())
-    resp = web.HTTPSeeOther(_next(str(form.get("next", ""))))
-    sess.set_cookie(request, resp, sid)
+    resp = web.HTTPSeeOther(sess.safe_next(str(form.get("next", ""))))
+    sess.set_cookie(request, resp, opened)
     resp.del_cookie(LOGIN_COOKIE, path="/ui/login")
     raise resp
 
 
 @routes.post("/logout", name="logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    request.config_dict[sess.STORE].close(request.cookies.get(sess.COOKIE))
+    await sess.logout(request)
     resp = web.HTTPSeeOther("/ui/login")
     resp.del_cookie(sess.COOKIE, path="/ui")
     raise resp
@@ -78,3 +84,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(burst.routes)
     app.router.add_routes(autoscaling.routes)
     app.router.add_routes(rebalance.routes)
+    app.router.add_routes(oidc_login.routes)

@@ -37,8 +37,10 @@ def _problem(exc: PydanticError) -> ValidationError:
     return ValidationError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()))
 
 
-async def _latest(request: web.Request) -> int:
-    """The event id a page was rendered at: its EventSource resumes from there and misses nothing."""
+async def latest_event(request: web.Request) -> int:
+    """The event id a page is rendered at: its EventSource resumes from there and misses nothing. Taken
+    BEFORE the page reads its rows: a change committed between the two reads is then in the rows or
+    replayed by the stream (both is harmless); taken after, a change landing in between is in neither."""
     return await events.latest_id(request.config_dict[keys.SESSIONS])
 
 
@@ -50,18 +52,20 @@ async def _form(request: web.Request) -> dict[str, str]:
 async def workloads(request: web.Request) -> web.Response:
     caller = identity_of(request)
     offset = int(request.query.get("offset", "0")) if request.query.get("offset", "0").isdigit() else 0
+    last_event = await latest_event(request)
     async with request.config_dict[keys.SESSIONS]() as session:
         rows = (await session.exec(
             select(Workload, Site.name).outerjoin(Site, col(Site.id) == col(Workload.site_id))
             .where(visible(caller, Workload), col(Workload.present))
             .order_by(col(Workload.created_at).desc(), col(Workload.id)).offset(offset).limit(PAGE))).all()
     return aiohttp_jinja2.render_template("workloads.html", request, page_context(
-        request, title="Workloads", rows=rows, offset=offset, page=PAGE, last_event=await _latest(request)))
+        request, title="Workloads", rows=rows, offset=offset, page=PAGE, last_event=last_event))
 
 
 @routes.get(r"/workloads/{workload_id:[0-9a-f-]{36}}", name="workload")
 async def workload(request: web.Request) -> web.Response:
     caller = identity_of(request)
+    last_event = await latest_event(request)
     async with request.config_dict[keys.SESSIONS]() as session:
         row = await get_visible(session, caller, Workload, request.match_info["workload_id"], "workload")
         ops = (await session.exec(select(Operation).where(Operation.target_id == row.id, visible(caller, Operation))
@@ -69,8 +73,7 @@ async def workload(request: web.Request) -> web.Response:
         site = await session.get(Site, row.site_id) if row.site_id else None
     return aiohttp_jinja2.render_template("workload.html", request, page_context(
         request, title=f"Workload {row.name}", w=row, ops=ops, site=site, actions=ACTIONS,
-        placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={},
-        last_event=await _latest(request)))
+        placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={}, last_event=last_event))
 
 
 @routes.post(r"/workloads/{workload_id:[0-9a-f-]{36}}/actions", name="workload_action")
@@ -109,6 +112,7 @@ async def operations(request: web.Request) -> web.Response:
               "done": (OperationState.SUCCEEDED, OperationState.CANCELLED)}
     states = groups.get(wanted, groups["open"])
     order = case((col(Operation.state) == OperationState.RUNNING, 0), else_=1)
+    last_event = await latest_event(request)
     async with request.config_dict[keys.SESSIONS]() as session:
         ops = (await session.exec(select(Operation).where(visible(caller, Operation), col(Operation.state).in_(states))
                                   .order_by(order, col(Operation.created_at).desc()).limit(PAGE))).all()
@@ -121,7 +125,7 @@ async def operations(request: web.Request) -> web.Response:
         reasons.setdefault(ev.operation_id, []).append(ev.message)
     return aiohttp_jinja2.render_template("operations.html", request, page_context(
         request, title="Operations", ops=ops, wanted=wanted if wanted in groups else "open", groups=list(groups),
-        reasons=reasons, active=ACTIVE, last_event=await _latest(request)))
+        reasons=reasons, active=ACTIVE, last_event=last_event))
 
 
 @routes.post(r"/operations/{operation_id:[0-9a-f-]{36}}/cancel", name="cancel")

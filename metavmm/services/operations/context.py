@@ -3,11 +3,12 @@ report progress and log lines without knowing how the engine stores them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metavmm.drivers.base import Driver
 from metavmm.drivers.registry import create_driver
@@ -51,7 +52,9 @@ class StepContext:
     outputs: dict[str, Any]
     _log: Callable[[str], Awaitable[None]]
     _progress: Callable[[float], Awaitable[None]]
+    _transfer: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     _last_progress: float = field(default=0.0)
+    _last_sample: tuple[float, int] | None = None  # (monotonic time, bytes) of the previous transfer report
 
     def driver(self, provider: str) -> Driver:
         return self.drivers.get(provider)
@@ -74,3 +77,46 @@ class StepContext:
         if force or now - self._last_progress >= 1.0:
             self._last_progress = now
             await self._progress(max(0.0, min(1.0, fraction)))
+
+    async def transfer(self, done_bytes: int, total_bytes: int, bytes_per_s: float | None = None, *,
+                       force: bool = False) -> None:
+        """Report bytes moved of ``total_bytes`` (a live migration): the step's progress is their ratio, and
+        the step keeps the numbers with the rate (the provider's, else measured between two reports) and
+        the time left, which the dashboard and the event stream show. Written at most once a second."""
+        now = time.monotonic()
+        if bytes_per_s is None and self._last_sample is not None and now > self._last_sample[0]:
+            bytes_per_s = max(0.0, (done_bytes - self._last_sample[1]) / (now - self._last_sample[0]))
+        self._last_sample = (now, done_bytes)
+        if self._transfer is None or not (force or now - self._last_progress >= 1.0):
+            return
+        self._last_progress = now
+        left = max(0, total_bytes - done_bytes)
+        await self._transfer({"bytes": done_bytes, "total_bytes": total_bytes,
+                              "bytes_per_s": round(bytes_per_s, 1) if bytes_per_s is not None else None,
+                              "eta_s": round(left / bytes_per_s, 1) if bytes_per_s else None,
+                              "fraction": min(1.0, done_bytes / total_bytes) if total_bytes > 0 else 0.0})
+
+
+T = TypeVar("T")
+
+
+async def tracked(ctx: StepContext, work: Awaitable[T], progress: list[float], lines: list[str] | None = None,
+                  *, each_tick: Callable[[], Awaitable[None]] | None = None, tick_s: float = 1.0) -> T:
+    """Await ``work`` while writing the fractions it appends to ``progress`` (and the lines to ``lines``)
+    to the step's row from this task, once a tick: tools report from callbacks that cannot await.
+    ``each_tick`` runs beside (a poll of the provider's own progress, say); cancelling cancels ``work``."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            await asyncio.wait({task}, timeout=tick_s)
+            if progress:
+                await ctx.progress(progress[-1])
+            while lines:
+                await ctx.log(lines.pop(0))
+            if task.done():
+                return task.result()
+            if each_tick is not None:
+                await each_tick()
+    except BaseException:  # the step was cancelled or timed out, or reporting failed: so is the tool
+        task.cancel()
+        raise

@@ -13,19 +13,17 @@ name at the target is reused, removals of what is already gone succeed. Their co
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from metavmm.foundation.errors import ProviderConflict, TranslationError, UnsupportedOperation
 from metavmm.foundation.records import DiskRef
 from metavmm.services import metrics
 from metavmm.services.operations.actions import action
-from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.context import StepContext, tracked
 from metavmm.services.operations.vm_actions import require_vm
 
 
@@ -47,27 +45,6 @@ async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_:
     await ctx.log(f"exported {disk.path} ({disk.format})")
     _moved("disk_export", disk.path)
     return {"exported": {"path": disk.path, "format": disk.format}}
-
-
-T = TypeVar("T")
-
-
-async def tracked(ctx: StepContext, work: Awaitable[T], progress: list[float], lines: list[str] | None = None) -> T:
-    """Await ``work`` while writing the fractions it appends to ``progress`` (and the lines to ``lines``)
-    to the step's row from this task, once a second: tools report from callbacks that cannot await."""
-    task = asyncio.ensure_future(work)
-    while True:
-        try:
-            await asyncio.wait({task}, timeout=1.0)
-        except BaseException:  # the step was cancelled or timed out: so is the tool
-            task.cancel()
-            raise
-        if progress:
-            await ctx.progress(progress[-1])
-        while lines:
-            await ctx.log(lines.pop(0))
-        if task.done():
-            return task.result()
 
 
 def _finished(out: Path) -> dict[str, Any] | None:

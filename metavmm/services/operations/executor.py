@@ -432,5 +432,9 @@ class Executor:
             step["progress"] = fraction
             await self._save(op)
 
+        async def write_transfer(transfer: dict[str, Any]) -> None:
+            step["transfer"] = transfer
+            await write_progress(transfer["fraction"])
+
         return StepContext(op.id, index, step["name"], self.sessions, self.config, self.drivers,
-                           dict(op.params), dict(op.outputs), write_log, write_progress)
+                           dict(op.params), dict(op.outputs), write_log, write_progress, write_transfer)

@@ -31,8 +31,7 @@ from metavmm.services.marketplace.publish import current_version, publish
 from metavmm.services.marketplace.replication import Replicator
 from metavmm.services.marketplace.stream import Expected, hash_file, stream_to_file
 from metavmm.services.operations.actions import action
-from metavmm.services.operations.context import StepContext
-from metavmm.services.operations.disk_actions import tracked
+from metavmm.services.operations.context import StepContext, tracked
 from metavmm.translators.ova import OvaLimits
 
 _copying: dict[tuple[str, str], asyncio.Lock] = {}

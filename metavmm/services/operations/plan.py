@@ -53,6 +53,15 @@ def plan_rows(steps: list[Step]) -> list[dict[str, Any]]:
     return [step_row(s) for s in steps]
 
 
+def transfer_of(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The bytes figures (:meth:`StepContext.transfer`) of the step moving data now, with its name; None
+    when no running step reports any (what the dashboard and the event stream show as throughput)."""
+    for s in steps:
+        if s["state"] in (StepState.RUNNING, StepState.WAITING) and s.get("transfer"):
+            return {"step": s["name"], **s["transfer"]}
+    return None
+
+
 def overall_progress(steps: list[dict[str, Any]]) -> float:
     """0..1: done steps count whole, the running step by its own progress, weighted."""
     total = sum(float(s.get("weight", 1.0)) for s in steps) or 1.0

@@ -15,7 +15,7 @@ from typing import Any
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Workload, utcnow
-from metavmm.drivers.base import poll_delays
+from metavmm.drivers.base import MigrationProgress, poll_delays
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
@@ -28,7 +28,9 @@ from metavmm.foundation.errors import (
 from metavmm.foundation.records import VmInfo, VmSpec, VmState
 from metavmm.services import observer
 from metavmm.services.operations.actions import action
-from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.context import StepContext, tracked
+
+MIGRATION_POLL_S = 0.25  # how often a running live migration's job figures are read (written at most 1/s)
 
 
 async def _known_ids(ctx: StepContext, workload_id: str) -> list[str]:
@@ -240,10 +242,25 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
     await ctx.log(f"live migration of {vm.provider_vm_id} to {dest}")
     if source.kind == target.kind == "libvirt" and target_provider != provider:
         # two libvirt hosts: the disk moves into the target provider's storage
-        await source.live_migrate(vm.provider_vm_id, dest,  # type: ignore[call-arg]
-                                  ex_target_storage_dir=str(target.storage_dir))  # type: ignore[attr-defined]
+        work = source.live_migrate(vm.provider_vm_id, dest,  # type: ignore[call-arg]
+                                   ex_target_storage_dir=str(target.storage_dir))  # type: ignore[attr-defined]
     else:
-        await source.live_migrate(vm.provider_vm_id, dest)
+        work = source.live_migrate(vm.provider_vm_id, dest)
+    last: list[MigrationProgress] = []
+
+    async def report() -> None:
+        """The provider's job figures while the migration runs (a failed read only skips a report)."""
+        try:
+            now = await source.migration_progress(vm.provider_vm_id)
+        except DriverError:
+            return
+        if now is not None:
+            last[:] = [now]
+            await ctx.transfer(now.processed_bytes, now.total_bytes, now.bytes_per_s)
+
+    await tracked(ctx, work, [], each_tick=report, tick_s=MIGRATION_POLL_S)
+    if last:  # done: everything the provider counted has moved
+        await ctx.transfer(last[0].total_bytes, last[0].total_bytes, last[0].bytes_per_s, force=True)
     return {"vm_id": vm.provider_vm_id}
 
 

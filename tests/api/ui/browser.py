@@ -30,8 +30,8 @@ metrics: {events_poll_s: 0.1}
 policies:
   - {name: overflow, when_utilisation_above: 0.95, allowed_providers: [sim-b], currency: USD}
 providers:
-  - {name: sim-a, kind: sim, site_count: 2, hosts_per_site: 2, gpu_models: [L4]}
-  - {name: sim-b, kind: sim, site_count: 1, hosts_per_site: 4, price_per_vcpu_hour: "0.015"}
+  - {name: sim-a, kind: sim, site_count: 2, hosts_per_site: 2, gpu_models: [L4], live_migrate_mib_s: 64}
+  - {name: sim-b, kind: sim, site_count: 1, hosts_per_site: 4, price_per_vcpu_hour: "0.015", live_migrate_mib_s: 64}
 """
 
 

@@ -217,6 +217,8 @@ def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker
     browser.execute_script("window.__no_reload = true;")
     row = 'tr[data-operation-id]:first-child'
     assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} td:nth-child(2)").text == "live_migrate"
+    first = _transfer_moves(browser, f"#operations {row} .op-transfer")  # the sim moves 512 MiB at 64 MiB/s
+    assert first["total"] == 512 * 2**20 and first["rate"] == 64 * 2**20
     wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f"#operations {row}").get_attribute("data-state")
          == "succeeded")
     assert browser.execute_script("return window.__no_reload === true;")
@@ -225,6 +227,36 @@ def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker
     after = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
     assert sites[after["site_id"]] == target and after["host_id"] != before["host_id"]
     browser.save_screenshot(str(tmp_path / "migrate-done.png"))
+
+    # the migrations screen lists a move in flight with its bytes, throughput and time left, live
+    back = b.rest("POST", f"/api/v1/workloads/{wid}/migrate", world.tokens["alpha_member"],
+                  {"site": target, "mode": "live"})["operation"]["id"]
+    browser.get(b.url + "/ui/migrate")
+    browser.execute_script("window.__no_reload = true;")
+    cell = f'#migrations tr[data-operation-id="{back}"] .op-transfer'
+    moving = _transfer_moves(browser, cell)
+    assert moving["total"] == 512 * 2**20 and moving["eta"] <= (moving["total"] - moving["bytes"]) / moving["rate"] + 1
+    assert "MiB/s" in browser.find_element(By.CSS_SELECTOR, cell).text
+    browser.save_screenshot(str(tmp_path / "migrations-in-flight.png"))
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'#migrations tr[data-operation-id="{back}"]')
+         .get_attribute("data-state") == "succeeded")
+    assert browser.execute_script("return window.__no_reload === true;")
+
+
+def _transfer_moves(browser: Any, selector: str) -> dict[str, float]:
+    """Wait until the transfer figures under ``selector`` show bytes moved and then more, without a reload;
+    the later figures (bytes, total, rate, eta)."""
+    By = _by()
+
+    def figures() -> dict[str, float] | None:
+        el = browser.find_element(By.CSS_SELECTOR, selector)
+        values = {k: el.get_attribute(f"data-{k}") for k in ("bytes", "total", "rate", "eta")}
+        return {k: float(v) for k, v in values.items()} if el.is_displayed() and all(values.values()) else None
+
+    seen = wait(browser, lambda d: figures())
+    later = wait(browser, lambda d: (f := figures()) is not None and f["bytes"] > seen["bytes"] and f)
+    assert later["bytes"] < later["total"] or later["eta"] == 0
+    return later
 
 
 def _post(browser: Any, path: str, fields: dict[str, str]) -> int:

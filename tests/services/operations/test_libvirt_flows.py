@@ -83,6 +83,8 @@ async def test_lifecycle_live_and_cold_migration(engine: Engine, libvirt_hosts: 
     assert domains(a) == {} and list(domains(b).values()) == ["vm-flow"] and state(b, "vm-flow") == "running"
     w, at = await workload(engine, wid)
     assert at == "lv1" and w.state_message and "lv1" in w.state_message
+    transfer = next(s for s in live.steps if s["action"] == "vm.live_migrate").get("transfer")
+    assert transfer and transfer["bytes"] == transfer["total_bytes"] > 0, transfer  # libvirt's job figures
 
     moved = {w: REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": w}) or 0.0
              for w in ("disk_export", "disk_convert", "image_import")}

@@ -4,10 +4,15 @@ that fails and rolls back with its reason on the workload."""
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlmodel import select
 
 from metavmm.catalog.models import Host, OperationState, Workload
+from metavmm.drivers.base import MIB
 from metavmm.foundation.config import parse_config
+from metavmm.services import events
+from metavmm.services.identity import Identity
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
@@ -89,3 +94,36 @@ async def test_bad_requests_are_refused_before_any_operation(sqlite_sessions) ->
     with pytest.raises(ValidationError, match="unknown action"):
         await flows.power(engine, "no-such-workload", "explode")
     assert await store.list_ops(sqlite_sessions) == []
+
+
+async def test_a_live_migration_reports_bytes_throughput_and_time_left(sqlite_sessions) -> None:
+    """The step polls the source's job figures while the move runs; the event stream carries them."""
+    config = parse_config(CONFIG.replace("hosts_per_site: 3}", "hosts_per_site: 3, live_migrate_mib_s: 128}"))
+    await sync_all(sqlite_sessions, config)
+    engine = Engine(sqlite_sessions, config, "sqlite://")
+    ex = Executor(sqlite_sessions, config)
+    op = await direct.provision(engine, name="mover", provider="sima", region="sim-000", image="img",
+                                host="sim-000-h00000", ram_mib=512)
+    assert await ex.run(op.id)
+    live = await flows.live_migrate(engine, op.target_id, target_provider="sima", target_host="sim-000-h00001")
+    admin = Identity(0, "operator", 0, "default", "admin", "cli")
+    cursor = events.Cursor(admin, await events.latest_id(sqlite_sessions))
+    await cursor.next(sqlite_sessions)
+    running = asyncio.ensure_future(ex.run(live.id))
+    seen: list[dict] = []
+    while not running.done():
+        seen += [e.data["transfer"] for e in await cursor.next(sqlite_sessions)
+                 if e.kind == "progress" and e.data["operation"] == live.id and e.data["transfer"]]
+        await asyncio.sleep(0.2)
+    assert await running
+    total = 512 * MIB
+    assert len(seen) >= 2, seen  # about 4 s at 128 MiB/s, reported once a second
+    assert all(t["step"] == "migrate" and t["total_bytes"] == total for t in seen)
+    assert [t["bytes"] for t in seen] == sorted(t["bytes"] for t in seen) and 0 < seen[0]["bytes"] < total
+    assert all(t["bytes_per_s"] == 128 * MIB for t in seen)
+    assert all(abs(t["eta_s"] - (total - t["bytes"]) / (128 * MIB)) < 0.2 for t in seen)
+    done = await store.get(sqlite_sessions, live.id)
+    step = next(s for s in done.steps if s["action"] == "vm.live_migrate")
+    assert done.state == OperationState.SUCCEEDED and step["transfer"]["bytes"] == total
+    assert step["transfer"]["eta_s"] == 0
+    await ex.drivers.close()

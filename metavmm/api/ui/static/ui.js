@@ -13,7 +13,21 @@
       const state = row.querySelector(".op-state"); if (state) { state.textContent = d.state; }
       const bar = row.querySelector(".op-progress");
       if (bar) { bar.value = d.progress; bar.textContent = Math.round(d.progress * 100) + "%"; }
+      const xfer = row.querySelector(".op-transfer");
+      if (xfer && d.transfer) { transfer(xfer, d.transfer); }
     });
+  }
+  function mib(n) { return typeof n === "number" ? (n / 1048576).toFixed(1) : "?"; }
+  function transfer(el, t) {
+    // a migration's bytes, throughput and time left: the same words as transfer_text() on the server
+    el.hidden = false;
+    el.setAttribute("data-bytes", t.bytes);
+    el.setAttribute("data-total", t.total_bytes);
+    el.setAttribute("data-rate", t.bytes_per_s === null ? "" : t.bytes_per_s);
+    el.setAttribute("data-eta", t.eta_s === null ? "" : t.eta_s);
+    el.textContent = mib(t.bytes) + " of " + mib(t.total_bytes) + " MiB"
+      + (t.bytes_per_s ? " · " + mib(t.bytes_per_s) + " MiB/s" : "")
+      + (typeof t.eta_s === "number" ? " · " + t.eta_s.toFixed(0) + " s left" : "");
   }
   function step(d) {
     // a history line about a step ("step create done", "step create: vm.create ...") moves that step on
