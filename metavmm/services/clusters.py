@@ -23,13 +23,15 @@ every seat (and the network the cluster created) through the workload service.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import logging
 import re
 import secrets
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -47,6 +49,7 @@ from metavmm.catalog.models import (
     Project,
     Workload,
     WorkloadKind,
+    WorkloadLink,
     utcnow,
 )
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, ValidationError
@@ -59,8 +62,8 @@ from metavmm.services.identity import Identity, operator_identity
 from metavmm.services.operations import store as op_store
 from metavmm.services.placement import in_transit, lock_placement
 from metavmm.services.scope import can_see
-from metavmm.services.workloads.requests import CreateRequest, check_ssh_key, check_user_data
-from metavmm.services.workloads.service import Shape, WorkloadService, is_uuid
+from metavmm.services.workloads.requests import CreateRequest, LinkSpec, check_ssh_key, check_user_data
+from metavmm.services.workloads.service import Shape, WorkloadService, is_uuid, scoped_key
 
 log = logging.getLogger(__name__)
 
@@ -141,41 +144,57 @@ class ClusterService:
 
     # --- create -------------------------------------------------------------------------------------
 
-    async def create(self, caller: Identity, req: ClusterRequest) -> ClusterView:
-        """Check the template, the class's quota and placement, and write every seat in one transaction."""
+    async def create(self, caller: Identity, req: ClusterRequest, *, idempotency_key: str | None = None) -> ClusterView:
+        """Check the template, the class's quota and placement, and write every seat in one transaction.
+        ``idempotency_key`` (scoped to the project and the caller, as every REST key): the same request
+        again answers with the first one's cluster and operations, creating nothing; another request
+        with the key is a 422."""
         _check_template(req)
-        ops: list[Operation] = []
         async with self.workloads.transaction(caller, req.project_id) as session:
             project_id = caller.project_id if req.project_id is None else req.project_id
-            if (await session.exec(select(Cluster.id).where(Cluster.project_id == project_id,
-                                                             Cluster.name == req.name))).first():
-                raise Conflict(f"a cluster named {req.name} already exists in this project")
-            network = await self._network(session, project_id, req.network_id)
-            site = req.site or _site_of(network)
-            shape = await self.workloads._shape(session, _seat_request(req, 1, site))
-            image = (await self.workloads._image(session, req.image, project_id, shape)) if req.image else None
-            await quotas.check(session, project_id, _demand(shape), flavor=shape.flavor, count=req.seats,
-                               what=f"a class of {req.seats} seats")
-            site, explained = await self._place_class(session, req, shape, image.id if image else None, site)
-            cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
-                              template={**_template(req, explained), "image_id": image.id if image else None})
-            session.add(cluster)
-            await session.flush()
-            if network is None and req.cidr:
-                made = await self.workloads.create_in(session, project_id, CreateRequest(
-                    kind=WorkloadKind.NETWORK, name=f"{req.name}-net", cidr=req.cidr, site=site))
-                network = made.workload
-                ops.append(made.operation)
-                cluster.template = {**cluster.template, "network_created": True}
-            cluster.network_id = network.id if network is not None else None
-            session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
-                                  title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
-                                  applies=[COMPUTE_KIND]))
-            ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1))
-            cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
-            session.add(cluster)
+            key = scoped_key(caller, project_id, idempotency_key)
+            fingerprint = _fingerprint("create", project_id, req)
+            earlier = await self.workloads._replay(session, key, fingerprint, "cluster.create")
+            if earlier is not None:
+                cluster_id, ops = await _replayed(session, earlier)
+                return await self._view(caller, cluster_id, ops)
+            cluster, ops = await self._create_in(session, project_id, req)
+            if key is not None:
+                await _remember(session, "cluster.create", cluster, ops, key, fingerprint)
         await self.workloads.wake(*ops)
         return await self._view(caller, cluster.id, ops)
+
+    async def _create_in(self, session: AsyncSession, project_id: int,
+                         req: ClusterRequest) -> tuple[Cluster, list[Operation]]:
+        ops: list[Operation] = []
+        if (await session.exec(select(Cluster.id).where(Cluster.project_id == project_id,
+                                                         Cluster.name == req.name))).first():
+            raise Conflict(f"a cluster named {req.name} already exists in this project")
+        network = await self._network(session, project_id, req.network_id)
+        site = req.site or _site_of(network)
+        shape = await self.workloads._shape(session, _seat_request(req, 1, site))
+        image = (await self.workloads._image(session, req.image, project_id, shape)) if req.image else None
+        await quotas.check(session, project_id, _demand(shape), flavor=shape.flavor, count=req.seats,
+                           what=f"a class of {req.seats} seats")
+        site, explained = await self._place_class(session, req, shape, image.id if image else None, site)
+        cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
+                          template={**_template(req, explained), "image_id": image.id if image else None})
+        session.add(cluster)
+        await session.flush()
+        if network is None and req.cidr:
+            made = await self.workloads.create_in(session, project_id, CreateRequest(
+                kind=WorkloadKind.NETWORK, name=f"{req.name}-net", cidr=req.cidr, site=site))
+            network = made.workload
+            ops.append(made.operation)
+            cluster.template = {**cluster.template, "network_created": True}
+        cluster.network_id = network.id if network is not None else None
+        session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
+                              title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
+                              applies=[COMPUTE_KIND]))
+        ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1))
+        cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
+        session.add(cluster)
+        return cluster, ops
 
     async def _network(self, session: AsyncSession, project_id: int, network_id: str | None) -> Workload | None:
         if network_id is None:
@@ -239,18 +258,23 @@ class ClusterService:
             taken_macs.add(mac)
             roster = tpl.get("roster") or []
             seat = Seat(**roster[n - 1]) if n <= len(roster) else Seat()
-            guest = {"hostname": hostname, "mac": mac}
-            if address is not None and net is not None:
-                guest.update(address=address, gateway=str(net.network_address + 1))
-            req = replace(_seat_request_from(tpl, n, cluster.site), name=hostname, guest=guest,
+            links: tuple[LinkSpec, ...] = ()
+            attributes = {"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
+                          "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
+                          "network_id": network.id if network is not None else None}
+            if network is not None:  # an interface on the class network with the seat's MAC; DHCP gives it the
+                guest: dict[str, Any] = {"hostname": hostname}  # address and name (a reservation)
+                links = (LinkSpec(network.id, mac=mac, attributes={"address": address, "hostname": hostname}),)
+                attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
+            else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
+                guest = {"hostname": hostname, "mac": mac}
+            req = replace(_seat_request_from(tpl, n, cluster.site), name=hostname, guest=guest, links=links,
                           ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=seat.user_data or tpl.get("user_data"),
-                          attributes={"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
-                                      "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
-                                      "network_id": network.id if network is not None else None})
+                          attributes=attributes)
             done = await self.workloads.create_in(session, cluster.project_id, req)
             session.add(ClusterSeat(cluster_id=cluster.id, serial=n, workload_id=done.workload.id, hostname=hostname,
                                     address=address, mac=mac, owner=seat.owner))
-            ops.append(done.operation)
+            ops += [done.operation, *done.link_operations]
         await session.flush()
         return ops
 
@@ -295,15 +319,23 @@ class ClusterService:
 
     # --- scale, reset -------------------------------------------------------------------------------
 
-    async def scale(self, caller: Identity, cluster_id: str, seats: int) -> ClusterView:
+    async def scale(self, caller: Identity, cluster_id: str, seats: int, *,
+                    idempotency_key: str | None = None) -> ClusterView:
         """Add seats (the lowest free serials, the class's quota checked at once) or remove the highest;
-        every other seat keeps its serial, name, address and MAC."""
+        every other seat keeps its serial, name, address and MAC. ``idempotency_key``: as for :meth:`create`
+        (the same scale again answers with the first one's operations and changes nothing)."""
         if not 1 <= seats <= MAX_SEATS:
             raise ValidationError(f"a cluster has 1 to {MAX_SEATS} seats, not {seats}")
         async with self.sessions() as session:
             cluster = await self._visible(session, caller, cluster_id)
         ops: list[Operation] = []
+        key = scoped_key(caller, cluster.project_id, idempotency_key)
+        fingerprint = _fingerprint("scale", cluster.id, seats)
         async with self.workloads.transaction(caller, cluster.project_id) as session:
+            earlier = await self.workloads._replay(session, key, fingerprint, "cluster.scale")
+            if earlier is not None:
+                replayed_id, ops = await _replayed(session, earlier)
+                return await self._view(caller, replayed_id, ops)
             cluster = await self._visible(session, caller, cluster.id)
             rows = (await session.exec(select(ClusterSeat).where(ClusterSeat.cluster_id == cluster.id)
                                        .order_by(col(ClusterSeat.serial)))).all()
@@ -325,8 +357,16 @@ class ClusterService:
             cluster.version += 1
             cluster.updated_at = utcnow()
             session.add(cluster)
+            record = await _remember(session, "cluster.scale", cluster, ops, key, fingerprint) if key else None
         await self.workloads.wake(*ops)
-        ops += await self._delete_workloads(caller, [s.workload_id for s in gone])
+        removed = await self._delete_workloads(caller, [s.workload_id for s in gone])
+        ops += removed
+        if record is not None and removed:  # a replay answers with the deletes too
+            async with session_scope(self.sessions) as session:
+                row = await session.get(Operation, record.id)
+                if row is not None:
+                    row.params = {**row.params, "operations": [op.id for op in ops]}
+                    session.add(row)
         return await self._view(caller, cluster.id, ops)
 
     async def reset_seat(self, caller: Identity, cluster_id: str, serial: int) -> Operation:
@@ -347,7 +387,10 @@ class ClusterService:
             workload = await session.get(Workload, seat.workload_id)
             if create is None or workload is None or workload.desired_state == "deleted":
                 raise Conflict(f"seat {serial} ({seat.hostname}) was never created or is being deleted")
-            op = await op_store.write_plan(session, kind="reset", steps=_reset_steps(create), target_id=workload.id,
+            nics = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == workload.id,
+                                                                  WorkloadLink.kind == "networkinterface"))).all()
+            op = await op_store.write_plan(session, kind="reset", steps=_reset_steps(create, nics),
+                                           target_id=workload.id,
                                            project_id=cluster.project_id, params={"cluster_id": cluster.id,
                                                                                   "serial": serial})
         await self.workloads.wake(op)
@@ -370,15 +413,16 @@ class ClusterService:
                 col(OcciMixin.project_id) == cluster.project_id, col(OcciMixin.scheme) == CLUSTER_SCHEME,
                 col(OcciMixin.term) == cluster.name))
             await session.exec(sa_delete(Cluster).where(col(Cluster.id) == cluster.id))  # type: ignore[call-overload]
-        if cluster.template.get("network_created") and cluster.network_id:
-            ops += await self._delete_workloads(caller, [cluster.network_id])
+        if cluster.template.get("network_created") and cluster.network_id:  # once no seat has a NIC on it
+            ops += await self._delete_workloads(caller, [cluster.network_id], after=[op.id for op in ops])
         return ops
 
-    async def _delete_workloads(self, caller: Identity, ids: Sequence[str]) -> list[Operation]:
+    async def _delete_workloads(self, caller: Identity, ids: Sequence[str],
+                                after: Sequence[str] = ()) -> list[Operation]:
         ops = []
         for wid in ids:
             try:
-                ops.append(await self.workloads.delete(caller, wid))
+                ops.append(await self.workloads.delete(caller, wid, after=after))
             except Conflict as exc:  # being deleted already (a reset's or an earlier request's)
                 log.info("cluster: %s", exc)
         return ops
@@ -528,8 +572,6 @@ def _address(net: ipaddress.IPv4Network, first: int, n: int) -> str:
 
 async def _macs(session: AsyncSession) -> set[str]:
     """Every MAC the catalog gives out: seats', clones' (``spec["mac"]``) and interfaces' (links)."""
-    from metavmm.catalog.models import WorkloadLink
-
     taken = {m.lower() for m in (await session.exec(select(ClusterSeat.mac))).all()}
     for spec in (await session.exec(select(Workload.spec).where(Workload.kind == WorkloadKind.COMPUTE,
                                                                 col(Workload.present)))).all():
@@ -556,8 +598,42 @@ def _new_mac(taken: set[str]) -> str:
             return mac
 
 
-def _reset_steps(create: Operation) -> list[Step]:
-    """The create's own VM steps again, behind a delete of the VM (the quota stays reserved: same seat)."""
+def _fingerprint(*request: Any) -> str:
+    """What an Idempotency-Key on a cluster request compares (a key reused for another body is a 422)."""
+    return hashlib.sha256(json.dumps(request, default=_plain, sort_keys=True).encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else str(value)
+
+
+async def _remember(session: AsyncSession, kind: str, cluster: Cluster, ops: Sequence[Operation], key: str,
+                    fingerprint: str) -> Operation:
+    """The record an Idempotency-Key finds again: an operation that is over when written (nothing for the
+    engine to run), naming the cluster and the operations the request started."""
+    op, event = op_store.new_plan(kind=kind, steps=[], target_id=cluster.id, project_id=cluster.project_id,
+                                  params={"operations": [o.id for o in ops]}, idempotency_key=key,
+                                  fingerprint=fingerprint)
+    op.state, op.progress, op.finished_at = OperationState.SUCCEEDED, 1.0, utcnow()
+    op.message = f"{kind.split('.')[1]} of cluster {cluster.name}: {len(ops)} operations"
+    session.add(op)
+    await session.flush()
+    session.add(event)
+    return op
+
+
+async def _replayed(session: AsyncSession, record: Operation) -> tuple[str, list[Operation]]:
+    """The cluster and operations of the request an Idempotency-Key named first."""
+    if record.target_id is None or await session.get(Cluster, record.target_id) is None:
+        raise Conflict(f"this Idempotency-Key was used for a cluster that is gone (operation {record.id})")
+    ids = list(record.params.get("operations") or [])
+    rows = {op.id: op for op in (await session.exec(select(Operation).where(col(Operation.id).in_(ids)))).all()}
+    return record.target_id, [rows[i] for i in ids if i in rows]
+
+
+def _reset_steps(create: Operation, nics: Sequence[WorkloadLink] = ()) -> list[Step]:
+    """The create's own VM steps again, behind a delete of the VM (the quota stays reserved: same seat),
+    then the seat's interfaces on its network again, with their MACs (the DHCP reservations stay)."""
     rows = {s["name"]: s for s in create.steps}
     made = rows.get("create")
     if made is None:
@@ -569,6 +645,9 @@ def _reset_steps(create: Operation) -> list[Step]:
     steps = [Step("delete-vm", "vm.delete", at, weight=1), Step("create", "vm.create", args, weight=3)]
     steps += [Step(s["name"], s["action"], s["args"], commit=bool(s.get("commit")))
               for s in create.steps if s["action"] in ("vm.wait", "workload.record")]
+    steps += [Step(f"attach-{i}", "network.attach", {"link_id": lk.id, "compute_id": lk.source_id,
+                                                     "target_id": lk.target_id, "mac": lk.attributes.get("mac")})
+              for i, lk in enumerate(nics)]
     return steps
 
 

@@ -6,6 +6,7 @@ The world's engine is stopped: the seats' create operations stay pending, which 
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,7 +16,17 @@ from sqlmodel import col, select
 
 from metavmm.api import keys
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Cluster, ClusterSeat, OcciMixin, Operation, Quota, QuotaReservation, Workload, utcnow
+from metavmm.catalog.models import (
+    Cluster,
+    ClusterSeat,
+    OcciMixin,
+    Operation,
+    Quota,
+    QuotaReservation,
+    Workload,
+    WorkloadLink,
+    utcnow,
+)
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, QuotaExceeded, ValidationError
 from metavmm.services.clusters import ClusterRequest, ClusterService, Seat
 from metavmm.services.identity import Identity
@@ -56,16 +67,26 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
     assert [s.address for s in seats] == [f"10.20.0.{10 + i}/24" for i in range(4)]
     assert len({s.mac for s in seats}) == 4 and all(s.mac.startswith("52:54:00:") for s in seats)
     assert [s.owner for s in seats] == ["ada", "bob", "", ""]
-    # every seat is an ordinary workload with its own pending create (4 seats + the class's network)
-    assert len(view.operations) == 5 and all(op.kind == "create" for op in view.operations)
+    # every seat is an ordinary workload with its own pending create (4 seats + the class's network), and
+    # an interface on the class's network (an attach each) whose DHCP reservation gives the seat its address
+    kinds = Counter(op.kind for op in view.operations)
+    assert kinds == {"create": 5, "attach": 4}
     first = seats[0].workload
-    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["ssh_key"]) == (
-        "lab-01", "lab-01", "10.20.0.10", KEY)
+    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["mac"], first.spec["ssh_key"]) == (
+        "lab-01", "lab-01", "10.20.0.10", seats[0].mac, KEY)
     assert "ssh_key" not in seats[2].workload.spec
     create_step = next(s for s in seats[0].operation.steps if s["action"] == "vm.create")
-    assert create_step["args"]["extra"]["mac"] == seats[0].mac
-    assert create_step["args"]["extra"]["address"] == "10.20.0.10/24"
-    assert create_step["args"]["extra"]["gateway"] == "10.20.0.1"
+    assert create_step["args"]["extra"]["hostname"] == "lab-01"
+    assert "mac" not in create_step["args"]["extra"]  # the MAC is the class network interface's, not the VM's own NIC
+    links = await rows(w, WorkloadLink, WorkloadLink.source_id == first.id)
+    assert [(lk.target_id, lk.attributes["mac"], lk.attributes["address"], lk.attributes["hostname"])
+            for lk in links] == [(view.cluster.network_id, seats[0].mac, "10.20.0.10/24", "lab-01")]
+    attach = next(op for op in view.operations if op.kind == "attach" and op.target_id == links[0].id)
+    reserve = next(s for s in attach.steps if s["action"] == "network.reserve")
+    assert (reserve["args"]["mac"], reserve["args"]["ip"], reserve["args"]["hostname"]) == (
+        seats[0].mac, "10.20.0.10", "lab-01")
+    assert [s["action"] for s in attach.steps].index("network.reserve") < \
+        [s["action"] for s in attach.steps].index("network.attach")
     assert {s.workload.spec["placement"]["site"] for s in seats} == {view.cluster.site}
     assert "4 seats at" in view.cluster.template["placement"]["summary"]
     (mixin,) = await rows(w, OcciMixin, OcciMixin.term == "lab")
@@ -82,6 +103,8 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
     assert {s.serial: (s.hostname, s.address, s.mac) for s in smaller.seats} == {
         k: v[:3] for k, v in before.items() if k <= 3}
     assert [op.kind for op in smaller.operations] == ["delete", "delete", "delete"]
+    for op in smaller.operations:  # each removed seat's reservation goes with it
+        assert [s["action"] for s in op.steps if s["action"] == "network.release"] == ["network.release"]
     back = await clusters.scale(alpha, view.cluster.id, 4)
     assert back.seats[3].hostname == "lab-04" and back.seats[3].address == "10.20.0.13/24"
 

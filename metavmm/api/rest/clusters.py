@@ -125,9 +125,10 @@ async def list_clusters(request: web.Request) -> list[ClusterOut]:
 
 @api.route("POST", "/clusters", summary="Create a class of seats in one request: the class's quota is checked "
            "at once, the batch placement picks its site, every seat is created and started", body=ClusterCreate,
-           response=ClusterOut, status=202)
+           response=ClusterOut, status=202, idempotency=True)
 async def create_cluster(request: web.Request, body: ClusterCreate) -> ClusterOut:
-    return render(await clusters(request).create(identity_of(request), request_of(body)))
+    return render(await clusters(request).create(identity_of(request), request_of(body),
+                                                 idempotency_key=request.headers.get("Idempotency-Key")))
 
 
 @api.route("GET", "/clusters/{cluster_id}", summary="Show a cluster: each seat's state and progress",
@@ -144,9 +145,10 @@ async def delete_cluster(request: web.Request, params: Any) -> list[OperationOut
 
 
 @api.route("POST", "/clusters/{cluster_id}/scale", summary="Add or remove seats; the others keep their names, "
-           "addresses and MACs", params=ClusterId, body=ClusterScale, response=ClusterOut, status=202)
+           "addresses and MACs", params=ClusterId, body=ClusterScale, response=ClusterOut, status=202, idempotency=True)
 async def scale_cluster(request: web.Request, params: Any, body: ClusterScale) -> ClusterOut:
-    return render(await clusters(request).scale(identity_of(request), params.cluster_id, body.seats))
+    return render(await clusters(request).scale(identity_of(request), params.cluster_id, body.seats,
+                                                idempotency_key=request.headers.get("Idempotency-Key")))
 
 
 @api.route("POST", "/clusters/{cluster_id}/seats/{serial}/reset", summary="Reset one seat to its base image",
