@@ -64,10 +64,12 @@ from metavmm.services.placement import in_transit, lock_placement
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.requests import CreateRequest, LinkSpec, check_ssh_key, check_user_data
 from metavmm.services.workloads.service import Shape, WorkloadService, is_uuid, scoped_key
+from metavmm.translators.cloudinit import SHA512_CRYPT, combinable, sha512_crypt, with_password
 
 log = logging.getLogger(__name__)
 
 MAX_SEATS = 500
+PASSWORD_MAX = 256
 CLUSTER_SCHEME = "http://schemas.metavmm.dev/occi/cluster#"
 """The scheme of a cluster's OCCI mixin (term: the cluster's name); OCCI renders such mixins as the
 broker's (not a user tag a client may associate or delete)."""
@@ -84,6 +86,8 @@ class Seat:
     owner: str = ""
     ssh_key: str | None = field(default=None, repr=False)
     user_data: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)  # plaintext: hashed at once, never kept
+    password_hash: str | None = field(default=None, repr=False)  # or a SHA-512 crypt hash ($6$...)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ class ClusterRequest:
     hostname_pattern: str = DEFAULT_PATTERN
     ssh_key: str | None = field(default=None, repr=False)  # every seat's, unless the roster gives one
     user_data: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)  # every seat's, unless the roster gives one
+    password_hash: str | None = field(default=None, repr=False)
     roster: tuple[Seat, ...] = ()  # by serial: the first line is seat 1
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = None
@@ -153,12 +159,12 @@ class ClusterService:
         async with self.workloads.transaction(caller, req.project_id) as session:
             project_id = caller.project_id if req.project_id is None else req.project_id
             key = scoped_key(caller, project_id, idempotency_key)
-            fingerprint = _fingerprint("create", project_id, req)
+            fingerprint = _fingerprint("create", project_id, hash_passwords(req, key[3:19] if key else None))
             earlier = await self.workloads._replay(session, key, fingerprint, "cluster.create")
             if earlier is not None:
                 cluster_id, ops = await _replayed(session, earlier)
                 return await self._view(caller, cluster_id, ops)
-            cluster, ops = await self._create_in(session, project_id, req)
+            cluster, ops = await self._create_in(session, project_id, hash_passwords(req))
             if key is not None:
                 await _remember(session, "cluster.create", cluster, ops, key, fingerprint)
         await self.workloads.wake(*ops)
@@ -268,9 +274,12 @@ class ClusterService:
                 attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
             else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
                 guest = {"hostname": hostname, "mac": mac}
+            user_data = seat.user_data or tpl.get("user_data")
+            password = seat.password_hash or tpl.get("password_hash")
+            if password:  # the hash goes into the seat's cloud-init, beside the class's user data
+                user_data = with_password(user_data, hostname, password)
             req = replace(_seat_request_from(tpl, n, cluster.site), name=hostname, guest=guest, links=links,
-                          ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=seat.user_data or tpl.get("user_data"),
-                          attributes=attributes)
+                          ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=user_data, attributes=attributes)
             done = await self.workloads.create_in(session, cluster.project_id, req)
             session.add(ClusterSeat(cluster_id=cluster.id, serial=n, workload_id=done.workload.id, hostname=hostname,
                                     address=address, mac=mac, owner=seat.owner))
@@ -479,10 +488,14 @@ def _check_template(req: ClusterRequest) -> None:
                               "(lower-case letters, digits, inner hyphens, at most 63)")
     if len(req.roster) > req.seats:
         raise ValidationError(f"the roster has {len(req.roster)} lines for {req.seats} seats")
+    _check_password(req.password, req.password_hash, req.user_data)
     for i, seat in enumerate(req.roster, 1):
         try:
             check_ssh_key(seat.ssh_key)
             check_user_data(seat.user_data)
+            own = seat.password is not None or seat.password_hash is not None
+            _check_password(seat.password if own else req.password, seat.password_hash if own else req.password_hash,
+                            seat.user_data or req.user_data)
         except ValidationError as exc:
             raise ValidationError(f"roster line {i}: {exc}") from None
         if len(seat.owner) > 255:
@@ -498,6 +511,30 @@ def _check_template(req: ClusterRequest) -> None:
             raise ValidationError(f"expires_at {at.isoformat()} is in the past")
     if req.first_address < 2:
         raise ValidationError("first_address must be at least 2 (host 1 of the range is the gateway)")
+
+
+def _check_password(password: str | None, password_hash: str | None, user_data: str | None) -> None:
+    """A seat's password: plaintext (hashed at once) or a SHA-512 crypt hash, and user data it can go beside."""
+    if password is not None and password_hash is not None:
+        raise ValidationError("give a password or a password_hash, not both")
+    if password is not None and not (isinstance(password, str) and 1 <= len(password) <= PASSWORD_MAX
+                                     and "\x00" not in password):
+        raise ValidationError(f"a password is 1 to {PASSWORD_MAX} characters without NUL")
+    if password_hash is not None and not SHA512_CRYPT.fullmatch(str(password_hash)):
+        raise ValidationError("a password_hash must be a SHA-512 crypt hash like $6$salt$... (openssl passwd -6)")
+    if (password or password_hash) and user_data is not None:
+        combinable(user_data)
+
+
+def hash_passwords(req: ClusterRequest, salt: str | None = None) -> ClusterRequest:
+    """The request with every plaintext password replaced by its SHA-512 crypt hash (a random salt each;
+    ``salt``: a fixed one, for the idempotency fingerprint, so a replay with another password is a 422
+    while the fingerprint holds no fast hash of it)."""
+    def hashed(password: str | None, given: str | None) -> str | None:
+        return sha512_crypt(password, salt) if password is not None else given
+
+    roster = tuple(replace(s, password=None, password_hash=hashed(s.password, s.password_hash)) for s in req.roster)
+    return replace(req, password=None, password_hash=hashed(req.password, req.password_hash), roster=roster)
 
 
 def _is_net(text: str) -> bool:
@@ -521,15 +558,19 @@ def _template(req: ClusterRequest, explained: dict[str, Any]) -> dict[str, Any]:
     return {"seats": req.seats, "image": req.image, "flavor": req.flavor, "vcpus": req.vcpus,
             "ram_mib": req.ram_mib, "disk_gib": req.disk_gib, "gpu_model": req.gpu_model, "gpu_count": req.gpu_count,
             "first_address": req.first_address, "hostname_pattern": req.hostname_pattern, "cidr": req.cidr,
-            "ssh_key": req.ssh_key, "user_data": req.user_data, "strategy": req.strategy, "site": req.site,
-            "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data} for s in req.roster],
+            "ssh_key": req.ssh_key, "user_data": req.user_data, "password_hash": req.password_hash,
+            "strategy": req.strategy, "site": req.site,
+            "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data,
+                        "password_hash": s.password_hash} for s in req.roster],
             "placement": explained}
 
 
 def public_template(tpl: dict[str, Any]) -> dict[str, Any]:
-    """The template as front ends show it: without the roster's keys and anyone's user data."""
-    return {k: v for k, v in tpl.items() if k not in ("roster", "user_data")} | {
-        "roster": [r.get("owner", "") for r in tpl.get("roster") or []]}
+    """The template as front ends show it: without the roster's keys, anyone's user data or password hash
+    (``passwords``: whether seats have one)."""
+    hashed = bool(tpl.get("password_hash")) or any(r.get("password_hash") for r in tpl.get("roster") or [])
+    shown = {k: v for k, v in tpl.items() if k not in ("roster", "user_data", "password_hash")}
+    return shown | {"passwords": hashed, "roster": [r.get("owner", "") for r in tpl.get("roster") or []]}
 
 
 def _seat_request(req: ClusterRequest, n: int, site: str | None) -> CreateRequest:

@@ -6,13 +6,17 @@ The world's engine is stopped: the seats' create operations stay pending, which 
 
 from __future__ import annotations
 
+import email
+import json
+import logging
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlmodel import col, select
+import yaml
+from sqlmodel import SQLModel, col, select
 
 from metavmm.api import keys
 from metavmm.catalog.db import session_scope
@@ -28,8 +32,9 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, QuotaExceeded, ValidationError
-from metavmm.services.clusters import ClusterRequest, ClusterService, Seat
+from metavmm.services.clusters import ClusterRequest, ClusterService, Seat, public_template
 from metavmm.services.identity import Identity
+from metavmm.translators.cloudinit import sha512_crypt
 from tests.world import World
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests student"
@@ -170,6 +175,9 @@ async def test_delete_and_expiry_tear_the_class_down(svc: tuple[ClusterService, 
     view = await clusters.create(alpha, ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=256, cidr="10.9.0.0/24"))
     ops = await clusters.delete(alpha, view.cluster.id)
     assert sorted(op.kind for op in ops) == ["delete", "delete", "delete"]  # two seats and the class's network
+    network_delete = next(op for op in ops if op.target_id == view.cluster.network_id)
+    waits = [s["args"]["operation_id"] for s in network_delete.steps if s["action"] == "operation.wait"]
+    assert {op.id for op in ops if op is not network_delete} <= set(waits)  # after the seats' NICs are gone
     assert await rows(w, Cluster) == [] and await rows(w, ClusterSeat) == []
     assert await rows(w, OcciMixin, OcciMixin.term == "lab") == []
     with pytest.raises(NotFound):
@@ -181,3 +189,45 @@ async def test_delete_and_expiry_tear_the_class_down(svc: tuple[ClusterService, 
     (seat,) = old.seats
     deleting = await rows(w, Operation, Operation.target_id == seat.workload.id, Operation.kind == "delete")
     assert len(deleting) == 1
+
+
+async def test_passwords_are_kept_and_passed_only_as_sha512_crypt_hashes(
+        svc: tuple[ClusterService, World], caplog: pytest.LogCaptureFixture) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    caplog.set_level(logging.DEBUG)
+    given = sha512_crypt("bobs-own", "bobsalt")
+    view = await clusters.create(alpha, ClusterRequest(
+        name="lab", seats=3, vcpus=1, ram_mib=256, password="class-secret-42",
+        user_data="#!/bin/sh\necho ready\n", roster=(Seat("ada", password="ada-secret-17"), Seat("bob",
+                                                                                               password_hash=given))))
+    hashes = []
+    for seat in view.seats:
+        create = next(s for s in seat.operation.steps if s["action"] == "vm.create")
+        parts = [p.get_payload(decode=True).decode() for p in email.message_from_string(
+            create["args"]["user_data"]).walk() if not p.is_multipart()]
+        assert parts[1] == "#!/bin/sh\necho ready\n"  # the class's user data, beside the password part
+        hashes.append(yaml.safe_load(parts[0])["password"])
+    ada, bob, third = hashes
+    assert sha512_crypt("ada-secret-17", ada.split("$")[2]) == ada and bob == given
+    assert sha512_crypt("class-secret-42", third.split("$")[2]) == third
+    # the plaintext is nowhere in the catalog (every table, every column) and in no log line
+    async with w.app[keys.SESSIONS]() as session:
+        tables = [(await session.execute(select(table))).all() for table in SQLModel.metadata.sorted_tables]
+    dump = json.dumps([[tuple(row) for row in rows] for rows in tables], default=str)  # (a Row's repr cuts values)
+    assert third in dump
+    for secret in ("class-secret-42", "ada-secret-17"):
+        assert secret not in dump and secret not in caplog.text
+    assert "password" not in repr(ClusterRequest(name="x", seats=1, password="class-secret-42"))
+    template = public_template(view.cluster.template)
+    assert template["passwords"] is True and "$6$" not in str(template)
+    for req, message in (
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, password="a", password_hash=given), "not both"),
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, password_hash="secret"), "SHA-512 crypt"),
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, password="a", user_data="#include x"),
+             "#cloud-config or a #! script"),
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, roster=(Seat("a", password="x" * 300),)),
+             "roster line 1: a password is 1 to 256"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            await clusters.create(alpha, req)

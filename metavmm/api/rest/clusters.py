@@ -13,8 +13,21 @@ from metavmm.api.keys import identity_of
 from metavmm.api.rest.common import UUID_PATTERN, OutModel, Timestamp, id_model
 from metavmm.api.rest.framework import RestModule
 from metavmm.api.rest.workloads import OperationOut, workloads
-from metavmm.services.clusters import MAX_SEATS, ClusterRequest, ClusterService, ClusterView, Seat, public_template
+from metavmm.services.clusters import (
+    MAX_SEATS,
+    PASSWORD_MAX,
+    ClusterRequest,
+    ClusterService,
+    ClusterView,
+    Seat,
+    public_template,
+)
 from metavmm.services.workloads.requests import SSH_KEY_MAX, USER_DATA_MAX
+from metavmm.translators.cloudinit import SHA512_CRYPT
+
+PASSWORD_DOC = ("the image's default user's password on every seat (a roster line: that seat's); hashed at once "
+                "(SHA-512 crypt), only the hash is kept and given to cloud-init")
+HASH_DOC = "or the password as a SHA-512 crypt hash ($6$salt$..., openssl passwd -6)"
 
 api = RestModule("clusters", "Virtual clusters: a class of identical computes created, scaled and deleted at once")
 
@@ -24,6 +37,8 @@ class RosterLine(BaseModel):
     owner: str = Field(default="", max_length=255, description="who sits at the seat (a student's name)")
     ssh_key: str | None = Field(default=None, min_length=1, max_length=SSH_KEY_MAX)
     user_data: str | None = Field(default=None, min_length=1, max_length=USER_DATA_MAX)
+    password: str | None = Field(default=None, min_length=1, max_length=PASSWORD_MAX, description=PASSWORD_DOC)
+    password_hash: str | None = Field(default=None, pattern=SHA512_CRYPT.pattern, description=HASH_DOC)
 
 
 class ClusterCreate(BaseModel):
@@ -45,6 +60,8 @@ class ClusterCreate(BaseModel):
                                   description="{n}: the seat's serial (formats like {n:02d}), {cluster}: the name")
     ssh_key: str | None = Field(default=None, min_length=1, max_length=SSH_KEY_MAX)
     user_data: str | None = Field(default=None, min_length=1, max_length=USER_DATA_MAX)
+    password: str | None = Field(default=None, min_length=1, max_length=PASSWORD_MAX, description=PASSWORD_DOC)
+    password_hash: str | None = Field(default=None, pattern=SHA512_CRYPT.pattern, description=HASH_DOC)
     roster: list[RosterLine] = Field(default_factory=list, max_length=MAX_SEATS,
                                      description="per seat, in serial order: owner, SSH key, user data")
     strategy: Literal["spread", "pack"] = "spread"
@@ -113,7 +130,9 @@ def request_of(body: ClusterCreate) -> ClusterRequest:
         ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model, gpu_count=body.gpu_count,
         network_id=body.network_id, cidr=body.cidr, first_address=body.first_address,
         hostname_pattern=body.hostname_pattern, ssh_key=body.ssh_key, user_data=body.user_data,
-        roster=tuple(Seat(r.owner, r.ssh_key, r.user_data) for r in body.roster), strategy=body.strategy,
+        password=body.password, password_hash=body.password_hash,
+        roster=tuple(Seat(r.owner, r.ssh_key, r.user_data, r.password, r.password_hash) for r in body.roster),
+        strategy=body.strategy,
         site=body.site, expires_at=body.expires_at, project_id=body.project_id)
 
 

@@ -115,3 +115,24 @@ async def test_an_idempotency_key_replays_create_and_scale(world: Any) -> None:
     assert sorted(op["kind"] for op in shrunk["operations"]) == ["delete", "delete"]
     assert [op["id"] for op in replay["operations"]] == [op["id"] for op in shrunk["operations"]]
     assert len(replay["seats"]) == 1
+
+
+async def test_passwords_replay_by_their_key_and_are_never_shown(world: Any) -> None:
+    client, w = world
+    alpha = {**w.auth("alpha_member"), "Idempotency-Key": "pw-1"}
+    body = {"name": "pw", "seats": 1, "vcpus": 1, "ram_mib": 64, "password": "class-secret-42",
+            "roster": [{"owner": "ada", "password_hash": "$6$abcdefgh$" + "x" * 86}]}
+    first = await client.post(f"{API}/clusters", headers=alpha, json=body)
+    assert first.status == 202, await first.text()
+    made = await first.json()
+    assert made["template"]["passwords"] is True and "$6$" not in str(made["template"])
+    again = await client.post(f"{API}/clusters", headers=alpha, json=body)  # the same password: a replay
+    assert again.status == 202 and (await again.json())["id"] == made["id"]
+    other = await client.post(f"{API}/clusters", headers=alpha, json={**body, "password": "another-one"})
+    assert other.status == 422, await other.text()
+    for bad, words in (({"password_hash": "plain"}, "password_hash"), ({"password": ""}, "password"),
+                       ({"password": "a", "password_hash": "$6$abcdefgh$" + "x" * 86}, "not both")):
+        resp = await client.post(f"{API}/clusters", headers=w.auth("alpha_member"),
+                                 json={"name": "pw2", "seats": 1, "vcpus": 1, "ram_mib": 64, **bad})
+        text = await resp.text()
+        assert resp.status == 400 and words in text and "class-secret" not in text, (bad, text)
