@@ -30,7 +30,7 @@ import logging
 import re
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -53,7 +53,7 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, ValidationError
-from metavmm.scheduler.batch import BatchPlanner
+from metavmm.scheduler.batch import BatchPlanner, BatchResult
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.request import ImageRef, PlacementRequest
@@ -115,6 +115,8 @@ class ClusterRequest:
     roster: tuple[Seat, ...] = ()  # by serial: the first line is seat 1
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = None
+    sites: tuple[str, ...] = ()  # a class over several sites (names or regions; no class network)
+    max_per_site: int | None = None  # at most so many seats at one site (the class spreads over sites)
     expires_at: datetime | None = None
     project_id: int | None = None  # admins only: another project
 
@@ -182,7 +184,8 @@ class ClusterService:
         image = (await self.workloads._image(session, req.image, project_id, shape)) if req.image else None
         await quotas.check(session, project_id, _demand(shape), flavor=shape.flavor, count=req.seats,
                            what=f"a class of {req.seats} seats")
-        site, explained = await self._place_class(session, req, shape, image.id if image else None, site)
+        sites, explained = await self._place_class(session, req, shape, image.id if image else None, site)
+        site = Counter(sites).most_common(1)[0][0]  # the class's site: where most of its seats are
         cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
                           template={**_template(req, explained), "image_id": image.id if image else None})
         session.add(cluster)
@@ -197,7 +200,7 @@ class ClusterService:
         session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
                               title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
                               applies=[COMPUTE_KIND]))
-        ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1))
+        ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1), sites)
         cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
         session.add(cluster)
         return cluster, ops
@@ -213,9 +216,12 @@ class ClusterService:
         return row
 
     async def _place_class(self, session: AsyncSession, req: ClusterRequest, shape: Shape, image_id: str | None,
-                           site: str | None, count: int | None = None) -> tuple[str, dict[str, Any]]:
-        """The one site that holds every new seat, by the batch placement over the placer's snapshot and
-        the in-transit ledger; NoPlacement (409) with the class's reasons when none does."""
+                           site: str | None, count: int | None = None,
+                           held: Mapping[str, int] | None = None) -> tuple[list[str], dict[str, Any]]:
+        """The site of every new seat, by the batch placement over the placer's snapshot and the in-transit
+        ledger: one site that holds them all, or, for a class over several sites (``sites`` or
+        ``max_per_site``), at most ``max_per_site`` at each (``held``: the seats a site has already);
+        NoPlacement (409) with the class's reasons when that cannot be."""
         n = req.seats if count is None else count
         await lock_placement(session)
         snap, graph = await self.workloads.placer.snapshot(session)
@@ -223,21 +229,37 @@ class ClusterService:
         probe = [PlacementRequest(name=f"seat-{i}", vcpus=shape.vcpus, ram_mib=shape.ram_mib,
                                   disk_gib=shape.disk_gib, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
                                   cpu_arch=shape.arch, image=ImageRef(image_id) if image_id else None,
-                                  sites=(site,) if site else (), strategy=req.strategy) for i in range(n)]
-        planner = BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger))
-        result = planner.place(probe)
+                                  sites=(site,) if site else req.sites, strategy=req.strategy) for i in range(n)]
+
+        def place(requests: Sequence[PlacementRequest]) -> BatchResult:
+            return BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger)).place(requests)
+
+        result = place(probe)
         by_site = Counter(a.site for a in result.assignments)
+        explained: dict[str, Any] = {"seats": n, "sites_considered": len(snap.sites),
+                                     "batch_seconds": round(result.seconds, 4)}
+        if req.sites or req.max_per_site:
+            allowed = [v.name for v in snap.sites if not req.sites or v.name in req.sites or v.region in req.sites]
+            order = [name for name, _ in by_site.most_common()] + [v for v in allowed if v not in by_site]
+            placed = _spread(order, n, req.max_per_site or n, held or {},
+                             lambda name, k: k - len(place([replace(p, sites=(name,)) for p in probe[:k]]).unplaced))
+            if sum(placed.values()) < n:
+                held_now = {k: v for k, v in (held or {}).items() if v}
+                raise NoPlacement(
+                    f"no placement for {n - sum(placed.values())} of the {n} seats of cluster {req.name} over "
+                    f"{', '.join(order) or 'no site'} with at most {req.max_per_site or n} a site"
+                    + (f" (held already: {held_now})" if held_now else "")
+                    + (f"; {', '.join(f'{k} takes {v}' for k, v in placed.items())}" if placed else ""))
+            explained |= {"sites": placed, "max_per_site": req.max_per_site,
+                          "split_by_cost": dict(by_site) if by_site else None}
+            return [name for name, k in placed.items() for _ in range(k)], explained
         tried = []
         for candidate, _ in by_site.most_common():  # one site: the class shares its network and base image
-            if len(by_site) == 1 and not result.unplaced:
-                chosen = result
-            else:
-                chosen = BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger)).place(
-                    [replace(p, sites=(candidate,)) for p in probe])
+            chosen = result if len(by_site) == 1 and not result.unplaced else place(
+                [replace(p, sites=(candidate,)) for p in probe])
             if not chosen.unplaced:
-                return candidate, {"site": candidate, "seats": n, "sites_considered": len(snap.sites),
-                                   "batch_seconds": round(result.seconds, 4),
-                                   "split_by_cost": dict(by_site) if len(by_site) > 1 else None}
+                return [candidate] * n, explained | {"site": candidate,
+                                                     "split_by_cost": dict(by_site) if len(by_site) > 1 else None}
             tried.append(f"{candidate} holds {n - len(chosen.unplaced)}")
         reasons = Counter(result.unplaced.values())
         why = "; ".join(f"{k} ({v} seats)" for k, v in reasons.most_common())
@@ -247,14 +269,15 @@ class ClusterService:
                           + (f"; {', '.join(tried)} of them" if tried else ""))
 
     async def _add_seats(self, session: AsyncSession, cluster: Cluster, network: Workload | None,
-                         serials: Sequence[int]) -> list[Operation]:
-        """Create the seats of ``serials`` (each through the workload service) and their seat rows."""
+                         serials: Sequence[int], sites: Sequence[str]) -> list[Operation]:
+        """Create the seats of ``serials`` (each through the workload service, pinned to its site in
+        ``sites``) and their seat rows."""
         tpl = cluster.template
         net = _range(network)
         taken_macs = await _macs(session)
         taken_ips = await _addresses(session, network.id) if network is not None else set()
         ops: list[Operation] = []
-        for n in serials:
+        for n, at in zip(serials, sites, strict=True):
             hostname = render_hostname(tpl["hostname_pattern"], cluster.name, n)
             address = _address(net, tpl["first_address"], n) if net is not None else None
             if address is not None and address.split("/")[0] in taken_ips:
@@ -278,7 +301,7 @@ class ClusterService:
             password = seat.password_hash or tpl.get("password_hash")
             if password:  # the hash goes into the seat's cloud-init, beside the class's user data
                 user_data = with_password(user_data, hostname, password)
-            req = replace(_seat_request_from(tpl, n, cluster.site), name=hostname, guest=guest, links=links,
+            req = replace(_seat_request_from(tpl, n, at), name=hostname, guest=guest, links=links,
                           ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=user_data, attributes=attributes)
             done = await self.workloads.create_in(session, cluster.project_id, req)
             session.add(ClusterSeat(cluster_id=cluster.id, serial=n, workload_id=done.workload.id, hostname=hostname,
@@ -356,9 +379,14 @@ class ClusterService:
                 shape = await self.workloads._shape(session, _seat_request_from(tpl, 1, cluster.site))
                 await quotas.check(session, cluster.project_id, _demand(shape), flavor=shape.flavor, count=len(new),
                                    what=f"{len(new)} more seats")
-                await self._place_class(session, req, shape, tpl.get("image_id"), cluster.site, count=len(new))
+                spread = bool(tpl.get("sites") or tpl.get("max_per_site"))
+                held = Counter(w.spec.get("site") for w in (await session.exec(
+                    select(Workload).join(ClusterSeat, col(ClusterSeat.workload_id) == Workload.id)
+                    .where(ClusterSeat.cluster_id == cluster.id))).all()) if spread else None
+                sites, _ = await self._place_class(session, req, shape, tpl.get("image_id"),
+                                                   None if spread else cluster.site, count=len(new), held=held)
                 network = await session.get(Workload, cluster.network_id) if cluster.network_id else None
-                ops = await self._add_seats(session, cluster, network, new)
+                ops = await self._add_seats(session, cluster, network, new, sites)
             gone = sorted(rows, key=lambda s: s.serial)[seats:] if seats < len(rows) else []
             for seat in gone:
                 await session.delete(seat)
@@ -477,6 +505,16 @@ def _check_template(req: ClusterRequest) -> None:
         raise ValidationError(f"a cluster has 1 to {MAX_SEATS} seats, not {req.seats}")
     if req.network_id and req.cidr:
         raise ValidationError("give a network_id (an existing network) or a cidr (a new one), not both")
+    if req.sites or req.max_per_site is not None:
+        if req.site:
+            raise ValidationError("give a site (one) or sites (a class over several), not both")
+        if req.network_id or req.cidr:
+            raise ValidationError("a class over several sites has no class network (a network stays at one site)")
+        if req.max_per_site is not None and not 1 <= req.max_per_site <= MAX_SEATS:
+            raise ValidationError(f"max_per_site must be 1 to {MAX_SEATS}, not {req.max_per_site}")
+        if req.sites and req.max_per_site and req.max_per_site * len(set(req.sites)) < req.seats:
+            raise ValidationError(f"{req.seats} seats do not fit {len(set(req.sites))} sites at {req.max_per_site} "
+                                  "a site")
     if "{n" not in req.hostname_pattern or _PATTERN_FIELD.sub("", req.hostname_pattern).count("{") \
             or _PATTERN_FIELD.sub("", req.hostname_pattern).count("}"):
         raise ValidationError(f"hostname pattern {req.hostname_pattern!r} takes {{n}} (the seat's serial, with a "
@@ -559,7 +597,7 @@ def _template(req: ClusterRequest, explained: dict[str, Any]) -> dict[str, Any]:
             "ram_mib": req.ram_mib, "disk_gib": req.disk_gib, "gpu_model": req.gpu_model, "gpu_count": req.gpu_count,
             "first_address": req.first_address, "hostname_pattern": req.hostname_pattern, "cidr": req.cidr,
             "ssh_key": req.ssh_key, "user_data": req.user_data, "password_hash": req.password_hash,
-            "strategy": req.strategy, "site": req.site,
+            "strategy": req.strategy, "site": req.site, "sites": list(req.sites), "max_per_site": req.max_per_site,
             "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data,
                         "password_hash": s.password_hash} for s in req.roster],
             "placement": explained}
@@ -587,7 +625,26 @@ def _seat_request_from(tpl: dict[str, Any], n: int, site: str | None) -> CreateR
 
 
 def _request_from(tpl: dict[str, Any], cluster: Cluster, seats: int) -> ClusterRequest:
-    return ClusterRequest(name=cluster.name, seats=seats, strategy=tpl.get("strategy") or "spread")
+    return ClusterRequest(name=cluster.name, seats=seats, strategy=tpl.get("strategy") or "spread",
+                          sites=tuple(tpl.get("sites") or ()), max_per_site=tpl.get("max_per_site"))
+
+
+def _spread(order: Sequence[str], n: int, cap: int, held: Mapping[str, int],
+            fits: Callable[[str, int], int]) -> dict[str, int]:
+    """How many of ``n`` seats go to each site: sites in ``order`` (the batch placement's choice first,
+    most seats first), each taking what it holds of what is left, up to ``cap`` less what it ``held``
+    already; ``fits(site, k)``: how many of k seats the site holds (the batch placement at that site alone)."""
+    placed: dict[str, int] = {}
+    left = n
+    for name in order:
+        want = min(left, cap - held.get(name, 0))
+        got = fits(name, want) if want > 0 else 0
+        if got:
+            placed[name] = got
+            left -= got
+        if left == 0:
+            break
+    return placed
 
 
 def _demand(shape: Shape) -> dict[str, Any]:
@@ -701,9 +758,11 @@ async def _explain(session: AsyncSession, cluster: Cluster, explained: dict[str,
         where = (spec or {}).get("placement") or {}
         hosts[str(where.get("host") or where.get("flavor") or where.get("site"))] += 1
     spread = ", ".join(f"{n} on {h}" for h, n in sorted(hosts.items()))
-    summary = (f"{sum(hosts.values())} seats at {cluster.site} by the batch placement over "
+    where = ", ".join(f"{k} at {s}" for s, k in explained["sites"].items()) if explained.get("sites") else \
+        f"at {cluster.site}"
+    summary = (f"{sum(hosts.values())} seats {where} by the batch placement over "
                f"{explained.get('sites_considered')} sites: {spread}")
-    if explained.get("split_by_cost"):
+    if explained.get("split_by_cost") and not explained.get("sites"):
         summary += f" (the cheapest split was {explained['split_by_cost']}; a class stays on one site)"
     return {**explained, "hosts": dict(hosts), "summary": summary}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, col, select
 
 from metavmm.api import keys
@@ -213,7 +214,8 @@ async def test_passwords_are_kept_and_passed_only_as_sha512_crypt_hashes(
     assert sha512_crypt("class-secret-42", third.split("$")[2]) == third
     # the plaintext is nowhere in the catalog (every table, every column) and in no log line
     async with w.app[keys.SESSIONS]() as session:
-        tables = [(await session.execute(select(table))).all() for table in SQLModel.metadata.sorted_tables]
+        conn = await session.connection()
+        tables = [(await conn.execute(sa_select(table))).all() for table in SQLModel.metadata.sorted_tables]
     dump = json.dumps([[tuple(row) for row in rows] for rows in tables], default=str)  # (a Row's repr cuts values)
     assert third in dump
     for secret in ("class-secret-42", "ada-secret-17"):
@@ -228,6 +230,44 @@ async def test_passwords_are_kept_and_passed_only_as_sha512_crypt_hashes(
              "#cloud-config or a #! script"),
             (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, roster=(Seat("a", password="x" * 300),)),
              "roster line 1: a password is 1 to 256"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            await clusters.create(alpha, req)
+
+
+async def test_a_class_over_several_sites_keeps_at_most_max_per_site_at_each(
+        svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+
+    def per_site(view: Any) -> Counter[str]:
+        return Counter(s.workload.spec["placement"]["site"] for s in view.seats)
+
+    view = await clusters.create(alpha, ClusterRequest(name="wide", seats=4, vcpus=1, ram_mib=256, max_per_site=2))
+    counts = per_site(view)
+    assert sorted(counts.values()) == [2, 2] and len(counts) == 2  # the world's two sites, two seats each
+    assert {s.workload.spec["site"] for s in view.seats} == set(counts)  # each seat pinned where it was placed
+    placement = view.cluster.template["placement"]
+    assert placement["sites"] == dict(counts) and placement["max_per_site"] == 2
+    assert all(f"2 at {site}" in placement["summary"] for site in counts)
+    smaller = await clusters.scale(alpha, view.cluster.id, 3)
+    gone_from = (counts - per_site(smaller)).most_common(1)[0][0]
+    back = await clusters.scale(alpha, view.cluster.id, 4)  # the new seat goes where there is room
+    assert per_site(back) == counts and back.seats[3].workload.spec["site"] == gone_from
+    assert [s.hostname for s in back.seats] == ["wide-01", "wide-02", "wide-03", "wide-04"]
+    with pytest.raises(NoPlacement, match=r"no placement for 1 of the 1 seats of cluster wide .* at most 2 a site"):
+        await clusters.scale(alpha, view.cluster.id, 5)
+    assert len((await clusters.get(alpha, view.cluster.id)).seats) == 4
+    (one,) = counts.keys() - {gone_from}
+    pinned = await clusters.create(alpha, ClusterRequest(name="one", seats=2, vcpus=1, ram_mib=256, sites=(one,)))
+    assert set(per_site(pinned)) == {one}
+    for req, message in (
+            (ClusterRequest(name="x", seats=5, vcpus=1, ram_mib=256, sites=("a", "b"), max_per_site=2),
+             "5 seats do not fit 2 sites at 2 a site"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=1, cidr="10.3.0.0/24"),
+             "no class network"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, sites=("a",), site="a"), "not both"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=0), "max_per_site"),
     ):
         with pytest.raises(ValidationError, match=message):
             await clusters.create(alpha, req)

@@ -4,7 +4,7 @@ which creates every seat through the one workload service (see metavmm/services/
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,6 +66,11 @@ class ClusterCreate(BaseModel):
                                      description="per seat, in serial order: owner, SSH key, user data")
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = Field(default=None, min_length=1, max_length=160)
+    sites: list[Annotated[str, Field(min_length=1, max_length=160)]] = Field(
+        default_factory=list, max_length=64, description="a class over several sites (names or regions; no class "
+        "network): the batch placement chooses among them")
+    max_per_site: int | None = Field(default=None, ge=1, le=MAX_SEATS,
+                                     description="at most so many seats at one site (spreads the class over sites)")
     expires_at: datetime | None = Field(default=None, description="the class is deleted then")
     project_id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="admins only: another project")
 
@@ -132,8 +137,8 @@ def request_of(body: ClusterCreate) -> ClusterRequest:
         hostname_pattern=body.hostname_pattern, ssh_key=body.ssh_key, user_data=body.user_data,
         password=body.password, password_hash=body.password_hash,
         roster=tuple(Seat(r.owner, r.ssh_key, r.user_data, r.password, r.password_hash) for r in body.roster),
-        strategy=body.strategy,
-        site=body.site, expires_at=body.expires_at, project_id=body.project_id)
+        strategy=body.strategy, site=body.site, sites=tuple(body.sites), max_per_site=body.max_per_site,
+        expires_at=body.expires_at, project_id=body.project_id)
 
 
 @api.route("GET", "/clusters", summary="List your project's clusters with each seat's state",
