@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -170,6 +171,7 @@ class LibvirtDriver(DriverBase):
         Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
         Capability.SET_NETMASK, Capability.NESTED_VIRT, Capability.VOLUMES, Capability.NETWORKS,
+        Capability.DHCP_HOSTS,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
     image_export_formats = ("qcow2", "raw")
@@ -859,11 +861,13 @@ class LibvirtDriver(DriverBase):
         return await self._call("list_networks", read)
 
     async def create_network(self, spec: NetworkSpec) -> NetworkInfo:
-        """An isolated network: a bridge of its own, no ``<ip>`` (so no dnsmasq), no forwarding."""
+        """An isolated network: a bridge of its own, no forwarding. Without ``cidr`` it has no ``<ip>`` (so
+        no dnsmasq); with one, the host takes the range's first address and dnsmasq serves DHCP on it, so
+        :meth:`ex_reserve_address` can give a MAC its address and host name (a class's seats)."""
         name = f"mv-{spec.workload_id}" if spec.workload_id else spec.name
         if not _SAFE_NAME.fullmatch(name):
             raise ValidationError(f"{self.name}: network name {name!r} must match {_SAFE_NAME.pattern}")
-        xml = f"<network><name>{escape(name)}</name><bridge stp='on' delay='0'/></network>"
+        xml = f"<network><name>{escape(name)}</name><bridge stp='on' delay='0'/>{_dhcp_xml(spec.cidr)}</network>"
 
         def create(conn: libvirt.virConnect) -> NetworkInfo:
             net = conn.networkDefineXML(xml)
@@ -876,6 +880,45 @@ class LibvirtDriver(DriverBase):
             return self._network_info(net)
 
         return await self._call("create_network", create)
+
+    async def ex_reserve_address(self, network_id: str, mac: str, ip: str, hostname: str) -> None:
+        """A DHCP host reservation in the network's ``<dhcp>`` (live and persistent, by ``networkUpdate``):
+        the interface with ``mac`` gets ``ip`` and ``hostname``. The same reservation again is a no-op; one
+        for the same MAC with another address or name is replaced (a retried or corrected step)."""
+        entry = f"<host mac='{escape(mac.lower())}' name='{escape(hostname)}' ip='{escape(ip)}'/>"
+
+        def reserve(conn: libvirt.virConnect) -> None:
+            net = conn.networkLookupByName(network_id)
+            hosts = _dhcp_hosts(net)
+            if hosts.get(mac.lower()) == (ip, hostname):
+                return
+            clash = next((m for m, (other, _) in hosts.items() if other == ip and m != mac.lower()), None)
+            if clash is not None:
+                raise ProviderConflict(f"address {ip} of network {network_id} is reserved for {clash}",
+                                       provider=self.name, operation="ex_reserve_address")
+            command = (libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY if mac.lower() in hosts
+                       else libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST)
+            net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, entry, _update_flags(net))
+
+        await self._call("ex_reserve_address", reserve)
+
+    async def ex_release_address(self, network_id: str, mac: str) -> None:
+        """Remove the DHCP host reservation of ``mac`` (none there, or no network: nothing to do)."""
+        def release(conn: libvirt.virConnect) -> None:
+            try:
+                net = conn.networkLookupByName(network_id)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    return
+                raise
+            held = _dhcp_hosts(net).get(mac.lower())
+            if held is None:
+                return
+            entry = f"<host mac='{escape(mac.lower())}' name='{escape(held[1])}' ip='{escape(held[0])}'/>"
+            net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                       entry, _update_flags(net))
+
+        await self._call("ex_release_address", release)
 
     async def delete_network(self, network_id: str) -> None:
         """Stop and undefine a network; one a domain still has an interface on is in use (a conflict)."""
@@ -1081,6 +1124,29 @@ class LibvirtDriver(DriverBase):
             return out
 
         return await self._call("ex_cpu_usage", read)
+
+def _dhcp_xml(cidr: str | None) -> str:
+    """The ``<ip>`` of a network with a range: the host is its first address, dnsmasq leases the upper
+    half dynamically (reservations may take any address of the range but the first)."""
+    if not cidr:
+        return ""
+    net = ipaddress.IPv4Network(cidr)
+    hosts = net.num_addresses - 2
+    start, end = net.network_address + max(2, hosts // 2 + 1), net.broadcast_address - 1
+    return (f"<ip address='{net.network_address + 1}' netmask='{net.netmask}'>"
+            f"<dhcp><range start='{start}' end='{end}'/></dhcp></ip>")
+
+
+def _dhcp_hosts(net: libvirt.virNetwork) -> dict[str, tuple[str, str]]:
+    """The network's DHCP reservations: MAC -> (address, host name), from its persistent definition."""
+    doc = ET.fromstring(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
+    return {h.get("mac", "").lower(): (h.get("ip", ""), h.get("name", "")) for h in doc.findall("ip/dhcp/host")}
+
+
+def _update_flags(net: libvirt.virNetwork) -> int:
+    """Change the persistent definition, and the running dnsmasq when the network is up."""
+    return libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG | (libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE if net.isActive() else 0)
+
 
 def _interfaces_on(domain: ET.Element, network: str) -> list[ET.Element]:
     """The domain's interfaces on the libvirt network ``network``."""

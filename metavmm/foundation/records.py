@@ -35,6 +35,7 @@ class Capability(enum.StrEnum):
     TAGS = "tags"  # the provider stores the broker's OWNER_TAG on the VM itself
     VOLUMES = "volumes"  # create_volume / delete_volume / list_volumes
     NETWORKS = "networks"  # create_network / delete_network / list_networks
+    DHCP_HOSTS = "dhcp_hosts"  # ex_reserve_address / ex_release_address: the network's DHCP gives a MAC its IP
 
 
 class VmState(enum.StrEnum):

@@ -23,13 +23,15 @@ every seat (and the network the cluster created) through the workload service.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import logging
 import re
 import secrets
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -47,10 +49,11 @@ from metavmm.catalog.models import (
     Project,
     Workload,
     WorkloadKind,
+    WorkloadLink,
     utcnow,
 )
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, ValidationError
-from metavmm.scheduler.batch import BatchPlanner
+from metavmm.scheduler.batch import BatchPlanner, BatchResult
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.request import ImageRef, PlacementRequest
@@ -59,12 +62,14 @@ from metavmm.services.identity import Identity, operator_identity
 from metavmm.services.operations import store as op_store
 from metavmm.services.placement import in_transit, lock_placement
 from metavmm.services.scope import can_see
-from metavmm.services.workloads.requests import CreateRequest, check_ssh_key, check_user_data
-from metavmm.services.workloads.service import Shape, WorkloadService, is_uuid
+from metavmm.services.workloads.requests import CreateRequest, LinkSpec, check_ssh_key, check_user_data
+from metavmm.services.workloads.service import Shape, WorkloadService, is_uuid, scoped_key
+from metavmm.translators.cloudinit import SHA512_CRYPT, combinable, sha512_crypt, with_password
 
 log = logging.getLogger(__name__)
 
 MAX_SEATS = 500
+PASSWORD_MAX = 256
 CLUSTER_SCHEME = "http://schemas.metavmm.dev/occi/cluster#"
 """The scheme of a cluster's OCCI mixin (term: the cluster's name); OCCI renders such mixins as the
 broker's (not a user tag a client may associate or delete)."""
@@ -81,6 +86,8 @@ class Seat:
     owner: str = ""
     ssh_key: str | None = field(default=None, repr=False)
     user_data: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)  # plaintext: hashed at once, never kept
+    password_hash: str | None = field(default=None, repr=False)  # or a SHA-512 crypt hash ($6$...)
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,13 @@ class ClusterRequest:
     hostname_pattern: str = DEFAULT_PATTERN
     ssh_key: str | None = field(default=None, repr=False)  # every seat's, unless the roster gives one
     user_data: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)  # every seat's, unless the roster gives one
+    password_hash: str | None = field(default=None, repr=False)
     roster: tuple[Seat, ...] = ()  # by serial: the first line is seat 1
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = None
+    sites: tuple[str, ...] = ()  # a class over several sites (names or regions; no class network)
+    max_per_site: int | None = None  # at most so many seats at one site (the class spreads over sites)
     expires_at: datetime | None = None
     project_id: int | None = None  # admins only: another project
 
@@ -141,41 +152,58 @@ class ClusterService:
 
     # --- create -------------------------------------------------------------------------------------
 
-    async def create(self, caller: Identity, req: ClusterRequest) -> ClusterView:
-        """Check the template, the class's quota and placement, and write every seat in one transaction."""
+    async def create(self, caller: Identity, req: ClusterRequest, *, idempotency_key: str | None = None) -> ClusterView:
+        """Check the template, the class's quota and placement, and write every seat in one transaction.
+        ``idempotency_key`` (scoped to the project and the caller, as every REST key): the same request
+        again answers with the first one's cluster and operations, creating nothing; another request
+        with the key is a 422."""
         _check_template(req)
-        ops: list[Operation] = []
         async with self.workloads.transaction(caller, req.project_id) as session:
             project_id = caller.project_id if req.project_id is None else req.project_id
-            if (await session.exec(select(Cluster.id).where(Cluster.project_id == project_id,
-                                                             Cluster.name == req.name))).first():
-                raise Conflict(f"a cluster named {req.name} already exists in this project")
-            network = await self._network(session, project_id, req.network_id)
-            site = req.site or _site_of(network)
-            shape = await self.workloads._shape(session, _seat_request(req, 1, site))
-            image = (await self.workloads._image(session, req.image, project_id, shape)) if req.image else None
-            await quotas.check(session, project_id, _demand(shape), flavor=shape.flavor, count=req.seats,
-                               what=f"a class of {req.seats} seats")
-            site, explained = await self._place_class(session, req, shape, image.id if image else None, site)
-            cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
-                              template={**_template(req, explained), "image_id": image.id if image else None})
-            session.add(cluster)
-            await session.flush()
-            if network is None and req.cidr:
-                made = await self.workloads.create_in(session, project_id, CreateRequest(
-                    kind=WorkloadKind.NETWORK, name=f"{req.name}-net", cidr=req.cidr, site=site))
-                network = made.workload
-                ops.append(made.operation)
-                cluster.template = {**cluster.template, "network_created": True}
-            cluster.network_id = network.id if network is not None else None
-            session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
-                                  title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
-                                  applies=[COMPUTE_KIND]))
-            ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1))
-            cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
-            session.add(cluster)
+            key = scoped_key(caller, project_id, idempotency_key)
+            fingerprint = _fingerprint("create", project_id, hash_passwords(req, key[3:19] if key else None))
+            earlier = await self.workloads._replay(session, key, fingerprint, "cluster.create")
+            if earlier is not None:
+                cluster_id, ops = await _replayed(session, earlier)
+                return await self._view(caller, cluster_id, ops)
+            cluster, ops = await self._create_in(session, project_id, hash_passwords(req))
+            if key is not None:
+                await _remember(session, "cluster.create", cluster, ops, key, fingerprint)
         await self.workloads.wake(*ops)
         return await self._view(caller, cluster.id, ops)
+
+    async def _create_in(self, session: AsyncSession, project_id: int,
+                         req: ClusterRequest) -> tuple[Cluster, list[Operation]]:
+        ops: list[Operation] = []
+        if (await session.exec(select(Cluster.id).where(Cluster.project_id == project_id,
+                                                         Cluster.name == req.name))).first():
+            raise Conflict(f"a cluster named {req.name} already exists in this project")
+        network = await self._network(session, project_id, req.network_id)
+        site = req.site or _site_of(network)
+        shape = await self.workloads._shape(session, _seat_request(req, 1, site))
+        image = (await self.workloads._image(session, req.image, project_id, shape)) if req.image else None
+        await quotas.check(session, project_id, _demand(shape), flavor=shape.flavor, count=req.seats,
+                           what=f"a class of {req.seats} seats")
+        sites, explained = await self._place_class(session, req, shape, image.id if image else None, site)
+        site = Counter(sites).most_common(1)[0][0]  # the class's site: where most of its seats are
+        cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
+                          template={**_template(req, explained), "image_id": image.id if image else None})
+        session.add(cluster)
+        await session.flush()
+        if network is None and req.cidr:
+            made = await self.workloads.create_in(session, project_id, CreateRequest(
+                kind=WorkloadKind.NETWORK, name=f"{req.name}-net", cidr=req.cidr, site=site))
+            network = made.workload
+            ops.append(made.operation)
+            cluster.template = {**cluster.template, "network_created": True}
+        cluster.network_id = network.id if network is not None else None
+        session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
+                              title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
+                              applies=[COMPUTE_KIND]))
+        ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1), sites)
+        cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
+        session.add(cluster)
+        return cluster, ops
 
     async def _network(self, session: AsyncSession, project_id: int, network_id: str | None) -> Workload | None:
         if network_id is None:
@@ -188,9 +216,12 @@ class ClusterService:
         return row
 
     async def _place_class(self, session: AsyncSession, req: ClusterRequest, shape: Shape, image_id: str | None,
-                           site: str | None, count: int | None = None) -> tuple[str, dict[str, Any]]:
-        """The one site that holds every new seat, by the batch placement over the placer's snapshot and
-        the in-transit ledger; NoPlacement (409) with the class's reasons when none does."""
+                           site: str | None, count: int | None = None,
+                           held: Mapping[str, int] | None = None) -> tuple[list[str], dict[str, Any]]:
+        """The site of every new seat, by the batch placement over the placer's snapshot and the in-transit
+        ledger: one site that holds them all, or, for a class over several sites (``sites`` or
+        ``max_per_site``), at most ``max_per_site`` at each (``held``: the seats a site has already);
+        NoPlacement (409) with the class's reasons when that cannot be."""
         n = req.seats if count is None else count
         await lock_placement(session)
         snap, graph = await self.workloads.placer.snapshot(session)
@@ -198,21 +229,37 @@ class ClusterService:
         probe = [PlacementRequest(name=f"seat-{i}", vcpus=shape.vcpus, ram_mib=shape.ram_mib,
                                   disk_gib=shape.disk_gib, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
                                   cpu_arch=shape.arch, image=ImageRef(image_id) if image_id else None,
-                                  sites=(site,) if site else (), strategy=req.strategy) for i in range(n)]
-        planner = BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger))
-        result = planner.place(probe)
+                                  sites=(site,) if site else req.sites, strategy=req.strategy) for i in range(n)]
+
+        def place(requests: Sequence[PlacementRequest]) -> BatchResult:
+            return BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger)).place(requests)
+
+        result = place(probe)
         by_site = Counter(a.site for a in result.assignments)
+        explained: dict[str, Any] = {"seats": n, "sites_considered": len(snap.sites),
+                                     "batch_seconds": round(result.seconds, 4)}
+        if req.sites or req.max_per_site:
+            allowed = [v.name for v in snap.sites if not req.sites or v.name in req.sites or v.region in req.sites]
+            order = [name for name, _ in by_site.most_common()] + [v for v in allowed if v not in by_site]
+            placed = _spread(order, n, req.max_per_site or n, held or {},
+                             lambda name, k: k - len(place([replace(p, sites=(name,)) for p in probe[:k]]).unplaced))
+            if sum(placed.values()) < n:
+                held_now = {k: v for k, v in (held or {}).items() if v}
+                raise NoPlacement(
+                    f"no placement for {n - sum(placed.values())} of the {n} seats of cluster {req.name} over "
+                    f"{', '.join(order) or 'no site'} with at most {req.max_per_site or n} a site"
+                    + (f" (held already: {held_now})" if held_now else "")
+                    + (f"; {', '.join(f'{k} takes {v}' for k, v in placed.items())}" if placed else ""))
+            explained |= {"sites": placed, "max_per_site": req.max_per_site,
+                          "split_by_cost": dict(by_site) if by_site else None}
+            return [name for name, k in placed.items() for _ in range(k)], explained
         tried = []
         for candidate, _ in by_site.most_common():  # one site: the class shares its network and base image
-            if len(by_site) == 1 and not result.unplaced:
-                chosen = result
-            else:
-                chosen = BatchPlanner(snap, Scheduler(snap, graph=graph, ledger=ledger)).place(
-                    [replace(p, sites=(candidate,)) for p in probe])
+            chosen = result if len(by_site) == 1 and not result.unplaced else place(
+                [replace(p, sites=(candidate,)) for p in probe])
             if not chosen.unplaced:
-                return candidate, {"site": candidate, "seats": n, "sites_considered": len(snap.sites),
-                                   "batch_seconds": round(result.seconds, 4),
-                                   "split_by_cost": dict(by_site) if len(by_site) > 1 else None}
+                return [candidate] * n, explained | {"site": candidate,
+                                                     "split_by_cost": dict(by_site) if len(by_site) > 1 else None}
             tried.append(f"{candidate} holds {n - len(chosen.unplaced)}")
         reasons = Counter(result.unplaced.values())
         why = "; ".join(f"{k} ({v} seats)" for k, v in reasons.most_common())
@@ -222,14 +269,15 @@ class ClusterService:
                           + (f"; {', '.join(tried)} of them" if tried else ""))
 
     async def _add_seats(self, session: AsyncSession, cluster: Cluster, network: Workload | None,
-                         serials: Sequence[int]) -> list[Operation]:
-        """Create the seats of ``serials`` (each through the workload service) and their seat rows."""
+                         serials: Sequence[int], sites: Sequence[str]) -> list[Operation]:
+        """Create the seats of ``serials`` (each through the workload service, pinned to its site in
+        ``sites``) and their seat rows."""
         tpl = cluster.template
         net = _range(network)
         taken_macs = await _macs(session)
         taken_ips = await _addresses(session, network.id) if network is not None else set()
         ops: list[Operation] = []
-        for n in serials:
+        for n, at in zip(serials, sites, strict=True):
             hostname = render_hostname(tpl["hostname_pattern"], cluster.name, n)
             address = _address(net, tpl["first_address"], n) if net is not None else None
             if address is not None and address.split("/")[0] in taken_ips:
@@ -239,18 +287,26 @@ class ClusterService:
             taken_macs.add(mac)
             roster = tpl.get("roster") or []
             seat = Seat(**roster[n - 1]) if n <= len(roster) else Seat()
-            guest = {"hostname": hostname, "mac": mac}
-            if address is not None and net is not None:
-                guest.update(address=address, gateway=str(net.network_address + 1))
-            req = replace(_seat_request_from(tpl, n, cluster.site), name=hostname, guest=guest,
-                          ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=seat.user_data or tpl.get("user_data"),
-                          attributes={"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
-                                      "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
-                                      "network_id": network.id if network is not None else None})
+            links: tuple[LinkSpec, ...] = ()
+            attributes = {"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
+                          "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
+                          "network_id": network.id if network is not None else None}
+            if network is not None:  # an interface on the class network with the seat's MAC; DHCP gives it the
+                guest: dict[str, Any] = {"hostname": hostname}  # address and name (a reservation)
+                links = (LinkSpec(network.id, mac=mac, attributes={"address": address, "hostname": hostname}),)
+                attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
+            else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
+                guest = {"hostname": hostname, "mac": mac}
+            user_data = seat.user_data or tpl.get("user_data")
+            password = seat.password_hash or tpl.get("password_hash")
+            if password:  # the hash goes into the seat's cloud-init, beside the class's user data
+                user_data = with_password(user_data, hostname, password)
+            req = replace(_seat_request_from(tpl, n, at), name=hostname, guest=guest, links=links,
+                          ssh_key=seat.ssh_key or tpl.get("ssh_key"), user_data=user_data, attributes=attributes)
             done = await self.workloads.create_in(session, cluster.project_id, req)
             session.add(ClusterSeat(cluster_id=cluster.id, serial=n, workload_id=done.workload.id, hostname=hostname,
                                     address=address, mac=mac, owner=seat.owner))
-            ops.append(done.operation)
+            ops += [done.operation, *done.link_operations]
         await session.flush()
         return ops
 
@@ -295,15 +351,23 @@ class ClusterService:
 
     # --- scale, reset -------------------------------------------------------------------------------
 
-    async def scale(self, caller: Identity, cluster_id: str, seats: int) -> ClusterView:
+    async def scale(self, caller: Identity, cluster_id: str, seats: int, *,
+                    idempotency_key: str | None = None) -> ClusterView:
         """Add seats (the lowest free serials, the class's quota checked at once) or remove the highest;
-        every other seat keeps its serial, name, address and MAC."""
+        every other seat keeps its serial, name, address and MAC. ``idempotency_key``: as for :meth:`create`
+        (the same scale again answers with the first one's operations and changes nothing)."""
         if not 1 <= seats <= MAX_SEATS:
             raise ValidationError(f"a cluster has 1 to {MAX_SEATS} seats, not {seats}")
         async with self.sessions() as session:
             cluster = await self._visible(session, caller, cluster_id)
         ops: list[Operation] = []
+        key = scoped_key(caller, cluster.project_id, idempotency_key)
+        fingerprint = _fingerprint("scale", cluster.id, seats)
         async with self.workloads.transaction(caller, cluster.project_id) as session:
+            earlier = await self.workloads._replay(session, key, fingerprint, "cluster.scale")
+            if earlier is not None:
+                replayed_id, ops = await _replayed(session, earlier)
+                return await self._view(caller, replayed_id, ops)
             cluster = await self._visible(session, caller, cluster.id)
             rows = (await session.exec(select(ClusterSeat).where(ClusterSeat.cluster_id == cluster.id)
                                        .order_by(col(ClusterSeat.serial)))).all()
@@ -315,9 +379,14 @@ class ClusterService:
                 shape = await self.workloads._shape(session, _seat_request_from(tpl, 1, cluster.site))
                 await quotas.check(session, cluster.project_id, _demand(shape), flavor=shape.flavor, count=len(new),
                                    what=f"{len(new)} more seats")
-                await self._place_class(session, req, shape, tpl.get("image_id"), cluster.site, count=len(new))
+                spread = bool(tpl.get("sites") or tpl.get("max_per_site"))
+                held = Counter(w.spec.get("site") for w in (await session.exec(
+                    select(Workload).join(ClusterSeat, col(ClusterSeat.workload_id) == Workload.id)
+                    .where(ClusterSeat.cluster_id == cluster.id))).all()) if spread else None
+                sites, _ = await self._place_class(session, req, shape, tpl.get("image_id"),
+                                                   None if spread else cluster.site, count=len(new), held=held)
                 network = await session.get(Workload, cluster.network_id) if cluster.network_id else None
-                ops = await self._add_seats(session, cluster, network, new)
+                ops = await self._add_seats(session, cluster, network, new, sites)
             gone = sorted(rows, key=lambda s: s.serial)[seats:] if seats < len(rows) else []
             for seat in gone:
                 await session.delete(seat)
@@ -325,8 +394,16 @@ class ClusterService:
             cluster.version += 1
             cluster.updated_at = utcnow()
             session.add(cluster)
+            record = await _remember(session, "cluster.scale", cluster, ops, key, fingerprint) if key else None
         await self.workloads.wake(*ops)
-        ops += await self._delete_workloads(caller, [s.workload_id for s in gone])
+        removed = await self._delete_workloads(caller, [s.workload_id for s in gone])
+        ops += removed
+        if record is not None and removed:  # a replay answers with the deletes too
+            async with session_scope(self.sessions) as session:
+                row = await session.get(Operation, record.id)
+                if row is not None:
+                    row.params = {**row.params, "operations": [op.id for op in ops]}
+                    session.add(row)
         return await self._view(caller, cluster.id, ops)
 
     async def reset_seat(self, caller: Identity, cluster_id: str, serial: int) -> Operation:
@@ -347,7 +424,10 @@ class ClusterService:
             workload = await session.get(Workload, seat.workload_id)
             if create is None or workload is None or workload.desired_state == "deleted":
                 raise Conflict(f"seat {serial} ({seat.hostname}) was never created or is being deleted")
-            op = await op_store.write_plan(session, kind="reset", steps=_reset_steps(create), target_id=workload.id,
+            nics = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == workload.id,
+                                                                  WorkloadLink.kind == "networkinterface"))).all()
+            op = await op_store.write_plan(session, kind="reset", steps=_reset_steps(create, nics),
+                                           target_id=workload.id,
                                            project_id=cluster.project_id, params={"cluster_id": cluster.id,
                                                                                   "serial": serial})
         await self.workloads.wake(op)
@@ -370,15 +450,16 @@ class ClusterService:
                 col(OcciMixin.project_id) == cluster.project_id, col(OcciMixin.scheme) == CLUSTER_SCHEME,
                 col(OcciMixin.term) == cluster.name))
             await session.exec(sa_delete(Cluster).where(col(Cluster.id) == cluster.id))  # type: ignore[call-overload]
-        if cluster.template.get("network_created") and cluster.network_id:
-            ops += await self._delete_workloads(caller, [cluster.network_id])
+        if cluster.template.get("network_created") and cluster.network_id:  # once no seat has a NIC on it
+            ops += await self._delete_workloads(caller, [cluster.network_id], after=[op.id for op in ops])
         return ops
 
-    async def _delete_workloads(self, caller: Identity, ids: Sequence[str]) -> list[Operation]:
+    async def _delete_workloads(self, caller: Identity, ids: Sequence[str],
+                                after: Sequence[str] = ()) -> list[Operation]:
         ops = []
         for wid in ids:
             try:
-                ops.append(await self.workloads.delete(caller, wid))
+                ops.append(await self.workloads.delete(caller, wid, after=after))
             except Conflict as exc:  # being deleted already (a reset's or an earlier request's)
                 log.info("cluster: %s", exc)
         return ops
@@ -424,6 +505,16 @@ def _check_template(req: ClusterRequest) -> None:
         raise ValidationError(f"a cluster has 1 to {MAX_SEATS} seats, not {req.seats}")
     if req.network_id and req.cidr:
         raise ValidationError("give a network_id (an existing network) or a cidr (a new one), not both")
+    if req.sites or req.max_per_site is not None:
+        if req.site:
+            raise ValidationError("give a site (one) or sites (a class over several), not both")
+        if req.network_id or req.cidr:
+            raise ValidationError("a class over several sites has no class network (a network stays at one site)")
+        if req.max_per_site is not None and not 1 <= req.max_per_site <= MAX_SEATS:
+            raise ValidationError(f"max_per_site must be 1 to {MAX_SEATS}, not {req.max_per_site}")
+        if req.sites and req.max_per_site and req.max_per_site * len(set(req.sites)) < req.seats:
+            raise ValidationError(f"{req.seats} seats do not fit {len(set(req.sites))} sites at {req.max_per_site} "
+                                  "a site")
     if "{n" not in req.hostname_pattern or _PATTERN_FIELD.sub("", req.hostname_pattern).count("{") \
             or _PATTERN_FIELD.sub("", req.hostname_pattern).count("}"):
         raise ValidationError(f"hostname pattern {req.hostname_pattern!r} takes {{n}} (the seat's serial, with a "
@@ -435,10 +526,14 @@ def _check_template(req: ClusterRequest) -> None:
                               "(lower-case letters, digits, inner hyphens, at most 63)")
     if len(req.roster) > req.seats:
         raise ValidationError(f"the roster has {len(req.roster)} lines for {req.seats} seats")
+    _check_password(req.password, req.password_hash, req.user_data)
     for i, seat in enumerate(req.roster, 1):
         try:
             check_ssh_key(seat.ssh_key)
             check_user_data(seat.user_data)
+            own = seat.password is not None or seat.password_hash is not None
+            _check_password(seat.password if own else req.password, seat.password_hash if own else req.password_hash,
+                            seat.user_data or req.user_data)
         except ValidationError as exc:
             raise ValidationError(f"roster line {i}: {exc}") from None
         if len(seat.owner) > 255:
@@ -454,6 +549,30 @@ def _check_template(req: ClusterRequest) -> None:
             raise ValidationError(f"expires_at {at.isoformat()} is in the past")
     if req.first_address < 2:
         raise ValidationError("first_address must be at least 2 (host 1 of the range is the gateway)")
+
+
+def _check_password(password: str | None, password_hash: str | None, user_data: str | None) -> None:
+    """A seat's password: plaintext (hashed at once) or a SHA-512 crypt hash, and user data it can go beside."""
+    if password is not None and password_hash is not None:
+        raise ValidationError("give a password or a password_hash, not both")
+    if password is not None and not (isinstance(password, str) and 1 <= len(password) <= PASSWORD_MAX
+                                     and "\x00" not in password):
+        raise ValidationError(f"a password is 1 to {PASSWORD_MAX} characters without NUL")
+    if password_hash is not None and not SHA512_CRYPT.fullmatch(str(password_hash)):
+        raise ValidationError("a password_hash must be a SHA-512 crypt hash like $6$salt$... (openssl passwd -6)")
+    if (password or password_hash) and user_data is not None:
+        combinable(user_data)
+
+
+def hash_passwords(req: ClusterRequest, salt: str | None = None) -> ClusterRequest:
+    """The request with every plaintext password replaced by its SHA-512 crypt hash (a random salt each;
+    ``salt``: a fixed one, for the idempotency fingerprint, so a replay with another password is a 422
+    while the fingerprint holds no fast hash of it)."""
+    def hashed(password: str | None, given: str | None) -> str | None:
+        return sha512_crypt(password, salt) if password is not None else given
+
+    roster = tuple(replace(s, password=None, password_hash=hashed(s.password, s.password_hash)) for s in req.roster)
+    return replace(req, password=None, password_hash=hashed(req.password, req.password_hash), roster=roster)
 
 
 def _is_net(text: str) -> bool:
@@ -477,15 +596,19 @@ def _template(req: ClusterRequest, explained: dict[str, Any]) -> dict[str, Any]:
     return {"seats": req.seats, "image": req.image, "flavor": req.flavor, "vcpus": req.vcpus,
             "ram_mib": req.ram_mib, "disk_gib": req.disk_gib, "gpu_model": req.gpu_model, "gpu_count": req.gpu_count,
             "first_address": req.first_address, "hostname_pattern": req.hostname_pattern, "cidr": req.cidr,
-            "ssh_key": req.ssh_key, "user_data": req.user_data, "strategy": req.strategy, "site": req.site,
-            "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data} for s in req.roster],
+            "ssh_key": req.ssh_key, "user_data": req.user_data, "password_hash": req.password_hash,
+            "strategy": req.strategy, "site": req.site, "sites": list(req.sites), "max_per_site": req.max_per_site,
+            "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data,
+                        "password_hash": s.password_hash} for s in req.roster],
             "placement": explained}
 
 
 def public_template(tpl: dict[str, Any]) -> dict[str, Any]:
-    """The template as front ends show it: without the roster's keys and anyone's user data."""
-    return {k: v for k, v in tpl.items() if k not in ("roster", "user_data")} | {
-        "roster": [r.get("owner", "") for r in tpl.get("roster") or []]}
+    """The template as front ends show it: without the roster's keys, anyone's user data or password hash
+    (``passwords``: whether seats have one)."""
+    hashed = bool(tpl.get("password_hash")) or any(r.get("password_hash") for r in tpl.get("roster") or [])
+    shown = {k: v for k, v in tpl.items() if k not in ("roster", "user_data", "password_hash")}
+    return shown | {"passwords": hashed, "roster": [r.get("owner", "") for r in tpl.get("roster") or []]}
 
 
 def _seat_request(req: ClusterRequest, n: int, site: str | None) -> CreateRequest:
@@ -502,7 +625,26 @@ def _seat_request_from(tpl: dict[str, Any], n: int, site: str | None) -> CreateR
 
 
 def _request_from(tpl: dict[str, Any], cluster: Cluster, seats: int) -> ClusterRequest:
-    return ClusterRequest(name=cluster.name, seats=seats, strategy=tpl.get("strategy") or "spread")
+    return ClusterRequest(name=cluster.name, seats=seats, strategy=tpl.get("strategy") or "spread",
+                          sites=tuple(tpl.get("sites") or ()), max_per_site=tpl.get("max_per_site"))
+
+
+def _spread(order: Sequence[str], n: int, cap: int, held: Mapping[str, int],
+            fits: Callable[[str, int], int]) -> dict[str, int]:
+    """How many of ``n`` seats go to each site: sites in ``order`` (the batch placement's choice first,
+    most seats first), each taking what it holds of what is left, up to ``cap`` less what it ``held``
+    already; ``fits(site, k)``: how many of k seats the site holds (the batch placement at that site alone)."""
+    placed: dict[str, int] = {}
+    left = n
+    for name in order:
+        want = min(left, cap - held.get(name, 0))
+        got = fits(name, want) if want > 0 else 0
+        if got:
+            placed[name] = got
+            left -= got
+        if left == 0:
+            break
+    return placed
 
 
 def _demand(shape: Shape) -> dict[str, Any]:
@@ -528,8 +670,6 @@ def _address(net: ipaddress.IPv4Network, first: int, n: int) -> str:
 
 async def _macs(session: AsyncSession) -> set[str]:
     """Every MAC the catalog gives out: seats', clones' (``spec["mac"]``) and interfaces' (links)."""
-    from metavmm.catalog.models import WorkloadLink
-
     taken = {m.lower() for m in (await session.exec(select(ClusterSeat.mac))).all()}
     for spec in (await session.exec(select(Workload.spec).where(Workload.kind == WorkloadKind.COMPUTE,
                                                                 col(Workload.present)))).all():
@@ -556,8 +696,42 @@ def _new_mac(taken: set[str]) -> str:
             return mac
 
 
-def _reset_steps(create: Operation) -> list[Step]:
-    """The create's own VM steps again, behind a delete of the VM (the quota stays reserved: same seat)."""
+def _fingerprint(*request: Any) -> str:
+    """What an Idempotency-Key on a cluster request compares (a key reused for another body is a 422)."""
+    return hashlib.sha256(json.dumps(request, default=_plain, sort_keys=True).encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else str(value)
+
+
+async def _remember(session: AsyncSession, kind: str, cluster: Cluster, ops: Sequence[Operation], key: str,
+                    fingerprint: str) -> Operation:
+    """The record an Idempotency-Key finds again: an operation that is over when written (nothing for the
+    engine to run), naming the cluster and the operations the request started."""
+    op, event = op_store.new_plan(kind=kind, steps=[], target_id=cluster.id, project_id=cluster.project_id,
+                                  params={"operations": [o.id for o in ops]}, idempotency_key=key,
+                                  fingerprint=fingerprint)
+    op.state, op.progress, op.finished_at = OperationState.SUCCEEDED, 1.0, utcnow()
+    op.message = f"{kind.split('.')[1]} of cluster {cluster.name}: {len(ops)} operations"
+    session.add(op)
+    await session.flush()
+    session.add(event)
+    return op
+
+
+async def _replayed(session: AsyncSession, record: Operation) -> tuple[str, list[Operation]]:
+    """The cluster and operations of the request an Idempotency-Key named first."""
+    if record.target_id is None or await session.get(Cluster, record.target_id) is None:
+        raise Conflict(f"this Idempotency-Key was used for a cluster that is gone (operation {record.id})")
+    ids = list(record.params.get("operations") or [])
+    rows = {op.id: op for op in (await session.exec(select(Operation).where(col(Operation.id).in_(ids)))).all()}
+    return record.target_id, [rows[i] for i in ids if i in rows]
+
+
+def _reset_steps(create: Operation, nics: Sequence[WorkloadLink] = ()) -> list[Step]:
+    """The create's own VM steps again, behind a delete of the VM (the quota stays reserved: same seat),
+    then the seat's interfaces on its network again, with their MACs (the DHCP reservations stay)."""
     rows = {s["name"]: s for s in create.steps}
     made = rows.get("create")
     if made is None:
@@ -569,6 +743,9 @@ def _reset_steps(create: Operation) -> list[Step]:
     steps = [Step("delete-vm", "vm.delete", at, weight=1), Step("create", "vm.create", args, weight=3)]
     steps += [Step(s["name"], s["action"], s["args"], commit=bool(s.get("commit")))
               for s in create.steps if s["action"] in ("vm.wait", "workload.record")]
+    steps += [Step(f"attach-{i}", "network.attach", {"link_id": lk.id, "compute_id": lk.source_id,
+                                                     "target_id": lk.target_id, "mac": lk.attributes.get("mac")})
+              for i, lk in enumerate(nics)]
     return steps
 
 
@@ -581,9 +758,11 @@ async def _explain(session: AsyncSession, cluster: Cluster, explained: dict[str,
         where = (spec or {}).get("placement") or {}
         hosts[str(where.get("host") or where.get("flavor") or where.get("site"))] += 1
     spread = ", ".join(f"{n} on {h}" for h, n in sorted(hosts.items()))
-    summary = (f"{sum(hosts.values())} seats at {cluster.site} by the batch placement over "
+    where = ", ".join(f"{k} at {s}" for s, k in explained["sites"].items()) if explained.get("sites") else \
+        f"at {cluster.site}"
+    summary = (f"{sum(hosts.values())} seats {where} by the batch placement over "
                f"{explained.get('sites_considered')} sites: {spread}")
-    if explained.get("split_by_cost"):
+    if explained.get("split_by_cost") and not explained.get("sites"):
         summary += f" (the cheapest split was {explained['split_by_cost']}; a class stays on one site)"
     return {**explained, "hosts": dict(hosts), "summary": summary}
 

@@ -24,10 +24,13 @@ import base64
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,81 @@ class GuestIdentity:
                    address=str(extra["address"]) if extra.get("address") else None,
                    gateway=str(extra["gateway"]) if extra.get("gateway") else None,
                    dns=tuple(str(s) for s in extra.get("dns") or ()))
+
+
+_CRYPT64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SHA512_ORDER = ((0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
+                 (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13),
+                 (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41))
+SHA512_CRYPT = re.compile(r"^\$6\$[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$")
+"""A SHA-512 crypt hash with the default 5000 rounds, as ``mkpasswd -m sha-512`` and ``openssl passwd -6`` write it."""
+
+
+def sha512_crypt(password: str, salt: str | None = None) -> str:
+    """``password`` as a SHA-512 crypt hash (``$6$salt$...``, Drepper's "Unix crypt using SHA-256 and
+    SHA-512", 5000 rounds), what /etc/shadow and cloud-init's ``password`` take. Written out because
+    Python's ``crypt`` module is deprecated (gone in 3.13) and the hash is all a guest needs: the broker
+    never keeps or sends the plaintext. ``salt``: 1 to 16 characters of ``[./0-9A-Za-z]`` (random if None)."""
+    salt = salt if salt is not None else "".join(_CRYPT64[b % 64] for b in os.urandom(16))
+    if not 1 <= len(salt) <= 16 or any(c not in _CRYPT64 for c in salt):
+        raise ValidationError("a SHA-512 crypt salt is 1 to 16 characters of ./0-9A-Za-z")
+    key, salt_b = password.encode(), salt.encode()
+    b = hashlib.sha512(key + salt_b + key).digest()
+    a_ctx = hashlib.sha512(key + salt_b)
+    n = len(key)
+    a_ctx.update(b * (n // 64) + b[:n % 64])
+    while n:
+        a_ctx.update(b if n & 1 else key)
+        n >>= 1
+    a = a_ctx.digest()
+    dp = hashlib.sha512(key * len(key)).digest()
+    p = (dp * (len(key) // 64 + 1))[:len(key)]
+    ds = hashlib.sha512(salt_b * (16 + a[0])).digest()
+    s = (ds * (len(salt_b) // 64 + 1))[:len(salt_b)]
+    c = a
+    for i in range(5000):
+        ctx = hashlib.sha512(p if i & 1 else c)
+        if i % 3:
+            ctx.update(s)
+        if i % 7:
+            ctx.update(p)
+        ctx.update(c if i & 1 else p)
+        c = ctx.digest()
+    out = []
+    for b2, b1, b0 in _SHA512_ORDER:
+        w = (c[b2] << 16) | (c[b1] << 8) | c[b0]
+        out += [_CRYPT64[(w >> (6 * k)) & 0x3F] for k in range(4)]
+    out += [_CRYPT64[c[63] & 0x3F], _CRYPT64[c[63] >> 6]]
+    return f"$6${salt}${''.join(out)}"
+
+
+def with_password(user_data: str | None, hostname: str, password_hash: str) -> str:
+    """User data that sets the image's default user's password from ``password_hash`` (cloud-init's
+    ``password`` key takes a crypt hash as it is: ``chpasswd -e``) and allows SSH password logins, with the
+    client's own user data beside it: a MIME multipart of the two (cloud-init merges cloud-configs and
+    runs scripts). Only a #cloud-config or a script can be combined; anything else is refused."""
+    if not SHA512_CRYPT.fullmatch(password_hash):
+        raise ValidationError("a password hash must be a SHA-512 crypt hash like $6$salt$... (openssl passwd -6)")
+    config = {"preserve_hostname": False, "hostname": hostname, "password": password_hash,
+              "chpasswd": {"expire": False}, "ssh_pwauth": True}
+    ours = "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
+    if user_data is None:
+        return ours
+    message = MIMEMultipart()
+    for text, subtype in ((ours, "cloud-config"), (user_data, combinable(user_data))):
+        message.attach(MIMEText(text, subtype, "utf-8"))
+    return message.as_string()
+
+
+def combinable(user_data: str) -> str:
+    """The MIME subtype of user data :func:`with_password` can put beside its own part; other user data
+    (a MIME multipart already, a boothook, an include) is refused."""
+    if user_data.startswith("#cloud-config"):
+        return "cloud-config"
+    if user_data.startswith("#!"):
+        return "x-shellscript"
+    raise ValidationError("a seat with a password takes user data that is a #cloud-config or a #! script "
+                          "(the password is added as a second part)")
 
 
 def key_pair_name(public_key: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,3 +116,36 @@ async def test_bad_names_and_sizes_are_refused(driver: LibvirtDriver) -> None:
         await driver.create_network(NetworkSpec(name="../etc", region="local"))
     with pytest.raises(ValidationError, match="at least 1 GiB"):
         await driver.create_volume(VolumeSpec(name="tiny", region="local", size_gib=0))
+
+
+def _dhcp_hosts(uri: str, network: str, inactive: bool) -> set[tuple[str, str, str]]:
+    """(mac, ip, name) of the network's DHCP reservations: the running dnsmasq's or the persistent ones."""
+    conn = libvirt.open(uri)
+    try:
+        xml = conn.networkLookupByName(network).XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE if inactive else 0)
+    finally:
+        conn.close()
+    return {(h.get("mac", ""), h.get("ip", ""), h.get("name", "")) for h in ET.fromstring(xml).findall("ip/dhcp/host")}
+
+
+async def test_a_network_with_a_range_serves_dhcp_reservations(driver: LibvirtDriver, system_libvirt: str) -> None:
+    assert Capability.DHCP_HOSTS in driver.capabilities
+    third = uuid.uuid4().int % 200 + 20  # a range no other test's bridge holds
+    net = await driver.create_network(NetworkSpec(name="lab", region="local", cidr=f"10.231.{third}.0/24",
+                                                  workload_id=str(uuid.uuid4())))
+    CREATED_NETWORKS.add(net.provider_network_id)
+    name = net.provider_network_id
+    a, b = ("52:54:00:aa:00:01", f"10.231.{third}.10", "lab-01"), ("52:54:00:aa:00:02", f"10.231.{third}.11", "lab-02")
+    for mac, ip, host in (a, b, a):  # the same reservation again: a no-op
+        await driver.ex_reserve_address(name, mac.upper() if host == "lab-01" else mac, ip, host)
+    for inactive in (False, True):  # dnsmasq's (live) and the persistent definition
+        assert _dhcp_hosts(system_libvirt, name, inactive) == {a, b}
+    with pytest.raises(ProviderConflict, match="reserved for 52:54:00:aa:00:01"):
+        await driver.ex_reserve_address(name, "52:54:00:aa:00:03", a[1], "lab-03")
+    await driver.ex_reserve_address(name, b[0], f"10.231.{third}.12", "lab-02")  # corrected: replaced
+    assert _dhcp_hosts(system_libvirt, name, False) == {a, (b[0], f"10.231.{third}.12", "lab-02")}
+    await driver.ex_release_address(name, a[0])
+    await driver.ex_release_address(name, a[0])  # gone already: nothing to do
+    assert _dhcp_hosts(system_libvirt, name, True) == {(b[0], f"10.231.{third}.12", "lab-02")}
+    await driver.delete_network(name)
+    await driver.ex_release_address(name, b[0])  # no network: nothing to do

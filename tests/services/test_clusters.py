@@ -6,19 +6,36 @@ The world's engine is stopped: the seats' create operations stay pending, which 
 
 from __future__ import annotations
 
+import email
+import json
+import logging
+from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlmodel import col, select
+import yaml
+from sqlalchemy import select as sa_select
+from sqlmodel import SQLModel, col, select
 
 from metavmm.api import keys
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Cluster, ClusterSeat, OcciMixin, Operation, Quota, QuotaReservation, Workload, utcnow
+from metavmm.catalog.models import (
+    Cluster,
+    ClusterSeat,
+    OcciMixin,
+    Operation,
+    Quota,
+    QuotaReservation,
+    Workload,
+    WorkloadLink,
+    utcnow,
+)
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, QuotaExceeded, ValidationError
-from metavmm.services.clusters import ClusterRequest, ClusterService, Seat
+from metavmm.services.clusters import ClusterRequest, ClusterService, Seat, public_template
 from metavmm.services.identity import Identity
+from metavmm.translators.cloudinit import sha512_crypt
 from tests.world import World
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests student"
@@ -56,16 +73,26 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
     assert [s.address for s in seats] == [f"10.20.0.{10 + i}/24" for i in range(4)]
     assert len({s.mac for s in seats}) == 4 and all(s.mac.startswith("52:54:00:") for s in seats)
     assert [s.owner for s in seats] == ["ada", "bob", "", ""]
-    # every seat is an ordinary workload with its own pending create (4 seats + the class's network)
-    assert len(view.operations) == 5 and all(op.kind == "create" for op in view.operations)
+    # every seat is an ordinary workload with its own pending create (4 seats + the class's network), and
+    # an interface on the class's network (an attach each) whose DHCP reservation gives the seat its address
+    kinds = Counter(op.kind for op in view.operations)
+    assert kinds == {"create": 5, "attach": 4}
     first = seats[0].workload
-    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["ssh_key"]) == (
-        "lab-01", "lab-01", "10.20.0.10", KEY)
+    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["mac"], first.spec["ssh_key"]) == (
+        "lab-01", "lab-01", "10.20.0.10", seats[0].mac, KEY)
     assert "ssh_key" not in seats[2].workload.spec
     create_step = next(s for s in seats[0].operation.steps if s["action"] == "vm.create")
-    assert create_step["args"]["extra"]["mac"] == seats[0].mac
-    assert create_step["args"]["extra"]["address"] == "10.20.0.10/24"
-    assert create_step["args"]["extra"]["gateway"] == "10.20.0.1"
+    assert create_step["args"]["extra"]["hostname"] == "lab-01"
+    assert "mac" not in create_step["args"]["extra"]  # the MAC is the class network interface's, not the VM's own NIC
+    links = await rows(w, WorkloadLink, WorkloadLink.source_id == first.id)
+    assert [(lk.target_id, lk.attributes["mac"], lk.attributes["address"], lk.attributes["hostname"])
+            for lk in links] == [(view.cluster.network_id, seats[0].mac, "10.20.0.10/24", "lab-01")]
+    attach = next(op for op in view.operations if op.kind == "attach" and op.target_id == links[0].id)
+    reserve = next(s for s in attach.steps if s["action"] == "network.reserve")
+    assert (reserve["args"]["mac"], reserve["args"]["ip"], reserve["args"]["hostname"]) == (
+        seats[0].mac, "10.20.0.10", "lab-01")
+    assert [s["action"] for s in attach.steps].index("network.reserve") < \
+        [s["action"] for s in attach.steps].index("network.attach")
     assert {s.workload.spec["placement"]["site"] for s in seats} == {view.cluster.site}
     assert "4 seats at" in view.cluster.template["placement"]["summary"]
     (mixin,) = await rows(w, OcciMixin, OcciMixin.term == "lab")
@@ -82,6 +109,8 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
     assert {s.serial: (s.hostname, s.address, s.mac) for s in smaller.seats} == {
         k: v[:3] for k, v in before.items() if k <= 3}
     assert [op.kind for op in smaller.operations] == ["delete", "delete", "delete"]
+    for op in smaller.operations:  # each removed seat's reservation goes with it
+        assert [s["action"] for s in op.steps if s["action"] == "network.release"] == ["network.release"]
     back = await clusters.scale(alpha, view.cluster.id, 4)
     assert back.seats[3].hostname == "lab-04" and back.seats[3].address == "10.20.0.13/24"
 
@@ -147,6 +176,9 @@ async def test_delete_and_expiry_tear_the_class_down(svc: tuple[ClusterService, 
     view = await clusters.create(alpha, ClusterRequest(name="lab", seats=2, vcpus=1, ram_mib=256, cidr="10.9.0.0/24"))
     ops = await clusters.delete(alpha, view.cluster.id)
     assert sorted(op.kind for op in ops) == ["delete", "delete", "delete"]  # two seats and the class's network
+    network_delete = next(op for op in ops if op.target_id == view.cluster.network_id)
+    waits = [s["args"]["operation_id"] for s in network_delete.steps if s["action"] == "operation.wait"]
+    assert {op.id for op in ops if op is not network_delete} <= set(waits)  # after the seats' NICs are gone
     assert await rows(w, Cluster) == [] and await rows(w, ClusterSeat) == []
     assert await rows(w, OcciMixin, OcciMixin.term == "lab") == []
     with pytest.raises(NotFound):
@@ -158,3 +190,84 @@ async def test_delete_and_expiry_tear_the_class_down(svc: tuple[ClusterService, 
     (seat,) = old.seats
     deleting = await rows(w, Operation, Operation.target_id == seat.workload.id, Operation.kind == "delete")
     assert len(deleting) == 1
+
+
+async def test_passwords_are_kept_and_passed_only_as_sha512_crypt_hashes(
+        svc: tuple[ClusterService, World], caplog: pytest.LogCaptureFixture) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    caplog.set_level(logging.DEBUG)
+    given = sha512_crypt("bobs-own", "bobsalt")
+    view = await clusters.create(alpha, ClusterRequest(
+        name="lab", seats=3, vcpus=1, ram_mib=256, password="class-secret-42",
+        user_data="#!/bin/sh\necho ready\n", roster=(Seat("ada", password="ada-secret-17"), Seat("bob",
+                                                                                               password_hash=given))))
+    hashes = []
+    for seat in view.seats:
+        create = next(s for s in seat.operation.steps if s["action"] == "vm.create")
+        parts = [p.get_payload(decode=True).decode() for p in email.message_from_string(
+            create["args"]["user_data"]).walk() if not p.is_multipart()]
+        assert parts[1] == "#!/bin/sh\necho ready\n"  # the class's user data, beside the password part
+        hashes.append(yaml.safe_load(parts[0])["password"])
+    ada, bob, third = hashes
+    assert sha512_crypt("ada-secret-17", ada.split("$")[2]) == ada and bob == given
+    assert sha512_crypt("class-secret-42", third.split("$")[2]) == third
+    # the plaintext is nowhere in the catalog (every table, every column) and in no log line
+    async with w.app[keys.SESSIONS]() as session:
+        conn = await session.connection()
+        tables = [(await conn.execute(sa_select(table))).all() for table in SQLModel.metadata.sorted_tables]
+    dump = json.dumps([[tuple(row) for row in rows] for rows in tables], default=str)  # (a Row's repr cuts values)
+    assert third in dump
+    for secret in ("class-secret-42", "ada-secret-17"):
+        assert secret not in dump and secret not in caplog.text
+    assert "password" not in repr(ClusterRequest(name="x", seats=1, password="class-secret-42"))
+    template = public_template(view.cluster.template)
+    assert template["passwords"] is True and "$6$" not in str(template)
+    for req, message in (
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, password="a", password_hash=given), "not both"),
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, password_hash="secret"), "SHA-512 crypt"),
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, password="a", user_data="#include x"),
+             "#cloud-config or a #! script"),
+            (ClusterRequest(name="lab2", seats=1, vcpus=1, ram_mib=256, roster=(Seat("a", password="x" * 300),)),
+             "roster line 1: a password is 1 to 256"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            await clusters.create(alpha, req)
+
+
+async def test_a_class_over_several_sites_keeps_at_most_max_per_site_at_each(
+        svc: tuple[ClusterService, World]) -> None:
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+
+    def per_site(view: Any) -> Counter[str]:
+        return Counter(s.workload.spec["placement"]["site"] for s in view.seats)
+
+    view = await clusters.create(alpha, ClusterRequest(name="wide", seats=4, vcpus=1, ram_mib=256, max_per_site=2))
+    counts = per_site(view)
+    assert sorted(counts.values()) == [2, 2] and len(counts) == 2  # the world's two sites, two seats each
+    assert {s.workload.spec["site"] for s in view.seats} == set(counts)  # each seat pinned where it was placed
+    placement = view.cluster.template["placement"]
+    assert placement["sites"] == dict(counts) and placement["max_per_site"] == 2
+    assert all(f"2 at {site}" in placement["summary"] for site in counts)
+    smaller = await clusters.scale(alpha, view.cluster.id, 3)
+    gone_from = (counts - per_site(smaller)).most_common(1)[0][0]
+    back = await clusters.scale(alpha, view.cluster.id, 4)  # the new seat goes where there is room
+    assert per_site(back) == counts and back.seats[3].workload.spec["site"] == gone_from
+    assert [s.hostname for s in back.seats] == ["wide-01", "wide-02", "wide-03", "wide-04"]
+    with pytest.raises(NoPlacement, match=r"no placement for 1 of the 1 seats of cluster wide .* at most 2 a site"):
+        await clusters.scale(alpha, view.cluster.id, 5)
+    assert len((await clusters.get(alpha, view.cluster.id)).seats) == 4
+    (one,) = counts.keys() - {gone_from}
+    pinned = await clusters.create(alpha, ClusterRequest(name="one", seats=2, vcpus=1, ram_mib=256, sites=(one,)))
+    assert set(per_site(pinned)) == {one}
+    for req, message in (
+            (ClusterRequest(name="x", seats=5, vcpus=1, ram_mib=256, sites=("a", "b"), max_per_site=2),
+             "5 seats do not fit 2 sites at 2 a site"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=1, cidr="10.3.0.0/24"),
+             "no class network"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, sites=("a",), site="a"), "not both"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=0), "max_per_site"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            await clusters.create(alpha, req)

@@ -4,6 +4,7 @@ guestinfo built from the same documents."""
 from __future__ import annotations
 
 import base64
+import email
 import json
 import subprocess
 from pathlib import Path
@@ -17,7 +18,9 @@ from metavmm.translators.cloudinit import (
     documents,
     host_label,
     key_pair_name,
+    sha512_crypt,
     vmware_guestinfo,
+    with_password,
     write_seed_iso,
 )
 
@@ -126,3 +129,35 @@ def test_vmware_guestinfo_carries_the_key_and_the_user_data() -> None:
     assert info["guestinfo.userdata.encoding"] == "base64"
     assert json.loads(base64.b64decode(info["guestinfo.metadata"]))["public-keys"] == [KEY]
     assert "guestinfo.userdata" not in vmware_guestinfo(GuestIdentity(instance_id="wl-3", hostname="vm-3"))
+
+
+def test_sha512_crypt_matches_the_specification_and_openssl() -> None:
+    # the first test vector of Drepper's "Unix crypt using SHA-256 and SHA-512"
+    assert sha512_crypt("Hello world!", "saltstring") == (
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1")
+    for password, salt in (("secret", "abcdefgh"), ("x" * 100, "Q"), ("é pässwörd", "./09AZaz")):
+        made = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, password], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert sha512_crypt(password, salt) == made, password
+    one, two = sha512_crypt("same"), sha512_crypt("same")
+    assert one != two and one.startswith("$6$") and len(one.split("$")[2]) == 16  # a random salt each time
+    with pytest.raises(ValidationError, match="salt"):
+        sha512_crypt("x", "bad$salt")
+
+
+def test_a_password_hash_goes_into_the_user_data_beside_the_clients() -> None:
+    hashed = sha512_crypt("class-pass", "abc")
+    alone = yaml.safe_load(with_password(None, "lab-01", hashed))
+    assert alone == {"preserve_hostname": False, "hostname": "lab-01", "password": hashed,
+                     "chpasswd": {"expire": False}, "ssh_pwauth": True}
+    for given, subtype in (("#cloud-config\npackages: [htop]\n", "cloud-config"), ("#!/bin/sh\necho hi\n",
+                                                                                  "x-shellscript")):
+        parts = [p for p in email.message_from_string(with_password(given, "lab-01", hashed)).walk()
+                 if not p.is_multipart()]
+        assert [p.get_content_subtype() for p in parts] == ["cloud-config", subtype]
+        assert parts[0].get_payload(decode=True).decode().count(hashed) == 1
+        assert parts[1].get_payload(decode=True).decode() == given
+    with pytest.raises(ValidationError, match="#cloud-config or a #! script"):
+        with_password("#include http://example.org/x", "lab-01", hashed)
+    with pytest.raises(ValidationError, match="SHA-512 crypt"):
+        with_password(None, "lab-01", "plaintext")

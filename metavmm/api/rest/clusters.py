@@ -4,7 +4,7 @@ which creates every seat through the one workload service (see metavmm/services/
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,8 +13,21 @@ from metavmm.api.keys import identity_of
 from metavmm.api.rest.common import UUID_PATTERN, OutModel, Timestamp, id_model
 from metavmm.api.rest.framework import RestModule
 from metavmm.api.rest.workloads import OperationOut, workloads
-from metavmm.services.clusters import MAX_SEATS, ClusterRequest, ClusterService, ClusterView, Seat, public_template
+from metavmm.services.clusters import (
+    MAX_SEATS,
+    PASSWORD_MAX,
+    ClusterRequest,
+    ClusterService,
+    ClusterView,
+    Seat,
+    public_template,
+)
 from metavmm.services.workloads.requests import SSH_KEY_MAX, USER_DATA_MAX
+from metavmm.translators.cloudinit import SHA512_CRYPT
+
+PASSWORD_DOC = ("the image's default user's password on every seat (a roster line: that seat's); hashed at once "
+                "(SHA-512 crypt), only the hash is kept and given to cloud-init")
+HASH_DOC = "or the password as a SHA-512 crypt hash ($6$salt$..., openssl passwd -6)"
 
 api = RestModule("clusters", "Virtual clusters: a class of identical computes created, scaled and deleted at once")
 
@@ -24,6 +37,8 @@ class RosterLine(BaseModel):
     owner: str = Field(default="", max_length=255, description="who sits at the seat (a student's name)")
     ssh_key: str | None = Field(default=None, min_length=1, max_length=SSH_KEY_MAX)
     user_data: str | None = Field(default=None, min_length=1, max_length=USER_DATA_MAX)
+    password: str | None = Field(default=None, min_length=1, max_length=PASSWORD_MAX, description=PASSWORD_DOC)
+    password_hash: str | None = Field(default=None, pattern=SHA512_CRYPT.pattern, description=HASH_DOC)
 
 
 class ClusterCreate(BaseModel):
@@ -45,10 +60,17 @@ class ClusterCreate(BaseModel):
                                   description="{n}: the seat's serial (formats like {n:02d}), {cluster}: the name")
     ssh_key: str | None = Field(default=None, min_length=1, max_length=SSH_KEY_MAX)
     user_data: str | None = Field(default=None, min_length=1, max_length=USER_DATA_MAX)
+    password: str | None = Field(default=None, min_length=1, max_length=PASSWORD_MAX, description=PASSWORD_DOC)
+    password_hash: str | None = Field(default=None, pattern=SHA512_CRYPT.pattern, description=HASH_DOC)
     roster: list[RosterLine] = Field(default_factory=list, max_length=MAX_SEATS,
                                      description="per seat, in serial order: owner, SSH key, user data")
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = Field(default=None, min_length=1, max_length=160)
+    sites: list[Annotated[str, Field(min_length=1, max_length=160)]] = Field(
+        default_factory=list, max_length=64, description="a class over several sites (names or regions; no class "
+        "network): the batch placement chooses among them")
+    max_per_site: int | None = Field(default=None, ge=1, le=MAX_SEATS,
+                                     description="at most so many seats at one site (spreads the class over sites)")
     expires_at: datetime | None = Field(default=None, description="the class is deleted then")
     project_id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="admins only: another project")
 
@@ -113,8 +135,10 @@ def request_of(body: ClusterCreate) -> ClusterRequest:
         ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model, gpu_count=body.gpu_count,
         network_id=body.network_id, cidr=body.cidr, first_address=body.first_address,
         hostname_pattern=body.hostname_pattern, ssh_key=body.ssh_key, user_data=body.user_data,
-        roster=tuple(Seat(r.owner, r.ssh_key, r.user_data) for r in body.roster), strategy=body.strategy,
-        site=body.site, expires_at=body.expires_at, project_id=body.project_id)
+        password=body.password, password_hash=body.password_hash,
+        roster=tuple(Seat(r.owner, r.ssh_key, r.user_data, r.password, r.password_hash) for r in body.roster),
+        strategy=body.strategy, site=body.site, sites=tuple(body.sites), max_per_site=body.max_per_site,
+        expires_at=body.expires_at, project_id=body.project_id)
 
 
 @api.route("GET", "/clusters", summary="List your project's clusters with each seat's state",
@@ -125,9 +149,10 @@ async def list_clusters(request: web.Request) -> list[ClusterOut]:
 
 @api.route("POST", "/clusters", summary="Create a class of seats in one request: the class's quota is checked "
            "at once, the batch placement picks its site, every seat is created and started", body=ClusterCreate,
-           response=ClusterOut, status=202)
+           response=ClusterOut, status=202, idempotency=True)
 async def create_cluster(request: web.Request, body: ClusterCreate) -> ClusterOut:
-    return render(await clusters(request).create(identity_of(request), request_of(body)))
+    return render(await clusters(request).create(identity_of(request), request_of(body),
+                                                 idempotency_key=request.headers.get("Idempotency-Key")))
 
 
 @api.route("GET", "/clusters/{cluster_id}", summary="Show a cluster: each seat's state and progress",
@@ -144,9 +169,10 @@ async def delete_cluster(request: web.Request, params: Any) -> list[OperationOut
 
 
 @api.route("POST", "/clusters/{cluster_id}/scale", summary="Add or remove seats; the others keep their names, "
-           "addresses and MACs", params=ClusterId, body=ClusterScale, response=ClusterOut, status=202)
+           "addresses and MACs", params=ClusterId, body=ClusterScale, response=ClusterOut, status=202, idempotency=True)
 async def scale_cluster(request: web.Request, params: Any, body: ClusterScale) -> ClusterOut:
-    return render(await clusters(request).scale(identity_of(request), params.cluster_id, body.seats))
+    return render(await clusters(request).scale(identity_of(request), params.cluster_id, body.seats,
+                                                idempotency_key=request.headers.get("Idempotency-Key")))
 
 
 @api.route("POST", "/clusters/{cluster_id}/seats/{serial}/reset", summary="Reset one seat to its base image",

@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -123,23 +124,45 @@ def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, reg
 
 
 def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str,
-                 mac: str | None = None) -> list[Step]:
+                 mac: str | None = None, reserve: Mapping[str, str] | None = None) -> list[Step]:
     """Attach a volume or network to a compute: wait until both ends are placed (their own create
     operations may still run), attach at the provider, mark the link active (the commit). ``mac``: the
     interface's MAC, where the link asks for one (the provider gives it otherwise, and the record step
-    writes the one the VM really has)."""
+    writes the one the VM really has). ``reserve``: the ``ip`` and ``hostname`` the network's DHCP gives
+    that MAC (a class seat's), reserved before the interface appears and released if the attach rolls back."""
     verb = RESOURCE_VERB[WorkloadKind(target_kind)]
     ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
     attach = {**ends, "mac": mac} if verb == "network" and mac else ends
-    return [Step("wait-ends", "link.wait_ends", {**ends, "timeout_s": 600}, compensate="link.failed"),
-            Step("attach", f"{verb}.attach", attach, compensate=f"{verb}.detach", weight=2),
+    steps = [Step("wait-ends", "link.wait_ends", {**ends, "timeout_s": 600}, compensate="link.failed")]
+    if reserve and mac and verb == "network":
+        steps.append(Step("reserve", "network.reserve", {**ends, "mac": mac, **reserve}, compensate="network.release"))
+    return [*steps, Step("attach", f"{verb}.attach", attach, compensate=f"{verb}.detach", weight=2),
             Step("record", "link.record", ends, commit=True)]
 
 
-def detach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str) -> list[Step]:
+def detach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str,
+                 reserved_mac: str | None = None) -> list[Step]:
     verb = RESOURCE_VERB[WorkloadKind(target_kind)]
     ends = {"link_id": link_id, "compute_id": compute_id, "target_id": target_id}
-    return [Step("detach", f"{verb}.detach", ends, commit=True, weight=2), Step("forget", "link.forget", ends)]
+    steps = [Step("detach", f"{verb}.detach", ends, commit=True, weight=2)]
+    if reserved_mac:
+        steps.append(Step("release", "network.release", {**ends, "mac": reserved_mac}))
+    return [*steps, Step("forget", "link.forget", ends)]
+
+
+def reservation(link: WorkloadLink) -> dict[str, str] | None:
+    """The DHCP reservation a network interface asks for (a class seat's ``address`` and ``hostname``)."""
+    attrs = link.attributes or {}
+    if link.kind != "networkinterface" or not attrs.get("address") or not attrs.get("mac"):
+        return None
+    return {"ip": str(attrs["address"]).split("/")[0], "hostname": str(attrs.get("hostname") or "")}
+
+
+def release_steps(links: Sequence[WorkloadLink]) -> list[Step]:
+    """Remove the DHCP reservations of a compute's interfaces (its delete: the VM's NICs go with the VM,
+    the network's reservations would stay)."""
+    return [Step(f"release-{i}", "network.release", {"target_id": lk.target_id, "mac": lk.attributes["mac"]})
+            for i, lk in enumerate(lk for lk in links if reservation(lk))]
 
 
 async def _link(session: AsyncSession, link_id: str) -> tuple[WorkloadLink, str]:
@@ -154,14 +177,16 @@ async def attach_plan(session: AsyncSession, link_id: str) -> PlanSpec:
     """Apply a link row (storagelink or networkinterface) at the provider."""
     link, kind = await _link(session, link_id)
     steps = attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
-                         mac=link.attributes.get("mac"))
+                         mac=link.attributes.get("mac"), reserve=reservation(link))
     return PlanSpec("attach", steps, link.id, link.project_id, {"compute": link.source_id})
 
 
 async def detach_plan(session: AsyncSession, link_id: str) -> PlanSpec:
     """Detach at the provider, then remove the link row."""
     link, kind = await _link(session, link_id)
-    steps = detach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind)
+    held = reservation(link)
+    steps = detach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
+                         reserved_mac=link.attributes["mac"] if held else None)
     return PlanSpec("detach", steps, link.id, link.project_id, {"compute": link.source_id})
 
 
@@ -211,7 +236,8 @@ async def delete_plan(session: AsyncSession, workload_id: str, *, purge: bool = 
         steps = [*first, Step("delete", f"{RESOURCE_VERB[WorkloadKind(workload.kind)]}.delete", at, commit=True),
                  Step("forget-links", "link.forget_target", at)]
     else:
-        steps = [*first, Step("delete", "vm.delete", at, commit=True)]
+        links = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == workload.id))).all()
+        steps = [*first, Step("delete", "vm.delete", at, commit=True), *release_steps(links)]
     owned = workload.spec.get("owned_image")  # an image a migration imported for this workload alone
     if owned:
         steps.append(Step("delete-image", "image.delete", owned))

@@ -19,7 +19,7 @@ from typing import Any
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Provider, Workload
 from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound
-from metavmm.foundation.records import NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
+from metavmm.foundation.records import Capability, NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
 from metavmm.services import observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
@@ -203,3 +203,43 @@ def register(verbs: Verbs, spec: Callable[..., Any]) -> None:
 
 register(VOLUME, VolumeSpec)
 register(NETWORK, NetworkSpec)
+
+
+# --- DHCP reservations: a class seat's address and host name on its network -----------------------------
+
+
+@action("network.reserve")
+async def reserve(ctx: StepContext, *, compute_id: str, target_id: str, mac: str, ip: str, hostname: str,
+                  **_: Any) -> dict[str, Any]:
+    """Reserve ``ip`` and ``hostname`` for the interface ``mac`` in the network's DHCP (before the interface
+    is attached, so its first lease is the reserved one). A provider without DHCP reservations leaves the
+    address to the guest's cloud-init."""
+    provider = await link_provider(ctx, compute_id, target_id)
+    if provider is None:
+        raise Conflict(f"compute {compute_id} or network {target_id} is not placed at any provider")
+    driver = ctx.driver(provider)
+    if Capability.DHCP_HOSTS not in driver.capabilities:
+        await ctx.log(f"{provider} keeps no DHCP reservations: {ip} is set by the guest")
+        return {}
+    found = await require(ctx, NETWORK, provider, target_id)
+    await driver.ex_reserve_address(resource_id(found), mac, ip, hostname)
+    await ctx.log(f"reserved {ip} ({hostname}) for {mac} on network {resource_id(found)}")
+    return {"reserved": {"network": resource_id(found), "mac": mac, "ip": ip}}
+
+
+@action("network.release")
+async def release(ctx: StepContext, *, target_id: str, mac: str, **_: Any) -> None:
+    """Remove the DHCP reservation of ``mac`` from the network (compensation of network.reserve, and a step
+    of the seat's detach and delete); a network that is gone, or keeps none, leaves nothing to do."""
+    async with ctx.sessions() as session:
+        try:
+            _, provider = await _placed(session, target_id)
+        except NotFound:
+            provider = None
+    driver = ctx.driver(provider) if provider else None
+    found = await find(ctx, NETWORK, provider, target_id) if driver is not None else None
+    if driver is None or found is None or Capability.DHCP_HOSTS not in driver.capabilities:
+        await ctx.log(f"no DHCP reservation of {mac} to remove")
+        return
+    await driver.ex_release_address(resource_id(found), mac)
+    await ctx.log(f"released the DHCP reservation of {mac} on network {resource_id(found)}")

@@ -131,8 +131,9 @@ def guest_spec(guest: Mapping[str, Any]) -> dict[str, Any]:
     if not guest:
         return {}
     address = guest.get("address")
-    return {"hostname": guest.get("hostname"), "mac": guest.get("mac"),
+    kept = {"hostname": guest.get("hostname"), "mac": guest.get("mac"),
             "ip": str(address).split("/")[0] if address else None}
+    return {k: v for k, v in kept.items() if v is not None}  # a seat on a class network: its link has them
 
 
 def with_guest(steps: list[Step], guest: Mapping[str, Any], workload_id: str) -> list[Step]:

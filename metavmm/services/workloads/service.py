@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -555,10 +555,12 @@ class WorkloadService:
     # --- delete and cancel -----------------------------------------------------------------------------
 
     async def delete(self, caller: Identity, workload_id: str, *, idempotency_key: str | None = None,
-                     expected_version: int | None = None) -> Operation:
+                     expected_version: int | None = None, after: Sequence[str] = ()) -> Operation:
         """Delete at the provider (planned behind a create still running); a compute's links go with it,
         a network or storage still linked to a live compute is refused. A workload that never reached a
-        provider (its create rolled back or was cancelled) only gives its quota back."""
+        provider (its create rolled back or was cancelled) only gives its quota back. ``after``: operations
+        whose end the provider's delete waits for (a class's network waits for its seats' deletes: the
+        provider refuses to delete a network a VM still has an interface on)."""
         workload = await self._visible(caller, workload_id)
         self._may_write(caller, workload)
         assert workload.project_id is not None
@@ -572,18 +574,20 @@ class WorkloadService:
             if workload.desired_state == "deleted":
                 raise Conflict(f"workload {workload.id} is already being deleted")
             await flows.refuse_if_linked(session, workload)
-            if workload.kind == WorkloadKind.COMPUTE:
-                await session.exec(sa_delete(WorkloadLink).where(  # type: ignore[call-overload]
-                    col(WorkloadLink.source_id) == workload.id))
             if _is_placed(workload) or await _creating(session, workload.id):
                 await _set(session, workload, desired_state="deleted")
-                plan = await flows.delete_plan(session, workload.id)
+                plan = await flows.delete_plan(session, workload.id)  # reads the links (DHCP reservations)
+                waits = [Step(f"wait-{i}", "operation.wait", {"operation_id": op_id}) for i, op_id in enumerate(after)]
+                plan = replace(plan, steps=[*waits, *plan.steps])
             else:
                 await quotas.release(session, workload.id)
                 await _set(session, workload, desired_state="deleted", observed_state="deleted", present=False,
                            state_message="deleted: it never reached a provider")
                 plan = flows.PlanSpec("delete", [Step("free-quota", "quota.free", {"workload_id": workload.id})],
                                       workload.id, workload.project_id)
+            if workload.kind == WorkloadKind.COMPUTE:
+                await session.exec(sa_delete(WorkloadLink).where(  # type: ignore[call-overload]
+                    col(WorkloadLink.source_id) == workload.id))
             op = await self._write(session, plan, key, fingerprint)
         await self._wake(op)
         return op

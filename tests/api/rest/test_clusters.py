@@ -27,7 +27,8 @@ async def test_create_show_scale_reset_and_delete_a_class(world: Any) -> None:
     assert [s["address"] for s in body["seats"]] == ["10.7.0.10/24", "10.7.0.11/24", "10.7.0.12/24"]
     assert body["template"]["roster"] == ["ada"] and "user_data" not in body["template"]
     assert all(s["state"] == "pending" and s["operation"]["kind"] == "create" for s in body["seats"])
-    assert len(body["operations"]) == 4  # three seats and the class's network
+    # three seats, the class's network and each seat's interface on it (with its DHCP reservation)
+    assert sorted(op["kind"] for op in body["operations"]) == ["attach"] * 3 + ["create"] * 4
     listed = await (await client.get(f"{API}/clusters", headers=alpha)).json()
     assert [c["id"] for c in listed] == [cid]
     assert await (await client.get(f"{API}/clusters", headers=beta)).json() == []
@@ -72,3 +73,66 @@ async def test_bad_requests_get_their_reason(world: Any) -> None:
     resp = await client.post(f"{API}/clusters", headers=w.auth("alpha_reader"),
                              json={"name": "a", "seats": 1, "vcpus": 1, "ram_mib": 64})
     assert resp.status == 403
+
+
+async def workload_count(w: Any) -> int:
+    async with w.app[keys.SESSIONS]() as s:
+        return len((await s.exec(select(Workload))).all())
+
+
+async def test_an_idempotency_key_replays_create_and_scale(world: Any) -> None:
+    client, w = world
+    alpha, beta = w.auth("alpha_member"), w.auth("beta_member")
+    body = {"name": "lab", "seats": 2, "vcpus": 1, "ram_mib": 64, "cidr": "10.9.0.0/24"}
+    first = await client.post(f"{API}/clusters", headers={**alpha, "Idempotency-Key": "lesson-1"}, json=body)
+    assert first.status == 202, await first.text()
+    made, count = await first.json(), await workload_count(w)
+    again = await client.post(f"{API}/clusters", headers={**alpha, "Idempotency-Key": "lesson-1"}, json=body)
+    assert again.status == 202, await again.text()
+    replay = await again.json()
+    assert replay["id"] == made["id"] and await workload_count(w) == count  # nothing created twice
+    assert [op["id"] for op in replay["operations"]] == [op["id"] for op in made["operations"]]
+    assert [s["workload_id"] for s in replay["seats"]] == [s["workload_id"] for s in made["seats"]]
+    resp = await client.post(f"{API}/clusters", headers={**alpha, "Idempotency-Key": "lesson-1"},
+                             json={**body, "seats": 3})
+    assert resp.status == 422 and "different request" in await resp.text()
+    # the key is scoped by project and principal: another project's same key is its own request
+    other = await client.post(f"{API}/clusters", headers={**beta, "Idempotency-Key": "lesson-1"},
+                              json={**body, "seats": 1})
+    assert other.status == 202 and (await other.json())["id"] != made["id"], await other.text()
+
+    scale = f"{API}/clusters/{made['id']}/scale"
+    grown = await client.post(scale, headers={**alpha, "Idempotency-Key": "grow"}, json={"seats": 3})
+    assert grown.status == 202, await grown.text()
+    grown_body, count = await grown.json(), await workload_count(w)
+    again = await (await client.post(scale, headers={**alpha, "Idempotency-Key": "grow"}, json={"seats": 3})).json()
+    assert len(again["seats"]) == 3 and await workload_count(w) == count
+    assert [op["id"] for op in again["operations"]] == [op["id"] for op in grown_body["operations"]]
+    resp = await client.post(scale, headers={**alpha, "Idempotency-Key": "grow"}, json={"seats": 1})
+    assert resp.status == 422
+    shrunk = await (await client.post(scale, headers={**alpha, "Idempotency-Key": "shrink"}, json={"seats": 1})).json()
+    replay = await (await client.post(scale, headers={**alpha, "Idempotency-Key": "shrink"}, json={"seats": 1})).json()
+    assert sorted(op["kind"] for op in shrunk["operations"]) == ["delete", "delete"]
+    assert [op["id"] for op in replay["operations"]] == [op["id"] for op in shrunk["operations"]]
+    assert len(replay["seats"]) == 1
+
+
+async def test_passwords_replay_by_their_key_and_are_never_shown(world: Any) -> None:
+    client, w = world
+    alpha = {**w.auth("alpha_member"), "Idempotency-Key": "pw-1"}
+    body = {"name": "pw", "seats": 1, "vcpus": 1, "ram_mib": 64, "password": "class-secret-42",
+            "roster": [{"owner": "ada", "password_hash": "$6$abcdefgh$" + "x" * 86}]}
+    first = await client.post(f"{API}/clusters", headers=alpha, json=body)
+    assert first.status == 202, await first.text()
+    made = await first.json()
+    assert made["template"]["passwords"] is True and "$6$" not in str(made["template"])
+    again = await client.post(f"{API}/clusters", headers=alpha, json=body)  # the same password: a replay
+    assert again.status == 202 and (await again.json())["id"] == made["id"]
+    other = await client.post(f"{API}/clusters", headers=alpha, json={**body, "password": "another-one"})
+    assert other.status == 422, await other.text()
+    for bad, words in (({"password_hash": "plain"}, "password_hash"), ({"password": ""}, "password"),
+                       ({"password": "a", "password_hash": "$6$abcdefgh$" + "x" * 86}, "not both")):
+        resp = await client.post(f"{API}/clusters", headers=w.auth("alpha_member"),
+                                 json={"name": "pw2", "seats": 1, "vcpus": 1, "ram_mib": 64, **bad})
+        text = await resp.text()
+        assert resp.status == 400 and words in text and "class-secret" not in text, (bad, text)

@@ -43,6 +43,7 @@ providers:
   - {{name: {PROVIDER}, kind: libvirt, endpoint: "{URI}", domain_type: qemu, storage_dir: "{storage}",
      sites: [{{region: local}}]}}
 operations: {{reconcile_interval_s: 0, retry_base_s: 0.05}}
+scheduler: {{cpu_allocation_ratio: 8}}  # room for a class of 3 one-vCPU seats on a 2-core machine
 prices:
   - {{provider: {PROVIDER}, region: local, currency: USD, effective_date: 2026-01-01, source: test rates,
      items: [{{flavor: custom, unit: vcpu-hour, amount: 0.01}}, {{flavor: custom, unit: gib-hour, amount: 0.002}}]}}
