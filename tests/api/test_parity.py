@@ -512,3 +512,13 @@ async def test_a_save_where_no_disk_can_be_exported_is_the_same_409_everywhere(f
     async with w.app[keys.SESSIONS]() as s:
         wl = await s.get(Workload, wid)
     assert wl is not None and (wl.desired_state, wl.observed_state, wl.version) == ("running", "running", 1)
+
+    # OCCI offers no save link there, so a save over the whole collection passes that compute by
+    entity = await (await fronts["occi-json"].client.get(f"/compute/{wid}", headers={
+        **OCCI_JSON, **w.auth("alpha_member")})).json()
+    assert [a.rsplit("#", 1)[1] for a in entity["actions"]] == ["stop", "restart", "suspend"], entity["actions"]
+    collection = await fronts["occi-text"].client.post("/compute/?action=save", headers={
+        **OCCI_TEXT, **w.auth("alpha_member")})
+    assert collection.status == 200, await collection.text()
+    async with w.app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(Operation).where(Operation.target_id == wid))).all() == []

@@ -335,15 +335,21 @@ def refuse_unmovable(engine: Engine, source: str, target: str) -> None:
         raise Conflict(why)
 
 
-async def refuse_unexportable(session: AsyncSession, workload: Workload, provider: str) -> None:
-    """A save of a VM whose provider cannot hand out its disk (the export half of the move rule,
-    :func:`metavmm.scheduler.filters.movable.export_refusal`) is a 409 before any row is written: without
-    it the plan would stop the VM, fail at its export step and roll back."""
+def export_refused(provider: str, kind: str) -> str | None:
+    """Why no VM's disk can leave ``provider`` (the export half of the move rule,
+    :func:`metavmm.scheduler.filters.movable.export_refusal`); None when it can, or when its kind's SDK
+    is not installed (the export step then says so)."""
     from metavmm.scheduler.filters.movable import export_refusal
 
+    view = declared(provider, kind)
+    return export_refusal(view) if view is not None else None
+
+
+async def refuse_unexportable(session: AsyncSession, workload: Workload, provider: str) -> None:
+    """A save of a VM whose provider cannot hand out its disk is a 409 before any row is written: without
+    it the plan would stop the VM, fail at its export step and roll back."""
     row = (await session.exec(select(Provider).where(Provider.name == provider))).first()
-    view = declared(provider, row.kind) if row is not None else None
-    why = export_refusal(view) if view is not None else None
+    why = export_refused(provider, row.kind) if row is not None else None
     if why is not None:
         raise Conflict(f"{why}, so compute {workload.name} cannot be saved as an image")
 
