@@ -11,6 +11,7 @@ provider: the steps do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -335,10 +336,12 @@ def refuse_unmovable(engine: Engine, source: str, target: str) -> None:
         raise Conflict(why)
 
 
+@functools.lru_cache(maxsize=256)
 def export_refused(provider: str, kind: str) -> str | None:
     """Why no VM's disk can leave ``provider`` (the export half of the move rule,
     :func:`metavmm.scheduler.filters.movable.export_refusal`); None when it can, or when its kind's SDK
-    is not installed (the export step then says so)."""
+    is not installed (the export step then says so). Cached: it reads only what the kind's driver class
+    declares, and OCCI asks it for every compute it renders."""
     from metavmm.scheduler.filters.movable import export_refusal
 
     view = declared(provider, kind)
