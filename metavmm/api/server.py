@@ -4,17 +4,21 @@ aiohttp answers a request it cannot parse (a header over its limits, a malformed
 exception that escapes every middleware itself, before or after the application: with its own
 ``Server`` header and a body that echoes the offending header. :class:`BrokerRunner` replaces that
 answer: ``Server: metavmm/<version> OCCI/1.2``, ``Accept`` (what the server accepts), and a short message
-in the client's rendering when its headers could be read (text/plain otherwise, OCCI's mandatory one).
+in the client's rendering. A request aiohttp could not parse has no headers to negotiate with, so each
+connection keeps the first bytes of the request it is reading and the client's ``Accept`` is read from
+them (text/plain, OCCI's mandatory rendering, when it is not among them: a request line over the limit,
+or an ``Accept`` after the oversized header).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from metavmm.api.occi.negotiate import ACCEPTED, ENTITY_MEDIA, JSON, SERVER, TEXT_OCCI, choose
+from metavmm.api.occi.negotiate import ACCEPTED, ENTITY_MEDIA, JSON, SERVER, TEXT_OCCI, choose_for
 
 MESSAGES = {400: "the request could not be read: a malformed request line or header, or a header line "
                  "larger than this server accepts",
@@ -23,13 +27,35 @@ MESSAGES = {400: "the request could not be read: a malformed request line or hea
             500: "the broker failed while answering, see its log"}
 
 
+HEAD_BYTES = 16 * 1024
+"""How much of a request's start a connection keeps to find its Accept header should the parse fail."""
+_ACCEPT = re.compile(rb"\r?\nAccept[ \t]*:[ \t]*([^\r\n]{0,1024})", re.IGNORECASE)
+
+
 class _Handler(RequestHandler):
+    _head = b""
+
+    def data_received(self, data: bytes) -> None:
+        if len(self._head) < HEAD_BYTES:
+            self._head += data[:HEAD_BYTES - len(self._head)]
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued and not isinstance(self._messages[-1][0], _ErrInfo):
+            self._head = b""  # a request's headers were read: the next bytes start the next one
+
+    def _accept(self, request: web.BaseRequest) -> str:
+        """The client's Accept: from the parsed headers, else from the bytes of a request that failed."""
+        if "Accept" in request.headers:
+            return request.headers["Accept"]
+        found = _ACCEPT.search(self._head)
+        return found.group(1).decode("latin-1") if found else ""
+
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         plain = super().handle_error(request, status, exc, message)  # logs, and refuses a half-sent response
         text = MESSAGES.get(status, MESSAGES[400] if status < 500 else MESSAGES[500])
         try:
-            media = choose(request, ENTITY_MEDIA)  # type: ignore[arg-type]
+            media = choose_for(self._accept(request), ENTITY_MEDIA)
         except Exception:
             media = "text/plain"
         if media == JSON:

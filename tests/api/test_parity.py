@@ -465,3 +465,60 @@ async def test_networks_storage_links_and_resize_are_one_rule(fronts: dict[str, 
     assert all(plan[0][1] == "quota.hold" for plan in rest["plans"]), rest["plans"]
     for name, record in seen.items():
         assert record == rest, name
+
+
+EXPORTLESS = """
+providers:
+  - {name: stack, kind: openstack, cloud: north}
+  - {name: partner, kind: occi, endpoint: "http://127.0.0.1:9/", credentials: {env: NO_SUCH_TOKEN}}
+"""
+
+
+async def _placed_at(w: World, cfg: Any, name: str) -> str:
+    """A running compute of alpha recorded at ``cfg``'s provider (its row as a sync writes it); no backend
+    answers there, so a save that reached a driver would fail differently."""
+    from metavmm.drivers.registry import driver_class
+    from metavmm.services.observer import upsert_provider
+
+    async with session_scope(w.app[keys.SESSIONS]) as s:
+        row = await upsert_provider(s, cfg, driver_class(cfg.kind).capabilities)
+        await s.flush()
+        wl = Workload(project_id=w.ids["alpha"], kind="compute", name=name, provider_id=row.id,
+                      provider_resource_id=f"{cfg.name}-vm-1", desired_state="running", observed_state="running",
+                      spec={"vcpus": 1, "ram_mib": 512})
+        s.add(wl)
+    return wl.id
+
+
+@pytest.mark.parametrize("provider", ["stack", "partner"])
+async def test_a_save_where_no_disk_can_be_exported_is_the_same_409_everywhere(fronts: dict[str, Front],
+                                                                            provider: str) -> None:
+    """OCCI save (text and JSON) and REST's save action: refused before any operation row, naming the
+    provider and that it cannot export a disk; the compute is as it was."""
+    from metavmm.foundation.config import parse_config
+
+    w = next(iter(fronts.values())).world
+    cfg = parse_config(EXPORTLESS).provider(provider)
+    wid = await _placed_at(w, cfg, f"keep-{provider}")
+    before = await _count(w, Operation)
+    replies = {name: await fronts[name].act("alpha_member", wid, "save") for name in (f.name for f in FRONTS)}
+    kind = cfg.kind
+    for name, reply in replies.items():
+        assert reply.status == 409, (name, reply)
+        assert f"{provider} ({kind}) cannot export a VM's disk" in reply.message, (name, reply)
+        assert f"compute keep-{provider} cannot be saved" in reply.message, (name, reply)
+    assert len({r.message for r in replies.values()}) == 1, replies
+    assert await _count(w, Operation) == before
+    async with w.app[keys.SESSIONS]() as s:
+        wl = await s.get(Workload, wid)
+    assert wl is not None and (wl.desired_state, wl.observed_state, wl.version) == ("running", "running", 1)
+
+    # OCCI offers no save link there, so a save over the whole collection passes that compute by
+    entity = await (await fronts["occi-json"].client.get(f"/compute/{wid}", headers={
+        **OCCI_JSON, **w.auth("alpha_member")})).json()
+    assert [a.rsplit("#", 1)[1] for a in entity["actions"]] == ["stop", "restart", "suspend"], entity["actions"]
+    collection = await fronts["occi-text"].client.post("/compute/?action=save", headers={
+        **OCCI_TEXT, **w.auth("alpha_member")})
+    assert collection.status == 200, await collection.text()
+    async with w.app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(Operation).where(Operation.target_id == wid))).all() == []

@@ -30,6 +30,7 @@ from metavmm.catalog.models import (
 from metavmm.foundation.errors import plain_message
 from metavmm.services.clusters import CLUSTER_SCHEME
 from metavmm.services.marketplace.entries import project_audience
+from metavmm.services.operations import flows
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.workloads.requests import APPLICABLE, compute_state
 
@@ -246,8 +247,16 @@ def _values(attrs: list[OcciAttr], data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resource_entity(wl: Workload, links: list[Link], running: Operation | None = None) -> Resource:
-    """The entity of a row; ``running``: the workload's active operation, whose progress is the message."""
+def exports(provider: str | None, kind: str | None) -> bool:
+    """Whether a compute at ``provider`` (of ``kind``) can be saved: not where the workload service refuses
+    a save up front (:func:`metavmm.services.operations.flows.export_refused`); True while it runs nowhere."""
+    return provider is None or kind is None or flows.export_refused(provider, kind) is None
+
+
+def resource_entity(wl: Workload, links: list[Link], running: Operation | None = None, *,
+                    saveable: bool = True) -> Resource:
+    """The entity of a row; ``running``: the workload's active operation, whose progress is the message;
+    ``saveable``: its provider can export the disk (else no ``save`` action link: it would be a 409)."""
     kind = KINDS[wl.kind]
     mixins = mixins_of(wl.spec)
     if wl.kind == infra.COMPUTE.term and isinstance(wl.spec.get("placement"), dict):
@@ -259,7 +268,7 @@ def resource_entity(wl: Workload, links: list[Link], running: Operation | None =
     message = operation_message(running) if running is not None else wl.state_message
     if message:
         attrs[f"occi.{kind.term}.state.message"] = people_message(message)
-    applicable = applicable_actions(wl, busy=running is not None)
+    applicable = [a for a in applicable_actions(wl, busy=running is not None) if saveable or a != "save"]
     return Resource(kind=kind, id=wl.id, location=f"{kind.location}{wl.id}", mixins=mixins, attributes=attrs,
                     actions=[a for a in kind.actions if a.term in applicable], title=wl.name,
                     summary=wl.spec.get("summary"), links=links)

@@ -80,7 +80,13 @@ def _accept(header: str) -> list[tuple[str, float]]:
 
 def choose(request: web.Request, offered: tuple[str, ...]) -> str:
     """The best of ``offered`` for the request's Accept header (text/plain when the client does not care)."""
-    header = request.headers.get("Accept", "").strip()
+    return choose_for(request.headers.get("Accept", ""), offered)
+
+
+def choose_for(header: str, offered: tuple[str, ...]) -> str:
+    """The best of ``offered`` for an Accept header's value (also one read from a request aiohttp could not
+    parse, see :mod:`metavmm.api.server`); 406 when none fits."""
+    header = header.strip()
     if not header:
         return offered[0]
     for media, q in _accept(header):

@@ -65,6 +65,8 @@ class OcciRequest:
     locations: list[str] = field(default_factory=list)
     entity_id: str | None = None
     typed: bool = False  # attribute values carry JSON types (application/occi+json): checked strictly
+    document: str | None = None
+    """Which GFD.225 document a JSON body was: action, entity, category or model (None: no JSON body)."""
 
     @property
     def empty(self) -> bool:
@@ -307,6 +309,10 @@ MODEL_MEMBERS = ("resources", "links", "mixins", "kinds", "actions")
 CATEGORY_MEMBERS = {"kind": ("term", "scheme", "title", "attributes", "actions", "parent", "location"),
                     "mixin": ("term", "scheme", "title", "attributes", "actions", "depends", "applies", "location"),
                     "action": ("term", "scheme", "title", "attributes")}
+CATEGORY_REQUIRED = {"kind": ("term", "scheme"), "mixin": ("term", "scheme", "location"), "action": ("term", "scheme")}
+DESCRIPTION_MEMBERS = {"mutable": (bool,), "required": (bool,), "type": (str,), "description": (str,),
+                       "default": (int, float, str, bool), "pattern": (dict,)}
+"""An attribute description's members and their JSON types (``default``: a number, string or boolean)."""
 
 
 def _members(obj: dict[str, Any], allowed: tuple[str, ...], required: tuple[str, ...], what: str) -> None:
@@ -351,18 +357,46 @@ def _json_attributes(value: Any, what: str) -> dict[str, Any]:
     return dict(attrs)
 
 
+def _descriptions(value: Any, what: str) -> None:
+    """GFD.225's ``attribute_description``: a description (members of :data:`DESCRIPTION_MEMBERS`, at least
+    one) or an object of named descriptions, nested; any other member is a 400 that names it."""
+    obj = _obj(value, what)
+    if obj and all(isinstance(v, dict) for v in obj.values()) and not obj.keys() <= {"pattern"}:
+        for name, inner in obj.items():
+            _descriptions(inner, f"{what}.{str(name)[:64]}")
+        return
+    if not obj:
+        raise ValidationError(f"{what}: an attribute description needs at least one of "
+                              f"{', '.join(DESCRIPTION_MEMBERS)}")
+    _members(obj, tuple(DESCRIPTION_MEMBERS), (), f"{what} (an attribute description)")
+    for name, types in DESCRIPTION_MEMBERS.items():
+        if name in obj and (not isinstance(obj[name], types) or (bool not in types and isinstance(obj[name], bool))):
+            raise ValidationError(f"{what}: member {name!r} has the wrong JSON type")
+
+
 def _location(value: Any, what: str) -> str:
-    if isinstance(value, dict):
-        _members(value, KINDED_URI_MEMBERS, ("location",), what)
-        value = value.get("location")
-    if not isinstance(value, str):
-        raise ValidationError(f"{what} needs a location string")
-    return parse_location(value)
+    """A link's ``source`` or ``target``: GFD.225's kinded_uri, an object with a ``location`` string."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be an object with a member 'location' (GFD.225's kinded_uri)")
+    _members(value, KINDED_URI_MEMBERS, ("location",), what)
+    for key in KINDED_URI_MEMBERS:
+        if key in value and not isinstance(value[key], str):
+            raise ValidationError(f"{what}: member {key!r} must be a string")
+    return parse_location(value["location"])
+
+
+def _strings(obj: dict[str, Any], what: str, *names: str) -> None:
+    """The members of ``obj`` among ``names`` that GFD.225 types as strings are strings."""
+    for key in names:
+        if key in obj and not isinstance(obj[key], str):
+            raise ValidationError(f"{what}: member {key!r} must be a string")
 
 
 def _json_link(obj: dict[str, Any], what: str) -> LinkRef:
     obj = _obj(obj, what)
     _members(obj, LINK_MEMBERS, ("kind", "id", "target", "source"), what)
+    _strings(obj, what, "kind", "id", "rel", "title")
+    _str_list(obj.get("actions", []), f"{what}.actions")
     target = obj["target"]
     kind = target.get("kind") if isinstance(target, dict) else None
     categories = [obj["kind"]] if isinstance(obj.get("kind"), str) else []
@@ -377,7 +411,13 @@ def _json_link(obj: dict[str, Any], what: str) -> LinkRef:
 
 def _json_category(obj: Any, cls: str, what: str) -> CategoryRef:
     obj = _obj(obj, what)
-    _members(obj, CATEGORY_MEMBERS[cls], ("term", "scheme"), what)
+    _members(obj, CATEGORY_MEMBERS[cls], CATEGORY_REQUIRED[cls], what)
+    if "attributes" in obj:
+        _descriptions(obj["attributes"], f"{what}.attributes")
+    for key in ("actions", "depends", "applies"):
+        if key in obj:
+            _str_list(obj[key], f"{what}.{key}")
+    _strings(obj, what, "title", "parent")
     term, scheme = obj.get("term"), obj.get("scheme")
     if not isinstance(term, str) or not TERM.match(term):
         raise ValidationError(f"{what}: term is missing or invalid")
@@ -401,17 +441,21 @@ def parse_json(body: bytes | str) -> OcciRequest:
         raise ValidationError("the body has attributes but no member 'kind' (a resource or link) and no member "
                               "'action' (an action invocation); GFD.225 requires one of them")
     if "action" in doc:  # an action invocation
+        req.document = "action"
         _members(doc, ACTION_MEMBERS, ("action",), "the action invocation")
         scheme, term = _split_type_id(doc["action"], "action")
         req.categories.append(CategoryRef(term=term, scheme=scheme, cls="action"))
         req.attributes = _json_attributes(doc.get("attributes", {}), "attributes")
         return req
     if "kind" in doc:
+        req.document = "entity"
         _entity_into(req, doc, "the entity")
         return req
     if "term" in doc:
+        req.document = "category"
         req.categories.append(_json_category(doc, "mixin", "the category"))
         return req
+    req.document = "model"
     _members(doc, MODEL_MEMBERS, (), "the body")
     for key, cls in (("kinds", "kind"), ("mixins", "mixin"), ("actions", "action")):
         if key in doc:
@@ -424,13 +468,23 @@ def parse_json(body: bytes | str) -> OcciRequest:
             items = doc[key]
             if not isinstance(items, list) or len(items) > MAX_ITEMS:
                 raise ValidationError(f"{key} must be an array of at most {MAX_ITEMS} objects")
-            for i, item in enumerate(items):
-                item = _obj(item, f"{key}[{i}]")
-                ref = item.get("location") or item.get("id")
-                if not isinstance(ref, str):
-                    raise ValidationError(f"{key}[{i}] needs an id or a location")
-                req.locations.append(parse_location(ref))
+            req.locations += [_member_location(item, key, f"{key}[{i}]") for i, item in enumerate(items)]
     return req
+
+
+def _member_location(item: Any, key: str, what: str) -> str:
+    """Where a resource or link of a collection body is (a mixin's association): GFD.225 renders it
+    whole, so it is checked as one (``kind`` and ``id`` required, nothing else); an ``id`` that is a path or
+    URL is its location, a bare id is under its kind's (``/<term>/<id>``)."""
+    item = _obj(item, what)
+    if key == "links":
+        _json_link(item, what)
+    else:
+        _members(item, RESOURCE_MEMBERS, ("kind", "id"), f"{what} (a resource)")
+        _strings(item, what, "id", "title", "summary")
+    _, term = _split_type_id(item["kind"], f"{what}.kind")
+    ref = str(item["id"])
+    return parse_location(ref if "/" in ref else f"/{term}/{ref}")
 
 
 def _entity_into(req: OcciRequest, doc: dict[str, Any], what: str) -> None:
@@ -440,6 +494,7 @@ def _entity_into(req: OcciRequest, doc: dict[str, Any], what: str) -> None:
         _members(doc, RESOURCE_MEMBERS, ("kind", "id"), f"{what} (a resource)")
     scheme, term = _split_type_id(doc["kind"], f"{what}.kind")
     req.categories.append(CategoryRef(term=term, scheme=scheme, cls="kind"))
+    _str_list(doc.get("actions", []), f"{what}.actions")
     for i, mixin in enumerate(_str_list(doc.get("mixins", []), f"{what}.mixins")):
         m_scheme, m_term = _split_type_id(mixin, f"{what}.mixins[{i}]")
         req.categories.append(CategoryRef(term=m_term, scheme=m_scheme, cls="mixin"))

@@ -143,10 +143,14 @@ def _saving(request: web.Request, template: Mixin) -> web.Response:
     return resp
 
 
-def _action(request: web.Request) -> str | None:
+def _action(request: web.Request, req: OcciRequest) -> str | None:
+    """The ``?action=`` term; with it a JSON body must be an action invocation (GFD.225 requires its
+    ``action`` member: the query string does not stand in for it), an empty body is no rendering at all."""
     value = _query(request).get("action")
     if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-_.]{0,63}", value):
         raise ValidationError(f"action={value[:64]!r} is not an action term")
+    if value is not None and req.document not in (None, "action"):
+        raise ValidationError("the action invocation: member 'action' is missing (GFD.225 requires action)")
     return value
 
 
@@ -197,7 +201,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
     async def create_or_act(request: web.Request) -> web.Response:
         svc = await OcciService.for_request(request)
         req = await read_request(request)
-        action = _action(request)
+        action = _action(request, req)
         if action is not None:
             for entity in await svc.collection(kind):
                 if any(a.term == action for a in entity.actions):
@@ -234,7 +238,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
         svc = await OcciService.for_request(request)
         req = await read_request(request)
         entity_id = request.match_info["id"]
-        action = _action(request)
+        action = _action(request, req)
         if action is None:
             await svc.update(kind, entity_id, req)
         elif (template := await svc.act(kind, entity_id, action, req)) is not None:

@@ -28,6 +28,7 @@ from metavmm.api.occi.catalog_view import (
     STATIC_BY_ID,
     Registry,
     declared,
+    exports,
     link_entity,
     links_of,
     mixins_of,
@@ -44,6 +45,7 @@ from metavmm.catalog.changes import TtlCache
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     OcciMixin,
+    Provider,
     Role,
     Site,
     Workload,
@@ -143,18 +145,20 @@ class OcciService:
             # one round trip: the workload, its links and their targets' kinds
             target = _LINK_TARGET
             rows = (await session.exec(
-                select(Workload, WorkloadLink, target.kind)
+                select(Workload, WorkloadLink, target.kind, Provider.name, Provider.kind)
                 .outerjoin(WorkloadLink, WorkloadLink.source_id == Workload.id)
                 .outerjoin(target, WorkloadLink.target_id == target.id)
+                .outerjoin(Provider, Workload.provider_id == Provider.id)
                 .where(Workload.id == entity_id.lower(), Workload.kind == kind.term,
                        Workload.project_id == self.ident.project_id, SHOWN)
                 .order_by(WorkloadLink.id))).all() if is_uuid(entity_id) else []
             if not rows:
                 raise NotFound(f"no {kind.term} {entity_id} in project {self.ident.project}")
-            wl = rows[0][0]
+            wl, provider, provider_kind = rows[0][0], rows[0][3], rows[0][4]
             state = occi_state(wl)
-            links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk in rows if lk is not None]
-            return resource_entity(wl, links, running.get(wl.id) if wl.kind == "compute" else None)
+            links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk, _, _ in rows if lk is not None]
+            return resource_entity(wl, links, running.get(wl.id) if wl.kind == "compute" else None,
+                                   saveable=exports(provider, provider_kind))
 
     async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
         """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""
@@ -164,14 +168,16 @@ class OcciService:
             resource_terms = [t for t in terms if t in ("compute", "network", "storage")]
             if resource_terms:
                 running = await running_operations(session, project_id=self.ident.project_id)  # before the rows
-                rows = list((await session.exec(select(Workload).where(
+                found = (await session.exec(select(Workload, Provider.name, Provider.kind)
+                                            .outerjoin(Provider, Workload.provider_id == Provider.id).where(
                     Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN)
-                    .order_by(Workload.created_at, Workload.id))).all())
+                    .order_by(Workload.created_at, Workload.id))).all()
                 if mixin is not None:
-                    rows = [w for w in rows if mixin.type_id in w.spec.get("mixins", [])]
+                    found = [f for f in found if mixin.type_id in f[0].spec.get("mixins", [])]
+                rows = [w for w, _, _ in found]
                 links = await links_of(session, rows)
-                out += [resource_entity(w, links[w.id], running.get(w.id) if w.kind == "compute" else None)
-                        for w in rows]
+                out += [resource_entity(w, links[w.id], running.get(w.id) if w.kind == "compute" else None,
+                                        saveable=exports(name, provider_kind)) for w, name, provider_kind in found]
             link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
             link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):

@@ -6,7 +6,8 @@ between providers is a cold migration: the source must hand out the VM's disk (`
 the target must take a disk in (``import_image``). OCCI 1.2 has no image import, so a partner's site
 can be placed onto but not moved to; no cloud driver exports a disk yet, so nothing moves off a cloud.
 One rule, asked by the planner for every candidate site and by the cold-migration flow itself (the CLI
-names its target provider directly).
+names its target provider directly). Its export half (:func:`export_refusal`) is also the rule of a
+save (OCCI ``save``, REST's ``save`` action): the disk leaves the provider the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +17,33 @@ from metavmm.scheduler.request import PASS, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import ProviderView
 from metavmm.scheduler.views import CandidateView
 
-WHY_NOT = {"occi": "OCCI 1.2 has no image import", "aws": "the AWS driver has no disk import or export yet",
-           "gcp": "Compute Engine imports need Cloud Storage, which the driver does not reach yet",
-           "azure": "the Azure driver has no disk import or export yet"}
-"""Why a kind lacks the capability, where there is more to say than its absence."""
+WHY_NOT = {("occi", Capability.IMPORT_IMAGE): "OCCI 1.2 has no image import",
+           ("occi", Capability.EXPORT_IMAGE): "OCCI 1.2 has no disk download: a partner keeps what it saves",
+           ("aws", Capability.IMPORT_IMAGE): "the AWS driver has no disk import or export yet",
+           ("aws", Capability.EXPORT_IMAGE): "the AWS driver has no disk import or export yet",
+           ("gcp", Capability.IMPORT_IMAGE): "Compute Engine imports need Cloud Storage, which the driver does "
+                                             "not reach yet",
+           ("gcp", Capability.EXPORT_IMAGE): "Compute Engine exports go to Cloud Storage, which the driver does "
+                                             "not reach yet",
+           ("azure", Capability.IMPORT_IMAGE): "the Azure driver has no disk import or export yet",
+           ("azure", Capability.EXPORT_IMAGE): "the Azure driver has no disk import or export yet"}
+"""Why a kind lacks a capability, where there is more to say than its absence."""
+
+_VERB = {Capability.EXPORT_IMAGE: "export a VM's disk", Capability.IMPORT_IMAGE: "import a disk image"}
+
+
+def _lacks(end: ProviderView, capability: Capability) -> str | None:
+    """What ``end`` cannot do, with its kind's reason where known; None when it declares ``capability``."""
+    if str(capability) in end.capabilities:
+        return None
+    note = WHY_NOT.get((end.kind, capability))
+    return f"{end.name} ({end.kind}) cannot {_VERB[capability]}" + (f" ({note})" if note else "")
+
+
+def export_refusal(source: ProviderView) -> str | None:
+    """Why no VM's disk can leave ``source`` (None: it can): a cold migration from it and a save of a VM on
+    it both start by exporting the disk, so both are refused up front by this one sentence."""
+    return _lacks(source, Capability.EXPORT_IMAGE)
 
 
 def move_refusal(source: ProviderView, target: ProviderView) -> str | None:
@@ -29,13 +53,10 @@ def move_refusal(source: ProviderView, target: ProviderView) -> str | None:
     live = str(Capability.LIVE_MIGRATION)
     if source.kind == target.kind and live in source.capabilities and live in target.capabilities:
         return None
-    for end, capability, what in ((source, Capability.EXPORT_IMAGE, "export a VM's disk"),
-                                  (target, Capability.IMPORT_IMAGE, "import a disk image")):
-        if str(capability) not in end.capabilities:
-            note = f" ({WHY_NOT[end.kind]})" if end.kind in WHY_NOT else ""
-            return f"{end.name} ({end.kind}) cannot {what}{note}, so no cold migration from {source.name} " \
-                   f"to {target.name}"
-    return None
+    why = export_refusal(source) or _lacks(target, Capability.IMPORT_IMAGE)
+    if why is None:
+        return None
+    return f"{why}, so no cold migration from {source.name} to {target.name}"
 
 
 class MovableFilter:

@@ -11,6 +11,7 @@ provider: the steps do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -32,6 +33,9 @@ from metavmm.services.operations import addresses, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.store import ACTIVE, TERMINAL
 from metavmm.translators.cloudinit import host_label
+
+if TYPE_CHECKING:
+    from metavmm.scheduler.snapshot import ProviderView
 
 POWER_TARGET = {"start": "running", "stop": "stopped", "suspend": "suspended", "restart": "running"}
 
@@ -267,8 +271,10 @@ async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
 async def save_plan(session: AsyncSession, workload_id: str, *, name: str | None = None) -> PlanSpec:
     """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
     stopped is stopped for the copy and started again; the image is named and given its id now, so
-    retries reuse it and the answer can name the new OS template (its os_tpl) before the export ends."""
+    retries reuse it and the answer can name the new OS template (its os_tpl) before the export ends.
+    A provider that cannot export a disk is refused here, the one place every front end's save passes."""
     workload, provider, first = await behind(session, workload_id)
+    await refuse_unexportable(session, workload, provider)
     at = {"provider": provider, "workload_id": workload.id}
     image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
     image_id = str(uuid.uuid4())
@@ -329,24 +335,52 @@ def clone_hostname(name: str) -> str:
     return f"{host_label(name)[:56].strip('-')}-{uuid.uuid4().hex[:6]}"
 
 
+def declared(name: str, kind: str) -> ProviderView | None:
+    """The provider as the scheduler's move rules read it: what its kind's driver declares
+    (:mod:`metavmm.scheduler.filters.movable`). None when the kind's SDK is not installed: the first step
+    that needs it says so."""
+    from metavmm.drivers.registry import driver_class
+    from metavmm.scheduler.snapshot import ProviderView
+
+    try:
+        caps = frozenset(str(c) for c in driver_class(kind).capabilities)
+    except ConfigError:
+        return None
+    return ProviderView(0, name, kind, False, caps)
+
+
 def refuse_unmovable(engine: Engine, source: str, target: str) -> None:
     """A cold migration between two providers that cannot make one (see
     :func:`metavmm.scheduler.filters.movable.move_refusal`) is a 409 before anything stops."""
-    from metavmm.drivers.registry import driver_class
     from metavmm.scheduler.filters.movable import move_refusal
-    from metavmm.scheduler.snapshot import ProviderView
 
-    ends = []
-    for name in (source, target):
-        kind = _known_provider(engine, name).kind
-        try:
-            caps = frozenset(str(c) for c in driver_class(kind).capabilities)
-        except ConfigError:
-            return  # the kind's SDK is not installed: the first step that needs it says so
-        ends.append(ProviderView(0, name, kind, False, caps))
-    why = move_refusal(*ends)
+    source_view, target_view = (declared(name, _known_provider(engine, name).kind) for name in (source, target))
+    if source_view is None or target_view is None:
+        return
+    why = move_refusal(source_view, target_view)
     if why is not None:
         raise Conflict(why)
+
+
+@functools.lru_cache(maxsize=256)
+def export_refused(provider: str, kind: str) -> str | None:
+    """Why no VM's disk can leave ``provider`` (the export half of the move rule,
+    :func:`metavmm.scheduler.filters.movable.export_refusal`); None when it can, or when its kind's SDK
+    is not installed (the export step then says so). Cached: it reads only what the kind's driver class
+    declares, and OCCI asks it for every compute it renders."""
+    from metavmm.scheduler.filters.movable import export_refusal
+
+    view = declared(provider, kind)
+    return export_refusal(view) if view is not None else None
+
+
+async def refuse_unexportable(session: AsyncSession, workload: Workload, provider: str) -> None:
+    """A save of a VM whose provider cannot hand out its disk is a 409 before any row is written: without
+    it the plan would stop the VM, fail at its export step and roll back."""
+    row = (await session.exec(select(Provider).where(Provider.name == provider))).first()
+    why = export_refused(provider, row.kind) if row is not None else None
+    if why is not None:
+        raise Conflict(f"{why}, so compute {workload.name} cannot be saved as an image")
 
 
 def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: float) -> dict[str, Any]:

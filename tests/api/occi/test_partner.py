@@ -179,6 +179,55 @@ async def test_json_input_is_as_strict_as_the_gfd225_schema(sim_client: Any) -> 
         assert resp.status == 400 and member in message, (doc, message)
 
 
+USER = "http://example.org/tags#"
+
+
+async def test_json_strictness_reaches_actions_mixin_definitions_links_and_collections(sim_client: Any) -> None:
+    """What GFD.225's schema requires and forbids beyond the top-level members: an action request's body
+    is an action invocation (not an empty model), a mixin definition has a location and attribute
+    descriptions of the schema's members, a link's source and target are kinded_uri objects, string
+    members are strings, and the resources of a collection body (a mixin's association) are resources."""
+    path = await _compute(sim_client, "strict-deep")
+    wid = path.rsplit("/", 1)[1]
+    compute = {"kind": f"{INFRA}compute", "id": "_"}
+    mixin = {"term": "blue", "scheme": USER, "location": "/blue/"}
+    link = {"kind": f"{INFRA}storagelink", "id": "_", "source": {"location": path},
+            "target": {"location": "/storage/x"}}
+    for target, doc, member in (
+            (f"{path}?action=stop", {}, "'action'"),
+            (f"{path}?action=stop", {"mixins": []}, "'action'"),
+            ("/-/", {"term": "t", "scheme": USER}, "'location'"),
+            ("/-/", {"mixins": [{"term": "t", "scheme": USER}]}, "'location'"),
+            ("/-/", {"mixins": [{**mixin, "attributes": {"x.y": {"colour": 1}}}]}, "'colour'"),
+            ("/-/", {"mixins": [{**mixin, "attributes": {"x.y": {"mutable": "yes"}}}]}, "'mutable'"),
+            ("/-/", {"mixins": [{**mixin, "attributes": {"x.y": {}}}]}, "attribute description"),
+            ("/-/", {"mixins": [{**mixin, "depends": "a#b"}]}, "depends"),
+            ("/compute/", {**compute, "actions": 5}, "actions"),
+            ("/compute/", {**compute, "links": [{**link, "rel": 5}]}, "'rel'"),
+            ("/storagelink/", {**link, "source": path}, "source"),
+            ("/storagelink/", {**link, "target": {"location": 5}}, "'location'")):
+        resp = await sim_client.post(target, headers=JSONH, data=json.dumps(doc))
+        message = (await resp.json())["error"]["message"]
+        assert resp.status == 400 and member in message, (doc, message)
+
+    defined = await sim_client.post("/-/", headers=JSONH, data=json.dumps({"mixins": [
+        {**mixin, "attributes": {"x.y": {"type": "string", "mutable": True, "default": "a"}}}]}))
+    assert defined.status == 200, await defined.text()
+    for doc, member in (({"resources": [{"location": path}]}, "'location'"),
+                        ({"resources": [{"kind": f"{INFRA}compute"}]}, "'id'"),
+                        ({"resources": [{"kind": f"{INFRA}compute", "id": wid, "extra": 1}]}, "'extra'"),
+                        ({"links": [{"kind": f"{INFRA}storagelink", "id": "x"}]}, "'target'")):
+        resp = await sim_client.post("/blue/", headers=JSONH, data=json.dumps(doc))
+        message = (await resp.json())["error"]["message"]
+        assert resp.status == 400 and member in message, (doc, message)
+    tagged = await sim_client.post("/blue/", headers=JSONH, data=json.dumps(
+        {"resources": [{"kind": f"{INFRA}compute", "id": wid}]}))
+    assert tagged.status == 200, await tagged.text()
+    assert [r["id"] for r in (await tagged.json())["resources"]] == [wid]
+    stopped = await sim_client.post(f"{path}?action=stop", headers=JSONH, data=b"")  # no rendering at all
+    assert stopped.status == 200, await stopped.text()
+
+
 # --- 11, 12: state messages are for people -----------------------------------------------------------------
 
 
@@ -221,13 +270,17 @@ async def partner_client(aiohttp_client: Any, sqlite_url: str) -> Any:
 
 async def test_aiohttps_own_errors_and_unexpected_500s_are_answered_as_occi(partner_client: Any,
                                                                            monkeypatch: Any) -> None:
-    huge = "x" * (HTTP_LIMITS["max_field_size"] + 1024)
-    for accept in ("text/plain", "application/occi+json"):
-        resp = await partner_client.get("/-/", headers={"Accept": accept, "X-Big": huge})
-        body = await resp.text()
-        assert resp.status in (400, 431) and resp.headers["Server"].endswith("OCCI/1.2"), resp.headers
-        assert "xxxx" not in body and "larger than this server accepts" in body
-        assert "text/occi" in resp.headers["Accept"]
+    for size in (HTTP_LIMITS["max_field_size"] + 1024, 1024 * 1024):  # just over the limit, and 1 MB
+        for accept in ("text/plain", "text/occi", "application/occi+json"):
+            resp = await partner_client.get("/-/", headers={"Accept": accept, "X-Big": "x" * size})
+            body = await resp.text()
+            assert resp.status in (400, 431) and resp.headers["Server"].endswith("OCCI/1.2"), resp.headers
+            assert resp.content_type == accept, (size, accept, resp.content_type)  # read from the bytes
+            message = json.loads(body)["error"]["message"] if accept.endswith("json") else body
+            assert "xxxx" not in body and "larger than this server accepts" in message
+            assert "text/occi" in resp.headers["Accept"]
+    line = await partner_client.get("/-/?" + "a" * (HTTP_LIMITS["max_line_size"] + 1024), headers=JSONH)
+    assert line.status in (400, 414) and line.content_type == "text/plain"  # no header was read: the mandatory one
 
     async def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("SELECT secret FROM table")
