@@ -422,7 +422,11 @@ class ProjectCostsOut(BaseModel):
 async def project_costs(request: web.Request, params: ProjectId, query: CostQuery) -> ProjectCostsOut:
     _may_see_project(identity_of(request), params.project_id)
     async with sessions(request)() as session:
-        costs = await spend_service.project_costs(session, params.project_id, query.period)
+        return costs_out(await spend_service.project_costs(session, params.project_id, query.period))
+
+
+def costs_out(costs: spend_service.ProjectCosts) -> ProjectCostsOut:
+    """The REST (and ``metavmm project costs --json``) rendering of a project's costs."""
     return ProjectCostsOut(
         project_id=costs.project_id, project=costs.project, period=costs.period, start=costs.start, end=costs.end,
         totals=[CostTotalOut(currency=c or None, amount=a) for c, a in sorted(costs.totals.items())],
