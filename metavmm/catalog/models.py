@@ -712,7 +712,8 @@ class SpendAccrual(SQLModel, table=True):
     names the burst policy that sent it to a public cloud (None for work at home)."""
 
     __tablename__ = "spend_accrual"
-    __table_args__ = (Index("ix_spend_accrual_project_period", "project_id", "period_start"),)
+    __table_args__ = (Index("ix_spend_accrual_project_period", "project_id", "period_start"),  # a month's stretches
+                      Index("ix_spend_accrual_open", "period_end", "project_id"))  # open ones (period_end NULL)
     id: int | None = Field(default=None, primary_key=True)
     project_id: int | None = None
     workload_id: str = Field(index=True, max_length=36)
@@ -721,7 +722,7 @@ class SpendAccrual(SQLModel, table=True):
     site: str | None = Field(default=None, max_length=255)
     flavor: str | None = Field(default=None, max_length=128)
     period_start: datetime = Field(sa_type=DateTime(timezone=True))
-    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True), index=True)
+    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     hours: Decimal = Field(default=Decimal(0), sa_type=Numeric(20, 10))
     price_per_hour: Decimal | None = Field(default=None, sa_type=Numeric(20, 10))
     currency: str | None = Field(default=None, max_length=3)

@@ -38,7 +38,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_spend_accrual_project_period', 'spend_accrual', ['project_id', 'period_start'])
     op.create_index('ix_spend_accrual_workload_id', 'spend_accrual', ['workload_id'])
-    op.create_index('ix_spend_accrual_period_end', 'spend_accrual', ['period_end'])
+    op.create_index('ix_spend_accrual_open', 'spend_accrual', ['period_end', 'project_id'])
 
 
 def downgrade() -> None:
