@@ -3,6 +3,7 @@ the project (another project's id answers 404 as if absent; an admin reads any).
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -48,8 +49,29 @@ async def test_a_projects_costs_count_its_running_and_deleted_workloads_and_only
     assert (theirs.status, absent.status) == (404, 404)
     assert (await theirs.json())["detail"] == (await absent.json())["detail"].replace("999999", str(alpha))
 
+    page = await _ui_page(client, member["Authorization"].split()[1], "/ui/projects")  # the dashboard's showback
+    shown = dict(re.findall(r'data-workload="([^"]+)" data-amount="([^"]+)"', page))
+    assert set(shown) == {"kept", "gone"} and Decimal(shown["gone"]) == Decimal(lines["gone"]["amount"])
+    assert Decimal(shown["kept"]) >= Decimal(lines["kept"]["amount"])  # still running: a moment later, a bit more
+    assert 'data-period="' + body["period"] + '"' in page and 'class="total" data-currency="USD"' in page
+    assert "Nothing ran in 2020-01" in await _ui_page(client, None, "/ui/projects?period=2020-01")
+    bad_page = await client.get("/ui/projects?period=2026-13")
+    assert bad_page.status == 400 and "YYYY-MM" in await bad_page.text()
+
     earlier = await (await client.get(f"{API}/projects/{alpha}/costs?period=2020-01", headers=member)).json()
     assert (earlier["workloads"], earlier["totals"], earlier["start"][:10]) == ([], [], "2020-01-01")
     for bad in ("2026-13", "last-month", "2026-1"):
         refused = await client.get(f"{API}/projects/{alpha}/costs?period={bad}", headers=member)
         assert refused.status == 400 and "period" in (await refused.json())["detail"], bad
+
+
+async def _ui_page(client: Any, token: str | None, path: str) -> str:
+    """``path`` of the dashboard, logged in with ``token`` first (None: the session is open already)."""
+    if token is not None:
+        login = await client.get("/ui/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', await login.text()).group(1)  # type: ignore[union-attr]
+        await client.post("/ui/login", data={"csrf_token": csrf, "token": token, "next": "/ui/"},
+                          allow_redirects=False)
+    resp = await client.get(path)
+    assert resp.status == 200, await resp.text()
+    return await resp.text()
