@@ -39,7 +39,7 @@ BILLABLE = frozenset({"running"})
 """The observed states a compute is charged in (a stopped VM's disk is not counted here: docs/prices.md)."""
 
 QUANTUM = Decimal("1e-10")  # the ledger's columns are Numeric(20, 10)
-WATCHED = ("observed_state", "present", "spec", "kind")  # a change to any of them may change the rate
+WATCHED = ("observed_state", "present", "spec")  # a change to any of them may change the rate
 
 
 def month_start(ts: datetime) -> datetime:
@@ -146,8 +146,8 @@ def _open(session: Session, workload: Workload, rate: Rate, start: datetime, now
 
 
 def _when(workload: Workload, now: datetime) -> datetime:
-    """When the workload's change happened: its ``updated_at`` (every writer sets it with the state), never
-    later than now."""
+    """When the workload's change happened: its ``updated_at`` (the writers set it with the state; the flush
+    hook reads it only when this change set it, else the change happens now), never later than now."""
     return min(aware(workload.updated_at), now) if workload.updated_at is not None else now
 
 
@@ -189,7 +189,8 @@ def _on_flush(session: Session, _context: Any, _instances: Any) -> None:
             if (rate := rate_of(workload)) is not None:
                 _open(session, workload, rate, _when(workload, now), now)
         elif workload.kind == "compute" and _changed(workload):
-            accrue(session, workload, now, at=_when(workload, now))
+            touched = inspect(workload).attrs["updated_at"].history.has_changes()
+            accrue(session, workload, now, at=_when(workload, now) if touched else now)
 
 
 class CatalogSession(SqlModelSession):

@@ -115,3 +115,17 @@ async def test_the_round_closes_what_the_hook_missed_and_opens_what_runs_without
         (row,) = await _rows(s, w.id)
         assert (aware(row.period_end), row.hours, row.amount, row.price_source) == (
             stopped, Decimal(6), Decimal(0), "none")
+
+
+async def test_a_change_that_leaves_updated_at_alone_happens_now(sessions: Any) -> None:
+    """A writer that changes the state without touching ``updated_at``: the stretch ends at the flush, not at
+    the stale ``updated_at`` (which would lose the hours it ran)."""
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "quiet", "1", datetime.now(UTC) - timedelta(hours=10))
+        w.observed_state = "stopped"
+        s.add(w)
+        before = datetime.now(UTC)
+        await s.commit()
+        rows = await _rows(s, w.id)  # (two when a month began in those 10 hours)
+        assert aware(rows[-1].period_end) >= before and Decimal(10) <= sum(r.hours for r in rows) < Decimal("10.01")
