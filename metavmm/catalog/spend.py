@@ -157,9 +157,9 @@ def accrue(session: Session, workload: Workload, now: datetime, *, gone: bool = 
     is not ``gone``), else it is closed at ``at`` (default: now) and, while it runs, the next opens then."""
     at = at or now
     rate = None if gone else rate_of(workload)
-    with session.no_autoflush:
-        open_rows = session.scalars(select(SpendAccrual).where(SpendAccrual.workload_id == workload.id,
-                                                               col(SpendAccrual.period_end).is_(None))).all()
+    with session.no_autoflush:  # locked (PostgreSQL): the round does not write them meanwhile
+        open_rows = session.scalars(select(SpendAccrual).where(
+            SpendAccrual.workload_id == workload.id, col(SpendAccrual.period_end).is_(None)).with_for_update()).all()
     kept = False
     for row in open_rows:
         if rate is not None and not kept and _rate_of_row(row) == rate:
@@ -206,22 +206,31 @@ def accrue_all(session: Session, now: datetime | None = None) -> int:
     workloads that no longer run (or are gone) closed when they changed, and a stretch opened for each
     running compute that has none. The number of rows written."""
     now = now or datetime.now(UTC)
-    rows = session.scalars(select(SpendAccrual).where(col(SpendAccrual.period_end).is_(None))).all()
+    open_ids = set(session.scalars(select(SpendAccrual.workload_id).where(col(SpendAccrual.period_end).is_(None))))
+    # locked (PostgreSQL), skipping those a state change holds: that change writes them, and the round never
+    # waits (so it cannot deadlock with a transaction that changes several computes)
+    rows = session.scalars(select(SpendAccrual).where(col(SpendAccrual.period_end).is_(None))
+                           .order_by(col(SpendAccrual.period_start)).with_for_update(skip_locked=True)).all()
     running = session.scalars(select(Workload).where(Workload.kind == "compute",
                                                      col(Workload.observed_state).in_(BILLABLE))).all()
     ids = {r.workload_id for r in rows}
     stale = session.scalars(select(Workload).where(col(Workload.id).in_(ids))).all() if ids else []
     by_id = {w.id: w for w in (*stale, *running)}
+    kept: set[str] = set()
     with session.no_autoflush:
         for row in rows:
             workload = by_id.get(row.workload_id)
             rate = rate_of(workload) if workload is not None else None
-            if rate is not None and rate == _rate_of_row(row):
+            if row.workload_id in kept:  # a second open stretch (a state change and a round opened one each)
+                _close(session, row, row.period_start)  # the first one counts these hours: this one none
+            elif rate is not None and rate == _rate_of_row(row):
+                kept.add(row.workload_id)
                 _cut(session, row, now)
             else:
                 _close(session, row, _when(workload, now) if workload is not None else now)
+        still_open = (open_ids - ids) | kept  # a stretch closed above for a new rate reopens now
         for workload in running:
-            if workload.id not in ids and (rate := rate_of(workload)) is not None:
+            if workload.id not in still_open and (rate := rate_of(workload)) is not None:
                 _open(session, workload, rate, _when(workload, now), now)
     return len(session.new) + len(session.dirty)
 

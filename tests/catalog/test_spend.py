@@ -129,3 +129,41 @@ async def test_a_change_that_leaves_updated_at_alone_happens_now(sessions: Any) 
         await s.commit()
         rows = await _rows(s, w.id)  # (two when a month began in those 10 hours)
         assert aware(rows[-1].period_end) >= before and Decimal(10) <= sum(r.hours for r in rows) < Decimal("10.01")
+
+
+async def test_the_round_keeps_one_open_stretch_per_workload(sessions: Any) -> None:
+    """Two open stretches of one workload (a state change and a round raced) would count its hours twice:
+    the round keeps the earliest and zeroes the other."""
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        started = max(datetime.now(UTC) - timedelta(minutes=30), month_start(datetime.now(UTC)))
+        w = await _running(s, pid, "twice", "1", started)
+        (first,) = await _rows(s, w.id)
+        s.add(SpendAccrual(**{k: v for k, v in first.model_dump().items() if k != "id"}
+                           | {"period_start": started + timedelta(minutes=10)}))
+        await s.commit()
+        await accrue_round(s)
+        await s.commit()
+        rows = await _rows(s, w.id)
+        assert [r.period_end is None for r in rows] == [True, False] and rows[1].hours == 0
+        assert hours_between(started, datetime.now(UTC)) - Decimal("0.01") <= rows[0].hours \
+            <= hours_between(started, datetime.now(UTC))
+
+
+async def test_a_new_price_the_hook_missed_starts_a_new_stretch_at_the_round(sessions: Any) -> None:
+    from sqlalchemy import update
+
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        started = max(datetime.now(UTC) - timedelta(hours=3), month_start(datetime.now(UTC)))
+        w = await _running(s, pid, "repriced", "1", started)
+        changed = started + (datetime.now(UTC) - started) / 2
+        await s.exec(update(Workload).where(col(Workload.id) == w.id)  # type: ignore[call-overload]
+                     .values(spec=_placed("3"), updated_at=changed))
+        await s.commit()
+        await accrue_round(s)
+        await s.commit()
+        old, new = await _rows(s, w.id)
+        assert (aware(old.period_end), old.price_per_hour, aware(new.period_start), new.period_end) == (
+            changed, Decimal(1), changed, None)
+        assert new.price_per_hour == 3 and new.hours > 0
