@@ -6,7 +6,8 @@ One project with N spend ledger rows (``spend_accrual``) over four months, a thi
 open (running). Timed, median of 5, side by side in one run:
 
 - :func:`metavmm.services.placement.burst_spend`, the ledger read every create with a budgeted policy
-  makes (one indexed SUM over the month's closed stretches, plus the open ones accrued to now);
+  makes (one indexed SUM over the month's closed stretches, the open ones accrued to now, and the burst
+  creates still in transit through the (project, state) index; the N workloads here are stopped);
 - every ledger row read and summed in Python (what a read without the SQL sum would cost);
 - the old estimate read it replaced: the burst cost kept in each workload created this month
   (``spec.placement.burst``, a JSON path in the database) over N workloads;

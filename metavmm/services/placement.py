@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
@@ -327,8 +327,21 @@ class PlannedCreate:
 async def burst_spend(session: AsyncSession, snap: Snapshot, project_id: int | None) -> dict[str, Decimal]:
     """What a project's burst work cost this (UTC) month, per policy, from the spend ledger: the hours each
     burst compute ran in the month at its price, running ones accrued to now, deleted ones included
-    (:func:`metavmm.catalog.spend.burst_spent`). Read only when a policy has a monthly budget, so the burst
-    verdict can say what is left of it."""
+    (:func:`metavmm.catalog.spend.burst_spent`), plus the estimate (``burst_cost``) of each burst create
+    still in transit (``pending``: it runs nowhere yet, so the ledger has nothing of it), as quotas count
+    what is in transit: else a burst of creates would each see the budget untouched and all pass it.
+    Read only when a policy has a monthly budget, so the burst verdict can say what is left of it."""
     if project_id is None or not any(getattr(p, "monthly_budget", None) is not None for p in snap.policies):
         return {}
-    return await burst_spent(session, project_id)
+    spent = await burst_spent(session, project_id)
+    verdict = m.Workload.spec["placement"]["burst"]  # type: ignore[index]
+    pending = (await session.exec(select(verdict["policy"].as_string(), verdict["burst_cost"].as_string()).where(
+        m.Workload.project_id == project_id, m.Workload.kind == "compute", m.Workload.observed_state == "pending",
+        m.Workload.desired_state != "deleted", verdict["outcome"].as_string() == "burst"))).all()  # type: ignore[operator]
+    for policy, cost in pending:
+        try:
+            if policy and cost:
+                spent[policy] = spent.get(policy, Decimal(0)) + Decimal(cost)
+        except InvalidOperation:
+            continue  # a summary written by hand: it counts for nothing
+    return spent

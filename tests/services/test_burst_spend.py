@@ -77,3 +77,21 @@ async def test_a_deleted_burst_keeps_its_cost_in_the_month(sessions: Any) -> Non
         first = await burst_spend(s, _snapshot(), alpha)
         assert first["overflow"] >= _hours_since(started) * 3 - Decimal("0.01") > 0
         assert await burst_spend(s, _snapshot(), alpha) == first  # closed at the delete: it grows no more
+
+
+async def test_a_burst_create_in_transit_counts_its_estimate_until_it_runs(sessions: Any) -> None:
+    """A pending burst create has no ledger hours yet: its estimate counts (else a burst of creates would
+    each see the budget untouched); once it runs, the ledger's hours replace it."""
+    async with sessions() as s:
+        alpha, _ = await _projects(s)
+        w = Workload(project_id=alpha, kind="compute", name="coming", spec=_burst("burst", "overflow", "2", "48"),
+                     observed_state="pending")
+        failed = Workload(project_id=alpha, kind="compute", name="failed", observed_state="pending",
+                          desired_state="deleted", spec=_burst("burst", "overflow", "2", "500"))
+        s.add_all([w, failed])
+        await s.commit()
+        assert await burst_spend(s, _snapshot(), alpha) == {"overflow": Decimal(48)}
+        w.observed_state, w.updated_at = "running", datetime.now(UTC)
+        s.add(w)
+        await s.commit()
+        assert (await burst_spend(s, _snapshot(), alpha))["overflow"] < Decimal("0.01")  # seconds at 2/h

@@ -1,4 +1,5 @@
-"""spend_ledger: the spend accrual ledger (what each compute cost as it ran, per month; issue 17, 18)
+"""spend_ledger: the spend accrual ledger (what each compute cost as it ran, per month; issue 17, 18), and
+an index on a project's workloads by state (the burst creates in transit a budget counts)
 
 Revision ID: 0022_spend_ledger
 Revises: 0020_image_list_status
@@ -39,7 +40,9 @@ def upgrade() -> None:
     op.create_index('ix_spend_accrual_project_period', 'spend_accrual', ['project_id', 'period_start'])
     op.create_index('ix_spend_accrual_workload_id', 'spend_accrual', ['workload_id'])
     op.create_index('ix_spend_accrual_open', 'spend_accrual', ['period_end', 'project_id'])
+    op.create_index('ix_workload_project_state', 'workload', ['project_id', 'observed_state'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_workload_project_state', table_name='workload')
     op.drop_table('spend_accrual')
