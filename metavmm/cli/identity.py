@@ -2,7 +2,8 @@
 
 ``metavmm token create --project P --role R [--user NAME]`` is how the first admin gets in: it creates
 the project, the user and the membership if needed, and prints the token once (it is stored hashed).
-These commands act on the database directly, so they are for whoever runs the broker, not for users.
+These commands act on the database directly, so they are for whoever runs the broker, not for users
+(``metavmm project costs NAME`` is the showback ``GET /projects/{id}/costs`` gives members over REST).
 """
 
 from __future__ import annotations
