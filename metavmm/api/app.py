@@ -126,6 +126,14 @@ async def _image_lists(app: web.Application, stopping: asyncio.Event) -> None:
                  lambda: sync_and_log(app[keys.SESSIONS]), "image list sync", log)
 
 
+async def _spend_ledger(app: web.Application, stopping: asyncio.Event) -> None:
+    """The spend ledger's round (issue 17): open stretches written up to now and cut at month boundaries,
+    what a state change missed closed or opened, now and every ``ACCRUE_EVERY_S``, until ``stopping``."""
+    from metavmm.services import spend
+
+    await repeat(stopping, spend.ACCRUE_EVERY_S, lambda: spend.accrue(app[keys.SESSIONS]), "spend ledger round", log)
+
+
 async def _stop_background(app: web.Application, tasks: list[asyncio.Task[None]]) -> None:
     """Bounded (issue 24): the inventory sync and the reconciliation end their round within the stop grace
     (or are cancelled: both are repeated next time), then the engine gets what is left of the grace for
@@ -178,6 +186,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
         from metavmm.services.protection import dr_loop  # disaster recovery: replications that are due
 
         tasks.append(asyncio.create_task(dr_loop.serve(app[keys.OPERATIONS]), name="dr-replication"))
+        tasks.append(asyncio.create_task(_spend_ledger(app, app[keys.OPERATIONS].stopping), name="spend-ledger"))
         if app[keys.CONFIG].marketplace.subscription_sync_s > 0:
             tasks.append(asyncio.create_task(_image_lists(app, app[keys.OPERATIONS].stopping), name="image-lists"))
         yield

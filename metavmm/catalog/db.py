@@ -158,10 +158,14 @@ def is_busy(exc: BaseException) -> bool:
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions over ``engine``; their synchronous core writes the spend ledger on each flush that changes
+    a compute (:class:`metavmm.catalog.spend.CatalogSession`)."""
     from sqlalchemy.ext.asyncio import async_sessionmaker
     from sqlmodel.ext.asyncio.session import AsyncSession
 
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    from metavmm.catalog.spend import CatalogSession
+
+    return async_sessionmaker(engine, class_=AsyncSession, sync_session_class=CatalogSession, expire_on_commit=False)
 
 
 @asynccontextmanager

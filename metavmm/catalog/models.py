@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, overload
 
-from sqlalchemy import JSON, BigInteger, DateTime, Numeric, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from metavmm.catalog.enums import OperationState, Role
@@ -426,6 +426,8 @@ class Workload(SQLModel, table=True):
     """A compute, network or storage resource of a project, wherever it runs."""
 
     __tablename__ = "workload"
+    # a project's workloads in one state: the creates in transit a burst budget counts (migration 0022)
+    __table_args__ = (Index("ix_workload_project_state", "project_id", "observed_state"),)
     id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
     project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
     kind: str = Field(max_length=16, index=True)
@@ -713,10 +715,48 @@ class HostBalance(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
+# --- spend: what workloads cost as they run (migration 0022) ---------------------------------------
+
+
+class SpendAccrual(SQLModel, table=True):
+    """One stretch of a compute running at one price inside one calendar month (UTC): the ledger that
+    showback and the burst budgets read (issue 17, issue 18 item 10).
+
+    Written as workloads run (:mod:`metavmm.catalog.spend`): a state change closes the open stretch and,
+    while the workload runs, opens the next; a periodic round brings open stretches up to date and cuts
+    them at month boundaries, so a workload running across months counts in each by its hours there.
+    ``period_end`` is None while the stretch is open (its ``hours`` and ``amount`` are as of
+    ``accrued_at``; readers accrue it to now). Rows are never deleted with their workload (nor with its
+    project: ``workload_id`` and ``project_id`` carry no foreign key), so a month's spend stays what it
+    was. ``price_source`` says where the price came from (``placement``: the price per hour the scheduler
+    chose it at; ``none``: no price was known, the hours count and the amount is 0). ``burst_policy``
+    names the burst policy that sent it to a public cloud (None for work at home)."""
+
+    __tablename__ = "spend_accrual"
+    __table_args__ = (Index("ix_spend_accrual_project_period", "project_id", "period_start"),  # a month's stretches
+                      Index("ix_spend_accrual_open", "period_end", "project_id"))  # open ones (period_end NULL)
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int | None = None
+    workload_id: str = Field(index=True, max_length=36)
+    workload_name: str = Field(max_length=255)
+    provider: str | None = Field(default=None, max_length=128)
+    site: str | None = Field(default=None, max_length=255)
+    flavor: str | None = Field(default=None, max_length=128)
+    period_start: datetime = Field(sa_type=DateTime(timezone=True))
+    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    hours: Decimal = Field(default=Decimal(0), sa_type=Numeric(20, 10))
+    price_per_hour: Decimal | None = Field(default=None, sa_type=Numeric(20, 10))
+    currency: str | None = Field(default=None, max_length=3)
+    amount: Decimal = Field(default=Decimal(0), sa_type=Numeric(20, 10))
+    price_source: str = Field(default="none", max_length=32)
+    burst_policy: str | None = Field(default=None, max_length=63)
+    accrued_at: datetime = _ts()
+
+
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     UiSession, Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
     OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
     AutoscaleGroup, AutoscaleMember, AutoscaleDecision,
-    HostBalance,
+    HostBalance, SpendAccrual,
 )

@@ -2,7 +2,8 @@
 
 ``metavmm token create --project P --role R [--user NAME]`` is how the first admin gets in: it creates
 the project, the user and the membership if needed, and prints the token once (it is stored hashed).
-These commands act on the database directly, so they are for whoever runs the broker, not for users.
+These commands act on the database directly, so they are for whoever runs the broker, not for users
+(``metavmm project costs NAME`` is the showback ``GET /projects/{id}/costs`` gives members over REST).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from rich.table import Table
 
 from metavmm.catalog import db
 from metavmm.catalog.enums import Role
-from metavmm.cli.common import Settings, console, pass_settings
+from metavmm.cli.common import Settings, console, pass_settings, yes
+from metavmm.foundation.errors import MetavmmError
 
 if TYPE_CHECKING:  # SQLModel, the tables and the identity service load when a command runs, not for --help
     from sqlmodel.ext.asyncio.session import AsyncSession
@@ -137,6 +139,49 @@ def project_create(settings: Settings, name: str, description: str) -> None:
         return proj.id or 0
 
     console.print(f"project {name} (id {_run(settings, work)})")
+
+
+@project_group.command("costs")
+@click.argument("name")
+@click.option("--period", default=None, metavar="YYYY-MM", help="the month (UTC); default: this month")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (the REST answer's shape) instead of a table")
+@pass_settings
+def project_costs(settings: Settings, name: str, period: str | None, as_json: bool) -> None:
+    """What a project's workloads cost in a month, from the spend ledger (showback): hours each ran in the
+    month at its price, running ones up to now, deleted ones included."""
+    from sqlmodel import select
+
+    from metavmm.catalog.models import Project
+    from metavmm.foundation.errors import NotFound
+    from metavmm.services.spend import ProjectCosts
+    from metavmm.services.spend import project_costs as read
+
+    async def work(session: AsyncSession) -> ProjectCosts:
+        project = (await session.exec(select(Project).where(Project.name == name))).first()
+        if project is None or project.id is None:
+            raise NotFound(f"no project {name}")
+        return await read(session, project.id, period)
+
+    try:
+        costs = _run(settings, work)
+    except MetavmmError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        from metavmm.api.rest.identity import costs_out
+
+        click.echo(costs_out(costs).model_dump_json(indent=2))
+        return
+    table = Table(title=f"costs of {costs.project} in {costs.period}")
+    columns = ("workload", "provider", "site", "flavor", "hours", "amount", "currency", "price", "burst", "running")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("hours", "amount") else "left")
+    for c in costs.lines:
+        table.add_row(c.workload_name, c.provider or "-", c.site or "-", c.flavor or "-", f"{c.hours:.2f}",
+                      f"{c.amount:.4f}", c.currency or "-", ",".join(c.price_sources), c.burst_policy or "-",
+                      yes(c.running))
+    console.print(table)
+    for currency, amount in sorted(costs.totals.items()):
+        console.print(f"total {amount:.4f} {currency or '(unpriced)'}")
 
 
 @click.group("user")

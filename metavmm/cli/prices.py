@@ -141,7 +141,10 @@ def comparison_table(result: Comparison, limit: int) -> Table:
                         f"{rates}")
     cols = ["#", "provider", "region", "flavor", "shape", "dist", f"{result.currency}/h"]
     cols += [f"per GPU-h x{gpu}"] if gpu else []
-    cols += ["per vCPU-h", "per GiB-h", "source price", "date", "source"]
+    cols += ["per vCPU-h", "per GiB-h"]
+    side = [(name, attr) for name, attr in (("disk per GiB-mo", "disk_gib_month"), ("egress per GiB", "egress_gib"))
+            if any(getattr(q, attr) is not None for q in result.quotes[:limit])]  # where the catalog has them
+    cols += [name for name, _ in side] + ["source price", "date", "source"]
     for col in cols:
         table.add_column(col, justify="right" if col in ("#", "dist") or "/" in col or "per" in col else "left")
     for i, q in enumerate(result.quotes[:limit], 1):
@@ -152,8 +155,8 @@ def comparison_table(result: Comparison, limit: int) -> Table:
                q.shape.describe(), f"{q.distance:g}",
                _money(q.hourly)]
         row += [_money(q.rank_price)] if gpu else []
-        row += [_part(q.per_vcpu_hour), _part(q.per_gib_hour), f"{q.amount.normalize():f} {q.currency}",
-                date_cell, q.source]
+        row += [_part(q.per_vcpu_hour), _part(q.per_gib_hour), *(_part(getattr(q, attr)) for _, attr in side),
+                f"{q.amount.normalize():f} {q.currency}", date_cell, q.source]
         table.add_row(*row)
     return table
 

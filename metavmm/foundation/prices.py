@@ -48,6 +48,8 @@ class PriceUnit(enum.StrEnum):
 COMPONENT_UNITS = frozenset({PriceUnit.VCPU_HOUR, PriceUnit.GIB_HOUR, PriceUnit.GPU_HOUR})
 COMPUTE_UNITS = frozenset({PriceUnit.HOUR, *COMPONENT_UNITS})
 """What a compute shape is priced from: an instance-hour price, or a family's component prices."""
+SIDE_UNITS = frozenset({PriceUnit.GIB_MONTH, PriceUnit.GIB_EGRESS})
+"""Priced beside a shape: its disk (per GiB-month) and its egress (per GiB)."""
 
 
 def normalise_arch(arch: str | None) -> str | None:

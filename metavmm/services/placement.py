@@ -42,6 +42,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import models as m
+from metavmm.catalog.spend import burst_spent
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import NoPlacement, NotFound
 from metavmm.foundation.kinds import KINDS
@@ -324,23 +325,23 @@ class PlannedCreate:
 
 
 async def burst_spend(session: AsyncSession, snap: Snapshot, project_id: int | None) -> dict[str, Decimal]:
-    """What a project has burst this (UTC) month, per policy: the burst cost each of its workloads
-    created this month kept in its placement summary (``spec.placement.burst``). Read only when a
-    policy has a monthly budget, so the burst verdict can say what is left of it."""
+    """What a project's burst work cost this (UTC) month, per policy, from the spend ledger: the hours each
+    burst compute ran in the month at its price, running ones accrued to now, deleted ones included
+    (:func:`metavmm.catalog.spend.burst_spent`), plus the estimate (``burst_cost``) of each burst create
+    still in transit (``pending``: it runs nowhere yet, so the ledger has nothing of it), as quotas count
+    what is in transit: else a burst of creates would each see the budget untouched and all pass it.
+    Read only when a policy has a monthly budget, so the burst verdict can say what is left of it."""
     if project_id is None or not any(getattr(p, "monthly_budget", None) is not None for p in snap.policies):
         return {}
-    now = datetime.now(UTC)
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    spent = await burst_spent(session, project_id)
     verdict = m.Workload.spec["placement"]["burst"]  # type: ignore[index]
-    rows = (await session.exec(select(verdict["policy"].as_string(), verdict["burst_cost"].as_string()).where(
-        m.Workload.project_id == project_id, m.Workload.kind == "compute",
-        m.Workload.created_at >= month, verdict["outcome"].as_string() == "burst"))).all()  # type: ignore[operator]
-    out: dict[str, Decimal] = {}
-    for policy, cost in rows:
-        if not policy or not cost:
-            continue
+    pending = (await session.exec(select(verdict["policy"].as_string(), verdict["burst_cost"].as_string()).where(
+        m.Workload.project_id == project_id, m.Workload.kind == "compute", m.Workload.observed_state == "pending",
+        m.Workload.desired_state != "deleted", verdict["outcome"].as_string() == "burst"))).all()  # type: ignore[operator]
+    for policy, cost in pending:
         try:
-            out[policy] = out.get(policy, Decimal(0)) + Decimal(cost)
+            if policy and cost:
+                spent[policy] = spent.get(policy, Decimal(0)) + Decimal(cost)
         except InvalidOperation:
-            continue  # a summary written by hand or by an older broker: it counts for nothing
-    return out
+            continue  # a summary written by hand: it counts for nothing
+    return spent

@@ -1,4 +1,5 @@
-"""What a project burst this month, read from its workloads' placement summaries (SQLite and PostgreSQL)."""
+"""What a project burst this month, from the spend ledger (SQLite and PostgreSQL): the hours each burst
+compute ran in the month at its price, whenever it was created, deleted ones included."""
 
 from __future__ import annotations
 
@@ -9,37 +10,88 @@ from typing import Any
 
 from metavmm.catalog.models import Project, Workload
 from metavmm.foundation.config import BurstPolicy
-from metavmm.scheduler.snapshot import build_snapshot
+from metavmm.scheduler.snapshot import Snapshot, build_snapshot
 from metavmm.services.placement import burst_spend
 
 
-def _burst(outcome: str, policy: str, cost: str) -> dict[str, Any]:
-    return {"placement": {"burst": {"outcome": outcome, "policy": policy, "burst_cost": cost}}}
+def _burst(outcome: str, policy: str, per_hour: str, cost: str = "1") -> dict[str, Any]:
+    return {"placement": {"provider": "cloud", "price_per_hour": per_hour,
+                          "cost_per_hour": {"amount": per_hour, "currency": "USD"},
+                          "burst": {"outcome": outcome, "policy": policy, "burst_cost": cost}}}
 
 
-async def test_this_months_burst_spend_per_policy(sessions: Any) -> None:
+def _snapshot(budget: Decimal | None = Decimal(100)) -> Snapshot:
+    policies = (BurstPolicy(name="overflow", allowed_providers=["x"], monthly_budget=budget),)
+    return replace(build_snapshot(currency="USD", providers=[], sites=[], hosts=[], flavors=[], prices=[]),
+                   policies=policies)
+
+
+def _month_start() -> datetime:
+    return datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def _projects(s: Any) -> tuple[int, int]:
+    alpha, beta = Project(name="alpha"), Project(name="beta")
+    s.add_all([alpha, beta])
+    await s.commit()
+    return alpha.id, beta.id  # type: ignore[return-value]
+
+
+def _hours_since(ts: datetime) -> Decimal:
+    return Decimal(str((datetime.now(UTC) - ts).total_seconds())) / 3600
+
+
+async def test_a_burst_created_last_month_and_still_running_costs_its_hours_this_month(sessions: Any) -> None:
+    """Fails on the old code (it counted only this month's creates: 0 here)."""
     async with sessions() as s:
-        alpha, beta = Project(name="alpha"), Project(name="beta")
-        s.add_all([alpha, beta])
-        await s.commit()
-        last_month = datetime.now(UTC).replace(day=1) - timedelta(days=2)
+        alpha, beta = await _projects(s)
+        started = _month_start() - timedelta(days=3)
         s.add_all([
-            Workload(project_id=alpha.id, kind="compute", name="a", spec=_burst("burst", "overflow", "1.25")),
-            Workload(project_id=alpha.id, kind="compute", name="b", spec=_burst("burst", "overflow", "2.5")),
-            Workload(project_id=alpha.id, kind="compute", name="c", spec=_burst("burst", "gpu", "10")),
-            Workload(project_id=alpha.id, kind="compute", name="home", spec=_burst("on-prem", "overflow", "9")),
-            Workload(project_id=alpha.id, kind="compute", name="bad", spec=_burst("burst", "overflow", "lots")),
-            Workload(project_id=alpha.id, kind="compute", name="plain", spec={"placement": {"site": "x"}}),
-            Workload(project_id=alpha.id, kind="compute", name="bare", spec={}),
-            Workload(project_id=alpha.id, kind="compute", name="old", spec=_burst("burst", "overflow", "100"),
-                     created_at=last_month),
-            Workload(project_id=beta.id, kind="compute", name="theirs", spec=_burst("burst", "overflow", "50")),
+            Workload(project_id=alpha, kind="compute", name="old", spec=_burst("burst", "overflow", "2"),
+                     observed_state="running", created_at=started, updated_at=started),
+            Workload(project_id=alpha, kind="compute", name="home", spec=_burst("on-prem", "overflow", "9"),
+                     observed_state="running", created_at=started, updated_at=started),
+            Workload(project_id=beta, kind="compute", name="theirs", spec=_burst("burst", "overflow", "50"),
+                     observed_state="running", created_at=started, updated_at=started),
         ])
         await s.commit()
-        policies = (BurstPolicy(name="overflow", allowed_providers=["x"], monthly_budget=Decimal(100)),)
-        snap = replace(build_snapshot(currency="USD", providers=[], sites=[], hosts=[], flavors=[], prices=[]),
-                       policies=policies)
-        assert await burst_spend(s, snap, alpha.id) == {"overflow": Decimal("3.75"), "gpu": Decimal("10")}
-        assert await burst_spend(s, snap, None) == {}
-        unbudgeted = replace(snap, policies=(policies[0].model_copy(update={"monthly_budget": None}),))
-        assert await burst_spend(s, unbudgeted, alpha.id) == {}  # nothing to count against: not read
+        low = _hours_since(_month_start()) * 2
+        spent = await burst_spend(s, _snapshot(), alpha)
+        high = _hours_since(_month_start()) * 2
+        assert set(spent) == {"overflow"} and low - Decimal("1e-6") <= spent["overflow"] <= high + Decimal("1e-6")
+        assert await burst_spend(s, _snapshot(), None) == {}
+        assert await burst_spend(s, _snapshot(None), alpha) == {}  # nothing to count against: not read
+
+
+async def test_a_deleted_burst_keeps_its_cost_in_the_month(sessions: Any) -> None:
+    """Fails on the old code (an OCCI delete purges the row, and its burst cost went with it)."""
+    async with sessions() as s:
+        alpha, _ = await _projects(s)
+        started = max(_month_start(), datetime.now(UTC) - timedelta(hours=5))
+        w = Workload(project_id=alpha, kind="compute", name="gone", spec=_burst("burst", "overflow", "3"),
+                     observed_state="running", updated_at=started)
+        s.add(w)
+        await s.commit()
+        await s.delete(w)
+        await s.commit()
+        first = await burst_spend(s, _snapshot(), alpha)
+        assert first["overflow"] >= _hours_since(started) * 3 - Decimal("0.01") > 0
+        assert await burst_spend(s, _snapshot(), alpha) == first  # closed at the delete: it grows no more
+
+
+async def test_a_burst_create_in_transit_counts_its_estimate_until_it_runs(sessions: Any) -> None:
+    """A pending burst create has no ledger hours yet: its estimate counts (else a burst of creates would
+    each see the budget untouched); once it runs, the ledger's hours replace it."""
+    async with sessions() as s:
+        alpha, _ = await _projects(s)
+        w = Workload(project_id=alpha, kind="compute", name="coming", spec=_burst("burst", "overflow", "2", "48"),
+                     observed_state="pending")
+        failed = Workload(project_id=alpha, kind="compute", name="failed", observed_state="pending",
+                          desired_state="deleted", spec=_burst("burst", "overflow", "2", "500"))
+        s.add_all([w, failed])
+        await s.commit()
+        assert await burst_spend(s, _snapshot(), alpha) == {"overflow": Decimal(48)}
+        w.observed_state, w.updated_at = "running", datetime.now(UTC)
+        s.add(w)
+        await s.commit()
+        assert (await burst_spend(s, _snapshot(), alpha))["overflow"] < Decimal("0.01")  # seconds at 2/h

@@ -51,6 +51,7 @@ from metavmm.catalog.models import (
 )
 from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
 from metavmm.services import quotas as quota_service
+from metavmm.services import spend as spend_service
 from metavmm.services.identity import (
     Identity,
     canonical_subject,
@@ -384,6 +385,65 @@ async def list_quotas(request: web.Request, params: ProjectId) -> list[QuotaOut]
         out.append(QuotaOut(resource=resource, limit=q.limit if q else None, currency=q.currency if q else None,
                             in_transit=u.get("in_transit", Decimal(0)), committed=u.get("committed", Decimal(0))))
     return out
+
+
+# --- costs (showback) ---------------------------------------------------------------------------
+
+
+class CostQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    period: str | None = Field(default=None, pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
+                               description="the month, YYYY-MM (UTC); default: this month")
+
+
+class CostLineOut(BaseModel):
+    workload_id: str
+    workload_name: str
+    provider: str | None
+    site: str | None
+    flavor: str | None
+    hours: Decimal = Field(description="hours it ran in the period (a running one: up to now)")
+    amount: Decimal = Field(description="its cost in the period: the hours at each stretch's price")
+    currency: str | None = Field(description="None: no price was known (the hours count, the amount is 0)")
+    price_sources: list[str] = Field(description="where the prices came from: placement (the price the "
+                                     "scheduler placed it at) or none")
+    burst_policy: str | None = Field(description="the burst policy that sent it to a public cloud")
+    running: bool = Field(description="still running: its cost grows until the period ends")
+
+
+class CostTotalOut(BaseModel):
+    currency: str | None
+    amount: Decimal
+
+
+class ProjectCostsOut(BaseModel):
+    project_id: int
+    project: str
+    period: str
+    start: Timestamp
+    end: Timestamp
+    totals: list[CostTotalOut]
+    workloads: list[CostLineOut]
+
+
+@api.route("GET", "/projects/{project_id}/costs", summary="A project's cost in a month, per workload (showback, "
+           "from the spend ledger: deleted workloads included)", params=ProjectId, query=CostQuery,
+           response=ProjectCostsOut)
+async def project_costs(request: web.Request, params: ProjectId, query: CostQuery) -> ProjectCostsOut:
+    _may_see_project(identity_of(request), params.project_id)
+    async with sessions(request)() as session:
+        return costs_out(await spend_service.project_costs(session, params.project_id, query.period))
+
+
+def costs_out(costs: spend_service.ProjectCosts) -> ProjectCostsOut:
+    """The REST (and ``metavmm project costs --json``) rendering of a project's costs."""
+    return ProjectCostsOut(
+        project_id=costs.project_id, project=costs.project, period=costs.period, start=costs.start, end=costs.end,
+        totals=[CostTotalOut(currency=c or None, amount=a) for c, a in sorted(costs.totals.items())],
+        workloads=[CostLineOut(workload_id=c.workload_id, workload_name=c.workload_name, provider=c.provider,
+                               site=c.site, flavor=c.flavor, hours=c.hours, amount=c.amount, currency=c.currency,
+                               price_sources=c.price_sources, burst_policy=c.burst_policy, running=c.running)
+                   for c in costs.lines])
 
 
 @api.route("PUT", "/projects/{project_id}/quotas/{resource}",

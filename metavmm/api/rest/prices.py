@@ -124,6 +124,10 @@ class QuoteOut(BaseModel):
     discount: Decimal | None = Field(default=None, description="the committed-use/reserved discount factor "
                                      "applied (hourly and the per-part prices are after it; amount is the list price)")
     discount_note: str | None = Field(default=None, description="the discount's dates and source")
+    disk_gib_month: Decimal | None = Field(default=None, description="the region's cheapest disk, per GiB-month, "
+                                           "in the comparison's currency (null: the catalog prices none there)")
+    egress_gib: Decimal | None = Field(default=None, description="the region's cheapest egress, per GiB, in the "
+                                       "comparison's currency (null: the catalog prices none there)")
 
 
 class RatesOut(BaseModel):
@@ -161,7 +165,8 @@ def comparison_out(result: Comparison, limit: int) -> ComparisonOut:
         per_gib_hour=_opt(q.per_gib_hour), per_gpu_hour=_opt(q.per_gpu_hour),
         rank_price=_q(q.rank_price), amount=q.amount, currency=q.currency, effective_date=q.effective_date,
         age_days=q.age_days, stale=q.stale, source=q.source, source_ref=q.source_ref,
-        discount=q.discount.factor if q.discount else None, discount_note=q.discount.describe() if q.discount else None)
+        discount=q.discount.factor if q.discount else None, discount_note=q.discount.describe() if q.discount else None,
+        disk_gib_month=_opt(q.disk_gib_month), egress_gib=_opt(q.egress_gib))
         for i, q in enumerate(result.quotes[:limit], 1)]
     rates = result.rates
     return ComparisonOut(request=result.request.describe(), currency=result.currency,

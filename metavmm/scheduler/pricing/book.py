@@ -18,7 +18,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Flavor, Price, Provider
-from metavmm.foundation.prices import COMPONENT_UNITS, PriceUnit, Shape
+from metavmm.foundation.prices import COMPONENT_UNITS, SIDE_UNITS, PriceUnit, Shape
 
 # GPUs a provider kind sells only as parts attached to machines of some families, not as a family of their
 # own: GCP attaches T4, V100, P100, P4 and K80 GPUs to N1 machines (its A2, A3 and G2 types come with
@@ -68,9 +68,10 @@ class PriceScope:
                     and_(no_gpus, Price.provider_kind.in_(list(ATTACHABLE_GPU_FAMILIES))))  # type: ignore[attr-defined]
                 if self.gpu_count else no_gpus)
         fits = and_(Price.vcpus >= self.min_vcpus, Price.ram_mib >= self.min_ram_mib, gpus)  # type: ignore[operator]
+        # storage (gib-month) and egress (gib-egress) prices come too: the comparison shows them beside the shape
         return [
-            Price.unit.in_([PriceUnit.HOUR, *COMPONENT_UNITS]),  # type: ignore[attr-defined]
-            or_(Price.os == self.os, Price.unit == PriceUnit.GPU_HOUR),
+            Price.unit.in_([PriceUnit.HOUR, *COMPONENT_UNITS, *SIDE_UNITS]),  # type: ignore[attr-defined]
+            or_(Price.os == self.os, Price.unit.in_([PriceUnit.GPU_HOUR, *SIDE_UNITS])),  # type: ignore[attr-defined]
             or_(Price.vcpus.is_(None), ~hour, fits),  # type: ignore[union-attr]
         ]
 
@@ -100,8 +101,8 @@ class PriceBook:
     async def load(cls, session: AsyncSession, scope: PriceScope | None = None) -> PriceBook:
         """Read the prices once (plain rows, not ORM objects: the catalog may hold ~100k prices).
 
-        With a ``scope``, the database leaves out what cannot serve it: other operating systems,
-        storage and egress prices, and shapes too small or with the wrong GPUs.
+        With a ``scope``, the database leaves out what cannot serve it: other operating systems and shapes
+        too small or with the wrong GPUs (storage and egress prices stay: the comparison shows them).
         """
         flavors = {
             (pid, name): Shape(v, r, g or None, c or 0, a)

@@ -12,13 +12,15 @@ Quotes are ranked by what the request costs: the instance-hour price, or for GPU
 per GPU-hour times the GPUs requested (an 8-GPU VM's price divided by 8 for one GPU). Every quote
 is normalised per instance-hour, vCPU-hour, GiB-hour and GPU-hour in one currency, carries its
 original amount, currency, source and date, and is flagged stale when older than the configured age.
+Beside it stand the region's cheapest disk (per GiB-month) and egress (per GiB) prices, where the
+catalog has them (SkyPilot #1228: a placement's cost is more than its instance-hours).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 
@@ -106,6 +108,8 @@ class Quote:
     source: str
     source_ref: str | None
     discount: DatedFactor | None = None  # a committed-use/reserved discount applied to ``hourly`` and the rest
+    disk_gib_month: Decimal | None = None  # the region's cheapest storage, per GiB-month (None: not priced)
+    egress_gib: Decimal | None = None  # the region's cheapest egress, per GiB (None: not priced)
 
 
 @dataclass
@@ -240,7 +244,9 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
                 result.unmatched[f"{provider}/{reg}"] = why
             continue
         d, _, point, shape, composed, amount, used = best
-        result.quotes.append(_quote(point, shape, composed, amount, used, d, req, to_currency, rates, today, disc))
+        q = _quote(point, shape, composed, amount, used, d, req, to_currency, rates, today, disc)
+        result.quotes.append(replace(q, disk_gib_month=_cheapest(points, PriceUnit.GIB_MONTH, to_currency),
+                                     egress_gib=_cheapest(points, PriceUnit.GIB_EGRESS, to_currency)))
     result.quotes.sort(key=lambda q: (q.rank_price, q.distance, q.provider, q.region))
     quoted = {(q.provider, q.region) for q in result.quotes}
     for (provider, reg), count in sorted(book.shaped_counts.items()):
@@ -248,6 +254,19 @@ def compare(book: PriceBook, req: ShapeRequest, rates: RateTable, currency: str 
                 and f"{provider}/{reg}" not in result.unmatched:
             result.unmatched[f"{provider}/{reg}"] = f"none of {count} priced shapes satisfies {req.describe()}"
     return result
+
+
+def _cheapest(points: list[PricePoint], unit: PriceUnit, to_currency: Converter) -> Decimal | None:
+    """The region's cheapest price in ``unit`` (storage per GiB-month, egress per GiB) in the comparison's
+    currency; None when it has none (or none that converts)."""
+    found = []
+    for p in points:
+        if p.unit == unit:
+            try:
+                found.append(to_currency(p.amount, p.currency))
+            except ValidationError:
+                continue
+    return min(found, default=None)
 
 
 def _quote(point: PricePoint, shape: Shape, composed: bool, amount: Decimal, used: list[PricePoint], d: float,

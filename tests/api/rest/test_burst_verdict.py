@@ -1,17 +1,19 @@
 """The burst policy's verdict a user can see: the placement dry run names the rule that decided, whether the
 threshold was reached, what is left of the project's monthly budget, the residency and the allowed
-providers, and the created workload keeps exactly that; the budget counts what the project burst this month."""
+providers, and the created workload keeps exactly that; the budget counts what the project's burst work
+cost this month (the spend ledger)."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlmodel import select
 
 from metavmm.api import keys
-from metavmm.catalog.models import Project, Workload
+from metavmm.catalog.models import Project, SpendAccrual
 from tests.api.rest.test_scheduling import CLOUD, TRANSIT, _create, _dry, _home_host, _transit_client
 
 
@@ -46,13 +48,16 @@ async def test_dry_run_shows_the_policy_terms_and_the_workload_keeps_them(aiohtt
     page = await (await client.get("/ui/burst")).text()
     assert page.count('data-rule="over-threshold"') == 1 and page.count('data-rule="under-threshold"') == 3
 
-    again = (await _dry(client, vcpus=1))["burst"]  # this month's burst counts against the budget
+    again = (await _dry(client, vcpus=1))["burst"]  # the burst in transit (it runs nowhere yet) counts its estimate
     assert Decimal(again["budget_spent"]) == cost and Decimal(again["budget_left"]) == 100 - 2 * cost
 
-    async with client.server.app[keys.SESSIONS]() as s:  # the project burst almost all of it earlier this month
+    async with client.server.app[keys.SESSIONS]() as s:  # the ledger: a burst that ran earlier this month
         alpha = (await s.exec(select(Project).where(Project.name == "alpha"))).one()
-        s.add(Workload(project_id=alpha.id, kind="compute", name="earlier", spec={"placement": {"burst": {
-            "outcome": "burst", "policy": "overflow", "burst_cost": str(100 - cost - cost / 2)}}}))
+        month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        s.add(SpendAccrual(project_id=alpha.id, workload_id="earlier", workload_name="earlier", provider="cloud",
+                           period_start=month, period_end=month + timedelta(hours=1), hours=Decimal(1),
+                           price_per_hour=100 - cost - cost / 2, currency="USD", amount=100 - cost - cost / 2,
+                           price_source="placement", burst_policy="overflow"))
         await s.commit()
     broke = await _dry(client, vcpus=1)
     verdict = broke["burst"]

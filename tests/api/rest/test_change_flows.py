@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,22 @@ async def test_under_the_threshold_it_stays_home(aiohttp_client: Any, sqlite_url
 async def test_over_budget_stays_home(aiohttp_client: Any, sqlite_url: str) -> None:
     client, _, _ = await _app(aiohttp_client, sqlite_url, BURST % ("0.01", "0.01"))
     assert (await _placed_at(client, "thrifty"))[0] == "home"
+
+
+async def test_a_burst_running_since_last_month_spends_the_budget(aiohttp_client: Any, sqlite_url: str) -> None:
+    """The budget counts the ledger's hours this month, not this month's creates: a burst compute started last
+    month and still running has spent it (fails on the old code, which sent this one out too)."""
+    client, app, project_id = await _app(aiohttp_client, sqlite_url, BURST % ("0.01", "100"))
+    started = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    async with session_scope(app[keys.SESSIONS]) as s:
+        s.add(Workload(project_id=project_id, kind="compute", name="since-last-month", observed_state="running",
+                       created_at=started, updated_at=started, spec={"placement": {
+                           "provider": "cloud", "price_per_hour": "100000", "cost_per_hour": {
+                               "amount": "100000", "currency": "USD"},
+                           "burst": {"outcome": "burst", "policy": "overflow", "burst_cost": "0.5"}}}))
+    provider, body = await _placed_at(client, "thrifty")
+    assert provider == "home"
+    assert body["workload"]["spec"]["placement"]["burst"]["rule"] == "over-budget"
 
 
 async def test_provision_replicates_the_image_first(aiohttp_client: Any, sqlite_url: str, tmp_path: Path) -> None:

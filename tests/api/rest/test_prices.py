@@ -66,6 +66,9 @@ async def test_compare_endpoint(client: Any) -> None:
     assert [(q["provider"], q["rank_price"]) for q in body["quotes"]] == [
         ("nchc-cloud-a", "6.6800"), ("nchc-cloud-b", "7.1000"), ("nchc-vmware", "7.6000"),
         ("gcp-taiwan", "8.5800"), ("aws-tokyo", "8.9500"), ("azure-japan", "11.1300")]
+    # disk per GiB-month beside the shape where the catalog prices it (GCP's PD: 0.04 USD at the file's 32 NTD)
+    assert [(q["provider"], q["disk_gib_month"], q["egress_gib"]) for q in body["quotes"]][3:5] == [
+        ("gcp-taiwan", "1.2800", None), ("aws-tokyo", None, None)]
     gpu = await (await client.get("/api/v1/prices/compare", params={"gpu": "H100:1", "currency": "NTD"})).json()
     azure = gpu["quotes"][1]
     assert (azure["provider"], azure["per_gpu_hour"], azure["shape"]["gpu_count"]) == ("azure-japan", "213.3700", 8)
@@ -101,6 +104,7 @@ def test_cli_import_compare_chart_and_rejection(tmp_path: Path) -> None:
     assert [line.split("│")[2].strip() for line in lines] == ["nchc-cloud-a (on-prem)", "nchc-cloud-b (on-prem)",
                                                               "nchc-vmware (on-prem)", "azure-japan"]
     assert "11.13" in lines[-1]
+    assert "per GiB-mo" not in out.output and "egress" not in out.output  # no disk or egress price imported yet
     out = runner.invoke(main, [*base, "prices", "compare", "--gpu", "H200:1", "--json"])
     assert out.exit_code == 0 and '"rank_price": "245.0000"' in out.output
     chart = tmp_path / "h200.svg"
@@ -113,6 +117,12 @@ def test_cli_import_compare_chart_and_rejection(tmp_path: Path) -> None:
     out = runner.invoke(main, [*base, "prices", "import", "azure-retail", str(bad), "--provider", "azure-japan"])
     assert out.exit_code == 1
     assert f"{bad}:1: Standard_E4s_v6: unitOfMeasure '1/Month'" in out.output and "Traceback" not in out.output
+    out = runner.invoke(main, [*base, "prices", "import", "gcp-billing", str(FIXTURES / "gcp_skus_asia_east1.json"),
+                               "--provider", "gcp-taiwan", "--shapes", str(FIXTURES / "shapes_gcp.yaml")])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(main, [*base, "prices", "compare", "--vcpus", "4", "--ram", "32", "--currency", "NTD"])
+    gcp = next(line for line in out.output.splitlines() if "gcp-taiwan" in line)
+    assert "disk per GiB-mo" in out.output and "1.2800" in gcp and "egress" not in out.output  # GCP's PD price
     out = runner.invoke(main, [*base, "prices", "import", "gcp-billing", str(bad), "--provider", "azure-japan"])
     assert out.exit_code == 1 and "azure provider" in out.output
 

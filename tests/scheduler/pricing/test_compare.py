@@ -125,3 +125,19 @@ def test_a_row_nobody_can_convert_is_named_not_a_crash() -> None:
     result = compare(book, ShapeRequest.parse(4, 32), RateTable("USD"), today=TODAY)
     assert [q.provider for q in result.quotes] == ["d"]
     assert "no exchange rate for SEK" in result.unmatched["c/r"]
+
+
+def test_disk_and_egress_stand_beside_each_quote_where_the_region_prices_them() -> None:
+    """The region's cheapest storage per GiB-month and egress per GiB, in the comparison's currency; None
+    where the catalog has none (SkyPilot #1228)."""
+    book = PriceBook([
+        _point("a", "m4", "0.30", Shape(4, 32768)),
+        _point("a", "gp3", "0.08", unit="gib-month"), _point("a", "io2", "0.125", unit="gib-month"),
+        _point("a", "internet", "0.09", unit="gib-egress"),
+        _point("b", "m4", "0.20", Shape(4, 32768)),
+    ])
+    result = compare(book, ShapeRequest.parse(4, 32), RateTable("USD", {"EUR": Decimal("0.5")}), "EUR", today=TODAY)
+    by = {q.provider: q for q in result.quotes}
+    assert (by["a"].disk_gib_month, by["a"].egress_gib) == (Decimal("0.16"), Decimal("0.18"))  # 0.08, 0.09 USD
+    assert (by["b"].disk_gib_month, by["b"].egress_gib) == (None, None)
+    assert [q.provider for q in result.quotes] == ["b", "a"]  # the ranking stays the compute price's

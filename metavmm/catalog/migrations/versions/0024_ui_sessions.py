@@ -1,7 +1,7 @@
 """ui_sessions: dashboard sessions kept in the catalog (survive a restart, shared by every broker)
 
 Revision ID: 0024_ui_sessions
-Revises: 0020_image_list_status
+Revises: 0022_spend_ledger
 Create Date: 2026-12-06 21:45:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision = '0024_ui_sessions'
-down_revision = '0020_image_list_status'
+down_revision = '0022_spend_ledger'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,323 @@
+"""The spend ledger: what each compute cost as it ran, one row per stretch at one price in one month.
+
+Why a ledger: a month's burst spend and a project's showback must count the hours a workload ran in that
+month, whenever it was created, and must keep counting a workload after its row is gone (an OCCI delete
+purges it). Estimates kept on the workload (``spec.placement.burst.burst_cost``, the price over the
+expected hours) can do neither.
+
+How it is written (:class:`~metavmm.catalog.models.SpendAccrual`):
+
+- on every state change, in the same flush: :class:`CatalogSession` (the catalog's session class, see
+  :func:`metavmm.catalog.db.make_sessionmaker`) looks at each compute whose state, presence or placement
+  changed, or that is deleted, and :func:`accrue` closes its open stretch and, while it runs, opens the
+  next at the workload's ``updated_at`` (when the change happened);
+- on a periodic round (:func:`accrue_all`, the broker's ``repeat()`` loop): open stretches are brought up
+  to date and cut at month boundaries; a stretch the hook could not see end (a bulk update) is closed at
+  the workload's ``updated_at``, a running compute without one gets one.
+
+A stretch never spans a month once it is closed (:func:`_close` cuts it), so a month's closed spend is
+one indexed ``SUM``; an open stretch is accrued to now by the reader, clipped to the month.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import event, func, inspect, or_
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.orm.session import Session as SqlModelSession
+
+from metavmm.catalog.models import SpendAccrual, Workload, aware
+
+BILLABLE = frozenset({"running"})
+"""The observed states a compute is charged in (a stopped VM's disk is not counted here: docs/prices.md)."""
+
+QUANTUM = Decimal("1e-10")  # the ledger's columns are Numeric(20, 10)
+WATCHED = ("observed_state", "present", "spec")  # a change to any of them may change the rate
+
+
+def month_start(ts: datetime) -> datetime:
+    """The first instant of ``ts``'s calendar month, UTC."""
+    return aware(ts).astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(ts: datetime) -> datetime:
+    """The first instant of the month after ``ts``'s, UTC."""
+    start = month_start(ts)
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+def parse_period(period: str) -> tuple[datetime, datetime]:
+    """``YYYY-MM`` as the month's [start, end) in UTC; ValueError (with the expected form) otherwise."""
+    try:
+        start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"period {period!r} is not a month written YYYY-MM") from None
+    return start, next_month(start)
+
+
+def hours_between(start: datetime, end: datetime) -> Decimal:
+    """Hours from ``start`` to ``end`` (0 when ``end`` is not later), to the ledger's precision."""
+    seconds = (aware(end) - aware(start)).total_seconds()
+    return (Decimal(str(max(0.0, seconds))) / 3600).quantize(QUANTUM)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    try:
+        return None if value is None else Decimal(str(value))
+    except InvalidOperation:
+        return None  # a summary written by hand: no price, the hours still count
+
+
+@dataclass(frozen=True)
+class Rate:
+    """What a running compute accrues at and where: a change of any field starts a new stretch."""
+
+    provider: str | None
+    site: str | None
+    flavor: str | None
+    price_per_hour: Decimal | None
+    currency: str | None
+    price_source: str
+    burst_policy: str | None
+
+
+def rate_of(workload: Workload) -> Rate | None:
+    """The workload's rate while it is a present, running compute (None otherwise: it accrues nothing).
+    The price is the one the scheduler placed it at (``spec.placement``), in the placement's currency."""
+    if workload.kind != "compute" or workload.observed_state not in BILLABLE or not workload.present:
+        return None
+    placement = (workload.spec or {}).get("placement") or {}
+    price = _decimal(placement.get("price_per_hour"))
+    burst = placement.get("burst") or {}
+    return Rate(placement.get("provider"), placement.get("site"), placement.get("flavor"), price,
+                (placement.get("cost_per_hour") or {}).get("currency") if price is not None else None,
+                "placement" if price is not None else "none",
+                burst.get("policy") if burst.get("outcome") == "burst" else None)
+
+
+def _rate_of_row(row: SpendAccrual) -> Rate:
+    return Rate(row.provider, row.site, row.flavor, _decimal(row.price_per_hour), row.currency, row.price_source,
+                row.burst_policy)
+
+
+def _fill(row: SpendAccrual, until: datetime) -> None:
+    """The row's hours and amount from its start to ``until``."""
+    row.hours = hours_between(row.period_start, until)
+    price = _decimal(row.price_per_hour)
+    row.amount = (row.hours * price).quantize(QUANTUM) if price is not None else Decimal(0)
+    row.accrued_at = until
+
+
+def _cut(session: Session, row: SpendAccrual, until: datetime) -> SpendAccrual:
+    """Close ``row`` at each month boundary before ``until``, continuing in a new row each time; the row
+    that reaches ``until`` (left open) is returned."""
+    row.period_start = aware(row.period_start)
+    while (boundary := next_month(row.period_start)) < until:
+        _fill(row, boundary)
+        row.period_end = boundary
+        session.add(row)
+        row = SpendAccrual(**{k: v for k, v in row.model_dump().items() if k not in ("id", "period_end")})
+        row.period_start = boundary
+    _fill(row, until)
+    session.add(row)
+    return row
+
+
+def _close(session: Session, row: SpendAccrual, end: datetime) -> None:
+    """End the stretch at ``end`` (never before it started), cut at month boundaries."""
+    end = max(aware(end), aware(row.period_start))
+    _cut(session, row, end).period_end = end
+
+
+def _open(session: Session, workload: Workload, rate: Rate, start: datetime, now: datetime) -> None:
+    """A new stretch from ``start``, accrued (and cut at month boundaries) to ``now``."""
+    row = SpendAccrual(project_id=workload.project_id, workload_id=workload.id, workload_name=workload.name,
+                       provider=rate.provider, site=rate.site, flavor=rate.flavor, period_start=start,
+                       price_per_hour=rate.price_per_hour, currency=rate.currency, price_source=rate.price_source,
+                       burst_policy=rate.burst_policy)
+    _cut(session, row, max(now, start))
+
+
+def _when(workload: Workload, now: datetime) -> datetime:
+    """When the workload's change happened: its ``updated_at`` (the writers set it with the state; the flush
+    hook reads it only when this change set it, else the change happens now), never later than now."""
+    return min(aware(workload.updated_at), now) if workload.updated_at is not None else now
+
+
+def accrue(session: Session, workload: Workload, now: datetime, *, gone: bool = False,
+           at: datetime | None = None) -> None:
+    """Bring the workload's ledger up to ``now``: its open stretch goes on if the rate is unchanged (and it
+    is not ``gone``), else it is closed at ``at`` (default: now) and, while it runs, the next opens then."""
+    at = at or now
+    rate = None if gone else rate_of(workload)
+    with session.no_autoflush:  # locked (PostgreSQL): the round does not write them meanwhile
+        open_rows = session.scalars(select(SpendAccrual).where(
+            SpendAccrual.workload_id == workload.id, col(SpendAccrual.period_end).is_(None)).with_for_update()).all()
+    kept = False
+    for row in open_rows:
+        if rate is not None and not kept and _rate_of_row(row) == rate:
+            _cut(session, row, now)
+            kept = True
+        else:
+            _close(session, row, at)
+    if rate is not None and not kept:
+        _open(session, workload, rate, at, now)
+
+
+def _changed(workload: Workload) -> bool:
+    state = inspect(workload)
+    return any(state.attrs[name].history.has_changes() for name in WATCHED)
+
+
+def _on_flush(session: Session, _context: Any, _instances: Any) -> None:
+    """The state-change hook: every compute created, changed (state, presence, placement) or deleted in this
+    flush has its ledger written in the same transaction."""
+    now = datetime.now(UTC)
+    for workload in [o for o in session.deleted if isinstance(o, Workload) and o.kind == "compute"]:
+        accrue(session, workload, now, gone=True)
+    for workload in [o for o in (*session.new, *session.dirty) if isinstance(o, Workload)]:
+        if workload in session.deleted:
+            continue
+        if workload in session.new:
+            if (rate := rate_of(workload)) is not None:
+                _open(session, workload, rate, _when(workload, now), now)
+        elif workload.kind == "compute" and _changed(workload):
+            touched = inspect(workload).attrs["updated_at"].history.has_changes()
+            accrue(session, workload, now, at=_when(workload, now) if touched else now)
+
+
+class CatalogSession(SqlModelSession):
+    """The catalog's synchronous session (under every AsyncSession the broker opens): it writes the spend
+    ledger on each flush that changes a compute (:func:`_on_flush`)."""
+
+
+event.listen(CatalogSession, "before_flush", _on_flush)
+
+
+def accrue_all(session: Session, now: datetime | None = None) -> int:
+    """The periodic round: every open stretch brought up to ``now`` (cut at month boundaries), those of
+    workloads that no longer run (or are gone) closed when they changed, and a stretch opened for each
+    running compute that has none. The number of rows written."""
+    now = now or datetime.now(UTC)
+    open_ids = set(session.scalars(select(SpendAccrual.workload_id).where(col(SpendAccrual.period_end).is_(None))))
+    # locked (PostgreSQL), skipping those a state change holds: that change writes them, and the round never
+    # waits (so it cannot deadlock with a transaction that changes several computes)
+    rows = session.scalars(select(SpendAccrual).where(col(SpendAccrual.period_end).is_(None))
+                           .order_by(col(SpendAccrual.period_start)).with_for_update(skip_locked=True)).all()
+    running = session.scalars(select(Workload).where(Workload.kind == "compute",
+                                                     col(Workload.observed_state).in_(BILLABLE))).all()
+    ids = {r.workload_id for r in rows}
+    stale = session.scalars(select(Workload).where(col(Workload.id).in_(ids))).all() if ids else []
+    by_id = {w.id: w for w in (*stale, *running)}
+    kept: set[str] = set()
+    with session.no_autoflush:
+        for row in rows:
+            workload = by_id.get(row.workload_id)
+            rate = rate_of(workload) if workload is not None else None
+            if row.workload_id in kept:  # a second open stretch (a state change and a round opened one each)
+                _close(session, row, row.period_start)  # the first one counts these hours: this one none
+            elif rate is not None and rate == _rate_of_row(row):
+                kept.add(row.workload_id)
+                _cut(session, row, now)
+            else:
+                _close(session, row, _when(workload, now) if workload is not None else now)
+        still_open = (open_ids - ids) | kept  # a stretch closed above for a new rate reopens now
+        for workload in running:
+            if workload.id not in still_open and (rate := rate_of(workload)) is not None:
+                _open(session, workload, rate, _when(workload, now), now)
+    return len(session.new) + len(session.dirty)
+
+
+async def accrue_round(session: AsyncSession, now: datetime | None = None) -> int:
+    """:func:`accrue_all` from async code (the broker's loop), in the caller's transaction."""
+    return await session.run_sync(lambda s: accrue_all(s, now))
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def _open_amount(period_start: datetime, price: Any, start: datetime, end: datetime) -> tuple[Decimal, Decimal]:
+    """An open stretch's (hours, amount) inside [start, end)."""
+    hours = hours_between(max(aware(period_start), start), end)
+    p = _decimal(price)
+    return hours, (hours * p).quantize(QUANTUM) if p is not None else Decimal(0)
+
+
+async def burst_spent(session: AsyncSession, project_id: int, now: datetime | None = None) -> dict[str, Decimal]:
+    """What the project's burst work cost this (UTC) month, per policy: the ledger's hours in the month,
+    open stretches accrued to now. One indexed ``SUM`` over closed stretches, plus the open ones."""
+    now = now or datetime.now(UTC)
+    start = month_start(now)
+    closed = await session.exec(select(SpendAccrual.burst_policy, func.sum(SpendAccrual.amount)).where(
+        SpendAccrual.project_id == project_id, SpendAccrual.period_start >= start,
+        SpendAccrual.period_start < next_month(start), col(SpendAccrual.period_end).is_not(None),
+        col(SpendAccrual.burst_policy).is_not(None)).group_by(SpendAccrual.burst_policy))
+    out: dict[str, Decimal] = {p: _decimal(total) or Decimal(0) for p, total in closed.all()}
+    running = await session.exec(select(SpendAccrual.burst_policy, SpendAccrual.period_start,
+                                        SpendAccrual.price_per_hour).where(
+        SpendAccrual.project_id == project_id, col(SpendAccrual.period_end).is_(None),
+        col(SpendAccrual.burst_policy).is_not(None)))
+    for policy, period_start, price in running.all():
+        if policy is None:
+            continue
+        out[policy] = out.get(policy, Decimal(0)) + _open_amount(period_start, price, start, now)[1]
+    return out
+
+
+@dataclass
+class CostLine:
+    """One workload's cost in a period (its stretches summed), by currency."""
+
+    workload_id: str
+    workload_name: str
+    provider: str | None
+    site: str | None
+    flavor: str | None
+    currency: str | None
+    hours: Decimal
+    amount: Decimal
+    price_sources: list[str]
+    burst_policy: str | None
+    running: bool
+
+
+async def period_costs(session: AsyncSession, project_id: int | None, start: datetime, end: datetime,
+                       now: datetime | None = None) -> list[CostLine]:
+    """Each workload's hours and cost in [start, end) from the ledger (``project_id`` None: every project),
+    open stretches accrued to now; workloads deleted since keep their lines."""
+    now = now or datetime.now(UTC)
+    q = select(SpendAccrual).where(SpendAccrual.period_start < end,
+                                   or_(col(SpendAccrual.period_end).is_(None), col(SpendAccrual.period_end) > start))
+    if project_id is not None:
+        q = q.where(SpendAccrual.project_id == project_id)
+    lines: dict[tuple[str, str | None], CostLine] = {}
+    for row in (await session.exec(q.order_by(col(SpendAccrual.id)))).all():
+        if row.period_end is None:
+            hours, amount = _open_amount(row.period_start, row.price_per_hour, start, min(now, end))
+        else:
+            hours, amount = _decimal(row.hours) or Decimal(0), _decimal(row.amount) or Decimal(0)
+        line = lines.setdefault((row.workload_id, row.currency), CostLine(
+            row.workload_id, row.workload_name, row.provider, row.site, row.flavor, row.currency, Decimal(0),
+            Decimal(0), [], row.burst_policy, False))
+        line.hours += hours
+        line.amount += amount
+        line.running = line.running or row.period_end is None
+        line.provider, line.site, line.flavor = row.provider, row.site, row.flavor  # the latest stretch's
+        if row.price_source not in line.price_sources:
+            line.price_sources.append(row.price_source)
+    return sorted(lines.values(), key=lambda c: (c.workload_name, c.workload_id, c.currency or ""))
+
+
+def totals(lines: Iterable[CostLine]) -> dict[str, Decimal]:
+    """The lines' amounts summed per currency (unpriced lines under ``""``)."""
+    out: dict[str, Decimal] = {}
+    for line in lines:
+        out[line.currency or ""] = out.get(line.currency or "", Decimal(0)) + line.amount
+    return out

@@ -1,0 +1,61 @@
+"""Showback: what a project's workloads cost in a month, from the spend ledger (issue 18 item 10), and the
+ledger's periodic round (:func:`metavmm.catalog.spend.accrue_all`) that the broker runs on its ``repeat()``
+loop. REST (``GET /projects/{id}/costs``), the CLI (``metavmm project costs``) and the dashboard's projects
+screen read :func:`project_costs`; scope (a member sees their own project only) is the caller's check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Project
+from metavmm.catalog.spend import CostLine, accrue_round, parse_period, period_costs, totals
+from metavmm.foundation.errors import NotFound, ValidationError
+
+ACCRUE_EVERY_S = 300.0
+"""How often open stretches are written up to now and cut at month boundaries (state changes write at once)."""
+
+
+async def accrue(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """One round of the ledger, in its own transaction: the number of rows written."""
+    async with session_scope(sessions) as session:
+        return await accrue_round(session)
+
+
+@dataclass(frozen=True)
+class ProjectCosts:
+    """A project's cost in one month: one line per workload (and currency), the totals per currency."""
+
+    project_id: int
+    project: str
+    period: str
+    start: datetime
+    end: datetime
+    lines: list[CostLine]
+    totals: dict[str, Decimal]
+
+
+def this_period() -> str:
+    """The current UTC month as ``YYYY-MM``."""
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+async def project_costs(session: AsyncSession, project_id: int, period: str | None = None) -> ProjectCosts:
+    """What ``project_id``'s workloads cost in ``period`` (``YYYY-MM``, default this month): the ledger's
+    hours in the month at each stretch's price, running ones accrued to now, deleted ones kept. A bad period
+    is a 400; an unknown project a 404."""
+    period = period or this_period()
+    try:
+        start, end = parse_period(period)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    project = await session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project {project_id}")
+    lines = await period_costs(session, project_id, start, end)
+    return ProjectCosts(project_id, project.name, period, start, end, lines, totals(lines))

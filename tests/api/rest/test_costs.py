@@ -1,0 +1,77 @@
+"""``GET /projects/{id}/costs``: a project's cost in a month from the spend ledger (showback), scoped to
+the project (another project's id answers 404 as if absent; an admin reads any)."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from tests.api.rest.test_change_flows import API, _app, _create, _done
+from tests.auth_helpers import authorize
+
+PRICED = """
+providers:
+  - {kind: sim, name: sima, site_count: 1, hosts_per_site: 2, price_per_vcpu_hour: "0.25"}
+operations: {reconcile_interval_s: 0, retry_base_s: 0.01}
+"""
+
+
+async def test_a_projects_costs_count_its_running_and_deleted_workloads_and_only_it_reads_them(
+        aiohttp_client: Any, sqlite_url: str) -> None:
+    client, _, alpha = await _app(aiohttp_client, sqlite_url, PRICED)
+    admin = await authorize(client, "admin", "ops")
+    beta = await authorize(client, "member", "beta")
+    member = await authorize(client, "member", "alpha")
+    kept = await _create(client, "kept", vcpus=2, ram_mib=1024)
+    gone = await _create(client, "gone", vcpus=2, ram_mib=1024)
+    deleted = await client.delete(f"{API}/workloads/{gone['id']}", headers=member)
+    assert deleted.status == 202, await deleted.text()
+    assert (await _done(client, (await deleted.json())["id"]))["state"] == "succeeded"
+
+    resp = await client.get(f"{API}/projects/{alpha}/costs", headers=member)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    lines = {w["workload_name"]: w for w in body["workloads"]}
+    assert set(lines) == {"kept", "gone"} and body["project"] == "alpha"
+    assert (lines["kept"]["running"], lines["gone"]["running"]) == (True, False)
+    for line in lines.values():
+        assert Decimal(line["hours"]) > 0 and line["currency"] == "USD" and line["price_sources"] == ["placement"]
+        assert Decimal(line["amount"]) == (Decimal(line["hours"]) * Decimal("0.5")).quantize(Decimal("1e-10"))
+    assert lines["kept"]["workload_id"] == kept["id"]
+    (total,) = body["totals"]
+    assert total["currency"] == "USD" and Decimal(total["amount"]) == sum(Decimal(w["amount"]) for w in lines.values())
+
+    as_admin = await client.get(f"{API}/projects/{alpha}/costs", headers=admin)
+    assert as_admin.status == 200 and {w["workload_name"] for w in (await as_admin.json())["workloads"]} == set(lines)
+    theirs = await client.get(f"{API}/projects/{alpha}/costs", headers=beta)
+    absent = await client.get(f"{API}/projects/999999/costs", headers=beta)
+    assert (theirs.status, absent.status) == (404, 404)
+    assert (await theirs.json())["detail"] == (await absent.json())["detail"].replace("999999", str(alpha))
+
+    page = await _ui_page(client, member["Authorization"].split()[1], "/ui/projects")  # the dashboard's showback
+    shown = dict(re.findall(r'data-workload="([^"]+)" data-amount="([^"]+)"', page))
+    assert set(shown) == {"kept", "gone"} and Decimal(shown["gone"]) == Decimal(lines["gone"]["amount"])
+    assert Decimal(shown["kept"]) >= Decimal(lines["kept"]["amount"])  # still running: a moment later, a bit more
+    assert 'data-period="' + body["period"] + '"' in page and 'class="total" data-currency="USD"' in page
+    assert "Nothing ran in 2020-01" in await _ui_page(client, None, "/ui/projects?period=2020-01")
+    bad_page = await client.get("/ui/projects?period=2026-13")
+    assert bad_page.status == 400 and "YYYY-MM" in await bad_page.text()
+
+    earlier = await (await client.get(f"{API}/projects/{alpha}/costs?period=2020-01", headers=member)).json()
+    assert (earlier["workloads"], earlier["totals"], earlier["start"][:10]) == ([], [], "2020-01-01")
+    for bad in ("2026-13", "last-month", "2026-1"):
+        refused = await client.get(f"{API}/projects/{alpha}/costs?period={bad}", headers=member)
+        assert refused.status == 400 and "period" in (await refused.json())["detail"], bad
+
+
+async def _ui_page(client: Any, token: str | None, path: str) -> str:
+    """``path`` of the dashboard, logged in with ``token`` first (None: the session is open already)."""
+    if token is not None:
+        login = await client.get("/ui/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', await login.text()).group(1)  # type: ignore[union-attr]
+        await client.post("/ui/login", data={"csrf_token": csrf, "token": token, "next": "/ui/"},
+                          allow_redirects=False)
+    resp = await client.get(path)
+    assert resp.status == 200, await resp.text()
+    return await resp.text()

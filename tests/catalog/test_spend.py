@@ -1,0 +1,169 @@
+"""The spend ledger (SQLite and PostgreSQL): written on state changes and on the periodic round, a stretch
+cut at month boundaries so each month counts its hours, kept when the workload is deleted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import col, select
+
+from metavmm.catalog.models import Project, SpendAccrual, Workload, aware
+from metavmm.catalog.spend import QUANTUM, accrue_round, hours_between, month_start, parse_period, period_costs, totals
+
+
+def _placed(price: str | None = "0.5", policy: str | None = None) -> dict[str, Any]:
+    burst = {"outcome": "burst", "policy": policy, "burst_cost": "12"} if policy else None
+    return {"placement": {"provider": "cloud", "site": "cloud-1", "flavor": "m1", "price_per_hour": price,
+                          "cost_per_hour": {"amount": price, "currency": "USD"} if price else None, "burst": burst}}
+
+
+async def _project(s: Any, name: str) -> int:
+    project = Project(name=name)
+    s.add(project)
+    await s.commit()
+    return project.id  # type: ignore[return-value]
+
+
+async def _running(s: Any, pid: int, name: str, price: str | None, since: datetime) -> Workload:
+    """A compute that runs since ``since`` (its stretch opened by the state-change hook)."""
+    w = Workload(project_id=pid, kind="compute", name=name, spec=_placed(price), observed_state="running",
+                 created_at=since, updated_at=since)
+    s.add(w)
+    await s.commit()
+    return w
+
+
+async def _change(s: Any, w: Workload, state: str, at: datetime) -> None:
+    w.observed_state, w.updated_at = state, at
+    s.add(w)
+    await s.commit()
+
+
+async def _rows(s: Any, workload_id: str) -> list[SpendAccrual]:
+    return list((await s.exec(select(SpendAccrual).where(SpendAccrual.workload_id == workload_id)
+                               .order_by(col(SpendAccrual.period_start)))).all())
+
+
+async def test_a_workload_running_across_a_month_boundary_counts_in_both_months_by_hours(sessions: Any) -> None:
+    boundary = month_start(datetime.now(UTC))
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "across", "0.5", boundary - timedelta(hours=2))  # cut at the month's start
+        before = datetime.now(UTC)
+        await accrue_round(s)  # the periodic round
+        await s.commit()
+        after = datetime.now(UTC)
+        last, this = await _rows(s, w.id)
+        assert (aware(last.period_start), aware(last.period_end), last.hours, last.amount) == (
+            boundary - timedelta(hours=2), boundary, Decimal(2), Decimal(1))
+        assert (aware(this.period_start), this.period_end) == (boundary, None)
+        assert hours_between(boundary, before) <= this.hours <= hours_between(boundary, after)
+        assert this.amount == (this.hours / 2).quantize(QUANTUM)
+        previous = (boundary - timedelta(days=1)).strftime("%Y-%m")
+        assert [(c.workload_name, c.hours, c.amount, c.running) for c in await period_costs(
+            s, pid, *parse_period(previous))] == [("across", Decimal(2), Decimal(1), False)]
+        (now_line,) = await period_costs(s, pid, *parse_period(boundary.strftime("%Y-%m")))
+        assert now_line.running and now_line.hours >= this.hours and now_line.price_sources == ["placement"]
+
+
+async def test_a_month_long_outage_of_the_round_still_splits_by_month(sessions: Any) -> None:
+    """A stretch closed long after it started is cut at every month boundary on the way."""
+    boundary = month_start(datetime.now(UTC))
+    start = month_start(boundary - timedelta(days=40)) + timedelta(days=30)  # late two months ago
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "long", "1", start)
+        await _change(s, w, "stopped", boundary + timedelta(seconds=1))
+        rows = await _rows(s, w.id)
+        assert [aware(r.period_end) for r in rows] == [
+            month_start(boundary - timedelta(days=1)), boundary, boundary + timedelta(seconds=1)]
+        assert sum(r.hours for r in rows) == hours_between(start, boundary + timedelta(seconds=1))
+
+
+async def test_a_stop_closes_the_stretch_when_it_happened_and_a_deleted_workloads_cost_stays(sessions: Any) -> None:
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        start = datetime.now(UTC) - timedelta(hours=12)
+        w = await _running(s, pid, "brief", "2", start)
+        await _change(s, w, "stopped", start + timedelta(hours=4))
+        await _change(s, w, "running", start + timedelta(hours=10))  # started again: a new stretch
+        await s.delete(w)  # an OCCI delete purges the row
+        await s.commit()
+        assert await s.get(Workload, w.id) is None
+        lines = await period_costs(s, pid, start - timedelta(days=40), start + timedelta(days=1))
+        (line,) = lines
+        assert (line.workload_name, line.running) == ("brief", False)
+        assert Decimal(6) <= line.hours < Decimal("6.01")  # 4 h, then from the restart 2 h ago until the delete
+        assert line.amount == line.hours * 2
+        assert totals(lines) == {"USD": line.amount}
+
+
+async def test_the_round_closes_what_the_hook_missed_and_opens_what_runs_without_a_stretch(sessions: Any) -> None:
+    from sqlalchemy import update
+
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "bulk", None, datetime.now(UTC) - timedelta(hours=8))
+        stopped = w.updated_at + timedelta(hours=6)
+        await s.exec(update(Workload).where(col(Workload.id) == w.id)  # type: ignore[call-overload]
+                     .values(observed_state="stopped", updated_at=stopped))  # a bulk update: no flush hook
+        await s.commit()
+        await accrue_round(s)
+        await s.commit()
+        (row,) = await _rows(s, w.id)
+        assert (aware(row.period_end), row.hours, row.amount, row.price_source) == (
+            stopped, Decimal(6), Decimal(0), "none")
+
+
+async def test_a_change_that_leaves_updated_at_alone_happens_now(sessions: Any) -> None:
+    """A writer that changes the state without touching ``updated_at``: the stretch ends at the flush, not at
+    the stale ``updated_at`` (which would lose the hours it ran)."""
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "quiet", "1", datetime.now(UTC) - timedelta(hours=10))
+        w.observed_state = "stopped"
+        s.add(w)
+        before = datetime.now(UTC)
+        await s.commit()
+        rows = await _rows(s, w.id)  # (two when a month began in those 10 hours)
+        assert aware(rows[-1].period_end) >= before and Decimal(10) <= sum(r.hours for r in rows) < Decimal("10.01")
+
+
+async def test_the_round_keeps_one_open_stretch_per_workload(sessions: Any) -> None:
+    """Two open stretches of one workload (a state change and a round raced) would count its hours twice:
+    the round keeps the earliest and zeroes the other."""
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        started = max(datetime.now(UTC) - timedelta(minutes=30), month_start(datetime.now(UTC)))
+        w = await _running(s, pid, "twice", "1", started)
+        (first,) = await _rows(s, w.id)
+        s.add(SpendAccrual(**{k: v for k, v in first.model_dump().items() if k != "id"}
+                           | {"period_start": started + timedelta(minutes=10)}))
+        await s.commit()
+        await accrue_round(s)
+        await s.commit()
+        rows = await _rows(s, w.id)
+        assert [r.period_end is None for r in rows] == [True, False] and rows[1].hours == 0
+        assert hours_between(started, datetime.now(UTC)) - Decimal("0.01") <= rows[0].hours \
+            <= hours_between(started, datetime.now(UTC))
+
+
+async def test_a_new_price_the_hook_missed_starts_a_new_stretch_at_the_round(sessions: Any) -> None:
+    from sqlalchemy import update
+
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        started = max(datetime.now(UTC) - timedelta(hours=3), month_start(datetime.now(UTC)))
+        w = await _running(s, pid, "repriced", "1", started)
+        changed = started + (datetime.now(UTC) - started) / 2
+        await s.exec(update(Workload).where(col(Workload.id) == w.id)  # type: ignore[call-overload]
+                     .values(spec=_placed("3"), updated_at=changed))
+        await s.commit()
+        await accrue_round(s)
+        await s.commit()
+        old, new = await _rows(s, w.id)
+        assert (aware(old.period_end), old.price_per_hour, aware(new.period_start), new.period_end) == (
+            changed, Decimal(1), changed, None)
+        assert new.price_per_hour == 3 and new.hours > 0
