@@ -13,6 +13,7 @@ Handlers stay thin: the services live in :mod:`metavmm.services.marketplace`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -169,8 +170,17 @@ async def upload_image(request: web.Request, query: ImageMeta) -> ImageOut:
         async for chunk in request.content.iter_chunked(1 << 22):
             yield chunk
 
+    return await publish_upload(request, query, chunks())
+
+
+async def publish_upload(request: web.Request, meta: ImageMeta, chunks: AsyncIterator[bytes]) -> ImageOut:
+    """Publish streamed bytes as the request's caller: REST's upload and the dashboard's publish form.
+
+    The entry goes into the caller's project (admins may name another), the namespace must be the
+    project's (or unowned), the federation file's image limits apply and declared checksums are checked;
+    one transaction, so a refusal leaves no row (and :func:`publish` no file)."""
     async with session_scope(request.config_dict[keys.SESSIONS]) as session:
-        image = await publish(session, owned(request, query), chunks(), admin=_is_admin(request),
+        image = await publish(session, owned(request, meta), chunks, admin=_is_admin(request),
                               limits=_limits(request))
         return await render(session, image)
 

@@ -74,6 +74,11 @@ async def list_policies(request: web.Request) -> list[PolicyOut]:
 @api.route("POST", "/policies/{name}/replay", summary="Replay a burst policy over a trace of requests",
            body=ReplayIn, response=ReplayOut, role="member")
 async def replay(request: web.Request, body: ReplayIn) -> ReplayOut:
-    pol = service.policy(request.config_dict[keys.CONFIG], request.match_info["name"])
+    return await run_replay(request, request.match_info["name"], body)
+
+
+async def run_replay(request: web.Request, name: str, body: ReplayIn) -> ReplayOut:
+    """Replay policy ``name`` over ``body``'s trace on a fresh snapshot (REST's route and the dashboard's form)."""
+    pol = service.policy(request.config_dict[keys.CONFIG], name)
     snap = await _snapshot(request)
     return ReplayOut.of(await asyncio.to_thread(service.replay, snap, pol, list(body.trace), body.start))

@@ -32,6 +32,17 @@ MIB = 1 << 20
 OPEN_PATHS = ("/ui/login", "/ui/static/", "/ui/oidc/")
 
 
+STREAMS_BODY = "__ui_streams_body__"
+
+
+def streams_body(handler: Handler) -> Handler:
+    """Mark a POST handler that reads its multipart body as a stream (an upload must not be buffered by the
+    middleware's form read): the middleware then leaves the CSRF check to the handler, which must make it
+    before it acts on anything (:func:`metavmm.api.ui.publish.fields_then_file`)."""
+    setattr(handler, STREAMS_BODY, True)
+    return handler
+
+
 @web.middleware
 async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Session, CSRF and role checks, then errors rendered as an HTML page with the right status."""
@@ -42,7 +53,8 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
                 if request.method == "GET":
                     raise _login_redirect(request)
                 raise Forbidden("no dashboard session: log in again")
-            if request.method not in ("GET", "HEAD"):
+            if request.method not in ("GET", "HEAD") and not getattr(request.match_info.handler, STREAMS_BODY,
+                                                                      False):
                 form = await request.post() if request.content_type.startswith(("application/x-www-form",
                                                                                   "multipart/")) else {}
                 sent = request.headers.get(sess.CSRF_HEADER) or form.get(sess.CSRF_FIELD)

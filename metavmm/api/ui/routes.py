@@ -15,6 +15,7 @@ from metavmm.api.ui import (
     autoscaling,
     burst,
     inventory,
+    marketplace,
     migrate,
     oidc_login,
     page_context,
@@ -78,6 +79,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(routes)
     app.router.add_routes(inventory.routes)
     app.router.add_routes(work.routes)
+    app.router.add_routes(marketplace.routes)
     app.router.add_routes(alerts.routes)
     app.router.add_routes(projects.routes)
     app.router.add_routes(migrate.routes)

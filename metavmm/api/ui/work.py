@@ -22,7 +22,7 @@ from metavmm.catalog.models import Operation, OperationEvent, OperationState, Si
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.schemas import PlaceIn, PlacementOut
 from metavmm.services import events
-from metavmm.services.marketplace.entries import ImageQuery, audience_for, image_out, search
+from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, search
 from metavmm.services.marketplace.launch import LaunchIn, launch
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import get_visible, visible
@@ -33,7 +33,7 @@ ACTIONS = ("start", "stop", "restart", "suspend", "resume")
 PAGE = 200
 
 
-def _problem(exc: PydanticError) -> ValidationError:
+def problem(exc: PydanticError) -> ValidationError:
     return ValidationError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()))
 
 
@@ -143,10 +143,11 @@ def _place_in(form: dict[str, str]) -> PlaceIn:
     try:
         return PlaceIn.model_validate({**data, "explain": True})
     except PydanticError as exc:
-        raise _problem(exc) from None
+        raise problem(exc) from None
 
 
-async def _images(request: web.Request) -> list[Any]:
+async def launchable_images(request: web.Request) -> list[ImageOut]:
+    """The images the caller may launch (REST's marketplace search with the caller's audience)."""
     async with request.config_dict[keys.SESSIONS]() as session:
         rows, _ = await search(session, ImageQuery(limit=200), await audience_for(session, identity_of(request)))
         return [image_out(r) for r in rows]
@@ -164,13 +165,7 @@ async def explain(request: web.Request) -> web.Response:
                 session, body.to_request(), providers=frozenset(p.name for p in config.providers), explain=True)
         result = PlacementOut.of(planned.placement, planned.where, explain=True)
     return aiohttp_jinja2.render_template("explain.html", request, page_context(
-        request, title="Placement explainer", form=form, result=result, images=await _images(request)))
-
-
-@routes.get("/marketplace", name="marketplace")
-async def marketplace(request: web.Request) -> web.Response:
-    return aiohttp_jinja2.render_template("marketplace.html", request, page_context(
-        request, title="Marketplace", images=await _images(request)))
+        request, title="Placement explainer", form=form, result=result, images=await launchable_images(request)))
 
 
 @routes.post(r"/marketplace/{image_id:[0-9a-f-]{36}}/launch", name="launch")
@@ -180,7 +175,7 @@ async def launch_image(request: web.Request) -> web.StreamResponse:
         body = LaunchIn.model_validate({k: form[k] for k in ("name", "site", "flavor", "vcpus", "ram_mib")
                                         if k in form})
     except PydanticError as exc:
-        raise _problem(exc) from None
+        raise problem(exc) from None
     done = await launch(request.config_dict[keys.WORKLOADS], identity_of(request), request.match_info["image_id"],
                         body)
     raise web.HTTPSeeOther(f"/ui/workloads/{done.workload.id}")
