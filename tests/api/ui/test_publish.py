@@ -45,7 +45,7 @@ def _publish(driver: Any, base: str, fields: dict[str, str], path: str = "/ui/ma
     driver.get(base + path)
     _fill(driver, fields)
     driver.find_element(By.ID, "publish-button").click()
-    wait(driver, lambda d: d.find_elements(By.ID, "published") or d.find_elements(By.ID, "publish-error"))
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#published, .error"))
 
 
 def _row(driver: Any, image_id: str) -> Any:
@@ -69,7 +69,7 @@ def test_publish_a_raw_disk_and_a_new_version_from_the_form(broker: tuple[Broker
                               "pub-visibility": "project", "pub-os": "Debian", "pub-min-vcpus": "2",
                               "pub-min-ram": "1024", "pub-tags": "lab, teaching", "pub-sha256": sha,
                               "pub-description": "a disk from the dashboard", "pub-disk": str(disk)})
-    assert not browser.find_elements(By.ID, "publish-error"), browser.find_element(By.ID, "publish-error").text
+    assert not browser.find_elements(By.CSS_SELECTOR, ".error"), browser.find_element(By.CSS_SELECTOR, ".error").text
     image_id = browser.find_element(By.ID, "published").get_attribute("data-image-id")
     row = _row(browser, image_id)
     assert row.get_attribute("data-sha256") == sha and f"sha256:{sha[:16]}" in row.text
@@ -89,8 +89,8 @@ def test_publish_a_raw_disk_and_a_new_version_from_the_form(broker: tuple[Broker
     second.write_bytes(bytes(range(255, -1, -1)) * 4096)
     _fill(browser, {"pub-format": "raw", "pub-disk": str(second)})
     browser.find_element(By.ID, "publish-button").click()
-    wait(browser, lambda d: d.find_elements(By.ID, "published") or d.find_elements(By.ID, "publish-error"))
-    assert not browser.find_elements(By.ID, "publish-error"), browser.find_element(By.ID, "publish-error").text
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#published, .error"))
+    assert not browser.find_elements(By.CSS_SELECTOR, ".error"), browser.find_element(By.CSS_SELECTOR, ".error").text
     newer = browser.find_element(By.ID, "published").get_attribute("data-image-id")
     rest2 = b.rest("GET", f"/api/v1/marketplace/images/{newer}", world.tokens["alpha_member"])
     assert rest2["version"] == "2" and rest2["supersedes_id"] == image_id
