@@ -79,7 +79,9 @@ async def fields_then_file(request: web.Request) -> tuple[dict[str, str], BodyPa
     CSRF token (the ``csrf_token`` field, or the header) checked before the file is touched."""
     session = request[sess.SESSION]
     if not request.content_type.startswith("multipart/form-data"):
-        sess.check_csrf(session, request.headers.get(sess.CSRF_HEADER))
+        form = await request.post()  # no file can be in it: bounded by client_max_size like any form
+        sent = request.headers.get(sess.CSRF_HEADER) or form.get(sess.CSRF_FIELD)
+        sess.check_csrf(session, sent if isinstance(sent, str) else None)
         raise ValidationError("send the publish form as multipart/form-data (the disk is a file field)")
     fields: dict[str, str] = {}
     reader = await request.multipart()
