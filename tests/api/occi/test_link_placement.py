@@ -195,3 +195,34 @@ async def test_a_storage_linked_in_the_computes_own_request_follows_the_compute(
     assert attached["attributes"]["occi.storagelink.state"] == "active", attached["attributes"]
     _, provider = await _row(sim_client, storage)
     assert provider == "sim-b"
+
+
+async def test_a_network_created_alone_follows_its_first_interface(sim_client: Any) -> None:
+    compute = await _compute(sim_client)
+    made = await sim_client.post("/network/", headers=TEXT, data=(
+        f'Category: network; scheme="{INFRA}"; class="kind"\n'
+        'Category: ipnetwork; scheme="http://schemas.ogf.org/occi/infrastructure/network#"; class="mixin"\n'
+        'X-OCCI-Attribute: occi.network.address="10.7.0.0/24"\n'))
+    assert made.status == 201, await made.text()
+    network = made.headers["Location"].rsplit("/", 1)[1]
+    for _ in range(400):
+        if (await _row(sim_client, network))[0].observed_state == "active":
+            break
+        await asyncio.sleep(0.05)
+    assert (await _row(sim_client, network))[1] == "sim-a"
+    link = await sim_client.post("/networkinterface/", headers=TEXT, data=(
+        f'Category: networkinterface; scheme="{INFRA}"; class="kind"\n'
+        f'X-OCCI-Attribute: occi.core.source="{compute}"\nX-OCCI-Attribute: occi.core.target="/network/{network}"\n'))
+    assert link.status == 201, await link.text()
+    link_id = link.headers["Location"].rsplit("/", 1)[1]
+    for _ in range(400):
+        doc = await (await sim_client.get(f"/networkinterface/{link_id}", headers=JSONH)).json()
+        if doc["attributes"]["occi.networkinterface.state"] != "inactive":
+            break
+        await asyncio.sleep(0.05)
+    assert doc["attributes"]["occi.networkinterface.state"] == "active", doc["attributes"]
+    row, provider = await _row(sim_client, network)
+    assert provider == "sim-b" and row.spec["placement"]["site"] == FAR_SITE
+    (moved,) = await sim_client.app[keys.OPERATIONS].executor.drivers.get("sim-b").list_networks()
+    assert moved.cidr == "10.7.0.0/24" and moved.workload_id == network
+    assert await sim_client.app[keys.OPERATIONS].executor.drivers.get("sim-a").list_networks() == []
