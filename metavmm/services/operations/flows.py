@@ -196,7 +196,9 @@ async def attach_plan(session: AsyncSession, link_id: str, *, first: Sequence[St
     link, kind = await _link(session, link_id)
     steps = [*first, *attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
                                    mac=link.attributes.get("mac"), reserve=reservation(link))]
-    return PlanSpec("attach", steps, link.id, link.project_id, {"compute": link.source_id})
+    moves = [s.args["workload_id"] for s in first if s.action == "resource.move"]
+    return PlanSpec("attach", steps, link.id, link.project_id,
+                    {"compute": link.source_id, **({"moves": moves[0]} if moves else {})})
 
 
 async def detach_plan(session: AsyncSession, link_id: str) -> PlanSpec:

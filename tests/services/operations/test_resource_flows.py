@@ -11,6 +11,7 @@ import pytest
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadLink
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
+from metavmm.services import observer
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
@@ -199,9 +200,15 @@ async def test_a_first_link_moves_a_volume_across_regions_of_one_provider(world:
                                                  image="img"))
     (vm,) = await world.sim.list_vms()
     link = await world.link(vm_op.target_id, vol.id, "storagelink")
-    op, _ = await store.submit(world.sessions, kind="attach", steps=_moved(vol, "sim-000", link, vm_op.target_id),
-                               target_id=link)
+    move, *_ = _moved(vol, "sim-000", link, vm_op.target_id)
+    async with world.sessions() as session:
+        plan = await flows.attach_plan(session, link, first=[move])
+    op = await world.engine.submit(**plan.args())
+    async with world.sessions() as session:  # the observer and the reconciler leave the volume alone meanwhile
+        assert {link, vol.id} <= await observer.in_flight(session)
     done = await world.ok(op)
+    async with world.sessions() as session:
+        assert vol.id not in await observer.in_flight(session)
     assert [s["name"] for s in done.steps] == ["move", "wait-ends", "attach", "record"]
     (volume,) = await world.sim.list_volumes()  # the old one deleted before the new one was made
     assert volume.region == "sim-000" and volume.attached_to == (vm.provider_vm_id,)
