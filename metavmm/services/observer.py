@@ -287,9 +287,12 @@ class Listed:
 
 
 async def in_flight(session: AsyncSession) -> set[str]:
-    """The workloads an operation is changing now."""
-    query = select(Operation.target_id).where(col(Operation.state).in_(IN_FLIGHT))
-    return {t for t in (await session.exec(query)).all() if t}
+    """The workloads an operation is changing now: its target, and the volume or network a link's attach
+    moves to the compute's site (``params["moves"]``: gone from one provider and not yet recorded at the
+    other, it is neither lost nor an orphan)."""
+    query = select(Operation.target_id, Operation.params).where(col(Operation.state).in_(IN_FLIGHT))
+    rows = (await session.exec(query)).all()
+    return {t for t, _ in rows if t} | {str(p["moves"]) for _, p in rows if p and p.get("moves")}
 
 
 def placed_at(workload: Workload) -> int | None:

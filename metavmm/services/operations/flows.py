@@ -126,6 +126,19 @@ def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, reg
     return with_quota(workload_id, steps) if quota else steps
 
 
+def move_step(workload_id: str, kind: str, *, name: str, source: Mapping[str, Any], dest: Mapping[str, Any],
+              size_gib: int = 0, cidr: str | None = None) -> Step:
+    """Move a volume or network never attached from ``source`` to ``dest`` (each a placement: provider,
+    region, site): it holds nothing, so it is made anew at ``dest`` and the old one deleted; the rollback
+    moves it back (``resource.move_back``), unbound again."""
+    extra = {"size_gib": size_gib} if RESOURCE_VERB[WorkloadKind(kind)] == "volume" else {"cidr": cidr}
+    keep = ("provider", "region", "site")
+    return Step("move", "resource.move", {"workload_id": workload_id, "kind": kind, "name": name, **extra,
+                                          "source": {k: source.get(k) for k in keep},
+                                          "dest": {k: dest.get(k) for k in keep}},
+                compensate="resource.move_back", weight=2, site=str(dest.get("site") or ""),
+                detail=f"{kind} {name} to {dest.get('site')}")
+
 
 def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str,
                  mac: str | None = None, reserve: Mapping[str, str] | None = None) -> list[Step]:
@@ -177,12 +190,15 @@ async def _link(session: AsyncSession, link_id: str) -> tuple[WorkloadLink, str]
     return link, target.kind
 
 
-async def attach_plan(session: AsyncSession, link_id: str) -> PlanSpec:
-    """Apply a link row (storagelink or networkinterface) at the provider."""
+async def attach_plan(session: AsyncSession, link_id: str, *, first: Sequence[Step] = ()) -> PlanSpec:
+    """Apply a link row (storagelink or networkinterface) at the provider; ``first``: steps before the
+    attach (the move of a target its first link binds to the compute's site, :func:`move_step`)."""
     link, kind = await _link(session, link_id)
-    steps = attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
-                         mac=link.attributes.get("mac"), reserve=reservation(link))
-    return PlanSpec("attach", steps, link.id, link.project_id, {"compute": link.source_id})
+    steps = [*first, *attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
+                                   mac=link.attributes.get("mac"), reserve=reservation(link))]
+    moves = [s.args["workload_id"] for s in first if s.action == "resource.move"]
+    return PlanSpec("attach", steps, link.id, link.project_id,
+                    {"compute": link.source_id, **({"moves": moves[0]} if moves else {})})
 
 
 async def detach_plan(session: AsyncSession, link_id: str) -> PlanSpec:

@@ -174,10 +174,62 @@ async def record(ctx: StepContext, *, provider: str, workload_id: str, kind: str
     return {"placed_at": provider}
 
 
+SPEC: dict[str, Callable[..., Any]] = {}
+"""The driver spec of each kind (set by :func:`register`), for a move's create."""
+
+
+async def _at(ctx: StepContext, verbs: Verbs, where: dict[str, Any], workload_id: str) -> list[Resource]:
+    """The workload's resources at one site (a provider of several regions lists them all)."""
+    return [r for r in await verbs.list(ctx.driver(where["provider"]))
+            if r.workload_id == workload_id and r.region == where["region"]]
+
+
+async def _move(ctx: StepContext, *, kind: str, workload_id: str, name: str, frm: dict[str, Any],
+                to: dict[str, Any], bound: bool, **extra: Any) -> dict[str, Any]:
+    """Make the resource at ``to`` (adopting one a crashed attempt made there), delete it at ``frm``
+    (deleted first: both carry the workload's tag, and a provider of several regions lists both), and
+    record it at ``to``: placed there, bound or (moved back) not."""
+    verbs = BY_KIND[kind]
+    there = await _at(ctx, verbs, to, workload_id)
+    if there:
+        found = there[0]
+        await ctx.log(f"adopting {verbs.noun} {resource_id(found)} at {to['site']}, made by an earlier attempt")
+    else:
+        for old in await _at(ctx, verbs, frm, workload_id):
+            await verbs.delete(ctx.driver(frm["provider"]), resource_id(old))
+            await ctx.log(f"deleted {verbs.noun} {resource_id(old)} at {frm['site']} (never attached, empty)")
+        spec = SPEC[kind](workload_id=workload_id, name=name, region=to["region"], **extra)
+        found = await verbs.create(ctx.driver(to["provider"]), spec)
+        await ctx.log(f"created {verbs.noun} {resource_id(found)} at {to['site']}")
+    async with session_scope(ctx.sessions) as session:
+        row = await observer.record_resource(session, to["provider"], workload_id, resource_id(found), to["region"])
+        placement = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
+        row.spec = {**row.spec, "placement": {**placement, **to, **({} if bound else {"provisional": True})}}
+    return {f"{verbs.noun}_id": resource_id(found)}
+
+
+@action("resource.move")
+async def move(ctx: StepContext, *, kind: str, workload_id: str, name: str, source: dict[str, Any],
+               dest: dict[str, Any], size_gib: int = 0, cidr: str | None = None, **_: Any) -> dict[str, Any]:
+    """Move a volume or network never attached to the site of the compute its first link binds it to."""
+    extra = {"size_gib": size_gib} if kind == VOLUME.kind else {"cidr": cidr}
+    return await _move(ctx, kind=kind, workload_id=workload_id, name=name, frm=source, to=dest, bound=True, **extra)
+
+
+@action("resource.move_back")
+async def move_back(ctx: StepContext, *, kind: str, workload_id: str, name: str, source: dict[str, Any],
+                    dest: dict[str, Any], size_gib: int = 0, cidr: str | None = None, **_: Any) -> None:
+    """The link's attach rolled back: the volume or network goes back where it was, not bound again
+    (compensation of resource.move)."""
+    extra = {"size_gib": size_gib} if kind == VOLUME.kind else {"cidr": cidr}
+    await _move(ctx, kind=kind, workload_id=workload_id, name=name, frm=dest, to=source, bound=False, **extra)
+
+
 def register(verbs: Verbs, spec: Callable[..., Any]) -> None:
     """Register ``<noun>.create``/``delete``/``attach``/``detach`` for one kind; ``spec`` builds the driver's
     spec from the create step's arguments (name, region, size_gib or cidr, zone) and the workload id."""
     noun = verbs.noun
+    SPEC[verbs.kind] = spec
 
     async def create_it(ctx: StepContext, *, provider: str, workload_id: str, **args: Any) -> dict[str, Any]:
         return await create(ctx, verbs, provider, workload_id, spec(workload_id=workload_id, **args))

@@ -48,6 +48,7 @@ from metavmm.foundation.errors import (
     Forbidden,
     IdempotencyKeyReused,
     MetavmmError,
+    NoPlacement,
     NotFound,
     PreconditionFailed,
     ValidationError,
@@ -230,13 +231,16 @@ class WorkloadService:
             steps, where = await self._place_compute(session, workload, shape, image, req)
         else:
             steps, where = await self._place_resource(session, workload, shape, req.site, cidr)
+            if not req.site:  # not bound until its first link: that compute's site decides (issue 23.2)
+                where = {**where, "provisional": True}
         # written once, placed: one INSERT (no UPDATE of a row written before the placement)
         workload.spec = {**spec, "placement": where}
         workload.state_message = f"creating at {where['site']}"
         session.add(workload)
         await session.flush()  # the reservations and links reference the workload row
         await quotas.hold(session, project_id, need, workload_id=workload_id, operation_id=op_id)
-        links = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
+        linked = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
+        links = [lk for lk, _ in linked]
         if links:
             workload.spec = {**workload.spec,
                              "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
@@ -245,7 +249,8 @@ class WorkloadService:
             session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
             project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
             params={**where, "holds_quota": True}, operation_id=op_id)
-        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id)) for lk in links]
+        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id, first=first))
+                    for lk, first in linked]
         return Accepted(workload, operation, tuple(links), tuple(link_ops))
 
     @staticmethod
@@ -303,13 +308,15 @@ class WorkloadService:
 
     @staticmethod
     async def _linked_site(session: AsyncSession, links: tuple[LinkSpec, ...]) -> str | None:
-        """The one site the networks and storage a new compute links to were placed at (None when they
-        were not placed yet or sit at several sites: the link check then says why)."""
+        """The one site the networks and storage a new compute links to are bound to (None when none is
+        bound, or they sit at several sites: the link check then says why). One not bound yet (created
+        alone, at no site it was asked for) follows the compute instead (:meth:`_bind`)."""
         sites = set()
         for spec_ in links:
             target = await session.get(Workload, spec_.target_id.lower()) if is_uuid(spec_.target_id) else None
             where = ((target.spec or {}).get("placement") or {}) if target is not None else {}
-            sites.add(where.get("site"))
+            if not where.get("provisional"):
+                sites.add(where.get("site"))
         return sites.pop() if len(sites) == 1 else None
 
     async def _place_resource(self, session: AsyncSession, workload: Workload, shape: Shape, site: str | None,
@@ -380,8 +387,8 @@ class WorkloadService:
                     raise Conflict(f"the link of operation {earlier.id} is gone")
                 return link, earlier
             compute = await self._in_session(session, caller, compute_id)
-            link = await self._new_link(session, compute, spec, index=0)
-            op = await self._write(session, await flows.attach_plan(session, link.id), key, fingerprint)
+            link, first = await self._new_link(session, compute, spec, index=0)
+            op = await self._write(session, await flows.attach_plan(session, link.id, first=first), key, fingerprint)
         await self._wake(op)
         return link, op
 
@@ -403,9 +410,11 @@ class WorkloadService:
         await self._wake(op)
         return op
 
-    async def _new_link(self, session: AsyncSession, compute: Workload, spec: LinkSpec, *, index: int) -> WorkloadLink:
+    async def _new_link(self, session: AsyncSession, compute: Workload, spec: LinkSpec, *,
+                        index: int) -> tuple[WorkloadLink, list[Step]]:
         """A link row from a compute to a network or storage of its project; defaults for its device name
-        (eth<n>, vd<x>) and, for an interface, the MAC it asks for (checked, unique in the catalog)."""
+        (eth<n>, vd<x>) and, for an interface, the MAC it asks for (checked, unique in the catalog). With it,
+        the steps its attach plan runs first: the move of a target not bound yet to the compute's site."""
         target = await session.get(Workload, spec.target_id.lower()) if is_uuid(spec.target_id) else None
         if target is None or target.project_id != compute.project_id:
             raise NotFound(f"no network or storage {spec.target_id} in this project")
@@ -414,11 +423,6 @@ class WorkloadService:
                                   f"to {target.kind}")
         if not (compute.present and target.present) or "deleted" in (compute.desired_state, target.desired_state):
             raise Conflict("one end of the link is deleted or being deleted")
-        here, there = site_of(compute), site_of(target)
-        if here and there and here != there:  # the attach would only roll back: say so now (issue 23.2)
-            raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there)} and compute {compute.name} at "
-                           f"{'/'.join(here)}: a link stays within one site; create the {target.kind} at the "
-                           f"compute's site (pin it there) or link it to a compute at {'/'.join(there)}")
         kind = "storagelink" if target.kind == WorkloadKind.STORAGE else "networkinterface"
         existing = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == compute.id))).all()
         taken = next((lk for lk in existing if lk.target_id == target.id), None)
@@ -437,11 +441,45 @@ class WorkloadService:
                 attributes["mac"] = mac
         else:
             attributes["deviceid"] = spec.device or f"vd{chr(ord('b') + min(n, 24))}"
+        first = await self._bind(session, compute, target)  # refused: nothing of the link written yet
         link = WorkloadLink(id=(spec.link_id or new_uuid()).lower(), project_id=compute.project_id, kind=kind,
                             source_id=compute.id, target_id=target.id, attributes=attributes)
         session.add(link)
         await session.flush()
-        return link
+        return link, first
+
+    async def _bind(self, session: AsyncSession, compute: Workload, target: Workload) -> list[Step]:
+        """Bind a network or storage to the site of the compute it is linked to (issue 23.2). One created
+        alone, at no site it was asked for, is placed provisionally and bound by its first link: at another
+        site it moves there first (it was never attached, so it holds nothing: the move re-creates it at the
+        compute's site and deletes the old one; a rollback moves it back). One bound already (pinned, or by
+        an earlier link) stays: a link to a compute elsewhere would only roll back, so it is refused now.
+        The steps returned run before the attach; a refusal is a 409 with the reason, nothing written."""
+        here, there = site_of(compute), site_of(target)
+        where = dict((target.spec or {}).get("placement") or {})
+        if not where.pop("provisional", False):
+            if here and there and here != there:
+                raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there)} and compute {compute.name} "
+                               f"at {'/'.join(here)}: a link stays within one site, and the {target.kind} is bound "
+                               f"to its site (pinned there, or linked before); create the {target.kind} at the "
+                               f"compute's site or link it to a compute at {'/'.join(there)}")
+            return []
+        dest = (compute.spec or {}).get("placement") or {}
+        if here is None or here == there:  # where it is already (or the compute is placed nowhere): bound
+            if here is not None:
+                await _set(session, target, spec={**target.spec, "placement": where})
+            return []
+        try:
+            to = await place_resource(session, self._providers(), target.kind, dest.get("site"))
+        except NoPlacement as exc:
+            raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there or ('nowhere',))} and cannot "
+                           f"follow compute {compute.name} to site {dest.get('site')}: {exc}") from None
+        _, _, waits = await flows.behind(session, target.id)  # its create ends first
+        move = flows.move_step(target.id, target.kind, name=target.name, source=where, dest=to,
+                               size_gib=int(target.spec.get("disk_gib") or 0), cidr=target.spec.get("cidr"))
+        await _set(session, target, spec={**target.spec, "placement": to},
+                   state_message=f"moving to {to['site']} (linked to compute {compute.name})")
+        return [*waits, move]
 
     @staticmethod
     async def _mac_taken(session: AsyncSession, mac: str) -> bool:

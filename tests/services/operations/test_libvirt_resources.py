@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,30 +55,38 @@ prices:
     try:
         yield cl
     finally:
-        async with app[keys.SESSIONS]() as session:
-            ids = set((await session.exec(select(Workload.id))).all())
-        conn = libvirt.open(URI)
-        try:  # whatever a failed test left behind
-            for dom in conn.listAllDomains():  # mv-<workload id>; gone meanwhile if a delete still ran
-                if dom.name()[3:] in ids:
-                    with contextlib.suppress(libvirt.libvirtError):
-                        dom.destroy()
-                    with contextlib.suppress(libvirt.libvirtError):
-                        dom.undefine()
-            for net in conn.listAllNetworks():
-                if net.name()[3:] in ids:
-                    with contextlib.suppress(libvirt.libvirtError):
-                        net.destroy()
-                    with contextlib.suppress(libvirt.libvirtError):
-                        net.undefine()
+        await leftovers(app, [PROVIDER], [storage])
+
+
+async def leftovers(app: Any, providers: Sequence[str], dirs: Sequence[Path]) -> None:
+    """Remove whatever a failed test left behind: the domains and networks of the catalog's workloads,
+    the providers' pools and storage directories."""
+    async with app[keys.SESSIONS]() as session:
+        ids = set((await session.exec(select(Workload.id))).all())
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains():  # mv-<workload id>; gone meanwhile if a delete still ran
+            if dom.name()[3:] in ids:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefine()
+        for net in conn.listAllNetworks():
+            if net.name()[3:] in ids:
+                with contextlib.suppress(libvirt.libvirtError):
+                    net.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    net.undefine()
+        for provider in providers:
             with contextlib.suppress(libvirt.libvirtError):
-                pool = conn.storagePoolLookupByName(f"metavmm-{PROVIDER}")
+                pool = conn.storagePoolLookupByName(f"metavmm-{provider}")
                 with contextlib.suppress(libvirt.libvirtError):
                     pool.destroy()
                 pool.undefine()
-        finally:
-            conn.close()
-            shutil.rmtree(storage, ignore_errors=True)
+    finally:
+        conn.close()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 async def done(client: Any, op_id: str) -> dict[str, Any]:

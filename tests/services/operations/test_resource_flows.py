@@ -11,6 +11,7 @@ import pytest
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadLink
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
+from metavmm.services import observer
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
@@ -166,4 +167,71 @@ async def test_attach_across_sites_and_to_a_missing_compute_roll_back(world: Wor
     op, _ = await store.submit(world.sessions, kind="attach", steps=steps, target_id=link2)
     done = await world.run(op)
     assert done.state == OperationState.ROLLED_BACK and "still not placed" in done.error
+    await world.executor.drivers.close()
+
+
+async def _provisional(world: World, region: str) -> Workload:
+    """A volume made at ``region`` and marked as the workload service marks one created alone: placed
+    there provisionally, bound by its first link."""
+    made = await world.ok(await direct.create_resource(world.engine, "storage", name="alone", provider="sima",
+                                                      region=region, size_gib=1))
+    async with world.sessions() as session:
+        row = await session.get(Workload, made.target_id)
+        row.spec = {**row.spec, "disk_gib": 1, "placement": {"provider": "sima", "region": region,
+                                                             "site": f"sima/{region}", "provisional": True}}
+        session.add(row)
+        await session.commit()
+    return await world.workload(made.target_id)
+
+
+def _moved(vol: Workload, region: str, link: str, compute: str, timeout_s: float = 600) -> list[flows.Step]:
+    """The attach plan of a first link that moves ``vol`` to ``region`` (as WorkloadService._bind plans it)."""
+    move = flows.move_step(vol.id, "storage", name=vol.name, source=vol.spec["placement"], size_gib=1,
+                           dest={"provider": "sima", "region": region, "site": f"sima/{region}"})
+    steps = flows.attach_steps(link, compute_id=compute, target_id=vol.id, target_kind="storage")
+    steps[0] = flows.Step("wait-ends", "link.wait_ends", {**steps[0].args, "timeout_s": timeout_s},
+                          compensate="link.failed")
+    return [move, *steps]
+
+
+async def test_a_first_link_moves_a_volume_across_regions_of_one_provider(world: World) -> None:
+    vol = await _provisional(world, "sim-001")
+    vm_op = await world.ok(await direct.provision(world.engine, name="app", provider="sima", region="sim-000",
+                                                 image="img"))
+    (vm,) = await world.sim.list_vms()
+    link = await world.link(vm_op.target_id, vol.id, "storagelink")
+    move, *_ = _moved(vol, "sim-000", link, vm_op.target_id)
+    async with world.sessions() as session:
+        plan = await flows.attach_plan(session, link, first=[move])
+    op = await world.engine.submit(**plan.args())
+    async with world.sessions() as session:  # the observer and the reconciler leave the volume alone meanwhile
+        assert {link, vol.id} <= await observer.in_flight(session)
+    done = await world.ok(op)
+    async with world.sessions() as session:
+        assert vol.id not in await observer.in_flight(session)
+    assert [s["name"] for s in done.steps] == ["move", "wait-ends", "attach", "record"]
+    (volume,) = await world.sim.list_volumes()  # the old one deleted before the new one was made
+    assert volume.region == "sim-000" and volume.attached_to == (vm.provider_vm_id,)
+    row = await world.workload(vol.id)
+    assert row.provider_resource_id == volume.provider_volume_id and row.state_message == "online at sima/sim-000"
+    assert row.spec["placement"] == {"provider": "sima", "region": "sim-000", "site": "sima/sim-000"}  # bound
+    await world.executor.drivers.close()
+
+
+async def test_a_first_link_that_rolls_back_moves_the_volume_back_unbound(world: World) -> None:
+    vol = await _provisional(world, "sim-001")
+    pending = Workload(kind="compute", name="never", observed_state="pending")  # its provision never runs
+    async with world.sessions() as session:
+        session.add(pending)
+        await session.commit()
+    link = await world.link(pending.id, vol.id, "storagelink")
+    op, _ = await store.submit(world.sessions, kind="attach", target_id=link,
+                               steps=_moved(vol, "sim-000", link, pending.id, timeout_s=0.3))
+    done = await world.run(op)
+    assert done.state == OperationState.ROLLED_BACK and "still not placed" in done.error
+    (volume,) = await world.sim.list_volumes()
+    assert volume.region == "sim-001" and volume.attached_to == ()
+    row = await world.workload(vol.id)
+    assert row.state_message == "online at sima/sim-001" and row.spec["placement"]["provisional"] is True
+    assert row.spec["placement"]["region"] == "sim-001"
     await world.executor.drivers.close()
