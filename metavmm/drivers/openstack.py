@@ -31,7 +31,7 @@ import openstack
 import openstack.config
 import openstack.exceptions as os_exc
 
-from metavmm.drivers.base import DriverBase, region_id, split_region_id
+from metavmm.drivers.base import DriverBase, poll_delays, region_id, split_region_id
 from metavmm.foundation.errors import (
     AuthError,
     ConfigError,
@@ -403,7 +403,21 @@ class OpenStackDriver(DriverBase):
             conn.compute.delete_server(sid)
 
         await self._sdk(region, "fence_vm", fence)
-        await self.wait_for(vm_id, VmState.DELETED, timeout_s)  # nova's delete answers before the guest is gone
+        # nova's delete answers before the guest is gone; a crashed server may show ERROR until it is gone,
+        # so this waits for the server's absence itself, not through wait_for (which stops at ERROR)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        delays = poll_delays()
+        while True:
+            try:
+                vm = await self.get_vm(vm_id)
+            except ProviderNotFound:
+                return
+            if vm.state == VmState.DELETED:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"server {sid} is still {vm.extra.get('native_state')} {timeout_s:.0f} s after "
+                                  "nova accepted its deletion", provider=self.name, operation="fence_vm")
+            await asyncio.sleep(next(delays))
 
     @staticmethod
     def _unfenced_reason(conn: openstack.connection.Connection, server: Any) -> str | None:
