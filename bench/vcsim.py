@@ -66,7 +66,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def vcsim(start_timeout_s: float = 30) -> Iterator[Vcsim]:
+def vcsim(start_timeout_s: float = 30, *, disconnect: str | None = None) -> Iterator[Vcsim]:
+    """A vcsim on a free port; ``disconnect`` names a host it shows disconnected (with its VMs), as a vCenter
+    shows a host it lost."""
     binary = build()
     secrets = Path(tempfile.mkdtemp(prefix="metavmm-vcsim-"))
     password_file = secrets / "password"
@@ -74,7 +76,8 @@ def vcsim(start_timeout_s: float = 30) -> Iterator[Vcsim]:
     password_file.chmod(0o600)
     port = _free_port()
     log = (secrets / "vcsim.log").open("w")
-    proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password", PASSWORD],
+    proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password", PASSWORD]
+                            + (["-disconnect", disconnect] if disconnect else []),
                             stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert proc.stdout is not None

@@ -31,7 +31,7 @@ import openstack
 import openstack.config
 import openstack.exceptions as os_exc
 
-from metavmm.drivers.base import DriverBase, region_id, split_region_id
+from metavmm.drivers.base import DriverBase, poll_delays, region_id, split_region_id
 from metavmm.foundation.errors import (
     AuthError,
     ConfigError,
@@ -86,7 +86,7 @@ class OpenStackDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION, Capability.CONSOLE,
         Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK,
         Capability.SET_NETMASK, Capability.GPU, Capability.NESTED_VIRT, Capability.MULTI_REGION, Capability.TAGS,
-        Capability.IMPORT_IMAGE,
+        Capability.IMPORT_IMAGE, Capability.FENCE,
     })
     image_import_formats = frozenset({"qcow2", "raw"})
     STATE_MAP: ClassVar[dict[str, VmState]] = {
@@ -382,6 +382,64 @@ class OpenStackDriver(DriverBase):
 
     async def delete_vm(self, vm_id: str) -> None:
         await self._server_op(vm_id, "delete_vm", lambda c, s: c.delete_server(s))
+
+    async def fence_vm(self, vm_id: str, timeout_s: float = 60) -> None:
+        """Delete the server (nova destroys the guest at once, no clean shutdown) and wait until nova no
+        longer has it; volumes stay (nova detaches them), so a restarted copy may boot from one.
+
+        nova's delete is a fence only where the server's nova-compute answers: where it does not, nova
+        deletes *locally* (the record goes, the guest may run on). So the delete goes ahead only when
+        something proves the guest stops or is off (:meth:`_unfenced_reason`); otherwise the fence is
+        refused as ProviderUnavailable and the HA restart waits. A server nova does not have is
+        ProviderNotFound (proven gone)."""
+        region, sid = self._split(vm_id, "fence_vm", ProviderNotFound)
+
+        def fence(conn: openstack.connection.Connection) -> None:
+            server = conn.compute.get_server(sid)
+            why = self._unfenced_reason(conn, server)
+            if why:
+                raise ProviderUnavailable(f"server {sid} cannot be fenced: {why}", provider=self.name,
+                                          operation="fence_vm")
+            conn.compute.delete_server(sid)
+
+        await self._sdk(region, "fence_vm", fence)
+        # nova's delete answers before the guest is gone; a crashed server may show ERROR until it is gone,
+        # so this waits for the server's absence itself, not through wait_for (which stops at ERROR)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        delays = poll_delays()
+        while True:
+            try:
+                vm = await self.get_vm(vm_id)
+            except ProviderNotFound:
+                return
+            if vm.state == VmState.DELETED:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"server {sid} is still {vm.extra.get('native_state')} {timeout_s:.0f} s after "
+                                  "nova accepted its deletion", provider=self.name, operation="fence_vm")
+            await asyncio.sleep(next(delays))
+
+    @staticmethod
+    def _unfenced_reason(conn: openstack.connection.Connection, server: Any) -> str | None:
+        """Why deleting ``server`` would not prove its guest gone, or None when something proves it: nova saw
+        it powered off (SHUTOFF, power state 4, no task; nothing starts it but its nova-compute), it never
+        reached a host, its host's nova-compute is up (a real delete), or an admin forced that service down
+        (nova's own statement that the host is fenced, as for an evacuation)."""
+        if server.status == "SHUTOFF" and server.power_state == 4 and not server.task_state:
+            return None
+        if not server.host_id:
+            return None  # never scheduled (hostId is empty): no guest runs anywhere
+        if not server.compute_host:
+            return ("these credentials do not show its compute host (nova shows it to admins), so a real delete "
+                    "cannot be told from a local one on a dead host")
+        services = list(conn.compute.services(host=server.compute_host, binary="nova-compute"))
+        if any(s.is_forced_down for s in services) or (services and all(s.state == "up" for s in services)):
+            return None
+        states = ", ".join(s.state for s in services) or "unknown"
+        return (f"its compute host {server.compute_host} is {states} for nova, which last saw the server "
+                f"{server.status} (power state {server.power_state}, task {server.task_state or 'none'}) and "
+                "would only delete its record; power the host off and force its compute service down "
+                f"(openstack compute service set --down {server.compute_host} nova-compute), or confirm it dead")
 
     async def live_migrate(self, vm_id: str, target_host: str, timeout_s: float = 120) -> None:
         """Live-migrate to nova host ``target_host`` and wait until the server is ACTIVE there."""

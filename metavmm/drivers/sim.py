@@ -77,7 +77,7 @@ class SimDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
         Capability.GPU, Capability.SUSPEND, Capability.NESTED_VIRT, Capability.IMPORT_IMAGE,
         Capability.EXPORT_IMAGE, Capability.MULTI_REGION, Capability.VOLUMES, Capability.NETWORKS,
-        Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK,
+        Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK, Capability.FENCE,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})  # simulated: nothing converts
     image_export_formats = ("raw",)

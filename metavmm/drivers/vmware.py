@@ -110,7 +110,7 @@ class VmwareDriver(DriverBase):
     kind: ClassVar[str] = "vmware"
     capabilities = frozenset({
         Capability.HOST_INVENTORY, Capability.COLD_MIGRATION, Capability.SUSPEND, Capability.IMPORT_IMAGE,
-        Capability.EXPORT_IMAGE, Capability.TAGS,
+        Capability.EXPORT_IMAGE, Capability.TAGS, Capability.FENCE,
     })
     image_import_formats = frozenset({"vmdk"})
     image_export_formats = ("vmdk",)
@@ -538,6 +538,31 @@ class VmwareDriver(DriverBase):
             self._wait(vm.Destroy_Task())
 
         await self._vm_task(vm_id, "delete_vm", delete)
+
+    async def fence_vm(self, vm_id: str) -> None:
+        """Power off hard and unregister the VM: it leaves the vCenter's inventory, its directory and disks
+        stay on the datastore (shared: a restarted copy may use them).
+
+        Only a VM whose host the vCenter reaches can be fenced: for one on a host that is disconnected or
+        not responding, the vCenter reports the power state it last saw and can neither change nor check
+        it, so that state proves nothing and the fence is refused as ProviderUnavailable (the HA restart
+        waits). A VM the vCenter does not know is ProviderNotFound (proven gone)."""
+        def fence(vm: Any) -> None:
+            host = vm.runtime.host
+            states = {"VM": vm.runtime.connectionState,
+                      f"host {host.name if host is not None else '?'}":
+                          host.runtime.connectionState if host is not None else "unknown"}
+            lost = {what: state for what, state in states.items() if state != "connected"}
+            if lost:
+                raise ProviderUnavailable(
+                    f"VM {vm_id} cannot be fenced: " + ", ".join(f"{what} is {state}" for what, state in lost.items())
+                    + f"; the vCenter's last view ({vm.runtime.powerState}) proves nothing: power the host off, "
+                    "or confirm it dead", provider=self.name, operation="fence_vm")
+            if vm.runtime.powerState != "poweredOff":
+                self._wait(vm.PowerOffVM_Task())
+            vm.UnregisterVM()
+
+        await self._vm_task(vm_id, "fence_vm", fence)
 
     # --- images ---------------------------------------------------------------------------------
 

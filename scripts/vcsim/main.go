@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 func main() {
@@ -25,6 +26,8 @@ func main() {
 	hosts := flag.Int("cluster-hosts", 3, "hosts in the cluster")
 	standalone := flag.Int("standalone-hosts", 1, "standalone hosts")
 	machines := flag.Int("vms", 1, "VMs per host created with the inventory")
+	disconnect := flag.String("disconnect", "", "a host to show disconnected, with its VMs, as a vCenter shows "+
+		"a host it lost (the simulator has no DisconnectHost_Task)")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -33,6 +36,9 @@ func main() {
 	model.Machine = *machines
 	if err := model.Create(); err != nil {
 		log.Fatalf("vcsim: creating the inventory: %v", err)
+	}
+	if *disconnect != "" {
+		disconnectHost(*disconnect)
 	}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	model.Service.TLS = new(tls.Config)
@@ -46,4 +52,23 @@ func main() {
 	<-stop
 	server.Close()
 	model.Remove()
+}
+
+// disconnectHost marks the named host and its VMs disconnected; their power state stays the last one seen.
+func disconnectHost(name string) {
+	for _, e := range simulator.Map.All("HostSystem") {
+		host := e.(*simulator.HostSystem)
+		if host.Name != name {
+			continue
+		}
+		host.Runtime.ConnectionState = types.HostSystemConnectionStateDisconnected
+		host.Summary.Runtime.ConnectionState = types.HostSystemConnectionStateDisconnected
+		for _, ref := range host.Vm {
+			vm := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+			vm.Runtime.ConnectionState = types.VirtualMachineConnectionStateDisconnected
+			vm.Summary.Runtime.ConnectionState = types.VirtualMachineConnectionStateDisconnected
+		}
+		return
+	}
+	log.Fatalf("vcsim: no host %q to disconnect", name)
 }

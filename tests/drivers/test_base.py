@@ -25,6 +25,7 @@ from metavmm.foundation.errors import (
     ProviderUnavailable,
     UnsupportedOperation,
 )
+from metavmm.foundation.kinds import KINDS
 from metavmm.foundation.records import Capability, VmSpec, VmState
 
 
@@ -133,3 +134,12 @@ async def test_every_kind_shares_one_protocol_and_unsupported_verbs_are_named() 
     assert (await sim.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=1)).state == VmState.RUNNING
     with pytest.raises(DriverError, match="after 0 s"):
         await sim.wait_for(vm.provider_vm_id, VmState.STOPPED, timeout_s=0.1)
+
+
+def test_fence_is_declared_by_exactly_the_drivers_that_implement_it() -> None:
+    """HA reads the capability (from the provider row) to know whether a lost copy can be fenced."""
+    fencing = {kind for kind in KINDS if Capability.FENCE in driver_class(kind).capabilities}
+    assert fencing == {"libvirt", "openstack", "vmware", "sim"}
+    for kind in KINDS:
+        cls = driver_class(kind)
+        assert (cls.fence_vm is not DriverBase.fence_vm) == (kind in fencing), kind

@@ -24,11 +24,12 @@ from metavmm.foundation.errors import (
     DriverError,
     ProviderConflict,
     ProviderNotFound,
+    ProviderUnavailable,
     ValidationError,
 )
 from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
 from metavmm.translators.cloudinit import key_pair_name
-from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, ssh_public_key, unique
+from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, free_port, ssh_public_key, unique
 
 NEUTRON_NET = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # nova's NeutronFixture network_1
 CINDER_VOLUME = "227cc671-f30b-4488-96fd-7d0bf13648d8"  # a volume nova's CinderFixture knows
@@ -311,3 +312,79 @@ async def test_import_image_rejects_bad_input(driver: OpenStackDriver, qcow2: Pa
     assert [i.status for i in conn.image.images(name=name)] in ([], ["killed"], ["queued"])
     await driver.ex_delete_image(name, "RegionOne")
     assert not list(conn.image.images(name=name))
+
+
+async def _fence(driver: OpenStackDriver, vm_id: str) -> None:
+    """fence_vm, retried as the engine retries a failed step: under load nova's fake driver now and then answers
+    a delete with its own 500 (see test_nova_errors_arrive_verbatim); a retry that finds the server gone is done."""
+    for attempt in range(3):
+        try:
+            return await driver.fence_vm(vm_id)
+        except ProviderNotFound:
+            if not attempt:
+                raise
+            return None
+        except DriverError as exc:
+            if type(exc) is not DriverError or attempt == 2:
+                raise
+    return None
+
+
+async def test_fence_deletes_the_server_and_a_second_fence_finds_it_gone(driver: OpenStackDriver) -> None:
+    assert Capability.FENCE in driver.capabilities
+    vm = await driver.wait_for((await driver.create_vm(_spec(workload_id="wl-fence"))).provider_vm_id,
+                               VmState.RUNNING)
+    await _fence(driver, vm.provider_vm_id)  # fenced: returns once nova no longer has it
+    with pytest.raises(ProviderNotFound):
+        await driver.get_vm(vm.provider_vm_id)
+    with pytest.raises(ProviderNotFound):  # proven gone: nova answers without it
+        await driver.fence_vm(vm.provider_vm_id)
+
+
+async def test_fence_on_a_compute_host_forced_down_is_nova_local_delete(driver: OpenStackDriver,
+                                                                      nova_cloud: NovaCloud) -> None:
+    """A host nova sees DOWN: only an admin's forced_down (the host is fenced) lets the delete count."""
+    vm = await driver.wait_for((await driver.create_vm(_spec())).provider_vm_id, VmState.RUNNING)
+    conn = openstack.connect(cloud=nova_cloud.cloud, region_name="RegionOne")
+    service = next(iter(conn.compute.services(host=vm.host, binary="nova-compute")))
+    conn.compute.update_service_forced_down(service, forced=True)
+    try:
+        server = conn.compute.get_server(vm.provider_vm_id.split("/", 1)[1])
+        assert (server.host_status, server.status) == ("DOWN", "ACTIVE")  # nova's last view: it may still run
+        await _fence(driver, vm.provider_vm_id)
+    finally:
+        conn.compute.update_service_forced_down(service, forced=False)
+        conn.close()
+    with pytest.raises(ProviderNotFound):
+        await driver.get_vm(vm.provider_vm_id)
+
+
+async def test_fence_refuses_what_only_nova_would_vouch_for_and_takes_a_powered_off_server(
+        driver: OpenStackDriver, nova_cloud: NovaCloud) -> None:
+    """A member's credentials hide the compute host: a running server cannot be fenced (its delete might be
+    a local one on a dead host); once nova saw it SHUTOFF (power state 4, no task) it is proven off."""
+    member = OpenStackDriver(_config(nova_cloud, cloud=f"{nova_cloud.cloud}-member"))
+    try:
+        vm = await member.wait_for((await member.create_vm(_spec())).provider_vm_id, VmState.RUNNING)
+        with pytest.raises(ProviderUnavailable, match="do not show its compute host"):
+            await member.fence_vm(vm.provider_vm_id)
+        assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING  # untouched
+        await member.stop_vm(vm.provider_vm_id)
+        await member.wait_for(vm.provider_vm_id, VmState.STOPPED)
+        await _fence(member, vm.provider_vm_id)
+        with pytest.raises(ProviderNotFound):
+            await driver.get_vm(vm.provider_vm_id)
+    finally:
+        await member.close()
+
+
+async def test_fence_at_a_nova_that_does_not_answer_is_not_confirmed(nova_cloud: NovaCloud, tmp_path: Path) -> None:
+    dead = tmp_path / "clouds.yaml"
+    port = nova_cloud.regions["RegionOne"]
+    dead.write_text(nova_cloud.clouds_yaml.read_text().replace(f":{port}/", f":{free_port()}/"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OS_CLIENT_CONFIG_FILE", str(dead))
+        down = OpenStackDriver(_config(nova_cloud, regions=["RegionOne"]))
+        with pytest.raises(ProviderUnavailable):  # what ha.fence turns into "waits for a fence"
+            await down.fence_vm("RegionOne/00000000-0000-0000-0000-000000000001")
+        await down.close()

@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import select
 
 from bench.vcsim import Vcsim
+from bench.vcsim import vcsim as vcsim_server
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Host, Provider, Site, Workload, WorkloadKind
 from metavmm.drivers.registry import create_driver
@@ -208,3 +209,42 @@ async def test_an_expired_session_is_replaced_by_a_new_login(driver: VmwareDrive
     await driver.blocking(si.content.sessionManager.Logout)
     assert {v.provider_vm_id for v in await driver.list_vms()} == before
     assert driver._si is not si
+
+
+async def test_fence_powers_off_and_unregisters_keeping_the_disk(driver: VmwareDriver, vcsim: Vcsim) -> None:
+    assert Capability.FENCE in driver.capabilities
+    name, wid = unique("fence"), "5f0c3b1e-0000-4000-8000-00000000fe0c"
+    vm = await driver.create_vm(VmSpec(name=name, region="DC0", image="", disk_gib=1, workload_id=wid))
+    assert vm.state == VmState.RUNNING
+    vm_dir = _datastore_dir(vcsim) / f"{name}-{wid[:8]}"
+    assert vm_dir.is_dir()
+    await driver.fence_vm(vm.provider_vm_id)  # fenced: off and out of the inventory
+    assert _vm_behind(vcsim, vm.provider_vm_id) is None
+    assert vm.provider_vm_id not in {v.provider_vm_id for v in await driver.list_vms()}
+    assert any(vm_dir.iterdir()), "the fence must keep the VM's files on the datastore"
+    with pytest.raises(ProviderNotFound):  # proven gone: the vCenter answers without it
+        await driver.fence_vm(vm.provider_vm_id)
+
+
+async def test_fence_refuses_a_vm_whose_host_is_disconnected() -> None:
+    """The vCenter still shows such a VM poweredOn (its last view) and cannot power it off: no proof."""
+    with vcsim_server(disconnect="DC0_H0") as lost:
+        driver = _driver(lost)
+        try:
+            vm = next(v for v in await driver.list_vms() if v.host == "DC0_H0")
+            assert vm.state == VmState.RUNNING
+            with pytest.raises(ProviderUnavailable, match=r"VM is disconnected, host DC0_H0 is disconnected; "
+                                                          r"the vCenter's last view \(poweredOn\) proves nothing"):
+                await driver.fence_vm(vm.provider_vm_id)
+            assert _vm_behind(lost, vm.provider_vm_id).runtime.powerState == "poweredOn"  # untouched
+            other = next(v for v in await driver.list_vms() if v.host != "DC0_H0")
+            await driver.fence_vm(other.provider_vm_id)  # a host the vCenter reaches: fenced
+            assert _vm_behind(lost, other.provider_vm_id) is None
+        finally:
+            await driver.close()
+
+
+async def test_fence_at_an_unreachable_vcenter_is_not_confirmed(vcsim: Vcsim) -> None:
+    down = _driver(vcsim, **{vcsim.endpoint: f"127.0.0.1:{free_port()}"})
+    with pytest.raises(ProviderUnavailable):  # what ha.fence turns into "waits for a fence"
+        await down.fence_vm("4216f8b3-0000-0000-0000-000000000000")

@@ -18,6 +18,10 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   provider, or proven gone because the provider answers without it) before the new copy is created. A
   provider that does not answer proves nothing: the restart waits (state ``waiting-for-fence``, and the
   message says why) until it answers or an admin confirms its host is dead (:meth:`HaService.confirm_fence`).
+  Only a provider whose driver declares ``Capability.FENCE`` can destroy a copy it still has: for one that
+  cannot (a crashed or stopped copy it still lists), the restart waits for an admin's confirmation too.
+  A driver that cannot reach the old copy's host (a nova-compute down, an ESXi host the vCenter lost)
+  refuses the fence as unavailable, and the restart fails and is tried again at the next pass.
   When a lost host comes back, its stale copy is an orphan for the reconciliation (its workload lives
   elsewhere now), which deletes it; the disk it named moved to the new copy, so nothing the copy uses goes.
 """
@@ -48,6 +52,7 @@ from metavmm.catalog.models import (
 )
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationError
+from metavmm.foundation.records import Capability
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.services import quotas
@@ -259,16 +264,16 @@ class HaService:
         if disk is None:  # fencing is moot: nothing to restart from
             return await self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
-        if cause == "unreachable" and not confirmed:
-            since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
-                if provider.sync_failed_since else ""
-            _set(prot, HaState.WAITING_FOR_FENCE,
-                 f"{provider.name} has not answered {provider.sync_failures} syncs in a row{since}: its copy can be "
-                 "neither destroyed nor proven gone, so no second copy starts; it restarts when the provider "
-                 f"answers again, or after an admin confirms the host is dead (metavmm ha fence {wl.id} --confirm)")
+        can_fence = Capability.FENCE in (provider.capabilities or [])
+        why = None if confirmed else _unfenceable(provider, cause, can_fence)
+        if why:
+            _set(prot, HaState.WAITING_FOR_FENCE, f"{why}: its copy can be neither destroyed nor proven gone, so no "
+                 "second copy starts; it restarts " + ("when the provider answers again, or " if cause == "unreachable"
+                                                       else "") +
+                 f"after an admin confirms the host is dead (metavmm ha fence {wl.id} --confirm)")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
-        confirmed = confirmed and cause == "unreachable"
+        confirmed = confirmed and (cause == "unreachable" or not can_fence)
         finding = await self._restart(session, prot, wl, provider, cause, disk, confirmed=confirmed)
         if failed and finding.operation_id:
             _set(prot, prot.state, f"{prot.message}; trying again after: {failed}")
@@ -385,6 +390,18 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
         Step("wait-running", "vm.wait", {**new, "state": "running", "timeout_s": timeout_s}),
         settle,
     ]
+
+
+def _unfenceable(provider: Provider, cause: str, can_fence: bool) -> str | None:
+    """Why the old copy cannot be fenced now (the restart waits), or None: the provider does not answer, or it
+    still has the copy (crashed, down) and its driver declares no fence."""
+    if cause == "unreachable":
+        since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
+            if provider.sync_failed_since else ""
+        return f"{provider.name} has not answered {provider.sync_failures} syncs in a row{since}"
+    if cause in ("crashed", "down") and not can_fence:
+        return f"{cause} at {provider.name}, which cannot fence a VM ({provider.kind} declares no fence)"
+    return None
 
 
 def _start_failed(ops: list[Operation], provider: str, vm_id: str | None) -> bool:

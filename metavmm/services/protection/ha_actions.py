@@ -8,7 +8,14 @@ from typing import Any
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Protection, utcnow
-from metavmm.foundation.errors import AuthError, MetavmmError, ProviderNotFound, ProviderUnavailable
+from metavmm.foundation.errors import (
+    AuthError,
+    MetavmmError,
+    ProviderNotFound,
+    ProviderUnavailable,
+    UnsupportedOperation,
+)
+from metavmm.foundation.records import Capability
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm
@@ -23,24 +30,28 @@ async def fence(ctx: StepContext, *, provider: str, workload_id: str, confirmed:
                 **_: Any) -> dict[str, Any]:
     """Make sure no copy of the workload runs at ``provider``: fence the VM carrying its tag (destroyed and
     undefined, disks kept), or see that the provider answers without one (proven gone). An unreachable
-    provider proves nothing: refused, unless an operator confirmed the host is dead (``confirmed``)."""
+    provider (or host: the driver says so as ProviderUnavailable), or one that cannot fence, proves nothing:
+    refused, unless an operator confirmed the host is dead (``confirmed``)."""
     try:
         vm = await find_vm(ctx, provider, workload_id)
         if vm is None:
             await ctx.log(f"{provider} answers and has no VM of the workload: proven gone")
             return {"fenced": "absent"}
+        driver = ctx.driver(provider)
+        if Capability.FENCE not in driver.capabilities:
+            raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot fence {vm.provider_vm_id}")
         try:
-            await ctx.driver(provider).fence_vm(vm.provider_vm_id)
+            await driver.fence_vm(vm.provider_vm_id)
         except ProviderNotFound:
             return {"fenced": "absent"}
-        await ctx.log(f"fenced {vm.provider_vm_id} at {provider} (destroyed and undefined; its disk kept)")
+        await ctx.log(f"fenced {vm.provider_vm_id} at {provider} (powered off and forgotten; its disks kept)")
         return {"fenced": "destroyed"}
-    except (ProviderUnavailable, AuthError, TimeoutError, OSError) as exc:
+    except (ProviderUnavailable, UnsupportedOperation, AuthError, TimeoutError, OSError) as exc:
         if confirmed:
             await ctx.log(f"{provider} does not answer ({exc}); an operator confirmed its host is dead")
             return {"fenced": "confirmed"}
-        raise FenceRefused(f"cannot fence the old copy at {provider}: it does not answer ({exc}); the restart "
-                           "waits until it answers or an operator confirms the host is dead") from None
+        raise FenceRefused(f"cannot fence the old copy at {provider}: {exc}; the restart waits until the copy "
+                           "can be fenced or an operator confirms the host is dead") from None
 
 
 @action("vm.fence")

@@ -8,6 +8,7 @@ import pytest
 
 from bench.ha_restart import HaHosts, ha_hosts
 from bench.libvirt_hosts import HostsUnavailable
+from tests.drivers.conftest import nova_cloud  # noqa: F401 (the nova fixture, for test_ha_openstack.py)
 from tests.services.operations.conftest import engine_for, run  # noqa: F401
 
 

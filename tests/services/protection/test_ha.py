@@ -16,7 +16,7 @@ from metavmm.catalog.models import OperationState, Protection, Provider, Workloa
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ConfigError, Conflict, Forbidden, NotFound, ValidationError
-from metavmm.foundation.records import VmState
+from metavmm.foundation.records import Capability, VmState
 from metavmm.services.identity import Identity, get_or_create_project
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
@@ -283,3 +283,30 @@ async def _scoping(b: Broker) -> None:
         net = await b.workloads.create(b.alpha, CreateRequest(kind="network", name="n", cidr="10.9.0.0/24",
                                                               providers=("hasa",)))
         await b.ha.protect(b.alpha, net.workload.id)
+
+
+async def test_a_provider_that_cannot_fence_waits_for_an_admin(broker: Broker) -> None:
+    """A crashed copy the provider still lists, at a provider whose driver declares no fence (here: the
+    sim's row without it, as an AWS or GCE provider's is), is never destroyed by guesswork: the restart
+    waits, and goes ahead once an admin confirms."""
+    b = broker
+    wid = await b.create("hasa")
+    await b.ha.protect(b.alpha, wid)
+    vm_id = (await b.row(wid))[0].provider_resource_id
+    b.sim("hasa").ex_set_state(vm_id, VmState.ERROR)
+    await sync_all(b.sessions, b.config)
+    assert (await b.run((await b.ha.check()).operations[0])).state != OperationState.SUCCEEDED  # no start there
+    b.sim("hasa").capabilities = b.sim("hasa").capabilities - {Capability.FENCE}
+    async with session_scope(b.sessions) as session:
+        row = (await session.exec(select(Provider).where(Provider.name == "hasa"))).one()
+        assert "fence" in row.capabilities
+        row.capabilities = [c for c in row.capabilities if c != "fence"]
+        session.add(row)
+    report = await b.ha.check()
+    assert [(f.cause, f.state) for f in report.findings] == [("crashed", HaState.WAITING_FOR_FENCE)]
+    assert report.operations == [] and "hasa, which cannot fence a VM" in report.findings[0].message
+    assert b.copies(wid) == {"hasa": [VmState.ERROR], "hasb": [], "hasc": []}
+    _, report = await b.ha.confirm_fence(b.admin, wid)
+    op = await b.run(report.operations[0])
+    assert op.state == OperationState.SUCCEEDED and op.outputs["fenced"] == "confirmed", op.error
+    assert b.copies(wid) == {"hasa": [VmState.ERROR], "hasb": [VmState.RUNNING], "hasc": []}
