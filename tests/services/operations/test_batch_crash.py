@@ -4,7 +4,7 @@ leaves nothing half-written.
 ``migrations.execute_plan`` turns a plan (evacuate a site: three cold moves into a site with a clone
 network, each with its address lease; evacuate a host: moves inside the provider) into one child
 operation per move and a parent that waits on them, carrying the request's idempotency key. A broker
-process (batch_runner.py) is killed before each of those writes, after the last one (not committed) and
+process (write_runner.py) is killed before each of those writes, after the last one (not committed) and
 once it has committed and wakes the engine. Then:
 
 - right after the kill, the catalog holds either nothing of the batch or all of it: one parent naming
@@ -149,7 +149,8 @@ MATRIX = [pytest.param(plan, point, d, id=f"{d}-{plan}-{point}",
 @pytest.mark.parametrize(("plan", "point", "db_url"), MATRIX, indirect=["db_url"])
 async def test_kill_while_writing_a_batch_leaves_all_or_nothing(world: World, plan: str, point: str) -> None:
     kind, scope, _ = PLANS[plan]
-    kill_at("batch_runner", [str(world.config_path), world.url, kind, scope, KEY, point], point)
+    kill_at("write_runner", [str(world.config_path), world.url, point, str(MOVES + 1), "batch", kind, scope, KEY],
+            point)
     survived = await _all_or_nothing(world, plan)
     assert (survived is not None) == (point == "wake")  # committed only once every row was written
     snap = await service.snapshot(world.engine.sessions, world.engine.config)

@@ -134,13 +134,18 @@ async def synced_catalog(db_url: str, tmp_path: Path, text: str) -> AsyncIterato
         await sql.dispose()
 
 
+async def operator_service(engine: Engine) -> tuple[Identity, WorkloadService]:
+    """The operator (default project) and the workload service over ``engine``, as a broker has them."""
+    async with engine.sessions() as session:
+        caller = await operator_identity(session, None)
+        await session.commit()
+    return caller, WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+
+
 @pytest.fixture
 async def broker(db_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
     async with synced_catalog(db_url, tmp_path, CONFIG) as (engine, config_path):
-        async with engine.sessions() as session:
-            caller = await operator_identity(session, None)
-            await session.commit()
-        workloads = WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+        caller, workloads = await operator_service(engine)
         yield Broker(engine, workloads, caller, config_path, db_url)
 
 
