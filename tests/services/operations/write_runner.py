@@ -7,7 +7,8 @@ REQUEST and its ARGS:
 
 - ``batch KIND SCOPE KEY``: ``migrations.execute_plan`` of the plan KIND (``evacuate-site``,
   ``evacuate-host``) of SCOPE (a site or a host) under the idempotency key KEY;
-- ``cluster-scale CLUSTER SEATS`` and ``cluster-delete CLUSTER``: the cluster service, as the operator.
+- ``cluster-scale CLUSTER SEATS`` and ``cluster-delete CLUSTER``: the cluster service, as the operator;
+- ``group-delete GROUP``: the auto-scaling service deletes a group, as the operator.
 
 POINT is where the process stops, prints ``AT <point>`` and waits for SIGKILL:
 
@@ -30,6 +31,7 @@ from typing import Any
 from metavmm.catalog import db
 from metavmm.foundation.config import load_config
 from metavmm.scheduler import service
+from metavmm.services.autoscale.service import AutoscaleService
 from metavmm.services.clusters import ClusterService
 from metavmm.services.identity import operator_identity
 from metavmm.services.operations import migrations, store
@@ -80,11 +82,13 @@ async def main(config_path: str, url: str, point: str, last: int, request: str, 
             async with sessions() as session:
                 caller = await operator_identity(session, None)
                 await session.commit()
-            clusters = ClusterService(WorkloadService(sessions, config, engine, Placer(config)))
+            workloads = WorkloadService(sessions, config, engine, Placer(config))
             if request == "cluster-scale":
-                await clusters.scale(caller, args[0], int(args[1]))
+                await ClusterService(workloads).scale(caller, args[0], int(args[1]))
+            elif request == "cluster-delete":
+                await ClusterService(workloads).delete(caller, args[0])
             else:
-                await clusters.delete(caller, args[0])
+                await AutoscaleService(workloads).delete(caller, args[0])
         print("FINISHED", flush=True)
     finally:
         await sql.dispose()

@@ -1,0 +1,98 @@
+"""Issue 16, durability: a broker killed (SIGKILL) while it deletes an auto-scaling group does not leave a
+group whose loop brings the members back.
+
+A group delete deletes every member (intent and plan) and removes the member rows, the decisions and the
+group. A broker process (write_runner.py) is killed before each member's delete is written, after the last
+(not committed) and once the request committed and wakes the engine. Then:
+
+- right after the kill, either the group is whole (every member row, no delete planned) or it is gone
+  with a delete planned for each member;
+- a round of the auto-scaling loop runs (as it would on the restarted broker), the client sends the
+  delete again (404 once the group is gone), a restarted executor runs everything, and the sim provider
+  holds no VM of the group: no member deleted and none created again.
+
+On the code that deleted the members one transaction each before the group's rows, a kill between them
+leaves the group with members being deleted; the loop drops them as gone and creates new ones to meet
+the group's minimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, select
+
+from metavmm.catalog.models import AutoscaleGroup, AutoscaleMember, Operation, OperationState, Workload
+from metavmm.foundation.errors import NotFound
+from metavmm.services.autoscale.service import AutoscaleService, GroupRequest
+from metavmm.services.identity import Identity
+from tests.services.operations.test_cluster_crash import CONFIG
+from tests.services.operations.test_intent_crash import kill_at, operator_service, provider_vms, run_all, synced_catalog
+
+MEMBERS = 3
+
+
+@dataclass
+class World:
+    groups: AutoscaleService
+    caller: Identity
+    config_path: Path
+    url: str
+    group_id: str
+
+
+@pytest.fixture
+async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A group of MEMBERS running members on sima (its minimum: the loop keeps that many)."""
+    async with synced_catalog(db_url, tmp_path, CONFIG) as (engine, path):
+        caller, workloads = await operator_service(engine)
+        groups = AutoscaleService(workloads)
+        view = await groups.create(caller, GroupRequest(name="web", min_size=MEMBERS, max_size=MEMBERS, vcpus=1,
+                                                        ram_mib=256, cooldown_out_s=0, cooldown_in_s=0))
+        await run_all(engine)
+        try:
+            yield World(groups, caller, path, db_url, view.group.id)
+        finally:
+            await groups.cpu.close()
+
+
+async def _state(world: World) -> tuple[bool, list[str], list[Workload], list[Operation]]:
+    """(the group row exists, its members' workload ids, every compute, the delete operations)."""
+    async with world.groups.sessions() as session:
+        group = await session.get(AutoscaleGroup, world.group_id)
+        members = (await session.exec(select(AutoscaleMember.workload_id).where(
+            AutoscaleMember.group_id == world.group_id).order_by(col(AutoscaleMember.serial)))).all()
+        workloads = (await session.exec(select(Workload))).all()
+        deletes = (await session.exec(select(Operation).where(Operation.kind == "delete"))).all()
+    return group is not None, list(members), list(workloads), list(deletes)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("point", ["write-1", "write-2", "written", "wake"])
+async def test_kill_while_deleting_a_group_brings_no_member_back(world: World, point: str) -> None:
+    _, everyone, _, _ = await _state(world)
+    assert len(everyone) == MEMBERS
+    kill_at("write_runner", [str(world.config_path), world.url, point, str(MEMBERS), "group-delete",
+                             world.group_id], point)
+    exists, members, workloads, deletes = await _state(world)
+    if exists:
+        assert members == everyone and deletes == [], (
+            f"the group is there with {len(members)} of {MEMBERS} members and {len(deletes)} deletes planned")
+    else:
+        assert members == [] and sorted(op.target_id for op in deletes) == sorted(everyone)
+    assert exists == (point != "wake")  # committed only once every row was written
+    await world.groups.evaluate_all()  # the restarted broker's loop, before the client asks again
+    try:
+        await world.groups.delete(world.caller, world.group_id)
+    except NotFound:
+        assert not exists
+    await run_all(world.groups.workloads.engine)
+    exists, members, workloads, deletes = await _state(world)
+    assert not exists and members == []
+    assert [w.name for w in workloads if w.present] == []  # none created again
+    assert sorted(op.target_id for op in deletes) == sorted(everyone)
+    assert {op.state for op in deletes} == {OperationState.SUCCEEDED}
+    assert await provider_vms(world.groups.workloads.engine, "sima") == []
