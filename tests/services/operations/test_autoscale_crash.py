@@ -19,7 +19,6 @@ the group's minimum.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,42 +28,35 @@ from metavmm.catalog.models import AutoscaleGroup, AutoscaleMember, Operation, O
 from metavmm.foundation.errors import NotFound
 from metavmm.services.autoscale.service import AutoscaleService, GroupRequest
 from metavmm.services.identity import Identity
-from tests.services.operations.test_cluster_crash import CONFIG
-from tests.services.operations.test_intent_crash import kill_at, operator_service, provider_vms, run_all, synced_catalog
+from metavmm.services.workloads.service import WorkloadService
+from tests.services.operations.test_cluster_crash import World, made
+from tests.services.operations.test_intent_crash import kill_at, provider_vms, run_all
 
 MEMBERS = 3
 
 
-@dataclass
-class World:
-    groups: AutoscaleService
-    caller: Identity
-    config_path: Path
-    url: str
-    group_id: str
-
-
 @pytest.fixture
-async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World[AutoscaleService]]:
     """A group of MEMBERS running members on sima (its minimum: the loop keeps that many)."""
-    async with synced_catalog(db_url, tmp_path, CONFIG) as (engine, path):
-        caller, workloads = await operator_service(engine)
+    async def build(workloads: WorkloadService, caller: Identity) -> tuple[AutoscaleService, str]:
         groups = AutoscaleService(workloads)
         view = await groups.create(caller, GroupRequest(name="web", min_size=MEMBERS, max_size=MEMBERS, vcpus=1,
                                                         ram_mib=256, cooldown_out_s=0, cooldown_in_s=0))
-        await run_all(engine)
+        return groups, view.group.id
+
+    async with made(db_url, tmp_path, build) as w:
         try:
-            yield World(groups, caller, path, db_url, view.group.id)
+            yield w
         finally:
-            await groups.cpu.close()
+            await w.service.cpu.close()
 
 
-async def _state(world: World) -> tuple[bool, list[str], list[Workload], list[Operation]]:
+async def _state(world: World[AutoscaleService]) -> tuple[bool, list[str], list[Workload], list[Operation]]:
     """(the group row exists, its members' workload ids, every compute, the delete operations)."""
-    async with world.groups.sessions() as session:
-        group = await session.get(AutoscaleGroup, world.group_id)
+    async with world.service.sessions() as session:
+        group = await session.get(AutoscaleGroup, world.of)
         members = (await session.exec(select(AutoscaleMember.workload_id).where(
-            AutoscaleMember.group_id == world.group_id).order_by(col(AutoscaleMember.serial)))).all()
+            AutoscaleMember.group_id == world.of).order_by(col(AutoscaleMember.serial)))).all()
         workloads = (await session.exec(select(Workload))).all()
         deletes = (await session.exec(select(Operation).where(Operation.kind == "delete"))).all()
     return group is not None, list(members), list(workloads), list(deletes)
@@ -72,11 +64,11 @@ async def _state(world: World) -> tuple[bool, list[str], list[Workload], list[Op
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 @pytest.mark.parametrize("point", ["write-1", "write-2", "written", "wake"])
-async def test_kill_while_deleting_a_group_brings_no_member_back(world: World, point: str) -> None:
+async def test_kill_while_deleting_a_group_brings_no_member_back(world: World[AutoscaleService], point: str) -> None:
     _, everyone, _, _ = await _state(world)
     assert len(everyone) == MEMBERS
     kill_at("write_runner", [str(world.config_path), world.url, point, str(MEMBERS), "group-delete",
-                             world.group_id], point)
+                             world.of], point)
     exists, members, workloads, deletes = await _state(world)
     if exists:
         assert members == everyone and deletes == [], (
@@ -84,15 +76,15 @@ async def test_kill_while_deleting_a_group_brings_no_member_back(world: World, p
     else:
         assert members == [] and sorted(op.target_id for op in deletes) == sorted(everyone)
     assert exists == (point != "wake")  # committed only once every row was written
-    await world.groups.evaluate_all()  # the restarted broker's loop, before the client asks again
+    await world.service.evaluate_all()  # the restarted broker's loop, before the client asks again
     try:
-        await world.groups.delete(world.caller, world.group_id)
+        await world.service.delete(world.caller, world.of)
     except NotFound:
         assert not exists
-    await run_all(world.groups.workloads.engine)
+    await run_all(world.service.workloads.engine)
     exists, members, workloads, deletes = await _state(world)
     assert not exists and members == []
     assert [w.name for w in workloads if w.present] == []  # none created again
     assert sorted(op.target_id for op in deletes) == sorted(everyone)
     assert {op.state for op in deletes} == {OperationState.SUCCEEDED}
-    assert await provider_vms(world.groups.workloads.engine, "sima") == []
+    assert await provider_vms(world.service.workloads.engine, "sima") == []
