@@ -62,8 +62,13 @@ async def _state(world: World[AutoscaleService]) -> tuple[bool, list[str], list[
     return group is not None, list(members), list(workloads), list(deletes)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
-@pytest.mark.parametrize("point", ["write-1", "write-2", "written", "wake"])
+CORE = {("write-2", "sqlite"), ("wake", "postgresql")}
+"""In every run (a few seconds each); the rest of the matrix is marked slow."""
+MATRIX = [pytest.param(p, d, id=f"{d}-{p}", marks=() if (p, d) in CORE else pytest.mark.slow)
+          for d in ("sqlite", "postgresql") for p in ("write-1", "write-2", "written", "wake")]
+
+
+@pytest.mark.parametrize(("point", "db_url"), MATRIX, indirect=["db_url"])
 async def test_kill_while_deleting_a_group_brings_no_member_back(world: World[AutoscaleService], point: str) -> None:
     _, everyone, _, _ = await _state(world)
     assert len(everyone) == MEMBERS

@@ -105,10 +105,15 @@ async def _all_or_nothing(world: World[ClusterService], request: str, everyone: 
     return True
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
-@pytest.mark.parametrize(("request_", "point"), [
-    *(("scale", p) for p in ("write-1", "write-2", "written", "wake")),
-    *(("delete", p) for p in ("write-1", "write-3", "written", "wake"))])
+CORE = {("scale", "write-2", "sqlite"), ("delete", "wake", "postgresql")}
+"""In every run (a few seconds each); the rest of the matrix is marked slow."""
+MATRIX = [pytest.param(r, p, d, id=f"{d}-{r}-{p}", marks=() if (r, p, d) in CORE else pytest.mark.slow)
+          for d in ("sqlite", "postgresql") for r, points in (("scale", ("write-1", "write-2", "written", "wake")),
+                                                              ("delete", ("write-1", "write-3", "written", "wake")))
+          for p in points]
+
+
+@pytest.mark.parametrize(("request_", "point", "db_url"), MATRIX, indirect=["db_url"])
 async def test_kill_while_removing_seats_leaves_seats_and_vms_agreeing(world: World[ClusterService], request_: str,
                                                                       point: str) -> None:
     _, everyone, _, _ = await _state(world)
