@@ -446,36 +446,39 @@ class AutoscaleService:
 
     async def _scale_out(self, caller: Identity, group: AutoscaleGroup, now: datetime,
                          verdict: r.Verdict) -> AutoscaleDecision:
-        """Create ``verdict.count`` members, one transaction each (each placed by the scheduler, which sees
-        the ones before it in transit); stop at the first the quota or the placement refuses."""
+        """Create ``verdict.count`` members (each placed by the scheduler, which sees the ones before it in
+        transit), stopping at the first the quota or the placement refuses, and write them, their member
+        rows and the decision (with the cooldown's start) in one transaction: a crash leaves no member
+        that the one-action-at-a-time check and the cooldown do not see."""
         made: list[MemberView] = []
         ops: list[Operation] = []
         refused = None
-        for _ in range(verdict.count):
-            try:
-                async with self.workloads.transaction(caller, group.project_id) as session:
-                    row = await session.get(AutoscaleGroup, group.id)
-                    assert row is not None
+        try:
+            async with self.workloads.transaction(caller, group.project_id) as session:
+                row = await session.get(AutoscaleGroup, group.id)
+                if row is None:
+                    raise NotFound(f"no auto-scaling group {group.id}")
+                for _ in range(verdict.count):
                     serial = row.next_serial
-                    done = await self.workloads.create_in(session, group.project_id, member_request(row, serial))
+                    try:  # each refusal comes before its create writes anything
+                        done = await self.workloads.create_in(session, group.project_id, member_request(row, serial))
+                    except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound) as exc:
+                        refused = f"{type(exc).__name__}: {exc}"
+                        break
                     session.add(AutoscaleMember(group_id=group.id, workload_id=done.workload.id, serial=serial))
                     row.next_serial = serial + 1
                     session.add(row)
-                await self.workloads.wake(done.operation)
-                made.append(member_view(serial, done.workload))
-                ops.append(done.operation)
-            except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound, CatalogBusy) as exc:
-                refused = f"{type(exc).__name__}: {exc}"
-                break
-        if not made:
-            held = r.Verdict("hold", verdict.trigger, verdict.base_after, verdict.desired_after, 0, verdict.rule,
-                             verdict.metric, verdict.value, verdict.threshold,
-                             f"{verdict.reason}; no member could be added: {refused}")
-            return await self._record(group, now, held, [], [])
-        reason = verdict.reason + (f"; {len(made)} of {verdict.count} added, then {refused}" if refused else "")
-        done_verdict = r.Verdict(verdict.action, verdict.trigger, verdict.base_after, verdict.desired_after,
-                                 len(made), verdict.rule, verdict.metric, verdict.value, verdict.threshold, reason)
-        return await self._record(group, now, done_verdict, [placed(m) for m in made], [op.id for op in ops])
+                    made.append(member_view(serial, done.workload))
+                    ops.append(done.operation)
+                outcome = _outcome(verdict, len(made), refused)
+                decision = await self._record_in(session, group, now, outcome, [placed(m) for m in made],
+                                                 [op.id for op in ops])
+        except CatalogBusy as exc:  # nothing was written
+            return await self._record(group, now, _outcome(verdict, 0, f"CatalogBusy: {exc}"), [], [])
+        await self.workloads.wake(*ops)
+        self._log(group, outcome)
+        assert decision is not None
+        return decision
 
     async def _scale_in(self, caller: Identity, group: AutoscaleGroup, now: datetime, verdict: r.Verdict,
                         live: list[MemberView]) -> AutoscaleDecision:
@@ -535,6 +538,17 @@ class AutoscaleService:
     @staticmethod
     def _log(group: AutoscaleGroup, verdict: r.Verdict) -> None:
         log.info("autoscale %s: %s (%s) %s", group.name, verdict.action, verdict.trigger, verdict.reason)
+
+
+def _outcome(verdict: r.Verdict, added: int, refused: str | None) -> r.Verdict:
+    """What a scale-out did: ``added`` of ``verdict.count`` members, then ``refused`` (a hold when none)."""
+    if not added:
+        return r.Verdict("hold", verdict.trigger, verdict.base_after, verdict.desired_after, 0, verdict.rule,
+                         verdict.metric, verdict.value, verdict.threshold,
+                         f"{verdict.reason}; no member could be added: {refused}")
+    reason = verdict.reason + (f"; {added} of {verdict.count} added, then {refused}" if refused else "")
+    return r.Verdict(verdict.action, verdict.trigger, verdict.base_after, verdict.desired_after, added, verdict.rule,
+                     verdict.metric, verdict.value, verdict.threshold, reason)
 
 
 def _since(at: datetime | None, now: datetime) -> float | None:

@@ -8,7 +8,8 @@ REQUEST and its ARGS:
 - ``batch KIND SCOPE KEY``: ``migrations.execute_plan`` of the plan KIND (``evacuate-site``,
   ``evacuate-host``) of SCOPE (a site or a host) under the idempotency key KEY;
 - ``cluster-scale CLUSTER SEATS`` and ``cluster-delete CLUSTER``: the cluster service, as the operator;
-- ``group-delete GROUP``: the auto-scaling service deletes a group, as the operator.
+- ``group-delete GROUP`` and ``group-desire GROUP N``: the auto-scaling service deletes a group, or sets
+  its desired count (and scales it at once), as the operator.
 
 POINT is where the process stops, prints ``AT <point>`` and waits for SIGKILL:
 
@@ -87,8 +88,10 @@ async def main(config_path: str, url: str, point: str, last: int, request: str, 
                 await ClusterService(workloads).scale(caller, args[0], int(args[1]))
             elif request == "cluster-delete":
                 await ClusterService(workloads).delete(caller, args[0])
-            else:
+            elif request == "group-delete":
                 await AutoscaleService(workloads).delete(caller, args[0])
+            else:
+                await AutoscaleService(workloads).update(caller, args[0], desired=int(args[1]))
         print("FINISHED", flush=True)
     finally:
         await sql.dispose()
