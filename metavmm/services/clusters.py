@@ -388,22 +388,16 @@ class ClusterService:
                 network = await session.get(Workload, cluster.network_id) if cluster.network_id else None
                 ops = await self._add_seats(session, cluster, network, new, sites)
             gone = sorted(rows, key=lambda s: s.serial)[seats:] if seats < len(rows) else []
+            ops += await self._delete_in(session, caller, [s.workload_id for s in gone])
             for seat in gone:
                 await session.delete(seat)
             cluster.template = {**cluster.template, "seats": seats}
             cluster.version += 1
             cluster.updated_at = utcnow()
             session.add(cluster)
-            record = await _remember(session, "cluster.scale", cluster, ops, key, fingerprint) if key else None
+            if key is not None:  # the deletes too: they are written in this transaction
+                await _remember(session, "cluster.scale", cluster, ops, key, fingerprint)
         await self.workloads.wake(*ops)
-        removed = await self._delete_workloads(caller, [s.workload_id for s in gone])
-        ops += removed
-        if record is not None and removed:  # a replay answers with the deletes too
-            async with session_scope(self.sessions) as session:
-                row = await session.get(Operation, record.id)
-                if row is not None:
-                    row.params = {**row.params, "operations": [op.id for op in ops]}
-                    session.add(row)
         return await self._view(caller, cluster.id, ops)
 
     async def reset_seat(self, caller: Identity, cluster_id: str, serial: int) -> Operation:
@@ -436,32 +430,41 @@ class ClusterService:
     # --- delete and expiry ------------------------------------------------------------------------------
 
     async def delete(self, caller: Identity, cluster_id: str) -> list[Operation]:
-        """Delete every seat (and the network the cluster created) through the workload service, then the
-        cluster, its seat rows and its OCCI mixin; the answer is the deletes' operations."""
+        """Delete every seat (and the network the cluster created) through the workload service, and the
+        cluster, its seat rows and its OCCI mixin, in one transaction; the answer is the deletes' operations."""
         async with self.sessions() as session:
             cluster = await self._visible(session, caller, cluster_id)
             self.workloads._may_write(caller, cluster)
+        async with self.workloads.transaction(caller, cluster.project_id) as session:
             seats = (await session.exec(select(ClusterSeat.workload_id).where(
                 ClusterSeat.cluster_id == cluster.id))).all()
-        ops = await self._delete_workloads(caller, list(seats))
-        async with self.workloads.transaction(caller, cluster.project_id) as session:
+            ops = await self._delete_in(session, caller, list(seats))
+            if cluster.template.get("network_created") and cluster.network_id:  # once no seat has a NIC on it
+                ops += await self._delete_in(session, caller, [cluster.network_id], after=[op.id for op in ops])
             await session.exec(sa_delete(ClusterSeat).where(col(ClusterSeat.cluster_id) == cluster.id))  # type: ignore[call-overload]
             await session.exec(sa_delete(OcciMixin).where(  # type: ignore[call-overload]
                 col(OcciMixin.project_id) == cluster.project_id, col(OcciMixin.scheme) == CLUSTER_SCHEME,
                 col(OcciMixin.term) == cluster.name))
             await session.exec(sa_delete(Cluster).where(col(Cluster.id) == cluster.id))  # type: ignore[call-overload]
-        if cluster.template.get("network_created") and cluster.network_id:  # once no seat has a NIC on it
-            ops += await self._delete_workloads(caller, [cluster.network_id], after=[op.id for op in ops])
+        await self.workloads.wake(*ops)
         return ops
 
-    async def _delete_workloads(self, caller: Identity, ids: Sequence[str],
-                                after: Sequence[str] = ()) -> list[Operation]:
+    async def _delete_in(self, session: AsyncSession, caller: Identity, ids: Sequence[str],
+                         after: Sequence[str] = ()) -> list[Operation]:
+        """The deletes of ``ids`` in the caller's transaction, with the rows that named them: a crash
+        leaves both or neither (never a seat row gone while its VM runs on, unseen). ``after``: see
+        :meth:`WorkloadService.delete`."""
         ops = []
         for wid in ids:
             try:
-                ops.append(await self.workloads.delete(caller, wid, after=after))
-            except Conflict as exc:  # being deleted already (a reset's or an earlier request's)
+                op = await self.workloads.delete_in(session, caller, wid, after=after)
+            except (Conflict, NotFound) as exc:  # refused before it wrote anything (a network still in use)
                 log.info("cluster: %s", exc)
+                continue
+            if op is None:
+                log.info("cluster: workload %s is already being deleted", wid)
+            else:
+                ops.append(op)
         return ops
 
     async def expire(self, now: datetime | None = None) -> list[str]:

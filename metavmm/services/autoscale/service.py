@@ -243,24 +243,40 @@ class AutoscaleService:
         return await self.get(caller, group.id)
 
     async def delete(self, caller: Identity, group_id: str) -> list[Operation]:
-        """Delete every member through the workload service, then the group and its decisions."""
+        """Delete every member through the workload service, the group and its decisions, in one
+        transaction (a crash between them would leave a group whose loop creates the members again)."""
         async with self.sessions() as session:
             group = await self._visible(session, caller, group_id)
             self.workloads._may_write(caller, group)
-            members = (await session.exec(select(AutoscaleMember.workload_id).where(
-                AutoscaleMember.group_id == group.id))).all()
         async with self._lock(group.id):
-            ops = []
-            for wid in members:
-                try:
-                    ops.append(await self.workloads.delete(caller, wid))
-                except Conflict as exc:  # being deleted already
-                    log.info("autoscale: %s", exc)
             async with self.workloads.transaction(caller, group.project_id) as session:
+                members = (await session.exec(select(AutoscaleMember.workload_id).where(
+                    AutoscaleMember.group_id == group.id))).all()
+                ops = [op for _, op in await self._delete_in(session, caller, group, list(members))]
                 for model in (AutoscaleMember, AutoscaleDecision):
                     await session.exec(sa_delete(model).where(col(model.group_id) == group.id))  # type: ignore[call-overload]
                 await session.exec(sa_delete(AutoscaleGroup).where(col(AutoscaleGroup.id) == group.id))  # type: ignore[call-overload]
+            await self.workloads.wake(*ops)
         return ops
+
+    async def _delete_in(self, session: AsyncSession, caller: Identity, group: AutoscaleGroup,
+                         ids: Sequence[str]) -> list[tuple[str, Operation]]:
+        """The members' deletes in the caller's transaction, with their member rows: (workload id, its
+        delete) of each one deleted; one already being deleted or refused is logged and skipped."""
+        done = []
+        for wid in ids:
+            try:
+                op = await self.workloads.delete_in(session, caller, wid)
+            except MetavmmError as exc:  # refused before it wrote anything
+                log.info("autoscale: member %s of %s not removed: %s", wid, group.name, exc)
+                continue
+            if op is None:
+                log.info("autoscale: member %s of %s is already being deleted", wid, group.name)
+                continue
+            await session.exec(sa_delete(AutoscaleMember).where(  # type: ignore[call-overload]
+                col(AutoscaleMember.workload_id) == wid))
+            done.append((wid, op))
+        return done
 
     async def push_metric(self, caller: Identity, group_id: str, name: str, value: float) -> AutoscaleGroup:
         """Record a metric a user measures (queue length, requests per second) for the group's rules."""
@@ -430,88 +446,109 @@ class AutoscaleService:
 
     async def _scale_out(self, caller: Identity, group: AutoscaleGroup, now: datetime,
                          verdict: r.Verdict) -> AutoscaleDecision:
-        """Create ``verdict.count`` members, one transaction each (each placed by the scheduler, which sees
-        the ones before it in transit); stop at the first the quota or the placement refuses."""
+        """Create ``verdict.count`` members (each placed by the scheduler, which sees the ones before it in
+        transit), stopping at the first the quota or the placement refuses, and write them, their member
+        rows and the decision (with the cooldown's start) in one transaction: a crash leaves no member
+        that the one-action-at-a-time check and the cooldown do not see."""
         made: list[MemberView] = []
         ops: list[Operation] = []
         refused = None
-        for _ in range(verdict.count):
-            try:
-                async with self.workloads.transaction(caller, group.project_id) as session:
-                    row = await session.get(AutoscaleGroup, group.id)
-                    assert row is not None
+        try:
+            async with self.workloads.transaction(caller, group.project_id) as session:
+                row = await session.get(AutoscaleGroup, group.id)
+                if row is None:
+                    raise NotFound(f"no auto-scaling group {group.id}")
+                for _ in range(verdict.count):
                     serial = row.next_serial
-                    done = await self.workloads.create_in(session, group.project_id, member_request(row, serial))
+                    try:  # each refusal comes before its create writes anything
+                        done = await self.workloads.create_in(session, group.project_id, member_request(row, serial))
+                    except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound) as exc:
+                        refused = f"{type(exc).__name__}: {exc}"
+                        break
                     session.add(AutoscaleMember(group_id=group.id, workload_id=done.workload.id, serial=serial))
                     row.next_serial = serial + 1
                     session.add(row)
-                await self.workloads.wake(done.operation)
-                made.append(member_view(serial, done.workload))
-                ops.append(done.operation)
-            except (QuotaExceeded, NoPlacement, ValidationError, Conflict, NotFound, CatalogBusy) as exc:
-                refused = f"{type(exc).__name__}: {exc}"
-                break
-        if not made:
-            held = r.Verdict("hold", verdict.trigger, verdict.base_after, verdict.desired_after, 0, verdict.rule,
-                             verdict.metric, verdict.value, verdict.threshold,
-                             f"{verdict.reason}; no member could be added: {refused}")
-            return await self._record(group, now, held, [], [])
-        reason = verdict.reason + (f"; {len(made)} of {verdict.count} added, then {refused}" if refused else "")
-        done_verdict = r.Verdict(verdict.action, verdict.trigger, verdict.base_after, verdict.desired_after,
-                                 len(made), verdict.rule, verdict.metric, verdict.value, verdict.threshold, reason)
-        return await self._record(group, now, done_verdict, [placed(m) for m in made], [op.id for op in ops])
+                    made.append(member_view(serial, done.workload))
+                    ops.append(done.operation)
+                outcome = _outcome(verdict, len(made), refused)
+                decision = await self._record_in(session, group, now, outcome, [placed(m) for m in made],
+                                                 [op.id for op in ops])
+        except CatalogBusy as exc:  # nothing was written
+            return await self._record(group, now, _outcome(verdict, 0, f"CatalogBusy: {exc}"), [], [])
+        await self.workloads.wake(*ops)
+        self._log(group, outcome)
+        assert decision is not None
+        return decision
 
     async def _scale_in(self, caller: Identity, group: AutoscaleGroup, now: datetime, verdict: r.Verdict,
                         live: list[MemberView]) -> AutoscaleDecision:
-        chosen = scale_in_order(live, group.scale_in_order)[:verdict.count]
-        removed, ops = [], []
-        for m in chosen:
-            try:
-                op = await self.workloads.delete(caller, m.workload.id)
-            except MetavmmError as exc:
-                log.info("autoscale: member %s of %s not removed: %s", m.workload.name, group.name, exc)
-                continue
-            async with session_scope(self.sessions) as session:
-                row = (await session.exec(select(AutoscaleMember).where(
-                    AutoscaleMember.workload_id == m.workload.id))).first()
-                if row is not None:
-                    await session.delete(row)
-            removed.append({**placed(m), "why": why_removed(m, group.scale_in_order)})
-            ops.append(op.id)
-        return await self._record(group, now, verdict, removed, ops)
+        """Delete the chosen members, remove their member rows and record the decision in one transaction."""
+        chosen = {m.workload.id: m for m in scale_in_order(live, group.scale_in_order)[:verdict.count]}
+        async with self.workloads.transaction(caller, group.project_id) as session:
+            done = await self._delete_in(session, caller, group, list(chosen))
+            removed = [{**placed(chosen[wid]), "why": why_removed(chosen[wid], group.scale_in_order)}
+                       for wid, _ in done]
+            decision = await self._record_in(session, group, now, verdict, removed, [op.id for _, op in done])
+        await self.workloads.wake(*(op for _, op in done))
+        self._log(group, verdict)
+        assert decision is not None
+        return decision
 
     async def _record(self, group: AutoscaleGroup, now: datetime, verdict: r.Verdict, members: list[dict[str, Any]],
                       ops: list[str], *, write: bool = True) -> AutoscaleDecision | None:
-        """Write the decision and the group's new numbers in one transaction; a hold equal to the last
-        decision is not written again (the loop would repeat it every round)."""
+        """Write the decision and the group's new numbers in one transaction (see :meth:`_record_in`)."""
         async with session_scope(self.sessions) as session:
-            row = await session.get(AutoscaleGroup, group.id)
-            if row is None:
-                raise NotFound(f"no auto-scaling group {group.id}")
-            before = row.desired
-            row.base_desired, row.desired = verdict.base_after, verdict.desired_after
-            if verdict.action == "scale-out":
-                row.last_scale_out_at = now
-            elif verdict.action == "scale-in":
-                row.last_scale_in_at = now
-            row.updated_at = utcnow()
-            session.add(row)
-            if not write:
-                return None
-            if verdict.action == "hold":
-                last = (await session.exec(select(AutoscaleDecision).where(AutoscaleDecision.group_id == group.id)
-                                           .order_by(col(AutoscaleDecision.id).desc()).limit(1))).first()
-                if last is not None and last.action == "hold" and _same_hold(last, verdict):
-                    return last
-            decision = AutoscaleDecision(
-                group_id=group.id, project_id=group.project_id, at=now, action=verdict.action,
-                trigger=verdict.trigger, rule=verdict.rule, metric=verdict.metric, value=verdict.value,
-                threshold=verdict.threshold, desired_before=before, desired_after=verdict.desired_after,
-                members=members, operations=ops, reason=verdict.reason[:4000])
-            session.add(decision)
-            await session.flush()
-        log.info("autoscale %s: %s (%s) %s", group.name, verdict.action, verdict.trigger, verdict.reason)
+            decision = await self._record_in(session, group, now, verdict, members, ops, write=write)
+        if decision is not None:
+            self._log(group, verdict)
         return decision
+
+    async def _record_in(self, session: AsyncSession, group: AutoscaleGroup, now: datetime, verdict: r.Verdict,
+                         members: list[dict[str, Any]], ops: list[str], *,
+                         write: bool = True) -> AutoscaleDecision | None:
+        """Add the decision and the group's new numbers to ``session``; a hold equal to the last decision
+        is not written again (the loop would repeat it every round)."""
+        row = await session.get(AutoscaleGroup, group.id)
+        if row is None:
+            raise NotFound(f"no auto-scaling group {group.id}")
+        before = row.desired
+        row.base_desired, row.desired = verdict.base_after, verdict.desired_after
+        if verdict.action == "scale-out":
+            row.last_scale_out_at = now
+        elif verdict.action == "scale-in":
+            row.last_scale_in_at = now
+        row.updated_at = utcnow()
+        session.add(row)
+        if not write:
+            return None
+        if verdict.action == "hold":
+            last = (await session.exec(select(AutoscaleDecision).where(AutoscaleDecision.group_id == group.id)
+                                       .order_by(col(AutoscaleDecision.id).desc()).limit(1))).first()
+            if last is not None and last.action == "hold" and _same_hold(last, verdict):
+                return last
+        decision = AutoscaleDecision(
+            group_id=group.id, project_id=group.project_id, at=now, action=verdict.action,
+            trigger=verdict.trigger, rule=verdict.rule, metric=verdict.metric, value=verdict.value,
+            threshold=verdict.threshold, desired_before=before, desired_after=verdict.desired_after,
+            members=members, operations=ops, reason=verdict.reason[:4000])
+        session.add(decision)
+        await session.flush()
+        return decision
+
+    @staticmethod
+    def _log(group: AutoscaleGroup, verdict: r.Verdict) -> None:
+        log.info("autoscale %s: %s (%s) %s", group.name, verdict.action, verdict.trigger, verdict.reason)
+
+
+def _outcome(verdict: r.Verdict, added: int, refused: str | None) -> r.Verdict:
+    """What a scale-out did: ``added`` of ``verdict.count`` members, then ``refused`` (a hold when none)."""
+    if not added:
+        return r.Verdict("hold", verdict.trigger, verdict.base_after, verdict.desired_after, 0, verdict.rule,
+                         verdict.metric, verdict.value, verdict.threshold,
+                         f"{verdict.reason}; no member could be added: {refused}")
+    reason = verdict.reason + (f"; {added} of {verdict.count} added, then {refused}" if refused else "")
+    return r.Verdict(verdict.action, verdict.trigger, verdict.base_after, verdict.desired_after, added, verdict.rule,
+                     verdict.metric, verdict.value, verdict.threshold, reason)
 
 
 def _since(at: datetime | None, now: datetime) -> float | None:

@@ -4,7 +4,9 @@ The draw reads what is taken (live leases of the network, every present workload
 the gateway and DNS servers) and picks a free host address at random. Safety against a concurrent
 migration does not rest on that read: the lease row is written in the same transaction as the
 migration's plan, under a unique (network, address) constraint, and the loser of a race gets an
-IntegrityError and draws again (:func:`submit_with_lease`). A lease is dead once its operation
+IntegrityError and draws again (:func:`with_leases`). A batch of migrations (an evacuation) draws
+one address per move and writes every lease with every plan in one transaction; its draws exclude
+each other (``exclude``), and a batch that lost any draw is drawn again as a whole. A lease is dead once its operation
 ended and its workload no longer carries the address (rolled back, moved elsewhere, deleted); the
 next draw deletes dead leases of its network before picking.
 """
@@ -14,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import random
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
@@ -25,7 +27,9 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import AddressLease, Operation, Workload
 from metavmm.foundation.config import CloneNetwork, SiteConfig
 from metavmm.foundation.errors import Conflict
-from metavmm.services.operations.store import ACTIVE, Sessions, submit
+from metavmm.services.operations.store import ACTIVE, Sessions
+
+T = TypeVar("T")
 
 DRAW_ATTEMPTS = 8  # a draw lost to a concurrent migration is retried this often
 _ENUMERATE_UP_TO = 4096  # networks this small are enumerated; larger ones are sampled
@@ -63,9 +67,11 @@ async def _taken(sessions: Sessions, net: CloneNetwork) -> set[ipaddress.IPv4Add
     return out
 
 
-async def draw(sessions: Sessions, net: CloneNetwork, *, where: str) -> ipaddress.IPv4Address:
-    """A host address of ``net`` nobody holds; Conflict (409) naming ``where`` when none is left."""
-    taken = await _taken(sessions, net)
+async def draw(sessions: Sessions, net: CloneNetwork, *, where: str,
+               exclude: frozenset[ipaddress.IPv4Address] = frozenset()) -> ipaddress.IPv4Address:
+    """A host address of ``net`` nobody holds (nor ``exclude``: the draws of the same transaction, not
+    written yet); Conflict (409) naming ``where`` when none is left."""
+    taken = await _taken(sessions, net) | exclude
     first, last = int(net.cidr.network_address) + 1, int(net.cidr.broadcast_address) - 1
     usable = last - first + 1
     if usable > _ENUMERATE_UP_TO:
@@ -90,22 +96,30 @@ async def _leased(sessions: Sessions, lease: AddressLease) -> bool:
         return (await session.exec(query)).first() is not None
 
 
-async def submit_with_lease(sessions: Sessions, net: CloneNetwork, *, where: str, workload_id: str,
-                            build: Callable[[ipaddress.IPv4Address], dict[str, Any]],
-                            ) -> tuple[Operation, bool]:
-    """Draw an address, and submit the plan ``build(address)`` returns (``store.submit``'s keyword
-    arguments) together with its lease; a draw lost to a concurrent migration is drawn again."""
+async def draw_lease(sessions: Sessions, net: CloneNetwork, *, where: str, workload_id: str,
+                     drawn: list[AddressLease]) -> AddressLease:
+    """Draw an address of ``net`` that neither the catalog nor ``drawn`` (this transaction's draws so far)
+    holds; its lease, naming a fresh operation id (the plan's), is appended to ``drawn`` and returned.
+    The caller writes the lease in the transaction of that plan, inside :func:`with_leases`."""
+    mine = frozenset(ipaddress.IPv4Address(d.address) for d in drawn if d.network == str(net.cidr))
+    address = await draw(sessions, net, where=where, exclude=mine)
+    lease = AddressLease(network=str(net.cidr), address=str(address), workload_id=workload_id,
+                         operation_id=str(uuid.uuid4()))
+    drawn.append(lease)
+    return lease
+
+
+async def with_leases(sessions: Sessions, attempt: Callable[[list[AddressLease]], Awaitable[T]], *,
+                      where: str) -> T:
+    """Run ``attempt(drawn)``, which draws leases (:func:`draw_lease` into ``drawn``) and writes them with
+    their plans in one transaction; when that transaction fails because a concurrent migration leased
+    one of the addresses first, draw everything again (up to :data:`DRAW_ATTEMPTS` times)."""
     for _ in range(DRAW_ATTEMPTS):
-        address = await draw(sessions, net, where=where)
-        op_id = str(uuid.uuid4())
-        lease = AddressLease(network=str(net.cidr), address=str(address), workload_id=workload_id,
-                             operation_id=op_id)
-        kwargs = build(address)
+        drawn: list[AddressLease] = []
         try:
-            return await submit(sessions, rows=[lease], operation_id=op_id, **kwargs)
+            return await attempt(drawn)
         except IntegrityError:
-            if not await _leased(sessions, lease):
+            if not drawn or not any([await _leased(sessions, lease) for lease in drawn]):
                 raise  # another constraint failed: not a lost draw
-            continue
-    raise Conflict(f"clone network {net.cidr} of {where}: {DRAW_ATTEMPTS} draws in a row lost to concurrent "
+    raise Conflict(f"clone network of {where}: {DRAW_ATTEMPTS} draws in a row lost to concurrent "
                    "migrations; try again")

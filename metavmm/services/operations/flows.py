@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import Operation, Provider, Site, Workload, WorkloadKind, WorkloadLink
+from metavmm.catalog.models import AddressLease, Operation, Provider, Site, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import ConfigError, Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
 from metavmm.scheduler.plan import Step
@@ -49,10 +49,24 @@ class PlanSpec:
     target_id: str | None
     project_id: int | None
     params: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+    """What the request asked for, for the idempotency check (see :func:`fingerprint`)."""
+    rows: tuple[Any, ...] = ()
+    """Rows that must commit with the operation (a cold migration's address lease, which names it)."""
+    operation_id: str | None = None
+    """The operation's id, fixed when ``rows`` name it."""
 
     def args(self) -> dict[str, Any]:
         return {"kind": self.kind, "steps": self.steps, "target_id": self.target_id,
                 "project_id": self.project_id, "params": self.params}
+
+    def write_args(self) -> dict[str, Any]:
+        """Every keyword of ``store.write_plan`` this plan fixes (the caller adds its idempotency key)."""
+        return {**self.args(), "fingerprint": self.fingerprint, "operation_id": self.operation_id}
+
+    async def submit(self, engine: Engine, *, idempotency_key: str | None = None) -> Operation:
+        """Write the plan with its rows in one transaction of its own and wake the engine."""
+        return await engine.submit(**self.write_args(), rows=list(self.rows), idempotency_key=idempotency_key)
 
 
 async def placed_at(session: AsyncSession, workload_id: str) -> tuple[Workload, str]:
@@ -315,8 +329,8 @@ async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> 
     return await engine.submit(**plan.args())
 
 
-async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,
-                       idempotency_key: str | None = None) -> Operation:
+async def live_migrate_plan(engine: Engine, workload_id: str, *, target_provider: str,
+                            target_host: str | None = None) -> PlanSpec:
     """Move a running VM without stopping it: between two libvirt daemons, or to a host of its region."""
     workload, provider = await _workload_at(engine, workload_id)
     target_cfg = _known_provider(engine, target_provider)
@@ -328,12 +342,16 @@ async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str
                                                   "target_host": target_host}, weight=5),
              Step("verify-target", "vm.wait", {**dst, "state": "running", "timeout_s": 120}),
              Step("record", "workload.record", dst, commit=True)]
-    return await engine.submit(kind="live_migrate", steps=steps, target_id=workload.id,
-                               project_id=workload.project_id, params={"from": provider, "to": target_provider},
-                               idempotency_key=idempotency_key,
-                               fingerprint=fingerprint(workload.id, target_provider, target_host))
+    return PlanSpec("live_migrate", steps, workload.id, workload.project_id,
+                    {"from": provider, "to": target_provider},
+                    fingerprint=fingerprint(workload.id, target_provider, target_host))
 
 
+async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,
+                       idempotency_key: str | None = None) -> Operation:
+    """:func:`live_migrate_plan` submitted on its own."""
+    plan = await live_migrate_plan(engine, workload_id, target_provider=target_provider, target_host=target_host)
+    return await plan.submit(engine, idempotency_key=idempotency_key)
 
 
 def new_mac(taken: set[str], kind: str = "") -> str:
@@ -419,9 +437,9 @@ def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: 
     return boot_check_args(marker, console, timeout_s)
 
 
-async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,
-                       disk_format: str = "raw", boot_marker: str | None = None, boot_timeout_s: float = 300,
-                       idempotency_key: str | None = None) -> Operation:
+async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider: str,
+                            target_region: str | None = None, disk_format: str = "raw", boot_marker: str | None = None,
+                            boot_timeout_s: float = 300, drawn: list[AddressLease] | None = None) -> PlanSpec:
     """Stop, export, convert, import, boot and verify at the target; only then remove the source.
 
     The boot check (see :func:`boot_check`) waits ``boot_timeout_s`` for the clone to run and, where a
@@ -429,7 +447,8 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
 
     The clone gets its own hostname, MAC and, when the target site has a ``clone_network``, an address
     of it (all drawn now, so retries reuse them; the address is leased in the plan's transaction, see
-    addresses.py); without one its IP comes from the target's DHCP. The guest learns them through
+    addresses.py: the lease is drawn into ``drawn`` and is one of the plan's ``rows``); without one its IP
+    comes from the target's DHCP. The guest learns them through
     cloud-init (translators/cloudinit.py). The commit step (recording the target in the catalog) is the
     point of no return: before it a failure or a cancel restores the source, after it the source is
     cleaned up.
@@ -455,46 +474,54 @@ async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str
     spec = workload.spec
     net = addresses.clone_network(target_cfg, region)
     check = boot_check(engine, target_cfg.kind, boot_marker or spec.get("boot_marker"), boot_timeout_s)
+    identity: dict[str, Any] = {"mac": mac, "hostname": hostname, "instance_id": f"{workload.id}-{hostname}"}
+    lease = ip = None
+    if net is not None:
+        lease = await addresses.draw_lease(engine.sessions, net, where=f"{target_provider}/{region}",
+                                           workload_id=workload.id, drawn=[] if drawn is None else drawn)
+        ip = lease.address
+        identity.update(address=f"{ip}/{net.cidr.prefixlen}", gateway=str(net.gateway or "") or None,
+                        dns=[str(d) for d in net.dns])
+    steps = [
+        Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
+        Step("export", "disk.export", src, compensate="scratch.clean", weight=3),
+        Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
+        Step("import", "image.import", {"provider": target_provider, "region": region, "name": image_name},
+             compensate="image.delete", weight=3),
+        Step("create-target", "vm.create", {**dst, "name": hostname, "region": region,
+                                            "image_from": "target_image", "vcpus": spec.get("vcpus", 1),
+                                            "ram_mib": spec.get("ram_mib", 512), "extra": identity,
+                                            "save_as": "target_vm"},
+             compensate="vm.delete", weight=2),
+        Step("boot-check", "vm.wait", {**dst, **check}),
+        Step("record", "workload.record", {**dst, "spec_update": {
+            "mac": mac, "hostname": hostname, "ip": ip,
+            "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
+        Step("remove-source", "vm.delete", src),
+        Step("clean-scratch", "scratch.clean", {}),
+    ]
+    if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
+        steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
+    params = {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname, "mac": mac,
+              "ip": ip, "boot_marker": check.get("console_marker")}
+    return PlanSpec("cold_migrate", steps, workload.id, workload.project_id, params,
+                    fingerprint=fingerprint(workload.id, target_provider, target_region, disk_format),
+                    rows=(lease,) if lease is not None else (),
+                    operation_id=lease.operation_id if lease is not None else None)
 
-    def plan(address: Any) -> dict[str, Any]:
-        identity: dict[str, Any] = {"mac": mac, "hostname": hostname, "instance_id": f"{workload.id}-{hostname}"}
-        if address is not None and net is not None:
-            identity.update(address=f"{address}/{net.cidr.prefixlen}", gateway=str(net.gateway or "") or None,
-                            dns=[str(d) for d in net.dns])
-        ip = str(address) if address is not None else None
-        steps = [
-            Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
-            Step("export", "disk.export", src, compensate="scratch.clean", weight=3),
-            Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
-            Step("import", "image.import", {"provider": target_provider, "region": region, "name": image_name},
-                 compensate="image.delete", weight=3),
-            Step("create-target", "vm.create", {**dst, "name": hostname, "region": region,
-                                                "image_from": "target_image", "vcpus": spec.get("vcpus", 1),
-                                                "ram_mib": spec.get("ram_mib", 512), "extra": identity,
-                                                "save_as": "target_vm"},
-                 compensate="vm.delete", weight=2),
-            Step("boot-check", "vm.wait", {**dst, **check}),
-            Step("record", "workload.record", {**dst, "spec_update": {
-                "mac": mac, "hostname": hostname, "ip": ip,
-                "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
-            Step("remove-source", "vm.delete", src),
-            Step("clean-scratch", "scratch.clean", {}),
-        ]
-        if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
-            steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
-        return {"kind": "cold_migrate", "steps": steps, "target_id": workload.id, "project_id": workload.project_id,
-                "idempotency_key": idempotency_key,
-                "fingerprint": fingerprint(workload.id, target_provider, target_region, disk_format),
-                "params": {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname,
-                           "mac": mac, "ip": ip, "boot_marker": check.get("console_marker")}}
 
-    if net is None:
-        return await engine.submit(**plan(None))
-    op, created = await addresses.submit_with_lease(engine.sessions, net, where=f"{target_provider}/{region}",
-                                                    workload_id=workload.id, build=plan)
-    if created:
-        await engine.wake(op.id)
-    return op
+async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,
+                       disk_format: str = "raw", boot_marker: str | None = None, boot_timeout_s: float = 300,
+                       idempotency_key: str | None = None) -> Operation:
+    """:func:`cold_migrate_plan` submitted on its own, with its address lease; drawn again when a
+    concurrent migration took the address first."""
+    async def attempt(drawn: list[AddressLease]) -> Operation:
+        plan = await cold_migrate_plan(engine, workload_id, target_provider=target_provider,
+                                       target_region=target_region, disk_format=disk_format,
+                                       boot_marker=boot_marker, boot_timeout_s=boot_timeout_s, drawn=drawn)
+        return await plan.submit(engine, idempotency_key=idempotency_key)
+
+    return await addresses.with_leases(engine.sessions, attempt, where=target_provider)
 
 
 def resize_steps(workload_id: str, *, provider: str, running: bool, vcpus: int, ram_mib: int, flavor: str | None,

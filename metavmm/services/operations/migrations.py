@@ -10,7 +10,11 @@ workload goes and whether it can move live; this module turns each :class:`Move`
 
 A whole plan (evacuate a host or a site, rebalance a site) runs as one child operation per move and a
 parent ``migrate_batch`` operation that waits on them (see :mod:`.batch_actions`): the caller follows and
-cancels the parent; each child keeps its own rollback.
+cancels the parent; each child keeps its own rollback. Every child, its address lease (a cold move into
+a site with a clone network) and the parent, which carries the request's idempotency key, are written
+in one transaction: a broker killed while it writes them leaves all of the batch or none of it, never a
+child nobody follows or a lease without its operation (see docs/operations.md, "What one transaction
+holds").
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from metavmm.catalog.models import Operation, Provider, Site
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import AddressLease, Operation, Provider, Site
 from metavmm.foundation.errors import Conflict, IdempotencyKeyReused, MetavmmError, NotFound, ValidationError
 from metavmm.scheduler.migration import MigrationPlan, MigrationPlanner, Move
 from metavmm.scheduler.snapshot import Snapshot
-from metavmm.services.operations import flows, store
+from metavmm.services.operations import addresses, flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
 from metavmm.services.vocabulary import MIGRATION_MODES as MODES
@@ -47,8 +53,7 @@ async def _target(engine: Engine, site_name: str) -> tuple[str, str]:
     return row[1].name, row[0].region
 
 
-async def relocate(engine: Engine, workload_id: str, *, target_host: str,
-                   idempotency_key: str | None = None) -> Operation:
+async def relocate_plan(engine: Engine, workload_id: str, *, target_host: str) -> flows.PlanSpec:
     """Move a VM to another host of its provider while it is stopped (hosts whose CPUs differ)."""
     workload, provider = await flows._workload_at(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
@@ -62,25 +67,40 @@ async def relocate(engine: Engine, workload_id: str, *, target_host: str,
         steps += [Step("start", "vm.power", {**at, "verb": "start"}),
                   Step("verify-target", "vm.wait", {**at, "state": "running", "timeout_s": 300, "stable_s": 1.0})]
     steps.append(Step("record", "workload.record", at))
-    return await engine.submit(kind="cold_migrate", steps=steps, target_id=workload.id,
-                               project_id=workload.project_id, idempotency_key=idempotency_key,
-                               params={"from": provider, "to": provider, "host": target_host, "offline": True})
+    return flows.PlanSpec("cold_migrate", steps, workload.id, workload.project_id,
+                          {"from": provider, "to": provider, "host": target_host, "offline": True})
 
 
-async def submit_move(engine: Engine, move: Move, *, idempotency_key: str | None = None) -> Operation:
-    """The one operation that carries out ``move``."""
+async def relocate(engine: Engine, workload_id: str, *, target_host: str,
+                   idempotency_key: str | None = None) -> Operation:
+    """:func:`relocate_plan` submitted on its own."""
+    plan = await relocate_plan(engine, workload_id, target_host=target_host)
+    return await plan.submit(engine, idempotency_key=idempotency_key)
+
+
+async def move_plan(engine: Engine, move: Move, *, drawn: list[AddressLease]) -> flows.PlanSpec:
+    """The plan of the one operation that carries out ``move``, not written yet (a cold move into a site
+    with a clone network draws its address lease into ``drawn``, see :func:`addresses.draw_lease`)."""
     provider, region = await _target(engine, move.target_site)
     _, source = await flows._workload_at(engine, move.workload_id)
     if move.mode == "live":  # into another provider (a libvirt daemon) its endpoint is the target, not a host name
-        return await flows.live_migrate(engine, move.workload_id, target_provider=provider,
-                                        target_host=move.target_host if provider == source else None,
-                                        idempotency_key=idempotency_key)
+        return await flows.live_migrate_plan(engine, move.workload_id, target_provider=provider,
+                                             target_host=move.target_host if provider == source else None)
     if provider == source:
         if move.target_host is None:
             raise ValidationError(f"{move.workload}: a move inside {provider} needs a target host")
-        return await relocate(engine, move.workload_id, target_host=move.target_host, idempotency_key=idempotency_key)
-    return await flows.cold_migrate(engine, move.workload_id, target_provider=provider, target_region=region,
-                                    idempotency_key=idempotency_key)
+        return await relocate_plan(engine, move.workload_id, target_host=move.target_host)
+    return await flows.cold_migrate_plan(engine, move.workload_id, target_provider=provider, target_region=region,
+                                         drawn=drawn)
+
+
+async def submit_move(engine: Engine, move: Move, *, idempotency_key: str | None = None) -> Operation:
+    """The one operation that carries out ``move``, written on its own (with its lease, if any)."""
+    async def attempt(drawn: list[AddressLease]) -> Operation:
+        plan = await move_plan(engine, move, drawn=drawn)
+        return await plan.submit(engine, idempotency_key=idempotency_key)
+
+    return await addresses.with_leases(engine.sessions, attempt, where=move.target_site)
 
 
 async def migrate_workload(engine: Engine, snap: Snapshot, workload_id: str, *, site: str | None = None,
@@ -111,40 +131,72 @@ async def _by_key(engine: Engine, key: str) -> Operation | None:
         return (await session.exec(select(Operation).where(Operation.idempotency_key == key))).first()
 
 
+def _replay(earlier: Operation, plan: MigrationPlan, children: list[Operation]) -> BatchStarted:
+    """The first answer to a request repeated under its idempotency key; IdempotencyKeyReused (422) when
+    the key was used for something else."""
+    if earlier.kind != "migrate_batch" or (earlier.params.get("plan"), earlier.params.get("scope")) != (
+            plan.kind, plan.scope):
+        raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind} "
+                                   f"{earlier.params.get('plan')} of {earlier.params.get('scope')}) for a "
+                                   "different request; use a new key")
+    return BatchStarted(earlier, children, dict(earlier.params.get("refused", {})))
+
+
+async def _earlier(engine: Engine, plan: MigrationPlan, key: str | None) -> BatchStarted | None:
+    earlier = await _by_key(engine, key) if key else None
+    if earlier is None:
+        return None
+    return _replay(earlier, plan, [await store.get(engine.sessions, i) for i in earlier.params.get("children", [])])
+
+
 async def execute_plan(engine: Engine, plan: MigrationPlan, *, idempotency_key: str | None = None) -> BatchStarted:
-    """Submit every move of ``plan`` (one operation each) and a parent that waits on them all."""
-    if idempotency_key:
-        earlier = await _by_key(engine, idempotency_key)
-        if earlier is not None:
-            if earlier.kind != "migrate_batch" or (earlier.params.get("plan"), earlier.params.get("scope")) != (
-                    plan.kind, plan.scope):
-                raise IdempotencyKeyReused(f"idempotency key already used by operation {earlier.id} ({earlier.kind} "
-                               f"{earlier.params.get('plan')} of {earlier.params.get('scope')}) for a different "
-                               "request; use a new key")
-            children = [await store.get(engine.sessions, i) for i in earlier.params.get("children", [])]
-            return BatchStarted(earlier, children, dict(earlier.params.get("refused", {})))
+    """Submit every move of ``plan`` (one operation each) and a parent that waits on them all, in one
+    transaction with the children's address leases and the idempotency key (on the parent)."""
+    earlier = await _earlier(engine, plan, idempotency_key)
+    if earlier is not None:
+        return earlier
     if not plan.moves:
         raise Conflict(f"nothing to migrate: {plan.summary}")
-    started = BatchStarted(parent=None)  # type: ignore[arg-type]
-    waits: list[Step] = []
-    for move in plan.moves:
+
+    async def attempt(drawn: list[AddressLease]) -> BatchStarted:
+        moves: list[tuple[Move, flows.PlanSpec]] = []
+        refused: dict[str, str] = {}
+        for move in plan.moves:
+            try:
+                moves.append((move, await move_plan(engine, move, drawn=drawn)))
+            except MetavmmError as exc:
+                refused[move.workload] = str(exc)
+        if not moves:
+            raise Conflict("no move could be submitted: " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
         try:
-            child = await submit_move(engine, move)
-        except MetavmmError as exc:
-            started.refused[move.workload] = str(exc)
-            continue
-        started.children.append(child)
-        waits.append(Step(f"wait-{len(waits) + 1}-{move.workload}"[:120], "operation.wait",
-                          {"operation_id": child.id, "label": f"{move.workload} ({move.mode}) -> "
-                           f"{move.target_host or move.target_site}"}, weight=max(move.seconds, 1.0)))
-    ids = [c.id for c in started.children]
-    if not ids:
-        raise Conflict("no move could be submitted: " + "; ".join(f"{k}: {v}" for k, v in started.refused.items()))
-    steps = [Step(w.name, w.action, {**w.args, "operation_ids": ids}, compensate="batch.cancel", weight=w.weight)
-             for w in waits]
-    steps.append(Step("check", "batch.check", {"operation_ids": ids}))
-    started.parent = await engine.submit(
-        kind="migrate_batch", steps=steps, idempotency_key=idempotency_key,
-        params={"plan": plan.kind, "scope": plan.scope, "summary": plan.summary, "children": ids,
-                "refused": started.refused})
+            async with session_scope(engine.sessions) as session:
+                session.add_all([row for _, spec in moves for row in spec.rows])
+                children = [await store.write_plan(session, **spec.write_args()) for _, spec in moves]
+                parent = await store.write_plan(session, **_parent_args(plan, moves, children, refused),
+                                                idempotency_key=idempotency_key)
+        except IntegrityError:
+            twin = await _earlier(engine, plan, idempotency_key)  # a concurrent request with the key won
+            if twin is None:
+                raise
+            return twin
+        return BatchStarted(parent, children, refused)
+
+    started = await addresses.with_leases(engine.sessions, attempt, where=plan.scope)
+    for op in (*started.children, started.parent):
+        await engine.wake(op.id)
     return started
+
+
+def _parent_args(plan: MigrationPlan, moves: list[tuple[Move, flows.PlanSpec]], children: list[Operation],
+                 refused: dict[str, str]) -> dict[str, object]:
+    """The ``migrate_batch`` operation: one waiting step per child, then the check of them all."""
+    ids = [c.id for c in children]
+    steps = [Step(f"wait-{i}-{move.workload}"[:120], "operation.wait",
+                  {"operation_id": child.id, "operation_ids": ids,
+                   "label": f"{move.workload} ({move.mode}) -> {move.target_host or move.target_site}"},
+                  compensate="batch.cancel", weight=max(move.seconds, 1.0))
+             for i, ((move, _), child) in enumerate(zip(moves, children, strict=True), start=1)]
+    steps.append(Step("check", "batch.check", {"operation_ids": ids}))
+    return {"kind": "migrate_batch", "steps": steps,
+            "params": {"plan": plan.kind, "scope": plan.scope, "summary": plan.summary, "children": ids,
+                       "refused": refused}}

@@ -608,27 +608,44 @@ class WorkloadService:
             earlier = await self._replay(session, key, fingerprint, "delete")
             if earlier is not None:
                 return earlier
-            workload = await self._locked(session, caller, workload.id, expected_version)
-            if workload.desired_state == "deleted":
+            op = await self._delete_in(session, caller, workload.id, expected_version, key, fingerprint, after)
+            if op is None:
                 raise Conflict(f"workload {workload.id} is already being deleted")
-            await flows.refuse_if_linked(session, workload)
-            if _is_placed(workload) or await _creating(session, workload.id):
-                await _set(session, workload, desired_state="deleted")
-                plan = await flows.delete_plan(session, workload.id)  # reads the links (DHCP reservations)
-                waits = [Step(f"wait-{i}", "operation.wait", {"operation_id": op_id}) for i, op_id in enumerate(after)]
-                plan = replace(plan, steps=[*waits, *plan.steps])
-            else:
-                await quotas.release(session, workload.id)
-                await _set(session, workload, desired_state="deleted", observed_state="deleted", present=False,
-                           state_message="deleted: it never reached a provider")
-                plan = flows.PlanSpec("delete", [Step("free-quota", "quota.free", {"workload_id": workload.id})],
-                                      workload.id, workload.project_id)
-            if workload.kind == WorkloadKind.COMPUTE:
-                await session.exec(sa_delete(WorkloadLink).where(  # type: ignore[call-overload]
-                    col(WorkloadLink.source_id) == workload.id))
-            op = await self._write(session, plan, key, fingerprint)
         await self._wake(op)
         return op
+
+    async def delete_in(self, session: AsyncSession, caller: Identity, workload_id: str, *,
+                        after: Sequence[str] = ()) -> Operation | None:
+        """One delete inside the caller's :meth:`transaction` (a cluster's seat or a group's member that
+        goes with the rows naming it: both commit, or neither); None when the workload is already being
+        deleted. ``after`` as for :meth:`delete`. Wake the operation with :meth:`wake` after the
+        transaction committed."""
+        return await self._delete_in(session, caller, workload_id, None, None, _digest("delete", workload_id), after)
+
+    async def _delete_in(self, session: AsyncSession, caller: Identity, workload_id: str,
+                         expected_version: int | None, key: str | None, fingerprint: str,
+                         after: Sequence[str] = ()) -> Operation | None:
+        """The intent (desired_state deleted), the delete's plan and the links' removal, in ``session``;
+        None (nothing written) when the workload is already being deleted."""
+        workload = await self._locked(session, caller, workload_id, expected_version)
+        if workload.desired_state == "deleted":
+            return None
+        await flows.refuse_if_linked(session, workload)
+        if _is_placed(workload) or await _creating(session, workload.id):
+            await _set(session, workload, desired_state="deleted")
+            plan = await flows.delete_plan(session, workload.id)  # reads the links (DHCP reservations)
+            waits = [Step(f"wait-{i}", "operation.wait", {"operation_id": op_id}) for i, op_id in enumerate(after)]
+            plan = replace(plan, steps=[*waits, *plan.steps])
+        else:
+            await quotas.release(session, workload.id)
+            await _set(session, workload, desired_state="deleted", observed_state="deleted", present=False,
+                       state_message="deleted: it never reached a provider")
+            plan = flows.PlanSpec("delete", [Step("free-quota", "quota.free", {"workload_id": workload.id})],
+                                  workload.id, workload.project_id)
+        if workload.kind == WorkloadKind.COMPUTE:
+            await session.exec(sa_delete(WorkloadLink).where(  # type: ignore[call-overload]
+                col(WorkloadLink.source_id) == workload.id))
+        return await self._write(session, plan, key, fingerprint)
 
     async def cancel(self, caller: Identity, operation_id: str) -> Operation:
         """A running operation rolls back after its current step; one past its commit step cannot."""

@@ -120,8 +120,8 @@ async def test_racing_migrations_never_share_an_address(sessions: Any, monkeypat
     raced: list[Operation] = []
     draws: list[str] = []
 
-    async def draw_then_lose_the_race(sessions: Any, net: Any, *, where: str) -> ipaddress.IPv4Address:
-        address = await real_draw(sessions, net, where=where)
+    async def draw_then_lose_the_race(sessions: Any, net: Any, **kwargs: Any) -> ipaddress.IPv4Address:
+        address = await real_draw(sessions, net, **kwargs)
         draws.append(str(address))
         if len(draws) == 1:  # A's first draw: B's migration gets in before A submits
             raced.append(await flows.cold_migrate(engine, wb, target_provider="simb", target_region="sim-000"))

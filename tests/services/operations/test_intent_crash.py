@@ -16,6 +16,7 @@ says deleted, a retry is refused), which shows the test catches the gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,6 +52,49 @@ VM_STATE = {"delete": None, "stop": "stopped", "suspend": "suspended"}
 DESIRED = {"delete": "deleted", "stop": "stopped", "suspend": "suspended"}
 
 
+async def run_all(engine: Engine) -> None:
+    """A restarted broker's executor: every runnable operation, to its end (a dead owner's lease first
+    has to run out)."""
+    executor = Executor(engine.sessions, engine.config)
+    try:
+        for _ in range(200):
+            async with engine.sessions() as session:
+                active = (await session.exec(select(Operation.id).where(
+                    Operation.state.in_(store.ACTIVE)))).all()  # type: ignore[attr-defined]
+            if not active:
+                return
+            for op_id in active:
+                await executor.run(op_id)
+            if await store.runnable_ids(engine.sessions, 10) == []:
+                await asyncio.sleep(0.3)
+        raise AssertionError(f"operations still active: {active}")
+    finally:
+        await executor.drivers.close()
+
+
+async def provider_vms(engine: Engine, provider: str) -> list[Any]:
+    """What a provider holds, read behind the catalog's back."""
+    executor = Executor(engine.sessions, engine.config)
+    try:
+        return list(await executor.drivers.get(provider).list_vms())
+    finally:
+        await executor.drivers.close()
+
+
+def kill_at(runner: str, args: list[str], point: str) -> None:
+    """Start the broker process ``tests.services.operations.<runner>``, wait until it says it is at
+    ``point`` (``AT <point>``), and kill it with SIGKILL: no rollback, no cleanup."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", f"tests.services.operations.{runner}", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.strip() == f"AT {point}", (line, proc.stderr.read() if proc.stderr else "")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class Broker:
     engine: Engine
@@ -60,65 +104,49 @@ class Broker:
     url: str
 
     async def run_all(self) -> None:
-        """A restarted broker's executor: every runnable operation, to its end (a dead owner's lease first
-        has to run out)."""
-        executor = Executor(self.engine.sessions, self.engine.config)
-        try:
-            for _ in range(200):
-                async with self.engine.sessions() as session:
-                    active = (await session.exec(select(Operation.id).where(
-                        Operation.state.in_(store.ACTIVE)))).all()  # type: ignore[attr-defined]
-                if not active:
-                    return
-                for op_id in active:
-                    await executor.run(op_id)
-                if await store.runnable_ids(self.engine.sessions, 10) == []:
-                    await asyncio.sleep(0.3)
-            raise AssertionError(f"operations still active: {active}")
-        finally:
-            await executor.drivers.close()
+        await run_all(self.engine)
 
     def kill_at(self, wid: str, action: str, point: str, *, split: bool = False) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "tests.services.operations.intent_runner", str(self.config_path),
-                                 self.url, wid, action, point, *(["split"] if split else [])], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            line = proc.stdout.readline() if proc.stdout else ""
-            assert line.strip() == f"AT {point}", (line, proc.stderr.read() if proc.stderr else "")
-        finally:
-            proc.kill()  # SIGKILL: no rollback, no cleanup
-            proc.wait()
+        kill_at("intent_runner", [str(self.config_path), self.url, wid, action, point, *(["split"] if split else [])],
+                point)
 
     async def driver_vms(self) -> list[Any]:
-        """What the sim provider holds, read behind the catalog's back."""
-        executor = Executor(self.engine.sessions, self.engine.config)
-        try:
-            return list(await executor.drivers.get("sima").list_vms())
-        finally:
-            await executor.drivers.close()
+        return await provider_vms(self.engine, "sima")
 
     async def vms(self) -> list[tuple[str, str]]:
         return [(vm.name, str(vm.state)) for vm in await self.driver_vms()]
 
 
-@pytest.fixture
-async def broker(db_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
+@contextlib.asynccontextmanager
+async def synced_catalog(db_url: str, tmp_path: Path, text: str) -> AsyncIterator[tuple[Engine, Path]]:
+    """A fresh catalog at ``db_url`` synced with the federation ``text`` (also written to a file, for the
+    broker processes the tests kill): the engine over it and the file's path."""
     config_path = tmp_path / "federation.yaml"
-    config_path.write_text(CONFIG)
-    config = parse_config(CONFIG)
+    config_path.write_text(text)
+    config = parse_config(text)
     await db.upgrade_async(db_url)
     sql = db.make_engine(db_url)
     sessions = db.make_sessionmaker(sql)
-    await sync_all(sessions, config)
-    async with sessions() as session:
-        caller = await operator_identity(session, None)
-        await session.commit()
-    engine = Engine(sessions, config, db_url)
     try:
-        yield Broker(engine, WorkloadService(sessions, config, engine, Placer(config)), caller, config_path, db_url)
+        await sync_all(sessions, config)
+        yield Engine(sessions, config, db_url), config_path
     finally:
         await sql.dispose()
+
+
+async def operator_service(engine: Engine) -> tuple[Identity, WorkloadService]:
+    """The operator (default project) and the workload service over ``engine``, as a broker has them."""
+    async with engine.sessions() as session:
+        caller = await operator_identity(session, None)
+        await session.commit()
+    return caller, WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+
+
+@pytest.fixture
+async def broker(db_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
+    async with synced_catalog(db_url, tmp_path, CONFIG) as (engine, config_path):
+        caller, workloads = await operator_service(engine)
+        yield Broker(engine, workloads, caller, config_path, db_url)
 
 
 async def _running_vm(broker: Broker, name: str) -> str:
