@@ -131,7 +131,7 @@ class BatchPlanner:
 
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
                  headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True,
-                 relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 1.0) -> None:
+                 relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 2.0) -> None:
         self.classes = classes
         self.repair = repair  # False: the flow alone (what bench/batch.py compares with)
         self.relax = relax  # start the repair from the LP relaxation (batch_lp) instead of the flow's packing
