@@ -13,6 +13,7 @@ spell longer than :data:`IDLE` and a failed resolution delete the row; :func:`re
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,8 +22,11 @@ from sqlalchemy import delete, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.db import is_busy
 from metavmm.catalog.models import Project, UiSession, User, aware, utcnow
 from metavmm.services.identity import Identity, hash_secret, identity_for, identity_of_token_id
+
+log = logging.getLogger(__name__)
 
 IDLE = timedelta(hours=8)
 MAX_AGE = timedelta(hours=24)
@@ -76,14 +80,21 @@ async def resolve(session: AsyncSession, sid: str | None) -> Resolved | None:
         identity = await _identity(session, row)
     # statements, not the ORM's row writes: another request (or broker) may have deleted the row meanwhile
     this = col(UiSession.id_sha256) == row.id_sha256
+    csrf = row.csrf  # read now: a rollback below expires the row
     if identity is None:
         await session.exec(delete(UiSession).where(this))  # type: ignore[call-overload]
         await session.commit()
         return None
     if now - aware(row.last_seen_at) >= TOUCH_EVERY:
-        await session.exec(update(UiSession).where(this).values(last_seen_at=now))  # type: ignore[call-overload]
-        await session.commit()
-    return Resolved(identity, row.csrf)
+        try:
+            await session.exec(update(UiSession).where(this).values(last_seen_at=now))  # type: ignore[call-overload]
+            await session.commit()
+        except Exception as exc:  # the idle clock is best effort: a busy catalog must not fail the page view
+            if not is_busy(exc):
+                raise
+            await session.rollback()
+            log.info("dashboard session's last-seen time not written (catalog busy); the next request tries again")
+    return Resolved(identity, csrf)
 
 
 async def _identity(session: AsyncSession, row: UiSession) -> Identity | None:

@@ -271,6 +271,8 @@ def test_a_post_without_the_csrf_token_is_refused(broker: tuple[Broker, World], 
     b, world = broker
     By = _by()
     browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
+    assert browser.find_elements(By.CSS_SELECTOR, "input[name=csrf_token]"), \
+        browser.find_element(By.TAG_NAME, "body").text[:500]  # an error or login page says why
     token = browser.find_element(By.CSS_SELECTOR, "input[name=csrf_token]").get_attribute("value")
     path = f"/ui/workloads/{world.ids['workload']}/actions"
     assert _post(browser, path, {"action": "stop"}) == 403
@@ -283,6 +285,7 @@ def test_a_post_without_the_csrf_token_is_refused(broker: tuple[Broker, World], 
 def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser: Any) -> None:
     b, world = broker
     By = _by()
+    browser.get(b.url + "/ui/")  # from a page of its own, not whatever the previous test left
     browser.find_element(By.CSS_SELECTOR, "form.who button").click()
     wait(browser, lambda d: d.find_elements(By.ID, "token"))
     b.rest("PUT", f"/api/v1/projects/{world.ids['alpha']}/quotas/vcpus", world.tokens["admin"], {"limit": 3})

@@ -225,3 +225,30 @@ async def test_a_request_marks_the_session_seen_at_most_once_a_minute(ui: tuple[
     assert (await _page(client, sid)).status == 200
     (seen,) = await _sessions(client.app)
     assert (utcnow() - aware(seen.last_seen_at)).total_seconds() < 30
+
+
+async def test_a_busy_catalog_does_not_fail_a_page_view(ui: tuple[Any, World], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last-seen write is best effort: while another writer holds the catalog past the wait, the page is
+    served (200, not the 500 error page a failed write gave) and the time is written by a later request."""
+    from sqlalchemy import update
+
+    from metavmm.catalog import db
+
+    client, world = ui
+    sid = await _browser(client, "alpha_member", world)
+    async with client.app[keys.SESSIONS]() as session:
+        stale = await session.get(UiSession, hash_secret(sid))
+        stale.last_seen_at = old = utcnow() - dashboard_sessions.TOUCH_EVERY - timedelta(seconds=5)
+        session.add(stale)
+        await session.commit()
+    monkeypatch.setattr(db, "WRITER_WAIT_S", 0.3)
+    async with client.app[keys.SESSIONS]() as holder:  # another writer's open transaction
+        await holder.exec(update(UiSession).where(UiSession.user_id == -1).values(role="x"))  # type: ignore[call-overload]
+        page = await _page(client, sid)
+        assert page.status == 200, await page.text()
+        await holder.rollback()
+    (row,) = await _sessions(client.app)
+    assert aware(row.last_seen_at) == old  # not written while busy ...
+    assert (await _page(client, sid)).status == 200
+    (row,) = await _sessions(client.app)
+    assert (utcnow() - aware(row.last_seen_at)).total_seconds() < 30  # ... and written once the catalog is free
