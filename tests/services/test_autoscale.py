@@ -41,7 +41,14 @@ scheduler: {cpu_allocation_ratio: 1}
 operations: {retry_base_s: 0.01, reconcile_interval_s: 0}
 %s
 """
-MONDAY = datetime(2026, 12, 7, tzinfo=UTC)  # a Monday
+def _next_monday() -> datetime:
+    """00:00 UTC of the next Monday: the traces evaluate at times after the groups' real creation (a fixed
+    date ran the trace before the create once the clock passed it, and every cooldown read negative)."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today + timedelta(days=7 - today.weekday())
+
+
+MONDAY = _next_monday()
 
 
 def _seed() -> tuple[int, int, int]:
