@@ -16,7 +16,7 @@ import json
 import re
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_protocol import RequestHandler
 
 from metavmm.api.occi.negotiate import ACCEPTED, ENTITY_MEDIA, JSON, SERVER, TEXT_OCCI, choose_for
 
@@ -38,10 +38,13 @@ class _Handler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if len(self._head) < HEAD_BYTES:
             self._head += data[:HEAD_BYTES - len(self._head)]
-        queued = len(self._messages)
+        # aiohttp's queue of parsed messages is private: read defensively, so a release that renames it
+        # costs only the client's rendering of a parse error, never a request
+        messages = getattr(self, "_messages", None)
+        queued = len(messages) if messages is not None else 0
         super().data_received(data)
-        if len(self._messages) > queued and not isinstance(self._messages[-1][0], _ErrInfo):
-            self._head = b""  # a request's headers were read: the next bytes start the next one
+        if messages is not None and len(messages) > queued and hasattr(messages[-1][0], "headers"):
+            self._head = b""  # a request's headers were read (not a parse error): the next bytes start the next one
 
     def _accept(self, request: web.BaseRequest) -> str:
         """The client's Accept: from the parsed headers, else from the bytes of a request that failed."""
