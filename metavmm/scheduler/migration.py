@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from metavmm.foundation.errors import NoPlacement, NotFound, ValidationError
 from metavmm.foundation.kinds import kind_info
@@ -31,6 +32,7 @@ from metavmm.scheduler.plan import Placement, PlanStep
 from metavmm.scheduler.quotes import storage_per_hour
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.scheduler.snapshot import HostView, Snapshot, WorkloadView, hypervisor_family
+from metavmm.scheduler.summary import offer
 from metavmm.scheduler.views import host_free, host_view
 
 EXPORT_MIB_PER_S = 200.0  # reading a stopped guest's disk out of the source VMM
@@ -57,7 +59,8 @@ class Move:
     steps: tuple[PlanStep, ...]
     seconds: float
     price: Decimal
-    price_per_hour: Decimal | None
+    price_per_hour: Decimal | None  # at the target, its disk included (what the plan compares)
+    offer: dict[str, Any] = field(default_factory=dict)  # its flavor and compute price there (summary.offer)
 
 
 @dataclass(frozen=True)
@@ -161,11 +164,12 @@ class MigrationPlanner:
                 PlanStep("cleanup", src_name, f"delete {w.name} and its disk at the source", CLEANUP_S),
             )
             mode, why_mode = "cold", f"live impossible: {why}"
+        priced = offer(flavor, price_per_hour, snap.currency, hypervisor=target.hypervisor if target else None)
         if price_per_hour is not None:  # the disk keeps costing at the target where storage is priced
             price_per_hour += storage_per_hour(t_site, w.disk_gib)
         return Move(w.name, w.id, s_site.name if s_site else "?", source.name if source else None, t_site.name,
                     target.name if target else None, flavor, mode, why_mode, steps, sum(s.seconds for s in steps),
-                    sum((s.price for s in steps), Decimal(0)), price_per_hour)
+                    sum((s.price for s in steps), Decimal(0)), price_per_hour, priced)
 
     def evacuate(self, *, host: str | None = None, site: str | None = None) -> MigrationPlan:
         """Move every workload off a host (or every host of a site) to the best other place."""

@@ -143,13 +143,48 @@ def explanation(p: Placement) -> list[dict[str, Any]]:
 
 def placement_summary(p: Placement) -> dict[str, Any]:
     """The stable JSON a created workload keeps as ``spec["placement"]`` (see the module docstring)."""
-    per_hour = money(p.price_per_hour)
     return {
         "version": SUMMARY_VERSION, "placed": p.placed, "summary": p.summary,
         "provider": p.provider, "region": p.region, "site": p.site, "site_id": p.site_id, "host": p.host,
-        "host_id": p.host_id, "flavor": p.flavor, "hypervisor": p.hypervisor,
-        "price_per_hour": per_hour,
-        "cost_per_hour": {"amount": per_hour, "currency": p.currency} if per_hour is not None else None,
+        "host_id": p.host_id, **offer(p.flavor, p.price_per_hour, p.currency, hypervisor=p.hypervisor),
         "alternatives": alternatives(p),
         "burst": p.burst.as_dict() if p.burst is not None else None,
     }
+
+
+def offer(flavor: str | None, price_per_hour: Decimal | None, currency: str | None, *,
+          hypervisor: str | None = None) -> dict[str, Any]:
+    """The summary's flavor and price keys (one spelling for a create's placement and a move's)."""
+    per_hour = money(price_per_hour)
+    return {"flavor": flavor, "hypervisor": hypervisor, "price_per_hour": per_hour,
+            "cost_per_hour": {"amount": per_hour, "currency": currency} if per_hour is not None else None}
+
+
+MOVED_CLEARS = ("flavor", "hypervisor", "price_per_hour", "cost_per_hour")
+"""What a placement summary says about its old site that is false at another: a move to another site clears
+them unless the move knows the new values (a planned move's flavor and price)."""
+
+
+def relocated(placement: Mapping[str, Any], *, provider: str, region: str | None, site: str | None,
+              site_id: int | None, host: str | None, host_id: int | None,
+              update: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The placement summary of a workload that now runs elsewhere (a migration, an HA restart, a failover).
+
+    Why: the summary is where the spend ledger reads the rate a compute accrues at
+    (:func:`metavmm.catalog.spend.rate_of`) and where links read the site a compute is bound to; left at the
+    old site, a migrated VM went on being charged the old provider's price and its volumes were bound to a
+    site it had left. The location becomes where the VM now is. Within its site only the host changes (the
+    price holds); at another site the old flavor and price are dropped (``moved_from`` says from where)
+    unless ``update`` brings the new ones, so an unknown price reads as unknown, never as the old one.
+    """
+    old = dict(placement)
+    same_site = (site_id is not None and old.get("site_id") == site_id) or (
+        site_id is None and (old.get("provider"), old.get("region")) == (provider, region))
+    if same_site:
+        new = {**old, **({"host": host, "host_id": host_id} if host_id is not None else {})}
+    else:
+        new = {**old, **dict.fromkeys(MOVED_CLEARS), "provider": provider, "region": region, "site": site,
+               "site_id": site_id, "host": host, "host_id": host_id,
+               "moved_from": "/".join(str(x) for x in (old.get("provider"), old.get("region")) if x) or None}
+    new.update(update or {})
+    return new

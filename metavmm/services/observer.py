@@ -63,6 +63,7 @@ from metavmm.catalog.prices import records_from_infos, store_prices
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.prices import PriceRecord, table_records
 from metavmm.foundation.records import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo, VmInfo
+from metavmm.scheduler.summary import relocated
 from metavmm.translators.cpu_traits import cpu_traits
 
 K = TypeVar("K")
@@ -450,9 +451,17 @@ async def observe_vm(session: AsyncSession, provider: str, workload_id: str, vm:
         return workload
     sites, hosts = await _places(session, prov) if prov is not None else ({}, {})
     site = sites.get(vm.region)
-    _, changed = _write_vm(workload, provider, pid, vm, site, _host(hosts, site, vm.host))
-    if spec_update:
-        workload.spec = {**workload.spec, **spec_update}
+    host = _host(hosts, site, vm.host)
+    _, changed = _write_vm(workload, provider, pid, vm, site, host)
+    update = dict(spec_update or {})
+    placed = (workload.spec or {}).get("placement") or {}
+    if place and (placed or update.get("placement")):  # the summary follows the VM (summary.relocated)
+        update["placement"] = relocated(
+            placed, provider=provider, region=vm.region, site=site.name if site else None,
+            site_id=site.id if site else None, host=host.name if host else vm.host,
+            host_id=host.id if host else None, update=update.get("placement"))
+    if update:
+        workload.spec = {**workload.spec, **update}
     _touch(workload, changed or place or bool(spec_update))  # a recorded placement is a new version
     session.add(workload)
     return workload

@@ -330,8 +330,10 @@ async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> 
 
 
 async def live_migrate_plan(engine: Engine, workload_id: str, *, target_provider: str,
-                            target_host: str | None = None) -> PlanSpec:
-    """Move a running VM without stopping it: between two libvirt daemons, or to a host of its region."""
+                            target_host: str | None = None, offer: dict[str, Any] | None = None) -> PlanSpec:
+    """Move a running VM without stopping it: between two libvirt daemons, or to a host of its region.
+    ``offer``: the flavor and price the scheduler found at the target (a planned move's), which the record
+    step writes into the placement summary (:func:`metavmm.scheduler.summary.relocated`)."""
     workload, provider = await _workload_at(engine, workload_id)
     target_cfg = _known_provider(engine, target_provider)
     if target_provider != provider and target_cfg.kind != _known_provider(engine, provider).kind:
@@ -341,7 +343,7 @@ async def live_migrate_plan(engine: Engine, workload_id: str, *, target_provider
     steps = [Step("migrate", "vm.live_migrate", {**src, "target_provider": target_provider,
                                                   "target_host": target_host}, weight=5),
              Step("verify-target", "vm.wait", {**dst, "state": "running", "timeout_s": 120}),
-             Step("record", "workload.record", dst, commit=True)]
+             Step("record", "workload.record", {**dst, **priced(offer)}, commit=True)]
     return PlanSpec("live_migrate", steps, workload.id, workload.project_id,
                     {"from": provider, "to": target_provider},
                     fingerprint=fingerprint(workload.id, target_provider, target_host))
@@ -352,6 +354,12 @@ async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str
     """:func:`live_migrate_plan` submitted on its own."""
     plan = await live_migrate_plan(engine, workload_id, target_provider=target_provider, target_host=target_host)
     return await plan.submit(engine, idempotency_key=idempotency_key)
+
+
+def priced(offer: dict[str, Any] | None) -> dict[str, Any]:
+    """A record step's params for a move that knows its target's flavor and price (none: it does not, and
+    the record drops the old site's, see :func:`metavmm.scheduler.summary.relocated`)."""
+    return {"spec_update": {"placement": dict(offer)}} if offer else {"spec_update": {}}
 
 
 def new_mac(taken: set[str], kind: str = "") -> str:
@@ -439,8 +447,10 @@ def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: 
 
 async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider: str,
                             target_region: str | None = None, disk_format: str = "raw", boot_marker: str | None = None,
-                            boot_timeout_s: float = 300, drawn: list[AddressLease] | None = None) -> PlanSpec:
+                            boot_timeout_s: float = 300, drawn: list[AddressLease] | None = None,
+                            offer: dict[str, Any] | None = None) -> PlanSpec:
     """Stop, export, convert, import, boot and verify at the target; only then remove the source.
+    ``offer`` as for :func:`live_migrate_plan`.
 
     The boot check (see :func:`boot_check`) waits ``boot_timeout_s`` for the clone to run and, where a
     ``boot_marker`` regex is known and the target has a console, to print it.
@@ -496,7 +506,8 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
         Step("boot-check", "vm.wait", {**dst, **check}),
         Step("record", "workload.record", {**dst, "spec_update": {
             "mac": mac, "hostname": hostname, "ip": ip,
-            "owned_image": {"provider": target_provider, "region": region, "name": image_name}}}, commit=True),
+            "owned_image": {"provider": target_provider, "region": region, "name": image_name},
+            **priced(offer)["spec_update"]}}, commit=True),
         Step("remove-source", "vm.delete", src),
         Step("clean-scratch", "scratch.clean", {}),
     ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -53,7 +54,8 @@ async def _target(engine: Engine, site_name: str) -> tuple[str, str]:
     return row[1].name, row[0].region
 
 
-async def relocate_plan(engine: Engine, workload_id: str, *, target_host: str) -> flows.PlanSpec:
+async def relocate_plan(engine: Engine, workload_id: str, *, target_host: str,
+                        offer: dict[str, Any] | None = None) -> flows.PlanSpec:
     """Move a VM to another host of its provider while it is stopped (hosts whose CPUs differ)."""
     workload, provider = await flows._workload_at(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
@@ -66,7 +68,7 @@ async def relocate_plan(engine: Engine, workload_id: str, *, target_host: str) -
     if was_running:
         steps += [Step("start", "vm.power", {**at, "verb": "start"}),
                   Step("verify-target", "vm.wait", {**at, "state": "running", "timeout_s": 300, "stable_s": 1.0})]
-    steps.append(Step("record", "workload.record", at))
+    steps.append(Step("record", "workload.record", {**at, **flows.priced(offer)}))
     return flows.PlanSpec("cold_migrate", steps, workload.id, workload.project_id,
                           {"from": provider, "to": provider, "host": target_host, "offline": True})
 
@@ -85,13 +87,14 @@ async def move_plan(engine: Engine, move: Move, *, drawn: list[AddressLease]) ->
     _, source = await flows._workload_at(engine, move.workload_id)
     if move.mode == "live":  # into another provider (a libvirt daemon) its endpoint is the target, not a host name
         return await flows.live_migrate_plan(engine, move.workload_id, target_provider=provider,
-                                             target_host=move.target_host if provider == source else None)
+                                             target_host=move.target_host if provider == source else None,
+                                             offer=move.offer)
     if provider == source:
         if move.target_host is None:
             raise ValidationError(f"{move.workload}: a move inside {provider} needs a target host")
-        return await relocate_plan(engine, move.workload_id, target_host=move.target_host)
+        return await relocate_plan(engine, move.workload_id, target_host=move.target_host, offer=move.offer)
     return await flows.cold_migrate_plan(engine, move.workload_id, target_provider=provider, target_region=region,
-                                         drawn=drawn)
+                                         drawn=drawn, offer=move.offer)
 
 
 async def submit_move(engine: Engine, move: Move, *, idempotency_key: str | None = None) -> Operation:

@@ -55,6 +55,7 @@ from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationE
 from metavmm.foundation.records import Capability
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.summary import offer
 from metavmm.services import quotas
 from metavmm.services.identity import Identity, Role
 from metavmm.services.operations import store
@@ -365,9 +366,8 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     ``old`` ran on are released after."""
     spec = wl.spec or {}
     new = {"provider": placement.provider, "workload_id": wl.id}
-    where = {**(spec.get("placement") or {}), "provider": placement.provider, "site": placement.site,
-             "region": placement.region, "host": placement.host, "site_id": placement.site_id,
-             "host_id": placement.host_id, "summary": f"HA restart after {old} was lost: {placement.summary}"}
+    where = {**offer(placement.flavor, placement.price_per_hour, placement.currency, hypervisor=placement.hypervisor),
+             "summary": f"HA restart after {old} was lost: {placement.summary}"}  # where: the record step's
     fence = Step("fence", "ha.fence", {"provider": old, "workload_id": wl.id, "confirmed": confirmed})
     settle = Step("settle", "ha.settle", {"workload_id": wl.id, "state": HaState.PROTECTED,
                                           "message": f"restarted at {placement.site} after {old} was lost ({cause})"

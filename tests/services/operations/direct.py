@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from metavmm.catalog.models import Operation, Workload, WorkloadKind
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
+from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
+from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.flows import _known_provider, fingerprint, resource_steps, with_quota
 
 
@@ -59,3 +62,13 @@ async def create_resource(engine: Engine, kind: str, *, name: str, provider: str
     return await engine.submit(kind="create", steps=steps, target_id=workload.id, project_id=project_id,
                                params={"provider": provider, "region": region}, idempotency_key=idempotency_key,
                                rows=[workload], fingerprint=hashlib.sha256(request.encode()).hexdigest())
+
+
+async def run(sessions: Any, config: Any, op: Operation) -> Operation:
+    """Run ``op`` to its end with an executor of its own (closed after) and read it back."""
+    ex = Executor(sessions, config)
+    try:
+        assert await ex.run(op.id)
+    finally:
+        await ex.drivers.close()
+    return await store.get(sessions, op.id)

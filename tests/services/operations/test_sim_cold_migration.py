@@ -15,9 +15,8 @@ from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
 from metavmm.foundation.records import VmState
-from metavmm.services.operations import flows, store
+from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
-from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
 from tests.services.operations import direct
 
@@ -30,25 +29,16 @@ operations: {retry_base_s: 0.01, reconcile_interval_s: 0, work_dir: %s}
 """
 
 
-async def _run(sessions: Any, config: Any, op: Operation) -> Operation:
-    ex = Executor(sessions, config)
-    try:
-        assert await ex.run(op.id)
-    finally:
-        await ex.drivers.close()
-    return await store.get(sessions, op.id)
-
-
 async def test_sim_to_sim_cold_migration_runs_every_step(sqlite_sessions: Any, tmp_path: Path) -> None:
     config = parse_config(CONFIG % (tmp_path / "work"))
     await sync_all(sqlite_sessions, config, only={"sima", "simb"})
     engine = Engine(sqlite_sessions, config, "sqlite://")
-    made = await _run(sqlite_sessions, config, await direct.provision(engine, name="mover", provider="sima",
+    made = await direct.run(sqlite_sessions, config, await direct.provision(engine, name="mover", provider="sima",
                                                                      region="sim-000", image="img"))
     wid = made.target_id
     assert made.state == OperationState.SUCCEEDED and wid
 
-    done = await _run(sqlite_sessions, config, await flows.cold_migrate(engine, wid, target_provider="simb",
+    done = await direct.run(sqlite_sessions, config, await flows.cold_migrate(engine, wid, target_provider="simb",
                                                                         disk_format="qcow2"))
     assert done.state == OperationState.SUCCEEDED, done.error
     assert [s["state"] for s in done.steps] == ["done"] * len(done.steps)
@@ -65,7 +55,7 @@ async def test_a_move_to_a_partner_occi_site_is_refused_before_anything_stops(sq
     config = parse_config(CONFIG % (tmp_path / "work"))
     await sync_all(sqlite_sessions, config, only={"sima", "simb"})
     engine = Engine(sqlite_sessions, config, "sqlite://")
-    made = await _run(sqlite_sessions, config, await direct.provision(engine, name="stay", provider="sima",
+    made = await direct.run(sqlite_sessions, config, await direct.provision(engine, name="stay", provider="sima",
                                                                      region="sim-000", image="img"))
     async with sqlite_sessions() as session:
         before = (await session.exec(select(func.count()).select_from(Operation))).one()
