@@ -545,6 +545,9 @@ class MetricsConfig(_Strict):
                                description="host:port of a token-less metrics listener, e.g. 127.0.0.1:9464")
     events_poll_s: float = Field(default=0.5, gt=0, le=30,
                                  description="how often an open /api/v1/events stream looks for new rows")
+    events_recheck_s: float = Field(default=5.0, gt=0, le=300,
+                                    description="how often an open event stream checks that its token or dashboard "
+                                                "session still holds; one gone (logout, expiry, revocation) ends it")
 
 
 class MarketplaceConfig(_Strict):

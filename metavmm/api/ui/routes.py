@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from functools import partial
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from metavmm.api import keys
-from metavmm.api.rest.events import EventsQuery, stream
+from metavmm.api.rest.events import EventsQuery, follow
 from metavmm.api.ui import (
     alerts,
     autoscaling,
@@ -70,9 +71,11 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/events", name="events")
 async def events(request: web.Request) -> web.StreamResponse:
-    """The REST stream's handler with the session's identity; ``after`` is where the page was rendered."""
+    """The REST stream with the session's identity, checked again while it is open (a logout in another
+    tab ends it); ``after`` is where the page was rendered."""
     after = request.query.get("after", "")
-    return await stream(request, EventsQuery(after=int(after) if after.isdigit() and len(after) < 18 else None))
+    return await follow(request, EventsQuery(after=int(after) if after.isdigit() and len(after) < 18 else None),
+                        partial(sess.identity_now, request))
 
 
 def add_routes(app: web.Application) -> None:

@@ -53,6 +53,18 @@
     }
   });
   source.addEventListener("progress", function (e) { operation(JSON.parse(e.data)); });
+  source.addEventListener("end", function (e) {
+    // the session ended (a logout in another tab, expiry, revocation): stop, and say so instead of retrying
+    source.close();
+    live.setAttribute("data-live-ended", "true");
+    const note = document.createElement("p");
+    note.id = "live-ended";
+    note.className = "error";
+    note.setAttribute("role", "alert");
+    note.textContent = JSON.parse(e.data).reason;
+    const main = document.getElementById("main");
+    if (main) { main.prepend(note); }
+  });
   source.addEventListener("workload", function (e) {
     const d = JSON.parse(e.data);
     each('[data-workload-id="' + CSS.escape(d.workload) + '"]', function (el) {
