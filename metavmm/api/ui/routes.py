@@ -37,7 +37,8 @@ async def login_form(request: web.Request) -> web.Response:
     resp = aiohttp_jinja2.render_template("login.html", request, page_context(
         request, title="Log in", login_csrf=token, next=sess.safe_next(request.query.get("next")), error=None,
         oidc=keys.OIDC in request.config_dict))
-    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login", secure=request.secure)
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login",
+                    secure=sess.secure(request))
     return resp
 
 

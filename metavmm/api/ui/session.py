@@ -73,8 +73,15 @@ async def logout(request: web.Request) -> None:
         await session.commit()
 
 
+def secure(request: web.Request) -> bool:
+    """Whether the dashboard's cookies get the Secure flag: the broker serves TLS itself, or browsers reach
+    it over https through a proxy that speaks plain HTTP to it (``federation.public_url``)."""
+    public = request.config_dict[keys.CONFIG].federation.public_url
+    return request.secure or (public or "").startswith("https://")
+
+
 def set_cookie(request: web.Request, response: web.StreamResponse, opened: store.Opened) -> None:
-    response.set_cookie(COOKIE, opened.sid, httponly=True, samesite="Strict", path="/ui", secure=request.secure,
+    response.set_cookie(COOKIE, opened.sid, httponly=True, samesite="Strict", path="/ui", secure=secure(request),
                         max_age=int(store.MAX_AGE.total_seconds()))
 
 
