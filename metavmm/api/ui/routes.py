@@ -16,6 +16,7 @@ from metavmm.api.ui import (
     autoscaling,
     burst,
     inventory,
+    launch,
     marketplace,
     migrate,
     oidc_login,
@@ -84,6 +85,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(inventory.routes)
     app.router.add_routes(work.routes)
     app.router.add_routes(marketplace.routes)
+    app.router.add_routes(launch.routes)
     app.router.add_routes(alerts.routes)
     app.router.add_routes(projects.routes)
     app.router.add_routes(migrate.routes)
