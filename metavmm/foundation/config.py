@@ -19,6 +19,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import pydantic
 import yaml
@@ -412,6 +413,31 @@ class FederationInfo(_Strict):
         default=2.0, ge=0, le=60, description="how long an OCCI entity's rendering (or its 404) is reused; any "
         "catalog write through this broker ends it at once, one by another process (the CLI, procrastinate "
         "workers) within this bound; 0 reads the catalog on every GET")
+    public_url: str | None = Field(
+        default=None, max_length=400, description="the broker's address as browsers reach it behind a reverse "
+        "proxy, e.g. https://cloud.example.org: the dashboard's OIDC redirect_uri is built from it (never from "
+        "the Host header the broker sees), and an https one makes the dashboard's cookies Secure though the "
+        "proxy talks plain HTTP to the broker")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        """An origin (scheme, host, optional port), kept without a trailing slash so paths join onto it. No
+        path: the dashboard's links and cookies are absolute (``/ui/...``), so the proxy must serve the broker
+        at the root of this address, and a prefix here would only make a redirect_uri nothing answers."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an absolute http:// or https:// URL, not {value[:80]!r}")
+        if parts.username or parts.password or parts.path.strip("/") or "?" in value or "#" in value:
+            raise ValueError("must be scheme, host and port only (no user, path, query or fragment): the proxy "
+                             "serves the broker at the root of this address")
+        try:
+            parts.port  # noqa: B018  (a bad port raises here)
+        except ValueError:
+            raise ValueError(f"has an invalid port: {value[:80]!r}") from None
+        return value.rstrip("/")
 
 
 class OidcConfig(_Strict):
@@ -545,6 +571,9 @@ class MetricsConfig(_Strict):
                                description="host:port of a token-less metrics listener, e.g. 127.0.0.1:9464")
     events_poll_s: float = Field(default=0.5, gt=0, le=30,
                                  description="how often an open /api/v1/events stream looks for new rows")
+    events_recheck_s: float = Field(default=5.0, gt=0, le=300,
+                                    description="how often an open event stream checks that its token or dashboard "
+                                                "session still holds; one gone (logout, expiry, revocation) ends it")
 
 
 class MarketplaceConfig(_Strict):

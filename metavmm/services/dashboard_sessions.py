@@ -66,9 +66,11 @@ async def open_session(session: AsyncSession, identity: Identity, *, token_id: s
     return Opened(sid, csrf, ends)
 
 
-async def resolve(session: AsyncSession, sid: str | None) -> Resolved | None:
+async def resolve(session: AsyncSession, sid: str | None, *, touch: bool = True) -> Resolved | None:
     """The identity and CSRF token of the session the cookie names, or None (and the row gone) when it
-    is unknown, over, idle too long or its token or membership no longer holds. Commits what it changes."""
+    is unknown, over, idle too long or its token or membership no longer holds. Commits what it changes.
+    ``touch=False`` (an open event stream checking its session) leaves the idle clock alone: a tab left
+    open is not a user at work, so its session still ends after :data:`IDLE`."""
     if not sid or len(sid) > 128:
         return None
     row = await session.get(UiSession, hash_secret(sid))
@@ -85,7 +87,7 @@ async def resolve(session: AsyncSession, sid: str | None) -> Resolved | None:
         await session.exec(delete(UiSession).where(this))  # type: ignore[call-overload]
         await session.commit()
         return None
-    if now - aware(row.last_seen_at) >= TOUCH_EVERY:
+    if touch and now - aware(row.last_seen_at) >= TOUCH_EVERY:
         try:
             await session.exec(update(UiSession).where(this).values(last_seen_at=now))  # type: ignore[call-overload]
             await session.commit()

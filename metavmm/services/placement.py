@@ -229,6 +229,9 @@ class Placer:
         placement = await self.place(session, req, explain=explain, lock=lock, project_id=project_id, round_=round_)
         if placement.placed:
             placement = await self._check(session, placement, providers)
+        elif req.sites and not await _any_site(session, req.sites):  # say so, not "N site not requested"
+            placement = _refused(placement, "*", f"no site named {', '.join(req.sites)} in the federation "
+                                 "(a site is provider/region, or a region)", "unknown site")
         metrics.decision(placement.placed, time.perf_counter() - started, (r.code for r in placement.rejections))
         return _planned(placement)
 
@@ -290,6 +293,13 @@ class Placer:
                 return _refused(p, site, f"image {image_id} has no replica at {site} and no published disk to "
                                 "copy there", "no image to copy")
         return p
+
+
+async def _any_site(session: AsyncSession, names: tuple[str, ...]) -> bool:
+    """Whether a site of the catalog has one of ``names`` as its name or region (the residency filter's match)."""
+    found = await session.exec(select(m.Site.id).where(m.Site.present, or_(
+        m.Site.name.in_(names), m.Site.region.in_(names))).limit(1))  # type: ignore[attr-defined]
+    return found.first() is not None
 
 
 def _refused(p: Placement, candidate: str, why: str, code: str) -> Placement:

@@ -28,6 +28,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
 from metavmm.services.operations import store
 from metavmm.services.sync import sync_all
+from tests.api.ui.test_events import ended, read_until
 from tests.world import World, seed
 
 API = "/api/v1"
@@ -233,6 +234,24 @@ async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, d
     assert everything.status == 200
     text = await everything.text()
     assert op_id in text and mine["operation"]["id"] in text
+
+
+async def test_a_revoked_token_ends_its_open_event_stream(aiohttp_client: Any, sqlite_url: str) -> None:
+    """The stream re-checks its token while open (``metrics.events_recheck_s``): revoked, it sends ``end``
+    and closes instead of streaming on for as long as the connection lasts."""
+    app = create_app(parse_config(CONFIG.replace("events_poll_s: 0.05", "events_poll_s: 0.05, events_recheck_s: 0.2")),
+                     sqlite_url, sync=False)
+    client = await aiohttp_client(app)
+    w = await seed(app)
+    alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
+    beta = await client.get(f"{API}/events", headers=_follow(w, "beta_member"))
+    revoked = await client.delete(f"{API}/tokens/{w.ids['token_alpha_member']}", headers=w.auth("admin"))
+    assert revoked.status == 204
+    tail = await read_until(alpha, lambda f: False)
+    assert [f[0] for f in tail] == ["end", "<closed>"] and "revocation" in tail[0][1]["reason"]
+    mine = await _create(client, w, "beta_member", "still-streamed")  # another token's stream goes on
+    assert any(f[0] == "operation" for f in await read_until(beta, ended(mine["operation"]["id"])))
+    beta.close()
 
 
 def _free_port() -> int:

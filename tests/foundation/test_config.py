@@ -101,3 +101,15 @@ def test_clone_network_is_optional_and_parsed() -> None:
     a, b = cfg.providers[0].sites
     assert str(a.clone_network.cidr) == "10.1.0.0/16" and str(a.clone_network.gateway) == "10.1.0.1"
     assert [str(d) for d in a.clone_network.dns] == ["10.1.0.53"] and b.clone_network is None
+
+
+def test_public_url_is_an_origin() -> None:
+    """``federation.public_url`` builds the OIDC redirect_uri: an origin only, kept without a trailing slash."""
+    assert parse_config("federation: {public_url: 'https://cloud.example.org:8443/'}\n").federation.public_url == \
+        "https://cloud.example.org:8443"
+    assert parse_config("{}\n").federation.public_url is None
+    for bad, words in (("cloud.example.org", "absolute http"), ("ftp://cloud.example.org", "absolute http"),
+                       ("https://u:p@cloud.example.org", "no user"), ("https://cloud.example.org/metavmm", "no user"),
+                       ("https://cloud.example.org/?next=x", "no user"), ("https://cloud.example.org:99999", "port")):
+        msg = _error(f"federation:\n  public_url: '{bad}'\n")
+        assert msg.startswith("fed.yaml:2: federation.public_url: ") and words in msg, msg

@@ -5,25 +5,37 @@ operation event carries its catalog id: a client that reconnects with ``Last-Eve
 EventSource do it themselves) or ``?after=`` gets what it missed and nothing it saw. The stream stays
 open for a client that accepts ``text/event-stream`` (EventSource sends it); any other client gets what
 is there now (one page) in the same format and the response ends, so a generic HTTP tool never hangs.
+
+An open stream checks again, at most every ``metrics.events_recheck_s``, that its credentials still hold
+(REST: the request's token or certificate through the same rule as at connect; the dashboard: its session):
+once they do not (a logout in another tab, a revoked or expired token, a removed membership) it sends one
+``end`` event and closes, and a role lowered meanwhile narrows what it sends from then on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 from pydantic import BaseModel, Field
 
 from metavmm.api import keys
+from metavmm.api.auth import authenticate
 from metavmm.api.rest.common import sessions as sessions_of
 from metavmm.api.rest.framework import RestModule
 from metavmm.foundation.aio import wait_event
-from metavmm.foundation.errors import ValidationError
+from metavmm.foundation.errors import MetavmmError, ValidationError
 from metavmm.services import events
+from metavmm.services.identity import Identity
 
 api = RestModule("events", "Live updates as server-sent events")
+Recheck = Callable[[], Awaitable[Identity | None]]
+"""Who the stream's caller is now, or None once their credentials no longer hold."""
 
 
 class EventsQuery(BaseModel):
@@ -45,19 +57,45 @@ def _resume_point(request: web.Request, query: EventsQuery) -> int | None:
            "and workload states of the caller's project", query=EventsQuery, response=str,
            media_type="text/event-stream", role="reader")
 async def stream(request: web.Request, query: EventsQuery) -> web.StreamResponse:
+    return await follow(request, query, partial(reauthenticate, request))
+
+
+async def reauthenticate(request: web.Request) -> Identity | None:
+    """The REST caller's identity by the rule that admitted the request (token, OIDC, certificate), now."""
+    try:
+        identity = await authenticate(request)
+        identity.require("reader")
+    except MetavmmError:
+        return None
+    return identity
+
+
+async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> web.StreamResponse:
+    """The stream for the request's identity, asking ``recheck`` again at most every ``events_recheck_s``."""
     sessions = sessions_of(request)
     after = _resume_point(request, query)
     cursor = events.Cursor(keys.identity_of(request), after if after is not None else await events.latest_id(sessions))
-    poll_s = request.config_dict[keys.CONFIG].metrics.events_poll_s
+    metrics = request.config_dict[keys.CONFIG].metrics
     stopping = request.config_dict[keys.OPERATIONS].stopping
-    follow = "text/event-stream" in request.headers.get("Accept", "")
+    following = "text/event-stream" in request.headers.get("Accept", "")
+    clock = asyncio.get_running_loop().time
+    checked = clock()
     async with sse_response(request) as resp:
         with contextlib.suppress(ConnectionResetError):  # the client went away: the stream just ends
             while resp.is_connected() and not stopping.is_set():
+                if clock() - checked >= metrics.events_recheck_s:
+                    identity, checked = await recheck(), clock()
+                    if identity is None:
+                        await resp.send(json.dumps({"reason": ENDED}), event="end")
+                        break
+                    cursor.identity = identity
                 for event in await cursor.next(sessions):
                     ident = str(event.id) if event.id is not None else None
                     await resp.send(json.dumps(event.data, separators=(",", ":")), id=ident, event=event.kind)
-                if not follow:
+                if not following:
                     break
-                await wait_event(stopping, poll_s)
+                await wait_event(stopping, metrics.events_poll_s)
     return resp
+
+
+ENDED = "the session or token that opened this stream has ended (logout, expiry or revocation): log in again"

@@ -29,6 +29,7 @@ from metavmm.services.oidc import OidcVerifier, pkce
 routes = web.RouteTableDef()
 PENDING_COOKIE = "metavmm_oidc"
 PENDING_S = 600  # a login not finished in ten minutes starts again
+CALLBACK = "/ui/oidc/callback"
 
 
 def _issuer(request: web.Request) -> OidcVerifier:
@@ -39,8 +40,13 @@ def _issuer(request: web.Request) -> OidcVerifier:
 
 
 def _callback(request: web.Request) -> str:
-    """The redirect URI registered at the issuer: this broker's address as the browser reached it."""
-    return str(request.url.with_path("/ui/oidc/callback").with_query(None))
+    """The redirect URI registered at the issuer: ``federation.public_url`` when set (behind a reverse proxy
+    the Host header is the proxy's, or whatever a client chose to send: it must not steer where the issuer
+    sends the code), else this broker's address as the request reached it (a broker serving browsers itself)."""
+    public = request.config_dict[keys.CONFIG].federation.public_url
+    if public:
+        return f"{public}{CALLBACK}"
+    return str(request.url.with_path(CALLBACK).with_query(None))
 
 
 @routes.get("/login/oidc", name="login_oidc")
@@ -54,7 +60,7 @@ async def start(request: web.Request) -> web.StreamResponse:
                                                 challenge=challenge))
     # Lax, not Strict: the browser comes back from the issuer's site and must bring this cookie along
     resp.set_cookie(PENDING_COOKIE, request.config_dict[keys.SECRETS].seal(pending), httponly=True,
-                    samesite="Lax", path="/ui/oidc", secure=request.secure, max_age=PENDING_S)
+                    samesite="Lax", path="/ui/oidc", secure=sess.secure(request), max_age=PENDING_S)
     raise resp
 
 

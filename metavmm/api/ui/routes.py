@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from functools import partial
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from metavmm.api import keys
-from metavmm.api.rest.events import EventsQuery, stream
+from metavmm.api.rest.events import EventsQuery, follow
 from metavmm.api.ui import (
     alerts,
     autoscaling,
     burst,
     inventory,
+    launch,
     marketplace,
     migrate,
     oidc_login,
@@ -36,7 +38,8 @@ async def login_form(request: web.Request) -> web.Response:
     resp = aiohttp_jinja2.render_template("login.html", request, page_context(
         request, title="Log in", login_csrf=token, next=sess.safe_next(request.query.get("next")), error=None,
         oidc=keys.OIDC in request.config_dict))
-    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login", secure=request.secure)
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/ui/login",
+                    secure=sess.secure(request))
     return resp
 
 
@@ -70,9 +73,11 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/events", name="events")
 async def events(request: web.Request) -> web.StreamResponse:
-    """The REST stream's handler with the session's identity; ``after`` is where the page was rendered."""
+    """The REST stream with the session's identity, checked again while it is open (a logout in another
+    tab ends it); ``after`` is where the page was rendered."""
     after = request.query.get("after", "")
-    return await stream(request, EventsQuery(after=int(after) if after.isdigit() and len(after) < 18 else None))
+    return await follow(request, EventsQuery(after=int(after) if after.isdigit() and len(after) < 18 else None),
+                        partial(sess.identity_now, request))
 
 
 def add_routes(app: web.Application) -> None:
@@ -80,6 +85,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(inventory.routes)
     app.router.add_routes(work.routes)
     app.router.add_routes(marketplace.routes)
+    app.router.add_routes(launch.routes)
     app.router.add_routes(alerts.routes)
     app.router.add_routes(projects.routes)
     app.router.add_routes(migrate.routes)

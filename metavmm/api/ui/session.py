@@ -32,10 +32,17 @@ def safe_next(value: str | None) -> str:
     return value if value and value.startswith("/ui/") and not value.startswith("//") else "/ui/"
 
 
-async def resolve(request: web.Request) -> store.Resolved | None:
-    """The session the request's cookie names, if it still holds."""
+async def resolve(request: web.Request, *, touch: bool = True) -> store.Resolved | None:
+    """The session the request's cookie names, if it still holds (``touch``: see :func:`store.resolve`)."""
     async with request.config_dict[keys.SESSIONS]() as session:
-        return await store.resolve(session, request.cookies.get(COOKIE))
+        return await store.resolve(session, request.cookies.get(COOKIE), touch=touch)
+
+
+async def identity_now(request: web.Request) -> Identity | None:
+    """Who the request's session stands for now, without counting as activity: an open event stream's
+    check (:func:`metavmm.api.rest.events.follow`)."""
+    found = await resolve(request, touch=False)
+    return found.identity if found is not None else None
 
 
 async def login(request: web.Request, token: str) -> store.Opened:
@@ -66,8 +73,15 @@ async def logout(request: web.Request) -> None:
         await session.commit()
 
 
+def secure(request: web.Request) -> bool:
+    """Whether the dashboard's cookies get the Secure flag: the broker serves TLS itself, or browsers reach
+    it over https through a proxy that speaks plain HTTP to it (``federation.public_url``)."""
+    public = request.config_dict[keys.CONFIG].federation.public_url
+    return request.secure or (public or "").startswith("https://")
+
+
 def set_cookie(request: web.Request, response: web.StreamResponse, opened: store.Opened) -> None:
-    response.set_cookie(COOKIE, opened.sid, httponly=True, samesite="Strict", path="/ui", secure=request.secure,
+    response.set_cookie(COOKIE, opened.sid, httponly=True, samesite="Strict", path="/ui", secure=secure(request),
                         max_age=int(store.MAX_AGE.total_seconds()))
 
 

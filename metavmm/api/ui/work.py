@@ -1,7 +1,7 @@
 """Dashboard screens of the caller's project: workloads, operations, the placement explainer, the marketplace.
 
 Every change is a call to the service the REST handler calls (``WorkloadService.create/act/delete/cancel``,
-``marketplace.launch.launch``, ``Placer.dry_run``) with the session's identity, then a redirect to the page
+``Placer.dry_run``; the marketplace launch is :mod:`.launch`) with the session's identity, then a redirect to the page
 that shows the operation (post/redirect/get). Reads are scoped by :func:`metavmm.services.scope.visible`.
 """
 
@@ -23,7 +23,6 @@ from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.schemas import PlaceIn, PlacementOut
 from metavmm.services import events
 from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, search
-from metavmm.services.marketplace.launch import LaunchIn, launch
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import get_visible, visible
 from metavmm.services.workloads.requests import CreateRequest
@@ -166,16 +165,3 @@ async def explain(request: web.Request) -> web.Response:
         result = PlacementOut.of(planned.placement, planned.where, explain=True)
     return aiohttp_jinja2.render_template("explain.html", request, page_context(
         request, title="Placement explainer", form=form, result=result, images=await launchable_images(request)))
-
-
-@routes.post(r"/marketplace/{image_id:[0-9a-f-]{36}}/launch", name="launch")
-async def launch_image(request: web.Request) -> web.StreamResponse:
-    form = await _form(request)
-    try:
-        body = LaunchIn.model_validate({k: form[k] for k in ("name", "site", "flavor", "vcpus", "ram_mib")
-                                        if k in form})
-    except PydanticError as exc:
-        raise problem(exc) from None
-    done = await launch(request.config_dict[keys.WORKLOADS], identity_of(request), request.match_info["image_id"],
-                        body)
-    raise web.HTTPSeeOther(f"/ui/workloads/{done.workload.id}")

@@ -32,6 +32,7 @@ from metavmm.services.marketplace.replication import resolve_site
 from metavmm.services.operations.engine import Engine
 from metavmm.services.workloads.requests import Accepted, CreateRequest
 from metavmm.services.workloads.service import WorkloadService
+from metavmm.services.workloads.site_choices import SiteChoices
 
 DEFAULT_VCPUS = 1
 DEFAULT_RAM_MIB = 512
@@ -70,9 +71,20 @@ async def launch(service: WorkloadService, caller: Identity, image_ref: str, req
     reference goes to the service as the caller wrote it, so a replay with the same Idempotency-Key
     matches even after a newer version of a named image was published.
     """
+    await _visible(service, caller, image_ref)
+    return await service.create(caller, req.request(image_ref), idempotency_key=idempotency_key)
+
+
+async def _visible(service: WorkloadService, caller: Identity, image_ref: str) -> None:
     async with service.sessions() as session:
         await get_image(session, image_ref, await audience_for(session, caller))
-    return await service.create(caller, req.request(image_ref), idempotency_key=idempotency_key)
+
+
+async def launch_sites(service: WorkloadService, caller: Identity, image_ref: str, req: LaunchIn) -> SiteChoices:
+    """Where a launch of ``image_ref`` in this shape could be placed if it named its site, with prices
+    (:meth:`WorkloadService.site_choices`); an image the caller may not see is a NotFound, as for :func:`launch`."""
+    await _visible(service, caller, image_ref)
+    return await service.site_choices(caller, req.request(image_ref))
 
 
 @dataclass(frozen=True)

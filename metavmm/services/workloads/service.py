@@ -34,7 +34,9 @@ from metavmm.catalog.models import (
     Image,
     Operation,
     OperationState,
+    Provider,
     Role,
+    Site,
     Workload,
     WorkloadKind,
     WorkloadLink,
@@ -83,6 +85,7 @@ from metavmm.services.workloads.requests import (
     with_guest,
 )
 from metavmm.services.workloads.resources import place_resource
+from metavmm.services.workloads.site_choices import SiteChoices, fold
 
 BUSY_ATTEMPTS = 4  # a create refused for a database lock is tried this often before the 503
 
@@ -291,20 +294,53 @@ class WorkloadService:
                              req: CreateRequest, round_: Round | None = None) -> tuple[list[Step], dict[str, Any]]:
         """Where the scheduler puts it (the image's architecture and hypervisor, residency, price ceiling,
         burst policy) and the engine's steps that make it there."""
-        if shape.vcpus < 1 or shape.ram_mib < 1:
-            raise ValidationError("a compute needs a flavor, or vcpus and ram_mib (at least 1 each)")
-        preq = PlacementRequest(
-            name=workload.name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
-            project=None, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
-            cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
-            sites=(req.site,) if req.site else (), providers=tuple(req.providers),
-            max_price_per_hour=req.max_price_per_hour, ssh_key=workload.spec.get("ssh_key"),
-            user_data=workload.spec.get("user_data"), strategy=req.strategy)
+        preq = self._compute_request(workload.name, shape, image, req, workload.spec,
+                                     (req.site,) if req.site else ())
         planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
                                                 vm_name=vm_name(workload.id),
                                                 providers=self._providers(), project_id=workload.project_id,
                                                 round_=round_)
         return with_guest(planned.steps, req.guest, workload.id), planned.where
+
+    @staticmethod
+    def _compute_request(name: str, shape: Shape, image: Image | None, req: CreateRequest, spec: dict[str, Any],
+                         sites: tuple[str, ...]) -> PlacementRequest:
+        """What the scheduler is asked for a compute: the one request a create and :meth:`site_choices` build."""
+        if shape.vcpus < 1 or shape.ram_mib < 1:
+            raise ValidationError("a compute needs a flavor, or vcpus and ram_mib (at least 1 each)")
+        return PlacementRequest(
+            name=name, vcpus=shape.vcpus, ram_mib=shape.ram_mib, disk_gib=shape.disk_gib,
+            project=None, gpu_model=shape.gpu_model, gpu_count=shape.gpu_count,
+            cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
+            sites=sites, providers=tuple(req.providers),
+            max_price_per_hour=req.max_price_per_hour, ssh_key=spec.get("ssh_key"),
+            user_data=spec.get("user_data"), strategy=req.strategy)
+
+    async def site_choices(self, caller: Identity, req: CreateRequest) -> SiteChoices:
+        """Where a create of the compute ``req`` could go if it named its site, with each site's price or
+        the reason it cannot (:mod:`.site_choices`): the caller's project, the same shape, image and quota
+        rules as :meth:`create`, then one scheduler dry run naming every site of the federation file's
+        providers. Writes nothing; the launch form offers the feasible sites, and a launch there is a
+        :meth:`create` naming the site, which asks the scheduler again."""
+        if req.kind != WorkloadKind.COMPUTE:
+            raise ValidationError("only a compute is placed at a chosen site from the launch form")
+        project_id = self._project(caller, req.project_id)
+        providers = self._providers()
+        async with self.sessions() as session:
+            shape = await self._shape(session, req)
+            image = await self._image(session, req.image, project_id, shape) if req.image else None
+            need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
+                                    shape.gpu_count)
+            await quotas.check(session, project_id, need, flavor=shape.flavor)  # over quota: no site can help
+            sites = [(str(n), str(p), str(r)) for n, p, r in (await session.exec(
+                select(Site.name, Provider.name, Site.region).join(Provider, col(Provider.id) == col(Site.provider_id))
+                .where(col(Site.present), col(Provider.name).in_(providers)).order_by(col(Site.name)))).all()]
+            if not sites:
+                return SiteChoices(self.config.federation.currency, "the federation has no site", ())
+            preq = self._compute_request(req.name or "launch", shape, image, req, {}, tuple(s[0] for s in sites))
+            planned = await self.placer.dry_run(session, preq, providers=providers, explain=True,
+                                                project_id=project_id)
+        return fold(planned.placement, sites)
 
     @staticmethod
     async def _linked_site(session: AsyncSession, links: tuple[LinkSpec, ...]) -> str | None:

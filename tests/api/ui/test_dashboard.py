@@ -223,6 +223,8 @@ def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker
          == "succeeded")
     assert browser.execute_script("return window.__no_reload === true;")
     assert browser.find_element(By.CSS_SELECTOR, f"#operations {row} .op-progress").get_attribute("value") == "1"
+    step = browser.find_element(By.CSS_SELECTOR, f"#operations {row} ol.steps li .step-transfer")  # kept, done
+    assert "of 512.0 MiB" in step.text and step.get_attribute("data-total") == str(512 * 2**20), step.text
     assert "live_migrate succeeded" in browser.find_element(By.ID, "event-log").text
     after = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
     assert sites[after["site_id"]] == target and after["host_id"] != before["host_id"]
@@ -316,3 +318,25 @@ def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser:
     assert set(shown) == {q["resource"] for q in quotas} and shown["vcpus"].startswith("vcpus 3 3 0 0")
     rate = browser.find_element(By.CSS_SELECTOR, "section[data-project=alpha] .rate span")
     assert rate.get_attribute("data-currency") == "USD" and Decimal(rate.get_attribute("data-per-hour")) > 0
+
+
+def test_logging_out_in_another_tab_ends_the_live_stream(broker: tuple[Broker, World], browser: Any) -> None:
+    """The operations page's EventSource ends (and says why) when the session is logged out in another tab,
+    instead of streaming on, or reconnecting, with a session that no longer exists."""
+    b, world = broker
+    By = _by()
+    browser.get(b.url + "/ui/operations")
+    live = browser.current_window_handle
+    try:
+        browser.switch_to.new_window("tab")
+        browser.get(b.url + "/ui/")
+        browser.find_element(By.CSS_SELECTOR, "form.who button").click()
+        wait(browser, lambda d: d.find_elements(By.ID, "token"))
+        browser.close()
+        browser.switch_to.window(live)
+        ended = wait(browser, lambda d: d.find_elements(By.ID, "live-ended"), timeout_s=30)  # recheck: 5 s
+        assert "log in again" in ended[0].text
+        assert browser.find_element(By.CSS_SELECTOR, "[data-live]").get_attribute("data-live-ended") == "true"
+    finally:
+        browser.switch_to.window(live)
+        login(browser, b.url, world.tokens["alpha_member"])

@@ -73,11 +73,13 @@ class CodeIssuer(Issuer):
         return app
 
 
-async def _broker(aiohttp_client: Any, aiohttp_server: Any, sqlite_url: str) -> tuple[Any, CodeIssuer]:
+async def _broker(aiohttp_client: Any, aiohttp_server: Any, sqlite_url: str,
+                  federation: str = "{}") -> tuple[Any, CodeIssuer]:
     issuer = CodeIssuer()
     server = await aiohttp_server(issuer.app(), host="127.0.0.1")
     issuer.url = str(server.make_url("")).rstrip("/")
     app = create_app(parse_config(SIM + f"""
+federation: {federation}
 auth:
   oidc: {{issuer: "{issuer.url}", audience: metavmm-api, client_id: metavmm-dashboard, leeway_s: 0}}
 """), sqlite_url, sync=False)
@@ -153,3 +155,31 @@ async def test_a_forged_state_a_stolen_code_and_a_non_member_are_refused(aiohttp
     nobody = await client.get((await _approve(await _to_issuer(client))).path_qs, allow_redirects=False)
     assert nobody.status == 403 and "belongs to no project" in await nobody.text()
     assert (await client.get("/ui/workloads", allow_redirects=False)).status == 302
+
+
+async def test_behind_a_proxy_the_redirect_uri_is_the_public_url_whatever_the_host_header(
+        aiohttp_client: Any, aiohttp_server: Any, sqlite_url: str) -> None:
+    """With ``federation.public_url`` the redirect_uri is that address on the way out and on the code's
+    redemption (the issuer compares the two), whatever Host the request carries; the cookies are Secure
+    because browsers reach the broker over https, though the proxy speaks plain HTTP to it."""
+    public = "https://cloud.example.org"
+    client, _ = await _broker(aiohttp_client, aiohttp_server, sqlite_url, federation=f"{{public_url: '{public}/'}}")
+    spoofed = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "http"}
+    start = await client.get("/ui/login/oidc?next=/ui/workloads", headers=spoofed, allow_redirects=False)
+    assert start.status == 302, await start.text()
+    pending = start.cookies["metavmm_oidc"]
+    assert pending["secure"]
+    authorize = URL(start.headers["Location"])
+    assert authorize.query["redirect_uri"] == f"{public}/ui/oidc/callback"
+    back = await _approve(authorize)
+    assert str(back.origin()) == public and back.path == "/ui/oidc/callback"
+    # the proxy hands the callback on; a different Host there must not change the redeemed redirect_uri
+    done = await client.get(back.path_qs, headers={"Host": "other.example"}, cookies={"metavmm_oidc": pending.value},
+                            allow_redirects=False)
+    assert done.status == 200, await done.text()
+    opened = done.cookies["metavmm_session"]
+    assert opened["secure"] and opened["httponly"]
+    page = await client.get("/ui/workloads", cookies={"metavmm_session": opened.value}, allow_redirects=False)
+    assert page.status == 200 and "carol · alpha · member" in await page.text()
+    login_form = await client.get("/ui/login", headers=spoofed)
+    assert login_form.cookies["metavmm_login"]["secure"]

@@ -58,3 +58,46 @@ async def test_a_change_committed_while_a_page_renders_reaches_the_browser(
     replayed = [json.loads(line[5:]) for line in (await replay.text()).splitlines() if line.startswith("data:")]
     states = {e["state"] for e in replayed if e.get("operation") == op_id}
     assert shown == OperationState.RUNNING or OperationState.RUNNING in states, (shown, after, replayed)
+
+
+async def test_every_step_that_moved_data_shows_its_bytes_running_or_done(world: tuple[Any, World]) -> None:
+    """Whatever step reports bytes (a live migration, a cold migration's export, copy or import: the step's
+    ``transfer``, as StepContext.transfer writes it), its line of the plan shows them, and keeps the last
+    figures once done (without a time left); a step that moved nothing shows none."""
+    client, w = world
+    mib = 2**20
+    steps = [
+        {"name": "export", "action": "disk.export", "state": "done",
+         "transfer": {"bytes": 64 * mib, "total_bytes": 64 * mib, "bytes_per_s": 32.0 * mib, "eta_s": 0.0,
+                      "fraction": 1.0}},
+        {"name": "copy", "action": "disk.copy", "state": "running",
+         "transfer": {"bytes": 16 * mib, "total_bytes": 64 * mib, "bytes_per_s": 8.0 * mib, "eta_s": 6.0,
+                      "fraction": 0.25}},
+        {"name": "import", "action": "disk.import", "state": "pending"},
+    ]
+    async with session_scope(client.app[keys.SESSIONS]) as session:
+        op = Operation(kind="cold_migrate", project_id=w.ids["alpha"], target_id=w.ids["workload"],
+                       state=OperationState.RUNNING, steps=steps, progress=0.4)
+        session.add(op)
+    await _login(client, w.tokens["alpha_member"])
+
+    def lines(page: str) -> dict[str, str]:
+        row = re.search(rf'<tr data-operation-id="{op.id}".*?</tr>', page, re.S)
+        assert row is not None, page
+        return {m.group(1): re.sub(r"<[^>]+>", "", m.group(2)) for m in
+                re.finditer(r'<li data-step-state="\w+" data-step-name="(\w+)">(.*?)</li>', row.group(0), re.S)}
+
+    running = lines(await (await client.get("/ui/operations")).text())
+    assert running["export"] == "export: done (64.0 of 64.0 MiB · 32.0 MiB/s)"
+    assert running["copy"] == "copy: running (16.0 of 64.0 MiB · 8.0 MiB/s · 6 s left)"
+    assert running["import"] == "import: pending"
+
+    async with session_scope(client.app[keys.SESSIONS]) as session:
+        row = await session.get(Operation, op.id)
+        row.state, row.progress = OperationState.SUCCEEDED, 1.0
+        row.steps = [{**steps[0]}, {**steps[1], "state": "done", "transfer": {**steps[1]["transfer"], "bytes": 64 * mib,
+                                                                              "eta_s": 0.0, "fraction": 1.0}},
+                     {**steps[2], "state": "done"}]
+        session.add(row)
+    done = lines(await (await client.get(f"/ui/workloads/{w.ids['workload']}")).text())
+    assert done["copy"] == "copy: done (64.0 of 64.0 MiB · 8.0 MiB/s)" and done["import"] == "import: done"

@@ -15,7 +15,23 @@
       if (bar) { bar.value = d.progress; bar.textContent = Math.round(d.progress * 100) + "%"; }
       const xfer = row.querySelector(".op-transfer");
       if (xfer && d.transfer) { transfer(xfer, d.transfer); }
+      if (d.transfer && d.transfer.step) {
+        // the step moving the data keeps its own figures in its line of the plan (as the page renders them)
+        row.querySelectorAll('ol.steps li[data-step-name="' + CSS.escape(d.transfer.step) + '"]').forEach(
+          function (li) { stepTransfer(li, d.transfer); });
+      }
     });
+  }
+  function stepTransfer(li, t) {
+    let span = li.querySelector(".step-transfer");
+    if (!span) {
+      span = document.createElement("span");
+      span.className = "step-transfer";
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(span);
+    }
+    transfer(span, t);
+    span.textContent = "(" + span.textContent + ")";
   }
   function mib(n) { return typeof n === "number" ? (n / 1048576).toFixed(1) : "?"; }
   function transfer(el, t) {
@@ -39,7 +55,9 @@
         const state = d.level === "error" ? "failed" : m.endsWith(" undone") ? "undone" : m.endsWith(" done") ? "done"
           : m.startsWith("step " + name) ? "running" : li.getAttribute("data-step-state");
         li.setAttribute("data-step-state", state);
+        const figures = li.querySelector(".step-transfer");  // the step's bytes stay beside its new state
         li.textContent = name + ": " + state;
+        if (figures) { li.appendChild(document.createTextNode(" ")); li.appendChild(figures); }
       });
   }
   source.addEventListener("operation", function (e) {
@@ -53,6 +71,18 @@
     }
   });
   source.addEventListener("progress", function (e) { operation(JSON.parse(e.data)); });
+  source.addEventListener("end", function (e) {
+    // the session ended (a logout in another tab, expiry, revocation): stop, and say so instead of retrying
+    source.close();
+    live.setAttribute("data-live-ended", "true");
+    const note = document.createElement("p");
+    note.id = "live-ended";
+    note.className = "error";
+    note.setAttribute("role", "alert");
+    note.textContent = JSON.parse(e.data).reason;
+    const main = document.getElementById("main");
+    if (main) { main.prepend(note); }
+  });
   source.addEventListener("workload", function (e) {
     const d = JSON.parse(e.data);
     each('[data-workload-id="' + CSS.escape(d.workload) + '"]', function (el) {
