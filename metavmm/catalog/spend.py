@@ -277,6 +277,7 @@ class CostLine:
 
     workload_id: str
     workload_name: str
+    project_id: int | None
     provider: str | None
     site: str | None
     flavor: str | None
@@ -289,22 +290,26 @@ class CostLine:
 
 
 async def period_costs(session: AsyncSession, project_id: int | None, start: datetime, end: datetime,
-                       now: datetime | None = None) -> list[CostLine]:
+                       now: datetime | None = None, *, per_provider: bool = False) -> list[CostLine]:
     """Each workload's hours and cost in [start, end) from the ledger (``project_id`` None: every project),
-    open stretches accrued to now; workloads deleted since keep their lines."""
+    open stretches accrued to now; workloads deleted since keep their lines. ``per_provider``: a workload
+    that moved has a line per provider it ran at (the federation's view by provider), else one line with
+    its latest stretch's place."""
     now = now or datetime.now(UTC)
     q = select(SpendAccrual).where(SpendAccrual.period_start < end,
                                    or_(col(SpendAccrual.period_end).is_(None), col(SpendAccrual.period_end) > start))
     if project_id is not None:
         q = q.where(SpendAccrual.project_id == project_id)
-    lines: dict[tuple[str, str | None], CostLine] = {}
+    lines: dict[tuple[str, str | None, str | None], CostLine] = {}
     for row in (await session.exec(q.order_by(col(SpendAccrual.id)))).all():
         if row.period_end is None:
             hours, amount = _open_amount(row.period_start, row.price_per_hour, start, min(now, end))
         else:
             hours, amount = _decimal(row.hours) or Decimal(0), _decimal(row.amount) or Decimal(0)
-        line = lines.setdefault((row.workload_id, row.currency), CostLine(
-            row.workload_id, row.workload_name, row.provider, row.site, row.flavor, row.currency, Decimal(0),
+        key = (row.workload_id, row.currency, row.provider if per_provider else None)
+        line = lines.setdefault(key, CostLine(
+            row.workload_id, row.workload_name, row.project_id, row.provider, row.site, row.flavor, row.currency,
+            Decimal(0),
             Decimal(0), [], row.burst_policy, False))
         line.hours += hours
         line.amount += amount

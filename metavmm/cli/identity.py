@@ -23,6 +23,8 @@ from metavmm.foundation.errors import MetavmmError
 if TYPE_CHECKING:  # SQLModel, the tables and the identity service load when a command runs, not for --help
     from sqlmodel.ext.asyncio.session import AsyncSession
 
+    from metavmm.services.spend import FederationCosts
+
 T = TypeVar("T")
 ROLES = click.Choice([r.value for r in Role])
 
@@ -142,21 +144,24 @@ def project_create(settings: Settings, name: str, description: str) -> None:
 
 
 @project_group.command("costs")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--period", default=None, metavar="YYYY-MM", help="the month (UTC); default: this month")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the REST answer's shape) instead of a table")
 @pass_settings
-def project_costs(settings: Settings, name: str, period: str | None, as_json: bool) -> None:
+def project_costs(settings: Settings, name: str | None, period: str | None, as_json: bool) -> None:
     """What a project's workloads cost in a month, from the spend ledger (showback): hours each ran in the
-    month at its price, running ones up to now, deleted ones included."""
+    month at its price, running ones up to now, deleted ones included. Without NAME: every project's and
+    every provider's totals (``GET /costs``)."""
     from sqlmodel import select
 
     from metavmm.catalog.models import Project
     from metavmm.foundation.errors import NotFound
-    from metavmm.services.spend import ProjectCosts
+    from metavmm.services.spend import FederationCosts, ProjectCosts, federation_costs
     from metavmm.services.spend import project_costs as read
 
-    async def work(session: AsyncSession) -> ProjectCosts:
+    async def work(session: AsyncSession) -> ProjectCosts | FederationCosts:
+        if name is None:
+            return await federation_costs(session, period)
         project = (await session.exec(select(Project).where(Project.name == name))).first()
         if project is None or project.id is None:
             raise NotFound(f"no project {name}")
@@ -167,21 +172,37 @@ def project_costs(settings: Settings, name: str, period: str | None, as_json: bo
     except MetavmmError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        from metavmm.api.rest.identity import costs_out
+        from metavmm.api.rest.identity import costs_out, federation_costs_out
 
-        click.echo(costs_out(costs).model_dump_json(indent=2))
+        out = federation_costs_out(costs) if isinstance(costs, FederationCosts) else costs_out(costs)
+        click.echo(out.model_dump_json(indent=2))
         return
-    table = Table(title=f"costs of {costs.project} in {costs.period}")
-    columns = ("workload", "provider", "site", "flavor", "hours", "amount", "currency", "price", "burst", "running")
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("hours", "amount") else "left")
-    for c in costs.lines:
-        table.add_row(c.workload_name, c.provider or "-", c.site or "-", c.flavor or "-", f"{c.hours:.2f}",
-                      f"{c.amount:.4f}", c.currency or "-", ",".join(c.price_sources), c.burst_policy or "-",
-                      yes(c.running))
-    console.print(table)
+    if isinstance(costs, FederationCosts):
+        _federation_tables(costs)
+    else:
+        table = Table(title=f"costs of {costs.project} in {costs.period}")
+        columns = ("workload", "provider", "site", "flavor", "hours", "amount", "currency", "price", "burst",
+                   "running")
+        for column in columns:
+            table.add_column(column, justify="right" if column in ("hours", "amount") else "left")
+        for c in costs.lines:
+            table.add_row(c.workload_name, c.provider or "-", c.site or "-", c.flavor or "-", f"{c.hours:.2f}",
+                          f"{c.amount:.4f}", c.currency or "-", ",".join(c.price_sources), c.burst_policy or "-",
+                          yes(c.running))
+        console.print(table)
     for currency, amount in sorted(costs.totals.items()):
         console.print(f"total {amount:.4f} {currency or '(unpriced)'}")
+
+
+def _federation_tables(costs: FederationCosts) -> None:
+    for title, groups in (("project", costs.projects), ("provider", costs.providers)):
+        table = Table(title=f"costs per {title} in {costs.period}")
+        for column in (title, "workloads", "hours", "amount"):
+            table.add_column(column, justify="left" if column == title else "right")
+        for g in groups:
+            amounts = ", ".join(f"{a:.4f} {c or '(unpriced)'}" for c, a in sorted(g.totals.items()))
+            table.add_row(g.name, str(g.workloads), f"{g.hours:.2f}", amounts)
+        console.print(table)
 
 
 @click.group("user")

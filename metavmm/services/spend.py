@@ -5,11 +5,13 @@ screen read :func:`project_costs`; scope (a member sees their own project only) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
@@ -43,6 +45,56 @@ class ProjectCosts:
 def this_period() -> str:
     """The current UTC month as ``YYYY-MM``."""
     return datetime.now(UTC).strftime("%Y-%m")
+
+
+@dataclass(frozen=True)
+class CostGroup:
+    """What one project's (or provider's) workloads cost in a period: hours, amounts per currency."""
+
+    key: str
+    name: str
+    workloads: int
+    hours: Decimal
+    totals: dict[str, Decimal]
+
+
+@dataclass(frozen=True)
+class FederationCosts:
+    """The whole federation's cost in one month (the admin's view across projects): per project, per
+    provider, and in total per currency."""
+
+    period: str
+    start: datetime
+    end: datetime
+    projects: list[CostGroup]
+    providers: list[CostGroup]
+    totals: dict[str, Decimal]
+
+
+def _groups(lines: list[CostLine], key: Callable[[CostLine], str], name: Callable[[str], str]) -> list[CostGroup]:
+    by: dict[str, list[CostLine]] = {}
+    for line in lines:
+        by.setdefault(key(line), []).append(line)
+    return [CostGroup(k, name(k), len({c.workload_id for c in group}), sum((c.hours for c in group), Decimal(0)),
+                      totals(group)) for k, group in sorted(by.items())]
+
+
+async def federation_costs(session: AsyncSession, period: str | None = None) -> FederationCosts:
+    """Every project's cost in ``period`` (``YYYY-MM``, default this month) from the same ledger lines as
+    :func:`project_costs`, grouped by project and by provider (a workload that moved counts at each
+    provider for its hours there). A project deleted since keeps its spend under ``project <id>``. Who may
+    read it is the caller's check (admins only: it names every project)."""
+    period = period or this_period()
+    try:
+        start, end = parse_period(period)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    lines = await period_costs(session, None, start, end, per_provider=True)
+    names = {p.id: p.name for p in (await session.exec(select(Project))).all()}
+    projects = _groups(lines, lambda c: str(c.project_id or ""),
+                       lambda k: names.get(int(k), f"project {k}") if k else "(no project)")
+    providers = _groups(lines, lambda c: c.provider or "", lambda k: k or "(unplaced)")
+    return FederationCosts(period, start, end, projects, providers, totals(lines))
 
 
 async def project_costs(session: AsyncSession, project_id: int, period: str | None = None) -> ProjectCosts:

@@ -439,11 +439,54 @@ def costs_out(costs: spend_service.ProjectCosts) -> ProjectCostsOut:
     """The REST (and ``metavmm project costs --json``) rendering of a project's costs."""
     return ProjectCostsOut(
         project_id=costs.project_id, project=costs.project, period=costs.period, start=costs.start, end=costs.end,
-        totals=[CostTotalOut(currency=c or None, amount=a) for c, a in sorted(costs.totals.items())],
+        totals=_totals_out(costs.totals),
         workloads=[CostLineOut(workload_id=c.workload_id, workload_name=c.workload_name, provider=c.provider,
                                site=c.site, flavor=c.flavor, hours=c.hours, amount=c.amount, currency=c.currency,
                                price_sources=c.price_sources, burst_policy=c.burst_policy, running=c.running)
                    for c in costs.lines])
+
+
+class CostGroupOut(BaseModel):
+    key: str = Field(description="the project's id (empty: no project) or the provider's name (empty: unplaced)")
+    name: str
+    workloads: int = Field(description="workloads that accrued in the period")
+    hours: Decimal
+    totals: list[CostTotalOut]
+
+
+class FederationCostsOut(BaseModel):
+    period: str
+    start: Timestamp
+    end: Timestamp
+    totals: list[CostTotalOut]
+    projects: list[CostGroupOut]
+    providers: list[CostGroupOut] = Field(description="a workload that moved counts at each provider for its "
+                                          "hours there")
+
+
+def _totals_out(totals: dict[str, Decimal]) -> list[CostTotalOut]:
+    return [CostTotalOut(currency=c or None, amount=a) for c, a in sorted(totals.items())]
+
+
+@api.route("GET", "/costs", summary="The federation's cost in a month, per project and per provider (admins; "
+           "from the spend ledger: deleted workloads and projects included)", query=CostQuery,
+           response=FederationCostsOut)
+async def federation_costs(request: web.Request, query: CostQuery) -> FederationCostsOut:
+    if not identity_of(request).is_admin:
+        raise Forbidden("the federation's costs name every project: they need the admin role "
+                        "(a project's own costs: GET /projects/{id}/costs)")
+    async with sessions(request)() as session:
+        return federation_costs_out(await spend_service.federation_costs(session, query.period))
+
+
+def federation_costs_out(costs: spend_service.FederationCosts) -> FederationCostsOut:
+    """The REST (and ``metavmm costs --json``) rendering of the federation's costs."""
+    def groups(rows: list[spend_service.CostGroup]) -> list[CostGroupOut]:
+        return [CostGroupOut(key=g.key, name=g.name, workloads=g.workloads, hours=g.hours,
+                             totals=_totals_out(g.totals)) for g in rows]
+
+    return FederationCostsOut(period=costs.period, start=costs.start, end=costs.end, totals=_totals_out(costs.totals),
+                              projects=groups(costs.projects), providers=groups(costs.providers))
 
 
 @api.route("PUT", "/projects/{project_id}/quotas/{resource}",

@@ -3,12 +3,17 @@ the project (another project's id answers 404 as if absent; an admin reads any).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from decimal import Decimal
 from typing import Any
 
+from click.testing import CliRunner
+
 from tests.api.rest.test_change_flows import API, _app, _create, _done
 from tests.auth_helpers import authorize
+from tests.cli.test_identity import _invoke
 
 PRICED = """
 providers:
@@ -75,3 +80,50 @@ async def _ui_page(client: Any, token: str | None, path: str) -> str:
     resp = await client.get(path)
     assert resp.status == 200, await resp.text()
     return await resp.text()
+
+
+async def test_the_federations_costs_group_every_projects_ledger_for_admins_only(aiohttp_client: Any,
+                                                                                  sqlite_url: str) -> None:
+    """``GET /costs``: per project and per provider, the same ledger lines each project's own costs read;
+    a member (who may read only their project's) is refused with the reason, and the CLI shows the same."""
+    client, _, alpha = await _app(aiohttp_client, sqlite_url, PRICED)
+    admin = await authorize(client, "admin", "ops")
+    beta = await authorize(client, "member", "beta")
+    member = await authorize(client, "member", "alpha")
+    await _create(client, "a1", vcpus=2, ram_mib=1024)
+    made = await client.post(f"{API}/workloads", json={"name": "b1", "vcpus": 1, "ram_mib": 512}, headers=beta)
+    assert made.status == 202, await made.text()
+    op = f"{API}/operations/{(await made.json())['operation']['id']}"
+    for _ in range(400):  # beta's operation, read as beta (the client's default is alpha's member)
+        if (state := (await (await client.get(op, headers=beta)).json())["state"]) not in ("pending", "running"):
+            break
+        await asyncio.sleep(0.05)
+    assert state == "succeeded"
+
+    refused = await client.get(f"{API}/costs", headers=member)
+    assert refused.status == 403 and "admin role" in (await refused.json())["detail"]
+    resp = await client.get(f"{API}/costs", headers=admin)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    projects = {g["name"]: g for g in body["projects"]}
+    assert set(projects) == {"alpha", "beta"} and projects["alpha"]["key"] == str(alpha)
+    assert (projects["alpha"]["workloads"], projects["beta"]["workloads"]) == (1, 1)
+    ((currency, total),) = [(t["currency"], Decimal(t["amount"])) for t in body["totals"]]
+    assert currency == "USD" and total > 0
+    assert total == sum(Decimal(g["totals"][0]["amount"]) for g in body["projects"])
+    (provider,) = body["providers"]
+    assert (provider["name"], provider["workloads"], Decimal(provider["totals"][0]["amount"])) == ("sima", 2, total)
+    own = await (await client.get(f"{API}/projects/{alpha}/costs", headers=member)).json()  # accrued a moment later
+    assert Decimal(own["totals"][0]["amount"]) >= Decimal(projects["alpha"]["totals"][0]["amount"]) > 0
+    bad = await client.get(f"{API}/costs?period=2026-13", headers=admin)
+    assert bad.status == 400 and "period" in (await bad.json())["detail"]
+
+    runner = CliRunner()
+    shown = await _invoke(runner, ["--database", sqlite_url, "project", "costs", "--json"])
+    assert shown.exit_code == 0, shown.output
+    cli = json.loads(shown.output)
+    assert [(g["key"], g["name"], g["workloads"]) for g in cli["projects"]] == \
+        [(g["key"], g["name"], g["workloads"]) for g in body["projects"]]
+    assert Decimal(cli["totals"][0]["amount"]) >= total
+    table = await _invoke(runner, ["--database", sqlite_url, "project", "costs"])
+    assert table.exit_code == 0 and "costs per project" in table.output and "beta" in table.output

@@ -19,6 +19,7 @@ from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.summary import placement_summary, relocated
 from metavmm.services.operations import flows, migrations
 from metavmm.services.operations.engine import Engine
+from metavmm.services.spend import federation_costs
 from metavmm.services.sync import sync_all
 from tests.services.operations import direct
 
@@ -84,6 +85,9 @@ async def test_a_planned_cold_move_is_charged_at_the_targets_price(sqlite_sessio
     assert closed and all(Decimal(r.price_per_hour) == Decimal(before["price_per_hour"]) for r in closed)
     assert (now_open.provider, now_open.site) == ("simb", "simb/sim-000")
     assert Decimal(now_open.price_per_hour) == Decimal(move.offer["price_per_hour"])
+    async with sqlite_sessions() as session:  # the federation's view by provider: its hours at each
+        costs = await federation_costs(session)
+    assert {("sima", 1), ("simb", 1)} <= {(g.name, g.workloads) for g in costs.providers}  # (+ the unplaced start)
 
 
 async def test_a_move_that_knows_no_price_drops_the_old_one(sqlite_sessions: Any, tmp_path: Path) -> None:
