@@ -1008,7 +1008,8 @@ class LibvirtDriver(DriverBase):
                              str(src), str(dest))
         return DiskRef(str(dest), "qcow2")
 
-    async def live_migrate(self, vm_id: str, target_host: str, *, ex_target_storage_dir: str | None = None) -> None:
+    async def live_migrate(self, vm_id: str, target_host: str, *,
+                           ex_target_storage_dir: str | None = None) -> MigrationProgress | None:
         """Migrate to ``target_host`` (a libvirt URI), copying the broker's disks over NBD while it runs.
 
         Hosts keep their disks in their own ``storage_dir``. When the target's directory is reachable
@@ -1017,13 +1018,15 @@ class LibvirtDriver(DriverBase):
         rewritten to use them (a clone's read-only cloud-init seed is copied, as libvirt does not
         migrate read-only disks; the console log starts afresh beside them); otherwise the target must
         already hold disks at the same paths (or a libvirt storage pool that lets it create them).
-        On success the source disks are removed.
+        On success the source disks are removed, and the answer is the finished job's figures, read at the
+        target (which keeps them, ``VIR_DOMAIN_JOB_STATS_COMPLETED``: the source domain is gone): a move
+        shorter than one poll of :meth:`migration_progress` is counted all the same.
         """
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_NON_SHARED_DISK)
         owned = (self.storage_dir / "disks").resolve()
 
-        def migrate(conn: libvirt.virConnect) -> list[Path]:
+        def migrate(conn: libvirt.virConnect) -> tuple[list[Path], MigrationProgress | None]:
             dom = conn.lookupByUUIDString(vm_id)
             tree = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
             moved: list[Path] = []
@@ -1071,22 +1074,24 @@ class LibvirtDriver(DriverBase):
             try:
                 dest = libvirt.open(target_host)
                 try:
-                    dom.migrate3(dest, params, flags)
+                    there = dom.migrate3(dest, params, flags)
+                    completed = _completed_job(there)
                 finally:
                     dest.close()
             except libvirt.libvirtError:
                 for path in created:
                     path.unlink(missing_ok=True)
                 raise
-            return moved
+            return moved, completed
 
         try:
-            moved = await self._call("live_migrate", migrate)
+            moved, completed = await self._call("live_migrate", migrate)
         except subprocess.CalledProcessError as exc:
             raise DriverError(exc.stderr.decode(errors="replace").strip(), provider=self.name,
                               operation="live_migrate") from None
         for path in moved:
             path.unlink(missing_ok=True)
+        return completed
 
     async def migration_progress(self, vm_id: str) -> MigrationProgress | None:
         """The source domain's migration job (``virDomainGetJobStats``, asked on another thread while
@@ -1097,14 +1102,7 @@ class LibvirtDriver(DriverBase):
                 stats = conn.lookupByUUIDString(vm_id).jobStats()
             except libvirt.libvirtError:
                 return None  # the domain left this host: the migration is over
-            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
-                return None
-            total = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, 0))
-            if total <= 0:
-                return None
-            rate = sum(float(stats.get(k, 0)) for k in (libvirt.VIR_DOMAIN_JOB_MEMORY_BPS,
-                                                          libvirt.VIR_DOMAIN_JOB_DISK_BPS))
-            return MigrationProgress(int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0)), total, rate or None)
+            return _job_progress(stats)
 
         return await self._call("migration_progress", read)
 
@@ -1124,6 +1122,32 @@ class LibvirtDriver(DriverBase):
             return out
 
         return await self._call("ex_cpu_usage", read)
+
+def _job_progress(stats: dict[str, Any]) -> MigrationProgress | None:
+    """A migration job's figures (``virDomainGetJobStats``, running or completed) as the broker keeps
+    them; None when there is no job or it has no data total yet."""
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    total = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, 0))
+    if total <= 0:
+        return None
+    rate = sum(float(stats.get(k, 0)) for k in (libvirt.VIR_DOMAIN_JOB_MEMORY_BPS, libvirt.VIR_DOMAIN_JOB_DISK_BPS))
+    memory = stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_PROCESSED)
+    downtime = stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME)
+    return MigrationProgress(int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0)), total, rate or None,
+                             memory_bytes=int(memory) if memory is not None else None,
+                             downtime_ms=int(downtime) if downtime is not None else None)
+
+
+def _completed_job(dom: libvirt.virDomain) -> MigrationProgress | None:
+    """The figures of the migration that just ended, as the target keeps them (kept there for
+    ``virsh domjobinfo --completed`` too); None when the daemon has none (an old libvirt)."""
+    try:
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+    except libvirt.libvirtError:
+        return None
+    return _job_progress(stats)
+
 
 def _dhcp_xml(cidr: str | None) -> str:
     """The ``<ip>`` of a network with a range: the host is its first address, dnsmasq leases the upper

@@ -256,11 +256,13 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
             return
         if now is not None:
             last[:] = [now]
-            await ctx.transfer(now.processed_bytes, now.total_bytes, now.bytes_per_s)
+            await ctx.transfer(now.processed_bytes, now.total_bytes, now.bytes_per_s, memory_bytes=now.memory_bytes)
 
-    await tracked(ctx, work, [], each_tick=report, tick_s=MIGRATION_POLL_S)
-    if last:  # done: everything the provider counted has moved
-        await ctx.transfer(last[0].total_bytes, last[0].total_bytes, last[0].bytes_per_s, force=True)
+    completed = await tracked(ctx, work, [], each_tick=report, tick_s=MIGRATION_POLL_S)
+    final = completed or (last[0] if last else None)  # the finished job's figures, else the last sample
+    if final is not None:  # done: everything the provider counted has moved
+        await ctx.transfer(final.total_bytes, final.total_bytes, final.bytes_per_s, force=True,
+                           memory_bytes=final.memory_bytes, downtime_ms=final.downtime_ms)
     return {"vm_id": vm.provider_vm_id}
 
 
