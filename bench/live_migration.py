@@ -39,8 +39,9 @@ def _virsh(uri: str, *args: str) -> str:
     return subprocess.run(["virsh", "-c", uri, *args], check=True, capture_output=True, text=True).stdout
 
 
-def virsh_migrate(hosts: LibvirtHosts, name: str, src: int, dst: int) -> tuple[float, float]:
-    """(seconds of `virsh migrate` alone, seconds including the disk preparation)."""
+def virsh_migrate(hosts: LibvirtHosts, name: str, src: int, dst: int, *flags: str) -> tuple[float, float]:
+    """(seconds of `virsh migrate` alone, seconds including the disk preparation), with ``flags`` added
+    to the plain ones (``--auto-converge``, ``--postcopy``...)."""
     t0 = time.perf_counter()
     src_uri, dst_uri = hosts.uris[src], hosts.uris[dst]
     xml = _virsh(src_uri, "dumpxml", "--migratable", name)
@@ -57,7 +58,7 @@ def virsh_migrate(hosts: LibvirtHosts, name: str, src: int, dst: int) -> tuple[f
         f.flush()
         t1 = time.perf_counter()
         _virsh(src_uri, "migrate", "--live", "--persistent", "--undefinesource", "--copy-storage-all",
-               "--xml", f.name, "--persistent-xml", f.name, name, dst_uri)
+               "--xml", f.name, "--persistent-xml", f.name, *flags, name, dst_uri)
         t2 = time.perf_counter()
     Path(old).unlink()
     return t2 - t1, time.perf_counter() - t0
