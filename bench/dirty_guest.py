@@ -13,8 +13,14 @@ Nothing is fetched or assembled by a tool: the instruction bytes are below, with
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metavmm.drivers.base import Driver
 
 MARKER = "metavmm-dirty: writing"
 LOAD_AT = 0x7C00  # where BIOS puts the boot sector
@@ -93,3 +99,13 @@ def write_disk(path: Path, ram_mib: int, stride: int = 4096, size_mib: int = 1) 
         f.write(boot_sector(ram_mib, stride))
         f.truncate(size_mib * MIB)
     return path
+
+
+async def until_dirtying(driver: Driver, vm_id: str, timeout_s: float = 30) -> None:
+    """Wait until the guest's boot sector says on its serial console that it writes (the driver's
+    ``console_output``); RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while MARKER not in await driver.console_output(vm_id):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{vm_id} did not start dirtying its memory in {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)

@@ -3,7 +3,6 @@ the operations engine, on two real libvirt daemons (QEMU TCG)."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from bench.dirty_guest import MARKER, write_disk
+from bench.dirty_guest import until_dirtying, write_disk
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Provider, Workload
@@ -174,12 +173,7 @@ async def test_live_migration_of_a_guest_dirtying_1_gib(engine: Engine, libvirt_
     assert wid is not None
     lv0 = create_driver(engine.config.provider("lv0"))
     try:
-        for _ in range(100):  # the sector is running once it said so on the serial console
-            if MARKER in await lv0.console_output(done.outputs["vm_id"]):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            pytest.fail("the dirtying guest did not start")
+        await until_dirtying(lv0, done.outputs["vm_id"])  # the sector runs: it said so on the serial console
     finally:
         await lv0.close()
 
