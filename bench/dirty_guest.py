@@ -8,7 +8,9 @@ the guest's RAM, over and over, forever. With the default stride of one page eve
 is dirty again after each sweep (under QEMU TCG a sweep of 1 GiB takes a few milliseconds), so
 pre-copy alone can never catch up: what the migration modes (auto-converge, post-copy) are for.
 
-Nothing is fetched or assembled by a tool: the instruction bytes are below, with their assembly.
+Nothing is fetched or assembled by a tool: the instruction bytes are below, with their assembly, as in
+:mod:`metavmm.translators.bootdisk` (the product's own boot sector, which prints and halts);
+``objdump -D -b binary -mi386 --adjust-vma=0x7c00`` shows the 32-bit part back.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from metavmm.translators.bootdisk import LOAD_ADDRESS as LOAD_AT
+from metavmm.translators.bootdisk import write_raw_disk
+
 if TYPE_CHECKING:
     from metavmm.drivers.base import Driver
 
 MARKER = "metavmm-dirty: writing"
-LOAD_AT = 0x7C00  # where BIOS puts the boot sector
 FIRST = 0x100000  # the sweep starts above the first MiB (this code, the BIOS data, VGA)
 MIB = 1 << 20
 
@@ -95,10 +99,7 @@ def boot_sector(ram_mib: int, stride: int = 4096) -> bytes:
 
 def write_disk(path: Path, ram_mib: int, stride: int = 4096, size_mib: int = 1) -> Path:
     """A raw disk image of ``size_mib`` whose first sector is :func:`boot_sector` (an image to provision)."""
-    with open(path, "wb") as f:
-        f.write(boot_sector(ram_mib, stride))
-        f.truncate(size_mib * MIB)
-    return path
+    return write_raw_disk(path, boot_sector(ram_mib, stride), size_mib=size_mib)
 
 
 async def until_dirtying(driver: Driver, vm_id: str, timeout_s: float = 30) -> None:
