@@ -1196,7 +1196,8 @@ class _PostcopySwitch(threading.Thread):
 
     def stop(self) -> None:
         self._done.set()
-        self.join(timeout=5)
+        if self.ident is not None:  # started
+            self.join(timeout=5)
 
 
 def _job_progress(stats: dict[str, Any]) -> MigrationProgress | None:
