@@ -44,12 +44,16 @@ class LibvirtHosts:
         disks = self.storage(i) / "disks"
         return set(disks.iterdir()) if disks.exists() else set()
 
-    def federation_yaml(self, work_dir: Path, lease_s: float = 2) -> str:
+    def federation_yaml(self, work_dir: Path, lease_s: float = 2, link_mib_per_s: float | None = None) -> str:
+        """The two daemons as providers lv0 and lv1; ``link_mib_per_s`` declares the rate between them (the
+        scheduler's ``wan_mib_per_s``, which live migration plans read), else the default."""
+        scheduler = f"scheduler: {{wan_mib_per_s: {link_mib_per_s}}}\n" if link_mib_per_s else ""
         providers = "".join(
             f"  - kind: libvirt\n    name: lv{i}\n    endpoint: \"{uri}\"\n    domain_type: qemu\n"
             f"    storage_dir: {self.storage(i)}\n    sites: [{{region: host{i}}}]\n"
             for i, uri in enumerate(self.uris))
-        return (f"federation: {{sync_interval_s: 0}}\noperations:\n  lease_s: {lease_s}\n  retry_base_s: 0.2\n"
+        return (f"federation: {{sync_interval_s: 0}}\n{scheduler}"
+                f"operations:\n  lease_s: {lease_s}\n  retry_base_s: 0.2\n"
                 f"  reconcile_interval_s: 0\n  work_dir: {work_dir}\nproviders:\n{providers}")
 
 

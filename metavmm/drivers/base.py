@@ -100,7 +100,9 @@ class Driver(Protocol):
       vcpus/ram_mib); a running VM is a ProviderConflict. Drivers report the shape they know in
       ``VmInfo.flavor`` or ``extra["vcpus"]``/``extra["ram_mib"]`` so a resize can be verified.
     - ``live_migrate`` takes the provider's name for the target host (a libvirt URI for libvirt) and
-      returns once the VM runs there.
+      returns once the VM runs there, with the finished job's figures where the provider keeps them
+      (:class:`MigrationProgress`; None where it does not: a move faster than one poll of
+      ``migration_progress`` is still counted).
     - ``get_vm`` asks the provider for that one VM (a lookup by id, never a listing filtered here: a wait
       polls it); a VM the provider does not have is ``ProviderNotFound``.
     - ``create_vm`` returns as soon as the provider accepted the VM (state ``pending`` or later);
@@ -146,7 +148,7 @@ class Driver(Protocol):
     async def delete_network(self, network_id: str) -> None: ...
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
-    async def live_migrate(self, vm_id: str, target_host: str) -> None: ...
+    async def live_migrate(self, vm_id: str, target_host: str) -> MigrationProgress | None: ...
     async def migration_progress(self, vm_id: str) -> MigrationProgress | None: ...
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
     async def console_output(self, vm_id: str) -> str: ...
@@ -176,11 +178,15 @@ MIB = 1 << 20
 class MigrationProgress:
     """A live migration in flight, as the source reports it: ``processed_bytes`` moved of ``total_bytes``
     (memory and, for a migration that copies disks, disk; the total can grow while dirty pages are
-    sent again) and the provider's own rate in bytes per second when it has one (libvirt does)."""
+    sent again) and the provider's own rate in bytes per second when it has one (libvirt does).
+    Where the provider says, ``memory_bytes`` is the guest memory sent so far (pages of zeros are not
+    sent) and ``downtime_ms`` the pause of a finished migration."""
 
     processed_bytes: int
     total_bytes: int
     bytes_per_s: float | None = None
+    memory_bytes: int | None = None
+    downtime_ms: int | None = None
 
 
 class DriverBase:
@@ -308,7 +314,7 @@ class DriverBase:
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef:
         raise self._unsupported("export_image")
 
-    async def live_migrate(self, vm_id: str, target_host: str) -> None:
+    async def live_migrate(self, vm_id: str, target_host: str) -> MigrationProgress | None:
         raise self._unsupported("live_migrate")
 
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:

@@ -32,13 +32,14 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from metavmm.drivers.base import CpuSample, DriverBase, MigrationProgress
+from metavmm.drivers.base import MIB, CpuSample, DriverBase, MigrationProgress
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
     ProviderConflict,
     ProviderNotFound,
     ProviderUnavailable,
+    UnsupportedOperation,
     ValidationError,
 )
 from metavmm.foundation.paths import state_dir
@@ -171,7 +172,8 @@ class LibvirtDriver(DriverBase):
         Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
         Capability.SET_NETMASK, Capability.NESTED_VIRT, Capability.VOLUMES, Capability.NETWORKS,
-        Capability.DHCP_HOSTS, Capability.FENCE,
+        Capability.DHCP_HOSTS, Capability.FENCE, Capability.LIVE_AUTO_CONVERGE, Capability.LIVE_POSTCOPY,
+        Capability.DIRTY_RATE,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
     image_export_formats = ("qcow2", "raw")
@@ -197,6 +199,7 @@ class LibvirtDriver(DriverBase):
         self._conn: _Shared | None = None
         self._lock = asyncio.Lock()
         self._host: str | None = None  # the daemon's host name
+        self._no_postcopy: dict[str, str] = {}  # target URI -> why it refused post-copy (see live_migrate)
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -1008,7 +1011,9 @@ class LibvirtDriver(DriverBase):
                              str(src), str(dest))
         return DiskRef(str(dest), "qcow2")
 
-    async def live_migrate(self, vm_id: str, target_host: str, *, ex_target_storage_dir: str | None = None) -> None:
+    async def live_migrate(self, vm_id: str, target_host: str, *, ex_target_storage_dir: str | None = None,
+                           ex_mode: str = "precopy", ex_auto_converge_initial: int | None = None,
+                           ) -> MigrationProgress | None:
         """Migrate to ``target_host`` (a libvirt URI), copying the broker's disks over NBD while it runs.
 
         Hosts keep their disks in their own ``storage_dir``. When the target's directory is reachable
@@ -1017,13 +1022,25 @@ class LibvirtDriver(DriverBase):
         rewritten to use them (a clone's read-only cloud-init seed is copied, as libvirt does not
         migrate read-only disks; the console log starts afresh beside them); otherwise the target must
         already hold disks at the same paths (or a libvirt storage pool that lets it create them).
-        On success the source disks are removed.
+        On success the source disks are removed, and the answer is the finished job's figures, read at the
+        target (which keeps them, ``VIR_DOMAIN_JOB_STATS_COMPLETED``: the source domain is gone): a move
+        shorter than one poll of :meth:`migration_progress` is counted all the same.
+
+        ``ex_mode`` (see :mod:`metavmm.scheduler.live_mode`): ``auto-converge`` throttles the guest from
+        ``ex_auto_converge_initial`` percent; ``postcopy`` switches to post-copy once the first pass is
+        sent (``migrateStartPostCopy``). A target that refuses post-copy (QEMU there has no userfaultfd)
+        is UnsupportedOperation before anything moved, and is remembered: the next asks fail at once.
         """
+        if ex_mode not in MIGRATION_FLAGS:
+            raise UnsupportedOperation(f"{self.name}: live_migrate: no live migration mode {ex_mode!r}")
+        if ex_mode == "postcopy" and target_host in self._no_postcopy:
+            raise UnsupportedOperation(self._no_postcopy[target_host])
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_NON_SHARED_DISK)
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_NON_SHARED_DISK
+                 | MIGRATION_FLAGS[ex_mode])
         owned = (self.storage_dir / "disks").resolve()
 
-        def migrate(conn: libvirt.virConnect) -> list[Path]:
+        def migrate(conn: libvirt.virConnect) -> tuple[list[Path], MigrationProgress | None]:
             dom = conn.lookupByUUIDString(vm_id)
             tree = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
             moved: list[Path] = []
@@ -1068,25 +1085,38 @@ class LibvirtDriver(DriverBase):
                 xml = ET.tostring(tree, encoding="unicode")
                 params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
                 params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = xml
+            if ex_auto_converge_initial is not None and ex_mode == "auto-converge":
+                params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = int(ex_auto_converge_initial)
+            switch = _PostcopySwitch(dom) if ex_mode == "postcopy" else None
             try:
                 dest = libvirt.open(target_host)
                 try:
-                    dom.migrate3(dest, params, flags)
+                    if switch is not None:
+                        switch.start()
+                    there = dom.migrate3(dest, params, flags)
+                    completed = _completed_job(there)
                 finally:
+                    if switch is not None:
+                        switch.stop()
                     dest.close()
-            except libvirt.libvirtError:
+            except libvirt.libvirtError as exc:
                 for path in created:
                     path.unlink(missing_ok=True)
+                if ex_mode == "postcopy" and "postcopy is not supported" in str(exc).lower():
+                    why = f"{self.name}: live_migrate: {target_host} refuses post-copy: {exc}"
+                    self._no_postcopy[target_host] = why
+                    raise UnsupportedOperation(self._no_postcopy[target_host]) from None
                 raise
-            return moved
+            return moved, completed
 
         try:
-            moved = await self._call("live_migrate", migrate)
+            moved, completed = await self._call("live_migrate", migrate)
         except subprocess.CalledProcessError as exc:
             raise DriverError(exc.stderr.decode(errors="replace").strip(), provider=self.name,
                               operation="live_migrate") from None
         for path in moved:
             path.unlink(missing_ok=True)
+        return completed
 
     async def migration_progress(self, vm_id: str) -> MigrationProgress | None:
         """The source domain's migration job (``virDomainGetJobStats``, asked on another thread while
@@ -1097,17 +1127,34 @@ class LibvirtDriver(DriverBase):
                 stats = conn.lookupByUUIDString(vm_id).jobStats()
             except libvirt.libvirtError:
                 return None  # the domain left this host: the migration is over
-            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
-                return None
-            total = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, 0))
-            if total <= 0:
-                return None
-            rate = sum(float(stats.get(k, 0)) for k in (libvirt.VIR_DOMAIN_JOB_MEMORY_BPS,
-                                                          libvirt.VIR_DOMAIN_JOB_DISK_BPS))
-            return MigrationProgress(int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0)), total, rate or None)
+            return _job_progress(stats)
 
         return await self._call("migration_progress", read)
 
+
+    async def ex_dirty_rate(self, vm_id: str, seconds: int = 1) -> float:
+        """How fast the running guest dirties its memory, MiB/s: QEMU samples pages for ``seconds``
+        (``virDomainStartDirtyRateCalc``, page-sampling: it works under TCG too) and libvirt reports the
+        rate in the domain's stats."""
+        def start(conn: libvirt.virConnect) -> None:
+            conn.lookupByUUIDString(vm_id).startDirtyRateCalc(seconds, 0)
+
+        def read(conn: libvirt.virConnect) -> float | None:
+            dom = conn.lookupByUUIDString(vm_id)
+            stats = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)[0][1]
+            if stats.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                return None
+            return float(stats.get("dirtyrate.megabytes_per_second", 0)) * 1e6 / MIB
+
+        await self._call("ex_dirty_rate", start)
+        await asyncio.sleep(seconds)
+        for _ in range(50):  # QEMU ends the calculation a little after the period
+            rate = await self._call("ex_dirty_rate", read)
+            if rate is not None:
+                return rate
+            await asyncio.sleep(0.1)
+        raise DriverError(f"the dirty rate of {vm_id} was not measured in {seconds + 5} s", provider=self.name,
+                          operation="ex_dirty_rate")
 
     async def ex_cpu_usage(self, vm_ids: Sequence[str]) -> dict[str, CpuSample]:
         """Each running domain's cumulative CPU time (``virDomainGetInfo``): the caller takes the rate
@@ -1124,6 +1171,60 @@ class LibvirtDriver(DriverBase):
             return out
 
         return await self._call("ex_cpu_usage", read)
+
+MIGRATION_FLAGS = {"precopy": 0, "auto-converge": libvirt.VIR_MIGRATE_AUTO_CONVERGE,
+                   "postcopy": libvirt.VIR_MIGRATE_POSTCOPY}  # flags beyond the plain live ones, per mode
+
+
+class _PostcopySwitch(threading.Thread):
+    """Asks libvirt to switch a post-copy-enabled migration to post-copy once its first pre-copy pass is
+    sent (memory iteration 2: before that, the target would have to pull nearly every page)."""
+
+    def __init__(self, dom: libvirt.virDomain, poll_s: float = 0.1) -> None:
+        super().__init__(daemon=True, name="postcopy-switch")
+        self.dom, self.poll_s, self._done = dom, poll_s, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.poll_s):
+            try:
+                stats = self.dom.jobStats()
+                if int(stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_ITERATION, 0)) >= 2:
+                    self.dom.migrateStartPostCopy(0)
+                    return
+            except libvirt.libvirtError:
+                continue  # not started yet, or over: the next look says
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.ident is not None:  # started
+            self.join(timeout=5)
+
+
+def _job_progress(stats: dict[str, Any]) -> MigrationProgress | None:
+    """A migration job's figures (``virDomainGetJobStats``, running or completed) as the broker keeps
+    them; None when there is no job or it has no data total yet."""
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    total = int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_TOTAL, 0))
+    if total <= 0:
+        return None
+    rate = sum(float(stats.get(k, 0)) for k in (libvirt.VIR_DOMAIN_JOB_MEMORY_BPS, libvirt.VIR_DOMAIN_JOB_DISK_BPS))
+    memory = stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_PROCESSED)
+    downtime = stats.get(libvirt.VIR_DOMAIN_JOB_DOWNTIME)
+    return MigrationProgress(int(stats.get(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED, 0)), total, rate or None,
+                             memory_bytes=int(memory) if memory is not None else None,
+                             downtime_ms=int(downtime) if downtime is not None else None)
+
+
+def _completed_job(dom: libvirt.virDomain) -> MigrationProgress | None:
+    """The figures of the migration that just ended, as the target keeps them (kept there for
+    ``virsh domjobinfo --completed`` too); None when the daemon has none (an old libvirt)."""
+    try:
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+    except libvirt.libvirtError:
+        return None
+    return _job_progress(stats)
+
 
 def _dhcp_xml(cidr: str | None) -> str:
     """The ``<ip>`` of a network with a range: the host is its first address, dnsmasq leases the upper

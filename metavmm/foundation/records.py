@@ -37,6 +37,10 @@ class Capability(enum.StrEnum):
     NETWORKS = "networks"  # create_network / delete_network / list_networks
     DHCP_HOSTS = "dhcp_hosts"  # ex_reserve_address / ex_release_address: the network's DHCP gives a MAC its IP
     FENCE = "fence"  # fence_vm: the provider can power a VM off at once and prove it (HA restart needs it)
+    # live migration modes beyond pre-copy (metavmm.scheduler.live_mode), and the measurement that picks one
+    LIVE_AUTO_CONVERGE = "live_auto_converge"  # throttle the guest's vCPUs until the copy converges
+    LIVE_POSTCOPY = "live_postcopy"  # run the guest at the target while its pages follow (needs userfaultfd there)
+    DIRTY_RATE = "dirty_rate"  # ex_dirty_rate: how fast a running guest dirties its memory
 
 
 class VmState(enum.StrEnum):

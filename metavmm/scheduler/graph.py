@@ -103,12 +103,17 @@ class Link:
         return self.egress_per_gib * Decimal(size_bytes) / GIB_BYTES
 
 
+def link_rate(settings: SchedulerSettings, *, same_provider: bool) -> float:
+    """MiB/s between two sites by the documented defaults: within one provider, or across two."""
+    return settings.transfer_mib_per_s if same_provider else settings.wan_mib_per_s
+
+
 def link_between(a: SiteView, b: SiteView, settings: SchedulerSettings) -> Link:
     """The documented default link between two sites (no measured data in the catalog yet). Data leaving
     ``a`` pays ``a``'s own egress price when the catalog has one (a gib-egress price of its provider and
     region), else the settings' default; within one on-prem provider it is free."""
     same_provider = a.provider.id == b.provider.id
-    rate = settings.transfer_mib_per_s if same_provider else settings.wan_mib_per_s
+    rate = link_rate(settings, same_provider=same_provider)
     egress = settings.on_prem_egress_price_per_gib if a.on_prem else settings.egress_price_per_gib
     priced = a.prices.egress
     if priced is not None and priced.amount is not None:

@@ -92,12 +92,17 @@ def marker_line(marker_id: str) -> str:
     return f"{MARKER_PREFIX} {marker_id}"
 
 
+def write_raw_disk(path: Path, sector: bytes, *, size_mib: int = 1) -> Path:
+    """A raw disk of ``size_mib`` at ``path`` whose first sector is ``sector`` (the rest reads as zeros)."""
+    with open(path, "wb") as f:
+        f.write(sector)
+        f.truncate(size_mib * 2**20)
+    return path
+
+
 def write_boot_disk(path: Path, marker_id: str, *, size_mib: int = 1, qemu_img: str = "qemu-img") -> Path:
     """A disk at ``path`` booting into :func:`boot_sector`; its format follows the suffix (.raw or .qcow2)."""
-    raw = path.with_suffix(".raw")
-    with open(raw, "wb") as f:
-        f.write(boot_sector(marker_id))
-        f.truncate(size_mib * 2**20)
+    raw = write_raw_disk(path.with_suffix(".raw"), boot_sector(marker_id), size_mib=size_mib)
     if path.suffix == ".raw":
         return path
     subprocess.run([qemu_img, "convert", "-q", "-f", "raw", "-O", path.suffix.lstrip("."), str(raw), str(path)],

@@ -17,7 +17,13 @@ import pytest
 from metavmm.drivers.base import Driver
 from metavmm.drivers.libvirt import LibvirtDriver
 from metavmm.foundation.config import LibvirtProvider
-from metavmm.foundation.errors import DriverError, ProviderConflict, ProviderNotFound, ValidationError
+from metavmm.foundation.errors import (
+    DriverError,
+    ProviderConflict,
+    ProviderNotFound,
+    UnsupportedOperation,
+    ValidationError,
+)
 from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
 from metavmm.translators.bootdisk import marker_line, write_boot_disk
 from metavmm.translators.cpu_traits import cpu_traits
@@ -232,8 +238,11 @@ async def test_live_migration_between_two_daemons(session_daemons: tuple[Session
             if (sample := await src.migration_progress(vm.provider_vm_id)) is not None:
                 samples.append(sample)
             await asyncio.sleep(0.05)
-        await moving
+        done = await moving
         elapsed = time.perf_counter() - started
+        # the finished job as the target keeps it: what a move shorter than one poll still reports
+        assert done is not None and done.processed_bytes > 0 and done.total_bytes > 0, done
+        assert done.memory_bytes and done.memory_bytes > 0 and done.downtime_ms is not None, done
         assert samples and all(0 <= s.processed_bytes <= s.total_bytes for s in samples), samples
         assert max(s.processed_bytes for s in samples) > 0
         assert await dst.migration_progress(vm.provider_vm_id) is None  # the job ended with the move
@@ -248,6 +257,36 @@ async def test_live_migration_between_two_daemons(session_daemons: tuple[Session
             await dst.live_migrate(vm.provider_vm_id, "qemu+unix:///session?socket=/nonexistent/sock",
                                    ex_target_storage_dir=str(src_host.storage_dir))
         assert (await dst.get_vm(vm.provider_vm_id)).state == VmState.RUNNING  # still running where it was
+        await dst.delete_vm(vm.provider_vm_id)
+    finally:
+        await src.close()
+        await dst.close()
+
+
+async def test_post_copy_refused_then_auto_converge(session_daemons: tuple[SessionHost, SessionHost]) -> None:
+    """The session daemons' QEMU is unprivileged and this kernel keeps userfaultfd from it: the target
+    refuses post-copy before anything moves (the domain stays, the pre-created disk goes), the driver
+    remembers it, and the same move with auto-converge goes through. Where post-copy works, it moves."""
+    src_host, dst_host = session_daemons
+    src = _driver(src_host.uri, src_host.storage_dir, name="host-a")
+    dst = _driver(dst_host.uri, dst_host.storage_dir, name="host-b")
+    options = {"ex_target_storage_dir": str(dst_host.storage_dir)}
+    try:
+        vm = await src.create_vm(_spec(workload_id="wl-modes"))
+        target_disk = dst_host.storage_dir / "disks" / f"{vm.provider_vm_id}.qcow2"
+        with pytest.raises(UnsupportedOperation, match="no live migration mode 'warp'"):
+            await src.live_migrate(vm.provider_vm_id, dst_host.uri, ex_mode="warp", **options)
+        try:
+            done = await src.live_migrate(vm.provider_vm_id, dst_host.uri, ex_mode="postcopy", **options)
+        except UnsupportedOperation as exc:
+            assert "refuses post-copy" in str(exc) and "Postcopy is not supported" in str(exc)
+            assert (await src.get_vm(vm.provider_vm_id)).state == VmState.RUNNING and not target_disk.exists()
+            with pytest.raises(UnsupportedOperation, match="refuses post-copy"):  # remembered: no second try
+                await src.live_migrate(vm.provider_vm_id, dst_host.uri, ex_mode="postcopy", **options)
+            done = await src.live_migrate(vm.provider_vm_id, dst_host.uri, ex_mode="auto-converge",
+                                          ex_auto_converge_initial=50, **options)
+        assert done is not None and done.memory_bytes and done.memory_bytes > 0, done
+        assert (await dst.get_vm(vm.provider_vm_id)).state == VmState.RUNNING and target_disk.exists()
         await dst.delete_vm(vm.provider_vm_id)
     finally:
         await src.close()

@@ -79,10 +79,11 @@ class StepContext:
             await self._progress(max(0.0, min(1.0, fraction)))
 
     async def transfer(self, done_bytes: int, total_bytes: int, bytes_per_s: float | None = None, *,
-                       force: bool = False) -> None:
+                       force: bool = False, **figures: int | None) -> None:
         """Report bytes moved of ``total_bytes`` (a live migration): the step's progress is their ratio, and
         the step keeps the numbers with the rate (the provider's, else measured between two reports) and
-        the time left, which the dashboard and the event stream show. Written at most once a second."""
+        the time left, which the dashboard and the event stream show, plus the provider's other
+        ``figures`` it has (``memory_bytes``, ``downtime_ms``). Written at most once a second."""
         now = time.monotonic()
         if bytes_per_s is None and self._last_sample is not None and now > self._last_sample[0]:
             bytes_per_s = max(0.0, (done_bytes - self._last_sample[1]) / (now - self._last_sample[0]))
@@ -94,7 +95,8 @@ class StepContext:
         await self._transfer({"bytes": done_bytes, "total_bytes": total_bytes,
                               "bytes_per_s": round(bytes_per_s, 1) if bytes_per_s is not None else None,
                               "eta_s": round(left / bytes_per_s, 1) if bytes_per_s else None,
-                              "fraction": min(1.0, done_bytes / total_bytes) if total_bytes > 0 else 0.0})
+                              "fraction": min(1.0, done_bytes / total_bytes) if total_bytes > 0 else 0.0,
+                              **{k: v for k, v in figures.items() if v is not None}})
 
 
 T = TypeVar("T")

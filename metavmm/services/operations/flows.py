@@ -27,6 +27,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import AddressLease, Operation, Provider, Site, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import ConfigError, Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
+from metavmm.foundation.records import Capability
+from metavmm.scheduler import live_mode
+from metavmm.scheduler.graph import link_rate
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.provision import boot_check_args
 from metavmm.services.operations import addresses, store
@@ -340,13 +343,37 @@ async def live_migrate_plan(engine: Engine, workload_id: str, *, target_provider
         raise ValidationError("live migration stays within one kind of hypervisor; use a cold migration")
     src = {"provider": provider, "workload_id": workload.id}
     dst = {"provider": target_provider, "workload_id": workload.id}
-    steps = [Step("migrate", "vm.live_migrate", {**src, "target_provider": target_provider,
-                                                  "target_host": target_host}, weight=5),
-             Step("verify-target", "vm.wait", {**dst, "state": "running", "timeout_s": 120}),
-             Step("record", "workload.record", {**dst, **priced(offer)}, commit=True)]
+    ram_mib = int(workload.spec.get("ram_mib") or 0)  # 0: not known (a flavor's shape): the dirty rate decides
+    link = link_rate(engine.config.scheduler, same_provider=target_provider == provider)
+    offered = _live_modes(engine, provider, target_provider)
+    choice = live_mode.by_size(ram_mib, link, offered)
+    steps: list[Step] = []
+    if choice is None:  # the memory size does not settle it: measure the dirty rate first
+        steps.append(Step("measure", "vm.live_mode", {**src, "ram_mib": ram_mib, "link_mib_per_s": link,
+                                                      "offered": sorted(offered)}))
+        why = {"live_mode": "by dirty rate", "why_live_mode": f"its {ram_mib} MiB take {ram_mib / link:.1f} s "
+               f"over the {link:g} MiB/s link: the dirty rate, measured first, decides"}
+    else:
+        why = choice.as_params()
+    steps += [Step("migrate", "vm.live_migrate", {**src, "target_provider": target_provider,
+                                                   "target_host": target_host,
+                                                   "mode": choice.as_params() if choice else None}, weight=5),
+              Step("verify-target", "vm.wait", {**dst, "state": "running", "timeout_s": 120}),
+              Step("record", "workload.record", {**dst, **priced(offer)}, commit=True)]
     return PlanSpec("live_migrate", steps, workload.id, workload.project_id,
-                    {"from": provider, "to": target_provider},
+                    {"from": provider, "to": target_provider, **why},
                     fingerprint=fingerprint(workload.id, target_provider, target_host))
+
+
+def _live_modes(engine: Engine, source: str, target: str) -> frozenset[str]:
+    """The live migration modes beyond pre-copy that both providers declare; none when the source cannot
+    measure a dirty rate (the rule that picks one needs it)."""
+    views = [declared(name, _known_provider(engine, name).kind) for name in {source, target}]
+    caps = frozenset.intersection(*(v.capabilities if v else frozenset() for v in views))
+    if Capability.DIRTY_RATE not in caps:
+        return frozenset()
+    return frozenset(mode for mode, cap in ((live_mode.AUTO_CONVERGE, Capability.LIVE_AUTO_CONVERGE),
+                                            (live_mode.POSTCOPY, Capability.LIVE_POSTCOPY)) if cap in caps)
 
 
 async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_host: str | None = None,

@@ -10,12 +10,13 @@ What a look finds is written into the catalog by :mod:`metavmm.services.observer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Any
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Workload, utcnow
-from metavmm.drivers.base import MigrationProgress, poll_delays
+from metavmm.drivers.base import Driver, MigrationProgress, poll_delays
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
@@ -23,9 +24,11 @@ from metavmm.foundation.errors import (
     ProviderConflict,
     ProviderNotFound,
     ProviderUnavailable,
+    UnsupportedOperation,
     ValidationError,
 )
 from metavmm.foundation.records import VmInfo, VmSpec, VmState
+from metavmm.scheduler import live_mode
 from metavmm.services import observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext, tracked
@@ -223,8 +226,10 @@ async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state
 
 @action("vm.live_migrate")
 async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str, workload_id: str,
-                       target_host: str | None = None, **_: Any) -> dict[str, Any]:
-    """Live-migrate to ``target_provider`` (another libvirt daemon, or a host of the same region).
+                       target_host: str | None = None, mode: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
+    """Live-migrate to ``target_provider`` (another libvirt daemon, or a host of the same region), in the
+    mode the plan chose (``mode``, or the measure step's choice; see :mod:`metavmm.scheduler.live_mode`).
+    A target that refuses post-copy gets auto-converge instead, and the operation says so.
 
     Already at the target is success: a crash after the migration but before the row was written
     re-runs this step, which then only reports where the VM is.
@@ -239,29 +244,74 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
         return {"vm_id": vm.provider_vm_id}
     source, target = ctx.driver(provider), ctx.driver(target_provider)
     dest = target_host or ctx.config.provider(target_provider).endpoint
-    await ctx.log(f"live migration of {vm.provider_vm_id} to {dest}")
+    choice = _planned_mode(ctx, mode)
+    await ctx.log(f"live migration of {vm.provider_vm_id} to {dest}: {choice.why}")
+    options: dict[str, Any] = {}
     if source.kind == target.kind == "libvirt" and target_provider != provider:
         # two libvirt hosts: the disk moves into the target provider's storage
-        work = source.live_migrate(vm.provider_vm_id, dest,  # type: ignore[call-arg]
-                                   ex_target_storage_dir=str(target.storage_dir))  # type: ignore[attr-defined]
-    else:
-        work = source.live_migrate(vm.provider_vm_id, dest)
+        options["ex_target_storage_dir"] = str(target.storage_dir)  # type: ignore[attr-defined]
+    try:
+        completed = await _migrate(ctx, source, vm.provider_vm_id, dest, choice, options)
+    except UnsupportedOperation as exc:
+        inputs = ctx.outputs.get("live_inputs")
+        if choice.mode != live_mode.POSTCOPY or not inputs:
+            raise
+        offered = [m for m in inputs["offered"] if m != live_mode.POSTCOPY]
+        again = live_mode.by_dirty_rate(inputs["ram_mib"], inputs["link_mib_per_s"], inputs["dirty_mib_per_s"],
+                                        offered)
+        choice = dataclasses.replace(again, why=f"{again.why} (post-copy was chosen first, but {exc})")
+        await ctx.log(choice.why)
+        completed = await _migrate(ctx, source, vm.provider_vm_id, dest, choice, options)
+    if completed is not None:  # done: everything the provider counted has moved
+        await ctx.transfer(completed.total_bytes, completed.total_bytes, completed.bytes_per_s, force=True,
+                           memory_bytes=completed.memory_bytes, downtime_ms=completed.downtime_ms)
+    return {"vm_id": vm.provider_vm_id, **choice.as_params()}
+
+
+def _planned_mode(ctx: StepContext, mode: dict[str, Any] | None) -> live_mode.LiveMode:
+    """The mode the plan chose: in the step's arguments when the memory size settled it, else what the
+    measure step (``vm.live_mode``) chose by the dirty rate; pre-copy for plans without either."""
+    chosen = mode or ctx.outputs
+    if not chosen.get("live_mode"):
+        return live_mode.LiveMode(live_mode.PRECOPY, "pre-copy")
+    return live_mode.LiveMode(chosen["live_mode"], chosen.get("why_live_mode", ""), chosen.get("auto_converge_initial"))
+
+
+async def _migrate(ctx: StepContext, source: Driver, vm_id: str, dest: str, choice: live_mode.LiveMode,
+                   options: dict[str, Any]) -> MigrationProgress | None:
+    """One ``live_migrate`` call in ``choice``'s mode, the provider's job figures reported while it runs;
+    the finished job's figures (or the last sample) after."""
+    if choice.mode != live_mode.PRECOPY:
+        options = {**options, "ex_mode": choice.mode, "ex_auto_converge_initial": choice.initial_throttle}
+    work = source.live_migrate(vm_id, dest, **options)
     last: list[MigrationProgress] = []
 
     async def report() -> None:
         """The provider's job figures while the migration runs (a failed read only skips a report)."""
         try:
-            now = await source.migration_progress(vm.provider_vm_id)
+            now = await source.migration_progress(vm_id)
         except DriverError:
             return
         if now is not None:
             last[:] = [now]
-            await ctx.transfer(now.processed_bytes, now.total_bytes, now.bytes_per_s)
+            await ctx.transfer(now.processed_bytes, now.total_bytes, now.bytes_per_s, memory_bytes=now.memory_bytes)
 
-    await tracked(ctx, work, [], each_tick=report, tick_s=MIGRATION_POLL_S)
-    if last:  # done: everything the provider counted has moved
-        await ctx.transfer(last[0].total_bytes, last[0].total_bytes, last[0].bytes_per_s, force=True)
-    return {"vm_id": vm.provider_vm_id}
+    completed = await tracked(ctx, work, [], each_tick=report, tick_s=MIGRATION_POLL_S)
+    return completed or (last[0] if last else None)
+
+
+@action("vm.live_mode")
+async def choose_live_mode(ctx: StepContext, *, provider: str, workload_id: str, ram_mib: int,
+                           link_mib_per_s: float, offered: list[str], **_: Any) -> dict[str, Any]:
+    """Measure how fast the guest dirties its memory and choose the live migration mode by it: the
+    plan's rule (:func:`metavmm.scheduler.live_mode.by_dirty_rate`) on the measured number. The mode and
+    why go into the operation's outputs, where the migrate step reads them. A re-run measures again."""
+    vm = await require_vm(ctx, provider, workload_id)
+    dirty = await ctx.driver(provider).ex_dirty_rate(vm.provider_vm_id)  # type: ignore[attr-defined]
+    choice = live_mode.by_dirty_rate(ram_mib, link_mib_per_s, dirty, offered)
+    await ctx.log(choice.why)
+    return {**choice.as_params(), "live_inputs": {"ram_mib": ram_mib, "link_mib_per_s": link_mib_per_s,
+                                                  "dirty_mib_per_s": round(dirty, 1), "offered": offered}}
 
 
 # --- the catalog ----------------------------------------------------------------------------------
