@@ -111,12 +111,18 @@ async def _receive(source: str | AsyncIterator[bytes], fmt: str, expected: Expec
 
 def _store(path: Path, digests: Digests, fmt: str) -> Path:
     """Move ``path`` into the content-addressed blob store (dropping it when the bytes are already there),
-    made 0600 before it gets its name there (its writer's mode follows the umask)."""
+    made 0600 before it gets its name there (its writer's mode follows the umask).
+
+    The blob's modification time is set to now, whether it is new or already there: its row is not
+    committed yet, and the sweeper (:mod:`.sweep`) leaves an unreferenced blob alone for its grace
+    period counted from that time."""
     final = blob_dir() / f"{digests.sha256}.{fmt}"
     if final.exists():
+        os.utime(final)
         path.unlink()
     else:
         path.chmod(0o600)
+        os.utime(path)
         os.replace(path, final)
     return final
 
