@@ -18,7 +18,7 @@ from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
 from tests.services.operations import direct
-from tests.services.operations.conftest import run
+from tests.services.operations.conftest import domains, run
 
 
 @pytest.fixture
@@ -37,12 +37,6 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Pat
         yield ops
     finally:
         await sql.dispose()
-
-
-def domains(uri: str) -> dict[str, str]:
-    out = subprocess.run(["virsh", "-c", uri, "list", "--all", "--uuid", "--name"], capture_output=True, text=True,
-                         check=True).stdout
-    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
 
 
 def state(uri: str, name: str) -> str:
