@@ -29,13 +29,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from bench import direct
 from bench.engine_harness import serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Project, RecoveryPoint, Workload
 from metavmm.foundation.config import parse_config
-from metavmm.scheduler.plan import Step
-from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
@@ -55,14 +54,11 @@ def _timed(*argv: str) -> float:
 
 
 async def _provision(engine: Engine, image: str, project_id: int) -> str:
-    w = Workload(kind="compute", name="dr-bench", project_id=project_id, observed_state="pending",
-                 spec={"image": image, "vcpus": 1, "ram_mib": 64})
-    steps: list[Step] = create_steps(workload_id=w.id, name="dr-bench", target=Target("lv0", "host0"), vcpus=1,
-                                     ram_mib=64, disk_gib=0, image=ImageSource(provider_image=image))
-    op = await engine.submit(kind="provision", steps=steps, target_id=w.id, project_id=project_id, rows=[w],
-                             params={"provider": "lv0", "region": "host0"})
+    op = await direct.provision(engine, name="dr-bench", provider="lv0", region="host0", image=image, ram_mib=64,
+                                project_id=project_id)
     await until_succeeded(engine, op.id)
-    return w.id
+    assert op.target_id is not None
+    return op.target_id
 
 
 async def _op_s(engine: Engine, submit: object) -> tuple[float, str]:

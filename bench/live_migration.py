@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from bench import direct
 from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.catalog.db import session_scope
@@ -36,7 +37,10 @@ from metavmm.services.sync import sync_all
 
 
 def _virsh(uri: str, *args: str) -> str:
-    return subprocess.run(["virsh", "-c", uri, *args], check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"virsh {args[0]} at {uri} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def virsh_migrate(hosts: LibvirtHosts, name: str, src: int, dst: int) -> tuple[float, float]:
@@ -81,8 +85,8 @@ async def run(rounds: int) -> None:
         config = parse_config(hosts.federation_yaml(work))
         async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
             await sync_all(engine.sessions, config)
-            op = await flows.provision(engine, name="bench-vm", provider="lv0", region="host0",
-                                       image=str(hosts.base_image), ram_mib=64)
+            op = await direct.provision(engine, name="bench-vm", provider="lv0", region="host0",
+                                        image=str(hosts.base_image), ram_mib=64)
             await until_succeeded(engine, op.id)
             wid = op.target_id
             assert wid is not None

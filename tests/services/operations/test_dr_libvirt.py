@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Project, Provider, Workload
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
-from tests.services.operations import direct
 from tests.services.operations.conftest import domains, engine_for, run
 
 

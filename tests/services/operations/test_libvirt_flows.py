@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Provider, Workload
@@ -17,7 +18,6 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 from tests.services.operations.conftest import domains, run
 
 

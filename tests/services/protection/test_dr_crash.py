@@ -17,6 +17,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from bench import direct
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Project, Protection, Provider, Workload
 from metavmm.drivers.sim import SimDriver
@@ -24,7 +25,6 @@ from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.protection import dr
-from tests.services.operations import direct
 from tests.services.operations.test_crash_sim import crash_at
 from tests.services.protection.conftest import engine_for, run
 
