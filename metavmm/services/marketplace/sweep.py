@@ -12,7 +12,8 @@ committed: the same file, no row yet) except by age, so nothing younger than the
 blob already there (content-addressed: the same bytes published again), so a reused orphan turns
 young before its new row commits. A sweep in another process can still race that stamp by the
 instant between its age check and its unlink; the broker's own sweep runs on the event loop of its
-own publishes, between their awaits, so it cannot.
+own publishes, between their awaits, so it cannot. A scratch entry counts its age from its newest write:
+an upload that wrote nothing for the whole grace period is taken for one cut short.
 
 A blob is referenced when an entry's ``location`` names a file of that name (blobs are named by their
 SHA-256 and format): a state directory moved since the rows were written does not turn every blob
