@@ -8,7 +8,9 @@ until a resume. Right after each kill: either the workload is still at home with
 DR site, or it is at the DR site with replication aimed home. Then a fresh executor finishes the failover:
 one VM, at the DR site, replication aimed home.
 
-Every run: the kill right after the commit step returned. ``METAVMM_SLOW=1``: after every step.
+Every run: the kill right after the commit step returned. ``METAVMM_SLOW=1``: after every step. A plan in
+the old shape (written by a broker before the change, in flight across the upgrade) is still finished by
+the resume: the second test (it guards the kept ``dr.switch``; it passes on the old code too).
 """
 
 from __future__ import annotations
@@ -106,3 +108,32 @@ async def test_a_failover_killed_at_its_steps_never_shows_replication_aimed_wher
         print(f"DR failover: {len(op.steps)} steps, killed after {sorted(seen)}")
         if commit in seen:  # the kill right after the commit: everything of it is there
             assert seen[commit] == (DR_SITE[0], HOME[1])
+
+
+async def test_a_plan_from_before_is_finished_by_the_resume(tmp_path: Path) -> None:
+    """A failover a broker submitted before record and switch became one step (``workload.record``, then
+    ``dr.switch``), killed between the two: the gap shows until the engine's resume runs the switch (the
+    recovery rule of such plans); then the workload is at the DR site with replication aimed home."""
+    config_path = tmp_path / "federation.yaml"
+    config_path.write_text(FEDERATION)
+    async with engine_for(FEDERATION, tmp_path) as engine:
+        wid = await protected_workload(engine, "legacy")
+        op = await dr.failover(engine, None, wid)
+        commit = next(i for i, s in enumerate(op.steps) if s.get("commit"))
+        rec, args = op.steps[commit], op.steps[commit]["args"]
+        record = {**rec, "action": "workload.record",
+                  "args": {"provider": args["provider"], "workload_id": wid}}
+        switch = {**rec, "name": "switch", "action": "dr.switch", "commit": False,
+                  "args": {"workload_id": wid, "origin": args["origin"], "origin_region": args["origin_region"],
+                           "at": args["provider"], "kind": args["kind"], "started_at": args["started_at"]}}
+        async with session_scope(engine.sessions) as s:
+            row = await s.get(Operation, op.id)
+            assert row is not None
+            row.steps = [*op.steps[:commit], record, switch, *op.steps[commit + 1:]]
+            s.add(row)
+        crash_at(config_path, f"sqlite:///{tmp_path / 'catalog.db'}", op.id, commit, "after")
+        assert await where(engine, wid) == (DR_SITE[0], DR_SITE[1])  # the old plans' gap
+        done = await resume(engine, op.id)
+        assert done.state == OperationState.SUCCEEDED, done.error
+        assert await where(engine, wid) == (DR_SITE[0], HOME[1])
+        assert [s["action"] for s in done.steps][commit:commit + 2] == ["workload.record", "dr.switch"]
