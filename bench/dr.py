@@ -29,7 +29,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.engine_harness import provision, serving_engine, until_succeeded
+from bench import direct
+from bench.engine_harness import serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Project, RecoveryPoint, Workload
@@ -53,7 +54,8 @@ def _timed(*argv: str) -> float:
 
 
 async def _provision(engine: Engine, image: str, project_id: int) -> str:
-    op = await provision(engine, name="dr-bench", provider="lv0", region="host0", image=image, project_id=project_id)
+    op = await direct.provision(engine, name="dr-bench", provider="lv0", region="host0", image=image, ram_mib=64,
+                                project_id=project_id)
     await until_succeeded(engine, op.id)
     assert op.target_id is not None
     return op.target_id

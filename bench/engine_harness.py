@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from metavmm.catalog import db
-from metavmm.catalog.models import Operation, OperationState, Workload
+from metavmm.catalog.models import Operation, OperationState
 from metavmm.foundation.config import FederationConfig
-from metavmm.scheduler.provision import ImageSource, Target, create_steps
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
@@ -41,19 +40,6 @@ async def until_succeeded(engine: Engine, op_id: str) -> Operation:
         await asyncio.sleep(0.02)
     assert op.state == OperationState.SUCCEEDED, op.error
     return op
-
-
-async def provision(engine: Engine, *, name: str, provider: str, region: str, image: str, ram_mib: int = 64,
-                    project_id: int | None = None) -> Operation:
-    """A VM booting ``image`` (a provider image id, or a disk path for libvirt) at ``provider``/``region``,
-    submitted to the engine as the product's create does, without its quota and placement (a benchmark
-    measures the move, not the create); wait for it with :func:`until_succeeded`."""
-    w = Workload(kind="compute", name=name, project_id=project_id, observed_state="pending",
-                 spec={"image": image, "vcpus": 1, "ram_mib": ram_mib})
-    steps = create_steps(workload_id=w.id, name=name, target=Target(provider, region), vcpus=1, ram_mib=ram_mib,
-                         disk_gib=0, image=ImageSource(provider_image=image))
-    return await engine.submit(kind="provision", steps=steps, target_id=w.id, project_id=project_id, rows=[w],
-                               params={"provider": provider, "region": region})
 
 
 def median_row(label: str, xs: list[float], width: int = 48) -> str:

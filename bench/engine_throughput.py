@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import direct
 from bench.engine_harness import serving_engine
 from metavmm.catalog import db
 from metavmm.catalog.models import OperationState
 from metavmm.foundation.config import parse_config
-from metavmm.services.operations import flows, store
+from metavmm.services.operations import store
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.plan import Step
@@ -88,8 +89,8 @@ async def batches(tmp: Path, slots: int, n: int) -> float | None:
         start = time.perf_counter()
         ids: list[str] = []
         for b in range(n):
-            children = [(await flows.provision(engine, name=f"b{b}-{i}", provider="sima", region="sim-000",
-                                               image="img", host=f"sim-000-h0000{i}")).id for i in range(2)]
+            children = [(await direct.provision(engine, name=f"b{b}-{i}", provider="sima", region="sim-000",
+                                                image="img", host=f"sim-000-h0000{i}")).id for i in range(2)]
             for cid in children:  # may already run; when it does not, a dead broker holds it briefly
                 await store.claim(engine.sessions, cid, "dead-broker", lease_s=0.5)
             steps = [Step(f"wait-{i}", "operation.wait", {"operation_id": c, "operation_ids": children},

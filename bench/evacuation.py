@@ -18,21 +18,33 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from sqlmodel import select
+
 from metavmm.catalog import db
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Host, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.scheduler import service
-from metavmm.services.operations import flows, migrations
+from metavmm.services.identity import operator_identity
+from metavmm.services.operations import migrations
 from metavmm.services.operations.engine import Engine
+from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
+from metavmm.services.workloads.requests import CreateRequest
+from metavmm.services.workloads.service import WorkloadService
 
 CONFIG = """
 providers:
   - {kind: sim, name: sim, site_count: 1, hosts_per_site: 6, seed: 3}
 operations: {reconcile_interval_s: 0, concurrency: %d}
+scheduler: {cpu_allocation_ratio: 16}
 """
 
 
 async def _world(tmp: Path, concurrency: int, n: int) -> tuple[Engine, str, list[str]]:
+    """A fresh catalog whose ``n`` workloads were created through the workload service (what every front
+    end calls), packed; the host that holds the most of them is the one to evacuate, returned with the
+    ids of the workloads on it."""
     run = f"{concurrency}-{time.monotonic_ns()}"
     url = f"sqlite:///{tmp / f'catalog-{run}.db'}"
     os.environ["METAVMM_STATE_DIR"] = str(tmp / f"state-{run}")  # the sim's VMs: this run's own
@@ -42,14 +54,20 @@ async def _world(tmp: Path, concurrency: int, n: int) -> tuple[Engine, str, list
     await sync_all(sessions, config)
     engine = Engine(sessions, config, url)
     await engine.start()
-    snap = await service.snapshot(sessions, config)
-    arch = Counter(h.arch for h in snap.hosts())
-    host = next(h for h in sorted(snap.hosts(), key=lambda h: h.name) if arch[h.arch] > 1)
-    ops = [await flows.provision(engine, name=f"w{i}", provider="sim", region="sim-000", image="img",
-                                 host=host.name, vcpus=1, ram_mib=256) for i in range(n)]
-    for op in ops:
-        await engine.wait(op.id)
-    return engine, host.name, [str(op.target_id) for op in ops]
+    async with session_scope(sessions) as session:
+        caller = await operator_identity(session)
+    workloads = WorkloadService(sessions, config, engine, Placer(config))
+    made = [await workloads.create(caller, CreateRequest(name=f"w{i}", vcpus=1, ram_mib=256,
+                                                         strategy="pack")) for i in range(n)]
+    for accepted in made:
+        await engine.wait(accepted.operation.id)  # raises unless it succeeded
+    async with sessions() as session:
+        rows = (await session.exec(select(Workload.id, Workload.host_id)
+                                   .where(Workload.id.in_([a.workload.id for a in made])))).all()
+        most = Counter(host_id for _, host_id in rows)
+        host = min(most, key=lambda h: (-most[h], h))
+        name = (await session.get(Host, host)).name
+    return engine, name, sorted(wid for wid, host_id in rows if host_id == host)
 
 
 async def batch(tmp: Path, concurrency: int, n: int) -> tuple[float, int]:

@@ -35,8 +35,9 @@ from typing import Any
 
 from sqlmodel import select
 
+from bench import direct
 from bench.dirty_guest import until_dirtying, write_disk
-from bench.engine_harness import median_row, provision, serving_engine, until_succeeded
+from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Provider, Workload
@@ -48,7 +49,10 @@ from metavmm.services.sync import sync_all
 
 
 def _virsh(uri: str, *args: str) -> str:
-    return subprocess.run(["virsh", "-c", uri, *args], check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"virsh {args[0]} at {uri} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def virsh_migrate(hosts: LibvirtHosts, name: str, src: int, dst: int, *flags: str) -> tuple[float, float]:
@@ -105,7 +109,8 @@ def virsh_flags(outputs: dict[str, Any]) -> list[str]:
 
 async def _provision(engine: Engine, name: str, image: Path, ram_mib: int) -> tuple[str, str]:
     """(workload id, provider VM id) of a new VM on lv0."""
-    op = await provision(engine, name=name, provider="lv0", region="host0", image=str(image), ram_mib=ram_mib)
+    op = await direct.provision(engine, name=name, provider="lv0", region="host0", image=str(image),
+                                ram_mib=ram_mib)
     done = await until_succeeded(engine, op.id)
     assert done.target_id is not None
     return done.target_id, done.outputs["vm_id"]

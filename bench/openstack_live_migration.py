@@ -30,6 +30,7 @@ from typing import Any
 
 import openstack
 
+from bench import direct
 from bench.engine_harness import median_row, serving_engine, until_succeeded
 from bench.nova_regions import NOVA_IMAGE, nova_regions
 from metavmm.catalog.models import Workload
@@ -75,8 +76,8 @@ async def run(rounds: int) -> None:
 
 async def _measure(engine: Engine, conn: Any, rounds: int) -> tuple[list[float], list[float], dict[float, list[float]]]:
     await sync_all(engine.sessions, engine.config)
-    op = await flows.provision(engine, name="bench-os", provider="os1", region="RegionOne", image=NOVA_IMAGE,
-                               flavor="m1.tiny", host="compute1")
+    op = await direct.provision(engine, name="bench-os", provider="os1", region="RegionOne", image=NOVA_IMAGE,
+                                flavor="m1.tiny", host="compute1")
     await until_succeeded(engine, op.id)
     wid = op.target_id
     assert wid is not None

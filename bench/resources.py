@@ -24,6 +24,7 @@ from typing import Any
 
 import libvirt
 
+from bench import direct
 from metavmm.catalog import db
 from metavmm.catalog.models import OperationState, WorkloadLink
 from metavmm.foundation.config import parse_config
@@ -74,8 +75,8 @@ operations: {{reconcile_interval_s: 0}}
     async def submit_and_run(submitted: Awaitable[Any]) -> Any:
         return await run(await submitted)
 
-    vm_op = await run(await flows.provision(engine, name=f"{NAME}-vm", provider=NAME, region="local", image="",
-                                            ram_mib=64, disk_gib=1))
+    vm_op = await run(await direct.provision(engine, name=f"{NAME}-vm", provider=NAME, region="local", image="",
+                                             ram_mib=64, disk_gib=1))
     vm = next(v for v in await driver.list_vms() if v.workload_id == vm_op.target_id)
     await driver.stop_vm(vm.provider_vm_id)
     try:
@@ -96,7 +97,7 @@ operations: {{reconcile_interval_s: 0}}
 
             ops = {}
             for kind in ("storage", "network"):
-                t, done = await timed(submit_and_run(flows.create_resource(
+                t, done = await timed(submit_and_run(direct.create_resource(
                     engine, kind, name="x", provider=NAME, region="local", size_gib=1)))
                 note(f"{'volume' if kind == 'storage' else 'network'} create: engine", t)
                 ops[kind] = done.target_id

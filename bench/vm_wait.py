@@ -28,12 +28,13 @@ from typing import Any
 
 import libvirt
 
+from bench import direct
 from metavmm.catalog import db
 from metavmm.catalog.models import OperationState
 from metavmm.drivers.libvirt import LibvirtDriver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.records import VmState
-from metavmm.services.operations import flows, store
+from metavmm.services.operations import store
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
@@ -97,8 +98,8 @@ operations: {{reconcile_interval_s: 0}}
     stopper = LibvirtDriver(config.provider(NAME))
     conn = libvirt.open(uri)
     fillers: list[libvirt.virDomain] = []
-    made = await store.get(sessions, (await flows.provision(engine, name=f"{NAME}-vm", provider=NAME, region="local",
-                                                            image="", ram_mib=64, disk_gib=1)).id)
+    made = await store.get(sessions, (await direct.provision(engine, name=f"{NAME}-vm", provider=NAME, region="local",
+                                                             image="", ram_mib=64, disk_gib=1)).id)
     assert await executor.run(made.id)
     made = await store.get(sessions, made.id)
     assert made.state == OperationState.SUCCEEDED, made.error

@@ -31,6 +31,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
+from bench import direct
 from bench.libvirt_hosts import two_hosts
 from bench.nova_regions import nova_regions
 from bench.vcsim import Vcsim, vcsim
@@ -128,9 +129,9 @@ async def main(rounds: int, openstack: bool) -> None:
                     verbs[verb].append(s)
                 totals["lifecycle"].append(time.perf_counter() - t0)
                 for target in targets:
-                    prov = await run_op(engine, await flows.provision(engine, name=f"mig-{target}-{i}", provider="lv0",
-                                                                      region="host0", image=str(hosts.base_image),
-                                                                      ram_mib=64))
+                    prov = await run_op(engine, await direct.provision(engine, name=f"mig-{target}-{i}", provider="lv0",
+                                                                       region="host0", image=str(hosts.base_image),
+                                                                       ram_mib=64))
                     assert prov.target_id is not None
                     t0 = time.perf_counter()
                     done = await run_op(engine, await flows.cold_migrate(engine, prov.target_id, target_provider=target,

@@ -126,6 +126,16 @@ async def _image_lists(app: web.Application, stopping: asyncio.Event) -> None:
                  lambda: sync_and_log(app[keys.SESSIONS]), "image list sync", log)
 
 
+async def _blob_sweep(app: web.Application, stopping: asyncio.Event) -> None:
+    """Remove the blob store's orphans (a publish killed between storing its blob and committing its row)
+    at start and every ``marketplace.blob_sweep_s``, each older than ``marketplace.blob_sweep_grace_s``."""
+    from metavmm.services.marketplace.sweep import sweep_and_log
+
+    cfg = app[keys.CONFIG].marketplace
+    await repeat(stopping, cfg.blob_sweep_s, lambda: sweep_and_log(app[keys.SESSIONS], cfg.blob_sweep_grace_s),
+                 "blob store sweep", log)
+
+
 async def _spend_ledger(app: web.Application, stopping: asyncio.Event) -> None:
     """The spend ledger's round (issue 17): open stretches written up to now and cut at month boundaries,
     what a state change missed closed or opened, now and every ``ACCRUE_EVERY_S``, until ``stopping``."""
@@ -187,6 +197,7 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
 
         tasks.append(asyncio.create_task(dr_loop.serve(app[keys.OPERATIONS]), name="dr-replication"))
         tasks.append(asyncio.create_task(_spend_ledger(app, app[keys.OPERATIONS].stopping), name="spend-ledger"))
+        tasks.append(asyncio.create_task(_blob_sweep(app, app[keys.OPERATIONS].stopping), name="blob-sweep"))
         if app[keys.CONFIG].marketplace.subscription_sync_s > 0:
             tasks.append(asyncio.create_task(_image_lists(app, app[keys.OPERATIONS].stopping), name="image-lists"))
         yield

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metavmm.foundation.errors import ConfigError
-from metavmm.foundation.paths import state_dir
+from metavmm.foundation.paths import private_file, state_dir
 
 if TYPE_CHECKING:
     # SQLAlchemy, SQLModel and alembic cost 0.3-0.5 s to import: a command's --help, or a command that
@@ -48,20 +48,14 @@ def async_url(url: str) -> str:
     if backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
         if parsed.database and parsed.database != ":memory:":
-            _private_file(Path(parsed.database).expanduser())
+            # the catalog holds token hashes and sealed provider secrets (SQLite gives its -wal and -shm
+            # files the database file's mode)
+            private_file(Path(parsed.database).expanduser())
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
     else:
         raise ConfigError(f"database URL {url!r}: expected sqlite:// or postgresql://, got {backend}://")
     return parsed.render_as_string(hide_password=False)
-
-
-def _private_file(path: Path) -> None:
-    """The catalog holds token hashes and sealed provider secrets: a new database file is created 0600
-    (SQLite gives its -wal and -shm files the same mode) in a directory created 0700."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 BUSY_TIMEOUT_MS = 30_000  # another process's writer (the CLI, a second broker); this process's queue on the lock

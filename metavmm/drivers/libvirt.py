@@ -42,7 +42,7 @@ from metavmm.foundation.errors import (
     UnsupportedOperation,
     ValidationError,
 )
-from metavmm.foundation.paths import state_dir
+from metavmm.foundation.paths import make_dirs, state_dir
 from metavmm.foundation.records import (
     Capability,
     DiskRef,
@@ -113,10 +113,7 @@ def default_storage_dir(name: str, uri: str) -> Path:
 def make_reachable_dirs(path: Path) -> None:
     """Create ``path`` and its missing parents so that other users (QEMU) may pass through them (0711,
     whatever the umask) but not list them; existing directories are left as they are."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        directory.chmod(0o711)
+    make_dirs(path, 0o711)
 
 
 class _Shared:

@@ -580,6 +580,13 @@ class MarketplaceConfig(_Strict):
     subscription_sync_s: int = Field(
         default=3600, ge=0, description="how often the broker fetches, verifies and imports every enabled image "
         "list subscription (the first round at start); 0 leaves it to `metavmm marketplace sync` or REST")
+    blob_sweep_s: int = Field(
+        default=3600, ge=0, description="how often the broker removes blobs no image references (left by a "
+        "publish killed before its commit) and scratch files of cut uploads; the first round at start, 0: "
+        "only then")
+    blob_sweep_grace_s: int = Field(
+        default=3600, ge=60, description="a blob or scratch file younger than this is never swept: a publish "
+        "in flight stores its blob before its row commits")
 
 
 class Discount(_Strict):

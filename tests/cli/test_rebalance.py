@@ -8,13 +8,13 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bench import direct
 from metavmm.catalog import db
 from metavmm.cli.main import main
 from metavmm.foundation.config import parse_config
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from tests.cli.test_flows import read
-from tests.services.operations import direct
 
 FEDERATION = """
 providers:

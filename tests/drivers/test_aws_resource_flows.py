@@ -7,6 +7,7 @@ from typing import Any
 
 import boto3
 
+from bench import direct
 from metavmm.catalog.models import OperationState, Workload, WorkloadLink
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.records import OWNER_TAG
@@ -15,7 +16,6 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import MotoServer
-from tests.services.operations import direct
 
 
 async def test_volume_network_and_links_through_the_engine(sqlite_sessions: Any, moto: MotoServer) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlmodel import select
 
+from bench import direct
 from metavmm.catalog.models import Flavor, OperationState, Provider, Site, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.scheduler.pricing.compare import ShapeRequest
@@ -20,7 +21,6 @@ from metavmm.services.placement import Placer
 from metavmm.services.prices import compare_prices, import_price_file
 from metavmm.services.sync import sync_all
 from tests.drivers.azure_fixtures import UBUNTU, AzureCloud, azure, azure_server  # noqa: F401
-from tests.services.operations import direct
 
 PRICES = {"Standard_D2s_v5": 0.096, "Standard_E4s_v5": 0.252, "Standard_NC6s_v3": 3.06, "Standard_A2_V2": 0.091}
 

@@ -13,6 +13,7 @@ import libvirt
 import pytest
 from sqlmodel import select
 
+from bench import direct
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.db import session_scope
@@ -26,7 +27,6 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all, sync_provider
 from tests.drivers.conftest import libvirt_storage, system_libvirt  # noqa: F401 (fixtures)
-from tests.services.operations import direct
 from tests.services.operations.conftest import run
 
 SIM = """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
+from bench import direct
 from metavmm.catalog.models import Host, HostState, Operation, OperationEvent, OperationState, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ValidationError
@@ -18,7 +19,6 @@ from metavmm.services.operations import migrations, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 H0, H1 = "sim-000-h00000", "sim-000-h00001"
 

@@ -40,7 +40,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.models import Image, Project, Publisher, aware
 from metavmm.foundation.errors import Conflict, Forbidden, UnsupportedOperation, ValidationError
-from metavmm.foundation.paths import state_dir
+from metavmm.foundation.paths import private_dir, state_dir
 from metavmm.services.marketplace.entries import ImageMeta, next_version, version_key
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.translators.ova import DEFAULT_OVA_LIMITS, OvaLimits, import_package
@@ -51,6 +51,15 @@ DEFAULT_GRACE = timedelta(days=14)
 
 def blob_dir() -> Path:
     return state_dir() / "marketplace" / "blobs"
+
+
+def incoming_dir() -> Path:
+    """The store's scratch directory (uploads being verified, OVAs being unpacked), created with the store
+    0700 whatever the umask, and tightened if an earlier version made either looser: a disk in the store
+    is a project's, private until its entry says otherwise, and the broker serves it only through the
+    API's checks. Blob files are 0600 (:func:`_store`)."""
+    private_dir(blob_dir())
+    return private_dir(blob_dir() / ".incoming")
 
 
 def disk_format(declared: str) -> str:
@@ -89,7 +98,7 @@ async def _receive(source: str | AsyncIterator[bytes], fmt: str, expected: Expec
             return await _from_ova(path.resolve(), digests, limits)
         return Received(path.resolve(), digests, await inspect(path, fmt, limits=limits.images, checksum=False), False,
                         fmt)
-    incoming = blob_dir() / ".incoming" / uuid.uuid4().hex
+    incoming = incoming_dir() / uuid.uuid4().hex
     digests = await stream_to_file(source, incoming, expected=expected, what="upload")
     try:
         if fmt == "ova":
@@ -101,18 +110,26 @@ async def _receive(source: str | AsyncIterator[bytes], fmt: str, expected: Expec
 
 
 def _store(path: Path, digests: Digests, fmt: str) -> Path:
-    """Move ``path`` into the content-addressed blob store (dropping it when the bytes are already there)."""
+    """Move ``path`` into the content-addressed blob store (dropping it when the bytes are already there),
+    made 0600 before it gets its name there (its writer's mode follows the umask).
+
+    The blob's modification time is set to now, whether it is new or already there: its row is not
+    committed yet, and the sweeper (:mod:`.sweep`) leaves an unreferenced blob alone for its grace
+    period counted from that time."""
     final = blob_dir() / f"{digests.sha256}.{fmt}"
     if final.exists():
+        os.utime(final)
         path.unlink()
     else:
+        path.chmod(0o600)
+        os.utime(path)
         os.replace(path, final)
     return final
 
 
 async def _from_ova(ova_path: Path, ova_digests: Digests, limits: OvaLimits) -> Received:
     """The one disk of an OVA: the package verified and unpacked by the translators, the disk stored."""
-    work = blob_dir() / ".incoming" / f"{uuid.uuid4().hex}.ova.d"
+    work = incoming_dir() / f"{uuid.uuid4().hex}.ova.d"
     try:
         result = await import_package(ova_path, work, limits=limits)
         if len(result.disks) != 1:

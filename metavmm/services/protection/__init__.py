@@ -14,6 +14,6 @@ no shared-storage disk survives, and :func:`.dr.boot_point` boots it for HA as f
   now, failover (planned or unplanned) and failback, each an engine operation; ``boot_point``, the steps
   that make a point a running VM;
 - :mod:`.dr_store`: the catalog side (points, chains, the latest verified point);
-- :mod:`.dr_actions`: the step actions (replicate, retain, verify, switch, release);
+- :mod:`.dr_actions`: the step actions (replicate, retain, verify, record-and-switch, release);
 - :mod:`.dr_loop`: the broker's loop that submits the replications that are due.
 """

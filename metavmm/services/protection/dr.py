@@ -263,8 +263,8 @@ def boot_point(workload: Workload, *, target: str, region: str, point_id: str | 
     restart of a lost disk (``kind``): verify the point's chain against its SHA-256s (``point_id``, or the
     point an earlier step of the plan wrote), clear a stale copy of an earlier stay at ``target``, create the
     VM on a qcow2 overlay over the point (an ``image``, never an adopted disk: the point stays intact, a base
-    of later points and failovers), see it run, record the workload there (the commit), then pin the points
-    it boots from and turn replication round towards ``origin``.
+    of later points and failovers), see it run, then, in one transaction (the commit step, ``dr.record``),
+    record the workload there, pin the points it boots from and turn replication round towards ``origin``.
 
     The VM is called ``name`` (default: the workload's name), keeps the workload's hostname and MAC, runs on
     ``host`` when the scheduler chose one, and ``spec_update`` goes into the workload with the record."""
@@ -273,7 +273,8 @@ def boot_point(workload: Workload, *, target: str, region: str, point_id: str | 
     identity_extra: dict[str, Any] = {"hostname": spec.get("hostname") or workload.name}
     if spec.get("mac"):
         identity_extra["mac"] = spec["mac"]
-    record = {**dst, "spec_update": spec_update} if spec_update else dst
+    record = {**dst, "origin": origin, "origin_region": origin_region, "kind": kind, "started_at": started_at,
+              **({"spec_update": spec_update} if spec_update else {})}
     return [
         Step("verify", "dr.verify", {"workload_id": workload.id, "target": target, "point_id": point_id,
                                      "started_at": started_at}),
@@ -284,9 +285,7 @@ def boot_point(workload: Workload, *, target: str, region: str, point_id: str | 
                                             "extra": identity_extra, "save_as": "target_vm"},
              compensate="vm.delete", weight=2),
         Step("replica-running", "vm.wait", {**dst, "state": "running", "timeout_s": timeout_s, "stable_s": 1.0}),
-        Step("record", "workload.record", record, commit=True),
-        Step("switch", "dr.switch", {"workload_id": workload.id, "origin": origin, "origin_region": origin_region,
-                                     "at": target, "kind": kind, "started_at": started_at}),
+        Step("record", "dr.record", record, commit=True),  # and the switch, in the same transaction
     ]
 
 

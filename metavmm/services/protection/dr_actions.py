@@ -3,7 +3,8 @@
 ``dr.replicate`` is keyed by the point id the plan drew: a retried step that finds its point complete
 returns it; a half-written file is replaced. RPO and RTO are measured here, from the operation's own
 start: ``dr.verify`` says how old the point that boots is (the RPO: the data a failover loses), and
-``dr.switch`` how long the operation took to a running, recorded replica (the RTO).
+``dr.record`` how long the operation took to a running, recorded replica (the RTO), as it records the
+workload there and turns replication round in one transaction.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Protection, RecoveryPoint, Site, utcnow
 from metavmm.foundation.errors import DriverError, NotFound, ProviderUnavailable, UnsupportedOperation
-from metavmm.services import metrics
+from metavmm.services import metrics, observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm, require_vm
@@ -129,32 +131,60 @@ async def verify(ctx: StepContext, *, workload_id: str, target: str, point_id: s
     return {**_point_out(point), "rpo_s": round(rpo, 3)}
 
 
+async def _switch(session: AsyncSession, ctx: StepContext, *, workload_id: str, origin: str,
+                  origin_region: str | None, at: str, kind: str, started_at: str) -> tuple[Protection, dict[str, Any]]:
+    """The switch's writes in the caller's transaction: replication turned round, the points the replica
+    boots from pinned, RPO and RTO on the point and the policy."""
+    rto = _since(started_at)
+    rpo = float(ctx.outputs.get("rpo_s", 0.0))
+    policy = await session.get(Protection, workload_id)
+    if policy is None:
+        raise NotFound(f"workload {workload_id} has no protection")
+    used = await session.get(RecoveryPoint, ctx.outputs.get("replica_point"))
+    for point in await dr_store.chain_of(session, used) if used is not None else []:
+        point.state = dr_store.IN_USE
+        if point is used:
+            point.details = {**point.details, kind: {"rpo_s": round(rpo, 3), "rto_s": round(rto, 3),
+                                                     "at": utcnow().isoformat(), "operation_id": ctx.operation_id}}
+        session.add(point)
+    policy.replica_target = f"{origin}/{origin_region}" if origin_region else origin  # state: HA's, untouched
+    policy.message = f"{kind} to {at}: RPO {rpo:.1f}s, RTO {rto:.1f}s; replicating to {policy.replica_target}"
+    policy.version += 1
+    policy.updated_at = utcnow()
+    session.add(policy)
+    return policy, {"rto_s": round(rto, 3), "rpo_s": round(rpo, 3)}
+
+
+@action("dr.record")
+async def record_and_switch(ctx: StepContext, *, provider: str, workload_id: str, origin: str,
+                            origin_region: str | None, kind: str, started_at: str,
+                            spec_update: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
+    """The commit of a failover, a failback or an HA restart from a point, in one transaction: the workload
+    recorded where its replica runs (``provider``) and replication turned round (:func:`_switch`). A kill
+    leaves both written or neither: never the workload at the DR site with replication still aimed at it.
+    A retry writes the same again."""
+    vm = await require_vm(ctx, provider, workload_id)
+    async with session_scope(ctx.sessions) as session:
+        if await observer.observe_vm(session, provider, workload_id, vm, place=True, spec_update=spec_update) is None:
+            raise NotFound(f"no workload {workload_id}")
+        policy, out = await _switch(session, ctx, workload_id=workload_id, origin=origin, origin_region=origin_region,
+                                    at=provider, kind=kind, started_at=started_at)
+    await ctx.log(policy.message or "")
+    return {"placed_at": provider, **out}
+
+
 @action("dr.switch")
 async def switch(ctx: StepContext, *, workload_id: str, origin: str, origin_region: str | None, at: str, kind: str,
                  started_at: str, **_: Any) -> dict[str, Any]:
-    """The replica runs and the workload is recorded at ``at``: replication now points back at ``origin``
-    (a failover) or at the DR site again (a failback); the points the replica boots from are pinned
-    (``in-use``); RPO and RTO are written on the point and the policy."""
-    rto = _since(started_at)
-    rpo = float(ctx.outputs.get("rpo_s", 0.0))
+    """The switch alone, after a ``workload.record`` step: the plans of failovers submitted before the two
+    became one step (``dr.record``). The recovery rule of such a plan killed between its record and its
+    switch is the engine's resume: the operation runs on from the switch, which writes the same again if
+    it ran already; until then the catalog shows replication aimed where the workload runs."""
     async with session_scope(ctx.sessions) as session:
-        policy = await session.get(Protection, workload_id)
-        if policy is None:
-            raise NotFound(f"workload {workload_id} has no protection")
-        used = await session.get(RecoveryPoint, ctx.outputs.get("replica_point"))
-        for point in await dr_store.chain_of(session, used) if used is not None else []:
-            point.state = dr_store.IN_USE
-            if point is used:
-                point.details = {**point.details, kind: {"rpo_s": round(rpo, 3), "rto_s": round(rto, 3),
-                                                         "at": utcnow().isoformat(), "operation_id": ctx.operation_id}}
-            session.add(point)
-        policy.replica_target = f"{origin}/{origin_region}" if origin_region else origin  # state: HA's, untouched
-        policy.message = f"{kind} to {at}: RPO {rpo:.1f}s, RTO {rto:.1f}s; replicating to {policy.replica_target}"
-        policy.version += 1
-        policy.updated_at = utcnow()
-        session.add(policy)
-    await ctx.log(policy.message)
-    return {"rto_s": round(rto, 3), "rpo_s": round(rpo, 3)}
+        policy, out = await _switch(session, ctx, workload_id=workload_id, origin=origin, origin_region=origin_region,
+                                    at=at, kind=kind, started_at=started_at)
+    await ctx.log(policy.message or "")
+    return out
 
 
 @action("dr.remove_source")

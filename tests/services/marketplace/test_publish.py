@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -151,3 +152,41 @@ async def test_an_ova_publishes_its_disk_with_the_package_recorded(sqlite_sessio
     with pytest.raises(UnsupportedOperation, match="holds 2 disks"):
         async with session_scope(sqlite_sessions) as s:
             await publish(s, meta(name="two", format="ova"), str(two))
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that takes nothing away (000): what a broker started from a careless shell or unit has."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_blobs_are_0600_in_0700_directories_whatever_the_umask(sqlite_sessions, disks: Disks,
+                                                                      tmp_path: Path) -> None:
+    blob_dir().mkdir(parents=True, mode=0o755)  # an earlier version's store, world-readable
+    blob_dir().chmod(0o755)
+    async with session_scope(sqlite_sessions) as s:
+        upload = await publish(s, meta(format="vmdk"), str(disks.vmdk))
+    ova = await export_package([DiskRef(str(disks.raw), "raw")], tmp_path / "course.ova",
+                               ExportSpec(name="course"), trusted=True)
+    async with session_scope(sqlite_sessions) as s:
+        unpacked = await publish(s, meta(name="from-ova", format="ova"), str(ova))
+    assert {Path(i.location).name: mode(Path(i.location)) for i in (upload, unpacked)} == {
+        Path(upload.location).name: 0o600, Path(unpacked.location).name: 0o600}
+    assert (mode(blob_dir()), mode(blob_dir() / ".incoming")) == (0o700, 0o700)
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_new_store_and_its_parents_are_created_0700(sqlite_sessions, disks: Disks) -> None:
+    assert not (blob_dir().parent).exists()
+    async with session_scope(sqlite_sessions) as s:
+        await publish(s, meta(format="vmdk"), str(disks.vmdk))
+    assert [mode(d) for d in (blob_dir().parent, blob_dir(), blob_dir() / ".incoming")] == [0o700] * 3

@@ -1,11 +1,17 @@
 """Fixtures of the flow tests: two libvirt hosts (two session daemons, see bench/libvirt_hosts.py), a vCenter
 simulator (bench/vcsim.py), the real nova regions of the driver tests, and ``run``: an operation run to its end
-by a fresh executor."""
+by a fresh executor.
+
+The two libvirt daemons live for the whole session, so what one failed test leaves on them is still
+there for the next. :func:`domains` therefore answers with the domains the running test defined: the
+ones a daemon held when the test started are left out, and one failure stays one failure instead of
+failing every later check that a host is empty."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,6 +35,35 @@ def libvirt_hosts() -> Iterator[LibvirtHosts]:
             yield hosts
     except HostsUnavailable as exc:
         pytest.skip(str(exc))
+
+
+_AT_START: dict[str, set[str]] = {}
+"""libvirt URI -> the UUIDs of the domains it defined when the running test started (see _domains_at_start)."""
+
+
+def all_domains(uri: str) -> dict[str, str]:
+    """UUID -> name of every domain the daemon at ``uri`` defines, whoever defined it."""
+    out = subprocess.run(["virsh", "-c", uri, "list", "--all", "--uuid", "--name"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+
+
+def domains(uri: str) -> dict[str, str]:
+    """UUID -> name of the domains at ``uri`` that were not there when the running test started: an
+    empty answer means the test left nothing behind, whatever an earlier test left."""
+    return {u: name for u, name in all_domains(uri).items() if u not in _AT_START.get(uri, set())}
+
+
+@pytest.fixture(autouse=True)
+def _domains_at_start(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Before a test that uses the shared libvirt hosts: note the domains they hold, for :func:`domains`."""
+    if "libvirt_hosts" in request.fixturenames:
+        hosts: LibvirtHosts = request.getfixturevalue("libvirt_hosts")
+        _AT_START.update({uri: set(all_domains(uri)) for uri in hosts.uris})
+    try:
+        yield
+    finally:
+        _AT_START.clear()
 
 
 @pytest.fixture

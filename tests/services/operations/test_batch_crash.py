@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
+from bench import direct
 from metavmm.catalog.models import AddressLease, Host, Operation, OperationState, Provider, Workload
 from metavmm.scheduler import service
 from metavmm.services.operations import migrations
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
-from tests.services.operations import direct
 from tests.services.operations.test_intent_crash import kill_at, provider_vms, run_all, synced_catalog
 
 OPERATIONS = "operations: {retry_base_s: 0.01, reconcile_interval_s: 0, lease_s: 1}\n"

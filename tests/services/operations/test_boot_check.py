@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.models import OperationState
 from metavmm.drivers.libvirt import LibvirtDriver
@@ -22,7 +23,6 @@ from metavmm.foundation.errors import ConfigError, ValidationError
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.translators.bootdisk import boot_sector, marker_line, write_boot_disk
-from tests.services.operations import direct
 from tests.services.operations.conftest import run
 from tests.services.operations.test_libvirt_flows import domains, engine, state, workload  # noqa: F401
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlmodel import func, select
 
+from bench import direct
 from metavmm.catalog.models import AddressLease, Operation, OperationState, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
@@ -20,7 +21,6 @@ from metavmm.services.operations import addresses, flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

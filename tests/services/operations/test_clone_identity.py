@@ -16,12 +16,12 @@ import pytest
 import yaml
 from pyVmomi import vim
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from bench.vcsim import Vcsim
 from metavmm.catalog.models import OperationState
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
-from tests.services.operations import direct
 from tests.services.operations.test_libvirt_flows import run, workload
 from tests.services.operations.test_vmware_flows import engine_over
 from tests.translators.test_cloudinit import iso_files, iso_label

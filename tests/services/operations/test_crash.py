@@ -17,6 +17,7 @@ from pathlib import Path
 import openstack
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from bench.vcsim import Vcsim
 from metavmm.catalog import db
@@ -27,7 +28,6 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NovaCloud
-from tests.services.operations import direct
 from tests.services.operations.test_clone_identity import with_clone_networks
 from tests.services.operations.test_libvirt_flows import domains
 from tests.services.operations.test_openstack_cold_migration import broker_images, servers_of

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlmodel import func, select
@@ -32,12 +33,13 @@ EXPECT = {"create": "running", "delete": None, "stop": "stopped", "start": "runn
 CORE = {("delete", "sqlite")}
 
 
-def crash_at(broker: Broker, op_id: str, step: int, phase: str) -> str:
-    """Run ``op_id`` in a broker process killed at (step, phase); what it printed last ('FINISHED' when the
-    boundary was never reached, e.g. a step with no provider action)."""
+def crash_at(config_path: Path, url: str, op_id: str, step: int, phase: str) -> str:
+    """Run ``op_id`` in a broker process (federation file ``config_path``, catalog ``url``) killed at (step,
+    phase); what it printed last ('FINISHED' when the boundary was never reached, e.g. a step with no
+    provider action)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.services.operations.crash_runner", str(broker.config_path),
-                             broker.url, op_id, str(step), phase], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.services.operations.crash_runner", str(config_path),
+                             url, op_id, str(step), phase], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip() if proc.stdout else ""
@@ -88,7 +90,7 @@ async def _crash_and_resume(broker: Broker, kind: str, step: int | None, phase: 
     """One boundary (``step`` None: the plan's length is returned after a clean run)."""
     wid, op = await _submit(broker, kind, f"{kind}-{step}-{phase}")
     before = await _rows(broker)
-    reached = "FINISHED" if step is None else crash_at(broker, op.id, step, phase)
+    reached = "FINISHED" if step is None else crash_at(broker.config_path, broker.url, op.id, step, phase)
     await broker.run_all()
     done = await store.get(broker.engine.sessions, op.id)
     assert done.state == OperationState.SUCCEEDED, (kind, step, phase, done.error)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Project, Provider, Workload
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
-from tests.services.operations import direct
-from tests.services.operations.conftest import engine_for, run
+from tests.services.operations.conftest import domains, engine_for, run
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ async def test_replicate_a_running_vm_fail_over_and_back(engine: Engine, libvirt
         assert over.state == OperationState.SUCCEEDED, over.error
         w2, at = await _at(engine, wid)
         assert at == "lv1" and w2.id == wid and w2.name == "dr-vm" and w2.observed_state == "running"
-        assert virsh(b, "domstate", "dr-vm") == "running" and virsh(a, "list", "--all", "--name") == ""
+        assert virsh(b, "domstate", "dr-vm") == "running" and domains(a) == {}
         used = [p for p in await dr.recovery_points(engine.sessions, None, wid) if p.state == "in-use"]
         final = used[-1].details["failover"]
         assert final["rpo_s"] == 0 and final["rto_s"] > 0  # planned: a final point after the stop, nothing lost
@@ -91,10 +91,10 @@ async def test_replicate_a_running_vm_fail_over_and_back(engine: Engine, libvirt
         back = await run(engine, await dr.failback(engine, None, wid))
         assert back.state == OperationState.SUCCEEDED, back.error
         _, at = await _at(engine, wid)
-        assert at == "lv0" and virsh(a, "domstate", "dr-vm") == "running" and virsh(b, "list", "--all", "--name") == ""
+        assert at == "lv0" and virsh(a, "domstate", "dr-vm") == "running" and domains(b) == {}
         view = await dr.get_replication(engine.sessions, None, wid)
         assert (view.state, view.replica_target) == ("protected", "lv1/host1")
         assert not (libvirt_hosts.storage(1) / "replicas" / wid / f"{used[-1].id}.qcow2").exists()  # released
     finally:
         await run(engine, await flows.delete(engine, wid, purge=True))
-    assert virsh(a, "list", "--all", "--name") == "" and virsh(b, "list", "--all", "--name") == ""
+    assert domains(a) == {} and domains(b) == {}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from bench import direct
 from metavmm.catalog.models import Flavor, OperationState, Provider, Site, Workload
 from metavmm.foundation.config import FederationConfig, parse_config
 from metavmm.scheduler.request import PlacementRequest
@@ -22,7 +23,6 @@ from metavmm.services.placement import Placer
 from metavmm.services.prices import import_price_file
 from metavmm.services.sync import sync_all
 from tests.drivers.gce_contract import GceContract, start
-from tests.services.operations import direct
 
 DEBIAN = "projects/debian-cloud/global/images/family/debian-12"
 FIXTURES = Path(__file__).resolve().parents[2] / "catalog" / "importers" / "fixtures"

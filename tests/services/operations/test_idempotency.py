@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from bench import direct
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

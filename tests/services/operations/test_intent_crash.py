@@ -82,10 +82,12 @@ async def provider_vms(engine: Engine, provider: str) -> list[Any]:
 
 
 def kill_at(runner: str, args: list[str], point: str) -> None:
-    """Start the broker process ``tests.services.operations.<runner>``, wait until it says it is at
-    ``point`` (``AT <point>``), and kill it with SIGKILL: no rollback, no cleanup."""
+    """Start the broker process ``tests.services.operations.<runner>`` (or the module ``runner`` when it is
+    a dotted name), wait until it says it is at ``point`` (``AT <point>``), and kill it with SIGKILL: no
+    rollback, no cleanup."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", f"tests.services.operations.{runner}", *args], cwd=REPO, env=env,
+    module = runner if "." in runner else f"tests.services.operations.{runner}"
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""

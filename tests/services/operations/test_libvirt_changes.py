@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import ImageReplica, OperationState, Provider, Site, Workload
@@ -17,7 +18,6 @@ from metavmm.services.marketplace.publish import publish
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
-from tests.services.operations import direct
 from tests.services.operations import test_libvirt_flows as base
 
 engine = base.engine  # the fixture: a catalog synced from two libvirt daemons

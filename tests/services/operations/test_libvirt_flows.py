@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from bench import direct
 from bench.dirty_guest import until_dirtying, write_disk
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog import db
@@ -20,8 +21,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import flows, vm_actions
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
-from tests.services.operations.conftest import run
+from tests.services.operations.conftest import domains, run
 
 
 @pytest.fixture
@@ -40,12 +40,6 @@ async def engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, tmp_path: Pat
         yield ops
     finally:
         await sql.dispose()
-
-
-def domains(uri: str) -> dict[str, str]:
-    out = subprocess.run(["virsh", "-c", uri, "list", "--all", "--uuid", "--name"], capture_output=True, text=True,
-                         check=True).stdout
-    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
 
 
 def state(uri: str, name: str) -> str:

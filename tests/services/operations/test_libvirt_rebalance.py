@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog import db
 from metavmm.catalog.models import HostBalance, Operation, OperationEvent
@@ -20,7 +21,6 @@ from metavmm.services import rebalance_run
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 from tests.services.operations.conftest import run
 from tests.services.operations.test_libvirt_flows import domains, state, workload
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from bench import direct
 from metavmm.catalog.models import Operation, OperationState, SpendAccrual, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.scheduler import service
@@ -21,7 +22,6 @@ from metavmm.services.operations import flows, migrations
 from metavmm.services.operations.engine import Engine
 from metavmm.services.spend import federation_costs
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

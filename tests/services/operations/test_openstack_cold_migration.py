@@ -12,6 +12,7 @@ from pathlib import Path
 import openstack
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.models import OperationState
 from metavmm.drivers.openstack import IMAGE_TAG
@@ -19,7 +20,6 @@ from metavmm.foundation.records import OWNER_TAG
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from tests.drivers.conftest import NovaCloud
-from tests.services.operations import direct
 from tests.services.operations.conftest import engine_for
 from tests.services.operations.test_libvirt_flows import domains, run, workload
 from tests.services.operations.test_vmware_flows import STEPS, step_seconds

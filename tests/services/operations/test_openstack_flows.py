@@ -12,6 +12,7 @@ import openstack
 import pytest
 from sqlmodel import select
 
+from bench import direct
 from metavmm.catalog import db
 from metavmm.catalog.models import Host, Operation, OperationState, Workload
 from metavmm.foundation.config import parse_config
@@ -22,7 +23,6 @@ from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
-from tests.services.operations import direct
 from tests.services.operations.conftest import run
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bench import direct
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadLink
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
@@ -16,7 +17,6 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

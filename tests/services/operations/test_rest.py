@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from bench import direct
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.models import Workload
@@ -12,7 +13,6 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import store
 from metavmm.services.operations.plan import Step
 from tests.auth_helpers import authorize
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

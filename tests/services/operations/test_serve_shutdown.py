@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadKind
@@ -27,7 +28,6 @@ from metavmm.services.operations.engine import STOP_MARGIN_S, Engine
 from metavmm.services.operations.plan import Step
 from metavmm.services.sync import sync_all
 from tests.cli.test_serve import Metavmm
-from tests.services.operations import direct
 from tests.services.operations.slow_steps import notes
 from tests.services.operations.test_libvirt_flows import domains, state
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlmodel import func, select
 
+from bench import direct
 from metavmm.catalog.models import Operation, OperationState
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
@@ -18,7 +19,6 @@ from metavmm.foundation.records import VmState
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

@@ -8,6 +8,7 @@ import asyncio
 
 from sqlmodel import select
 
+from bench import direct
 from metavmm.catalog.models import Host, OperationState, Workload
 from metavmm.drivers.base import MIB
 from metavmm.foundation.config import parse_config
@@ -17,7 +18,6 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

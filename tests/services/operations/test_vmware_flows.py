@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from bench.vcsim import Vcsim
 from metavmm.catalog.models import Host, OperationState, Site
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
-from tests.services.operations import direct
 from tests.services.operations.conftest import engine_for
 from tests.services.operations.test_libvirt_flows import domains, run, workload
 

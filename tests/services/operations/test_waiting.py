@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 
+from bench import direct
 from metavmm.catalog.models import Operation, OperationState
 from metavmm.foundation.config import parse_config
 from metavmm.services.operations import store
@@ -16,7 +17,6 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.plan import Step
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 
 CONFIG = """
 providers:

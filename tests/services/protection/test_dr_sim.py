@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from bench import direct
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationState, Project, Protection, Provider, Workload, utcnow
 from metavmm.drivers.sim import SimDriver
@@ -19,7 +20,6 @@ from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr, dr_loop, dr_store
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 from tests.services.protection.conftest import engine_for, run
 
 FEDERATION = """

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from bench import direct
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Protection, Provider, Workload
 from metavmm.drivers.sim import SimDriver
@@ -17,7 +18,6 @@ from metavmm.services.placement import Placer
 from metavmm.services.protection import dr
 from metavmm.services.protection.ha import HaService, HaState
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
 from tests.services.protection.conftest import engine_for, run
 
 FEDERATION = """

@@ -10,6 +10,7 @@ from pathlib import Path
 import openstack
 import pytest
 
+from bench import direct
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Workload
 from metavmm.services.identity import Identity, get_or_create_project
@@ -20,7 +21,6 @@ from metavmm.services.placement import Placer
 from metavmm.services.protection.ha import HaService, HaState
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
-from tests.services.operations import direct
 from tests.services.operations.conftest import engine_for
 
 

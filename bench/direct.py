@@ -1,4 +1,4 @@
-"""Engine plans submitted directly, without the workload service: tests of the engine, its step
+"""Engine plans submitted directly, without the workload service: tests and benchmarks of the engine, its step
 actions and the drivers under it need a VM or a volume at a chosen provider and region, with no
 project, quota or scheduler in the way. The product has one way to create a workload
 (:class:`metavmm.services.workloads.service.WorkloadService`); this module is not it."""
