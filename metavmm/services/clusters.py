@@ -157,7 +157,7 @@ class ClusterService:
         ``idempotency_key`` (scoped to the project and the caller, as every REST key): the same request
         again answers with the first one's cluster and operations, creating nothing; another request
         with the key is a 422."""
-        _check_template(req)
+        check_template(req)
         async with self.workloads.transaction(caller, req.project_id) as session:
             project_id = caller.project_id if req.project_id is None else req.project_id
             key = scoped_key(caller, project_id, idempotency_key)
@@ -499,7 +499,7 @@ def render_hostname(pattern: str, cluster: str, n: int) -> str:
     return pattern.replace("{cluster}", cluster).format(n=n)
 
 
-def _check_template(req: ClusterRequest) -> None:
+def check_template(req: ClusterRequest) -> None:
     """Everything about the request that needs no catalog, before the transaction."""
     if not isinstance(req.name, str) or not _NAME.fullmatch(req.name):
         raise ValidationError(f"cluster name {req.name!r} must be 1 to 40 lower-case letters, digits or inner "
