@@ -21,6 +21,9 @@ The rules (docs/rebalance.md):
   another host of its own provider (it has no downtime to lose, so ``allow_cold`` does not hold it
   back) and stays stopped; one that is neither running nor stopped (suspended, in error) stays, with
   the reason in the plan's ``held``. A hot host sheds only running VMs (a stopped one uses no CPU).
+- **A prediction.** The evaluation says how uneven the pool is now (:class:`Imbalance`: the spread
+  of CPU and of memory over the hosts that take load) and how uneven it will be once its moves ran
+  (each VM's share taken off its host and added to its target, scaled by their sizes).
 - **Placement groups hold.** A VM never moves to a host that runs another member of its anti-affinity
   group (moves planned in the same evaluation count), and the members of an affinity group on the
   source host move together, to one host that takes them all, or not at all (the reason in ``held``).
@@ -107,12 +110,33 @@ class HostReport:
     cooldown_left_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Imbalance:
+    """How uneven a pool's load is: the highest host's percentage less the lowest's, for CPU and for
+    memory, over the hosts that take load (up; not in maintenance, not down). 0 is even."""
+
+    cpu_spread_pct: float
+    mem_spread_pct: float
+    hosts: int
+
+    @staticmethod
+    def of(loads: Mapping[int, tuple[float, float]]) -> Imbalance | None:
+        """From (cpu %, mem %) by host; None for an empty pool."""
+        if not loads:
+            return None
+        cpu, mem = [v[0] for v in loads.values()], [v[1] for v in loads.values()]
+        return Imbalance(round(max(cpu) - min(cpu), 2), round(max(mem) - min(mem), 2), len(loads))
+
+
 @dataclass
 class Evaluation:
     policy: str
     hosts: list[HostReport] = field(default_factory=list)
     moves: list[PlannedMove] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # why something that wanted to move did not
+    imbalance: Imbalance | None = None  # now
+    predicted: Imbalance | None = None  # once the moves ran
+    predicted_loads: dict[int, tuple[float, float]] = field(default_factory=dict)  # host id -> (cpu %, mem %)
 
     @property
     def hot(self) -> dict[int, bool]:
@@ -195,6 +219,7 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
     states = _host_states(snap, policy, hosts, readings, now, drain_only, out)
     if not policy.enabled:
         out.held.append("the policy is disabled: nothing moves")
+        _predict(snap, out, states, vm_cpu, frozenset())
         return out
     budget = policy.max_in_flight - in_flight
     pool = tuple(s.name for s in sites)
@@ -259,7 +284,32 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
                 if target_id is not None:
                     received.add(target_id)  # its cooldown starts now: the next hot host sends elsewhere
             budget -= len(planned)
+    _predict(snap, out, states, vm_cpu, is_stopped)
     return out
+
+
+def _predict(snap: Snapshot, out: Evaluation, states: Mapping[int, tuple[Reading, str, float]],
+             vm_cpu: Mapping[str, float], stopped: frozenset[str]) -> None:
+    """The pool's load once ``out.moves`` ran: each VM's CPU share (measured, else its vCPUs over the
+    host's cores) and memory share taken off its source and added to its target, rescaled to the
+    target's cores and memory; a stopped VM's move changes nothing (it uses neither)."""
+    loads = {hid: [r.cpu_pct, r.mem_pct] for hid, (r, _, _) in states.items()}
+    vms = {w.id: w for w in snap.workloads}
+    for planned in out.moves:
+        w = vms.get(planned.move.workload_id)
+        if w is None or w.id in stopped or planned.target_host_id not in loads:
+            continue
+        src, dst = snap.host(planned.source_host_id), snap.host(planned.target_host_id)
+        cpu = vm_cpu.get(w.id, 100.0 * w.vcpus / max(src.cores, 1))
+        mem = 100.0 * w.ram_mib / max(src.memory_mib, 1)
+        loads[src.id][0] -= cpu
+        loads[src.id][1] -= mem
+        loads[dst.id][0] += cpu * max(src.cores, 1) / max(dst.cores, 1)
+        loads[dst.id][1] += mem * max(src.memory_mib, 1) / max(dst.memory_mib, 1)
+    taking = [hid for hid, (_, state, _) in states.items() if state not in ("maintenance", "down")]
+    out.predicted_loads = {hid: (round(max(c, 0.0), 2), round(max(m, 0.0), 2)) for hid, (c, m) in loads.items()}
+    out.imbalance = Imbalance.of({hid: (states[hid][0].cpu_pct, states[hid][0].mem_pct) for hid in taking})
+    out.predicted = Imbalance.of({hid: out.predicted_loads[hid] for hid in taking})
 
 
 @dataclass

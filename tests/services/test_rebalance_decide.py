@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from metavmm.foundation.config import RebalancePolicy
 from metavmm.scheduler.snapshot import ProviderView, WorkloadView, build_snapshot
-from metavmm.services.rebalance import Reading, evaluate
+from metavmm.services.rebalance import Imbalance, Reading, evaluate
 from tests.scheduler.conftest import KVM_CAPS, host, parts
 
 NOW = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
@@ -128,3 +128,23 @@ def test_an_affinity_group_moves_together_or_not_at_all() -> None:
     snap = pool_of([host(1, 1), host(2, 1)], vms)
     ev = evaluate(snap, POLICY, {1: HOT, 2: COOL}, now=NOW, busy=frozenset({"db"}))
     assert ev.moves == [] and any("affinity group stack: db cannot move now" in h for h in ev.held), ev.held
+
+
+def test_the_plan_predicts_the_pools_imbalance_after_its_moves() -> None:
+    """The busiest VM's measured share leaves the hot host and lands on the cool one, rescaled to its
+    cores; without a measure the VM counts its vCPUs over the source's cores. A drained host is out of
+    the spread, and a stopped VM's move changes no load."""
+    vms = [vm("busy", 1, vcpus=4, ram_mib=32 * 1024), vm("idle", 1, vcpus=2)]
+    snap = pool_of([host(1, 1), host(2, 1, cores=64, mem_gib=512)], vms)
+    ev = evaluate(snap, POLICY, {1: Reading(95.0, 40.0, "measured"), 2: COOL}, now=NOW, vm_cpu={"busy": 60.0})
+    assert [m.move.workload for m in ev.moves] == ["busy"]
+    assert ev.imbalance == Imbalance(85.0, 30.0, 2)
+    # h1: 95 - 60 CPU, 40 - 12.5 memory (32 of 256 GiB); h2: 10 + 60 * 32/64, 10 + 12.5 * 256/512
+    assert ev.predicted_loads == {1: (35.0, 27.5), 2: (40.0, 16.25)}
+    assert ev.predicted == Imbalance(5.0, 11.25, 2)
+    ev = evaluate(snap, POLICY, {1: Reading(95.0, 40.0, "measured"), 2: COOL}, now=NOW)  # no per-VM measure
+    assert ev.predicted_loads[1][0] == 95.0 - 100.0 * 4 / 32
+    ev = evaluate(snap, POLICY, {1: DRAIN, 2: COOL}, now=NOW, running=frozenset({"busy"}),
+                  stopped=frozenset({"idle"}))
+    assert sorted(m.move.workload for m in ev.moves) == ["busy", "idle"]
+    assert ev.imbalance == Imbalance(0.0, 0.0, 1) and ev.predicted_loads[2] == (10.0 + 100.0 * 4 / 32 / 2, 16.25)
