@@ -307,9 +307,10 @@ def _predict(snap: Snapshot, out: Evaluation, states: Mapping[int, tuple[Reading
         loads[dst.id][0] += cpu * max(src.cores, 1) / max(dst.cores, 1)
         loads[dst.id][1] += mem * max(src.memory_mib, 1) / max(dst.memory_mib, 1)
     taking = [hid for hid, (_, state, _) in states.items() if state not in ("maintenance", "down")]
-    out.predicted_loads = {hid: (round(max(c, 0.0), 2), round(max(m, 0.0), 2)) for hid, (c, m) in loads.items()}
+    after = {hid: (max(c, 0.0), max(m, 0.0)) for hid, (c, m) in loads.items()}
+    out.predicted_loads = {hid: (round(c, 2), round(m, 2)) for hid, (c, m) in after.items()}
     out.imbalance = Imbalance.of({hid: (states[hid][0].cpu_pct, states[hid][0].mem_pct) for hid in taking})
-    out.predicted = Imbalance.of({hid: out.predicted_loads[hid] for hid in taking})
+    out.predicted = Imbalance.of({hid: after[hid] for hid in taking})
 
 
 @dataclass
