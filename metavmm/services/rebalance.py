@@ -201,12 +201,15 @@ def _host_states(snap: Snapshot, policy: RebalancePolicy, hosts: list[HostView],
 def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Reading], *, now: datetime,
              in_flight: int = 0, busy: frozenset[str] = frozenset(), recently_moved: frozenset[str] = frozenset(),
              vm_cpu: Mapping[str, float] | None = None, running: frozenset[str] | None = None,
-             stopped: frozenset[str] = frozenset(), drain_only: bool = False) -> Evaluation:
+             stopped: frozenset[str] = frozenset(), failed: Mapping[str, str] | None = None,
+             drain_only: bool = False) -> Evaluation:
     """What ``policy`` would move now. ``readings``: by host id (hosts without one count their allocation);
     ``in_flight``: the policy's automatic moves still running; ``busy``: workloads another operation is
     changing; ``recently_moved``: workloads an automatic move touched within the cooldown; ``vm_cpu``:
     each workload's CPU share of its host, where measured; ``running``: the workloads whose VM runs (None:
     all); ``stopped``: those observed stopped (a drain moves them offline; a VM in neither set stays);
+    ``failed``: workloads whose automatic move failed within the cooldown, and how (they wait it out, a
+    drain too, rather than fail again at every sync);
     ``drain_only``: no host turns hot, only maintenance moves anything (a host in maintenance that no
     configured policy covers)."""
     out = Evaluation(policy.name)
@@ -232,6 +235,10 @@ def evaluate(snap: Snapshot, policy: RebalancePolicy, readings: Mapping[int, Rea
     on_host: dict[int, list[WorkloadView]] = {h.id: [] for h in hosts}
     for w in snap.workloads:
         if w.host_id not in on_host or w.id in busy:
+            continue
+        if failed and w.id in failed:
+            out.held.append(f"{w.name} on {qualified(snap, snap.host(w.host_id))}: its last automatic move "
+                            f"failed ({failed[w.id]}); tried again after the cooldown")
             continue
         if running is not None and w.id not in running and w.id not in stopped:
             if states[w.host_id][1] == "maintenance":

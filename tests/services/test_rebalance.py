@@ -302,3 +302,24 @@ async def test_a_drain_reads_anti_affinity_groups_from_the_workloads_specs(broke
     assert [m.move.workload for m in result.evaluation.moves] == ["web-1"]
     assert any(h.startswith("web-2 on sima/sim-000/") and "anti-affinity group web keeps it off" in h
                for h in result.evaluation.held), result.evaluation.held
+
+
+async def test_a_vm_whose_automatic_move_failed_waits_out_the_cooldown(broker_for) -> None:  # type: ignore[no-untyped-def]
+    """A drain does not submit a move that just failed again at every sync (a stopped VM's offline move
+    at a provider that refuses it, say): the VM waits out the policy's cooldown, with the failure in the
+    plan; past the cooldown (here: a policy without one) it is tried again."""
+    b = await broker_for(federation({}, cooldown=60, in_flight=5))
+    vm = await b.create("a", H0)
+    snap = await service.snapshot(b.sessions, b.config)
+    await rebalance_run.set_maintenance(b.sessions, snap, H0, True)
+    async with b.sessions() as session:
+        session.add(Operation(kind="cold_migrate", target_id=vm, state=OperationState.FAILED, steps=[],
+                              error="server is SHUTOFF", params={"rebalance": {"policy": "pool"}}))
+        await session.commit()
+    (result,) = await rebalance_run.run(b.sessions, b.config, dry_run=True)
+    assert result.evaluation.moves == []
+    assert any("a on sima/sim-000/" in h and "its last automatic move failed (server is SHUTOFF)" in h
+               for h in result.evaluation.held), result.evaluation.held
+    (later,) = await rebalance_run.run(b.sessions, parse_config(federation({}, cooldown=0, in_flight=5)),
+                                       dry_run=True)
+    assert [m.move.workload for m in later.evaluation.moves] == ["a"]
