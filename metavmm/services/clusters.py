@@ -270,11 +270,12 @@ class ClusterService:
         network stays at one site, so a class over several sites gets one at each site it uses; the
         template's ``networks`` maps each site to the one the class made there."""
         tpl = cluster.template
-        made: dict[str, str] = dict(tpl.get("networks") or {})
-        if not made and cluster.network_id:  # an existing network, or one made before networks were per site
-            made = {str(cluster.site): cluster.network_id}
         out: dict[str, Workload] = {}
         ops: list[Operation] = []
+        if cluster.network_id and not tpl.get("networks"):  # an existing network (the class is at its site),
+            row = await session.get(Workload, cluster.network_id)  # or one made before networks were per site
+            return ({site: row for site in sites} if row is not None else {}), ops
+        made: dict[str, str] = dict(tpl.get("networks") or {})
         for site in dict.fromkeys(sites):
             row = await session.get(Workload, made[site]) if site in made else None
             if row is None and tpl.get("cidr") and site not in made:
