@@ -140,6 +140,7 @@ def _print(view: Any, as_json: bool = False) -> None:
             "id": c.id, "name": c.name, "site": c.site, "running": view.running, "expires_at":
             c.expires_at.isoformat() if c.expires_at else None,
             "placement": c.template.get("placement", {}).get("summary"),
+            "networks": c.template.get("networks") or ({c.site: c.network_id} if c.network_id else {}),
             "seats": [{"serial": s.serial, "hostname": s.hostname, "address": s.address, "mac": s.mac,
                        "owner": s.owner, "workload_id": s.workload.id, "state": s.workload.observed_state,
                        "progress": s.operation.progress if s.operation else None} for s in view.seats]}))
@@ -150,6 +151,10 @@ def _print(view: Any, as_json: bool = False) -> None:
     summary = c.template.get("placement", {}).get("summary")
     if summary:
         console.print(f"  {escape(summary)}", highlight=False)
+    networks = c.template.get("networks") or {}
+    if len(networks) > 1:  # a class over several sites: its network at each
+        console.print("  networks: " + ", ".join(f"{escape(site)} {net}" for site, net in sorted(networks.items())),
+                      highlight=False)
     table = Table("seat", "hostname", "address", "mac", "owner", "state", "operation")
     for s in view.seats:
         op = s.operation

@@ -130,16 +130,19 @@ async def test_sites_and_roster_passwords_are_the_same_class_from_rest_and_the_c
     assert len(sites) == 2
     template = {"seats": 3, "vcpus": 1, "ram_mib": 256, "max_per_site": 2}
     resp = await client.post(f"{API}/clusters", headers=alpha, json={
-        "name": "rest-wide", **template, "sites": sites, "roster": [
+        "name": "rest-wide", **template, "sites": sites, "cidr": "10.41.0.0/24", "roster": [
             {"owner": "ada", "password": "ada-pass-31"}, {"owner": "bob", "password": "bob-pass-47"}]})
     assert resp.status == 202, await resp.text()
     roster = tmp_path / "roster.csv"
     roster.write_text("# a CSV roster\nname,password\nada,ada-pass-31\nbob,bob-pass-47\n")
     code, out, err = await cli(w, tmp_path, "cluster", "create", "cli-wide", "--seats", "3", "--vcpus", "1",
                                "--ram-mib", "256", "--site", sites[0], "--site", sites[1], "--max-per-site", "2",
-                               "--roster", str(roster), "--ask-password", "--project", "alpha",
+                               "--cidr", "10.42.0.0/24", "--roster", str(roster), "--ask-password",
+                               "--project", "alpha",
                                stdin="class-pass-59\nclass-pass-59\n")
     assert code == 0, err
+    line = next(x for x in out.splitlines() if "networks:" in x)  # its network at each of the two sites
+    assert all(site in line for site in sites), out
     rest_rows, cli_rows = await seats_of(w, "rest-wide"), await seats_of(w, "cli-wide")
     assert shape_of(rest_rows, "rest-wide") == shape_of(cli_rows, "cli-wide")
     assert sorted(Counter(wl.spec["placement"]["site"] for _, wl, _ in cli_rows).values()) == [1, 2]
@@ -171,6 +174,10 @@ async def test_sites_and_roster_passwords_are_the_same_class_from_rest_and_the_c
     async with w.app[keys.SESSIONS]() as s:
         assert (await s.exec(select(Cluster).where(Cluster.name == "gen2"))).first() is None
     assert secrets_file.read_text().count("\n") == 3  # the first class's file is untouched
+    refused = tmp_path / "refused.csv"  # a class the service refuses (alpha's quota) leaves no file behind
+    code, _, err = await cli(w, tmp_path, "cluster", "create", "big", "--seats", "5", "--vcpus", "1",
+                             "--ram-mib", "256", "--generate-passwords", str(refused), "--project", "alpha")
+    assert code == 1 and "quota exceeded" in err and not refused.exists()
 
     # the same refusals as REST's 400s, before any password is asked or a file written
     bad = tmp_path / "bad.csv"
