@@ -7,13 +7,27 @@ operations run``) runs them; ``--wait`` follows the seats until each ended.
 
 A roster file gives seats, in serial order, an owner and an SSH key: one line per seat, ``name`` then,
 optionally, the key (``ada ssh-ed25519 AAAA... ada@laptop``); blank lines and ``#`` comments are skipped.
+A roster whose first line (after comments) is a CSV header starting with ``name,`` gives those columns
+instead, any of ``name``, ``ssh_key``, ``password`` and ``password_hash`` (a SHA-512 crypt hash), as
+``POST /api/v1/clusters``'s roster lines do.
+
+Passwords are never on the command line (where ``ps`` and the shell history would show them) and never
+printed: the class's own comes from ``--ask-password`` (asked twice, not echoed), the roster's from its
+file, and ``--generate-passwords FILE`` gives every seat without one a random password, written only to
+FILE (created new, readable by its owner alone) as ``serial,hostname,owner,password`` lines. The service
+hashes each at once (SHA-512 crypt); only the hash reaches the catalog and the seat's cloud-init.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
+import os
+import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,18 +73,64 @@ def _service(settings: Settings, project: str | None,
     return _run(settings, go)
 
 
+ROSTER_COLUMNS = ("name", "ssh_key", "password", "password_hash")
+
+
 def read_roster(path: str) -> tuple[Any, ...]:
-    """The roster file's seats (see the module docstring)."""
+    """The roster file's seats: ``name [ssh key]`` lines, or a CSV file with a header (the module docstring)."""
     from metavmm.services.clusters import Seat
 
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()
+             and not line.lstrip().startswith("#")]
+    if lines and lines[0].replace(" ", "").lower().startswith("name,"):
+        return _csv_roster(lines)
     seats = []
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        owner, _, key = line.partition(" ")
+    for line in lines:
+        owner, _, key = line.strip().partition(" ")
         seats.append(Seat(owner=owner, ssh_key=key.strip() or None))
     return tuple(seats)
+
+
+def _csv_roster(lines: list[str]) -> tuple[Any, ...]:
+    """A CSV roster's seats; an unknown column or a row longer than the header is a 4xx-style error naming
+    the line (never the row's values: a password may be in it)."""
+    from metavmm.services.clusters import Seat
+
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    header = [h.strip().lower() for h in next(reader)]
+    unknown = [h for h in header if h not in ROSTER_COLUMNS]
+    if unknown or len(set(header)) != len(header):
+        raise ValidationError(f"roster header: columns are {', '.join(ROSTER_COLUMNS)}, each once; "
+                              f"not {', '.join(unknown) or 'a repeated one'}")
+    seats = []
+    for i, row in enumerate(reader, 1):
+        if len(row) > len(header):
+            raise ValidationError(f"roster line {i}: {len(row)} fields for {len(header)} columns")
+        cell = dict(zip(header, (v.strip() for v in row), strict=False))
+        seats.append(Seat(owner=cell.get("name", ""), ssh_key=cell.get("ssh_key") or None,
+                          password=cell.get("password") or None, password_hash=cell.get("password_hash") or None))
+    return tuple(seats)
+
+
+def generated_passwords(seats: int, roster: tuple[Any, ...], has_class_password: bool) -> tuple[Any, ...]:
+    """The roster with a random password for every seat that has none of its own (all ``seats`` of them:
+    lines added for seats past the roster's end), so no seat falls back to the class's password."""
+    from metavmm.services.clusters import Seat
+
+    if has_class_password:
+        raise ValidationError("give --generate-passwords or a class password (--ask-password, --password-hash), "
+                              "not both")
+    lines = list(roster) + [Seat() for _ in range(seats - len(roster))]
+    return tuple(s if s.password or s.password_hash else replace(s, password=secrets.token_urlsafe(12))
+                 for s in lines)
+
+
+def _open_secret_file(path: str) -> int:
+    """A new file only its owner reads (an existing one is not overwritten: it may hold another class's)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ValidationError(f"{path} exists; --generate-passwords writes a new file") from None
 
 
 def _print(view: Any, as_json: bool = False) -> None:
@@ -80,6 +140,7 @@ def _print(view: Any, as_json: bool = False) -> None:
             "id": c.id, "name": c.name, "site": c.site, "running": view.running, "expires_at":
             c.expires_at.isoformat() if c.expires_at else None,
             "placement": c.template.get("placement", {}).get("summary"),
+            "networks": c.template.get("networks") or ({c.site: c.network_id} if c.network_id else {}),
             "seats": [{"serial": s.serial, "hostname": s.hostname, "address": s.address, "mac": s.mac,
                        "owner": s.owner, "workload_id": s.workload.id, "state": s.workload.observed_state,
                        "progress": s.operation.progress if s.operation else None} for s in view.seats]}))
@@ -90,6 +151,10 @@ def _print(view: Any, as_json: bool = False) -> None:
     summary = c.template.get("placement", {}).get("summary")
     if summary:
         console.print(f"  {escape(summary)}", highlight=False)
+    networks = c.template.get("networks") or {}
+    if len(networks) > 1:  # a class over several sites: its network at each
+        console.print("  networks: " + ", ".join(f"{escape(site)} {net}" for site, net in sorted(networks.items())),
+                      highlight=False)
     table = Table("seat", "hostname", "address", "mac", "owner", "state", "operation")
     for s in view.seats:
         op = s.operation
@@ -136,9 +201,16 @@ def _project_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--ssh-key-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--user-data", "user_data_file", type=click.Path(exists=True, dir_okay=False),
               help="a cloud-init user-data file for every seat")
-@click.option("--roster", type=click.Path(exists=True, dir_okay=False), help="per seat: name [ssh key]")
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False),
+              help="per seat: name [ssh key], or a CSV file with a header (name,ssh_key,password,password_hash)")
+@click.option("--ask-password", is_flag=True, help="ask for every seat's password (not echoed; a roster's wins)")
+@click.option("--password-hash", help="or every seat's password as a SHA-512 crypt hash (openssl passwd -6)")
+@click.option("--generate-passwords", "passwords_file", type=click.Path(dir_okay=False),
+              help="a random password for each seat without one, written only to this new file (mode 0600)")
 @click.option("--strategy", type=click.Choice(["spread", "pack"]), default="spread", show_default=True)
-@click.option("--site")
+@click.option("--site", "sites", multiple=True,
+              help="the site (name or region); repeat it for a class over several sites")
+@click.option("--max-per-site", type=click.IntRange(1, 500), help="at most so many seats at one site")
 @click.option("--expires-in", type=click.FloatRange(min=0, min_open=True), help="hours until the class is deleted")
 @click.option("--wait", is_flag=True, help="follow the seats until each create ended (a broker runs them)")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60))
@@ -148,26 +220,56 @@ def _project_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def create_cmd(settings: Settings, name: str, seats: int, image: str | None, flavor: str | None, vcpus: int | None,
                ram_mib: int | None, disk_gib: int, network_id: str | None, cidr: str | None, first_address: int,
                hostname_pattern: str, ssh_key: str | None, ssh_key_file: str | None, user_data_file: str | None,
-               roster: str | None, strategy: str, site: str | None, expires_in: float | None, wait: bool,
-               interval: float, as_json: bool, project: str) -> None:
+               roster: str | None, ask_password: bool, password_hash: str | None, passwords_file: str | None,
+               strategy: str, sites: tuple[str, ...], max_per_site: int | None, expires_in: float | None,
+               wait: bool, interval: float, as_json: bool, project: str) -> None:
     """Create a class of SEATS computes in one request, as POST /api/v1/clusters does."""
-    from metavmm.services.clusters import ClusterRequest
+    from metavmm.services.clusters import ClusterRequest, check_template, render_hostname
 
     if ssh_key and ssh_key_file:
         raise ValidationError("give --ssh-key or --ssh-key-file, not both")
     key = Path(ssh_key_file).read_text().strip() if ssh_key_file else ssh_key
+    one_site = len(sites) == 1 and max_per_site is None  # one --site pins the class as REST's "site" does
     req = ClusterRequest(
         name=name, seats=seats, image=image, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
         network_id=network_id, cidr=cidr, first_address=first_address, hostname_pattern=hostname_pattern,
         ssh_key=key, user_data=Path(user_data_file).read_text() if user_data_file else None,
-        roster=read_roster(roster) if roster else (), strategy=strategy,  # type: ignore[arg-type]
-        site=site, expires_at=datetime.now(UTC) + timedelta(hours=expires_in) if expires_in else None)
+        password_hash=password_hash, roster=read_roster(roster) if roster else (),
+        strategy=strategy,  # type: ignore[arg-type]
+        site=sites[0] if one_site else None, sites=() if one_site else sites, max_per_site=max_per_site,
+        expires_at=datetime.now(UTC) + timedelta(hours=expires_in) if expires_in else None)
+    if passwords_file:
+        req = replace(req, roster=generated_passwords(seats, req.roster, ask_password or bool(password_hash)))
+    check_template(req)  # a bad class is refused before a password is asked or a file written
+    if ask_password:
+        req = replace(req, password=click.prompt("password for every seat", hide_input=True,
+                                                 confirmation_prompt=True, err=True))
+        check_template(req)
+    out = _open_secret_file(passwords_file) if passwords_file else None
 
     async def work(service: Any, caller: Any) -> Any:
         view = await service.create(caller, req)
         return await _follow(service, caller, view.cluster.id, interval) if wait else view
 
-    _print(_service(settings, project, work), as_json)
+    try:
+        view = _service(settings, project, work)
+    except BaseException:
+        if out is not None:
+            os.close(out)
+            os.unlink(passwords_file)  # type: ignore[arg-type]
+        raise
+    if out is not None:
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(("serial", "hostname", "owner", "password"))
+        for n, seat in enumerate(req.roster, 1):
+            if seat.password:
+                writer.writerow((n, render_hostname(hostname_pattern, name, n), seat.owner, seat.password))
+        with os.fdopen(out, "w") as f:
+            f.write(rows.getvalue())
+        console.print(f"passwords of {seats} seats written to {escape(passwords_file or '')} (only there)",
+                      highlight=False)
+    _print(view, as_json)
 
 
 @cluster_group.command("list")

@@ -110,19 +110,22 @@ def _follow(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--site", help="only this site")
 @click.option("--provider", "providers", multiple=True, help="only this provider (repeatable)")
 @click.option("--max-price", type=click.FloatRange(0), help="per hour, in the federation's currency")
+@click.option("--affinity-group", help="the project's group whose members share a host")
+@click.option("--anti-affinity-group", help="the project's group whose members never share a host")
 @click.option("--project", default=DEFAULT_PROJECT, show_default=True, envvar="METAVMM_PROJECT",
               help="the project that owns it (and whose quota it counts against)")
 @_follow
 @pass_settings
 def ops_provision(settings: Settings, name: str | None, image: str | None, flavor: str | None, vcpus: int | None,
                   ram_mib: int | None, disk_gib: int, site: str | None, providers: tuple[str, ...],
-                  max_price: float | None, project: str, wait: bool, interval: float,
-                  idempotency_key: str | None) -> None:
+                  max_price: float | None, affinity_group: str | None, anti_affinity_group: str | None,
+                  project: str, wait: bool, interval: float, idempotency_key: str | None) -> None:
     """Create a compute where the scheduler places it, as a REST create does (quota, placement, rules)."""
     from metavmm.services.workloads.requests import CreateRequest
 
     req = CreateRequest(name=name, image=image, flavor=flavor, vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
-                        site=site, providers=providers, max_price_per_hour=max_price)
+                        site=site, providers=providers, max_price_per_hour=max_price, affinity_group=affinity_group,
+                        anti_affinity_group=anti_affinity_group)
 
     async def create(service: WorkloadService, caller: Identity) -> Operation:
         accepted = await service.create(caller, req, idempotency_key=idempotency_key)

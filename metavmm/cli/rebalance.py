@@ -43,6 +43,11 @@ def _show(results: list, as_json: bool) -> None:  # type: ignore[type-arg]
             op = f" operation {m.operation}" if m.operation else ""
             console.print(f"move {escape(m.workload)} {m.mode}: {escape(m.source)} -> {escape(m.target)}{op}\n"
                           f"  because {escape(m.trigger.why)}", highlight=False, soft_wrap=True)
+        if out.imbalance and out.predicted_imbalance:
+            now, then = out.imbalance, out.predicted_imbalance
+            console.print(f"imbalance over {now.hosts} hosts: CPU spread {now.cpu_spread_pct:.1f} -> "
+                          f"{then.cpu_spread_pct:.1f} points, memory {now.mem_spread_pct:.1f} -> "
+                          f"{then.mem_spread_pct:.1f} (predicted, once the moves ran)", highlight=False)
         for why in out.held:
             console.print(f"[yellow]held:[/] {escape(why)}", highlight=False, soft_wrap=True)
         for name, why in out.refused.items():

@@ -133,9 +133,18 @@ class SimDriver(DriverBase):
 
     async def host_load(self) -> list[HostLoad]:
         """Each host's load: the next sample of the configured ``load_trace`` (the last one repeats), else
-        its simulated allocation. Every call advances the trace, whichever process makes it."""
+        its simulated allocation: the host's own (other tenants') plus the vCPUs and memory of this
+        simulation's running VMs on it, so a VM that moves moves its share. Every call advances the
+        trace, whichever process makes it."""
         with self.state.change() as tx:
             tick = tx.bump("load_trace")
+            vms = tx.all(VmInfo)
+        guests: dict[tuple[str, str | None], list[int]] = {}
+        for vm in vms:
+            if vm.state == VmState.RUNNING and vm.host:
+                used = guests.setdefault((vm.region, vm.host), [0, 0])
+                used[0] += int(vm.extra.get("vcpus") or 0)
+                used[1] += int(vm.extra.get("ram_mib") or 0)
         out = []
         for h in self._hosts(self.regions()):
             trace = self.config.load_trace.get(h.name)
@@ -143,8 +152,9 @@ class SimDriver(DriverBase):
                 cpu, mem = trace[min(tick, len(trace) - 1)]
                 out.append(HostLoad(h.name, h.region, float(cpu), float(mem), "trace"))
             else:
-                out.append(HostLoad(h.name, h.region, 100.0 * h.vcpus_used / max(h.cpu_cores, 1),
-                                    100.0 * h.memory_mib_used / max(h.memory_mib, 1), "allocation"))
+                vcpus, ram = guests.get((h.region, h.name), (0, 0))
+                out.append(HostLoad(h.name, h.region, 100.0 * (h.vcpus_used + vcpus) / max(h.cpu_cores, 1),
+                                    100.0 * (h.memory_mib_used + ram) / max(h.memory_mib, 1), "allocation"))
         return out
 
     async def list_vms(self) -> list[VmInfo]:

@@ -248,6 +248,10 @@ class WorkloadView:
     image_id: str | None = None
     disk_format: str = "qcow2"
     disk_bytes: int = 0
+    # placement groups of its project (the spec's ``affinity_group`` and ``anti_affinity_group``): the
+    # members of an affinity group share a host, those of an anti-affinity group never do; moves keep both
+    affinity_group: str | None = None
+    anti_affinity_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -480,6 +484,12 @@ def build_snapshot(*, currency: str, providers: Sequence[ProviderView], sites: S
     )
 
 
+def _group(spec: Mapping[str, Any], key: str) -> str | None:
+    """A placement group's name from a workload spec (None: in no group of that kind)."""
+    value = spec.get(key)
+    return str(value) if isinstance(value, str) and value else None
+
+
 def _spec_int(spec: Mapping[str, Any], key: str, default: int = 0) -> int:
     try:
         return int(spec.get(key, default) or default)
@@ -529,7 +539,8 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
         gpus = _spec_int(spec, "gpu_count", shape.gpu_count if shape else 0)
         workloads.append(WorkloadView(w.id, w.name, w.project_id, w.site_id, w.host_id, vcpus, ram,
                                       _spec_int(spec, "disk_gib"), gpu_model, gpus, spec.get("image_id"),
-                                      str(spec.get("disk_format", "qcow2")), _spec_int(spec, "disk_bytes")))
+                                      str(spec.get("disk_format", "qcow2")), _spec_int(spec, "disk_bytes"),
+                                      _group(spec, "affinity_group"), _group(spec, "anti_affinity_group")))
         if w.project_id is not None and w.desired_state != "deleted":
             u = usage[w.project_id]
             u["instances"] += 1

@@ -115,7 +115,7 @@ class ClusterRequest:
     roster: tuple[Seat, ...] = ()  # by serial: the first line is seat 1
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = None
-    sites: tuple[str, ...] = ()  # a class over several sites (names or regions; no class network)
+    sites: tuple[str, ...] = ()  # a class over several sites (names or regions; with cidr: a network at each)
     max_per_site: int | None = None  # at most so many seats at one site (the class spreads over sites)
     expires_at: datetime | None = None
     project_id: int | None = None  # admins only: another project
@@ -157,7 +157,7 @@ class ClusterService:
         ``idempotency_key`` (scoped to the project and the caller, as every REST key): the same request
         again answers with the first one's cluster and operations, creating nothing; another request
         with the key is a 422."""
-        _check_template(req)
+        check_template(req)
         async with self.workloads.transaction(caller, req.project_id) as session:
             project_id = caller.project_id if req.project_id is None else req.project_id
             key = scoped_key(caller, project_id, idempotency_key)
@@ -187,20 +187,14 @@ class ClusterService:
         sites, explained = await self._place_class(session, req, shape, image.id if image else None, site)
         site = Counter(sites).most_common(1)[0][0]  # the class's site: where most of its seats are
         cluster = Cluster(project_id=project_id, name=req.name, site=site, expires_at=req.expires_at,
+                          network_id=network.id if network is not None else None,
                           template={**_template(req, explained), "image_id": image.id if image else None})
         session.add(cluster)
         await session.flush()
-        if network is None and req.cidr:
-            made = await self.workloads.create_in(session, project_id, CreateRequest(
-                kind=WorkloadKind.NETWORK, name=f"{req.name}-net", cidr=req.cidr, site=site))
-            network = made.workload
-            ops.append(made.operation)
-            cluster.template = {**cluster.template, "network_created": True}
-        cluster.network_id = network.id if network is not None else None
         session.add(OcciMixin(project_id=project_id, scheme=CLUSTER_SCHEME, term=req.name,
                               title=f"cluster {req.name} ({req.seats} seats)", location=mixin_location(req.name),
                               applies=[COMPUTE_KIND]))
-        ops += await self._add_seats(session, cluster, network, range(1, req.seats + 1), sites)
+        ops += await self._add_seats(session, cluster, range(1, req.seats + 1), sites)
         cluster.template = {**cluster.template, "placement": await _explain(session, cluster, explained)}
         session.add(cluster)
         return cluster, ops
@@ -268,19 +262,51 @@ class ClusterService:
         raise NoPlacement(f"no placement for the {n} seats of cluster {req.name}: {why}"
                           + (f"; {', '.join(tried)} of them" if tried else ""))
 
-    async def _add_seats(self, session: AsyncSession, cluster: Cluster, network: Workload | None,
-                         serials: Sequence[int], sites: Sequence[str]) -> list[Operation]:
-        """Create the seats of ``serials`` (each through the workload service, pinned to its site in
-        ``sites``) and their seat rows."""
+    async def _class_networks(self, session: AsyncSession, cluster: Cluster,
+                              sites: Sequence[str]) -> tuple[dict[str, Workload], list[Operation]]:
+        """The class network at each of ``sites``: the existing one the class was given (it is at the
+        class's one site), or, for a class with a ``cidr``, the one it made there, made now (with the
+        same range: seat ``n`` keeps its address whichever site it is at) where it has none yet. A
+        network stays at one site, so a class over several sites gets one at each site it uses; the
+        template's ``networks`` maps each site to the one the class made there."""
         tpl = cluster.template
-        net = _range(network)
-        taken_macs = await _macs(session)
-        taken_ips = await _addresses(session, network.id) if network is not None else set()
+        out: dict[str, Workload] = {}
         ops: list[Operation] = []
+        if cluster.network_id and not tpl.get("networks"):  # an existing network (the class is at its site),
+            row = await session.get(Workload, cluster.network_id)  # or one made before networks were per site
+            return ({site: row for site in sites} if row is not None else {}), ops
+        made: dict[str, str] = dict(tpl.get("networks") or {})
+        for site in dict.fromkeys(sites):
+            row = await session.get(Workload, made[site]) if site in made else None
+            if row is None and tpl.get("cidr") and site not in made:
+                several = bool(tpl.get("sites") or tpl.get("max_per_site"))
+                name = f"{cluster.name}-net-{len(made) + 1}" if several else f"{cluster.name}-net"
+                done = await self.workloads.create_in(session, cluster.project_id, CreateRequest(
+                    kind=WorkloadKind.NETWORK, name=name, cidr=tpl["cidr"], site=site))
+                row = done.workload
+                ops.append(done.operation)
+                made[site] = row.id
+                cluster.template = {**cluster.template, "network_created": True, "networks": dict(made)}
+                if site == cluster.site or cluster.network_id is None:
+                    cluster.network_id = row.id  # the class's own site's (REST's network_id)
+            if row is not None:
+                out[site] = row
+        return out, ops
+
+    async def _add_seats(self, session: AsyncSession, cluster: Cluster, serials: Sequence[int],
+                         sites: Sequence[str]) -> list[Operation]:
+        """Create the seats of ``serials`` (each through the workload service, pinned to its site in
+        ``sites``, linked to the class network there) and their seat rows."""
+        tpl = cluster.template
+        networks, ops = await self._class_networks(session, cluster, sites)
+        taken_macs = await _macs(session)
+        taken_ips = {site: await _addresses(session, net.id) for site, net in networks.items()}
         for n, at in zip(serials, sites, strict=True):
+            network = networks.get(at)
+            net = _range(network)
             hostname = render_hostname(tpl["hostname_pattern"], cluster.name, n)
             address = _address(net, tpl["first_address"], n) if net is not None else None
-            if address is not None and address.split("/")[0] in taken_ips:
+            if address is not None and address.split("/")[0] in taken_ips.get(at, set()):
                 raise Conflict(f"address {address} of seat {n} is used by another seat on network "
                                f"{network.name if network else ''}; choose another first_address")
             mac = _new_mac(taken_macs)
@@ -385,8 +411,7 @@ class ClusterService:
                     .where(ClusterSeat.cluster_id == cluster.id))).all()) if spread else None
                 sites, _ = await self._place_class(session, req, shape, tpl.get("image_id"),
                                                    None if spread else cluster.site, count=len(new), held=held)
-                network = await session.get(Workload, cluster.network_id) if cluster.network_id else None
-                ops = await self._add_seats(session, cluster, network, new, sites)
+                ops = await self._add_seats(session, cluster, new, sites)
             gone = sorted(rows, key=lambda s: s.serial)[seats:] if seats < len(rows) else []
             ops += await self._delete_in(session, caller, [s.workload_id for s in gone])
             for seat in gone:
@@ -439,8 +464,10 @@ class ClusterService:
             seats = (await session.exec(select(ClusterSeat.workload_id).where(
                 ClusterSeat.cluster_id == cluster.id))).all()
             ops = await self._delete_in(session, caller, list(seats))
-            if cluster.template.get("network_created") and cluster.network_id:  # once no seat has a NIC on it
-                ops += await self._delete_in(session, caller, [cluster.network_id], after=[op.id for op in ops])
+            made = list((cluster.template.get("networks") or {}).values()) or (
+                [cluster.network_id] if cluster.template.get("network_created") and cluster.network_id else [])
+            if made:  # once no seat has a NIC on them
+                ops += await self._delete_in(session, caller, made, after=[op.id for op in ops])
             await session.exec(sa_delete(ClusterSeat).where(col(ClusterSeat.cluster_id) == cluster.id))  # type: ignore[call-overload]
             await session.exec(sa_delete(OcciMixin).where(  # type: ignore[call-overload]
                 col(OcciMixin.project_id) == cluster.project_id, col(OcciMixin.scheme) == CLUSTER_SCHEME,
@@ -499,7 +526,7 @@ def render_hostname(pattern: str, cluster: str, n: int) -> str:
     return pattern.replace("{cluster}", cluster).format(n=n)
 
 
-def _check_template(req: ClusterRequest) -> None:
+def check_template(req: ClusterRequest) -> None:
     """Everything about the request that needs no catalog, before the transaction."""
     if not isinstance(req.name, str) or not _NAME.fullmatch(req.name):
         raise ValidationError(f"cluster name {req.name!r} must be 1 to 40 lower-case letters, digits or inner "
@@ -511,8 +538,9 @@ def _check_template(req: ClusterRequest) -> None:
     if req.sites or req.max_per_site is not None:
         if req.site:
             raise ValidationError("give a site (one) or sites (a class over several), not both")
-        if req.network_id or req.cidr:
-            raise ValidationError("a class over several sites has no class network (a network stays at one site)")
+        if req.network_id:
+            raise ValidationError("an existing network stays at one site: a class over several sites takes a cidr "
+                                  "(it gets a network with that range at each site it uses)")
         if req.max_per_site is not None and not 1 <= req.max_per_site <= MAX_SEATS:
             raise ValidationError(f"max_per_site must be 1 to {MAX_SEATS}, not {req.max_per_site}")
         if req.sites and req.max_per_site and req.max_per_site * len(set(req.sites)) < req.seats:
@@ -685,9 +713,11 @@ async def _macs(session: AsyncSession) -> set[str]:
 
 
 async def _addresses(session: AsyncSession, network_id: str) -> set[str]:
-    """The addresses seats of any cluster on this network hold."""
-    rows = (await session.exec(select(ClusterSeat.address).join(Cluster, col(Cluster.id) == ClusterSeat.cluster_id)
-                               .where(Cluster.network_id == network_id))).all()
+    """The addresses seats of any cluster hold on this network (through their interfaces on it: a class
+    over several sites has seats on networks other than its ``network_id``)."""
+    rows = (await session.exec(select(ClusterSeat.address).join(
+        WorkloadLink, col(WorkloadLink.source_id) == ClusterSeat.workload_id).where(
+        WorkloadLink.target_id == network_id, WorkloadLink.kind == "networkinterface"))).all()
     return {a.split("/")[0] for a in rows if a}
 
 

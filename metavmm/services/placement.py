@@ -355,3 +355,26 @@ async def burst_spend(session: AsyncSession, snap: Snapshot, project_id: int | N
         except InvalidOperation:
             continue  # a summary written by hand: it counts for nothing
     return spent
+
+
+async def group_exclusions(session: AsyncSession, project_id: int | None, workload_id: str, affinity: str | None,
+                           anti: str | None) -> tuple[frozenset[int], frozenset[int]]:
+    """The hosts and sites a new member of the project's placement groups may not go to: the hosts that
+    run a member of its anti-affinity group, and, once a member of its affinity group has a host, every
+    other host and site (members share a host; a member still being created has none yet, so two
+    members created at once are not held together)."""
+    rows = (await session.exec(select(m.Workload.id, m.Workload.spec, m.Workload.host_id, m.Workload.site_id).where(
+        m.Workload.project_id == project_id, m.Workload.kind == m.WorkloadKind.COMPUTE,
+        m.Workload.present == True, m.Workload.desired_state != "deleted"))).all()  # noqa: E712
+    avoid = {host for wid, spec, host, _ in rows if anti and host is not None and wid != workload_id
+             and (spec or {}).get("anti_affinity_group") == anti}
+    shared = {(host, site) for wid, spec, host, site in rows if affinity and host is not None and wid != workload_id
+              and (spec or {}).get("affinity_group") == affinity}
+    if not shared:
+        return frozenset(avoid), frozenset()
+    host_ids = {h for h, _ in shared}
+    site_ids = {s for _, s in shared}
+    others = (await session.exec(select(m.Host.id).where(m.Host.state != m.HostState.GONE))).all()
+    sites = (await session.exec(select(m.Site.id))).all()
+    return (frozenset(avoid | {h for h in others if h not in host_ids}),
+            frozenset(s for s in sites if s not in site_ids and s is not None))

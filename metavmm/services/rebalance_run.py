@@ -26,6 +26,7 @@ from metavmm.catalog.models import (
     HostState,
     Operation,
     OperationEvent,
+    OperationState,
     Provider,
     Site,
     Workload,
@@ -100,9 +101,10 @@ def implicit_policies(cfg: FederationConfig, snap: Snapshot, balances: dict[int,
 
 
 async def _state(session: AsyncSession, cfg: FederationConfig, now: datetime) -> tuple[
-        dict[int, HostBalance], list[Operation], frozenset[str], dict[str, float], frozenset[str]]:
+        dict[int, HostBalance], list[Operation], frozenset[str], dict[str, float], dict[str, frozenset[str]]]:
     balances = {b.host_id: b for b in (await session.exec(select(HostBalance))).all()}
-    horizon = now - timedelta(seconds=max([p.cooldown_s for p in cfg.rebalance] + [0]))
+    default = RebalancePolicy.model_fields["cooldown_s"].default  # an implicit drain's
+    horizon = now - timedelta(seconds=max([p.cooldown_s for p in cfg.rebalance] + [default]))
     ops = list((await session.exec(select(Operation).where(
         col(Operation.kind).in_(MOVE_KINDS), (col(Operation.state).in_(ACTIVE)) | (col(Operation.created_at) >= horizon)
     ))).all())
@@ -115,9 +117,9 @@ async def _state(session: AsyncSession, cfg: FederationConfig, now: datetime) ->
                                                  .where(col(Workload.provider_resource_id).in_(wanted)))).all():
             if rid in wanted and wanted[rid][0] == hid:
                 vm_cpu[wid] = float(wanted[rid][1])
-    running = frozenset((await session.exec(select(Workload.id).where(
-        Workload.observed_state == "running", col(Workload.present)))).all())
-    return balances, ops, busy, vm_cpu, running
+    power = {state: frozenset((await session.exec(select(Workload.id).where(
+        Workload.observed_state == state, col(Workload.present)))).all()) for state in ("running", "stopped")}
+    return balances, ops, busy, vm_cpu, power
 
 
 def _readings(balances: dict[int, HostBalance]) -> dict[int, Reading]:
@@ -144,7 +146,7 @@ async def run(sessions: Sessions, cfg: FederationConfig, engine: object | None =
     now = utcnow()
     snap = snap or await service.snapshot(sessions, cfg)
     async with sessions() as session:
-        balances, ops, busy, vm_cpu, running = await _state(session, cfg, now)
+        balances, ops, busy, vm_cpu, power = await _state(session, cfg, now)
     drains = implicit_policies(cfg, snap, balances)
     policies = [_policy(cfg, policy)] if policy else [*cfg.rebalance, *drains]
     results = []
@@ -153,8 +155,12 @@ async def run(sessions: Sessions, cfg: FederationConfig, engine: object | None =
         in_flight = sum(1 for o in mine if o.state in ACTIVE)
         since = now - timedelta(seconds=pol.cooldown_s)
         recent = frozenset(o.target_id for o in mine if o.target_id and aware(o.created_at) >= since)
+        failed = {o.target_id: (o.error or o.state)[:300] for o in mine if o.target_id
+                  and o.state in (OperationState.FAILED, OperationState.ROLLED_BACK)
+                  and aware(o.created_at) >= since}
         ev = evaluate(snap, pol, _readings(balances), now=now, in_flight=in_flight, busy=busy,
-                      recently_moved=recent, vm_cpu=vm_cpu, running=running, drain_only=pol in drains)
+                      recently_moved=recent, vm_cpu=vm_cpu, running=power["running"], stopped=power["stopped"],
+                      failed=failed, drain_only=pol in drains)
         result = RunResult(ev, dry_run)
         if not dry_run:
             await _remember(sessions, ev, now)

@@ -155,6 +155,7 @@ def test_over_quota_is_refused_with_the_services_message_and_leaves_nothing(tmp_
      "no image no-such-image visible to this project"),
     (("--vcpus", "1", "--ram-mib", "512", "--site", "nowhere"), "no placement for web: 0/3 candidates"),
     (("--vcpus", "1", "--ram-mib", "512", "--project", "nope"), "no project nope; create it with"),
+    (("--vcpus", "1", "--ram-mib", "512", "--anti-affinity-group", "DB!"), "anti_affinity_group 'DB!' must be"),
 ])
 def test_a_bad_request_is_one_clear_line_and_writes_nothing(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
     url, config = setup(tmp_path)
@@ -307,3 +308,17 @@ def test_cold_migrate_refuses_a_bad_boot_marker(tmp_path: Path) -> None:
     code, out, err = cli(url, config, "operations", "migrate", str(wid), "--to", "simb", "--cold",
                          "--boot-marker", "login:(")
     assert code != 0 and "boot marker 'login:(' is not a valid regex" in err and "Traceback" not in err
+
+
+def test_provision_takes_placement_groups_into_the_spec(tmp_path: Path) -> None:
+    url, config = setup(tmp_path)
+    code, _, err = cli(url, config, "operations", "provision", "--name", "db", "--vcpus", "1", "--ram-mib", "256",
+                         "--affinity-group", "stack", "--anti-affinity-group", "db")
+    assert code == 0, err
+    (row,) = read(url, _workloads)
+    assert (row.spec["affinity_group"], row.spec["anti_affinity_group"]) == ("stack", "db")
+
+
+async def _workloads(sessions: Any) -> list[Workload]:
+    async with sessions() as s:
+        return list((await s.exec(select(Workload))).all())

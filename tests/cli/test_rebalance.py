@@ -56,6 +56,11 @@ def test_load_override_dry_run_and_maintenance(tmp_path: Path) -> None:
     (pol,) = json.loads(out)
     assert pol["dry_run"] and [m["workload"] for m in pol["moves"]] == ["vm"]
     assert "CPU 96.0% (override) reached 85%" in pol["moves"][0]["trigger"]["why"]
+    now, then = pol["imbalance"], pol["predicted_imbalance"]  # the VM's share leaves the hot host
+    assert now["hosts"] == 2 and then["cpu_spread_pct"] < now["cpu_spread_pct"]
+    assert [h["predicted_cpu_pct"] < h["cpu_pct"] for h in pol["hosts"]].count(True) == 1
+    code, out = cli(url, config, "rebalance", "dry-run")
+    assert code == 0 and f"CPU spread {now['cpu_spread_pct']:.1f} -> {then['cpu_spread_pct']:.1f} points" in out, out
     assert cli(url, config, "rebalance", "load", H0, "--clear")[0] == 0
 
     code, out = cli(url, config, "rebalance", "maintenance", H0, "--reason", "bios")

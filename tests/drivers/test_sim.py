@@ -66,3 +66,28 @@ async def test_disks_go_out_as_simulated_raw_files(tmp_path: Path) -> None:
     await drv.stop_vm(vm.provider_vm_id)
     disk = await drv.ex_export_disk(vm.provider_vm_id, str(tmp_path))
     assert Path(disk.path).read_bytes().startswith(f"metavmm SIMULATED disk of {vm.provider_vm_id} (a)".encode())
+
+
+async def test_host_load_counts_the_running_vms_on_each_host() -> None:
+    """Without a load trace a host's load is its allocation: the other tenants' plus this simulation's
+    running VMs (a stopped one counts nothing, a moved one counts at its new host), so a rebalance
+    bench sees its moves."""
+    drv = _driver(", seed: 8")
+
+    async def load(host: str) -> tuple[float, float]:
+        (h,) = [x for x in await drv.host_load() if x.host == host]
+        assert h.source == "allocation"
+        return h.cpu_pct, h.mem_pct
+
+    inv = await drv.inventory()
+    a, b = [h for h in inv.hosts if h.region == "sim-000"][:2]
+    base_a, base_b = await load(a.name), await load(b.name)
+    vm = await drv.create_vm(VmSpec(name="a", region="sim-000", image="img", host=a.name, vcpus=8, ram_mib=8192))
+    cpu, mem = await load(a.name)
+    assert cpu == pytest.approx(base_a[0] + 100 * 8 / a.cpu_cores)
+    assert mem == pytest.approx(base_a[1] + 100 * 8192 / a.memory_mib)
+    await drv.live_migrate(vm.provider_vm_id, b.name)
+    assert await load(a.name) == pytest.approx(base_a)
+    assert (await load(b.name))[0] == pytest.approx(base_b[0] + 100 * 8 / b.cpu_cores)
+    await drv.stop_vm(vm.provider_vm_id)
+    assert await load(b.name) == pytest.approx(base_b)

@@ -264,10 +264,49 @@ async def test_a_class_over_several_sites_keeps_at_most_max_per_site_at_each(
     for req, message in (
             (ClusterRequest(name="x", seats=5, vcpus=1, ram_mib=256, sites=("a", "b"), max_per_site=2),
              "5 seats do not fit 2 sites at 2 a site"),
-            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=1, cidr="10.3.0.0/24"),
-             "no class network"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=1,
+                            network_id="00000000-0000-4000-8000-000000000000"), "an existing network stays at one"),
             (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, sites=("a",), site="a"), "not both"),
             (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, max_per_site=0), "max_per_site"),
     ):
         with pytest.raises(ValidationError, match=message):
             await clusters.create(alpha, req)
+
+
+async def test_a_class_over_several_sites_gets_its_network_at_each_site_it_uses(
+        svc: tuple[ClusterService, World]) -> None:
+    """A network stays at one site: a class with a cidr spread over two sites gets a network with that range
+    at each, every seat is linked to its own site's, a scale onto a site reuses it, and the delete takes
+    both networks after the seats."""
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    view = await clusters.create(alpha, ClusterRequest(name="wide", seats=4, vcpus=1, ram_mib=256, max_per_site=2,
+                                                       cidr="10.40.0.0/24"))
+    networks = view.cluster.template["networks"]
+    assert len(networks) == 2 and view.cluster.network_id == networks[view.cluster.site]
+    nets = {n.id: n for n in await rows(w, Workload, col(Workload.id).in_(networks.values()))}
+    assert {n.spec["placement"]["site"]: n.id for n in nets.values()} == networks  # each at its own site
+    assert {n.spec["cidr"] for n in nets.values()} == {"10.40.0.0/24"}
+    assert sorted(n.name for n in nets.values()) == ["wide-net-1", "wide-net-2"]
+    links = {lk.source_id: lk.target_id for lk in await rows(w, WorkloadLink, WorkloadLink.kind == "networkinterface")}
+    for seat in view.seats:
+        assert links[seat.workload.id] == networks[seat.workload.spec["placement"]["site"]]
+    assert [s.address for s in view.seats] == [f"10.40.0.{10 + i}/24" for i in range(4)]  # by serial, class-wide
+    creates = [op for op in view.operations if op.target_id in networks.values()]
+    assert len(creates) == 2  # the two networks' creates, in the class's one transaction
+
+    smaller = await clusters.scale(alpha, view.cluster.id, 3)
+    back = await clusters.scale(alpha, view.cluster.id, 4)
+    assert (await clusters.get(alpha, view.cluster.id)).cluster.template["networks"] == networks  # none new
+    again = back.seats[3]
+    assert again.address == "10.40.0.13/24" and len(smaller.seats) == 3
+    links = {lk.source_id: lk.target_id for lk in await rows(w, WorkloadLink, WorkloadLink.kind == "networkinterface")}
+    assert links[again.workload.id] == networks[again.workload.spec["placement"]["site"]]
+
+    ops = await clusters.delete(alpha, view.cluster.id)
+    deleted = {op.target_id for op in ops}
+    assert set(networks.values()) <= deleted
+    last = [op for op in ops if op.target_id in networks.values()]
+    seat_ops = {op.id for op in ops if op.target_id not in networks.values()}
+    for op in last:  # each network's delete waits for every seat's
+        assert {st["args"]["operation_id"] for st in op.steps if st["action"] == "operation.wait"} >= seat_ops

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlmodel import select
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Image, ImageReplica, Price, Site
+from metavmm.catalog.models import Image, ImageReplica, Price, Site, Workload
 from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import NoPlacement, ValidationError
 from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 
@@ -108,3 +111,57 @@ async def test_a_replica_deleted_and_another_added_elsewhere_is_a_change(sqlite_
         await s.flush()
         assert new.id == old_id  # the rowid SQLite reuses
     assert await _snapshot(placer, sessions) is not before and placer.misses == 2
+
+
+async def test_placement_groups_keep_members_apart_or_together(sqlite_sessions: Any) -> None:
+    """A new member of an anti-affinity group goes to a host no member runs on (and finds none when every
+    host has one); a new member of an affinity group goes to its members' host; another project's group of
+    the same name does not count. Through the one workload service and a running engine on the sim."""
+    from metavmm.services.identity import get_or_create_project, operator_identity
+    from metavmm.services.operations import store
+    from metavmm.services.operations.engine import Engine
+    from metavmm.services.workloads.requests import CreateRequest
+    from metavmm.services.workloads.service import WorkloadService
+
+    one_site = parse_config("providers:\n  - {name: sim-a, kind: sim, site_count: 1, hosts_per_site: 2, seed: 8}\n")
+    sessions = sqlite_sessions
+    await sync_all(sessions, one_site)
+    engine = Engine(sessions, one_site, "sqlite://")
+    async with session_scope(sessions) as s:
+        await get_or_create_project(s, "other")
+        ops, other = await operator_identity(s), await operator_identity(s, "other")
+    service = WorkloadService(sessions, one_site, engine, Placer(one_site))
+    await engine.start(run_steps=True, poll_s=0.05)
+
+    async def create(name: str, caller: Any = None, **groups: str) -> Workload:
+        done = await service.create(caller or ops, CreateRequest(name=name, vcpus=1, ram_mib=256, **groups))
+        for _ in range(600):
+            op = await store.get(sessions, done.operation.id)
+            if op.state in store.TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        assert op.state == "succeeded", op.error
+        async with sessions() as s:
+            row = await s.get(Workload, done.workload.id)
+        assert row is not None and row.host_id is not None
+        return row
+
+    try:
+        first = await create("db-1", anti_affinity_group="db")
+        second = await create("db-2", anti_affinity_group="db")
+        assert second.host_id != first.host_id and second.spec["anti_affinity_group"] == "db"
+        with pytest.raises(NoPlacement, match="host excluded"):
+            await service.create(ops, CreateRequest(name="db-3", vcpus=1, ram_mib=256, anti_affinity_group="db"))
+        theirs = await create("db-x", other, anti_affinity_group="db")  # their group, not ours
+        assert theirs.host_id in (first.host_id, second.host_id)
+        app = await create("app", affinity_group="stack", strategy="spread")
+        loner = await create("loner")  # where the default strategy puts the next compute: not app's host
+        assert loner.host_id != app.host_id
+        for i in range(3):  # the group keeps them on app's host
+            assert (await create(f"db-{i}", affinity_group="stack")).host_id == app.host_id
+        with pytest.raises(ValidationError, match="affinity_group 'Not A Group!'"):
+            await service.create(ops, CreateRequest(name="x", vcpus=1, ram_mib=256, affinity_group="Not A Group!"))
+        with pytest.raises(ValidationError, match="is in no placement group"):
+            await service.create(ops, CreateRequest(name="n", kind="network", anti_affinity_group="db"))
+    finally:
+        await engine.stop()

@@ -255,17 +255,71 @@ async def test_at_most_max_in_flight_automatic_moves_run_at_once(broker_for) -> 
     assert second.target_id != first.target_id
 
 
-async def test_a_host_no_policy_covers_drains_within_its_site_and_a_stopped_vm_stays(broker_for) -> None:  # type: ignore[no-untyped-def]
+async def test_a_host_no_policy_covers_drains_within_its_site_stopped_vms_included(broker_for) -> None:  # type: ignore[no-untyped-def]
+    """A drain empties the host: a stopped VM moves offline within its provider and stays stopped (it was
+    left behind before, with a note); a suspended one stays, with the reason in the plan."""
     from metavmm.services.operations import flows
 
     b = await broker_for(federation({}, extra="  - {kind: sim, name: simb, hosts_per_site: 2, seed: 8}"))
     up, down = await b.create("up", H0, provider="simb"), await b.create("down", H0, provider="simb")
+    napping = await b.create("napping", H0, provider="simb")
     await b.finish((await flows.power(b.engine, down, "stop")).id)
+    await b.finish((await flows.power(b.engine, napping, "suspend")).id)
     snap = await service.snapshot(b.sessions, b.config)
     await rebalance_run.set_maintenance(b.sessions, snap, f"simb/{H0}", True)
     results = await rebalance_run.run(b.sessions, b.config, dry_run=True)
     drain = next(r.evaluation for r in results if r.evaluation.policy == "drain:simb/sim-000")
-    assert [m.move.workload for m in drain.moves] == ["up"] and drain.moves[0].move.target_site == "simb/sim-000"
-    assert any("down on simb/sim-000/sim-000-h00000 is not running: it stays" in h for h in drain.held)
+    assert [m.move.workload for m in drain.moves] == ["up", "down"]  # the running one first
+    offline = drain.moves[1].move
+    assert offline.mode == "cold" and offline.why_mode.startswith("stopped: moved offline")
+    assert offline.target_site == "simb/sim-000" and [s.action for s in offline.steps] == ["move-offline"]
+    assert any("napping on simb/sim-000/sim-000-h00000 is neither running nor stopped: it stays" in h
+               for h in drain.held), drain.held
     moved = await b.round()
-    assert [o.target_id for o in moved] == [up] and await b.host_of(up) == H1 and await b.host_of(down) == H0
+    assert sorted(o.target_id for o in moved) == sorted([up, down])
+    assert [await b.host_of(w) for w in (up, down, napping)] == [H1, H1, H0]
+    relocated = next(o for o in moved if o.target_id == down)
+    assert relocated.kind == "cold_migrate" and relocated.params["rebalance"]["rule"] == "maintenance"
+    assert [s["action"] for s in relocated.steps] == ["workload.note", "vm.live_migrate", "workload.record"]
+    async with b.sessions() as session:
+        assert (await session.get(Workload, down)).observed_state == "stopped"  # moved, not started
+
+
+async def test_a_drain_reads_anti_affinity_groups_from_the_workloads_specs(broker_for) -> None:  # type: ignore[no-untyped-def]
+    """The catalog's ``anti_affinity_group`` reaches the decision: two members on a draining host of a
+    two-host pool cannot both go to the other host; one moves, the other stays with the reason."""
+    b = await broker_for(federation({}, in_flight=5))
+    vms = [await b.create(n, H0) for n in ("web-1", "web-2")]
+    async with b.sessions() as session:
+        for wid in vms:
+            w = await session.get(Workload, wid)
+            w.spec = {**w.spec, "anti_affinity_group": "web"}
+            session.add(w)
+        await session.commit()
+    snap = await service.snapshot(b.sessions, b.config)
+    await rebalance_run.set_maintenance(b.sessions, snap, H0, True)
+    (result,) = await rebalance_run.run(b.sessions, b.config, dry_run=True)
+    assert [m.move.workload for m in result.evaluation.moves] == ["web-1"]
+    assert any(h.startswith("web-2 on sima/sim-000/") and "anti-affinity group web keeps it off" in h
+               for h in result.evaluation.held), result.evaluation.held
+
+
+async def test_a_vm_whose_automatic_move_failed_waits_out_the_cooldown(broker_for) -> None:  # type: ignore[no-untyped-def]
+    """A drain does not submit a move that just failed again at every sync (a stopped VM's offline move
+    at a provider that refuses it, say): the VM waits out the policy's cooldown, with the failure in the
+    plan; past the cooldown (here: a policy without one) it is tried again."""
+    b = await broker_for(federation({}, cooldown=60, in_flight=5))
+    vm = await b.create("a", H0)
+    snap = await service.snapshot(b.sessions, b.config)
+    await rebalance_run.set_maintenance(b.sessions, snap, H0, True)
+    async with b.sessions() as session:
+        session.add(Operation(kind="cold_migrate", target_id=vm, state=OperationState.FAILED, steps=[],
+                              error="server is SHUTOFF", params={"rebalance": {"policy": "pool"}}))
+        await session.commit()
+    (result,) = await rebalance_run.run(b.sessions, b.config, dry_run=True)
+    assert result.evaluation.moves == []
+    assert any("a on sima/sim-000/" in h and "its last automatic move failed (server is SHUTOFF)" in h
+               for h in result.evaluation.held), result.evaluation.held
+    (later,) = await rebalance_run.run(b.sessions, parse_config(federation({}, cooldown=0, in_flight=5)),
+                                       dry_run=True)
+    assert [m.move.workload for m in later.evaluation.moves] == ["a"]

@@ -54,7 +54,8 @@ class ClusterCreate(BaseModel):
     gpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")
     gpu_count: int = Field(default=0, ge=0, le=64)
     network_id: str | None = Field(default=None, pattern=UUID_PATTERN, description="an existing network workload")
-    cidr: str | None = Field(default=None, max_length=18, description="or a new network with this range")
+    cidr: str | None = Field(default=None, max_length=18,
+                             description="or a new network with this range (at each site of a class over several)")
     first_address: int = Field(default=10, ge=2, le=2**24, description="the host number of seat 1's address")
     hostname_pattern: str = Field(default="{cluster}-{n:02d}", min_length=1, max_length=63,
                                   description="{n}: the seat's serial (formats like {n:02d}), {cluster}: the name")
@@ -67,8 +68,8 @@ class ClusterCreate(BaseModel):
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = Field(default=None, min_length=1, max_length=160)
     sites: list[Annotated[str, Field(min_length=1, max_length=160)]] = Field(
-        default_factory=list, max_length=64, description="a class over several sites (names or regions; no class "
-        "network): the batch placement chooses among them")
+        default_factory=list, max_length=64, description="a class over several sites (names or regions; with a cidr, "
+        "a network with that range at each site it uses): the batch placement chooses among them")
     max_per_site: int | None = Field(default=None, ge=1, le=MAX_SEATS,
                                      description="at most so many seats at one site (spreads the class over sites)")
     expires_at: datetime | None = Field(default=None, description="the class is deleted then")

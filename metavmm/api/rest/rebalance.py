@@ -13,6 +13,7 @@ from metavmm.api.rest.framework import RestModule
 from metavmm.catalog.models import HostBalance
 from metavmm.scheduler import service
 from metavmm.services import rebalance_run
+from metavmm.services.rebalance import Imbalance
 from metavmm.services.rebalance_run import RunResult
 
 api = RestModule("rebalance", "Automatic live migration on host load, and host maintenance")
@@ -31,6 +32,14 @@ class HostLoadOut(BaseModel):
     state: str = Field(description="cool (a target), warm (between the marks), hot, maintenance or down")
     was_hot: bool
     cooldown_left_s: float
+    predicted_cpu_pct: float | None = Field(default=None, description="once the plan's moves ran")
+    predicted_mem_pct: float | None = Field(default=None, description="once the plan's moves ran")
+
+
+class ImbalanceOut(BaseModel):
+    cpu_spread_pct: float = Field(description="the busiest host's CPU % less the idlest's (0 is even)")
+    mem_spread_pct: float = Field(description="the same for memory")
+    hosts: int = Field(description="the hosts that take load (up, not in maintenance)")
 
 
 class TriggerOut(BaseModel):
@@ -59,14 +68,27 @@ class PolicyRunOut(BaseModel):
     moves: list[RebalanceMoveOut]
     held: list[str] = Field(description="what wanted to move and did not, and why")
     refused: dict[str, str] = Field(description="workload -> why its move could not be submitted")
+    imbalance: ImbalanceOut | None = Field(default=None, description="how uneven the pool is now")
+    predicted_imbalance: ImbalanceOut | None = Field(default=None, description="how uneven it will be once the "
+                                                     "moves ran (each VM's share moved from its host to its target)")
 
     @staticmethod
     def of(r: RunResult) -> PolicyRunOut:
         ev = r.evaluation
+
+        def spread(i: Imbalance | None) -> ImbalanceOut | None:
+            return ImbalanceOut(cpu_spread_pct=i.cpu_spread_pct, mem_spread_pct=i.mem_spread_pct,
+                                hosts=i.hosts) if i is not None else None
+
+        predicted = ev.predicted_loads
         return PolicyRunOut(
-            policy=ev.policy, dry_run=r.dry_run, held=ev.held, refused=r.refused,
+            policy=ev.policy, dry_run=r.dry_run, held=ev.held, refused=r.refused, imbalance=spread(ev.imbalance),
+            predicted_imbalance=spread(ev.predicted),
             hosts=[HostLoadOut(host=h.host, cpu_pct=h.cpu_pct, mem_pct=h.mem_pct, source=h.source, state=h.state,
-                               was_hot=h.was_hot, cooldown_left_s=h.cooldown_left_s) for h in ev.hosts],
+                               was_hot=h.was_hot, cooldown_left_s=h.cooldown_left_s,
+                               predicted_cpu_pct=predicted[h.host_id][0] if h.host_id in predicted else None,
+                               predicted_mem_pct=predicted[h.host_id][1] if h.host_id in predicted else None)
+                   for h in ev.hosts],
             moves=[RebalanceMoveOut(
                 workload=p.move.workload, workload_id=p.move.workload_id,
                 source=f"{p.move.source_site}/{p.move.source_host or ''}".rstrip("/"),

@@ -31,7 +31,14 @@ from metavmm.api.rest.listing import Page, list_query, paginate
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 from metavmm.services.scope import get_visible, visible
-from metavmm.services.workloads.requests import SSH_KEY_MAX, USER_DATA_MAX, Accepted, CreateRequest, LinkSpec
+from metavmm.services.workloads.requests import (
+    GROUP_PATTERN,
+    SSH_KEY_MAX,
+    USER_DATA_MAX,
+    Accepted,
+    CreateRequest,
+    LinkSpec,
+)
 from metavmm.services.workloads.service import WorkloadService
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -98,6 +105,12 @@ class WorkloadCreate(BaseModel):
     cidr: str | None = Field(default=None, max_length=18,
                              description="network: its address range (AWS needs one, 10.0.0.0/16 by default; "
                                          "libvirt networks are isolated bridges without addresses)")
+    affinity_group: str | None = Field(default=None, pattern=GROUP_PATTERN,
+                                       description="compute: the project's group whose members share a host "
+                                                   "(placement and rebalance moves keep them together)")
+    anti_affinity_group: str | None = Field(default=None, pattern=GROUP_PATTERN,
+                                            description="compute: the project's group whose members never share a "
+                                                        "host (placement and rebalance moves keep them apart)")
 
 
 class WorkloadPatch(BaseModel):
@@ -158,7 +171,8 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
     req = CreateRequest(kind=body.kind, name=body.name, project_id=body.project_id, flavor=body.flavor,
                         vcpus=body.vcpus, ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model,
                         gpu_count=body.gpu_count, image=body.image_id, site=body.site, cidr=body.cidr,
-                        ssh_key=body.ssh_key, user_data=body.user_data)
+                        ssh_key=body.ssh_key, user_data=body.user_data, affinity_group=body.affinity_group,
+                        anti_affinity_group=body.anti_affinity_group)
     done = await workloads(request).create(identity_of(request), req, idempotency_key=_key(request))
     return accepted(request, done)
 

@@ -56,14 +56,17 @@ async def _target(engine: Engine, site_name: str) -> tuple[str, str]:
 
 async def relocate_plan(engine: Engine, workload_id: str, *, target_host: str,
                         offer: dict[str, Any] | None = None) -> flows.PlanSpec:
-    """Move a VM to another host of its provider while it is stopped (hosts whose CPUs differ)."""
+    """Move a VM to another host of its provider while it is stopped (hosts whose CPUs differ; a stopped VM
+    a drain takes). A VM already stopped is not stopped again (whose compensation would start it) and
+    stays stopped at the target."""
     workload, provider = await flows._workload_at(engine, workload_id)
     at = {"provider": provider, "workload_id": workload.id}
     was_running = workload.observed_state == "running"
-    steps = [Step("note", "workload.note", {"workload_id": workload.id, "message": f"moving to {target_host}"}),
-             Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
-             Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300}),
-             Step("move", "vm.live_migrate", {**at, "target_provider": provider, "target_host": target_host},
+    steps = [Step("note", "workload.note", {"workload_id": workload.id, "message": f"moving to {target_host}"})]
+    if workload.observed_state != "stopped":
+        steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
+                  Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300})]
+    steps += [Step("move", "vm.live_migrate", {**at, "target_provider": provider, "target_host": target_host},
                   weight=3, commit=True)]
     if was_running:
         steps += [Step("start", "vm.power", {**at, "verb": "start"}),

@@ -25,6 +25,8 @@ from metavmm.translators.cloudinit import GuestIdentity
 KINDS = tuple(k.value for k in WorkloadKind)
 NAME_MAX = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_GROUP = re.compile(GROUP_PATTERN)
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 ENGINE_VERB = {"start": "start", "stop": "stop", "restart": "restart", "suspend": "suspend", "resume": "start"}
@@ -46,6 +48,15 @@ RESOURCE_STATES = {"network": {"up": "active", "down": "inactive"}, "storage": {
                                                                                   "offline": "offline"}}
 """Catalog-only states of a network or storage (nothing at the provider changes): OCCI's up/down and
 online/offline actions."""
+
+
+def check_group(name: Any, what: str) -> str | None:
+    """A placement group's name: 1 to 63 lower-case letters, digits, ``_.-`` (a label the project chooses)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _GROUP.fullmatch(name):
+        raise ValidationError(f"{what} {name!r} must be 1 to 63 lower-case letters, digits, '_', '.' or '-'")
+    return name
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -205,6 +216,10 @@ class CreateRequest:
     # cloud-init sets it on the VM's interface, as for a migrated clone
     guest: Mapping[str, Any] = field(default_factory=dict)
     strategy: Literal["spread", "pack"] | None = None  # over hosts (the scheduler's balance cost)
+    # placement groups of the project: members of an affinity group share a host, members of an
+    # anti-affinity group never do (the create's placement and every rebalance move keep both)
+    affinity_group: str | None = None
+    anti_affinity_group: str | None = None
 
     def fingerprint(self) -> str:
         """What the idempotency check compares: a key reused for another request is a conflict."""

@@ -63,7 +63,7 @@ from metavmm.services.operations import flows
 from metavmm.services.operations import store as op_store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
-from metavmm.services.placement import Placer, Round
+from metavmm.services.placement import Placer, Round, group_exclusions
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.batch import CreateBatches, batchable
 from metavmm.services.workloads.requests import (
@@ -76,6 +76,7 @@ from metavmm.services.workloads.requests import (
     LinkSpec,
     check_applicable,
     check_cidr,
+    check_group,
     check_guest,
     check_mac,
     check_name,
@@ -270,6 +271,12 @@ class WorkloadService:
                                      ("user_data", check_user_data(req.user_data))) if v is not None}
         if context and req.kind != WorkloadKind.COMPUTE:
             raise ValidationError(f"a {req.kind} takes no ssh_key or user_data (only a compute boots)")
+        groups = {k: v for k, v in (("affinity_group", check_group(req.affinity_group, "affinity_group")),
+                                    ("anti_affinity_group", check_group(req.anti_affinity_group,
+                                                                        "anti_affinity_group"))) if v is not None}
+        if groups and req.kind != WorkloadKind.COMPUTE:
+            raise ValidationError(f"a {req.kind} is in no placement group (only a compute has a host)")
+        context |= groups
         guest = check_guest(req.guest, workload_id) if req.guest else {}
         if guest and req.kind != WorkloadKind.COMPUTE:
             raise ValidationError(f"a {req.kind} has no guest identity (hostname, MAC, address)")
@@ -296,10 +303,22 @@ class WorkloadService:
         burst policy) and the engine's steps that make it there."""
         preq = self._compute_request(workload.name, shape, image, req, workload.spec,
                                      (req.site,) if req.site else ())
-        planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
-                                                vm_name=vm_name(workload.id),
-                                                providers=self._providers(), project_id=workload.project_id,
-                                                round_=round_)
+        groups = ""
+        if req.affinity_group or req.anti_affinity_group:
+            hosts, sites = await group_exclusions(session, workload.project_id, workload.id, req.affinity_group,
+                                                  req.anti_affinity_group)
+            preq = replace(preq, exclude_hosts=hosts, exclude_sites=sites)
+            groups = (f" (placement groups: {len(hosts)} hosts and {len(sites)} sites excluded by affinity group "
+                      f"{req.affinity_group or '-'}, anti-affinity group {req.anti_affinity_group or '-'})")
+        try:
+            planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
+                                                    vm_name=vm_name(workload.id),
+                                                    providers=self._providers(), project_id=workload.project_id,
+                                                    round_=round_)
+        except NoPlacement as exc:
+            if not groups:
+                raise
+            raise NoPlacement(f"{exc}{groups}", reasons=exc.reasons) from None
         return with_guest(planned.steps, req.guest, workload.id), planned.where
 
     @staticmethod

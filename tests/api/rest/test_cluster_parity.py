@@ -5,15 +5,22 @@ shows the class as the collection at its cluster mixin's location, to its projec
 from __future__ import annotations
 
 import asyncio
+import csv
+import email
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from click.testing import CliRunner
 from sqlmodel import select
 
 from metavmm.api import keys
-from metavmm.catalog.models import Cluster, ClusterSeat, Operation, Workload
+from metavmm.catalog.models import Cluster, ClusterSeat, Operation, Site, Workload
 from metavmm.cli.main import main
+from metavmm.translators.cloudinit import sha512_crypt
 from tests.world import SIM, World
 
 API = "/api/v1"
@@ -21,12 +28,12 @@ OCCI_JSON = {"Accept": "application/occi+json"}
 TEMPLATE = {"seats": 3, "vcpus": 1, "ram_mib": 256, "cidr": "10.30.0.0/24", "strategy": "pack"}
 
 
-async def cli(w: World, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+async def cli(w: World, tmp_path: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
     config = tmp_path / "federation.yaml"
     config.write_text(SIM)
     url = str(w.app[keys.DATABASE_URL])
     result = await asyncio.to_thread(CliRunner().invoke, main, ["--database", url, "--config", str(config), *args],
-                                     catch_exceptions=False)
+                                     input=stdin, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -44,7 +51,7 @@ async def seats_of(w: World, name: str) -> list[tuple[ClusterSeat, Workload, Ope
 
 def shape_of(rows: list[tuple[ClusterSeat, Workload, Operation]], name: str) -> list[Any]:
     """What must be equal whichever front end made the class (names relative to the class's)."""
-    return [(seat.serial, seat.hostname.removeprefix(name), seat.address.split(".")[-1], wl.spec["vcpus"],
+    return [(seat.serial, seat.hostname.removeprefix(name), (seat.address or "").split(".")[-1], wl.spec["vcpus"],
              wl.spec["ram_mib"], wl.spec["placement"]["site"], [st["action"] for st in op.steps],
              sorted(next(st for st in op.steps if st["action"] == "vm.create")["args"]["extra"]))
             for seat, wl, op in rows]
@@ -96,3 +103,93 @@ async def test_rest_cli_and_occi_see_one_cluster_service(world: tuple[Any, World
     assert code == 0 and "4 delete operations" in out, err
     code, out, err = await cli(w, tmp_path, "cluster", "list", "--project", "alpha")
     assert code == 0 and "rest-lab" in out and "cli-lab" not in out
+
+
+def seat_password_hash(op: Operation) -> str:
+    """The SHA-512 crypt hash a seat's cloud-init sets (its create step's user data)."""
+    user_data = next(st for st in op.steps if st["action"] == "vm.create")["args"]["user_data"]
+    parts = [p.get_payload(decode=True).decode() for p in email.message_from_string(user_data).walk()
+             if not p.is_multipart()]
+    return str(yaml.safe_load(parts[0])["password"])
+
+
+def is_hash_of(password: str, hashed: str) -> bool:
+    return sha512_crypt(password, hashed.split("$")[2]) == hashed
+
+
+async def test_sites_and_roster_passwords_are_the_same_class_from_rest_and_the_cli(
+        world: tuple[Any, World], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``--site`` (repeated), ``--max-per-site`` and a CSV roster with passwords make the class REST's
+    ``sites``, ``max_per_site`` and roster lines make; no password is on the command line, in the output or
+    in a log line; ``--generate-passwords`` writes the only copy of each seat's to a new 0600 file."""
+    client, w = world
+    caplog.set_level(logging.DEBUG)
+    alpha = w.auth("alpha_member")
+    async with w.app[keys.SESSIONS]() as s:
+        sites = sorted(s.name for s in (await s.exec(select(Site))).all())
+    assert len(sites) == 2
+    template = {"seats": 3, "vcpus": 1, "ram_mib": 256, "max_per_site": 2}
+    resp = await client.post(f"{API}/clusters", headers=alpha, json={
+        "name": "rest-wide", **template, "sites": sites, "cidr": "10.41.0.0/24", "roster": [
+            {"owner": "ada", "password": "ada-pass-31"}, {"owner": "bob", "password": "bob-pass-47"}]})
+    assert resp.status == 202, await resp.text()
+    roster = tmp_path / "roster.csv"
+    roster.write_text("# a CSV roster\nname,password\nada,ada-pass-31\nbob,bob-pass-47\n")
+    code, out, err = await cli(w, tmp_path, "cluster", "create", "cli-wide", "--seats", "3", "--vcpus", "1",
+                               "--ram-mib", "256", "--site", sites[0], "--site", sites[1], "--max-per-site", "2",
+                               "--cidr", "10.42.0.0/24", "--roster", str(roster), "--ask-password",
+                               "--project", "alpha",
+                               stdin="class-pass-59\nclass-pass-59\n")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if "networks:" in x)  # its network at each of the two sites
+    assert all(site in line for site in sites), out
+    rest_rows, cli_rows = await seats_of(w, "rest-wide"), await seats_of(w, "cli-wide")
+    assert shape_of(rest_rows, "rest-wide") == shape_of(cli_rows, "cli-wide")
+    assert sorted(Counter(wl.spec["placement"]["site"] for _, wl, _ in cli_rows).values()) == [1, 2]
+    assert [seat.owner for seat, _, _ in cli_rows] == ["ada", "bob", ""]
+    for rows in (rest_rows, cli_rows):
+        assert [is_hash_of(p, seat_password_hash(op)) for p, (_, _, op) in zip(
+            ("ada-pass-31", "bob-pass-47"), rows, strict=False)] == [True, True]
+    assert is_hash_of("class-pass-59", seat_password_hash(cli_rows[2][2]))
+    assert "class-pass-59" not in out + err and "ada-pass-31" not in out + err
+
+    # generated passwords: one per seat, only in the new file
+    secrets_file = tmp_path / "passwords.csv"
+    code, out, err = await cli(w, tmp_path, "cluster", "create", "gen", "--seats", "2", "--vcpus", "1",
+                               "--ram-mib", "256", "--site", sites[0], "--generate-passwords", str(secrets_file),
+                               "--project", "alpha")
+    assert code == 0, err
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    lines = list(csv.DictReader(secrets_file.read_text().splitlines()))
+    assert [(r["serial"], r["hostname"]) for r in lines] == [("1", "gen-01"), ("2", "gen-02")]
+    gen_rows = await seats_of(w, "gen")
+    assert all(is_hash_of(r["password"], seat_password_hash(op)) for r, (_, _, op) in zip(lines, gen_rows,
+                                                                                           strict=True))
+    passwords = [r["password"] for r in lines] + ["class-pass-59", "ada-pass-31", "bob-pass-47"]
+    assert len(set(passwords)) == 5 and all(len(p) >= 16 for p in passwords[:2])
+    assert not [p for p in passwords if p in out + err or p in caplog.text]
+    code, _, err = await cli(w, tmp_path, "cluster", "create", "gen2", "--seats", "1", "--vcpus", "1",
+                             "--ram-mib", "256", "--generate-passwords", str(secrets_file), "--project", "alpha")
+    assert code == 1 and "writes a new file" in err
+    async with w.app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(Cluster).where(Cluster.name == "gen2"))).first() is None
+    assert secrets_file.read_text().count("\n") == 3  # the first class's file is untouched
+    refused = tmp_path / "refused.csv"  # a class the service refuses (alpha's quota) leaves no file behind
+    code, _, err = await cli(w, tmp_path, "cluster", "create", "big", "--seats", "5", "--vcpus", "1",
+                             "--ram-mib", "256", "--generate-passwords", str(refused), "--project", "alpha")
+    assert code == 1 and "quota exceeded" in err and not refused.exists()
+
+    # the same refusals as REST's 400s, before any password is asked or a file written
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,pasword\nada,x\n")
+    code, _, err = await cli(w, tmp_path, "cluster", "create", "bad", "--seats", "1", "--vcpus", "1",
+                             "--ram-mib", "256", "--roster", str(bad), "--project", "alpha")
+    assert code == 1 and "not pasword" in err and "ada" not in err
+    code, _, err = await cli(w, tmp_path, "cluster", "create", "bad", "--seats", "3", "--vcpus", "1", "--ram-mib",
+                             "256", "--site", sites[0], "--site", sites[1], "--max-per-site", "1",
+                             "--ask-password", "--project", "alpha")
+    resp = await client.post(f"{API}/clusters", headers=alpha, json={
+        "name": "bad", **template, "seats": 3, "max_per_site": 1, "sites": sites})
+    assert resp.status == 400 and code == 1
+    assert err.strip().removeprefix("error: ").strip() == (await resp.json())["detail"]
+    assert "password" not in err  # refused before the prompt

@@ -240,3 +240,26 @@ async def test_create_carries_the_key_and_user_data_to_the_driver_and_no_log(aio
                          ({"user_data": "x" * 65537}, "user_data")):
         refused = await client.post(f"{API}/workloads", json={"name": "bad", "vcpus": 1, "ram_mib": 256, **bad})
         assert refused.status == 400 and message in await refused.text(), await refused.text()
+
+
+async def test_placement_groups_are_taken_on_create_and_checked(aiohttp_client: Any, sqlite_url: str) -> None:
+    """``anti_affinity_group`` on POST /workloads: the member is placed and keeps the group in its spec; the
+    next one has no other x86 host (the other site's is an ARM host) and is a 409 that names the groups;
+    a bad group name is a 400 before anything is written."""
+    client, app, _ = await _client(aiohttp_client, sqlite_url)
+    resp = await client.post(f"{API}/workloads", json={"name": "db-1", "vcpus": 1, "ram_mib": 256,
+                                                       "anti_affinity_group": "db"})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert (await _until_done(client, body["operation"]["id"]))["state"] == "succeeded"
+    async with app[keys.SESSIONS]() as s:
+        assert (await s.get(Workload, body["workload"]["id"])).spec["anti_affinity_group"] == "db"
+    resp = await client.post(f"{API}/workloads", json={"name": "db-2", "vcpus": 1, "ram_mib": 256,
+                                                       "anti_affinity_group": "db"})
+    detail = (await resp.json())["detail"]
+    assert resp.status == 409 and "1 hosts and 0 sites excluded by affinity group -, anti-affinity group db" in detail
+    resp = await client.post(f"{API}/workloads", json={"name": "x", "vcpus": 1, "ram_mib": 256,
+                                                       "affinity_group": "Bad Name"})
+    assert resp.status == 400 and "affinity_group" in await resp.text()
+    async with app[keys.SESSIONS]() as s:
+        assert (await s.exec(select(func.count()).select_from(Workload))).one() == 1
