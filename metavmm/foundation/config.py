@@ -110,6 +110,23 @@ class SiteConfig(_Strict):
     clone_network: CloneNetwork | None = Field(default=None, description="addresses for migrated clones")
 
 
+class OcciOidc(_Strict):
+    """Where an OCCI client gets its bearer tokens: an OpenID Connect issuer that the partner trusts (EGI
+    Check-in, a Keycloak realm). Access tokens expire, so the driver fetches one with the grant below and
+    again before it runs out; the provider's ``credentials`` hold the grant's secret (the client secret, or
+    the refresh token)."""
+
+    issuer: str = Field(pattern=r"^https?://[^\s]+$", description="the issuer URL (discovery is read from it)")
+    token_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", description="default: discovery")
+    client_id: str = Field(min_length=1, max_length=255)
+    grant: Literal["client_credentials", "refresh_token"] = Field(
+        default="client_credentials", description="client_credentials: credentials hold the client secret; "
+        "refresh_token: credentials hold a refresh token (a public client's, as oidc-agent keeps one)")
+    scope: str | None = Field(default=None, max_length=1000, description="e.g. 'openid eduperson_entitlement'")
+    audience: str | None = Field(default=None, max_length=255, description="the `audience` parameter, where the "
+                                 "issuer needs it to put the partner in the token's `aud`")
+
+
 class _ProviderBase(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     enabled: bool = True
@@ -183,9 +200,11 @@ class OcciProvider(_ProviderBase):
     endpoint: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the partner's OCCI root URL")
     region: str = Field(default="partner", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
                         description="the name of the partner's one site in this federation")
-    auth: Literal["token", "basic", "x509"] = Field(
+    auth: Literal["token", "basic", "x509", "oidc"] = Field(
         default="token", description="token: credentials hold a bearer token (a partner metavmm's API token); "
-        "basic: user and credentials (the password); x509: client_cert and client_key")
+        "basic: user and credentials (the password); x509: client_cert and client_key; oidc: access tokens "
+        "fetched from the issuer in `oidc` with credentials as the grant's secret")
+    oidc: OcciOidc | None = Field(default=None, description="the issuer the partner takes bearer tokens from")
     user: str | None = Field(default=None, description="the Basic user name")
     client_cert: str | None = Field(default=None, description="PEM file of the X.509 client certificate")
     client_key: str | None = Field(default=None, description="PEM file of its key (default: in client_cert)")
@@ -197,8 +216,10 @@ class OcciProvider(_ProviderBase):
 
     @model_validator(mode="after")
     def _auth_complete(self) -> OcciProvider:
-        if self.auth in ("token", "basic") and self.credentials is None:
+        if self.auth in ("token", "basic", "oidc") and self.credentials is None:
             raise ValueError(f"auth {self.auth} needs credentials (env: VAR or file: PATH)")
+        if (self.auth == "oidc") != (self.oidc is not None):
+            raise ValueError("auth oidc needs oidc (issuer, client_id), and oidc needs auth oidc")
         if self.auth == "basic" and not self.user:
             raise ValueError("auth basic needs user")
         if self.auth == "x509" and not self.client_cert:

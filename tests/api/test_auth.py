@@ -86,7 +86,8 @@ class Issuer:
 
     def app(self) -> web.Application:
         async def discovery(_r: web.Request) -> web.Response:
-            return web.json_response({"issuer": self.url, "jwks_uri": self.url + "/jwks"})
+            return web.json_response({"issuer": self.url, "jwks_uri": self.url + "/jwks",
+                                      "token_endpoint": self.url + "/token"})  # served by a subclass that has one
 
         async def jwks(_r: web.Request) -> web.Response:
             self.jwks_hits += 1

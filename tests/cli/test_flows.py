@@ -153,7 +153,8 @@ def test_over_quota_is_refused_with_the_services_message_and_leaves_nothing(tmp_
     ((), "a compute needs a flavor, or vcpus and ram_mib"),
     (("--vcpus", "1", "--ram-mib", "512", "--image", "no-such-image"),
      "no image no-such-image visible to this project"),
-    (("--vcpus", "1", "--ram-mib", "512", "--site", "nowhere"), "no placement for web: no site named nowhere in the federation"),
+    (("--vcpus", "1", "--ram-mib", "512", "--site", "nowhere"),
+     "no placement for web: no site named nowhere in the federation"),
     (("--vcpus", "1", "--ram-mib", "512", "--project", "nope"), "no project nope; create it with"),
     (("--vcpus", "1", "--ram-mib", "512", "--anti-affinity-group", "DB!"), "anti_affinity_group 'DB!' must be"),
 ])

@@ -69,10 +69,10 @@ class Partner:
         raise AssertionError(f"B's operations still run: {[(o.kind, o.state) for o in busy]}")
 
 
-async def start_partner(tmp_path: Path, port: int | None = None) -> Partner:
+async def start_partner(tmp_path: Path, port: int | None = None, extra: str = "") -> Partner:
     """Broker B on its own catalog (``tmp_path/b.db``); started again on the same file and port, it is
-    B after a restart."""
-    config = parse_config(PARTNER)
+    B after a restart. ``extra``: more of B's federation file (its ``auth`` section)."""
+    config = parse_config(PARTNER + extra)
     app = create_app(config, f"sqlite:///{tmp_path / 'b.db'}", sync=False)
     server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()

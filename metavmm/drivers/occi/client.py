@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from metavmm.drivers.occi import wire
+from metavmm.drivers.occi.tokens import TokenSource
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
@@ -40,6 +41,10 @@ MAX_READ = 256 * 1024  # the longest header line read: an attribute (user data: 
 MAX_HEADER = 4000  # bytes of one header field the client sends; servers commonly refuse lines over 8 KiB
 
 
+class CredentialsRefused(AuthError):
+    """The partner answered 401: with issuer tokens, worth one more try with a new token."""
+
+
 class OcciClient:
     concurrent_reads = 8
     """Entities of a text collection read at once (a text rendering lists locations only)."""
@@ -51,6 +56,8 @@ class OcciClient:
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
         self.media: str | None = None if config.rendering == "auto" else config.rendering
+        self.tokens = TokenSource(config.oidc, config.credentials, provider=name, timeout_s=config.timeout_s) \
+            if config.auth == "oidc" else None
 
     # --- the session ---------------------------------------------------------------------------------
 
@@ -76,7 +83,7 @@ class OcciClient:
 
     def _auth_headers(self) -> dict[str, str]:
         cfg = self._config
-        if cfg.auth == "x509":
+        if cfg.auth in ("x509", "oidc"):  # oidc: a fresh token per request (request())
             return {}
         try:
             secret = cfg.credentials.resolve()
@@ -114,9 +121,25 @@ class OcciClient:
     async def request(self, operation: str, method: str, location: str, *, body: str | None = None,
                       pairs: list[tuple[str, str]] | None = None, media: str | None = None,
                       accept: str | None = None) -> tuple[int, Mapping[str, str], Any, str]:
-        """One request; (status, headers as a multidict, headers' items, body text). Every failure is typed."""
+        """One request; (status, headers as a multidict, headers' items, body text). Every failure is typed.
+        With issuer tokens (``auth: oidc``) a 401 is retried once with a new token."""
+        if self.tokens is None:
+            return await self._request(operation, method, location, body, pairs, media, accept, None)
+        token = await self.tokens.token()
+        try:
+            return await self._request(operation, method, location, body, pairs, media, accept, token)
+        except CredentialsRefused:
+            self.tokens.forget(token)
+        return await self._request(operation, method, location, body, pairs, media, accept,
+                                   await self.tokens.token())
+
+    async def _request(self, operation: str, method: str, location: str, body: str | None,
+                       pairs: list[tuple[str, str]] | None, media: str | None, accept: str | None,
+                       token: str | None) -> tuple[int, Mapping[str, str], Any, str]:
         session = await self.session()
         headers: list[tuple[str, str]] = [("Accept", accept or self.media or ACCEPT_ANY)]
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
         data: str | None = body
         if pairs is not None:
             if media == wire.TEXT_OCCI and any(len(v) > MAX_HEADER for _, v in pairs):
@@ -160,8 +183,8 @@ class OcciClient:
         message = " ".join(message.split())[:500] or f"HTTP {status}"
         said = f"the partner answered {status}: {message}"
         if status == 401:
-            return AuthError(f"the partner refused the credentials ({self._reference()}): {message}",
-                             provider=self.name, operation=operation)
+            return CredentialsRefused(f"the partner refused the credentials ({self._reference()}): {message}",
+                                      provider=self.name, operation=operation)
         if status == 403:
             cls = ProviderQuotaExceeded if "quota" in message.lower() else AuthError
             return cls(said, provider=self.name, operation=operation)
@@ -181,6 +204,8 @@ class OcciClient:
         cfg = self._config
         if cfg.auth == "x509":
             return f"client certificate {cfg.client_cert}"
+        if cfg.auth == "oidc":
+            return f"a token of client {cfg.oidc.client_id} from {cfg.oidc.issuer}"
         return f"{cfg.auth} from {cfg.credentials.reference()}"
 
     # --- the rendering ------------------------------------------------------------------------------
