@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from metavmm.drivers.occi import wire
-from metavmm.drivers.occi.tokens import TokenSource
+from metavmm.drivers.occi.tokens import TokenSource, read_secret
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
@@ -85,13 +85,7 @@ class OcciClient:
         cfg = self._config
         if cfg.auth in ("x509", "oidc"):  # oidc: a fresh token per request (request())
             return {}
-        try:
-            secret = cfg.credentials.resolve()
-        except Exception as exc:  # ConfigError naming the reference
-            raise AuthError(str(exc), provider=self.name, operation="credentials") from None
-        if not secret:
-            raise AuthError(f"credentials {cfg.credentials.reference()} are empty", provider=self.name,
-                            operation="credentials")
+        secret = read_secret(cfg.credentials, self.name)
         if cfg.auth == "basic":
             return {"Authorization": "Basic " + base64.b64encode(f"{cfg.user}:{secret}".encode()).decode()}
         return {"Authorization": f"Bearer {secret}"}

@@ -23,6 +23,18 @@ EARLY_S = 60.0
 DEFAULT_LIFETIME_S = 300.0  # a token answer without expires_in (allowed by RFC 6749): renewed after this
 
 
+def read_secret(credentials: Any, provider: str) -> str:
+    """The secret behind a credentials reference; an AuthError naming the reference (never a value) when it
+    is missing or empty."""
+    try:
+        secret = credentials.resolve()
+    except Exception as exc:  # ConfigError naming the reference
+        raise AuthError(str(exc), provider=provider, operation="credentials") from None
+    if not secret:
+        raise AuthError(f"credentials {credentials.reference()} are empty", provider=provider, operation="credentials")
+    return str(secret)
+
+
 class TokenSource:
     """Access tokens for one partner: fetched on first use, cached, renewed ahead of expiry."""
 
@@ -53,7 +65,7 @@ class TokenSource:
 
     async def _fetch(self) -> None:
         oidc = self._oidc
-        secret = self._secret()
+        secret = read_secret(self._credentials, self._provider)
         form = {"grant_type": oidc.grant, "client_id": oidc.client_id}
         if oidc.grant == "client_credentials":
             form["client_secret"] = secret
@@ -79,16 +91,6 @@ class TokenSource:
         if isinstance(body.get("refresh_token"), str) and oidc.grant == "refresh_token":
             self._refresh = body["refresh_token"]
         self.fetched += 1
-
-    def _secret(self) -> str:
-        try:
-            secret = self._credentials.resolve()
-        except Exception as exc:  # ConfigError naming the reference
-            raise AuthError(str(exc), provider=self._provider, operation="credentials") from None
-        if not secret:
-            raise AuthError(f"credentials {self._credentials.reference()} are empty", provider=self._provider,
-                            operation="credentials")
-        return str(secret).strip()
 
     async def _discover(self, session: aiohttp.ClientSession) -> str:
         url = self._oidc.issuer.rstrip("/") + "/.well-known/openid-configuration"
