@@ -35,8 +35,10 @@ from sqlmodel.orm.session import Session as SqlModelSession
 
 from metavmm.catalog.models import SpendAccrual, Workload, aware
 
-BILLABLE = frozenset({"running"})
-"""The observed states a compute is charged in (a stopped VM's disk is not counted here: docs/prices.md)."""
+BILLABLE = frozenset({"running", "migrating"})
+"""The observed states a compute is charged its price in (plus its disk's, ``storage_per_hour``)."""
+STORED = frozenset({"stopped", "suspended"})
+"""The observed states a compute is charged its disk only in (the clouds bill a stopped VM's volumes)."""
 
 QUANTUM = Decimal("1e-10")  # the ledger's columns are Numeric(20, 10)
 WATCHED = ("observed_state", "present", "spec")  # a change to any of them may change the rate
@@ -89,16 +91,26 @@ class Rate:
 
 
 def rate_of(workload: Workload) -> Rate | None:
-    """The workload's rate while it is a present, running compute (None otherwise: it accrues nothing).
-    The price is the one the scheduler placed it at (``spec.placement``), in the placement's currency."""
-    if workload.kind != "compute" or workload.observed_state not in BILLABLE or not workload.present:
+    """The workload's rate while it is a present compute that runs (its price and its disk's) or is stopped
+    (its disk's alone, ``price_source`` ``storage``; none when the site prices no storage or it has no
+    disk); None otherwise: it accrues nothing. The prices are the ones the scheduler placed it at
+    (``spec.placement``, re-priced by a move), in the placement's currency."""
+    running = workload.observed_state in BILLABLE
+    if workload.kind != "compute" or not workload.present or not (running or workload.observed_state in STORED):
         return None
     placement = (workload.spec or {}).get("placement") or {}
-    price = _decimal(placement.get("price_per_hour"))
+    price, disk = _decimal(placement.get("price_per_hour")), _decimal(placement.get("storage_per_hour"))
+    currency = (placement.get("cost_per_hour") or {}).get("currency")  # the disk's is the placement's
+    if running:
+        source = "placement" if price is not None else "none"
+        price = price + disk if price is not None and disk else price
+    elif disk and currency:
+        price, source = disk, "storage"
+    else:
+        return None
     burst = placement.get("burst") or {}
     return Rate(placement.get("provider"), placement.get("site"), placement.get("flavor"), price,
-                (placement.get("cost_per_hour") or {}).get("currency") if price is not None else None,
-                "placement" if price is not None else "none",
+                currency if price is not None else None, source,
                 burst.get("policy") if burst.get("outcome") == "burst" else None)
 
 
@@ -212,7 +224,7 @@ def accrue_all(session: Session, now: datetime | None = None) -> int:
     rows = session.scalars(select(SpendAccrual).where(col(SpendAccrual.period_end).is_(None))
                            .order_by(col(SpendAccrual.period_start)).with_for_update(skip_locked=True)).all()
     running = session.scalars(select(Workload).where(Workload.kind == "compute",
-                                                     col(Workload.observed_state).in_(BILLABLE))).all()
+                                                     col(Workload.observed_state).in_(BILLABLE | STORED))).all()
     ids = {r.workload_id for r in rows}
     stale = session.scalars(select(Workload).where(col(Workload.id).in_(ids))).all() if ids else []
     by_id = {w.id: w for w in (*stale, *running)}
@@ -313,7 +325,7 @@ async def period_costs(session: AsyncSession, project_id: int | None, start: dat
             Decimal(0), [], row.burst_policy, False))
         line.hours += hours
         line.amount += amount
-        line.running = line.running or row.period_end is None
+        line.running = line.running or (row.period_end is None and row.price_source != "storage")
         line.provider, line.site, line.flavor = row.provider, row.site, row.flavor  # the latest stretch's
         if row.price_source not in line.price_sources:
             line.price_sources.append(row.price_source)

@@ -164,9 +164,11 @@ class MigrationPlanner:
                 PlanStep("cleanup", src_name, f"delete {w.name} and its disk at the source", CLEANUP_S),
             )
             mode, why_mode = "cold", f"live impossible: {why}"
-        priced = offer(flavor, price_per_hour, snap.currency, hypervisor=target.hypervisor if target else None)
+        disk_per_hour = storage_per_hour(t_site, w.disk_gib)
+        priced = offer(flavor, price_per_hour, snap.currency, hypervisor=target.hypervisor if target else None,
+                       storage_per_hour=disk_per_hour)
         if price_per_hour is not None:  # the disk keeps costing at the target where storage is priced
-            price_per_hour += storage_per_hour(t_site, w.disk_gib)
+            price_per_hour += disk_per_hour
         return Move(w.name, w.id, s_site.name if s_site else "?", source.name if source else None, t_site.name,
                     target.name if target else None, flavor, mode, why_mode, steps, sum(s.seconds for s in steps),
                     sum((s.price for s in steps), Decimal(0)), price_per_hour, priced)

@@ -37,7 +37,7 @@ from metavmm.scheduler.graph import FederationGraph, boot_formats, provider_nati
 from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.plan import Alternative, Placement, Rejection, Step, code_counts, summarize, summarize_counts
 from metavmm.scheduler.provision import ImageSource, Target, create_steps
-from metavmm.scheduler.quotes import Quoter
+from metavmm.scheduler.quotes import Quoter, storage_per_hour
 from metavmm.scheduler.request import ANY_ARCH, ImageRef, PlacementRequest, Verdict
 from metavmm.scheduler.snapshot import SiteView, Snapshot
 from metavmm.scheduler.views import DEFAULT_ARCH, CandidateView, host_view, site_view, slot_views
@@ -730,7 +730,7 @@ class Scheduler:
             region=site.region, host=slot.host.name if slot.host else None, host_id=slot.host.id if slot.host else None,
             flavor=slot.flavor.name if slot.flavor else (q.basis.removeprefix("flavor ") if q.basis.startswith(
                 "flavor ") else None),
-            hypervisor=hypervisor, price_per_hour=q.per_hour,
+            hypervisor=hypervisor, price_per_hour=q.per_hour, storage_per_hour=storage_per_hour(site, req.disk_gib),
             expected_hours=req.expected_hours or self.settings.expected_hours,
             one_off_price=sum((s.price for s in steps), Decimal(0)), seconds_to_ready=sum(s.seconds for s in steps),
             steps=steps, rejections=rejections, alternatives=alternatives, candidates=self.total_candidates,

@@ -163,6 +163,7 @@ class Placement:
     flavor: str | None = None
     hypervisor: str | None = None
     price_per_hour: Decimal | None = None
+    storage_per_hour: Decimal | None = None  # its disk at the site: what it costs stopped (in the spend ledger)
     expected_hours: float = 0.0
     one_off_price: Decimal = Decimal(0)
     seconds_to_ready: float = 0.0

@@ -146,21 +146,25 @@ def placement_summary(p: Placement) -> dict[str, Any]:
     return {
         "version": SUMMARY_VERSION, "placed": p.placed, "summary": p.summary,
         "provider": p.provider, "region": p.region, "site": p.site, "site_id": p.site_id, "host": p.host,
-        "host_id": p.host_id, **offer(p.flavor, p.price_per_hour, p.currency, hypervisor=p.hypervisor),
+        "host_id": p.host_id, **offer(p.flavor, p.price_per_hour, p.currency, hypervisor=p.hypervisor,
+                                      storage_per_hour=p.storage_per_hour),
         "alternatives": alternatives(p),
         "burst": p.burst.as_dict() if p.burst is not None else None,
     }
 
 
 def offer(flavor: str | None, price_per_hour: Decimal | None, currency: str | None, *,
-          hypervisor: str | None = None) -> dict[str, Any]:
-    """The summary's flavor and price keys (one spelling for a create's placement and a move's)."""
+          hypervisor: str | None = None, storage_per_hour: Decimal | None = None) -> dict[str, Any]:
+    """The summary's flavor and price keys (one spelling for a create's placement and a move's).
+    ``storage_per_hour``: the disk at the site, in the same currency: what the spend ledger charges while
+    the compute is stopped, and adds to its price while it runs."""
     per_hour = money(price_per_hour)
     return {"flavor": flavor, "hypervisor": hypervisor, "price_per_hour": per_hour,
-            "cost_per_hour": {"amount": per_hour, "currency": currency} if per_hour is not None else None}
+            "cost_per_hour": {"amount": per_hour, "currency": currency} if per_hour is not None else None,
+            "storage_per_hour": money(storage_per_hour)}
 
 
-MOVED_CLEARS = ("flavor", "hypervisor", "price_per_hour", "cost_per_hour")
+MOVED_CLEARS = ("flavor", "hypervisor", "price_per_hour", "cost_per_hour", "storage_per_hour")
 """What a placement summary says about its old site that is false at another: a move to another site clears
 them unless the move knows the new values (a planned move's flavor and price)."""
 

@@ -167,3 +167,34 @@ async def test_a_new_price_the_hook_missed_starts_a_new_stretch_at_the_round(ses
         assert (aware(old.period_end), old.price_per_hour, aware(new.period_start), new.period_end) == (
             changed, Decimal(1), changed, None)
         assert new.price_per_hour == 3 and new.hours > 0
+
+
+async def test_a_stopped_compute_is_charged_its_disk_and_a_running_one_its_price_and_disk(sessions: Any) -> None:
+    """What the clouds bill: a stopped VM's disk goes on costing (``storage_per_hour`` of its placement), and
+    a running one costs its price plus its disk; a site with no storage price charges a stopped VM nothing."""
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        start = datetime.now(UTC) - timedelta(hours=12)
+        w = Workload(project_id=pid, kind="compute", name="disky", observed_state="running", created_at=start,
+                     updated_at=start, spec={"placement": {**_placed("0.5")["placement"], "storage_per_hour": "0.01"}})
+        s.add(w)
+        await s.commit()
+        await _change(s, w, "stopped", start + timedelta(hours=2))
+        await _change(s, w, "suspended", start + timedelta(hours=3))  # still its disk: the same stretch
+        await _change(s, w, "running", start + timedelta(hours=6))
+        await _change(s, w, "stopped", start + timedelta(hours=8))
+        rows = await _rows(s, w.id)
+        assert [(r.price_source, Decimal(r.price_per_hour), r.hours) for r in rows[:3]] == [
+            ("placement", Decimal("0.51"), Decimal(2)), ("storage", Decimal("0.01"), Decimal(4)),
+            ("placement", Decimal("0.51"), Decimal(2))]
+        assert (rows[3].price_source, rows[3].period_end, rows[3].currency) == ("storage", None, "USD")
+        (line,) = await period_costs(s, pid, start - timedelta(days=40), start + timedelta(days=1))
+        assert line.price_sources == ["placement", "storage"] and not line.running  # stopped: only its disk grows
+        assert Decimal("2.12") <= line.amount < Decimal("2.121")  # 2 h + 2 h at 0.51, 4 h + the last 4 h at 0.01
+
+        bare = await _running(s, pid, "no-storage-price", "0.5", start)
+        await _change(s, bare, "stopped", start + timedelta(hours=1))
+        assert [r.period_end is not None for r in await _rows(s, bare.id)] == [True]  # nothing opens stopped
+        await accrue_round(s)  # nor does the round open one for it
+        await s.commit()
+        assert len(await _rows(s, bare.id)) == 1 and len(await _rows(s, w.id)) == 4

@@ -13,6 +13,7 @@ from metavmm.scheduler.migration import MigrationPlanner
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.snapshot import PriceRow
+from metavmm.scheduler.summary import money, placement_summary
 from tests.scheduler.conftest import host
 from tests.scheduler.test_migration import wl
 
@@ -36,6 +37,9 @@ def test_the_disk_prices_the_placement(federation) -> None:
     assert big.costs["price"] == pytest.approx((0.296 + 0.02 * 2000 / 730) * hours)
     aws = next(a for a in big.alternatives if a.site == "aws/us-east-1")
     assert aws.breakdown["price"] == pytest.approx((0.192 + 0.125 * 2000 / 730) * hours)
+    # the summary the workload keeps says what its disk costs there: the spend ledger charges it stopped
+    assert placement_summary(big)["storage_per_hour"] == money(Decimal("0.02") * 2000 / 730)
+    assert (small.storage_per_hour, placement_summary(small)["storage_per_hour"]) == (0, "0")  # no disk
 
 
 def test_egress_and_storage_price_a_migration(federation) -> None:
@@ -49,6 +53,8 @@ def test_egress_and_storage_price_a_migration(federation) -> None:
     transfer = next(s for s in move.steps if s.action == "transfer")
     assert transfer.price == move.price == Decimal("0.05") * 20  # the 20 GiB disk leaves hsinchu at its price
     assert move.price_per_hour == Decimal("0.192") + Decimal("0.125") * 20 / 730  # and is stored at AWS
+    assert (move.offer["price_per_hour"], move.offer["storage_per_hour"]) == (  # what the record step writes
+        "0.192", money(Decimal("0.125") * 20 / 730))
 
 
 def test_a_site_without_an_egress_price_pays_the_default(federation) -> None:

@@ -13,7 +13,7 @@ from metavmm.scheduler.summary import SUMMARY_VERSION, money, placement_summary
 from tests.scheduler.conftest import host
 
 KEYS = {"version", "placed", "summary", "provider", "region", "site", "site_id", "host", "host_id", "flavor",
-        "hypervisor", "price_per_hour", "cost_per_hour", "alternatives", "burst"}
+        "hypervisor", "price_per_hour", "cost_per_hour", "storage_per_hour", "alternatives", "burst"}
 ALT_KEYS = {"candidate", "site", "kind", "lost", "reason", "price_per_hour", "cost_difference_per_hour", "costs",
             "filter", "code", "numbers"}
 

@@ -406,7 +406,8 @@ class CostLineOut(BaseModel):
     amount: Decimal = Field(description="its cost in the period: the hours at each stretch's price")
     currency: str | None = Field(description="None: no price was known (the hours count, the amount is 0)")
     price_sources: list[str] = Field(description="where the prices came from: placement (the price the "
-                                     "scheduler placed it at) or none")
+                                     "scheduler placed it at, its disk included), storage (its disk alone, "
+                                     "while it was stopped) or none")
     burst_policy: str | None = Field(description="the burst policy that sent it to a public cloud")
     running: bool = Field(description="still running: its cost grows until the period ends")
 
