@@ -454,9 +454,9 @@ def data_path(source: str, source_kind: str, target: str, target_kind: str, disk
         return False, (f"staged: {source} ({source_kind}) streams {sends}, not {disk_format}: the export is "
                        f"written to the scratch directory and converted to {disk_format} there")
     if disk_format not in dst.stream_import_formats:
-        takes = ", ".join(sorted(dst.stream_import_formats)) or "no stream"
-        return False, (f"staged: {target} ({target_kind}) imports {takes} from a stream, not {disk_format}: "
-                       "the disk goes through a file in the scratch directory")
+        takes = (f"takes {', '.join(sorted(dst.stream_import_formats))} from a stream, not {disk_format}"
+                 if dst.stream_import_formats else "imports from a file only")
+        return False, f"staged: {target} ({target_kind}) {takes}: the disk goes through the scratch directory"
     missing = [t for t in getattr(src, "stream_tools", ()) if shutil.which(t) is None]
     if missing:
         return False, f"staged: {', '.join(missing)} not installed on this broker (Debian package libnbd-bin)"

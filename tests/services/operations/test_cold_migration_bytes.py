@@ -73,7 +73,7 @@ async def test_cold_migration_records_bytes_while_running_and_after(engine: Engi
 
     op: Operation = await flows.cold_migrate(engine, wid, target_provider="lv1", disk_format="raw")
     assert [s["name"] for s in op.steps][1:4] == ["export", "convert", "import"]
-    assert op.steps[1]["detail"].startswith("staged: lv1 (libvirt) imports no stream")
+    assert op.steps[1]["detail"].startswith("staged: lv1 (libvirt) imports from a file only")
     seen: list[dict[str, object]] = []
     stop = asyncio.Event()
     watcher = asyncio.create_task(sample(engine, op.id, seen, stop))
