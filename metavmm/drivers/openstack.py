@@ -512,7 +512,8 @@ class OpenStackDriver(DriverBase):
     async def ex_import_stream(self, stream: DiskStream, name: str, region: str, timeout_s: float = 600) -> ImageInfo:
         """Upload ``stream`` (qcow2 or raw, its size declared) to the region's glance as a private image named
         ``name``, active on return: the request body is the stream itself, read once (counted and hashed on
-        the way, see :class:`DiskStream`), so an export piped in is never written to the broker's disk.
+        the way, see :class:`DiskStream`), so an export piped in is never written to the broker's disk. The
+        image's ``extra`` carries glance's digest of what it stored (``hash_algo``, ``hash_value``).
 
         Idempotent by name: an active image this driver imported under that name is returned as it is (a
         retried step reuses it; the stream is then not read); an unfinished one (an upload cut short) is
@@ -541,8 +542,8 @@ class OpenStackDriver(DriverBase):
         i = await self._sdk(region, "import_image", upload)
         return ImageInfo(provider_image_id=i.id, name=i.name, region=region, format=i.disk_format or stream.format,
                          size_bytes=int(i.size or 0), checksum=i.checksum, arch=i.architecture,
-                         extra={"status": i.status, "visibility": i.visibility, "os_hash_algo": i.hash_algo,
-                                "os_hash_value": i.hash_value})
+                         extra={"status": i.status, "visibility": i.visibility, "hash_algo": i.hash_algo,
+                                "hash_value": i.hash_value})
 
     async def ex_delete_image(self, name: str, region: str) -> None:
         """Delete the images this driver imported under ``name`` in ``region`` (none left is fine)."""

@@ -4,9 +4,11 @@ A cold migration between providers moves a whole disk. Staged, it is written to 
 directory by the export, read back by the upload, and read a third time by whoever checks a digest.
 :class:`DiskStream` is the one read instead: the source's export (a pipe from ``nbdcopy``, or a file
 already on disk) is consumed in :data:`~metavmm.translators.digest.CHUNK` pieces by the target's
-upload, and each piece feeds SHA-256 and SHA-512 on the way (:class:`~metavmm.translators.digest.MultiHash`:
-the second digest on the other core). The consumer is a blocking SDK call in a worker thread; the
-operation's step reads :attr:`DiskStream.done` from the event loop to report bytes and MiB/s.
+upload, and each piece feeds the digests on the way (:class:`~metavmm.translators.digest.MultiHash`; a
+second digest runs on the other core). The default is SHA-512 alone: it is glance's ``os_hash_algo``,
+so the digest the target computes of what it stored is compared with ours, and on two cores a second
+digest would take CPU from the target's own hashing. The consumer is a blocking SDK call in a worker
+thread; the operation's step reads :attr:`DiskStream.done` from the event loop to report bytes and MiB/s.
 
 The size is declared up front and sent as the request's Content-Length (a chunked body is refused by
 plain WSGI servers, glance's among them); a source that ends early or runs past it fails the transfer
@@ -22,19 +24,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from metavmm.foundation.errors import TranslationError
+from metavmm.foundation.errors import ChecksumMismatch, TranslationError
 from metavmm.translators.digest import CHUNK, MultiHash
 
 
 class DiskStream:
     """``size_bytes`` of a disk in ``format`` from ``reader`` (blocking), readable once, front to back."""
 
-    def __init__(self, reader: BinaryIO, size_bytes: int, format: str, *, what: str = "disk") -> None:
+    def __init__(self, reader: BinaryIO, size_bytes: int, format: str, *, what: str = "disk",
+                 algorithms: tuple[str, ...] = ("sha512",)) -> None:
         self.reader = reader
         self.size_bytes = size_bytes
         self.format = format
         self.what = what
-        self.hasher = MultiHash(("sha256", "sha512"), size_bytes, lambda n: TranslationError(
+        self.hasher = MultiHash(algorithms, size_bytes, lambda n: TranslationError(
             f"{what}: the source sent more than its {n} bytes"))
         self.started: float | None = None
         self.finished: float | None = None
@@ -82,6 +85,14 @@ class DiskStream:
             self.finished = time.perf_counter()
             self.hasher.close()
 
+    def verify(self, algorithm: str | None, value: str | None, where: str) -> None:
+        """ChecksumMismatch when the target's digest of what it stored (``algorithm``, ``value``) differs from
+        ours; nothing to check when it reports none, or one in another algorithm."""
+        ours = self.digests().get(algorithm or "")
+        if ours is not None and value and value.lower() != ours:
+            raise ChecksumMismatch(f"{self.what}: {where} stored bytes whose {algorithm} is {value}, "
+                                   f"but {ours} was sent")
+
     def digests(self) -> dict[str, str]:
-        """SHA-256 and SHA-512 (hex) of everything passed on; complete once the stream was read to its end."""
+        """The hex digests (by algorithm name) of everything passed on; complete once the stream was read to its end."""
         return self.hasher.hexdigests()

@@ -194,18 +194,27 @@ async def _imported(ctx: StepContext, driver: Any, name: str, region: str,
         return found[0]
 
 
+async def _uploaded(ctx: StepContext, target: Any, stream: DiskStream, name: str, region: str) -> ImageInfo:
+    """``stream`` uploaded as image ``name`` at ``target``, its bytes reported as they go; the digest the
+    target reports of what it stored (``extra["hash_algo"]``/``["hash_value"]``) must equal ours."""
+    image = await _imported(ctx, target, name, region,
+                            _reported(ctx, target.ex_import_stream(stream, name, region), stream))
+    if stream.done == stream.size_bytes and stream.size_bytes:
+        stream.verify(image.extra.get("hash_algo"), image.extra.get("hash_value"), target.name)
+    return image
+
+
 @action("image.import")
 async def import_image(ctx: StepContext, *, provider: str, region: str, name: str, source: str = "converted",
                        **_: Any) -> dict[str, Any]:
     """Upload the converted disk as an image at the target (an image of that name is reused); read as a
-    counted stream where the target takes one, so the step shows bytes and MiB/s as it goes."""
+    counted, hashed stream where the target takes one, so the step shows bytes and MiB/s as it goes."""
     driver = ctx.driver(provider)
     disk = DiskRef(**ctx.outputs[source])
     started = time.perf_counter()
     if disk.format in driver.stream_import_formats:
         with DiskStream.open(disk.path, disk.format) as stream:
-            image = await _imported(ctx, driver, name, region,
-                                    _reported(ctx, driver.ex_import_stream(stream, name, region), stream))
+            image = await _uploaded(ctx, driver, stream, name, region)
     else:
         image = await _imported(ctx, driver, name, region, driver.import_image(disk, name, region))
     await ctx.moved(Path(disk.path).stat().st_size, time.perf_counter() - started)
@@ -218,16 +227,16 @@ async def import_image(ctx: StepContext, *, provider: str, region: str, name: st
 async def stream_disk(ctx: StepContext, *, source_provider: str, workload_id: str, provider: str, region: str,
                       name: str, format: str = "raw", **_: Any) -> dict[str, Any]:
     """Export the stopped VM's disk from ``source_provider`` straight into an image upload at ``provider``:
-    one read, hashed on the way, nothing written to the scratch directory (the plan chose this only where
-    the source streams ``format`` and the target imports it as it is)."""
+    one read, hashed on the way and checked against the target's digest, nothing written to the scratch
+    directory (the plan chose this only where the source streams ``format`` and the target imports it as
+    it is)."""
     vm = await require_vm(ctx, source_provider, workload_id)
     source, target = ctx.driver(source_provider), ctx.driver(provider)
     if format not in source.stream_export_formats or format not in target.stream_import_formats:
         raise UnsupportedOperation(f"{source_provider} cannot stream a {format} disk into {provider}")
     started = time.perf_counter()
     async with source.ex_export_stream(vm.provider_vm_id, format) as stream:
-        image = await _imported(ctx, target, name, region,
-                                _reported(ctx, target.ex_import_stream(stream, name, region), stream))
+        image = await _uploaded(ctx, target, stream, name, region)
     if stream.done == 0:  # the image was there already (a retried step): nothing moved now
         await ctx.log(f"image {name} was imported by an earlier attempt: reused")
         return {"target_image": image.provider_image_id}
@@ -237,7 +246,7 @@ async def stream_disk(ctx: StepContext, *, source_provider: str, workload_id: st
     digests = stream.digests()
     await ctx.log(f"streamed {stream.done} bytes ({format}) from {source_provider} into {provider} in {seconds:.1f}s "
                   f"({stream.done / 2**20 / seconds if seconds else 0:.0f} MiB/s), no scratch file; "
-                  f"sha256 {digests['sha256']}")
+                  + ", ".join(f"{k} {v}" for k, v in digests.items()) + f" (as {provider} computed it)")
     return {"target_image": image.provider_image_id, "streamed": {"bytes": stream.done, **digests}}
 
 
