@@ -21,6 +21,7 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from tests.services.operations import direct
 from tests.services.operations.conftest import run
+from tests.services.operations.test_cli import cli
 from tests.services.operations.test_libvirt_flows import engine, workload  # noqa: F401 (the fixture)
 
 MIB = 2**20
@@ -105,6 +106,14 @@ async def test_cold_migration_records_bytes_while_running_and_after(engine: Engi
     assert expect["export"] > DATA_MIB * MIB  # the data written above went through the export
     # throttled at 8 MiB/s: the conversions' average rate shows it (the raw output's zeros are not limited)
     assert steps["export"]["transfer"]["mib_per_s"] < 16
+
+    # `metavmm operations show` prints them in its data column
+    code, out, _ = await asyncio.to_thread(cli, engine.database_url, "operations", "show", op.id)
+    assert code == 0, out
+    for name, size in expect.items():
+        t = steps[name]["transfer"]
+        shown = f"{size / MIB:.1f} of {size / MIB:.1f} MiB · {t['bytes_per_s'] / MIB:.1f} MiB/s"
+        assert any(name in line and shown in line for line in out.splitlines()), (shown, out)
 
     _, at = await workload(engine, wid)
     assert at == "lv1"
