@@ -181,24 +181,25 @@ async def fix_guest(ctx: StepContext, *, source: str, source_hypervisor: str = "
 
 
 async def _imported(ctx: StepContext, driver: Any, name: str, region: str,
-                    upload: Awaitable[ImageInfo]) -> ImageInfo:
-    """``upload``'s image; where the driver refuses the name as taken (a retried step: the crashed attempt
-    imported it already, names are per operation), the image of that name it already has."""
+                    upload: Awaitable[ImageInfo]) -> tuple[ImageInfo, bool]:
+    """``upload``'s image, and whether it was there already: where the driver refuses the name as taken (a
+    retried step: the crashed attempt imported it already, names are per operation), the image of that
+    name it already has."""
     try:
-        return await upload
+        return await upload, False
     except ProviderConflict:
         found = [i for i in (await driver.inventory()).images if i.name == name and i.region == region]
         if not found:
             raise
         await ctx.log(f"image {name} was imported by an earlier attempt: reused")
-        return found[0]
+        return found[0], True
 
 
 async def _uploaded(ctx: StepContext, target: Any, stream: DiskStream, name: str, region: str) -> ImageInfo:
     """``stream`` uploaded as image ``name`` at ``target``, its bytes reported as they go; the digest the
     target reports of what it stored (``extra["hash_algo"]``/``["hash_value"]``) must equal ours."""
-    image = await _imported(ctx, target, name, region,
-                            _reported(ctx, target.ex_import_stream(stream, name, region), stream))
+    image, _ = await _imported(ctx, target, name, region,
+                               _reported(ctx, target.ex_import_stream(stream, name, region), stream))
     if stream.done == stream.size_bytes and stream.size_bytes:
         stream.verify(image.extra.get("hash_algo"), image.extra.get("hash_value"), target.name)
     return image
@@ -215,10 +216,13 @@ async def import_image(ctx: StepContext, *, provider: str, region: str, name: st
     if disk.format in driver.stream_import_formats:
         with DiskStream.open(disk.path, disk.format) as stream:
             image = await _uploaded(ctx, driver, stream, name, region)
+        sent = stream.done > 0 or stream.size_bytes == 0  # nothing read: the target had the image already
     else:
-        image = await _imported(ctx, driver, name, region, driver.import_image(disk, name, region))
+        image, reused = await _imported(ctx, driver, name, region, driver.import_image(disk, name, region))
+        sent = not reused
     await ctx.moved(Path(disk.path).stat().st_size, time.perf_counter() - started)
-    _moved("image_import", disk.path)
+    if sent:
+        _moved("image_import", disk.path)
     await ctx.log(f"imported as {image.provider_image_id}")
     return {"target_image": image.provider_image_id}
 
