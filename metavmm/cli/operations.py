@@ -95,12 +95,16 @@ def ops_list(settings: Settings, state: str | None, target: str | None, limit: i
 
 
 def _steps_table(op: Operation) -> Table:
+    """The plan step by step; a step that moves data shows its bytes and MiB/s (the running one's so far)."""
+    from metavmm.services.operations.plan import transfer_text
+
     table = Table(title=escape(f"{op.kind} {op.id}: {op.state} ({op.progress:.0%})"), caption=escape(op.message or ""))
-    for col in ("#", "step", "action", "state", "attempts", "error"):
+    for col in ("#", "step", "action", "state", "attempts", "data", "error"):
         table.add_column(col)
     for i, s in enumerate(op.steps):
+        data = transfer_text(s["transfer"]) if s.get("transfer") else ""
         table.add_row(str(i), escape(s["name"]) + (" (commit)" if s.get("commit") else ""), escape(s["action"]),
-                      _state(s["state"]), str(s["attempts"]), escape((s.get("error") or "")[:80]))
+                      _state(s["state"]), str(s["attempts"]), escape(data), escape((s.get("error") or "")[:80]))
     return table
 
 

@@ -96,6 +96,10 @@ class Driver(Protocol):
       creating twice; ``delete_volume`` / ``delete_network`` of something in use is ``ProviderConflict``.
     - ``import_image`` accepts a disk in one of ``image_import_formats``; ``export_image`` writes one
       in the first of ``image_export_formats`` into ``dest_dir``.
+    - ``ex_export_stream(vm_id, fmt)`` (drivers declaring ``stream_export_formats``) is an async context
+      manager giving a stopped VM's disk as a :class:`~metavmm.translators.diskstream.DiskStream`, no file
+      written; ``ex_import_stream(stream, name, region)`` (``stream_import_formats``) uploads one as an
+      image, reading it once. A cold migration pairs them where the formats meet (no scratch file).
     - ``resize_vm`` changes a *stopped* VM's shape (``flavor`` where the provider has sizes, else
       vcpus/ram_mib); a running VM is a ProviderConflict. Drivers report the shape they know in
       ``VmInfo.flavor`` or ``extra["vcpus"]``/``extra["ram_mib"]`` so a resize can be verified.
@@ -126,6 +130,8 @@ class Driver(Protocol):
     capabilities: frozenset[Capability]
     image_import_formats: frozenset[str]
     image_export_formats: tuple[str, ...]
+    stream_export_formats: frozenset[str]
+    stream_import_formats: frozenset[str]
 
     async def inventory(self) -> Inventory: ...
     async def list_vms(self) -> list[VmInfo]: ...
@@ -196,6 +202,10 @@ class DriverBase:
     capabilities: frozenset[Capability] = frozenset()
     image_import_formats: frozenset[str] = frozenset()
     image_export_formats: tuple[str, ...] = ()
+    stream_export_formats: frozenset[str] = frozenset()
+    """Formats ``ex_export_stream(vm_id, fmt)`` sends a stopped VM's disk in, as a byte stream (no file)."""
+    stream_import_formats: frozenset[str] = frozenset()
+    """Formats ``ex_import_stream(stream, name, region)`` takes as they come (an upload fed by an export)."""
     STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
     retry_attempts: ClassVar[int] = 5
     retry_base_s: ClassVar[float] = 0.5  # first backoff ceiling; doubles per attempt, full jitter

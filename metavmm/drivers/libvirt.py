@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
@@ -60,6 +60,7 @@ from metavmm.foundation.records import (
     VolumeSpec,
 )
 from metavmm.translators.cloudinit import GuestIdentity, write_seed_iso
+from metavmm.translators.diskstream import DiskStream
 
 T = TypeVar("T")
 METADATA_NS = "https://metavmm.dev/xmlns/workload/1"
@@ -160,6 +161,22 @@ class _Shared:
     def _close_now(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
+
+
+async def _sampled(work: Awaitable[None], part: Path, expected: int,
+                   progress: Callable[[int, int], None] | None, every_s: float = 0.25) -> None:
+    """Await ``work`` (a tool writing ``part``), telling ``progress`` the file's size every ``every_s``: the
+    bytes written so far of ``expected`` (raised to what is there when the estimate was short)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while progress is not None and not task.done():
+            await asyncio.wait({task}, timeout=every_s)
+            with contextlib.suppress(OSError):
+                size = part.stat().st_size
+                progress(size, max(expected, size))
+        await task
+    finally:
+        task.cancel()
 
 
 class LibvirtDriver(DriverBase):
@@ -952,32 +969,81 @@ class LibvirtDriver(DriverBase):
         self._give_to_storage_owner(dest)
         return next(i for i in self._images() if i.provider_image_id == str(dest))
 
-    async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
-        """The stopped VM's first disk, flattened (overlay and backing merged) into ``dest_dir``.
-
-        The disk file must be readable from this machine (a local daemon, or shared storage). A
-        finished export is reused, so a retried step does not copy twice.
-        """
+    async def _stopped_disk(self, vm_id: str, operation: str) -> Path:
+        """The stopped VM's first disk file, checked readable from this machine (a local daemon or shared
+        storage); a running VM is a ProviderConflict (its disk changes under a copy)."""
         def first_disk(conn: libvirt.virConnect) -> str:
             dom = conn.lookupByUUIDString(vm_id)
             if dom.isActive():
                 raise ProviderConflict(f"VM {vm_id} is running; stop it before exporting its disk",
-                                       provider=self.name, operation="export_disk")
+                                       provider=self.name, operation=operation)
             source = ET.fromstring(dom.XMLDesc()).find("devices/disk[@device='disk']/source")
             if source is None or not source.get("file"):
-                raise DriverError(f"VM {vm_id} has no file-backed disk", provider=self.name, operation="export_disk")
+                raise DriverError(f"VM {vm_id} has no file-backed disk", provider=self.name, operation=operation)
             return source.get("file", "")
 
-        path = Path(await self._call("export_disk", first_disk))
+        path = Path(await self._call(operation, first_disk))
         if not path.is_file():
-            raise DriverError(f"disk {path} is not reachable from the broker", provider=self.name,
-                              operation="export_disk")
+            raise DriverError(f"disk {path} is not reachable from the broker", provider=self.name, operation=operation)
+        return path
+
+    async def ex_export_disk(self, vm_id: str, dest_dir: str,
+                             progress: Callable[[int, int], None] | None = None) -> DiskRef:
+        """The stopped VM's first disk, flattened (overlay and backing merged) into ``dest_dir``.
+
+        The disk file must be readable from this machine (a local daemon, or shared storage). A
+        finished export is reused, so a retried step does not copy twice. ``progress(done, total)``:
+        bytes written so far of the size ``qemu-img measure`` expects (sampled from the file as qemu-img
+        writes it), and the file's real size at the end.
+        """
+        from metavmm.translators.disk import DiskTarget, measure
+
+        path = await self._stopped_disk(vm_id, "export_disk")
         out = Path(dest_dir) / f"{vm_id}.qcow2"
         if not out.exists():
             part = out.with_name(out.name + ".part")
-            await self._qemu_img("export_disk", "convert", "-f", "qcow2", "-O", "qcow2", str(path), str(part))
+            expected = await measure(DiskRef(str(path), "qcow2"), DiskTarget.parse("qcow2")) if progress else None
+            work = self._qemu_img("export_disk", "convert", "-f", "qcow2", "-O", "qcow2", str(path), str(part))
+            await _sampled(work, part, expected or 0, progress)
             part.replace(out)
+        if progress is not None:
+            size = out.stat().st_size
+            progress(size, size)
         return DiskRef(str(out), "qcow2")
+
+    stream_export_formats = frozenset({"raw"})
+    """What :meth:`ex_export_stream` sends: the flattened disk's raw bytes (qcow2 cannot be written to a pipe)."""
+    stream_tools = ("nbdcopy", "qemu-nbd")
+    """The programs :meth:`ex_export_stream` runs (a plan stages the disk where they are missing)."""
+
+    @contextlib.asynccontextmanager
+    async def ex_export_stream(self, vm_id: str, fmt: str = "raw") -> AsyncIterator[DiskStream]:
+        """The stopped VM's first disk, flattened, as a raw byte stream read once (no file written):
+        ``qemu-nbd`` serves the qcow2 chain read-only and ``nbdcopy`` writes its virtual size to a pipe.
+        The consumer must read the stream to its end inside the context; leaving it early stops both tools."""
+        from metavmm.translators.tools import find_tool
+        from metavmm.translators.untrusted import qemu_info
+
+        if fmt not in self.stream_export_formats:
+            raise ValidationError(f"{self.name}: a disk streams as {', '.join(sorted(self.stream_export_formats))}, "
+                                  f"not {fmt}")
+        path = await self._stopped_disk(vm_id, "export_stream")
+        size = int((await qemu_info(str(path), "qcow2"))["virtual-size"])
+        argv = [find_tool("nbdcopy"), "--", "[", find_tool("qemu-nbd"), "-r", "-f", "qcow2", str(path), "]", "-"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        stopped = False
+        try:
+            yield DiskStream(proc.stdout, size, "raw", what=f"disk of VM {vm_id}")
+        finally:
+            if proc.poll() is None:  # the consumer left before the end (or never started: an image reused)
+                proc.kill()
+                stopped = True
+            _, err = await asyncio.to_thread(proc.communicate)
+            proc.stdout.close()
+        if proc.returncode != 0 and not stopped:
+            raise DriverError(err.decode(errors="replace").strip()[-500:] or f"nbdcopy exited {proc.returncode}",
+                              provider=self.name, operation="export_stream")
 
     # --- disaster recovery (libvirt_replica.py) ---------------------------------------------------
 

@@ -58,6 +58,7 @@ from metavmm.foundation.records import (
     VmState,
 )
 from metavmm.translators.cloudinit import key_pair_name
+from metavmm.translators.diskstream import DiskStream
 
 USER_DATA_MAX = 65535  # nova's limit on the base64-encoded user data
 log = logging.getLogger(__name__)
@@ -497,22 +498,34 @@ class OpenStackDriver(DriverBase):
     def _own_images(self, conn: openstack.connection.Connection, name: str) -> list[Any]:
         return [i for i in conn.image.images(name=name) if (i.properties or {}).get(IMAGE_TAG) == name]
 
+    stream_import_formats = image_import_formats
+    """What :meth:`ex_import_stream` takes: glance stores both as they come (no conversion at the target)."""
+
     async def import_image(self, disk: DiskRef, name: str, region: str, timeout_s: float = 600) -> ImageInfo:
-        """Upload a qcow2 or raw disk to the region's glance as a private image named ``name``, active on return.
+        """Upload a qcow2 or raw disk to the region's glance as a private image named ``name``, active on return
+        (the file read once, through :meth:`ex_import_stream`)."""
+        if not Path(disk.path).is_file():
+            raise ValidationError(f"{self.name}: no disk file {disk.path}")
+        with DiskStream.open(disk.path, disk.format) as stream:
+            return await self.ex_import_stream(stream, name, region, timeout_s)
+
+    async def ex_import_stream(self, stream: DiskStream, name: str, region: str, timeout_s: float = 600) -> ImageInfo:
+        """Upload ``stream`` (qcow2 or raw, its size declared) to the region's glance as a private image named
+        ``name``, active on return: the request body is the stream itself, read once (counted and hashed on
+        the way, see :class:`DiskStream`), so an export piped in is never written to the broker's disk. The
+        image's ``extra`` carries glance's digest of what it stored (``hash_algo``, ``hash_value``).
 
         Idempotent by name: an active image this driver imported under that name is returned as it is (a
-        retried step reuses it); an unfinished one (an upload cut short) is deleted and uploaded again.
+        retried step reuses it; the stream is then not read); an unfinished one (an upload cut short) is
+        deleted and uploaded again.
         """
-        if disk.format not in self.image_import_formats:
-            raise ValidationError(f"{self.name}: cannot import {disk.format} images; accepted: "
-                                  f"{', '.join(sorted(self.image_import_formats))}")
+        if stream.format not in self.stream_import_formats:
+            raise ValidationError(f"{self.name}: cannot import {stream.format} images; accepted: "
+                                  f"{', '.join(sorted(self.stream_import_formats))}")
         if region not in self.regions:
             raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
         if not name or len(name) > 255:
             raise ValidationError(f"{self.name}: an image name has 1 to 255 characters")
-        source = Path(disk.path)
-        if not source.is_file():
-            raise ValidationError(f"{self.name}: no disk file {disk.path}")
 
         def upload(conn: openstack.connection.Connection) -> Any:
             for old in self._own_images(conn, name):
@@ -521,15 +534,16 @@ class OpenStackDriver(DriverBase):
                     return old
                 conn.image.delete_image(old, ignore_missing=True)  # a crashed attempt's half-upload
             image = conn.image.create_image(
-                name, filename=str(source), disk_format=disk.format, container_format="bare", visibility="private",
-                allow_duplicates=True, wait=True, timeout=timeout_s, **{IMAGE_TAG: name})
+                name, data=stream, size=stream.size_bytes, disk_format=stream.format, container_format="bare",
+                visibility="private", allow_duplicates=True, wait=True, timeout=timeout_s, **{IMAGE_TAG: name})
             return conn.image.wait_for_status(image, "active", failures=["killed", "deleted"], interval=0.5,
                                               wait=timeout_s)
 
         i = await self._sdk(region, "import_image", upload)
-        return ImageInfo(provider_image_id=i.id, name=i.name, region=region, format=i.disk_format or disk.format,
+        return ImageInfo(provider_image_id=i.id, name=i.name, region=region, format=i.disk_format or stream.format,
                          size_bytes=int(i.size or 0), checksum=i.checksum, arch=i.architecture,
-                         extra={"status": i.status, "visibility": i.visibility})
+                         extra={"status": i.status, "visibility": i.visibility, "hash_algo": i.hash_algo,
+                                "hash_value": i.hash_value})
 
     async def ex_delete_image(self, name: str, region: str) -> None:
         """Delete the images this driver imported under ``name`` in ``region`` (none left is fine)."""

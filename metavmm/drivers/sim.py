@@ -16,7 +16,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -308,16 +308,20 @@ class SimDriver(DriverBase):
     """A simulated VM's exported disk: sparse but for a first block naming the VM, small enough that a cold
     migration on sim runs the real export, qemu-img conversion, checksums and import steps in moments."""
 
-    async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
+    async def ex_export_disk(self, vm_id: str, dest_dir: str,
+                             progress: Callable[[int, int], None] | None = None) -> DiskRef:
         """SIMULATED: a raw disk of ``SIM_DISK_BYTES`` whose first block names the VM (the cold-migration
-        flow's export step; the VM must be stopped, as at a real provider)."""
+        flow's export step; the VM must be stopped, as at a real provider); ``progress`` hears its size."""
         self._check_reachable("export_disk")
         with self.state.read() as tx:
             vm = self._vm(tx, vm_id, "export_disk")
         if vm.state != VmState.STOPPED:
             raise ProviderConflict(f"VM {vm_id} is {vm.state}; stop it before exporting its disk", provider=self.name,
                                    operation="export_disk")
-        return self._simulated_disk(Path(dest_dir) / f"sim-{vm_id}.raw", f"{vm_id} ({vm.name})")
+        disk = self._simulated_disk(Path(dest_dir) / f"sim-{vm_id}.raw", f"{vm_id} ({vm.name})")
+        if progress is not None:
+            progress(self.SIM_DISK_BYTES, self.SIM_DISK_BYTES)
+        return disk
 
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef:
         """SIMULATED: image ``image_id`` of the state file as a raw disk of ``SIM_DISK_BYTES``."""

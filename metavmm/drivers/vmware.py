@@ -658,8 +658,10 @@ class VmwareDriver(DriverBase):
 
         return await self._call("export_image", download)
 
-    async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
-        """Download the powered-off VM's first disk into ``dest_dir`` (a finished download is reused)."""
+    async def ex_export_disk(self, vm_id: str, dest_dir: str,
+                             progress: Callable[[int, int], None] | None = None) -> DiskRef:
+        """Download the powered-off VM's first disk into ``dest_dir`` (a finished download is reused);
+        ``progress(done, total)`` hears the file's size once it is there."""
         out = Path(dest_dir) / f"{vm_id}.vmdk"
 
         def export(content: Any) -> DiskRef:
@@ -673,6 +675,8 @@ class VmwareDriver(DriverBase):
                 raise DriverError(f"VM {vm_id} has no file-backed disk", provider=self.name, operation="export_disk")
             if not out.exists():
                 self._download(self._dc_of(vm), path, out, "export_disk")
+            if progress is not None:
+                progress(out.stat().st_size, out.stat().st_size)
             return DiskRef(str(out), "vmdk")
 
         return await self._call("export_disk", export)

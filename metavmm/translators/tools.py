@@ -51,7 +51,8 @@ def find_tool(name: str) -> str:
     """The absolute path of ``name``, or a TranslationError saying which package provides it."""
     path = shutil.which(name)
     if path is None:
-        package = {"qemu-img": "qemu-utils", "prlimit": "util-linux", "xmllint": "libxml2-utils"}.get(name, name)
+        package = {"qemu-img": "qemu-utils", "prlimit": "util-linux", "xmllint": "libxml2-utils",
+                   "nbdcopy": "libnbd-bin", "qemu-nbd": "qemu-utils"}.get(name, name)
         raise TranslationError(f"{name} is not installed (Debian package {package})")
     return path
 

@@ -23,12 +23,11 @@ from metavmm.api.errors import Handler
 from metavmm.api.keys import IDENTITY, REQUEST_ID
 from metavmm.api.ui import session as sess
 from metavmm.foundation.errors import Forbidden, MetavmmError
-from metavmm.services.operations.plan import transfer_of
+from metavmm.services.operations.plan import transfer_of, transfer_text
 
 log = logging.getLogger(__name__)
 PREFIX = "/ui"
 HERE = Path(__file__).parent
-MIB = 1 << 20
 OPEN_PATHS = ("/ui/login", "/ui/static/", "/ui/oidc/")
 
 
@@ -90,17 +89,6 @@ def page_context(request: web.Request, **values: object) -> dict[str, object]:
     session = request.get(sess.SESSION)
     return {"identity": request.get(IDENTITY), "csrf": session.csrf if session else "", "path": request.path,
             **values}
-
-
-def transfer_text(transfer: dict[str, object]) -> str:
-    """A migration's bytes as the page shows them (ui.js writes the same words when an event moves them)."""
-    def mib(n: object) -> str:
-        return f"{float(n) / MIB:.1f}" if isinstance(n, int | float) else "?"
-
-    rate, eta = transfer.get("bytes_per_s"), transfer.get("eta_s")
-    return (f"{mib(transfer.get('bytes'))} of {mib(transfer.get('total_bytes'))} MiB"
-            + (f" · {mib(rate)} MiB/s" if rate else "") + (f" · {float(eta):.0f} s left" if eta is not None
-                                                           and isinstance(eta, int | float) else ""))
 
 
 def _public(app: web.Application) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from metavmm.drivers.base import Driver
+from metavmm.drivers.base import MIB, Driver
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ConfigError
@@ -54,7 +54,8 @@ class StepContext:
     _progress: Callable[[float], Awaitable[None]]
     _transfer: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     _last_progress: float = field(default=0.0)
-    _last_sample: tuple[float, int] | None = None  # (monotonic time, bytes) of the previous transfer report
+    _last_sample: tuple[float, int] = field(default_factory=lambda: (time.monotonic(), 0))
+    """(monotonic time, bytes) of the previous transfer report; the first is measured from the step's start."""
 
     def driver(self, provider: str) -> Driver:
         return self.drivers.get(provider)
@@ -80,12 +81,13 @@ class StepContext:
 
     async def transfer(self, done_bytes: int, total_bytes: int, bytes_per_s: float | None = None, *,
                        force: bool = False, **figures: int | None) -> None:
-        """Report bytes moved of ``total_bytes`` (a live migration): the step's progress is their ratio, and
-        the step keeps the numbers with the rate (the provider's, else measured between two reports) and
-        the time left, which the dashboard and the event stream show, plus the provider's other
+        """Report bytes moved of ``total_bytes`` (a live migration, a disk's export, conversion or upload):
+        the step's progress is their ratio, and the step keeps the numbers with the rate (the provider's,
+        else measured between two reports; in bytes and MiB per second) and the time left, which the
+        REST and CLI views, the dashboard and the event stream show, plus the provider's other
         ``figures`` it has (``memory_bytes``, ``downtime_ms``). Written at most once a second."""
         now = time.monotonic()
-        if bytes_per_s is None and self._last_sample is not None and now > self._last_sample[0]:
+        if bytes_per_s is None and now > self._last_sample[0]:
             bytes_per_s = max(0.0, (done_bytes - self._last_sample[1]) / (now - self._last_sample[0]))
         self._last_sample = (now, done_bytes)
         if self._transfer is None or not (force or now - self._last_progress >= 1.0):
@@ -94,9 +96,15 @@ class StepContext:
         left = max(0, total_bytes - done_bytes)
         await self._transfer({"bytes": done_bytes, "total_bytes": total_bytes,
                               "bytes_per_s": round(bytes_per_s, 1) if bytes_per_s is not None else None,
+                              "mib_per_s": round(bytes_per_s / MIB, 1) if bytes_per_s is not None else None,
                               "eta_s": round(left / bytes_per_s, 1) if bytes_per_s else None,
                               "fraction": min(1.0, done_bytes / total_bytes) if total_bytes > 0 else 0.0,
                               **{k: v for k, v in figures.items() if v is not None}})
+
+    async def moved(self, size_bytes: int, seconds: float) -> None:
+        """A data step's last figure: all ``size_bytes`` moved, at their average rate over ``seconds``
+        (what the finished step keeps; the running figures were samples)."""
+        await self.transfer(size_bytes, size_bytes, size_bytes / seconds if seconds > 0 else None, force=True)
 
 
 T = TypeVar("T")

@@ -1,5 +1,10 @@
 """Step actions on disks and images in the operation's scratch directory: export (cold migration),
-convert (qemu-img), unpack an OVA, fix a foreign guest with virt-v2v, import at the target, and their undo.
+convert (qemu-img), unpack an OVA, fix a foreign guest with virt-v2v, import at the target, and their undo;
+and the one that needs no scratch directory: stream a stopped VM's disk from its provider straight into
+the target's image upload (``disk.stream``, where the two sides allow it; see ``flows.cold_migrate_plan``).
+
+Export, convert, import and stream report their bytes as they go (``StepContext.transfer``: bytes done,
+total, the rate in bytes and MiB/s), and on finishing the real size moved with its average rate.
 
 A create plan whose guest changes hypervisor family chains them (see
 :mod:`metavmm.scheduler.provision`): each step reads the disk an earlier one left under
@@ -16,21 +21,58 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metavmm.foundation.errors import ProviderConflict, TranslationError, UnsupportedOperation
-from metavmm.foundation.records import DiskRef
+from metavmm.foundation.records import DiskRef, ImageInfo
 from metavmm.services import metrics
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext, tracked
 from metavmm.services.operations.vm_actions import require_vm
+from metavmm.translators.diskstream import DiskStream
+
+T = TypeVar("T")
 
 
 def _moved(what: str, path: str) -> None:
     """Count a disk the data path wrote (``metavmm_data_bytes``); a file already gone counts nothing."""
     with contextlib.suppress(OSError):
         metrics.data_moved(what, Path(path).stat().st_size)
+
+
+class _Meter:
+    """The latest ``(done, total)`` bytes a driver or tool reported from a callback (which cannot await);
+    :func:`_reported` writes it to the step once a tick."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.last: tuple[int, int] | None = None
+        self.scale = scale
+
+    def __call__(self, done: int, total: int) -> None:
+        self.last = (done, total)
+
+    def percent(self, pct: float) -> None:
+        """qemu-img's percentage, as bytes of the expected output (``scale``)."""
+        self.last = (int(self.scale * pct / 100), int(self.scale))
+
+    async def report(self, ctx: StepContext) -> None:
+        if self.last is not None:
+            await ctx.transfer(*self.last)
+
+
+async def _reported(ctx: StepContext, work: Awaitable[T], meter: _Meter | DiskStream) -> T:
+    """Await ``work`` while writing ``meter``'s bytes to the step twice a second (the step row keeps a
+    write a second at most); a :class:`DiskStream` is read by ``work`` in a worker thread meanwhile."""
+    async def tick() -> None:
+        if isinstance(meter, DiskStream):
+            await ctx.transfer(meter.done, meter.size_bytes)
+        else:
+            await meter.report(ctx)
+
+    return await tracked(ctx, work, [], each_tick=tick, tick_s=0.5)
 
 
 @action("disk.export")
@@ -41,8 +83,12 @@ async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_:
     export = getattr(driver, "ex_export_disk", None)
     if export is None:
         raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot export a VM's disk")
-    disk: DiskRef = await export(vm.provider_vm_id, str(ctx.work_dir))
-    await ctx.log(f"exported {disk.path} ({disk.format})")
+    started = time.perf_counter()
+    meter = _Meter()
+    disk: DiskRef = await _reported(ctx, export(vm.provider_vm_id, str(ctx.work_dir), progress=meter), meter)
+    size = Path(disk.path).stat().st_size
+    await ctx.moved(size, time.perf_counter() - started)
+    await ctx.log(f"exported {disk.path} ({disk.format}, {size} bytes)")
     _moved("disk_export", disk.path)
     return {"exported": {"path": disk.path, "format": disk.format}}
 
@@ -66,17 +112,20 @@ def _finish(out: Path, disk: DiskRef) -> dict[str, Any]:
 async def convert_disk(ctx: StepContext, *, to_format: str, source: str = "exported", save_as: str = "converted",
                        **_: Any) -> dict[str, Any]:
     """Convert the disk in ``outputs[source]`` with qemu-img (skipped when it already has the format)."""
-    from metavmm.translators.disk import DiskTarget, convert
+    from metavmm.translators.disk import DiskTarget, convert, measure
 
     src = DiskRef(**ctx.outputs[source])
     target = DiskTarget.parse(to_format)
     if src.format == target.format.value and target.variant is None:
         return {save_as: ctx.outputs[source]}
     dst = ctx.work_dir / f"{save_as}.{target.format.value}"
-    pending: list[float] = []  # qemu-img's percentages
-    result = await tracked(ctx, convert(src, target, dst, progress=lambda p: pending.append(p / 100), trusted=True,
-                                        overwrite=True, checksum=False), pending)
-    await ctx.log(f"converted {src.format} -> {target} in {result.seconds:.1f}s")
+    # qemu-img reports percentages: as bytes, of the output measure expects (else of the source's size)
+    meter = _Meter(await measure(src, target) or Path(src.path).stat().st_size)
+    result = await _reported(ctx, convert(src, target, dst, progress=meter.percent, trusted=True, overwrite=True,
+                                          checksum=False), meter)
+    size = Path(result.disk.path).stat().st_size
+    await ctx.moved(size, result.seconds)
+    await ctx.log(f"converted {src.format} -> {target} in {result.seconds:.1f}s ({size} bytes)")
     _moved("disk_convert", result.disk.path)
     return {save_as: {"path": result.disk.path, "format": result.disk.format}}
 
@@ -131,23 +180,78 @@ async def fix_guest(ctx: StepContext, *, source: str, source_hypervisor: str = "
     return {save_as: _finish(out, result.disks[0])}
 
 
-@action("image.import")
-async def import_image(ctx: StepContext, *, provider: str, region: str, name: str, source: str = "converted",
-                       **_: Any) -> dict[str, Any]:
-    """Upload the converted disk as an image at the target (an image of that name is reused)."""
-    driver = ctx.driver(provider)
-    disk = DiskRef(**ctx.outputs[source])
+async def _imported(ctx: StepContext, driver: Any, name: str, region: str,
+                    upload: Awaitable[ImageInfo]) -> tuple[ImageInfo, bool]:
+    """``upload``'s image, and whether it was there already: where the driver refuses the name as taken (a
+    retried step: the crashed attempt imported it already, names are per operation), the image of that
+    name it already has."""
     try:
-        image = await driver.import_image(disk, name, region)
-        _moved("image_import", disk.path)
-    except ProviderConflict:  # a retried step: the crashed attempt imported it already (names are per operation)
+        return await upload, False
+    except ProviderConflict:
         found = [i for i in (await driver.inventory()).images if i.name == name and i.region == region]
         if not found:
             raise
-        image = found[0]
         await ctx.log(f"image {name} was imported by an earlier attempt: reused")
+        return found[0], True
+
+
+async def _uploaded(ctx: StepContext, target: Any, stream: DiskStream, name: str, region: str) -> ImageInfo:
+    """``stream`` uploaded as image ``name`` at ``target``, its bytes reported as they go; the digest the
+    target reports of what it stored (``extra["hash_algo"]``/``["hash_value"]``) must equal ours."""
+    image, _ = await _imported(ctx, target, name, region,
+                               _reported(ctx, target.ex_import_stream(stream, name, region), stream))
+    if stream.done == stream.size_bytes and stream.size_bytes:
+        stream.verify(image.extra.get("hash_algo"), image.extra.get("hash_value"), target.name)
+    return image
+
+
+@action("image.import")
+async def import_image(ctx: StepContext, *, provider: str, region: str, name: str, source: str = "converted",
+                       **_: Any) -> dict[str, Any]:
+    """Upload the converted disk as an image at the target (an image of that name is reused); read as a
+    counted, hashed stream where the target takes one, so the step shows bytes and MiB/s as it goes."""
+    driver = ctx.driver(provider)
+    disk = DiskRef(**ctx.outputs[source])
+    started = time.perf_counter()
+    if disk.format in driver.stream_import_formats:
+        with DiskStream.open(disk.path, disk.format) as stream:
+            image = await _uploaded(ctx, driver, stream, name, region)
+        sent = stream.done > 0 or stream.size_bytes == 0  # nothing read: the target had the image already
+    else:
+        image, reused = await _imported(ctx, driver, name, region, driver.import_image(disk, name, region))
+        sent = not reused
+    await ctx.moved(Path(disk.path).stat().st_size, time.perf_counter() - started)
+    if sent:
+        _moved("image_import", disk.path)
     await ctx.log(f"imported as {image.provider_image_id}")
     return {"target_image": image.provider_image_id}
+
+
+@action("disk.stream")
+async def stream_disk(ctx: StepContext, *, source_provider: str, workload_id: str, provider: str, region: str,
+                      name: str, format: str = "raw", **_: Any) -> dict[str, Any]:
+    """Export the stopped VM's disk from ``source_provider`` straight into an image upload at ``provider``:
+    one read, hashed on the way and checked against the target's digest, nothing written to the scratch
+    directory (the plan chose this only where the source streams ``format`` and the target imports it as
+    it is)."""
+    vm = await require_vm(ctx, source_provider, workload_id)
+    source, target = ctx.driver(source_provider), ctx.driver(provider)
+    if format not in source.stream_export_formats or format not in target.stream_import_formats:
+        raise UnsupportedOperation(f"{source_provider} cannot stream a {format} disk into {provider}")
+    started = time.perf_counter()
+    async with source.ex_export_stream(vm.provider_vm_id, format) as stream:
+        image = await _uploaded(ctx, target, stream, name, region)
+    if stream.done == 0:  # the image was there already (a retried step): nothing moved now
+        await ctx.log(f"image {name} was imported by an earlier attempt: reused")
+        return {"target_image": image.provider_image_id}
+    seconds = time.perf_counter() - started
+    await ctx.moved(stream.done, seconds)
+    metrics.data_moved("disk_stream", stream.done)
+    digests = stream.digests()
+    await ctx.log(f"streamed {stream.done} bytes ({format}) from {source_provider} into {provider} in {seconds:.1f}s "
+                  f"({stream.done / 2**20 / seconds if seconds else 0:.0f} MiB/s), no scratch file; "
+                  + ", ".join(f"{k} {v}" for k, v in digests.items()) + f" (as {provider} computed it)")
+    return {"target_image": image.provider_image_id, "streamed": {"bytes": stream.done, **digests}}
 
 
 @action("image.delete")

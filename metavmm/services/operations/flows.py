@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import random
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -472,6 +473,32 @@ def boot_check(engine: Engine, target_kind: str, marker: str | None, timeout_s: 
     return boot_check_args(marker, console, timeout_s)
 
 
+def data_path(source: str, source_kind: str, target: str, target_kind: str, disk_format: str) -> tuple[bool, str]:
+    """Whether a cold migration streams the disk (export piped into the target's upload, one read, no
+    scratch file) or stages it (export to a file, convert, upload), and why: the plan's explanation.
+    It streams only where the source's driver sends ``disk_format`` as a stream, the target's takes it as
+    it is, and the tools the stream needs are installed here."""
+    from metavmm.drivers.registry import driver_class
+
+    try:
+        src, dst = driver_class(source_kind), driver_class(target_kind)
+    except ConfigError:
+        return False, "staged: a provider's SDK is not installed"
+    if disk_format not in src.stream_export_formats:
+        sends = ", ".join(sorted(src.stream_export_formats)) or "no stream"
+        return False, (f"staged: {source} ({source_kind}) streams {sends}, not {disk_format}: the export is "
+                       f"written to the scratch directory and converted to {disk_format} there")
+    if disk_format not in dst.stream_import_formats:
+        takes = (f"takes {', '.join(sorted(dst.stream_import_formats))} from a stream, not {disk_format}"
+                 if dst.stream_import_formats else "imports from a file only")
+        return False, f"staged: {target} ({target_kind}) {takes}: the disk goes through the scratch directory"
+    missing = [t for t in getattr(src, "stream_tools", ()) if shutil.which(t) is None]
+    if missing:
+        return False, f"staged: {', '.join(missing)} not installed on this broker (Debian package libnbd-bin)"
+    return True, (f"streamed: {source} sends the disk as {disk_format} and {target} imports {disk_format} as it "
+                  "is, so the export feeds the upload in one read (hashed on the way), with no scratch file")
+
+
 async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider: str,
                             target_region: str | None = None, disk_format: str = "raw", boot_marker: str | None = None,
                             boot_timeout_s: float = 300, drawn: list[AddressLease] | None = None,
@@ -519,12 +546,20 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
         ip = lease.address
         identity.update(address=f"{ip}/{net.cidr.prefixlen}", gateway=str(net.gateway or "") or None,
                         dns=[str(d) for d in net.dns])
+    streamed, why = data_path(provider, _known_provider(engine, provider).kind, target_provider, target_cfg.kind,
+                              disk_format)
+    image = {"provider": target_provider, "region": region, "name": image_name}
+    if streamed:
+        moves = [Step("stream", "disk.stream", {**image, "source_provider": provider, "workload_id": workload.id,
+                                                "format": disk_format}, compensate="image.delete", weight=9,
+                      detail=why)]
+    else:
+        moves = [Step("export", "disk.export", src, compensate="scratch.clean", weight=3, detail=why),
+                 Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
+                 Step("import", "image.import", image, compensate="image.delete", weight=3)]
     steps = [
         Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
-        Step("export", "disk.export", src, compensate="scratch.clean", weight=3),
-        Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
-        Step("import", "image.import", {"provider": target_provider, "region": region, "name": image_name},
-             compensate="image.delete", weight=3),
+        *moves,
         Step("create-target", "vm.create", {**dst, "name": hostname, "region": region,
                                             "image_from": "target_image", "vcpus": spec.get("vcpus", 1),
                                             "ram_mib": spec.get("ram_mib", 512), "extra": identity,
@@ -533,15 +568,14 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
         Step("boot-check", "vm.wait", {**dst, **check}),
         Step("record", "workload.record", {**dst, "spec_update": {
             "mac": mac, "hostname": hostname, "ip": ip,
-            "owned_image": {"provider": target_provider, "region": region, "name": image_name},
-            **priced(offer)["spec_update"]}}, commit=True),
+            "owned_image": dict(image), **priced(offer)["spec_update"]}}, commit=True),
         Step("remove-source", "vm.delete", src),
-        Step("clean-scratch", "scratch.clean", {}),
+        *([] if streamed else [Step("clean-scratch", "scratch.clean", {})]),
     ]
     if spec.get("owned_image"):  # the image an earlier migration made for the source's disk
         steps.append(Step("remove-source-image", "image.delete", spec["owned_image"]))
     params = {"from": provider, "to": target_provider, "format": disk_format, "hostname": hostname, "mac": mac,
-              "ip": ip, "boot_marker": check.get("console_marker")}
+              "ip": ip, "boot_marker": check.get("console_marker"), "data_path": why}
     return PlanSpec("cold_migrate", steps, workload.id, workload.project_id, params,
                     fingerprint=fingerprint(workload.id, target_provider, target_region, disk_format),
                     rows=(lease,) if lease is not None else (),

@@ -17,7 +17,8 @@ from typing import Any
 
 from metavmm.scheduler.plan import Step
 
-__all__ = ["MAX_LOG_LINES", "Step", "StepState", "overall_progress", "plan_rows", "step_row"]
+__all__ = ["MAX_LOG_LINES", "Step", "StepState", "overall_progress", "plan_rows", "step_row", "transfer_of",
+           "transfer_text"]
 
 
 class StepState(enum.StrEnum):
@@ -60,6 +61,18 @@ def transfer_of(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
         if s["state"] in (StepState.RUNNING, StepState.WAITING) and s.get("transfer"):
             return {"step": s["name"], **s["transfer"]}
     return None
+
+
+def transfer_text(transfer: dict[str, object]) -> str:
+    """A step's bytes as people read them: "12.0 of 64.0 MiB · 30.5 MiB/s · 2 s left" (the dashboard's
+    ui.js writes the same words when an event moves them; the CLI's ``operations show`` prints them)."""
+    def mib(n: object) -> str:
+        return f"{float(n) / 2**20:.1f}" if isinstance(n, int | float) else "?"
+
+    rate, eta = transfer.get("bytes_per_s"), transfer.get("eta_s")
+    return (f"{mib(transfer.get('bytes'))} of {mib(transfer.get('total_bytes'))} MiB"
+            + (f" · {mib(rate)} MiB/s" if rate else "") + (f" · {float(eta):.0f} s left" if eta is not None
+                                                           and isinstance(eta, int | float) else ""))
 
 
 def overall_progress(steps: list[dict[str, Any]]) -> float:
