@@ -45,7 +45,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct
+from bench import direct
 
 MIB = 1 << 20
 QEMU_IMG = "/usr/bin/qemu-img"  # the plain tool (the hosts' shim hands files to the daemons' user)

@@ -39,7 +39,7 @@ from metavmm.services import rebalance_run
 from metavmm.services.operations.engine import Engine
 from metavmm.services.rebalance import Imbalance, Reading, evaluate
 from metavmm.services.sync import sync_all
-from tests.services.operations import direct  # VMs pinned to hosts, as the rebalance tests make them
+from bench import direct  # VMs pinned to hosts, as the rebalance tests make them
 
 POOL = """
 providers:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.models import Operation, OperationState
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
-from tests.services.operations import direct
 from tests.services.operations.conftest import run
 from tests.services.operations.test_cli import cli
 from tests.services.operations.test_libvirt_flows import engine, workload  # noqa: F401 (the fixture)
