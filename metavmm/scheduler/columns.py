@@ -30,10 +30,11 @@ def filter_class(h: HostView) -> tuple[Any, ...]:
 class SiteStatic:
     """What never changes for one site's hosts in one snapshot: ids, capacities, classes, name order."""
 
-    __slots__ = ("all_up", "any_up", "caps", "class_keys", "has_gpus", "id_list", "ids", "klass", "n", "name_rank",
-                 "reps", "total_up", "up")
+    __slots__ = ("all_up", "any_up", "caps", "class_ids", "class_keys", "class_set", "has_gpus", "id_list", "ids",
+                 "klass", "n", "name_rank", "reps", "total_up", "up")
 
-    def __init__(self, site: SiteView, settings: SchedulerSettings) -> None:
+    def __init__(self, site: SiteView, settings: SchedulerSettings,
+                 interned: dict[tuple[Any, ...], int] | None = None) -> None:
         hosts = site.hosts
         self.n = len(hosts)
         self.id_list = [h.id for h in hosts]
@@ -50,6 +51,11 @@ class SiteStatic:
             if classes.setdefault(filter_class(h), len(classes)) == len(self.reps):
                 self.reps.append(i)
         self.class_keys = [filter_class(hosts[i]) for i in self.reps]
+        # each class as a small int equal at every site of the snapshot (``interned`` is shared by the sites):
+        # memo keys hash it instead of a tuple of frozensets and enums
+        interned = {} if interned is None else interned
+        self.class_ids = [interned.setdefault(key, len(interned)) for key in self.class_keys]
+        self.class_set = tuple(self.class_ids)
         self.klass = np.fromiter((classes[filter_class(h)] for h in hosts), np.int64, self.n)
         names = sorted({h.name for h in hosts})
         rank = {name: i for i, name in enumerate(names)}

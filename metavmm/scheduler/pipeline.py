@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 
 Slot = tuple[CandidateView, dict[str, float]]  # a host or flavor that passed, and its raw costs
+Decision = tuple[Slot | None, tuple[Rejection, ...], tuple[Alternative, ...], Counter[str]]
+"""The chosen slot (None: nothing fits), every rejection, the alternatives, the candidates per rejection code."""
 
 
 class Scored:
@@ -105,6 +107,7 @@ class ViewCache:
         self.flavors: dict[int, list[CandidateView]] = {}
         self.static: dict[int, SiteStatic] = {}
         self.columns: dict[int, SiteColumns] = {}
+        self.classes: dict[tuple[Any, ...], int] = {}  # filter classes interned (SiteStatic.class_ids)
 
 
 class Scheduler:
@@ -131,8 +134,10 @@ class Scheduler:
         self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray, bool] | None]] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str], Counter[str]]] = {}
+        self._decisions: dict[tuple[int, bool, bool], tuple[list[int | None], Decision]] = {}
         self._columns: dict[int, tuple[int, SiteColumns]] = {}
-        self._shared_verdicts: dict[tuple[object, ...], Verdict] = {}
+        self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
+        self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
@@ -159,7 +164,9 @@ class Scheduler:
                 self._slot_verdicts.clear()
                 self._class_verdicts.clear()
                 self._shared_verdicts.clear()
+                self._class_set_verdicts.clear()
                 self._site_choices.clear()
+                self._decisions.clear()
                 self._host_rejections.clear()
             sid = ids[key] = len(ids)
         return sid
@@ -246,7 +253,7 @@ class Scheduler:
         if pristine is None:
             static = self.views.static.get(site.id)
             if static is None:
-                static = self.views.static[site.id] = SiteStatic(site, self.settings)
+                static = self.views.static[site.id] = SiteStatic(site, self.settings, self.views.classes)
             n = len(site.hosts)
             pristine = self.views.columns[site.id] = SiteColumns(
                 site, static, [self._host_view(site, i, 0) for i in range(n)], [None] * n)
@@ -395,6 +402,36 @@ class Scheduler:
                              candidates=self.total_candidates)
         sid = self.shape_id(req)
         st = self.ranking(req, sid)
+        debug = log.isEnabledFor(logging.DEBUG)
+        memo_key = (sid, explain, every_host)
+        hit = None if debug else self._decisions.get(memo_key)
+        if hit is not None and hit[0] is st.versions:  # no site changed since: the same choice and reasons
+            chosen, rejections, alternatives, codes = hit[1]
+        else:
+            chosen, rejections, alternatives, codes = decided = self._decide(req, sid, st, explain, every_host, counts)
+            if len(self._decisions) > 20_000:
+                self._decisions.clear()
+            self._decisions[memo_key] = (st.versions, decided)
+        if chosen is None:
+            summary = summarize_counts(codes, self.total_candidates, 0)
+            log.info("%s: %s", req.name, summary)
+            return Placement(req, False, summary, cur, rejections=rejections, candidates=self.total_candidates)
+        slot, costs = chosen
+        summary = f"placed on {slot.name} ({slot.site.name}); "
+        if wastes_gpus(slot, req):
+            summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
+                       "without GPUs fits; "
+        summary += summarize_counts(codes, self.total_candidates)
+        log.info("%s: %s", req.name, summary)
+        placement = self.bind(slot, req, summary, rejections, alternatives, costs)
+        if reserve:
+            self.reserve(key or req.name, placement)
+        return placement
+
+    def _decide(self, req: PlacementRequest, sid: int, st: SiteRanking, explain: bool, every_host: bool,
+                counts: Counter[str]) -> Decision:
+        """The :data:`Decision` for the site ranking ``st``. :meth:`place` keeps the answer per (shape, explain,
+        every_host) until a site changes: it depends only on the snapshot and the sites' ledger versions."""
         rejections = [r for r in st.rejections if r is not None]
         if st.codes is None:
             st.codes = code_counts(rejections)
@@ -438,22 +475,7 @@ class Scheduler:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
         if explain:
             codes = code_counts(rejections)
-        if chosen is None:
-            summary = summarize_counts(codes, self.total_candidates, 0)
-            log.info("%s: %s", req.name, summary)
-            return Placement(req, False, summary, cur, rejections=tuple(rejections),
-                             candidates=self.total_candidates)
-        slot, costs = chosen
-        summary = f"placed on {slot.name} ({slot.site.name}); "
-        if wastes_gpus(slot, req):
-            summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
-                       "without GPUs fits; "
-        summary += summarize_counts(codes, self.total_candidates)
-        log.info("%s: %s", req.name, summary)
-        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives), costs)
-        if reserve:
-            self.reserve(key or req.name, placement)
-        return placement
+        return chosen, tuple(rejections), tuple(alternatives), codes
 
     def _per_candidate(self, rejections: list[Rejection], req: PlacementRequest, *,
                        group: bool = False) -> list[Rejection]:
@@ -565,22 +587,24 @@ class Scheduler:
         failed = np.flatnonzero(first >= 0)
         if not failed.size:
             return []
-        keys = first[failed] * (int(sub.max()) + 1) + sub[failed]
-        _, where, sizes = np.unique(keys, return_index=True, return_counts=True)
+        hosts = failed.tolist()
+        keys = (first[failed] * (int(sub.max()) + 1) + sub[failed]).tolist()
+        sizes = Counter(keys)
+        at = dict(zip(reversed(keys), reversed(hosts), strict=True))  # each key's first host
         groups: dict[tuple[str, str], list[Any]] = {}
-        for j, size in sorted(zip(where.tolist(), sizes.tolist(), strict=True)):
-            i = int(failed[j])
+        for key, i in sorted(at.items(), key=lambda kv: kv[1]):
             r = self._host_rejection(cols, i, int(first[i]), req, sid)
             g = groups.setdefault((r.filter, r.code), [r, 0])
-            g[1] += size
+            g[1] += sizes[key]
         out = []
+        site = cols.site.name
         for r, size in groups.values():
             if size == 1:
                 out.append(r)
             else:
-                out.append(replace(r, candidate=f"{cols.site.name}: {size} hosts, {r.code}", kind="hosts",
-                                   message=f"{size} hosts, for example {r.candidate}: {r.message}", covers=size,
-                                   numbers={**r.numbers, "hosts": size}))
+                out.append(Rejection(f"{site}: {size} hosts, {r.code}", "hosts", r.site, r.filter, r.code,
+                                     f"{size} hosts, for example {r.candidate}: {r.message}", size, r.unresolvable,
+                                     {**r.numbers, "hosts": size}))
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
@@ -640,26 +664,43 @@ class Scheduler:
 
     def _judge_classes(self, cols: SiteColumns, req: PlacementRequest,
                        sid: int) -> list[tuple[list[Verdict], np.ndarray, bool] | None]:
-        """Each slot rule without ``fails`` asked once per filter class of the site (its representative host)."""
+        """Each slot rule without ``fails`` asked once per filter class of the site (its representative host);
+        a ``site_free`` rule's answers for a set of classes are shared by every site with that set, a
+        ``host_free`` rule is asked once for the site."""
         out: list[tuple[list[Verdict], np.ndarray, bool] | None] = []
-        reps = [cols.views[i] for i in cols.static.reps]
-        for f in self._slot_filters:
+        static = cols.static
+        reps = [cols.views[i] for i in static.reps]
+        shared, by_set = self._shared_verdicts, self._class_set_verdicts
+        for k, f in enumerate(self._slot_filters):
             if hasattr(f, "fails"):
                 out.append(None)
                 continue
             if getattr(f, "site_free", False):  # the same verdict for a class at every site
-                shared = self._shared_verdicts
-                verdicts = []
-                for key, v in zip(cols.static.class_keys, reps, strict=True):
-                    hit = shared.get((f.name, key, sid))
-                    if hit is None:
-                        hit = shared[(f.name, key, sid)] = f.check(v, req)
-                    verdicts.append(hit)
+                set_key = (k, static.class_set, sid)
+                judged = by_set.get(set_key)
+                if judged is None:
+                    verdicts = []
+                    for cid, v in zip(static.class_ids, reps, strict=True):
+                        key = (k, cid, sid)
+                        hit = shared.get(key)
+                        if hit is None:
+                            hit = shared[key] = f.check(v, req)
+                        verdicts.append(hit)
+                    judged = by_set[set_key] = self._judged(verdicts)
+                out.append(judged)
+                continue
+            if getattr(f, "host_free", False):  # every host of the site alike
+                verdicts = [f.check(reps[0], req)] * len(reps)
             else:
                 verdicts = [f.check(v, req) for v in reps]
-            fails = [not v.ok for v in verdicts]
-            out.append((verdicts, np.array(fails, bool), any(fails)))
+            out.append(self._judged(verdicts))
         return out
+
+    @staticmethod
+    def _judged(verdicts: list[Verdict]) -> tuple[list[Verdict], np.ndarray, bool]:
+        """Per-class verdicts, which classes fail (indexed by class), and whether any does."""
+        fails = [not v.ok for v in verdicts]
+        return verdicts, np.array(fails, bool), any(fails)
 
     def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
         """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""

@@ -15,7 +15,8 @@ rejections have the same code (None: it rejects none). A rule that reads a host'
 outside its filter class must have ``fails`` (capacity, GPU and exclusion do); ``check`` still gives each
 rejected host its message and numbers, and an explanation that groups hosts asks it once per group.
 A rule with ``site_free = True`` judges a host by its filter class alone (not its site): its class
-verdicts are shared by every site.
+verdicts are shared by every site. A rule with ``host_free = True`` gives every host of an on-prem site its
+site's verdict (price: a host is priced by its site), so it is asked once per site.
 """
 
 from __future__ import annotations
