@@ -30,7 +30,15 @@ import numpy as np
 
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.records import Capability
-from metavmm.scheduler.columns import SiteColumns, SiteStatic, first_best, normalised_totals, ranked
+from metavmm.scheduler.columns import (
+    SiteColumns,
+    SiteStatic,
+    StackedColumns,
+    first_best,
+    normalised_totals,
+    ranked,
+    segment_totals,
+)
 from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph, boot_formats, provider_native
@@ -440,6 +448,8 @@ class Scheduler:
         if debug:
             counts.update(r.filter for r in rejections)
         group = explain and not every_host
+        if group and not debug:
+            self._open_grouped(st, req, sid)
         if explain:
             rejections = self._per_candidate(rejections, req, group=group)
         chosen: tuple[CandidateView, dict[str, float]] | None = None
@@ -580,6 +590,86 @@ class Scheduler:
 
         return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections
 
+    def _open_grouped(self, st: SiteRanking, req: PlacementRequest, sid: int) -> None:
+        """Open at once every site a grouped explanation opens (:meth:`_open_site` with ``every`` and ``group``
+        on each big one-hypervisor site that passed or that a slot rule rejected, not opened yet) and keep
+        each answer where :meth:`_choose_slot` looks: the rules' ``fails`` and the costs' ``column`` run
+        once over all their hosts stacked (:class:`~metavmm.scheduler.columns.StackedColumns`), the scores
+        are normalised per site in one pass. The answers are the ones :meth:`_open_site` gives site by site
+        (tests/scheduler/test_equivalence.py checks it on random catalogs)."""
+        costs = self._varying
+        if any(getattr(c, "column", None) is None for c in costs):
+            return
+        slot_rules = {f.name for f in self._slot_filters}
+        todo: list[tuple[SiteView, tuple[object, ...]]] = []
+        version = self.ledger.site_version.get
+        for site, r in zip(self.snapshot.sites, st.rejections, strict=True):
+            if (not site.has_hosts or len(site.hosts) <= EXPLAIN_GROUP_OVER or len(site.hypervisors) != 1
+                    or (r is not None and r.filter not in slot_rules)):
+                continue
+            key = (site.id, version(site.id, 0), sid, True, True)
+            if key not in self._site_choices:
+                todo.append((site, key))
+        if len(todo) < 2:
+            return
+        parts = [self.columns(site) for site, _ in todo]
+        per_site = []
+        for cols in parts:
+            judged = self._class_verdicts.get((cols.site.id, sid))
+            if judged is None:
+                judged = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
+            per_site.append(judged)
+        stacked = StackedColumns(parts)
+        offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
+        class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
+        classes: list[tuple[np.ndarray, bool] | None] = []
+        for k in range(len(self._slot_filters)):
+            if per_site[0][k] is None:
+                classes.append(None)
+            else:
+                classes.append((np.concatenate([j[k][1] for j in per_site]),  # type: ignore[index]
+                                any(j[k][2] for j in per_site)))  # type: ignore[index]
+        first, sub = self._first_rule(stacked, req, classes, class_index)
+        ok = np.flatnonzero(first < 0)
+        raw = [c.column(stacked, req)[ok] for c in costs]  # type: ignore[attr-defined]
+        if not all(np.isfinite(x).all() for x in raw):
+            return
+        site_ok = stacked.site_of[ok]
+        sizes = np.bincount(site_ok, minlength=len(parts))
+        totals = segment_totals(raw, [c.weight for c in costs], sizes[sizes > 0])
+        order = np.lexsort((stacked.static.name_rank[ok], totals, site_ok))
+        in_site = site_ok[order]
+        head = np.ones(order.size, bool)
+        head[1:] = in_site[1:] != in_site[:-1]
+        best = dict(zip(in_site[head].tolist(), order[head].tolist(), strict=True))
+        leads = np.ones(ok.size, bool)
+        leads[1:] = site_ok[1:] != site_ok[:-1]
+        lead = dict(zip(site_ok[leads].tolist(), ok[leads].tolist(), strict=True))  # each site's first passing host
+        rest = order[~head]
+        # the rest of a site's passing hosts: the best without GPUs standing for those, then with
+        groups = in_site[~head] * 2 + stacked.static.has_gpus[ok[rest]]
+        keys, at, counts = np.unique(groups, return_index=True, return_counts=True)
+        others: dict[int, list[tuple[int, int]]] = {}
+        for key, j, size in zip(keys.tolist(), rest[at].tolist(), counts.tolist(), strict=True):
+            others.setdefault(key // 2, []).append((j, size))
+        ok_list, starts = ok.tolist(), stacked.starts.tolist()
+        raw_lists = [x.tolist() for x in raw]
+        names = [c.name for c in costs]
+        for p, ((_, key), cols) in enumerate(zip(todo, parts, strict=True)):
+            start, n = starts[p], cols.static.n
+            rejections = self._grouped_rejections(cols, first[start:start + n], sub[start:start + n], req, sid)
+            chosen: list[tuple[Slot, int]] = []
+            if p in best:
+                views = cols.views
+                j0 = best[p]
+                fixed = {c.name: c.cost(views[lead[p] - start], req, self.graph) for c in self._invariant}
+                for j, covers in [(j0, 1), *others.get(p, ())]:
+                    breakdown = {**fixed, **{name: values[j] for name, values in zip(names, raw_lists, strict=True)}}
+                    chosen.append(((views[ok_list[j] - start], breakdown), covers))
+            if len(self._site_choices) > 100_000:
+                self._site_choices.clear()
+            self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
+
     def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
                             sid: int) -> list[Rejection]:
         """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
@@ -636,26 +726,34 @@ class Scheduler:
     def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
         """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number
         equal for hosts that rule rejects with the same code (its ``fails`` value, or the filter class)."""
-        filters = self._slot_filters
         per_class = self._class_verdicts.get((cols.site.id, sid))
         if per_class is None:
             per_class = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
+        classes = [None if j is None else (j[1], j[2]) for j in per_class]
+        return self._first_rule(cols, req, classes, cols.static.klass)
+
+    def _first_rule(self, cols: SiteColumns | StackedColumns, req: PlacementRequest,
+                    classes: Sequence[tuple[np.ndarray, bool] | None],
+                    class_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_first_failing` over ``cols`` (one site, or several stacked): ``classes[k]`` is None for a
+        rule with ``fails``, else which classes it rejects (indexed by ``class_index`` per host) and whether
+        any."""
         n = cols.static.n
         first = np.full(n, -1, np.int64)
         sub = np.zeros(n, np.int64)
         undecided: np.ndarray | None = None
-        for k, f in enumerate(filters):
-            judged = per_class[k]
+        for k, f in enumerate(self._slot_filters):
+            judged = classes[k]
             if judged is None:
                 reason = f.fails(cols, req)  # type: ignore[attr-defined]
                 if reason is None:
                     continue
                 mask = reason != 0
             else:
-                if not judged[2]:
+                if not judged[1]:
                     continue
                 reason = cols.static.klass
-                mask = judged[1][reason]
+                mask = judged[0][class_index]
             hit = mask if undecided is None else mask & undecided
             first[hit] = k
             sub[hit] = reason[hit]
