@@ -31,13 +31,14 @@ class SiteStatic:
     """What never changes for one site's hosts in one snapshot: ids, capacities, classes, name order."""
 
     __slots__ = ("all_up", "any_up", "caps", "class_ids", "class_keys", "class_set", "has_gpus", "id_list", "ids",
-                 "klass", "n", "name_rank", "reps", "total_up", "up")
+                 "index", "klass", "n", "name_rank", "reps", "total_up", "up")
 
     def __init__(self, site: SiteView, settings: SchedulerSettings,
                  interned: dict[tuple[Any, ...], int] | None = None) -> None:
         hosts = site.hosts
         self.n = len(hosts)
         self.id_list = [h.id for h in hosts]
+        self.index = {hid: i for i, hid in enumerate(self.id_list)}  # host id -> position
         self.ids = np.array(self.id_list, np.int64)
         ratio = settings.cpu_allocation_ratio
         self.caps = np.fromiter((int(h.cores * ratio) for h in hosts), np.int64, self.n)

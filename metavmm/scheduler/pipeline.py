@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -87,7 +87,7 @@ class SiteRanking:
     at, and the sites' order (recomputed with numpy when a site changed).
     """
 
-    __slots__ = ("codes", "ok", "order", "raw", "rejections", "totals", "versions", "views")
+    __slots__ = ("codes", "ok", "order", "raw", "rejections", "seen", "totals", "versions", "views")
 
     def __init__(self, n_sites: int, n_costs: int) -> None:
         self.versions: list[int | None] = [-1] * n_sites
@@ -98,6 +98,7 @@ class SiteRanking:
         self.order: np.ndarray | None = None
         self.totals = np.zeros(n_sites, np.float64)
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
+        self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
 
 
 class ViewCache:
@@ -143,13 +144,14 @@ class Scheduler:
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str], Counter[str]]] = {}
         self._decisions: dict[tuple[int, bool, bool], tuple[list[int | None], Decision]] = {}
-        self._columns: dict[int, tuple[int, SiteColumns]] = {}
+        self._columns: dict[int, tuple[int, SiteColumns, int]] = {}  # (site version, columns, ledger position)
         self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
         self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
         self._site_ids = [s.id for s in snapshot.sites]
+        self._site_index = {sid: i for i, sid in enumerate(self._site_ids)}
         self._weights = [c.weight for c in self.costs]
         self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
         self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
@@ -270,15 +272,25 @@ class Scheduler:
         cached = self._columns.get(site.id)
         if cached is not None and cached[0] == version:
             return cached[1]
-        versions = list(map(self.ledger.host_version.get, pristine.static.id_list))  # None: untouched
+        ledger = self.ledger
+        position = ledger.position
+        news = ledger.since(cached[2]) if cached is not None else None
         base = cached[1] if cached is not None else pristine
-        changed = [i for i, old, cur in zip(range(len(versions)), base.versions, versions, strict=True)
-                   if old != cur and (old or cur)]
+        if news is None:
+            versions = list(map(ledger.host_version.get, pristine.static.id_list))  # None: untouched
+            candidates: Iterable[int] = range(len(versions))
+        else:  # only the hosts the ledger bumped since the cached columns
+            index = pristine.static.index
+            candidates = sorted({index[h] for s, h in news if s == site.id and h in index})
+            versions = list(base.versions)
+            for i in candidates:
+                versions[i] = ledger.host_version.get(pristine.static.id_list[i])
+        changed = [i for i in candidates if base.versions[i] != versions[i] and (base.versions[i] or versions[i])]
         views = list(base.views)
         for i in changed:
             views[i] = self._host_view(site, i, versions[i] or 0)
         cols = base.patched(views, versions, changed)
-        self._columns[site.id] = (version, cols)
+        self._columns[site.id] = (version, cols, position)
         return cols
 
     def run_filters(self, view: CandidateView, req: PlacementRequest, filters: Sequence[Filter],
@@ -311,13 +323,25 @@ class Scheduler:
         st = self._rankings.get(sid)
         if st is None:
             st = self._rankings[sid] = SiteRanking(len(self._site_ids), len(self.costs))
-        cur = list(map(self.ledger.site_version.get, self._site_ids))  # None: never touched (version 0)
-        if cur == st.versions:
+        ledger = self.ledger
+        position = ledger.position
+        if st.seen == position:
+            return st
+        news = ledger.since(st.seen) if st.seen >= 0 else None
+        if news is None:
+            cur = list(map(ledger.site_version.get, self._site_ids))  # None: never touched (version 0)
+            todo = [i for i, (new, old) in enumerate(zip(cur, st.versions, strict=True)) if new != old]
+        else:  # only the sites the ledger bumped since
+            index = self._site_index
+            todo = sorted({index[s] for s, _ in news if s in index})
+            cur = list(st.versions)
+            for i in todo:
+                cur[i] = ledger.site_version.get(self._site_ids[i])
+        st.seen = position
+        if not todo:
             return st
         sites = self.snapshot.sites
-        for i, (new, old) in enumerate(zip(cur, st.versions, strict=True)):
-            if new == old:
-                continue
+        for i in todo:
             site = sites[i]
             view = st.views[i] = self.site_view(site)
             failed = self.run_filters(view, req, self._site_filters, Counter())
