@@ -117,6 +117,7 @@ class ViewCache:
         self.static: dict[int, SiteStatic] = {}
         self.columns: dict[int, SiteColumns] = {}
         self.classes: dict[tuple[Any, ...], int] = {}  # filter classes interned (SiteStatic.class_ids)
+        self.quoter = Quoter()  # prices depend on the snapshot and the shape only: every Scheduler's quotes
 
 
 class Scheduler:
@@ -128,7 +129,8 @@ class Scheduler:
                  graph: FederationGraph | None = None, views: ViewCache | None = None) -> None:
         self.snapshot = snapshot
         self.settings = snapshot.settings
-        self.quote = Quoter()
+        self.views = views if views is not None else ViewCache()
+        self.quote = self.views.quoter
         self.filters = list(filters) if filters is not None else default_filters(snapshot, self.quote)
         self.costs = list(costs) if costs is not None else default_costs(snapshot.settings, self.quote)
         self.ledger = ledger if ledger is not None else Ledger()
@@ -138,7 +140,6 @@ class Scheduler:
         self._slot_filters = [f for f in self.filters if f.scope == "slot"]
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
-        self.views = views if views is not None else ViewCache()
         self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
         self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray, bool] | None]] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
