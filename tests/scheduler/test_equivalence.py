@@ -136,7 +136,7 @@ def _same(fast: Placement, slow: Placement, what: str) -> None:
         assert getattr(fast, name) == getattr(slow, name), (what, name)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(snap=catalogs(), stream=st.lists(REQUESTS, min_size=1, max_size=12))
 def test_optimised_pipeline_matches_a_straightforward_run(snap: Snapshot, stream: list[dict[str, Any]]) -> None:
     sched = Scheduler(snap)
