@@ -177,7 +177,7 @@ def ranked(totals: np.ndarray, name_rank: np.ndarray) -> np.ndarray:
 def first_best(totals: np.ndarray, name_rank: np.ndarray) -> int:
     """``ranked(...)[0]`` without sorting: the lowest total, the first name among equal ones."""
     best = totals.min()
-    tied = np.flatnonzero(totals == best)
+    tied = (totals == best).nonzero()[0]
     if len(tied) == 1:
         return int(tied[0])
     return int(tied[np.argmin(name_rank[tied])])

@@ -87,7 +87,7 @@ class SiteRanking:
     at, and the sites' order (recomputed with numpy when a site changed).
     """
 
-    __slots__ = ("codes", "ok", "order", "raw", "rejections", "seen", "totals", "versions", "views")
+    __slots__ = ("codes", "ok", "order", "raw", "rejected", "rejections", "seen", "totals", "versions", "views")
 
     def __init__(self, n_sites: int, n_costs: int) -> None:
         self.versions: list[int | None] = [-1] * n_sites
@@ -99,6 +99,7 @@ class SiteRanking:
         self.totals = np.zeros(n_sites, np.float64)
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
         self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
+        self.rejected: list[Rejection] | None = None  # the rejections that are not None, in site order
 
 
 class ViewCache:
@@ -154,6 +155,7 @@ class Scheduler:
         self._site_ids = [s.id for s in snapshot.sites]
         self._site_index = {sid: i for i, sid in enumerate(self._site_ids)}
         self._weights = [c.weight for c in self.costs]
+        self._cost_names = [c.name for c in self.costs]
         self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
         self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
         self._site_by_name: dict[str, SiteView] = {}
@@ -312,7 +314,7 @@ class Scheduler:
         similar requests re-examines only the site the previous one was placed on.
         """
         st = self.ranking(req)
-        passing = [st.views[i] for i in np.flatnonzero(st.ok)]
+        passing = [st.views[i] for i in st.ok.nonzero()[0]]
         rejected = [r for r in st.rejections if r is not None]
         for r in rejected:
             counts[r.filter] += 1
@@ -358,18 +360,19 @@ class Scheduler:
         st.versions = cur
         st.order = None
         st.codes = None
+        st.rejected = None
         return st
 
     def ranked_sites(self, st: SiteRanking) -> Iterator[Scored]:
         """The passing sites best first (:meth:`score` over the shape's kept raw costs); ties by name."""
         if st.order is None:
-            idx = np.flatnonzero(st.ok)
+            idx = st.ok.nonzero()[0]
             totals = normalised_totals(st.raw[:, idx], self._weights)
             st.totals[idx] = totals
             st.order = idx[ranked(totals, self._site_name_rank[idx])]
-        names = [c.name for c in self.costs]
-        totals, raw = st.totals, st.raw
-        return (Scored(float(totals[i]), int(i), names, raw) for i in st.order)
+        names, totals, raw = self._cost_names, st.totals, st.raw
+        return (Scored(total, i, names, raw) for total, i in zip(totals[st.order].tolist(), st.order.tolist(),
+                                                                   strict=True))
 
     # --- score ------------------------------------------------------------------------------------------
 
@@ -465,7 +468,9 @@ class Scheduler:
                 counts: Counter[str]) -> Decision:
         """The :data:`Decision` for the site ranking ``st``. :meth:`place` keeps the answer per (shape, explain,
         every_host) until a site changes: it depends only on the snapshot and the sites' ledger versions."""
-        rejections = [r for r in st.rejections if r is not None]
+        if st.rejected is None:
+            st.rejected = [r for r in st.rejections if r is not None]
+        rejections = list(st.rejected)
         if st.codes is None:
             st.codes = code_counts(rejections)
         codes = st.codes.copy()  # what the summary counts, kept per site instead of recounted
@@ -581,7 +586,7 @@ class Scheduler:
         if log.isEnabledFor(logging.DEBUG):
             for r in rejections:
                 counts[r.filter] += r.covers
-        ok = np.flatnonzero(first < 0)
+        ok = (first < 0).nonzero()[0]
         if not ok.size:
             return [], rejections
         views = cols.views
@@ -655,7 +660,7 @@ class Scheduler:
                 classes.append((np.concatenate([j[k][1] for j in per_site]),  # type: ignore[index]
                                 any(j[k][2] for j in per_site)))  # type: ignore[index]
         first, sub = self._first_rule(stacked, req, classes, class_index)
-        ok = np.flatnonzero(first < 0)
+        ok = (first < 0).nonzero()[0]
         raw = [c.column(stacked, req)[ok] for c in costs]  # type: ignore[attr-defined]
         if not all(np.isfinite(x).all() for x in raw):
             return
@@ -699,7 +704,7 @@ class Scheduler:
                             sid: int) -> list[Rejection]:
         """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
         how many hosts it stands for (a group of one is the host's own rejection)."""
-        failed = np.flatnonzero(first >= 0)
+        failed = (first >= 0).nonzero()[0]
         if not failed.size:
             return []
         hosts = failed.tolist()
@@ -734,12 +739,12 @@ class Scheduler:
         first = self._first_failing(cols, req, sid)[0]
         if prev is None:
             by_host: list[Rejection | None] = [None] * cols.static.n
-            redo = np.flatnonzero(first >= 0).tolist()
+            redo = (first >= 0).nonzero()[0].tolist()
         else:
             pcols, pfirst, by_host = prev[0], prev[1], list(prev[2])
             changed = cols.changed if cols.base is pcols else [
                 i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
-            redo = sorted(set(np.flatnonzero(first != pfirst).tolist()).union(changed))
+            redo = sorted(set((first != pfirst).nonzero()[0].tolist()).union(changed))
         for i in redo:
             k = int(first[i])
             by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
