@@ -87,7 +87,8 @@ class SiteRanking:
     at, and the sites' order (recomputed with numpy when a site changed).
     """
 
-    __slots__ = ("codes", "ok", "order", "raw", "rejected", "rejections", "seen", "totals", "versions", "views")
+    __slots__ = ("alternatives", "codes", "ok", "order", "raw", "rejected", "rejections", "seen", "totals", "versions",
+                 "views")
 
     def __init__(self, n_sites: int, n_costs: int) -> None:
         self.versions: list[int | None] = [-1] * n_sites
@@ -100,6 +101,7 @@ class SiteRanking:
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
         self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
         self.rejected: list[Rejection] | None = None  # the rejections that are not None, in site order
+        self.alternatives: list[Alternative | None] = [None] * n_sites  # each site as an alternative, at its score
 
 
 class ViewCache:
@@ -346,6 +348,7 @@ class Scheduler:
         sites = self.snapshot.sites
         for i in todo:
             site = sites[i]
+            st.alternatives[i] = None
             view = st.views[i] = self.site_view(site)
             failed = self.run_filters(view, req, self._site_filters, Counter())
             if failed is None:
@@ -492,8 +495,11 @@ class Scheduler:
                 # sites rank by their best slot: one whose best strands GPUs cannot beat a GPU choice made
                 if len(alternatives) >= MAX_ALTERNATIVES:
                     break
-                alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown, view.kind,
-                                                self.quote(view, req).per_hour))
+                alt = st.alternatives[r.index]  # the same site, shape and score: the same alternative
+                if alt is None or alt.score != r.total:
+                    alt = st.alternatives[r.index] = Alternative(view.name, view.site.name, r.total, r.breakdown,
+                                                                 view.kind, self.quote(view, req).per_hour)
+                alternatives.append(alt)
                 continue
             found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
                                                                    sid=sid, codes=True)
