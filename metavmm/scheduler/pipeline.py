@@ -665,7 +665,10 @@ class Scheduler:
             else:
                 classes.append((np.concatenate([j[k][1] for j in per_site]),  # type: ignore[index]
                                 any(j[k][2] for j in per_site)))  # type: ignore[index]
-        first, sub = self._first_rule(stacked, req, classes, class_index)
+        try:
+            first, sub = self._first_rule(stacked, req, classes, class_index)
+        except AttributeError:  # a rule whose fails reads more than the arrays (its site, its views): site by site
+            return
         ok = (first < 0).nonzero()[0]
         raw = [c.column(stacked, req)[ok] for c in costs]  # type: ignore[attr-defined]
         if not all(np.isfinite(x).all() for x in raw):
