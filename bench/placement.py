@@ -2,6 +2,7 @@
 latency of a ``POST /placements`` dry run before and after it became the create's own decision.
 
 Run: .venv/bin/python -m bench.placement [--sites 100] [--hosts-per-site 100] [--n 2000] [--no-memory]
+     .venv/bin/python -m bench.placement --against /tmp/old [--rounds 3] [--n 1000]
      .venv/bin/python -m bench.placement --dry-run [--sites 20] [--hosts-per-site 50] [--n 200] [--in-transit 100]
 
 The first measures placement only: the snapshot is built once from the sim driver's inventory (no
@@ -10,6 +11,13 @@ the next decision sees it. Targets (issue 17): 5,000 plain decisions per second 
 ones; kube-scheduler's own threshold at 5,000 nodes (680 pods/s) is printed as a reference line. Peak
 memory is measured in a separate pass under tracemalloc (it slows Python down, so never while timing):
 the snapshot, the graph, a warm Scheduler and a run of plain and explained decisions.
+
+``--against DIR`` runs the same rows on the scheduler of another checkout (``git -C /work/main archive main |
+tar -x -C DIR``) and on this one, each in a child process, alternating for ``--rounds`` rounds so that a
+shared machine's load falls on both alike, and prints both side by side (the best round of each, CPU
+and wall). Its extra row, *explain, a fresh Scheduler per request*, is what a create's dry run does: the
+Placer builds a Scheduler per request that shares only the snapshot's views, so every per-shape memo is
+cold.
 
 ``--dry-run`` measures what the ``POST /placements`` handler does, minus HTTP, on a SQLite catalog synced
 from the sim driver with ``--in-transit`` creates still pending and a burst policy configured, three
@@ -27,18 +35,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import SHAPES, sim_snapshot
 from metavmm.scheduler.graph import FederationGraph
-from metavmm.scheduler.pipeline import Scheduler
+from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.request import ImageRef, PlacementRequest
+from metavmm.scheduler.snapshot import Snapshot
 
 
 def _rate(sched: Scheduler, reqs: list[PlacementRequest], **kw: object) -> tuple[float, float, int]:
@@ -129,6 +142,31 @@ async def _dry_run_latency(sites: int, hosts: int, n: int, in_transit: int) -> N
               f"{placed[name]:>7}")
 
 
+def _rows(snap: Snapshot, graph: FederationGraph, plain: list[PlacementRequest], with_image: list[PlacementRequest],
+          gpu: list[PlacementRequest], impossible: list[PlacementRequest], explain: list[PlacementRequest],
+          warm: Callable[[], Scheduler]) -> list[tuple[str, float, float, int, int]]:
+    """(workload, wall /s, CPU /s, placed, n) per row."""
+    rows = [
+        ("plain shapes, reserve each", *_rate(warm(), plain), len(plain)),
+        ("with an ESXi image (virt-v2v + transfer routes)", *_rate(warm(), with_image), len(with_image)),
+        ("GPU H100 x1-4", *_rate(warm(), gpu), len(gpu)),
+        ("impossible (no H200): full explanation", *_rate(warm(), impossible), len(impossible)),
+        ("explain=True (every site opened)", *_rate(warm(), explain, explain=True, reserve=False), len(explain)),
+    ]
+    if "every_host" in inspect.signature(Scheduler.place).parameters:  # absent before issue 17 (a before run)
+        full = explain[: max(len(explain) // 5, 5)]
+        rows.append(("explain, every host listed (every_host=True)",
+                     *_rate(warm(), full, explain=True, every_host=True, reserve=False), len(full)))
+    views = ViewCache()
+    Scheduler(snap, graph=graph, views=views).place(explain[0], reserve=False)  # the Placer's shared views
+    cold = explain[: max(len(explain) // 5, 5)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    placed = sum(Scheduler(snap, graph=graph, views=views).place(r, explain=True, reserve=False).placed for r in cold)
+    rows.append(("explain, a fresh Scheduler per request (dry run)", len(cold) / (time.perf_counter() - wall),
+                 len(cold) / (time.process_time() - cpu), placed, len(cold)))
+    return rows
+
+
 KUBE_SCHEDULER_PODS_PER_S = 680  # kube-scheduler's scheduling-throughput threshold at 5,000 nodes (SIG scalability)
 TARGET_PLAIN, TARGET_EXPLAIN = 5000, 1000
 
@@ -148,37 +186,31 @@ def _peak_memory(sites: int, hosts: int, reqs: list[PlacementRequest], explain: 
         tracemalloc.stop()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sites", type=int, default=None)
-    ap.add_argument("--hosts-per-site", type=int, default=None)
-    ap.add_argument("--n", type=int, default=None)
-    ap.add_argument("--dry-run", action="store_true", help="POST /placements latency, before and after")
-    ap.add_argument("--in-transit", type=int, default=100)
-    ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
-    args = ap.parse_args()
-    if args.dry_run:
-        asyncio.run(_dry_run_latency(args.sites or 20, args.hosts_per_site or 50, args.n or 200, args.in_transit))
-        return
-    args.sites, args.hosts_per_site, args.n = args.sites or 100, args.hosts_per_site or 100, args.n or 2000
+def _requests(snap: Snapshot, n: int) -> dict[str, list[PlacementRequest]]:
+    """The rows' requests: plain shapes, with an ESXi image, GPU, impossible, and the explained ones."""
+    rng = random.Random(1)
+    plain = [PlacementRequest(f"p{i}", *rng.choice(SHAPES)) for i in range(n)]
+    image = ImageRef(format="vmdk", size_bytes=8 << 30, hypervisor="esxi", replica_sites=(snap.sites[0].id,))
+    with_image = [PlacementRequest(f"i{i}", *rng.choice(SHAPES), image=image) for i in range(n)]
+    gpu = [PlacementRequest(f"g{i}", 8, 65536, gpu_model="H100", gpu_count=rng.choice((1, 2, 4)))
+           for i in range(n // 4)]
+    impossible = [PlacementRequest(f"x{i}", 4, 8192, gpu_model="H200", gpu_count=1) for i in range(n // 4)]
+    return {"plain": plain, "with_image": with_image, "gpu": gpu, "impossible": impossible,
+            "explain": plain[: max(n // 20, 20)]}
+
+
+def _measure(sites: int, hosts: int, n: int, *, verbose: bool = True) -> list[tuple[str, float, float, int, int]]:
     t = time.perf_counter()
-    snap = sim_snapshot(args.sites, args.hosts_per_site)
+    snap = sim_snapshot(sites, hosts)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
     graph = FederationGraph(snap)
     nodes, edges = graph.graph.number_of_nodes(), graph.graph.number_of_edges()
     graph_s = time.perf_counter() - t
-    print(f"catalog: {snap.host_count} hosts in {len(snap.sites)} sites (SIMULATED); snapshot {build_s:.2f} s, "
-          f"networkx graph {nodes} nodes / {edges} edges in {graph_s:.2f} s")
-
-    rng = random.Random(1)
-    plain = [PlacementRequest(f"p{i}", *rng.choice(SHAPES)) for i in range(args.n)]
-    image = ImageRef(format="vmdk", size_bytes=8 << 30, hypervisor="esxi", replica_sites=(snap.sites[0].id,))
-    with_image = [PlacementRequest(f"i{i}", *rng.choice(SHAPES), image=image) for i in range(args.n)]
-    gpu = [PlacementRequest(f"g{i}", 8, 65536, gpu_model="H100", gpu_count=rng.choice((1, 2, 4)))
-           for i in range(args.n // 4)]
-    impossible = [PlacementRequest(f"x{i}", 4, 8192, gpu_model="H200", gpu_count=1) for i in range(args.n // 4)]
-    explain = plain[: max(args.n // 20, 20)]
+    if verbose:
+        print(f"catalog: {snap.host_count} hosts in {len(snap.sites)} sites (SIMULATED); snapshot {build_s:.2f} s, "
+              f"networkx graph {nodes} nodes / {edges} edges in {graph_s:.2f} s")
+    reqs = _requests(snap, n)
 
     def warm() -> Scheduler:
         """A scheduler whose per-host views exist already (the first decision builds them: timed apart)."""
@@ -188,29 +220,78 @@ def main() -> None:
 
     t = time.perf_counter()
     warm()
-    print(f"first decision on a fresh Scheduler (builds 10,000 host views): {time.perf_counter() - t:.2f} s")
-    rows = [
-        ("plain shapes, reserve each", *_rate(warm(), plain), len(plain)),
-        ("with an ESXi image (virt-v2v + transfer routes)", *_rate(warm(), with_image), len(with_image)),
-        ("GPU H100 x1-4", *_rate(warm(), gpu), len(gpu)),
-        ("impossible (no H200): full explanation", *_rate(warm(), impossible), len(impossible)),
-        ("explain=True (every site opened)", *_rate(warm(), explain, explain=True, reserve=False), len(explain)),
-    ]
-    if "every_host" in inspect.signature(Scheduler.place).parameters:  # absent before issue 17 (a before run)
-        full = explain[: max(len(explain) // 5, 5)]
-        rows.append(("explain, every host listed (every_host=True)",
-                     *_rate(warm(), full, explain=True, every_host=True, reserve=False), len(full)))
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'workload':50} {'wall /s':>9} {'CPU /s':>9} {'placed':>12}")
-    for name, rate, cpu_rate, placed, n in rows:
-        print(f"{name:50} {rate:9.0f} {cpu_rate:9.0f} {placed:>6}/{n:<5}")
+    if verbose:
+        print(f"first decision on a fresh Scheduler (builds 10,000 host views): {time.perf_counter() - t:.2f} s")
+    return _rows(snap, graph, reqs["plain"], reqs["with_image"], reqs["gpu"], reqs["impossible"], reqs["explain"],
+                 warm)
+
+
+def _targets(rows: list[tuple[str, float, float, int, int]]) -> None:
     print(f"{'reference: kube-scheduler threshold, 5,000 nodes':50} {KUBE_SCHEDULER_PODS_PER_S:9d}")
     for label, row, target in (("plain", rows[0], TARGET_PLAIN), ("explain", rows[4], TARGET_EXPLAIN)):
         best = max(row[1], row[2])
         print(f"target: {target:,} decisions/s {label} -> wall {row[1]:.0f}, CPU {row[2]:.0f}: "
               f"{'MET' if best >= target else 'MISSED'}{' (by CPU time)' if row[1] < target <= best else ''}")
+
+
+def _against(other: Path, sites: int, hosts: int, n: int, rounds: int) -> None:
+    """The rows on ``other``'s scheduler and on this tree's, alternating in child processes, side by side."""
+    here = Path(__file__).resolve().parent.parent
+    runs: dict[str, list[list[tuple[str, float, float, int, int]]]] = {"before": [], "after": []}
+    for _ in range(rounds):
+        for label, tree in (("before", other), ("after", here)):
+            out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--sites", str(sites),
+                                  "--hosts-per-site", str(hosts), "--n", str(n)], check=True, capture_output=True,
+                                 text=True, env={**os.environ, "PYTHONPATH": str(tree)}).stdout
+            runs[label].append([tuple(r) for r in json.loads(out.strip().splitlines()[-1])])  # type: ignore[misc]
+    best = {label: [max(column, key=lambda r: r[2]) for column in zip(*done, strict=False)]
+            for label, done in runs.items()}
+    print(f"{sites * hosts} SIMULATED hosts in {sites} sites, n={n}; before: {other}, after: {here}; best of "
+          f"{rounds} alternating rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'workload':50} {'before CPU/s':>12} {'after CPU/s':>12} {'x':>6} {'before wall':>12} {'after wall':>11}"
+          f" {'placed':>12}")
+    old_rows = {r[0]: r for r in best["before"]}
+    for name, rate, cpu_rate, placed, count in best["after"]:
+        old = old_rows.get(name)
+        before = f"{old[2]:12.0f}" if old else f"{'-':>12}"
+        ratio = f"{cpu_rate / old[2]:6.2f}" if old else f"{'-':>6}"
+        wall = f"{old[1]:12.0f}" if old else f"{'-':>12}"
+        same = "" if old is None or old[3] == placed else f" (before: {old[3]})"
+        print(f"{name:50} {before} {cpu_rate:12.0f} {ratio} {wall} {rate:11.0f} {placed:>6}/{count:<5}{same}")
+    _targets(best["after"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sites", type=int, default=None)
+    ap.add_argument("--hosts-per-site", type=int, default=None)
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="POST /placements latency, before and after")
+    ap.add_argument("--in-transit", type=int, default=100)
+    ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
+    ap.add_argument("--against", type=Path, default=None, help="another checkout's tree: run both, side by side")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # --against's runs: rows as JSON
+    args = ap.parse_args()
+    if args.dry_run:
+        asyncio.run(_dry_run_latency(args.sites or 20, args.hosts_per_site or 50, args.n or 200, args.in_transit))
+        return
+    args.sites, args.hosts_per_site, args.n = args.sites or 100, args.hosts_per_site or 100, args.n or 2000
+    if args.against is not None:
+        _against(args.against, args.sites, args.hosts_per_site, args.n, args.rounds)
+        return
+    if args.child:
+        print(json.dumps(_measure(args.sites, args.hosts_per_site, args.n, verbose=False)))
+        return
+    rows = _measure(args.sites, args.hosts_per_site, args.n)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'workload':50} {'wall /s':>9} {'CPU /s':>9} {'placed':>12}")
+    for name, rate, cpu_rate, placed, n in rows:
+        print(f"{name:50} {rate:9.0f} {cpu_rate:9.0f} {placed:>6}/{n:<5}")
+    _targets(rows)
     if not args.no_memory:
-        peak = _peak_memory(args.sites, args.hosts_per_site, plain[:500], explain[:10])
+        reqs = _requests(sim_snapshot(args.sites, args.hosts_per_site), args.n)
+        peak = _peak_memory(args.sites, args.hosts_per_site, reqs["plain"][:500], reqs["explain"][:10])
         print(f"peak memory (tracemalloc): {peak:.0f} MiB for the catalog, graph, Scheduler, 500 plain and "
               f"10 explained decisions")
 

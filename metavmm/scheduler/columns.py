@@ -30,13 +30,15 @@ def filter_class(h: HostView) -> tuple[Any, ...]:
 class SiteStatic:
     """What never changes for one site's hosts in one snapshot: ids, capacities, classes, name order."""
 
-    __slots__ = ("all_up", "any_up", "caps", "class_keys", "has_gpus", "id_list", "ids", "klass", "n", "name_rank",
-                 "reps", "total_up", "up")
+    __slots__ = ("all_up", "any_up", "caps", "class_ids", "class_keys", "class_set", "has_gpus", "id_list", "ids",
+                 "index", "klass", "n", "name_rank", "reps", "total_up", "up")
 
-    def __init__(self, site: SiteView, settings: SchedulerSettings) -> None:
+    def __init__(self, site: SiteView, settings: SchedulerSettings,
+                 interned: dict[tuple[Any, ...], int] | None = None) -> None:
         hosts = site.hosts
         self.n = len(hosts)
         self.id_list = [h.id for h in hosts]
+        self.index = {hid: i for i, hid in enumerate(self.id_list)}  # host id -> position
         self.ids = np.array(self.id_list, np.int64)
         ratio = settings.cpu_allocation_ratio
         self.caps = np.fromiter((int(h.cores * ratio) for h in hosts), np.int64, self.n)
@@ -50,6 +52,11 @@ class SiteStatic:
             if classes.setdefault(filter_class(h), len(classes)) == len(self.reps):
                 self.reps.append(i)
         self.class_keys = [filter_class(hosts[i]) for i in self.reps]
+        # each class as a small int equal at every site of the snapshot (``interned`` is shared by the sites):
+        # memo keys hash it instead of a tuple of frozensets and enums
+        interned = {} if interned is None else interned
+        self.class_ids = [interned.setdefault(key, len(interned)) for key in self.class_keys]
+        self.class_set = tuple(self.class_ids)
         self.klass = np.fromiter((classes[filter_class(h)] for h in hosts), np.int64, self.n)
         names = sorted({h.name for h in hosts})
         rank = {name: i for i, name in enumerate(names)}
@@ -170,7 +177,63 @@ def ranked(totals: np.ndarray, name_rank: np.ndarray) -> np.ndarray:
 def first_best(totals: np.ndarray, name_rank: np.ndarray) -> int:
     """``ranked(...)[0]`` without sorting: the lowest total, the first name among equal ones."""
     best = totals.min()
-    tied = np.flatnonzero(totals == best)
+    tied = (totals == best).nonzero()[0]
     if len(tied) == 1:
         return int(tied[0])
     return int(tied[np.argmin(name_rank[tied])])
+
+
+class StackedStatic:
+    """The fixed per-host arrays of several sites end to end (what :class:`SiteStatic` offers a rule or a cost)."""
+
+    __slots__ = ("has_gpus", "ids", "klass", "n", "name_rank")
+
+    def __init__(self, parts: Sequence[SiteStatic]) -> None:
+        self.n = sum(p.n for p in parts)
+        self.ids = np.concatenate([p.ids for p in parts])
+        self.klass = np.concatenate([p.klass for p in parts])  # each host's class index in its own site
+        self.has_gpus = np.concatenate([p.has_gpus for p in parts])
+        self.name_rank = np.concatenate([p.name_rank for p in parts])  # each host's name order in its own site
+
+
+class StackedColumns:
+    """Several sites' :class:`SiteColumns` end to end, so that a rule's ``fails`` and a cost's ``column``
+    answer for every host of all of them in one numpy call (an explanation opens every site: one call per
+    rule instead of one per rule and site). A GPU model a site lacks reads as 0 free and not present there."""
+
+    __slots__ = ("free_ram", "free_vcpus", "gpu_present", "gpus", "parts", "site_of", "starts", "static", "util")
+
+    def __init__(self, parts: Sequence[SiteColumns]) -> None:
+        self.parts = list(parts)
+        sizes = [p.static.n for p in parts]
+        self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        self.site_of = np.repeat(np.arange(len(sizes)), sizes)  # each host's index in ``parts``
+        self.static = StackedStatic([p.static for p in parts])
+        self.free_vcpus = np.concatenate([p.free_vcpus for p in parts])
+        self.free_ram = np.concatenate([p.free_ram for p in parts])
+        self.util = np.concatenate([p.util for p in parts])
+        models = list(dict.fromkeys(m for p in parts for m in p.gpus))
+        self.gpus = {m: np.concatenate([p.gpus[m] if m in p.gpus else np.zeros(p.static.n, np.int64) for p in parts])
+                     for m in models}
+        self.gpu_present = {m: np.concatenate([p.gpu_present[m] if m in p.gpus else np.zeros(p.static.n, bool)
+                                               for p in parts]) for m in models}
+
+
+def segment_totals(raw: Sequence[np.ndarray], weights: Sequence[float], sizes: np.ndarray) -> np.ndarray:
+    """:func:`normalised_totals` of consecutive segments of ``sizes`` candidates each (every site of an
+    explanation at once), each segment normalised over itself. Only finite costs: the caller checks. A cost
+    equal over a whole segment adds 0.0 there where the scalar loop skips it: the same floats."""
+    n = int(sizes.sum())
+    totals = np.zeros(n, np.float64)
+    if not n:
+        return totals
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    for w, x in zip(weights, raw, strict=True):
+        lo = np.minimum.reduceat(x, starts)
+        span = np.maximum.reduceat(x, starts) - lo
+        lo_each, span_each = np.repeat(lo, sizes), np.repeat(span, sizes)
+        moving = span_each > 0
+        norm = np.zeros(n, np.float64)
+        np.divide(x - lo_each, span_each, out=norm, where=moving)
+        totals += w * norm
+    return totals

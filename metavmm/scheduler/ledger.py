@@ -27,6 +27,9 @@ class Reservation:
         object.__setattr__(self, "gpu_model", gpu_model_key(self.gpu_model))  # the host views' spelling
 
 
+LOG_KEEP = 100_000
+
+
 class Ledger:
     """Per-host deltas of vCPUs, RAM and GPUs on top of a snapshot."""
 
@@ -37,6 +40,11 @@ class Ledger:
         self.gpus: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.site_version: dict[int, int] = defaultdict(int)  # bumps when a site's hosts change
         self.host_version: dict[int, int] = defaultdict(int)  # bumps when a host's numbers change
+        # every bump in order, (site id, host id or None), so a reader catches up on what changed since its
+        # position instead of comparing every site's version; positions count from ``log_base`` (the oldest
+        # half is dropped past LOG_KEEP: a reader behind that compares every version again)
+        self.log: list[tuple[int, int | None]] = []
+        self.log_base = 0
 
     def __contains__(self, key: str) -> bool:
         return key in self._by_key
@@ -67,9 +75,30 @@ class Ledger:
             self.gpus[host_id][gpu_model_key(gpu_model) or gpu_model] -= gpu_count
         self.site_version[site_id] += 1
         self.host_version[host_id] += 1
+        self._logged(site_id, host_id)
+
+    def since(self, position: int) -> list[tuple[int, int | None]] | None:
+        """The bumps after ``position`` (a value of :attr:`position` read earlier); None when they are no
+        longer all kept."""
+        if position < self.log_base:
+            return None
+        return self.log[position - self.log_base:]
+
+    @property
+    def position(self) -> int:
+        """Where the log ends now."""
+        return self.log_base + len(self.log)
+
+    def _logged(self, site_id: int, host_id: int | None) -> None:
+        self.log.append((site_id, host_id))
+        if len(self.log) > LOG_KEEP:
+            drop = len(self.log) // 2
+            del self.log[:drop]
+            self.log_base += drop
 
     def _apply(self, res: Reservation, sign: int) -> None:
         self.site_version[res.site_id] += 1
+        self._logged(res.site_id, res.host_id)
         if res.host_id is None:
             return
         self.host_version[res.host_id] += 1

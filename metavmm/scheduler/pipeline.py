@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,15 @@ import numpy as np
 
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.records import Capability
-from metavmm.scheduler.columns import SiteColumns, SiteStatic, first_best, normalised_totals, ranked
+from metavmm.scheduler.columns import (
+    SiteColumns,
+    SiteStatic,
+    StackedColumns,
+    first_best,
+    normalised_totals,
+    ranked,
+    segment_totals,
+)
 from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
 from metavmm.scheduler.graph import FederationGraph, boot_formats, provider_native
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 
 
 Slot = tuple[CandidateView, dict[str, float]]  # a host or flavor that passed, and its raw costs
+Decision = tuple[Slot | None, tuple[Rejection, ...], tuple[Alternative, ...], Counter[str]]
+"""The chosen slot (None: nothing fits), every rejection, the alternatives, the candidates per rejection code."""
 
 
 class Scored:
@@ -77,7 +87,8 @@ class SiteRanking:
     at, and the sites' order (recomputed with numpy when a site changed).
     """
 
-    __slots__ = ("codes", "ok", "order", "raw", "rejections", "totals", "versions", "views")
+    __slots__ = ("alternatives", "codes", "ok", "order", "raw", "rejected", "rejections", "seen", "totals", "versions",
+                 "views")
 
     def __init__(self, n_sites: int, n_costs: int) -> None:
         self.versions: list[int | None] = [-1] * n_sites
@@ -88,6 +99,9 @@ class SiteRanking:
         self.order: np.ndarray | None = None
         self.totals = np.zeros(n_sites, np.float64)
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
+        self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
+        self.rejected: list[Rejection] | None = None  # the rejections that are not None, in site order
+        self.alternatives: list[Alternative | None] = [None] * n_sites  # each site as an alternative, at its score
 
 
 class ViewCache:
@@ -105,6 +119,8 @@ class ViewCache:
         self.flavors: dict[int, list[CandidateView]] = {}
         self.static: dict[int, SiteStatic] = {}
         self.columns: dict[int, SiteColumns] = {}
+        self.classes: dict[tuple[Any, ...], int] = {}  # filter classes interned (SiteStatic.class_ids)
+        self.quoter = Quoter()  # prices depend on the snapshot and the shape only: every Scheduler's quotes
 
 
 class Scheduler:
@@ -116,7 +132,8 @@ class Scheduler:
                  graph: FederationGraph | None = None, views: ViewCache | None = None) -> None:
         self.snapshot = snapshot
         self.settings = snapshot.settings
-        self.quote = Quoter()
+        self.views = views if views is not None else ViewCache()
+        self.quote = self.views.quoter
         self.filters = list(filters) if filters is not None else default_filters(snapshot, self.quote)
         self.costs = list(costs) if costs is not None else default_costs(snapshot.settings, self.quote)
         self.ledger = ledger if ledger is not None else Ledger()
@@ -126,18 +143,21 @@ class Scheduler:
         self._slot_filters = [f for f in self.filters if f.scope == "slot"]
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
-        self.views = views if views is not None else ViewCache()
         self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
         self._class_verdicts: dict[tuple[int, int], list[tuple[list[Verdict], np.ndarray, bool] | None]] = {}
         self._costs_memo: dict[tuple[object, ...], tuple[float, ...]] = {}
         self._site_choices: dict[tuple[object, ...], tuple[Any, list[Rejection], Counter[str], Counter[str]]] = {}
-        self._columns: dict[int, tuple[int, SiteColumns]] = {}
-        self._shared_verdicts: dict[tuple[object, ...], Verdict] = {}
+        self._decisions: dict[tuple[int, bool, bool], tuple[list[int | None], Decision]] = {}
+        self._columns: dict[int, tuple[int, SiteColumns, int]] = {}  # (site version, columns, ledger position)
+        self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
+        self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
         self._site_ids = [s.id for s in snapshot.sites]
+        self._site_index = {sid: i for i, sid in enumerate(self._site_ids)}
         self._weights = [c.weight for c in self.costs]
+        self._cost_names = [c.name for c in self.costs]
         self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
         self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
         self._site_by_name: dict[str, SiteView] = {}
@@ -159,7 +179,9 @@ class Scheduler:
                 self._slot_verdicts.clear()
                 self._class_verdicts.clear()
                 self._shared_verdicts.clear()
+                self._class_set_verdicts.clear()
                 self._site_choices.clear()
+                self._decisions.clear()
                 self._host_rejections.clear()
             sid = ids[key] = len(ids)
         return sid
@@ -246,7 +268,7 @@ class Scheduler:
         if pristine is None:
             static = self.views.static.get(site.id)
             if static is None:
-                static = self.views.static[site.id] = SiteStatic(site, self.settings)
+                static = self.views.static[site.id] = SiteStatic(site, self.settings, self.views.classes)
             n = len(site.hosts)
             pristine = self.views.columns[site.id] = SiteColumns(
                 site, static, [self._host_view(site, i, 0) for i in range(n)], [None] * n)
@@ -255,15 +277,25 @@ class Scheduler:
         cached = self._columns.get(site.id)
         if cached is not None and cached[0] == version:
             return cached[1]
-        versions = list(map(self.ledger.host_version.get, pristine.static.id_list))  # None: untouched
+        ledger = self.ledger
+        position = ledger.position
+        news = ledger.since(cached[2]) if cached is not None else None
         base = cached[1] if cached is not None else pristine
-        changed = [i for i, old, cur in zip(range(len(versions)), base.versions, versions, strict=True)
-                   if old != cur and (old or cur)]
+        if news is None:
+            versions = list(map(ledger.host_version.get, pristine.static.id_list))  # None: untouched
+            candidates: Iterable[int] = range(len(versions))
+        else:  # only the hosts the ledger bumped since the cached columns
+            index = pristine.static.index
+            candidates = sorted({index[h] for s, h in news if s == site.id and h in index})
+            versions = list(base.versions)
+            for i in candidates:
+                versions[i] = ledger.host_version.get(pristine.static.id_list[i])
+        changed = [i for i in candidates if base.versions[i] != versions[i] and (base.versions[i] or versions[i])]
         views = list(base.views)
         for i in changed:
             views[i] = self._host_view(site, i, versions[i] or 0)
         cols = base.patched(views, versions, changed)
-        self._columns[site.id] = (version, cols)
+        self._columns[site.id] = (version, cols, position)
         return cols
 
     def run_filters(self, view: CandidateView, req: PlacementRequest, filters: Sequence[Filter],
@@ -284,7 +316,7 @@ class Scheduler:
         similar requests re-examines only the site the previous one was placed on.
         """
         st = self.ranking(req)
-        passing = [st.views[i] for i in np.flatnonzero(st.ok)]
+        passing = [st.views[i] for i in st.ok.nonzero()[0]]
         rejected = [r for r in st.rejections if r is not None]
         for r in rejected:
             counts[r.filter] += 1
@@ -296,14 +328,27 @@ class Scheduler:
         st = self._rankings.get(sid)
         if st is None:
             st = self._rankings[sid] = SiteRanking(len(self._site_ids), len(self.costs))
-        cur = list(map(self.ledger.site_version.get, self._site_ids))  # None: never touched (version 0)
-        if cur == st.versions:
+        ledger = self.ledger
+        position = ledger.position
+        if st.seen == position:
+            return st
+        news = ledger.since(st.seen) if st.seen >= 0 else None
+        if news is None:
+            cur = list(map(ledger.site_version.get, self._site_ids))  # None: never touched (version 0)
+            todo = [i for i, (new, old) in enumerate(zip(cur, st.versions, strict=True)) if new != old]
+        else:  # only the sites the ledger bumped since
+            index = self._site_index
+            todo = sorted({index[s] for s, _ in news if s in index})
+            cur = list(st.versions)
+            for i in todo:
+                cur[i] = ledger.site_version.get(self._site_ids[i])
+        st.seen = position
+        if not todo:
             return st
         sites = self.snapshot.sites
-        for i, (new, old) in enumerate(zip(cur, st.versions, strict=True)):
-            if new == old:
-                continue
+        for i in todo:
             site = sites[i]
+            st.alternatives[i] = None
             view = st.views[i] = self.site_view(site)
             failed = self.run_filters(view, req, self._site_filters, Counter())
             if failed is None:
@@ -318,18 +363,19 @@ class Scheduler:
         st.versions = cur
         st.order = None
         st.codes = None
+        st.rejected = None
         return st
 
     def ranked_sites(self, st: SiteRanking) -> Iterator[Scored]:
         """The passing sites best first (:meth:`score` over the shape's kept raw costs); ties by name."""
         if st.order is None:
-            idx = np.flatnonzero(st.ok)
+            idx = st.ok.nonzero()[0]
             totals = normalised_totals(st.raw[:, idx], self._weights)
             st.totals[idx] = totals
             st.order = idx[ranked(totals, self._site_name_rank[idx])]
-        names = [c.name for c in self.costs]
-        totals, raw = st.totals, st.raw
-        return (Scored(float(totals[i]), int(i), names, raw) for i in st.order)
+        names, totals, raw = self._cost_names, st.totals, st.raw
+        return (Scored(total, i, names, raw) for total, i in zip(totals[st.order].tolist(), st.order.tolist(),
+                                                                   strict=True))
 
     # --- score ------------------------------------------------------------------------------------------
 
@@ -395,7 +441,39 @@ class Scheduler:
                              candidates=self.total_candidates)
         sid = self.shape_id(req)
         st = self.ranking(req, sid)
-        rejections = [r for r in st.rejections if r is not None]
+        debug = log.isEnabledFor(logging.DEBUG)
+        memo_key = (sid, explain, every_host)
+        hit = None if debug else self._decisions.get(memo_key)
+        if hit is not None and hit[0] is st.versions:  # no site changed since: the same choice and reasons
+            chosen, rejections, alternatives, codes = hit[1]
+        else:
+            chosen, rejections, alternatives, codes = decided = self._decide(req, sid, st, explain, every_host, counts)
+            if len(self._decisions) > 20_000:
+                self._decisions.clear()
+            self._decisions[memo_key] = (st.versions, decided)
+        if chosen is None:
+            summary = summarize_counts(codes, self.total_candidates, 0)
+            log.info("%s: %s", req.name, summary)
+            return Placement(req, False, summary, cur, rejections=rejections, candidates=self.total_candidates)
+        slot, costs = chosen
+        summary = f"placed on {slot.name} ({slot.site.name}); "
+        if wastes_gpus(slot, req):
+            summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
+                       "without GPUs fits; "
+        summary += summarize_counts(codes, self.total_candidates)
+        log.info("%s: %s", req.name, summary)
+        placement = self.bind(slot, req, summary, rejections, alternatives, costs)
+        if reserve:
+            self.reserve(key or req.name, placement)
+        return placement
+
+    def _decide(self, req: PlacementRequest, sid: int, st: SiteRanking, explain: bool, every_host: bool,
+                counts: Counter[str]) -> Decision:
+        """The :data:`Decision` for the site ranking ``st``. :meth:`place` keeps the answer per (shape, explain,
+        every_host) until a site changes: it depends only on the snapshot and the sites' ledger versions."""
+        if st.rejected is None:
+            st.rejected = [r for r in st.rejections if r is not None]
+        rejections = list(st.rejected)
         if st.codes is None:
             st.codes = code_counts(rejections)
         codes = st.codes.copy()  # what the summary counts, kept per site instead of recounted
@@ -403,6 +481,8 @@ class Scheduler:
         if debug:
             counts.update(r.filter for r in rejections)
         group = explain and not every_host
+        if group and not debug:
+            self._open_grouped(st, req, sid)
         if explain:
             rejections = self._per_candidate(rejections, req, group=group)
         chosen: tuple[CandidateView, dict[str, float]] | None = None
@@ -415,8 +495,11 @@ class Scheduler:
                 # sites rank by their best slot: one whose best strands GPUs cannot beat a GPU choice made
                 if len(alternatives) >= MAX_ALTERNATIVES:
                     break
-                alternatives.append(Alternative(view.name, view.site.name, r.total, r.breakdown, view.kind,
-                                                self.quote(view, req).per_hour))
+                alt = st.alternatives[r.index]  # the same site, shape and score: the same alternative
+                if alt is None or alt.score != r.total:
+                    alt = st.alternatives[r.index] = Alternative(view.name, view.site.name, r.total, r.breakdown,
+                                                                 view.kind, self.quote(view, req).per_hour)
+                alternatives.append(alt)
                 continue
             found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
                                                                    sid=sid, codes=True)
@@ -438,22 +521,7 @@ class Scheduler:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
         if explain:
             codes = code_counts(rejections)
-        if chosen is None:
-            summary = summarize_counts(codes, self.total_candidates, 0)
-            log.info("%s: %s", req.name, summary)
-            return Placement(req, False, summary, cur, rejections=tuple(rejections),
-                             candidates=self.total_candidates)
-        slot, costs = chosen
-        summary = f"placed on {slot.name} ({slot.site.name}); "
-        if wastes_gpus(slot, req):
-            summary += "a GPU " + ("flavor" if slot.elastic else "host") + ", though no GPU was asked: nothing " \
-                       "without GPUs fits; "
-        summary += summarize_counts(codes, self.total_candidates)
-        log.info("%s: %s", req.name, summary)
-        placement = self.bind(slot, req, summary, tuple(rejections), tuple(alternatives), costs)
-        if reserve:
-            self.reserve(key or req.name, placement)
-        return placement
+        return chosen, tuple(rejections), tuple(alternatives), codes
 
     def _per_candidate(self, rejections: list[Rejection], req: PlacementRequest, *,
                        group: bool = False) -> list[Rejection]:
@@ -524,7 +592,7 @@ class Scheduler:
         if log.isEnabledFor(logging.DEBUG):
             for r in rejections:
                 counts[r.filter] += r.covers
-        ok = np.flatnonzero(first < 0)
+        ok = (first < 0).nonzero()[0]
         if not ok.size:
             return [], rejections
         views = cols.views
@@ -558,29 +626,114 @@ class Scheduler:
 
         return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections
 
+    def _open_grouped(self, st: SiteRanking, req: PlacementRequest, sid: int) -> None:
+        """Open at once every site a grouped explanation opens (:meth:`_open_site` with ``every`` and ``group``
+        on each big one-hypervisor site that passed or that a slot rule rejected, not opened yet) and keep
+        each answer where :meth:`_choose_slot` looks: the rules' ``fails`` and the costs' ``column`` run
+        once over all their hosts stacked (:class:`~metavmm.scheduler.columns.StackedColumns`), the scores
+        are normalised per site in one pass. The answers are the ones :meth:`_open_site` gives site by site
+        (tests/scheduler/test_equivalence.py checks it on random catalogs)."""
+        costs = self._varying
+        if any(getattr(c, "column", None) is None for c in costs):
+            return
+        slot_rules = {f.name for f in self._slot_filters}
+        todo: list[tuple[SiteView, tuple[object, ...]]] = []
+        version = self.ledger.site_version.get
+        for site, r in zip(self.snapshot.sites, st.rejections, strict=True):
+            if (not site.has_hosts or len(site.hosts) <= EXPLAIN_GROUP_OVER or len(site.hypervisors) != 1
+                    or (r is not None and r.filter not in slot_rules)):
+                continue
+            key = (site.id, version(site.id, 0), sid, True, True)
+            if key not in self._site_choices:
+                todo.append((site, key))
+        if len(todo) < 2:
+            return
+        parts = [self.columns(site) for site, _ in todo]
+        per_site = []
+        for cols in parts:
+            judged = self._class_verdicts.get((cols.site.id, sid))
+            if judged is None:
+                judged = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
+            per_site.append(judged)
+        stacked = StackedColumns(parts)
+        offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
+        class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
+        classes: list[tuple[np.ndarray, bool] | None] = []
+        for k in range(len(self._slot_filters)):
+            if per_site[0][k] is None:
+                classes.append(None)
+            else:
+                classes.append((np.concatenate([j[k][1] for j in per_site]),  # type: ignore[index]
+                                any(j[k][2] for j in per_site)))  # type: ignore[index]
+        try:
+            first, sub = self._first_rule(stacked, req, classes, class_index)
+        except AttributeError:  # a rule whose fails reads more than the arrays (its site, its views): site by site
+            return
+        ok = (first < 0).nonzero()[0]
+        raw = [c.column(stacked, req)[ok] for c in costs]  # type: ignore[attr-defined]
+        if not all(np.isfinite(x).all() for x in raw):
+            return
+        site_ok = stacked.site_of[ok]
+        sizes = np.bincount(site_ok, minlength=len(parts))
+        totals = segment_totals(raw, [c.weight for c in costs], sizes[sizes > 0])
+        order = np.lexsort((stacked.static.name_rank[ok], totals, site_ok))
+        in_site = site_ok[order]
+        head = np.ones(order.size, bool)
+        head[1:] = in_site[1:] != in_site[:-1]
+        best = dict(zip(in_site[head].tolist(), order[head].tolist(), strict=True))
+        leads = np.ones(ok.size, bool)
+        leads[1:] = site_ok[1:] != site_ok[:-1]
+        lead = dict(zip(site_ok[leads].tolist(), ok[leads].tolist(), strict=True))  # each site's first passing host
+        rest = order[~head]
+        # the rest of a site's passing hosts: the best without GPUs standing for those, then with
+        groups = in_site[~head] * 2 + stacked.static.has_gpus[ok[rest]]
+        keys, at, counts = np.unique(groups, return_index=True, return_counts=True)
+        others: dict[int, list[tuple[int, int]]] = {}
+        for key, j, size in zip(keys.tolist(), rest[at].tolist(), counts.tolist(), strict=True):
+            others.setdefault(key // 2, []).append((j, size))
+        ok_list, starts = ok.tolist(), stacked.starts.tolist()
+        raw_lists = [x.tolist() for x in raw]
+        names = [c.name for c in costs]
+        for p, ((_, key), cols) in enumerate(zip(todo, parts, strict=True)):
+            start, n = starts[p], cols.static.n
+            rejections = self._grouped_rejections(cols, first[start:start + n], sub[start:start + n], req, sid)
+            chosen: list[tuple[Slot, int]] = []
+            if p in best:
+                views = cols.views
+                j0 = best[p]
+                fixed = {c.name: c.cost(views[lead[p] - start], req, self.graph) for c in self._invariant}
+                for j, covers in [(j0, 1), *others.get(p, ())]:
+                    breakdown = {**fixed, **{name: values[j] for name, values in zip(names, raw_lists, strict=True)}}
+                    chosen.append(((views[ok_list[j] - start], breakdown), covers))
+            if len(self._site_choices) > 100_000:
+                self._site_choices.clear()
+            self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
+
     def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
                             sid: int) -> list[Rejection]:
         """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
         how many hosts it stands for (a group of one is the host's own rejection)."""
-        failed = np.flatnonzero(first >= 0)
+        failed = (first >= 0).nonzero()[0]
         if not failed.size:
             return []
-        keys = first[failed] * (int(sub.max()) + 1) + sub[failed]
-        _, where, sizes = np.unique(keys, return_index=True, return_counts=True)
+        hosts = failed.tolist()
+        keys = (first[failed] * (int(sub.max()) + 1) + sub[failed]).tolist()
+        sizes = Counter(keys)
+        at = dict(zip(reversed(keys), reversed(hosts), strict=True))  # each key's first host
         groups: dict[tuple[str, str], list[Any]] = {}
-        for j, size in sorted(zip(where.tolist(), sizes.tolist(), strict=True)):
-            i = int(failed[j])
+        for key, i in sorted(at.items(), key=lambda kv: kv[1]):
             r = self._host_rejection(cols, i, int(first[i]), req, sid)
             g = groups.setdefault((r.filter, r.code), [r, 0])
-            g[1] += size
+            g[1] += sizes[key]
         out = []
+        site = cols.site.name
         for r, size in groups.values():
             if size == 1:
                 out.append(r)
             else:
-                out.append(replace(r, candidate=f"{cols.site.name}: {size} hosts, {r.code}", kind="hosts",
-                                   message=f"{size} hosts, for example {r.candidate}: {r.message}", covers=size,
-                                   numbers={**r.numbers, "hosts": size}))
+                out.append(Rejection(f"{site}: {size} hosts, {r.code}", "hosts", r.site, r.filter, r.code,
+                                     f"{size} hosts, for example {r.candidate}: {r.message}", size, r.unresolvable,
+                                     {**r.numbers, "hosts": size}))
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
@@ -595,12 +748,12 @@ class Scheduler:
         first = self._first_failing(cols, req, sid)[0]
         if prev is None:
             by_host: list[Rejection | None] = [None] * cols.static.n
-            redo = np.flatnonzero(first >= 0).tolist()
+            redo = (first >= 0).nonzero()[0].tolist()
         else:
             pcols, pfirst, by_host = prev[0], prev[1], list(prev[2])
             changed = cols.changed if cols.base is pcols else [
                 i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
-            redo = sorted(set(np.flatnonzero(first != pfirst).tolist()).union(changed))
+            redo = sorted(set((first != pfirst).nonzero()[0].tolist()).union(changed))
         for i in redo:
             k = int(first[i])
             by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
@@ -612,26 +765,34 @@ class Scheduler:
     def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
         """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number
         equal for hosts that rule rejects with the same code (its ``fails`` value, or the filter class)."""
-        filters = self._slot_filters
         per_class = self._class_verdicts.get((cols.site.id, sid))
         if per_class is None:
             per_class = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
+        classes = [None if j is None else (j[1], j[2]) for j in per_class]
+        return self._first_rule(cols, req, classes, cols.static.klass)
+
+    def _first_rule(self, cols: SiteColumns | StackedColumns, req: PlacementRequest,
+                    classes: Sequence[tuple[np.ndarray, bool] | None],
+                    class_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_first_failing` over ``cols`` (one site, or several stacked): ``classes[k]`` is None for a
+        rule with ``fails``, else which classes it rejects (indexed by ``class_index`` per host) and whether
+        any."""
         n = cols.static.n
         first = np.full(n, -1, np.int64)
         sub = np.zeros(n, np.int64)
         undecided: np.ndarray | None = None
-        for k, f in enumerate(filters):
-            judged = per_class[k]
+        for k, f in enumerate(self._slot_filters):
+            judged = classes[k]
             if judged is None:
                 reason = f.fails(cols, req)  # type: ignore[attr-defined]
                 if reason is None:
                     continue
                 mask = reason != 0
             else:
-                if not judged[2]:
+                if not judged[1]:
                     continue
                 reason = cols.static.klass
-                mask = judged[1][reason]
+                mask = judged[0][class_index]
             hit = mask if undecided is None else mask & undecided
             first[hit] = k
             sub[hit] = reason[hit]
@@ -640,26 +801,43 @@ class Scheduler:
 
     def _judge_classes(self, cols: SiteColumns, req: PlacementRequest,
                        sid: int) -> list[tuple[list[Verdict], np.ndarray, bool] | None]:
-        """Each slot rule without ``fails`` asked once per filter class of the site (its representative host)."""
+        """Each slot rule without ``fails`` asked once per filter class of the site (its representative host);
+        a ``site_free`` rule's answers for a set of classes are shared by every site with that set, a
+        ``host_free`` rule is asked once for the site."""
         out: list[tuple[list[Verdict], np.ndarray, bool] | None] = []
-        reps = [cols.views[i] for i in cols.static.reps]
-        for f in self._slot_filters:
+        static = cols.static
+        reps = [cols.views[i] for i in static.reps]
+        shared, by_set = self._shared_verdicts, self._class_set_verdicts
+        for k, f in enumerate(self._slot_filters):
             if hasattr(f, "fails"):
                 out.append(None)
                 continue
             if getattr(f, "site_free", False):  # the same verdict for a class at every site
-                shared = self._shared_verdicts
-                verdicts = []
-                for key, v in zip(cols.static.class_keys, reps, strict=True):
-                    hit = shared.get((f.name, key, sid))
-                    if hit is None:
-                        hit = shared[(f.name, key, sid)] = f.check(v, req)
-                    verdicts.append(hit)
+                set_key = (k, static.class_set, sid)
+                judged = by_set.get(set_key)
+                if judged is None:
+                    verdicts = []
+                    for cid, v in zip(static.class_ids, reps, strict=True):
+                        key = (k, cid, sid)
+                        hit = shared.get(key)
+                        if hit is None:
+                            hit = shared[key] = f.check(v, req)
+                        verdicts.append(hit)
+                    judged = by_set[set_key] = self._judged(verdicts)
+                out.append(judged)
+                continue
+            if getattr(f, "host_free", False):  # every host of the site alike
+                verdicts = [f.check(reps[0], req)] * len(reps)
             else:
                 verdicts = [f.check(v, req) for v in reps]
-            fails = [not v.ok for v in verdicts]
-            out.append((verdicts, np.array(fails, bool), any(fails)))
+            out.append(self._judged(verdicts))
         return out
+
+    @staticmethod
+    def _judged(verdicts: list[Verdict]) -> tuple[list[Verdict], np.ndarray, bool]:
+        """Per-class verdicts, which classes fail (indexed by class), and whether any does."""
+        fails = [not v.ok for v in verdicts]
+        return verdicts, np.array(fails, bool), any(fails)
 
     def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
         """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""

@@ -2,7 +2,8 @@
 candidates to 0..1, multiplies it by the configured weight and adds them up, logging each step.
 
 A cost may also have ``column(cols, req)``: its value for every host of an opened site at once, from the
-site's numpy columns (:mod:`metavmm.scheduler.columns`); without one it is asked host by host."""
+site's numpy columns (:mod:`metavmm.scheduler.columns`), or several sites' stacked end to end
+(``StackedColumns``: arrays only, no ``site`` or ``views``); without one it is asked host by host."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from metavmm.scheduler.views import CandidateView
 class PriceFilter:
     name = "price"
     scope = "slot"
+    host_free = True  # an on-prem host is priced by its site (quotes.host_quote): one verdict per site
 
     def __init__(self, currency: str = "USD", quoter: Quoter | None = None) -> None:
         self.currency = currency
