@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import direct
 from bench.libvirt_hosts import two_hosts
 from bench.nova_regions import nova_regions
 from bench.vmware_migration import run_op
@@ -45,7 +46,6 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all
-from bench import direct
 
 MIB = 1 << 20
 QEMU_IMG = "/usr/bin/qemu-img"  # the plain tool (the hosts' shim hands files to the daemons' user)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from bench import direct  # VMs pinned to hosts, as the rebalance tests make them
 from bench.common import sim_snapshot
 from metavmm.catalog import db
 from metavmm.catalog.models import HostBalance
@@ -39,7 +40,6 @@ from metavmm.services import rebalance_run
 from metavmm.services.operations.engine import Engine
 from metavmm.services.rebalance import Imbalance, Reading, evaluate
 from metavmm.services.sync import sync_all
-from bench import direct  # VMs pinned to hosts, as the rebalance tests make them
 
 POOL = """
 providers:
