@@ -37,6 +37,7 @@ class Capability(enum.StrEnum):
     NETWORKS = "networks"  # create_network / delete_network / list_networks
     DHCP_HOSTS = "dhcp_hosts"  # ex_reserve_address / ex_release_address: the network's DHCP gives a MAC its IP
     FENCE = "fence"  # fence_vm: the provider can power a VM off at once and prove it (HA restart needs it)
+    REPLICA_TARGET = "replica_target"  # replica_store: the provider keeps DR recovery points and boots them
 
 
 class VmState(enum.StrEnum):
