@@ -312,6 +312,10 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                                                                       lost_ok=not planned)
     if kind == "failover" and away:
         raise Conflict(f"{workload.name} already runs failed over at {source}; fail it back first")
+    if planned and not hasattr(driver_class(provider_kind(engine.config, source)), "ex_disk_view"):
+        raise Conflict(f"a planned {kind} replicates {workload.name} from {source} first, and the broker cannot read "
+                       f"a VM's disk at {source} ({provider_kind(engine.config, source)}); sources that can: "
+                       "libvirt, sim")
     if not planned:
         if identity is not None and not identity.is_admin:
             raise Forbidden("an unplanned failover (the source declared dead) needs the admin role")

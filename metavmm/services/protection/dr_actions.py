@@ -90,8 +90,8 @@ async def replicate(ctx: StepContext, *, workload_id: str, point_id: str, source
     base = kept[-1] if store.chains and kept and depth(bases, kept[-1].id) < policy.replica_retention else None
     vm = await require_vm(ctx, source, workload_id)
     started = time.perf_counter()
+    taken_at = utcnow()  # before the freeze: the point holds at least every write up to now (a snapshot may be slow)
     async with view(vm.provider_vm_id) as disk:
-        taken_at = utcnow()
         result = await build_point(disk, store.build_path(workload_id, point_id),
                                    base.location if base is not None else None)
     stored = await store.keep(Path(result.path), workload_id=workload_id, point_id=point_id, region=region,

@@ -14,10 +14,9 @@ import pytest
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Project, Provider, Workload
-from metavmm.drivers.openstack_replica import NAME_PREFIX
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.config import parse_config
-from metavmm.foundation.errors import ValidationError
+from metavmm.foundation.errors import Conflict, ValidationError
 from metavmm.foundation.paths import state_dir
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
@@ -25,6 +24,8 @@ from metavmm.services.protection import dr
 from tests.drivers.conftest import NovaCloud, unique
 from tests.services.operations import direct
 from tests.services.protection.conftest import engine_for, run
+
+NAME_PREFIX = "metavmm-dr-"  # glance images of recovery points: metavmm-dr-<point id>
 
 
 def _federation(nova: NovaCloud) -> str:
@@ -96,6 +97,10 @@ async def test_points_land_in_glance_and_a_failover_boots_the_newest_at_nova(nov
         assert not await sim.list_vms()  # the source went
         view = await dr.get_replication(engine.sessions, None, wid)
         assert (view.state, view.replica_target) == ("failed-over", "sima/r1")
+
+        # failback would replicate home first, and the broker cannot read a nova server's disk: refused up front
+        with pytest.raises(Conflict, match=r"cannot read a VM's disk at os1 \(openstack\)"):
+            await dr.failback(engine, None, wid)
 
         gone = await run(engine, await flows.delete(engine, wid))  # its points go with it, images included
         assert gone.state == OperationState.SUCCEEDED, gone.error
