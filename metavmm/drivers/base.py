@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from metavmm.foundation.errors import DriverError, ProviderNotFound, ProviderThrottled, UnsupportedOperation
@@ -123,6 +124,10 @@ class Driver(Protocol):
     - ``migration_progress`` (optional: :class:`DriverBase` answers None) reports a live migration of
       the VM that ``live_migrate`` is running now (bytes moved of how many, the provider's rate if it
       has one); the engine polls it beside the running ``live_migrate`` call. None: no migration job.
+    - ``replica_store`` (drivers declaring ``Capability.REPLICA_TARGET``; :class:`DriverBase` says
+      unsupported) is where the provider keeps disaster-recovery points and what it boots them from
+      (:class:`ReplicaStore`): whether a provider can be a replication target is this capability, never
+      its kind.
     """
 
     name: str
@@ -159,6 +164,7 @@ class Driver(Protocol):
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
     async def console_output(self, vm_id: str) -> str: ...
     async def fence_vm(self, vm_id: str) -> None: ...
+    def replica_store(self) -> ReplicaStore: ...
     async def wait_for(self, vm_id: str, state: VmState, timeout_s: float = 120) -> VmInfo: ...
     async def close(self) -> None: ...
 
@@ -178,6 +184,39 @@ class CpuSample:
 
 
 MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    """A recovery point as its target keeps it: ``location`` is what :meth:`ReplicaStore.verify`,
+    ``boot_image`` and ``remove`` take back (a file path, or ``region/image-id`` at a cloud), ``size_bytes``
+    what it occupies there."""
+
+    location: str
+    size_bytes: int
+
+
+@runtime_checkable
+class ReplicaStore(Protocol):
+    """Where a replication target keeps a workload's recovery points, and how a failover boots one.
+
+    The broker builds every point as a qcow2 file at :meth:`build_path` (a full copy, or, where ``chains``
+    is true, an overlay holding only the clusters changed since the previous point, whose backing file is
+    that point's ``location``); :meth:`keep` then makes it the target's (a file already in place, or an
+    upload whose digest the target's own is compared with) and returns where it is. ``verify`` reads the
+    stored point back and raises DriverError or TranslationError unless its SHA-256 is ``sha256``;
+    ``boot_image`` is what ``create_vm`` takes as the image that boots the point (never the point itself
+    as the VM's disk: a point stays unchanged); ``remove`` deletes a point (a missing one is fine).
+    """
+
+    chains: bool
+
+    def build_path(self, workload_id: str, point_id: str) -> Path: ...
+    async def keep(self, built: Path, *, workload_id: str, point_id: str, region: str,
+                   sha256: str) -> StoredPoint: ...
+    async def verify(self, location: str, sha256: str | None) -> None: ...
+    def boot_image(self, location: str) -> str: ...
+    async def remove(self, location: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +377,10 @@ class DriverBase:
 
     async def host_load(self) -> list[HostLoad]:
         raise self._unsupported("host_load")
+
+    def replica_store(self) -> ReplicaStore:
+        """Drivers declaring ``Capability.REPLICA_TARGET`` return where they keep recovery points."""
+        raise self._unsupported("replica_store (keeping recovery points)")
 
     async def migration_progress(self, vm_id: str) -> MigrationProgress | None:
         """None: this provider does not report a migration's progress (the step shows its time only)."""

@@ -33,6 +33,7 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from metavmm.drivers.base import MIB, CpuSample, DriverBase, MigrationProgress
+from metavmm.drivers.replica_files import FileReplicas
 from metavmm.foundation.errors import (
     AuthError,
     DriverError,
@@ -187,7 +188,7 @@ class LibvirtDriver(DriverBase):
         Capability.ATTACH_NETWORK, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
         Capability.SET_NETMASK, Capability.NESTED_VIRT, Capability.VOLUMES, Capability.NETWORKS,
         Capability.DHCP_HOSTS, Capability.FENCE, Capability.LIVE_AUTO_CONVERGE, Capability.LIVE_POSTCOPY,
-        Capability.DIRTY_RATE,
+        Capability.DIRTY_RATE, Capability.REPLICA_TARGET,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
     image_export_formats = ("qcow2", "raw")
@@ -1054,9 +1055,9 @@ class LibvirtDriver(DriverBase):
 
         return disk_view(self._call, self.name, vm_id)
 
-    def ex_replica_dir(self) -> Path:
-        """Where the recovery points this provider keeps live: beside its images, for the daemon to boot from."""
-        return self.storage_dir / "replicas"
+    def replica_store(self) -> FileReplicas:
+        """The recovery points this provider keeps: files beside its images, for the daemon to boot from."""
+        return FileReplicas(self.storage_dir / "replicas")
 
     async def ex_delete_image(self, name: str, region: str) -> None:
         """Remove an image this provider imported; a missing one is fine."""

@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import keystoneauth1.exceptions as ks_exc
 import openstack
@@ -60,6 +60,9 @@ from metavmm.foundation.records import (
 from metavmm.translators.cloudinit import key_pair_name
 from metavmm.translators.diskstream import DiskStream
 
+if TYPE_CHECKING:
+    from metavmm.drivers.openstack_replica import GlanceReplicas
+
 USER_DATA_MAX = 65535  # nova's limit on the base64-encoded user data
 log = logging.getLogger(__name__)
 CONSOLE_LINES = 1000  # console_output's tail: enough for a boot, bounded for a chatty guest
@@ -87,7 +90,7 @@ class OpenStackDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION, Capability.CONSOLE,
         Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK,
         Capability.SET_NETMASK, Capability.GPU, Capability.NESTED_VIRT, Capability.MULTI_REGION, Capability.TAGS,
-        Capability.IMPORT_IMAGE, Capability.FENCE,
+        Capability.IMPORT_IMAGE, Capability.FENCE, Capability.REPLICA_TARGET,
     })
     image_import_formats = frozenset({"qcow2", "raw"})
     STATE_MAP: ClassVar[dict[str, VmState]] = {
@@ -544,6 +547,12 @@ class OpenStackDriver(DriverBase):
                          size_bytes=int(i.size or 0), checksum=i.checksum, arch=i.architecture,
                          extra={"status": i.status, "visibility": i.visibility, "hash_algo": i.hash_algo,
                                 "hash_value": i.hash_value})
+
+    def replica_store(self) -> GlanceReplicas:
+        """Recovery points kept as private glance images of the target region (openstack_replica.py)."""
+        from metavmm.drivers.openstack_replica import GlanceReplicas
+
+        return GlanceReplicas(self)
 
     async def ex_delete_image(self, name: str, region: str) -> None:
         """Delete the images this driver imported under ``name`` in ``region`` (none left is fine)."""

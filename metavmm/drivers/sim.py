@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from metavmm.drivers.base import MIB, CpuSample, DriverBase, MigrationProgress
+from metavmm.drivers.replica_files import FileReplicas
 from metavmm.drivers.sim_state import SimState, Tx
 from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ProviderUnavailable
 from metavmm.foundation.paths import state_dir
@@ -77,7 +78,7 @@ class SimDriver(DriverBase):
         Capability.HOST_INVENTORY, Capability.LIVE_MIGRATION, Capability.COLD_MIGRATION,
         Capability.GPU, Capability.SUSPEND, Capability.NESTED_VIRT, Capability.IMPORT_IMAGE,
         Capability.EXPORT_IMAGE, Capability.MULTI_REGION, Capability.VOLUMES, Capability.NETWORKS,
-        Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK, Capability.FENCE,
+        Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK, Capability.FENCE, Capability.REPLICA_TARGET,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})  # simulated: nothing converts
     image_export_formats = ("raw",)
@@ -455,9 +456,9 @@ class SimDriver(DriverBase):
                                        operation="disk_view")
         yield DiskRef(str(path), "qcow2")
 
-    def ex_replica_dir(self) -> Path:
-        """Where recovery points kept at this simulated provider live."""
-        return state_dir() / "sim" / self.name / "replicas"
+    def replica_store(self) -> FileReplicas:
+        """The recovery points kept at this simulated provider: real qcow2 files in its state directory."""
+        return FileReplicas(state_dir() / "sim" / self.name / "replicas")
 
     def ex_interfaces(self, vm_id: str) -> list[str]:
         """The networks ``vm_id`` has an interface on (what a libvirt domain's XML would show)."""

@@ -41,6 +41,7 @@ class Capability(enum.StrEnum):
     LIVE_AUTO_CONVERGE = "live_auto_converge"  # throttle the guest's vCPUs until the copy converges
     LIVE_POSTCOPY = "live_postcopy"  # run the guest at the target while its pages follow (needs userfaultfd there)
     DIRTY_RATE = "dirty_rate"  # ex_dirty_rate: how fast a running guest dirties its memory
+    REPLICA_TARGET = "replica_target"  # replica_store: the provider keeps DR recovery points and boots them
 
 
 class VmState(enum.StrEnum):

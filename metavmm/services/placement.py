@@ -18,7 +18,9 @@ could both take a host's last free slot. A placement therefore
 2. reads the catalog inside that transaction, and
 3. puts every *in-transit* placement in a :class:`~metavmm.scheduler.ledger.Ledger` on top of the
    snapshot: a present compute whose create operation is still active, or ended after its host's
-   last sync (that sync could not count a VM that did not exist yet).
+   last sync (that sync could not count a VM that did not exist yet); likewise an HA restart, whose
+   new host is in its operation's ``params["ledger"]`` (the workload's own placement names the lost
+   host until the restart records it).
 
 The snapshot (and its graph) is cached and reused while the catalog's fingerprint is unchanged: the
 providers' sync times and the counts, largest ids and sums of the tables a placement reads. Workloads
@@ -38,7 +40,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Integer, cast, func, or_, text
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog import models as m
@@ -126,8 +128,15 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
     if len(known) > 2 * len(rows) + 1000:  # forget those that ended long ago or were deleted
         for wid in [w for w in known if w not in mine]:
             del known[wid]
-    for workload_id, state, finished in rows:
-        placed = mine.get(workload_id)
+    moves = (await session.exec(
+        select(m.Operation.target_id, m.Operation.state, m.Operation.finished_at, m.Operation.params)
+        .where(col(m.Operation.kind).in_(MOVES_IN), col(m.Operation.target_id).is_not(None),
+               or_(m.Operation.state.in_(ACTIVE),  # type: ignore[attr-defined]
+                   (m.Operation.state == m.OperationState.SUCCEEDED) & (m.Operation.finished_at > oldest))))).all()
+    placed_rows = [(wid, state, finished, mine.get(wid)) for wid, state, finished in rows]
+    placed_rows += [(wid, state, finished, _placed((params or {}).get("ledger"))) for wid, state, finished, params
+                    in moves if wid is not None]
+    for workload_id, state, finished, placed in placed_rows:
         if placed is None or placed[1] not in synced:
             continue  # a cloud site (flavors, no hosts): the provider keeps its own count
         site_id, host_id = placed[0], placed[1]
@@ -135,6 +144,18 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
             continue  # the host's sync ran after the VM existed: its numbers include it
         ledger.reserve(Reservation(workload_id, site_id, host_id, *placed[2:]))
     return ledger
+
+
+MOVES_IN = ("ha_restart",)
+"""Operations that start a workload's VM on a new host (services/protection/ha.py): their ``params["ledger"]``
+is the workload's spec as placed there (``placement`` with site and host ids, vcpus, ram_mib, GPUs)."""
+
+
+def ledger_params(spec: dict[str, Any] | None, placement: dict[str, Any]) -> dict[str, Any]:
+    """What an operation of :data:`MOVES_IN` keeps in ``params["ledger"]``: the shape of ``spec`` at ``placement``."""
+    spec = spec or {}
+    return {"placement": {"site_id": placement.get("site_id"), "host_id": placement.get("host_id")},
+            **{k: spec.get(k) for k in ("vcpus", "ram_mib", "gpu_model", "gpu_count")}}
 
 
 def _placed(spec: dict[str, Any] | None) -> tuple[Any, ...] | None:

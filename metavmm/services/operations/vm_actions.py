@@ -348,8 +348,10 @@ async def note(ctx: StepContext, *, workload_id: str, message: str, **_: Any) ->
 async def mark_gone(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
     """The workload's VM was deleted: keep the row for history, marked deleted (its DR points go: nothing
     fails over to a deleted workload)."""
+    from metavmm.services.protection.dr_actions import drop_points
     from metavmm.services.protection.dr_store import forget_workload
 
     async with session_scope(ctx.sessions) as session:
         await observer.record_deleted(session, workload_id)
-        await forget_workload(session, workload_id)
+        points = await forget_workload(session, workload_id)
+    await drop_points(ctx, points)

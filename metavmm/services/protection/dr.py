@@ -31,6 +31,7 @@ from metavmm.catalog.models import Operation, Protection, Provider, RecoveryPoin
 from metavmm.drivers.registry import driver_class
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import (
+    ConfigError,
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
@@ -38,6 +39,8 @@ from metavmm.foundation.errors import (
     NotFound,
     ValidationError,
 )
+from metavmm.foundation.kinds import KINDS
+from metavmm.foundation.records import Capability
 from metavmm.scheduler.plan import Step
 from metavmm.services.identity import Identity
 from metavmm.services.operations import flows
@@ -92,10 +95,18 @@ def split_target(config: FederationConfig, target: str) -> tuple[str, str]:
         raise ValidationError(f"replica target {name!r} is not a provider of the federation") from None
     sites, regions = getattr(cfg, "sites", None), getattr(cfg, "regions", None)
     region = region or (sites[0].region if sites else regions[0] if regions else "local")
-    cls = driver_class(cfg.kind)
-    if not hasattr(cls, "ex_replica_dir"):
-        raise ValidationError(f"{name} ({cfg.kind}) cannot keep recovery points; targets that can: libvirt, sim")
+    if Capability.REPLICA_TARGET not in driver_class(cfg.kind).capabilities:
+        able = ", ".join(k for k in sorted(KINDS) if _keeps_points(k))
+        raise ValidationError(f"{name} ({cfg.kind}) cannot keep recovery points; targets that can: {able}")
     return name, region
+
+
+def _keeps_points(kind: str) -> bool:
+    """The kind's driver declares ``Capability.REPLICA_TARGET`` (a driver whose SDK is not installed: no)."""
+    try:
+        return Capability.REPLICA_TARGET in driver_class(kind).capabilities
+    except ConfigError:
+        return False
 
 
 def provider_kind(config: FederationConfig, provider: str) -> str:
@@ -260,11 +271,12 @@ def boot_point(workload: Workload, *, target: str, region: str, point_id: str | 
                host: str | None = None, spec_update: dict[str, Any] | None = None,
                timeout_s: float = 300) -> list[Step]:
     """The one way a recovery point becomes the workload's running VM, for a failover, a failback and an HA
-    restart of a lost disk (``kind``): verify the point's chain against its SHA-256s (``point_id``, or the
-    point an earlier step of the plan wrote), clear a stale copy of an earlier stay at ``target``, create the
-    VM on a qcow2 overlay over the point (an ``image``, never an adopted disk: the point stays intact, a base
-    of later points and failovers), see it run, then, in one transaction (the commit step, ``dr.record``),
-    record the workload there, pin the points it boots from and turn replication round towards ``origin``.
+    restart of a lost disk (``kind``): verify the point's chain against its SHA-256s at the target's replica
+    store (``point_id``, or the point an earlier step of the plan wrote), clear a stale copy of an earlier stay
+    at ``target``, create the VM from the point as its image (a qcow2 overlay over the file at libvirt, a
+    server from the glance image at OpenStack; never an adopted disk: the point stays intact, a base of later
+    points and failovers), see it run, then, in one transaction (the commit step, ``dr.record``), record the
+    workload there, pin the points it boots from and turn replication round towards ``origin``.
 
     The VM is called ``name`` (default: the workload's name), keeps the workload's hostname and MAC, runs on
     ``host`` when the scheduler chose one, and ``spec_update`` goes into the workload with the record."""
@@ -280,7 +292,7 @@ def boot_point(workload: Workload, *, target: str, region: str, point_id: str | 
                                      "started_at": started_at}),
         Step("clear-target", "dr.remove_source", {**dst, "fenced": False}),  # a stale copy of an earlier stay
         Step("start-replica", "vm.create", {**dst, "name": name or workload.name, "region": region,
-                                            "image_from": "replica_location", "vcpus": spec.get("vcpus", 1),
+                                            "image_from": "replica_image", "vcpus": spec.get("vcpus", 1),
                                             "ram_mib": spec.get("ram_mib", 512), "host": host,
                                             "extra": identity_extra, "save_as": "target_vm"},
              compensate="vm.delete", weight=2),
@@ -299,6 +311,10 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                                                                       lost_ok=not planned)
     if kind == "failover" and away:
         raise Conflict(f"{workload.name} already runs failed over at {source}; fail it back first")
+    if planned and not hasattr(driver_class(provider_kind(engine.config, source)), "ex_disk_view"):
+        raise Conflict(f"a planned {kind} replicates {workload.name} from {source} first, and the broker cannot read "
+                       f"a VM's disk at {source} ({provider_kind(engine.config, source)}); sources that can: "
+                       "libvirt, sim")
     if not planned:
         if identity is not None and not identity.is_admin:
             raise Forbidden("an unplanned failover (the source declared dead) needs the admin role")

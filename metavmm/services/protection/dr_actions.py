@@ -9,6 +9,8 @@ workload there and turns replication round in one transaction.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Protection, RecoveryPoint, Site, utcnow
-from metavmm.foundation.errors import DriverError, NotFound, ProviderUnavailable, UnsupportedOperation
+from metavmm.foundation.errors import (
+    DriverError,
+    MetavmmError,
+    NotFound,
+    ProviderUnavailable,
+    UnsupportedOperation,
+)
 from metavmm.services import metrics, observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm, require_vm
 from metavmm.services.protection import dr_store
-from metavmm.translators.replica import build_point, depth, to_remove, verify_chain
+from metavmm.translators.replica import build_point, depth, to_remove
 
 
 def _since(started_at: str) -> float:
@@ -39,9 +47,20 @@ def _age(taken_at: datetime, started_at: str) -> float:
     return max(0.0, (started - taken).total_seconds())
 
 
-def _unlink(paths: list[str]) -> None:
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
+async def drop_points(ctx: StepContext, points: list[RecoveryPoint]) -> None:
+    """Remove the stored data of ``points`` (their rows already gone) at each one's target: a file, a glance
+    image. A target that cannot be reached now keeps an orphan, said in the log: the rows are the truth, and
+    a point without its row is never booted."""
+    async with ctx.sessions() as session:
+        names = await dr_store.provider_names(session, {p.provider_id for p in points})
+    for point in points:
+        name = names.get(point.provider_id)
+        try:
+            if name is None:
+                raise NotFound(f"provider {point.provider_id} is gone")
+            await ctx.driver(name).replica_store().remove(point.location)
+        except (MetavmmError, KeyError) as exc:
+            await ctx.log(f"recovery point {point.id[:8]} at {name}: its data {point.location} stays ({exc})")
 
 
 def _point_out(point: RecoveryPoint) -> dict[str, Any]:
@@ -63,26 +82,31 @@ async def replicate(ctx: StepContext, *, workload_id: str, point_id: str, source
             raise NotFound(f"workload {workload_id} has no replication policy to {target}")
         kept = await dr_store.points(session, workload_id, provider=tid, states=(dr_store.COMPLETE,))
         site = (await session.exec(select(Site).where(Site.provider_id == tid, Site.region == region))).first()
-    bases = {p.id: p.base_id for p in kept}
-    base = kept[-1] if kept and depth(bases, kept[-1].id) < policy.replica_retention else None
-    vm = await require_vm(ctx, source, workload_id)
     src, dst = ctx.driver(source), ctx.driver(target)
-    view, store = getattr(src, "ex_disk_view", None), getattr(dst, "ex_replica_dir", None)
-    if view is None or store is None:
-        raise UnsupportedOperation(f"replication from {source} ({src.kind}) to {target} ({dst.kind}) is not "
-                                   "supported: the source must offer a disk view and the target a replica store")
-    dest = Path(store()) / workload_id / f"{point_id}.qcow2"
+    view = getattr(src, "ex_disk_view", None)
+    if view is None:
+        raise UnsupportedOperation(f"replication from {source} ({src.kind}) is not supported: the source must "
+                                   "offer a view of the VM's disk")
+    store = dst.replica_store()  # UnsupportedOperation where the target keeps no points
+    bases = {p.id: p.base_id for p in kept}
+    base = kept[-1] if store.chains and kept and depth(bases, kept[-1].id) < policy.replica_retention else None
+    vm = await require_vm(ctx, source, workload_id)
+    started = time.perf_counter()
+    taken_at = utcnow()  # before the freeze: the point holds at least every write up to now (a snapshot may be slow)
     async with view(vm.provider_vm_id) as disk:
-        taken_at = utcnow()
-        result = await build_point(disk, dest, base.location if base is not None else None)
+        result = await build_point(disk, store.build_path(workload_id, point_id),
+                                   base.location if base is not None else None)
+    stored = await store.keep(Path(result.path), workload_id=workload_id, point_id=point_id, region=region,
+                              sha256=result.sha256)
+    seconds = time.perf_counter() - started
     metrics.data_moved("dr_replicate", result.size_bytes)
     await ctx.log(f"recovery point {point_id[:8]} at {target}: {'changes over ' + base.id[:8] if base else 'full'}, "
-                  f"{result.size_bytes} bytes in {result.seconds:.2f}s, sha256 {result.sha256[:12]}")
+                  f"{result.size_bytes} bytes in {seconds:.2f}s, sha256 {result.sha256[:12]}")
     async with session_scope(ctx.sessions) as session:
         point = RecoveryPoint(id=point_id, workload_id=workload_id, project_id=policy.project_id, provider_id=tid,
-                              site_id=site.id if site else None, location=result.path, disk_format="qcow2",
-                              base_id=base.id if base else None, size_bytes=result.size_bytes, sha256=result.sha256,
-                              taken_at=taken_at, details={"seconds": round(result.seconds, 3),
+                              site_id=site.id if site else None, location=stored.location, disk_format="qcow2",
+                              base_id=base.id if base else None, size_bytes=stored.size_bytes, sha256=result.sha256,
+                              taken_at=taken_at, details={"seconds": round(seconds, 3),
                                                           "incremental": result.incremental, "source": source,
                                                           "operation_id": ctx.operation_id})
         session.add(point)
@@ -104,11 +128,10 @@ async def retain(ctx: StepContext, *, workload_id: str, target: str, **_: Any) -
             return {"removed_points": []}
         kept = await dr_store.points(session, workload_id, provider=tid, states=(dr_store.COMPLETE,))
         gone = set(to_remove([(p.id, p.base_id) for p in kept], policy.replica_retention))
-        files = [p.location for p in kept if p.id in gone]
         for point in kept:
             if point.id in gone:
                 await session.delete(point)
-    _unlink(files)  # once the rows are gone: a point is never listed without its file
+    await drop_points(ctx, [p for p in kept if p.id in gone])  # once the rows are gone: never listed without data
     if gone:
         await ctx.log(f"retention ({policy.replica_retention}): removed {len(gone)} recovery points")
     return {"removed_points": sorted(gone)}
@@ -125,10 +148,12 @@ async def verify(ctx: StepContext, *, workload_id: str, target: str, point_id: s
         if point is None:
             raise NotFound(f"no recovery point {point_id} of workload {workload_id} at {target}")
         chain = await dr_store.chain_of(session, point)
-    await verify_chain([(p.location, p.sha256) for p in chain])
+    store = ctx.driver(target).replica_store()
+    await asyncio.gather(*(store.verify(p.location, p.sha256) for p in chain))
     rpo = _age(point.taken_at, started_at)
-    await ctx.log(f"recovery point {point.id[:8]} verified ({len(chain)} files); RPO {rpo:.1f}s")
-    return {**_point_out(point), "rpo_s": round(rpo, 3)}
+    await ctx.log(f"recovery point {point.id[:8]} verified ({len(chain)} read back, SHA-256 as replicated); "
+                  f"RPO {rpo:.1f}s")
+    return {**_point_out(point), "replica_image": store.boot_image(point.location), "rpo_s": round(rpo, 3)}
 
 
 async def _switch(session: AsyncSession, ctx: StepContext, *, workload_id: str, origin: str,
@@ -211,7 +236,7 @@ async def release(ctx: StepContext, *, workload_id: str, provider: str, **_: Any
         points = await dr_store.points(session, workload_id, provider=pid, states=(dr_store.IN_USE,))
         for point in points:
             await session.delete(point)
-    _unlink([p.location for p in points])
+    await drop_points(ctx, points)
 
 
 @action("dr.purge")
@@ -226,4 +251,4 @@ async def purge(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
             policy.replica_target, policy.replica_interval_s, policy.last_replica_at = None, None, None
             policy.message, policy.updated_at = "replication removed", utcnow()
             session.add(policy)
-    _unlink([p.location for p in points])
+    await drop_points(ctx, points)

@@ -6,8 +6,6 @@ never touches them; they are released when the workload leaves that site again).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import delete as sa_delete
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -52,12 +50,18 @@ async def chain_of(session: AsyncSession, point: RecoveryPoint) -> list[Recovery
     return out
 
 
-async def forget_workload(session: AsyncSession, workload_id: str) -> None:
-    """Remove the workload's protection and its points (rows and files): before its row is purged."""
-    for point in await points(session, workload_id, states=(COMPLETE, IN_USE, "failed")):
-        Path(point.location).unlink(missing_ok=True)
+async def provider_names(session: AsyncSession, ids: set[int]) -> dict[int, str]:
+    rows = (await session.exec(select(Provider).where(col(Provider.id).in_(ids)))).all() if ids else []
+    return {row.id: row.name for row in rows if row.id is not None}
+
+
+async def forget_workload(session: AsyncSession, workload_id: str) -> list[RecoveryPoint]:
+    """Remove the workload's protection and its points' rows (before its row is purged); the points are
+    returned for their data to be removed at their targets once this commits (``dr_actions.drop_points``)."""
+    gone = await points(session, workload_id, states=(COMPLETE, IN_USE, "failed"))
     await session.exec(sa_delete(RecoveryPoint).where(col(RecoveryPoint.workload_id) == workload_id))
     await session.exec(sa_delete(Protection).where(col(Protection.workload_id) == workload_id))
+    return gone
 
 
 async def restart_point(session: AsyncSession, workload: Workload, target: str | None

@@ -60,7 +60,7 @@ from metavmm.services import quotas
 from metavmm.services.identity import Identity, Role
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
-from metavmm.services.placement import Placer
+from metavmm.services.placement import Placer, ledger_params
 from metavmm.services.protection import dr
 from metavmm.services.protection.ha_disk import RECOVERY_POINT, DiskSource, missing, usable_disk
 from metavmm.services.scope import can_see
@@ -327,7 +327,9 @@ class HaService:
         op = await store.write_plan(session, kind=RESTART, steps=steps, target_id=wl.id, project_id=wl.project_id,
                                     params={"from": provider.name, "to": placement.provider, "cause": cause,
                                             "confirmed": confirmed, "disk": disk.location, "origin": disk.origin,
-                                            "point": disk.point_id, "vm": wl.provider_resource_id})
+                                            "point": disk.point_id, "vm": wl.provider_resource_id,
+                                            "ledger": ledger_params(wl.spec, {"site_id": placement.site_id,
+                                                                              "host_id": placement.host_id})})
         source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
              f"{source} (operation {op.id})")

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import OperationState, Protection, Provider, Workload
+from metavmm.catalog.models import Host, OperationState, Protection, Provider, Site, Workload
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ConfigError, Conflict, Forbidden, NotFound, ValidationError
@@ -22,7 +22,7 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
-from metavmm.services.placement import Placer
+from metavmm.services.placement import Placer, in_transit
 from metavmm.services.protection.ha import HA_CATEGORY, HaService, HaState
 from metavmm.services.protection.ha_disk import sharing
 from metavmm.services.sync import sync_all
@@ -148,8 +148,17 @@ async def test_unreachable_host_waits_for_a_fence_then_restarts_once_confirmed(b
         await b.ha.confirm_fence(b.alpha, wid)  # a member cannot vouch for a dead host
     prot, report = await b.ha.confirm_fence(b.admin, wid)
     assert prot.state == HaState.RESTARTING and len(report.operations) == 1
+    async with b.sessions() as session:  # the restart's new host is taken in the in-transit ledger at once
+        ledger = await in_transit(session)
+        at_hasb = (await session.exec(select(Host.id).join(Site, col(Host.site_id) == Site.id)
+                                      .join(Provider, col(Site.provider_id) == Provider.id)
+                                      .where(Provider.name == "hasb"))).all()
+    assert wid in ledger and [(ledger.vcpus[h], ledger.ram_mib[h]) for h in at_hasb if ledger.vcpus[h]] == [(1, 1024)]
     op = await b.run(report.operations[0])
     assert op.state == OperationState.SUCCEEDED, op.error
+    await sync_all(b.sessions, b.config)
+    async with b.sessions() as session:  # hasb's sync counts the copy now: the ledger lets it go
+        assert wid not in await in_transit(session)
     assert op.outputs["fenced"] == "confirmed"
     wl, prot, at = await b.row(wid)
     assert (at, wl.observed_state, prot.state) == ("hasb", "running", HaState.PROTECTED)
