@@ -12,6 +12,7 @@ from pathlib import Path
 import openstack
 import pytest
 
+from bench import direct
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Project, Provider, Workload
 from metavmm.drivers.sim import SimDriver
@@ -22,7 +23,6 @@ from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
 from tests.drivers.conftest import NovaCloud, unique
-from tests.services.operations import direct
 from tests.services.protection.conftest import engine_for, run
 
 NAME_PREFIX = "metavmm-dr-"  # glance images of recovery points: metavmm-dr-<point id>
