@@ -1,0 +1,106 @@
+"""Cold migration from libvirt to the public clouds through the one cold_migrate flow: a real libvirt VM
+(QEMU TCG) on a disk with known content is stopped, exported, converted and imported at the target's
+contract server (GCE: raw packed as disk.raw in a tar.gz through Cloud Storage; Azure: a fixed,
+MiB-aligned VHD uploaded into a managed disk), booted there under a new hostname, and only then removed
+at the source. What arrived at the cloud is checked by digest against the disk the VM had."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench import direct
+from bench.libvirt_hosts import LibvirtHosts
+from metavmm.catalog.models import OperationState
+from metavmm.services.operations import flows
+from metavmm.services.operations.engine import Engine
+from metavmm.translators.cloudpack import GIB
+from tests.drivers.gce_contract import GceContract, start
+from tests.drivers.gcs_contract import GcsContract
+from tests.services.operations.conftest import domains, engine_for, run
+from tests.services.operations.test_libvirt_flows import workload
+from tests.services.operations.test_vmware_flows import STEPS
+
+BUCKET = "metavmm-migrations"
+DISK_MIB = 64
+
+
+def content_disk(work: Path) -> tuple[Path, bytes]:
+    """A qcow2 whose guest sees DISK_MIB MiB with a random first MiB (a disk with something on it, so a
+    digest proves the bytes moved); returns it and the raw bytes the guest sees."""
+    raw = bytearray(DISK_MIB << 20)
+    raw[: 1 << 20] = os.urandom(1 << 20)
+    src = work / "content.raw"
+    src.write_bytes(raw)
+    disk = work / "content.qcow2"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(src), str(disk)], check=True)
+    src.unlink()
+    disk.chmod(0o644)
+    return disk, bytes(raw)
+
+
+@pytest.fixture
+async def gce() -> AsyncIterator[GceContract]:
+    server = GceContract(storage=GcsContract(buckets={BUCKET}))
+    runner = await start(server)
+    yield server
+    await runner.cleanup()
+
+
+@pytest.fixture
+def work(libvirt_hosts: LibvirtHosts, tmp_path: Path) -> Path:
+    path = libvirt_hosts.root / "work" / tmp_path.name
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+async def gce_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, gce: GceContract, work: Path,
+                     tmp_path: Path) -> AsyncIterator[Engine]:
+    federation = libvirt_hosts.federation_yaml(work) + (
+        f"  - {{kind: gcp, name: gce, project: metavmm-test, zones: [us-central1-a], endpoint: \"{gce.url}\",\n"
+        f"     anonymous: true, image_bucket: {BUCKET}, storage_endpoint: \"{gce.url}\"}}\n")
+    async with engine_for(federation, tmp_path) as ops:
+        yield ops
+
+
+async def test_cold_migration_libvirt_to_gce_moves_the_disk_bytes(gce_engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                                 gce: GceContract, work: Path) -> None:
+    engine = gce_engine
+    disk, raw = content_disk(work)
+    done = await run(engine, await direct.provision(engine, name="to-gce", provider="lv0", region="host0",
+                                                   image=str(disk), ram_mib=64))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    wid = done.target_id
+    assert wid is not None
+
+    op = await flows.cold_migrate(engine, wid, target_provider="gce", target_region="us-central1")
+    assert [s["name"] for s in op.steps] == STEPS
+    done = await run(engine, op)
+    assert done.state == OperationState.SUCCEEDED, done.error
+    image_name, hostname = done.steps[3]["args"]["name"], done.params["hostname"]
+
+    # GCE made the image from a disk.raw that is the VM's disk, padded with zeros to whole GiB
+    expected = hashlib.sha256(raw)
+    expected.update(bytes(GIB - len(raw)))
+    assert gce.imported[image_name] == {"sha256": expected.hexdigest(), "bytes": GIB}
+    image = gce.images["metavmm-test"][image_name]
+    assert image["status"] == "READY" and image["diskSizeGb"] == "1"
+    assert gce.storage is not None and gce.storage.objects == {}  # type: ignore[attr-defined]
+    # the clone runs at GCE from that image under its new hostname; the source is gone
+    (inst,) = gce.instances["us-central1-a"].values()
+    assert inst["status"] == "RUNNING" and inst["name"].startswith(hostname[:54].rstrip("-"))
+    assert inst["disks"][0]["initializeParams"]["sourceImage"].endswith(f"/global/images/{image_name}")
+    assert "to-gce" not in domains(libvirt_hosts.uris[0]).values()
+    w, at = await workload(engine, wid)
+    assert (at, w.observed_state) == ("gce", "running")
+    assert w.spec["owned_image"] == {"provider": "gce", "region": "us-central1", "name": image_name}
+
+    # deleting the workload removes the instance and the image the migration imported
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+    assert gce.instances["us-central1-a"] == {} and image_name not in gce.images["metavmm-test"]
