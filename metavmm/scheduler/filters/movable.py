@@ -22,9 +22,7 @@ WHY_NOT = {("occi", Capability.IMPORT_IMAGE): "OCCI 1.2 has no image import",
            ("aws", Capability.IMPORT_IMAGE): "the AWS driver has no disk import or export yet",
            ("aws", Capability.EXPORT_IMAGE): "the AWS driver has no disk import or export yet",
            ("gcp", Capability.EXPORT_IMAGE): "Compute Engine exports images only through a Cloud Build "
-                                             "workflow, not a Compute API call the driver can make",
-           ("azure", Capability.IMPORT_IMAGE): "the Azure driver has no disk import or export yet",
-           ("azure", Capability.EXPORT_IMAGE): "the Azure driver has no disk import or export yet"}
+                                             "workflow, not a Compute API call the driver can make"}
 """Why a kind lacks a capability, where there is more to say than its absence."""
 
 _VERB = {Capability.EXPORT_IMAGE: "export a VM's disk", Capability.IMPORT_IMAGE: "import a disk image"}
