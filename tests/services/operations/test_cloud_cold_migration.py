@@ -20,6 +20,7 @@ from metavmm.catalog.models import OperationState
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.translators.cloudpack import GIB
+from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
 from tests.drivers.gce_contract import GceContract, start
 from tests.drivers.gcs_contract import GcsContract
 from tests.services.operations.conftest import domains, engine_for, run
@@ -104,3 +105,48 @@ async def test_cold_migration_libvirt_to_gce_moves_the_disk_bytes(gce_engine: En
     # deleting the workload removes the instance and the image the migration imported
     assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
     assert gce.instances["us-central1-a"] == {} and image_name not in gce.images["metavmm-test"]
+
+
+@pytest.fixture
+async def azure_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, azure: AzureCloud,  # noqa: F811
+                       work: Path, tmp_path: Path) -> AsyncIterator[Engine]:
+    federation = libvirt_hosts.federation_yaml(work) + f"  - {azure.yaml('az', locations=['westus'])}\n"
+    async with engine_for(federation, tmp_path) as ops:
+        yield ops
+
+
+async def test_cold_migration_libvirt_to_azure_moves_the_disk_bytes(azure_engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                                   azure: AzureCloud, work: Path) -> None:  # noqa: F811
+    engine, server = azure_engine, azure.server
+    disk, raw = content_disk(work)
+    done = await run(engine, await direct.provision(engine, name="to-azure", provider="lv0", region="host0",
+                                                   image=str(disk), ram_mib=64))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    wid = done.target_id
+    assert wid is not None
+
+    op = await flows.cold_migrate(engine, wid, target_provider="az", disk_format="vpc:azure")
+    assert [s["name"] for s in op.steps] == STEPS and op.steps[3]["args"]["region"] == "westus"
+    done = await run(engine, op)
+    assert done.state == OperationState.SUCCEEDED, done.error
+    image_name = done.steps[3]["args"]["name"]
+
+    # the upload disk got a fixed VHD of the VM's 64 MiB whose data is the VM's disk, byte for byte
+    got = server.uploaded[f"{image_name}-upload"]
+    assert got["data_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert (got["cookie"], got["disk_type"], got["current_size"]) == ("conectix", 2, DISK_MIB << 20)
+    image = next(r for r in server.resources.values() if r["type"] == "Microsoft.Compute/images")
+    assert image["name"] == image_name and image["properties"]["provisioningState"] == "Succeeded"
+    assert not any(r["type"] == "Microsoft.Compute/disks" for r in server.resources.values()) and server.sas == {}
+    # the clone runs at Azure from that image; the source is gone
+    (vm,) = [r for r in server.resources.values() if r["type"] == "Microsoft.Compute/virtualMachines"]
+    assert vm["properties"]["storageProfile"]["imageReference"]["id"] == image["id"]
+    assert server.power[vm["id"].lower()] == "running"
+    assert "to-azure" not in domains(libvirt_hosts.uris[0]).values()
+    w, at = await workload(engine, wid)
+    assert (at, w.observed_state) == ("az", "running")
+
+    # deleting the workload removes the VM and the image the migration imported
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+    assert not any(r["type"].startswith("Microsoft.Compute/") for r in server.resources.values())
+    assert server.violations == []
