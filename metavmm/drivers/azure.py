@@ -123,6 +123,7 @@ class AzureDriver(DriverBase):
     capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.MULTI_REGION, Capability.TAGS,
                               Capability.NETWORKS, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE})
     image_import_formats = frozenset({"vpc"})  # a fixed VHD, MiB-aligned: vpc:azure
+    image_import_target: ClassVar[str | None] = "vpc:azure"
     image_export_formats = ("vpc",)
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "starting": VmState.PENDING,

@@ -196,6 +196,7 @@ class DriverBase:
     capabilities: frozenset[Capability] = frozenset()
     image_import_formats: frozenset[str] = frozenset()
     image_export_formats: tuple[str, ...] = ()
+    image_import_target: ClassVar[str | None] = None  # what a disk the provider would refuse is converted to
     STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
     retry_attempts: ClassVar[int] = 5
     retry_base_s: ClassVar[float] = 0.5  # first backoff ceiling; doubles per attempt, full jitter

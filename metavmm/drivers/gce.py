@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -88,6 +89,7 @@ _QUOTA = {"quotaExceeded", "QUOTA_EXCEEDED", "ZONE_RESOURCE_POOL_EXHAUSTED",
 _CONFLICT = {"resourceNotReady", "invalidResourceUsage", "resourceInUseByAnotherResource", "alreadyExists",
              "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", "RESOURCE_NOT_READY", "ALREADY_EXISTS"}
 _NOT_FOUND = {"notFound", "RESOURCE_NOT_FOUND"}
+INSTANCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?|[1-9][0-9]{0,19}")  # the API's pattern: name or id
 _CLIENTS = ("instances", "zone_operations", "global_operations", "machine_types", "accelerator_types", "images",
             "networks", "regions", "zones")
 
@@ -129,6 +131,7 @@ class GceDriver(DriverBase):
     capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.SUSPEND, Capability.MULTI_REGION,
                               Capability.TAGS, Capability.IMPORT_IMAGE})
     image_import_formats = frozenset({"raw"})  # packed here as GCE wants it: disk.raw in a tar.gz
+    image_import_target: ClassVar[str | None] = "raw"
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "PROVISIONING": VmState.PENDING,
         "STAGING": VmState.PENDING,
@@ -388,7 +391,11 @@ class GceDriver(DriverBase):
         return [self._vm_info(z, i) for z, insts in zip(self.zones, per_zone, strict=True) for i in insts]
 
     async def get_vm(self, vm_id: str) -> VmInfo:
+        """One instance. An id that cannot name a GCE instance (another provider's id: a cold migration's
+        adopt check asks with the source's) is not there: ProviderNotFound, not GCE's 400 for the name."""
         zone, name = self._split(vm_id, "get_vm", ProviderNotFound)
+        if not INSTANCE_NAME.fullmatch(name):
+            raise ProviderNotFound(f"{name!r} is not a GCE instance name", provider=self.name, operation="get_vm")
         return self._vm_info(zone, await self._call("get_vm", "instances", "get", project=self.project, zone=zone,
                                                     instance=name))
 

@@ -115,3 +115,15 @@ async def test_the_server_keeps_azures_upload_rules(driver: AzureDriver, azure: 
             await driver._wait("t", driver._compute.disks.begin_create_or_update, GROUP, unique("d"),
                                {"location": "westus", "properties": {"creationData": {
                                    "createOption": "Upload", "uploadSizeBytes": size}}}, api_version="2024-03-02")
+
+
+@pytest.mark.parametrize(("kind", "wanted", "target"), [
+    ("azure", "raw", "vpc:azure"), ("azure", "vpc", "vpc:azure"), ("azure", "vhd", "vpc:azure"),
+    ("azure", "vpc:azure", "vpc:azure"), ("gcp", "qcow2", "raw"), ("gcp", "raw", "raw"),
+    ("libvirt", "qcow2", "qcow2"), ("libvirt", "vmdk", "vmdk"),
+])
+def test_a_disk_for_a_cloud_is_converted_to_what_its_driver_takes(kind: str, wanted: str, target: str) -> None:
+    """What the cold-migration plan and marketplace replication convert to (drivers/registry.import_target)."""
+    from metavmm.drivers.registry import import_target
+
+    assert import_target(kind, wanted) == target

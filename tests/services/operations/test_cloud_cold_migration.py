@@ -83,7 +83,7 @@ async def test_cold_migration_libvirt_to_gce_moves_the_disk_bytes(gce_engine: En
     op = await flows.cold_migrate(engine, wid, target_provider="gce", target_region="us-central1")
     assert [s["name"] for s in op.steps] == STEPS
     done = await run(engine, op)
-    assert done.state == OperationState.SUCCEEDED, done.error
+    assert done.state == OperationState.SUCCEEDED, [(s["name"], s.get("state"), s.get("error")) for s in done.steps]
     image_name, hostname = done.steps[3]["args"]["name"], done.params["hostname"]
 
     # GCE made the image from a disk.raw that is the VM's disk, padded with zeros to whole GiB
@@ -125,8 +125,9 @@ async def test_cold_migration_libvirt_to_azure_moves_the_disk_bytes(azure_engine
     wid = done.target_id
     assert wid is not None
 
-    op = await flows.cold_migrate(engine, wid, target_provider="az", disk_format="vpc:azure")
+    op = await flows.cold_migrate(engine, wid, target_provider="az")  # the default (raw) is not what Azure takes
     assert [s["name"] for s in op.steps] == STEPS and op.steps[3]["args"]["region"] == "westus"
+    assert op.steps[2]["args"]["to_format"] == "vpc:azure" and op.params["format"] == "vpc:azure"
     done = await run(engine, op)
     assert done.state == OperationState.SUCCEEDED, done.error
     image_name = done.steps[3]["args"]["name"]
