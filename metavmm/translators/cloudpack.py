@@ -94,8 +94,8 @@ def fixed_vhd_size(path: str | Path) -> int:
     whose length is not the size plus the footer."""
     path = Path(path)
     length = path.stat().st_size
-    if length < VHD_FOOTER + MIB:
-        raise TranslationError(f"{path.name} ({length} bytes) is too small to be a fixed VHD of at least 1 MiB")
+    if length < VHD_FOOTER:
+        raise TranslationError(f"{path.name} ({length} bytes) is too small to hold a VHD footer")
     with path.open("rb") as fh:
         fh.seek(length - VHD_FOOTER)
         footer = fh.read(VHD_FOOTER)
@@ -105,7 +105,7 @@ def fixed_vhd_size(path: str | Path) -> int:
     if disk_type != 2:
         kind = {3: "dynamic", 4: "differencing"}.get(disk_type, f"type {disk_type}")
         raise TranslationError(f"{path.name} is a {kind} VHD; Azure takes only fixed VHDs (vpc:azure)")
-    if current_size % MIB:
+    if current_size == 0 or current_size % MIB:
         raise TranslationError(f"{path.name}: virtual size {current_size} bytes is not a whole number of MiB, "
                                "which Azure requires (vpc:azure rounds it up)")
     if length != current_size + VHD_FOOTER:
