@@ -13,10 +13,12 @@ percent-encoded in the path (``a%2Fb``), sizes and generations are decimal strin
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -26,7 +28,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.drivers.gce_contract import ApiError, Route, _bad, validate_params
+from tests.drivers.gce_contract import ApiError, GceContract, Route, _bad, start, validate_params
 
 GCS_DESCRIPTION = Path(__file__).resolve().parent / "reference" / "storage.v1.minimal.json"
 STORAGE_HOST = "https://storage.googleapis.com"  # the host rawDisk.source URLs name
@@ -137,3 +139,14 @@ class GcsContract:
     def _delete(self, bucket: str, object: str) -> None:
         self.read(bucket, object)
         del self.objects[(bucket, object)]
+
+
+@contextlib.asynccontextmanager
+async def compute_with_storage(*buckets: str) -> AsyncIterator[GceContract]:
+    """The Compute contract server with this Cloud Storage server beside it (holding ``buckets``), served."""
+    server = GceContract(storage=GcsContract(buckets=set(buckets)))
+    runner = await start(server)
+    try:
+        yield server
+    finally:
+        await runner.cleanup()

@@ -23,8 +23,8 @@ from metavmm.drivers.registry import create_driver
 from metavmm.foundation.errors import ConfigError, ProviderConflict, UnsupportedOperation, ValidationError
 from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
 from metavmm.translators.cloudpack import GIB
-from tests.drivers.gce_contract import GceContract, start
-from tests.drivers.gcs_contract import GcsContract
+from tests.drivers.gce_contract import GceContract
+from tests.drivers.gcs_contract import compute_with_storage
 from tests.drivers.test_gce import gcp_config
 
 BUCKET = "metavmm-images"
@@ -32,10 +32,8 @@ BUCKET = "metavmm-images"
 
 @pytest.fixture
 async def gce() -> AsyncIterator[GceContract]:
-    server = GceContract(storage=GcsContract(buckets={BUCKET}))
-    runner = await start(server)
-    yield server
-    await runner.cleanup()
+    async with compute_with_storage(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from metavmm.services.marketplace.replication import Replicator
 from metavmm.services.sync import sync_all
 from metavmm.translators.cloudpack import GIB
 from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
-from tests.drivers.gce_contract import GceContract, start
-from tests.drivers.gcs_contract import GcsContract
+from tests.drivers.gce_contract import GceContract
+from tests.drivers.gcs_contract import compute_with_storage
 
 MIB = 1 << 20
 BUCKET = "metavmm-marketplace"
@@ -32,10 +32,8 @@ BUCKET = "metavmm-marketplace"
 
 @pytest.fixture
 async def gce() -> AsyncIterator[GceContract]:
-    server = GceContract(storage=GcsContract(buckets={BUCKET}))
-    runner = await start(server)
-    yield server
-    await runner.cleanup()
+    async with compute_with_storage(BUCKET) as server:
+        yield server
 
 
 async def test_a_course_image_replicates_to_gce_and_azure(gce: GceContract, azure: AzureCloud,  # noqa: F811

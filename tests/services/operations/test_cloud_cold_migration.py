@@ -21,8 +21,8 @@ from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.translators.cloudpack import GIB
 from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
-from tests.drivers.gce_contract import GceContract, start
-from tests.drivers.gcs_contract import GcsContract
+from tests.drivers.gce_contract import GceContract
+from tests.drivers.gcs_contract import compute_with_storage
 from tests.services.operations.conftest import domains, engine_for, run
 from tests.services.operations.test_libvirt_flows import workload
 from tests.services.operations.test_vmware_flows import STEPS
@@ -47,10 +47,8 @@ def content_disk(work: Path) -> tuple[Path, bytes]:
 
 @pytest.fixture
 async def gce() -> AsyncIterator[GceContract]:
-    server = GceContract(storage=GcsContract(buckets={BUCKET}))
-    runner = await start(server)
-    yield server
-    await runner.cleanup()
+    async with compute_with_storage(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
