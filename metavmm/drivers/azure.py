@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import secrets
 import threading
@@ -95,6 +96,25 @@ _GPU_FAMILIES = (  # resource SKUs count GPUs but do not name them; the family d
     (r"NCads.*H100", "H100"), (r"N[CD].*A100", "A100"), (r"NVads.*A10", "A10"), (r"NCas.*T4", "T4"),
     (r"NC.*v3", "V100"), (r"ND.*v2", "V100"), (r"NVs?v3", "M60"), (r"NC.*v2", "P100"), (r"ND", "P40"),
 )
+
+
+_SAS_SIGNATURE = re.compile(r"(?i)\bsig=[^&\s\"']+")
+
+
+class RedactSas(logging.Filter):
+    """urllib3 logs each request line (query string included) at debug: a disk's SAS URL would put its
+    signature, a bearer credential for the disk, into the broker's log. This rewrites ``sig=...`` away."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _SAS_SIGNATURE.sub("sig=REDACTED", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_SAS_SIGNATURE.sub("sig=REDACTED", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(RedactSas())
 
 
 class StaticTokenCredential:

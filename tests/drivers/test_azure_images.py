@@ -127,3 +127,16 @@ def test_a_disk_for_a_cloud_is_converted_to_what_its_driver_takes(kind: str, wan
     from metavmm.drivers.registry import import_target
 
     assert import_target(kind, wanted) == target
+
+
+async def test_the_disk_sas_stays_out_of_the_log(driver: AzureDriver, azure: AzureCloud, tmp_path: Path,  # noqa: F811
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A SAS URL is a credential for the disk: urllib3's debug lines name the blob, never its signature."""
+    import logging
+
+    path, _ = vhd(tmp_path)
+    with caplog.at_level(logging.DEBUG):
+        await driver.import_image(DiskRef(str(path), "vpc"), unique("quiet"), "westus")
+    client = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))  # not the server
+    assert "/blobs/disks/" in client  # the requests were logged ...
+    assert "sig=contract" not in client and "sig=REDACTED" in client  # ... without the signature
