@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
@@ -55,11 +58,13 @@ from metavmm.foundation.errors import (
     ProviderQuotaExceeded,
     ProviderThrottled,
     ProviderUnavailable,
+    TranslationError,
     ValidationError,
 )
 from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
+    DiskRef,
     FlavorInfo,
     ImageInfo,
     Inventory,
@@ -70,10 +75,15 @@ from metavmm.foundation.records import (
     VmSpec,
     VmState,
 )
+from metavmm.translators.cloudpack import VHD_FOOTER, fixed_vhd_size
 
 COMPUTE_API = "2024-07-01"  # Microsoft.Compute ComputeRP
 SKUS_API = "2021-07-01"  # Microsoft.Compute resource SKUs
 NETWORK_API = "2024-03-01"  # Microsoft.Network
+DISK_API = "2024-03-02"  # Microsoft.Compute DiskRP (managed disks, snapshots)
+BLOB_VERSION = "2021-08-06"  # x-ms-version of the Blob service calls on a disk's SAS
+PAGE = 4 << 20  # the most one Put Page may carry
+SAS_SECONDS = 6 * 3600  # how long a disk's SAS is valid: long enough for a large disk on a slow link
 CUSTOM_DATA_MAX = 87380  # Azure's limit on custom data after base64 (64 KiB before)
 DEFAULT_VNET, DEFAULT_SUBNET, DEFAULT_CIDR = "metavmm", "default", "10.64.0.0/16"
 _QUOTA = {"SkuNotAvailable", "QuotaExceeded", "OperationNotAllowed.QuotaExceeded", "AllocationFailed",
@@ -86,6 +96,25 @@ _GPU_FAMILIES = (  # resource SKUs count GPUs but do not name them; the family d
     (r"NCads.*H100", "H100"), (r"N[CD].*A100", "A100"), (r"NVads.*A10", "A10"), (r"NCas.*T4", "T4"),
     (r"NC.*v3", "V100"), (r"ND.*v2", "V100"), (r"NVs?v3", "M60"), (r"NC.*v2", "P100"), (r"ND", "P40"),
 )
+
+
+_SAS_SIGNATURE = re.compile(r"(?i)\bsig=[^&\s\"']+")
+
+
+class RedactSas(logging.Filter):
+    """urllib3 logs each request line (query string included) at debug: a disk's SAS URL would put its
+    signature, a bearer credential for the disk, into the broker's log. This rewrites ``sig=...`` away."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _SAS_SIGNATURE.sub("sig=REDACTED", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_SAS_SIGNATURE.sub("sig=REDACTED", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(RedactSas())
 
 
 class StaticTokenCredential:
@@ -112,7 +141,10 @@ def gpu_model(family: str | None, size: str) -> str | None:
 class AzureDriver(DriverBase):
     kind: ClassVar[str] = "azure"
     capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.MULTI_REGION, Capability.TAGS,
-                              Capability.NETWORKS})
+                              Capability.NETWORKS, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE})
+    image_import_formats = frozenset({"vpc"})  # a fixed VHD, MiB-aligned: vpc:azure
+    image_import_target: ClassVar[str | None] = "vpc:azure"
+    image_export_formats = ("vpc",)
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "starting": VmState.PENDING,
         "running": VmState.RUNNING,
@@ -512,6 +544,135 @@ class AzureDriver(DriverBase):
         close = getattr(self._credential, "close", None)
         if close is not None:
             close()
+
+    # --- images: managed-disk upload and snapshot download ----------------------------------------
+
+    def _blob_call(self, operation: str, method: str, sas: str, **kwargs: Any) -> requests.Response:
+        """One Blob service request on a disk's SAS. The SAS is a secret: errors name the status and the
+        service's error code, never the URL."""
+        try:
+            resp = requests.request(method, sas, timeout=(10, 600), verify=self.ca_bundle or True, **kwargs)
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"disk blob unreachable: {type(exc).__name__}", provider=self.name,
+                                      operation=operation) from None
+        if resp.status_code >= 400:
+            code = re.search(r"<Code>([^<]+)</Code>", resp.text or "")
+            cls = ProviderThrottled if resp.status_code in (429, 503) else DriverError
+            raise cls(f"disk blob: HTTP {resp.status_code} {code[1] if code else resp.reason}", provider=self.name,
+                      operation=operation)
+        return resp
+
+    def _put_pages(self, path: str, sas: str) -> int:
+        """Write the VHD into the upload disk's page blob, 4 MiB at a time; pages of zeros are skipped (a new
+        upload disk reads as zeros, so only data travels). Returns the bytes sent."""
+        url = sas + ("&" if "?" in sas else "?") + "comp=page"
+        sent = offset = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(PAGE):
+                if chunk.count(0) != len(chunk):
+                    self._blob_call("import_image", "PUT", url, data=chunk, headers={
+                        "x-ms-page-write": "update", "x-ms-range": f"bytes={offset}-{offset + len(chunk) - 1}",
+                        "x-ms-version": BLOB_VERSION, "Content-Length": str(len(chunk))})
+                    sent += len(chunk)
+                offset += len(chunk)
+        return sent
+
+    def _get_blob(self, sas: str, size: int, dest: str) -> None:
+        """Download a disk or snapshot through its SAS into ``dest`` in ranged reads (sparse where zero)."""
+        with open(dest, "wb") as fh:
+            for offset in range(0, size, PAGE):
+                end = min(size, offset + PAGE) - 1
+                chunk = self._blob_call("export_image", "GET", sas, headers={
+                    "x-ms-range": f"bytes={offset}-{end}", "x-ms-version": BLOB_VERSION}).content
+                if len(chunk) != end + 1 - offset:
+                    raise DriverError(f"disk blob: {len(chunk)} bytes at {offset}, expected {end + 1 - offset}",
+                                      provider=self.name, operation="export_image")
+                if chunk.count(0) == len(chunk):
+                    fh.seek(len(chunk), 1)
+                else:
+                    fh.write(chunk)
+            fh.truncate(size)
+
+    async def _with_access(self, operation: str, collection: str, name: str, access: str,
+                           work: Callable[[str], Any]) -> Any:
+        """Grant ``access`` (Read or Write) to a disk or snapshot, run ``work(sas)`` in a thread, and always
+        revoke the SAS again (a disk with an active SAS can be neither attached nor deleted)."""
+        ops = getattr(self._compute, collection)
+        granted = await self._wait(operation, ops.begin_grant_access, self.resource_group, name,
+                                   cm.GrantAccessData(access=access, duration_in_seconds=SAS_SECONDS),
+                                   api_version=DISK_API)
+        try:
+            return await self.blocking(work, granted.access_sas)
+        finally:
+            await self._wait(operation, ops.begin_revoke_access, self.resource_group, name, api_version=DISK_API)
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        """A fixed, MiB-aligned VHD (``vpc:azure``) into a managed image: an empty managed disk with
+        ``createOption: Upload`` of the VHD's length, Write access (a SAS), the VHD's pages put into its
+        blob, access revoked, an image from the disk, and the upload disk removed (the image keeps its
+        own copy). A file Azure would refuse is refused here first, saying why."""
+        self._check_location(region)
+        if disk.format != "vpc":
+            raise ValidationError(f"{self.name}: Azure imports fixed VHDs; this disk is {disk.format}: convert it "
+                                  "to vpc:azure first")
+        try:
+            virtual = await asyncio.to_thread(fixed_vhd_size, disk.path)
+        except TranslationError as exc:
+            raise ValidationError(f"{self.name}: {exc}") from None
+        image_name = re.sub(r"[^A-Za-z0-9._-]", "-", name)[:80]
+        upload = f"{image_name}-upload"
+        tags = self._tags(image_name, None)
+        await self._wait("import_image", self._compute.disks.begin_create_or_update, self.resource_group, upload,
+                         cm.Disk(location=region, tags=tags, creation_data=cm.CreationData(
+                             create_option="Upload", upload_size_bytes=virtual + VHD_FOOTER)), api_version=DISK_API)
+        try:
+            made = await self._with_access("import_image", "disks", upload, "Write",
+                                           lambda sas: self._put_pages(disk.path, sas))
+            image = await self._wait("import_image", self._compute.images.begin_create_or_update,
+                                     self.resource_group, image_name, cm.Image(
+                                         location=region, tags=tags, hyper_v_generation="V1",
+                                         storage_profile=cm.ImageStorageProfile(os_disk=cm.ImageOSDisk(
+                                             os_type="Linux", os_state="Generalized",
+                                             managed_disk=cm.SubResource(id=self._disk_id(upload))))),
+                                     api_version=COMPUTE_API)
+        finally:
+            await self._wait("import_image", self._compute.disks.begin_delete, self.resource_group, upload,
+                             api_version=DISK_API)
+        return ImageInfo(provider_image_id=image.id, name=image.name, region=region, format="vpc",
+                         size_bytes=virtual, extra={"uploaded_bytes": made})
+
+    def _disk_id(self, name: str) -> str:
+        return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}/providers/"
+                f"Microsoft.Compute/disks/{name}")
+
+    async def ex_delete_image(self, name: str, region: str) -> None:
+        """Delete an image this driver imported (a migration's undo and cleanup); gone is success."""
+        await self._wait("delete_image", self._compute.images.begin_delete, self.resource_group,
+                         re.sub(r"[^A-Za-z0-9._-]", "-", name)[:80], api_version=COMPUTE_API)
+
+    async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
+        """The stopped VM's OS disk as a fixed VHD in ``dest_dir``: a snapshot of the disk (createOption
+        Copy), Read access to the snapshot, a ranged download through its SAS, access revoked and the
+        snapshot deleted (a snapshot is billed while it exists)."""
+        _, name = self._split(vm_id, "export_image")
+        vm = await self._call("export_image", self._compute.virtual_machines.get, self.resource_group, name,
+                              api_version=COMPUTE_API)
+        source = vm.storage_profile.os_disk.managed_disk.id
+        snap = f"{name}-export"[:80]
+        made = await self._wait("export_image", self._compute.snapshots.begin_create_or_update, self.resource_group,
+                                snap, cm.Snapshot(location=vm.location, tags=self._tags(snap, None),
+                                                  creation_data=cm.CreationData(create_option="Copy",
+                                                                                source_resource_id=source)),
+                                api_version=DISK_API)
+        dest = str(Path(dest_dir) / f"{name}.vhd")
+        size = int(made.disk_size_bytes or 0) + VHD_FOOTER
+        try:
+            await self._with_access("export_image", "snapshots", snap, "Read",
+                                    lambda sas: self._get_blob(sas, size, dest))
+        finally:
+            await self._wait("export_image", self._compute.snapshots.begin_delete, self.resource_group, snap,
+                             api_version=DISK_API)
+        return DiskRef(dest, "vpc")
 
     # --- networks -------------------------------------------------------------------------------
 

@@ -245,6 +245,7 @@ class DriverBase:
     """Formats ``ex_export_stream(vm_id, fmt)`` sends a stopped VM's disk in, as a byte stream (no file)."""
     stream_import_formats: frozenset[str] = frozenset()
     """Formats ``ex_import_stream(stream, name, region)`` takes as they come (an upload fed by an export)."""
+    image_import_target: ClassVar[str | None] = None  # what a disk the provider would refuse is converted to
     STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
     retry_attempts: ClassVar[int] = 5
     retry_base_s: ClassVar[float] = 0.5  # first backoff ceiling; doubles per attempt, full jitter

@@ -24,12 +24,15 @@ invalid (400) is a :class:`ValidationError` carrying GCE's words.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from metavmm.drivers.base import DriverBase, poll_delays, region_id, split_region_id
 from metavmm.foundation.errors import (
@@ -47,6 +50,7 @@ from metavmm.foundation.prices import gpu_model_key
 from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
+    DiskRef,
     FlavorInfo,
     ImageInfo,
     Inventory,
@@ -57,20 +61,25 @@ from metavmm.foundation.records import (
     VmState,
 )
 from metavmm.translators.cloudinit import host_label
+from metavmm.translators.cloudpack import pack_gce_raw
 
 try:  # the SDK is the ``gcp`` extra; the registry turns its absence into a ConfigError naming it
     import google.auth
     import google.auth.exceptions
+    import requests
     import requests.exceptions
     from google.api_core import exceptions as gexc
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
+    from google.auth.transport.requests import AuthorizedSession
     from google.cloud import compute_v1
     from google.oauth2 import service_account
 except ImportError as exc:  # pragma: no cover - exercised by the registry test without the extra
     raise ModuleNotFoundError(str(exc), name=exc.name or "google-cloud-compute") from None
 
-SCOPES = ("https://www.googleapis.com/auth/compute",)
+SCOPES = ("https://www.googleapis.com/auth/compute", "https://www.googleapis.com/auth/devstorage.read_write")
+STORAGE_URL = "https://storage.googleapis.com"  # Cloud Storage's JSON API, and the host of rawDisk.source URLs
+IMPORT_PREFIX = "metavmm-import/"  # where imported archives wait in the bucket until GCE has read them
 OWNER_LABEL = OWNER_TAG.replace(":", "-")  # label keys: [a-z][a-z0-9_-]*
 METADATA_MAX = 256 * 1024  # GCE's limit on one metadata value
 SSH_USER = "metavmm"
@@ -80,13 +89,20 @@ _QUOTA = {"quotaExceeded", "QUOTA_EXCEEDED", "ZONE_RESOURCE_POOL_EXHAUSTED",
 _CONFLICT = {"resourceNotReady", "invalidResourceUsage", "resourceInUseByAnotherResource", "alreadyExists",
              "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", "RESOURCE_NOT_READY", "ALREADY_EXISTS"}
 _NOT_FOUND = {"notFound", "RESOURCE_NOT_FOUND"}
-_CLIENTS = ("instances", "zone_operations", "machine_types", "accelerator_types", "images", "networks", "regions",
-            "zones")
+INSTANCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?|[1-9][0-9]{0,19}")  # the API's pattern: name or id
+_CLIENTS = ("instances", "zone_operations", "global_operations", "machine_types", "accelerator_types", "images",
+            "networks", "regions", "zones")
 
 
 def _last(url: str | None) -> str:
     """The resource name at the end of a GCE URL (``.../machineTypes/e2-small`` -> ``e2-small``)."""
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def image_name(name: str) -> str:
+    """The broker's image name as GCE allows one (``[a-z]([-a-z0-9]*[a-z0-9])?``, at most 63)."""
+    label = host_label(name)
+    return label if label[:1].isalpha() else f"img-{label}"[:63].rstrip("-")
 
 
 def zone_region(zone: str) -> str:
@@ -113,7 +129,9 @@ def _error_class(status: int | None, reasons: set[str], message: str) -> type[Ex
 class GceDriver(DriverBase):
     kind: ClassVar[str] = "gcp"
     capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.SUSPEND, Capability.MULTI_REGION,
-                              Capability.TAGS})
+                              Capability.TAGS, Capability.IMPORT_IMAGE})
+    image_import_formats = frozenset({"raw"})  # packed here as GCE wants it: disk.raw in a tar.gz
+    image_import_target: ClassVar[str | None] = "raw"
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "PROVISIONING": VmState.PENDING,
         "STAGING": VmState.PENDING,
@@ -137,6 +155,8 @@ class GceDriver(DriverBase):
         self.regions: tuple[str, ...] = tuple(dict.fromkeys(zone_region(z) for z in self.zones))
         self.endpoint: str | None = config.endpoint
         self.image_projects: tuple[str, ...] = tuple(getattr(config, "image_projects", ()) or ())
+        self.image_bucket: str | None = getattr(config, "image_bucket", None)
+        self.storage_endpoint: str = (getattr(config, "storage_endpoint", None) or STORAGE_URL).rstrip("/")
         self._anonymous = bool(getattr(config, "anonymous", False))
         self._credential_ref = config.credentials
         if self._anonymous and not self.endpoint:
@@ -148,6 +168,7 @@ class GceDriver(DriverBase):
                               "not read")
         self._site_configs = {s.region: s for s in config.sites}
         self._clients: dict[str, Any] = {}
+        self._storage: Any = None  # the Cloud Storage session, made at the first import
         self._lock = threading.Lock()
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -175,6 +196,7 @@ class GceDriver(DriverBase):
                 creds = self._credentials()
                 options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
                 classes = {"instances": compute_v1.InstancesClient, "zone_operations": compute_v1.ZoneOperationsClient,
+                           "global_operations": compute_v1.GlobalOperationsClient,
                            "machine_types": compute_v1.MachineTypesClient,
                            "accelerator_types": compute_v1.AcceleratorTypesClient,
                            "images": compute_v1.ImagesClient, "networks": compute_v1.NetworksClient,
@@ -208,17 +230,18 @@ class GceDriver(DriverBase):
         """Every page of a list (the pager follows ``nextPageToken``)."""
         return await self.provider_call(operation, lambda: list(self._client(client).list(**kwargs)))
 
-    async def _wait_op(self, zone: str, op: Any, operation: str) -> Any:
-        """Wait for a zone operation to be DONE: GCE's ``wait`` holds the call until the operation ends or
-        up to two minutes; between waits that came back early (unfinished) the pauses grow, jittered.
-        The operation's error becomes the typed error its code means."""
+    async def _wait_op(self, zone: str | None, op: Any, operation: str) -> Any:
+        """Wait for a zone operation (``zone`` None: a global one, as an image's) to be DONE: GCE's ``wait``
+        holds the call until the operation ends or up to two minutes; between waits that came back early
+        (unfinished) the pauses grow, jittered. The operation's error becomes the typed error its code means."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.op_timeout_s
         delays = poll_delays(self.op_first_s, self.op_cap_s)
         done = compute_v1.Operation.Status.DONE
         while True:
-            op = await self._call(operation, "zone_operations", "wait", project=self.project, zone=zone,
-                                  operation=op.name)
+            where = {"zone": zone} if zone else {}
+            op = await self._call(operation, "zone_operations" if zone else "global_operations", "wait",
+                                  project=self.project, operation=op.name, **where)
             if op.status == done:
                 break
             if loop.time() > deadline:
@@ -368,7 +391,11 @@ class GceDriver(DriverBase):
         return [self._vm_info(z, i) for z, insts in zip(self.zones, per_zone, strict=True) for i in insts]
 
     async def get_vm(self, vm_id: str) -> VmInfo:
+        """One instance. An id that cannot name a GCE instance (another provider's id: a cold migration's
+        adopt check asks with the source's) is not there: ProviderNotFound, not GCE's 400 for the name."""
         zone, name = self._split(vm_id, "get_vm", ProviderNotFound)
+        if not INSTANCE_NAME.fullmatch(name):
+            raise ProviderNotFound(f"{name!r} is not a GCE instance name", provider=self.name, operation="get_vm")
         return self._vm_info(zone, await self._call("get_vm", "instances", "get", project=self.project, zone=zone,
                                                     instance=name))
 
@@ -497,8 +524,96 @@ class GceDriver(DriverBase):
         out = await self._call("console_output", "instances", "get_serial_port_output", request=request)
         return str(out.contents or "")
 
+    # --- images: import through Cloud Storage -----------------------------------------------------
+
+    def _storage_session(self) -> Any:
+        """An HTTP session for Cloud Storage's JSON API with the driver's credentials (google-auth adds and
+        refreshes the bearer token itself; it is never logged). google-cloud-storage is not needed for
+        three calls."""
+        with self._lock:
+            if self._storage is None:
+                creds = self._credentials()
+                self._storage = requests.Session() if self._anonymous else AuthorizedSession(creds)
+            return self._storage
+
+    def _storage_call(self, operation: str, method: str, path: str, **kwargs: Any) -> Any:
+        """One Cloud Storage request (blocking); its error becomes the typed error its status means, in
+        Storage's words (the same error shape as Compute's)."""
+        response = self._storage_session().request(method, f"{self.storage_endpoint}{path}", timeout=(10, 3600),
+                                                   **kwargs)
+        if response.status_code < 400:
+            return response.json() if response.content else None
+        try:
+            err = response.json().get("error", {})
+        except ValueError:
+            err = {}
+        reasons = {str(e.get("reason")) for e in err.get("errors", []) if isinstance(e, dict) and e.get("reason")}
+        message = str(err.get("message") or response.reason)
+        cls = _error_class(response.status_code, reasons, message)
+        if cls is ValidationError:
+            raise ValidationError(f"{self.name}: {operation}: {message}")
+        raise cls(f"Cloud Storage {response.status_code}: {message}", provider=self.name,  # type: ignore[operator]
+                  operation=operation)
+
+    async def _upload(self, archive: Path, obj: str) -> None:
+        """A single-request media upload of the archive into the bucket (streamed from the file)."""
+        def put() -> None:
+            with archive.open("rb") as fh:
+                self._storage_call("import_image", "POST", f"/upload/storage/v1/b/{quote(self.image_bucket or '')}/o",
+                                   params={"uploadType": "media", "name": obj}, data=fh,
+                                   headers={"Content-Type": "application/gzip"})
+        await self.provider_call("import_image", put)
+
+    async def _delete_object(self, obj: str) -> None:
+        with contextlib.suppress(ProviderNotFound):  # already gone: a retried cleanup
+            await self.provider_call("import_image", self._storage_call, "import_image", "DELETE",
+                                     f"/storage/v1/b/{quote(self.image_bucket or '')}/o/{quote(obj, safe='')}")
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        """Pack the raw disk as GCE wants it (``disk.raw`` in a tar.gz, whole GiB), upload it to the bucket
+        named by ``image_bucket``, ``images.insert`` with ``rawDisk.source`` pointing at it, wait for the
+        global operation and remove the archive (GCE copied it). GCE images are global; ``region`` is
+        only where the broker reports it. An image of that name already there is a ProviderConflict."""
+        if disk.format not in self.image_import_formats:
+            raise ValidationError(f"{self.name}: GCE imports raw disks (packed as disk.raw in a tar.gz); this one is "
+                                  f"{disk.format}: convert it to raw first")
+        if not self.image_bucket:
+            raise ConfigError(f"{self.name}: importing an image needs a Cloud Storage bucket: set image_bucket")
+        if region not in self.regions:
+            raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
+        image = image_name(name)
+        archive = Path(disk.path).with_name(f"{image}.tar.gz")
+        packed = await asyncio.to_thread(pack_gce_raw, disk.path, archive)
+        obj = f"{IMPORT_PREFIX}{image}.tar.gz"
+        try:
+            await self._upload(archive, obj)
+            body = compute_v1.Image(
+                name=image, labels={OWNER_LABEL: image}, raw_disk=compute_v1.RawDisk(
+                    source=f"{STORAGE_URL}/{self.image_bucket}/{obj}", container_type="TAR"))
+            op = await self._call("import_image", "images", "insert_unary", project=self.project, image_resource=body)
+            await self._wait_op(None, op, "import_image")
+        finally:
+            archive.unlink(missing_ok=True)
+            await self._delete_object(obj)
+        got = await self._call("import_image", "images", "get", project=self.project, image=image)
+        info = self._image_info(got, self.project, region)
+        return replace(info, checksum=f"sha256:{packed.disk_sha256}",
+                       extra={**info.extra, "disk_bytes": packed.disk_bytes, "source_bytes": packed.source_bytes})
+
+    async def ex_delete_image(self, name: str, region: str) -> None:
+        """Delete an image this driver imported (the cold migration's undo and cleanup); gone is success."""
+        try:
+            op = await self._call("delete_image", "images", "delete_unary", project=self.project,
+                                  image=image_name(name))
+        except ProviderNotFound:
+            return
+        await self._wait_op(None, op, "delete_image")
+
     async def close(self) -> None:
         clients, self._clients = self._clients, {}
+        storage, self._storage = self._storage, None
+        if storage is not None:
+            await asyncio.to_thread(storage.close)
         for client in clients.values():
             close: Callable[[], None] | None = getattr(client.transport, "close", None)
             if close is not None:

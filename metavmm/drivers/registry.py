@@ -30,3 +30,22 @@ def driver_class(kind: str) -> type:
 def create_driver(provider_config: Any) -> Driver:
     """Build the driver for one provider entry of the federation file."""
     return driver_class(provider_config.kind)(provider_config)
+
+
+def import_target(kind: str, wanted: str) -> str:
+    """The disk format (a :mod:`metavmm.translators.disk` target name) a disk bound for a provider of
+    ``kind`` is converted to: ``wanted`` when the kind's driver takes it as it is, else the driver's
+    ``image_import_target`` (GCE takes raw only; Azure only a fixed, MiB-aligned VHD, ``vpc:azure``, so a
+    plain ``vpc`` is not enough). Kinds without one, or whose SDK is missing, get ``wanted``."""
+    try:
+        cls = driver_class(kind)
+    except ConfigError:
+        return wanted
+    target: str | None = getattr(cls, "image_import_target", None)
+    if target is None:
+        return wanted
+    name, _, variant = wanted.partition(":")
+    target_name, _, target_variant = target.partition(":")
+    if name in cls.image_import_formats and (name != target_name or variant == target_variant):
+        return wanted
+    return target

@@ -174,6 +174,11 @@ class GcpProvider(_ProviderBase):
     image_projects: list[str] = Field(default_factory=list, description="public image projects to list, e.g. "
                                       "debian-cloud (their images and families become launchable)")
     anonymous: bool = Field(default=False, description="no credentials: only for a test endpoint")
+    image_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$",
+                                     description="Cloud Storage bucket an image import is uploaded through "
+                                     "(GCE reads raw disks only from there); without it imports are refused")
+    storage_endpoint: str | None = Field(default=None, description="Cloud Storage JSON API URL; default "
+                                         "https://storage.googleapis.com (a test server's URL in tests)")
 
 
 class AzureProvider(_ProviderBase):

@@ -29,11 +29,13 @@ import base64
 import copy
 import datetime as dt
 import functools
+import hashlib
 import ipaddress
 import json
 import os
 import re
 import ssl
+import struct
 import threading
 import time
 import urllib.parse
@@ -52,8 +54,12 @@ SPECS = Path(os.environ.get("METAVMM_AZURE_SPECS", "/work/shared/reference/azure
 COMPUTE = SPECS / "Microsoft.Compute/ComputeRP/stable/2024-07-01"
 SKUS = SPECS / "Microsoft.Compute/Skus/stable/2021-07-01"
 NETWORK = SPECS / "Microsoft.Network/stable/2024-03-01"
+# The reference holds no DiskRP or image description: these two were written by hand for this server and say
+# so in their info.description (disks and snapshots at DiskRP 2024-03-02, images at ComputeRP 2024-07-01).
+MINIMAL = Path(__file__).resolve().parent / "reference" / "azure"
 SPEC_FILES = (COMPUTE / "virtualMachine.json", COMPUTE / "computeRPCommon.json", SKUS / "skus.json",
-              NETWORK / "networkInterface.json", NETWORK / "virtualNetwork.json", NETWORK / "publicIpAddress.json")
+              NETWORK / "networkInterface.json", NETWORK / "virtualNetwork.json", NETWORK / "publicIpAddress.json",
+              MINIMAL / "disk.minimal.json", MINIMAL / "image.minimal.json")
 TOKEN = "contract-test-token"
 
 
@@ -154,6 +160,10 @@ class ArmError(Exception):
         return web.json_response({"error": error}, status=self.status)
 
 
+def _storage_error(code: str, message: str) -> str:
+    return f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+
+
 def _not_found(kind: str, name: str, group: str) -> ArmError:
     return ArmError(404, "ResourceNotFound",
                     f"The Resource '{kind}/{name}' under resource group '{group}' was not found.")
@@ -204,6 +214,10 @@ class ContractServer:
         self.requests: list[tuple[str, str, int]] = []
         self.polled: list[str] = []  # the statuses the async-operation resources answered, in order
         self._throttle = 0
+        self.blobs: dict[str, bytearray] = {}  # disk, snapshot or image id (lower case) -> its VHD (data + footer)
+        self.sas: dict[str, tuple[str, str]] = {}  # SAS token -> (disk or snapshot id, Read|Write)
+        self.uploaded: dict[str, dict[str, Any]] = {}  # disk name -> what an upload left (digests, VHD footer)
+        self.page_writes = 0  # Put Page requests served
         self.base_url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -214,13 +228,15 @@ class ContractServer:
     # --- plumbing ---
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware], client_max_size=8 << 20)  # a Put Page: 4 MiB
         for op in operations(set(HANDLERS)):
             app.router.add_route(op.method, op.path, functools.partial(self._dispatch, op))
         app.router.add_get("/subscriptions/{sub}/providers/{ns}/locations/{loc}/operations/{opid}", self._status)
         app.router.add_get("/subscriptions/{sub}/providers/{ns}/locations/{loc}/operationResults/{opid}",
                            self._result)
         app.router.add_get("/blobs/{vm}/serialconsole.log", self._blob)
+        app.router.add_put("/blobs/disks/{token}", self._page_put)
+        app.router.add_get("/blobs/disks/{token}", self._page_get)
         return app
 
     @web.middleware
@@ -341,6 +357,51 @@ class ContractServer:
         if request.query.get("sig") != "contract":
             return web.Response(status=403, text="AuthenticationFailed")
         return web.Response(text=self.console.get(request.match_info["vm"], ""))
+
+    def _sas(self, request: web.Request, access: str) -> bytearray:
+        """The blob a SAS token grants ``access`` to (Azure Storage answers 403 otherwise, in XML)."""
+        granted = self.sas.get(request.match_info["token"])
+        if granted is None or request.query.get("sig") != "contract" or granted[1] != access:
+            raise web.HTTPForbidden(text=_storage_error("AuthenticationFailed", "Server failed to authenticate "
+                                                        "the request."), content_type="application/xml")
+        return self.blobs[granted[0]]
+
+    async def _page_put(self, request: web.Request) -> web.Response:
+        """Put Page: ``comp=page``, ``x-ms-page-write: update``, a 512-aligned ``x-ms-range`` of at most 4 MiB
+        and a body of exactly that length (the Blob service's rules for page blobs)."""
+        blob = self._sas(request, "Write")
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("x-ms-range") or request.headers.get("Range", ""))
+        data = await request.read()
+
+        def bad(code: str, message: str) -> web.Response:
+            return web.Response(status=400, text=_storage_error(code, message), content_type="application/xml")
+
+        if request.query.get("comp") != "page" or request.headers.get("x-ms-page-write") != "update":
+            return bad("InvalidQueryParameterValue", "comp=page and x-ms-page-write: update are required")
+        if m is None:
+            return bad("InvalidHeaderValue", "x-ms-range is required")
+        start, end = int(m[1]), int(m[2])
+        if start % 512 or (end + 1) % 512 or end < start:
+            return bad("InvalidPageRange", "The page range specified is invalid.")
+        if end + 1 - start > 4 << 20:
+            return bad("InvalidHeaderValue", "A page write may cover at most 4 MiB.")
+        if len(data) != end + 1 - start:
+            return bad("InvalidHeaderValue", "The body length does not match the range.")
+        if end >= len(blob):
+            return web.Response(status=416, text=_storage_error("InvalidPageRange", "The range is beyond the end "
+                                                                "of the blob."), content_type="application/xml")
+        blob[start:end + 1] = data
+        self.page_writes += 1
+        return web.Response(status=201)
+
+    async def _page_get(self, request: web.Request) -> web.Response:
+        blob = self._sas(request, "Read")
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("x-ms-range") or request.headers.get("Range", ""))
+        if m is None:
+            return web.Response(body=bytes(blob), content_type="application/octet-stream")
+        start, end = int(m[1]), min(int(m[2]), len(blob) - 1)
+        return web.Response(status=206, body=bytes(blob[start:end + 1]), content_type="application/octet-stream",
+                            headers={"Content-Range": f"bytes {start}-{end}/{len(blob)}"})
 
     # --- resources ---
 
@@ -470,6 +531,9 @@ def _check_vm(s: ContractServer, body: dict[str, Any], location: str, existing: 
     if not image or not (image.get("id") or all(image.get(k) for k in ("publisher", "offer", "sku", "version"))):
         raise ArmError(400, "InvalidParameter", "Required parameter 'imageReference' is missing (null).",
                        target="imageReference")
+    if "/providers/microsoft.compute/images/" in str(image.get("id", "")).lower() and (
+            str(image["id"]).lower() not in s.resources):
+        raise ArmError(404, "NotFound", f"The Image '{image['id']}' cannot be found in '{location}' region.")
     os_profile = props.get("osProfile")
     if not os_profile or not os_profile.get("computerName") or not os_profile.get("adminUsername"):
         raise ArmError(400, "InvalidParameter", "Required parameter 'osProfile' is missing (null).",
@@ -533,6 +597,9 @@ async def vm_put(s: ContractServer, request: web.Request, p: dict[str, str], bod
                    f"Microsoft.Compute/disks/{os_disk['name']}")
         os_disk.setdefault("managedDisk", {})["id"] = disk_id
         s.disks[disk_id.lower()] = rid
+        image_blob = s.blobs.get(str(props["storageProfile"]["imageReference"].get("id", "")).lower())
+        if image_blob is not None:  # a VM of an imported image: its OS disk holds the image's bytes
+            s.blobs[disk_id.lower()] = bytearray(image_blob)
         s.resources[rid.lower()] = vm
         for nic in props["networkProfile"]["networkInterfaces"]:
             s.resources[nic["id"].lower()]["properties"]["virtualMachine"] = {"id": rid}
@@ -847,3 +914,172 @@ async def net_delete(s: ContractServer, request: web.Request, p: dict[str, str],
                                                  if x["id"].lower() != rid.lower()]
 
     return s.start_lro(request, NETWORK_NS, location, request.query["api-version"], finish, status=202)
+
+
+# --- managed disks, snapshots and images (the hand-written minimal descriptions) ---------------------
+
+MIB_ = 1 << 20
+UPLOAD_MIN = 20 * MIB_ + 512  # Azure: an upload is at least 20 MiB plus the VHD footer
+DISK_TYPES = {"disks": "Microsoft.Compute/disks", "snapshots": "Microsoft.Compute/snapshots"}
+
+
+def _compute_id(s: ContractServer, p: dict[str, str], kind: str, key: str) -> str:
+    return (f"/subscriptions/{s.subscription}/resourceGroups/{p['resourceGroupName']}/providers/{COMPUTE_NS}/"
+            f"{kind}/{p[key]}")
+
+
+def _blob_kind(p: dict[str, str]) -> tuple[str, str]:
+    return ("snapshots", "snapshotName") if "snapshotName" in p else ("disks", "diskName")
+
+
+@handles("Disks_CreateOrUpdate", "Snapshots_CreateOrUpdate")
+async def disk_put(s: ContractServer, request: web.Request, p: dict[str, str], body: Any) -> web.Response:
+    """Azure's rules for what the driver sends: ``Upload`` takes ``uploadSizeBytes``, the fixed VHD's length
+    (data a whole number of MiB, plus the 512-byte footer, at least 20 MiB), and leaves the disk
+    ``ReadyToUpload``; ``Copy`` copies a disk or snapshot named by ``sourceResourceId``."""
+    kind, key = _blob_kind(p)
+    rid = _compute_id(s, p, kind, key)
+    location = s.check_location(body)
+    if rid.lower() in s.resources:
+        raise ArmError(409, "OperationNotAllowed", f"Updating {kind} is not served by the contract server.")
+    data = body["properties"]["creationData"]
+    option = data["createOption"]
+    if option == "Upload":
+        size = data.get("uploadSizeBytes")
+        if kind != "disks" or not isinstance(size, int) or size < UPLOAD_MIN or (size - 512) % MIB_:
+            raise ArmError(400, "InvalidParameter", f"The value {size} of uploadSizeBytes is invalid: it must be the "
+                           "size of a fixed VHD (a whole number of MiB plus the 512-byte footer), at least "
+                           f"{UPLOAD_MIN} bytes.", target="uploadSizeBytes")
+        blob, state = bytearray(size), "ReadyToUpload"
+    elif option == "Copy":
+        source = s.blobs.get(str(data.get("sourceResourceId", "")).lower())
+        if source is None:
+            raise ArmError(404, "NotFound", f"Resource {data.get('sourceResourceId')} was not found.")
+        blob, state = bytearray(source), "Unattached"
+    else:
+        raise ArmError(400, "InvalidParameter", f"createOption {option} is not served by the contract server.")
+    res = copy.deepcopy(body)
+    res.update(id=rid, name=p[key], type=DISK_TYPES[kind], location=location)
+    res.setdefault("sku", {"name": "Standard_LRS", "tier": "Standard"})
+    res["properties"].update(provisioningState="Updating", diskState=state, timeCreated=_now(),
+                             uniqueId=str(uuid.uuid4()), diskSizeBytes=len(blob) - 512,
+                             diskSizeGB=-(-(len(blob) - 512) // (1 << 30)))
+    s.resources[rid.lower()] = res
+    s.blobs[rid.lower()] = blob
+
+    def finish() -> dict[str, Any]:
+        res["properties"]["provisioningState"] = "Succeeded"
+        return copy.deepcopy(res)
+
+    return s.start_lro(request, COMPUTE_NS, location, request.query["api-version"], finish, status=202,
+                       body=copy.deepcopy(res))
+
+
+@handles("Disks_Get", "Snapshots_Get", "Images_Get")
+async def disk_get(s: ContractServer, request: web.Request, p: dict[str, str], body: Any) -> web.Response:
+    res = s.get(request.path, request.path.split("/providers/", 1)[1].rsplit("/", 1)[0])
+    return web.json_response(copy.deepcopy(res))
+
+
+@handles("Disks_GrantAccess", "Snapshots_GrantAccess")
+async def grant(s: ContractServer, request: web.Request, p: dict[str, str], body: Any) -> web.Response:
+    """Write access only to a disk waiting for its upload (``ReadyToUpload`` -> ``ActiveUpload``); Read to a
+    snapshot or an unattached disk (-> ``ActiveSAS``). The SAS points at this server's blob routes."""
+    kind, key = _blob_kind(p)
+    rid = _compute_id(s, p, kind, key)
+    res = s.get(rid, DISK_TYPES[kind])
+    props = res["properties"]
+    if body["access"] == "Write":
+        if props["diskState"] != "ReadyToUpload":
+            raise ArmError(409, "OperationNotAllowed", f"Write access can only be granted to a disk in state "
+                           f"ReadyToUpload; {res['name']} is {props['diskState']}.")
+        props["diskState"] = "ActiveUpload"
+    elif body["access"] == "Read":
+        if props["diskState"] not in ("Unattached", "ActiveSAS") or s.disks.get(rid.lower()):
+            raise ArmError(409, "OperationNotAllowed", f"Read access cannot be granted to {res['name']} in state "
+                           f"{props['diskState']}.")
+        props["diskState"] = "ActiveSAS"
+    else:
+        raise ArmError(400, "InvalidParameter", "access must be Read or Write.", target="access")
+    token = uuid.uuid4().hex
+    s.sas[token] = (rid.lower(), body["access"])
+    sas = f"{s.base_url}/blobs/disks/{token}?sv=2018-03-28&sr=b&si={uuid.uuid4()}&sig=contract"
+    return s.start_lro(request, COMPUTE_NS, res["location"], request.query["api-version"],
+                       lambda: {"accessSAS": sas}, status=202)
+
+
+@handles("Disks_RevokeAccess", "Snapshots_RevokeAccess")
+async def revoke(s: ContractServer, request: web.Request, p: dict[str, str], body: Any) -> web.Response:
+    """The SAS stops working; an upload is finished (``ActiveUpload`` -> ``Unattached``), and what arrived
+    is recorded in ``uploaded``: the digest of the whole blob, of its data, and its VHD footer."""
+    kind, key = _blob_kind(p)
+    rid = _compute_id(s, p, kind, key)
+    res = s.get(rid, DISK_TYPES[kind])
+    for token in [t for t, (r, _) in s.sas.items() if r == rid.lower()]:
+        del s.sas[token]
+    props = res["properties"]
+    if props["diskState"] == "ActiveUpload":
+        blob = s.blobs[rid.lower()]
+        footer = bytes(blob[-512:])
+        s.uploaded[res["name"]] = {
+            "sha256": hashlib.sha256(blob).hexdigest(), "data_sha256": hashlib.sha256(blob[:-512]).hexdigest(),
+            "cookie": footer[:8].decode(errors="replace"), "disk_type": struct.unpack(">I", footer[60:64])[0],
+            "current_size": struct.unpack(">Q", footer[48:56])[0]}
+    if props["diskState"] in ("ActiveUpload", "ActiveSAS"):
+        props["diskState"] = "Unattached"
+    return s.start_lro(request, COMPUTE_NS, res["location"], request.query["api-version"], lambda: None, status=202)
+
+
+def _busy(s: ContractServer, res: dict[str, Any]) -> None:
+    state = res["properties"].get("diskState")
+    if state in ("ActiveUpload", "ActiveSAS"):
+        raise ArmError(409, "OperationNotAllowed", f"{res['name']} has an active shared access signature "
+                       f"({state}); revoke it first.")
+
+
+@handles("Disks_Delete", "Snapshots_Delete", "Images_Delete")
+async def disk_delete(s: ContractServer, request: web.Request, p: dict[str, str], body: Any) -> web.Response:
+    rid = request.path
+    res = s.resources.get(rid.lower())
+    if res is None:
+        return web.Response(status=204)
+    _busy(s, res)
+    if s.disks.get(rid.lower()):
+        raise ArmError(409, "OperationNotAllowed", f"Disk {res['name']} is attached to VM {s.disks[rid.lower()]}.")
+
+    def finish() -> None:
+        s.resources.pop(rid.lower(), None)
+        s.blobs.pop(rid.lower(), None)
+
+    return s.start_lro(request, COMPUTE_NS, res["location"], request.query["api-version"], finish, status=202)
+
+
+@handles("Images_CreateOrUpdate")
+async def image_put(s: ContractServer, request: web.Request, p: dict[str, str], body: Any) -> web.Response:
+    """An image from a managed disk or snapshot that has no active SAS (Azure refuses one still uploading);
+    the image keeps a copy of its bytes, so the source may be deleted afterwards."""
+    rid = _compute_id(s, p, "images", "imageName")
+    location = s.check_location(body)
+    os_disk = body.get("properties", {}).get("storageProfile", {}).get("osDisk")
+    if not os_disk:
+        raise ArmError(400, "InvalidParameter", "Required parameter 'osDisk' is missing (null).", target="osDisk")
+    source_id = (os_disk.get("managedDisk") or os_disk.get("snapshot") or {}).get("id", "")
+    source = s.resources.get(str(source_id).lower())
+    if source is None:
+        raise ArmError(404, "NotFound", f"Resource {source_id} was not found.")
+    _busy(s, source)
+    existing = rid.lower() in s.resources
+    res = copy.deepcopy(body)
+    res.update(id=rid, name=p["imageName"], type="Microsoft.Compute/images", location=location)
+    res["properties"]["provisioningState"] = "Creating"
+    res["properties"].setdefault("hyperVGeneration", "V1")
+    res["properties"]["storageProfile"]["osDisk"].setdefault("diskSizeGB", source["properties"]["diskSizeGB"])
+    s.resources[rid.lower()] = res
+    s.blobs[rid.lower()] = bytearray(s.blobs[source["id"].lower()])
+
+    def finish() -> dict[str, Any]:
+        res["properties"]["provisioningState"] = "Succeeded"
+        return copy.deepcopy(res)
+
+    return s.start_lro(request, COMPUTE_NS, location, request.query["api-version"], finish,
+                       status=200 if existing else 201, body=copy.deepcopy(res))

@@ -107,6 +107,7 @@ def azure(azure_server: AzureCloud) -> Iterator[AzureCloud]:
     server = azure_server.server
     server.resources.clear(), server.power.clear(), server.disks.clear(), server.console.clear()
     server.violations.clear(), server.requests.clear(), server.polled.clear()
+    server.blobs.clear(), server.sas.clear(), server.uploaded.clear()
     server.throttle(0)
     yield azure_server
     assert server.violations == []

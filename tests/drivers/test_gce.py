@@ -157,6 +157,14 @@ async def test_requests_gce_rejects_are_clear_errors(driver: GceDriver, gce: Gce
         await driver.create_vm(VmSpec(name="x", region="asia-east1", image=DEBIAN))
     with pytest.raises(ProviderNotFound, match="is not one of"):
         await driver.get_vm("asia-east1-a/vm")
+    # another provider's id (a libvirt domain UUID, as a cold migration's adopt check asks with) is not
+    # there, whatever its first character: GCE would answer 400 for a name that is no instance name
+    calls = len(gce.calls)
+    with pytest.raises(ProviderNotFound, match="not a GCE instance name"):
+        await driver.get_vm("us-central1-a/6abe7bc1-0d34-4c77-87cd-7daf6baa04cd")
+    assert len(gce.calls) == calls
+    with pytest.raises(ProviderNotFound):
+        await driver.get_vm("us-central1-a/abe7bc10-0d34-4c77-87cd-7daf6baa04cd")
     with pytest.raises(ProviderConflict, match=r"resourceNotReady: .* is not ready"):
         vm = await driver.create_vm(VmSpec(name="x", region="us-central1", image=DEBIAN, flavor="e2-small"))
         await driver.stop_vm(vm.provider_vm_id)

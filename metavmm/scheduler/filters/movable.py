@@ -4,7 +4,7 @@ Inside one provider a VM moves by the provider's own migration (live, or while s
 providers of a kind that migrates live (two libvirt daemons) the planner tries live first. Any other move
 between providers is a cold migration: the source must hand out the VM's disk (``export_image``) and
 the target must take a disk in (``import_image``). OCCI 1.2 has no image import, so a partner's site
-can be placed onto but not moved to; no cloud driver exports a disk yet, so nothing moves off a cloud.
+can be placed onto but not moved to; GCE and AWS export no disk, so nothing moves off them.
 One rule, asked by the planner for every candidate site and by the cold-migration flow itself (the CLI
 names its target provider directly). Its export half (:func:`export_refusal`) is also the rule of a
 save (OCCI ``save``, REST's ``save`` action): the disk leaves the provider the same way.
@@ -21,12 +21,8 @@ WHY_NOT = {("occi", Capability.IMPORT_IMAGE): "OCCI 1.2 has no image import",
            ("occi", Capability.EXPORT_IMAGE): "OCCI 1.2 has no disk download: a partner keeps what it saves",
            ("aws", Capability.IMPORT_IMAGE): "the AWS driver has no disk import or export yet",
            ("aws", Capability.EXPORT_IMAGE): "the AWS driver has no disk import or export yet",
-           ("gcp", Capability.IMPORT_IMAGE): "Compute Engine imports need Cloud Storage, which the driver does "
-                                             "not reach yet",
-           ("gcp", Capability.EXPORT_IMAGE): "Compute Engine exports go to Cloud Storage, which the driver does "
-                                             "not reach yet",
-           ("azure", Capability.IMPORT_IMAGE): "the Azure driver has no disk import or export yet",
-           ("azure", Capability.EXPORT_IMAGE): "the Azure driver has no disk import or export yet"}
+           ("gcp", Capability.EXPORT_IMAGE): "Compute Engine exports images only through a Cloud Build "
+                                             "workflow, not a Compute API call the driver can make"}
 """Why a kind lacks a capability, where there is more to say than its absence."""
 
 _VERB = {Capability.EXPORT_IMAGE: "export a VM's disk", Capability.IMPORT_IMAGE: "import a disk image"}

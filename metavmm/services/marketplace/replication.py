@@ -40,7 +40,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Host, Image, ImageReplica, Provider, Site
 from metavmm.drivers.base import Driver
-from metavmm.drivers.registry import create_driver
+from metavmm.drivers.registry import create_driver, import_target
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import ChecksumMismatch, Conflict, NotFound, UnsupportedOperation
 from metavmm.foundation.kinds import KINDS
@@ -50,7 +50,7 @@ from metavmm.services import metrics
 from metavmm.services.marketplace.entries import Audience, get_image, state_of
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.translators.costs import HYPERVISOR_FORMATS, V2V_SOURCES, DiskFormat
-from metavmm.translators.disk import convert
+from metavmm.translators.disk import DiskTarget, convert
 from metavmm.translators.untrusted import inspect
 
 # When a site's hypervisor cannot boot the published format, the format it gets instead.
@@ -160,29 +160,32 @@ class Replicator:
         driver = create_driver(target.config)
         try:
             store = _store_dir(driver, target)
-            fmt = DiskFormat(want) if want else target_format(image.format, target.hypervisor)
+            # what the provider takes: a cloud's driver may need another format, or a variant (Azure: vpc:azure)
+            conv = import_target(target.provider.kind,
+                                 want or target_format(image.format, target.hypervisor).value)
+            fmt = DiskTarget.parse(conv).format
             staged = store / ".staging" / f"{image.id}.{image.format}"
             final = store / f"{_safe(image.name)}-v{_safe(image.version)}-{image.id[:8]}.{fmt.value}"
             expected = Expected(sha256=image.sha256, sha512=image.sha512, size_bytes=image.size_bytes)
             source = local_path(image.location)
             conv_started = time.perf_counter()
             checksum: str | None = None
-            if source is not None and fmt.value != image.format:
-                copy, checksum = await _convert_local(source, image, fmt, final, expected)
+            if source is not None and conv != image.format:
+                copy, checksum = await _convert_local(source, image, conv, final, expected)
             else:
                 copy = await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}")
                 conv_started = time.perf_counter()
                 try:
-                    if fmt.value == image.format:
+                    if conv == image.format:
                         await inspect(staged, image.format, checksum=False)  # bytes from outside: check them
                         staged.replace(final)
                     else:
                         # the staging copy's digest is known: only the output is hashed, beside its check
-                        checksum = (await convert(DiskRef(str(staged), image.format), fmt, final, overwrite=True,
+                        checksum = (await convert(DiskRef(str(staged), image.format), conv, final, overwrite=True,
                                                   source_sha256=copy.sha256)).sha256
                 finally:
                     staged.unlink(missing_ok=True)
-            if fmt.value == image.format:
+            if conv == image.format:
                 checksum = copy.sha256
             convert_s = time.perf_counter() - conv_started
             provider_image_id = await _register(driver, target, final, image)
@@ -214,7 +217,7 @@ class Replicator:
             return rep
 
 
-async def _convert_local(src: Path, image: Image, fmt: DiskFormat, final: Path, expected: Expected
+async def _convert_local(src: Path, image: Image, fmt: str, final: Path, expected: Expected
                          ) -> tuple[Digests, str | None]:
     """Convert a local source straight into the site's store while the same read (page cache) is hashed.
 

@@ -522,6 +522,9 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
     if target_provider == provider:
         raise ValidationError("a cold migration needs another provider as its target")
     refuse_unmovable(engine, provider, target_provider)
+    from metavmm.drivers.registry import import_target
+
+    disk_format = import_target(target_cfg.kind, disk_format)  # what the target takes (Azure: vpc:azure)
     sites, regions = getattr(target_cfg, "sites", None), getattr(target_cfg, "regions", None)
     async with engine.sessions() as session:
         macs = {w.spec.get("mac") for w in (await session.exec(select(Workload))).all() if w.spec.get("mac")}

@@ -1,0 +1,151 @@
+"""Cold migration from libvirt to the public clouds through the one cold_migrate flow: a real libvirt VM
+(QEMU TCG) on a disk with known content is stopped, exported, converted and imported at the target's
+contract server (GCE: raw packed as disk.raw in a tar.gz through Cloud Storage; Azure: a fixed,
+MiB-aligned VHD uploaded into a managed disk), booted there under a new hostname, and only then removed
+at the source. What arrived at the cloud is checked by digest against the disk the VM had."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench import direct
+from bench.libvirt_hosts import LibvirtHosts
+from metavmm.catalog.models import OperationState
+from metavmm.services.operations import flows
+from metavmm.services.operations.engine import Engine
+from metavmm.translators.cloudpack import GIB
+from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
+from tests.drivers.gce_contract import GceContract
+from tests.drivers.gcs_contract import compute_with_storage
+from tests.services.operations.conftest import domains, engine_for, run
+from tests.services.operations.test_libvirt_flows import workload
+from tests.services.operations.test_vmware_flows import STEPS
+
+BUCKET = "metavmm-migrations"
+DISK_MIB = 64
+
+
+def content_disk(work: Path) -> tuple[Path, bytes]:
+    """A qcow2 whose guest sees DISK_MIB MiB with a random first MiB (a disk with something on it, so a
+    digest proves the bytes moved); returns it and the raw bytes the guest sees."""
+    raw = bytearray(DISK_MIB << 20)
+    raw[: 1 << 20] = os.urandom(1 << 20)
+    src = work / "content.raw"
+    src.write_bytes(raw)
+    disk = work / "content.qcow2"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(src), str(disk)], check=True)
+    src.unlink()
+    disk.chmod(0o644)
+    return disk, bytes(raw)
+
+
+@pytest.fixture
+async def gce() -> AsyncIterator[GceContract]:
+    async with compute_with_storage(BUCKET) as server:
+        yield server
+
+
+@pytest.fixture
+def work(libvirt_hosts: LibvirtHosts, tmp_path: Path) -> Path:
+    path = libvirt_hosts.root / "work" / tmp_path.name
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+async def gce_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, gce: GceContract, work: Path,
+                     tmp_path: Path) -> AsyncIterator[Engine]:
+    federation = libvirt_hosts.federation_yaml(work) + (
+        f"  - {{kind: gcp, name: gce, project: metavmm-test, zones: [us-central1-a], endpoint: \"{gce.url}\",\n"
+        f"     anonymous: true, image_bucket: {BUCKET}, storage_endpoint: \"{gce.url}\"}}\n")
+    async with engine_for(federation, tmp_path) as ops:
+        yield ops
+
+
+async def test_cold_migration_libvirt_to_gce_moves_the_disk_bytes(gce_engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                                 gce: GceContract, work: Path) -> None:
+    engine = gce_engine
+    disk, raw = content_disk(work)
+    done = await run(engine, await direct.provision(engine, name="to-gce", provider="lv0", region="host0",
+                                                   image=str(disk), ram_mib=64))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    wid = done.target_id
+    assert wid is not None
+
+    op = await flows.cold_migrate(engine, wid, target_provider="gce", target_region="us-central1")
+    assert [s["name"] for s in op.steps] == STEPS
+    done = await run(engine, op)
+    assert done.state == OperationState.SUCCEEDED, [(s["name"], s.get("state"), s.get("error")) for s in done.steps]
+    image_name, hostname = done.steps[3]["args"]["name"], done.params["hostname"]
+
+    # GCE made the image from a disk.raw that is the VM's disk, padded with zeros to whole GiB
+    expected = hashlib.sha256(raw)
+    expected.update(bytes(GIB - len(raw)))
+    assert gce.imported[image_name] == {"sha256": expected.hexdigest(), "bytes": GIB}
+    image = gce.images["metavmm-test"][image_name]
+    assert image["status"] == "READY" and image["diskSizeGb"] == "1"
+    assert gce.storage is not None and gce.storage.objects == {}  # type: ignore[attr-defined]
+    # the clone runs at GCE from that image under its new hostname; the source is gone
+    (inst,) = gce.instances["us-central1-a"].values()
+    assert inst["status"] == "RUNNING" and inst["name"].startswith(hostname[:54].rstrip("-"))
+    assert inst["disks"][0]["initializeParams"]["sourceImage"].endswith(f"/global/images/{image_name}")
+    assert "to-gce" not in domains(libvirt_hosts.uris[0]).values()
+    w, at = await workload(engine, wid)
+    assert (at, w.observed_state) == ("gce", "running")
+    assert w.spec["owned_image"] == {"provider": "gce", "region": "us-central1", "name": image_name}
+
+    # deleting the workload removes the instance and the image the migration imported
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+    assert gce.instances["us-central1-a"] == {} and image_name not in gce.images["metavmm-test"]
+
+
+@pytest.fixture
+async def azure_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, azure: AzureCloud,  # noqa: F811
+                       work: Path, tmp_path: Path) -> AsyncIterator[Engine]:
+    federation = libvirt_hosts.federation_yaml(work) + f"  - {azure.yaml('az', locations=['westus'])}\n"
+    async with engine_for(federation, tmp_path) as ops:
+        yield ops
+
+
+async def test_cold_migration_libvirt_to_azure_moves_the_disk_bytes(azure_engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                                   azure: AzureCloud, work: Path) -> None:  # noqa: F811
+    engine, server = azure_engine, azure.server
+    disk, raw = content_disk(work)
+    done = await run(engine, await direct.provision(engine, name="to-azure", provider="lv0", region="host0",
+                                                   image=str(disk), ram_mib=64))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    wid = done.target_id
+    assert wid is not None
+
+    op = await flows.cold_migrate(engine, wid, target_provider="az")  # the default (raw) is not what Azure takes
+    assert [s["name"] for s in op.steps] == STEPS and op.steps[3]["args"]["region"] == "westus"
+    assert op.steps[2]["args"]["to_format"] == "vpc:azure" and op.params["format"] == "vpc:azure"
+    done = await run(engine, op)
+    assert done.state == OperationState.SUCCEEDED, done.error
+    image_name = done.steps[3]["args"]["name"]
+
+    # the upload disk got a fixed VHD of the VM's 64 MiB whose data is the VM's disk, byte for byte
+    got = server.uploaded[f"{image_name}-upload"]
+    assert got["data_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert (got["cookie"], got["disk_type"], got["current_size"]) == ("conectix", 2, DISK_MIB << 20)
+    image = next(r for r in server.resources.values() if r["type"] == "Microsoft.Compute/images")
+    assert image["name"] == image_name and image["properties"]["provisioningState"] == "Succeeded"
+    assert not any(r["type"] == "Microsoft.Compute/disks" for r in server.resources.values()) and server.sas == {}
+    # the clone runs at Azure from that image; the source is gone
+    (vm,) = [r for r in server.resources.values() if r["type"] == "Microsoft.Compute/virtualMachines"]
+    assert vm["properties"]["storageProfile"]["imageReference"]["id"] == image["id"]
+    assert server.power[vm["id"].lower()] == "running"
+    assert "to-azure" not in domains(libvirt_hosts.uris[0]).values()
+    w, at = await workload(engine, wid)
+    assert (at, w.observed_state) == ("az", "running")
+
+    # deleting the workload removes the VM and the image the migration imported
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+    assert not any(r["type"].startswith("Microsoft.Compute/") for r in server.resources.values())
+    assert server.violations == []
