@@ -248,26 +248,30 @@ async def _beside_hash(src: Path, image: Image, expected: Expected, work: Corout
                        ) -> tuple[Digests, T]:
     """Run ``work`` (which reads ``src`` and writes ``output``) while ``src`` is hashed in a parallel read.
 
-    The digests are checked when both finish, and the file's identity (inode, size, modification and
-    change times: the last cannot be set back by its owner) must not have changed in between, so the
-    work read the bytes that were hashed. On any failure ``output`` is deleted.
+    The digests are checked when both finish (a mismatch found first stops the work at once), and the
+    file's identity (inode, size, modification and change times: the last cannot be set back by its
+    owner) must not have changed in between, so the work read the bytes that were hashed. On any
+    failure ``output`` is deleted.
     """
     def identity() -> tuple[int, ...]:
         st = src.stat()
         return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
-    before = identity()
+    job = asyncio.ensure_future(work)
     hashing = asyncio.create_task(hash_file(src, expected=expected, what=f"image {image.name}"))
     try:
-        result = await work
+        before = identity()
+        await asyncio.wait((job, hashing), return_when=asyncio.FIRST_EXCEPTION)
         digests = await hashing
+        result = await job
         if identity() != before:
             raise ChecksumMismatch(f"image {image.name}: {src} changed while it was replicated; refused")
         return digests, result
     except BaseException:
-        hashing.cancel()
-        with contextlib.suppress(BaseException):
-            await hashing
+        for task in (job, hashing):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         output.unlink(missing_ok=True)
         raise
 

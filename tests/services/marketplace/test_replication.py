@@ -289,3 +289,27 @@ async def test_a_source_rewritten_during_the_copy_is_refused_and_the_copy_delete
     assert not out.exists()
     digests = await _copy_local(src, Image(name="quiet"), out, expected)  # untouched: accepted, identical
     assert digests.sha256 == expected.sha256 and out.read_bytes() == src.read_bytes()
+
+
+async def test_a_flipped_byte_stops_the_copy_beside_the_hash_and_leaves_nothing(tmp_path: Path) -> None:
+    src, out = tmp_path / "disk.raw", tmp_path / "copy.raw"
+    content = bytearray(os.urandom(3 << 20))
+    expected = Expected(sha256=hashlib.sha256(content).hexdigest())
+    content[(3 << 20) // 2] ^= 1  # one bit of the published bytes changed since publishing
+    src.write_bytes(content)
+    stopped = asyncio.Event()
+
+    async def slow_copy() -> None:  # still working when the hash finds the mismatch: it must be stopped
+        out.write_bytes(b"partial")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    with pytest.raises(ChecksumMismatch, match="SHA256 mismatch"):
+        await _beside_hash(src, Image(name="flipped"), expected, slow_copy(), out)
+    assert stopped.is_set() and not out.exists()
+    with pytest.raises(ChecksumMismatch, match="SHA256 mismatch"):  # the real kernel copy: refused, deleted
+        await _copy_local(src, Image(name="flipped"), out, expected)
+    assert not out.exists()
