@@ -257,6 +257,9 @@ async def _beside_hash(src: Path, image: Image, expected: Expected, work: Corout
         st = src.stat()
         return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
+    if not src.is_file():
+        work.close()
+        raise NotFound(f"image {image.name}: {src} is not a file")
     job = asyncio.ensure_future(work)
     hashing = asyncio.create_task(hash_file(src, expected=expected, what=f"image {image.name}"))
     try:

@@ -24,7 +24,7 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica, Operation, OperationState, Workload
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import LimitsConfig
-from metavmm.foundation.errors import ChecksumMismatch, NoPlacement, ValidationError
+from metavmm.foundation.errors import ChecksumMismatch, NoPlacement, NotFound, ValidationError
 from metavmm.services.identity import operator_identity
 from metavmm.services.marketplace.entries import ADMIN, ImageMeta
 from metavmm.services.marketplace.imagelist import generate_key
@@ -289,6 +289,8 @@ async def test_a_source_rewritten_during_the_copy_is_refused_and_the_copy_delete
     assert not out.exists()
     digests = await _copy_local(src, Image(name="quiet"), out, expected)  # untouched: accepted, identical
     assert digests.sha256 == expected.sha256 and out.read_bytes() == src.read_bytes()
+    with pytest.raises(NotFound, match="is not a file"):  # a registered file deleted since: a 404, not a 500
+        await _copy_local(tmp_path / "gone.raw", Image(name="gone"), tmp_path / "x.raw", expected)
 
 
 async def test_a_flipped_byte_stops_the_copy_beside_the_hash_and_leaves_nothing(tmp_path: Path) -> None:
