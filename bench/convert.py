@@ -8,7 +8,10 @@ full path (untrusted-input inspection, explicit formats, progress parsing, ``qem
 output, SHA-256 of source and output), and metavmm without the checksums, ``--repeat`` interleaved rounds,
 with the ratio to plain qemu-img (of the minimums, and of the medians), the time one SHA-256 pass over
 source and output takes alone (the work checksums add, however well it overlaps), the MiB the output
-allocates (holes stay holes) and the throughput the scheduler's cost table should use.
+allocates (holes stay holes) and the throughput the scheduler's cost table should use. The CPU columns
+(minimum CPU seconds of the broker process and its tools, plain qemu-img's and metavmm's with checksums)
+show the work each does, which a busy neighbour on a shared machine does not change the way it changes
+wall times.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,18 +60,29 @@ def through_metavmm(src: Path, src_fmt: str, dst: Path, target: DiskTarget, chec
     return time.perf_counter() - started
 
 
-def interleaved(runs: list[Callable[[], float]], repeat: int, dst: Path) -> tuple[list[list[float]], int]:
-    """All times of each run, taking turns (plain, metavmm, metavmm without hashes, plain, ...) so that page
-    cache and a busy neighbour affect every contender alike; and the bytes the last output allocates."""
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process's threads and of the tools it waited for."""
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+def interleaved(runs: list[Callable[[], float]], repeat: int, dst: Path
+                ) -> tuple[list[list[float]], list[list[float]], int]:
+    """All times and CPU times of each run, taking turns (plain, metavmm, metavmm without hashes, plain, ...)
+    so that page cache and a busy neighbour affect every contender alike; and the bytes the last output
+    allocates."""
     times: list[list[float]] = [[] for _ in runs]
+    cpu: list[list[float]] = [[] for _ in runs]
     allocated = 0
     for _ in range(repeat):
         for i, run in enumerate(runs):
             dst.unlink(missing_ok=True)
+            before = cpu_seconds()
             times[i].append(run())
+            cpu[i].append(cpu_seconds() - before)
             allocated = dst.stat().st_blocks * 512
     dst.unlink(missing_ok=True)
-    return times, allocated
+    return times, cpu, allocated
 
 
 def hashing_alone(path: Path) -> float:
@@ -95,13 +110,14 @@ def main() -> None:
               f"minimums and of the medians ('med'); load average {os.getloadavg()[0]:.1f}; qemu-img "
               f"{subprocess.run(['qemu-img', '--version'], capture_output=True, text=True).stdout.split()[2]}")
         header = (f"{'conversion':<28}{'qemu-img s':>11}{'metavmm s':>10}{'ratio':>7}{'med':>6}{'no-sha s':>9}"
-                  f"{'ratio':>7}{'med':>6}{'sha alone':>10}{'written MiB':>12}{'MiB/s':>7}{'table s':>8}")
+                  f"{'ratio':>7}{'med':>6}{'sha alone':>10}{'written MiB':>12}{'MiB/s':>7}{'table s':>8}{'CPU s':>7}"
+                  f"{'CPU s':>7}{'ratio':>6}")
         print(header)
         print("-" * len(header))
         for src_fmt, target_name in CASES:
             target = DiskTarget.parse(target_name)
             src, dst = sources[src_fmt], work / f"out.{target.format.value}"
-            (t_plain, t_full, t_fast), allocated = interleaved([
+            (t_plain, t_full, t_fast), (c_plain, c_full, _c_fast), allocated = interleaved([
                 partial(plain, src, src_fmt, dst, target),
                 partial(through_metavmm, src, src_fmt, dst, target, True),
                 partial(through_metavmm, src, src_fmt, dst, target, False)], args.repeat, dst)
@@ -114,7 +130,8 @@ def main() -> None:
             name = f"{src_fmt} -> {target}"
             print(f"{name:<28}{p:>11.2f}{f:>10.2f}{f / p:>7.2f}{med(t_full) / med(t_plain):>6.2f}"
                   f"{n:>9.2f}{n / p:>7.2f}{med(t_fast) / med(t_plain):>6.2f}{sha:>10.2f}{allocated / MIB:>12.0f}"
-                  f"{args.size_mib / n:>7.0f}{estimate:>8.2f}")
+                  f"{args.size_mib / n:>7.0f}{estimate:>8.2f}{min(c_plain):>7.2f}{min(c_full):>7.2f}"
+                  f"{min(c_full) / min(c_plain):>6.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -18,7 +18,11 @@ replicated to a libvirt site (the real daemon must answer on qemu:///system, as 
   inspected, converted, output hashed beside its check.
 
 Every row reads a file the page cache already holds (the first row warms it), so the numbers compare
-the work each does, not the disk. The rows take turns, ``--repeat`` rounds; min and median are printed.
+the work each does, not the disk. The rows take turns, ``--repeat`` rounds; min and median are printed,
+and the minimum CPU seconds (this process's threads and the tools it waited for; the http row includes
+the serving side, which runs in this process too) with its ratio to the floor's: on a shared machine
+the wall times follow the neighbours' load, the CPU times the work. "written MiB" is what the output
+allocates on disk.
 Usage: python -m bench.replication [--size-mib 1024] [--repeat 3] [--dir /var/tmp]
 """
 
@@ -40,6 +44,7 @@ from typing import Any
 from aiohttp import web
 from sqlmodel import select
 
+from bench.convert import cpu_seconds
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica
@@ -79,7 +84,11 @@ async def serve_dir(root: Path) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/blobs"
 
 
-async def run(size_mib: int, base: Path, repeat: int) -> list[tuple[str, list[float], int]]:
+Row = tuple[str, list[float], int, list[float], int]
+"""A contender's label, wall times, bytes it moves, CPU times and bytes its output allocates."""
+
+
+async def run(size_mib: int, base: Path, repeat: int) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="metavmm-bench-repl-", dir=base))
     os.chmod(work, 0o755)
     os.environ["METAVMM_STATE_DIR"] = str(work / "state")
@@ -121,11 +130,12 @@ providers:
             vmdk_size = vmdk.stat().st_size
             dest = work / "site" / "images"
             dest.mkdir(parents=True, exist_ok=True)
-            rows: list[tuple[str, list[float], int]] = []
             plain = dest / "plain.vmdk"
+            allocated = [0]  # what the last contender's output allocates on disk (holes allocate nothing)
 
             def shell(cmd: str) -> float:
                 took = timed_cmd("sh", "-c", cmd.format(src=vmdk, dst=plain))
+                allocated[0] = plain.stat().st_blocks * 512
                 plain.unlink()
                 return took
 
@@ -133,6 +143,7 @@ providers:
                 started = time.perf_counter()
                 await replicator.replicate(ids[name], "bench-site", audience=ADMIN)
                 took = time.perf_counter() - started
+                allocated[0] = sum(p.stat().st_blocks * 512 for p in dest.glob("*.qcow2"))
                 await drop_replicas(maker, dest)
                 return took
 
@@ -148,12 +159,16 @@ providers:
                 ("metavmm vmdk -> qcow2 (http)", lambda: replicate("bench-http"), vmdk_size),
             ]
             times: dict[str, list[float]] = {label: [] for label, _f, _n in contenders}
+            cpu: dict[str, list[float]] = {label: [] for label, _f, _n in contenders}
+            written: dict[str, int] = {}
             for _round in range(repeat):
                 for label, run, _n in contenders:
+                    before = cpu_seconds()
                     took = run()
                     times[label].append(await took if asyncio.iscoroutine(took) else took)
-            rows = [(label, times[label], size) for label, _f, size in contenders]
-            return rows
+                    cpu[label].append(cpu_seconds() - before)
+                    written[label] = allocated[0]
+            return [(label, times[label], size, cpu[label], written[label]) for label, _f, size in contenders]
         finally:
             await runner.cleanup()
             await engine.dispose()
@@ -175,15 +190,18 @@ async def drop_replicas(maker: object, dest: Path) -> None:
         path.unlink()
 
 
-def report(rows: list[tuple[str, list[float], int]]) -> None:
-    """Min and median of each row, and the ratios to cp and to the floor "cp + one hashing pass"."""
-    best = {label: min(t) for label, t, _n in rows}
-    floors = {"256": best["cp + openssl sha256 (floor 256)"], "512": best["cp + openssl sha512 (floor 512)"]}
-    print(f"{'method':34} {'min s':>7} {'median s':>9} {'MiB/s':>7} {'vs cp':>6} {'/floor256':>10} {'/floor512':>10}")
-    for label, t, size in rows:
+def report(rows: list[Row]) -> None:
+    """Min and median of each row, the ratios to cp and to the floor "cp + one hashing pass", and CPU."""
+    best = {label: min(t) for label, t, _n, _c, _w in rows}
+    work = {label: min(c) for label, _t, _n, c, _w in rows}
+    f256, f512 = "cp + openssl sha256 (floor 256)", "cp + openssl sha512 (floor 512)"
+    print(f"{'method':34} {'min s':>7} {'median s':>9} {'MiB/s':>7} {'vs cp':>6} {'/floor256':>10} {'/floor512':>10}"
+          f" {'CPU s':>6} {'CPU/floor512':>13} {'written MiB':>12}")
+    for label, t, size, _c, wrote in rows:
         low = min(t)
         print(f"{label:34} {low:7.2f} {statistics.median(t):9.2f} {size / MIB / low:7.0f} {low / best['cp']:5.2f}x"
-              f" {low / floors['256']:9.2f}x {low / floors['512']:9.2f}x")
+              f" {low / best[f256]:9.2f}x {low / best[f512]:9.2f}x {work[label]:6.2f}"
+              f" {work[label] / work[f512]:12.2f}x {wrote / MIB:12.0f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,8 @@ GIL on large buffers, so on two cores the two digests cost what the slower one c
 
 :func:`copy_with_digests` is the same pass writing a copy: data extents are written, holes are skipped
 with a seek, and the file gets its full length at the end, so a sparse source gives a sparse copy.
+:func:`copy_extents` copies the same extents in the kernel without hashing, for a caller that hashes
+in a parallel reader.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHUNK = 8 << 20
+CHUNK = 1 << 20
+"""The piece read, hashed and written at a time. Small enough to stay in a core's L2 cache (2 MiB here)
+between the read, the digests and the write: with 8 MiB pieces every step streamed from memory, and on
+this shared machine the copies cost more than the hashing (bench.replication: a copy with both digests
+took 1.8 s of CPU per 512 MiB with 8 MiB pieces, 1.2 s with 1 MiB; one SHA-256 pass 0.53 s, 0.35 s)."""
 _ZEROS = memoryview(bytes(CHUNK))
 
 
@@ -151,6 +157,31 @@ def copy_with_digests(src: str | Path, dest: str | Path | None, hasher: MultiHas
     """Copy ``src`` to ``dest`` (sparse where the source is) feeding ``hasher`` in the same read;
     ``dest=None`` only hashes."""
     return _pass(Path(src), Path(dest) if dest is not None else None, hasher, progress)
+
+
+def copy_extents(src: str | Path, dest: str | Path) -> int:
+    """Copy ``src`` to a new ``dest`` the way cp does, in the kernel (``copy_file_range``: no pass through
+    Python's buffers), data extents only: holes are skipped and the copy gets its full length at the end,
+    so a sparse source gives a sparse copy. Returns the bytes written. It hashes nothing: a caller that
+    needs digests reads the source beside it (the page cache serves both reads)."""
+    written = 0
+    fd = os.open(src, os.O_RDONLY)
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        for offset, length, is_data in extents(fd, size):
+            end = offset + length
+            while is_data and offset < end:
+                n = os.copy_file_range(fd, out, end - offset, offset, offset)
+                if n == 0:  # the file shrank under us: the caller's size and identity checks refuse it
+                    break
+                offset += n
+                written += n
+        os.ftruncate(out, size)
+        return written
+    finally:
+        os.close(fd)
+        os.close(out)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metavmm.translators.digest import CHUNK, MultiHash, copy_with_digests, extents, file_digests
+from metavmm.translators.digest import CHUNK, MultiHash, copy_extents, copy_with_digests, extents, file_digests
 
 MIB = 1 << 20
 
@@ -68,3 +68,14 @@ def test_a_limit_stops_the_pass(tmp_path: Path) -> None:
     hasher = MultiHash(["sha256"], limit=MIB, on_limit=lambda n: ValueError(f"over {n}"))
     with pytest.raises(ValueError, match="over"):
         copy_with_digests(src, tmp_path / "copy", hasher)
+
+
+def test_a_kernel_copy_keeps_content_and_holes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "disk.raw", tmp_path / "copy.raw"
+    content = _sparse(src, [("data", 3 * MIB + 17), ("hole", 16 * MIB), ("data", CHUNK + 5), ("hole", 8 * MIB)])
+    written = copy_extents(src, dst)
+    assert dst.read_bytes() == content
+    if os.stat(src).st_blocks * 512 < len(content):  # the file system keeps holes: so does the copy
+        assert written < 6 * MIB and os.stat(dst).st_blocks * 512 <= 6 * MIB
+    with pytest.raises(FileExistsError):  # never over an existing file
+        copy_extents(src, dst)

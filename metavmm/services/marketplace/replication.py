@@ -8,9 +8,10 @@ still there. Otherwise it
    unless both and the size match the entry (:mod:`.stream`);
 2. inspects the copy as untrusted input and converts it with qemu-img to a format the site's
    hypervisor boots (``HYPERVISOR_FORMATS``: qcow2 for KVM, vmdk for ESXi, vhdx for Hyper-V), via the
-   translators' :func:`~metavmm.translators.disk.convert`. A local source that needs converting is not
-   staged: qemu-img reads it while the same read is hashed, and the output is kept only if the digests
-   match and the file did not change meanwhile;
+   translators' :func:`~metavmm.translators.disk.convert`. A local source is never read twice in a row:
+   qemu-img converts it (or, in the published format, the kernel copies it as cp does, holes kept)
+   while a parallel reader hashes the same pages, and the output is kept only if the digests match and
+   the file did not change meanwhile;
 3. registers the disk with the provider: a libvirt provider's images are the files in its
    ``storage_dir/images`` (what its inventory reports), other providers go through the driver's
    ``import_image``;
@@ -24,14 +25,16 @@ Concurrent requests for the same image at the same site wait for one copy instea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
@@ -50,6 +53,7 @@ from metavmm.services import metrics
 from metavmm.services.marketplace.entries import Audience, get_image, state_of
 from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
 from metavmm.translators.costs import HYPERVISOR_FORMATS, V2V_SOURCES, DiskFormat
+from metavmm.translators.digest import copy_extents
 from metavmm.translators.disk import DiskTarget, convert
 from metavmm.translators.untrusted import inspect
 
@@ -58,6 +62,7 @@ PREFERRED_FORMAT: dict[str, DiskFormat] = {
     "kvm": DiskFormat.QCOW2, "qemu": DiskFormat.QCOW2, "xen": DiskFormat.RAW, "esxi": DiskFormat.VMDK,
     "hyperv": DiskFormat.VHDX, "fake": DiskFormat.QCOW2,
 }
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,10 @@ class Replicator:
             if source is not None and conv != image.format:
                 copy, checksum = await _convert_local(source, image, conv, final, expected)
             else:
-                copy = await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}")
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                staged.unlink(missing_ok=True)  # a copy cut short by a crash
+                copy = (await _copy_local(source, image, staged, expected) if source is not None else
+                        await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}"))
                 conv_started = time.perf_counter()
                 try:
                     if conv == image.format:
@@ -221,25 +229,56 @@ async def _convert_local(src: Path, image: Image, fmt: str, final: Path, expecte
                          ) -> tuple[Digests, str | None]:
     """Convert a local source straight into the site's store while the same read (page cache) is hashed.
 
-    Nothing is staged. The digests are checked when both finish, and the file's identity (inode, size,
-    mtime) must not have changed in between, so qemu-img read the bytes that were hashed. The output's
-    SHA-256 is computed by the conversion beside its ``qemu-img check``; the source is not hashed twice.
-    Returns the source's digests and the output's SHA-256.
+    Nothing is staged. The output's SHA-256 is computed by the conversion beside its ``qemu-img check``;
+    the source is not hashed twice (:func:`_beside_hash` checks its digests). Returns the source's
+    digests and the output's SHA-256.
     """
-    before = src.stat()
+    # source_sha256: the hash_file pass beside it computes (and checks) the source's digests
+    work = convert(DiskRef(str(src), image.format), fmt, final, overwrite=True,
+                   source_sha256=expected.sha256 or "checked beside")
+    digests, result = await _beside_hash(src, image, expected, work, final)
+    return digests, result.sha256
+
+
+async def _copy_local(src: Path, image: Image, dest: Path, expected: Expected) -> Digests:
+    """Copy a local source in the kernel (as cp does, holes kept) while a parallel reader hashes it: the
+    copy, SHA-256 and SHA-512 each run on their own thread instead of one after the other per piece."""
+    digests, _written = await _beside_hash(src, image, expected, asyncio.to_thread(copy_extents, src, dest), dest)
+    return digests
+
+
+async def _beside_hash(src: Path, image: Image, expected: Expected, work: Coroutine[Any, Any, T], output: Path
+                       ) -> tuple[Digests, T]:
+    """Run ``work`` (which reads ``src`` and writes ``output``) while ``src`` is hashed in a parallel read.
+
+    The digests are checked when both finish (a mismatch found first stops the work at once), and the
+    file's identity (inode, size, modification and change times: the last cannot be set back by its
+    owner) must not have changed in between, so the work read the bytes that were hashed. On any
+    failure ``output`` is deleted.
+    """
+    def identity() -> tuple[int, ...]:
+        st = src.stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    if not src.is_file():
+        work.close()
+        raise NotFound(f"image {image.name}: {src} is not a file")
+    job = asyncio.ensure_future(work)
     hashing = asyncio.create_task(hash_file(src, expected=expected, what=f"image {image.name}"))
     try:
-        # source_sha256: the hash_file pass beside it computes (and checks) the source's digests
-        result = await convert(DiskRef(str(src), image.format), fmt, final, overwrite=True,
-                               source_sha256=expected.sha256 or "checked beside")
+        before = identity()
+        await asyncio.wait((job, hashing), return_when=asyncio.FIRST_EXCEPTION)
         digests = await hashing
-        after = src.stat()
-        if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+        result = await job
+        if identity() != before:
             raise ChecksumMismatch(f"image {image.name}: {src} changed while it was replicated; refused")
-        return digests, result.sha256
+        return digests, result
     except BaseException:
-        hashing.cancel()
-        final.unlink(missing_ok=True)
+        for task in (job, hashing):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        output.unlink(missing_ok=True)
         raise
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,21 +21,23 @@ from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.rest.marketplace import endorser_key_path
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import ImageReplica, Operation, OperationState, Workload
+from metavmm.catalog.models import Image, ImageReplica, Operation, OperationState, Workload
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import LimitsConfig
-from metavmm.foundation.errors import ChecksumMismatch, NoPlacement, ValidationError
+from metavmm.foundation.errors import ChecksumMismatch, NoPlacement, NotFound, ValidationError
 from metavmm.services.identity import operator_identity
 from metavmm.services.marketplace.entries import ADMIN, ImageMeta
 from metavmm.services.marketplace.imagelist import generate_key
 from metavmm.services.marketplace.launch import LaunchIn, launch
 from metavmm.services.marketplace.publish import publish
-from metavmm.services.marketplace.replication import Replicator, prune_expired, target_format
+from metavmm.services.marketplace.replication import Replicator, _beside_hash, _copy_local, prune_expired, target_format
+from metavmm.services.marketplace.stream import Expected
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 from metavmm.services.workloads.service import WorkloadService
 from metavmm.translators.costs import DiskFormat
+from metavmm.translators.digest import copy_extents
 from tests.auth_helpers import authorize
 from tests.services.marketplace.conftest import Disks, Federation
 
@@ -263,3 +267,51 @@ def test_each_hypervisor_gets_a_format_it_boots() -> None:
     assert target_format("vdi", "hyperv") == DiskFormat.VHDX
     assert target_format("vpc", "hyperv") == DiskFormat.VPC
     assert target_format("vmdk", "xen") == DiskFormat.RAW
+
+
+async def test_a_source_rewritten_during_the_copy_is_refused_and_the_copy_deleted(tmp_path: Path) -> None:
+    """The copy and the hash read the source separately: a write in between (here the same byte again, so
+    the digests still match) must refuse the replica, or the copy could hold bytes that were never hashed."""
+    src, out = tmp_path / "disk.raw", tmp_path / "copy.raw"
+    src.write_bytes(os.urandom(3 << 20))
+    expected = Expected(sha256=hashlib.sha256(src.read_bytes()).hexdigest())
+
+    async def copy_then_rewrite() -> int:
+        written = await asyncio.to_thread(copy_extents, src, out)
+        with open(src, "r+b") as f:
+            first = f.read(1)
+            f.seek(0)
+            f.write(first)
+        return written
+
+    with pytest.raises(ChecksumMismatch, match="changed while it was replicated"):
+        await _beside_hash(src, Image(name="rewritten"), expected, copy_then_rewrite(), out)
+    assert not out.exists()
+    digests = await _copy_local(src, Image(name="quiet"), out, expected)  # untouched: accepted, identical
+    assert digests.sha256 == expected.sha256 and out.read_bytes() == src.read_bytes()
+    with pytest.raises(NotFound, match="is not a file"):  # a registered file deleted since: a 404, not a 500
+        await _copy_local(tmp_path / "gone.raw", Image(name="gone"), tmp_path / "x.raw", expected)
+
+
+async def test_a_flipped_byte_stops_the_copy_beside_the_hash_and_leaves_nothing(tmp_path: Path) -> None:
+    src, out = tmp_path / "disk.raw", tmp_path / "copy.raw"
+    content = bytearray(os.urandom(3 << 20))
+    expected = Expected(sha256=hashlib.sha256(content).hexdigest())
+    content[(3 << 20) // 2] ^= 1  # one bit of the published bytes changed since publishing
+    src.write_bytes(content)
+    stopped = asyncio.Event()
+
+    async def slow_copy() -> None:  # still working when the hash finds the mismatch: it must be stopped
+        out.write_bytes(b"partial")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    with pytest.raises(ChecksumMismatch, match="SHA256 mismatch"):
+        await _beside_hash(src, Image(name="flipped"), expected, slow_copy(), out)
+    assert stopped.is_set() and not out.exists()
+    with pytest.raises(ChecksumMismatch, match="SHA256 mismatch"):  # the real kernel copy: refused, deleted
+        await _copy_local(src, Image(name="flipped"), out, expected)
+    assert not out.exists()
