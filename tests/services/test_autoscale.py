@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlmodel import select
@@ -196,7 +197,12 @@ async def test_a_cpu_trace_scales_out_bursts_holds_and_scales_in_burst_first(bro
 
 async def test_a_class_timetable_sets_the_count_and_quota_and_bad_input_are_refused(broker: Broker) -> None:
     b = broker
-    timetable = ({"name": "class", "type": "schedule", "days": ["mon", "wed"], "start": "09:00", "end": "12:00",
+    # the class meets tomorrow in Taipei: the create's own first evaluation (at the real now) is outside it,
+    # whatever day the suite runs (a fixed "mon, wed" opened the class at the create on Monday mornings)
+    weekday = (datetime.now(ZoneInfo("Asia/Taipei")).weekday() + 1) % 7
+    day = MONDAY + timedelta(days=weekday)  # 00:00 UTC of that weekday, after now: 08:00 in Taipei
+    name = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[weekday]
+    timetable = ({"name": "class", "type": "schedule", "days": [name], "start": "09:00", "end": "12:00",
                   "desired": 3, "timezone": "Asia/Taipei"},)
     view = await b.svc.create(b.caller, GroupRequest(name="lab", min_size=0, max_size=4, vcpus=1, ram_mib=256,
                                                      rules=timetable))
@@ -205,13 +211,13 @@ async def test_a_class_timetable_sets_the_count_and_quota_and_bad_input_are_refu
     async with session_scope(b.engine.sessions) as s:  # room for two members only
         quota = Quota(project_id=b.caller.project_id, resource="instances", limit=2)
         s.add(quota)
-    before = await b.svc.evaluate(b.caller, gid, now=MONDAY + timedelta(hours=0, minutes=30))  # 08:30 in Taipei
+    before = await b.svc.evaluate(b.caller, gid, now=day + timedelta(hours=0, minutes=30))  # 08:30 in Taipei
     assert before is None
-    at = MONDAY + timedelta(hours=1, minutes=5)  # 09:05 in Taipei
+    at = day + timedelta(hours=1, minutes=5)  # 09:05 in Taipei
     opened = await b.svc.evaluate(b.caller, gid, now=at)
     assert opened is not None and (opened.action, opened.trigger, opened.rule, opened.desired_after) == (
         "scale-out", "schedule", "class", 3)
-    assert "mon,wed 09:00-12:00 Asia/Taipei" in opened.reason and len(opened.members) == 2
+    assert f"{name} 09:00-12:00 Asia/Taipei" in opened.reason and len(opened.members) == 2
     assert "2 of 3 added, then QuotaExceeded" in opened.reason  # the quota holds, member by member
     await settle(b, opened)
     async with session_scope(b.engine.sessions) as s:
@@ -227,7 +233,7 @@ async def test_a_class_timetable_sets_the_count_and_quota_and_bad_input_are_refu
     again = await b.svc.evaluate(b.caller, gid, now=at + timedelta(minutes=2))
     assert again is not None and (again.action, again.trigger, again.members[0]["serial"]) == ("scale-out", "repair", 4)
     await settle(b, again)
-    closed = await b.svc.evaluate(b.caller, gid, now=MONDAY + timedelta(hours=4, minutes=1))  # 12:01
+    closed = await b.svc.evaluate(b.caller, gid, now=day + timedelta(hours=4, minutes=1))  # 12:01
     assert closed is not None and (closed.action, closed.trigger, closed.desired_after) == ("scale-in", "schedule", 0)
     assert len(closed.members) == 3
     await settle(b, closed)
