@@ -5,6 +5,7 @@ another project's group as a 404. The world's engine is stopped: the members' cr
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,8 +19,9 @@ from tests.world import SIM, seed
 
 API = "/api/v1"
 GROUPS = f"{API}/autoscaling-groups"
-RULES = [{"name": "busy", "type": "metric", "metric": "queue", "above": 10, "adjust": 2},
-         {"name": "class", "type": "schedule", "days": ["mon"], "start": "09:00", "end": "12:00", "desired": 2}]
+TOMORROW = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(datetime.now(UTC).weekday() + 1) % 7]
+RULES = [{"name": "busy", "type": "metric", "metric": "queue", "above": 10, "adjust": 2},  # a class never open now:
+         {"name": "class", "type": "schedule", "days": [TOMORROW], "start": "09:00", "end": "12:00", "desired": 2}]
 
 
 async def test_a_group_over_rest_with_decisions_metrics_and_isolation(world: Any) -> None:
