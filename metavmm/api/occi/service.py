@@ -71,6 +71,8 @@ _LINK_TARGET = aliased(Workload)  # built once: an alias re-proxies every column
 # a compute whose deletion was asked is gone for OCCI; a create that never produced a VM stays, in error,
 # until its owner deletes it
 SHOWN = or_(Workload.desired_state != "deleted", Workload.observed_state.in_(("rolled_back", "cancelled")))  # type: ignore[attr-defined]
+RESOURCE_TERMS = ("compute", "network", "storage")
+"""The kinds kept as workload rows (the link kinds are workload link rows)."""
 RESERVED_PATHS = ("/-/", "/api/", "/ui/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
@@ -165,7 +167,7 @@ class OcciService:
         terms = [kind.term] if kind else list(KINDS)
         async with self.maker() as session:
             out: list[Entity] = []
-            resource_terms = [t for t in terms if t in ("compute", "network", "storage")]
+            resource_terms = [t for t in terms if t in RESOURCE_TERMS]
             if resource_terms:
                 running = await running_operations(session, project_id=self.ident.project_id)  # before the rows
                 found = (await session.exec(select(Workload, Provider.name, Provider.kind)
@@ -191,6 +193,21 @@ class OcciService:
                         src, tgt = ends[r.source_id], ends[r.target_id]
                         out.append(link_entity(r, src.kind, tgt.kind, occi_state(src)))
             return out
+
+    async def locations(self, kind: Kind, offset: int, limit: int) -> list[str]:
+        """The locations of ``limit`` entities of ``kind``'s collection from ``offset``, in :meth:`collection`'s
+        order, read as ids alone (issue 16 item 14): a location listing (the text renderings, text/uri-list)
+        of one page of a 10,000-entity collection builds no entity and reads no other row."""
+        if kind.term in RESOURCE_TERMS:
+            stmt = select(Workload.id).where(Workload.project_id == self.ident.project_id,  # type: ignore[call-overload]
+                                             Workload.kind == kind.term, SHOWN) \
+                .order_by(Workload.created_at, Workload.id)
+        else:
+            stmt = select(WorkloadLink.id).where(WorkloadLink.project_id == self.ident.project_id,  # type: ignore[call-overload]
+                                                 WorkloadLink.kind == kind.term).order_by(WorkloadLink.id)
+        async with self.maker() as session:
+            ids = (await session.exec(stmt.offset(offset).limit(limit))).all()
+        return [f"{kind.location}{entity_id}" for entity_id in ids]
 
     # -- validation --------------------------------------------------------------------------------------
 
