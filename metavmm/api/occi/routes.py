@@ -137,16 +137,21 @@ def _listing(request: web.Request, payload: Collection, locations: list[str], af
 
 
 async def _kind_listing(request: web.Request, svc: OcciService, kind: Kind, *, links: bool) -> web.Response:
-    """A kind's collection. Listed as locations (every rendering but JSON) and not filtered, one page is read
-    as ids alone, in SQL (issue 16 item 14); otherwise every entity is built, filtered, then paged."""
+    """A kind's collection. Not filtered, only the page is read, in SQL (issue 16 item 14): as ids alone when it is
+    listed as locations (every rendering but JSON), else its entities; a filtered one is built whole, then paged."""
     req = await read_request(request)
-    if req.categories or req.attributes or choose(request, LIST_MEDIA) == JSON:
+    if req.categories or req.attributes:
         chosen, after = _page(request, _filter(await svc.collection(kind), req))
         return _listing(request, Collection(chosen, links=links), [e.location for e in chosen], after)
     page, number = _window(request)
-    found = await svc.locations(kind, (page - 1) * number, number + 1)  # one more: is there a next page?
+    window = ((page - 1) * number, number + 1)  # one more: is there a next page?
+    if choose(request, LIST_MEDIA) == JSON:
+        entities = await svc.collection(kind, window=window)
+        found, chosen = [e.location for e in entities], entities[:number]
+    else:
+        found, chosen = await svc.locations(kind, *window), []
     after = _next_page(request, page, number) if len(found) > number else None
-    return _listing(request, Collection([], links=links), found[:number], after)
+    return _listing(request, Collection(chosen, links=links), found[:number], after)
 
 
 async def _created(request: web.Request, svc: OcciService, kind: Kind, path: str) -> web.Response:

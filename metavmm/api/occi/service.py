@@ -162,9 +162,12 @@ class OcciService:
             return resource_entity(wl, links, running.get(wl.id) if wl.kind == "compute" else None,
                                    saveable=exports(provider, provider_kind))
 
-    async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
-        """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""
+    async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None, *,
+                         window: tuple[int, int] | None = None) -> list[Entity]:
+        """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``;
+        ``window`` (offset, limit; with ``kind`` and no ``mixin``): only those rows are read and built."""
         terms = [kind.term] if kind else list(KINDS)
+        offset, limit = window if window is not None and kind is not None and mixin is None else (None, None)
         async with self.maker() as session:
             out: list[Entity] = []
             resource_terms = [t for t in terms if t in RESOURCE_TERMS]
@@ -173,7 +176,7 @@ class OcciService:
                 found = (await session.exec(select(Workload, Provider.name, Provider.kind)
                                             .outerjoin(Provider, Workload.provider_id == Provider.id).where(
                     Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN)
-                    .order_by(Workload.created_at, Workload.id))).all()
+                    .order_by(Workload.created_at, Workload.id).offset(offset).limit(limit))).all()
                 if mixin is not None:
                     found = [f for f in found if mixin.type_id in f[0].spec.get("mixins", [])]
                 rows = [w for w, _, _ in found]
@@ -185,7 +188,7 @@ class OcciService:
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):
                 rows_l = (await session.exec(select(WorkloadLink).where(
                     WorkloadLink.project_id == self.ident.project_id, WorkloadLink.kind.in_(link_terms))
-                    .order_by(WorkloadLink.id))).all()
+                    .order_by(WorkloadLink.id).offset(offset).limit(limit))).all()
                 ends = {w.id: w for w in (await session.exec(select(Workload).where(Workload.id.in_(
                     [r.source_id for r in rows_l] + [r.target_id for r in rows_l])))).all()}
                 for r in rows_l:
