@@ -255,7 +255,8 @@ async def _grow(app: web.Application, path: str, n: int) -> None:
         row = await s.get(Workload, path.rsplit("/", 1)[1])
         assert row is not None
         proto = row.model_dump()
-        await s.execute(insert(Workload), [{**proto, "id": str(uuid.uuid4()), "name": f"bench-{i}"} for i in range(n)])
+        await (await s.connection()).execute(insert(Workload), [{**proto, "id": str(uuid.uuid4()), "name": f"bench-{i}"}
+                                                                for i in range(n)])
 
 
 async def _walk(base: str, token: str, url: str) -> tuple[float, int]:
