@@ -1,21 +1,25 @@
 """What one authenticated OCCI request costs, against a bare aiohttp server returning the same bytes, in one
-run (issue 23 item 14): ``python -m bench.occi_request``.
+run (issue 23 item 14, issue 16 item 14): ``python -m bench.occi_request``.
 
-The broker (SQLite in a temporary directory, or ``--database`` an empty PostgreSQL database) and a bare
-aiohttp application listen on 127.0.0.1 in this process. For every case the broker's answer is recorded
-once (status, body, OCCI headers) and the bare application answers the same bytes. The load comes from
-``wrk`` (a separate C process, ``--connections`` connections, 2 threads), bare and broker alternating per
-round; the median of ``--rounds`` is reported.
+The broker (SQLite in a temporary directory, or ``--database`` an empty PostgreSQL database) runs in a process
+of its own; with ``--old TREE`` a second broker runs another checkout's code (e.g. main's, extracted with
+``git archive``) beside it, so old and new are measured in the same run. A bare aiohttp application in this
+process answers each case's recorded status, OCCI headers and body. The load comes from ``wrk`` (a separate C
+process, ``--connections`` connections, 2 threads), bare and each broker alternating per round; the median of
+``--rounds`` is reported.
 
 Cases: GET of one compute (Bearer API token, text/plain), GET of a compute that does not exist (a 404
 with the same token), REST ``/api/v1/whoami`` (token) and ``/healthz`` (no authentication).
 
-The per-request profile is measured on the broker during its wrk runs: SQL statements, of them writes
-(INSERT/UPDATE/DELETE), connection checkouts (one per session that touched the database), and the
-process's CPU time, each divided by the requests wrk completed. ``--profile`` adds a cProfile of the
-event-loop thread during one more run of the compute GET and the 404 (top functions by own time).
+The per-request profile is measured in each broker's process during its wrk runs: SQL statements, of them
+writes (INSERT/UPDATE/DELETE), connection checkouts (one per session that touched the database), and the
+process's CPU time, each divided by the requests wrk completed. ``--profile`` adds a cProfile of each broker's
+event loop during one more run of the compute GET and the 404 (top functions by own time). Last, each
+broker's project grows to ``--entities`` computes (10,000) and the collection is read as text/uri-list:
+one page of 1000 (median of 5) and every page in turn.
 
     .venv/bin/python -m bench.occi_request [--seconds 5] [--rounds 3] [--connections 32] [--profile]
+        [--old /tmp/old-tree] [--entities 10000]
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
 import os
 import pstats
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -43,7 +50,7 @@ from sqlmodel import select
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Image, ImageReplica, Operation, Site
+from metavmm.catalog.models import Image, ImageReplica, Operation, Site, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
 from metavmm.services.operations.store import ACTIVE
@@ -170,70 +177,194 @@ def _bare_app(cases: list[Case]) -> web.Application:
     return app
 
 
-async def main(seconds: float, rounds: int, connections: int, database: str | None, profile: bool) -> None:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk; scripts/setup.d/apt-test.txt lists it)")
+class Broker:
+    """A broker in a process of its own (``--serve``), over the metavmm of ``tree`` (None: this checkout): old and
+    new code side by side in one run. It answers one-line commands on stdin with one JSON line."""
+
+    def __init__(self, label: str, tree: str | None, database: str | None) -> None:
+        self.label, self.tree, self.database = label, tree, database
+        self.proc: asyncio.subprocess.Process | None = None
+        self.base = self.token = self.path = ""
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": self.tree or str(Path(__file__).resolve().parents[1])}
+        args = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+        if self.database:
+            args += ["--database", self.database]
+        self.proc = await asyncio.create_subprocess_exec(*args, env=env, stdin=asyncio.subprocess.PIPE,
+                                                         stdout=asyncio.subprocess.PIPE)
+        hello = await self.ask(None)
+        self.base, self.token, self.path = hello["base"], hello["token"], hello["path"]
+
+    async def ask(self, command: str | None) -> Any:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        if command is not None:
+            self.proc.stdin.write(command.encode() + b"\n")
+            await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.label} broker ended")
+        return json.loads(line)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            await self.proc.wait()
+
+
+async def serve(database: str | None) -> None:
+    """``--serve``: the broker of whichever metavmm is on the path, answering :class:`Broker`'s commands:
+    ``stats`` (SQL statements, writes, checkouts, CPU seconds so far), ``profile``/``unprofile`` (a cProfile of
+    its event loop, returned by ``unprofile``), ``grow N`` (N more computes in the project, as rows)."""
+    loop = asyncio.get_running_loop()
     with tempfile.TemporaryDirectory(prefix="metavmm-bench-") as tmp:
         os.environ["METAVMM_STATE_DIR"] = str(Path(tmp) / "state")
-        url = database or f"sqlite:///{Path(tmp) / 'catalog.db'}"
-        app, runner, base, token, path = await _broker(url)  # type: ignore[misc]
-        bearer = {"Authorization": f"Bearer {token}", "Accept": "text/plain"}
-        cases = [Case("GET one compute (token)", path, bearer),
-                 Case("GET a missing compute: 404 (token)", f"/compute/{uuid.uuid4()}", bearer),
-                 Case("REST /api/v1/whoami (token)", "/api/v1/whoami", bearer),
-                 Case("/healthz (no auth)", "/healthz", {})]
-        for case in cases:
-            await _record(base, case)
-        assert [c.status for c in cases] == [200, 404, 200, 200], [c.status for c in cases]
-        bare_runner, bare_base = await _serve(_bare_app(cases))
+        app, runner, base, token, path = await _broker(database or f"sqlite:///{Path(tmp) / 'catalog.db'}")  # type: ignore[misc]
         counts = Counts()
         counts.watch(app[keys.ENGINE])
-        rates: dict[tuple[int, str], list[float]] = {}
-        per_request: dict[int, tuple[float, float, float, float]] = {}
-        bare_cpu: dict[int, float] = {}
-        loop = asyncio.get_running_loop()
-        try:
-            for _ in range(rounds):
-                for i, case in enumerate(cases):
-                    cpu0 = time.process_time()
-                    rate, done = await loop.run_in_executor(None, _wrk, f"{bare_base}/{i}", case.headers, seconds,
-                                                            connections)
-                    bare_cpu[i] = (time.process_time() - cpu0) / done * 1000
-                    rates.setdefault((i, "bare"), []).append(rate)
-                    before, cpu0 = counts.snapshot(), time.process_time()
-                    rate, done = await loop.run_in_executor(None, _wrk, base + case.path, case.headers, seconds,
-                                                            connections)
-                    cpu = time.process_time() - cpu0
-                    after = counts.snapshot()
-                    rates.setdefault((i, "broker"), []).append(rate)
-                    per_request[i] = (*((a - b) / done for a, b in zip(after, before, strict=True)),
-                                      cpu / done * 1000)
-            profiles = []
-            if profile:
-                for case in cases[:2]:
-                    prof = cProfile.Profile()
-                    prof.enable()
-                    await loop.run_in_executor(None, _wrk, base + case.path, case.headers, seconds, connections)
-                    prof.disable()
-                    buf = io.StringIO()
-                    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
-                    profiles.append(f"--- cProfile, {case.label} (event-loop thread, by own time)\n"
-                                    + "\n".join(buf.getvalue().splitlines()[:40]))
-        finally:
-            await runner.cleanup()
-            await bare_runner.cleanup()
-    db = "postgresql" if url.startswith("postgresql") else "sqlite"
+        prof = cProfile.Profile()
+
+        def say(value: object) -> None:
+            sys.stdout.write(json.dumps(value) + "\n")
+            sys.stdout.flush()
+
+        say({"base": base, "token": token, "path": path})
+        while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            if line == "stats":
+                say([*counts.snapshot(), time.process_time()])
+            elif line == "profile":
+                prof.enable()
+                say("ok")
+            elif line == "unprofile":
+                prof.disable()
+                buf = io.StringIO()
+                pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+                prof = cProfile.Profile()
+                say("\n".join(buf.getvalue().splitlines()[:40]))
+            elif line.startswith("grow "):
+                await _grow(app, path, int(line.split()[1]))
+                say("ok")
+        await runner.cleanup()
+
+
+async def _grow(app: web.Application, path: str, n: int) -> None:
+    """``n`` more computes in the project of the one at ``path``: copies of its row under new ids."""
+    from sqlalchemy import insert
+
+    async with session_scope(app[keys.SESSIONS]) as s:
+        row = await s.get(Workload, path.rsplit("/", 1)[1])
+        assert row is not None
+        proto = row.model_dump()
+        await (await s.connection()).execute(insert(Workload), [{**proto, "id": str(uuid.uuid4()), "name": f"bench-{i}"}
+                                                                for i in range(n)])
+
+
+async def _walk(base: str, token: str, url: str) -> tuple[float, int]:
+    """Seconds to read a collection as text/uri-list page after page (rel=next), and the locations listed."""
+    started, listed = time.perf_counter(), 0
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}", "Accept": "text/uri-list"}) as http:
+        next_url: str | None = base + url
+        while next_url is not None:
+            async with http.get(next_url) as resp:
+                assert resp.status == 200, await resp.text()
+                listed += (await resp.read()).count(b"\n")
+                link = resp.links.get("next")
+                next_url = str(link["url"]) if link else None
+    return time.perf_counter() - started, listed
+
+
+async def main(seconds: float, rounds: int, connections: int, database: str | None, profile: bool,
+               old: str | None, entities: int) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk; scripts/setup.d/apt-test.txt lists it)")
+    if old and database:
+        raise SystemExit("--old runs two brokers: each needs an empty database of its own (SQLite, the default)")
+    brokers = [Broker("old", old, database)] if old else []
+    brokers.append(Broker("new" if old else "broker", None, database))
+    for broker in brokers:
+        await broker.start()
+    first = brokers[-1]
+    bearer = {"Authorization": f"Bearer {first.token}", "Accept": "text/plain"}
+    missing = f"/compute/{uuid.uuid4()}"
+    cases = [Case("GET one compute (token)", first.path, bearer),
+             Case("GET a missing compute: 404 (token)", missing, bearer),
+             Case("REST /api/v1/whoami (token)", "/api/v1/whoami", bearer),
+             Case("/healthz (no auth)", "/healthz", {})]
+    for case in cases:
+        await _record(first.base, case)
+    assert [c.status for c in cases] == [200, 404, 200, 200], [c.status for c in cases]
+    bare_runner, bare_base = await _serve(_bare_app(cases))
+    rates: dict[tuple[int, str], list[float]] = {}
+    per_request: dict[tuple[int, str], list[float]] = {}
+    bare_cpu: dict[int, float] = {}
+    loop = asyncio.get_running_loop()
+
+    def target(broker: Broker, i: int) -> tuple[str, dict[str, str]]:
+        case = cases[i]
+        headers = {**case.headers, "Authorization": f"Bearer {broker.token}"} if case.headers else {}
+        return broker.base + (broker.path if i == 0 else case.path), headers
+
+    try:
+        for _ in range(rounds):
+            for i, case in enumerate(cases):
+                cpu0 = time.process_time()
+                rate, done = await loop.run_in_executor(None, _wrk, f"{bare_base}/{i}", case.headers, seconds,
+                                                        connections)
+                bare_cpu[i] = (time.process_time() - cpu0) / done * 1000
+                rates.setdefault((i, "bare"), []).append(rate)
+                for broker in brokers:
+                    before = await broker.ask("stats")
+                    rate, done = await loop.run_in_executor(None, _wrk, *target(broker, i), seconds, connections)
+                    after = await broker.ask("stats")
+                    rates.setdefault((i, broker.label), []).append(rate)
+                    per_request[(i, broker.label)] = [(a - b) / done for a, b in zip(after, before, strict=True)]
+        profiles = []
+        if profile:
+            for broker in brokers:
+                for i in (0, 1):
+                    await broker.ask("profile")
+                    await loop.run_in_executor(None, _wrk, *target(broker, i), seconds, connections)
+                    profiles.append(f"--- cProfile, {broker.label}, {cases[i].label} (event loop, by own time)\n"
+                                    + await broker.ask("unprofile"))
+        walks: dict[str, tuple[float, float, int]] = {}
+        if entities > 1:
+            for broker in brokers:
+                await broker.ask(f"grow {entities - 1}")
+            for broker in brokers:
+                page = statistics.median([await _one_page(broker) for _ in range(5)])
+                walk, listed = await _walk(broker.base, broker.token, "/compute/?number=1000")
+                walks[broker.label] = (page, walk, listed)
+    finally:
+        await bare_runner.cleanup()
+        for broker in brokers:
+            await broker.stop()
+    db = "postgresql" if database else "sqlite"
     print(f"wrk -t2 -c{connections} -d{seconds:g}s, {rounds} rounds (median), {db}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{'request':38}{'status':>7}{'bare req/s':>12}{'broker req/s':>14}{'ratio':>7}"
+          f"load average {os.getloadavg()[0]:.2f}" + (f"; old = {old}" if old else ""))
+    print(f"{'request':38}{'code':>7}{'status':>7}{'bare req/s':>12}{'broker req/s':>14}{'ratio':>7}"
           f"{'SQL/req':>9}{'writes/req':>11}{'sessions/req':>13}{'CPU us/req':>11}{'bare CPU us':>12}")
     for i, case in enumerate(cases):
-        b, o = statistics.median(rates[(i, "bare")]), statistics.median(rates[(i, "broker")])
-        sql, writes, checkouts, cpu = per_request[i]
-        print(f"{case.label:38}{case.status:>7}{b:>12.0f}{o:>14.0f}{o / b:>7.3f}"
-              f"{sql:>9.2f}{writes:>11.3f}{checkouts:>13.2f}{cpu * 1000:>11.0f}{bare_cpu[i] * 1000:>12.0f}")
+        b = statistics.median(rates[(i, "bare")])
+        for broker in brokers:
+            o = statistics.median(rates[(i, broker.label)])
+            sql, writes, checkouts, cpu = per_request[(i, broker.label)]
+            print(f"{case.label:38}{broker.label:>7}{case.status:>7}{b:>12.0f}{o:>14.0f}{o / b:>7.3f}"
+                  f"{sql:>9.2f}{writes:>11.3f}{checkouts:>13.2f}{cpu * 1e6:>11.0f}{bare_cpu[i] * 1000:>12.0f}")
+    for label, (page, walk, listed) in walks.items():
+        print(f"{label}: {entities} computes as text/uri-list: a page of 1000 in {page * 1000:.0f} ms (median of 5), "
+              f"all {listed} (pages of 1000) in {walk * 1000:.0f} ms")
     for text in profiles:
         print(text)
+
+
+async def _one_page(broker: Broker) -> float:
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{broker.base}/compute/?number=1000",
+            headers={"Authorization": f"Bearer {broker.token}", "Accept": "text/uri-list"}) as resp:
+        assert resp.status == 200
+        await resp.read()
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
@@ -243,5 +374,14 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--database", help="an empty PostgreSQL database's URL (default: SQLite in a temp dir)")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of the compute GET and the 404")
+    parser.add_argument("--old", metavar="TREE", help="also run the broker of another checkout (e.g. main's, "
+                        "extracted with git archive), side by side")
+    parser.add_argument("--entities", type=int, default=10_000,
+                        help="then list this many computes as text/uri-list (1: skip)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.rounds, args.connections, args.database, args.profile))
+    if args.serve:
+        asyncio.run(serve(args.database))
+    else:
+        asyncio.run(main(args.seconds, args.rounds, args.connections, args.database, args.profile, args.old,
+                         args.entities))

@@ -184,15 +184,15 @@ async def _from_token(request: web.Request, secret: str) -> Identity:
     """An API token's identity: from the identity cache while no identity table changed in this process
     and its time is not up (never past the token's expiry), else one catalog query. The cache is keyed
     by the secret's SHA-256 (the secret itself is kept nowhere) and the digest compared in constant time."""
-    shared = request.config_dict  # a new view per access: once
-    if not shared[keys.CONFIG].auth.api_tokens or not secret.startswith(TOKEN_PREFIX):
+    root = request.match_info.apps[0]  # where the caches live (a REST or UI sub-application's request too)
+    if not root[keys.CONFIG].auth.api_tokens or not secret.startswith(TOKEN_PREFIX):
         raise Unauthenticated("the API token is unknown, revoked or expired")
-    cache = shared.get(keys.IDENTITIES)
+    cache = root.get(keys.IDENTITIES)
     digest = hash_secret(secret)
     if cache is not None and (hit := cache.get(digest)) is not None and hmac.compare_digest(hit[0], digest):
         return hit[1]
     version = cache.version() if cache is not None else 0
-    async with shared[keys.SESSIONS]() as session:
+    async with root[keys.SESSIONS]() as session:
         identity, expires = await token_identity(session, secret)
     if identity is None:
         raise Unauthenticated("the API token is unknown, revoked or expired")

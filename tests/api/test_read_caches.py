@@ -90,3 +90,39 @@ async def test_a_cached_404_ends_when_the_entity_appears(world: Any) -> None:
         s.add(clone)
     found = await client.get(missing, headers=headers)
     assert found.status == 200 and "appeared" in await found.text()
+
+
+async def test_a_role_change_takes_effect_on_the_next_request(world: Any) -> None:
+    """The identity (with its role) is cached by the token's hash: demoting, promoting and removing a member
+    through the broker each show on the very next request, OCCI reads answered from the read cache included."""
+    client, w = world
+    member, path = w.auth("alpha_member"), f"/compute/{w.ids['workload']}"
+    members = f"{API}/projects/{w.ids['alpha']}/members/{w.ids['user_alpha_member']}"
+    for _ in range(2):
+        assert (await client.get(f"{API}/whoami", headers=member)).status == 200
+        assert (await client.get(path, headers={**TEXT, **member})).status == 200
+    hits = w.app[keys.IDENTITIES].hits
+    demoted = await client.put(members, headers=w.auth("alpha_padmin"), json={"role": "reader"})
+    assert demoted.status == 200, await demoted.text()
+    assert (await (await client.get(f"{API}/whoami", headers=member)).json())["role"] == "reader"
+    write = await client.post(path, headers={**member, "Content-Type": "text/plain", **TEXT},
+                              data='X-OCCI-Attribute: occi.core.title="not-allowed"\n')
+    assert write.status == 403, await write.text()
+    assert (await client.put(members, headers=w.auth("alpha_padmin"), json={"role": "member"})).status == 200
+    assert (await (await client.get(f"{API}/whoami", headers=member)).json())["role"] == "member"
+    assert w.app[keys.IDENTITIES].hits > hits  # the cache was in use throughout
+    removed = await client.delete(members, headers=w.auth("alpha_padmin"))
+    assert removed.status == 204
+    assert (await client.get(path, headers={**TEXT, **member})).status == 401  # a cached OCCI answer too
+
+
+async def test_a_revoked_token_stops_at_once_on_a_cached_occi_read(world: Any) -> None:
+    client, w = world
+    minted = await (await client.post(f"{API}/tokens", headers=w.auth("alpha_member"), json={"name": "t"})).json()
+    bearer = {**TEXT, "Authorization": f"Bearer {minted['secret']}"}
+    path = f"/compute/{w.ids['workload']}"
+    for _ in range(2):
+        assert (await client.get(path, headers=bearer)).status == 200
+    assert (await client.delete(f"{API}/tokens/{minted['id']}", headers=w.auth("alpha_member"))).status == 204
+    assert (await client.get(path, headers=bearer)).status == 401
+    assert (await client.get(path, headers={**TEXT, **w.auth("alpha_reader")})).status == 200

@@ -24,6 +24,7 @@ from metavmm.api.occi.model import Entity, Kind, Mixin
 from metavmm.api.occi.negotiate import (
     ACCEPTED,
     JSON,
+    LIST_MEDIA,
     SERVER,
     Categories,
     Collection,
@@ -78,11 +79,10 @@ def _query(request: web.Request) -> dict[str, str]:
     return out
 
 
-def _page(request: web.Request, entities: list[Entity]) -> tuple[list[Entity], str | None]:
+def _window(request: web.Request) -> tuple[int, int]:
     """GFD.223 paging, by default: ``page`` (from 1) of ``number`` entities (``DEFAULT_PAGE`` unless asked,
-    at most ``MAX_PAGE``, else 413), and the next page's URL while there is one. The default keeps a
-    text/occi collection (one X-OCCI-Location per entity, in headers) far under common clients' header
-    limits (GFD.229: no truncation of header data)."""
+    at most ``MAX_PAGE``, else 413). The default keeps a text/occi collection (one X-OCCI-Location per
+    entity, in headers) far under common clients' header limits (GFD.229: no truncation of header data)."""
     query = _query(request)
     try:
         page, number = int(query.get("page", "1")), int(query.get("number", str(DEFAULT_PAGE)))
@@ -92,12 +92,21 @@ def _page(request: web.Request, entities: list[Entity]) -> tuple[list[Entity], s
         raise ValidationError("page starts at 1 and number must be at least 1")
     if number > MAX_PAGE:
         raise PayloadTooLarge(f"number={number} is more than this server renders at once (at most {MAX_PAGE})")
-    chosen = entities[(page - 1) * number: page * number]
-    if len(entities) <= page * number:
-        return chosen, None
-    rest = "&".join(f"{k}={v}" for k, v in query.items() if k not in ("page", "number"))
-    return chosen, f"{request.scheme}://{request.host}{request.path}?page={page + 1}&number={number}" + \
+    return page, number
+
+
+def _next_page(request: web.Request, page: int, number: int) -> str:
+    """The URL of the page after ``page``, the request's other query parameters kept."""
+    rest = "&".join(f"{k}={v}" for k, v in _query(request).items() if k not in ("page", "number"))
+    return f"{request.scheme}://{request.host}{request.path}?page={page + 1}&number={number}" + \
         (f"&{rest}" if rest else "")
+
+
+def _page(request: web.Request, entities: list[Entity]) -> tuple[list[Entity], str | None]:
+    """The requested page of ``entities`` (see :func:`_window`) and the next page's URL while there is one."""
+    page, number = _window(request)
+    chosen = entities[(page - 1) * number: page * number]
+    return chosen, (None if len(entities) <= page * number else _next_page(request, page, number))
 
 
 def _filter(entities: list[Entity], req: OcciRequest) -> list[Entity]:
@@ -116,11 +125,33 @@ def _filter(entities: list[Entity], req: OcciRequest) -> list[Entity]:
 async def _collection(request: web.Request, entities: list[Entity], *, links: bool = False) -> web.Response:
     req = await read_request(request)
     chosen, after = _page(request, _filter(entities, req))
-    resp = render(request, Collection(chosen, links=links), locations=[e.location for e in chosen])
+    return _listing(request, Collection(chosen, links=links), [e.location for e in chosen], after)
+
+
+def _listing(request: web.Request, payload: Collection, locations: list[str], after: str | None) -> web.Response:
+    resp = render(request, payload, locations=locations)
     resp.headers["X-OCCI-Paging"] = PAGING
     if after is not None:
         resp.headers.add("Link", f'<{after}>; rel="next"')  # RFC 8288, in every rendering
     return resp
+
+
+async def _kind_listing(request: web.Request, svc: OcciService, kind: Kind, *, links: bool) -> web.Response:
+    """A kind's collection. Not filtered, only the page is read, in SQL (issue 16 item 14): as ids alone when it is
+    listed as locations (every rendering but JSON), else its entities; a filtered one is built whole, then paged."""
+    req = await read_request(request)
+    if req.categories or req.attributes:
+        chosen, after = _page(request, _filter(await svc.collection(kind), req))
+        return _listing(request, Collection(chosen, links=links), [e.location for e in chosen], after)
+    page, number = _window(request)
+    window = ((page - 1) * number, number + 1)  # one more: is there a next page?
+    if choose(request, LIST_MEDIA) == JSON:
+        entities = await svc.collection(kind, window=window)
+        found, chosen = [e.location for e in entities], entities[:number]
+    else:
+        found, chosen = await svc.locations(kind, *window), []
+    after = _next_page(request, page, number) if len(found) > number else None
+    return _listing(request, Collection(chosen, links=links), found[:number], after)
 
 
 async def _created(request: web.Request, svc: OcciService, kind: Kind, path: str) -> web.Response:
@@ -195,8 +226,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
     links = kind in infra.LINK_KINDS
 
     async def list_all(request: web.Request) -> web.Response:
-        svc = await OcciService.for_request(request)
-        return await _collection(request, await svc.collection(kind), links=links)
+        return await _kind_listing(request, await OcciService.for_request(request), kind, links=links)
 
     async def create_or_act(request: web.Request) -> web.Response:
         svc = await OcciService.for_request(request)
@@ -206,7 +236,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
             for entity in await svc.collection(kind):
                 if any(a.term == action for a in entity.actions):
                     await svc.act(kind, entity.id, action, req)
-            return await _collection(request, await svc.collection(kind), links=links)
+            return await _kind_listing(request, svc, kind, links=links)
         if not req.categories and not req.attributes:
             raise ValidationError(f"send a {kind.term} rendering (Category {kind.term} and its attributes)")
         path = await svc.create(kind, req, _clean_id(req.entity_id))
@@ -217,15 +247,18 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
         return _deleted()
 
     async def get_one(request: web.Request) -> web.Response:
-        svc = await OcciService.for_request(request)
         cache = request.app.get(keys.OCCI_READS)
-        if cache is None:
+        ident = request.get(keys.IDENTITY)
+        if cache is None or ident is None:  # (no identity: for_request refuses)
+            svc = await OcciService.for_request(request)
             return render(request, await svc.get(kind, request.match_info["id"]))
-        # the answer (a 404 too) by project, path and how it is rendered; ended by any write (see _read_caches)
-        key = (svc.ident.project_id, request.path, request.headers.get("Accept", ""), request.host)
+        # the answer (a 404 too) by project, path and how it is rendered; ended by any write (see _read_caches).
+        # A hit needs nothing but the caller's project: the auth middleware already checked the role.
+        key = (ident.project_id, request.path, request.headers.get("Accept", ""), request.host)
         if (hit := cache.get(key)) is not None:
             return _replay(hit)
         version = cache.version()
+        svc = await OcciService.for_request(request)
         try:
             resp = render(request, await svc.get(kind, request.match_info["id"]))
         except NotFound as exc:

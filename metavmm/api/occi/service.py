@@ -71,6 +71,8 @@ _LINK_TARGET = aliased(Workload)  # built once: an alias re-proxies every column
 # a compute whose deletion was asked is gone for OCCI; a create that never produced a VM stays, in error,
 # until its owner deletes it
 SHOWN = or_(Workload.desired_state != "deleted", Workload.observed_state.in_(("rolled_back", "cancelled")))  # type: ignore[attr-defined]
+RESOURCE_TERMS = ("compute", "network", "storage")
+"""The kinds kept as workload rows (the link kinds are workload link rows)."""
 RESERVED_PATHS = ("/-/", "/api/", "/ui/", "/.well-known/", "/mixins/", *(k.location or "/-/" for k in infra.KINDS))
 
 
@@ -160,18 +162,21 @@ class OcciService:
             return resource_entity(wl, links, running.get(wl.id) if wl.kind == "compute" else None,
                                    saveable=exports(provider, provider_kind))
 
-    async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None) -> list[Entity]:
-        """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``."""
+    async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None, *,
+                         window: tuple[int, int] | None = None) -> list[Entity]:
+        """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``;
+        ``window`` (offset, limit; with ``kind`` and no ``mixin``): only those rows are read and built."""
         terms = [kind.term] if kind else list(KINDS)
+        offset, limit = window if window is not None and kind is not None and mixin is None else (None, None)
         async with self.maker() as session:
             out: list[Entity] = []
-            resource_terms = [t for t in terms if t in ("compute", "network", "storage")]
+            resource_terms = [t for t in terms if t in RESOURCE_TERMS]
             if resource_terms:
                 running = await running_operations(session, project_id=self.ident.project_id)  # before the rows
                 found = (await session.exec(select(Workload, Provider.name, Provider.kind)
                                             .outerjoin(Provider, Workload.provider_id == Provider.id).where(
                     Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN)
-                    .order_by(Workload.created_at, Workload.id))).all()
+                    .order_by(Workload.created_at, Workload.id).offset(offset).limit(limit))).all()
                 if mixin is not None:
                     found = [f for f in found if mixin.type_id in f[0].spec.get("mixins", [])]
                 rows = [w for w, _, _ in found]
@@ -183,7 +188,7 @@ class OcciService:
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):
                 rows_l = (await session.exec(select(WorkloadLink).where(
                     WorkloadLink.project_id == self.ident.project_id, WorkloadLink.kind.in_(link_terms))
-                    .order_by(WorkloadLink.id))).all()
+                    .order_by(WorkloadLink.id).offset(offset).limit(limit))).all()
                 ends = {w.id: w for w in (await session.exec(select(Workload).where(Workload.id.in_(
                     [r.source_id for r in rows_l] + [r.target_id for r in rows_l])))).all()}
                 for r in rows_l:
@@ -191,6 +196,21 @@ class OcciService:
                         src, tgt = ends[r.source_id], ends[r.target_id]
                         out.append(link_entity(r, src.kind, tgt.kind, occi_state(src)))
             return out
+
+    async def locations(self, kind: Kind, offset: int, limit: int) -> list[str]:
+        """The locations of ``limit`` entities of ``kind``'s collection from ``offset``, in :meth:`collection`'s
+        order, read as ids alone (issue 16 item 14): a location listing (the text renderings, text/uri-list)
+        of one page of a 10,000-entity collection builds no entity and reads no other row."""
+        if kind.term in RESOURCE_TERMS:
+            stmt = select(Workload.id).where(Workload.project_id == self.ident.project_id,  # type: ignore[call-overload]
+                                             Workload.kind == kind.term, SHOWN) \
+                .order_by(Workload.created_at, Workload.id)
+        else:
+            stmt = select(WorkloadLink.id).where(WorkloadLink.project_id == self.ident.project_id,  # type: ignore[call-overload]
+                                                 WorkloadLink.kind == kind.term).order_by(WorkloadLink.id)
+        async with self.maker() as session:
+            ids = (await session.exec(stmt.offset(offset).limit(limit))).all()
+        return [f"{kind.location}{entity_id}" for entity_id in ids]
 
     # -- validation --------------------------------------------------------------------------------------
 

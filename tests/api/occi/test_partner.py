@@ -286,6 +286,7 @@ async def test_aiohttps_own_errors_and_unexpected_500s_are_answered_as_occi(part
         raise RuntimeError("SELECT secret FROM table")
 
     monkeypatch.setattr(OcciService, "collection", broken)
+    monkeypatch.setattr(OcciService, "locations", broken)  # what a text listing reads
     for headers, media in ((JSONH, "application/occi+json"), (TEXT, "text/plain"), (OCCI, "text/occi")):
         resp = await partner_client.get("/compute/", headers=headers)
         text = await resp.text()
