@@ -43,8 +43,8 @@ class IlpResult:
     status: str  # what HiGHS said, per stage
     variables: int
     bound: float  # proven lower bound of the stage-2 cost (== cost when optimal)
-    nodes: int = 0  # branch-and-bound nodes of both stages (what node_limit caps, per stage)
     counts: dict[tuple[int, int | None], int] = field(default_factory=dict)  # (class, host id | None) -> n
+    nodes: int = 0  # branch-and-bound nodes of both stages (what node_limit caps, per stage)
 
 
 def solve_ilp(planner: BatchPlanner, requests: Sequence[PlacementRequest], *,
