@@ -131,7 +131,7 @@ class BatchPlanner:
 
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
                  headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True,
-                 relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 10.0,
+                 relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 60.0,
                  mip_nodes: int | None = 1_000) -> None:
         self.classes = classes
         self.repair = repair  # False: the flow alone (what bench/batch.py compares with)
