@@ -34,7 +34,7 @@ answer cheaper on the columns it or the LP relaxation use (a RINS-like MIP, coun
 with the cost moves of :mod:`metavmm.scheduler.batch_repair`: more placed first, then less money. The
 rounded LP relaxation and its repair alone (``exact_s=0``, the previous placer) leave out work the
 optimum places on most tight instances; they remain the fallback when HiGHS does not prove the count
-within ``exact_s``.
+within ``mip_nodes`` branch-and-bound nodes (``exact_s`` is only a wall-clock safety net).
 :mod:`metavmm.scheduler.batch_ilp` is the exact lexicographic optimum the benchmark and tests compare with.
 """
 
@@ -131,13 +131,16 @@ class BatchPlanner:
 
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
                  headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True,
-                 relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 2.0) -> None:
+                 relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 60.0,
+                 mip_nodes: int | None = 1_000) -> None:
         self.classes = classes
         self.repair = repair  # False: the flow alone (what bench/batch.py compares with)
         self.relax = relax  # start the repair from the LP relaxation (batch_lp) instead of the flow's packing
         self.swaps = swaps  # pairwise swaps in the cost phase: cheaper results, several times the time
         self.lp_rounds = lp_rounds  # LP solves on what is left (more measured no better on tight instances)
-        self.exact_s = exact_s  # tight batches: time cap of each HiGHS MIP (most placed, polish); 0: LP + repair only
+        self.exact_s = exact_s  # tight batches: wall-clock safety net of each HiGHS MIP; 0: LP + repair only
+        # what stops each MIP (most placed, polish) normally: branch-and-bound nodes, the same under any load
+        self.mip_nodes = mip_nodes
         self.snapshot = snapshot
         self.scheduler = scheduler or Scheduler(snapshot)
         self.rounds = rounds
@@ -275,7 +278,7 @@ class BatchPlanner:
 
         ``whole_numbers``: start instead from the most placed in whole numbers (batch_lp.most_placed) made
         cheaper where it departs from the relaxation (batch_lp.polish); the last value says whether HiGHS
-        proved that count within ``exact_s``."""
+        proved that count within ``mip_nodes`` nodes (and the ``exact_s`` safety net)."""
         from metavmm.scheduler import batch_lp
 
         remaining = {tc.index: list(tc.names) for tc in classes}
@@ -310,9 +313,9 @@ class BatchPlanner:
             model = batch_lp.build(live, free, {tc.index: len(remaining[tc.index]) for tc in live})
             x = batch_lp.relax(model)
             if whole_numbers and x is not None:
-                most, proven = batch_lp.most_placed(model, self.exact_s)
+                most, proven = batch_lp.most_placed(model, self.exact_s, self.mip_nodes)
                 if most is not None:
-                    x = batch_lp.polish(model, most, x, self.exact_s)
+                    x = batch_lp.polish(model, most, x, self.exact_s, node_limit=self.mip_nodes)
             if x is None:
                 break
             whole = np.floor(x + 1e-6)
@@ -340,10 +343,11 @@ class BatchPlanner:
         The rounded relaxation's repair leaves out workloads that only a global repacking places (issue 17:
         2.6 per instance of bench/tight.py, big GPU work whose hosts' cores went to small work); the count
         alone is a MIP HiGHS proves in a fraction of the exact solver's time (its cost stage is most of it).
-        If the proof does not come within ``exact_s``, the rounded relaxation is repaired too and the
+        If the proof does not come within ``mip_nodes``, the rounded relaxation is repaired too and the
         better of the two (more placed, then cheaper) is kept."""
         assignments, remaining, start, proven = self._relaxed(classes, free, whole_numbers=True)
-        assignments = self._repair(classes, assignments, remaining, start)
+        # no pairwise swaps here: the polish's reduced-cost neighbourhood finds cheaper answers in less time
+        assignments = self._repair(classes, assignments, remaining, start, swaps=False)
         if proven:
             return assignments, remaining
         other, left, start, _ = self._relaxed(classes, free)
@@ -353,7 +357,7 @@ class BatchPlanner:
         return assignments, remaining
 
     def _repair(self, classes: list[TaskClass], assignments: list[Assignment], remaining: dict[int, list[str]],
-                free: dict[int, tuple[int, int, dict[str, int]]]) -> list[Assignment]:
+                free: dict[int, tuple[int, int, dict[str, int]]], swaps: bool | None = None) -> list[Assignment]:
         """Exact per-host repair and local search (batch_repair) over what the flow realised."""
         hosted = [tc for tc in classes if tc.hosts]
         if not hosted:
@@ -380,7 +384,7 @@ class BatchPlanner:
                 names[ci].append(a.name)
         packing = Packing(need, free_rows, [{hx[h.id]: unit for h, unit in tc.hosts} for tc in hosted], on,
                           [len(remaining[tc.index]) for tc in hosted])
-        packing.swaps = self.swaps
+        packing.swaps = self.swaps if swaps is None else swaps
         packing.improve()
         for i, counts in enumerate(packing.on):
             hid = ids[i]
