@@ -299,3 +299,40 @@ scrape_configs:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_a_busy_catalog_at_a_recheck_keeps_the_stream_until_checks_keep_failing(
+        aiohttp_client: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recheck that meets a busy catalog is not a verdict on the token: the stream goes on with the identity
+    it had and asks again; only ``RECHECK_MISSES`` such checks in a row end it, with a reason that says so."""
+    from metavmm.api.rest import events as events_api
+    from metavmm.foundation.errors import CatalogBusy
+
+    app = create_app(parse_config(CONFIG.replace("events_poll_s: 0.05", "events_poll_s: 0.05, events_recheck_s: 0.2")),
+                     sqlite_url, sync=False)
+    client = await aiohttp_client(app)
+    w = await seed(app)
+    busy = {"left": events_api.RECHECK_MISSES - 1, "asked": 0}
+    real = events_api.authenticate
+
+    async def flaky(request: Any) -> Any:  # the rechecks: busy, busy, then fine
+        busy["asked"] += 1
+        if busy["left"] > 0:
+            busy["left"] -= 1
+            raise CatalogBusy("the catalog is busy")
+        return await real(request)
+
+    monkeypatch.setattr(events_api, "authenticate", flaky)
+    alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
+    await asyncio.sleep(1.0)  # five recheck intervals: two busy, then fine
+    mine = await _create(client, w, "alpha_member", "streamed-through-busy-checks")
+    frames = await read_until(alpha, ended(mine["operation"]["id"]))
+    assert busy["left"] == 0 and busy["asked"] >= events_api.RECHECK_MISSES
+    assert "end" not in [f[0] for f in frames] and any(f[0] == "operation" for f in frames)
+
+    async def always_busy(request: Any) -> Any:
+        raise CatalogBusy("the catalog is busy")
+
+    monkeypatch.setattr(events_api, "authenticate", always_busy)
+    tail = await read_until(alpha, lambda f: False)
+    assert [f[0] for f in tail][-2:] == ["end", "<closed>"] and "catalog is busy" in tail[-2][1]["reason"]

@@ -23,13 +23,14 @@ from functools import partial
 from aiohttp import web
 from aiohttp_sse import sse_response
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from metavmm.api import keys
 from metavmm.api.auth import authenticate
 from metavmm.api.rest.common import sessions as sessions_of
 from metavmm.api.rest.framework import RestModule
 from metavmm.foundation.aio import wait_event
-from metavmm.foundation.errors import MetavmmError, ValidationError
+from metavmm.foundation.errors import CatalogBusy, MetavmmError, ValidationError
 from metavmm.services import events
 from metavmm.services.identity import Identity
 
@@ -65,6 +66,8 @@ async def reauthenticate(request: web.Request) -> Identity | None:
     try:
         identity = await authenticate(request)
         identity.require("reader")
+    except CatalogBusy:
+        raise  # not a verdict on the credentials: follow() asks again
     except MetavmmError:
         return None
     return identity
@@ -79,12 +82,23 @@ async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> 
     stopping = request.config_dict[keys.OPERATIONS].stopping
     following = "text/event-stream" in request.headers.get("Accept", "")
     clock = asyncio.get_running_loop().time
-    checked = clock()
+    checked, misses = clock(), 0
     async with sse_response(request) as resp:
         with contextlib.suppress(ConnectionResetError):  # the client went away: the stream just ends
             while resp.is_connected() and not stopping.is_set():
                 if clock() - checked >= metrics.events_recheck_s:
-                    identity, checked = await recheck(), clock()
+                    checked = clock()
+                    try:
+                        identity = await recheck()
+                    except (CatalogBusy, SQLAlchemyError):  # a busy catalog: ask again at the next check
+                        misses += 1
+                        if misses < RECHECK_MISSES:
+                            identity = cursor.identity
+                        else:
+                            await resp.send(json.dumps({"reason": UNCHECKED}), event="end")
+                            break
+                    else:
+                        misses = 0
                     if identity is None:
                         await resp.send(json.dumps({"reason": ENDED}), event="end")
                         break
@@ -98,4 +112,8 @@ async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> 
     return resp
 
 
+RECHECK_MISSES = 3
+"""Checks in a row that may meet a busy catalog before the stream ends (it keeps the last identity
+meanwhile: a moment of SQLite's writer queue must not log every open page out)."""
+UNCHECKED = "the broker could not check this stream's session or token (its catalog is busy): reconnect"
 ENDED = "the session or token that opened this stream has ended (logout, expiry or revocation): log in again"
