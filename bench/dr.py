@@ -57,6 +57,13 @@ def _timed(*argv: str) -> float:
     return time.perf_counter() - t0
 
 
+async def _bench_project(engine: Engine) -> Project:
+    async with session_scope(engine.sessions) as session:
+        project = Project(name="dr-bench")
+        session.add(project)
+    return project
+
+
 async def _provision(engine: Engine, image: str, project_id: int) -> str:
     op = await direct.provision(engine, name="dr-bench", provider="lv0", region="host0", image=image, ram_mib=64,
                                 project_id=project_id)
@@ -121,9 +128,7 @@ async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, 
 
     async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
         await sync_all(engine.sessions, config)
-        async with session_scope(engine.sessions) as session:
-            project = Project(name="dr-bench")
-            session.add(project)
+        project = await _bench_project(engine)
         for _ in range(rounds):
             wid = await _provision(engine, str(base), project.id)  # type: ignore[arg-type]
             async with engine.sessions() as session:
@@ -217,9 +222,7 @@ async def run_openstack(size_mib: int, rounds: int, tmp: str) -> None:
         config = parse_config(OPENSTACK_FEDERATION.format(cloud=cloud.cloud))
         async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
             await sync_all(engine.sessions, config)
-            async with session_scope(engine.sessions) as session:
-                project = Project(name="dr-bench")
-                session.add(project)
+            project = await _bench_project(engine)
             for _ in range(rounds):
                 for planned in (True, False):
                     op = await direct.provision(engine, name=f"dr-os-{os.urandom(3).hex()}", provider="sim0",

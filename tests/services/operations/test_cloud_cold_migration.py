@@ -68,15 +68,20 @@ async def gce_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, gce: GceC
         yield ops
 
 
+
+async def _running_at_lv0(engine: Engine, work: Path, name: str) -> tuple[bytes, str]:
+    """A TCG VM at lv0 whose disk holds random data: (what content_disk says of that data, its workload id)."""
+    disk, raw = content_disk(work)
+    done = await run(engine, await direct.provision(engine, name=name, provider="lv0", region="host0",
+                                                   image=str(disk), ram_mib=64))
+    assert done.state == OperationState.SUCCEEDED, done.error
+    assert done.target_id is not None
+    return raw, done.target_id
+
 async def test_cold_migration_libvirt_to_gce_moves_the_disk_bytes(gce_engine: Engine, libvirt_hosts: LibvirtHosts,
                                                                  gce: GceContract, work: Path) -> None:
     engine = gce_engine
-    disk, raw = content_disk(work)
-    done = await run(engine, await direct.provision(engine, name="to-gce", provider="lv0", region="host0",
-                                                   image=str(disk), ram_mib=64))
-    assert done.state == OperationState.SUCCEEDED, done.error
-    wid = done.target_id
-    assert wid is not None
+    raw, wid = await _running_at_lv0(engine, work, "to-gce")
 
     op = await flows.cold_migrate(engine, wid, target_provider="gce", target_region="us-central1")
     assert [s["name"] for s in op.steps] == STEPS
@@ -116,12 +121,7 @@ async def azure_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, azure: 
 async def test_cold_migration_libvirt_to_azure_moves_the_disk_bytes(azure_engine: Engine, libvirt_hosts: LibvirtHosts,
                                                                    azure: AzureCloud, work: Path) -> None:  # noqa: F811
     engine, server = azure_engine, azure.server
-    disk, raw = content_disk(work)
-    done = await run(engine, await direct.provision(engine, name="to-azure", provider="lv0", region="host0",
-                                                   image=str(disk), ram_mib=64))
-    assert done.state == OperationState.SUCCEEDED, done.error
-    wid = done.target_id
-    assert wid is not None
+    raw, wid = await _running_at_lv0(engine, work, "to-azure")
 
     op = await flows.cold_migrate(engine, wid, target_provider="az")  # the default (raw) is not what Azure takes
     assert [s["name"] for s in op.steps] == STEPS and op.steps[3]["args"]["region"] == "westus"
