@@ -160,6 +160,17 @@ def _inline_connect(_dialect: object, _record: object, cargs: list[Any], cparams
     cparams["check_same_thread"] = False  # the loop's thread runs a writer's statements
 
 
+def _reads(args: tuple[Any, ...]) -> bool:
+    """A SELECT (or PRAGMA) statement: pysqlite begins no transaction for it."""
+    head = str(args[0]).lstrip()[:6].upper() if args else ""
+    return head.startswith(("SELECT", "PRAGMA", "WITH"))
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, as far as no reader still needs it."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()  # (closed: an open cursor fails the next COMMIT)
+
+
 CHECKPOINT_EVERY = 100
 """Commits of one connection between two WAL checkpoints, run in its thread after its writer turn
 (SQLite's own automatic checkpoint, which :class:`InlineConnection` turns off, would run inside the
@@ -188,7 +199,7 @@ def _inline_class() -> Any:
             if conn is not None:
                 if self._inline(conn, fn):
                     return fn(*args, **kwargs)
-                if self.turn and getattr(fn, "__name__", "") in ("execute", "executemany"):
+                if getattr(fn, "__name__", "") != "close" and (self.turn or _reads(args)):
                     done, result = self._first_write(conn, fn, args, kwargs)
                     if done:
                         return result
@@ -196,23 +207,30 @@ def _inline_class() -> Any:
 
         @staticmethod
         def _inline(conn: sqlite3.Connection, fn: Any) -> bool:
-            """Opening and closing a cursor never waits; inside a write transaction (pysqlite begins one
-            before the first INSERT, UPDATE or DELETE, which took SQLite's write lock) nothing does: WAL
-            reads never wait and, with the automatic checkpoint off, a COMMIT appends to the WAL without
-            an fsync (synchronous=NORMAL). Outside one, a statement or a fetch may be a long scan: it
-            stays in the thread, so the loop runs meanwhile."""
+            """Every call but a write that would begin a transaction (pysqlite begins one before the
+            first INSERT, UPDATE or DELETE, which must take SQLite's write lock and may wait for another
+            process's) and the connection's own close (it ends the thread's work). Nothing else waits:
+            inside a write transaction the lock is held, WAL reads never wait for a writer, and with the
+            automatic checkpoint off a COMMIT appends to the WAL without an fsync (synchronous=NORMAL).
+            Each call sent to the thread cost two thread wake-ups, 20 to 60 ms apiece on a busy machine,
+            three or four times per statement; a statement here costs what SQLite takes (tens of µs
+            for the catalog's indexed reads), in the loop's thread."""
             name = getattr(fn, "__name__", "")
-            if name == "cursor" or (name == "close" and getattr(fn, "__self__", None) is not conn):
-                return True  # (a cursor's close; the connection's own ends the thread's work)
-            return conn.in_transaction
+            if name == "close":
+                return getattr(fn, "__self__", None) is not conn  # (a cursor's close)
+            if name in ("execute", "executemany", "executescript") and not conn.in_transaction:
+                return False  # (may begin a write: decided by the caller, see _first_write)
+            return True
 
         @staticmethod
         def _first_write(conn: sqlite3.Connection, fn: Any, args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> tuple[bool, Any]:
-            """The transaction's first write, with this process's writer turn held: only another process
-            can hold SQLite's lock, so it is tried here without waiting; (False, None) when one does
-            (nothing was written): the thread then waits for the lock under ``busy_timeout``."""
-            conn.execute("PRAGMA busy_timeout=0")
+            """A statement outside a transaction: a read, or the transaction's first write with this
+            process's writer turn held (only another process can then hold SQLite's lock). Tried here
+            without waiting; (False, None) when it would have to wait (nothing was written): the thread
+            then waits under ``busy_timeout``."""
+            conn.execute("PRAGMA busy_timeout=0").close()  # (it answers a row: a cursor left open keeps
+            # its statement running, and a COMMIT then fails with "SQL statements in progress")
             try:
                 return True, fn(*args, **kwargs)
             except sqlite3.OperationalError as exc:
@@ -222,7 +240,7 @@ def _inline_class() -> Any:
                     conn.rollback()
                 return False, None
             finally:
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}").close()
 
         async def commit(self) -> None:
             try:
@@ -231,7 +249,7 @@ def _inline_class() -> Any:
                 self._end_turn()
             self.commits += 1
             if self.commits % CHECKPOINT_EVERY == 0 and self._connection is not None:
-                await super()._execute(self._connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                await super()._execute(_checkpoint, self._connection)
 
         async def rollback(self) -> None:
             try:

@@ -1,6 +1,6 @@
-"""SQLite's writer path (metavmm.catalog.db.SqliteWriters, issue 16 item 13): a write transaction's
-statements after its first write run in the loop's thread, without a thread hop each; a first write that
-finds another process's lock waits in the connection's thread (the loop goes on) and then succeeds; the
+"""SQLite's statement path (metavmm.catalog.db.SqliteWriters, issue 16 item 13): reads and a write
+transaction's statements run in the loop's thread, without a thread hop each; a first write that finds
+another process's lock waits in the connection's thread (the loop goes on) and then succeeds; the
 process's writers take turns without "database is locked"; the WAL is checkpointed outside the COMMIT."""
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ def _thread_probe(sessions: Any) -> list[int]:
     return seen
 
 
-async def test_a_writers_statements_after_its_first_write_run_in_the_loops_thread(sqlite_sessions: Any) -> None:
+async def test_reads_and_a_writers_statements_run_in_the_loops_thread(sqlite_sessions: Any) -> None:
     sessions = sqlite_sessions
     seen = _thread_probe(sessions)
     loop_thread = threading.get_ident()
-    async with sessions() as s:  # a read outside a write transaction: the connection's thread
+    async with sessions() as s:  # a read outside a write transaction
         await s.exec(text("SELECT tid()"))  # type: ignore[call-overload]
-    assert seen and seen[-1] != loop_thread
+    assert seen == [loop_thread]
     async with session_scope(sessions) as s:
         s.add(Project(name="p"))
         await s.flush()  # the first write: SQLite's write lock is this transaction's from here
