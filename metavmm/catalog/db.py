@@ -218,9 +218,8 @@ def _inline_class() -> Any:
             name = getattr(fn, "__name__", "")
             if name == "close":
                 return getattr(fn, "__self__", None) is not conn  # (a cursor's close)
-            if name in ("execute", "executemany", "executescript") and not conn.in_transaction:
-                return False  # (may begin a write: decided by the caller, see _first_write)
-            return True
+            # a statement outside a transaction may begin a write: the caller decides (see _first_write)
+            return conn.in_transaction or name not in ("execute", "executemany", "executescript")
 
         @staticmethod
         def _first_write(conn: sqlite3.Connection, fn: Any, args: tuple[Any, ...],
