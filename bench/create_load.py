@@ -8,7 +8,9 @@ operations engine running (it creates the SIMULATED VMs while the load arrives, 
 with the requests). ``--clients`` clients each loop for ``--seconds``: a create, then a read of one of
 their workloads, a list, and every third round a delete (``--creates-only``: only the create). The
 bare side gets the same number of clients and seconds of GETs. Reported: requests/s, p50/p99, errors
-(5xx or no answer; 4xx are counted apart), creates/s, and the ratio broker/bare.
+(5xx or no answer; 4xx are counted apart), the process's CPU time per request (all threads, the
+clients' included: on a shared machine the rate follows the CPU share the process gets, so this is the
+figure to compare across runs), creates/s, and the ratio broker/bare.
 
     .venv/bin/python -m bench.create_load [--clients 32] [--seconds 10] [--database postgresql://...]
         [--creates-only | --occi]
@@ -48,6 +50,7 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
     samples: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0  # the process's CPU time (every thread, clients included) while the load ran
 
     def record(self, kind: str, status: int, seconds: float, body: str = "") -> None:
         self.latencies.append(seconds)
@@ -61,7 +64,8 @@ class Tally:
         errors = sum(n for s, n in self.statuses.items() if s >= 500 or s == 0)
         return {"requests": len(self.latencies), "req_s": len(self.latencies) / seconds,
                 "p50_ms": statistics.median(lat) * 1000, "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
-                "errors": errors, "4xx": sum(n for s, n in self.statuses.items() if 400 <= s < 500)}
+                "errors": errors, "4xx": sum(n for s, n in self.statuses.items() if 400 <= s < 500),
+                "cpu_ms": self.cpu_s * 1000 / max(1, len(self.latencies))}
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -170,11 +174,13 @@ async def _bare_client(http: aiohttp.ClientSession, base: str, until: float, tal
 
 async def _drive(clients: int, seconds: float, run: object) -> tuple[Tally, float]:
     tally = Tally()
+    tally.cpu_s = time.process_time()
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
         start = time.perf_counter()
         until = start + seconds
         await asyncio.gather(*(run(http, until, tally, i) for i in range(clients)))  # type: ignore[operator]
+        tally.cpu_s = time.process_time() - tally.cpu_s
         return tally, time.perf_counter() - start
 
 
@@ -208,7 +214,7 @@ async def main(clients: int, seconds: float, database: str | None, creates_only:
     print(f"{what}, {clients} clients, {seconds:.0f} s, {db}, load average {os.getloadavg()[0]:.2f}")
     for name, s in (("broker", b), ("bare aiohttp", p)):
         print(f"  {name:13s} {s['requests']:6d} req  {s['req_s']:8.1f} req/s  p50 {s['p50_ms']:7.1f} ms  "
-              f"p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}  4xx {s['4xx']}")
+              f"p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}  4xx {s['4xx']}  CPU {s['cpu_ms']:.2f} ms/req")
     print(f"  creates accepted {creates} ({creates / load_s:.1f}/s); ratio broker/bare {b['req_s'] / p['req_s']:.3f}")
     print("  answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(load.kinds.items())))
     print("  operations at the end: " + ", ".join(f"{k}: {v}" for k, v in sorted(ops.items())))

@@ -10,6 +10,7 @@ the same history.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -64,23 +65,35 @@ WRITER_WAIT_S = 30.0  # a writer waiting longer for this process's queue gives u
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: turning WAL on waits for a writer too
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL: durable against a crash of the process, one fsync per checkpoint
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA wal_autocheckpoint=0")  # InlineConnection checkpoints, outside the COMMIT
     cur.close()
 
 
 class SqliteWriters:
-    """One queue of this process's writers in front of SQLite's single write lock.
+    """One queue of this process's writers in front of SQLite's single write lock, and the writer's
+    statements run without a thread hop.
 
     SQLite lets one transaction write at a time; a writer that finds the lock taken sleeps in SQLite's
     busy handler and polls, unfairly, until ``busy_timeout``, then fails with "database is locked". With
     32 concurrent creates plus the operations engine, some waited past any timeout. Here the first
     INSERT/UPDATE/DELETE of a transaction (pysqlite's own rule for where a transaction begins) first
-    takes an asyncio lock, FIFO, held until the transaction commits or rolls back, so this process's
-    writers never meet in the busy handler and reads never wait. Other processes still meet this one
-    there, under ``busy_timeout``.
+    takes an asyncio lock, FIFO, held until the transaction's COMMIT or ROLLBACK has run, so this
+    process's writers never meet in the busy handler and reads never wait. Other processes still meet
+    this one there, under ``busy_timeout``.
+
+    That lock is what every write of the process waits in line for, so how long a transaction holds it
+    sets the write rate (issue 16 item 13). aiosqlite runs each call (cursor, execute, fetch, close:
+    three or four per statement) in the connection's thread and hands the result back to the loop: two
+    thread wake-ups per call, milliseconds each on a busy machine, so a create's ten statements held the
+    lock for 100-200 ms of waiting for threads to be scheduled. Once a transaction's first write has
+    run (SQLite's write lock is then this connection's: nothing after it can wait for another process,
+    and WAL reads never wait), its later statements run directly in the loop's thread (microseconds
+    each, :class:`InlineConnection`); the COMMIT goes back to the connection's thread (it may checkpoint
+    the WAL, which writes the database file).
     """
 
     WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
@@ -93,6 +106,7 @@ class SqliteWriters:
 
         sync = engine.sync_engine
         event.listen(sync, "connect", _sqlite_pragmas)
+        event.listen(sync, "do_connect", _inline_connect)
         event.listen(sync, "before_cursor_execute", self._before)
         event.listen(sync, "commit", self._after_txn)
         event.listen(sync, "rollback", self._after_txn)
@@ -110,14 +124,145 @@ class SqliteWriters:
             raise OperationalError(statement, None, sqlite3.OperationalError(
                 f"database is locked (no turn to write within {WRITER_WAIT_S:.0f} s)")) from None
         conn.info["mv_writer"] = True
+        driver = _driver(conn.connection.dbapi_connection)
+        if driver is not None:
+            driver.turn = True
 
     def _after_txn(self, conn: Connection) -> None:
-        if conn.info.pop("mv_writer", False):
+        """SQLAlchemy's commit and rollback events come just before the database's COMMIT or ROLLBACK:
+        the next writer's turn starts once that ran (it would otherwise find SQLite's lock still taken
+        and sleep in the busy handler)."""
+        if not conn.info.pop("mv_writer", False):
+            return
+        driver = _driver(conn.connection.dbapi_connection) if not conn.invalidated else None
+        if driver is None:
             self.lock.release()
+        else:
+            driver.release_after = self.lock.release
 
-    def _checkin(self, _dbapi_conn: object, record: Any) -> None:  # a connection returned mid-transaction
+    def _checkin(self, dbapi_conn: object, record: Any) -> None:  # a connection returned mid-transaction
+        driver = _driver(dbapi_conn)
+        if driver is not None:
+            driver._end_turn()  # (a turn whose COMMIT or ROLLBACK never ran)
         if record is not None and record.info.pop("mv_writer", False):
             self.lock.release()
+
+
+def _driver(dbapi_conn: object) -> Any:
+    """The :class:`InlineConnection` under SQLAlchemy's adapter, if it is one."""
+    driver = getattr(dbapi_conn, "_connection", None)
+    return driver if driver is not None and hasattr(driver, "release_after") else None
+
+
+def _inline_connect(_dialect: object, _record: object, cargs: list[Any], cparams: dict[str, Any]) -> None:
+    """SQLAlchemy's aiosqlite adapter opens an :class:`InlineConnection` instead of aiosqlite's."""
+    cparams["async_creator_fn"] = _inline_class()
+    cparams["check_same_thread"] = False  # the loop's thread runs a writer's statements
+
+
+def _reads(args: tuple[Any, ...]) -> bool:
+    """A SELECT (or PRAGMA) statement: pysqlite begins no transaction for it."""
+    head = str(args[0]).lstrip()[:6].upper() if args else ""
+    return head.startswith(("SELECT", "PRAGMA", "WITH"))
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, as far as no reader still needs it."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()  # (closed: an open cursor fails the next COMMIT)
+
+
+CHECKPOINT_EVERY = 100
+"""Commits of one connection between two WAL checkpoints, run in its thread after its writer turn
+(SQLite's own automatic checkpoint, which :class:`InlineConnection` turns off, would run inside the
+COMMIT, in the loop's thread)."""
+
+
+@functools.cache
+def _inline_class() -> Any:
+    import aiosqlite
+
+    class InlineConnection(aiosqlite.Connection):  # type: ignore[misc]
+        """aiosqlite's connection whose calls that cannot wait run in the caller's thread (:meth:`_inline`)
+        and whose first write tries that too (:meth:`_first_write`); its COMMIT and ROLLBACK end the
+        process's writer turn (:attr:`release_after`, set by :class:`SqliteWriters`) once they ran."""
+
+        release_after: Any = None
+        turn = False  # this connection holds the process's writer turn (SqliteWriters._before)
+        commits = 0
+
+        def __init__(self, database: str, *, iter_chunk_size: int = 64, **kwargs: Any) -> None:
+            super().__init__(functools.partial(sqlite3.connect, database, **kwargs), iter_chunk_size)
+            self._thread.daemon = True  # as SQLAlchemy sets aiosqlite's own
+
+        async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            conn = self._connection
+            if conn is not None:
+                if self._inline(conn, fn):
+                    return fn(*args, **kwargs)
+                if getattr(fn, "__name__", "") != "close" and (self.turn or _reads(args)):
+                    done, result = self._first_write(conn, fn, args, kwargs)
+                    if done:
+                        return result
+            return await super()._execute(fn, *args, **kwargs)
+
+        @staticmethod
+        def _inline(conn: sqlite3.Connection, fn: Any) -> bool:
+            """Every call but a write that would begin a transaction (pysqlite begins one before the
+            first INSERT, UPDATE or DELETE, which must take SQLite's write lock and may wait for another
+            process's) and the connection's own close (it ends the thread's work). Nothing else waits:
+            inside a write transaction the lock is held, WAL reads never wait for a writer, and with the
+            automatic checkpoint off a COMMIT appends to the WAL without an fsync (synchronous=NORMAL).
+            Each call sent to the thread cost two thread wake-ups, 20 to 60 ms apiece on a busy machine,
+            three or four times per statement; a statement here costs what SQLite takes (tens of µs
+            for the catalog's indexed reads), in the loop's thread."""
+            name = getattr(fn, "__name__", "")
+            if name == "close":
+                return getattr(fn, "__self__", None) is not conn  # (a cursor's close)
+            # a statement outside a transaction may begin a write: the caller decides (see _first_write)
+            return conn.in_transaction or name not in ("execute", "executemany", "executescript")
+
+        @staticmethod
+        def _first_write(conn: sqlite3.Connection, fn: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> tuple[bool, Any]:
+            """A statement outside a transaction: a read, or the transaction's first write with this
+            process's writer turn held (only another process can then hold SQLite's lock). Tried here
+            without waiting; (False, None) when it would have to wait (nothing was written): the thread
+            then waits under ``busy_timeout``."""
+            conn.execute("PRAGMA busy_timeout=0").close()  # (it answers a row: a cursor left open keeps
+            # its statement running, and a COMMIT then fails with "SQL statements in progress")
+            try:
+                return True, fn(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if "database is locked" not in str(exc):
+                    raise
+                if conn.in_transaction:
+                    conn.rollback()
+                return False, None
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}").close()
+
+        async def commit(self) -> None:
+            try:
+                await super().commit()
+            finally:
+                self._end_turn()
+            self.commits += 1
+            if self.commits % CHECKPOINT_EVERY == 0 and self._connection is not None:
+                await super()._execute(_checkpoint, self._connection)
+
+        async def rollback(self) -> None:
+            try:
+                await super().rollback()
+            finally:
+                self._end_turn()
+
+        def _end_turn(self) -> None:
+            self.turn = False
+            release, self.release_after = self.release_after, None
+            if release is not None:
+                release()
+
+    return InlineConnection
 
 
 POOL_SIZE = 16  # connections a broker keeps open

@@ -22,7 +22,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -739,20 +738,25 @@ class WorkloadService:
             return await self._in_session(session, caller, workload_id)
 
     @staticmethod
-    async def _in_session(session: AsyncSession, caller: Identity, workload_id: str) -> Workload:
-        row = await session.get(Workload, workload_id.lower()) if is_uuid(workload_id) else None
+    async def _in_session(session: AsyncSession, caller: Identity, workload_id: str, *,
+                          lock: bool = False) -> Workload:
+        """The row the caller may see; ``lock``: read with its row lock, as it is now (see :meth:`_locked`)."""
+        if not is_uuid(workload_id):
+            raise NotFound(f"no workload {workload_id}")
+        row = await (session.get(Workload, workload_id.lower(), populate_existing=True,
+                                 with_for_update={"key_share": True}) if lock
+                     else session.get(Workload, workload_id.lower()))
         if row is None or not can_see(caller, row):
             raise NotFound(f"no workload {workload_id}")
         return row
 
     async def _locked(self, session: AsyncSession, caller: Identity, workload_id: str,
                       expected_version: int | None) -> Workload:
-        """The row, read after its write lock (so the check and the write cannot interleave with another
-        request or the engine), at the version the caller saw."""
-        await session.exec(update(Workload).where(col(Workload.id) == workload_id)  # type: ignore[call-overload]
-                           .values(version=Workload.version))
-        row = await self._in_session(session, caller, workload_id)
-        await session.refresh(row)
+        """The row, read with its write lock (so the check and the write cannot interleave with another
+        request or the engine), at the version the caller saw. One statement: PostgreSQL's SELECT ... FOR
+        NO KEY UPDATE (the lock an UPDATE takes); SQLite has no row locks, and the transaction's first
+        statement (the project lock, :meth:`_transaction`) already holds its single writer lock."""
+        row = await self._in_session(session, caller, workload_id, lock=True)
         if expected_version is not None and row.version != expected_version:
             raise PreconditionFailed(f"workload {workload_id} changed since version {expected_version}; "
                                      f"it is at version {row.version} now")
