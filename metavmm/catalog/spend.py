@@ -329,6 +329,15 @@ def charge(session: Session, workload: Workload, what: Charge, *, ref: str, at: 
     return True
 
 
+async def charge_workload(session: AsyncSession, workload_id: str, what: Charge, *, ref: str) -> bool:
+    """:func:`charge` from async code (an operation's step), in the caller's transaction; False when the
+    workload is gone or ``ref`` charged it already."""
+    workload = await session.get(Workload, workload_id)
+    if workload is None:
+        return False
+    return await session.run_sync(lambda s: charge(s, workload, what, ref=ref))
+
+
 # --- reading ------------------------------------------------------------------------------------------
 
 

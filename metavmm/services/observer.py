@@ -44,7 +44,6 @@ from typing import Any, TypeVar
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog import spend
 from metavmm.catalog.models import (
     AvailabilityZone,
     Flavor,
@@ -61,7 +60,7 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.catalog.prices import records_from_infos, store_prices
-from metavmm.catalog.spend import Charge
+from metavmm.catalog.spend import Charge, charge_workload
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.prices import PriceRecord, table_records
 from metavmm.foundation.records import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo, VmInfo
@@ -471,7 +470,7 @@ async def observe_vm(session: AsyncSession, provider: str, workload_id: str, vm:
     _touch(workload, changed or place or bool(spec_update))  # a recorded placement is a new version
     session.add(workload)
     if charge is not None and place:
-        await session.run_sync(lambda s: spend.charge(s, workload, charge, ref=ref or f"record/{workload_id}"))
+        await charge_workload(session, workload_id, charge, ref=ref or f"record/{workload_id}")
     return workload
 
 
