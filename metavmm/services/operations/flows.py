@@ -147,10 +147,11 @@ def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, reg
 def move_step(workload_id: str, kind: str, *, name: str, source: Mapping[str, Any], dest: Mapping[str, Any],
               size_gib: int = 0, cidr: str | None = None) -> Step:
     """Move a volume or network never attached from ``source`` to ``dest`` (each a placement: provider,
-    region, site): it holds nothing, so it is made anew at ``dest`` and the old one deleted; the rollback
-    moves it back (``resource.move_back``), unbound again."""
+    region, site, and a volume's price there): it holds nothing, so it is made anew at ``dest`` and the old
+    one deleted; the rollback moves it back (``resource.move_back``), unbound again, at its old price (the
+    spend ledger reads the placement's)."""
     extra = {"size_gib": size_gib} if RESOURCE_VERB[WorkloadKind(kind)] == "volume" else {"cidr": cidr}
-    keep = ("provider", "region", "site")
+    keep = ("provider", "region", "site", *(k for k in ("storage_per_hour", "cost_per_hour") if k in dest))
     return Step("move", "resource.move", {"workload_id": workload_id, "kind": kind, "name": name, **extra,
                                           "source": {k: source.get(k) for k in keep},
                                           "dest": {k: dest.get(k) for k in keep}},
