@@ -729,8 +729,12 @@ class SpendAccrual(SQLModel, table=True):
     ``accrued_at``; readers accrue it to now). Rows are never deleted with their workload (nor with its
     project: ``workload_id`` and ``project_id`` carry no foreign key), so a month's spend stays what it
     was. ``price_source`` says where the price came from (``placement``: the price per hour the scheduler
-    chose it at; ``none``: no price was known, the hours count and the amount is 0). ``burst_policy``
-    names the burst policy that sent it to a public cloud (None for work at home)."""
+    chose it at; ``storage``: a stopped compute's disk; ``volume``: a volume's size at its site's storage
+    price; ``egress``: a one-off charge for data a move or a replication sent out of a site; ``none``: no
+    price was known, the hours count and the amount is 0). ``burst_policy`` names the burst policy that
+    sent it to a public cloud (None for work at home). ``gib``: a volume's size, or the GiB a one-off
+    charge moved (None for a compute's hours). A one-off charge is a closed row of 0 hours whose amount is
+    the charge; ``ref`` names what caused it (an operation's step), so a retried step charges once."""
 
     __tablename__ = "spend_accrual"
     __table_args__ = (Index("ix_spend_accrual_project_period", "project_id", "period_start"),  # a month's stretches
@@ -750,6 +754,8 @@ class SpendAccrual(SQLModel, table=True):
     amount: Decimal = Field(default=Decimal(0), sa_type=Numeric(20, 10))
     price_source: str = Field(default="none", max_length=32)
     burst_policy: str | None = Field(default=None, max_length=63)
+    gib: Decimal | None = Field(default=None, sa_type=Numeric(20, 10))
+    ref: str | None = Field(default=None, max_length=80, index=True)
     accrued_at: datetime = _ts()
 
 

@@ -1,4 +1,5 @@
-"""The spend ledger: what each compute cost as it ran, one row per stretch at one price in one month.
+"""The spend ledger: what each compute and volume cost as it ran (one row per stretch at one price in one
+month) and the one-off charges (egress) of the moves and replications made for it.
 
 Why a ledger: a month's burst spend and a project's showback must count the hours a workload ran in that
 month, whenever it was created, and must keep counting a workload after its row is gone (an OCCI delete
@@ -8,8 +9,8 @@ expected hours) can do neither.
 How it is written (:class:`~metavmm.catalog.models.SpendAccrual`):
 
 - on every state change, in the same flush: :class:`CatalogSession` (the catalog's session class, see
-  :func:`metavmm.catalog.db.make_sessionmaker`) looks at each compute whose state, presence or placement
-  changed, or that is deleted, and :func:`accrue` closes its open stretch and, while it runs, opens the
+  :func:`metavmm.catalog.db.make_sessionmaker`) looks at each compute or volume whose state, presence or
+  placement changed, or that is deleted, and :func:`accrue` closes its open stretch and, while it runs, opens the
   next at the workload's ``updated_at`` (when the change happened);
 - on a periodic round (:func:`accrue_all`, the broker's ``repeat()`` loop): open stretches are brought up
   to date and cut at month boundaries; a stretch the hook could not see end (a bulk update) is closed at
@@ -17,6 +18,15 @@ How it is written (:class:`~metavmm.catalog.models.SpendAccrual`):
 
 A stretch never spans a month once it is closed (:func:`_close` cuts it), so a month's closed spend is
 one indexed ``SUM``; an open stretch is accrued to now by the reader, clipped to the month.
+
+A volume accrues like a compute, through the same hook and round (:func:`rate_of`): its size at its site's
+storage price (``spec.placement.storage_per_hour``, written when it is placed, moved or re-priced) from
+when it exists until it is deleted, attached or not. A one-off charge (:func:`charge`: the egress a move or
+a replication paid) is a closed row of 0 hours carrying its amount, on the workload's project.
+
+Prices change by a new stretch, never by rewriting one: a move, or a price import that re-prices the
+workloads at a site (:func:`metavmm.services.spend.reprice`), rewrites the placement summary, and the hook
+closes the open stretch at that moment and opens the next at the new price. Past stretches keep theirs.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import event, func, inspect, or_
+from sqlalchemy import and_, event, func, inspect, or_
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -39,6 +49,13 @@ BILLABLE = frozenset({"running", "migrating"})
 """The observed states a compute is charged its price in (plus its disk's, ``storage_per_hour``)."""
 STORED = frozenset({"stopped", "suspended"})
 """The observed states a compute is charged its disk only in (the clouds bill a stopped VM's volumes)."""
+
+VOLUME_STATES = frozenset({"online", "offline", "backup", "snapshot", "resize", "degraded"})
+"""The observed states a volume exists in (OCCI's storage states but error): charged its size in each."""
+ACCRUED_KINDS = frozenset({"compute", "storage"})
+"""The workload kinds the ledger accrues by the hour (a network costs nothing by itself)."""
+ONE_OFF = frozenset({"egress"})
+"""The price sources of one-off charges (a closed row of 0 hours whose amount is the charge)."""
 
 QUANTUM = Decimal("1e-10")  # the ledger's columns are Numeric(20, 10)
 WATCHED = ("observed_state", "present", "spec")  # a change to any of them may change the rate
@@ -79,7 +96,8 @@ def _decimal(value: Any) -> Decimal | None:
 
 @dataclass(frozen=True)
 class Rate:
-    """What a running compute accrues at and where: a change of any field starts a new stretch."""
+    """What a running compute (or an existing volume) accrues at and where: a change of any field starts a
+    new stretch."""
 
     provider: str | None
     site: str | None
@@ -88,17 +106,21 @@ class Rate:
     currency: str | None
     price_source: str
     burst_policy: str | None
+    gib: Decimal | None = None  # a volume's size
 
 
 def rate_of(workload: Workload) -> Rate | None:
     """The workload's rate while it is a present compute that runs (its price and its disk's) or is stopped
     (its disk's alone, ``price_source`` ``storage``; none when the site prices no storage or it has no
     disk); None otherwise: it accrues nothing. The prices are the ones the scheduler placed it at
-    (``spec.placement``, re-priced by a move), in the placement's currency."""
+    (``spec.placement``, re-priced by a move or a price import), in the placement's currency. A volume:
+    :func:`_volume_rate`."""
+    placement = (workload.spec or {}).get("placement") or {}
+    if workload.kind == "storage" and workload.present and workload.observed_state in VOLUME_STATES:
+        return _volume_rate(workload, placement)
     running = workload.observed_state in BILLABLE
     if workload.kind != "compute" or not workload.present or not (running or workload.observed_state in STORED):
         return None
-    placement = (workload.spec or {}).get("placement") or {}
     price, disk = _decimal(placement.get("price_per_hour")), _decimal(placement.get("storage_per_hour"))
     currency = (placement.get("cost_per_hour") or {}).get("currency")  # the disk's is the placement's
     if running:
@@ -114,9 +136,21 @@ def rate_of(workload: Workload) -> Rate | None:
                 burst.get("policy") if burst.get("outcome") == "burst" else None)
 
 
+def _volume_rate(workload: Workload, placement: dict[str, Any]) -> Rate:
+    """An existing volume's rate: its size at its site's storage price, as its placement says
+    (``storage_per_hour``, in ``cost_per_hour``'s currency); no price (a site that prices no storage, a
+    volume placed before volumes were priced): its hours count at none, as an unpriced compute's do."""
+    price = _decimal(placement.get("storage_per_hour"))
+    currency = (placement.get("cost_per_hour") or {}).get("currency")
+    if price is None or not currency:
+        price, currency = None, None
+    return Rate(placement.get("provider"), placement.get("site"), None, price, currency, "volume", None,
+                _decimal((workload.spec or {}).get("disk_gib")))
+
+
 def _rate_of_row(row: SpendAccrual) -> Rate:
     return Rate(row.provider, row.site, row.flavor, _decimal(row.price_per_hour), row.currency, row.price_source,
-                row.burst_policy)
+                row.burst_policy, _decimal(row.gib))
 
 
 def _fill(row: SpendAccrual, until: datetime) -> None:
@@ -153,7 +187,7 @@ def _open(session: Session, workload: Workload, rate: Rate, start: datetime, now
     row = SpendAccrual(project_id=workload.project_id, workload_id=workload.id, workload_name=workload.name,
                        provider=rate.provider, site=rate.site, flavor=rate.flavor, period_start=start,
                        price_per_hour=rate.price_per_hour, currency=rate.currency, price_source=rate.price_source,
-                       burst_policy=rate.burst_policy)
+                       burst_policy=rate.burst_policy, gib=rate.gib)
     _cut(session, row, max(now, start))
 
 
@@ -189,10 +223,10 @@ def _changed(workload: Workload) -> bool:
 
 
 def _on_flush(session: Session, _context: Any, _instances: Any) -> None:
-    """The state-change hook: every compute created, changed (state, presence, placement) or deleted in this
-    flush has its ledger written in the same transaction."""
+    """The state-change hook: every compute or volume created, changed (state, presence, placement) or deleted
+    in this flush has its ledger written in the same transaction."""
     now = datetime.now(UTC)
-    for workload in [o for o in session.deleted if isinstance(o, Workload) and o.kind == "compute"]:
+    for workload in [o for o in session.deleted if isinstance(o, Workload) and o.kind in ACCRUED_KINDS]:
         accrue(session, workload, now, gone=True)
     for workload in [o for o in (*session.new, *session.dirty) if isinstance(o, Workload)]:
         if workload in session.deleted:
@@ -200,14 +234,14 @@ def _on_flush(session: Session, _context: Any, _instances: Any) -> None:
         if workload in session.new:
             if (rate := rate_of(workload)) is not None:
                 _open(session, workload, rate, _when(workload, now), now)
-        elif workload.kind == "compute" and _changed(workload):
+        elif workload.kind in ACCRUED_KINDS and _changed(workload):
             touched = inspect(workload).attrs["updated_at"].history.has_changes()
             accrue(session, workload, now, at=_when(workload, now) if touched else now)
 
 
 class CatalogSession(SqlModelSession):
     """The catalog's synchronous session (under every AsyncSession the broker opens): it writes the spend
-    ledger on each flush that changes a compute (:func:`_on_flush`)."""
+    ledger on each flush that changes a compute or a volume (:func:`_on_flush`)."""
 
 
 event.listen(CatalogSession, "before_flush", _on_flush)
@@ -223,8 +257,9 @@ def accrue_all(session: Session, now: datetime | None = None) -> int:
     # waits (so it cannot deadlock with a transaction that changes several computes)
     rows = session.scalars(select(SpendAccrual).where(col(SpendAccrual.period_end).is_(None))
                            .order_by(col(SpendAccrual.period_start)).with_for_update(skip_locked=True)).all()
-    running = session.scalars(select(Workload).where(Workload.kind == "compute",
-                                                     col(Workload.observed_state).in_(BILLABLE | STORED))).all()
+    running = session.scalars(select(Workload).where(or_(
+        and_(Workload.kind == "compute", col(Workload.observed_state).in_(BILLABLE | STORED)),
+        and_(Workload.kind == "storage", col(Workload.observed_state).in_(VOLUME_STATES))))).all()
     ids = {r.workload_id for r in rows}
     stale = session.scalars(select(Workload).where(col(Workload.id).in_(ids))).all() if ids else []
     by_id = {w.id: w for w in (*stale, *running)}
@@ -250,6 +285,57 @@ def accrue_all(session: Session, now: datetime | None = None) -> int:
 async def accrue_round(session: AsyncSession, now: datetime | None = None) -> int:
     """:func:`accrue_all` from async code (the broker's loop), in the caller's transaction."""
     return await session.run_sync(lambda s: accrue_all(s, now))
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A one-off charge: ``amount`` in ``currency`` for ``gib`` GiB (the egress a move or a replication paid,
+    ``source`` ``egress``), billed by ``provider``/``site`` (the one the data left)."""
+
+    amount: Decimal
+    currency: str | None
+    source: str = "egress"
+    gib: Decimal | None = None
+    provider: str | None = None
+    site: str | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        """The charge as an operation step's JSON params (read back by :meth:`from_params`)."""
+        return {"amount": str(self.amount), "currency": self.currency, "source": self.source,
+                "gib": str(self.gib) if self.gib is not None else None, "provider": self.provider, "site": self.site}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Charge | None:
+        """The charge a step's params carry; None when they carry none (or nothing to pay)."""
+        amount = _decimal(params.get("amount"))
+        if amount is None or amount <= 0:
+            return None
+        return cls(amount, params.get("currency"), str(params.get("source") or "egress"), _decimal(params.get("gib")),
+                   params.get("provider"), params.get("site"))
+
+
+def charge(session: Session, workload: Workload, what: Charge, *, ref: str, at: datetime | None = None) -> bool:
+    """Write ``what`` on the workload's project as a closed row of 0 hours at ``at`` (default: now). ``ref``
+    names what caused it (an operation's step): a second charge of the same ``ref`` for the workload is not
+    written (a retried step charges once). Whether it was written."""
+    if session.scalars(select(SpendAccrual.id).where(SpendAccrual.workload_id == workload.id,
+                                                     SpendAccrual.ref == ref)).first() is not None:
+        return False
+    at = aware(at or datetime.now(UTC))
+    session.add(SpendAccrual(project_id=workload.project_id, workload_id=workload.id, workload_name=workload.name,
+                             provider=what.provider, site=what.site, period_start=at, period_end=at,
+                             hours=Decimal(0), currency=what.currency, amount=what.amount.quantize(QUANTUM),
+                             price_source=what.source, gib=what.gib, ref=ref[:80], accrued_at=at))
+    return True
+
+
+async def charge_workload(session: AsyncSession, workload_id: str, what: Charge, *, ref: str) -> bool:
+    """:func:`charge` from async code (an operation's step), in the caller's transaction; False when the
+    workload is gone or ``ref`` charged it already."""
+    workload = await session.get(Workload, workload_id)
+    if workload is None:
+        return False
+    return await session.run_sync(lambda s: charge(s, workload, what, ref=ref))
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -285,7 +371,7 @@ async def burst_spent(session: AsyncSession, project_id: int, now: datetime | No
 
 @dataclass
 class CostLine:
-    """One workload's cost in a period (its stretches summed), by currency."""
+    """One workload's cost in a period (its stretches and one-off charges summed), by currency."""
 
     workload_id: str
     workload_name: str
@@ -299,17 +385,21 @@ class CostLine:
     price_sources: list[str]
     burst_policy: str | None
     running: bool
+    kind: str = "compute"  # or storage (a volume)
+    one_off: Decimal = Decimal(0)  # the part of ``amount`` that one-off charges (egress) make
 
 
 async def period_costs(session: AsyncSession, project_id: int | None, start: datetime, end: datetime,
                        now: datetime | None = None, *, per_provider: bool = False) -> list[CostLine]:
     """Each workload's hours and cost in [start, end) from the ledger (``project_id`` None: every project),
-    open stretches accrued to now; workloads deleted since keep their lines. ``per_provider``: a workload
-    that moved has a line per provider it ran at (the federation's view by provider), else one line with
-    its latest stretch's place."""
+    open stretches accrued to now, one-off charges made in the period added; workloads deleted since keep
+    their lines. ``per_provider``: a workload that moved has a line per provider it ran at (the federation's
+    view by provider; an egress charge counts at the provider the data left), else one line with its
+    latest stretch's place."""
     now = now or datetime.now(UTC)
-    q = select(SpendAccrual).where(SpendAccrual.period_start < end,
-                                   or_(col(SpendAccrual.period_end).is_(None), col(SpendAccrual.period_end) > start))
+    q = select(SpendAccrual).where(SpendAccrual.period_start < end, or_(
+        col(SpendAccrual.period_end).is_(None), col(SpendAccrual.period_end) > start,
+        SpendAccrual.period_start >= start))  # (the last: a charge, period_end == period_start)
     if project_id is not None:
         q = q.where(SpendAccrual.project_id == project_id)
     lines: dict[tuple[str, str | None, str | None], CostLine] = {}
@@ -326,7 +416,12 @@ async def period_costs(session: AsyncSession, project_id: int | None, start: dat
         line.hours += hours
         line.amount += amount
         line.running = line.running or (row.period_end is None and row.price_source != "storage")
-        line.provider, line.site, line.flavor = row.provider, row.site, row.flavor  # the latest stretch's
+        if row.price_source in ONE_OFF:
+            line.one_off += amount
+        else:
+            line.provider, line.site, line.flavor = row.provider, row.site, row.flavor  # the latest stretch's
+        if row.price_source == "volume":
+            line.kind = "storage"
         if row.price_source not in line.price_sources:
             line.price_sources.append(row.price_source)
     return sorted(lines.values(), key=lambda c: (c.workload_name, c.workload_id, c.currency or ""))

@@ -181,14 +181,14 @@ def project_costs(settings: Settings, name: str | None, period: str | None, as_j
         _federation_tables(costs)
     else:
         table = Table(title=f"costs of {costs.project} in {costs.period}")
-        columns = ("workload", "provider", "site", "flavor", "hours", "amount", "currency", "price", "burst",
-                   "running")
+        columns = ("workload", "kind", "provider", "site", "flavor", "hours", "amount", "one-off", "currency",
+                   "price", "burst", "running")
         for column in columns:
-            table.add_column(column, justify="right" if column in ("hours", "amount") else "left")
+            table.add_column(column, justify="right" if column in ("hours", "amount", "one-off") else "left")
         for c in costs.lines:
-            table.add_row(c.workload_name, c.provider or "-", c.site or "-", c.flavor or "-", f"{c.hours:.2f}",
-                          f"{c.amount:.4f}", c.currency or "-", ",".join(c.price_sources), c.burst_policy or "-",
-                          yes(c.running))
+            table.add_row(c.workload_name, c.kind, c.provider or "-", c.site or "-", c.flavor or "-",
+                          f"{c.hours:.2f}", f"{c.amount:.4f}", f"{c.one_off:.4f}" if c.one_off else "-",
+                          c.currency or "-", ",".join(c.price_sources), c.burst_policy or "-", yes(c.running))
         console.print(table)
     for currency, amount in sorted(costs.totals.items()):
         console.print(f"total {amount:.4f} {currency or '(unpriced)'}")

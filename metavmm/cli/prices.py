@@ -72,10 +72,14 @@ def prices_import(settings: Settings, kind: str, path: Path, provider: str | Non
         raise click.BadParameter(f"{provider!r} is not in the federation file", param_hint="--provider")
     rates = RateTable.from_config(settings.config)
     summary = _run(settings, lambda maker: import_price_file(maker, kind, path, provider=provider, shapes=shapes,
-                                                             rates=rates, replace=replace), register=True)
+                                                             rates=rates, replace=replace, config=settings.config),
+                   register=True)
     console.print(f"imported [bold]{summary.stored}[/] prices from {path} ({kind}"
                   f"{', provider ' + provider if provider else ''}); {summary.shaped} with a shape; "
                   f"parsed in {summary.parse_s:.2f} s, stored in {summary.store_s:.2f} s", highlight=False)
+    if summary.repriced:
+        console.print(f"re-priced {summary.repriced} running workloads at the sites it prices (the spend ledger "
+                      "accrues at the new prices from now on)", highlight=False)
     for reason, count in sorted(summary.skipped.items(), key=lambda kv: -kv[1]):
         console.print(f"  skipped {count}: {reason}", highlight=False)
 

@@ -131,6 +131,7 @@ class RouteStep:
     tool: str = ""
     format: str = ""  # the disk's format after this step
     family: str = ""  # the guest's hypervisor family after this step
+    source: tuple[str, str] | None = None  # a transfer's (provider, site) the data leaves: who bills its egress
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +311,9 @@ class FederationGraph:
                 continue
             action, detail, tool, price = data["step"]
             where = self.snapshot.site(v[0]).name if isinstance(v, tuple) else site.name
-            steps.append(RouteStep(action, where, detail, data["weight"], price, tool, v[1], v[2]))
+            left = self.snapshot.site(u[0]) if action == "transfer" and isinstance(u, tuple) else None
+            steps.append(RouteStep(action, where, detail, data["weight"], price, tool, v[1], v[2],
+                                   (left.provider.name, left.name) if left is not None else None))
         return Route(tuple(steps), sum(s.seconds for s in steps), sum((s.price for s in steps), Decimal(0)),
                      path[-2][1])
 

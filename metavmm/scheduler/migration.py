@@ -60,7 +60,8 @@ class Move:
     seconds: float
     price: Decimal
     price_per_hour: Decimal | None  # at the target, its disk included (what the plan compares)
-    offer: dict[str, Any] = field(default_factory=dict)  # its flavor and compute price there (summary.offer)
+    offer: dict[str, Any] = field(default_factory=dict)  # its flavor and compute price there (summary.offer),
+    # and under "egress" what its transfer costs, the GiB and the site the data leaves (a one-off ledger charge)
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,14 @@ class MigrationPlanner:
                        storage_per_hour=disk_per_hour)
         if price_per_hour is not None:  # the disk keeps costing at the target where storage is priced
             price_per_hour += disk_per_hour
+        price = sum((s.price for s in steps), Decimal(0))
+        if price > 0:  # the egress the transfer pays, charged on the workload's project when the move lands
+            priced["egress"] = {"amount": str(price), "currency": snap.currency, "source": "egress",
+                                "gib": str(Decimal(size) / GIB), "provider": s_site.provider.name if s_site else None,
+                                "site": s_site.name if s_site else None}
         return Move(w.name, w.id, s_site.name if s_site else "?", source.name if source else None, t_site.name,
                     target.name if target else None, flavor, mode, why_mode, steps, sum(s.seconds for s in steps),
-                    sum((s.price for s in steps), Decimal(0)), price_per_hour, priced)
+                    price, price_per_hour, priced)
 
     def evacuate(self, *, host: str | None = None, site: str | None = None) -> MigrationPlan:
         """Move every workload off a host (or every host of a site) to the best other place."""

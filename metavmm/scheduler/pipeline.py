@@ -947,4 +947,5 @@ class Scheduler:
                       and (r.format in boot_formats(hypervisor) or provider_native(r.format))
                       and route is not None and not route.steps), None)
         return hypervisor, ImageSource(image.image_id, ready, route, view.name if view else "",
-                                       view.format if view else image.format, image.hypervisor, image.size_bytes)
+                                       view.format if view else image.format, image.hypervisor, image.size_bytes,
+                                       self.snapshot.currency)

@@ -96,7 +96,10 @@ class BurstVerdict:
 
     ``outcome``: ``on-prem`` (stayed home), ``burst`` (sent to a public provider by ``policy``),
     ``unplaced`` (fits nowhere), ``no-policy`` (no policy configured) or ``pinned`` (the request names
-    its sites or providers, so no policy applies). ``rule``: the rule that decided (:data:`RULES`).
+    its sites or providers, so no policy applies). A workload's placement summary keeps the verdict, and a
+    burst one moved home later reads ``returned`` there (``returned_to`` the home site:
+    :func:`~metavmm.scheduler.summary.relocated`), so it no longer counts as burst work (the spend ledger
+    charges its budget no more, a scale-in takes it as on-prem). ``rule``: the rule that decided (:data:`RULES`).
     ``utilisation``: on-prem vCPU utilisation with the request (placements still in transit included);
     ``threshold``: the deciding policy's, ``threshold_reached`` whether the request passes it. The budget
     (per project and month, in ``budget_currency``): ``budget_spent`` this month before the request,

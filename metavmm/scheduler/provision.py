@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from metavmm.scheduler.graph import Route
+from metavmm.catalog.spend import Charge
+from metavmm.scheduler.graph import GIB_BYTES, Route
 from metavmm.scheduler.plan import Step
 from metavmm.translators.cloudinit import host_label
 from metavmm.translators.costs import PACKAGE_FORMAT
@@ -72,6 +73,7 @@ class ImageSource:
     format: str = "qcow2"
     hypervisor: str | None = None  # the family the guest was built for
     size_bytes: int = 0
+    currency: str = ""  # of the route's prices (the snapshot's)
 
     @property
     def needs_scratch(self) -> bool:
@@ -146,18 +148,32 @@ def _scratch_steps(image: ImageSource, target: Target, workload_id: str | None,
     return steps, image_name
 
 
-def _replicate_step(image: ImageSource, target: Target) -> Step:
+def _replicate_step(image: ImageSource, target: Target, workload_id: str | None) -> Step:
     route = image.route
     how = "; ".join(f"{s.action} {s.detail}" for s in route.steps) if route is not None and route.steps else ""
     args: dict[str, Any] = {"image_id": image.image_id, "site": target.site}
     if route is not None:
         args["format"] = route.boot_format
+        charge = _egress(route, image)
+        if charge is not None and workload_id is not None:  # the copy's egress, on the workload's project
+            args.update(workload_id=workload_id, charge=charge.as_params())
     label = image.name or image.image_id or "image"
     return Step("replicate", "image.replicate", args, weight=4, site=target.site,
                 detail=f"replicate image {label} to {target.site}" + (f" ({how})" if how else "")
                        + ": reused when a replica is there already, kept for later creates",
                 seconds=route.seconds if route is not None else 0.0,
                 price=route.price if route is not None else Decimal(0))
+
+
+def _egress(route: Route, image: ImageSource) -> Charge | None:
+    """The egress the route's transfers pay (what the spend ledger charges when the copy is made), billed
+    by the site the image leaves; None when nothing is paid."""
+    paid = [s for s in route.steps if s.action == "transfer" and s.price > 0]
+    if not paid:
+        return None
+    provider, site = paid[0].source or (None, None)
+    return Charge(sum((s.price for s in paid), Decimal(0)), image.currency or None,
+                  gib=Decimal(image.size_bytes) / GIB_BYTES, provider=provider, site=site)
 
 
 def create_steps(*, workload_id: str | None, name: str, target: Target, vcpus: int, ram_mib: int, disk_gib: int,
@@ -186,7 +202,7 @@ def create_steps(*, workload_id: str | None, name: str, target: Target, vcpus: i
         owned = {"provider": target.provider, "region": target.region, "name": image_name}
         converted = any(s.action == "disk.v2v" for s in steps)
     else:
-        steps = [_replicate_step(image, target)]
+        steps = [_replicate_step(image, target, workload_id)]
         boot, source = {"image_from": "replica_image"}, f"the replica of image {image.name or image.image_id}"
     slot = target.host or target.flavor or target.site or target.region
     context = {k: v for k, v in (("ssh_key", ssh_key), ("user_data", user_data)) if v is not None}

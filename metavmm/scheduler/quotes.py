@@ -123,6 +123,22 @@ def storage_per_hour(site: SiteView, disk_gib: int) -> Decimal:
     return price.amount * disk_gib / HOURS_PER_MONTH
 
 
+def storage_quote(site: SiteView, disk_gib: int) -> Decimal | None:
+    """What ``disk_gib`` of volume costs per hour at ``site`` (:func:`storage_per_hour`), or None when the
+    site has no usable storage price: a volume's price is unknown there, not free."""
+    price = site.prices.storage
+    return None if price is None or price.amount is None else storage_per_hour(site, disk_gib)
+
+
+def requote(site: SiteView, flavor: str | None, req: PlacementRequest) -> Quote:
+    """What a compute already at ``site`` costs per hour by the site's current prices: its flavor's price
+    where the site prices that flavor, else what a placement of its shape there would be quoted (the
+    hosts' price, or the cheapest flavor that holds it). A price import re-prices running work by it."""
+    if flavor and flavor in site.prices.flavors:
+        return _from_price(site.prices.flavors[flavor], f"flavor {flavor}", "")
+    return host_quote(site, req) if site.has_hosts else cheapest_flavor_quote(site, req)
+
+
 def cheapest_flavor_quote(site: SiteView, req: PlacementRequest) -> Quote:
     """The cheapest priced flavor of the site that holds the request (the ladder is sorted by price)."""
     problem = None

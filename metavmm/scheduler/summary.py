@@ -22,6 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 from metavmm.scheduler.plan import Alternative, Placement, Rejection
+from metavmm.scheduler.quotes import requote, storage_per_hour, storage_quote
+from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.snapshot import SiteView
 
 SUMMARY_VERSION = 1
 MAX_ALTERNATIVES = 3
@@ -164,6 +167,30 @@ def offer(flavor: str | None, price_per_hour: Decimal | None, currency: str | No
             "storage_per_hour": money(storage_per_hour)}
 
 
+def volume_offer(storage_per_hour: Decimal | None, currency: str | None) -> dict[str, Any]:
+    """A volume's price keys in its placement summary: ``storage_per_hour`` (its size at the site's storage
+    price: what the spend ledger charges while it exists) and ``cost_per_hour`` (the same, with its currency,
+    as a compute's: what the project's run rate sums); None for both where the site prices no storage."""
+    per_hour = money(storage_per_hour)
+    return {"storage_per_hour": per_hour,
+            "cost_per_hour": {"amount": per_hour, "currency": currency} if per_hour is not None else None}
+
+
+def current_offer(site: SiteView, kind: str, spec: Mapping[str, Any], currency: str) -> dict[str, Any]:
+    """The price keys of a workload's placement summary by ``site``'s current prices: a compute's flavor at
+    its price there (:func:`~metavmm.scheduler.quotes.requote`) and its disk's storage; a volume's size at
+    the storage price (:func:`volume_offer`). What a price import re-prices running work by."""
+    placement = spec.get("placement") or {}
+    disk = int(spec.get("disk_gib") or 0)
+    if kind == "storage":
+        return volume_offer(storage_quote(site, disk), currency)
+    req = PlacementRequest(str(spec.get("name") or "priced"), int(spec.get("vcpus") or 0),
+                           int(spec.get("ram_mib") or 0), disk, gpu_model=spec.get("gpu_model"),
+                           gpu_count=int(spec.get("gpu_count") or 0))
+    return offer(placement.get("flavor"), requote(site, placement.get("flavor"), req).per_hour, currency,
+                 hypervisor=placement.get("hypervisor"), storage_per_hour=storage_per_hour(site, disk))
+
+
 MOVED_CLEARS = ("flavor", "hypervisor", "price_per_hour", "cost_per_hour", "storage_per_hour")
 """What a placement summary says about its old site that is false at another: a move to another site clears
 them unless the move knows the new values (a planned move's flavor and price)."""
@@ -171,7 +198,7 @@ them unless the move knows the new values (a planned move's flavor and price).""
 
 def relocated(placement: Mapping[str, Any], *, provider: str, region: str | None, site: str | None,
               site_id: int | None, host: str | None, host_id: int | None,
-              update: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              update: Mapping[str, Any] | None = None, home: bool = False) -> dict[str, Any]:
     """The placement summary of a workload that now runs elsewhere (a migration, an HA restart, a failover).
 
     Why: the summary is where the spend ledger reads the rate a compute accrues at
@@ -180,6 +207,11 @@ def relocated(placement: Mapping[str, Any], *, provider: str, region: str | None
     site it had left. The location becomes where the VM now is. Within its site only the host changes (the
     price holds); at another site the old flavor and price are dropped (``moved_from`` says from where)
     unless ``update`` brings the new ones, so an unknown price reads as unknown, never as the old one.
+
+    ``home``: the new site is on-prem. A burst workload that moves home is burst work no more: its
+    verdict's outcome becomes ``returned`` (``returned_to`` the site), which the spend ledger's burst
+    budget, the autoscaler's burst-first scale-in and every reader of ``outcome == "burst"`` then pass
+    over; the rest of the verdict (the policy, the rule that sent it out) stays for the history.
     """
     old = dict(placement)
     same_site = (site_id is not None and old.get("site_id") == site_id) or (
@@ -190,5 +222,8 @@ def relocated(placement: Mapping[str, Any], *, provider: str, region: str | None
         new = {**old, **dict.fromkeys(MOVED_CLEARS), "provider": provider, "region": region, "site": site,
                "site_id": site_id, "host": host, "host_id": host_id,
                "moved_from": "/".join(str(x) for x in (old.get("provider"), old.get("region")) if x) or None}
+        burst = old.get("burst")
+        if home and isinstance(burst, Mapping) and burst.get("outcome") == "burst":
+            new["burst"] = {**burst, "outcome": "returned", "returned_to": site}
     new.update(update or {})
     return new

@@ -60,6 +60,7 @@ from metavmm.catalog.models import (
     utcnow,
 )
 from metavmm.catalog.prices import records_from_infos, store_prices
+from metavmm.catalog.spend import Charge, charge_workload
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.prices import PriceRecord, table_records
 from metavmm.foundation.records import FlavorInfo, HostInfo, ImageInfo, Inventory, PriceInfo, VmInfo
@@ -435,12 +436,15 @@ async def _provider(session: AsyncSession, name: str) -> Provider | None:
 
 
 async def observe_vm(session: AsyncSession, provider: str, workload_id: str, vm: VmInfo, *, place: bool = False,
-                     spec_update: dict[str, Any] | None = None) -> Workload | None:
+                     spec_update: dict[str, Any] | None = None, charge: Charge | None = None,
+                     ref: str = "") -> Workload | None:
     """Write what ``get_vm`` said about the workload's VM at ``provider`` (the VM carries the workload's tag).
 
     ``place``: the workload now lives there (a create's or a migration's record step); the row moves to
     ``provider``. Without it, a VM at another provider than the row's is not (yet) the row's VM, a migration's
-    target while it is checked, and nothing is written. None: no such workload.
+    target while it is checked, and nothing is written. None: no such workload. ``charge``: a one-off
+    charge of the move being recorded (its egress), written in the spend ledger with the new placement
+    under ``ref`` (once: a retried record step finds it there).
     """
     workload = await session.get(Workload, workload_id)
     if workload is None:
@@ -459,11 +463,14 @@ async def observe_vm(session: AsyncSession, provider: str, workload_id: str, vm:
         update["placement"] = relocated(
             placed, provider=provider, region=vm.region, site=site.name if site else None,
             site_id=site.id if site else None, host=host.name if host else vm.host,
-            host_id=host.id if host else None, update=update.get("placement"))
+            host_id=host.id if host else None, update=update.get("placement"),
+            home=prov is not None and prov.on_prem)
     if update:
         workload.spec = {**workload.spec, **update}
     _touch(workload, changed or place or bool(spec_update))  # a recorded placement is a new version
     session.add(workload)
+    if charge is not None and place:
+        await charge_workload(session, workload_id, charge, ref=ref or f"record/{workload_id}")
     return workload
 
 

@@ -53,10 +53,11 @@ from metavmm.scheduler.graph import FederationGraph
 from metavmm.scheduler.ledger import Ledger, Reservation
 from metavmm.scheduler.pipeline import Scheduler, ViewCache
 from metavmm.scheduler.plan import Placement, Rejection, Step
+from metavmm.scheduler.quotes import storage_quote
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.service import converter, discount_factors
 from metavmm.scheduler.snapshot import Snapshot, load_snapshot
-from metavmm.scheduler.summary import placement_summary
+from metavmm.scheduler.summary import placement_summary, volume_offer
 from metavmm.services import metrics
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.operations.vm_actions import console_pattern
@@ -224,6 +225,13 @@ class Placer:
         snap, graph, views, synced = await self._cached_read(session)
         ledger = await in_transit(session, self._placed if self.cache else None, synced if self.cache else None)
         return Round(snap, graph, views, ledger)
+
+    async def volume_offer(self, session: AsyncSession, site: str, size_gib: int) -> dict[str, Any]:
+        """A volume's price keys at ``site`` by the snapshot's prices (:func:`volume_offer`: what the spend
+        ledger charges while it exists); both None when the site, or its storage price, is unknown."""
+        snap, _ = await self.snapshot(session)
+        view = snap.site_named(site)
+        return volume_offer(storage_quote(view, size_gib) if view is not None else None, snap.currency)
 
     def hold(self, round_: Round, workload_id: str, spec: dict[str, Any]) -> None:
         """A compute placed in ``round_``'s transaction (``spec`` with its placement): the next decision of

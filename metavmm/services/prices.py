@@ -29,6 +29,7 @@ from metavmm.foundation.kinds import KINDS
 from metavmm.foundation.prices import PriceFileError, PriceRecord
 from metavmm.scheduler.pricing import Comparison, PriceBook, PriceScope, RateTable, ShapeRequest, compare
 from metavmm.scheduler.pricing.discounts import Discounts
+from metavmm.services.spend import reprice
 
 
 @dataclass
@@ -41,12 +42,18 @@ class ImportSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     parse_s: float = 0.0
     store_s: float = 0.0
+    repriced: int = 0  # running workloads given the new prices (with a config)
 
 
 async def import_price_file(maker: async_sessionmaker[AsyncSession], kind: str, path: str | Path, *,
                             provider: str | None = None, shapes: str | Path | None = None,
-                            rates: RateTable | None = None, replace: bool = False) -> ImportSummary:
+                            rates: RateTable | None = None, replace: bool = False,
+                            config: FederationConfig | None = None) -> ImportSummary:
     """Check and store one price file; ``provider`` attaches its prices to a configured provider.
+
+    With ``config`` (the federation file) the work running at the sites the file prices is re-priced in the
+    same transaction (:func:`metavmm.services.spend.reprice`): the spend ledger accrues at the new prices
+    from the import on; what accrued before keeps its prices.
 
     With ``rates`` (the federation file's table) a file with prices in a currency the table cannot
     convert is refused whole: stored, such prices would break every comparison that meets them.
@@ -77,8 +84,12 @@ async def import_price_file(maker: async_sessionmaker[AsyncSession], kind: str, 
     async with session_scope(maker) as session:
         owner = await _provider(session, provider) if provider and kind != "onprem" else None
         stored = await store_prices(session, records, owner, duplicates="replace" if replace else "refuse")
+        repriced = 0
+        if config is not None:
+            await session.flush()
+            repriced = await reprice(session, config, records)
     return ImportSummary(kind, str(path), provider, stored, sum(r.shape is not None for r in records),
-                         result.skipped, parsed - started, time.perf_counter() - parsed)
+                         result.skipped, parsed - started, time.perf_counter() - parsed, repriced)
 
 
 def check_currencies(records: list[PriceRecord], rates: RateTable, source: str) -> None:

@@ -10,7 +10,17 @@ from typing import Any
 from sqlmodel import col, select
 
 from metavmm.catalog.models import Project, SpendAccrual, Workload, aware
-from metavmm.catalog.spend import QUANTUM, accrue_round, hours_between, month_start, parse_period, period_costs, totals
+from metavmm.catalog.spend import (
+    QUANTUM,
+    Charge,
+    accrue_round,
+    charge,
+    hours_between,
+    month_start,
+    parse_period,
+    period_costs,
+    totals,
+)
 
 
 def _placed(price: str | None = "0.5", policy: str | None = None) -> dict[str, Any]:
@@ -198,3 +208,59 @@ async def test_a_stopped_compute_is_charged_its_disk_and_a_running_one_its_price
         await accrue_round(s)  # nor does the round open one for it
         await s.commit()
         assert len(await _rows(s, bare.id)) == 1 and len(await _rows(s, w.id)) == 4
+
+
+async def test_a_volume_accrues_its_size_while_it_exists_and_the_round_opens_one_it_missed(sessions: Any) -> None:
+    """Fails on the old code (the ledger knew computes only). Online or offline (detached) it costs its
+    ``storage_per_hour``; deleted, its stretch ends and keeps its cost; a size change is a new stretch."""
+    from sqlalchemy import update
+
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        start = datetime.now(UTC) - timedelta(hours=12)
+        placement = {"provider": "cloud", "site": "cloud-1", "storage_per_hour": "0.1",
+                     "cost_per_hour": {"amount": "0.1", "currency": "USD"}}
+        v = Workload(project_id=pid, kind="storage", name="vol", observed_state="online", created_at=start,
+                     updated_at=start, spec={"disk_gib": 10, "placement": placement})
+        s.add(v)
+        await s.commit()
+        await _change(s, v, "offline", start + timedelta(hours=3))  # detached: the same rate, the same stretch
+        v.present, v.observed_state, v.updated_at = False, "deleted", start + timedelta(hours=5)
+        s.add(v)
+        await s.commit()
+        (row,) = await _rows(s, v.id)
+        assert (row.price_source, Decimal(row.gib), row.hours, row.amount, aware(row.period_end)) == (
+            "volume", Decimal(10), Decimal(5), Decimal("0.5"), start + timedelta(hours=5))
+        (line,) = await period_costs(s, pid, start - timedelta(days=40), start + timedelta(days=1))
+        assert (line.kind, line.amount, line.running, line.currency) == ("storage", Decimal("0.5"), False, "USD")
+
+        unpriced = Workload(project_id=pid, kind="storage", name="old-vol", observed_state="pending",
+                            spec={"disk_gib": 2, "placement": {"provider": "cloud", "site": "cloud-1"}})
+        s.add(unpriced)
+        await s.commit()
+        assert await _rows(s, unpriced.id) == []  # not there yet: nothing accrues
+        await s.exec(update(Workload).where(col(Workload.id) == unpriced.id)  # type: ignore[call-overload]
+                     .values(observed_state="online", updated_at=start))  # a bulk update: no flush hook
+        await s.commit()
+        await accrue_round(s)
+        await s.commit()
+        (opened,) = await _rows(s, unpriced.id)
+        assert (opened.price_source, opened.price_per_hour, opened.period_end, Decimal(opened.gib)) == (
+            "volume", None, None, Decimal(2))  # its hours count, at no price: none was known
+
+
+async def test_a_one_off_charge_is_written_once_and_counts_in_its_month(sessions: Any) -> None:
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "mover", "1", max(datetime.now(UTC) - timedelta(hours=1),
+                                                      month_start(datetime.now(UTC))))
+        what = Charge(Decimal("0.36"), "USD", gib=Decimal(4), provider="cloud", site="cloud-1")
+        assert await s.run_sync(lambda ss: charge(ss, w, what, ref="op-1/record"))
+        assert not await s.run_sync(lambda ss: charge(ss, w, what, ref="op-1/record"))  # a retried step
+        await s.commit()
+        (charged,) = [r for r in await _rows(s, w.id) if r.price_source == "egress"]
+        assert (charged.hours, charged.amount, charged.project_id) == (0, Decimal("0.36"), pid)
+        (line,) = await period_costs(s, pid, *parse_period(datetime.now(UTC).strftime("%Y-%m")))
+        assert line.one_off == Decimal("0.36") and line.amount > Decimal("0.36") and line.site == "cloud-1"
+        assert await period_costs(s, pid, *parse_period("2020-01")) == []
+        assert Charge.from_params(what.as_params()) == what and Charge.from_params({"amount": "0"}) is None

@@ -8,7 +8,7 @@ their own tokens. A token's secret is in the answer of its creation only; it is 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -399,17 +399,24 @@ class CostQuery(BaseModel):
 class CostLineOut(BaseModel):
     workload_id: str
     workload_name: str
+    kind: Literal["compute", "storage"] = Field(description="a compute (its hours running or stopped) or a "
+                                                "volume (storage: its size while it exists, attached or not)")
     provider: str | None
     site: str | None
     flavor: str | None
-    hours: Decimal = Field(description="hours it ran in the period (a running one: up to now)")
-    amount: Decimal = Field(description="its cost in the period: the hours at each stretch's price")
+    hours: Decimal = Field(description="hours it ran (a volume: existed) in the period (a running one: up to now)")
+    amount: Decimal = Field(description="its cost in the period: the hours at each stretch's price, plus its "
+                            "one-off charges")
+    one_off: Decimal = Field(description="the part of amount that one-off charges make: the egress its moves "
+                             "paid (a cross-site transfer of its disk, GiB x the price of the site it left)")
     currency: str | None = Field(description="None: no price was known (the hours count, the amount is 0)")
     price_sources: list[str] = Field(description="where the prices came from: placement (the price the "
                                      "scheduler placed it at, its disk included), storage (its disk alone, "
-                                     "while it was stopped) or none")
+                                     "while it was stopped), volume (a volume's size at its site's storage "
+                                     "price), egress (a move's one-off charge) or none")
     burst_policy: str | None = Field(description="the burst policy that sent it to a public cloud")
-    running: bool = Field(description="still running: its cost grows until the period ends")
+    running: bool = Field(description="still running (a volume: still there): its cost grows until the period "
+                          "ends")
 
 
 class CostTotalOut(BaseModel):
@@ -441,8 +448,9 @@ def costs_out(costs: spend_service.ProjectCosts) -> ProjectCostsOut:
     return ProjectCostsOut(
         project_id=costs.project_id, project=costs.project, period=costs.period, start=costs.start, end=costs.end,
         totals=_totals_out(costs.totals),
-        workloads=[CostLineOut(workload_id=c.workload_id, workload_name=c.workload_name, provider=c.provider,
-                               site=c.site, flavor=c.flavor, hours=c.hours, amount=c.amount, currency=c.currency,
+        workloads=[CostLineOut(workload_id=c.workload_id, workload_name=c.workload_name, kind=c.kind,
+                               provider=c.provider, site=c.site, flavor=c.flavor, hours=c.hours, amount=c.amount,
+                               one_off=c.one_off, currency=c.currency,
                                price_sources=c.price_sources, burst_policy=c.burst_policy, running=c.running)
                    for c in costs.lines])
 

@@ -147,10 +147,11 @@ def resource_steps(workload_id: str, kind: str, *, name: str, provider: str, reg
 def move_step(workload_id: str, kind: str, *, name: str, source: Mapping[str, Any], dest: Mapping[str, Any],
               size_gib: int = 0, cidr: str | None = None) -> Step:
     """Move a volume or network never attached from ``source`` to ``dest`` (each a placement: provider,
-    region, site): it holds nothing, so it is made anew at ``dest`` and the old one deleted; the rollback
-    moves it back (``resource.move_back``), unbound again."""
+    region, site, and a volume's price there): it holds nothing, so it is made anew at ``dest`` and the old
+    one deleted; the rollback moves it back (``resource.move_back``), unbound again, at its old price (the
+    spend ledger reads the placement's)."""
     extra = {"size_gib": size_gib} if RESOURCE_VERB[WorkloadKind(kind)] == "volume" else {"cidr": cidr}
-    keep = ("provider", "region", "site")
+    keep = ("provider", "region", "site", *(k for k in ("storage_per_hour", "cost_per_hour") if k in dest))
     return Step("move", "resource.move", {"workload_id": workload_id, "kind": kind, "name": name, **extra,
                                           "source": {k: source.get(k) for k in keep},
                                           "dest": {k: dest.get(k) for k in keep}},
@@ -386,8 +387,12 @@ async def live_migrate(engine: Engine, workload_id: str, *, target_provider: str
 
 def priced(offer: dict[str, Any] | None) -> dict[str, Any]:
     """A record step's params for a move that knows its target's flavor and price (none: it does not, and
-    the record drops the old site's, see :func:`metavmm.scheduler.summary.relocated`)."""
-    return {"spec_update": {"placement": dict(offer)}} if offer else {"spec_update": {}}
+    the record drops the old site's, see :func:`metavmm.scheduler.summary.relocated`). The offer's
+    ``egress`` (what the move's transfer costs, :attr:`metavmm.scheduler.migration.Move.offer`) becomes the
+    step's ``charge``: the record writes it in the spend ledger as the move lands."""
+    offer = dict(offer or {})
+    egress = offer.pop("egress", None)
+    return {"spec_update": {"placement": offer} if offer else {}, **({"charge": egress} if egress else {})}
 
 
 def new_mac(taken: set[str], kind: str = "") -> str:
@@ -569,9 +574,9 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                                             "save_as": "target_vm"},
              compensate="vm.delete", weight=2),
         Step("boot-check", "vm.wait", {**dst, **check}),
-        Step("record", "workload.record", {**dst, "spec_update": {
+        Step("record", "workload.record", {**dst, **(moved := priced(offer)), "spec_update": {
             "mac": mac, "hostname": hostname, "ip": ip,
-            "owned_image": dict(image), **priced(offer)["spec_update"]}}, commit=True),
+            "owned_image": dict(image), **moved["spec_update"]}}, commit=True),
         Step("remove-source", "vm.delete", src),
         *([] if streamed else [Step("clean-scratch", "scratch.clean", {})]),
     ]

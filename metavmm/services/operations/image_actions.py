@@ -24,6 +24,7 @@ from typing import Any
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, Project, Workload
+from metavmm.catalog.spend import Charge, charge_workload
 from metavmm.foundation.errors import ChecksumMismatch, Conflict, NotFound
 from metavmm.services import metrics
 from metavmm.services.marketplace.entries import Audience, ImageMeta, state_of
@@ -40,9 +41,12 @@ _copying: dict[tuple[str, str], asyncio.Lock] = {}
 
 @action("image.replicate")
 async def replicate(ctx: StepContext, *, image_id: str, site: str, save_as: str = "replica_image",
-                    format: str | None = None, **_: Any) -> dict[str, Any]:
+                    format: str | None = None, workload_id: str | None = None, charge: dict[str, Any] | None = None,
+                    **_: Any) -> dict[str, Any]:
     """Copy (or reuse) the image's replica at ``site``, in ``format`` when the plan chose one (the image
-    route's boot format); later steps boot it from ``outputs[save_as]``."""
+    route's boot format); later steps boot it from ``outputs[save_as]``. A copy made (not reused) for a
+    create whose route paid egress writes that ``charge`` on ``workload_id``'s project in the spend ledger
+    (once per step; a copy a crash interrupted and a retry reuses is not charged twice, nor at all)."""
     await ctx.progress(0.0, force=True)
     async with _copying.setdefault((image_id, site), asyncio.Lock()):
         result = await Replicator(ctx.sessions, ctx.config).replicate(image_id, site, audience=Audience(admin=True),
@@ -54,6 +58,12 @@ async def replicate(ctx: StepContext, *, image_id: str, site: str, save_as: str 
                       f"({result.mib_per_s:.0f} MiB/s)")
     for note in result.notes:
         await ctx.log(note)
+    what = Charge.from_params(charge or {})
+    if what is not None and workload_id and not result.reused:
+        async with session_scope(ctx.sessions) as session:
+            if await charge_workload(session, workload_id, what, ref=f"{ctx.operation_id}/{ctx.step_name}"):
+                await ctx.log(f"egress {what.amount.normalize():f} {what.currency or ''} for "
+                              f"{what.gib.normalize() if what.gib is not None else '?'} GiB charged to the project")
     return {save_as: result.replica.provider_image_id, "replica_reused": result.reused,
             "replica_format": result.replica.format, "replica_notes": list(result.notes)}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Workload, utcnow
+from metavmm.catalog.spend import Charge
 from metavmm.drivers.base import Driver, MigrationProgress, poll_delays
 from metavmm.foundation.errors import (
     AuthError,
@@ -75,10 +76,12 @@ async def require_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInf
 
 
 async def observed(ctx: StepContext, provider: str, workload_id: str, vm: VmInfo, *, place: bool = False,
-                   spec_update: dict[str, Any] | None = None, required: bool = True) -> None:
+                   spec_update: dict[str, Any] | None = None, required: bool = True, charge: Charge | None = None,
+                   ref: str = "") -> None:
     """Hand what the provider said about the workload's VM to the observer (the one writer of it)."""
     async with session_scope(ctx.sessions) as session:
-        row = await observer.observe_vm(session, provider, workload_id, vm, place=place, spec_update=spec_update)
+        row = await observer.observe_vm(session, provider, workload_id, vm, place=place, spec_update=spec_update,
+                                        charge=charge, ref=ref)
     if row is None and required:
         raise NotFound(f"no workload {workload_id}")
 
@@ -319,10 +322,14 @@ async def choose_live_mode(ctx: StepContext, *, provider: str, workload_id: str,
 
 @action("workload.record")
 async def record_placement(ctx: StepContext, *, provider: str, workload_id: str,
-                           spec_update: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
-    """Write where the workload now runs (provider, site, host, provider id) and what it is doing."""
+                           spec_update: dict[str, Any] | None = None, charge: dict[str, Any] | None = None,
+                           **_: Any) -> dict[str, Any]:
+    """Write where the workload now runs (provider, site, host, provider id) and what it is doing, and, for
+    a move whose transfer paid egress, that ``charge`` in the spend ledger (once per step, in the same
+    transaction: :func:`metavmm.catalog.spend.charge`)."""
     vm = await require_vm(ctx, provider, workload_id)
-    await observed(ctx, provider, workload_id, vm, place=True, spec_update=spec_update)
+    await observed(ctx, provider, workload_id, vm, place=True, spec_update=spec_update,
+                   charge=Charge.from_params(charge or {}), ref=f"{ctx.operation_id}/{ctx.step_name}")
     return {"placed_at": provider}
 
 

@@ -377,10 +377,18 @@ class WorkloadService:
                               cidr: str | None) -> tuple[list[Step], dict[str, Any]]:
         if workload.kind == WorkloadKind.STORAGE and shape.disk_gib < 1:
             raise ValidationError("a storage needs disk_gib (its size, at least 1)")
-        where = await place_resource(session, self._providers(), workload.kind, site)
+        where = await self._priced(session, await place_resource(session, self._providers(), workload.kind, site),
+                                   workload.kind, shape.disk_gib)
         steps = flows.resource_steps(workload.id, workload.kind, name=workload.name, provider=where["provider"],
                                      region=where["region"], size_gib=shape.disk_gib, cidr=cidr)
         return steps, where
+
+    async def _priced(self, session: AsyncSession, where: dict[str, Any], kind: str, size_gib: int) -> dict[str, Any]:
+        """A volume's placement with its price there (what the spend ledger charges while it exists); a
+        network's as it is (it costs nothing by itself)."""
+        if kind != WorkloadKind.STORAGE:
+            return where
+        return {**where, **await self.placer.volume_offer(session, where["site"], size_gib)}
 
     async def _shape(self, session: AsyncSession, req: CreateRequest) -> Shape:
         """A named flavor (its size wins), or explicit numbers; GPUs need a model."""
@@ -524,7 +532,9 @@ class WorkloadService:
                 await _set(session, target, spec={**target.spec, "placement": where})
             return []
         try:
-            to = await place_resource(session, self._providers(), target.kind, dest.get("site"))
+            to = await self._priced(session, await place_resource(session, self._providers(), target.kind,
+                                                                  dest.get("site")),
+                                    target.kind, int(target.spec.get("disk_gib") or 0))
         except NoPlacement as exc:
             raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there or ('nowhere',))} and cannot "
                            f"follow compute {compute.name} to site {dest.get('site')}: {exc}") from None

@@ -127,3 +127,54 @@ async def test_the_federations_costs_group_every_projects_ledger_for_admins_only
     assert Decimal(cli["totals"][0]["amount"]) >= total
     table = await _invoke(runner, ["--database", sqlite_url, "project", "costs"])
     assert table.exit_code == 0 and "costs per project" in table.output and "beta" in table.output
+
+
+STORAGE_PRICED = PRICED + """
+prices:
+  - provider: sima
+    region: sim-000
+    currency: USD
+    effective_date: 2026-01-01
+    source: "test storage price"
+    items:
+      - {flavor: standard-disk, unit: gib-month, amount: "7.3"}
+"""
+
+
+async def test_a_volume_costs_its_size_at_the_storage_price_while_it_exists(aiohttp_client: Any,
+                                                                           sqlite_url: str) -> None:
+    """Fails on the old code (a volume accrued nothing: no line, no total). 7.3 per GiB-month is 0.01 per
+    GiB-hour (730 hours a month): 10 GiB cost 0.1 an hour, attached or not, until the volume is deleted."""
+    client, _, alpha = await _app(aiohttp_client, sqlite_url, STORAGE_PRICED)
+    admin = await authorize(client, "admin", "ops")
+    member = await authorize(client, "member", "alpha")
+    made = await client.post(f"{API}/workloads", json={"name": "data", "kind": "storage", "disk_gib": 10,
+                                                       "site": "sima/sim-000"}, headers=member)
+    assert made.status == 202, await made.text()
+    body = await made.json()
+    assert body["workload"]["spec"]["placement"]["storage_per_hour"] == "0.1"
+    assert (await _done(client, body["operation"]["id"]))["state"] == "succeeded"
+
+    costs = await (await client.get(f"{API}/projects/{alpha}/costs", headers=member)).json()
+    (line,) = costs["workloads"]
+    assert (line["workload_name"], line["kind"], line["price_sources"], line["currency"], line["running"]) == (
+        "data", "storage", ["volume"], "USD", True)
+    assert Decimal(line["hours"]) > 0 and line["site"] == "sima/sim-000"
+    assert Decimal(line["amount"]) == (Decimal(line["hours"]) * Decimal("0.1")).quantize(Decimal("1e-10"))
+    federation = await (await client.get(f"{API}/costs", headers=admin)).json()
+    assert [(g["name"], g["workloads"]) for g in federation["providers"]] == [("sima", 1)]
+
+    page = await _ui_page(client, member["Authorization"].split()[1], "/ui/projects")  # the dashboard's showback
+    assert re.search(r'data-workload="data" [^>]*data-kind="storage"', page)
+    shown = await _invoke(CliRunner(), ["--database", sqlite_url, "project", "costs", "alpha", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert [(w["workload_name"], w["kind"]) for w in json.loads(shown.output)["workloads"]] == [("data", "storage")]
+
+    gone = await client.delete(f"{API}/workloads/{body['workload']['id']}", headers=member)
+    assert gone.status == 202, await gone.text()
+    assert (await _done(client, (await gone.json())["id"]))["state"] == "succeeded"
+    ended = (await (await client.get(f"{API}/projects/{alpha}/costs", headers=member)).json())["workloads"]
+    assert [(w["workload_name"], w["running"]) for w in ended] == [("data", False)]
+    await asyncio.sleep(0.05)
+    again = (await (await client.get(f"{API}/projects/{alpha}/costs", headers=member)).json())["workloads"]
+    assert again[0]["amount"] == ended[0]["amount"] and Decimal(ended[0]["amount"]) > 0  # deleted: it grows no more

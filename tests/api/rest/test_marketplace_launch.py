@@ -5,6 +5,7 @@ on the federation's sim provider."""
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlmodel import func, select
 
 from metavmm.api import keys
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Image, ImageReplica, Operation, Quota, Site, Workload
+from metavmm.catalog.models import Image, ImageReplica, Operation, Quota, Site, SpendAccrual, Workload
 from metavmm.services.identity import get_or_create_project
 from tests.api.rest.test_change_flows import API, _app, _done, _sim_vm
 
@@ -126,3 +127,45 @@ async def test_without_a_site_the_scheduler_prefers_the_site_holding_a_replica(a
         assert body["workload"]["spec"]["placement"]["site"] == site
         assert "image.replicate" not in [s["action"] for s in body["operation"]["steps"]]
         assert (await _done(client, body["operation"]["id"]))["state"] == "succeeded"
+
+
+CLOUD_AND_HOME = """
+providers:
+  - {kind: sim, name: cloud, on_prem: false, site_count: 1, hosts_per_site: 2}
+  - {kind: sim, name: home, site_count: 1, hosts_per_site: 2}
+operations: {reconcile_interval_s: 0, retry_base_s: 0.01}
+"""
+
+
+async def test_a_launch_that_copies_its_image_out_of_a_cloud_pays_the_egress_once(aiohttp_client: Any,
+                                                                                 sqlite_url: str,
+                                                                                 tmp_path: Path) -> None:
+    """Fails on the old code: the copy's egress was in the placement's one-off price and charged nowhere.
+    The image's only replica is at the public provider; a launch at home copies it out (the scheduler's
+    default 0.09 per GiB, billed by the cloud's site) and the project's costs show that charge; a second
+    launch there reuses the copy and pays nothing."""
+    client, app, project_id = await _app(aiohttp_client, sqlite_url, CLOUD_AND_HOME)
+    image_id = await _image(app, tmp_path, project_id)
+    copied = await client.post(f"{API}/marketplace/images/{image_id}/replicate", json={"site": "cloud/sim-000"})
+    assert copied.status == 200, await copied.text()
+    async with app[keys.SESSIONS]() as s:
+        size = (await s.get(Image, image_id)).size_bytes
+    egress = (Decimal("0.09") * size / 1024**3).quantize(Decimal("1e-10"))
+
+    ids = []
+    for name in ("first", "second"):
+        resp = await client.post(f"{API}/marketplace/images/{image_id}/launch",
+                                 json={"name": name, "ram_mib": 256, "site": "home/sim-000"})
+        body = await resp.json()
+        assert resp.status == 202, body
+        assert (await _done(client, body["operation"]["id"]))["state"] == "succeeded"
+        ids.append(body["workload"]["id"])
+    async with app[keys.SESSIONS]() as s:
+        charged = (await s.exec(select(SpendAccrual).where(SpendAccrual.price_source == "egress"))).all()
+    assert [(c.workload_id, c.provider, c.site, c.currency) for c in charged] == [
+        (ids[0], "cloud", "cloud/sim-000", "USD")]  # the second launch found the copy there: no charge
+    assert (Decimal(charged[0].amount), Decimal(charged[0].gib)) == (egress, (Decimal(size) / 1024**3).quantize(
+        Decimal("1e-10")))
+    costs = await (await client.get(f"{API}/projects/{project_id}/costs")).json()
+    first = next(w for w in costs["workloads"] if w["workload_id"] == ids[0] and w["currency"] == "USD")
+    assert Decimal(first["one_off"]) == egress and "egress" in first["price_sources"]

@@ -4,12 +4,14 @@ already has instead of making it twice; an attach whose compute never appears ro
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlmodel import col, select
 
 from bench import direct
-from metavmm.catalog.models import Operation, OperationState, Workload, WorkloadLink
+from metavmm.catalog.models import Operation, OperationState, SpendAccrual, Workload, WorkloadLink
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import Conflict
 from metavmm.services import observer
@@ -170,24 +172,27 @@ async def test_attach_across_sites_and_to_a_missing_compute_roll_back(world: Wor
     await world.executor.drivers.close()
 
 
-async def _provisional(world: World, region: str) -> Workload:
+async def _provisional(world: World, region: str, price: dict[str, Any] | None = None) -> Workload:
     """A volume made at ``region`` and marked as the workload service marks one created alone: placed
-    there provisionally, bound by its first link."""
+    there provisionally (at ``price``: its placement's price keys), bound by its first link."""
     made = await world.ok(await direct.create_resource(world.engine, "storage", name="alone", provider="sima",
                                                       region=region, size_gib=1))
     async with world.sessions() as session:
         row = await session.get(Workload, made.target_id)
         row.spec = {**row.spec, "disk_gib": 1, "placement": {"provider": "sima", "region": region,
-                                                             "site": f"sima/{region}", "provisional": True}}
+                                                             "site": f"sima/{region}", "provisional": True,
+                                                             **(price or {})}}
         session.add(row)
         await session.commit()
     return await world.workload(made.target_id)
 
 
-def _moved(vol: Workload, region: str, link: str, compute: str, timeout_s: float = 600) -> list[flows.Step]:
-    """The attach plan of a first link that moves ``vol`` to ``region`` (as WorkloadService._bind plans it)."""
+def _moved(vol: Workload, region: str, link: str, compute: str, timeout_s: float = 600,
+           price: dict[str, Any] | None = None) -> list[flows.Step]:
+    """The attach plan of a first link that moves ``vol`` to ``region`` (at ``price`` there), as
+    WorkloadService._bind plans it."""
     move = flows.move_step(vol.id, "storage", name=vol.name, source=vol.spec["placement"], size_gib=1,
-                           dest={"provider": "sima", "region": region, "site": f"sima/{region}"})
+                           dest={"provider": "sima", "region": region, "site": f"sima/{region}", **(price or {})})
     steps = flows.attach_steps(link, compute_id=compute, target_id=vol.id, target_kind="storage")
     steps[0] = flows.Step("wait-ends", "link.wait_ends", {**steps[0].args, "timeout_s": timeout_s},
                           compensate="link.failed")
@@ -218,20 +223,36 @@ async def test_a_first_link_moves_a_volume_across_regions_of_one_provider(world:
     await world.executor.drivers.close()
 
 
+def _volume_price(per_hour: str) -> dict[str, Any]:
+    return {"storage_per_hour": per_hour, "cost_per_hour": {"amount": per_hour, "currency": "USD"}}
+
+
 async def test_a_first_link_that_rolls_back_moves_the_volume_back_unbound(world: World) -> None:
-    vol = await _provisional(world, "sim-001")
+    """Back where it was, at its price there: the spend ledger's open stretch is the old site's again."""
+    vol = await _provisional(world, "sim-001", _volume_price("0.02"))
     pending = Workload(kind="compute", name="never", observed_state="pending")  # its provision never runs
     async with world.sessions() as session:
         session.add(pending)
         await session.commit()
     link = await world.link(pending.id, vol.id, "storagelink")
-    op, _ = await store.submit(world.sessions, kind="attach", target_id=link,
-                               steps=_moved(vol, "sim-000", link, pending.id, timeout_s=0.3))
+    steps = _moved(vol, "sim-000", link, pending.id, timeout_s=0.3, price=_volume_price("0.05"))
+    async with world.sessions() as session:  # as _bind writes it with the plan: the new site, at its price
+        row = await session.get(Workload, vol.id)
+        row.spec = {**row.spec, "placement": {"provider": "sima", "region": "sim-000", "site": "sima/sim-000",
+                                              **_volume_price("0.05")}}
+        session.add(row)
+        await session.commit()
+    op, _ = await store.submit(world.sessions, kind="attach", target_id=link, steps=steps)
     done = await world.run(op)
     assert done.state == OperationState.ROLLED_BACK and "still not placed" in done.error
     (volume,) = await world.sim.list_volumes()
     assert volume.region == "sim-001" and volume.attached_to == ()
     row = await world.workload(vol.id)
     assert row.state_message == "online at sima/sim-001" and row.spec["placement"]["provisional"] is True
-    assert row.spec["placement"]["region"] == "sim-001"
+    assert row.spec["placement"]["region"] == "sim-001" and row.spec["placement"]["storage_per_hour"] == "0.02"
+    async with world.sessions() as session:
+        (now_open,) = (await session.exec(select(SpendAccrual).where(
+            SpendAccrual.workload_id == vol.id, col(SpendAccrual.period_end).is_(None)))).all()
+    assert (now_open.site, Decimal(now_open.price_per_hour), now_open.price_source) == (
+        "sima/sim-001", Decimal("0.02"), "volume")
     await world.executor.drivers.close()
