@@ -316,6 +316,15 @@ class OcciClient:
     async def delete(self, operation: str, location: str) -> None:
         await self.request(operation, "DELETE", location)
 
+    async def get_json(self, operation: str, location: str) -> Any:
+        """A JSON document beside the OCCI interface (a partner metavmm's price API)."""
+        _, _, _, text = await self.request(operation, "GET", location, accept="application/json")
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise DriverError(f"the partner's answer to GET {self._where(self.url(location))} is not JSON: {exc}",
+                              provider=self.name, operation=operation) from None
+
 
 def _reason(exc: BaseException) -> str:
     """Why a request got no answer, in a few words (aiohttp's own text repeats the address)."""

@@ -19,12 +19,16 @@ typed error its status means (401/403 AuthError, 403 quota ProviderQuotaExceeded
 from __future__ import annotations
 
 import re
+from datetime import date
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from metavmm.drivers.base import DriverBase
 from metavmm.drivers.occi import wire
 from metavmm.drivers.occi.client import OcciClient
-from metavmm.foundation.errors import ProviderNotFound, ValidationError
+from metavmm.foundation.currencies import normalise_currency
+from metavmm.foundation.errors import DriverError, ProviderNotFound, ValidationError
+from metavmm.foundation.prices import PriceUnit
 from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
@@ -33,6 +37,7 @@ from metavmm.foundation.records import (
     Inventory,
     NetworkInfo,
     NetworkSpec,
+    PriceInfo,
     SiteInfo,
     VmInfo,
     VmSpec,
@@ -66,6 +71,7 @@ class OcciDriver(DriverBase):
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)
         self.region: str = config.region
+        self.config = config
         self.client = OcciClient(config, config.name)
         site = next((s for s in config.sites if s.region == self.region), None)
         self._site = SiteInfo(self.region, (), site.country if site else None, site.location if site else None)
@@ -109,7 +115,43 @@ class OcciDriver(DriverBase):
         await self.templates(fresh=True)
         flavors = [f for _, f in await self._flavors()]
         return Inventory(sites=(self._site,), flavors=tuple(flavors), images=tuple(await self._images()),
-                         vms=tuple(await self.list_vms()))
+                         vms=tuple(await self.list_vms()), prices=await self.prices({f.name for f in flavors}))
+
+    # --- the partner's prices -----------------------------------------------------------------------
+
+    async def prices(self, templates: set[str]) -> tuple[PriceInfo, ...]:
+        """The partner's own prices from its price API (``price_api``; a partner metavmm's
+        ``GET api/v1/federation/prices``): an hour price per resource_tpl (of ``templates``, the ones the
+        query interface offers), and the per-vCPU, per-GiB, per-GPU, disk and egress prices, each kept
+        with the partner's currency, date and source. None when the federation file prices the partner,
+        or, with ``auto``, when the partner has no price API (404: not a metavmm)."""
+        where = self.config.price_api_location()
+        if where is None:
+            return ()
+        try:
+            doc = await self.client.get_json("prices", where)
+        except ProviderNotFound:
+            if self.config.price_api == "auto":
+                return ()
+            raise
+        try:
+            return tuple(p for item in doc["items"] if (p := self._price(item, templates)) is not None)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise DriverError(f"the partner's price API answered a price that cannot be read: "
+                              f"{type(exc).__name__}: {exc}", provider=self.name, operation="prices") from None
+
+    def _price(self, item: dict[str, Any], templates: set[str]) -> PriceInfo | None:
+        unit = PriceUnit(item["unit"])
+        flavor = str(item["template"] if unit == PriceUnit.HOUR else item["flavor"])
+        if unit == PriceUnit.HOUR and flavor not in templates:
+            return None  # a price for a template the query interface does not offer cannot be placed onto
+        amount = Decimal(str(item["amount"]))
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"amount {item['amount']!r} of {flavor} per {unit}")
+        return PriceInfo(flavor=flavor, region=self.region, amount=amount, currency=normalise_currency(
+            str(item["currency"])), source=f"price API of partner {self.name}: {item['source']}",
+            effective_date=date.fromisoformat(str(item["effective_date"])), unit=str(unit),
+            os=str(item.get("os") or "linux"), gpu_model=item.get("gpu_model") if unit == PriceUnit.GPU_HOUR else None)
 
     # --- computes -----------------------------------------------------------------------------------
 
