@@ -224,6 +224,10 @@ class OcciProvider(_ProviderBase):
         "a metavmm partner's `api/v1/federation/prices` under the endpoint (a partner without one, 404, is "
         "priced by this file only), unless `prices` in this file prices the provider (an agreement wins); "
         "off: never; or the URL of the price API")
+    image_upload: bool = Field(
+        default=False, description="the partner is a metavmm that takes disks as new os_tpls (the os_tpl upload "
+        "extension, docs/occi.md): a cold migration to it uploads the VM's disk there; without it (OCCI 1.2 has "
+        "no image import) the partner is placed onto but nothing moves to it")
     _priced_by_file: bool = PrivateAttr(default=False)  # set by FederationConfig: `prices` names this provider
 
     def price_api_location(self) -> str | None:
