@@ -253,6 +253,12 @@ class DriverBase:
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @classmethod
+    def capabilities_for(cls, config: Any) -> frozenset[Capability]:
+        """What a provider of this kind configured as ``config`` can do: the kind's ``capabilities``, unless
+        the kind's driver says more from its configuration (an OCCI partner that takes image uploads)."""
+        return cls.capabilities
+
     def map_state(self, native: Any) -> VmState:
         return self.STATE_MAP.get(native, VmState.UNKNOWN)
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from metavmm.foundation.currencies import normalise_currency
 from metavmm.foundation.errors import ConfigError
@@ -218,6 +218,23 @@ class OcciProvider(_ProviderBase):
     rendering: Literal["auto", "application/occi+json", "text/occi", "text/plain"] = Field(
         default="auto", description="auto: JSON where the partner offers it, else text/occi")
     timeout_s: float = Field(default=30.0, gt=0, le=600, description="per request")
+    price_api: str = Field(
+        default="auto", pattern=r"^(auto|off|https?://[^\s]+)$",
+        description="where the partner publishes its prices, read on every sync with the same credentials: auto: "
+        "a metavmm partner's `api/v1/federation/prices` under the endpoint (a partner without one, 404, is "
+        "priced by this file only), unless `prices` in this file prices the provider (an agreement wins); "
+        "off: never; or the URL of the price API")
+    image_upload: bool = Field(
+        default=False, description="the partner is a metavmm that takes disks as new os_tpls (the os_tpl upload "
+        "extension, docs/occi.md): a cold migration to it uploads the VM's disk there; without it (OCCI 1.2 has "
+        "no image import) the partner is placed onto but nothing moves to it")
+    _priced_by_file: bool = PrivateAttr(default=False)  # set by FederationConfig: `prices` names this provider
+
+    def price_api_location(self) -> str | None:
+        """The price API to read on a sync (relative: under the endpoint), or None."""
+        if self.price_api == "off" or (self.price_api == "auto" and self._priced_by_file):
+            return None
+        return "api/v1/federation/prices" if self.price_api == "auto" else self.price_api
 
     @model_validator(mode="after")
     def _auth_complete(self) -> OcciProvider:
@@ -659,6 +676,9 @@ class FederationConfig(_Strict):
         for i, table in enumerate(self.prices):
             if table.provider not in names:
                 raise ValueError(f"prices[{i}].provider {table.provider!r} is not a configured provider")
+        for p in self.providers:
+            if isinstance(p, OcciProvider):  # the file's agreement prices the partner, not its price API
+                p._priced_by_file = any(t.provider == p.name for t in self.prices)
         for i, group in enumerate(self.ha.shared_storage):
             unknown = [p for p in group if p not in names]
             if unknown:

@@ -1,4 +1,5 @@
-"""The price services the CLI and the REST API share: import a price file, compare a shape.
+"""The price services the CLI and the REST API share: import a price file, compare a shape, and the
+prices this broker publishes to federation partners (its partner price API).
 
 An import validates the whole file first (nothing is written when any price is wrong), then
 writes it in one transaction. A comparison reads every price once into a
@@ -12,21 +13,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.importers import IMPORTER_KINDS, IMPORTERS, ImportOptions, import_file
 from metavmm.catalog.importers.shapes import load_shapes
-from metavmm.catalog.models import Provider
+from metavmm.catalog.models import Flavor, Price, Provider
 from metavmm.catalog.prices import store_prices
 from metavmm.foundation.config import FederationConfig
 from metavmm.foundation.errors import NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS
-from metavmm.foundation.prices import PriceFileError, PriceRecord
+from metavmm.foundation.prices import PriceFileError, PriceRecord, PriceUnit, Shape
+from metavmm.foundation.records import PriceInfo
 from metavmm.scheduler.pricing import Comparison, PriceBook, PriceScope, RateTable, ShapeRequest, compare
 from metavmm.scheduler.pricing.discounts import Discounts
 from metavmm.services.spend import reprice
@@ -126,3 +129,50 @@ async def compare_prices(maker: async_sessionmaker[AsyncSession], cfg: Federatio
     book = await load_book(maker, req.scope())
     return compare(book, req, RateTable.from_config(cfg), currency, today=today, providers=providers,
                    region=region, discounts=Discounts.from_config(cfg))
+
+
+# --- the prices this broker charges federation partners (its partner price API) ------------------------
+
+
+async def published_prices(maker: async_sessionmaker[AsyncSession], cfg: FederationConfig,
+                           ) -> list[tuple[PriceInfo, Shape | None]]:
+    """What this broker charges a federation partner that places through its OCCI interface: for each
+    price key (unit, flavor or family, OS, GPU model) the newest price of each of its enabled providers'
+    regions, and of those the cheapest (in the rate table's base), since that is where this broker's
+    scheduler places a partner's compute. Instance-hour prices only for flavors its providers offer
+    (each is a resource_tpl of the OCCI query interface), with the flavor's shape; public price lists kept
+    for comparison only (no provider) are not this broker's prices and are left out. Each price is an
+    hour price of a flavor, a family's part (vcpu-hour, gib-hour, gpu-hour per GPU model; ``flavor`` is
+    the family), or a disk (gib-month) or egress (gib-egress) price."""
+    rates = RateTable.from_config(cfg)
+    async with maker() as session:
+        enabled = select(Provider.id).where(Provider.enabled)
+        rows = (await session.exec(select(Price).where(col(Price.provider_id).in_(enabled)))).all()
+        offered = {(f.provider_id, f.name): f for f in (await session.exec(
+            select(Flavor).where(Flavor.present, col(Flavor.provider_id).in_(enabled)))).all()}
+    newest: dict[tuple[object, ...], Price] = {}
+    for row in rows:
+        if row.unit == PriceUnit.HOUR and (row.provider_id, row.flavor_name) not in offered:
+            continue
+        key = (row.unit, row.flavor_name, row.os, row.gpu_model, row.provider_id, row.region)
+        old = newest.get(key)
+        if old is None or row.effective_date >= old.effective_date:
+            newest[key] = row
+    cheapest: dict[tuple[object, ...], tuple[Decimal, Price]] = {}
+    for key, row in newest.items():
+        try:
+            base = rates.convert(row.amount, row.currency, rates.base)
+        except ValidationError:
+            continue  # a currency the rate table cannot rank: a price here that no comparison could use
+        old_price = cheapest.get(key[:4])
+        if old_price is None or base < old_price[0]:
+            cheapest[key[:4]] = (base, row)
+    out = []
+    for _, row in sorted(cheapest.values(), key=lambda v: (v[1].unit, v[1].flavor_name, v[1].gpu_model or "")):
+        flavor = offered.get((row.provider_id, row.flavor_name)) if row.unit == PriceUnit.HOUR else None
+        out.append((PriceInfo(flavor=row.flavor_name, region=row.region, amount=row.amount, currency=row.currency,
+                              source=row.source, effective_date=row.effective_date, unit=row.unit, os=row.os,
+                              gpu_model=row.gpu_model),
+                    Shape(flavor.vcpus, flavor.ram_mib, flavor.gpu_model, flavor.gpu_count, flavor.arch)
+                    if flavor else None))
+    return out

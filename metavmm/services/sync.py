@@ -50,7 +50,7 @@ async def register_providers(maker: async_sessionmaker[AsyncSession], cfg: Feder
     async with session_scope(maker) as session:
         for pcfg in cfg.providers:
             try:
-                caps = driver_class(pcfg.kind).capabilities
+                caps = driver_class(pcfg.kind).capabilities_for(pcfg)
             except MetavmmError:
                 caps = frozenset()
             row = await upsert_provider(session, pcfg, caps)

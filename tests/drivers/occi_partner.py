@@ -69,10 +69,10 @@ class Partner:
         raise AssertionError(f"B's operations still run: {[(o.kind, o.state) for o in busy]}")
 
 
-async def start_partner(tmp_path: Path, port: int | None = None, extra: str = "") -> Partner:
+async def start_partner(tmp_path: Path, port: int | None = None, extra: str = "", base: str = PARTNER) -> Partner:
     """Broker B on its own catalog (``tmp_path/b.db``); started again on the same file and port, it is
-    B after a restart. ``extra``: more of B's federation file (its ``auth`` section)."""
-    config = parse_config(PARTNER + extra)
+    B after a restart. ``extra``: more of B's federation file (its ``auth`` section); ``base``: the rest."""
+    config = parse_config(base + extra)
     app = create_app(config, f"sqlite:///{tmp_path / 'b.db'}", sync=False)
     server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
@@ -95,7 +95,13 @@ async def seed_partner(partner: Partner) -> None:
 @pytest.fixture
 async def partner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Partner]:
     """Broker B, seeded, and its project x member's token in $PARTNER_TOKEN (what A's federation file names)."""
-    b = await start_partner(tmp_path)
+    async for b in serve_partner(tmp_path, monkeypatch):
+        yield b
+
+
+async def serve_partner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **start: Any) -> AsyncIterator[Partner]:
+    """The ``partner`` fixture's body: B started (``start``: :func:`start_partner`'s options) and seeded."""
+    b = await start_partner(tmp_path, **start)
     await seed_partner(b)
     monkeypatch.setenv("PARTNER_TOKEN", b.tokens["x"])
     try:

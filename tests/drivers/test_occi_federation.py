@@ -17,7 +17,7 @@ from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.models import Flavor, ImageReplica, Operation, Provider, Site, Workload
 from metavmm.drivers.registry import create_driver
-from metavmm.foundation.config import parse_config
+from metavmm.foundation.config import FederationConfig, parse_config
 from metavmm.scheduler.pricing.compare import ShapeRequest
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.services.operations.reconcile import reconcile
@@ -57,6 +57,17 @@ operations: {{retry_base_s: 0.05, reconcile_interval_s: 0}}
 """
 
 
+async def school_a(aiohttp_client: Any, tmp_path: Path, text: str) -> tuple[FederationConfig, Any, Any]:
+    """Broker A on federation file ``text`` (its catalog ``tmp_path/a.db``), served, synced: (config, app,
+    client)."""
+    config = parse_config(text)
+    app = create_app(config, f"sqlite:///{tmp_path / 'a.db'}", sync=False)
+    client = await aiohttp_client(app)
+    assert [(r.provider, r.error) for r in await sync_all(app[keys.SESSIONS], config)] == [
+        ("partner", None), ("sim-a", None)]
+    return config, app, client
+
+
 async def until_done(client: Any, op_id: str) -> dict[str, Any]:
     for _ in range(600):
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
@@ -68,11 +79,8 @@ async def until_done(client: Any, op_id: str) -> dict[str, Any]:
 
 async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohttp_client: Any,  # noqa: F811
                                                         tmp_path: Path) -> None:
-    config = parse_config(school_config(partner.url))
-    app = create_app(config, f"sqlite:///{tmp_path / 'a.db'}", sync=False)
-    client = await aiohttp_client(app)
+    config, app, client = await school_a(aiohttp_client, tmp_path, school_config(partner.url))
     maker = app[keys.SESSIONS]
-    assert [(r.provider, r.error) for r in await sync_all(maker, config)] == [("partner", None), ("sim-a", None)]
     async with maker() as s:
         provider = (await s.exec(select(Provider).where(Provider.name == "partner"))).one()
         site = (await s.exec(select(Site).where(Site.provider_id == provider.id))).one()

@@ -72,7 +72,8 @@ def test_a_move_needs_an_export_at_the_source_and_an_import_at_the_target(federa
     with pytest.raises(NoPlacement) as refused:
         MigrationPlanner(snap).move_one("w1", site="partner/site")
     assert "1 no migration path" in str(refused.value)
-    assert "partner (occi) cannot import a disk image (OCCI 1.2 has no image import)" in repr(refused.value.reasons)
+    assert "partner (occi) cannot import a disk image (OCCI 1.2 has no image import; a metavmm partner takes " \
+           "uploads where its provider entry says image_upload: true)" in repr(refused.value.reasons)
     # the same rule in the planner's "why not elsewhere" for every site of another provider
     plan = MigrationPlanner(snap).evacuate(site="hsinchu")
     assert plan.moves == () or all(m.target_site != "partner/site" for m in plan.moves)

@@ -207,6 +207,13 @@ HA = Mixin(METAVMM + "protection#", "ha", "Highly available: restarted elsewhere
 """Chosen at creation or associated later (POST/DELETE on its location); the HA service keeps it on the
 compute (services/protection/ha.py, whose HA_CATEGORY is this type id), so REST and the CLI show here too."""
 
+OS_TPL_UPLOAD = Mixin(METAVMM + "image#", "os_tpl_upload",
+                      "os_tpl upload (a metavmm extension): PUT a disk's bytes here as application/octet-stream, with "
+                      "name, format and sha256 as query parameters; 201 with the new os_tpl",
+                      location="/mixins/os_tpl_upload/")
+"""Applies to no entity: its location takes a disk (:mod:`metavmm.api.occi.upload`); listed so that a client
+can tell a partner that takes images (another metavmm) from one that does not."""
+
 STATIC_MIXINS: tuple[Mixin, ...] = (IPNETWORK, IPNETWORKINTERFACE, OS_TPL, RESOURCE_TPL, SSH_KEY, USER_DATA, SITE,
-                                    BROKER, PLACED, HA)
+                                    BROKER, PLACED, HA, OS_TPL_UPLOAD)
 ACTIONS: tuple[Action, ...] = tuple(a for k in KINDS for a in k.actions)

@@ -139,7 +139,7 @@ async def read_request(request: web.Request) -> OcciRequest:
     return parsed
 
 
-def _absolute(request: web.Request, path: str) -> str:
+def absolute(request: web.Request, path: str) -> str:
     return path if "://" in path else f"{request.scheme}://{request.host}{path}"
 
 
@@ -148,7 +148,7 @@ def render(request: web.Request, payload: Payload, *, status: int = 200,
     """Render ``payload`` in the negotiated media type. ``locations`` (paths) make a location listing."""
     offered = LIST_MEDIA if locations is not None else ENTITY_MEDIA
     media = choose(request, offered)
-    urls = [_absolute(request, p) for p in (locations or [])]
+    urls = [absolute(request, p) for p in (locations or [])]
     if media == JSON:
         body = json.dumps(_json_payload(payload), separators=(",", ":"))
         return _response(status, JSON, [], body)

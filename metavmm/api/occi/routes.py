@@ -36,6 +36,7 @@ from metavmm.api.occi.negotiate import (
 )
 from metavmm.api.occi.parse import OcciRequest
 from metavmm.api.occi.service import OcciService, is_uuid
+from metavmm.api.occi.upload import os_tpl_upload
 from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, NotFound, PayloadTooLarge, ValidationError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -378,5 +379,7 @@ def setup_occi(app: web.Application) -> None:
         app.router.add_route("*", kind.location, collection)
         app.router.add_route("*", kind.location.rstrip("/"), collection)
         app.router.add_route("*", kind.location + "{id}", entity)
+    assert infra.OS_TPL_UPLOAD.location is not None
+    app.router.add_route("*", infra.OS_TPL_UPLOAD.location, occi({"GET": mixin_get, "PUT": os_tpl_upload}))
     mixins = occi({"GET": mixin_get, "POST": mixin_post, "PUT": mixin_put, "DELETE": mixin_delete})
     app.router.add_route("*", r"/{location:(?!api/)[A-Za-z0-9\-_./]+/}", mixins)

@@ -1,21 +1,25 @@
-"""REST: the price catalog (GET /prices), a shape's comparison (GET /prices/compare) and its chart."""
+"""REST: the price catalog (GET /prices), a shape's comparison (GET /prices/compare) and its chart, and
+the partner price API (GET /federation/prices): what this broker charges a federation partner for the
+templates of its OCCI interface, which a partner broker imports on its sync."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from metavmm.api import keys
+from metavmm.api.occi.catalog_view import slug
 from metavmm.api.rest.framework import RestModule
+from metavmm.catalog.models import utcnow
 from metavmm.catalog.prices import PriceFilter, list_prices
 from metavmm.foundation.errors import NotFound
 from metavmm.scheduler.pricing import Comparison, RateTable, ShapeRequest
 from metavmm.scheduler.pricing.chart import FORMATS, render_chart
-from metavmm.services.prices import compare_prices
+from metavmm.services.prices import compare_prices, published_prices
 
 api = RestModule("prices", "Prices of every provider, and the same shape compared across them")
 
@@ -198,3 +202,45 @@ async def get_compare_chart(request: web.Request, query: CompareQuery) -> web.Re
     result = await _comparison(request, query)
     body = await asyncio.to_thread(render_chart, result, fmt, min(query.limit, 60))
     return web.Response(body=body, content_type=FORMATS[fmt])
+
+
+class PartnerPriceOut(BaseModel):
+    unit: str = Field(description="hour (one instance of the template), vcpu-hour, gib-hour, gpu-hour (parts of "
+                      "a family), gib-month (disk), gib-egress")
+    template: str | None = Field(description="the resource_tpl term of an hour price (null for the other units)")
+    flavor: str = Field(description="the flavor of an hour price; the family of a part; the disk or egress class")
+    amount: Decimal
+    currency: str
+    os: str
+    gpu_model: str | None = Field(description="the GPU model of a gpu-hour price, or of the template")
+    vcpus: int | None = Field(description="the template's shape (null for the other units)")
+    ram_mib: int | None
+    gpu_count: int | None
+    effective_date: date
+    age_days: int
+    source: str = Field(description="where this broker has the price from (its price file, its provider)")
+
+
+class PartnerPricesOut(BaseModel):
+    broker: str = Field(description="the federation name of the publishing broker")
+    currency: str = Field(description="the broker's base currency (each price states its own)")
+    published_at: datetime
+    items: list[PartnerPriceOut]
+
+
+@api.route("GET", "/federation/prices", summary="What a federation partner pays here (the partner price API)",
+           response=PartnerPricesOut, role="reader")
+async def get_partner_prices(request: web.Request) -> PartnerPricesOut:
+    """The prices a partner broker imports when it syncs this broker as an OCCI provider: per resource_tpl
+    its instance-hour price, and the per-vCPU, per-GiB and per-GPU parts, each with currency and date."""
+    cfg = request.config_dict[keys.CONFIG]
+    today = date.today()
+    items = [PartnerPriceOut(unit=p.unit, template=slug(p.flavor) if p.unit == "hour" else None, flavor=p.flavor,
+                             amount=p.amount, currency=p.currency, os=p.os,
+                             gpu_model=shape.gpu_model if shape else p.gpu_model,
+                             vcpus=shape.vcpus if shape else None, ram_mib=shape.ram_mib if shape else None,
+                             gpu_count=shape.gpu_count if shape else None, effective_date=p.effective_date,
+                             age_days=(today - p.effective_date).days, source=p.source)
+             for p, shape in await published_prices(request.config_dict[keys.SESSIONS], cfg)]
+    return PartnerPricesOut(broker=cfg.federation.name, currency=RateTable.from_config(cfg).base,
+                            published_at=utcnow(), items=items)

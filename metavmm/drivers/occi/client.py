@@ -15,9 +15,9 @@ import json
 import os
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
@@ -38,6 +38,7 @@ ACCEPT_ANY = f"{wire.JSON}, {wire.TEXT_OCCI};q=0.9, {wire.TEXT_PLAIN};q=0.8"
 MAX_PAGES = 1000  # a partner whose rel=next never ends is a fault, not a loop
 USER_AGENT = "metavmm-occi-client OCCI/1.2"
 MAX_READ = 256 * 1024  # the longest header line read: an attribute (user data: 64 KiB, escaped) in text/occi
+UPLOAD = "application/octet-stream"
 MAX_HEADER = 4000  # bytes of one header field the client sends; servers commonly refuse lines over 8 KiB
 
 
@@ -112,29 +113,33 @@ class OcciClient:
         (``compute/ID``: under the configured endpoint, which may have a path of its own)."""
         return urljoin(self.root, location)
 
-    async def request(self, operation: str, method: str, location: str, *, body: str | None = None,
+    async def request(self, operation: str, method: str, location: str, *,
+                      body: str | Callable[[], AsyncIterator[bytes]] | None = None,
                       pairs: list[tuple[str, str]] | None = None, media: str | None = None,
-                      accept: str | None = None) -> tuple[int, Mapping[str, str], Any, str]:
+                      accept: str | None = None, timeout_s: float | None = None,
+                      ) -> tuple[int, Mapping[str, str], Any, str]:
         """One request; (status, headers as a multidict, headers' items, body text). Every failure is typed.
-        With issuer tokens (``auth: oidc``) a 401 is retried once with a new token."""
+        With issuer tokens (``auth: oidc``) a 401 is retried once with a new token. ``body``: text, or a
+        function giving the bytes as a stream (called for each attempt); ``timeout_s``: other than the
+        configured one (an upload's)."""
         if self.tokens is None:
-            return await self._request(operation, method, location, body, pairs, media, accept, None)
+            return await self._request(operation, method, location, body, pairs, media, accept, None, timeout_s)
         token = await self.tokens.token()
         try:
-            return await self._request(operation, method, location, body, pairs, media, accept, token)
+            return await self._request(operation, method, location, body, pairs, media, accept, token, timeout_s)
         except CredentialsRefused:
             self.tokens.forget(token)
         return await self._request(operation, method, location, body, pairs, media, accept,
-                                   await self.tokens.token())
+                                   await self.tokens.token(), timeout_s)
 
-    async def _request(self, operation: str, method: str, location: str, body: str | None,
+    async def _request(self, operation: str, method: str, location: str, body: Any,
                        pairs: list[tuple[str, str]] | None, media: str | None, accept: str | None,
-                       token: str | None) -> tuple[int, Mapping[str, str], Any, str]:
+                       token: str | None, timeout_s: float | None = None) -> tuple[int, Mapping[str, str], Any, str]:
         session = await self.session()
         headers: list[tuple[str, str]] = [("Accept", accept or self.media or ACCEPT_ANY)]
         if token is not None:
             headers.append(("Authorization", f"Bearer {token}"))
-        data: str | None = body
+        data: Any = body() if callable(body) else body
         if pairs is not None:
             if media == wire.TEXT_OCCI and any(len(v) > MAX_HEADER for _, v in pairs):
                 media = wire.TEXT_PLAIN  # user data in a header would pass servers' header limits: the body
@@ -147,7 +152,9 @@ class OcciClient:
             headers.append(("Content-Type", media))
         url = self.url(location)
         try:
-            async with session.request(method, url, data=data, headers=headers, allow_redirects=False) as resp:
+            timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
+            async with session.request(method, url, data=data, headers=headers, allow_redirects=False,
+                                       **({"timeout": timeout} if timeout else {})) as resp:
                 text = await resp.text(errors="replace")
                 if resp.status >= 400:
                     raise self._error(operation, resp.status, resp.headers, text)
@@ -315,6 +322,37 @@ class OcciClient:
 
     async def delete(self, operation: str, location: str) -> None:
         await self.request(operation, "DELETE", location)
+
+    async def upload(self, operation: str, location: str, path: str, query: Mapping[str, str], *,
+                     timeout_s: float) -> str:
+        """PUT the file at ``path`` as application/octet-stream, read as it is sent (again for the one retry
+        a 401 with issuer tokens gets); the ``Location`` the partner answers with."""
+        _, headers, _, _ = await self.request(operation, "PUT", f"{location}?{urlencode(query)}",
+                                              body=lambda: _chunks(path), media=UPLOAD, accept=wire.JSON,
+                                              timeout_s=timeout_s)
+        if not headers.get("Location"):
+            raise DriverError("the partner took the upload but said not where", provider=self.name,
+                              operation=operation)
+        return headers["Location"]
+
+    async def get_json(self, operation: str, location: str) -> Any:
+        """A JSON document beside the OCCI interface (a partner metavmm's price API)."""
+        _, _, _, text = await self.request(operation, "GET", location, accept="application/json")
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise DriverError(f"the partner's answer to GET {self._where(self.url(location))} is not JSON: {exc}",
+                              provider=self.name, operation=operation) from None
+
+
+async def _chunks(path: str, size: int = 1 << 22) -> AsyncIterator[bytes]:
+    """The file's bytes, read off the event loop, ``size`` at a time."""
+    disk = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(disk.read, size):
+            yield chunk
+    finally:
+        disk.close()
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,25 +14,38 @@ such a compute is ``pending`` here, so a wait for ``stopped`` does not end while
 The partner's project scope and quotas apply to the credentials: what it refuses comes back as the
 typed error its status means (401/403 AuthError, 403 quota ProviderQuotaExceeded, 404 ProviderNotFound,
 409 ProviderConflict, 5xx or no answer ProviderUnavailable), with the partner's message.
+
+Beside OCCI, for a partner that is a metavmm: its prices come from its partner price API on every sync
+(``price_api``), and with ``image_upload`` a disk goes to it through its os_tpl upload extension (a PUT
+of the bytes with their SHA-256; docs/occi.md), so a cold migration can move a VM there.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import replace
+from datetime import date
+from decimal import Decimal
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from metavmm.drivers.base import DriverBase
 from metavmm.drivers.occi import wire
 from metavmm.drivers.occi.client import OcciClient
-from metavmm.foundation.errors import ProviderNotFound, ValidationError
+from metavmm.foundation.currencies import normalise_currency
+from metavmm.foundation.errors import DriverError, ProviderNotFound, UnsupportedOperation, ValidationError
+from metavmm.foundation.prices import PriceUnit
 from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
+    DiskRef,
     FlavorInfo,
     ImageInfo,
     Inventory,
     NetworkInfo,
     NetworkSpec,
+    PriceInfo,
     SiteInfo,
     VmInfo,
     VmSpec,
@@ -40,6 +53,7 @@ from metavmm.foundation.records import (
     VolumeInfo,
     VolumeSpec,
 )
+from metavmm.translators.digest import sha256_file
 
 OWNER_PREFIX = f"{OWNER_TAG}="
 BUSY = re.compile(r"^\w+ (pending|running|rolling_back)\b")
@@ -63,9 +77,21 @@ class OcciDriver(DriverBase):
         "error": VmState.ERROR,
     }
 
+    image_import_formats = frozenset({"qcow2"})  # sent compact; a metavmm partner converts for its own providers
+    image_import_target: ClassVar[str | None] = "qcow2"
+    upload_timeout_s: ClassVar[float] = 3600.0  # one disk's upload, not one request's answer
+
+    @classmethod
+    def capabilities_for(cls, config: Any) -> frozenset[Capability]:
+        """A partner configured with ``image_upload`` (a metavmm serving the os_tpl upload extension) takes
+        disks, so a cold migration can move a VM to it; any other OCCI site cannot (OCCI has no import)."""
+        return cls.capabilities | {Capability.IMPORT_IMAGE} if config.image_upload else cls.capabilities
+
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)
+        self.capabilities = self.capabilities_for(config)
         self.region: str = config.region
+        self.config = config
         self.client = OcciClient(config, config.name)
         site = next((s for s in config.sites if s.region == self.region), None)
         self._site = SiteInfo(self.region, (), site.country if site else None, site.location if site else None)
@@ -97,19 +123,83 @@ class OcciDriver(DriverBase):
                 out.append((cat, f))
         return out
 
-    async def _images(self) -> list[ImageInfo]:
+    async def _images(self, fresh: bool = False) -> list[ImageInfo]:
         """The os_tpls. Reported as ``raw``: the partner boots its template as it is, and the scheduler's
         conversion graph knows disk formats only (a raw replica at a kvm site needs no conversion); the
         template itself stays in ``extra``."""
         return [ImageInfo(provider_image_id=c.type_id, name=c.title or c.term, region=self.region, format="raw",
                           extra={"term": c.term, "location": c.location} if c.location else {"term": c.term})
-                for c in await self.templates() if c.cls == "mixin" and wire.OS_TPL in c.depends]
+                for c in await self.templates(fresh) if c.cls == "mixin" and wire.OS_TPL in c.depends]
 
     async def inventory(self) -> Inventory:
         await self.templates(fresh=True)
         flavors = [f for _, f in await self._flavors()]
         return Inventory(sites=(self._site,), flavors=tuple(flavors), images=tuple(await self._images()),
-                         vms=tuple(await self.list_vms()))
+                         vms=tuple(await self.list_vms()), prices=await self.prices({f.name for f in flavors}))
+
+    # --- the partner's prices -----------------------------------------------------------------------
+
+    async def prices(self, templates: set[str]) -> tuple[PriceInfo, ...]:
+        """The partner's own prices from its price API (``price_api``; a partner metavmm's
+        ``GET api/v1/federation/prices``): an hour price per resource_tpl (of ``templates``, the ones the
+        query interface offers), and the per-vCPU, per-GiB, per-GPU, disk and egress prices, each kept
+        with the partner's currency, date and source. None when the federation file prices the partner,
+        or, with ``auto``, when the partner has no price API (404: not a metavmm)."""
+        where = self.config.price_api_location()
+        if where is None:
+            return ()
+        try:
+            doc = await self.client.get_json("prices", where)
+        except ProviderNotFound:
+            if self.config.price_api == "auto":
+                return ()
+            raise
+        try:
+            return tuple(p for item in doc["items"] if (p := self._price(item, templates)) is not None)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise DriverError(f"the partner's price API answered a price that cannot be read: "
+                              f"{type(exc).__name__}: {exc}", provider=self.name, operation="prices") from None
+
+    def _price(self, item: dict[str, Any], templates: set[str]) -> PriceInfo | None:
+        unit = PriceUnit(item["unit"])
+        flavor = str(item["template"] if unit == PriceUnit.HOUR else item["flavor"])
+        if unit == PriceUnit.HOUR and flavor not in templates:
+            return None  # a price for a template the query interface does not offer cannot be placed onto
+        amount = Decimal(str(item["amount"]))
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"amount {item['amount']!r} of {flavor} per {unit}")
+        return PriceInfo(flavor=flavor, region=self.region, amount=amount, currency=normalise_currency(
+            str(item["currency"])), source=f"price API of partner {self.name}: {item['source']}",
+            effective_date=date.fromisoformat(str(item["effective_date"])), unit=str(unit),
+            os=str(item.get("os") or "linux"), gpu_model=item.get("gpu_model") if unit == PriceUnit.GPU_HOUR else None)
+
+    async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        """Upload ``disk`` as a new os_tpl through the partner's os_tpl upload extension (a metavmm partner:
+        ``PUT`` to the location of its ``os_tpl_upload`` mixin, the SHA-256 sent with it and checked there as
+        the bytes arrive); the os_tpl it answers with, read back from the query interface."""
+        if Capability.IMPORT_IMAGE not in self.capabilities:
+            raise self._unsupported("import_image (OCCI 1.2 has no image import; set image_upload for a "
+                                    "metavmm partner)")
+        if region != self.region:
+            raise ValidationError(f"{self.name}: the partner is one site, {self.region!r}, not {region!r}")
+        if disk.format not in self.image_import_formats:
+            raise ValidationError(f"{self.name}: the partner takes qcow2 uploads, not {disk.format}")
+        upload = next((c for c in await self.templates(fresh=True) if c.type_id == wire.OS_TPL_UPLOAD), None)
+        if upload is None or not upload.location:
+            raise UnsupportedOperation(f"{self.name} (occi) lists no os_tpl upload ({wire.OS_TPL_UPLOAD}) in its "
+                                       "query interface: it is not a metavmm partner that takes disks, so "
+                                       "image_upload is wrong for it")
+        sha256 = await self.blocking(sha256_file, disk.path)
+        where = await self.client.upload("import_image", upload.location, disk.path, {
+            "name": name, "format": disk.format, "sha256": sha256,
+            "description": f"uploaded by a federation partner's broker ({self.name} there)"},
+            timeout_s=self.upload_timeout_s)
+        path = urlsplit(where).path
+        for image in await self._images(fresh=True):
+            if image.extra.get("location") == path:
+                return replace(image, checksum=sha256, size_bytes=os.path.getsize(disk.path))
+        raise DriverError(f"the partner took the upload as {where} but its query interface does not list it",
+                          provider=self.name, operation="import_image")
 
     # --- computes -----------------------------------------------------------------------------------
 
@@ -171,6 +261,8 @@ class OcciDriver(DriverBase):
         if spec.gpu_count:
             raise ValidationError(f"{self.name}: the partner's templates carry no GPUs")
         cats = {c.type_id: c for c in await self.templates()}
+        if "#" in spec.image and spec.image not in cats:  # an os_tpl made since they were read (an upload)
+            cats = {c.type_id: c for c in await self.templates(fresh=True)}
         image = spec.image if spec.image in cats else next(
             (t for t, c in cats.items() if wire.OS_TPL in c.depends and c.term == spec.image), None)
         if image is None or wire.OS_TPL not in cats[image].depends:

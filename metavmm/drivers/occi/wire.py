@@ -27,6 +27,7 @@ NETWORKINTERFACE = INFRA + "networkinterface"
 STORAGELINK = INFRA + "storagelink"
 USER_DATA = "http://schemas.ogf.org/occi/infrastructure/compute#user_data"
 SSH_KEY = "http://schemas.ogf.org/occi/infrastructure/credentials#ssh_key"
+OS_TPL_UPLOAD = "http://schemas.metavmm.dev/occi/image#os_tpl_upload"  # a metavmm partner's extension (docs/occi.md)
 ACTIONS = {"compute": "http://schemas.ogf.org/occi/infrastructure/compute/action#"}
 
 

@@ -410,15 +410,16 @@ def clone_hostname(name: str) -> str:
     return f"{host_label(name)[:56].strip('-')}-{uuid.uuid4().hex[:6]}"
 
 
-def declared(name: str, kind: str) -> ProviderView | None:
+def declared(name: str, kind: str, config: Any = None) -> ProviderView | None:
     """The provider as the scheduler's move rules read it: what its kind's driver declares
-    (:mod:`metavmm.scheduler.filters.movable`). None when the kind's SDK is not installed: the first step
-    that needs it says so."""
+    (:mod:`metavmm.scheduler.filters.movable`), for its ``config`` where given (an OCCI partner's image
+    upload). None when the kind's SDK is not installed: the first step that needs it says so."""
     from metavmm.drivers.registry import driver_class
     from metavmm.scheduler.snapshot import ProviderView
 
     try:
-        caps = frozenset(str(c) for c in driver_class(kind).capabilities)
+        cls = driver_class(kind)
+        caps = frozenset(str(c) for c in (cls.capabilities_for(config) if config is not None else cls.capabilities))
     except ConfigError:
         return None
     return ProviderView(0, name, kind, False, caps)
@@ -429,7 +430,8 @@ def refuse_unmovable(engine: Engine, source: str, target: str) -> None:
     :func:`metavmm.scheduler.filters.movable.move_refusal`) is a 409 before anything stops."""
     from metavmm.scheduler.filters.movable import move_refusal
 
-    source_view, target_view = (declared(name, _known_provider(engine, name).kind) for name in (source, target))
+    source_view, target_view = (declared(name, (cfg := _known_provider(engine, name)).kind, cfg)
+                                 for name in (source, target))
     if source_view is None or target_view is None:
         return
     why = move_refusal(source_view, target_view)

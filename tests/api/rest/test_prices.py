@@ -39,7 +39,8 @@ def nchc_config() -> Any:
 
 
 def test_routes_declare_reader_role() -> None:
-    assert {r.path for r in api.routes} == {"/prices", "/prices/compare", "/prices/compare/chart.{fmt}"}
+    assert {r.path for r in api.routes} == {"/prices", "/prices/compare", "/prices/compare/chart.{fmt}",
+                                            "/federation/prices"}
     assert all(r.extra.get("role") == "reader" for r in api.routes)
 
 
