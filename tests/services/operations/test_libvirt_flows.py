@@ -3,6 +3,7 @@ the operations engine, on two real libvirt daemons (QEMU TCG)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -180,7 +181,10 @@ async def test_live_migration_of_a_guest_dirtying_1_gib(engine: Engine, libvirt_
     assert inputs["dirty_mib_per_s"] > 25 and inputs["link_mib_per_s"] == 25, inputs  # it outruns the link
     if live.outputs["live_mode"] == "auto-converge":  # this machine: the target refused post-copy
         assert "post-copy was chosen first" in why and "refuses post-copy" in why, why
-        assert live.outputs["auto_converge_initial"] == 99
+        # the first throttle slows the measured guest to a tenth of the link (99% at most): it depends on how fast the
+        # guest dirtied here, which a loaded machine slows
+        ratio = inputs["dirty_mib_per_s"] / inputs["link_mib_per_s"]
+        assert live.outputs["auto_converge_initial"] == min(99, math.ceil(100 * (1 - 0.1 / ratio))), inputs
     else:
         assert live.outputs["live_mode"] == "postcopy" and "never converge" in why, why
     transfer = next(s for s in live.steps if s["action"] == "vm.live_migrate")["transfer"]
