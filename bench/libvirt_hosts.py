@@ -1,6 +1,7 @@
 """Two libvirt hosts on one machine, for migration tests and benchmarks: two *session* daemons of one
 unprivileged user, each with its own HOME, XDG directories and host UUID (see backends.md), reached
-by root through their sockets.
+by root through their sockets. Each can make networks (isolated bridges with DHCP) and plug its guests
+into them: see ``_START`` and scripts/libvirt-session-net.sh.
 
 The broker (root) creates disk files; a small ``qemu-img`` shim, put first on PATH by the caller,
 hands files created under the daemons' root to their user, as a deployment would by running the
@@ -57,6 +58,21 @@ class LibvirtHosts:
                 f"  reconcile_interval_s: 0\n  work_dir: {work_dir}\nproviders:\n{providers}")
 
 
+_NET_CAPS = "+net_admin,+net_raw,+net_bind_service"
+_START = f"""set -e
+mount -t tmpfs -o mode=1777 metavmm-lv-run /run
+mount --bind "$1" /var/lib/libvirt/dnsmasq
+user=$2; shift 2
+exec setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups --inh-caps={_NET_CAPS} \\
+  --ambient-caps={_NET_CAPS} -- env "$@" libvirtd --timeout 0
+"""
+"""How a session daemon starts (as root, then as its user): in a mount namespace of its own, where /run is
+an empty tmpfs and /var/lib/libvirt/dnsmasq its host's directory, since libvirt's DHCP lease helper writes
+its lock (/run/leaseshelper.pid) and lease status files at those fixed places; with the capabilities a
+network needs (a bridge, its firewall rules, dnsmasq on port 67). Without them a session daemon defines a
+network but cannot start it ("error creating bridge interface: Operation not permitted")."""
+
+
 def _daemon(root: Path, user: str, i: int) -> tuple[subprocess.Popen[bytes], str]:
     home = root / f"host{i}"
     env_dirs = {name: home / sub for name, sub in (("XDG_RUNTIME_DIR", "run"), ("XDG_CONFIG_HOME", "config"),
@@ -65,11 +81,13 @@ def _daemon(root: Path, user: str, i: int) -> tuple[subprocess.Popen[bytes], str
         d.mkdir(parents=True, exist_ok=True)
     (env_dirs["XDG_CONFIG_HOME"] / "libvirt" / "libvirtd.conf").write_text(f'host_uuid = "{uuid.uuid4()}"\n')
     env_dirs["XDG_RUNTIME_DIR"].chmod(0o700)
+    (home / "dnsmasq").mkdir(exist_ok=True)
     subprocess.run(["chown", "-R", user, str(home)], check=True)
     env = {"HOME": str(home), "PATH": os.environ["PATH"], **{k: str(v) for k, v in env_dirs.items()}}
     with open(home / "libvirtd.log", "wb") as log:
-        proc = subprocess.Popen(["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
-                                 "libvirtd", "--timeout", "0"], stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _START,
+                                 "start", str(home / "dnsmasq"), user, *(f"{k}={v}" for k, v in env.items())],
+                                stdout=subprocess.DEVNULL, stderr=log)
     sock = env_dirs["XDG_RUNTIME_DIR"] / "libvirt" / "libvirt-sock"
     return proc, f"qemu+unix:///session?socket={sock}"
 
@@ -80,6 +98,7 @@ def two_hosts(start_timeout_s: float = 90) -> Iterator[LibvirtHosts]:
         raise HostsUnavailable("two libvirt session daemons need root (to switch user) and libvirtd installed")
     user = subprocess.run([str(REPO / "scripts" / "libvirt-session-user.sh")], check=True, capture_output=True,
                           text=True).stdout.strip()
+    subprocess.run([str(REPO / "scripts" / "libvirt-session-net.sh")], check=True)
     root = Path(tempfile.mkdtemp(prefix="metavmm-lv-"))
     root.chmod(0o755)
     procs, uris = [], []
@@ -112,6 +131,10 @@ def two_hosts(start_timeout_s: float = 90) -> Iterator[LibvirtHosts]:
             for name in out.stdout.split():
                 subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
                 subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
+            out = subprocess.run(["virsh", "-c", uri, "net-list", "--all", "--name"], capture_output=True, text=True)
+            for name in out.stdout.split():  # a started network's bridge outlives its daemon
+                subprocess.run(["virsh", "-c", uri, "net-destroy", name], capture_output=True)
+                subprocess.run(["virsh", "-c", uri, "net-undefine", name], capture_output=True)
         for proc in procs:
             proc.terminate()
         for proc in procs:

@@ -179,6 +179,17 @@ async def _follow(service: Any, caller: Any, cluster_id: str, interval: float) -
         await asyncio.sleep(interval)
 
 
+def _site_cidrs(given: tuple[str, ...]) -> dict[str, str]:
+    """``--site-cidr SITE=CIDR`` options as REST's ``cidrs``."""
+    out: dict[str, str] = {}
+    for item in given:
+        site, sep, cidr = item.partition("=")
+        if not sep or not site or not cidr:
+            raise ValidationError(f"--site-cidr {item!r}: give SITE=CIDR, like host0=10.20.0.0/24")
+        out[site] = cidr
+    return out
+
+
 def _project_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--project", default=DEFAULT_PROJECT, show_default=True, envvar="METAVMM_PROJECT",
                         help="the project that owns the class (and whose quota it counts against)")(fn)
@@ -211,6 +222,8 @@ def _project_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--site", "sites", multiple=True,
               help="the site (name or region); repeat it for a class over several sites")
 @click.option("--max-per-site", type=click.IntRange(1, 500), help="at most so many seats at one site")
+@click.option("--site-cidr", "site_cidrs", multiple=True, metavar="SITE=CIDR",
+              help="a class over several sites: the range of the network it makes at SITE (repeatable)")
 @click.option("--expires-in", type=click.FloatRange(min=0, min_open=True), help="hours until the class is deleted")
 @click.option("--wait", is_flag=True, help="follow the seats until each create ended (a broker runs them)")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 60))
@@ -221,8 +234,8 @@ def create_cmd(settings: Settings, name: str, seats: int, image: str | None, fla
                ram_mib: int | None, disk_gib: int, network_id: str | None, cidr: str | None, first_address: int,
                hostname_pattern: str, ssh_key: str | None, ssh_key_file: str | None, user_data_file: str | None,
                roster: str | None, ask_password: bool, password_hash: str | None, passwords_file: str | None,
-               strategy: str, sites: tuple[str, ...], max_per_site: int | None, expires_in: float | None,
-               wait: bool, interval: float, as_json: bool, project: str) -> None:
+               strategy: str, sites: tuple[str, ...], max_per_site: int | None, site_cidrs: tuple[str, ...],
+               expires_in: float | None, wait: bool, interval: float, as_json: bool, project: str) -> None:
     """Create a class of SEATS computes in one request, as POST /api/v1/clusters does."""
     from metavmm.services.clusters import ClusterRequest, check_template, render_hostname
 
@@ -237,6 +250,7 @@ def create_cmd(settings: Settings, name: str, seats: int, image: str | None, fla
         password_hash=password_hash, roster=read_roster(roster) if roster else (),
         strategy=strategy,  # type: ignore[arg-type]
         site=sites[0] if one_site else None, sites=() if one_site else sites, max_per_site=max_per_site,
+        cidrs=_site_cidrs(site_cidrs),
         expires_at=datetime.now(UTC) + timedelta(hours=expires_in) if expires_in else None)
     if passwords_file:
         req = replace(req, roster=generated_passwords(seats, req.roster, ask_password or bool(password_hash)))

@@ -108,6 +108,10 @@ class Driver(Protocol):
       returns once the VM runs there, with the finished job's figures where the provider keeps them
       (:class:`MigrationProgress`; None where it does not: a move faster than one poll of
       ``migration_progress`` is still counted).
+    - ``migrate_offline`` moves a *stopped* VM to another host of the provider and leaves it stopped (a
+      drain's move of a stopped VM, an offline move between hosts whose CPUs differ); already there is
+      success. Nova refuses to live-migrate a stopped server, so OpenStack cold-migrates it;
+      :class:`DriverBase` hands it to ``live_migrate``, which moves a stopped VM offline (the sim).
     - ``get_vm`` asks the provider for that one VM (a lookup by id, never a listing filtered here: a wait
       polls it); a VM the provider does not have is ``ProviderNotFound``.
     - ``create_vm`` returns as soon as the provider accepted the VM (state ``pending`` or later);
@@ -160,6 +164,7 @@ class Driver(Protocol):
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo: ...
     async def export_image(self, image_id: str, dest_dir: str) -> DiskRef: ...
     async def live_migrate(self, vm_id: str, target_host: str) -> MigrationProgress | None: ...
+    async def migrate_offline(self, vm_id: str, target_host: str) -> None: ...
     async def migration_progress(self, vm_id: str) -> MigrationProgress | None: ...
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None: ...
     async def console_output(self, vm_id: str) -> str: ...
@@ -372,6 +377,10 @@ class DriverBase:
 
     async def live_migrate(self, vm_id: str, target_host: str) -> MigrationProgress | None:
         raise self._unsupported("live_migrate")
+
+    async def migrate_offline(self, vm_id: str, target_host: str) -> None:
+        """A provider whose live migration also moves a stopped VM (offline) needs nothing more."""
+        await self.live_migrate(vm_id, target_host)
 
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None) -> None:
         raise self._unsupported("resize_vm")

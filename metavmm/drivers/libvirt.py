@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import os
 import re
@@ -885,7 +886,8 @@ class LibvirtDriver(DriverBase):
         name = f"mv-{spec.workload_id}" if spec.workload_id else spec.name
         if not _SAFE_NAME.fullmatch(name):
             raise ValidationError(f"{self.name}: network name {name!r} must match {_SAFE_NAME.pattern}")
-        xml = f"<network><name>{escape(name)}</name><bridge stp='on' delay='0'/>{_dhcp_xml(spec.cidr)}</network>"
+        xml = (f"<network><name>{escape(name)}</name><bridge name='{bridge_name(name)}' stp='on' delay='0'/>"
+               f"{_dhcp_xml(spec.cidr)}</network>")
 
         def create(conn: libvirt.virConnect) -> NetworkInfo:
             net = conn.networkDefineXML(xml)
@@ -1300,6 +1302,15 @@ def _dhcp_xml(cidr: str | None) -> str:
     start, end = net.network_address + max(2, hosts // 2 + 1), net.broadcast_address - 1
     return (f"<ip address='{net.network_address + 1}' netmask='{net.netmask}'>"
             f"<dhcp><range start='{start}' end='{end}'/></dhcp></ip>")
+
+
+def bridge_name(network: str) -> str:
+    """The bridge of the broker's network ``network``: ``mv`` and 12 hex digits of its name's hash (an
+    interface name has at most 15 characters). Named by the broker, not by libvirt's first free
+    ``virbrN``: that pick sees only the daemon's own networks, so two daemons on one machine (a system and a
+    session daemon, two session daemons) picked the same name, and the second network failed to start
+    ("error creating bridge interface virbr0: File exists")."""
+    return "mv" + hashlib.sha256(network.encode()).hexdigest()[:12]
 
 
 def _dhcp_hosts(net: libvirt.virNetwork) -> dict[str, tuple[str, str]]:

@@ -41,6 +41,7 @@ from metavmm.foundation.errors import (
     ProviderQuotaExceeded,
     ProviderThrottled,
     ProviderUnavailable,
+    UnsupportedOperation,
     ValidationError,
 )
 from metavmm.foundation.records import (
@@ -471,29 +472,63 @@ class OpenStackDriver(DriverBase):
         Nova moves the server (possibly to another host) and waits in VERIFY_RESIZE; the broker's own plan
         verifies the result, so the resize is confirmed here.
         """
-        vm = await self.get_vm(vm_id)
-        if vm.state != VmState.STOPPED:
-            raise ProviderConflict(f"server {vm_id} is {vm.state}; stop it before resizing", provider=self.name,
-                                   operation="resize_vm")
+        vm = await self._stopped(vm_id, "resize_vm", "before resizing")
         region, sid = self._split(vm_id, "resize_vm")
         spec = VmSpec(name=vm.name, region=region, image="", vcpus=vcpus, ram_mib=ram_mib, flavor=flavor)
         await self._sdk(region, "resize_vm", lambda c: c.compute.resize_server(sid, self._pick_flavor(c, spec)))
+        await self._confirmed(vm_id, "resize_vm", f"resize of {vm_id}", timeout_s)
+
+    async def migrate_offline(self, vm_id: str, target_host: str, timeout_s: float = 180) -> None:
+        """Move a stopped server to nova host ``target_host`` by a cold migration (nova's ``migrate``, which
+        takes a host from microversion 2.56; nova refuses to live-migrate a stopped server) and confirm it:
+        the server is SHUTOFF at ``target_host`` on return. Already there: nothing to do (a re-run)."""
+        vm = await self._stopped(vm_id, "migrate_offline", "before an offline move (a running one moves live)")
+        if vm.host == target_host:
+            return
+        region, sid = self._split(vm_id, "migrate_offline")
+
+        def migrate(conn: openstack.connection.Connection) -> None:
+            try:
+                conn.compute.migrate_server(sid, host=target_host)
+            except ValueError as exc:  # openstacksdk: the cloud's microversion takes no host
+                raise UnsupportedOperation(f"{self.name}: migrate_offline: {exc}") from None
+
+        await self._sdk(region, "migrate_offline", migrate)
+        await self._confirmed(vm_id, "migrate_offline", f"cold migration of {vm_id} to {target_host}", timeout_s,
+                              host=target_host)
+
+    async def _stopped(self, vm_id: str, operation: str, why: str) -> VmInfo:
+        vm = await self.get_vm(vm_id)
+        if vm.state != VmState.STOPPED:
+            raise ProviderConflict(f"server {vm_id} is {vm.state}; stop it {why}", provider=self.name,
+                                   operation=operation)
+        return vm
+
+    async def _confirmed(self, vm_id: str, operation: str, what: str, timeout_s: float,
+                         host: str | None = None) -> None:
+        """Wait for a resize or cold migration of a stopped server nova accepted: confirm it at VERIFY_RESIZE,
+        return once the server is SHUTOFF again with no task (at ``host`` when given). Nova sets the task
+        before it answers, so SHUTOFF without one elsewhere than ``host`` before the confirm is a move nova
+        gave up (its scheduler found no valid host)."""
+        region, sid = self._split(vm_id, operation)
         deadline = asyncio.get_running_loop().time() + timeout_s
         confirmed = False
         while True:
             vm = await self.get_vm(vm_id)
             native = vm.extra.get("native_state")
+            settled = vm.state == VmState.STOPPED and not vm.extra.get("task_state")
             if native == "VERIFY_RESIZE" and not confirmed:
-                await self._sdk(region, "resize_vm", lambda c: c.compute.confirm_server_resize(sid))
+                await self._sdk(region, operation, lambda c: c.compute.confirm_server_resize(sid))
                 confirmed = True
-            elif vm.state == VmState.ERROR:
-                raise DriverError(f"resize of {vm_id} failed" + (f": {vm.extra['fault']}" if vm.extra.get("fault")
-                                                                  else ""), provider=self.name, operation="resize_vm")
-            elif confirmed and vm.state == VmState.STOPPED and not vm.extra.get("task_state"):
+            elif vm.state == VmState.ERROR or (settled and not confirmed and host not in (None, vm.host)):
+                raise DriverError(f"{what} failed; the server is {native} on {vm.host}"
+                                  + (f": {vm.extra['fault']}" if vm.extra.get("fault") else ""),
+                                  provider=self.name, operation=operation)
+            elif settled and (confirmed or host is not None):
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise DriverError(f"resize of {vm_id} did not finish in {timeout_s:.0f} s (status {native})",
-                                  provider=self.name, operation="resize_vm")
+                raise DriverError(f"{what} did not finish in {timeout_s:.0f} s (status {native})",
+                                  provider=self.name, operation=operation)
             await asyncio.sleep(0.3)
 
     # --- images ---------------------------------------------------------------------------------

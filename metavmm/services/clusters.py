@@ -47,6 +47,7 @@ from metavmm.catalog.models import (
     Operation,
     OperationState,
     Project,
+    Site,
     Workload,
     WorkloadKind,
     WorkloadLink,
@@ -116,6 +117,8 @@ class ClusterRequest:
     strategy: Literal["spread", "pack"] = "spread"
     site: str | None = None
     sites: tuple[str, ...] = ()  # a class over several sites (names or regions; with cidr: a network at each)
+    cidrs: Mapping[str, str] = field(default_factory=dict)  # a class over several sites: a range per site (name
+    # or region of `sites` -> cidr), for sites that share no network segment or must not overlap; others take cidr
     max_per_site: int | None = None  # at most so many seats at one site (the class spreads over sites)
     expires_at: datetime | None = None
     project_id: int | None = None  # admins only: another project
@@ -266,9 +269,9 @@ class ClusterService:
                               sites: Sequence[str]) -> tuple[dict[str, Workload], list[Operation]]:
         """The class network at each of ``sites``: the existing one the class was given (it is at the
         class's one site), or, for a class with a ``cidr``, the one it made there, made now (with the
-        same range: seat ``n`` keeps its address whichever site it is at) where it has none yet. A
-        network stays at one site, so a class over several sites gets one at each site it uses; the
-        template's ``networks`` maps each site to the one the class made there."""
+        same range: seat ``n`` keeps its address whichever site it is at; or the site's own range from
+        ``cidrs``) where it has none yet. A network stays at one site, so a class over several sites gets
+        one at each site it uses; the template's ``networks`` maps each site to the one the class made there."""
         tpl = cluster.template
         out: dict[str, Workload] = {}
         ops: list[Operation] = []
@@ -278,11 +281,12 @@ class ClusterService:
         made: dict[str, str] = dict(tpl.get("networks") or {})
         for site in dict.fromkeys(sites):
             row = await session.get(Workload, made[site]) if site in made else None
-            if row is None and tpl.get("cidr") and site not in made:
+            cidr = await _site_range(session, tpl, site) if site not in made else None
+            if row is None and cidr:
                 several = bool(tpl.get("sites") or tpl.get("max_per_site"))
                 name = f"{cluster.name}-net-{len(made) + 1}" if several else f"{cluster.name}-net"
                 done = await self.workloads.create_in(session, cluster.project_id, CreateRequest(
-                    kind=WorkloadKind.NETWORK, name=name, cidr=tpl["cidr"], site=site))
+                    kind=WorkloadKind.NETWORK, name=name, cidr=cidr, site=site))
                 row = done.workload
                 ops.append(done.operation)
                 made[site] = row.id
@@ -569,17 +573,45 @@ def check_template(req: ClusterRequest) -> None:
             raise ValidationError(f"roster line {i}: {exc}") from None
         if len(seat.owner) > 255:
             raise ValidationError(f"roster line {i}: the name is longer than 255 characters")
-    if req.cidr is not None:
-        net = ipaddress.IPv4Network(req.cidr, strict=False) if _is_net(req.cidr) else None
-        if net is None:
-            raise ValidationError(f"cidr {req.cidr!r} is not an IPv4 network like 10.20.0.0/24")
-        _check_room(net, req.first_address, req.seats)
+    _check_cidrs(req)
     if req.expires_at is not None:
         at = req.expires_at if req.expires_at.tzinfo else req.expires_at.replace(tzinfo=UTC)
         if at <= utcnow():
             raise ValidationError(f"expires_at {at.isoformat()} is in the past")
     if req.first_address < 2:
         raise ValidationError("first_address must be at least 2 (host 1 of the range is the gateway)")
+
+
+def _check_cidrs(req: ClusterRequest) -> None:
+    """The class's range, and the per-site ranges of a class over several sites: each a network with room
+    for every seat's address (a seat keeps its serial's host number whichever site it is at)."""
+    if req.cidrs:
+        if not req.sites:
+            raise ValidationError("cidrs gives each site of a class over several sites its range: name them in sites")
+        unknown = sorted(set(req.cidrs) - set(req.sites))
+        if unknown:
+            raise ValidationError(f"cidrs names {', '.join(unknown)}, not among the class's sites")
+        if req.cidr is None and set(req.cidrs) != set(req.sites):
+            rest = ", ".join(sorted(set(req.sites) - set(req.cidrs)))
+            raise ValidationError(f"cidrs gives no range to {rest}: give each site one, or a cidr for the rest")
+    for what, cidr in ([("cidr", req.cidr)] if req.cidr is not None else []) + [
+            (f"cidrs[{k}]", v) for k, v in req.cidrs.items()]:
+        net = ipaddress.IPv4Network(cidr, strict=False) if _is_net(cidr) else None
+        if net is None:
+            raise ValidationError(f"{what} {cidr!r} is not an IPv4 network like 10.20.0.0/24")
+        _check_room(net, req.first_address, req.seats)
+
+
+async def _site_range(session: AsyncSession, tpl: dict[str, Any], site: str) -> str | None:
+    """The range of the network a class makes at ``site`` (a catalog site's name): the template's for
+    that site in ``cidrs`` (by its name or region), else its ``cidr``; None: the class makes no network."""
+    cidrs = tpl.get("cidrs") or {}
+    if cidrs:
+        region = (await session.exec(select(Site.region).where(Site.name == site))).first()
+        own = cidrs.get(site) or (cidrs.get(region) if region else None)
+        if own:
+            return str(own)
+    return tpl.get("cidr")
 
 
 def _check_password(password: str | None, password_hash: str | None, user_data: str | None) -> None:
@@ -627,6 +659,7 @@ def _template(req: ClusterRequest, explained: dict[str, Any]) -> dict[str, Any]:
     return {"seats": req.seats, "image": req.image, "flavor": req.flavor, "vcpus": req.vcpus,
             "ram_mib": req.ram_mib, "disk_gib": req.disk_gib, "gpu_model": req.gpu_model, "gpu_count": req.gpu_count,
             "first_address": req.first_address, "hostname_pattern": req.hostname_pattern, "cidr": req.cidr,
+            "cidrs": dict(req.cidrs),
             "ssh_key": req.ssh_key, "user_data": req.user_data, "password_hash": req.password_hash,
             "strategy": req.strategy, "site": req.site, "sites": list(req.sites), "max_per_site": req.max_per_site,
             "roster": [{"owner": s.owner, "ssh_key": s.ssh_key, "user_data": s.user_data,

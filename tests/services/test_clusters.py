@@ -310,3 +310,41 @@ async def test_a_class_over_several_sites_gets_its_network_at_each_site_it_uses(
     seat_ops = {op.id for op in ops if op.target_id not in networks.values()}
     for op in last:  # each network's delete waits for every seat's
         assert {st["args"]["operation_id"] for st in op.steps if st["action"] == "operation.wait"} >= seat_ops
+
+
+async def test_a_class_over_several_sites_may_give_each_site_its_own_range(
+        svc: tuple[ClusterService, World]) -> None:
+    """``cidrs``: the network the class makes at each site has that site's range (by site name or region),
+    and each seat's address is its serial's host number in its own site's range, a scale's too."""
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    probe = await clusters.create(alpha, ClusterRequest(name="probe", seats=2, vcpus=1, ram_mib=256,
+                                                        max_per_site=1))  # the world's two sites' names
+    sites = sorted(s.workload.spec["placement"]["site"] for s in probe.seats)
+    await clusters.delete(alpha, probe.cluster.id)
+    ranges = {sites[0]: "10.41.0.0/24", sites[1]: "10.42.0.0/24"}
+    view = await clusters.create(alpha, ClusterRequest(name="apart", seats=2, vcpus=1, ram_mib=256, max_per_site=1,
+                                                       sites=tuple(sites), cidrs=ranges))
+    networks = view.cluster.template["networks"]
+    nets = {n.id: n for n in await rows(w, Workload, col(Workload.id).in_(networks.values()))}
+    assert {site: nets[nid].spec["cidr"] for site, nid in networks.items()} == ranges
+    for seat in view.seats:
+        net = ranges[seat.workload.spec["placement"]["site"]]
+        assert seat.address == f"{net[:-5]}.{9 + seat.serial}/24"
+    fewer = await clusters.scale(alpha, view.cluster.id, 1)  # down to one, then a second again: same site, range
+    assert len(fewer.seats) == 1
+    back = await clusters.scale(alpha, view.cluster.id, 2)
+    assert [s.address for s in back.seats] == [s.address for s in view.seats]
+    for req, message in (
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, cidrs={"a": "10.1.0.0/24"}), "name them in sites"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, sites=("a", "b"), cidrs={"c": "10.1.0.0/24"}),
+             "cidrs names c, not among"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, sites=("a", "b"), cidrs={"a": "10.1.0.0/24"}),
+             "gives no range to b"),
+            (ClusterRequest(name="x", seats=2, vcpus=1, ram_mib=256, sites=("a", "b"), cidrs={"a": "nope"},
+                            cidr="10.2.0.0/24"), r"cidrs\[a\] 'nope' is not an IPv4 network"),
+            (ClusterRequest(name="x", seats=20, vcpus=1, ram_mib=256, sites=("a", "b"), cidrs={"a": "10.1.0.0/29"},
+                            cidr="10.2.0.0/24"), "do not fit"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            await clusters.create(alpha, req)

@@ -280,7 +280,7 @@ async def test_a_host_no_policy_covers_drains_within_its_site_stopped_vms_includ
     assert [await b.host_of(w) for w in (up, down, napping)] == [H1, H1, H0]
     relocated = next(o for o in moved if o.target_id == down)
     assert relocated.kind == "cold_migrate" and relocated.params["rebalance"]["rule"] == "maintenance"
-    assert [s["action"] for s in relocated.steps] == ["workload.note", "vm.live_migrate", "workload.record"]
+    assert [s["action"] for s in relocated.steps] == ["workload.note", "vm.migrate_offline", "workload.record"]
     async with b.sessions() as session:
         assert (await session.get(Workload, down)).observed_state == "stopped"  # moved, not started
 

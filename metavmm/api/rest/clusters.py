@@ -72,6 +72,9 @@ class ClusterCreate(BaseModel):
         "a network with that range at each site it uses): the batch placement chooses among them")
     max_per_site: int | None = Field(default=None, ge=1, le=MAX_SEATS,
                                      description="at most so many seats at one site (spreads the class over sites)")
+    cidrs: dict[Annotated[str, Field(min_length=1, max_length=160)], Annotated[str, Field(max_length=18)]] = Field(
+        default_factory=dict, max_length=64, description="a class over several sites: a range per site (a name or "
+        "region of sites -> cidr) for the network the class makes there; sites left out take cidr")
     expires_at: datetime | None = Field(default=None, description="the class is deleted then")
     project_id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="admins only: another project")
 
@@ -139,7 +142,7 @@ def request_of(body: ClusterCreate) -> ClusterRequest:
         password=body.password, password_hash=body.password_hash,
         roster=tuple(Seat(r.owner, r.ssh_key, r.user_data, r.password, r.password_hash) for r in body.roster),
         strategy=body.strategy, site=body.site, sites=tuple(body.sites), max_per_site=body.max_per_site,
-        expires_at=body.expires_at, project_id=body.project_id)
+        cidrs=dict(body.cidrs), expires_at=body.expires_at, project_id=body.project_id)
 
 
 @api.route("GET", "/clusters", summary="List your project's clusters with each seat's state",

@@ -5,8 +5,8 @@ workload goes and whether it can move live; this module turns each :class:`Move`
 
 - ``live``: :func:`flows.live_migrate` to the target host (the same provider);
 - ``cold`` to another provider: :func:`flows.cold_migrate` (export, convert, import, boot, verify);
-- ``cold`` inside one provider (hosts with different CPUs): :func:`relocate`, an offline move
-  (stop, move to the target host, start, verify).
+- ``cold`` inside one provider (hosts with different CPUs, a stopped VM a drain takes): :func:`relocate`,
+  an offline move (stop, move to the target host with the driver's ``migrate_offline``, start, verify).
 
 A whole plan (evacuate a host or a site, rebalance a site) runs as one child operation per move and a
 parent ``migrate_batch`` operation that waits on them (see :mod:`.batch_actions`): the caller follows and
@@ -66,8 +66,7 @@ async def relocate_plan(engine: Engine, workload_id: str, *, target_host: str,
     if workload.observed_state != "stopped":
         steps += [Step("stop", "vm.power", {**at, "verb": "stop"}, compensate="vm.start"),
                   Step("wait-stopped", "vm.wait", {**at, "state": "stopped", "timeout_s": 300})]
-    steps += [Step("move", "vm.live_migrate", {**at, "target_provider": provider, "target_host": target_host},
-                  weight=3, commit=True)]
+    steps += [Step("move", "vm.migrate_offline", {**at, "target_host": target_host}, weight=3, commit=True)]
     if was_running:
         steps += [Step("start", "vm.power", {**at, "verb": "start"}),
                   Step("verify-target", "vm.wait", {**at, "state": "running", "timeout_s": 300, "stable_s": 1.0})]

@@ -271,6 +271,21 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
     return {"vm_id": vm.provider_vm_id, **choice.as_params()}
 
 
+@action("vm.migrate_offline")
+async def migrate_offline(ctx: StepContext, *, provider: str, workload_id: str, target_host: str,
+                          **_: Any) -> dict[str, Any]:
+    """Move a stopped VM to ``target_host`` of its provider, left stopped (the driver's
+    ``migrate_offline``: a confirmed cold migration on nova, which refuses to live-migrate a stopped
+    server). Already there is success: a crash after the move but before the step was recorded re-runs it."""
+    vm = await require_vm(ctx, provider, workload_id)
+    if vm.host == target_host:
+        await ctx.log(f"already on {target_host}")
+        return {"vm_id": vm.provider_vm_id}
+    await ctx.log(f"offline move of {vm.provider_vm_id} from {vm.host} to {target_host}")
+    await ctx.driver(provider).migrate_offline(vm.provider_vm_id, target_host)
+    return {"vm_id": vm.provider_vm_id}
+
+
 def _planned_mode(ctx: StepContext, mode: dict[str, Any] | None) -> live_mode.LiveMode:
     """The mode the plan chose: in the step's arguments when the memory size settled it, else what the
     measure step (``vm.live_mode``) chose by the dirty rate; pre-copy for plans without either."""

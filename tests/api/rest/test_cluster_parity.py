@@ -119,9 +119,9 @@ def is_hash_of(password: str, hashed: str) -> bool:
 
 async def test_sites_and_roster_passwords_are_the_same_class_from_rest_and_the_cli(
         world: tuple[Any, World], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """``--site`` (repeated), ``--max-per-site`` and a CSV roster with passwords make the class REST's
-    ``sites``, ``max_per_site`` and roster lines make; no password is on the command line, in the output or
-    in a log line; ``--generate-passwords`` writes the only copy of each seat's to a new 0600 file."""
+    """``--site`` (repeated), ``--max-per-site``, ``--site-cidr`` and a CSV roster with passwords make the class
+    REST's ``sites``, ``max_per_site``, ``cidrs`` and roster lines make; no password is on the command line, in
+    the output or in a log line; ``--generate-passwords`` writes the only copy of each seat's to a new 0600 file."""
     client, w = world
     caplog.set_level(logging.DEBUG)
     alpha = w.auth("alpha_member")
@@ -130,14 +130,16 @@ async def test_sites_and_roster_passwords_are_the_same_class_from_rest_and_the_c
     assert len(sites) == 2
     template = {"seats": 3, "vcpus": 1, "ram_mib": 256, "max_per_site": 2}
     resp = await client.post(f"{API}/clusters", headers=alpha, json={
-        "name": "rest-wide", **template, "sites": sites, "cidr": "10.41.0.0/24", "roster": [
+        "name": "rest-wide", **template, "sites": sites, "cidr": "10.41.0.0/24", "cidrs": {sites[0]: "10.43.0.0/24"},
+        "roster": [
             {"owner": "ada", "password": "ada-pass-31"}, {"owner": "bob", "password": "bob-pass-47"}]})
     assert resp.status == 202, await resp.text()
     roster = tmp_path / "roster.csv"
     roster.write_text("# a CSV roster\nname,password\nada,ada-pass-31\nbob,bob-pass-47\n")
     code, out, err = await cli(w, tmp_path, "cluster", "create", "cli-wide", "--seats", "3", "--vcpus", "1",
                                "--ram-mib", "256", "--site", sites[0], "--site", sites[1], "--max-per-site", "2",
-                               "--cidr", "10.42.0.0/24", "--roster", str(roster), "--ask-password",
+                               "--cidr", "10.42.0.0/24", "--site-cidr", f"{sites[0]}=10.44.0.0/24",
+                               "--roster", str(roster), "--ask-password",
                                "--project", "alpha",
                                stdin="class-pass-59\nclass-pass-59\n")
     assert code == 0, err
@@ -146,6 +148,9 @@ async def test_sites_and_roster_passwords_are_the_same_class_from_rest_and_the_c
     rest_rows, cli_rows = await seats_of(w, "rest-wide"), await seats_of(w, "cli-wide")
     assert shape_of(rest_rows, "rest-wide") == shape_of(cli_rows, "cli-wide")
     assert sorted(Counter(wl.spec["placement"]["site"] for _, wl, _ in cli_rows).values()) == [1, 2]
+    for rows, own, rest in ((rest_rows, "10.43.", "10.41."), (cli_rows, "10.44.", "10.42.")):  # --site-cidr: cidrs
+        assert [str(seat.address).startswith(own if wl.spec["placement"]["site"] == sites[0] else rest)
+                for seat, wl, _ in rows] == [True] * 3
     assert [seat.owner for seat, _, _ in cli_rows] == ["ada", "bob", ""]
     for rows in (rest_rows, cli_rows):
         assert [is_hash_of(p, seat_password_hash(op)) for p, (_, _, op) in zip(

@@ -19,7 +19,7 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica, Operation, Site
 from metavmm.foundation.config import parse_config
 from metavmm.services.clusters import ClusterRequest, ClusterService
-from metavmm.services.identity import operator_identity
+from metavmm.services.identity import Identity, operator_identity
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
@@ -75,22 +75,28 @@ def backing(disk: str) -> str:
     return str(info.get("full-backing-filename") or info.get("backing-filename"))
 
 
-async def test_a_class_of_three_linked_clones_runs_resets_and_leaves_nothing(
-        engine: Engine, libvirt_hosts: LibvirtHosts) -> None:
-    async with session_scope(engine.sessions) as s:  # the base image, already at both hosts (one file)
-        image = Image(name="tiny", visibility="public", publisher="tests", format="qcow2")
+async def class_setup(engine: Engine, disk: Path) -> tuple[ClusterService, Identity, str]:
+    """The cluster service over ``engine``, its operator, and the id of an image whose replica at every
+    site is ``disk`` (one file both hosts read)."""
+    async with session_scope(engine.sessions) as s:
+        image = Image(name=disk.stem, visibility="public", publisher="tests", format="qcow2")
         s.add(image)
         await s.flush()
         for site in (await s.exec(select(Site))).all():
-            s.add(ImageReplica(image_id=image.id, site_id=site.id or 0, format="qcow2",
-                               provider_image_id=str(libvirt_hosts.base_image)))
+            s.add(ImageReplica(image_id=image.id, site_id=site.id or 0, format="qcow2", provider_image_id=str(disk)))
         caller = await operator_identity(s)
         image_id = image.id
-    clusters = ClusterService(WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config)))
+    return ClusterService(WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))), caller, \
+        image_id
+
+
+async def test_a_class_of_three_linked_clones_runs_resets_and_leaves_nothing(
+        engine: Engine, libvirt_hosts: LibvirtHosts) -> None:
+    clusters, caller, image_id = await class_setup(engine, libvirt_hosts.base_image)
     await engine.start(run_steps=True, poll_s=0.05)
     try:
         view = await clusters.create(caller, ClusterRequest(name="lv-lab", seats=3, vcpus=1, ram_mib=64,
-                                                            image=image_id))  # (a session daemon makes no bridge)
+                                                            image=image_id))
         done = await ended(engine.sessions, list(view.operations))
         assert [op.state for op in done] == ["succeeded"] * 3, [op.error for op in done]
         view = await clusters.get(caller, view.cluster.id)
