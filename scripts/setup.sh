@@ -38,3 +38,5 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 if [ "$mode" = test ]; then scripts/nova-env.sh; scripts/glance-env.sh; fi  # real nova and glance for the OpenStack tests
+# the two-daemon libvirt tests plug guests into the networks their session daemons make
+if [ "$mode" = test ]; then SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"; $SUDO scripts/libvirt-session-net.sh; fi
