@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.ui.browser import CHROMEDRIVER, CHROMIUM, Broker, chromium, login, wait
+from tests.api.ui.browser import CHROMEDRIVER, CHROMIUM, Broker, chromium, login, wait, watch_create_go_live
 from tests.world import ALPHA_MARK, World, seed
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -167,12 +167,7 @@ def test_explainer_table_is_the_rest_explanation_and_a_create_goes_live(broker: 
     name.clear()
     name.send_keys("ui-created-vm")
     browser.find_element(By.ID, "create-button").click()
-    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Workload ui-created-vm")
-    browser.execute_script("window.__no_reload = true;")
-    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#workload .wl-state").text == "running")
-    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#operations tbody tr").get_attribute("data-state")
-          == "succeeded")
-    assert browser.execute_script("return window.__no_reload === true;")  # updated in place, never reloaded
+    watch_create_go_live(browser, "ui-created-vm")
     log = browser.find_element(By.ID, "event-log").text
     assert "step create done" in log and "succeeded" in log  # the history arrived as it happened
     assert {li.get_attribute("data-step-state") for li in browser.find_elements(By.CSS_SELECTOR, "ol.steps li")} \
