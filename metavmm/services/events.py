@@ -5,11 +5,17 @@ state change, step and progress line, so the stream needs no broker-side bus, se
 worker wrote, and resumes exactly: an event's id is its row id, and ``Last-Event-ID`` asks for rows
 after it. A :class:`Cursor` also reports, without an id (nothing to resume), progress that moved without
 a history line and the state of each workload an operation touches when it changed since last told.
+Two more kinds are read from the catalog as it is and compared with what the stream last said, so they
+have no id either: ``sync``, each provider's sync result when it changed (a sync that succeeded again
+moves its time, one that failed sets its error), and ``alert``, the alerts of :mod:`metavmm.services.alerts`
+raised or cleared since the last look (the first look sends those standing, so a client starts from
+what needs attention now; alerts are looked at every ``alerts_every_s``, their queries being the costly ones).
 Messages pass through the log redaction: a provider error that quotes a signed URL reaches no browser.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +24,19 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from metavmm.catalog.models import AutoscaleDecision, AutoscaleGroup, Operation, OperationEvent, Workload, aware
+from metavmm.catalog.models import (
+    AutoscaleDecision,
+    AutoscaleGroup,
+    Operation,
+    OperationEvent,
+    Provider,
+    Workload,
+    aware,
+)
 from metavmm.foundation.logs import redact
+from metavmm.scheduler.pricing import RateTable
+from metavmm.services import alerts
+from metavmm.services.alerts import Alert
 from metavmm.services.identity import Identity
 from metavmm.services.operations.plan import transfer_of
 from metavmm.services.operations.store import ACTIVE
@@ -30,7 +47,7 @@ PAGE = 200
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # operation, progress, workload
+    kind: str  # operation, progress, workload, autoscale, sync, alert
     data: dict[str, Any]
     id: int | None = None  # set on operation events only: the resume point
 
@@ -44,6 +61,11 @@ class Cursor:
     progress: dict[str, float] = field(default_factory=dict)
     workloads: dict[str, tuple[str, str]] = field(default_factory=dict)
     decisions_after: int | None = None  # the last auto-scaling decision sent; None: from the stream's start
+    rates: RateTable | None = None  # the federation's rate table, for the price alerts; None: no alert events
+    alerts_every_s: float = 5.0
+    syncs: dict[str, tuple[Any, ...]] | None = None  # each provider's sync result last seen; None: not looked yet
+    alerts: dict[str, Alert] | None = None  # the alerts last told, by key; None: not looked yet
+    alerts_at: float = float("-inf")  # when (the loop's monotonic clock) alerts were last looked at
 
     def __post_init__(self) -> None:
         if self.decisions_after is None and self.after == 0:  # a replay of the history replays decisions too
@@ -89,7 +111,34 @@ class Cursor:
                         out.append(Event("workload", {"workload": wid, "name": name, "state": observed,
                                                       "desired_state": desired}))
             out += await self._decisions(session)
+            out += await self._syncs(session)
+            out += await self._alerts(session)
         return out
+
+    async def _syncs(self, session: AsyncSession) -> list[Event]:
+        """Providers whose sync result changed since the last look (the first look only notes them): one
+        small query of the provider table at every poll."""
+        rows = (await session.exec(select(Provider.name, Provider.kind, Provider.synced_at, Provider.sync_error,
+                                          Provider.sync_failures).order_by(col(Provider.name)))).all()
+        seen, self.syncs = self.syncs, {name: (at, error, failures) for name, _, at, error, failures in rows}
+        if seen is None:
+            return []
+        return [Event("sync", {"provider": name, "kind": kind, "result": "error" if error else "ok",
+                               "synced_at": aware(at).isoformat() if at else None,
+                               "error": redact(error) if error else None, "failures": failures})
+                for name, kind, at, error, failures in rows if seen.get(name) != (at, error, failures)]
+
+    async def _alerts(self, session: AsyncSession) -> list[Event]:
+        """The alerts raised (new, or their message changed) and cleared since the last look, at most every
+        ``alerts_every_s``."""
+        now = time.monotonic()
+        if self.rates is None or now - self.alerts_at < self.alerts_every_s:
+            return []
+        self.alerts_at = now
+        standing = {a.key: a for a in await alerts.current(session, self.identity, self.rates)}
+        told, self.alerts = self.alerts or {}, standing
+        out = [Event("alert", {**a.as_dict(), "state": "raised"}) for k, a in standing.items() if told.get(k) != a]
+        return out + [Event("alert", {**a.as_dict(), "state": "cleared"}) for k, a in told.items() if k not in standing]
 
     async def _decisions(self, session: AsyncSession) -> list[Event]:
         """Auto-scaling decisions written since the last call (``autoscale`` events, without an id: they

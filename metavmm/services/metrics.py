@@ -67,7 +67,8 @@ IMAGE_LIST_AGE = Gauge("metavmm_image_list_age_seconds", "Seconds since an image
 IMAGE_LIST_FAILING = Gauge("metavmm_image_list_failing", "1 when a subscription's last sync was refused or its "
                            "list expired (its images are then not launchable), else 0", ["subscription"])
 DATA_BYTES = Counter("metavmm_data_bytes", "Disk bytes the data path wrote: exports and conversions of migrations, "
-                     "images fetched for replication and launches, disks imported at a target", ["what"])
+                     "images fetched for replication and launches, disks imported at a target, live "
+                     "migrations' memory and disks", ["what"])
 
 
 def operation_ended(kind: str, state: str, started: datetime, ended: datetime) -> None:

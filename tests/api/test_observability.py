@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.observability import metrics_app
-from metavmm.catalog.models import Price
+from metavmm.catalog.db import session_scope
+from metavmm.catalog.models import Price, Quota
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
 from metavmm.services.operations import store
@@ -336,3 +337,46 @@ async def test_a_busy_catalog_at_a_recheck_keeps_the_stream_until_checks_keep_fa
     monkeypatch.setattr(events_api, "authenticate", always_busy)
     tail = await read_until(alpha, lambda f: False)
     assert [f[0] for f in tail][-2:] == ["end", "<closed>"] and "catalog is busy" in tail[-2][1]["reason"]
+
+
+async def test_the_stream_tells_sync_results_and_alerts_raised_and_cleared(aiohttp_client: Any,
+                                                                           sqlite_url: str) -> None:
+    """``sync`` events carry each provider's sync result when it changes (a real failing sync: the sim made
+    unreachable), ``alert`` events the alerts raised and cleared since the stream last looked, in the
+    caller's scope: alpha's quota at 100 % reaches alpha's member and not beta's; a failed sync (federation
+    wide) reaches both, and is cleared by the next good sync. Before, the stream carried neither kind."""
+    app = create_app(parse_config(CONFIG.replace("events_poll_s: 0.05", "events_poll_s: 0.05, events_recheck_s: 0.2")),
+                     sqlite_url, sync=False)
+    client = await aiohttp_client(app)
+    w = await seed(app)
+    await sync_all(app[keys.SESSIONS], app[keys.CONFIG])
+    alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
+    beta = await client.get(f"{API}/events", headers=_follow(w, "beta_member"))
+    async with session_scope(app[keys.SESSIONS]) as s:
+        s.add(Quota(project_id=w.ids["alpha"], resource="vcpus", limit=1))
+    await _create(client, w, "alpha_member", "fills-the-quota")
+    quota = await read_until(alpha, lambda f: f[0] == "alert" and f[1]["kind"] == "quota")
+    assert quota[-1][1] | {"message": ""} == {"kind": "quota", "what": "alpha: vcpus", "message": "", "href": None,
+                                               "key": "quota:alpha: vcpus", "state": "raised"}
+    assert quota[-1][1]["message"].startswith("1 of 1 used")
+
+    sim = app[keys.OPERATIONS].executor.drivers.get("sima")
+    sim.ex_set_reachable(False)
+    (failed,) = await sync_all(app[keys.SESSIONS], app[keys.CONFIG])
+    assert failed.error
+    for stream in (alpha, beta):
+        frames = await read_until(stream, lambda f: f[0] == "alert" and f[1]["kind"] == "sync")
+        (told,) = [f[1] for f in frames if f[0] == "sync"]
+        assert (told["provider"], told["kind"], told["result"], told["failures"]) == ("sima", "sim", "error", 1)
+        assert told["error"] == failed.error and frames[-1][1]["what"] == "sima" and frames[-1][1]["state"] == "raised"
+        if stream is beta:  # alpha's quota is none of beta's business
+            assert not [f for f in frames if f[0] == "alert" and f[1]["kind"] == "quota"]
+    sim.ex_set_reachable(True)
+    (good,) = await sync_all(app[keys.SESSIONS], app[keys.CONFIG])
+    assert good.error is None
+    frames = await read_until(alpha, lambda f: f[0] == "alert" and f[1]["state"] == "cleared")
+    (told,) = [f[1] for f in frames if f[0] == "sync"]
+    assert (told["result"], told["error"], told["failures"]) == ("ok", None, 0) and told["synced_at"]
+    assert frames[-1][1]["key"] == "sync:sima"
+    alpha.close()
+    beta.close()

@@ -1,4 +1,5 @@
-"""The event stream: server-sent events of operation history, progress and workload states (issue 18).
+"""The event stream: server-sent events of operation history, progress, workload states, sync results and
+alerts (issue 18).
 
 A member sees their project's events, an admin every project's (:mod:`metavmm.services.scope`). Each
 operation event carries its catalog id: a client that reconnects with ``Last-Event-ID`` (browsers'
@@ -31,6 +32,7 @@ from metavmm.api.rest.common import sessions as sessions_of
 from metavmm.api.rest.framework import RestModule
 from metavmm.foundation.aio import wait_event
 from metavmm.foundation.errors import CatalogBusy, MetavmmError, ValidationError
+from metavmm.scheduler.pricing import RateTable
 from metavmm.services import events
 from metavmm.services.identity import Identity
 
@@ -54,8 +56,9 @@ def _resume_point(request: web.Request, query: EventsQuery) -> int | None:
     return int(header)
 
 
-@api.route("GET", "/events", summary="Server-sent events: operation history (with ids, resumable), progress "
-           "and workload states of the caller's project", query=EventsQuery, response=str,
+@api.route("GET", "/events", summary="Server-sent events: operation history (with ids, resumable), progress, "
+           "workload states, provider sync results and alerts of the caller's project", query=EventsQuery,
+           response=str,
            media_type="text/event-stream", role="reader")
 async def stream(request: web.Request, query: EventsQuery) -> web.StreamResponse:
     return await follow(request, query, partial(reauthenticate, request))
@@ -77,8 +80,10 @@ async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> 
     """The stream for the request's identity, asking ``recheck`` again at most every ``events_recheck_s``."""
     sessions = sessions_of(request)
     after = _resume_point(request, query)
-    cursor = events.Cursor(keys.identity_of(request), after if after is not None else await events.latest_id(sessions))
-    metrics = request.config_dict[keys.CONFIG].metrics
+    config = request.config_dict[keys.CONFIG]
+    metrics = config.metrics
+    cursor = events.Cursor(keys.identity_of(request), after if after is not None else await events.latest_id(sessions),
+                           rates=RateTable.from_config(config), alerts_every_s=metrics.events_recheck_s)
     stopping = request.config_dict[keys.OPERATIONS].stopping
     following = "text/event-stream" in request.headers.get("Accept", "")
     clock = asyncio.get_running_loop().time

@@ -31,14 +31,8 @@ from metavmm.api.rest.listing import Page, list_query, paginate
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 from metavmm.services.scope import get_visible, visible
-from metavmm.services.workloads.requests import (
-    GROUP_PATTERN,
-    SSH_KEY_MAX,
-    USER_DATA_MAX,
-    Accepted,
-    CreateRequest,
-    LinkSpec,
-)
+from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, GpuCount, GpuModel, SshKey, UserData
+from metavmm.services.workloads.requests import Accepted, CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService
 
 api = RestModule("workloads", "Compute, network and storage workloads, their actions and operations")
@@ -91,26 +85,18 @@ class WorkloadCreate(BaseModel):
     vcpus: int | None = Field(default=None, ge=1, le=4096)
     ram_mib: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
     disk_gib: int = Field(default=0, ge=0, le=1_000_000)
-    gpu_model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")
-    gpu_count: int = Field(default=0, ge=0, le=64)
+    gpu_model: GpuModel = None
+    gpu_count: GpuCount = 0
     image_id: str | None = Field(default=None, min_length=1, max_length=300,
                                 description="a marketplace image: its id, name or publisher/name")
     site: str | None = Field(default=None, min_length=1, max_length=160, description="pin to a site (by name)")
-    ssh_key: str | None = Field(default=None, min_length=1, max_length=SSH_KEY_MAX,
-                                description="compute: an OpenSSH public key line, installed by cloud-init for the "
-                                            "image's default user")
-    user_data: str | None = Field(default=None, min_length=1, max_length=USER_DATA_MAX,
-                                  description="compute: cloud-init user data (#cloud-config, a script...), passed "
-                                              "to the guest as given")
+    ssh_key: SshKey = None
+    user_data: UserData = None
     cidr: str | None = Field(default=None, max_length=18,
                              description="network: its address range (AWS needs one, 10.0.0.0/16 by default; "
                                          "libvirt networks are isolated bridges without addresses)")
-    affinity_group: str | None = Field(default=None, pattern=GROUP_PATTERN,
-                                       description="compute: the project's group whose members share a host "
-                                                   "(placement and rebalance moves keep them together)")
-    anti_affinity_group: str | None = Field(default=None, pattern=GROUP_PATTERN,
-                                            description="compute: the project's group whose members never share a "
-                                                        "host (placement and rebalance moves keep them apart)")
+    affinity_group: AffinityGroup = None
+    anti_affinity_group: AntiAffinityGroup = None
 
 
 class WorkloadPatch(BaseModel):

@@ -24,6 +24,7 @@ from metavmm.api.rest.prices import CompareQuery, comparison_out
 from metavmm.api.ui import page_context
 from metavmm.api.ui.charts import Bar, bar_chart
 from metavmm.api.ui.fedmap import conversion_rows, federation_svg
+from metavmm.api.ui.work import latest_event
 from metavmm.catalog.models import Host, Provider, Site, Workload, aware
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.pricing import RateTable, ShapeRequest
@@ -46,6 +47,7 @@ def _age(ts: datetime | None) -> str:
 
 @routes.get("/", name="overview")
 async def overview(request: web.Request) -> web.Response:
+    last_event = await latest_event(request)  # the providers' rows then follow the stream's sync results
     async with request.config_dict[keys.SESSIONS]() as session:
         providers = (await session.exec(select(Provider).order_by(Provider.name))).all()
         sites = (await session.exec(
@@ -63,7 +65,7 @@ async def overview(request: web.Request) -> web.Response:
               "failing": sum(1 for p in providers if p.sync_error)}
     fedmap = federation_svg(list(providers), [s for s, _ in sites], request.config_dict[keys.CONFIG].scheduler)
     return aiohttp_jinja2.render_template("overview.html", request, page_context(
-        request, title="Federation overview", providers=rows, totals=totals, fedmap=fedmap,
+        request, title="Federation overview", providers=rows, totals=totals, fedmap=fedmap, last_event=last_event,
         conversions=conversion_rows(),
         sites=[{"site": s, "hosts": n, "provider": names.get(s.provider_id, "?")} for s, n in sites]))
 

@@ -1,12 +1,15 @@
 """Launching a marketplace image at a chosen site: the sites a launch could go to, with prices, then the launch.
 
-``GET /ui/marketplace/{image}/launch`` (the shape: a flavor, or vCPUs and RAM) lists every site of the
+``GET /ui/marketplace/{image}/launch`` (the shape: a flavor, or vCPUs, RAM and GPUs; and the project's
+placement groups, which rule hosts and sites out) lists every site of the
 federation with the scheduler's verdict for this image and shape: the feasible ones with their price per hour
 to choose from, the others with the reason (:func:`metavmm.services.marketplace.launch.launch_sites`, one
 dry run). The POST is REST's launch (:func:`metavmm.services.marketplace.launch.launch`, the workload
 service's create) naming the chosen site, or none to let the scheduler choose: the offer is not a second
 rule, the create asks the scheduler again, so a site that cannot take it (the form was tampered with, or
 the site filled up meanwhile) is refused with the scheduler's reason on this page, and nothing is written.
+The launch takes every field REST's launch (and ``POST /workloads``) takes for a compute: the SSH key and
+user data go with the launch itself, since they change no site's verdict.
 """
 
 from __future__ import annotations
@@ -27,17 +30,24 @@ from metavmm.services.marketplace.launch import LaunchIn, launch, launch_sites
 from metavmm.services.workloads.site_choices import SiteChoices
 
 routes = web.RouteTableDef()
-FIELDS = ("name", "flavor", "vcpus", "ram_mib")
+SIZE = ("vcpus", "ram_mib", "gpu_model", "gpu_count")  # what a flavor's own size replaces
+FIELDS = ("name", "flavor", *SIZE, "affinity_group", "anti_affinity_group")  # what the sites offered depend on
+LAUNCH_ONLY = ("site", "ssh_key", "user_data")  # sent with the launch itself: they change no site's verdict
 PATH = r"/marketplace/{image_id:[0-9a-f-]{36}}/launch"
 
 
-def _body(values: dict[str, str], *, site: bool) -> LaunchIn:
-    """The form as REST's launch body: the same model, checked the same way (a flavor wins over the numbers)."""
-    names = (*FIELDS, "site") if site else FIELDS
-    data = {k: values[k].strip() for k in names if values.get(k, "").strip()}
-    if "flavor" in data:
-        data.pop("vcpus", None)
-        data.pop("ram_mib", None)
+def _shape(values: dict[str, str]) -> dict[str, str]:
+    """The placement fields of ``values`` that were filled in (a flavor wins over the numbers): what the sites
+    offered were worked out for, so the launch form carries exactly these."""
+    data = {k: values[k].strip() for k in FIELDS if values.get(k, "").strip()}
+    return {k: v for k, v in data.items() if k not in SIZE} if "flavor" in data else data
+
+
+def _body(values: dict[str, str], *, launching: bool) -> LaunchIn:
+    """The form as REST's launch body: the same model, checked the same way."""
+    data = _shape(values)
+    if launching:  # the key and user data go to the guest as given (the service checks them), not stripped
+        data |= {k: values[k] for k in LAUNCH_ONLY if values.get(k, "").strip()}
     try:
         return LaunchIn.model_validate(data)
     except PydanticError as exc:
@@ -57,13 +67,15 @@ async def _page(request: web.Request, form: dict[str, str], error: MetavmmError 
     choices: SiteChoices | None = None
     problem_text = None
     try:
-        choices = await launch_sites(request.config_dict[keys.WORKLOADS], caller, image_id, _body(form, site=False))
+        choices = await launch_sites(request.config_dict[keys.WORKLOADS], caller, image_id,
+                                     _body(form, launching=False))
     except MetavmmError as exc:  # a bad shape or an exhausted quota: said on the page, with the form to fix it
         problem_text = exc.message
         if error is None:
             error = exc
     return aiohttp_jinja2.render_template("launch.html", request, page_context(
-        request, title=f"Launch {image.publisher}/{image.name}", image=image, form=form, flavors=flavors,
+        request, title=f"Launch {image.publisher}/{image.name}", image=image, form=form, carried=_shape(form),
+        flavors=flavors,
         choices=choices, problem=problem_text, error=error.message if error else None, refused_site=site,
         error_status=error.http_status if error else None),
         status=error.http_status if error else 200)
@@ -76,10 +88,10 @@ async def launch_form(request: web.Request) -> web.Response:
 
 @routes.post(PATH, name="launch")
 async def launch_image(request: web.Request) -> web.StreamResponse:
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str) and k in (*FIELDS, "site")}
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str) and k in (*FIELDS, *LAUNCH_ONLY)}
     try:
         done = await launch(request.config_dict[keys.WORKLOADS], identity_of(request), request.match_info["image_id"],
-                            _body(form, site=True))
-    except MetavmmError as exc:
-        return await _page(request, {k: v for k, v in form.items() if k in FIELDS}, exc, form.get("site"))
+                            _body(form, launching=True))
+    except MetavmmError as exc:  # the form comes back as it was sent, key and user data included
+        return await _page(request, {k: v for k, v in form.items() if k != "site"}, exc, form.get("site"))
     raise web.HTTPSeeOther(f"/ui/workloads/{done.workload.id}")

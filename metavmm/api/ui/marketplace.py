@@ -44,7 +44,7 @@ def _prefill(image: ImageOut) -> dict[str, str]:
 
 async def _page(request: web.Request, form: dict[str, str] | None = None, error: MetavmmError | None = None,
                 published: str | None = None) -> web.Response:
-    images = await launchable_images(request)
+    images = await launchable_images(request, replicas=True)
     if form is None:
         base = next((i for i in images if i.id == request.query.get("version_of")), None)
         form = _prefill(base) if base is not None else {"visibility": "project", "format": "qcow2"}

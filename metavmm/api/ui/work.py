@@ -22,7 +22,7 @@ from metavmm.catalog.models import Operation, OperationEvent, OperationState, Si
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.schemas import PlaceIn, PlacementOut
 from metavmm.services import events
-from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, search
+from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, replicas_of, search
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import get_visible, visible
 from metavmm.services.workloads.requests import CreateRequest
@@ -145,11 +145,13 @@ def _place_in(form: dict[str, str]) -> PlaceIn:
         raise problem(exc) from None
 
 
-async def launchable_images(request: web.Request) -> list[ImageOut]:
-    """The images the caller may launch (REST's marketplace search with the caller's audience)."""
+async def launchable_images(request: web.Request, *, replicas: bool = False) -> list[ImageOut]:
+    """The images the caller may launch (REST's marketplace search with the caller's audience); with
+    ``replicas``, each with its replicas per site (what an entry's REST page lists, one query for all)."""
     async with request.config_dict[keys.SESSIONS]() as session:
         rows, _ = await search(session, ImageQuery(limit=200), await audience_for(session, identity_of(request)))
-        return [image_out(r) for r in rows]
+        where = await replicas_of(session, [r.id for r in rows]) if replicas else {}
+        return [image_out(r, where.get(r.id)) for r in rows]
 
 
 @routes.get("/explain", name="explain")

@@ -1,8 +1,9 @@
 """Launching a marketplace image: one workload create, through the workload service like every other.
 
 The request names the image (id, name or ``publisher/name``: the resource the URL names), a shape (a
-flavor, or vcpus and ram_mib) and optionally a site, and becomes a
-:class:`~metavmm.services.workloads.requests.CreateRequest`. The service then does what it does for
+flavor, or vcpus and ram_mib, and GPUs), optionally a site, and the rest of a compute create's fields (an
+SSH key, user data, placement groups: :mod:`metavmm.services.workloads.fields`, declared once for both),
+and becomes a :class:`~metavmm.services.workloads.requests.CreateRequest`. The service then does what it does for
 ``POST /workloads``: scope, the marketplace visibility rule for the project that will own the VM, expiry
 and the image's minimum shape, idempotency, quota, placement by the scheduler, and the workload and its
 operation written in one transaction. The answer is that operation (202), which replicates the image
@@ -30,6 +31,7 @@ from metavmm.services.identity import Identity
 from metavmm.services.marketplace.entries import Audience, audience_for, get_image, refuse_expired
 from metavmm.services.marketplace.replication import resolve_site
 from metavmm.services.operations.engine import Engine
+from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, GpuCount, GpuModel, SshKey, UserData
 from metavmm.services.workloads.requests import Accepted, CreateRequest
 from metavmm.services.workloads.service import WorkloadService
 from metavmm.services.workloads.site_choices import SiteChoices
@@ -52,14 +54,23 @@ class LaunchIn(BaseModel):
     ram_mib: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024,
                                 description=f"default {DEFAULT_RAM_MIB} without a flavor")
     disk_gib: int = Field(default=0, ge=0, le=1_000_000, description="0: the image's own size")
+    gpu_model: GpuModel = None
+    gpu_count: GpuCount = 0
+    ssh_key: SshKey = None
+    user_data: UserData = None
+    affinity_group: AffinityGroup = None
+    anti_affinity_group: AntiAffinityGroup = None
 
     def request(self, image_ref: str) -> CreateRequest:
-        """The workload create this launch is."""
+        """The workload create this launch is: every field ``POST /workloads`` takes for a compute."""
         sized = self.flavor is None
         return CreateRequest(kind=WorkloadKind.COMPUTE, name=self.name, project_id=self.project_id,
                              flavor=self.flavor, image=image_ref, site=self.site, disk_gib=self.disk_gib,
                              vcpus=self.vcpus or (DEFAULT_VCPUS if sized else None),
-                             ram_mib=self.ram_mib or (DEFAULT_RAM_MIB if sized else None))
+                             ram_mib=self.ram_mib or (DEFAULT_RAM_MIB if sized else None),
+                             gpu_model=self.gpu_model, gpu_count=self.gpu_count, ssh_key=self.ssh_key,
+                             user_data=self.user_data, affinity_group=self.affinity_group,
+                             anti_affinity_group=self.anti_affinity_group)
 
 
 async def launch(service: WorkloadService, caller: Identity, image_ref: str, req: LaunchIn, *,

@@ -300,15 +300,9 @@ class WorkloadService:
                              req: CreateRequest, round_: Round | None = None) -> tuple[list[Step], dict[str, Any]]:
         """Where the scheduler puts it (the image's architecture and hypervisor, residency, price ceiling,
         burst policy) and the engine's steps that make it there."""
-        preq = self._compute_request(workload.name, shape, image, req, workload.spec,
-                                     (req.site,) if req.site else ())
-        groups = ""
-        if req.affinity_group or req.anti_affinity_group:
-            hosts, sites = await group_exclusions(session, workload.project_id, workload.id, req.affinity_group,
-                                                  req.anti_affinity_group)
-            preq = replace(preq, exclude_hosts=hosts, exclude_sites=sites)
-            groups = (f" (placement groups: {len(hosts)} hosts and {len(sites)} sites excluded by affinity group "
-                      f"{req.affinity_group or '-'}, anti-affinity group {req.anti_affinity_group or '-'})")
+        preq, groups = await self._grouped(session, self._compute_request(
+            workload.name, shape, image, req, workload.spec, (req.site,) if req.site else ()),
+            workload.project_id, workload.id, req)
         try:
             planned = await self.placer.plan_create(session, preq, workload_id=workload.id,
                                                     vm_name=vm_name(workload.id),
@@ -317,8 +311,21 @@ class WorkloadService:
         except NoPlacement as exc:
             if not groups:
                 raise
-            raise NoPlacement(f"{exc}{groups}", reasons=exc.reasons) from None
+            raise NoPlacement(f"{exc} ({groups})", reasons=exc.reasons) from None
         return with_guest(planned.steps, req.guest, workload.id), planned.where
+
+    @staticmethod
+    async def _grouped(session: AsyncSession, preq: PlacementRequest, project_id: int | None, workload_id: str,
+                       req: CreateRequest) -> tuple[PlacementRequest, str]:
+        """``preq`` kept away from the hosts and sites the request's placement groups rule out (a create and
+        :meth:`site_choices` alike), and the words that say so ("" without groups)."""
+        if not (req.affinity_group or req.anti_affinity_group):
+            return preq, ""
+        hosts, sites = await group_exclusions(session, project_id, workload_id, req.affinity_group,
+                                              req.anti_affinity_group)
+        return replace(preq, exclude_hosts=hosts, exclude_sites=sites), (
+            f"placement groups: {len(hosts)} hosts and {len(sites)} sites excluded by affinity group "
+            f"{req.affinity_group or '-'}, anti-affinity group {req.anti_affinity_group or '-'}")
 
     @staticmethod
     def _compute_request(name: str, shape: Shape, image: Image | None, req: CreateRequest, spec: dict[str, Any],
@@ -336,8 +343,8 @@ class WorkloadService:
 
     async def site_choices(self, caller: Identity, req: CreateRequest) -> SiteChoices:
         """Where a create of the compute ``req`` could go if it named its site, with each site's price or
-        the reason it cannot (:mod:`.site_choices`): the caller's project, the same shape, image and quota
-        rules as :meth:`create`, then one scheduler dry run naming every site of the federation file's
+        the reason it cannot (:mod:`.site_choices`): the caller's project, the same shape, image, quota and
+        placement-group rules as :meth:`create`, then one scheduler dry run naming every site of the federation file's
         providers. Writes nothing; the launch form offers the feasible sites, and a launch there is a
         :meth:`create` naming the site, which asks the scheduler again."""
         if req.kind != WorkloadKind.COMPUTE:
@@ -355,10 +362,11 @@ class WorkloadService:
                 .where(col(Site.present), col(Provider.name).in_(providers)).order_by(col(Site.name)))).all()]
             if not sites:
                 return SiteChoices(self.config.federation.currency, "the federation has no site", ())
-            preq = self._compute_request(req.name or "launch", shape, image, req, {}, tuple(s[0] for s in sites))
+            preq, groups = await self._grouped(session, self._compute_request(
+                req.name or "launch", shape, image, req, {}, tuple(s[0] for s in sites)), project_id, "", req)
             planned = await self.placer.dry_run(session, preq, providers=providers, explain=True,
                                                 project_id=project_id)
-        return fold(planned.placement, sites)
+        return fold(planned.placement, sites, excluded=groups or None)
 
     @staticmethod
     async def _linked_site(session: AsyncSession, links: tuple[LinkSpec, ...]) -> str | None:

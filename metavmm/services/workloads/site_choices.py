@@ -41,8 +41,13 @@ class SiteChoices:
         return tuple(s for s in self.sites if s.feasible)
 
 
-def fold(placement: Placement, sites: list[tuple[str, str, str]]) -> SiteChoices:
-    """One :class:`SiteChoice` per ``(site, provider, region)`` from an ``explain`` dry run naming them all."""
+EXCLUDED = frozenset({"host excluded", "site excluded"})  # the scheduler's codes for what the request ruled out
+
+
+def fold(placement: Placement, sites: list[tuple[str, str, str]], *, excluded: str | None = None) -> SiteChoices:
+    """One :class:`SiteChoice` per ``(site, provider, region)`` from an ``explain`` dry run naming them all;
+    ``excluded`` is why the request ruled hosts or sites out (its placement groups), said instead of the
+    scheduler's generic words where that is what rejected a site."""
     by_site: dict[str, list[dict[str, object]]] = {}
     for entry in explanation(placement):
         by_site.setdefault(str(entry.get("site") or ""), []).append(entry)
@@ -56,7 +61,8 @@ def fold(placement: Placement, sites: list[tuple[str, str, str]]) -> SiteChoices
             out.append(SiteChoice(name, provider, region, True, _text(cheapest["price_per_hour"]), best,
                                   BEST if best else str(cheapest.get("reason") or "")))
         else:
-            why = next((str(e.get("reason") or "") for e in entries if e["outcome"] == "rejected"), "")
+            first = next((e for e in entries if e["outcome"] == "rejected"), {})
+            why = excluded if excluded and first.get("code") in EXCLUDED else str(first.get("reason") or "")
             out.append(SiteChoice(name, provider, region, False, None, False,
                                   why or "the scheduler found no candidate there"))
     out.sort(key=lambda s: (not s.feasible, s.price_per_hour is None,

@@ -12,9 +12,11 @@ from typing import Any
 from sqlmodel import func, select
 
 from metavmm.api import keys
+from metavmm.api.rest.workloads import WorkloadCreate
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica, Operation, Quota, Site, SpendAccrual, Workload
 from metavmm.services.identity import get_or_create_project
+from metavmm.services.marketplace.launch import LaunchIn
 from tests.api.rest.test_change_flows import API, _app, _done, _sim_vm
 
 TWO_SITES = """
@@ -169,3 +171,45 @@ async def test_a_launch_that_copies_its_image_out_of_a_cloud_pays_the_egress_onc
     costs = await (await client.get(f"{API}/projects/{project_id}/costs")).json()
     first = next(w for w in costs["workloads"] if w["workload_id"] == ids[0] and w["currency"] == "USD")
     assert Decimal(first["one_off"]) == egress and "egress" in first["price_sources"]
+
+
+async def _launched(client: Any, image_id: str, **body: Any) -> dict[str, Any]:
+    """A launch run to its end: the operation, and the workload as REST then shows it."""
+    resp = await client.post(f"{API}/marketplace/images/{image_id}/launch", json={"ram_mib": 256, **body})
+    accepted = await resp.json()
+    assert resp.status == 202, accepted
+    done = await _done(client, accepted["operation"]["id"])
+    assert done["state"] == "succeeded", done
+    return {"operation": done,
+            "workload": await (await client.get(f"{API}/workloads/{accepted['workload']['id']}")).json()}
+
+
+async def test_a_launch_takes_every_compute_field_a_create_takes(aiohttp_client: Any, sqlite_url: str,
+                                                                 tmp_path: Path) -> None:
+    """A launch is ``POST /workloads`` with ``image_id``, so its body takes the compute fields a create takes
+    (before, a key, user data, GPUs or a placement group were a 400 here); the key and user data reach the
+    driver, and the groups hold: an affinity group's second member goes to the first one's host, an
+    anti-affinity group's two members to the sim's two x86 hosts, and a third finds none (409, naming the group)."""
+    compute = set(WorkloadCreate.model_fields) - {"kind", "image_id", "cidr"}  # what only a create names
+    assert compute <= set(LaunchIn.model_fields), compute - set(LaunchIn.model_fields)
+    client, app, project_id = await _app(aiohttp_client, sqlite_url, TWO_SITES)
+    image_id = await _image(app, tmp_path, project_id)
+    key, data = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILaunchkey teacher@school", "#cloud-config\nruncmd: [echo hi]\n"
+    first = await _launched(client, image_id, name="pair-1", affinity_group="pair", ssh_key=key, user_data=data)
+    create = next(s for s in first["operation"]["steps"] if s["action"] == "vm.create")
+    assert (create["args"]["ssh_key"], create["args"]["user_data"]) == (key, data)
+    assert first["workload"]["spec"]["affinity_group"] == "pair"
+    second = await _launched(client, image_id, name="pair-2", affinity_group="pair")
+    assert second["workload"]["host_id"] == first["workload"]["host_id"] is not None
+    hosts = [(await _launched(client, image_id, name=f"apart-{i}", anti_affinity_group="apart"))["workload"]["host_id"]
+             for i in range(2)]
+    assert len(set(hosts)) == 2  # the sim's two sites have two x86 hosts (the other two are ARM)
+    third = await client.post(f"{API}/marketplace/images/{image_id}/launch",
+                              json={"name": "apart-2", "ram_mib": 256, "anti_affinity_group": "apart"})
+    detail = (await third.json())["detail"]
+    assert third.status == 409 and "2 hosts and 0 sites excluded by affinity group -, anti-affinity group apart" \
+        in detail, detail
+    bad = await client.post(f"{API}/marketplace/images/{image_id}/launch",
+                            json={"name": "x", "ram_mib": 256, "affinity_group": "Bad Name"})
+    assert bad.status == 400 and "affinity_group" in await bad.text()
+    assert await _count(app, Workload) == 4

@@ -98,3 +98,16 @@ def login(driver: Any, base: str, token: str) -> None:
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "login").click()
     wait(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Federation overview")
+
+
+def watch_create_go_live(driver: Any, name: str) -> None:
+    """On the page a create or launch lands on: the workload ``name`` reaches running and its operation
+    succeeds, shown by the event stream in place (a reload would clear the flag set here first)."""
+    from selenium.webdriver.common.by import By
+
+    wait(driver, lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Workload {name}")
+    driver.execute_script("window.__no_reload = true;")
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#workload .wl-state").text == "running")
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#operations tbody tr").get_attribute("data-state")
+         == "succeeded")
+    assert driver.execute_script("return window.__no_reload === true;")  # updated in place, never reloaded

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.api.ui.browser import CHROMEDRIVER, CHROMIUM, Broker, chromium, login, wait
+from metavmm.api import keys
+from metavmm.services.sync import sync_all
+from tests.api.ui.browser import CHROMEDRIVER, CHROMIUM, Broker, chromium, login, wait, watch_create_go_live
 from tests.world import ALPHA_MARK, World, seed
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -167,12 +169,7 @@ def test_explainer_table_is_the_rest_explanation_and_a_create_goes_live(broker: 
     name.clear()
     name.send_keys("ui-created-vm")
     browser.find_element(By.ID, "create-button").click()
-    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Workload ui-created-vm")
-    browser.execute_script("window.__no_reload = true;")
-    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#workload .wl-state").text == "running")
-    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#operations tbody tr").get_attribute("data-state")
-          == "succeeded")
-    assert browser.execute_script("return window.__no_reload === true;")  # updated in place, never reloaded
+    watch_create_go_live(browser, "ui-created-vm")
     log = browser.find_element(By.ID, "event-log").text
     assert "step create done" in log and "succeeded" in log  # the history arrived as it happened
     assert {li.get_attribute("data-step-state") for li in browser.find_elements(By.CSS_SELECTOR, "ol.steps li")} \
@@ -318,6 +315,49 @@ def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser:
     assert set(shown) == {q["resource"] for q in quotas} and shown["vcpus"].startswith("vcpus 3 3 0 0")
     rate = browser.find_element(By.CSS_SELECTOR, "section[data-project=alpha] .rate span")
     assert rate.get_attribute("data-currency") == "USD" and Decimal(rate.get_attribute("data-per-hour")) > 0
+
+
+def test_a_failed_sync_reaches_the_overview_and_the_alerts_screen_live(broker: tuple[Broker, World], browser: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real failing sync (sim-b made unreachable) turns its overview row failing, with the sync's error,
+    and raises its alert on an open alerts screen; the next good sync clears both, all without a reload
+    (the stream's ``sync`` and ``alert`` events; before, both screens showed only what was there at load)."""
+    b, _ = broker
+    By = _by()
+    sim = b.app[keys.OPERATIONS].executor.drivers.get("sim-b")
+    # the sync's own driver must read the broker's sim state (each test has a state folder of its own)
+    monkeypatch.setenv("METAVMM_STATE_DIR", str(sim.state.path.parents[2]))
+    row = '#providers tr[data-provider="sim-b"]'
+    alert = '#alerts tr[data-alert-key="sync:sim-b"]'
+    browser.get(b.url + "/ui/")
+    browser.execute_script("window.__no_reload = true;")
+    assert browser.find_element(By.CSS_SELECTOR, row).get_attribute("data-sync-result") == "ok"
+    sim.ex_set_reachable(False)
+    try:
+        (failed,) = b.call(lambda: sync_all(b.app[keys.SESSIONS], b.app[keys.CONFIG], {"sim-b"}))
+        assert failed.error
+        wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-sync-result") == "error")
+        assert browser.find_element(By.CSS_SELECTOR, f"{row} .err").text == failed.error
+        assert "failing" in browser.find_element(By.CSS_SELECTOR, row).get_attribute("class")
+        assert browser.execute_script("return window.__no_reload === true;")
+        browser.get(b.url + "/ui/alerts")
+        assert browser.find_elements(By.CSS_SELECTOR, alert)  # standing when the page was rendered
+    finally:
+        sim.ex_set_reachable(True)
+    browser.execute_script("window.__no_reload = true;")
+    (good,) = b.call(lambda: sync_all(b.app[keys.SESSIONS], b.app[keys.CONFIG], {"sim-b"}))
+    assert good.error is None
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, alert))  # cleared in place
+    assert browser.execute_script("return window.__no_reload === true;")
+    sim.ex_set_reachable(False)  # and raised in place: a row the page did not render
+    try:
+        b.call(lambda: sync_all(b.app[keys.SESSIONS], b.app[keys.CONFIG], {"sim-b"}))
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, alert))
+        assert browser.find_element(By.CSS_SELECTOR, f"{alert} th").text == "sim-b"
+        assert browser.execute_script("return window.__no_reload === true;")
+    finally:
+        sim.ex_set_reachable(True)
+        b.call(lambda: sync_all(b.app[keys.SESSIONS], b.app[keys.CONFIG], {"sim-b"}))
 
 
 def test_logging_out_in_another_tab_ends_the_live_stream(broker: tuple[Broker, World], browser: Any) -> None:

@@ -8,6 +8,7 @@ nothing is written.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from decimal import Decimal
 from typing import Any
@@ -117,3 +118,58 @@ async def test_a_site_that_cannot_take_the_launch_is_refused_with_the_reason(bro
     bad = await client.get(f"/ui/marketplace/{image}/launch?vcpus=0&ram_mib=x")
     assert bad.status == 400 and "vcpus" in await bad.text()
     assert (await client.get("/ui/marketplace/00000000-0000-0000-0000-000000000000/launch")).status == 404
+
+
+async def _placed(client: Any, w: World, workload_id: str) -> dict[str, Any]:
+    """The workload once its create ended and it has a host (REST's view)."""
+    for _ in range(600):
+        body = await (await client.get(f"/api/v1/workloads/{workload_id}", headers=w.auth("alpha_member"))).json()
+        if body["host_id"] is not None and body["observed_state"] == "running":
+            return dict(body)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workload {workload_id} was never placed: {body}")
+
+
+async def test_placement_groups_narrow_the_sites_offered_and_hold_at_launch(broker: tuple[Any, World, str]) -> None:
+    """The launch form takes every compute field REST's create takes: with an affinity group whose member
+    runs at one site, that site alone is offered (the others say the group rules them out), a launch elsewhere
+    is refused and writes nothing, and the launch the scheduler places joins the member's host; the SSH key and
+    user data sent with the launch reach the driver. (Before, the form dropped the groups: every site was offered.)"""
+    client, w, image = broker
+    html = await (await client.get(f"/ui/marketplace/{image}/launch?name=lab-1&vcpus=1&ram_mib=512")).text()
+    csrf = CSRF.search(html).group(1)  # type: ignore[union-attr]
+    key, data = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUIlaunch teacher@school", "#cloud-config\nruncmd: [echo hi]\n"
+    first = await client.post(f"/ui/marketplace/{image}/launch", allow_redirects=False, data={
+        "csrf_token": csrf, "name": "lab-1", "vcpus": "1", "ram_mib": "512", "site": "sim-a/sim-000",
+        "affinity_group": "lab", "ssh_key": key, "user_data": data})
+    assert first.status == 303, await first.text()
+    member = await _placed(client, w, first.headers["Location"].rsplit("/", 1)[1])
+    assert member["spec"]["affinity_group"] == "lab" and member["spec"]["placement"]["site"] == "sim-a/sim-000"
+    ops = await (await client.get(f"/api/v1/operations?target_id={member['id']}",
+                                  headers=w.auth("alpha_member"))).json()
+    create = next(s for op in ops["items"] for s in op["steps"] if s["action"] == "vm.create")
+    assert (create["args"]["ssh_key"], create["args"]["user_data"]) == (key, data)
+
+    page = await client.get(f"/ui/marketplace/{image}/launch?name=lab-2&vcpus=1&ram_mib=512&affinity_group=lab")
+    html = await page.text()
+    assert page.status == 200, html
+    sites = _sites(html)
+    assert {s for s, (ok, _, _) in sites.items() if ok} == {"sim-a/sim-000"}, sites
+    for other in ("sim-a/sim-001", "sim-b/sim-000"):
+        assert "affinity group lab" in sites[other][2], sites[other]
+    assert '<input type="hidden" name="affinity_group" value="lab">' in html  # the launch keeps the group
+    before = len(await _workloads(client, w))
+    refused = await client.post(f"/ui/marketplace/{image}/launch", allow_redirects=False, data={
+        "csrf_token": csrf, "name": "lab-2", "vcpus": "1", "ram_mib": "512", "site": "sim-b/sim-000",
+        "affinity_group": "lab", "ssh_key": key})
+    text = await refused.text()
+    assert refused.status == 409 and "affinity group lab" in text, text[-2000:]
+    assert key in text  # the form comes back as sent
+    assert len(await _workloads(client, w)) == before
+    joined = await client.post(f"/ui/marketplace/{image}/launch", allow_redirects=False, data={
+        "csrf_token": csrf, "name": "lab-2", "vcpus": "1", "ram_mib": "512", "site": "", "affinity_group": "lab"})
+    assert joined.status == 303, await joined.text()
+    second = await _placed(client, w, joined.headers["Location"].rsplit("/", 1)[1])
+    assert second["host_id"] == member["host_id"] and second["spec"]["affinity_group"] == "lab"
+    bad = await client.get(f"/ui/marketplace/{image}/launch?vcpus=1&ram_mib=512&affinity_group=Bad+Name")
+    assert bad.status == 400 and "affinity_group" in await bad.text()

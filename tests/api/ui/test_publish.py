@@ -1,5 +1,6 @@
-"""Publishing from the marketplace screen and replaying a burst policy, in a real browser (Debian's headless
-Chromium via selenium; the broker and browser fixtures of test_dashboard.py, logged in as alpha's member).
+"""Publishing and launching from the marketplace screen and replaying a burst policy, in a real browser
+(Debian's headless Chromium via selenium; the broker and browser fixtures of test_dashboard.py, logged in as
+alpha's member).
 
 The form's disk goes through REST's publish service, so the checks are REST's: the caller's namespace, the
 declared checksum, versions; a refusal shows the service's message and leaves no entry and no file. The
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metavmm.services.marketplace.publish import blob_dir
-from tests.api.ui.browser import Broker, wait
+from tests.api.ui.browser import Broker, wait, watch_create_go_live
 from tests.api.ui.test_dashboard import _by, broker, browser, pytestmark  # noqa: F401  (fixtures, the skip)
 from tests.world import World
 
@@ -205,3 +206,37 @@ def test_replay_shows_the_rows_rest_returns(broker: tuple[Broker, World], browse
     wait(browser, lambda d: d.find_elements(By.ID, "replay-error"))
     error = browser.find_element(By.ID, "replay-error")
     assert error.get_attribute("data-status") == "400" and "trace:2: vcpus" in error.text, error.text
+
+
+def test_launch_from_the_marketplace_goes_live_and_its_replica_is_listed(
+        broker: tuple[Broker, World], browser: Any, tmp_path: Path) -> None:  # noqa: F811
+    """From an entry's "Choose a site…": the sites with prices, a site chosen with an SSH key, the launch's
+    workload page following the operation to running without a reload; back on the marketplace, the entry
+    lists the replica the launch made at that site, as REST's entry does (before, no screen showed replicas)."""
+    b, world = broker
+    By = _by()
+    image = _upload_as(b, world.tokens["alpha_member"], b"course" * 8192, name="ui-course", publisher="alpha-ui",
+                       format="raw", visibility="project")
+    browser.get(b.url + "/ui/marketplace")
+    assert _row(browser, image["id"]).find_element(By.CSS_SELECTOR, "td.replicas").text == "none yet"
+    _row(browser, image["id"]).find_element(By.CSS_SELECTOR, "a.choose-site").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "shape-form"))
+    _fill(browser, {"launch-name": "ui-course-vm", "launch-vcpus": "1", "launch-ram": "512"})
+    browser.find_element(By.ID, "sites-button").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#sites tr[data-site="sim-b/sim-000"]'))
+    browser.find_element(By.CSS_SELECTOR, '#sites tr[data-site="sim-b/sim-000"] input[type=radio]').click()
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrowserKey teacher@school"
+    _fill(browser, {"launch-ssh-key": key})
+    browser.save_screenshot(str(tmp_path / "launch.png"))
+    browser.find_element(By.ID, "launch-button").click()
+    watch_create_go_live(browser, "ui-course-vm")
+    wid = browser.current_url.rstrip("/").rsplit("/", 1)[1]
+    rest = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    assert rest["spec"]["placement"]["site"] == "sim-b/sim-000" and rest["spec"]["ssh_key"] == key
+
+    browser.get(b.url + "/ui/marketplace")
+    shown = [(r.get_attribute("data-site"), r.get_attribute("data-state"), r.get_attribute("data-format"))
+             for r in _row(browser, image["id"]).find_elements(By.CSS_SELECTOR, "td.replicas .replica")]
+    entry = b.rest("GET", f"/api/v1/marketplace/images/{image['id']}", world.tokens["alpha_member"])
+    assert shown == [(r["site"], r["state"], r["format"]) for r in entry["replicas"]]
+    assert [s for s, _, _ in shown] == ["sim-b/sim-000"]

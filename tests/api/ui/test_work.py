@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from metavmm.api import keys
 from metavmm.api.ui import work
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, OperationEvent, OperationState
-from tests.api.ui.test_session import _login
+from tests.api.ui.test_session import CSRF, _login
 from tests.world import World
 
 LIVE = re.compile(r'data-live="/ui/events\?after=(\d+)"')
@@ -101,3 +102,34 @@ async def test_every_step_that_moved_data_shows_its_bytes_running_or_done(world:
         session.add(row)
     done = lines(await (await client.get(f"/ui/workloads/{w.ids['workload']}")).text())
     assert done["copy"] == "copy: done (64.0 of 64.0 MiB · 8.0 MiB/s)" and done["import"] == "import: done"
+
+
+async def test_the_operations_screen_cancels_a_pending_create(world: tuple[Any, World]) -> None:
+    """Cancel on the operations screen is REST's cancel with the session's identity: a reader gets its 403 and
+    another project's member its 404, changing nothing; alpha's member cancels the pending create, which
+    leaves the open queue for the finished one as cancelled, its workload gone and its quota given back."""
+    client, w = world
+    op_id, wid = w.ids["operation"], w.ids["workload"]
+    cancel = f"/ui/operations/{op_id}/cancel"
+    for who, status in (("alpha_reader", 403), ("beta_member", 404)):
+        await _login(client, w.tokens[who])
+        page = await (await client.get("/ui/operations")).text()
+        csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+        refused = await client.post(cancel, data={"csrf_token": csrf}, allow_redirects=False)
+        assert refused.status == status, await refused.text()
+    await _login(client, w.tokens["alpha_member"])
+    page = await (await client.get("/ui/operations")).text()
+    assert _row_state(page, op_id) == "pending" and f'action="{cancel}"' in page
+    csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+    done = await client.post(cancel, data={"csrf_token": csrf}, allow_redirects=False)
+    assert done.status == 303 and done.headers["Location"] == "/ui/operations"
+    op = await (await client.get(f"/api/v1/operations/{op_id}", headers=w.auth("alpha_member"))).json()
+    assert op["state"] == "cancelled", op
+    workload = await (await client.get(f"/api/v1/workloads/{wid}", headers=w.auth("alpha_member"))).json()
+    assert workload["present"] is False and workload["observed_state"] == "cancelled"
+    quotas = await (await client.get(f"/api/v1/projects/{w.ids['alpha']}/quotas",
+                                     headers=w.auth("alpha_member"))).json()
+    assert quotas, quotas
+    assert all(Decimal(q["in_transit"]) == Decimal(q["committed"]) == 0 for q in quotas), quotas
+    assert _row_state(await (await client.get("/ui/operations")).text(), op_id) is None
+    assert _row_state(await (await client.get("/ui/operations?state=done")).text(), op_id) == "cancelled"

@@ -83,6 +83,46 @@
     const main = document.getElementById("main");
     if (main) { main.prepend(note); }
   });
+  source.addEventListener("sync", function (e) {
+    // a provider's sync result (the overview's providers table): its time, age, error, failing or not
+    const d = JSON.parse(e.data);
+    each('tr[data-provider="' + CSS.escape(d.provider) + '"]', function (row) {
+      row.setAttribute("data-sync-result", d.result);
+      row.classList.toggle("failing", d.result === "error");
+      const at = row.querySelector(".synced");
+      if (at && d.synced_at) { at.textContent = d.synced_at.slice(0, 19).replace("T", " "); }
+      const age = row.querySelector(".age");
+      if (age && d.result === "ok") { age.textContent = "0 s"; }
+      const err = row.querySelector(".err"); if (err) { err.textContent = d.error || ""; }
+    });
+  });
+  source.addEventListener("alert", function (e) {
+    // an alert raised (added, or its message updated) or cleared (removed) on the alerts screen
+    const d = JSON.parse(e.data);
+    const body = document.querySelector("#alerts tbody");
+    if (!body) { return; }
+    let row = body.querySelector('tr[data-alert-key="' + CSS.escape(d.key) + '"]');
+    if (d.state === "cleared") {
+      if (row) { row.remove(); }
+    } else {
+      if (!row) {
+        row = document.createElement("tr");
+        row.setAttribute("data-alert-key", d.key);
+        body.insertBefore(row, body.querySelector("tr.none"));
+      }
+      row.setAttribute("data-alert", d.kind);
+      row.textContent = "";
+      const kind = document.createElement("td"); kind.textContent = d.kind;
+      const what = document.createElement("th"); what.setAttribute("scope", "row");
+      if (d.href) {
+        const a = document.createElement("a"); a.href = d.href; a.textContent = d.what; what.appendChild(a);
+      } else { what.textContent = d.what; }
+      const message = document.createElement("td"); message.textContent = d.message;
+      row.append(kind, what, message);
+    }
+    const none = body.querySelector("tr.none");
+    if (none) { none.hidden = body.querySelector("tr[data-alert-key]") !== null; }
+  });
   source.addEventListener("workload", function (e) {
     const d = JSON.parse(e.data);
     each('[data-workload-id="' + CSS.escape(d.workload) + '"]', function (el) {
