@@ -199,18 +199,23 @@ class WorkloadService:
         cache = self.resolved
         key = (project_id, req.kind, req.flavor, req.image, req.vcpus, req.ram_mib, req.disk_gib, req.gpu_model,
                req.gpu_count)
-        try:
-            if cache is not None and (hit := cache.get(key)) is not None:
-                return hit[0], self._usable(hit[1], hit[0]) if hit[1] is not None else None  # expiry: checked now
-            version = cache.version() if cache is not None else 0
-            async with self.sessions() as session:
-                shape = await self._shape(session, req)
-                ready = shape, await self._image(session, req.image, project_id, shape) if req.image else None
+
+        async def read() -> tuple[tuple[Shape, Image | None] | None, None]:
+            try:
+                async with self.sessions() as session:
+                    shape = await self._shape(session, req)
+                    image = await self._image(session, req.image, project_id, shape) if req.image else None
+                    return (shape, image), None
+            except MetavmmError:
+                return None, None
+
+        ready = await cache.read_through(key, read) if cache is not None else (await read())[0]
+        if ready is None:
+            return None
+        try:  # a kept image's expiry is checked now
+            return ready[0], self._usable(ready[1], ready[0]) if ready[1] is not None else None
         except MetavmmError:
             return None
-        if cache is not None:
-            cache.put(key, ready, version)
-        return ready
 
     async def _create_in(self, session: AsyncSession, project_id: int, req: CreateRequest, key: str | None,
                          fingerprint: str, ready: tuple[Shape, Image | None] | None = None) -> Accepted:
