@@ -189,18 +189,20 @@ async def _from_token(request: web.Request, secret: str) -> Identity:
         raise Unauthenticated("the API token is unknown, revoked or expired")
     cache = root.get(keys.IDENTITIES)
     digest = hash_secret(secret)
-    if cache is not None and (hit := cache.get(digest)) is not None and hmac.compare_digest(hit[0], digest):
-        return hit[1]
-    version = cache.version() if cache is not None else 0
-    async with root[keys.SESSIONS]() as session:
-        identity, expires = await token_identity(session, secret)
-    if identity is None:
-        raise Unauthenticated("the API token is unknown, revoked or expired")
-    if cache is not None:
-        until = None if expires is None else \
+
+    async def read() -> tuple[tuple[str, Identity] | None, float | None]:
+        async with root[keys.SESSIONS]() as session:
+            identity, expires = await token_identity(session, secret)
+        if identity is None:
+            return None, None
+        until = None if expires is None or cache is None else \
             cache.clock() + (expires - datetime.now(UTC)).total_seconds()
-        cache.put(digest, (digest, identity), version, until=until)
-    return identity
+        return (digest, identity), until
+
+    found = await cache.read_through(digest, read) if cache is not None else (await read())[0]
+    if found is None or not hmac.compare_digest(found[0], digest):
+        raise Unauthenticated("the API token is unknown, revoked or expired")
+    return found[1]
 
 
 async def authenticate(request: web.Request) -> Identity:

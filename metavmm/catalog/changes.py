@@ -10,9 +10,10 @@ this must also expire its entries (see :class:`TtlCache`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:  # SQLAlchemy loads where a function needs it (see metavmm.catalog.db)
@@ -88,7 +89,8 @@ class TtlCache(Generic[V]):
         self.changes, self.tables, self.ttl_s = changes, tables, ttl_s
         self.max_entries, self.clock = max_entries, clock
         self.entries: dict[Hashable, tuple[V, int, float]] = {}
-        self.hits = self.misses = 0
+        self.reading: dict[Hashable, tuple[int, asyncio.Future[tuple[V | None, float | None]]]] = {}
+        self.hits = self.misses = self.shared = 0
 
     def version(self) -> int:
         """Note this before reading what :meth:`put` will store."""
@@ -113,6 +115,39 @@ class TtlCache(Generic[V]):
             self.entries.clear()
         end = self.clock() + self.ttl_s
         self.entries[key] = (value, version, end if until is None else min(end, until))
+
+    async def read_through(self, key: Hashable,
+                           read: Callable[[], Awaitable[tuple[V | None, float | None]]]) -> V | None:
+        """The value kept for ``key``, else what ``read()`` returns: ``(value, until)``, kept (``until`` as for
+        :meth:`put`) unless the value is None. Callers that miss while a read of ``key`` begun at the same
+        version runs share it (:attr:`shared` counts them): its answer (or error) is theirs, as fresh as a read
+        of their own, since nothing this cache depends on was committed between its start and their arrival.
+        Without this, an entry expiring under 32 concurrent requests was read 32 times (issue 23 item 15)."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        version = self.version()
+        running = self.reading.get(key)
+        if running is not None and running[0] == version:
+            self.shared += 1
+            return (await asyncio.shield(running[1]))[0]
+        task = asyncio.ensure_future(self._read(key, version, read))  # a caller that goes away ends no read
+        self.reading[key] = (version, task)
+        task.add_done_callback(lambda t: self._read_done(key, t))
+        return (await asyncio.shield(task))[0]
+
+    async def _read(self, key: Hashable, version: int,
+                    read: Callable[[], Awaitable[tuple[V | None, float | None]]]) -> tuple[V | None, float | None]:
+        value, until = await read()
+        if value is not None:
+            self.put(key, value, version, until=until)
+        return value, until
+
+    def _read_done(self, key: Hashable, task: asyncio.Future[Any]) -> None:
+        if self.reading.get(key, (0, None))[1] is task:
+            del self.reading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers that awaited it raised it already
 
     def clear(self) -> None:
         self.entries.clear()

@@ -97,6 +97,11 @@ class Driver(Protocol):
       creating twice; ``delete_volume`` / ``delete_network`` of something in use is ``ProviderConflict``.
     - ``import_image`` accepts a disk in one of ``image_import_formats``; ``export_image`` writes one
       in the first of ``image_export_formats`` into ``dest_dir``.
+    - ``ex_export_volume(volume_id, dest_dir, progress=None)`` and ``ex_import_volume(disk, spec)``
+      (drivers declaring ``Capability.VOLUME_COPY``) carry an unattached volume's data between sites: the
+      export writes it into ``dest_dir`` as a :class:`DiskRef` (an attached volume is ``ProviderConflict``),
+      the import makes a new volume of ``spec`` (tagged with its workload id) holding the disk, given in
+      ``volume_format`` (the broker converts to it on the way).
     - ``ex_export_stream(vm_id, fmt)`` (drivers declaring ``stream_export_formats``) is an async context
       manager giving a stopped VM's disk as a :class:`~metavmm.translators.diskstream.DiskStream`, no file
       written; ``ex_import_stream(stream, name, region)`` (``stream_import_formats``) uploads one as an
@@ -250,6 +255,8 @@ class DriverBase:
     """Formats ``ex_export_stream(vm_id, fmt)`` sends a stopped VM's disk in, as a byte stream (no file)."""
     stream_import_formats: frozenset[str] = frozenset()
     """Formats ``ex_import_stream(stream, name, region)`` takes as they come (an upload fed by an export)."""
+    volume_format: ClassVar[str] = "qcow2"
+    """What ``ex_export_volume`` writes and ``ex_import_volume`` takes (drivers declaring ``VOLUME_COPY``)."""
     image_import_target: ClassVar[str | None] = None  # what a disk the provider would refuse is converted to
     STATE_MAP: ClassVar[Mapping[Any, VmState]] = {}
     retry_attempts: ClassVar[int] = 5

@@ -189,7 +189,7 @@ class LibvirtDriver(DriverBase):
         Capability.ATTACH_NETWORK, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
         Capability.SET_NETMASK, Capability.NESTED_VIRT, Capability.VOLUMES, Capability.NETWORKS,
         Capability.DHCP_HOSTS, Capability.FENCE, Capability.LIVE_AUTO_CONVERGE, Capability.LIVE_POSTCOPY,
-        Capability.DIRTY_RATE, Capability.REPLICA_TARGET,
+        Capability.DIRTY_RATE, Capability.REPLICA_TARGET, Capability.VOLUME_COPY,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
     image_export_formats = ("qcow2", "raw")
@@ -856,6 +856,38 @@ class LibvirtDriver(DriverBase):
 
         await self._call("delete_volume", delete)
 
+    async def ex_export_volume(self, volume_id: str, dest_dir: str,
+                               progress: Callable[[int, int], None] | None = None) -> DiskRef:
+        """A copy of the volume file ``volume_id`` (qcow2) in ``dest_dir``; one a domain still names is in use
+        (a conflict: its guest may be writing). Like ``ex_export_disk``, the file must be readable here."""
+        def unused(conn: libvirt.virConnect) -> str:
+            vol = conn.storageVolLookupByPath(volume_id)
+            users = self._attachments(conn)[0].get(vol.path())
+            if users:
+                raise ProviderConflict(f"volume {volume_id} is attached to domain {', '.join(users)}; detach it "
+                                       "before copying it", provider=self.name, operation="export_volume")
+            return str(vol.path())
+
+        path = Path(await self._call("export_volume", unused))
+        if not path.is_file():
+            raise DriverError(f"volume {path} is not reachable from the broker", provider=self.name,
+                              operation="export_volume")
+        return await self._flattened("export_volume", path, Path(dest_dir) / f"volume-{path.stem}.qcow2", progress)
+
+    async def ex_import_volume(self, disk: DiskRef, spec: VolumeSpec) -> VolumeInfo:
+        """A new volume of ``spec`` (:meth:`create_volume`) holding ``disk`` (qcow2), written by qemu-img into
+        the file the pool made; a failed write deletes the volume again."""
+        if disk.format != self.volume_format:
+            raise ValidationError(f"{self.name}: a volume imports from {self.volume_format}, not {disk.format}")
+        made = await self.create_volume(spec)
+        try:
+            await self._qemu_img("import_volume", "convert", "-n", "-f", disk.format, "-O", "qcow2", disk.path,
+                                 made.provider_volume_id)
+        except DriverError:
+            await self.delete_volume(made.provider_volume_id)
+            raise
+        return made
+
     def _network_info(self, net: libvirt.virNetwork) -> NetworkInfo:
         tagged = _TAGGED.fullmatch(net.name())
         try:
@@ -999,14 +1031,19 @@ class LibvirtDriver(DriverBase):
         bytes written so far of the size ``qemu-img measure`` expects (sampled from the file as qemu-img
         writes it), and the file's real size at the end.
         """
+        path = await self._stopped_disk(vm_id, "export_disk")
+        return await self._flattened("export_disk", path, Path(dest_dir) / f"{vm_id}.qcow2", progress)
+
+    async def _flattened(self, operation: str, path: Path, out: Path,
+                         progress: Callable[[int, int], None] | None) -> DiskRef:
+        """The qcow2 file ``path`` (its backing chain merged) copied to ``out``, written under a ``.part`` name
+        first so that a copy found at ``out`` is a finished one (a retried step reuses it)."""
         from metavmm.translators.disk import DiskTarget, measure
 
-        path = await self._stopped_disk(vm_id, "export_disk")
-        out = Path(dest_dir) / f"{vm_id}.qcow2"
         if not out.exists():
             part = out.with_name(out.name + ".part")
             expected = await measure(DiskRef(str(path), "qcow2"), DiskTarget.parse("qcow2")) if progress else None
-            work = self._qemu_img("export_disk", "convert", "-f", "qcow2", "-O", "qcow2", str(path), str(part))
+            work = self._qemu_img(operation, "convert", "-f", "qcow2", "-O", "qcow2", str(path), str(part))
             await _sampled(work, part, expected or 0, progress)
             part.replace(out)
         if progress is not None:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 from metavmm.drivers.base import MIB, CpuSample, DriverBase, MigrationProgress
 from metavmm.drivers.replica_files import FileReplicas
 from metavmm.drivers.sim_state import SimState, Tx
-from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ProviderUnavailable
+from metavmm.foundation.errors import ProviderConflict, ProviderNotFound, ProviderUnavailable, ValidationError
 from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import (
     Capability,
@@ -79,9 +79,11 @@ class SimDriver(DriverBase):
         Capability.GPU, Capability.SUSPEND, Capability.NESTED_VIRT, Capability.IMPORT_IMAGE,
         Capability.EXPORT_IMAGE, Capability.MULTI_REGION, Capability.VOLUMES, Capability.NETWORKS,
         Capability.ATTACH_VOLUME, Capability.ATTACH_NETWORK, Capability.FENCE, Capability.REPLICA_TARGET,
+        Capability.VOLUME_COPY,
     })
     image_import_formats = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})  # simulated: nothing converts
     image_export_formats = ("raw",)
+    volume_format: ClassVar[str] = "raw"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)
@@ -306,6 +308,7 @@ class SimDriver(DriverBase):
             tx.put(vm_id, replace(vm, flavor=flavor, extra={**vm.extra, "vcpus": vcpus, "ram_mib": ram_mib}))
 
     SIM_DISK_BYTES: ClassVar[int] = 64 * 2**20
+    SIM_LABEL: ClassVar[bytes] = b"metavmm SIMULATED disk of "
     """A simulated VM's exported disk: sparse but for a first block naming the VM, small enough that a cold
     migration on sim runs the real export, qemu-img conversion, checksums and import steps in moments."""
 
@@ -334,7 +337,7 @@ class SimDriver(DriverBase):
     def _simulated_disk(self, path: Path, label: str) -> DiskRef:
         """A sparse raw disk whose first block names what it simulates."""
         with open(path, "wb") as f:
-            f.write(f"metavmm SIMULATED disk of {label}\n".encode().ljust(4096, b"\0"))
+            f.write(self.SIM_LABEL + f"{label}\n".encode().ljust(4096 - len(self.SIM_LABEL), b"\0"))
             f.truncate(self.SIM_DISK_BYTES)
         return DiskRef(str(path), "raw")
 
@@ -376,6 +379,36 @@ class SimDriver(DriverBase):
                 raise ProviderConflict(f"volume {volume_id} is in use", provider=self.name,
                                        operation="delete_volume")
             tx.delete(VolumeInfo, volume_id)
+
+    async def ex_export_volume(self, volume_id: str, dest_dir: str,
+                               progress: Callable[[int, int], None] | None = None) -> DiskRef:
+        """SIMULATED: the unattached volume as a raw disk of ``SIM_DISK_BYTES`` whose first block holds its
+        content (``extra["content"]``: what an import gave it, else a line naming it), so a copy is checkable."""
+        self._check_reachable("export_volume")
+        with self.state.read() as tx:
+            volume = self._lookup(tx, VolumeInfo, volume_id, "volume", "export_volume")
+        if volume.attached_to:
+            raise ProviderConflict(f"volume {volume_id} is attached to {', '.join(volume.attached_to)}; detach it "
+                                   "before copying it", provider=self.name, operation="export_volume")
+        content = str(volume.extra.get("content") or f"volume {volume_id} ({volume.name})")
+        disk = self._simulated_disk(Path(dest_dir) / f"{volume_id}.raw", content)
+        if progress is not None:
+            progress(self.SIM_DISK_BYTES, self.SIM_DISK_BYTES)
+        return disk
+
+    async def ex_import_volume(self, disk: DiskRef, spec: VolumeSpec) -> VolumeInfo:
+        """SIMULATED: a new volume of ``spec`` whose content is the first line of the raw ``disk`` (as
+        :meth:`ex_export_volume` wrote it)."""
+        if disk.format != self.volume_format:
+            raise ValidationError(f"{self.name}: a volume imports from {self.volume_format}, not {disk.format}")
+        with open(disk.path, "rb") as f:
+            head = f.read(4096).split(b"\n", 1)[0]
+        made = await self.create_volume(spec)
+        content = head.removeprefix(self.SIM_LABEL).decode(errors="replace") if head.startswith(self.SIM_LABEL) else ""
+        with self.state.change() as tx:
+            made = replace(made, extra={**made.extra, "content": content})
+            tx.put(made.provider_volume_id, made)
+        return made
 
     async def attach_volume(self, vm_id: str, volume_id: str) -> None:
         with self.state.change() as tx:

@@ -42,6 +42,7 @@ class Capability(enum.StrEnum):
     LIVE_POSTCOPY = "live_postcopy"  # run the guest at the target while its pages follow (needs userfaultfd there)
     DIRTY_RATE = "dirty_rate"  # ex_dirty_rate: how fast a running guest dirties its memory
     REPLICA_TARGET = "replica_target"  # replica_store: the provider keeps DR recovery points and boots them
+    VOLUME_COPY = "volume_copy"  # ex_export_volume / ex_import_volume: an unattached volume's data leaves and arrives
 
 
 class VmState(enum.StrEnum):

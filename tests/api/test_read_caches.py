@@ -126,3 +126,29 @@ async def test_a_revoked_token_stops_at_once_on_a_cached_occi_read(world: Any) -
     assert (await client.delete(f"{API}/tokens/{minted['id']}", headers=w.auth("alpha_member"))).status == 204
     assert (await client.get(path, headers=bearer)).status == 401
     assert (await client.get(path, headers={**TEXT, **w.auth("alpha_reader")})).status == 200
+
+
+async def test_concurrent_requests_missing_the_caches_read_the_catalog_once(world: Any) -> None:
+    """32 requests with one token arriving while its cache entry is gone: one token query, not 32 (issue 23
+    item 15: every cached entry expiring under load was read again by each request waiting for it)."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    client, w = world
+    engine = w.app[keys.SESSIONS].kw["bind"].sync_engine
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM api_token" in statement:
+            seen.append(statement)
+
+    w.app[keys.IDENTITIES].clear()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        answers = await asyncio.gather(*(client.get(f"{API}/whoami", headers=w.auth("alpha_member"))
+                                         for _ in range(32)))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [a.status for a in answers] == [200] * 32
+    assert len(seen) == 1, len(seen)

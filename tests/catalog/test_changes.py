@@ -76,3 +76,46 @@ async def test_the_project_lock_is_not_a_change(sessions: Any) -> None:
         project = (await s.exec(select(Project).where(Project.name == "locked"))).one()
         await lock_project(s, project.id or 0)
     assert changes.version(("project",)) == before
+
+
+async def test_misses_at_one_version_share_one_read_and_a_commit_starts_another() -> None:
+    """read_through (issue 23 item 15): callers missing while a read of the key runs at the same version get
+    its answer; one arriving after a commit to the cache's tables reads again; an error reaches every caller
+    of the read and nothing is kept; a caller that goes away leaves the read to the others."""
+    import asyncio
+
+    changes = Changes()
+    cache = TtlCache[str](changes, ("project",), ttl_s=5)
+    reads: list[asyncio.Event] = []
+
+    async def read() -> tuple[str | None, None]:
+        gate = asyncio.Event()
+        reads.append(gate)
+        n = len(reads)
+        await gate.wait()
+        return f"read {n}", None
+
+    first = [asyncio.ensure_future(cache.read_through("k", read)) for _ in range(5)]
+    for _ in range(3):  # each caller, then the read's own task, get to run
+        await asyncio.sleep(0)
+    assert len(reads) == 1 and cache.shared == 4
+    changes.bump(["project"])  # committed while the read runs: what it returns may predate that commit
+    after = asyncio.ensure_future(cache.read_through("k", read))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(reads) == 2
+    first[0].cancel()  # its caller went away: the others still get the read
+    for gate in reads:
+        gate.set()
+    assert [await f for f in first[1:]] == ["read 1"] * 4 and await after == "read 2"
+    assert cache.get("k") == "read 2"  # the read from before the commit was not kept
+
+    async def broken() -> tuple[str | None, None]:
+        await asyncio.sleep(0)
+        raise RuntimeError("the catalog is away")
+
+    changes.bump(["project"])
+    failing = [asyncio.ensure_future(cache.read_through("k", broken)) for _ in range(3)]
+    results = await asyncio.gather(*failing, return_exceptions=True)
+    assert [str(r) for r in results] == ["the catalog is away"] * 3 and cache.get("k") is None
+    assert not cache.reading  # nothing left running

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from metavmm.api import keys
-from metavmm.catalog.models import Operation, QuotaReservation, Workload
+from metavmm.catalog.models import Operation, OperationEvent, QuotaReservation, Workload
 from metavmm.foundation.errors import NoPlacement, QuotaExceeded
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
@@ -58,6 +58,12 @@ async def test_one_transaction_each_create_its_own_answer(world: Any) -> None:
     ids = [a.workload.id for a in accepted]
     assert len({a.operation.id for a in accepted}) == 8
     assert await _rows(w, ids) == (Counter(ids), Counter(ids), Counter(ids))
+    async with w.app[keys.SESSIONS]() as s:  # each operation's "planned" line, written in one statement
+        events = (await s.exec(select(OperationEvent).where(
+            col(OperationEvent.operation_id).in_([a.operation.id for a in accepted])))).all()
+    assert sorted(e.operation_id for e in events if e.message.startswith("create planned: hold-quota")) == \
+        sorted(a.operation.id for a in accepted)
+    assert all(e.id is not None and e.at is not None and e.level == "info" for e in events)
 
 
 async def test_a_failed_batch_writes_nothing_then_each_create_alone(world: Any,

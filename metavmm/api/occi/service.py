@@ -114,13 +114,13 @@ class OcciService:
     async def registry(self) -> Registry:
         """The categories the project sees; read, not changed (define_mixins reads its own copy)."""
         cache, project = self.registries, self.ident.project_id
-        if cache is not None and (hit := cache.get(project)) is not None:
-            return hit
-        version = cache.version() if cache is not None else 0
-        async with self.maker() as session:
-            reg = await registry(session, project)
-        if cache is not None:
-            cache.put(project, reg, version)
+
+        async def read() -> tuple[Registry, None]:
+            async with self.maker() as session:
+                return await registry(session, project), None
+
+        reg = await cache.read_through(project, read) if cache is not None else (await read())[0]
+        assert reg is not None
         return reg
 
     async def _workload(self, session: AsyncSession, kind: str, entity_id: str) -> Workload:

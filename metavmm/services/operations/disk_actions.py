@@ -22,7 +22,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,14 +83,21 @@ async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_:
     export = getattr(driver, "ex_export_disk", None)
     if export is None:
         raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot export a VM's disk")
+    return {"exported": await exported(ctx, export, vm.provider_vm_id, "disk_export")}
+
+
+async def exported(ctx: StepContext, export: Callable[..., Awaitable[DiskRef]], resource_id: str,
+                   what: str) -> dict[str, Any]:
+    """Run a driver's export of ``resource_id`` (a VM's disk, a volume) into the scratch directory, its bytes
+    reported as they go and counted as ``what``; the disk it wrote, as a step output."""
     started = time.perf_counter()
     meter = _Meter()
-    disk: DiskRef = await _reported(ctx, export(vm.provider_vm_id, str(ctx.work_dir), progress=meter), meter)
+    disk: DiskRef = await _reported(ctx, export(resource_id, str(ctx.work_dir), progress=meter), meter)
     size = Path(disk.path).stat().st_size
     await ctx.moved(size, time.perf_counter() - started)
     await ctx.log(f"exported {disk.path} ({disk.format}, {size} bytes)")
-    _moved("disk_export", disk.path)
-    return {"exported": {"path": disk.path, "format": disk.format}}
+    _moved(what, disk.path)
+    return {"path": disk.path, "format": disk.format}
 
 
 def _finished(out: Path) -> dict[str, Any] | None:

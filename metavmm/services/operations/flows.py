@@ -159,6 +159,49 @@ def move_step(workload_id: str, kind: str, *, name: str, source: Mapping[str, An
                 detail=f"{kind} {name} to {dest.get('site')}")
 
 
+def volume_copy_steps(workload_id: str, *, name: str, size_gib: int, source: Mapping[str, Any],
+                      dest: Mapping[str, Any], volume_format: str,
+                      waits: Sequence[Step] = ()) -> tuple[list[Step], list[Step]]:
+    """Move an unattached volume's data from ``source`` to ``dest`` (each a placement: provider, region,
+    site) through the scratch directory: export, convert to the ``volume_format`` the destination's driver
+    imports, import as a new volume there, and switch the catalog to it. Returns the steps before the
+    attach and those after the link's commit (the copy left at the source discarded, the scratch removed).
+    A rollback from any step before the commit deletes the new copy and leaves the volume where it was
+    (``volume.depart``'s undo, ``volume.stay``); ``waits`` (what must end first) run after ``depart``."""
+    keep = ("provider", "region", "site")
+    src = {k: str(source.get(k) or "") for k in keep}
+    dst = {k: str(dest.get(k) or "") for k in keep}
+    at = {"workload_id": workload_id}
+    before = [
+        Step("depart", "volume.depart", {**at, "source": src, "dest": dst}, compensate="volume.stay",
+             detail=f"storage {name} from {src['site']} to {dst['site']}"),
+        *waits,
+        Step("export", "volume.export", {**at, **src}, compensate="scratch.clean", weight=3, site=src["site"]),
+        Step("convert", "disk.convert", {"to_format": volume_format}, compensate="scratch.clean", weight=2),
+        Step("import", "volume.import", {**at, **dst, "name": name, "size_gib": size_gib},
+             compensate="volume.discard", weight=3, site=dst["site"]),
+        Step("switch", "volume.switch", {**at, "dest": dst}),
+    ]
+    after = [Step("discard-source", "volume.discard", {**at, **src}, site=src["site"]),
+             Step("clean-scratch", "scratch.clean", {})]
+    return before, after
+
+
+def volume_format(kind: str) -> str:
+    """The disk format the ``kind`` driver's volumes leave and arrive in (qcow2 when its SDK is missing: the
+    import step then says what it lacks)."""
+    from metavmm.drivers.registry import driver_class
+
+    try:
+        return str(driver_class(kind).volume_format)
+    except ConfigError:
+        return "qcow2"
+
+
+MOVES = ("resource.move", "volume.depart")
+"""The first step of each way a link's target moves to the compute's site (the attach plan's ``moves``)."""
+
+
 def attach_steps(link_id: str, *, compute_id: str, target_id: str, target_kind: str,
                  mac: str | None = None, reserve: Mapping[str, str] | None = None) -> list[Step]:
     """Attach a volume or network to a compute: wait until both ends are placed (their own create
@@ -209,13 +252,19 @@ async def _link(session: AsyncSession, link_id: str) -> tuple[WorkloadLink, str]
     return link, target.kind
 
 
-async def attach_plan(session: AsyncSession, link_id: str, *, first: Sequence[Step] = ()) -> PlanSpec:
+async def attach_plan(session: AsyncSession, link_id: str, *, first: Sequence[Step] = (),
+                      after: Sequence[Step] = ()) -> PlanSpec:
     """Apply a link row (storagelink or networkinterface) at the provider; ``first``: steps before the
-    attach (the move of a target its first link binds to the compute's site, :func:`move_step`)."""
+    attach (the move of a target to the compute's site, :func:`move_step` or :func:`volume_copy_steps`),
+    ``after``: steps after the link's commit (what such a move leaves to clean). With a move, a first
+    ``pending`` step's undo marks the link failed whichever step rolls back."""
     link, kind = await _link(session, link_id)
-    steps = [*first, *attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id, target_kind=kind,
-                                   mac=link.attributes.get("mac"), reserve=reservation(link))]
-    moves = [s.args["workload_id"] for s in first if s.action == "resource.move"]
+    ends = {"link_id": link.id, "compute_id": link.source_id, "target_id": link.target_id}
+    guard = [Step("pending", "link.pending", ends, compensate="link.failed")] if first else []
+    steps = [*guard, *first, *attach_steps(link.id, compute_id=link.source_id, target_id=link.target_id,
+                                           target_kind=kind, mac=link.attributes.get("mac"),
+                                           reserve=reservation(link)), *after]
+    moves = [s.args["workload_id"] for s in first if s.action in MOVES]
     return PlanSpec("attach", steps, link.id, link.project_id,
                     {"compute": link.source_id, **({"moves": moves[0]} if moves else {})})
 

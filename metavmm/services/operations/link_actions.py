@@ -47,6 +47,14 @@ async def wait_ends(ctx: StepContext, *, link_id: str, compute_id: str, target_i
     return {"provider": provider}
 
 
+@action("link.pending")
+async def pending(ctx: StepContext, *, link_id: str, **_: Any) -> None:
+    """The first step of an attach whose target moves first: the link stays as the request wrote it
+    (pending); the step is there for its undo, link.failed, so that a move that rolls back marks the link
+    too (link.wait_ends, whose undo that is otherwise, has not run yet)."""
+    await ctx.log(f"link {link_id}: its target moves to the compute's site first")
+
+
 @action("link.failed")
 async def failed(ctx: StepContext, *, link_id: str, **_: Any) -> None:
     """The attach rolled back: the link says so (compensation of link.wait_ends)."""

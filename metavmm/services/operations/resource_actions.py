@@ -12,17 +12,21 @@ a libvirt network (an isolated bridge), an AWS VPC with one subnet.
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Provider, Workload
-from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound
-from metavmm.foundation.records import Capability, NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
+from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound, UnsupportedOperation
+from metavmm.foundation.records import Capability, DiskRef, NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
 from metavmm.services import observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
+from metavmm.services.operations.disk_actions import exported
 from metavmm.services.operations.vm_actions import find_vm, require_vm
 
 Resource = VolumeInfo | NetworkInfo
@@ -63,17 +67,21 @@ def resource_id(found: Resource) -> str:
     return found.provider_volume_id if isinstance(found, VolumeInfo) else found.provider_network_id
 
 
-async def find(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str) -> Resource | None:
-    """The resource carrying ``workload_id``'s tag at ``provider``, or None."""
-    matches = [r for r in await verbs.list(ctx.driver(provider)) if r.workload_id == workload_id]
+async def find(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str,
+               region: str | None = None) -> Resource | None:
+    """The resource carrying ``workload_id``'s tag at ``provider`` (in ``region``, where given: a volume's copy
+    to another region of the provider carries the tag too until the copy it left is discarded), or None."""
+    matches = [r for r in await verbs.list(ctx.driver(provider))
+               if r.workload_id == workload_id and region in (None, r.region)]
     if len(matches) > 1:
         raise DriverError(f"{len(matches)} {verbs.noun}s carry workload {workload_id}; expected one",
                           provider=provider, operation=f"find_{verbs.noun}")
     return matches[0] if matches else None
 
 
-async def require(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str) -> Resource:
-    found = await find(ctx, verbs, provider, workload_id)
+async def require(ctx: StepContext, verbs: Verbs, provider: str, workload_id: str,
+                  region: str | None = None) -> Resource:
+    found = await find(ctx, verbs, provider, workload_id, region)
     if found is None:
         raise ProviderNotFound(f"no {verbs.noun} of workload {workload_id}", provider=provider,
                                operation=f"find_{verbs.noun}")
@@ -118,6 +126,12 @@ async def _placed(session: Any, workload_id: str) -> tuple[Workload, str | None]
 async def link_provider(ctx: StepContext, compute_id: str, target_id: str) -> str | None:
     """The provider both ends of a link are at; None while one of them is not placed yet. Ends at two
     providers or sites are a conflict: a VM attaches only what its own site holds."""
+    ends = await _link_site(ctx, compute_id, target_id)
+    return ends[0] if ends is not None else None
+
+
+async def _link_site(ctx: StepContext, compute_id: str, target_id: str) -> tuple[str, str | None] | None:
+    """:func:`link_provider`'s provider and the region the catalog places the target in."""
     async with ctx.sessions() as session:
         compute, at = await _placed(session, compute_id)
         target, target_at = await _placed(session, target_id)
@@ -126,16 +140,18 @@ async def link_provider(ctx: StepContext, compute_id: str, target_id: str) -> st
     if (at, compute.site_id) != (target_at, target.site_id):
         raise Conflict(f"{target.kind} {target.name} is at {target_at} (site {target.site_id}), compute "
                        f"{compute.name} at {at} (site {compute.site_id}): a link stays within one site")
-    return at
+    region = ((target.spec or {}).get("placement") or {}).get("region")
+    return at, str(region) if region else None
 
 
 async def attach(ctx: StepContext, verbs: Verbs, compute_id: str, target_id: str,
                  mac: str | None = None) -> dict[str, Any]:
-    provider = await link_provider(ctx, compute_id, target_id)
-    if provider is None:
+    ends = await _link_site(ctx, compute_id, target_id)
+    if ends is None:
         raise Conflict(f"compute {compute_id} or {verbs.kind} {target_id} is not placed at any provider")
+    provider, region = ends
     vm = await require_vm(ctx, provider, compute_id)
-    found = await require(ctx, verbs, provider, target_id)
+    found = await require(ctx, verbs, provider, target_id, region)
     given = await verbs.attach(ctx.driver(provider), vm.provider_vm_id, resource_id(found), mac)
     await ctx.log(f"{verbs.noun} {resource_id(found)} attached to {vm.provider_vm_id} at {provider}")
     return {"attached": resource_id(found), "vm_id": vm.provider_vm_id,
@@ -201,11 +217,19 @@ async def _move(ctx: StepContext, *, kind: str, workload_id: str, name: str, frm
         spec = SPEC[kind](workload_id=workload_id, name=name, region=to["region"], **extra)
         found = await verbs.create(ctx.driver(to["provider"]), spec)
         await ctx.log(f"created {verbs.noun} {resource_id(found)} at {to['site']}")
-    async with session_scope(ctx.sessions) as session:
-        row = await observer.record_resource(session, to["provider"], workload_id, resource_id(found), to["region"])
-        placement = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
-        row.spec = {**row.spec, "placement": {**placement, **to, **({} if bound else {"provisional": True})}}
+    await _record_at(ctx, workload_id, found, to, bound=bound)
     return {f"{verbs.noun}_id": resource_id(found)}
+
+
+async def _record_at(ctx: StepContext, workload_id: str, found: Resource, where: dict[str, Any], *,
+                     bound: bool = True) -> None:
+    """The catalog names ``found`` as the workload's resource, at ``where`` (provider, region, site): placed
+    there, bound or (``bound`` false) provisionally."""
+    async with session_scope(ctx.sessions) as session:
+        row = await observer.record_resource(session, where["provider"], workload_id, resource_id(found),
+                                             where["region"])
+        placement = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
+        row.spec = {**row.spec, "placement": {**placement, **where, **({} if bound else {"provisional": True})}}
 
 
 @action("resource.move")
@@ -223,6 +247,99 @@ async def move_back(ctx: StepContext, *, kind: str, workload_id: str, name: str,
     (compensation of resource.move)."""
     extra = {"size_gib": size_gib} if kind == VOLUME.kind else {"cidr": cidr}
     await _move(ctx, kind=kind, workload_id=workload_id, name=name, frm=dest, to=source, bound=False, **extra)
+
+
+# --- an unattached volume's data to another site (its next link's compute is there, issue 23.2) --------------
+# flows.volume_copy_steps: depart, export, convert (disk.convert), import, switch; after the link's commit the
+# copy left at the source is discarded. Each is idempotent; a rollback from any of them ends in volume.stay.
+
+
+async def _one_volume(ctx: StepContext, where: dict[str, Any], workload_id: str) -> VolumeInfo | None:
+    found = await _at(ctx, VOLUME, where, workload_id)
+    if len(found) > 1:
+        raise DriverError(f"{len(found)} volumes carry workload {workload_id} at {where['site']}; expected one",
+                          provider=where["provider"], operation="find_volume")
+    return found[0] if found and isinstance(found[0], VolumeInfo) else None
+
+
+@action("volume.depart")
+async def depart(ctx: StepContext, *, workload_id: str, source: dict[str, Any], dest: dict[str, Any],
+                 **_: Any) -> None:
+    """The first step of a volume's copy: nothing changes yet (the request already names ``dest`` as its
+    site, so no other link is planned at the old one); its undo, ``volume.stay``, puts it back."""
+    await ctx.log(f"volume of workload {workload_id} leaves {source['site']} for {dest['site']}")
+
+
+@action("volume.stay")
+async def stay(ctx: StepContext, *, workload_id: str, source: dict[str, Any], **_: Any) -> None:
+    """The copy rolled back: the catalog names the volume at ``source`` again (bound there, as it was), and the
+    scratch directory goes (compensation of volume.depart)."""
+    found = await _one_volume(ctx, source, workload_id)
+    if found is None:
+        raise ProviderNotFound(f"no volume of workload {workload_id} at {source['site']} to keep",
+                               provider=source["provider"], operation="find_volume")
+    await _record_at(ctx, workload_id, found, source)
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    await ctx.log(f"volume {found.provider_volume_id} stays at {source['site']}")
+
+
+@action("volume.export")
+async def export_volume(ctx: StepContext, *, workload_id: str, provider: str, region: str, site: str = "",
+                        save_as: str = "exported", **_: Any) -> dict[str, Any]:
+    """Copy the unattached volume's data into the operation's scratch directory (the provider refuses one a
+    VM still has attached)."""
+    found = await _one_volume(ctx, {"provider": provider, "region": region, "site": site}, workload_id)
+    if found is None:
+        raise ProviderNotFound(f"no volume of workload {workload_id} at {site or provider}", provider=provider,
+                               operation="find_volume")
+    driver = ctx.driver(provider)
+    export = getattr(driver, "ex_export_volume", None)
+    if export is None or Capability.VOLUME_COPY not in driver.capabilities:
+        raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot copy a volume out")
+    return {save_as: await exported(ctx, export, found.provider_volume_id, "volume_export")}
+
+
+@action("volume.import")
+async def import_volume(ctx: StepContext, *, workload_id: str, provider: str, region: str, name: str,
+                        size_gib: int, site: str = "", source: str = "converted", **_: Any) -> dict[str, Any]:
+    """Make the volume anew at ``provider``/``region`` holding the disk in ``outputs[source]``. A volume of the
+    workload found there is an earlier attempt's, perhaps half written: deleted, and the import starts over."""
+    driver = ctx.driver(provider)
+    if Capability.VOLUME_COPY not in driver.capabilities:
+        raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot copy a volume in")
+    where = {"provider": provider, "region": region, "site": site}
+    await discard_volume(ctx, workload_id=workload_id, **where)
+    disk = DiskRef(**ctx.outputs[source])
+    started = time.perf_counter()
+    made: VolumeInfo = await driver.ex_import_volume(  # type: ignore[attr-defined]
+        disk, VolumeSpec(name=name, region=region, size_gib=size_gib, workload_id=workload_id))
+    await ctx.moved(Path(disk.path).stat().st_size, time.perf_counter() - started)
+    await ctx.log(f"imported as volume {made.provider_volume_id} at {site or provider}")
+    return {"volume_id": made.provider_volume_id}
+
+
+@action("volume.switch")
+async def switch(ctx: StepContext, *, workload_id: str, dest: dict[str, Any], **_: Any) -> None:
+    """The catalog names the copy at ``dest`` as the volume (the attach that follows finds it there)."""
+    found = await _one_volume(ctx, dest, workload_id)
+    if found is None:
+        raise ProviderNotFound(f"no volume of workload {workload_id} at {dest['site']}", provider=dest["provider"],
+                               operation="find_volume")
+    await _record_at(ctx, workload_id, found, dest)
+    await ctx.log(f"volume {found.provider_volume_id} is the workload's at {dest['site']}")
+
+
+@action("volume.discard")
+async def discard_volume(ctx: StepContext, *, workload_id: str, provider: str, region: str, site: str = "",
+                         **_: Any) -> None:
+    """Delete the workload's volume at ``provider``/``region`` only (a provider of several regions may hold
+    the other copy too): the copy an import made (its undo) or the one a finished copy left behind."""
+    for old in await _at(ctx, VOLUME, {"provider": provider, "region": region}, workload_id):
+        try:
+            await VOLUME.delete(ctx.driver(provider), resource_id(old))
+        except ProviderNotFound:
+            continue
+        await ctx.log(f"deleted volume {resource_id(old)} at {site or provider}/{region}")
 
 
 def register(verbs: Verbs, spec: Callable[..., Any]) -> None:

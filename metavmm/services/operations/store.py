@@ -9,10 +9,11 @@ and PostgreSQL alike; the queue (in-process or procrastinate) only decides who t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -102,6 +103,14 @@ def new_plan(*, kind: str, steps: list[Step], target_id: str | None = None, para
         op.id = operation_id
     event = OperationEvent(operation_id=op.id, message=f"{kind} planned: " + ", ".join(s.name for s in steps))
     return op, event
+
+
+async def add_events(session: AsyncSession, events: Sequence[OperationEvent]) -> None:
+    """Insert ``events`` in one statement (a batch of plans' "planned" lines). ``session.add_all`` inserts
+    them one by one on SQLite: the ORM reads each new id back, and a multi-row INSERT cannot return them
+    in order there (issue 23 item 15: one statement per create under the project's lock)."""
+    if events:
+        await session.exec(insert(OperationEvent), params=[e.model_dump(exclude={"id"}) for e in events])  # type: ignore[call-overload]
 
 
 def _same_request(op: Operation, kind: str, target_id: str | None, fingerprint: str | None) -> Operation:

@@ -131,7 +131,7 @@ class CreateBatches:
                         operation_id=d.op_id, request_id=q.request_id) for q, d, steps, where, _ in decided]
                     session.add_all([op for op, _ in plans])
                     await session.flush()  # the events reference the operations
-                    session.add_all([event for _, event in plans])
+                    await op_store.add_events(session, [event for _, event in plans])
                     written = [(q, d.workload, op) for (q, d, _, _, _), (op, _) in zip(decided, plans, strict=True)]
         except asyncio.CancelledError:
             for q, exc in refused:

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
@@ -222,8 +222,10 @@ class CreateRequest:
     anti_affinity_group: str | None = None
 
     def fingerprint(self) -> str:
-        """What the idempotency check compares: a key reused for another request is a conflict."""
-        data = asdict(self)
+        """What the idempotency check compares: a key reused for another request is a conflict. The fields
+        as they are (links as dicts): the JSON of ``asdict``, which deep-copied every mapping and list on the
+        way (issue 23 item 15: a measurable share of a create's CPU), so a key stored before still matches."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["links"] = [asdict(link) for link in self.links]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -54,6 +54,7 @@ from metavmm.foundation.errors import (
     PreconditionFailed,
     ValidationError,
 )
+from metavmm.foundation.records import Capability
 from metavmm.scheduler.request import ImageRef, PlacementRequest
 from metavmm.services import quotas
 from metavmm.services.identity import Identity
@@ -198,18 +199,23 @@ class WorkloadService:
         cache = self.resolved
         key = (project_id, req.kind, req.flavor, req.image, req.vcpus, req.ram_mib, req.disk_gib, req.gpu_model,
                req.gpu_count)
-        try:
-            if cache is not None and (hit := cache.get(key)) is not None:
-                return hit[0], self._usable(hit[1], hit[0]) if hit[1] is not None else None  # expiry: checked now
-            version = cache.version() if cache is not None else 0
-            async with self.sessions() as session:
-                shape = await self._shape(session, req)
-                ready = shape, await self._image(session, req.image, project_id, shape) if req.image else None
+
+        async def read() -> tuple[tuple[Shape, Image | None] | None, None]:
+            try:
+                async with self.sessions() as session:
+                    shape = await self._shape(session, req)
+                    image = await self._image(session, req.image, project_id, shape) if req.image else None
+                    return (shape, image), None
+            except MetavmmError:
+                return None, None
+
+        ready = await cache.read_through(key, read) if cache is not None else (await read())[0]
+        if ready is None:
+            return None
+        try:  # a kept image's expiry is checked now
+            return ready[0], self._usable(ready[1], ready[0]) if ready[1] is not None else None
         except MetavmmError:
             return None
-        if cache is not None:
-            cache.put(key, ready, version)
-        return ready
 
     async def _create_in(self, session: AsyncSession, project_id: int, req: CreateRequest, key: str | None,
                          fingerprint: str, ready: tuple[Shape, Image | None] | None = None) -> Accepted:
@@ -243,7 +249,7 @@ class WorkloadService:
         await session.flush()  # the reservations and links reference the workload row
         await quotas.hold(session, project_id, need, workload_id=workload_id, operation_id=op_id)
         linked = [await self._new_link(session, workload, spec_, index=i) for i, spec_ in enumerate(req.links)]
-        links = [lk for lk, _ in linked]
+        links = [lk for lk, _, _ in linked]
         if links:
             workload.spec = {**workload.spec,
                              "networks": [lk.target_id for lk in links if lk.kind == "networkinterface"],
@@ -252,8 +258,8 @@ class WorkloadService:
             session, kind="create", steps=flows.with_quota(workload_id, steps), target_id=workload_id,
             project_id=project_id, idempotency_key=key, fingerprint=fingerprint,
             params={**where, "holds_quota": True}, operation_id=op_id)
-        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id, first=first))
-                    for lk, first in linked]
+        link_ops = [await self._write(session, await flows.attach_plan(session, lk.id, first=first, after=after))
+                    for lk, first, after in linked]
         return Accepted(workload, operation, tuple(links), tuple(link_ops))
 
     @staticmethod
@@ -457,8 +463,9 @@ class WorkloadService:
                     raise Conflict(f"the link of operation {earlier.id} is gone")
                 return link, earlier
             compute = await self._in_session(session, caller, compute_id)
-            link, first = await self._new_link(session, compute, spec, index=0)
-            op = await self._write(session, await flows.attach_plan(session, link.id, first=first), key, fingerprint)
+            link, first, after = await self._new_link(session, compute, spec, index=0)
+            op = await self._write(session, await flows.attach_plan(session, link.id, first=first, after=after),
+                                   key, fingerprint)
         await self._wake(op)
         return link, op
 
@@ -481,10 +488,11 @@ class WorkloadService:
         return op
 
     async def _new_link(self, session: AsyncSession, compute: Workload, spec: LinkSpec, *,
-                        index: int) -> tuple[WorkloadLink, list[Step]]:
+                        index: int) -> tuple[WorkloadLink, list[Step], list[Step]]:
         """A link row from a compute to a network or storage of its project; defaults for its device name
         (eth<n>, vd<x>) and, for an interface, the MAC it asks for (checked, unique in the catalog). With it,
-        the steps its attach plan runs first: the move of a target not bound yet to the compute's site."""
+        the steps its attach plan runs first and after its commit: the move of a target to the compute's
+        site (:meth:`_bind`)."""
         target = await session.get(Workload, spec.target_id.lower()) if is_uuid(spec.target_id) else None
         if target is None or target.project_id != compute.project_id:
             raise NotFound(f"no network or storage {spec.target_id} in this project")
@@ -511,47 +519,94 @@ class WorkloadService:
                 attributes["mac"] = mac
         else:
             attributes["deviceid"] = spec.device or f"vd{chr(ord('b') + min(n, 24))}"
-        first = await self._bind(session, compute, target)  # refused: nothing of the link written yet
+        first, after = await self._bind(session, compute, target)  # refused: nothing of the link written yet
         link = WorkloadLink(id=(spec.link_id or new_uuid()).lower(), project_id=compute.project_id, kind=kind,
                             source_id=compute.id, target_id=target.id, attributes=attributes)
         session.add(link)
         await session.flush()
-        return link, first
+        return link, first, after
 
-    async def _bind(self, session: AsyncSession, compute: Workload, target: Workload) -> list[Step]:
+    async def _bind(self, session: AsyncSession, compute: Workload,
+                    target: Workload) -> tuple[list[Step], list[Step]]:
         """Bind a network or storage to the site of the compute it is linked to (issue 23.2). One created
         alone, at no site it was asked for, is placed provisionally and bound by its first link: at another
         site it moves there first (it was never attached, so it holds nothing: the move re-creates it at the
-        compute's site and deletes the old one; a rollback moves it back). One bound already (pinned, or by
-        an earlier link) stays: a link to a compute elsewhere would only roll back, so it is refused now.
-        The steps returned run before the attach; a refusal is a 409 with the reason, nothing written."""
+        compute's site and deletes the old one; a rollback moves it back). A storage bound by an earlier link
+        and unattached now follows too, with its data (:meth:`_copy_volume`). One pinned to its site, a
+        network bound already, or a storage still attached stays: a link to a compute elsewhere would only
+        roll back, so it is refused now. The steps returned run before the attach and after the link's
+        commit; a refusal is a 409 with the reason, nothing written."""
         here, there = site_of(compute), site_of(target)
         where = dict((target.spec or {}).get("placement") or {})
         if not where.pop("provisional", False):
             if here and there and here != there:
+                if target.kind == WorkloadKind.STORAGE and not target.spec.get("site"):
+                    return await self._copy_volume(session, compute, target, where)
                 raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there)} and compute {compute.name} "
                                f"at {'/'.join(here)}: a link stays within one site, and the {target.kind} is bound "
-                               f"to its site (pinned there, or linked before); create the {target.kind} at the "
-                               f"compute's site or link it to a compute at {'/'.join(there)}")
-            return []
-        dest = (compute.spec or {}).get("placement") or {}
+                               f"to its site ({'pinned there' if target.spec.get('site') else 'linked before'}); "
+                               f"create the {target.kind} at the compute's site or link it to a compute at "
+                               f"{'/'.join(there)}")
+            return [], []
         if here is None or here == there:  # where it is already (or the compute is placed nowhere): bound
             if here is not None:
                 await _set(session, target, spec={**target.spec, "placement": where})
-            return []
-        try:
-            to = await self._priced(session, await place_resource(session, self._providers(), target.kind,
-                                                                  dest.get("site")),
-                                    target.kind, int(target.spec.get("disk_gib") or 0))
-        except NoPlacement as exc:
-            raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there or ('nowhere',))} and cannot "
-                           f"follow compute {compute.name} to site {dest.get('site')}: {exc}") from None
+            return [], []
+        to = await self._follow_to(session, compute, target)
         _, _, waits = await flows.behind(session, target.id)  # its create ends first
         move = flows.move_step(target.id, target.kind, name=target.name, source=where, dest=to,
                                size_gib=int(target.spec.get("disk_gib") or 0), cidr=target.spec.get("cidr"))
         await _set(session, target, spec={**target.spec, "placement": to},
                    state_message=f"moving to {to['site']} (linked to compute {compute.name})")
-        return [*waits, move]
+        return [*waits, move], []
+
+    async def _follow_to(self, session: AsyncSession, compute: Workload, target: Workload) -> dict[str, Any]:
+        """Where ``target`` goes to follow ``compute``: a site of the compute's that can hold one (409 otherwise),
+        with a volume's price there (what the spend ledger charges)."""
+        dest = (compute.spec or {}).get("placement") or {}
+        try:
+            where = await place_resource(session, self._providers(), target.kind, dest.get("site"))
+        except NoPlacement as exc:
+            there = site_of(target)
+            raise Conflict(f"{target.kind} {target.name} is at {'/'.join(there or ('nowhere',))} and cannot "
+                           f"follow compute {compute.name} to site {dest.get('site')}: {exc}") from None
+        return await self._priced(session, where, target.kind, int(target.spec.get("disk_gib") or 0))
+
+    async def _copy_volume(self, session: AsyncSession, compute: Workload, target: Workload,
+                           where: dict[str, Any]) -> tuple[list[Step], list[Step]]:
+        """A storage bound by an earlier link, linked now to a compute at another site: an unattached volume
+        may move (issue 23.2), its data copied through the scratch directory (flows.volume_copy_steps), after
+        the detaches still running end. Refused with the reason (409, nothing written) while another compute
+        keeps it attached, or where either provider cannot copy a volume."""
+        links = (await session.exec(select(WorkloadLink).where(WorkloadLink.target_id == target.id))).all()
+        waits: list[Step] = []
+        for lk in links:
+            detach = (await session.exec(select(Operation.id).where(
+                Operation.target_id == lk.id, Operation.kind == "detach",
+                col(Operation.state).in_(op_store.ACTIVE)))).first()
+            if detach is None:
+                holder = await session.get(Workload, lk.source_id)
+                raise Conflict(f"storage {target.name} is attached to compute {holder.name if holder else lk.source_id}"
+                               f" at {where.get('site')}: a volume moves to another site only unattached; remove "
+                               f"that link first")
+            waits.append(Step(f"wait-detach-{len(waits)}", "operation.wait",
+                              {"operation_id": detach, "accept": ["succeeded"]}))
+        to = await self._follow_to(session, compute, target)
+        for side, name in (("out of", where.get("provider")), ("into", to["provider"])):
+            provider = (await session.exec(select(Provider).where(Provider.name == name))).first()
+            if provider is None or Capability.VOLUME_COPY not in provider.capabilities:
+                kind = f" ({provider.kind})" if provider is not None else ""
+                raise Conflict(f"storage {target.name} holds data at {where.get('site')} and cannot follow compute "
+                               f"{compute.name} to site {to['site']}: {name}{kind} cannot copy a volume {side} "
+                               f"a site; create a storage at {to['site']} instead")
+        _, _, busy = await flows.behind(session, target.id)  # a change of it still running ends first
+        fmt = self.config.provider(to["provider"]).kind
+        first, after = flows.volume_copy_steps(
+            target.id, name=target.name, size_gib=int(target.spec.get("disk_gib") or 0), source=where, dest=to,
+            volume_format=flows.volume_format(fmt), waits=[*waits, *busy])
+        await _set(session, target, spec={**target.spec, "placement": to},
+                   state_message=f"moving to {to['site']} with its data (linked to compute {compute.name})")
+        return first, after
 
     @staticmethod
     async def _mac_taken(session: AsyncSession, mac: str) -> bool:

@@ -147,17 +147,126 @@ async def test_a_storage_created_alone_follows_its_first_link_through_every_fron
     assert len(await b.list_volumes()) == len(FRONTS)
 
 
-async def test_bound_by_its_first_link_a_storage_stays_and_a_link_elsewhere_is_409(sim_client: Any) -> None:
+async def _volumes(client: Any, storage: str) -> dict[str, list[Any]]:
+    """The storage's volumes at each provider (sim-a lists both of its sites)."""
+    drivers = client.app[keys.OPERATIONS].executor.drivers
+    return {p: [v for v in await drivers.get(p).list_volumes() if v.workload_id == storage] for p in ("sim-a", "sim-b")}
+
+
+async def _ended(client: Any, link_id: str) -> Operation:
+    """The link's attach operation, once it ended (a copy's clean-up runs after the link is active)."""
+    for _ in range(400):
+        async with client.app[keys.SESSIONS]() as session:
+            op = (await session.exec(select(Operation).where(Operation.target_id == link_id,
+                                                             Operation.kind == "attach"))).one()
+        if op.state in ("succeeded", "failed", "rolled_back", "cancelled"):
+            return op
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the attach of {link_id} still runs: {op.state}")
+
+
+async def _unlink(client: Any, link_id: str) -> None:
+    detached = await client.delete(f"/storagelink/{link_id}", headers=TEXT)
+    assert detached.status == 204, await detached.text()
+
+
+async def test_a_storage_detached_follows_its_next_link_to_another_site_with_its_data(sim_client: Any) -> None:
+    """Bound by its first link, then detached: a link to a compute at another site copies the volume there
+    (issue 23.2, "an unattached volume may move"), through every front end, even while its detach still
+    runs. Before, each such link was 409 "bound to its site". Sites visited: sim-b, then sim-a/sim-000,
+    sim-a/sim-001, sim-b, sim-a/sim-000, sim-a/sim-001: the content the volume had at sim-b arrives at each."""
+    computes = {FAR_SITE: await _compute(sim_client), "sim-a/sim-000": await _compute(sim_client, pin="sim-a-sim-000"),
+                "sim-a/sim-001": await _compute(sim_client, pin="sim-a-sim-001")}
+    storage = await _storage(sim_client, "text/plain")
+    await _settled_storage(sim_client, storage)
+    status, link_id = await _link(sim_client, "text/plain", computes[FAR_SITE], storage)
+    assert status == 201 and (await _attached(sim_client, link_id))["attributes"]["occi.storagelink.state"] == "active"
+    (first,) = (await _volumes(sim_client, storage))["sim-b"]  # made anew there: the provisional one held nothing
+    content = f"volume {first.provider_volume_id} ({first.name})"  # what the sim's first export of it writes
+    for front, site in zip((*FRONTS, "text/plain"), ("sim-a/sim-000", "sim-a/sim-001", FAR_SITE, "sim-a/sim-000",
+                                                      "sim-a/sim-001"), strict=True):
+        await _unlink(sim_client, link_id)  # the next link is asked at once: its plan waits for this detach
+        status, link_id = await _link(sim_client, front, computes[site], storage)
+        assert status in (201, 202), (front, site, link_id)
+        op = await _ended(sim_client, link_id)
+        doc = await (await sim_client.get(f"/storagelink/{link_id}", headers=JSONH)).json()
+        assert op.state == "succeeded" and doc["attributes"]["occi.storagelink.state"] == "active", (front, site, doc)
+        row, provider = await _row(sim_client, storage)
+        assert row.spec["placement"]["site"] == site and provider == site.split("/")[0], (front, row.spec)
+        assert row.observed_state == "online" and row.state_message == f"online at {site}", row.state_message
+        volumes = await _volumes(sim_client, storage)
+        (moved,) = volumes[provider]  # the copy it came from is gone (sim-a's other site included)
+        assert moved.extra["content"] == content and moved.provider_volume_id == row.provider_resource_id
+        assert moved.attached_to and not volumes["sim-b" if provider == "sim-a" else "sim-a"], volumes
+    steps = [s["name"] for s in op.steps]
+    assert steps[:2] == ["pending", "depart"] and steps[-5:] == ["wait-ends", "attach", "record", "discard-source",
+                                                      "clean-scratch"], steps
+    assert {"export", "convert", "import", "switch"} <= set(steps) and op.params["moves"] == storage
+
+
+async def test_a_storage_still_attached_or_pinned_stays_and_a_link_elsewhere_is_409(sim_client: Any) -> None:
     compute = await _compute(sim_client)
     storage = await _storage(sim_client, "text/plain")
     status, link_id = await _link(sim_client, "text/plain", compute, storage)
     assert status == 201 and (await _attached(sim_client, link_id))["attributes"]["occi.storagelink.state"] == "active"
-    detached = await sim_client.delete(f"/storagelink/{link_id}", headers=TEXT)
-    assert detached.status == 204, await detached.text()
     near = await _compute(sim_client, pin="sim-a-sim-000")
+    pinned = await sim_client.post("/storage/", headers=TEXT, data=(
+        f'Category: storage; scheme="{INFRA}"; class="kind"\nCategory: {FAR}; scheme="{SITE}"; class="mixin"\n'
+        "X-OCCI-Attribute: occi.storage.size=1\n"))
+    assert pinned.status == 201, await pinned.text()
+    pinned_id = pinned.headers["Location"].rsplit("/", 1)[1]
+    await _settled_storage(sim_client, pinned_id)
     for front in FRONTS:
         status, text = await _link(sim_client, front, near, storage)
-        assert status == 409 and "bound to its site" in text and FAR_SITE in text, (front, text)
+        assert status == 409 and "only unattached" in text and "remove that link first" in text, (front, text)
+        status, text = await _link(sim_client, front, near, pinned_id)
+        assert status == 409 and "pinned there" in text and FAR_SITE in text, (front, text)
+    row, provider = await _row(sim_client, storage)
+    assert provider == "sim-b" and row.spec["placement"]["site"] == FAR_SITE
+
+
+async def test_a_storage_that_cannot_be_copied_is_409_and_a_failed_copy_leaves_it_where_it_was(
+        sim_client: Any, monkeypatch: Any) -> None:
+    far = await _compute(sim_client)
+    storage = await _storage(sim_client, "text/plain")
+    status, link_id = await _link(sim_client, "text/plain", far, storage)
+    assert status == 201 and (await _attached(sim_client, link_id))["attributes"]["occi.storagelink.state"] == "active"
+    await _unlink(sim_client, link_id)
+    near = await _compute(sim_client, pin="sim-a-sim-000")
+    async with session_scope(sim_client.app[keys.SESSIONS]) as session:  # sim-a can no longer copy volumes in
+        sim_a = (await session.exec(select(Provider).where(Provider.name == "sim-a"))).one()
+        kept = list(sim_a.capabilities)
+        sim_a.capabilities = [c for c in kept if c != "volume_copy"]
+        session.add(sim_a)
+    before, _ = await _row(sim_client, storage)
+    for front in FRONTS:
+        status, text = await _link(sim_client, front, near, storage)
+        assert status == 409 and "sim-a (sim) cannot copy a volume into a site" in text, (front, text)
+        after, _ = await _row(sim_client, storage)
+        assert after.spec == before.spec and after.version == before.version, front
+    async with session_scope(sim_client.app[keys.SESSIONS]) as session:
+        sim_a = (await session.exec(select(Provider).where(Provider.name == "sim-a"))).one()
+        sim_a.capabilities = kept
+        session.add(sim_a)
+
+    from metavmm.drivers.sim import SimDriver
+    from metavmm.foundation.errors import ProviderConflict
+
+    async def refused(self: Any, disk: Any, spec: Any) -> Any:
+        await SimDriver.create_volume(self, spec)  # half made, then refused: the undo must delete it
+        raise ProviderConflict("the pool is full", provider=self.name, operation="import_volume")
+
+    monkeypatch.setattr(SimDriver, "ex_import_volume", refused)
+    status, link_id = await _link(sim_client, "text/plain", near, storage)
+    assert status == 201, link_id
+    op = await _ended(sim_client, link_id)
+    doc = await _attached(sim_client, link_id)
+    assert op.state == "rolled_back" and "the pool is full" in str(op.error), (op.state, op.error)
+    assert doc["attributes"]["occi.storagelink.state"] == "error", doc["attributes"]
+    row, provider = await _row(sim_client, storage)
+    assert provider == "sim-b" and row.spec["placement"]["site"] == FAR_SITE and row.observed_state == "online"
+    volumes = await _volumes(sim_client, storage)
+    assert volumes["sim-a"] == [] and len(volumes["sim-b"]) == 1, volumes
 
 
 async def test_a_storage_that_cannot_follow_is_409_at_link_time_and_nothing_is_written(sim_client: Any) -> None:
@@ -226,3 +335,30 @@ async def test_a_network_created_alone_follows_its_first_interface(sim_client: A
     (moved,) = await sim_client.app[keys.OPERATIONS].executor.drivers.get("sim-b").list_networks()
     assert moved.cidr == "10.7.0.0/24" and moved.workload_id == network
     assert await sim_client.app[keys.OPERATIONS].executor.drivers.get("sim-a").list_networks() == []
+
+
+async def test_a_move_that_rolls_back_marks_the_link_failed(sim_client: Any, monkeypatch: Any) -> None:
+    """A first link whose move fails (before its wait-ends step ran) ends in error with the operation named;
+    before, the move's rollback left the link "attaching" for ever."""
+    from metavmm.drivers.sim import SimDriver
+    from metavmm.foundation.errors import ProviderConflict
+
+    compute = await _compute(sim_client)
+    storage = await _storage(sim_client, "text/plain")
+    await _settled_storage(sim_client, storage)
+
+    made = SimDriver.create_volume
+
+    async def refused(self: Any, spec: Any) -> Any:  # at the compute's site only: the move back succeeds
+        if self.name == "sim-b":
+            raise ProviderConflict("no room for a volume", provider=self.name, operation="create_volume")
+        return await made(self, spec)
+
+    monkeypatch.setattr(SimDriver, "create_volume", refused)
+    status, link_id = await _link(sim_client, "text/plain", compute, storage)
+    assert status == 201, link_id
+    op = await _ended(sim_client, link_id)
+    assert op.state == "rolled_back" and "no room for a volume" in str(op.error), (op.state, op.error)
+    doc = await (await sim_client.get(f"/storagelink/{link_id}", headers=JSONH)).json()
+    assert doc["attributes"]["occi.storagelink.state"] == "error", doc["attributes"]
+    assert op.id in doc["attributes"]["occi.storagelink.state.message"]

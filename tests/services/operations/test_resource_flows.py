@@ -214,7 +214,7 @@ async def test_a_first_link_moves_a_volume_across_regions_of_one_provider(world:
     done = await world.ok(op)
     async with world.sessions() as session:
         assert vol.id not in await observer.in_flight(session)
-    assert [s["name"] for s in done.steps] == ["move", "wait-ends", "attach", "record"]
+    assert [s["name"] for s in done.steps] == ["pending", "move", "wait-ends", "attach", "record"]
     (volume,) = await world.sim.list_volumes()  # the old one deleted before the new one was made
     assert volume.region == "sim-000" and volume.attached_to == (vm.provider_vm_id,)
     row = await world.workload(vol.id)

@@ -1,0 +1,28 @@
+"""A create request's fingerprint (what the idempotency check compares) is the one stored keys were made with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+
+
+def _as_before(req: CreateRequest) -> str:
+    """The fingerprint as main computed it (asdict of the whole request), which stored keys carry."""
+    data = asdict(req)
+    data["links"] = [asdict(link) for link in req.links]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def test_the_fingerprint_is_unchanged_and_tells_requests_apart() -> None:
+    rich = CreateRequest(
+        name="r", flavor="sim.small", image="metavmm/tiny", site="sim-a/sim-000", providers=("sim-a", "sim-b"),
+        max_price_per_hour=0.5, ssh_key="ssh-ed25519 AAAA x", user_data="#cloud-config\n",
+        links=(LinkSpec(target_id="0" * 36, device="vdb", attributes={"occi.core.title": "d", "n": [1, 2]}),),
+        attributes={"mixins": ["a#b", "c#d"], "occi.core.title": "t", "nested": {"k": (1, "2")}},
+        guest={"hostname": "h", "dns": ["10.0.0.1"]}, strategy="pack", affinity_group="g")
+    for req in (CreateRequest(), CreateRequest(name="x", vcpus=1, ram_mib=64), rich):
+        assert req.fingerprint() == _as_before(req)
+    assert rich.fingerprint() != CreateRequest(**{**rich.__dict__, "attributes": {"mixins": ["a#b"]}}).fingerprint()
