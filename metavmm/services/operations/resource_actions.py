@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Provider, Workload
+from metavmm.catalog.models import Provider, Site, Workload
 from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound
 from metavmm.foundation.records import Capability, NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
 from metavmm.services import observer
@@ -202,10 +202,23 @@ async def _move(ctx: StepContext, *, kind: str, workload_id: str, name: str, frm
         found = await verbs.create(ctx.driver(to["provider"]), spec)
         await ctx.log(f"created {verbs.noun} {resource_id(found)} at {to['site']}")
     async with session_scope(ctx.sessions) as session:
-        row = await observer.record_resource(session, to["provider"], workload_id, resource_id(found), to["region"])
-        placement = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
-        row.spec = {**row.spec, "placement": {**placement, **to, **({} if bound else {"provisional": True})}}
+        await place_at(session, to["provider"], workload_id, resource_id(found), to["region"], site=to.get("site"),
+                       provisional=not bound)
     return {f"{verbs.noun}_id": resource_id(found)}
+
+
+async def place_at(session: Any, provider: str, workload_id: str, found_id: str, region: str, *,
+                   site: str | None = None, provisional: bool = False) -> Workload:
+    """Record a volume or network as living at ``provider``/``region`` now (a move, or an HA restart carrying a
+    volume): the row and its placement summary follow it; ``provisional``: not bound to a compute."""
+    row = await observer.record_resource(session, provider, workload_id, found_id, region)
+    placement = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
+    where = {"provider": provider, "region": region, "site": site or placement.get("site")}
+    if site is None and row.site_id is not None:
+        placed = await session.get(Site, row.site_id)
+        where["site"] = placed.name if placed is not None else where["site"]
+    row.spec = {**row.spec, "placement": {**placement, **where, **({"provisional": True} if provisional else {})}}
+    return row
 
 
 @action("resource.move")

@@ -14,6 +14,8 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   newest verified DR recovery point at its replication target, booted as an overlay by
   :func:`~metavmm.services.protection.dr.boot_point` like a failover), as an ``ha_restart`` operation.
   The project's quota is unchanged: the same workload moves, its usage was counted when it was created.
+  Its attached volumes come along where the new provider reaches them (:mod:`.ha_volumes`); the others stay,
+  and the restart's messages and their links say so.
 - **fencing**: never two running copies. The plan's first step fences the old copy (destroyed through the
   provider, or proven gone because the provider answers without it) before the new copy is created. A
   provider that does not answer proves nothing: the restart waits (state ``waiting-for-fence``, and the
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,7 +64,7 @@ from metavmm.services.identity import Identity, Role
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer, ledger_params
-from metavmm.services.protection import dr
+from metavmm.services.protection import dr, ha_volumes
 from metavmm.services.protection.ha_disk import RECOVERY_POINT, DiskSource, missing, usable_disk
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.service import vm_name
@@ -321,9 +324,10 @@ class HaService:
             return Finding(wl.id, cause, prot.state, prot.message or "")
         assert placement.provider is not None and placement.region is not None
         old_site = await session.get(Site, wl.site_id) if wl.site_id is not None else None
+        volumes = await ha_volumes.attached(session, self.config, wl, placement.provider)
         steps = restart_steps(wl, provider.name, placement, disk, confirmed=confirmed,
                               timeout_s=self.config.ha.restart_timeout_s, cause=cause,
-                              old_region=old_site.region if old_site is not None else None)
+                              old_region=old_site.region if old_site is not None else None, volumes=volumes)
         op = await store.write_plan(session, kind=RESTART, steps=steps, target_id=wl.id, project_id=wl.project_id,
                                     params={"from": provider.name, "to": placement.provider, "cause": cause,
                                             "confirmed": confirmed, "disk": disk.location, "origin": disk.origin,
@@ -331,8 +335,9 @@ class HaService:
                                             "ledger": ledger_params(wl.spec, {"site_id": placement.site_id,
                                                                               "host_id": placement.host_id})})
         source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
+        carried = ha_volumes.summary(volumes)
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
-             f"{source} (operation {op.id})")
+             f"{source} (operation {op.id})" + (f"; {carried}" if carried else ""))
         session.add(prot)
         log.warning("HA: %s lost at %s (%s): restarting at %s", wl.id, provider.name, cause, placement.site)
         return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
@@ -359,8 +364,10 @@ class HaService:
 
 
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,
-                  cause: str, old_region: str | None = None) -> list[Step]:
-    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, settle.
+                  cause: str, old_region: str | None = None,
+                  volumes: Sequence[ha_volumes.Volume] = ()) -> list[Step]:
+    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, re-attach its
+    volumes (:mod:`.ha_volumes`: those the new provider reaches; the others' links say why not), settle.
 
     A shared-storage disk is adopted by the new copy (``adopt_disk``: the file moves under it). A recovery
     point goes through :func:`dr.boot_point`, the one way failover and failback boot a point too (verified,
@@ -374,12 +381,15 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     settle = Step("settle", "ha.settle", {"workload_id": wl.id, "state": HaState.PROTECTED,
                                           "message": f"restarted at {placement.site} after {old} was lost ({cause})"
                                           + (f" from recovery point {disk.point_id}" if disk.point_id else "")})
+    tail = [Step("volumes", "ha.volumes", {"workload_id": wl.id, "provider": placement.provider,
+                                           "region": placement.region, "volumes": [v.args() for v in volumes]}),
+            settle] if volumes else [settle]
     if disk.origin == RECOVERY_POINT:
         boot = dr.boot_point(wl, target=placement.provider, region=placement.region, point_id=disk.point_id,
                              origin=old, origin_region=old_region, kind=RESTART, started_at=utcnow().isoformat(),
                              name=vm_name(wl.id), host=placement.host, spec_update={"placement": where},
                              timeout_s=timeout_s)
-        return [fence, *boot, Step("release", "dr.release", {"workload_id": wl.id, "provider": old}), settle]
+        return [fence, *boot, Step("release", "dr.release", {"workload_id": wl.id, "provider": old}), *tail]
     extra = {"adopt_disk": disk.location, **({"mac": spec["mac"]} if spec.get("mac") else {})}
     return [
         fence,
@@ -390,7 +400,7 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
              compensate="vm.fence", weight=2),
         Step("record", "workload.record", {**new, "spec_update": {"placement": where}}, commit=True),
         Step("wait-running", "vm.wait", {**new, "state": "running", "timeout_s": timeout_s}),
-        settle,
+        *tail,
     ]
 
 
