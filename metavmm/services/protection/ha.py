@@ -5,8 +5,9 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
 - **marking**: :meth:`HaService.protect` / :meth:`HaService.unprotect` write the workload's ``Protection`` row
   (``ha``) in the caller's project; another project's workload is answered as absent (404).
 - **loss**: :meth:`HaService.check`, run after every inventory sync, finds protected workloads whose host is
-  lost: the provider did not answer ``ha.lost_after_syncs`` syncs in a row (*unreachable*), or it answers
-  without the VM (*vanished*), or the VM crashed or went down while the broker wants it running (*crashed*,
+  lost: the provider did not answer ``ha.lost_after_syncs`` syncs in a row (*unreachable*), or it reports the
+  VM's host down (*host-down*: a vCenter's disconnected ESXi host, whose VMs it still shows as last seen), or
+  it answers without the VM (*vanished*), or the VM crashed or went down while the broker wants it running (*crashed*,
   *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
@@ -43,6 +44,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     Host,
+    HostState,
     Operation,
     OperationState,
     Protection,
@@ -75,6 +77,8 @@ HA_CATEGORY = "http://schemas.metavmm.dev/occi/protection#ha"
 """The OCCI mixin of a highly available compute (api/occi/infrastructure.py declares it): kept in the
 workload's ``spec["mixins"]`` by this service, so OCCI renders what REST and the CLI set."""
 RESTART, START = "ha_restart", "ha_start"
+UNANSWERED = ("unreachable", "host-down")
+"""Losses where nothing answers for the old copy: only an admin's confirmation lets a restart go ahead."""
 
 
 class HaState(enum.StrEnum):
@@ -253,7 +257,8 @@ class HaService:
         provider = await session.get(Provider, wl.provider_id)
         assert provider is not None
         failed = self._after(prot, ops)
-        cause = self._loss(provider, wl)
+        host = await session.get(Host, wl.host_id) if wl.host_id is not None else None
+        cause = self._loss(provider, wl, host)
         if cause is None:
             if prot.state not in (HaState.PROTECTED,):
                 _set(prot, HaState.PROTECTED, f"running at {provider.name}")
@@ -269,7 +274,7 @@ class HaService:
             return await self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
         can_fence = Capability.FENCE in (provider.capabilities or [])
-        why = None if confirmed else _unfenceable(provider, cause, can_fence)
+        why = None if confirmed else _unfenceable(provider, cause, can_fence, host)
         if why:
             _set(prot, HaState.WAITING_FOR_FENCE, f"{why}: its copy can be neither destroyed nor proven gone, so no "
                  "second copy starts; it restarts " + ("when the provider answers again, or " if cause == "unreachable"
@@ -277,17 +282,19 @@ class HaService:
                  f"after an admin confirms the host is dead (metavmm ha fence {wl.id} --confirm)")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
-        confirmed = confirmed and (cause == "unreachable" or not can_fence)
+        confirmed = confirmed and (cause in UNANSWERED or not can_fence)
         finding = await self._restart(session, prot, wl, provider, cause, disk, confirmed=confirmed)
         if failed and finding.operation_id:
             _set(prot, prot.state, f"{prot.message}; trying again after: {failed}")
             finding.message = prot.message or ""
         return finding
 
-    def _loss(self, provider: Provider, wl: Workload) -> str | None:
+    def _loss(self, provider: Provider, wl: Workload, host: Host | None) -> str | None:
         """Why the workload's host counts as lost, or None."""
         if provider.sync_failures >= self.config.ha.lost_after_syncs:
             return "unreachable"
+        if host is not None and host.state == HostState.DOWN:
+            return "host-down"  # the provider answers, its host does not (a vCenter's disconnected ESXi host)
         if wl.observed_state == "lost":
             return "vanished"
         if wl.observed_state == "error":
@@ -404,13 +411,17 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     ]
 
 
-def _unfenceable(provider: Provider, cause: str, can_fence: bool) -> str | None:
-    """Why the old copy cannot be fenced now (the restart waits), or None: the provider does not answer, or it
-    still has the copy (crashed, down) and its driver declares no fence."""
+def _unfenceable(provider: Provider, cause: str, can_fence: bool, host: Host | None = None) -> str | None:
+    """Why the old copy cannot be fenced now (the restart waits), or None: the provider (or the copy's host)
+    does not answer, or it still has the copy (crashed, down) and its driver declares no fence."""
     if cause == "unreachable":
         since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
             if provider.sync_failed_since else ""
         return f"{provider.name} has not answered {provider.sync_failures} syncs in a row{since}"
+    if cause == "host-down":
+        name = host.name if host is not None else "its host"
+        return (f"{provider.name} answers but reports host {name} down (its last view of the copy, running, "
+                "proves nothing)")
     if cause in ("crashed", "down") and not can_fence:
         return f"{cause} at {provider.name}, which cannot fence a VM ({provider.kind} declares no fence)"
     return None
