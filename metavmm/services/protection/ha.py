@@ -24,7 +24,8 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   Only a provider whose driver declares ``Capability.FENCE`` can destroy a copy it still has: for one that
   cannot (a crashed or stopped copy it still lists), the restart waits for an admin's confirmation too.
   A driver that cannot reach the old copy's host (a nova-compute down, an ESXi host the vCenter lost)
-  refuses the fence as unavailable, and the restart fails and is tried again at the next pass.
+  refuses the fence as unavailable, and the restart fails; where the provider reports that host down
+  (*host-down*), the next pass waits for an admin's confirmation, else it tries again.
   When a lost host comes back, its stale copy is an orphan for the reconciliation (its workload lives
   elsewhere now), which deletes it; the disk it named moved to the new copy, so nothing the copy uses goes.
 """
@@ -274,7 +275,7 @@ class HaService:
             return await self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
         can_fence = Capability.FENCE in (provider.capabilities or [])
-        why = None if confirmed else _unfenceable(provider, cause, can_fence, host)
+        why = None if confirmed else _unfenceable(provider, cause, can_fence, host, ops)
         if why:
             _set(prot, HaState.WAITING_FOR_FENCE, f"{why}: its copy can be neither destroyed nor proven gone, so no "
                  "second copy starts; it restarts " + ("when the provider answers again, or " if cause == "unreachable"
@@ -411,20 +412,30 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     ]
 
 
-def _unfenceable(provider: Provider, cause: str, can_fence: bool, host: Host | None = None) -> str | None:
-    """Why the old copy cannot be fenced now (the restart waits), or None: the provider (or the copy's host)
-    does not answer, or it still has the copy (crashed, down) and its driver declares no fence."""
+def _unfenceable(provider: Provider, cause: str, can_fence: bool, host: Host | None = None,
+                 ops: list[Operation] | None = None) -> str | None:
+    """Why the old copy cannot be fenced now (the restart waits), or None: the provider does not answer; or it
+    reports the copy's host down and its driver refused the fence (or declares none; one that may still fence
+    it is tried first: nova fences a server whose nova-compute an admin forced down); or it still has the copy
+    (crashed, down) and its driver declares no fence."""
     if cause == "unreachable":
         since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
             if provider.sync_failed_since else ""
         return f"{provider.name} has not answered {provider.sync_failures} syncs in a row{since}"
-    if cause == "host-down":
+    if cause == "host-down" and (not can_fence or _fence_refused(ops or [], provider.name)):
         name = host.name if host is not None else "its host"
-        return (f"{provider.name} answers but reports host {name} down (its last view of the copy, running, "
-                "proves nothing)")
+        return (f"{provider.name} answers but reports host {name} down, and cannot fence the copy there (its last "
+                "view of it proves nothing)")
     if cause in ("crashed", "down") and not can_fence:
         return f"{cause} at {provider.name}, which cannot fence a VM ({provider.kind} declares no fence)"
     return None
+
+
+def _fence_refused(ops: list[Operation], provider: str) -> bool:
+    """The last restart from ``provider`` failed at its fence: the provider could not reach the copy."""
+    last = next((op for op in ops if op.kind == RESTART and op.params.get("from") == provider), None)
+    return last is not None and last.state in (OperationState.FAILED, OperationState.ROLLED_BACK) \
+        and "cannot fence the old copy" in (last.error or "")
 
 
 def _start_failed(ops: list[Operation], provider: str, vm_id: str | None) -> bool:

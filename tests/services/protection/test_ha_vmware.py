@@ -1,10 +1,10 @@
 """HA restart of a compute whose ESXi host a vCenter (govmomi's vcsim) lost: the vCenter answers and shows the
 host disconnected, its VM still "poweredOn" (its last view, which proves nothing). The broker counts the host as
-lost (*host-down*), refuses to start a second copy (the VMware driver cannot power off a VM on a disconnected
-host), waits until an admin confirms the host dead, then restarts the compute at another site sharing its storage
-(a sim provider, by configuration: the VMware driver cannot take over a disk, so no restart inside one vCenter
-yet); when the host comes back, its stale copy is removed by the reconciliation, never left running beside the new
-one. The timings are printed (pytest -s)."""
+lost (*host-down*), tries the fence (refused: the VMware driver cannot power off a VM on a disconnected host),
+starts no second copy, waits until an admin confirms the host dead, then restarts the compute at another site
+sharing its storage (a sim provider, by configuration: the VMware driver cannot take over a disk, so no restart
+inside one vCenter yet); when the host comes back, its stale copy is removed by the reconciliation, never left
+running beside the new one. The timings are printed (pytest -s)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,11 @@ providers:
         lost = time.perf_counter()
         vc.set_connected(HOST, False)
         await sync_all(sessions, config)
+        report = await ha.check()  # the fence is tried first (a provider may still reach the copy): refused
+        assert [(f.cause, f.state) for f in report.findings] == [("host-down", HaState.RESTARTING)]
+        tried = await run(engine, await store.get(sessions, report.operations[0]))
+        assert tried.state == OperationState.ROLLED_BACK and "cannot fence the old copy at vc" in tried.error
+        assert f"host {HOST} is disconnected" in tried.error
         report = await ha.check()
         detect_s = time.perf_counter() - lost
         assert [(f.cause, f.state, f.operation_id) for f in report.findings] == \
@@ -109,5 +114,5 @@ providers:
             assert (await run(engine, await store.get(sessions, op_id))).state == OperationState.SUCCEEDED
         assert behind.FindByUuid(None, old_vm, True, True) is None  # gone from the vCenter
         assert (await ha.check()).findings == []
-        print(f"\nVMware host lost -> waiting-for-fence {detect_s:.2f} s (one sync and pass); "
+        print(f"\nVMware host lost -> waiting-for-fence {detect_s:.2f} s (sync, pass, refused fence, pass); "
               f"admin confirms -> running copy at simb {restart_s:.2f} s")
