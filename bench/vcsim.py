@@ -8,11 +8,14 @@ file so the federation file names the password by reference).
 
 from __future__ import annotations
 
+import os
 import select
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,23 @@ class Vcsim:
     port: int
     user: str
     password_file: Path
+    pid: int | None = None
+    control: Path | None = None
+
+    def set_connected(self, host: str, connected: bool, timeout_s: float = 10) -> None:
+        """Show ``host`` (and its VMs) disconnected, as a vCenter shows a host it lost, or connected again,
+        while the simulator runs (its control file and SIGUSR1); returns once the simulator applied it."""
+        assert self.pid is not None and self.control is not None
+        line = f"{'connect' if connected else 'disconnect'} {host}\n"
+        done = self.control.with_name(self.control.name + ".done")
+        done.unlink(missing_ok=True)
+        self.control.write_text(line)
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while not (done.exists() and done.read_text() == line):
+            if time.monotonic() > deadline:
+                raise VcsimUnavailable(f"vcsim did not apply {line.strip()!r} in {timeout_s:.0f} s")
+            time.sleep(0.02)
 
     @property
     def endpoint(self) -> str:
@@ -68,7 +88,7 @@ def _free_port() -> int:
 @contextmanager
 def vcsim(start_timeout_s: float = 30, *, disconnect: str | None = None) -> Iterator[Vcsim]:
     """A vcsim on a free port; ``disconnect`` names a host it shows disconnected (with its VMs), as a vCenter
-    shows a host it lost."""
+    shows a host it lost (:meth:`Vcsim.set_connected` does it while the simulator runs)."""
     binary = build()
     secrets = Path(tempfile.mkdtemp(prefix="metavmm-vcsim-"))
     password_file = secrets / "password"
@@ -76,8 +96,9 @@ def vcsim(start_timeout_s: float = 30, *, disconnect: str | None = None) -> Iter
     password_file.chmod(0o600)
     port = _free_port()
     log = (secrets / "vcsim.log").open("w")
-    proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password", PASSWORD]
-                            + (["-disconnect", disconnect] if disconnect else []),
+    control = secrets / "control"
+    proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password", PASSWORD,
+                             "-control", str(control)] + (["-disconnect", disconnect] if disconnect else []),
                             stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert proc.stdout is not None
@@ -85,7 +106,7 @@ def vcsim(start_timeout_s: float = 30, *, disconnect: str | None = None) -> Iter
         line = proc.stdout.readline() if ready else ""
         if not line.startswith("READY"):
             raise VcsimUnavailable(f"vcsim did not start in {start_timeout_s:.0f} s: see {secrets / 'vcsim.log'}")
-        yield Vcsim("127.0.0.1", port, USER, password_file)
+        yield Vcsim("127.0.0.1", port, USER, password_file, proc.pid, control)
     finally:
         proc.terminate()  # vcsim removes its datastore directories on SIGTERM
         try:

@@ -841,6 +841,25 @@ class LibvirtDriver(DriverBase):
 
         return await self._call("create_volume", create)
 
+    async def ex_adopt_volume(self, location: str, spec: VolumeSpec) -> VolumeInfo:
+        """An HA restart carries a volume over from a daemon sharing this one's ``storage_dir``: the file
+        ``location`` is in this provider's pool too (a dir pool is a view of the shared directory), found once the
+        pool is refreshed; never created. One outside the pool is not on storage this daemon reaches."""
+        path = str(Path(location).resolve())
+
+        def adopt(conn: libvirt.virConnect) -> VolumeInfo:
+            pool = self._pool(conn)
+            pool.refresh(0)
+            users = self._attachments(conn)[0]
+            for vol in pool.listAllVolumes(0):
+                if str(Path(vol.path()).resolve()) == path:
+                    return self._volume_info(vol, users)
+            raise ProviderNotFound(f"volume {location} is not in {self.pool_name} ({self.storage_dir / 'volumes'}): "
+                                   "not on storage this daemon reaches", provider=self.name,
+                                   operation="ex_adopt_volume")
+
+        return await self._call("ex_adopt_volume", adopt)
+
     async def delete_volume(self, volume_id: str) -> None:
         """Delete a volume of the broker's pool; one a domain still names is in use (a conflict)."""
         def delete(conn: libvirt.virConnect) -> None:

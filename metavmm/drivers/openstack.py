@@ -124,6 +124,7 @@ class OpenStackDriver(DriverBase):
         self.regions: tuple[str, ...] = tuple(config.regions) or self._cloud_regions()
         self._conns: dict[str, openstack.connection.Connection] = {}
         self._conns_lock = threading.Lock()
+        self.snapshot_timeout_s = float(getattr(config, "snapshot_timeout_s", 600))
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -582,6 +583,13 @@ class OpenStackDriver(DriverBase):
                          size_bytes=int(i.size or 0), checksum=i.checksum, arch=i.architecture,
                          extra={"status": i.status, "visibility": i.visibility, "hash_algo": i.hash_algo,
                                 "hash_value": i.hash_value})
+
+    def ex_disk_view(self, vm_id: str) -> contextlib.AbstractAsyncContextManager[DiskRef]:
+        """The server's disk as of now, for a replication from here (a failback home): a nova snapshot read
+        back from glance (openstack_replica.disk_view); only as real as what the hypervisor uploads."""
+        from metavmm.drivers.openstack_replica import disk_view
+
+        return disk_view(self, vm_id, self.snapshot_timeout_s)
 
     def replica_store(self) -> GlanceReplicas:
         """Recovery points kept as private glance images of the target region (openstack_replica.py)."""

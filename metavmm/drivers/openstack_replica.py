@@ -11,12 +11,22 @@ A failover's verification reads the image back from glance and compares its SHA-
 broker recorded when it built the point: what boots is what was replicated, and the point stays as it
 was (nova copies the image to the server's disk; the image itself is never written).
 Cinder volume snapshots are not used: the test clouds have no cinder, and glance is what every region has.
+
+The other way, a server at OpenStack is replicated (a failback home, or DR from OpenStack) through
+:func:`disk_view`: a nova server snapshot (``createImage``), which the hypervisor uploads to glance, read back
+into a staging file of the broker, then deleted. What a snapshot holds is the hypervisor's business: a
+libvirt compute node uploads the server's disk; nova's fake virt driver (the tests') uploads nothing, and
+its snapshot image stays ``queued`` after nova finished the snapshot, and the view fails saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +42,10 @@ if TYPE_CHECKING:
     from metavmm.drivers.openstack import OpenStackDriver
 
 NAME_PREFIX = "metavmm-dr-"
+SNAPSHOT_PREFIX = "metavmm-snap-"
+SNAPSHOT_FORMATS = ("qcow2", "raw")
+SNAPSHOT_GRACE_S = 10.0
+"""How long a snapshot image may stay without data after nova finished the snapshot (glance's own lag)."""
 READ_CHUNK = 1 << 20
 
 
@@ -103,3 +117,82 @@ def _read_sha256(conn: openstack.connection.Connection, image_id: str) -> str:
     finally:
         response.close()
     return digest.hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def disk_view(driver: OpenStackDriver, vm_id: str, timeout_s: float) -> AsyncIterator[DiskRef]:
+    """The server's disk as of now: a nova snapshot of it (named ``metavmm-snap-<server>-<random>``), waited
+    for until glance has it active (at most ``timeout_s``), downloaded into a staging file; the snapshot image
+    and the file are removed afterwards, whatever happened. A snapshot that never gets data (nova's fake virt
+    driver uploads none) fails once nova is done with it, saying so, never as a silent empty disk."""
+    region, sid = split_region_id(vm_id, driver.regions, driver.name, "disk_view")
+    name = f"{SNAPSHOT_PREFIX}{sid}-{uuid.uuid4().hex[:8]}"
+    image_id = await driver._sdk(region, "disk_view", lambda c: c.compute.create_server_image(
+        sid, name, metadata={"metavmm_snapshot_of": vm_id}).id)
+    staged: Path | None = None
+    try:
+        image = await _wait_active(driver, region, sid, image_id, timeout_s)
+        fmt = str(image.disk_format or "")
+        if fmt not in SNAPSHOT_FORMATS:
+            raise DriverError(f"snapshot {image_id} of server {sid} is {fmt or 'of no format'}; readable: "
+                              f"{', '.join(SNAPSHOT_FORMATS)}", provider=driver.name, operation="disk_view")
+        staged = state_dir() / "dr-staging" / driver.name / "snapshots" / f"{image_id}.{fmt}"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        await driver._sdk(region, "disk_view", lambda c: _download(c, image_id, staged))
+        yield DiskRef(str(staged), fmt)
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        with contextlib.suppress(DriverError):
+            await driver._sdk(region, "disk_view", lambda c: c.image.delete_image(image_id, ignore_missing=True))
+
+
+async def _wait_active(driver: OpenStackDriver, region: str, sid: str, image_id: str, timeout_s: float,
+                       grace_s: float = SNAPSHOT_GRACE_S) -> Any:
+    """The snapshot image once active. A DriverError when glance kills it; when nova has finished the snapshot
+    (the server's task state cleared) and the image is still without data ``grace_s`` later (the hypervisor
+    uploaded none: nova's fake virt driver never does); or past ``timeout_s``. Failing only once nova is done
+    leaves a server a rollback can start again (nova refuses to start one in the middle of a snapshot)."""
+    deadline = time.monotonic() + timeout_s
+    done_at: float | None = None
+    while True:
+        image = await driver._sdk(region, "disk_view", lambda c: c.image.get_image(image_id))
+        if image.status == "active":
+            return image
+        if image.status in ("killed", "deleted", "pending_delete"):
+            raise DriverError(f"glance {image.status} snapshot {image_id} of server {sid}", provider=driver.name,
+                              operation="disk_view")
+        server = await driver._sdk(region, "disk_view", lambda c: c.compute.get_server(sid))
+        now = time.monotonic()
+        done_at = (done_at or now) if not server.task_state else None
+        if done_at is not None and now - done_at >= grace_s:
+            raise DriverError(f"nova finished the snapshot of server {sid}, and its image {image_id} is still "
+                              f"{image.status}: the hypervisor uploaded no data to glance (nova's fake virt driver "
+                              "never does), so the server's disk cannot be read", provider=driver.name,
+                              operation="disk_view")
+        if now >= deadline:
+            raise DriverError(f"snapshot {image_id} of server {sid} is still {image.status} after {timeout_s:.0f} s "
+                              f"(task state {server.task_state}): the hypervisor uploaded no data to glance in time "
+                              "(nova's fake virt driver never does; a real one may need a longer "
+                              "snapshot_timeout_s)", provider=driver.name, operation="disk_view")
+        await asyncio.sleep(0.5)
+
+
+def _download(conn: openstack.connection.Connection, image_id: str, dest: Path) -> None:
+    """Glance's data of the image into ``dest``, checked against glance's own digest of it."""
+    image = conn.image.get_image(image_id)
+    algo = str(image.hash_algo or "md5")
+    want = str(image.hash_value or image.checksum or "")
+    digest = hashlib.new(algo)
+    response: Any = conn.image.download_image(image, stream=True)
+    try:
+        with dest.open("wb") as out:
+            for chunk in response.iter_content(chunk_size=READ_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+    finally:
+        response.close()
+    if want and digest.hexdigest() != want:
+        dest.unlink(missing_ok=True)
+        raise DriverError(f"snapshot {image_id} read back with {algo} {digest.hexdigest()[:16]}, glance has "
+                          f"{want[:16]}", operation="disk_view")

@@ -373,6 +373,20 @@ class SimDriver(DriverBase):
             tx.put(volume.provider_volume_id, volume)
         return volume
 
+    async def ex_adopt_volume(self, location: str, spec: VolumeSpec) -> VolumeInfo:
+        """An HA restart carries a volume over from a provider sharing this one's storage (by configuration,
+        ``ha.shared_storage``): SIMULATED as the same volume id appearing here, unattached, its data kept."""
+        self._check_reachable("ex_adopt_volume")
+        self._check_region(spec.region, "ex_adopt_volume")
+        with self.state.change() as tx:
+            found = tx.get(VolumeInfo, location)
+            if found is None:
+                found = VolumeInfo(provider_volume_id=location, name=spec.name, region=spec.region,
+                                   size_gib=spec.size_gib, workload_id=spec.workload_id,
+                                   extra={"simulated": True, "adopted": True})
+                tx.put(location, found)
+        return found
+
     async def delete_volume(self, volume_id: str) -> None:
         with self.state.change() as tx:
             if self._lookup(tx, VolumeInfo, volume_id, "volume", "delete_volume").attached_to:

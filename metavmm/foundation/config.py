@@ -148,6 +148,8 @@ class OpenStackProvider(_ProviderBase):
     regions: list[str] = Field(default_factory=list, description="regions to use; default: all")
     compute_api_version: str | None = None
     compute_endpoint_override: str | None = None
+    snapshot_timeout_s: float = Field(600, gt=0, description="how long nova may take to upload a server snapshot "
+                                      "to glance (a DR replication or failback from this provider reads one)")
 
 
 class VmwareProvider(_ProviderBase):

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
@@ -28,6 +29,8 @@ func main() {
 	machines := flag.Int("vms", 1, "VMs per host created with the inventory")
 	disconnect := flag.String("disconnect", "", "a host to show disconnected, with its VMs, as a vCenter shows "+
 		"a host it lost (the simulator has no DisconnectHost_Task)")
+	control := flag.String("control", "", "a file of lines 'disconnect HOST' or 'connect HOST', applied at "+
+		"each SIGUSR1 (a host lost, or back, while the simulator runs)")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -38,7 +41,12 @@ func main() {
 		log.Fatalf("vcsim: creating the inventory: %v", err)
 	}
 	if *disconnect != "" {
-		disconnectHost(*disconnect)
+		if !setConnected(*disconnect, false) {
+			log.Fatalf("vcsim: no host %q to disconnect", *disconnect)
+		}
+	}
+	if *control != "" {
+		go follow(*control)
 	}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	model.Service.TLS = new(tls.Config)
@@ -54,21 +62,49 @@ func main() {
 	model.Remove()
 }
 
-// disconnectHost marks the named host and its VMs disconnected; their power state stays the last one seen.
-func disconnectHost(name string) {
+// setConnected marks the named host and its VMs disconnected (their power state stays the last one seen), or
+// connected again; false if there is no such host.
+func setConnected(name string, connected bool) bool {
+	hostState, vmState := types.HostSystemConnectionStateDisconnected, types.VirtualMachineConnectionStateDisconnected
+	if connected {
+		hostState, vmState = types.HostSystemConnectionStateConnected, types.VirtualMachineConnectionStateConnected
+	}
 	for _, e := range simulator.Map.All("HostSystem") {
 		host := e.(*simulator.HostSystem)
 		if host.Name != name {
 			continue
 		}
-		host.Runtime.ConnectionState = types.HostSystemConnectionStateDisconnected
-		host.Summary.Runtime.ConnectionState = types.HostSystemConnectionStateDisconnected
+		simulator.Map.WithLock(host, func() {
+			host.Runtime.ConnectionState = hostState
+			host.Summary.Runtime.ConnectionState = hostState
+		})
 		for _, ref := range host.Vm {
 			vm := simulator.Map.Get(ref).(*simulator.VirtualMachine)
-			vm.Runtime.ConnectionState = types.VirtualMachineConnectionStateDisconnected
-			vm.Summary.Runtime.ConnectionState = types.VirtualMachineConnectionStateDisconnected
+			simulator.Map.WithLock(vm, func() {
+				vm.Runtime.ConnectionState = vmState
+				vm.Summary.Runtime.ConnectionState = vmState
+			})
 		}
-		return
+		return true
 	}
-	log.Fatalf("vcsim: no host %q to disconnect", name)
+	return false
+}
+
+// follow applies the control file's lines at each SIGUSR1, then truncates it; each answer goes to stderr.
+func follow(path string) {
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGUSR1)
+	for range signals {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			log.Printf("vcsim: control file: %v", err)
+			continue
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			verb, name, _ := strings.Cut(strings.TrimSpace(line), " ")
+			ok := (verb == "disconnect" || verb == "connect") && setConnected(name, verb == "connect")
+			log.Printf("vcsim: control %q applied: %v", line, ok)
+		}
+		_ = os.WriteFile(path+".done", data, 0o600)
+	}
 }

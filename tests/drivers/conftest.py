@@ -201,14 +201,17 @@ def nova_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NovaCloud]:
 # --- VMware: vcsim ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def vcsim() -> Iterator[Vcsim]:
-    """govmomi's vCenter simulator (scripts/vcsim.sh builds it) on a free port; see bench/vcsim.py."""
+def started_vcsim() -> Iterator[Vcsim]:
+    """govmomi's vCenter simulator (scripts/vcsim.sh builds it) on a free port; see bench/vcsim.py. A fixture
+    body: the session's shared one below, or a test's own (one that loses a host)."""
     try:
         with vcsim_server() as server:
             yield server
     except VcsimUnavailable as exc:
         pytest.fail(str(exc))
+
+
+vcsim = pytest.fixture(scope="session", name="vcsim")(started_vcsim)
 
 
 def ssh_public_key(comment: str = "tester@metavmm") -> str:

@@ -10,6 +10,8 @@ broker created (it carries the workload tag) and no running operation is changin
 - **orphan**: a tagged VM, volume or network at a provider where the catalog does not place its workload
   (deleted, or living elsewhere: the leftover of an interrupted migration). Repair: a ``reconcile``
   operation deletes it, so the repair is durable, logged and idempotent like every other change.
+  A volume listed at a provider that shares storage with where it lives, under the id the catalog records
+  for it, is the same volume seen twice (a libvirt dir pool over a shared directory), never an orphan.
 - **foreign**: a tagged one whose workload this catalog has never known: another broker's (several
   brokers may share a hypervisor) or an earlier catalog's. Reported, never deleted: a broker only
   removes what its own catalog proves it created.
@@ -35,6 +37,7 @@ from metavmm.services.observer import Listed
 from metavmm.services.operations.context import Drivers
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
+from metavmm.services.protection.ha_disk import sharing
 
 log = logging.getLogger(__name__)
 DELETE_ACTION = {WorkloadKind.COMPUTE: "vm.delete", WorkloadKind.STORAGE: "volume.delete",
@@ -93,6 +96,7 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
         await _observe(engine, name, listing, report, write=repair)
     async with engine.sessions() as session:
         providers = {p.name: p.id for p in (await session.exec(select(Provider))).all()}
+        names = {pid: n for n, pid in providers.items()}
         workloads = {w.id: w for w in (await session.exec(select(Workload))).all()}
         busy = await observer.in_flight(session)
     for name, listing in listings.items():
@@ -102,11 +106,21 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
             if wid not in workloads:
                 report.foreign.append((name, rid, wid))
             elif observer.placed_at(workloads[wid]) != providers.get(name):
+                if kind == WorkloadKind.STORAGE and _shared(engine, workloads[wid], rid, name, names):
+                    continue
                 report.orphans.append((name, rid, wid))
                 report.delete_action[rid] = DELETE_ACTION[kind]
     if repair:
         await _repair(engine, report)
     return report
+
+
+def _shared(engine: Engine, workload: Workload, rid: str, provider: str, names: dict[int | None, str]) -> bool:
+    """The volume listed at ``provider`` is the workload's own, seen through storage ``provider`` shares with
+    where it lives (two libvirt daemons' pools over one directory, or a volume an HA restart carried over): the
+    same id the catalog records, at a sharing peer. Deleting that "orphan" would delete the live volume."""
+    home = names.get(observer.placed_at(workload))
+    return home is not None and rid == workload.provider_resource_id and provider in sharing(engine.config, home)
 
 
 async def _observe(engine: Engine, provider: str, listing: Listing, report: Report, *, write: bool) -> None:

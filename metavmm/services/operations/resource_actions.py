@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Provider, Workload
+from metavmm.catalog.models import Provider, Site, Workload
 from metavmm.foundation.errors import Conflict, DriverError, NotFound, ProviderNotFound, UnsupportedOperation
 from metavmm.foundation.records import Capability, DiskRef, NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec
 from metavmm.services import observer
@@ -223,13 +223,28 @@ async def _move(ctx: StepContext, *, kind: str, workload_id: str, name: str, frm
 
 async def _record_at(ctx: StepContext, workload_id: str, found: Resource, where: dict[str, Any], *,
                      bound: bool = True) -> None:
-    """The catalog names ``found`` as the workload's resource, at ``where`` (provider, region, site): placed
-    there, bound or (``bound`` false) provisionally."""
+    """The catalog names ``found`` as the workload's resource, at ``where`` (provider, region, site and what
+    else the move's placement carries, such as a volume's price there): placed there, bound or (``bound``
+    false) provisionally."""
     async with session_scope(ctx.sessions) as session:
-        row = await observer.record_resource(session, where["provider"], workload_id, resource_id(found),
-                                             where["region"])
-        placement = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
-        row.spec = {**row.spec, "placement": {**placement, **where, **({} if bound else {"provisional": True})}}
+        await place_at(session, where["provider"], workload_id, resource_id(found), where["region"],
+                       site=where.get("site"), provisional=not bound, placement=where)
+
+
+async def place_at(session: Any, provider: str, workload_id: str, found_id: str, region: str, *,
+                   site: str | None = None, provisional: bool = False,
+                   placement: dict[str, Any] | None = None) -> Workload:
+    """Record a volume or network as living at ``provider``/``region`` now (a move, or an HA restart carrying a
+    volume): the row and its placement summary follow it, with ``placement``'s keys (a move's destination);
+    ``provisional``: not bound to a compute."""
+    row = await observer.record_resource(session, provider, workload_id, found_id, region)
+    kept = {k: v for k, v in (row.spec.get("placement") or {}).items() if k != "provisional"}
+    where = {**(placement or {}), "provider": provider, "region": region, "site": site or kept.get("site")}
+    if site is None and row.site_id is not None:
+        placed = await session.get(Site, row.site_id)
+        where["site"] = placed.name if placed is not None else where["site"]
+    row.spec = {**row.spec, "placement": {**kept, **where, **({"provisional": True} if provisional else {})}}
+    return row
 
 
 @action("resource.move")

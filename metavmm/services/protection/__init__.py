@@ -3,7 +3,8 @@
 - :mod:`.ha`: HA restart: a workload marked highly available is restarted elsewhere, through the scheduler
   and the operations engine, when its host is lost; the old copy is fenced first (never two running copies);
 - :mod:`.ha_disk`: the one decision of where a usable copy of a lost workload's disk is;
-- :mod:`.ha_actions`: the step actions of a restart (fence, settle).
+- :mod:`.ha_volumes`: which attached volumes a restart carries to the new copy, and which stay (and why);
+- :mod:`.ha_actions`: the step actions of a restart (fence, volumes, settle).
 
 Disaster-recovery replication (``dr*``) keeps verified recovery points of a workload's disk at another
 site, on an interval, and fails the workload over to them (and back); its latest verified point at the

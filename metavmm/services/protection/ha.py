@@ -5,8 +5,9 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
 - **marking**: :meth:`HaService.protect` / :meth:`HaService.unprotect` write the workload's ``Protection`` row
   (``ha``) in the caller's project; another project's workload is answered as absent (404).
 - **loss**: :meth:`HaService.check`, run after every inventory sync, finds protected workloads whose host is
-  lost: the provider did not answer ``ha.lost_after_syncs`` syncs in a row (*unreachable*), or it answers
-  without the VM (*vanished*), or the VM crashed or went down while the broker wants it running (*crashed*,
+  lost: the provider did not answer ``ha.lost_after_syncs`` syncs in a row (*unreachable*), or it reports the
+  VM's host down (*host-down*: a vCenter's disconnected ESXi host, whose VMs it still shows as last seen), or
+  it answers without the VM (*vanished*), or the VM crashed or went down while the broker wants it running (*crashed*,
   *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
@@ -14,6 +15,8 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   newest verified DR recovery point at its replication target, booted as an overlay by
   :func:`~metavmm.services.protection.dr.boot_point` like a failover), as an ``ha_restart`` operation.
   The project's quota is unchanged: the same workload moves, its usage was counted when it was created.
+  Its attached volumes come along where the new provider reaches them (:mod:`.ha_volumes`); the others stay,
+  and the restart's messages and their links say so.
 - **fencing**: never two running copies. The plan's first step fences the old copy (destroyed through the
   provider, or proven gone because the provider answers without it) before the new copy is created. A
   provider that does not answer proves nothing: the restart waits (state ``waiting-for-fence``, and the
@@ -21,7 +24,8 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   Only a provider whose driver declares ``Capability.FENCE`` can destroy a copy it still has: for one that
   cannot (a crashed or stopped copy it still lists), the restart waits for an admin's confirmation too.
   A driver that cannot reach the old copy's host (a nova-compute down, an ESXi host the vCenter lost)
-  refuses the fence as unavailable, and the restart fails and is tried again at the next pass.
+  refuses the fence as unavailable, and the restart fails; where the provider reports that host down
+  (*host-down*), the next pass waits for an admin's confirmation, else it tries again.
   When a lost host comes back, its stale copy is an orphan for the reconciliation (its workload lives
   elsewhere now), which deletes it; the disk it named moved to the new copy, so nothing the copy uses goes.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,6 +45,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import (
     Host,
+    HostState,
     Operation,
     OperationState,
     Protection,
@@ -61,7 +67,7 @@ from metavmm.services.identity import Identity, Role
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer, ledger_params
-from metavmm.services.protection import dr
+from metavmm.services.protection import dr, ha_volumes
 from metavmm.services.protection.ha_disk import RECOVERY_POINT, DiskSource, missing, usable_disk
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.service import vm_name
@@ -72,6 +78,8 @@ HA_CATEGORY = "http://schemas.metavmm.dev/occi/protection#ha"
 """The OCCI mixin of a highly available compute (api/occi/infrastructure.py declares it): kept in the
 workload's ``spec["mixins"]`` by this service, so OCCI renders what REST and the CLI set."""
 RESTART, START = "ha_restart", "ha_start"
+UNANSWERED = ("unreachable", "host-down")
+"""Losses where nothing answers for the old copy: only an admin's confirmation lets a restart go ahead."""
 
 
 class HaState(enum.StrEnum):
@@ -250,7 +258,8 @@ class HaService:
         provider = await session.get(Provider, wl.provider_id)
         assert provider is not None
         failed = self._after(prot, ops)
-        cause = self._loss(provider, wl)
+        host = await session.get(Host, wl.host_id) if wl.host_id is not None else None
+        cause = self._loss(provider, wl, host)
         if cause is None:
             if prot.state not in (HaState.PROTECTED,):
                 _set(prot, HaState.PROTECTED, f"running at {provider.name}")
@@ -266,7 +275,7 @@ class HaService:
             return await self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
         can_fence = Capability.FENCE in (provider.capabilities or [])
-        why = None if confirmed else _unfenceable(provider, cause, can_fence)
+        why = None if confirmed else _unfenceable(provider, cause, can_fence, host, ops)
         if why:
             _set(prot, HaState.WAITING_FOR_FENCE, f"{why}: its copy can be neither destroyed nor proven gone, so no "
                  "second copy starts; it restarts " + ("when the provider answers again, or " if cause == "unreachable"
@@ -274,17 +283,19 @@ class HaService:
                  f"after an admin confirms the host is dead (metavmm ha fence {wl.id} --confirm)")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "")
-        confirmed = confirmed and (cause == "unreachable" or not can_fence)
+        confirmed = confirmed and (cause in UNANSWERED or not can_fence)
         finding = await self._restart(session, prot, wl, provider, cause, disk, confirmed=confirmed)
         if failed and finding.operation_id:
             _set(prot, prot.state, f"{prot.message}; trying again after: {failed}")
             finding.message = prot.message or ""
         return finding
 
-    def _loss(self, provider: Provider, wl: Workload) -> str | None:
+    def _loss(self, provider: Provider, wl: Workload, host: Host | None) -> str | None:
         """Why the workload's host counts as lost, or None."""
         if provider.sync_failures >= self.config.ha.lost_after_syncs:
             return "unreachable"
+        if host is not None and host.state == HostState.DOWN:
+            return "host-down"  # the provider answers, its host does not (a vCenter's disconnected ESXi host)
         if wl.observed_state == "lost":
             return "vanished"
         if wl.observed_state == "error":
@@ -321,9 +332,10 @@ class HaService:
             return Finding(wl.id, cause, prot.state, prot.message or "")
         assert placement.provider is not None and placement.region is not None
         old_site = await session.get(Site, wl.site_id) if wl.site_id is not None else None
+        volumes = await ha_volumes.attached(session, self.config, wl, placement.provider)
         steps = restart_steps(wl, provider.name, placement, disk, confirmed=confirmed,
                               timeout_s=self.config.ha.restart_timeout_s, cause=cause,
-                              old_region=old_site.region if old_site is not None else None)
+                              old_region=old_site.region if old_site is not None else None, volumes=volumes)
         op = await store.write_plan(session, kind=RESTART, steps=steps, target_id=wl.id, project_id=wl.project_id,
                                     params={"from": provider.name, "to": placement.provider, "cause": cause,
                                             "confirmed": confirmed, "disk": disk.location, "origin": disk.origin,
@@ -331,8 +343,9 @@ class HaService:
                                             "ledger": ledger_params(wl.spec, {"site_id": placement.site_id,
                                                                               "host_id": placement.host_id})})
         source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
+        carried = ha_volumes.summary(volumes)
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
-             f"{source} (operation {op.id})")
+             f"{source} (operation {op.id})" + (f"; {carried}" if carried else ""))
         session.add(prot)
         log.warning("HA: %s lost at %s (%s): restarting at %s", wl.id, provider.name, cause, placement.site)
         return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
@@ -359,8 +372,10 @@ class HaService:
 
 
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,
-                  cause: str, old_region: str | None = None) -> list[Step]:
-    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, settle.
+                  cause: str, old_region: str | None = None,
+                  volumes: Sequence[ha_volumes.Volume] = ()) -> list[Step]:
+    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, re-attach its
+    volumes (:mod:`.ha_volumes`: those the new provider reaches; the others' links say why not), settle.
 
     A shared-storage disk is adopted by the new copy (``adopt_disk``: the file moves under it). A recovery
     point goes through :func:`dr.boot_point`, the one way failover and failback boot a point too (verified,
@@ -374,12 +389,15 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     settle = Step("settle", "ha.settle", {"workload_id": wl.id, "state": HaState.PROTECTED,
                                           "message": f"restarted at {placement.site} after {old} was lost ({cause})"
                                           + (f" from recovery point {disk.point_id}" if disk.point_id else "")})
+    tail = [Step("volumes", "ha.volumes", {"workload_id": wl.id, "provider": placement.provider,
+                                           "region": placement.region, "volumes": [v.args() for v in volumes]}),
+            settle] if volumes else [settle]
     if disk.origin == RECOVERY_POINT:
         boot = dr.boot_point(wl, target=placement.provider, region=placement.region, point_id=disk.point_id,
                              origin=old, origin_region=old_region, kind=RESTART, started_at=utcnow().isoformat(),
                              name=vm_name(wl.id), host=placement.host, spec_update={"placement": where},
                              timeout_s=timeout_s)
-        return [fence, *boot, Step("release", "dr.release", {"workload_id": wl.id, "provider": old}), settle]
+        return [fence, *boot, Step("release", "dr.release", {"workload_id": wl.id, "provider": old}), *tail]
     extra = {"adopt_disk": disk.location, **({"mac": spec["mac"]} if spec.get("mac") else {})}
     return [
         fence,
@@ -390,20 +408,34 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
              compensate="vm.fence", weight=2),
         Step("record", "workload.record", {**new, "spec_update": {"placement": where}}, commit=True),
         Step("wait-running", "vm.wait", {**new, "state": "running", "timeout_s": timeout_s}),
-        settle,
+        *tail,
     ]
 
 
-def _unfenceable(provider: Provider, cause: str, can_fence: bool) -> str | None:
-    """Why the old copy cannot be fenced now (the restart waits), or None: the provider does not answer, or it
-    still has the copy (crashed, down) and its driver declares no fence."""
+def _unfenceable(provider: Provider, cause: str, can_fence: bool, host: Host | None = None,
+                 ops: list[Operation] | None = None) -> str | None:
+    """Why the old copy cannot be fenced now (the restart waits), or None: the provider does not answer; or it
+    reports the copy's host down and its driver refused the fence (or declares none; one that may still fence
+    it is tried first: nova fences a server whose nova-compute an admin forced down); or it still has the copy
+    (crashed, down) and its driver declares no fence."""
     if cause == "unreachable":
         since = f" since {aware(provider.sync_failed_since):%Y-%m-%d %H:%M:%S} UTC" \
             if provider.sync_failed_since else ""
         return f"{provider.name} has not answered {provider.sync_failures} syncs in a row{since}"
+    if cause == "host-down" and (not can_fence or _fence_refused(ops or [], provider.name)):
+        name = host.name if host is not None else "its host"
+        return (f"{provider.name} answers but reports host {name} down, and cannot fence the copy there (its last "
+                "view of it proves nothing)")
     if cause in ("crashed", "down") and not can_fence:
         return f"{cause} at {provider.name}, which cannot fence a VM ({provider.kind} declares no fence)"
     return None
+
+
+def _fence_refused(ops: list[Operation], provider: str) -> bool:
+    """The last restart from ``provider`` failed at its fence: the provider could not reach the copy."""
+    last = next((op for op in ops if op.kind == RESTART and op.params.get("from") == provider), None)
+    return last is not None and last.state in (OperationState.FAILED, OperationState.ROLLED_BACK) \
+        and "cannot fence the old copy" in (last.error or "")
 
 
 def _start_failed(ops: list[Operation], provider: str, vm_id: str | None) -> bool:

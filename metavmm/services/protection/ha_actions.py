@@ -1,6 +1,6 @@
 """The step actions of an HA restart (:mod:`metavmm.services.protection.ha`): fence the old copy, put a VM
-aside without touching its disk, and settle the workload's protection state. Idempotent, like every
-action: each looks at the provider (or the row) before acting."""
+aside without touching its disk, carry its volumes over, and settle the workload's protection state.
+Idempotent, like every action: each looks at the provider (or the row) before acting."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from metavmm.foundation.records import Capability
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm
+from metavmm.services.protection import ha_volumes
 
 
 class FenceRefused(MetavmmError):
@@ -66,9 +67,22 @@ async def fence_vm(ctx: StepContext, *, provider: str, workload_id: str, **_: An
         await ctx.log(f"fenced {vm.provider_vm_id} at {provider}")
 
 
+@action("ha.volumes")
+async def volumes(ctx: StepContext, *, workload_id: str, provider: str, region: str, volumes: list[dict[str, Any]],
+                  **_: Any) -> dict[str, Any]:
+    """Re-attach the restarted copy's volumes where its provider reaches them; say which stay behind, and why
+    (:mod:`.ha_volumes`)."""
+    return {"volumes": await ha_volumes.carry(ctx, compute_id=workload_id, provider=provider, region=region,
+                                              volumes=volumes)}
+
+
 @action("ha.settle")
 async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
-    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off)."""
+    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off),
+    with the volumes it could not re-attach."""
+    left = [why for why in (ctx.outputs.get("volumes") or {}).values() if why != "attached"]
+    if left:
+        message = f"{message}; NOT re-attached: {'; '.join(left)}"
     async with session_scope(ctx.sessions) as session:
         row = await session.get(Protection, workload_id)
         if row is None:

@@ -12,8 +12,9 @@ from bench import direct
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import OperationState, Protection, Provider, Workload
 from metavmm.drivers.sim import SimDriver
-from metavmm.services.identity import operator_identity
+from metavmm.services.identity import Identity, operator_identity
 from metavmm.services.operations import store
+from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer
 from metavmm.services.protection import dr
 from metavmm.services.protection.ha import HaService, HaState
@@ -35,14 +36,19 @@ def sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+async def provisioned(engine: Engine) -> tuple[Identity, str]:
+    """The operator, and a compute db1 it made at sima/r1 (with a small real disk)."""
+    async with session_scope(engine.sessions) as s:
+        caller = await operator_identity(s)
+    done = await run(engine, await direct.provision(engine, name="db1", provider="sima", region="r1",
+                                                   image="img", project_id=caller.project_id))
+    assert done.target_id is not None and done.state == OperationState.SUCCEEDED
+    return caller, done.target_id
+
+
 async def test_restart_from_point_then_retarget_and_fail_back(tmp_path: Path) -> None:
     async with engine_for(FEDERATION, tmp_path) as engine:
-        async with session_scope(engine.sessions) as s:
-            caller = await operator_identity(s)
-        done = await run(engine, await direct.provision(engine, name="db1", provider="sima", region="r1",
-                                                       image="img", project_id=caller.project_id))
-        wid = done.target_id
-        assert wid is not None and done.state == OperationState.SUCCEEDED
+        caller, wid = await provisioned(engine)
         ha = HaService(engine.sessions, engine.config, engine, Placer(engine.config))
         await ha.protect(caller, wid)
         await dr.set_replication(engine.sessions, engine.config, None, wid, target="simb", interval_s=None)
