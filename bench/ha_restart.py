@@ -191,6 +191,14 @@ def domains(uri: str) -> dict[str, str]:
     return {n: virsh(uri, "domstate", n).strip() for n in names}
 
 
+async def until_not_running(uri: str, timeout_s: float = 10.0) -> None:
+    """Wait until the daemon at ``uri`` shows none of its domains running: after QEMU is killed, libvirt
+    notices the monitor's end on its own time, and a sync before that still sees the domain running."""
+    deadline = time.monotonic() + timeout_s
+    while "running" in (await asyncio.to_thread(domains, uri)).values() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 @dataclass
 class Broker:
     """The broker's parts a scenario drives by hand: one pass or one operation at a time."""
@@ -377,6 +385,7 @@ async def scenario(hosts: HaHosts, work: Path, *, interval_s: float = 1.0, lost_
         # 2b. the copy's QEMU dies on a host that is fine ("shut off (crashed)"): started again where it is
         crashed = time.perf_counter()
         hosts.kill_domains(0)
+        await until_not_running(hosts.uri(0))  # the daemon learns of its QEMU's end a little later
         await sync_all(sessions, config)
         report = await ha.check()
         seen["crash_cause"] = report.findings[0].cause if report.findings else None
