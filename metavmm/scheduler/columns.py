@@ -138,23 +138,38 @@ class SiteColumns:
                              used / total if total else 1.0, state=HostState.UP)
 
 
-def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float], n: int = 0) -> np.ndarray:
-    """The pipeline's score (:meth:`~metavmm.scheduler.pipeline.Scheduler.score`) over arrays: each cost
-    min-max normalised over the finite values (an infinite one counts 1), weighted, summed in cost order,
-    so every float is the one the scalar loop computes. ``n``: the number of candidates when ``raw`` has no
-    costs."""
-    matrix = raw if isinstance(raw, np.ndarray) else np.vstack(raw) if len(raw) else np.zeros((0, n))
-    n = matrix.shape[1]
-    if n == 0 or not len(matrix):
-        return np.zeros(n, np.float64)
+Bounds = tuple[float, float, bool]
+"""What one cost is normalised with: its finite minimum and maximum over the candidates, and whether every
+value is finite (an infinite one counts 1)."""
+
+
+def cost_bounds(matrix: np.ndarray) -> list[Bounds]:
+    """Each row's :data:`Bounds` (a row per cost, a column per candidate)."""
     los, his = matrix.min(axis=1).tolist(), matrix.max(axis=1).tolist()
     inf = float("inf")
-    totals: np.ndarray | None = None
-    for w, x, lo, hi in zip(weights, matrix, los, his, strict=True):
+    out = []
+    for x, lo, hi in zip(matrix, los, his, strict=True):
         all_finite = hi != inf
         if not all_finite:
             finite = x != inf
             lo, hi = (float(x[finite].min()), float(x[finite].max())) if lo != inf else (0.0, 0.0)
+        out.append((lo, hi, all_finite))
+    return out
+
+
+def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float], n: int = 0,
+                      bounds: Sequence[Bounds] | None = None) -> np.ndarray:
+    """The pipeline's score (:meth:`~metavmm.scheduler.pipeline.Scheduler.score`) over arrays: each cost
+    min-max normalised over the finite values (an infinite one counts 1), weighted, summed in cost order,
+    so every float is the one the scalar loop computes. ``n``: the number of candidates when ``raw`` has no
+    costs; ``bounds``: :func:`cost_bounds` of ``raw`` when the caller has them already."""
+    matrix = raw if isinstance(raw, np.ndarray) else np.vstack(raw) if len(raw) else np.zeros((0, n))
+    n = matrix.shape[1]
+    if n == 0 or not len(matrix):
+        return np.zeros(n, np.float64)
+    inf = float("inf")
+    totals: np.ndarray | None = None
+    for w, x, (lo, hi, all_finite) in zip(weights, matrix, bounds or cost_bounds(matrix), strict=True):
         span = hi - lo
         if span <= 0 and all_finite:
             continue
@@ -167,6 +182,35 @@ def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float], n: in
         else:
             totals += term
     return totals if totals is not None else np.zeros(n, np.float64)
+
+
+def total_of(column: Sequence[float], weights: Sequence[float], bounds: Sequence[Bounds]) -> float:
+    """One candidate's :func:`normalised_totals` value from its raw costs and the candidates' ``bounds``:
+    the same float (the same IEEE operations in the same order, on Python floats instead of an array)."""
+    inf = float("inf")
+    total: float | None = None
+    for w, x, (lo, hi, all_finite) in zip(weights, column, bounds, strict=True):
+        span = hi - lo
+        if span <= 0 and all_finite:
+            continue
+        term = w * (1.0 if x == inf else ((x - lo) / span if span > 0 else 0.0))
+        total = term + 0.0 if total is None else total + term
+    return 0.0 if total is None else total
+
+
+def keeps_bounds(bounds: Sequence[Bounds], removed: Sequence[float] | None, added: Sequence[float] | None) -> bool:
+    """Whether taking the candidate with raw costs ``removed`` out and putting one with ``added`` in leaves
+    every cost's bounds as they are (so no other candidate's total moves): per cost, the value is
+    unchanged, or the removed one lies strictly inside the bounds and the added one inside or on them,
+    both finite. Conservative: False may still keep them."""
+    for k, (lo, hi, _) in enumerate(bounds):
+        if removed is not None and added is not None and removed[k] == added[k]:
+            continue
+        if removed is not None and not lo < removed[k] < hi:
+            return False
+        if added is not None and not lo <= added[k] <= hi:
+            return False
+    return True
 
 
 def ranked(totals: np.ndarray, name_rank: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ rejections are in the returned :class:`Placement`, so "why is my VM not placed?"
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -31,13 +32,17 @@ import numpy as np
 from metavmm.foundation.errors import NotFound
 from metavmm.foundation.records import Capability
 from metavmm.scheduler.columns import (
+    Bounds,
     SiteColumns,
     SiteStatic,
     StackedColumns,
+    cost_bounds,
     first_best,
+    keeps_bounds,
     normalised_totals,
     ranked,
     segment_totals,
+    total_of,
 )
 from metavmm.scheduler.costs import Cost, default_costs, wastes_gpus
 from metavmm.scheduler.filters import Filter, default_filters
@@ -84,11 +89,13 @@ class SiteRanking:
 
     A stream of requests mostly repeats a few shapes, and a placement changes one site: this keeps, per
     shape, each site's view, rejection (or None) and raw costs at the ledger version they were computed
-    at, and the sites' order (recomputed with numpy when a site changed).
+    at, and the passing sites in order with their totals. When a changed site's costs stay inside every
+    cost's bounds (:func:`~metavmm.scheduler.columns.keeps_bounds`), no other site's total moves: only that
+    site is re-scored and moved to its place; otherwise the order is recomputed with numpy.
     """
 
-    __slots__ = ("alternatives", "codes", "ok", "order", "raw", "rejected", "rejections", "seen", "totals", "versions",
-                 "views")
+    __slots__ = ("alternatives", "bounds", "codes", "keys", "ok", "raw", "rejected", "rejections", "seen", "totals",
+                 "versions", "views")
 
     def __init__(self, n_sites: int, n_costs: int) -> None:
         self.versions: list[int | None] = [-1] * n_sites
@@ -96,8 +103,11 @@ class SiteRanking:
         self.rejections: list[Rejection | None] = [None] * n_sites
         self.raw = np.zeros((n_costs, n_sites), np.float64)
         self.ok = np.zeros(n_sites, bool)
-        self.order: np.ndarray | None = None
-        self.totals = np.zeros(n_sites, np.float64)
+        # the passing sites best first as (total, name rank, index) (None: to be recomputed), the costs'
+        # bounds they were normalised with, and each passing site's total
+        self.keys: list[tuple[float, int, int]] | None = None
+        self.bounds: list[Bounds] | None = None
+        self.totals: list[float] = [0.0] * n_sites
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
         self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
         self.rejected: list[Rejection] | None = None  # the rejections that are not None, in site order
@@ -346,36 +356,61 @@ class Scheduler:
         if not todo:
             return st
         sites = self.snapshot.sites
+        moved: list[tuple[int, list[float] | None, list[float] | None]] = []  # (site, raw costs before, now)
         for i in todo:
             site = sites[i]
             st.alternatives[i] = None
+            before = st.raw[:, i].tolist() if st.ok[i] else None
             view = st.views[i] = self.site_view(site)
             failed = self.run_filters(view, req, self._site_filters, Counter())
             if failed is None:
                 st.rejections[i] = None
                 st.ok[i] = True
-                st.raw[:, i] = [c.cost(view, req, self.graph) for c in self.costs]
+                raw = [c.cost(view, req, self.graph) for c in self.costs]
+                st.raw[:, i] = raw
+                moved.append((i, before, raw))
             else:
                 name, v = failed
                 st.rejections[i] = Rejection(site.name, "site", site.name, name, v.code, v.message,
                                              len(site.hosts) or 1, v.unresolvable, v.numbers)
                 st.ok[i] = False
+                moved.append((i, before, None))
         st.versions = cur
-        st.order = None
+        self._rescore(st, moved)
         st.codes = None
         st.rejected = None
         return st
 
+    def _rescore(self, st: SiteRanking, moved: list[tuple[int, list[float] | None, list[float] | None]]) -> None:
+        """Move the changed sites (each with its raw costs before and now; None: it did not pass) to their
+        new places in ``st.keys`` when every cost's bounds hold, so that the other sites' totals are the
+        ones a full recompute gives; else leave the order to be recomputed."""
+        keys, rank, bounds = st.keys, self._site_name_rank, st.bounds
+        if keys is None or bounds is None or not all(keeps_bounds(bounds, before, now) for _, before, now in moved):
+            st.keys = None
+            return
+        for i, before, now in moved:
+            if before is not None:
+                del keys[bisect_left(keys, (st.totals[i], int(rank[i]), i))]
+            if now is not None:
+                total = st.totals[i] = total_of(now, self._weights, bounds)
+                insort(keys, (total, int(rank[i]), i))
+
     def ranked_sites(self, st: SiteRanking) -> Iterator[Scored]:
         """The passing sites best first (:meth:`score` over the shape's kept raw costs); ties by name."""
-        if st.order is None:
+        keys = st.keys
+        if keys is None:
             idx = st.ok.nonzero()[0]
-            totals = normalised_totals(st.raw[:, idx], self._weights)
-            st.totals[idx] = totals
-            st.order = idx[ranked(totals, self._site_name_rank[idx])]
-        names, totals, raw = self._cost_names, st.totals, st.raw
-        return (Scored(total, i, names, raw) for total, i in zip(totals[st.order].tolist(), st.order.tolist(),
-                                                                   strict=True))
+            matrix = st.raw[:, idx]
+            st.bounds = cost_bounds(matrix) if idx.size else None  # None: no site to hold bounds
+            totals = normalised_totals(matrix, self._weights, bounds=st.bounds)
+            order = ranked(totals, self._site_name_rank[idx])
+            at, ordered = idx[order].tolist(), totals[order].tolist()
+            for i, total in zip(at, ordered, strict=True):
+                st.totals[i] = total
+            keys = st.keys = list(zip(ordered, self._site_name_rank[idx][order].tolist(), at, strict=True))
+        names, raw = self._cost_names, st.raw
+        return (Scored(total, i, names, raw) for total, _, i in keys)
 
     # --- score ------------------------------------------------------------------------------------------
 
@@ -739,21 +774,24 @@ class Scheduler:
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
                        sid: int) -> tuple[np.ndarray, list[Rejection | None]]:
         """The first failing rule per host (-1: none) and each host's rejection (None: it passed). Kept per
-        (site, shape) and patched: after a placement only the hosts whose verdict or numbers changed get a
-        new rejection (the rest of a site that rejects 60 of its 100 hosts is reused)."""
+        (site, shape) and patched: after a placement only the hosts the ledger changed are judged again
+        (a verdict depends on the host's own numbers and its filter class) and get a new rejection (the
+        rest of a site that rejects 60 of its 100 hosts is reused)."""
         key = (cols.site.id, sid)
         prev = self._host_rejections.get(key)
         if prev is not None and prev[0] is cols:
             return prev[1], prev[2]
-        first = self._first_failing(cols, req, sid)[0]
-        if prev is None:
+        per_class = self._class_verdicts.get(key)
+        if prev is None or per_class is None:
+            first = self._first_failing(cols, req, sid)[0]
             by_host: list[Rejection | None] = [None] * cols.static.n
             redo = (first >= 0).nonzero()[0].tolist()
         else:
-            pcols, pfirst, by_host = prev[0], prev[1], list(prev[2])
-            changed = cols.changed if cols.base is pcols else [
+            pcols, first, by_host = prev[0], prev[1].copy(), list(prev[2])
+            redo = cols.changed if cols.base is pcols else [
                 i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
-            redo = sorted(set((first != pfirst).nonzero()[0].tolist()).union(changed))
+            for i in redo:
+                first[i] = self._first_failing_at(cols, i, req, per_class)
         for i in redo:
             k = int(first[i])
             by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
@@ -761,6 +799,21 @@ class Scheduler:
             self._host_rejections.clear()
         self._host_rejections[key] = (cols, first, by_host)
         return first, by_host
+
+    def _first_failing_at(self, cols: SiteColumns, i: int, req: PlacementRequest,
+                          per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> int:
+        """:meth:`_first_failing` for host ``i`` alone: the class verdicts kept for the site, and a rule with
+        ``fails`` asked through its ``check`` (``fails`` is its vectorised form: 0 exactly where ``check``
+        passes, as :meth:`_host_rejection` already relies on)."""
+        view, klass = cols.views[i], cols.static.klass[i]
+        for k, f in enumerate(self._slot_filters):
+            judged = per_class[k]
+            if judged is None:
+                if not f.check(view, req).ok:
+                    return k
+            elif judged[1][klass]:
+                return k
+        return -1
 
     def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
         """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number

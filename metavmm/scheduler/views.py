@@ -17,7 +17,7 @@ from metavmm.catalog.models import HostState
 from metavmm.foundation.config import SchedulerSettings
 from metavmm.foundation.records import Capability
 from metavmm.scheduler.ledger import Ledger
-from metavmm.scheduler.snapshot import _EMPTY, FlavorView, HostView, SiteView, frozen_map
+from metavmm.scheduler.snapshot import _EMPTY, FlavorView, HostView, SiteView, frozen_map, shared
 
 DEFAULT_ARCH = "x86_64"
 """What a public flavor runs when the provider does not say, and what a request without a catalog image
@@ -64,8 +64,8 @@ def host_free(host: HostView, ledger: Ledger | None, settings: SchedulerSettings
 def host_view(site: SiteView, host: HostView, ledger: Ledger | None, settings: SchedulerSettings) -> CandidateView:
     vcpus, ram, gpus = host_free(host, ledger, settings)
     total = max(int(host.cores * settings.cpu_allocation_ratio), 1)
-    return CandidateView("host", host.name, site, frozenset((host.arch,)), frozenset((host.vendor,)),
-                         (host.features,), frozenset((host.hypervisor,)), vcpus, ram, frozen_map(gpus),
+    return CandidateView("host", host.name, site, shared(frozenset((host.arch,))), shared(frozenset((host.vendor,))),
+                         shared((host.features,)), shared(frozenset((host.hypervisor,))), vcpus, ram, frozen_map(gpus),
                          host.nested_virt, host.state == HostState.UP, min(max((total - vcpus) / total, 0.0), 1.0),
                          host=host, state=host.state)
 

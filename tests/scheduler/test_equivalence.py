@@ -90,12 +90,12 @@ HOSTS = st.fixed_dictionaries({
 
 
 @st.composite
-def catalogs(draw: st.DrawFn) -> Snapshot:
-    """2-4 on-prem sites (some above the explanation's grouping size, some with one hypervisor) and a cloud
-    region with x86, arm64 and GPU flavors."""
+def catalogs(draw: st.DrawFn, max_sites: int = 4) -> Snapshot:
+    """2-``max_sites`` on-prem sites (some above the explanation's grouping size, some with one hypervisor)
+    and a cloud region with x86, arm64 and GPU flavors."""
     providers = [ProviderView(1, "dc", "openstack", True, KVM_CAPS),
                  ProviderView(2, "aws", "aws", False, frozenset({"gpu"}))]
-    n_sites = draw(st.integers(2, 4))
+    n_sites = draw(st.integers(2, max_sites))
     sites = [(i, 1, f"dc/s{i}", f"s{i}", draw(st.sampled_from(("TW", "DE")))) for i in range(1, n_sites + 1)]
     sites.append((99, 2, "aws/r1", "r1", "US"))
     hosts, rows, hid = [], [], 0
@@ -111,7 +111,7 @@ def catalogs(draw: st.DrawFn) -> Snapshot:
                               vendor={"intel": "Intel", "amd": "AMD", "arm": "ARM"}[h["kind"]],
                               features=frozenset() if arm else (SKYLAKE if h["kind"] == "intel" else MILAN),
                               hv="kvm" if one_hv else h["hv"], nested=h["nested"], state=h["state"]))
-        vcpu = draw(st.sampled_from(("0.01", "0.02", "0.025")))
+        vcpu = draw(st.sampled_from(("0.01", "0.02", "0.025", "0.03", "0.015")))
         rows += parts(1, f"s{site_id}", vcpu, draw(st.sampled_from(("0.002", "0.004"))),
                       H100=draw(st.sampled_from(("2.5", "4"))), A30="0.9")
     flavors = [FlavorView(101, "m5.xlarge", 2, None, 4, 16384, arch="x86_64"),
@@ -184,3 +184,24 @@ def test_a_rule_that_reads_its_site_is_asked_site_by_site() -> None:
     slow = _straightforward(sched).place(req, explain=True, reserve=False)
     _same(fast, slow, "site-reading rule")
     assert any(r.filter == "no-s2" and r.covers > 1 for r in fast.rejections)
+
+
+SHAPES = st.sampled_from(((1, 1), (2, 2), (4, 8), (8, 16), (2, 64)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(snap=catalogs(max_sites=10), stream=st.lists(st.tuples(SHAPES, st.sampled_from(("place", "place", "explain"))),
+                                                     min_size=5, max_size=40))
+def test_a_stream_of_placements_matches_a_straightforward_run(snap: Snapshot,
+                                                               stream: list[tuple[tuple[int, int], str]]) -> None:
+    """Many sites and long streams of a few shapes, most of them reserving: each placement changes one
+    site and one host, so the kept site order is patched in place (the changed site re-scored when every
+    cost's bounds hold) and only the changed hosts are judged again. Every decision must still be the one
+    a fresh, straightforward Scheduler makes over the same ledger."""
+    sched = Scheduler(snap)
+    for i, ((vcpus, ram_gib), mode) in enumerate(stream):
+        req = PlacementRequest(f"r{i}", vcpus, ram_gib * 1024)
+        explain = mode == "explain"
+        slow = _straightforward(sched).place(req, explain=explain, reserve=False)
+        fast = sched.place(req, explain=explain, reserve=not explain)
+        _same(fast, slow, (i, vcpus, ram_gib, mode))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -11,7 +12,8 @@ from metavmm.foundation.errors import NotFound
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Rejection, summarize
 from metavmm.scheduler.request import ImageRef, PlacementRequest
-from metavmm.scheduler.snapshot import ImageView, ReplicaView
+from metavmm.scheduler.snapshot import ImageView, ReplicaView, Snapshot
+from tests.scheduler.conftest import SKYLAKE, host
 
 
 def test_cheapest_fitting_candidate_wins_with_price_and_steps(federation) -> None:
@@ -143,3 +145,17 @@ def test_a_provider_native_image_runs_only_where_its_provider_holds_it(federatio
     assert elsewhere == {"azure/westeurope", "h1", "h2", "h3", "h4", "h5"}  # every host of the on-prem sites
     pinned = Scheduler(snap).place(PlacementRequest("web", 2, 4096, image=ImageRef("ami"), sites=("taichung",)))
     assert not pinned.placed and "ami image elsewhere" in pinned.summary
+
+
+def test_host_views_share_equal_sets_and_empty_maps(federation: Callable[..., Snapshot]) -> None:
+    """Hosts of one kind share one object per set (features, arch, vendor, hypervisor) and every empty GPU
+    map is one object: 10,000 hosts are 10,000 objects for the garbage collector to walk, not 70,000."""
+    snap = federation(hosts=[host(1, 1, features=frozenset(SKYLAKE)), host(2, 1, features=frozenset(SKYLAKE)),
+                             host(3, 2, features=frozenset(SKYLAKE))])
+    a, b, c = snap.hosts()
+    assert a.features is b.features is c.features and a.gpus is b.gpus
+    sched = Scheduler(snap)
+    views = [v for s in snap.sites if s.has_hosts for v in sched.slot_views(s)]
+    assert len(views) == 3
+    for field in ("archs", "vendors", "feature_sets", "hypervisors", "gpus"):
+        assert len({id(getattr(v, field)) for v in views}) == 1, field
