@@ -95,11 +95,12 @@ def _window(request: web.Request) -> tuple[int, int]:
     return page, number
 
 
-def _next_page(request: web.Request, page: int, number: int) -> str:
-    """The URL of the page after ``page``, the request's other query parameters kept."""
-    rest = "&".join(f"{k}={v}" for k, v in _query(request).items() if k not in ("page", "number"))
+def _next_page(request: web.Request, page: int, number: int, after: str | None = None) -> str:
+    """The URL of the page after ``page``, the request's other query parameters kept; ``after``: the id the
+    page ended with (see :meth:`OcciService.locations`)."""
+    rest = "&".join(f"{k}={v}" for k, v in _query(request).items() if k not in ("page", "number", "after"))
     return f"{request.scheme}://{request.host}{request.path}?page={page + 1}&number={number}" + \
-        (f"&{rest}" if rest else "")
+        (f"&after={after}" if after else "") + (f"&{rest}" if rest else "")
 
 
 def _page(request: web.Request, entities: list[Entity]) -> tuple[list[Entity], str | None]:
@@ -148,9 +149,12 @@ async def _kind_listing(request: web.Request, svc: OcciService, kind: Kind, *, l
     if choose(request, LIST_MEDIA) == JSON:
         entities = await svc.collection(kind, window=window)
         found, chosen = [e.location for e in entities], entities[:number]
+        after = _next_page(request, page, number) if len(found) > number else None
     else:
-        found, chosen = await svc.locations(kind, *window), []
-    after = _next_page(request, page, number) if len(found) > number else None
+        marker = _query(request).get("after")
+        found, chosen = await svc.locations(kind, *window, after=marker if marker and is_uuid(marker) else None), []
+        after = _next_page(request, page, number, found[number - 1].rsplit("/", 1)[1]) if len(found) > number \
+            else None
     return _listing(request, Collection(chosen, links=links), found[:number], after)
 
 
@@ -375,8 +379,8 @@ def setup_occi(app: web.Application) -> None:
     for kind in KINDS.values():
         collection, entity = kind_routes(kind)
         assert kind.location is not None
+        app.router.add_route("*", kind.location + "{id}", entity)  # first: the router tries an entity's first
         app.router.add_route("*", kind.location, collection)
         app.router.add_route("*", kind.location.rstrip("/"), collection)
-        app.router.add_route("*", kind.location + "{id}", entity)
     mixins = occi({"GET": mixin_get, "POST": mixin_post, "PUT": mixin_put, "DELETE": mixin_delete})
     app.router.add_route("*", r"/{location:(?!api/)[A-Za-z0-9\-_./]+/}", mixins)
