@@ -23,10 +23,10 @@ from metavmm.api.keys import PLACER
 from metavmm.api.middleware import root_middleware
 from metavmm.api.observability import metrics_handler
 from metavmm.api.occi.catalog_view import REGISTRY_TABLES
-from metavmm.api.occi.routes import setup_occi
+from metavmm.api.occi.routes import setup_occi, stamp_streams
 from metavmm.api.rest import setup_rest
 from metavmm.api.rest.common import API_ROOT
-from metavmm.api.ui import setup_ui
+from metavmm.api.ui import create_ui, setup_ui
 from metavmm.catalog.changes import ANY, Changes, TtlCache
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import repeat, stop_tasks
@@ -229,7 +229,9 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app.router.add_get("/metrics", metrics_handler)
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
+    ui = create_ui()
+    stamp_streams(api, ui)  # what their handlers stream; the root middleware stamps the rest
     app.add_subapp(API_ROOT, api)
-    setup_ui(app)  # the dashboard at /ui (and a browser's GET /), before OCCI's catch-all mixin locations
+    setup_ui(app, ui)  # the dashboard at /ui (and a browser's GET /), before OCCI's catch-all mixin locations
     setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app
