@@ -17,16 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metavmm import __version__
 from metavmm.api import jsonbody, keys
-from metavmm.api.auth import PUBLIC, auth_middleware, requires
-from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests, request_id_middleware
+from metavmm.api.auth import PUBLIC, requires
+from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests
 from metavmm.api.keys import PLACER
-from metavmm.api.observability import metrics_handler, metrics_middleware
+from metavmm.api.middleware import root_middleware
+from metavmm.api.observability import metrics_handler
 from metavmm.api.occi.catalog_view import REGISTRY_TABLES
-from metavmm.api.occi.errors import root_error_middleware
-from metavmm.api.occi.routes import setup_occi
+from metavmm.api.occi.routes import setup_occi, stamp_streams
 from metavmm.api.rest import setup_rest
 from metavmm.api.rest.common import API_ROOT
-from metavmm.api.ui import setup_ui
+from metavmm.api.ui import create_ui, setup_ui
 from metavmm.catalog.changes import ANY, Changes, TtlCache
 from metavmm.catalog.db import make_engine, make_sessionmaker, upgrade_async
 from metavmm.foundation.aio import repeat, stop_tasks
@@ -210,9 +210,9 @@ def catalog_context(*, migrate: bool, sync: bool):  # type: ignore[no-untyped-de
 
 def create_app(config: FederationConfig, database_url: str, *, migrate: bool = True,
                sync: bool = True) -> web.Application:
-    # root errors: OCCI's renderings outside /api/ (the REST sub-application keeps its own middleware)
-    app = web.Application(middlewares=[request_id_middleware, metrics_middleware, root_error_middleware,
-                                       auth_middleware])
+    # request id, metrics, errors (OCCI's renderings outside /api/, where the REST sub-application keeps its own
+    # middleware too) and authentication, in one layer
+    app = web.Application(middlewares=[root_middleware])
     app[keys.CONFIG] = config
     netguard.configure(config.limits)
     jsonbody.configure(config.limits)
@@ -229,7 +229,9 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app.router.add_get("/metrics", metrics_handler)
     api = web.Application(middlewares=[error_middleware])
     setup_rest(api)
+    ui = create_ui()
+    stamp_streams(api, ui)  # what their handlers stream; the root middleware stamps the rest
     app.add_subapp(API_ROOT, api)
-    setup_ui(app)  # the dashboard at /ui (and a browser's GET /), before OCCI's catch-all mixin locations
+    setup_ui(app, ui)  # the dashboard at /ui (and a browser's GET /), before OCCI's catch-all mixin locations
     setup_occi(app)  # last: OCCI serves mixin collections at client-chosen locations under the root
     return app

@@ -1,6 +1,6 @@
 """Authentication and role checks for every route of the broker, REST and OCCI alike.
 
-One middleware on the root application turns the request's credentials into an :class:`Identity`
+The root application's middleware turns the request's credentials into an :class:`Identity`
 and checks the role the route asks for, before any handler runs:
 
 - ``Authorization: Bearer mvm_...``: an API token (stored hashed, see :mod:`metavmm.services.identity`);
@@ -224,11 +224,13 @@ async def authenticate(request: web.Request) -> Identity:
         return identity
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authorize(request: web.Request) -> None:
+    """Prove the caller and check the role the matched route needs (nothing for a public route or none matched:
+    the 404/405 is answered as it is); the identity goes on the request. The root middleware
+    (:mod:`metavmm.api.middleware`) calls this before any handler runs."""
     role = required_role(request)
     if role is None or role == PUBLIC:
-        return await handler(request)
+        return
     try:
         identity = await authenticate(request)
     except Unauthenticated as exc:
@@ -236,4 +238,3 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     identity.require(role)
     request[IDENTITY] = identity
-    return await handler(request)

@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import DataError, IntegrityError
 
 from metavmm.api.keys import REQUEST_ID
-from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.errors import Conflict, MetavmmError, ValidationError
 from metavmm.foundation.logs import REQUEST_ID as REQUEST_ID_VAR
 from metavmm.foundation.logs import redact
 
@@ -39,44 +39,58 @@ _RID_COUNTER = itertools.count(1)
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def assign_request_id(request: web.Request) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is short and plain, else one the broker makes;
+    kept on the request and in the handler task's context (its log lines and the operations it submits carry it).
+    The root middleware (:mod:`metavmm.api.middleware`) calls this and echoes the id in the response."""
     rid = request.headers.get("X-Request-Id", "")
     if not rid or not CLIENT_REQUEST_ID.fullmatch(rid):  # it goes into every log line and operation: bounded
         rid = f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
     request[REQUEST_ID] = rid
-    REQUEST_ID_VAR.set(rid)  # the handler's task only: its log lines and the operations it submits carry it
-    response = await handler(request)
-    response.headers["X-Request-Id"] = rid
-    return response
+    REQUEST_ID_VAR.set(rid)
+    return rid
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except MetavmmError as exc:
-        extra = {"reasons": exc.reasons} if getattr(exc, "reasons", None) else {}
-        response = problem(exc.http_status, exc.title, exc.message, **extra)
-        response.headers.update(getattr(exc, "headers", {}))
-        return response
-    except IntegrityError as exc:
+    except Exception as exc:
+        return problem_for(request, exc)
+
+
+def as_answer(request: web.Request, exc: Exception, internal: str) -> MetavmmError | web.HTTPException:
+    """What the broker answers for ``exc``: a typed error or an HTTP exception as it is, a database's refusal as
+    the client's mistake (logged by type, never the SQL), anything else as a 500 whose message is ``internal``
+    with ``{rid}`` the request id (logged with its traceback). Call it from the ``except`` that caught ``exc``."""
+    if isinstance(exc, (MetavmmError, web.HTTPException)):
+        return exc
+    if isinstance(exc, IntegrityError):
         log.info("integrity error in %s %s: %s", request.method, request.path, exc.orig.__class__.__name__)
-        return problem(409, "Conflict", "the change conflicts with existing data (a duplicate or a missing reference)")
-    except (OverflowError, DataError) as exc:  # a value the database cannot hold (e.g. an integer past 2**63)
+        return Conflict("the change conflicts with existing data (a duplicate or a missing reference)")
+    if isinstance(exc, (OverflowError, DataError)):  # a value the database cannot hold (e.g. an integer past 2**63)
         log.info("out-of-range value in %s %s: %s", request.method, request.path, exc.__class__.__name__)
-        return problem(400, "Invalid input", "a value in the request is out of the range the catalog can store")
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/problem+json":
-            raise
-        response = problem(exc.status, exc.reason, exc.text or exc.reason)
-        if "Allow" in exc.headers:  # a 405 says which methods the resource has (RFC 9110 15.5.6)
-            response.headers["Allow"] = exc.headers["Allow"]
+        return ValidationError("a value in the request is out of the range the catalog can store")
+    rid = request.get(REQUEST_ID, "-")
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+    return MetavmmError(internal.format(rid=rid))
+
+
+def problem_for(request: web.Request, exc: Exception) -> web.Response:
+    """The problem details answering ``exc``; raises it again when it is an answer already (an HTTP exception
+    below 400, a redirect, or one that carries problem details). Call it from the ``except`` that caught it."""
+    answer = as_answer(request, exc, "the broker failed; quote request id {rid} to an admin")
+    if isinstance(answer, web.HTTPException):
+        if answer.status < 400 or answer.content_type == "application/problem+json":
+            raise answer
+        response = problem(answer.status, answer.reason, answer.text or answer.reason)
+        if "Allow" in answer.headers:  # a 405 says which methods the resource has (RFC 9110 15.5.6)
+            response.headers["Allow"] = answer.headers["Allow"]
         return response
-    except Exception:
-        rid = request.get(REQUEST_ID, "-")
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
-        return problem(500, "Internal error", f"the broker failed; quote request id {rid} to an admin")
+    extra = {"reasons": answer.reasons} if getattr(answer, "reasons", None) else {}
+    response = problem(answer.http_status, answer.title, answer.message, **extra)
+    response.headers.update(getattr(answer, "headers", {}))
+    return response
 
 
 class OneLineBadRequests(logging.Filter):

@@ -9,18 +9,16 @@ adds a token-less listener for a Prometheus on a private network (:func:`metrics
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from aiohttp import web
 
 from metavmm.api import keys
 from metavmm.api.auth import requires
-from metavmm.api.errors import Handler
 from metavmm.services import metrics
 
-_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-"""The children of the two request metrics by method, route pattern and status (bounded: routes are
-patterns, methods a fixed set, statuses few)."""
+_SERIES: dict[tuple[str, object, int], tuple[list[int], list[float]]] = {}
+"""The cells of the request metrics by method, matched resource and status (bounded: resources are the routes,
+methods a fixed set, statuses few)."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -29,27 +27,18 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        route = route_of(request)
-        method = request.method if request.method in METHODS else "other"  # a client invents methods at will
-        key = (method, route, status)
-        series = _SERIES.get(key)
-        if series is None:  # prometheus_client's labels() costs more than the rest of a cached OCCI GET
-            series = _SERIES[key] = (metrics.HTTP_REQUESTS.labels(method, route, str(status)),
-                                     metrics.HTTP_LATENCY.labels(method, route))
-        series[0].inc()
-        series[1].observe(time.perf_counter() - started)
+def count_request(request: web.Request, status: int, started: float) -> None:
+    """Count the answer to ``request`` (``status``; ``started``: its ``time.perf_counter()`` at arrival) by
+    method, route pattern and status. The root middleware (:mod:`metavmm.api.middleware`) calls it for every
+    request, an exception's too."""
+    method = request.method if request.method in METHODS else "other"  # a client invents methods at will
+    info = request.match_info
+    key = (method, info.route.resource if info.http_exception is None else None, status)
+    cells = _SERIES.get(key)
+    if cells is None:  # the labels once per series, not per request
+        cells = _SERIES[key] = metrics.HTTP.series(method, route_of(request), str(status))
+    cells[0][0] += 1
+    metrics.HttpRequests.observe(cells[1], time.perf_counter() - started)
 
 
 async def _scrape(app: web.Application) -> web.Response:

@@ -426,8 +426,11 @@ class Workload(SQLModel, table=True):
     """A compute, network or storage resource of a project, wherever it runs."""
 
     __tablename__ = "workload"
-    # a project's workloads in one state: the creates in transit a burst budget counts (migration 0022)
-    __table_args__ = (Index("ix_workload_project_state", "project_id", "observed_state"),)
+    # a project's workloads in one state: the creates in transit a burst budget counts (migration 0022);
+    # a project's collection of a kind in its listing order, covering what OCCI's location listing reads (0038)
+    __table_args__ = (Index("ix_workload_project_state", "project_id", "observed_state"),
+                      Index("ix_workload_listing", "project_id", "kind", "created_at", "id", "desired_state",
+                            "observed_state"))
     id: str = Field(default_factory=new_uuid, primary_key=True, max_length=36)
     project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
     kind: str = Field(max_length=16, index=True)

@@ -33,6 +33,25 @@ async def test_health_ready_and_index(aiohttp_client: Any, sqlite_url: str) -> N
     assert index.headers["X-Request-Id"]
 
 
+async def test_every_answer_says_server_and_request_id(aiohttp_client: Any, sqlite_url: str) -> None:
+    """Server (metavmm and OCCI/1.2) on every answer, whoever made it: a handler, an error the root middleware
+    rendered, a redirect it let through, a file; OCCI's Accept outside /api/ only; the request id on each."""
+    client = await aiohttp_client(create_app(parse_config(SIM_ONLY), sqlite_url, sync=False))
+    answers = {
+        "health": await client.get("/healthz"),
+        "rest 401": await client.get("/api/v1/whoami"),
+        "rest 404": await client.get("/api/v1/nowhere"),
+        "occi 401": await client.get("/compute/"),
+        "redirect": await client.get("/", headers={"Accept": "text/html"}, allow_redirects=False),
+        "file": await client.get("/ui/static/ui.css"),
+    }
+    assert [a.status for a in answers.values()] == [200, 401, 404, 401, 302, 200]
+    for what, answer in answers.items():
+        assert answer.headers["Server"].endswith("OCCI/1.2"), what
+        assert ("Accept" in answer.headers) == (not answer.url.path.startswith("/api/")), what
+    assert all(a.headers.get("X-Request-Id") for w, a in answers.items() if w != "redirect")
+
+
 async def test_unknown_path_is_problem_json(aiohttp_client: Any, sqlite_url: str) -> None:
     client = await aiohttp_client(create_app(parse_config(SIM_ONLY), sqlite_url, sync=False))
     resp = await client.get("/api/v1/nothing-here")

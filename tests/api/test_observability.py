@@ -203,6 +203,7 @@ async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, d
     alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
     beta = await client.get(f"{API}/events", headers=_follow(w, "beta_member"))
     assert alpha.status == 200 and alpha.headers["Content-Type"].startswith("text/event-stream")
+    assert alpha.headers["Server"].endswith("OCCI/1.2")  # a stream its handler started is stamped too
     created = await _create(client, w, "alpha_member", "streamed-1")
     op_id, wid = created["operation"]["id"], created["workload"]["id"]
     done = _ended(op_id)

@@ -8,42 +8,23 @@ JSON), never RFC 9457 problem details, a traceback or SQL. REST paths keep the g
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
-from sqlalchemy.exc import DataError, IntegrityError
 
-from metavmm.api.errors import Handler, error_middleware
-from metavmm.api.keys import REQUEST_ID
+from metavmm.api.errors import as_answer, problem_for
 from metavmm.api.occi.negotiate import error_response
-from metavmm.foundation.errors import Conflict, MetavmmError, ValidationError
-
-log = logging.getLogger(__name__)
+from metavmm.foundation.errors import MetavmmError
 
 
-@web.middleware
-async def root_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def root_error(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to ``exc`` raised at the root: problem details under ``/api/``, else an OCCI error in the
+    client's rendering; raises it again when it is an answer already (a redirect). Call it from the ``except``
+    that caught it (the root middleware, :mod:`metavmm.api.middleware`)."""
     if request.path.startswith("/api/"):
-        return await error_middleware(request, handler)
-    try:
-        return await handler(request)
-    except MetavmmError as exc:
-        response = error_response(request, exc)
-        response.headers.update(getattr(exc, "headers", {}))
-        return response
-    except IntegrityError as exc:
-        log.info("integrity error in %s %s: %s", request.method, request.path, exc.orig.__class__.__name__)
-        return error_response(request, Conflict("the change conflicts with existing data (a duplicate or a "
-                                                "missing reference)"))
-    except (OverflowError, DataError) as exc:
-        log.info("out-of-range value in %s %s: %s", request.method, request.path, exc.__class__.__name__)
-        return error_response(request, ValidationError("a value in the request is out of the range the "
-                                                       "catalog can store"))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(request, exc)
-    except Exception:
-        rid = request.get(REQUEST_ID, "-")
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
-        return error_response(request, MetavmmError(f"the broker failed, quote request id {rid} to an admin"))
+        return problem_for(request, exc)
+    answer = as_answer(request, exc, "the broker failed, quote request id {rid} to an admin")
+    if isinstance(answer, web.HTTPException) and answer.status < 400:
+        raise answer
+    response = error_response(request, answer)
+    if isinstance(answer, MetavmmError):
+        response.headers.update(getattr(answer, "headers", {}))
+    return response

@@ -140,7 +140,14 @@ async def read_request(request: web.Request) -> OcciRequest:
 
 
 def absolute(request: web.Request, path: str) -> str:
-    return path if "://" in path else f"{request.scheme}://{request.host}{path}"
+    """``path`` as a URL on the host the client asked."""
+    return _absolute(request, [path])[0]
+
+
+def _absolute(request: web.Request, paths: list[str]) -> list[str]:
+    """``paths`` as URLs on the host the client asked (a listing's 1000 locations: the base is made once)."""
+    base = f"{request.scheme}://{request.host}"
+    return [p if "://" in p else base + p for p in paths]
 
 
 def render(request: web.Request, payload: Payload, *, status: int = 200,
@@ -148,7 +155,7 @@ def render(request: web.Request, payload: Payload, *, status: int = 200,
     """Render ``payload`` in the negotiated media type. ``locations`` (paths) make a location listing."""
     offered = LIST_MEDIA if locations is not None else ENTITY_MEDIA
     media = choose(request, offered)
-    urls = [absolute(request, p) for p in (locations or [])]
+    urls = _absolute(request, locations or [])
     if media == JSON:
         body = json.dumps(_json_payload(payload), separators=(",", ":"))
         return _response(status, JSON, [], body)

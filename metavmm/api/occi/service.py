@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import or_
+from sqlalchemy import or_, tuple_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import aliased
 from sqlmodel import select
@@ -197,18 +197,26 @@ class OcciService:
                         out.append(link_entity(r, src.kind, tgt.kind, occi_state(src)))
             return out
 
-    async def locations(self, kind: Kind, offset: int, limit: int) -> list[str]:
+    async def locations(self, kind: Kind, offset: int, limit: int, after: str | None = None) -> list[str]:
         """The locations of ``limit`` entities of ``kind``'s collection from ``offset``, in :meth:`collection`'s
         order, read as ids alone (issue 16 item 14): a location listing (the text renderings, text/uri-list)
-        of one page of a 10,000-entity collection builds no entity and reads no other row."""
-        if kind.term in RESOURCE_TERMS:
-            stmt = select(Workload.id).where(Workload.project_id == self.ident.project_id,  # type: ignore[call-overload]
-                                             Workload.kind == kind.term, SHOWN) \
-                .order_by(Workload.created_at, Workload.id)
-        else:
-            stmt = select(WorkloadLink.id).where(WorkloadLink.project_id == self.ident.project_id,  # type: ignore[call-overload]
-                                                 WorkloadLink.kind == kind.term).order_by(WorkloadLink.id)
+        of one page of a 10,000-entity collection builds no entity and reads no other row. ``after``: the id
+        the previous page ended with, when it is still in the collection, starts the page after it instead
+        of ``offset`` (a range of ix_workload_listing, however deep the page; the next-page links carry it)."""
         async with self.maker() as session:
+            if kind.term in RESOURCE_TERMS:
+                stmt = select(Workload.id).where(Workload.project_id == self.ident.project_id,  # type: ignore[call-overload]
+                                                 Workload.kind == kind.term, SHOWN) \
+                    .order_by(Workload.created_at, Workload.id)
+                mark = None if after is None else (await session.exec(select(Workload.created_at).where(
+                    Workload.id == after, Workload.project_id == self.ident.project_id))).first()
+                if mark is not None:
+                    stmt, offset = stmt.where(tuple_(Workload.created_at, Workload.id) > tuple_(mark, after)), 0
+            else:
+                stmt = select(WorkloadLink.id).where(WorkloadLink.project_id == self.ident.project_id,  # type: ignore[call-overload]
+                                                     WorkloadLink.kind == kind.term).order_by(WorkloadLink.id)
+                if after is not None:
+                    stmt, offset = stmt.where(WorkloadLink.id > after), 0
             ids = (await session.exec(stmt.offset(offset).limit(limit))).all()
         return [f"{kind.location}{entity_id}" for entity_id in ids]
 

@@ -124,9 +124,10 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": MEDIA[path.suffix], "Cache-Control": "max-age=3600"})
 
 
-def setup_ui(app: web.Application) -> None:
-    """Mount the dashboard at /ui, and send a browser's ``GET /`` there (see :func:`root_redirect`)."""
-    app.add_subapp(PREFIX, create_ui())
+def setup_ui(app: web.Application, ui: web.Application) -> None:
+    """Mount the dashboard ``ui`` (:func:`create_ui`) at /ui, and send a browser's ``GET /`` there (see
+    :func:`root_redirect`)."""
+    app.add_subapp(PREFIX, ui)
     app.router.add_route("*", "/", root_redirect)
 
 

@@ -20,7 +20,6 @@ from sqlmodel import select
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
-from metavmm.api.auth import auth_middleware
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica, Project, Site
 from metavmm.foundation.config import parse_config
@@ -67,8 +66,8 @@ def token_per_test_header(app: web.Application) -> Callable[..., Awaitable[Any]]
 
 
 def with_test_identities(app: web.Application) -> web.Application:
-    """Insert the translation just before the auth middleware."""
-    app.middlewares.insert(app.middlewares.index(auth_middleware), token_per_test_header(app))
+    """Insert the translation before the root middleware (which authenticates)."""
+    app.middlewares.insert(0, token_per_test_header(app))
     return app
 
 

@@ -65,3 +65,27 @@ async def test_a_filtered_location_listing_still_filters(sim_client: Any) -> Non
         assert (await _create_compute(sim_client, title=title)).status == 201
     kept = await sim_client.get("/compute/", headers={**URI_LIST, "X-OCCI-Attribute": 'occi.core.title="keep"'})
     assert kept.status == 200 and len((await kept.text()).split()) == 1
+
+
+async def test_a_location_listing_pages_after_the_last_entity_it_listed(sim_client: Any) -> None:
+    """The next-page link names the entity its page ended with, and the next page starts after it: an entity
+    deleted from an earlier page between two requests does not make the walk skip one (an offset would), and
+    another project's entity named as the start is no start (the page is read by its number)."""
+    made = []
+    for i in range(5):
+        resp = await _create_compute(sim_client, title=f"vm{i}")
+        assert resp.status == 201, await resp.text()
+        made.append(URL(resp.headers["Location"]).path)
+    first = await sim_client.get("/compute/?number=2", headers=URI_LIST)
+    assert [URL(u).path for u in (await first.text()).split()] == made[:2]
+    link = first.headers["Link"]
+    next_url = URL(link[1:link.index(">")])
+    assert next_url.query["after"] == made[1].rsplit("/", 1)[1]
+    assert (await sim_client.delete(made[0], headers=TEXT)).status == 204
+    second = await sim_client.get(next_url.path_qs, headers=URI_LIST)
+    assert [URL(u).path for u in (await second.text()).split()] == made[2:4]
+
+    other = await _create_compute(sim_client, title="beta-vm", headers={**TEXT, "X-Test-Project": "beta"})
+    foreign = URL(other.headers["Location"]).path.rsplit("/", 1)[1]
+    by_number = await sim_client.get(f"/compute/?page=2&number=2&after={foreign}", headers=URI_LIST)
+    assert [URL(u).path for u in (await by_number.text()).split()] == made[3:5]
