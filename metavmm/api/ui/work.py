@@ -1,7 +1,8 @@
 """Dashboard screens of the caller's project: workloads, operations, the placement explainer, the marketplace.
 
-Every change is a call to the service the REST handler calls (``WorkloadService.create/act/delete/cancel``,
-``Placer.dry_run``; the marketplace launch is :mod:`.launch`) with the session's identity, then a redirect to the page
+Every change is a call to the service the REST handler calls (``WorkloadService.create/act/delete/cancel``;
+the explainer's dry run is ``WorkloadService.explain``, ``Placer.dry_run`` with the create's placement groups;
+the marketplace launch is :mod:`.launch`) with the session's identity, then a redirect to the page
 that shows the operation (post/redirect/get). Reads are scoped by :func:`metavmm.services.scope.visible`.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticError
 from sqlalchemy import case
 from sqlmodel import col, select
@@ -25,7 +27,9 @@ from metavmm.services import events
 from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, replicas_of, search
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import get_visible, visible
+from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, SshKey, UserData
 from metavmm.services.workloads.requests import CreateRequest
+from metavmm.services.workloads.site_choices import reason
 
 routes = web.RouteTableDef()
 ACTIONS = ("start", "stop", "restart", "suspend", "resume")
@@ -89,12 +93,33 @@ async def workload_action(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/ui/workloads/{wid}")
 
 
+GROUPS = ("affinity_group", "anti_affinity_group")  # they change the verdicts: the explainer's dry run takes them
+GUEST = ("ssh_key", "user_data")  # sent with the create alone (they change no verdict, and stay out of URLs)
+
+
+class ComputeFields(BaseModel):
+    """What a compute create takes beyond the shape :class:`PlaceIn` checks: the fields REST's ``POST
+    /workloads`` and the marketplace launch declare (:mod:`metavmm.services.workloads.fields`, once for all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ssh_key: SshKey = None
+    user_data: UserData = None
+    affinity_group: AffinityGroup = None
+    anti_affinity_group: AntiAffinityGroup = None
+
+
 def _create_request(form: dict[str, str]) -> CreateRequest:
-    """The explainer's form as a create: the same shape fields PlaceIn takes, checked the same way."""
+    """The explainer's form as a create: the shape PlaceIn takes, and the rest of a compute create's fields,
+    each checked the same way as REST's (the service then checks every value again)."""
     place = _place_in(form)
+    try:
+        extra = ComputeFields.model_validate({k: form[k] for k in (*GROUPS, *GUEST) if k in form})
+    except PydanticError as exc:
+        raise problem(exc) from None
     return CreateRequest(name=form.get("name"), vcpus=place.vcpus, ram_mib=place.ram_mib, disk_gib=place.disk_gib,
                          gpu_model=place.gpu_model, gpu_count=place.gpu_count, image=place.image_id,
-                         site=place.sites[0] if place.sites else None, providers=tuple(place.providers))
+                         site=place.sites[0] if place.sites else None, providers=tuple(place.providers),
+                         **extra.model_dump())
 
 
 @routes.post("/workloads", name="create")
@@ -159,11 +184,12 @@ async def explain(request: web.Request) -> web.Response:
     form = {k: v for k, v in request.query.items() if v.strip() != ""}
     result: PlacementOut | None = None
     if "vcpus" in form:
-        body = _place_in(form)
-        config = request.config_dict[keys.CONFIG]
-        async with request.config_dict[keys.SESSIONS]() as session:
-            planned = await request.config_dict[keys.PLACER].dry_run(
-                session, body.to_request(), providers=frozenset(p.name for p in config.providers), explain=True)
+        form = {k: v for k, v in form.items() if k not in GUEST}  # the create's form takes them, not the URL
+        planned, groups = await request.config_dict[keys.WORKLOADS].explain(
+            identity_of(request), _place_in(form).to_request(), _create_request(form))
         result = PlacementOut.of(planned.placement, planned.where, explain=True)
+        result.explanation = [{**e, "reason": reason(e, groups or None)} for e in result.explanation or []]
     return aiohttp_jinja2.render_template("explain.html", request, page_context(
-        request, title="Placement explainer", form=form, result=result, images=await launchable_images(request)))
+        request, title="Placement explainer", form=form, result=result, images=await launchable_images(request),
+        carried=("vcpus", "ram_mib", "disk_gib", "gpu_model", "gpu_count", "image_id", "sites", "providers",
+                 *GROUPS)))

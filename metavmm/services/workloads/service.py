@@ -63,7 +63,7 @@ from metavmm.services.operations import flows
 from metavmm.services.operations import store as op_store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.plan import Step
-from metavmm.services.placement import Placer, Round, group_exclusions
+from metavmm.services.placement import Placer, PlannedCreate, Round, group_exclusions
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.batch import CreateBatches, batchable
 from metavmm.services.workloads.requests import (
@@ -373,6 +373,18 @@ class WorkloadService:
             planned = await self.placer.dry_run(session, preq, providers=providers, explain=True,
                                                 project_id=project_id)
         return fold(planned.placement, sites, excluded=groups or None)
+
+    async def explain(self, caller: Identity, preq: PlacementRequest, req: CreateRequest) -> tuple[PlannedCreate, str]:
+        """The placement explainer's dry run of ``preq`` for the caller's project, kept away from the hosts and
+        sites the placement groups of ``req`` (the create the explainer offers) rule out, as that create would be
+        (:meth:`_grouped`, the one rule); and the words that say so ("" without groups), for the candidates the
+        groups rejected. Writes nothing, so a reader may ask too: the groups are those of the caller's project."""
+        self._valid(replace(req, name=req.name or "explain"))  # a bad group or key is the create's 400, said now
+        async with self.sessions() as session:
+            preq, groups = await self._grouped(session, preq, caller.project_id, "", req)
+            planned = await self.placer.dry_run(session, preq, providers=self._providers(), explain=True,
+                                                project_id=caller.project_id)
+        return planned, groups
 
     @staticmethod
     async def _linked_site(session: AsyncSession, links: tuple[LinkSpec, ...]) -> str | None:

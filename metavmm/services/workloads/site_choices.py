@@ -44,6 +44,14 @@ class SiteChoices:
 EXCLUDED = frozenset({"host excluded", "site excluded"})  # the scheduler's codes for what the request ruled out
 
 
+def reason(entry: dict[str, object], excluded: str | None) -> str:
+    """Why the scheduler rejected ``entry`` (a candidate of an explanation): ``excluded`` (why the request's
+    placement groups ruled hosts or sites out) where that is what rejected it, its own reason otherwise."""
+    if excluded and entry.get("code") in EXCLUDED:
+        return excluded
+    return str(entry.get("reason") or "")
+
+
 def fold(placement: Placement, sites: list[tuple[str, str, str]], *, excluded: str | None = None) -> SiteChoices:
     """One :class:`SiteChoice` per ``(site, provider, region)`` from an ``explain`` dry run naming them all;
     ``excluded`` is why the request ruled hosts or sites out (its placement groups), said instead of the
@@ -62,7 +70,7 @@ def fold(placement: Placement, sites: list[tuple[str, str, str]], *, excluded: s
                                   BEST if best else str(cheapest.get("reason") or "")))
         else:
             first = next((e for e in entries if e["outcome"] == "rejected"), {})
-            why = excluded if excluded and first.get("code") in EXCLUDED else str(first.get("reason") or "")
+            why = reason(first, excluded)
             out.append(SiteChoice(name, provider, region, False, None, False,
                                   why or "the scheduler found no candidate there"))
     out.sort(key=lambda s: (not s.feasible, s.price_per_hour is None,

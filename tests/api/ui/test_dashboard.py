@@ -168,8 +168,13 @@ def test_explainer_table_is_the_rest_explanation_and_a_create_goes_live(broker: 
     name = browser.find_element(By.ID, "create-name")
     name.clear()
     name.send_keys("ui-created-vm")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUIchromium teacher@school"
+    browser.find_element(By.ID, "ssh_key").send_keys(key)  # the create takes a compute create's every field
+    browser.find_element(By.ID, "user_data").send_keys("#cloud-config")
     browser.find_element(By.ID, "create-button").click()
     watch_create_go_live(browser, "ui-created-vm")
+    created = b.rest("GET", "/api/v1/workloads?name=ui-created-vm", world.tokens["alpha_member"])["items"]
+    assert [(c["spec"]["ssh_key"], c["spec"]["user_data"]) for c in created] == [(key, "#cloud-config")]
     log = browser.find_element(By.ID, "event-log").text
     assert "step create done" in log and "succeeded" in log  # the history arrived as it happened
     assert {li.get_attribute("data-step-state") for li in browser.find_elements(By.CSS_SELECTOR, "ol.steps li")} \
