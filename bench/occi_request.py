@@ -16,8 +16,8 @@ writes (INSERT/UPDATE/DELETE), connection checkouts (one per session that touche
 process's CPU time, each divided by the requests wrk completed. ``--profile`` adds a cProfile of each broker's
 event loop during one more run of the compute GET and the 404 (top functions by own time). Last, each
 broker's project grows to ``--entities`` computes (10,000) and the collection is read as text/uri-list:
-one page of 1000 (median of 5) and every page in turn; then as JSON, every page in turn and the last page
-again (median of 5) by the URL the broker's own next-page link named (an offset, or ``after=``).
+one page of 1000 (median of 5) and every page in turn; then as JSON in pages of 100 and of 1000 (see
+:func:`_json_pages`): every page in turn, and the first and the last page alone.
 
     .venv/bin/python -m bench.occi_request [--seconds 5] [--rounds 3] [--connections 32] [--profile]
         [--old /tmp/old-tree] [--entities 10000]
@@ -331,7 +331,7 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
                     profiles.append(f"--- cProfile, {broker.label}, {cases[i].label} (event loop, by own time)\n"
                                     + await broker.ask("unprofile"))
         walks: dict[str, tuple[float, float, int]] = {}
-        deep: dict[str, tuple[float, float, int]] = {}
+        deep: dict[str, list[str]] = {}
         if entities > 1:
             for broker in brokers:
                 await broker.ask(f"grow {entities - 1}")
@@ -339,9 +339,7 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
                 page = statistics.median([await _one_page(broker) for _ in range(5)])
                 walk, listed, _ = await _walk(broker.base, broker.token, "/compute/?number=1000")
                 walks[broker.label] = (page, walk, listed)
-                walk, listed, last = await _walk(broker.base, broker.token, "/compute/?number=1000", JSON)
-                deep[broker.label] = (statistics.median([await _one_page(broker, last, JSON) for _ in range(5)]),
-                                      walk, listed)
+            deep = await _json_pages(brokers)
     finally:
         await bare_runner.cleanup()
         for broker in brokers:
@@ -361,11 +359,36 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
     for label, (page, walk, listed) in walks.items():
         print(f"{label}: {entities} computes as text/uri-list: a page of 1000 in {page * 1000:.0f} ms (median of 5), "
               f"all {listed} (pages of 1000) in {walk * 1000:.0f} ms")
-    for label, (page, walk, listed) in deep.items():
-        print(f"{label}: {entities} computes as JSON: the last page of 1000, by the broker's next-page link, in "
-              f"{page * 1000:.0f} ms (median of 5), all {listed} (pages of 1000) in {walk * 1000:.0f} ms")
+    for label, lines in deep.items():
+        print(f"{label}: {entities} computes as JSON: " + "; ".join(lines))
     for text in profiles:
         print(text)
+
+
+async def _json_pages(brokers: list[Broker], rounds: int = 11) -> dict[str, list[str]]:
+    """The grown collection as JSON, pages of 100 (the default) and of 1000: each broker walks it (rel=next), then
+    its first and its last page are read again, brokers alternating per round (medians of ``rounds``), the last by
+    the URL the broker's own next-page link named (an offset on main, ``after=`` with keyset paging)."""
+    out: dict[str, list[str]] = {b.label: [] for b in brokers}
+    for number in (100, 1000):
+        walked, lasts = {}, {}
+        for broker in brokers:
+            walk, listed, lasts[broker.label] = await _walk(broker.base, broker.token, f"/compute/?number={number}",
+                                                           JSON)
+            walked[broker.label] = (walk, listed)
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(rounds):
+            for broker in brokers:
+                first = f"{broker.base}/compute/?number={number}"
+                times.setdefault((broker.label, "first"), []).append(await _one_page(broker, first, JSON))
+                times.setdefault((broker.label, "last"), []).append(
+                    await _one_page(broker, lasts[broker.label], JSON))
+        for broker in brokers:
+            walk, listed = walked[broker.label]
+            first_ms, last_ms = (statistics.median(times[(broker.label, w)]) * 1000 for w in ("first", "last"))
+            out[broker.label].append(f"pages of {number}: first {first_ms:.1f} ms, last {last_ms:.1f} ms "
+                                     f"(medians of {rounds}), all {listed} in {walk * 1000:.0f} ms")
+    return out
 
 
 async def _one_page(broker: Broker, url: str | None = None, accept: str = "text/uri-list") -> float:
