@@ -16,7 +16,8 @@ writes (INSERT/UPDATE/DELETE), connection checkouts (one per session that touche
 process's CPU time, each divided by the requests wrk completed. ``--profile`` adds a cProfile of each broker's
 event loop during one more run of the compute GET and the 404 (top functions by own time). Last, each
 broker's project grows to ``--entities`` computes (10,000) and the collection is read as text/uri-list:
-one page of 1000 (median of 5) and every page in turn.
+one page of 1000 (median of 5) and every page in turn; then as JSON in pages of 100 and of 1000 (see
+:func:`_json_pages`): every page in turn, and the first and the last page alone.
 
     .venv/bin/python -m bench.occi_request [--seconds 5] [--rounds 3] [--connections 32] [--profile]
         [--old /tmp/old-tree] [--entities 10000]
@@ -58,6 +59,7 @@ from metavmm.services.sync import sync_all
 
 CONFIG = "providers:\n  - {name: sim-occi, kind: sim, site_count: 1, hosts_per_site: 4}\n"
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
+JSON = "application/occi+json"
 KEPT_HEADERS = ("Category", "Link", "X-OCCI-Attribute", "X-OCCI-Location", "Content-Type", "Server", "Accept")
 
 
@@ -259,18 +261,20 @@ async def _grow(app: web.Application, path: str, n: int) -> None:
                                                                 for i in range(n)])
 
 
-async def _walk(base: str, token: str, url: str) -> tuple[float, int]:
-    """Seconds to read a collection as text/uri-list page after page (rel=next), and the locations listed."""
-    started, listed = time.perf_counter(), 0
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}", "Accept": "text/uri-list"}) as http:
+async def _walk(base: str, token: str, url: str, accept: str = "text/uri-list") -> tuple[float, int, str]:
+    """Seconds to read a collection in ``accept`` page after page (rel=next), the entities listed, and the URL of
+    the last page (as the broker's own next-page link named it)."""
+    started, listed, last = time.perf_counter(), 0, base + url
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}", "Accept": accept}) as http:
         next_url: str | None = base + url
         while next_url is not None:
             async with http.get(next_url) as resp:
                 assert resp.status == 200, await resp.text()
-                listed += (await resp.read()).count(b"\n")
-                link = resp.links.get("next")
+                body = await resp.read()
+                listed += len(json.loads(body).get("resources", [])) if accept == JSON else body.count(b"\n")
+                last, link = next_url, resp.links.get("next")
                 next_url = str(link["url"]) if link else None
-    return time.perf_counter() - started, listed
+    return time.perf_counter() - started, listed, last
 
 
 async def main(seconds: float, rounds: int, connections: int, database: str | None, profile: bool,
@@ -327,13 +331,15 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
                     profiles.append(f"--- cProfile, {broker.label}, {cases[i].label} (event loop, by own time)\n"
                                     + await broker.ask("unprofile"))
         walks: dict[str, tuple[float, float, int]] = {}
+        deep: dict[str, list[str]] = {}
         if entities > 1:
             for broker in brokers:
                 await broker.ask(f"grow {entities - 1}")
             for broker in brokers:
                 page = statistics.median([await _one_page(broker) for _ in range(5)])
-                walk, listed = await _walk(broker.base, broker.token, "/compute/?number=1000")
+                walk, listed, _ = await _walk(broker.base, broker.token, "/compute/?number=1000")
                 walks[broker.label] = (page, walk, listed)
+            deep = await _json_pages(brokers)
     finally:
         await bare_runner.cleanup()
         for broker in brokers:
@@ -353,15 +359,44 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
     for label, (page, walk, listed) in walks.items():
         print(f"{label}: {entities} computes as text/uri-list: a page of 1000 in {page * 1000:.0f} ms (median of 5), "
               f"all {listed} (pages of 1000) in {walk * 1000:.0f} ms")
+    for label, lines in deep.items():
+        print(f"{label}: {entities} computes as JSON: " + "; ".join(lines))
     for text in profiles:
         print(text)
 
 
-async def _one_page(broker: Broker) -> float:
+async def _json_pages(brokers: list[Broker], rounds: int = 11) -> dict[str, list[str]]:
+    """The grown collection as JSON, pages of 100 (the default) and of 1000: each broker walks it (rel=next), then
+    its first and its last page are read again, brokers alternating per round (medians of ``rounds``), the last by
+    the URL the broker's own next-page link named (an offset on main, ``after=`` with keyset paging)."""
+    out: dict[str, list[str]] = {b.label: [] for b in brokers}
+    for number in (100, 1000):
+        walked, lasts = {}, {}
+        for broker in brokers:
+            walk, listed, lasts[broker.label] = await _walk(broker.base, broker.token, f"/compute/?number={number}",
+                                                           JSON)
+            walked[broker.label] = (walk, listed)
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(rounds):
+            for broker in brokers:
+                first = f"{broker.base}/compute/?number={number}"
+                times.setdefault((broker.label, "first"), []).append(await _one_page(broker, first, JSON))
+                times.setdefault((broker.label, "last"), []).append(
+                    await _one_page(broker, lasts[broker.label], JSON))
+        for broker in brokers:
+            walk, listed = walked[broker.label]
+            first_ms, last_ms = (statistics.median(times[(broker.label, w)]) * 1000 for w in ("first", "last"))
+            out[broker.label].append(f"pages of {number}: first {first_ms:.1f} ms, last {last_ms:.1f} ms "
+                                     f"(medians of {rounds}), all {listed} in {walk * 1000:.0f} ms")
+    return out
+
+
+async def _one_page(broker: Broker, url: str | None = None, accept: str = "text/uri-list") -> float:
+    """Seconds to read one page: ``url`` (default: the first 1000) in ``accept``."""
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http, http.get(
-            f"{broker.base}/compute/?number=1000",
-            headers={"Authorization": f"Bearer {broker.token}", "Accept": "text/uri-list"}) as resp:
+            url or f"{broker.base}/compute/?number=1000",
+            headers={"Authorization": f"Bearer {broker.token}", "Accept": accept}) as resp:
         assert resp.status == 200
         await resp.read()
     return time.perf_counter() - started
@@ -377,7 +412,7 @@ if __name__ == "__main__":
     parser.add_argument("--old", metavar="TREE", help="also run the broker of another checkout (e.g. main's, "
                         "extracted with git archive), side by side")
     parser.add_argument("--entities", type=int, default=10_000,
-                        help="then list this many computes as text/uri-list (1: skip)")
+                        help="then list this many computes as text/uri-list and JSON (1: skip)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

@@ -35,7 +35,7 @@ from metavmm.api.occi.negotiate import (
     render,
 )
 from metavmm.api.occi.parse import OcciRequest
-from metavmm.api.occi.service import OcciService, is_uuid
+from metavmm.api.occi.service import RESOURCE_TERMS, OcciService, is_uuid
 from metavmm.api.occi.upload import os_tpl_upload
 from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, NotFound, PayloadTooLarge, ValidationError
 
@@ -138,24 +138,39 @@ def _listing(request: web.Request, payload: Collection, locations: list[str], af
     return resp
 
 
+def _sql_title(kind: Kind, req: OcciRequest) -> tuple[bool, str | None]:
+    """Whether the filter the client sent can be applied in SQL, and the title it asks for: no filter, a
+    Category naming the kind itself, and ``occi.core.title`` of a resource kind (the workload's name) can;
+    any other Category (a mixin) or attribute cannot (the collection is then built whole, filtered, paged)."""
+    if any(c.type_id != kind.type_id for c in req.categories):
+        return False, None
+    if set(req.attributes) - {"occi.core.title"} or (req.attributes and kind.term not in RESOURCE_TERMS):
+        return False, None
+    title = req.attributes.get("occi.core.title")
+    return True, None if title is None else str(title)
+
+
 async def _kind_listing(request: web.Request, svc: OcciService, kind: Kind, *, links: bool) -> web.Response:
-    """A kind's collection. Not filtered, only the page is read, in SQL (issue 16 item 14): as ids alone when it is
-    listed as locations (every rendering but JSON), else its entities; a filtered one is built whole, then paged."""
+    """A kind's collection. Unfiltered, or filtered in SQL (:func:`_sql_title`), only the page is read (issue 16
+    item 14): as ids alone when it is listed as locations (every rendering but JSON), else its entities; either
+    way the next-page link names the last entity listed (``after=``, see :meth:`OcciService._keyset`). Any other
+    filter builds the collection whole, then filters and pages it."""
     req = await read_request(request)
-    if req.categories or req.attributes:
+    in_sql, title = _sql_title(kind, req)
+    if not in_sql:
         chosen, after = _page(request, _filter(await svc.collection(kind), req))
         return _listing(request, Collection(chosen, links=links), [e.location for e in chosen], after)
     page, number = _window(request)
     window = ((page - 1) * number, number + 1)  # one more: is there a next page?
+    marker = _query(request).get("after")
+    marker = marker.lower() if marker and is_uuid(marker) else None
+    chosen: list[Entity] = []
     if choose(request, LIST_MEDIA) == JSON:
-        entities = await svc.collection(kind, window=window)
+        entities = await svc.collection(kind, window=window, after=marker, title=title)
         found, chosen = [e.location for e in entities], entities[:number]
-        after = _next_page(request, page, number) if len(found) > number else None
     else:
-        marker = _query(request).get("after")
-        found, chosen = await svc.locations(kind, *window, after=marker if marker and is_uuid(marker) else None), []
-        after = _next_page(request, page, number, found[number - 1].rsplit("/", 1)[1]) if len(found) > number \
-            else None
+        found = await svc.locations(kind, *window, after=marker, title=title)
+    after = _next_page(request, page, number, found[number - 1].rsplit("/", 1)[1]) if len(found) > number else None
     return _listing(request, Collection(chosen, links=links), found[:number], after)
 
 

@@ -163,20 +163,28 @@ class OcciService:
                                    saveable=exports(provider, provider_kind))
 
     async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None, *,
-                         window: tuple[int, int] | None = None) -> list[Entity]:
+                         window: tuple[int, int] | None = None, after: str | None = None,
+                         title: str | None = None) -> list[Entity]:
         """Entities of ``kind`` (or of every kind) in the project, optionally only those carrying ``mixin``;
-        ``window`` (offset, limit; with ``kind`` and no ``mixin``): only those rows are read and built."""
+        ``window`` (offset, limit; with ``kind`` and no ``mixin``): only those rows are read and built, ``after``
+        and ``title`` as in :meth:`locations` (a JSON page is the same range of rows as a location listing's)."""
         terms = [kind.term] if kind else list(KINDS)
-        offset, limit = window if window is not None and kind is not None and mixin is None else (None, None)
+        paged = window is not None and kind is not None and mixin is None
+        offset, limit = window if paged and window is not None else (None, None)
         async with self.maker() as session:
             out: list[Entity] = []
             resource_terms = [t for t in terms if t in RESOURCE_TERMS]
             if resource_terms:
                 running = await running_operations(session, project_id=self.ident.project_id)  # before the rows
-                found = (await session.exec(select(Workload, Provider.name, Provider.kind)
-                                            .outerjoin(Provider, Workload.provider_id == Provider.id).where(
-                    Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN)
-                    .order_by(Workload.created_at, Workload.id).offset(offset).limit(limit))).all()
+                stmt = select(Workload, Provider.name, Provider.kind) \
+                    .outerjoin(Provider, Workload.provider_id == Provider.id).where(
+                        Workload.project_id == self.ident.project_id, Workload.kind.in_(resource_terms), SHOWN) \
+                    .order_by(Workload.created_at, Workload.id)
+                if title is not None:
+                    stmt = stmt.where(Workload.name == title)
+                if paged:
+                    stmt, offset = await self._keyset(session, stmt, resource_terms[0], offset, after)
+                found = (await session.exec(stmt.offset(offset).limit(limit))).all()
                 if mixin is not None:
                     found = [f for f in found if mixin.type_id in f[0].spec.get("mixins", [])]
                 rows = [w for w, _, _ in found]
@@ -186,9 +194,12 @@ class OcciService:
             link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
             link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):
-                rows_l = (await session.exec(select(WorkloadLink).where(
-                    WorkloadLink.project_id == self.ident.project_id, WorkloadLink.kind.in_(link_terms))
-                    .order_by(WorkloadLink.id).offset(offset).limit(limit))).all()
+                stmt_l = select(WorkloadLink).where(
+                    WorkloadLink.project_id == self.ident.project_id, WorkloadLink.kind.in_(link_terms)) \
+                    .order_by(WorkloadLink.id)
+                if paged:
+                    stmt_l, offset = await self._keyset(session, stmt_l, link_terms[0], offset, after)
+                rows_l = (await session.exec(stmt_l.offset(offset).limit(limit))).all()
                 ends = {w.id: w for w in (await session.exec(select(Workload).where(Workload.id.in_(
                     [r.source_id for r in rows_l] + [r.target_id for r in rows_l])))).all()}
                 for r in rows_l:
@@ -197,28 +208,42 @@ class OcciService:
                         out.append(link_entity(r, src.kind, tgt.kind, occi_state(src)))
             return out
 
-    async def locations(self, kind: Kind, offset: int, limit: int, after: str | None = None) -> list[str]:
+    async def locations(self, kind: Kind, offset: int, limit: int, after: str | None = None,
+                        title: str | None = None) -> list[str]:
         """The locations of ``limit`` entities of ``kind``'s collection from ``offset``, in :meth:`collection`'s
         order, read as ids alone (issue 16 item 14): a location listing (the text renderings, text/uri-list)
-        of one page of a 10,000-entity collection builds no entity and reads no other row. ``after``: the id
-        the previous page ended with, when it is still in the collection, starts the page after it instead
-        of ``offset`` (a range of ix_workload_listing, however deep the page; the next-page links carry it)."""
+        of one page of a 10,000-entity collection builds no entity and reads no other row. ``after``: see
+        :meth:`_keyset`; ``title`` (resource kinds): only the entities with that ``occi.core.title``, in SQL."""
         async with self.maker() as session:
             if kind.term in RESOURCE_TERMS:
                 stmt = select(Workload.id).where(Workload.project_id == self.ident.project_id,  # type: ignore[call-overload]
                                                  Workload.kind == kind.term, SHOWN) \
                     .order_by(Workload.created_at, Workload.id)
-                mark = None if after is None else (await session.exec(select(Workload.created_at).where(
-                    Workload.id == after, Workload.project_id == self.ident.project_id))).first()
-                if mark is not None:
-                    stmt, offset = stmt.where(tuple_(Workload.created_at, Workload.id) > tuple_(mark, after)), 0
+                if title is not None:
+                    stmt = stmt.where(Workload.name == title)
             else:
                 stmt = select(WorkloadLink.id).where(WorkloadLink.project_id == self.ident.project_id,  # type: ignore[call-overload]
                                                      WorkloadLink.kind == kind.term).order_by(WorkloadLink.id)
-                if after is not None:
-                    stmt, offset = stmt.where(WorkloadLink.id > after), 0
+            stmt, offset = await self._keyset(session, stmt, kind.term, offset, after)
             ids = (await session.exec(stmt.offset(offset).limit(limit))).all()
         return [f"{kind.location}{entity_id}" for entity_id in ids]
+
+    async def _keyset(self, session: AsyncSession, stmt: Any, term: str, offset: int | None,
+                      after: str | None) -> tuple[Any, int | None]:
+        """Keyset paging of a collection statement in :meth:`collection`'s order (workloads by created_at and
+        id, links by id), for every rendering: ``after``, the id the previous page ended with, when it is still
+        a row of the project, starts the page after it instead of ``offset`` (a range of ix_workload_listing,
+        however deep the page; the next-page links carry it). A delete on an earlier page between two requests
+        then skips nothing (an offset would); an unknown id, or another project's, leaves ``offset``."""
+        if after is None:
+            return stmt, offset
+        if term in RESOURCE_TERMS:
+            mark = (await session.exec(select(Workload.created_at).where(
+                Workload.id == after, Workload.project_id == self.ident.project_id))).first()
+            if mark is None:
+                return stmt, offset
+            return stmt.where(tuple_(Workload.created_at, Workload.id) > tuple_(mark, after)), 0
+        return stmt.where(WorkloadLink.id > after), 0
 
     # -- validation --------------------------------------------------------------------------------------
 
