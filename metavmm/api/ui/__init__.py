@@ -11,6 +11,7 @@ an Authorization header).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -82,6 +83,17 @@ def _login_redirect(request: web.Request) -> web.HTTPFound:
 def _error_page(request: web.Request, status: int, message: str) -> web.Response:
     return aiohttp_jinja2.render_template("error.html", request, page_context(request, status=status, title="Error",
                                                                               message=message), status=status)
+
+
+BREAK = re.compile(r"\r\n?")
+
+
+async def form_fields(request: web.Request) -> dict[str, str]:
+    """The text fields of a dashboard form, every line break as LF. Browsers send a textarea's line breaks as
+    CR LF (the HTML form encoding), but user data and SSH keys reach the guest as given, and cloud-init does not
+    recognise ``#cloud-config\\r``; a form cannot mean a bare CR, so this undoes the encoding (REST bodies are
+    left as sent: their clients send what they mean)."""
+    return {k: BREAK.sub("\n", v) for k, v in (await request.post()).items() if isinstance(v, str)}
 
 
 def page_context(request: web.Request, **values: object) -> dict[str, object]:

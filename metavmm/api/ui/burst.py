@@ -22,7 +22,7 @@ from sqlmodel import col, select
 from metavmm.api import keys
 from metavmm.api.keys import identity_of
 from metavmm.api.rest.scheduling import list_policies, run_replay
-from metavmm.api.ui import page_context
+from metavmm.api.ui import form_fields, page_context
 from metavmm.api.ui.work import problem
 from metavmm.catalog.models import Workload
 from metavmm.foundation.errors import MetavmmError
@@ -61,7 +61,7 @@ async def _page(request: web.Request, *, replay: ReplayOut | None = None, asked:
 
 @routes.post("/burst/{name}/replay", name="burst_replay")
 async def replay(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await form_fields(request)
     asked = {"policy": request.match_info["name"], "trace": str(form.get("trace", "")),
              "start": str(form.get("start", "")).strip()}
     try:

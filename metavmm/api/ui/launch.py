@@ -21,7 +21,7 @@ from sqlmodel import col, select
 
 from metavmm.api import keys
 from metavmm.api.keys import identity_of
-from metavmm.api.ui import page_context
+from metavmm.api.ui import form_fields, page_context
 from metavmm.api.ui.work import problem
 from metavmm.catalog.models import Flavor
 from metavmm.foundation.errors import MetavmmError
@@ -88,7 +88,7 @@ async def launch_form(request: web.Request) -> web.Response:
 
 @routes.post(PATH, name="launch")
 async def launch_image(request: web.Request) -> web.StreamResponse:
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str) and k in (*FIELDS, *LAUNCH_ONLY)}
+    form = {k: v for k, v in (await form_fields(request)).items() if k in (*FIELDS, *LAUNCH_ONLY)}
     try:
         done = await launch(request.config_dict[keys.WORKLOADS], identity_of(request), request.match_info["image_id"],
                             _body(form, launching=True))

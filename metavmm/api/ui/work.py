@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from metavmm.api import keys
 from metavmm.api.keys import identity_of
-from metavmm.api.ui import page_context
+from metavmm.api.ui import form_fields, page_context
 from metavmm.catalog.models import Operation, OperationEvent, OperationState, Site, Workload
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.schemas import PlaceIn, PlacementOut
@@ -48,7 +48,7 @@ async def latest_event(request: web.Request) -> int:
 
 
 async def _form(request: web.Request) -> dict[str, str]:
-    return {k: v for k, v in (await request.post()).items() if isinstance(v, str) and v.strip() != ""}
+    return {k: v for k, v in (await form_fields(request)).items() if v.strip() != ""}
 
 
 @routes.get("/workloads", name="workloads")
