@@ -310,7 +310,11 @@ class LibvirtDriver(DriverBase):
         try:
             meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
             workload_id = ET.fromstring(meta).text
-        except libvirt.libvirtError:
+        except libvirt.libvirtError as exc:
+            # only a domain without our element is untagged: any other failure read as "no tag" made a
+            # tagged VM invisible to find_vm (and an orphan candidate), so it is raised with its cause
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                raise
             workload_id = None
         info = dom.info()  # [state, max memory KiB, memory KiB, vCPUs, cpu time]
         return VmInfo(provider_vm_id=dom.UUIDString(), name=dom.name(), region=self.site.region,

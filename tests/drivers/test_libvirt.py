@@ -305,3 +305,22 @@ async def test_resize_a_stopped_domain_and_refuse_a_running_one(driver: LibvirtD
     assert (running.extra["vcpus"], running.extra["ram_mib"]) == (2, 96)  # the booted domain has the new shape
     with pytest.raises(ProviderNotFound):
         await driver.resize_vm(str(uuid.uuid4()), vcpus=1, ram_mib=64)
+
+
+async def test_a_domain_without_our_tag_is_listed_untagged(driver: LibvirtDriver, system_libvirt: str) -> None:
+    """A domain another client defined carries no metadata element of ours: it is listed with no workload
+    (libvirt answers 'no metadata' for it, the one error that means untagged), and ours keeps its tag."""
+    ours = await driver.create_vm(_spec(workload_id="wl-tagged"))
+    name = unique("mv-foreign")
+    conn = libvirt.open(system_libvirt)
+    try:
+        foreign = conn.defineXML(f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+                                 "<os><type arch='x86_64'>hvm</type></os></domain>")
+        try:
+            listed = {vm.name: vm.workload_id for vm in await driver.list_vms()}
+            assert name in listed and listed[name] is None, listed
+            assert (await driver.get_vm(ours.provider_vm_id)).workload_id == "wl-tagged"
+        finally:
+            foreign.undefine()
+    finally:
+        conn.close()
