@@ -519,6 +519,24 @@ class OperationEvent(SQLModel, table=True):
     message: str
 
 
+class WorkloadEvent(SQLModel, table=True):
+    """A workload's observed state changed by a provider listing alone (drift: stopped, deleted or back behind
+    the broker's back), written by the observer in the sync's transaction; its id orders the event stream.
+
+    What an operation changes is told through its own history (:class:`OperationEvent`); this is the rest.
+    ``workload_id`` and ``project_id`` carry no foreign key: the line outlives a workload row removed later
+    (migration 0040)."""
+
+    __tablename__ = "workload_event"
+    id: int | None = Field(default=None, primary_key=True)
+    workload_id: str = Field(max_length=36, index=True)
+    project_id: int | None = Field(default=None, index=True)
+    at: datetime = _ts()
+    previous: str = Field(max_length=32)
+    state: str = Field(max_length=32)
+    message: str | None = None
+
+
 class OcciMixin(SQLModel, table=True):
     """A user-defined OCCI mixin (a tag a project defines through the OCCI query interface).
 
@@ -765,7 +783,7 @@ class SpendAccrual(SQLModel, table=True):
 ALL_TABLES: tuple[type[SQLModel], ...] = (
     Project, User, Membership, Quota, ApiToken, ClientCertificate, QuotaReservation, Provider, ProviderSecret,
     UiSession, Site, AvailabilityZone, Host, Flavor, Image, ImageReplica, Price, Workload, WorkloadLink, Operation,
-    OcciMixin, ImageListSubscription, OperationEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
+    OcciMixin, ImageListSubscription, OperationEvent, WorkloadEvent, Cluster, ClusterSeat, Protection, RecoveryPoint,
     AutoscaleGroup, AutoscaleMember, AutoscaleDecision,
     HostBalance, SpendAccrual,
 )

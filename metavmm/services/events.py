@@ -3,8 +3,12 @@
 The source is the ``operation_event`` table the engine already writes in the same transaction as every
 state change, step and progress line, so the stream needs no broker-side bus, sees what any executor or
 worker wrote, and resumes exactly: an event's id is its row id, and ``Last-Event-ID`` asks for rows
-after it. A :class:`Cursor` also reports, without an id (nothing to resume), progress that moved without
-a history line and the state of each workload an operation touches when it changed since last told.
+after it. A workload whose observed state a provider listing alone changed (drift: a VM stopped or deleted
+behind the broker's back, or back again) has no operation history; the observer writes a ``workload_event``
+line for it in the sync's transaction, and the stream tells the lines after the last it sent as ``workload``
+events with ``cause: "sync"`` (without an id: they are another table's). A :class:`Cursor` also reports,
+without an id (nothing to resume), progress that moved without a history line and the state of each
+workload an operation touches when it changed since last told.
 Two more kinds are read from the catalog as it is and compared with what the stream last said, so they
 have no id either: ``sync``, each provider's sync result when it changed (a sync that succeeded again
 moves its time, one that failed sets its error), and ``alert``, the alerts of :mod:`metavmm.services.alerts`
@@ -31,6 +35,7 @@ from metavmm.catalog.models import (
     OperationEvent,
     Provider,
     Workload,
+    WorkloadEvent,
     aware,
 )
 from metavmm.foundation.logs import redact
@@ -61,6 +66,7 @@ class Cursor:
     progress: dict[str, float] = field(default_factory=dict)
     workloads: dict[str, tuple[str, str]] = field(default_factory=dict)
     decisions_after: int | None = None  # the last auto-scaling decision sent; None: from the stream's start
+    drift_after: int | None = None  # the last workload_event line sent; None: from the stream's start
     rates: RateTable | None = None  # the federation's rate table, for the price alerts; None: no alert events
     alerts_every_s: float = 5.0
     syncs: dict[str, tuple[Any, ...]] | None = None  # each provider's sync result last seen; None: not looked yet
@@ -68,12 +74,25 @@ class Cursor:
     alerts_at: float = float("-inf")  # when (the loop's monotonic clock) alerts were last looked at
 
     def __post_init__(self) -> None:
-        if self.decisions_after is None and self.after == 0:  # a replay of the history replays decisions too
-            self.decisions_after = 0
+        if self.after == 0:  # a replay of the history replays decisions and drift too
+            self.decisions_after, self.drift_after = self.decisions_after or 0, self.drift_after or 0
+
+    async def begin(self, maker: async_sessionmaker[AsyncSession]) -> None:
+        """Fix where the tables read without ``Last-Event-ID`` start (after what they hold now), before the
+        stream answers: a sync that writes the moment after a client connected is told, not skipped."""
+        async with maker() as session:
+            await self._begin(session)
+
+    async def _begin(self, session: AsyncSession) -> None:
+        if self.decisions_after is None:
+            self.decisions_after = await _last_id(session, AutoscaleDecision)
+        if self.drift_after is None:
+            self.drift_after = await _last_id(session, WorkloadEvent)
 
     async def next(self, maker: async_sessionmaker[AsyncSession]) -> list[Event]:
         out: list[Event] = []
         async with maker() as session:
+            await self._begin(session)  # a cursor nobody began: its first look starts the tables it reads
             rows = (await session.exec(
                 select(OperationEvent, Operation.kind, Operation.state, Operation.progress, Operation.target_id)
                 .join(Operation, col(Operation.id) == col(OperationEvent.operation_id))
@@ -110,6 +129,7 @@ class Cursor:
                         self.workloads[wid] = (observed, desired)
                         out.append(Event("workload", {"workload": wid, "name": name, "state": observed,
                                                       "desired_state": desired}))
+            out += await self._drift(session)
             out += await self._decisions(session)
             out += await self._syncs(session)
             out += await self._alerts(session)
@@ -140,20 +160,35 @@ class Cursor:
         out = [Event("alert", {**a.as_dict(), "state": "raised"}) for k, a in standing.items() if told.get(k) != a]
         return out + [Event("alert", {**a.as_dict(), "state": "cleared"}) for k, a in told.items() if k not in standing]
 
+    async def _drift(self, session: AsyncSession) -> list[Event]:
+        """Workload states a sync changed since the last call: the observer's ``workload_event`` lines after
+        the last one sent, in the caller's scope (the line's project, as an operation's)."""
+        rows = (await session.exec(
+            select(WorkloadEvent, Workload.name, Workload.desired_state)
+            .join(Workload, col(Workload.id) == col(WorkloadEvent.workload_id), isouter=True)
+            .where(col(WorkloadEvent.id) > (self.drift_after or 0), visible(self.identity, WorkloadEvent))
+            .order_by(col(WorkloadEvent.id)).limit(PAGE))).all()
+        out = []
+        for ev, name, desired in rows:
+            self.drift_after = max(self.drift_after or 0, ev.id or 0)
+            self.workloads[ev.workload_id] = (ev.state, desired)
+            out.append(Event("workload", {
+                "workload": ev.workload_id, "name": name, "state": ev.state, "desired_state": desired,
+                "previous": ev.previous, "cause": "sync", "message": redact(ev.message or ""),
+                "at": aware(ev.at).isoformat()}))
+        return out
+
     async def _decisions(self, session: AsyncSession) -> list[Event]:
         """Auto-scaling decisions written since the last call (``autoscale`` events, without an id: they
         are kept in their own table; ``GET .../decisions`` pages through them)."""
-        if self.decisions_after is None:
-            self.decisions_after = int((await session.exec(select(func.max(AutoscaleDecision.id)))).one() or 0)  # type: ignore[call-overload]
-            return []
         rows = (await session.exec(
             select(AutoscaleDecision, AutoscaleGroup.name)
             .join(AutoscaleGroup, col(AutoscaleGroup.id) == AutoscaleDecision.group_id)
-            .where(col(AutoscaleDecision.id) > self.decisions_after, visible(self.identity, AutoscaleDecision))
+            .where(col(AutoscaleDecision.id) > (self.decisions_after or 0), visible(self.identity, AutoscaleDecision))
             .order_by(col(AutoscaleDecision.id)).limit(PAGE))).all()
         out = []
         for d, group in rows:
-            self.decisions_after = max(self.decisions_after, d.id or 0)
+            self.decisions_after = max(self.decisions_after or 0, d.id or 0)
             out.append(Event("autoscale", {
                 "decision": d.id, "group_id": d.group_id, "group": group, "action": d.action, "trigger": d.trigger,
                 "rule": d.rule, "metric": d.metric, "value": d.value, "threshold": d.threshold,
@@ -164,7 +199,12 @@ class Cursor:
         return out
 
 
+async def _last_id(session: AsyncSession, model: type[OperationEvent | WorkloadEvent | AutoscaleDecision]) -> int:
+    """The newest row id of one of the tables the stream reads in id order (0: none yet)."""
+    return int((await session.exec(select(func.max(model.id)))).one() or 0)  # type: ignore[call-overload]
+
+
 async def latest_id(maker: async_sessionmaker[AsyncSession]) -> int:
     """Where a stream opened without ``Last-Event-ID`` starts: after everything written so far."""
     async with maker() as session:
-        return int((await session.exec(select(func.max(OperationEvent.id)))).one() or 0)  # type: ignore[call-overload]
+        return await _last_id(session, OperationEvent)

@@ -56,6 +56,7 @@ from metavmm.catalog.models import (
     Provider,
     Site,
     Workload,
+    WorkloadEvent,
     WorkloadKind,
     utcnow,
 )
@@ -317,14 +318,22 @@ def _settled(workload: Workload, busy: set[str], observed_at: datetime | None) -
     return observed_at is None or _aware(workload.updated_at) <= observed_at
 
 
+def _tell(session: AsyncSession, workload: Workload, previous: str) -> None:
+    """A listing alone changed the workload's observed state (no operation did: its history tells those): one
+    line for the event stream, in the listing's transaction, so what the catalog says and what is told agree."""
+    session.add(WorkloadEvent(workload_id=workload.id, project_id=workload.project_id, previous=previous,
+                              state=workload.observed_state, message=workload.state_message))
+
+
 def _touch(workload: Workload, changed: bool) -> None:
     workload.updated_at = utcnow()
     if changed:
         workload.version += 1
 
 
-def _vanish(workload: Workload, provider: str) -> str:
-    """The provider no longer has the workload's VM, volume or network: the row stays, marked."""
+def _vanish(session: AsyncSession, workload: Workload, provider: str) -> str:
+    """The provider no longer has the workload's VM, volume or network: the row stays, marked (and told)."""
+    previous = workload.observed_state
     noun = NOUN.get(WorkloadKind(workload.kind), workload.kind)
     if not workload.managed:
         state, message = GONE, f"the provider no longer reports this {noun}"
@@ -334,6 +343,7 @@ def _vanish(workload: Workload, provider: str) -> str:
         state, message = LOST, f"no {noun} at {provider} (seen missing {utcnow():%Y-%m-%d %H:%M} UTC)"
     workload.observed_state, workload.state_message, workload.present = state, message, False
     _touch(workload, changed=True)
+    _tell(session, workload, previous)
     return state
 
 
@@ -402,9 +412,11 @@ async def observe_vms(session: AsyncSession, provider: Provider, vms: Iterable[V
         _touch(wl, changed)
         if drift and wl.id in by_id:
             seen.drifted.append((wl.id, old, wl.observed_state))
+            if old != wl.observed_state:
+                _tell(session, wl, old)
     for wl in rows:
         if wl.id not in matched and wl.present and _settled(wl, busy, observed_at):
-            seen.vanished.append((wl.id, _vanish(wl, provider.name)))
+            seen.vanished.append((wl.id, _vanish(session, wl, provider.name)))
     return seen
 
 
@@ -422,12 +434,14 @@ async def observe_resources(session: AsyncSession, provider: Provider, kind: Wor
         if placed_at(wl) is None or not _settled(wl, busy, observed_at):
             continue
         there = wl.id in have or (wl.provider_resource_id or "") in have
+        old = wl.observed_state
         if not there and wl.present:
-            seen.vanished.append((wl.id, _vanish(wl, provider.name)))
+            seen.vanished.append((wl.id, _vanish(session, wl, provider.name)))
         elif there and not wl.present:  # lost, and back
-            seen.drifted.append((wl.id, wl.observed_state, ONLINE[kind]))
+            seen.drifted.append((wl.id, old, ONLINE[kind]))
             wl.observed_state, wl.present, wl.state_message = ONLINE[kind], True, f"{ONLINE[kind]} at {provider.name}"
             _touch(wl, changed=True)
+            _tell(session, wl, old)
     return seen
 
 

@@ -24,9 +24,10 @@ from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.observability import metrics_app
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Price, Quota
+from metavmm.catalog.models import Price, Quota, Workload
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
+from metavmm.foundation.records import VmState
 from metavmm.services.operations import store
 from metavmm.services.sync import sync_all
 from tests.api.ui.test_events import ended, read_until
@@ -381,3 +382,54 @@ async def test_the_stream_tells_sync_results_and_alerts_raised_and_cleared(aioht
     assert frames[-1][1]["key"] == "sync:sima"
     alpha.close()
     beta.close()
+
+
+async def test_a_state_changed_behind_the_brokers_back_reaches_the_stream_after_a_sync(aiohttp_client: Any,
+                                                                                       sqlite_url: str) -> None:
+    """Drift (issue 18): a VM stopped, then deleted, at the sim provider itself (no operation of the broker's)
+    is told after the next sync as a ``workload`` event with its new state, ``cause: "sync"``, to the
+    workload's project (REST and the dashboard's stream) and to no other project's member. Before, the
+    stream told only the states an operation changed: the sync wrote the row and nobody heard."""
+    from tests.api.ui.test_events import open_stream
+    from tests.api.ui.test_session import _browser, _page
+
+    client, w = await _broker(aiohttp_client, sqlite_url)
+    await sync_all(client.app[keys.SESSIONS], client.app[keys.CONFIG])
+    created = await _create(client, w, "alpha_member", "drifts")
+    wid = created["workload"]["id"]
+    async with client.app[keys.SESSIONS]() as s:
+        vm_id = (await s.get(Workload, wid)).provider_resource_id  # type: ignore[union-attr]
+    sim = client.app[keys.OPERATIONS].executor.drivers.get("sima")
+    alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
+    beta = await client.get(f"{API}/events", headers=_follow(w, "beta_member"))
+    dashboard = await open_stream(client, await _browser(client, "alpha_member", w))
+
+    def drift(state: str) -> Any:
+        return lambda e: e[1] == "workload" and e[2]["workload"] == wid and e[2].get("cause") == "sync" \
+            and e[2]["state"] == state
+
+    sim.ex_set_state(vm_id, VmState.STOPPED)  # an operator at the provider, not the broker
+    await sync_all(client.app[keys.SESSIONS], client.app[keys.CONFIG])
+    told = (await _events(alpha, drift("stopped")))[-1][2]
+    assert told | {"at": ""} == {"workload": wid, "name": "drifts", "state": "stopped", "desired_state": "active",
+                                 "previous": "running", "cause": "sync", "at": "",
+                                 "message": told["message"]} and told["message"].startswith("stopped at sima")
+    frames = await read_until(dashboard, lambda f: f[0] == "workload" and f[1].get("cause") == "sync")
+    assert frames[-1][1]["workload"] == wid and frames[-1][1]["state"] == "stopped"
+    page = await _page(client, await _browser(client, "alpha_member", w))  # the row ui.js updates in place
+    assert f'data-workload-id="{wid}"' in await page.text()
+
+    await sim.delete_vm(vm_id)  # gone at the provider: the broker meant to keep it, so it is lost
+    await sync_all(client.app[keys.SESSIONS], client.app[keys.CONFIG])
+    assert (await _events(alpha, drift("lost")))[-1][2]["previous"] == "stopped"
+
+    # beta's member: the same syncs' results, never alpha's workload; the history replayed says the same
+    other = await _events(beta, lambda e: e[1] == "sync" and e[2]["result"] == "ok", limit=50)
+    other += await _events(beta, lambda e: e[1] == "sync" and e[2]["result"] == "ok", limit=50)
+    assert not any(wid in json.dumps(e[2]) for e in other)
+    replay = await (await client.get(f"{API}/events?after=0", headers=w.auth("beta_member"))).text()
+    assert wid not in replay and '"cause":"sync"' not in replay
+    replay = await (await client.get(f"{API}/events?after=0", headers=w.auth("alpha_member"))).text()
+    assert replay.count('"cause":"sync"') == 2 and wid in replay
+    for stream in (alpha, beta, dashboard):
+        stream.close()

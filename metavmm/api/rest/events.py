@@ -84,6 +84,7 @@ async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> 
     metrics = config.metrics
     cursor = events.Cursor(keys.identity_of(request), after if after is not None else await events.latest_id(sessions),
                            rates=RateTable.from_config(config), alerts_every_s=metrics.events_recheck_s)
+    await cursor.begin(sessions)
     stopping = request.config_dict[keys.OPERATIONS].stopping
     following = "text/event-stream" in request.headers.get("Accept", "")
     clock = asyncio.get_running_loop().time

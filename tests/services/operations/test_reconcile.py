@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from metavmm.catalog.models import OperationState, Provider, Workload
+from metavmm.catalog.models import OperationState, Provider, Workload, WorkloadEvent
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.records import NetworkSpec, VmSpec, VmState, VolumeSpec
 from metavmm.services.operations import store
@@ -52,6 +52,10 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
     await store.submit(sqlite_sessions, kind="test", target_id=busy.id,
                        steps=[Step("x", "vm.delete", {"provider": "simb", "workload_id": busy.id})])
 
+    dry = await reconcile(engine, drivers, repair=False)
+    assert dry.drifted == [(ok.id, "running", "stopped")]
+    async with sqlite_sessions() as session:  # a dry run tells the event stream nothing either
+        assert (await session.exec(select(WorkloadEvent))).all() == []
     report = await reconcile(engine, drivers)
     assert [w for _, _, w in report.orphans] == [moved.id]
     assert [w for _, _, w in report.foreign] == ["no-such-workload"]  # another broker's: reported, kept
@@ -65,6 +69,9 @@ async def test_orphans_lost_and_drift(sqlite_sessions) -> None:
     async with sqlite_sessions() as session:
         assert (await session.get(Workload, lost.id)).observed_state == "lost"  # kept, marked
         assert (await session.get(Workload, ok.id)).observed_state == "stopped"
+        told = (await session.exec(select(WorkloadEvent).order_by(WorkloadEvent.id))).all()  # for the event stream
+        assert sorted((e.workload_id, e.previous, e.state) for e in told) == sorted(
+            [(ok.id, "running", "stopped"), (lost.id, "running", "lost")])
     again = await reconcile(engine, drivers, repair=False)
     assert again.orphans == [] and again.drifted == []
     await drivers.close()
@@ -123,4 +130,6 @@ async def test_volumes_and_networks_orphaned_lost_and_foreign(sqlite_sessions) -
     async with sqlite_sessions() as session:
         marked = await session.get(Workload, lost_net.id)
         assert marked.observed_state == "lost" and marked.state_message.startswith("no network at sima")
+        told = (await session.exec(select(WorkloadEvent))).all()  # the stream's line; the kept volume has none
+        assert [(e.workload_id, e.previous, e.state) for e in told] == [(lost_net.id, "active", "lost")]
     await drivers.close()
