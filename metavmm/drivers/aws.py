@@ -19,6 +19,7 @@ and retries throttling with backoff. botocore's own retries are off so that back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +33,8 @@ import botocore.exceptions
 import botocore.loaders
 import botocore.session
 
-from metavmm.drivers.base import DriverBase, region_id, split_region_id
+from metavmm.drivers import aws_ebs
+from metavmm.drivers.base import DriverBase, poll_delays, region_id, split_region_id
 from metavmm.foundation.errors import (
     AuthError,
     ConfigError,
@@ -47,6 +49,7 @@ from metavmm.foundation.errors import (
 from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
+    DiskRef,
     FlavorInfo,
     ImageInfo,
     Inventory,
@@ -69,6 +72,7 @@ _CONFLICT = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState",
              "InvalidVolume.ZoneMismatch", "DependencyViolation", "InvalidNetworkInterface.InUse"}
 _QUOTA = {"InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientInstanceCapacity", "VolumeLimitExceeded",
           "MaxSpotInstanceCountExceeded"}
+SNAPSHOT_TAG = "metavmm:snapshot"  # on an imported AMI: the snapshot the broker wrote (deleted with it)
 USER_DATA_MAX = 16384  # EC2's limit on the user data before base64
 _DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnop")
 TYPES_TTL_S = 6 * 3600
@@ -97,8 +101,10 @@ class AwsDriver(DriverBase):
     capabilities = frozenset({
         Capability.GPU, Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.SET_NETMASK, Capability.SPOT, Capability.MULTI_REGION,
-        Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS,
+        Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS, Capability.IMPORT_IMAGE,
     })
+    image_import_formats: ClassVar[frozenset[str]] = frozenset({"raw"})  # written into an EBS snapshot (aws_ebs)
+    image_import_target: ClassVar[str | None] = "raw"
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "pending": VmState.PENDING,
         "running": VmState.RUNNING,
@@ -136,14 +142,18 @@ class AwsDriver(DriverBase):
         raise ConfigError(f"{self.name}: AWS credentials come from the standard chain; name a profile "
                           "(credentials: {profile: NAME}) or a shared credentials file (credentials: {file: PATH})")
 
-    def _client(self, region: str) -> Any:
-        """One EC2 client per region (boto3 clients are thread-safe, sessions are not)."""
+    def _client(self, region: str, service: str = "ec2") -> Any:
+        """One client per region and service (EC2, and EBS for disk images): boto3 clients are
+        thread-safe, sessions are not."""
         with self._clients_lock:
-            client = self._clients.get(region)
+            key = region if service == "ec2" else f"{service}:{region}"
+            client = self._clients.get(key)
             if client is None:
-                cfg = botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
-                client = self._session.client("ec2", region_name=region, endpoint_url=self.endpoint_url, config=cfg)
-                self._clients[region] = client
+                cfg = botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
+                                             max_pool_connections=2 * aws_ebs.UPLOAD_WORKERS)
+                client = self._session.client(service, region_name=region, endpoint_url=self.endpoint_url,
+                                              config=cfg)
+                self._clients[key] = client
             return client
 
     def convert_error(self, exc: Exception, operation: str) -> DriverError | None:
@@ -568,3 +578,82 @@ class AwsDriver(DriverBase):
                 if attempt == 19:
                     raise
                 await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
+
+    # --- disk images (EBS direct APIs: aws_ebs) ------------------------------------------------------
+
+    async def _own_image(self, region: str, name: str, operation: str) -> dict[str, Any] | None:
+        found = await self._ec2(region, operation, "describe_images", Owners=["self"],
+                                Filters=[{"Name": "name", "Values": [name]}])
+        return next(iter(found.get("Images", [])), None)
+
+    async def _snapshot_done(self, region: str, snapshot_id: str, timeout_s: float) -> None:
+        """Wait until EC2 reports the completed snapshot usable (``completed``); ``error`` is AWS refusing
+        what was written."""
+        deadline = time.monotonic() + timeout_s
+        for delay in poll_delays():
+            got = await self._ec2(region, "import_image", "describe_snapshots", SnapshotIds=[snapshot_id])
+            state = next(iter(got.get("Snapshots", [])), {}).get("State")
+            if state == "completed":
+                return
+            if state == "error" or time.monotonic() > deadline:
+                raise DriverError(f"snapshot {snapshot_id} ended {state or 'missing'} instead of completed",
+                                  provider=self.name, operation="import_image")
+            await asyncio.sleep(delay)
+
+    async def import_image(self, disk: DiskRef, name: str, region: str, timeout_s: float = 1800) -> ImageInfo:
+        """Write the raw disk into a new EBS snapshot (only its non-zero blocks, each with its SHA-256) and
+        register it as an AMI named ``name``: no S3 bucket or vmimport role, as ``import_image`` of
+        VM Import would need. An AMI of that name the account owns already is a ProviderConflict (a
+        retried step then reuses it); a failure on the way deletes what it made (snapshot, AMI)."""
+        if disk.format not in self.image_import_formats:
+            raise ValidationError(f"{self.name}: the AWS driver imports raw disks (written into an EBS snapshot); "
+                                  f"this one is {disk.format}: convert it to raw first")
+        if region not in self.regions:
+            raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
+        if await self._own_image(region, name, "import_image") is not None:
+            raise ProviderConflict(f"an AMI named {name} already exists in {region}", provider=self.name,
+                                   operation="import_image")
+        size = Path(disk.path).stat().st_size
+        ebs = self._client(region, "ebs")
+        started = await self.provider_call("import_image", lambda: ebs.start_snapshot(
+            VolumeSize=aws_ebs.volume_gib(size), Description=f"metavmm image {name}", Timeout=60,
+            Tags=[{"Key": "Name", "Value": name}]))
+        snapshot_id = started["SnapshotId"]
+        ami: dict[str, Any] = {}
+        try:
+            written = await self.provider_call("import_image", aws_ebs.write_snapshot, ebs, snapshot_id, disk.path)
+            await self.provider_call("import_image", lambda: ebs.complete_snapshot(
+                SnapshotId=snapshot_id, ChangedBlocksCount=written.blocks, Checksum=written.aggregate,
+                ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR"))
+            await self._snapshot_done(region, snapshot_id, timeout_s)
+            ami = await self._ec2(region, "import_image", "register_image", Name=name, Architecture="x86_64",
+                                  RootDeviceName="/dev/xvda", VirtualizationType="hvm", EnaSupport=True,
+                                  BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {
+                                      "SnapshotId": snapshot_id, "DeleteOnTermination": True, "VolumeType": "gp3"}}])
+            await self._ec2(region, "import_image", "create_tags", Resources=[ami["ImageId"]], Tags=[
+                {"Key": "Name", "Value": name}, {"Key": SNAPSHOT_TAG, "Value": snapshot_id}])
+        except BaseException:  # nothing half-made stays: an AMI without its tag, a snapshot without an AMI
+            with contextlib.suppress(DriverError):
+                if ami.get("ImageId"):
+                    await self._ec2(region, "import_image", "deregister_image", ImageId=ami["ImageId"])
+                await self._ec2(region, "import_image", "delete_snapshot", SnapshotId=snapshot_id)
+            raise
+        return ImageInfo(provider_image_id=ami["ImageId"], name=name, region=region, format="ami",
+                         size_bytes=aws_ebs.volume_gib(size) * aws_ebs.GIB, checksum=f"sha256:{written.disk_sha256}",
+                         arch="x86_64", extra={"snapshot": snapshot_id, "blocks": written.blocks,
+                                               "data_bytes": written.data_bytes, "disk_bytes": size})
+
+    async def ex_delete_image(self, name: str, region: str) -> None:
+        """Deregister an AMI this driver imported and delete its snapshot (a cold migration's undo and
+        cleanup); gone is success."""
+        image = await self._own_image(region, name, "delete_image")
+        if image is None:
+            return
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+        root = next((m.get("Ebs", {}).get("SnapshotId") for m in image.get("BlockDeviceMappings", [])
+                     if m.get("DeviceName") == image.get("RootDeviceName")), None)
+        await self._ec2(region, "delete_image", "deregister_image", ImageId=image["ImageId"])
+        snapshot = tags.get(SNAPSHOT_TAG) or root  # the tag names what the broker wrote; untagged: the root's
+        if snapshot:
+            with contextlib.suppress(ProviderNotFound):
+                await self._ec2(region, "delete_image", "delete_snapshot", SnapshotId=snapshot)

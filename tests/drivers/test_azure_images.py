@@ -120,7 +120,7 @@ async def test_the_server_keeps_azures_upload_rules(driver: AzureDriver, azure: 
 @pytest.mark.parametrize(("kind", "wanted", "target"), [
     ("azure", "raw", "vpc:azure"), ("azure", "vpc", "vpc:azure"), ("azure", "vhd", "vpc:azure"),
     ("azure", "vpc:azure", "vpc:azure"), ("gcp", "qcow2", "raw"), ("gcp", "raw", "raw"),
-    ("libvirt", "qcow2", "qcow2"), ("libvirt", "vmdk", "vmdk"),
+    ("libvirt", "qcow2", "qcow2"), ("libvirt", "vmdk", "vmdk"), ("aws", "qcow2", "raw"), ("aws", "vmdk", "raw"),
 ])
 def test_a_disk_for_a_cloud_is_converted_to_what_its_driver_takes(kind: str, wanted: str, target: str) -> None:
     """What the cold-migration plan and marketplace replication convert to (drivers/registry.import_target)."""

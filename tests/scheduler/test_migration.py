@@ -86,9 +86,12 @@ def test_move_refusal_names_the_end_that_lacks_the_capability() -> None:
     lv = ProviderView(1, "lv0", "libvirt", True, frozenset({"live_migration", "import_image", "export_image"}))
     lv1 = ProviderView(2, "lv1", "libvirt", True, frozenset({"live_migration", "import_image", "export_image"}))
     stack = ProviderView(3, "stack", "openstack", True, frozenset({"live_migration", "import_image"}))
-    aws = ProviderView(4, "aws", "aws", False, frozenset({"gpu"}))
+    aws = ProviderView(4, "aws", "aws", False, frozenset({"gpu", "import_image"}))
+    occi = ProviderView(5, "partner", "occi", False, frozenset())
     assert move_refusal(lv, lv1) is None and move_refusal(lv, stack) is None  # live, and export -> import
     assert move_refusal(stack, stack) is None  # inside a provider its own migration moves it
     assert move_refusal(stack, lv) == "stack (openstack) cannot export a VM's disk, so no cold migration from " \
                                       "stack to lv0"
-    assert "aws (aws) cannot import a disk image (the AWS driver has no disk import" in (move_refusal(lv, aws) or "")
+    assert move_refusal(lv, aws) is None  # AWS takes disks in (EBS snapshots)
+    assert "aws (aws) cannot export a VM's disk (the AWS driver takes disks in" in (move_refusal(aws, lv) or "")
+    assert "partner (occi) cannot import a disk image (OCCI 1.2 has no image import" in (move_refusal(lv, occi) or "")

@@ -1,7 +1,8 @@
 """Cold migration from libvirt to the public clouds through the one cold_migrate flow: a real libvirt VM
 (QEMU TCG) on a disk with known content is stopped, exported, converted and imported at the target's
-contract server (GCE: raw packed as disk.raw in a tar.gz through Cloud Storage; Azure: a fixed,
-MiB-aligned VHD uploaded into a managed disk), booted there under a new hostname, and only then removed
+contract server or emulator (GCE: raw packed as disk.raw in a tar.gz through Cloud Storage; Azure: a fixed,
+MiB-aligned VHD uploaded into a managed disk; AWS, on moto: raw blocks into an EBS snapshot made an AMI),
+booted there under a new hostname, and only then removed
 at the source. What arrived at the cloud is checked by digest against the disk the VM had."""
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from bench import direct
 from bench.libvirt_hosts import LibvirtHosts
 from metavmm.catalog.models import OperationState
+from metavmm.drivers.aws import SNAPSHOT_TAG
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.translators.cloudpack import GIB
 from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
+from tests.drivers.conftest import MotoServer, moto  # noqa: F401
 from tests.drivers.gce_contract import GceContract
 from tests.drivers.gcs_contract import compute_with_storage
 from tests.services.operations.conftest import domains, engine_for, run
@@ -149,3 +153,51 @@ async def test_cold_migration_libvirt_to_azure_moves_the_disk_bytes(azure_engine
     assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
     assert not any(r["type"].startswith("Microsoft.Compute/") for r in server.resources.values())
     assert server.violations == []
+
+
+@pytest.fixture
+async def aws_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, moto: MotoServer, work: Path,  # noqa: F811
+                     tmp_path: Path) -> AsyncIterator[Engine]:
+    ec2 = (f"  - {{kind: aws, name: ec2, regions: [us-east-1], endpoint_url: \"{moto.endpoint}\", "
+           f"credentials: {{file: \"{moto.credentials_file}\"}}}}\n")
+    async with engine_for(libvirt_hosts.federation_yaml(work) + ec2, tmp_path) as ops:
+        yield ops
+
+
+async def test_cold_migration_libvirt_to_aws_moves_the_disk_bytes(aws_engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                                 moto: MotoServer, work: Path) -> None:  # noqa: F811
+    """Into AWS through the EBS direct APIs: the qcow2 is converted to raw, its non-zero blocks written into a
+    snapshot (read back here and compared with the VM's disk), registered as an AMI and booted."""
+    engine = aws_engine
+    raw, wid = await _running_at_lv0(engine, work, "to-aws")
+
+    op = await flows.cold_migrate(engine, wid, target_provider="ec2", target_region="us-east-1")
+    assert [s["name"] for s in op.steps] == STEPS and op.steps[2]["args"]["to_format"] == "raw"
+    done = await run(engine, op)
+    assert done.state == OperationState.SUCCEEDED, [(s["name"], s.get("state"), s.get("error")) for s in done.steps]
+    image_name = done.steps[3]["args"]["name"]
+
+    ec2, ebs = (boto3.client(s, region_name="us-east-1", endpoint_url=moto.endpoint, aws_access_key_id="AKIATEST",
+                             aws_secret_access_key="x") for s in ("ec2", "ebs"))
+    (ami,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [image_name]}])["Images"]
+    snapshot = {t["Key"]: t["Value"] for t in ami["Tags"]}[SNAPSHOT_TAG]
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot)
+    disk = bytearray(DISK_MIB << 20)
+    for b in listed["Blocks"]:
+        data = ebs.get_snapshot_block(SnapshotId=snapshot, BlockIndex=b["BlockIndex"],
+                                      BlockToken=b["BlockToken"])["BlockData"].read()
+        disk[b["BlockIndex"] * len(data):(b["BlockIndex"] + 1) * len(data)] = data
+    assert hashlib.sha256(disk).digest() == hashlib.sha256(raw).digest() and listed["VolumeSize"] == 1
+    assert len(listed["Blocks"]) == 2  # the random first MiB; the zeros behind it never went out
+    # the clone runs at AWS from that AMI; the source is gone
+    w, at = await workload(engine, wid)
+    assert (at, w.observed_state) == ("ec2", "running")
+    insts = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+             if i["ImageId"] == ami["ImageId"]]
+    assert [i["State"]["Name"] for i in insts] == ["running"]
+    assert "to-aws" not in domains(libvirt_hosts.uris[0]).values()
+
+    # deleting the workload removes the instance, the AMI and the snapshot the migration wrote
+    assert (await run(engine, await flows.delete(engine, wid))).state == OperationState.SUCCEEDED
+    assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [image_name]}])["Images"] == []
+    assert snapshot not in {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
