@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import boto3
 import botocore.config
@@ -63,6 +63,9 @@ from metavmm.foundation.records import (
     VolumeSpec,
 )
 from metavmm.translators.cloudinit import key_pair_name
+
+if TYPE_CHECKING:
+    from metavmm.drivers.aws_replica import EbsReplicas
 
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
               "TooManyRequestsException", "SlowDown"}
@@ -102,6 +105,7 @@ class AwsDriver(DriverBase):
         Capability.GPU, Capability.CONSOLE, Capability.SUSPEND, Capability.SNAPSHOT, Capability.ATTACH_VOLUME,
         Capability.ATTACH_NETWORK, Capability.SET_NETMASK, Capability.SPOT, Capability.MULTI_REGION,
         Capability.TAGS, Capability.VOLUMES, Capability.NETWORKS, Capability.IMPORT_IMAGE,
+        Capability.REPLICA_TARGET,
     })
     image_import_formats: ClassVar[frozenset[str]] = frozenset({"raw"})  # written into an EBS snapshot (aws_ebs)
     image_import_target: ClassVar[str | None] = "raw"
@@ -647,8 +651,11 @@ class AwsDriver(DriverBase):
         """Deregister an AMI this driver imported and delete its snapshot (a cold migration's undo and
         cleanup); gone is success."""
         image = await self._own_image(region, name, "delete_image")
-        if image is None:
-            return
+        if image is not None:
+            await self.ex_drop_image(region, image)
+
+    async def ex_drop_image(self, region: str, image: dict[str, Any]) -> None:
+        """Deregister the AMI ``image`` (as ``describe_images`` gives it) and delete the snapshot behind it."""
         tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
         root = next((m.get("Ebs", {}).get("SnapshotId") for m in image.get("BlockDeviceMappings", [])
                      if m.get("DeviceName") == image.get("RootDeviceName")), None)
@@ -657,3 +664,9 @@ class AwsDriver(DriverBase):
         if snapshot:
             with contextlib.suppress(ProviderNotFound):
                 await self._ec2(region, "delete_image", "delete_snapshot", SnapshotId=snapshot)
+
+    def replica_store(self) -> EbsReplicas:
+        """Recovery points kept as AMIs over EBS snapshots of the target region (aws_replica.py)."""
+        from metavmm.drivers.aws_replica import EbsReplicas
+
+        return EbsReplicas(self)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metavmm.drivers.base import StoredPoint, region_id, split_region_id
+from metavmm.drivers.replica_files import UploadedPoints
 from metavmm.foundation.errors import DriverError, TranslationError
 from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import DiskRef
@@ -49,19 +50,10 @@ SNAPSHOT_GRACE_S = 10.0
 READ_CHUNK = 1 << 20
 
 
-class GlanceReplicas:
+class GlanceReplicas(UploadedPoints):
     """A :class:`~metavmm.drivers.base.ReplicaStore` of glance images named ``metavmm-dr-<point id>``."""
 
-    chains = False
-
-    def __init__(self, driver: OpenStackDriver) -> None:
-        self.driver = driver
-
-    def build_path(self, workload_id: str, point_id: str) -> Path:
-        return state_dir() / "dr-staging" / self.driver.name / workload_id / f"{point_id}.qcow2"
-
-    def _split(self, location: str, operation: str) -> tuple[str, str]:
-        return split_region_id(location, self.driver.regions, self.driver.name, operation)
+    driver: OpenStackDriver
 
     async def keep(self, built: Path, *, workload_id: str, point_id: str, region: str,
                    sha256: str) -> StoredPoint:
@@ -85,9 +77,6 @@ class GlanceReplicas:
         if sha256 and found != sha256:
             raise TranslationError(f"recovery point image {image_id} at {region} changed since it was replicated "
                                    "(SHA-256 differs)")
-
-    def boot_image(self, location: str) -> str:
-        return self._split(location, "replica_boot")[1]
 
     async def remove(self, location: str) -> None:
         region, image_id = self._split(location, "replica_remove")

@@ -17,19 +17,17 @@ from pathlib import Path
 import openstack
 import pytest
 
-from bench import direct
-from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import OperationState, Project, Provider, Workload
+from metavmm.catalog.models import OperationState
 from metavmm.drivers.openstack import OpenStackDriver
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import DriverError, ValidationError
 from metavmm.foundation.paths import state_dir
 from metavmm.services.operations import flows
-from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
-from tests.drivers.conftest import NovaCloud, unique
+from tests.drivers.conftest import NovaCloud
 from tests.services.protection.conftest import engine_for, run
+from tests.services.protection.points import placed, protected_sim_vm
 
 NAME_PREFIX = "metavmm-dr-"  # glance images of recovery points: metavmm-dr-<point id>
 
@@ -70,31 +68,15 @@ def _upload_snapshot(conn: openstack.connection.Connection, disk: Path, timeout_
     raise AssertionError("nova made no snapshot image")
 
 
-async def _placed(engine: Engine, wid: str) -> tuple[Workload, str]:
-    async with engine.sessions() as session:
-        w = await session.get(Workload, wid)
-        assert w is not None and w.provider_id is not None
-        return w, (await session.get(Provider, w.provider_id)).name  # type: ignore[union-attr]
-
-
 @pytest.mark.timeout(600)
 async def test_points_land_in_glance_and_a_failover_boots_the_newest_at_nova(nova_cloud: NovaCloud,
                                                                              tmp_path: Path) -> None:
     conn = openstack.connect(cloud=nova_cloud.cloud, region_name="RegionOne")
     async with engine_for(_federation(nova_cloud), tmp_path) as engine:
-        async with session_scope(engine.sessions) as s:
-            project = Project(name="alpha")
-            s.add(project)
-        made = await run(engine, await direct.provision(engine, name=unique("dr"), provider="sima", region="r1",
-                                                       image="img", project_id=project.id))
-        wid = made.target_id
-        assert wid is not None and made.state == OperationState.SUCCEEDED
-
-        policy = await dr.set_replication(engine.sessions, engine.config, None, wid, target="os1", interval_s=None,
-                                          retention=2)
+        wid, policy = await protected_sim_vm(engine, "os1", retention=2)
         assert policy.replica_target == "os1/RegionOne"
 
-        w, _ = await _placed(engine, wid)
+        w, _ = await placed(engine, wid)
         sim = SimDriver(engine.config.provider("sima"))
         async with sim.ex_disk_view(w.provider_resource_id or "") as disk:  # the VM's real qcow2 disk
             subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", disk.path], check=True, capture_output=True)
@@ -114,7 +96,7 @@ async def test_points_land_in_glance_and_a_failover_boots_the_newest_at_nova(nov
 
         over = await run(engine, await dr.failover(engine, None, wid))
         assert over.state == OperationState.SUCCEEDED, over.error
-        w2, at = await _placed(engine, wid)
+        w2, at = await placed(engine, wid)
         assert at == "os1" and w2.name == w.name and w2.observed_state == "running"
         server = conn.compute.get_server((w2.provider_resource_id or "").split("/", 1)[1])
         booted, = [p for p in await dr.recovery_points(engine.sessions, None, wid) if p.state == "in-use"]
@@ -150,7 +132,7 @@ async def test_points_land_in_glance_and_a_failover_boots_the_newest_at_nova(nov
                                               asyncio.to_thread(_upload_snapshot, conn, disk))
         assert back.state == OperationState.SUCCEEDED, back.error
         assert uploaded.startswith("metavmm-snap-" + server.id)
-        w4, at = await _placed(engine, wid)
+        w4, at = await placed(engine, wid)
         assert at == "sima" and w4.name == w.name and w4.observed_state == "running"
         assert conn.compute.find_server(server.id) is None  # the copy at os1 went
         assert not _snapshots(conn)
@@ -179,8 +161,10 @@ providers:
   - {kind: sim, name: sima}
   - {kind: openstack, name: os1, cloud: anywhere, regions: [RegionOne]}
   - {kind: aws, name: aws1, regions: [eu-west-1]}
+  - {kind: gcp, name: gce1, project: p, zones: [us-central1-a]}
 """)
     assert dr.split_target(config, "os1") == ("os1", "RegionOne")
-    with pytest.raises(ValidationError, match=r"aws1 \(aws\) cannot keep recovery points; targets that can: "
-                                              r"libvirt, openstack, sim"):
-        dr.split_target(config, "aws1")
+    assert dr.split_target(config, "aws1") == ("aws1", "eu-west-1")
+    with pytest.raises(ValidationError, match=r"gce1 \(gcp\) cannot keep recovery points; targets that can: "
+                                              r"aws, libvirt, openstack, sim"):
+        dr.split_target(config, "gce1")
