@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -66,6 +66,7 @@ from metavmm.translators.cloudinit import key_pair_name
 
 if TYPE_CHECKING:
     from metavmm.drivers.aws_replica import EbsReplicas
+    from metavmm.translators.diskstream import DiskStream
 
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
               "TooManyRequestsException", "SlowDown"}
@@ -109,6 +110,7 @@ class AwsDriver(DriverBase):
     })
     image_import_formats: ClassVar[frozenset[str]] = frozenset({"raw"})  # written into an EBS snapshot (aws_ebs)
     image_import_target: ClassVar[str | None] = "raw"
+    stream_import_formats: ClassVar[frozenset[str]] = frozenset({"raw"})  # a cold migration's export piped in
     STATE_MAP: ClassVar[dict[str, VmState]] = {
         "pending": VmState.PENDING,
         "running": VmState.RUNNING,
@@ -605,19 +607,40 @@ class AwsDriver(DriverBase):
             await asyncio.sleep(delay)
 
     async def import_image(self, disk: DiskRef, name: str, region: str, timeout_s: float = 1800) -> ImageInfo:
-        """Write the raw disk into a new EBS snapshot (only its non-zero blocks, each with its SHA-256) and
-        register it as an AMI named ``name``: no S3 bucket or vmimport role, as ``import_image`` of
-        VM Import would need. An AMI of that name the account owns already is a ProviderConflict (a
-        retried step then reuses it); a failure on the way deletes what it made (snapshot, AMI)."""
+        """Write the raw disk file into a new EBS snapshot (only its non-zero blocks, holes never read) and
+        register it as an AMI named ``name`` (see :meth:`_import_blocks`)."""
         if disk.format not in self.image_import_formats:
             raise ValidationError(f"{self.name}: the AWS driver imports raw disks (written into an EBS snapshot); "
                                   f"this one is {disk.format}: convert it to raw first")
+        size = Path(disk.path).stat().st_size if region in self.regions else 0
+        return await self._import_blocks(name, region, size, lambda ebs, sid: aws_ebs.write_snapshot(
+            ebs, sid, disk.path, throttled=self._throttled), timeout_s)
+
+    async def ex_import_stream(self, stream: DiskStream, name: str, region: str,
+                               timeout_s: float = 1800) -> ImageInfo:
+        """The same import from a raw disk read front to back (a cold migration's export piped in, no scratch
+        file): regrouped into blocks, all-zero ones not sent. The stream is not read when the AMI is there
+        already (a retried step: ProviderConflict, and the step reuses it)."""
+        if stream.format not in self.stream_import_formats:
+            raise ValidationError(f"{self.name}: the AWS driver takes a raw disk from a stream; this one is "
+                                  f"{stream.format}")
+        return await self._import_blocks(name, region, stream.size_bytes, lambda ebs, sid: aws_ebs.write_stream(
+            ebs, sid, stream, throttled=self._throttled), timeout_s)
+
+    def _throttled(self, exc: Exception) -> bool:
+        return isinstance(self.convert_error(exc, "import_image"), ProviderThrottled)
+
+    async def _import_blocks(self, name: str, region: str, size: int,
+                             write: Callable[[Any, str], aws_ebs.Written], timeout_s: float) -> ImageInfo:
+        """Start a snapshot of ``size`` bytes in whole GiB, ``write`` the disk's blocks into it (each with its
+        SHA-256, which AWS checks), complete it with the linear aggregate of the block checksums, and register
+        it as the AMI ``name``: no S3 bucket or vmimport role, as VM Import would need. An AMI of that name the
+        account owns already is a ProviderConflict; a failure on the way deletes what it made."""
         if region not in self.regions:
             raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
         if await self._own_image(region, name, "import_image") is not None:
             raise ProviderConflict(f"an AMI named {name} already exists in {region}", provider=self.name,
                                    operation="import_image")
-        size = Path(disk.path).stat().st_size
         ebs = self._client(region, "ebs")
         started = await self.provider_call("import_image", lambda: ebs.start_snapshot(
             VolumeSize=aws_ebs.volume_gib(size), Description=f"metavmm image {name}", Timeout=60,
@@ -625,7 +648,7 @@ class AwsDriver(DriverBase):
         snapshot_id = started["SnapshotId"]
         ami: dict[str, Any] = {}
         try:
-            written = await self.provider_call("import_image", aws_ebs.write_snapshot, ebs, snapshot_id, disk.path)
+            written = await asyncio.to_thread(write, ebs, snapshot_id)  # read once: never retried as a whole
             await self.provider_call("import_image", lambda: ebs.complete_snapshot(
                 SnapshotId=snapshot_id, ChangedBlocksCount=written.blocks, Checksum=written.aggregate,
                 ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR"))
@@ -636,11 +659,14 @@ class AwsDriver(DriverBase):
                                       "SnapshotId": snapshot_id, "DeleteOnTermination": True, "VolumeType": "gp3"}}])
             await self._ec2(region, "import_image", "create_tags", Resources=[ami["ImageId"]], Tags=[
                 {"Key": "Name", "Value": name}, {"Key": SNAPSHOT_TAG, "Value": snapshot_id}])
-        except BaseException:  # nothing half-made stays: an AMI without its tag, a snapshot without an AMI
+        except BaseException as exc:  # nothing half-made stays: an AMI without its tag, a snapshot without an AMI
             with contextlib.suppress(DriverError):
                 if ami.get("ImageId"):
                     await self._ec2(region, "import_image", "deregister_image", ImageId=ami["ImageId"])
                 await self._ec2(region, "import_image", "delete_snapshot", SnapshotId=snapshot_id)
+            converted = self.convert_error(exc, "import_image") if isinstance(exc, Exception) else None
+            if converted is not None:
+                raise converted from exc
             raise
         return ImageInfo(provider_image_id=ami["ImageId"], name=name, region=region, format="ami",
                          size_bytes=aws_ebs.volume_gib(size) * aws_ebs.GIB, checksum=f"sha256:{written.disk_sha256}",

@@ -6,8 +6,10 @@ of minutes of AWS-side conversion. Writing the disk block by block into a new sn
 skipped without reading them, all-zero blocks after reading), and AWS checks every block's SHA-256
 as it arrives. The snapshot then becomes an AMI with ``RegisterImage``.
 
-boto3 blocks: this runs in a worker thread (the driver's ``provider_call``); the blocks go out over a
-small thread pool while this thread reads and hashes them in order.
+The disk comes from a file (holes skipped) or from a stream read front to back (a cold migration's
+export piped in: no scratch file). boto3 blocks: this runs in a worker thread (the driver's
+``provider_call``); the blocks go out over a small thread pool while this thread reads and hashes the
+next ones in order.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ GIB = 2**30
 UPLOAD_WORKERS = 8
 """Blocks in flight at once: EBS answers a put in tens of milliseconds, so a few in parallel keep the
 link busy; AWS's request-rate limit (1,000 PutSnapshotBlock/s per snapshot) is far above this."""
+PUT_ATTEMPTS = 6
 _ZERO = bytes(BLOCK)
 
 
@@ -75,54 +80,90 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def write_snapshot(ebs: Any, snapshot_id: str, path: str | Path, *, workers: int = UPLOAD_WORKERS,
-                   progress: Callable[[int], None] | None = None) -> Written:
-    """Send every non-zero block of the raw disk at ``path`` into the open snapshot ``snapshot_id``.
-
-    The disk's own SHA-256 is computed over every byte in order (holes hashed as zeros without reading
-    them) while the blocks go out in parallel: the recorded digest describes what the AMI will hold."""
+def file_blocks(path: str | Path, disk: Any) -> Iterator[tuple[int, bytes]]:
+    """The non-zero blocks of the raw disk file at ``path`` (index, 512 KiB), in order; ``disk`` (a
+    hashlib object) is fed every byte of the file on the way, holes as zeros without reading them."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        digests: dict[int, bytes] = {}
-        disk = hashlib.sha256()
-        sent = 0
-
-        def put(index: int, data: bytes) -> bytes:
-            digest = hashlib.sha256(data).digest()
-            ebs.put_snapshot_block(SnapshotId=snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK,
-                                   Checksum=_b64(digest), ChecksumAlgorithm="SHA256")
-            return digest
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ebs-put") as pool:
-            pending: dict[int, Any] = {}
-            hashed_to = 0  # bytes of the disk hashed so far, in order
-            for index in candidate_blocks(fd, size):
-                offset = index * BLOCK
-                _hash_zeros(disk, offset - hashed_to)
-                data = os.pread(fd, BLOCK, offset)
-                disk.update(data)
-                hashed_to = offset + len(data)
-                if len(data) < BLOCK:  # the disk's last, partial block: EBS takes whole blocks
-                    data += bytes(BLOCK - len(data))
-                if data == _ZERO:
-                    continue
-                pending[index] = pool.submit(put, index, data)
-                sent += 1
-                if len(pending) >= 4 * workers:  # bound the memory held by blocks in flight
-                    for i in sorted(pending)[:workers]:
-                        digests[i] = pending.pop(i).result()
-                        if progress:
-                            progress(BLOCK)
-            _hash_zeros(disk, size - hashed_to)
-            for i, future in pending.items():
-                digests[i] = future.result()
-                if progress:
-                    progress(BLOCK)
-        aggregate = hashlib.sha256(b"".join(digests[i] for i in sorted(digests))).digest()
-        return Written(sent, sent * BLOCK, disk.hexdigest(), _b64(aggregate))
+        hashed_to = 0
+        for index in candidate_blocks(fd, size):
+            offset = index * BLOCK
+            _hash_zeros(disk, offset - hashed_to)
+            data = os.pread(fd, BLOCK, offset)
+            disk.update(data)
+            hashed_to = offset + len(data)
+            if data != _ZERO[:len(data)]:
+                yield index, data + bytes(BLOCK - len(data))  # EBS takes whole blocks: the last one padded
+        _hash_zeros(disk, size - hashed_to)
     finally:
         os.close(fd)
+
+
+def stream_blocks(chunks: Iterable[bytes], disk: Any) -> Iterator[tuple[int, bytes]]:
+    """The non-zero blocks of a raw disk read front to back in pieces of any size (a
+    :class:`~metavmm.translators.diskstream.DiskStream`), regrouped into 512 KiB blocks; ``disk`` is fed
+    every byte."""
+    pending = bytearray()
+    index = 0
+    for chunk in chunks:
+        disk.update(chunk)
+        pending += chunk
+        while len(pending) >= BLOCK:
+            block = bytes(pending[:BLOCK])
+            del pending[:BLOCK]
+            if block != _ZERO:
+                yield index, block
+            index += 1
+    if pending and pending != _ZERO[:len(pending)]:
+        yield index, bytes(pending) + bytes(BLOCK - len(pending))
+
+
+def put_blocks(ebs: Any, snapshot_id: str, blocks: Iterable[tuple[int, bytes]], disk: Any, *,
+               workers: int = UPLOAD_WORKERS, throttled: Callable[[Exception], bool] = lambda _: False) -> Written:
+    """Send ``blocks`` into the open snapshot ``snapshot_id``, ``workers`` at a time, while the caller's
+    iterator reads and hashes the next ones; ``disk`` is the hash that iterator feeds (read once all
+    blocks are out). A put that AWS throttles (``throttled``) is sent again after a pause: one block,
+    not the whole disk (a stream cannot be read twice)."""
+    digests: dict[int, bytes] = {}
+
+    def put(index: int, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        for attempt in range(PUT_ATTEMPTS):
+            try:
+                ebs.put_snapshot_block(SnapshotId=snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK,
+                                       Checksum=_b64(digest), ChecksumAlgorithm="SHA256")
+                return digest
+            except Exception as exc:
+                if attempt == PUT_ATTEMPTS - 1 or not throttled(exc):
+                    raise
+                time.sleep(min(0.2 * 2**attempt, 5.0) * random.uniform(0.8, 1.2))
+        raise AssertionError("unreachable")
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ebs-put") as pool:
+        pending: dict[int, Future[bytes]] = {}
+        for index, data in blocks:
+            pending[index] = pool.submit(put, index, data)
+            if len(pending) >= 4 * workers:  # bound the memory held by blocks in flight
+                for i in sorted(pending)[:workers]:
+                    digests[i] = pending.pop(i).result()
+        for i, future in pending.items():
+            digests[i] = future.result()
+    aggregate = hashlib.sha256(b"".join(digests[i] for i in sorted(digests))).digest()
+    return Written(len(digests), len(digests) * BLOCK, disk.hexdigest(), _b64(aggregate))
+
+
+def write_snapshot(ebs: Any, snapshot_id: str, path: str | Path, **kw: Any) -> Written:
+    """Every non-zero block of the raw disk file at ``path`` into the open snapshot; the disk's SHA-256
+    covers every byte of the file (what the AMI will hold)."""
+    disk = hashlib.sha256()
+    return put_blocks(ebs, snapshot_id, file_blocks(path, disk), disk, **kw)
+
+
+def write_stream(ebs: Any, snapshot_id: str, chunks: Iterable[bytes], **kw: Any) -> Written:
+    """Every non-zero block of a raw disk streamed front to back into the open snapshot (no file)."""
+    disk = hashlib.sha256()
+    return put_blocks(ebs, snapshot_id, stream_blocks(chunks, disk), disk, **kw)
 
 
 def _hash_zeros(h: Any, n: int) -> None:

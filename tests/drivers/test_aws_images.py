@@ -140,3 +140,27 @@ def test_blocks_inside_holes_are_never_read(tmp_path: Path) -> None:
     assert {3, 39, 40} <= set(found) and len(found) <= 16  # the filesystem's data extents, not all 64 blocks
     assert found == sorted(set(found))
     assert (volume_gib(1), volume_gib(GIB), volume_gib(GIB + 1)) == (1, 1, 2)
+
+
+async def test_a_streamed_disk_lands_as_the_same_blocks_as_the_file(driver: AwsDriver, moto: MotoServer,
+                                                                     tmp_path: Path) -> None:
+    """The stream is read front to back in pieces that do not line up with blocks; the snapshot holds the
+    same non-zero blocks as an import of the file would, and the stream was read exactly once."""
+    from metavmm.drivers.aws_ebs import file_blocks, stream_blocks
+    from metavmm.translators.diskstream import DiskStream
+
+    size = 5 * BLOCK + 100
+    disk = sparse_disk(tmp_path / "s.raw", size, {BLOCK - 3: b"edge", 3 * BLOCK: os.urandom(BLOCK), size - 1: b"z"})
+    chunks = [disk[i:i + 300_001] for i in range(0, size, 300_001)]
+    h1, h2 = hashlib.sha256(), hashlib.sha256()
+    assert list(stream_blocks(chunks, h1)) == list(file_blocks(tmp_path / "s.raw", h2))
+    assert h1.hexdigest() == h2.hexdigest() == hashlib.sha256(disk).hexdigest()
+
+    with DiskStream.open(tmp_path / "s.raw", "raw") as stream:
+        info = await driver.ex_import_stream(stream, unique("st"), "us-east-1")
+        assert stream.done == size
+    blocks, _ = snapshot_bytes(moto, info.extra["snapshot"])
+    assert sorted(blocks) == [0, 1, 3, 5] and rebuilt(blocks, size) == disk
+    assert info.checksum == f"sha256:{hashlib.sha256(disk).hexdigest()}"
+    with DiskStream.open(tmp_path / "s.raw", "qcow2") as wrong, pytest.raises(ValidationError, match="raw disk"):
+        await driver.ex_import_stream(wrong, unique("st"), "us-east-1")

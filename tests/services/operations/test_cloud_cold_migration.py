@@ -166,16 +166,21 @@ async def aws_engine(libvirt_hosts: LibvirtHosts, qemu_img_shim: None, moto: Mot
 
 async def test_cold_migration_libvirt_to_aws_moves_the_disk_bytes(aws_engine: Engine, libvirt_hosts: LibvirtHosts,
                                                                  moto: MotoServer, work: Path) -> None:  # noqa: F811
-    """Into AWS through the EBS direct APIs: the qcow2 is converted to raw, its non-zero blocks written into a
-    snapshot (read back here and compared with the VM's disk), registered as an AMI and booted."""
+    """Into AWS through the EBS direct APIs: the disk streams out of libvirt as raw (nbdcopy) straight into
+    a snapshot, only its non-zero blocks sent (read back here and compared with the VM's disk), registered
+    as an AMI and booted. The staged path (a file) is the driver tests' and the marketplace's."""
     engine = aws_engine
     raw, wid = await _running_at_lv0(engine, work, "to-aws")
 
     op = await flows.cold_migrate(engine, wid, target_provider="ec2", target_region="us-east-1")
-    assert [s["name"] for s in op.steps] == STEPS and op.steps[2]["args"]["to_format"] == "raw"
+    assert [s["name"] for s in op.steps] == ["stop-source", "stream", "create-target", "boot-check", "record",
+                                             "remove-source"]
+    assert op.steps[1]["detail"].startswith("streamed: lv0 sends the disk as raw and ec2 imports raw")
     done = await run(engine, op)
     assert done.state == OperationState.SUCCEEDED, [(s["name"], s.get("state"), s.get("error")) for s in done.steps]
-    image_name = done.steps[3]["args"]["name"]
+    image_name = done.steps[1]["args"]["name"]
+    assert done.outputs["streamed"]["bytes"] == DISK_MIB << 20  # every byte read once, no scratch file
+    assert done.outputs["streamed"]["sha512"] == hashlib.sha512(raw).hexdigest()
 
     ec2, ebs = (boto3.client(s, region_name="us-east-1", endpoint_url=moto.endpoint, aws_access_key_id="AKIATEST",
                              aws_secret_access_key="x") for s in ("ec2", "ebs"))
