@@ -1117,6 +1117,14 @@ class LibvirtDriver(DriverBase):
 
         return disk_view(self._call, self.name, vm_id)
 
+    def ex_disks_view(self, vm_id: str, volumes: tuple[str, ...]) -> contextlib.AbstractAsyncContextManager[
+            list[DiskRef]]:
+        """The VM's first disk and its attached ``volumes`` as of one moment (one atomic snapshot while it
+        runs), unchanging while the context lasts: a recovery point carries the volumes with the disk."""
+        from metavmm.drivers.libvirt_replica import disks_view
+
+        return disks_view(self._call, self.name, vm_id, volumes)
+
     def replica_store(self) -> FileReplicas:
         """The recovery points this provider keeps: files beside its images, for the daemon to boot from."""
         return FileReplicas(self.storage_dir / "replicas")

@@ -50,6 +50,7 @@ from metavmm.catalog.models import (
     OperationState,
     Protection,
     Provider,
+    RecoveryPoint,
     Site,
     Workload,
     WorkloadKind,
@@ -332,7 +333,9 @@ class HaService:
             return Finding(wl.id, cause, prot.state, prot.message or "")
         assert placement.provider is not None and placement.region is not None
         old_site = await session.get(Site, wl.site_id) if wl.site_id is not None else None
-        volumes = await ha_volumes.attached(session, self.config, wl, placement.provider)
+        point = await session.get(RecoveryPoint, disk.point_id) if disk.point_id else None
+        in_point = frozenset(((point.details or {}).get("volumes") or {}) if point is not None else ())
+        volumes = await ha_volumes.attached(session, self.config, wl, placement.provider, in_point)
         interfaces = await ha_networks.attached(session, self.config, wl, provider.name, placement.provider,
                                                 placement.region, old_answers=cause not in UNANSWERED)
         steps = restart_steps(wl, provider.name, placement, disk, confirmed=confirmed,

@@ -34,7 +34,7 @@ from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.link_actions import set_state
 from metavmm.services.protection.ha_disk import sharing
 
-CARRIED, LEFT = "carried", "left"
+CARRIED, LEFT, RESTORED = "carried", "left", "restored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +73,20 @@ async def linked(session: AsyncSession, compute: Workload, kind: WorkloadKind) -
     return out
 
 
-async def attached(session: AsyncSession, config: FederationConfig, compute: Workload, target: str) -> list[Volume]:
-    """The volumes attached to ``compute`` and whether a restart at ``target`` carries each one."""
+async def attached(session: AsyncSession, config: FederationConfig, compute: Workload, target: str,
+                   restored: frozenset[str] = frozenset()) -> list[Volume]:
+    """The volumes attached to ``compute`` and whether a restart at ``target`` carries each one; those in
+    ``restored`` are carried by the recovery point the restart boots (made at the target from their own points,
+    :func:`~.dr.boot_point`)."""
     out = []
     for link, vol in await linked(session, compute, WorkloadKind.STORAGE):
         prov = await session.get(Provider, vol.provider_id) if vol.provider_id is not None else None
         at = prov.name if prov is not None else None
         size = int((vol.spec or {}).get("size_gib") or (vol.spec or {}).get("disk_gib") or 1)
         why = ""
+        if vol.id in restored:
+            out.append(Volume(link.id, vol.id, vol.name, at, vol.provider_resource_id, size, RESTORED))
+            continue
         if at is None or vol.provider_resource_id is None:
             why = f"volume {vol.name} is not placed at any provider"
         elif at != target and target not in sharing(config, at):
@@ -95,8 +101,10 @@ async def attached(session: AsyncSession, config: FederationConfig, compute: Wor
 def summary(volumes: list[Volume]) -> str:
     """What the restart does with the volumes, for the protection state's message ('' without volumes)."""
     carried = [v.name for v in volumes if v.fate == CARRIED]
+    restored = [v.name for v in volumes if v.fate == RESTORED]
     left = [v.why for v in volumes if v.fate == LEFT]
     parts = ([f"volumes {', '.join(carried)} re-attached after it runs"] if carried else []) + \
+        ([f"volumes {', '.join(restored)} restored from the recovery point"] if restored else []) + \
         ([f"NOT re-attached: {'; '.join(left)}"] if left else [])
     return "; ".join(parts)
 
@@ -108,8 +116,14 @@ async def carry(ctx: StepContext, *, compute_id: str, provider: str, region: str
     reported on its link and in the log; the copy keeps running (its disk is its own). Idempotent: an adopted
     volume is found again, an attached one is attached already."""
     done: dict[str, str] = {}
+    restored = ctx.outputs.get("restored_volumes") or {}
     for v in volumes:
         why = v["why"]
+        if v["fate"] == RESTORED:  # made, attached and recorded by the boot of the point
+            if v["workload_id"] in restored:
+                done[v["workload_id"]] = "attached"
+                continue
+            why = f"volume {v['name']} was not restored from the recovery point"
         if v["fate"] == CARRIED:
             try:
                 found = await _adopt(ctx, provider, region, v)
