@@ -197,10 +197,14 @@ async def _volume_points(ctx: StepContext) -> dict[str, RecoveryPoint]:
 
 async def _drop_volume(ctx: StepContext, provider: str, region: str | None, volume_id: str) -> None:
     """Delete the copies of volume ``volume_id`` at ``provider`` (in ``region``): a stale one of an earlier stay,
-    or the one this operation imported (its undo)."""
+    or the one this operation imported (its undo). Never the one the catalog names as the volume (a pool over
+    shared storage lists it at every provider sharing it)."""
+    async with ctx.sessions() as session:
+        row = await session.get(Workload, volume_id)
+    live = row.provider_resource_id if row is not None else None
     driver = ctx.driver(provider)
     for vol in await driver.list_volumes():
-        if vol.workload_id == volume_id and region in (None, vol.region):
+        if vol.workload_id == volume_id and region in (None, vol.region) and vol.provider_volume_id != live:
             await driver.delete_volume(vol.provider_volume_id)
             await ctx.log(f"deleted volume {vol.provider_volume_id} at {provider}")
 
@@ -219,9 +223,19 @@ async def restore_volumes(ctx: StepContext, *, provider: str, region: str, **_: 
         raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot make a volume from a recovery point")
     store = driver.replica_store()
     restored = {}
+    listed = await driver.list_volumes()
     for vid, vp in points.items():
         async with ctx.sessions() as session:
             chain = await dr_store.chain_of(session, vp)
+            row = await session.get(Workload, vid)
+        live = row.provider_resource_id if row is not None else None
+        if live is not None and any(v.provider_volume_id == live and v.workload_id == vid for v in listed):
+            # the target reaches the volume itself (a pool over shared storage): it is taken as it is, newer
+            # than its point, and never deleted as a stale copy
+            restored[vid] = live
+            await ctx.log(f"volume {vp.details.get('name') or vid} is reachable at {provider} ({live}): taken as "
+                          "it is, not restored from its point")
+            continue
         await asyncio.gather(*(store.verify(p.location, p.sha256) for p in chain))
         await _drop_volume(ctx, provider, region, vid)
         disk = DiskRef(store.boot_image(vp.location), "qcow2")
