@@ -17,7 +17,11 @@ replica running and recorded (both as the broker measured and recorded them on t
 ``--target openstack`` instead replicates a simulated VM's real qcow2 disk to glance images of a real nova
 region (bench/nova_regions.py) and fails over there, planned and unplanned (see :func:`run_openstack`).
 
+``--volume-mib N`` instead measures the RTO of failovers of a workload with an attached volume holding N MiB
+written against one without, side by side in one run (:func:`run_volume`).
+
 Usage: python -m bench.dr [--size-mib 256] [--change-mib 16] [--rounds 3] [--target libvirt|openstack]
+                          [--volume-mib 64]
        (libvirt: needs root and libvirtd; openstack: the nova and glance virtualenvs, built on first use)
 """
 
@@ -190,6 +194,82 @@ async def run(hosts: LibvirtHosts, size_mib: int, change_mib: int, rounds: int, 
     show("where a planned failover's time goes (seconds per step):", steps)
 
 
+async def _with_volume(engine: Engine, wid: str, volume_mib: int) -> str:
+    """A 1 GiB volume at lv0 holding ``volume_mib`` of written data, attached to ``wid``: its workload id."""
+    from metavmm.services.identity import operator_identity
+    from metavmm.services.placement import Placer
+    from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+    from metavmm.services.workloads.service import WorkloadService
+
+    async with session_scope(engine.sessions) as session:
+        caller = await operator_identity(session)  # the compute is in the operator's project too
+    workloads = WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+    made = await workloads.create(caller, CreateRequest(kind="storage", name="dr-bench-data", disk_gib=1,
+                                                        site="lv0/host0"))
+    await until_succeeded(engine, made.operation.id)
+    async with engine.sessions() as session:
+        path = (await session.get(Workload, made.workload.id)).provider_resource_id  # type: ignore[union-attr]
+    _sh("qemu-io", "-c", f"write -P 0x5a 0 {volume_mib}M", str(path))
+    _, op = await workloads.link(caller, wid, LinkSpec(target_id=made.workload.id))
+    await until_succeeded(engine, op.id)
+    return made.workload.id
+
+
+async def run_volume(hosts: LibvirtHosts, size_mib: int, volume_mib: int, rounds: int, tmp: str) -> None:
+    """RTO of failovers with and without an attached volume, side by side: each round provisions two workloads
+    alike (a 64 MiB TCG domain on a ``size_mib`` disk), attaches to one a 1 GiB volume holding ``volume_mib``
+    written, replicates both (the volume frozen and copied with the disk), fails both over planned, replicates
+    back and fails them back unplanned (lv1's copy destroyed); the order of the two alternates by round."""
+    os.environ["PATH"] = f"{hosts.shim_dir}:{os.environ['PATH']}"
+    work = hosts.root / "work"
+    work.mkdir()
+    base = hosts.root / "data-base.qcow2"
+    raw = Path(tmp) / "data.raw"
+    raw.write_bytes(os.urandom(size_mib * MIB))
+    _sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(base))
+    raw.unlink()
+    base.chmod(0o644)
+    config = parse_config(hosts.federation_yaml(work))
+    rows: dict[str, list[float]] = {}
+    steps: dict[str, list[float]] = {}
+    loads: list[float] = []
+
+    def add(name: str, value: float, into: dict[str, list[float]] = rows) -> None:
+        into.setdefault(name, []).append(value)
+
+    async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
+        await sync_all(engine.sessions, config)
+        from metavmm.services.identity import operator_identity
+
+        async with session_scope(engine.sessions) as session:
+            project_id = (await operator_identity(session)).project_id
+        for r in range(rounds):
+            for with_volume in ((False, True) if r % 2 == 0 else (True, False)):
+                how = f"with a volume ({volume_mib} MiB written)" if with_volume else "without a volume"
+                loads.append(os.getloadavg()[0])
+                wid = await _provision(engine, str(base), project_id)  # type: ignore[arg-type]
+                vid = await _with_volume(engine, wid, volume_mib) if with_volume else None
+                await dr.set_replication(engine.sessions, config, None, wid, target="lv1", interval_s=None)
+                seconds, _ = await _op_s(engine, dr.replicate(engine, None, wid))
+                add(f"first point (s), {how}", seconds)
+                seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid))
+                used = (await _point(engine, op_id)).details["failover"]
+                add(f"planned failover RTO (s), {how}", used["rto_s"])
+                for name, took in (await _steps(engine, op_id)).items():
+                    add(f"  {name}, {how}", took, steps)
+                await _op_s(engine, dr.replicate(engine, None, wid))  # back to lv0
+                _sh("virsh", "-c", hosts.uris[1], "destroy", "dr-bench")  # the DR site is lost in turn
+                seconds, op_id = await _op_s(engine, dr.failback(engine, None, wid, planned=False,
+                                                                 confirm_source_dead=True))
+                add(f"unplanned failback RTO (s), {how}", (await _point(engine, op_id)).details["failback"]["rto_s"])
+                await until_succeeded(engine, (await flows.delete(engine, wid, purge=True)).id)
+                if vid is not None:
+                    await until_succeeded(engine, (await flows.delete(engine, vid, purge=True)).id)
+    show(f"failover RTO with and without an attached volume ({size_mib} MiB disk, 64 MiB TCG domain), seconds; "
+         f"load average {min(loads):.1f}-{max(loads):.1f}:", rows)
+    show("where a planned failover's time goes (seconds per step):", steps)
+
+
 OPENSTACK_FEDERATION = """
 federation: {{sync_interval_s: 0}}
 providers:
@@ -264,7 +344,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--target", choices=("libvirt", "openstack"), default="libvirt",
                         help="openstack: replicate to glance and fail over to a real nova region")
+    parser.add_argument("--volume-mib", type=int, default=0,
+                        help="libvirt: instead, the RTO of failovers with an attached volume holding this much "
+                             "written against without one, side by side")
     args = parser.parse_args()
+    if args.volume_mib:
+        with two_hosts() as hosts, tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(run_volume(hosts, args.size_mib, args.volume_mib, args.rounds, tmp))
+        return
     if args.target == "openstack":
         with tempfile.TemporaryDirectory() as tmp:
             asyncio.run(run_openstack(args.size_mib, args.rounds, tmp))

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.libvirt_hosts import _START as START
 from bench.libvirt_hosts import REPO, HostsUnavailable
 
 DIRS = {"XDG_RUNTIME_DIR": "run", "XDG_CONFIG_HOME": "config", "XDG_CACHE_HOME": "cache", "XDG_DATA_HOME": "data"}
@@ -80,9 +81,12 @@ class HaHosts:
     def start(self, i: int, timeout_s: float = 60) -> None:
         home = self.home(i)
         env = {"HOME": str(home), "PATH": os.environ["PATH"], **{k: str(home / v) for k, v in DIRS.items()}}
-        with open(home / "libvirtd.log", "ab") as log:
-            proc = subprocess.Popen(["runuser", "-u", self.user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
-                                     "libvirtd", "--timeout", "0"], stdout=subprocess.DEVNULL, stderr=log)
+        (home / "dnsmasq").mkdir(exist_ok=True)
+        shutil.chown(home / "dnsmasq", self.user)
+        with open(home / "libvirtd.log", "ab") as log:  # as libvirt_hosts starts one: it can make networks
+            proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", START,
+                                     "start", str(home / "dnsmasq"), self.user,
+                                     *(f"{k}={v}" for k, v in env.items())], stdout=subprocess.DEVNULL, stderr=log)
         if len(self.procs) <= i:
             self.procs.append(proc)
         else:
@@ -179,6 +183,9 @@ def ha_hosts() -> Iterator[HaHosts]:
                 for name in virsh(hosts.uri(i), "list", "--all", "--name", check=False).split():
                     virsh(hosts.uri(i), "destroy", name, check=False)
                     virsh(hosts.uri(i), "undefine", name, check=False)
+                for name in virsh(hosts.uri(i), "net-list", "--all", "--name", check=False).split():
+                    virsh(hosts.uri(i), "net-destroy", name, check=False)  # its bridge is this machine's
+                    virsh(hosts.uri(i), "net-undefine", name, check=False)
             hosts.kill_domains(i)
             if i < len(hosts.procs) and hosts.procs[i] is not None:
                 hosts.kill_daemon(i)

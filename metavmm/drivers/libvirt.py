@@ -941,7 +941,7 @@ class LibvirtDriver(DriverBase):
         name = f"mv-{spec.workload_id}" if spec.workload_id else spec.name
         if not _SAFE_NAME.fullmatch(name):
             raise ValidationError(f"{self.name}: network name {name!r} must match {_SAFE_NAME.pattern}")
-        xml = (f"<network><name>{escape(name)}</name><bridge name='{bridge_name(name)}' stp='on' delay='0'/>"
+        xml = (f"<network><name>{escape(name)}</name><bridge name='{bridge_name(name, self.uri)}' stp='on' delay='0'/>"
                f"{_dhcp_xml(spec.cidr)}</network>")
 
         def create(conn: libvirt.virConnect) -> NetworkInfo:
@@ -1116,6 +1116,14 @@ class LibvirtDriver(DriverBase):
         from metavmm.drivers.libvirt_replica import disk_view
 
         return disk_view(self._call, self.name, vm_id)
+
+    def ex_disks_view(self, vm_id: str, volumes: tuple[str, ...]) -> contextlib.AbstractAsyncContextManager[
+            list[DiskRef]]:
+        """The VM's first disk and its attached ``volumes`` as of one moment (one atomic snapshot while it
+        runs), unchanging while the context lasts: a recovery point carries the volumes with the disk."""
+        from metavmm.drivers.libvirt_replica import disks_view
+
+        return disks_view(self._call, self.name, vm_id, volumes)
 
     def replica_store(self) -> FileReplicas:
         """The recovery points this provider keeps: files beside its images, for the daemon to boot from."""
@@ -1364,13 +1372,14 @@ def _dhcp_xml(cidr: str | None) -> str:
             f"<dhcp><range start='{start}' end='{end}'/></dhcp></ip>")
 
 
-def bridge_name(network: str) -> str:
-    """The bridge of the broker's network ``network``: ``mv`` and 12 hex digits of its name's hash (an
-    interface name has at most 15 characters). Named by the broker, not by libvirt's first free
-    ``virbrN``: that pick sees only the daemon's own networks, so two daemons on one machine (a system and a
-    session daemon, two session daemons) picked the same name, and the second network failed to start
-    ("error creating bridge interface virbr0: File exists")."""
-    return "mv" + hashlib.sha256(network.encode()).hexdigest()[:12]
+def bridge_name(network: str, uri: str) -> str:
+    """The bridge of the broker's network ``network`` at the daemon ``uri``: ``mv`` and 12 hex digits of a
+    hash of both (an interface name has at most 15 characters). Named by the broker, not by libvirt's first
+    free ``virbrN``: that pick sees only the daemon's own networks, so two daemons on one machine (a system and
+    a session daemon, two session daemons) picked the same name, and the second network failed to start
+    ("error creating bridge interface virbr0: File exists"). The daemon is in the hash because one network may
+    be defined at two daemons under one name (an HA restart or a failover carries it to the other site)."""
+    return "mv" + hashlib.sha256(f"{uri}\n{network}".encode()).hexdigest()[:12]
 
 
 def _dhcp_hosts(net: libvirt.virNetwork) -> dict[str, tuple[str, str]]:

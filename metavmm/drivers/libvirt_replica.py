@@ -44,59 +44,77 @@ def _disks(doc: ET.Element) -> list[tuple[str, str]]:
     return [(dev, src) for dev, src, _ in out]
 
 
-def _snapshot_xml(disks: list[tuple[str, str]], overlay: Path) -> str:
-    parts = [f"<disk name='{escape(disks[0][0])}' snapshot='external'><driver type='qcow2'/>"
-             f"<source file='{escape(str(overlay))}'/></disk>"]
-    parts += [f"<disk name='{escape(dev)}' snapshot='no'/>" for dev, _ in disks[1:]]
+def _snapshot_xml(disks: list[tuple[str, str]], frozen: dict[str, Path]) -> str:
+    """A disk-only snapshot of the disks in ``frozen`` (dev -> its overlay), the others left out."""
+    parts = [f"<disk name='{escape(dev)}' snapshot='external'><driver type='qcow2'/>"
+             f"<source file='{escape(str(frozen[dev]))}'/></disk>" if dev in frozen
+             else f"<disk name='{escape(dev)}' snapshot='no'/>" for dev, _ in disks]
     return f"<domainsnapshot><disks>{''.join(parts)}</disks></domainsnapshot>"
 
 
 @contextlib.asynccontextmanager
 async def disk_view(call: Call[Any], provider: str, vm_id: str) -> AsyncIterator[DiskRef]:
     """The domain's first disk as of now, unchanging while the context lasts (see the module docstring)."""
-    def freeze(conn: libvirt.virConnect) -> tuple[str, str, str | None]:
+    async with disks_view(call, provider, vm_id, ()) as views:
+        yield views[0]
+
+
+@contextlib.asynccontextmanager
+async def disks_view(call: Call[Any], provider: str, vm_id: str,
+                     volumes: tuple[str, ...]) -> AsyncIterator[list[DiskRef]]:
+    """The domain's first disk and its attached ``volumes`` (their files) as of one moment, unchanging while
+    the context lasts: one atomic snapshot freezes them all, so a recovery point of the disk and its volumes
+    is one crash-consistent moment (a power cut's), not one per disk."""
+    def freeze(conn: libvirt.virConnect) -> tuple[list[tuple[str, str]], dict[str, Path]]:
         dom = conn.lookupByUUIDString(vm_id)
         disks = _disks(ET.fromstring(dom.XMLDesc()))
         if not disks or not disks[0][1]:
             raise DriverError(f"VM {vm_id} has no file-backed disk", provider=provider, operation="disk_view")
-        dev, source = disks[0]
+        by_file = {str(Path(src).resolve()): (dev, src) for dev, src in disks[1:] if src}
+        missing = [v for v in volumes if str(Path(v).resolve()) not in by_file]
+        if missing:
+            raise DriverError(f"VM {vm_id} has no disk {', '.join(missing)} attached", provider=provider,
+                              operation="disk_view")
+        chosen = [disks[0], *(by_file[str(Path(v).resolve())] for v in volumes)]
         if not dom.isActive():
-            return dev, source, None
-        overlay = Path(source).with_name(f"{Path(source).stem}-dr-{uuid.uuid4().hex[:8]}.qcow2")
+            return chosen, {}
+        tag = uuid.uuid4().hex[:8]
+        frozen = {dev: Path(src).with_name(f"{Path(src).stem}-dr-{tag}.qcow2") for dev, src in chosen}
         flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
                  | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
-        dom.snapshotCreateXML(_snapshot_xml(disks, overlay), flags)
-        return dev, source, str(overlay)
+        dom.snapshotCreateXML(_snapshot_xml(disks, frozen), flags)
+        return chosen, frozen
 
     await _merge_leftover(call, vm_id)
-    dev, source, overlay = await call("disk_view", freeze)
-    if not Path(source).is_file():
-        raise DriverError(f"disk {source} is not reachable from the broker", provider=provider, operation="disk_view")
+    chosen, frozen = await call("disk_view", freeze)
     try:
-        yield DiskRef(source, "qcow2")
+        for _, source in chosen:
+            if not Path(source).is_file():
+                raise DriverError(f"disk {source} is not reachable from the broker", provider=provider,
+                                  operation="disk_view")
+        yield [DiskRef(source, "qcow2") for _, source in chosen]
     finally:
-        if overlay is not None:
-            await _merge_back(call, vm_id, dev, source, overlay)
+        for dev, source in chosen:
+            if dev in frozen:
+                await _merge_back(call, vm_id, dev, source, str(frozen[dev]))
 
 
 async def _merge_leftover(call: Call[Any], vm_id: str) -> None:
     """A replication interrupted between its snapshot and its merge (a killed broker) left the running domain
     on a transient overlay: merge that back first, so snapshots never pile up under the domain."""
-    def leftover(conn: libvirt.virConnect) -> tuple[str, str, str] | None:
+    def leftover(conn: libvirt.virConnect) -> list[tuple[str, str, str]]:
         dom = conn.lookupByUUIDString(vm_id)
         doc = ET.fromstring(dom.XMLDesc())
-        for disk in doc.findall("devices/disk[@device='disk']"):
+        out = []
+        for disk in doc.findall("devices/disk[@device='disk']"):  # the first disk and the volumes frozen with it
             target, source = disk.find("target"), disk.find("source")
             below = disk.find("backingStore/source")
             top = source.get("file", "") if source is not None else ""
             if dom.isActive() and _TRANSIENT.search(top) and below is not None and target is not None:
-                return target.get("dev", ""), below.get("file", ""), top
-            break
-        return None
+                out.append((target.get("dev", ""), below.get("file", ""), top))
+        return out
 
-    found = await call("disk_view", leftover)
-    if found is not None:
-        dev, below, top = found
+    for dev, below, top in await call("disk_view", leftover):
         await _merge_back(call, vm_id, dev, below, top)
 
 
@@ -122,7 +140,7 @@ async def _merge_back(call: Call[Any], vm_id: str, dev: str, source: str, overla
         return False
 
     def back_on_source(conn: libvirt.virConnect) -> bool:
-        return _disks(ET.fromstring(conn.lookupByUUIDString(vm_id).XMLDesc()))[0][1] == source
+        return dict(_disks(ET.fromstring(conn.lookupByUUIDString(vm_id).XMLDesc()))).get(dev) == source
 
     await call("disk_view", start)
     deadline = time.monotonic() + COMMIT_TIMEOUT_S

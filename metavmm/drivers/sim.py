@@ -503,6 +503,26 @@ class SimDriver(DriverBase):
                                        operation="disk_view")
         yield DiskRef(str(path), "qcow2")
 
+    @contextlib.asynccontextmanager
+    async def ex_disks_view(self, vm_id: str, volumes: tuple[str, ...]) -> AsyncIterator[list[DiskRef]]:
+        """The VM's disk and its attached ``volumes``: each volume SIMULATED by a real 16 MiB qcow2 made on first
+        use (``ex_disk_path`` of the volume id), so a recovery point carries its volumes through qemu-img too."""
+        with self.state.read() as tx:
+            for volume_id in volumes:
+                if vm_id not in self._lookup(tx, VolumeInfo, volume_id, "volume", "disk_view").attached_to:
+                    raise ProviderConflict(f"volume {volume_id} is not attached to {vm_id}", provider=self.name,
+                                           operation="disk_view")
+        for volume_id in volumes:
+            path = self.ex_disk_path(volume_id)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                proc = await asyncio.create_subprocess_exec("qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M")
+                if await proc.wait() != 0:
+                    raise ProviderConflict(f"cannot make the simulated disk of volume {volume_id}",
+                                           provider=self.name, operation="disk_view")
+        async with self.ex_disk_view(vm_id) as disk:
+            yield [disk, *(DiskRef(str(self.ex_disk_path(v)), "qcow2") for v in volumes)]
+
     def replica_store(self) -> FileReplicas:
         """The recovery points kept at this simulated provider: real qcow2 files in its state directory."""
         return FileReplicas(state_dir() / "sim" / self.name / "replicas")

@@ -39,6 +39,14 @@ async def _qemu_img(*args: str, what: str) -> None:
     await run_tool([find_tool("qemu-img"), *args], limits=Limits(timeout_s=POINT_TIMEOUT_S), what=what)
 
 
+async def to_format(source: DiskRef, fmt: str, dest: Path) -> DiskRef:
+    """``source`` (a point's chain read whole) written as one ``fmt`` file at ``dest``: a volume made from a
+    point where the provider's volumes are not qcow2."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    await _qemu_img("convert", "-q", "-f", source.format, "-O", fmt, source.path, str(dest), what="qemu-img convert")
+    return DiskRef(str(dest), fmt)
+
+
 async def build_point(source: DiskRef, dest: str | Path, base: str | Path | None = None) -> PointResult:
     """Write the point of ``source`` at ``dest``: a full qcow2 copy, or (``base``: the previous point, a qcow2
     file) an overlay of ``base`` with the changed clusters only. ``dest`` appears only once verified; a

@@ -279,25 +279,32 @@ def boot_point(workload: Workload, *, target: str, region: str, point_id: str | 
     workload there, pin the points it boots from and turn replication round towards ``origin``.
 
     The VM is called ``name`` (default: the workload's name), keeps the workload's hostname and MAC, runs on
-    ``host`` when the scheduler chose one, and ``spec_update`` goes into the workload with the record."""
+    ``host`` when the scheduler chose one, and ``spec_update`` goes into the workload with the record. The
+    volumes the point carries (taken with it, :func:`~.dr_actions.replicate`) are made at the target from their
+    own points before the VM (``restore-volumes``, undone by deleting them), attached once it runs, and recorded
+    there in the same commit."""
     dst = {"provider": target, "workload_id": workload.id}
     spec = workload.spec or {}
     identity_extra: dict[str, Any] = {"hostname": spec.get("hostname") or workload.name}
     if spec.get("mac"):
         identity_extra["mac"] = spec["mac"]
-    record = {**dst, "origin": origin, "origin_region": origin_region, "kind": kind, "started_at": started_at,
+    record = {**dst, "region": region, "origin": origin, "origin_region": origin_region, "kind": kind,
+              "started_at": started_at,
               **({"spec_update": spec_update} if spec_update else {})}
     return [
         Step("verify", "dr.verify", {"workload_id": workload.id, "target": target, "point_id": point_id,
                                      "started_at": started_at}),
         Step("clear-target", "dr.remove_source", {**dst, "fenced": False}),  # a stale copy of an earlier stay
+        Step("restore-volumes", "dr.restore_volumes", {**dst, "region": region},  # the point's volumes, if any
+             compensate="dr.drop_volumes"),
         Step("start-replica", "vm.create", {**dst, "name": name or workload.name, "region": region,
                                             "image_from": "replica_image", "vcpus": spec.get("vcpus", 1),
                                             "ram_mib": spec.get("ram_mib", 512), "host": host,
                                             "extra": identity_extra, "save_as": "target_vm"},
              compensate="vm.delete", weight=2),
         Step("replica-running", "vm.wait", {**dst, "state": "running", "timeout_s": timeout_s, "stable_s": 1.0}),
-        Step("record", "dr.record", record, commit=True),  # and the switch, in the same transaction
+        Step("attach-volumes", "dr.attach_volumes", dst),
+        Step("record", "dr.record", record, commit=True),  # and the switch (and the volumes), in one transaction
     ]
 
 
@@ -341,6 +348,7 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                         origin=source, origin_region=origin_region, kind=kind, started_at=started)
     steps += [
         Step("remove-source", "dr.remove_source", {**src, "fenced": not planned}),
+        Step("remove-source-volumes", "dr.drop_volumes", {**src, "region": origin_region, "fenced": not planned}),
         Step("release", "dr.release", {"workload_id": workload_id, "provider": source}),
     ]
     return await engine.submit(kind=kind, steps=steps, target_id=workload_id, project_id=workload.project_id,

@@ -50,6 +50,7 @@ from metavmm.catalog.models import (
     OperationState,
     Protection,
     Provider,
+    RecoveryPoint,
     Site,
     Workload,
     WorkloadKind,
@@ -67,7 +68,7 @@ from metavmm.services.identity import Identity, Role
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.placement import Placer, ledger_params
-from metavmm.services.protection import dr, ha_volumes
+from metavmm.services.protection import dr, ha_networks, ha_volumes
 from metavmm.services.protection.ha_disk import RECOVERY_POINT, DiskSource, missing, usable_disk
 from metavmm.services.scope import can_see
 from metavmm.services.workloads.service import vm_name
@@ -332,10 +333,15 @@ class HaService:
             return Finding(wl.id, cause, prot.state, prot.message or "")
         assert placement.provider is not None and placement.region is not None
         old_site = await session.get(Site, wl.site_id) if wl.site_id is not None else None
-        volumes = await ha_volumes.attached(session, self.config, wl, placement.provider)
+        point = await session.get(RecoveryPoint, disk.point_id) if disk.point_id else None
+        in_point = frozenset(((point.details or {}).get("volumes") or {}) if point is not None else ())
+        volumes = await ha_volumes.attached(session, self.config, wl, placement.provider, in_point)
+        interfaces = await ha_networks.attached(session, self.config, wl, provider.name, placement.provider,
+                                                placement.region, old_answers=cause not in UNANSWERED)
         steps = restart_steps(wl, provider.name, placement, disk, confirmed=confirmed,
                               timeout_s=self.config.ha.restart_timeout_s, cause=cause,
-                              old_region=old_site.region if old_site is not None else None, volumes=volumes)
+                              old_region=old_site.region if old_site is not None else None, volumes=volumes,
+                              interfaces=interfaces)
         op = await store.write_plan(session, kind=RESTART, steps=steps, target_id=wl.id, project_id=wl.project_id,
                                     params={"from": provider.name, "to": placement.provider, "cause": cause,
                                             "confirmed": confirmed, "disk": disk.location, "origin": disk.origin,
@@ -343,7 +349,7 @@ class HaService:
                                             "ledger": ledger_params(wl.spec, {"site_id": placement.site_id,
                                                                               "host_id": placement.host_id})})
         source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
-        carried = ha_volumes.summary(volumes)
+        carried = "; ".join(filter(None, (ha_networks.summary(interfaces), ha_volumes.summary(volumes))))
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
              f"{source} (operation {op.id})" + (f"; {carried}" if carried else ""))
         session.add(prot)
@@ -373,9 +379,12 @@ class HaService:
 
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,
                   cause: str, old_region: str | None = None,
-                  volumes: Sequence[ha_volumes.Volume] = ()) -> list[Step]:
-    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, re-attach its
-    volumes (:mod:`.ha_volumes`: those the new provider reaches; the others' links say why not), settle.
+                  volumes: Sequence[ha_volumes.Volume] = (),
+                  interfaces: Sequence[ha_networks.Interface] = ()) -> list[Step]:
+    """Fence the old copy, create the new one on the disk, record it (the commit), see it run, put its network
+    interfaces back (:mod:`.ha_networks`: the same network, its twin at the target, or the network following
+    it; the others' links say why not), re-attach its volumes (:mod:`.ha_volumes`: those the new provider
+    reaches; the others' links say why not), settle.
 
     A shared-storage disk is adopted by the new copy (``adopt_disk``: the file moves under it). A recovery
     point goes through :func:`dr.boot_point`, the one way failover and failback boot a point too (verified,
@@ -389,9 +398,10 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     settle = Step("settle", "ha.settle", {"workload_id": wl.id, "state": HaState.PROTECTED,
                                           "message": f"restarted at {placement.site} after {old} was lost ({cause})"
                                           + (f" from recovery point {disk.point_id}" if disk.point_id else "")})
-    tail = [Step("volumes", "ha.volumes", {"workload_id": wl.id, "provider": placement.provider,
-                                           "region": placement.region, "volumes": [v.args() for v in volumes]}),
-            settle] if volumes else [settle]
+    at = {"workload_id": wl.id, "provider": placement.provider, "region": placement.region}
+    tail = ([Step("networks", "ha.networks", {**at, "interfaces": [i.args() for i in interfaces]})]
+            if interfaces else []) + \
+        ([Step("volumes", "ha.volumes", {**at, "volumes": [v.args() for v in volumes]})] if volumes else []) + [settle]
     if disk.origin == RECOVERY_POINT:
         boot = dr.boot_point(wl, target=placement.provider, region=placement.region, point_id=disk.point_id,
                              origin=old, origin_region=old_region, kind=RESTART, started_at=utcnow().isoformat(),

@@ -19,7 +19,7 @@ from metavmm.foundation.records import Capability
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm
-from metavmm.services.protection import ha_volumes
+from metavmm.services.protection import ha_networks, ha_volumes
 
 
 class FenceRefused(MetavmmError):
@@ -76,13 +76,29 @@ async def volumes(ctx: StepContext, *, workload_id: str, provider: str, region: 
                                               volumes=volumes)}
 
 
+@action("ha.networks")
+async def networks(ctx: StepContext, *, workload_id: str, provider: str, region: str,
+                   interfaces: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+    """Put the restarted copy's network interfaces back, and say on which network; or why not
+    (:mod:`.ha_networks`)."""
+    return {"networks": await ha_networks.carry(ctx, compute_id=workload_id, provider=provider, region=region,
+                                                interfaces=interfaces)}
+
+
 @action("ha.settle")
 async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
     """Write the workload's protection state once the restart ended (the row may be gone: HA switched off),
-    with the volumes it could not re-attach."""
+    with the networks its interfaces are on and the volumes and interfaces it could not re-attach."""
     left = [why for why in (ctx.outputs.get("volumes") or {}).values() if why != "attached"]
     if left:
         message = f"{message}; NOT re-attached: {'; '.join(left)}"
+    nics = (ctx.outputs.get("networks") or {}).values()
+    used = [why.removeprefix("attached: ") for why in nics if why.startswith("attached: ")]
+    down = [why for why in nics if not why.startswith("attached: ")]
+    if used:
+        message = f"{message}; interfaces on {'; '.join(used)}"
+    if down:
+        message = f"{message}; interface NOT re-attached: {'; '.join(down)}"
     async with session_scope(ctx.sessions) as session:
         row = await session.get(Protection, workload_id)
         if row is None:

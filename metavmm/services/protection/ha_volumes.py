@@ -34,7 +34,7 @@ from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.link_actions import set_state
 from metavmm.services.protection.ha_disk import sharing
 
-CARRIED, LEFT = "carried", "left"
+CARRIED, LEFT, RESTORED = "carried", "left", "restored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +62,31 @@ def _adopts(config: FederationConfig, provider: str) -> bool:
     return hasattr(create_driver(config.provider(provider)), "ex_adopt_volume")
 
 
-async def attached(session: AsyncSession, config: FederationConfig, compute: Workload, target: str) -> list[Volume]:
-    """The volumes attached to ``compute`` and whether a restart at ``target`` carries each one."""
-    links = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == compute.id,
-                                                           WorkloadLink.kind == "storagelink"))).all()
+async def linked(session: AsyncSession, compute: Workload, kind: WorkloadKind) -> list[tuple[WorkloadLink, Workload]]:
+    """The compute's links to its volumes or networks (``kind``) not being deleted, with them, in a stable order."""
+    links = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == compute.id))).all()
     out = []
     for link in sorted(links, key=lambda lk: lk.id):
-        vol = await session.get(Workload, link.target_id)
-        if vol is None or vol.kind != WorkloadKind.STORAGE or vol.desired_state == "deleted":
-            continue
+        target = await session.get(Workload, link.target_id)
+        if target is not None and target.kind == kind and target.desired_state != "deleted":
+            out.append((link, target))
+    return out
+
+
+async def attached(session: AsyncSession, config: FederationConfig, compute: Workload, target: str,
+                   restored: frozenset[str] = frozenset()) -> list[Volume]:
+    """The volumes attached to ``compute`` and whether a restart at ``target`` carries each one; those in
+    ``restored`` are carried by the recovery point the restart boots (made at the target from their own points,
+    :func:`~.dr.boot_point`)."""
+    out = []
+    for link, vol in await linked(session, compute, WorkloadKind.STORAGE):
         prov = await session.get(Provider, vol.provider_id) if vol.provider_id is not None else None
         at = prov.name if prov is not None else None
         size = int((vol.spec or {}).get("size_gib") or (vol.spec or {}).get("disk_gib") or 1)
         why = ""
+        if vol.id in restored:
+            out.append(Volume(link.id, vol.id, vol.name, at, vol.provider_resource_id, size, RESTORED))
+            continue
         if at is None or vol.provider_resource_id is None:
             why = f"volume {vol.name} is not placed at any provider"
         elif at != target and target not in sharing(config, at):
@@ -89,8 +101,10 @@ async def attached(session: AsyncSession, config: FederationConfig, compute: Wor
 def summary(volumes: list[Volume]) -> str:
     """What the restart does with the volumes, for the protection state's message ('' without volumes)."""
     carried = [v.name for v in volumes if v.fate == CARRIED]
+    restored = [v.name for v in volumes if v.fate == RESTORED]
     left = [v.why for v in volumes if v.fate == LEFT]
     parts = ([f"volumes {', '.join(carried)} re-attached after it runs"] if carried else []) + \
+        ([f"volumes {', '.join(restored)} restored from the recovery point"] if restored else []) + \
         ([f"NOT re-attached: {'; '.join(left)}"] if left else [])
     return "; ".join(parts)
 
@@ -102,8 +116,14 @@ async def carry(ctx: StepContext, *, compute_id: str, provider: str, region: str
     reported on its link and in the log; the copy keeps running (its disk is its own). Idempotent: an adopted
     volume is found again, an attached one is attached already."""
     done: dict[str, str] = {}
+    restored = ctx.outputs.get("restored_volumes") or {}
     for v in volumes:
         why = v["why"]
+        if v["fate"] == RESTORED:  # made, attached and recorded by the boot of the point
+            if v["workload_id"] in restored:
+                done[v["workload_id"]] = "attached"
+                continue
+            why = f"volume {v['name']} was not restored from the recovery point"
         if v["fate"] == CARRIED:
             try:
                 found = await _adopt(ctx, provider, region, v)
@@ -116,11 +136,17 @@ async def carry(ctx: StepContext, *, compute_id: str, provider: str, region: str
                 await set_state(ctx, v["link_id"], "active", f"re-attached at {provider} after an HA restart")
                 done[v["workload_id"]] = "attached"
                 continue
-        await ctx.log(f"{why}: the restarted copy runs without it")
-        await set_state(ctx, v["link_id"], "inactive", f"{why}; not attached to the restarted copy (detach it, "
-                        "and attach it again once it can be reached)")
-        done[v["workload_id"]] = why
+        done[v["workload_id"]] = await leave(ctx, v["link_id"], why, "it")
     return done
+
+
+async def leave(ctx: StepContext, link_id: str, why: str, what: str) -> str:
+    """A link the restarted copy runs without (``what``: "it", or "that interface"): said in the log and on the
+    link (``inactive``, kept: detaching and attaching it again brings it back). Returns ``why``."""
+    await ctx.log(f"{why}: the restarted copy runs without {what}")
+    await set_state(ctx, link_id, "inactive", f"{why}; not attached to the restarted copy (detach it, and attach "
+                    "it again once it can be reached)")
+    return why
 
 
 async def _adopt(ctx: StepContext, provider: str, region: str, v: dict[str, Any]) -> Any:

@@ -95,8 +95,9 @@ async def test_two_daemons_on_one_machine_make_networks_at_once(engine: Engine) 
     try:
         made = await asyncio.gather(*(d.create_network(spec) for d, spec in zip(drivers, specs, strict=True)))
         for i, (info, spec) in enumerate(zip(made, specs, strict=True)):
-            doc = networks(engine.config.provider(f"lv{i}").endpoint)[info.provider_network_id]
-            assert doc.find("bridge").get("name") == bridge_name(f"mv-{spec.workload_id}")  # type: ignore[union-attr]
+            uri = engine.config.provider(f"lv{i}").endpoint
+            doc = networks(uri)[info.provider_network_id]
+            assert doc.find("bridge").get("name") == bridge_name(f"mv-{spec.workload_id}", uri)  # type: ignore[union-attr]
         await asyncio.gather(*(d.delete_network(i.provider_network_id) for d, i in zip(drivers, made, strict=True)))
     finally:
         await asyncio.gather(*(d.close() for d in drivers))

@@ -98,3 +98,68 @@ async def test_replicate_a_running_vm_fail_over_and_back(engine: Engine, libvirt
     finally:
         await run(engine, await flows.delete(engine, wid, purge=True))
     assert domains(a) == {} and domains(b) == {}
+
+
+async def test_failover_carries_an_attached_volume_with_its_data(engine: Engine, libvirt_hosts: LibvirtHosts,
+                                                                 tmp_path: Path) -> None:
+    """Data written to a volume before replication is on the failed-over copy's volume at lv1 (read from its
+    image, no guest needed), attached to the replica, and the catalog records it there."""
+    from metavmm.catalog.models import WorkloadLink
+    from metavmm.services.identity import operator_identity
+    from metavmm.services.placement import Placer
+    from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+    from metavmm.services.workloads.service import WorkloadService
+
+    a, b = libvirt_hosts.uris
+    async with session_scope(engine.sessions) as s:
+        caller = await operator_identity(s)
+    done = await run(engine, await direct.provision(engine, name="hanet-drv", provider="lv0", region="host0",
+                                                   image=str(libvirt_hosts.base_image), ram_mib=64,
+                                                   project_id=caller.project_id))
+    wid = done.target_id
+    assert wid is not None and done.state == OperationState.SUCCEEDED, done.error
+    workloads = WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+    vid = None
+    try:
+        made = await workloads.create(caller, CreateRequest(kind="storage", name="hanet-data", disk_gib=1,
+                                                            site="lv0/host0"))
+        vid = made.workload.id
+        assert (await run(engine, made.operation)).state == OperationState.SUCCEEDED
+        _, source_volume = await _vol(engine, vid)
+        subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 64k", source_volume], check=True, capture_output=True)
+        link, op = await workloads.link(caller, wid, LinkSpec(target_id=vid))
+        assert (await run(engine, op)).state == OperationState.SUCCEEDED
+        assert source_volume in virsh(a, "domblklist", "hanet-drv")
+
+        await dr.set_replication(engine.sessions, engine.config, None, wid, target="lv1", interval_s=None)
+        first = await run(engine, await dr.replicate(engine, None, wid))  # running: disk and volume frozen together
+        assert first.state == OperationState.SUCCEEDED, first.error
+        blk = virsh(a, "domblklist", "hanet-drv")
+        assert source_volume in blk and "-dr-" not in blk  # both merged back and pivoted onto their own files
+        assert not list(Path(source_volume).parent.glob("*-dr-*.qcow2"))
+
+        over = await run(engine, await dr.failover(engine, None, wid))
+        assert over.state == OperationState.SUCCEEDED, over.error
+        at, target_volume = await _vol(engine, vid)
+        assert at == "lv1" and target_volume != source_volume and not Path(source_volume).exists()
+        assert target_volume in virsh(b, "domblklist", "hanet-drv")
+        async with engine.sessions() as s:
+            assert (await s.get(WorkloadLink, link.id)).attributes["state"] == "active"
+        raw = tmp_path / "volume.raw"
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", target_volume, str(raw)], check=True)
+        with raw.open("rb") as f:
+            f.seek(1 << 20)
+            assert f.read(64 << 10) == b"\x5a" * (64 << 10)  # written at lv0 before the replication
+            f.seek(0)
+            assert f.read(1 << 20) == bytes(1 << 20)
+    finally:
+        await run(engine, await flows.delete(engine, wid, purge=True))
+        if vid is not None:
+            await run(engine, await workloads.delete(caller, vid))
+    assert domains(a) == {} and domains(b) == {}
+
+
+async def _vol(engine: Engine, vid: str) -> tuple[str, str]:
+    w, at = await _at(engine, vid)
+    assert w.provider_resource_id is not None
+    return at, w.provider_resource_id

@@ -98,8 +98,9 @@ async def test_a_volume_on_shared_storage_is_attached_to_the_restarted_copy(hab:
 
 
 async def test_a_volume_on_the_lost_site_is_reported_not_dropped(tmp_path: Path) -> None:
-    """The compute is restarted from its DR recovery point at simb; its volume was on sima's own storage, which
-    simb does not reach: the copy runs without it, and the restart says so everywhere a user looks."""
+    """The compute is restarted from its DR recovery point at simb; its volume, attached after that point, was on
+    sima's own storage, which simb does not reach: the copy runs without it, and the restart says so everywhere a
+    user looks."""
     async with engine_for(FEDERATION, tmp_path) as engine:
         caller, wid = await provisioned(engine)
         placer = Placer(engine.config)
@@ -107,13 +108,14 @@ async def test_a_volume_on_the_lost_site_is_reported_not_dropped(tmp_path: Path)
         made = await workloads.create(caller, CreateRequest(kind="storage", name="data", disk_gib=2,
                                                             providers=("sima",)))
         assert (await run(engine, made.operation)).state == OperationState.SUCCEEDED
-        link, op = await workloads.link(caller, wid, LinkSpec(target_id=made.workload.id))
-        assert (await run(engine, op)).state == OperationState.SUCCEEDED
         vid = made.workload.id
         ha = HaService(engine.sessions, engine.config, engine, placer)
         await ha.protect(caller, wid)
         await dr.set_replication(engine.sessions, engine.config, None, wid, target="simb", interval_s=None)
         assert (await run(engine, await dr.replicate(engine, None, wid))).state == OperationState.SUCCEEDED
+        # attached after the last point: the point does not carry it (test_dr_volumes: one that does)
+        link, op = await workloads.link(caller, wid, LinkSpec(target_id=made.workload.id))
+        assert (await run(engine, op)).state == OperationState.SUCCEEDED
 
         SimDriver(engine.config.provider("sima")).ex_set_reachable(False)
         for _ in range(2):
