@@ -40,11 +40,11 @@ def problem(exc: PydanticError) -> ValidationError:
     return ValidationError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()))
 
 
-async def latest_event(request: web.Request) -> int:
+async def latest_event(request: web.Request) -> str:
     """The event id a page is rendered at: its EventSource resumes from there and misses nothing. Taken
     BEFORE the page reads its rows: a change committed between the two reads is then in the rows or
     replayed by the stream (both is harmless); taken after, a change landing in between is in neither."""
-    return await events.latest_id(request.config_dict[keys.SESSIONS])
+    return str(await events.latest(request.config_dict[keys.SESSIONS]))
 
 
 async def _form(request: web.Request) -> dict[str, str]:
