@@ -27,6 +27,7 @@ from metavmm.services import events
 from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, replicas_of, search
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import get_visible, visible
+from metavmm.services.workloads import console
 from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, SshKey, UserData
 from metavmm.services.workloads.requests import CreateRequest
 from metavmm.services.workloads.site_choices import reason
@@ -77,6 +78,16 @@ async def workload(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("workload.html", request, page_context(
         request, title=f"Workload {row.name}", w=row, ops=ops, site=site, actions=ACTIONS,
         placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={}, last_event=last_event))
+
+
+@routes.get(r"/workloads/{workload_id:[0-9a-f-]{36}}/console", name="workload_console")
+async def workload_console(request: web.Request) -> web.Response:
+    """The workload page's console link: the REST answer (``GET /api/v1/workloads/{id}/console``) as a page,
+    the output in a ``<pre>`` or the sentence saying why there is none."""
+    out = await console.read(request.config_dict[keys.WORKLOADS], identity_of(request),
+                             request.match_info["workload_id"])
+    return aiohttp_jinja2.render_template("console.html", request, page_context(
+        request, title="Console output", console=out))
 
 
 @routes.post(r"/workloads/{workload_id:[0-9a-f-]{36}}/actions", name="workload_action")

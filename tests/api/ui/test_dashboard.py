@@ -286,6 +286,23 @@ def test_a_post_without_the_csrf_token_is_refused(broker: tuple[Broker, World], 
     assert sorted(o["kind"] for o in ops["items"]).count("stop") == 1  # the two refused posts changed nothing
 
 
+def test_the_workload_page_links_its_console_output(broker: tuple[Broker, World], browser: Any,
+                                                   tmp_path: Path) -> None:
+    """Screen 5's console link, followed by keyboard: the sim keeps no console log, and the page says so."""
+    b, world = broker
+    By = _by()
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
+    link = browser.find_element(By.ID, "console-link")
+    link.send_keys(Keys.ENTER)
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Console output")
+    rest = b.rest("GET", f"/api/v1/workloads/{world.ids['workload']}/console", world.tokens["alpha_member"])
+    told = browser.find_element(By.ID, "console-none").text
+    assert told == rest["reason"] and told.endswith("(sim) keeps no console log") and rest["output"] is None
+    browser.save_screenshot(str(tmp_path / "console.png"))
+
+
 def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser: Any) -> None:
     b, world = broker
     By = _by()
