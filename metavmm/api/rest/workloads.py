@@ -98,6 +98,9 @@ class WorkloadCreate(BaseModel):
                                          "libvirt networks are isolated bridges without addresses)")
     affinity_group: AffinityGroup = None
     anti_affinity_group: AntiAffinityGroup = None
+    residency: list[str] = Field(default_factory=list, max_length=64,
+                                 description="compute: the countries (ISO 3166 alpha-2) it may run in, kept for "
+                                             "its later moves; empty: any")
 
 
 class WorkloadPatch(BaseModel):
@@ -159,7 +162,7 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
                         vcpus=body.vcpus, ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model,
                         gpu_count=body.gpu_count, image=body.image_id, site=body.site, cidr=body.cidr,
                         ssh_key=body.ssh_key, user_data=body.user_data, affinity_group=body.affinity_group,
-                        anti_affinity_group=body.anti_affinity_group)
+                        anti_affinity_group=body.anti_affinity_group, residency=tuple(body.residency))
     done = await workloads(request).create(identity_of(request), req, idempotency_key=_key(request))
     return accepted(request, done)
 

@@ -130,7 +130,7 @@ def _create_request(form: dict[str, str]) -> CreateRequest:
     return CreateRequest(name=form.get("name"), vcpus=place.vcpus, ram_mib=place.ram_mib, disk_gib=place.disk_gib,
                          gpu_model=place.gpu_model, gpu_count=place.gpu_count, image=place.image_id,
                          site=place.sites[0] if place.sites else None, providers=tuple(place.providers),
-                         **extra.model_dump())
+                         residency=tuple(place.residency), **extra.model_dump())
 
 
 @routes.post("/workloads", name="create")
@@ -203,4 +203,4 @@ async def explain(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("explain.html", request, page_context(
         request, title="Placement explainer", form=form, result=result, images=await launchable_images(request),
         carried=("vcpus", "ram_mib", "disk_gib", "gpu_model", "gpu_count", "image_id", "sites", "providers",
-                 *GROUPS)))
+                 "residency", *GROUPS)))
