@@ -131,7 +131,8 @@ class MigrationPlanner:
         site = self.snapshot.site(w.site_id) if w.site_id is not None else None
         return PlacementRequest(f"{w.name}", max(w.vcpus, 1), max(w.ram_mib, 1), w.disk_gib, gpu_model=w.gpu_model,
                                 gpu_count=w.gpu_count, cpu_arch=source.arch if source else "x86_64", image=image,
-                                move_from=site.provider if site is not None else None, **kw)  # type: ignore[arg-type]
+                                move_from=site.provider if site is not None else None, residency=w.residency,
+                                **kw)  # type: ignore[arg-type]
 
     def _move(self, w: WorkloadView, source: HostView | None, placement_site_id: int, target: HostView | None,
               flavor: str | None, price_per_hour: Decimal | None, route_steps: Sequence[PlanStep]) -> Move:

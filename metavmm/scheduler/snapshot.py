@@ -263,6 +263,7 @@ class WorkloadView:
     # members of an affinity group share a host, those of an anti-affinity group never do; moves keep both
     affinity_group: str | None = None
     anti_affinity_group: str | None = None
+    residency: tuple[str, ...] = ()  # the countries its create allowed (``spec["residency"]``); moves keep it
 
 
 @dataclass(frozen=True)
@@ -501,6 +502,12 @@ def _group(spec: Mapping[str, Any], key: str) -> str | None:
     return str(value) if isinstance(value, str) and value else None
 
 
+def spec_residency(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The countries a workload's create allowed (``spec["residency"]``; empty: any): every later placement
+    of it (a migration, a rebalance move, an HA restart) asks the scheduler for the same."""
+    return tuple(str(c) for c in spec.get("residency") or ())
+
+
 def _spec_int(spec: Mapping[str, Any], key: str, default: int = 0) -> int:
     try:
         return int(spec.get(key, default) or default)
@@ -551,7 +558,8 @@ async def load_snapshot(session: AsyncSession, *, currency: str = "USD", setting
         workloads.append(WorkloadView(w.id, w.name, w.project_id, w.site_id, w.host_id, vcpus, ram,
                                       _spec_int(spec, "disk_gib"), gpu_model, gpus, spec.get("image_id"),
                                       str(spec.get("disk_format", "qcow2")), _spec_int(spec, "disk_bytes"),
-                                      _group(spec, "affinity_group"), _group(spec, "anti_affinity_group")))
+                                      _group(spec, "affinity_group"), _group(spec, "anti_affinity_group"),
+                                      spec_residency(spec)))
         if w.project_id is not None and w.desired_state != "deleted":
             u = usage[w.project_id]
             u["instances"] += 1

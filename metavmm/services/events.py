@@ -6,7 +6,9 @@ worker wrote, and resumes exactly: an event's id is its row id, and ``Last-Event
 after it. A workload whose observed state a provider listing alone changed (drift: a VM stopped or deleted
 behind the broker's back, or back again) has no operation history; the observer writes a ``workload_event``
 line for it in the sync's transaction, and the stream tells the lines after the last it sent as ``workload``
-events with ``cause: "sync"`` (without an id: they are another table's). A :class:`Cursor` also reports,
+events with ``cause: "sync"``. Two tables, two sequences, one ``Last-Event-ID``: a resumable event's id is
+a :class:`Position`, both tables' last lines told (``"12-5"``), so a reconnect gets every line of either
+after what it saw, and none twice. A :class:`Cursor` also reports,
 without an id (nothing to resume), progress that moved without a history line and the state of each
 workload an operation touches when it changed since last told.
 Two more kinds are read from the catalog as it is and compared with what the stream last said, so they
@@ -19,6 +21,7 @@ Messages pass through the log redaction: a provider error that quotes a signed U
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,7 @@ from metavmm.catalog.models import (
     WorkloadEvent,
     aware,
 )
+from metavmm.foundation.errors import ValidationError
 from metavmm.foundation.logs import redact
 from metavmm.scheduler.pricing import RateTable
 from metavmm.services import alerts
@@ -54,7 +58,30 @@ PAGE = 200
 class Event:
     kind: str  # operation, progress, workload, autoscale, sync, alert
     data: dict[str, Any]
-    id: int | None = None  # set on operation events only: the resume point
+    id: str | None = None  # set on operation and drift events only: the resume point, a Position
+
+
+_POSITION = re.compile(r"([0-9]{1,18})(?:-([0-9]{1,18}))?")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a stream stands in the two tables it tells line by line: the last ``operation_event`` and the
+    last ``workload_event`` (drift) sent. It is each such event's id, ``"12-5"``; a bare ``"12"`` (the
+    ids of brokers before drift had one) resumes the operations and tells drift from the stream's start."""
+
+    operations: int
+    drift: int | None = None
+
+    def __str__(self) -> str:
+        return str(self.operations) if self.drift is None else f"{self.operations}-{self.drift}"
+
+    @classmethod
+    def parse(cls, text: str, what: str = "Last-Event-ID") -> Position:
+        found = _POSITION.fullmatch(text)
+        if found is None:
+            raise ValidationError(f"{what} must be an event id this stream sent (such as 12-5), not {text[:40]!r}")
+        return cls(int(found.group(1)), int(found.group(2)) if found.group(2) is not None else None)
 
 
 @dataclass
@@ -76,6 +103,11 @@ class Cursor:
     def __post_init__(self) -> None:
         if self.after == 0:  # a replay of the history replays decisions and drift too
             self.decisions_after, self.drift_after = self.decisions_after or 0, self.drift_after or 0
+
+    @property
+    def position(self) -> Position:
+        """What this stream has told so far (after :meth:`begin`): a reconnect from here misses nothing."""
+        return Position(self.after, self.drift_after or 0)
 
     async def begin(self, maker: async_sessionmaker[AsyncSession]) -> None:
         """Fix where the tables read without ``Last-Event-ID`` start (after what they hold now), before the
@@ -102,7 +134,7 @@ class Cursor:
                 out.append(Event("operation", {
                     "operation": ev.operation_id, "kind": kind, "state": state, "progress": progress,
                     "target": target, "step": ev.step, "level": ev.level, "message": redact(ev.message),
-                    "at": aware(ev.at).isoformat()}, ev.id))
+                    "at": aware(ev.at).isoformat()}, str(Position(ev.id or 0, self.drift_after))))
                 self.after = max(self.after, ev.id or 0)
                 self.progress[ev.operation_id] = progress
             running = (await session.exec(
@@ -175,7 +207,7 @@ class Cursor:
             out.append(Event("workload", {
                 "workload": ev.workload_id, "name": name, "state": ev.state, "desired_state": desired,
                 "previous": ev.previous, "cause": "sync", "message": redact(ev.message or ""),
-                "at": aware(ev.at).isoformat()}))
+                "at": aware(ev.at).isoformat()}, str(Position(self.after, ev.id or 0))))
         return out
 
     async def _decisions(self, session: AsyncSession) -> list[Event]:
@@ -205,6 +237,35 @@ async def _last_id(session: AsyncSession, model: type[OperationEvent | WorkloadE
 
 
 async def latest_id(maker: async_sessionmaker[AsyncSession]) -> int:
-    """Where a stream opened without ``Last-Event-ID`` starts: after everything written so far."""
+    """The newest operation history line (a :class:`Cursor` that tells operations only from now)."""
     async with maker() as session:
         return await _last_id(session, OperationEvent)
+
+
+async def latest(maker: async_sessionmaker[AsyncSession]) -> Position:
+    """Where a stream opened without ``Last-Event-ID`` starts (a page rendered now resumes from here):
+    after everything written so far."""
+    async with maker() as session:
+        return await _newest(session)
+
+
+async def _newest(session: AsyncSession) -> Position:
+    return Position(await _last_id(session, OperationEvent), await _last_id(session, WorkloadEvent))
+
+
+async def resume(maker: async_sessionmaker[AsyncSession], identity: Identity, at: Position | None,
+                 **options: Any) -> Cursor:
+    """A stream's cursor at ``at`` (None: after everything written so far), begun. An ``at`` past the newest
+    lines was never sent by this catalog (one restored from an older backup, a made-up id): a
+    ValidationError, not a stream that stays silent until the tables catch up. Which project a line
+    belongs to plays no part here: a cursor only ever reads its caller's lines."""
+    async with maker() as session:
+        newest = await _newest(session)
+        if at is None:
+            at = newest
+        elif at.operations > newest.operations or (at.drift or 0) > (newest.drift or 0):
+            raise ValidationError(f"event id {at} is past the newest event this broker has written: reconnect "
+                                  "without Last-Event-ID (or with ?after=0 to replay the history)")
+        cursor = Cursor(identity, at.operations, drift_after=at.drift, **options)
+        await cursor._begin(session)
+    return cursor

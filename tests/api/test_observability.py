@@ -24,13 +24,15 @@ from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.observability import metrics_app
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Price, Quota, Workload
+from metavmm.catalog.models import OperationEvent, Price, Quota, Workload, WorkloadEvent
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
 from metavmm.foundation.records import VmState
+from metavmm.services import events
 from metavmm.services.operations import store
 from metavmm.services.sync import sync_all
 from tests.api.ui.test_events import ended, read_until
+from tests.api.ui.test_session import _browser
 from tests.world import World, seed
 
 API = "/api/v1"
@@ -214,8 +216,8 @@ async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, d
     ops = [e for e in seen if e[1] == "operation"]
     assert all(e[2]["operation"] == op_id for e in ops)
     assert [e[2]["message"] for e in ops][-1] == "succeeded" and len(ops) >= 3
-    ids = [int(e[0]) for e in ops if e[0]]
-    assert len(ids) == len(ops) and ids == sorted(ids)
+    ids = [e[0] for e in ops if e[0]]
+    assert len(ids) == len(ops) and ids == sorted(ids, key=lambda i: int(i.split("-")[0]))
     assert any(e[1] == "workload" and e[2]["workload"] == wid and e[2]["state"] == "running" for e in seen)
 
     # beta's member: their own create shows, alpha's (written earlier, smaller ids) never does
@@ -229,7 +231,7 @@ async def test_event_stream_is_project_scoped_and_resumes(aiohttp_client: Any, d
     # resume after the second event: exactly the rest, nothing seen before
     resumed = await client.get(f"{API}/events", headers=_follow(w, "alpha_member", **{"Last-Event-ID": str(ids[1])}))
     again = [e for e in await _events(resumed, _ended(op_id)) if e[1] == "operation"]
-    assert [int(e[0]) for e in again] == ids[2:]
+    assert [e[0] for e in again] == ids[2:]
     resumed.close()
     # the admin sees every project's; ?after=0 replays the history; without Accept: text/event-stream the
     # answer is what is there now, and it ends (a generic HTTP client never hangs on it)
@@ -433,3 +435,89 @@ async def test_a_state_changed_behind_the_brokers_back_reaches_the_stream_after_
     assert replay.count('"cause":"sync"') == 2 and wid in replay
     for stream in (alpha, beta, dashboard):
         stream.close()
+
+
+def _told(text: str) -> list[tuple[str, str]]:
+    """The resumable events of a stream's whole answer (one without ``Accept: text/event-stream``): (id, what
+    each says), what it says being the operation line's or the drift line's message."""
+    out, ident = [], None
+    for line in text.splitlines():
+        if line.startswith("id:"):
+            ident = line[3:].strip()
+        elif line.startswith("data:") and ident is not None:
+            out.append((ident, json.loads(line[5:])["message"]))
+        elif line == "":
+            ident = None
+    return out
+
+
+async def test_a_reconnect_resumes_operation_and_drift_lines_exactly_in_its_own_project(
+        aiohttp_client: Any, db_url: str) -> None:
+    """Issue 18: drift lines (``workload_event``) resume with ``Last-Event-ID`` as operation lines do. Each
+    resumable event's id is both tables' position (``12-5``): reconnecting after ANY event gives exactly the
+    project's lines after it, of both tables, none twice; another project's id tells nothing of its lines;
+    an id that is not one, or past the newest, is a 400. Before, a drift event had no id and a reconnect
+    lost every drift line written while the client was away."""
+    client, w = await _broker(aiohttp_client, db_url)
+    alpha, beta = await _create(client, w, "alpha_member", "a"), await _create(client, w, "beta_member", "b")
+    start = await events.latest(client.app[keys.SESSIONS])
+
+    async def write(*lines: tuple[str, str]) -> None:
+        """Each line its own commit, in this order: (project, message); a message "op ..." is an operation
+        history line of that project's create, any other a drift line of its workload."""
+        for project, message in lines:
+            body = alpha if project == "alpha" else beta
+            async with session_scope(client.app[keys.SESSIONS]) as s:
+                if message.startswith("op "):
+                    s.add(OperationEvent(operation_id=body["operation"]["id"], message=message))
+                else:
+                    s.add(WorkloadEvent(workload_id=body["workload"]["id"], project_id=w.ids[project],
+                                        previous="running", state="stopped", message=message))
+
+    await write(("alpha", "drift 1"), ("beta", "beta drift 1"), ("alpha", "op 1"), ("alpha", "drift 2"),
+                ("beta", "op beta 1"), ("alpha", "drift 3"), ("alpha", "op 2"), ("beta", "beta drift 2"))
+    first = await client.get(f"{API}/events?after={start}", headers=w.auth("alpha_member"))
+    told = _told(await first.text())
+    # one read tells a table's lines in their order, operations first
+    assert [m for _, m in told] == ["op 1", "op 2", "drift 1", "drift 2", "drift 3"]
+    assert len({i for i, _ in told}) == len(told)
+    for k, (ident, _) in enumerate(told):  # a reconnect after each of them: exactly the rest
+        resumed = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": ident})
+        assert _told(await resumed.text()) == told[k + 1:], ident
+    # the dashboard's EventSource: its page's ?after=, then the header it sends on reconnect (which wins)
+    sid = await _browser(client, "alpha_member", w)
+    page = await client.get(f"/ui/events?after={start}", cookies={"metavmm_session": sid})
+    assert _told(await page.text()) == told
+    page = await client.get(f"/ui/events?after={start}", cookies={"metavmm_session": sid},
+                            headers={"Last-Event-ID": told[2][0]})
+    assert _told(await page.text()) == told[3:]
+
+    # live: a client that read to the end goes away; lines written meanwhile come on its reconnect, once
+    await write(("alpha", "drift 4"), ("beta", "beta drift 3"), ("alpha", "op 3"))
+    live = await client.get(f"{API}/events", headers=_follow(w, "alpha_member", **{"Last-Event-ID": told[-1][0]}))
+    seen = await _events(live, lambda e: e[2].get("message") == "drift 4")
+    assert [(e[2]["message"]) for e in seen if e[0]] == ["op 3", "drift 4"]
+    await write(("beta", "beta drift 4"), ("alpha", "drift 5"))
+    seen = await _events(live, lambda e: e[2].get("message") == "drift 5")
+    assert [(e[2]["message"]) for e in seen if e[0]] == ["drift 5"]
+    live.close()
+
+    # beta's member with alpha's ids: beta's own lines after that point, nothing of alpha's
+    theirs = await client.get(f"{API}/events", headers={**w.auth("beta_member"), "Last-Event-ID": told[0][0]})
+    text = await theirs.text()
+    assert [m for _, m in _told(text)] == ["op beta 1", "beta drift 1", "beta drift 2", "beta drift 3",
+                                           "beta drift 4"]
+    assert alpha["workload"]["id"] not in text and alpha["operation"]["id"] not in text
+    # a bare number (an id of a broker before this one): the operations after it, drift from now on
+    bare = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": str(start.operations)})
+    assert [m for _, m in _told(await bare.text())] == ["op 1", "op 2", "op 3"]
+
+    newest = await events.latest(client.app[keys.SESSIONS])
+    for bad in ("x'; --", "12-", "-3", "1-2-3", f"{newest.operations + 1}-0", f"0-{(newest.drift or 0) + 1}"):
+        resp = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": bad})
+        assert resp.status == 400, bad
+        assert "event id" in (await resp.json())["detail"]
+    resp = await client.get(f"{API}/events?after=later", headers=w.auth("alpha_member"))
+    assert resp.status == 400 and "after must be an event id" in (await resp.json())["detail"]
+    resp = await client.get("/ui/events?after=later", cookies={"metavmm_session": sid})
+    assert resp.status == 400

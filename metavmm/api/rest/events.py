@@ -2,8 +2,10 @@
 alerts (issue 18).
 
 A member sees their project's events, an admin every project's (:mod:`metavmm.services.scope`). Each
-operation event carries its catalog id: a client that reconnects with ``Last-Event-ID`` (browsers'
-EventSource do it themselves) or ``?after=`` gets what it missed and nothing it saw. The stream stays
+operation event and each drift event carries its position in the catalog (``12-5``: the operation and
+drift lines told so far, :class:`metavmm.services.events.Position`): a client that reconnects with
+``Last-Event-ID`` (browsers' EventSource do it themselves) or ``?after=`` gets what it missed and nothing
+it saw; an id that is not one, or is past the newest event, is a 400. The stream stays
 open for a client that accepts ``text/event-stream`` (EventSource sends it); any other client gets what
 is there now (one page) in the same format and the response ends, so a generic HTTP tool never hangs.
 
@@ -31,7 +33,7 @@ from metavmm.api.auth import authenticate
 from metavmm.api.rest.common import sessions as sessions_of
 from metavmm.api.rest.framework import RestModule
 from metavmm.foundation.aio import wait_event
-from metavmm.foundation.errors import CatalogBusy, MetavmmError, ValidationError
+from metavmm.foundation.errors import CatalogBusy, MetavmmError
 from metavmm.scheduler.pricing import RateTable
 from metavmm.services import events
 from metavmm.services.identity import Identity
@@ -42,18 +44,17 @@ Recheck = Callable[[], Awaitable[Identity | None]]
 
 
 class EventsQuery(BaseModel):
-    after: int | None = Field(default=None, ge=0, le=2**62,
-                              description="resume after this event id (as Last-Event-ID); 0 replays the history; "
-                                          "default: new events only")
+    after: str | None = Field(default=None, max_length=40,
+                              description="resume after this event id (as Last-Event-ID, such as 12-5); 0 replays "
+                                          "the history; default: new events only")
 
 
-def _resume_point(request: web.Request, query: EventsQuery) -> int | None:
+def _resume_point(request: web.Request, query: EventsQuery) -> events.Position | None:
+    """The header a reconnecting EventSource sends wins over the ``?after=`` of the URL it first opened."""
     header = request.headers.get("Last-Event-ID")
-    if header is None:
-        return query.after
-    if not header.isdigit() or len(header) > 18:
-        raise ValidationError(f"Last-Event-ID must be an event id this stream sent, not {header[:40]!r}")
-    return int(header)
+    if header is not None:
+        return events.Position.parse(header)
+    return None if query.after is None else events.Position.parse(query.after, "after")
 
 
 @api.route("GET", "/events", summary="Server-sent events: operation history (with ids, resumable), progress, "
@@ -79,12 +80,10 @@ async def reauthenticate(request: web.Request) -> Identity | None:
 async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> web.StreamResponse:
     """The stream for the request's identity, asking ``recheck`` again at most every ``events_recheck_s``."""
     sessions = sessions_of(request)
-    after = _resume_point(request, query)
     config = request.config_dict[keys.CONFIG]
     metrics = config.metrics
-    cursor = events.Cursor(keys.identity_of(request), after if after is not None else await events.latest_id(sessions),
-                           rates=RateTable.from_config(config), alerts_every_s=metrics.events_recheck_s)
-    await cursor.begin(sessions)
+    cursor = await events.resume(sessions, keys.identity_of(request), _resume_point(request, query),
+                                 rates=RateTable.from_config(config), alerts_every_s=metrics.events_recheck_s)
     stopping = request.config_dict[keys.OPERATIONS].stopping
     following = "text/event-stream" in request.headers.get("Accept", "")
     clock = asyncio.get_running_loop().time
@@ -110,8 +109,7 @@ async def follow(request: web.Request, query: EventsQuery, recheck: Recheck) -> 
                         break
                     cursor.identity = identity
                 for event in await cursor.next(sessions):
-                    ident = str(event.id) if event.id is not None else None
-                    await resp.send(json.dumps(event.data, separators=(",", ":")), id=ident, event=event.kind)
+                    await resp.send(json.dumps(event.data, separators=(",", ":")), id=event.id, event=event.kind)
                 if not following:
                     break
                 await wait_event(stopping, metrics.events_poll_s)

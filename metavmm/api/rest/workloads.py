@@ -31,6 +31,7 @@ from metavmm.api.rest.listing import Page, list_query, paginate
 from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLink
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 from metavmm.services.scope import get_visible, visible
+from metavmm.services.workloads import console
 from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, GpuCount, GpuModel, SshKey, UserData
 from metavmm.services.workloads.requests import Accepted, CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService
@@ -97,6 +98,9 @@ class WorkloadCreate(BaseModel):
                                          "libvirt networks are isolated bridges without addresses)")
     affinity_group: AffinityGroup = None
     anti_affinity_group: AntiAffinityGroup = None
+    residency: list[str] = Field(default_factory=list, max_length=64,
+                                 description="compute: the countries (ISO 3166 alpha-2) it may run in, kept for "
+                                             "its later moves; empty: any")
 
 
 class WorkloadPatch(BaseModel):
@@ -158,7 +162,7 @@ async def create_workload(request: web.Request, body: WorkloadCreate) -> Workloa
                         vcpus=body.vcpus, ram_mib=body.ram_mib, disk_gib=body.disk_gib, gpu_model=body.gpu_model,
                         gpu_count=body.gpu_count, image=body.image_id, site=body.site, cidr=body.cidr,
                         ssh_key=body.ssh_key, user_data=body.user_data, affinity_group=body.affinity_group,
-                        anti_affinity_group=body.anti_affinity_group)
+                        anti_affinity_group=body.anti_affinity_group, residency=tuple(body.residency))
     done = await workloads(request).create(identity_of(request), req, idempotency_key=_key(request))
     return accepted(request, done)
 
@@ -245,6 +249,22 @@ async def list_links(request: web.Request, params: WorkloadId) -> list[LinkOut]:
         links = (await session.exec(select(WorkloadLink).where(WorkloadLink.source_id == row.id)
                                     .order_by(WorkloadLink.id))).all()
     return [LinkOut.model_validate(link) for link in links]
+
+
+class ConsoleOut(OutModel):
+    workload_id: str
+    provider: str | None
+    output: str | None = Field(description="the serial console's tail (at most 64 KiB, secrets redacted); "
+                                           "null when there is none to read")
+    reason: str | None = Field(description="why there is no output (a provider without a console log, no VM "
+                                           "yet); null when there is")
+    at: Timestamp
+
+
+@api.route("GET", "/workloads/{workload_id}/console", summary="A compute's serial console output, as its provider "
+           "keeps it (or why there is none)", params=WorkloadId, response=ConsoleOut)
+async def get_console(request: web.Request, params: WorkloadId) -> ConsoleOut:
+    return ConsoleOut.model_validate(await console.read(workloads(request), identity_of(request), params.workload_id))
 
 
 @api.route("POST", "/workloads/{workload_id}/links", summary="Attach a volume or network to a compute "

@@ -74,9 +74,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
 @routes.get("/events", name="events")
 async def events(request: web.Request) -> web.StreamResponse:
     """The REST stream with the session's identity, checked again while it is open (a logout in another
-    tab ends it); ``after`` is where the page was rendered."""
-    after = request.query.get("after", "")
-    return await follow(request, EventsQuery(after=int(after) if after.isdigit() and len(after) < 18 else None),
+    tab ends it); ``after`` is where the page was rendered (an id that is not one: a 400, as over REST)."""
+    return await follow(request, EventsQuery(after=request.query.get("after", "")[:40] or None),
                         partial(sess.identity_now, request))
 
 

@@ -27,6 +27,7 @@ from metavmm.services import events
 from metavmm.services.marketplace.entries import ImageOut, ImageQuery, audience_for, image_out, replicas_of, search
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.scope import get_visible, visible
+from metavmm.services.workloads import console
 from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, SshKey, UserData
 from metavmm.services.workloads.requests import CreateRequest
 from metavmm.services.workloads.site_choices import reason
@@ -40,11 +41,11 @@ def problem(exc: PydanticError) -> ValidationError:
     return ValidationError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()))
 
 
-async def latest_event(request: web.Request) -> int:
+async def latest_event(request: web.Request) -> str:
     """The event id a page is rendered at: its EventSource resumes from there and misses nothing. Taken
     BEFORE the page reads its rows: a change committed between the two reads is then in the rows or
     replayed by the stream (both is harmless); taken after, a change landing in between is in neither."""
-    return await events.latest_id(request.config_dict[keys.SESSIONS])
+    return str(await events.latest(request.config_dict[keys.SESSIONS]))
 
 
 async def _form(request: web.Request) -> dict[str, str]:
@@ -77,6 +78,16 @@ async def workload(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("workload.html", request, page_context(
         request, title=f"Workload {row.name}", w=row, ops=ops, site=site, actions=ACTIONS,
         placement=(row.spec or {}).get("placement") or {}, active=ACTIVE, reasons={}, last_event=last_event))
+
+
+@routes.get(r"/workloads/{workload_id:[0-9a-f-]{36}}/console", name="workload_console")
+async def workload_console(request: web.Request) -> web.Response:
+    """The workload page's console link: the REST answer (``GET /api/v1/workloads/{id}/console``) as a page,
+    the output in a ``<pre>`` or the sentence saying why there is none."""
+    out = await console.read(request.config_dict[keys.WORKLOADS], identity_of(request),
+                             request.match_info["workload_id"])
+    return aiohttp_jinja2.render_template("console.html", request, page_context(
+        request, title="Console output", console=out))
 
 
 @routes.post(r"/workloads/{workload_id:[0-9a-f-]{36}}/actions", name="workload_action")
@@ -119,7 +130,7 @@ def _create_request(form: dict[str, str]) -> CreateRequest:
     return CreateRequest(name=form.get("name"), vcpus=place.vcpus, ram_mib=place.ram_mib, disk_gib=place.disk_gib,
                          gpu_model=place.gpu_model, gpu_count=place.gpu_count, image=place.image_id,
                          site=place.sites[0] if place.sites else None, providers=tuple(place.providers),
-                         **extra.model_dump())
+                         residency=tuple(place.residency), **extra.model_dump())
 
 
 @routes.post("/workloads", name="create")
@@ -192,4 +203,4 @@ async def explain(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("explain.html", request, page_context(
         request, title="Placement explainer", form=form, result=result, images=await launchable_images(request),
         carried=("vcpus", "ram_mib", "disk_gib", "gpu_model", "gpu_count", "image_id", "sites", "providers",
-                 *GROUPS)))
+                 "residency", *GROUPS)))

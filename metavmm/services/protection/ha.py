@@ -62,6 +62,7 @@ from metavmm.foundation.errors import Conflict, Forbidden, NotFound, ValidationE
 from metavmm.foundation.records import Capability
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.request import PlacementRequest
+from metavmm.scheduler.snapshot import spec_residency
 from metavmm.scheduler.summary import offer
 from metavmm.services import quotas
 from metavmm.services.identity import Identity, Role
@@ -374,7 +375,8 @@ class HaService:
             name=wl.name, vcpus=int(spec.get("vcpus") or 1), ram_mib=int(spec.get("ram_mib") or 512),
             disk_gib=int(spec.get("disk_gib") or 0), gpu_model=spec.get("gpu_model"),
             gpu_count=int(spec.get("gpu_count") or 0), cpu_arch=host.cpu_arch if host is not None else None,
-            providers=tuple(sorted(disk.providers)), sites=tuple(sorted(disk.sites)), workload_id=wl.id)
+            providers=tuple(sorted(disk.providers)), sites=tuple(sorted(disk.sites)), workload_id=wl.id,
+            residency=spec_residency(spec))
 
 
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,

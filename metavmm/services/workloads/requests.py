@@ -59,6 +59,24 @@ def check_group(name: Any, what: str) -> str | None:
     return name
 
 
+def check_residency(countries: Any) -> tuple[str, ...]:
+    """Data residency: the countries (ISO 3166 alpha-2, any case) a compute may run in; empty: any. Kept on
+    the workload (``spec["residency"]``) so every later placement of it (a migration, a rebalance move)
+    honours it as its create did."""
+    if not isinstance(countries, (list, tuple)) or len(countries) > 64:
+        raise ValidationError("residency must be a list of at most 64 ISO 3166 country codes")
+    out: list[str] = []
+    for code in countries:
+        if not isinstance(code, str) or not _COUNTRY.fullmatch(code):
+            raise ValidationError(f"residency: {str(code)[:20]!r} is not an ISO 3166 alpha-2 country code (TW, DE)")
+        if code.upper() not in out:
+            out.append(code.upper())
+    return tuple(out)
+
+
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+
+
 def check_name(name: str, what: str = "name") -> str:
     """A workload's name: any text a person would type (an OCCI title), 1 to 255 characters, no control
     characters. It is a label, not an identifier: the VM's name at the provider is derived from it."""
@@ -220,6 +238,7 @@ class CreateRequest:
     # anti-affinity group never do (the create's placement and every rebalance move keep both)
     affinity_group: str | None = None
     anti_affinity_group: str | None = None
+    residency: tuple[str, ...] = ()  # the countries a compute may run in (check_residency); empty: any
 
     def fingerprint(self) -> str:
         """What the idempotency check compares: a key reused for another request is a conflict. The fields
@@ -227,6 +246,8 @@ class CreateRequest:
         way (issue 23 item 15: a measurable share of a create's CPU), so a key stored before still matches."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["links"] = [asdict(link) for link in self.links]
+        if not self.residency:  # a request without one hashes as it did before the field existed
+            del data["residency"]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -80,6 +80,7 @@ from metavmm.services.workloads.requests import (
     check_guest,
     check_mac,
     check_name,
+    check_residency,
     check_ssh_key,
     check_user_data,
     guest_spec,
@@ -282,6 +283,10 @@ class WorkloadService:
         if groups and req.kind != WorkloadKind.COMPUTE:
             raise ValidationError(f"a {req.kind} is in no placement group (only a compute has a host)")
         context |= groups
+        residency = check_residency(req.residency)
+        if residency and req.kind != WorkloadKind.COMPUTE:
+            raise ValidationError(f"a {req.kind} has no residency rule (only a compute is placed by country)")
+        context |= {"residency": list(residency)} if residency else {}
         guest = check_guest(req.guest, workload_id) if req.guest else {}
         if guest and req.kind != WorkloadKind.COMPUTE:
             raise ValidationError(f"a {req.kind} has no guest identity (hostname, MAC, address)")
@@ -345,7 +350,7 @@ class WorkloadService:
             cpu_arch=shape.arch, image=ImageRef(image.id) if image else None,
             sites=sites, providers=tuple(req.providers),
             max_price_per_hour=req.max_price_per_hour, ssh_key=spec.get("ssh_key"),
-            user_data=spec.get("user_data"), strategy=req.strategy)
+            user_data=spec.get("user_data"), strategy=req.strategy, residency=check_residency(req.residency))
 
     async def site_choices(self, caller: Identity, req: CreateRequest) -> SiteChoices:
         """Where a create of the compute ``req`` could go if it named its site, with each site's price or
@@ -380,6 +385,7 @@ class WorkloadService:
         (:meth:`_grouped`, the one rule); and the words that say so ("" without groups), for the candidates the
         groups rejected. Writes nothing, so a reader may ask too: the groups are those of the caller's project."""
         self._valid(replace(req, name=req.name or "explain"))  # a bad group or key is the create's 400, said now
+        preq = replace(preq, residency=check_residency(preq.residency))  # as the create will read it
         async with self.sessions() as session:
             preq, groups = await self._grouped(session, preq, caller.project_id, "", req)
             planned = await self.placer.dry_run(session, preq, providers=self._providers(), explain=True,

@@ -247,6 +247,55 @@ def test_the_migration_wizard_plans_runs_and_shows_progress(broker: tuple[Broker
     assert browser.execute_script("return window.__no_reload === true;")
 
 
+def test_a_cold_migration_through_the_wizard_shows_its_steps_move_live(broker: tuple[Broker, World], browser: Any,
+                                                                       tmp_path: Path) -> None:
+    """The wizard's cold path, to the other sim provider (stop, export, import, boot, verify, remove):
+    planned cold, run from the page, and followed without a reload: each step of the plan turns done as its
+    history line arrives, the export keeps the bytes it moved, the progress bar ends full."""
+    b, world = broker
+    By = _by()
+    from selenium.webdriver.support.ui import Select
+
+    wid = world.ids["workload"]
+    sites = {s["id"]: s["name"]
+             for s in b.rest("GET", "/api/v1/sites?limit=500", world.tokens["alpha_member"])["items"]}
+    before = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    here = sites[before["site_id"]].split("/")[0]
+    target = sorted(name for name in sites.values() if not name.startswith(f"{here}/"))[0]
+    browser.get(b.url + "/ui/migrate")
+    Select(browser.find_element(By.ID, "workload")).select_by_value(wid)
+    Select(browser.find_element(By.ID, "site")).select_by_value(target)
+    Select(browser.find_element(By.ID, "mode")).select_by_value("cold")
+    browser.find_element(By.ID, "plan-button").click()
+    wait(browser, lambda d: d.find_elements(By.ID, "move") or d.find_elements(By.ID, "refusal"))
+    assert not browser.find_elements(By.ID, "refusal"), browser.find_element(By.ID, "refusal").text
+    move = browser.find_element(By.ID, "move")
+    assert (move.get_attribute("data-mode"), move.get_attribute("data-target")) == ("cold", target)
+    browser.save_screenshot(str(tmp_path / "cold-plan.png"))
+    browser.find_element(By.ID, "migrate-button").click()
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Workload {ALPHA_MARK}")
+    browser.execute_script("window.__no_reload = true;")
+    row = "#operations tr[data-operation-id]:first-child"
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} td:nth-child(2)").text == "cold_migrate"
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "succeeded")
+    assert browser.execute_script("return window.__no_reload === true;")
+    steps = {li.get_attribute("data-step-name"): li.get_attribute("data-step-state")
+             for li in browser.find_elements(By.CSS_SELECTOR, f"{row} ol.steps li")}
+    assert len(steps) >= 5 and set(steps.values()) == {"done"}, steps
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} .op-progress").get_attribute("value") == "1"
+    assert "cold_migrate succeeded" in browser.find_element(By.ID, "event-log").text
+    op_id = browser.find_element(By.CSS_SELECTOR, row).get_attribute("data-operation-id")
+    op = b.rest("GET", f"/api/v1/operations/{op_id}", world.tokens["alpha_member"])
+    assert [s["name"] for s in op["steps"]] == list(steps)  # the page's plan is the operation's
+    browser.refresh()  # the export's bytes stay on its line of the plan, as the page renders a done step
+    moved = [li.text for li in browser.find_elements(By.CSS_SELECTOR, f"{row} ol.steps li")
+             if li.find_elements(By.CSS_SELECTOR, ".step-transfer")]
+    assert any("64.0 of 64.0 MiB" in t for t in moved), (moved, [s.get("transfer") for s in op["steps"]])
+    after = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
+    assert sites[after["site_id"]] == target and after["observed_state"] == "running"
+    browser.save_screenshot(str(tmp_path / "cold-done.png"))
+
+
 def _transfer_moves(browser: Any, selector: str) -> dict[str, float]:
     """Wait until the transfer figures under ``selector`` show bytes moved and then more, without a reload;
     the later figures (bytes, total, rate, eta)."""
@@ -284,6 +333,23 @@ def test_a_post_without_the_csrf_token_is_refused(broker: tuple[Broker, World], 
     assert _post(browser, path, {"action": "stop", "csrf_token": token}) == 0  # opaque redirect: 303 followed manually
     ops = b.rest("GET", f"/api/v1/operations?target_id={world.ids['workload']}", world.tokens["alpha_member"])
     assert sorted(o["kind"] for o in ops["items"]).count("stop") == 1  # the two refused posts changed nothing
+
+
+def test_the_workload_page_links_its_console_output(broker: tuple[Broker, World], browser: Any,
+                                                   tmp_path: Path) -> None:
+    """Screen 5's console link, followed by keyboard: the sim keeps no console log, and the page says so."""
+    b, world = broker
+    By = _by()
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{b.url}/ui/workloads/{world.ids['workload']}")
+    link = browser.find_element(By.ID, "console-link")
+    link.send_keys(Keys.ENTER)
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "h1").text == "Console output")
+    rest = b.rest("GET", f"/api/v1/workloads/{world.ids['workload']}/console", world.tokens["alpha_member"])
+    told = browser.find_element(By.ID, "console-none").text
+    assert told == rest["reason"] and told.endswith("(sim) keeps no console log") and rest["output"] is None
+    browser.save_screenshot(str(tmp_path / "console.png"))
 
 
 def test_a_member_sees_only_their_project(broker: tuple[Broker, World], browser: Any) -> None:

@@ -24,7 +24,7 @@ from metavmm.catalog.models import Operation, OperationEvent, OperationState
 from tests.api.ui.test_session import CSRF, _login
 from tests.world import World
 
-LIVE = re.compile(r'data-live="/ui/events\?after=(\d+)"')
+LIVE = re.compile(r'data-live="/ui/events\?after=([0-9]+-[0-9]+)"')
 
 
 def _row_state(page: str, operation_id: str) -> str | None:
@@ -40,7 +40,7 @@ async def test_a_change_committed_while_a_page_renders_reaches_the_browser(
     await _login(client, w.tokens["alpha_member"])
     taken = work.latest_event
 
-    async def another_writer_commits_now(request: Any) -> int:
+    async def another_writer_commits_now(request: Any) -> str:
         async with session_scope(client.app[keys.SESSIONS]) as session:
             op = await session.get(Operation, op_id)
             op.state, op.progress = OperationState.RUNNING, 0.25
