@@ -38,6 +38,7 @@ from metavmm.scheduler.columns import (
     StackedColumns,
     cost_bounds,
     first_best,
+    group_bests,
     keeps_bounds,
     normalised_totals,
     ranked,
@@ -164,6 +165,7 @@ class Scheduler:
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
+        self._last_stack: tuple[list[SiteColumns], StackedColumns, np.ndarray] | None = None
         self._site_ids = [s.id for s in snapshot.sites]
         self._site_index = {sid: i for i, sid in enumerate(self._site_ids)}
         self._weights = [c.weight for c in self.costs]
@@ -690,9 +692,7 @@ class Scheduler:
             if judged is None:
                 judged = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
             per_site.append(judged)
-        stacked = StackedColumns(parts)
-        offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
-        class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
+        stacked, class_index = self._stack(parts)
         classes: list[tuple[np.ndarray, bool] | None] = []
         for k in range(len(self._slot_filters)):
             if per_site[0][k] is None:
@@ -711,27 +711,28 @@ class Scheduler:
         site_ok = stacked.site_of[ok]
         sizes = np.bincount(site_ok, minlength=len(parts))
         totals = segment_totals(raw, [c.weight for c in costs], sizes[sizes > 0])
-        order = np.lexsort((stacked.static.name_rank[ok], totals, site_ok))
-        in_site = site_ok[order]
-        head = np.ones(order.size, bool)
-        head[1:] = in_site[1:] != in_site[:-1]
-        best = dict(zip(in_site[head].tolist(), order[head].tolist(), strict=True))
+        rank = stacked.static.name_rank[ok]
+        heads = group_bests(totals, rank, site_ok, len(parts))[0]  # each site's best: what ranked() puts first
+        best = {p: j for p, j in enumerate(heads.tolist()) if j >= 0}
         leads = np.ones(ok.size, bool)
         leads[1:] = site_ok[1:] != site_ok[:-1]
         lead = dict(zip(site_ok[leads].tolist(), ok[leads].tolist(), strict=True))  # each site's first passing host
-        rest = order[~head]
+        rest = np.ones(ok.size, bool)
+        rest[heads[heads >= 0]] = False
+        rest = rest.nonzero()[0]
         # the rest of a site's passing hosts: the best without GPUs standing for those, then with
-        groups = in_site[~head] * 2 + stacked.static.has_gpus[ok[rest]]
-        keys, at, counts = np.unique(groups, return_index=True, return_counts=True)
+        groups = site_ok[rest] * 2 + stacked.static.has_gpus[ok[rest]]
+        at, counts = group_bests(totals[rest], rank[rest], groups, 2 * len(parts))
         others: dict[int, list[tuple[int, int]]] = {}
-        for key, j, size in zip(keys.tolist(), rest[at].tolist(), counts.tolist(), strict=True):
-            others.setdefault(key // 2, []).append((j, size))
+        for key in counts.nonzero()[0].tolist():
+            others.setdefault(key // 2, []).append((int(rest[at[key]]), int(counts[key])))
         ok_list, starts = ok.tolist(), stacked.starts.tolist()
         raw_lists = [x.tolist() for x in raw]
         names = [c.name for c in costs]
+        failures = self._failure_groups(first, sub, stacked.site_of, len(parts))
         for p, ((_, key), cols) in enumerate(zip(todo, parts, strict=True)):
-            start, n = starts[p], cols.static.n
-            rejections = self._grouped_rejections(cols, first[start:start + n], sub[start:start + n], req, sid)
+            start = starts[p]
+            rejections = self._grouped_rejections(cols, first, sub, req, sid, failures[p], start)
             chosen: list[tuple[Slot, int]] = []
             if p in best:
                 views = cols.views
@@ -744,31 +745,72 @@ class Scheduler:
                 self._site_choices.clear()
             self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
 
+    def _stack(self, parts: list[SiteColumns]) -> tuple[StackedColumns, np.ndarray]:
+        """``parts`` stacked, and each host's class index among all their classes; the last stack is kept and
+        reused while every part is the same columns object (explanations of other shapes before a placement
+        changes a site open the same sites: concatenating 100 sites' arrays is most of a cold one's numpy)."""
+        last = self._last_stack
+        if last is not None and len(last[0]) == len(parts) and all(a is b for a, b in zip(last[0], parts, strict=True)):
+            return last[1], last[2]
+        stacked = StackedColumns(parts)
+        offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
+        class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
+        self._last_stack = (parts, stacked, class_index)
+        return stacked, class_index
+
     def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
-                            sid: int) -> list[Rejection]:
+                            sid: int, groups: list[tuple[int, int, int]] | None = None,
+                            offset: int = 0) -> list[Rejection]:
         """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
-        how many hosts it stands for (a group of one is the host's own rejection)."""
-        failed = (first >= 0).nonzero()[0]
-        if not failed.size:
+        how many hosts it stands for (a group of one is the host's own rejection). ``groups``: the site's
+        :meth:`_failure_groups` already found (over several sites stacked, its hosts from ``offset``)."""
+        if groups is None:
+            groups = self._failure_groups(first, sub, None, 1)[0]
+        if not groups:
             return []
-        hosts = failed.tolist()
-        keys = (first[failed] * (int(sub.max()) + 1) + sub[failed]).tolist()
-        sizes = Counter(keys)
-        at = dict(zip(reversed(keys), reversed(hosts), strict=True))  # each key's first host
-        groups: dict[tuple[str, str], list[Any]] = {}
-        for key, i in sorted(at.items(), key=lambda kv: kv[1]):
-            r = self._host_rejection(cols, i, int(first[i]), req, sid)
-            g = groups.setdefault((r.filter, r.code), [r, 0])
-            g[1] += sizes[key]
+        merged: dict[tuple[str, str], list[Any]] = {}
+        for i, k, size in groups:
+            r = self._host_rejection(cols, i - offset, k, req, sid)
+            g = merged.setdefault((r.filter, r.code), [r, 0])
+            g[1] += size
         out = []
         site = cols.site.name
-        for r, size in groups.values():
+        for r, size in merged.values():
             if size == 1:
                 out.append(r)
             else:
                 out.append(Rejection(f"{site}: {size} hosts, {r.code}", "hosts", r.site, r.filter, r.code,
                                      f"{size} hosts, for example {r.candidate}: {r.message}", size, r.unresolvable,
                                      {**r.numbers, "hosts": size}))
+        return out
+
+    @staticmethod
+    def _failure_groups(first: np.ndarray, sub: np.ndarray, site_of: np.ndarray | None,
+                        sites: int) -> list[list[tuple[int, int, int]]]:
+        """Per site (``site_of``: each host's site, None: one site), its rejected hosts grouped by (first failing
+        rule, ``sub`` code): each group's first host, its rule and its size, in the order of those first hosts.
+        One sort over every host of an explanation instead of a count per site."""
+        out: list[list[tuple[int, int, int]]] = [[] for _ in range(sites)]
+        failed = (first >= 0).nonzero()[0]
+        if not failed.size:
+            return out
+        rule, code = first[failed], sub[failed]
+        where = site_of[failed] if site_of is not None else None
+        order = np.lexsort((failed, code, rule) if where is None else (failed, code, rule, where))
+        rule, code = rule[order], code[order]
+        head = np.ones(order.size, bool)
+        head[1:] = (rule[1:] != rule[:-1]) | (code[1:] != code[:-1])
+        if where is not None:
+            where = where[order]
+            head[1:] |= where[1:] != where[:-1]
+        at = head.nonzero()[0]
+        sizes = np.diff(at, append=order.size)
+        hosts = failed[order[at]]
+        by_host = np.argsort(hosts, kind="stable")  # sites lie end to end: host order is site order too
+        site_list = where[at][by_host].tolist() if where is not None else [0] * at.size
+        for s, i, k, n in zip(site_list, hosts[by_host].tolist(), rule[at][by_host].tolist(),
+                              sizes[by_host].tolist(), strict=True):
+            out[s].append((i, k, n))
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
