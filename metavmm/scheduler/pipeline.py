@@ -545,14 +545,16 @@ class Scheduler:
             if not found:
                 continue
             (slot, _), *others = found
+            # every host of a site has the site's price (quotes.quote): asked once for its alternatives
+            price = self.quote(slot[0], req).per_hour if slot[0].host is not None else None
             if chosen is None or (wastes_gpus(chosen[0], req) and not wastes_gpus(slot[0], req)):
                 if chosen is not None:  # a GPU host found first, and now one without GPUs: that one wins
                     alternatives.insert(0, self._alternative(chosen, req, chosen_score))
                 chosen, chosen_score = slot, r.total
                 settled = not wastes_gpus(slot[0], req)
             else:
-                alternatives.append(self._alternative(slot, req, r.total))
-            alternatives.extend(self._alternative(o, req, r.total, covers) for o, covers in others)
+                alternatives.append(self._alternative(slot, req, r.total, per_hour=price))
+            alternatives.extend(self._alternative(o, req, r.total, covers, price) for o, covers in others)
         if debug:
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
@@ -582,10 +584,12 @@ class Scheduler:
         return out
 
     def _alternative(self, slot: tuple[CandidateView, dict[str, float]], req: PlacementRequest,
-                     score: float = 0.0, covers: int = 1) -> Alternative:
+                     score: float = 0.0, covers: int = 1, per_hour: Decimal | None = None) -> Alternative:
+        """``per_hour``: the slot's price when the caller knows it already (None: quoted here)."""
         view, breakdown = slot
-        return Alternative(view.name, view.site.name, score, breakdown, view.kind, self.quote(view, req).per_hour,
-                           covers)
+        if per_hour is None:
+            per_hour = self.quote(view, req).per_hour
+        return Alternative(view.name, view.site.name, score, breakdown, view.kind, per_hour, covers)
 
     def _choose_slot(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
                      group: bool = False, sid: int | None = None, codes: bool = False) -> Any:
@@ -726,9 +730,12 @@ class Scheduler:
         others: dict[int, list[tuple[int, int]]] = {}
         for key in counts.nonzero()[0].tolist():
             others.setdefault(key // 2, []).append((int(rest[at[key]]), int(counts[key])))
-        ok_list, starts = ok.tolist(), stacked.starts.tolist()
-        raw_lists = [x.tolist() for x in raw]
+        starts = stacked.starts.tolist()
         names = [c.name for c in costs]
+        picked = sorted({*best.values(), *(j for group in others.values() for j, _ in group)})
+        at_host = dict(zip(picked, ok[picked].tolist(), strict=True))  # only the hosts kept: not 10,000 floats
+        values_at = dict(zip(picked, zip(*(x[picked].tolist() for x in raw), strict=True), strict=True)) \
+            if picked else {}
         failures = self._failure_groups(first, sub, stacked.site_of, len(parts))
         for p, ((_, key), cols) in enumerate(zip(todo, parts, strict=True)):
             start = starts[p]
@@ -739,8 +746,8 @@ class Scheduler:
                 j0 = best[p]
                 fixed = {c.name: c.cost(views[lead[p] - start], req, self.graph) for c in self._invariant}
                 for j, covers in [(j0, 1), *others.get(p, ())]:
-                    breakdown = {**fixed, **{name: values[j] for name, values in zip(names, raw_lists, strict=True)}}
-                    chosen.append(((views[ok_list[j] - start], breakdown), covers))
+                    breakdown = fixed | dict(zip(names, values_at[j], strict=True))
+                    chosen.append(((views[at_host[j] - start], breakdown), covers))
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
             self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
