@@ -162,9 +162,11 @@ class Scheduler:
         self._columns: dict[int, tuple[int, SiteColumns, int]] = {}  # (site version, columns, ledger position)
         self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
         self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
-        self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
+        self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None],
+                                                          Counter[str]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
+        self._fail_masks: dict[tuple[bool, ...], np.ndarray] = {}
         self._last_stack: tuple[list[SiteColumns], StackedColumns, np.ndarray] | None = None
         self._site_ids = [s.id for s in snapshot.sites]
         self._site_index = {sid: i for i, sid in enumerate(self._site_ids)}
@@ -603,10 +605,11 @@ class Scheduler:
         hit = self._site_choices.get(key)
         if hit is None:
             local: Counter[str] = Counter()
-            chosen, rejections = self._open_site(site, req, local, every=every, group=group, sid=sid)
+            chosen, rejections, kept = self._open_site(site, req, local, every=every, group=group, sid=sid)
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
-            hit = self._site_choices[key] = (chosen, rejections, local, code_counts(rejections))
+            hit = self._site_choices[key] = (chosen, rejections, local,
+                                             code_counts(rejections) if kept is None else kept)
         if log.isEnabledFor(logging.DEBUG):
             counts.update(hit[2])
         if codes:
@@ -614,28 +617,31 @@ class Scheduler:
         return list(hit[0]), list(hit[1])
 
     def _open_site(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
-                   group: bool = False, sid: int | None = None) -> tuple[list[tuple[Slot, int]], list[Rejection]]:
+                   group: bool = False, sid: int | None = None
+                   ) -> tuple[list[tuple[Slot, int]], list[Rejection], Counter[str] | None]:
         """Every host (or flavor) of the site through the slot rules, and the best that pass (``every``: all,
         best first), each with how many candidates it stands for (1, or with ``group`` on a site of more
         than :data:`EXPLAIN_GROUP_OVER` hosts: the best, then the best of the rest with and without GPUs
-        standing for them; rejected hosts then as one rejection per rule and code)."""
+        standing for them; rejected hosts then as one rejection per rule and code); and the rejections'
+        :func:`code_counts` when they are kept already (None: count them)."""
         if not site.has_hosts:
-            return self._open_cloud_site(site, req, counts, every=every)
+            return (*self._open_cloud_site(site, req, counts, every=every), None)
         sid = self.shape_id(req) if sid is None else sid
         cols = self.columns(site)
         big = group and cols.static.n > EXPLAIN_GROUP_OVER
+        kept: Counter[str] | None = None
         if big:
             first, sub = self._first_failing(cols, req, sid)
             rejections = self._grouped_rejections(cols, first, sub, req, sid)
         else:
-            first, by_host = self._host_verdicts(cols, req, sid)
+            first, by_host, kept = self._host_verdicts(cols, req, sid)
             rejections = [r for r in by_host if r is not None]
         if log.isEnabledFor(logging.DEBUG):
             for r in rejections:
                 counts[r.filter] += r.covers
         ok = (first < 0).nonzero()[0]
         if not ok.size:
-            return [], rejections
+            return [], rejections, kept
         views = cols.views
         if len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
@@ -665,7 +671,7 @@ class Scheduler:
         def breakdown(j: int) -> dict[str, float]:
             return {**fixed, **{c.name: float(values[j]) for c, values in zip(costs, raw, strict=True)}}
 
-        return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections
+        return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections, kept
 
     def _open_grouped(self, st: SiteRanking, req: PlacementRequest, sid: int) -> None:
         """Open at once every site a grouped explanation opens (:meth:`_open_site` with ``every`` and ``group``
@@ -821,33 +827,41 @@ class Scheduler:
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
-                       sid: int) -> tuple[np.ndarray, list[Rejection | None]]:
-        """The first failing rule per host (-1: none) and each host's rejection (None: it passed). Kept per
-        (site, shape) and patched: after a placement only the hosts the ledger changed are judged again
-        (a verdict depends on the host's own numbers and its filter class) and get a new rejection (the
-        rest of a site that rejects 60 of its 100 hosts is reused)."""
+                       sid: int) -> tuple[np.ndarray, list[Rejection | None], Counter[str]]:
+        """The first failing rule per host (-1: none), each host's rejection (None: it passed) and their
+        :func:`code_counts`. Kept per (site, shape) and patched: after a placement only the hosts the ledger
+        changed are judged again (a verdict depends on the host's own numbers and its filter class), get a
+        new rejection and move the counts (the rest of a site that rejects 60 of its 100 hosts is reused,
+        not recounted)."""
         key = (cols.site.id, sid)
         prev = self._host_rejections.get(key)
         if prev is not None and prev[0] is cols:
-            return prev[1], prev[2]
+            return prev[1], prev[2], prev[3]
         per_class = self._class_verdicts.get(key)
         if prev is None or per_class is None:
             first = self._first_failing(cols, req, sid)[0]
             by_host: list[Rejection | None] = [None] * cols.static.n
-            redo = (first >= 0).nonzero()[0].tolist()
+            for i in (first >= 0).nonzero()[0].tolist():
+                by_host[i] = self._host_rejection(cols, i, int(first[i]), req, sid)
+            codes = code_counts(r for r in by_host if r is not None)
         else:
-            pcols, first, by_host = prev[0], prev[1].copy(), list(prev[2])
+            pcols, first, by_host, codes = prev[0], prev[1].copy(), list(prev[2]), prev[3].copy()
             redo = cols.changed if cols.base is pcols else [
                 i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
             for i in redo:
-                first[i] = self._first_failing_at(cols, i, req, per_class)
-        for i in redo:
-            k = int(first[i])
-            by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                k = first[i] = self._first_failing_at(cols, i, req, per_class)
+                old, new = by_host[i], self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                by_host[i] = new
+                if old is not None:
+                    codes[old.code] -= old.covers
+                    if not codes[old.code]:
+                        del codes[old.code]
+                if new is not None:
+                    codes[new.code] += new.covers
         if len(self._host_rejections) > 20_000:
             self._host_rejections.clear()
-        self._host_rejections[key] = (cols, first, by_host)
-        return first, by_host
+        self._host_rejections[key] = (cols, first, by_host, codes)
+        return first, by_host, codes
 
     def _first_failing_at(self, cols: SiteColumns, i: int, req: PlacementRequest,
                           per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> int:
@@ -935,11 +949,15 @@ class Scheduler:
             out.append(self._judged(verdicts))
         return out
 
-    @staticmethod
-    def _judged(verdicts: list[Verdict]) -> tuple[list[Verdict], np.ndarray, bool]:
-        """Per-class verdicts, which classes fail (indexed by class), and whether any does."""
-        fails = [not v.ok for v in verdicts]
-        return verdicts, np.array(fails, bool), any(fails)
+    def _judged(self, verdicts: list[Verdict]) -> tuple[list[Verdict], np.ndarray, bool]:
+        """Per-class verdicts, which classes fail (indexed by class), and whether any does. The mask is shared
+        by every rule and site with the same pattern (read only: a site's 5 classes all passing is one array)."""
+        fails = tuple(not v.ok for v in verdicts)
+        mask = self._fail_masks.get(fails)
+        if mask is None:
+            mask = self._fail_masks[fails] = np.array(fails, bool)
+            mask.flags.writeable = False
+        return verdicts, mask, any(fails)
 
     def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
         """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""
