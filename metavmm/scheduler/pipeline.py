@@ -132,6 +132,9 @@ class ViewCache:
         self.columns: dict[int, SiteColumns] = {}
         self.classes: dict[tuple[Any, ...], int] = {}  # filter classes interned (SiteStatic.class_ids)
         self.quoter = Quoter()  # prices depend on the snapshot and the shape only: every Scheduler's quotes
+        # the last sites' columns stacked by an explanation (Scheduler._stack): a dry run's Scheduler per
+        # request opens the same untouched sites as the one before it
+        self.stack: tuple[list[SiteColumns], StackedColumns, np.ndarray] | None = None
 
 
 class Scheduler:
@@ -761,14 +764,18 @@ class Scheduler:
     def _stack(self, parts: list[SiteColumns]) -> tuple[StackedColumns, np.ndarray]:
         """``parts`` stacked, and each host's class index among all their classes; the last stack is kept and
         reused while every part is the same columns object (explanations of other shapes before a placement
-        changes a site open the same sites: concatenating 100 sites' arrays is most of a cold one's numpy)."""
-        last = self._last_stack
-        if last is not None and len(last[0]) == len(parts) and all(a is b for a, b in zip(last[0], parts, strict=True)):
-            return last[1], last[2]
+        changes a site open the same sites: concatenating 100 sites' arrays is most of a cold one's numpy),
+        in the shared :class:`ViewCache` too when no ledger touched them (a dry run's Scheduler per request)."""
+        for last in (self._last_stack, self.views.stack):
+            if last is not None and len(last[0]) == len(parts) and all(
+                    a is b for a, b in zip(last[0], parts, strict=True)):
+                return last[1], last[2]
         stacked = StackedColumns(parts)
         offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
         class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
         self._last_stack = (parts, stacked, class_index)
+        if all(p is self.views.columns.get(p.site.id) for p in parts):  # untouched by any ledger: shareable
+            self.views.stack = self._last_stack
         return stacked, class_index
 
     def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
