@@ -2,7 +2,7 @@
 latency of a ``POST /placements`` dry run before and after it became the create's own decision.
 
 Run: .venv/bin/python -m bench.placement [--sites 100] [--hosts-per-site 100] [--n 2000] [--no-memory]
-     .venv/bin/python -m bench.placement --against /tmp/old [--rounds 3] [--n 1000]
+     .venv/bin/python -m bench.placement --against /tmp/old [--rounds 3] [--n 1000] [--gc-freeze]
      .venv/bin/python -m bench.placement --dry-run [--sites 20] [--hosts-per-site 50] [--n 200] [--in-transit 100]
 
 The first measures placement only: the snapshot is built once from the sim driver's inventory (no
@@ -18,6 +18,11 @@ shared machine's load falls on both alike, and prints both side by side (the bes
 and wall). Its extra row, *explain, a fresh Scheduler per request*, is what a create's dry run does: the
 Placer builds a Scheduler per request that shares only the snapshot's views, so every per-shape memo is
 cold.
+
+``--gc-freeze`` adds a run of this tree whose child calls ``gc.freeze()`` once after its setup (the snapshot,
+the graph, the first Scheduler), as ``metavmm serve`` does once its startup is done, side by side with the
+same tree unfrozen (and ``--against``'s tree, if given); each child also reports what one full garbage
+collection costs it afterwards (the pause a freeze shortens).
 
 ``--dry-run`` measures what the ``POST /placements`` handler does, minus HTTP, on a SQLite catalog synced
 from the sim driver with ``--in-transit`` creates still pending and a burst policy configured, three
@@ -47,6 +52,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.common import SHAPES, sim_snapshot
 from metavmm.scheduler.graph import FederationGraph
@@ -209,7 +215,19 @@ def _requests(snap: Snapshot, n: int) -> dict[str, list[PlacementRequest]]:
             "explain": plain[: max(n // 20, 20)]}
 
 
-def _measure(sites: int, hosts: int, n: int, *, verbose: bool = True) -> list[tuple[str, float, float, int, int]]:
+def _full_collection_ms() -> tuple[float, int]:
+    """(CPU ms of one full garbage collection, the best of 3; objects the collector tracks): what every
+    full pass costs this process, the pause ``gc.freeze()`` shortens."""
+    times = []
+    for _ in range(3):
+        cpu = time.process_time()
+        gc.collect()
+        times.append((time.process_time() - cpu) * 1000)
+    return min(times), len(gc.get_objects())
+
+
+def _measure(sites: int, hosts: int, n: int, *, verbose: bool = True,
+             freeze: bool = False) -> list[tuple[str, float, float, int, int]]:
     t = time.perf_counter()
     snap = sim_snapshot(sites, hosts)
     build_s = time.perf_counter() - t
@@ -232,6 +250,9 @@ def _measure(sites: int, hosts: int, n: int, *, verbose: bool = True) -> list[tu
     warm()
     if verbose:
         print(f"first decision on a fresh Scheduler (builds 10,000 host views): {time.perf_counter() - t:.2f} s")
+    if freeze:  # what ``metavmm serve`` does once its startup is done (cli/serve.py): here after the setup
+        gc.collect()
+        gc.freeze()
     return _rows(snap, graph, reqs["plain"], reqs["with_image"], reqs["gpu"], reqs["impossible"], reqs["explain"],
                  warm)
 
@@ -244,30 +265,42 @@ def _targets(rows: list[tuple[str, float, float, int, int]]) -> None:
               f"{'MET' if best >= target else 'MISSED'}{' (by CPU time)' if row[1] < target <= best else ''}")
 
 
-def _against(other: Path, sites: int, hosts: int, n: int, rounds: int) -> None:
-    """The rows on ``other``'s scheduler and on this tree's, alternating in child processes, side by side."""
-    here = Path(__file__).resolve().parent.parent
-    runs: dict[str, list[list[tuple[str, float, float, int, int]]]] = {"before": [], "after": []}
+def _against(variants: list[tuple[str, Path, list[str]]], sites: int, hosts: int, n: int, rounds: int) -> None:
+    """The rows on each variant (a label, a tree whose scheduler runs, the child's extra flags), alternating in
+    child processes for ``rounds`` rounds, side by side: the best round of each, the ratio to the first."""
+    here = Path(__file__).resolve()
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
     for _ in range(rounds):
-        for label, tree in (("before", other), ("after", here)):
-            out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--sites", str(sites),
-                                  "--hosts-per-site", str(hosts), "--n", str(n)], check=True, capture_output=True,
-                                 text=True, env={**os.environ, "PYTHONPATH": str(tree)}).stdout
-            runs[label].append([tuple(r) for r in json.loads(out.strip().splitlines()[-1])])  # type: ignore[misc]
-    best = {label: [max(column, key=lambda r: r[2]) for column in zip(*done, strict=False)]
+        for label, tree, flags in variants:
+            out = subprocess.run([sys.executable, str(here), "--child", "--sites", str(sites), "--hosts-per-site",
+                                  str(hosts), "--n", str(n), *flags], check=True, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(tree)}).stdout
+            runs[label].append(json.loads(out.strip().splitlines()[-1]))
+    best = {label: [max(column, key=lambda r: r[2]) for column in zip(*(d["rows"] for d in done), strict=False)]
             for label, done in runs.items()}
-    print(f"{sites * hosts} SIMULATED hosts in {sites} sites, n={n}; before: {other}, after: {here}; best of "
-          f"{rounds} alternating rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'workload':50} {'before CPU/s':>12} {'after CPU/s':>12} {'x':>6} {'before wall':>12} {'after wall':>11}"
-          f" {'placed':>12}")
-    old_rows = {r[0]: r for r in best["before"]}
-    for name, rate, cpu_rate, placed, count in best["after"]:
-        old = old_rows.get(name)
-        before = f"{old[2]:12.0f}" if old else f"{'-':>12}"
-        ratio = f"{cpu_rate / old[2]:6.2f}" if old else f"{'-':>6}"
-        wall = f"{old[1]:12.0f}" if old else f"{'-':>12}"
-        same = "" if old is None or old[3] == placed else f" (before: {old[3]})"
-        print(f"{name:50} {before} {cpu_rate:12.0f} {ratio} {wall} {rate:11.0f} {placed:>6}/{count:<5}{same}")
+    labels = [label for label, _, _ in variants]
+    print(f"{sites * hosts} SIMULATED hosts in {sites} sites, n={n}; "
+          + "; ".join(f"{label}: {tree}{' ' + ' '.join(flags) if flags else ''}" for label, tree, flags in variants)
+          + f"; best of {rounds} alternating rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    others = labels[1:]
+    print(f"{'workload (CPU decisions/s; wall /s)':50} " + " ".join(f"{label[:14]:>14}" for label in labels)
+          + " " + " ".join(f"{'x ' + label[:8]:>10}" for label in others)
+          + " " + " ".join(f"{'wall ' + label[:9]:>14}" for label in labels) + f" {'placed':>12}")
+    rows = {label: {r[0]: r for r in best[label]} for label in labels}
+    for name, *_ in best[labels[-1]]:
+        got = [rows[label].get(name) for label in labels]
+        cpu = " ".join(f"{r[2]:14.0f}" if r else f"{'-':>14}" for r in got)
+        base = got[0]
+        ratio = " ".join(f"{r[2] / base[2]:10.2f}" if r and base else f"{'-':>10}" for r in got[1:])
+        wall = " ".join(f"{r[1]:14.0f}" if r else f"{'-':>14}" for r in got)
+        last = got[-1]
+        same = "" if all(r is None or r[3] == last[3] for r in got) else \
+            " (" + ", ".join(f"{label}: {r[3]}" for label, r in zip(labels, got, strict=True) if r) + ")"
+        print(f"{name:50} {cpu} {ratio} {wall} {last[3]:>6}/{last[4]:<5}{same}")
+    for label in labels:
+        collections = [d["gc"] for d in runs[label]]
+        print(f"{label}: a full garbage collection after the rows takes {min(c[0] for c in collections):.1f} ms CPU "
+              f"(best of {rounds} runs), {collections[-1][1]:,} objects tracked")
     _targets(best["after"])
 
 
@@ -281,17 +314,25 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     ap.add_argument("--against", type=Path, default=None, help="another checkout's tree: run both, side by side")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gc-freeze", action="store_true", help="also run this tree with gc.freeze() after the setup "
+                    "(as `metavmm serve` does after its startup), side by side with it unfrozen")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # --against's runs: rows as JSON
     args = ap.parse_args()
     if args.dry_run:
         asyncio.run(_dry_run_latency(args.sites or 20, args.hosts_per_site or 50, args.n or 200, args.in_transit))
         return
     args.sites, args.hosts_per_site, args.n = args.sites or 100, args.hosts_per_site or 100, args.n or 2000
-    if args.against is not None:
-        _against(args.against, args.sites, args.hosts_per_site, args.n, args.rounds)
-        return
+    here = Path(__file__).resolve().parent.parent
     if args.child:
-        print(json.dumps(_measure(args.sites, args.hosts_per_site, args.n, verbose=False)))
+        rows = _measure(args.sites, args.hosts_per_site, args.n, verbose=False, freeze=args.gc_freeze)
+        print(json.dumps({"rows": rows, "gc": _full_collection_ms()}))
+        return
+    if args.against is not None or args.gc_freeze:
+        variants = [("before", args.against, [])] if args.against is not None else []
+        variants.append(("after", here, []))
+        if args.gc_freeze:
+            variants.append(("after, frozen", here, ["--gc-freeze"]))
+        _against(variants, args.sites, args.hosts_per_site, args.n, args.rounds)
         return
     rows = _measure(args.sites, args.hosts_per_site, args.n)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -8,6 +8,7 @@ it prints names the port actually bound (``--port 0`` picks a free one).
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from ssl import SSLContext
@@ -18,6 +19,8 @@ import click
 from metavmm.cli.common import Settings, console, pass_settings, safe_url
 from metavmm.cli.lifecycle import Stop, import_plugins, run_until_signal
 from metavmm.foundation.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 HTTP_GRACE_MARGIN_S = 10.0
 """Beyond twice the grace (requests in flight, then steps): what startup hooks finishing and the
@@ -79,6 +82,20 @@ async def _metrics_listener(app: Any) -> Any:
     return runner
 
 
+def _freeze_startup() -> int:
+    """Move what the startup left alive (modules, the app, its config and engine: ~170,000 objects) out of the
+    garbage collector's reach with ``gc.freeze()``, once, before the first request: a full collection then
+    walks what requests and the catalog snapshot made, not all of it again (docs/benchmarks.md: ~90 ms per
+    full pass to ~5 ms; throughput unchanged). Done here and never in the scheduler: the freeze is
+    process-wide, and what it freezes is never collected as cyclic garbage, so it is done when no request is
+    in flight and the garbage collected first. Returns how many objects it froze."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("froze %d startup objects for the garbage collector (gc.freeze)", frozen)
+    return frozen
+
+
 async def _serve(app: Any, host: str, port: int, tls: SSLContext | None, stop: Stop, database: str) -> None:
     """Start (migrations, providers, the engine), listen, and on the first signal shut down: new requests
     are refused, requests in flight and running steps get the grace, then the catalog is closed."""
@@ -101,6 +118,7 @@ async def _serve(app: Any, host: str, port: int, tls: SSLContext | None, stop: S
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bound = runner.addresses[0][1] if runner.addresses else port
         metrics_runner = await _metrics_listener(app)
+        _freeze_startup()
         scheme = "https" if tls else "http"
         console.print(f"metavmm serving on {scheme}://{host}:{bound} (database {database})", highlight=False)
         sys.stdout.flush()

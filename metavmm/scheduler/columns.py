@@ -227,6 +227,24 @@ def first_best(totals: np.ndarray, name_rank: np.ndarray) -> int:
     return int(tied[np.argmin(name_rank[tied])])
 
 
+def group_bests(totals: np.ndarray, name_rank: np.ndarray, group: np.ndarray,
+                count: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`first_best` of every group at once, without sorting: per group id ``0..count-1`` (``group``:
+    each candidate's), the index of its lowest total, the first name among equal ones, then the lowest index
+    (-1: an empty group), and the group's size. What ``np.lexsort((name_rank, totals, group))`` puts first
+    in each group, for an explanation that keeps only each group's best."""
+    sizes = np.bincount(group, minlength=count)
+    low = np.full(count, np.inf)
+    np.minimum.at(low, group, totals)
+    tied = totals == low[group]
+    rank = np.full(count, np.iinfo(np.int64).max)
+    np.minimum.at(rank, group[tied], name_rank[tied])
+    winners = (tied & (name_rank == rank[group])).nonzero()[0][::-1]  # the lowest index written last wins
+    best = np.full(count, -1, np.int64)
+    best[group[winners]] = winners
+    return best, sizes
+
+
 class StackedStatic:
     """The fixed per-host arrays of several sites end to end (what :class:`SiteStatic` offers a rule or a cost)."""
 

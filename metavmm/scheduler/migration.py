@@ -26,12 +26,13 @@ from typing import Any
 from metavmm.foundation.errors import NoPlacement, NotFound, ValidationError
 from metavmm.foundation.kinds import kind_info
 from metavmm.foundation.records import Capability
+from metavmm.scheduler.graph import link_between
 from metavmm.scheduler.ledger import Reservation
 from metavmm.scheduler.pipeline import Scheduler
 from metavmm.scheduler.plan import Placement, PlanStep
 from metavmm.scheduler.quotes import storage_per_hour
 from metavmm.scheduler.request import ImageRef, PlacementRequest
-from metavmm.scheduler.snapshot import HostView, Snapshot, WorkloadView, hypervisor_family
+from metavmm.scheduler.snapshot import HostView, SiteView, Snapshot, WorkloadView, hypervisor_family
 from metavmm.scheduler.summary import offer
 from metavmm.scheduler.views import host_free, host_view
 
@@ -118,6 +119,25 @@ def live_check(snapshot: Snapshot, source: HostView | None, target: HostView | N
     return None
 
 
+def egress_charge(snap: Snapshot, w: WorkloadView, target: SiteView,
+                  price: Decimal | None = None) -> dict[str, Any] | None:
+    """The one-off charge of ``w``'s disk leaving its site for ``target`` (a move's ``offer["egress"]``, which
+    the record step writes in the spend ledger), billed by the site it leaves; None when nothing is paid.
+
+    ``price``: what the move's own transfer steps pay; None (a move that names its target provider and
+    region but was not planned here) prices the link between the two sites as the image route does.
+    """
+    s_site = snap.site(w.site_id) if w.site_id is not None else None
+    size = _disk_bytes(w)
+    if price is None:
+        moves = s_site is not None and s_site.id != target.id
+        price = link_between(s_site, target, snap.settings).price(size) if moves else Decimal(0)  # type: ignore[arg-type]
+    if price <= 0:
+        return None
+    return {"amount": str(price), "currency": snap.currency, "source": "egress", "gib": str(Decimal(size) / GIB),
+            "provider": s_site.provider.name if s_site else None, "site": s_site.name if s_site else None}
+
+
 class MigrationPlanner:
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None) -> None:
         self.snapshot = snapshot
@@ -172,10 +192,9 @@ class MigrationPlanner:
         if price_per_hour is not None:  # the disk keeps costing at the target where storage is priced
             price_per_hour += disk_per_hour
         price = sum((s.price for s in steps), Decimal(0))
-        if price > 0:  # the egress the transfer pays, charged on the workload's project when the move lands
-            priced["egress"] = {"amount": str(price), "currency": snap.currency, "source": "egress",
-                                "gib": str(Decimal(size) / GIB), "provider": s_site.provider.name if s_site else None,
-                                "site": s_site.name if s_site else None}
+        charge = egress_charge(snap, w, t_site, price)
+        if charge is not None:  # the egress the transfer pays, charged on the workload's project when the move lands
+            priced["egress"] = charge
         return Move(w.name, w.id, s_site.name if s_site else "?", source.name if source else None, t_site.name,
                     target.name if target else None, flavor, mode, why_mode, steps, sum(s.seconds for s in steps),
                     price, price_per_hour, priced)

@@ -38,6 +38,7 @@ from metavmm.scheduler.columns import (
     StackedColumns,
     cost_bounds,
     first_best,
+    group_bests,
     keeps_bounds,
     normalised_totals,
     ranked,
@@ -131,6 +132,9 @@ class ViewCache:
         self.columns: dict[int, SiteColumns] = {}
         self.classes: dict[tuple[Any, ...], int] = {}  # filter classes interned (SiteStatic.class_ids)
         self.quoter = Quoter()  # prices depend on the snapshot and the shape only: every Scheduler's quotes
+        # the last sites' columns stacked by an explanation (Scheduler._stack): a dry run's Scheduler per
+        # request opens the same untouched sites as the one before it
+        self.stack: tuple[list[SiteColumns], StackedColumns, np.ndarray] | None = None
 
 
 class Scheduler:
@@ -161,9 +165,12 @@ class Scheduler:
         self._columns: dict[int, tuple[int, SiteColumns, int]] = {}  # (site version, columns, ledger position)
         self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
         self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
-        self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None]]] = {}
+        self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None],
+                                                          Counter[str]]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
+        self._fail_masks: dict[tuple[bool, ...], np.ndarray] = {}
+        self._last_stack: tuple[list[SiteColumns], StackedColumns, np.ndarray] | None = None
         self._site_ids = [s.id for s in snapshot.sites]
         self._site_index = {sid: i for i, sid in enumerate(self._site_ids)}
         self._weights = [c.weight for c in self.costs]
@@ -543,14 +550,16 @@ class Scheduler:
             if not found:
                 continue
             (slot, _), *others = found
+            # every host of a site has the site's price (quotes.quote): asked once for its alternatives
+            price = self.quote(slot[0], req).per_hour if slot[0].host is not None else None
             if chosen is None or (wastes_gpus(chosen[0], req) and not wastes_gpus(slot[0], req)):
                 if chosen is not None:  # a GPU host found first, and now one without GPUs: that one wins
                     alternatives.insert(0, self._alternative(chosen, req, chosen_score))
                 chosen, chosen_score = slot, r.total
                 settled = not wastes_gpus(slot[0], req)
             else:
-                alternatives.append(self._alternative(slot, req, r.total))
-            alternatives.extend(self._alternative(o, req, r.total, covers) for o, covers in others)
+                alternatives.append(self._alternative(slot, req, r.total, per_hour=price))
+            alternatives.extend(self._alternative(o, req, r.total, covers, price) for o, covers in others)
         if debug:
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
@@ -580,10 +589,12 @@ class Scheduler:
         return out
 
     def _alternative(self, slot: tuple[CandidateView, dict[str, float]], req: PlacementRequest,
-                     score: float = 0.0, covers: int = 1) -> Alternative:
+                     score: float = 0.0, covers: int = 1, per_hour: Decimal | None = None) -> Alternative:
+        """``per_hour``: the slot's price when the caller knows it already (None: quoted here)."""
         view, breakdown = slot
-        return Alternative(view.name, view.site.name, score, breakdown, view.kind, self.quote(view, req).per_hour,
-                           covers)
+        if per_hour is None:
+            per_hour = self.quote(view, req).per_hour
+        return Alternative(view.name, view.site.name, score, breakdown, view.kind, per_hour, covers)
 
     def _choose_slot(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
                      group: bool = False, sid: int | None = None, codes: bool = False) -> Any:
@@ -597,10 +608,11 @@ class Scheduler:
         hit = self._site_choices.get(key)
         if hit is None:
             local: Counter[str] = Counter()
-            chosen, rejections = self._open_site(site, req, local, every=every, group=group, sid=sid)
+            chosen, rejections, kept = self._open_site(site, req, local, every=every, group=group, sid=sid)
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
-            hit = self._site_choices[key] = (chosen, rejections, local, code_counts(rejections))
+            hit = self._site_choices[key] = (chosen, rejections, local,
+                                             code_counts(rejections) if kept is None else kept)
         if log.isEnabledFor(logging.DEBUG):
             counts.update(hit[2])
         if codes:
@@ -608,28 +620,31 @@ class Scheduler:
         return list(hit[0]), list(hit[1])
 
     def _open_site(self, site: SiteView, req: PlacementRequest, counts: Counter[str], *, every: bool = False,
-                   group: bool = False, sid: int | None = None) -> tuple[list[tuple[Slot, int]], list[Rejection]]:
+                   group: bool = False, sid: int | None = None
+                   ) -> tuple[list[tuple[Slot, int]], list[Rejection], Counter[str] | None]:
         """Every host (or flavor) of the site through the slot rules, and the best that pass (``every``: all,
         best first), each with how many candidates it stands for (1, or with ``group`` on a site of more
         than :data:`EXPLAIN_GROUP_OVER` hosts: the best, then the best of the rest with and without GPUs
-        standing for them; rejected hosts then as one rejection per rule and code)."""
+        standing for them; rejected hosts then as one rejection per rule and code); and the rejections'
+        :func:`code_counts` when they are kept already (None: count them)."""
         if not site.has_hosts:
-            return self._open_cloud_site(site, req, counts, every=every)
+            return (*self._open_cloud_site(site, req, counts, every=every), None)
         sid = self.shape_id(req) if sid is None else sid
         cols = self.columns(site)
         big = group and cols.static.n > EXPLAIN_GROUP_OVER
+        kept: Counter[str] | None = None
         if big:
             first, sub = self._first_failing(cols, req, sid)
             rejections = self._grouped_rejections(cols, first, sub, req, sid)
         else:
-            first, by_host = self._host_verdicts(cols, req, sid)
+            first, by_host, kept = self._host_verdicts(cols, req, sid)
             rejections = [r for r in by_host if r is not None]
         if log.isEnabledFor(logging.DEBUG):
             for r in rejections:
                 counts[r.filter] += r.covers
         ok = (first < 0).nonzero()[0]
         if not ok.size:
-            return [], rejections
+            return [], rejections, kept
         views = cols.views
         if len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
@@ -659,7 +674,7 @@ class Scheduler:
         def breakdown(j: int) -> dict[str, float]:
             return {**fixed, **{c.name: float(values[j]) for c, values in zip(costs, raw, strict=True)}}
 
-        return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections
+        return [((views[ok[j]], breakdown(j)), n) for j, n in zip(order, covers, strict=True)], rejections, kept
 
     def _open_grouped(self, st: SiteRanking, req: PlacementRequest, sid: int) -> None:
         """Open at once every site a grouped explanation opens (:meth:`_open_site` with ``every`` and ``group``
@@ -690,9 +705,7 @@ class Scheduler:
             if judged is None:
                 judged = self._class_verdicts[(cols.site.id, sid)] = self._judge_classes(cols, req, sid)
             per_site.append(judged)
-        stacked = StackedColumns(parts)
-        offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
-        class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
+        stacked, class_index = self._stack(parts)
         classes: list[tuple[np.ndarray, bool] | None] = []
         for k in range(len(self._slot_filters)):
             if per_site[0][k] is None:
@@ -711,58 +724,78 @@ class Scheduler:
         site_ok = stacked.site_of[ok]
         sizes = np.bincount(site_ok, minlength=len(parts))
         totals = segment_totals(raw, [c.weight for c in costs], sizes[sizes > 0])
-        order = np.lexsort((stacked.static.name_rank[ok], totals, site_ok))
-        in_site = site_ok[order]
-        head = np.ones(order.size, bool)
-        head[1:] = in_site[1:] != in_site[:-1]
-        best = dict(zip(in_site[head].tolist(), order[head].tolist(), strict=True))
+        rank = stacked.static.name_rank[ok]
+        heads = group_bests(totals, rank, site_ok, len(parts))[0]  # each site's best: what ranked() puts first
+        best = {p: j for p, j in enumerate(heads.tolist()) if j >= 0}
         leads = np.ones(ok.size, bool)
         leads[1:] = site_ok[1:] != site_ok[:-1]
         lead = dict(zip(site_ok[leads].tolist(), ok[leads].tolist(), strict=True))  # each site's first passing host
-        rest = order[~head]
+        rest = np.ones(ok.size, bool)
+        rest[heads[heads >= 0]] = False
+        rest = rest.nonzero()[0]
         # the rest of a site's passing hosts: the best without GPUs standing for those, then with
-        groups = in_site[~head] * 2 + stacked.static.has_gpus[ok[rest]]
-        keys, at, counts = np.unique(groups, return_index=True, return_counts=True)
+        groups = site_ok[rest] * 2 + stacked.static.has_gpus[ok[rest]]
+        at, counts = group_bests(totals[rest], rank[rest], groups, 2 * len(parts))
         others: dict[int, list[tuple[int, int]]] = {}
-        for key, j, size in zip(keys.tolist(), rest[at].tolist(), counts.tolist(), strict=True):
-            others.setdefault(key // 2, []).append((j, size))
-        ok_list, starts = ok.tolist(), stacked.starts.tolist()
-        raw_lists = [x.tolist() for x in raw]
+        for key in counts.nonzero()[0].tolist():
+            others.setdefault(key // 2, []).append((int(rest[at[key]]), int(counts[key])))
+        starts = stacked.starts.tolist()
         names = [c.name for c in costs]
+        picked = sorted({*best.values(), *(j for group in others.values() for j, _ in group)})
+        at_host = dict(zip(picked, ok[picked].tolist(), strict=True))  # only the hosts kept: not 10,000 floats
+        values_at = dict(zip(picked, zip(*(x[picked].tolist() for x in raw), strict=True), strict=True)) \
+            if picked else {}
+        failures = self._failure_groups(first, sub, stacked.site_of, len(parts))
         for p, ((_, key), cols) in enumerate(zip(todo, parts, strict=True)):
-            start, n = starts[p], cols.static.n
-            rejections = self._grouped_rejections(cols, first[start:start + n], sub[start:start + n], req, sid)
+            start = starts[p]
+            rejections = self._grouped_rejections(cols, first, sub, req, sid, failures[p], start)
             chosen: list[tuple[Slot, int]] = []
             if p in best:
                 views = cols.views
                 j0 = best[p]
                 fixed = {c.name: c.cost(views[lead[p] - start], req, self.graph) for c in self._invariant}
                 for j, covers in [(j0, 1), *others.get(p, ())]:
-                    breakdown = {**fixed, **{name: values[j] for name, values in zip(names, raw_lists, strict=True)}}
-                    chosen.append(((views[ok_list[j] - start], breakdown), covers))
+                    breakdown = fixed | dict(zip(names, values_at[j], strict=True))
+                    chosen.append(((views[at_host[j] - start], breakdown), covers))
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
             self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
 
+    def _stack(self, parts: list[SiteColumns]) -> tuple[StackedColumns, np.ndarray]:
+        """``parts`` stacked, and each host's class index among all their classes; the last stack is kept and
+        reused while every part is the same columns object (explanations of other shapes before a placement
+        changes a site open the same sites: concatenating 100 sites' arrays is most of a cold one's numpy),
+        in the shared :class:`ViewCache` too when no ledger touched them (a dry run's Scheduler per request)."""
+        for last in (self._last_stack, self.views.stack):
+            if last is not None and len(last[0]) == len(parts) and all(
+                    a is b for a, b in zip(last[0], parts, strict=True)):
+                return last[1], last[2]
+        stacked = StackedColumns(parts)
+        offsets = np.cumsum([0] + [len(p.static.reps) for p in parts[:-1]])
+        class_index = stacked.static.klass + np.repeat(offsets, [p.static.n for p in parts])
+        self._last_stack = (parts, stacked, class_index)
+        if all(p is self.views.columns.get(p.site.id) for p in parts):  # untouched by any ledger: shareable
+            self.views.stack = self._last_stack
+        return stacked, class_index
+
     def _grouped_rejections(self, cols: SiteColumns, first: np.ndarray, sub: np.ndarray, req: PlacementRequest,
-                            sid: int) -> list[Rejection]:
+                            sid: int, groups: list[tuple[int, int, int]] | None = None,
+                            offset: int = 0) -> list[Rejection]:
         """One rejection per (rule, code) of the site's hosts: the first such host's message and numbers, and
-        how many hosts it stands for (a group of one is the host's own rejection)."""
-        failed = (first >= 0).nonzero()[0]
-        if not failed.size:
+        how many hosts it stands for (a group of one is the host's own rejection). ``groups``: the site's
+        :meth:`_failure_groups` already found (over several sites stacked, its hosts from ``offset``)."""
+        if groups is None:
+            groups = self._failure_groups(first, sub, None, 1)[0]
+        if not groups:
             return []
-        hosts = failed.tolist()
-        keys = (first[failed] * (int(sub.max()) + 1) + sub[failed]).tolist()
-        sizes = Counter(keys)
-        at = dict(zip(reversed(keys), reversed(hosts), strict=True))  # each key's first host
-        groups: dict[tuple[str, str], list[Any]] = {}
-        for key, i in sorted(at.items(), key=lambda kv: kv[1]):
-            r = self._host_rejection(cols, i, int(first[i]), req, sid)
-            g = groups.setdefault((r.filter, r.code), [r, 0])
-            g[1] += sizes[key]
+        merged: dict[tuple[str, str], list[Any]] = {}
+        for i, k, size in groups:
+            r = self._host_rejection(cols, i - offset, k, req, sid)
+            g = merged.setdefault((r.filter, r.code), [r, 0])
+            g[1] += size
         out = []
         site = cols.site.name
-        for r, size in groups.values():
+        for r, size in merged.values():
             if size == 1:
                 out.append(r)
             else:
@@ -771,34 +804,71 @@ class Scheduler:
                                      {**r.numbers, "hosts": size}))
         return out
 
+    @staticmethod
+    def _failure_groups(first: np.ndarray, sub: np.ndarray, site_of: np.ndarray | None,
+                        sites: int) -> list[list[tuple[int, int, int]]]:
+        """Per site (``site_of``: each host's site, None: one site), its rejected hosts grouped by (first failing
+        rule, ``sub`` code): each group's first host, its rule and its size, in the order of those first hosts.
+        One sort over every host of an explanation instead of a count per site."""
+        out: list[list[tuple[int, int, int]]] = [[] for _ in range(sites)]
+        failed = (first >= 0).nonzero()[0]
+        if not failed.size:
+            return out
+        rule, code = first[failed], sub[failed]
+        where = site_of[failed] if site_of is not None else None
+        order = np.lexsort((failed, code, rule) if where is None else (failed, code, rule, where))
+        rule, code = rule[order], code[order]
+        head = np.ones(order.size, bool)
+        head[1:] = (rule[1:] != rule[:-1]) | (code[1:] != code[:-1])
+        if where is not None:
+            where = where[order]
+            head[1:] |= where[1:] != where[:-1]
+        at = head.nonzero()[0]
+        sizes = np.diff(at, append=order.size)
+        hosts = failed[order[at]]
+        by_host = np.argsort(hosts, kind="stable")  # sites lie end to end: host order is site order too
+        site_list = where[at][by_host].tolist() if where is not None else [0] * at.size
+        for s, i, k, n in zip(site_list, hosts[by_host].tolist(), rule[at][by_host].tolist(),
+                              sizes[by_host].tolist(), strict=True):
+            out[s].append((i, k, n))
+        return out
+
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
-                       sid: int) -> tuple[np.ndarray, list[Rejection | None]]:
-        """The first failing rule per host (-1: none) and each host's rejection (None: it passed). Kept per
-        (site, shape) and patched: after a placement only the hosts the ledger changed are judged again
-        (a verdict depends on the host's own numbers and its filter class) and get a new rejection (the
-        rest of a site that rejects 60 of its 100 hosts is reused)."""
+                       sid: int) -> tuple[np.ndarray, list[Rejection | None], Counter[str]]:
+        """The first failing rule per host (-1: none), each host's rejection (None: it passed) and their
+        :func:`code_counts`. Kept per (site, shape) and patched: after a placement only the hosts the ledger
+        changed are judged again (a verdict depends on the host's own numbers and its filter class), get a
+        new rejection and move the counts (the rest of a site that rejects 60 of its 100 hosts is reused,
+        not recounted)."""
         key = (cols.site.id, sid)
         prev = self._host_rejections.get(key)
         if prev is not None and prev[0] is cols:
-            return prev[1], prev[2]
+            return prev[1], prev[2], prev[3]
         per_class = self._class_verdicts.get(key)
         if prev is None or per_class is None:
             first = self._first_failing(cols, req, sid)[0]
             by_host: list[Rejection | None] = [None] * cols.static.n
-            redo = (first >= 0).nonzero()[0].tolist()
+            for i in (first >= 0).nonzero()[0].tolist():
+                by_host[i] = self._host_rejection(cols, i, int(first[i]), req, sid)
+            codes = code_counts(r for r in by_host if r is not None)
         else:
-            pcols, first, by_host = prev[0], prev[1].copy(), list(prev[2])
+            pcols, first, by_host, codes = prev[0], prev[1].copy(), list(prev[2]), prev[3].copy()
             redo = cols.changed if cols.base is pcols else [
                 i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
             for i in redo:
-                first[i] = self._first_failing_at(cols, i, req, per_class)
-        for i in redo:
-            k = int(first[i])
-            by_host[i] = self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                k = first[i] = self._first_failing_at(cols, i, req, per_class)
+                old, new = by_host[i], self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                by_host[i] = new
+                if old is not None:
+                    codes[old.code] -= old.covers
+                    if not codes[old.code]:
+                        del codes[old.code]
+                if new is not None:
+                    codes[new.code] += new.covers
         if len(self._host_rejections) > 20_000:
             self._host_rejections.clear()
-        self._host_rejections[key] = (cols, first, by_host)
-        return first, by_host
+        self._host_rejections[key] = (cols, first, by_host, codes)
+        return first, by_host, codes
 
     def _first_failing_at(self, cols: SiteColumns, i: int, req: PlacementRequest,
                           per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> int:
@@ -886,11 +956,15 @@ class Scheduler:
             out.append(self._judged(verdicts))
         return out
 
-    @staticmethod
-    def _judged(verdicts: list[Verdict]) -> tuple[list[Verdict], np.ndarray, bool]:
-        """Per-class verdicts, which classes fail (indexed by class), and whether any does."""
-        fails = [not v.ok for v in verdicts]
-        return verdicts, np.array(fails, bool), any(fails)
+    def _judged(self, verdicts: list[Verdict]) -> tuple[list[Verdict], np.ndarray, bool]:
+        """Per-class verdicts, which classes fail (indexed by class), and whether any does. The mask is shared
+        by every rule and site with the same pattern (read only: a site's 5 classes all passing is one array)."""
+        fails = tuple(not v.ok for v in verdicts)
+        mask = self._fail_masks.get(fails)
+        if mask is None:
+            mask = self._fail_masks[fails] = np.array(fails, bool)
+            mask.flags.writeable = False
+        return verdicts, mask, any(fails)
 
     def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
         """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""

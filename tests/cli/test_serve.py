@@ -106,6 +106,8 @@ def test_serve_answers_health_and_stops_on_a_signal(tmp_path: Path, sig: int) ->
     assert code == 0, broker.output
     assert "Traceback" not in broker.output
     assert (tmp_path / "c.db").exists()
+    froze = re.search(r"froze (\d+) startup objects", broker.output)  # gc.freeze() once the startup is done
+    assert froze and int(froze.group(1)) > 10_000, broker.output
 
 
 def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:

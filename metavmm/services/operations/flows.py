@@ -29,8 +29,9 @@ from metavmm.catalog.models import AddressLease, Operation, Provider, Site, Work
 from metavmm.foundation.errors import ConfigError, Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.kinds import KINDS, QEMU_MACS
 from metavmm.foundation.records import Capability
-from metavmm.scheduler import live_mode
+from metavmm.scheduler import live_mode, service
 from metavmm.scheduler.graph import link_rate
+from metavmm.scheduler.migration import egress_charge
 from metavmm.scheduler.plan import Step
 from metavmm.scheduler.provision import boot_check_args
 from metavmm.services.operations import addresses, store
@@ -588,6 +589,8 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                                     .where(Provider.name == target_provider, col(Site.present))
                                     .order_by(Site.region))).first()  # a provider whose config names no region
     region = target_region or (sites[0].region if sites else regions[0] if regions else known or "local")
+    if offer is None:  # not planned by the scheduler (a target named by its provider, perhaps its region)
+        offer = await _egress_offer(engine, workload.id, target_provider, region)
     assigned = target_cfg.kind in KINDS and KINDS[target_cfg.kind].assigns_mac  # neutron gives the port its MAC
     mac = None if assigned else new_mac(macs, target_cfg.kind)
     hostname = clone_hostname(workload.name)
@@ -639,6 +642,17 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                     fingerprint=fingerprint(workload.id, target_provider, target_region, disk_format),
                     rows=(lease,) if lease is not None else (),
                     operation_id=lease.operation_id if lease is not None else None)
+
+
+async def _egress_offer(engine: Engine, workload_id: str, provider: str, region: str) -> dict[str, Any] | None:
+    """What a move the scheduler did not plan pays for its disk to leave its site for ``provider``/``region``
+    (:func:`metavmm.scheduler.migration.egress_charge`, the figure a planned move charges), as the offer whose
+    ``egress`` the record step charges; None when it pays nothing or either site is not in the catalog."""
+    snap = await service.snapshot(engine.sessions, engine.config)
+    w = next((x for x in snap.workloads if x.id == workload_id), None)
+    target = next((s for s in snap.sites if s.provider.name == provider and s.region == region), None)
+    charge = egress_charge(snap, w, target) if w is not None and target is not None else None
+    return {"egress": charge} if charge is not None else None
 
 
 async def cold_migrate(engine: Engine, workload_id: str, *, target_provider: str, target_region: str | None = None,

@@ -21,7 +21,7 @@ from metavmm.scheduler import service
 from metavmm.scheduler.migration import MigrationPlanner
 from metavmm.scheduler.request import PlacementRequest
 from metavmm.scheduler.summary import placement_summary
-from metavmm.services.operations import migrations
+from metavmm.services.operations import flows, migrations
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
@@ -148,3 +148,19 @@ async def test_a_burst_vm_moved_home_is_burst_work_no_more(sqlite_sessions: Any,
     async with sqlite_sessions() as session:  # an hour on, its hours at home have not counted on the budget
         later = await burst_spent(session, pid, an_hour_on)
     assert later == spent and set(spent) == {"overflow"} and spent["overflow"] > 0
+
+
+async def test_a_move_to_a_provider_alone_charges_its_egress(sqlite_sessions: Any, tmp_path: Path) -> None:
+    """Fails on the old code: a cold migration that names only its target provider (``ops migrate --to home
+    --cold``: the region, so the site, resolved from the provider) had no offer, so its egress was charged
+    nowhere; the plan's record step now carries it, priced as the planner prices a move to that site."""
+    config, engine, wid, pid = await _burst_at_cloud(sqlite_sessions, tmp_path)
+    snap = await service.snapshot(sqlite_sessions, config)
+    planned = MigrationPlanner(snap).move_one(wid, site="home/sim-000")
+    op = await flows.cold_migrate(engine, wid, target_provider="home")
+    record = next(s for s in op.steps if s["action"] == "workload.record")
+    assert record["args"]["charge"] == planned.offer["egress"]  # the same figure a planned move charges
+    await _run(sqlite_sessions, config, op)
+    (charged,) = [r for r in await _rows(sqlite_sessions, wid) if r.price_source == "egress"]
+    assert (charged.project_id, charged.provider, charged.site) == (pid, "cloud", "cloud/sim-000")
+    assert (Decimal(charged.amount), Decimal(charged.gib)) == (EGRESS * DISK_GIB, DISK_GIB)
