@@ -347,7 +347,7 @@ class BatchPlanner:
         better of the two (more placed, then cheaper) is kept."""
         assignments, remaining, start, proven = self._relaxed(classes, free, whole_numbers=True)
         # no pairwise swaps here: the polish's reduced-cost neighbourhood finds cheaper answers in less time
-        assignments = self._repair(classes, assignments, remaining, start, swaps=False)
+        assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=not proven)
         if proven:
             return assignments, remaining
         other, left, start, _ = self._relaxed(classes, free)
@@ -357,8 +357,10 @@ class BatchPlanner:
         return assignments, remaining
 
     def _repair(self, classes: list[TaskClass], assignments: list[Assignment], remaining: dict[int, list[str]],
-                free: dict[int, tuple[int, int, dict[str, int]]], swaps: bool | None = None) -> list[Assignment]:
-        """Exact per-host repair and local search (batch_repair) over what the flow realised."""
+                free: dict[int, tuple[int, int, dict[str, int]]], swaps: bool | None = None,
+                count_moves: bool = True) -> list[Assignment]:
+        """Exact per-host repair and local search (batch_repair) over what the flow realised; ``count_moves``
+        False when the count is proven the most (only the cost moves can then gain)."""
         hosted = [tc for tc in classes if tc.hosts]
         if not hosted:
             return assignments
@@ -385,6 +387,7 @@ class BatchPlanner:
         packing = Packing(need, free_rows, [{hx[h.id]: unit for h, unit in tc.hosts} for tc in hosted], on,
                           [len(remaining[tc.index]) for tc in hosted])
         packing.swaps = self.swaps if swaps is None else swaps
+        packing.count_moves = count_moves
         packing.improve()
         for i, counts in enumerate(packing.on):
             hid = ids[i]

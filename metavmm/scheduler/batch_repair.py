@@ -55,6 +55,9 @@ class Packing:
     gpu_need: list[bool] = field(default_factory=list)
     gpu_free: list[bool] = field(default_factory=list)
     swaps: bool = True
+    # False when the count is already proven the most (the planner's count MIP): the count moves can then
+    # only fail, so their insert/relocate/trade attempts are skipped and only the cost moves run
+    count_moves: bool = True
 
     def __post_init__(self) -> None:
         self.options = [sorted((u, h) for h, u in units.items()) for units in self.unit]
@@ -112,10 +115,11 @@ class Packing:
     def improve(self, passes: int = 4) -> None:
         for _ in range(passes):
             before = (self.placed, round(self.cost(), 6))
-            self._count_moves()
-            self._cost_moves()
-            if (self.placed, round(self.cost(), 6)) == before:
-                break
+            if self.count_moves:
+                self._count_moves()
+            settled = self._cost_moves()
+            if (self.placed, round(self.cost(), 6)) == before or (settled and not self.count_moves):
+                break  # no improving move is left: another pass would only check that again
 
     # -- more placed ---------------------------------------------------------------------------------
     def _count_moves(self) -> None:
@@ -199,12 +203,12 @@ class Packing:
         return False
 
     # -- less money ----------------------------------------------------------------------------------
-    def _cost_moves(self) -> None:
-        improved = True
-        rounds = 0
-        while improved and rounds < 8:
-            rounds += 1
-            improved = self._move_cheaper() | self._swap_unplaced() | (self.swaps and self._swap_pairs())
+    def _cost_moves(self) -> bool:
+        """Cost moves until none improves (True) or 8 rounds (False: more may be left)."""
+        for _ in range(8):
+            if not (self._move_cheaper() | self._swap_unplaced() | (self.swaps and self._swap_pairs())):
+                return True
+        return False
 
     def _move_cheaper(self) -> bool:
         done = False

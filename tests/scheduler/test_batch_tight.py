@@ -142,3 +142,15 @@ def test_cost_moves_go_to_the_cheaper_host() -> None:
     packing.improve()
     assert packing.on == [Counter(), Counter({0: 1})]
     assert packing.cost() == 1.0
+
+
+def test_a_proven_count_runs_the_cost_moves_alone() -> None:
+    # the planner turns the count moves off when its count MIP proved the count: the cost moves still run
+    packing = Packing(need=[(2, 2), (2, 2)], free=[[0, 0], [2, 2], [4, 4]], unit=[{0: 3.0, 2: 1.0}, {1: 1.0}],
+                      on=[Counter({0: 1}), Counter(), Counter()], left=[0, 1], count_moves=False)
+    packing.improve()
+    assert packing.left == [0, 1]  # host 1 had room for the left-out one: no count move was made
+    assert packing.on == [Counter(), Counter(), Counter({0: 1})]
+    packing.count_moves = True
+    packing.improve()
+    assert packing.left == [0, 0]
