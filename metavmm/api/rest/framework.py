@@ -134,7 +134,10 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         headers = request.get(RESPONSE_HEADERS, {})
         if adapter is None:
             return web.Response(status=204, headers=headers)
-        return web.json_response(adapter.dump_python(result, mode="json"), status=route.status, headers=headers)
+        # pydantic writes the JSON itself (in Rust): a list page of workloads, each with its placement
+        # explanation, cost 0.8 ms through dump_python + json.dumps against 0.1 ms here (issue 16 item 13)
+        return web.Response(body=adapter.dump_json(result), status=route.status, headers=headers,
+                            content_type="application/json", charset="utf-8")
 
     handle.__doc__ = route.summary
     setattr(handle, ROLE_ATTR, role)

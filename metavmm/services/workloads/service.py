@@ -640,16 +640,14 @@ class WorkloadService:
         marketplace image of the project); planned behind an operation still running on the workload."""
         if action not in COMPUTE_ACTIONS:
             raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(COMPUTE_ACTIONS)}")
-        workload = await self._visible(caller, workload_id)
-        self._may_write(caller, workload)
-        assert workload.project_id is not None
-        key = scoped_key(caller, workload.project_id, idempotency_key)
-        fingerprint = _digest("act", workload.id, action, image_name)
-        async with self._transaction(workload.project_id) as session:
+        workload_id, project_id = await self._writable(caller, workload_id)
+        key = scoped_key(caller, project_id, idempotency_key)
+        fingerprint = _digest("act", workload_id, action, image_name)
+        async with self._transaction(project_id) as session:
             earlier = await self._replay(session, key, fingerprint, None)
             if earlier is not None:
                 return earlier
-            workload = await self._locked(session, caller, workload.id, expected_version)
+            workload = await self._locked(session, caller, workload_id, expected_version)
             busy = await _busy(session, workload.id)
             if workload.desired_state == "deleted":
                 raise Conflict(f"workload {workload.id} is being deleted")
@@ -670,16 +668,14 @@ class WorkloadService:
                      expected_version: int | None = None) -> Operation:
         """A new shape for a placed compute; the growth is checked against the quota and reserved with the
         plan (the plan commits it once the VM has the new shape; its rollback gives it back)."""
-        workload = await self._visible(caller, workload_id)
-        self._may_write(caller, workload)
-        assert workload.project_id is not None
-        key = scoped_key(caller, workload.project_id, idempotency_key)
-        fingerprint = _digest("resize", workload.id, flavor, vcpus, ram_mib)
-        async with self._transaction(workload.project_id) as session:
+        workload_id, project_id = await self._writable(caller, workload_id)
+        key = scoped_key(caller, project_id, idempotency_key)
+        fingerprint = _digest("resize", workload_id, flavor, vcpus, ram_mib)
+        async with self._transaction(project_id) as session:
             earlier = await self._replay(session, key, fingerprint, "resize")
             if earlier is not None:
                 return earlier
-            workload = await self._locked(session, caller, workload.id, expected_version)
+            workload = await self._locked(session, caller, workload_id, expected_version)
             if workload.kind != WorkloadKind.COMPUTE:
                 raise Conflict(f"resize applies to compute workloads, not {workload.kind}")
             if not _is_placed(workload):
@@ -699,11 +695,9 @@ class WorkloadService:
                      attributes: dict[str, Any] | None = None, expected_version: int | None = None) -> Workload:
         """Rename, or change attributes kept in the spec that no provider sees (OCCI user mixins, a
         summary); compare-and-set on the version when ``expected_version`` is given."""
-        workload = await self._visible(caller, workload_id)
-        self._may_write(caller, workload)
-        assert workload.project_id is not None
-        async with self._transaction(workload.project_id) as session:
-            workload = await self._locked(session, caller, workload.id, expected_version)
+        workload_id, project_id = await self._writable(caller, workload_id)
+        async with self._transaction(project_id) as session:
+            workload = await self._locked(session, caller, workload_id, expected_version)
             if workload.desired_state == "deleted":
                 raise Conflict(f"workload {workload.id} is being deleted")
             values: dict[str, Any] = {}
@@ -744,18 +738,16 @@ class WorkloadService:
         provider (its create rolled back or was cancelled) only gives its quota back. ``after``: operations
         whose end the provider's delete waits for (a class's network waits for its seats' deletes: the
         provider refuses to delete a network a VM still has an interface on)."""
-        workload = await self._visible(caller, workload_id)
-        self._may_write(caller, workload)
-        assert workload.project_id is not None
-        key = scoped_key(caller, workload.project_id, idempotency_key)
-        fingerprint = _digest("delete", workload.id)
-        async with self._transaction(workload.project_id) as session:
+        workload_id, project_id = await self._writable(caller, workload_id)
+        key = scoped_key(caller, project_id, idempotency_key)
+        fingerprint = _digest("delete", workload_id)
+        async with self._transaction(project_id) as session:
             earlier = await self._replay(session, key, fingerprint, "delete")
             if earlier is not None:
                 return earlier
-            op = await self._delete_in(session, caller, workload.id, expected_version, key, fingerprint, after)
+            op = await self._delete_in(session, caller, workload_id, expected_version, key, fingerprint, after)
             if op is None:
-                raise Conflict(f"workload {workload.id} is already being deleted")
+                raise Conflict(f"workload {workload_id} is already being deleted")
         await self._wake(op)
         return op
 
@@ -775,7 +767,8 @@ class WorkloadService:
         workload = await self._locked(session, caller, workload_id, expected_version)
         if workload.desired_state == "deleted":
             return None
-        await flows.refuse_if_linked(session, workload)
+        if workload.kind != WorkloadKind.COMPUTE:  # (a link's target is a network or storage, never a compute)
+            await flows.refuse_if_linked(session, workload)
         if _is_placed(workload) or await _creating(session, workload.id):
             await _set(session, workload, desired_state="deleted")
             plan = await flows.delete_plan(session, workload.id)  # reads the links (DHCP reservations)
@@ -823,6 +816,21 @@ class WorkloadService:
     def _may_write(caller: Identity, row: Any) -> None:
         if not caller.at_least(Role.MEMBER):
             raise Forbidden(f"user {caller.user} has the {caller.role} role in project {caller.project}: read-only")
+
+    async def _writable(self, caller: Identity, workload_id: str) -> tuple[str, int]:
+        """The workload's id as stored and the project whose write lock a change of it takes, for a caller
+        who may write. A project member's is their own project: they see no other, and the row, read
+        under the lock, is checked again (:meth:`_locked`), so no session is opened just to learn it (a
+        second session and statement per delete or action under load, issue 16 item 13). An admin acts on
+        any project's rows, and a reader learns 404 before 403: for them the row is read first."""
+        if caller.is_admin or not caller.at_least(Role.MEMBER):
+            workload = await self._visible(caller, workload_id)
+            self._may_write(caller, workload)
+            assert workload.project_id is not None
+            return workload.id, workload.project_id
+        if not is_uuid(workload_id):
+            raise NotFound(f"no workload {workload_id}")
+        return workload_id.lower(), caller.project_id
 
     async def _visible(self, caller: Identity, workload_id: str) -> Workload:
         async with self.sessions() as session:

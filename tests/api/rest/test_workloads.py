@@ -263,3 +263,30 @@ async def test_placement_groups_are_taken_on_create_and_checked(aiohttp_client: 
     assert resp.status == 400 and "affinity_group" in await resp.text()
     async with app[keys.SESSIONS]() as s:
         assert (await s.exec(select(func.count()).select_from(Workload))).one() == 1
+
+
+async def test_changes_of_another_projects_workload_are_404_and_write_nothing(aiohttp_client: Any,
+                                                                              sqlite_url: str) -> None:
+    """A member's delete, action and rename lock their own project and read the row under that lock (no
+    first read of its project): a workload of another project is then 404, changed in nothing; a reader
+    of the owning project is refused."""
+    client, app, _ = await _client(aiohttp_client, sqlite_url)
+    created = await client.post(f"{API}/workloads", json={"name": "mine", "vcpus": 1, "ram_mib": 256})
+    assert created.status == 202, await created.text()
+    wid = (await created.json())["workload"]["id"]
+    await _until_done(client, (await created.json())["operation"]["id"])
+    async with app[keys.SESSIONS]() as s:
+        ops_before = (await s.exec(select(func.count()).select_from(Operation))).one()
+    await authorize(client, "member", project="beta")
+    for method, path, body in (("DELETE", f"/workloads/{wid}", None),
+                               ("POST", f"/workloads/{wid}/actions", {"action": "stop"}),
+                               ("PATCH", f"/workloads/{wid}", {"name": "theirs"})):
+        headers = {"If-Match": '"1"'} if method == "PATCH" else {}
+        resp = await client.request(method, API + path, json=body, headers=headers)
+        assert resp.status == 404, (method, path, await resp.text())
+    async with app[keys.SESSIONS]() as s:
+        row = await s.get(Workload, wid)
+        assert row is not None and row.name == "mine" and row.desired_state == "active"
+        assert (await s.exec(select(func.count()).select_from(Operation))).one() == ops_before
+    await authorize(client, "reader", project="alpha")
+    assert (await client.delete(f"{API}/workloads/{wid}")).status == 403
