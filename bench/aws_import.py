@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.engine_harness import stop_processes
 from bench.sync_moto import _free_port, _start_moto
 from metavmm.drivers.aws import AwsDriver
 from metavmm.foundation.config import AwsProvider, CredentialRef
@@ -96,8 +97,7 @@ def main() -> None:
             print(f"{label:<28}{seconds:>9.2f}{args.size_mib / seconds:>9.0f}{blocks:>8}"
                   f"{blocks * 0.5:>10.0f}{seconds / floor:>9.2f}")
     finally:
-        moto.terminate()
-        moto.wait(timeout=10)
+        stop_processes([moto], timeout_s=10)
         shutil.rmtree(work, ignore_errors=True)
 
 

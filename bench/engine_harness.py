@@ -8,6 +8,7 @@ import statistics
 import subprocess
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from metavmm.catalog import db
 from metavmm.catalog.models import Operation, OperationState
@@ -46,7 +47,7 @@ def median_row(label: str, xs: list[float], width: int = 48) -> str:
     return f"{label:<{width}} {statistics.median(xs):7.2f} s  (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
 
 
-def stop_processes(procs: Iterable[subprocess.Popen[str]], timeout_s: float) -> None:
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout_s: float) -> None:
     """SIGTERM every process, then wait for each; one that outlives ``timeout_s`` is killed."""
     procs = list(procs)
     for proc in procs:

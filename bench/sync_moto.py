@@ -25,6 +25,7 @@ from pathlib import Path
 
 import boto3
 
+from bench.engine_harness import stop_processes
 from metavmm.catalog import db
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
@@ -109,8 +110,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows = asyncio.run(_measure(endpoint, Path(tmp)))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_processes([proc], timeout_s=10)
     print(f"AWS sync against moto_server, {args.instances} instances, 1 region, SQLite catalog")
     for label, seconds, what in rows:
         print(f"  {label:<42} {seconds:7.2f} s   {what}")
