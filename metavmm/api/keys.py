@@ -32,6 +32,10 @@ SECRETS = web.AppKey("secrets", SecretBox)
 PLACER = web.AppKey("placer", Placer)
 WORKLOADS = web.AppKey("workloads", WorkloadService)
 IDENTITY = web.RequestKey("identity", Identity)
+TOKEN_LEFT = web.RequestKey("token_left", float)
+"""Seconds the caller's API token identity stays good in the identity cache (set when it is cached)."""
+REPLAYABLE = web.RequestKey("replayable", bool)
+"""Set by a handler whose answer the fast path (metavmm.api.fastpath) may replay to the same caller."""
 AUTOSCALE = web.AppKey("autoscale", AutoscaleService)
 CHANGES = web.AppKey("changes", Changes)
 IDENTITIES = web.AppKey("identities", TtlCache[tuple[str, Identity]])

@@ -276,6 +276,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
         # A hit needs nothing but the caller's project: the auth middleware already checked the role.
         key = (ident.project_id, request.path, request.headers.get("Accept", ""), request.host)
         if (hit := cache.get(key)) is not None:
+            request[keys.REPLAYABLE] = True  # to this caller, as it is (see metavmm.api.fastpath)
             return _replay(hit)
         version = cache.version()
         svc = await OcciService.for_request(request)
@@ -285,6 +286,7 @@ def kind_routes(kind: Kind) -> tuple[Handler, Handler]:
             resp = error_response(request, exc)
         assert isinstance(resp.body, bytes)
         cache.put(key, (resp.status, resp.body, CIMultiDict(resp.headers)), version)
+        request[keys.REPLAYABLE] = True
         return resp
 
     async def update_or_act(request: web.Request) -> web.Response:
