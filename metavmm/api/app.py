@@ -216,7 +216,7 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     app = web.Application(middlewares=[root_middleware])
     app[keys.CONFIG] = config
     app[keys.CHANGES] = Changes()  # (watching the engine once it is opened, see _read_caches)
-    app[REPLAYS] = Replays(app[keys.CHANGES], config.federation.read_cache_s)
+    app[REPLAYS] = Replays(app[keys.CHANGES])
     app[REPLAYS].install(app)  # cached OCCI entity answers, ahead of the router and the middleware
     netguard.configure(config.limits)
     jsonbody.configure(config.limits)

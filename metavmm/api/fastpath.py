@@ -13,18 +13,21 @@ OCCI entity or its 404) is kept, as sent, by
   everything the answer depends on besides the catalog.
 
 An entry ends with any commit through this process's engine (the catalog's change counter, :data:`ANY`:
-a revoked token, a removed member, an updated entity all end every entry at once) and after
-``federation.read_cache_s``, never later than its identity would leave the identity cache (the token's
-expiry, ``auth.identity_cache_s``): a revocation by another process shows within those bounds, as it does
-without this. A replay gets its own request id (the client's ``X-Request-Id`` when plain), is counted in the
-request metrics under the route that answered it first, and goes through aiohttp's access log like any
-answer; it reads nothing and builds nothing but the response.
+a revoked token, a removed member, an updated entity all end every entry at once), and when the first of two
+would end: the OCCI read cache's entry it was answered from (``federation.read_cache_s`` after the catalog
+read) and the caller's identity in the identity cache (``auth.identity_cache_s``, never past the token's
+expiry). A change by another process therefore shows within the bounds it did without this.
+
+A replay gets its own request id (the client's ``X-Request-Id`` when plain), is counted in the request metrics
+under the route that answered it first, and goes through aiohttp's access log like any answer; it reads nothing
+and builds nothing but the response.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
 from hashlib import sha256
 
 from aiohttp import web
@@ -43,31 +46,26 @@ Entry = tuple[int, float, int, bytes, CIMultiDict[str], Cells]
 class Replays:
     """The answers kept for replay; :meth:`install` puts them in front of an application (before it starts)."""
 
-    def __init__(self, changes: Changes, ttl_s: float, *, max_entries: int = 10_000,
+    def __init__(self, changes: Changes, *, max_entries: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.changes, self.ttl_s, self.max_entries, self.clock = changes, ttl_s, max_entries, clock
+        self.changes, self.max_entries, self.clock = changes, max_entries, clock
         self.entries: dict[Hashable, Entry] = {}
         self.hits = 0
 
     def install(self, app: web.Application) -> None:
         """Answer ``app``'s requests through :meth:`handle`. aiohttp has no hook ahead of its router: its server
         calls the application's ``_handle``, looked up when the runner starts, so it is shadowed here."""
-        inner = app._handle
-        replays = self
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await replays.handle(request, inner)
-
-        object.__setattr__(app, "_handle", handle)  # (object's: aiohttp's debug mode warns on new attributes)
+        # (object's __setattr__: aiohttp's debug mode warns on attributes it does not know)
+        object.__setattr__(app, "_handle", partial(self.handle, inner=app._handle))
 
     async def handle(self, request: web.Request, inner: Handler) -> web.StreamResponse:
         headers = request.headers
         auth = headers.get("Authorization")
-        if auth is None or request.method != "GET" or request.raw_path.startswith("/api/"):
+        path = request.raw_path
+        if auth is None or request.method != "GET" or path.startswith("/api/"):
             return await inner(request)
         started = time.perf_counter()
-        key = (sha256(auth.encode()).digest(), request.raw_path, headers.get("Accept"), headers.get("User-Agent"),
-               request.host)
+        key = (sha256(auth.encode()).digest(), path, headers.get("Accept"), headers.get("User-Agent"), request.host)
         counts = self.changes.counts
         entry = self.entries.get(key)
         if entry is not None:
@@ -80,13 +78,14 @@ class Replays:
             self.entries.pop(key, None)
         version = counts[ANY]
         response = await inner(request)
-        if request.get(keys.REPLAYABLE) and version == counts[ANY]:
-            self._keep(key, version, request, response)
+        if version == counts[ANY] and (left := request.get(keys.REPLAYABLE)) is not None:
+            self._keep(key, version, left, request, response)
         return response
 
-    def _keep(self, key: Hashable, version: int, request: web.Request, response: web.StreamResponse) -> None:
-        left = request.get(keys.TOKEN_LEFT)  # only an API token's identity the identity cache holds
-        if self.ttl_s <= 0 or left is None or response.status >= 500 or not isinstance(response, web.Response) \
+    def _keep(self, key: Hashable, version: int, left: float, request: web.Request,
+              response: web.StreamResponse) -> None:
+        token_left = request.get(keys.TOKEN_LEFT)  # only an API token's identity the identity cache holds
+        if token_left is None or response.status >= 500 or not isinstance(response, web.Response) \
                 or response.prepared:
             return
         body = response.body
@@ -96,7 +95,7 @@ class Replays:
             self.entries.clear()
         headers = CIMultiDict(response.headers)
         headers.popall("X-Request-Id", None)
-        self.entries[key] = (version, self.clock() + min(self.ttl_s, left), response.status, body, headers,
+        self.entries[key] = (version, self.clock() + min(left, token_left), response.status, body, headers,
                              series_of(request, response.status))
 
     def clear(self) -> None:
