@@ -14,8 +14,8 @@ with the same token), REST ``/api/v1/whoami`` (token) and ``/healthz`` (no authe
 The per-request profile is measured in each broker's process during its wrk runs: SQL statements, of them
 writes (INSERT/UPDATE/DELETE), connection checkouts (one per session that touched the database), and the
 process's CPU time, each divided by the requests wrk completed. Then (``--direct ROUNDS``) each case's CPU time
-per request without sockets, bare and each broker in turn (:func:`direct_cpu`): the figure the machine's load
-moves least. ``--profile`` adds a cProfile of each broker's
+per request without sockets, a bare handler and the broker in turn in each broker's process (:func:`direct_cpu`):
+the figure the machine's load moves least. ``--profile`` adds a cProfile of each broker's
 event loop during one more run of the compute GET and the 404 (top functions by own time). Last, each
 broker's project grows to ``--entities`` computes (10,000) and the collection is read as text/uri-list:
 one page of 1000 (median of 5) and every page in turn; then as JSON in pages of 100 and of 1000 (see
@@ -227,6 +227,7 @@ async def serve(database: str | None) -> None:
         counts = Counts()
         counts.watch(app[keys.ENGINE])
         prof = cProfile.Profile()
+        bare_runners: dict[int, web.AppRunner] = {}
 
         def say(value: object) -> None:
             sys.stdout.write(json.dumps(value) + "\n")
@@ -247,10 +248,19 @@ async def serve(database: str | None) -> None:
                 say("\n".join(buf.getvalue().splitlines()[:40]))
             elif line.startswith("direct "):
                 case = json.loads(line.split(" ", 1)[1])
-                say(await direct_cpu(runner, case["path"], case["headers"], case["n"]))
+                bare = bare_runners.get(case["bare"]["index"])
+                if bare is None:  # the bare handler in this process too: the same process's speed for both
+                    answer = Case("", "", {}, case["bare"]["status"], case["bare"]["body"].encode("latin-1"),
+                                  [tuple(h) for h in case["bare"]["headers"]])
+                    bare = bare_runners[case["bare"]["index"]] = web.AppRunner(_bare_app([answer]), access_log=None)
+                    await bare.setup()
+                say([await direct_cpu(bare, "/0", case["headers"], case["n"]),
+                     await direct_cpu(runner, case["path"], case["headers"], case["n"])])
             elif line.startswith("grow "):
                 await _grow(app, path, int(line.split()[1]))
                 say("ok")
+        for bare in bare_runners.values():
+            await bare.cleanup()
         await runner.cleanup()
 
 
@@ -390,12 +400,15 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
         cpu_direct: dict[tuple[int, str], list[float]] = {}
         for _ in range(direct_rounds):
             for i, case in enumerate(cases):
-                cpu_direct.setdefault((i, "bare"), []).append(
-                    await direct_cpu(bare_runner, f"/{i}", case.headers, direct_n))
                 for broker in brokers:
                     url, headers = target(broker, i)
-                    command = json.dumps({"path": url.removeprefix(broker.base), "headers": headers, "n": direct_n})
-                    cpu_direct.setdefault((i, broker.label), []).append(await broker.ask(f"direct {command}"))
+                    bare = {"index": i, "status": case.status, "body": case.body.decode("latin-1"),
+                            "headers": case.answer_headers}
+                    command = json.dumps({"path": url.removeprefix(broker.base), "headers": headers, "n": direct_n,
+                                          "bare": bare})
+                    bare_us, broker_us = await broker.ask(f"direct {command}")
+                    cpu_direct.setdefault((i, f"{broker.label} bare"), []).append(bare_us)
+                    cpu_direct.setdefault((i, broker.label), []).append(broker_us)
         profiles = []
         if profile:
             for broker in brokers:
@@ -432,12 +445,13 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
                   f"{sql:>9.2f}{writes:>11.3f}{checkouts:>13.2f}{cpu * 1e6:>11.0f}{bare_cpu[i] * 1000:>12.0f}")
     if cpu_direct:
         print(f"CPU us/request without sockets (aiohttp's server path and the application, {direct_n} pipelined "
-              f"GETs, best of {direct_rounds}), and bare/broker:")
+              f"GETs, best of {direct_rounds}; the bare handler in each broker's process), and bare/broker:")
         for i, case in enumerate(cases):
-            b = min(cpu_direct[(i, "bare")])
-            print(f"{case.label:38}{'bare':>7}{b:>8.1f}" + "".join(
-                f"{broker.label:>8}{min(cpu_direct[(i, broker.label)]):>8.1f}"
-                f"{b / min(cpu_direct[(i, broker.label)]):>7.3f}" for broker in brokers))
+            print(f"{case.label:38}" + "".join(
+                f"{broker.label:>5} bare {min(cpu_direct[(i, f'{broker.label} bare')]):6.1f} broker "
+                f"{min(cpu_direct[(i, broker.label)]):6.1f} ratio "
+                f"{min(cpu_direct[(i, f'{broker.label} bare')]) / min(cpu_direct[(i, broker.label)]):.3f}  "
+                for broker in brokers))
     for label, (page, walk, listed) in walks.items():
         print(f"{label}: {entities} computes as text/uri-list: a page of 1000 in {page * 1000:.0f} ms (median of 5), "
               f"all {listed} (pages of 1000) in {walk * 1000:.0f} ms")
