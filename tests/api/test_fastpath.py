@@ -162,3 +162,31 @@ async def test_a_missing_entity_is_replayed_per_caller_and_ends_when_it_appears(
         s.add(Workload(**{**row.model_dump(), "id": missing.rsplit("/", 1)[1], "name": "appeared-now"}))
     found = await client.get(missing, headers=headers)
     assert found.status == 200 and "appeared-now" in await found.text()
+
+
+async def test_a_change_by_another_process_shows_within_the_read_cache_bound(world: Any, db_url: str) -> None:
+    """A replay ends when the read-cache entry it was answered from would: a rename committed by another process
+    (its own engine: the broker sees none of its commits) shows once ``federation.read_cache_s`` has passed since
+    the catalog read, not later for having been replayed."""
+    from metavmm.catalog.db import make_engine, make_sessionmaker
+
+    client, w = world
+    now = [1000.0]
+    for clocked in (w.app[keys.OCCI_READS], w.app[REPLAYS]):
+        clocked.clock = lambda: now[0]
+    w.app[keys.OCCI_READS].clear()
+    headers = {**TEXT, **w.auth("alpha_member")}
+    await _replayed(client, w, _path(w), headers)
+    engine = make_engine(db_url)
+    try:
+        async with session_scope(make_sessionmaker(engine)) as s:
+            (await s.get(Workload, w.ids["workload"])).name = "renamed-elsewhere"  # type: ignore[union-attr]
+    finally:
+        await engine.dispose()
+    now[0] += w.app[keys.CONFIG].federation.read_cache_s / 2
+    reader = {**TEXT, **w.auth("alpha_reader")}  # a caller whose replay starts from the read cache's older entry
+    for who in (headers, reader, reader):
+        assert "renamed-elsewhere" not in await (await client.get(_path(w), headers=who)).text()  # within the bound
+    now[0] += w.app[keys.CONFIG].federation.read_cache_s / 2
+    for who in (headers, reader):
+        assert 'occi.core.title="renamed-elsewhere"' in await (await client.get(_path(w), headers=who)).text()
