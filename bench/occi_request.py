@@ -13,14 +13,16 @@ with the same token), REST ``/api/v1/whoami`` (token) and ``/healthz`` (no authe
 
 The per-request profile is measured in each broker's process during its wrk runs: SQL statements, of them
 writes (INSERT/UPDATE/DELETE), connection checkouts (one per session that touched the database), and the
-process's CPU time, each divided by the requests wrk completed. ``--profile`` adds a cProfile of each broker's
+process's CPU time, each divided by the requests wrk completed. Then (``--direct ROUNDS``) each case's CPU time
+per request without sockets, a bare handler and the broker in turn in each broker's process (:func:`direct_cpu`):
+the figure the machine's load moves least. ``--profile`` adds a cProfile of each broker's
 event loop during one more run of the compute GET and the 404 (top functions by own time). Last, each
 broker's project grows to ``--entities`` computes (10,000) and the collection is read as text/uri-list:
 one page of 1000 (median of 5) and every page in turn; then as JSON in pages of 100 and of 1000 (see
 :func:`_json_pages`): every page in turn, and the first and the last page alone.
 
     .venv/bin/python -m bench.occi_request [--seconds 5] [--rounds 3] [--connections 32] [--profile]
-        [--old /tmp/old-tree] [--entities 10000]
+        [--old /tmp/old-tree] [--entities 10000] [--direct 5]
 """
 
 from __future__ import annotations
@@ -225,6 +227,7 @@ async def serve(database: str | None) -> None:
         counts = Counts()
         counts.watch(app[keys.ENGINE])
         prof = cProfile.Profile()
+        bare_runners: dict[int, web.AppRunner] = {}
 
         def say(value: object) -> None:
             sys.stdout.write(json.dumps(value) + "\n")
@@ -243,10 +246,81 @@ async def serve(database: str | None) -> None:
                 pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
                 prof = cProfile.Profile()
                 say("\n".join(buf.getvalue().splitlines()[:40]))
+            elif line.startswith("direct "):
+                case = json.loads(line.split(" ", 1)[1])
+                bare = bare_runners.get(case["bare"]["index"])
+                if bare is None:  # the bare handler in this process too: the same process's speed for both
+                    answer = Case("", "", {}, case["bare"]["status"], case["bare"]["body"].encode("latin-1"),
+                                  [tuple(h) for h in case["bare"]["headers"]])
+                    bare = bare_runners[case["bare"]["index"]] = web.AppRunner(_bare_app([answer]), access_log=None)
+                    await bare.setup()
+                say([await direct_cpu(bare, "/0", case["headers"], case["n"]),
+                     await direct_cpu(runner, case["path"], case["headers"], case["n"])])
             elif line.startswith("grow "):
                 await _grow(app, path, int(line.split()[1]))
                 say("ok")
+        for bare in bare_runners.values():
+            await bare.cleanup()
         await runner.cleanup()
+
+
+class _Transport(asyncio.Transport):
+    """A connection's far end that only counts the responses written to it (see :func:`direct_cpu`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered, self.want, self.closing = 0, 0, False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if bytes(data[:9]) == b"HTTP/1.1 ":
+            self.answered += 1
+            if self.answered >= self.want and self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def direct_cpu(runner: web.AppRunner, path: str, headers: dict[str, str], n: int, batch: int = 50) -> float:
+    """CPU microseconds per request of aiohttp's whole server path (parsing, the application, writing the answer)
+    without sockets: ``n`` GETs of ``path`` fed to one connection's handler, ``batch`` pipelined at a time. The
+    kernel's share of a request (send, receive, epoll: the same for any server) is left out, and with it most of
+    the noise of a loaded machine."""
+    loop = asyncio.get_running_loop()
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "127.0.0.1:8080", **headers}.items())
+    raw = f"GET {path} HTTP/1.1\r\n{head}\r\n".encode() * batch
+    assert runner.server is not None
+    handler = runner.server()
+    transport = _Transport()
+    handler.connection_made(transport)
+    started = time.process_time()
+    for done in range(0, n, batch):
+        transport.want, transport.waiter = done + batch, loop.create_future()
+        handler.data_received(raw)
+        await transport.waiter
+    cpu = time.process_time() - started
+    handler.connection_lost(None)
+    return cpu / transport.answered * 1e6
 
 
 async def _grow(app: web.Application, path: str, n: int) -> None:
@@ -278,7 +352,7 @@ async def _walk(base: str, token: str, url: str, accept: str = "text/uri-list") 
 
 
 async def main(seconds: float, rounds: int, connections: int, database: str | None, profile: bool,
-               old: str | None, entities: int) -> None:
+               old: str | None, entities: int, direct_rounds: int = 0, direct_n: int = 5000) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk; scripts/setup.d/apt-test.txt lists it)")
     if old and database:
@@ -321,7 +395,20 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
                     rate, done = await loop.run_in_executor(None, _wrk, *target(broker, i), seconds, connections)
                     after = await broker.ask("stats")
                     rates.setdefault((i, broker.label), []).append(rate)
-                    per_request[(i, broker.label)] = [(a - b) / done for a, b in zip(after, before, strict=True)]
+                    per_request[(i, broker.label)] = [(a - b) / max(done, 1)
+                                                      for a, b in zip(after, before, strict=True)]
+        cpu_direct: dict[tuple[int, str], list[float]] = {}
+        for _ in range(direct_rounds):
+            for i, case in enumerate(cases):
+                for broker in brokers:
+                    url, headers = target(broker, i)
+                    bare = {"index": i, "status": case.status, "body": case.body.decode("latin-1"),
+                            "headers": case.answer_headers}
+                    command = json.dumps({"path": url.removeprefix(broker.base), "headers": headers, "n": direct_n,
+                                          "bare": bare})
+                    bare_us, broker_us = await broker.ask(f"direct {command}")
+                    cpu_direct.setdefault((i, f"{broker.label} bare"), []).append(bare_us)
+                    cpu_direct.setdefault((i, broker.label), []).append(broker_us)
         profiles = []
         if profile:
             for broker in brokers:
@@ -356,6 +443,15 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
             sql, writes, checkouts, cpu = per_request[(i, broker.label)]
             print(f"{case.label:38}{broker.label:>7}{case.status:>7}{b:>12.0f}{o:>14.0f}{o / b:>7.3f}"
                   f"{sql:>9.2f}{writes:>11.3f}{checkouts:>13.2f}{cpu * 1e6:>11.0f}{bare_cpu[i] * 1000:>12.0f}")
+    if cpu_direct:
+        print(f"CPU us/request without sockets (aiohttp's server path and the application, {direct_n} pipelined "
+              f"GETs, best of {direct_rounds}; the bare handler in each broker's process), and bare/broker:")
+        for i, case in enumerate(cases):
+            print(f"{case.label:38}" + "".join(
+                f"{broker.label:>5} bare {min(cpu_direct[(i, f'{broker.label} bare')]):6.1f} broker "
+                f"{min(cpu_direct[(i, broker.label)]):6.1f} ratio "
+                f"{min(cpu_direct[(i, f'{broker.label} bare')]) / min(cpu_direct[(i, broker.label)]):.3f}  "
+                for broker in brokers))
     for label, (page, walk, listed) in walks.items():
         print(f"{label}: {entities} computes as text/uri-list: a page of 1000 in {page * 1000:.0f} ms (median of 5), "
               f"all {listed} (pages of 1000) in {walk * 1000:.0f} ms")
@@ -413,10 +509,12 @@ if __name__ == "__main__":
                         "extracted with git archive), side by side")
     parser.add_argument("--entities", type=int, default=10_000,
                         help="then list this many computes as text/uri-list and JSON (1: skip)")
+    parser.add_argument("--direct", type=int, default=5, metavar="ROUNDS",
+                        help="then each case's CPU per request without sockets, best of ROUNDS (0: skip)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.database))
     else:
         asyncio.run(main(args.seconds, args.rounds, args.connections, args.database, args.profile, args.old,
-                         args.entities))
+                         args.entities, args.direct))

@@ -19,6 +19,7 @@ from metavmm import __version__
 from metavmm.api import jsonbody, keys
 from metavmm.api.auth import PUBLIC, requires
 from metavmm.api.errors import RedactingAccessLogger, error_middleware, quiet_bad_requests
+from metavmm.api.fastpath import REPLAYS, Replays
 from metavmm.api.keys import PLACER
 from metavmm.api.middleware import root_middleware
 from metavmm.api.observability import metrics_handler
@@ -165,7 +166,7 @@ def _read_caches(app: web.Application, engine: AsyncEngine) -> None:
     """Token identities and OCCI entity reads, each ended by this process's commits to what they read
     (issue 23 item 14: an authenticated request read the catalog two or three times)."""
     cfg = app[keys.CONFIG]
-    changes = app[keys.CHANGES] = Changes().watch(engine)
+    changes = app[keys.CHANGES].watch(engine)
     app[keys.IDENTITIES] = TtlCache(changes, IDENTITY_TABLES, cfg.auth.identity_cache_s)
     app[keys.OCCI_READS] = TtlCache(changes, (ANY,), cfg.federation.read_cache_s)
     app[keys.OCCI_REGISTRIES] = TtlCache(changes, REGISTRY_TABLES, cfg.federation.read_cache_s, max_entries=1000)
@@ -214,6 +215,9 @@ def create_app(config: FederationConfig, database_url: str, *, migrate: bool = T
     # middleware too) and authentication, in one layer
     app = web.Application(middlewares=[root_middleware])
     app[keys.CONFIG] = config
+    app[keys.CHANGES] = Changes()  # (watching the engine once it is opened, see _read_caches)
+    app[REPLAYS] = Replays(app[keys.CHANGES])
+    app[REPLAYS].install(app)  # cached OCCI entity answers, ahead of the router and the middleware
     netguard.configure(config.limits)
     jsonbody.configure(config.limits)
     quiet_bad_requests()

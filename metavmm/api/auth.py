@@ -202,6 +202,8 @@ async def _from_token(request: web.Request, secret: str) -> Identity:
     found = await cache.read_through(digest, read) if cache is not None else (await read())[0]
     if found is None or not hmac.compare_digest(found[0], digest):
         raise Unauthenticated("the API token is unknown, revoked or expired")
+    if cache is not None and (left := cache.left(digest)) is not None:
+        request[keys.TOKEN_LEFT] = left  # how long an answer to this caller may be replayed (metavmm.api.fastpath)
     return found[1]
 
 

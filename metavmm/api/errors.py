@@ -39,13 +39,20 @@ _RID_COUNTER = itertools.count(1)
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
+def request_id(request: web.Request) -> str:
+    """The client's ``X-Request-Id`` when it is short and plain (it goes into every log line and operation:
+    bounded), else a new one."""
+    rid = request.headers.get("X-Request-Id")
+    if rid is None or not CLIENT_REQUEST_ID.fullmatch(rid):
+        rid = f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
+    return rid
+
+
 def assign_request_id(request: web.Request) -> str:
     """The request's id: the client's ``X-Request-Id`` when it is short and plain, else one the broker makes;
     kept on the request and in the handler task's context (its log lines and the operations it submits carry it).
     The root middleware (:mod:`metavmm.api.middleware`) calls this and echoes the id in the response."""
-    rid = request.headers.get("X-Request-Id", "")
-    if not rid or not CLIENT_REQUEST_ID.fullmatch(rid):  # it goes into every log line and operation: bounded
-        rid = f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
+    rid = request_id(request)
     request[REQUEST_ID] = rid
     REQUEST_ID_VAR.set(rid)
     return rid

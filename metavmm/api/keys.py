@@ -32,6 +32,11 @@ SECRETS = web.AppKey("secrets", SecretBox)
 PLACER = web.AppKey("placer", Placer)
 WORKLOADS = web.AppKey("workloads", WorkloadService)
 IDENTITY = web.RequestKey("identity", Identity)
+TOKEN_LEFT = web.RequestKey("token_left", float)
+"""Seconds the caller's API token identity stays good in the identity cache (set when it is cached)."""
+REPLAYABLE = web.RequestKey("replayable", float)
+"""Set by a handler whose answer the fast path (metavmm.api.fastpath) may replay to the same caller: for how many
+seconds more (what its own read cache keeps it)."""
 AUTOSCALE = web.AppKey("autoscale", AutoscaleService)
 CHANGES = web.AppKey("changes", Changes)
 IDENTITIES = web.AppKey("identities", TtlCache[tuple[str, Identity]])

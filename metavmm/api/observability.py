@@ -31,12 +31,26 @@ def count_request(request: web.Request, status: int, started: float) -> None:
     """Count the answer to ``request`` (``status``; ``started``: its ``time.perf_counter()`` at arrival) by
     method, route pattern and status. The root middleware (:mod:`metavmm.api.middleware`) calls it for every
     request, an exception's too."""
+    count(series_of(request, status), started)
+
+
+Cells = tuple[list[int], list[float]]
+
+
+def series_of(request: web.Request, status: int) -> Cells:
+    """The metric cells a routed ``request`` answered with ``status`` counts in."""
     method = request.method if request.method in METHODS else "other"  # a client invents methods at will
     info = request.match_info
     key = (method, info.route.resource if info.http_exception is None else None, status)
     cells = _SERIES.get(key)
     if cells is None:  # the labels once per series, not per request
         cells = _SERIES[key] = metrics.HTTP.series(method, route_of(request), str(status))
+    return cells
+
+
+def count(cells: Cells, started: float) -> None:
+    """One answer in ``cells`` (see :func:`series_of`), ``started`` at ``time.perf_counter()``: what a replayed
+    answer (:mod:`metavmm.api.fastpath`) counts without a route match of its own."""
     cells[0][0] += 1
     metrics.HttpRequests.observe(cells[1], time.perf_counter() - started)
 

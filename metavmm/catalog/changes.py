@@ -107,6 +107,14 @@ class TtlCache(Generic[V]):
         self.misses += 1
         return None
 
+    def left(self, key: Hashable) -> float | None:
+        """Seconds the entry for ``key`` stays good unless a commit ends it first (None: no entry, or ended)."""
+        entry = self.entries.get(key)
+        if entry is None or entry[1] != self.changes.version(self.tables):
+            return None
+        left = entry[2] - self.clock()
+        return left if left > 0 else None
+
     def put(self, key: Hashable, value: V, version: int, *, until: float | None = None) -> None:
         """Keep ``value`` read at ``version``; ``until``: an earlier end on the same clock (e.g. an expiry)."""
         if self.ttl_s <= 0 or version != self.changes.version(self.tables):
