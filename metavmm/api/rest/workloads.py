@@ -32,7 +32,15 @@ from metavmm.catalog.models import Operation, Workload, WorkloadKind, WorkloadLi
 from metavmm.foundation.errors import PreconditionFailed, PreconditionRequired
 from metavmm.services.scope import get_visible, visible
 from metavmm.services.workloads import console
-from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, GpuCount, GpuModel, SshKey, UserData
+from metavmm.services.workloads.fields import (
+    AffinityGroup,
+    AntiAffinityGroup,
+    GpuCount,
+    GpuModel,
+    Residency,
+    SshKey,
+    UserData,
+)
 from metavmm.services.workloads.requests import Accepted, CreateRequest, LinkSpec
 from metavmm.services.workloads.service import WorkloadService
 
@@ -98,9 +106,7 @@ class WorkloadCreate(BaseModel):
                                          "libvirt networks are isolated bridges without addresses)")
     affinity_group: AffinityGroup = None
     anti_affinity_group: AntiAffinityGroup = None
-    residency: list[str] = Field(default_factory=list, max_length=64,
-                                 description="compute: the countries (ISO 3166 alpha-2) it may run in, kept for "
-                                             "its later moves; empty: any")
+    residency: Residency
 
 
 class WorkloadPatch(BaseModel):

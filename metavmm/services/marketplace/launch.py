@@ -31,7 +31,15 @@ from metavmm.services.identity import Identity
 from metavmm.services.marketplace.entries import Audience, audience_for, get_image, refuse_expired
 from metavmm.services.marketplace.replication import resolve_site
 from metavmm.services.operations.engine import Engine
-from metavmm.services.workloads.fields import AffinityGroup, AntiAffinityGroup, GpuCount, GpuModel, SshKey, UserData
+from metavmm.services.workloads.fields import (
+    AffinityGroup,
+    AntiAffinityGroup,
+    GpuCount,
+    GpuModel,
+    Residency,
+    SshKey,
+    UserData,
+)
 from metavmm.services.workloads.requests import Accepted, CreateRequest
 from metavmm.services.workloads.service import WorkloadService
 from metavmm.services.workloads.site_choices import SiteChoices
@@ -60,6 +68,7 @@ class LaunchIn(BaseModel):
     user_data: UserData = None
     affinity_group: AffinityGroup = None
     anti_affinity_group: AntiAffinityGroup = None
+    residency: Residency
 
     def request(self, image_ref: str) -> CreateRequest:
         """The workload create this launch is: every field ``POST /workloads`` takes for a compute."""
@@ -70,7 +79,7 @@ class LaunchIn(BaseModel):
                              ram_mib=self.ram_mib or (DEFAULT_RAM_MIB if sized else None),
                              gpu_model=self.gpu_model, gpu_count=self.gpu_count, ssh_key=self.ssh_key,
                              user_data=self.user_data, affinity_group=self.affinity_group,
-                             anti_affinity_group=self.anti_affinity_group)
+                             anti_affinity_group=self.anti_affinity_group, residency=tuple(self.residency))
 
 
 async def launch(service: WorkloadService, caller: Identity, image_ref: str, req: LaunchIn, *,

@@ -32,3 +32,6 @@ AntiAffinityGroup = Annotated[str | None, Field(
     default=None, pattern=GROUP_PATTERN,
     description="compute: the project's group whose members never share a host (placement and rebalance moves "
                 "keep them apart)")]
+Residency = Annotated[list[str], Field(
+    default_factory=list, max_length=64,
+    description="compute: the countries (ISO 3166 alpha-2) it may run in, kept for its later moves; empty: any")]
