@@ -322,8 +322,7 @@ class AwsDriver(DriverBase):
         return min(fits, key=lambda f: (f.gpu_count, f.vcpus, f.ram_mib, f.disk_gib, f.name)).name
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
-        if spec.region not in self.regions:
-            raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+        self._known_region(spec.region)
         tags = [{"Key": "Name", "Value": spec.name}]
         if spec.workload_id:
             tags.append({"Key": OWNER_TAG, "Value": spec.workload_id})
@@ -442,8 +441,7 @@ class AwsDriver(DriverBase):
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         """An EBS gp3 volume in ``spec.zone`` (the region's first zone by default), tagged with its workload."""
-        if spec.region not in self.regions:
-            raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+        self._known_region(spec.region)
         vol = await self._ec2(spec.region, "create_volume", "create_volume", Size=max(int(spec.size_gib), 1),
                               AvailabilityZone=await self._first_zone(spec.region, spec.zone), VolumeType="gp3",
                               TagSpecifications=[{"ResourceType": "volume",
@@ -498,8 +496,7 @@ class AwsDriver(DriverBase):
 
         A VPC of the workload left without its subnet (a crash between the two calls) is reused.
         """
-        if spec.region not in self.regions:
-            raise ValidationError(f"{self.name}: region {spec.region!r} is not one of {', '.join(self.regions)}")
+        self._known_region(spec.region)
         cidr = spec.cidr or "10.0.0.0/16"
         tags = self._tags(spec.name, spec.workload_id)
         vpc_id = None
@@ -612,7 +609,8 @@ class AwsDriver(DriverBase):
         if disk.format not in self.image_import_formats:
             raise ValidationError(f"{self.name}: the AWS driver imports raw disks (written into an EBS snapshot); "
                                   f"this one is {disk.format}: convert it to raw first")
-        size = Path(disk.path).stat().st_size if region in self.regions else 0
+        self._known_region(region)
+        size = Path(disk.path).stat().st_size
         return await self._import_blocks(name, region, size, lambda ebs, sid: aws_ebs.write_snapshot(
             ebs, sid, disk.path, throttled=self._throttled), timeout_s)
 
@@ -624,8 +622,13 @@ class AwsDriver(DriverBase):
         if stream.format not in self.stream_import_formats:
             raise ValidationError(f"{self.name}: the AWS driver takes a raw disk from a stream; this one is "
                                   f"{stream.format}")
+        self._known_region(region)
         return await self._import_blocks(name, region, stream.size_bytes, lambda ebs, sid: aws_ebs.write_stream(
             ebs, sid, stream, throttled=self._throttled), timeout_s)
+
+    def _known_region(self, region: str) -> None:
+        if region not in self.regions:
+            raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
 
     def _throttled(self, exc: Exception) -> bool:
         return isinstance(self.convert_error(exc, "import_image"), ProviderThrottled)
@@ -636,8 +639,6 @@ class AwsDriver(DriverBase):
         SHA-256, which AWS checks), complete it with the linear aggregate of the block checksums, and register
         it as the AMI ``name``: no S3 bucket or vmimport role, as VM Import would need. An AMI of that name the
         account owns already is a ProviderConflict; a failure on the way deletes what it made."""
-        if region not in self.regions:
-            raise ValidationError(f"{self.name}: region {region!r} is not one of {', '.join(self.regions)}")
         if await self._own_image(region, name, "import_image") is not None:
             raise ProviderConflict(f"an AMI named {name} already exists in {region}", provider=self.name,
                                    operation="import_image")
