@@ -58,8 +58,8 @@ def _resume_point(request: web.Request, query: EventsQuery) -> events.Position |
 
 
 @api.route("GET", "/events", summary="Server-sent events: operation history, drift and auto-scaling "
-           "decisions (with ids, resumable), progress, workload states, provider sync results and alerts of the caller's project", query=EventsQuery,
-           response=str,
+           "decisions (with ids, resumable), progress, workload states, provider sync results and alerts of the "
+           "caller's project", query=EventsQuery, response=str,
            media_type="text/event-stream", role="reader")
 async def stream(request: web.Request, query: EventsQuery) -> web.StreamResponse:
     return await follow(request, query, partial(reauthenticate, request))
