@@ -307,6 +307,7 @@ def test_a_cold_migration_through_the_wizard_shows_its_steps_move_live(broker: t
             int(line.get_attribute(f"data-measured-{way}-samples"))) == \
         (links[here, there]["median_mib_per_s"], links[here, there]["samples"])
     assert f"measured {here}→{there}" in line.text
+    browser.execute_script("document.getElementById('federation-map').scrollIntoView();")
     browser.save_screenshot(str(tmp_path / "overview-measured.png"))
 
 
