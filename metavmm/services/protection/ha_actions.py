@@ -78,27 +78,45 @@ async def volumes(ctx: StepContext, *, workload_id: str, provider: str, region: 
 
 @action("ha.networks")
 async def networks(ctx: StepContext, *, workload_id: str, provider: str, region: str,
-                   interfaces: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+                   interfaces: list[dict[str, Any]], after: str = "an HA restart", **_: Any) -> dict[str, Any]:
     """Put the restarted copy's network interfaces back, and say on which network; or why not
-    (:mod:`.ha_networks`)."""
+    (:mod:`.ha_networks`). ``after``: what restarted it (an HA restart, a DR failover or failback)."""
     return {"networks": await ha_networks.carry(ctx, compute_id=workload_id, provider=provider, region=region,
-                                                interfaces=interfaces)}
+                                                interfaces=interfaces, after=after)}
 
 
-@action("ha.settle")
-async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
-    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off),
-    with the networks its interfaces are on and the volumes and interfaces it could not re-attach."""
-    left = [why for why in (ctx.outputs.get("volumes") or {}).values() if why != "attached"]
+@action("ha.drop_networks")
+async def drop_networks(ctx: StepContext, *, provider: str, interfaces: list[dict[str, Any]], fenced: bool = False,
+                        **_: Any) -> dict[str, Any]:
+    """The followed networks left ``provider``: remove the copies the broker made there, unless in use
+    (:func:`.ha_networks.drop`)."""
+    return {"dropped_networks": await ha_networks.drop(ctx, provider=provider, interfaces=interfaces,
+                                                       fenced=fenced)}
+
+
+def outcome(outputs: dict[str, Any]) -> str:
+    """What a restart, failover or failback did with the volumes and interfaces it carried, as the suffix of the
+    protection state's message ('' when nothing was left and no interface carried): the networks the
+    interfaces are on, and the volumes and interfaces it could not re-attach."""
+    message = ""
+    left = [why for why in (outputs.get("volumes") or {}).values() if why != "attached"]
     if left:
         message = f"{message}; NOT re-attached: {'; '.join(left)}"
-    nics = (ctx.outputs.get("networks") or {}).values()
+    nics = (outputs.get("networks") or {}).values()
     used = [why.removeprefix("attached: ") for why in nics if why.startswith("attached: ")]
     down = [why for why in nics if not why.startswith("attached: ")]
     if used:
         message = f"{message}; interfaces on {'; '.join(used)}"
     if down:
         message = f"{message}; interface NOT re-attached: {'; '.join(down)}"
+    return message
+
+
+@action("ha.settle")
+async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
+    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off),
+    with the networks its interfaces are on and the volumes and interfaces it could not re-attach."""
+    message = f"{message}{outcome(ctx.outputs)}"
     async with session_scope(ctx.sessions) as session:
         row = await session.get(Protection, workload_id)
         if row is None:

@@ -76,9 +76,9 @@ class Broker:
 
 
 @contextlib.asynccontextmanager
-async def make_broker(sessions: Any) -> AsyncIterator[Broker]:
-    """The HA service over a synced three-provider sim federation."""
-    config = parse_config(CONFIG)
+async def make_broker(sessions: Any, federation: str = CONFIG) -> AsyncIterator[Broker]:
+    """The HA service over a synced three-provider sim federation (``federation``: CONFIG, or a variant of it)."""
+    config = parse_config(federation)
     assert [r.error for r in await sync_all(sessions, config)] == [None] * 3
     async with session_scope(sessions) as session:
         alpha = await get_or_create_project(session, "alpha")
