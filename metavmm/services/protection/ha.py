@@ -11,7 +11,9 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
-  (:func:`~metavmm.services.protection.ha_disk.usable_disk`: the workload's own on shared storage, else the
+  (:func:`~metavmm.services.protection.ha_disk.usable_disk`: the workload's own, first on another host of its
+  own provider that mounts it when only a host was lost (a vCenter's shared datastore: the copy adopts the
+  vmdk, keeps the MAC, and every step leaves the old registration out), else on shared storage, else the
   newest verified DR recovery point at its replication target, booted as an overlay by
   :func:`~metavmm.services.protection.dr.boot_point` like a failover), as an ``ha_restart`` operation.
   The project's quota is unchanged: the same workload moves, its usage was counted when it was created.
@@ -355,7 +357,8 @@ class HaService:
                                             "point": disk.point_id, "vm": wl.provider_resource_id,
                                             "ledger": ledger_params(wl.spec, {"site_id": placement.site_id,
                                                                               "host_id": placement.host_id})})
-        source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
+        source = f"recovery point {disk.point_id}" if disk.point_id else \
+            f"its disk {disk.location} on {placement.host}" if disk.inside else f"its {disk.origin} disk"
         carried = "; ".join(filter(None, (ha_networks.summary(interfaces), ha_volumes.summary(volumes))))
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
              f"{source} (operation {op.id})" + (f"; {carried}" if carried else ""))

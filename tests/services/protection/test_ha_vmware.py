@@ -14,6 +14,7 @@ Only one copy is ever powered on at a host the vCenter reaches. The timings are 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,10 @@ async def _where(engine: Any, wid: str) -> tuple[str, str, str | None, str, str 
                 prot.message or "", wl.provider_resource_id)
 
 
+def _seconds(step: dict[str, Any]) -> float:
+    return (datetime.fromisoformat(step["finished_at"]) - datetime.fromisoformat(step["started_at"])).total_seconds()
+
+
 async def _reconcile(engine: Any) -> Any:
     executor = Executor(engine.sessions, engine.config)
     try:
@@ -156,6 +161,7 @@ async def test_a_lost_esxi_host_restarts_on_another_host_of_the_vcenter_on_the_s
         restart_s = time.perf_counter() - confirmed
         assert op.state == OperationState.SUCCEEDED, op.error
         assert op.outputs["fenced"] == "confirmed" and op.params["to"] == "vc"
+        assert f"vc lost (host-down): restarting at vc/DC0 from its disk {disk} on " in report.findings[0].message
         at, state, host, message, new_vm = await _where(engine, wid)
         assert (at, state) == ("vc", HaState.PROTECTED) and host in OTHERS and new_vm != old_vm
         [new] = [c for c in _copies(vc, wid) if c["id"] == new_vm]
@@ -182,8 +188,9 @@ async def test_a_lost_esxi_host_restarts_on_another_host_of_the_vcenter_on_the_s
         assert _running(vc, wid) == [new_vm]
         assert (await ha.check()).findings == []
         assert (await _reconcile(engine)).orphans == []
+        steps = ", ".join(f"{st['name']} {_seconds(st):.2f}" for st in op.steps)
         print(f"\nVMware host lost -> waiting-for-fence {detect_s:.2f} s (sync, pass, refused fence, pass); "
-              f"admin confirms -> running copy on {host} of the same vCenter {restart_s:.2f} s")
+              f"admin confirms -> running copy on {host} of the same vCenter {restart_s:.2f} s (steps: {steps})")
 
 
 async def test_with_no_other_host_up_in_the_vcenter_it_restarts_at_a_provider_sharing_its_storage(
