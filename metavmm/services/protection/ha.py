@@ -329,6 +329,7 @@ class HaService:
     async def _restart(self, session: AsyncSession, prot: Protection, wl: Workload, provider: Provider, cause: str,
                        disk: DiskSource, *, confirmed: bool) -> Finding:
         placement = await self.placer.place(session, await self._request(session, wl, disk))
+        inside = None
         if not placement.placed and disk.fallback is not None:  # no host inside its provider: elsewhere
             inside, disk = placement.summary, disk.fallback
             placement = await self.placer.place(session, await self._request(session, wl, disk))
@@ -361,7 +362,8 @@ class HaService:
             f"its disk {disk.location} on {placement.host}" if disk.inside else f"its {disk.origin} disk"
         carried = "; ".join(filter(None, (ha_networks.summary(interfaces), ha_volumes.summary(volumes))))
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
-             f"{source} (operation {op.id})" + (f"; {carried}" if carried else ""))
+             f"{source} (operation {op.id})" + (f"; {carried}" if carried else "") +
+             (f"; no host of {provider.name} could take it: {inside}" if inside else ""))
         session.add(prot)
         log.warning("HA: %s lost at %s (%s): restarting at %s", wl.id, provider.name, cause, placement.site)
         return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
