@@ -29,6 +29,8 @@ from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.records import VmState
 from metavmm.services.identity import Identity, operator_identity
 from metavmm.services.operations import store
+from metavmm.services.operations.actions import get_action
+from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.placement import Placer
@@ -118,6 +120,22 @@ async def _where(engine: Any, wid: str) -> tuple[str, str, str | None, str, str 
                 prot.message or "", wl.provider_resource_id)
 
 
+async def _step_again(engine: Any, op: Any, name: str) -> Any:
+    """Run one step of a finished operation again, with no outputs (as after a crash before they were saved)."""
+    step = next(st for st in op.steps if st["name"] == name)
+
+    async def quiet(*_: Any) -> None:
+        return None
+
+    executor = Executor(engine.sessions, engine.config)
+    try:
+        ctx = StepContext(op.id, op.steps.index(step), name, engine.sessions, engine.config, executor.drivers,
+                          step["args"], {}, quiet, quiet)
+        return await get_action(step["action"]).fn(ctx, **step["args"])
+    finally:
+        await executor.drivers.close()
+
+
 def _seconds(step: dict[str, Any]) -> float:
     return (datetime.fromisoformat(step["finished_at"]) - datetime.fromisoformat(step["started_at"])).total_seconds()
 
@@ -170,6 +188,12 @@ async def test_a_lost_esxi_host_restarts_on_another_host_of_the_vcenter_on_the_s
         assert flat.read_bytes() == b"metavmm-ha-data " * 64  # adopted as it was: not copied, not formatted
         assert _running(vc, wid) == [new_vm]
         assert [vm for vm in SimDriver(engine.config.provider("simb")).ex_vms() if vm.workload_id == wid] == []
+
+        # the start-copy step run again (a retry after a crash): it finds the copy and makes no other
+        start = next(st for st in op.steps if st["name"] == "start-copy")
+        assert start["args"]["keep_out"] == [old_vm] and start["args"]["extra"]["adopt_disk"] == disk
+        assert await _step_again(engine, op, "start-copy") == {"target_vm": new_vm}
+        assert len(_copies(vc, wid)) == 2 and _running(vc, wid) == [new_vm]
 
         # while the host stays lost: a sync keeps the row on the copy; the stale registration waits
         await sync_all(engine.sessions, engine.config)
