@@ -15,7 +15,7 @@ from metavmm.foundation.errors import (
     ProviderUnavailable,
     UnsupportedOperation,
 )
-from metavmm.foundation.records import Capability
+from metavmm.foundation.records import Capability, VmInfo
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm
@@ -56,9 +56,23 @@ async def fence(ctx: StepContext, *, provider: str, workload_id: str, confirmed:
 
 
 @action("vm.fence")
-async def fence_vm(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
-    """Undo a restarted copy without deleting its disk (the workload's only one): fence it where it is."""
-    vm = await find_vm(ctx, provider, workload_id)
+async def fence_vm(ctx: StepContext, *, provider: str, workload_id: str, vm_id: str | None = None,
+                   keep_out: list[str] | None = None, **_: Any) -> None:
+    """Undo a restarted copy without deleting its disk (the workload's only one): fence it where it is.
+
+    ``vm_id``: that VM (it must carry the workload's tag), not the workload's: a stale registration an HA
+    restart inside its provider left, which the reconciliation removes once its host is back, its files kept
+    (the copy runs on its disk). ``keep_out``: as for ``vm.create``, the old registration is not the copy."""
+    if vm_id is not None:
+        try:
+            vm: VmInfo | None = await ctx.driver(provider).get_vm(vm_id)
+        except ProviderNotFound:
+            vm = None
+        if vm is None or vm.workload_id != workload_id:
+            await ctx.log(f"no VM {vm_id} of the workload at {provider}: nothing to fence")
+            return
+    else:
+        vm = await find_vm(ctx, provider, workload_id, keep_out or ())
     if vm is not None:
         try:
             await ctx.driver(provider).fence_vm(vm.provider_vm_id)
