@@ -20,8 +20,12 @@ region (bench/nova_regions.py) and fails over there, planned and unplanned (see 
 ``--volume-mib N`` instead measures the RTO of failovers of a workload with an attached volume holding N MiB
 written against one without, side by side in one run (:func:`run_volume`).
 
+``--interfaces`` instead measures what carrying two network interfaces (one network following the compute, made
+at the DR site; one on the project's twin there) adds to a planned failover and failback, against a workload
+without interfaces, side by side in one run (:func:`run_networks`).
+
 Usage: python -m bench.dr [--size-mib 256] [--change-mib 16] [--rounds 3] [--target libvirt|openstack]
-                          [--volume-mib 64]
+                          [--volume-mib 64] [--interfaces]
        (libvirt: needs root and libvirtd; openstack: the nova and glance virtualenvs, built on first use)
 """
 
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -42,7 +47,7 @@ from bench.engine_harness import serving_engine, until_succeeded
 from bench.libvirt_hosts import LibvirtHosts, two_hosts
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Project, RecoveryPoint, Workload
-from metavmm.foundation.config import parse_config
+from metavmm.foundation.config import FederationConfig, parse_config
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
@@ -215,11 +220,9 @@ async def _with_volume(engine: Engine, wid: str, volume_mib: int) -> str:
     return made.workload.id
 
 
-async def run_volume(hosts: LibvirtHosts, size_mib: int, volume_mib: int, rounds: int, tmp: str) -> None:
-    """RTO of failovers with and without an attached volume, side by side: each round provisions two workloads
-    alike (a 64 MiB TCG domain on a ``size_mib`` disk), attaches to one a 1 GiB volume holding ``volume_mib``
-    written, replicates both (the volume frozen and copied with the disk), fails both over planned, replicates
-    back and fails them back unplanned (lv1's copy destroyed); the order of the two alternates by round."""
+def _setup(hosts: LibvirtHosts, size_mib: int, tmp: str) -> tuple[Path, FederationConfig]:
+    """The base image of ``size_mib`` incompressible data the bench VMs boot, and the two daemons' federation
+    (qemu-img's shim first on PATH)."""
     os.environ["PATH"] = f"{hosts.shim_dir}:{os.environ['PATH']}"
     work = hosts.root / "work"
     work.mkdir()
@@ -229,45 +232,127 @@ async def run_volume(hosts: LibvirtHosts, size_mib: int, volume_mib: int, rounds
     _sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(base))
     raw.unlink()
     base.chmod(0o644)
-    config = parse_config(hosts.federation_yaml(work))
-    rows: dict[str, list[float]] = {}
-    steps: dict[str, list[float]] = {}
+    return base, parse_config(hosts.federation_yaml(work))
+
+
+async def _operator_project(engine: Engine) -> int:
+    from metavmm.services.identity import operator_identity
+
+    async with session_scope(engine.sessions) as session:
+        return (await operator_identity(session)).project_id  # type: ignore[return-value]
+
+
+Table = dict[str, list[float]]
+Add = Callable[..., None]  # (row name, value[, the table: the rows by default])
+Case = Callable[[Engine, str, bool, int, Add], Awaitable[None]]
+
+
+async def _paired(hosts: LibvirtHosts, size_mib: int, rounds: int, tmp: str, case: Case) -> tuple[Table, str]:
+    """Side by side in one run: each round provisions two workloads alike (a 64 MiB TCG domain on a ``size_mib``
+    disk) and runs ``case`` on each, once without and once with what is measured (their order alternating by
+    round); (the rows ``case`` added, the load average's range)."""
+    base, config = _setup(hosts, size_mib, tmp)
+    rows: Table = {}
     loads: list[float] = []
 
-    def add(name: str, value: float, into: dict[str, list[float]] = rows) -> None:
-        into.setdefault(name, []).append(value)
+    def add(name: str, value: float, into: Table | None = None) -> None:
+        (rows if into is None else into).setdefault(name, []).append(value)
 
     async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
         await sync_all(engine.sessions, config)
-        from metavmm.services.identity import operator_identity
-
-        async with session_scope(engine.sessions) as session:
-            project_id = (await operator_identity(session)).project_id
+        project_id = await _operator_project(engine)
         for r in range(rounds):
-            for with_volume in ((False, True) if r % 2 == 0 else (True, False)):
-                how = f"with a volume ({volume_mib} MiB written)" if with_volume else "without a volume"
+            for with_it in ((False, True) if r % 2 == 0 else (True, False)):
                 loads.append(os.getloadavg()[0])
-                wid = await _provision(engine, str(base), project_id)  # type: ignore[arg-type]
-                vid = await _with_volume(engine, wid, volume_mib) if with_volume else None
+                wid = await _provision(engine, str(base), project_id)
                 await dr.set_replication(engine.sessions, config, None, wid, target="lv1", interval_s=None)
-                seconds, _ = await _op_s(engine, dr.replicate(engine, None, wid))
-                add(f"first point (s), {how}", seconds)
-                seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid))
-                used = (await _point(engine, op_id)).details["failover"]
-                add(f"planned failover RTO (s), {how}", used["rto_s"])
-                for name, took in (await _steps(engine, op_id)).items():
-                    add(f"  {name}, {how}", took, steps)
-                await _op_s(engine, dr.replicate(engine, None, wid))  # back to lv0
-                _sh("virsh", "-c", hosts.uris[1], "destroy", "dr-bench")  # the DR site is lost in turn
-                seconds, op_id = await _op_s(engine, dr.failback(engine, None, wid, planned=False,
-                                                                 confirm_source_dead=True))
-                add(f"unplanned failback RTO (s), {how}", (await _point(engine, op_id)).details["failback"]["rto_s"])
-                await until_succeeded(engine, (await flows.delete(engine, wid, purge=True)).id)
-                if vid is not None:
-                    await until_succeeded(engine, (await flows.delete(engine, vid, purge=True)).id)
+                await case(engine, wid, with_it, r, add)
+    return rows, f"{min(loads):.1f}-{max(loads):.1f}"
+
+
+async def run_volume(hosts: LibvirtHosts, size_mib: int, volume_mib: int, rounds: int, tmp: str) -> None:
+    """RTO of failovers with and without an attached volume, side by side (:func:`_paired`): one of the two gets a
+    1 GiB volume holding ``volume_mib`` written; both are replicated (the volume frozen and copied with the disk),
+    fail over planned, replicate back and fail back unplanned (lv1's copy destroyed)."""
+    steps: Table = {}
+
+    async def case(engine: Engine, wid: str, with_volume: bool, _: int, add: Add) -> None:
+        how = f"with a volume ({volume_mib} MiB written)" if with_volume else "without a volume"
+        vid = await _with_volume(engine, wid, volume_mib) if with_volume else None
+        seconds, _ = await _op_s(engine, dr.replicate(engine, None, wid))
+        add(f"first point (s), {how}", seconds)
+        seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid))
+        used = (await _point(engine, op_id)).details["failover"]
+        add(f"planned failover RTO (s), {how}", used["rto_s"])
+        for name, took in (await _steps(engine, op_id)).items():
+            add(f"  {name}, {how}", took, steps)
+        await _op_s(engine, dr.replicate(engine, None, wid))  # back to lv0
+        _sh("virsh", "-c", hosts.uris[1], "destroy", "dr-bench")  # the DR site is lost in turn
+        seconds, op_id = await _op_s(engine, dr.failback(engine, None, wid, planned=False,
+                                                         confirm_source_dead=True))
+        add(f"unplanned failback RTO (s), {how}", (await _point(engine, op_id)).details["failback"]["rto_s"])
+        await until_succeeded(engine, (await flows.delete(engine, wid, purge=True)).id)
+        if vid is not None:
+            await until_succeeded(engine, (await flows.delete(engine, vid, purge=True)).id)
+
+    rows, loads = await _paired(hosts, size_mib, rounds, tmp, case)
     show(f"failover RTO with and without an attached volume ({size_mib} MiB disk, 64 MiB TCG domain), seconds; "
-         f"load average {min(loads):.1f}-{max(loads):.1f}:", rows)
+         f"load average {loads}:", rows)
     show("where a planned failover's time goes (seconds per step):", steps)
+
+
+async def _with_networks(engine: Engine, wid: str, tag: str) -> list[str]:
+    """Two interfaces on ``wid``: on network ``<tag>-lan`` at lv0 (it follows the compute) and on ``<tag>-dmz`` at
+    lv0, whose twin of that name is at lv1; the three networks' workload ids (no CIDR: both daemons' bridges are
+    on this one kernel)."""
+    from metavmm.services.identity import operator_identity
+    from metavmm.services.placement import Placer
+    from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+    from metavmm.services.workloads.service import WorkloadService
+
+    async with session_scope(engine.sessions) as session:
+        caller = await operator_identity(session)
+    workloads = WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+    made = []
+    for name, site in ((f"{tag}-lan", "lv0/host0"), (f"{tag}-dmz", "lv0/host0"), (f"{tag}-dmz", "lv1/host1")):
+        accepted = await workloads.create(caller, CreateRequest(kind="network", name=name, site=site))
+        await until_succeeded(engine, accepted.operation.id)
+        made.append(accepted.workload.id)
+    for n, nid in enumerate(made[:2], 1):
+        _, op = await workloads.link(caller, wid, LinkSpec(target_id=nid, mac=f"52:54:00:be:00:0{n}"))
+        await until_succeeded(engine, op.id)
+    return made
+
+
+async def run_networks(hosts: LibvirtHosts, size_mib: int, rounds: int, tmp: str) -> None:
+    """Planned failover and failback of a workload with two interfaces (:func:`_with_networks`) against one
+    without, side by side (:func:`_paired`): replicated, failed over and back, planned both ways."""
+    steps: Table = {}
+    carrying = ("networks", "drop-networks", "settle")
+
+    async def case(engine: Engine, wid: str, nics: bool, r: int, add: Add) -> None:
+        how = "with 2 interfaces" if nics else "without interfaces"
+        nets = await _with_networks(engine, wid, f"drb{r}") if nics else []
+        await _op_s(engine, dr.replicate(engine, None, wid))
+        seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid))
+        add(f"planned failover RTO (s), {how}", (await _point(engine, op_id)).details["failover"]["rto_s"])
+        add(f"planned failover, submit to succeeded (s), {how}", seconds)
+        for name, took in (await _steps(engine, op_id)).items():
+            if name in carrying:
+                add(f"  failover step {name}, {how}", took, steps)
+        seconds, op_id = await _op_s(engine, dr.failback(engine, None, wid))
+        add(f"planned failback, submit to succeeded (s), {how}", seconds)
+        for name, took in (await _steps(engine, op_id)).items():
+            if name in carrying:
+                add(f"  failback step {name}, {how}", took, steps)
+        await until_succeeded(engine, (await flows.delete(engine, wid, purge=True)).id)
+        for nid in nets:
+            await until_succeeded(engine, (await flows.delete(engine, nid, purge=True)).id)
+
+    rows, loads = await _paired(hosts, size_mib, rounds, tmp, case)
+    show(f"planned failover and failback with and without two network interfaces ({size_mib} MiB disk, 64 MiB TCG "
+         f"domain), seconds; load average {loads}:", rows)
+    show("the steps that carry the interfaces (seconds):", steps)
 
 
 OPENSTACK_FEDERATION = """
@@ -347,7 +432,14 @@ def main() -> None:
     parser.add_argument("--volume-mib", type=int, default=0,
                         help="libvirt: instead, the RTO of failovers with an attached volume holding this much "
                              "written against without one, side by side")
+    parser.add_argument("--interfaces", action="store_true",
+                        help="libvirt: instead, planned failover and failback of a workload with two network "
+                             "interfaces against one without, side by side")
     args = parser.parse_args()
+    if args.interfaces:
+        with two_hosts() as hosts, tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(run_networks(hosts, args.size_mib, args.rounds, tmp))
+        return
     if args.volume_mib:
         with two_hosts() as hosts, tempfile.TemporaryDirectory() as tmp:
             asyncio.run(run_volume(hosts, args.size_mib, args.volume_mib, args.rounds, tmp))

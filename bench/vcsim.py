@@ -38,11 +38,13 @@ class Vcsim:
     pid: int | None = None
     control: Path | None = None
 
-    def set_connected(self, host: str, connected: bool, timeout_s: float = 10) -> None:
-        """Show ``host`` (and its VMs) disconnected, as a vCenter shows a host it lost, or connected again,
-        while the simulator runs (its control file and SIGUSR1); returns once the simulator applied it."""
+    def set_connected(self, host: str, connected: bool, timeout_s: float = 10, *, power_cycled: bool = False) -> None:
+        """Show ``host`` (and its VMs) disconnected, as a vCenter shows a host it lost, or connected again
+        (``power_cycled``: back from a power-off, its VMs powered off), while the simulator runs (its control
+        file and SIGUSR1); returns once the simulator applied it."""
         assert self.pid is not None and self.control is not None
-        line = f"{'connect' if connected else 'disconnect'} {host}\n"
+        verb = ("return" if power_cycled else "connect") if connected else "disconnect"
+        line = f"{verb} {host}\n"
         done = self.control.with_name(self.control.name + ".done")
         done.unlink(missing_ok=True)
         self.control.write_text(line)

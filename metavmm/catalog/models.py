@@ -250,6 +250,9 @@ class Host(SQLModel, table=True):
     state: str = Field(default=HostState.UP, max_length=16)
     vcpus_used: int = 0
     memory_mib_used: int = 0
+    # the storage the host reaches, as its provider names it (a vCenter: the datastores mounted there): where
+    # an HA restart inside the provider may put a copy that adopts a disk of a lost host (migration 0045)
+    storage: list[str] = Field(default_factory=list, sa_type=JSON)
     updated_at: datetime = _ts()
 
 
@@ -445,6 +448,9 @@ class Workload(SQLModel, table=True):
     provider_resource_id: str | None = Field(default=None, max_length=255)
     managed: bool = True  # False: found at a provider, not created through the broker
     present: bool = True  # False: the provider stopped reporting it
+    # what the provider reports of its VM's hardware, written by the observer: ``disks`` (locations, a
+    # vCenter's datastore paths) and ``macs``; an HA restart inside the provider adopts those (migration 0045)
+    hardware: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     version: int = 1
     created_at: datetime = _ts()
     updated_at: datetime = _ts()

@@ -255,7 +255,23 @@ class VmwareDriver(DriverBase):
         cfg = self._site_configs.get(dc.name)
         return SiteInfo(dc.name, tuple(sorted(zones)), cfg.country if cfg else None, cfg.location if cfg else None)
 
+    def _mounts(self, content: Any, dc: Any) -> dict[Any, list[str]]:
+        """host -> the datastores mounted and accessible there, from each datastore's own mounts
+        (``Datastore.host``): the vCenter's word on which hosts share a datastore, with each mount's state (an
+        NFS datastore a host lost is listed there, inaccessible)."""
+        out: dict[Any, list[str]] = {}
+        paths = ["name", "host", "summary.accessible"]
+        for _obj, p in self._collect(content, dc.datastoreFolder, vim.Datastore, paths):
+            if not p.get("summary.accessible"):
+                continue
+            for mount in p.get("host") or ():
+                info = mount.mountInfo
+                if info is not None and info.mounted is not False and info.accessible is not False:
+                    out.setdefault(mount.key, []).append(p["name"])
+        return out
+
     def _hosts(self, content: Any, dc: Any, used: dict[Any, tuple[int, int]]) -> list[HostInfo]:
+        mounts = self._mounts(content, dc)
         paths = ["name", "parent", "hardware.cpuInfo", "hardware.cpuPkg", "hardware.cpuFeature", "hardware.memorySize",
                  "summary.config.product", "runtime.connectionState", "runtime.inMaintenanceMode"]
         hosts = []
@@ -275,13 +291,14 @@ class VmwareDriver(DriverBase):
                 cpu_model=" ".join(pkg.description.split()) if pkg else None, cpu_features=tuple(features),
                 cpu_cores=int(cpu.numCpuThreads) if cpu else 0,
                 memory_mib=int(p.get("hardware.memorySize") or 0) // 2**20, state="up" if up else "down",
-                vcpus_used=vcpus, memory_mib_used=mem,
+                vcpus_used=vcpus, memory_mib_used=mem, storage=tuple(sorted(mounts.get(obj, ()))),
                 extra={"moref": obj._moId, "cluster": zone, "physical_cores": int(cpu.numCpuCores) if cpu else 0}))
         return hosts
 
     VM_PATHS: ClassVar[list[str]] = [
         "name", "config.instanceUuid", "config.template", "config.extraConfig", "config.hardware.device",
-        "runtime.powerState", "runtime.host", "config.hardware.numCPU", "config.hardware.memoryMB"]
+        "runtime.powerState", "runtime.host", "runtime.connectionState", "config.hardware.numCPU",
+        "config.hardware.memoryMB"]
 
     def _vm_infos(self, content: Any, dc: Any) -> list[tuple[VmInfo, Any, int, int]]:
         """(VmInfo, host moref, vCPUs, MiB) of every VM of ``dc`` (templates excluded)."""
@@ -297,13 +314,18 @@ class VmwareDriver(DriverBase):
 
     def _vm_info(self, region: str, p: dict[str, Any], host: str | None) -> VmInfo:
         extra_config = {o.key: o.value for o in p.get("config.extraConfig") or ()}
-        macs = [d.macAddress for d in p.get("config.hardware.device") or ()
-                if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+        devices = p.get("config.hardware.device") or ()
+        macs = [d.macAddress for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+        disks = [d.backing.fileName for d in devices
+                 if isinstance(d, vim.vm.device.VirtualDisk) and getattr(d.backing, "fileName", None)]
         power = str(p.get("runtime.powerState"))
+        connection = str(p.get("runtime.connectionState") or "connected")
         return VmInfo(
             provider_vm_id=p["config.instanceUuid"], name=p["name"], region=region, state=self.map_state(power),
             host=host, workload_id=extra_config.get(TAG_KEY) or None,
-            extra={k: v for k, v in {"native_state": power, "macs": macs,
+            extra={k: v for k, v in {"native_state": power, "macs": macs, "disks": disks,
+                                     # not connected: the vCenter cannot reach the VM (its host is lost)
+                                     "connection": connection if connection != "connected" else None,
                                      "hostname": extra_config.get("guestinfo.hostname"),
                                      "vcpus": p.get("config.hardware.numCPU"),
                                      "ram_mib": p.get("config.hardware.memoryMB")}.items() if v})
@@ -471,7 +493,12 @@ class VmwareDriver(DriverBase):
 
     async def create_vm(self, spec: VmSpec) -> VmInfo:
         """Create and power on a VM: custom shape, disk copied from ``spec.image`` (an image id or name)
-        or a new empty disk of ``disk_gib``; ``extra``: ``mac``, ``hostname``, ``network``, ``datastore``."""
+        or a new empty disk of ``disk_gib``; ``extra``: ``mac``, ``hostname``, ``network``, ``datastore``.
+
+        ``extra["adopt_disk"]``: a datastore path (``[ds] dir/disk.vmdk``) of an existing disk the new VM takes
+        as it is, never copied nor formatted (an HA restart on another host of the datastore, after the VM
+        that used it was fenced or its host confirmed dead). The new VM gets a directory of its own beside it,
+        so the old VM's ``.vmx`` stays; the named host must mount the datastore."""
         if not _SAFE_NAME.fullmatch(spec.name):
             raise ValidationError(f"{self.name}: VM name {spec.name!r} must match {_SAFE_NAME.pattern}")
         if spec.flavor:
@@ -481,12 +508,22 @@ class VmwareDriver(DriverBase):
             raise ValidationError(f"{self.name}: MAC {mac!r} is not six colon-separated hex bytes")
         # The VM's directory is named after the workload, so a retried create reuses (and overwrites) its disk.
         dir_name = f"{spec.name}-{(spec.workload_id or uuid.uuid4().hex)[:8]}"
+        adopt = _DsPath.parse(str(spec.extra["adopt_disk"])) if spec.extra.get("adopt_disk") else None
+        if spec.extra.get("adopt_disk") and adopt is None:
+            raise ValidationError(f"{self.name}: adopt_disk {spec.extra['adopt_disk']!r} is not a datastore path")
+        name = spec.name
+        if adopt is not None:  # the disk's VM directory (and its .vmx) stays: the new one goes beside it, and
+            dir_name = f"{dir_name}-{uuid.uuid4().hex[:6]}"  # is named like it (a vCenter refuses a second VM
+            name = f"{spec.name}-{dir_name[-6:]}"  # of one name in a folder: the old one may still be listed)
 
         def create(content: Any) -> VmInfo:
             dc = self._datacenter(content, spec.region)
             pool, host = self._placement(dc, spec.host)
             disk, size_kib = None, int(spec.disk_gib) * 2**20
-            if spec.image:
+            if adopt is not None:
+                datastore = self._datastore(dc, host, adopt.datastore)
+                disk = str(adopt)
+            elif spec.image:
                 image, image_kib = self._image_path(content, dc, spec.image)
                 datastore = self._datastore(dc, host, image.datastore)
                 disk = f"[{datastore.name}] {dir_name}/{dir_name}.vmdk"
@@ -496,10 +533,11 @@ class VmwareDriver(DriverBase):
                 datastore = self._datastore(dc, host, spec.extra.get("datastore"))
             network = self._network(dc, spec.networks[0] if spec.networks else spec.extra.get("network"))
             config = self._config_spec(spec, _DsPath(datastore.name, dir_name), network, disk, size_kib)
+            config.name = name
             try:
                 vm = self._wait(dc.vmFolder.CreateVM_Task(config=config, pool=pool, host=host))
             except Exception:
-                if disk:
+                if disk:  # the new VM's own directory (an adopted disk is in another)
                     self._delete_file(content, dc, f"[{datastore.name}] {dir_name}")
                 raise
             self._wait(vm.PowerOnVM_Task(host))
@@ -563,6 +601,13 @@ class VmwareDriver(DriverBase):
             vm.UnregisterVM()
 
         await self._vm_task(vm_id, "fence_vm", fence)
+
+    @staticmethod
+    def ex_disk_storage(location: str) -> str | None:
+        """The datastore a disk's location (``[ds] dir/disk.vmdk``) is on: the storage hosts mount
+        (``HostInfo.storage``)."""
+        path = _DsPath.parse(location)
+        return path.datastore if path is not None else None
 
     # --- images ---------------------------------------------------------------------------------
 

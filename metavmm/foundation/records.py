@@ -90,6 +90,7 @@ class HostInfo:
     state: str = "up"
     vcpus_used: int = 0
     memory_mib_used: int = 0
+    storage: tuple[str, ...] = ()  # the shared storage it reaches, by the provider's names (vCenter datastores)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

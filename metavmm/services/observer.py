@@ -168,6 +168,7 @@ async def apply_inventory(session: AsyncSession, provider: Provider, inv: Invent
         if host.id in drained and info.state == HostState.UP:
             host.state = HostState.MAINTENANCE
         host.cpu_features = list(info.cpu_features)
+        host.storage = sorted(info.storage)
         host.cpu_traits = cpu_traits(info.cpu_arch, info.cpu_features)
         host.gpus = dict(info.gpus)
         host.updated_at = utcnow()
@@ -347,6 +348,11 @@ def _vanish(session: AsyncSession, workload: Workload, provider: str) -> str:
     return state
 
 
+HARDWARE = ("disks", "macs")
+"""What of a VM's ``extra`` the row keeps (``workload.hardware``): the disks an HA restart inside the provider
+adopts, and the MACs it keeps."""
+
+
 def _write_vm(workload: Workload, provider: str, provider_id: int | None, vm: VmInfo, site: Site | None,
               host: Host | None) -> tuple[bool, bool]:
     """Copy what the provider says about ``vm`` into the row: (its state or presence changed, anything did)."""
@@ -358,6 +364,9 @@ def _write_vm(workload: Workload, provider: str, provider_id: int | None, vm: Vm
     workload.host_id = host.id if host else None
     workload.observed_state = str(vm.state)
     workload.present = True
+    hardware = {k: list(vm.extra[k]) for k in HARDWARE if vm.extra.get(k)}
+    if hardware and hardware != workload.hardware:
+        workload.hardware = hardware
     workload.state_message = f"{vm.state} at {provider}/{vm.region}" + (f" on {vm.host}" if vm.host else "")
     new = (workload.observed_state, workload.present, workload.provider_id, workload.provider_resource_id,
            workload.site_id, workload.host_id)
@@ -391,9 +400,15 @@ async def observe_vms(session: AsyncSession, provider: Provider, vms: Iterable[V
     busy = await in_flight(session)
     seen = Seen()
     matched: set[str] = set()
+    listed = {vm.provider_vm_id for vm in vms}
     for vm in vms:
         seen.listed += 1
-        wl = by_resource.get(vm.provider_vm_id) or (by_id.get(vm.workload_id) if vm.workload_id else None)
+        wl = by_resource.get(vm.provider_vm_id)
+        if wl is None and vm.workload_id and (tagged := by_id.get(vm.workload_id)) is not None \
+                and tagged.provider_resource_id not in listed:
+            wl = tagged  # by its tag only when the row's own VM is not listed: else this one is a stale copy
+        elif wl is None and vm.workload_id in by_id:
+            continue  # a second VM with its tag beside the row's own (a registration an HA restart left): orphan
         if wl is None and vm.workload_id in known:
             continue  # a workload placed elsewhere or not yet: its operation's, or an orphan
         if wl is not None and (wl.id in matched or (wl.managed and placed_at(wl) is None)):

@@ -29,8 +29,9 @@ func main() {
 	machines := flag.Int("vms", 1, "VMs per host created with the inventory")
 	disconnect := flag.String("disconnect", "", "a host to show disconnected, with its VMs, as a vCenter shows "+
 		"a host it lost (the simulator has no DisconnectHost_Task)")
-	control := flag.String("control", "", "a file of lines 'disconnect HOST' or 'connect HOST', applied at "+
-		"each SIGUSR1 (a host lost, or back, while the simulator runs)")
+	control := flag.String("control", "", "a file of lines 'disconnect HOST', 'connect HOST' or 'return HOST' "+
+		"(connected again after a power cycle: its VMs powered off), applied at each SIGUSR1 (a host lost, or "+
+		"back, while the simulator runs)")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -40,8 +41,9 @@ func main() {
 	if err := model.Create(); err != nil {
 		log.Fatalf("vcsim: creating the inventory: %v", err)
 	}
+	shareMounts()
 	if *disconnect != "" {
-		if !setConnected(*disconnect, false) {
+		if !setConnected(*disconnect, false, false) {
 			log.Fatalf("vcsim: no host %q to disconnect", *disconnect)
 		}
 	}
@@ -62,9 +64,31 @@ func main() {
 	model.Remove()
 }
 
+// shareMounts makes each datastore's host mounts (Datastore.host) name every host that lists it
+// (HostSystem.datastore), as a vCenter shows a datastore its hosts share. The simulator's model mounts each
+// LocalDS_n on every host of the datacenter but keeps only the last host's mount on the datastore itself.
+func shareMounts() {
+	for _, e := range simulator.Map.All("HostSystem") {
+		host := e.(*simulator.HostSystem)
+		for _, ref := range host.Datastore {
+			ds := simulator.Map.Get(ref).(*simulator.Datastore)
+			simulator.Map.WithLock(ds, func() {
+				for _, m := range ds.Host {
+					if m.Key == host.Self {
+						return
+					}
+				}
+				ds.Host = append(ds.Host, types.DatastoreHostMount{Key: host.Self, MountInfo: types.HostMountInfo{
+					AccessMode: string(types.HostMountModeReadWrite), Mounted: types.NewBool(true),
+					Accessible: types.NewBool(true)}})
+			})
+		}
+	}
+}
+
 // setConnected marks the named host and its VMs disconnected (their power state stays the last one seen), or
-// connected again; false if there is no such host.
-func setConnected(name string, connected bool) bool {
+// connected again (``off``: after a power cycle, its VMs powered off); false if there is no such host.
+func setConnected(name string, connected bool, off bool) bool {
 	hostState, vmState := types.HostSystemConnectionStateDisconnected, types.VirtualMachineConnectionStateDisconnected
 	if connected {
 		hostState, vmState = types.HostSystemConnectionStateConnected, types.VirtualMachineConnectionStateConnected
@@ -83,6 +107,10 @@ func setConnected(name string, connected bool) bool {
 			simulator.Map.WithLock(vm, func() {
 				vm.Runtime.ConnectionState = vmState
 				vm.Summary.Runtime.ConnectionState = vmState
+				if off {
+					vm.Runtime.PowerState = types.VirtualMachinePowerStatePoweredOff
+					vm.Summary.Runtime.PowerState = types.VirtualMachinePowerStatePoweredOff
+				}
 			})
 		}
 		return true
@@ -102,7 +130,8 @@ func follow(path string) {
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 			verb, name, _ := strings.Cut(strings.TrimSpace(line), " ")
-			ok := (verb == "disconnect" || verb == "connect") && setConnected(name, verb == "connect")
+			ok := (verb == "disconnect" || verb == "connect" || verb == "return") &&
+				setConnected(name, verb != "disconnect", verb == "return")
 			log.Printf("vcsim: control %q applied: %v", line, ok)
 		}
 		_ = os.WriteFile(path+".done", data, 0o600)

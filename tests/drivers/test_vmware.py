@@ -226,13 +226,54 @@ async def test_fence_powers_off_and_unregisters_keeping_the_disk(driver: VmwareD
         await driver.fence_vm(vm.provider_vm_id)
 
 
+async def test_hosts_report_the_datastores_they_mount(driver: VmwareDriver, vcsim: Vcsim) -> None:
+    """From each datastore's mounts (Datastore.host): vcsim's LocalDS_0 is on every host of its datacenter."""
+    inv = await driver.inventory()
+    assert sorted((h.name, h.storage) for h in inv.hosts) == [
+        (name, ("LocalDS_0",)) for name in ("DC0_C0_H0", "DC0_C0_H1", "DC0_C0_H2", "DC0_H0")]
+    vm = next(v for v in inv.vms if v.host == "DC0_H0")
+    assert vm.extra["disks"] == ["[LocalDS_0] DC0_H0_VM0/disk1.vmdk"] and len(vm.extra["macs"]) == 1
+    assert driver.ex_disk_storage(vm.extra["disks"][0]) == "LocalDS_0" and driver.ex_disk_storage("disk") is None
+
+
+async def test_a_vm_adopts_the_disk_of_another_on_another_host_as_it_is(driver: VmwareDriver,
+                                                                      vcsim: Vcsim) -> None:
+    """An HA restart inside the vCenter: a new VM on another host of the datastore takes the old VM's vmdk by
+    its path (never copied nor formatted), in a directory of its own, with the same MAC."""
+    name, wid = unique("adopt"), "5f0c3b1e-0000-4000-8000-0000000ad0b7"
+    old = await driver.get_vm((await driver.create_vm(VmSpec(name=name, region="DC0", image="", disk_gib=1,
+                                                             host="DC0_C0_H1", workload_id=wid))).provider_vm_id)
+    [disk] = old.extra["disks"]
+    flat = _datastore_dir(vcsim) / disk.removeprefix("[LocalDS_0] ")
+    flat.write_bytes(b"guest data " * 100)
+    spec = VmSpec(name=name, region="DC0", image="", host="DC0_C0_H2", workload_id=wid,
+                  extra={"adopt_disk": disk, "mac": old.extra["macs"][0]})
+    new = await driver.get_vm((await driver.create_vm(spec)).provider_vm_id)
+    try:
+        assert (new.host, new.state, new.extra["disks"], new.extra["macs"]) == \
+            ("DC0_C0_H2", VmState.RUNNING, [disk], old.extra["macs"])
+        assert new.name.startswith(f"{name}-") and new.name != old.name  # one name per folder
+        behind = _vm_behind(vcsim, new.provider_vm_id).config.files.vmPathName
+        assert behind.startswith(f"[LocalDS_0] {name}-{wid[:8]}-") and behind != \
+            _vm_behind(vcsim, old.provider_vm_id).config.files.vmPathName
+        assert flat.read_bytes() == b"guest data " * 100
+        for bad, error in (("no-datastore-path", ValidationError), ("[LocalDS_0] nowhere/none.vmdk", ProviderNotFound)):
+            with pytest.raises(error):
+                await driver.create_vm(VmSpec(name=name, region="DC0", image="", host="DC0_C0_H0",
+                                              workload_id=wid, extra={"adopt_disk": bad}))
+    finally:
+        await driver.fence_vm(new.provider_vm_id)  # unregistered: its disk is the old VM's
+        await driver.delete_vm(old.provider_vm_id)
+
+
 async def test_fence_refuses_a_vm_whose_host_is_disconnected() -> None:
     """The vCenter still shows such a VM poweredOn (its last view) and cannot power it off: no proof."""
     with vcsim_server(disconnect="DC0_H0") as lost:
         driver = _driver(lost)
         try:
             vm = next(v for v in await driver.list_vms() if v.host == "DC0_H0")
-            assert vm.state == VmState.RUNNING
+            assert vm.state == VmState.RUNNING and vm.extra["connection"] == "disconnected"
+            assert all("connection" not in v.extra for v in await driver.list_vms() if v.host != "DC0_H0")
             with pytest.raises(ProviderUnavailable, match=r"VM is disconnected, host DC0_H0 is disconnected; "
                                                           r"the vCenter's last view \(poweredOn\) proves nothing"):
                 await driver.fence_vm(vm.provider_vm_id)

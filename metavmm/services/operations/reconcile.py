@@ -12,6 +12,9 @@ broker created (it carries the workload tag) and no running operation is changin
   operation deletes it, so the repair is durable, logged and idempotent like every other change.
   A volume listed at a provider that shares storage with where it lives, under the id the catalog records
   for it, is the same volume seen twice (a libvirt dir pool over a shared directory), never an orphan.
+- **stale registration**: a tagged VM at the provider where its workload lives, beside the one the catalog
+  records (an HA restart inside a vCenter left it on the lost host): fenced by its id (``vm.fence``: off and
+  forgotten, its files kept, since the copy runs on its disk), never deleted, once its host is back.
 - **foreign**: a tagged one whose workload this catalog has never known: another broker's (several
   brokers may share a hypervisor) or an earlier catalog's. Reported, never deleted: a broker only
   removes what its own catalog proves it created.
@@ -100,11 +103,18 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
         workloads = {w.id: w for w in (await session.exec(select(Workload))).all()}
         busy = await observer.in_flight(session)
     for name, listing in listings.items():
+        ids = {vm.provider_vm_id for vm in listing.vms}
+        unreached = {vm.provider_vm_id for vm in listing.vms if vm.extra.get("connection")}
         for kind, rid, wid in listing.tagged():
             if wid in busy:
                 continue
             if wid not in workloads:
                 report.foreign.append((name, rid, wid))
+            elif kind == WorkloadKind.COMPUTE and _stale(workloads[wid], rid, providers.get(name), ids):
+                if rid in unreached:
+                    continue  # its host is still lost: nothing can fence it yet (it is, by a confirmation)
+                report.orphans.append((name, rid, wid))
+                report.delete_action[rid] = "vm.fence"
             elif observer.placed_at(workloads[wid]) != providers.get(name):
                 if kind == WorkloadKind.STORAGE and _shared(engine, workloads[wid], rid, name, names):
                     continue
@@ -113,6 +123,14 @@ async def reconcile(engine: Engine, drivers: Drivers, *, repair: bool = True) ->
     if repair:
         await _repair(engine, report)
     return report
+
+
+def _stale(workload: Workload, rid: str, provider: int | None, listed: set[str]) -> bool:
+    """A second VM with the workload's tag at the provider where it lives, beside the one the catalog records:
+    the registration an HA restart inside the provider left on the lost host, back now. It is fenced (powered
+    off if it shows on, and forgotten), never deleted: the copy runs on its disk."""
+    return observer.placed_at(workload) == provider and rid != workload.provider_resource_id \
+        and workload.provider_resource_id in listed
 
 
 def _shared(engine: Engine, workload: Workload, rid: str, provider: str, names: dict[int | None, str]) -> bool:
@@ -144,7 +162,9 @@ async def _repair(engine: Engine, report: Report) -> None:
     for provider, rid, wid in report.orphans:
         action = report.delete_action.get(rid, "vm.delete")
         op = await engine.submit(kind="reconcile", target_id=wid,
-                                 steps=[Step("delete-orphan", action, {"provider": provider, "workload_id": wid})],
+                                 steps=[Step("delete-orphan", action, {"provider": provider, "workload_id": wid,
+                                                                       **({"vm_id": rid} if action == "vm.fence"
+                                                                          else {})})],
                                  params={"provider": provider, "vm": rid},
                                  idempotency_key=f"orphan:{provider}:{rid}")
         report.operations.append(op.id)

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import re
 import time
+from collections.abc import Collection
 from typing import Any
 
 from metavmm.catalog.db import session_scope
@@ -46,14 +47,18 @@ async def _known_ids(ctx: StepContext, workload_id: str) -> list[str]:
     return ids + [str(v) for k in ("vm_id", "target_vm") if (v := ctx.outputs.get(k)) and str(v) not in ids]
 
 
-async def find_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo | None:
+async def find_vm(ctx: StepContext, provider: str, workload_id: str,
+                  exclude: Collection[str] = ()) -> VmInfo | None:
     """The VM carrying ``workload_id``'s tag at ``provider``, or None.
 
     Asked by id where one is known (one ``get_vm``, checked against the tag: an id from another provider
-    or of another VM does not match), else found by the tag in one listing.
+    or of another VM does not match), else found by the tag in one listing. ``exclude``: ids that are not
+    it though they carry its tag (an HA restart inside a provider: the old registration, still listed).
     """
     driver = ctx.driver(provider)
     for vm_id in await _known_ids(ctx, workload_id):
+        if vm_id in exclude:
+            continue
         try:
             vm = await driver.get_vm(vm_id)
         except (ProviderUnavailable, AuthError):
@@ -62,15 +67,16 @@ async def find_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo |
             continue  # not there, or not an id this provider understands
         if vm.workload_id == workload_id:
             return vm
-    matches = [vm for vm in await driver.list_vms() if vm.workload_id == workload_id]
+    matches = [vm for vm in await driver.list_vms()
+               if vm.workload_id == workload_id and vm.provider_vm_id not in exclude]
     if len(matches) > 1:
         raise DriverError(f"{len(matches)} VMs carry workload {workload_id}; expected one",
                           provider=provider, operation="find_vm")
     return matches[0] if matches else None
 
 
-async def require_vm(ctx: StepContext, provider: str, workload_id: str) -> VmInfo:
-    vm = await find_vm(ctx, provider, workload_id)
+async def require_vm(ctx: StepContext, provider: str, workload_id: str, exclude: Collection[str] = ()) -> VmInfo:
+    vm = await find_vm(ctx, provider, workload_id, exclude)
     if vm is None:
         raise ProviderNotFound(f"no VM of workload {workload_id}", provider=provider, operation="find_vm")
     return vm
@@ -92,10 +98,11 @@ async def create_vm(ctx: StepContext, *, provider: str, workload_id: str, name: 
                     image: str | None = None, image_from: str | None = None, vcpus: int = 1, ram_mib: int = 512,
                     disk_gib: int = 0, flavor: str | None = None, host: str | None = None,
                     extra: dict[str, Any] | None = None, ssh_key: str | None = None, user_data: str | None = None,
-                    save_as: str = "vm_id") -> dict[str, Any]:
-    """Create the workload's VM at ``provider`` unless one carrying its tag is there already. ``ssh_key``
-    and ``user_data`` go to the driver for cloud-init and into no log line."""
-    existing = await find_vm(ctx, provider, workload_id)
+                    save_as: str = "vm_id", keep_out: list[str] | None = None) -> dict[str, Any]:
+    """Create the workload's VM at ``provider`` unless one carrying its tag is there already (other than those
+    in ``keep_out``: an HA restart's old registration at the same provider). ``ssh_key`` and ``user_data`` go
+    to the driver for cloud-init and into no log line."""
+    existing = await find_vm(ctx, provider, workload_id, keep_out or ())
     if existing is not None:
         await ctx.log(f"adopting {existing.provider_vm_id}, created by an earlier attempt")
         return {save_as: existing.provider_vm_id}
@@ -173,7 +180,8 @@ def _last_line(text: str) -> str:
 
 @action("vm.wait")
 async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state: str, timeout_s: float = 120,
-                     stable_s: float = 0.0, console_marker: str | None = None, **_: Any) -> dict[str, Any]:
+                     stable_s: float = 0.0, console_marker: str | None = None, keep_out: list[str] | None = None,
+                     **_: Any) -> dict[str, Any]:
     """Wait until the VM is in ``state`` (and stays there ``stable_s``: a boot that crashes fails).
 
     The VM is found once; then only it is asked for (``get_vm``), at :func:`poll_delays` intervals (0.2 s
@@ -189,7 +197,7 @@ async def wait_state(ctx: StepContext, *, provider: str, workload_id: str, state
     delays = poll_delays()
     seen_since: float | None = None
     console = ""
-    vm = await require_vm(ctx, provider, workload_id)
+    vm = await require_vm(ctx, provider, workload_id, keep_out or ())
     while True:
         now = loop.time()
         if vm.state == state:
@@ -346,11 +354,11 @@ async def choose_live_mode(ctx: StepContext, *, provider: str, workload_id: str,
 @action("workload.record")
 async def record_placement(ctx: StepContext, *, provider: str, workload_id: str,
                            spec_update: dict[str, Any] | None = None, charge: dict[str, Any] | None = None,
-                           **_: Any) -> dict[str, Any]:
+                           keep_out: list[str] | None = None, **_: Any) -> dict[str, Any]:
     """Write where the workload now runs (provider, site, host, provider id) and what it is doing, and, for
     a move whose transfer paid egress, that ``charge`` in the spend ledger (once per step, in the same
-    transaction: :func:`metavmm.catalog.spend.charge`)."""
-    vm = await require_vm(ctx, provider, workload_id)
+    transaction: :func:`metavmm.catalog.spend.charge`). ``keep_out``: as for ``vm.create``."""
+    vm = await require_vm(ctx, provider, workload_id, keep_out or ())
     await observed(ctx, provider, workload_id, vm, place=True, spec_update=spec_update,
                    charge=Charge.from_params(charge or {}), ref=f"{ctx.operation_id}/{ctx.step_name}")
     return {"placed_at": provider}

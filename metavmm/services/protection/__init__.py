@@ -4,6 +4,8 @@
   and the operations engine, when its host is lost; the old copy is fenced first (never two running copies);
 - :mod:`.ha_disk`: the one decision of where a usable copy of a lost workload's disk is;
 - :mod:`.ha_volumes`: which attached volumes a restart carries to the new copy, and which stay (and why);
+- :mod:`.ha_networks`: where each network interface goes on the new copy (same, twin, follows, left), for an HA
+  restart and for a DR failover and failback alike;
 - :mod:`.ha_actions`: the step actions of a restart (fence, volumes, settle).
 
 Disaster-recovery replication (``dr*``) keeps verified recovery points of a workload's disk at another

@@ -46,7 +46,7 @@ from metavmm.services.identity import Identity
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.store import ACTIVE, Sessions
-from metavmm.services.protection import dr_store
+from metavmm.services.protection import dr_store, ha_networks
 from metavmm.services.scope import get_visible
 from metavmm.services.vocabulary import DR_MAX_INTERVAL_S as MAX_INTERVAL_S
 from metavmm.services.vocabulary import DR_MAX_RETENTION as MAX_RETENTION
@@ -332,12 +332,16 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
         origin_region = (await session.get(Site, workload.site_id)).region if workload.site_id else None  # type: ignore[union-attr]
         tid = await dr_store.provider_id(session, target)
         newest = await dr_store.latest(session, workload_id, tid)
+        interfaces = await ha_networks.attached(session, engine.config, workload, source, target, region,
+                                                old_answers=planned or await _answers(session, source))
     if not planned and newest is None:
         raise Conflict(f"{workload.name} has no verified recovery point at {target}: nothing to fail over to")
     src = {"provider": source, "workload_id": workload_id}
     started = utcnow().isoformat()
     how = "planned" if planned else "unplanned"
     message = f"{kind} to {target}/{region} ({how})"
+    if carried := ha_networks.summary(interfaces):
+        message = f"{message}; {carried}"
     steps = [*first, Step("note", "workload.note", {"workload_id": workload_id, "message": message})]
     if planned:
         restart = "vm.start" if workload.observed_state == "running" else None  # a rollback leaves it as it was
@@ -346,14 +350,30 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
                   _replicate_step("final-replication", workload_id, source, target, region)]
     steps += boot_point(workload, target=target, region=region, point_id=None if planned else newest.id,  # type: ignore[union-attr]
                         origin=source, origin_region=origin_region, kind=kind, started_at=started)
+    nics = [i.args() for i in interfaces]
+    if nics:  # after the commit, like an HA restart's: the replica runs and is recorded at the target first
+        steps.append(Step("networks", "ha.networks", {"workload_id": workload_id, "provider": target, "region": region,
+                                                      "interfaces": nics, "after": f"a {kind}"}))
     steps += [
         Step("remove-source", "dr.remove_source", {**src, "fenced": not planned}),
         Step("remove-source-volumes", "dr.drop_volumes", {**src, "region": origin_region, "fenced": not planned}),
         Step("release", "dr.release", {"workload_id": workload_id, "provider": source}),
     ]
+    if nics:  # once the source's copy is gone: the networks made at the source for an earlier stay go too
+        steps += [Step("drop-networks", "ha.drop_networks", {"provider": source, "interfaces": nics,
+                                                             "fenced": not planned}),
+                  Step("settle", "dr.settle", {"workload_id": workload_id})]
     return await engine.submit(kind=kind, steps=steps, target_id=workload_id, project_id=workload.project_id,
                                idempotency_key=idempotency_key,
-                               params={"from": source, "to": f"{target}/{region}", "planned": planned})
+                               params={"from": source, "to": f"{target}/{region}", "planned": planned,
+                                       **({"networks": carried} if carried else {})})
+
+
+async def _answers(session: AsyncSession, provider: str) -> bool:
+    """The provider's last inventory sync succeeded: a compute it lists runs on (an unplanned failover's network
+    plan keeps a network there for such a compute, as an HA restart from a provider that answers does)."""
+    row = (await session.exec(select(Provider).where(Provider.name == provider))).first()
+    return row is not None and row.sync_failures == 0
 
 
 async def failback(engine: Engine, identity: Identity | None, workload_id: str, *, planned: bool = True,

@@ -37,6 +37,7 @@ from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.resource_actions import place_at
 from metavmm.services.operations.vm_actions import find_vm, require_vm
 from metavmm.services.protection import dr_store
+from metavmm.services.protection.ha_actions import outcome
 from metavmm.services.protection.ha_volumes import linked
 from metavmm.translators.replica import build_point, depth, to_format, to_remove
 
@@ -371,7 +372,23 @@ async def record_and_switch(ctx: StepContext, *, provider: str, workload_id: str
         policy, out = await _switch(session, ctx, workload_id=workload_id, origin=origin, origin_region=origin_region,
                                     at=provider, kind=kind, started_at=started_at)
     await ctx.log(policy.message or "")
-    return {"placed_at": provider, **out}
+    return {"placed_at": provider, "dr_message": policy.message, **out}
+
+
+@action("dr.settle")
+async def settle(ctx: StepContext, *, workload_id: str, **_: Any) -> None:
+    """After a failover's or failback's interfaces were carried (``ha.networks``, after the commit): the policy's
+    message says, as an HA restart's does, which networks they are on and which were not re-attached (the
+    commit's message and the step outputs: a retry writes the same again). HA's own state is left alone."""
+    extra = outcome(ctx.outputs)
+    async with session_scope(ctx.sessions) as session:
+        policy = await session.get(Protection, workload_id)
+        if policy is None or not extra:
+            return
+        policy.message = f"{ctx.outputs.get('dr_message') or policy.message or ''}{extra}"[:1000]
+        policy.version += 1
+        policy.updated_at = utcnow()
+        session.add(policy)
 
 
 @action("dr.switch")

@@ -11,7 +11,9 @@ The rule, once for every front end (REST, OCCI's ``ha`` mixin, the CLI) and for 
   *down*: started again in place first; if it will not start, restarted elsewhere).
 - **restart**: through the scheduler (:class:`~metavmm.services.placement.Placer`: CPU architecture,
   capacity, residency and burst policies apply) among the providers that reach a usable disk
-  (:func:`~metavmm.services.protection.ha_disk.usable_disk`: the workload's own on shared storage, else the
+  (:func:`~metavmm.services.protection.ha_disk.usable_disk`: the workload's own, first on another host of its
+  own provider that mounts it when only a host was lost (a vCenter's shared datastore: the copy adopts the
+  vmdk, keeps the MAC, and every step leaves the old registration out), else on shared storage, else the
   newest verified DR recovery point at its replication target, booted as an overlay by
   :func:`~metavmm.services.protection.dr.boot_point` like a failover), as an ``ha_restart`` operation.
   The project's quota is unchanged: the same workload moves, its usage was counted when it was created.
@@ -35,7 +37,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -272,7 +274,7 @@ class HaService:
             _set(prot, HaState.STARTING, f"{cause} at {provider.name}: starting it again there")
             session.add(prot)
             return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
-        disk = await usable_disk(session, self.config, wl, provider.name)
+        disk = await usable_disk(session, self.config, wl, provider.name, cause)
         if disk is None:  # fencing is moot: nothing to restart from
             return await self._no_disk(session, prot, wl, provider, cause)
         confirmed = prot.state == HaState.FENCE_CONFIRMED or _confirmed_earlier(ops, provider)
@@ -327,6 +329,13 @@ class HaService:
     async def _restart(self, session: AsyncSession, prot: Protection, wl: Workload, provider: Provider, cause: str,
                        disk: DiskSource, *, confirmed: bool) -> Finding:
         placement = await self.placer.place(session, await self._request(session, wl, disk))
+        inside = None
+        if not placement.placed and disk.fallback is not None:  # no host inside its provider: elsewhere
+            inside, disk = placement.summary, disk.fallback
+            placement = await self.placer.place(session, await self._request(session, wl, disk))
+            if not placement.placed:
+                placement = replace(placement, summary=f"inside {provider.name}: {inside}; elsewhere: "
+                                    f"{placement.summary}")
         if not placement.placed:
             _set(prot, HaState.WAITING_FOR_CAPACITY, f"{provider.name} is lost ({cause}); no provider reaching its "
                  f"disk can take it now: {placement.summary}")
@@ -349,10 +358,12 @@ class HaService:
                                             "point": disk.point_id, "vm": wl.provider_resource_id,
                                             "ledger": ledger_params(wl.spec, {"site_id": placement.site_id,
                                                                               "host_id": placement.host_id})})
-        source = f"recovery point {disk.point_id}" if disk.point_id else f"its {disk.origin} disk"
+        source = f"recovery point {disk.point_id}" if disk.point_id else \
+            f"its disk {disk.location} on {placement.host}" if disk.inside else f"its {disk.origin} disk"
         carried = "; ".join(filter(None, (ha_networks.summary(interfaces), ha_volumes.summary(volumes))))
         _set(prot, HaState.RESTARTING, f"{provider.name} lost ({cause}): restarting at {placement.site} from "
-             f"{source} (operation {op.id})" + (f"; {carried}" if carried else ""))
+             f"{source} (operation {op.id})" + (f"; {carried}" if carried else "") +
+             (f"; no host of {provider.name} could take it: {inside}" if inside else ""))
         session.add(prot)
         log.warning("HA: %s lost at %s (%s): restarting at %s", wl.id, provider.name, cause, placement.site)
         return Finding(wl.id, cause, prot.state, prot.message or "", op.id)
@@ -376,7 +387,7 @@ class HaService:
             disk_gib=int(spec.get("disk_gib") or 0), gpu_model=spec.get("gpu_model"),
             gpu_count=int(spec.get("gpu_count") or 0), cpu_arch=host.cpu_arch if host is not None else None,
             providers=tuple(sorted(disk.providers)), sites=tuple(sorted(disk.sites)), workload_id=wl.id,
-            residency=spec_residency(spec))
+            residency=spec_residency(spec), exclude_hosts=disk.exclude_hosts)
 
 
 def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, confirmed: bool, timeout_s: float,
@@ -393,7 +404,7 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
     an overlay over it, the points pinned, replication turned back towards ``old``); the points a replica at
     ``old`` ran on are released after."""
     spec = wl.spec or {}
-    new = {"provider": placement.provider, "workload_id": wl.id}
+    new: dict[str, Any] = {"provider": placement.provider, "workload_id": wl.id}
     where = {**offer(placement.flavor, placement.price_per_hour, placement.currency, hypervisor=placement.hypervisor),
              "summary": f"HA restart after {old} was lost: {placement.summary}"}  # where: the record step's
     fence = Step("fence", "ha.fence", {"provider": old, "workload_id": wl.id, "confirmed": confirmed})
@@ -410,7 +421,13 @@ def restart_steps(wl: Workload, old: str, placement: Any, disk: DiskSource, *, c
                              name=vm_name(wl.id), host=placement.host, spec_update={"placement": where},
                              timeout_s=timeout_s)
         return [fence, *boot, Step("release", "dr.release", {"workload_id": wl.id, "provider": old}), *tail]
-    extra = {"adopt_disk": disk.location, **({"mac": spec["mac"]} if spec.get("mac") else {})}
+    # inside its own provider, the copy keeps the MAC its provider gave the old one (the old one is fenced, or
+    # its host confirmed dead), and never takes the old registration, which carries the same tag, for its own
+    macs = (wl.hardware or {}).get("macs") or [] if disk.inside else []
+    mac = spec.get("mac") or (macs[0] if macs else None)
+    extra = {"adopt_disk": disk.location, **({"mac": mac} if mac else {})}
+    if disk.inside and wl.provider_resource_id:  # every step that looks for the copy: create, record, wait, undo
+        new["keep_out"] = [wl.provider_resource_id]
     return [
         fence,
         Step("start-copy", "vm.create", {**new, "name": vm_name(wl.id), "region": placement.region,

@@ -15,7 +15,7 @@ from metavmm.foundation.errors import (
     ProviderUnavailable,
     UnsupportedOperation,
 )
-from metavmm.foundation.records import Capability
+from metavmm.foundation.records import Capability, VmInfo
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.vm_actions import find_vm
@@ -56,9 +56,23 @@ async def fence(ctx: StepContext, *, provider: str, workload_id: str, confirmed:
 
 
 @action("vm.fence")
-async def fence_vm(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
-    """Undo a restarted copy without deleting its disk (the workload's only one): fence it where it is."""
-    vm = await find_vm(ctx, provider, workload_id)
+async def fence_vm(ctx: StepContext, *, provider: str, workload_id: str, vm_id: str | None = None,
+                   keep_out: list[str] | None = None, **_: Any) -> None:
+    """Undo a restarted copy without deleting its disk (the workload's only one): fence it where it is.
+
+    ``vm_id``: that VM (it must carry the workload's tag), not the workload's: a stale registration an HA
+    restart inside its provider left, which the reconciliation removes once its host is back, its files kept
+    (the copy runs on its disk). ``keep_out``: as for ``vm.create``, the old registration is not the copy."""
+    if vm_id is not None:
+        try:
+            vm: VmInfo | None = await ctx.driver(provider).get_vm(vm_id)
+        except ProviderNotFound:
+            vm = None
+        if vm is None or vm.workload_id != workload_id:
+            await ctx.log(f"no VM {vm_id} of the workload at {provider}: nothing to fence")
+            return
+    else:
+        vm = await find_vm(ctx, provider, workload_id, keep_out or ())
     if vm is not None:
         try:
             await ctx.driver(provider).fence_vm(vm.provider_vm_id)
@@ -78,27 +92,45 @@ async def volumes(ctx: StepContext, *, workload_id: str, provider: str, region: 
 
 @action("ha.networks")
 async def networks(ctx: StepContext, *, workload_id: str, provider: str, region: str,
-                   interfaces: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+                   interfaces: list[dict[str, Any]], after: str = "an HA restart", **_: Any) -> dict[str, Any]:
     """Put the restarted copy's network interfaces back, and say on which network; or why not
-    (:mod:`.ha_networks`)."""
+    (:mod:`.ha_networks`). ``after``: what restarted it (an HA restart, a DR failover or failback)."""
     return {"networks": await ha_networks.carry(ctx, compute_id=workload_id, provider=provider, region=region,
-                                                interfaces=interfaces)}
+                                                interfaces=interfaces, after=after)}
 
 
-@action("ha.settle")
-async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
-    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off),
-    with the networks its interfaces are on and the volumes and interfaces it could not re-attach."""
-    left = [why for why in (ctx.outputs.get("volumes") or {}).values() if why != "attached"]
+@action("ha.drop_networks")
+async def drop_networks(ctx: StepContext, *, provider: str, interfaces: list[dict[str, Any]], fenced: bool = False,
+                        **_: Any) -> dict[str, Any]:
+    """The followed networks left ``provider``: remove the copies the broker made there, unless in use
+    (:func:`.ha_networks.drop`)."""
+    return {"dropped_networks": await ha_networks.drop(ctx, provider=provider, interfaces=interfaces,
+                                                       fenced=fenced)}
+
+
+def outcome(outputs: dict[str, Any]) -> str:
+    """What a restart, failover or failback did with the volumes and interfaces it carried, as the suffix of the
+    protection state's message ('' when nothing was left and no interface carried): the networks the
+    interfaces are on, and the volumes and interfaces it could not re-attach."""
+    message = ""
+    left = [why for why in (outputs.get("volumes") or {}).values() if why != "attached"]
     if left:
         message = f"{message}; NOT re-attached: {'; '.join(left)}"
-    nics = (ctx.outputs.get("networks") or {}).values()
+    nics = (outputs.get("networks") or {}).values()
     used = [why.removeprefix("attached: ") for why in nics if why.startswith("attached: ")]
     down = [why for why in nics if not why.startswith("attached: ")]
     if used:
         message = f"{message}; interfaces on {'; '.join(used)}"
     if down:
         message = f"{message}; interface NOT re-attached: {'; '.join(down)}"
+    return message
+
+
+@action("ha.settle")
+async def settle(ctx: StepContext, *, workload_id: str, state: str, message: str, **_: Any) -> None:
+    """Write the workload's protection state once the restart ended (the row may be gone: HA switched off),
+    with the networks its interfaces are on and the volumes and interfaces it could not re-attach."""
+    message = f"{message}{outcome(ctx.outputs)}"
     async with session_scope(ctx.sessions) as session:
         row = await session.get(Protection, workload_id)
         if row is None:

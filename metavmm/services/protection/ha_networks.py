@@ -18,6 +18,13 @@ when the restart is planned and written in its plan and in the protection state'
 
 The interface keeps its MAC (the link's ``mac``), so a DHCP reservation or a stretched L2 network hands it the
 same address where it can.
+
+The same plan serves a DR failover and failback (:func:`metavmm.services.protection.dr.failover`): the source is
+the "lost" provider, the DR site the target. A followed network's copy the broker makes at a target is noted on
+the network's row (``spec["made_at"]``: provider -> region, written *before* the copy is made, so a step retried
+after a kill still counts it as made, not found); when the network leaves that provider again (a failback),
+:func:`drop` deletes that copy unless something still uses it. A network found there (carrying its tag, not
+made by the broker), a twin and a network that was at the target already are never deleted.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Provider, Site, Workload, WorkloadKind, WorkloadLink
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import FederationConfig
-from metavmm.foundation.errors import MetavmmError
+from metavmm.foundation.errors import MetavmmError, ProviderConflict, ProviderNotFound, ProviderUnavailable
 from metavmm.foundation.records import Capability, NetworkSpec
 from metavmm.services.operations import resource_actions as res
 from metavmm.services.operations.context import StepContext
@@ -117,7 +124,8 @@ async def _stays(session: AsyncSession, config: FederationConfig, net: Workload,
     if at is None or not net.provider_resource_id:
         return f"network {net.name} is not placed at any provider"
     if at != old:
-        return f"network {net.name} is at {at}, not at the lost {old}, and {target} has no network of that name"
+        return (f"network {net.name} is at {at}, not at {old}, which the compute left, and {target} has no network "
+                "of that name")
     if not _can(config, target, Capability.NETWORKS):
         return (f"{target} ({config.provider(target).kind}) cannot make network {net.name}, and has no network "
                 "of that name")
@@ -149,11 +157,11 @@ def summary(interfaces: list[Interface]) -> str:
 
 
 async def carry(ctx: StepContext, *, compute_id: str, provider: str, region: str,
-                interfaces: list[dict[str, Any]]) -> dict[str, str]:
+                interfaces: list[dict[str, Any]], after: str = "an HA restart") -> dict[str, str]:
     """Put each interface back on the restarted copy at ``provider``/``region`` (see the module's fates), with
-    its MAC. One that cannot be is reported on its link and in the log; the copy keeps running. Idempotent: a
-    followed network is found by its tag, a turned link points at its twin already, an attached interface is
-    attached already."""
+    its MAC; ``after`` names what restarted it (an HA restart, a failover, a failback). One that cannot be is
+    reported on its link and in the log; the copy keeps running. Idempotent: a followed network is found by its
+    tag, a turned link points at its twin already, an attached interface is attached already."""
     done: dict[str, str] = {}
     for i in interfaces:
         why = i["why"]
@@ -164,8 +172,8 @@ async def carry(ctx: StepContext, *, compute_id: str, provider: str, region: str
             except MetavmmError as exc:
                 why = f"network {i['name']} could not be re-attached at {provider}: {exc}"
             else:
-                await set_state(ctx, i["link_id"], "active", f"re-attached at {provider} on {used} after an HA "
-                                "restart", **({"mac": out["mac"]} if out.get("mac") else {}))
+                await set_state(ctx, i["link_id"], "active", f"re-attached at {provider} on {used} after {after}",
+                                **({"mac": out["mac"]} if out.get("mac") else {}))
                 await ctx.log(f"interface on network {i['name']} re-attached at {provider}: {used}")
                 done[i["link_id"]] = f"attached: {used}"
                 continue
@@ -187,9 +195,64 @@ async def _place(ctx: StepContext, provider: str, region: str, i: dict[str, Any]
     found = await res.find(ctx, res.NETWORK, provider, i["network_id"], region)
     how = "the same network, there already"
     if found is None:
+        await _made_at(ctx, i["network_id"], provider, region)  # before the copy: a retry still knows it made it
         found = await ctx.driver(provider).create_network(NetworkSpec(name=i["name"], region=region, cidr=i["cidr"],
                                                                       workload_id=i["network_id"]))
         how = f"created there{' with ' + i['cidr'] if i['cidr'] else ''}"
     async with session_scope(ctx.sessions) as session:
         await res.place_at(session, provider, i["network_id"], res.resource_id(found), region)
     return f"network {i['name']} ({res.resource_id(found)}): {how}"
+
+
+async def _made_at(ctx: StepContext, network_id: str, provider: str, region: str | None) -> None:
+    """Note on the network's row that the broker makes (``region``) or no longer has (None) a copy of it at
+    ``provider`` for a carried interface."""
+    async with session_scope(ctx.sessions) as session:
+        row = await session.get(Workload, network_id)
+        if row is None:
+            return
+        made = {k: v for k, v in ((row.spec or {}).get("made_at") or {}).items() if k != provider}
+        if region is not None:
+            made[provider] = region
+        row.spec = {**(row.spec or {}), "made_at": made}
+        session.add(row)
+
+
+async def drop(ctx: StepContext, *, provider: str, interfaces: list[dict[str, Any]],
+               fenced: bool = False) -> dict[str, str]:
+    """The followed networks left ``provider`` (the site a failover or failback came from): delete the copy the
+    broker made there for an earlier carry, unless a domain still uses it (kept, and said). A copy it did not
+    make (found there), a twin and a network that stayed are never deleted. ``fenced``: ``provider`` may not
+    answer (an unplanned failover): its copy stays, said in the log. Idempotent: a copy gone is done."""
+    done: dict[str, str] = {}
+    for i in interfaces:
+        if i["fate"] != FOLLOWS:
+            continue
+        async with ctx.sessions() as session:
+            row = await session.get(Workload, i["network_id"])
+            here = (await _site_of(session, row))[0] if row is not None else provider
+        made = ((row.spec or {}).get("made_at") or {}) if row is not None else {}
+        if here == provider or provider not in made:
+            continue  # it did not leave, or the broker did not make that copy
+        try:
+            found = await res.find(ctx, res.NETWORK, provider, i["network_id"], made[provider])
+            if found is not None:
+                await ctx.driver(provider).delete_network(res.resource_id(found))
+                await ctx.log(f"network {i['name']} ({res.resource_id(found)}) made at {provider} for the interface "
+                              "removed: the network left")
+        except ProviderNotFound:
+            pass  # gone meanwhile
+        except ProviderConflict as exc:
+            await ctx.log(f"network {i['name']} made at {provider} kept: {exc}")
+            done[i["network_id"]] = "kept: in use"
+            continue
+        except (ProviderUnavailable, MetavmmError) as exc:
+            if not fenced:
+                raise
+            await ctx.log(f"{provider} is unreachable ({exc}); its copy of network {i['name']} stays (the "
+                          "reconciliation removes it once it is back and unused)")
+            done[i["network_id"]] = "kept: unreachable"
+            continue
+        await _made_at(ctx, i["network_id"], provider, None)
+        done[i["network_id"]] = "removed"
+    return done

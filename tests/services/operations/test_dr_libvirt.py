@@ -163,3 +163,84 @@ async def _vol(engine: Engine, vid: str) -> tuple[str, str]:
     w, at = await _at(engine, vid)
     assert w.provider_resource_id is not None
     return at, w.provider_resource_id
+
+
+async def test_failover_and_failback_carry_two_interfaces_with_their_macs(engine: Engine,
+                                                                         libvirt_hosts: LibvirtHosts) -> None:
+    """A compute on two networks at lv0 fails over: the domain at lv1 has both interfaces with their MACs, one on
+    the network that followed it (made at lv1 for the failover), one on the project's network of the same name at
+    lv1 (its twin). The networks step run a second time (as a retry after a kill -9 would) makes no second network
+    or interface. The failback puts both back on lv0's networks and removes the network made at lv1; the twin,
+    the project's own, stays. No CIDRs: both daemons' bridges live on this one kernel."""
+    from metavmm.services.identity import operator_identity
+    from metavmm.services.operations.actions import run_action
+    from metavmm.services.operations.context import StepContext
+    from metavmm.services.operations.executor import Executor
+    from metavmm.services.placement import Placer
+    from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+    from metavmm.services.workloads.service import WorkloadService
+    from tests.services.protection.test_ha_networks_libvirt import interfaces, nets
+
+    a, b = libvirt_hosts.uris
+    async with session_scope(engine.sessions) as s:
+        caller = await operator_identity(s)
+    done = await run(engine, await direct.provision(engine, name="drnet-vm", provider="lv0", region="host0",
+                                                   image=str(libvirt_hosts.base_image), ram_mib=64,
+                                                   project_id=caller.project_id))
+    wid = done.target_id
+    assert wid is not None and done.state == OperationState.SUCCEEDED, done.error
+    workloads = WorkloadService(engine.sessions, engine.config, engine, Placer(engine.config))
+    made: list[str] = []
+
+    async def network(name: str, site: str) -> str:
+        accepted = await workloads.create(caller, CreateRequest(kind="network", name=name, site=site))
+        made.append(accepted.workload.id)
+        assert (await run(engine, accepted.operation)).state == OperationState.SUCCEEDED
+        return accepted.workload.id
+
+    try:
+        lan, dmz = await network("drnet-lan", "lv0/host0"), await network("drnet-dmz", "lv0/host0")
+        twin = await network("drnet-dmz", "lv1/host1")
+        for nid, mac in ((lan, "52:54:00:d7:00:01"), (dmz, "52:54:00:d7:00:02")):
+            _, op = await workloads.link(caller, wid, LinkSpec(target_id=nid, mac=mac))
+            assert (await run(engine, op)).state == OperationState.SUCCEEDED
+        home = {f"mv-{lan}": "52:54:00:d7:00:01", f"mv-{dmz}": "52:54:00:d7:00:02"}
+        assert interfaces(a, "drnet-vm") == home and f"mv-{lan}" not in nets(b)
+        await dr.set_replication(engine.sessions, engine.config, None, wid, target="lv1", interval_s=None)
+
+        over = await run(engine, await dr.failover(engine, None, wid))
+        assert over.state == OperationState.SUCCEEDED, over.error
+        assert (await _at(engine, wid))[1] == "lv1" and domains(a) == {}
+        away = {f"mv-{lan}": "52:54:00:d7:00:01", f"mv-{twin}": "52:54:00:d7:00:02"}
+        assert interfaces(b, "drnet-vm") == away and f"mv-{lan}" in nets(b)
+
+        step = next(s for s in over.steps if s["name"] == "networks")  # again, as after a kill -9 mid-step
+        executor = Executor(engine.sessions, engine.config)
+        try:
+            async def quiet(*_: object) -> None:
+                return None
+
+            ctx = StepContext(over.id, over.steps.index(step), "networks", engine.sessions, engine.config,
+                              executor.drivers, dict(over.params), dict(over.outputs), quiet, quiet)
+            again = await run_action(ctx, step["action"], step["args"])
+        finally:
+            await executor.drivers.close()
+        assert all(v.startswith("attached: ") for v in again["networks"].values()), again
+        assert any("the same network, there already" in v for v in again["networks"].values()), again
+        rows = [r.split() for r in virsh(b, "domiflist", "drnet-vm").splitlines()[2:]]
+        assert len([r for r in rows if len(r) == 5 and r[1] == "network"]) == 2
+        assert interfaces(b, "drnet-vm") == away  # the same two interfaces, no third
+        assert [n for n in nets(b) if n == f"mv-{lan}"] == [f"mv-{lan}"]
+
+        back = await run(engine, await dr.failback(engine, None, wid))
+        assert back.state == OperationState.SUCCEEDED, back.error
+        assert (await _at(engine, wid))[1] == "lv0" and domains(b) == {}
+        assert interfaces(a, "drnet-vm") == home
+        assert f"mv-{lan}" not in nets(b) and f"mv-{twin}" in nets(b)  # made for the failover: gone; the twin stays
+        assert back.outputs["dropped_networks"] == {lan: "removed"}
+    finally:
+        await run(engine, await flows.delete(engine, wid, purge=True))
+        for nid in made:
+            await run(engine, await workloads.delete(caller, nid))
+    assert domains(a) == {} and domains(b) == {}
+    assert not {f"mv-{n}" for n in made} & (nets(a) | nets(b))

@@ -18,13 +18,14 @@ from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import ConfigError, Conflict, Forbidden, NotFound, ValidationError
 from metavmm.foundation.records import Capability, VmState
 from metavmm.services.identity import Identity, get_or_create_project
+from metavmm.services.observer import upsert_provider
 from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.placement import Placer, in_transit
 from metavmm.services.protection.ha import HA_CATEGORY, HaService, HaState
-from metavmm.services.protection.ha_disk import sharing
+from metavmm.services.protection.ha_disk import sharing, usable_disk
 from metavmm.services.sync import sync_all
 from metavmm.services.workloads.requests import CreateRequest
 from metavmm.services.workloads.service import WorkloadService
@@ -76,9 +77,9 @@ class Broker:
 
 
 @contextlib.asynccontextmanager
-async def make_broker(sessions: Any) -> AsyncIterator[Broker]:
-    """The HA service over a synced three-provider sim federation."""
-    config = parse_config(CONFIG)
+async def make_broker(sessions: Any, federation: str = CONFIG) -> AsyncIterator[Broker]:
+    """The HA service over a synced three-provider sim federation (``federation``: CONFIG, or a variant of it)."""
+    config = parse_config(federation)
     assert [r.error for r in await sync_all(sessions, config)] == [None] * 3
     async with session_scope(sessions) as session:
         alpha = await get_or_create_project(session, "alpha")
@@ -319,3 +320,47 @@ async def test_a_provider_that_cannot_fence_waits_for_an_admin(broker: Broker) -
     op = await b.run(report.operations[0])
     assert op.state == OperationState.SUCCEEDED and op.outputs["fenced"] == "confirmed", op.error
     assert b.copies(wid) == {"hasa": [VmState.ERROR], "hasb": [VmState.RUNNING], "hasc": []}
+
+
+async def test_a_lost_host_s_disk_is_restarted_inside_its_provider_where_another_host_up_mounts_it(
+        sqlite_sessions: Any, tmp_path: Any) -> None:
+    """usable_disk's first answer: the same vCenter, on the hosts (from its inventory) that are up and mount the
+    disk's datastore; the other providers sharing its storage are the fallback. Not when the whole provider is
+    lost, nor when no other host up mounts it, nor when the inventory never said where the disk is."""
+    (tmp_path / "pw").write_text("x")
+    config = parse_config(f"""
+providers:
+  - {{kind: vmware, name: vc, endpoint: "127.0.0.1:1", user: u, credentials: {{file: {tmp_path / 'pw'}}}}}
+  - {{kind: sim, name: simb, site_count: 1, hosts_per_site: 1}}
+ha: {{shared_storage: [[vc, simb]]}}
+""")
+    async with session_scope(sqlite_sessions) as s:
+        vc = await upsert_provider(s, config.provider("vc"), ())
+        site = Site(provider_id=vc.id, region="DC0", name="vc/DC0")
+        s.add(site)
+        await s.flush()
+        hosts = {name: Host(site_id=site.id, name=name, hypervisor_type="esxi", cpu_arch="x86_64", state=state,
+                            storage=storage)
+                 for name, state, storage in (("lost", "down", ["shared", "own-lost"]), ("h1", "up", ["shared", "x"]),
+                                              ("h2", "up", ["own-h2"]), ("h3", "down", ["shared"]))}
+        s.add_all(hosts.values())
+        await s.flush()
+        wl = Workload(kind="compute", name="db", provider_id=vc.id, site_id=site.id, host_id=hosts["lost"].id,
+                      provider_resource_id="4216f8b3", hardware={"disks": ["[shared] db/db.vmdk"]})
+        ids = {name: h.id for name, h in hosts.items()}
+
+        disk = await usable_disk(s, config, wl, "vc", "host-down")
+        assert disk is not None and (disk.inside, disk.location, disk.providers, disk.sites) == \
+            (True, "[shared] db/db.vmdk", {"vc"}, {"vc/DC0"})
+        assert disk.exclude_hosts == {ids["lost"], ids["h2"], ids["h3"]}  # only h1: up, and mounts it
+        assert disk.fallback is not None and disk.fallback.providers == {"simb"} and not disk.fallback.inside
+        for cause in ("crashed", "down", "vanished"):
+            assert (await usable_disk(s, config, wl, "vc", cause)).inside  # type: ignore[union-attr]
+        assert (await usable_disk(s, config, wl, "vc", "unreachable")).providers == {"simb"}  # type: ignore[union-attr]
+        for hardware in ({"disks": ["[own-lost] db/db.vmdk"]}, {"disks": ["[shared] a.vmdk", "[own-lost] b.vmdk"]},
+                         {"disks": ["not a datastore path"]}, {}):
+            wl.hardware = hardware
+            assert not (await usable_disk(s, config, wl, "vc", "host-down")).inside  # type: ignore[union-attr]
+        wl.hardware = {"disks": ["[shared] db/db.vmdk"]}
+        hosts["h1"].state = "down"
+        assert not (await usable_disk(s, config, wl, "vc", "host-down")).inside  # type: ignore[union-attr]
