@@ -5,7 +5,7 @@ migration's disk, a live migration, a DR replication) now writes one row here: b
 per (source provider, target provider); the newest rows of each pair are kept.
 
 Revision ID: 0041_link_sample
-Revises: 0040_workload_event
+Revises: 0045_host_storage
 Create Date: 2026-12-07 15:30:00
 """
 
@@ -16,7 +16,7 @@ import sqlmodel
 from alembic import op
 
 revision = '0041_link_sample'
-down_revision = '0040_workload_event'
+down_revision = '0045_host_storage'
 branch_labels = None
 depends_on = None
 
