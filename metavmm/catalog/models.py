@@ -543,6 +543,24 @@ class WorkloadEvent(SQLModel, table=True):
     message: str | None = None
 
 
+class LinkSample(SQLModel, table=True):
+    """One measured transfer between two providers: ``bytes`` moved from ``source`` to ``target`` (provider
+    names; the same name twice: between two hosts or sites of one provider) in ``seconds``, by a finished
+    step of ``kind`` (``cold_migrate``, ``live_migrate``, ``dr_replicate``). Federation-wide facts: no
+    project, no workload. The newest :data:`metavmm.services.linkrates.HISTORY` per ordered pair are kept
+    (migration 0041)."""
+
+    __tablename__ = "link_sample"
+    __table_args__ = (Index("ix_link_sample_pair", "source", "target", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=128)
+    target: str = Field(max_length=128)
+    kind: str = Field(max_length=32)
+    bytes: int = Field(sa_type=BigInteger)
+    seconds: float
+    measured_at: datetime = _ts()
+
+
 class OcciMixin(SQLModel, table=True):
     """A user-defined OCCI mixin (a tag a project defines through the OCCI query interface).
 

@@ -342,6 +342,7 @@ class SimDriver(DriverBase):
         return DiskRef(str(path), "raw")
 
     async def import_image(self, disk: DiskRef, name: str, region: str) -> ImageInfo:
+        self._check_reachable("import_image")
         image = ImageInfo(provider_image_id=f"sim-img-{uuid.uuid4()}", name=name, region=region,
                           format=disk.format, extra={"simulated": True, "source": disk.path})
         with self.state.change() as tx:

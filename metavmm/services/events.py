@@ -6,9 +6,10 @@ worker wrote, and resumes exactly: an event's id is its row id, and ``Last-Event
 after it. A workload whose observed state a provider listing alone changed (drift: a VM stopped or deleted
 behind the broker's back, or back again) has no operation history; the observer writes a ``workload_event``
 line for it in the sync's transaction, and the stream tells the lines after the last it sent as ``workload``
-events with ``cause: "sync"``. Two tables, two sequences, one ``Last-Event-ID``: a resumable event's id is
-a :class:`Position`, both tables' last lines told (``"12-5"``), so a reconnect gets every line of either
-after what it saw, and none twice. A :class:`Cursor` also reports,
+events with ``cause: "sync"``. Auto-scaling decisions are rows too (``autoscale_decision``, written with the
+decision), told as ``autoscale`` events. Three tables, three sequences, one ``Last-Event-ID``: a resumable
+event's id is a :class:`Position`, the three tables' last lines told (``"12-5-3"``), so a reconnect gets
+every line of each after what it saw, and none twice. A :class:`Cursor` also reports,
 without an id (nothing to resume), progress that moved without a history line and the state of each
 workload an operation touches when it changed since last told.
 Two more kinds are read from the catalog as it is and compared with what the stream last said, so they
@@ -58,30 +59,37 @@ PAGE = 200
 class Event:
     kind: str  # operation, progress, workload, autoscale, sync, alert
     data: dict[str, Any]
-    id: str | None = None  # set on operation and drift events only: the resume point, a Position
+    id: str | None = None  # set on operation, drift and autoscale events only: the resume point, a Position
 
 
-_POSITION = re.compile(r"([0-9]{1,18})(?:-([0-9]{1,18}))?")
+_POSITION = re.compile(r"([0-9]{1,18})(?:-([0-9]{1,18})(?:-([0-9]{1,18}))?)?")
 
 
 @dataclass(frozen=True)
 class Position:
-    """Where a stream stands in the two tables it tells line by line: the last ``operation_event`` and the
-    last ``workload_event`` (drift) sent. It is each such event's id, ``"12-5"``; a bare ``"12"`` (the
-    ids of brokers before drift had one) resumes the operations and tells drift from the stream's start."""
+    """Where a stream stands in the three tables it tells line by line: the last ``operation_event``, the
+    last ``workload_event`` (drift) and the last ``autoscale_decision`` sent. It is each such event's id,
+    ``"12-5-3"``. The ids of older brokers are still taken: ``"12-5"`` (before decisions had a place)
+    resumes operations and drift and tells decisions from the stream's start, a bare ``"12"`` (before
+    drift had one) resumes the operations and tells drift and decisions from the stream's start."""
 
     operations: int
     drift: int | None = None
+    decisions: int | None = None  # None only where drift is None too, or parsed from an older "12-5"
 
     def __str__(self) -> str:
-        return str(self.operations) if self.drift is None else f"{self.operations}-{self.drift}"
+        if self.drift is None:
+            return str(self.operations)
+        return f"{self.operations}-{self.drift}" if self.decisions is None else \
+            f"{self.operations}-{self.drift}-{self.decisions}"
 
     @classmethod
     def parse(cls, text: str, what: str = "Last-Event-ID") -> Position:
         found = _POSITION.fullmatch(text)
         if found is None:
-            raise ValidationError(f"{what} must be an event id this stream sent (such as 12-5), not {text[:40]!r}")
-        return cls(int(found.group(1)), int(found.group(2)) if found.group(2) is not None else None)
+            raise ValidationError(f"{what} must be an event id this stream sent (such as 12-5-3), not {text[:40]!r}")
+        drift, decisions = (int(g) if g is not None else None for g in found.group(2, 3))
+        return cls(int(found.group(1)), drift, decisions)
 
 
 @dataclass
@@ -107,7 +115,7 @@ class Cursor:
     @property
     def position(self) -> Position:
         """What this stream has told so far (after :meth:`begin`): a reconnect from here misses nothing."""
-        return Position(self.after, self.drift_after or 0)
+        return Position(self.after, self.drift_after or 0, self.decisions_after or 0)
 
     async def begin(self, maker: async_sessionmaker[AsyncSession]) -> None:
         """Fix where the tables read without ``Last-Event-ID`` start (after what they hold now), before the
@@ -134,7 +142,7 @@ class Cursor:
                 out.append(Event("operation", {
                     "operation": ev.operation_id, "kind": kind, "state": state, "progress": progress,
                     "target": target, "step": ev.step, "level": ev.level, "message": redact(ev.message),
-                    "at": aware(ev.at).isoformat()}, str(Position(ev.id or 0, self.drift_after))))
+                    "at": aware(ev.at).isoformat()}, str(Position(ev.id or 0, self.drift_after, self.decisions_after))))
                 self.after = max(self.after, ev.id or 0)
                 self.progress[ev.operation_id] = progress
             running = (await session.exec(
@@ -207,12 +215,12 @@ class Cursor:
             out.append(Event("workload", {
                 "workload": ev.workload_id, "name": name, "state": ev.state, "desired_state": desired,
                 "previous": ev.previous, "cause": "sync", "message": redact(ev.message or ""),
-                "at": aware(ev.at).isoformat()}, str(Position(self.after, ev.id or 0))))
+                "at": aware(ev.at).isoformat()}, str(Position(self.after, ev.id or 0, self.decisions_after))))
         return out
 
     async def _decisions(self, session: AsyncSession) -> list[Event]:
-        """Auto-scaling decisions written since the last call (``autoscale`` events, without an id: they
-        are kept in their own table; ``GET .../decisions`` pages through them)."""
+        """Auto-scaling decisions written since the last call, in the caller's scope (the group's project):
+        ``autoscale`` events, each with its :class:`Position` (``GET .../decisions`` pages through them too)."""
         rows = (await session.exec(
             select(AutoscaleDecision, AutoscaleGroup.name)
             .join(AutoscaleGroup, col(AutoscaleGroup.id) == AutoscaleDecision.group_id)
@@ -227,7 +235,7 @@ class Cursor:
                 "desired_before": d.desired_before, "desired_after": d.desired_after,
                 "members": [{k: m.get(k) for k in ("name", "provider", "site", "price_per_hour", "burst")}
                             for m in d.members], "operations": d.operations, "reason": redact(d.reason),
-                "at": aware(d.at).isoformat()}))
+                "at": aware(d.at).isoformat()}, str(Position(self.after, self.drift_after, d.id or 0))))
         return out
 
 
@@ -250,7 +258,8 @@ async def latest(maker: async_sessionmaker[AsyncSession]) -> Position:
 
 
 async def _newest(session: AsyncSession) -> Position:
-    return Position(await _last_id(session, OperationEvent), await _last_id(session, WorkloadEvent))
+    return Position(await _last_id(session, OperationEvent), await _last_id(session, WorkloadEvent),
+                    await _last_id(session, AutoscaleDecision))
 
 
 async def resume(maker: async_sessionmaker[AsyncSession], identity: Identity, at: Position | None,
@@ -263,9 +272,10 @@ async def resume(maker: async_sessionmaker[AsyncSession], identity: Identity, at
         newest = await _newest(session)
         if at is None:
             at = newest
-        elif at.operations > newest.operations or (at.drift or 0) > (newest.drift or 0):
+        elif at.operations > newest.operations or (at.drift or 0) > (newest.drift or 0) \
+                or (at.decisions or 0) > (newest.decisions or 0):
             raise ValidationError(f"event id {at} is past the newest event this broker has written: reconnect "
                                   "without Last-Event-ID (or with ?after=0 to replay the history)")
-        cursor = Cursor(identity, at.operations, drift_after=at.drift, **options)
+        cursor = Cursor(identity, at.operations, drift_after=at.drift, decisions_after=at.decisions, **options)
         await cursor._begin(session)
     return cursor

@@ -24,7 +24,15 @@ from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.api.observability import metrics_app
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import OperationEvent, Price, Quota, Workload, WorkloadEvent
+from metavmm.catalog.models import (
+    AutoscaleDecision,
+    AutoscaleGroup,
+    OperationEvent,
+    Price,
+    Quota,
+    Workload,
+    WorkloadEvent,
+)
 from metavmm.foundation.config import parse_config
 from metavmm.foundation.logs import JsonFormatter, RequestIdFilter
 from metavmm.foundation.records import VmState
@@ -439,13 +447,14 @@ async def test_a_state_changed_behind_the_brokers_back_reaches_the_stream_after_
 
 def _told(text: str) -> list[tuple[str, str]]:
     """The resumable events of a stream's whole answer (one without ``Accept: text/event-stream``): (id, what
-    each says), what it says being the operation line's or the drift line's message."""
+    each says), what it says being the operation line's or the drift line's message, or the decision's reason."""
     out, ident = [], None
     for line in text.splitlines():
         if line.startswith("id:"):
             ident = line[3:].strip()
         elif line.startswith("data:") and ident is not None:
-            out.append((ident, json.loads(line[5:])["message"]))
+            data = json.loads(line[5:])
+            out.append((ident, data["message"] if "message" in data else data["reason"]))
         elif line == "":
             ident = None
     return out
@@ -513,7 +522,7 @@ async def test_a_reconnect_resumes_operation_and_drift_lines_exactly_in_its_own_
     assert [m for _, m in _told(await bare.text())] == ["op 1", "op 2", "op 3"]
 
     newest = await events.latest(client.app[keys.SESSIONS])
-    for bad in ("x'; --", "12-", "-3", "1-2-3", f"{newest.operations + 1}-0", f"0-{(newest.drift or 0) + 1}"):
+    for bad in ("x'; --", "12-", "-3", "1-2-3-4", f"{newest.operations + 1}-0", f"0-{(newest.drift or 0) + 1}"):
         resp = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": bad})
         assert resp.status == 400, bad
         assert "event id" in (await resp.json())["detail"]
@@ -521,3 +530,80 @@ async def test_a_reconnect_resumes_operation_and_drift_lines_exactly_in_its_own_
     assert resp.status == 400 and "after must be an event id" in (await resp.json())["detail"]
     resp = await client.get("/ui/events?after=later", cookies={"metavmm_session": sid})
     assert resp.status == 400
+
+
+async def test_a_reconnect_resumes_autoscaling_decisions_exactly_in_its_own_project(
+        aiohttp_client: Any, db_url: str) -> None:
+    """Issue 18: auto-scaling decisions (``autoscale_decision`` rows) resume with ``Last-Event-ID`` as
+    operation and drift lines do. The id is the three tables' position (``12-5-3``): reconnecting after ANY
+    resumable event gives exactly the project's lines after it, of all three tables, none twice; the older
+    ``12-5`` ids still resume operations and drift (decisions from then on); an id past the newest decision,
+    or with a fourth part, is a 400. Before, a decision had no id: a reconnect lost or repeated them."""
+    client, w = await _broker(aiohttp_client, db_url)
+    alpha, beta = await _create(client, w, "alpha_member", "a"), await _create(client, w, "beta_member", "b")
+    groups = {}
+    async with session_scope(client.app[keys.SESSIONS]) as s:
+        for project in ("alpha", "beta"):
+            group = AutoscaleGroup(project_id=w.ids[project], name=f"{project}-web")
+            s.add(group)
+            groups[project] = group.id
+    start = await events.latest(client.app[keys.SESSIONS])
+    assert str(start).count("-") == 2
+
+    async def write(*lines: tuple[str, str]) -> None:
+        """Each line its own commit, in order: "op ..." an operation line of the project's create, "scale ..." a
+        decision of its group, any other a drift line of its workload."""
+        for project, message in lines:
+            body = alpha if project == "alpha" else beta
+            async with session_scope(client.app[keys.SESSIONS]) as s:
+                if message.startswith("op "):
+                    s.add(OperationEvent(operation_id=body["operation"]["id"], message=message))
+                elif message.startswith("scale "):
+                    s.add(AutoscaleDecision(group_id=groups[project], project_id=w.ids[project], action="hold",
+                                            trigger="metric", reason=message))
+                else:
+                    s.add(WorkloadEvent(workload_id=body["workload"]["id"], project_id=w.ids[project],
+                                        previous="running", state="stopped", message=message))
+
+    await write(("alpha", "scale 1"), ("beta", "scale beta 1"), ("alpha", "op 1"), ("alpha", "drift 1"),
+                ("alpha", "scale 2"), ("beta", "op beta 1"), ("alpha", "scale 3"), ("alpha", "drift 2"),
+                ("beta", "scale beta 2"))
+    first = await client.get(f"{API}/events?after={start}", headers=w.auth("alpha_member"))
+    told = _told(await first.text())
+    assert [m for _, m in told] == ["op 1", "drift 1", "drift 2", "scale 1", "scale 2", "scale 3"]
+    assert len({i for i, _ in told}) == len(told)
+    for k, (ident, _) in enumerate(told):  # a reconnect after each of them: exactly the rest
+        resumed = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": ident})
+        assert _told(await resumed.text()) == told[k + 1:], ident
+    # the dashboard's EventSource resumes the same way
+    sid = await _browser(client, "alpha_member", w)
+    page = await client.get(f"/ui/events?after={start}", cookies={"metavmm_session": sid},
+                            headers={"Last-Event-ID": told[3][0]})
+    assert _told(await page.text()) == told[4:]
+
+    # live: a client that read to the end goes away; decisions written meanwhile come on its reconnect, once
+    await write(("alpha", "scale 4"), ("beta", "scale beta 3"), ("alpha", "op 2"))
+    live = await client.get(f"{API}/events", headers=_follow(w, "alpha_member", **{"Last-Event-ID": told[-1][0]}))
+    seen = await _events(live, lambda e: e[2].get("reason") == "scale 4")
+    assert [e[2].get("message") or e[2]["reason"] for e in seen if e[0]] == ["op 2", "scale 4"]
+    await write(("alpha", "scale 5"))
+    seen = await _events(live, lambda e: e[2].get("reason") == "scale 5")
+    assert [e[2]["reason"] for e in seen if e[0]] == ["scale 5"]
+    live.close()
+
+    # beta's member with alpha's id: beta's own lines after that point, nothing of alpha's
+    theirs = await client.get(f"{API}/events", headers={**w.auth("beta_member"), "Last-Event-ID": told[0][0]})
+    text = await theirs.text()
+    assert [m for _, m in _told(text)] == ["op beta 1", "scale beta 1", "scale beta 2", "scale beta 3"]
+    assert groups["alpha"] not in text and alpha["workload"]["id"] not in text
+    # an id of the previous form (operations and drift): those resume, decisions are told from now on
+    older = f"{start.operations}-{start.drift}"
+    assert [m for _, m in _told(await (await client.get(
+        f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": older})).text())] == \
+        ["op 1", "op 2", "drift 1", "drift 2"]
+
+    newest = await events.latest(client.app[keys.SESSIONS])
+    for bad in (f"0-0-{(newest.decisions or 0) + 1}", "1-2-3-4", "1-2-", "1--3"):
+        resp = await client.get(f"{API}/events", headers={**w.auth("alpha_member"), "Last-Event-ID": bad})
+        assert resp.status == 400, bad
+        assert "event id" in (await resp.json())["detail"]

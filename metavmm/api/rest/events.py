@@ -2,8 +2,8 @@
 alerts (issue 18).
 
 A member sees their project's events, an admin every project's (:mod:`metavmm.services.scope`). Each
-operation event and each drift event carries its position in the catalog (``12-5``: the operation and
-drift lines told so far, :class:`metavmm.services.events.Position`): a client that reconnects with
+operation, drift and auto-scaling event carries its position in the catalog (``12-5-3``: the operation,
+drift and decision lines told so far, :class:`metavmm.services.events.Position`): a client that reconnects with
 ``Last-Event-ID`` (browsers' EventSource do it themselves) or ``?after=`` gets what it missed and nothing
 it saw; an id that is not one, or is past the newest event, is a 400. The stream stays
 open for a client that accepts ``text/event-stream`` (EventSource sends it); any other client gets what
@@ -45,7 +45,7 @@ Recheck = Callable[[], Awaitable[Identity | None]]
 
 class EventsQuery(BaseModel):
     after: str | None = Field(default=None, max_length=40,
-                              description="resume after this event id (as Last-Event-ID, such as 12-5); 0 replays "
+                              description="resume after this event id (as Last-Event-ID, such as 12-5-3); 0 replays "
                                           "the history; default: new events only")
 
 
@@ -57,9 +57,9 @@ def _resume_point(request: web.Request, query: EventsQuery) -> events.Position |
     return None if query.after is None else events.Position.parse(query.after, "after")
 
 
-@api.route("GET", "/events", summary="Server-sent events: operation history (with ids, resumable), progress, "
-           "workload states, provider sync results and alerts of the caller's project", query=EventsQuery,
-           response=str,
+@api.route("GET", "/events", summary="Server-sent events: operation history, drift and auto-scaling "
+           "decisions (with ids, resumable), progress, workload states, provider sync results and alerts of the "
+           "caller's project", query=EventsQuery, response=str,
            media_type="text/event-stream", role="reader")
 async def stream(request: web.Request, query: EventsQuery) -> web.StreamResponse:
     return await follow(request, query, partial(reauthenticate, request))

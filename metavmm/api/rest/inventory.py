@@ -42,6 +42,7 @@ from metavmm.catalog.models import (
     Workload,
 )
 from metavmm.foundation.errors import Conflict, NotFound
+from metavmm.services import linkrates
 from metavmm.services.marketplace.entries import ImageOut, ReplicaFields, audience_for, get_image, image_out
 from metavmm.services.secrets import store_provider_credentials
 
@@ -205,6 +206,42 @@ async def get_provider(request: web.Request, params: ProviderId) -> ProviderOut:
         out = await _provider_out(session, row)
     send_etag(request, etag(out))
     return out
+
+
+class MeasuredRate(BaseModel):
+    median_mib_per_s: float = Field(description="median MiB/s of the pair's kept samples (the newest 20)")
+    samples: int = Field(description="how many samples the median is of")
+    last_mib_per_s: float = Field(description="the newest sample's MiB/s")
+    last_at: Timestamp = Field(description="when the newest sample's transfer finished")
+    age_s: float = Field(description="seconds since then")
+    kinds: list[str] = Field(description="what moved the bytes: cold_migrate, live_migrate, dr_replicate")
+
+
+class LinkOut(BaseModel):
+    source: str = Field(description="provider the bytes leave")
+    target: str = Field(description="provider they reach (the same name: between its own hosts or sites)")
+    configured_mib_per_s: float = Field(description="the rate the scheduler assumes (transfer_mib_per_s within "
+                                                    "one provider, wan_mib_per_s between two)")
+    latency_s: float = Field(description="the scheduler's fixed start-up time of a transfer")
+    measured: MeasuredRate | None = Field(description="what the broker's own finished transfers took; null: none "
+                                                      "measured yet")
+
+
+@api.route("GET", "/links", summary="Transfer links between providers: the rate the scheduler assumes and the "
+           "rate the broker's own transfers measured", response=list[LinkOut])
+async def list_links(request: web.Request) -> list[LinkOut]:
+    """Federation-wide facts (two provider names and figures, nothing of whose workload moved): any role reads
+    them, as it reads the providers."""
+    identity_of(request)
+    async with sessions(request)() as session:
+        rows = await linkrates.links(session, request.config_dict[keys.CONFIG].scheduler)
+    return [LinkOut(source=r.source, target=r.target, configured_mib_per_s=r.configured.mib_per_s,
+                    latency_s=r.configured.latency_s,
+                    measured=None if r.measured is None else MeasuredRate(
+                        median_mib_per_s=r.measured.median_mib_per_s, samples=r.measured.samples,
+                        last_mib_per_s=r.measured.last_mib_per_s, last_at=r.measured.last_at,
+                        age_s=round(r.measured.age_s(), 1), kinds=list(r.measured.kinds)))
+            for r in rows]
 
 
 async def _save(request: web.Request, session: Any, row: Provider,

@@ -8,7 +8,6 @@ price screen renders the REST comparison itself (:func:`~metavmm.api.rest.prices
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,26 +22,15 @@ from metavmm.api import keys
 from metavmm.api.rest.prices import CompareQuery, comparison_out
 from metavmm.api.ui import page_context
 from metavmm.api.ui.charts import Bar, bar_chart
-from metavmm.api.ui.fedmap import conversion_rows, federation_svg
+from metavmm.api.ui.fedmap import age_text, conversion_rows, federation_svg
 from metavmm.api.ui.work import latest_event
-from metavmm.catalog.models import Host, Provider, Site, Workload, aware
+from metavmm.catalog.models import Host, Provider, Site, Workload
 from metavmm.foundation.errors import ValidationError
 from metavmm.scheduler.pricing import RateTable, ShapeRequest
+from metavmm.services import linkrates
 from metavmm.services.prices import compare_prices
 
 routes = web.RouteTableDef()
-
-
-def _age(ts: datetime | None) -> str:
-    """A sync age people read at a glance: 42 s, 7 min, 3 h, 2 d; never synced: -."""
-    ts = aware(ts)
-    if ts is None:
-        return "never"
-    s = max(0, int((datetime.now(UTC) - ts).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if s >= size:
-            return f"{s // size} {unit}"
-    return f"{s} s"
 
 
 @routes.get("/", name="overview")
@@ -50,20 +38,22 @@ async def overview(request: web.Request) -> web.Response:
     last_event = await latest_event(request)  # the providers' rows then follow the stream's sync results
     async with request.config_dict[keys.SESSIONS]() as session:
         providers = (await session.exec(select(Provider).order_by(Provider.name))).all()
+        measured = await linkrates.measured(session)
         sites = (await session.exec(
             select(Site, func.count(col(Host.id))).outerjoin(Host, col(Host.site_id) == col(Site.id))
             .group_by(col(Site.id)).order_by(Site.region, Site.name))).all()
     by_provider: dict[int, list[tuple[Site, int]]] = defaultdict(list)
     for site, hosts in sites:
         by_provider[site.provider_id].append((site, hosts))
-    rows = [{"p": p, "age": _age(p.synced_at), "sites": len(by_provider[p.id or 0]),
+    rows = [{"p": p, "age": age_text(p.synced_at), "sites": len(by_provider[p.id or 0]),
              "regions": len({s.region for s, _ in by_provider[p.id or 0]}),
              "hosts": sum(n for _, n in by_provider[p.id or 0])} for p in providers]
     names = {p.id: p.name for p in providers}
     totals = {"providers": len(providers), "regions": len({(s.provider_id, s.region) for s, _ in sites}),
               "sites": len(sites), "hosts": sum(n for _, n in sites),
               "failing": sum(1 for p in providers if p.sync_error)}
-    fedmap = federation_svg(list(providers), [s for s, _ in sites], request.config_dict[keys.CONFIG].scheduler)
+    fedmap = federation_svg(list(providers), [s for s, _ in sites], request.config_dict[keys.CONFIG].scheduler,
+                            measured)
     return aiohttp_jinja2.render_template("overview.html", request, page_context(
         request, title="Federation overview", providers=rows, totals=totals, fedmap=fedmap, last_event=last_event,
         conversions=conversion_rows(),

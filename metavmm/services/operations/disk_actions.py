@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from metavmm.foundation.errors import ProviderConflict, TranslationError, UnsupportedOperation
 from metavmm.foundation.records import DiskRef, ImageInfo
-from metavmm.services import metrics
+from metavmm.services import linkrates, metrics
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext, tracked
 from metavmm.services.operations.vm_actions import require_vm
@@ -77,13 +77,16 @@ async def _reported(ctx: StepContext, work: Awaitable[T], meter: _Meter | DiskSt
 
 @action("disk.export")
 async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> dict[str, Any]:
-    """Copy the stopped VM's disk, flattened, into the operation's scratch directory."""
+    """Copy the stopped VM's disk, flattened, into the operation's scratch directory. Its seconds are kept
+    (``export_s``): a cold migration's import adds them to its own for the link's measured rate."""
     vm = await require_vm(ctx, provider, workload_id)
     driver = ctx.driver(provider)
     export = getattr(driver, "ex_export_disk", None)
     if export is None:
         raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot export a VM's disk")
-    return {"exported": await exported(ctx, export, vm.provider_vm_id, "disk_export")}
+    started = time.perf_counter()
+    disk = await exported(ctx, export, vm.provider_vm_id, "disk_export")
+    return {"exported": disk, "export_s": round(time.perf_counter() - started, 3)}
 
 
 async def exported(ctx: StepContext, export: Callable[..., Awaitable[DiskRef]], resource_id: str,
@@ -214,9 +217,12 @@ async def _uploaded(ctx: StepContext, target: Any, stream: DiskStream, name: str
 
 @action("image.import")
 async def import_image(ctx: StepContext, *, provider: str, region: str, name: str, source: str = "converted",
-                       **_: Any) -> dict[str, Any]:
+                       source_provider: str | None = None, **_: Any) -> dict[str, Any]:
     """Upload the converted disk as an image at the target (an image of that name is reused); read as a
-    counted, hashed stream where the target takes one, so the step shows bytes and MiB/s as it goes."""
+    counted, hashed stream where the target takes one, so the step shows bytes and MiB/s as it goes.
+    A cold migration names its ``source_provider``: an upload that sent the disk records the link's rate,
+    the disk's bytes over the export's seconds plus the upload's (the conversion between is this broker's
+    work, not the link's)."""
     driver = ctx.driver(provider)
     disk = DiskRef(**ctx.outputs[source])
     started = time.perf_counter()
@@ -227,9 +233,13 @@ async def import_image(ctx: StepContext, *, provider: str, region: str, name: st
     else:
         image, reused = await _imported(ctx, driver, name, region, driver.import_image(disk, name, region))
         sent = not reused
-    await ctx.moved(Path(disk.path).stat().st_size, time.perf_counter() - started)
+    seconds, size = time.perf_counter() - started, Path(disk.path).stat().st_size
+    await ctx.moved(size, seconds)
     if sent:
         _moved("image_import", disk.path)
+        if source_provider is not None:
+            await linkrates.record(ctx.sessions, source=source_provider, target=provider, kind="cold_migrate",
+                                   size_bytes=size, seconds=seconds + float(ctx.outputs.get("export_s") or 0))
     await ctx.log(f"imported as {image.provider_image_id}")
     return {"target_image": image.provider_image_id}
 
@@ -254,6 +264,8 @@ async def stream_disk(ctx: StepContext, *, source_provider: str, workload_id: st
     seconds = time.perf_counter() - started
     await ctx.moved(stream.done, seconds)
     metrics.data_moved("disk_stream", stream.done)
+    await linkrates.record(ctx.sessions, source=source_provider, target=provider, kind="cold_migrate",
+                           size_bytes=stream.done, seconds=seconds)
     digests = stream.digests()
     await ctx.log(f"streamed {stream.done} bytes ({format}) from {source_provider} into {provider} in {seconds:.1f}s "
                   f"({stream.done / 2**20 / seconds if seconds else 0:.0f} MiB/s), no scratch file; "

@@ -618,7 +618,8 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
     else:
         moves = [Step("export", "disk.export", src, compensate="scratch.clean", weight=3, detail=why),
                  Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
-                 Step("import", "image.import", image, compensate="image.delete", weight=3)]
+                 Step("import", "image.import", {**image, "source_provider": provider}, compensate="image.delete",
+                      weight=3)]
     steps = [
         Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
         *moves,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -31,7 +32,7 @@ from metavmm.foundation.errors import (
 )
 from metavmm.foundation.records import VmInfo, VmSpec, VmState
 from metavmm.scheduler import live_mode
-from metavmm.services import metrics, observer
+from metavmm.services import linkrates, metrics, observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext, tracked
 
@@ -261,6 +262,7 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
     if source.kind == target.kind == "libvirt" and target_provider != provider:
         # two libvirt hosts: the disk moves into the target provider's storage
         options["ex_target_storage_dir"] = str(target.storage_dir)  # type: ignore[attr-defined]
+    started = time.perf_counter()
     try:
         completed = await _migrate(ctx, source, vm.provider_vm_id, dest, choice, options)
     except UnsupportedOperation as exc:
@@ -278,7 +280,10 @@ async def live_migrate(ctx: StepContext, *, provider: str, target_provider: str,
                            memory_bytes=completed.memory_bytes, downtime_ms=completed.downtime_ms)
         # what crossed the wire, counted once (a step found done above returned before moving anything): all
         # of the total, or more where dirty pages were sent again; a last sample taken before the end is short
-        metrics.data_moved("live_migrate", max(completed.processed_bytes, completed.total_bytes))
+        moved = max(completed.processed_bytes, completed.total_bytes)
+        metrics.data_moved("live_migrate", moved)
+        await linkrates.record(ctx.sessions, source=provider, target=target_provider, kind="live_migrate",
+                               size_bytes=moved, seconds=time.perf_counter() - started)
     return {"vm_id": vm.provider_vm_id, **choice.as_params()}
 
 

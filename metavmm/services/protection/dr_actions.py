@@ -31,7 +31,7 @@ from metavmm.foundation.errors import (
     UnsupportedOperation,
 )
 from metavmm.foundation.records import DiskRef, VolumeSpec
-from metavmm.services import metrics, observer
+from metavmm.services import linkrates, metrics, observer
 from metavmm.services.operations.actions import action
 from metavmm.services.operations.context import StepContext
 from metavmm.services.operations.resource_actions import place_at
@@ -151,7 +151,8 @@ async def replicate(ctx: StepContext, *, workload_id: str, point_id: str, source
     vol_stored = [await store.keep(Path(r.path), workload_id=v.id, point_id=volume_point_id(point_id, v.id),
                                    region=region, sha256=r.sha256) for v, r in zip(volumes, vol_results, strict=True)]
     seconds = time.perf_counter() - started
-    metrics.data_moved("dr_replicate", result.size_bytes + sum(r.size_bytes for r in vol_results))
+    moved = result.size_bytes + sum(r.size_bytes for r in vol_results)
+    metrics.data_moved("dr_replicate", moved)
     carried = "".join(f", volume {v.name} {r.size_bytes} bytes" for v, r in zip(volumes, vol_results, strict=True))
     await ctx.log(f"recovery point {point_id[:8]} at {target}: {'changes over ' + base.id[:8] if base else 'full'}, "
                   f"{result.size_bytes} bytes{carried} in {seconds:.2f}s, sha256 {result.sha256[:12]}")
@@ -180,6 +181,8 @@ async def replicate(ctx: StepContext, *, workload_id: str, point_id: str, source
             row.last_replica_at, row.updated_at = taken_at, utcnow()
             row.message = f"last recovery point {taken_at:%Y-%m-%d %H:%M:%S} UTC at {target}/{region}"
             session.add(row)
+    await linkrates.record(ctx.sessions, source=source, target=target, kind="dr_replicate", size_bytes=moved,
+                           seconds=seconds)
     return _point_out(point)
 
 

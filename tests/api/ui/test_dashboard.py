@@ -294,6 +294,21 @@ def test_a_cold_migration_through_the_wizard_shows_its_steps_move_live(broker: t
     after = b.rest("GET", f"/api/v1/workloads/{wid}", world.tokens["alpha_member"])
     assert sites[after["site_id"]] == target and after["observed_state"] == "running"
     browser.save_screenshot(str(tmp_path / "cold-done.png"))
+    # the disk's transfer is now a measured rate on the overview's map, as REST's /links says it
+    there = target.split("/")[0]
+    links = {(r["source"], r["target"]): r["measured"]
+             for r in b.rest("GET", "/api/v1/links", world.tokens["alpha_member"])}
+    assert links[here, there] is not None and links[here, there]["kinds"] == ["cold_migrate"]
+    browser.get(b.url + "/ui/")
+    line = next(g for g in browser.find_elements(By.CSS_SELECTOR, "#federation-map g.link.measured")
+                if {g.get_attribute("data-from"), g.get_attribute("data-to")} == {here, there})
+    way = "forward" if line.get_attribute("data-from") == here else "back"
+    assert (float(line.get_attribute(f"data-measured-{way}-mib-per-s")),
+            int(line.get_attribute(f"data-measured-{way}-samples"))) == \
+        (links[here, there]["median_mib_per_s"], links[here, there]["samples"])
+    assert f"measured {here}→{there}" in line.text
+    browser.execute_script("document.getElementById('federation-map').scrollIntoView();")
+    browser.save_screenshot(str(tmp_path / "overview-measured.png"))
 
 
 def _transfer_moves(browser: Any, selector: str) -> dict[str, float]:

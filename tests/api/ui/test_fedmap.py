@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from lxml import etree
@@ -9,6 +10,7 @@ from lxml import etree
 from metavmm.api.ui.fedmap import SITE_DOTS, conversion_rows, federation_svg
 from metavmm.catalog.models import Provider, Site
 from metavmm.foundation.config import SchedulerSettings
+from metavmm.services.linkrates import PairRate
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 
@@ -57,3 +59,32 @@ def test_conversion_rows_are_the_schedulers_graph() -> None:
     assert {"from": "vmdk", "to": "esxi", "tool": "boot", "rate": "-"} in rows
     assert any(r["tool"] == "virt-v2v" and r["to"] == "kvm" for r in rows)
     assert all(r["rate"].endswith("MiB/s") for r in rows if r["tool"] != "boot")
+
+
+def test_measured_rates_sit_beside_the_configured_ones_each_way() -> None:
+    """A pair measured one way shows that way's median, count and age; a provider's own transfers show on
+    its label; a pair never measured carries no measured attribute."""
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    measured = {("aws", "lab"): PairRate("aws", "lab", 12.5, 3, 11.0, now - timedelta(hours=2), ("cold_migrate",)),
+                ("lab", "lab"): PairRate("lab", "lab", 310.0, 1, 310.0, now - timedelta(seconds=42),
+                                         ("live_migrate",))}
+    providers = [Provider(id=1, name="lab", kind="libvirt", on_prem=True),
+                 Provider(id=2, name="aws", kind="aws", on_prem=False),
+                 Provider(id=3, name="uni", kind="openstack", on_prem=True)]
+    svg = etree.fromstring(str(federation_svg(providers, [], SchedulerSettings(wan_mib_per_s=40), measured,
+                                              now)).encode())
+    links = {(g.get("data-from"), g.get("data-to")): g for g in svg.iterfind(".//s:g[@data-from]", NS)}
+    lab_aws = links["lab", "aws"]  # drawn from lab: aws -> lab is its "back" direction
+    assert lab_aws.get("class") == "link measured" and lab_aws.get("data-mib-per-s") == "40"
+    assert (lab_aws.get("data-measured-back-mib-per-s"), lab_aws.get("data-measured-back-samples"),
+            lab_aws.get("data-measured-back-age-s")) == ("12.5", "3", "7200")
+    assert lab_aws.get("data-measured-forward-mib-per-s") is None
+    assert "measured aws→lab 12.5 MiB/s (median of 3, newest 2 h ago)" in "".join(lab_aws.itertext())
+    assert links["lab", "uni"].get("class") == "link" and not any(
+        k.startswith("data-measured") for g in (links["lab", "uni"], links["aws", "uni"]) for k in g.attrib)
+    lab = svg.find(".//s:g[@data-provider='lab']", NS)
+    assert (lab.get("data-internal-mib-per-s"), lab.get("data-measured-internal-mib-per-s"),
+            lab.get("data-measured-internal-samples"), lab.get("data-measured-internal-age-s")) == \
+        ("100", "310", "1", "42")
+    assert "measured 310 MiB/s (median of 1, newest 42 s ago)" in "".join(lab.itertext())
+    assert svg.find(".//s:g[@data-provider='aws']", NS).get("data-measured-internal-mib-per-s") is None

@@ -24,7 +24,7 @@ from metavmm.catalog.models import Operation, OperationEvent, OperationState
 from tests.api.ui.test_session import CSRF, _login
 from tests.world import World
 
-LIVE = re.compile(r'data-live="/ui/events\?after=([0-9]+-[0-9]+)"')
+LIVE = re.compile(r'data-live="/ui/events\?after=([0-9]+-[0-9]+-[0-9]+)"')
 
 
 def _row_state(page: str, operation_id: str) -> str | None:

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from sqlmodel import select
 
 from bench import direct
-from metavmm.catalog.models import Host, OperationState, Workload
+from metavmm.catalog.models import Host, LinkSample, OperationState, Workload
 from metavmm.drivers.base import MIB
 from metavmm.foundation.config import parse_config
 from metavmm.services import events
@@ -130,4 +130,9 @@ async def test_a_live_migration_reports_bytes_throughput_and_time_left(sqlite_se
     assert step["transfer"]["eta_s"] == 0
     # /metrics counts the bytes the move sent (before, a live migration counted none)
     assert REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": "live_migrate"}) == counted + total
+    # and the link between sima's hosts has a measured rate: those bytes over the step's time (about 4 s)
+    async with sqlite_sessions() as session:
+        (sample,) = (await session.exec(select(LinkSample))).all()
+    assert (sample.source, sample.target, sample.kind, sample.bytes) == ("sima", "sima", "live_migrate", total)
+    assert 0 < total / MIB / sample.seconds <= 128
     await ex.drivers.close()

@@ -10,10 +10,20 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlmodel import select
 
 from bench import direct
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, OperationState, Project, Protection, Provider, Workload, utcnow
+from metavmm.catalog.models import (
+    LinkSample,
+    Operation,
+    OperationState,
+    Project,
+    Protection,
+    Provider,
+    Workload,
+    utcnow,
+)
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.errors import Conflict, NotFound, ValidationError
 from metavmm.services.operations import flows
@@ -77,6 +87,11 @@ async def test_replicate_retain_fail_over_and_back(tmp_path: Path) -> None:
         point, = await dr.recovery_points(engine.sessions, None, wid)
         assert REGISTRY.get_sample_value("metavmm_data_bytes_total", {"what": "dr_replicate"}) == \
             written + point.size_bytes
+        async with engine.sessions() as session:  # the point's transfer, sima -> simb, is a measured link rate
+            (sample,) = (await session.exec(select(LinkSample))).all()
+        assert (sample.source, sample.target, sample.kind, sample.bytes) == \
+            ("sima", "simb", "dr_replicate", point.size_bytes)
+        assert sample.seconds > 0 and abs(sample.seconds - point.details["seconds"]) < 0.001  # the point's own figure
         assert await dr.due(engine.sessions) == []
         assert await dr.due(engine.sessions, utcnow() + timedelta(seconds=61)) == [wid]
         async with session_scope(engine.sessions) as s:  # an attempt that failed (the DR site was down) ...
