@@ -220,3 +220,35 @@ async def test_a_kill_of_b_mid_transfer_leaves_the_vm_at_b(partner: Partner, aio
         await sim_a.close()
     finally:
         b.kill()
+
+
+@pytest.mark.parametrize(("digest", "refusal"), [
+    (None, "says no SHA-256"), ("sha-256=" + "0" * 64, "arrived with SHA-256"),
+])
+async def test_a_download_whose_digest_is_missing_or_wrong_is_refused_and_removed(
+        aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest: str | None,
+        refusal: str) -> None:
+    """A's side of the extension against an endpoint that misbehaves (no metavmm sends this): the bytes are
+    not taken, and nothing is left in the scratch directory."""
+    from aiohttp import web
+
+    from metavmm.drivers.occi.client import OcciClient
+    from metavmm.foundation.errors import DriverError
+
+    async def bytes_out(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 4096, content_type="application/octet-stream",
+                            headers={"Digest": digest} if digest else {})
+
+    web_app = web.Application()
+    web_app.router.add_get("/mixins/os_tpl_download/", bytes_out)
+    server = await aiohttp_server(web_app)
+    monkeypatch.setenv("PARTNER_TOKEN", "t")
+    cfg = parse_config(partner_config(str(server.make_url("/")), image_download=True)).provider("partner")
+    client = OcciClient(cfg, "partner")
+    try:
+        with pytest.raises(DriverError, match=refusal):
+            await client.download("export_disk", "mixins/os_tpl_download/", {"os_tpl": "t-1"},
+                                  str(tmp_path / "d.disk"), timeout_s=10)
+    finally:
+        await client.close()
+    assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from metavmm.api import keys
 from metavmm.api.app import create_app
-from metavmm.catalog.models import ImageReplica, Workload
+from metavmm.catalog.models import Image, ImageReplica, Workload
 from metavmm.drivers.registry import create_driver
 from metavmm.foundation.config import parse_config
 from metavmm.services.marketplace.builtin import TINY, ensure_builtin_images
@@ -173,7 +173,10 @@ async def test_a_compute_placed_at_b_runs_on_b_libvirt_and_moves_back(lv_partner
         done = await until_done(client, (await resp.json())["operation"]["id"])
         assert done["state"] == "succeeded", done
         steps = {s["name"]: s for s in done["steps"]}
-        assert "SHA-256 " in " ".join(steps["export"]["log"]) and steps["export"]["transfer"]["bytes"] > 0
+        async with lv_partner.app[keys.SESSIONS]() as s:  # B's save of its libvirt disk, still in B's marketplace
+            (saved,) = (await s.exec(select(Image).where(Image.name.startswith("moved-")))).all()  # type: ignore[attr-defined]
+        assert f"SHA-256 {saved.sha256}" in " ".join(steps["export"]["log"])  # the bytes A took are B's disk
+        assert steps["export"]["transfer"]["bytes"] == saved.size_bytes > 0
         assert "console" in " ".join(steps["boot-check"]["log"]) or steps["boot-check"]["state"] == "done"
         async with app[keys.SESSIONS]() as s:
             mine = await s.get(Workload, wid)

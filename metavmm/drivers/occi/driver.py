@@ -89,6 +89,8 @@ class OcciDriver(DriverBase):
     upload_timeout_s: ClassVar[float] = 3600.0  # one disk's upload, not one request's answer
 
     save_timeout_s: ClassVar[float] = 3600.0  # the partner's save of one disk, until its os_tpl is listed
+    DISK_FORMATS: ClassVar[frozenset[str]] = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
+    """What a partner's download may name as its disk's format (``X-Metavmm-Image-Format``)."""
 
     @classmethod
     def capabilities_for(cls, config: Any) -> frozenset[Capability]:
@@ -260,8 +262,6 @@ class OcciDriver(DriverBase):
             raise DriverError(f"the partner's download of os_tpl {term} names no disk format this broker reads "
                               f"({got.format!r})", provider=self.name, operation="export_disk")
         return DiskRef(got.path, str(got.format), sha256=got.sha256)
-
-    DISK_FORMATS: ClassVar[frozenset[str]] = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
 
     async def _saved(self, vm_id: str, term: str) -> None:
         """Until the partner's query interface lists os_tpl ``term`` (its save published it); a save that
