@@ -230,6 +230,10 @@ class OcciProvider(_ProviderBase):
         default=False, description="the partner is a metavmm that takes disks as new os_tpls (the os_tpl upload "
         "extension, docs/occi.md): a cold migration to it uploads the VM's disk there; without it (OCCI 1.2 has "
         "no image import) the partner is placed onto but nothing moves to it")
+    image_download: bool = Field(
+        default=False, description="the partner is a metavmm that hands out saved disks (OCCI's compute `save`, then "
+        "the os_tpl download extension, docs/occi.md): a cold migration away from it saves the VM's disk there and "
+        "downloads it; without it (OCCI 1.2 has no disk download) nothing moves away from the partner")
     _priced_by_file: bool = PrivateAttr(default=False)  # set by FederationConfig: `prices` names this provider
 
     def price_api_location(self) -> str | None:

@@ -257,7 +257,9 @@ class NetworkInfo:
 
 @dataclass(frozen=True, slots=True)
 class DiskRef:
-    """A disk image file and its format (always explicit: qemu-img guesses wrong on fixed VHDs)."""
+    """A disk image file and its format (always explicit: qemu-img guesses wrong on fixed VHDs); ``sha256``
+    where the disk came with one it was checked against on arrival (a partner's download), for the record."""
 
     path: str
     format: str
+    sha256: str | None = None

@@ -152,3 +152,27 @@ def test_replica_target_is_declared_by_exactly_the_drivers_that_keep_points() ->
     for kind in KINDS:
         cls = driver_class(kind)
         assert (cls.replica_store is not DriverBase.replica_store) == (kind in targets), kind
+
+
+def test_an_occi_partner_declares_the_disk_paths_its_entry_names() -> None:
+    """A partner moves disks only where its provider entry says it is a metavmm serving the extension: in
+    (``image_upload``: IMPORT_IMAGE, ``import_image``), out (``image_download``: EXPORT_IMAGE, OCCI's save then
+    ``ex_export_disk``, which the cold migration's export step calls); what it declares is what the catalog
+    row and the move rule read (the sync writes ``capabilities_for``)."""
+    from metavmm.drivers.occi.driver import OcciDriver
+    from metavmm.foundation.config import parse_config
+
+    def partner(**flags: bool) -> frozenset[Capability]:
+        extra = "".join(f", {k}: {str(v).lower()}" for k, v in flags.items())
+        cfg = parse_config("providers:\n  - {name: p, kind: occi, endpoint: 'http://127.0.0.1:1/', "
+                           f"credentials: {{env: T}}{extra}}}\n").provider("p")
+        assert OcciDriver(cfg).capabilities == OcciDriver.capabilities_for(cfg)
+        return OcciDriver.capabilities_for(cfg)
+
+    disk_paths = {Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE}
+    assert partner() & disk_paths == set()
+    assert partner(image_upload=True) & disk_paths == {Capability.IMPORT_IMAGE}
+    assert partner(image_download=True) & disk_paths == {Capability.EXPORT_IMAGE}
+    assert partner(image_upload=True, image_download=True) >= disk_paths
+    assert OcciDriver.import_image is not DriverBase.import_image
+    assert callable(OcciDriver.ex_export_disk) and callable(OcciDriver.ex_export_check)

@@ -68,6 +68,16 @@ async def school_a(aiohttp_client: Any, tmp_path: Path, text: str) -> tuple[Fede
     return config, app, client
 
 
+async def launchable_at_partner(app: Any, client: Any) -> None:
+    """B's one os_tpl (as A's sync found it) published at A as ``IMAGE``, and ``client`` a member of A's
+    project ``school``: what a create at the partner through A's REST needs."""
+    async with app[keys.SESSIONS]() as s:
+        os_tpls = select(ImageReplica).where(ImageReplica.provider_image_id.contains("os_tpl"))  # type: ignore[attr-defined]
+        (replica,) = (await s.exec(os_tpls)).all()
+    await publish_image(app, IMAGE, provider_image_id=replica.provider_image_id)
+    await authorize(client, "member", project="school")
+
+
 async def until_done(client: Any, op_id: str) -> dict[str, Any]:
     for _ in range(600):
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
@@ -185,11 +195,7 @@ async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(pa
         client = await aiohttp_client(app)
         maker = app[keys.SESSIONS]
         await sync_all(maker, config)
-        async with maker() as s:
-            os_tpls = select(ImageReplica).where(ImageReplica.provider_image_id.contains("os_tpl"))  # type: ignore[attr-defined]
-            (replica,) = (await s.exec(os_tpls)).all()
-        await publish_image(app, IMAGE, provider_image_id=replica.provider_image_id)
-        await authorize(client, "member", project="school")
+        await launchable_at_partner(app, client)
         resp = await client.post(f"{API}/workloads", json={"name": "cut", "flavor": "sim.small", "image_id": IMAGE,
                                                             "site": "partner/school-b"})
         assert resp.status == 202, await resp.text()

@@ -25,11 +25,17 @@ UPLOAD = "/mixins/os_tpl_upload/"
 JSON = {"Accept": "application/occi+json"}
 
 
-def uploading_config(url: str, image_upload: bool = True) -> str:
-    """A's federation file (test_occi_federation's) with the partner taking disks."""
-    upload = str(image_upload).lower()
+def partner_config(url: str, **flags: bool) -> str:
+    """A's federation file (test_occi_federation's) with the partner's entry given ``flags`` (image_upload,
+    image_download)."""
+    extra = "".join(f", {k}: {str(v).lower()}" for k, v in flags.items())
     return school_config(url).replace("sites: [{region: school-b, country: DE}]}",
-                                      f"sites: [{{region: school-b, country: DE}}], image_upload: {upload}}}")
+                                      f"sites: [{{region: school-b, country: DE}}]{extra}}}")
+
+
+def uploading_config(url: str, image_upload: bool = True) -> str:
+    """A's federation file with the partner taking disks."""
+    return partner_config(url, image_upload=image_upload)
 
 
 async def a_vm_at_sim_a(client: Any) -> str:

@@ -214,6 +214,12 @@ OS_TPL_UPLOAD = Mixin(METAVMM + "image#", "os_tpl_upload",
 """Applies to no entity: its location takes a disk (:mod:`metavmm.api.occi.upload`); listed so that a client
 can tell a partner that takes images (another metavmm) from one that does not."""
 
+OS_TPL_DOWNLOAD = Mixin(METAVMM + "image#", "os_tpl_download",
+                        "os_tpl download (a metavmm extension): GET here with os_tpl=TERM for the disk of an os_tpl "
+                        "of your project (a save's), its SHA-256 in Digest", location="/mixins/os_tpl_download/")
+"""The other way: the bytes of an os_tpl the caller's project owns (what a ``save`` made), so a partner broker
+can move a VM away from this one (:mod:`metavmm.api.occi.upload`)."""
+
 STATIC_MIXINS: tuple[Mixin, ...] = (IPNETWORK, IPNETWORKINTERFACE, OS_TPL, RESOURCE_TPL, SSH_KEY, USER_DATA, SITE,
-                                    BROKER, PLACED, HA, OS_TPL_UPLOAD)
+                                    BROKER, PLACED, HA, OS_TPL_UPLOAD, OS_TPL_DOWNLOAD)
 ACTIONS: tuple[Action, ...] = tuple(a for k in KINDS for a in k.actions)

@@ -37,7 +37,7 @@ from metavmm.api.occi.negotiate import (
 )
 from metavmm.api.occi.parse import OcciRequest
 from metavmm.api.occi.service import RESOURCE_TERMS, OcciService, is_uuid
-from metavmm.api.occi.upload import os_tpl_upload
+from metavmm.api.occi.upload import os_tpl_download, os_tpl_upload
 from metavmm.catalog.changes import TtlCache
 from metavmm.foundation.errors import MetavmmError, MethodNotAllowed, NotFound, PayloadTooLarge, ValidationError
 
@@ -363,6 +363,11 @@ async def mixin_get(request: web.Request) -> web.Response:
     return await _collection(request, await svc.collection(None, cat))
 
 
+async def download_get(request: web.Request) -> web.StreamResponse:
+    """The os_tpl download extension's location: with ``os_tpl=`` a disk, else the (empty) mixin collection."""
+    return await (os_tpl_download if "os_tpl" in request.query else mixin_get)(request)
+
+
 async def mixin_post(request: web.Request) -> web.Response:
     svc, cat = await _mixin_at(request)
     if not isinstance(cat, Mixin):
@@ -425,5 +430,7 @@ def setup_occi(app: web.Application) -> None:
         app.router.add_route("*", kind.location.rstrip("/"), collection)
     assert infra.OS_TPL_UPLOAD.location is not None
     app.router.add_route("*", infra.OS_TPL_UPLOAD.location, occi({"GET": mixin_get, "PUT": os_tpl_upload}))
+    assert infra.OS_TPL_DOWNLOAD.location is not None
+    app.router.add_route("*", infra.OS_TPL_DOWNLOAD.location, occi({"GET": download_get}))
     mixins = occi({"GET": mixin_get, "POST": mixin_post, "PUT": mixin_put, "DELETE": mixin_delete})
     app.router.add_route("*", r"/{location:(?!api/)[A-Za-z0-9\-_./]+/}", mixins)

@@ -28,7 +28,7 @@ from metavmm.api.rest.framework import RestModule, set_header
 from metavmm.api.rest.listing import Page
 from metavmm.api.rest.workloads import WorkloadAccepted, accepted, workloads
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import ImageListSubscription
+from metavmm.catalog.models import Image, ImageListSubscription
 from metavmm.foundation.errors import Conflict, NotFound, ValidationError
 from metavmm.foundation.paths import state_dir
 from metavmm.services.identity import Identity
@@ -46,7 +46,7 @@ from metavmm.services.marketplace.entries import (
 from metavmm.services.marketplace.imagelist import load_private_key
 from metavmm.services.marketplace.launch import LaunchIn, launch, replicate
 from metavmm.services.marketplace.publish import publish
-from metavmm.services.marketplace.stream import local_path
+from metavmm.services.marketplace.stream import stored_disk
 from metavmm.services.marketplace.subscriptions import (
     SubscriptionIn,
     SubscriptionOut,
@@ -190,11 +190,16 @@ async def publish_upload(request: web.Request, meta: ImageMeta, chunks: AsyncIte
 async def get_blob(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[keys.SESSIONS]() as session:
         image = await get_image(session, request.match_info["image_id"], await audience(request, session))
-    path = local_path(image.location or "")
-    if path is None or not path.is_file():
-        raise NotFound(f"image {image.id}: its bytes are not stored at this site")
+    return disk_response(image)
+
+
+def disk_response(image: Image) -> web.FileResponse:
+    """An image's stored bytes as a response: its SHA-256 in ``Digest`` (``sha-256=HEX``) so the reader checks
+    what it received, its disk format in ``X-Metavmm-Image-Format``. REST's blob and OCCI's os_tpl download
+    (:mod:`metavmm.api.occi.upload`) both answer with it; who may read is each route's rule."""
+    path = stored_disk(image.location, f"image {image.id}")
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
-                                           "Digest": f"sha-256={image.sha256}"})
+                                           "Digest": f"sha-256={image.sha256}", "X-Metavmm-Image-Format": image.format})
 
 
 def _engine(request: web.Request) -> Engine:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
+import re
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -117,24 +121,26 @@ class OcciClient:
                       body: str | Callable[[], AsyncIterator[bytes]] | None = None,
                       pairs: list[tuple[str, str]] | None = None, media: str | None = None,
                       accept: str | None = None, timeout_s: float | None = None,
-                      ) -> tuple[int, Mapping[str, str], Any, str]:
+                      reader: Reader | None = None) -> tuple[int, Mapping[str, str], Any, Any]:
         """One request; (status, headers as a multidict, headers' items, body text). Every failure is typed.
         With issuer tokens (``auth: oidc``) a 401 is retried once with a new token. ``body``: text, or a
         function giving the bytes as a stream (called for each attempt); ``timeout_s``: other than the
-        configured one (an upload's)."""
+        configured one (an upload's); ``reader``: reads a successful answer's body itself (a download) and
+        its result stands in for the text."""
+        args = (operation, method, location, body, pairs, media, accept)
         if self.tokens is None:
-            return await self._request(operation, method, location, body, pairs, media, accept, None, timeout_s)
+            return await self._request(*args, None, timeout_s, reader)
         token = await self.tokens.token()
         try:
-            return await self._request(operation, method, location, body, pairs, media, accept, token, timeout_s)
+            return await self._request(*args, token, timeout_s, reader)
         except CredentialsRefused:
             self.tokens.forget(token)
-        return await self._request(operation, method, location, body, pairs, media, accept,
-                                   await self.tokens.token(), timeout_s)
+        return await self._request(*args, await self.tokens.token(), timeout_s, reader)
 
     async def _request(self, operation: str, method: str, location: str, body: Any,
                        pairs: list[tuple[str, str]] | None, media: str | None, accept: str | None,
-                       token: str | None, timeout_s: float | None = None) -> tuple[int, Mapping[str, str], Any, str]:
+                       token: str | None, timeout_s: float | None = None,
+                       reader: Reader | None = None) -> tuple[int, Mapping[str, str], Any, Any]:
         session = await self.session()
         headers: list[tuple[str, str]] = [("Accept", accept or self.media or ACCEPT_ANY)]
         if token is not None:
@@ -155,6 +161,8 @@ class OcciClient:
             timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
             async with session.request(method, url, data=data, headers=headers, allow_redirects=False,
                                        **({"timeout": timeout} if timeout else {})) as resp:
+                if resp.status < 400 and reader is not None:
+                    return resp.status, resp.headers, list(resp.headers.items()), await reader(resp)
                 text = await resp.text(errors="replace")
                 if resp.status >= 400:
                     raise self._error(operation, resp.status, resp.headers, text)
@@ -163,7 +171,7 @@ class OcciClient:
             said = str(exc.message)[:300]
             raise DriverError(f"the partner's answer to {method} {self._where(url)} cannot be read: {said}",
                               provider=self.name, operation=operation) from None
-        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise ProviderUnavailable(f"cannot reach the OCCI endpoint {self._where(url)}: {_reason(exc)}",
                                       provider=self.name, operation=operation) from None
 
@@ -311,14 +319,19 @@ class OcciClient:
             await self.request(operation, "POST", location, pairs=wire.entity_to_text(kind, [], attributes),
                                media=media)
 
-    async def act(self, operation: str, location: str, action: str) -> None:
+    async def act(self, operation: str, location: str, action: str,
+                  attributes: Mapping[str, Any] | None = None) -> str | None:
+        """Trigger ``action`` with its ``attributes``; the ``Location`` the partner answers with (a ``save``'s:
+        the new os_tpl), if any."""
         media = self.media or wire.TEXT_PLAIN
+        where = f"{location}?action={action.rpartition('#')[2]}"
         if media == wire.JSON:
-            await self.request(operation, "POST", f"{location}?action={action.rpartition('#')[2]}",
-                               body=wire.action_to_json(action), media=wire.JSON)
+            _, headers, _, _ = await self.request(operation, "POST", where, media=wire.JSON,
+                                                  body=wire.action_to_json(action, attributes))
         else:
-            await self.request(operation, "POST", f"{location}?action={action.rpartition('#')[2]}",
-                               pairs=wire.action_to_text(action), media=media)
+            _, headers, _, _ = await self.request(operation, "POST", where, media=media,
+                                                  pairs=wire.action_to_text(action, attributes))
+        return headers.get("Location")
 
     async def delete(self, operation: str, location: str) -> None:
         await self.request(operation, "DELETE", location)
@@ -335,6 +348,48 @@ class OcciClient:
                               operation=operation)
         return headers["Location"]
 
+    async def download(self, operation: str, location: str, query: Mapping[str, str], dest: str, *,
+                       timeout_s: float, progress: Callable[[int, int], None] | None = None) -> Downloaded:
+        """GET the bytes at ``location`` into the file ``dest``, hashed (SHA-256) as they arrive and checked
+        against the ``Digest: sha-256=HEX`` the partner sent before them: a partner that sends none, a
+        difference, or an answer cut short is a DriverError and ``dest`` is removed. ``progress(done, total)``
+        hears each chunk (total: the ``Content-Length``, 0 when not sent)."""
+
+        async def read(resp: aiohttp.ClientResponse) -> Downloaded:
+            said = next((v.strip()[8:] for v in resp.headers.getall("Digest", [])
+                         if v.strip().lower().startswith("sha-256=")), None)
+            if said is None or not re.fullmatch(r"[0-9a-fA-F]{64}", said):
+                raise DriverError(f"the partner's download of {query} says no SHA-256 (Digest: sha-256=HEX): its "
+                                  "bytes could not be checked, so they are not taken", provider=self.name,
+                                  operation=operation)
+            total, done, digest = resp.content_length or 0, 0, hashlib.sha256()
+            out = await asyncio.to_thread(open, dest, "wb")
+            try:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    await asyncio.to_thread(_write, out, digest, chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+            except BaseException:
+                out.close()
+                Path(dest).unlink(missing_ok=True)
+                raise
+            out.close()
+            if total and done != total:
+                Path(dest).unlink(missing_ok=True)
+                raise ProviderUnavailable(f"the partner's download of {query} ended after {done} of {total} bytes",
+                                          provider=self.name, operation=operation)
+            return Downloaded(dest, done, digest.hexdigest(), said.lower(), resp.headers.get("X-Metavmm-Image-Format"))
+
+        _, _, _, got = await self.request(operation, "GET", f"{location}?{urlencode(query)}", accept=UPLOAD,
+                                          timeout_s=timeout_s, reader=read)
+        if got.sha256 != got.expected:
+            Path(dest).unlink(missing_ok=True)
+            raise DriverError(f"the partner's download of {query} arrived with SHA-256 {got.sha256}, not the "
+                              f"{got.expected} it declared: refused and deleted", provider=self.name,
+                              operation=operation)
+        return got
+
     async def get_json(self, operation: str, location: str) -> Any:
         """A JSON document beside the OCCI interface (a partner metavmm's price API)."""
         _, _, _, text = await self.request(operation, "GET", location, accept="application/json")
@@ -343,6 +398,26 @@ class OcciClient:
         except ValueError as exc:
             raise DriverError(f"the partner's answer to GET {self._where(self.url(location))} is not JSON: {exc}",
                               provider=self.name, operation=operation) from None
+
+
+Reader = Callable[[aiohttp.ClientResponse], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """A file :meth:`OcciClient.download` wrote: its size, the SHA-256 of what arrived and the one the partner
+    declared, and the disk format the partner named (``X-Metavmm-Image-Format``), if it did."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+    expected: str
+    format: str | None
+
+
+def _write(out: BinaryIO, digest: Any, chunk: bytes) -> None:
+    digest.update(chunk)
+    out.write(chunk)
 
 
 async def _chunks(path: str, size: int = 1 << 22) -> AsyncIterator[bytes]:
@@ -364,6 +439,8 @@ def _reason(exc: BaseException) -> str:
         return os.strerror(os_error.errno).lower()  # "connection refused", not aiohttp's address-laden text
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the partner closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):  # a body shorter than its Content-Length: the partner went
+        return "the answer was cut short (the partner closed the connection before its end)"
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 

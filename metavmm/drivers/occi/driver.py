@@ -17,20 +17,27 @@ typed error its status means (401/403 AuthError, 403 quota ProviderQuotaExceeded
 
 Beside OCCI, for a partner that is a metavmm: its prices come from its partner price API on every sync
 (``price_api``), and with ``image_upload`` a disk goes to it through its os_tpl upload extension (a PUT
-of the bytes with their SHA-256; docs/occi.md), so a cold migration can move a VM there.
+of the bytes with their SHA-256; docs/occi.md), so a cold migration can move a VM there. With
+``image_download`` a VM's disk comes back: OCCI's own compute ``save`` makes an os_tpl of it at the partner,
+and its os_tpl download extension hands that os_tpl's bytes over with their SHA-256 (checked here as they
+arrive), so a cold migration can move a VM away from it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from metavmm.drivers.base import DriverBase
+from metavmm.drivers.base import DriverBase, poll_delays
 from metavmm.drivers.occi import wire
 from metavmm.drivers.occi.client import OcciClient
 from metavmm.foundation.currencies import normalise_currency
@@ -81,11 +88,18 @@ class OcciDriver(DriverBase):
     image_import_target: ClassVar[str | None] = "qcow2"
     upload_timeout_s: ClassVar[float] = 3600.0  # one disk's upload, not one request's answer
 
+    save_timeout_s: ClassVar[float] = 3600.0  # the partner's save of one disk, until its os_tpl is listed
+    DISK_FORMATS: ClassVar[frozenset[str]] = frozenset({"qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx"})
+    """What a partner's download may name as its disk's format (``X-Metavmm-Image-Format``)."""
+
     @classmethod
     def capabilities_for(cls, config: Any) -> frozenset[Capability]:
         """A partner configured with ``image_upload`` (a metavmm serving the os_tpl upload extension) takes
-        disks, so a cold migration can move a VM to it; any other OCCI site cannot (OCCI has no import)."""
-        return cls.capabilities | {Capability.IMPORT_IMAGE} if config.image_upload else cls.capabilities
+        disks, so a cold migration can move a VM to it; one with ``image_download`` (a metavmm serving the
+        os_tpl download extension) hands a saved disk out, so a VM can move away from it. Any other OCCI site
+        does neither (OCCI 1.2 has no image import nor a disk download)."""
+        return cls.capabilities | {c for c, on in ((Capability.IMPORT_IMAGE, config.image_upload),
+                                                   (Capability.EXPORT_IMAGE, config.image_download)) if on}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config.name)
@@ -200,6 +214,74 @@ class OcciDriver(DriverBase):
                 return replace(image, checksum=sha256, size_bytes=os.path.getsize(disk.path))
         raise DriverError(f"the partner took the upload as {where} but its query interface does not list it",
                           provider=self.name, operation="import_image")
+
+    # --- a VM's disk, out of the partner: save, then the os_tpl download extension -----------------------
+
+    async def ex_export_check(self, vm_id: str) -> str:
+        """Whether a disk can leave the partner, asked before a cold migration stops anything: the partner's
+        query interface must offer compute ``save`` and list the os_tpl download extension, and ``vm_id`` must
+        be its compute. The extension's location; else UnsupportedOperation saying why."""
+        if Capability.EXPORT_IMAGE not in self.capabilities:
+            raise self._unsupported("export_disk (OCCI 1.2 has no disk download; set image_download for a "
+                                    "metavmm partner)")
+        cats = await self.templates(fresh=True)
+        save = wire.ACTIONS["compute"] + "save"
+        download = next((c for c in cats if c.type_id == wire.OS_TPL_DOWNLOAD and c.location), None)
+        lacks = [what for what, there in (("the compute action save", any(c.type_id == save for c in cats)),
+                                          (f"the os_tpl download extension ({wire.OS_TPL_DOWNLOAD})", download))
+                 if not there]
+        if lacks or download is None:
+            raise UnsupportedOperation(f"{self.name} (occi) lists no {' and no '.join(lacks)} in its query "
+                                       "interface: it is not a metavmm partner that hands out disks, so "
+                                       "image_download is wrong for it and no VM's disk can leave it")
+        await self.get_vm(vm_id)  # ProviderNotFound: not the partner's compute
+        return str(download.location)
+
+    async def ex_export_disk(self, vm_id: str, dest_dir: str,
+                             progress: Callable[[int, int], None] | None = None) -> DiskRef:
+        """The stopped compute's disk: OCCI's ``save`` (GFD.184's compute action, the os_tpl named here) makes
+        an os_tpl of it at the partner (its own save flow: export, publish in the project of this broker's
+        credentials there); once the query interface lists it, the os_tpl download extension hands its bytes
+        over, hashed as they arrive and checked against the SHA-256 the partner declares. The saved os_tpl
+        stays at the partner, in that project (OCCI removes no os_tpl; the partner's marketplace keeps it)."""
+        download = await self.ex_export_check(vm_id)
+        await self.wait_for(vm_id, VmState.STOPPED, timeout_s=300)  # a stop the partner still runs ends first
+        name = f"moved-{vm_id[:8]}-{uuid.uuid4().hex[:6]}"
+        where = await self.client.act("export_disk", self._at("compute", vm_id, "export_disk"),
+                                      wire.ACTIONS["compute"] + "save", {"name": name})
+        if not where:
+            raise DriverError("the partner took the save but did not say which os_tpl it makes (no Location)",
+                              provider=self.name, operation="export_disk")
+        term = urlsplit(where).path.rstrip("/").rsplit("/", 1)[-1]
+        await self._saved(vm_id, term)
+        got = await self.client.download("export_disk", download, {"os_tpl": term},
+                                         str(Path(dest_dir) / f"{term}.disk"), timeout_s=self.upload_timeout_s,
+                                         progress=progress)
+        if got.format not in self.DISK_FORMATS:
+            Path(got.path).unlink(missing_ok=True)
+            raise DriverError(f"the partner's download of os_tpl {term} names no disk format this broker reads "
+                              f"({got.format!r})", provider=self.name, operation="export_disk")
+        return DiskRef(got.path, str(got.format), sha256=got.sha256)
+
+    async def _saved(self, vm_id: str, term: str) -> None:
+        """Until the partner's query interface lists os_tpl ``term`` (its save published it); a save that
+        ends without it (the compute no longer busy, the os_tpl still absent) is a DriverError with the
+        partner's state message."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.save_timeout_s
+        delays = poll_delays(0.2, 2.0)
+        settled = 0
+        while True:
+            if any(c.term == term and wire.OS_TPL in c.depends for c in await self.templates(fresh=True)):
+                return
+            vm = await self.get_vm(vm_id)
+            settled = 0 if vm.state == VmState.PENDING else settled + 1
+            if settled >= 3 or loop.time() > deadline:  # three looks: a save that ended just now is listed
+                said = vm.extra.get("state_message") or "no message"
+                raise DriverError(f"the partner's save of compute {vm_id} ended without os_tpl {term} "
+                                  f"(compute {vm.extra.get('native_state')}: {said})", provider=self.name,
+                                  operation="export_disk")
+            await asyncio.sleep(next(delays))
 
     # --- computes -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ STORAGELINK = INFRA + "storagelink"
 USER_DATA = "http://schemas.ogf.org/occi/infrastructure/compute#user_data"
 SSH_KEY = "http://schemas.ogf.org/occi/infrastructure/credentials#ssh_key"
 OS_TPL_UPLOAD = "http://schemas.metavmm.dev/occi/image#os_tpl_upload"  # a metavmm partner's extension (docs/occi.md)
+OS_TPL_DOWNLOAD = "http://schemas.metavmm.dev/occi/image#os_tpl_download"  # and its way back
 ACTIONS = {"compute": "http://schemas.ogf.org/occi/infrastructure/compute/action#"}
 
 
@@ -204,8 +205,9 @@ def entity_to_text(kind: str, mixins: Iterable[str], attributes: Mapping[str, An
     return pairs
 
 
-def action_to_text(action: str) -> list[tuple[str, str]]:
-    return [("Category", _category_text(action, "action"))]
+def action_to_text(action: str, attributes: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    return [("Category", _category_text(action, "action")),
+            *(("X-OCCI-Attribute", f"{k}={_text_value(v)}") for k, v in (attributes or {}).items() if v is not None)]
 
 
 def _category_text(type_id: str, cls: str) -> str:
@@ -280,5 +282,6 @@ def entity_to_json(kind: str, mixins: Iterable[str], attributes: Mapping[str, An
     return json.dumps(doc)
 
 
-def action_to_json(action: str) -> str:
-    return json.dumps({"action": action})
+def action_to_json(action: str, attributes: Mapping[str, Any] | None = None) -> str:
+    attrs = {k: v for k, v in (attributes or {}).items() if v is not None}
+    return json.dumps({"action": action, **({"attributes": attrs} if attrs else {})})

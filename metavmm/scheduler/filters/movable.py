@@ -3,10 +3,11 @@
 Inside one provider a VM moves by the provider's own migration (live, or while stopped). Between two
 providers of a kind that migrates live (two libvirt daemons) the planner tries live first. Any other move
 between providers is a cold migration: the source must hand out the VM's disk (``export_image``) and
-the target must take a disk in (``import_image``). OCCI 1.2 has no image import, so a partner's site (but
-a metavmm one configured with ``image_upload``, which takes disks through its os_tpl upload extension)
-can be placed onto but not moved to; GCE and AWS export no disk, so nothing moves off them (both
-take disks in).
+the target must take a disk in (``import_image``). OCCI 1.2 has no image import nor a disk download, so
+a partner's site can be placed onto but nothing moves to it or away from it, but for a metavmm partner
+configured with ``image_upload`` (it takes disks through its os_tpl upload extension) or
+``image_download`` (it saves a compute's disk and hands it out through its os_tpl download extension);
+GCE and AWS export no disk, so nothing moves off them (both take disks in).
 One rule, asked by the planner for every candidate site and by the cold-migration flow itself (the CLI
 names its target provider directly). Its export half (:func:`export_refusal`) is also the rule of a
 save (OCCI ``save``, REST's ``save`` action): the disk leaves the provider the same way.
@@ -21,7 +22,8 @@ from metavmm.scheduler.views import CandidateView
 
 WHY_NOT = {("occi", Capability.IMPORT_IMAGE): "OCCI 1.2 has no image import; a metavmm partner takes uploads "
                                                "where its provider entry says image_upload: true",
-           ("occi", Capability.EXPORT_IMAGE): "OCCI 1.2 has no disk download: a partner keeps what it saves",
+           ("occi", Capability.EXPORT_IMAGE): "OCCI 1.2 has no disk download; a metavmm partner hands out what it "
+                                              "saves where its provider entry says image_download: true",
            ("aws", Capability.EXPORT_IMAGE): "the AWS driver takes disks in (EBS snapshots) but does not read "
                                              "an instance's volume back out yet",
            ("gcp", Capability.EXPORT_IMAGE): "Compute Engine exports images only through a Cloud Build "

@@ -75,6 +75,15 @@ def local_path(source: str) -> Path | None:
     return Path(source)
 
 
+def stored_disk(location: str | None, what: str) -> Path:
+    """The file this site keeps an image's published bytes in (``location`` of its row), for a read of them
+    (REST's blob, OCCI's os_tpl download); NotFound when it keeps none here (a remote entry, a file gone)."""
+    path = local_path(location or "")
+    if path is None or not path.is_file():
+        raise NotFound(f"{what}: its bytes are not stored at this site")
+    return path
+
+
 def _hasher(limit: int | None, what: str) -> MultiHash:
     """SHA-256 and SHA-512 over one read (the second in a worker thread meanwhile), cut off past ``limit``."""
     return MultiHash(("sha256", "sha512"), limit, lambda n: ChecksumMismatch(

@@ -89,6 +89,17 @@ async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_:
     return {"exported": disk, "export_s": round(time.perf_counter() - started, 3)}
 
 
+@action("disk.export_check")
+async def check_export(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> None:
+    """Before anything stops: the source can hand the VM's disk out (a partner broker that offers what its
+    export needs; drivers that know only by trying have no ``ex_export_check`` and pass)."""
+    vm = await require_vm(ctx, provider, workload_id)
+    check = getattr(ctx.driver(provider), "ex_export_check", None)
+    if check is not None:
+        await check(vm.provider_vm_id)
+        await ctx.log(f"{provider} can hand the disk of {vm.provider_vm_id} out")
+
+
 async def exported(ctx: StepContext, export: Callable[..., Awaitable[DiskRef]], resource_id: str,
                    what: str) -> dict[str, Any]:
     """Run a driver's export of ``resource_id`` (a VM's disk, a volume) into the scratch directory, its bytes
@@ -98,7 +109,8 @@ async def exported(ctx: StepContext, export: Callable[..., Awaitable[DiskRef]], 
     disk: DiskRef = await _reported(ctx, export(resource_id, str(ctx.work_dir), progress=meter), meter)
     size = Path(disk.path).stat().st_size
     await ctx.moved(size, time.perf_counter() - started)
-    await ctx.log(f"exported {disk.path} ({disk.format}, {size} bytes)")
+    checked = f", SHA-256 {disk.sha256} as its source declared it" if disk.sha256 else ""
+    await ctx.log(f"exported {disk.path} ({disk.format}, {size} bytes{checked})")
     _moved(what, disk.path)
     return {"path": disk.path, "format": disk.format}
 

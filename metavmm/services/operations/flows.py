@@ -620,7 +620,11 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                  Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
                  Step("import", "image.import", {**image, "source_provider": provider}, compensate="image.delete",
                       weight=3)]
+    checked = [] if streamed or not _checks_export(_known_provider(engine, provider).kind) else [
+        Step("check-source", "disk.export_check", src, detail="the source says up front whether the disk can "
+             "leave it, before anything stops")]
     steps = [
+        *checked,
         Step("stop-source", "vm.power", {**src, "verb": "stop"}, compensate="vm.start"),
         *moves,
         Step("create-target", "vm.create", {**dst, "name": hostname, "region": region,
@@ -643,6 +647,17 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                     fingerprint=fingerprint(workload.id, target_provider, target_region, disk_format),
                     rows=(lease,) if lease is not None else (),
                     operation_id=lease.operation_id if lease is not None else None)
+
+
+def _checks_export(kind: str) -> bool:
+    """Whether a source of ``kind`` can say before a cold migration stops the VM that its disk cannot leave
+    (its driver's ``ex_export_check``: a partner broker asked what its query interface offers)."""
+    from metavmm.drivers.registry import driver_class
+
+    try:
+        return hasattr(driver_class(kind), "ex_export_check")
+    except ConfigError:
+        return False
 
 
 async def _egress_offer(engine: Engine, workload_id: str, provider: str, region: str) -> dict[str, Any] | None:
