@@ -1,7 +1,7 @@
 """virt-v2v: the command lines, the checks before the appliance starts, real failures, and one real conversion.
 
 The error paths run the real virt-v2v (a blank disk takes ~20 s: the appliance boots, finds no OS).
-The full conversion of a bootable Debian guest built by scripts/build-v2v-guest.sh takes minutes and
+The full conversion of a bootable Debian guest built by `scripts/build-debian-guest.sh v2v` takes minutes and
 runs only with METAVMM_SLOW=1.
 """
 
@@ -109,7 +109,7 @@ async def test_ova_input_goes_through_metavmm_checks_then_virt_v2v(tmp_path: Pat
 @pytest.fixture(scope="session")
 def bootable_guest() -> Path:
     """A bootable Debian 12 disk built by the test suite's own script (cached under /var/tmp)."""
-    res = subprocess.run([str(REPO / "scripts" / "build-v2v-guest.sh")], capture_output=True, text=True)
+    res = subprocess.run([str(REPO / "scripts" / "build-debian-guest.sh"), "v2v"], capture_output=True, text=True)
     if res.returncode:
         pytest.fail(f"building the guest failed: {res.stderr[-2000:]}")
     return Path(res.stdout.strip().splitlines()[-1])
