@@ -38,6 +38,7 @@ from metavmm.scheduler.batch_ilp import solve_ilp
 VARIANTS = {
     "flow only (before)": {"repair": False},
     "LP+repair (before)": {"exact_s": 0},
+    "count MIP (before)": {"config_lp": False},
     "placer (default)": {},
 }
 

@@ -132,7 +132,7 @@ class BatchPlanner:
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
                  headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True,
                  relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 60.0,
-                 mip_nodes: int | None = 1_000) -> None:
+                 mip_nodes: int | None = 1_000, config_lp: bool = True) -> None:
         self.classes = classes
         self.repair = repair  # False: the flow alone (what bench/batch.py compares with)
         self.relax = relax  # start the repair from the LP relaxation (batch_lp) instead of the flow's packing
@@ -141,6 +141,9 @@ class BatchPlanner:
         self.exact_s = exact_s  # tight batches: wall-clock safety net of each HiGHS MIP; 0: LP + repair only
         # what stops each MIP (most placed, polish) normally: branch-and-bound nodes, the same under any load
         self.mip_nodes = mip_nodes
+        # tight batches: the configuration LP's bound and rounding first (batch_config); the count MIP
+        # only where its placement does not reach its bound
+        self.config_lp = config_lp
         self.snapshot = snapshot
         self.scheduler = scheduler or Scheduler(snapshot)
         self.rounds = rounds
@@ -344,7 +347,18 @@ class BatchPlanner:
         2.6 per instance of bench/tight.py, big GPU work whose hosts' cores went to small work); the count
         alone is a MIP HiGHS proves in a fraction of the exact solver's time (its cost stage is most of it).
         If the proof does not come within ``mip_nodes``, the rounded relaxation is repaired too and the
-        better of the two (more placed, then cheaper) is kept."""
+        better of the two (more placed, then cheaper) is kept.
+
+        First the configuration LP (:mod:`metavmm.scheduler.batch_config`): when its rounded placement
+        reaches its bound, the count is proven without the per-host MIPs and only the cost moves run."""
+        if self.config_lp:
+            from metavmm.scheduler import batch_config
+
+            got = batch_config.place(classes, free, self.exact_s, self.mip_nodes)
+            if got is not None and (got.placed >= got.bound or self._count_is(classes, free, got.placed)):
+                assignments, remaining, start = self._counted(classes, free, got.counts)
+                assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=False)
+                return assignments, remaining
         assignments, remaining, start, proven = self._relaxed(classes, free, whole_numbers=True)
         # no pairwise swaps here: the polish's reduced-cost neighbourhood finds cheaper answers in less time
         assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=not proven)
@@ -355,6 +369,38 @@ class BatchPlanner:
         if (len(other), -sum(a.unit_cost for a in other)) > (len(assignments), -sum(a.unit_cost for a in assignments)):
             return other, left
         return assignments, remaining
+
+    def _count_is(self, classes: list[TaskClass], free: dict[int, tuple[int, int, dict[str, int]]], placed: int
+                  ) -> bool:
+        """Whether the count MIP proves ``placed`` the most (where the configuration LP's bound is above it:
+        its bound is not always the integer optimum); the polish is then not needed."""
+        from metavmm.scheduler import batch_lp
+
+        model = batch_lp.build(classes, free)
+        most, proven = batch_lp.most_placed(model, self.exact_s, self.mip_nodes)
+        return proven and most is not None and sum(len(tc.names) for tc in classes) - round(
+            float(most @ model.unplaced)) <= placed
+
+    def _counted(self, classes: list[TaskClass], free: dict[int, tuple[int, int, dict[str, int]]],
+                 counts: dict[tuple[int, int], int]) -> tuple[list[Assignment], dict[int, list[str]],
+                                                             dict[int, tuple[int, int, dict[str, int]]]]:
+        """Assignments of ``counts`` workloads per (class index, host id), what is left and the free capacity
+        after them."""
+        remaining = {tc.index: list(tc.names) for tc in classes}
+        free = {hid: (v, r, dict(g)) for hid, (v, r, g) in free.items()}
+        by_index = {tc.index: tc for tc in classes}
+        placed: list[Assignment] = []
+        for (ci, hid), k in counts.items():
+            tc = by_index[ci]
+            h, unit = next((h, u) for h, u in tc.hosts if h.id == hid)
+            req = tc.request
+            v, r, gp = free[hid]
+            if req.gpu_count:
+                gp[req.gpu_model or ""] = gp.get(req.gpu_model or "", 0) - k * req.gpu_count
+            free[hid] = (v - k * req.vcpus, r - k * req.ram_mib, gp)
+            site = self.snapshot.site(h.site_id).name
+            placed.extend(Assignment(remaining[ci].pop(), site, h.name, None, unit, ci) for _ in range(k))
+        return placed, remaining, free
 
     def _repair(self, classes: list[TaskClass], assignments: list[Assignment], remaining: dict[int, list[str]],
                 free: dict[int, tuple[int, int, dict[str, int]]], swaps: bool | None = None,
