@@ -28,8 +28,12 @@ site or host profile with the single-placement filters; capacity and GPUs become
 On a tight catalog (the batch asks for more than half of some free resource, or the flow leaves work
 out) the flow's per-class counts are the wrong model: it spends the cores next to free GPUs on work
 without GPUs, and leaves out work a better packing places (issue 17: on nearly every tight instance of
-bench/tight.py). There the planner solves the count alone exactly in whole numbers (a HiGHS MIP on the
-per-host model of :mod:`metavmm.scheduler.batch_lp`, a fraction of the exact solver's time), makes that
+bench/tight.py). There the planner first solves the configuration LP of
+:mod:`metavmm.scheduler.batch_config` (columns are whole packings of a host, priced by a knapsack) and
+rounds it: where that placement reaches the LP's count bound, the count is proven and only the cost moves
+follow; where it does not, the count MIP below says whether it is the most. Otherwise (the rounding lost
+work, or elastic flavors in the batch) the planner solves the count alone exactly in whole numbers (a
+HiGHS MIP on the per-host model of :mod:`metavmm.scheduler.batch_lp`, a fraction of the exact solver's time), makes that
 answer cheaper on the columns it or the LP relaxation use (a RINS-like MIP, count held), and improves it
 with the cost moves of :mod:`metavmm.scheduler.batch_repair`: more placed first, then less money. The
 rounded LP relaxation and its repair alone (``exact_s=0``, the previous placer) leave out work the
@@ -354,8 +358,9 @@ class BatchPlanner:
         if self.config_lp:
             from metavmm.scheduler import batch_config
 
-            got = batch_config.place(classes, free, self.exact_s, self.mip_nodes)
-            if got is not None and (got.placed >= got.bound or self._count_is(classes, free, got.placed)):
+            got = batch_config.place(classes, free, self.exact_s, self.mip_nodes,
+                                     proves=lambda placed: self._count_is(classes, free, placed))
+            if got is not None and got.placed >= got.bound:
                 assignments, remaining, start = self._counted(classes, free, got.counts)
                 assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=False)
                 return assignments, remaining

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.tight import tight_instance
+from bench.tight import Tight, tight_instance
 from metavmm.scheduler import batch_config
 from metavmm.scheduler.batch import BatchPlanner, TaskClass, task_classes
 from metavmm.scheduler.batch_ilp import solve_ilp
 from metavmm.scheduler.views import host_free
 
 
-def prepared(inst) -> tuple[list[TaskClass], dict[int, tuple[int, int, dict[str, int]]]]:  # type: ignore[no-untyped-def]
+def prepared(inst: Tight) -> tuple[list[TaskClass], dict[int, tuple[int, int, dict[str, int]]]]:
     """The task classes and free capacity the planner's tight path starts from."""
     planner = BatchPlanner(inst.snapshot)
     classes = task_classes(inst.requests)
