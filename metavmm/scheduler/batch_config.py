@@ -58,7 +58,6 @@ class Instance:
     hosts: list[int]  # host ids
     cap: np.ndarray  # (H, D) ints: free capacity in the same units
     unit: np.ndarray  # (C, H) cost of one workload of class c on host h; inf where c may not go
-    type_of: np.ndarray  # (H,) host type
     members: list[list[int]]  # per type: its hosts (indices into hosts)
     kind_of: list[int]  # per type: its kind (same eligible classes: shares a count knapsack table)
     kinds: list[np.ndarray]  # per kind: its eligible classes' mask
@@ -98,7 +97,6 @@ def instance(classes: Sequence[TaskClass], free: Free) -> Instance | None:
     allowed = np.isfinite(unit)  # the static rules' answer: a kind of host shares one knapsack table
     unit[(need[:, None, :] > cap[None, :, :]).any(axis=2)] = np.inf  # fits nowhere on that host
     types: dict[tuple[object, ...], int] = {}
-    type_of = np.zeros(len(ids), dtype=np.int64)
     members: list[list[int]] = []
     for i in range(len(ids)):
         key = (tuple(cap[i]), tuple(unit[:, i]))
@@ -106,7 +104,6 @@ def instance(classes: Sequence[TaskClass], free: Free) -> Instance | None:
         if t == len(members):
             members.append([])
         members[t].append(i)
-        type_of[i] = t
     kinds: dict[tuple[bool, ...], int] = {}
     # a kind: the classes the static rules allow, among those needing only what the host has some of
     # (a table with a dimension per GPU model every host lacks would be 9x bigger for nothing)
@@ -117,7 +114,7 @@ def instance(classes: Sequence[TaskClass], free: Free) -> Instance | None:
         if _table_shape(need, mask, cap[[m[0] for t, m in enumerate(members) if kind_of[t] == k]]) is None:
             return None
     return Instance(hosted, need, np.array([len(tc.names) for tc in hosted], dtype=float), ids, cap, unit,
-                    type_of, members, kind_of, masks)
+                    members, kind_of, masks)
 
 
 def _table_shape(need: np.ndarray, mask: np.ndarray, caps: np.ndarray) -> tuple[int, ...] | None:
