@@ -28,8 +28,12 @@ site or host profile with the single-placement filters; capacity and GPUs become
 On a tight catalog (the batch asks for more than half of some free resource, or the flow leaves work
 out) the flow's per-class counts are the wrong model: it spends the cores next to free GPUs on work
 without GPUs, and leaves out work a better packing places (issue 17: on nearly every tight instance of
-bench/tight.py). There the planner solves the count alone exactly in whole numbers (a HiGHS MIP on the
-per-host model of :mod:`metavmm.scheduler.batch_lp`, a fraction of the exact solver's time), makes that
+bench/tight.py). There the planner first solves the configuration LP of
+:mod:`metavmm.scheduler.batch_config` (columns are whole packings of a host, priced by a knapsack) and
+rounds it: where that placement reaches the LP's count bound, the count is proven and only the cost moves
+follow; where it does not, the count MIP below says whether it is the most. Otherwise (the rounding lost
+work, or elastic flavors in the batch) the planner solves the count alone exactly in whole numbers (a
+HiGHS MIP on the per-host model of :mod:`metavmm.scheduler.batch_lp`, a fraction of the exact solver's time), makes that
 answer cheaper on the columns it or the LP relaxation use (a RINS-like MIP, count held), and improves it
 with the cost moves of :mod:`metavmm.scheduler.batch_repair`: more placed first, then less money. The
 rounded LP relaxation and its repair alone (``exact_s=0``, the previous placer) leave out work the
@@ -132,7 +136,7 @@ class BatchPlanner:
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
                  headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True,
                  relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 60.0,
-                 mip_nodes: int | None = 1_000) -> None:
+                 mip_nodes: int | None = 1_000, config_lp: bool = True) -> None:
         self.classes = classes
         self.repair = repair  # False: the flow alone (what bench/batch.py compares with)
         self.relax = relax  # start the repair from the LP relaxation (batch_lp) instead of the flow's packing
@@ -141,6 +145,9 @@ class BatchPlanner:
         self.exact_s = exact_s  # tight batches: wall-clock safety net of each HiGHS MIP; 0: LP + repair only
         # what stops each MIP (most placed, polish) normally: branch-and-bound nodes, the same under any load
         self.mip_nodes = mip_nodes
+        # tight batches: the configuration LP's bound and rounding first (batch_config); the count MIP
+        # only where its placement does not reach its bound
+        self.config_lp = config_lp
         self.snapshot = snapshot
         self.scheduler = scheduler or Scheduler(snapshot)
         self.rounds = rounds
@@ -344,7 +351,19 @@ class BatchPlanner:
         2.6 per instance of bench/tight.py, big GPU work whose hosts' cores went to small work); the count
         alone is a MIP HiGHS proves in a fraction of the exact solver's time (its cost stage is most of it).
         If the proof does not come within ``mip_nodes``, the rounded relaxation is repaired too and the
-        better of the two (more placed, then cheaper) is kept."""
+        better of the two (more placed, then cheaper) is kept.
+
+        First the configuration LP (:mod:`metavmm.scheduler.batch_config`): when its rounded placement
+        reaches its bound, the count is proven without the per-host MIPs and only the cost moves run."""
+        if self.config_lp:
+            from metavmm.scheduler import batch_config
+
+            got = batch_config.place(classes, free, self.exact_s, self.mip_nodes,
+                                     proves=lambda placed: self._count_is(classes, free, placed))
+            if got is not None and got.placed >= got.bound:
+                assignments, remaining, start = self._counted(classes, free, got.counts)
+                assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=False)
+                return assignments, remaining
         assignments, remaining, start, proven = self._relaxed(classes, free, whole_numbers=True)
         # no pairwise swaps here: the polish's reduced-cost neighbourhood finds cheaper answers in less time
         assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=not proven)
@@ -355,6 +374,38 @@ class BatchPlanner:
         if (len(other), -sum(a.unit_cost for a in other)) > (len(assignments), -sum(a.unit_cost for a in assignments)):
             return other, left
         return assignments, remaining
+
+    def _count_is(self, classes: list[TaskClass], free: dict[int, tuple[int, int, dict[str, int]]], placed: int
+                  ) -> bool:
+        """Whether the count MIP proves ``placed`` the most (where the configuration LP's bound is above it:
+        its bound is not always the integer optimum); the polish is then not needed."""
+        from metavmm.scheduler import batch_lp
+
+        model = batch_lp.build(classes, free)
+        most, proven = batch_lp.most_placed(model, self.exact_s, self.mip_nodes)
+        return proven and most is not None and sum(len(tc.names) for tc in classes) - round(
+            float(most @ model.unplaced)) <= placed
+
+    def _counted(self, classes: list[TaskClass], free: dict[int, tuple[int, int, dict[str, int]]],
+                 counts: dict[tuple[int, int], int]) -> tuple[list[Assignment], dict[int, list[str]],
+                                                             dict[int, tuple[int, int, dict[str, int]]]]:
+        """Assignments of ``counts`` workloads per (class index, host id), what is left and the free capacity
+        after them."""
+        remaining = {tc.index: list(tc.names) for tc in classes}
+        free = {hid: (v, r, dict(g)) for hid, (v, r, g) in free.items()}
+        by_index = {tc.index: tc for tc in classes}
+        placed: list[Assignment] = []
+        for (ci, hid), k in counts.items():
+            tc = by_index[ci]
+            h, unit = next((h, u) for h, u in tc.hosts if h.id == hid)
+            req = tc.request
+            v, r, gp = free[hid]
+            if req.gpu_count:
+                gp[req.gpu_model or ""] = gp.get(req.gpu_model or "", 0) - k * req.gpu_count
+            free[hid] = (v - k * req.vcpus, r - k * req.ram_mib, gp)
+            site = self.snapshot.site(h.site_id).name
+            placed.extend(Assignment(remaining[ci].pop(), site, h.name, None, unit, ci) for _ in range(k))
+        return placed, remaining, free
 
     def _repair(self, classes: list[TaskClass], assignments: list[Assignment], remaining: dict[int, list[str]],
                 free: dict[int, tuple[int, int, dict[str, int]]], swaps: bool | None = None,
