@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlmodel import func, select
 
-from metavmm.catalog.models import Host, Operation, OperationState, Provider, Workload
+from metavmm.catalog.models import Host, Operation, OperationEvent, OperationState, Provider, Workload
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from tests.services.operations.crash_runner import crash_at
@@ -93,6 +93,14 @@ async def _rows(engine: Engine) -> tuple[int, int]:
     return workloads, ops
 
 
+async def _history(world: World, op_id: str) -> list[str]:
+    """An operation's events, for a failure's message."""
+    async with world.engine.sessions() as session:
+        events = (await session.exec(select(OperationEvent).where(OperationEvent.operation_id == op_id)
+                                     .order_by(OperationEvent.id))).all()  # type: ignore[arg-type]
+    return [f"{e.step}: {e.message}" for e in events]
+
+
 def scratch_left(engine: Engine) -> list[str]:
     """Scratch directories of operations (a cold migration's export) still in the work directory."""
     work = Path(engine.config.operations.work_dir or "/nonexistent")
@@ -115,7 +123,7 @@ async def crash_and_resume(world: World, kind: str, step: int | None, phase: str
         assert done.state in (OperationState.FAILED, OperationState.ROLLED_BACK), (kind, step, phase, done.state)
         assert world.refused[kind] in (done.error or ""), done.error
     else:
-        assert done.state == OperationState.SUCCEEDED, (kind, step, phase, done.error)
+        assert done.state == OperationState.SUCCEEDED, (kind, step, phase, done.error, await _history(world, op.id))
     async with world.engine.sessions() as session:
         ops = (await session.exec(select(Operation))).all()
         workloads = list((await session.exec(select(Workload))).all())
@@ -160,6 +168,7 @@ async def every_boundary(world: World, kind: str, label: str, steps: int | None 
     played = [await crash_and_resume(world, kind, step, phase) for step in range(steps) for phase in phases()]
     killed = [b for b in played if b.reached]
     print(f"MATRIX {label} {kind} steps={steps} boundaries={len(played)} killed={len(killed)} passed={len(played)} "
-          f"{(time.monotonic() - started) / len(played):.1f}s/boundary [{' '.join(f'{b.name}/{b.phase}' for b in killed)}]")
+          f"{(time.monotonic() - started) / len(played):.1f}s/boundary "
+          f"[{' '.join(f'{b.name}/{b.phase}' for b in killed)}]")
     assert killed
     return played

@@ -15,6 +15,8 @@ METAVMM_SLOW=1).
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,9 @@ from sqlmodel import select
 from bench import direct
 from bench.vcsim import Vcsim
 from metavmm.catalog.models import Operation, Workload
-from metavmm.foundation.records import OWNER_TAG
+from metavmm.foundation.records import OWNER_TAG, DiskRef
 from metavmm.services.operations import flows, migrations
+from metavmm.services.operations.executor import Executor
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud
 from tests.services.operations.crash_matrix import Seen, World, every_boundary
 from tests.services.operations.test_intent_crash import run_all, synced_catalog
@@ -58,10 +61,12 @@ class Real(World):
     reused: str | None = None  # the VM the power, resize and move kinds act on, boundary after boundary
     targets: dict[str, str] = field(default_factory=dict)  # operation id -> the host it moves the VM to
 
+    vc_image: str = ""  # an image at vcsim (a real vmdk: a disk vcsim creates empty cannot be exported)
+
     async def _created(self, name: str, provider: str | None = None) -> Operation:
         if (provider or self.provider) == "vc":
-            return await direct.provision(self.engine, name=name, provider="vc", region="DC0", image="",
-                                          disk_gib=1, ram_mib=256)
+            return await direct.provision(self.engine, name=name, provider="vc", region="DC0", image=self.vc_image,
+                                          disk_gib=0 if self.vc_image else 1, ram_mib=256)
         return await direct.provision(self.engine, name=name, provider="os1", region="RegionOne",
                                       image=NOVA_IMAGE, flavor="m1.tiny", vcpus=1, ram_mib=512)
 
@@ -97,6 +102,8 @@ class Real(World):
             wid = await self._fresh(name)
             return wid, await flows.delete(self.engine, wid)
         if kind == "cold_migrate":
+            if not self.vc_image:
+                self.vc_image = await vc_image(self, self.engine.config.operations.work_dir or "")
             wid = await self._fresh(name, "vc")
             return wid, await flows.cold_migrate(self.engine, wid, target_provider="os1", disk_format="qcow2")
         wid = await self._in("stopped" if kind == "start" else "running")
@@ -158,6 +165,23 @@ class Real(World):
             assert vm.provider == "os1" and workload.spec["owned_image"]["name"] in broker_images(self.nova)
 
 
+async def vc_image(world: Real, work: str) -> str:
+    """A 16 MiB streamOptimized vmdk imported into vcsim (removed with the world)."""
+    name = f"crash-src-{uuid.uuid4().hex[:8]}"
+    qcow2, vmdk = Path(work) / f"{name}.qcow2", Path(work) / f"{name}.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "16M"], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                    str(qcow2), str(vmdk)], check=True)
+    executor = Executor(world.engine.sessions, world.engine.config)
+    try:
+        await executor.drivers.get("vc").import_image(DiskRef(str(vmdk), "vmdk"), name, "DC0")
+    finally:
+        await executor.drivers.close()
+        qcow2.unlink()
+        vmdk.unlink()
+    return name
+
+
 @pytest.fixture
 async def real(vcenter: Vcsim, nova_cloud: NovaCloud, tmp_path: Path) -> AsyncIterator[Real]:
     work = tmp_path / "work"
@@ -175,6 +199,10 @@ async def real(vcenter: Vcsim, nova_cloud: NovaCloud, tmp_path: Path) -> AsyncIt
             for wid in live:
                 await flows.delete(engine, wid)
             await run_all(engine)
+            if world.vc_image:
+                executor = Executor(engine.sessions, engine.config)
+                await executor.drivers.get("vc").ex_delete_image(world.vc_image, "DC0")
+                await executor.drivers.close()
             nova.close()
 
 
