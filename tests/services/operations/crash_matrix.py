@@ -58,6 +58,7 @@ class Boundary:
     phase: str
     name: str = ""  # the step's name
     reached: bool = True  # False: the operation ended before it (a plan rolled back earlier)
+    actions: tuple[str, ...] = ()  # the plan's step actions (a clean run's)
 
 
 @dataclass
@@ -84,6 +85,10 @@ class World:
 
     def check(self, kind: str, workload: Workload, vm: Seen, op: Operation) -> None:
         """Kind-specific checks of the VM an operation left (its host, its shape)."""
+
+    def describe(self, workload_id: str) -> str:
+        """What the provider says about the workload's VM beyond its state, for a failure's message."""
+        return ""
 
 
 async def _rows(engine: Engine) -> tuple[int, int]:
@@ -123,7 +128,8 @@ async def crash_and_resume(world: World, kind: str, step: int | None, phase: str
         assert done.state in (OperationState.FAILED, OperationState.ROLLED_BACK), (kind, step, phase, done.state)
         assert world.refused[kind] in (done.error or ""), done.error
     else:
-        assert done.state == OperationState.SUCCEEDED, (kind, step, phase, done.error, await _history(world, op.id))
+        assert done.state == OperationState.SUCCEEDED, (kind, step, phase, done.error, world.describe(wid),
+                                                        await _history(world, op.id))
     async with world.engine.sessions() as session:
         ops = (await session.exec(select(Operation))).all()
         workloads = list((await session.exec(select(Workload))).all())
@@ -149,26 +155,33 @@ async def crash_and_resume(world: World, kind: str, step: int | None, phase: str
         assert (vm.state, w.observed_state) == (want, want), (kind, step, phase, vm, w.observed_state)
         assert vm.vm_id == w.provider_resource_id and vm.host == hosts.get(w.host_id or -1, vm.host)
         world.check(kind, w, vm, done)
-    name = done.steps[step]["name"] if step is not None and step < len(done.steps) else str(len(done.steps))
-    return Boundary(kind, -1 if step is None else step, phase, name, reached)
+    name = done.steps[step]["name"] if step is not None and step < len(done.steps) else "clean"
+    return Boundary(kind, -1 if step is None else step, phase, name, reached, tuple(s["action"] for s in done.steps))
 
 
-def phases() -> tuple[str, ...]:
-    """``after`` every step (the provider changed, the row does not know yet: the hard case); ``before`` too
-    with METAVMM_SLOW=1."""
-    return ("before", "after") if os.environ.get("METAVMM_SLOW") == "1" else ("after",)
+CHANGES = frozenset({"vm.create", "vm.delete", "vm.power", "vm.resize", "vm.live_migrate", "vm.migrate_offline",
+                     "image.import", "disk.stream", "image.delete"})
+"""Step actions that change a provider (the rest read it, or write only the catalog or the scratch directory)."""
 
 
-async def every_boundary(world: World, kind: str, label: str, steps: int | None = None) -> list[Boundary]:
-    """Every boundary of ``kind`` (the plan's length from a clean run first, unless given); prints one
-    ``MATRIX`` line for the report."""
-    if steps is None:
-        steps = int((await crash_and_resume(world, kind, None, "after")).name)
+def picked(actions: tuple[str, ...], only: frozenset[str] | None) -> list[tuple[int, str]]:
+    """The boundaries to play of a plan with these step actions: with METAVMM_SLOW=1 every one, before and after
+    each step; else ``after`` each step (the provider changed, the row does not know yet: the hard case) whose
+    action is in ``only`` (None: every step)."""
+    if os.environ.get("METAVMM_SLOW") == "1":
+        return [(i, phase) for i in range(len(actions)) for phase in ("before", "after")]
+    return [(i, "after") for i, a in enumerate(actions) if only is None or a in only]
+
+
+async def every_boundary(world: World, kind: str, label: str, only: frozenset[str] | None = None) -> list[Boundary]:
+    """A clean run of ``kind`` first (its plan names the boundaries), then every boundary :func:`picked`; prints
+    one ``MATRIX`` line for the report."""
+    clean = await crash_and_resume(world, kind, None, "after")
     started = time.monotonic()
-    played = [await crash_and_resume(world, kind, step, phase) for step in range(steps) for phase in phases()]
+    played = [await crash_and_resume(world, kind, step, phase) for step, phase in picked(clean.actions, only)]
     killed = [b for b in played if b.reached]
-    print(f"MATRIX {label} {kind} steps={steps} boundaries={len(played)} killed={len(killed)} passed={len(played)} "
-          f"{(time.monotonic() - started) / len(played):.1f}s/boundary "
+    print(f"MATRIX {label} {kind} steps={len(clean.actions)} boundaries={len(played)} killed={len(killed)} "
+          f"passed={len(played)} {(time.monotonic() - started) / max(len(played), 1):.1f}s/boundary "
           f"[{' '.join(f'{b.name}/{b.phase}' for b in killed)}]")
     assert killed
     return played

@@ -9,8 +9,8 @@ executor resumes the operation, and vcsim's inventory (pyvmomi) and nova's serve
   cold migration (nova's migrate, the resize confirmed) to the other compute host.
 
 One vcsim and one nova for the whole session (their fixtures), one catalog per kind; every boundary is
-one broker process. Each kind is killed ``after`` each of its steps (``before`` them too with
-METAVMM_SLOW=1).
+one broker process (~11 s on the shared 2-core machine). In every run: the kinds of EVERY_RUN, each killed
+``after`` each step that changes the provider; with METAVMM_SLOW=1 every kind, before and after every step.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from metavmm.foundation.records import OWNER_TAG, DiskRef
 from metavmm.services.operations import flows, migrations
 from metavmm.services.operations.executor import Executor
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud
-from tests.services.operations.crash_matrix import Seen, World, every_boundary
+from tests.services.operations.crash_matrix import CHANGES, Seen, World, every_boundary
 from tests.services.operations.test_intent_crash import run_all, synced_catalog
 from tests.services.operations.test_openstack_cold_migration import broker_images
 from tests.services.operations.test_vmware_flows import datastore_files
@@ -156,6 +156,16 @@ class Real(World):
         owned = {w.spec["owned_image"]["name"] for w in workloads if w.present and w.spec.get("owned_image")}
         return stray + sorted(f"glance:{i}" for i in broker_images(self.nova) - self.images_before - owned)
 
+    def describe(self, workload_id: str) -> str:
+        """Nova's view of the workload's servers: status, task, fault, and their migrations."""
+        out = []
+        for s in self.nova.compute.servers(details=True, all_projects=True):
+            if (s.metadata or {}).get(OWNER_TAG) == workload_id:
+                moves = [(m.migration_type, m.status, m.created_at, m.updated_at)
+                         for m in self.nova.compute.migrations(instance_uuid=s.id)]
+                out.append(f"{s.id} {s.status} task={s.task_state} vm={s.vm_state} fault={s.fault} moves={moves}")
+        return "; ".join(out)
+
     def check(self, kind: str, workload: Workload, vm: Seen, op: Operation) -> None:
         if kind == "resize" and kind not in self.refused:
             assert vm.shape == FLAVORS[workload.spec["flavor"]] == (workload.spec["vcpus"], workload.spec["ram_mib"])
@@ -211,9 +221,17 @@ KINDS = {"vc": ("create", "delete", "stop", "start", "suspend", "restart", "resi
 REFUSED = {("vc", "resize"): "does not support resize_vm"}
 
 
-@pytest.mark.parametrize(("provider", "kind"), [(p, k) for p, kinds in KINDS.items() for k in kinds],
-                         ids=lambda v: v)
+EVERY_RUN = {("vc", "create"), ("vc", "delete"), ("vc", "cold_migrate"), ("os1", "create"), ("os1", "delete"),
+             ("os1", "resize"), ("os1", "live_migrate"), ("os1", "relocate")}
+"""In every run: the boundaries after each step that changes the provider (CHANGES) of these kinds, about
+4 minutes on the shared machine; the rest (power verbs, the refused resize) and every other boundary are
+marked slow."""
+
+
+@pytest.mark.parametrize(("provider", "kind"), [
+    pytest.param(p, k, id=f"{p}-{k}", marks=() if (p, k) in EVERY_RUN else pytest.mark.slow)
+    for p, kinds in KINDS.items() for k in kinds])
 async def test_kill_at_every_boundary_then_resume(real: Real, provider: str, kind: str) -> None:
     real.provider = provider
     real.refused = {kind: REFUSED[(provider, kind)]} if (provider, kind) in REFUSED else {}
-    await every_boundary(real, kind, provider)
+    await every_boundary(real, kind, provider, CHANGES)
