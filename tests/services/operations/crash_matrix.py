@@ -113,8 +113,9 @@ def scratch_left(engine: Engine) -> list[str]:
 
 
 async def crash_and_resume(world: World, kind: str, step: int | None, phase: str) -> Boundary:
-    """Play one boundary of ``kind`` (``step`` None: a clean run, whose boundary names the plan's length)
-    and check what it left."""
+    """Play one boundary of ``kind`` (``step`` None: a clean run, whose answer carries the plan's step
+    actions) and check what it left. Only VMs tagged with a workload of this catalog are looked at: vcsim
+    and nova are shared with other tests (a row lost with its VM still tagged shows in the row count)."""
     wid, op = await world.submit(kind, f"{kind[:8]}-{step}-{phase[0]}".replace("_", "-"))
     before = await _rows(world.engine)
     reached = True

@@ -224,7 +224,7 @@ REFUSED = {("vc", "resize"): "does not support resize_vm"}
 EVERY_RUN = {("vc", "create"), ("vc", "delete"), ("vc", "cold_migrate"), ("os1", "create"), ("os1", "delete"),
              ("os1", "resize"), ("os1", "live_migrate"), ("os1", "relocate")}
 """In every run: the boundaries after each step that changes the provider (CHANGES) of these kinds, about
-4 minutes on the shared machine; the rest (power verbs, the refused resize) and every other boundary are
+4.5 minutes on the shared machine; the rest (power verbs, the refused resize) and every other boundary are
 marked slow."""
 
 
