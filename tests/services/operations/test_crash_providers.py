@@ -60,7 +60,6 @@ class Real(World):
     images_before: set[str] = field(default_factory=set)
     reused: str | None = None  # the VM the power, resize and move kinds act on, boundary after boundary
     targets: dict[str, str] = field(default_factory=dict)  # operation id -> the host it moves the VM to
-
     vc_image: str = ""  # an image at vcsim (a real vmdk: a disk vcsim creates empty cannot be exported)
 
     async def _created(self, name: str, provider: str | None = None) -> Operation:
@@ -86,6 +85,7 @@ class Real(World):
         if self.reused is None:
             self.reused = await self._fresh("reused")
         now = (await self._workload(self.reused)).observed_state
+        # start whatever is not running unless it is to be stopped and is (suspended: started, then stopped)
         for verb, wanted in (("start", "running"), ("stop", "stopped")):
             if now != state and (now != "running" or wanted == state):
                 await flows.power(self.engine, self.reused, verb)
