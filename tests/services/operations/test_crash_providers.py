@@ -60,6 +60,7 @@ class Real(World):
     images_before: set[str] = field(default_factory=set)
     reused: str | None = None  # the VM the power, resize and move kinds act on, boundary after boundary
     targets: dict[str, str] = field(default_factory=dict)  # operation id -> the host it moves the VM to
+    moved: list[str] = field(default_factory=list)  # the last cold migration's workload, deleted before the next
     vc_image: str = ""  # an image at vcsim (a real vmdk: a disk vcsim creates empty cannot be exported)
 
     async def _created(self, name: str, provider: str | None = None) -> Operation:
@@ -102,9 +103,13 @@ class Real(World):
             wid = await self._fresh(name)
             return wid, await flows.delete(self.engine, wid)
         if kind == "cold_migrate":
+            for moved in self.moved:  # the earlier boundaries' clones (nova's default quota is 10 instances)
+                await flows.delete(self.engine, moved)
+            await run_all(self.engine)
             if not self.vc_image:
                 self.vc_image = await vc_image(self, self.engine.config.operations.work_dir or "")
             wid = await self._fresh(name, "vc")
+            self.moved = [wid]
             return wid, await flows.cold_migrate(self.engine, wid, target_provider="os1", disk_format="qcow2")
         wid = await self._in("stopped" if kind == "start" else "running")
         if kind == "resize":
