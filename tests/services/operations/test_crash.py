@@ -8,9 +8,7 @@ rolls back just as cleanly."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,12 +26,12 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NovaCloud
+from tests.services.operations.crash_runner import crash_at
 from tests.services.operations.test_clone_identity import with_clone_networks
 from tests.services.operations.test_libvirt_flows import domains
 from tests.services.operations.test_openstack_cold_migration import broker_images, servers_of
 from tests.services.operations.test_vmware_flows import datastore_files, federation_yaml, tagged_vms
 
-REPO = Path(__file__).resolve().parents[3]
 STEPS = ["stop-source", "export", "convert", "import", "create-target", "boot-check", "record", "remove-source",
          "clean-scratch"]
 
@@ -58,16 +56,7 @@ class World:
         return await store.get(self.engine.sessions, op_id)
 
     def crash_at(self, op_id: str, step: int, phase: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "tests.services.operations.crash_runner", str(self.config_path),
-                                 self.url, op_id, str(step), phase], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            line = proc.stdout.readline() if proc.stdout else ""
-            assert line.strip() == f"AT {step} {phase}", (line, proc.stderr.read() if proc.stderr else "")
-        finally:
-            proc.kill()  # SIGKILL: no cleanup, no lease release
-            proc.wait()
+        crash_at(self.config_path, self.url, op_id, step, phase, must_reach=True)
 
     def tagged(self, wid: str) -> dict[str, list[str]]:
         """Domains carrying the workload's tag at each provider."""

@@ -27,7 +27,7 @@ from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.protection import dr
-from tests.services.operations.test_crash_sim import crash_at
+from tests.services.operations.crash_runner import crash_at
 from tests.services.protection.conftest import engine_for, run
 
 FEDERATION = """
