@@ -227,10 +227,12 @@ REFUSED = {("vc", "resize"): "does not support resize_vm"}
 
 
 EVERY_RUN = {("vc", "create"), ("vc", "delete"), ("vc", "cold_migrate"), ("os1", "create"), ("os1", "delete"),
-             ("os1", "resize"), ("os1", "live_migrate"), ("os1", "relocate")}
+             ("os1", "live_migrate"), ("os1", "relocate")}
 """In every run: the boundaries after each step that changes the provider (CHANGES) of these kinds, about
-4.5 minutes on the shared machine; the rest (power verbs, the refused resize) and every other boundary are
-marked slow."""
+4 minutes on the shared machine; the rest (power verbs, the refused resize) and every other boundary are
+marked slow. nova's resize is slow too, for now: in 2 of 6 matrix runs one of its boundaries (not the same
+one) found the server in ERROR when the resumed run reached it, unexplained yet (docs/operations.md, "The
+crash matrix of every provider"); a run of every test must not depend on it until it is understood."""
 
 
 @pytest.mark.parametrize(("provider", "kind"), [
