@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -72,7 +73,8 @@ async def paginate(session: AsyncSession, stmt: Any, query: ListQuery, columns: 
         order = [column.desc() if sort.startswith("-") else column.asc(), default_sort]
     if by_key:
         keys = stmt.with_only_columns(default_sort).order_by(*order).offset(query.offset).limit(query.limit)
-        stmt = stmt.where(default_sort.in_(keys)).order_by(*order)
+        # the filters only in the keys' statement: repeated outside, SQLite reads the rows by them again
+        stmt = sa_select(*stmt.selected_columns).where(default_sort.in_(keys)).order_by(*order)
     else:
         stmt = stmt.order_by(*order).offset(query.offset).limit(query.limit)
     rows = (await session.exec(stmt)).all()

@@ -146,10 +146,11 @@ OperationQuery = list_query("OperationQuery", ["created_at", "updated_at", "stat
                             target_id=str, project_id=int)
 
 
-def _workload_out(request: web.Request, row: Any) -> WorkloadOut:
-    """``row``: a :class:`Workload` or a plain row of its columns."""
-    send_etag(request, etag(row.version))
-    return WorkloadOut.model_validate(row)
+def _workload_out(request: web.Request, row: Workload | dict[str, Any]) -> WorkloadOut:
+    """``row``: a :class:`Workload` or a dict of its columns."""
+    out = WorkloadOut.model_validate(row)
+    send_etag(request, etag(out.version))
+    return out
 
 
 @api.route("GET", "/workloads", summary="List your project's workloads", query=WorkloadQuery,
@@ -161,8 +162,8 @@ async def list_workloads(request: web.Request, query: Any) -> Any:
     cols = {k: table.c[k] for k in ("name", "created_at", "updated_at", "kind", "desired_state", "observed_state",
                                      "present", "project_id")}
     async with sessions(request)() as session:
-        return await paginate(session, stmt, query, cols, WorkloadOut.model_validate, Page[WorkloadOut],
-                              default_sort=table.c.id, by_key=True)
+        return await paginate(session, stmt, query, cols, lambda row: WorkloadOut.model_validate(dict(row._mapping)),
+                              Page[WorkloadOut], default_sort=table.c.id, by_key=True)
 
 
 @api.route("POST", "/workloads", summary="Request a workload: checks and reserves quota, places it, starts an "
