@@ -11,12 +11,15 @@ in ``metavmm/catalog/migrations``; a test proves the models and the migrations a
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
+from pydantic_core import PydanticUndefined
 from sqlalchemy import JSON, BigInteger, DateTime, Index, Numeric, UniqueConstraint
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
 from metavmm.catalog.enums import OperationState, Role
@@ -811,3 +814,40 @@ ALL_TABLES: tuple[type[SQLModel], ...] = (
     AutoscaleGroup, AutoscaleMember, AutoscaleDecision,
     HostBalance, SpendAccrual,
 )
+
+
+M = TypeVar("M", bound=SQLModel)
+
+
+# --- rows written without the ORM (issue 16 item 13) ---------------------------------------------------------
+
+
+@functools.cache
+def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Any, Any], ...]:
+    return tuple((name, f.default, f.default_factory) for name, f in model.model_fields.items())
+
+
+def row_values(model: type[SQLModel], **values: Any) -> dict[str, Any]:
+    """A new row of ``model``'s table, every column: ``values`` and the model's own defaults (its default
+    factories called), for a Core ``INSERT`` of many rows in one statement. The model stays the one
+    definition of the table; what this skips is SQLModel's constructor (every field through the ORM's
+    instrumented ``setattr``, and each default factory's signature inspected: 0.4 ms for a workload, 0.9
+    ms for an operation, on the create path's every request)."""
+    out: dict[str, Any] = {}
+    for name, default, factory in _defaults(model):
+        if name in values:
+            out[name] = values[name]
+        elif factory is not None:
+            out[name] = factory()
+        elif default is PydanticUndefined:
+            raise TypeError(f"{model.__name__}: {name} is required")
+        else:
+            out[name] = default
+    return out
+
+
+def detached(model: type[M], values: dict[str, Any]) -> M:
+    """An object of ``model`` holding ``values`` (a row written with Core: :func:`row_values`), built without
+    the ORM: for reading and rendering only; it belongs to no session and cannot be changed or added."""
+    configure_mappers()  # (its attributes read the instance's dict once the mapper is configured)
+    return model.model_construct(**values)

@@ -10,9 +10,10 @@ that does not exist (404), so ids of other projects leak nothing.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeVar
 
-from sqlalchemy import true
+from sqlalchemy import bindparam, select, true
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -29,10 +30,30 @@ def visible(identity: Identity, model: type[SQLModel]) -> Any:
     return model.project_id == identity.project_id  # type: ignore[attr-defined]
 
 
-def can_see(identity: Identity, row: SQLModel) -> bool:
+def can_see(identity: Identity, row: Any) -> bool:
+    """``row``: a model object or a dict of its columns."""
     if identity.is_admin:
         return True
-    return getattr(row, "project_id", None) == identity.project_id
+    owner = row.get("project_id") if isinstance(row, dict) else getattr(row, "project_id", None)
+    return owner == identity.project_id
+
+
+async def get_visible_row(session: AsyncSession, identity: Identity, model: type[SQLModel], key: Any,
+                          what: str) -> dict[str, Any]:
+    """:func:`get_visible` for a reader that only renders the row: its columns as a plain dict, read with
+    one Core SELECT (built once per table) and no ORM object (identity map, instrumented attributes: a
+    third of a REST read's CPU, issue 16 item 13). The same rule."""
+    row = (await session.exec(_by_key(model), params={"key": key})).first()  # type: ignore[call-overload]
+    found = dict(row._mapping) if row is not None else None
+    if found is None or not can_see(identity, found):
+        raise NotFound(f"no {what} {key}")
+    return found
+
+
+@functools.cache
+def _by_key(model: type[SQLModel]) -> Any:
+    table = model.__table__  # type: ignore[attr-defined]
+    return select(table).where(table.primary_key.columns.values()[0] == bindparam("key"))
 
 
 async def get_visible(session: AsyncSession, identity: Identity, model: type[M], key: Any, what: str) -> M:

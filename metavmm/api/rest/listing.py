@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -51,9 +52,15 @@ def list_query(model_name: str, sortable: Sequence[str], /, **filters: Any) -> t
 
 
 async def paginate(session: AsyncSession, stmt: Any, query: ListQuery, columns: dict[str, Any],
-                   render: Callable[[Any], T], page: type[Page[T]], *, default_sort: Any) -> Page[T]:
+                   render: Callable[[Any], T], page: type[Page[T]], *, default_sort: Any,
+                   by_key: bool = False) -> Page[T]:
     """Apply ``query``'s filters and sort (``columns`` maps query names to SQL columns) to ``stmt``
-    (already scoped to what the caller may see), count, and render one page."""
+    (already scoped to what the caller may see), count, and render one page.
+
+    ``by_key`` (``default_sort`` is then the table's primary key): the page's keys are chosen first, from
+    the keys and sort columns alone (an index covers them), and only those rows are read whole. Sorting
+    the whole rows (a workload's is 2 KB of spec) made every list cost a sort of the project's every row:
+    1.3 ms of SQLite's time for 380 workloads against 0.45 ms (issue 16 item 13)."""
     for key, column in columns.items():
         value = getattr(query, key, None)
         if value is not None and key in type(query).model_fields and key not in ("sort", "limit", "offset"):
@@ -64,5 +71,11 @@ async def paginate(session: AsyncSession, stmt: Any, query: ListQuery, columns: 
     if sort:
         column = columns[sort.lstrip("-")]
         order = [column.desc() if sort.startswith("-") else column.asc(), default_sort]
-    rows = (await session.exec(stmt.order_by(*order).offset(query.offset).limit(query.limit))).all()
+    if by_key:
+        keys = stmt.with_only_columns(default_sort).order_by(*order).offset(query.offset).limit(query.limit)
+        # the filters only in the keys' statement: repeated outside, SQLite reads the rows by them again
+        stmt = sa_select(*stmt.selected_columns).where(default_sort.in_(keys)).order_by(*order)
+    else:
+        stmt = stmt.order_by(*order).offset(query.offset).limit(query.limit)
+    rows = (await session.exec(stmt)).all()
     return page(items=[render(r) for r in rows], total=total, limit=query.limit, offset=query.offset)

@@ -20,7 +20,16 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Operation, OperationEvent, OperationState, Workload, aware, utcnow
+from metavmm.catalog.models import (
+    Operation,
+    OperationEvent,
+    OperationState,
+    Workload,
+    aware,
+    detached,
+    row_values,
+    utcnow,
+)
 from metavmm.foundation.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationError
 from metavmm.foundation.logs import REQUEST_ID
 from metavmm.services import metrics
@@ -28,6 +37,7 @@ from metavmm.services.operations.plan import Step, plan_rows
 from metavmm.services.quotas import give_back
 
 Sessions = async_sessionmaker[AsyncSession]
+Values = dict[str, Any]  # a row's columns
 ACTIVE = (OperationState.PENDING, OperationState.RUNNING, OperationState.ROLLING_BACK)
 TERMINAL = (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED, OperationState.ROLLED_BACK)
 
@@ -93,16 +103,38 @@ def new_plan(*, kind: str, steps: list[Step], target_id: str | None = None, para
              operation_id: str | None = None, request_id: str | None = None) -> tuple[Operation, OperationEvent]:
     """The rows :func:`write_plan` adds, not added: a caller writing many plans flushes all operations,
     then all events (one statement each). ``request_id``: the request's, when the caller runs outside it."""
+    op, event = plan_values(kind=kind, steps=steps, target_id=target_id, params=params, project_id=project_id,
+                            idempotency_key=idempotency_key, fingerprint=fingerprint, operation_id=operation_id,
+                            request_id=request_id)
+    return Operation(**op), OperationEvent(**event)
+
+
+def plan_values(*, kind: str, steps: list[Step], target_id: str | None = None, params: dict[str, Any] | None = None,
+                project_id: int | None = None, idempotency_key: str | None = None, fingerprint: str | None = None,
+                operation_id: str | None = None, request_id: str | None = None) -> tuple[Values, Values]:
+    """:func:`new_plan`'s rows as column values (every column, :func:`row_values`), for a caller that writes
+    many with one Core ``INSERT`` per table (:func:`insert_plans`) and answers with :func:`detached` objects."""
     params = {**(params or {}), **({"request": fingerprint} if fingerprint else {})}
     request_id = request_id or REQUEST_ID.get()
     if request_id and "request_id" not in params:  # the executor logs this operation's steps under it
         params["request_id"] = request_id
-    op = Operation(kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
-                   params=params, idempotency_key=idempotency_key, message="queued")
-    if operation_id is not None:
-        op.id = operation_id
-    event = OperationEvent(operation_id=op.id, message=f"{kind} planned: " + ", ".join(s.name for s in steps))
+    op = row_values(Operation, kind=kind, target_id=target_id, project_id=project_id, steps=plan_rows(steps),
+                    params=params, idempotency_key=idempotency_key, message="queued",
+                    **({"id": operation_id} if operation_id is not None else {}))
+    event = row_values(OperationEvent, operation_id=op["id"],
+                       message=f"{kind} planned: " + ", ".join(s.name for s in steps))
+    del event["id"]  # (the database numbers it)
     return op, event
+
+
+async def insert_plans(session: AsyncSession, plans: Sequence[tuple[Values, Values]]) -> list[Operation]:
+    """Write :func:`plan_values`' rows, the operations then their events, one statement each; the operations
+    as :func:`detached` objects (for the answer and the engine's wake-up)."""
+    if not plans:
+        return []
+    await session.exec(insert(Operation.__table__), params=[op for op, _ in plans])  # type: ignore[call-overload,attr-defined]
+    await session.exec(insert(OperationEvent.__table__), params=[ev for _, ev in plans])  # type: ignore[call-overload,attr-defined]
+    return [detached(Operation, op) for op, _ in plans]
 
 
 async def add_events(session: AsyncSession, events: Sequence[OperationEvent]) -> None:

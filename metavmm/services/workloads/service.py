@@ -39,7 +39,9 @@ from metavmm.catalog.models import (
     Workload,
     WorkloadKind,
     WorkloadLink,
+    detached,
     new_uuid,
+    row_values,
     utcnow,
 )
 from metavmm.foundation.config import FederationConfig
@@ -116,8 +118,10 @@ class Valid:
 
 @dataclass(frozen=True)
 class Draft:
-    """A create's workload row before it is placed and written, its spec, quota need and operation id."""
+    """A create's workload row before it is placed and written (its columns, and a :func:`detached` object of
+    them that the placement reads), its spec, quota need and operation id."""
 
+    values: dict[str, Any]
     workload: Workload
     spec: dict[str, Any]
     need: dict[str, Decimal]
@@ -233,7 +237,8 @@ class WorkloadService:
             shape = await self._shape(session, req)
             image = await self._image(session, req.image, project_id, shape) if req.image else None
         draft = self._draft(project_id, req, valid, shape, image)
-        workload, spec, need, op_id, cidr = draft.workload, draft.spec, draft.need, draft.op_id, valid.cidr
+        workload = Workload(**draft.values)  # (the ORM's: its links and spec change after its INSERT)
+        spec, need, op_id, cidr = draft.spec, draft.need, draft.op_id, valid.cidr
         need = await quotas.check(session, project_id, need, flavor=shape.flavor)  # the caller holds the lock
         if req.kind == WorkloadKind.COMPUTE:
             if req.links and not req.site:  # a compute goes where what it links to already is (23.2)
@@ -301,11 +306,12 @@ class WorkloadService:
             "image_id": image.id if image else None, "site": req.site,
             **({"zone": req.zone} if req.zone else {}), **({"cidr": valid.cidr} if valid.cidr else {}),
             **valid.context, **guest_spec(valid.guest)}
-        workload = Workload(id=valid.workload_id, project_id=project_id, kind=req.kind, name=valid.name, spec=spec,
-                            desired_state="active", observed_state="pending", state_message="being created")
+        values = row_values(Workload, id=valid.workload_id, project_id=project_id, kind=req.kind, name=valid.name,
+                            spec=spec, desired_state="active", observed_state="pending",
+                            state_message="being created")
         need = quotas.demand_of(req.kind, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
                                 shape.gpu_count)
-        return Draft(workload, spec, need, new_uuid())
+        return Draft(values, detached(Workload, values), spec, need, new_uuid())
 
     async def _place_compute(self, session: AsyncSession, workload: Workload, shape: Shape, image: Image | None,
                              req: CreateRequest, round_: Round | None = None) -> tuple[list[Step], dict[str, Any]]:

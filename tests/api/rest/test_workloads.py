@@ -290,3 +290,46 @@ async def test_changes_of_another_projects_workload_are_404_and_write_nothing(ai
         assert (await s.exec(select(func.count()).select_from(Operation))).one() == ops_before
     await authorize(client, "reader", project="alpha")
     assert (await client.delete(f"{API}/workloads/{wid}")).status == 403
+
+
+async def test_list_pages_sorts_filters_and_reads_only_the_callers_project(aiohttp_client: Any, db_url: str) -> None:
+    """The list reads plain rows and chooses a page's ids before reading them whole (issue 16 item 13):
+    every page, sort and filter still answers the rows a single read answers, in order, with the right
+    total, and another project's rows are neither listed nor read."""
+    client, _app, project_id = await _client(aiohttp_client, db_url)
+    names = ["delta", "alpha", "echo", "bravo", "charlie"]
+    ids, ops = {}, []
+    for name in names:
+        resp = await client.post(f"{API}/workloads", json={"name": name, "vcpus": 1, "ram_mib": 256})
+        assert resp.status == 202, await resp.text()
+        ids[name] = (await resp.json())["workload"]["id"]
+        ops.append((await resp.json())["operation"]["id"])
+    for op_id in ops:  # the rows stay as they are while the list and the reads compare them
+        await _until_done(client, op_id)
+    await authorize(client, "member", project="beta")
+    theirs = await client.post(f"{API}/workloads", json={"name": "alpha", "vcpus": 1, "ram_mib": 256})
+    assert theirs.status == 202, await theirs.text()
+    beta_id = (await theirs.json())["workload"]["id"]
+    await authorize(client, "member", project="alpha")
+
+    async def page(query: str) -> dict[str, Any]:
+        resp = await client.get(f"{API}/workloads?{query}")
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    by_id = await page("limit=500")
+    assert by_id["total"] == 5 and [w["id"] for w in by_id["items"]] == sorted(ids.values())
+    for item in by_id["items"]:  # a list's item is what the single read answers (spec included)
+        one = await client.get(f"{API}/workloads/{item['id']}")
+        assert one.status == 200 and await one.json() == item
+        assert one.headers["ETag"] == f'"{item["version"]}"' and item["project_id"] == project_id
+    first, second = await page("sort=name&limit=2"), await page("sort=name&limit=2&offset=2")
+    last = await page("sort=-name&limit=2&offset=4")
+    assert [w["name"] for w in first["items"] + second["items"]] == ["alpha", "bravo", "charlie", "delta"]
+    assert [w["name"] for w in last["items"]] == ["alpha"] and first["total"] == second["total"] == 5
+    assert (await page("offset=10"))["items"] == [] and (await page("offset=10"))["total"] == 5
+    only = await page("name=echo")
+    assert only["total"] == 1 and [w["id"] for w in only["items"]] == [ids["echo"]]
+    assert beta_id not in {w["id"] for w in by_id["items"]}
+    assert (await client.get(f"{API}/workloads/{beta_id}")).status == 404
+    assert (await client.get(f"{API}/workloads/not-a-uuid")).status in (400, 404)
