@@ -18,7 +18,7 @@ from metavmm.foundation.records import NetworkInfo
 from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.protection import dr
-from tests.services.operations.test_crash_sim import crash_at
+from tests.services.operations.crash_runner import crash_at
 from tests.services.protection.test_dr_crash import resume
 from tests.services.protection.test_ha import CONFIG, Broker, make_broker
 from tests.services.protection.test_ha_networks import _at, _link, _network, _nics, _plug
