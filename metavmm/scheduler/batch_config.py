@@ -237,8 +237,8 @@ def count_bound(inst: Instance, master: _Master, rounds: int = 60) -> tuple[floa
     """Column generation on the count: (LP optimum, proven integer bound, the last LP's solution)."""
     ones = np.ones((len(inst.members), inst.need.shape[0]))
     best, configs = _price(inst, ones)
-    for t, cfg in enumerate(configs):
-        master.add(t, cfg)
+    if not any([master.add(t, cfg) for t, cfg in enumerate(configs)]):
+        return 0.0, 0, None  # no host type holds even one VM of any class: nothing can be placed
     bound = math.inf
     lam = None
     value = 0.0

@@ -83,3 +83,14 @@ def test_a_flavor_cloud_in_the_batch_leaves_it_to_the_per_host_model() -> None:
     classes, free = prepared(inst)
     classes[0].elastic.append((None, 1.0))  # type: ignore[arg-type] - only its presence is read
     assert batch_config.instance(classes, free) is None
+
+
+def test_a_catalog_where_no_host_holds_any_vm_has_a_zero_bound() -> None:
+    """Seed 3145 (1 site x 2 hosts): no host type holds even one VM, so pricing adds no column. The master
+    LP was then built from an empty matrix and numpy raised (found by a hypothesis run in make test)."""
+    inst = tight_instance(3145, sites=1, hosts_per_site=2)
+    classes, free = prepared(inst)
+    model = batch_config.instance(classes, free)
+    assert model is not None
+    value, bound, _ = batch_config.count_bound(model, batch_config._Master(model))
+    assert (value, bound) == (0.0, solve_ilp(BatchPlanner(inst.snapshot), inst.requests).placed) == (0.0, 0)
