@@ -454,7 +454,8 @@ class OpenStackDriver(DriverBase):
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             vm = await self.get_vm(vm_id)
-            if vm.state == VmState.RUNNING and vm.host == target_host:
+            if vm.state == VmState.RUNNING and vm.host == target_host and not vm.extra.get("task_state"):
+                await self._migration_settled(vm_id, deadline)
                 return
             # nova sets task_state before it answers; ACTIVE without one on the old host means rolled back.
             if vm.state == VmState.ERROR or (vm.state == VmState.RUNNING and not vm.extra.get("task_state")):
@@ -463,6 +464,33 @@ class OpenStackDriver(DriverBase):
                                   provider=self.name, operation="live_migrate")
             if asyncio.get_running_loop().time() > deadline:
                 raise DriverError(f"live migration to {target_host} did not finish in {timeout_s:.0f} s",
+                                  provider=self.name, operation="live_migrate")
+            await asyncio.sleep(0.3)
+
+    async def _migration_settled(self, vm_id: str, deadline: float) -> None:
+        """Wait until nova's live-migration record for ``vm_id`` says completed.
+
+        Nova shows the server ACTIVE on its new host before the source finishes its post-migration cleanup and
+        marks the record completed (CI caught the record 'running'); until then nova refuses a further move, so
+        the migration is not over. The records are admin-only: credentials that cannot list them end at the
+        server's state, which is all they could observe anyway.
+        """
+        region, sid = self._split(vm_id, "live_migrate")
+
+        def latest(conn: openstack.connection.Connection) -> str | None:
+            try:
+                records = [m for m in conn.compute.migrations(instance_uuid=sid)
+                           if m.migration_type == "live-migration"]
+            except os_exc.ForbiddenException:
+                return None
+            return max(records, key=lambda m: m.id).status if records else None
+
+        while (status := await self._sdk(region, "live_migrate", latest)) not in (None, "completed"):
+            if status in ("error", "failed", "cancelled"):
+                raise DriverError(f"nova's live migration of {vm_id} ended {status}", provider=self.name,
+                                  operation="live_migrate")
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"nova's live migration of {vm_id} is still {status} at the deadline",
                                   provider=self.name, operation="live_migrate")
             await asyncio.sleep(0.3)
 
