@@ -494,6 +494,29 @@ class OpenStackDriver(DriverBase):
                                   provider=self.name, operation="live_migrate")
             await asyncio.sleep(0.3)
 
+    async def _action_over(self, vm_id: str, action: str, deadline: float) -> None:
+        """Wait until every compute event of the server's latest ``action`` (nova's instance actions) finished.
+
+        Nova's source compute saves the confirmed server as SHUTOFF with no task, then still clears the stashed
+        flavors and the move's allocations; a resize issued in between had its new flavor wiped and ended in
+        ERROR (the crash matrix's intermittent finding). The action's event gets its finish time only after
+        that cleanup. Credentials that are not shown the events (nova's policy) end at the server's state.
+        """
+        region, sid = self._split(vm_id, action)
+
+        def pending(conn: openstack.connection.Connection) -> bool:
+            latest = next((a for a in conn.compute.server_actions(sid) if a.action == action), None)
+            if latest is None:
+                return False
+            events = conn.compute.get_server_action(latest.request_id, sid).events
+            return events is not None and (not events or any(not e.finish_time for e in events))
+
+        while await self._sdk(region, action, pending):
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"nova's {action} of {vm_id} had not finished at the deadline",
+                                  provider=self.name, operation=action)
+            await asyncio.sleep(0.3)
+
     async def resize_vm(self, vm_id: str, *, vcpus: int, ram_mib: int, flavor: str | None = None,
                         timeout_s: float = 180) -> None:
         """Resize a stopped server to ``flavor`` (or the smallest that fits) and confirm it; it stays stopped.
@@ -554,6 +577,8 @@ class OpenStackDriver(DriverBase):
                                   + (f": {vm.extra['fault']}" if vm.extra.get("fault") else ""),
                                   provider=self.name, operation=operation)
             elif settled and (confirmed or host is not None):
+                if confirmed:
+                    await self._action_over(vm_id, "confirmResize", deadline)
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise DriverError(f"{what} did not finish in {timeout_s:.0f} s (status {native})",

@@ -107,6 +107,9 @@ async def test_lifecycle_and_live_migration(driver: OpenStackDriver) -> None:
     await driver.live_migrate(vm.provider_vm_id, target)
     moved = await driver.get_vm(vm.provider_vm_id)
     assert (moved.host, moved.state) == (target, VmState.RUNNING)
+    region, sid = vm.provider_vm_id.split("/")
+    with openstack.connect(cloud=driver.cloud, region_name=region) as conn:  # over at return, record included
+        assert [m.status for m in conn.compute.migrations(instance_uuid=sid)] == ["completed"]
 
     await driver.delete_vm(vm.provider_vm_id)
     await driver.wait_for(vm.provider_vm_id, VmState.DELETED)
@@ -242,6 +245,15 @@ async def test_resize_a_stopped_server_and_confirm(driver: OpenStackDriver) -> N
     await driver.resize_vm(vm.provider_vm_id, vcpus=1, ram_mib=2048, flavor="m1.small")
     resized = await driver.get_vm(vm.provider_vm_id)
     assert (resized.flavor, resized.state, resized.extra["native_state"]) == ("m1.small", VmState.STOPPED, "SHUTOFF")
+    # The confirm is over when resize_vm returns, cleanup included (a resize issued during it lost its flavor).
+    region, sid = vm.provider_vm_id.split("/")
+    conn = openstack.connect(cloud=driver.cloud, region_name=region)
+    confirm = next(a for a in conn.compute.server_actions(sid) if a.action == "confirmResize")
+    events = conn.compute.get_server_action(confirm.request_id, sid).events
+    assert events and all(e.finish_time and e.result == "Success" for e in events), events
+    await driver.resize_vm(vm.provider_vm_id, vcpus=1, ram_mib=512, flavor="m1.tiny")  # straight back
+    assert (await driver.get_vm(vm.provider_vm_id)).flavor == "m1.tiny"
+    conn.close()
     await driver.start_vm(vm.provider_vm_id)
     await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
     await driver.delete_vm(vm.provider_vm_id)
