@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import text, update
 from sqlmodel import col, select
 
@@ -196,3 +197,30 @@ async def test_add_last_inserts_at_commit_and_a_rollback_drops_it(sessions: Any)
         await s.commit()
     async with maker() as s:
         assert (await s.exec(select(WorkloadEvent.workload_id))).all() == ["kept"]
+
+
+async def test_every_event_insert_path_takes_the_lock_right_before_it(pg_sessions: Any) -> None:
+    """The ORM's flush, add_last, a Core INSERT of the model and one of the table (a batch's plans): each
+    INSERT into an event table comes right after the lock, in its transaction."""
+    maker = pg_sessions
+    op_id = await _operation(maker)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split())[:60])
+
+    sync = maker.kw["bind"].sync_engine
+    sa_event.listen(sync, "before_cursor_execute", seen)
+    try:
+        await _drift_line(maker, "orm")
+        await _history_line(maker, op_id, "core")
+        async with session_scope(maker) as s:
+            add_last(s, WorkloadEvent(workload_id="last", previous="active", state="lost"))
+        async with session_scope(maker) as s:
+            await store.insert_plans(s, [store.plan_values(kind="test", steps=[Step("noop", "noop")])])
+    finally:
+        sa_event.remove(sync, "before_cursor_execute", seen)
+    inserts = [i for i, st in enumerate(statements) if st.startswith(("INSERT INTO operation_event",
+                                                                       "INSERT INTO workload_event"))]
+    assert len(inserts) == 4
+    assert all(statements[i - 1].startswith("SELECT pg_advisory_xact_lock") for i in inserts)
