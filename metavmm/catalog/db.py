@@ -281,6 +281,10 @@ def make_engine(url: str | None = None) -> AsyncEngine:
     engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"), **pool)
     if url.startswith("sqlite"):
         SqliteWriters().attach(engine)
+    else:  # event ids commit in id order (metavmm.catalog.eventlog): a resume "after N" misses nothing
+        from metavmm.catalog.eventlog import EventOrder
+
+        EventOrder.attach(engine)
     return engine
 
 
@@ -298,12 +302,15 @@ def is_busy(exc: BaseException) -> bool:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions over ``engine``; their synchronous core writes the spend ledger on each flush that changes
-    a compute (:class:`metavmm.catalog.spend.CatalogSession`)."""
+    a compute (:class:`metavmm.catalog.spend.CatalogSession`) and inserts what
+    :func:`metavmm.catalog.eventlog.add_last` held at COMMIT."""
     from sqlalchemy.ext.asyncio import async_sessionmaker
     from sqlmodel.ext.asyncio.session import AsyncSession
 
+    from metavmm.catalog import eventlog
     from metavmm.catalog.spend import CatalogSession
 
+    eventlog.listen(CatalogSession)
     return async_sessionmaker(engine, class_=AsyncSession, sync_session_class=CatalogSession, expire_on_commit=False)
 
 

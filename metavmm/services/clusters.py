@@ -40,6 +40,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
+from metavmm.catalog.eventlog import add_last
 from metavmm.catalog.models import (
     Cluster,
     ClusterSeat,
@@ -782,7 +783,7 @@ async def _remember(session: AsyncSession, kind: str, cluster: Cluster, ops: Seq
     op.message = f"{kind.split('.')[1]} of cluster {cluster.name}: {len(ops)} operations"
     session.add(op)
     await session.flush()
-    session.add(event)
+    add_last(session, event)  # at COMMIT, after the rest of the request (metavmm.catalog.eventlog)
     return op
 
 

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from metavmm.catalog.eventlog import add_last
 from metavmm.catalog.models import (
     AvailabilityZone,
     Flavor,
@@ -321,8 +322,9 @@ def _settled(workload: Workload, busy: set[str], observed_at: datetime | None) -
 
 def _tell(session: AsyncSession, workload: Workload, previous: str) -> None:
     """A listing alone changed the workload's observed state (no operation did: its history tells those): one
-    line for the event stream, in the listing's transaction, so what the catalog says and what is told agree."""
-    session.add(WorkloadEvent(workload_id=workload.id, project_id=workload.project_id, previous=previous,
+    line for the event stream, in the listing's transaction, so what the catalog says and what is told agree;
+    inserted at its COMMIT, after the rest of the listing (:func:`metavmm.catalog.eventlog.add_last`)."""
+    add_last(session, WorkloadEvent(workload_id=workload.id, project_id=workload.project_id, previous=previous,
                               state=workload.observed_state, message=workload.state_message))
 
 

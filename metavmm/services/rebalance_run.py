@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
+from metavmm.catalog.eventlog import add_last
 from metavmm.catalog.models import (
     Host,
     HostBalance,
@@ -197,11 +198,11 @@ async def _submit(sessions: Sessions, engine: object, snap: Snapshot, result: Ru
             await session.exec(update(Operation).where(col(Operation.id) == op.id).values(  # type: ignore[call-overload]
                 params={**(op.params or {}), "rebalance": {**trig.as_dict(), "mode": move.mode,
                                                            "why_mode": move.why_mode, "target": where}}))
-            session.add(OperationEvent(operation_id=op.id, message=line[:2000]))
             for hid in (planned.source_host_id, planned.target_host_id):
                 if hid is not None:
                     row = await _balance(session, hid)
                     row.last_move_at = row.updated_at = now
+            add_last(session, OperationEvent(operation_id=op.id, message=line[:2000]))  # (catalog.eventlog)
         log.info("%s (operation %s)", line, op.id)
 
 

@@ -526,6 +526,8 @@ class AutoscaleService:
                                        .order_by(col(AutoscaleDecision.id).desc()).limit(1))).first()
             if last is not None and last.action == "hold" and _same_hold(last, verdict):
                 return last
+        await session.flush()  # the transaction's other rows first: the decision's INSERT takes the event lock,
+        # the last lock it may take (metavmm.catalog.eventlog); _record_in is the last write of its callers
         decision = AutoscaleDecision(
             group_id=group.id, project_id=group.project_id, at=now, action=verdict.action,
             trigger=verdict.trigger, rule=verdict.rule, metric=verdict.metric, value=verdict.value,

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from metavmm.catalog.db import session_scope
+from metavmm.catalog.eventlog import add_last
 from metavmm.catalog.models import (
     Operation,
     OperationEvent,
@@ -94,7 +95,7 @@ async def write_plan(session: AsyncSession, *, kind: str, steps: list[Step], tar
                          idempotency_key=idempotency_key, fingerprint=fingerprint, operation_id=operation_id)
     session.add(op)
     await session.flush()
-    session.add(event)
+    add_last(session, event)  # at COMMIT, after the caller's later rows (metavmm.catalog.eventlog)
     return op
 
 
@@ -238,11 +239,11 @@ async def fenced_update(maker: Sessions, op_id: str, owner: str, *, event: str |
         result = await session.exec(stmt)
         if result.rowcount != 1:
             raise LeaseLost(op_id)
-        if event:
-            session.add(OperationEvent(operation_id=op_id, step=step, level=level, message=event[:2000]))
         if workload_note is not None:
             await session.exec(update(Workload).where(col(Workload.id) == workload_note[0])  # type: ignore[call-overload]
                                .values(state_message=workload_note[1][:500], updated_at=now))
+        if event:  # last: the event lock is the last lock the transaction takes (metavmm.catalog.eventlog)
+            session.add(OperationEvent(operation_id=op_id, step=step, level=level, message=event[:2000]))
 
 
 async def request_cancel(maker: Sessions, op_id: str) -> Operation:
@@ -252,7 +253,8 @@ async def request_cancel(maker: Sessions, op_id: str) -> Operation:
     cannot either. Asking twice is harmless.
     """
     async with session_scope(maker) as session:
-        op = await session.get(Operation, op_id, with_for_update=True)
+        op = await session.get(Operation, op_id, with_for_update={"key_share": True})  # (an event's FK check
+        # on the row, FOR KEY SHARE, does not wait for it)
         if op is None:
             raise NotFound(f"no operation {op_id}")
         if op.state in TERMINAL:
