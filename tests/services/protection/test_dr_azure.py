@@ -1,0 +1,128 @@
+"""Disaster recovery to Azure (the contract server): recovery points of a simulated VM's real qcow2 disk land
+as a managed image beside a snapshot of the same fixed VHD (read back here and compared with the VM's disk),
+retention deletes the older point's image and snapshot, a planned failover verifies the newest point by
+reading its snapshot back and creates the VM from its image, and a planned failback reads the VM's disk at
+Azure (a snapshot of it) with a write made there since, replicates it home and boots it there. A point whose
+snapshot no longer holds what was replicated is refused at verification."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from metavmm.catalog.models import OperationState
+from metavmm.drivers.azure import AzureDriver
+from metavmm.drivers.azure_replica import NAME_PREFIX, UPLOAD_MIN_BYTES
+from metavmm.drivers.sim import SimDriver
+from metavmm.foundation.errors import TranslationError
+from metavmm.services.operations import flows
+from metavmm.services.protection import dr
+from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
+from tests.services.protection.conftest import engine_for, run
+from tests.services.protection.points import holds_the_write, placed, protected_sim_vm, sim_and
+
+LOCATION = "westus"
+MIB = 1 << 20
+
+
+def _ours(azure: AzureCloud) -> dict[str, set[str]]:  # noqa: F811
+    """The DR resources at the server by type (images, snapshots, disks): their names."""
+    out: dict[str, set[str]] = {}
+    for res in azure.server.resources.values():
+        if res["name"].startswith(NAME_PREFIX):
+            out.setdefault(res["type"].rsplit("/", 1)[1], set()).add(res["name"])
+    return out
+
+
+def _blob(azure: AzureCloud, kind: str, name: str) -> bytearray:  # noqa: F811
+    rid = next(k for k, r in azure.server.resources.items() if r["name"] == name and r["type"].endswith(kind))
+    return azure.server.blobs[rid]
+
+
+@pytest.mark.timeout(600)
+async def test_points_land_as_images_and_a_failover_and_failback_go_through_azure(
+        azure: AzureCloud, tmp_path: Path) -> None:  # noqa: F811
+    async with engine_for(sim_and(azure.yaml("az", locations=[LOCATION])), tmp_path) as engine:
+        wid, policy = await protected_sim_vm(engine, "az", retention=1)
+        assert policy.replica_target == f"az/{LOCATION}"
+
+        w, _ = await placed(engine, wid)
+        sim = SimDriver(engine.config.provider("sima"))
+        async with sim.ex_disk_view(w.provider_resource_id or "") as disk:  # the VM's real qcow2 disk (16 MiB)
+            subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", disk.path], check=True, capture_output=True)
+            subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk.path, str(tmp_path / "vm.raw")],
+                           check=True)
+        vm_disk = (tmp_path / "vm.raw").read_bytes()
+        as_vhd = vm_disk + bytes(UPLOAD_MIN_BYTES - len(vm_disk))  # grown to Azure's smallest upload
+
+        ops = [await run(engine, await dr.replicate(engine, None, wid)) for _ in range(2)]
+        assert [op.state for op in ops] == [OperationState.SUCCEEDED] * 2, [op.error for op in ops]
+        point, = await dr.recovery_points(engine.sessions, None, wid)  # retention 1: one point, no chain
+        assert point.base_id is None and point.location == f"{LOCATION}/{NAME_PREFIX}{point.id}"
+        assert _ours(azure) == {"images": {NAME_PREFIX + point.id}, "snapshots": {NAME_PREFIX + point.id}}
+        snap = next(r for r in azure.server.resources.values() if r["name"] == NAME_PREFIX + point.id
+                    and r["type"].endswith("snapshots"))
+        assert snap["tags"]["metavmm:point-sha256"] == point.sha256
+        for kind in ("snapshots", "images"):  # the VM's disk as it was, in the snapshot and in the image
+            assert bytes(_blob(azure, kind, NAME_PREFIX + point.id)[:-512]) == as_vhd
+        assert point.size_bytes == 4 * MIB + 512  # the one 4 MiB page holding the 2 MiB written, and the footer
+        assert azure.server.sas == {}  # every SAS revoked
+
+        over = await run(engine, await dr.failover(engine, None, wid))
+        assert over.state == OperationState.SUCCEEDED, over.error
+        w2, at = await placed(engine, wid)
+        assert at == "az" and w2.name == w.name and w2.observed_state == "running"
+        booted, = [p for p in await dr.recovery_points(engine.sessions, None, wid) if p.state == "in-use"]
+        assert booted.id != point.id  # the final replication's point, made after the stop
+        vm = azure.server.resources[next(k for k, r in azure.server.resources.items()
+                                         if r["type"] == "Microsoft.Compute/virtualMachines")]
+        image_ref = vm["properties"]["storageProfile"]["imageReference"]["id"]
+        assert image_ref.endswith(f"/images/{NAME_PREFIX}{booted.id}") and vm["name"] == w.name
+        numbers = booted.details["failover"]
+        assert numbers["rto_s"] > 0 and numbers["rpo_s"] >= 0 and not await sim.list_vms()  # the source went
+        view = await dr.get_replication(engine.sessions, None, wid)
+        assert (view.state, view.replica_target) == ("failed-over", "sima/r1")
+        print(f"\nfailover to Azure (contract server): RTO {numbers['rto_s']:.2f} s, RPO {numbers['rpo_s']:.2f} s")
+
+        # a point whose snapshot no longer holds what was replicated is refused by the verification
+        drv = AzureDriver(engine.config.provider("az"))
+        try:
+            store = drv.replica_store()
+            await store.verify(booted.location, booted.sha256)  # as replicated: passes
+            with pytest.raises(TranslationError, match="is not the point replicated"):
+                await store.verify(booted.location, hashlib.sha256(b"other").hexdigest())
+            blob = _blob(azure, "snapshots", NAME_PREFIX + booted.id)
+            kept = bytes(blob[2 * MIB:2 * MIB + 4096])
+            blob[2 * MIB:2 * MIB + 4096] = b"\x66" * 4096
+            with pytest.raises(TranslationError, match="changed since it was replicated"):
+                await store.verify(booted.location, booted.sha256)
+            blob[2 * MIB:2 * MIB + 4096] = kept
+        finally:
+            await drv.close()
+
+        # the guest writes at Azure; a planned failback reads the VM's disk there (a snapshot), replicates it
+        # home and boots it at the sim provider
+        os_disk = vm["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"].lower()
+        azure.server.blobs[os_disk][4 * MIB:5 * MIB] = b"\x6b" * MIB
+        back = await run(engine, await dr.failback(engine, None, wid))
+        assert back.state == OperationState.SUCCEEDED, back.error
+        w3, at = await placed(engine, wid)
+        assert at == "sima" and w3.name == w.name and w3.observed_state == "running"
+        assert not [r for r in azure.server.resources.values()
+                    if r["type"] == "Microsoft.Compute/virtualMachines"]  # the copy at Azure went
+        assert azure.server.sas == {} and "disks" not in _ours(azure)  # no upload disk left
+        home, = [p for p in await dr.recovery_points(engine.sessions, None, wid) if p.state == "in-use"]
+        assert home.details["source"] == "az" and home.details["failback"]["rto_s"] > 0
+        async with sim.ex_disk_view(w3.provider_resource_id or "") as disk_home:  # what boots at home: the write
+            holds_the_write(disk_home.path)
+        print(f"failback from Azure (contract server): RTO {home.details['failback']['rto_s']:.2f} s, "
+              f"RPO {home.details['failback']['rpo_s']:.2f} s")
+
+        gone = await run(engine, await flows.delete(engine, wid))  # its points go with it, images included
+        assert gone.state == OperationState.SUCCEEDED, gone.error
+        assert _ours(azure) == {}
+        assert not [r for r in azure.server.resources.values() if "-export" in r["name"]]  # no export snapshot left
+
