@@ -14,10 +14,11 @@ from tests.drivers.conftest import unique
 from tests.services.operations.conftest import run
 
 
-async def protected_sim_vm(engine: Engine, target: str, retention: int) -> tuple[str, dr.Replication]:
-    """A VM at ``sima/r1`` in project alpha, replicated to ``target`` on demand (no interval)."""
+async def protected_sim_vm(engine: Engine, target: str, retention: int,
+                           project_name: str = "alpha") -> tuple[str, dr.Replication]:
+    """A VM at ``sima/r1`` in a new project (``project_name``), replicated to ``target`` on demand (no interval)."""
     async with session_scope(engine.sessions) as s:
-        project = Project(name="alpha")
+        project = Project(name=project_name)
         s.add(project)
     made = await run(engine, await direct.provision(engine, name=unique("dr"), provider="sima", region="r1",
                                                    image="img", project_id=project.id))

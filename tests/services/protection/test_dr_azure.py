@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlmodel import select
 
-from metavmm.catalog.models import OperationState
+from metavmm.catalog.models import OperationState, Provider, Workload
 from metavmm.drivers.azure import AzureDriver
 from metavmm.drivers.azure_replica import NAME_PREFIX, UPLOAD_MIN_BYTES
 from metavmm.drivers.sim import SimDriver
@@ -21,8 +23,10 @@ from metavmm.foundation.errors import TranslationError
 from metavmm.services.operations import flows
 from metavmm.services.protection import dr
 from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
+from tests.services.operations.crash_runner import crash_at
 from tests.services.protection.conftest import engine_for, run
 from tests.services.protection.points import holds_the_write, placed, protected_sim_vm, sim_and
+from tests.services.protection.test_dr_crash import resume
 
 LOCATION = "westus"
 MIB = 1 << 20
@@ -126,3 +130,45 @@ async def test_points_land_as_images_and_a_failover_and_failback_go_through_azur
         assert _ours(azure) == {}
         assert not [r for r in azure.server.resources.values() if "-export" in r["name"]]  # no export snapshot left
 
+
+
+@pytest.mark.timeout(900)
+async def test_a_broker_killed_after_azure_acted_leaves_no_orphan_there(azure: AzureCloud,  # noqa: F811
+                                                                        tmp_path: Path) -> None:
+    """SIGKILL right after a step changed Azure and before the catalog knew (crash_runner.py): a replication's
+    upload (image and snapshot made, point not recorded), a failover's final replication and its replica's VM.
+    A fresh executor finishes each; Azure then holds an image and a snapshot for exactly the points the catalog
+    lists, no upload disk, no SAS, and one VM for the workload where it is recorded."""
+    federation = sim_and(azure.yaml("az", locations=[LOCATION])).replace("0.01}", "0.01, lease_s: 1}")
+    config_path = tmp_path / "federation.yaml"
+    config_path.write_text(federation)
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    async with engine_for(federation, tmp_path) as engine:
+        cases = [("replicate", "replicate"), ("failover", "final-replication"), ("failover", "start-replica")]
+        async with engine.sessions() as session:
+            az = (await session.exec(select(Provider).where(Provider.name == "az"))).one().id
+        for kind, step_name in cases:
+            wid, _ = await protected_sim_vm(engine, "az", retention=1, project_name=step_name)
+            op = await (dr.replicate(engine, None, wid) if kind == "replicate" else dr.failover(engine, None, wid))
+            step = next(i for i, s in enumerate(op.steps) if s["name"] == step_name)
+            assert crash_at(config_path, url, op.id, step, "after", must_reach=True) == f"AT {step} after"
+            done = await resume(engine, op.id)
+            assert done.state == OperationState.SUCCEEDED, (step_name, done.error)
+
+            listed = {NAME_PREFIX + p.id for w in await _workloads(engine)
+                      for p in await dr.recovery_points(engine.sessions, None, w) if p.provider_id == az}
+            ours = _ours(azure)
+            assert (ours.get("images", set()), ours.get("snapshots", set()), ours.get("disks")) == \
+                (listed, listed, None), (step_name, ours, listed)
+            assert azure.server.sas == {}
+            vms = [r["name"] for r in azure.server.resources.values()
+                   if r["type"] == "Microsoft.Compute/virtualMachines"]
+            assert vms == [w.name for w, at in [await placed(engine, x) for x in await _workloads(engine)]
+                           if at == "az"], (step_name, vms)
+        print(f"\nDR to Azure: killed after {[s for _, s in cases]}; resumed, no orphan at Azure")
+
+
+async def _workloads(engine: Any) -> list[str]:
+    """Every compute workload of the catalog that is there."""
+    async with engine.sessions() as session:
+        return [w.id for w in (await session.exec(select(Workload))).all() if w.present and w.kind == "compute"]
