@@ -647,8 +647,7 @@ class AzureDriver(DriverBase):
         """The broker's name as an Azure resource name (images, disks, snapshots)."""
         return re.sub(r"[^A-Za-z0-9._-]", "-", name)[:80]
 
-    async def ex_upload_disk(self, disk: DiskRef, name: str, region: str, operation: str,
-                             tags: dict[str, str] | None = None) -> tuple[str, int, int]:
+    async def ex_upload_disk(self, disk: DiskRef, name: str, region: str, operation: str) -> tuple[str, int, int]:
         """The import's upload: the fixed VHD into a new managed disk ``<name>-upload`` (``createOption:
         Upload``, Write SAS, the pages holding data, access revoked). Returns (the disk's name, the VHD's
         virtual size, the bytes sent); the caller makes what it wants from the disk and deletes it."""
@@ -662,7 +661,7 @@ class AzureDriver(DriverBase):
             raise ValidationError(f"{self.name}: {exc}") from None
         upload = f"{name}-upload"
         await self._wait(operation, self._compute.disks.begin_create_or_update, self.resource_group, upload,
-                         cm.Disk(location=region, tags=self._tags(name, None) | (tags or {}),
+                         cm.Disk(location=region, tags=self._tags(name, None),
                                  creation_data=cm.CreationData(create_option="Upload",
                                                                upload_size_bytes=virtual + VHD_FOOTER)),
                          api_version=DISK_API)
@@ -698,6 +697,16 @@ class AzureDriver(DriverBase):
         await self._wait("delete_image", self._compute.images.begin_delete, self.resource_group,
                          self.ex_image_name(name), api_version=COMPUTE_API)
 
+    async def ex_drop_blob(self, operation: str, collection: str, name: str) -> None:
+        """Delete a managed disk or snapshot (``collection``: disks, snapshots) that a killed broker may have left
+        with an active SAS: access revoked first (Azure deletes neither with one); gone is fine."""
+        ops = getattr(self._compute, collection)
+        try:
+            await self._wait(operation, ops.begin_revoke_access, self.resource_group, name, api_version=DISK_API)
+        except ProviderNotFound:
+            return
+        await self._wait(operation, ops.begin_delete, self.resource_group, name, api_version=DISK_API)
+
     async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
         """The stopped VM's OS disk as a fixed VHD in ``dest_dir``: a snapshot of the disk (createOption
         Copy), Read access to the snapshot, a ranged download through its SAS, access revoked and the
@@ -707,6 +716,7 @@ class AzureDriver(DriverBase):
                               api_version=COMPUTE_API)
         source = vm.storage_profile.os_disk.managed_disk.id
         snap = f"{name}-export"[:80]
+        await self.ex_drop_blob("export_image", "snapshots", snap)  # left by an export a killed broker did not finish
         made = await self._wait("export_image", self._compute.snapshots.begin_create_or_update, self.resource_group,
                                 snap, cm.Snapshot(location=vm.location, tags=self._tags(snap, None),
                                                   creation_data=cm.CreationData(create_option="Copy",

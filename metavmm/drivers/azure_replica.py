@@ -57,13 +57,13 @@ class AzureReplicas(UploadedPoints):
         return f"{base}/snapshots/{name}", f"{base}/images/{name}"
 
     async def _drop(self, name: str, operation: str) -> None:
-        """Delete the point's image, snapshot and (a crashed upload's) upload disk; gone is fine."""
-        compute, group = self.driver._compute, self.driver.resource_group
-        for collection, what, version in (("images", name, COMPUTE_API), ("snapshots", name, DISK_API),
-                                          ("disks", f"{name}-upload", DISK_API)):
-            with contextlib.suppress(ProviderNotFound):
-                await self.driver._wait(operation, getattr(compute, collection).begin_delete, group, what,
-                                        api_version=version)
+        """Delete the point's image, snapshot and (a killed upload's) upload disk, with any SAS a killed broker
+        left on them; gone is fine."""
+        with contextlib.suppress(ProviderNotFound):
+            await self.driver._wait(operation, self.driver._compute.images.begin_delete, self.driver.resource_group,
+                                    name, api_version=COMPUTE_API)
+        await self.driver.ex_drop_blob(operation, "snapshots", name)
+        await self.driver.ex_drop_blob(operation, "disks", f"{name}-upload")
 
     async def keep(self, built: Path, *, workload_id: str, point_id: str, region: str,
                    sha256: str) -> StoredPoint:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.mgmt.compute import models as cm
 from sqlmodel import select
 
 from metavmm.catalog.models import OperationState, Provider, Workload
-from metavmm.drivers.azure import AzureDriver
+from metavmm.drivers.azure import DISK_API, AzureDriver
 from metavmm.drivers.azure_replica import NAME_PREFIX, UPLOAD_MIN_BYTES
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.errors import TranslationError
@@ -111,6 +112,17 @@ async def test_points_land_as_images_and_a_failover_and_failback_go_through_azur
         # home and boots it at the sim provider
         os_disk = vm["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"].lower()
         azure.server.blobs[os_disk][4 * MIB:5 * MIB] = b"\x6b" * MIB
+        # a broker killed in an earlier export left its snapshot there, Read SAS still active: the view clears it
+        drv = AzureDriver(engine.config.provider("az"))
+        try:
+            stale = f"{vm['name']}-export"
+            await drv._wait("t", drv._compute.snapshots.begin_create_or_update, drv.resource_group, stale,
+                            cm.Snapshot(location=LOCATION, creation_data=cm.CreationData(
+                                create_option="Copy", source_resource_id=os_disk)), api_version=DISK_API)
+            await drv._wait("t", drv._compute.snapshots.begin_grant_access, drv.resource_group, stale,
+                            cm.GrantAccessData(access="Read", duration_in_seconds=60), api_version=DISK_API)
+        finally:
+            await drv.close()
         back = await run(engine, await dr.failback(engine, None, wid))
         assert back.state == OperationState.SUCCEEDED, back.error
         w3, at = await placed(engine, wid)
