@@ -75,18 +75,17 @@ class AzureReplicas(UploadedPoints):
         await self._drop(name, "replica_keep")  # a crashed attempt's leftovers: a retry starts clean
         try:
             disk = await at_least(DiskRef(str(built), "qcow2"), UPLOAD_MIN_BYTES, grown)
-            converted = await convert(disk, "vpc:azure", vhd, trusted=True, overwrite=True, source_sha256=sha256)
+            converted = await convert(disk, "vpc:azure", vhd, trusted=True, overwrite=True,
+                                      source_sha256=sha256 if disk.path == str(built) else None)
             size = vhd.stat().st_size
             tags = {POINT_TAG: sha256, VHD_TAG: converted.sha256 or "", SIZE_TAG: str(size)}
             upload, _, sent = await drv.ex_upload_disk(DiskRef(str(vhd), "vpc"), name, region, "replica_keep")
             try:
                 snapshot_id, _ = self._ids(name)
+                copy = cm.CreationData(create_option="Copy", source_resource_id=drv._disk_id(upload))
                 await drv._wait("replica_keep", drv._compute.snapshots.begin_create_or_update, drv.resource_group,
                                 name, cm.Snapshot(location=region, tags=drv._tags(name, None) | tags,
-                                                         creation_data=cm.CreationData(
-                                                             create_option="Copy",
-                                                             source_resource_id=drv._disk_id(upload))),
-                                api_version=DISK_API)
+                                                  creation_data=copy), api_version=DISK_API)
                 await drv.ex_image_from(snapshot_id, name, region, "replica_keep", tags)
             finally:
                 await drv._wait("replica_keep", drv._compute.disks.begin_delete, drv.resource_group, upload,
