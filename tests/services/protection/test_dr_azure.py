@@ -20,7 +20,8 @@ from metavmm.catalog.models import OperationState, Provider, Workload
 from metavmm.drivers.azure import DISK_API, AzureDriver
 from metavmm.drivers.azure_replica import NAME_PREFIX, UPLOAD_MIN_BYTES
 from metavmm.drivers.sim import SimDriver
-from metavmm.foundation.errors import TranslationError
+from metavmm.foundation.config import AzureProvider
+from metavmm.foundation.errors import DriverError, TranslationError
 from metavmm.services.operations import flows
 from metavmm.services.protection import dr
 from tests.drivers.azure_fixtures import AzureCloud, azure, azure_server  # noqa: F401
@@ -147,10 +148,11 @@ async def test_points_land_as_images_and_a_failover_and_failback_go_through_azur
 @pytest.mark.timeout(900)
 async def test_a_broker_killed_after_azure_acted_leaves_no_orphan_there(azure: AzureCloud,  # noqa: F811
                                                                         tmp_path: Path) -> None:
-    """SIGKILL right after a step changed Azure and before the catalog knew (crash_runner.py): a replication's
-    upload (image and snapshot made, point not recorded), a failover's final replication and its replica's VM.
-    A fresh executor finishes each; Azure then holds an image and a snapshot for exactly the points the catalog
-    lists, no upload disk, no SAS, and one VM for the workload where it is recorded."""
+    """SIGKILL right after a step acted at Azure and before the step was marked done (crash_runner.py): a
+    replication's step, a failover's final replication and its replica's create. A fresh executor finishes each;
+    Azure then holds an image and a snapshot for exactly the points the catalog lists, no upload disk, no SAS,
+    and one VM for the workload where it is recorded. (A kill inside the upload, between Azure's resources and
+    the point's row, is the next test's retried ``keep``.)"""
     federation = sim_and(azure.yaml("az", locations=[LOCATION])).replace("0.01}", "0.01, lease_s: 1}")
     config_path = tmp_path / "federation.yaml"
     config_path.write_text(federation)
@@ -184,3 +186,37 @@ async def _workloads(engine: Any) -> list[str]:
     """Every compute workload of the catalog that is there."""
     async with engine.sessions() as session:
         return [w.id for w in (await session.exec(select(Workload))).all() if w.present and w.kind == "compute"]
+
+
+async def test_a_retried_or_failed_upload_of_a_point_leaves_one_point_or_nothing(azure: AzureCloud,  # noqa: F811
+                                                                                 tmp_path: Path) -> None:
+    """``keep`` again under the same point id (a step retried after a broker was killed between the upload and
+    the point's row) replaces what the killed attempt made: one image and one snapshot. A ``keep`` that fails
+    half-way (here: the image refused) removes the snapshot and the upload disk it made."""
+    drv = AzureDriver(AzureProvider(**azure.provider("az", locations=[LOCATION])))
+    store = drv.replica_store()
+    built = tmp_path / "p.qcow2"
+
+    def point() -> str:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(built), "24M"], check=True)
+        subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 1M", str(built)], check=True, capture_output=True)
+        return hashlib.sha256(built.read_bytes()).hexdigest()
+
+    try:
+        for _ in range(2):  # the second: the retry of a step whose first attempt uploaded, then died
+            digest = point()
+            kept = await store.keep(built, workload_id="w", point_id="p1", region=LOCATION, sha256=digest)
+        assert _ours(azure) == {"images": {NAME_PREFIX + "p1"}, "snapshots": {NAME_PREFIX + "p1"}}
+        await store.verify(kept.location, digest)
+
+        async def refused(*_: object, **__: object) -> None:
+            raise DriverError("image refused", provider="az", operation="replica_keep")
+
+        drv.ex_image_from = refused  # type: ignore[method-assign]
+        digest = point()
+        with pytest.raises(DriverError, match="image refused"):
+            await store.keep(built, workload_id="w", point_id="p2", region=LOCATION, sha256=digest)
+        assert _ours(azure) == {"images": {NAME_PREFIX + "p1"}, "snapshots": {NAME_PREFIX + "p1"}}
+        assert azure.server.sas == {}
+    finally:
+        await drv.close()
