@@ -15,7 +15,9 @@ RPO is the age of the recovery point a failover boots, at the failover's start; 
 replica running and recorded (both as the broker measured and recorded them on the point).
 
 ``--target openstack`` instead replicates a simulated VM's real qcow2 disk to glance images of a real nova
-region (bench/nova_regions.py) and fails over there, planned and unplanned (see :func:`run_openstack`).
+region (bench/nova_regions.py) and fails over there, planned and unplanned (see :func:`run_cloud`);
+``--target azure`` does the same against the Azure contract server (images beside snapshots): contract-server
+numbers, the broker's own path, not Azure's provisioning times.
 
 ``--volume-mib N`` instead measures the RTO of failovers of a workload with an attached volume holding N MiB
 written against one without, side by side in one run (:func:`run_volume`).
@@ -24,7 +26,7 @@ written against one without, side by side in one run (:func:`run_volume`).
 at the DR site; one on the project's twin there) adds to a planned failover and failback, against a workload
 without interfaces, side by side in one run (:func:`run_networks`).
 
-Usage: python -m bench.dr [--size-mib 256] [--change-mib 16] [--rounds 3] [--target libvirt|openstack]
+Usage: python -m bench.dr [--size-mib 256] [--change-mib 16] [--rounds 3] [--target libvirt|openstack|azure]
                           [--volume-mib 64] [--interfaces]
        (libvirt: needs root and libvirtd; openstack: the nova and glance virtualenvs, built on first use)
 """
@@ -33,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -355,22 +358,49 @@ async def run_networks(hosts: LibvirtHosts, size_mib: int, rounds: int, tmp: str
     show("the steps that carry the interfaces (seconds):", steps)
 
 
-OPENSTACK_FEDERATION = """
+CLOUD_FEDERATION = """
 federation: {{sync_interval_s: 0}}
 providers:
   - {{kind: sim, name: sim0, sites: [{{region: r1}}]}}
-  - {{kind: openstack, name: os1, cloud: {cloud}, regions: [RegionOne]}}
+  - {cloud}
 """
+CLOUDS = {"openstack": ("os1", "glance", "real nova + glance (fake virt driver)"),
+          "azure": ("az", "Azure", "the Azure contract server (tests/drivers/azure_contract.py)")}
 
 
-async def run_openstack(size_mib: int, rounds: int, tmp: str) -> None:
-    """Replication to, and failover at, a real nova region (fake virt driver) with a real glance: a simulated
-    VM (its disk a real qcow2 over ``size_mib`` of random data) replicates to glance images; one workload per
-    round fails over planned (stop, final replication, read-back of the image's SHA-256, boot at nova), one
-    unplanned after 2 s idle (its source deleted: the newest verified image boots)."""
-    from bench.nova_regions import nova_regions
+@contextlib.contextmanager
+def _cloud(target: str, tmp: str) -> Iterator[str]:
+    """The DR cloud for the run, as its provider entry: a real nova region with glance (bench/nova_regions.py),
+    or the Azure contract server the driver's tests run against (on 127.0.0.1, with its catalogue)."""
+    name = CLOUDS[target][0]
+    if target == "openstack":
+        from bench.nova_regions import nova_regions
+        with nova_regions(Path(tmp) / "nova", regions=("RegionOne",)) as cloud:
+            yield f"{{kind: openstack, name: {name}, cloud: {cloud.cloud}, regions: [RegionOne]}}"
+        return
+    from tests.drivers.azure_contract import TOKEN, ContractServer, self_signed
+    from tests.drivers.azure_fixtures import GROUP, LOCATIONS, SUBSCRIPTION, AzureCloud, catalogue
+    skus, sizes = catalogue()
+    server = ContractServer(subscription=SUBSCRIPTION, resource_group=GROUP, locations=LOCATIONS, skus=skus,
+                            sizes=sizes)
+    server.cert_file, server.key_file = self_signed(Path(tmp))
+    token = Path(tmp) / "token"
+    token.write_text(TOKEN)
+    server.serve()
+    try:
+        yield AzureCloud(server, server.cert_file, token).yaml(name, locations=["westus"])
+    finally:
+        server.stop()
+
+
+async def run_cloud(target: str, size_mib: int, rounds: int, tmp: str) -> None:
+    """Replication to, and failover at, a cloud (``target``: openstack or azure, :data:`CLOUDS`): a simulated VM
+    (its disk a real qcow2 over ``size_mib`` of random data) replicates to the cloud's images; one workload per
+    round fails over planned (stop, final replication, read-back of the point, boot there), one unplanned after
+    2 s idle (its source deleted: the newest verified point boots)."""
     from metavmm.drivers.sim import SimDriver
 
+    name, where, what = CLOUDS[target]
     base = Path(tmp) / "data-base.qcow2"
     raw = Path(tmp) / "data.raw"
     raw.write_bytes(os.urandom(size_mib * MIB))
@@ -383,29 +413,29 @@ async def run_openstack(size_mib: int, rounds: int, tmp: str) -> None:
     def add(name: str, value: float, into: dict[str, list[float]] = rows) -> None:
         into.setdefault(name, []).append(value)
 
-    with nova_regions(Path(tmp) / "nova", regions=("RegionOne",)) as cloud:
-        config = parse_config(OPENSTACK_FEDERATION.format(cloud=cloud.cloud))
+    with _cloud(target, tmp) as entry:
+        config = parse_config(CLOUD_FEDERATION.format(cloud=entry))
         async with serving_engine(config, f"sqlite:///{tmp}/catalog.db") as engine:
             await sync_all(engine.sessions, config)
             project = await _bench_project(engine)
             for _ in range(rounds):
                 for planned in (True, False):
-                    op = await direct.provision(engine, name=f"dr-os-{os.urandom(3).hex()}", provider="sim0",
+                    op = await direct.provision(engine, name=f"dr-{name}-{os.urandom(3).hex()}", provider="sim0",
                                                 region="r1", image=str(base), project_id=project.id)
                     await until_succeeded(engine, op.id)
                     wid = op.target_id
                     assert wid is not None
-                    await dr.set_replication(engine.sessions, config, None, wid, target="os1", interval_s=None,
+                    await dr.set_replication(engine.sessions, config, None, wid, target=name, interval_s=None,
                                              retention=2)
                     seconds, op_id = await _op_s(engine, dr.replicate(engine, None, wid))
                     point = await _point(engine, op_id)
-                    add("point to glance (broker operation), s", seconds)
+                    add(f"point to {where} (broker operation), s", seconds)
                     add("  of which build + upload + digest check, s", point.details["seconds"])
-                    add("  point size in glance (MiB)", point.size_bytes / MIB)
+                    add(f"  point size at {where} (MiB sent)", point.size_bytes / MIB)
                     if planned:
                         seconds, op_id = await _op_s(engine, dr.failover(engine, None, wid))
-                        for name, took in (await _steps(engine, op_id)).items():
-                            add(f"  planned failover step {name}", took, steps)
+                        for step, took in (await _steps(engine, op_id)).items():
+                            add(f"  planned failover step {step}", took, steps)
                     else:
                         await asyncio.sleep(2.0)  # the point ages: what an unplanned failover then loses
                         async with engine.sessions() as session:
@@ -418,8 +448,8 @@ async def run_openstack(size_mib: int, rounds: int, tmp: str) -> None:
                     add(f"{how} failover RPO, s", used["rpo_s"])
                     add(f"{how} failover RTO, s", used["rto_s"])
                     await until_succeeded(engine, (await flows.delete(engine, wid, purge=True)).id)
-    show(f"DR of a {size_mib} MiB disk (random data) from a sim VM to real nova + glance (fake virt driver):", rows)
-    show("where a planned failover to nova spends its time (seconds per step):", steps)
+    show(f"DR of a {size_mib} MiB disk (random data) from a sim VM to {what}:", rows)
+    show(f"where a planned failover to {where} spends its time (seconds per step):", steps)
 
 
 def main() -> None:
@@ -427,8 +457,9 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--change-mib", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--target", choices=("libvirt", "openstack"), default="libvirt",
-                        help="openstack: replicate to glance and fail over to a real nova region")
+    parser.add_argument("--target", choices=("libvirt", "openstack", "azure"), default="libvirt",
+                        help="openstack: replicate to glance and fail over to a real nova region; azure: to "
+                             "images and snapshots of the Azure contract server")
     parser.add_argument("--volume-mib", type=int, default=0,
                         help="libvirt: instead, the RTO of failovers with an attached volume holding this much "
                              "written against without one, side by side")
@@ -444,9 +475,9 @@ def main() -> None:
         with two_hosts() as hosts, tempfile.TemporaryDirectory() as tmp:
             asyncio.run(run_volume(hosts, args.size_mib, args.volume_mib, args.rounds, tmp))
         return
-    if args.target == "openstack":
+    if args.target in CLOUDS:
         with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(run_openstack(args.size_mib, args.rounds, tmp))
+            asyncio.run(run_cloud(args.target, args.size_mib, args.rounds, tmp))
         return
     with two_hosts() as hosts, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(hosts, args.size_mib, args.change_mib, args.rounds, tmp))

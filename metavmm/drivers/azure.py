@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import logging
 import re
 import secrets
+import shutil
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 from azure.core.credentials import AccessToken
@@ -61,6 +65,7 @@ from metavmm.foundation.errors import (
     TranslationError,
     ValidationError,
 )
+from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import (
     OWNER_TAG,
     Capability,
@@ -76,6 +81,9 @@ from metavmm.foundation.records import (
     VmState,
 )
 from metavmm.translators.cloudpack import VHD_FOOTER, fixed_vhd_size
+
+if TYPE_CHECKING:
+    from metavmm.drivers.azure_replica import AzureReplicas
 
 COMPUTE_API = "2024-07-01"  # Microsoft.Compute ComputeRP
 SKUS_API = "2021-07-01"  # Microsoft.Compute resource SKUs
@@ -141,7 +149,8 @@ def gpu_model(family: str | None, size: str) -> str | None:
 class AzureDriver(DriverBase):
     kind: ClassVar[str] = "azure"
     capabilities = frozenset({Capability.GPU, Capability.CONSOLE, Capability.MULTI_REGION, Capability.TAGS,
-                              Capability.NETWORKS, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE})
+                              Capability.NETWORKS, Capability.IMPORT_IMAGE, Capability.EXPORT_IMAGE,
+                              Capability.REPLICA_TARGET})
     image_import_formats = frozenset({"vpc"})  # a fixed VHD, MiB-aligned: vpc:azure
     image_import_target: ClassVar[str | None] = "vpc:azure"
     image_export_formats = ("vpc",)
@@ -577,21 +586,33 @@ class AzureDriver(DriverBase):
                 offset += len(chunk)
         return sent
 
+    def _blob_ranges(self, operation: str, sas: str, size: int) -> Iterator[bytes]:
+        """A disk's or snapshot's blob through its SAS, front to back in ranged reads of at most PAGE bytes."""
+        for offset in range(0, size, PAGE):
+            end = min(size, offset + PAGE) - 1
+            chunk = self._blob_call(operation, "GET", sas, headers={
+                "x-ms-range": f"bytes={offset}-{end}", "x-ms-version": BLOB_VERSION}).content
+            if len(chunk) != end + 1 - offset:
+                raise DriverError(f"disk blob: {len(chunk)} bytes at {offset}, expected {end + 1 - offset}",
+                                  provider=self.name, operation=operation)
+            yield chunk
+
     def _get_blob(self, sas: str, size: int, dest: str) -> None:
         """Download a disk or snapshot through its SAS into ``dest`` in ranged reads (sparse where zero)."""
         with open(dest, "wb") as fh:
-            for offset in range(0, size, PAGE):
-                end = min(size, offset + PAGE) - 1
-                chunk = self._blob_call("export_image", "GET", sas, headers={
-                    "x-ms-range": f"bytes={offset}-{end}", "x-ms-version": BLOB_VERSION}).content
-                if len(chunk) != end + 1 - offset:
-                    raise DriverError(f"disk blob: {len(chunk)} bytes at {offset}, expected {end + 1 - offset}",
-                                      provider=self.name, operation="export_image")
+            for chunk in self._blob_ranges("export_image", sas, size):
                 if chunk.count(0) == len(chunk):
                     fh.seek(len(chunk), 1)
                 else:
                     fh.write(chunk)
             fh.truncate(size)
+
+    def _hash_blob(self, operation: str, sas: str, size: int) -> str:
+        """The SHA-256 of a disk's or snapshot's first ``size`` bytes, read through its SAS."""
+        digest = hashlib.sha256()
+        for chunk in self._blob_ranges(operation, sas, size):
+            digest.update(chunk)
+        return digest.hexdigest()
 
     async def _with_access(self, operation: str, collection: str, name: str, access: str,
                            work: Callable[[str], Any]) -> Any:
@@ -611,6 +632,25 @@ class AzureDriver(DriverBase):
         ``createOption: Upload`` of the VHD's length, Write access (a SAS), the VHD's pages put into its
         blob, access revoked, an image from the disk, and the upload disk removed (the image keeps its
         own copy). A file Azure would refuse is refused here first, saying why."""
+        image_name = self.ex_image_name(name)
+        upload, virtual, made = await self.ex_upload_disk(disk, image_name, region, "import_image")
+        try:
+            image = await self.ex_image_from(f"{self._disk_id(upload)}", image_name, region, "import_image")
+        finally:
+            await self._wait("import_image", self._compute.disks.begin_delete, self.resource_group, upload,
+                             api_version=DISK_API)
+        return ImageInfo(provider_image_id=image.id, name=image.name, region=region, format="vpc",
+                         size_bytes=virtual, extra={"uploaded_bytes": made})
+
+    @staticmethod
+    def ex_image_name(name: str) -> str:
+        """The broker's name as an Azure resource name (images, disks, snapshots)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "-", name)[:80]
+
+    async def ex_upload_disk(self, disk: DiskRef, name: str, region: str, operation: str) -> tuple[str, int, int]:
+        """The import's upload: the fixed VHD into a new managed disk ``<name>-upload`` (``createOption:
+        Upload``, Write SAS, the pages holding data, access revoked). Returns (the disk's name, the VHD's
+        virtual size, the bytes sent); the caller makes what it wants from the disk and deletes it."""
         self._check_location(region)
         if disk.format != "vpc":
             raise ValidationError(f"{self.name}: Azure imports fixed VHDs; this disk is {disk.format}: convert it "
@@ -619,27 +659,34 @@ class AzureDriver(DriverBase):
             virtual = await asyncio.to_thread(fixed_vhd_size, disk.path)
         except TranslationError as exc:
             raise ValidationError(f"{self.name}: {exc}") from None
-        image_name = re.sub(r"[^A-Za-z0-9._-]", "-", name)[:80]
-        upload = f"{image_name}-upload"
-        tags = self._tags(image_name, None)
-        await self._wait("import_image", self._compute.disks.begin_create_or_update, self.resource_group, upload,
-                         cm.Disk(location=region, tags=tags, creation_data=cm.CreationData(
-                             create_option="Upload", upload_size_bytes=virtual + VHD_FOOTER)), api_version=DISK_API)
+        upload = f"{name}-upload"
+        await self._wait(operation, self._compute.disks.begin_create_or_update, self.resource_group, upload,
+                         cm.Disk(location=region, tags=self._tags(name, None),
+                                 creation_data=cm.CreationData(create_option="Upload",
+                                                               upload_size_bytes=virtual + VHD_FOOTER)),
+                         api_version=DISK_API)
         try:
-            made = await self._with_access("import_image", "disks", upload, "Write",
+            made = await self._with_access(operation, "disks", upload, "Write",
                                            lambda sas: self._put_pages(disk.path, sas))
-            image = await self._wait("import_image", self._compute.images.begin_create_or_update,
-                                     self.resource_group, image_name, cm.Image(
-                                         location=region, tags=tags, hyper_v_generation="V1",
-                                         storage_profile=cm.ImageStorageProfile(os_disk=cm.ImageOSDisk(
-                                             os_type="Linux", os_state="Generalized",
-                                             managed_disk=cm.SubResource(id=self._disk_id(upload))))),
-                                     api_version=COMPUTE_API)
-        finally:
-            await self._wait("import_image", self._compute.disks.begin_delete, self.resource_group, upload,
+        except BaseException:
+            await self._wait(operation, self._compute.disks.begin_delete, self.resource_group, upload,
                              api_version=DISK_API)
-        return ImageInfo(provider_image_id=image.id, name=image.name, region=region, format="vpc",
-                         size_bytes=virtual, extra={"uploaded_bytes": made})
+            raise
+        return upload, virtual, made
+
+    async def ex_image_from(self, source_id: str, name: str, region: str, operation: str,
+                            tags: dict[str, str] | None = None) -> Any:
+        """A generalized Linux image ``name`` from a managed disk or snapshot (``source_id``): Azure copies its
+        bytes into the image, so the source may go afterwards."""
+        source = cm.SubResource(id=source_id)
+        os_disk = (cm.ImageOSDisk(os_type="Linux", os_state="Generalized", snapshot=source)
+                   if "/snapshots/" in source_id else
+                   cm.ImageOSDisk(os_type="Linux", os_state="Generalized", managed_disk=source))
+        return await self._wait(operation, self._compute.images.begin_create_or_update, self.resource_group, name,
+                                cm.Image(location=region, tags=self._tags(name, None) | (tags or {}),
+                                         hyper_v_generation="V1",
+                                         storage_profile=cm.ImageStorageProfile(os_disk=os_disk)),
+                                api_version=COMPUTE_API)
 
     def _disk_id(self, name: str) -> str:
         return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}/providers/"
@@ -648,7 +695,17 @@ class AzureDriver(DriverBase):
     async def ex_delete_image(self, name: str, region: str) -> None:
         """Delete an image this driver imported (a migration's undo and cleanup); gone is success."""
         await self._wait("delete_image", self._compute.images.begin_delete, self.resource_group,
-                         re.sub(r"[^A-Za-z0-9._-]", "-", name)[:80], api_version=COMPUTE_API)
+                         self.ex_image_name(name), api_version=COMPUTE_API)
+
+    async def ex_drop_blob(self, operation: str, collection: str, name: str) -> None:
+        """Delete a managed disk or snapshot (``collection``: disks, snapshots) that a killed broker may have left
+        with an active SAS: access revoked first (Azure deletes neither with one); gone is fine."""
+        ops = getattr(self._compute, collection)
+        try:
+            await self._wait(operation, ops.begin_revoke_access, self.resource_group, name, api_version=DISK_API)
+        except ProviderNotFound:
+            return
+        await self._wait(operation, ops.begin_delete, self.resource_group, name, api_version=DISK_API)
 
     async def ex_export_disk(self, vm_id: str, dest_dir: str) -> DiskRef:
         """The stopped VM's OS disk as a fixed VHD in ``dest_dir``: a snapshot of the disk (createOption
@@ -659,6 +716,7 @@ class AzureDriver(DriverBase):
                               api_version=COMPUTE_API)
         source = vm.storage_profile.os_disk.managed_disk.id
         snap = f"{name}-export"[:80]
+        await self.ex_drop_blob("export_image", "snapshots", snap)  # left by an export a killed broker did not finish
         made = await self._wait("export_image", self._compute.snapshots.begin_create_or_update, self.resource_group,
                                 snap, cm.Snapshot(location=vm.location, tags=self._tags(snap, None),
                                                   creation_data=cm.CreationData(create_option="Copy",
@@ -673,6 +731,23 @@ class AzureDriver(DriverBase):
             await self._wait("export_image", self._compute.snapshots.begin_delete, self.resource_group, snap,
                              api_version=DISK_API)
         return DiskRef(dest, "vpc")
+
+    @contextlib.asynccontextmanager
+    async def ex_disk_view(self, vm_id: str) -> AsyncIterator[DiskRef]:
+        """The VM's OS disk as of now, for a DR replication from Azure (a failback home): the export's snapshot
+        of the disk, downloaded as a fixed VHD into a staging directory of the broker that goes afterwards. A
+        running VM's copy is crash-consistent (a snapshot of a disk in use); a planned failback stops it first."""
+        staging = state_dir() / "dr-staging" / self.name / "views" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            yield await self.ex_export_disk(vm_id, str(staging))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    def replica_store(self) -> AzureReplicas:
+        """Recovery points kept as managed images beside snapshots of the same bytes (azure_replica.py)."""
+        from metavmm.drivers.azure_replica import AzureReplicas
+        return AzureReplicas(self)
 
     # --- networks -------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from metavmm.foundation.records import DiskRef
 from metavmm.translators.digest import sha256_file
 from metavmm.translators.disk import compare
 from metavmm.translators.tools import Limits, find_tool, run_tool
+from metavmm.translators.untrusted import qemu_info
 
 POINT_TIMEOUT_S = 6 * 3600
 
@@ -45,6 +46,19 @@ async def to_format(source: DiskRef, fmt: str, dest: Path) -> DiskRef:
     dest.parent.mkdir(parents=True, exist_ok=True)
     await _qemu_img("convert", "-q", "-f", source.format, "-O", fmt, source.path, str(dest), what="qemu-img convert")
     return DiskRef(str(dest), fmt)
+
+
+async def at_least(source: DiskRef, min_bytes: int, dest: Path) -> DiskRef:
+    """``source`` as a disk of at least ``min_bytes``: itself when large enough, else a qcow2 overlay over it of
+    that size at ``dest`` (the added tail reads as zeros; ``source`` is not written). A cloud with a smallest disk
+    it takes (an Azure upload: 20 MiB) gets a small point grown on the way, never the point itself changed."""
+    if int((await qemu_info(source.path, source.format, Limits(timeout_s=60)))["virtual-size"]) >= min_bytes:
+        return source
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    await _qemu_img("create", "-q", "-f", "qcow2", "-F", source.format, "-b", str(Path(source.path).resolve()),
+                    str(dest), str(min_bytes), what="qemu-img create")
+    return DiskRef(str(dest), "qcow2")
 
 
 async def build_point(source: DiskRef, dest: str | Path, base: str | Path | None = None) -> PointResult:

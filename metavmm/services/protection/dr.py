@@ -93,7 +93,7 @@ def split_target(config: FederationConfig, target: str) -> tuple[str, str]:
         cfg = config.provider(name)
     except KeyError:
         raise ValidationError(f"replica target {name!r} is not a provider of the federation") from None
-    sites, regions = getattr(cfg, "sites", None), getattr(cfg, "regions", None)
+    sites, regions = getattr(cfg, "sites", None), getattr(cfg, "regions", None) or getattr(cfg, "locations", None)
     region = region or (sites[0].region if sites else regions[0] if regions else "local")
     if Capability.REPLICA_TARGET not in driver_class(cfg.kind).capabilities:
         able = ", ".join(k for k in sorted(KINDS) if _keeps_points(k))
@@ -164,7 +164,7 @@ async def set_replication(sessions: Sessions, config: FederationConfig, identity
         kind = provider_kind(config, source)
         if not hasattr(driver_class(kind), "ex_disk_view"):
             raise ValidationError(f"{source} ({kind}) cannot give a consistent view of a VM's disk to replicate; "
-                                  "sources that can: libvirt, openstack (a nova snapshot), sim")
+                                  "sources that can: azure (a snapshot), libvirt, openstack (a nova snapshot), sim")
         site = await _site(session, provider, region)
         if site is None:
             raise ValidationError(f"no site {provider}/{region} in the catalog (sync the provider first)")
@@ -321,7 +321,7 @@ async def failover(engine: Engine, identity: Identity | None, workload_id: str, 
     if planned and not hasattr(driver_class(provider_kind(engine.config, source)), "ex_disk_view"):
         raise Conflict(f"a planned {kind} replicates {workload.name} from {source} first, and the broker cannot read "
                        f"a VM's disk at {source} ({provider_kind(engine.config, source)}); sources that can: "
-                       "libvirt, openstack (a nova snapshot), sim")
+                       "azure (a snapshot), libvirt, openstack (a nova snapshot), sim")
     if not planned:
         if identity is not None and not identity.is_admin:
             raise Forbidden("an unplanned failover (the source declared dead) needs the admin role")

@@ -25,20 +25,9 @@ from metavmm.services.operations import flows
 from metavmm.services.protection import dr
 from tests.drivers.conftest import MotoServer, moto, unique  # noqa: F401
 from tests.services.protection.conftest import engine_for, run
-from tests.services.protection.points import placed, protected_sim_vm
+from tests.services.protection.points import placed, protected_sim_vm, sim_and
 
 REGION = "eu-west-1"
-
-
-def _federation(moto: MotoServer) -> str:  # noqa: F811
-    return f"""
-federation: {{sync_interval_s: 0}}
-operations: {{reconcile_interval_s: 0, retry_base_s: 0.01}}
-providers:
-  - {{kind: sim, name: sima, sites: [{{region: r1}}]}}
-  - {{kind: aws, name: aws1, regions: [{REGION}], endpoint_url: "{moto.endpoint}",
-     credentials: {{file: "{moto.credentials_file}"}}}}
-"""
 
 
 def _clients(moto: MotoServer) -> tuple[Any, Any]:  # noqa: F811
@@ -64,7 +53,8 @@ def _snapshot_disk(ebs: Any, snapshot: str, size: int) -> bytes:
 async def test_points_land_as_amis_and_a_failover_boots_the_newest_at_aws(moto: MotoServer,  # noqa: F811
                                                                           tmp_path: Path) -> None:
     ec2, ebs = _clients(moto)
-    async with engine_for(_federation(moto), tmp_path) as engine:
+    async with engine_for(sim_and(f"{{kind: aws, name: aws1, regions: [{REGION}], endpoint_url: \"{moto.endpoint}\", "
+                                     f"credentials: {{file: \"{moto.credentials_file}\"}}}}"), tmp_path) as engine:
         wid, policy = await protected_sim_vm(engine, "aws1", retention=2)
         assert policy.replica_target == f"aws1/{REGION}"
 
