@@ -616,7 +616,8 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                                                 "format": disk_format}, compensate="image.delete", weight=9,
                       detail=why)]
     else:
-        moves = [Step("export", "disk.export", src, compensate="scratch.clean", weight=3, detail=why),
+        moves = [Step("export", "disk.export", {**src, "to_format": disk_format}, compensate="scratch.clean",
+                      weight=3, detail=why),
                  Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
                  Step("import", "image.import", {**image, "source_provider": provider}, compensate="image.delete",
                       weight=3)]
