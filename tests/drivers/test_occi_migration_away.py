@@ -311,3 +311,35 @@ async def test_a_partner_that_lies_about_its_bytes_fails_the_export_and_leaves_n
             assert list(scratch.iterdir()) == []
     finally:
         await driver.close()
+
+
+async def test_a_save_at_a_of_a_vm_at_partner_b_is_b_save_recorded_in_a_catalog(
+        partner: Partner, aiohttp_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    """New behaviour: the old code refused this save with 409 (the occi kind declares no export). With
+    image_download the save at A stops the compute at B, has B save it (B's own OCCI ``save``: an os_tpl of B's
+    marketplace), downloads those bytes (their SHA-256 checked against B's Digest), records them as an image of
+    A's project in A's marketplace, and starts the compute at B again."""
+    app, client = await served_a(aiohttp_client, tmp_path, downloading_config(partner.url))
+    wid = await a_vm_at_b(app, client)
+    await partner.idle()
+    (theirs,) = await partner.workloads("x")
+    b_sim = create_driver(partner.app[keys.CONFIG].providers[0])
+    (b_vm,) = [v for v in await b_sim.list_vms() if v.provider_vm_id == theirs.provider_resource_id]
+    await b_sim.close()
+    expected = sim_disk_sha256(tmp_path, b_vm)
+
+    resp = await client.post(f"{API}/workloads/{wid}/actions", json={"action": "save", "image_name": "lesson-saved"})
+    assert resp.status == 202, await resp.text()
+    done = await until_done(client, (await resp.json())["id"])
+    assert done["state"] == "succeeded", done
+    assert [s["name"] for s in done["steps"]][:4] == ["stop", "wait-stopped", "export", "publish"], done
+    async with app[keys.SESSIONS]() as s:  # recorded in A's catalog, an image of the compute's project
+        (image,) = (await s.exec(select(Image).where(Image.name == "lesson-saved"))).all()
+        mine = await s.get(Workload, wid)
+    assert image.sha256 == expected and image.project_id == mine.project_id and image.visibility == "project"
+    assert mine.spec["placement"]["provider"] == "partner" and mine.observed_state == "running"
+    async with partner.app[keys.SESSIONS]() as s:  # B's own save made it: an os_tpl in A's project there
+        (at_b,) = (await s.exec(select(Image).where(Image.name.startswith("moved-")))).all()  # type: ignore[attr-defined]
+    assert at_b.sha256 == expected and at_b.project_id == partner.projects["x"]
+    await partner.idle()
+    assert {w.observed_state for w in await partner.workloads("x")} == {"running"}  # started again at B

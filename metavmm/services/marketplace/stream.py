@@ -82,7 +82,7 @@ def stored_disk(location: str | None, what: str) -> Path:
     return path
 
 
-def _hasher(limit: int | None, what: str) -> MultiHash:
+def digests_hasher(limit: int | None, what: str) -> MultiHash:
     """SHA-256 and SHA-512 over one read (the second in a worker thread meanwhile), cut off past ``limit``."""
     return MultiHash(("sha256", "sha512"), limit, lambda n: ChecksumMismatch(
         f"{what}: more than the declared {n} bytes; refused and deleted"))
@@ -93,7 +93,7 @@ def _digests(hasher: MultiHash, seconds: float) -> Digests:
     return Digests(hexes["sha256"], hexes["sha512"], hasher.size, seconds)
 
 
-async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
+async def http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
     """One guarded GET (:mod:`metavmm.services.netguard`): every resolved address and redirect hop is checked."""
     import aiohttp
 
@@ -134,7 +134,7 @@ async def stream_to_file(source: str | AsyncIterator[bytes], dest: Path | None, 
     part = dest.with_name(dest.name + ".part") if dest is not None else None
     if dest is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-    hasher = _hasher(expected.size_bytes, what)
+    hasher = digests_hasher(expected.size_bytes, what)
     started = time.perf_counter()
     try:
         if isinstance(source, str) and (path := local_path(source)) is not None:
@@ -142,7 +142,7 @@ async def stream_to_file(source: str | AsyncIterator[bytes], dest: Path | None, 
                 raise NotFound(f"{what}: {path} is not a file")
             await asyncio.to_thread(copy_with_digests, path, part, hasher, progress)
         else:
-            chunks = _http_chunks(source, timeout_s) if isinstance(source, str) else source
+            chunks = http_chunks(source, timeout_s) if isinstance(source, str) else source
             await asyncio.wait_for(_pump(chunks, part, hasher, progress), timeout_s)
         digests = _digests(hasher, time.perf_counter() - started)
         expected.verify(digests, what)
