@@ -13,6 +13,12 @@ thread; the operation's step reads :attr:`DiskStream.done` from the event loop t
 The size is declared up front and sent as the request's Content-Length (a chunked body is refused by
 plain WSGI servers, glance's among them); a source that ends early or runs past it fails the transfer
 instead of leaving a truncated image at the target.
+
+The other direction, a disk arriving over the network (a partner broker's os_tpl download, another
+site's blob: both the same ``disk_response``), is :func:`receive`: :func:`pump` hashes and writes each
+piece in one worker thread while the event loop reads the next, and the disk is written as it came,
+decoded into raw as it arrives where the format allows (:mod:`.streamdecode`), or staged and converted
+by qemu-img; the sender's digest is checked before anything stays under its name.
 """
 
 from __future__ import annotations
@@ -192,14 +198,16 @@ class _Receiver:
             self.decoder = RawDecoder(Writer(self.part, self.spill), self.what)
             return
         if self.to == "raw":
+            writer = Writer(self.part, self.spill)
             try:
-                self.decoder = decoder_for(self.fmt, header, Writer(self.part, self.spill), self.what,
-                                           self.max_virtual)
+                self.decoder = decoder_for(self.fmt, header, writer, self.what, self.max_virtual)
                 self.how = f"decoded as it came ({self.fmt} -> raw)"
                 return
             except NotStreamable as exc:
-                self.part.unlink(missing_ok=True)
                 self.how = f"staged: {str(exc).removeprefix(self.what + ': ')}"
+            finally:
+                if self.decoder is None:
+                    writer.abort()
         else:
             self.how = f"staged: {self.fmt} -> {self.to} is written by qemu-img from a staged file"
         self.staged = True

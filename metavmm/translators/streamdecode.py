@@ -35,6 +35,7 @@ QCOW_MAGIC = b"QFI\xfb"
 VMDK_MAGIC = b"KDMV"
 _OFFSET = 0x00FFFFFFFFFFFE00  # bits 9-55: a host offset in an L1 or L2 entry
 _COMPRESSED, _ZERO = 1 << 62, 1
+_QCOW_MAX_L1 = 32 * 2**20 // 8  # qemu's own bound on L1 entries (QCOW_MAX_L1_SIZE)
 _QCOW_KNOWN_INCOMPATIBLE = 0b11  # dirty, corrupt: anything else (external data, zstd, extended L2) is refused
 _VMDK_COMPRESSED, _VMDK_MARKERS = 1 << 16, 1 << 17
 _VMDK_EOS = 0
@@ -160,12 +161,12 @@ class QcowDecoder(Decoder):
             raise self.bad(f"virtual size {size} bytes is over the limit of {max_virtual}")
         self.cs, self.bits, self.virtual_size = 1 << bits, bits, size
         per_l2 = self.cs // 8
-        if l1_size * per_l2 * self.cs < size or l1_size > -(-size // (per_l2 * self.cs)) + 1:
+        if l1_size * per_l2 * self.cs < size or l1_size > _QCOW_MAX_L1:  # a grown disk's L1 may be larger
             raise self.bad(f"qcow2 L1 table of {l1_size} entries does not fit its virtual size {size}")
         if l1_at % self.cs:
             raise self.bad("qcow2 L1 table is not cluster-aligned")
         self.l1_at, self.l1_len = l1_at, l1_size * 8
-        self.l1: list[int] | None = None
+        self.l1: list[int] | None = None if l1_size else []
         self.l1_bytes = bytearray()
         self.l2_at: dict[int, int] = {}  # host offset of an L2 table -> its L1 index
         self.l2_done: set[int] = set()

@@ -77,7 +77,7 @@ async def test_each_format_arrives_as_the_disk_qemu_img_reads(source: Path, tmp_
     assert sorted(p.name for p in out.parent.iterdir()) == ["disk.raw"]  # no .part, .spill, .staged left
 
 
-def qcow2_with_tables_last(raw: bytes) -> bytes:
+def qcow2_with_tables_last(raw: bytes, l1_entries: int = 1) -> bytes:
     """A qcow2 (version 2, 64 KiB clusters) laid out against the grain: header, L1 table, the data clusters in
     reverse guest order, and only then the L2 table mapping them and the refcounts. Valid (qemu-img reads it),
     but a stream learns where each data cluster goes only after all of them went by."""
@@ -87,7 +87,7 @@ def qcow2_with_tables_last(raw: bytes) -> bytes:
     l2_at = (2 + len(guests)) * CLUSTER
     rt_at, rb_at = l2_at + CLUSTER, l2_at + 2 * CLUSTER
     clusters = rb_at // CLUSTER + 1
-    header = struct.pack(">4sIQIIQIIQQIIQ", b"QFI\xfb", 2, 0, 0, 16, size, 0, 1, CLUSTER, rt_at, 1, 0, 0)
+    header = struct.pack(">4sIQIIQIIQQIIQ", b"QFI\xfb", 2, 0, 0, 16, size, 0, l1_entries, CLUSTER, rt_at, 1, 0, 0)
     l1 = struct.pack(">Q", l2_at | 1 << 63).ljust(CLUSTER, b"\0")
     l2 = bytearray(CLUSTER)
     for g, host in data_at.items():
@@ -175,3 +175,14 @@ async def test_a_disk_kept_as_it_came_is_inspected_as_untrusted(tmp_path: Path) 
         with pytest.raises(UntrustedImage, match="backing"):
             await received(data, "qcow2", out_dir / "disk", to=to)
     assert list(out_dir.iterdir()) == []
+
+
+async def test_a_grown_qcow2_with_its_larger_l1_table_decodes(source: Path, tmp_path: Path) -> None:
+    """qemu grows a resized qcow2's L1 table by half again: more entries than the virtual size needs (here 6
+    for a disk one entry maps); the spare ones are empty."""
+    disk = tmp_path / "grown.qcow2"
+    disk.write_bytes(qcow2_with_tables_last(source.read_bytes(), l1_entries=6))
+    assert same_disk(disk, "qcow2", source, "raw")
+    out = tmp_path / "out.raw"
+    got = await received(disk.read_bytes(), "qcow2", out)
+    assert got.how.startswith("decoded") and out.read_bytes() == source.read_bytes()
