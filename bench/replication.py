@@ -72,16 +72,22 @@ def timed_cmd(*argv: str) -> float:
     return time.perf_counter() - started
 
 
-async def serve_dir(root: Path) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_static("/blobs", root)
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """``app`` served on a free loopback port; its runner (to clean up) and base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}/blobs"
+    return runner, f"http://127.0.0.1:{port}/"
+
+
+async def serve_dir(root: Path) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_static("/blobs", root)
+    runner, url = await serve_app(app)
+    return runner, f"{url}blobs"
 
 
 Row = tuple[str, list[float], int, list[float], int]

@@ -258,8 +258,10 @@ class NetworkInfo:
 @dataclass(frozen=True, slots=True)
 class DiskRef:
     """A disk image file and its format (always explicit: qemu-img guesses wrong on fixed VHDs); ``sha256``
-    where the disk came with one it was checked against on arrival (a partner's download), for the record."""
+    where the disk came with one it was checked against on arrival (a partner's download), for the record;
+    ``note``: how an export wrote it (decoded as it arrived, or staged, with the bytes staged), for the log."""
 
     path: str
     format: str
     sha256: str | None = None
+    note: str | None = None

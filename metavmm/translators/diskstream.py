@@ -13,19 +13,33 @@ thread; the operation's step reads :attr:`DiskStream.done` from the event loop t
 The size is declared up front and sent as the request's Content-Length (a chunked body is refused by
 plain WSGI servers, glance's among them); a source that ends early or runs past it fails the transfer
 instead of leaving a truncated image at the target.
+
+The other direction, a disk arriving over the network (a partner broker's os_tpl download, another
+site's blob: both the same ``disk_response``), is :func:`receive`: :func:`pump` hashes and writes each
+piece in one worker thread while the event loop reads the next, and the disk is written as it came,
+decoded into raw as it arrives where the format allows (:mod:`.streamdecode`), or staged and converted
+by qemu-img; the sender's digest is checked before anything stays under its name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from queue import Empty, Full, Queue
+from typing import BinaryIO, Protocol
 
 from metavmm.foundation.errors import ChecksumMismatch, TranslationError
+from metavmm.foundation.records import DiskRef
 from metavmm.translators.digest import CHUNK, MultiHash
+from metavmm.translators.disk import DiskTarget, convert
+from metavmm.translators.streamdecode import HEADER_BYTES, Decoder, NotStreamable, RawDecoder, Writer, decoder_for
+from metavmm.translators.untrusted import DEFAULT_LIMITS, ImageLimits, inspect
 
 
 class DiskStream:
@@ -96,3 +110,189 @@ class DiskStream:
     def digests(self) -> dict[str, str]:
         """The hex digests (by algorithm name) of everything passed on; complete once the stream was read to its end."""
         return self.hasher.hexdigests()
+
+
+# --- a disk arriving over the network: hashed and written (decoded where the format allows) in one pass -----
+
+
+class Sink(Protocol):
+    """Where :func:`pump` puts the pieces, in a worker thread: ``feed`` each, ``finish`` at the end."""
+
+    def feed(self, chunk: bytes | bytearray) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def _drain(queue: Queue[bytearray | None], stop: threading.Event, sink: Sink | None, hasher: MultiHash,
+           progress: Callable[[int], None] | None) -> None:
+    """The worker thread: hashes and feeds what the network side queued, until None (or ``stop``)."""
+    while not stop.is_set():
+        try:
+            chunk = queue.get(timeout=0.05)
+        except Empty:
+            continue
+        if chunk is None:
+            if sink is not None:
+                sink.finish()
+            return
+        hasher.update(chunk)
+        if sink is not None:
+            sink.feed(chunk)
+        if progress is not None:
+            progress(hasher.size)
+
+
+async def pump(chunks: AsyncIterator[bytes], sink: Sink | None, hasher: MultiHash,
+               progress: Callable[[int], None] | None = None) -> None:
+    """Network reads on the event loop, gathered into CHUNK-sized pieces; hashing and ``sink`` in one worker
+    thread meanwhile (a bounded queue keeps memory at a few CHUNKs whatever the sender's speed). A failure
+    of either side ends both; the caller removes what the sink wrote."""
+    queue: Queue[bytearray | None] = Queue(maxsize=3)
+    stop = threading.Event()
+    worker = asyncio.create_task(asyncio.to_thread(_drain, queue, stop, sink, hasher, progress))
+
+    async def put(item: bytearray | None) -> None:
+        while True:
+            if worker.done():  # the worker failed (a limit, a bad disk, a full disk): its error ends the copy
+                await worker
+            try:
+                queue.put_nowait(item)
+                return
+            except Full:
+                await asyncio.sleep(0.002)
+
+    try:
+        pending = bytearray()
+        async for piece in chunks:
+            pending += piece
+            while len(pending) >= CHUNK:  # CHUNK-sized pieces, so that zero pieces line up with holes
+                await put(pending[:CHUNK])
+                del pending[:CHUNK]
+        if pending:
+            await put(pending)
+        await put(None)
+        await worker
+    except BaseException:
+        stop.set()  # the worker stops before the caller deletes its files
+        with contextlib.suppress(BaseException):
+            await worker
+        raise
+
+
+class _Receiver:
+    """The sink of :func:`receive`: it sees the disk's first bytes, then chooses how the rest is written."""
+
+    def __init__(self, fmt: str, to: str | None, part: Path, what: str, max_virtual: int) -> None:
+        self.fmt, self.to, self.part, self.what, self.max_virtual = fmt, to, part, what, max_virtual
+        self.spill = part.with_name(part.name + ".spill")
+        self.stage = part.with_name(part.name + ".staged")
+        self.head = bytearray()
+        self.decoder: Decoder | None = None
+        self.staged = False
+        self.how = ""
+
+    def _choose(self) -> None:
+        header = bytes(self.head[:HEADER_BYTES])
+        if self.to is None or self.to == self.fmt:
+            self.how = f"copied as it came ({self.fmt})"
+            self.decoder = RawDecoder(Writer(self.part, self.spill), self.what)
+            return
+        if self.to == "raw":
+            writer = Writer(self.part, self.spill)
+            try:
+                self.decoder = decoder_for(self.fmt, header, writer, self.what, self.max_virtual)
+                self.how = f"decoded as it came ({self.fmt} -> raw)"
+                return
+            except NotStreamable as exc:
+                self.how = f"staged: {str(exc).removeprefix(self.what + ': ')}"
+            finally:
+                if self.decoder is None:
+                    writer.abort()
+        else:
+            self.how = f"staged: {self.fmt} -> {self.to} is written by qemu-img from a staged file"
+        self.staged = True
+        self.decoder = RawDecoder(Writer(self.stage, self.spill), self.what)
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        if self.decoder is None:
+            self.head += chunk
+            if len(self.head) < HEADER_BYTES:
+                return
+            self._choose()
+            chunk, self.head = self.head, bytearray()
+        assert self.decoder is not None
+        self.decoder.feed(chunk)
+
+    def finish(self) -> None:
+        if self.decoder is None:
+            self._choose()
+            assert self.decoder is not None
+            self.decoder.feed(self.head)
+        self.decoder.finish()
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes written to scratch beside the output: the spilled clusters, or the whole staged disk."""
+        spilled = self.decoder.writer.spilled if self.decoder is not None else 0
+        with contextlib.suppress(OSError):
+            if self.staged:
+                return os.stat(self.stage).st_blocks * 512 + spilled
+        return spilled
+
+    def remove(self) -> None:
+        if self.decoder is not None:
+            self.decoder.writer.abort()
+        for path in (self.part, self.spill, self.stage):
+            path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What :func:`receive` wrote: the disk, the bytes that arrived and their digests, the bytes it staged
+    beside the output on the way (0 when the disk was written as it came), and how it was written."""
+
+    disk: DiskRef
+    size_bytes: int
+    digests: dict[str, str]
+    staged_bytes: int
+    how: str
+    seconds: float
+
+
+async def receive(chunks: AsyncIterator[bytes], fmt: str, dest: str | Path, *, to: str | None = None,
+                  hasher: MultiHash, check: Callable[[dict[str, str], int], None] | None = None,
+                  progress: Callable[[int], None] | None = None, what: str = "disk",
+                  limits: ImageLimits = DEFAULT_LIMITS) -> Received:
+    """A ``fmt`` disk arriving as ``chunks`` (a partner's download, another site's blob), written to ``dest``
+    as ``to`` (``None``: as it is), hashed by ``hasher`` in the same pass.
+
+    Where the format allows (:mod:`.streamdecode`: raw, qcow2 with its tables before the data they map,
+    vmdk streamOptimized) a raw ``to`` is decoded as the bytes arrive: no staged copy, no qemu-img run. Any
+    other pair is staged (written as it came beside ``dest``), checked, then converted by qemu-img, which
+    inspects it as untrusted input first; a disk kept as it is gets that inspection too. ``check(digests,
+    size)`` runs once the last byte is in, before the staged bytes reach qemu-img and before ``dest``
+    appears: its exception (a digest the sender declared and the bytes do not have) fails the whole and
+    leaves nothing behind, as any other failure does."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    sink = _Receiver(fmt, to, part, what, limits.max_virtual_bytes)
+    started = time.perf_counter()
+    try:
+        await pump(chunks, sink, hasher, progress)
+        digests = hasher.hexdigests()
+        if check is not None:
+            check(digests, hasher.size)
+        staged = sink.staged_bytes
+        out = to or fmt
+        if sink.staged:
+            await convert(DiskRef(str(sink.stage), fmt), out, part, overwrite=True, checksum=False, limits=limits)
+        elif out != "raw":
+            await inspect(part, out, limits=limits, checksum=False)  # bytes from outside, kept as they are
+        os.replace(part, dest)
+        return Received(DiskRef(str(dest), DiskTarget.parse(out).format.value), hasher.size, digests, staged,
+                        sink.how, time.perf_counter() - started)
+    except BaseException:
+        sink.remove()
+        raise
+    finally:
+        sink.stage.unlink(missing_ok=True)

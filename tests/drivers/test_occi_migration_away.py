@@ -18,11 +18,12 @@ from sqlmodel import select
 from metavmm.api import keys
 from metavmm.api.app import create_app
 from metavmm.catalog.models import Image, Workload
-from metavmm.drivers.occi import client as occi_client
 from metavmm.drivers.registry import create_driver
 from metavmm.drivers.sim import SimDriver
 from metavmm.foundation.config import parse_config
+from metavmm.foundation.errors import DriverError
 from metavmm.services.sync import sync_all
+from metavmm.translators import streamdecode
 from tests.cli.test_serve import Metavmm
 from tests.drivers.occi_partner import IMAGE, PARTNER, Partner, partner  # noqa: F401
 from tests.drivers.test_occi_federation import API, PARTNER_CONFIG, b_computes, launchable_at_partner, until_done
@@ -180,14 +181,14 @@ async def test_a_kill_of_b_mid_transfer_leaves_the_vm_at_b(partner: Partner, aio
         port = b.port()
         app, client = await served_a(aiohttp_client, tmp_path, downloading_config(f"http://127.0.0.1:{port}/"))
         wid = await a_vm_at_b(app, client)
-        write = occi_client._write
+        write = streamdecode.Writer.put
 
-        def slow(out: Any, digest: Any, chunk: bytes) -> None:
+        def slow(self: Any, data: Any, offset: int) -> None:
             import time
             time.sleep(0.2)
-            write(out, digest, chunk)
+            write(self, data, offset)
 
-        monkeypatch.setattr(occi_client, "_write", slow)
+        monkeypatch.setattr(streamdecode.Writer, "put", slow)
         resp = await client.post(f"{API}/workloads/{wid}/migrate", json={"site": "sim-a/sim-000", "mode": "cold"})
         assert resp.status == 202, await resp.text()
         op_id = (await resp.json())["operation"]["id"]
@@ -237,7 +238,7 @@ async def test_a_download_whose_digest_is_missing_or_wrong_is_refused_and_remove
 
     async def bytes_out(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * 4096, content_type="application/octet-stream",
-                            headers={"Digest": digest} if digest else {})
+                            headers={"X-Metavmm-Image-Format": "raw", **({"Digest": digest} if digest else {})})
 
     web_app = web.Application()
     web_app.router.add_get("/mixins/os_tpl_download/", bytes_out)
@@ -248,7 +249,97 @@ async def test_a_download_whose_digest_is_missing_or_wrong_is_refused_and_remove
     try:
         with pytest.raises(DriverError, match=refusal):
             await client.download("export_disk", "mixins/os_tpl_download/", {"os_tpl": "t-1"},
-                                  str(tmp_path / "d.disk"), timeout_s=10)
+                                  str(tmp_path / "d.disk"), timeout_s=10, formats=frozenset({"raw"}))
     finally:
         await client.close()
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_partner_that_lies_about_its_bytes_fails_the_export_and_leaves_nothing(
+        partner: Partner, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """B declares the SHA-256 its marketplace recorded when it saved the disk, but the file it serves has one
+    byte changed (tampered at B between the save and the download). A reads it to the end, written as it came,
+    and refuses it there: the export fails with both digests, the migration rolls back (the VM runs at B
+    again, nothing at A), and a direct export leaves its directory empty."""
+    from metavmm.drivers.occi.driver import OcciDriver
+    from metavmm.services.marketplace.stream import stored_disk
+
+    saved, declared = OcciDriver._saved, []
+
+    async def tampered(self: OcciDriver, vm_id: str, term: str) -> None:
+        await saved(self, vm_id, term)
+        async with partner.app[keys.SESSIONS]() as s:
+            images = (await s.exec(select(Image).where(Image.name.startswith("moved-")))).all()  # type: ignore[attr-defined]
+        image = max(images, key=lambda i: i.created_at)
+        path = stored_disk(image.location, image.id)
+        if hashlib.sha256(path.read_bytes()).hexdigest() == image.sha256:  # a retried export's save reuses the file
+            with open(path, "r+b") as f:
+                f.seek(100)
+                byte = f.read(1)
+                f.seek(100)
+                f.write(bytes([byte[0] ^ 0x20]))
+        declared.append(image.sha256)
+
+    monkeypatch.setattr(OcciDriver, "_saved", tampered)
+    app, client = await served_a(aiohttp_client, tmp_path, downloading_config(partner.url))
+    wid = await a_vm_at_b(app, client)
+    resp = await client.post(f"{API}/workloads/{wid}/migrate", json={"site": "sim-a/sim-000", "mode": "cold"})
+    assert resp.status == 202, await resp.text()
+    done = await until_done(client, (await resp.json())["operation"]["id"])
+    export = next(s for s in done["steps"] if s["name"] == "export")
+    assert done["state"] in ("failed", "rolled_back"), (declared, export)
+    assert f"not the {declared[0]} it declared: refused and deleted" in export["error"], export
+    assert [s["state"] for s in done["steps"] if s["name"] in ("convert", "import", "create-target")] == \
+        ["pending"] * 3, done
+    async with app[keys.SESSIONS]() as s:
+        mine = await s.get(Workload, wid)
+    assert mine.spec["placement"]["provider"] == "partner" and mine.present
+    sim_a = create_driver(parse_config(downloading_config(partner.url)).provider("sim-a"))
+    assert [v for v in await sim_a.list_vms() if v.workload_id == wid] == []  # nothing started at A
+    await sim_a.close()
+    await partner.idle()
+    assert {w.observed_state for w in await partner.workloads("x")} == {"running"}  # started again at B
+
+    driver = create_driver(parse_config(downloading_config(partner.url)).provider("partner"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    try:
+        await driver.stop_vm(str(mine.provider_resource_id))
+        for to in (None, "raw"):
+            with pytest.raises(DriverError, match="arrived with SHA-256"):
+                await driver.ex_export_disk(str(mine.provider_resource_id), str(scratch), to_format=to)
+            assert list(scratch.iterdir()) == []
+    finally:
+        await driver.close()
+
+
+async def test_a_save_at_a_of_a_vm_at_partner_b_is_b_save_recorded_in_a_catalog(
+        partner: Partner, aiohttp_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    """New behaviour: the old code refused this save with 409 (the occi kind declares no export). With
+    image_download the save at A stops the compute at B, has B save it (B's own OCCI ``save``: an os_tpl of B's
+    marketplace), downloads those bytes (their SHA-256 checked against B's Digest), records them as an image of
+    A's project in A's marketplace, and starts the compute at B again."""
+    app, client = await served_a(aiohttp_client, tmp_path, downloading_config(partner.url))
+    wid = await a_vm_at_b(app, client)
+    await partner.idle()
+    (theirs,) = await partner.workloads("x")
+    b_sim = create_driver(partner.app[keys.CONFIG].providers[0])
+    (b_vm,) = [v for v in await b_sim.list_vms() if v.provider_vm_id == theirs.provider_resource_id]
+    await b_sim.close()
+    expected = sim_disk_sha256(tmp_path, b_vm)
+
+    resp = await client.post(f"{API}/workloads/{wid}/actions", json={"action": "save", "image_name": "lesson-saved"})
+    assert resp.status == 202, await resp.text()
+    done = await until_done(client, (await resp.json())["id"])
+    assert done["state"] == "succeeded", done
+    assert [s["name"] for s in done["steps"]][:4] == ["stop", "wait-stopped", "export", "publish"], done
+    async with app[keys.SESSIONS]() as s:  # recorded in A's catalog, an image of the compute's project
+        (image,) = (await s.exec(select(Image).where(Image.name == "lesson-saved"))).all()
+        mine = await s.get(Workload, wid)
+    assert image.sha256 == expected and image.project_id == mine.project_id and image.visibility == "project"
+    assert mine.spec["placement"]["provider"] == "partner" and mine.observed_state == "running"
+    async with partner.app[keys.SESSIONS]() as s:  # B's own save made it: an os_tpl in A's project there
+        (at_b,) = (await s.exec(select(Image).where(Image.name.startswith("moved-")))).all()  # type: ignore[attr-defined]
+    assert at_b.sha256 == expected and at_b.project_id == partner.projects["x"]
+    await partner.idle()
+    assert {w.observed_state for w in await partner.workloads("x")} == {"running"}  # started again at B

@@ -7,6 +7,7 @@ the cold migration's boot check reads the same marker on the clone's console, an
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -177,6 +178,12 @@ async def test_a_compute_placed_at_b_runs_on_b_libvirt_and_moves_back(lv_partner
             (saved,) = (await s.exec(select(Image).where(Image.name.startswith("moved-")))).all()  # type: ignore[attr-defined]
         assert f"SHA-256 {saved.sha256}" in " ".join(steps["export"]["log"])  # the bytes A took are B's disk
         assert steps["export"]["transfer"]["bytes"] == saved.size_bytes > 0
+        # B's saved qcow2 was decoded into A's raw as it arrived: nothing staged but B's two refcount clusters
+        # (whose role a stream cannot know), and the conversion found nothing left to do
+        assert saved.format == "qcow2" and "decoded as it came (qcow2 -> raw)" in " ".join(steps["export"]["log"])
+        staged = int(re.search(r"(\d+) bytes staged", " ".join(steps["export"]["log"])).group(1))  # type: ignore[union-attr]
+        assert staged <= 2 * 65536, steps["export"]["log"]
+        assert steps["convert"]["state"] == "done" and not steps["convert"]["log"], steps["convert"]
         assert "console" in " ".join(steps["boot-check"]["log"]) or steps["boot-check"]["state"] == "done"
         async with app[keys.SESSIONS]() as s:
             mine = await s.get(Workload, wid)

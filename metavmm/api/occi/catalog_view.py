@@ -247,10 +247,11 @@ def _values(attrs: list[OcciAttr], data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def exports(provider: str | None, kind: str | None) -> bool:
-    """Whether a compute at ``provider`` (of ``kind``) can be saved: not where the workload service refuses
-    a save up front (:func:`metavmm.services.operations.flows.export_refused`); True while it runs nowhere."""
-    return provider is None or kind is None or flows.export_refused(provider, kind) is None
+def exports(provider: str | None, kind: str | None, config: Any = None) -> bool:
+    """Whether a compute at ``provider`` (of ``kind``, configured in the federation file ``config``) can be
+    saved: not where the workload service refuses a save up front
+    (:func:`metavmm.services.operations.flows.export_refused`); True while it runs nowhere."""
+    return provider is None or kind is None or flows.export_refused(provider, kind, config) is None
 
 
 def resource_entity(wl: Workload, links: list[Link], running: Operation | None = None, *,

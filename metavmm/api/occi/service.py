@@ -160,7 +160,7 @@ class OcciService:
             state = occi_state(wl)
             links = [link_entity(lk, wl.kind, tk, state) for _, lk, tk, _, _ in rows if lk is not None]
             return resource_entity(wl, links, running.get(wl.id) if wl.kind == "compute" else None,
-                                   saveable=exports(provider, provider_kind))
+                                   saveable=exports(provider, provider_kind, self.workloads.config))
 
     async def collection(self, kind: Kind | None = None, mixin: Mixin | None = None, *,
                          window: tuple[int, int] | None = None, after: str | None = None,
@@ -190,7 +190,8 @@ class OcciService:
                 rows = [w for w, _, _ in found]
                 links = await links_of(session, rows)
                 out += [resource_entity(w, links[w.id], running.get(w.id) if w.kind == "compute" else None,
-                                        saveable=exports(name, provider_kind)) for w, name, provider_kind in found]
+                                        saveable=exports(name, provider_kind, self.workloads.config))
+                        for w, name, provider_kind in found]
             link_terms = [t for t in terms if t in ("networkinterface", "storagelink")]
             link_ids = {infra.NETWORKINTERFACE.type_id, infra.STORAGELINK.type_id}
             if link_terms and (mixin is None or not mixin.applies or set(mixin.applies) & link_ids):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import re
@@ -19,8 +18,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -37,6 +35,8 @@ from metavmm.foundation.errors import (
     ProviderUnavailable,
     ValidationError,
 )
+from metavmm.translators.digest import CHUNK, MultiHash
+from metavmm.translators.diskstream import receive
 
 ACCEPT_ANY = f"{wire.JSON}, {wire.TEXT_OCCI};q=0.9, {wire.TEXT_PLAIN};q=0.8"
 MAX_PAGES = 1000  # a partner whose rel=next never ends is a fault, not a loop
@@ -349,11 +349,15 @@ class OcciClient:
         return headers["Location"]
 
     async def download(self, operation: str, location: str, query: Mapping[str, str], dest: str, *,
-                       timeout_s: float, progress: Callable[[int, int], None] | None = None) -> Downloaded:
-        """GET the bytes at ``location`` into the file ``dest``, hashed (SHA-256) as they arrive and checked
-        against the ``Digest: sha-256=HEX`` the partner sent before them: a partner that sends none, a
-        difference, or an answer cut short is a DriverError and ``dest`` is removed. ``progress(done, total)``
-        hears each chunk (total: the ``Content-Length``, 0 when not sent)."""
+                       timeout_s: float, formats: frozenset[str], to_format: str | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> Downloaded:
+        """GET the disk at ``location`` into the file ``dest``: as it comes, or (``to_format``) written as that
+        format by :func:`~metavmm.translators.diskstream.receive` (a raw one decoded as the bytes arrive where
+        the disk's format allows, else staged and converted), hashed (SHA-256) in the same pass and checked
+        against the ``Digest: sha-256=HEX`` the partner sent before them. A partner that sends none, names no
+        format of ``formats`` (``X-Metavmm-Image-Format``), sends other bytes than it declared or fewer than its
+        ``Content-Length`` fails with nothing left behind. ``progress(done, total)`` hears the bytes as they
+        arrive (total: the ``Content-Length``, 0 when not sent)."""
 
         async def read(resp: aiohttp.ClientResponse) -> Downloaded:
             said = next((v.strip()[8:] for v in resp.headers.getall("Digest", [])
@@ -362,32 +366,35 @@ class OcciClient:
                 raise DriverError(f"the partner's download of {query} says no SHA-256 (Digest: sha-256=HEX): its "
                                   "bytes could not be checked, so they are not taken", provider=self.name,
                                   operation=operation)
-            total, done, digest = resp.content_length or 0, 0, hashlib.sha256()
-            out = await asyncio.to_thread(open, dest, "wb")
+            fmt = resp.headers.get("X-Metavmm-Image-Format")
+            if fmt not in formats:
+                raise DriverError(f"the partner's download of {query} names no disk format this broker reads "
+                                  f"({fmt!r})", provider=self.name, operation=operation)
+            total = resp.content_length or 0
+
+            def check(digests: dict[str, str], size: int) -> None:
+                if total and size != total:
+                    raise ProviderUnavailable(f"the partner's download of {query} ended after {size} of {total} "
+                                              "bytes", provider=self.name, operation=operation)
+                if digests["sha256"] != said.lower():
+                    raise DriverError(f"the partner's download of {query} arrived with SHA-256 {digests['sha256']}, "
+                                      f"not the {said.lower()} it declared: refused and deleted", provider=self.name,
+                                      operation=operation)
+
+            hasher = MultiHash(("sha256",), total or None, lambda n: ProviderUnavailable(
+                f"the partner's download of {query} sent more than its {n} bytes", provider=self.name,
+                operation=operation))
             try:
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    await asyncio.to_thread(_write, out, digest, chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-            except BaseException:
-                out.close()
-                Path(dest).unlink(missing_ok=True)
-                raise
-            out.close()
-            if total and done != total:
-                Path(dest).unlink(missing_ok=True)
-                raise ProviderUnavailable(f"the partner's download of {query} ended after {done} of {total} bytes",
-                                          provider=self.name, operation=operation)
-            return Downloaded(dest, done, digest.hexdigest(), said.lower(), resp.headers.get("X-Metavmm-Image-Format"))
+                got = await receive(resp.content.iter_chunked(CHUNK), fmt, dest, to=to_format, hasher=hasher,
+                                    check=check, progress=(lambda n: progress(n, total)) if progress else None,
+                                    what=f"the partner's download of {query}")
+            finally:
+                hasher.close()
+            return Downloaded(got.disk.path, got.size_bytes, got.digests["sha256"], said.lower(), got.disk.format,
+                              got.staged_bytes, got.how)
 
         _, _, _, got = await self.request(operation, "GET", f"{location}?{urlencode(query)}", accept=UPLOAD,
                                           timeout_s=timeout_s, reader=read)
-        if got.sha256 != got.expected:
-            Path(dest).unlink(missing_ok=True)
-            raise DriverError(f"the partner's download of {query} arrived with SHA-256 {got.sha256}, not the "
-                              f"{got.expected} it declared: refused and deleted", provider=self.name,
-                              operation=operation)
         return got
 
     async def get_json(self, operation: str, location: str) -> Any:
@@ -405,19 +412,16 @@ Reader = Callable[[aiohttp.ClientResponse], Awaitable[Any]]
 
 @dataclass(frozen=True, slots=True)
 class Downloaded:
-    """A file :meth:`OcciClient.download` wrote: its size, the SHA-256 of what arrived and the one the partner
-    declared, and the disk format the partner named (``X-Metavmm-Image-Format``), if it did."""
+    """A disk :meth:`OcciClient.download` wrote: its path and format, the bytes that arrived, their SHA-256
+    (the one the partner declared), the bytes staged beside it on the way and how it was written."""
 
     path: str
     size_bytes: int
     sha256: str
     expected: str
-    format: str | None
-
-
-def _write(out: BinaryIO, digest: Any, chunk: bytes) -> None:
-    digest.update(chunk)
-    out.write(chunk)
+    format: str
+    staged_bytes: int = 0
+    how: str = ""
 
 
 async def _chunks(path: str, size: int = 1 << 22) -> AsyncIterator[bytes]:

@@ -237,13 +237,23 @@ class OcciDriver(DriverBase):
         await self.get_vm(vm_id)  # ProviderNotFound: not the partner's compute
         return str(download.location)
 
-    async def ex_export_disk(self, vm_id: str, dest_dir: str,
-                             progress: Callable[[int, int], None] | None = None) -> DiskRef:
+    export_to_formats: ClassVar[frozenset[str]] = frozenset({"raw"})
+    """What :meth:`ex_export_disk` can write the download as (``to_format``) while it arrives: a cold migration's
+    export asks for the format its next step converts to, so that step has nothing left to do."""
+
+    async def ex_export_disk(self, vm_id: str, dest_dir: str, progress: Callable[[int, int], None] | None = None,
+                             to_format: str | None = None) -> DiskRef:
         """The stopped compute's disk: OCCI's ``save`` (GFD.184's compute action, the os_tpl named here) makes
         an os_tpl of it at the partner (its own save flow: export, publish in the project of this broker's
         credentials there); once the query interface lists it, the os_tpl download extension hands its bytes
-        over, hashed as they arrive and checked against the SHA-256 the partner declares. The saved os_tpl
-        stays at the partner, in that project (OCCI removes no os_tpl; the partner's marketplace keeps it)."""
+        over, hashed as they arrive and checked against the SHA-256 the partner declares. With ``to_format``
+        (one of :attr:`export_to_formats`) they are written as that format on the way: a raw, qcow2 or
+        streamOptimized vmdk download is decoded as it arrives (no staged copy, no qemu-img run), any other
+        staged and converted (:func:`~metavmm.translators.diskstream.receive`). The saved os_tpl stays at the
+        partner, in that project (OCCI removes no os_tpl; the partner's marketplace keeps it)."""
+        if to_format is not None and to_format not in self.export_to_formats:
+            raise ValidationError(f"{self.name}: a download is written as it comes or as "
+                                  f"{', '.join(sorted(self.export_to_formats))}, not {to_format}")
         download = await self.ex_export_check(vm_id)
         await self.wait_for(vm_id, VmState.STOPPED, timeout_s=300)  # a stop the partner still runs ends first
         name = f"moved-{vm_id[:8]}-{uuid.uuid4().hex[:6]}"
@@ -255,13 +265,11 @@ class OcciDriver(DriverBase):
         term = urlsplit(where).path.rstrip("/").rsplit("/", 1)[-1]
         await self._saved(vm_id, term)
         got = await self.client.download("export_disk", download, {"os_tpl": term},
-                                         str(Path(dest_dir) / f"{term}.disk"), timeout_s=self.upload_timeout_s,
-                                         progress=progress)
-        if got.format not in self.DISK_FORMATS:
-            Path(got.path).unlink(missing_ok=True)
-            raise DriverError(f"the partner's download of os_tpl {term} names no disk format this broker reads "
-                              f"({got.format!r})", provider=self.name, operation="export_disk")
-        return DiskRef(got.path, str(got.format), sha256=got.sha256)
+                                         str(Path(dest_dir) / f"{term}.{to_format or 'disk'}"),
+                                         timeout_s=self.upload_timeout_s, formats=self.DISK_FORMATS,
+                                         to_format=to_format, progress=progress)
+        return DiskRef(got.path, got.format, sha256=got.sha256,
+                       note=f"{got.size_bytes} bytes received, {got.how}, {got.staged_bytes} bytes staged")
 
     async def _saved(self, vm_id: str, term: str) -> None:
         """Until the partner's query interface lists os_tpl ``term`` (its save published it); a save that

@@ -11,7 +11,10 @@ still there. Otherwise it
    translators' :func:`~metavmm.translators.disk.convert`. A local source is never read twice in a row:
    qemu-img converts it (or, in the published format, the kernel copies it as cp does, holes kept)
    while a parallel reader hashes the same pages, and the output is kept only if the digests match and
-   the file did not change meanwhile;
+   the file did not change meanwhile. Another site's blob is written into the store as it arrives by the
+   code a partner's OCCI download uses (:func:`~metavmm.translators.diskstream.receive`): kept in the
+   published format, decoded as it arrives where the replica is raw and the format allows (raw, qcow2,
+   vmdk streamOptimized), else staged and converted; the digests are checked before anything stays;
 3. registers the disk with the provider: a libvirt provider's images are the files in its
    ``storage_dir/images`` (what its inventory reports), other providers go through the driver's
    ``import_image``;
@@ -51,10 +54,11 @@ from metavmm.foundation.paths import state_dir
 from metavmm.foundation.records import DiskRef
 from metavmm.services import metrics
 from metavmm.services.marketplace.entries import Audience, get_image, state_of
-from metavmm.services.marketplace.stream import Digests, Expected, hash_file, local_path, stream_to_file
+from metavmm.services.marketplace.stream import Digests, Expected, digests_hasher, hash_file, http_chunks, local_path
 from metavmm.translators.costs import HYPERVISOR_FORMATS, V2V_SOURCES, DiskFormat
-from metavmm.translators.digest import copy_extents
+from metavmm.translators.digest import copy_extents, sha256_file
 from metavmm.translators.disk import DiskTarget, convert
+from metavmm.translators.diskstream import receive
 from metavmm.translators.untrusted import inspect
 
 # When a site's hypervisor cannot boot the published format, the format it gets instead.
@@ -177,20 +181,16 @@ class Replicator:
             checksum: str | None = None
             if source is not None and conv != image.format:
                 copy, checksum = await _convert_local(source, image, conv, final, expected)
+            elif source is None:
+                copy, checksum = await _receive_http(image, conv, final, expected)
             else:
                 staged.parent.mkdir(parents=True, exist_ok=True)
                 staged.unlink(missing_ok=True)  # a copy cut short by a crash
-                copy = (await _copy_local(source, image, staged, expected) if source is not None else
-                        await stream_to_file(image.location, staged, expected=expected, what=f"image {image.name}"))
+                copy = await _copy_local(source, image, staged, expected)
                 conv_started = time.perf_counter()
-                try:
-                    if conv == image.format:
-                        await inspect(staged, image.format, checksum=False)  # bytes from outside: check them
-                        staged.replace(final)
-                    else:
-                        # the staging copy's digest is known: only the output is hashed, beside its check
-                        checksum = (await convert(DiskRef(str(staged), image.format), conv, final, overwrite=True,
-                                                  source_sha256=copy.sha256)).sha256
+                try:  # in the published format
+                    await inspect(staged, image.format, checksum=False)  # bytes from outside: check them
+                    staged.replace(final)
                 finally:
                     staged.unlink(missing_ok=True)
             if conv == image.format:
@@ -238,6 +238,25 @@ async def _convert_local(src: Path, image: Image, fmt: str, final: Path, expecte
                    source_sha256=expected.sha256 or "checked beside")
     digests, result = await _beside_hash(src, image, expected, work, final)
     return digests, result.sha256
+
+
+async def _receive_http(image: Image, fmt: str, final: Path, expected: Expected) -> tuple[Digests, str | None]:
+    """Another site's blob (its ``disk_response``, the answer a partner's os_tpl download gives too) written
+    into the site's store as it arrives, by the code a partner's download uses
+    (:func:`~metavmm.translators.diskstream.receive`): kept as published (inspected), decoded into a raw
+    replica where the format allows, else staged and converted. Both digests and the size are checked once
+    the last byte is in, before the staged bytes reach qemu-img and before the replica appears. Returns the
+    source's digests and the replica's SHA-256."""
+    what = f"image {image.name}"
+    hasher = digests_hasher(expected.size_bytes, what)
+    started = time.perf_counter()
+    try:
+        got = await receive(http_chunks(image.location or "", 6 * 3600), image.format, final, to=fmt, hasher=hasher,
+                            check=lambda d, n: expected.verify(Digests(d["sha256"], d["sha512"], n), what), what=what)
+    finally:
+        hasher.close()
+    digests = Digests(got.digests["sha256"], got.digests["sha512"], got.size_bytes, time.perf_counter() - started)
+    return digests, digests.sha256 if fmt == image.format else await asyncio.to_thread(sha256_file, final)
 
 
 async def _copy_local(src: Path, image: Image, dest: Path, expected: Expected) -> Digests:

@@ -19,6 +19,7 @@ name at the target is reused, removals of what is already gone succeed. Their co
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -76,14 +77,20 @@ async def _reported(ctx: StepContext, work: Awaitable[T], meter: _Meter | DiskSt
 
 
 @action("disk.export")
-async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, **_: Any) -> dict[str, Any]:
+async def export_disk(ctx: StepContext, *, provider: str, workload_id: str, to_format: str | None = None,
+                      **_: Any) -> dict[str, Any]:
     """Copy the stopped VM's disk, flattened, into the operation's scratch directory. Its seconds are kept
-    (``export_s``): a cold migration's import adds them to its own for the link's measured rate."""
+    (``export_s``): a cold migration's import adds them to its own for the link's measured rate.
+    ``to_format``: what the next step converts to; a driver that can write its export as that format on the
+    way (``export_to_formats``: a partner's download, decoded as it arrives) is asked to, so the conversion
+    finds nothing left to do."""
     vm = await require_vm(ctx, provider, workload_id)
     driver = ctx.driver(provider)
     export = getattr(driver, "ex_export_disk", None)
     if export is None:
         raise UnsupportedOperation(f"{provider} ({driver.kind}) cannot export a VM's disk")
+    if to_format is not None and to_format in getattr(driver, "export_to_formats", ()):
+        export = functools.partial(export, to_format=to_format)
     started = time.perf_counter()
     disk = await exported(ctx, export, vm.provider_vm_id, "disk_export")
     return {"exported": disk, "export_s": round(time.perf_counter() - started, 3)}
@@ -108,9 +115,12 @@ async def exported(ctx: StepContext, export: Callable[..., Awaitable[DiskRef]], 
     meter = _Meter()
     disk: DiskRef = await _reported(ctx, export(resource_id, str(ctx.work_dir), progress=meter), meter)
     size = Path(disk.path).stat().st_size
+    if meter.last is not None and meter.last[0] == meter.last[1]:
+        size = meter.last[0]  # the bytes the export moved, when it said: a download decoded on arrival differs
     await ctx.moved(size, time.perf_counter() - started)
     checked = f", SHA-256 {disk.sha256} as its source declared it" if disk.sha256 else ""
-    await ctx.log(f"exported {disk.path} ({disk.format}, {size} bytes{checked})")
+    await ctx.log(f"exported {disk.path} ({disk.format}, {size} bytes{checked})"
+                  + (f": {disk.note}" if disk.note else ""))
     _moved(what, disk.path)
     return {"path": disk.path, "format": disk.format}
 

@@ -353,13 +353,17 @@ async def refuse_if_linked(session: AsyncSession, workload: Workload) -> None:
         raise Conflict(f"{workload.kind} {workload.name} is still linked: {'; '.join(live)}; remove the links first")
 
 
-async def save_plan(session: AsyncSession, workload_id: str, *, name: str | None = None) -> PlanSpec:
+async def save_plan(session: AsyncSession, workload_id: str, *, name: str | None = None,
+                    config: Any = None) -> PlanSpec:
     """Save the VM's disk as a marketplace image of its project (OCCI's ``save``): a VM that is not
     stopped is stopped for the copy and started again; the image is named and given its id now, so
     retries reuse it and the answer can name the new OS template (its os_tpl) before the export ends.
-    A provider that cannot export a disk is refused here, the one place every front end's save passes."""
+    A provider that cannot export a disk is refused here, the one place every front end's save passes
+    (``config``: the federation file, whose entry may grant what the kind lacks: a VM at a partner
+    metavmm with ``image_download`` is saved there by the partner's own ``save``, its disk downloaded,
+    and recorded here as any save's image)."""
     workload, provider, first = await behind(session, workload_id)
-    await refuse_unexportable(session, workload, provider)
+    await refuse_unexportable(session, workload, provider, config)
     at = {"provider": provider, "workload_id": workload.id}
     image = name or f"saved-{workload.id[:8]}-{uuid.uuid4().hex[:6]}"
     image_id = str(uuid.uuid4())
@@ -380,7 +384,7 @@ async def save_plan(session: AsyncSession, workload_id: str, *, name: str | None
 
 async def save(engine: Engine, workload_id: str, *, name: str | None = None) -> Operation:
     async with engine.sessions() as session:
-        plan = await save_plan(session, workload_id, name=name)
+        plan = await save_plan(session, workload_id, name=name, config=engine.config)
     return await engine.submit(**plan.args())
 
 
@@ -490,22 +494,37 @@ def refuse_unmovable(engine: Engine, source: str, target: str) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def export_refused(provider: str, kind: str) -> str | None:
-    """Why no VM's disk can leave ``provider`` (the export half of the move rule,
-    :func:`metavmm.scheduler.filters.movable.export_refusal`); None when it can, or when its kind's SDK
-    is not installed (the export step then says so). Cached: it reads only what the kind's driver class
-    declares, and OCCI asks it for every compute it renders."""
+def _kind_export_refused(provider: str, kind: str) -> str | None:
     from metavmm.scheduler.filters.movable import export_refusal
 
     view = declared(provider, kind)
     return export_refusal(view) if view is not None else None
 
 
-async def refuse_unexportable(session: AsyncSession, workload: Workload, provider: str) -> None:
+def export_refused(provider: str, kind: str, config: Any = None) -> str | None:
+    """Why no VM's disk can leave ``provider`` (the export half of the move rule,
+    :func:`metavmm.scheduler.filters.movable.export_refusal`); None when it can, or when its kind's SDK
+    is not installed (the export step then says so). What the kind's driver class declares decides (cached:
+    OCCI asks it for every compute it renders); where the kind refuses, the provider's entry in the
+    federation file ``config`` may still grant the export (a partner metavmm with ``image_download``)."""
+    why = _kind_export_refused(provider, kind)
+    if why is None or config is None:
+        return why
+    try:
+        entry = config.provider(provider)
+    except KeyError:
+        return why
+    from metavmm.scheduler.filters.movable import export_refusal
+
+    view = declared(provider, kind, entry)
+    return export_refusal(view) if view is not None else None
+
+
+async def refuse_unexportable(session: AsyncSession, workload: Workload, provider: str, config: Any = None) -> None:
     """A save of a VM whose provider cannot hand out its disk is a 409 before any row is written: without
     it the plan would stop the VM, fail at its export step and roll back."""
     row = (await session.exec(select(Provider).where(Provider.name == provider))).first()
-    why = export_refused(provider, row.kind) if row is not None else None
+    why = export_refused(provider, row.kind, config) if row is not None else None
     if why is not None:
         raise Conflict(f"{why}, so compute {workload.name} cannot be saved as an image")
 
@@ -616,7 +635,8 @@ async def cold_migrate_plan(engine: Engine, workload_id: str, *, target_provider
                                                 "format": disk_format}, compensate="image.delete", weight=9,
                       detail=why)]
     else:
-        moves = [Step("export", "disk.export", src, compensate="scratch.clean", weight=3, detail=why),
+        moves = [Step("export", "disk.export", {**src, "to_format": disk_format}, compensate="scratch.clean",
+                      weight=3, detail=why),
                  Step("convert", "disk.convert", {"to_format": disk_format}, compensate="scratch.clean", weight=3),
                  Step("import", "image.import", {**image, "source_provider": provider}, compensate="image.delete",
                       weight=3)]

@@ -661,7 +661,7 @@ class WorkloadService:
             if not (_is_placed(workload) or await _creating(session, workload.id)):
                 raise Conflict(f"compute {workload.name} runs nowhere (it is {workload.observed_state})")
             if action == "save":
-                plan = await flows.save_plan(session, workload.id, name=image_name)
+                plan = await flows.save_plan(session, workload.id, name=image_name, config=self.config)
             else:
                 await _set(session, workload, desired_state=DESIRED_AFTER[action])
                 plan = await flows.power_plan(session, workload.id, ENGINE_VERB[action])
