@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty, Full, Queue
+from queue import Empty, Queue
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
@@ -108,33 +108,41 @@ async def _http_chunks(url: str, timeout_s: float) -> AsyncIterator[bytes]:
                 raise NotFound(f"{url}: not found at the source site")
             if resp.status != 200:
                 raise ValidationError(f"{url}: the source answered HTTP {resp.status}")
-            async for chunk in resp.content.iter_chunked(CHUNK):
+            async for chunk in resp.content.iter_any():  # as received: no join into pieces here
                 yield chunk
     except aiohttp.ClientError as exc:
         raise ValidationError(f"{url}: cannot fetch: {exc}") from None
 
 
-def _sink(queue: Queue[bytearray | None], stop: threading.Event, part: Path | None, hasher: MultiHash,
-          progress: Progress | None) -> None:
-    """The writer thread: hashes and writes what the network side queued, until None (or ``stop``).
+_BUFFERS = 4
+"""CHUNK buffers between the network side and the writer: the memory a copy holds whatever the sender's speed."""
+
+
+def _sink(full: Queue[tuple[bytearray, int] | None], free: Queue[bytearray], stop: threading.Event, part: Path | None,
+          hasher: MultiHash, progress: Progress | None) -> None:
+    """The writer thread: hashes and writes the pieces the network side filled, until None (or ``stop``),
+    giving each buffer back once it is written.
 
     Zero pieces are skipped with a seek instead of written, so a sparse image arriving over HTTP is
     stored sparse; the file gets its full length at the end.
     """
-    fout = open(part, "wb") if part is not None else None  # noqa: SIM115 - closed below
+    fout = open(part, "wb", buffering=0) if part is not None else None  # noqa: SIM115 - closed below
     try:
         while not stop.is_set():
             try:
-                chunk = queue.get(timeout=0.05)
+                item = full.get(timeout=0.05)
             except Empty:
                 continue
-            if chunk is None:
+            if item is None:
                 if fout is not None:
                     fout.truncate(hasher.size)
                 return
-            hasher.update(chunk)
+            buf, n = item
+            piece = buf if n == CHUNK else memoryview(buf)[:n]
+            hasher.update(piece)
             if fout is not None:
-                _write_sparse(fout, chunk)
+                _write_sparse(fout, piece)
+            free.put(buf)
             if progress is not None:
                 progress(hasher.size)
     finally:
@@ -145,42 +153,56 @@ def _sink(queue: Queue[bytearray | None], stop: threading.Event, part: Path | No
 _ZERO_CHUNK = bytes(CHUNK)
 
 
-def _write_sparse(fout: BinaryIO, chunk: bytes | bytearray) -> None:
+def _write_sparse(fout: BinaryIO, piece: bytearray | memoryview) -> None:
     """A whole CHUNK of zeros is skipped with a seek (a hole); anything else is written. The comparison
     is a memcmp that stops at the first non-zero byte, so data costs nothing to check."""
-    if len(chunk) == CHUNK and chunk == _ZERO_CHUNK:
+    if len(piece) == CHUNK and piece == _ZERO_CHUNK:
         fout.seek(CHUNK, os.SEEK_CUR)
-    else:
-        fout.write(chunk)
+        return
+    view = memoryview(piece)
+    while view:  # an unbuffered write may take part of the piece
+        view = view[fout.write(view):]
 
 
 async def _pump(chunks: AsyncIterator[bytes], part: Path | None, hasher: MultiHash, progress: Progress | None) -> None:
-    """Network reads on the event loop, gathered into CHUNK-sized pieces; hashing and writing in one thread
-    meanwhile (a bounded queue keeps memory at a few CHUNKs whatever the sender's speed)."""
-    queue: Queue[bytearray | None] = Queue(maxsize=3)
+    """Network reads on the event loop, copied once into CHUNK-sized buffers; hashing and writing in one thread
+    meanwhile. A few buffers go round between the two (no allocation per piece), so memory stays at
+    ``_BUFFERS`` CHUNKs whatever the sender's speed."""
+    full: Queue[tuple[bytearray, int] | None] = Queue()
+    free: Queue[bytearray] = Queue()
+    for _ in range(_BUFFERS):
+        free.put(bytearray(CHUNK))
     stop = threading.Event()
-    writer = asyncio.create_task(asyncio.to_thread(_sink, queue, stop, part, hasher, progress))
+    writer = asyncio.create_task(asyncio.to_thread(_sink, full, free, stop, part, hasher, progress))
 
-    async def put(item: bytearray | None) -> None:
+    async def take() -> bytearray:
+        """A buffer the writer is done with; waits (off the loop) while all are queued; the writer's error ends it."""
         while True:
+            try:
+                return free.get_nowait()
+            except Empty:
+                pass
             if writer.done():  # the writer failed (a limit, a full disk): its error ends the copy
                 await writer
-            try:
-                queue.put_nowait(item)
-                return
-            except Full:
-                await asyncio.sleep(0.002)
+                raise ChecksumMismatch("the writer stopped before the end of the copy")
+            with contextlib.suppress(Empty):
+                return await asyncio.to_thread(free.get, True, 0.05)
 
     try:
-        pending = bytearray()
+        buf, filled = await take(), 0
         async for piece in chunks:
-            pending += piece
-            while len(pending) >= CHUNK:  # CHUNK-sized pieces, so that zero pieces line up with holes
-                await put(pending[:CHUNK])
-                del pending[:CHUNK]
-        if pending:
-            await put(pending)
-        await put(None)
+            view = memoryview(piece)
+            while view:  # CHUNK-sized pieces, so that zero pieces line up with holes
+                n = min(len(view), CHUNK - filled)
+                buf[filled:filled + n] = view[:n]
+                filled += n
+                view = view[n:]
+                if filled == CHUNK:
+                    full.put((buf, CHUNK))
+                    buf, filled = await take(), 0
+        if filled:
+            full.put((buf, filled))
+        full.put(None)
         await writer
     except BaseException:
         stop.set()  # the writer closes its file before the caller deletes it
