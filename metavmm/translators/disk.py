@@ -2,7 +2,8 @@
 
 ``convert(src, target, dst)`` is the one entry point. It always passes the source format explicitly
 (qemu's probing calls a fixed VHD "raw" and would honour a qcow2 header inside a "raw" upload),
-inspects the source as untrusted unless told it is ours, checks free space with ``qemu-img measure``
+inspects the source as untrusted unless told it is ours (the reference rules before qemu-img convert
+opens it, the metadata check beside the conversion), checks free space with ``qemu-img measure``
 where qemu supports it (raw and qcow2 output), reports progress from ``qemu-img convert -p``, hashes
 the source with SHA-256 while qemu reads it, checks the output's metadata with ``qemu-img check`` and
 returns the output's SHA-256, so the catalog and an OVA manifest never need a second pass.
@@ -183,12 +184,15 @@ async def convert(src: DiskRef, target: DiskTarget | DiskFormat | str, dst: str 
     tmp_raw = dst.with_name(dst.name + ".align.raw")
     space: asyncio.Task[None] | None = None
     try:
-        if report is None and not trusted:  # info, its reference rules, then check: before anything else opens it
-            report = await inspect(src.path, src.format, limits=limits, checksum=False)
+        source_check = None
+        if report is None and not trusted:  # info and its reference rules: before anything else opens the file
+            report = await inspect(src.path, src.format, limits=limits, checksum=False, check=False)
+            source_check = _source_check(src.path, report.format, limits)
         virtual = report.virtual_size if report else 0
-        # The free-space check (``qemu-img measure``, a metadata read) runs alongside the conversion instead of
-        # before it: when the space is short the conversion is stopped and its partial output removed.
-        space = asyncio.create_task(_check_space(src, target, virtual, dst))
+        # The free-space check (``qemu-img measure``, a metadata read) and the source's metadata check
+        # (``qemu-img check``) run alongside the conversion instead of before it: when the space is short or
+        # the metadata corrupt, the conversion is stopped and its partial output removed, so nothing appears.
+        space = asyncio.create_task(_gates(_check_space(src, target, virtual, dst), source_check))
 
         started = time.perf_counter()
         source = src
@@ -244,6 +248,25 @@ async def _check_space(src: DiskRef, target: DiskTarget, virtual: int, dst: Path
         required = virtual or None
     if required is not None:
         _needs_space(required, dst)
+
+
+async def _source_check(path: str, fmt: str, limits: ImageLimits) -> None:
+    """The inspection's ``qemu-img check`` of an untrusted source (UntrustedImage when its metadata is corrupt)."""
+    await qemu_check(path, fmt, limits.tool)
+
+
+async def _gates(*checks: Coroutine[Any, Any, None] | None) -> None:
+    """The checks a conversion must pass, side by side; the first failure is raised (the others cancelled)."""
+    tasks = [asyncio.ensure_future(c) for c in checks if c is not None]
+    try:
+        for done in asyncio.as_completed(tasks):
+            await done
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
 
 async def _alongside(work: Coroutine[Any, Any, None], check: asyncio.Task[None]) -> None:

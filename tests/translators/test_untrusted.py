@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -119,6 +120,36 @@ async def test_corrupt_metadata_is_refused(raw_disk: DiskRef, tmp_path: Path) ->
         f.write((0x30001).to_bytes(8, "big"))
     with pytest.raises(UntrustedImage, match="qemu-img cannot read it as qcow2"):
         await inspect(bad, "qcow2")
+
+
+async def test_corrupt_refcounts_are_refused_by_convert_and_leave_no_output(raw_disk: DiskRef, tmp_path: Path) -> None:
+    """qemu-img info reads such a file and qemu-img convert would convert it; the source's metadata check,
+    which runs beside the conversion, refuses it and the output never appears."""
+    import struct
+
+    bad = tmp_path / "refcounts.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw_disk.path, str(bad))
+    with open(bad, "r+b") as f:  # the last used cluster's refcount (16-bit entries) set to 0
+        header = f.read(56)
+        f.seek(struct.unpack_from(">Q", header, 48)[0])
+        block = struct.unpack(">Q", f.read(8))[0]
+        f.seek(block)
+        used = (len(f.read(4096).rstrip(b"\0")) + 1) // 2
+        f.seek(block + 2 * (used - 1))
+        f.write(b"\0\0")
+    assert (await inspect(bad, "qcow2", check=False)).format == "qcow2"  # info and its rules accept it
+    for target in ("raw", "qcow2"):
+        with pytest.raises(UntrustedImage, match="qemu-img check found the qcow2 metadata corrupt"):
+            await convert(DiskRef(str(bad), "qcow2"), target, tmp_path / f"out.{target}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(raw_disk.path).name, bad.name])
+
+
+async def test_a_raw_image_is_described_as_qemu_img_describes_it(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.raw"
+    odd.write_bytes(b"\x5a" * 1000)  # qemu counts whole 512-byte sectors: 1024
+    report = await inspect(odd, "raw")
+    info = json.loads(qemu_img("info", "-f", "raw", "--output=json", str(odd)).stdout)
+    assert (report.virtual_size, report.actual_size) == (info["virtual-size"], info["actual-size"]) == (1024, 4096)
 
 
 async def test_non_regular_files_are_refused(tmp_path: Path) -> None:

@@ -62,3 +62,27 @@ async def test_more_than_declared_is_cut_off_and_nothing_is_left(tmp_path: Path)
     with pytest.raises(ChecksumMismatch, match="more than the declared"):
         await stream_to_file(_pieces(os.urandom(3 * MIB)), dest, expected=Expected(size_bytes=MIB))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("piece", [7, 65536 + 3, CHUNK + 11, 3 * CHUNK])
+async def test_buffers_go_round_without_mixing_pieces(tmp_path: Path, piece: int) -> None:
+    """More CHUNKs than the pump holds buffers, in pieces of every size against CHUNK: each buffer is
+    reused only once its bytes are hashed and written, so the copy and both digests are the content's."""
+    content = b"".join(hashlib.sha512(i.to_bytes(4, "little")).digest() * (CHUNK // 64) for i in range(9)) + b"end"
+    content = content[:4 * CHUNK] + bytes(CHUNK) + content[5 * CHUNK:]  # one zero CHUNK among them
+    dest = tmp_path / "up.raw"
+    declared = Expected(sha256=hashlib.sha256(content).hexdigest(), sha512=hashlib.sha512(content).hexdigest(),
+                        size_bytes=len(content))
+    got = await stream_to_file(_pieces(content, piece), dest, expected=declared)
+    assert dest.read_bytes() == content and got.size_bytes == len(content)
+
+
+async def test_a_wrong_digest_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    content = os.urandom(5 * CHUNK + 1)
+    wrong = bytearray(content)
+    wrong[3 * CHUNK] ^= 1  # one bit flipped on the way
+    for name in ("sha256", "sha512"):
+        declared = Expected(**{name: hashlib.new(name, content).hexdigest()})
+        with pytest.raises(ChecksumMismatch, match=f"{name.upper()} mismatch"):
+            await stream_to_file(_pieces(bytes(wrong), 65536), tmp_path / "up.raw", expected=declared)
+        assert list(tmp_path.iterdir()) == []
