@@ -142,19 +142,20 @@ async def _broker(database: str) -> tuple[web.Application, web.AppRunner, str, s
     return app, runner, base, token, path  # type: ignore[return-value]
 
 
-def _wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> tuple[float, int]:
-    """Requests/s and requests completed, from wrk's summary."""
+def _wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> tuple[float, int, float]:
+    """Requests/s, requests completed and the 99th percentile latency in ms, from wrk's summary."""
     import subprocess
 
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s"]
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     done = re.search(r"(\d+) requests in", out)
-    if rate is None or done is None:
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    if rate is None or done is None or p99 is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
-    return float(rate.group(1)), int(done.group(1))
+    return float(rate.group(1)), int(done.group(1)), float(p99.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[p99.group(2)]
 
 
 async def _record(base: str, case: Case) -> None:
@@ -373,8 +374,9 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
     assert [c.status for c in cases] == [200, 404, 200, 200], [c.status for c in cases]
     bare_runner, bare_base = await _serve(_bare_app(cases))
     rates: dict[tuple[int, str], list[float]] = {}
-    per_request: dict[tuple[int, str], list[float]] = {}
-    bare_cpu: dict[int, float] = {}
+    totals: dict[tuple[int, str], list[float]] = {}  # statements, writes, checkouts, CPU s, requests: every round
+    p99s: dict[tuple[int, str], list[float]] = {}
+    bare_cpu: dict[int, list[float]] = {}  # CPU s and requests of the bare server, every round
     loop = asyncio.get_running_loop()
 
     def target(broker: Broker, i: int) -> tuple[str, dict[str, str]]:
@@ -386,17 +388,22 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
         for _ in range(rounds):
             for i, case in enumerate(cases):
                 cpu0 = time.process_time()
-                rate, done = await loop.run_in_executor(None, _wrk, f"{bare_base}/{i}", case.headers, seconds,
-                                                        connections)
-                bare_cpu[i] = (time.process_time() - cpu0) / done * 1000
+                rate, done, p99 = await loop.run_in_executor(None, _wrk, f"{bare_base}/{i}", case.headers, seconds,
+                                                             connections)
+                bare_total = bare_cpu.setdefault(i, [0.0, 0])
+                bare_total[0] += time.process_time() - cpu0
+                bare_total[1] += done
                 rates.setdefault((i, "bare"), []).append(rate)
+                p99s.setdefault((i, "bare"), []).append(p99)
                 for broker in brokers:
                     before = await broker.ask("stats")
-                    rate, done = await loop.run_in_executor(None, _wrk, *target(broker, i), seconds, connections)
+                    rate, done, p99 = await loop.run_in_executor(None, _wrk, *target(broker, i), seconds, connections)
                     after = await broker.ask("stats")
                     rates.setdefault((i, broker.label), []).append(rate)
-                    per_request[(i, broker.label)] = [(a - b) / max(done, 1)
-                                                      for a, b in zip(after, before, strict=True)]
+                    p99s.setdefault((i, broker.label), []).append(p99)
+                    total = totals.setdefault((i, broker.label), [0.0] * 5)
+                    for k, (a, b) in enumerate(zip([*after, done], [*before, 0], strict=True)):
+                        total[k] += a - b
         cpu_direct: dict[tuple[int, str], list[float]] = {}
         for _ in range(direct_rounds):
             for i, case in enumerate(cases):
@@ -434,15 +441,23 @@ async def main(seconds: float, rounds: int, connections: int, database: str | No
     db = "postgresql" if database else "sqlite"
     print(f"wrk -t2 -c{connections} -d{seconds:g}s, {rounds} rounds (median), {db}, "
           f"load average {os.getloadavg()[0]:.2f}" + (f"; old = {old}" if old else ""))
-    print(f"{'request':38}{'code':>7}{'status':>7}{'bare req/s':>12}{'broker req/s':>14}{'ratio':>7}"
-          f"{'SQL/req':>9}{'writes/req':>11}{'sessions/req':>13}{'CPU us/req':>11}{'bare CPU us':>12}")
+    print("ratio: the medians' ratio; paired: the median of each round's broker/bare (run back to back). p99: wrk's "
+          "99th percentile latency, median of the rounds. SQL, writes, sessions: per 1000 requests, all rounds.")
+    print(f"{'request':38}{'code':>7}{'status':>7}{'bare req/s':>12}{'broker req/s':>14}{'ratio':>7}{'paired':>8}"
+          f"{'p99 ms':>8}{'bare p99':>9}{'SQL/1k':>8}{'writes/1k':>10}{'sessions/1k':>12}{'CPU us/req':>11}"
+          f"{'bare CPU us':>12}")
     for i, case in enumerate(cases):
         b = statistics.median(rates[(i, "bare")])
+        bare_us = bare_cpu[i][0] / max(bare_cpu[i][1], 1) * 1e6
         for broker in brokers:
             o = statistics.median(rates[(i, broker.label)])
-            sql, writes, checkouts, cpu = per_request[(i, broker.label)]
-            print(f"{case.label:38}{broker.label:>7}{case.status:>7}{b:>12.0f}{o:>14.0f}{o / b:>7.3f}"
-                  f"{sql:>9.2f}{writes:>11.3f}{checkouts:>13.2f}{cpu * 1e6:>11.0f}{bare_cpu[i] * 1000:>12.0f}")
+            paired = statistics.median(x / y for x, y in zip(rates[(i, broker.label)], rates[(i, "bare")], strict=True))
+            sql, writes, checkouts, cpu, done = totals[(i, broker.label)]
+            per_k, cpu_us = 1000 / max(done, 1), cpu / max(done, 1) * 1e6
+            print(f"{case.label:38}{broker.label:>7}{case.status:>7}{b:>12.0f}{o:>14.0f}{o / b:>7.3f}{paired:>8.3f}"
+                  f"{statistics.median(p99s[(i, broker.label)]):>8.1f}{statistics.median(p99s[(i, 'bare')]):>9.1f}"
+                  f"{sql * per_k:>8.2f}{writes * per_k:>10.2f}{checkouts * per_k:>12.2f}{cpu_us:>11.0f}"
+                  f"{bare_us:>12.0f}")
     if cpu_direct:
         print(f"CPU us/request without sockets (aiohttp's server path and the application, {direct_n} pipelined "
               f"GETs, best of {direct_rounds}; the bare handler in each broker's process), and bare/broker:")
