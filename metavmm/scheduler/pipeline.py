@@ -108,7 +108,7 @@ class SiteRanking:
         # bounds they were normalised with, and each passing site's total
         self.keys: list[tuple[float, int, int]] | None = None
         self.bounds: list[Bounds] | None = None
-        self.totals: list[float] = [0.0] * n_sites
+        self.totals = np.zeros(n_sites, np.float64)
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
         self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
         self.rejected: list[Rejection] | None = None  # the rejections that are not None, in site order
@@ -165,8 +165,10 @@ class Scheduler:
         self._columns: dict[int, tuple[int, SiteColumns, int]] = {}  # (site version, columns, ledger position)
         self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
         self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
+        # per (site, shape): the columns judged, first failing rules, each host's rejection, the rejected ones,
+        # their code counts and the ledger position they were judged at (Scheduler._host_verdicts)
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None],
-                                                          Counter[str]]] = {}
+                                                          list[Rejection], Counter[str], int]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
         self._fail_masks: dict[tuple[bool, ...], np.ndarray] = {}
@@ -176,6 +178,7 @@ class Scheduler:
         self._weights = [c.weight for c in self.costs]
         self._cost_names = [c.name for c in self.costs]
         self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
+        self._varying_weights = [c.weight for c in self._varying]
         self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
         self._site_by_name: dict[str, SiteView] = {}
         for site in snapshot.sites:
@@ -229,7 +232,7 @@ class Scheduler:
             req = replace(req, cpu_arch=image.arch, cpu_vendor=req.cpu_vendor or image.cpu_vendor,
                           cpu_features=req.cpu_features | image.cpu_features)
         elif req.cpu_arch is None:
-            req = replace(req, cpu_arch=DEFAULT_ARCH)  # no catalog image: an empty disk, or a described one
+            req = req.with_arch(DEFAULT_ARCH)  # no catalog image: an empty disk, or a described one
         failed = []
         for f in self._request_filters:
             verdict = f.check(None, req)  # type: ignore[arg-type]
@@ -265,7 +268,8 @@ class Scheduler:
             return view
         hit = self._host_cache.get(h.id)
         if hit is None or hit[0] != version:
-            hit = self._host_cache[h.id] = (version, host_view(site, h, self.ledger, self.settings))
+            hit = self._host_cache[h.id] = (version, host_view(site, h, self.ledger, self.settings,
+                                                               self.views.hosts.get(h.id)))
         return hit[1]
 
     def slot_views(self, site: SiteView) -> list[CandidateView]:
@@ -398,7 +402,7 @@ class Scheduler:
             return
         for i, before, now in moved:
             if before is not None:
-                del keys[bisect_left(keys, (st.totals[i], int(rank[i]), i))]
+                del keys[bisect_left(keys, (float(st.totals[i]), int(rank[i]), i))]
             if now is not None:
                 total = st.totals[i] = total_of(now, self._weights, bounds)
                 insort(keys, (total, int(rank[i]), i))
@@ -413,8 +417,7 @@ class Scheduler:
             totals = normalised_totals(matrix, self._weights, bounds=st.bounds)
             order = ranked(totals, self._site_name_rank[idx])
             at, ordered = idx[order].tolist(), totals[order].tolist()
-            for i, total in zip(at, ordered, strict=True):
-                st.totals[i] = total
+            st.totals[idx] = totals
             keys = st.keys = list(zip(ordered, self._site_name_rank[idx][order].tolist(), at, strict=True))
         names, raw = self._cost_names, st.raw
         return (Scored(total, i, names, raw) for total, _, i in keys)
@@ -637,39 +640,42 @@ class Scheduler:
             first, sub = self._first_failing(cols, req, sid)
             rejections = self._grouped_rejections(cols, first, sub, req, sid)
         else:
-            first, by_host, kept = self._host_verdicts(cols, req, sid)
-            rejections = [r for r in by_host if r is not None]
+            first, rejections, kept = self._host_verdicts(cols, req, sid)
         if log.isEnabledFor(logging.DEBUG):
             for r in rejections:
                 counts[r.filter] += r.covers
         ok = (first < 0).nonzero()[0]
         if not ok.size:
             return [], rejections, kept
+        everyone = ok.size == cols.static.n  # every host passed: the columns as they are, not a copy of each
         views = cols.views
         if len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
-            costs = self._varying
+            costs, weights = self._varying, self._varying_weights
             fixed = {c.name: c.cost(views[ok[0]], req, self.graph) for c in self._invariant}
         else:
-            costs, fixed = self.costs, {}
+            costs, weights, fixed = self.costs, self._weights, {}
         raw = []
         for c in costs:
             column = getattr(c, "column", None)
-            raw.append(column(cols, req)[ok] if column is not None else np.fromiter(
-                (c.cost(views[i], req, self.graph) for i in ok), np.float64, ok.size))
-        totals = normalised_totals(raw, [c.weight for c in costs], ok.size)
-        names = cols.static.name_rank[ok]
+            if column is not None:
+                values = column(cols, req)
+                raw.append(values if everyone else values[ok])
+            else:
+                raw.append(np.fromiter((c.cost(views[i], req, self.graph) for i in ok), np.float64, ok.size))
+        totals = normalised_totals(raw, weights, ok.size)
+        names = cols.static.name_rank if everyone else cols.static.name_rank[ok]
         order = ranked(totals, names) if every else [first_best(totals, names)]
         covers = [1] * len(order)
         if big and len(order) > 1:
             rest = np.asarray(order[1:])
             gpu = cols.static.has_gpus[ok[rest]]
-            kept, covers = [order[0]], [1]
+            picked, covers = [order[0]], [1]
             for members in (rest[~gpu], rest[gpu]):
                 if members.size:
-                    kept.append(members[0])
+                    picked.append(members[0])
                     covers.append(int(members.size))
-            order = kept
+            order = picked
 
         def breakdown(j: int) -> dict[str, float]:
             return {**fixed, **{c.name: float(values[j]) for c, values in zip(costs, raw, strict=True)}}
@@ -834,30 +840,44 @@ class Scheduler:
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
-                       sid: int) -> tuple[np.ndarray, list[Rejection | None], Counter[str]]:
-        """The first failing rule per host (-1: none), each host's rejection (None: it passed) and their
+                       sid: int) -> tuple[np.ndarray, list[Rejection], Counter[str]]:
+        """The first failing rule per host (-1: none), the rejected hosts' rejections in host order and their
         :func:`code_counts`. Kept per (site, shape) and patched: after a placement only the hosts the ledger
-        changed are judged again (a verdict depends on the host's own numbers and its filter class), get a
-        new rejection and move the counts (the rest of a site that rejects 60 of its 100 hosts is reused,
-        not recounted)."""
+        changed since (its log) are judged again (a verdict depends on the host's own numbers and its filter
+        class), get a new rejection and move the counts (the rest of a site that rejects 60 of its 100 hosts
+        is reused, not recounted); when no verdict changed, the kept answer is returned as it is. Read only."""
         key = (cols.site.id, sid)
         prev = self._host_rejections.get(key)
         if prev is not None and prev[0] is cols:
-            return prev[1], prev[2], prev[3]
+            return prev[1], prev[3], prev[4]
         per_class = self._class_verdicts.get(key)
+        position = self.ledger.position
         if prev is None or per_class is None:
             first = self._first_failing(cols, req, sid)[0]
             by_host: list[Rejection | None] = [None] * cols.static.n
             for i in (first >= 0).nonzero()[0].tolist():
                 by_host[i] = self._host_rejection(cols, i, int(first[i]), req, sid)
-            codes = code_counts(r for r in by_host if r is not None)
+            rejected = [r for r in by_host if r is not None]
+            codes = code_counts(rejected)
         else:
-            pcols, first, by_host, codes = prev[0], prev[1].copy(), list(prev[2]), prev[3].copy()
-            redo = cols.changed if cols.base is pcols else [
-                i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
+            pcols, first, by_host, rejected, codes = prev[0], prev[1], prev[2], prev[3], prev[4]
+            news = None if cols.base is pcols else self.ledger.since(prev[5])
+            if cols.base is pcols:
+                redo: Iterable[int] = cols.changed
+            elif news is not None:  # the hosts of this site the ledger bumped since the kept verdicts
+                index, site_id = cols.static.index, cols.site.id
+                redo = sorted({index[h] for s, h in news if s == site_id and h in index})
+            else:
+                redo = [i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
+            copied = False
             for i in redo:
-                k = first[i] = self._first_failing_at(cols, i, req, per_class)
+                k = self._first_failing_at(cols, i, req, per_class)
                 old, new = by_host[i], self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                if k == first[i] and new is old:
+                    continue
+                if not copied:  # the kept answer may be shared still: copy on the first change
+                    first, by_host, codes, copied = first.copy(), list(by_host), codes.copy(), True
+                first[i] = k
                 by_host[i] = new
                 if old is not None:
                     codes[old.code] -= old.covers
@@ -865,10 +885,12 @@ class Scheduler:
                         del codes[old.code]
                 if new is not None:
                     codes[new.code] += new.covers
+            if copied:
+                rejected = [r for r in by_host if r is not None]
         if len(self._host_rejections) > 20_000:
             self._host_rejections.clear()
-        self._host_rejections[key] = (cols, first, by_host, codes)
-        return first, by_host, codes
+        self._host_rejections[key] = (cols, first, by_host, rejected, codes, position)
+        return first, rejected, codes
 
     def _first_failing_at(self, cols: SiteColumns, i: int, req: PlacementRequest,
                           per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> int:
