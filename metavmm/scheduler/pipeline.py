@@ -412,13 +412,15 @@ class Scheduler:
         keys = st.keys
         if keys is None:
             idx = st.ok.nonzero()[0]
-            matrix = st.raw[:, idx]
+            every = idx.size == len(self._site_ids)  # every site passed: the arrays as they are
+            matrix = st.raw if every else st.raw[:, idx]
             st.bounds = cost_bounds(matrix) if idx.size else None  # None: no site to hold bounds
             totals = normalised_totals(matrix, self._weights, bounds=st.bounds)
-            order = ranked(totals, self._site_name_rank[idx])
-            at, ordered = idx[order].tolist(), totals[order].tolist()
+            rank = self._site_name_rank if every else self._site_name_rank[idx]
+            order = ranked(totals, rank)
+            at, ordered = (order if every else idx[order]).tolist(), totals[order].tolist()
             st.totals[idx] = totals
-            keys = st.keys = list(zip(ordered, self._site_name_rank[idx][order].tolist(), at, strict=True))
+            keys = st.keys = list(zip(ordered, rank[order].tolist(), at, strict=True))
         names, raw = self._cost_names, st.raw
         return (Scored(total, i, names, raw) for total, _, i in keys)
 
@@ -871,8 +873,8 @@ class Scheduler:
                 redo = [i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
             copied = False
             for i in redo:
-                k = self._first_failing_at(cols, i, req, per_class)
-                old, new = by_host[i], self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                k, verdict = self._first_failing_at(cols, i, req, per_class)
+                old, new = by_host[i], self._host_rejection(cols, i, k, req, sid, verdict) if k >= 0 else None
                 if k == first[i] and new is old:
                     continue
                 if not copied:  # the kept answer may be shared still: copy on the first change
@@ -893,19 +895,21 @@ class Scheduler:
         return first, rejected, codes
 
     def _first_failing_at(self, cols: SiteColumns, i: int, req: PlacementRequest,
-                          per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> int:
-        """:meth:`_first_failing` for host ``i`` alone: the class verdicts kept for the site, and a rule with
-        ``fails`` asked through its ``check`` (``fails`` is its vectorised form: 0 exactly where ``check``
-        passes, as :meth:`_host_rejection` already relies on)."""
+                          per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> tuple[int, Verdict | None]:
+        """:meth:`_first_failing` for host ``i`` alone, with the rule's verdict (None: every rule passed, or the
+        class verdict is the one kept): the class verdicts kept for the site, and a rule with ``fails`` asked
+        through its ``check`` (``fails`` is its vectorised form: 0 exactly where ``check`` passes, as
+        :meth:`_host_rejection` already relies on)."""
         view, klass = cols.views[i], cols.static.klass[i]
         for k, f in enumerate(self._slot_filters):
             judged = per_class[k]
             if judged is None:
-                if not f.check(view, req).ok:
-                    return k
+                verdict = f.check(view, req)
+                if not verdict.ok:
+                    return k, verdict
             elif judged[1][klass]:
-                return k
-        return -1
+                return k, None
+        return -1, None
 
     def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
         """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number
@@ -988,8 +992,10 @@ class Scheduler:
             mask.flags.writeable = False
         return verdicts, mask, any(fails)
 
-    def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
-        """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""
+    def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int,
+                        verdict: Verdict | None = None) -> Rejection:
+        """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host;
+        ``verdict``: the rule's, when the caller has just asked it)."""
         view = cols.views[i]
         key = (cols.static.id_list[i], cols.versions[i] or 0, sid)
         hit = self._slot_verdicts.get(key)
@@ -998,7 +1004,7 @@ class Scheduler:
                 self._slot_verdicts.clear()
             f = self._slot_filters[k]
             judged = self._class_verdicts[(cols.site.id, sid)][k]
-            v = judged[0][cols.static.klass[i]] if judged is not None else f.check(view, req)
+            v = judged[0][cols.static.klass[i]] if judged is not None else verdict or f.check(view, req)
             hit = self._slot_verdicts[key] = Rejection(view.name, view.kind, cols.site.name, f.name, v.code,
                                                        v.message, 1, v.unresolvable, v.numbers)
         return hit
