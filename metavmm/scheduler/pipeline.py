@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 
 Slot = tuple[CandidateView, dict[str, float]]  # a host or flavor that passed, and its raw costs
-Decision = tuple[Slot | None, tuple[Rejection, ...], tuple[Alternative, ...], Counter[str]]
+Decision = tuple[Slot | None, tuple[Rejection, ...], tuple[Alternative, ...], dict[str, int]]
 """The chosen slot (None: nothing fits), every rejection, the alternatives, the candidates per rejection code."""
 
 
@@ -373,7 +373,12 @@ class Scheduler:
             st.alternatives[i] = None
             before = st.raw[:, i].tolist() if st.ok[i] else None
             view = st.views[i] = self.site_view(site)
-            failed = self.run_filters(view, req, self._site_filters, Counter())
+            failed = None
+            for f in self._site_filters:  # run_filters, without counting
+                verdict = f.check(view, req)
+                if not verdict.ok:
+                    failed = f.name, verdict
+                    break
             if failed is None:
                 st.rejections[i] = None
                 st.ok[i] = True
@@ -523,7 +528,7 @@ class Scheduler:
         rejections = list(st.rejected)
         if st.codes is None:
             st.codes = code_counts(rejections)
-        codes = st.codes.copy()  # what the summary counts, kept per site instead of recounted
+        codes: dict[str, int] = dict(st.codes)  # what the summary counts, kept per site instead of recounted
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             counts.update(r.filter for r in rejections)
@@ -551,7 +556,8 @@ class Scheduler:
             found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
                                                                    sid=sid, codes=True)
             rejections.extend(slot_rejections)
-            codes.update(slot_codes)
+            for code, n in slot_codes.items():  # Counter.update, on a plain dict
+                codes[code] = codes.get(code, 0) + n
             if not found:
                 continue
             (slot, _), *others = found
