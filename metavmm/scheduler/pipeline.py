@@ -77,6 +77,7 @@ class Scored:
         return {name: float(values[self.index]) for name, values in zip(self._names, self._raw, strict=True)}
 
 
+_NO_COUNTS: Counter[str] = Counter()  # a grouped explanation's per-site rule counts (read only: none kept)
 MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
 EXPLAIN_GROUP_OVER = 16
 """With ``explain``, a site of more hosts than this is summarised: its best passing host, then the rest
@@ -155,6 +156,9 @@ class Scheduler:
         self._request_filters = [f for f in self.filters if f.scope == "request"]
         self._site_filters = [f for f in self.filters if f.scope in ("site", "slot")]
         self._slot_filters = [f for f in self.filters if f.scope == "slot"]
+        # how Scheduler._judge_classes asks each slot rule: vectorised, per class at any site, once per site, per class
+        self._slot_kinds = ["fails" if hasattr(f, "fails") else "site_free" if getattr(f, "site_free", False)
+                            else "host_free" if getattr(f, "host_free", False) else "class" for f in self._slot_filters]
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
         self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
@@ -773,7 +777,7 @@ class Scheduler:
                     chosen.append(((views[at_host[j] - start], breakdown), covers))
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
-            self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
+            self._site_choices[key] = (chosen, rejections, _NO_COUNTS, code_counts(rejections))
 
     def _stack(self, parts: list[SiteColumns]) -> tuple[StackedColumns, np.ndarray]:
         """``parts`` stacked, and each host's class index among all their classes; the last stack is kept and
@@ -963,11 +967,11 @@ class Scheduler:
         static = cols.static
         reps = [cols.views[i] for i in static.reps]
         shared, by_set = self._shared_verdicts, self._class_set_verdicts
-        for k, f in enumerate(self._slot_filters):
-            if hasattr(f, "fails"):
+        for k, (f, kind) in enumerate(zip(self._slot_filters, self._slot_kinds, strict=True)):
+            if kind == "fails":
                 out.append(None)
                 continue
-            if getattr(f, "site_free", False):  # the same verdict for a class at every site
+            if kind == "site_free":  # the same verdict for a class at every site
                 set_key = (k, static.class_set, sid)
                 judged = by_set.get(set_key)
                 if judged is None:
@@ -981,10 +985,8 @@ class Scheduler:
                     judged = by_set[set_key] = self._judged(verdicts)
                 out.append(judged)
                 continue
-            if getattr(f, "host_free", False):  # every host of the site alike
-                verdicts = [f.check(reps[0], req)] * len(reps)
-            else:
-                verdicts = [f.check(v, req) for v in reps]
+            # host_free: every host of the site alike
+            verdicts = [f.check(reps[0], req)] * len(reps) if kind == "host_free" else [f.check(v, req) for v in reps]
             out.append(self._judged(verdicts))
         return out
 
