@@ -372,10 +372,11 @@ class Scheduler:
             return st
         sites = self.snapshot.sites
         moved: list[tuple[int, list[float] | None, list[float] | None]] = []  # (site, raw costs before, now)
-        for i in todo:
+        was_ok = st.ok[todo].tolist()
+        for i, ok in zip(todo, was_ok, strict=True):
             site = sites[i]
             st.alternatives[i] = None
-            before = st.raw[:, i].tolist() if st.ok[i] else None
+            before = st.raw[:, i].tolist() if ok else None
             view = st.views[i] = self.site_view(site)
             failed = None
             for f in self._site_filters:  # run_filters, without counting
@@ -386,15 +387,18 @@ class Scheduler:
             if failed is None:
                 st.rejections[i] = None
                 st.ok[i] = True
-                raw = [c.cost(view, req, self.graph) for c in self.costs]
-                st.raw[:, i] = raw
-                moved.append((i, before, raw))
+                moved.append((i, before, [c.cost(view, req, self.graph) for c in self.costs]))
             else:
                 name, v = failed
                 st.rejections[i] = Rejection(site.name, "site", site.name, name, v.code, v.message,
                                              len(site.hosts) or 1, v.unresolvable, v.numbers)
                 st.ok[i] = False
                 moved.append((i, before, None))
+        passed = [(i, now) for i, _, now in moved if now is not None]
+        if len(passed) == 1:
+            st.raw[:, passed[0][0]] = passed[0][1]
+        elif passed:  # a new shape's first ranking: every site's costs in one assignment
+            st.raw[:, [i for i, _ in passed]] = np.array([now for _, now in passed], np.float64).T
         st.versions = cur
         self._rescore(st, moved)
         st.codes = None
@@ -560,8 +564,9 @@ class Scheduler:
             found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
                                                                    sid=sid, codes=True)
             rejections.extend(slot_rejections)
-            for code, n in slot_codes.items():  # Counter.update, on a plain dict
-                codes[code] = codes.get(code, 0) + n
+            if not explain:  # an explanation counts its rejections once at the end
+                for code, n in slot_codes.items():  # Counter.update, on a plain dict
+                    codes[code] = codes.get(code, 0) + n
             if not found:
                 continue
             (slot, _), *others = found
@@ -574,7 +579,12 @@ class Scheduler:
                 settled = not wastes_gpus(slot[0], req)
             else:
                 alternatives.append(self._alternative(slot, req, r.total, per_hour=price))
-            alternatives.extend(self._alternative(o, req, r.total, covers, price) for o, covers in others)
+            if price is not None:  # hosts: the site's price (what _alternative gives, without a call each)
+                site_name = view.site.name
+                alternatives.extend(Alternative(v.name, site_name, r.total, b, v.kind, price, covers)
+                                    for (v, b), covers in others)
+            else:
+                alternatives.extend(self._alternative(o, req, r.total, covers, price) for o, covers in others)
         if debug:
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
