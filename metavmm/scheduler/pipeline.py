@@ -172,7 +172,7 @@ class Scheduler:
         # per (site, shape): the columns judged, first failing rules, each host's rejection, the rejected ones,
         # their code counts and the ledger position they were judged at (Scheduler._host_verdicts)
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None],
-                                                          list[Rejection], Counter[str], int]] = {}
+                                                          list[Rejection], dict[str, int], int]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
         self._fail_masks: dict[tuple[bool, ...], np.ndarray] = {}
@@ -489,7 +489,8 @@ class Scheduler:
         ``explain`` opens every passing site (each candidate gets a reason or a score; a site of more than
         :data:`EXPLAIN_GROUP_OVER` hosts is summarised by group), ``every_host`` lists each host of those too."""
         req, failed = self.prefilter(req)
-        counts: Counter[str] = Counter()
+        # per rule, the candidates it rejected: counted for the debug log only (otherwise never written)
+        counts: Counter[str] = Counter() if log.isEnabledFor(logging.DEBUG) else _NO_COUNTS
         cur = self.snapshot.currency
         if failed:
             name, v = failed[0]
@@ -862,7 +863,7 @@ class Scheduler:
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
-                       sid: int) -> tuple[np.ndarray, list[Rejection], Counter[str]]:
+                       sid: int) -> tuple[np.ndarray, list[Rejection], dict[str, int]]:
         """The first failing rule per host (-1: none), the rejected hosts' rejections in host order and their
         :func:`code_counts`. Kept per (site, shape) and patched: after a placement only the hosts the ledger
         changed since (its log) are judged again (a verdict depends on the host's own numbers and its filter
@@ -898,15 +899,17 @@ class Scheduler:
                 if k == first[i] and new is old:
                     continue
                 if not copied:  # the kept answer may be shared still: copy on the first change
-                    first, by_host, codes, copied = first.copy(), list(by_host), codes.copy(), True
+                    first, by_host, codes, copied = first.copy(), list(by_host), dict(codes), True
                 first[i] = k
                 by_host[i] = new
                 if old is not None:
-                    codes[old.code] -= old.covers
-                    if not codes[old.code]:
+                    left = codes[old.code] - old.covers
+                    if left:
+                        codes[old.code] = left
+                    else:
                         del codes[old.code]
                 if new is not None:
-                    codes[new.code] += new.covers
+                    codes[new.code] = codes.get(new.code, 0) + new.covers
             if copied:
                 rejected = [r for r in by_host if r is not None]
         if len(self._host_rejections) > 20_000:
