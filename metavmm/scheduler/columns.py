@@ -67,7 +67,7 @@ class SiteColumns:
     """One site's host views and their changing numbers as arrays, at the ledger versions in ``versions``
     (None: a host no ledger touched)."""
 
-    __slots__ = ("base", "changed", "free_ram", "free_vcpus", "gpu_present", "gpus", "site", "static", "util",
+    __slots__ = ("base", "changed", "free_ram", "free_vcpus", "gpu_present", "gpus", "site", "static", "sums", "util",
                  "versions", "views")
 
     def __init__(self, site: SiteView, static: SiteStatic, views: Sequence[CandidateView],
@@ -75,6 +75,7 @@ class SiteColumns:
         self.site, self.static, self.views, self.versions = site, static, list(views), versions
         self.base: SiteColumns | None = None  # what these were patched from, and which hosts changed
         self.changed: list[int] = []
+        self.sums: Sums | None = None  # what site_view reads, once it has been read
         n = static.n
         self.free_vcpus = np.fromiter((v.free_vcpus for v in views), np.int64, n)
         self.free_ram = np.fromiter((v.free_ram_mib for v in views), np.int64, n)
@@ -97,7 +98,7 @@ class SiteColumns:
         """A copy at ``versions`` whose ``changed`` hosts are re-read from ``views``."""
         new = object.__new__(SiteColumns)
         new.site, new.static, new.views, new.versions = self.site, self.static, list(views), versions
-        new.base, new.changed = self, changed
+        new.base, new.changed, new.sums = self, changed, None
         self.base = None  # one link only: a chain of every earlier version would never be freed
         new.free_vcpus, new.free_ram, new.util = self.free_vcpus.copy(), self.free_ram.copy(), self.util.copy()
         new.gpus = {m: a.copy() for m, a in self.gpus.items()}
@@ -111,19 +112,29 @@ class SiteColumns:
     def site_view(self) -> CandidateView:
         """The site view :func:`~metavmm.scheduler.views.aggregate_hosts` makes, from the columns."""
         st, site = self.static, self.site
-        up = st.up
         profile = site.profile
         if not st.any_up:
             return CandidateView("site", site.name, site, profile.archs, profile.vendors, profile.feature_sets,
                                  profile.hypervisors, 0, 0, frozen_map({}), profile.nested, False, 1.0,
                                  state=HostState.DOWN)
+        sums = self.sums
+        if sums is None:
+            sums = self.sums = self._moved_sums() or self._sums()
+        best_v, best_r, free_v, gpus = sums
+        total = st.total_up
+        used = total - free_v
+        return CandidateView("site", site.name, site, profile.archs, profile.vendors, profile.feature_sets,
+                             profile.hypervisors, max(best_v, 0), max(best_r, 0), frozen_map(gpus), profile.nested,
+                             True, used / total if total else 1.0, state=HostState.UP)
+
+    def _sums(self) -> Sums:
+        """:data:`Sums` over the up hosts, from the arrays."""
+        st = self.static
+        up = st.up
         if st.all_up:
-            free_v, free_r, caps, total = self.free_vcpus, self.free_ram, st.caps, st.total_up
+            free_v, free_r = self.free_vcpus, self.free_ram
         else:
-            free_v, free_r, caps = self.free_vcpus[up], self.free_ram[up], st.caps[up]
-            total = int(caps.sum())
-        best_v, best_r = max(int(free_v.max()), 0), max(int(free_r.max()), 0)
-        used = total - int(free_v.sum())
+            free_v, free_r = self.free_vcpus[up], self.free_ram[up]
         gpus = {}
         firsts = []
         for model, present in self.gpu_present.items():
@@ -133,9 +144,40 @@ class SiteColumns:
                 firsts.append((first, model))
                 gpus[model] = int(self.gpus[model][here].max())
         ordered = {model: gpus[model] for _, model in sorted(firsts)}
-        return CandidateView("site", site.name, site, profile.archs, profile.vendors, profile.feature_sets,
-                             profile.hypervisors, best_v, best_r, frozen_map(ordered), profile.nested, True,
-                             used / total if total else 1.0, state=HostState.UP)
+        return int(free_v.max()), int(free_r.max()), int(free_v.sum()), ordered
+
+    def _moved_sums(self) -> Sums | None:
+        """:data:`Sums` from the base's and the changed hosts' numbers alone (integers: exact), or None when
+        that cannot tell (a changed host held a maximum and now has less, or its GPU models changed)."""
+        base = self.base
+        if base is None or base.sums is None or base.gpus.keys() != self.gpus.keys():
+            return None
+        best_v, best_r, free_v, gpus = base.sums
+        gpus = dict(gpus)
+        up = self.static.up
+        for i in self.changed:
+            if not up[i]:
+                continue
+            old_v, new_v = int(base.free_vcpus[i]), int(self.free_vcpus[i])
+            old_r, new_r = int(base.free_ram[i]), int(self.free_ram[i])
+            if (old_v == best_v and new_v < best_v) or (old_r == best_r and new_r < best_r):
+                return None
+            best_v, best_r, free_v = max(best_v, new_v), max(best_r, new_r), free_v + new_v - old_v
+            for model, free in self.gpus.items():
+                present = self.gpu_present[model][i]
+                if present != base.gpu_present[model][i]:
+                    return None
+                if present:
+                    old, new = int(base.gpus[model][i]), int(free[i])
+                    if old == gpus[model] and new < old:
+                        return None
+                    gpus[model] = max(gpus[model], new)
+        return best_v, best_r, free_v, gpus
+
+
+Sums = tuple[int, int, int, dict[str, int]]
+"""What a site view reads of its up hosts: the most free vCPUs and RAM on one host, the free vCPUs of all,
+and per GPU model held by some up host the most free on one (in the order of the first host holding each)."""
 
 
 Bounds = tuple[float, float, bool]
@@ -143,42 +185,55 @@ Bounds = tuple[float, float, bool]
 value is finite (an infinite one counts 1)."""
 
 
-def cost_bounds(matrix: np.ndarray) -> list[Bounds]:
-    """Each row's :data:`Bounds` (a row per cost, a column per candidate)."""
-    los, his = matrix.min(axis=1).tolist(), matrix.max(axis=1).tolist()
-    inf = float("inf")
-    out = []
-    for x, lo, hi in zip(matrix, los, his, strict=True):
-        all_finite = hi != inf
-        if not all_finite:
-            finite = x != inf
-            lo, hi = (float(x[finite].min()), float(x[finite].max())) if lo != inf else (0.0, 0.0)
-        out.append((lo, hi, all_finite))
-    return out
+_INF = float("inf")
+_lowest, _highest = np.minimum.reduce, np.maximum.reduce  # ndarray.min and max without their Python wrappers
+
+
+def _bounds(x: np.ndarray, lo: float, hi: float) -> Bounds:
+    """One cost's :data:`Bounds` from its values ``x`` and their plain minimum and maximum."""
+    if hi != _INF:
+        return lo, hi, True
+    if lo == _INF:
+        return 0.0, 0.0, False
+    finite = x != _INF
+    return float(_lowest(x[finite])), float(_highest(x[finite])), False
+
+
+def cost_bounds(matrix: np.ndarray | Sequence[np.ndarray]) -> list[Bounds]:
+    """Each row's :data:`Bounds` (a row per cost, a column per candidate; or a list of rows)."""
+    if isinstance(matrix, np.ndarray):
+        return [_bounds(x, lo, hi) for x, lo, hi in zip(matrix, _lowest(matrix, axis=1).tolist(),
+                                                        _highest(matrix, axis=1).tolist(), strict=True)]
+    return [_bounds(x, float(_lowest(x)), float(_highest(x))) for x in matrix]
 
 
 def normalised_totals(raw: Sequence[np.ndarray], weights: Sequence[float], n: int = 0,
                       bounds: Sequence[Bounds] | None = None) -> np.ndarray:
     """The pipeline's score (:meth:`~metavmm.scheduler.pipeline.Scheduler.score`) over arrays: each cost
     min-max normalised over the finite values (an infinite one counts 1), weighted, summed in cost order,
-    so every float is the one the scalar loop computes. ``n``: the number of candidates when ``raw`` has no
-    costs; ``bounds``: :func:`cost_bounds` of ``raw`` when the caller has them already."""
-    matrix = raw if isinstance(raw, np.ndarray) else np.vstack(raw) if len(raw) else np.zeros((0, n))
-    n = matrix.shape[1]
-    if n == 0 or not len(matrix):
+    so every float is the one the scalar loop computes. ``raw``: a matrix (a row per cost) or a list of rows;
+    ``n``: the number of candidates when ``raw`` has no costs; ``bounds``: :func:`cost_bounds` of ``raw``
+    when the caller has them already."""
+    if len(raw):
+        n = len(raw[0])
+    if n == 0 or not len(raw):
         return np.zeros(n, np.float64)
-    inf = float("inf")
     totals: np.ndarray | None = None
-    for w, x, (lo, hi, all_finite) in zip(weights, matrix, bounds or cost_bounds(matrix), strict=True):
+    for w, x, (lo, hi, all_finite) in zip(weights, raw, bounds or cost_bounds(raw), strict=True):
         span = hi - lo
         if span <= 0 and all_finite:
             continue
-        norm = (x - lo) / span if span > 0 else np.zeros(n, np.float64)
+        if span > 0:
+            term = x - lo
+            term /= span
+        else:
+            term = np.zeros(n, np.float64)
         if not all_finite:
-            norm = np.where(x != inf, norm, 1.0)
-        term = w * norm
+            term[x == _INF] = 1.0
+        term *= w
         if totals is None:
-            totals = term + 0.0  # 0.0 + x, as the scalar loop starts
+            totals = term
+            totals += 0.0  # 0.0 + x, as the scalar loop starts
         else:
             totals += term
     return totals if totals is not None else np.zeros(n, np.float64)
@@ -220,7 +275,7 @@ def ranked(totals: np.ndarray, name_rank: np.ndarray) -> np.ndarray:
 
 def first_best(totals: np.ndarray, name_rank: np.ndarray) -> int:
     """``ranked(...)[0]`` without sorting: the lowest total, the first name among equal ones."""
-    best = totals.min()
+    best = _lowest(totals)
     tied = (totals == best).nonzero()[0]
     if len(tied) == 1:
         return int(tied[0])

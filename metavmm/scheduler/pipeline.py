@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 
 Slot = tuple[CandidateView, dict[str, float]]  # a host or flavor that passed, and its raw costs
-Decision = tuple[Slot | None, tuple[Rejection, ...], tuple[Alternative, ...], Counter[str]]
+Decision = tuple[Slot | None, tuple[Rejection, ...], tuple[Alternative, ...], dict[str, int]]
 """The chosen slot (None: nothing fits), every rejection, the alternatives, the candidates per rejection code."""
 
 
@@ -77,6 +77,7 @@ class Scored:
         return {name: float(values[self.index]) for name, values in zip(self._names, self._raw, strict=True)}
 
 
+_NO_COUNTS: Counter[str] = Counter()  # a grouped explanation's per-site rule counts (read only: none kept)
 MAX_ALTERNATIVES = 5  # next-best sites reported with a placement (explain=True reports them all)
 EXPLAIN_GROUP_OVER = 16
 """With ``explain``, a site of more hosts than this is summarised: its best passing host, then the rest
@@ -108,7 +109,7 @@ class SiteRanking:
         # bounds they were normalised with, and each passing site's total
         self.keys: list[tuple[float, int, int]] | None = None
         self.bounds: list[Bounds] | None = None
-        self.totals: list[float] = [0.0] * n_sites
+        self.totals = np.zeros(n_sites, np.float64)
         self.codes: Counter[str] | None = None  # the site rejections' candidates per code
         self.seen = -1  # the ledger position ``versions`` were read at (-1: never)
         self.rejected: list[Rejection] | None = None  # the rejections that are not None, in site order
@@ -155,6 +156,9 @@ class Scheduler:
         self._request_filters = [f for f in self.filters if f.scope == "request"]
         self._site_filters = [f for f in self.filters if f.scope in ("site", "slot")]
         self._slot_filters = [f for f in self.filters if f.scope == "slot"]
+        # how Scheduler._judge_classes asks each slot rule: vectorised, per class at any site, once per site, per class
+        self._slot_kinds = ["fails" if hasattr(f, "fails") else "site_free" if getattr(f, "site_free", False)
+                            else "host_free" if getattr(f, "host_free", False) else "class" for f in self._slot_filters]
         self._site_cache: dict[int, tuple[int, CandidateView]] = {}
         self._host_cache: dict[int, tuple[int, CandidateView]] = {}
         self._slot_verdicts: dict[tuple[object, ...], Rejection] = {}
@@ -165,8 +169,10 @@ class Scheduler:
         self._columns: dict[int, tuple[int, SiteColumns, int]] = {}  # (site version, columns, ledger position)
         self._shared_verdicts: dict[tuple[int, int, int], Verdict] = {}
         self._class_set_verdicts: dict[tuple[int, tuple[int, ...], int], tuple[list[Verdict], np.ndarray, bool]] = {}
+        # per (site, shape): the columns judged, first failing rules, each host's rejection, the rejected ones,
+        # their code counts and the ledger position they were judged at (Scheduler._host_verdicts)
         self._host_rejections: dict[tuple[int, int], tuple[SiteColumns, np.ndarray, list[Rejection | None],
-                                                          Counter[str]]] = {}
+                                                          list[Rejection], dict[str, int], int]] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._rankings: dict[int, SiteRanking] = {}
         self._fail_masks: dict[tuple[bool, ...], np.ndarray] = {}
@@ -176,6 +182,7 @@ class Scheduler:
         self._weights = [c.weight for c in self.costs]
         self._cost_names = [c.name for c in self.costs]
         self._varying = [c for c in self.costs if not getattr(c, "host_invariant", False)]
+        self._varying_weights = [c.weight for c in self._varying]
         self._invariant = [c for c in self.costs if getattr(c, "host_invariant", False)]
         self._site_by_name: dict[str, SiteView] = {}
         for site in snapshot.sites:
@@ -229,7 +236,7 @@ class Scheduler:
             req = replace(req, cpu_arch=image.arch, cpu_vendor=req.cpu_vendor or image.cpu_vendor,
                           cpu_features=req.cpu_features | image.cpu_features)
         elif req.cpu_arch is None:
-            req = replace(req, cpu_arch=DEFAULT_ARCH)  # no catalog image: an empty disk, or a described one
+            req = req.with_arch(DEFAULT_ARCH)  # no catalog image: an empty disk, or a described one
         failed = []
         for f in self._request_filters:
             verdict = f.check(None, req)  # type: ignore[arg-type]
@@ -265,7 +272,8 @@ class Scheduler:
             return view
         hit = self._host_cache.get(h.id)
         if hit is None or hit[0] != version:
-            hit = self._host_cache[h.id] = (version, host_view(site, h, self.ledger, self.settings))
+            hit = self._host_cache[h.id] = (version, host_view(site, h, self.ledger, self.settings,
+                                                               self.views.hosts.get(h.id)))
         return hit[1]
 
     def slot_views(self, site: SiteView) -> list[CandidateView]:
@@ -364,24 +372,33 @@ class Scheduler:
             return st
         sites = self.snapshot.sites
         moved: list[tuple[int, list[float] | None, list[float] | None]] = []  # (site, raw costs before, now)
-        for i in todo:
+        was_ok = st.ok[todo].tolist()
+        for i, ok in zip(todo, was_ok, strict=True):
             site = sites[i]
             st.alternatives[i] = None
-            before = st.raw[:, i].tolist() if st.ok[i] else None
+            before = st.raw[:, i].tolist() if ok else None
             view = st.views[i] = self.site_view(site)
-            failed = self.run_filters(view, req, self._site_filters, Counter())
+            failed = None
+            for f in self._site_filters:  # run_filters, without counting
+                verdict = f.check(view, req)
+                if not verdict.ok:
+                    failed = f.name, verdict
+                    break
             if failed is None:
                 st.rejections[i] = None
                 st.ok[i] = True
-                raw = [c.cost(view, req, self.graph) for c in self.costs]
-                st.raw[:, i] = raw
-                moved.append((i, before, raw))
+                moved.append((i, before, [c.cost(view, req, self.graph) for c in self.costs]))
             else:
                 name, v = failed
                 st.rejections[i] = Rejection(site.name, "site", site.name, name, v.code, v.message,
                                              len(site.hosts) or 1, v.unresolvable, v.numbers)
                 st.ok[i] = False
                 moved.append((i, before, None))
+        passed = [(i, now) for i, _, now in moved if now is not None]
+        if len(passed) == 1:
+            st.raw[:, passed[0][0]] = passed[0][1]
+        elif passed:  # a new shape's first ranking: every site's costs in one assignment
+            st.raw[:, [i for i, _ in passed]] = np.array([now for _, now in passed], np.float64).T
         st.versions = cur
         self._rescore(st, moved)
         st.codes = None
@@ -398,7 +415,7 @@ class Scheduler:
             return
         for i, before, now in moved:
             if before is not None:
-                del keys[bisect_left(keys, (st.totals[i], int(rank[i]), i))]
+                del keys[bisect_left(keys, (float(st.totals[i]), int(rank[i]), i))]
             if now is not None:
                 total = st.totals[i] = total_of(now, self._weights, bounds)
                 insort(keys, (total, int(rank[i]), i))
@@ -408,14 +425,15 @@ class Scheduler:
         keys = st.keys
         if keys is None:
             idx = st.ok.nonzero()[0]
-            matrix = st.raw[:, idx]
+            every = idx.size == len(self._site_ids)  # every site passed: the arrays as they are
+            matrix = st.raw if every else st.raw[:, idx]
             st.bounds = cost_bounds(matrix) if idx.size else None  # None: no site to hold bounds
             totals = normalised_totals(matrix, self._weights, bounds=st.bounds)
-            order = ranked(totals, self._site_name_rank[idx])
-            at, ordered = idx[order].tolist(), totals[order].tolist()
-            for i, total in zip(at, ordered, strict=True):
-                st.totals[i] = total
-            keys = st.keys = list(zip(ordered, self._site_name_rank[idx][order].tolist(), at, strict=True))
+            rank = self._site_name_rank if every else self._site_name_rank[idx]
+            order = ranked(totals, rank)
+            at, ordered = (order if every else idx[order]).tolist(), totals[order].tolist()
+            st.totals[idx] = totals
+            keys = st.keys = list(zip(ordered, rank[order].tolist(), at, strict=True))
         names, raw = self._cost_names, st.raw
         return (Scored(total, i, names, raw) for total, _, i in keys)
 
@@ -471,7 +489,8 @@ class Scheduler:
         ``explain`` opens every passing site (each candidate gets a reason or a score; a site of more than
         :data:`EXPLAIN_GROUP_OVER` hosts is summarised by group), ``every_host`` lists each host of those too."""
         req, failed = self.prefilter(req)
-        counts: Counter[str] = Counter()
+        # per rule, the candidates it rejected: counted for the debug log only (otherwise never written)
+        counts: Counter[str] = Counter() if log.isEnabledFor(logging.DEBUG) else _NO_COUNTS
         cur = self.snapshot.currency
         if failed:
             name, v = failed[0]
@@ -518,7 +537,7 @@ class Scheduler:
         rejections = list(st.rejected)
         if st.codes is None:
             st.codes = code_counts(rejections)
-        codes = st.codes.copy()  # what the summary counts, kept per site instead of recounted
+        codes: dict[str, int] = dict(st.codes)  # what the summary counts, kept per site instead of recounted
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             counts.update(r.filter for r in rejections)
@@ -546,7 +565,9 @@ class Scheduler:
             found, slot_rejections, slot_codes = self._choose_slot(view.site, req, counts, every=explain, group=group,
                                                                    sid=sid, codes=True)
             rejections.extend(slot_rejections)
-            codes.update(slot_codes)
+            if not explain:  # an explanation counts its rejections once at the end
+                for code, n in slot_codes.items():  # Counter.update, on a plain dict
+                    codes[code] = codes.get(code, 0) + n
             if not found:
                 continue
             (slot, _), *others = found
@@ -559,7 +580,12 @@ class Scheduler:
                 settled = not wastes_gpus(slot[0], req)
             else:
                 alternatives.append(self._alternative(slot, req, r.total, per_hour=price))
-            alternatives.extend(self._alternative(o, req, r.total, covers, price) for o, covers in others)
+            if price is not None:  # hosts: the site's price (what _alternative gives, without a call each)
+                site_name = view.site.name
+                alternatives.extend(Alternative(v.name, site_name, r.total, b, v.kind, price, covers)
+                                    for (v, b), covers in others)
+            else:
+                alternatives.extend(self._alternative(o, req, r.total, covers, price) for o, covers in others)
         if debug:
             for f in self.filters:
                 log.debug("%s: filter %s rejected %d", req.name, f.name, counts.get(f.name, 0))
@@ -637,39 +663,42 @@ class Scheduler:
             first, sub = self._first_failing(cols, req, sid)
             rejections = self._grouped_rejections(cols, first, sub, req, sid)
         else:
-            first, by_host, kept = self._host_verdicts(cols, req, sid)
-            rejections = [r for r in by_host if r is not None]
+            first, rejections, kept = self._host_verdicts(cols, req, sid)
         if log.isEnabledFor(logging.DEBUG):
             for r in rejections:
                 counts[r.filter] += r.covers
         ok = (first < 0).nonzero()[0]
         if not ok.size:
             return [], rejections, kept
+        everyone = ok.size == cols.static.n  # every host passed: the columns as they are, not a copy of each
         views = cols.views
         if len(site.hypervisors) == 1:
             # costs that are equal for every host of a one-hypervisor site cannot change the order
-            costs = self._varying
+            costs, weights = self._varying, self._varying_weights
             fixed = {c.name: c.cost(views[ok[0]], req, self.graph) for c in self._invariant}
         else:
-            costs, fixed = self.costs, {}
+            costs, weights, fixed = self.costs, self._weights, {}
         raw = []
         for c in costs:
             column = getattr(c, "column", None)
-            raw.append(column(cols, req)[ok] if column is not None else np.fromiter(
-                (c.cost(views[i], req, self.graph) for i in ok), np.float64, ok.size))
-        totals = normalised_totals(raw, [c.weight for c in costs], ok.size)
-        names = cols.static.name_rank[ok]
+            if column is not None:
+                values = column(cols, req)
+                raw.append(values if everyone else values[ok])
+            else:
+                raw.append(np.fromiter((c.cost(views[i], req, self.graph) for i in ok), np.float64, ok.size))
+        totals = normalised_totals(raw, weights, ok.size)
+        names = cols.static.name_rank if everyone else cols.static.name_rank[ok]
         order = ranked(totals, names) if every else [first_best(totals, names)]
         covers = [1] * len(order)
         if big and len(order) > 1:
             rest = np.asarray(order[1:])
             gpu = cols.static.has_gpus[ok[rest]]
-            kept, covers = [order[0]], [1]
+            picked, covers = [order[0]], [1]
             for members in (rest[~gpu], rest[gpu]):
                 if members.size:
-                    kept.append(members[0])
+                    picked.append(members[0])
                     covers.append(int(members.size))
-            order = kept
+            order = picked
 
         def breakdown(j: int) -> dict[str, float]:
             return {**fixed, **{c.name: float(values[j]) for c, values in zip(costs, raw, strict=True)}}
@@ -759,7 +788,7 @@ class Scheduler:
                     chosen.append(((views[at_host[j] - start], breakdown), covers))
             if len(self._site_choices) > 100_000:
                 self._site_choices.clear()
-            self._site_choices[key] = (chosen, rejections, Counter(), code_counts(rejections))
+            self._site_choices[key] = (chosen, rejections, _NO_COUNTS, code_counts(rejections))
 
     def _stack(self, parts: list[SiteColumns]) -> tuple[StackedColumns, np.ndarray]:
         """``parts`` stacked, and each host's class index among all their classes; the last stack is kept and
@@ -834,56 +863,76 @@ class Scheduler:
         return out
 
     def _host_verdicts(self, cols: SiteColumns, req: PlacementRequest,
-                       sid: int) -> tuple[np.ndarray, list[Rejection | None], Counter[str]]:
-        """The first failing rule per host (-1: none), each host's rejection (None: it passed) and their
+                       sid: int) -> tuple[np.ndarray, list[Rejection], dict[str, int]]:
+        """The first failing rule per host (-1: none), the rejected hosts' rejections in host order and their
         :func:`code_counts`. Kept per (site, shape) and patched: after a placement only the hosts the ledger
-        changed are judged again (a verdict depends on the host's own numbers and its filter class), get a
-        new rejection and move the counts (the rest of a site that rejects 60 of its 100 hosts is reused,
-        not recounted)."""
+        changed since (its log) are judged again (a verdict depends on the host's own numbers and its filter
+        class), get a new rejection and move the counts (the rest of a site that rejects 60 of its 100 hosts
+        is reused, not recounted); when no verdict changed, the kept answer is returned as it is. Read only."""
         key = (cols.site.id, sid)
         prev = self._host_rejections.get(key)
         if prev is not None and prev[0] is cols:
-            return prev[1], prev[2], prev[3]
+            return prev[1], prev[3], prev[4]
         per_class = self._class_verdicts.get(key)
+        position = self.ledger.position
         if prev is None or per_class is None:
             first = self._first_failing(cols, req, sid)[0]
             by_host: list[Rejection | None] = [None] * cols.static.n
             for i in (first >= 0).nonzero()[0].tolist():
                 by_host[i] = self._host_rejection(cols, i, int(first[i]), req, sid)
-            codes = code_counts(r for r in by_host if r is not None)
+            rejected = [r for r in by_host if r is not None]
+            codes = code_counts(rejected)
         else:
-            pcols, first, by_host, codes = prev[0], prev[1].copy(), list(prev[2]), prev[3].copy()
-            redo = cols.changed if cols.base is pcols else [
-                i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
+            pcols, first, by_host, rejected, codes = prev[0], prev[1], prev[2], prev[3], prev[4]
+            news = None if cols.base is pcols else self.ledger.since(prev[5])
+            if cols.base is pcols:
+                redo: Iterable[int] = cols.changed
+            elif news is not None:  # the hosts of this site the ledger bumped since the kept verdicts
+                index, site_id = cols.static.index, cols.site.id
+                redo = sorted({index[h] for s, h in news if s == site_id and h in index})
+            else:
+                redo = [i for i, (a, b) in enumerate(zip(cols.versions, pcols.versions, strict=True)) if a != b]
+            copied = False
             for i in redo:
-                k = first[i] = self._first_failing_at(cols, i, req, per_class)
-                old, new = by_host[i], self._host_rejection(cols, i, k, req, sid) if k >= 0 else None
+                k, verdict = self._first_failing_at(cols, i, req, per_class)
+                old, new = by_host[i], self._host_rejection(cols, i, k, req, sid, verdict) if k >= 0 else None
+                if k == first[i] and new is old:
+                    continue
+                if not copied:  # the kept answer may be shared still: copy on the first change
+                    first, by_host, codes, copied = first.copy(), list(by_host), dict(codes), True
+                first[i] = k
                 by_host[i] = new
                 if old is not None:
-                    codes[old.code] -= old.covers
-                    if not codes[old.code]:
+                    left = codes[old.code] - old.covers
+                    if left:
+                        codes[old.code] = left
+                    else:
                         del codes[old.code]
                 if new is not None:
-                    codes[new.code] += new.covers
+                    codes[new.code] = codes.get(new.code, 0) + new.covers
+            if copied:
+                rejected = [r for r in by_host if r is not None]
         if len(self._host_rejections) > 20_000:
             self._host_rejections.clear()
-        self._host_rejections[key] = (cols, first, by_host, codes)
-        return first, by_host, codes
+        self._host_rejections[key] = (cols, first, by_host, rejected, codes, position)
+        return first, rejected, codes
 
     def _first_failing_at(self, cols: SiteColumns, i: int, req: PlacementRequest,
-                          per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> int:
-        """:meth:`_first_failing` for host ``i`` alone: the class verdicts kept for the site, and a rule with
-        ``fails`` asked through its ``check`` (``fails`` is its vectorised form: 0 exactly where ``check``
-        passes, as :meth:`_host_rejection` already relies on)."""
+                          per_class: list[tuple[list[Verdict], np.ndarray, bool] | None]) -> tuple[int, Verdict | None]:
+        """:meth:`_first_failing` for host ``i`` alone, with the rule's verdict (None: every rule passed, or the
+        class verdict is the one kept): the class verdicts kept for the site, and a rule with ``fails`` asked
+        through its ``check`` (``fails`` is its vectorised form: 0 exactly where ``check`` passes, as
+        :meth:`_host_rejection` already relies on)."""
         view, klass = cols.views[i], cols.static.klass[i]
         for k, f in enumerate(self._slot_filters):
             judged = per_class[k]
             if judged is None:
-                if not f.check(view, req).ok:
-                    return k
+                verdict = f.check(view, req)
+                if not verdict.ok:
+                    return k, verdict
             elif judged[1][klass]:
-                return k
-        return -1
+                return k, None
+        return -1, None
 
     def _first_failing(self, cols: SiteColumns, req: PlacementRequest, sid: int) -> tuple[np.ndarray, np.ndarray]:
         """Per host of the site, the index of the first slot rule that rejects it (-1: none), and a number
@@ -931,11 +980,11 @@ class Scheduler:
         static = cols.static
         reps = [cols.views[i] for i in static.reps]
         shared, by_set = self._shared_verdicts, self._class_set_verdicts
-        for k, f in enumerate(self._slot_filters):
-            if hasattr(f, "fails"):
+        for k, (f, kind) in enumerate(zip(self._slot_filters, self._slot_kinds, strict=True)):
+            if kind == "fails":
                 out.append(None)
                 continue
-            if getattr(f, "site_free", False):  # the same verdict for a class at every site
+            if kind == "site_free":  # the same verdict for a class at every site
                 set_key = (k, static.class_set, sid)
                 judged = by_set.get(set_key)
                 if judged is None:
@@ -949,10 +998,8 @@ class Scheduler:
                     judged = by_set[set_key] = self._judged(verdicts)
                 out.append(judged)
                 continue
-            if getattr(f, "host_free", False):  # every host of the site alike
-                verdicts = [f.check(reps[0], req)] * len(reps)
-            else:
-                verdicts = [f.check(v, req) for v in reps]
+            # host_free: every host of the site alike
+            verdicts = [f.check(reps[0], req)] * len(reps) if kind == "host_free" else [f.check(v, req) for v in reps]
             out.append(self._judged(verdicts))
         return out
 
@@ -966,8 +1013,10 @@ class Scheduler:
             mask.flags.writeable = False
         return verdicts, mask, any(fails)
 
-    def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int) -> Rejection:
-        """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host)."""
+    def _host_rejection(self, cols: SiteColumns, i: int, k: int, req: PlacementRequest, sid: int,
+                        verdict: Verdict | None = None) -> Rejection:
+        """Host ``i``'s rejection by slot rule ``k`` (memoised: it changes only when the ledger touches the host;
+        ``verdict``: the rule's, when the caller has just asked it)."""
         view = cols.views[i]
         key = (cols.static.id_list[i], cols.versions[i] or 0, sid)
         hit = self._slot_verdicts.get(key)
@@ -976,7 +1025,7 @@ class Scheduler:
                 self._slot_verdicts.clear()
             f = self._slot_filters[k]
             judged = self._class_verdicts[(cols.site.id, sid)][k]
-            v = judged[0][cols.static.klass[i]] if judged is not None else f.check(view, req)
+            v = judged[0][cols.static.klass[i]] if judged is not None else verdict or f.check(view, req)
             hit = self._slot_verdicts[key] = Rejection(view.name, view.kind, cols.site.name, f.name, v.code,
                                                        v.message, 1, v.unresolvable, v.numbers)
         return hit

@@ -213,7 +213,7 @@ def code_counts(rejections: Iterable[Rejection]) -> Counter[str]:
     return counts
 
 
-def summarize_counts(counts: Counter[str], total: int, available: int | None = None,
+def summarize_counts(counts: Mapping[str, int], total: int, available: int | None = None,
                      noun: str = "candidates") -> str:
     """:func:`summarize` from counts per code already made (the scheduler keeps them per site)."""
     parts = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n)

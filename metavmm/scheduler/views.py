@@ -61,11 +61,18 @@ def host_free(host: HostView, ledger: Ledger | None, settings: SchedulerSettings
     return vcpus, ram, gpus
 
 
-def host_view(site: SiteView, host: HostView, ledger: Ledger | None, settings: SchedulerSettings) -> CandidateView:
+def host_view(site: SiteView, host: HostView, ledger: Ledger | None, settings: SchedulerSettings,
+              like: CandidateView | None = None) -> CandidateView:
+    """``like``: a view of the same host (under another ledger), whose shared arch, vendor, features and
+    hypervisor sets are reused instead of interned again."""
     vcpus, ram, gpus = host_free(host, ledger, settings)
     total = max(int(host.cores * settings.cpu_allocation_ratio), 1)
-    return CandidateView("host", host.name, site, shared(frozenset((host.arch,))), shared(frozenset((host.vendor,))),
-                         shared((host.features,)), shared(frozenset((host.hypervisor,))), vcpus, ram, frozen_map(gpus),
+    if like is None:
+        archs, vendors = shared(frozenset((host.arch,))), shared(frozenset((host.vendor,)))
+        features, hypervisors = shared((host.features,)), shared(frozenset((host.hypervisor,)))
+    else:
+        archs, vendors, features, hypervisors = like.archs, like.vendors, like.feature_sets, like.hypervisors
+    return CandidateView("host", host.name, site, archs, vendors, features, hypervisors, vcpus, ram, frozen_map(gpus),
                          host.nested_virt, host.state == HostState.UP, min(max((total - vcpus) / total, 0.0), 1.0),
                          host=host, state=host.state)
 
