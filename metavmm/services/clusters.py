@@ -323,8 +323,11 @@ class ClusterService:
             attributes = {"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
                           "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
                           "network_id": network.id if network is not None else None}
-            if network is not None:  # an interface on the class network with the seat's MAC; DHCP gives it the
-                guest: dict[str, Any] = {"hostname": hostname}  # address and name (a reservation)
+            if network is not None:  # an interface on the class network with the seat's MAC (DHCP reserves it
+                uplink = _new_mac(taken_macs)  # the address and name); the seed's network-config sets the address
+                taken_macs.add(uplink)  # on it, found by its MAC, and DHCP on the VM's own interface, by its MAC
+                guest: dict[str, Any] = {"hostname": hostname, "mac": uplink,
+                                         "nics": [{"mac": mac, "address": address}]}
                 links = (LinkSpec(network.id, mac=mac, attributes={"address": address, "hostname": hostname}),)
                 attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
             else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
