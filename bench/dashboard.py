@@ -6,9 +6,11 @@ workloads written straight into the catalog in one project, half of them placed)
 ``--loads`` times. Per load, Navigation Timing and Paint Timing from the page itself: first contentful
 paint, DOM interactive and load end (ms from navigation start), and beside them the time the HTML took
 to arrive (``responseEnd``), so the broker's share is visible. The workloads screen lists its first page
-(200 rows; the rest are paged); the capacity screen aggregates all 10,000 hosts.
+(200 rows; the rest are paged); the capacity screen aggregates all 10,000 hosts. The classes screen lists
+the project's classes and the class screen one class's seats: a class of ``--seats`` (30) is created through
+the cluster service (its seats are ordinary creates the engine runs on the sim) before the measures.
 
-    .venv/bin/python -m bench.dashboard [--loads 5] [--hosts 10000] [--workloads 1000]
+    .venv/bin/python -m bench.dashboard [--loads 5] [--hosts 10000] [--workloads 1000] [--seats 30]
     .venv/bin/python -m bench.dashboard --screenshots docs/img   # overview.png and prices.png, small federation
 """
 
@@ -27,7 +29,14 @@ from sqlmodel import select
 from metavmm.api import keys
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Host, Workload
-from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
+from metavmm.services.clusters import ClusterRequest, ClusterService
+from metavmm.services.identity import (
+    get_or_create_project,
+    get_or_create_user,
+    mint_token,
+    operator_identity,
+    set_membership,
+)
 from metavmm.services.sync import sync_all
 from tests.api.ui.browser import Broker, chromium, login, wait
 
@@ -74,7 +83,16 @@ async def _fill(broker: Broker, workloads: int) -> tuple[float, int]:
     return synced, count
 
 
-def measure(loads: int, hosts: int, workloads: int) -> None:
+async def _class(broker: Broker, seats: int) -> str:
+    """A class of ``seats`` in the bench project, made as ``POST /clusters`` makes it; its id."""
+    async with session_scope(broker.app[keys.SESSIONS]) as s:
+        operator = await operator_identity(s, "bench")
+    view = await ClusterService(broker.app[keys.WORKLOADS]).create(operator, ClusterRequest(
+        name="bench-class", seats=seats, vcpus=1, ram_mib=512, cidr="10.40.0.0/23"))
+    return view.cluster.id
+
+
+def measure(loads: int, hosts: int, workloads: int, seats: int = 30) -> None:
     sites = 50
     config = f"providers:\n  - {{name: sim-bench, kind: sim, site_count: {sites}, hosts_per_site: {hosts // sites}}}\n"
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,9 +104,11 @@ def measure(loads: int, hosts: int, workloads: int) -> None:
             print(f"catalog: {count} hosts in {sites} sites (synced in {synced:.1f} s), {workloads} workloads")
             driver = chromium(Path(tmp) / "profile")
             login(driver, broker.url, broker.call(lambda: _admin(broker)))
+            class_id = broker.call(lambda: _class(broker, seats), timeout_s=900)
+            screens = {**SCREENS, "classes": "/ui/clusters", "class": f"/ui/clusters/{class_id}"}
             print(f"{'screen':<10} {'rows':>5} {'KiB':>6} {'HTML ms':>8} {'FCP ms':>7} {'interactive ms':>15} "
                   f"{'load ms':>8}   (median of {loads}; min-max of interactive)")
-            for name, path in SCREENS.items():
+            for name, path in screens.items():
                 driver.get(broker.url + path)  # warm: templates compiled, SQLite pages cached
                 runs: list[dict[str, Any]] = []
                 for _ in range(loads):
@@ -133,12 +153,13 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--workloads", type=int, default=1_000)
+    parser.add_argument("--seats", type=int, default=30, help="the measured class's seats")
     parser.add_argument("--screenshots", type=Path, help="write dashboard-overview.png and dashboard-prices.png here")
     args = parser.parse_args()
     if args.screenshots:
         screenshots(args.screenshots)
     else:
-        measure(args.loads, args.hosts, args.workloads)
+        measure(args.loads, args.hosts, args.workloads, args.seats)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ disk="$out/debian12.raw"
 if [ -s "$disk" ] && [ "$(cat "$out/.done" 2>/dev/null)" = "$version" ]; then echo "$disk"; exit 0; fi
 mkdir -p "$out"
 root="$out/root"
-rm -rf "$root" "$disk" "$out/.done"
+rm -rf "$root" "$disk" "$out/.done" "$out/fs.raw"
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 debootstrap --variant=minbase \
   --include=linux-image-amd64,grub-pc,initramfs-tools,systemd-sysv,udev,e2fsprogs$include \
@@ -68,8 +68,15 @@ sed -i "s/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX=\"$cmdline\"/; s/^GRUB_TIMEO
   "$root/etc/default/grub"
 rm -rf "$root/var/cache/apt/archives/"*.deb
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
-# the file is sparse: free space costs nothing until written
-virt-make-fs --partition=mbr --type=ext4 --size=$free --format=raw "$root" "$disk"
+# the file is sparse: free space costs nothing until written. The partition starts at 1 MiB: GRUB embeds its
+# core image in the gap before it, and virt-make-fs --partition=mbr leaves 63 KiB there, which bookworm's
+# current GRUB does not fit ("embedding is not possible"; seen 2026-12-07)
+virt-make-fs --type=ext4 --size=$free --format=raw "$root" "$out/fs.raw"
+fs_bytes=$(stat -c %s "$out/fs.raw")
+truncate -s $((fs_bytes + 1048576)) "$disk"
+echo "2048,$((fs_bytes / 512)),83,*" | sfdisk -q "$disk"
+dd if="$out/fs.raw" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
+rm -f "$out/fs.raw"
 guestfish -a "$disk" -m /dev/sda1 <<'GF'
 command "grub-install --target=i386-pc /dev/sda"
 command "update-grub"

@@ -73,43 +73,11 @@ def _service(settings: Settings, project: str | None,
     return _run(settings, go)
 
 
-ROSTER_COLUMNS = ("name", "ssh_key", "password", "password_hash")
-
-
 def read_roster(path: str) -> tuple[Any, ...]:
-    """The roster file's seats: ``name [ssh key]`` lines, or a CSV file with a header (the module docstring)."""
-    from metavmm.services.clusters import Seat
+    """The roster file's seats (the formats :func:`metavmm.services.clusters.parse_roster` reads)."""
+    from metavmm.services.clusters import parse_roster
 
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()
-             and not line.lstrip().startswith("#")]
-    if lines and lines[0].replace(" ", "").lower().startswith("name,"):
-        return _csv_roster(lines)
-    seats = []
-    for line in lines:
-        owner, _, key = line.strip().partition(" ")
-        seats.append(Seat(owner=owner, ssh_key=key.strip() or None))
-    return tuple(seats)
-
-
-def _csv_roster(lines: list[str]) -> tuple[Any, ...]:
-    """A CSV roster's seats; an unknown column or a row longer than the header is a 4xx-style error naming
-    the line (never the row's values: a password may be in it)."""
-    from metavmm.services.clusters import Seat
-
-    reader = csv.reader(io.StringIO("\n".join(lines)))
-    header = [h.strip().lower() for h in next(reader)]
-    unknown = [h for h in header if h not in ROSTER_COLUMNS]
-    if unknown or len(set(header)) != len(header):
-        raise ValidationError(f"roster header: columns are {', '.join(ROSTER_COLUMNS)}, each once; "
-                              f"not {', '.join(unknown) or 'a repeated one'}")
-    seats = []
-    for i, row in enumerate(reader, 1):
-        if len(row) > len(header):
-            raise ValidationError(f"roster line {i}: {len(row)} fields for {len(header)} columns")
-        cell = dict(zip(header, (v.strip() for v in row), strict=False))
-        seats.append(Seat(owner=cell.get("name", ""), ssh_key=cell.get("ssh_key") or None,
-                          password=cell.get("password") or None, password_hash=cell.get("password_hash") or None))
-    return tuple(seats)
+    return parse_roster(Path(path).read_text())
 
 
 def generated_passwords(seats: int, roster: tuple[Any, ...], has_class_password: bool) -> tuple[Any, ...]:

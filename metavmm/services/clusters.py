@@ -23,7 +23,9 @@ every seat (and the network the cluster created) through the workload service.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import ipaddress
 import json
 import logging
@@ -322,8 +324,11 @@ class ClusterService:
             attributes = {"cluster": {"id": cluster.id, "name": cluster.name, "serial": n},
                           "mixins": [CLUSTER_SCHEME + cluster.name], "owner": seat.owner or None,
                           "network_id": network.id if network is not None else None}
-            if network is not None:  # an interface on the class network with the seat's MAC; DHCP gives it the
-                guest: dict[str, Any] = {"hostname": hostname}  # address and name (a reservation)
+            if network is not None:  # an interface on the class network with the seat's MAC (DHCP reserves it
+                uplink = _new_mac(taken_macs)  # the address and name); the seed's network-config sets the address
+                taken_macs.add(uplink)  # on it, found by its MAC, and DHCP on the VM's own interface, by its MAC
+                guest: dict[str, Any] = {"hostname": hostname, "mac": uplink,
+                                         "nics": [{"mac": mac, "address": address}]}
                 links = (LinkSpec(network.id, mac=mac, attributes={"address": address, "hostname": hostname}),)
                 attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
             else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
@@ -529,6 +534,46 @@ def mixin_location(name: str) -> str:
 
 def render_hostname(pattern: str, cluster: str, n: int) -> str:
     return pattern.replace("{cluster}", cluster).format(n=n)
+
+
+ROSTER_COLUMNS = ("name", "ssh_key", "password", "password_hash")
+ROSTER_MAX_BYTES = 1 << 20
+
+
+def parse_roster(text: str) -> tuple[Seat, ...]:
+    """A class roster file's seats, in serial order (the CLI's ``--roster`` and the dashboard's upload):
+    one line per seat, ``name`` then, optionally, the SSH key (``ada ssh-ed25519 AAAA... ada@laptop``);
+    blank lines and ``#`` comments are skipped. A first line (after comments) that is a CSV header
+    starting with ``name,`` gives those columns instead, any of :data:`ROSTER_COLUMNS`."""
+    if len(text) > ROSTER_MAX_BYTES:
+        raise ValidationError(f"the roster is longer than {ROSTER_MAX_BYTES} characters")
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if lines and lines[0].replace(" ", "").lower().startswith("name,"):
+        return _csv_roster(lines)
+    seats = []
+    for line in lines:
+        owner, _, key = line.strip().partition(" ")
+        seats.append(Seat(owner=owner, ssh_key=key.strip() or None))
+    return tuple(seats)
+
+
+def _csv_roster(lines: list[str]) -> tuple[Seat, ...]:
+    """A CSV roster's seats; an unknown column or a row longer than the header is a 400 naming the line
+    (never the row's values: a password may be in it)."""
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    header = [h.strip().lower() for h in next(reader)]
+    unknown = [h for h in header if h not in ROSTER_COLUMNS]
+    if unknown or len(set(header)) != len(header):
+        raise ValidationError(f"roster header: columns are {', '.join(ROSTER_COLUMNS)}, each once; "
+                              f"not {', '.join(unknown) or 'a repeated one'}")
+    seats = []
+    for i, row in enumerate(reader, 1):
+        if len(row) > len(header):
+            raise ValidationError(f"roster line {i}: {len(row)} fields for {len(header)} columns")
+        cell = dict(zip(header, (v.strip() for v in row), strict=False))
+        seats.append(Seat(owner=cell.get("name", ""), ssh_key=cell.get("ssh_key") or None,
+                          password=cell.get("password") or None, password_hash=cell.get("password_hash") or None))
+    return tuple(seats)
 
 
 def check_template(req: ClusterRequest) -> None:

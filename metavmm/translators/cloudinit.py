@@ -15,7 +15,11 @@ mention it. Clouds with their own key registry (OpenStack, AWS) import the key a
 its digest (:func:`key_pair_name`), so one key makes one pair however many VMs use it.
 
 Without an address the clone gets no network-config and cloud-init falls back to DHCP on its first
-interface, which is what a target without a configured clone network gives.
+interface, which is what a target without a configured clone network gives. A guest with more interfaces
+(``nics``: a class seat's interface on its class network, plugged by the broker with a MAC it chose) gets
+a network-config for all of them, each matched by its MAC: its own interface (whose MAC the broker chose
+too) by DHCP, or its static address, and each further one with the address the broker assigned it, or
+by DHCP. A network-config replaces cloud-init's fallback, so the first interface must be in it.
 """
 
 from __future__ import annotations
@@ -50,8 +54,27 @@ def host_label(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class GuestNic:
+    """A further interface of the guest, found by its ``mac``; ``address`` (``10.20.0.10/24``) is set on it
+    statically, None means DHCP. It gets no route or name server: the guest's own interface has those."""
+
+    mac: str
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _MAC.fullmatch(self.mac):
+            raise ValidationError(f"interface MAC {self.mac!r} is not six colon-separated hex bytes")
+        try:
+            if self.address:
+                ipaddress.ip_interface(self.address)
+        except ValueError as exc:
+            raise ValidationError(f"interface address: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
 class GuestIdentity:
-    """What makes a clone itself. ``address`` is an interface (``10.20.0.5/24``); None means DHCP."""
+    """What makes a clone itself. ``address`` is an interface (``10.20.0.5/24``); None means DHCP.
+    ``nics``: further interfaces, each configured by its MAC (a network-config then names ``mac`` too)."""
 
     instance_id: str
     hostname: str
@@ -59,8 +82,15 @@ class GuestIdentity:
     address: str | None = None
     gateway: str | None = None
     dns: tuple[str, ...] = field(default_factory=tuple)
+    nics: tuple[GuestNic, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if self.nics and self.mac is None:
+            raise ValidationError("a guest with further interfaces needs its own interface's MAC: a network-config "
+                                  "replaces cloud-init's fallback, and must find the first interface too")
+        macs = [m.lower() for m in (self.mac, *(n.mac for n in self.nics)) if m]
+        if len(set(macs)) != len(macs):
+            raise ValidationError(f"the guest's interfaces need distinct MACs, not {', '.join(macs)}")
         if not _HOSTNAME.fullmatch(self.hostname):
             raise ValidationError(f"hostname {self.hostname!r} is not a valid host name (RFC 1123 label)")
         if not self.instance_id or "/" in self.instance_id:
@@ -80,13 +110,18 @@ class GuestIdentity:
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any], *, instance_id: str, default_hostname: str) -> GuestIdentity:
         """The identity a flow put into ``VmSpec.extra`` (keys ``hostname``, ``mac``, ``address``,
-        ``gateway``, ``dns``, ``instance_id``)."""
+        ``gateway``, ``dns``, ``instance_id``, and ``nics``: a list of ``{"mac": ..., "address": ...}``)."""
+        nics = extra.get("nics") or ()
+        if not isinstance(nics, list | tuple) or not all(isinstance(n, Mapping) and n.get("mac") for n in nics):
+            raise ValidationError("nics must be a list of interfaces, each with its mac (and an address or none)")
         return cls(instance_id=str(extra.get("instance_id") or instance_id),
                    hostname=str(extra.get("hostname") or host_label(default_hostname)),
                    mac=str(extra["mac"]) if extra.get("mac") else None,
                    address=str(extra["address"]) if extra.get("address") else None,
                    gateway=str(extra["gateway"]) if extra.get("gateway") else None,
-                   dns=tuple(str(s) for s in extra.get("dns") or ()))
+                   dns=tuple(str(s) for s in extra.get("dns") or ()),
+                   nics=tuple(GuestNic(str(n["mac"]), str(n["address"]) if n.get("address") else None)
+                              for n in nics))
 
 
 _CRYPT64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -180,16 +215,26 @@ def meta_data(identity: GuestIdentity, ssh_keys: tuple[str, ...] = ()) -> dict[s
 
 def network_config(identity: GuestIdentity) -> dict[str, Any] | None:
     """Network config version 2 with the static address on the interface carrying the clone's MAC
-    (or the first ``e*`` interface without one); None without an address (DHCP)."""
-    if not identity.address:
+    (or the first ``e*`` interface without one); None without an address (DHCP) and further interfaces.
+    With further interfaces (``nics``), every interface is matched by its MAC, without a rename (cloud-init
+    names each by the MAC it finds; netplan matches the MAC alone): ``primary`` (the guest's own: its static
+    address, or DHCP) and ``nic1``, ``nic2``... (each with its address, or DHCP)."""
+    if not identity.address and not identity.nics:
         return None
-    nic: dict[str, Any] = {"match": {"macaddress": identity.mac.lower()} if identity.mac else {"name": "e*"},
-                           "addresses": [identity.address]}
-    if identity.gateway:
-        nic["routes"] = [{"to": "default", "via": identity.gateway}]
-    if identity.dns:
-        nic["nameservers"] = {"addresses": list(identity.dns)}
-    return {"version": 2, "ethernets": {"primary": nic}}
+    primary: dict[str, Any] = {"match": {"macaddress": identity.mac.lower()} if identity.mac else {"name": "e*"}}
+    if identity.address:
+        primary["addresses"] = [identity.address]
+        if identity.gateway:
+            primary["routes"] = [{"to": "default", "via": identity.gateway}]
+        if identity.dns:
+            primary["nameservers"] = {"addresses": list(identity.dns)}
+    else:
+        primary["dhcp4"] = True
+    ethernets = {"primary": primary}
+    for i, nic in enumerate(identity.nics, 1):
+        ethernets[f"nic{i}"] = {"match": {"macaddress": nic.mac.lower()},
+                                **({"addresses": [nic.address]} if nic.address else {"dhcp4": True})}
+    return {"version": 2, "ethernets": ethernets}
 
 
 def documents(identity: GuestIdentity, *, user_data: str | None = None,

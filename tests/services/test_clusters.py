@@ -29,13 +29,15 @@ from metavmm.catalog.models import (
     Quota,
     QuotaReservation,
     Workload,
+    WorkloadKind,
     WorkloadLink,
     utcnow,
 )
 from metavmm.foundation.errors import Conflict, NoPlacement, NotFound, QuotaExceeded, ValidationError
 from metavmm.services.clusters import ClusterRequest, ClusterService, Seat, public_template
 from metavmm.services.identity import Identity
-from metavmm.translators.cloudinit import sha512_crypt
+from metavmm.services.workloads.requests import CreateRequest
+from metavmm.translators.cloudinit import GuestIdentity, documents, sha512_crypt
 from tests.world import World
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests student"
@@ -78,12 +80,16 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
     kinds = Counter(op.kind for op in view.operations)
     assert kinds == {"create": 5, "attach": 4}
     first = seats[0].workload
-    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["mac"], first.spec["ssh_key"]) == (
-        "lab-01", "lab-01", "10.20.0.10", seats[0].mac, KEY)
-    assert "ssh_key" not in seats[2].workload.spec
     create_step = next(s for s in seats[0].operation.steps if s["action"] == "vm.create")
-    assert create_step["args"]["extra"]["hostname"] == "lab-01"
-    assert "mac" not in create_step["args"]["extra"]  # the MAC is the class network interface's, not the VM's own NIC
+    extra = create_step["args"]["extra"]
+    own = extra["mac"]  # the VM's own interface's MAC, chosen by the broker too: the seed's network-config finds it
+    assert (first.name, first.spec["hostname"], first.spec["ip"], first.spec["mac"], first.spec["ssh_key"]) == (
+        "lab-01", "lab-01", "10.20.0.10", own, KEY)
+    assert "ssh_key" not in seats[2].workload.spec
+    assert extra["hostname"] == "lab-01" and own.startswith("52:54:00:") and own != seats[0].mac
+    assert extra["nics"] == [{"mac": seats[0].mac, "address": "10.20.0.10/24"}]  # the class interface's
+    owns = {next(st for st in s.operation.steps if st["action"] == "vm.create")["args"]["extra"]["mac"] for s in seats}
+    assert len(owns) == 4 and not owns & {s.mac for s in seats}  # unique, and none is a class interface's
     links = await rows(w, WorkloadLink, WorkloadLink.source_id == first.id)
     assert [(lk.target_id, lk.attributes["mac"], lk.attributes["address"], lk.attributes["hostname"])
             for lk in links] == [(view.cluster.network_id, seats[0].mac, "10.20.0.10/24", "lab-01")]
@@ -116,6 +122,43 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
 
     with pytest.raises(Conflict, match="already exists"):
         await clusters.create(alpha, ClusterRequest(name="lab", seats=1, vcpus=1, ram_mib=512))
+
+
+def _seed(seat: Any) -> dict[str, Any]:
+    """The network-config of the NoCloud seed the seat's create step makes (libvirt's writer's documents)."""
+    step = next(s for s in seat.operation.steps if s["action"] == "vm.create")
+    identity = GuestIdentity.from_extra(step["args"]["extra"], instance_id=seat.workload.id, default_hostname="x")
+    return yaml.safe_load(documents(identity)["network-config"])
+
+
+async def test_a_seats_seed_configures_its_class_interface_by_its_mac(svc: tuple[ClusterService, World]) -> None:
+    """Each seat's seed has a network-config (version 2): its own interface by DHCP and its class interface
+    with the address the broker assigned it, each found by its MAC; on a network without a range (no
+    address assigned), the class interface by DHCP."""
+    clusters, w = svc
+    alpha = who(w, "alpha_member")
+    view = await clusters.create(alpha, ClusterRequest(name="net", seats=2, vcpus=1, ram_mib=256,
+                                                       cidr="10.44.0.0/24", first_address=20))
+    for seat, address in zip(view.seats, ("10.44.0.20/24", "10.44.0.21/24"), strict=True):
+        own = seat.workload.spec["mac"]
+        assert _seed(seat) == {"version": 2, "ethernets": {
+            "primary": {"match": {"macaddress": own}, "dhcp4": True},
+            "nic1": {"match": {"macaddress": seat.mac}, "addresses": [address]}}}
+        assert seat.address == address
+    grown = await clusters.scale(alpha, view.cluster.id, 3)  # a seat added later gets its own the same way
+    assert _seed(grown.seats[2])["ethernets"]["nic1"] == {"match": {"macaddress": grown.seats[2].mac},
+                                                          "addresses": ["10.44.0.22/24"]}
+    hall = await w.app[keys.WORKLOADS].create(alpha, CreateRequest(kind=WorkloadKind.NETWORK, name="hall"))
+    plain = await clusters.create(alpha, ClusterRequest(name="plain", seats=1, vcpus=1, ram_mib=256,
+                                                        network_id=hall.workload.id))
+    (seat,) = plain.seats
+    assert seat.address is None and _seed(seat)["ethernets"]["nic1"] == {"match": {"macaddress": seat.mac},
+                                                                         "dhcp4": True}
+    bare = await clusters.create(alpha, ClusterRequest(name="bare", seats=1, vcpus=1, ram_mib=256))
+    step = next(s for s in bare.seats[0].operation.steps if s["action"] == "vm.create")
+    assert "nics" not in step["args"]["extra"] and step["args"]["extra"]["mac"] == bare.seats[0].mac  # as before
+    identity = GuestIdentity.from_extra(step["args"]["extra"], instance_id="i", default_hostname="x")
+    assert "network-config" not in documents(identity)  # no class network: cloud-init's DHCP fallback
 
 
 async def test_quota_is_checked_for_the_whole_class_at_once(svc: tuple[ClusterService, World]) -> None:

@@ -64,6 +64,36 @@ async def test_without_an_address_the_guest_uses_dhcp(tmp_path: Path) -> None:
     assert meta == {"instance-id": "i-2", "local-hostname": "db-1"}
 
 
+async def test_a_seat_with_a_class_interface_gets_both_by_their_macs(tmp_path: Path) -> None:
+    """A class seat's seed: a network-config naming its own interface (DHCP) and its class interface (the
+    broker's address, or DHCP without one), each by its MAC, lower case; no route on the class interface."""
+    seat = GuestIdentity.from_extra({"hostname": "lab-01", "mac": "52:54:00:0A:00:01", "nics": [
+        {"mac": "52:54:00:0B:00:01", "address": "10.20.0.10/24"}, {"mac": "52:54:00:0c:00:01", "address": None}]},
+        instance_id="wl-seat", default_hostname="x")
+    files = iso_files(await write_seed_iso(seat, tmp_path / "seed.iso"), tmp_path / "out")
+    assert sorted(files) == ["meta-data", "network-config", "user-data"]
+    assert yaml.safe_load(files["network-config"]) == {"version": 2, "ethernets": {
+        "primary": {"match": {"macaddress": "52:54:00:0a:00:01"}, "dhcp4": True},
+        "nic1": {"match": {"macaddress": "52:54:00:0b:00:01"}, "addresses": ["10.20.0.10/24"]},
+        "nic2": {"match": {"macaddress": "52:54:00:0c:00:01"}, "dhcp4": True}}}
+    meta = json.loads(base64.b64decode(vmware_guestinfo(seat)["guestinfo.metadata"]))
+    assert meta["network"] == yaml.safe_load(files["network-config"])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"nics": [{"mac": "52:54:00:0b:00:01"}]}, "needs its own interface's MAC"),
+    ({"mac": "52:54:00:0b:00:01", "nics": [{"mac": "52:54:00:0B:00:01"}]}, "distinct MACs"),
+    ({"mac": "52:54:00:0a:00:01", "nics": [{"mac": "52:54:00:0b:00:01", "address": "10.0.0.300/24"}]},
+     "interface address"),
+    ({"mac": "52:54:00:0a:00:01", "nics": [{"mac": "nope"}]}, "interface MAC"),
+    ({"mac": "52:54:00:0a:00:01", "nics": [{"address": "10.0.0.3/24"}]}, "each with its mac"),
+    ({"mac": "52:54:00:0a:00:01", "nics": "52:54:00:0b:00:01"}, "a list of interfaces"),
+])
+def test_bad_further_interfaces_are_refused(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GuestIdentity.from_extra({"hostname": "ok", **extra}, instance_id="i", default_hostname="x")
+
+
 def test_vmware_guestinfo_holds_the_same_documents() -> None:
     info = vmware_guestinfo(STATIC)
     assert info["guestinfo.metadata.encoding"] == "base64" and info["guestinfo.hostname"] == "web-abc123"

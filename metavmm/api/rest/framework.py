@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 from aiohttp import web
@@ -22,6 +22,7 @@ from metavmm.api.auth import ROLE_ATTR, default_role
 from metavmm.foundation.errors import NotFound, PayloadTooLarge, ValidationError
 
 Handler = Callable[..., Awaitable[Any]]
+M = TypeVar("M", bound=BaseModel)
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
 
 
@@ -99,6 +100,20 @@ async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     data = jsonbody.loads(raw or b"null")
     if "\\u0000" in raw.decode(errors="replace") or "\x00" in raw.decode(errors="replace"):
         raise ValidationError("the body contains a NUL character, which no field accepts")
+    return parse_body(model, data)
+
+
+def parse_params(model: type[M], data: dict[str, str]) -> M:
+    """A route's path parameters as its ``model``, or the 404 REST answers for a path it does not serve."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise NotFound(f"no such resource: {_describe(exc, 'path')}") from None
+
+
+def parse_body(model: type[M], data: Any) -> M:
+    """``data`` as a route's body ``model``, or the 400 REST answers for it (a dashboard form validated with a
+    REST model gets the API's own message through this)."""
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -117,10 +132,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     async def handle(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         if route.params is not None:
-            try:
-                kwargs["params"] = route.params.model_validate(dict(request.match_info))
-            except pydantic.ValidationError as exc:
-                raise NotFound(f"no such resource: {_describe(exc, 'path')}") from None
+            kwargs["params"] = parse_params(route.params, dict(request.match_info))
         if route.query is not None:
             try:
                 kwargs["query"] = route.query.model_validate(_query_data(request, route.query))

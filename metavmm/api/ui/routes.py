@@ -15,6 +15,7 @@ from metavmm.api.ui import (
     alerts,
     autoscaling,
     burst,
+    clusters,
     inventory,
     launch,
     marketplace,
@@ -83,6 +84,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_routes(routes)
     app.router.add_routes(inventory.routes)
     app.router.add_routes(work.routes)
+    app.router.add_routes(clusters.routes)
     app.router.add_routes(marketplace.routes)
     app.router.add_routes(launch.routes)
     app.router.add_routes(alerts.routes)

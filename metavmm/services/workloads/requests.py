@@ -140,7 +140,7 @@ def check_mac(mac: Any) -> str | None:
     return mac.lower()
 
 
-GUEST_KEYS = ("hostname", "mac", "address", "gateway", "dns")
+GUEST_KEYS = ("hostname", "mac", "address", "gateway", "dns", "nics")
 
 
 def check_guest(guest: Mapping[str, Any], workload_id: str) -> dict[str, Any]:
@@ -150,8 +150,8 @@ def check_guest(guest: Mapping[str, Any], workload_id: str) -> dict[str, Any]:
     if unknown:
         raise ValidationError(f"unknown guest keys {', '.join(sorted(unknown))}; expected {', '.join(GUEST_KEYS)}")
     GuestIdentity.from_extra(guest, instance_id=workload_id, default_hostname=str(guest.get("hostname") or "vm"))
-    if guest.get("mac") is not None:
-        check_mac(guest["mac"])
+    for mac in [guest.get("mac"), *(n.get("mac") for n in guest.get("nics") or ())]:
+        check_mac(mac)
     return dict(guest)
 
 

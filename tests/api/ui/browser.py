@@ -91,6 +91,23 @@ def wait(driver: Any, until: Callable[[Any], Any], timeout_s: float = 60) -> Any
         StaleElementReferenceException, NoSuchElementException)).until(until)
 
 
+def fill(driver: Any, fields: dict[str, str]) -> None:
+    """Type each value into the form control of that id (a select: the option of that value; a file input:
+    the path), replacing what was there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    for key, value in fields.items():
+        box = driver.find_element(By.ID, key)
+        if box.tag_name == "select":
+            Select(box).select_by_value(value)
+        elif box.get_attribute("type") == "file":
+            box.send_keys(value)
+        else:
+            box.clear()
+            box.send_keys(value)
+
+
 def login(driver: Any, base: str, token: str) -> None:
     from selenium.webdriver.common.by import By
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()
                                 reason="needs Debian's chromium and chromium-driver (scripts/setup.d/apt-test.txt)")
 SCREENS = {"overview": ("/ui/", "Federation overview"), "capacity": ("/ui/capacity", "Capacity"),
            "prices": ("/ui/prices?vcpus=2&ram_gib=4", "Prices"), "workloads": ("/ui/workloads", "Workloads"),
+           "classes": ("/ui/clusters", "Classes"),
            "operations": ("/ui/operations", "Operations"), "explainer": ("/ui/explain", "Placement explainer"),
            "marketplace": ("/ui/marketplace", "Marketplace"), "alerts": ("/ui/alerts", "Alerts"),
            "projects": ("/ui/projects", "Projects and quotas"),

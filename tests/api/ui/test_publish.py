@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metavmm.services.marketplace.publish import blob_dir
-from tests.api.ui.browser import Broker, wait, watch_create_go_live
+from tests.api.ui.browser import Broker, fill, wait, watch_create_go_live
 from tests.api.ui.test_dashboard import _by, broker, browser, pytestmark  # noqa: F401  (fixtures, the skip)
 from tests.world import World
 
@@ -26,25 +26,10 @@ def _images(b: Broker, token: str) -> list[dict[str, Any]]:
     return b.rest("GET", "/api/v1/marketplace/images?limit=500", token)["items"]
 
 
-def _fill(driver: Any, fields: dict[str, str]) -> None:
-    By = _by()
-    from selenium.webdriver.support.ui import Select
-
-    for key, value in fields.items():
-        box = driver.find_element(By.ID, key)
-        if box.tag_name == "select":
-            Select(box).select_by_value(value)
-        elif box.get_attribute("type") == "file":
-            box.send_keys(value)
-        else:
-            box.clear()
-            box.send_keys(value)
-
-
 def _publish(driver: Any, base: str, fields: dict[str, str], path: str = "/ui/marketplace") -> None:
     By = _by()
     driver.get(base + path)
-    _fill(driver, fields)
+    fill(driver, fields)
     driver.find_element(By.ID, "publish-button").click()
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#published, .error"))
 
@@ -88,7 +73,7 @@ def test_publish_a_raw_disk_and_a_new_version_from_the_form(broker: tuple[Broker
     assert browser.find_element(By.ID, "pub-tags").get_attribute("value") == "lab, teaching"
     second = tmp_path / "lab-disk-2.raw"
     second.write_bytes(bytes(range(255, -1, -1)) * 4096)
-    _fill(browser, {"pub-format": "raw", "pub-disk": str(second)})
+    fill(browser, {"pub-format": "raw", "pub-disk": str(second)})
     browser.find_element(By.ID, "publish-button").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#published, .error"))
     assert not browser.find_elements(By.CSS_SELECTOR, ".error"), browser.find_element(By.CSS_SELECTOR, ".error").text
@@ -221,12 +206,12 @@ def test_launch_from_the_marketplace_goes_live_and_its_replica_is_listed(
     assert _row(browser, image["id"]).find_element(By.CSS_SELECTOR, "td.replicas").text == "none yet"
     _row(browser, image["id"]).find_element(By.CSS_SELECTOR, "a.choose-site").click()
     wait(browser, lambda d: d.find_elements(By.ID, "shape-form"))
-    _fill(browser, {"launch-name": "ui-course-vm", "launch-vcpus": "1", "launch-ram": "512"})
+    fill(browser, {"launch-name": "ui-course-vm", "launch-vcpus": "1", "launch-ram": "512"})
     browser.find_element(By.ID, "sites-button").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#sites tr[data-site="sim-b/sim-000"]'))
     browser.find_element(By.CSS_SELECTOR, '#sites tr[data-site="sim-b/sim-000"] input[type=radio]').click()
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrowserKey teacher@school"
-    _fill(browser, {"launch-ssh-key": key})
+    fill(browser, {"launch-ssh-key": key})
     browser.save_screenshot(str(tmp_path / "launch.png"))
     browser.find_element(By.ID, "launch-button").click()
     watch_create_go_live(browser, "ui-course-vm")

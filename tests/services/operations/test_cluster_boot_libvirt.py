@@ -1,10 +1,12 @@
 """A class of real guests on the system libvirt daemon (qemu:///system, TCG): two seats of a Debian 12 guest
 with cloud-init (scripts/build-debian-guest.sh cloud, built by the fixture and cached under /var/tmp) boot
-on their overlays, take their reserved addresses on the class network by DHCP, and cloud-init runs each
-seat's own user data from its NoCloud seed. The proof comes from inside the guests: each seat's user
-data writes a line to its serial console, read through ``GET /workloads/{id}/console``, naming the host
-name cloud-init set, the class network's address and MAC the guest holds, the SSH key cloud-init
-installed and the password hash it set; the network's leases agree, and the host logs in over SSH at
+on their overlays, take their addresses on the class network from the network-config of their NoCloud
+seed (static, on the interface with the seat's MAC), and cloud-init runs each seat's own user data from
+the seed. The proof comes from inside the guests: each seat's user data writes a line to its serial
+console, read through ``GET /workloads/{id}/console``, naming the host name cloud-init set, the class
+network's address and MAC the guest holds and the systemd-networkd file that configured it (cloud-init's,
+with that address), the SSH key cloud-init installed and the password hash it set; a lease the network
+holds for a seat is its reservation's, and the host logs in over SSH at
 each seat's reserved address with that seat's key. Then the class is deleted and nothing is left: no
 domain, no overlay, console log or seed ISO, no network.
 
@@ -37,7 +39,8 @@ __all__ = ["client"]  # the REST client on a real libvirt provider, and its clea
 
 REPO = Path(__file__).resolve().parents[3]
 BOOT_TIMEOUT_S = 1200  # two Debian guests booting at once under TCG on two shared cores
-MARKER = re.compile(r"metavmm-seat owner=(\S+) host=(\S+) ip=(\S+) mac=(\S+) key=(\S+) pw=(\S+) up=(\S+)")
+MARKER = re.compile(r"metavmm-seat owner=(\S+) host=(\S+) ip=(\S+) mac=(\S+) key=(\S+) pw=(\S+) up=(\S+) "
+                    r"cfg=(\S+) static=(\S+)")
 
 SEAT_USER_DATA = """#cloud-config
 runcmd:
@@ -51,10 +54,13 @@ runcmd:
     pw=$(getent shadow debian | cut -d: -f2 | tr -d '\\n' | sha256sum | cut -c1-16)
     mac=$(cat /sys/class/net/$1/address)
     up=$(cut -d' ' -f1 /proc/uptime)
-    echo "metavmm-seat owner={owner} host=$(hostname) ip=$2 mac=$mac key=$key pw=$pw up=$up" >/dev/ttyS0
+    f=$(networkctl status "$1" 2>/dev/null | awk '/Network File:/ {{print $3}}')
+    static=$(grep -s '^Address=' "${{f:-/dev/null}}" | head -n1 | cut -d= -f2)
+    echo "metavmm-seat owner={owner} host=$(hostname) ip=$2 mac=$mac key=$key pw=$pw up=$up" \
+      "cfg=$(basename "${{f:-none}}") static=${{static:-none}}" >/dev/ttyS0
 """
 """A seat's own user data (a roster line's): once the guest holds an address outside QEMU's user network
-(the class network's, by DHCP), one line on the serial console with what cloud-init made of the seat."""
+(the class network's), one line on the serial console with what cloud-init made of the seat."""
 
 
 @pytest.fixture(scope="session")
@@ -140,21 +146,23 @@ async def test_seats_boot_take_their_reserved_addresses_and_run_their_own_user_d
                                                               ("boot-02", f"{subnet}.11/24")]
 
     found = await asyncio.gather(*(marker(client, s["workload_id"], started) for s in seats))
-    for owner, seat, ((said_owner, host, ip, mac, key, pw, up), seconds) in zip(owners, seats, found, strict=True):
+    for owner, seat, ((said_owner, host, ip, mac, key, pw, up, cfg, static), seconds) in zip(
+            owners, seats, found, strict=True):
         print(f"{seat['hostname']}: cloud-init's line {seconds:.0f} s after the class was asked for, "
-              f"{float(up):.0f} s after the guest's kernel started")
+              f"{float(up):.0f} s after the guest's kernel started; class interface: {cfg}, static {static}")
         assert said_owner == owner  # the seat ran its own roster line's user data, not the other's
         assert host == seat["hostname"]  # cloud-init set the seat's host name
-        assert (ip, mac) == (seat["address"], seat["mac"])  # the reserved address, on the seat's MAC, by DHCP
+        assert (ip, mac) == (seat["address"], seat["mac"])  # the seat's address, on the seat's MAC
+        # set by the seed's network-config: the file systemd-networkd applied to the class interface is the one
+        # cloud-init rendered for it (found by its MAC), with the seat's address, static
+        assert cfg != "none" and static == seat["address"], (cfg, static)
         assert key == f"{owner}@class"  # its own key (and only it) for the image's default user
         assert pw == hashlib.sha256(hashes[owner].encode()).hexdigest()[:16]  # its own password hash
     network = f"mv-{lab['network_id']}"
     held = {(s["mac"], s["address"].split("/")[0]) for s in seats}
-    for _ in range(60):  # libvirt's lease helper records a lease a moment after dnsmasq acknowledged it
-        if held <= leases(network):
-            break
-        await asyncio.sleep(1)
-    assert held <= leases(network)
+    # the address is static now (no DHCP needed on the class interface); a lease a seat took anyway (the
+    # image asks DHCP on every interface too) is its reservation's
+    assert {lease for lease in leases(network) if lease[0] in {m for m, _ in held}} <= held
     for owner, seat in zip(owners, seats, strict=True):  # the host reaches each seat at its address, by its key
         assert await asyncio.to_thread(ssh_hostname, pairs[owner][0], seat["address"].split("/")[0]) == \
             seat["hostname"]

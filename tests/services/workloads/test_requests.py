@@ -6,7 +6,10 @@ import hashlib
 import json
 from dataclasses import asdict
 
-from metavmm.services.workloads.requests import CreateRequest, LinkSpec
+import pytest
+
+from metavmm.foundation.errors import ValidationError
+from metavmm.services.workloads.requests import CreateRequest, LinkSpec, check_guest
 
 
 def _as_before(req: CreateRequest) -> str:
@@ -30,3 +33,15 @@ def test_the_fingerprint_is_unchanged_and_tells_requests_apart() -> None:
     assert rich.fingerprint() != CreateRequest(**{**rich.__dict__, "attributes": {"mixins": ["a#b"]}}).fingerprint()
     abroad = CreateRequest(**{**rich.__dict__, "residency": ("TW",)})
     assert abroad.fingerprint() == _as_before(abroad) != rich.fingerprint()
+
+
+def test_a_guest_with_further_interfaces_is_checked_before_anything_is_written() -> None:
+    """A seat's further interfaces (``nics``) are checked as its own MAC is: unicast MACs only, each found."""
+    seat = {"hostname": "lab-01", "mac": "52:54:00:0a:00:01", "nics": [{"mac": "52:54:00:0b:00:01",
+                                                                        "address": "10.20.0.10/24"}]}
+    assert check_guest(seat, "w-1") == seat
+    for nics, words in (([{"mac": "53:54:00:0b:00:01"}], "multicast"), ([{"address": "10.0.0.3/24"}], "its mac")):
+        with pytest.raises(ValidationError, match=words):
+            check_guest({**seat, "nics": nics}, "w-1")
+    with pytest.raises(ValidationError, match="unknown guest keys extra"):
+        check_guest({**seat, "extra": 1}, "w-1")

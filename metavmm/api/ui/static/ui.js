@@ -60,8 +60,32 @@
         if (figures) { li.appendChild(document.createTextNode(" ")); li.appendChild(figures); }
       });
   }
+  function repoint(d) {
+    // a row showing a workload's latest operation (a class's seat) follows a newer one on it (a reset, a delete)
+    if (!d.target) { return; }
+    each('[data-latest-op-of="' + CSS.escape(d.target) + '"]', function (row) {
+      if (row.getAttribute("data-operation-id") === d.operation) { return; }
+      row.setAttribute("data-operation-id", d.operation);
+      const kind = row.querySelector(".op-kind"); if (kind) { kind.textContent = d.kind; }
+    });
+  }
+  function seatSummaries() {
+    // a class's state: its seats' states counted, most first (the words seat_states() renders on the server)
+    each(".seat-summary[data-seats-in]", function (el) {
+      const box = document.querySelector(el.getAttribute("data-seats-in"));
+      if (!box) { return; }
+      const counted = {};
+      box.querySelectorAll("[data-workload-id] .wl-state").forEach(function (s) {
+        counted[s.textContent] = (counted[s.textContent] || 0) + 1;
+      });
+      const parts = Object.keys(counted).map(function (k) { return [k, counted[k]]; });
+      parts.sort(function (a, b) { return b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0); });
+      el.textContent = parts.length ? parts.map(function (p) { return p[1] + " " + p[0]; }).join(", ") : "no seats";
+    });
+  }
   source.addEventListener("operation", function (e) {
     const d = JSON.parse(e.data);
+    repoint(d);
     operation(d);
     step(d);
     if (log) {
@@ -129,5 +153,6 @@
       const state = el.querySelector(".wl-state"); if (state) { state.textContent = d.state; }
       const desired = el.querySelector(".wl-desired"); if (desired) { desired.textContent = d.desired_state; }
     });
+    seatSummaries();
   });
 })();
