@@ -148,7 +148,7 @@ def test_fence_is_declared_by_exactly_the_drivers_that_implement_it() -> None:
 def test_replica_target_is_declared_by_exactly_the_drivers_that_keep_points() -> None:
     """DR reads the capability to decide whether a provider can be a replication target (never its kind)."""
     targets = {kind for kind in KINDS if Capability.REPLICA_TARGET in driver_class(kind).capabilities}
-    assert targets == {"aws", "libvirt", "openstack", "sim"}
+    assert targets == {"aws", "azure", "libvirt", "openstack", "sim"}
     for kind in KINDS:
         cls = driver_class(kind)
         assert (cls.replica_store is not DriverBase.replica_store) == (kind in targets), kind
