@@ -66,15 +66,21 @@ def sim_disk_sha256(tmp_path: Path, vm: Any) -> str:
     return digest
 
 
+async def vm_at_b(b: Partner) -> tuple[Any, Any]:
+    """B's sim driver and the one VM B placed for workload "x", once B is idle (the caller closes the driver)."""
+    await b.idle()
+    (theirs,) = await b.workloads("x")
+    b_sim = create_driver(b.app[keys.CONFIG].providers[0])
+    (b_vm,) = [v for v in await b_sim.list_vms() if v.provider_vm_id == theirs.provider_resource_id]
+    return b_sim, b_vm
+
+
 async def test_a_vm_at_partner_b_migrates_back_to_a(partner: Partner, aiohttp_client: Any,  # noqa: F811
                                                     tmp_path: Path) -> None:
     """New behaviour: the old code refused this migration with 409 (OCCI 1.2 has no disk download)."""
     app, client = await served_a(aiohttp_client, tmp_path, downloading_config(partner.url))
     wid = await a_vm_at_b(app, client)
-    await partner.idle()
-    (theirs,) = await partner.workloads("x")
-    b_sim = create_driver(partner.app[keys.CONFIG].providers[0])
-    (b_vm,) = [v for v in await b_sim.list_vms() if v.provider_vm_id == theirs.provider_resource_id]
+    b_sim, b_vm = await vm_at_b(partner)
     expected = sim_disk_sha256(tmp_path, b_vm)
 
     resp = await client.post(f"{API}/workloads/{wid}/migrate", json={"site": "sim-a/sim-000", "mode": "cold"})
@@ -321,10 +327,7 @@ async def test_a_save_at_a_of_a_vm_at_partner_b_is_b_save_recorded_in_a_catalog(
     A's project in A's marketplace, and starts the compute at B again."""
     app, client = await served_a(aiohttp_client, tmp_path, downloading_config(partner.url))
     wid = await a_vm_at_b(app, client)
-    await partner.idle()
-    (theirs,) = await partner.workloads("x")
-    b_sim = create_driver(partner.app[keys.CONFIG].providers[0])
-    (b_vm,) = [v for v in await b_sim.list_vms() if v.provider_vm_id == theirs.provider_resource_id]
+    b_sim, b_vm = await vm_at_b(partner)
     await b_sim.close()
     expected = sim_disk_sha256(tmp_path, b_vm)
 
