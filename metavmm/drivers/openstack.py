@@ -508,7 +508,8 @@ class OpenStackDriver(DriverBase):
             latest = next((a for a in conn.compute.server_actions(sid) if a.action == action), None)
             if latest is None:
                 return False
-            events = conn.compute.get_server_action(latest.request_id, sid).events
+            found = conn.compute.get_server_action(latest.request_id, sid)  # None if it went meanwhile
+            events = found.events if found is not None else None
             return events is not None and (not events or any(not e.finish_time for e in events))
 
         while await self._sdk(region, action, pending):
