@@ -63,6 +63,7 @@ async def test_libvirt_clones_get_a_seed_with_hostname_and_their_own_address(
         engine: Engine, libvirt_hosts: LibvirtHosts, tmp_path: Path) -> None:
     target = libvirt_hosts.uris[1]
     seen: list[str] = []
+    held: list[tuple[str, Path]] = []  # both clones live at once: the second draw must avoid the first's address
     disks_before = libvirt_hosts.disk_files(1)
     for name in ("Web_1", "web-2"):
         wid = await _provisioned(engine, libvirt_hosts, name)
@@ -89,11 +90,14 @@ async def test_libvirt_clones_get_a_seed_with_hostname_and_their_own_address(
 
         w, at = await workload(engine, wid)
         assert at == "lv1" and (w.spec["ip"], w.spec["hostname"], w.spec["mac"]) == (ip, hostname, mac)
+        held.append((wid, seed))
+    assert len(set(seen)) == 2
 
+    for wid, seed in held:
         gone = await run(engine, await flows.delete(engine, wid))
         assert gone.state == OperationState.SUCCEEDED
-        assert not seed.exists() and libvirt_hosts.disk_files(1) - disks_before == set()
-    assert len(set(seen)) == 2
+        assert not seed.exists()
+    assert libvirt_hosts.disk_files(1) - disks_before == set()
 
 
 async def test_vmware_clone_carries_hostname_and_address_in_guestinfo(engine: Engine, libvirt_hosts: LibvirtHosts,
