@@ -23,21 +23,28 @@ and the minimum CPU seconds (this process's threads and the tools it waited for;
 the serving side, which runs in this process too) with its ratio to the floor's: on a shared machine
 the wall times follow the neighbours' load, the CPU times the work. "written MiB" is what the output
 allocates on disk.
-Usage: python -m bench.replication [--size-mib 1024] [--repeat 3] [--dir /var/tmp]
+``--against REF`` adds the http row once more with the pump (``translators.diskstream.pump``, what carries
+every HTTP body into its sink) of git REF, loaded beside this tree's and taking turns with it in the same
+run: the rest of the path is this tree's, so the two rows differ by the pump alone.
+Usage: python -m bench.replication [--size-mib 1024] [--repeat 3] [--dir /var/tmp] [--against main]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import os
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +60,10 @@ from metavmm.services import netguard
 from metavmm.services.marketplace.entries import ADMIN, ImageMeta
 from metavmm.services.marketplace.publish import publish
 from metavmm.services.marketplace.replication import Replicator
+from metavmm.services.marketplace.stream import digests_hasher, http_chunks
 from metavmm.services.sync import sync_all
+from metavmm.translators import diskstream
+from metavmm.translators.streamdecode import RawDecoder, Writer
 
 MIB = 2**20
 
@@ -70,6 +80,30 @@ def timed_cmd(*argv: str) -> float:
     started = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
     return time.perf_counter() - started
+
+
+def pump_at(ref: str) -> Callable[..., Any]:
+    """``diskstream.pump`` as it is at git ``ref``: that revision's module loaded beside this tree's (what it
+    imports is this tree's)."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{ref}:metavmm/translators/diskstream.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"bench_diskstream_at_{ref}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{ref}:metavmm/translators/diskstream.py", "exec"), module.__dict__)
+    return module.pump  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def using_pump(pump: Callable[..., Any] | None) -> Iterator[None]:
+    """``receive`` (replication over http, a partner's download) runs with ``pump`` meanwhile (None: this tree's)."""
+    own = diskstream.pump
+    if pump is not None:
+        diskstream.pump = pump  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        diskstream.pump = own  # type: ignore[assignment]
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -94,7 +128,7 @@ Row = tuple[str, list[float], int, list[float], int]
 """A contender's label, wall times, bytes it moves, CPU times and bytes its output allocates."""
 
 
-async def run(size_mib: int, base: Path, repeat: int) -> list[Row]:
+async def run(size_mib: int, base: Path, repeat: int, against: str | None = None) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="metavmm-bench-repl-", dir=base))
     os.chmod(work, 0o755)
     os.environ["METAVMM_STATE_DIR"] = str(work / "state")
@@ -145,9 +179,10 @@ providers:
                 plain.unlink()
                 return took
 
-            async def replicate(name: str) -> float:
+            async def replicate(name: str, pump: Callable[..., Any] | None = None) -> float:
                 started = time.perf_counter()
-                await replicator.replicate(ids[name], "bench-site", audience=ADMIN)
+                with using_pump(pump):
+                    await replicator.replicate(ids[name], "bench-site", audience=ADMIN)
                 took = time.perf_counter() - started
                 allocated[0] = sum(p.stat().st_blocks * 512 for p in dest.glob("*.qcow2"))
                 await drop_replicas(maker, dest)
@@ -164,17 +199,39 @@ providers:
                 ("metavmm qcow2 -> qcow2 (file)", lambda: replicate("bench-qcow2"), qcow2.stat().st_size),
                 ("metavmm vmdk -> qcow2 (http)", lambda: replicate("bench-http"), vmdk_size),
             ]
-            times: dict[str, list[float]] = {label: [] for label, _f, _n in contenders}
-            cpu: dict[str, list[float]] = {label: [] for label, _f, _n in contenders}
-            written: dict[str, int] = {}
+            if against is not None:
+                theirs = pump_at(against)
+                same = f"  the same, {against}'s pump"[:34]
+
+                async def body(pump: Callable[..., Any]) -> float:
+                    """The blob's bytes alone: hashed (both digests) and written sparse by the pump, no conversion."""
+                    out = dest / "body.raw"
+                    hasher = digests_hasher(None, "bench")
+                    started = time.perf_counter()
+                    try:
+                        await pump(http_chunks(f"{http_base}/{vmdk.name}", 3600), RawDecoder(
+                            Writer(out, dest / "body.spill"), "bench"), hasher)
+                    finally:
+                        hasher.close()
+                    took = time.perf_counter() - started
+                    allocated[0] = out.stat().st_blocks * 512
+                    out.unlink()
+                    return took
+
+                contenders[-1:] = [contenders[-1], (same, lambda: replicate("bench-http", theirs), vmdk_size),
+                                   ("http body, pumped: hash + write", lambda: body(diskstream.pump), vmdk_size),
+                                   (same, lambda: body(theirs), vmdk_size)]
+            times: list[list[float]] = [[] for _c in contenders]
+            cpu: list[list[float]] = [[] for _c in contenders]
+            written = [0 for _c in contenders]
             for _round in range(repeat):
-                for label, run, _n in contenders:
+                for i, (_label, run, _n) in enumerate(contenders):
                     before = cpu_seconds()
                     took = run()
-                    times[label].append(await took if asyncio.iscoroutine(took) else took)
-                    cpu[label].append(cpu_seconds() - before)
-                    written[label] = allocated[0]
-            return [(label, times[label], size, cpu[label], written[label]) for label, _f, size in contenders]
+                    times[i].append(await took if asyncio.iscoroutine(took) else took)
+                    cpu[i].append(cpu_seconds() - before)
+                    written[i] = allocated[0]
+            return [(label, times[i], size, cpu[i], written[i]) for i, (label, _f, size) in enumerate(contenders)]
         finally:
             await runner.cleanup()
             await engine.dispose()
@@ -198,16 +255,23 @@ async def drop_replicas(maker: object, dest: Path) -> None:
 
 def report(rows: list[Row]) -> None:
     """Min and median of each row, the ratios to cp and to the floor "cp + one hashing pass", and CPU."""
-    best = {label: min(t) for label, t, _n, _c, _w in rows}
-    work = {label: min(c) for label, _t, _n, c, _w in rows}
+    best = {label: min(t) for label, t, _n, _c, _w in rows if not label.startswith("  ")}
+    work = {label: min(c) for label, _t, _n, c, _w in rows if not label.startswith("  ")}
     f256, f512 = "cp + openssl sha256 (floor 256)", "cp + openssl sha512 (floor 512)"
     print(f"{'method':34} {'min s':>7} {'median s':>9} {'MiB/s':>7} {'vs cp':>6} {'/floor256':>10} {'/floor512':>10}"
           f" {'CPU s':>6} {'CPU/floor512':>13} {'written MiB':>12}")
-    for label, t, size, _c, wrote in rows:
-        low = min(t)
+    compared = []
+    for i, (label, t, size, c, wrote) in enumerate(rows):
+        low, used = min(t), min(c)
         print(f"{label:34} {low:7.2f} {statistics.median(t):9.2f} {size / MIB / low:7.0f} {low / best['cp']:5.2f}x"
-              f" {low / best[f256]:9.2f}x {low / best[f512]:9.2f}x {work[label]:6.2f}"
-              f" {work[label] / work[f512]:12.2f}x {wrote / MIB:12.0f}")
+              f" {low / best[f256]:9.2f}x {low / best[f512]:9.2f}x {used:6.2f}"
+              f" {used / work[f512]:12.2f}x {wrote / MIB:12.0f}")
+        if label.startswith("  "):  # "the same" with another pump: this tree's row is the one before
+            ours, med = rows[i - 1], statistics.median
+            compared.append(f"{ours[0]}: this tree's pump / {label.strip()}: wall min {min(ours[1]) / low:.3f}, "
+                            f"median {med(ours[1]) / med(t):.3f}; CPU min {min(ours[3]) / used:.3f}, "
+                            f"median {med(ours[3]) / med(c):.3f}")
+    print("\n".join(compared))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,10 +279,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; min and median are reported")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where the disks are written")
+    parser.add_argument("--against", metavar="REF", help="also the http row with git REF's pump, taking turns")
     args = parser.parse_args(argv)
     print(f"replicating a {args.size_mib} MiB disk of incompressible data; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    report(asyncio.run(run(args.size_mib, args.dir, args.repeat)))
+    report(asyncio.run(run(args.size_mib, args.dir, args.repeat, args.against)))
 
 
 if __name__ == "__main__":

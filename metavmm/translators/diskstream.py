@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty, Full, Queue
+from queue import Empty, Queue
 from typing import BinaryIO, Protocol
 
 from metavmm.foundation.errors import ChecksumMismatch, TranslationError
@@ -116,61 +116,95 @@ class DiskStream:
 
 
 class Sink(Protocol):
-    """Where :func:`pump` puts the pieces, in a worker thread: ``feed`` each, ``finish`` at the end."""
+    """Where :func:`pump` puts the pieces, in a worker thread: ``feed`` each, ``finish`` at the end.
 
-    def feed(self, chunk: bytes | bytearray) -> None: ...
+    ``keeps_pieces`` says what a piece is to the sink. False: the piece is lent for the call (a view of one of
+    the pump's buffers, refilled with the next bytes as soon as ``feed`` returns), so a sink that holds on to
+    bytes copies them (the decoders' ``buf += chunk``); True: the pump hands the sink bytes of its own, at the
+    cost of one more copy of every piece."""
+
+    keeps_pieces: bool
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None: ...
 
     def finish(self) -> None: ...
 
 
-def _drain(queue: Queue[bytearray | None], stop: threading.Event, sink: Sink | None, hasher: MultiHash,
-           progress: Callable[[int], None] | None) -> None:
-    """The worker thread: hashes and feeds what the network side queued, until None (or ``stop``)."""
+BUFFERS = 4
+"""CHUNK buffers going round between the event loop and :func:`pump`'s worker: the memory a download holds,
+whatever the sender's speed (one being filled, the rest queued or being hashed and written)."""
+
+
+def _drain(full: Queue[tuple[bytearray, int] | None], give_back: Callable[[bytearray], None],
+           stop: threading.Event, sink: Sink | None, hasher: MultiHash, progress: Callable[[int], None] | None) -> None:
+    """The worker thread: hashes and feeds the buffers the network side filled, until None (or ``stop``),
+    handing each back once the hasher and the sink are done with it."""
+    keeps = sink is not None and sink.keeps_pieces
     while not stop.is_set():
         try:
-            chunk = queue.get(timeout=0.05)
+            item = full.get(timeout=0.05)
         except Empty:
             continue
-        if chunk is None:
+        if item is None:
             if sink is not None:
                 sink.finish()
             return
-        hasher.update(chunk)
+        buf, n = item
+        piece = buf if n == len(buf) else memoryview(buf)[:n]
+        hasher.update(piece)
         if sink is not None:
-            sink.feed(chunk)
+            sink.feed(bytes(piece) if keeps else piece)
+        del piece
+        give_back(buf)
         if progress is not None:
             progress(hasher.size)
 
 
 async def pump(chunks: AsyncIterator[bytes], sink: Sink | None, hasher: MultiHash,
                progress: Callable[[int], None] | None = None) -> None:
-    """Network reads on the event loop, gathered into CHUNK-sized pieces; hashing and ``sink`` in one worker
-    thread meanwhile (a bounded queue keeps memory at a few CHUNKs whatever the sender's speed). A failure
-    of either side ends both; the caller removes what the sink wrote."""
-    queue: Queue[bytearray | None] = Queue(maxsize=3)
+    """Network reads on the event loop, copied once into CHUNK-sized buffers; hashing and ``sink`` in one worker
+    thread meanwhile. :data:`BUFFERS` buffers go round between the two (no allocation, join or slice per
+    piece): the loop fills one while the worker hashes and feeds the others, and gets each back once the
+    worker is done with it, so memory stays at a few CHUNKs whatever the sender's speed. The pieces are
+    CHUNK-sized (the last one shorter), so that zero pieces line up with holes. A sink that keeps pieces
+    (:class:`Sink`) is handed copies. A failure of either side ends both; the caller removes what the sink
+    wrote."""
+    loop = asyncio.get_running_loop()
+    free: asyncio.Queue[bytearray | None] = asyncio.Queue()
+    for _ in range(BUFFERS):
+        free.put_nowait(bytearray(CHUNK))
+    full: Queue[tuple[bytearray, int] | None] = Queue()
     stop = threading.Event()
-    worker = asyncio.create_task(asyncio.to_thread(_drain, queue, stop, sink, hasher, progress))
 
-    async def put(item: bytearray | None) -> None:
-        while True:
-            if worker.done():  # the worker failed (a limit, a bad disk, a full disk): its error ends the copy
-                await worker
-            try:
-                queue.put_nowait(item)
-                return
-            except Full:
-                await asyncio.sleep(0.002)
+    def give_back(buf: bytearray) -> None:  # in the worker thread
+        loop.call_soon_threadsafe(free.put_nowait, buf)
+
+    worker = asyncio.create_task(asyncio.to_thread(_drain, full, give_back, stop, sink, hasher, progress))
+    worker.add_done_callback(lambda _: free.put_nowait(None))  # wakes a loop waiting for a buffer
+
+    async def take() -> bytearray:
+        """A buffer the worker is done with (waiting while all are queued); the worker's failure ends the copy."""
+        buf = free.get_nowait() if not free.empty() else await free.get()
+        if buf is None or worker.done():  # the worker failed (a limit, a bad disk, a full disk)
+            await worker
+            raise TranslationError("the disk's writer stopped before the end of its bytes")
+        return buf
 
     try:
-        pending = bytearray()
+        buf, filled = await take(), 0
         async for piece in chunks:
-            pending += piece
-            while len(pending) >= CHUNK:  # CHUNK-sized pieces, so that zero pieces line up with holes
-                await put(pending[:CHUNK])
-                del pending[:CHUNK]
-        if pending:
-            await put(pending)
-        await put(None)
+            view = memoryview(piece)
+            while view:
+                n = min(len(view), CHUNK - filled)
+                buf[filled:filled + n] = view[:n]
+                filled += n
+                view = view[n:]
+                if filled == CHUNK:
+                    full.put((buf, CHUNK))
+                    buf, filled = await take(), 0
+        if filled:
+            full.put((buf, filled))
+        full.put(None)
         await worker
     except BaseException:
         stop.set()  # the worker stops before the caller deletes its files
@@ -181,6 +215,8 @@ async def pump(chunks: AsyncIterator[bytes], sink: Sink | None, hasher: MultiHas
 
 class _Receiver:
     """The sink of :func:`receive`: it sees the disk's first bytes, then chooses how the rest is written."""
+
+    keeps_pieces = False  # the first bytes are copied into ``head``; the decoders copy what they hold
 
     def __init__(self, fmt: str, to: str | None, part: Path, what: str, max_virtual: int) -> None:
         self.fmt, self.to, self.part, self.what, self.max_virtual = fmt, to, part, what, max_virtual
@@ -213,7 +249,7 @@ class _Receiver:
         self.staged = True
         self.decoder = RawDecoder(Writer(self.stage, self.spill), self.what)
 
-    def feed(self, chunk: bytes | bytearray) -> None:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         if self.decoder is None:
             self.head += chunk
             if len(self.head) < HEADER_BYTES:

@@ -115,9 +115,14 @@ def _pwrite(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 
 class Decoder:
-    """Fed the disk's bytes in order (:meth:`feed`), writes the raw disk; :meth:`finish` at the end."""
+    """Fed the disk's bytes in order (:meth:`feed`), writes the raw disk; :meth:`finish` at the end.
+
+    A piece fed is only read during the call: what a decoder holds on to (a partial cluster, marker or grain)
+    it copies into its own ``buf``, so the caller may refill the piece's buffer at once (``keeps_pieces``, as
+    :class:`~metavmm.translators.diskstream.Sink` asks)."""
 
     virtual_size = 0
+    keeps_pieces = False
 
     def __init__(self, writer: Writer, what: str) -> None:
         self.writer, self.what = writer, what
