@@ -14,7 +14,10 @@ A sampler thread adds up what the scratch directory and the store allocate every
 most both held at once, "staged MiB" what was written beside the raw disk on the way (the whole download
 before; the spilled clusters after). Wall times follow a shared machine's load, CPU seconds (this process and
 the tools it waited for; the serving side runs in this process too) the work. Rows take turns, ``--repeat``.
+``--against REF`` adds the streamed path once more with git REF's pump (``translators.diskstream.pump``) loaded
+beside this tree's, taking turns with it (the rest of the path is this tree's).
 Usage: python -m bench.partner_download [--size-mib 1024] [--data-mib 512] [--repeat 3] [--formats qcow2,vmdk,raw]
+       [--against main]
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from bench.convert import cpu_seconds
-from bench.replication import serve_app
+from bench.replication import pump_at, serve_app, using_pump
 from metavmm.api.rest.marketplace import disk_response
 from metavmm.catalog.models import Image
 from metavmm.drivers.occi.client import OcciClient
@@ -97,10 +102,11 @@ async def serve(disk: Path, fmt: str) -> tuple[web.AppRunner, str]:
     return await serve_app(app)
 
 
-async def move(client: OcciClient, scratch: Path, store: Path, streamed: bool) -> tuple[float, float, int, int]:
-    """One move's data path: wall s, CPU s, peak bytes, staged bytes."""
+async def move(client: OcciClient, scratch: Path, store: Path, streamed: bool,
+               pump: Callable[..., Any] | None = None) -> tuple[float, float, int, int]:
+    """One move's data path (``pump``: another pump than this tree's): wall s, CPU s, peak bytes, staged bytes."""
     cpu, started = cpu_seconds(), time.perf_counter()
-    with Peak(scratch, store) as peak:
+    with Peak(scratch, store) as peak, using_pump(pump):
         got = await client.download("export_disk", "mixins/os_tpl_download/", {"os_tpl": "bench"},
                                     str(scratch / ("bench.raw" if streamed else "bench.disk")), timeout_s=3600,
                                     formats=FORMATS, to_format="raw" if streamed else None)
@@ -120,7 +126,8 @@ async def move(client: OcciClient, scratch: Path, store: Path, streamed: bool) -
     return took
 
 
-async def run(size_mib: int, data_mib: int, repeat: int, formats: list[str], base: Path) -> None:
+async def run(size_mib: int, data_mib: int, repeat: int, formats: list[str], base: Path,
+              against: str | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="metavmm-bench-partner-", dir=base))
     try:
         raw = work / "disk.raw"
@@ -139,18 +146,22 @@ async def run(size_mib: int, data_mib: int, repeat: int, formats: list[str], bas
             scratch, store = work / "scratch", work / "store"
             scratch.mkdir(exist_ok=True)
             store.mkdir(exist_ok=True)
-            rows: dict[bool, list[tuple[float, float, int, int]]] = {False: [], True: []}
+            paths: dict[str, tuple[bool, Callable[..., Any] | None]] = {"staged": (False, None),
+                                                                         "streamed": (True, None)}
+            if against is not None:
+                paths[f"@{against}"] = (True, pump_at(against))  # streamed, with REF's pump
+            rows: dict[str, list[tuple[float, float, int, int]]] = {path: [] for path in paths}
             try:
                 for _ in range(repeat):
-                    for streamed in (False, True):
-                        rows[streamed].append(await move(client, scratch, store, streamed))
+                    for path, (streamed, pump) in paths.items():
+                        rows[path].append(await move(client, scratch, store, streamed, pump))
             finally:
                 await client.close()
                 await runner.cleanup()
             label = f"{name}{' streamOptimized' if fmt == 'vmdk' else ''} ({disk.stat().st_size // MIB} MiB)"
-            for streamed, got in rows.items():
+            for path, got in rows.items():
                 walls = [r[0] for r in got]
-                print(f"{label:<32} {'streamed' if streamed else 'staged':<9} "
+                print(f"{label:<32} {path:<9} "
                       f"{min(walls):>6.2f}/{statistics.median(walls):<6.2f}  {min(r[1] for r in got):>9.2f} "
                       f"{max(r[2] for r in got) / MIB:>9.0f} {max(r[3] for r in got) / MIB:>11.1f}")
             disk.unlink()
@@ -165,8 +176,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--formats", default="qcow2,vmdk,raw")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--against", metavar="REF", help="also the streamed path with git REF's pump, taking turns")
     args = parser.parse_args()
-    asyncio.run(run(args.size_mib, args.data_mib, args.repeat, args.formats.split(","), args.dir))
+    asyncio.run(run(args.size_mib, args.data_mib, args.repeat, args.formats.split(","), args.dir, args.against))
 
 
 if __name__ == "__main__":

@@ -180,13 +180,18 @@ class QcowDecoder(Decoder):
         self.compressed: list[tuple[int, int, int]] = []  # (guest, host offset, bytes)
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
-        self.buf += chunk
-        cs, n = self.cs, len(self.buf) // self.cs * self.cs
-        view = memoryview(self.buf)
-        for i in range(0, n, cs):
-            self._cluster(self.pos + i, view[i:i + cs])
-        view.release()
-        del self.buf[:n]
+        held = bool(self.buf)  # a partial cluster from the last piece: gathered first; else read in place
+        if held:
+            self.buf += chunk
+        data = self.buf if held else chunk
+        cs, n = self.cs, len(data) // self.cs * self.cs
+        with memoryview(data) as view:
+            for i in range(0, n, cs):
+                self._cluster(self.pos + i, view[i:i + cs])
+            if not held:
+                self.buf += view[n:]  # the partial cluster at the end, copied: the piece is only lent
+        if held:
+            del self.buf[:n]
         self.pos += n
 
     def _cluster(self, at: int, data: memoryview) -> None:
