@@ -8,12 +8,16 @@ HTTP server answers with the very response the partner's os_tpl download gives (
   as it came (hashed), then ``qemu-img convert`` to raw (the convert step's call), then the import into a
   libvirt store (``qemu-img convert -f raw -O raw``, the libvirt driver's import);
 - ``streamed``: the download decoded into raw as it arrives (``to_format="raw"``, hashed in the same pass),
-  the convert step finding nothing to do, then the same import.
+  the convert step finding nothing to do, then the same import;
+- ``moved``: streamed, and the import takes the decoded raw by moving it into the store (the libvirt driver's
+  ``ex_import_moved``, as the import step calls it for the operation's own scratch disk): no copy.
 
 A sampler thread adds up what the scratch directory and the store allocate every 5 ms: "peak MiB" is the
 most both held at once, "staged MiB" what was written beside the raw disk on the way (the whole download
-before; the spilled clusters after). Wall times follow a shared machine's load, CPU seconds (this process and
-the tools it waited for; the serving side runs in this process too) the work. Rows take turns, ``--repeat``.
+before; the spilled clusters after), "written MiB" what the move sent towards the disk (the kernel's write
+accounting of this process and the tools it waited for: holes and a moved file write nothing). Wall times
+follow a shared machine's load, CPU seconds (this process and the tools it waited for; the serving side runs
+in this process too) the work. Rows take turns, ``--repeat``.
 ``--against REF`` adds the streamed path once more with git REF's pump (``translators.diskstream.pump``) loaded
 beside this tree's, taking turns with it (the rest of the path is this tree's).
 Usage: python -m bench.partner_download [--size-mib 1024] [--data-mib 512] [--repeat 3] [--formats qcow2,vmdk,raw]
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -43,8 +48,9 @@ from bench.convert import cpu_seconds
 from bench.replication import pump_at, serve_app, using_pump
 from metavmm.api.rest.marketplace import disk_response
 from metavmm.catalog.models import Image
+from metavmm.drivers.libvirt import LibvirtDriver
 from metavmm.drivers.occi.client import OcciClient
-from metavmm.foundation.config import parse_config
+from metavmm.foundation.config import LibvirtProvider, parse_config
 from metavmm.foundation.records import DiskRef
 from metavmm.translators.disk import convert
 
@@ -102,14 +108,32 @@ async def serve(disk: Path, fmt: str) -> tuple[web.AppRunner, str]:
     return await serve_app(app)
 
 
-async def move(client: OcciClient, scratch: Path, store: Path, streamed: bool,
-               pump: Callable[..., Any] | None = None) -> tuple[float, float, int, int]:
-    """One move's data path (``pump``: another pump than this tree's): wall s, CPU s, peak bytes, staged bytes."""
-    cpu, started = cpu_seconds(), time.perf_counter()
-    with Peak(scratch, store) as peak, using_pump(pump):
+def written_bytes() -> int:
+    """Bytes this process (every thread) and the tools it waited for sent towards the disk: the kernel's
+    write accounting, counted as pages are dirtied (a hole skipped or a file moved writes nothing)."""
+    with open("/proc/self/io") as f:
+        own = next(int(line.split()[1]) for line in f if line.startswith("write_bytes:"))
+    return own + resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock * 512
+
+
+class Way(NamedTuple):
+    """One way of moving the disk: decoded as it arrives or staged, the import moving the file or copying it,
+    and the pump (None: this tree's)."""
+
+    streamed: bool
+    moved: bool = False
+    pump: Callable[..., Any] | None = None
+
+
+async def move(client: OcciClient, scratch: Path, lv: LibvirtDriver, way: Way
+               ) -> tuple[float, float, int, int, int]:
+    """One move's data path: wall s, CPU s, peak bytes, staged bytes, bytes written."""
+    store = lv.storage_dir / "images"
+    cpu, wrote, started = cpu_seconds(), written_bytes(), time.perf_counter()
+    with Peak(scratch, store) as peak, using_pump(way.pump):
         got = await client.download("export_disk", "mixins/os_tpl_download/", {"os_tpl": "bench"},
-                                    str(scratch / ("bench.raw" if streamed else "bench.disk")), timeout_s=3600,
-                                    formats=FORMATS, to_format="raw" if streamed else None)
+                                    str(scratch / ("bench.raw" if way.streamed else "bench.disk")), timeout_s=3600,
+                                    formats=FORMATS, to_format="raw" if way.streamed else None)
         disk = DiskRef(got.path, got.format)
         staged = got.staged_bytes
         if disk.format != "raw":  # the convert step (disk_actions.convert_disk's call)
@@ -117,9 +141,11 @@ async def move(client: OcciClient, scratch: Path, store: Path, streamed: bool,
             out = scratch / "converted.raw"
             await convert(disk, "raw", out, trusted=True, checksum=False, overwrite=True)
             disk = DiskRef(str(out), "raw")
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "raw", disk.path, str(store / "moved.raw")],
-                       check=True)  # the libvirt driver's import
-    took = (time.perf_counter() - started, cpu_seconds() - cpu, peak.peak, staged)
+        # the import step's call: the scratch disk moved into the store, or copied (qemu-img convert -f raw -O raw)
+        image = await lv.ex_import_moved(disk, "moved", "local") if way.moved else None
+        if image is None:
+            await lv.import_image(disk, "moved", "local")
+    took = (time.perf_counter() - started, cpu_seconds() - cpu, peak.peak, staged, written_bytes() - wrote)
     for d in (scratch, store):
         for p in d.iterdir():
             p.unlink()
@@ -134,7 +160,8 @@ async def run(size_mib: int, data_mib: int, repeat: int, formats: list[str], bas
         make_disk(raw, size_mib, data_mib)
         os.environ["BENCH_PARTNER_TOKEN"] = "bench"
         print(f"disk: {size_mib} MiB virtual, {data_mib} MiB of data; load average {os.getloadavg()[0]:.1f}")
-        print(f"{'format':<32} {'path':<9} {'wall s min/med':>15} {'CPU s min':>10} {'peak MiB':>9} {'staged MiB':>11}")
+        print(f"{'format':<32} {'path':<9} {'wall s min/med':>15} {'CPU s min':>10} {'peak MiB':>9} {'staged MiB':>11}"
+              f" {'written MiB':>12}")
         for fmt in formats:
             name, options = fmt.partition(":")[0], (["-o", "subformat=streamOptimized"] if fmt == "vmdk" else [])
             disk = work / f"served.{name}"
@@ -143,18 +170,19 @@ async def run(size_mib: int, data_mib: int, repeat: int, formats: list[str], bas
             cfg = parse_config(f"providers:\n  - {{name: partner, kind: occi, endpoint: '{url}', region: b, "
                                "credentials: {env: BENCH_PARTNER_TOKEN}, image_download: true}\n").provider("partner")
             client = OcciClient(cfg, "partner")
-            scratch, store = work / "scratch", work / "store"
+            scratch = work / "scratch"
             scratch.mkdir(exist_ok=True)
-            store.mkdir(exist_ok=True)
-            paths: dict[str, tuple[bool, Callable[..., Any] | None]] = {"staged": (False, None),
-                                                                         "streamed": (True, None)}
+            (work / "store" / "images").mkdir(parents=True, exist_ok=True)
+            lv = LibvirtDriver(LibvirtProvider(name="bench", kind="libvirt", endpoint="qemu:///system",
+                                               storage_dir=str(work / "store")))  # its import alone: no connection
+            paths = {"staged": Way(False), "streamed": Way(True), "moved": Way(True, True)}
             if against is not None:
-                paths[f"@{against}"] = (True, pump_at(against))  # streamed, with REF's pump
-            rows: dict[str, list[tuple[float, float, int, int]]] = {path: [] for path in paths}
+                paths[f"@{against}"] = Way(True, False, pump_at(against))  # streamed, with REF's pump
+            rows: dict[str, list[tuple[float, float, int, int, int]]] = {path: [] for path in paths}
             try:
                 for _ in range(repeat):
-                    for path, (streamed, pump) in paths.items():
-                        rows[path].append(await move(client, scratch, store, streamed, pump))
+                    for path, way in paths.items():
+                        rows[path].append(await move(client, scratch, lv, way))
             finally:
                 await client.close()
                 await runner.cleanup()
@@ -163,7 +191,8 @@ async def run(size_mib: int, data_mib: int, repeat: int, formats: list[str], bas
                 walls = [r[0] for r in got]
                 print(f"{label:<32} {path:<9} "
                       f"{min(walls):>6.2f}/{statistics.median(walls):<6.2f}  {min(r[1] for r in got):>9.2f} "
-                      f"{max(r[2] for r in got) / MIB:>9.0f} {max(r[3] for r in got) / MIB:>11.1f}")
+                      f"{max(r[2] for r in got) / MIB:>9.0f} {max(r[3] for r in got) / MIB:>11.1f}"
+                      f" {min(r[4] for r in got) / MIB:>12.0f}")
             disk.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)

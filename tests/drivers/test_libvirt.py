@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -324,3 +327,50 @@ async def test_a_domain_without_our_tag_is_listed_untagged(driver: LibvirtDriver
             foreign.undefine()
     finally:
         conn.close()
+
+
+async def test_a_raw_scratch_disk_is_moved_into_the_store_not_copied(driver: LibvirtDriver,
+                                                                    libvirt_storage: Path) -> None:
+    scratch = libvirt_storage / unique("scratch")  # the store's file system, as a broker's operations dir
+    scratch.mkdir()
+    raw = scratch / "exported.raw"
+    with open(raw, "wb") as f:
+        f.write(b"metavmm" * 100_000)
+        f.truncate(64 * 2**20)
+    want, inode = hashlib.sha256(raw.read_bytes()).hexdigest(), raw.stat().st_ino
+    name = unique("moved")
+    image = await driver.ex_import_moved(DiskRef(str(raw), "raw"), name, "local")
+    assert image is not None and (image.name, image.format, image.size_bytes) == (name, "raw", 64 * 2**20)
+    stored = Path(image.provider_image_id)
+    assert stored.parent == libvirt_storage / "images" and not raw.exists()
+    assert stored.stat().st_ino == inode and stored.stat().st_nlink == 1  # the same file: not one byte copied
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == want
+    assert image.provider_image_id in {i.provider_image_id for i in (await driver.inventory()).images}
+
+    again = scratch / "again.raw"
+    again.write_bytes(b"other")
+    with pytest.raises(ProviderConflict, match="already exists"):  # never replaces an image (a retried step)
+        await driver.ex_import_moved(DiskRef(str(again), "raw"), name, "local")
+    assert again.read_bytes() == b"other" and hashlib.sha256(stored.read_bytes()).hexdigest() == want
+    qemu_img("convert", "-q", "-f", "raw", "-O", "qcow2", str(again), str(scratch / "disk.qcow2"))
+    assert await driver.ex_import_moved(DiskRef(str(scratch / "disk.qcow2"), "qcow2"), unique("q"), "local") is None
+    assert (scratch / "disk.qcow2").exists()  # a qcow2 is import_image's to rewrite: left to the caller
+    stored.unlink()
+    shutil.rmtree(scratch)
+
+
+async def test_a_scratch_disk_on_another_file_system_is_left_for_a_copy(driver: LibvirtDriver,
+                                                                        libvirt_storage: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == libvirt_storage.stat().st_dev:
+        pytest.skip("no second file system at /dev/shm")
+    scratch = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        raw = scratch / "exported.raw"
+        raw.write_bytes(b"metavmm" * 1000)
+        name = unique("far")
+        assert await driver.ex_import_moved(DiskRef(str(raw), "raw"), name, "local") is None  # EXDEV: no link
+        assert raw.read_bytes() == b"metavmm" * 1000
+        assert not list((libvirt_storage / "images").glob(f"{name}.*"))
+    finally:
+        shutil.rmtree(scratch)

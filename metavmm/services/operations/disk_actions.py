@@ -248,22 +248,50 @@ async def import_image(ctx: StepContext, *, provider: str, region: str, name: st
     driver = ctx.driver(provider)
     disk = DiskRef(**ctx.outputs[source])
     started = time.perf_counter()
+    size, how = _size(disk.path), ""
     if disk.format in driver.stream_import_formats:
         with DiskStream.open(disk.path, disk.format) as stream:
             image = await _uploaded(ctx, driver, stream, name, region)
         sent = stream.done > 0 or stream.size_bytes == 0  # nothing read: the target had the image already
+    elif disk.format in getattr(driver, "move_import_formats", ()) and _scratch(ctx, disk.path):
+        moved: list[bool] = []
+        image, reused = await _imported(ctx, driver, name, region, _handed_over(driver, disk, name, region, moved))
+        sent, how = not reused, "" if not moved else (
+            f" ({disk.path} moved into the store: no copy)" if moved[0] else
+            " (copied: the store cannot take the scratch disk by a link)")
+        size = size or image.size_bytes  # a retry after the move: the file is the store's now
     else:
         image, reused = await _imported(ctx, driver, name, region, driver.import_image(disk, name, region))
         sent = not reused
-    seconds, size = time.perf_counter() - started, Path(disk.path).stat().st_size
+    seconds = time.perf_counter() - started
     await ctx.moved(size, seconds)
     if sent:
-        _moved("image_import", disk.path)
+        _moved("image_import", disk.path)  # a disk moved into the store is gone from here: nothing written to count
         if source_provider is not None:
             await linkrates.record(ctx.sessions, source=source_provider, target=provider, kind="cold_migrate",
                                    size_bytes=size, seconds=seconds + float(ctx.outputs.get("export_s") or 0))
-    await ctx.log(f"imported as {image.provider_image_id}")
+    await ctx.log(f"imported as {image.provider_image_id}{how}")
     return {"target_image": image.provider_image_id}
+
+
+def _size(path: str) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        return Path(path).stat().st_size
+    return 0
+
+
+def _scratch(ctx: StepContext, path: str) -> bool:
+    """Whether ``path`` is this operation's own scratch file (an export, a conversion): nothing but the import
+    reads it afterwards, so the target may take it away; a file elsewhere (a replica in a site's store) may not."""
+    return Path(path).resolve().is_relative_to(ctx.work_dir.resolve())
+
+
+async def _handed_over(driver: Any, disk: DiskRef, name: str, region: str, moved: list[bool]) -> ImageInfo:
+    """The scratch disk moved into the target's store where it can take the file (``ex_import_moved``: no byte
+    written), else imported as a copy; ``moved`` hears which."""
+    image = await driver.ex_import_moved(disk, name, region)
+    moved.append(image is not None)
+    return image if image is not None else await driver.import_image(disk, name, region)
 
 
 @action("disk.stream")
