@@ -372,7 +372,8 @@ def on_prem_utilisation(snapshot: Snapshot, extra_vcpus: int = 0, ledger: Ledger
 def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable[BurstPolicy], *,
                    ledger: Ledger | None = None, graph: FederationGraph | None = None,
                    explain: bool = False, views: ViewCache | None = None,
-                   spent: Mapping[str, Decimal] | None = None) -> Placement:
+                   spent: Mapping[str, Decimal] | None = None,
+                   schedulers: dict[object, Scheduler] | None = None) -> Placement:
     """A real request's placement under the federation's burst policies (what a create and its
     ``/placements`` dry run use), with the verdict on :attr:`Placement.burst`.
 
@@ -386,20 +387,33 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
     answer (with its reasons, and each policy's) is returned. The verdict names the rule that decided,
     whether the threshold was reached, the budget left, the residency and the allowed providers.
     ``ledger``, ``graph`` and ``views``: the create path's in-transit placements, its cached graph and
-    its cached views (see :mod:`metavmm.services.placement`).
+    its cached views (see :mod:`metavmm.services.placement`). ``schedulers``: the Schedulers of earlier
+    calls over the same snapshot, ledger, graph and views, kept by the caller (a create batch decides
+    each of its creates over one ledger): a Scheduler is made to be kept across a stream of requests
+    while its ledger changes (tests/scheduler/test_equivalence.py), and one kept brings its views,
+    rankings and verdicts up to date where the ledger changed instead of building them all again.
     """
     policies = list(policies)
+    hours = req.expected_hours or snapshot.settings.expected_hours
+
+    def scheduler(costs: str = "default") -> Scheduler:
+        kept = schedulers.get(costs) if schedulers is not None else None
+        if kept is None:
+            kept = Scheduler(snapshot, ledger=ledger, graph=graph, views=views,
+                             costs=[PriceCost(1.0, hours)] if costs != "default" else None)
+            if schedulers is not None:
+                schedulers[costs] = kept
+        return kept
+
     spent = spent or {}
     pinned = bool(req.sites or req.providers or req.public_only)
     if not policies or pinned:
-        plain = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(req, reserve=False, explain=explain)
+        plain = scheduler().place(req, reserve=False, explain=explain)
         why = "no burst policy is configured" if not policies else "the request names its sites or providers"
         rule = "pinned" if policies else "no-policy"
         return dataclass_replace(plain, burst=BurstVerdict(rule, why, rule=rule))
-    home = Scheduler(snapshot, ledger=ledger, graph=graph, views=views).place(dataclass_replace(req, on_prem_only=True),
-                                                                 reserve=False, explain=explain)
+    home = scheduler().place(dataclass_replace(req, on_prem_only=True), reserve=False, explain=explain)
     over = on_prem_utilisation(snapshot, req.vcpus, ledger)
-    hours = req.expected_hours or snapshot.settings.expected_hours
     why_not: list[str] = []
     failed: list[BurstVerdict] = []
     for pol in policies:
@@ -419,8 +433,7 @@ def place_or_burst(snapshot: Snapshot, req: PlacementRequest, policies: Iterable
                 f"{limit:.0%}", rule="under-threshold", **terms))  # type: ignore[arg-type]
         public_req = dataclass_replace(req, public_only=True, on_prem_only=False, residency=public_residency,
                                        providers=tuple(pol.allowed_providers))
-        cloud = Scheduler(snapshot, costs=[PriceCost(1.0, hours)], ledger=ledger, graph=graph, views=views).place(
-            public_req, reserve=False, explain=explain)
+        cloud = scheduler(f"price over {hours!r} h").place(public_req, reserve=False, explain=explain)
         if not cloud.placed or cloud.price_per_hour is None:
             why_not.append(f"policy {pol.name}: {cloud.summary}")
             failed.append(BurstVerdict("", "", rule="no-public-candidate", **terms))  # type: ignore[arg-type]

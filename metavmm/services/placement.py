@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, or_, text
+from sqlalchemy import Integer, bindparam, cast, func, or_, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -122,13 +122,8 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
     if not synced:
         return ledger
     oldest = min(synced.values())
-    rows = (await session.exec(
-        select(m.Workload.id, m.Operation.state, m.Operation.finished_at)
-        .join(m.Operation, m.Operation.target_id == m.Workload.id)
-        .where(m.Operation.kind == "create", m.Workload.kind == m.WorkloadKind.COMPUTE,
-               m.Workload.present == True, m.Workload.desired_state != "deleted",  # noqa: E712
-               or_(m.Operation.state.in_(ACTIVE),  # type: ignore[attr-defined]
-                   (m.Operation.state == m.OperationState.SUCCEEDED) & (m.Operation.finished_at > oldest))))).all()
+    creates, moved = _in_transit_queries()
+    rows = (await session.exec(creates, params={"oldest": oldest})).all()
     known = {} if known is None else known
     mine = {wid: known[wid] for wid, _, _ in rows if wid in known}  # (a concurrent call may prune ``known``)
     missing = [wid for wid, _, _ in rows if wid not in mine]
@@ -139,11 +134,7 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
     if len(known) > 2 * len(rows) + 1000:  # forget those that ended long ago or were deleted
         for wid in [w for w in known if w not in mine]:
             del known[wid]
-    moves = (await session.exec(
-        select(m.Operation.target_id, m.Operation.state, m.Operation.finished_at, m.Operation.params)
-        .where(col(m.Operation.kind).in_(MOVES_IN), col(m.Operation.target_id).is_not(None),
-               or_(m.Operation.state.in_(ACTIVE),  # type: ignore[attr-defined]
-                   (m.Operation.state == m.OperationState.SUCCEEDED) & (m.Operation.finished_at > oldest))))).all()
+    moves = (await session.exec(moved, params={"oldest": oldest})).all()
     placed_rows = [(wid, state, finished, mine.get(wid)) for wid, state, finished in rows]
     placed_rows += [(wid, state, finished, _placed((params or {}).get("ledger"))) for wid, state, finished, params
                     in moves if wid is not None]
@@ -155,6 +146,23 @@ async def in_transit(session: AsyncSession, known: dict[str, tuple[Any, ...] | N
             continue  # the host's sync ran after the VM existed: its numbers include it
         ledger.reserve(Reservation(workload_id, site_id, host_id, *placed[2:]))
     return ledger
+
+
+@cache
+def _in_transit_queries() -> tuple[Any, Any]:
+    """:func:`in_transit`'s two statements, built once (each create round runs them under the placement
+    lock); ``:oldest`` is the hosts' oldest sync."""
+    ended_after = (m.Operation.state == m.OperationState.SUCCEEDED) & (
+        m.Operation.finished_at > bindparam("oldest", type_=m.Operation.__table__.c.finished_at.type))  # type: ignore[attr-defined]
+    creates = (select(m.Workload.id, m.Operation.state, m.Operation.finished_at)
+               .join(m.Operation, m.Operation.target_id == m.Workload.id)
+               .where(m.Operation.kind == "create", m.Workload.kind == m.WorkloadKind.COMPUTE,
+                      m.Workload.present == True, m.Workload.desired_state != "deleted",  # noqa: E712
+                      or_(m.Operation.state.in_(ACTIVE), ended_after)))  # type: ignore[attr-defined]
+    moves = (select(m.Operation.target_id, m.Operation.state, m.Operation.finished_at, m.Operation.params)
+             .where(col(m.Operation.kind).in_(MOVES_IN), col(m.Operation.target_id).is_not(None),
+                    or_(m.Operation.state.in_(ACTIVE), ended_after)))  # type: ignore[attr-defined]
+    return creates, moves
 
 
 MOVES_IN = ("ha_restart",)
@@ -252,7 +260,7 @@ class Placer:
         spent = await burst_spend(session, snap, project_id if project_id is not None
                                   else snap.projects.get(req.project or ""))
         return place_or_burst(snap, req, snap.policies, ledger=r.ledger, graph=r.graph, explain=explain,
-                              views=r.views, spent=spent)
+                              views=r.views, spent=spent, schedulers=r.schedulers)
 
     async def decide(self, session: AsyncSession, req: PlacementRequest, *, providers: frozenset[str],
                      explain: bool = False, lock: bool = True, project_id: int | None = None,
@@ -360,12 +368,15 @@ def _planned(p: Placement) -> PlannedCreate:
 
 @dataclass(frozen=True)
 class Round:
-    """What :meth:`Placer.round` read: the snapshot, its graph and shared views, the in-transit ledger."""
+    """What :meth:`Placer.round` read: the snapshot, its graph and shared views, the in-transit ledger; and
+    the Schedulers its decisions made over them, kept for the next decision of the round (a create batch's:
+    each brings its caches up to date where the ledger changed, rather than judging every host again)."""
 
     snapshot: Snapshot
     graph: FederationGraph
     views: ViewCache
     ledger: Ledger
+    schedulers: dict[object, Scheduler] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -144,3 +144,32 @@ def test_replay_names_the_rule_behind_every_decision(small) -> None:
     assert "could not burst (budget: 1.92 USD" in jobs["e"].decisions[0].detail
     assert jobs["e"].rule == "capacity-freed"
     assert decisions["b"] == [("over-threshold", 60)]
+
+
+def test_kept_schedulers_decide_a_stream_as_fresh_ones_do(federation) -> None:
+    """A create batch decides its creates over one ledger with the Schedulers of the round kept
+    (``schedulers``): each decision, home or burst, equals the one a fresh Scheduler makes while every placed
+    create is held in the ledger before the next, as the batch does."""
+    from metavmm.scheduler.burst import place_or_burst
+    from metavmm.scheduler.ledger import Ledger, Reservation
+    from metavmm.scheduler.request import PlacementRequest
+
+    snap = federation(hosts=[host(1, 1, cores=8, mem_gib=64), host(2, 1, cores=16, mem_gib=128, used_vcpus=4)])
+    policy = BurstPolicy(name="p", when_utilisation_above=0.7, allowed_providers=["aws", "azure"])
+    shapes = [(2, 4096), (4, 8192), (1, 2048), (4, 16384), (2, 4096), (8, 16384), (2, 4096), (4, 8192)]
+    kept: dict[object, object] = {}
+    ledgers = {"kept": Ledger(), "fresh": Ledger()}
+    seen = set()
+    for i, (vcpus, ram) in enumerate(shapes * 2):
+        req = PlacementRequest(f"w{i}", vcpus, ram, expected_hours=2)
+        got = {way: place_or_burst(snap, req, [policy], ledger=ledgers[way],
+                                   schedulers=kept if way == "kept" else None) for way in ledgers}
+        assert got["kept"] == got["fresh"], i
+        seen.add(got["kept"].burst.outcome)
+        if got["kept"].placed and got["kept"].host is not None:  # held, as Placer.hold does for a batch
+            host_id = next(h.id for s in snap.sites for h in s.hosts if h.name == got["kept"].host)
+            site_id = next(s.id for s in snap.sites if any(h.id == host_id for h in s.hosts))
+            for ledger in ledgers.values():
+                ledger.reserve(Reservation(f"w{i}", site_id, host_id, vcpus, ram))
+    assert seen >= {"on-prem", "burst"}  # both Schedulers (home's and the policy's cloud) were kept and used
+    assert len(kept) == 2
