@@ -136,7 +136,7 @@ class BatchPlanner:
     def __init__(self, snapshot: Snapshot, scheduler: Scheduler | None = None, *, rounds: int = 4,
                  headroom: float = 2.0, classes: MachineClasses = "site", repair: bool = True,
                  relax: bool = True, swaps: bool = True, lp_rounds: int = 1, exact_s: float = 60.0,
-                 mip_nodes: int | None = 1_000, config_lp: bool = True) -> None:
+                 mip_nodes: int | None = 1_000, config_lp: bool = True, prove_one_short: bool = False) -> None:
         self.classes = classes
         self.repair = repair  # False: the flow alone (what bench/batch.py compares with)
         self.relax = relax  # start the repair from the LP relaxation (batch_lp) instead of the flow's packing
@@ -148,6 +148,10 @@ class BatchPlanner:
         # tight batches: the configuration LP's bound and rounding first (batch_config); the count MIP
         # only where its placement does not reach its bound
         self.config_lp = config_lp
+        # where the configuration LP's rounding is one short of its bound: True asks the count MIP to prove
+        # it the most; False (default) takes it as the most (batch_config.place: the LP's own integrality gap,
+        # the optimum on every instance measured, and the proof costs about as much as the rest)
+        self.prove_one_short = prove_one_short
         self.snapshot = snapshot
         self.scheduler = scheduler or Scheduler(snapshot)
         self.rounds = rounds
@@ -359,10 +363,12 @@ class BatchPlanner:
             from metavmm.scheduler import batch_config
 
             got = batch_config.place(classes, free, self.exact_s, self.mip_nodes,
-                                     proves=lambda placed: self._count_is(classes, free, placed))
+                                     proves=lambda placed: self._count_is(classes, free, placed),
+                                     prove_one_short=self.prove_one_short)
             if got is not None and got.placed >= got.bound:
                 assignments, remaining, start = self._counted(classes, free, got.counts)
-                assignments = self._repair(classes, assignments, remaining, start, swaps=False, count_moves=False)
+                assignments = self._repair(classes, assignments, remaining, start, swaps=False,
+                                           count_moves=not got.proven)
                 return assignments, remaining
         assignments, remaining, start, proven = self._relaxed(classes, free, whole_numbers=True)
         # no pairwise swaps here: the polish's reduced-cost neighbourhood finds cheaper answers in less time

@@ -45,11 +45,13 @@ _Highs = _core._Highs
 
 MAX_STATES = 2_000_000  # a knapsack table larger than this (odd shapes, huge hosts): no configuration LP
 _TOL = 1e-7
+_F32 = 2e-6  # relative error of a float32 knapsack value (a sum of at most a few dozen profits)
 # the rounding's count MIP on the hosts left over: a search for a placement, not a proof (where it falls
 # short of the bound, the planner's count MIP decides), so it stops early
 RESIDUAL_NODES = 200
 # the masters are small and change by a few columns a round: no presolve (it would drop the basis), one thread
-_LP: dict[str, object] = {"output_flag": False, "presolve": "off", "threads": 1, "solver": "simplex"}
+_LP: dict[str, object] = {"output_flag": False, "presolve": "off", "threads": 1, "solver": "simplex",
+                          "simplex_strategy": 4}  # primal: a round's new columns leave the basis primal feasible
 _INF = _core.kHighsInf
 _OPTIMAL = _core.HighsModelStatus.kOptimal
 
@@ -76,6 +78,9 @@ class Result:
     bound: int  # the configuration LP's proven bound on the count
     cost_bound: float  # a proven lower bound of the cost of placing min(bound, LP count) workloads
     columns: int  # configurations generated
+    # the count is proven the most (it reaches the LP's bound, or the count MIP said so); False where it is
+    # one short of the bound and taken as the most unproven (place's prove_one_short)
+    proven: bool = True
 
 
 def instance(classes: Sequence[TaskClass], free: Free) -> Instance | None:
@@ -138,7 +143,7 @@ def knapsack(need: np.ndarray, profit: np.ndarray, shape: tuple[int, ...]) -> np
     The vCPU axis comes first and every class needs at least one unit of it, so filling capacities in
     increasing vCPU order lets one class be taken again (the unbounded knapsack recurrence)."""
     b = profit.shape[0]
-    f = np.zeros((b, *shape))
+    f = np.zeros((b, *shape), dtype=profit.dtype)
     rest = len(shape) - 1
     for c in range(need.shape[0]):
         a = need[c]
@@ -174,7 +179,7 @@ def _unpack(f: np.ndarray, need: np.ndarray, profit: np.ndarray, rows: np.ndarra
         ok = (prev >= 0).all(axis=2) & (profit[rows[live]] > _TOL)
         prev = np.maximum(prev, 0)
         val = f[(rows[live][:, None], *np.moveaxis(prev, 2, 0))] + profit[rows[live]]
-        match = ok & (np.abs(val - here[:, None]) <= 1e-9 * np.maximum(1.0, np.abs(here))[:, None])
+        match = ok & (np.abs(val - here[:, None]) <= _rel(f.dtype) * np.maximum(1.0, np.abs(here))[:, None])
         c = match.argmax(axis=1)
         found = match[np.arange(len(live)), c]
         live, c = live[found], c[found]  # pragma: no branch - the table always has a predecessor
@@ -278,11 +283,20 @@ class _Master:
                 np.asarray(sol.row_dual))
 
 
-def _price(inst: Instance, profit_by_type: np.ndarray, floor: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _rel(dtype: np.dtype) -> float:
+    """The relative error a knapsack table of ``dtype`` may carry (sums of a host's few dozen profits)."""
+    return 1e-9 if dtype == np.float64 else _F32
+
+
+def _price(inst: Instance, profit_by_type: np.ndarray, floor: np.ndarray | None = None,
+           dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Each host type's best configuration under its per-class profits (one table per kind of host, one
     row per distinct profit vector): the best value per type, and the configuration of those whose value
-    exceeds ``floor`` (the others' rows are zero)."""
+    exceeds ``floor`` (the others' rows are zero).
+
+    ``dtype`` float32 (the cost stage: one table row per site, tables of ~650,000 states) halves the
+    memory the table's passes stream through, the knapsack's whole cost; values are then within
+    ``_F32`` relative. The count stage keeps float64: its floor of the Lagrangian bound must be exact."""
     ntypes = len(inst.members)
     best = np.zeros(ntypes)
     configs = np.zeros((ntypes, inst.need.shape[0]), dtype=np.int64)
@@ -290,7 +304,7 @@ def _price(inst: Instance, profit_by_type: np.ndarray, floor: np.ndarray | None 
         ts = np.array([t for t in range(ntypes) if inst.kind_of[t] == k])
         if not len(ts) or not mask.any():
             continue
-        rows, row_of = np.unique(np.where(mask, profit_by_type[ts], 0.0), axis=0, return_inverse=True)
+        rows, row_of = np.unique(np.where(mask, profit_by_type[ts], 0.0).astype(dtype), axis=0, return_inverse=True)
         row_of = row_of.reshape(-1)
         caps = inst.cap[[inst.members[t][0] for t in ts]]
         shape = _table_shape(inst.need, mask, caps)
@@ -298,10 +312,15 @@ def _price(inst: Instance, profit_by_type: np.ndarray, floor: np.ndarray | None 
         caps = np.minimum(caps, np.array(shape) - 1)
         f = knapsack(inst.need, rows, shape)
         best[ts] = f[(row_of, *caps.T)]
-        wanted = best[ts] > (_TOL if floor is None else floor[ts] + 1e-6)
+        wanted = best[ts] > (_TOL if floor is None else floor[ts] + _gain(floor[ts], f.dtype))
         if wanted.any():
             configs[ts[wanted]] = _unpack(f, inst.need, rows, row_of[wanted], caps[wanted])
     return best, configs
+
+
+def _gain(floor: np.ndarray | float, dtype: type) -> np.ndarray | float:
+    """How much a configuration's value must exceed ``floor`` to count as better (the table's error)."""
+    return 1e-6 if dtype == np.float64 else 4 * _F32 * np.maximum(np.abs(floor), 1.0)
 
 
 def count_bound(inst: Instance, master: _Master, rounds: int = 60) -> tuple[float, int, np.ndarray | None]:
@@ -346,20 +365,40 @@ def cost_lp(inst: Instance, master: _Master, target: float, rounds: int = 60, ga
         y, z, kappa = marg[:nc], marg[nc:nc + nt], marg[-1]
         profit = kappa - y[None, :] - master.type_cost  # (T, C); inf cost -> -inf profit
         profit = np.where(np.isfinite(profit), profit, -1.0)
-        best, configs = _price(inst, profit, z)
+        best, configs = _price(inst, profit, z, np.float32)
+        best += _F32 * np.maximum(np.abs(best), 1.0)  # each table value within _F32: the bound stays proven
         lower = max(lower, value - float(master.mult @ np.maximum(best - z, 0.0)))
         if value - lower <= gap * max(abs(value), 1.0):
             break
-        added = [master.add(t, cfg) for t, cfg in enumerate(configs) if best[t] > z[t] + 1e-6]
+        added = [master.add(t, cfg) for t, cfg in enumerate(configs) if best[t] > z[t] + _gain(z[t], np.float32)]
         if not any(added):
             break
     return lam, value, lower
 
 
+@dataclass
+class Rounding:
+    """A rounded configuration LP: whole configurations, and the residual MIP's count on the hosts left
+    over; its cheapest assignment (the second, dearer MIP) is solved only when :meth:`counts` is asked."""
+
+    inst: Instance
+    whole: np.ndarray  # (C, H) workloads of the whole configurations kept
+    residual: _Residual | None
+    placed: int
+
+    def counts(self) -> dict[tuple[int, int], int]:
+        counts = self.whole.copy()
+        if self.residual is not None:
+            for (c, h), n in self.residual.cheapest().items():
+                counts[c, h] += n
+        return {(self.inst.classes[c].index, self.inst.hosts[h]): int(counts[c, h])
+                for c, h in zip(*np.nonzero(counts), strict=True)}
+
+
 def round_down(inst: Instance, master: _Master, lam: np.ndarray, target: int, time_limit_s: float,
-               node_limit: int | None) -> dict[tuple[int, int], int]:
+               node_limit: int | None) -> Rounding:
     """Whole configurations where the LP uses them whole, then a small MIP on the hosts left over: the
-    most placed (up to ``target`` in all), then the cheapest."""
+    most placed (up to ``target`` in all), then (:meth:`Rounding.counts`) the cheapest."""
     counts = np.zeros((len(inst.classes), len(inst.hosts)), dtype=np.int64)
     left = inst.demand.astype(np.int64).copy()
     free_host = [list(m) for m in inst.members]
@@ -376,24 +415,22 @@ def round_down(inst: Instance, master: _Master, lam: np.ndarray, target: int, ti
             counts[:, h] += cfg
             left -= cfg
     rest = [h for hs in free_host for h in hs]
-    if left.any():
-        want = max(target - int(counts.sum()), 0)
-        small = _Residual(inst, rest, left, time_limit_s, node_limit)
-        chosen, k = small, small.most()
-        if k < want:
-            # short of the bound: open as many again of the whole hosts, those with the most room left first
-            whole = [h for h in range(len(inst.hosts)) if counts[:, h].any()]
-            room = (inst.cap[whole] - (counts[:, whole].T @ inst.need)) / np.maximum(inst.cap[whole], 1)
-            opened = [whole[i] for i in np.argsort(-room.sum(axis=1))[: max(len(rest), 8)]]
-            wider = _Residual(inst, rest + opened, left + counts[:, opened].sum(axis=1), time_limit_s, node_limit)
-            k_wide = wider.most() - int(counts[:, opened].sum())
-            if k_wide > k:  # it places more: keep it (where it still falls short the planner's count MIP decides)
-                counts[:, opened] = 0
-                chosen = wider
-        for (c, h), n in chosen.cheapest().items():
-            counts[c, h] += n
-    return {(inst.classes[c].index, inst.hosts[h]): int(counts[c, h]) for c, h in zip(*np.nonzero(counts),
-                                                                                       strict=True)}
+    if not left.any():
+        return Rounding(inst, counts, None, int(counts.sum()))
+    want = max(target - int(counts.sum()), 0)
+    small = _Residual(inst, rest, left, time_limit_s, node_limit)
+    chosen, k = small, small.most()
+    if k < want:
+        # short of the bound: open as many again of the whole hosts, those with the most room left first
+        whole = [h for h in range(len(inst.hosts)) if counts[:, h].any()]
+        room = (inst.cap[whole] - (counts[:, whole].T @ inst.need)) / np.maximum(inst.cap[whole], 1)
+        opened = [whole[i] for i in np.argsort(-room.sum(axis=1))[: max(len(rest), 8)]]
+        wider = _Residual(inst, rest + opened, left + counts[:, opened].sum(axis=1), time_limit_s, node_limit)
+        k_wide = wider.most() - int(counts[:, opened].sum())
+        if k_wide > k:  # it places more: keep it (where it still falls short the planner's count MIP decides)
+            counts[:, opened] = 0
+            chosen = wider
+    return Rounding(inst, counts, chosen, int(counts.sum()) + chosen.count)
 
 
 class _Residual:
@@ -449,14 +486,19 @@ class _Residual:
 
 
 def place(classes: Sequence[TaskClass], free: Free, time_limit_s: float, node_limit: int | None,
-          proves: Callable[[int], bool] | None = None) -> Result | None:
+          proves: Callable[[int], bool] | None = None, prove_one_short: bool = False) -> Result | None:
     """The configuration LP's placement of a tight batch, or None where it does not apply.
 
-    ``proves(k)``: whether k is the most placeable (the planner's count MIP), asked only when the rounding
-    falls short of the configuration LP's bound (its bound is not always the integer optimum). When it
-    says yes, the cost LP is solved again at that count and rounded (the first cost LP asked for one
-    workload more than fits, and its whole configurations were packed for that: 2.3 % dearer on a seed)
-    and ``bound`` becomes that count."""
+    Where the rounding falls short of the configuration LP's bound (its bound is not always the integer
+    optimum), ``proves(k)`` says whether k is the most placeable (the planner's count MIP): asked when it
+    is short by two or more, and by one only with ``prove_one_short``. One short is the configuration
+    LP's own integrality gap on about a quarter of bench/tight.py's instances (an LP value of 529 where
+    528 fit), and there the rounding's count was the optimum on every instance measured, while the proof
+    costs 0.1-0.35 s (HiGHS's root cuts on the per-host model), about as much as the rest of the placer:
+    by default that count is taken as the most (``Result.proven`` False). When the count is settled
+    either way, the cost LP is solved again at that count and rounded (the first asked for one workload
+    more than fits, and packed whole hosts for it: +2.3 % on seed 6 before), and ``bound`` becomes that
+    count; the first rounding's cheapest assignment is then solved only if the second places fewer."""
     inst = instance(classes, free)
     if inst is None:
         return None
@@ -467,16 +509,22 @@ def place(classes: Sequence[TaskClass], free: Free, time_limit_s: float, node_li
     lam2, _, lower = cost_lp(inst, master, min(float(bound), value))
     if lam2 is None:  # the LP cannot reach floor of its own count (cannot happen): round the count LP
         lam2, lower = lam, -math.inf
-    counts = round_down(inst, master, lam2, bound, time_limit_s, node_limit)
-    placed = sum(counts.values())
-    if placed < bound and proves is not None and proves(placed):
+    first = round_down(inst, master, lam2, bound, time_limit_s, node_limit)
+    placed, proven = first.placed, first.placed >= bound
+    if proven or (bound - placed == 1 and not prove_one_short):
+        settled = True
+    else:
+        settled = proven = proves is not None and proves(placed)
+    if placed < bound and settled:
         bound = placed
         lam3, _, lower = cost_lp(inst, master, float(placed))
         if lam3 is not None:
             again = round_down(inst, master, lam3, placed, time_limit_s, node_limit)
-            if sum(again.values()) >= placed and _cost(inst, again) < _cost(inst, counts):
-                counts = again
-    return Result(counts, sum(counts.values()), bound, lower, len(master.configs))
+            if again.placed >= placed:
+                counts = again.counts()
+                return Result(counts, sum(counts.values()), bound, lower, len(master.configs), proven)
+    counts = first.counts()
+    return Result(counts, sum(counts.values()), bound, lower, len(master.configs), proven)
 
 
 def _cost(inst: Instance, counts: dict[tuple[int, int], int]) -> float:
