@@ -66,6 +66,10 @@ class Instance:
     hosts: list[int]  # host ids
     cap: np.ndarray  # (H, D) ints: free capacity in the same units
     unit: np.ndarray  # (C, H) cost of one workload of class c on host h; inf where c may not go
+    # (C, H) the same where only the static rules forbid (inf), also where c does not fit h: the cost
+    # stage's knapsack rows (a class too big for a host cannot enter its configurations anyway, so the
+    # hosts of one site share one row instead of one per set of classes that fit: half the rows)
+    price: np.ndarray
     members: list[list[int]]  # per type: its hosts (indices into hosts)
     kind_of: list[int]  # per type: its kind (same eligible classes: shares a count knapsack table)
     kinds: list[np.ndarray]  # per kind: its eligible classes' mask
@@ -106,6 +110,7 @@ def instance(classes: Sequence[TaskClass], free: Free) -> Instance | None:
         for h, u in tc.hosts:
             unit[c, hx[h.id]] = u
     allowed = np.isfinite(unit)  # the static rules' answer: a kind of host shares one knapsack table
+    price = unit.copy()
     unit[(need[:, None, :] > cap[None, :, :]).any(axis=2)] = np.inf  # fits nowhere on that host
     types: dict[tuple[object, ...], int] = {}
     members: list[list[int]] = []
@@ -124,7 +129,7 @@ def instance(classes: Sequence[TaskClass], free: Free) -> Instance | None:
     for k, mask in enumerate(masks):
         if _table_shape(need, mask, cap[[m[0] for t, m in enumerate(members) if kind_of[t] == k]]) is None:
             return None
-    return Instance(hosted, need, np.array([len(tc.names) for tc in hosted], dtype=float), ids, cap, unit,
+    return Instance(hosted, need, np.array([len(tc.names) for tc in hosted], dtype=float), ids, cap, unit, price,
                     members, kind_of, masks)
 
 
@@ -143,22 +148,22 @@ def knapsack(need: np.ndarray, profit: np.ndarray, shape: tuple[int, ...]) -> np
     The vCPU axis comes first and every class needs at least one unit of it, so filling capacities in
     increasing vCPU order lets one class be taken again (the unbounded knapsack recurrence)."""
     b = profit.shape[0]
-    f = np.zeros((b, *shape), dtype=profit.dtype)
-    rest = len(shape) - 1
+    # the rows last: each capacity's values for every row lie side by side, so a pass streams through
+    # contiguous runs instead of one strided slice per row (the cost stage has a row per site)
+    f = np.zeros((*shape, b), dtype=profit.dtype)
     for c in range(need.shape[0]):
         a = need[c]
         p = profit[:, c]
         if any(int(a[d]) >= shape[d] for d in range(len(shape))) or not (p > _TOL).any():
             continue
-        pb = p.reshape(b, *([1] * rest))
         dst = tuple(slice(int(a[d]), None) for d in range(1, len(shape)))
         src = tuple(slice(0, shape[d] - int(a[d])) for d in range(1, len(shape)))
         a0 = int(a[0])
         for v in range(a0, shape[0], a0):  # a block of a0 vCPU rows depends only on the block before it
             w = min(a0, shape[0] - v)
-            block = f[:, v:v + w][(slice(None), slice(None), *dst)]
-            np.maximum(block, f[:, v - a0:v - a0 + w][(slice(None), slice(None), *src)] + pb[:, None], out=block)
-    return f
+            block = f[(slice(v, v + w), *dst)]
+            np.maximum(block, f[(slice(v - a0, v - a0 + w), *src)] + p, out=block)
+    return np.moveaxis(f, -1, 0)
 
 
 def _unpack(f: np.ndarray, need: np.ndarray, profit: np.ndarray, rows: np.ndarray, caps: np.ndarray
@@ -202,6 +207,7 @@ class _Master:
         self.configs: list[np.ndarray] = []
         self.seen: set[tuple[int, bytes]] = set()
         self.type_cost = np.array([inst.unit[:, m[0]] for m in inst.members])  # (T, C)
+        self.type_price = np.array([inst.price[:, m[0]] for m in inst.members])  # (T, C): knapsack rows
         self._priced = np.where(np.isfinite(self.type_cost), self.type_cost, 0.0)  # a config never holds inf
         self._lp: _Highs | None = None
         self._synced = 0  # columns already in the HiGHS model
@@ -363,7 +369,7 @@ def cost_lp(inst: Instance, master: _Master, target: float, rounds: int = 60, ga
         marg = -marg  # >= 0
         nc, nt = len(inst.demand), len(inst.members)
         y, z, kappa = marg[:nc], marg[nc:nc + nt], marg[-1]
-        profit = kappa - y[None, :] - master.type_cost  # (T, C); inf cost -> -inf profit
+        profit = kappa - y[None, :] - master.type_price  # (T, C); inf cost -> -inf profit
         profit = np.where(np.isfinite(profit), profit, -1.0)
         best, configs = _price(inst, profit, z, np.float32)
         best += _F32 * np.maximum(np.abs(best), 1.0)  # each table value within _F32: the bound stays proven
