@@ -49,6 +49,7 @@ _F32 = 2e-6  # relative error of a float32 knapsack value (a sum of at most a fe
 # the rounding's count MIP on the hosts left over: a search for a placement, not a proof (where it falls
 # short of the bound, the planner's count MIP decides), so it stops early
 RESIDUAL_NODES = 200
+BATCH_GAP = 1e-3  # the residual's cost MIP stops within this share of the whole batch's cost
 # the masters are small and change by a few columns a round: no presolve (it would drop the basis), one thread
 _LP: dict[str, object] = {"output_flag": False, "presolve": "off", "threads": 1, "solver": "simplex",
                           "simplex_strategy": 4}  # primal: a round's new columns leave the basis primal feasible
@@ -395,7 +396,8 @@ class Rounding:
     def counts(self) -> dict[tuple[int, int], int]:
         counts = self.whole.copy()
         if self.residual is not None:
-            for (c, h), n in self.residual.cheapest().items():
+            rest = float(np.where(counts > 0, self.inst.unit, 0.0).ravel() @ counts.ravel())
+            for (c, h), n in self.residual.cheapest(rest).items():
                 counts[c, h] += n
         return {(self.inst.classes[c].index, self.inst.hosts[h]): int(counts[c, h])
                 for c, h in zip(*np.nonzero(counts), strict=True)}
@@ -480,13 +482,19 @@ class _Residual:
             self.x, self.count = np.round(res.x), round(-res.fun)
         return self.count
 
-    def cheapest(self) -> dict[tuple[int, int], int]:
-        """The cheapest placing as many as :meth:`most` found."""
+    def cheapest(self, rest: float = 0.0) -> dict[tuple[int, int], int]:
+        """The cheapest placing as many as :meth:`most` found, to a gap of BATCH_GAP of the whole batch's
+        cost (``rest``: what the batch's other workloads cost), and at most ``gap`` of the residual's own.
+
+        The residual is a tenth to a third of the batch: closing its own gap to 0.5 % took HiGHS 0.01-0.13 s
+        of root cuts for a few hundredths of a percent of the batch's cost."""
         if self.x is None:
             return {}
+        mine = max(float(self.units @ self.x), 1e-9)
+        gap = min(max(self.gap, BATCH_GAP * (rest + mine) / mine), 0.05)
         ones = LinearConstraint(np.ones((1, len(self.cols))), self.count, np.inf)
         res = milp(self.units, constraints=[self.cons, ones], integrality=np.ones(len(self.cols)),
-                   bounds=self.bounds, options=mip_options(self.time_limit_s, self.node_limit, self.gap))
+                   bounds=self.bounds, options=mip_options(self.time_limit_s, self.node_limit, gap))
         x = self.x if res.x is None else np.round(res.x)
         return {self.cols[j]: int(x[j]) for j in range(len(self.cols)) if x[j] > 0}
 
