@@ -330,12 +330,29 @@ def _gain(floor: np.ndarray | float, dtype: type) -> np.ndarray | float:
     return 1e-6 if dtype == np.float64 else 4 * _F32 * np.maximum(np.abs(floor), 1.0)
 
 
+def _homogeneous(inst: Instance) -> np.ndarray:
+    """(T, C): how many workloads of class c alone a host of type t holds (0 where c may not go there)."""
+    caps = inst.cap[[m[0] for m in inst.members]]  # (T, D)
+    need = np.where(inst.need > 0, inst.need, 1)
+    most = np.where(inst.need[None, :, :] > 0, caps[:, None, :] // need[None, :, :], np.iinfo(np.int64).max)
+    n = most.min(axis=2)  # (T, C)
+    n = np.minimum(n, inst.demand.astype(np.int64)[None, :])
+    return np.where(np.isfinite(np.array([inst.unit[:, m[0]] for m in inst.members])), n, 0)
+
+
 def count_bound(inst: Instance, master: _Master, rounds: int = 60) -> tuple[float, int, np.ndarray | None]:
     """Column generation on the count: (LP optimum, proven integer bound, the last LP's solution)."""
     ones = np.ones((len(inst.members), inst.need.shape[0]))
     best, configs = _price(inst, ones)
     if not any([master.add(t, cfg) for t, cfg in enumerate(configs)]):
         return 0.0, 0, None  # no host type holds even one VM of any class: nothing can be placed
+    # and every type filled with each class alone: the most-count configurations above all take the
+    # smallest class (a first LP value of 64 where 512 fit), so the duals needed ~8 rounds to climb
+    for t, col in enumerate(_homogeneous(inst)):
+        for c in np.flatnonzero(col):
+            cfg = np.zeros(len(col), dtype=np.int64)
+            cfg[c] = col[c]
+            master.add(t, cfg)
     bound = math.inf
     lam = None
     value = 0.0
