@@ -517,16 +517,17 @@ class _Residual:
 
 
 def place(classes: Sequence[TaskClass], free: Free, time_limit_s: float, node_limit: int | None,
-          proves: Callable[[int], bool] | None = None, prove_one_short: bool = False) -> Result | None:
+          proves: Callable[[int], bool] | None = None, prove_one_short: bool = True) -> Result | None:
     """The configuration LP's placement of a tight batch, or None where it does not apply.
 
     Where the rounding falls short of the configuration LP's bound (its bound is not always the integer
     optimum), ``proves(k)`` says whether k is the most placeable (the planner's count MIP): asked when it
-    is short by two or more, and by one only with ``prove_one_short``. One short is the configuration
-    LP's own integrality gap on about a quarter of bench/tight.py's instances (an LP value of 529 where
-    528 fit), and there the rounding's count was the optimum on every instance measured, while the proof
-    costs 0.1-0.35 s (HiGHS's root cuts on the per-host model), about as much as the rest of the placer:
-    by default that count is taken as the most (``Result.proven`` False). When the count is settled
+    is short by two or more, and by one unless ``prove_one_short`` is False. One short is mostly the
+    configuration LP's own integrality gap (an LP value of 529 where 528 fit, on about a quarter of
+    bench/tight.py's instances), and the proof costs 0.1-0.35 s (HiGHS's root cuts on the per-host
+    model), about as much as the rest of the placer; but on 2 of 40 instances the optimum placed one more
+    than the rounding (seeds 25, 35), so the count is taken unproven (``Result.proven`` False) only when
+    ``prove_one_short`` is False. When the count is settled
     either way, the cost LP is solved again at that count and rounded (the first asked for one workload
     more than fits, and packed whole hosts for it: +2.3 % on seed 6 before), and ``bound`` becomes that
     count; the first rounding's cheapest assignment is then solved only if the second places fewer."""
