@@ -94,3 +94,25 @@ def test_a_catalog_where_no_host_holds_any_vm_has_a_zero_bound() -> None:
     assert model is not None
     value, bound, _ = batch_config.count_bound(model, batch_config._Master(model))
     assert (value, bound) == (0.0, solve_ilp(BatchPlanner(inst.snapshot), inst.requests).placed) == (0.0, 0)
+
+
+def test_a_rounding_one_short_of_the_bound_is_proven_unless_trusted() -> None:
+    """Seed 9 (3 sites x 4 hosts): the configuration LP's bound is one above the optimum (its own
+    integrality gap). By default the count MIP is asked for the rounding's count and proves it; with
+    ``prove_one_short=False`` that count is taken as the most without it (``proven`` False)."""
+    inst = tight_instance(9, sites=3, hosts_per_site=4)
+    exact = solve_ilp(BatchPlanner(inst.snapshot), inst.requests)
+    classes, free = prepared(inst)
+    planner = BatchPlanner(inst.snapshot)
+    asked: list[int] = []
+
+    def proves(k: int) -> bool:
+        asked.append(k)
+        return planner._count_is(classes, free, k)
+
+    trusted = batch_config.place(classes, free, 60.0, 1_000, proves=proves, prove_one_short=False)
+    assert trusted is not None and not trusted.proven and asked == []
+    proven = batch_config.place(classes, free, 60.0, 1_000, proves=proves)
+    assert proven is not None and proven.proven and asked == [exact.placed]
+    assert trusted.placed == proven.placed == trusted.bound == exact.placed
+    assert len(BatchPlanner(inst.snapshot).place(inst.requests).assignments) == exact.placed
