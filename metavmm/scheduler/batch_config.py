@@ -33,15 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+import highspy  # HiGHS's own bindings: one model kept across column-generation rounds (warm starts)
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.optimize._highspy import _core  # HiGHS's own bindings (highspy), vendored by scipy >= 1.15
 from scipy.sparse import coo_matrix
 
 from metavmm.scheduler.batch import TaskClass
 from metavmm.scheduler.batch_lp import Free, mip_options
 
-_Highs = _core._Highs
+_Highs = highspy.Highs
 
 MAX_STATES = 2_000_000  # a knapsack table larger than this (odd shapes, huge hosts): no configuration LP
 _TOL = 1e-7
@@ -53,8 +53,8 @@ BATCH_GAP = 1e-3  # the residual's cost MIP stops within this share of the whole
 # the masters are small and change by a few columns a round: no presolve (it would drop the basis), one thread
 _LP: dict[str, object] = {"output_flag": False, "presolve": "off", "threads": 1, "solver": "simplex",
                           "simplex_strategy": 4}  # primal: a round's new columns leave the basis primal feasible
-_INF = _core.kHighsInf
-_OPTIMAL = _core.HighsModelStatus.kOptimal
+_INF = highspy.kHighsInf
+_OPTIMAL = highspy.HighsModelStatus.kOptimal
 
 
 @dataclass
