@@ -327,8 +327,10 @@ class ClusterService:
             if network is not None:  # an interface on the class network with the seat's MAC (DHCP reserves it
                 uplink = _new_mac(taken_macs)  # the address and name); the seed's network-config sets the address
                 taken_macs.add(uplink)  # on it, found by its MAC, and DHCP on the VM's own interface, by its MAC
+                # network_id: the VM is created with this interface (vm.create plugs it into the domain where
+                # the driver can): cloud-init applies the network-config at first boot, no hot-plug after it
                 guest: dict[str, Any] = {"hostname": hostname, "mac": uplink,
-                                         "nics": [{"mac": mac, "address": address}]}
+                                         "nics": [{"mac": mac, "address": address, "network_id": network.id}]}
                 links = (LinkSpec(network.id, mac=mac, attributes={"address": address, "hostname": hostname}),)
                 attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
             else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
