@@ -375,6 +375,9 @@ async def test_a_class_over_several_sites_may_give_each_site_its_own_range(
     for seat in view.seats:
         net = ranges[seat.workload.spec["placement"]["site"]]
         assert seat.address == f"{net[:-5]}.{9 + seat.serial}/24"
+    at = {s.workload.spec["placement"]["site"]: s.serial for s in view.seats}
+    assert [(r.site, r.network_id, r.cidr, r.serials) for r in view.sites] == [  # the view's sites: what screens show
+        (site, networks[site], ranges[site], (at[site],)) for site in sites]
     fewer = await clusters.scale(alpha, view.cluster.id, 1)  # down to one, then a second again: same site, range
     assert len(fewer.seats) == 1
     back = await clusters.scale(alpha, view.cluster.id, 2)

@@ -141,7 +141,7 @@ async def _detail_page(request: web.Request, *, error: MetavmmError | None = Non
         request, title=f"{title} {shown.name}", c=shown, seat_states=seat_states, active=ACTIVE,
         placement=(shown.template.get("placement") or {}).get("summary"), last_event=last_event,
         error=error.message if error else None, error_status=error.http_status if error else None,
-        networks=shown.template.get("networks") or ({shown.site: shown.network_id} if shown.network_id else {})),
+        networks={r.site: r.network_id for r in shown.sites if r.network_id}),
         status=error.http_status if error else 200)
 
 

@@ -161,11 +161,16 @@ def test_seats_added_and_removed_elsewhere_come_and_go_without_a_reload(
     assert [s["serial"] for s in seats] == ["1", "2", "3"]
     assert browser.find_element(By.ID, "seat-count").text == "3"
     assert browser.find_element(By.CSS_SELECTOR, 'tr[data-seat="3"] button.reset').is_displayed()
+    site = browser.find_element(By.CSS_SELECTOR, "#class-sites tr[data-site]")  # its site's range and seats
+    assert site.find_element(By.CSS_SELECTOR, ".site-range").text == "10.31.0.0/24"
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#class-sites .site-seats").text
+         == "live-01, live-02, live-03")
     b.rest("POST", f"/api/v1/clusters/{cid}/scale", token, {"seats": 1})
     wait(browser, lambda d: len(_seats(d)) == 1 and d.find_element(By.ID, "seat-count").text == "1")
     assert _not_reloaded(browser)
     assert [s["hostname"] for s in _seats(browser)] == ["live-01"]
     assert browser.find_element(By.ID, "seat-summary").text == "1 running"
+    assert browser.find_element(By.CSS_SELECTOR, "#class-sites .site-seats").text == "live-01"
     b.rest("DELETE", f"/api/v1/clusters/{cid}", token)
 
 

@@ -115,6 +115,19 @@
       }
     });
     seatSummaries();
+    siteSeats();
+  }
+  function siteSeats() {
+    // each site's seats on a class page (its address range's table): the seat rows at that site, by serial
+    each("#class-sites tr[data-site]", function (tr) {
+      const cell = tr.querySelector(".site-seats");
+      if (!cell) { return; }
+      const names = [];
+      document.querySelectorAll("#seats tr[data-seat]").forEach(function (row) {
+        if (row.getAttribute("data-site") === tr.getAttribute("data-site")) { names.push(row.getAttribute("data-hostname")); }
+      });
+      cell.textContent = names.length ? names.join(", ") : "none";
+    });
   }
   function addSeat(body, d) {
     // the row as the page renders it (GET /ui/clusters/{id}/seats/{serial}), in serial order
@@ -132,6 +145,7 @@
       body.insertBefore(row, next || null);
       const none = body.querySelector("tr.none"); if (none) { none.remove(); }
       seatSummaries();
+      siteSeats();
     });
   }
   source.addEventListener("seat", function (e) { seat(JSON.parse(e.data)); });
