@@ -35,6 +35,26 @@ def class_interfaces(xml: str) -> tuple[str, list[tuple[str, str]]]:
                                         for i in doc.findall("devices/interface[@type='network']")]
 
 
+def spy_on_domains(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """What the driver gives the real daemon to define, and every device attached to a domain afterwards
+    (the spies record it and pass it on)."""
+    defined: list[str] = []
+    plugged: list[str] = []
+    define, attach = LibvirtDriver._define_and_start, libvirt.virDomain.attachDeviceFlags
+
+    async def defining(self: LibvirtDriver, xml: str) -> Any:
+        defined.append(xml)
+        return await define(self, xml)
+
+    def attaching(self: libvirt.virDomain, xml: str, flags: int = 0) -> int:
+        plugged.append(xml)
+        return attach(self, xml, flags)
+
+    monkeypatch.setattr(LibvirtDriver, "_define_and_start", defining)
+    monkeypatch.setattr(libvirt.virDomain, "attachDeviceFlags", attaching)
+    return defined, plugged
+
+
 def networks() -> set[str]:
     conn = libvirt.open(URI)
     try:
@@ -111,20 +131,7 @@ async def test_a_seat_is_created_with_its_class_interface_and_nothing_is_hot_plu
     at first boot and applies the network-config's static address to it), with the seat's MAC, and the
     link's attach plugs nothing into a running domain; a reset defines it the same way again. The spies
     record what reaches the real daemon and pass it on."""
-    defined: list[str] = []
-    plugged: list[str] = []
-    define, attach = LibvirtDriver._define_and_start, libvirt.virDomain.attachDeviceFlags
-
-    async def defining(self: LibvirtDriver, xml: str) -> Any:
-        defined.append(xml)
-        return await define(self, xml)
-
-    def attaching(self: libvirt.virDomain, xml: str, flags: int = 0) -> int:
-        plugged.append(xml)
-        return attach(self, xml, flags)
-
-    monkeypatch.setattr(LibvirtDriver, "_define_and_start", defining)
-    monkeypatch.setattr(libvirt.virDomain, "attachDeviceFlags", attaching)
+    defined, plugged = spy_on_domains(monkeypatch)
     subnet = f"10.{random.randint(200, 230)}.{random.randint(0, 255)}"  # a range no other test's bridge holds
     resp = await client.post(f"{API}/clusters", json={"name": "cold", "seats": 2, "vcpus": 1, "ram_mib": 64,
                                                       "cidr": f"{subnet}.0/24"})
