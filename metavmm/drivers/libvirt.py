@@ -431,12 +431,21 @@ class LibvirtDriver(DriverBase):
       <source file='{escape(str(disk))}'/>
       <target dev='vda' bus='virtio'/>
     </disk>{self._seed_xml(seed)}
-    <interface type='user'>{mac}<model type='virtio'/></interface>
+    <interface type='user'>{mac}<model type='virtio'/></interface>{self._nics_xml(spec)}
     <serial type='pty'><log file='{escape(str(console))}' append='off'/><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>
     <video><model type='vga'/></video>
   </devices>
 </domain>"""
+
+    @staticmethod
+    def _nics_xml(spec: VmSpec) -> str:
+        """The further interfaces the VM is created with: each of ``extra["nics"]`` that names a libvirt
+        network (``network``; a class seat's interface on its class network, with the MAC its network-config
+        matches), so the guest has it at first boot (no hot-plug, :meth:`attach_network` finds it there)."""
+        return "".join(f"""
+    <interface type='network'><mac address='{escape(str(n["mac"]))}'/><source network='{escape(str(n["network"]))}'/>\
+<model type='virtio'/></interface>""" for n in spec.extra.get("nics") or () if n.get("network") and n.get("mac"))
 
     @staticmethod
     def _seed_xml(seed: Path | None) -> str:
@@ -456,7 +465,8 @@ class LibvirtDriver(DriverBase):
 
         A clone (``extra`` with ``hostname``; ``mac``, ``address``, ``gateway``, ``dns`` optional), and a VM
         with ``user_data`` or an ``ssh_key``, gets a cloud-init NoCloud seed ISO beside its disk, attached
-        read-only and deleted with the domain.
+        read-only and deleted with the domain. Each of ``extra["nics"]`` naming a libvirt ``network`` is an
+        interface of the domain from the start, with its ``mac`` (a class seat's, on its class network).
         Every domain's serial console is logged to ``<uuid>-console.log`` beside its disk (truncated at
         each start, deleted with the domain): :meth:`console_output` reads it for boot checks.
         """

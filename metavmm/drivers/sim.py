@@ -187,6 +187,10 @@ class SimDriver(DriverBase):
                     workload_id=spec.workload_id,
                     extra={"simulated": True, "vcpus": spec.vcpus, "ram_mib": spec.ram_mib})
         with self.state.change() as tx:
+            for nic in spec.extra.get("nics") or ():  # a class seat's interface: part of the VM from its create
+                if nic.get("network"):
+                    self._lookup(tx, NetworkInfo, str(nic["network"]), "network", "create_vm")
+                    tx.plug(str(nic["network"]), vm.provider_vm_id)
             tx.put(vm.provider_vm_id, vm)
         return vm
 

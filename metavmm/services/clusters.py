@@ -139,10 +139,21 @@ class SeatView:
 
 
 @dataclass(frozen=True)
+class SiteRange:
+    """Where a class is: one site, the class network there and its address range, and the seats at it."""
+
+    site: str
+    network_id: str | None  # the class network at the site (None: the class has none)
+    cidr: str | None  # its address range (None: no network, or one without a range)
+    serials: tuple[int, ...]  # the seats at the site, by serial
+
+
+@dataclass(frozen=True)
 class ClusterView:
     cluster: Cluster
     seats: tuple[SeatView, ...]
     operations: tuple[Operation, ...] = ()  # what the request started
+    sites: tuple[SiteRange, ...] = ()  # each site the class uses (or has a network at), by name
 
     @property
     def running(self) -> int:
@@ -327,8 +338,10 @@ class ClusterService:
             if network is not None:  # an interface on the class network with the seat's MAC (DHCP reserves it
                 uplink = _new_mac(taken_macs)  # the address and name); the seed's network-config sets the address
                 taken_macs.add(uplink)  # on it, found by its MAC, and DHCP on the VM's own interface, by its MAC
+                # network_id: the VM is created with this interface (vm.create plugs it into the domain where
+                # the driver can): cloud-init applies the network-config at first boot, no hot-plug after it
                 guest: dict[str, Any] = {"hostname": hostname, "mac": uplink,
-                                         "nics": [{"mac": mac, "address": address}]}
+                                         "nics": [{"mac": mac, "address": address, "network_id": network.id}]}
                 links = (LinkSpec(network.id, mac=mac, attributes={"address": address, "hostname": hostname}),)
                 attributes |= {"mac": mac, "ip": address.split("/")[0] if address else None}
             else:  # no network: the MAC and name are the VM's own interface's, set by cloud-init
@@ -382,8 +395,16 @@ class ClusterService:
                 query = select(Operation).where(col(Operation.target_id).in_(wids[chunk:chunk + 500]))
                 for op in (await session.exec(query.order_by(col(Operation.created_at)))).all():
                     latest[str(op.target_id)] = op
+            networks = _networks_by_site(cluster)
+            ranges = dict((await session.exec(select(Workload.id, Workload.spec).where(
+                col(Workload.id).in_(set(networks.values()))))).all()) if networks else {}
         views = tuple(SeatView(s.serial, s.hostname, s.address, s.mac, s.owner, w, latest.get(w.id)) for s, w in seats)
-        return ClusterView(cluster, views, tuple(ops))
+        at: dict[str, list[int]] = {}
+        for v in views:
+            at.setdefault(seat_site(v.workload) or cluster.site or "", []).append(v.serial)
+        sites = tuple(SiteRange(site, networks.get(site), (ranges.get(networks.get(site) or "") or {}).get("cidr"),
+                                tuple(at.get(site, ()))) for site in sorted(set(at) | set(networks)))
+        return ClusterView(cluster, views, tuple(ops), sites)
 
     # --- scale, reset -------------------------------------------------------------------------------
 
@@ -760,6 +781,21 @@ def _spread(order: Sequence[str], n: int, cap: int, held: Mapping[str, int],
 def _demand(shape: Shape) -> dict[str, Any]:
     return quotas.demand_of(WorkloadKind.COMPUTE, shape.vcpus, shape.ram_mib, shape.disk_gib, shape.gpu_model,
                             shape.gpu_count)
+
+
+def seat_site(workload: Workload) -> str | None:
+    """The site a seat is at: where it was placed, else the site its create was pinned to."""
+    spec = workload.spec or {}
+    return (spec.get("placement") or {}).get("site") or spec.get("site")
+
+
+def _networks_by_site(cluster: Cluster) -> dict[str, str]:
+    """The class network at each site: those the class made (the template's ``networks``), or the one it was
+    given or made before networks were per site, at the class's site."""
+    made = dict(cluster.template.get("networks") or {})
+    if not made and cluster.network_id:
+        made = {cluster.site or "": cluster.network_id}
+    return made
 
 
 def _site_of(network: Workload | None) -> str | None:

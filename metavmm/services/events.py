@@ -6,8 +6,10 @@ worker wrote, and resumes exactly: an event's id is its row id, and ``Last-Event
 after it. A workload whose observed state a provider listing alone changed (drift: a VM stopped or deleted
 behind the broker's back, or back again) has no operation history; the observer writes a ``workload_event``
 line for it in the sync's transaction, and the stream tells the lines after the last it sent as ``workload``
-events with ``cause: "sync"``. Auto-scaling decisions are rows too (``autoscale_decision``, written with the
-decision), told as ``autoscale`` events. Three tables, three sequences, one ``Last-Event-ID``: a resumable
+events with ``cause: "sync"``. A class's seat added or removed (a scale, a create, a teardown, from any
+front end) is a ``seat`` event, read from the seat rows of the workloads the operation lines are about.
+Auto-scaling decisions are rows too (``autoscale_decision``, written with the decision), told as
+``autoscale`` events. Three tables, three sequences, one ``Last-Event-ID``: a resumable
 event's id is a :class:`Position`, the three tables' last lines told (``"12-5-3"``), so a reconnect gets
 every line of each after what it saw, and none twice. A :class:`Cursor` also reports,
 without an id (nothing to resume), progress that moved without a history line and the state of each
@@ -35,6 +37,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from metavmm.catalog.models import (
     AutoscaleDecision,
     AutoscaleGroup,
+    ClusterSeat,
     Operation,
     OperationEvent,
     Provider,
@@ -57,7 +60,7 @@ PAGE = 200
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # operation, progress, workload, autoscale, sync, alert
+    kind: str  # operation, progress, workload, seat, autoscale, sync, alert
     data: dict[str, Any]
     id: str | None = None  # set on operation, drift and autoscale events only: the resume point, a Position
 
@@ -107,6 +110,7 @@ class Cursor:
     syncs: dict[str, tuple[Any, ...]] | None = None  # each provider's sync result last seen; None: not looked yet
     alerts: dict[str, Alert] | None = None  # the alerts last told, by key; None: not looked yet
     alerts_at: float = float("-inf")  # when (the loop's monotonic clock) alerts were last looked at
+    seats: dict[str, bool] = field(default_factory=dict)  # workload id: whether last told as a class's seat
 
     def __post_init__(self) -> None:
         if self.after == 0:  # a replay of the history replays decisions and drift too
@@ -169,11 +173,47 @@ class Cursor:
                         self.workloads[wid] = (observed, desired)
                         out.append(Event("workload", {"workload": wid, "name": name, "state": observed,
                                                       "desired_state": desired}))
+                out += await self._seats(session, targets)
             out += await self._drift(session)
             out += await self._decisions(session)
             out += await self._syncs(session)
             out += await self._alerts(session)
         return out
+
+    async def _seats(self, session: AsyncSession, targets: set[str]) -> list[Event]:
+        """Class seats added or removed, wherever that was asked (REST, CLI, OCCI, another browser): among the
+        workloads the new operation lines are about (a seat's create, delete, reset), each whose seat row
+        appeared or went since this stream last said, in the caller's scope (the seat's project). A seat
+        row is written and removed in the transaction that writes its operation, so the line and the row
+        are seen together. A seat not told before is told at its first operation line (a page that shows
+        it already has nothing to add); ``seats`` is the class's seat count after the change."""
+        rows = (await session.exec(
+            select(ClusterSeat, Workload.observed_state).join(Workload, col(Workload.id) == ClusterSeat.workload_id)
+            .where(col(ClusterSeat.workload_id).in_(targets), visible(self.identity, Workload)))).all()
+        present = {seat.workload_id: (seat, state) for seat, state in rows}
+        gone = [] if targets <= present.keys() else (await session.exec(
+            select(Workload.id, Workload.spec).where(col(Workload.id).in_(targets - present.keys()),
+                                                     visible(self.identity, Workload)))).all()
+        changes: list[dict[str, Any]] = []
+        for seat, state in present.values():
+            if self.seats.get(seat.workload_id) is not True:
+                self.seats[seat.workload_id] = True
+                changes.append({"cluster": seat.cluster_id, "serial": seat.serial, "workload": seat.workload_id,
+                                "hostname": seat.hostname, "address": seat.address, "mac": seat.mac,
+                                "owner": seat.owner, "state": state, "present": True})
+        for wid, spec in gone:
+            of = (spec or {}).get("cluster")
+            if isinstance(of, dict) and of.get("id") and self.seats.get(wid) is not False:
+                self.seats[wid] = False
+                changes.append({"cluster": of["id"], "serial": of.get("serial"), "workload": wid,
+                                "hostname": (spec or {}).get("hostname"), "present": False})
+        if not changes:
+            return []
+        counts = dict((await session.exec(
+            select(ClusterSeat.cluster_id, func.count()).where(  # type: ignore[call-overload]
+                col(ClusterSeat.cluster_id).in_({c["cluster"] for c in changes}))
+            .group_by(col(ClusterSeat.cluster_id)))).all())
+        return [Event("seat", {**c, "seats": counts.get(c["cluster"], 0)}) for c in changes]
 
     async def _syncs(self, session: AsyncSession) -> list[Event]:
         """Providers whose sync result changed since the last look (the first look only notes them): one

@@ -87,7 +87,8 @@ async def test_a_class_is_created_in_one_request_with_unique_stable_identities(
         "lab-01", "lab-01", "10.20.0.10", own, KEY)
     assert "ssh_key" not in seats[2].workload.spec
     assert extra["hostname"] == "lab-01" and own.startswith("52:54:00:") and own != seats[0].mac
-    assert extra["nics"] == [{"mac": seats[0].mac, "address": "10.20.0.10/24"}]  # the class interface's
+    # the class interface's, on the class network: vm.create makes it part of the VM (no hot-plug after boot)
+    assert extra["nics"] == [{"mac": seats[0].mac, "address": "10.20.0.10/24", "network_id": view.cluster.network_id}]
     owns = {next(st for st in s.operation.steps if st["action"] == "vm.create")["args"]["extra"]["mac"] for s in seats}
     assert len(owns) == 4 and not owns & {s.mac for s in seats}  # unique, and none is a class interface's
     links = await rows(w, WorkloadLink, WorkloadLink.source_id == first.id)
@@ -374,6 +375,9 @@ async def test_a_class_over_several_sites_may_give_each_site_its_own_range(
     for seat in view.seats:
         net = ranges[seat.workload.spec["placement"]["site"]]
         assert seat.address == f"{net[:-5]}.{9 + seat.serial}/24"
+    at = {s.workload.spec["placement"]["site"]: s.serial for s in view.seats}
+    assert [(r.site, r.network_id, r.cidr, r.serials) for r in view.sites] == [  # the view's sites: what screens show
+        (site, networks[site], ranges[site], (at[site],)) for site in sites]
     fewer = await clusters.scale(alpha, view.cluster.id, 1)  # down to one, then a second again: same site, range
     assert len(fewer.seats) == 1
     back = await clusters.scale(alpha, view.cluster.id, 2)

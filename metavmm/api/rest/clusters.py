@@ -21,6 +21,7 @@ from metavmm.services.clusters import (
     ClusterView,
     Seat,
     public_template,
+    seat_site,
 )
 from metavmm.services.workloads.requests import SSH_KEY_MAX, USER_DATA_MAX
 from metavmm.translators.cloudinit import SHA512_CRYPT
@@ -93,7 +94,16 @@ class SeatOut(BaseModel):
     workload_id: str
     state: str = Field(description="the seat's observed state (pending, running, ...)")
     state_message: str | None
+    site: str | None = Field(default=None, description="the site the seat is at")
     operation: OperationOut | None = Field(description="the latest operation on the seat, with its progress")
+
+
+class SiteOut(BaseModel):
+    site: str = Field(description="a site the class uses")
+    network_id: str | None = Field(description="the class network at the site (null: the class has none)")
+    cidr: str | None = Field(description="that network's address range: the seats there take their addresses "
+                                         "from it")
+    seats: list[int] = Field(description="the serials of the seats at the site")
 
 
 class ClusterOut(OutModel):
@@ -105,6 +115,9 @@ class ClusterOut(OutModel):
     expires_at: Timestamp | None
     template: dict[str, Any]
     seats: list[SeatOut]
+    sites: list[SiteOut] = Field(default_factory=list, description="each site of the class: its network, address "
+                                                                   "range and seats (a class over several sites "
+                                                                   "has a network and range at each)")
     running: int
     created_at: Timestamp
     operations: list[OperationOut] = Field(default_factory=list, description="what this request started")
@@ -126,11 +139,13 @@ def render(view: ClusterView) -> ClusterOut:
     c = view.cluster
     seats = [SeatOut(serial=s.serial, hostname=s.hostname, address=s.address, mac=s.mac, owner=s.owner,
                      workload_id=s.workload.id, state=s.workload.observed_state,
-                     state_message=s.workload.state_message,
+                     state_message=s.workload.state_message, site=seat_site(s.workload),
                      operation=OperationOut.model_validate(s.operation) if s.operation else None) for s in view.seats]
+    sites = [SiteOut(site=r.site, network_id=r.network_id, cidr=r.cidr, seats=list(r.serials)) for r in view.sites]
     return ClusterOut(id=c.id, project_id=c.project_id, name=c.name, site=c.site, network_id=c.network_id,
-                      expires_at=c.expires_at, template=public_template(c.template), seats=seats, running=view.running,
-                      created_at=c.created_at, operations=[OperationOut.model_validate(op) for op in view.operations])
+                      expires_at=c.expires_at, template=public_template(c.template), seats=seats, sites=sites,
+                      running=view.running, created_at=c.created_at,
+                      operations=[OperationOut.model_validate(op) for op in view.operations])
 
 
 def request_of(body: ClusterCreate) -> ClusterRequest:

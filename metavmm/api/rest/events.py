@@ -1,5 +1,5 @@
-"""The event stream: server-sent events of operation history, progress, workload states, sync results and
-alerts (issue 18).
+"""The event stream: server-sent events of operation history, progress, workload states, class seats added
+and removed, sync results and alerts (issue 18).
 
 A member sees their project's events, an admin every project's (:mod:`metavmm.services.scope`). Each
 operation, drift and auto-scaling event carries its position in the catalog (``12-5-3``: the operation,
@@ -58,8 +58,8 @@ def _resume_point(request: web.Request, query: EventsQuery) -> events.Position |
 
 
 @api.route("GET", "/events", summary="Server-sent events: operation history, drift and auto-scaling "
-           "decisions (with ids, resumable), progress, workload states, provider sync results and alerts of the "
-           "caller's project", query=EventsQuery, response=str,
+           "decisions (with ids, resumable), progress, workload states, class seats added and removed, provider "
+           "sync results and alerts of the caller's project", query=EventsQuery, response=str,
            media_type="text/event-stream", role="reader")
 async def stream(request: web.Request, query: EventsQuery) -> web.StreamResponse:
     return await follow(request, query, partial(reauthenticate, request))

@@ -6,7 +6,9 @@ the session's identity, and every form is validated by the REST body model throu
 own :func:`~metavmm.api.rest.framework.parse_body`: the dashboard adds no rule, and a refusal shows the
 message and status the API answers, with the form kept. The roster upload is read by the same parser as
 the CLI's ``--roster`` (:func:`metavmm.services.clusters.parse_roster`). Seats' states and their latest
-operation's progress come live from the event stream (``ui.js``), as on the workloads screen.
+operation's progress come live from the event stream (``ui.js``), as on the workloads screen; so do seats
+added or removed elsewhere (REST, the CLI, another browser): a ``seat`` event, whose row ui.js asks
+``GET /ui/clusters/{id}/seats/{serial}`` for (the page's own row template, ``_seat.html``).
 """
 
 from __future__ import annotations
@@ -139,13 +141,26 @@ async def _detail_page(request: web.Request, *, error: MetavmmError | None = Non
         request, title=f"{title} {shown.name}", c=shown, seat_states=seat_states, active=ACTIVE,
         placement=(shown.template.get("placement") or {}).get("summary"), last_event=last_event,
         error=error.message if error else None, error_status=error.http_status if error else None,
-        networks=shown.template.get("networks") or ({shown.site: shown.network_id} if shown.network_id else {})),
+        networks={r.site: r.network_id for r in shown.sites if r.network_id}),
         status=error.http_status if error else 200)
 
 
 @routes.get(rf"/clusters/{ID}", name="cluster")
 async def cluster_page(request: web.Request) -> web.Response:
     return await _detail_page(request)
+
+
+@routes.get(rf"/clusters/{ID}/seats/{{serial:[0-9]{{1,4}}}}", name="seat_row")
+async def seat_row(request: web.Request) -> web.Response:
+    """One seat's row of the class page (``_seat.html``, as the page renders it), for ui.js to add a seat a
+    ``seat`` event announced (a scale from REST, the CLI or another browser); the class as REST shows it to
+    the caller (another project's: REST's 404), and a serial it has not: 404."""
+    params = parse_params(rest.SeatParams, dict(request.match_info))
+    shown = await rest.get_cluster(request, parse_params(rest.ClusterId, {"cluster_id": params.cluster_id}))
+    seat = next((s for s in shown.seats if s.serial == params.serial), None)
+    if seat is None:
+        raise web.HTTPNotFound(reason=f"class {shown.name} has no seat {params.serial}")
+    return aiohttp_jinja2.render_template("_seat.html", request, page_context(request, c=shown, s=seat))
 
 
 @routes.post(rf"/clusters/{ID}/scale", name="scale_cluster")

@@ -17,11 +17,12 @@ from collections.abc import Collection
 from typing import Any
 
 from metavmm.catalog.db import session_scope
-from metavmm.catalog.models import Workload, utcnow
+from metavmm.catalog.models import Provider, Workload, utcnow
 from metavmm.catalog.spend import Charge
 from metavmm.drivers.base import Driver, MigrationProgress, poll_delays
 from metavmm.foundation.errors import (
     AuthError,
+    Conflict,
     DriverError,
     NotFound,
     ProviderConflict,
@@ -30,7 +31,7 @@ from metavmm.foundation.errors import (
     UnsupportedOperation,
     ValidationError,
 )
-from metavmm.foundation.records import VmInfo, VmSpec, VmState
+from metavmm.foundation.records import Capability, VmInfo, VmSpec, VmState
 from metavmm.scheduler import live_mode
 from metavmm.services import linkrates, metrics, observer
 from metavmm.services.operations.actions import action
@@ -109,12 +110,62 @@ async def create_vm(ctx: StepContext, *, provider: str, workload_id: str, name: 
     image_id = ctx.outputs[image_from] if image_from else image
     if not image_id and not disk_gib:
         raise NotFound("vm.create needs an image or a disk size")
+    extra = await plugged_nics(ctx, provider, extra or {})
     spec = VmSpec(name=name, region=region, image=image_id or "", vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
                   flavor=flavor, host=host, workload_id=workload_id, extra=extra or {}, ssh_key=ssh_key,
                   user_data=user_data)
     vm = await ctx.driver(provider).create_vm(spec)
     await ctx.log(f"created {vm.provider_vm_id} ({vm.name}) at {provider}/{region}")
     return {save_as: vm.provider_vm_id}
+
+
+NETWORK_WAIT_S = 600.0
+
+
+async def plugged_nics(ctx: StepContext, provider: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with each interface of ``extra["nics"]`` that names a network workload (``network_id``: a
+    class seat's interface on its class network) given that network's provider id (``network``), so the
+    driver makes the interface part of the VM it creates (libvirt: a domain ``<interface>`` with the
+    seat's MAC) and the guest's cloud-init finds it at first boot. The network may still be being created
+    by an operation of the same request: the step waits until it is placed, at ``provider`` (a VM plugs
+    only what its own site holds). Where the provider keeps DHCP reservations, the interface's address and
+    the guest's host name are reserved for its MAC first, so that even its first lease is the reserved one
+    (the link's attach later finds the interface there and reserves the same again: a no-op)."""
+    nics = [dict(n) for n in extra.get("nics") or () if isinstance(n, dict)]
+    if not any(n.get("network_id") for n in nics):
+        return extra
+    driver = ctx.driver(provider)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + NETWORK_WAIT_S
+    for nic in nics:
+        if not nic.get("network_id"):
+            continue
+        while (placed := await _network_at(ctx, str(nic["network_id"]))) is None:
+            if loop.time() >= deadline:
+                raise Conflict(f"network {nic['network_id']} is still not placed after {NETWORK_WAIT_S:.0f}s")
+            await asyncio.sleep(0.25)
+        at, network = placed
+        if at != provider:
+            raise Conflict(f"network {nic['network_id']} is at {at}, the VM at {provider}: an interface stays "
+                           "within one site")
+        nic["network"] = network
+        if nic.get("address") and Capability.DHCP_HOSTS in driver.capabilities:
+            ip, hostname = str(nic["address"]).split("/")[0], str(extra.get("hostname") or "")
+            await driver.ex_reserve_address(network, str(nic["mac"]), ip, hostname)
+            await ctx.log(f"reserved {ip} ({hostname}) for {nic['mac']} on network {network}")
+    return {**extra, "nics": nics}
+
+
+async def _network_at(ctx: StepContext, network_id: str) -> tuple[str, str] | None:
+    """(provider, provider network id) of a placed network workload; None while it is not placed yet."""
+    async with ctx.sessions() as session:
+        row = await session.get(Workload, network_id)
+        if row is None or not row.present or row.desired_state == "deleted":
+            raise NotFound(f"network {network_id} is gone or being deleted")
+        provider = await session.get(Provider, row.provider_id) if row.provider_id else None
+    if provider is None or not row.provider_resource_id:
+        return None
+    return provider.name, row.provider_resource_id
 
 
 @action("vm.delete")

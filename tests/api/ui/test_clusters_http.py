@@ -17,7 +17,7 @@ import aiohttp
 from sqlmodel import select
 
 from metavmm.api import keys
-from metavmm.catalog.models import Cluster, Workload
+from metavmm.catalog.models import Cluster, Site, Workload
 from tests.api.ui.test_session import CSRF, _csrf, _login
 from tests.world import World
 
@@ -110,7 +110,7 @@ async def test_another_project_and_a_reader(world: tuple[Any, World]) -> None:
     listing = await (await client.get("/ui/clusters")).text()
     assert "alpha-lab" not in listing and cid not in listing and "No classes in this project." in listing
     csrf = await _csrf(client)
-    for path in (f"/ui/clusters/{cid}", f"/ui/clusters/{cid}/teardown"):
+    for path in (f"/ui/clusters/{cid}", f"/ui/clusters/{cid}/teardown", f"/ui/clusters/{cid}/seats/1"):
         page = await client.get(path)
         assert page.status == 404 and "alpha-lab" not in await page.text()
     for path, data in ((f"/ui/clusters/{cid}/scale", {"seats": "3"}), (f"/ui/clusters/{cid}/seats/1/reset", {}),
@@ -133,3 +133,45 @@ async def test_another_project_and_a_reader(world: tuple[Any, World]) -> None:
     assert no_token.status == 403
     still = await client.get(f"{API}/clusters/{cid}", headers=w.auth("alpha_member"))
     assert still.status == 200 and len((await still.json())["seats"]) == 2
+
+
+SITE_ROW = re.compile(r'<tr data-site="([^"]*)"><th scope="row">[^<]*</th>\s*<td>.*?</td>\s*'
+                      r'<td class="site-range">([^<]*)</td>\s*<td class="site-seats">([^<]*)</td></tr>', re.S)
+
+
+async def test_a_class_over_two_sites_shows_each_sites_range_and_seats(world: tuple[Any, World]) -> None:
+    """Where a class spreads over sites, its page shows each site's class network, address range and the
+    seats there (REST's ``sites``, which the page renders); another project's member sees neither."""
+    client, w = world
+    async with w.app[keys.SESSIONS]() as s:
+        sites = sorted((await s.exec(select(Site.name))).all())
+    assert len(sites) == 2
+    ranges = {sites[0]: "10.51.0.0/24", sites[1]: "10.52.0.0/24"}
+    made = await client.post(f"{API}/clusters", headers=w.auth("alpha_member"), json={
+        "name": "apart", "seats": 3, "vcpus": 1, "ram_mib": 64, "sites": sites, "max_per_site": 2, "cidrs": ranges})
+    assert made.status == 202, await made.text()
+    shown = await made.json()
+    at: dict[str, list[dict[str, Any]]] = {}
+    for seat in shown["seats"]:
+        at.setdefault(seat["site"], []).append(seat)
+    assert sorted(len(v) for v in at.values()) == [1, 2] and set(at) == set(sites)
+    networks = shown["template"]["networks"]
+    assert shown["sites"] == [{"site": site, "network_id": networks[site], "cidr": ranges[site],
+                               "seats": [s["serial"] for s in at[site]]} for site in sites]
+    for seat in shown["seats"]:  # each seat's address is in its own site's range
+        assert seat["address"].startswith(ranges[seat["site"]][:-5] + ".")
+    await _login(client, w.tokens["alpha_member"])
+    page = await client.get(f"/ui/clusters/{shown['id']}")
+    assert page.status == 200
+    text = await page.text()
+    assert [m.groups() for m in SITE_ROW.finditer(text)] == [
+        (site, ranges[site], ", ".join(s["hostname"] for s in at[site])) for site in sites], text
+    for site in sites:
+        assert f'href="/ui/workloads/{networks[site]}"' in text
+    for seat in shown["seats"]:  # and each seat's row names its site (ui.js keeps the sites' seats live by it)
+        assert f'<tr data-seat="{seat["serial"]}" data-site="{seat["site"]}"' in text
+    await _login(client, w.tokens["beta_member"])
+    other = await client.get(f"/ui/clusters/{shown['id']}")
+    assert other.status == 404 and "10.51.0" not in await other.text()
+    rest = await client.get(f"{API}/clusters/{shown['id']}", headers=w.auth("beta_member"))
+    assert rest.status == 404

@@ -3,7 +3,8 @@ fixtures of test_dashboard.py on the sim providers, logged in as alpha's member)
 
 A class made from the form lands on its page, whose seats (lab-01.., their addresses in sequence) turn
 running without a reload, from the event stream; a scale up and down keeps the other seats' names,
-addresses and MACs; a reset is followed live to its end; a bad class shows the message and status REST
+addresses and MACs; seats added and removed over REST while the page is open come and go without a
+reload; a reset is followed live to its end; a bad class shows the message and status REST
 answers for the same body; the teardown asks for the class's name, then every seat is deleted; a member
 of another project sees none of alpha's classes.
 """
@@ -139,6 +140,38 @@ def test_create_watch_scale_reset_and_tear_down_a_class(broker: tuple[Broker, Wo
     wait(browser, lambda d: not [w for w in b.rest("GET", "/api/v1/workloads?limit=500",
                                                      world.tokens["alpha_member"])["items"]
                                   if w["name"].startswith("lab-") and w["present"]])
+
+
+def test_seats_added_and_removed_elsewhere_come_and_go_without_a_reload(
+        broker: tuple[Broker, World], browser: Any) -> None:  # noqa: F811
+    """A scale made over REST (as the CLI or another browser makes it) while the class page is open: the new
+    seats' rows appear (the page's own rendering of them), turn running, and the removed ones go, live."""
+    b, world = broker
+    By = _by()
+    token = world.tokens["alpha_member"]
+    cid = b.rest("POST", "/api/v1/clusters", token, {"name": "live", "seats": 1, "vcpus": 1, "ram_mib": 64,
+                                                     "cidr": "10.31.0.0/24"})["id"]
+    browser.get(f"{b.url}/ui/clusters/{cid}")
+    wait(browser, lambda d: _all_running(d, 1))
+    _no_reload(browser)
+    b.rest("POST", f"/api/v1/clusters/{cid}/scale", token, {"seats": 3})
+    seats = wait(browser, lambda d: _all_running(d, 3))
+    assert _not_reloaded(browser)
+    assert [(s["hostname"], s["address"], s["mac"], s["state"]) for s in seats] == _rest_seats(b, world, cid)
+    assert [s["serial"] for s in seats] == ["1", "2", "3"]
+    assert browser.find_element(By.ID, "seat-count").text == "3"
+    assert browser.find_element(By.CSS_SELECTOR, 'tr[data-seat="3"] button.reset').is_displayed()
+    site = browser.find_element(By.CSS_SELECTOR, "#class-sites tr[data-site]")  # its site's range and seats
+    assert site.find_element(By.CSS_SELECTOR, ".site-range").text == "10.31.0.0/24"
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#class-sites .site-seats").text
+         == "live-01, live-02, live-03")
+    b.rest("POST", f"/api/v1/clusters/{cid}/scale", token, {"seats": 1})
+    wait(browser, lambda d: len(_seats(d)) == 1 and d.find_element(By.ID, "seat-count").text == "1")
+    assert _not_reloaded(browser)
+    assert [s["hostname"] for s in _seats(browser)] == ["live-01"]
+    assert browser.find_element(By.ID, "seat-summary").text == "1 running"
+    assert browser.find_element(By.CSS_SELECTOR, "#class-sites .site-seats").text == "live-01"
+    b.rest("DELETE", f"/api/v1/clusters/{cid}", token)
 
 
 def test_a_bad_class_shows_the_apis_message(broker: tuple[Broker, World], browser: Any) -> None:  # noqa: F811

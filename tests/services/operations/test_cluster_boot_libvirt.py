@@ -2,7 +2,9 @@
 with cloud-init (scripts/build-debian-guest.sh cloud, built by the fixture and cached under /var/tmp) boot
 on their overlays, take their addresses on the class network from the network-config of their NoCloud
 seed (static, on the interface with the seat's MAC), and cloud-init runs each seat's own user data from
-the seed. The proof comes from inside the guests: each seat's user data writes a line to its serial
+the seed. The class interface is in the domain the daemon defines (the seat's MAC on the class network)
+and no interface is hot-plugged after it, so cloud-init finds it at its first stage. The proof comes from
+inside the guests: each seat's user data writes a line to its serial
 console, read through ``GET /workloads/{id}/console``, naming the host name cloud-init set, the class
 network's address and MAC the guest holds and the systemd-networkd file that configured it (cloud-init's,
 with that address), the SSH key cloud-init installed and the password hash it set; a lease the network
@@ -32,7 +34,12 @@ from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Image, ImageReplica, Provider, Site
 from metavmm.translators.cloudinit import sha512_crypt
 from tests.services.operations.conftest import all_domains
-from tests.services.operations.test_cluster_network_libvirt import networks, settled
+from tests.services.operations.test_cluster_network_libvirt import (
+    class_interfaces,
+    networks,
+    settled,
+    spy_on_domains,
+)
 from tests.services.operations.test_libvirt_resources import API, PROVIDER, URI, client, done
 
 __all__ = ["client"]  # the REST client on a real libvirt provider, and its cleanup
@@ -127,7 +134,8 @@ def ssh_hostname(key: Path, ip: str) -> str:
 
 @pytest.mark.timeout(BOOT_TIMEOUT_S + 1500)  # and the guest's build on a fresh machine (9 to 13 min)
 async def test_seats_boot_take_their_reserved_addresses_and_run_their_own_user_data(
-        client: Any, cloud_guest: Path, tmp_path: Path) -> None:
+        client: Any, cloud_guest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    defined, plugged = spy_on_domains(monkeypatch)
     image_id = await register(client.app, cloud_guest)
     owners = ("ada", "bob")
     pairs = {o: ssh_key(tmp_path, o) for o in owners}
@@ -145,6 +153,10 @@ async def test_seats_boot_take_their_reserved_addresses_and_run_their_own_user_d
     assert [(s["hostname"], s["address"]) for s in seats] == [("boot-01", f"{subnet}.10/24"),
                                                               ("boot-02", f"{subnet}.11/24")]
 
+    # the class interface is the domain's from its definition (cloud-init sees it at first boot), never hot-plugged
+    at_create = dict(class_interfaces(xml) for xml in defined)
+    assert {f"mv-{s['workload_id']}": [(f"mv-{lab['network_id']}", s["mac"])] for s in seats} == at_create
+    assert not [x for x in plugged if "<interface" in x], plugged
     found = await asyncio.gather(*(marker(client, s["workload_id"], started) for s in seats))
     for owner, seat, ((said_owner, host, ip, mac, key, pw, up, cfg, static), seconds) in zip(
             owners, seats, found, strict=True):

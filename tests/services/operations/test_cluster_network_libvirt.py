@@ -10,7 +10,9 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import libvirt
+import pytest
 
+from metavmm.drivers.libvirt import LibvirtDriver
 from tests.services.operations.test_libvirt_resources import API, URI, client, devices, domain_xml, done
 
 __all__ = ["client"]  # the REST client on a real libvirt provider, and its cleanup
@@ -24,6 +26,33 @@ def reservations(network: str) -> set[tuple[str, str, str]]:
     finally:
         conn.close()
     return {(h.get("mac", ""), h.get("ip", ""), h.get("name", "")) for h in doc.findall("ip/dhcp/host")}
+
+
+def class_interfaces(xml: str) -> tuple[str, list[tuple[str, str]]]:
+    """A domain definition's name and its (network, MAC) interfaces on libvirt networks."""
+    doc = ET.fromstring(xml)
+    return doc.findtext("name") or "", [(i.find("source").get("network", ""), i.find("mac").get("address", ""))
+                                        for i in doc.findall("devices/interface[@type='network']")]
+
+
+def spy_on_domains(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """What the driver gives the real daemon to define, and every device attached to a domain afterwards
+    (the spies record it and pass it on)."""
+    defined: list[str] = []
+    plugged: list[str] = []
+    define, attach = LibvirtDriver._define_and_start, libvirt.virDomain.attachDeviceFlags
+
+    async def defining(self: LibvirtDriver, xml: str) -> Any:
+        defined.append(xml)
+        return await define(self, xml)
+
+    def attaching(self: libvirt.virDomain, xml: str, flags: int = 0) -> int:
+        plugged.append(xml)
+        return attach(self, xml, flags)
+
+    monkeypatch.setattr(LibvirtDriver, "_define_and_start", defining)
+    monkeypatch.setattr(libvirt.virDomain, "attachDeviceFlags", attaching)
+    return defined, plugged
 
 
 def networks() -> set[str]:
@@ -93,4 +122,39 @@ async def test_seats_get_their_addresses_by_dhcp_reservations_on_the_class_netwo
     assert made not in networks()
     resp = await client.delete(f"{API}/workloads/{net['workload']['id']}")
     await done(client, (await resp.json())["id"])
+    assert room not in networks()
+
+
+async def test_a_seat_is_created_with_its_class_interface_and_nothing_is_hot_plugged(
+        client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seat's interface on the class network is in the domain the driver defines (so cloud-init finds it
+    at first boot and applies the network-config's static address to it), with the seat's MAC, and the
+    link's attach plugs nothing into a running domain; a reset defines it the same way again. The spies
+    record what reaches the real daemon and pass it on."""
+    defined, plugged = spy_on_domains(monkeypatch)
+    subnet = f"10.{random.randint(200, 230)}.{random.randint(0, 255)}"  # a range no other test's bridge holds
+    resp = await client.post(f"{API}/clusters", json={"name": "cold", "seats": 2, "vcpus": 1, "ram_mib": 64,
+                                                      "cidr": f"{subnet}.0/24"})
+    assert resp.status == 202, await resp.text()
+    lab = await settled(client, await resp.json())
+    room = f"mv-{lab['network_id']}"
+    at_create = dict(class_interfaces(xml) for xml in defined)
+    for seat in lab["seats"]:
+        assert at_create[f"mv-{seat['workload_id']}"] == [(room, seat["mac"])]
+        links = await (await client.get(f"{API}/workloads/{seat['workload_id']}/links")).json()
+        assert [(lk["target_id"], lk["attributes"]["mac"], lk["attributes"]["state"]) for lk in links] == [
+            (lab["network_id"], seat["mac"], "active")]
+    assert reservations(room) == expected(lab)
+    assert not [x for x in plugged if "<interface" in x], plugged  # no interface was hot-plugged
+
+    defined.clear()
+    reset = await (await client.post(f"{API}/clusters/{lab['id']}/seats/2/reset")).json()
+    assert (await done(client, reset["id"]))["state"] == "succeeded"
+    seat = lab["seats"][1]
+    assert dict(class_interfaces(xml) for xml in defined) == {f"mv-{seat['workload_id']}": [(room, seat["mac"])]}
+    assert [(n, m) for n, m in class_interfaces(ET.tostring(domain_xml(f"mv-{seat['workload_id']}", inactive=True),
+                                                              encoding="unicode"))[1]] == [(room, seat["mac"])]
+    assert not [x for x in plugged if "<interface" in x], plugged
+    for op in await (await client.delete(f"{API}/clusters/{lab['id']}")).json():
+        await done(client, op["id"])
     assert room not in networks()

@@ -83,6 +83,72 @@
       el.textContent = parts.length ? parts.map(function (p) { return p[1] + " " + p[0]; }).join(", ") : "no seats";
     });
   }
+  const states = {};  // each workload's state as the last workload event said (a row added later starts from it)
+  const gone = {};  // seats removed while their row was asked for
+  function seat(d) {
+    // a class's seat added or removed elsewhere (REST, the CLI, another browser): its row comes and goes
+    if (document.querySelector('#cluster[data-cluster-id="' + CSS.escape(d.cluster) + '"]')) {
+      const count = document.getElementById("seat-count"); if (count) { count.textContent = d.seats; }
+      const body = document.querySelector("#seats tbody");
+      const row = body && body.querySelector('tr[data-workload-id="' + CSS.escape(d.workload) + '"]');
+      if (!d.present) {
+        gone[d.workload] = true;
+        if (row) { row.remove(); }
+        if (body && !body.querySelector("tr[data-seat]") && !body.querySelector("tr.none")) {
+          const none = document.createElement("tr"); none.className = "none";
+          const td = document.createElement("td"); td.colSpan = 9; td.textContent = "No seats.";
+          none.appendChild(td); body.appendChild(none);
+        }
+      } else if (body && !row) { addSeat(body, d); }
+    }
+    each('#classes tr[data-cluster-id="' + CSS.escape(d.cluster) + '"]', function (tr) {
+      // the classes list: the class's seat count, and its seats' states for the summary
+      tr.setAttribute("data-seats", d.seats);
+      const n = tr.querySelector(".seat-count"); if (n) { n.textContent = d.seats; }
+      const held = tr.querySelector('[data-workload-id="' + CSS.escape(d.workload) + '"]');
+      const summary = tr.querySelector(".seat-summary");
+      if (!d.present) { if (held) { held.remove(); } } else if (!held && summary) {
+        const span = document.createElement("span"); span.hidden = true;
+        span.setAttribute("data-workload-id", d.workload);
+        const st = document.createElement("span"); st.className = "wl-state"; st.textContent = states[d.workload] || d.state;
+        span.appendChild(st); summary.parentNode.appendChild(span);
+      }
+    });
+    seatSummaries();
+    siteSeats();
+  }
+  function siteSeats() {
+    // each site's seats on a class page (its address range's table): the seat rows at that site, by serial
+    each("#class-sites tr[data-site]", function (tr) {
+      const cell = tr.querySelector(".site-seats");
+      if (!cell) { return; }
+      const names = [];
+      document.querySelectorAll("#seats tr[data-seat]").forEach(function (row) {
+        if (row.getAttribute("data-site") === tr.getAttribute("data-site")) { names.push(row.getAttribute("data-hostname")); }
+      });
+      cell.textContent = names.length ? names.join(", ") : "none";
+    });
+  }
+  function addSeat(body, d) {
+    // the row as the page renders it (GET /ui/clusters/{id}/seats/{serial}), in serial order
+    fetch("/ui/clusters/" + encodeURIComponent(d.cluster) + "/seats/" + encodeURIComponent(d.serial),
+      { credentials: "same-origin" }).then(function (r) { return r.ok ? r.text() : null; }).then(function (html) {
+      if (html === null || gone[d.workload]) { return; }
+      if (body.querySelector('tr[data-workload-id="' + CSS.escape(d.workload) + '"]')) { return; }
+      const t = document.createElement("template"); t.innerHTML = html.trim();
+      const row = t.content.querySelector("tr[data-seat]");
+      if (!row || row.getAttribute("data-workload-id") !== d.workload) { return; }
+      const st = row.querySelector(".wl-state"); if (st && states[d.workload]) { st.textContent = states[d.workload]; }
+      const next = Array.prototype.find.call(body.querySelectorAll("tr[data-seat]"), function (r) {
+        return Number(r.getAttribute("data-seat")) > Number(d.serial);
+      });
+      body.insertBefore(row, next || null);
+      const none = body.querySelector("tr.none"); if (none) { none.remove(); }
+      seatSummaries();
+      siteSeats();
+    });
+  }
+  source.addEventListener("seat", function (e) { seat(JSON.parse(e.data)); });
   source.addEventListener("operation", function (e) {
     const d = JSON.parse(e.data);
     repoint(d);
@@ -149,6 +215,7 @@
   });
   source.addEventListener("workload", function (e) {
     const d = JSON.parse(e.data);
+    states[d.workload] = d.state;
     each('[data-workload-id="' + CSS.escape(d.workload) + '"]', function (el) {
       const state = el.querySelector(".wl-state"); if (state) { state.textContent = d.state; }
       const desired = el.querySelector(".wl-desired"); if (desired) { desired.textContent = d.desired_state; }
