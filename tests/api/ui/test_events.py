@@ -20,6 +20,7 @@ from metavmm.catalog.db import session_scope
 from metavmm.foundation.config import parse_config
 from metavmm.services.identity import set_membership
 from tests.api.ui.test_session import CSRF, _browser
+from tests.polling import polls
 from tests.world import World, seed
 
 CONFIG = """
@@ -77,7 +78,7 @@ async def create(client: Any, w: World, who: str, name: str) -> str:
                              headers=w.auth(who))
     assert resp.status == 202, await resp.text()
     op_id = str((await resp.json())["operation"]["id"])
-    for _ in range(400):
+    for _ in polls():
         op = await (await client.get(f"/api/v1/operations/{op_id}", headers=w.auth(who))).json()
         if op["state"] in ENDED:
             return op_id
