@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlmodel import col, select
 
 from metavmm.catalog import spend
@@ -96,6 +97,31 @@ async def test_a_workload_running_across_a_month_boundary_counts_in_both_months_
         (now_line,) = await period_costs(s, pid, *parse_period(boundary.strftime("%Y-%m")))
         assert now_line.running and now_line.hours >= this.hours and now_line.price_sources == ["placement"]
 
+
+
+async def test_a_change_dated_before_a_month_boundary_already_cut_ends_the_stretch_then(sessions: Any) -> None:
+    """A stretch from before a month boundary is cut there (its open piece starts at the boundary); a stop
+    dated before the boundary (the writer's ``updated_at``) ends it then. Fails on the old code: the piece
+    before the boundary kept its hours up to the boundary (charged 3 h for 1 h of running)."""
+    boundary = month_start(NOW)
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "late-news", "1", boundary - timedelta(hours=3))
+        assert [aware(r.period_end) for r in await _rows(s, w.id)] == [boundary, None]  # cut at the boundary
+        await _change(s, w, "stopped", boundary - timedelta(hours=2))
+        rows = await _rows(s, w.id)
+        assert sum(r.hours for r in rows) == Decimal(1) and sum(r.amount for r in rows) == Decimal(1)
+        assert all(aware(r.period_end) <= boundary - timedelta(hours=2) or r.hours == 0 for r in rows)
+
+        since = month_start(boundary - timedelta(days=1)) - timedelta(hours=1)  # two boundaries back
+        again = await _running(s, pid, "late-round", "1", since)
+        await s.exec(update(Workload).where(col(Workload.id) == again.id)  # type: ignore[call-overload]
+                     .values(observed_state="stopped", updated_at=since + timedelta(minutes=30)))  # no hook
+        await s.commit()
+        await accrue_round(s)  # closes what the hook missed when it happened: before both boundaries
+        await s.commit()
+        rows = await _rows(s, again.id)
+        assert len(rows) == 3 and sum(r.hours for r in rows) == Decimal("0.5")
 
 
 async def test_a_month_long_outage_of_the_round_still_splits_by_month(sessions: Any) -> None:
