@@ -182,11 +182,12 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
 async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(partner: Partner,  # noqa: F811
                                                                               aiohttp_client: Any,
                                                                               tmp_path: Path) -> None:
-    """B is a real `metavmm serve` process here, its creates slow (5 s), SIGKILLed while A waits for one."""
+    """B is a real `metavmm serve` process here, its creates slow (60 s: the kill must come while one sleeps, and a
+    loaded machine may take seconds to see A waiting), SIGKILLed while A waits for one."""
     await partner.server.close()  # seeded in-process; from here B runs as its own process on that catalog
     slow, fast = tmp_path / "b-slow.yaml", tmp_path / "b.yaml"
     fast.write_text(PARTNER_CONFIG)
-    slow.write_text(PARTNER_CONFIG.replace("hosts_per_site: 2", "hosts_per_site: 2, create_delay_s: 5"))
+    slow.write_text(PARTNER_CONFIG.replace("hosts_per_site: 2", "hosts_per_site: 2, create_delay_s: 60"))
     serve = ("serve", "--port", "0", "--no-sync", "--database", f"sqlite:///{tmp_path / 'b.db'}", "--config")
     b = Metavmm(tmp_path, *serve, str(slow))
     try:
@@ -202,7 +203,7 @@ async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(pa
         assert resp.status == 202, await resp.text()
         body = await resp.json()
         wid, op_id = body["workload"]["id"], body["operation"]["id"]
-        for _ in polls():  # until A waits for the compute B accepted (B's create sleeps its 5 s)
+        for _ in polls():  # until A waits for the compute B accepted (B's create sleeps its 60 s)
             op = await (await client.get(f"{API}/operations/{op_id}")).json()
             if op["steps"][op["current_step"]]["action"] == "vm.wait":
                 break
