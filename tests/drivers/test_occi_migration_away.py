@@ -192,8 +192,8 @@ async def test_a_kill_of_b_mid_transfer_leaves_the_vm_at_b(partner: Partner, aio
 
         def slow(self: Any, data: Any, offset: int) -> None:
             import time
-            time.sleep(0.2)
-            write(self, data, offset)
+            time.sleep(1.0)  # a transfer of a minute: the kill comes mid-transfer even if a loaded machine is slow
+            write(self, data, offset)  # to see it under way (at 0.2 s a chunk it had ~13 s)
 
         monkeypatch.setattr(streamdecode.Writer, "put", slow)
         resp = await client.post(f"{API}/workloads/{wid}/migrate", json={"site": "sim-a/sim-000", "mode": "cold"})
