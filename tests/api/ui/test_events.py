@@ -46,7 +46,7 @@ async def open_stream(client: Any, sid: str) -> Any:
     return resp
 
 
-async def read_until(resp: Any, until: Any, timeout_s: float = 20) -> list[Frame]:
+async def read_until(resp: Any, until: Any, timeout_s: float = 120) -> list[Frame]:
     """SSE frames (event, data) until ``until(frame)`` holds, or the response's end (a None frame closes the
     list). A safety net against a hang, not a speed assertion: the stream ends in well under a second."""
     seen: list[Frame] = []

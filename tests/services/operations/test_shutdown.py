@@ -106,7 +106,7 @@ def _plan(situation: str, rng: random.Random) -> tuple[list[Step], str]:
     return [_step(t, seconds=short()) for t in ("a", "b", "c")], OperationState.SUCCEEDED
 
 
-async def _until(check: Any, what: str, timeout_s: float = 30) -> None:
+async def _until(check: Any, what: str, timeout_s: float = 120) -> None:
     """Wait for ``check()`` (a bound on the wait, not an assertion on speed)."""
     try:
         async with asyncio.timeout(timeout_s):
