@@ -38,7 +38,7 @@ class Vcsim:
     pid: int | None = None
     control: Path | None = None
 
-    def set_connected(self, host: str, connected: bool, timeout_s: float = 10, *, power_cycled: bool = False) -> None:
+    def set_connected(self, host: str, connected: bool, timeout_s: float = 120, *, power_cycled: bool = False) -> None:
         """Show ``host`` (and its VMs) disconnected, as a vCenter shows a host it lost, or connected again
         (``power_cycled``: back from a power-off, its VMs powered off), while the simulator runs (its control
         file and SIGUSR1); returns once the simulator applied it."""
@@ -87,8 +87,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PORT_ATTEMPTS = 3
+"""A port found free may be taken by another process before vcsim binds it (an ephemeral port of a
+connection, on a busy machine): vcsim then exits at once, and is started again on another port."""
+
+
 @contextmanager
-def vcsim(start_timeout_s: float = 30, *, disconnect: str | None = None) -> Iterator[Vcsim]:
+def vcsim(start_timeout_s: float = 120, *, disconnect: str | None = None) -> Iterator[Vcsim]:
     """A vcsim on a free port; ``disconnect`` names a host it shows disconnected (with its VMs), as a vCenter
     shows a host it lost (:meth:`Vcsim.set_connected` does it while the simulator runs)."""
     binary = build()
@@ -96,16 +101,21 @@ def vcsim(start_timeout_s: float = 30, *, disconnect: str | None = None) -> Iter
     password_file = secrets / "password"
     password_file.write_text(PASSWORD)
     password_file.chmod(0o600)
-    port = _free_port()
     log = (secrets / "vcsim.log").open("w")
     control = secrets / "control"
-    proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password", PASSWORD,
-                             "-control", str(control)] + (["-disconnect", disconnect] if disconnect else []),
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
+    for attempt in range(PORT_ATTEMPTS):
+        port = _free_port()
+        extra = ["-disconnect", disconnect] if disconnect else []
+        proc = subprocess.Popen([str(binary), "-listen", f"127.0.0.1:{port}", "-username", USER, "-password",
+                                 PASSWORD, "-control", str(control), *extra],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
         line = proc.stdout.readline() if ready else ""
+        if line or not ready or attempt == PORT_ATTEMPTS - 1:  # READY (or whatever it said), or slow: no retry
+            break
+        proc.wait()  # its output ended before READY: it exited (the free port was taken meanwhile, most likely)
+    try:
         if not line.startswith("READY"):
             raise VcsimUnavailable(f"vcsim did not start in {start_timeout_s:.0f} s: see {secrets / 'vcsim.log'}")
         yield Vcsim("127.0.0.1", port, USER, password_file, proc.pid, control)

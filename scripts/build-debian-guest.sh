@@ -21,6 +21,9 @@ case $flavour in
 esac
 out=${2:-/var/tmp/metavmm-$flavour-guest}
 disk="$out/debian12.raw"
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9  # one build at a time: two test sessions on one machine removed each other's tree (rm -rf below)
 if [ -s "$disk" ] && [ "$(cat "$out/.done" 2>/dev/null)" = "$version" ]; then echo "$disk"; exit 0; fi
 mkdir -p "$out"
 root="$out/root"

@@ -56,9 +56,16 @@ def postgres_server() -> Iterator[str]:
         run_as = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*run_as, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run([*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
-                    "start"], check=True, capture_output=True)
+    for attempt in range(3):  # a port found free may be taken before the server binds it: then another one
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        started = subprocess.run([*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"),
+                                  "-w", "start"], capture_output=True)
+        log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
+        if started.returncode == 0 or "could not bind" not in log or attempt == 2:
+            break
+        port = _free_port()
+    if started.returncode != 0:
+        pytest.fail(f"PostgreSQL did not start: {started.stderr.decode(errors='replace')[-500:]}\n{log[-1500:]}")
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,12 @@ import pytest
 
 from metavmm.drivers.libvirt import METADATA_NS
 from metavmm.services.marketplace.builtin import TINY
+from tests.cli.test_serve import SERVING
 
 REPO = Path(__file__).resolve().parents[1]
 README_BLOCK = re.compile(r"<!-- default-path: (\w+)[^>]*-->\s*```sh\n(.*?)```", re.S)
 URI = "qemu:///system"
 DEADLINE_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def readme_blocks(port: int) -> dict[str, str]:
@@ -99,12 +93,16 @@ def broker(state_dir: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """`metavmm serve` on the default federation; yields its port and the environment its CLI needs."""
     if subprocess.run(["virsh", "-c", URI, "version"], capture_output=True).returncode != 0:
         pytest.fail("the system libvirt daemon is not answering: run scripts/libvirtd.sh (make test does)")
-    port = _free_port()
     env = {**os.environ, "METAVMM_STATE_DIR": str(state_dir)}
     log = (state_dir / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "metavmm", "serve", "--port", str(port)], cwd=REPO, env=env,
+    # port 0: the broker binds a free port itself and says which (a port probed free here could be taken
+    # by another process before the broker bound it)
+    proc = subprocess.Popen([sys.executable, "-m", "metavmm", "serve", "--port", "0"], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
+        said = until("the broker listens", lambda: _exited(proc, state_dir)
+                     or SERVING.search((state_dir / "serve.log").read_text(errors="replace")))
+        port = int(said.group(1))
         until("the broker answers", lambda: _exited(proc, state_dir)
               or http(f"http://127.0.0.1:{port}/readyz")[0] == 200)
         yield port, env

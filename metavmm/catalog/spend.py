@@ -177,9 +177,30 @@ def _cut(session: Session, row: SpendAccrual, until: datetime) -> SpendAccrual:
 
 
 def _close(session: Session, row: SpendAccrual, end: datetime) -> None:
-    """End the stretch at ``end`` (never before it started), cut at month boundaries."""
+    """End the stretch at ``end`` (never before it started), cut at month boundaries. An ``end`` before the
+    row's start (a change dated before a month boundary the ledger already cut the stretch at: a writer's
+    ``updated_at``, a round that closes what the hook missed) ends the stretch's earlier pieces there too."""
+    if aware(end) < aware(row.period_start):
+        _trim_back(session, row, aware(end))
     end = max(aware(end), aware(row.period_start))
     _cut(session, row, end).period_end = end
+
+
+def _trim_back(session: Session, row: SpendAccrual, end: datetime) -> None:
+    """The pieces of ``row``'s stretch before it (same workload and rate, each closed where the next began)
+    end at ``end``: those that began after it count nothing. Before, they kept their hours up to the
+    boundary, and a stretch closed back across a month boundary was charged until that boundary."""
+    rate, start = _rate_of_row(row), aware(row.period_start)
+    with session.no_autoflush:
+        closed = session.scalars(select(SpendAccrual).where(SpendAccrual.workload_id == row.workload_id,
+                                                            col(SpendAccrual.period_end).is_not(None))).all()
+    pieces = {aware(p.period_end): p for p in closed if _rate_of_row(p) == rate and p is not row}
+    while start > end and (piece := pieces.get(start)) is not None:
+        start = aware(piece.period_start)
+        piece.period_start = start
+        _fill(piece, max(end, start))
+        piece.period_end = max(end, start)
+        session.add(piece)
 
 
 def _open(session: Session, workload: Workload, rate: Rate, start: datetime, now: datetime) -> None:

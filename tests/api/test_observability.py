@@ -41,6 +41,7 @@ from metavmm.services.operations import store
 from metavmm.services.sync import sync_all
 from tests.api.ui.test_events import ended, read_until
 from tests.api.ui.test_session import _browser
+from tests.polling import WAIT_S, polls
 from tests.world import World, seed
 
 API = "/api/v1"
@@ -80,7 +81,7 @@ async def _create(client: Any, w: World, who: str, name: str, request_id: str | 
     resp = await client.post(f"{API}/workloads", json={"name": name, "vcpus": 1, "ram_mib": 512}, headers=headers)
     assert resp.status == 202, await resp.text()
     body = await resp.json()
-    for _ in range(400):
+    for _ in polls():
         op = await (await client.get(f"{API}/operations/{body['operation']['id']}", headers=w.auth(who))).json()
         if op["state"] in ENDED:
             assert op["state"] == "succeeded", op
@@ -337,7 +338,9 @@ async def test_a_busy_catalog_at_a_recheck_keeps_the_stream_until_checks_keep_fa
 
     monkeypatch.setattr(events_api, "authenticate", flaky)
     alpha = await client.get(f"{API}/events", headers=_follow(w, "alpha_member"))
-    await asyncio.sleep(1.0)  # five recheck intervals: two busy, then fine
+    async with asyncio.timeout(WAIT_S):  # two busy rechecks, then a fine one (waited for: a loaded machine's loop
+        while busy["asked"] < events_api.RECHECK_MISSES:  # may run fewer than five checks in a second)
+            await asyncio.sleep(0.05)
     mine = await _create(client, w, "alpha_member", "streamed-through-busy-checks")
     frames = await read_until(alpha, ended(mine["operation"]["id"]))
     assert busy["left"] == 0 and busy["asked"] >= events_api.RECHECK_MISSES

@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+from sqlalchemy import update
 from sqlmodel import col, select
 
+from metavmm.catalog import spend
 from metavmm.catalog.models import Project, SpendAccrual, Workload, aware
 from metavmm.catalog.spend import (
     QUANTUM,
@@ -21,6 +24,23 @@ from metavmm.catalog.spend import (
     period_costs,
     totals,
 )
+
+NOW = month_start(month_start(datetime.now(UTC)) - timedelta(days=1)) + timedelta(days=14, hours=12)
+"""The ledger's clock in these tests (the state-change hook's and the round's): noon on the 15th of last
+month, fixed. Timelines of "12 hours ago until now" crossed a month boundary when the suite ran in the first
+hours of a month (the stretch was cut in two and ``(row,) = ...`` failed), and "now" moved between the
+test's reading and the ledger's."""
+
+
+class _Clock(datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+        return NOW if tz is not None else NOW.replace(tzinfo=None)
+
+
+@pytest.fixture(autouse=True)
+def _frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spend, "datetime", _Clock)
 
 
 def _placed(price: str | None = "0.5", policy: str | None = None) -> dict[str, Any]:
@@ -57,14 +77,14 @@ async def _rows(s: Any, workload_id: str) -> list[SpendAccrual]:
 
 
 async def test_a_workload_running_across_a_month_boundary_counts_in_both_months_by_hours(sessions: Any) -> None:
-    boundary = month_start(datetime.now(UTC))
+    boundary = month_start(NOW)
     async with sessions() as s:
         pid = await _project(s, "alpha")
         w = await _running(s, pid, "across", "0.5", boundary - timedelta(hours=2))  # cut at the month's start
-        before = datetime.now(UTC)
+        before = NOW
         await accrue_round(s)  # the periodic round
         await s.commit()
-        after = datetime.now(UTC)
+        after = NOW
         last, this = await _rows(s, w.id)
         assert (aware(last.period_start), aware(last.period_end), last.hours, last.amount) == (
             boundary - timedelta(hours=2), boundary, Decimal(2), Decimal(1))
@@ -78,10 +98,36 @@ async def test_a_workload_running_across_a_month_boundary_counts_in_both_months_
         assert now_line.running and now_line.hours >= this.hours and now_line.price_sources == ["placement"]
 
 
+
+async def test_a_change_dated_before_a_month_boundary_already_cut_ends_the_stretch_then(sessions: Any) -> None:
+    """A stretch from before a month boundary is cut there (its open piece starts at the boundary); a stop
+    dated before the boundary (the writer's ``updated_at``) ends it then. Fails on the old code: the piece
+    before the boundary kept its hours up to the boundary (charged 3 h for 1 h of running)."""
+    boundary = month_start(NOW)
+    async with sessions() as s:
+        pid = await _project(s, "alpha")
+        w = await _running(s, pid, "late-news", "1", boundary - timedelta(hours=3))
+        assert [aware(r.period_end) for r in await _rows(s, w.id)] == [boundary, None]  # cut at the boundary
+        await _change(s, w, "stopped", boundary - timedelta(hours=2))
+        rows = await _rows(s, w.id)
+        assert sum(r.hours for r in rows) == Decimal(1) and sum(r.amount for r in rows) == Decimal(1)
+        assert all(aware(r.period_end) <= boundary - timedelta(hours=2) or r.hours == 0 for r in rows)
+
+        since = month_start(boundary - timedelta(days=1)) - timedelta(hours=1)  # two boundaries back
+        again = await _running(s, pid, "late-round", "1", since)
+        await s.exec(update(Workload).where(col(Workload.id) == again.id)  # type: ignore[call-overload]
+                     .values(observed_state="stopped", updated_at=since + timedelta(minutes=30)))  # no hook
+        await s.commit()
+        await accrue_round(s)  # closes what the hook missed when it happened: before both boundaries
+        await s.commit()
+        rows = await _rows(s, again.id)
+        assert len(rows) == 3 and sum(r.hours for r in rows) == Decimal("0.5")
+
+
 async def test_a_month_long_outage_of_the_round_still_splits_by_month(sessions: Any) -> None:
     """A stretch closed long after it started is cut at every month boundary on the way."""
-    boundary = month_start(datetime.now(UTC))
-    start = month_start(boundary - timedelta(days=40)) + timedelta(days=30)  # late two months ago
+    boundary = month_start(NOW)
+    start = month_start(boundary - timedelta(days=1)) - timedelta(days=1)  # the last day of two months ago
     async with sessions() as s:
         pid = await _project(s, "alpha")
         w = await _running(s, pid, "long", "1", start)
@@ -95,7 +141,7 @@ async def test_a_month_long_outage_of_the_round_still_splits_by_month(sessions: 
 async def test_a_stop_closes_the_stretch_when_it_happened_and_a_deleted_workloads_cost_stays(sessions: Any) -> None:
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        start = datetime.now(UTC) - timedelta(hours=12)
+        start = NOW - timedelta(hours=12)
         w = await _running(s, pid, "brief", "2", start)
         await _change(s, w, "stopped", start + timedelta(hours=4))
         await _change(s, w, "running", start + timedelta(hours=10))  # started again: a new stretch
@@ -115,7 +161,7 @@ async def test_the_round_closes_what_the_hook_missed_and_opens_what_runs_without
 
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        w = await _running(s, pid, "bulk", None, datetime.now(UTC) - timedelta(hours=8))
+        w = await _running(s, pid, "bulk", None, NOW - timedelta(hours=8))
         stopped = w.updated_at + timedelta(hours=6)
         await s.exec(update(Workload).where(col(Workload.id) == w.id)  # type: ignore[call-overload]
                      .values(observed_state="stopped", updated_at=stopped))  # a bulk update: no flush hook
@@ -132,10 +178,10 @@ async def test_a_change_that_leaves_updated_at_alone_happens_now(sessions: Any) 
     the stale ``updated_at`` (which would lose the hours it ran)."""
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        w = await _running(s, pid, "quiet", "1", datetime.now(UTC) - timedelta(hours=10))
+        w = await _running(s, pid, "quiet", "1", NOW - timedelta(hours=10))
         w.observed_state = "stopped"
         s.add(w)
-        before = datetime.now(UTC)
+        before = NOW
         await s.commit()
         rows = await _rows(s, w.id)  # (two when a month began in those 10 hours)
         assert aware(rows[-1].period_end) >= before and Decimal(10) <= sum(r.hours for r in rows) < Decimal("10.01")
@@ -146,7 +192,7 @@ async def test_the_round_keeps_one_open_stretch_per_workload(sessions: Any) -> N
     the round keeps the earliest and zeroes the other."""
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        started = max(datetime.now(UTC) - timedelta(minutes=30), month_start(datetime.now(UTC)))
+        started = max(NOW - timedelta(minutes=30), month_start(NOW))
         w = await _running(s, pid, "twice", "1", started)
         (first,) = await _rows(s, w.id)
         s.add(SpendAccrual(**{k: v for k, v in first.model_dump().items() if k != "id"}
@@ -156,8 +202,8 @@ async def test_the_round_keeps_one_open_stretch_per_workload(sessions: Any) -> N
         await s.commit()
         rows = await _rows(s, w.id)
         assert [r.period_end is None for r in rows] == [True, False] and rows[1].hours == 0
-        assert hours_between(started, datetime.now(UTC)) - Decimal("0.01") <= rows[0].hours \
-            <= hours_between(started, datetime.now(UTC))
+        assert hours_between(started, NOW) - Decimal("0.01") <= rows[0].hours \
+            <= hours_between(started, NOW)
 
 
 async def test_a_new_price_the_hook_missed_starts_a_new_stretch_at_the_round(sessions: Any) -> None:
@@ -165,9 +211,9 @@ async def test_a_new_price_the_hook_missed_starts_a_new_stretch_at_the_round(ses
 
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        started = max(datetime.now(UTC) - timedelta(hours=3), month_start(datetime.now(UTC)))
+        started = max(NOW - timedelta(hours=3), month_start(NOW))
         w = await _running(s, pid, "repriced", "1", started)
-        changed = started + (datetime.now(UTC) - started) / 2
+        changed = started + (NOW - started) / 2
         await s.exec(update(Workload).where(col(Workload.id) == w.id)  # type: ignore[call-overload]
                      .values(spec=_placed("3"), updated_at=changed))
         await s.commit()
@@ -184,7 +230,7 @@ async def test_a_stopped_compute_is_charged_its_disk_and_a_running_one_its_price
     a running one costs its price plus its disk; a site with no storage price charges a stopped VM nothing."""
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        start = datetime.now(UTC) - timedelta(hours=12)
+        start = NOW - timedelta(hours=12)
         w = Workload(project_id=pid, kind="compute", name="disky", observed_state="running", created_at=start,
                      updated_at=start, spec={"placement": {**_placed("0.5")["placement"], "storage_per_hour": "0.01"}})
         s.add(w)
@@ -217,7 +263,7 @@ async def test_a_volume_accrues_its_size_while_it_exists_and_the_round_opens_one
 
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        start = datetime.now(UTC) - timedelta(hours=12)
+        start = NOW - timedelta(hours=12)
         placement = {"provider": "cloud", "site": "cloud-1", "storage_per_hour": "0.1",
                      "cost_per_hour": {"amount": "0.1", "currency": "USD"}}
         v = Workload(project_id=pid, kind="storage", name="vol", observed_state="online", created_at=start,
@@ -252,15 +298,15 @@ async def test_a_volume_accrues_its_size_while_it_exists_and_the_round_opens_one
 async def test_a_one_off_charge_is_written_once_and_counts_in_its_month(sessions: Any) -> None:
     async with sessions() as s:
         pid = await _project(s, "alpha")
-        w = await _running(s, pid, "mover", "1", max(datetime.now(UTC) - timedelta(hours=1),
-                                                      month_start(datetime.now(UTC))))
+        w = await _running(s, pid, "mover", "1", max(NOW - timedelta(hours=1),
+                                                      month_start(NOW)))
         what = Charge(Decimal("0.36"), "USD", gib=Decimal(4), provider="cloud", site="cloud-1")
         assert await s.run_sync(lambda ss: charge(ss, w, what, ref="op-1/record"))
         assert not await s.run_sync(lambda ss: charge(ss, w, what, ref="op-1/record"))  # a retried step
         await s.commit()
         (charged,) = [r for r in await _rows(s, w.id) if r.price_source == "egress"]
         assert (charged.hours, charged.amount, charged.project_id) == (0, Decimal("0.36"), pid)
-        (line,) = await period_costs(s, pid, *parse_period(datetime.now(UTC).strftime("%Y-%m")))
+        (line,) = await period_costs(s, pid, *parse_period(NOW.strftime("%Y-%m")))
         assert line.one_off == Decimal("0.36") and line.amount > Decimal("0.36") and line.site == "cloud-1"
         assert await period_costs(s, pid, *parse_period("2020-01")) == []
         assert Charge.from_params(what.as_params()) == what and Charge.from_params({"amount": "0"}) is None

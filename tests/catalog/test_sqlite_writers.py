@@ -16,6 +16,7 @@ from sqlalchemy import event, text
 from metavmm.catalog import db
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Project
+from tests.polling import WAIT_S
 
 
 def _thread_probe(sessions: Any) -> list[int]:
@@ -75,9 +76,11 @@ async def test_a_first_write_behind_another_process_waits_without_blocking_the_l
     tick_task = asyncio.create_task(ticker())
     try:
         writer = asyncio.create_task(write())
-        await asyncio.sleep(0.5)
-        assert not writer.done()  # waiting for the other's lock, in the busy handler
-        assert ticks >= 10  # and the loop ran meanwhile
+        async with asyncio.timeout(WAIT_S):  # ten ticks, however long a loaded machine takes to run them
+            while ticks < 10:  # the loop runs while the writer waits (a blocked loop would not tick) ...
+                assert not writer.done()  # ... for the other's lock, in the busy handler
+                await asyncio.sleep(0.01)
+        assert not writer.done()
         other.execute("COMMIT")
         await asyncio.wait_for(writer, 10)
         async with sessions() as s:

@@ -23,6 +23,7 @@ from metavmm.services.identity import get_or_create_project, get_or_create_user,
 from metavmm.services.operations.store import ACTIVE
 from metavmm.services.sync import sync_all
 from tests.api.occi.conftest import publish_image
+from tests.polling import polls
 
 PARTNER = """
 providers:
@@ -60,7 +61,7 @@ class Partner:
 
     async def idle(self) -> None:
         """Until no operation of B runs (B's engine runs in the same event loop)."""
-        for _ in range(400):
+        for _ in polls():
             async with self.app[keys.SESSIONS]() as s:
                 busy = (await s.exec(select(Operation).where(Operation.state.in_(ACTIVE)))).all()  # type: ignore[attr-defined]
             if not busy:

@@ -73,7 +73,7 @@ async def test_import_through_an_upload_disk_then_export_through_a_snapshot(
     # a VM of that image; its OS disk comes back out as the same fixed VHD
     vm = await driver.create_vm(VmSpec(name=unique("vm"), region="westus", image=image.provider_image_id, vcpus=2,
                                        ram_mib=8192, flavor="Standard_D2s_v5"))
-    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)
+    await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
     await driver.stop_vm(vm.provider_vm_id)
     (tmp_path / "export").mkdir()
     out = await driver.ex_export_disk(vm.provider_vm_id, str(tmp_path / "export"))

@@ -86,7 +86,7 @@ async def test_import_uploads_a_tar_gz_inserts_the_image_and_cleans_the_bucket(d
     # the image boots an instance, and the broker can remove it again
     vm = await driver.create_vm(VmSpec(name="from-import", region="us-central1", image=image.provider_image_id,
                                        vcpus=2, ram_mib=2048))
-    assert (await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)).state == VmState.RUNNING
+    assert (await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)).state == VmState.RUNNING
     await driver.delete_vm(vm.provider_vm_id)
     await driver.ex_delete_image("migrate-ab12", "us-central1")
     assert "migrate-ab12" not in gce.images["metavmm-test"]

@@ -31,6 +31,7 @@ from metavmm.foundation.records import Capability, DiskRef, VmSpec, VmState
 from metavmm.translators.bootdisk import marker_line, write_boot_disk
 from metavmm.translators.cpu_traits import cpu_traits
 from tests.drivers.conftest import SessionHost, qemu_img, unique
+from tests.polling import polls
 
 pytestmark = pytest.mark.usefixtures("system_libvirt")
 
@@ -104,7 +105,7 @@ async def test_lifecycle_on_real_qcow2(driver: LibvirtDriver, libvirt_storage: P
     await driver.restart_vm(vm.provider_vm_id)
     assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING
     await driver.stop_vm(vm.provider_vm_id)
-    assert (await driver.wait_for(vm.provider_vm_id, VmState.STOPPED, timeout_s=10)).state == VmState.STOPPED
+    assert (await driver.wait_for(vm.provider_vm_id, VmState.STOPPED)).state == VmState.STOPPED
     await driver.start_vm(vm.provider_vm_id)
     assert (await driver.get_vm(vm.provider_vm_id)).state == VmState.RUNNING
     listed = {v.provider_vm_id: v for v in await driver.list_vms()}
@@ -128,7 +129,7 @@ async def test_console_log_of_a_boot_sector_guest(driver: LibvirtDriver, libvirt
     vm = await driver.create_vm(_spec(image=str(image), disk_gib=0, ram_mib=32))
     log = libvirt_storage / "disks" / f"{vm.provider_vm_id}-console.log"
     out = ""
-    for _ in range(150):
+    for _ in polls():
         out = await driver.console_output(vm.provider_vm_id)
         if marker_line(marker_id) in out:
             break

@@ -76,7 +76,7 @@ async def test_inventory_a_computes_life_and_its_links_in_both_renderings(partne
                                            flavor="sim.small", workload_id="wl-1", ssh_key=KEY,
                                            user_data=USER_DATA))
         assert vm.state in (VmState.PENDING, VmState.RUNNING) and vm.workload_id == "wl-1"
-        vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)
+        vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
         assert vm.flavor == "sim.small" and vm.image == image.provider_image_id and vm.extra["vcpus"] == 1
         (row,) = await partner.workloads("x")  # B created it for project x, with what A asked
         assert row.id == vm.provider_vm_id and row.name == "lesson-1" and row.observed_state == "running"
@@ -89,12 +89,12 @@ async def test_inventory_a_computes_life_and_its_links_in_both_renderings(partne
             await getattr(driver, f"{verb}_vm")(vm.provider_vm_id)
             if verb == "restart":
                 await partner.idle()
-            assert (await driver.wait_for(vm.provider_vm_id, state, timeout_s=30)).state == state
+            assert (await driver.wait_for(vm.provider_vm_id, state)).state == state
             (row,) = await partner.workloads("x")
             assert row.observed_state == b_state, (verb, row.observed_state)
 
         await driver.stop_vm(vm.provider_vm_id)
-        await driver.wait_for(vm.provider_vm_id, VmState.STOPPED, timeout_s=30)
+        await driver.wait_for(vm.provider_vm_id, VmState.STOPPED)
         await driver.resize_vm(vm.provider_vm_id, vcpus=1, ram_mib=1024, flavor="sim.medium")
         await partner.idle()
         resized = await driver.get_vm(vm.provider_vm_id)
@@ -102,7 +102,7 @@ async def test_inventory_a_computes_life_and_its_links_in_both_renderings(partne
         (row,) = await partner.workloads("x")
         assert (row.spec["vcpus"], row.spec["ram_mib"]) == (2, 4096)
         await driver.start_vm(vm.provider_vm_id)
-        await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=30)
+        await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
 
         # storage, networks and their links to the compute
         vol = await driver.create_volume(VolumeSpec(name="homework", region="school-b", size_gib=2, workload_id="v-1"))

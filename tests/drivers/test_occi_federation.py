@@ -29,6 +29,7 @@ from tests.auth_helpers import authorize
 from tests.cli.broker import until_ended
 from tests.cli.test_serve import Metavmm
 from tests.drivers.occi_partner import IMAGE, PARTNER, Partner, partner  # noqa: F401
+from tests.polling import polls
 
 # B restarted takes a killed operation over once its lease ran out: a short lease keeps the test short
 PARTNER_CONFIG = PARTNER.replace("reconcile_interval_s: 0}", "reconcile_interval_s: 0, lease_s: 1}")
@@ -79,7 +80,7 @@ async def launchable_at_partner(app: Any, client: Any) -> None:
 
 
 async def until_done(client: Any, op_id: str) -> dict[str, Any]:
-    for _ in range(600):
+    for _ in polls():
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
         if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
             return body
@@ -166,7 +167,7 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
     (theirs,) = await partner.workloads("x")
     assert theirs.spec["summary"] == f"metavmm:workload={via_occi}" and theirs.observed_state == "running"
     assert (await client.delete(f"/compute/{via_occi}")).status == 204
-    for _ in range(200):
+    for _ in polls():
         await partner.idle()
         if not await partner.workloads():
             break
@@ -181,11 +182,12 @@ async def test_school_a_places_onto_partner_b_over_occi(partner: Partner, aiohtt
 async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(partner: Partner,  # noqa: F811
                                                                               aiohttp_client: Any,
                                                                               tmp_path: Path) -> None:
-    """B is a real `metavmm serve` process here, its creates slow (5 s), SIGKILLed while A waits for one."""
+    """B is a real `metavmm serve` process here, its creates slow (60 s: the kill must come while one sleeps, and a
+    loaded machine may take seconds to see A waiting), SIGKILLed while A waits for one."""
     await partner.server.close()  # seeded in-process; from here B runs as its own process on that catalog
     slow, fast = tmp_path / "b-slow.yaml", tmp_path / "b.yaml"
     fast.write_text(PARTNER_CONFIG)
-    slow.write_text(PARTNER_CONFIG.replace("hosts_per_site: 2", "hosts_per_site: 2, create_delay_s: 5"))
+    slow.write_text(PARTNER_CONFIG.replace("hosts_per_site: 2", "hosts_per_site: 2, create_delay_s: 60"))
     serve = ("serve", "--port", "0", "--no-sync", "--database", f"sqlite:///{tmp_path / 'b.db'}", "--config")
     b = Metavmm(tmp_path, *serve, str(slow))
     try:
@@ -201,7 +203,7 @@ async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(pa
         assert resp.status == 202, await resp.text()
         body = await resp.json()
         wid, op_id = body["workload"]["id"], body["operation"]["id"]
-        for _ in range(400):  # until A waits for the compute B accepted (B's create sleeps its 5 s)
+        for _ in polls():  # until A waits for the compute B accepted (B's create sleeps its 60 s)
             op = await (await client.get(f"{API}/operations/{op_id}")).json()
             if op["steps"][op["current_step"]]["action"] == "vm.wait":
                 break
@@ -220,7 +222,7 @@ async def test_a_kill_of_b_mid_create_fails_as_operation_and_leaves_no_orphan(pa
         # A's reconciliation (every reconcile_interval_s in production) finds the compute B made for the failed
         # create, tagged with A's workload, and deletes it; B may still be finishing the create it took over
         cleaned = False
-        for _ in range(60):
+        for _ in polls():
             report = await reconcile(app[keys.OPERATIONS], app[keys.OPERATIONS].executor.drivers)
             assert report.unreachable == {}, report
             for rid in report.operations:  # the broker's own operations (no project): read from A's store

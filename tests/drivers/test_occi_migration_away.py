@@ -28,6 +28,7 @@ from tests.cli.test_serve import Metavmm
 from tests.drivers.occi_partner import IMAGE, PARTNER, Partner, partner  # noqa: F401
 from tests.drivers.test_occi_federation import API, PARTNER_CONFIG, b_computes, launchable_at_partner, until_done
 from tests.drivers.test_occi_migration import partner_config
+from tests.polling import polls
 
 DOWNLOAD = "/mixins/os_tpl_download/"
 JSON = {"Accept": "application/occi+json"}
@@ -191,14 +192,14 @@ async def test_a_kill_of_b_mid_transfer_leaves_the_vm_at_b(partner: Partner, aio
 
         def slow(self: Any, data: Any, offset: int) -> None:
             import time
-            time.sleep(0.2)
-            write(self, data, offset)
+            time.sleep(1.0)  # a transfer of a minute: the kill comes mid-transfer even if a loaded machine is slow
+            write(self, data, offset)  # to see it under way (at 0.2 s a chunk it had ~13 s)
 
         monkeypatch.setattr(streamdecode.Writer, "put", slow)
         resp = await client.post(f"{API}/workloads/{wid}/migrate", json={"site": "sim-a/sim-000", "mode": "cold"})
         assert resp.status == 202, await resp.text()
         op_id = (await resp.json())["operation"]["id"]
-        for _ in range(600):
+        for _ in polls():
             op = await (await client.get(f"{API}/operations/{op_id}")).json()
             export = next(s for s in op["steps"] if s["name"] == "export")
             if 0 < (export.get("transfer") or {}).get("bytes", 0) < SimDriver.SIM_DISK_BYTES:

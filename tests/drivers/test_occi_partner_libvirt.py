@@ -29,6 +29,7 @@ from tests.auth_helpers import authorize
 from tests.drivers.conftest import world_readable_dir
 from tests.drivers.occi_partner import Partner, serve_partner
 from tests.drivers.test_occi_federation import API, until_done
+from tests.polling import polls
 
 URI = "qemu:///system"
 COST = """
@@ -148,7 +149,7 @@ async def test_a_compute_placed_at_b_runs_on_b_libvirt_and_moves_back(lv_partner
             return str(wid), theirs
 
         async def marker(vm_id: str) -> str:
-            for _ in range(300):
+            for _ in polls():
                 text = await lv_b.console_output(vm_id)
                 if TINY.marker in text:
                     return text

@@ -293,7 +293,7 @@ async def test_import_image_boot_and_delete(driver: OpenStackDriver, qcow2: Path
 
     # nova boots from it: the server's image is the one uploaded through glance's API
     vm = await driver.create_vm(_spec("RegionTwo", image=image.provider_image_id))
-    vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=60)
+    vm = await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)
     assert vm.image == image.provider_image_id
     await driver.delete_vm(vm.provider_vm_id)
 

@@ -126,11 +126,11 @@ async def test_lifecycle_with_image_mac_and_hostname(driver: VmwareDriver, vcsim
             await driver.suspend_vm(vm.provider_vm_id)
         await driver.start_vm(vm.provider_vm_id)
         await driver.restart_vm(vm.provider_vm_id)
-        assert (await driver.wait_for(vm.provider_vm_id, VmState.RUNNING, timeout_s=10)).host == vm.host
+        assert (await driver.wait_for(vm.provider_vm_id, VmState.RUNNING)).host == vm.host
     finally:
         await driver.delete_vm(vm.provider_vm_id)
     assert not vm_dir.exists()
-    assert (await driver.wait_for(vm.provider_vm_id, VmState.DELETED, timeout_s=10)).state == VmState.DELETED
+    assert (await driver.wait_for(vm.provider_vm_id, VmState.DELETED)).state == VmState.DELETED
     (tmp_path / "out").mkdir()
     back = await driver.export_image(image.provider_image_id, str(tmp_path / "out"))
     assert Path(back.path).read_bytes() == Path(vmdk.path).read_bytes()

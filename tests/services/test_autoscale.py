@@ -43,13 +43,12 @@ operations: {retry_base_s: 0.01, reconcile_interval_s: 0}
 %s
 """
 def _next_monday() -> datetime:
-    """00:00 UTC of the next Monday: the traces evaluate at times after the groups' real creation (a fixed
-    date ran the trace before the create once the clock passed it, and every cooldown read negative)."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today + timedelta(days=7 - today.weekday())
-
-
-MONDAY = _next_monday()
+    """00:00 UTC of a Monday at least a day ahead, read when the test runs: the traces evaluate at times after
+    the groups' real creation (a fixed date ran the trace before the create once the clock passed it, and
+    every cooldown read negative; so did a Monday computed when the suite was collected, for a suite that
+    crossed Sunday midnight UTC before this file ran)."""
+    day = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day + timedelta(days=(7 - day.weekday()) % 7)
 
 
 def _seed() -> tuple[int, int, int]:
@@ -129,7 +128,7 @@ async def test_a_cpu_trace_scales_out_bursts_holds_and_scales_in_burst_first(bro
     assert first is not None and (first.action, first.trigger, first.desired_before, first.desired_after) == (
         "scale-out", "create", 1, 1)
     await settle(b, first)
-    gid, t0 = view.group.id, MONDAY
+    gid, t0 = view.group.id, _next_monday()
 
     async def step(seconds: float, percent: float) -> AutoscaleDecision | None:
         await load(b, gid, percent)
@@ -200,7 +199,7 @@ async def test_a_class_timetable_sets_the_count_and_quota_and_bad_input_are_refu
     # the class meets tomorrow in Taipei: the create's own first evaluation (at the real now) is outside it,
     # whatever day the suite runs (a fixed "mon, wed" opened the class at the create on Monday mornings)
     weekday = (datetime.now(ZoneInfo("Asia/Taipei")).weekday() + 1) % 7
-    day = MONDAY + timedelta(days=weekday)  # 00:00 UTC of that weekday, after now: 08:00 in Taipei
+    day = _next_monday() + timedelta(days=weekday)  # 00:00 UTC of that weekday, after now: 08:00 in Taipei
     name = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[weekday]
     timetable = ({"name": "class", "type": "schedule", "days": [name], "start": "09:00", "end": "12:00",
                   "desired": 3, "timezone": "Asia/Taipei"},)

@@ -27,6 +27,7 @@ from metavmm.services.operations import flows, store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.sync import sync_all, sync_provider
 from tests.drivers.conftest import libvirt_storage, system_libvirt  # noqa: F401 (fixtures)
+from tests.polling import WAIT_S
 from tests.services.operations.conftest import run
 
 SIM = """
@@ -55,7 +56,7 @@ async def sync_ok(sessions: Any, config: FederationConfig) -> None:
     assert [r.error for r in await sync_all(sessions, config)] == [None] * len(config.providers)
 
 
-async def finished(engine: Engine, op: Operation, timeout_s: float = 30) -> Operation:
+async def finished(engine: Engine, op: Operation, timeout_s: float = WAIT_S) -> Operation:
     """``op`` once the app's own executor ended it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

@@ -15,6 +15,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.foundation.errors import NoPlacement, ValidationError
 from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
+from tests.polling import polls
 
 CONFIG = parse_config("""
 providers:
@@ -135,7 +136,7 @@ async def test_placement_groups_keep_members_apart_or_together(sqlite_sessions: 
 
     async def create(name: str, caller: Any = None, **groups: str) -> Workload:
         done = await service.create(caller or ops, CreateRequest(name=name, vcpus=1, ram_mib=256, **groups))
-        for _ in range(600):
+        for _ in polls():
             op = await store.get(sessions, done.operation.id)
             if op.state in store.TERMINAL:
                 break

@@ -163,7 +163,7 @@ async def test_non_regular_files_are_refused(tmp_path: Path) -> None:
 
 async def test_qemu_img_runs_under_a_memory_limit(tmp_path: Path) -> None:
     qemu_img("create", "-f", "qcow2", str(tmp_path / "ok.qcow2"), "1M")
-    tight = ImageLimits(tool=Limits(timeout_s=10, memory_bytes=8 * MIB, cpu_seconds=5))
+    tight = ImageLimits(tool=Limits(timeout_s=120, memory_bytes=8 * MIB, cpu_seconds=5))  # the memory limit ends it
     with pytest.raises(UntrustedImage, match="cannot read it as qcow2") as err:
         await inspect(tmp_path / "ok.qcow2", limits=tight)
     assert "failed to map" in str(err.value) or "memory is limited to 8 MiB" in str(err.value)

@@ -26,6 +26,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.identity import get_or_create_project, get_or_create_user, mint_token, set_membership
 from metavmm.services.sync import sync_all
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
 OCCI_REF = SHARED / "reference" / "occi"
@@ -125,7 +126,7 @@ async def settled(client: Any, path: str, headers: dict[str, str] | None = None)
     """The entity's JSON rendering once no operation of the engine runs on it: while one runs,
     occi.compute.state.message is that operation's progress ("create running: step ...")."""
     want = {k: v for k, v in (headers or {}).items() if k.startswith("X-Test")} | {"Accept": "application/occi+json"}
-    for _ in range(400):
+    for _ in polls():
         doc: dict[str, Any] = await (await client.get(path, headers=want)).json()
         if not BUSY.match(str(doc["attributes"].get("occi.compute.state.message", ""))):
             return doc

@@ -12,6 +12,7 @@ from metavmm.api import keys
 from metavmm.catalog.models import Operation
 from tests.api.occi.conftest import TEXT
 from tests.api.occi.test_http import _create_compute
+from tests.polling import polls
 
 HA = 'ha; scheme="http://schemas.metavmm.dev/occi/protection#"; class="mixin"'
 
@@ -48,7 +49,7 @@ async def test_ha_mixin_at_creation_and_by_association(sim_client: Any) -> None:
     assert (await sim_client.delete(vm, headers=alpha)).status == 204
     sessions = sim_client.server.app[keys.SESSIONS]
     wid = vm.rsplit("/", 1)[1]
-    for _ in range(200):
+    for _ in polls():
         async with sessions() as session:
             ops = (await session.exec(select(Operation).where(Operation.target_id == wid,
                                                               Operation.kind == "delete"))).all()

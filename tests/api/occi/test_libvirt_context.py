@@ -21,6 +21,7 @@ from yarl import URL
 from tests.api.occi import test_libvirt_lifecycle as lifecycle
 from tests.api.occi.conftest import INFRA, JSONH, os_tpl_id, settled
 from tests.drivers.conftest import ssh_public_key
+from tests.polling import polls
 
 URI, lv_client, storage_dir = lifecycle.URI, lifecycle.lv_client, lifecycle.storage_dir  # the real daemon's fixtures
 API = "/api/v1"
@@ -75,7 +76,7 @@ async def test_occi_key_and_user_data_reach_the_domain_seed(lv_client: Any, tmp_
     assert "marker" not in " ".join(create.get("log", [])) and "marker" not in create.get("detail", "")
     assert (await client.delete(path)).status == 204
     await lifecycle._until_undefined(f"mv-{wl_id}")
-    for _ in range(100):  # the seed goes with the domain
+    for _ in polls():  # the seed goes with the domain
         if not iso.exists():
             break
         await asyncio.sleep(0.05)
@@ -92,7 +93,7 @@ async def test_rest_key_and_user_data_reach_the_domain_seed(lv_client: Any, tmp_
     body = await resp.json()
     wl_id = body["workload"]["id"]
     client.created.append(wl_id)
-    for _ in range(600):
+    for _ in polls():
         op = await (await client.get(f"{API}/operations/{body['operation']['id']}")).json()
         if op["state"] not in ("pending", "running"):
             break

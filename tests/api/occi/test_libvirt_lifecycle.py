@@ -30,6 +30,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.sync import sync_all
 from tests.api.occi.conftest import INFRA, JSONH, OCCI, TEXT, os_tpl_id, publish_image, settled
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 URI = "qemu:///system"
 
@@ -59,7 +60,7 @@ def _domain_state(name: str) -> int | None:
 
 
 async def _until_undefined(domain: str) -> None:
-    for _ in range(300):
+    for _ in polls():
         if _domain_state(domain) is None:
             return
         await asyncio.sleep(0.1)

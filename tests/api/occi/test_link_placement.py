@@ -21,6 +21,7 @@ from metavmm.api import keys
 from metavmm.catalog.db import session_scope
 from metavmm.catalog.models import Operation, Provider, Workload, WorkloadLink
 from tests.api.occi.conftest import COMPUTE_CAT, INFRA, JSONH, OCCI, TEXT, os_tpl_id
+from tests.polling import polls
 
 API = "/api/v1"
 SITE = "http://schemas.metavmm.dev/occi/site#"
@@ -95,7 +96,7 @@ async def _link(client: Any, front: str, compute: str, storage: str) -> tuple[in
 
 async def _attached(client: Any, link_id: str) -> dict[str, Any]:
     """The link's JSON rendering once its attach plan ended (active or error)."""
-    for _ in range(400):
+    for _ in polls():
         doc: dict[str, Any] = await (await client.get(f"/storagelink/{link_id}", headers=JSONH)).json()
         if doc["attributes"]["occi.storagelink.state"] != "inactive":
             return doc
@@ -113,7 +114,7 @@ async def _row(client: Any, workload_id: str) -> tuple[Workload, str | None]:
 
 
 async def _settled_storage(client: Any, storage: str) -> None:
-    for _ in range(400):
+    for _ in polls():
         row, _ = await _row(client, storage)
         if row.observed_state == "online":
             return
@@ -155,7 +156,7 @@ async def _volumes(client: Any, storage: str) -> dict[str, list[Any]]:
 
 async def _ended(client: Any, link_id: str) -> Operation:
     """The link's attach operation, once it ended (a copy's clean-up runs after the link is active)."""
-    for _ in range(400):
+    for _ in polls():
         async with client.app[keys.SESSIONS]() as session:
             op = (await session.exec(select(Operation).where(Operation.target_id == link_id,
                                                              Operation.kind == "attach"))).one()
@@ -314,7 +315,7 @@ async def test_a_network_created_alone_follows_its_first_interface(sim_client: A
         'X-OCCI-Attribute: occi.network.address="10.7.0.0/24"\n'))
     assert made.status == 201, await made.text()
     network = made.headers["Location"].rsplit("/", 1)[1]
-    for _ in range(400):
+    for _ in polls():
         if (await _row(sim_client, network))[0].observed_state == "active":
             break
         await asyncio.sleep(0.05)
@@ -324,7 +325,7 @@ async def test_a_network_created_alone_follows_its_first_interface(sim_client: A
         f'X-OCCI-Attribute: occi.core.source="{compute}"\nX-OCCI-Attribute: occi.core.target="/network/{network}"\n'))
     assert link.status == 201, await link.text()
     link_id = link.headers["Location"].rsplit("/", 1)[1]
-    for _ in range(400):
+    for _ in polls():
         doc = await (await sim_client.get(f"/networkinterface/{link_id}", headers=JSONH)).json()
         if doc["attributes"]["occi.networkinterface.state"] != "inactive":
             break

@@ -24,6 +24,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.sync import sync_all
 from tests.api.occi.conftest import COMPUTE_CAT, TEXT, add_projects, os_tpl_id, publish_image, with_test_identities
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 TIGHT = """
 providers:
@@ -81,7 +82,7 @@ async def test_simultaneous_creates_take_exactly_the_room(aiohttp_client: Any, d
 
     # the engine runs the creates; the host's numbers (from its last sync) still do not include them,
     # yet the next request sees them: placements count until a sync has seen the VMs
-    for _ in range(200):
+    for _ in polls():
         async with app[keys.SESSIONS]() as s:
             states = (await s.exec(select(Operation.state))).all()
         if all(state == "succeeded" for state in states):

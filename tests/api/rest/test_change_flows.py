@@ -23,6 +23,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services import quotas
 from metavmm.services.sync import sync_all
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 API = "/api/v1"
 SIM = """
@@ -43,7 +44,7 @@ async def _app(aiohttp_client: Any, url: str, config: str = SIM, role: str = "me
 
 
 async def _done(client: Any, op_id: str) -> dict[str, Any]:
-    for _ in range(400):
+    for _ in polls():
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
         if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
             return body

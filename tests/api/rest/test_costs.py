@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tests.api.rest.test_change_flows import API, _app, _create, _done
 from tests.auth_helpers import authorize
 from tests.cli.test_identity import _invoke
+from tests.polling import polls
 
 PRICED = """
 providers:
@@ -94,7 +95,7 @@ async def test_the_federations_costs_group_every_projects_ledger_for_admins_only
     made = await client.post(f"{API}/workloads", json={"name": "b1", "vcpus": 1, "ram_mib": 512}, headers=beta)
     assert made.status == 202, await made.text()
     op = f"{API}/operations/{(await made.json())['operation']['id']}"
-    for _ in range(400):  # beta's operation, read as beta (the client's default is alpha's member)
+    for _ in polls():  # beta's operation, read as beta (the client's default is alpha's member)
         if (state := (await (await client.get(op, headers=beta)).json())["state"]) not in ("pending", "running"):
             break
         await asyncio.sleep(0.05)

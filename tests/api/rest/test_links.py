@@ -18,6 +18,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.sync import sync_all
 from tests.api.test_observability import _create
 from tests.api.ui.test_session import _browser, _page
+from tests.polling import polls
 from tests.world import seed
 
 API = "/api/v1"
@@ -32,7 +33,7 @@ NS = {"s": "http://www.w3.org/2000/svg"}
 
 
 async def _done(client: Any, op_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    for _ in range(600):
+    for _ in polls():
         body = await (await client.get(f"{API}/operations/{op_id}", headers=headers)).json()
         if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
             return body

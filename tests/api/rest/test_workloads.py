@@ -24,6 +24,7 @@ from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.plan import Step
 from metavmm.services.sync import sync_all
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 API = "/api/v1"
 CONFIG = """
@@ -44,7 +45,7 @@ async def _client(aiohttp_client: Any, url: str) -> tuple[Any, Any, int]:
 
 
 async def _until_done(client: Any, op_id: str) -> dict[str, Any]:
-    for _ in range(200):
+    for _ in polls():
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
         if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
             return body
@@ -171,7 +172,7 @@ async def test_a_rolled_back_plan_releases_quota(aiohttp_client: Any, sqlite_url
 
 async def _run_to_end(executor: Executor, app: Any, op_id: str) -> Any:
     """Run an operation until it ends; a parked one is run again when due (the serving executor's timer)."""
-    for _ in range(100):
+    for _ in polls():
         await executor.run(op_id)
         op = await store.get(app[keys.SESSIONS], op_id)
         if op.state in store.TERMINAL:

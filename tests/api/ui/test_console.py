@@ -21,6 +21,7 @@ from metavmm.translators.bootdisk import marker_line, write_boot_disk
 from tests.api.occi.conftest import publish_image
 from tests.api.occi.test_libvirt_lifecycle import lv_client  # noqa: F401  (the fixture, with storage_dir below)
 from tests.api.ui.test_session import _browser, _login, _page, ui  # noqa: F401
+from tests.polling import polls
 from tests.world import World
 
 API = "/api/v1"
@@ -33,7 +34,7 @@ async def _created(client: Any, body: dict[str, Any], headers: dict[str, str] | 
     resp = await client.post(f"{API}/workloads", json=body, headers=headers or {})
     assert resp.status == 202, await resp.text()
     made = await resp.json()
-    for _ in range(600):
+    for _ in polls():
         op = await (await client.get(f"{API}/operations/{made['operation']['id']}", headers=headers or {})).json()
         if op["state"] in ENDED:
             assert op["state"] == "succeeded", op
@@ -88,7 +89,7 @@ async def test_a_libvirt_guest_shows_its_console_output_on_the_page(lv_client: A
     wid = await _created(client, {"name": "talks", "vcpus": 1, "ram_mib": 32, "image_id": "boot"})
     client.created.append(wid)
     line = marker_line(MARKER)
-    for _ in range(200):  # the guest prints its line a moment after the domain starts
+    for _ in polls():  # the guest prints its line a moment after the domain starts
         body = await (await client.get(f"{API}/workloads/{wid}/console")).json()
         if line in (body["output"] or ""):
             break

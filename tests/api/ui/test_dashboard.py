@@ -461,7 +461,7 @@ def test_logging_out_in_another_tab_ends_the_live_stream(broker: tuple[Broker, W
         wait(browser, lambda d: d.find_elements(By.ID, "token"))
         browser.close()
         browser.switch_to.window(live)
-        ended = wait(browser, lambda d: d.find_elements(By.ID, "live-ended"), timeout_s=30)  # recheck: 5 s
+        ended = wait(browser, lambda d: d.find_elements(By.ID, "live-ended"), timeout_s=120)  # recheck: 5 s
         assert "log in again" in ended[0].text
         assert browser.find_element(By.CSS_SELECTOR, "[data-live]").get_attribute("data-live-ended") == "true"
     finally:

@@ -20,6 +20,7 @@ from metavmm.catalog.db import session_scope
 from metavmm.foundation.config import parse_config
 from metavmm.services.identity import set_membership
 from tests.api.ui.test_session import CSRF, _browser
+from tests.polling import polls
 from tests.world import World, seed
 
 CONFIG = """
@@ -45,7 +46,7 @@ async def open_stream(client: Any, sid: str) -> Any:
     return resp
 
 
-async def read_until(resp: Any, until: Any, timeout_s: float = 20) -> list[Frame]:
+async def read_until(resp: Any, until: Any, timeout_s: float = 120) -> list[Frame]:
     """SSE frames (event, data) until ``until(frame)`` holds, or the response's end (a None frame closes the
     list). A safety net against a hang, not a speed assertion: the stream ends in well under a second."""
     seen: list[Frame] = []
@@ -77,7 +78,7 @@ async def create(client: Any, w: World, who: str, name: str) -> str:
                              headers=w.auth(who))
     assert resp.status == 202, await resp.text()
     op_id = str((await resp.json())["operation"]["id"])
-    for _ in range(400):
+    for _ in polls():
         op = await (await client.get(f"/api/v1/operations/{op_id}", headers=w.auth(who))).json()
         if op["state"] in ENDED:
             return op_id

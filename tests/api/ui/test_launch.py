@@ -23,6 +23,7 @@ from metavmm.catalog.models import Image
 from metavmm.foundation.config import parse_config
 from tests.api.ui.browser import CONFIG
 from tests.api.ui.test_session import CSRF, _csrf, _login
+from tests.polling import polls
 from tests.world import World, seed
 
 ROW = re.compile(r'<tr data-site="([^"]+)" data-feasible="(true|false)" data-price="([^"]*)"[^>]*>(.*?)</tr>', re.S)
@@ -122,7 +123,7 @@ async def test_a_site_that_cannot_take_the_launch_is_refused_with_the_reason(bro
 
 async def _placed(client: Any, w: World, workload_id: str) -> dict[str, Any]:
     """The workload once its create ended and it has a host (REST's view)."""
-    for _ in range(600):
+    for _ in polls():
         body = await (await client.get(f"/api/v1/workloads/{workload_id}", headers=w.auth("alpha_member"))).json()
         if body["host_id"] is not None and body["observed_state"] == "running":
             return dict(body)

@@ -26,6 +26,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.marketplace.entries import ImageMeta
 from metavmm.services.marketplace.publish import blob_dir, publish
 from metavmm.services.marketplace.sweep import sweep_blobs
+from tests.polling import polls
 from tests.services.marketplace.conftest import Disks
 from tests.services.operations.test_intent_crash import kill_at
 
@@ -109,7 +110,7 @@ async def test_the_broker_sweeps_at_start(aiohttp_client: Any, sqlite_url: str, 
         os.utime(path, (old, old))
     config = parse_config(f"marketplace: {{blob_sweep_s: 3600, blob_sweep_grace_s: {GRACE_S}}}\n")
     await aiohttp_client(create_app(config, sqlite_url, sync=False))
-    for _ in range(100):
+    for _ in polls():
         if not orphan.exists() and not scratch.exists():
             break
         await asyncio.sleep(0.05)

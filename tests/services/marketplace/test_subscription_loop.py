@@ -18,6 +18,7 @@ from metavmm.services.marketplace.imagelist import generate_key, public_pem
 from metavmm.services.marketplace.subscriptions import status_of
 from tests.api.ui.test_session import CSRF
 from tests.auth_helpers import authorize
+from tests.polling import WAIT_S
 from tests.services.marketplace.conftest import Disks
 from tests.services.marketplace.test_rest import client_for, upload
 
@@ -28,7 +29,7 @@ SUBSCRIBER = parse_config("federation: {name: site-b, sync_interval_s: 0}\n"
                           "limits: {outbound_allowed_networks: ['127.0.0.0/8', '::1/128']}\n")
 
 
-async def until(client: Any, check: Any, timeout_s: float = 30) -> list[dict[str, Any]]:
+async def until(client: Any, check: Any, timeout_s: float = WAIT_S) -> list[dict[str, Any]]:
     """The subscriptions as REST lists them, once ``check`` holds for them (nothing here asks for a sync)."""
     deadline = time.monotonic() + timeout_s
     while True:

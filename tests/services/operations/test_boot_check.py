@@ -23,6 +23,7 @@ from metavmm.foundation.errors import ConfigError, ValidationError
 from metavmm.services.operations import flows
 from metavmm.services.operations.engine import Engine
 from metavmm.translators.bootdisk import boot_sector, marker_line, write_boot_disk
+from tests.polling import polls
 from tests.services.operations.conftest import run
 from tests.services.operations.test_libvirt_flows import domains, engine, state, workload  # noqa: F401
 
@@ -79,7 +80,7 @@ async def test_cold_migration_boot_check_sees_the_marker(engine: Engine, libvirt
     assert source_log.parent == libvirt_hosts.storage(0) / "disks"
     lv0 = LibvirtDriver(engine.config.provider("lv0"))
     try:  # the provisioned VM boots the sector too (the console probe of the driver, directly)
-        for _ in range(100):
+        for _ in polls():
             if line in await lv0.console_output(str(w.provider_resource_id)):
                 break
             await asyncio.sleep(0.1)

@@ -143,17 +143,21 @@ async def test_concurrent_migrations_fill_the_network_without_sharing(sessions: 
     engine, ids = await _world(sessions, "10.9.0.0/29", 4)
     monkeypatch.setattr(addresses.random, "choice", min)
     real_draw, draws = addresses.draw, []
+    first_round = asyncio.Barrier(len(ids))  # every migration draws once before any submits: they do overlap
 
     async def counted(*args: Any, **kwargs: Any) -> ipaddress.IPv4Address:
         draws.append(await real_draw(*args, **kwargs))
-        return draws[-1]
+        drawn = draws[-1]
+        if len(draws) <= len(ids):  # (left to the scheduler, one migration could draw and submit before the
+            await first_round.wait()  # next drew: no loser, and "len(draws) > 4" failed by chance)
+        return drawn
 
     monkeypatch.setattr(addresses, "draw", counted)
     ops = await asyncio.gather(*(flows.cold_migrate(engine, wid, target_provider="simb", target_region="sim-000")
                                  for wid in ids))
     assert sorted(_ip(op) for op in ops) == ["10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"]
     assert await _leases(sessions) == {_ip(op): op.target_id for op in ops}
-    assert len(draws) > 4  # the draws did overlap: some lost on the unique lease and drew again
+    assert len(draws) >= 4 + 3  # all four drew .3 first: three lost on the unique lease and drew again
 
 
 async def test_lease_outlives_its_operation_only_while_the_workload_holds_the_address(sessions: Any) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 import re
 import subprocess
 import time
@@ -41,6 +40,7 @@ from tests.services.operations.test_cluster_network_libvirt import (
     spy_on_domains,
 )
 from tests.services.operations.test_libvirt_resources import API, PROVIDER, URI, client, done
+from tests.subnets import free_subnets
 
 __all__ = ["client"]  # the REST client on a real libvirt provider, and its cleanup
 
@@ -140,7 +140,7 @@ async def test_seats_boot_take_their_reserved_addresses_and_run_their_own_user_d
     owners = ("ada", "bob")
     pairs = {o: ssh_key(tmp_path, o) for o in owners}
     hashes = {o: sha512_crypt(f"{o}-lesson") for o in owners}
-    subnet = f"10.{random.randint(231, 250)}.{random.randint(0, 255)}"  # a range no other test's bridge holds
+    (subnet,) = free_subnets(1)  # a range no bridge of this machine holds
     roster = [{"owner": o, "ssh_key": pairs[o][1], "password_hash": hashes[o],
                "user_data": SEAT_USER_DATA.format(owner=o)} for o in owners]
     started = time.monotonic()

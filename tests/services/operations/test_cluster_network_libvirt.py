@@ -5,7 +5,6 @@ addresses; a delete removes the reservations, and the network when the class cre
 
 from __future__ import annotations
 
-import random
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from metavmm.drivers.libvirt import LibvirtDriver
 from tests.services.operations.test_libvirt_resources import API, URI, client, devices, domain_xml, done
+from tests.subnets import free_subnets
 
 __all__ = ["client"]  # the REST client on a real libvirt provider, and its cleanup
 
@@ -75,7 +75,7 @@ def expected(cluster: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 async def test_seats_get_their_addresses_by_dhcp_reservations_on_the_class_network(client: Any) -> None:
-    subnet = f"10.{random.randint(150, 199)}.{random.randint(0, 255)}"  # a range no other bridge holds
+    subnet, own = free_subnets(2)  # ranges no bridge of this machine holds (the second: the class's own network)
     resp = await client.post(f"{API}/workloads", json={"kind": "network", "name": "room", "cidr": f"{subnet}.0/24"})
     assert resp.status == 202, await resp.text()
     net = await resp.json()
@@ -111,7 +111,7 @@ async def test_seats_get_their_addresses_by_dhcp_reservations_on_the_class_netwo
 
     # a class that makes its own network: deleted with it
     resp = await client.post(f"{API}/clusters", json={"name": "pop", "seats": 2, "vcpus": 1, "ram_mib": 64,
-                                                      "cidr": f"10.{random.randint(200, 230)}.7.0/24"})
+                                                      "cidr": f"{own}.0/24"})
     assert resp.status == 202, await resp.text()
     pop = await settled(client, await resp.json())
     made = f"mv-{pop['network_id']}"

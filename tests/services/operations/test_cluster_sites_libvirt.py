@@ -7,7 +7,6 @@ name) there and in no other. A delete leaves no network, domain or disk on eithe
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -20,6 +19,7 @@ from metavmm.services.clusters import ClusterRequest
 from metavmm.services.operations.engine import Engine
 from tests.services.operations import test_libvirt_flows as base
 from tests.services.operations.test_cluster_libvirt import class_setup, ended, engine  # noqa: F401
+from tests.subnets import free_subnets
 
 
 def networks(uri: str) -> dict[str, ET.Element]:
@@ -47,8 +47,7 @@ async def test_a_class_over_two_sites_gets_a_network_at_each_and_leaves_nothing(
     uris = libvirt_hosts.uris
     nets_before = [set(networks(u)) for u in uris]
     disks_before = [libvirt_hosts.disk_files(i) for i in (0, 1)]
-    second = random.randint(150, 199)
-    subnets = [f"10.{second}.{third}" for third in random.sample(range(256), 2)]  # site i: subnets[i]
+    subnets = free_subnets(2)  # site i: subnets[i]; ranges no bridge of this machine holds
     clusters, caller, image_id = await class_setup(engine, libvirt_hosts.base_image)
     await engine.start(run_steps=True, poll_s=0.05)
     try:
@@ -89,9 +88,8 @@ async def test_two_daemons_on_one_machine_make_networks_at_once(engine: Engine) 
     """Each network's bridge is named by the broker: libvirt's own pick (the first ``virbrN`` its daemon does
     not use) gave both daemons virbr0, and the second network failed to start ("File exists")."""
     drivers = [LibvirtDriver(engine.config.provider(f"lv{i}")) for i in (0, 1)]
-    second = random.randint(150, 199)
-    specs = [NetworkSpec(name="n", region=f"host{i}", cidr=f"10.{second}.{third}.0/24",
-                         workload_id=str(uuid.uuid4())) for i, third in enumerate(random.sample(range(256), 2))]
+    specs = [NetworkSpec(name="n", region=f"host{i}", cidr=f"{prefix}.0/24", workload_id=str(uuid.uuid4()))
+             for i, prefix in enumerate(free_subnets(2))]
     try:
         made = await asyncio.gather(*(d.create_network(spec) for d, spec in zip(drivers, specs, strict=True)))
         for i, (info, spec) in enumerate(zip(made, specs, strict=True)):

@@ -40,6 +40,7 @@ from metavmm.services.placement import Placer
 from metavmm.services.sync import sync_all
 from metavmm.services.workloads.requests import CreateRequest
 from metavmm.services.workloads.service import WorkloadService
+from tests.polling import polls
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = """
@@ -57,7 +58,7 @@ async def run_all(engine: Engine) -> None:
     has to run out)."""
     executor = Executor(engine.sessions, engine.config)
     try:
-        for _ in range(200):
+        for _ in polls():
             async with engine.sessions() as session:
                 active = (await session.exec(select(Operation.id).where(
                     Operation.state.in_(store.ACTIVE)))).all()  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from metavmm.catalog.models import Workload
 from metavmm.foundation.config import parse_config
 from metavmm.services.sync import sync_all
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 URI = "qemu:///system"
 API = "/api/v1"
@@ -90,7 +91,7 @@ async def leftovers(app: Any, providers: Sequence[str], dirs: Sequence[Path]) ->
 
 
 async def done(client: Any, op_id: str) -> dict[str, Any]:
-    for _ in range(600):
+    for _ in polls():
         body = await (await client.get(f"{API}/operations/{op_id}")).json()
         if body["state"] in ("succeeded", "failed", "cancelled", "rolled_back"):
             assert body["state"] == "succeeded", body
@@ -100,7 +101,7 @@ async def done(client: Any, op_id: str) -> dict[str, Any]:
 
 
 async def occi_state(client: Any, path: str, attr: str, want: str) -> dict[str, Any]:
-    for _ in range(600):
+    for _ in polls():
         resp = await client.get(path, headers=JSONH)
         doc = await resp.json()
         if doc["attributes"].get(attr) == want:
@@ -112,7 +113,7 @@ async def occi_state(client: Any, path: str, attr: str, want: str) -> dict[str, 
 async def deleted(client: Any, workload_id: str) -> None:
     """OCCI hides an entity as soon as its delete is accepted; the workload row says when the provider's
     resource is gone (the delete plan ran)."""
-    for _ in range(1200):
+    for _ in polls():
         row = await client.get(f"{API}/workloads/{workload_id}")
         if row.status == 404 or (await row.json()).get("observed_state") == "deleted":
             return
@@ -123,7 +124,7 @@ async def deleted(client: Any, workload_id: str) -> None:
 async def detached(client: Any, path: str) -> None:
     """An OCCI link is gone once no operation of the engine still targets it."""
     link_id = path.rsplit("/", 1)[1]
-    for _ in range(1200):
+    for _ in polls():
         ops = await (await client.get(f"{API}/operations", params={"target_id": link_id})).json()
         items = ops["items"] if isinstance(ops, dict) else ops
         if items and all(op["state"] in ("succeeded", "failed", "rolled_back", "cancelled") for op in items):

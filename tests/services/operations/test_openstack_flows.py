@@ -23,6 +23,7 @@ from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.reconcile import reconcile
 from metavmm.services.sync import sync_all
 from tests.drivers.conftest import NOVA_IMAGE, NovaCloud, unique
+from tests.polling import polls
 from tests.services.operations.conftest import run
 
 
@@ -142,7 +143,7 @@ async def test_reconciliation_at_nova_adopts_removes_and_marks_lost(engine: Engi
         return sid
 
     async def gone(sid: str) -> None:
-        for _ in range(100):
+        for _ in polls():
             if nova.compute.find_server(sid, all_projects=True) is None:
                 return
             await asyncio.sleep(0.2)

@@ -13,6 +13,7 @@ from metavmm.foundation.config import parse_config
 from metavmm.services.operations import store
 from metavmm.services.operations.plan import Step
 from tests.auth_helpers import authorize
+from tests.polling import polls
 
 CONFIG = """
 providers:
@@ -27,7 +28,7 @@ async def test_provision_runs_in_the_app_and_shows_in_rest(aiohttp_client: Any, 
     await authorize(client, "admin")  # an operation made by flows directly belongs to no project
     engine = app[keys.OPERATIONS]
     op = await direct.provision(engine, name="web-1", provider="sima", region="sim-000", image="img-1")
-    for _ in range(100):
+    for _ in polls():
         body = await (await client.get(f"/api/v1/operations/{op.id}")).json()
         if body["state"] == "succeeded":
             break

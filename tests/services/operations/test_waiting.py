@@ -17,6 +17,7 @@ from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.operations.plan import Step
 from metavmm.services.sync import sync_all
+from tests.polling import WAIT_S
 
 CONFIG = """
 providers:
@@ -71,7 +72,7 @@ async def test_concurrent_batches_finish_with_fewer_slots_than_parents(sessions,
         children.append(ids)
     parents = [(await engine.submit(kind="migrate_batch", steps=batch_steps(ids))).id for ids in children]
     async with serving(engine):
-        ended = await until_ended(sessions, parents + [c for ids in children for c in ids], timeout_s=40)
+        ended = await until_ended(sessions, parents + [c for ids in children for c in ids], timeout_s=WAIT_S)
         assert [o.state for o in ended] == [OperationState.SUCCEEDED] * 9, [(o.kind, o.state, o.message)
                                                                               for o in ended]
         assert len(await engine.executor.drivers.get("sima").list_vms()) == 6  # type: ignore[union-attr]
@@ -91,7 +92,7 @@ async def test_a_parked_parent_is_cancelled_at_once_with_its_children(sessions) 
         while (await store.get(sessions, parent.id)).not_before is None:
             await asyncio.sleep(0.05)
         await engine.cancel(parent.id)
-        (done,) = await until_ended(sessions, [parent.id], timeout_s=5)
+        (done,) = await until_ended(sessions, [parent.id], timeout_s=WAIT_S)
         assert done.state == OperationState.CANCELLED
         assert (await store.get(sessions, child.id)).cancel_requested
 
@@ -150,7 +151,7 @@ async def test_batches_finish_on_one_procrastinate_worker_slot(pg_url: str) -> N
         executor = Executor(sessions, config)
         worker = asyncio.create_task(queue.run_worker(engine._queue_app, executor, concurrency=1,
                                                       sweep_interval_s=0.5, install_signal_handlers=False))
-        ended = await until_ended(sessions, parents + children, timeout_s=40)
+        ended = await until_ended(sessions, parents + children, timeout_s=WAIT_S)
         assert [o.state for o in ended] == [OperationState.SUCCEEDED] * 6, [(o.kind, o.state, o.message)
                                                                               for o in ended]
     finally:

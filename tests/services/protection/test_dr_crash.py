@@ -27,6 +27,7 @@ from metavmm.services.operations import store
 from metavmm.services.operations.engine import Engine
 from metavmm.services.operations.executor import Executor
 from metavmm.services.protection import dr
+from tests.polling import polls
 from tests.services.operations.crash_runner import crash_at
 from tests.services.protection.conftest import engine_for, run
 
@@ -68,7 +69,7 @@ async def resume(engine: Engine, op_id: str) -> Operation:
     """A restarted broker's executor runs the operation to its end (once the dead one's lease ran out)."""
     executor = Executor(engine.sessions, engine.config)
     try:
-        for _ in range(100):
+        for _ in polls():
             if await executor.run(op_id):
                 break
             await asyncio.sleep(0.2)
