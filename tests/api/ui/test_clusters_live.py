@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.api.ui.test_events import ENDED, broker, create, ended, open_stream, read_until
 from tests.api.ui.test_session import _browser
+from tests.polling import polls
 from tests.world import World
 
 __all__ = ["broker"]
@@ -27,7 +28,7 @@ ROW = re.compile(r'<tr data-seat="(\d+)".*?</tr>', re.S)
 async def _settled(client: Any, w: World, body: Any) -> None:
     ops = body["operations"] if isinstance(body, dict) else body
     for op in ops:
-        for _ in range(400):
+        for _ in polls():
             state = (await (await client.get(f"{API}/operations/{op['id']}", headers=w.auth("alpha_member"))).json())
             if state["state"] in ENDED:
                 break

@@ -132,7 +132,7 @@ async def test_a_seat_is_created_with_its_class_interface_and_nothing_is_hot_plu
     link's attach plugs nothing into a running domain; a reset defines it the same way again. The spies
     record what reaches the real daemon and pass it on."""
     defined, plugged = spy_on_domains(monkeypatch)
-    subnet = f"10.{random.randint(200, 230)}.{random.randint(0, 255)}"  # a range no other test's bridge holds
+    (subnet,) = free_subnets(1)  # a range no bridge of this machine holds
     resp = await client.post(f"{API}/clusters", json={"name": "cold", "seats": 2, "vcpus": 1, "ram_mib": 64,
                                                       "cidr": f"{subnet}.0/24"})
     assert resp.status == 202, await resp.text()
